@@ -1,0 +1,77 @@
+"""Pydantic schemas of records that cross a boundary: a turn as an orchestrator reports it and the
+gate's decision about it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Id = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
+Tokens = Annotated[int, Field(strict=True, ge=0, le=10**12)]
+
+
+class TurnIn(BaseModel):
+    """One agent turn, as an orchestrator records it.
+
+    Token counts are integers ≥ 0 (``cached_prompt_tokens`` is the part of ``prompt_tokens`` read from
+    the provider's prompt cache); ``duration_ms`` is the response time in milliseconds;
+    ``occurred_at`` is when the turn finished (UTC; defaults to now).  ``turn_id`` is the idempotency
+    key: the same id recorded twice is one turn.
+
+    Raises ``pydantic.ValidationError`` naming the field for bad input.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    turn_id: Annotated[str, Field(min_length=1, max_length=300, pattern=r"^[^\s]+$")]
+    wallet_id: Id
+    enterprise_id: Id
+    chat_id: Id
+    workflow: Id = "default"
+    agent: Id = "assistant"
+    model: Annotated[str, Field(min_length=1, max_length=200)]
+    provider: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    prompt_tokens: Tokens
+    completion_tokens: Tokens
+    cached_prompt_tokens: Tokens = 0
+    duration_ms: Tokens = 0
+    occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _aware_utc(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("occurred_at must carry a time zone (UTC)")
+        return v.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _cached_within_prompt(self) -> "TurnIn":
+        if self.cached_prompt_tokens > self.prompt_tokens:
+            raise ValueError(
+                f"cached_prompt_tokens ({self.cached_prompt_tokens}) exceeds prompt_tokens ({self.prompt_tokens})"
+            )
+        return self
+
+
+class Decision(BaseModel):
+    """The gate's answer for one turn.
+
+    Attributes:
+        turn_id: the turn decided.
+        accepted: the turn was charged (or tracked for free) and queued for persistence.
+        action: ``continue`` or ``pause`` (the chat must stop until the wallet is credited).
+        balance_nanos: wallet balance after the turn, nano-USD; ``None`` for an unlimited wallet.
+        cost_nanos: the turn's cost at its prices, nano-USD.
+        billed_nanos: what was debited (0 when denied or in development mode), nano-USD.
+        duplicate: this turn_id was seen before; the first answer is returned and nothing changed.
+    """
+
+    turn_id: str
+    accepted: bool
+    action: Literal["continue", "pause"]
+    balance_nanos: int | None
+    cost_nanos: int
+    billed_nanos: int
+    duplicate: bool = False

@@ -1,0 +1,181 @@
+"""PostgreSQL tables (SQLModel).  The schema is created only by the Alembic migrations in
+``models/migrations``; every money column is an integer of nano-USD (``BIGINT``), every token count
+an integer.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Index, UniqueConstraint, func, text
+from sqlmodel import Field, SQLModel
+
+
+class BillingMode(StrEnum):
+    """How a wallet pays for turns: ``production`` debits, ``development`` records and never debits."""
+
+    production = "production"
+    development = "development"
+
+
+class PayerLevel(StrEnum):
+    """Who pays: ``platform`` (the app creator, for building apps) or ``app_usage`` (an app's end user)."""
+
+    platform = "platform"
+    app_usage = "app_usage"
+
+
+class TransactionKind(StrEnum):
+    """Direction of a ledger entry."""
+
+    credit = "credit"
+    debit = "debit"
+
+
+class ChatStatus(StrEnum):
+    """Lifecycle of a chat session."""
+
+    active = "active"
+    paused = "paused"
+    completed = "completed"
+
+
+def _ts(**kw) -> Column:
+    return Column(DateTime(timezone=True), **kw)
+
+
+def _big(**kw) -> Column:
+    return Column(BigInteger, **kw)
+
+
+class Enterprise(SQLModel, table=True):
+    """An app on the platform (``enterprise_id``)."""
+
+    __tablename__ = "enterprise"
+
+    id: str = Field(primary_key=True, max_length=200)
+    name: str = Field(max_length=200)
+    default_mode: str = Field(default=BillingMode.production, max_length=20)
+    created_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
+
+
+class Wallet(SQLModel, table=True):
+    """A payer's balance.  ``credits_nanos − debits_nanos`` is the balance the ledger holds; the
+    gate's Redis copy may be ahead of it by the outbox not yet persisted.
+
+    ``limited=False`` wallets are never denied (balance may go negative: it tracks spend only).
+    """
+
+    __tablename__ = "wallet"
+
+    id: str = Field(primary_key=True, max_length=200)
+    enterprise_id: str | None = Field(default=None, foreign_key="enterprise.id", index=True, max_length=200)
+    owner_id: str = Field(max_length=200)
+    level: str = Field(default=PayerLevel.app_usage, max_length=20)
+    mode: str = Field(default=BillingMode.production, max_length=20)
+    currency: str = Field(default="USD", max_length=3)
+    limited: bool = True
+    credits_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    debits_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    created_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
+
+
+class WalletTransaction(SQLModel, table=True):
+    """One ledger entry: a credit (top-up, grant) or a debit (the persisted turns of one drain batch).
+
+    ``idempotency_key`` is unique: the same credit applied twice is one entry.
+    """
+
+    __tablename__ = "wallet_transaction"
+    __table_args__ = (Index("ix_wallet_transaction_wallet_created", "wallet_id", "created_at"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    wallet_id: str = Field(foreign_key="wallet.id", max_length=200)
+    kind: str = Field(max_length=10)
+    amount_nanos: int = Field(sa_column=_big(nullable=False))
+    turns: int = 0
+    idempotency_key: str = Field(max_length=300, unique=True)
+    description: str = Field(default="", max_length=500)
+    created_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
+
+
+class ChatSession(SQLModel, table=True):
+    """A billing session over one chat: its status and running token and cost totals."""
+
+    __tablename__ = "chat_session"
+    __table_args__ = (
+        UniqueConstraint("enterprise_id", "chat_id", name="uq_chat_session_enterprise_chat"),
+        Index("ix_chat_session_wallet", "wallet_id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    enterprise_id: str = Field(max_length=200)
+    chat_id: str = Field(max_length=200)
+    wallet_id: str = Field(foreign_key="wallet.id", max_length=200)
+    workflow: str = Field(max_length=200)
+    status: str = Field(default=ChatStatus.active, max_length=20)
+    pause_reason: str | None = Field(default=None, max_length=200)
+    started_at: datetime = Field(sa_column=_ts(nullable=False))
+    last_turn_at: datetime = Field(sa_column=_ts(nullable=False))
+    ended_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    turns: int = 0
+    prompt_tokens: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    completion_tokens: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    cached_prompt_tokens: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    cost_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    billed_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+
+
+class ChatAgentUsage(SQLModel, table=True):
+    """Per-agent usage within one chat session (agents are discovered from the turns)."""
+
+    __tablename__ = "chat_agent_usage"
+
+    chat_session_id: int = Field(sa_column=Column(BigInteger, ForeignKey("chat_session.id"), primary_key=True))
+    agent: str = Field(primary_key=True, max_length=200)
+    turns: int = 0
+    prompt_tokens: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    completion_tokens: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    cached_prompt_tokens: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    duration_ms: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    cost_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+
+
+class UsageEvent(SQLModel, table=True):
+    """One accepted turn, persisted once (``turn_id`` is unique), with the prices it was charged at.
+
+    ``cost_nanos`` is what the turn cost at those prices; ``billed_nanos`` what was debited
+    (0 in development mode).  Unit prices are nano-USD per million tokens.
+    """
+
+    __tablename__ = "usage_event"
+    __table_args__ = (
+        Index("ix_usage_event_wallet_occurred", "wallet_id", "occurred_at"),
+        Index("ix_usage_event_enterprise_workflow_occurred", "enterprise_id", "workflow", "occurred_at"),
+        Index("ix_usage_event_enterprise_chat", "enterprise_id", "chat_id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    turn_id: str = Field(max_length=300, unique=True)
+    wallet_id: str = Field(max_length=200)
+    enterprise_id: str = Field(max_length=200)
+    chat_id: str = Field(max_length=200)
+    workflow: str = Field(max_length=200)
+    agent: str = Field(max_length=200)
+    model: str = Field(max_length=200)
+    provider: str = Field(max_length=100)
+    mode: str = Field(max_length=20)
+    prompt_tokens: int = Field(sa_column=_big(nullable=False))
+    completion_tokens: int = Field(sa_column=_big(nullable=False))
+    cached_prompt_tokens: int = Field(sa_column=_big(nullable=False))
+    duration_ms: int = Field(sa_column=_big(nullable=False))
+    input_nanos_per_mtok: int = Field(sa_column=_big(nullable=False))
+    cached_input_nanos_per_mtok: int = Field(sa_column=_big(nullable=False))
+    output_nanos_per_mtok: int = Field(sa_column=_big(nullable=False))
+    cost_nanos: int = Field(sa_column=_big(nullable=False))
+    billed_nanos: int = Field(sa_column=_big(nullable=False))
+    balance_after_nanos: int | None = Field(default=None, sa_column=_big(nullable=True))
+    action: str = Field(max_length=10)
+    occurred_at: datetime = Field(sa_column=_ts(nullable=False))
+    recorded_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))

@@ -1,0 +1,1 @@
+"""Celery tasks: thin, named ``tollgate.<area>.<verb>``, taking IDs and plain values."""

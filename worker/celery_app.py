@@ -1,0 +1,48 @@
+"""The Celery app: broker, queues, task policy and the beat schedule.
+
+Tasks live in ``tasks/`` and are named ``tollgate.<area>.<verb>``; all of ``tollgate.usage.*`` runs
+on the ``tollgate.usage`` queue.  Tasks that move money are idempotent and acknowledged late, so a
+worker killed mid-task has its message re-delivered (``acks_late``, ``reject_on_worker_lost``);
+persistence itself does not depend on that: the outbox stream keeps every accepted turn until a
+drain has committed it.
+
+Run: ``celery -A worker.celery_app worker -Q tollgate.usage`` and ``celery -A worker.celery_app beat``.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from worker.settings import get_settings
+
+USAGE_QUEUE = "tollgate.usage"
+
+
+def make_app() -> Celery:
+    """Build the Celery app from :class:`worker.settings.Settings`."""
+    settings = get_settings()
+    celery = Celery("tollgate", broker=settings.broker_url, include=["tasks.usage"])
+    celery.conf.update(
+        task_default_queue=USAGE_QUEUE,
+        task_routes={"tollgate.usage.*": {"queue": USAGE_QUEUE}},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": 3600},
+        broker_connection_retry_on_startup=True,
+        result_backend=settings.redis_url,
+        result_expires=3600,
+        task_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule={
+            # backstop: kicks from the gate drain at once; this catches anything a kick missed
+            "drain-outbox": {"task": "tollgate.usage.drain_outbox", "schedule": 1.0, "options": {"expires": 5}},
+        },
+    )
+    return celery
+
+
+app = make_app()

@@ -1,0 +1,333 @@
+"""Persistence services: enterprises, wallets, credits and the usage of drained turns.
+
+Functions that take a ``session`` never commit: the caller owns the transaction (the drain commits
+once per batch, then acknowledges the outbox).  Functions that also touch the gate
+(:func:`open_wallet`, :func:`credit_wallet`) commit PostgreSQL first and then update Redis, so Redis
+is never ahead of the ledger for money coming in.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import Session
+
+from models.tables import (
+    BillingMode,
+    ChatAgentUsage,
+    ChatSession,
+    ChatStatus,
+    Enterprise,
+    PayerLevel,
+    TransactionKind,
+    UsageEvent,
+    Wallet,
+    WalletTransaction,
+)
+from worker.db import session_scope
+from worker.wallet import WalletGate
+
+USAGE_COLUMNS = (
+    "turn_id",
+    "wallet_id",
+    "enterprise_id",
+    "chat_id",
+    "workflow",
+    "agent",
+    "model",
+    "provider",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_prompt_tokens",
+    "duration_ms",
+    "input_nanos_per_mtok",
+    "cached_input_nanos_per_mtok",
+    "output_nanos_per_mtok",
+    "cost_nanos",
+    "occurred_at",
+    "billed_nanos",
+    "action",
+    "mode",
+    "balance_after_nanos",
+)
+
+
+class LedgerError(ValueError):
+    """A ledger request is invalid (names the field), e.g. an unknown wallet or a bad amount."""
+
+
+def ensure_enterprise(session: Session, enterprise_id: str, *, name: str | None = None) -> None:
+    """Create the enterprise (app) ``enterprise_id`` if it does not exist."""
+    session.execute(
+        insert(Enterprise)
+        .values(id=enterprise_id, name=name or enterprise_id, default_mode=BillingMode.production)
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+
+
+def open_wallet(
+    gate: WalletGate,
+    *,
+    wallet_id: str,
+    enterprise_id: str | None,
+    owner_id: str,
+    level: PayerLevel = PayerLevel.app_usage,
+    mode: BillingMode | None = None,
+    limited: bool = True,
+) -> Wallet:
+    """Create a wallet in PostgreSQL (if new) and load it into the gate with its ledger balance.
+
+    Opening an existing wallet changes nothing in PostgreSQL and keeps the gate's balance.
+    Returns the wallet row.
+    """
+    mode = mode or BillingMode(gate.settings.default_mode)
+    with session_scope() as session:
+        if enterprise_id:
+            ensure_enterprise(session, enterprise_id)
+        session.execute(
+            insert(Wallet)
+            .values(
+                id=wallet_id,
+                enterprise_id=enterprise_id,
+                owner_id=owner_id,
+                level=level,
+                mode=mode,
+                limited=limited,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        wallet = session.get(Wallet, wallet_id)
+        assert wallet is not None
+    gate.load_wallet(
+        wallet.id,
+        mode=wallet.mode,
+        limited=wallet.limited,
+        balance_nanos=wallet.credits_nanos - wallet.debits_nanos,
+    )
+    return wallet
+
+
+def record_credit(
+    session: Session, *, wallet_id: str, amount_nanos: int, idempotency_key: str, description: str = ""
+) -> bool:
+    """Add a credit entry to the ledger once per ``idempotency_key``; returns True if it was new.
+
+    Raises: LedgerError for a non-positive amount (``amount_nanos``) or unknown ``wallet_id``.
+    """
+    if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or amount_nanos <= 0:
+        raise LedgerError(f"amount_nanos must be a positive integer of nano-USD, got {amount_nanos!r}")
+    if session.get(Wallet, wallet_id) is None:
+        raise LedgerError(f"wallet_id: unknown wallet {wallet_id!r}")
+    inserted = session.execute(
+        insert(WalletTransaction)
+        .values(
+            wallet_id=wallet_id,
+            kind=TransactionKind.credit,
+            amount_nanos=amount_nanos,
+            idempotency_key=idempotency_key,
+            description=description,
+        )
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(WalletTransaction.id)
+    ).first()
+    if inserted is None:
+        return False
+    session.execute(
+        update(Wallet).where(Wallet.id == wallet_id).values(credits_nanos=Wallet.credits_nanos + amount_nanos)
+    )
+    return True
+
+
+def credit_wallet(
+    gate: WalletGate, *, wallet_id: str, amount_nanos: int, idempotency_key: str, description: str = ""
+) -> int:
+    """Credit a wallet once per key: the ledger entry commits first, then the gate's balance.
+
+    A retry with the same key after a crash between the two completes the gate side only.
+    Returns the gate balance after, nano-USD.  Raises LedgerError.
+    """
+    with session_scope() as session:
+        record_credit(
+            session,
+            wallet_id=wallet_id,
+            amount_nanos=amount_nanos,
+            idempotency_key=idempotency_key,
+            description=description,
+        )
+    return gate.credit(wallet_id, amount_nanos, idempotency_key)
+
+
+@dataclass(frozen=True, slots=True)
+class PersistResult:
+    """Outcome of persisting one batch: rows inserted, rows already there (re-deliveries), nanos debited."""
+
+    inserted: int
+    duplicates: int
+    billed_nanos: int
+
+
+def _add(acc: dict[str, int], row: dict[str, Any]) -> None:
+    acc["turns"] += 1
+    for name in ("prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_nanos"):
+        acc[name] += row[name]
+
+
+def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistResult:
+    """Insert usage events (``INSERT … ON CONFLICT (turn_id) DO NOTHING RETURNING``) and add only the
+    rows actually inserted to the wallet ledger, chat sessions and per-agent usage.
+
+    ``rows`` are dicts with the keys of :data:`USAGE_COLUMNS` (money in nano-USD, ``occurred_at``
+    an aware datetime).  Re-delivered rows are counted as duplicates and change nothing.
+    The caller commits.
+    """
+    if not rows:
+        return PersistResult(0, 0, 0)
+    table = UsageEvent.__table__
+    result = session.execute(
+        insert(table).on_conflict_do_nothing(index_elements=["turn_id"]).returning(table.c.turn_id),
+        list(rows),
+    )
+    inserted_ids = set(result.scalars().all())
+    fresh = [r for r in rows if r["turn_id"] in inserted_ids]
+    if not fresh:
+        return PersistResult(0, len(rows), 0)
+
+    debits: dict[str, list[int]] = defaultdict(lambda: [0, 0, ""])  # wallet -> [nanos, turns, first turn]
+    chats: dict[tuple[str, str], dict[str, Any]] = {}
+    agents: dict[tuple[str, str, str], dict[str, int]] = {}
+    for r in fresh:
+        d = debits[r["wallet_id"]]
+        d[0] += r["billed_nanos"]
+        d[1] += 1
+        d[2] = d[2] or r["turn_id"]
+        key = (r["enterprise_id"], r["chat_id"])
+        chat = chats.get(key)
+        if chat is None:
+            chat = chats[key] = {
+                "wallet_id": r["wallet_id"],
+                "workflow": r["workflow"],
+                "started_at": r["occurred_at"],
+                "last_turn_at": r["occurred_at"],
+                "turns": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "cached_prompt_tokens": 0,
+                "cost_nanos": 0,
+                "billed_nanos": 0,
+            }
+        _add(chat, r)
+        chat["billed_nanos"] += r["billed_nanos"]
+        chat["started_at"] = min(chat["started_at"], r["occurred_at"])
+        chat["last_turn_at"] = max(chat["last_turn_at"], r["occurred_at"])
+        chat["status"] = ChatStatus.paused if r["action"] == "pause" else ChatStatus.active
+        akey = (r["enterprise_id"], r["chat_id"], r["agent"])
+        agent = agents.get(akey)
+        if agent is None:
+            agent = agents[akey] = dict.fromkeys(
+                ("turns", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_nanos", "duration_ms"),
+                0,
+            )
+        _add(agent, r)
+        agent["duration_ms"] += r["duration_ms"]
+
+    billed_total = 0
+    for wallet_id in sorted(debits):  # a fixed order: concurrent drains lock wallets alike
+        nanos, turns, first_turn = debits[wallet_id]
+        billed_total += nanos
+        session.execute(
+            insert(WalletTransaction).values(
+                wallet_id=wallet_id,
+                kind=TransactionKind.debit,
+                amount_nanos=nanos,
+                turns=turns,
+                idempotency_key=f"usage:{first_turn}",
+                description=f"usage of {turns} turn(s)",
+            )
+        )
+        if nanos:
+            session.execute(
+                update(Wallet).where(Wallet.id == wallet_id).values(debits_nanos=Wallet.debits_nanos + nanos)
+            )
+
+    chat_ids: dict[tuple[str, str], int] = {}
+    ct = ChatSession.__table__
+    for (enterprise_id, chat_id) in sorted(chats):
+        c = chats[(enterprise_id, chat_id)]
+        stmt = insert(ct).values(
+            enterprise_id=enterprise_id, chat_id=chat_id, pause_reason=_reason(c["status"]), **c
+        )
+        ex = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            constraint="uq_chat_session_enterprise_chat",
+            set_={
+                "turns": ct.c.turns + ex.turns,
+                "prompt_tokens": ct.c.prompt_tokens + ex.prompt_tokens,
+                "completion_tokens": ct.c.completion_tokens + ex.completion_tokens,
+                "cached_prompt_tokens": ct.c.cached_prompt_tokens + ex.cached_prompt_tokens,
+                "cost_nanos": ct.c.cost_nanos + ex.cost_nanos,
+                "billed_nanos": ct.c.billed_nanos + ex.billed_nanos,
+                "started_at": func.least(ct.c.started_at, ex.started_at),
+                "last_turn_at": func.greatest(ct.c.last_turn_at, ex.last_turn_at),
+                # a completed chat stays completed; otherwise the latest turn's answer decides
+                # a completed chat stays completed; otherwise the latest turn's answer decides
+                "status": case((ct.c.status == ChatStatus.completed.value, ct.c.status), else_=ex.status),
+                "pause_reason": case(
+                    (ct.c.status == ChatStatus.completed.value, ct.c.pause_reason), else_=ex.pause_reason
+                ),
+            },
+        ).returning(ct.c.id)
+        chat_ids[(enterprise_id, chat_id)] = session.execute(stmt).scalar_one()
+
+    at = ChatAgentUsage.__table__
+    for (enterprise_id, chat_id, agent_name) in sorted(agents):
+        a = agents[(enterprise_id, chat_id, agent_name)]
+        stmt = insert(at).values(chat_session_id=chat_ids[(enterprise_id, chat_id)], agent=agent_name, **a)
+        ex = stmt.excluded
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["chat_session_id", "agent"],
+                set_={name: at.c[name] + ex[name] for name in a},
+            )
+        )
+    return PersistResult(len(fresh), len(rows) - len(fresh), billed_total)
+
+
+def _reason(status: str) -> str | None:
+    return "wallet_exhausted" if status == ChatStatus.paused else None
+
+
+def wallet_usage(session: Session, wallet_id: str) -> dict[str, int]:
+    """Totals of the usage events persisted for a wallet: turns, tokens and nanos (all integers)."""
+    ue = UsageEvent
+    row = session.execute(
+        select(
+            func.count(ue.id),
+            func.coalesce(func.sum(ue.prompt_tokens), 0),
+            func.coalesce(func.sum(ue.completion_tokens), 0),
+            func.coalesce(func.sum(ue.cached_prompt_tokens), 0),
+            func.coalesce(func.sum(ue.cost_nanos), 0),
+            func.coalesce(func.sum(ue.billed_nanos), 0),
+        ).where(ue.wallet_id == wallet_id)
+    ).one()
+    keys = ("turns", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_nanos", "billed_nanos")
+    return {k: int(v) for k, v in zip(keys, row)}
+
+
+def ledger_balance(session: Session, wallet_id: str) -> int:
+    """``credits − debits`` of a wallet from its ledger entries, nano-USD.  Raises LedgerError."""
+    wallet = session.get(Wallet, wallet_id)
+    if wallet is None:
+        raise LedgerError(f"wallet_id: unknown wallet {wallet_id!r}")
+    wt = WalletTransaction
+    credits, debits = session.execute(
+        select(
+            func.coalesce(func.sum(wt.amount_nanos).filter(wt.kind == TransactionKind.credit), 0),
+            func.coalesce(func.sum(wt.amount_nanos).filter(wt.kind == TransactionKind.debit), 0),
+        ).where(wt.wallet_id == wallet_id)
+    ).one()
+    return int(credits) - int(debits)
+

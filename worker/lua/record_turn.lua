@@ -1,0 +1,76 @@
+-- record_turn.lua: decide, debit and enqueue one turn, atomically.  Called only by worker.wallet.WalletGate.
+--
+-- KEYS[1]  tollgate:{sN}:wallet:<wallet_id>   hash: balance (int nanos), mode, limited ('1'|'0'),
+--                                              accepted_turns, denied_turns
+-- KEYS[2]  tollgate:{sN}:turn:<turn_id>        string: the first answer for this turn_id (idempotency)
+-- KEYS[3]  tollgate:{sN}:outbox                stream of accepted turns not yet persisted
+-- KEYS[4]  tollgate:{sN}:kick                  flag: a drain was asked for within the kick interval
+-- ARGV[1]  cost_nanos      integer string >= 0
+-- ARGV[2]  payload         the turn as JSON (stored verbatim in the outbox entry field 't')
+-- ARGV[3]  dedupe_ttl_s    seconds the answer is remembered (>= 24 h)
+-- ARGV[4]  kick_ms         at most one drain kick per this many milliseconds
+--
+-- Returns {status, balance, action, billed, duplicate, kick}:
+--   status   'accepted' | 'denied'
+--   balance  balance after the turn as an integer string; '' for an unlimited wallet
+--   action   'continue' | 'pause'
+--   billed   nanos debited, integer string
+--   duplicate 1 if turn_id was seen before (the first answer is returned, nothing changes), else 0
+--   kick     1 if the caller should ask for a drain now, else 0
+-- Errors: 'TOLLGATE_UNKNOWN_WALLET' when KEYS[1] does not exist (nothing changes).
+--
+-- Post-hoc policy: a turn is accepted while the balance before it is > 0 (it already happened, so it
+-- may overdraw by at most itself) and the chat must then pause; at a balance <= 0 it is denied and not
+-- debited.  Development mode records the turn and never debits or blocks.  Money is added with
+-- HINCRBY (64-bit integers) and read back as strings: never summed in Lua doubles.
+
+local seen = redis.call('GET', KEYS[2])
+if seen then
+  local status, balance, action, billed = string.match(seen, '^(%a+)|(-?%d*)|(%a+)|(%d+)$')
+  return {status, balance, action, billed, 1, 0}
+end
+
+local w = redis.call('HMGET', KEYS[1], 'mode', 'limited', 'balance')
+local mode = w[1]
+if not mode then
+  return redis.error_reply('TOLLGATE_UNKNOWN_WALLET')
+end
+local limited = w[2] == '1'
+local balance = w[3]
+local status = 'accepted'
+local action = 'continue'
+local billed = '0'
+local kick = 0
+
+if mode == 'production' then
+  if limited and tonumber(balance) <= 0 then
+    status = 'denied'
+    action = 'pause'
+  else
+    billed = ARGV[1]
+    if billed ~= '0' then
+      redis.call('HINCRBY', KEYS[1], 'balance', '-' .. billed)
+      balance = redis.call('HGET', KEYS[1], 'balance')
+    end
+    if limited and tonumber(balance) <= 0 then
+      action = 'pause'
+    end
+  end
+end
+
+if not limited then
+  balance = ''
+end
+
+if status == 'accepted' then
+  redis.call('HINCRBY', KEYS[1], 'accepted_turns', 1)
+  redis.call('XADD', KEYS[3], '*', 't', ARGV[2], 'b', billed, 'a', action, 'm', mode, 'bal', balance)
+  if redis.call('SET', KEYS[4], '1', 'PX', ARGV[4], 'NX') then
+    kick = 1
+  end
+else
+  redis.call('HINCRBY', KEYS[1], 'denied_turns', 1)
+end
+
+redis.call('SET', KEYS[2], status .. '|' .. balance .. '|' .. action .. '|' .. billed, 'EX', ARGV[3])
+return {status, balance, action, billed, 0, kick}

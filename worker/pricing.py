@@ -1,0 +1,262 @@
+"""Price a turn in integer nano-USD.
+
+Prices come from ``genai-prices`` (Pydantic's open price database, USD per million tokens) and from
+an override table for models it lacks or for negotiated rates.  Every price is held as an integer
+*nano-USD per million tokens* (``*_nanos_per_mtok``): USD 2.50 / MTok is ``2_500_000_000``.  Any
+price with at most nine decimals is exact in that unit, and the cost of a turn is
+
+    cost_nanos = round_half_up((uncached_prompt * input + cached * cache_read + completion * output) / 10**6)
+
+computed in integers, rounded once per turn.  Cached prompt tokens are part of ``prompt_tokens`` and
+are billed at the cache-read price (at the input price when the model has no cache-read price), as
+genai-prices does.  Tiered prices (a higher rate for every token once the prompt crosses a
+threshold, genai-prices' ``TieredPrices``) are resolved per turn from the prompt length.
+
+Models whose genai-prices entry prices anything beyond prompt, cache-read and completion tokens
+(e.g. a per-request fee) are priced through genai-prices' own ``ModelPrice.calc_price`` instead, so
+the figure always equals genai-prices' to the nano.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from pathlib import Path
+from typing import Mapping
+
+from genai_prices import Usage
+from genai_prices.data_snapshot import get_snapshot
+from genai_prices.types import ModelPrice, TieredPrices
+
+NANOS_PER_USD = 10**9
+TOKENS_PER_MTOK = 10**6
+
+#: genai-prices price keys whose units a turn never reports; they cannot change a turn's cost.
+_UNREPORTED_KEYS = frozenset({"web_searches_kcount", "storage_searches_kcount", "file_searches_kcount"})
+_TOKEN_KEYS = frozenset({"input_mtok", "cache_read_mtok", "output_mtok"})
+
+
+class PricingError(ValueError):
+    """A turn cannot be priced: unknown model or provider and no override, or a bad price."""
+
+
+def usd_to_nanos(usd: Decimal | str | int) -> int:
+    """Exact USD amount → integer nano-USD.  Raises :class:`PricingError` below one nano."""
+    try:
+        value = Decimal(str(usd)) * NANOS_PER_USD
+    except InvalidOperation as exc:
+        raise PricingError(f"not a decimal USD amount: {usd!r}") from exc
+    if value != value.to_integral_value():
+        raise PricingError(f"{usd} USD is not a whole number of nano-USD")
+    return int(value)
+
+
+def nanos_to_usd(nanos: int) -> str:
+    """Integer nano-USD → decimal string of USD for display (``1500000000`` → ``"1.500000000"``)."""
+    sign = "-" if nanos < 0 else ""
+    whole, frac = divmod(abs(nanos), NANOS_PER_USD)
+    return f"{sign}{whole}.{frac:09d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Tiered:
+    """A price that applies to every token once the prompt exceeds ``start`` tokens.
+
+    ``tiers`` is ``((start_tokens, nanos_per_mtok), ...)`` ascending; ``base`` below the first.
+    """
+
+    base: int
+    tiers: tuple[tuple[int, int], ...]
+
+    def at(self, prompt_tokens: int) -> int:
+        """The nanos-per-MTok rate for a turn with ``prompt_tokens`` of prompt."""
+        for start, price in reversed(self.tiers):
+            if prompt_tokens > start:
+                return price
+        return self.base
+
+
+Rate = int | Tiered
+
+
+def _rate_at(rate: Rate, prompt_tokens: int) -> int:
+    return rate.at(prompt_tokens) if isinstance(rate, Tiered) else rate
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPrice:
+    """What one turn costs and the unit prices it was charged at (kept with the usage event).
+
+    Attributes:
+        cost_nanos: cost of the turn, nano-USD.
+        input_nanos_per_mtok / cached_input_nanos_per_mtok / output_nanos_per_mtok: the rates
+            applied, nano-USD per million tokens (after tier selection).
+        model / provider: the resolved model id and provider id.
+    """
+
+    cost_nanos: int
+    input_nanos_per_mtok: int
+    cached_input_nanos_per_mtok: int
+    output_nanos_per_mtok: int
+    model: str
+    provider: str
+
+
+@dataclass(frozen=True, slots=True)
+class PriceSheet:
+    """Resolved prices of one model at one provider on one UTC date.
+
+    ``exotic`` holds genai-prices' ``ModelPrice`` when it prices units beyond tokens; the cost is then
+    taken from genai-prices itself.
+    """
+
+    model: str
+    provider: str
+    input: Rate
+    cache_read: Rate
+    output: Rate
+    exotic: ModelPrice | None = None
+
+    def price(self, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int) -> TurnPrice:
+        """Price one turn.  Token counts are validated by the caller (non-negative, cached ≤ prompt)."""
+        input_rate = _rate_at(self.input, prompt_tokens)
+        cached_rate = _rate_at(self.cache_read, prompt_tokens)
+        output_rate = _rate_at(self.output, prompt_tokens)
+        if self.exotic is not None:
+            usage = Usage(
+                input_tokens=prompt_tokens,
+                cache_read_tokens=cached_prompt_tokens,
+                output_tokens=completion_tokens,
+            )
+            total = self.exotic.calc_price(usage)["total_price"] * NANOS_PER_USD
+            cost = int(total.to_integral_value(rounding=ROUND_HALF_UP))
+        else:
+            micro = (
+                (prompt_tokens - cached_prompt_tokens) * input_rate
+                + cached_prompt_tokens * cached_rate
+                + completion_tokens * output_rate
+            )
+            cost = (micro + TOKENS_PER_MTOK // 2) // TOKENS_PER_MTOK
+        return TurnPrice(cost, input_rate, cached_rate, output_rate, self.model, self.provider)
+
+
+def _to_rate(value: Decimal | TieredPrices) -> Rate:
+    if isinstance(value, TieredPrices):
+        return Tiered(
+            base=usd_to_nanos(value.base),
+            tiers=tuple((t.start, usd_to_nanos(t.price)) for t in value.tiers),
+        )
+    return usd_to_nanos(value)
+
+
+def _sheet_from_model_price(model: str, provider: str, mp: ModelPrice) -> PriceSheet:
+    """A sheet from genai-prices' resolved ``ModelPrice``; a model with no token prices is free."""
+    keys = {k for k, v in mp.__dict__.items() if v is not None and not k.startswith("_")}
+    try:
+        input_rate = _to_rate(mp.input_mtok) if mp.input_mtok is not None else 0
+        cache_rate = _to_rate(mp.cache_read_mtok) if mp.cache_read_mtok is not None else input_rate
+        output_rate = _to_rate(mp.output_mtok) if mp.output_mtok is not None else 0
+    except PricingError:  # a rate finer than a nano per MTok: let genai-prices compute it
+        return PriceSheet(model, provider, 0, 0, 0, exotic=mp)
+    exotic = mp if keys - _TOKEN_KEYS - _UNREPORTED_KEYS else None
+    return PriceSheet(model, provider, input_rate, cache_rate, output_rate, exotic)
+
+
+def _override_key(provider: str | None, model: str) -> str:
+    return f"{(provider or '').lower()}/{model.lower()}"
+
+
+class PriceBook:
+    """Resolves ``(model, provider, when)`` to a :class:`PriceSheet`, overrides first.
+
+    Args:
+        overrides: ``{"provider/model": {"input_mtok": "1.00", "cache_read_mtok": "0.25",
+            "output_mtok": "4.00"}}`` in USD per million tokens as decimal strings.  A key with an
+            empty provider (``"/my-model"``) matches that model at any provider.
+
+    Raises:
+        PricingError: an override is malformed (names the key and field).
+    """
+
+    def __init__(self, overrides: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        self._overrides: dict[str, PriceSheet] = {}
+        for key, prices in (overrides or {}).items():
+            provider, sep, model = key.partition("/")
+            if not sep or not model:
+                raise PricingError(f"price override key {key!r} must be 'provider/model'")
+            unknown = set(prices) - _TOKEN_KEYS
+            if unknown:
+                raise PricingError(f"price override {key!r}: unknown field(s) {sorted(unknown)}")
+            try:
+                rates = {k: usd_to_nanos(v) for k, v in prices.items()}
+            except PricingError as exc:
+                raise PricingError(f"price override {key!r}: {exc}") from exc
+            if any(v < 0 for v in rates.values()):
+                raise PricingError(f"price override {key!r}: prices must be >= 0")
+            inp = rates.get("input_mtok", 0)
+            self._overrides[_override_key(provider, model)] = PriceSheet(
+                model=model,
+                provider=provider or "custom",
+                input=inp,
+                cache_read=rates.get("cache_read_mtok", inp),
+                output=rates.get("output_mtok", 0),
+            )
+        self._cache: dict[tuple[str, str | None, date], PriceSheet] = {}
+
+    @classmethod
+    def from_file(cls, path: str | Path | None) -> "PriceBook":
+        """A price book with the overrides of a JSON file (see the class docstring), or none."""
+        if not path:
+            return cls()
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PricingError(f"price overrides file {path}: {exc}") from exc
+        return cls(data)
+
+    def sheet(self, model: str, provider: str | None, when: datetime) -> PriceSheet:
+        """Prices of ``model`` at ``provider`` (``None``: genai-prices guesses) on ``when``'s UTC date.
+
+        Raises:
+            PricingError: unknown model or provider and no override.
+        """
+        day = when.astimezone(UTC).date() if when.tzinfo else when.date()
+        key = (model, provider, day)
+        sheet = self._cache.get(key)
+        if sheet is not None:
+            return sheet
+        sheet = self._overrides.get(_override_key(provider, model)) or self._overrides.get(
+            _override_key(None, model)
+        )
+        if sheet is None:
+            try:
+                prov, info = get_snapshot().find_provider_model(model, None, provider, None)
+            except LookupError as exc:
+                raise PricingError(
+                    f"unknown model {model!r} at provider {provider!r}: not in genai-prices and no override"
+                ) from exc
+            at = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+            sheet = _sheet_from_model_price(info.id, prov.id, info.get_prices(at))
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[key] = sheet
+        return sheet
+
+    def price(
+        self,
+        *,
+        model: str,
+        provider: str | None,
+        when: datetime,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_prompt_tokens: int = 0,
+    ) -> TurnPrice:
+        """Price one turn (tokens are integers ≥ 0, ``cached_prompt_tokens ≤ prompt_tokens``).
+
+        Returns: a :class:`TurnPrice` with ``cost_nanos`` in nano-USD.
+        Raises: PricingError for an unknown model/provider.
+        """
+        return self.sheet(model, provider, when).price(prompt_tokens, completion_tokens, cached_prompt_tokens)

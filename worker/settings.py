@@ -1,0 +1,61 @@
+"""tollgate's one settings object, read from the environment (prefix ``TOLLGATE_``).
+
+Every default works against the services of a development machine: PostgreSQL on
+127.0.0.1:5432 with trust auth and Redis on 127.0.0.1:6379.  Example::
+
+    TOLLGATE_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/tollgate_test tollgate db upgrade
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BillingMode = Literal["production", "development"]
+
+
+class Settings(BaseSettings):
+    """Configuration of the gate, the outbox drain and the database.
+
+    Fields (env var ``TOLLGATE_<NAME>``):
+        redis_url: Redis holding wallets, idempotency keys and the outbox.
+        database_url: SQLAlchemy URL of PostgreSQL (psycopg 3 driver).
+        broker_url: Celery broker; defaults to ``redis_url``.
+        outbox_shards: number of outbox streams; a wallet lives on shard
+            ``crc32(wallet_id) % outbox_shards``.  Fixed once wallets exist.
+        outbox_batch_size: entries a drain reads, inserts and acknowledges at once.
+        dedupe_ttl_s: seconds a turn_id is remembered by the gate (>= 24 h, seconds).
+        reclaim_idle_ms: an outbox entry read but not acknowledged for this long
+            (milliseconds) is presumed to belong to a dead consumer and is reclaimed.
+        kick_interval_ms: at most one drain task is sent per shard per interval.
+        default_mode: billing mode of a new wallet unless given.
+        price_overrides_path: optional JSON file of price overrides (see ``worker.pricing``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TOLLGATE_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/tollgate"
+    broker_url: str | None = None
+    outbox_shards: int = Field(default=4, ge=1, le=1024)
+    outbox_batch_size: int = Field(default=1000, ge=1, le=10_000)
+    dedupe_ttl_s: int = Field(default=7 * 24 * 3600, ge=24 * 3600)
+    reclaim_idle_ms: int = Field(default=30_000, ge=100)
+    kick_interval_ms: int = Field(default=200, ge=1)
+    default_mode: BillingMode = "production"
+    price_overrides_path: str | None = None
+
+    @model_validator(mode="after")
+    def _broker_defaults_to_redis(self) -> "Settings":
+        if not self.broker_url:
+            self.broker_url = self.redis_url
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide :class:`Settings`, read once from the environment."""
+    return Settings()

@@ -1,0 +1,179 @@
+"""Parsers for public LLM request traces, each row → one turn's token counts and time.
+
+Formats:
+    ``azure``: Azure LLM inference trace 2023 (CSV, CRLF): ``TIMESTAMP,ContextTokens,GeneratedTokens``;
+        ``TIMESTAMP`` is ``YYYY-MM-DD HH:MM:SS.fffffff`` (read as UTC, truncated to microseconds);
+        prompt = ContextTokens, completion = GeneratedTokens, no cached tokens.
+    ``mooncake``: Mooncake FAST'25 trace (JSON Lines): ``timestamp`` (ms from the trace start),
+        ``input_length``, ``output_length``, ``hash_ids`` (prefix KV-cache blocks of 512 tokens);
+        prompt = input_length, completion = output_length, cached prompt tokens = 512 × the number
+        of leading ``hash_ids`` already seen in earlier rows of the file, capped at input_length.
+
+A malformed row raises :class:`TraceError` naming the file, the row (1-based data row; the line of
+the file too) and the field.  The whole file is read before anything is recorded.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+TraceFormat = Literal["azure", "mooncake"]
+AZURE_HEADER = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
+MOONCAKE_BLOCK_TOKENS = 512
+_TS = re.compile(r"^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?$")
+_INT = re.compile(r"^\d+$")
+MAX_TOKENS = 10**12
+
+
+class TraceError(ValueError):
+    """A trace file or row is malformed; the message names the file, row, line and field."""
+
+    def __init__(self, path: Path, message: str, *, row: int | None = None, line: int | None = None,
+                 field: str | None = None) -> None:
+        where = f"{path}"
+        if row is not None:
+            where += f": row {row}" + (f" (line {line})" if line is not None else "")
+        if field is not None:
+            where += f", field {field}"
+        super().__init__(f"{where}: {message}")
+        self.path, self.row, self.line, self.field = path, row, line, field
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRow:
+    """One request of a trace: 1-based data ``row``, its time, and its tokens (integers ≥ 0)."""
+
+    row: int
+    occurred_at: datetime
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int
+
+
+def _tokens(path: Path, value: object, *, row: int, line: int, field: str) -> int:
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and _INT.match(value))):
+        if isinstance(value, int | str) and str(value).lstrip().startswith("-"):
+            raise TraceError(path, f"{value!r} is negative; tokens are integers >= 0", row=row, line=line, field=field)
+        raise TraceError(path, f"{value!r} is not a non-negative integer", row=row, line=line, field=field)
+    n = int(value)
+    if n < 0:
+        raise TraceError(path, f"{n} is negative; tokens are integers >= 0", row=row, line=line, field=field)
+    if n > MAX_TOKENS:
+        raise TraceError(path, f"{n} exceeds {MAX_TOKENS}", row=row, line=line, field=field)
+    return n
+
+
+def _azure_time(path: Path, value: str, *, row: int, line: int) -> datetime:
+    m = _TS.match(value)
+    if not m:
+        raise TraceError(path, f"{value!r} is not 'YYYY-MM-DD HH:MM:SS.fffffff'", row=row, line=line,
+                         field="TIMESTAMP")
+    frac = (m.group(7) or "").ljust(6, "0")[:6]
+    try:
+        return datetime(*(int(g) for g in m.groups()[:6]), int(frac), tzinfo=UTC)
+    except ValueError as exc:
+        raise TraceError(path, f"{value!r}: {exc}", row=row, line=line, field="TIMESTAMP") from exc
+
+
+def read_azure(path: Path) -> list[TraceRow]:
+    """Parse an Azure LLM inference trace CSV.  Raises TraceError."""
+    rows: list[TraceRow] = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise TraceError(path, "empty file: expected the header TIMESTAMP,ContextTokens,GeneratedTokens")
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise TraceError(path, f"not a CSV file: {exc}") from exc
+        if header != AZURE_HEADER:
+            raise TraceError(path, f"header is {','.join(header)[:80]!r}, expected {','.join(AZURE_HEADER)!r} "
+                                   "(is this --format azure?)", row=0, line=1)
+        try:
+            for n, record in enumerate(reader, start=1):
+                line = reader.line_num
+                if len(record) != 3:
+                    raise TraceError(path, f"expected 3 columns, found {len(record)}", row=n, line=line)
+                ts, prompt, completion = record
+                rows.append(TraceRow(
+                    row=n,
+                    occurred_at=_azure_time(path, ts, row=n, line=line),
+                    prompt_tokens=_tokens(path, prompt, row=n, line=line, field="ContextTokens"),
+                    completion_tokens=_tokens(path, completion, row=n, line=line, field="GeneratedTokens"),
+                    cached_prompt_tokens=0,
+                ))
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise TraceError(path, f"not a CSV file: {exc}", row=len(rows) + 1, line=reader.line_num) from exc
+    if not rows:
+        raise TraceError(path, "no data rows")
+    return rows
+
+
+def read_mooncake(path: Path, *, epoch: datetime) -> list[TraceRow]:
+    """Parse a Mooncake JSONL trace; ``timestamp`` ms are added to ``epoch`` (aware).  Raises TraceError."""
+    rows: list[TraceRow] = []
+    seen: set[int] = set()
+    with path.open(encoding="utf-8") as fh:
+        try:
+            for line_no, text in enumerate(fh, start=1):
+                if not text.strip():
+                    continue
+                n = len(rows) + 1
+                try:
+                    obj = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise TraceError(path, f"not a JSON object: {exc.msg} (is this --format mooncake?)",
+                                     row=n, line=line_no) from exc
+                if not isinstance(obj, dict):
+                    raise TraceError(path, "not a JSON object", row=n, line=line_no)
+                for name in ("timestamp", "input_length", "output_length", "hash_ids"):
+                    if name not in obj:
+                        raise TraceError(path, "missing", row=n, line=line_no, field=name)
+                ts = obj["timestamp"]
+                if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
+                    raise TraceError(path, f"{ts!r} is not a non-negative integer of ms", row=n, line=line_no,
+                                     field="timestamp")
+                prompt = _tokens(path, obj["input_length"], row=n, line=line_no, field="input_length")
+                completion = _tokens(path, obj["output_length"], row=n, line=line_no, field="output_length")
+                hash_ids = obj["hash_ids"]
+                if not isinstance(hash_ids, list) or any(
+                    isinstance(h, bool) or not isinstance(h, int) for h in hash_ids
+                ):
+                    raise TraceError(path, "must be a list of integers", row=n, line=line_no, field="hash_ids")
+                leading = 0
+                for h in hash_ids:
+                    if h not in seen:
+                        break
+                    leading += 1
+                seen.update(hash_ids)
+                rows.append(TraceRow(
+                    row=n,
+                    occurred_at=epoch + timedelta(milliseconds=ts),
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    cached_prompt_tokens=min(prompt, MOONCAKE_BLOCK_TOKENS * leading),
+                ))
+        except UnicodeDecodeError as exc:
+            raise TraceError(path, f"not UTF-8 text: {exc}", row=len(rows) + 1) from exc
+    if not rows:
+        raise TraceError(path, "no data rows")
+    return rows
+
+
+def read_trace(path: str | Path, fmt: TraceFormat, *, epoch: datetime | None = None) -> list[TraceRow]:
+    """Read a whole trace of format ``fmt``; Mooncake's relative times start at ``epoch`` (default:
+    now, UTC).  Raises TraceError (also for a missing file or an unknown format)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TraceError(path, "no such file")
+    if fmt == "azure":
+        return read_azure(path)
+    if fmt == "mooncake":
+        return read_mooncake(path, epoch=epoch or datetime.now(UTC))
+    raise TraceError(path, f"unknown format {fmt!r}: expected azure or mooncake")

@@ -1,0 +1,263 @@
+"""The gate: prices a turn in-process and runs ``record_turn.lua`` (one atomic step in Redis) to
+debit the payer's wallet, remember the turn_id and append the turn to the outbox.
+
+Redis keys (every key one script touches shares the shard's hash tag, so the gate runs unchanged on
+Redis Cluster)::
+
+    tollgate:{sN}:wallet:<wallet_id>   hash  balance, mode, limited, accepted_turns, denied_turns
+    tollgate:{sN}:turn:<turn_id>       str   first answer for a turn_id (TTL: settings.dedupe_ttl_s)
+    tollgate:{sN}:credit:<key>         str   credit already applied (same TTL)
+    tollgate:{sN}:outbox               stream of accepted turns not yet persisted
+    tollgate:{sN}:kick                 str   a drain was asked for within settings.kick_interval_ms
+
+``N = crc32(wallet_id) % settings.outbox_shards``.  Nothing but this module runs the scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from importlib.resources import files
+from typing import Callable, Iterable, Sequence
+
+import redis
+
+from models.schemas import Decision, TurnIn
+from worker.pricing import PriceBook, TurnPrice
+from worker.settings import Settings, get_settings
+
+PREFIX = "tollgate"
+
+
+class UnknownWallet(LookupError):
+    """The wallet does not exist in the gate (never created, or Redis lost it: rebuild it)."""
+
+    def __init__(self, wallet_id: str) -> None:
+        super().__init__(f"unknown wallet {wallet_id!r}")
+        self.wallet_id = wallet_id
+
+
+def _lua(name: str) -> str:
+    return files("worker").joinpath("lua", name).read_text()
+
+
+def shard_of(wallet_id: str, shards: int) -> int:
+    """The outbox shard of a wallet: ``crc32(wallet_id) % shards``."""
+    return zlib.crc32(wallet_id.encode()) % shards
+
+
+def shard_tag(shard: int) -> str:
+    """Key prefix of one shard, hash tag included: ``tollgate:{s3}``."""
+    return f"{PREFIX}:{{s{shard}}}"
+
+
+def outbox_key(shard: int) -> str:
+    """The outbox stream of one shard."""
+    return f"{shard_tag(shard)}:outbox"
+
+
+def kick_key(shard: int) -> str:
+    """The drain-kick flag of one shard."""
+    return f"{shard_tag(shard)}:kick"
+
+
+def turn_payload(turn: TurnIn, price: TurnPrice) -> str:
+    """The outbox form of an accepted turn: compact JSON, read back by :func:`worker.drain.parse_entry`.
+
+    ``ts`` is ``occurred_at`` in integer microseconds since the Unix epoch (UTC).
+    """
+    occurred = turn.occurred_at
+    ts = (occurred.toordinal() - 719163) * 86_400_000_000 + (
+        (occurred.hour * 3600 + occurred.minute * 60 + occurred.second) * 1_000_000 + occurred.microsecond
+    )
+    return json.dumps(
+        [
+            turn.turn_id,
+            turn.wallet_id,
+            turn.enterprise_id,
+            turn.chat_id,
+            turn.workflow,
+            turn.agent,
+            turn.model,
+            price.provider,
+            turn.prompt_tokens,
+            turn.completion_tokens,
+            turn.cached_prompt_tokens,
+            turn.duration_ms,
+            price.input_nanos_per_mtok,
+            price.cached_input_nanos_per_mtok,
+            price.output_nanos_per_mtok,
+            price.cost_nanos,
+            ts,
+        ],
+        separators=(",", ":"),
+    )
+
+
+Kicker = Callable[[int], None]
+
+
+def celery_kicker(shard: int) -> None:
+    """Ask a Celery worker to drain one outbox shard (``tollgate.usage.drain_outbox``)."""
+    from worker.celery_app import app
+
+    app.send_task("tollgate.usage.drain_outbox", kwargs={"shard": shard})
+
+
+class WalletGate:
+    """Records turns against wallets in Redis, atomically and idempotently.
+
+    Args:
+        client: a redis-py client (``decode_responses=True``); defaults to ``settings.redis_url``.
+        settings: defaults to :func:`worker.settings.get_settings`.
+        price_book: defaults to genai-prices plus ``settings.price_overrides_path``.
+        kicker: called with a shard number when that outbox should be drained now; defaults to
+            sending the Celery task.  Pass ``lambda shard: None`` to rely on beat's backstop.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | None = None,
+        *,
+        settings: Settings | None = None,
+        price_book: PriceBook | None = None,
+        kicker: Kicker | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.redis = client or redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        self.prices = price_book or PriceBook.from_file(self.settings.price_overrides_path)
+        self.kicker = kicker or celery_kicker
+        self._record = self.redis.register_script(_lua("record_turn.lua"))
+        self._credit = self.redis.register_script(_lua("credit.lua"))
+
+    # keys -------------------------------------------------------------------------------------
+    def shard(self, wallet_id: str) -> int:
+        """The outbox shard that holds ``wallet_id``."""
+        return shard_of(wallet_id, self.settings.outbox_shards)
+
+    def wallet_key(self, wallet_id: str) -> str:
+        """Redis key of a wallet's hash."""
+        return f"{shard_tag(self.shard(wallet_id))}:wallet:{wallet_id}"
+
+    def _turn_keys(self, turn: TurnIn) -> list[str]:
+        shard = self.shard(turn.wallet_id)
+        tag = shard_tag(shard)
+        return [f"{tag}:wallet:{turn.wallet_id}", f"{tag}:turn:{turn.turn_id}", f"{tag}:outbox", f"{tag}:kick"]
+
+    # wallets ----------------------------------------------------------------------------------
+    def load_wallet(
+        self, wallet_id: str, *, mode: str, limited: bool, balance_nanos: int, overwrite: bool = False
+    ) -> None:
+        """Put a wallet into the gate.  Without ``overwrite`` an existing balance is kept (only mode
+        and limit are set), so loading twice never resets money.  ``balance_nanos`` is nano-USD."""
+        key = self.wallet_key(wallet_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, mapping={"mode": mode, "limited": "1" if limited else "0"})
+        if overwrite:
+            pipe.hset(key, "balance", balance_nanos)
+        else:
+            pipe.hsetnx(key, "balance", balance_nanos)
+        pipe.execute()
+
+    def balance(self, wallet_id: str) -> int:
+        """The wallet's balance in the gate, nano-USD.  Raises :class:`UnknownWallet`."""
+        value = self.redis.hget(self.wallet_key(wallet_id), "balance")
+        if value is None:
+            raise UnknownWallet(wallet_id)
+        return int(value)
+
+    def credit(self, wallet_id: str, amount_nanos: int, idempotency_key: str) -> int:
+        """Add ``amount_nanos`` (> 0) to the gate's balance once per ``idempotency_key``.
+
+        Callers record the credit in the PostgreSQL ledger first (``worker.ledger.credit_wallet``
+        does both).  Returns the balance after, nano-USD.
+        Raises: ValueError for a non-positive amount; UnknownWallet.
+        """
+        if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or amount_nanos <= 0:
+            raise ValueError(f"amount_nanos must be a positive integer, got {amount_nanos!r}")
+        tag = shard_tag(self.shard(wallet_id))
+        try:
+            balance, _dup = self._credit(
+                keys=[f"{tag}:wallet:{wallet_id}", f"{tag}:credit:{idempotency_key}"],
+                args=[amount_nanos, self.settings.dedupe_ttl_s],
+            )
+        except redis.ResponseError as exc:
+            raise self._translate(exc, wallet_id) from exc
+        return int(balance)
+
+    # turns ------------------------------------------------------------------------------------
+    def record_turn(self, turn: TurnIn) -> Decision:
+        """Price, debit and enqueue one turn (one EVALSHA).  Idempotent by ``turn.turn_id``.
+
+        Returns: the :class:`~models.schemas.Decision`.
+        Raises: worker.pricing.PricingError (unknown model), UnknownWallet; nothing changes then.
+        """
+        return self.record_turns([turn])[0]
+
+    def record_turns(self, turns: Sequence[TurnIn]) -> list[Decision]:
+        """Record many turns with one pipelined round trip, each through the same script, in order.
+
+        Every turn is priced and every wallet checked before anything is sent, so a bad turn
+        rejects the whole batch and changes nothing.
+        Raises: worker.pricing.PricingError, UnknownWallet.
+        """
+        if not turns:
+            return []
+        prices = [
+            self.prices.price(
+                model=t.model,
+                provider=t.provider,
+                when=t.occurred_at,
+                prompt_tokens=t.prompt_tokens,
+                completion_tokens=t.completion_tokens,
+                cached_prompt_tokens=t.cached_prompt_tokens,
+            )
+            for t in turns
+        ]
+        self._check_wallets({t.wallet_id for t in turns})
+        ttl, kick_ms = self.settings.dedupe_ttl_s, self.settings.kick_interval_ms
+        pipe = self.redis.pipeline(transaction=False)
+        for turn, price in zip(turns, prices):
+            self._record(
+                keys=self._turn_keys(turn),
+                args=[price.cost_nanos, turn_payload(turn, price), ttl, kick_ms],
+                client=pipe,
+            )
+        replies = pipe.execute(raise_on_error=False)
+        decisions: list[Decision] = []
+        kicks: set[int] = set()
+        for turn, price, reply in zip(turns, prices, replies):
+            if isinstance(reply, Exception):
+                raise self._translate(reply, turn.wallet_id)
+            status, balance, action, billed, duplicate, kick = reply
+            if kick:
+                kicks.add(self.shard(turn.wallet_id))
+            decisions.append(
+                Decision(
+                    turn_id=turn.turn_id,
+                    accepted=status == "accepted",
+                    action=action,
+                    balance_nanos=int(balance) if balance != "" else None,
+                    cost_nanos=price.cost_nanos,
+                    billed_nanos=int(billed),
+                    duplicate=bool(duplicate),
+                )
+            )
+        for shard in sorted(kicks):
+            self.kicker(shard)
+        return decisions
+
+    def _check_wallets(self, wallet_ids: Iterable[str]) -> None:
+        ids = sorted(wallet_ids)
+        pipe = self.redis.pipeline(transaction=False)
+        for wallet_id in ids:
+            pipe.exists(self.wallet_key(wallet_id))
+        for wallet_id, exists in zip(ids, pipe.execute()):
+            if not exists:
+                raise UnknownWallet(wallet_id)
+
+    @staticmethod
+    def _translate(exc: Exception, wallet_id: str) -> Exception:
+        if "TOLLGATE_UNKNOWN_WALLET" in str(exc):
+            return UnknownWallet(wallet_id)
+        return exc
