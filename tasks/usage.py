@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 from models.schemas import TurnIn
 from worker.celery_app import app
 from worker.drain import OutboxDrain
-from worker.wallet import WalletGate
+from worker.pricing import PricingError
+from worker.wallet import UnknownWallet, WalletGate
+
+
+class TurnRejected(ValueError):
+    """A turn sent over Celery was refused (bad field, unknown model or wallet); nothing changed.
+
+    A plain ``ValueError`` subclass so that it crosses the result backend with its message.
+    """
 
 _drain: OutboxDrain | None = None
 _gate: WalletGate | None = None
@@ -43,6 +53,12 @@ def record_turn(turn: dict[str, Any]) -> dict[str, Any]:
     """Record one turn through the same gate as the Python client.
 
     ``turn`` has the fields of :class:`models.schemas.TurnIn`.  Returns the decision as a dict.
-    Raises pydantic.ValidationError (naming the field), PricingError or UnknownWallet; nothing changes then.
+    Raises :class:`TurnRejected` naming the field (bad input), the model or the wallet; nothing changes then.
     """
-    return _get_gate().record_turn(TurnIn.model_validate(turn)).model_dump(mode="json")
+    try:
+        return _get_gate().record_turn(TurnIn.model_validate(turn)).model_dump(mode="json")
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'turn'}: {e['msg']}" for e in exc.errors())
+        raise TurnRejected(f"invalid turn: {fields}") from None
+    except (PricingError, UnknownWallet) as exc:
+        raise TurnRejected(str(exc)) from None

@@ -186,13 +186,14 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
     """
     if not rows:
         return PersistResult(0, 0, 0)
+    unique = list({r["turn_id"]: r for r in reversed(rows)}.values())[::-1]  # first copy of each turn_id
     table = UsageEvent.__table__
     result = session.execute(
         insert(table).on_conflict_do_nothing(index_elements=["turn_id"]).returning(table.c.turn_id),
-        list(rows),
+        unique,
     )
     inserted_ids = set(result.scalars().all())
-    fresh = [r for r in rows if r["turn_id"] in inserted_ids]
+    fresh = [r for r in unique if r["turn_id"] in inserted_ids]
     if not fresh:
         return PersistResult(0, len(rows), 0)
 

@@ -1,0 +1,1 @@
+"""Benchmarks of tollgate (run as modules: ``python -m benchmarks.bench_pipeline``)."""

@@ -1,0 +1,592 @@
+"""Benchmark of the metered-turn pipeline, each figure next to a raw baseline on the same services.
+
+Run from the repository root::
+
+    .venv/bin/python -m benchmarks.bench_pipeline [--trace PATH] [--quick] [--json]
+
+What it measures, in one run (see ``benchmarks/README.md``):
+
+- raw Redis: EVALSHA of a one-HINCRBY script, sequential latency and pipelined throughput;
+- the gate: ``WalletGate.record_turn`` sequential latency (pricing + EVALSHA, measured around the
+  Python call) and ``WalletGate.record_turns`` pipelined throughput (batches of 500);
+- raw PostgreSQL: SQLAlchemy core multi-row INSERT of the same usage rows into a scratch copy of
+  ``usage_event``; the drain: ``OutboxDrain.drain`` rows/s on a pre-filled outbox;
+- Redis memory per queued turn (the outbox stream, and everything a turn leaves in Redis);
+- end to end: ``worker.replay.replay`` of the Azure conversation trace with its own Celery worker
+  (cold) and with a pre-started warm worker, against the target of 3,000 turns/s.
+
+Namespaces of its own, so it can run while the tests do: Redis logical DB 12 (flushed) and the
+PostgreSQL database ``tollgate_bench`` (dropped, recreated and migrated with Alembic).  Override with
+``TOLLGATE_BENCH_REDIS_URL`` / ``TOLLGATE_BENCH_DATABASE_URL``.  Only time is measured here; money
+stays in integer nano-USD as everywhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_REDIS_URL = os.environ.get("TOLLGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+BENCH_DB_URL = os.environ.get(
+    "TOLLGATE_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/tollgate_bench"
+)
+# Settings are read once and cached: point them at the bench namespaces before any worker import.
+os.environ["TOLLGATE_REDIS_URL"] = BENCH_REDIS_URL
+os.environ["TOLLGATE_BROKER_URL"] = BENCH_REDIS_URL
+os.environ["TOLLGATE_DATABASE_URL"] = BENCH_DB_URL
+os.environ.pop("TOLLGATE_PRICE_OVERRIDES_PATH", None)
+os.environ["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from datetime import UTC, datetime, timedelta  # noqa: E402
+from importlib.metadata import version as pkg_version  # noqa: E402
+
+import redis  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+TARGET_TURNS_PER_S = 3_000
+BATCH = 500  # pipelined batch size (gate and raw), as replay() uses
+MODEL, PROVIDER = "gpt-4o", "openai"
+WALLETS, CHATS, AGENTS = 16, 64, 4  # spread of the synthetic turns (a chat belongs to one wallet)
+DEFAULT_TRACE = REPO.parent / "shared" / "data" / "azure_llm_2023_conv_shared.csv"
+BUNDLED_TRACE = REPO / "worker" / "data" / "azure_llm_2023_conv_sample.csv"
+RAW_LUA = "return redis.call('HINCRBY', KEYS[1], 'n', 1)"
+WALLET_CREDIT_NANOS = 10**15  # 1,000,000 USD per bench wallet: no turn is ever denied
+
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+log = Console(stderr=True, highlight=False)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Iteration counts of one mode."""
+
+    seq_raw: int
+    seq_ours: int
+    pipe_raw: int
+    pipe_ours: int
+    drain: int
+    trace_rows: int | None  # None: the whole trace
+    warmup: int
+
+
+FULL = Sizes(seq_raw=20_000, seq_ours=20_000, pipe_raw=200_000, pipe_ours=100_000, drain=50_000,
+             trace_rows=None, warmup=500)
+QUICK = Sizes(seq_raw=2_000, seq_ours=2_000, pipe_raw=20_000, pipe_ours=10_000, drain=5_000,
+              trace_rows=3_000, warmup=200)
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+
+
+@dataclass
+class Figure:
+    """One line of the result table; ``ratio`` is ours / raw (or ours / target)."""
+
+    key: str
+    label: str
+    value: float
+    unit: str
+    raw: float | None = None
+    raw_label: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        return self.value / self.raw if self.raw else None
+
+
+def pct(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted ``samples``."""
+    return samples[max(0, min(len(samples) - 1, math.ceil(q * len(samples)) - 1))]
+
+
+def fmt_num(v: float | None) -> str:
+    if v is None:
+        return "—"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:,.1f}"
+    return f"{v:,.2f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# setup
+
+
+def machine_info(r: redis.Redis) -> dict[str, str | int]:
+    from sqlalchemy import text
+
+    from worker.db import get_engine
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    with get_engine().connect() as conn:
+        pg = conn.execute(text("SHOW server_version")).scalar_one()
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "nproc": len(os.sched_getaffinity(0)),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "redis": r.info("server")["redis_version"],
+        "postgresql": pg,
+        "redis_py": pkg_version("redis"),
+        "hiredis": "yes" if _has("hiredis") else "no",
+        "sqlalchemy": pkg_version("SQLAlchemy"),
+        "psycopg": pkg_version("psycopg"),
+        "celery": pkg_version("celery"),
+    }
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+def reset_database() -> None:
+    """Drop, recreate and migrate ``tollgate_bench``."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from worker.migrate import upgrade
+
+    url = make_url(BENCH_DB_URL)
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+    admin.dispose()
+    upgrade(BENCH_DB_URL)
+
+
+def wallet_ids() -> list[str]:
+    return [f"bench-w{i:02d}" for i in range(WALLETS)]
+
+
+def open_wallets(gate) -> None:
+    """Create the bench wallets in PostgreSQL and the gate, each with a large opening credit."""
+    from worker.ledger import credit_wallet, open_wallet
+
+    for i, wallet_id in enumerate(wallet_ids()):
+        open_wallet(gate, wallet_id=wallet_id, enterprise_id=f"bench-e{i % 4}", owner_id=wallet_id, limited=True)
+        credit_wallet(gate, wallet_id=wallet_id, amount_nanos=WALLET_CREDIT_NANOS,
+                      idempotency_key=f"bench:{wallet_id}:opening", description="bench opening balance")
+
+
+def reload_wallets(gate) -> None:
+    """After a FLUSHDB: put the wallets back into the gate (balance as opened)."""
+    for wallet_id in wallet_ids():
+        gate.load_wallet(wallet_id, mode="production", limited=True, balance_nanos=WALLET_CREDIT_NANOS,
+                         overwrite=True)
+
+
+def make_turns(prefix: str, n: int, trace_rows) -> list:
+    """``n`` valid turns spread over the bench wallets, chats and agents, tokens taken from the trace."""
+    from models.schemas import TurnIn
+
+    turns = []
+    m = len(trace_rows)
+    for i in range(n):
+        row = trace_rows[i % m]
+        chat = i % CHATS
+        wallet = chat % WALLETS
+        turns.append(TurnIn(
+            turn_id=f"{prefix}:{i}",
+            wallet_id=f"bench-w{wallet:02d}",
+            enterprise_id=f"bench-e{wallet % 4}",
+            chat_id=f"chat-{chat}",
+            workflow="bench",
+            agent=f"agent-{(i // CHATS) % AGENTS}",
+            model=MODEL,
+            provider=PROVIDER,
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=row.completion_tokens,
+            cached_prompt_tokens=0,
+            duration_ms=1000,
+            occurred_at=row.occurred_at,
+        ))
+    return turns
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements
+
+
+def bench_raw_redis(r: redis.Redis, sizes: Sizes) -> dict[str, float]:
+    """EVALSHA of a one-HINCRBY script: sequential latency (µs) and pipelined calls/s."""
+    sha = r.script_load(RAW_LUA)
+    key = "tollgate:{s0}:bench-raw"
+    for _ in range(sizes.warmup):
+        r.evalsha(sha, 1, key)
+    samples = []
+    pc = time.perf_counter
+    for _ in range(sizes.seq_raw):
+        t0 = pc()
+        r.evalsha(sha, 1, key)
+        samples.append(pc() - t0)
+    samples.sort()
+
+    batches = max(1, sizes.pipe_raw // BATCH)
+    t0 = pc()
+    for _ in range(batches):
+        pipe = r.pipeline(transaction=False)
+        for _ in range(BATCH):
+            pipe.evalsha(sha, 1, key)
+        pipe.execute()
+    elapsed = pc() - t0
+    return {
+        "p50_us": pct(samples, 0.50) * 1e6,
+        "p99_us": pct(samples, 0.99) * 1e6,
+        "p999_us": pct(samples, 0.999) * 1e6,
+        "calls_per_s": batches * BATCH / elapsed,
+    }
+
+
+def bench_gate(gate, trace_rows, sizes: Sizes) -> dict[str, float]:
+    """record_turn sequential latency (µs) and record_turns pipelined turns/s (no Celery kicks)."""
+    pc = time.perf_counter
+    for t in make_turns("warm", sizes.warmup, trace_rows):
+        gate.record_turn(t)
+    turns = make_turns("seq", sizes.seq_ours, trace_rows)
+    samples = []
+    for t in turns:
+        t0 = pc()
+        d = gate.record_turn(t)
+        samples.append(pc() - t0)
+        if not d.accepted:
+            raise RuntimeError(f"bench turn denied: {d}")
+    samples.sort()
+
+    turns = make_turns("pipe", sizes.pipe_ours, trace_rows)
+    t0 = pc()
+    for i in range(0, len(turns), BATCH):
+        gate.record_turns(turns[i : i + BATCH])
+    elapsed = pc() - t0
+    return {
+        "p50_us": pct(samples, 0.50) * 1e6,
+        "p99_us": pct(samples, 0.99) * 1e6,
+        "p999_us": pct(samples, 0.999) * 1e6,
+        "turns_per_s": len(turns) / elapsed,
+    }
+
+
+def prefill_outbox(gate, r: redis.Redis, trace_rows, n: int) -> dict[str, float]:
+    """Fill the (flushed) outbox with ``n`` accepted turns; memory per queued turn."""
+    from worker.wallet import outbox_key
+
+    r.flushdb()
+    reload_wallets(gate)
+    used_before = r.info("memory")["used_memory"]
+    turns = make_turns("drain", n, trace_rows)
+    for i in range(0, n, BATCH):
+        for d in gate.record_turns(turns[i : i + BATCH]):
+            if not d.accepted:
+                raise RuntimeError(f"bench turn denied: {d}")
+    used_after = r.info("memory")["used_memory"]
+    shards = gate.settings.outbox_shards
+    entries = sum(r.xlen(outbox_key(s)) for s in range(shards))
+    stream_bytes = sum(r.memory_usage(outbox_key(s), samples=0) or 0 for s in range(shards))
+    first = r.xrange(outbox_key(gate.shard(turns[0].wallet_id)), count=1)
+    dedupe = r.memory_usage(f"{gate._turn_keys(turns[0])[1]}", samples=0) or 0
+    if entries != n:
+        raise RuntimeError(f"outbox holds {entries} entries, expected {n}")
+    return {
+        "entries": entries,
+        "stream_bytes_per_entry": stream_bytes / entries,
+        "payload_bytes": len(first[0][1]["t"]) if first else 0,
+        "dedupe_key_bytes": dedupe,
+        "used_memory_per_turn": (used_after - used_before) / n,
+    }
+
+
+def bench_raw_insert(r: redis.Redis, gate, batch_size: int) -> dict[str, float]:
+    """SQLAlchemy core multi-row INSERT of the outbox's rows into a scratch copy of usage_event
+    (same columns, defaults and indexes), one transaction per ``batch_size`` rows, as the drain."""
+    from sqlalchemy import MetaData, insert, text
+
+    from models.tables import UsageEvent
+    from worker.db import get_engine
+    from worker.drain import parse_entry
+    from worker.wallet import outbox_key
+
+    rows = []
+    for s in range(gate.settings.outbox_shards):
+        rows.extend(parse_entry(fields) for _id, fields in r.xrange(outbox_key(s)))
+    engine = get_engine()
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS bench_raw_usage"))
+        conn.execute(text("CREATE TABLE bench_raw_usage (LIKE usage_event INCLUDING ALL)"))
+    scratch = UsageEvent.__table__.to_metadata(MetaData(), name="bench_raw_usage")
+    stmt = insert(scratch)
+    t0 = time.perf_counter()
+    for i in range(0, len(rows), batch_size):
+        with engine.begin() as conn:
+            conn.execute(stmt, rows[i : i + batch_size])
+    elapsed = time.perf_counter() - t0
+    with engine.begin() as conn:
+        count = conn.execute(text("SELECT count(*) FROM bench_raw_usage")).scalar_one()
+        conn.execute(text("DROP TABLE bench_raw_usage"))
+    if count != len(rows):
+        raise RuntimeError(f"raw insert wrote {count} rows, expected {len(rows)}")
+    return {"rows_per_s": len(rows) / elapsed, "rows": len(rows)}
+
+
+def bench_drain(r: redis.Redis, n: int) -> dict[str, float]:
+    """OutboxDrain.drain of the pre-filled outbox (all shards, one process)."""
+    from worker.drain import OutboxDrain
+
+    drain = OutboxDrain(r, consumer="bench-drain")
+    t0 = time.perf_counter()
+    stats = drain.drain(max_seconds=3600)
+    elapsed = time.perf_counter() - t0
+    if stats.inserted != n:
+        raise RuntimeError(f"drain inserted {stats.inserted} rows, expected {n}: {stats}")
+    return {"rows_per_s": stats.inserted / elapsed, "batches": stats.batches, "seconds": elapsed}
+
+
+def trace_for_run(path: Path, rows: int | None) -> tuple[Path, int, Path | None]:
+    """The trace to replay (its first ``rows`` data rows in a temp copy); returns (path, rows, temp)."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    if rows is None or rows >= len(lines) - 1:
+        return path, len(lines) - 1, None
+    fd, tmp = tempfile.mkstemp(prefix="tollgate-bench-", suffix=".csv")
+    with os.fdopen(fd, "wb") as fh:
+        fh.writelines(lines[: rows + 1])
+    return Path(tmp), rows, Path(tmp)
+
+
+def start_warm_worker(run_id: str) -> tuple[subprocess.Popen, Path, float]:
+    """A Celery worker like ``replay._start_worker`` (prefork, concurrency 2, queue tollgate.usage),
+    logged at INFO so its ``ready.`` line can be waited for.  Returns (process, log, boot seconds)."""
+    log_path = Path(tempfile.gettempdir()) / f"tollgate-bench-worker-{run_id}.log"
+    cmd = [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "-Q", "tollgate.usage", "--pool", "prefork", "--concurrency", "2",
+        "-n", f"bench-{run_id}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--loglevel", "INFO",
+    ]
+    t0 = time.perf_counter()
+    with log_path.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while True:
+        if re.search(rb"ready\.", log_path.read_bytes()):
+            return proc, log_path, time.perf_counter() - t0
+        if proc.poll() is not None:
+            raise RuntimeError(f"celery worker exited: {log_path.read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            stop_worker(proc)
+            raise RuntimeError(f"celery worker not ready after 60 s: {log_path.read_text()[-2000:]}")
+        time.sleep(0.05)
+
+
+def warm_up_worker(log_path: Path) -> None:
+    """Run one empty drain in each pool child, so imports, engine and connections are warm."""
+    from worker.celery_app import app
+
+    for _ in range(2):
+        app.send_task("tollgate.usage.drain_outbox", kwargs={})
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if len(re.findall(rb"drain_outbox\[[^\]]+\] succeeded", log_path.read_bytes())) >= 2:
+            return
+        time.sleep(0.05)
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def bench_replay(r: redis.Redis, trace: Path, rows: int) -> dict[str, float]:
+    """replay() end to end: with its own (cold) worker, then with a pre-started warm worker."""
+    from worker.replay import replay
+
+    result: dict[str, float] = {"rows": rows}
+    r.flushdb()
+    t0 = time.perf_counter()
+    cold = replay(trace, fmt="azure", model=MODEL, provider=PROVIDER, start_worker=True)
+    result["cold_call_s"] = time.perf_counter() - t0
+    if cold.turns_persisted != rows:
+        raise RuntimeError(f"cold replay persisted {cold.turns_persisted} of {rows}")
+    result["cold_turns_per_s"] = cold.turns_per_s
+    result["cold_wall_s"] = cold.wall_s
+
+    r.flushdb()
+    run_id = uuid.uuid4().hex[:8]
+    proc, log_path, boot_s = start_warm_worker(run_id)
+    try:
+        result["worker_boot_s"] = boot_s
+        warm_up_worker(log_path)
+        warm = replay(trace, fmt="azure", model=MODEL, provider=PROVIDER, start_worker=False)
+    finally:
+        stop_worker(proc)
+    if warm.turns_persisted != rows:
+        raise RuntimeError(f"warm replay persisted {warm.turns_persisted} of {rows}")
+    result["warm_turns_per_s"] = warm.turns_per_s
+    result["warm_wall_s"] = warm.wall_s
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_pipeline", description=__doc__.split("\n")[0])
+    parser.add_argument("--trace", type=Path, default=None,
+                        help=f"Azure conv trace CSV (default {DEFAULT_TRACE} if present, else the bundled sample)")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke test, < 30 s)")
+    parser.add_argument("--json", action="store_true", help="print all figures as one JSON object on the last line")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    trace_path = args.trace or (DEFAULT_TRACE if DEFAULT_TRACE.is_file() else BUNDLED_TRACE)
+
+    from worker.settings import get_settings
+    from worker.traces import read_trace
+    from worker.wallet import WalletGate
+
+    settings = get_settings()
+    assert settings.redis_url == BENCH_REDIS_URL and settings.database_url == BENCH_DB_URL
+    started = time.perf_counter()
+    r = redis.Redis.from_url(BENCH_REDIS_URL, decode_responses=True)
+    r.ping()
+    r.flushdb()
+    log.print(f"[dim]setup: {BENCH_REDIS_URL} flushed, recreating {BENCH_DB_URL} …[/]")
+    reset_database()
+    machine = machine_info(r)
+    trace_rows = read_trace(trace_path, "azure")
+    gate = WalletGate(r, settings=settings, kicker=lambda shard: None)
+    open_wallets(gate)
+
+    log.print("[dim]raw Redis EVALSHA …[/]")
+    raw_redis = bench_raw_redis(r, sizes)
+    log.print("[dim]gate record_turn / record_turns …[/]")
+    ours_gate = bench_gate(gate, trace_rows, sizes)
+    log.print(f"[dim]pre-filling the outbox with {sizes.drain:,} turns …[/]")
+    mem = prefill_outbox(gate, r, trace_rows, sizes.drain)
+    log.print("[dim]raw PostgreSQL INSERT …[/]")
+    raw_pg = bench_raw_insert(r, gate, settings.outbox_batch_size)
+    log.print("[dim]OutboxDrain.drain …[/]")
+    ours_drain = bench_drain(r, sizes.drain)
+    replay_path, replay_rows, tmp = trace_for_run(trace_path, sizes.trace_rows)
+    log.print(f"[dim]replay of {replay_rows:,} turns (cold worker, then warm worker) …[/]")
+    try:
+        e2e = bench_replay(r, replay_path, replay_rows)
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    r.flushdb()
+    total_s = time.perf_counter() - started
+    machine["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+
+    figures = [
+        Figure("raw_evalsha_p50_us", "raw EVALSHA (1 HINCRBY) p50", raw_redis["p50_us"], "µs"),
+        Figure("raw_evalsha_p99_us", "raw EVALSHA (1 HINCRBY) p99", raw_redis["p99_us"], "µs"),
+        Figure("raw_evalsha_pipelined_per_s", f"raw EVALSHA pipelined ×{BATCH}", raw_redis["calls_per_s"], "calls/s"),
+        Figure("record_turn_p50_us", "record_turn p50", ours_gate["p50_us"], "µs", raw_redis["p50_us"], "EVALSHA p50"),
+        Figure("record_turn_p99_us", "record_turn p99", ours_gate["p99_us"], "µs", raw_redis["p99_us"], "EVALSHA p99"),
+        Figure("record_turn_p999_us", "record_turn p99.9", ours_gate["p999_us"], "µs", raw_redis["p999_us"],
+               "EVALSHA p99.9"),
+        Figure("record_turns_pipelined_per_s", f"record_turns pipelined ×{BATCH}", ours_gate["turns_per_s"],
+               "turns/s", raw_redis["calls_per_s"], "EVALSHA calls/s"),
+        Figure("raw_insert_rows_per_s", f"raw PG multi-row INSERT ×{settings.outbox_batch_size}",
+               raw_pg["rows_per_s"], "rows/s"),
+        Figure("drain_rows_per_s", f"OutboxDrain.drain ({sizes.drain:,} turns)", ours_drain["rows_per_s"], "rows/s",
+               raw_pg["rows_per_s"], "INSERT rows/s"),
+        Figure("outbox_bytes_per_entry", "outbox stream memory / entry", mem["stream_bytes_per_entry"], "B"),
+        Figure("outbox_payload_bytes", "  of which JSON payload 't'", mem["payload_bytes"], "B"),
+        Figure("dedupe_key_bytes", "turn_id dedupe key (per turn)", mem["dedupe_key_bytes"], "B"),
+        Figure("redis_bytes_per_turn", "Redis used_memory / queued turn", mem["used_memory_per_turn"], "B"),
+        Figure("replay_cold_turns_per_s", "replay end to end (own worker)", e2e["cold_turns_per_s"], "turns/s",
+               TARGET_TURNS_PER_S, "target"),
+        Figure("replay_cold_wall_s", "  wall, first turn → last persisted", e2e["cold_wall_s"], "s"),
+        Figure("replay_cold_call_s", "  replay() call incl. worker start/stop", e2e["cold_call_s"], "s"),
+        Figure("worker_boot_s", "celery worker boot (to ready.)", e2e["worker_boot_s"], "s"),
+        Figure("replay_warm_turns_per_s", "replay end to end (warm worker)", e2e["warm_turns_per_s"], "turns/s",
+               TARGET_TURNS_PER_S, "target"),
+        Figure("replay_warm_wall_s", "  wall, first turn → last persisted", e2e["warm_wall_s"], "s"),
+    ]
+
+    out.print(f"[bold]tollgate pipeline benchmark[/] — {machine['date']}  ({'quick' if args.quick else 'full'} mode)")
+    out.print(f"machine: {machine['nproc']} CPU(s), {machine['cpu']} · Python {machine['python']} · "
+              f"Redis {machine['redis']} · PostgreSQL {machine['postgresql']} · load avg (1 min) at start "
+              f"{machine['loadavg_1m']}, at end {machine['loadavg_1m_end']}")
+    out.print(f"libs: redis-py {machine['redis_py']} (hiredis: {machine['hiredis']}) · SQLAlchemy "
+              f"{machine['sqlalchemy']} · psycopg {machine['psycopg']} · celery {machine['celery']}")
+    out.print(f"trace: {trace_path} ({replay_rows:,} turns replayed)")
+    out.print(f"namespaces: Redis {BENCH_REDIS_URL} · PostgreSQL {BENCH_DB_URL.rsplit('/', 1)[-1]} · "
+              f"outbox shards {settings.outbox_shards}, drain batch {settings.outbox_batch_size}, "
+              f"{WALLETS} wallets × {CHATS} chats × {AGENTS} agents")
+    table = Table(title="ratio = ours / raw (latency: >1 is slower; throughput: <1 is slower)")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("unit")
+    table.add_column("raw baseline", justify="right")
+    table.add_column("ratio", justify="right")
+    for f in figures:
+        raw = f"{fmt_num(f.raw)} ({f.raw_label})" if f.raw is not None else "—"
+        table.add_row(f.label, fmt_num(f.value), f.unit, raw, f"{f.ratio:.2f}×" if f.ratio is not None else "—")
+    out.print(table)
+    verdicts = {}
+    for key, label in (("replay_cold_turns_per_s", "own worker"), ("replay_warm_turns_per_s", "warm worker")):
+        value = next(f.value for f in figures if f.key == key)
+        ok = value >= TARGET_TURNS_PER_S
+        verdicts[key] = "PASS" if ok else "FAIL"
+        out.print(f"target ≥ {TARGET_TURNS_PER_S:,} turns/s end to end ({label}): "
+                  f"{'[green]PASS[/]' if ok else '[red]FAIL[/]'} ({value:,.0f} turns/s)")
+    out.print(f"[dim]benchmark took {total_s:.1f} s[/]")
+
+    if args.json:
+        payload = {
+            "machine": machine,
+            "mode": "quick" if args.quick else "full",
+            "trace": str(trace_path),
+            "turns_replayed": replay_rows,
+            "target_turns_per_s": TARGET_TURNS_PER_S,
+            "figures": {
+                f.key: {"value": round(f.value, 3), "unit": f.unit,
+                        "raw": round(f.raw, 3) if f.raw is not None else None,
+                        "ratio": round(f.ratio, 4) if f.ratio is not None else None}
+                for f in figures
+            },
+            "verdicts": verdicts,
+            "drain_batches": ours_drain["batches"],
+            "elapsed_s": round(total_s, 1),
+        }
+        sys.stdout.flush()
+        print(json.dumps(payload, separators=(",", ":")), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

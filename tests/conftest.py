@@ -1,0 +1,178 @@
+"""Shared fixtures.  Tests run against real services on loopback, in their own namespaces:
+
+- PostgreSQL database ``tollgate_test`` (dropped, recreated and migrated by Alembic once per run),
+- Redis logical database 15 (flushed before each test that uses it), also the Celery broker.
+
+Override with ``TOLLGATE_TEST_DATABASE_URL`` / ``TOLLGATE_TEST_REDIS_URL``.  The variables are set
+before any tollgate module reads its settings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+TEST_DB_URL = os.environ.get("TOLLGATE_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/tollgate_test")
+TEST_REDIS_URL = os.environ.get("TOLLGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+os.environ["TOLLGATE_DATABASE_URL"] = TEST_DB_URL
+os.environ["TOLLGATE_REDIS_URL"] = TEST_REDIS_URL
+os.environ["TOLLGATE_BROKER_URL"] = TEST_REDIS_URL
+os.environ.pop("TOLLGATE_PRICE_OVERRIDES_PATH", None)
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+TABLES = "usage_event, wallet_transaction, chat_agent_usage, chat_session, wallet, enterprise"
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """A freshly created and migrated (Alembic, head) test database."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from worker.db import engine_for
+    from worker.migrate import upgrade
+
+    url = make_url(TEST_DB_URL)
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+    admin.dispose()
+    upgrade(TEST_DB_URL)
+    yield TEST_DB_URL
+    engine_for(TEST_DB_URL).dispose()
+
+
+@pytest.fixture()
+def db(database_url):
+    """An empty test database (all tables truncated); yields the SQLAlchemy engine."""
+    from sqlalchemy import text
+
+    from worker.db import engine_for
+
+    engine = engine_for(database_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    return engine
+
+
+@pytest.fixture()
+def redis_client():
+    """A real Redis client on the test database, flushed first (decode_responses=True)."""
+    import redis
+
+    client = redis.Redis.from_url(TEST_REDIS_URL, decode_responses=True)
+    client.ping()
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def settings():
+    """The test settings (from the environment set above)."""
+    from worker.settings import get_settings
+
+    return get_settings()
+
+
+@pytest.fixture()
+def kicks():
+    """A list the gate's kicker appends shard numbers to (no Celery involved)."""
+    return []
+
+
+@pytest.fixture()
+def gate(redis_client, settings, kicks):
+    """A WalletGate on real Redis whose drain kicks are recorded, not sent."""
+    from worker.wallet import WalletGate
+
+    return WalletGate(redis_client, settings=settings, kicker=kicks.append)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class CeleryWorker:
+    """A real ``celery worker`` subprocess on the test broker (own process group, so it can be killed)."""
+
+    def __init__(self, tmp_path: Path, concurrency: int = 1, extra_env: dict[str, str] | None = None) -> None:
+        self.name = f"test-{uuid.uuid4().hex[:8]}"
+        self.log = tmp_path / f"{self.name}.log"
+        env = _env()
+        env.update(extra_env or {})
+        cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "tollgate.usage",
+               "--pool", "prefork", "--concurrency", str(concurrency), "-n", f"{self.name}@%h",
+               "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]
+        self._fh = self.log.open("wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                     start_new_session=True)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if re.search(rb"ready\.", self.log.read_bytes()):
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"celery worker exited: {self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        raise RuntimeError(f"celery worker not ready after {timeout}s: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children) at once."""
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._fh.close()
+
+
+@pytest.fixture()
+def celery_worker_factory(tmp_path, db, redis_client):
+    """Starts real Celery workers on the test broker; all are stopped after the test."""
+    workers: list[CeleryWorker] = []
+
+    def start(concurrency: int = 1, extra_env: dict[str, str] | None = None) -> CeleryWorker:
+        w = CeleryWorker(tmp_path, concurrency, extra_env)
+        workers.append(w)
+        return w
+
+    yield start
+    for w in workers:
+        w.stop()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``tollgate ARGS`` as a user would (a subprocess of this interpreter), capturing output."""
+    full_env = _env()
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "worker.cli", *args], capture_output=True, text=True,
+                          env=full_env, cwd=REPO, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture()
+def cli(db, redis_client):
+    """``run_cli`` on a clean database and Redis."""
+    return run_cli
