@@ -40,6 +40,7 @@ def make_app() -> Celery:
         beat_schedule={
             # backstop: kicks from the gate drain at once; this catches anything a kick missed
             "drain-outbox": {"task": "tollgate.usage.drain_outbox", "schedule": 1.0, "options": {"expires": 5}},
+            "prune-outbox-consumers": {"task": "tollgate.usage.prune_consumers", "schedule": 600.0},
         },
     )
     return celery

@@ -195,6 +195,18 @@ class OutboxDrain:
                 stats.reclaimed += len(entries)
         return stats
 
+    def forget_idle_consumers(self, shard: int, *, idle_ms: int = 3_600_000) -> int:
+        """Remove consumers of the group that hold no pending entry and were idle for ``idle_ms``
+        (workers that restarted under a new name); returns how many were removed."""
+        stream = outbox_key(shard)
+        self.ensure_group(stream)
+        removed = 0
+        for c in self.redis.xinfo_consumers(stream, GROUP):
+            if c["pending"] == 0 and c["idle"] >= idle_ms and c["name"] != self.consumer:
+                self.redis.xgroup_delconsumer(stream, GROUP, c["name"])
+                removed += 1
+        return removed
+
     def drain(self, shards: Iterable[int] | None = None, *, max_seconds: float = 30.0) -> DrainStats:
         """Drain the given shards (default: all), sharing one time budget."""
         stats = DrainStats()

@@ -214,7 +214,8 @@ class WalletGate:
             )
             for t in turns
         ]
-        self._check_wallets({t.wallet_id for t in turns})
+        if len(turns) > 1:  # one turn needs no pre-check: the script refuses an unknown wallet itself
+            self._check_wallets({t.wallet_id for t in turns})
         ttl, kick_ms = self.settings.dedupe_ttl_s, self.settings.kick_interval_ms
         pipe = self.redis.pipeline(transaction=False)
         for turn, price in zip(turns, prices):

@@ -187,3 +187,17 @@ def test_record_turn_celery_task_uses_the_gate_and_is_persisted(db, redis_client
     with pytest.raises(Exception, match="prompt_tokens"):
         bad.get(timeout=30)
     assert gate.balance("w9") == 996_500_000
+
+
+def test_idle_consumers_without_pending_entries_are_forgotten(db, redis_client, gate, settings):
+    turns, billed = _fill(gate, 10)
+    shard = gate.shard("w1")
+    stream = outbox_key(shard)
+    OutboxDrain(redis_client, settings=settings, consumer="old-worker").drain([shard])
+    holder = OutboxDrain(redis_client, settings=settings, consumer="holder")
+    gate.record_turns(_turns("w1", 3, prefix="late"))
+    assert len(holder.read_batch(shard)[0]) == 3  # read, not acknowledged: "holder" keeps 3 pending
+    current = OutboxDrain(redis_client, settings=settings, consumer="current")
+    assert current.forget_idle_consumers(shard, idle_ms=0) == 1
+    names = {c["name"]: c["pending"] for c in redis_client.xinfo_consumers(stream, GROUP)}
+    assert names == {"holder": 3}
