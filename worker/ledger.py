@@ -147,8 +147,10 @@ def credit_wallet(
 ) -> int:
     """Credit a wallet once per key: the ledger entry commits first, then the gate's balance.
 
-    A retry with the same key after a crash between the two completes the gate side only.
-    Returns the gate balance after, nano-USD.  Raises LedgerError.
+    A retry with the same key after a crash between the two completes the gate side only (the gate
+    remembers applied keys for ``settings.dedupe_ttl_s``; an older entry is not re-applied, and
+    reconciliation repairs any gap).  Returns the gate balance after, nano-USD.
+    Raises: LedgerError, also when the key was already used for another wallet or amount.
     """
     with session_scope() as session:
         record_credit(
@@ -158,6 +160,17 @@ def credit_wallet(
             idempotency_key=idempotency_key,
             description=description,
         )
+        entry = session.execute(
+            select(WalletTransaction).where(WalletTransaction.idempotency_key == idempotency_key)
+        ).scalar_one()
+        if entry.wallet_id != wallet_id or entry.amount_nanos != amount_nanos or entry.kind != TransactionKind.credit:
+            raise LedgerError(
+                f"idempotency_key: {idempotency_key!r} was already used for a {entry.kind} of "
+                f"{entry.amount_nanos} nanos to wallet {entry.wallet_id!r}"
+            )
+        age_s = session.execute(select(func.extract("epoch", func.now() - entry.created_at))).scalar_one()
+    if age_s > gate.settings.dedupe_ttl_s - 3600:
+        return gate.balance(wallet_id)
     return gate.credit(wallet_id, amount_nanos, idempotency_key)
 
 

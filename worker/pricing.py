@@ -43,14 +43,31 @@ class PricingError(ValueError):
 
 
 def usd_to_nanos(usd: Decimal | str | int) -> int:
-    """Exact USD amount → integer nano-USD.  Raises :class:`PricingError` below one nano."""
+    """Exact USD amount → integer nano-USD, in integer arithmetic (no decimal context rounding).
+
+    Raises :class:`PricingError` for a non-number, an infinity/NaN, a fraction of a nano, or an
+    amount beyond 10^30 USD.
+    """
     try:
-        value = Decimal(str(usd)) * NANOS_PER_USD
+        value = Decimal(str(usd).strip())
     except InvalidOperation as exc:
         raise PricingError(f"not a decimal USD amount: {usd!r}") from exc
-    if value != value.to_integral_value():
-        raise PricingError(f"{usd} USD is not a whole number of nano-USD")
-    return int(value)
+    if not value.is_finite():
+        raise PricingError(f"not a finite USD amount: {usd!r}")
+    sign, digits, exponent = value.as_tuple()
+    shift = int(exponent) + 9
+    if len(digits) + shift > 40:
+        raise PricingError(f"{usd} USD is too large")
+    nanos = int("".join(map(str, digits)) or "0")
+    if shift >= 0:
+        nanos *= 10**shift
+    elif nanos:
+        if -shift > len(digits):
+            raise PricingError(f"{usd} USD is not a whole number of nano-USD")
+        nanos, rest = divmod(nanos, 10**-shift)
+        if rest:
+            raise PricingError(f"{usd} USD is not a whole number of nano-USD")
+    return -nanos if sign else nanos
 
 
 def nanos_to_usd(nanos: int) -> str:
@@ -183,6 +200,8 @@ class PriceBook:
     def __init__(self, overrides: Mapping[str, Mapping[str, str]] | None = None) -> None:
         self._overrides: dict[str, PriceSheet] = {}
         for key, prices in (overrides or {}).items():
+            if not isinstance(key, str) or not isinstance(prices, Mapping):
+                raise PricingError(f"price override {key!r} must map a 'provider/model' key to an object of prices")
             provider, sep, model = key.partition("/")
             if not sep or not model:
                 raise PricingError(f"price override key {key!r} must be 'provider/model'")

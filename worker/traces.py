@@ -98,7 +98,10 @@ def read_azure(path: Path) -> list[TraceRow]:
         try:
             for n, record in enumerate(reader, start=1):
                 line = reader.line_num
-                if len(record) != 3:
+                if len(record) < 3:
+                    raise TraceError(path, f"missing (expected 3 columns, found {len(record)})", row=n,
+                                     line=line, field=AZURE_HEADER[len(record)])
+                if len(record) > 3:
                     raise TraceError(path, f"expected 3 columns, found {len(record)}", row=n, line=line)
                 ts, prompt, completion = record
                 rows.append(TraceRow(

@@ -6,7 +6,7 @@ Redis Cluster)::
 
     tollgate:{sN}:wallet:<wallet_id>   hash  balance, mode, limited, accepted_turns, denied_turns
     tollgate:{sN}:turn:<turn_id>       str   first answer for a turn_id (TTL: settings.dedupe_ttl_s)
-    tollgate:{sN}:credit:<key>         str   credit already applied (same TTL)
+    tollgate:{sN}:credit:<wallet>:<key> str  credit already applied (same TTL)
     tollgate:{sN}:outbox               stream of accepted turns not yet persisted
     tollgate:{sN}:kick                 str   a drain was asked for within settings.kick_interval_ms
 
@@ -27,6 +27,8 @@ from worker.pricing import PriceBook, TurnPrice
 from worker.settings import Settings, get_settings
 
 PREFIX = "tollgate"
+#: modes record_turn.lua understands: production debits, development never does
+BILLING_MODES = ("production", "development")
 
 
 class UnknownWallet(LookupError):
@@ -149,7 +151,12 @@ class WalletGate:
         self, wallet_id: str, *, mode: str, limited: bool, balance_nanos: int, overwrite: bool = False
     ) -> None:
         """Put a wallet into the gate.  Without ``overwrite`` an existing balance is kept (only mode
-        and limit are set), so loading twice never resets money.  ``balance_nanos`` is nano-USD."""
+        and limit are set), so loading twice never resets money.  ``balance_nanos`` is nano-USD.
+
+        Raises: ValueError for a mode outside :data:`BILLING_MODES`.
+        """
+        if mode not in BILLING_MODES:
+            raise ValueError(f"mode: {mode!r} is not one of {', '.join(BILLING_MODES)}")
         key = self.wallet_key(wallet_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(key, mapping={"mode": mode, "limited": "1" if limited else "0"})
@@ -178,7 +185,7 @@ class WalletGate:
         tag = shard_tag(self.shard(wallet_id))
         try:
             balance, _dup = self._credit(
-                keys=[f"{tag}:wallet:{wallet_id}", f"{tag}:credit:{idempotency_key}"],
+                keys=[f"{tag}:wallet:{wallet_id}", f"{tag}:credit:{wallet_id}:{idempotency_key}"],
                 args=[amount_nanos, self.settings.dedupe_ttl_s],
             )
         except redis.ResponseError as exc:

@@ -1,0 +1,579 @@
+"""worker.wallet.WalletGate and its Lua scripts, on fakeredis and on real Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from datetime import UTC, datetime, timedelta, timezone
+
+import fakeredis
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.crc import key_slot
+
+from models.schemas import Decision, TurnIn
+from worker.drain import parse_entry
+from worker.pricing import PriceBook, PricingError
+from worker.settings import Settings
+from worker.wallet import UnknownWallet, WalletGate, kick_key, outbox_key, shard_of
+
+SHARDS = 4
+TTL = 2 * 24 * 3600
+WHEN = datetime(2025, 6, 1, 9, 30, 15, 123456, tzinfo=UTC)
+# gpt-4o at openai: 2500 / 1250 / 10_000 nanos per prompt / cached / completion token
+COST_DEFAULT = 800 * 2_500 + 200 * 1_250 + 100 * 10_000  # prompt 1000, cached 200, completion 100
+assert COST_DEFAULT == 3_250_000
+COST_BIG_TURN = 10_006 * 2_500 + 1050 * 10_000  # prompt 10_006, completion 1050
+assert COST_BIG_TURN == 35_515_000
+
+
+def make_settings(**kw) -> Settings:
+    base = dict(outbox_shards=SHARDS, kick_interval_ms=60_000, dedupe_ttl_s=TTL, price_overrides_path=None)
+    base.update(kw)
+    return Settings(**base)
+
+
+def fake_client():
+    return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def client(request):
+    if request.param == "fakeredis":
+        c = fake_client()
+        yield c
+        c.close()
+    else:
+        yield request.getfixturevalue("redis_client")
+
+
+@pytest.fixture()
+def kicked() -> list[int]:
+    return []
+
+
+@pytest.fixture()
+def wg(client, kicked) -> WalletGate:
+    return WalletGate(client, settings=make_settings(), kicker=kicked.append)
+
+
+def turn(turn_id: str, wallet_id: str = "w1", **kw) -> TurnIn:
+    data = dict(
+        turn_id=turn_id,
+        wallet_id=wallet_id,
+        enterprise_id="ent1",
+        chat_id="chat1",
+        model="gpt-4o",
+        provider="openai",
+        prompt_tokens=1000,
+        completion_tokens=100,
+        cached_prompt_tokens=200,
+        occurred_at=WHEN,
+    )
+    data.update(kw)
+    return TurnIn(**data)
+
+
+def big_turn(turn_id: str, wallet_id: str = "w1") -> TurnIn:
+    return turn(turn_id, wallet_id, prompt_tokens=10_006, cached_prompt_tokens=0, completion_tokens=1050)
+
+
+def outbox(client, wg: WalletGate, wallet_id: str = "w1") -> list[dict[str, str]]:
+    return [fields for _id, fields in client.xrange(outbox_key(wg.shard(wallet_id)))]
+
+
+def xlen(client, wg: WalletGate, wallet_id: str = "w1") -> int:
+    return client.xlen(outbox_key(wg.shard(wallet_id)))
+
+
+def snapshot(client) -> dict:
+    """Every key with its type and value (TTLs excluded): to prove nothing changed."""
+    out = {}
+    for key in sorted(client.keys("*")):
+        kind = client.type(key)
+        if kind == "hash":
+            out[key] = ("hash", client.hgetall(key))
+        elif kind == "string":
+            out[key] = ("string", client.get(key))
+        elif kind == "stream":
+            out[key] = ("stream", client.xrange(key))
+        else:
+            out[key] = (kind, None)
+    return out
+
+
+# --- production debit -------------------------------------------------------------------------
+
+def test_production_debit_exact(client, wg):
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=1_000_000_000)
+    d = wg.record_turn(turn("t1"))
+    assert d == Decision(turn_id="t1", accepted=True, action="continue", balance_nanos=996_750_000,
+                         cost_nanos=COST_DEFAULT, billed_nanos=COST_DEFAULT, duplicate=False)
+    assert type(d.balance_nanos) is int
+    assert wg.balance("w1") == 1_000_000_000 - 3_250_000
+    d2 = wg.record_turn(turn("t2", prompt_tokens=1, cached_prompt_tokens=0, completion_tokens=0))
+    assert (d2.balance_nanos, d2.billed_nanos) == (996_750_000 - 2_500, 2_500)
+    assert wg.balance("w1") == 996_747_500
+    assert client.hget(wg.wallet_key("w1"), "accepted_turns") == "2"
+    assert xlen(client, wg) == 2
+
+
+def test_zero_cost_turn_in_production(client, wg):
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=5)
+    d = wg.record_turn(turn("t0", prompt_tokens=0, cached_prompt_tokens=0, completion_tokens=0))
+    assert (d.accepted, d.action, d.balance_nanos, d.billed_nanos) == (True, "continue", 5, 0)
+    assert wg.balance("w1") == 5
+
+
+def test_load_wallet_twice_keeps_balance(client, wg):
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=100)
+    wg.record_turn(turn("t1", prompt_tokens=10, cached_prompt_tokens=0, completion_tokens=0))
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=100)
+    assert wg.balance("w1") == 100 - 25_000
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=100, overwrite=True)
+    assert wg.balance("w1") == 100
+
+
+# --- idempotency ------------------------------------------------------------------------------
+
+def test_same_turn_id_twice_is_one_turn(client, wg, kicked):
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000)
+    first = wg.record_turn(turn("t1"))
+    balance, length = wg.balance("w1"), xlen(client, wg)
+    again = wg.record_turn(turn("t1"))
+    assert again == first.model_copy(update={"duplicate": True})
+    assert first.duplicate is False
+    assert wg.balance("w1") == balance == 10_000_000 - COST_DEFAULT
+    assert xlen(client, wg) == length == 1
+    assert client.hget(wg.wallet_key("w1"), "accepted_turns") == "1"
+    # the first answer is kept even if the retry reports other figures
+    third = wg.record_turn(turn("t1", prompt_tokens=50_000, cached_prompt_tokens=0))
+    assert (third.accepted, third.action, third.balance_nanos, third.billed_nanos, third.duplicate) == (
+        True, "continue", 10_000_000 - COST_DEFAULT, COST_DEFAULT, True)
+    assert wg.balance("w1") == balance and xlen(client, wg) == 1
+    # the answer is remembered for dedupe_ttl_s
+    turn_key = f"tollgate:{{s{shard_of('w1', SHARDS)}}}:turn:t1"
+    assert TTL - 60 <= client.ttl(turn_key) <= TTL
+    assert kicked == [wg.shard("w1")]
+
+
+def test_duplicate_inside_one_batch(client, wg):
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000)
+    a, b = wg.record_turns([turn("t1"), turn("t1")])
+    assert b == a.model_copy(update={"duplicate": True})
+    assert wg.balance("w1") == 10_000_000 - COST_DEFAULT
+    assert xlen(client, wg) == 1
+
+
+# --- post-hoc policy --------------------------------------------------------------------------
+
+def test_post_hoc_overdraw_then_pause_and_deny(client, wg):
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=1)
+    d1 = wg.record_turn(big_turn("t1"))
+    assert d1 == Decision(turn_id="t1", accepted=True, action="pause", balance_nanos=-35_514_999,
+                          cost_nanos=35_515_000, billed_nanos=35_515_000)
+    assert wg.balance("w1") == -35_514_999
+    d2 = wg.record_turn(turn("t2"))
+    assert d2 == Decision(turn_id="t2", accepted=False, action="pause", balance_nanos=-35_514_999,
+                          cost_nanos=COST_DEFAULT, billed_nanos=0)
+    assert wg.balance("w1") == -35_514_999
+    entries = outbox(client, wg)
+    assert len(entries) == 1
+    assert [json.loads(e["t"])[0] for e in entries] == ["t1"]
+    assert client.hget(wg.wallet_key("w1"), "denied_turns") == "1"
+    assert client.hget(wg.wallet_key("w1"), "accepted_turns") == "1"
+    # the denial is the first answer for t2
+    assert wg.record_turn(turn("t2")) == d2.model_copy(update={"duplicate": True})
+
+
+def test_post_hoc_boundaries(client, wg):
+    # balance exactly the cost: accepted, lands on 0, must pause; then denied at 0
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=COST_DEFAULT)
+    d1 = wg.record_turn(turn("t1"))
+    assert (d1.accepted, d1.action, d1.balance_nanos) == (True, "pause", 0)
+    d2 = wg.record_turn(turn("t2"))
+    assert (d2.accepted, d2.action, d2.balance_nanos, d2.billed_nanos) == (False, "pause", 0, 0)
+    # one nano more than the cost: continue with 1 left
+    wg.load_wallet("w2", mode="production", limited=True, balance_nanos=COST_DEFAULT + 1)
+    d3 = wg.record_turn(turn("t3", "w2"))
+    assert (d3.accepted, d3.action, d3.balance_nanos) == (True, "continue", 1)
+
+
+def test_credit_after_pause_lets_turns_through(client, wg):
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=1)
+    wg.record_turn(big_turn("t1"))
+    assert wg.record_turn(turn("t2")).accepted is False
+    assert wg.credit("w1", 35_515_000, "topup-1") == 1
+    d = wg.record_turn(turn("t3"))
+    assert (d.accepted, d.action, d.balance_nanos) == (True, "pause", 1 - COST_DEFAULT)
+
+
+# --- development mode -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("start", [0, -5, 10_000_000])
+def test_development_never_debits_never_blocks(client, wg, start):
+    wg.load_wallet("dev", mode="development", limited=True, balance_nanos=start)
+    decisions = [wg.record_turn(turn(f"d{i}", "dev")) for i in range(3)]
+    for i, d in enumerate(decisions):
+        assert d == Decision(turn_id=f"d{i}", accepted=True, action="continue", balance_nanos=start,
+                             cost_nanos=COST_DEFAULT, billed_nanos=0)
+    assert wg.balance("dev") == start
+    rows = [parse_entry(e) for e in outbox(client, wg, "dev")]
+    assert [(r["turn_id"], r["billed_nanos"], r["mode"], r["cost_nanos"], r["action"]) for r in rows] == [
+        (f"d{i}", 0, "development", COST_DEFAULT, "continue") for i in range(3)]
+
+
+# --- unlimited wallet -------------------------------------------------------------------------
+
+def test_unlimited_wallet_never_denied(client, wg):
+    wg.load_wallet("u", mode="production", limited=False, balance_nanos=0)
+    decisions = [wg.record_turn(big_turn(f"u{i}", "u")) for i in range(3)]
+    for i, d in enumerate(decisions):
+        assert d == Decision(turn_id=f"u{i}", accepted=True, action="continue", balance_nanos=None,
+                             cost_nanos=COST_BIG_TURN, billed_nanos=COST_BIG_TURN)
+    # the spend is still tracked: balance = credits − billed
+    assert wg.balance("u") == -3 * COST_BIG_TURN
+    rows = [parse_entry(e) for e in outbox(client, wg, "u")]
+    assert [(r["billed_nanos"], r["balance_after_nanos"], r["action"]) for r in rows] == [
+        (COST_BIG_TURN, None, "continue")] * 3
+    # duplicate of an unlimited wallet's turn keeps balance None
+    assert wg.record_turn(big_turn("u0", "u")) == decisions[0].model_copy(update={"duplicate": True})
+
+
+# --- nothing written on rejected input ----------------------------------------------------------
+
+def test_unknown_wallet_writes_nothing(client, wg, kicked):
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000)
+    before, size = snapshot(client), client.dbsize()
+    with pytest.raises(UnknownWallet) as info:
+        wg.record_turn(turn("t1", "ghost"))
+    assert info.value.wallet_id == "ghost" and "ghost" in str(info.value)
+    # a batch with one unknown wallet rejects the whole batch
+    with pytest.raises(UnknownWallet):
+        wg.record_turns([turn("t2", "w1"), turn("t3", "ghost")])
+    with pytest.raises(UnknownWallet):
+        wg.credit("ghost", 100, "k-ghost")
+    with pytest.raises(UnknownWallet):
+        wg.balance("ghost")
+    assert client.dbsize() == size == 1
+    assert snapshot(client) == before
+    assert kicked == []
+    # the credit key was not burnt: the same key works once the wallet exists
+    wg.load_wallet("ghost", mode="production", limited=True, balance_nanos=0)
+    assert wg.credit("ghost", 100, "k-ghost") == 100
+
+
+def test_unknown_model_writes_nothing(client, wg, kicked):
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000)
+    wg.record_turn(turn("t0"))
+    before, size, length = snapshot(client), client.dbsize(), xlen(client, wg)
+    kicked.clear()
+    with pytest.raises(PricingError, match="no-such-model"):
+        wg.record_turn(turn("t1", model="no-such-model"))
+    with pytest.raises(PricingError, match="no-such-model"):
+        wg.record_turns([turn("t2"), turn("t3", model="no-such-model")])
+    assert client.dbsize() == size
+    assert xlen(client, wg) == length == 1
+    assert snapshot(client) == before
+    assert wg.balance("w1") == 10_000_000 - COST_DEFAULT
+    assert kicked == []
+
+
+# --- batch equals one by one ------------------------------------------------------------------
+
+def _batch_scenario() -> list[TurnIn]:
+    return [
+        turn("a1", "alice"), big_turn("a2", "alice"), turn("a3", "alice"),  # overdraw, pause, deny
+        turn("b1", "bob"), big_turn("b2", "bob"),  # unlimited
+        turn("c1", "carol"),  # development
+        turn("a1", "alice"),  # duplicate
+        turn("b3", "bob", prompt_tokens=7, cached_prompt_tokens=3, completion_tokens=11),
+        turn("c2", "carol", model="gpt-4o-mini"),
+    ]
+
+
+def _load(gate: WalletGate) -> None:
+    gate.load_wallet("alice", mode="production", limited=True, balance_nanos=5_000_000)
+    gate.load_wallet("bob", mode="production", limited=False, balance_nanos=0)
+    gate.load_wallet("carol", mode="development", limited=True, balance_nanos=42)
+
+
+def _state(client, gate: WalletGate):
+    balances = {w: gate.balance(w) for w in ("alice", "bob", "carol")}
+    entries = {w: [dict(e) for e in outbox(client, gate, w)] for w in ("alice", "bob", "carol")}
+    return balances, entries
+
+
+def test_batch_equals_one_by_one(client, wg):
+    _load(wg)
+    one_by_one = [wg.record_turn(t) for t in _batch_scenario()]
+    state_one = _state(client, wg)
+    client.flushdb()
+    _load(wg)
+    batch = wg.record_turns(_batch_scenario())
+    assert batch == one_by_one
+    assert _state(client, wg) == state_one
+    # and the figures are the expected ones
+    assert [(d.turn_id, d.accepted, d.action, d.billed_nanos, d.duplicate) for d in batch] == [
+        ("a1", True, "continue", COST_DEFAULT, False),
+        ("a2", True, "pause", COST_BIG_TURN, False),
+        ("a3", False, "pause", 0, False),
+        ("b1", True, "continue", COST_DEFAULT, False),
+        ("b2", True, "continue", COST_BIG_TURN, False),
+        ("c1", True, "continue", 0, False),
+        ("a1", True, "continue", COST_DEFAULT, True),
+        ("b3", True, "continue", 4 * 2_500 + 3 * 1_250 + 11 * 10_000, False),
+        ("c2", True, "continue", 0, False),
+    ]
+    assert state_one[0] == {
+        "alice": 5_000_000 - COST_DEFAULT - COST_BIG_TURN,
+        "bob": -(COST_DEFAULT + COST_BIG_TURN + 123_750),
+        "carol": 42,
+    }
+    assert wg.record_turns([]) == []
+
+
+# --- outbox entry -----------------------------------------------------------------------------
+
+def test_outbox_entry_parses_back_to_the_row(client, wg):
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=50_000_000)
+    occurred = datetime(2025, 6, 1, 11, 30, 15, 654321, tzinfo=timezone(timedelta(hours=2)))
+    t = turn("turn-xyz", workflow="wf-build", agent="planner", chat_id="chat-9", enterprise_id="ent-7",
+             duration_ms=1234, occurred_at=occurred)
+    d = wg.record_turn(t)
+    (entry,) = outbox(client, wg)
+    assert set(entry) == {"t", "b", "a", "m", "bal"}
+    assert (entry["b"], entry["a"], entry["m"], entry["bal"]) == (
+        str(COST_DEFAULT), "continue", "production", str(50_000_000 - COST_DEFAULT))
+    payload = json.loads(entry["t"])
+    assert len(payload) == 17
+    row = parse_entry(entry)
+    assert row == {
+        "turn_id": "turn-xyz",
+        "wallet_id": "w1",
+        "enterprise_id": "ent-7",
+        "chat_id": "chat-9",
+        "workflow": "wf-build",
+        "agent": "planner",
+        "model": "gpt-4o",
+        "provider": "openai",
+        "prompt_tokens": 1000,
+        "completion_tokens": 100,
+        "cached_prompt_tokens": 200,
+        "duration_ms": 1234,
+        "input_nanos_per_mtok": 2_500_000_000,
+        "cached_input_nanos_per_mtok": 1_250_000_000,
+        "output_nanos_per_mtok": 10_000_000_000,
+        "cost_nanos": COST_DEFAULT,
+        "occurred_at": datetime(2025, 6, 1, 9, 30, 15, 654321, tzinfo=UTC),
+        "billed_nanos": COST_DEFAULT,
+        "action": "continue",
+        "mode": "production",
+        "balance_after_nanos": d.balance_nanos,
+    }
+    assert row["occurred_at"] == occurred
+    assert payload[-1] == int((occurred - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
+
+
+def test_outbox_entry_of_a_pausing_turn(client, wg):
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=1)
+    wg.record_turn(big_turn("t1"))
+    (entry,) = outbox(client, wg)
+    row = parse_entry(entry)
+    assert (row["billed_nanos"], row["action"], row["mode"], row["balance_after_nanos"]) == (
+        35_515_000, "pause", "production", -35_514_999)
+
+
+# --- credits ----------------------------------------------------------------------------------
+
+def test_credit_idempotent_by_key(client, wg):
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=1_000)
+    assert wg.credit("w1", 500, "k1") == 1_500
+    assert wg.credit("w1", 500, "k1") == 1_500
+    assert wg.credit("w1", 999, "k1") == 1_500  # same key, any amount: applied once
+    assert wg.balance("w1") == 1_500
+    assert wg.credit("w1", 500, "k2") == 2_000
+    assert type(wg.credit("w1", 1, "k3")) is int
+    assert wg.balance("w1") == 2_001
+    credit_key = f"tollgate:{{s{shard_of('w1', SHARDS)}}}:credit:w1:k1"
+    assert TTL - 60 <= client.ttl(credit_key) <= TTL
+
+
+@pytest.mark.parametrize("amount", [0, -1, True, 1.5, "100"])
+def test_credit_rejects_non_positive_or_non_int(client, wg, amount):
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=7)
+    before = snapshot(client)
+    with pytest.raises(ValueError):
+        wg.credit("w1", amount, "k")
+    assert snapshot(client) == before
+
+
+def _wallets_on(shard_a_equals_b: bool) -> tuple[str, str]:
+    ids = [f"wallet-{i}" for i in range(100)]
+    a = ids[0]
+    for b in ids[1:]:
+        if (shard_of(a, SHARDS) == shard_of(b, SHARDS)) == shard_a_equals_b:
+            return a, b
+    raise AssertionError
+
+
+def test_credit_key_semantics_do_not_depend_on_shard(client, wg):
+    """One idempotency key used for two wallets must behave the same whether or not the two
+    wallets happen to share an outbox shard (shards are an implementation detail)."""
+    outcomes = []
+    for same_shard in (True, False):
+        client.flushdb()
+        a, b = _wallets_on(same_shard)
+        wg.load_wallet(a, mode="production", limited=True, balance_nanos=0)
+        wg.load_wallet(b, mode="production", limited=True, balance_nanos=0)
+        wg.credit(a, 100, "shared-key")
+        wg.credit(b, 100, "shared-key")
+        outcomes.append((wg.balance(a), wg.balance(b)))
+    assert outcomes[0] == outcomes[1]
+
+
+# --- hash tags --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("wallet_id", ["alice", "bob", "carol", "dave", "w-{odd}"])
+def test_keys_of_one_wallet_share_one_hash_tag(client, wg, wallet_id):
+    wg.load_wallet(wallet_id, mode="production", limited=True, balance_nanos=10_000_000)
+    wg.record_turn(turn("t1", wallet_id))
+    wg.record_turn(turn("t2", wallet_id))
+    wg.credit(wallet_id, 5, "k1")
+    keys = client.keys("*")
+    shard = zlib.crc32(wallet_id.encode()) % SHARDS
+    tag = f"{{s{shard}}}"
+    assert sorted(keys) == sorted([
+        f"tollgate:{tag}:wallet:{wallet_id}",
+        f"tollgate:{tag}:turn:t1",
+        f"tollgate:{tag}:turn:t2",
+        f"tollgate:{tag}:outbox",
+        f"tollgate:{tag}:kick",
+        f"tollgate:{tag}:credit:{wallet_id}:k1",
+    ])
+    assert {key_slot(k.encode()) for k in keys} == {key_slot(f"tollgate:{tag}".encode())}
+    assert outbox_key(shard) == f"tollgate:{tag}:outbox" and kick_key(shard) == f"tollgate:{tag}:kick"
+
+
+# --- drain kicks ------------------------------------------------------------------------------
+
+def test_kick_once_per_interval(client, kicked):
+    gate = WalletGate(client, settings=make_settings(kick_interval_ms=60_000), kicker=kicked.append)
+    gate.load_wallet("w1", mode="production", limited=True, balance_nanos=10**12)
+    for i in range(3):
+        gate.record_turn(turn(f"t{i}"))
+    gate.record_turns([turn("t3"), turn("t4")])
+    assert kicked == [gate.shard("w1")]
+    assert 0 < client.pttl(kick_key(gate.shard("w1"))) <= 60_000
+
+
+def test_batch_kicks_each_shard_once_sorted(client, kicked):
+    gate = WalletGate(client, settings=make_settings(), kicker=kicked.append)
+    a, b = _wallets_on(False)
+    for w in (a, b):
+        gate.load_wallet(w, mode="production", limited=True, balance_nanos=10**12)
+    gate.record_turns([turn("x1", b), turn("x2", a), turn("x3", b), turn("x4", a)])
+    assert kicked == sorted({gate.shard(a), gate.shard(b)})
+
+
+def test_kick_again_after_interval_not_for_duplicates_or_denials(client, kicked):
+    gate = WalletGate(client, settings=make_settings(kick_interval_ms=50), kicker=kicked.append)
+    gate.load_wallet("w1", mode="production", limited=True, balance_nanos=COST_DEFAULT)
+    shard = gate.shard("w1")
+    gate.record_turn(turn("t1"))  # accepted → kick
+    gate.record_turn(turn("t1b"))  # denied (balance 0), inside the interval
+    assert kicked == [shard]
+    time.sleep(0.15)
+    gate.record_turn(turn("t1"))  # duplicate: no kick
+    gate.record_turn(turn("t2"))  # denied: nothing to drain, no kick
+    assert kicked == [shard]
+    gate.credit("w1", 10**9, "k")
+    gate.record_turn(turn("t3"))  # accepted, interval passed → kick
+    assert kicked == [shard, shard]
+
+
+# --- big numbers ------------------------------------------------------------------------------
+
+def test_big_balance_exact(client, wg):
+    wg.load_wallet("rich", mode="production", limited=True, balance_nanos=2**62)
+    d = wg.record_turn(turn("t1", "rich"))
+    assert d.balance_nanos == 2**62 - COST_DEFAULT == 4_611_686_018_424_137_904
+    assert wg.balance("rich") == 2**62 - COST_DEFAULT
+    assert parse_entry(outbox(client, wg, "rich")[0])["balance_after_nanos"] == 2**62 - COST_DEFAULT
+    assert wg.record_turn(turn("t1", "rich")).balance_nanos == 2**62 - COST_DEFAULT  # dedupe answer
+    assert wg.credit("rich", 2**62 - 1, "big") == 2**63 - 1 - COST_DEFAULT
+    assert wg.balance("rich") == 2**63 - 1 - COST_DEFAULT
+
+
+def test_big_cost_exact(client, kicked):
+    # one turn costing 2^53 + 1 nanos, a value a Lua double cannot hold
+    book = PriceBook({"acme/huge": {"input_mtok": "9007199.254740993"}})
+    gate = WalletGate(client, settings=make_settings(), price_book=book, kicker=kicked.append)
+    gate.load_wallet("w1", mode="production", limited=True, balance_nanos=2**62)
+    d = gate.record_turn(turn("t1", model="huge", provider="acme", prompt_tokens=1_000_000,
+                              cached_prompt_tokens=0, completion_tokens=0))
+    assert d.cost_nanos == d.billed_nanos == 2**53 + 1
+    assert d.balance_nanos == 2**62 - 2**53 - 1
+    assert gate.balance("w1") == 2**62 - 2**53 - 1
+    entry = outbox(client, gate)[0]
+    assert entry["b"] == str(2**53 + 1)
+    assert parse_entry(entry)["cost_nanos"] == 2**53 + 1
+
+
+# --- property: balance == credits − billed; at <= 0 every production turn is denied --------------
+
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("credit"), st.integers(1, 60_000_000)),
+        st.tuples(st.just("turn"), st.integers(0, 8_000), st.integers(0, 100), st.integers(0, 3_000)),
+        st.tuples(st.just("retry"), st.integers(0, 10_000)),
+    ),
+    max_size=30,
+)
+
+
+def _gpt4o_cost(prompt: int, cached: int, completion: int) -> int:
+    return (prompt - cached) * 2_500 + cached * 1_250 + completion * 10_000
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(start=st.integers(-10_000_000, 60_000_000), ops=_ops)
+def test_property_balance_is_credits_minus_billed(start, ops):
+    client = fake_client()
+    kicked: list[int] = []
+    gate = WalletGate(client, settings=make_settings(), kicker=kicked.append)
+    gate.load_wallet("w", mode="production", limited=True, balance_nanos=start)
+    balance = start
+    credits = billed_total = accepted = 0
+    answers: list[tuple[TurnIn, Decision]] = []
+    for n, op in enumerate(ops):
+        if op[0] == "credit":
+            credits += op[1]
+            balance += op[1]
+            assert gate.credit("w", op[1], f"c{n}") == balance
+        elif op[0] == "turn":
+            _, prompt, cached_pct, completion = op
+            cached = prompt * cached_pct // 100
+            cost = _gpt4o_cost(prompt, cached, completion)
+            t = turn(f"t{n}", "w", prompt_tokens=prompt, cached_prompt_tokens=cached, completion_tokens=completion)
+            d = gate.record_turn(t)
+            if balance <= 0:
+                assert (d.accepted, d.billed_nanos, d.action) == (False, 0, "pause")
+            else:
+                balance -= cost
+                billed_total += cost
+                accepted += 1
+                assert (d.accepted, d.billed_nanos) == (True, cost)
+                assert d.action == ("pause" if balance <= 0 else "continue")
+            assert d.balance_nanos == balance and d.cost_nanos == cost and not d.duplicate
+            answers.append((t, d))
+        elif answers:
+            t, first = answers[op[1] % len(answers)]
+            assert gate.record_turn(t) == first.model_copy(update={"duplicate": True})
+        assert gate.balance("w") == balance == start + credits - billed_total
+    entries = [fields for _id, fields in client.xrange(outbox_key(gate.shard("w")))]
+    assert len(entries) == accepted
+    assert sum(int(e["b"]) for e in entries) == billed_total
+    client.close()
