@@ -8,11 +8,10 @@ is never ahead of the ledger for money coming in.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import BigInteger, DateTime, case, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
@@ -183,73 +182,86 @@ class PersistResult:
     billed_nanos: int
 
 
-def _add(acc: dict[str, int], row: dict[str, Any]) -> None:
+def _column_sql_type(name: str) -> str:
+    column = UsageEvent.__table__.c[name]
+    if isinstance(column.type, BigInteger):
+        return "bigint"
+    if isinstance(column.type, DateTime):
+        return "timestamptz"
+    return "text"
+
+
+#: One statement per batch whatever its size: the rows travel as one typed array per column, so
+#: psycopg sends 21 parameters instead of 21 × N (a 21,000-placeholder text is re-parsed per batch).
+_INSERT_USAGE = text(
+    f"INSERT INTO usage_event ({', '.join(USAGE_COLUMNS)}) "
+    f"SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {_column_sql_type(c)}[])' for c in USAGE_COLUMNS)}) "
+    "ON CONFLICT (turn_id) DO NOTHING RETURNING turn_id"
+)
+
+_TOTALS = ("turns", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_nanos")
+
+
+def _add(acc: dict[str, Any], row: dict[str, Any]) -> None:
     acc["turns"] += 1
-    for name in ("prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_nanos"):
+    for name in _TOTALS[1:]:
         acc[name] += row[name]
 
 
-def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistResult:
-    """Insert usage events (``INSERT … ON CONFLICT (turn_id) DO NOTHING RETURNING``) and add only the
-    rows actually inserted to the wallet ledger, chat sessions and per-agent usage.
-
-    ``rows`` are dicts with the keys of :data:`USAGE_COLUMNS` (money in nano-USD, ``occurred_at``
-    an aware datetime).  Re-delivered rows are counted as duplicates and change nothing.
-    The caller commits.
-    """
-    if not rows:
-        return PersistResult(0, 0, 0)
-    unique = list({r["turn_id"]: r for r in reversed(rows)}.values())[::-1]  # first copy of each turn_id
-    table = UsageEvent.__table__
-    result = session.execute(
-        insert(table).on_conflict_do_nothing(index_elements=["turn_id"]).returning(table.c.turn_id),
-        unique,
-    )
-    inserted_ids = set(result.scalars().all())
-    fresh = [r for r in unique if r["turn_id"] in inserted_ids]
-    if not fresh:
-        return PersistResult(0, len(rows), 0)
-
-    debits: dict[str, list[int]] = defaultdict(lambda: [0, 0, ""])  # wallet -> [nanos, turns, first turn]
+def _aggregate(fresh: Sequence[dict[str, Any]]):
+    """Per-wallet debits, per-chat and per-agent totals of the inserted rows (sorted keys)."""
+    debits: dict[str, list] = {}
     chats: dict[tuple[str, str], dict[str, Any]] = {}
     agents: dict[tuple[str, str, str], dict[str, int]] = {}
     for r in fresh:
-        d = debits[r["wallet_id"]]
+        d = debits.setdefault(r["wallet_id"], [0, 0, r["turn_id"]])  # nanos, turns, first turn
         d[0] += r["billed_nanos"]
         d[1] += 1
-        d[2] = d[2] or r["turn_id"]
         key = (r["enterprise_id"], r["chat_id"])
         chat = chats.get(key)
         if chat is None:
             chat = chats[key] = {
-                "wallet_id": r["wallet_id"],
-                "workflow": r["workflow"],
-                "started_at": r["occurred_at"],
-                "last_turn_at": r["occurred_at"],
-                "turns": 0,
-                "prompt_tokens": 0,
-                "completion_tokens": 0,
-                "cached_prompt_tokens": 0,
-                "cost_nanos": 0,
-                "billed_nanos": 0,
+                "enterprise_id": r["enterprise_id"], "chat_id": r["chat_id"], "wallet_id": r["wallet_id"],
+                "workflow": r["workflow"], "started_at": r["occurred_at"], "last_turn_at": r["occurred_at"],
+                "billed_nanos": 0, **dict.fromkeys(_TOTALS, 0),
             }
         _add(chat, r)
         chat["billed_nanos"] += r["billed_nanos"]
         chat["started_at"] = min(chat["started_at"], r["occurred_at"])
         chat["last_turn_at"] = max(chat["last_turn_at"], r["occurred_at"])
-        chat["status"] = ChatStatus.paused if r["action"] == "pause" else ChatStatus.active
+        # the latest turn's answer decides; a completed chat stays completed (see the upsert)
+        chat["status"] = ChatStatus.paused.value if r["action"] == "pause" else ChatStatus.active.value
+        chat["pause_reason"] = "wallet_exhausted" if r["action"] == "pause" else None
         akey = (r["enterprise_id"], r["chat_id"], r["agent"])
         agent = agents.get(akey)
         if agent is None:
-            agent = agents[akey] = dict.fromkeys(
-                ("turns", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_nanos", "duration_ms"),
-                0,
-            )
+            agent = agents[akey] = {"duration_ms": 0, **dict.fromkeys(_TOTALS, 0)}
         _add(agent, r)
         agent["duration_ms"] += r["duration_ms"]
+    return debits, chats, agents
+
+
+def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistResult:
+    """Insert usage events (``INSERT … SELECT unnest(…) ON CONFLICT (turn_id) DO NOTHING RETURNING``)
+    and add only the rows actually inserted to the wallet ledger, chat sessions and per-agent usage.
+
+    ``rows`` are dicts with the keys of :data:`USAGE_COLUMNS` (money in nano-USD, ``occurred_at``
+    an aware datetime).  Re-delivered rows, also a turn_id twice in one batch, are counted as
+    duplicates and change nothing.  Rows are locked in a fixed (sorted) order, so concurrent drains
+    do not deadlock.  The caller commits.
+    """
+    if not rows:
+        return PersistResult(0, 0, 0)
+    unique = list({r["turn_id"]: r for r in reversed(rows)}.values())[::-1]  # first copy of each turn_id
+    params = {c: [r[c] for r in unique] for c in USAGE_COLUMNS}
+    inserted_ids = set(session.execute(_INSERT_USAGE, params).scalars().all())
+    fresh = [r for r in unique if r["turn_id"] in inserted_ids]
+    if not fresh:
+        return PersistResult(0, len(rows), 0)
+    debits, chats, agents = _aggregate(fresh)
 
     billed_total = 0
-    for wallet_id in sorted(debits):  # a fixed order: concurrent drains lock wallets alike
+    for wallet_id in sorted(debits):
         nanos, turns, first_turn = debits[wallet_id]
         billed_total += nanos
         session.execute(
@@ -267,51 +279,34 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
                 update(Wallet).where(Wallet.id == wallet_id).values(debits_nanos=Wallet.debits_nanos + nanos)
             )
 
-    chat_ids: dict[tuple[str, str], int] = {}
     ct = ChatSession.__table__
-    for (enterprise_id, chat_id) in sorted(chats):
-        c = chats[(enterprise_id, chat_id)]
-        stmt = insert(ct).values(
-            enterprise_id=enterprise_id, chat_id=chat_id, pause_reason=_reason(c["status"]), **c
-        )
-        ex = stmt.excluded
-        stmt = stmt.on_conflict_do_update(
-            constraint="uq_chat_session_enterprise_chat",
-            set_={
-                "turns": ct.c.turns + ex.turns,
-                "prompt_tokens": ct.c.prompt_tokens + ex.prompt_tokens,
-                "completion_tokens": ct.c.completion_tokens + ex.completion_tokens,
-                "cached_prompt_tokens": ct.c.cached_prompt_tokens + ex.cached_prompt_tokens,
-                "cost_nanos": ct.c.cost_nanos + ex.cost_nanos,
-                "billed_nanos": ct.c.billed_nanos + ex.billed_nanos,
-                "started_at": func.least(ct.c.started_at, ex.started_at),
-                "last_turn_at": func.greatest(ct.c.last_turn_at, ex.last_turn_at),
-                # a completed chat stays completed; otherwise the latest turn's answer decides
-                # a completed chat stays completed; otherwise the latest turn's answer decides
-                "status": case((ct.c.status == ChatStatus.completed.value, ct.c.status), else_=ex.status),
-                "pause_reason": case(
-                    (ct.c.status == ChatStatus.completed.value, ct.c.pause_reason), else_=ex.pause_reason
-                ),
-            },
-        ).returning(ct.c.id)
-        chat_ids[(enterprise_id, chat_id)] = session.execute(stmt).scalar_one()
+    stmt = insert(ct).values([chats[k] for k in sorted(chats)])
+    ex = stmt.excluded
+    completed = ct.c.status == ChatStatus.completed.value
+    stmt = stmt.on_conflict_do_update(
+        constraint="uq_chat_session_enterprise_chat",
+        set_={
+            **{name: ct.c[name] + ex[name] for name in (*_TOTALS, "billed_nanos")},
+            "started_at": func.least(ct.c.started_at, ex.started_at),
+            "last_turn_at": func.greatest(ct.c.last_turn_at, ex.last_turn_at),
+            "status": case((completed, ct.c.status), else_=ex.status),
+            "pause_reason": case((completed, ct.c.pause_reason), else_=ex.pause_reason),
+        },
+    ).returning(ct.c.id, ct.c.enterprise_id, ct.c.chat_id)
+    chat_ids = {(e, c): i for i, e, c in session.execute(stmt)}
 
     at = ChatAgentUsage.__table__
-    for (enterprise_id, chat_id, agent_name) in sorted(agents):
-        a = agents[(enterprise_id, chat_id, agent_name)]
-        stmt = insert(at).values(chat_session_id=chat_ids[(enterprise_id, chat_id)], agent=agent_name, **a)
-        ex = stmt.excluded
-        session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["chat_session_id", "agent"],
-                set_={name: at.c[name] + ex[name] for name in a},
-            )
+    stmt = insert(at).values(
+        [{"chat_session_id": chat_ids[(e, c)], "agent": a, **agents[(e, c, a)]} for (e, c, a) in sorted(agents)]
+    )
+    ex = stmt.excluded
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["chat_session_id", "agent"],
+            set_={name: at.c[name] + ex[name] for name in ("duration_ms", *_TOTALS)},
         )
+    )
     return PersistResult(len(fresh), len(rows) - len(fresh), billed_total)
-
-
-def _reason(status: str) -> str | None:
-    return "wallet_exhausted" if status == ChatStatus.paused else None
 
 
 def wallet_usage(session: Session, wallet_id: str) -> dict[str, int]:
