@@ -577,3 +577,20 @@ def test_property_balance_is_credits_minus_billed(start, ops):
     assert len(entries) == accepted
     assert sum(int(e["b"]) for e in entries) == billed_total
     client.close()
+
+
+def test_batch_survives_redis_losing_its_script_cache(redis_client, settings):
+    """After SCRIPT FLUSH (as after a Redis restart) a pipelined batch fails with NOSCRIPT before
+    running anything; the gate loads the script and sends the batch once more: each turn counted once."""
+    from worker.wallet import WalletGate
+
+    wg = WalletGate(redis_client, settings=settings, kicker=lambda shard: None)
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10**12)
+    redis_client.script_flush()
+    decisions = wg.record_turns([turn(f"t{i}", "w1") for i in range(5)])
+    assert [d.duplicate for d in decisions] == [False] * 5
+    assert wg.balance("w1") == 10**12 - 5 * COST_DEFAULT
+    assert redis_client.xlen(outbox_key(wg.shard("w1"))) == 5
+    redis_client.script_flush()
+    assert wg.record_turn(turn("t0", "w1")).duplicate is True
+    assert wg.balance("w1") == 10**12 - 5 * COST_DEFAULT
