@@ -9,7 +9,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Id = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
-Tokens = Annotated[int, Field(strict=True, ge=0, le=10**12)]
+#: a count of tokens (or ms) in one turn: an integer, 0 ≤ n ≤ 10^9 (sums stay far from BIGINT)
+Tokens = Annotated[int, Field(strict=True, ge=0, le=10**9)]
 
 
 class TurnIn(BaseModel):

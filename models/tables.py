@@ -145,6 +145,9 @@ class ChatAgentUsage(SQLModel, table=True):
 class UsageEvent(SQLModel, table=True):
     """One accepted turn, persisted once (``turn_id`` is unique), with the prices it was charged at.
 
+    ``outbox_id`` (``<shard>:<stream id>``) is the outbox entry it came from: a re-delivery carries
+    the same one, a second acceptance of the same turn_id by the gate another.
+
     ``cost_nanos`` is what the turn cost at those prices; ``billed_nanos`` what was debited
     (0 in development mode).  Unit prices are nano-USD per million tokens.
     """
@@ -158,6 +161,7 @@ class UsageEvent(SQLModel, table=True):
 
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
     turn_id: str = Field(max_length=300, unique=True)
+    outbox_id: str = Field(max_length=60)
     wallet_id: str = Field(max_length=200)
     enterprise_id: str = Field(max_length=200)
     chat_id: str = Field(max_length=200)

@@ -48,13 +48,6 @@ def drain_outbox(shard: int | None = None, max_seconds: float = 30.0) -> dict[st
     return drain.drain(shards, max_seconds=max_seconds).as_dict()
 
 
-@app.task(name="tollgate.usage.prune_consumers")
-def prune_consumers() -> int:
-    """Forget outbox consumers with nothing pending that were idle for an hour; returns how many."""
-    drain = _get_drain()
-    return sum(drain.forget_idle_consumers(shard) for shard in range(drain.settings.outbox_shards))
-
-
 @app.task(name="tollgate.usage.record_turn", ignore_result=False)
 def record_turn(turn: dict[str, Any]) -> dict[str, Any]:
     """Record one turn through the same gate as the Python client.

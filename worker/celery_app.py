@@ -7,6 +7,9 @@ persistence itself does not depend on that: the outbox stream keeps every accept
 drain has committed it.
 
 Run: ``celery -A worker.celery_app worker -Q tollgate.usage`` and ``celery -A worker.celery_app beat``.
+
+Layout note: ``include=["tasks.usage"]`` names the task modules as strings so the worker process
+imports them; nothing in ``worker/`` imports ``tasks/`` code.
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ def make_app() -> Celery:
         accept_content=["json"],
         timezone="UTC",
         enable_utc=True,
+        # a drain stops itself after 30 s; the limits only catch a hung one
+        task_soft_time_limit=120,
+        task_time_limit=180,
         beat_schedule={
             # backstop: kicks from the gate drain at once; this catches anything a kick missed
             "drain-outbox": {"task": "tollgate.usage.drain_outbox", "schedule": 1.0, "options": {"expires": 5}},
-            "prune-outbox-consumers": {"task": "tollgate.usage.prune_consumers", "schedule": 600.0},
         },
     )
     return celery

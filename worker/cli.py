@@ -2,7 +2,7 @@
 
     tollgate db upgrade
     tollgate wallet create WALLET_ID --enterprise E [--owner O] [--unlimited] [--mode development]
-    tollgate wallet credit WALLET_ID --usd 25.00 [--key K]
+    tollgate wallet credit WALLET_ID --usd 25.00 --key K
     tollgate wallet show WALLET_ID [--json]
     tollgate drain
     tollgate replay PATH --format azure|mooncake --model gpt-4o --provider openai [--wallet-usd X]
@@ -15,8 +15,8 @@ nothing was recorded.
 from __future__ import annotations
 
 import json
+import re
 import sys
-import uuid
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from importlib.resources import files
@@ -38,6 +38,7 @@ wallet_app = typer.Typer(help="Wallets: create, credit, show.", no_args_is_help=
 app.add_typer(db_app, name="db")
 app.add_typer(wallet_app, name="wallet")
 
+_ID = re.compile(r"^[^\s]{1,200}$")
 err = Console(stderr=True)
 out = Console()
 
@@ -71,6 +72,12 @@ def db_upgrade(revision: str = typer.Argument("head", help="Alembic revision")) 
     out.print(f"database migrated to {revision}")
 
 
+def _id(value: str, field: str) -> str:
+    if not _ID.match(value):
+        _fail(f"{field}: {value!r} must be 1 to 200 characters without spaces")
+    return value
+
+
 @wallet_app.command("create")
 def wallet_create(
     wallet_id: str,
@@ -84,8 +91,11 @@ def wallet_create(
     from worker.ledger import open_wallet
     from worker.wallet import WalletGate
 
-    w = open_wallet(WalletGate(), wallet_id=wallet_id, enterprise_id=enterprise, owner_id=owner or wallet_id,
-                    level=level, mode=mode, limited=not unlimited)
+    _id(wallet_id, "WALLET_ID")
+    _id(enterprise, "--enterprise")
+    w = open_wallet(WalletGate(), wallet_id=wallet_id, enterprise_id=enterprise,
+                    owner_id=_id(owner, "--owner") if owner else wallet_id, level=level, mode=mode,
+                    limited=not unlimited)
     out.print(f"wallet {w.id} ({w.level}, {w.mode}, {'limited' if w.limited else 'unlimited'})")
 
 
@@ -93,19 +103,29 @@ def wallet_create(
 def wallet_credit(
     wallet_id: str,
     usd: str = typer.Option(..., "--usd", help="amount in USD, e.g. 25.00"),
-    key: Optional[str] = typer.Option(None, help="idempotency key (default: a new one)"),
+    key: str = typer.Option(..., "--key", help="idempotency key: the same key credits once (e.g. a payment id)"),
     description: str = typer.Option("manual credit", help="ledger description"),
 ) -> None:
     """Credit a wallet: a ledger entry (once per --key), then the gate's balance."""
-    from worker.ledger import LedgerError, credit_wallet
+    from worker.ledger import GatePending, LedgerError, credit_wallet
     from worker.wallet import UnknownWallet, WalletGate
 
     try:
         nanos = usd_to_nanos(_usd(usd, "--usd"))
-        balance = credit_wallet(WalletGate(), wallet_id=wallet_id, amount_nanos=nanos,
-                                idempotency_key=key or f"cli:{uuid.uuid4()}", description=description)
-    except (LedgerError, PricingError, UnknownWallet, ValueError) as exc:
-        _fail(f"--usd/wallet: {exc}")
+    except PricingError as exc:
+        _fail(f"--usd: {exc}")
+    if nanos <= 0:
+        _fail(f"--usd: {usd} is not a positive amount")
+    try:
+        balance = credit_wallet(WalletGate(), wallet_id=wallet_id, amount_nanos=nanos, idempotency_key=key,
+                                description=description)
+    except LedgerError as exc:
+        field = "--usd" if "amount_nanos" in str(exc) else "--key" if "idempotency_key" in str(exc) else "WALLET_ID"
+        _fail(f"{field}: {exc}")
+    except UnknownWallet as exc:
+        _fail(f"WALLET_ID: {exc} in the gate; nothing was credited")
+    except GatePending as exc:
+        _fail(str(exc))
     out.print(f"wallet {wallet_id}: balance {nanos_to_usd(balance)} USD ({balance} nanos)")
 
 

@@ -16,7 +16,11 @@ from worker.settings import get_settings
 @lru_cache(maxsize=4)
 def engine_for(url: str) -> Engine:
     """A pooled engine for ``url`` (one per URL per process)."""
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # a lock wait longer than 30 s fails the transaction (the drain's entries stay pending and are
+    # retried) instead of holding a worker forever
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args={"options": "-c lock_timeout=30000"}
+    )
 
 
 def get_engine() -> Engine:

@@ -5,32 +5,48 @@ Order per batch (DESIGN.md, the hot path)::
 
     XAUTOCLAIM (a dead consumer's entries idle > reclaim_idle_ms) or XREADGROUP '>' up to N entries
     → persist_turns (INSERT … ON CONFLICT (turn_id) DO NOTHING, aggregates for inserted rows) → COMMIT
-    → XACK → XTRIM MINID (only what the group has acknowledged)
+    → refund second acceptances in the gate → XACK → XTRIM MINID (only what the group acknowledged)
 
 A crash before COMMIT leaves the entries pending: they are reclaimed and persisted.  A crash after
-COMMIT and before XACK re-delivers them: the unique ``turn_id`` drops the duplicates.  The outbox is
-never trimmed by length.
+COMMIT and before XACK re-delivers them: the unique ``turn_id`` drops the duplicates (same outbox
+entry id).  A turn_id the gate accepted twice (its dedupe key expired, or Redis lost it) arrives as a
+*different* outbox entry: its debit is refunded in the gate, so Redis keeps agreeing with the ledger.
+An entry that cannot be written at all (a bad payload, a constraint) goes to the shard's dead-letter
+stream ``tollgate:{sN}:deadletter`` with the error, so it never blocks the turns behind it.  The
+outbox is never trimmed by length.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Iterable
 
 import redis
+from sqlalchemy.exc import DataError, IntegrityError
 
 from worker.db import session_scope
-from worker.ledger import persist_turns
+from worker.ledger import PersistResult, persist_turns
 from worker.settings import Settings, get_settings
-from worker.wallet import kick_key, outbox_key
+from worker.wallet import PAYLOAD_VERSION, WalletGate, kick_key, outbox_key, shard_tag
 
 GROUP = "tollgate-drain"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+log = logging.getLogger(__name__)
+
+
+class BadEntry(ValueError):
+    """An outbox entry that cannot be parsed (unknown payload version, missing field)."""
+
+
+def deadletter_key(shard: int) -> str:
+    """The dead-letter stream of one shard: entries that could not be persisted, with the error."""
+    return f"{shard_tag(shard)}:deadletter"
 
 
 def consumer_name() -> str:
@@ -38,68 +54,87 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def parse_entry(fields: dict[str, str]) -> dict[str, Any]:
+def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
     """An outbox entry (fields ``t`` payload, ``b`` billed, ``a`` action, ``m`` mode, ``bal``) → a
-    ``usage_event`` row (keys of :data:`worker.ledger.USAGE_COLUMNS`)."""
-    (
-        turn_id,
-        wallet_id,
-        enterprise_id,
-        chat_id,
-        workflow,
-        agent,
-        model,
-        provider,
-        prompt,
-        completion,
-        cached,
-        duration_ms,
-        input_rate,
-        cached_rate,
-        output_rate,
-        cost,
-        ts,
-    ) = json.loads(fields["t"])
-    bal = fields.get("bal", "")
-    return {
-        "turn_id": turn_id,
-        "wallet_id": wallet_id,
-        "enterprise_id": enterprise_id,
-        "chat_id": chat_id,
-        "workflow": workflow,
-        "agent": agent,
-        "model": model,
-        "provider": provider,
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "cached_prompt_tokens": cached,
-        "duration_ms": duration_ms,
-        "input_nanos_per_mtok": input_rate,
-        "cached_input_nanos_per_mtok": cached_rate,
-        "output_nanos_per_mtok": output_rate,
-        "cost_nanos": cost,
-        "occurred_at": _EPOCH + timedelta(microseconds=ts),
-        "billed_nanos": int(fields["b"]),
-        "action": fields["a"],
-        "mode": fields["m"],
-        "balance_after_nanos": int(bal) if bal else None,
-    }
+    ``usage_event`` row (keys of :data:`worker.ledger.USAGE_COLUMNS`).  ``outbox_id`` is
+    ``<shard>:<stream id>``.  Raises :class:`BadEntry`."""
+    try:
+        payload = json.loads(fields["t"])
+        if payload[0] != PAYLOAD_VERSION:
+            raise BadEntry(f"outbox payload version {payload[0]!r}, expected {PAYLOAD_VERSION}")
+        (
+            _version,
+            turn_id,
+            wallet_id,
+            enterprise_id,
+            chat_id,
+            workflow,
+            agent,
+            model,
+            provider,
+            prompt,
+            completion,
+            cached,
+            duration_ms,
+            input_rate,
+            cached_rate,
+            output_rate,
+            cost,
+            ts,
+        ) = payload
+        bal = fields.get("bal", "")
+        return {
+            "turn_id": turn_id,
+            "outbox_id": outbox_id,
+            "wallet_id": wallet_id,
+            "enterprise_id": enterprise_id,
+            "chat_id": chat_id,
+            "workflow": workflow,
+            "agent": agent,
+            "model": model,
+            "provider": provider,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "cached_prompt_tokens": cached,
+            "duration_ms": duration_ms,
+            "input_nanos_per_mtok": input_rate,
+            "cached_input_nanos_per_mtok": cached_rate,
+            "output_nanos_per_mtok": output_rate,
+            "cost_nanos": cost,
+            "occurred_at": _EPOCH + timedelta(microseconds=ts),
+            "billed_nanos": int(fields["b"]),
+            "action": fields["a"],
+            "mode": fields["m"],
+            "balance_after_nanos": int(bal) if bal else None,
+        }
+    except BadEntry:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, OverflowError) as exc:
+        raise BadEntry(f"malformed outbox entry: {exc!r}") from exc
 
 
 @dataclass
 class DrainStats:
-    """What a drain did: entries read, rows inserted, re-deliveries dropped, batches, entries reclaimed."""
+    """What a drain did: entries read, rows inserted, re-deliveries dropped, second acceptances
+    refunded in the gate, entries dead-lettered, batches, entries reclaimed from dead consumers."""
 
     read: int = 0
     inserted: int = 0
     duplicates: int = 0
+    refunded: int = 0
+    dead_lettered: int = 0
     batches: int = 0
     reclaimed: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
+
+    def add(self, result: PersistResult) -> None:
+        """Count one persisted batch."""
+        self.inserted += result.inserted
+        self.duplicates += result.duplicates
+        self.refunded += len(result.conflicts)
 
     def as_dict(self) -> dict[str, int]:
         """Counts as a plain dict (Celery result)."""
-        return {k: v for k, v in self.__dict__.items() if k != "batch_sizes"}
+        return dict(self.__dict__)
 
 
 class OutboxDrain:
@@ -118,6 +153,14 @@ class OutboxDrain:
         self.redis = client or redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
         self.consumer = consumer or consumer_name()
         self._groups: set[str] = set()
+        self._gate: WalletGate | None = None
+
+    @property
+    def gate(self) -> WalletGate:
+        """The gate, for refunds of second acceptances (created on first use)."""
+        if self._gate is None:
+            self._gate = WalletGate(self.redis, settings=self.settings, kicker=lambda shard: None)
+        return self._gate
 
     def ensure_group(self, stream: str) -> None:
         """Create the consumer group (and the stream) if missing."""
@@ -139,9 +182,17 @@ class OutboxDrain:
         stream = outbox_key(shard)
         self.ensure_group(stream)
         count = self.settings.outbox_batch_size
-        _next, claimed, _deleted = self.redis.xautoclaim(
-            stream, GROUP, self.consumer, self.settings.reclaim_idle_ms, start_id="0-0", count=count
-        )
+        try:
+            _next, claimed, _deleted = self.redis.xautoclaim(
+                stream, GROUP, self.consumer, self.settings.reclaim_idle_ms, start_id="0-0", count=count
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # the stream was deleted and re-created (Redis lost its data): make the group again
+            self._groups.discard(stream)
+            self.ensure_group(stream)
+            return self.read_batch(shard)
         if claimed:
             return claimed, True
         reply = self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=count)
@@ -182,30 +233,38 @@ class OutboxDrain:
                 # empty: let the next accepted turn kick a new drain at once
                 self.redis.delete(kick_key(shard))
                 break
-            rows = [parse_entry(fields) for _id, fields in entries]
-            with session_scope() as session:
-                result = persist_turns(session, rows)
+            try:
+                self._persist(shard, entries, stats)
+            except (BadEntry, DataError, IntegrityError) as exc:
+                log.warning("outbox shard %s: a batch of %d failed (%s); persisting one by one", shard, len(entries), exc)
+                for entry in entries:
+                    try:
+                        self._persist(shard, [entry], stats)
+                    except (BadEntry, DataError, IntegrityError) as one:
+                        self._dead_letter(shard, entry, one, stats)
             self.acknowledge(shard, (entry_id for entry_id, _ in entries))
             stats.read += len(entries)
-            stats.inserted += result.inserted
-            stats.duplicates += result.duplicates
             stats.batches += 1
-            stats.batch_sizes.append(len(entries))
             if reclaimed:
                 stats.reclaimed += len(entries)
         return stats
 
-    def forget_idle_consumers(self, shard: int, *, idle_ms: int = 3_600_000) -> int:
-        """Remove consumers of the group that hold no pending entry and were idle for ``idle_ms``
-        (workers that restarted under a new name); returns how many were removed."""
-        stream = outbox_key(shard)
-        self.ensure_group(stream)
-        removed = 0
-        for c in self.redis.xinfo_consumers(stream, GROUP):
-            if c["pending"] == 0 and c["idle"] >= idle_ms and c["name"] != self.consumer:
-                self.redis.xgroup_delconsumer(stream, GROUP, c["name"])
-                removed += 1
-        return removed
+    def _persist(self, shard: int, entries: list[tuple[str, dict[str, str]]], stats: DrainStats) -> None:
+        rows = [parse_entry(fields, f"{shard}:{entry_id}") for entry_id, fields in entries]
+        with session_scope() as session:
+            result = persist_turns(session, rows)
+        for conflict in result.conflicts:  # committed: now give the second debit back in the gate
+            log.warning("turn %s was accepted twice by the gate (outbox %s): refunding %s nanos to %s",
+                        conflict.turn_id, conflict.outbox_id, conflict.billed_nanos, conflict.wallet_id)
+            if conflict.billed_nanos:
+                self.gate.credit(conflict.wallet_id, conflict.billed_nanos, f"refund:{conflict.outbox_id}")
+        stats.add(result)
+
+    def _dead_letter(self, shard: int, entry: tuple[str, dict[str, str]], exc: Exception, stats: DrainStats) -> None:
+        entry_id, fields = entry
+        log.error("outbox shard %s entry %s cannot be persisted, dead-lettered: %s", shard, entry_id, exc)
+        self.redis.xadd(deadletter_key(shard), {**fields, "outbox_id": entry_id, "error": str(exc)[:2000]})
+        stats.dead_lettered += 1
 
     def drain(self, shards: Iterable[int] | None = None, *, max_seconds: float = 30.0) -> DrainStats:
         """Drain the given shards (default: all), sharing one time budget."""
@@ -214,13 +273,6 @@ class OutboxDrain:
         for shard in shards if shards is not None else range(self.settings.outbox_shards):
             self.drain_shard(shard, max_seconds=max(0.0, deadline - time.monotonic()), stats=stats)
         return stats
-
-    def backlog(self) -> int:
-        """Entries in all outbox streams not yet trimmed (persisted-and-acked entries are trimmed)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for shard in range(self.settings.outbox_shards):
-            pipe.xlen(outbox_key(shard))
-        return sum(pipe.execute())
 
 
 def _next_id(stream_id: str) -> str:

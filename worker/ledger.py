@@ -32,6 +32,7 @@ from worker.wallet import WalletGate
 
 USAGE_COLUMNS = (
     "turn_id",
+    "outbox_id",
     "wallet_id",
     "enterprise_id",
     "chat_id",
@@ -55,8 +56,18 @@ USAGE_COLUMNS = (
 )
 
 
+#: idempotency keys tollgate writes itself (usage debits); callers' keys may not start with it
+RESERVED_KEY_PREFIX = "tollgate:"
+#: largest amount one credit may carry, nano-USD (keeps sums far from BIGINT's 2^63)
+MAX_CREDIT_NANOS = 2**62
+
+
 class LedgerError(ValueError):
     """A ledger request is invalid (names the field), e.g. an unknown wallet or a bad amount."""
+
+
+class GatePending(RuntimeError):
+    """The credit is in the ledger but the gate could not apply it yet; retry with the same key."""
 
 
 def ensure_enterprise(session: Session, enterprise_id: str, *, name: str | None = None) -> None:
@@ -117,8 +128,13 @@ def record_credit(
 
     Raises: LedgerError for a non-positive amount (``amount_nanos``) or unknown ``wallet_id``.
     """
-    if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or amount_nanos <= 0:
-        raise LedgerError(f"amount_nanos must be a positive integer of nano-USD, got {amount_nanos!r}")
+    if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or not 0 < amount_nanos <= MAX_CREDIT_NANOS:
+        raise LedgerError(f"amount_nanos must be an integer of nano-USD in 1..2^62, got {amount_nanos!r}")
+    if not idempotency_key or len(idempotency_key) > 200 or idempotency_key.startswith(RESERVED_KEY_PREFIX):
+        raise LedgerError(
+            f"idempotency_key must be 1..200 characters not starting with {RESERVED_KEY_PREFIX!r}, "
+            f"got {idempotency_key!r}"
+        )
     if session.get(Wallet, wallet_id) is None:
         raise LedgerError(f"wallet_id: unknown wallet {wallet_id!r}")
     inserted = session.execute(
@@ -149,8 +165,11 @@ def credit_wallet(
     A retry with the same key after a crash between the two completes the gate side only (the gate
     remembers applied keys for ``settings.dedupe_ttl_s``; an older entry is not re-applied, and
     reconciliation repairs any gap).  Returns the gate balance after, nano-USD.
-    Raises: LedgerError, also when the key was already used for another wallet or amount.
+    Raises: LedgerError, also when the key was already used for another wallet or amount (nothing
+    changes); UnknownWallet when the gate lacks the wallet (nothing changes: rebuild it first);
+    GatePending when the ledger entry committed but the gate failed (retry with the same key).
     """
+    gate.balance(wallet_id)  # UnknownWallet before anything is written
     with session_scope() as session:
         record_credit(
             session,
@@ -170,16 +189,34 @@ def credit_wallet(
         age_s = session.execute(select(func.extract("epoch", func.now() - entry.created_at))).scalar_one()
     if age_s > gate.settings.dedupe_ttl_s - 3600:
         return gate.balance(wallet_id)
-    return gate.credit(wallet_id, amount_nanos, idempotency_key)
+    try:
+        return gate.credit(wallet_id, amount_nanos, idempotency_key)
+    except Exception as exc:
+        raise GatePending(
+            f"credit {idempotency_key!r} is in the ledger but not yet in the gate ({exc}); "
+            "retry with the same idempotency key"
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A turn_id the gate accepted a second time (another outbox entry): its debit must be refunded."""
+
+    turn_id: str
+    wallet_id: str
+    outbox_id: str
+    billed_nanos: int
 
 
 @dataclass(frozen=True, slots=True)
 class PersistResult:
-    """Outcome of persisting one batch: rows inserted, rows already there (re-deliveries), nanos debited."""
+    """Outcome of persisting one batch: rows inserted, re-deliveries of persisted entries dropped,
+    nanos debited, and second acceptances of persisted turn_ids (:class:`Conflict`)."""
 
     inserted: int
     duplicates: int
     billed_nanos: int
+    conflicts: tuple[Conflict, ...] = ()
 
 
 def _column_sql_type(name: str) -> str:
@@ -214,7 +251,7 @@ def _aggregate(fresh: Sequence[dict[str, Any]]):
     chats: dict[tuple[str, str], dict[str, Any]] = {}
     agents: dict[tuple[str, str, str], dict[str, int]] = {}
     for r in fresh:
-        d = debits.setdefault(r["wallet_id"], [0, 0, r["turn_id"]])  # nanos, turns, first turn
+        d = debits.setdefault(r["wallet_id"], [0, 0, r["outbox_id"]])  # nanos, turns, first entry
         d[0] += r["billed_nanos"]
         d[1] += 1
         key = (r["enterprise_id"], r["chat_id"])
@@ -256,13 +293,15 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
     params = {c: [r[c] for r in unique] for c in USAGE_COLUMNS}
     inserted_ids = set(session.execute(_INSERT_USAGE, params).scalars().all())
     fresh = [r for r in unique if r["turn_id"] in inserted_ids]
+    conflicts = _second_acceptances(session, rows, inserted_ids)
+    duplicates = len(rows) - len(fresh) - len(conflicts)
     if not fresh:
-        return PersistResult(0, len(rows), 0)
+        return PersistResult(0, duplicates, 0, conflicts)
     debits, chats, agents = _aggregate(fresh)
 
     billed_total = 0
     for wallet_id in sorted(debits):
-        nanos, turns, first_turn = debits[wallet_id]
+        nanos, turns, first_entry = debits[wallet_id]
         billed_total += nanos
         session.execute(
             insert(WalletTransaction).values(
@@ -270,7 +309,7 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
                 kind=TransactionKind.debit,
                 amount_nanos=nanos,
                 turns=turns,
-                idempotency_key=f"usage:{first_turn}",
+                idempotency_key=f"{RESERVED_KEY_PREFIX}usage:{first_entry}",
                 description=f"usage of {turns} turn(s)",
             )
         )
@@ -306,7 +345,31 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
             set_={name: at.c[name] + ex[name] for name in ("duration_ms", *_TOTALS)},
         )
     )
-    return PersistResult(len(fresh), len(rows) - len(fresh), billed_total)
+    return PersistResult(len(fresh), duplicates, billed_total, conflicts)
+
+
+def _second_acceptances(
+    session: Session, rows: Sequence[dict[str, Any]], inserted_ids: set[str]
+) -> tuple[Conflict, ...]:
+    """Rows not inserted whose turn_id is persisted from *another* outbox entry: the gate debited
+    that turn twice.  A row whose own entry is the persisted one is a plain re-delivery."""
+    stored: dict[str, str] = {}
+    candidates = [r for r in rows if r["turn_id"] not in inserted_ids]
+    if candidates:
+        stored = dict(session.execute(
+            select(UsageEvent.turn_id, UsageEvent.outbox_id).where(
+                UsageEvent.turn_id.in_({r["turn_id"] for r in candidates})
+            )
+        ).all())
+    first_in_batch: dict[str, str] = {}
+    for r in rows:
+        first_in_batch.setdefault(r["turn_id"], r["outbox_id"])
+    conflicts = []
+    for r in rows:
+        persisted = first_in_batch[r["turn_id"]] if r["turn_id"] in inserted_ids else stored.get(r["turn_id"])
+        if persisted is not None and persisted != r["outbox_id"]:
+            conflicts.append(Conflict(r["turn_id"], r["wallet_id"], r["outbox_id"], r["billed_nanos"]))
+    return tuple(conflicts)
 
 
 def wallet_usage(session: Session, wallet_id: str) -> dict[str, int]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Mapping
@@ -222,7 +222,8 @@ class PriceBook:
                 cache_read=rates.get("cache_read_mtok", inp),
                 output=rates.get("output_mtok", 0),
             )
-        self._cache: dict[tuple[str, str | None, date], PriceSheet] = {}
+        self._models: dict[tuple[str, str | None], PriceSheet | tuple[str, object]] = {}
+        self._sheets: dict[int, tuple[ModelPrice, PriceSheet]] = {}
 
     @classmethod
     def from_file(cls, path: str | Path | None) -> "PriceBook":
@@ -236,31 +237,39 @@ class PriceBook:
         return cls(data)
 
     def sheet(self, model: str, provider: str | None, when: datetime) -> PriceSheet:
-        """Prices of ``model`` at ``provider`` (``None``: genai-prices guesses) on ``when``'s UTC date.
+        """Prices of ``model`` at ``provider`` (``None``: genai-prices guesses) in force at ``when``.
+
+        genai-prices' conditional prices are honoured at the turn's own time: a new price from its
+        start date, an off-peak price (e.g. DeepSeek's) within its hours.  Lookups and the integer
+        sheets are cached per model and per resolved genai-prices price object.
 
         Raises:
             PricingError: unknown model or provider and no override.
         """
-        day = when.astimezone(UTC).date() if when.tzinfo else when.date()
-        key = (model, provider, day)
-        sheet = self._cache.get(key)
-        if sheet is not None:
-            return sheet
-        sheet = self._overrides.get(_override_key(provider, model)) or self._overrides.get(
-            _override_key(None, model)
-        )
-        if sheet is None:
-            try:
-                prov, info = get_snapshot().find_provider_model(model, None, provider, None)
-            except LookupError as exc:
-                raise PricingError(
-                    f"unknown model {model!r} at provider {provider!r}: not in genai-prices and no override"
-                ) from exc
-            at = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
-            sheet = _sheet_from_model_price(info.id, prov.id, info.get_prices(at))
-        if len(self._cache) > 4096:
-            self._cache.clear()
-        self._cache[key] = sheet
+        key = (model, provider)
+        entry = self._models.get(key)
+        if entry is None:
+            entry = self._overrides.get(_override_key(provider, model)) or self._overrides.get(
+                _override_key(None, model)
+            )
+            if entry is None:
+                try:
+                    prov, info = get_snapshot().find_provider_model(model, None, provider, None)
+                except LookupError as exc:
+                    raise PricingError(
+                        f"unknown model {model!r} at provider {provider!r}: not in genai-prices and no override"
+                    ) from exc
+                entry = (prov.id, info)
+            self._models[key] = entry
+        if isinstance(entry, PriceSheet):
+            return entry
+        provider_id, info = entry
+        model_price = info.get_prices(when if when.tzinfo else when.replace(tzinfo=UTC))
+        cached = self._sheets.get(id(model_price))
+        if cached is not None and cached[0] is model_price:
+            return cached[1]
+        sheet = _sheet_from_model_price(info.id, provider_id, model_price)
+        self._sheets[id(model_price)] = (model_price, sheet)  # holding model_price keeps its id unique
         return sheet
 
     def price(

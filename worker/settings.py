@@ -9,12 +9,11 @@ Every default works against the services of a development machine: PostgreSQL on
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BillingMode = Literal["production", "development"]
+from models.tables import BillingMode
 
 
 class Settings(BaseSettings):
@@ -27,7 +26,9 @@ class Settings(BaseSettings):
         outbox_shards: number of outbox streams; a wallet lives on shard
             ``crc32(wallet_id) % outbox_shards``.  Fixed once wallets exist.
         outbox_batch_size: entries a drain reads, inserts and acknowledges at once.
-        dedupe_ttl_s: seconds a turn_id is remembered by the gate (>= 24 h, seconds).
+        dedupe_ttl_s: seconds a turn_id is remembered by the gate (>= 24 h; default 48 h).  Each
+            remembered turn costs about 120 B of Redis memory: size Redis for
+            peak turns/s × this TTL.
         reclaim_idle_ms: an outbox entry read but not acknowledged for this long
             (milliseconds) is presumed to belong to a dead consumer and is reclaimed.
         kick_interval_ms: at most one drain task is sent per shard per interval.
@@ -42,10 +43,10 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     outbox_shards: int = Field(default=4, ge=1, le=1024)
     outbox_batch_size: int = Field(default=1000, ge=1, le=10_000)
-    dedupe_ttl_s: int = Field(default=7 * 24 * 3600, ge=24 * 3600)
+    dedupe_ttl_s: int = Field(default=48 * 3600, ge=24 * 3600)
     reclaim_idle_ms: int = Field(default=30_000, ge=100)
     kick_interval_ms: int = Field(default=200, ge=1)
-    default_mode: BillingMode = "production"
+    default_mode: BillingMode = BillingMode.production
     price_overrides_path: str | None = None
 
     @model_validator(mode="after")

@@ -28,7 +28,8 @@ AZURE_HEADER = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
 MOONCAKE_BLOCK_TOKENS = 512
 _TS = re.compile(r"^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?$")
 _INT = re.compile(r"^\d+$")
-MAX_TOKENS = 10**12
+MAX_TOKENS = 10**9  # as models.schemas.Tokens
+MAX_TIMESTAMP_MS = 10**13  # about 317 years past the trace start
 
 
 class TraceError(ValueError):
@@ -98,6 +99,8 @@ def read_azure(path: Path) -> list[TraceRow]:
         try:
             for n, record in enumerate(reader, start=1):
                 line = reader.line_num
+                if not record or record == [""]:  # a blank line (e.g. a trailing one) holds no request
+                    continue
                 if len(record) < 3:
                     raise TraceError(path, f"missing (expected 3 columns, found {len(record)})", row=n,
                                      line=line, field=AZURE_HEADER[len(record)])
@@ -139,7 +142,7 @@ def read_mooncake(path: Path, *, epoch: datetime) -> list[TraceRow]:
                     if name not in obj:
                         raise TraceError(path, "missing", row=n, line=line_no, field=name)
                 ts = obj["timestamp"]
-                if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
+                if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts <= MAX_TIMESTAMP_MS:
                     raise TraceError(path, f"{ts!r} is not a non-negative integer of ms", row=n, line=line_no,
                                      field="timestamp")
                 prompt = _tokens(path, obj["input_length"], row=n, line=line_no, field="input_length")

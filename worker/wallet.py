@@ -5,17 +5,21 @@ Redis keys (every key one script touches shares the shard's hash tag, so the gat
 Redis Cluster)::
 
     tollgate:{sN}:wallet:<wallet_id>   hash  balance, mode, limited, accepted_turns, denied_turns
-    tollgate:{sN}:turn:<turn_id>       str   first answer for a turn_id (TTL: settings.dedupe_ttl_s)
+    tollgate:{sN}:turn:<wallet>:<turn_id> str first answer for a turn_id (TTL: settings.dedupe_ttl_s)
     tollgate:{sN}:credit:<wallet>:<key> str  credit already applied (same TTL)
     tollgate:{sN}:outbox               stream of accepted turns not yet persisted
     tollgate:{sN}:kick                 str   a drain was asked for within settings.kick_interval_ms
 
-``N = crc32(wallet_id) % settings.outbox_shards``.  Nothing but this module runs the scripts.
+``N = crc32(wallet_id) % settings.outbox_shards``; the shard count is written once to
+``tollgate:config:outbox_shards`` and a gate with another count refuses to start (wallets would move
+shards and the turns queued on the old ones would be stranded).  Nothing but this module runs the
+scripts.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import zlib
 from importlib.resources import files
 from typing import Callable, Iterable, Sequence
@@ -23,12 +27,32 @@ from typing import Callable, Iterable, Sequence
 import redis
 
 from models.schemas import Decision, TurnIn
+from models.tables import BillingMode
 from worker.pricing import PriceBook, TurnPrice
 from worker.settings import Settings, get_settings
 
 PREFIX = "tollgate"
-#: modes record_turn.lua understands: production debits, development never does
-BILLING_MODES = ("production", "development")
+SHARDS_KEY = f"{PREFIX}:config:outbox_shards"
+#: version of the outbox payload (first element of the JSON list); parse_entry checks it
+PAYLOAD_VERSION = 1
+log = logging.getLogger(__name__)
+
+
+class GateConfigError(RuntimeError):
+    """The gate's settings disagree with what Redis holds (the outbox shard count, a wallet's mode)."""
+
+
+class GateBatchError(RuntimeError):
+    """Redis refused some calls of a batch after others were applied.
+
+    ``decisions`` has the decision of each turn that was applied and ``None`` for each that was not;
+    the applied ones are debited and queued like any other.
+    """
+
+    def __init__(self, error: Exception, decisions: list[Decision | None]) -> None:
+        super().__init__(f"{sum(d is None for d in decisions)} of {len(decisions)} turn(s) not recorded: {error}")
+        self.error = error
+        self.decisions = decisions
 
 
 class UnknownWallet(LookupError):
@@ -74,6 +98,7 @@ def turn_payload(turn: TurnIn, price: TurnPrice) -> str:
     )
     return json.dumps(
         [
+            PAYLOAD_VERSION,
             turn.turn_id,
             turn.wallet_id,
             turn.enterprise_id,
@@ -103,7 +128,10 @@ def celery_kicker(shard: int) -> None:
     """Ask a Celery worker to drain one outbox shard (``tollgate.usage.drain_outbox``)."""
     from worker.celery_app import app
 
-    app.send_task("tollgate.usage.drain_outbox", kwargs={"shard": shard})
+    try:
+        app.send_task("tollgate.usage.drain_outbox", kwargs={"shard": shard})
+    except Exception:  # the turn is already recorded; beat's backstop drains it
+        log.warning("could not send a drain kick for shard %s; beat will drain it", shard, exc_info=True)
 
 
 class WalletGate:
@@ -131,6 +159,17 @@ class WalletGate:
         self.kicker = kicker or celery_kicker
         self._record = self.redis.register_script(_lua("record_turn.lua"))
         self._credit = self.redis.register_script(_lua("credit.lua"))
+        self._check_shard_count()
+
+    def _check_shard_count(self) -> None:
+        shards = str(self.settings.outbox_shards)
+        self.redis.set(SHARDS_KEY, shards, nx=True)
+        stored = self.redis.get(SHARDS_KEY)
+        if stored != shards:
+            raise GateConfigError(
+                f"TOLLGATE_OUTBOX_SHARDS is {shards} but this Redis holds wallets on {stored} shards; "
+                "moving wallets between shards needs a drained outbox and a rebuild"
+            )
 
     # keys -------------------------------------------------------------------------------------
     def shard(self, wallet_id: str) -> int:
@@ -144,7 +183,12 @@ class WalletGate:
     def _turn_keys(self, turn: TurnIn) -> list[str]:
         shard = self.shard(turn.wallet_id)
         tag = shard_tag(shard)
-        return [f"{tag}:wallet:{turn.wallet_id}", f"{tag}:turn:{turn.turn_id}", f"{tag}:outbox", f"{tag}:kick"]
+        return [
+            f"{tag}:wallet:{turn.wallet_id}",
+            f"{tag}:turn:{turn.wallet_id}:{turn.turn_id}",
+            f"{tag}:outbox",
+            f"{tag}:kick",
+        ]
 
     # wallets ----------------------------------------------------------------------------------
     def load_wallet(
@@ -155,8 +199,8 @@ class WalletGate:
 
         Raises: ValueError for a mode outside :data:`BILLING_MODES`.
         """
-        if mode not in BILLING_MODES:
-            raise ValueError(f"mode: {mode!r} is not one of {', '.join(BILLING_MODES)}")
+        if mode not in BillingMode.__members__:
+            raise ValueError(f"mode: {mode!r} is not one of {', '.join(BillingMode.__members__)}")
         key = self.wallet_key(wallet_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(key, mapping={"mode": mode, "limited": "1" if limited else "0"})
@@ -206,7 +250,8 @@ class WalletGate:
 
         Every turn is priced and every wallet checked before anything is sent, so a bad turn
         rejects the whole batch and changes nothing.
-        Raises: worker.pricing.PricingError, UnknownWallet.
+        Raises: worker.pricing.PricingError, UnknownWallet (nothing changed); GateBatchError if Redis
+        refused part of the batch after pricing and checks passed (its ``decisions`` say which).
         """
         if not turns:
             return []
@@ -236,12 +281,15 @@ class WalletGate:
                 replies = [exc]
         else:
             replies = self._evalsha_pipelined(calls)
-        decisions: list[Decision] = []
+        decisions: list[Decision | None] = []
         kicks: set[int] = set()
-        for turn, price, reply in zip(turns, prices, replies):
+        error: Exception | None = None
+        for turn, reply in zip(turns, replies):
             if isinstance(reply, Exception):
-                raise self._translate(reply, turn.wallet_id)
-            status, balance, action, billed, duplicate, kick = reply
+                error = error or self._translate(reply, turn.wallet_id)
+                decisions.append(None)
+                continue
+            status, balance, action, billed, duplicate, kick, cost = reply
             if kick:
                 kicks.add(self.shard(turn.wallet_id))
             decisions.append(
@@ -250,14 +298,18 @@ class WalletGate:
                     accepted=status == "accepted",
                     action=action,
                     balance_nanos=int(balance) if balance != "" else None,
-                    cost_nanos=price.cost_nanos,
+                    cost_nanos=int(cost),
                     billed_nanos=int(billed),
                     duplicate=bool(duplicate),
                 )
             )
         for shard in sorted(kicks):
             self.kicker(shard)
-        return decisions
+        if error is not None:
+            if all(d is None for d in decisions):
+                raise error
+            raise GateBatchError(error, decisions)
+        return decisions  # type: ignore[return-value]  # no None without an error
 
     def _evalsha_pipelined(self, calls: list[tuple[list[str], tuple]]) -> list:
         """EVALSHA every call in one non-transactional pipeline.  If Redis lost the script (restart,
@@ -272,8 +324,8 @@ class WalletGate:
             if attempt == 1 and all(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
                 self.redis.script_load(self._record.script)
                 continue
-            return replies
-        return replies  # pragma: no cover - the loop always returns
+            break
+        return replies
 
     def _check_wallets(self, wallet_ids: Iterable[str]) -> None:
         ids = sorted(wallet_ids)
@@ -288,4 +340,6 @@ class WalletGate:
     def _translate(exc: Exception, wallet_id: str) -> Exception:
         if "TOLLGATE_UNKNOWN_WALLET" in str(exc):
             return UnknownWallet(wallet_id)
+        if "TOLLGATE_BAD_MODE" in str(exc):
+            return GateConfigError(f"wallet {wallet_id!r} has a mode the gate does not know; reload it")
         return exc

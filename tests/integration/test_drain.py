@@ -117,7 +117,7 @@ def test_redelivery_after_commit_before_ack_is_dropped_by_the_unique_turn_id(db,
     from worker.ledger import persist_turns
 
     with session_scope() as session:  # committed ...
-        result = persist_turns(session, [parse_entry(f) for _, f in entries])
+        result = persist_turns(session, [parse_entry(f, f"{shard}:{i}") for i, f in entries])
     assert (result.inserted, result.duplicates) == (400, 0)
     # ... and the process dies before XACK: the entries stay pending for "crashed"
     assert redis_client.xpending(outbox_key(shard), GROUP)["pending"] == 400
@@ -139,7 +139,7 @@ def test_same_entries_delivered_twice_in_one_batch_and_out_of_order_persist_once
     turns, billed = _fill(gate, 300)
     shard = gate.shard("w1")
     entries = redis_client.xrange(outbox_key(shard))
-    rows = [parse_entry(f) for _, f in entries]
+    rows = [parse_entry(f, f"{shard}:{i}") for i, f in entries]
     with session_scope() as session:
         first = persist_turns(session, list(reversed(rows[100:])))
     with session_scope() as session:
@@ -189,15 +189,41 @@ def test_record_turn_celery_task_uses_the_gate_and_is_persisted(db, redis_client
     assert gate.balance("w9") == 996_500_000
 
 
-def test_idle_consumers_without_pending_entries_are_forgotten(db, redis_client, gate, settings):
-    turns, billed = _fill(gate, 10)
+
+def test_a_turn_id_the_gate_accepted_twice_is_persisted_once_and_its_second_debit_refunded(
+    db, redis_client, gate, settings
+):
+    """The gate forgets a turn_id after its dedupe TTL (or when Redis loses its data): the same
+    turn then arrives as a second outbox entry.  PostgreSQL keeps the first; the drain gives the
+    second debit back in the gate, so Redis and the ledger still agree to the nano."""
+    turns, billed = _fill(gate, 50)
+    drain = OutboxDrain(redis_client, settings=settings, consumer="c1")
+    drain.drain()
+    balance_before = gate.balance("w1")
+    for key in redis_client.scan_iter("tollgate:*:turn:w1:t-1*"):  # t-1, t-10..t-19: forgotten
+        redis_client.delete(key)
+    again = gate.record_turns(_turns("w1", 50))
+    assert sum(not d.duplicate for d in again) == 11
+    second_billed = sum(d.billed_nanos for d in again if not d.duplicate)
+    assert gate.balance("w1") == balance_before - second_billed
+    stats = drain.drain()
+    assert (stats.inserted, stats.refunded, stats.duplicates) == (0, 11, 0)
+    assert gate.balance("w1") == balance_before
+    _assert_exactly_once(db, gate, turns, billed)
+    drain.drain()  # nothing left, nothing refunded twice
+    assert gate.balance("w1") == balance_before
+
+
+def test_an_entry_that_cannot_be_written_is_dead_lettered_and_the_rest_persist(db, redis_client, gate, settings):
+    from worker.drain import deadletter_key
+
+    turns, billed = _fill(gate, 20)
     shard = gate.shard("w1")
-    stream = outbox_key(shard)
-    OutboxDrain(redis_client, settings=settings, consumer="old-worker").drain([shard])
-    holder = OutboxDrain(redis_client, settings=settings, consumer="holder")
-    gate.record_turns(_turns("w1", 3, prefix="late"))
-    assert len(holder.read_batch(shard)[0]) == 3  # read, not acknowledged: "holder" keeps 3 pending
-    current = OutboxDrain(redis_client, settings=settings, consumer="current")
-    assert current.forget_idle_consumers(shard, idle_ms=0) == 1
-    names = {c["name"]: c["pending"] for c in redis_client.xinfo_consumers(stream, GROUP)}
-    assert names == {"holder": 3}
+    redis_client.xadd(outbox_key(shard), {"t": "[99, \"from the future\"]", "b": "0", "a": "continue", "m": "production"})
+    gate.record_turns(_turns("w1", 5, prefix="after"))
+    stats = OutboxDrain(redis_client, settings=settings, consumer="c1").drain()
+    assert (stats.read, stats.inserted, stats.dead_lettered) == (26, 25, 1)
+    dead = redis_client.xrange(deadletter_key(shard))
+    assert len(dead) == 1 and "payload version 99" in dead[0][1]["error"]
+    assert redis_client.xlen(outbox_key(shard)) == 0
+    assert _persisted(db)[0] == 25

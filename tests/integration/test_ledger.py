@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from worker.ledger import LedgerError, credit_wallet, ledger_balance, open_wallet
 from worker.db import session_scope
+from worker.wallet import UnknownWallet
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,7 @@ def test_a_key_reused_for_another_wallet_or_amount_is_refused_and_changes_nothin
     with pytest.raises(LedgerError, match="idempotency_key"):
         credit_wallet(gate, wallet_id="w1", amount_nanos=800, idempotency_key="pi_1")
     assert (gate.balance("w1"), gate.balance("w2")) == (700, 0)
-    with pytest.raises(LedgerError, match="wallet_id: unknown wallet 'nope'"):
+    with pytest.raises(UnknownWallet, match="unknown wallet 'nope'"):
         credit_wallet(gate, wallet_id="nope", amount_nanos=1, idempotency_key="pi_9")
     with pytest.raises(LedgerError, match="amount_nanos"):
         credit_wallet(gate, wallet_id="w1", amount_nanos=-5, idempotency_key="pi_8")
@@ -60,7 +61,7 @@ def test_cli_wallet_create_credit_show(cli, db):
     assert shown.returncode == 0, shown.stderr
     data = json.loads(shown.stdout)
     assert data["gate_balance_nanos"] == data["ledger_balance_nanos"] == data["credits_nanos"] == 12_345_678_901
-    bad = cli("wallet", "credit", "cli-w", "--usd", "0.0000000001")
+    bad = cli("wallet", "credit", "cli-w", "--usd", "0.0000000001", "--key", "k2")
     assert bad.returncode == 2
     assert "--usd" in bad.stderr and "nano" in bad.stderr
     missing = cli("wallet", "show", "ghost")

@@ -161,7 +161,7 @@ def _nothing_recorded(db, redis_client) -> None:
     with db.connect() as conn:
         for table in ("usage_event", "wallet", "wallet_transaction", "chat_session"):
             assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() == 0, table
-    assert list(redis_client.scan_iter("tollgate:*")) == []
+    assert [k for k in redis_client.scan_iter("tollgate:*") if k != "tollgate:config:outbox_shards"] == []
 
 
 @pytest.mark.parametrize(

@@ -154,7 +154,7 @@ def test_same_turn_id_twice_is_one_turn(client, wg, kicked):
         True, "continue", 10_000_000 - COST_DEFAULT, COST_DEFAULT, True)
     assert wg.balance("w1") == balance and xlen(client, wg) == 1
     # the answer is remembered for dedupe_ttl_s
-    turn_key = f"tollgate:{{s{shard_of('w1', SHARDS)}}}:turn:t1"
+    turn_key = f"tollgate:{{s{shard_of('w1', SHARDS)}}}:turn:w1:t1"
     assert TTL - 60 <= client.ttl(turn_key) <= TTL
     assert kicked == [wg.shard("w1")]
 
@@ -181,7 +181,7 @@ def test_post_hoc_overdraw_then_pause_and_deny(client, wg):
     assert wg.balance("w1") == -35_514_999
     entries = outbox(client, wg)
     assert len(entries) == 1
-    assert [json.loads(e["t"])[0] for e in entries] == ["t1"]
+    assert [json.loads(e["t"])[1] for e in entries] == ["t1"]  # [version, turn_id, ...]
     assert client.hget(wg.wallet_key("w1"), "denied_turns") == "1"
     assert client.hget(wg.wallet_key("w1"), "accepted_turns") == "1"
     # the denial is the first answer for t2
@@ -257,7 +257,7 @@ def test_unknown_wallet_writes_nothing(client, wg, kicked):
         wg.credit("ghost", 100, "k-ghost")
     with pytest.raises(UnknownWallet):
         wg.balance("ghost")
-    assert client.dbsize() == size == 1
+    assert client.dbsize() == size == 2  # the wallet and the gate's shard-count config
     assert snapshot(client) == before
     assert kicked == []
     # the credit key was not burnt: the same key works once the wallet exists
@@ -348,10 +348,11 @@ def test_outbox_entry_parses_back_to_the_row(client, wg):
     assert (entry["b"], entry["a"], entry["m"], entry["bal"]) == (
         str(COST_DEFAULT), "continue", "production", str(50_000_000 - COST_DEFAULT))
     payload = json.loads(entry["t"])
-    assert len(payload) == 17
-    row = parse_entry(entry)
+    assert len(payload) == 18 and payload[0] == 1  # payload version 1
+    row = parse_entry(entry, "0:1-0")
     assert row == {
         "turn_id": "turn-xyz",
+        "outbox_id": "0:1-0",
         "wallet_id": "w1",
         "enterprise_id": "ent-7",
         "chat_id": "chat-9",
@@ -442,13 +443,13 @@ def test_keys_of_one_wallet_share_one_hash_tag(client, wg, wallet_id):
     wg.record_turn(turn("t1", wallet_id))
     wg.record_turn(turn("t2", wallet_id))
     wg.credit(wallet_id, 5, "k1")
-    keys = client.keys("*")
+    keys = [k for k in client.keys("*") if k != "tollgate:config:outbox_shards"]
     shard = zlib.crc32(wallet_id.encode()) % SHARDS
     tag = f"{{s{shard}}}"
     assert sorted(keys) == sorted([
         f"tollgate:{tag}:wallet:{wallet_id}",
-        f"tollgate:{tag}:turn:t1",
-        f"tollgate:{tag}:turn:t2",
+        f"tollgate:{tag}:turn:{wallet_id}:t1",
+        f"tollgate:{tag}:turn:{wallet_id}:t2",
         f"tollgate:{tag}:outbox",
         f"tollgate:{tag}:kick",
         f"tollgate:{tag}:credit:{wallet_id}:k1",
@@ -594,3 +595,55 @@ def test_batch_survives_redis_losing_its_script_cache(redis_client, settings):
     redis_client.script_flush()
     assert wg.record_turn(turn("t0", "w1")).duplicate is True
     assert wg.balance("w1") == 10**12 - 5 * COST_DEFAULT
+
+
+# --- configuration and failure paths ------------------------------------------------------------
+
+def test_a_gate_with_another_shard_count_refuses_to_start(client):
+    from worker.wallet import GateConfigError
+
+    WalletGate(client, settings=make_settings(), kicker=lambda s: None)
+    with pytest.raises(GateConfigError, match="TOLLGATE_OUTBOX_SHARDS is 7"):
+        WalletGate(client, settings=make_settings().model_copy(update={"outbox_shards": 7}))
+
+
+def test_a_wallet_with_an_unknown_mode_in_redis_is_refused_not_free(client, wg):
+    from worker.wallet import GateConfigError
+
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000)
+    client.hset(wg.wallet_key("w1"), "mode", "Production")
+    with pytest.raises(GateConfigError, match="w1"):
+        wg.record_turn(turn("t1"))
+    assert wg.balance("w1") == 10_000_000 and xlen(client, wg) == 0
+    with pytest.raises(ValueError, match="mode"):
+        wg.load_wallet("w2", mode="Production", limited=True, balance_nanos=0)
+
+
+def test_a_failing_drain_kick_does_not_fail_an_accepted_turn(client, monkeypatch):
+    from worker import celery_app, wallet
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(celery_app.app, "send_task", broker_down)
+    gate = WalletGate(client, settings=make_settings(), kicker=wallet.celery_kicker)
+    gate.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000)
+    decision = gate.record_turn(turn("t1"))
+    assert decision.accepted and decision.billed_nanos == COST_DEFAULT
+    assert gate.balance("w1") == 10_000_000 - COST_DEFAULT and xlen(client, gate) == 1
+
+
+def test_a_credit_that_would_overflow_changes_nothing_and_keeps_its_key_unspent(client, wg):
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=2**63 - 10)
+    with pytest.raises(Exception, match="overflow"):
+        wg.credit("w1", 100, "k-big")
+    assert wg.balance("w1") == 2**63 - 10
+    client.hset(wg.wallet_key("w1"), "balance", 0)
+    assert wg.credit("w1", 100, "k-big") == 100  # the key was not burnt by the failed attempt
+
+
+def test_a_duplicate_returns_the_first_cost_not_the_retry_s(client, wg):
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000)
+    first = wg.record_turn(turn("t1"))
+    retry = wg.record_turn(turn("t1", prompt_tokens=50_000, cached_prompt_tokens=0))
+    assert retry.duplicate and retry.cost_nanos == first.cost_nanos == COST_DEFAULT

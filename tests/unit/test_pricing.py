@@ -458,3 +458,16 @@ def test_sheet_price_direct():
     assert sheet.price(1_000_000, 0, 5).cost_nanos == 3000
     # 500 × 3000 / 10^6 = 1.5 → 2 ; 166 × 3000 / 10^6 = 0.498 → 0 ; 167 × 3000 / 10^6 = 0.501 → 1
     assert [sheet.price(n, 0, 0).cost_nanos for n in (500, 166, 167)] == [2, 0, 1]
+
+
+@pytest.mark.parametrize("hour", [3, 12, 16, 17, 20, 23])
+def test_off_peak_prices_follow_the_turn_s_time_of_day(hour):
+    """genai-prices prices DeepSeek lower off-peak (a TimeOfDateConstraint): the same turn costs
+    what genai-prices says at that hour, to the nano."""
+    when = datetime(2026, 11, 1, hour, 45, tzinfo=UTC)
+    book = PriceBook()
+    ours = book.price(model="deepseek-chat", provider="deepseek", when=when, prompt_tokens=1_000_000,
+                      completion_tokens=100_000, cached_prompt_tokens=200_000).cost_nanos
+    ref = calc_price(Usage(input_tokens=1_000_000, cache_read_tokens=200_000, output_tokens=100_000),
+                     "deepseek-chat", provider_id="deepseek", genai_request_timestamp=when).total_price
+    assert ours == int((ref * 10**9).to_integral_value(rounding=ROUND_HALF_UP))

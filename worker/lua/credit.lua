@@ -1,7 +1,7 @@
 -- credit.lua: add funds to a wallet once per idempotency key.  Called only by worker.wallet.WalletGate.
 --
 -- KEYS[1]  tollgate:{sN}:wallet:<wallet_id>   hash (see record_turn.lua)
--- KEYS[2]  tollgate:{sN}:credit:<key>          string: set once the credit was applied
+-- KEYS[2]  tollgate:{sN}:credit:<wallet>:<key> string: set once the credit was applied
 -- ARGV[1]  amount_nanos    integer string > 0
 -- ARGV[2]  dedupe_ttl_s    seconds the key is remembered
 --
@@ -11,8 +11,10 @@
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('TOLLGATE_UNKNOWN_WALLET')
 end
-if redis.call('SET', KEYS[2], '1', 'EX', ARGV[2], 'NX') then
-  redis.call('HINCRBY', KEYS[1], 'balance', ARGV[1])
-  return {redis.call('HGET', KEYS[1], 'balance'), 0}
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {redis.call('HGET', KEYS[1], 'balance'), 1}
 end
-return {redis.call('HGET', KEYS[1], 'balance'), 1}
+-- HINCRBY first: if it fails (64-bit overflow) the key is not spent and nothing changed
+redis.call('HINCRBY', KEYS[1], 'balance', ARGV[1])
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+return {redis.call('HGET', KEYS[1], 'balance'), 0}

@@ -2,7 +2,7 @@
 --
 -- KEYS[1]  tollgate:{sN}:wallet:<wallet_id>   hash: balance (int nanos), mode, limited ('1'|'0'),
 --                                              accepted_turns, denied_turns
--- KEYS[2]  tollgate:{sN}:turn:<turn_id>        string: the first answer for this turn_id (idempotency)
+-- KEYS[2]  tollgate:{sN}:turn:<wallet>:<turn_id> string: the first answer for this turn_id (idempotency)
 -- KEYS[3]  tollgate:{sN}:outbox                stream of accepted turns not yet persisted
 -- KEYS[4]  tollgate:{sN}:kick                  flag: a drain was asked for within the kick interval
 -- ARGV[1]  cost_nanos      integer string >= 0
@@ -10,14 +10,16 @@
 -- ARGV[3]  dedupe_ttl_s    seconds the answer is remembered (>= 24 h)
 -- ARGV[4]  kick_ms         at most one drain kick per this many milliseconds
 --
--- Returns {status, balance, action, billed, duplicate, kick}:
+-- Returns {status, balance, action, billed, duplicate, kick, cost}:
 --   status   'accepted' | 'denied'
 --   balance  balance after the turn as an integer string; '' for an unlimited wallet
 --   action   'continue' | 'pause'
 --   billed   nanos debited, integer string
 --   duplicate 1 if turn_id was seen before (the first answer is returned, nothing changes), else 0
 --   kick     1 if the caller should ask for a drain now, else 0
--- Errors: 'TOLLGATE_UNKNOWN_WALLET' when KEYS[1] does not exist (nothing changes).
+--   cost     cost_nanos of the first answer, integer string
+-- Errors (nothing changes): 'TOLLGATE_UNKNOWN_WALLET' when KEYS[1] does not exist,
+--   'TOLLGATE_BAD_MODE' when the wallet's mode is neither production nor development.
 --
 -- Post-hoc policy: a turn is accepted while the balance before it is > 0 (it already happened, so it
 -- may overdraw by at most itself) and the chat must then pause; at a balance <= 0 it is denied and not
@@ -26,14 +28,17 @@
 
 local seen = redis.call('GET', KEYS[2])
 if seen then
-  local status, balance, action, billed = string.match(seen, '^(%a+)|(-?%d*)|(%a+)|(%d+)$')
-  return {status, balance, action, billed, 1, 0}
+  local status, balance, action, billed, cost = string.match(seen, '^(%a+)|(-?%d*)|(%a+)|(%d+)|(%d+)$')
+  return {status, balance, action, billed, 1, 0, cost}
 end
 
 local w = redis.call('HMGET', KEYS[1], 'mode', 'limited', 'balance')
 local mode = w[1]
 if not mode then
   return redis.error_reply('TOLLGATE_UNKNOWN_WALLET')
+end
+if mode ~= 'production' and mode ~= 'development' then
+  return redis.error_reply('TOLLGATE_BAD_MODE')
 end
 local limited = w[2] == '1'
 local balance = w[3]
@@ -72,5 +77,5 @@ else
   redis.call('HINCRBY', KEYS[1], 'denied_turns', 1)
 end
 
-redis.call('SET', KEYS[2], status .. '|' .. balance .. '|' .. action .. '|' .. billed, 'EX', ARGV[3])
-return {status, balance, action, billed, 0, kick}
+redis.call('SET', KEYS[2], status .. '|' .. balance .. '|' .. action .. '|' .. billed .. '|' .. ARGV[1], 'EX', ARGV[3])
+return {status, balance, action, billed, 0, kick, ARGV[1]}

@@ -29,6 +29,7 @@ def upgrade() -> None:
     op.create_table('usage_event',
     sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
     sa.Column('turn_id', sqlmodel.sql.sqltypes.AutoString(length=300), nullable=False),
+    sa.Column('outbox_id', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=False),
     sa.Column('wallet_id', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
     sa.Column('enterprise_id', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
     sa.Column('chat_id', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
