@@ -44,7 +44,6 @@ import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
-import signal  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -183,17 +182,9 @@ def _has(module: str) -> bool:
 
 def reset_database() -> None:
     """Drop, recreate and migrate ``tollgate_bench``."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+    from worker.migrate import recreate_database
 
-    from worker.migrate import upgrade
-
-    url = make_url(BENCH_DB_URL)
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-    admin.dispose()
-    upgrade(BENCH_DB_URL)
+    recreate_database(BENCH_DB_URL)
 
 
 def wallet_ids() -> list[str]:
@@ -393,28 +384,13 @@ def trace_for_run(path: Path, rows: int | None) -> tuple[Path, int, Path | None]
 
 
 def start_warm_worker(run_id: str) -> tuple[subprocess.Popen, Path, float]:
-    """A Celery worker like ``replay._start_worker`` (prefork, concurrency 2, queue tollgate.usage),
-    logged at INFO so its ``ready.`` line can be waited for.  Returns (process, log, boot seconds)."""
+    """A Celery worker like the replay's own (prefork, concurrency 2, queue tollgate.usage), logged at
+    INFO so its ``ready.`` line can be waited for.  Returns (process, log, boot seconds)."""
+    from worker.workers import start_celery_worker, wait_ready
+
     log_path = Path(tempfile.gettempdir()) / f"tollgate-bench-worker-{run_id}.log"
-    cmd = [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "-Q", "tollgate.usage", "--pool", "prefork", "--concurrency", "2",
-        "-n", f"bench-{run_id}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-        "--loglevel", "INFO",
-    ]
-    t0 = time.perf_counter()
-    with log_path.open("wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while True:
-        if re.search(rb"ready\.", log_path.read_bytes()):
-            return proc, log_path, time.perf_counter() - t0
-        if proc.poll() is not None:
-            raise RuntimeError(f"celery worker exited: {log_path.read_text()[-2000:]}")
-        if time.monotonic() > deadline:
-            stop_worker(proc)
-            raise RuntimeError(f"celery worker not ready after 60 s: {log_path.read_text()[-2000:]}")
-        time.sleep(0.05)
+    proc = start_celery_worker(f"bench-{run_id}", log_path, cwd=REPO)
+    return proc, log_path, wait_ready(proc, log_path)
 
 
 def warm_up_worker(log_path: Path) -> None:
@@ -431,14 +407,9 @@ def warm_up_worker(log_path: Path) -> None:
 
 
 def stop_worker(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    from worker.workers import stop_process_group
+
+    stop_process_group(proc)
 
 
 def bench_replay(r: redis.Redis, trace: Path, rows: int) -> dict[str, float]:

@@ -10,10 +10,8 @@ before any tollgate module reads its settings.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -34,18 +32,10 @@ TABLES = "usage_event, wallet_transaction, chat_agent_usage, chat_session, walle
 @pytest.fixture(scope="session")
 def database_url() -> str:
     """A freshly created and migrated (Alembic, head) test database."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
     from worker.db import engine_for
-    from worker.migrate import upgrade
+    from worker.migrate import recreate_database
 
-    url = make_url(TEST_DB_URL)
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-    admin.dispose()
-    upgrade(TEST_DB_URL)
+    recreate_database(TEST_DB_URL)
     yield TEST_DB_URL
     engine_for(TEST_DB_URL).dispose()
 
@@ -107,46 +97,25 @@ class CeleryWorker:
     """A real ``celery worker`` subprocess on the test broker (own process group, so it can be killed)."""
 
     def __init__(self, tmp_path: Path, concurrency: int = 1, extra_env: dict[str, str] | None = None) -> None:
+        from worker.workers import start_celery_worker, wait_ready
+
         self.name = f"test-{uuid.uuid4().hex[:8]}"
         self.log = tmp_path / f"{self.name}.log"
         env = _env()
         env.update(extra_env or {})
-        cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "tollgate.usage",
-               "--pool", "prefork", "--concurrency", str(concurrency), "-n", f"{self.name}@%h",
-               "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]
-        self._fh = self.log.open("wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                                     start_new_session=True)
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if re.search(rb"ready\.", self.log.read_bytes()):
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"celery worker exited: {self.log.read_text()[-2000:]}")
-            time.sleep(0.1)
-        raise RuntimeError(f"celery worker not ready after {timeout}s: {self.log.read_text()[-2000:]}")
+        self.proc = start_celery_worker(self.name, self.log, concurrency=concurrency, env=env, cwd=REPO)
+        wait_ready(self.proc, self.log, timeout_s=30)
 
     def kill(self) -> None:
         """SIGKILL the whole worker (main process and pool children) at once."""
-        import signal
+        from worker.workers import kill_process_group
 
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        kill_process_group(self.proc)
 
     def stop(self) -> None:
-        import signal
+        from worker.workers import stop_process_group
 
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._fh.close()
+        stop_process_group(self.proc)
 
 
 @pytest.fixture()

@@ -35,6 +35,19 @@ def create_database_if_missing(database_url: str) -> bool:
         admin.dispose()
 
 
+def recreate_database(database_url: str) -> None:
+    """Drop (closing its connections) and re-create the database of ``database_url``, then migrate it
+    to head.  For tests and benchmarks only: it destroys every row."""
+    url = make_url(database_url)
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+    upgrade(database_url)
+
+
 def upgrade(database_url: str | None = None, revision: str = "head") -> None:
     """Create the database if needed and run ``alembic upgrade <revision>``."""
     url = database_url or get_settings().database_url

@@ -8,10 +8,6 @@ until every accepted turn is persisted and reports totals counted in PostgreSQL.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -28,6 +24,7 @@ from worker.ledger import credit_wallet, ledger_balance, open_wallet, wallet_usa
 from worker.pricing import nanos_to_usd, usd_to_nanos
 from worker.traces import TraceFormat, TraceRow, read_trace
 from worker.wallet import WalletGate, celery_kicker
+from worker.workers import start_celery_worker, stop_process_group
 
 REPLAY_ENTERPRISE = "replay"
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -68,30 +65,6 @@ class ReplayReport:
     def as_dict(self) -> dict:
         """The report as a JSON-ready dict."""
         return asdict(self)
-
-
-def _start_worker(run_id: str) -> tuple[subprocess.Popen, Path]:
-    log = Path(tempfile.gettempdir()) / f"tollgate-replay-{run_id}.log"
-    cmd = [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "-Q", "tollgate.usage", "--pool", "prefork", "--concurrency", "2",
-        "-n", f"replay-{run_id}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-        "--loglevel", "WARNING",
-    ]
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, log
-
-
-def _stop_worker(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _prepare_wallet(gate: WalletGate, run_id: str, wallet_nanos: int | None) -> str:
@@ -159,7 +132,8 @@ def replay(
 
     worker = log = None
     if start_worker:
-        worker, log = _start_worker(run_id)
+        log = Path(tempfile.gettempdir()) / f"tollgate-replay-{run_id}.log"
+        worker = start_celery_worker(f"replay-{run_id}", log, loglevel="WARNING")
     try:
         started = time.perf_counter()
         accepted = denied = duplicate = 0
@@ -196,7 +170,7 @@ def replay(
         wall_s = time.perf_counter() - started
     finally:
         if worker is not None:
-            _stop_worker(worker)
+            stop_process_group(worker)
 
     with session_scope() as session:
         usage = wallet_usage(session, wallet_id)
