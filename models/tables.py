@@ -8,7 +8,8 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Index, UniqueConstraint, func, text
+from sqlalchemy import BigInteger, CheckConstraint, Column, DateTime, ForeignKey, Index, UniqueConstraint, func, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 
@@ -57,6 +58,9 @@ class Enterprise(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=200)
     name: str = Field(max_length=200)
     default_mode: str = Field(default=BillingMode.production, max_length=20)
+    #: where tollgate POSTs this app's events (alerts, resumes), signed with ``webhook_secret``
+    callback_url: str | None = Field(default=None, max_length=500)
+    webhook_secret: str | None = Field(default=None, max_length=200)
     created_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
 
 
@@ -78,6 +82,10 @@ class Wallet(SQLModel, table=True):
     limited: bool = True
     credits_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
     debits_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    #: subscription allowance granted at each UTC month start (unused allowance expires), nano-USD
+    monthly_allowance_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    #: why the gate refuses this wallet's turns regardless of balance (e.g. 'budget_exceeded'), or None
+    blocked_reason: str | None = Field(default=None, max_length=200)
     created_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
 
 
@@ -183,3 +191,100 @@ class UsageEvent(SQLModel, table=True):
     action: str = Field(max_length=10)
     occurred_at: datetime = Field(sa_column=_ts(nullable=False))
     recorded_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
+
+
+class RollupDirty(SQLModel, table=True):
+    """A (enterprise, workflow, month) whose rollup is out of date: the drain marks it in the same
+    transaction as the usage events (``ON CONFLICT DO UPDATE``, so the row lock orders it against a
+    refresh that is deleting it); the rollup job refreshes and deletes it."""
+
+    __tablename__ = "rollup_dirty"
+
+    enterprise_id: str = Field(primary_key=True, max_length=200)
+    workflow: str = Field(primary_key=True, max_length=200)
+    period: str = Field(primary_key=True, max_length=7)  # 'YYYY-MM', UTC
+    touched_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
+
+
+class WorkflowRollup(SQLModel, table=True):
+    """The pre-computed summary of one enterprise × workflow × calendar month (UTC): the seed's
+    ``mon_{enterprise_id}_{workflow_name}`` document (JSONB, money in nanos) plus typed totals."""
+
+    __tablename__ = "workflow_rollup"
+
+    enterprise_id: str = Field(primary_key=True, max_length=200)
+    workflow: str = Field(primary_key=True, max_length=200)
+    period: str = Field(primary_key=True, max_length=7)
+    document: dict = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+    total_sessions: int = 0
+    total_turns: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    prompt_tokens: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    completion_tokens: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    cached_prompt_tokens: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    cost_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    refreshed_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
+
+
+class Budget(SQLModel, table=True):
+    """A monthly spending budget on one wallet (``wallet_id``) or one workflow of an app
+    (``workflow``), in nano-USD, with alerts at 50/80/100 % and an optional auto-pause at 100 %."""
+
+    __tablename__ = "budget"
+    __table_args__ = (
+        CheckConstraint("(wallet_id IS NULL) <> (workflow IS NULL)", name="ck_budget_one_scope"),
+        CheckConstraint("amount_nanos > 0", name="ck_budget_positive"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    enterprise_id: str = Field(foreign_key="enterprise.id", index=True, max_length=200)
+    wallet_id: str | None = Field(default=None, foreign_key="wallet.id", max_length=200)
+    workflow: str | None = Field(default=None, max_length=200)
+    amount_nanos: int = Field(sa_column=_big(nullable=False))
+    auto_pause: bool = False
+    created_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
+
+
+class BudgetAlert(SQLModel, table=True):
+    """One alert: a budget crossed a threshold (50, 80 or 100 %) in a period; unique per
+    (budget, period, threshold), so it is sent once however often or concurrently the job runs."""
+
+    __tablename__ = "budget_alert"
+    __table_args__ = (UniqueConstraint("budget_id", "period", "threshold_pct", name="uq_budget_alert_once"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    budget_id: int = Field(sa_column=Column(BigInteger, ForeignKey("budget.id"), nullable=False))
+    period: str = Field(max_length=7)
+    threshold_pct: int
+    spent_nanos: int = Field(sa_column=_big(nullable=False))
+    amount_nanos: int = Field(sa_column=_big(nullable=False))
+    created_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
+
+
+class ReconciliationRun(SQLModel, table=True):
+    """One comparison of every wallet's gate balance (Redis) with the ledger (PostgreSQL)."""
+
+    __tablename__ = "reconciliation_run"
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    started_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
+    finished_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    wallets_checked: int = 0
+    wallets_busy: int = 0
+    wallets_drifted: int = 0
+    drift_nanos_abs: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    repair: bool = False
+    rebuild: bool = False
+
+
+class WalletDrift(SQLModel, table=True):
+    """A wallet whose gate balance differed from ``ledger − queued`` in a reconciliation run."""
+
+    __tablename__ = "wallet_drift"
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    run_id: int = Field(sa_column=Column(BigInteger, ForeignKey("reconciliation_run.id"), nullable=False, index=True))
+    wallet_id: str = Field(max_length=200)
+    gate_nanos: int | None = Field(default=None, sa_column=_big(nullable=True))
+    expected_nanos: int = Field(sa_column=_big(nullable=False))
+    drift_nanos: int = Field(sa_column=_big(nullable=False))
+    repaired: bool = False

@@ -97,13 +97,14 @@ class CeleryWorker:
     """A real ``celery worker`` subprocess on the test broker (own process group, so it can be killed)."""
 
     def __init__(self, tmp_path: Path, concurrency: int = 1, extra_env: dict[str, str] | None = None) -> None:
-        from worker.workers import start_celery_worker, wait_ready
+        from worker.workers import ALL_QUEUES, start_celery_worker, wait_ready
 
         self.name = f"test-{uuid.uuid4().hex[:8]}"
         self.log = tmp_path / f"{self.name}.log"
         env = _env()
         env.update(extra_env or {})
-        self.proc = start_celery_worker(self.name, self.log, concurrency=concurrency, env=env, cwd=REPO)
+        self.proc = start_celery_worker(self.name, self.log, concurrency=concurrency, env=env, cwd=REPO,
+                                        queues=ALL_QUEUES)
         wait_ready(self.proc, self.log, timeout_s=30)
 
     def kill(self) -> None:

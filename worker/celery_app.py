@@ -19,15 +19,21 @@ from celery import Celery
 from worker.settings import get_settings
 
 USAGE_QUEUE = "tollgate.usage"
+#: scheduled jobs and webhooks: kept off the drain's queue so a slow job never delays persistence
+JOBS_QUEUE = "tollgate.jobs"
 
 
 def make_app() -> Celery:
     """Build the Celery app from :class:`worker.settings.Settings`."""
     settings = get_settings()
-    celery = Celery("tollgate", broker=settings.broker_url, include=["tasks.usage"])
+    celery = Celery(
+        "tollgate",
+        broker=settings.broker_url,
+        include=["tasks.usage", "tasks.rollups", "tasks.billing", "tasks.reconcile"],
+    )
     celery.conf.update(
         task_default_queue=USAGE_QUEUE,
-        task_routes={"tollgate.usage.*": {"queue": USAGE_QUEUE}},
+        task_routes={"tollgate.usage.*": {"queue": USAGE_QUEUE}, "tollgate.*": {"queue": JOBS_QUEUE}},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,

@@ -22,12 +22,14 @@ from models.tables import (
     ChatStatus,
     Enterprise,
     PayerLevel,
+    RollupDirty,
     TransactionKind,
     UsageEvent,
     Wallet,
     WalletTransaction,
 )
 from worker.db import session_scope
+from worker.periods import period_of
 from worker.wallet import WalletGate
 
 USAGE_COLUMNS = (
@@ -117,6 +119,7 @@ def open_wallet(
         mode=wallet.mode,
         limited=wallet.limited,
         balance_nanos=wallet.credits_nanos - wallet.debits_nanos,
+        blocked_reason=wallet.blocked_reason,
     )
     return wallet
 
@@ -345,6 +348,14 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
             set_={name: at.c[name] + ex[name] for name in ("duration_ms", *_TOTALS)},
         )
     )
+    rd = RollupDirty.__table__
+    dirty = sorted({(r["enterprise_id"], r["workflow"], period_of(r["occurred_at"])) for r in fresh})
+    stmt = insert(rd).values([{"enterprise_id": e, "workflow": w, "period": p} for e, w, p in dirty])
+    # DO UPDATE, not DO NOTHING: the row lock makes a concurrent rollup refresh that is deleting this
+    # mark wait for our commit, so it can never delete the mark and miss these rows
+    session.execute(stmt.on_conflict_do_update(
+        index_elements=["enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}
+    ))
     return PersistResult(len(fresh), duplicates, billed_total, conflicts)
 
 

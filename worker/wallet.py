@@ -192,7 +192,14 @@ class WalletGate:
 
     # wallets ----------------------------------------------------------------------------------
     def load_wallet(
-        self, wallet_id: str, *, mode: str, limited: bool, balance_nanos: int, overwrite: bool = False
+        self,
+        wallet_id: str,
+        *,
+        mode: str,
+        limited: bool,
+        balance_nanos: int,
+        overwrite: bool = False,
+        blocked_reason: str | None = None,
     ) -> None:
         """Put a wallet into the gate.  Without ``overwrite`` an existing balance is kept (only mode
         and limit are set), so loading twice never resets money.  ``balance_nanos`` is nano-USD.
@@ -204,11 +211,27 @@ class WalletGate:
         key = self.wallet_key(wallet_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(key, mapping={"mode": mode, "limited": "1" if limited else "0"})
+        if blocked_reason:
+            pipe.hset(key, "blocked", blocked_reason)
+        else:
+            pipe.hdel(key, "blocked")
         if overwrite:
             pipe.hset(key, "balance", balance_nanos)
         else:
             pipe.hsetnx(key, "balance", balance_nanos)
         pipe.execute()
+
+    def set_blocked(self, wallet_id: str, reason: str | None) -> None:
+        """Refuse (``reason``) or allow again (``None``) a production wallet's turns whatever its
+        balance.  The caller records ``wallet.blocked_reason`` in PostgreSQL first, so a rebuild keeps
+        it.  Raises UnknownWallet."""
+        key = self.wallet_key(wallet_id)
+        if not self.redis.exists(key):
+            raise UnknownWallet(wallet_id)
+        if reason:
+            self.redis.hset(key, "blocked", reason)
+        else:
+            self.redis.hdel(key, "blocked")
 
     def balance(self, wallet_id: str) -> int:
         """The wallet's balance in the gate, nano-USD.  Raises :class:`UnknownWallet`."""

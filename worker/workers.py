@@ -11,7 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from worker.celery_app import USAGE_QUEUE
+from worker.celery_app import JOBS_QUEUE, USAGE_QUEUE
+
+ALL_QUEUES = (USAGE_QUEUE, JOBS_QUEUE)
 
 
 def start_celery_worker(
@@ -22,12 +24,13 @@ def start_celery_worker(
     loglevel: str = "INFO",
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    queues: tuple[str, ...] = (USAGE_QUEUE,),
 ) -> subprocess.Popen:
-    """Start ``celery worker`` (prefork, queue ``tollgate.usage``) named ``<name>@<host>``, logging to
-    ``log_path``.  It inherits this process's ``TOLLGATE_*`` settings unless ``env`` is given."""
+    """Start ``celery worker`` (prefork, ``queues``: default the drain's) named ``<name>@<host>``,
+    logging to ``log_path``.  It inherits this process's ``TOLLGATE_*`` settings unless ``env`` is given."""
     cmd = [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "-Q", USAGE_QUEUE, "--pool", "prefork", "--concurrency", str(concurrency),
+        "-Q", ",".join(queues), "--pool", "prefork", "--concurrency", str(concurrency),
         "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
         "--loglevel", loglevel,
     ]

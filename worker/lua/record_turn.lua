@@ -1,7 +1,7 @@
 -- record_turn.lua: decide, debit and enqueue one turn, atomically.  Called only by worker.wallet.WalletGate.
 --
 -- KEYS[1]  tollgate:{sN}:wallet:<wallet_id>   hash: balance (int nanos), mode, limited ('1'|'0'),
---                                              accepted_turns, denied_turns
+--                                              blocked (reason, optional), accepted_turns, denied_turns
 -- KEYS[2]  tollgate:{sN}:turn:<wallet>:<turn_id> string: the first answer for this turn_id (idempotency)
 -- KEYS[3]  tollgate:{sN}:outbox                stream of accepted turns not yet persisted
 -- KEYS[4]  tollgate:{sN}:kick                  flag: a drain was asked for within the kick interval
@@ -23,7 +23,8 @@
 --
 -- Post-hoc policy: a turn is accepted while the balance before it is > 0 (it already happened, so it
 -- may overdraw by at most itself) and the chat must then pause; at a balance <= 0 it is denied and not
--- debited.  Development mode records the turn and never debits or blocks.  Money is added with
+-- debited.  A production wallet with a 'blocked' reason (e.g. its budget is spent) is denied whatever
+-- its balance.  Development mode records the turn and never debits or blocks.  Money is added with
 -- HINCRBY (64-bit integers) and read back as strings: never summed in Lua doubles.
 
 local seen = redis.call('GET', KEYS[2])
@@ -32,7 +33,7 @@ if seen then
   return {status, balance, action, billed, 1, 0, cost}
 end
 
-local w = redis.call('HMGET', KEYS[1], 'mode', 'limited', 'balance')
+local w = redis.call('HMGET', KEYS[1], 'mode', 'limited', 'balance', 'blocked')
 local mode = w[1]
 if not mode then
   return redis.error_reply('TOLLGATE_UNKNOWN_WALLET')
@@ -48,7 +49,7 @@ local billed = '0'
 local kick = 0
 
 if mode == 'production' then
-  if limited and tonumber(balance) <= 0 then
+  if w[4] or (limited and tonumber(balance) <= 0) then
     status = 'denied'
     action = 'pause'
   else

@@ -1,0 +1,1 @@
+"""Budget alert, allowance reset and webhook tasks (``tollgate.billing.*``, ``tollgate.webhooks.*``)."""

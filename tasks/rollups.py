@@ -1,0 +1,1 @@
+"""Rollup and analytics tasks (``tollgate.rollups.*``)."""

@@ -1,0 +1,41 @@
+"""Billing periods: calendar months in UTC, named ``'YYYY-MM'``.
+
+A turn at 2026-11-30T23:59:59.999Z is in ``'2026-11'``; one at 2026-12-01T00:00:00Z in ``'2026-12'``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+_PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+
+
+def period_of(when: datetime) -> str:
+    """The period (UTC month) of an aware datetime.  Raises ValueError for a naive one."""
+    if when.tzinfo is None:
+        raise ValueError("period_of needs an aware datetime (UTC)")
+    return when.astimezone(UTC).strftime("%Y-%m")
+
+
+def period_bounds(period: str) -> tuple[datetime, datetime]:
+    """``[start, end)`` of a period as aware UTC datetimes.  Raises ValueError naming the period."""
+    m = _PERIOD.match(period)
+    if not m:
+        raise ValueError(f"period: {period!r} is not 'YYYY-MM'")
+    year, month = int(m.group(1)), int(m.group(2))
+    start = datetime(year, month, 1, tzinfo=UTC)
+    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+def previous_period(period: str) -> str:
+    """The month before ``period``."""
+    start, _ = period_bounds(period)
+    year, month = (start.year, start.month - 1) if start.month > 1 else (start.year - 1, 12)
+    return f"{year:04d}-{month:02d}"
+
+
+def current_period(now: datetime | None = None) -> str:
+    """The period of ``now`` (default: the current time, UTC)."""
+    return period_of(now or datetime.now(UTC))
