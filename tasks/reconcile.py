@@ -1,1 +1,13 @@
 """Reconciliation tasks (``tollgate.reconcile.*``)."""
+
+from __future__ import annotations
+
+from worker.celery_app import app
+from worker.reconcile import reconcile
+
+
+@app.task(name="tollgate.reconcile.run")
+def run(repair: bool = False) -> dict:
+    """Compare every wallet's gate balance with the ledger (beat: report only); returns the report."""
+    report = reconcile(repair=repair)
+    return {k: v for k, v in report.as_dict().items() if k != "drifted"}

@@ -46,12 +46,21 @@ def make_app() -> Celery:
         accept_content=["json"],
         timezone="UTC",
         enable_utc=True,
+        # beat keeps its schedule in Redis and holds a lock there: a second beat process waits
+        # instead of sending every job twice (celery-redbeat)
+        beat_scheduler="redbeat.RedBeatScheduler",
+        redbeat_redis_url=settings.redis_url,
+        redbeat_key_prefix="tollgate:redbeat:",
+        redbeat_lock_timeout=30,
+        beat_max_loop_interval=5,
         # a drain stops itself after 30 s; the limits only catch a hung one
         task_soft_time_limit=120,
         task_time_limit=180,
         beat_schedule={
             # backstop: kicks from the gate drain at once; this catches anything a kick missed
             "drain-outbox": {"task": "tollgate.usage.drain_outbox", "schedule": 1.0, "options": {"expires": 5}},
+            # report drift between the gate (Redis) and the ledger; `tollgate reconcile --repair` mends it
+            "reconcile": {"task": "tollgate.reconcile.run", "schedule": 300.0, "options": {"expires": 240}},
         },
     )
     return celery

@@ -159,6 +159,7 @@ class WalletGate:
         self.kicker = kicker or celery_kicker
         self._record = self.redis.register_script(_lua("record_turn.lua"))
         self._credit = self.redis.register_script(_lua("credit.lua"))
+        self._repair = self.redis.register_script(_lua("repair_balance.lua"))
         self._check_shard_count()
 
     def _check_shard_count(self) -> None:
@@ -232,6 +233,15 @@ class WalletGate:
             self.redis.hset(key, "blocked", reason)
         else:
             self.redis.hdel(key, "blocked")
+
+    def repair_balance(self, wallet_id: str, *, expected_nanos: int, seen_balance: str, seen_accepted: str) -> bool:
+        """Set the gate balance to ``expected_nanos`` if the wallet still shows ``seen_balance`` and
+        ``seen_accepted`` (its balance and accepted_turns as read in a reconciliation snapshot);
+        True if set, False if the wallet moved meanwhile.  Raises UnknownWallet."""
+        try:
+            return bool(self._repair(keys=[self.wallet_key(wallet_id)], args=[expected_nanos, seen_balance, seen_accepted]))
+        except redis.ResponseError as exc:
+            raise self._translate(exc, wallet_id) from exc
 
     def balance(self, wallet_id: str) -> int:
         """The wallet's balance in the gate, nano-USD.  Raises :class:`UnknownWallet`."""

@@ -1,0 +1,285 @@
+"""Reconciliation: prove Redis is a cache of PostgreSQL (DESIGN.md invariant 4).
+
+For every wallet::
+
+    gate balance (Redis)  ==  credits − debits (PostgreSQL ledger)  −  queued
+
+where *queued* is the billed nanos of the wallet's outbox entries not yet persisted (an entry is
+persisted when ``usage_event`` has its turn_id **from that same entry**; an entry for a turn_id
+persisted from another entry is a second acceptance the drain will refund, and stays queued until
+then).
+
+The two stores cannot be read at one instant, so a wallet is read three times: (1) Redis, in one
+MULTI per chunk of wallets: the shard's outbox and each wallet's balance and accepted_turns;
+(2) PostgreSQL: the ledger and which of those entries are persisted; (3) Redis again.  If balance or
+accepted_turns moved between (1) and (3), the wallet was busy (a turn or a credit landed); it is
+retried, then reported as busy rather than as drift.  Otherwise no turn was accepted and no credit
+reached Redis in between, so the figures are consistent and any difference is real drift.
+
+Repair sets the gate balance to the expected figure with ``repair_balance.lua``, only if the wallet
+still shows what was read in (1).  Rebuild (after Redis lost its data) loads every wallet from
+PostgreSQL (mode, limit, block, balance = ledger − what is still queued).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Iterable
+
+from prometheus_client import Counter, Gauge
+from sqlalchemy import func, select
+from sqlmodel import Session
+
+from models.tables import ReconciliationRun, TransactionKind, UsageEvent, Wallet, WalletDrift, WalletTransaction
+from worker.db import session_scope
+from worker.wallet import WalletGate, outbox_key
+
+log = logging.getLogger(__name__)
+
+DRIFT_NANOS = Counter(
+    "tollgate_reconciliation_drift_nanos",
+    "Absolute drift found between gate (Redis) and ledger (PostgreSQL) balances, nano-USD",
+)
+DRIFTED_WALLETS = Gauge("tollgate_reconciliation_drifted_wallets", "Wallets with drift in the last run")
+REPAIRED_WALLETS = Counter("tollgate_reconciliation_repaired_wallets", "Wallet balances repaired in the gate")
+
+CHUNK = 500
+
+
+@dataclass
+class WalletCheck:
+    """One wallet's figures, nano-USD.  ``gate_nanos`` is None when Redis does not have the wallet."""
+
+    wallet_id: str
+    gate_nanos: int | None
+    credits_nanos: int
+    debits_nanos: int
+    queued_nanos: int
+    ledger_entries_nanos: int
+    busy: bool = False
+    repaired: bool = False
+    #: (balance, accepted_turns) as read in the snapshot: repair applies only if they still hold
+    seen: tuple[str | None, str] = (None, "")
+
+    @property
+    def expected_nanos(self) -> int:
+        """What the gate should hold: credits − debits − queued."""
+        return self.credits_nanos - self.debits_nanos - self.queued_nanos
+
+    @property
+    def drift_nanos(self) -> int:
+        """gate − expected (a missing wallet counts as 0 in the gate)."""
+        return (self.gate_nanos or 0) - self.expected_nanos
+
+    @property
+    def ledger_consistent(self) -> bool:
+        """The wallet row's aggregates equal the sum of its ledger entries."""
+        return self.ledger_entries_nanos == self.credits_nanos - self.debits_nanos
+
+
+@dataclass
+class ReconcileReport:
+    """A reconciliation run: counts, total absolute drift (nanos) and the drifted or busy wallets."""
+
+    run_id: int | None
+    wallets_checked: int = 0
+    wallets_busy: int = 0
+    wallets_drifted: int = 0
+    wallets_repaired: int = 0
+    wallets_missing: int = 0
+    ledger_mismatches: int = 0
+    drift_nanos_abs: int = 0
+    drifted: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def _queued_entries(raw: list[tuple[str, dict[str, str]]], shard: int) -> dict[str, list[tuple[str, str, int]]]:
+    """Outbox entries by wallet: ``[(turn_id, outbox_id, billed_nanos)]``."""
+    by_wallet: dict[str, list[tuple[str, str, int]]] = {}
+    for entry_id, fields in raw:
+        try:
+            payload = json.loads(fields["t"])
+            turn_id, wallet_id = payload[1], payload[2]
+            billed = int(fields["b"])
+        except (KeyError, ValueError, IndexError, TypeError):
+            continue  # not a turn the drain can persist either: it will be dead-lettered, not debited twice
+        by_wallet.setdefault(wallet_id, []).append((turn_id, f"{shard}:{entry_id}", billed))
+    return by_wallet
+
+
+def _read_redis(gate: WalletGate, shard: int, wallet_ids: list[str]):
+    pipe = gate.redis.pipeline(transaction=True)
+    pipe.xrange(outbox_key(shard))
+    for wallet_id in wallet_ids:
+        pipe.hmget(gate.wallet_key(wallet_id), "balance", "accepted_turns")
+    reply = pipe.execute()
+    return _queued_entries(reply[0], shard), dict(zip(wallet_ids, reply[1:]))
+
+
+def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list[tuple[str, str, int]]]):
+    # one snapshot for all three reads: a drain committing in between must not be half-seen
+    session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    wallets = {
+        w.id: w for w in session.execute(select(Wallet).where(Wallet.id.in_(wallet_ids))).scalars()
+    }
+    wt = WalletTransaction
+    credits = func.coalesce(func.sum(wt.amount_nanos).filter(wt.kind == TransactionKind.credit), 0)
+    debits = func.coalesce(func.sum(wt.amount_nanos).filter(wt.kind == TransactionKind.debit), 0)
+    entries = dict(
+        session.execute(
+            select(wt.wallet_id, credits - debits).where(wt.wallet_id.in_(wallet_ids)).group_by(wt.wallet_id)
+        ).all()
+    )
+    turn_ids = [t for w in wallet_ids for (t, _o, _b) in queued.get(w, ())]
+    persisted: set[tuple[str, str]] = set()
+    for i in range(0, len(turn_ids), 5000):
+        rows = session.execute(
+            select(UsageEvent.turn_id, UsageEvent.outbox_id).where(UsageEvent.turn_id.in_(turn_ids[i : i + 5000]))
+        )
+        persisted.update((turn_id, outbox_id) for turn_id, outbox_id in rows)
+    return wallets, entries, persisted
+
+
+def check_wallets(gate: WalletGate, wallet_ids: list[str], *, retries: int = 3) -> list[WalletCheck]:
+    """Consistent figures for wallets of one shard (see the module docstring); busy ones retried."""
+    results: dict[str, WalletCheck] = {}
+    pending = list(wallet_ids)
+    shard = gate.shard(pending[0]) if pending else 0
+    for attempt in range(retries + 1):
+        if not pending:
+            break
+        queued, first = _read_redis(gate, shard, pending)
+        with session_scope() as session:
+            wallets, entries, persisted = _read_ledger(session, pending, queued)
+        _, again = _read_redis(gate, shard, pending)
+        busy = []
+        for wallet_id in pending:
+            wallet = wallets.get(wallet_id)
+            if wallet is None:
+                continue  # deleted meanwhile, or never in PostgreSQL: nothing to compare with
+            balance, accepted = first[wallet_id]
+            check = WalletCheck(
+                wallet_id=wallet_id,
+                gate_nanos=int(balance) if balance is not None else None,
+                credits_nanos=wallet.credits_nanos,
+                debits_nanos=wallet.debits_nanos,
+                queued_nanos=sum(b for t, o, b in queued.get(wallet_id, ()) if (t, o) not in persisted),
+                ledger_entries_nanos=int(entries.get(wallet_id, 0)),
+                seen=(balance, accepted or ""),
+            )
+            if again[wallet_id] != first[wallet_id]:
+                check.busy = True
+                busy.append(wallet_id)
+            results[wallet_id] = check
+        pending = busy
+        if pending and attempt < retries:
+            time.sleep(0.05 * (attempt + 1))
+    return [results[w] for w in wallet_ids if w in results]
+
+
+def _by_shard(gate: WalletGate, wallet_ids: Iterable[str]) -> dict[int, list[str]]:
+    shards: dict[int, list[str]] = {}
+    for wallet_id in wallet_ids:
+        shards.setdefault(gate.shard(wallet_id), []).append(wallet_id)
+    return shards
+
+
+def reconcile(gate: WalletGate | None = None, *, repair: bool = False, rebuild: bool = False) -> ReconcileReport:
+    """Compare every wallet's gate balance with the ledger; optionally repair or rebuild.
+
+    Args:
+        repair: set drifted balances to the expected figure (only wallets that did not move).
+        rebuild: first load every wallet Redis lacks from PostgreSQL (after Redis lost its data):
+            mode, limit, block and balance = ledger − queued.  Wallets Redis still has are left to
+            the comparison (and to ``repair``), never overwritten while turns may be landing.
+
+    Returns: a :class:`ReconcileReport`; the run and each drifted wallet are stored
+    (``reconciliation_run``, ``wallet_drift``) and counted in Prometheus metrics.
+    """
+    gate = gate or WalletGate(kicker=lambda shard: None)
+    with session_scope() as session:
+        run = ReconciliationRun(repair=repair, rebuild=rebuild)
+        session.add(run)
+        session.flush()
+        run_id = run.id
+        all_wallets = list(session.execute(select(Wallet.id).order_by(Wallet.id)).scalars())
+    report = ReconcileReport(run_id=run_id)
+    drifts: list[WalletDrift] = []
+    for shard, wallet_ids in sorted(_by_shard(gate, all_wallets).items()):
+        for i in range(0, len(wallet_ids), CHUNK):
+            chunk = wallet_ids[i : i + CHUNK]
+            if rebuild:
+                _rebuild(gate, chunk)
+            for check in check_wallets(gate, chunk):
+                report.wallets_checked += 1
+                report.ledger_mismatches += not check.ledger_consistent
+                if check.busy:
+                    report.wallets_busy += 1
+                    continue
+                if check.gate_nanos is None:
+                    report.wallets_missing += 1
+                if check.drift_nanos == 0 and check.gate_nanos is not None:
+                    continue
+                if repair and check.gate_nanos is not None:
+                    balance, accepted = check.seen
+                    check.repaired = gate.repair_balance(
+                        check.wallet_id, expected_nanos=check.expected_nanos, seen_balance=balance,
+                        seen_accepted=accepted,
+                    )
+                    report.wallets_repaired += check.repaired
+                report.wallets_drifted += 1
+                report.drift_nanos_abs += abs(check.drift_nanos)
+                report.drifted.append({
+                    "wallet_id": check.wallet_id, "gate_nanos": check.gate_nanos,
+                    "expected_nanos": check.expected_nanos, "drift_nanos": check.drift_nanos,
+                    "queued_nanos": check.queued_nanos, "repaired": check.repaired,
+                })
+                drifts.append(WalletDrift(run_id=run_id, wallet_id=check.wallet_id, gate_nanos=check.gate_nanos,
+                                          expected_nanos=check.expected_nanos, drift_nanos=check.drift_nanos,
+                                          repaired=check.repaired))
+    with session_scope() as session:
+        stored = session.get(ReconciliationRun, run_id)
+        stored.finished_at = datetime.now(UTC)
+        stored.wallets_checked = report.wallets_checked
+        stored.wallets_busy = report.wallets_busy
+        stored.wallets_drifted = report.wallets_drifted
+        stored.drift_nanos_abs = report.drift_nanos_abs
+        session.add_all(drifts)
+    DRIFT_NANOS.inc(report.drift_nanos_abs)
+    DRIFTED_WALLETS.set(report.wallets_drifted)
+    REPAIRED_WALLETS.inc(report.wallets_repaired)
+    if report.wallets_drifted:
+        log.warning("reconciliation run %s: %d wallet(s) drifted by %d nanos in all (%d repaired)",
+                    run_id, report.wallets_drifted, report.drift_nanos_abs, report.wallets_repaired)
+    return report
+
+
+def _rebuild(gate: WalletGate, wallet_ids: list[str]) -> None:
+    """Load the wallets Redis lacks from PostgreSQL, balance = ledger − what is still queued."""
+    shard = gate.shard(wallet_ids[0])
+    queued, _ = _read_redis(gate, shard, [])
+    with session_scope() as session:
+        wallets, _entries, persisted = _read_ledger(session, wallet_ids, queued)
+    pipe = gate.redis.pipeline(transaction=False)
+    for wallet_id in wallet_ids:
+        pipe.exists(gate.wallet_key(wallet_id))
+    present = dict(zip(wallet_ids, pipe.execute()))
+    for wallet_id in wallet_ids:
+        wallet = wallets.get(wallet_id)
+        if wallet is None or present[wallet_id]:
+            continue
+        unpersisted = sum(b for t, o, b in queued.get(wallet_id, ()) if (t, o) not in persisted)
+        gate.load_wallet(
+            wallet_id,
+            mode=wallet.mode,
+            limited=wallet.limited,
+            balance_nanos=wallet.credits_nanos - wallet.debits_nanos - unpersisted,
+            blocked_reason=wallet.blocked_reason,
+        )
