@@ -1,30 +1,197 @@
-"""A thin placeholder FastAPI app: health and the gate's readiness.  The HTTP API proper, Stripe
-webhooks and the ``/billing`` page come with their own issue."""
+"""The orchestrator HTTP API (FastAPI): record turns through the same gate as the Python client,
+read wallets, and Prometheus metrics.  Every ``/v1`` endpoint and ``/metrics`` need an API key
+(``Authorization: Bearer tg_…``); errors are RFC 9457 problem documents naming the field.
+
+Run: ``uvicorn api_stub.main:app``.  Persistence stays the worker's: a turn handler calls the gate
+and returns.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import time
+from functools import lru_cache
+from typing import Annotated
 
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field
+
+from models.schemas import Decision, TurnIn
+from models.tables import ApiRole, Wallet
+from worker.apikeys import Principal, authenticate
+from worker.db import session_scope
+from worker.pricing import PricingError
 from worker.settings import get_settings
+from worker.wallet import UnknownWallet, WalletGate, celery_kicker, outbox_key
 
-app = FastAPI(title="tollgate", version="0.1.0")
+GATE_SECONDS = Histogram(
+    "tollgate_gate_seconds", "Time to price and record turns through the gate, per request (seconds)",
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+DECISIONS = Counter("tollgate_decisions", "Gate decisions by outcome", ["outcome"])
+OUTBOX_LENGTH = Gauge("tollgate_outbox_length", "Accepted turns not yet persisted, per outbox shard", ["shard"])
+
+app = FastAPI(title="tollgate", version="0.1.0",
+              description="Real-time token metering and billing: the orchestrator API.")
 
 
-@app.get("/healthz")
+class Problem(Exception):
+    """An HTTP error answered as a problem document: status, title, detail and the fields at fault."""
+
+    def __init__(self, status: int, title: str, detail: str, errors: list[dict] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail, self.errors, self.headers = status, title, detail, errors, headers
+
+
+def _problem(status: int, title: str, detail: str, errors: list[dict] | None = None,
+             headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+
+
+@app.exception_handler(Problem)
+async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
+    return _problem(exc.status, exc.title, exc.detail, exc.errors, exc.headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body", "message": e["msg"]}
+              for e in exc.errors()]
+    return _problem(422, "Invalid request", "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
+
+
+@lru_cache(maxsize=1)
+def get_gate() -> WalletGate:
+    """The process's gate (one Redis pool, scripts registered once)."""
+    return WalletGate(kicker=celery_kicker)
+
+
+def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
+    """The caller, from ``Authorization: Bearer <key>``; 401 for a missing, wrong or revoked key."""
+    challenge = {"WWW-Authenticate": 'Bearer realm="tollgate"'}
+    if not authorization or not authorization.startswith("Bearer "):
+        raise Problem(401, "Unauthorized", "an API key is required: Authorization: Bearer tg_…", headers=challenge)
+    with session_scope() as session:
+        who = authenticate(session, authorization.removeprefix("Bearer ").strip())
+    if who is None:
+        raise Problem(401, "Unauthorized", "the API key is unknown or revoked", headers=challenge)
+    return who
+
+
+Caller = Annotated[Principal, Depends(principal)]
+
+
+def _may_record(who: Caller, turns: list[TurnIn]) -> None:
+    for i, turn in enumerate(turns):
+        field = "enterprise_id" if len(turns) == 1 else f"turns.{i}.enterprise_id"
+        if who.role is not ApiRole.owner or turn.enterprise_id != who.enterprise_id:
+            raise Problem(403, "Forbidden", f"this key may not record turns for enterprise {turn.enterprise_id!r}",
+                          [{"field": field, "message": "outside the key's enterprise"}])
+
+
+def _record(turns: list[TurnIn]) -> list[Decision]:
+    started = time.perf_counter()
+    try:
+        decisions = get_gate().record_turns(turns)
+    except PricingError as exc:
+        raise Problem(422, "Unknown price", str(exc), [{"field": "model", "message": str(exc)}]) from None
+    except UnknownWallet as exc:
+        raise Problem(404, "Unknown wallet", str(exc), [{"field": "wallet_id", "message": str(exc)}]) from None
+    GATE_SECONDS.observe(time.perf_counter() - started)
+    for d in decisions:
+        DECISIONS.labels("duplicate" if d.duplicate else "accepted" if d.accepted else "denied").inc()
+    return decisions
+
+
+class TurnBatch(BaseModel):
+    """Up to 1,000 turns, recorded in order with one pipelined round trip."""
+
+    turns: list[TurnIn] = Field(min_length=1, max_length=1000)
+
+
+class DecisionList(BaseModel):
+    """The decisions of a batch, in the order of its turns."""
+
+    data: list[Decision]
+    count: int
+
+
+class WalletPublic(BaseModel):
+    """A wallet's balances in nano-USD: the gate's (Redis, live) and the ledger's (PostgreSQL)."""
+
+    wallet_id: str
+    enterprise_id: str | None
+    mode: str
+    limited: bool
+    gate_balance_nanos: int | None
+    ledger_balance_nanos: int
+    credits_nanos: int
+    debits_nanos: int
+
+
+@app.get("/healthz", include_in_schema=False)
 def healthz() -> dict[str, str]:
     """Liveness: the process is up (no dependencies are checked)."""
     return {"status": "ok"}
 
 
-@app.get("/readyz")
-def readyz() -> dict[str, str]:
-    """Readiness: Redis and PostgreSQL answer."""
-    import redis
-    from sqlalchemy import text
+@app.post("/v1/turns", response_model=Decision, responses={401: {}, 403: {}, 404: {}, 422: {}})
+def record_turn(turn: TurnIn, who: Caller) -> Decision:
+    """Record one turn (owner key of the turn's enterprise).  Idempotent by ``turn_id``."""
+    _may_record(who, [turn])
+    return _record([turn])[0]
 
-    from worker.db import get_engine
 
-    redis.Redis.from_url(get_settings().redis_url).ping()
-    with get_engine().connect() as conn:
-        conn.execute(text("SELECT 1"))
-    return {"status": "ready"}
+@app.post("/v1/turns/batch", response_model=DecisionList, responses={401: {}, 403: {}, 404: {}, 422: {}})
+def record_turns(batch: TurnBatch, who: Caller) -> DecisionList:
+    """Record up to 1,000 turns in order (owner key); a bad turn rejects the batch and changes nothing."""
+    _may_record(who, batch.turns)
+    decisions = _record(batch.turns)
+    return DecisionList(data=decisions, count=len(decisions))
+
+
+@app.get("/v1/wallets/{wallet_id}", response_model=WalletPublic, responses={401: {}, 403: {}, 404: {}})
+def wallet(wallet_id: str, who: Caller) -> WalletPublic:
+    """A wallet's balances: its app's owner key or its own end-user key; admins see aggregates only."""
+    with session_scope() as session:
+        row = session.get(Wallet, wallet_id)
+        allowed = row is not None and (
+            (who.role is ApiRole.owner and row.enterprise_id == who.enterprise_id)
+            or (who.role is ApiRole.end_user and row.id == who.wallet_id)
+        )
+        if not allowed:  # the same answer for "not yours" and "no such wallet": ids are not probed
+            raise Problem(404, "Unknown wallet", f"no wallet {wallet_id!r} for this key",
+                          [{"field": "wallet_id", "message": "unknown wallet"}])
+    try:
+        gate_balance: int | None = get_gate().balance(wallet_id)
+    except UnknownWallet:
+        gate_balance = None
+    return WalletPublic(wallet_id=row.id, enterprise_id=row.enterprise_id, mode=row.mode, limited=row.limited,
+                        gate_balance_nanos=gate_balance, ledger_balance_nanos=row.credits_nanos - row.debits_nanos,
+                        credits_nanos=row.credits_nanos, debits_nanos=row.debits_nanos)
+
+
+@app.get("/metrics", include_in_schema=False)
+def metrics(who: Caller) -> Response:
+    """Prometheus metrics (admin key): gate latency, decisions by outcome, outbox backlog per shard."""
+    if who.role is not ApiRole.admin:
+        raise Problem(403, "Forbidden", "metrics need an admin key")
+    _refresh_outbox_gauge()
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _refresh_outbox_gauge() -> None:
+    redis = get_gate().redis
+    pipe = redis.pipeline(transaction=False)
+    shards = range(get_settings().outbox_shards)
+    for shard in shards:
+        pipe.xlen(outbox_key(shard))
+    for shard, length in zip(shards, pipe.execute()):
+        OUTBOX_LENGTH.labels(str(shard)).set(length)
+
