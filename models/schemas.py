@@ -76,3 +76,30 @@ class Decision(BaseModel):
     cost_nanos: int
     billed_nanos: int
     duplicate: bool = False
+
+
+#: nano-USD a budget may hold per month: an integer, 0 < n ≤ 2^62 (sums stay far from BIGINT)
+BudgetNanos = Annotated[int, Field(strict=True, gt=0, le=2**62)]
+
+
+class BudgetIn(BaseModel):
+    """A monthly spending budget as a caller sets it: on one wallet (``wallet_id``) or on one workflow
+    of the app (``workflow``), exactly one of the two.  ``amount_nanos`` is nano-USD per UTC month;
+    alerts fire at 50/80/100 %; ``auto_pause`` stops the spending at 100 %.
+
+    Raises ``pydantic.ValidationError`` naming the field for bad input.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enterprise_id: Id
+    wallet_id: Id | None = None
+    workflow: Id | None = None
+    amount_nanos: BudgetNanos
+    auto_pause: Annotated[bool, Field(strict=True)] = False
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> "BudgetIn":
+        if (self.wallet_id is None) == (self.workflow is None):
+            raise ValueError("give exactly one of wallet_id or workflow")
+        return self

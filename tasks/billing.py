@@ -1,1 +1,78 @@
-"""Budget alert, allowance reset and webhook tasks (``tollgate.billing.*``, ``tollgate.webhooks.*``)."""
+"""Budget alert, allowance reset and webhook tasks (``tollgate.billing.*``, ``tollgate.webhooks.*``).
+
+Thin shells over :mod:`worker.budgets`, :mod:`worker.allowances` and :mod:`worker.webhooks`; all run
+on the ``tollgate.jobs`` queue.  Every one is idempotent, so a re-delivery (``acks_late``) or a
+second beat changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from worker.allowances import run_monthly_reset
+from worker.budgets import check_budgets as check_budgets_service
+from worker.celery_app import app
+from worker.db import session_scope
+from worker.settings import get_settings
+from worker.wallet import WalletGate
+from worker.webhooks import WebhookRejected, WebhookRetryable, backoff_s, deliver as deliver_event
+
+log = logging.getLogger(__name__)
+
+_gate: WalletGate | None = None
+
+
+def _get_gate() -> WalletGate:
+    global _gate
+    if _gate is None:
+        _gate = WalletGate(kicker=lambda shard: None)  # these tasks never record turns
+    return _gate
+
+
+@app.task(name="tollgate.billing.check_budgets")
+def check_budgets() -> dict[str, Any]:
+    """Check every budget in the current period (beat: every 60 s): new threshold alerts, auto-pause
+    and its lifting.  Returns what changed (see :meth:`worker.budgets.BudgetCheck.as_dict`)."""
+    with session_scope() as session:
+        result = check_budgets_service(session, gate=_get_gate())
+    data = result.as_dict()
+    data.pop("budgets")  # the figures of every budget are too many for a task result
+    return data
+
+
+@app.task(name="tollgate.billing.monthly_reset")
+def monthly_reset(period: str | None = None) -> dict[str, Any]:
+    """Grant and expire monthly allowances up to ``period`` ('YYYY-MM'; default: the current one).
+    Beat runs it hourly; a run that finds nothing to do writes nothing.  Returns counts, nano-USD."""
+    report = run_monthly_reset(_get_gate(), period=period).as_dict()
+    return {k: v for k, v in report.items() if k not in ("granted", "expired")} | {
+        "granted": len(report["granted"]), "expired": len(report["expired"])}
+
+
+@app.task(name="tollgate.webhooks.deliver", bind=True, acks_late=True)
+def deliver(self, enterprise_id: str, event_id: str, event_type: str, body: str) -> dict[str, Any]:
+    """POST one event (``body``: its JSON text) to its app's callback, signed, with the header
+    ``Tollgate-Event-Id: event_id`` on every attempt (receivers deduplicate on it).
+
+    Retry policy: a connection error, a timeout or a 5xx is retried up to
+    ``settings.webhook_max_retries`` times, waiting ``webhook_backoff_base_s × 2^n`` seconds (capped
+    by ``webhook_backoff_max_s``); after the last one the task fails with that error.  A 4xx (or 3xx)
+    is final: logged and returned as ``rejected``, never retried.  An app without a callback is
+    ``skipped``.  Returns ``{"outcome", "status", "event_id", "attempts"}``.
+    """
+    settings = get_settings()
+    attempts = self.request.retries + 1
+    try:
+        result = deliver_event(enterprise_id=enterprise_id, event_id=event_id, event_type=event_type, body=body,
+                               settings=settings)
+    except WebhookRetryable as exc:
+        if self.request.retries >= settings.webhook_max_retries:
+            log.error("webhook %s (%s) to %s failed after %d attempts: %s", event_id, event_type, enterprise_id,
+                      attempts, exc)
+        raise self.retry(exc=exc, countdown=backoff_s(self.request.retries, settings),
+                         max_retries=settings.webhook_max_retries)
+    except WebhookRejected as exc:
+        log.warning("webhook %s (%s) to %s rejected: %s", event_id, event_type, enterprise_id, exc)
+        return {"outcome": "rejected", "status": exc.status, "event_id": event_id, "attempts": attempts}
+    return {"outcome": result.outcome, "status": result.status, "event_id": event_id, "attempts": attempts}

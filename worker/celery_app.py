@@ -15,6 +15,7 @@ imports them; nothing in ``worker/`` imports ``tasks/`` code.
 from __future__ import annotations
 
 from celery import Celery
+from celery.schedules import crontab
 
 from worker.settings import get_settings
 
@@ -59,6 +60,14 @@ def make_app() -> Celery:
         beat_schedule={
             # backstop: kicks from the gate drain at once; this catches anything a kick missed
             "drain-outbox": {"task": "tollgate.usage.drain_outbox", "schedule": 1.0, "options": {"expires": 5}},
+            # budget alerts (once per threshold per period) and auto-pause; idempotent
+            "check-budgets": {"task": "tollgate.billing.check_budgets", "schedule": 60.0, "options": {"expires": 55}},
+            # monthly allowances: hourly on the hour, so a period's grant comes at 00:00 UTC and the
+            # previous one expires an hour later (after the grace); idempotent per (wallet, period)
+            "monthly-reset": {"task": "tollgate.billing.monthly_reset", "schedule": crontab(minute=0),
+                              "options": {"expires": 3000}},
+            # incremental rollups: only the enterprise × workflow × month groups the drain marked dirty
+            "refresh-rollups": {"task": "tollgate.rollups.refresh_dirty", "schedule": 60.0, "options": {"expires": 55}},
             # report drift between the gate (Redis) and the ledger; `tollgate reconcile --repair` mends it
             "reconcile": {"task": "tollgate.reconcile.run", "schedule": 300.0, "options": {"expires": 240}},
         },

@@ -7,6 +7,14 @@
     tollgate drain
     tollgate replay PATH --format azure|mooncake --model gpt-4o --provider openai [--wallet-usd X]
                          [--run-id ID] [--no-worker] [--json]
+    tollgate rollup refresh [--all-dirty | ENTERPRISE WORKFLOW PERIOD]
+    tollgate rollup show ENTERPRISE WORKFLOW PERIOD [--json]
+    tollgate chat end ENTERPRISE CHAT_ID [--at ISO] [--json]
+    tollgate analytics ENTERPRISE --by day|week|month [--group workflow,agent] [--from D] [--to D] [--json]
+    tollgate budget set --enterprise E (--wallet W | --workflow F) --usd X [--auto-pause]
+    tollgate budget check [--json]
+    tollgate allowance set WALLET_ID --usd X
+    tollgate allowance reset [--period YYYY-MM] [--json]
 
 Errors are printed on stderr as one line naming the field or row; the exit status is then 2 and
 nothing was recorded.
@@ -231,6 +239,44 @@ def replay_cmd(
 
 
 
+apikey_app = typer.Typer(help="API keys: create (shown once), revoke.", no_args_is_help=True)
+app.add_typer(apikey_app, name="apikey")
+
+
+@apikey_app.command("create")
+def apikey_create(
+    role: str = typer.Option(..., "--role", help="owner, end_user or admin"),
+    enterprise: Optional[str] = typer.Option(None, "--enterprise", help="the app (owner, end_user keys)"),
+    wallet: Optional[str] = typer.Option(None, "--wallet", help="the wallet (end_user keys)"),
+    name: str = typer.Option("", "--name", help="a label"),
+) -> None:
+    """Create an API key and print it once (only its SHA-256 is stored)."""
+    from models.tables import ApiRole
+    from worker.apikeys import ApiKeyError, create_key
+    from worker.db import session_scope
+
+    if role not in ApiRole.__members__:
+        _fail(f"--role: {role!r} is not one of {', '.join(ApiRole.__members__)}")
+    try:
+        with session_scope() as session:
+            key = create_key(session, role=ApiRole(role), enterprise_id=enterprise, wallet_id=wallet, name=name)
+    except ApiKeyError as exc:
+        _fail(str(exc).replace("enterprise_id:", "--enterprise:").replace("wallet_id:", "--wallet:"))
+    print(key)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(prefix: str = typer.Argument(..., help="the key's prefix: tg_<prefix>_…")) -> None:
+    """Revoke an API key at once."""
+    from worker.apikeys import revoke_key
+    from worker.db import session_scope
+
+    with session_scope() as session:
+        if not revoke_key(session, prefix):
+            _fail(f"PREFIX: no active key {prefix!r}")
+    out.print(f"key {prefix} revoked")
+
+
 @app.command("reconcile")
 def reconcile_cmd(
     repair: bool = typer.Option(False, "--repair", help="set drifted gate balances to the ledger's figure"),
@@ -255,6 +301,288 @@ def reconcile_cmd(
             table.add_row(*(str(d[c]) for c in ("wallet_id", "gate_nanos", "expected_nanos", "drift_nanos",
                                                  "queued_nanos", "repaired")))
         out.print(table)
+
+rollup_app = typer.Typer(help="Rollups: per enterprise × workflow × month (UTC) summaries.", no_args_is_help=True)
+chat_app = typer.Typer(help="Chats: end a chat (marks it completed, refreshes its rollups).", no_args_is_help=True)
+app.add_typer(rollup_app, name="rollup")
+app.add_typer(chat_app, name="chat")
+
+
+@rollup_app.command("refresh")
+def rollup_refresh(
+    enterprise: Optional[str] = typer.Argument(None, help="enterprise_id"),
+    workflow: Optional[str] = typer.Argument(None, help="workflow"),
+    period: Optional[str] = typer.Argument(None, help="period, YYYY-MM (UTC)"),
+    all_dirty: bool = typer.Option(False, "--all-dirty", help="refresh every group marked dirty (the beat job)"),
+) -> None:
+    """Refresh one rollup (ENTERPRISE WORKFLOW PERIOD) or every dirty one (--all-dirty), now."""
+    from worker.db import session_scope
+    from worker.rollups import DEFAULT_DIRTY_LIMIT, refresh_dirty, refresh_rollup
+
+    given = [a for a in (enterprise, workflow, period) if a is not None]
+    if all_dirty == bool(given) or (given and len(given) != 3):
+        _fail("give either --all-dirty or ENTERPRISE WORKFLOW PERIOD")
+    if all_dirty:
+        total = 0
+        while True:
+            with session_scope() as session:
+                done = refresh_dirty(session, limit=DEFAULT_DIRTY_LIMIT)
+            total += done
+            if done < DEFAULT_DIRTY_LIMIT:
+                break
+        out.print(f"refreshed {total} dirty rollup(s)")
+        return
+    try:
+        with session_scope() as session:
+            r = refresh_rollup(session, enterprise, workflow, period)
+    except ValueError as exc:
+        _fail(str(exc))
+    out.print(f"rollup {enterprise}/{workflow}/{period}: {r.total_sessions} session(s), {r.total_turns} turn(s), "
+              f"{nanos_to_usd(r.cost_nanos)} USD ({r.cost_nanos} nanos)")
+
+
+@rollup_app.command("show")
+def rollup_show(
+    enterprise: str = typer.Argument(..., help="enterprise_id"),
+    workflow: str = typer.Argument(..., help="workflow"),
+    period: str = typer.Argument(..., help="period, YYYY-MM (UTC)"),
+    as_json: bool = typer.Option(False, "--json", help="print the stored document as one JSON object"),
+) -> None:
+    """Print the stored rollup document (money in nanos; *_usd fields are display strings)."""
+    from worker.db import session_scope
+    from worker.rollups import OVERALL_AVG_KEYS, get_rollup
+
+    try:
+        with session_scope() as session:
+            rollup = get_rollup(session, enterprise, workflow, period)
+    except ValueError as exc:
+        _fail(str(exc))
+    if rollup is None:
+        _fail(f"no rollup for enterprise_id={enterprise!r} workflow={workflow!r} period={period!r}; "
+              "run `tollgate rollup refresh` first")
+    doc = rollup.document
+    if as_json:
+        print(json.dumps(doc, sort_keys=True))
+        return
+    from datetime import UTC
+
+    refreshed = rollup.refreshed_at.astimezone(UTC)
+    overall = Table(title=f"{doc['_id']} {doc['period']} (refreshed {refreshed:%Y-%m-%d %H:%M:%S} UTC)")
+    overall.add_column("overall_avg")
+    overall.add_column("value", justify="right")
+    for k in OVERALL_AVG_KEYS:
+        v = doc["overall_avg"][k]
+        overall.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    out.print(overall)
+    agents = Table(title="agents")
+    for column in ("agent", "turns", "avg_response_ms", "prompt_tokens", "completion_tokens", "cost_usd"):
+        agents.add_column(column, justify="left" if column == "agent" else "right")
+    for name, a in sorted(doc["agents"].items()):
+        agents.add_row(name, *(str(a[c]) for c in ("turns", "avg_response_ms", "prompt_tokens",
+                                                    "completion_tokens", "cost_usd")))
+    out.print(agents)
+    chats = Table(title=f"chat sessions ({len(doc['chat_sessions'])})")
+    for column in ("chat_id", "status", "turns", "total_tokens", "cost_usd", "duration_sec"):
+        chats.add_column(column, justify="left" if column in ("chat_id", "status") else "right")
+    for chat_id, c in sorted(doc["chat_sessions"].items()):
+        chats.add_row(chat_id, *(str(c[k]) for k in ("status", "turns", "total_tokens", "cost_usd", "duration_sec")))
+    out.print(chats)
+
+
+@chat_app.command("end")
+def chat_end(
+    enterprise: str = typer.Argument(..., help="enterprise_id"),
+    chat_id: str = typer.Argument(..., help="chat_id"),
+    at: Optional[datetime] = typer.Option(None, "--at", help="when the chat ended (UTC; default now)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Mark a chat completed and refresh its rollups at once."""
+    from datetime import UTC
+
+    from worker.db import session_scope
+    from worker.rollups import end_chat
+
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    try:
+        with session_scope() as session:
+            ended = end_chat(session, enterprise_id=enterprise, chat_id=chat_id, ended_at=at)
+    except (LookupError, ValueError) as exc:
+        _fail(str(exc).strip("'\""))
+    data = ended.as_dict()
+    if as_json:
+        print(json.dumps(data))
+        return
+    note = " (already completed)" if ended.already_completed else ""
+    out.print(f"chat {enterprise}/{chat_id} completed at {data['ended_at']}{note}; refreshed "
+              + (", ".join(f"{r['workflow']}/{r['period']}" for r in data["rollups"]) or "no rollup"))
+
+
+@app.command("analytics")
+def analytics_cmd(
+    enterprise: str = typer.Argument(..., help="enterprise_id"),
+    by: str = typer.Option(..., "--by", help="bucket: day, week (ISO, from Monday) or month (UTC)"),
+    group: str = typer.Option("", "--group", help="comma-separated: workflow,agent,model,provider"),
+    start: Optional[datetime] = typer.Option(None, "--from", help="inclusive, UTC (default: this month's start)"),
+    end: Optional[datetime] = typer.Option(None, "--to", help="exclusive, UTC (default: next month's start)"),
+    as_json: bool = typer.Option(False, "--json", help="print the rows as one JSON array"),
+) -> None:
+    """Turns, tokens and money of one enterprise per day, week or month, optionally grouped."""
+    from datetime import UTC
+
+    from worker.analytics import usage_analytics
+    from worker.db import session_scope
+    from worker.periods import current_period, period_bounds
+
+    default_start, default_end = period_bounds(current_period())
+    lo = (start.replace(tzinfo=UTC) if start.tzinfo is None else start) if start else default_start
+    hi = (end.replace(tzinfo=UTC) if end.tzinfo is None else end) if end else default_end
+    keys = [k.strip() for k in group.split(",") if k.strip()]
+    try:
+        with session_scope() as session:
+            rows = usage_analytics(session, enterprise_id=enterprise, granularity=by, group_by=keys,
+                                   start=lo, end=hi)
+    except ValueError as exc:
+        field = {"granularity": "--by", "group_by": "--group", "start": "--from", "end": "--to"}
+        name = str(exc).split(":", 1)[0]
+        _fail(f"{field[name]}: {str(exc).split(':', 1)[1].strip()}" if name in field else str(exc))
+    if as_json:
+        print(json.dumps([{**r, "bucket": r["bucket"].isoformat()} for r in rows]))
+        return
+    table = Table(title=f"usage of {enterprise} by {by}, {lo:%Y-%m-%d %H:%M} to {hi:%Y-%m-%d %H:%M} UTC (tokens)")
+    columns = ["bucket", *keys, "turns", "prompt", "completion", "cached", "cost USD", "billed USD"]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "bucket" or column in keys else "right",
+                         overflow="fold", min_width=10 if column == "bucket" else None)
+    for r in rows:
+        table.add_row(r["bucket"].isoformat(), *(str(r[k]) for k in keys),
+                      *(f"{r[k]:,}" for k in ("turns", "prompt_tokens", "completion_tokens", "cached_prompt_tokens")),
+                      nanos_to_usd(r["cost_nanos"]), nanos_to_usd(r["billed_nanos"]))
+    out.print(table)
+
+
+budget_app = typer.Typer(help="Budgets: monthly limits per wallet or workflow, alerts at 50/80/100 %.",
+                         no_args_is_help=True)
+allowance_app = typer.Typer(help="Monthly allowances: set the amount, run the reset.", no_args_is_help=True)
+app.add_typer(budget_app, name="budget")
+app.add_typer(allowance_app, name="allowance")
+
+_FLAGS = {"amount_nanos": "--usd", "wallet_id": "--wallet", "workflow": "--workflow", "enterprise_id": "--enterprise"}
+
+
+def _flagged(message: str, flags: dict[str, str]) -> str:
+    """A service error ``field: …`` with the field named as the command's flag."""
+    field, sep, rest = message.partition(":")
+    return f"{flags.get(field, field)}:{rest}" if sep else message
+
+
+def _nanos(usd: str, field: str, *, allow_zero: bool = False) -> int:
+    try:
+        nanos = usd_to_nanos(_usd(usd, field))
+    except PricingError as exc:
+        _fail(f"{field}: {exc}")
+    if nanos < 0 or (nanos == 0 and not allow_zero):
+        _fail(f"{field}: {usd} is not a {'non-negative' if allow_zero else 'positive'} amount")
+    return nanos
+
+
+@budget_app.command("set")
+def budget_set(
+    enterprise: str = typer.Option(..., "--enterprise", help="the app (enterprise_id)"),
+    wallet: Optional[str] = typer.Option(None, "--wallet", help="budget one wallet's billed spend"),
+    workflow: Optional[str] = typer.Option(None, "--workflow", help="budget one workflow's cost"),
+    usd: str = typer.Option(..., "--usd", help="monthly amount in USD, e.g. 50.00"),
+    auto_pause: bool = typer.Option(False, "--auto-pause", help="stop spending at 100 % (off unless given)"),
+) -> None:
+    """Create or update the monthly budget of one wallet or one workflow (one budget per scope)."""
+    from worker.budgets import BudgetError, set_budget
+    from worker.db import session_scope
+
+    if (wallet is None) == (workflow is None):
+        _fail("--wallet/--workflow: give exactly one of them")
+    nanos = _nanos(usd, "--usd")
+    try:
+        with session_scope() as session:
+            b = set_budget(session, enterprise_id=enterprise, wallet_id=wallet, workflow=workflow,
+                           amount_nanos=nanos, auto_pause=auto_pause)
+            budget_id = b.id
+    except BudgetError as exc:
+        _fail(_flagged(str(exc), _FLAGS))
+    scope = f"wallet {wallet}" if wallet else f"workflow {workflow}"
+    out.print(f"budget {budget_id}: {enterprise} {scope}, {nanos_to_usd(nanos)} USD a month "
+              f"({nanos} nanos), auto-pause {'on' if auto_pause else 'off'}", highlight=False)
+
+
+@budget_app.command("check")
+def budget_check(as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """Check every budget now (the beat job): new alerts, auto-pause, lifted pauses."""
+    from worker.budgets import check_budgets
+    from worker.db import session_scope
+    from worker.wallet import WalletGate
+
+    with session_scope() as session:
+        result = check_budgets(session, gate=WalletGate(kicker=lambda shard: None))
+    data = result.as_dict()
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+        return
+    table = Table(title=f"budgets, period {result.period}")
+    for column in ("budget", "enterprise", "scope", "spent USD", "budget USD", "%", "new alerts"):
+        table.add_column(column, justify="right" if "USD" in column or column == "%" else "left")
+    new = {}
+    for a in result.alerts:
+        new.setdefault(a.budget_id, []).append(f"{a.threshold_pct} %")
+    for b in result.budgets:
+        table.add_row(str(b.budget_id), b.enterprise_id, f"wallet {b.wallet_id}" if b.wallet_id else f"workflow {b.workflow}",
+                      nanos_to_usd(b.spent_nanos), nanos_to_usd(b.amount_nanos),
+                      str(b.spent_nanos * 100 // b.amount_nanos), ", ".join(new.get(b.budget_id, [])))
+    out.print(table)
+    for key in ("paused_wallets", "resumed_wallets", "paused_chats", "resumed_chats"):
+        if data[key]:
+            out.print(f"{key.replace('_', ' ')}: {data[key]}", highlight=False)
+
+
+@allowance_app.command("set")
+def allowance_set(
+    wallet_id: str,
+    usd: str = typer.Option(..., "--usd", help="allowance granted each UTC month, e.g. 20.00 (0 stops it)"),
+) -> None:
+    """Set a wallet's monthly allowance; the next reset (hourly, or `tollgate allowance reset`) grants it."""
+    from worker.allowances import AllowanceError, set_allowance
+    from worker.db import session_scope
+
+    nanos = _nanos(usd, "--usd", allow_zero=True)
+    try:
+        with session_scope() as session:
+            set_allowance(session, wallet_id, nanos)
+    except AllowanceError as exc:
+        _fail(_flagged(str(exc), {"amount_nanos": "--usd", "wallet_id": "WALLET_ID"}))
+    out.print(f"wallet {wallet_id}: monthly allowance {nanos_to_usd(nanos)} USD ({nanos} nanos)", highlight=False)
+
+
+@allowance_app.command("reset")
+def allowance_reset(
+    period: Optional[str] = typer.Option(None, "--period", help="YYYY-MM to grant (default: current; "
+                                         "an earlier one backfills a missed period)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Grant and expire monthly allowances now (the beat job); running it again changes nothing."""
+    from worker.allowances import AllowanceError, run_monthly_reset
+    from worker.wallet import WalletGate
+
+    try:
+        report = run_monthly_reset(WalletGate(kicker=lambda shard: None), period=period)
+    except AllowanceError as exc:
+        _fail(_flagged(str(exc), {"period": "--period"}))
+    data = report.as_dict()
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+        return
+    out.print(f"period {report.period}: {data['wallets_checked']} wallet(s) checked, "
+              f"{len(report.granted)} grant(s) of {nanos_to_usd(data['granted_nanos'])} USD, "
+              f"{len(report.expired)} expiry entr{'y' if len(report.expired) == 1 else 'ies'} of "
+              f"{nanos_to_usd(data['expired_nanos'])} USD", highlight=False)
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()

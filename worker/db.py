@@ -3,14 +3,17 @@ commit inside themselves; :func:`session_scope` commits once at the end or rolls
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Iterator
+from typing import Callable, Iterator
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
 from sqlmodel import Session
 
 from worker.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=4)
@@ -38,3 +41,39 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+_AFTER_COMMIT = "tollgate.after_commit"
+
+
+def after_commit(session: Session, hook: Callable[[], None]) -> None:
+    """Run ``hook()`` once the session's outermost transaction has committed (Redis writes, Celery
+    sends: side effects that must never see a row that was rolled back); drop it if that
+    transaction rolls back instead.  Hooks run in the order added; when one raises, the others still
+    run and the first error is re-raised from ``commit()`` (the rows are committed by then).
+    """
+    hooks = session.info.get(_AFTER_COMMIT)
+    if hooks is None:
+        hooks = session.info[_AFTER_COMMIT] = []
+        event.listen(session, "after_commit", _run_after_commit)
+        event.listen(session, "after_transaction_end", _drop_after_rollback)
+    hooks.append(hook)
+
+
+def _run_after_commit(session: Session) -> None:
+    hooks = session.info.get(_AFTER_COMMIT) or []
+    pending, hooks[:] = list(hooks), []
+    first: BaseException | None = None
+    for hook in pending:
+        try:
+            hook()
+        except Exception as exc:  # the rest must still run
+            log.error("after-commit hook %r failed", hook, exc_info=True)
+            first = first or exc
+    if first is not None:
+        raise first
+
+
+def _drop_after_rollback(session: Session, transaction) -> None:
+    if transaction.parent is None:  # the outermost transaction ended without a commit (or after one)
+        session.info.get(_AFTER_COMMIT, []).clear()

@@ -34,6 +34,13 @@ class Settings(BaseSettings):
         kick_interval_ms: at most one drain task is sent per shard per interval.
         default_mode: billing mode of a new wallet unless given.
         price_overrides_path: optional JSON file of price overrides (see ``worker.pricing``).
+        webhook_timeout_s: seconds one webhook POST may take (connect + response).
+        webhook_max_retries: retries of a webhook after a connection error or a 5xx (4xx: none).
+        webhook_backoff_base_s: delay before the first retry, seconds; retry n waits base × 2^n
+            (capped by ``webhook_backoff_max_s``).  0 retries at once (tests).
+        webhook_backoff_max_s: longest delay between two retries, seconds.
+        allowance_expiry_grace_s: seconds after a period ends before its unused monthly allowance
+            expires, so turns of its last seconds are persisted first (the outbox lags by < 1 s).
     """
 
     model_config = SettingsConfigDict(env_prefix="TOLLGATE_", extra="ignore")
@@ -48,6 +55,11 @@ class Settings(BaseSettings):
     kick_interval_ms: int = Field(default=200, ge=1)
     default_mode: BillingMode = BillingMode.production
     price_overrides_path: str | None = None
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    webhook_max_retries: int = Field(default=5, ge=0, le=20)
+    webhook_backoff_base_s: float = Field(default=30.0, ge=0)
+    webhook_backoff_max_s: float = Field(default=3600.0, ge=0)
+    allowance_expiry_grace_s: int = Field(default=600, ge=0, le=7 * 86_400)
 
     @model_validator(mode="after")
     def _broker_defaults_to_redis(self) -> "Settings":

@@ -7,6 +7,7 @@ Redis Cluster)::
     tollgate:{sN}:wallet:<wallet_id>   hash  balance, mode, limited, accepted_turns, denied_turns
     tollgate:{sN}:turn:<wallet>:<turn_id> str first answer for a turn_id (TTL: settings.dedupe_ttl_s)
     tollgate:{sN}:credit:<wallet>:<key> str  credit already applied (same TTL)
+    tollgate:{sN}:adjust:<wallet>:<key> str  signed adjustment (e.g. allowance expiry) already applied (same TTL)
     tollgate:{sN}:outbox               stream of accepted turns not yet persisted
     tollgate:{sN}:kick                 str   a drain was asked for within settings.kick_interval_ms
 
@@ -159,6 +160,7 @@ class WalletGate:
         self.kicker = kicker or celery_kicker
         self._record = self.redis.register_script(_lua("record_turn.lua"))
         self._credit = self.redis.register_script(_lua("credit.lua"))
+        self._adjust = self.redis.register_script(_lua("adjust.lua"))
         self._repair = self.redis.register_script(_lua("repair_balance.lua"))
         self._check_shard_count()
 
@@ -268,6 +270,40 @@ class WalletGate:
         except redis.ResponseError as exc:
             raise self._translate(exc, wallet_id) from exc
         return int(balance)
+
+    def adjust(self, wallet_id: str, delta_nanos: int, key: str) -> int:
+        """Add the signed ``delta_nanos`` (non-zero; negative debits) to the gate's balance once per
+        ``key`` (``adjust.lua``), e.g. the expiry debit of unused monthly allowance.
+
+        Callers record the matching ledger entry in PostgreSQL first; the gate only mirrors it, so the
+        balance may go below zero if the ledger says so.  Returns the balance after, nano-USD.
+        Raises: ValueError for a zero, non-integer or out-of-range (|delta| > 2^62) amount; UnknownWallet.
+        """
+        if (
+            not isinstance(delta_nanos, int)
+            or isinstance(delta_nanos, bool)
+            or delta_nanos == 0
+            or abs(delta_nanos) > 2**62
+        ):
+            raise ValueError(f"delta_nanos must be a non-zero integer within ±2^62, got {delta_nanos!r}")
+        tag = shard_tag(self.shard(wallet_id))
+        try:
+            balance, _dup = self._adjust(
+                keys=[f"{tag}:wallet:{wallet_id}", f"{tag}:adjust:{wallet_id}:{key}"],
+                args=[delta_nanos, self.settings.dedupe_ttl_s],
+            )
+        except redis.ResponseError as exc:
+            raise self._translate(exc, wallet_id) from exc
+        return int(balance)
+
+    def blocked_reasons(self, wallet_ids: Iterable[str]) -> dict[str, str | None]:
+        """The ``blocked`` reason each wallet has in the gate (``None``: not blocked or not in the
+        gate), one pipelined round trip.  Returns ``{wallet_id: reason}``."""
+        ids = list(dict.fromkeys(wallet_ids))
+        pipe = self.redis.pipeline(transaction=False)
+        for wallet_id in ids:
+            pipe.hget(self.wallet_key(wallet_id), "blocked")
+        return dict(zip(ids, pipe.execute())) if ids else {}
 
     # turns ------------------------------------------------------------------------------------
     def record_turn(self, turn: TurnIn) -> Decision:

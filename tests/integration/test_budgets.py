@@ -1,0 +1,389 @@
+"""Budgets against real PostgreSQL and Redis: alerts at exactly 50/80/100 %, once per threshold per
+period even from concurrent workers, auto-pause through the gate and its lifting at the next period,
+workflow pauses, and the signed webhook delivered by a real Celery worker."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from models.schemas import TurnIn
+from tests.receiver import start_receiver
+from worker.budgets import BUDGET_EXCEEDED, BudgetError, check_budgets, set_budget
+from worker.db import session_scope
+from worker.drain import OutboxDrain
+from worker.ledger import credit_wallet, open_wallet
+from worker.webhooks import channel, verify
+
+pytestmark = pytest.mark.integration
+
+NOV = datetime(2026, 11, 10, 12, tzinfo=UTC)  # turns happen here
+NOW = datetime(2026, 11, 20, tzinfo=UTC)  # and the job runs here (period 2026-11)
+DEC = datetime(2026, 12, 1, tzinfo=UTC)
+TOKEN_NANOS = 2_500  # gpt-4o: $2.50 per million prompt tokens
+USD = 10**9
+SECRET = "whsec_budget_test"
+
+
+class Spender:
+    """Records gpt-4o turns of ``tokens`` prompt tokens through the gate and persists them."""
+
+    def __init__(self, gate, redis_client, settings):
+        self.gate = gate
+        self.drain = OutboxDrain(redis_client, settings=settings, consumer="test")
+        self.n = 0
+
+    def turn(self, wallet_id: str, tokens: int, *, at: datetime = NOV, workflow: str = "wf", chat: str = "c1",
+             enterprise: str = "acme"):
+        self.n += 1
+        return self.gate.record_turn(TurnIn(
+            turn_id=f"t{self.n}", wallet_id=wallet_id, enterprise_id=enterprise, chat_id=chat, workflow=workflow,
+            model="gpt-4o", provider="openai", prompt_tokens=tokens, completion_tokens=0, occurred_at=at))
+
+    def spend(self, wallet_id: str, tokens: int, **kw) -> None:
+        decision = self.turn(wallet_id, tokens, **kw)
+        assert decision.accepted and decision.billed_nanos == tokens * TOKEN_NANOS
+        self.drain.drain()
+
+
+@pytest.fixture()
+def spender(db, gate, redis_client, settings):
+    return Spender(gate, redis_client, settings)
+
+
+def _wallet(gate, wallet_id="w1", enterprise="acme", usd=100):
+    open_wallet(gate, wallet_id=wallet_id, enterprise_id=enterprise, owner_id=f"owner-{wallet_id}")
+    credit_wallet(gate, wallet_id=wallet_id, amount_nanos=usd * USD, idempotency_key=f"open-{wallet_id}")
+
+
+def _budget(**kw) -> int:
+    with session_scope() as session:
+        return set_budget(session, **kw).id
+
+
+def _check(gate, now=NOW, send_task=None):
+    with session_scope() as session:
+        return check_budgets(session, now, gate=gate, send_task=send_task)
+
+
+def _alerts(db) -> list[tuple]:
+    with db.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(
+            "SELECT budget_id, period, threshold_pct, spent_nanos, amount_nanos FROM budget_alert "
+            "ORDER BY budget_id, period, threshold_pct"))]
+
+
+class Listener:
+    """A redis-py pub/sub subscriber on an app's event channel."""
+
+    END = "--end-of-test-batch--"
+
+    def __init__(self, redis_client, enterprise="acme"):
+        self.redis = redis_client
+        self.channel = channel(enterprise)
+        self.sub = redis_client.pubsub(ignore_subscribe_messages=True)
+        self.sub.subscribe(self.channel)
+        self.sub.get_message(timeout=1)  # consume the subscribe confirmation
+
+    def drain(self) -> list[dict]:
+        """Every event published so far: publishes a marker and reads up to it (pub/sub keeps order)."""
+        self.redis.publish(self.channel, self.END)
+        out = []
+        while (message := self.sub.get_message(timeout=5)) is not None and message["data"] != self.END:
+            out.append(json.loads(message["data"]))
+        assert message is not None, "the end marker never arrived"
+        return out
+
+
+def test_alerts_fire_at_exact_thresholds_once_per_period(db, gate, redis_client, spender):
+    _wallet(gate)
+    budget = _budget(enterprise_id="acme", wallet_id="w1", amount_nanos=10 * USD)
+    listen = Listener(redis_client)
+    steps = [  # (prompt tokens, thresholds newly crossed)
+        (1_999_999, []),  # 4,999,997,500 nanos = 49.999975 %
+        (1, [50]),  # 5,000,000,000 = exactly 50 %
+        (1_199_999, []),  # 79.999975 %
+        (1, [80]),
+        (799_999, []),  # 99.999975 %
+        (1, [100]),
+        (400_000, []),  # 110 %: nothing is left to cross
+    ]
+    spent = 0
+    for tokens, expected in steps:
+        spender.spend("w1", tokens)
+        spent += tokens * TOKEN_NANOS
+        result = _check(gate)
+        assert [a.threshold_pct for a in result.alerts] == expected, tokens
+        assert [a.spent_nanos for a in result.alerts] == [spent] * len(expected)
+        messages = listen.drain()
+        assert [m["data"]["threshold_pct"] for m in messages] == expected
+        assert _check(gate).alerts == [] and listen.drain() == []  # a second run emits nothing
+    assert _alerts(db) == [(budget, "2026-11", 50, 5 * USD, 10 * USD), (budget, "2026-11", 80, 8 * USD, 10 * USD),
+                           (budget, "2026-11", 100, 10 * USD, 10 * USD)]
+    status = _check(gate).budgets[0]
+    assert (status.spent_nanos, status.exceeded) == (11 * USD, True)
+
+    # the next period starts from zero: nothing until its own spend crosses again
+    assert _check(gate, DEC).alerts == []
+    spender.spend("w1", 2_000_000, at=DEC + timedelta(hours=1))
+    result = _check(gate, DEC + timedelta(days=1))
+    assert [(a.period, a.threshold_pct, a.spent_nanos) for a in result.alerts] == [("2026-12", 50, 5 * USD)]
+    [message] = listen.drain()
+    assert message["id"] == f"evt_budget_alert_{result.alerts[0].alert_id}"
+    assert message["data"] == {"alert_id": result.alerts[0].alert_id, "budget_id": budget, "scope": "wallet",
+                               "wallet_id": "w1", "workflow": None, "period": "2026-12", "threshold_pct": 50,
+                               "spent_nanos": 5 * USD, "amount_nanos": 10 * USD, "auto_pause": False}
+    assert len(_alerts(db)) == 4
+
+
+def test_a_late_first_run_sends_every_threshold_crossed_once(db, gate, redis_client, spender):
+    _wallet(gate)
+    _budget(enterprise_id="acme", wallet_id="w1", amount_nanos=10 * USD)
+    spender.spend("w1", 3_600_000)  # 90 %
+    listen = Listener(redis_client)
+    assert [a.threshold_pct for a in _check(gate).alerts] == [50, 80]
+    assert [m["data"]["threshold_pct"] for m in listen.drain()] == [50, 80]
+
+
+def test_concurrent_checks_emit_each_alert_exactly_once(db, gate, redis_client, spender):
+    _wallet(gate)
+    with db.begin() as conn:
+        conn.execute(text("UPDATE enterprise SET callback_url = 'http://127.0.0.1:9/x', webhook_secret = 's'"))
+    _budget(enterprise_id="acme", wallet_id="w1", amount_nanos=10 * USD)
+    _budget(enterprise_id="acme", workflow="wf", amount_nanos=20 * USD)
+    spender.spend("w1", 4_000_000)  # 10 USD: 100 % of the wallet budget, 50 % of the workflow budget
+    listen = Listener(redis_client)
+    sent, lock = [], threading.Lock()
+
+    def send_task(name, kwargs):
+        with lock:
+            sent.append((name, kwargs["event_id"]))
+
+    barrier = threading.Barrier(4)
+    results, errors = [], []
+
+    def worker():
+        try:
+            barrier.wait()
+            results.append(_check(gate, send_task=send_task))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert sorted(len(r.alerts) for r in results) == [0, 0, 0, 4]
+    rows = _alerts(db)
+    assert [(r[2], r[3]) for r in rows] == [(50, 10 * USD), (80, 10 * USD), (100, 10 * USD), (50, 10 * USD)]
+    messages = listen.drain()
+    assert sorted((m["data"]["scope"], m["data"]["threshold_pct"]) for m in messages) == [
+        ("wallet", 50), ("wallet", 80), ("wallet", 100), ("workflow", 50)]
+    assert len({m["id"] for m in messages}) == 4
+    assert sorted(e for _, e in sent) == sorted(m["id"] for m in messages)  # one webhook per alert
+    assert {n for n, _ in sent} == {"tollgate.webhooks.deliver"}
+
+
+def test_auto_pause_blocks_the_wallet_in_the_gate_until_the_next_period(db, gate, redis_client, spender):
+    _wallet(gate)
+    _wallet(gate, "w2")
+    _budget(enterprise_id="acme", wallet_id="w1", amount_nanos=1 * USD, auto_pause=True)
+    listen = Listener(redis_client)
+    spender.spend("w1", 399_999)  # 99.99975 %
+    result = _check(gate)
+    assert (result.paused_wallets, [a.threshold_pct for a in result.alerts]) == ([], [50, 80])
+    assert spender.turn("w1", 1).accepted  # exactly 100 % now (not yet persisted)
+    spender.drain.drain()
+    result = _check(gate)
+    assert result.paused_wallets == ["w1"]
+    assert [e.type for e in result.events] == ["budget.threshold_crossed", "budget.wallet_paused"]
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT blocked_reason FROM wallet WHERE id = 'w1'")).scalar_one() == BUDGET_EXCEEDED
+    denied = spender.turn("w1", 1_000)
+    assert (denied.accepted, denied.action, denied.billed_nanos) == (False, "pause", 0)
+    assert spender.turn("w2", 1_000).accepted  # other wallets are not affected
+    listen.drain()
+    again = _check(gate)  # still exceeded: nothing new, still blocked
+    assert (again.paused_wallets, again.events) == ([], [])
+    assert listen.drain() == []
+    assert not spender.turn("w1", 1_000).accepted
+
+    # the next period lifts the block, in PostgreSQL and in the gate, once
+    nxt = _check(gate, DEC)
+    assert nxt.resumed_wallets == ["w1"]
+    assert [m["type"] for m in listen.drain()] == ["budget.wallet_resumed"]
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT blocked_reason FROM wallet WHERE id = 'w1'")).scalar_one() is None
+    assert spender.turn("w1", 1_000, at=DEC + timedelta(minutes=5)).accepted
+    assert _check(gate, DEC).resumed_wallets == [] and listen.drain() == []
+
+
+def test_raising_the_budget_lifts_the_pause_and_other_block_reasons_are_left_alone(db, gate, spender):
+    _wallet(gate)
+    _wallet(gate, "w2")
+    _budget(enterprise_id="acme", wallet_id="w1", amount_nanos=1 * USD, auto_pause=True)
+    _budget(enterprise_id="acme", wallet_id="w2", amount_nanos=1 * USD, auto_pause=True)
+    spender.spend("w1", 400_000)
+    spender.spend("w2", 400_000)
+    with session_scope() as session:  # an operator blocked w2 for another reason first
+        session.execute(text("UPDATE wallet SET blocked_reason = 'fraud_review' WHERE id = 'w2'"))
+    gate.set_blocked("w2", "fraud_review")
+    assert _check(gate).paused_wallets == ["w1"]
+    assert gate.blocked_reasons(["w1", "w2"]) == {"w1": BUDGET_EXCEEDED, "w2": "fraud_review"}
+
+    _budget(enterprise_id="acme", wallet_id="w1", amount_nanos=2 * USD, auto_pause=True)
+    result = _check(gate)
+    assert result.resumed_wallets == ["w1"]
+    assert _check(gate, DEC).resumed_wallets == []  # w2's own reason is not the budget's to lift
+    assert gate.blocked_reasons(["w1", "w2"]) == {"w1": None, "w2": "fraud_review"}
+
+
+def test_a_gate_that_missed_the_block_is_repaired_by_the_next_run(db, gate, spender):
+    _wallet(gate)
+    _budget(enterprise_id="acme", wallet_id="w1", amount_nanos=1 * USD, auto_pause=True)
+    spender.spend("w1", 400_000)
+    _check(gate)
+    gate.set_blocked("w1", None)  # as if the process died between COMMIT and Redis
+    assert spender.turn("w1", 1).accepted
+    spender.drain.drain()
+    result = _check(gate)
+    assert (result.paused_wallets, result.events) == ([], [])  # nothing new to announce ...
+    assert not spender.turn("w1", 1).accepted  # ... but the gate denies again
+
+
+def test_a_rolled_back_check_changes_and_emits_nothing(db, gate, redis_client, spender):
+    _wallet(gate)
+    _budget(enterprise_id="acme", wallet_id="w1", amount_nanos=1 * USD, auto_pause=True)
+    spender.spend("w1", 400_000)
+    listen = Listener(redis_client)
+    sent = []
+    with pytest.raises(RuntimeError):
+        with session_scope() as session:
+            result = check_budgets(session, NOW, gate=gate, send_task=lambda *a, **k: sent.append(a))
+            assert len(result.alerts) == 3
+            raise RuntimeError("the caller's transaction fails after the check")
+    assert _alerts(db) == [] and listen.drain() == [] and sent == []
+    assert gate.blocked_reasons(["w1"]) == {"w1": None}
+    assert len(_check(gate).alerts) == 3  # the next run sends them
+
+
+def test_workflow_budget_pauses_its_chats_and_resumes_them_next_period(db, gate, redis_client, spender):
+    _wallet(gate)
+    _budget(enterprise_id="acme", workflow="research", amount_nanos=2 * USD, auto_pause=True)
+    spender.spend("w1", 200_000, workflow="research", chat="r1")  # 0.5 USD
+    spender.spend("w1", 600_000, workflow="research", chat="r2")  # 1.5 USD: 100 %
+    spender.spend("w1", 800_000, workflow="support", chat="s1")  # another workflow: not counted
+    listen = Listener(redis_client)
+    result = _check(gate)
+    assert result.budgets[0].spent_nanos == 2 * USD
+    assert result.paused_chats == [("acme", "r1"), ("acme", "r2")]
+    messages = listen.drain()
+    assert [m["type"] for m in messages] == ["budget.threshold_crossed"] * 3 + ["budget.chats_paused"]
+    assert messages[-1]["data"] == {"workflow": "research", "chat_ids": ["r1", "r2"], "reason": BUDGET_EXCEEDED,
+                                    "period": "2026-11"}
+    with db.connect() as conn:
+        rows = dict(conn.execute(text("SELECT chat_id, status || '/' || coalesce(pause_reason, '') FROM chat_session")).all())
+    assert rows == {"r1": "paused/budget_exceeded", "r2": "paused/budget_exceeded", "s1": "active/"}
+    # the gate cannot see workflows: it still accepts the wallet's turns; the app must stop the chats
+    assert spender.turn("w1", 10, workflow="research", chat="r3").accepted
+    spender.drain.drain()
+    assert _check(gate).paused_chats == [("acme", "r3")]  # a new chat of the workflow is paused too
+
+    nxt = _check(gate, DEC)
+    assert nxt.resumed_chats == [("acme", "r1"), ("acme", "r2"), ("acme", "r3")]
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM chat_session WHERE status = 'active'")).scalar_one() == 4
+    assert _check(gate, DEC).resumed_chats == []
+
+
+def test_set_budget_validates_and_names_the_field(db, gate):
+    _wallet(gate)
+    _wallet(gate, "other-w", enterprise="other")
+    cases = [
+        (dict(enterprise_id="acme", wallet_id="w1", amount_nanos=0), "amount_nanos"),
+        (dict(enterprise_id="acme", wallet_id="w1", amount_nanos=-5), "amount_nanos"),
+        (dict(enterprise_id="acme", wallet_id="w1", amount_nanos=1.5), "amount_nanos"),
+        (dict(enterprise_id="acme", wallet_id="w1", amount_nanos=2**63), "amount_nanos"),
+        (dict(enterprise_id="acme", amount_nanos=1), "wallet_id, workflow"),
+        (dict(enterprise_id="acme", wallet_id="w1", workflow="wf", amount_nanos=1), "wallet_id, workflow"),
+        (dict(enterprise_id="acme", wallet_id="nope", amount_nanos=1), "wallet_id: unknown wallet"),
+        (dict(enterprise_id="acme", wallet_id="other-w", amount_nanos=1), "wallet_id: wallet 'other-w' belongs"),
+        (dict(enterprise_id="ghost", workflow="wf", amount_nanos=1), "enterprise_id: unknown"),
+        (dict(enterprise_id="acme", workflow="has space", amount_nanos=1), "workflow"),
+        (dict(enterprise_id="acme", workflow="wf", amount_nanos=1, auto_pause="yes"), "auto_pause"),
+    ]
+    for kwargs, field in cases:
+        with pytest.raises(BudgetError, match=f"^{field}"):
+            _budget(**kwargs)
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM budget")).scalar_one() == 0
+
+    first = _budget(enterprise_id="acme", wallet_id="w1", amount_nanos=5 * USD)
+    second = _budget(enterprise_id="acme", wallet_id="w1", amount_nanos=7 * USD, auto_pause=True)
+    assert first == second
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT amount_nanos, auto_pause FROM budget")).one() == (7 * USD, True)
+
+
+def test_alert_webhook_is_signed_retried_after_a_500_and_delivered_once_by_a_celery_worker(
+    db, gate, redis_client, spender, celery_worker_factory
+):
+    receiver, server, thread = start_receiver()
+    try:
+        receiver.statuses = [500]
+        _wallet(gate)
+        with db.begin() as conn:
+            conn.execute(text("UPDATE enterprise SET callback_url = :u, webhook_secret = :s"),
+                         {"u": receiver.url, "s": SECRET})
+        _budget(enterprise_id="acme", wallet_id="w1", amount_nanos=10 * USD)
+        spender.spend("w1", 2_000_000)
+        celery_worker_factory(extra_env={"TOLLGATE_WEBHOOK_BACKOFF_BASE_S": "0"})
+        [alert] = _check(gate).alerts  # no send_task: the real Celery app sends the task
+        deadline = time.monotonic() + 60
+        while not receiver.delivered() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # a duplicate delivery would show up here
+        assert [r.status for r in receiver.requests] == [500, 200]
+        [delivered] = receiver.delivered()
+        for r in receiver.requests:
+            assert r.headers["tollgate-event-id"] == alert.event_id
+            verify(SECRET, r.headers["tollgate-signature"], r.body)
+        body = json.loads(delivered.body)
+        assert (body["type"], body["enterprise_id"], body["data"]["threshold_pct"], body["data"]["spent_nanos"]) == (
+            "budget.threshold_crossed", "acme", 50, 5 * USD)
+        with pytest.raises(Exception, match="no signature matches"):
+            verify("forged-secret", delivered.headers["tollgate-signature"], delivered.body)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_turns_either_side_of_midnight_count_in_their_own_months_budget(db, gate, redis_client, spender):
+    import time_machine
+
+    _wallet(gate)
+    _budget(enterprise_id="acme", wallet_id="w1", amount_nanos=1 * USD)
+    last_instant = datetime(2026, 11, 30, 23, 59, 59, 999_000, tzinfo=UTC)
+    with time_machine.travel(last_instant, tick=False):
+        spender.turn("w1", 200_000, at=datetime.now(UTC))  # 0.5 USD at 23:59:59.999
+    spender.drain.drain()
+    with time_machine.travel(last_instant, tick=False):
+        with session_scope() as session:  # now=None: the frozen clock decides the period
+            assert [(a.period, a.threshold_pct) for a in check_budgets(session, gate=gate).alerts] == [("2026-11", 50)]
+    with time_machine.travel(DEC, tick=False):
+        spender.turn("w1", 200_000, at=datetime.now(UTC))  # 0.5 USD at 00:00:00.000
+    spender.drain.drain()
+    with time_machine.travel(DEC, tick=False):
+        with session_scope() as session:
+            result = check_budgets(session, gate=gate)
+    # December's half is December's 50 %; November never reached 100 % (1 USD across both months)
+    assert [(a.period, a.threshold_pct, a.spent_nanos) for a in result.alerts] == [("2026-12", 50, USD // 2)]
+    assert [(p, t) for _b, p, t, _s, _a in _alerts(db)] == [("2026-11", 50), ("2026-12", 50)]

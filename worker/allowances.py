@@ -1,0 +1,308 @@
+"""Monthly allowances: a subscription's included spend, granted at each UTC period boundary and
+expiring unused at the end of its period, as ledger entries keyed by (wallet, period).
+
+Entries (``wallet_transaction``, unique ``idempotency_key``; tollgate's own ``tollgate:`` keys):
+
+- grant: ``tollgate:allowance:<wallet_id>:<period>``, a credit of ``wallet.monthly_allowance_nanos``
+  as it is when the grant is made;
+- expiry: ``tollgate:allowance-expiry:<wallet_id>:<period>``, a debit of the grant's unused part,
+  written once the period is over (plus ``settings.allowance_expiry_grace_s``, so the turns of its
+  last seconds are persisted first).  It is written even when the amount is 0: the decision is made
+  once and never revisited (a later top-up is never taken by a late expiry).
+
+The expiry rule (allowance is spent before purchased credit):
+
+    unused(P)  = max(0, grant(P) − Σ usage_event.billed_nanos of the wallet with occurred_at in P)
+    expiry(P)  = min(unused(P), max(0, ledger balance just before the expiry))
+
+so an expiry never takes purchased credit and never pushes the balance below zero (allowance spent
+after the boundary but before the expiry — e.g. during the grace — is not clawed back as debt).
+
+Schedule (``tollgate.billing.monthly_reset``, hourly; safe at any frequency): for each wallet, in one
+short transaction that locks the wallet row, first expire every earlier grant that is due and not yet
+expired (oldest first), then grant the current period if ``monthly_allowance_nanos > 0`` and it has
+no grant yet.  Hence:
+
+- running twice, or concurrently: the unique keys make the second run write nothing;
+- late (hours or days into the period): the same entries as on time; the grant is made then;
+- after downtime (e.g. the job missed September and October, runs in November): the last grant
+  (August) expires, September and October get **no** entry (nothing was granted, so nothing
+  expires; missed periods are not granted retroactively), November is granted.  Each period has at
+  most one grant and at most one expiry.  An operator may backfill a missed period on purpose with
+  ``tollgate allowance reset --period 2026-09``; the next run then expires it like any other.
+
+Grants older than :data:`LOOKBACK_PERIODS` months that never expired are left alone (only possible
+after a year of downtime).  A wallet whose allowance is set to 0 gets no further grant; its last one
+still expires.  Each entry goes to PostgreSQL first (entry + ``wallet.credits_nanos`` /
+``debits_nanos``), then, after commit, to the gate with the same key (``WalletGate.credit`` for a
+grant, ``WalletGate.adjust`` with a negative delta for an expiry).  Only entries the run inserted go
+to the gate: a crash between commit and Redis leaves the gate off by that entry until reconciliation
+repairs it (re-sending old entries could double-apply them after a Redis rebuild forgot their keys).
+
+Trial counters (``trial_tokens_used``) do not exist yet (a later issue adds trial mode); their
+monthly reset belongs with them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import Session
+
+from models.tables import TransactionKind, UsageEvent, Wallet, WalletTransaction
+from worker.db import after_commit, session_scope
+from worker.ledger import RESERVED_KEY_PREFIX
+from worker.periods import current_period, period_bounds, previous_period
+from worker.settings import Settings, get_settings
+from worker.wallet import UnknownWallet, WalletGate
+
+log = logging.getLogger(__name__)
+
+ALLOWANCE_PREFIX = f"{RESERVED_KEY_PREFIX}allowance:"
+EXPIRY_PREFIX = f"{RESERVED_KEY_PREFIX}allowance-expiry:"
+#: how many months back a reset looks for grants still to expire
+LOOKBACK_PERIODS = 12
+MAX_ALLOWANCE_NANOS = 2**62
+
+
+class AllowanceError(ValueError):
+    """An allowance request is invalid; the message starts with the field it names."""
+
+
+def allowance_key(wallet_id: str, period: str) -> str:
+    """Idempotency key of the grant of ``period``: ``tollgate:allowance:<wallet_id>:<period>``."""
+    return f"{ALLOWANCE_PREFIX}{wallet_id}:{period}"
+
+
+def expiry_key(wallet_id: str, period: str) -> str:
+    """Idempotency key of the expiry of ``period``'s grant: ``tollgate:allowance-expiry:<wallet_id>:<period>``."""
+    return f"{EXPIRY_PREFIX}{wallet_id}:{period}"
+
+
+def lookback(period: str, n: int = LOOKBACK_PERIODS) -> list[str]:
+    """The ``n`` periods before ``period``, newest first."""
+    out, p = [], period
+    for _ in range(n):
+        p = previous_period(p)
+        out.append(p)
+    return out
+
+
+def set_allowance(session: Session, wallet_id: str, amount_nanos: int) -> Wallet:
+    """Set a wallet's monthly allowance, nano-USD (0 stops future grants; the current grant stands
+    and expires at its period's end).  The next reset grants the current period if it has no grant
+    yet; a changed amount applies from the next grant.  The caller commits.
+    Raises: AllowanceError naming ``amount_nanos`` (not an integer in 0..2^62) or ``wallet_id`` (unknown).
+    """
+    if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or not 0 <= amount_nanos <= MAX_ALLOWANCE_NANOS:
+        raise AllowanceError(f"amount_nanos: must be an integer of nano-USD in 0..2^62, got {amount_nanos!r}")
+    wallet = session.get(Wallet, wallet_id)
+    if wallet is None:
+        raise AllowanceError(f"wallet_id: unknown wallet {wallet_id!r}")
+    wallet.monthly_allowance_nanos = amount_nanos
+    session.flush()
+    return wallet
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A ledger entry a reset wrote: a grant (``kind='credit'``) or an expiry (``'debit'``) of
+    ``period``; ``amount_nanos`` ≥ 0 (an expiry may be 0); ``unused_nanos`` is the unused allowance an
+    expiry was computed from (for a grant: 0)."""
+
+    wallet_id: str
+    kind: str
+    period: str
+    key: str
+    amount_nanos: int
+    unused_nanos: int = 0
+
+
+def _entries(session: Session, keys: list[str]) -> dict[str, int]:
+    rows = session.execute(
+        select(WalletTransaction.idempotency_key, WalletTransaction.amount_nanos)
+        .where(WalletTransaction.idempotency_key.in_(keys))
+    ).all()
+    return {k: int(a) for k, a in rows}
+
+
+def _insert_entry(session: Session, entry: Entry, description: str) -> bool:
+    """One ledger entry and its aggregate, once per key; True if this call inserted it."""
+    inserted = session.execute(
+        insert(WalletTransaction)
+        .values(wallet_id=entry.wallet_id, kind=entry.kind, amount_nanos=entry.amount_nanos,
+                idempotency_key=entry.key, description=description)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(WalletTransaction.id)
+    ).first()
+    if inserted is None:
+        return False
+    if entry.amount_nanos:
+        column = Wallet.credits_nanos if entry.kind == TransactionKind.credit else Wallet.debits_nanos
+        session.execute(update(Wallet).where(Wallet.id == entry.wallet_id)
+                        .values({column.key: column + entry.amount_nanos}))
+    return True
+
+
+def billed_in_period(session: Session, wallet_id: str, period: str) -> int:
+    """``Σ usage_event.billed_nanos`` of a wallet with ``occurred_at`` in ``period``, nano-USD."""
+    start, end = period_bounds(period)
+    ue = UsageEvent
+    return int(session.execute(
+        select(func.coalesce(func.sum(ue.billed_nanos), 0))
+        .where(ue.wallet_id == wallet_id, ue.occurred_at >= start, ue.occurred_at < end)
+    ).scalar_one())
+
+
+def reset_wallet(
+    session: Session, wallet_id: str, *, period: str, now: datetime, grace_s: int,
+) -> list[Entry]:
+    """Bring one wallet's allowance entries up to ``period`` (see the module doc): expire the due
+    grants of the :data:`LOOKBACK_PERIODS` months before it (those whose period ended at least
+    ``grace_s`` seconds before ``now``), oldest first, then grant ``period`` if the wallet has an
+    allowance and no grant for it.  Locks the wallet row.  The caller commits, then applies the
+    returned entries to the gate (:func:`apply_to_gate`).
+
+    Returns the entries this call inserted (none when another run already wrote them).
+    Raises: AllowanceError naming ``wallet_id`` (unknown); ValueError for a malformed period.
+    """
+    wallet = session.execute(select(Wallet).where(Wallet.id == wallet_id).with_for_update()).scalar_one_or_none()
+    if wallet is None:
+        raise AllowanceError(f"wallet_id: unknown wallet {wallet_id!r}")
+    earlier = lookback(period)
+    keys = [allowance_key(wallet_id, period)]
+    for p in earlier:
+        keys += [allowance_key(wallet_id, p), expiry_key(wallet_id, p)]
+    existing = _entries(session, keys)
+    written: list[Entry] = []
+
+    for p in reversed(earlier):  # oldest first
+        grant = existing.get(allowance_key(wallet_id, p))
+        if grant is None or expiry_key(wallet_id, p) in existing:
+            continue
+        if now < period_bounds(p)[1] + timedelta(seconds=grace_s):
+            continue  # its last turns may still be in the outbox
+        unused = max(0, grant - billed_in_period(session, wallet_id, p))
+        session.refresh(wallet)
+        amount = min(unused, max(0, wallet.credits_nanos - wallet.debits_nanos))
+        entry = Entry(wallet_id, TransactionKind.debit.value, p, expiry_key(wallet_id, p), amount, unused)
+        if _insert_entry(session, entry, f"unused allowance of {p} expired ({amount} of {unused} nanos unused)"):
+            written.append(entry)
+
+    allowance = wallet.monthly_allowance_nanos
+    if allowance > 0 and allowance_key(wallet_id, period) not in existing:
+        entry = Entry(wallet_id, TransactionKind.credit.value, period, allowance_key(wallet_id, period), allowance)
+        if _insert_entry(session, entry, f"monthly allowance for {period}"):
+            written.append(entry)
+    return written
+
+
+def apply_to_gate(gate: WalletGate, entries: list[Entry]) -> int:
+    """Mirror ledger entries in the gate with their keys (a grant through ``credit``, an expiry through
+    ``adjust`` with ``−amount``; zero amounts are skipped).  The gate dedupes by key, so applying
+    twice changes nothing.  Wallets missing from the gate are skipped (a rebuild loads the ledger
+    balance).  Returns the number of entries applied.  Raises Redis errors.
+    """
+    applied = 0
+    for e in entries:
+        if not e.amount_nanos:
+            continue
+        try:
+            if e.kind == TransactionKind.credit:
+                gate.credit(e.wallet_id, e.amount_nanos, e.key)
+            else:
+                gate.adjust(e.wallet_id, -e.amount_nanos, e.key)
+        except UnknownWallet:
+            log.info("wallet %s is not in the gate; a rebuild loads its ledger balance", e.wallet_id)
+            continue
+        applied += 1
+    return applied
+
+
+@dataclass(slots=True)
+class ResetReport:
+    """One :func:`run_monthly_reset`: the period granted, wallets looked at, entries written."""
+
+    period: str
+    wallets_checked: int = 0
+    granted: list[Entry] = field(default_factory=list)
+    expired: list[Entry] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable form (amounts in nano-USD)."""
+        return {
+            "period": self.period,
+            "wallets_checked": self.wallets_checked,
+            "granted": [asdict(e) for e in self.granted],
+            "expired": [asdict(e) for e in self.expired],
+            "granted_nanos": sum(e.amount_nanos for e in self.granted),
+            "expired_nanos": sum(e.amount_nanos for e in self.expired),
+        }
+
+
+_CANDIDATES = text(
+    "SELECT id FROM wallet WHERE monthly_allowance_nanos > 0 "
+    "UNION "
+    "SELECT w.id FROM wallet w CROSS JOIN unnest(CAST(:periods AS text[])) AS p(period) "
+    "JOIN wallet_transaction g ON g.idempotency_key = :grant || w.id || ':' || p.period "
+    "WHERE NOT EXISTS (SELECT 1 FROM wallet_transaction e "
+    "                  WHERE e.idempotency_key = :expiry || w.id || ':' || p.period) "
+    "ORDER BY 1"
+)
+
+
+def wallets_to_reset(session: Session, period: str) -> list[str]:
+    """Wallets with an allowance, or with a grant in the lookback window not yet expired (index
+    probes on the unique key: wallets × :data:`LOOKBACK_PERIODS`)."""
+    return list(session.execute(
+        _CANDIDATES, {"periods": lookback(period), "grant": ALLOWANCE_PREFIX, "expiry": EXPIRY_PREFIX}
+    ).scalars())
+
+
+def run_monthly_reset(
+    gate: WalletGate | None = None,
+    *,
+    now: datetime | None = None,
+    period: str | None = None,
+    wallet_ids: list[str] | None = None,
+    settings: Settings | None = None,
+) -> ResetReport:
+    """The monthly reset job: :func:`reset_wallet` for every candidate wallet (or ``wallet_ids``),
+    one short transaction each, and the entries each inserted applied to the gate after its commit.
+
+    ``now`` defaults to the current UTC time; ``period`` ('YYYY-MM', default: the period of ``now``)
+    is the period granted and may be earlier than now's (an operator's backfill), never later.
+    Idempotent: a second run returns an empty report.
+    Raises: AllowanceError naming ``period`` (malformed or in the future); Redis errors from the gate
+    (the entries are committed by then; reconciliation repairs the gate).
+    """
+    settings = settings or get_settings()
+    now = now or datetime.now(UTC)
+    this_period = current_period(now)
+    period = period or this_period
+    try:
+        period_bounds(period)
+    except ValueError as exc:
+        raise AllowanceError(str(exc)) from None
+    if period > this_period:
+        raise AllowanceError(f"period: {period!r} is after the current period {this_period!r}")
+    gate = gate or WalletGate()
+    report = ResetReport(period=period)
+    if wallet_ids is None:
+        with session_scope() as session:
+            wallet_ids = wallets_to_reset(session, period)
+    for wallet_id in wallet_ids:
+        with session_scope() as session:
+            written = reset_wallet(session, wallet_id, period=period, now=now,
+                                   grace_s=settings.allowance_expiry_grace_s)
+            if written:
+                after_commit(session, lambda written=written: apply_to_gate(gate, written))
+        report.wallets_checked += 1
+        for e in written:
+            (report.granted if e.kind == TransactionKind.credit else report.expired).append(e)
+    return report
