@@ -32,6 +32,10 @@ GATE_SECONDS = Histogram(
 )
 DECISIONS = Counter("tollgate_decisions", "Gate decisions by outcome", ["outcome"])
 OUTBOX_LENGTH = Gauge("tollgate_outbox_length", "Accepted turns not yet persisted, per outbox shard", ["shard"])
+LAST_DRIFT_NANOS = Gauge("tollgate_reconciliation_last_drift_nanos",
+                         "Absolute gate-vs-ledger drift found by the last reconciliation run, nano-USD")
+LAST_DRIFTED_WALLETS = Gauge("tollgate_reconciliation_last_drifted_wallets",
+                             "Wallets with drift in the last reconciliation run")
 
 app = FastAPI(title="tollgate", version="0.1.0",
               description="Real-time token metering and billing: the orchestrator API.")
@@ -183,7 +187,23 @@ def metrics(who: Caller) -> Response:
     if who.role is not ApiRole.admin:
         raise Problem(403, "Forbidden", "metrics need an admin key")
     _refresh_outbox_gauge()
+    _refresh_reconciliation_gauges()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _refresh_reconciliation_gauges() -> None:
+    """The last finished reconciliation run (it runs in a worker; its figures live in PostgreSQL)."""
+    from sqlalchemy import select
+
+    from models.tables import ReconciliationRun
+
+    with session_scope() as session:
+        run = session.execute(
+            select(ReconciliationRun).where(ReconciliationRun.finished_at.is_not(None))
+            .order_by(ReconciliationRun.id.desc()).limit(1)
+        ).scalar_one_or_none()
+    LAST_DRIFT_NANOS.set(run.drift_nanos_abs if run else 0)
+    LAST_DRIFTED_WALLETS.set(run.wallets_drifted if run else 0)
 
 
 def _refresh_outbox_gauge() -> None:

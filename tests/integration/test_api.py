@@ -138,6 +138,16 @@ def test_metrics_count_decisions_and_outbox_for_admins_only(api):
                if line.startswith("tollgate_outbox_length{")) == 1.0
 
 
+def test_metrics_show_the_last_reconciliation_drift(api, gate, redis_client):
+    from worker.reconcile import reconcile
+
+    redis_client.hincrby(gate.wallet_key("w2"), "balance", 250)
+    reconcile(gate)
+    r = api.get("/metrics", headers=_auth(api.keys["admin"]))
+    assert "tollgate_reconciliation_last_drift_nanos 250.0" in r.text
+    assert "tollgate_reconciliation_last_drifted_wallets 1.0" in r.text
+
+
 def test_key_changes_are_audited_and_keys_stored_hashed(api, db):
     with db.connect() as conn:
         actions = [a for (a,) in conn.execute(text("SELECT action FROM audit_log ORDER BY id"))]
