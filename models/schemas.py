@@ -39,6 +39,8 @@ class TurnIn(BaseModel):
     cached_prompt_tokens: Tokens = 0
     duration_ms: Tokens = 0
     occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    #: the reservation this turn settles (see WalletGate.reserve), if any
+    reservation_id: Id | None = None
 
     @field_validator("occurred_at")
     @classmethod

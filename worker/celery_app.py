@@ -30,7 +30,7 @@ def make_app() -> Celery:
     celery = Celery(
         "tollgate",
         broker=settings.broker_url,
-        include=["tasks.usage", "tasks.rollups", "tasks.billing", "tasks.reconcile"],
+        include=["tasks.usage", "tasks.rollups", "tasks.billing", "tasks.reconcile", "tasks.reservations"],
     )
     celery.conf.update(
         task_default_queue=USAGE_QUEUE,
@@ -68,6 +68,8 @@ def make_app() -> Celery:
                               "options": {"expires": 3000}},
             # incremental rollups: only the enterprise × workflow × month groups the drain marked dirty
             "refresh-rollups": {"task": "tollgate.rollups.refresh_dirty", "schedule": 60.0, "options": {"expires": 55}},
+            # abandoned reservations give their holds back
+            "expire-holds": {"task": "tollgate.reservations.expire", "schedule": 10.0, "options": {"expires": 9}},
             # report drift between the gate (Redis) and the ledger; `tollgate reconcile --repair` mends it
             "reconcile": {"task": "tollgate.reconcile.run", "schedule": 300.0, "options": {"expires": 240}},
         },

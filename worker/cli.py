@@ -189,6 +189,7 @@ def replay_cmd(
     no_worker: bool = typer.Option(False, "--no-worker", help="use already-running workers"),
     epoch: Optional[datetime] = typer.Option(None, help="start of a Mooncake trace's clock (UTC; default now)"),
     timeout: float = typer.Option(600.0, help="seconds without persistence progress before giving up"),
+    policy: str = typer.Option("post-hoc", "--policy", help="post-hoc, or reserve: each row reserves its cost first"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object as the last line"),
 ) -> None:
     """Replay a real LLM request trace through the gate, the outbox, Celery and PostgreSQL."""
@@ -198,6 +199,8 @@ def replay_cmd(
     from worker.traces import TraceError
     from worker.wallet import UnknownWallet
 
+    if policy not in ("post-hoc", "reserve"):
+        _fail(f"--policy: {policy!r} is not one of post-hoc, reserve")
     if fmt not in ("azure", "mooncake"):
         _fail(f"--format: {fmt!r} is not one of azure, mooncake")
     if run_id is not None and (not run_id or any(c.isspace() for c in run_id) or len(run_id) > 100):
@@ -219,7 +222,8 @@ def replay_cmd(
 
         try:
             report = replay(path, fmt=fmt, model=model, provider=provider, wallet_usd=amount, run_id=run_id,
-                            start_worker=not no_worker, epoch=epoch, timeout_s=timeout, progress=progress)
+                            start_worker=not no_worker, epoch=epoch, timeout_s=timeout, policy=policy,
+                            progress=progress)
         except (TraceError, PricingError, ReplayError, UnknownWallet, ValidationError, ValueError) as exc:
             bar.stop()
             _fail(str(exc))

@@ -98,6 +98,7 @@ def replay(
     epoch: datetime | None = None,
     batch_size: int = 500,
     timeout_s: float = 600.0,
+    policy: str = "post-hoc",
     progress: Progress | None = None,
     gate: WalletGate | None = None,
 ) -> ReplayReport:
@@ -112,12 +113,17 @@ def replay(
         epoch: start time of a Mooncake trace's relative timestamps (default: now).
         batch_size: turns per pipelined gate call.
         timeout_s: give up if persistence makes no progress for this many seconds.
+        policy: ``post-hoc`` (a turn is accepted while the balance is > 0 and may overdraw by itself)
+            or ``reserve`` (each row first reserves exactly its cost; a row whose cost exceeds the
+            available balance is denied and the replay goes on with the next row).
         progress: called with ``(phase, done, total)``; phases ``record`` and ``persist``.
 
     Raises:
         TraceError (malformed file or row), PricingError (unknown model), ReplayError; nothing is
         recorded for the first two.
     """
+    if policy not in ("post-hoc", "reserve"):
+        raise ValueError(f"--policy: {policy!r} is not one of post-hoc, reserve")
     rows: list[TraceRow] = read_trace(path, fmt, epoch=epoch)
     wallet_nanos = usd_to_nanos(wallet_usd) if wallet_usd is not None else None
     if wallet_nanos is not None and wallet_nanos < 0:
@@ -157,7 +163,7 @@ def replay(
                 )
                 for r in chunk
             ]
-            for d in gate.record_turns(turns):
+            for d in gate.record_turns(turns, reserve_exact=policy == "reserve"):
                 accepted += d.accepted
                 denied += not d.accepted
                 duplicate += d.duplicate

@@ -10,6 +10,8 @@ Redis Cluster)::
     tollgate:{sN}:adjust:<wallet>:<key> str  signed adjustment (e.g. allowance expiry) already applied (same TTL)
     tollgate:{sN}:outbox               stream of accepted turns not yet persisted
     tollgate:{sN}:kick                 str   a drain was asked for within settings.kick_interval_ms
+    tollgate:{sN}:hold:<reservation>   hash  a reservation's hold: wallet, amount, expires_ms
+    tollgate:{sN}:holds                zset  reservation ids by expiry (ms); the wallet's 'held' sums them
 
 ``N = crc32(wallet_id) % settings.outbox_shards``; the shard count is written once to
 ``tollgate:config:outbox_shards`` and a gate with another count refuses to start (wallets would move
@@ -21,7 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+import uuid
 import zlib
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Callable, Iterable, Sequence
 
@@ -41,6 +46,20 @@ log = logging.getLogger(__name__)
 
 class GateConfigError(RuntimeError):
     """The gate's settings disagree with what Redis holds (the outbox shard count, a wallet's mode)."""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A hold on a wallet's funds: granted or refused, the nanos held, and the wallet's balance and
+    total holds right after, nano-USD (available = balance − held)."""
+
+    reservation_id: str
+    wallet_id: str
+    granted: bool
+    amount_nanos: int
+    balance_nanos: int
+    held_nanos: int
+    duplicate: bool = False
 
 
 class GateBatchError(RuntimeError):
@@ -162,6 +181,8 @@ class WalletGate:
         self._credit = self.redis.register_script(_lua("credit.lua"))
         self._adjust = self.redis.register_script(_lua("adjust.lua"))
         self._repair = self.redis.register_script(_lua("repair_balance.lua"))
+        self._reserve = self.redis.register_script(_lua("reserve.lua"))
+        self._release = self.redis.register_script(_lua("release.lua"))
         self._check_shard_count()
 
     def _check_shard_count(self) -> None:
@@ -183,7 +204,7 @@ class WalletGate:
         """Redis key of a wallet's hash."""
         return f"{shard_tag(self.shard(wallet_id))}:wallet:{wallet_id}"
 
-    def _turn_keys(self, turn: TurnIn) -> list[str]:
+    def _turn_keys(self, turn: TurnIn, reservation_id: str | None = None) -> list[str]:
         shard = self.shard(turn.wallet_id)
         tag = shard_tag(shard)
         return [
@@ -191,7 +212,13 @@ class WalletGate:
             f"{tag}:turn:{turn.wallet_id}:{turn.turn_id}",
             f"{tag}:outbox",
             f"{tag}:kick",
+            f"{tag}:hold:{reservation_id or ''}",
+            f"{tag}:holds",
         ]
+
+    def _hold_keys(self, wallet_id: str, reservation_id: str) -> list[str]:
+        tag = shard_tag(self.shard(wallet_id))
+        return [f"{tag}:wallet:{wallet_id}", f"{tag}:hold:{reservation_id}", f"{tag}:holds"]
 
     # wallets ----------------------------------------------------------------------------------
     def load_wallet(
@@ -314,8 +341,13 @@ class WalletGate:
         """
         return self.record_turns([turn])[0]
 
-    def record_turns(self, turns: Sequence[TurnIn]) -> list[Decision]:
+    def record_turns(self, turns: Sequence[TurnIn], *, reserve_exact: bool = False) -> list[Decision]:
         """Record many turns with one pipelined round trip, each through the same script, in order.
+
+        A turn with ``reservation_id`` settles that reservation (its hold is released and the
+        actual cost debited).  With ``reserve_exact`` each turn first reserves exactly its cost (in
+        the same pipeline) and is denied, not debited, if that reservation is refused: the policy
+        of an orchestrator that reserves before every call (``tollgate replay --policy reserve``).
 
         Every turn is priced and every wallet checked before anything is sent, so a bad turn
         rejects the whole batch and changes nothing.
@@ -338,18 +370,26 @@ class WalletGate:
         if len(turns) > 1:  # one turn needs no pre-check: the script refuses an unknown wallet itself
             self._check_wallets({t.wallet_id for t in turns})
         ttl, kick_ms = self.settings.dedupe_ttl_s, self.settings.kick_interval_ms
-        calls = [
-            (self._turn_keys(turn), (price.cost_nanos, turn_payload(turn, price), ttl, kick_ms))
-            for turn, price in zip(turns, prices)
-        ]
+        calls: list[tuple[redis.commands.core.Script, list[str], tuple]] = []
+        expires_ms = int(time.time() * 1000) + 60_000
+        for turn, price in zip(turns, prices):
+            reservation_id = f"auto:{turn.turn_id}" if reserve_exact else turn.reservation_id
+            if reserve_exact:
+                calls.append((self._reserve, self._hold_keys(turn.wallet_id, reservation_id),
+                              (price.cost_nanos, expires_ms, reservation_id, turn.wallet_id)))
+            args = (price.cost_nanos, turn_payload(turn, price), ttl, kick_ms, reservation_id or "",
+                    "1" if reserve_exact else "0")
+            calls.append((self._record, self._turn_keys(turn, reservation_id), args))
         if len(calls) == 1:  # one round trip: EVALSHA (redis-py loads the script on NOSCRIPT)
-            keys, args = calls[0]
+            script, keys, args = calls[0]
             try:
-                replies = [self._record(keys=keys, args=args)]
+                replies = [script(keys=keys, args=args)]
             except redis.ResponseError as exc:
                 replies = [exc]
         else:
             replies = self._evalsha_pipelined(calls)
+        if reserve_exact:
+            replies = replies[1::2]  # the record_turn answers (a refused reservation shows as a denial)
         decisions: list[Decision | None] = []
         kicks: set[int] = set()
         error: Exception | None = None
@@ -380,21 +420,67 @@ class WalletGate:
             raise GateBatchError(error, decisions)
         return decisions  # type: ignore[return-value]  # no None without an error
 
-    def _evalsha_pipelined(self, calls: list[tuple[list[str], tuple]]) -> list:
-        """EVALSHA every call in one non-transactional pipeline.  If Redis lost the script (restart,
-        SCRIPT FLUSH) every call fails with NOSCRIPT before running, so loading it and sending the
+    def _evalsha_pipelined(self, calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
+        """EVALSHA every call in one non-transactional pipeline.  If Redis lost the scripts (restart,
+        SCRIPT FLUSH) every call fails with NOSCRIPT before running, so loading them and sending the
         batch again is safe."""
-        sha = self._record.sha
         for attempt in (1, 2):
             pipe = self.redis.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.evalsha(sha, len(keys), *keys, *args)
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
             replies = pipe.execute(raise_on_error=False)
             if attempt == 1 and all(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                self.redis.script_load(self._record.script)
+                for script in {id(c[0]): c[0] for c in calls}.values():
+                    self.redis.script_load(script.script)
                 continue
             break
         return replies
+
+    # reservations -----------------------------------------------------------------------------
+    def reserve(
+        self, wallet_id: str, amount_nanos: int, *, ttl_s: int = 300, reservation_id: str | None = None
+    ) -> Reservation:
+        """Hold ``amount_nanos`` (>= 0) of a wallet before an LLM call, for ``ttl_s`` seconds.
+
+        Granted only if ``balance − held − amount >= 0`` (a production, limited wallet); then a turn
+        recorded with ``reservation_id`` settles it, :meth:`release` gives it back, and
+        :meth:`expire_holds` releases it after ``ttl_s``.  The same ``reservation_id`` twice is one
+        hold.  Returns a :class:`Reservation`.  Raises ValueError (amount, ttl), UnknownWallet.
+        """
+        if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or not 0 <= amount_nanos <= 2**62:
+            raise ValueError(f"amount_nanos must be an integer of nano-USD in 0..2^62, got {amount_nanos!r}")
+        if not isinstance(ttl_s, int) or not 1 <= ttl_s <= 86_400:
+            raise ValueError(f"ttl_s must be 1..86400 seconds, got {ttl_s!r}")
+        reservation_id = reservation_id or f"r_{uuid.uuid4().hex}"
+        expires_ms = int(time.time() * 1000) + ttl_s * 1000
+        try:
+            status, amount, balance, held, duplicate = self._reserve(
+                keys=self._hold_keys(wallet_id, reservation_id),
+                args=[amount_nanos, expires_ms, reservation_id, wallet_id],
+            )
+        except redis.ResponseError as exc:
+            raise self._translate(exc, wallet_id) from exc
+        return Reservation(reservation_id=reservation_id, wallet_id=wallet_id, granted=status == "reserved",
+                           amount_nanos=int(amount), balance_nanos=int(balance), held_nanos=int(held),
+                           duplicate=bool(duplicate))
+
+    def release(self, wallet_id: str, reservation_id: str) -> int:
+        """Give back a hold not settled by a turn; returns the nanos released (0 if already gone)."""
+        return int(self._release(keys=self._hold_keys(wallet_id, reservation_id), args=[reservation_id]))
+
+    def expire_holds(self, *, now_ms: int | None = None, limit: int = 1000) -> int:
+        """Release every hold whose time is up (the beat job); returns how many were released."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        released = 0
+        for shard in range(self.settings.outbox_shards):
+            tag = shard_tag(shard)
+            for reservation_id in self.redis.zrangebyscore(f"{tag}:holds", "-inf", now_ms, start=0, num=limit):
+                wallet_id = self.redis.hget(f"{tag}:hold:{reservation_id}", "wallet")
+                if wallet_id is None:  # settled meanwhile: only the index entry is left
+                    self.redis.zrem(f"{tag}:holds", reservation_id)
+                    continue
+                released += self.release(wallet_id, reservation_id) > 0
+        return released
 
     def _check_wallets(self, wallet_ids: Iterable[str]) -> None:
         ids = sorted(wallet_ids)

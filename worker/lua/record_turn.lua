@@ -5,10 +5,14 @@
 -- KEYS[2]  tollgate:{sN}:turn:<wallet>:<turn_id> string: the first answer for this turn_id (idempotency)
 -- KEYS[3]  tollgate:{sN}:outbox                stream of accepted turns not yet persisted
 -- KEYS[4]  tollgate:{sN}:kick                  flag: a drain was asked for within the kick interval
+-- KEYS[5]  tollgate:{sN}:hold:<reservation_id> hash: wallet, amount (a reservation's hold; may not exist)
+-- KEYS[6]  tollgate:{sN}:holds                 zset: reservation_id by expiry (ms)
 -- ARGV[1]  cost_nanos      integer string >= 0
 -- ARGV[2]  payload         the turn as JSON (stored verbatim in the outbox entry field 't')
 -- ARGV[3]  dedupe_ttl_s    seconds the answer is remembered (>= 24 h)
 -- ARGV[4]  kick_ms         at most one drain kick per this many milliseconds
+-- ARGV[5]  reservation_id  '' for none; else the hold this turn settles (released, then the cost debited)
+-- ARGV[6]  require_hold    '1': deny the turn unless its hold exists (a pre-call reservation was refused)
 --
 -- Returns {status, balance, action, billed, duplicate, kick, cost}:
 --   status   'accepted' | 'denied'
@@ -21,14 +25,51 @@
 -- Errors (nothing changes): 'TOLLGATE_UNKNOWN_WALLET' when KEYS[1] does not exist,
 --   'TOLLGATE_BAD_MODE' when the wallet's mode is neither production nor development.
 --
--- Post-hoc policy: a turn is accepted while the balance before it is > 0 (it already happened, so it
--- may overdraw by at most itself) and the chat must then pause; at a balance <= 0 it is denied and not
--- debited.  A production wallet with a 'blocked' reason (e.g. its budget is spent) is denied whatever
+-- Post-hoc policy: a turn is accepted while the available balance (balance − held) before it is > 0
+-- (it already happened, so it may overdraw by at most itself) and the chat must then pause; at an
+-- available balance <= 0 it is denied and not debited.  A turn settling its reservation releases the
+-- hold and is debited its actual cost (any excess over the hold becomes debt, and the chat pauses).  A production wallet with a 'blocked' reason (e.g. its budget is spent) is denied whatever
 -- its balance.  Development mode records the turn and never debits or blocks.  Money is added with
 -- HINCRBY (64-bit integers) and read back as strings: never summed in Lua doubles.
 
+-- compare two integer strings exactly (no doubles): -1, 0 or 1
+local function int_cmp(a, b)
+  local na, nb = string.sub(a, 1, 1) == '-', string.sub(b, 1, 1) == '-'
+  if na ~= nb then
+    return na and -1 or 1
+  end
+  local da = string.gsub(na and string.sub(a, 2) or a, '^0+', '')
+  local db = string.gsub(nb and string.sub(b, 2) or b, '^0+', '')
+  local c = 0
+  if #da ~= #db then
+    c = (#da > #db) and 1 or -1
+  elseif da ~= db then
+    c = (da > db) and 1 or -1
+  end
+  if na then
+    c = -c
+  end
+  return c
+end
+
+local function release_hold()
+  if ARGV[5] == '' then
+    return false
+  end
+  local amount = redis.call('HGET', KEYS[5], 'amount')
+  if amount then
+    if amount ~= '0' then
+      redis.call('HINCRBY', KEYS[1], 'held', '-' .. amount)
+    end
+    redis.call('DEL', KEYS[5])
+    redis.call('ZREM', KEYS[6], ARGV[5])
+  end
+  return amount
+end
+
 local seen = redis.call('GET', KEYS[2])
 if seen then
+  release_hold()  -- a retry's new hold for a turn already settled is given back
   local status, balance, action, billed, cost = string.match(seen, '^(%a+)|(-?%d*)|(%a+)|(%d+)|(%d+)$')
   return {status, balance, action, billed, 1, 0, cost}
 end
@@ -43,13 +84,15 @@ if mode ~= 'production' and mode ~= 'development' then
 end
 local limited = w[2] == '1'
 local balance = w[3]
+local covered = release_hold()
+local held = redis.call('HGET', KEYS[1], 'held') or '0'
 local status = 'accepted'
 local action = 'continue'
 local billed = '0'
 local kick = 0
 
 if mode == 'production' then
-  if w[4] or (limited and tonumber(balance) <= 0) then
+  if w[4] or (ARGV[6] == '1' and not covered) or (limited and not covered and int_cmp(balance, held) <= 0) then
     status = 'denied'
     action = 'pause'
   else
@@ -58,7 +101,7 @@ if mode == 'production' then
       redis.call('HINCRBY', KEYS[1], 'balance', '-' .. billed)
       balance = redis.call('HGET', KEYS[1], 'balance')
     end
-    if limited and tonumber(balance) <= 0 then
+    if limited and int_cmp(balance, held) <= 0 then
       action = 'pause'
     end
   end

@@ -1,0 +1,17 @@
+"""Reservation tasks (``tollgate.reservations.*``)."""
+
+from __future__ import annotations
+
+from worker.celery_app import app
+from worker.wallet import WalletGate
+
+_gate: WalletGate | None = None
+
+
+@app.task(name="tollgate.reservations.expire")
+def expire() -> int:
+    """Release every hold whose time is up (beat, every 10 s); returns how many were released."""
+    global _gate
+    if _gate is None:
+        _gate = WalletGate(kicker=lambda shard: None)
+    return _gate.expire_holds()

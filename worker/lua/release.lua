@@ -1,0 +1,20 @@
+-- release.lua: give back a reservation's hold (abandoned, or expired).  Called only by
+-- worker.wallet.WalletGate.
+--
+-- KEYS[1]  tollgate:{sN}:wallet:<wallet_id>      hash (see record_turn.lua)
+-- KEYS[2]  tollgate:{sN}:hold:<reservation_id>   hash: wallet, amount, expires_ms
+-- KEYS[3]  tollgate:{sN}:holds                   zset: reservation_id by expiry (ms)
+-- ARGV[1]  reservation_id
+--
+-- Returns the amount released (integer string), '0' if the hold was already settled or released.
+
+local amount = redis.call('HGET', KEYS[2], 'amount')
+redis.call('ZREM', KEYS[3], ARGV[1])
+if not amount then
+  return '0'
+end
+if amount ~= '0' then
+  redis.call('HINCRBY', KEYS[1], 'held', '-' .. amount)
+end
+redis.call('DEL', KEYS[2])
+return amount

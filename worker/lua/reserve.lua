@@ -1,0 +1,66 @@
+-- reserve.lua: hold funds for a turn before the LLM call (a two-phase transfer's pending half).
+-- Called only by worker.wallet.WalletGate.
+--
+-- KEYS[1]  tollgate:{sN}:wallet:<wallet_id>      hash (see record_turn.lua); 'held' sums active holds
+-- KEYS[2]  tollgate:{sN}:hold:<reservation_id>   hash: wallet, amount, expires_ms
+-- KEYS[3]  tollgate:{sN}:holds                   zset: reservation_id by expiry (ms)
+-- ARGV[1]  amount_nanos    integer string >= 0: the estimate to hold
+-- ARGV[2]  expires_ms      integer: when the hold lapses (Unix ms); expire_holds releases it then
+-- ARGV[3]  reservation_id
+-- ARGV[4]  wallet_id
+--
+-- Returns {status, amount, balance, held, duplicate}: status 'reserved' | 'denied'; amount held
+-- (integer string; '0' in development mode); balance and held after (integer strings); duplicate 1 if
+-- this reservation_id is already held (its first answer, nothing changes).
+-- A production wallet grants a hold only if balance − held − amount >= 0 (compared exactly, as
+-- integer strings), so with reservations the debits never exceed the credits.  An unlimited wallet
+-- always grants; a blocked one never does.
+-- Errors: 'TOLLGATE_UNKNOWN_WALLET', 'TOLLGATE_BAD_MODE' (nothing changes).
+
+local function int_cmp(a, b)
+  local na, nb = string.sub(a, 1, 1) == '-', string.sub(b, 1, 1) == '-'
+  if na ~= nb then
+    return na and -1 or 1
+  end
+  local da = string.gsub(na and string.sub(a, 2) or a, '^0+', '')
+  local db = string.gsub(nb and string.sub(b, 2) or b, '^0+', '')
+  local c = 0
+  if #da ~= #db then
+    c = (#da > #db) and 1 or -1
+  elseif da ~= db then
+    c = (da > db) and 1 or -1
+  end
+  if na then
+    c = -c
+  end
+  return c
+end
+
+local w = redis.call('HMGET', KEYS[1], 'mode', 'limited', 'balance', 'blocked', 'held')
+if not w[1] then
+  return redis.error_reply('TOLLGATE_UNKNOWN_WALLET')
+end
+if w[1] ~= 'production' and w[1] ~= 'development' then
+  return redis.error_reply('TOLLGATE_BAD_MODE')
+end
+local existing = redis.call('HGET', KEYS[2], 'amount')
+if existing then
+  return {'reserved', existing, w[3], w[5] or '0', 1}
+end
+local amount = ARGV[1]
+if w[1] == 'development' then
+  amount = '0'
+elseif w[4] then
+  return {'denied', '0', w[3], w[5] or '0', 0}
+end
+redis.call('HINCRBY', KEYS[1], 'held', amount)
+local new_held = redis.call('HGET', KEYS[1], 'held')
+if w[1] == 'production' and w[2] == '1' and int_cmp(w[3], new_held) < 0 then
+  if amount ~= '0' then
+    redis.call('HINCRBY', KEYS[1], 'held', '-' .. amount)
+  end
+  return {'denied', '0', w[3], redis.call('HGET', KEYS[1], 'held'), 0}
+end
+redis.call('HSET', KEYS[2], 'wallet', ARGV[4], 'amount', amount, 'expires_ms', ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+return {'reserved', amount, w[3], new_held, 0}
