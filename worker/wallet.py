@@ -84,7 +84,9 @@ class UnknownWallet(LookupError):
 
 
 def _lua(name: str) -> str:
-    return files("worker").joinpath("lua", name).read_text()
+    """A script from ``worker/lua``, with the shared helpers of ``lib_int.lua`` prepended."""
+    lua = files("worker").joinpath("lua")
+    return lua.joinpath("lib_int.lua").read_text() + "\n" + lua.joinpath(name).read_text()
 
 
 def shard_of(wallet_id: str, shards: int) -> int:

@@ -32,25 +32,7 @@
 -- its balance.  Development mode records the turn and never debits or blocks.  Money is added with
 -- HINCRBY (64-bit integers) and read back as strings: never summed in Lua doubles.
 
--- compare two integer strings exactly (no doubles): -1, 0 or 1
-local function int_cmp(a, b)
-  local na, nb = string.sub(a, 1, 1) == '-', string.sub(b, 1, 1) == '-'
-  if na ~= nb then
-    return na and -1 or 1
-  end
-  local da = string.gsub(na and string.sub(a, 2) or a, '^0+', '')
-  local db = string.gsub(nb and string.sub(b, 2) or b, '^0+', '')
-  local c = 0
-  if #da ~= #db then
-    c = (#da > #db) and 1 or -1
-  elseif da ~= db then
-    c = (da > db) and 1 or -1
-  end
-  if na then
-    c = -c
-  end
-  return c
-end
+-- int_cmp(a, b) comes from lib_int.lua (prepended)
 
 local function release_hold()
   if ARGV[5] == '' then

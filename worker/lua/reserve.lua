@@ -17,24 +17,7 @@
 -- always grants; a blocked one never does.
 -- Errors: 'TOLLGATE_UNKNOWN_WALLET', 'TOLLGATE_BAD_MODE' (nothing changes).
 
-local function int_cmp(a, b)
-  local na, nb = string.sub(a, 1, 1) == '-', string.sub(b, 1, 1) == '-'
-  if na ~= nb then
-    return na and -1 or 1
-  end
-  local da = string.gsub(na and string.sub(a, 2) or a, '^0+', '')
-  local db = string.gsub(nb and string.sub(b, 2) or b, '^0+', '')
-  local c = 0
-  if #da ~= #db then
-    c = (#da > #db) and 1 or -1
-  elseif da ~= db then
-    c = (da > db) and 1 or -1
-  end
-  if na then
-    c = -c
-  end
-  return c
-end
+-- int_cmp(a, b) comes from lib_int.lua
 
 local w = redis.call('HMGET', KEYS[1], 'mode', 'limited', 'balance', 'blocked', 'held')
 if not w[1] then
