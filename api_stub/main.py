@@ -24,7 +24,7 @@ from worker.apikeys import Principal, authenticate
 from worker.db import session_scope
 from worker.pricing import PricingError
 from worker.settings import get_settings
-from worker.wallet import UnknownWallet, WalletGate, celery_kicker, outbox_key
+from worker.wallet import GateBatchError, UnknownWallet, WalletGate, WrongEnterprise, celery_kicker, outbox_key
 
 GATE_SECONDS = Histogram(
     "tollgate_gate_seconds", "Time to price and record turns through the gate, per request (seconds)",
@@ -105,8 +105,11 @@ def _record(turns: list[TurnIn]) -> list[Decision]:
         decisions = get_gate().record_turns(turns)
     except PricingError as exc:
         raise Problem(422, "Unknown price", str(exc), [{"field": "model", "message": str(exc)}]) from None
-    except UnknownWallet as exc:
-        raise Problem(404, "Unknown wallet", str(exc), [{"field": "wallet_id", "message": str(exc)}]) from None
+    except (UnknownWallet, WrongEnterprise) as exc:  # one answer for both: other apps' ids are not probed
+        detail = f"unknown wallet {exc.wallet_id!r} for this enterprise"
+        raise Problem(404, "Unknown wallet", detail, [{"field": "wallet_id", "message": detail}]) from None
+    except GateBatchError as exc:
+        raise Problem(503, "Partly recorded", str(exc)) from None
     GATE_SECONDS.observe(time.perf_counter() - started)
     for d in decisions:
         DECISIONS.labels("duplicate" if d.duplicate else "accepted" if d.accepted else "denied").inc()

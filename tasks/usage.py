@@ -10,7 +10,7 @@ from models.schemas import TurnIn
 from worker.celery_app import app
 from worker.drain import OutboxDrain
 from worker.pricing import PricingError
-from worker.wallet import UnknownWallet, WalletGate
+from worker.wallet import UnknownWallet, WalletGate, WrongEnterprise
 
 
 class TurnRejected(ValueError):
@@ -60,5 +60,5 @@ def record_turn(turn: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'turn'}: {e['msg']}" for e in exc.errors())
         raise TurnRejected(f"invalid turn: {fields}") from None
-    except (PricingError, UnknownWallet) as exc:
+    except (PricingError, UnknownWallet, WrongEnterprise) as exc:
         raise TurnRejected(str(exc)) from None

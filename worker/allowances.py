@@ -131,12 +131,16 @@ def _entries(session: Session, keys: list[str]) -> dict[str, int]:
     return {k: int(a) for k, a in rows}
 
 
-def _insert_entry(session: Session, entry: Entry, description: str) -> bool:
-    """One ledger entry and its aggregate, once per key; True if this call inserted it."""
+def _insert_entry(session: Session, entry: Entry, description: str, at: datetime | None = None) -> bool:
+    """One ledger entry and its aggregate, once per key, dated ``at`` (default: the database's now);
+    True if this call inserted it."""
+    values = dict(wallet_id=entry.wallet_id, kind=entry.kind, amount_nanos=entry.amount_nanos,
+                  idempotency_key=entry.key, description=description)
+    if at is not None:
+        values["created_at"] = at
     inserted = session.execute(
         insert(WalletTransaction)
-        .values(wallet_id=entry.wallet_id, kind=entry.kind, amount_nanos=entry.amount_nanos,
-                idempotency_key=entry.key, description=description)
+        .values(**values)
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
         .returning(WalletTransaction.id)
     ).first()
@@ -149,9 +153,18 @@ def _insert_entry(session: Session, entry: Entry, description: str) -> bool:
     return True
 
 
-def billed_in_period(session: Session, wallet_id: str, period: str) -> int:
-    """``Σ usage_event.billed_nanos`` of a wallet with ``occurred_at`` in ``period``, nano-USD."""
+def _granted_at(session: Session, key: str) -> datetime | None:
+    return session.execute(
+        select(WalletTransaction.created_at).where(WalletTransaction.idempotency_key == key)
+    ).scalar_one_or_none()
+
+
+def billed_in_period(session: Session, wallet_id: str, period: str, *, since: datetime | None = None) -> int:
+    """``Σ usage_event.billed_nanos`` of a wallet with ``occurred_at`` in ``period`` (and not before
+    ``since``, e.g. when the period's grant was made), nano-USD."""
     start, end = period_bounds(period)
+    if since is not None:
+        start = max(start, since)
     ue = UsageEvent
     return int(session.execute(
         select(func.coalesce(func.sum(ue.billed_nanos), 0))
@@ -187,9 +200,19 @@ def reset_wallet(
             continue
         if now < period_bounds(p)[1] + timedelta(seconds=grace_s):
             continue  # its last turns may still be in the outbox
-        unused = max(0, grant - billed_in_period(session, wallet_id, p))
+        # only what was spent once the grant existed can have used it (a grant made mid-month)
+        since = _granted_at(session, allowance_key(wallet_id, p))
+        unused = max(0, grant - billed_in_period(session, wallet_id, p, since=since))
         session.refresh(wallet)
-        amount = min(unused, max(0, wallet.credits_nanos - wallet.debits_nanos))
+        # the cap leaves alone any later month's grant already credited (beat grants the new month
+        # at 00:00 and expires the old one after the grace period)
+        later = 0
+        for key, granted in existing.items():
+            later_period = key.rsplit(":", 1)[1]
+            if key.startswith(allowance_key(wallet_id, "")) and later_period > p:
+                spent = billed_in_period(session, wallet_id, later_period, since=_granted_at(session, key))
+                later += max(0, granted - spent)  # what is left of that later grant
+        amount = min(unused, max(0, wallet.credits_nanos - wallet.debits_nanos - later))
         entry = Entry(wallet_id, TransactionKind.debit.value, p, expiry_key(wallet_id, p), amount, unused)
         if _insert_entry(session, entry, f"unused allowance of {p} expired ({amount} of {unused} nanos unused)"):
             written.append(entry)
@@ -197,7 +220,7 @@ def reset_wallet(
     allowance = wallet.monthly_allowance_nanos
     if allowance > 0 and allowance_key(wallet_id, period) not in existing:
         entry = Entry(wallet_id, TransactionKind.credit.value, period, allowance_key(wallet_id, period), allowance)
-        if _insert_entry(session, entry, f"monthly allowance for {period}"):
+        if _insert_entry(session, entry, f"monthly allowance for {period}", at=now):
             written.append(entry)
     return written
 

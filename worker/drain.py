@@ -257,7 +257,7 @@ class OutboxDrain:
             log.warning("turn %s was accepted twice by the gate (outbox %s): refunding %s nanos to %s",
                         conflict.turn_id, conflict.outbox_id, conflict.billed_nanos, conflict.wallet_id)
             if conflict.billed_nanos:
-                self.gate.credit(conflict.wallet_id, conflict.billed_nanos, f"refund:{conflict.outbox_id}")
+                self.gate.credit(conflict.wallet_id, conflict.billed_nanos, f"tollgate:refund:{conflict.outbox_id}")
         stats.add(result)
 
     def _dead_letter(self, shard: int, entry: tuple[str, dict[str, str]], exc: Exception, stats: DrainStats) -> None:

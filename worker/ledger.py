@@ -120,6 +120,7 @@ def open_wallet(
         limited=wallet.limited,
         balance_nanos=wallet.credits_nanos - wallet.debits_nanos,
         blocked_reason=wallet.blocked_reason,
+        enterprise_id=wallet.enterprise_id,
     )
     return wallet
 

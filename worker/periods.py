@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-_PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+_PERIOD = re.compile(r"(19\d\d|2\d\d\d)-(0[1-9]|1[0-2])")
 
 
 def period_of(when: datetime) -> str:
@@ -20,7 +20,7 @@ def period_of(when: datetime) -> str:
 
 def period_bounds(period: str) -> tuple[datetime, datetime]:
     """``[start, end)`` of a period as aware UTC datetimes.  Raises ValueError naming the period."""
-    m = _PERIOD.match(period)
+    m = _PERIOD.fullmatch(period) if isinstance(period, str) else None
     if not m:
         raise ValueError(f"period: {period!r} is not 'YYYY-MM'")
     year, month = int(m.group(1)), int(m.group(2))

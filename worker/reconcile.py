@@ -282,4 +282,5 @@ def _rebuild(gate: WalletGate, wallet_ids: list[str]) -> None:
             limited=wallet.limited,
             balance_nanos=wallet.credits_nanos - wallet.debits_nanos - unpersisted,
             blocked_reason=wallet.blocked_reason,
+            enterprise_id=wallet.enterprise_id,
         )

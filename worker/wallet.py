@@ -44,6 +44,14 @@ PAYLOAD_VERSION = 1
 log = logging.getLogger(__name__)
 
 
+class WrongEnterprise(LookupError):
+    """The wallet belongs to another app than the turn's ``enterprise_id``; nothing changes."""
+
+    def __init__(self, wallet_id: str) -> None:
+        super().__init__(f"wallet {wallet_id!r} does not belong to the turn's enterprise")
+        self.wallet_id = wallet_id
+
+
 class GateConfigError(RuntimeError):
     """The gate's settings disagree with what Redis holds (the outbox shard count, a wallet's mode)."""
 
@@ -232,6 +240,7 @@ class WalletGate:
         balance_nanos: int,
         overwrite: bool = False,
         blocked_reason: str | None = None,
+        enterprise_id: str | None = None,
     ) -> None:
         """Put a wallet into the gate.  Without ``overwrite`` an existing balance is kept (only mode
         and limit are set), so loading twice never resets money.  ``balance_nanos`` is nano-USD.
@@ -243,6 +252,8 @@ class WalletGate:
         key = self.wallet_key(wallet_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(key, mapping={"mode": mode, "limited": "1" if limited else "0"})
+        if enterprise_id:  # record_turn.lua then refuses turns of any other app
+            pipe.hset(key, "enterprise", enterprise_id)
         if blocked_reason:
             pipe.hset(key, "blocked", blocked_reason)
         else:
@@ -380,7 +391,7 @@ class WalletGate:
                 calls.append((self._reserve, self._hold_keys(turn.wallet_id, reservation_id),
                               (price.cost_nanos, expires_ms, reservation_id, turn.wallet_id)))
             args = (price.cost_nanos, turn_payload(turn, price), ttl, kick_ms, reservation_id or "",
-                    "1" if reserve_exact else "0")
+                    "1" if reserve_exact else "0", turn.enterprise_id)
             calls.append((self._record, self._turn_keys(turn, reservation_id), args))
         if len(calls) == 1:  # one round trip: EVALSHA (redis-py loads the script on NOSCRIPT)
             script, keys, args = calls[0]
@@ -497,6 +508,8 @@ class WalletGate:
     def _translate(exc: Exception, wallet_id: str) -> Exception:
         if "TOLLGATE_UNKNOWN_WALLET" in str(exc):
             return UnknownWallet(wallet_id)
+        if "TOLLGATE_WRONG_ENTERPRISE" in str(exc):
+            return WrongEnterprise(wallet_id)
         if "TOLLGATE_BAD_MODE" in str(exc):
             return GateConfigError(f"wallet {wallet_id!r} has a mode the gate does not know; reload it")
         return exc

@@ -320,3 +320,14 @@ def test_cli_sets_and_resets_allowances_and_budgets(cli, gate):
         ("w1", 2_500_000_000, 0)]
     table = run("budget", "check")
     assert table.exit_code == 0 and "wallet w1" in table.stdout
+
+
+def test_a_grant_made_mid_month_expires_whole_when_only_earlier_spend_used_the_wallet(db, gate, wallets):
+    """Spend before the grant existed cannot have used it: $1 bought and spent on the 5th, a $5
+    allowance granted on the 20th and never used: all $5 expire, the wallet keeps $0."""
+    wallets.open("late", purchased=1 * USD)
+    wallets.spend("late", 400_000, at=datetime(2026, 11, 5, tzinfo=UTC))  # 1 USD, before any grant
+    reset(gate, datetime(2026, 11, 20, tzinfo=UTC), wallet_ids=["late"])
+    report = reset(gate, datetime(2026, 12, 2, tzinfo=UTC), wallet_ids=["late"])
+    by_wallet = {e.wallet_id: (e.unused_nanos, e.amount_nanos) for e in report.expired}
+    assert by_wallet == {"late": (5 * USD, 5 * USD)}

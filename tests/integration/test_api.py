@@ -113,6 +113,17 @@ def test_every_endpoint_refuses_missing_wrong_and_revoked_keys(api):
             assert r.headers["www-authenticate"].startswith("Bearer")
 
 
+def test_an_app_cannot_charge_another_app_s_wallet(api, gate):
+    """The owner key of 'other' names its own enterprise but acme's wallet: refused by the gate
+    itself (the wallet knows its app), the same 404 as an unknown wallet, nothing debited."""
+    r = api.post("/v1/turns", json={**TURN, "enterprise_id": "other"}, headers=_auth(api.keys["other_owner"]))
+    assert r.status_code == 404 and r.json()["errors"][0]["field"] == "wallet_id"
+    assert gate.balance("w1") == 1_000_000_000
+    ok = api.post("/v1/turns", json={**TURN, "wallet_id": "x1", "enterprise_id": "other"},
+                  headers=_auth(api.keys["other_owner"]))
+    assert ok.status_code == 200 and ok.json()["accepted"] is False  # its own empty wallet: denied, not refused
+
+
 def test_scopes_nobody_reads_or_writes_another_app_s_data(api):
     other = _auth(api.keys["other_owner"])
     assert api.post("/v1/turns", json=TURN, headers=other).status_code == 403

@@ -13,6 +13,7 @@
 -- ARGV[4]  kick_ms         at most one drain kick per this many milliseconds
 -- ARGV[5]  reservation_id  '' for none; else the hold this turn settles (released, then the cost debited)
 -- ARGV[6]  require_hold    '1': deny the turn unless its hold exists (a pre-call reservation was refused)
+-- ARGV[7]  enterprise_id   the turn's app; must equal the wallet's 'enterprise' field when it has one
 --
 -- Returns {status, balance, action, billed, duplicate, kick, cost}:
 --   status   'accepted' | 'denied'
@@ -23,7 +24,8 @@
 --   kick     1 if the caller should ask for a drain now, else 0
 --   cost     cost_nanos of the first answer, integer string
 -- Errors (nothing changes): 'TOLLGATE_UNKNOWN_WALLET' when KEYS[1] does not exist,
---   'TOLLGATE_BAD_MODE' when the wallet's mode is neither production nor development.
+--   'TOLLGATE_BAD_MODE' when the wallet's mode is neither production nor development,
+--   'TOLLGATE_WRONG_ENTERPRISE' when the wallet belongs to another app.
 --
 -- Post-hoc policy: a turn is accepted while the available balance (balance − held) before it is > 0
 -- (it already happened, so it may overdraw by at most itself) and the chat must then pause; at an
@@ -49,6 +51,15 @@ local function release_hold()
   return amount
 end
 
+local w = redis.call('HMGET', KEYS[1], 'mode', 'limited', 'balance', 'blocked', 'enterprise')
+local mode = w[1]
+if not mode then
+  return redis.error_reply('TOLLGATE_UNKNOWN_WALLET')
+end
+if w[5] and w[5] ~= ARGV[7] then  -- an app may only charge its own wallets (checked before any answer)
+  return redis.error_reply('TOLLGATE_WRONG_ENTERPRISE')
+end
+
 local seen = redis.call('GET', KEYS[2])
 if seen then
   release_hold()  -- a retry's new hold for a turn already settled is given back
@@ -56,11 +67,6 @@ if seen then
   return {status, balance, action, billed, 1, 0, cost}
 end
 
-local w = redis.call('HMGET', KEYS[1], 'mode', 'limited', 'balance', 'blocked')
-local mode = w[1]
-if not mode then
-  return redis.error_reply('TOLLGATE_UNKNOWN_WALLET')
-end
 if mode ~= 'production' and mode ~= 'development' then
   return redis.error_reply('TOLLGATE_BAD_MODE')
 end
