@@ -36,6 +36,7 @@ from sqlmodel import Session
 
 from models.tables import ReconciliationRun, TransactionKind, UsageEvent, Wallet, WalletDrift, WalletTransaction
 from worker.db import session_scope
+from worker.settings import get_settings
 from worker.wallet import WalletGate, outbox_key
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class WalletCheck:
     repaired: bool = False
     #: (balance, accepted_turns) as read in the snapshot: repair applies only if they still hold
     seen: tuple[str | None, str] = (None, "")
+    #: recent ledger entries (kind, idempotency_key) the expected figure counts (marked applied on repair)
+    recent: tuple[tuple[str, str], ...] = ()
 
     @property
     def expected_nanos(self) -> int:
@@ -137,6 +140,14 @@ def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list
             select(wt.wallet_id, credits - debits).where(wt.wallet_id.in_(wallet_ids)).group_by(wt.wallet_id)
         ).all()
     )
+    recent: dict[str, list[tuple[str, str]]] = {}
+    for wallet_id, kind, key in session.execute(
+        select(wt.wallet_id, wt.kind, wt.idempotency_key).where(
+            wt.wallet_id.in_(wallet_ids),
+            wt.created_at > func.now() - func.make_interval(0, 0, 0, 0, 0, 0, get_settings().dedupe_ttl_s),
+        )
+    ):
+        recent.setdefault(wallet_id, []).append((kind, key))
     turn_ids = [t for w in wallet_ids for (t, _o, _b) in queued.get(w, ())]
     persisted: set[tuple[str, str]] = set()
     for i in range(0, len(turn_ids), 5000):
@@ -144,7 +155,7 @@ def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list
             select(UsageEvent.turn_id, UsageEvent.outbox_id).where(UsageEvent.turn_id.in_(turn_ids[i : i + 5000]))
         )
         persisted.update((turn_id, outbox_id) for turn_id, outbox_id in rows)
-    return wallets, entries, persisted
+    return wallets, entries, persisted, recent
 
 
 def check_wallets(gate: WalletGate, wallet_ids: list[str], *, retries: int = 3) -> list[WalletCheck]:
@@ -157,7 +168,8 @@ def check_wallets(gate: WalletGate, wallet_ids: list[str], *, retries: int = 3) 
             break
         queued, first = _read_redis(gate, shard, pending)
         with session_scope() as session:
-            wallets, entries, persisted = _read_ledger(session, pending, queued)
+            wallets, entries, persisted, recent = _read_ledger(session, pending, queued)
+        refunded = _refunded(gate, queued, persisted)
         _, again = _read_redis(gate, shard, pending)
         busy = []
         for wallet_id in pending:
@@ -170,9 +182,11 @@ def check_wallets(gate: WalletGate, wallet_ids: list[str], *, retries: int = 3) 
                 gate_nanos=int(balance) if balance is not None else None,
                 credits_nanos=wallet.credits_nanos,
                 debits_nanos=wallet.debits_nanos,
-                queued_nanos=sum(b for t, o, b in queued.get(wallet_id, ()) if (t, o) not in persisted),
+                queued_nanos=sum(b for t, o, b in queued.get(wallet_id, ())
+                                 if (t, o) not in persisted and o not in refunded),
                 ledger_entries_nanos=int(entries.get(wallet_id, 0)),
                 seen=(balance, accepted or ""),
+                recent=tuple(recent.get(wallet_id, ())),
             )
             if again[wallet_id] != first[wallet_id]:
                 check.busy = True
@@ -182,6 +196,21 @@ def check_wallets(gate: WalletGate, wallet_ids: list[str], *, retries: int = 3) 
         if pending and attempt < retries:
             time.sleep(0.05 * (attempt + 1))
     return [results[w] for w in wallet_ids if w in results]
+
+
+def _refunded(gate: WalletGate, queued: dict[str, list[tuple[str, str, int]]],
+              persisted: set[tuple[str, str]]) -> set[str]:
+    """Outbox ids of queued second acceptances whose debit the drain already refunded in the gate
+    (after its commit, before its ack and trim): they are settled, not queued."""
+    persisted_turns = {t for t, _o in persisted}
+    candidates = [(w, o) for w, entries in queued.items() for t, o, _b in entries
+                  if t in persisted_turns and (t, o) not in persisted]
+    if not candidates:
+        return set()
+    pipe = gate.redis.pipeline(transaction=False)
+    for wallet_id, outbox_id in candidates:
+        pipe.exists(gate.applied_keys(wallet_id, [("credit", f"tollgate:refund:{outbox_id}")])[0])
+    return {o for (_w, o), hit in zip(candidates, pipe.execute()) if hit}
 
 
 def _by_shard(gate: WalletGate, wallet_ids: Iterable[str]) -> dict[int, list[str]]:
@@ -231,7 +260,7 @@ def reconcile(gate: WalletGate | None = None, *, repair: bool = False, rebuild: 
                     balance, accepted = check.seen
                     check.repaired = gate.repair_balance(
                         check.wallet_id, expected_nanos=check.expected_nanos, seen_balance=balance,
-                        seen_accepted=accepted,
+                        seen_accepted=accepted, ledger_keys=check.recent,
                     )
                     report.wallets_repaired += check.repaired
                 report.wallets_drifted += 1
@@ -266,7 +295,7 @@ def _rebuild(gate: WalletGate, wallet_ids: list[str]) -> None:
     shard = gate.shard(wallet_ids[0])
     queued, _ = _read_redis(gate, shard, [])
     with session_scope() as session:
-        wallets, _entries, persisted = _read_ledger(session, wallet_ids, queued)
+        wallets, _entries, persisted, recent = _read_ledger(session, wallet_ids, queued)
     pipe = gate.redis.pipeline(transaction=False)
     for wallet_id in wallet_ids:
         pipe.exists(gate.wallet_key(wallet_id))
@@ -284,3 +313,5 @@ def _rebuild(gate: WalletGate, wallet_ids: list[str]) -> None:
             blocked_reason=wallet.blocked_reason,
             enterprise_id=wallet.enterprise_id,
         )
+        # the balance counts these entries: a pending retry of one must not apply it again
+        gate.mark_applied(wallet_id, recent.get(wallet_id, ()))

@@ -276,12 +276,41 @@ class WalletGate:
         else:
             self.redis.hdel(key, "blocked")
 
-    def repair_balance(self, wallet_id: str, *, expected_nanos: int, seen_balance: str, seen_accepted: str) -> bool:
+    def applied_keys(self, wallet_id: str, ledger_keys: Iterable[tuple[str, str]]) -> list[str]:
+        """The gate's dedupe keys of ledger entries ``(kind, idempotency_key)`` that the gate applies
+        itself: credits (``credit.lua``) and allowance expiries (``adjust.lua``)."""
+        tag = shard_tag(self.shard(wallet_id))
+        keys = []
+        for kind, key in ledger_keys:
+            if kind == "credit":
+                keys.append(f"{tag}:credit:{wallet_id}:{key}")
+            elif key.startswith("tollgate:allowance-expiry:"):
+                keys.append(f"{tag}:adjust:{wallet_id}:{key}")
+        return keys
+
+    def mark_applied(self, wallet_id: str, ledger_keys: Iterable[tuple[str, str]]) -> None:
+        """Mark ledger entries as applied in the gate (after a rebuild that already counts them)."""
+        keys = self.applied_keys(wallet_id, ledger_keys)
+        if keys:
+            pipe = self.redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.set(key, "1", ex=self.settings.dedupe_ttl_s, nx=True)
+            pipe.execute()
+
+    def repair_balance(
+        self, wallet_id: str, *, expected_nanos: int, seen_balance: str, seen_accepted: str,
+        ledger_keys: Iterable[tuple[str, str]] = (),
+    ) -> bool:
         """Set the gate balance to ``expected_nanos`` if the wallet still shows ``seen_balance`` and
-        ``seen_accepted`` (its balance and accepted_turns as read in a reconciliation snapshot);
-        True if set, False if the wallet moved meanwhile.  Raises UnknownWallet."""
+        ``seen_accepted`` (its balance and accepted_turns as read in a reconciliation snapshot), and
+        mark the recent ledger entries ``(kind, key)`` it counts as applied, in one step, so a pending
+        retry of one of them cannot apply it twice.  True if set, False if the wallet moved meanwhile.
+        Raises UnknownWallet."""
+        keys = [self.wallet_key(wallet_id), *self.applied_keys(wallet_id, ledger_keys)]
         try:
-            return bool(self._repair(keys=[self.wallet_key(wallet_id)], args=[expected_nanos, seen_balance, seen_accepted]))
+            return bool(self._repair(
+                keys=keys, args=[expected_nanos, seen_balance, seen_accepted, self.settings.dedupe_ttl_s]
+            ))
         except redis.ResponseError as exc:
             raise self._translate(exc, wallet_id) from exc
 

@@ -138,3 +138,43 @@ def test_an_unpersisted_second_acceptance_is_queued_not_drift(db, redis_client, 
     assert reconcile(gate).wallets_drifted == 0
     drain.drain()
     assert reconcile(gate).wallets_drifted == 0
+
+
+def test_repair_marks_pending_credits_applied_so_a_retry_cannot_double_them(db, redis_client, gate):
+    """A credit committed in the ledger whose gate update failed (GatePending): repair brings the
+    gate to the ledger figure, which counts the credit; the client's retry with the same key must
+    then change nothing."""
+    from worker.ledger import record_credit
+
+    _wallets(gate, n=1, turns=0)
+    with session_scope() as session:
+        record_credit(session, wallet_id="rw0", amount_nanos=5_000_000_000, idempotency_key="pi-pending")
+    before = gate.balance("rw0")
+    report = reconcile(gate, repair=True)
+    assert (report.wallets_drifted, report.wallets_repaired) == (1, 1)
+    assert gate.balance("rw0") == before + 5_000_000_000
+    assert credit_wallet(gate, wallet_id="rw0", amount_nanos=5_000_000_000,
+                         idempotency_key="pi-pending") == before + 5_000_000_000
+    assert reconcile(gate).wallets_drifted == 0
+
+
+def test_a_refunded_second_acceptance_not_yet_acknowledged_is_not_drift(db, redis_client, gate, settings):
+    from worker.drain import DrainStats
+
+    turns, billed = _fill(gate, 5)
+    drain = OutboxDrain(redis_client, settings=settings, consumer="c")
+    drain.drain()
+    for key in redis_client.scan_iter("tollgate:*:turn:w1:t-1"):
+        redis_client.delete(key)
+    gate.record_turns(_turns("w1", 2))  # t-1 accepted again (t-0 is a duplicate)
+    settled = gate.balance("w1")
+    shard = gate.shard("w1")
+    entries, _ = drain.read_batch(shard)
+    stats = DrainStats()
+    drain._persist(shard, entries, stats)  # committed and refunded, but not yet acknowledged and trimmed
+    assert stats.refunded == 1 and redis_client.xlen(outbox_key(shard)) == 1
+    refunded_balance = gate.balance("w1")
+    assert refunded_balance > settled
+    report = reconcile(gate, repair=True)
+    assert (report.wallets_drifted, report.wallets_repaired) == (0, 0)
+    assert gate.balance("w1") == refunded_balance
