@@ -51,6 +51,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
@@ -67,7 +68,8 @@ ALLOWANCE_PREFIX = f"{RESERVED_KEY_PREFIX}allowance:"
 EXPIRY_PREFIX = f"{RESERVED_KEY_PREFIX}allowance-expiry:"
 #: how many months back a reset looks for grants still to expire
 LOOKBACK_PERIODS = 12
-MAX_ALLOWANCE_NANOS = 2**62
+#: $1M a month: years of grants stay far below BIGINT's 2^63 in credits_nanos
+MAX_ALLOWANCE_NANOS = 10**15
 
 
 class AllowanceError(ValueError):
@@ -249,12 +251,14 @@ def apply_to_gate(gate: WalletGate, entries: list[Entry]) -> int:
 
 @dataclass(slots=True)
 class ResetReport:
-    """One :func:`run_monthly_reset`: the period granted, wallets looked at, entries written."""
+    """One :func:`run_monthly_reset`: the period granted, wallets looked at, entries written, and the
+    wallets whose reset failed (logged; the next run tries them again)."""
 
     period: str
     wallets_checked: int = 0
     granted: list[Entry] = field(default_factory=list)
     expired: list[Entry] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable form (amounts in nano-USD)."""
@@ -263,6 +267,7 @@ class ResetReport:
             "wallets_checked": self.wallets_checked,
             "granted": [asdict(e) for e in self.granted],
             "expired": [asdict(e) for e in self.expired],
+            "failed": list(self.failed),
             "granted_nanos": sum(e.amount_nanos for e in self.granted),
             "expired_nanos": sum(e.amount_nanos for e in self.expired),
         }
@@ -314,17 +319,25 @@ def run_monthly_reset(
         raise AllowanceError(str(exc)) from None
     if period > this_period:
         raise AllowanceError(f"period: {period!r} is after the current period {this_period!r}")
+    if period not in lookback(this_period) and period != this_period:
+        # a grant older than the lookback would never be expired by the hourly job
+        raise AllowanceError(f"period: {period!r} is more than {LOOKBACK_PERIODS} months before {this_period!r}")
     gate = gate or WalletGate()
     report = ResetReport(period=period)
     if wallet_ids is None:
         with session_scope() as session:
             wallet_ids = wallets_to_reset(session, period)
     for wallet_id in wallet_ids:
-        with session_scope() as session:
-            written = reset_wallet(session, wallet_id, period=period, now=now,
-                                   grace_s=settings.allowance_expiry_grace_s)
-            if written:
-                after_commit(session, lambda written=written: apply_to_gate(gate, written))
+        try:
+            with session_scope() as session:
+                written = reset_wallet(session, wallet_id, period=period, now=now,
+                                       grace_s=settings.allowance_expiry_grace_s)
+                if written:
+                    after_commit(session, lambda written=written: apply_to_gate(gate, written))
+        except (AllowanceError, SQLAlchemyError) as exc:  # one bad wallet must not stop the others
+            log.error("monthly reset of wallet %s for %s failed: %s", wallet_id, period, exc)
+            report.failed.append(wallet_id)
+            continue
         report.wallets_checked += 1
         for e in written:
             (report.granted if e.kind == TransactionKind.credit else report.expired).append(e)
