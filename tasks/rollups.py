@@ -9,8 +9,8 @@ from typing import Any
 
 from worker.celery_app import app
 from worker.db import session_scope
-from worker.rollups import DEFAULT_DIRTY_LIMIT, end_chat as end_chat_service, refresh_dirty as refresh_dirty_service
-from worker.rollups import refresh_rollup
+from worker.rollups import DEFAULT_DIRTY_LIMIT, mark_dirty, refresh_rollup, take_dirty
+from worker.rollups import end_chat as end_chat_service
 
 
 @app.task(name="tollgate.rollups.refresh_dirty")
@@ -20,10 +20,18 @@ def refresh_dirty(limit: int = DEFAULT_DIRTY_LIMIT, max_seconds: float = 50.0) -
     total = 0
     deadline = time.monotonic() + max_seconds
     while True:
-        with session_scope() as session:
-            done = refresh_dirty_service(session, limit=limit)
-        total += done
-        if done < limit or time.monotonic() >= deadline:
+        with session_scope() as session:  # marks taken in a short transaction of their own
+            groups = take_dirty(session, limit)
+        for i, group in enumerate(groups):
+            try:
+                with session_scope() as session:
+                    refresh_rollup(session, *group)
+            except Exception:
+                with session_scope() as session:  # not refreshed: the next run takes them again
+                    mark_dirty(session, groups[i:])
+                raise
+        total += len(groups)
+        if len(groups) < limit or time.monotonic() >= deadline:
             return total
 
 

@@ -42,7 +42,7 @@ from sqlalchemy import and_, func, literal_column, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
-from models.tables import ChatAgentUsage, ChatSession, ChatStatus, UsageEvent, WorkflowRollup
+from models.tables import ChatAgentUsage, ChatSession, ChatStatus, RollupDirty, UsageEvent, WorkflowRollup
 from worker.periods import period_bounds
 from worker.pricing import nanos_to_usd
 
@@ -327,6 +327,17 @@ def refresh_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> int:
     Returns the number of groups refreshed.
     Raises: ValueError for a ``limit`` that is not a positive integer.
     """
+    groups = take_dirty(session, limit)
+    for enterprise_id, workflow, period in groups:
+        refresh_rollup(session, enterprise_id, workflow, period)
+    return len(groups)
+
+
+def take_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> list[tuple[str, str, str]]:
+    """Delete up to ``limit`` dirty marks (oldest first; marks a drain is writing are skipped) and
+    return their groups ``(enterprise_id, workflow, period)``, sorted.  Commit this on its own before
+    refreshing, so no drain waits on a mark for the length of a refresh; if a refresh then fails,
+    :func:`mark_dirty` puts its groups back.  Raises ValueError for a bad ``limit``."""
     if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
         raise ValueError(f"limit: must be a positive integer, got {limit!r}")
     taken = session.execute(
@@ -340,10 +351,18 @@ def refresh_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> int:
         ),
         {"limit": limit},
     ).all()
-    groups = sorted({(e, w, p) for e, w, p in taken})
-    for enterprise_id, workflow, period in groups:
-        refresh_rollup(session, enterprise_id, workflow, period)
-    return len(groups)
+    return sorted({(e, w, p) for e, w, p in taken})
+
+
+def mark_dirty(session: Session, groups: list[tuple[str, str, str]]) -> None:
+    """Mark groups ``(enterprise_id, workflow, period)`` as needing a refresh (idempotent)."""
+    if not groups:
+        return
+    rd = RollupDirty.__table__
+    stmt = insert(rd).values([{"enterprise_id": e, "workflow": w, "period": p} for e, w, p in sorted(groups)])
+    session.execute(stmt.on_conflict_do_update(
+        index_elements=["enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}
+    ))
 
 
 def get_rollup(session: Session, enterprise_id: str, workflow: str, period: str) -> WorkflowRollup | None:

@@ -601,3 +601,32 @@ def test_cli_refresh_all_dirty_and_chat_end(cli, db, gate, redis_client, setting
     assert (chat["status"], chat["duration_sec"]) == ("completed", 120.0)
     bad = cli("rollup", "refresh", "acme", "wf", "2026-13")
     assert bad.returncode == 2 and "period: '2026-13'" in bad.stderr
+
+
+def test_the_beat_job_takes_marks_in_a_short_transaction_and_puts_back_what_it_failed(db, gate, monkeypatch):
+    """The beat task commits the taken marks before refreshing (a drain never waits on a mark for a
+    refresh's length); a refresh that fails puts its group's mark back for the next run."""
+    from sqlalchemy import text as sql
+
+    from tasks import rollups as task_module
+    from worker.db import session_scope
+    from worker.rollups import mark_dirty
+
+    with session_scope() as session:
+        mark_dirty(session, [("acme", "wf-a", "2026-11"), ("acme", "wf-b", "2026-11")])
+    calls = []
+
+    def failing_refresh(session, enterprise_id, workflow, period):
+        calls.append(workflow)
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(task_module, "refresh_rollup", failing_refresh)
+    with pytest.raises(RuntimeError):
+        task_module.refresh_dirty()
+    with db.connect() as conn:
+        marks = sorted(w for (w,) in conn.execute(sql("SELECT workflow FROM rollup_dirty")))
+    assert (calls, marks) == (["wf-a"], ["wf-a", "wf-b"])
+    monkeypatch.undo()
+    assert task_module.refresh_dirty() == 2
+    with db.connect() as conn:
+        assert conn.execute(sql("SELECT count(*) FROM rollup_dirty")).scalar_one() == 0
