@@ -188,7 +188,6 @@ class WalletGate:
         self.prices = price_book or PriceBook.from_file(self.settings.price_overrides_path)
         self.kicker = kicker or celery_kicker
         self._record = self.redis.register_script(_lua("record_turn.lua"))
-        self._credit = self.redis.register_script(_lua("credit.lua"))
         self._adjust = self.redis.register_script(_lua("adjust.lua"))
         self._repair = self.redis.register_script(_lua("repair_balance.lua"))
         self._reserve = self.redis.register_script(_lua("reserve.lua"))
@@ -278,7 +277,7 @@ class WalletGate:
 
     def applied_keys(self, wallet_id: str, ledger_keys: Iterable[tuple[str, str]]) -> list[str]:
         """The gate's dedupe keys of ledger entries ``(kind, idempotency_key)`` that the gate applies
-        itself: credits (``credit.lua``) and allowance expiries (``adjust.lua``)."""
+        itself through ``adjust.lua``: credits (``credit:`` keys) and allowance expiries (``adjust:`` keys)."""
         tag = shard_tag(self.shard(wallet_id))
         keys = []
         for kind, key in ledger_keys:
@@ -330,11 +329,15 @@ class WalletGate:
         """
         if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or amount_nanos <= 0:
             raise ValueError(f"amount_nanos must be a positive integer, got {amount_nanos!r}")
+        return self._apply_once(wallet_id, amount_nanos, "credit", idempotency_key)
+
+    def _apply_once(self, wallet_id: str, delta_nanos: int, namespace: str, key: str) -> int:
+        """``adjust.lua``: add ``delta_nanos`` once per ``tollgate:{sN}:<namespace>:<wallet>:<key>``."""
         tag = shard_tag(self.shard(wallet_id))
         try:
-            balance, _dup = self._credit(
-                keys=[f"{tag}:wallet:{wallet_id}", f"{tag}:credit:{wallet_id}:{idempotency_key}"],
-                args=[amount_nanos, self.settings.dedupe_ttl_s],
+            balance, _dup = self._adjust(
+                keys=[f"{tag}:wallet:{wallet_id}", f"{tag}:{namespace}:{wallet_id}:{key}"],
+                args=[delta_nanos, self.settings.dedupe_ttl_s],
             )
         except redis.ResponseError as exc:
             raise self._translate(exc, wallet_id) from exc
@@ -355,15 +358,7 @@ class WalletGate:
             or abs(delta_nanos) > 2**62
         ):
             raise ValueError(f"delta_nanos must be a non-zero integer within ±2^62, got {delta_nanos!r}")
-        tag = shard_tag(self.shard(wallet_id))
-        try:
-            balance, _dup = self._adjust(
-                keys=[f"{tag}:wallet:{wallet_id}", f"{tag}:adjust:{wallet_id}:{key}"],
-                args=[delta_nanos, self.settings.dedupe_ttl_s],
-            )
-        except redis.ResponseError as exc:
-            raise self._translate(exc, wallet_id) from exc
-        return int(balance)
+        return self._apply_once(wallet_id, delta_nanos, "adjust", key)
 
     def blocked_reasons(self, wallet_ids: Iterable[str]) -> dict[str, str | None]:
         """The ``blocked`` reason each wallet has in the gate (``None``: not blocked or not in the

@@ -1,9 +1,10 @@
--- adjust.lua: add a signed amount to a wallet's balance once per key (a system ledger entry the
--- ledger already holds, e.g. the expiry debit of unused monthly allowance).  Called only by
--- worker.wallet.WalletGate.adjust.
+-- adjust.lua: add a signed amount to a wallet's balance once per key: a credit (top-up, grant,
+-- refund) or a system entry the ledger already holds (e.g. the expiry debit of unused monthly
+-- allowance).  Called only by worker.wallet.WalletGate (credit, adjust).
 --
 -- KEYS[1]  tollgate:{sN}:wallet:<wallet_id>    hash (see record_turn.lua); only 'balance' is changed
--- KEYS[2]  tollgate:{sN}:adjust:<wallet>:<key> string: set once the adjustment was applied
+-- KEYS[2]  tollgate:{sN}:credit:<wallet>:<key> or tollgate:{sN}:adjust:<wallet>:<key>
+--          string: set once the change was applied
 -- ARGV[1]  delta_nanos     signed integer string, non-zero ('-250000000' debits $0.25)
 -- ARGV[2]  dedupe_ttl_s    seconds the key is remembered
 --
