@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -48,7 +48,7 @@ from sqlmodel import Session
 from models.schemas import BudgetIn
 from models.tables import Budget, BudgetAlert, ChatSession, ChatStatus, Enterprise, UsageEvent, Wallet
 from worker.db import after_commit
-from worker.periods import current_period, period_bounds
+from worker.periods import current_period, period_bounds, previous_period
 from worker.wallet import UnknownWallet, WalletGate
 from worker.webhooks import Event, SendTask, emit
 
@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 THRESHOLDS = (50, 80, 100)
 #: ``wallet.blocked_reason`` and ``chat_session.pause_reason`` set by auto-pause
 BUDGET_EXCEEDED = "budget_exceeded"
+#: in the first hour of a month the month before is checked again for alerts (its last turns may be
+#: persisted after its last check); auto-pause only ever looks at the current month
+LATE_ALERT_WINDOW = timedelta(hours=1)
 #: ``pg_advisory_xact_lock`` key serialising check_budgets runs ('tollbudg')
 _CHECK_LOCK = 0x746F6C6C62756467
 
@@ -264,11 +267,28 @@ def check_budgets(
         result.budgets.append(BudgetStatus(b.id, b.enterprise_id, b.wallet_id, b.workflow, b.amount_nanos, spent,
                                            b.auto_pause, spent >= b.amount_nanos))
 
-    # 1. alerts: only rows this transaction inserts are announced
+    # 1. alerts: only rows this transaction inserts are announced.  In the first hour of a month the
+    # month before is checked too (alerts only): its last turns may have been persisted after its
+    # last check.
+    _announce(session, result, period, result.budgets, by_id)
+    start, _ = period_bounds(period)
+    if (now or datetime.now(UTC)) - start < LATE_ALERT_WINDOW:
+        before = previous_period(period)
+        late = spend_by_budget(session, before)
+        _announce(session, result, before, [
+            BudgetStatus(b.id, b.enterprise_id, b.wallet_id, b.workflow, b.amount_nanos, late.get(b.id, 0),
+                         b.auto_pause, late.get(b.id, 0) >= b.amount_nanos)
+            for b in budgets
+        ], by_id)
+    return _pause_and_resume(session, result, gate, send_task, period)
+
+
+def _announce(session: Session, result: "BudgetCheck", period: str, statuses: list, by_id: dict) -> None:
+    """Insert the alerts of ``statuses`` crossed in ``period``; announce only the rows inserted now."""
     rows = [
         {"budget_id": s.budget_id, "period": period, "threshold_pct": t, "spent_nanos": s.spent_nanos,
          "amount_nanos": s.amount_nanos}
-        for s in result.budgets for t in crossed(s.spent_nanos, s.amount_nanos)
+        for s in statuses for t in crossed(s.spent_nanos, s.amount_nanos)
     ]
     if rows:
         inserted = session.execute(
@@ -287,6 +307,9 @@ def check_budgets(
             result.alerts.append(AlertSent(alert_id, budget_id, period, pct, spent, amount, event.id))
             result.events.append(event)
 
+
+def _pause_and_resume(session: Session, result: "BudgetCheck", gate: WalletGate, send_task, period: str):
+    """Steps 2 and 3 of :func:`check_budgets` for the current ``period``, then the side effects."""
     # 2. wallets: blocked while an auto-pause budget is exceeded, lifted otherwise
     block = sorted({s.wallet_id for s in result.budgets if s.wallet_id and s.auto_pause and s.exceeded})
     if block:

@@ -387,3 +387,21 @@ def test_turns_either_side_of_midnight_count_in_their_own_months_budget(db, gate
     # December's half is December's 50 %; November never reached 100 % (1 USD across both months)
     assert [(a.period, a.threshold_pct, a.spent_nanos) for a in result.alerts] == [("2026-12", 50, USD // 2)]
     assert [(p, t) for _b, p, t, _s, _a in _alerts(db)] == [("2026-11", 50), ("2026-12", 50)]
+
+
+def test_a_threshold_crossed_by_last_month_s_late_turns_is_alerted_in_the_first_hour(db, gate, redis_client, spender):
+    """November's last check saw 0.5 USD; a November turn persisted after it brings November to
+    100 %: the first check of December (within the late-alert window) alerts November's 100 %, once."""
+    _wallet(gate)
+    _budget(enterprise_id="acme", wallet_id="w1", amount_nanos=1 * USD)
+    spender.turn("w1", 200_000, at=datetime(2026, 11, 30, 23, 0, tzinfo=UTC))  # 0.5 USD
+    spender.drain.drain()
+    assert [(a.period, a.threshold_pct) for a in _check(gate, datetime(2026, 11, 30, 23, 59, 30, tzinfo=UTC)).alerts] == [
+        ("2026-11", 50)]
+    spender.turn("w1", 200_000, at=datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC))  # persisted after that check
+    spender.drain.drain()
+    first = _check(gate, datetime(2026, 12, 1, 0, 0, 30, tzinfo=UTC))
+    assert [(a.period, a.threshold_pct, a.spent_nanos) for a in first.alerts] == [
+        ("2026-11", 80, USD), ("2026-11", 100, USD)]
+    assert _check(gate, datetime(2026, 12, 1, 0, 1, tzinfo=UTC)).alerts == []
+    assert _check(gate, datetime(2026, 12, 1, 2, 0, tzinfo=UTC)).alerts == []
