@@ -9,8 +9,8 @@ persisted when ``usage_event`` has its turn_id **from that same entry**; an entr
 persisted from another entry is a second acceptance the drain will refund, and stays queued until
 then).
 
-The two stores cannot be read at one instant, so a wallet is read three times: (1) Redis, in one
-MULTI per chunk of wallets: the shard's outbox and each wallet's balance and accepted_turns;
+The two stores cannot be read at one instant, so a wallet is read three times: (1) Redis: each
+wallet's balance and accepted_turns, then the shard's outbox (paged);
 (2) PostgreSQL: the ledger and which of those entries are persisted; (3) Redis again.  If balance or
 accepted_turns moved between (1) and (3), the wallet was busy (a turn or a credit landed); it is
 retried, then reported as busy rather than as drift.  Otherwise no turn was accepted and no credit
@@ -117,13 +117,24 @@ def _queued_entries(raw: list[tuple[str, dict[str, str]]], shard: int) -> dict[s
     return by_wallet
 
 
-def _read_redis(gate: WalletGate, shard: int, wallet_ids: list[str]):
-    pipe = gate.redis.pipeline(transaction=True)
-    pipe.xrange(outbox_key(shard))
+def _read_redis(gate: WalletGate, shard: int, wallet_ids: list[str], *, page: int = 5000):
+    """The wallets' (balance, accepted_turns), then the shard's outbox, read in pages of ``page``
+    entries so a large backlog never blocks Redis.  The outbox is read *after* the balances: a turn
+    accepted in between shows in the outbox but not in the balance read, and also changes the
+    balance the caller reads again afterwards, so the wallet is reported busy, never as drift."""
+    pipe = gate.redis.pipeline(transaction=False)
     for wallet_id in wallet_ids:
         pipe.hmget(gate.wallet_key(wallet_id), "balance", "accepted_turns")
-    reply = pipe.execute()
-    return _queued_entries(reply[0], shard), dict(zip(wallet_ids, reply[1:]))
+    balances = dict(zip(wallet_ids, pipe.execute()))
+    entries: list = []
+    start = "-"
+    while True:
+        batch = gate.redis.xrange(outbox_key(shard), min=start, max="+", count=page)
+        entries += batch
+        if len(batch) < page:
+            break
+        start = "(" + batch[-1][0]
+    return _queued_entries(entries, shard), balances
 
 
 def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list[tuple[str, str, int]]]):
