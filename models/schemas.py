@@ -41,6 +41,18 @@ class TurnIn(BaseModel):
     occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     #: the reservation this turn settles (see WalletGate.reserve), if any
     reservation_id: Id | None = None
+    #: 'llm' for an LLM turn; else a non-LLM meter of :data:`METERS` (``model`` defaults to the meter's
+    #: name, tokens to 0) recording ``quantity`` units through the same gate and ledger
+    meter: Literal["llm", "emails", "storage_gb_month", "function_calls"] = "llm"
+    #: units of a non-LLM meter (emails sent, MB-months stored, invocations); 0 for an LLM turn
+    quantity: Annotated[int, Field(strict=True, ge=0, le=10**12)] = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _meter_defaults(cls, data):
+        if isinstance(data, dict) and data.get("meter", "llm") != "llm":
+            data = {"model": data["meter"], "prompt_tokens": 0, "completion_tokens": 0, **data}
+        return data
 
     @field_validator("occurred_at")
     @classmethod
@@ -51,6 +63,13 @@ class TurnIn(BaseModel):
 
     @model_validator(mode="after")
     def _cached_within_prompt(self) -> "TurnIn":
+        if self.meter != "llm":
+            if self.quantity <= 0:
+                raise ValueError(f"quantity must be > 0 for meter {self.meter!r}")
+            if self.prompt_tokens or self.completion_tokens or self.cached_prompt_tokens:
+                raise ValueError(f"meter {self.meter!r} records a quantity, not tokens: give 0 tokens")
+        elif self.quantity:
+            raise ValueError("quantity is for non-LLM meters: an LLM turn (meter 'llm') records tokens")
         if self.cached_prompt_tokens > self.prompt_tokens:
             raise ValueError(
                 f"cached_prompt_tokens ({self.cached_prompt_tokens}) exceeds prompt_tokens ({self.prompt_tokens})"

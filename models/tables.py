@@ -8,16 +8,44 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, DateTime, ForeignKey, Index, UniqueConstraint, func, text
+from sqlalchemy import BigInteger, CheckConstraint, Column, DateTime, ForeignKey, Index, Integer, UniqueConstraint, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 
 class BillingMode(StrEnum):
-    """How a wallet pays for turns: ``production`` debits, ``development`` records and never debits."""
+    """How a wallet pays for turns (set per app, overridable per wallet):
+
+    - ``production``: every turn is debited;
+    - ``development``: turns are recorded, marked non-billable, never debited nor blocked;
+    - ``trial``: turns are free while the wallet's trial token allowance lasts (``trial_tokens_used``),
+      then billed as in production or paused (the app's ``trial_then``);
+    - ``track_only``: self-hosted apps: turns are recorded for analytics, never debited nor blocked;
+      the app pays a flat monthly fee instead (``enterprise.flat_fee_nanos``).
+    """
 
     production = "production"
     development = "development"
+    trial = "trial"
+    track_only = "track_only"
+
+
+class TrialThen(StrEnum):
+    """What a trial wallet does once its token allowance is used up."""
+
+    bill = "bill"
+    pause = "pause"
+
+
+class ConnectionState(StrEnum):
+    """A chat's connection as the orchestrator sees it: ``connected`` (turns flow), ``paused``
+    (stopped, waiting for funds or a budget), ``resumable`` (paused, and the wallet can pay again),
+    ``ended`` (finalized)."""
+
+    connected = "connected"
+    paused = "paused"
+    resumable = "resumable"
+    ended = "ended"
 
 
 class PayerLevel(StrEnum):
@@ -58,6 +86,17 @@ class Enterprise(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=200)
     name: str = Field(max_length=200)
     default_mode: str = Field(default=BillingMode.production, max_length=20)
+    #: the app creator's share of each level-2 charge, basis points (7000 = 70 %); the platform keeps the rest
+    creator_share_bps: int = Field(default=7000, sa_column=Column(Integer, nullable=False, server_default=text("7000")))
+    #: trial mode: tokens (prompt + completion) each wallet may use for free
+    trial_token_allowance: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    #: trial mode: what happens after the allowance: 'bill' (as production) or 'pause'
+    trial_then: str = Field(default=TrialThen.pause, max_length=10, sa_column_kwargs={"server_default": "pause"})
+    #: track_only mode: flat monthly fee, nano-USD, debited from ``fee_wallet_id`` at each UTC month start
+    flat_fee_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    fee_wallet_id: str | None = Field(default=None, max_length=200)
+    #: Stripe Connect account (acct_…) that receives the creator's share of end-user payments
+    stripe_account_id: str | None = Field(default=None, max_length=100)
     #: where tollgate POSTs this app's events (alerts, resumes), signed with ``webhook_secret``
     callback_url: str | None = Field(default=None, max_length=500)
     webhook_secret: str | None = Field(default=None, max_length=200)
@@ -86,6 +125,14 @@ class Wallet(SQLModel, table=True):
     monthly_allowance_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
     #: why the gate refuses this wallet's turns regardless of balance (e.g. 'budget_exceeded'), or None
     blocked_reason: str | None = Field(default=None, max_length=200)
+    #: True when ``mode`` was set on this wallet; False when it follows its app's ``default_mode``
+    mode_override: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    #: trial mode: tokens used from the trial allowance (persisted turns)
+    trial_tokens_used: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    stripe_customer_id: str | None = Field(default=None, max_length=100, index=True)
+    stripe_subscription_id: str | None = Field(default=None, max_length=100)
+    #: Stripe subscription status as last reported ('active', 'past_due', 'canceled', …), or None
+    subscription_status: str | None = Field(default=None, max_length=30)
     created_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
 
 
@@ -124,6 +171,11 @@ class ChatSession(SQLModel, table=True):
     workflow: str = Field(max_length=200)
     status: str = Field(default=ChatStatus.active, max_length=20)
     pause_reason: str | None = Field(default=None, max_length=200)
+    connection_state: str = Field(default=ConnectionState.connected, max_length=20,
+                                  sa_column_kwargs={"server_default": "connected"})
+    #: the chat is paused and its wallet can pay again: the orchestrator may resume it
+    can_resume: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    paused_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     started_at: datetime = Field(sa_column=_ts(nullable=False))
     last_turn_at: datetime = Field(sa_column=_ts(nullable=False))
     ended_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
@@ -178,6 +230,20 @@ class UsageEvent(SQLModel, table=True):
     model: str = Field(max_length=200)
     provider: str = Field(max_length=100)
     mode: str = Field(max_length=20)
+    #: payer level ('platform' | 'app_usage') and who receives the charge: 'platform', or the app
+    #: (its enterprise_id) for level-2 charges, which are split into creator share + platform fee
+    level: str = Field(default=PayerLevel.app_usage, max_length=20, sa_column_kwargs={"server_default": "app_usage"})
+    billing_target: str = Field(default="platform", max_length=200, sa_column_kwargs={"server_default": "platform"})
+    #: False for turns never billed (development, track_only, trial turns inside the allowance)
+    billable: bool = Field(default=True, sa_column_kwargs={"server_default": text("true")})
+    creator_share_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    platform_fee_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    #: tokens of this turn taken from the wallet's trial allowance
+    trial_tokens: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    #: 'llm' for an LLM turn; else a non-LLM meter ('emails', 'storage_gb_month', 'function_calls')
+    #: with ``quantity`` units priced at ``unit_price_nanos`` per ``unit_scale`` units
+    meter: str = Field(default="llm", max_length=50, sa_column_kwargs={"server_default": "llm"})
+    quantity: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
     prompt_tokens: int = Field(sa_column=_big(nullable=False))
     completion_tokens: int = Field(sa_column=_big(nullable=False))
     cached_prompt_tokens: int = Field(sa_column=_big(nullable=False))
@@ -330,4 +396,63 @@ class AuditLog(SQLModel, table=True):
     enterprise_id: str | None = Field(default=None, max_length=200)
     wallet_id: str | None = Field(default=None, max_length=200)
     detail: dict = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+    created_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
+
+
+class PausedChat(SQLModel, table=True):
+    """A chat stopped for lack of funds (or by a budget): why, when, and what is needed to resume.
+
+    At most one open record (``resumed_at IS NULL``) per chat (partial unique index).  A credit that
+    makes the wallet able to pay again marks every open record of that wallet resumed, once
+    (``UPDATE … WHERE resumed_at IS NULL RETURNING``), and tells the orchestrator.
+    """
+
+    __tablename__ = "paused_chat"
+    __table_args__ = (
+        Index("uq_paused_chat_open", "enterprise_id", "chat_id", unique=True,
+              postgresql_where=text("resumed_at IS NULL")),
+        Index("ix_paused_chat_wallet_open", "wallet_id", postgresql_where=text("resumed_at IS NULL")),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    enterprise_id: str = Field(max_length=200)
+    chat_id: str = Field(max_length=200)
+    wallet_id: str = Field(max_length=200)
+    reason: str = Field(max_length=200)  # 'wallet_exhausted', 'trial_exhausted', 'budget_exceeded', …
+    #: nano-USD the wallet needs on top of its balance and holds before the chat can go on
+    needed_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    paused_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
+    resumed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    #: what resumed it: the credit's idempotency key, 'mode_change', …
+    resumed_by: str | None = Field(default=None, max_length=300)
+
+
+class StripeEvent(SQLModel, table=True):
+    """A Stripe webhook event, stored once by its id when it arrives, processed by a task."""
+
+    __tablename__ = "stripe_event"
+
+    id: str = Field(primary_key=True, max_length=255)  # evt_…
+    type: str = Field(max_length=100)
+    payload: dict = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+    received_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
+    processed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    #: what processing did ('credited', 'ignored', 'error: …'), for operators
+    outcome: str | None = Field(default=None, max_length=500)
+
+
+class TokenPackage(SQLModel, table=True):
+    """Something a payer can buy through Stripe: a one-off top-up (``monthly=False``) or a
+    subscription granting ``credit_nanos`` as its monthly allowance (``monthly=True``).
+    ``price_cents`` is what Stripe charges (USD cents), ``credit_nanos`` what the wallet receives."""
+
+    __tablename__ = "token_package"
+
+    id: str = Field(primary_key=True, max_length=100)
+    name: str = Field(max_length=200)
+    price_cents: int = Field(sa_column=_big(nullable=False))
+    credit_nanos: int = Field(sa_column=_big(nullable=False))
+    monthly: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    stripe_price_id: str | None = Field(default=None, max_length=100)
+    active: bool = Field(default=True, sa_column_kwargs={"server_default": text("true")})
     created_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))

@@ -240,6 +240,7 @@ def apply_to_gate(gate: WalletGate, entries: list[Entry]) -> int:
         try:
             if e.kind == TransactionKind.credit:
                 gate.credit(e.wallet_id, e.amount_nanos, e.key)
+                _resume(gate, e.wallet_id, e.key)
             else:
                 gate.adjust(e.wallet_id, -e.amount_nanos, e.key)
         except UnknownWallet:
@@ -247,6 +248,16 @@ def apply_to_gate(gate: WalletGate, entries: list[Entry]) -> int:
             continue
         applied += 1
     return applied
+
+
+def _resume(gate: WalletGate, wallet_id: str, key: str) -> None:
+    """A grant may let the wallet's paused chats go on (the beat job catches a failure here)."""
+    from worker.sessions import resume_paused_chats
+
+    try:
+        resume_paused_chats(gate, wallet_id, cause=key)
+    except Exception:
+        log.error("grant %s: could not resume the paused chats of %s", key, wallet_id, exc_info=True)
 
 
 @dataclass(slots=True)

@@ -32,6 +32,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 
 from worker.db import session_scope
 from worker.ledger import PersistResult, persist_turns
+from worker.metrics import record_drain_batch
 from worker.settings import Settings, get_settings
 from worker.wallet import PAYLOAD_VERSION, WalletGate, kick_key, outbox_key, shard_tag
 
@@ -60,8 +61,10 @@ def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
     ``<shard>:<stream id>``.  Raises :class:`BadEntry`."""
     try:
         payload = json.loads(fields["t"])
-        if payload[0] != PAYLOAD_VERSION:
-            raise BadEntry(f"outbox payload version {payload[0]!r}, expected {PAYLOAD_VERSION}")
+        if payload[0] == 1:  # queued before meters existed: an LLM turn
+            payload = [*payload, "llm", 0]
+        elif payload[0] != PAYLOAD_VERSION:
+            raise BadEntry(f"outbox payload version {payload[0]!r}, expected 1 or {PAYLOAD_VERSION}")
         (
             _version,
             turn_id,
@@ -81,8 +84,16 @@ def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
             output_rate,
             cost,
             ts,
+            meter,
+            quantity,
         ) = payload
         bal = fields.get("bal", "")
+        billed = int(fields["b"])
+        level = fields.get("lv", "app_usage")
+        if level == "platform":  # level 1: the platform bills the app creator; all of it is the platform's
+            target, creator_share = "platform", 0
+        else:  # level 2: the app bills its end user; the creator's share in whole nanos, rounded down
+            target, creator_share = enterprise_id, billed * int(fields.get("sb", "0")) // 10_000
         return {
             "turn_id": turn_id,
             "outbox_id": outbox_id,
@@ -102,10 +113,18 @@ def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
             "output_nanos_per_mtok": output_rate,
             "cost_nanos": cost,
             "occurred_at": _EPOCH + timedelta(microseconds=ts),
-            "billed_nanos": int(fields["b"]),
+            "billed_nanos": billed,
             "action": fields["a"],
             "mode": fields["m"],
             "balance_after_nanos": int(bal) if bal else None,
+            "level": level,
+            "billing_target": target,
+            "billable": fields.get("bl", "1" if billed else "0") == "1",
+            "creator_share_nanos": creator_share,
+            "platform_fee_nanos": billed - creator_share,
+            "trial_tokens": int(fields.get("tt", "0")),
+            "meter": meter,
+            "quantity": quantity,
         }
     except BadEntry:
         raise
@@ -258,7 +277,24 @@ class OutboxDrain:
                         conflict.turn_id, conflict.outbox_id, conflict.billed_nanos, conflict.wallet_id)
             if conflict.billed_nanos:
                 self.gate.credit(conflict.wallet_id, conflict.billed_nanos, f"tollgate:refund:{conflict.outbox_id}")
+        if result.paused:
+            self._announce_paused(result.paused)
         stats.add(result)
+        record_drain_batch(self.redis, size=len(entries), inserted=result.inserted, duplicates=result.duplicates)
+
+    def _announce_paused(self, paused) -> None:
+        """``chat.paused`` for each chat the batch paused (committed), pub/sub and webhook."""
+        from worker.sessions import _hooked, announce
+        from worker.webhooks import Event
+
+        try:
+            with session_scope() as session:
+                hooked = _hooked(session, {p.enterprise_id for p in paused})
+            announce(self.gate, [Event.new("chat.paused", p.enterprise_id, {
+                "chat_id": p.chat_id, "wallet_id": p.wallet_id, "reason": p.reason, "needed_nanos": p.needed_nanos,
+            }) for p in paused], hooked)
+        except Exception:  # the pause is committed; the orchestrator also had the 'pause' answer
+            log.error("could not announce %d paused chat(s)", len(paused), exc_info=True)
 
     def _dead_letter(self, shard: int, entry: tuple[str, dict[str, str]], exc: Exception, stats: DrainStats) -> None:
         entry_id, fields = entry

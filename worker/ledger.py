@@ -8,10 +8,11 @@ is never ahead of the ledger for money coming in.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from sqlalchemy import BigInteger, DateTime, case, func, select, text, update
+from sqlalchemy import BigInteger, Boolean, DateTime, case, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
@@ -20,7 +21,9 @@ from models.tables import (
     ChatAgentUsage,
     ChatSession,
     ChatStatus,
+    ConnectionState,
     Enterprise,
+    PausedChat,
     PayerLevel,
     RollupDirty,
     TransactionKind,
@@ -29,6 +32,7 @@ from models.tables import (
     WalletTransaction,
 )
 from worker.db import session_scope
+from worker.payers import gate_profile
 from worker.periods import period_of
 from worker.wallet import WalletGate
 
@@ -55,8 +59,18 @@ USAGE_COLUMNS = (
     "action",
     "mode",
     "balance_after_nanos",
+    "level",
+    "billing_target",
+    "billable",
+    "creator_share_nanos",
+    "platform_fee_nanos",
+    "trial_tokens",
+    "meter",
+    "quantity",
 )
 
+
+log = logging.getLogger(__name__)
 
 #: idempotency keys tollgate writes itself (usage debits); callers' keys may not start with it
 RESERVED_KEY_PREFIX = "tollgate:"
@@ -93,13 +107,16 @@ def open_wallet(
 ) -> Wallet:
     """Create a wallet in PostgreSQL (if new) and load it into the gate with its ledger balance.
 
-    Opening an existing wallet changes nothing in PostgreSQL and keeps the gate's balance.
-    Returns the wallet row.
+    ``mode`` None: the wallet follows its app's ``default_mode`` (the settings' default without an
+    app); a mode given here overrides the app's for this wallet.  Opening an existing wallet changes
+    nothing in PostgreSQL and keeps the gate's balance.  Returns the wallet row.
     """
-    mode = mode or BillingMode(gate.settings.default_mode)
     with session_scope() as session:
+        app = None
         if enterprise_id:
             ensure_enterprise(session, enterprise_id)
+            app = session.get(Enterprise, enterprise_id)
+        inherited = app.default_mode if app is not None else gate.settings.default_mode
         session.execute(
             insert(Wallet)
             .values(
@@ -107,21 +124,16 @@ def open_wallet(
                 enterprise_id=enterprise_id,
                 owner_id=owner_id,
                 level=level,
-                mode=mode,
+                mode=mode or inherited,
+                mode_override=mode is not None,
                 limited=limited,
             )
             .on_conflict_do_nothing(index_elements=["id"])
         )
         wallet = session.get(Wallet, wallet_id)
         assert wallet is not None
-    gate.load_wallet(
-        wallet.id,
-        mode=wallet.mode,
-        limited=wallet.limited,
-        balance_nanos=wallet.credits_nanos - wallet.debits_nanos,
-        blocked_reason=wallet.blocked_reason,
-        enterprise_id=wallet.enterprise_id,
-    )
+        profile = gate_profile(session, wallet)
+    gate.load_wallet(wallet.id, balance_nanos=wallet.credits_nanos - wallet.debits_nanos, **profile)
     return wallet
 
 
@@ -175,7 +187,7 @@ def credit_wallet(
     """
     gate.balance(wallet_id)  # UnknownWallet before anything is written
     with session_scope() as session:
-        record_credit(
+        new = record_credit(
             session,
             wallet_id=wallet_id,
             amount_nanos=amount_nanos,
@@ -191,15 +203,36 @@ def credit_wallet(
                 f"{entry.amount_nanos} nanos to wallet {entry.wallet_id!r}"
             )
         age_s = session.execute(select(func.extract("epoch", func.now() - entry.created_at))).scalar_one()
+        enterprise_id = session.get(Wallet, wallet_id).enterprise_id
     if age_s > gate.settings.dedupe_ttl_s - 3600:
         return gate.balance(wallet_id)
     try:
-        return gate.credit(wallet_id, amount_nanos, idempotency_key)
+        balance = gate.credit(wallet_id, amount_nanos, idempotency_key)
     except Exception as exc:
         raise GatePending(
             f"credit {idempotency_key!r} is in the ledger but not yet in the gate ({exc}); "
             "retry with the same idempotency key"
         ) from exc
+    _after_credit(gate, wallet_id, enterprise_id, amount_nanos, balance, idempotency_key, announce=new)
+    return balance
+
+
+def _after_credit(gate: WalletGate, wallet_id: str, enterprise_id: str | None, amount_nanos: int, balance: int,
+                  key: str, *, announce: bool) -> None:
+    """Tell the app (``wallet.credited``, once per new credit) and resume the wallet's paused chats.
+    The money is in: a failure here is logged, and the beat job ``tollgate.billing.resume_paused``
+    resumes what this missed."""
+    from worker.sessions import resume_paused_chats
+    from worker.webhooks import Event, emit
+
+    try:
+        if announce and enterprise_id:
+            emit(gate.redis, Event.new("wallet.credited", enterprise_id, {
+                "wallet_id": wallet_id, "amount_nanos": amount_nanos, "balance_nanos": balance,
+                "idempotency_key": key}), webhook=False)
+        resume_paused_chats(gate, wallet_id, cause=key)
+    except Exception:
+        log.error("credit %s to %s: could not resume paused chats; the beat job will", key, wallet_id, exc_info=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +254,19 @@ class PersistResult:
     duplicates: int
     billed_nanos: int
     conflicts: tuple[Conflict, ...] = ()
+    #: chats this batch paused (new open ``paused_chat`` records), to announce after commit
+    paused: tuple["PausedNotice", ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PausedNotice:
+    """A chat paused by a turn's ``pause`` answer: where, why, and the nanos its wallet needs."""
+
+    enterprise_id: str
+    chat_id: str
+    wallet_id: str
+    reason: str
+    needed_nanos: int
 
 
 def _column_sql_type(name: str) -> str:
@@ -229,6 +275,8 @@ def _column_sql_type(name: str) -> str:
         return "bigint"
     if isinstance(column.type, DateTime):
         return "timestamptz"
+    if isinstance(column.type, Boolean):
+        return "boolean"
     return "text"
 
 
@@ -249,15 +297,29 @@ def _add(acc: dict[str, Any], row: dict[str, Any]) -> None:
         acc[name] += row[name]
 
 
+def pause_reason_of(row: dict[str, Any]) -> str:
+    """Why a turn answered ``pause``: its trial allowance ran out (a free trial turn) or its wallet
+    did (``wallet_exhausted``)."""
+    return "trial_exhausted" if row["mode"] == BillingMode.trial and not row["billable"] else "wallet_exhausted"
+
+
+def needed_nanos_of(row: dict[str, Any]) -> int:
+    """Nanos a paused chat's wallet needs before its next turn is accepted: enough to bring the
+    balance after the pausing turn above zero (0 when the balance is unknown or positive)."""
+    balance = row["balance_after_nanos"]
+    return 1 - balance if balance is not None and balance <= 0 else 0
+
+
 def _aggregate(fresh: Sequence[dict[str, Any]]):
     """Per-wallet debits, per-chat and per-agent totals of the inserted rows (sorted keys)."""
     debits: dict[str, list] = {}
     chats: dict[tuple[str, str], dict[str, Any]] = {}
     agents: dict[tuple[str, str, str], dict[str, int]] = {}
     for r in fresh:
-        d = debits.setdefault(r["wallet_id"], [0, 0, r["outbox_id"]])  # nanos, turns, first entry
+        d = debits.setdefault(r["wallet_id"], [0, 0, r["outbox_id"], 0])  # nanos, turns, first entry, trial tokens
         d[0] += r["billed_nanos"]
         d[1] += 1
+        d[3] += r["trial_tokens"]
         key = (r["enterprise_id"], r["chat_id"])
         chat = chats.get(key)
         if chat is None:
@@ -271,8 +333,12 @@ def _aggregate(fresh: Sequence[dict[str, Any]]):
         chat["started_at"] = min(chat["started_at"], r["occurred_at"])
         chat["last_turn_at"] = max(chat["last_turn_at"], r["occurred_at"])
         # the latest turn's answer decides; a completed chat stays completed (see the upsert)
-        chat["status"] = ChatStatus.paused.value if r["action"] == "pause" else ChatStatus.active.value
-        chat["pause_reason"] = "wallet_exhausted" if r["action"] == "pause" else None
+        paused = r["action"] == "pause"
+        chat["status"] = ChatStatus.paused.value if paused else ChatStatus.active.value
+        chat["pause_reason"] = pause_reason_of(r) if paused else None
+        chat["connection_state"] = ConnectionState.paused.value if paused else ConnectionState.connected.value
+        chat["paused_at"] = r["occurred_at"] if paused else None
+        chat["needed_nanos"] = needed_nanos_of(r) if paused else 0
         akey = (r["enterprise_id"], r["chat_id"], r["agent"])
         agent = agents.get(akey)
         if agent is None:
@@ -305,7 +371,7 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
 
     billed_total = 0
     for wallet_id in sorted(debits):
-        nanos, turns, first_entry = debits[wallet_id]
+        nanos, turns, first_entry, trial_tokens = debits[wallet_id]
         billed_total += nanos
         session.execute(
             insert(WalletTransaction).values(
@@ -317,13 +383,18 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
                 description=f"usage of {turns} turn(s)",
             )
         )
-        if nanos:
+        if nanos or trial_tokens:
             session.execute(
-                update(Wallet).where(Wallet.id == wallet_id).values(debits_nanos=Wallet.debits_nanos + nanos)
+                update(Wallet).where(Wallet.id == wallet_id).values(
+                    debits_nanos=Wallet.debits_nanos + nanos,
+                    trial_tokens_used=Wallet.trial_tokens_used + trial_tokens,
+                )
             )
 
     ct = ChatSession.__table__
-    stmt = insert(ct).values([chats[k] for k in sorted(chats)])
+    stmt = insert(ct).values([
+        {k: v for k, v in chats[k].items() if k != "needed_nanos"} for k in sorted(chats)
+    ])
     ex = stmt.excluded
     completed = ct.c.status == ChatStatus.completed.value
     stmt = stmt.on_conflict_do_update(
@@ -334,9 +405,13 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
             "last_turn_at": func.greatest(ct.c.last_turn_at, ex.last_turn_at),
             "status": case((completed, ct.c.status), else_=ex.status),
             "pause_reason": case((completed, ct.c.pause_reason), else_=ex.pause_reason),
+            "connection_state": case((completed, ct.c.connection_state), else_=ex.connection_state),
+            "paused_at": case((completed, ct.c.paused_at), else_=ex.paused_at),
+            "can_resume": case((completed, ct.c.can_resume), else_=False),
         },
     ).returning(ct.c.id, ct.c.enterprise_id, ct.c.chat_id)
     chat_ids = {(e, c): i for i, e, c in session.execute(stmt)}
+    paused = _open_pauses(session, [chats[k] for k in sorted(chats)])
 
     at = ChatAgentUsage.__table__
     stmt = insert(at).values(
@@ -357,7 +432,36 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
     session.execute(stmt.on_conflict_do_update(
         index_elements=["enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}
     ))
-    return PersistResult(len(fresh), duplicates, billed_total, conflicts)
+    return PersistResult(len(fresh), duplicates, billed_total, conflicts, paused)
+
+
+def _open_pauses(session: Session, chats: Sequence[dict[str, Any]]) -> tuple[PausedNotice, ...]:
+    """Open a ``paused_chat`` record for each chat whose latest turn in the batch paused it (none if
+    one is open already); a chat whose latest turn went on closes its open record (resumed by the
+    turn itself, e.g. after a credit).  Returns the records opened."""
+    pc = PausedChat.__table__
+    notices = []
+    for chat in chats:
+        if chat["status"] == ChatStatus.paused.value:
+            opened = session.execute(
+                insert(pc).values(enterprise_id=chat["enterprise_id"], chat_id=chat["chat_id"],
+                                  wallet_id=chat["wallet_id"], reason=chat["pause_reason"],
+                                  needed_nanos=chat["needed_nanos"], paused_at=chat["paused_at"])
+                .on_conflict_do_nothing(index_elements=["enterprise_id", "chat_id"],
+                                        index_where=text("resumed_at IS NULL"))
+                .returning(pc.c.id)
+            ).first()
+            if opened is not None:
+                notices.append(PausedNotice(chat["enterprise_id"], chat["chat_id"], chat["wallet_id"],
+                                            chat["pause_reason"], chat["needed_nanos"]))
+    going_on = [(c["enterprise_id"], c["chat_id"]) for c in chats if c["status"] == ChatStatus.active.value]
+    if going_on:
+        session.execute(
+            update(pc)
+            .where(pc.c.resumed_at.is_(None), tuple_(pc.c.enterprise_id, pc.c.chat_id).in_(going_on))
+            .values(resumed_at=func.now(), resumed_by="turn")
+        )
+    return tuple(notices)
 
 
 def _second_acceptances(

@@ -36,6 +36,7 @@ from sqlmodel import Session
 
 from models.tables import ReconciliationRun, TransactionKind, UsageEvent, Wallet, WalletDrift, WalletTransaction
 from worker.db import session_scope
+from worker.payers import gate_profile
 from worker.settings import get_settings
 from worker.wallet import WalletGate, outbox_key
 
@@ -316,13 +317,9 @@ def _rebuild(gate: WalletGate, wallet_ids: list[str]) -> None:
         if wallet is None or present[wallet_id]:
             continue
         unpersisted = sum(b for t, o, b in queued.get(wallet_id, ()) if (t, o) not in persisted)
-        gate.load_wallet(
-            wallet_id,
-            mode=wallet.mode,
-            limited=wallet.limited,
-            balance_nanos=wallet.credits_nanos - wallet.debits_nanos - unpersisted,
-            blocked_reason=wallet.blocked_reason,
-            enterprise_id=wallet.enterprise_id,
-        )
+        with session_scope() as session:
+            profile = gate_profile(session, wallet)
+        gate.load_wallet(wallet_id, balance_nanos=wallet.credits_nanos - wallet.debits_nanos - unpersisted,
+                         **profile)
         # the balance counts these entries: a pending retry of one must not apply it again
         gate.mark_applied(wallet_id, recent.get(wallet_id, ()))

@@ -42,7 +42,7 @@ from sqlalchemy import and_, func, literal_column, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
-from models.tables import ChatAgentUsage, ChatSession, ChatStatus, RollupDirty, UsageEvent, WorkflowRollup
+from models.tables import ChatAgentUsage, ChatSession, ChatStatus, PausedChat, RollupDirty, UsageEvent, WorkflowRollup
 from worker.periods import period_bounds
 from worker.pricing import nanos_to_usd
 
@@ -531,8 +531,12 @@ def end_chat(
     else:
         session.execute(
             update(cs).where(cs.c.id == row.id).values(status=ChatStatus.completed.value, ended_at=ended_at,
-                                                      pause_reason=None)
+                                                      pause_reason=None, connection_state="ended",
+                                                      can_resume=False)
         )
+        pc = PausedChat.__table__  # an ended chat is not waiting for funds any more
+        session.execute(update(pc).where(pc.c.enterprise_id == enterprise_id, pc.c.chat_id == chat_id,
+                                         pc.c.resumed_at.is_(None)).values(resumed_at=ended_at, resumed_by="ended"))
     rollups = [refresh_rollup(session, enterprise_id, workflow, period)
                for workflow, period in chat_groups(session, enterprise_id, chat_id)]
     return EndedChat(enterprise_id, chat_id, ended_at, already, rollups)

@@ -4,7 +4,8 @@ debit the payer's wallet, remember the turn_id and append the turn to the outbox
 Redis keys (every key one script touches shares the shard's hash tag, so the gate runs unchanged on
 Redis Cluster)::
 
-    tollgate:{sN}:wallet:<wallet_id>   hash  balance, mode, limited, accepted_turns, denied_turns
+    tollgate:{sN}:wallet:<wallet_id>   hash  balance, held, mode, limited, enterprise, blocked, level,
+                                             share_bps, trial_left, trial_then, accepted_turns, denied_turns
     tollgate:{sN}:turn:<wallet>:<turn_id> str first answer for a turn_id (TTL: settings.dedupe_ttl_s)
     tollgate:{sN}:credit:<wallet>:<key> str  credit already applied (same TTL)
     tollgate:{sN}:adjust:<wallet>:<key> str  signed adjustment (e.g. allowance expiry) already applied (same TTL)
@@ -34,13 +35,15 @@ import redis
 
 from models.schemas import Decision, TurnIn
 from models.tables import BillingMode
+from worker.meters import meter_price
 from worker.pricing import PriceBook, TurnPrice
 from worker.settings import Settings, get_settings
 
 PREFIX = "tollgate"
 SHARDS_KEY = f"{PREFIX}:config:outbox_shards"
-#: version of the outbox payload (first element of the JSON list); parse_entry checks it
-PAYLOAD_VERSION = 1
+#: version of the outbox payload (first element of the JSON list); parse_entry reads 1 and 2
+#: (2 appends the meter and its quantity)
+PAYLOAD_VERSION = 2
 log = logging.getLogger(__name__)
 
 
@@ -146,6 +149,8 @@ def turn_payload(turn: TurnIn, price: TurnPrice) -> str:
             price.output_nanos_per_mtok,
             price.cost_nanos,
             ts,
+            turn.meter,
+            turn.quantity,
         ],
         separators=(",", ":"),
     )
@@ -240,17 +245,31 @@ class WalletGate:
         overwrite: bool = False,
         blocked_reason: str | None = None,
         enterprise_id: str | None = None,
+        level: str = "app_usage",
+        share_bps: int = 0,
+        trial_left: int = 0,
+        trial_then: str = "pause",
     ) -> None:
-        """Put a wallet into the gate.  Without ``overwrite`` an existing balance is kept (only mode
-        and limit are set), so loading twice never resets money.  ``balance_nanos`` is nano-USD.
+        """Put a wallet into the gate.  Without ``overwrite`` an existing balance and trial allowance
+        are kept (mode, limit, level, share and trial rule are set), so loading twice never resets
+        money.  ``balance_nanos`` is nano-USD; ``level`` the payer level; ``share_bps`` the app
+        creator's share of a level-2 charge in basis points (0..10000); ``trial_left`` trial tokens
+        left; ``trial_then`` 'bill' or 'pause' once they are used.
 
-        Raises: ValueError for a mode outside :data:`BILLING_MODES`.
+        Raises: ValueError naming the argument (mode, level, share_bps, trial_then).
         """
         if mode not in BillingMode.__members__:
             raise ValueError(f"mode: {mode!r} is not one of {', '.join(BillingMode.__members__)}")
+        if level not in ("platform", "app_usage"):
+            raise ValueError(f"level: {level!r} is not 'platform' or 'app_usage'")
+        if not isinstance(share_bps, int) or not 0 <= share_bps <= 10_000:
+            raise ValueError(f"share_bps: {share_bps!r} is not an integer in 0..10000")
+        if trial_then not in ("bill", "pause"):
+            raise ValueError(f"trial_then: {trial_then!r} is not 'bill' or 'pause'")
         key = self.wallet_key(wallet_id)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, mapping={"mode": mode, "limited": "1" if limited else "0"})
+        pipe.hset(key, mapping={"mode": mode, "limited": "1" if limited else "0", "level": level,
+                                "share_bps": share_bps, "trial_then": trial_then})
         if enterprise_id:  # record_turn.lua then refuses turns of any other app
             pipe.hset(key, "enterprise", enterprise_id)
         if blocked_reason:
@@ -258,10 +277,38 @@ class WalletGate:
         else:
             pipe.hdel(key, "blocked")
         if overwrite:
-            pipe.hset(key, "balance", balance_nanos)
+            pipe.hset(key, mapping={"balance": balance_nanos, "trial_left": trial_left})
         else:
             pipe.hsetnx(key, "balance", balance_nanos)
+            pipe.hsetnx(key, "trial_left", trial_left)
         pipe.execute()
+
+    def set_mode(self, wallet_id: str, mode: str, *, trial_left: int | None = None,
+                 trial_then: str | None = None) -> None:
+        """Change a wallet's mode in the gate (the caller records it in PostgreSQL first); turns
+        already decided keep the mode they were decided under.  ``trial_left`` (tokens), when given,
+        replaces the trial allowance left.  Raises ValueError (mode, trial_then), UnknownWallet."""
+        if mode not in BillingMode.__members__:
+            raise ValueError(f"mode: {mode!r} is not one of {', '.join(BillingMode.__members__)}")
+        if trial_then is not None and trial_then not in ("bill", "pause"):
+            raise ValueError(f"trial_then: {trial_then!r} is not 'bill' or 'pause'")
+        key = self.wallet_key(wallet_id)
+        if not self.redis.exists(key):
+            raise UnknownWallet(wallet_id)
+        mapping: dict[str, str | int] = {"mode": mode}
+        if trial_left is not None:
+            mapping["trial_left"] = trial_left
+        if trial_then is not None:
+            mapping["trial_then"] = trial_then
+        self.redis.hset(key, mapping=mapping)
+
+    def available(self, wallet_id: str) -> tuple[int, int, str]:
+        """``(balance_nanos, held_nanos, mode)`` of a wallet in the gate (available = balance − held).
+        Raises :class:`UnknownWallet`."""
+        balance, held, mode = self.redis.hmget(self.wallet_key(wallet_id), "balance", "held", "mode")
+        if balance is None:
+            raise UnknownWallet(wallet_id)
+        return int(balance), int(held or 0), mode
 
     def set_blocked(self, wallet_id: str, reason: str | None) -> None:
         """Refuse (``reason``) or allow again (``None``) a production wallet's turns whatever its
@@ -283,7 +330,7 @@ class WalletGate:
         for kind, key in ledger_keys:
             if kind == "credit":
                 keys.append(f"{tag}:credit:{wallet_id}:{key}")
-            elif key.startswith("tollgate:allowance-expiry:"):
+            elif key.startswith(("tollgate:allowance-expiry:", "tollgate:flat-fee:")):
                 keys.append(f"{tag}:adjust:{wallet_id}:{key}")
         return keys
 
@@ -402,6 +449,8 @@ class WalletGate:
                 completion_tokens=t.completion_tokens,
                 cached_prompt_tokens=t.cached_prompt_tokens,
             )
+            if t.meter == "llm"
+            else meter_price(t.meter, t.quantity)
             for t in turns
         ]
         if len(turns) > 1:  # one turn needs no pre-check: the script refuses an unknown wallet itself
@@ -415,7 +464,8 @@ class WalletGate:
                 calls.append((self._reserve, self._hold_keys(turn.wallet_id, reservation_id),
                               (price.cost_nanos, expires_ms, reservation_id, turn.wallet_id)))
             args = (price.cost_nanos, turn_payload(turn, price), ttl, kick_ms, reservation_id or "",
-                    "1" if reserve_exact else "0", turn.enterprise_id)
+                    "1" if reserve_exact else "0", turn.enterprise_id,
+                    turn.prompt_tokens + turn.completion_tokens)
             calls.append((self._record, self._turn_keys(turn, reservation_id), args))
         if len(calls) == 1:  # one round trip: EVALSHA (redis-py loads the script on NOSCRIPT)
             script, keys, args = calls[0]

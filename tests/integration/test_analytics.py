@@ -50,7 +50,8 @@ def events(db):
         e = dict(zip(FIELDS, values))
         rows.append({**dict.fromkeys(USAGE_COLUMNS, 0), **e, "turn_id": f"t{i}", "outbox_id": f"0:{i}-0",
                      "wallet_id": f"w-{e['enterprise_id']}", "chat_id": f"chat-{i % 3}", "duration_ms": 100,
-                     "action": "continue", "mode": "production", "balance_after_nanos": None})
+                     "action": "continue", "mode": "production", "balance_after_nanos": None,
+                     "level": "app_usage", "billing_target": e["enterprise_id"], "billable": True, "meter": "llm"})
     with session_scope() as s:
         for enterprise in ("acme", "globex"):
             ensure_enterprise(s, enterprise)

@@ -91,11 +91,14 @@ class Listener:
         self.sub.get_message(timeout=1)  # consume the subscribe confirmation
 
     def drain(self) -> list[dict]:
-        """Every event published so far: publishes a marker and reads up to it (pub/sub keeps order)."""
+        """Every budget event published so far: publishes a marker and reads up to it (pub/sub keeps
+        order); other events (the drain's ``chat.paused``) are not this test's subject."""
         self.redis.publish(self.channel, self.END)
         out = []
         while (message := self.sub.get_message(timeout=5)) is not None and message["data"] != self.END:
-            out.append(json.loads(message["data"]))
+            event = json.loads(message["data"])
+            if event["type"].startswith("budget."):
+                out.append(event)
         assert message is not None, "the end marker never arrived"
         return out
 

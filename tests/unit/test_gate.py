@@ -338,17 +338,17 @@ def test_batch_equals_one_by_one(client, wg):
 # --- outbox entry -----------------------------------------------------------------------------
 
 def test_outbox_entry_parses_back_to_the_row(client, wg):
-    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=50_000_000)
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=50_000_000, share_bps=7000)
     occurred = datetime(2025, 6, 1, 11, 30, 15, 654321, tzinfo=timezone(timedelta(hours=2)))
     t = turn("turn-xyz", workflow="wf-build", agent="planner", chat_id="chat-9", enterprise_id="ent-7",
              duration_ms=1234, occurred_at=occurred)
     d = wg.record_turn(t)
     (entry,) = outbox(client, wg)
-    assert set(entry) == {"t", "b", "a", "m", "bal"}
+    assert set(entry) == {"t", "b", "a", "m", "bal", "lv", "sb", "tt", "bl"}
     assert (entry["b"], entry["a"], entry["m"], entry["bal"]) == (
         str(COST_DEFAULT), "continue", "production", str(50_000_000 - COST_DEFAULT))
     payload = json.loads(entry["t"])
-    assert len(payload) == 18 and payload[0] == 1  # payload version 1
+    assert len(payload) == 20 and payload[0] == 2  # payload version 2: meter and quantity appended
     row = parse_entry(entry, "0:1-0")
     assert row == {
         "turn_id": "turn-xyz",
@@ -373,9 +373,20 @@ def test_outbox_entry_parses_back_to_the_row(client, wg):
         "action": "continue",
         "mode": "production",
         "balance_after_nanos": d.balance_nanos,
+        "level": "app_usage",
+        "billing_target": "ent-7",
+        "billable": True,
+        "creator_share_nanos": COST_DEFAULT * 7000 // 10_000,
+        "platform_fee_nanos": COST_DEFAULT - COST_DEFAULT * 7000 // 10_000,
+        "trial_tokens": 0,
+        "meter": "llm",
+        "quantity": 0,
     }
     assert row["occurred_at"] == occurred
-    assert payload[-1] == int((occurred - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
+    # an entry queued before meters existed (payload version 1) still parses, as an LLM turn
+    v1 = dict(entry, t=json.dumps([1, *payload[1:18]]))
+    assert parse_entry(v1, "0:1-0") == row
+    assert payload[17] == int((occurred - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
 
 
 def test_outbox_entry_of_a_pausing_turn(client, wg):

@@ -10,7 +10,7 @@
 -- ARGV[4]  wallet_id
 --
 -- Returns {status, amount, balance, held, duplicate}: status 'reserved' | 'denied'; amount held
--- (integer string; '0' in development mode); balance and held after (integer strings); duplicate 1 if
+-- (integer string; '0' in development and track_only mode and inside a trial allowance); balance and held after (integer strings); duplicate 1 if
 -- this reservation_id is already held (its first answer, nothing changes).
 -- A production wallet grants a hold only if balance − held − amount >= 0 (compared exactly, as
 -- integer strings), so with reservations the debits never exceed the credits.  An unlimited wallet
@@ -19,26 +19,40 @@
 
 -- int_cmp(a, b) comes from lib_int.lua
 
-local w = redis.call('HMGET', KEYS[1], 'mode', 'limited', 'balance', 'blocked', 'held')
+local w = redis.call('HMGET', KEYS[1], 'mode', 'limited', 'balance', 'blocked', 'held', 'trial_left', 'trial_then')
 if not w[1] then
   return redis.error_reply('TOLLGATE_UNKNOWN_WALLET')
 end
-if w[1] ~= 'production' and w[1] ~= 'development' then
+local mode = w[1]
+if mode ~= 'production' and mode ~= 'development' and mode ~= 'trial' and mode ~= 'track_only' then
   return redis.error_reply('TOLLGATE_BAD_MODE')
 end
 local existing = redis.call('HGET', KEYS[2], 'amount')
 if existing then
   return {'reserved', existing, w[3], w[5] or '0', 1}
 end
+-- 'debit': holds like production; 'free': holds nothing (development, track_only, trial allowance left)
+local rule = 'free'
+if mode == 'production' then
+  rule = 'debit'
+elseif mode == 'trial' and int_cmp(w[6] or '0', '0') <= 0 then
+  if w[7] == 'bill' then
+    rule = 'debit'
+  else
+    return {'denied', '0', w[3], w[5] or '0', 0}  -- trial over, and it pauses
+  end
+end
 local amount = ARGV[1]
-if w[1] == 'development' then
+if rule == 'free' and mode ~= 'trial' then
   amount = '0'
 elseif w[4] then
   return {'denied', '0', w[3], w[5] or '0', 0}
+elseif rule == 'free' then
+  amount = '0'
 end
 redis.call('HINCRBY', KEYS[1], 'held', amount)
 local new_held = redis.call('HGET', KEYS[1], 'held')
-if w[1] == 'production' and w[2] == '1' and int_cmp(w[3], new_held) < 0 then
+if rule == 'debit' and w[2] == '1' and int_cmp(w[3], new_held) < 0 then
   if amount ~= '0' then
     redis.call('HINCRBY', KEYS[1], 'held', '-' .. amount)
   end

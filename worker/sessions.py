@@ -1,0 +1,284 @@
+"""The billing session of one chat: the seed's token-manager lifecycle in the field's terms.
+
+=========================  ======================================================================
+seed (token manager)       tollgate
+=========================  ======================================================================
+initialize budget          :func:`start_session`: the chat's session row, the wallet's state
+can continue               :func:`can_continue`: would the gate accept the chat's next turn?
+track usage                ``WalletGate.record_turn`` (the gate; persistence is the drain's)
+handle no tokens           :func:`pause_chat`: a paused-chat record, the chat paused, ``chat.paused``
+finalize session           :func:`finalize_session`: the chat ended, its rollups refreshed, its
+                           summary and comparison with the workflow's averages
+=========================  ======================================================================
+
+Resuming: a credit (top-up, grant, Stripe payment) calls :func:`resume_paused_chats` for the
+credited wallet (``worker.ledger.credit_wallet`` does).  If the gate would now accept the wallet's
+turns, every open paused-chat record of the wallet is closed, once (``UPDATE … WHERE resumed_at IS
+NULL RETURNING``: a second call, e.g. the same Stripe webhook delivered twice, finds none), its chat
+becomes ``resumable`` (``can_resume``), and the app is told per chat: a ``chat.resumable`` event on
+Redis pub/sub (``tollgate:events:<enterprise_id>``) and, if the app has a callback URL, a signed
+webhook delivered by the retrying Celery task ``tollgate.webhooks.deliver``.
+
+Events (data; money in nano-USD):
+  ``chat.paused``     chat_id, wallet_id, reason, needed_nanos
+  ``chat.resumable``  chat_id, wallet_id, balance_nanos, cause
+  ``wallet.credited`` wallet_id, amount_nanos, balance_nanos, idempotency_key
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import Session
+
+from models.tables import ChatSession, ChatStatus, ConnectionState, Enterprise, PausedChat, Wallet
+from worker.db import session_scope
+from worker.webhooks import Event, SendTask, emit
+from worker.wallet import UnknownWallet, WalletGate
+
+#: a paused chat's reasons that funds can lift (a budget's auto-pause is lifted by worker.budgets)
+FUNDS_REASONS = ("wallet_exhausted", "trial_exhausted", "payment_failed")
+
+
+@dataclass(frozen=True, slots=True)
+class WalletState:
+    """A wallet as the gate sees it now: balance and holds (nano-USD; available = balance − held),
+    mode, blocked reason, trial tokens left, and whether its next turn would be accepted."""
+
+    wallet_id: str
+    balance_nanos: int
+    held_nanos: int
+    mode: str
+    blocked: str | None
+    limited: bool
+    trial_left: int
+    trial_then: str
+    can_continue: bool
+
+    @property
+    def available_nanos(self) -> int:
+        """Balance minus active holds, nano-USD."""
+        return self.balance_nanos - self.held_nanos
+
+    @property
+    def needed_nanos(self) -> int:
+        """Nanos to credit before a turn is accepted (0 if one would be, or if funds cannot help)."""
+        if self.can_continue or self.blocked or (self.mode == "trial" and self.trial_then == "pause"):
+            return 0
+        return max(0, 1 - self.available_nanos)
+
+
+def wallet_state(gate: WalletGate, wallet_id: str) -> WalletState:
+    """Read a wallet's gate state (one HMGET) and decide, by the rules of ``record_turn.lua``,
+    whether its next turn would be accepted.  Raises :class:`~worker.wallet.UnknownWallet`."""
+    fields = ("balance", "held", "mode", "blocked", "limited", "trial_left", "trial_then")
+    balance, held, mode, blocked, limited, trial_left, trial_then = gate.redis.hmget(gate.wallet_key(wallet_id), fields)
+    if mode is None:
+        raise UnknownWallet(wallet_id)
+    balance_n, held_n, left = int(balance or 0), int(held or 0), int(trial_left or 0)
+    is_limited = limited != "0"
+    debit = mode == "production" or (mode == "trial" and left <= 0 and trial_then == "bill")
+    if debit:
+        ok = not blocked and (not is_limited or balance_n - held_n > 0)
+    elif mode == "trial":
+        ok = not blocked and left > 0
+    else:  # development, track_only: never blocked
+        ok = True
+    return WalletState(wallet_id, balance_n, held_n, mode, blocked, is_limited, left, trial_then or "pause", ok)
+
+
+def can_continue(gate: WalletGate, wallet_id: str) -> bool:
+    """Would the gate accept this wallet's next turn (the seed's ``can_continue``)?  A hint for the
+    orchestrator before an LLM call: the gate decides atomically when the turn is recorded (or
+    reserve first to be sure).  Raises :class:`~worker.wallet.UnknownWallet`."""
+    return wallet_state(gate, wallet_id).can_continue
+
+
+def start_session(
+    gate: WalletGate, *, enterprise_id: str, chat_id: str, wallet_id: str, workflow: str = "default",
+    started_at: datetime | None = None,
+) -> WalletState:
+    """Initialize a chat's billing session: create its ``chat_session`` row (status active,
+    connected) if it has none, and return the wallet's state (can the chat start?).
+
+    Raises: UnknownWallet (not in the gate); LookupError naming ``wallet_id`` when the wallet is not in
+    PostgreSQL or belongs to another app (nothing is written).
+    """
+    state = wallet_state(gate, wallet_id)
+    started_at = (started_at or datetime.now(UTC)).astimezone(UTC)
+    with session_scope() as session:
+        wallet = session.get(Wallet, wallet_id)
+        if wallet is None or (wallet.enterprise_id is not None and wallet.enterprise_id != enterprise_id):
+            raise LookupError(f"wallet_id: {wallet_id!r} is not a wallet of enterprise {enterprise_id!r}")
+        session.execute(
+            insert(ChatSession).values(enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
+                                       workflow=workflow, status=ChatStatus.active.value,
+                                       connection_state=ConnectionState.connected.value,
+                                       started_at=started_at, last_turn_at=started_at)
+            .on_conflict_do_nothing(constraint="uq_chat_session_enterprise_chat")
+        )
+    return state
+
+
+def _hooked(session: Session, enterprise_ids: set[str]) -> set[str]:
+    """The apps among ``enterprise_ids`` with a callback URL and secret (they get webhooks)."""
+    if not enterprise_ids:
+        return set()
+    rows = session.execute(
+        select(Enterprise.id).where(Enterprise.id.in_(enterprise_ids), Enterprise.callback_url.is_not(None),
+                                    Enterprise.webhook_secret.is_not(None))
+    ).scalars()
+    return set(rows)
+
+
+def announce(gate: WalletGate, events: list[Event], hooked: set[str], send_task: SendTask | None = None) -> None:
+    """Publish events (after commit) and enqueue webhooks for the apps in ``hooked``."""
+    for event in events:
+        emit(gate.redis, event, webhook=event.enterprise_id in hooked, send_task=send_task)
+
+
+def pause_chat(
+    gate: WalletGate, *, enterprise_id: str, chat_id: str, wallet_id: str, reason: str = "wallet_exhausted",
+    needed_nanos: int | None = None, send_task: SendTask | None = None,
+) -> bool:
+    """Handle exhaustion (the seed's ``handle_no_tokens``): open a paused-chat record (at most one
+    open per chat), mark the chat paused (``connection_state`` paused, ``can_resume`` False), and
+    announce ``chat.paused``.  ``needed_nanos`` defaults to what the wallet lacks now.
+
+    Returns True if this call paused the chat, False if it was paused already (nothing changes).
+    Raises: UnknownWallet; ValueError naming ``reason`` (empty or longer than 200 characters).
+    """
+    if not reason or len(reason) > 200:
+        raise ValueError(f"reason: {reason!r} must be 1..200 characters")
+    if needed_nanos is None:
+        needed_nanos = wallet_state(gate, wallet_id).needed_nanos
+    now = datetime.now(UTC)
+    pc = PausedChat.__table__
+    with session_scope() as session:
+        opened = session.execute(
+            insert(pc).values(enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id, reason=reason,
+                              needed_nanos=needed_nanos, paused_at=now)
+            .on_conflict_do_nothing(index_elements=["enterprise_id", "chat_id"], index_where=text("resumed_at IS NULL"))
+            .returning(pc.c.id)
+        ).first()
+        if opened is None:
+            return False
+        cs = ChatSession.__table__
+        session.execute(
+            insert(cs).values(enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id, workflow="default",
+                              status=ChatStatus.paused.value, pause_reason=reason,
+                              connection_state=ConnectionState.paused.value, can_resume=False, paused_at=now,
+                              started_at=now, last_turn_at=now)
+            .on_conflict_do_update(
+                constraint="uq_chat_session_enterprise_chat",
+                set_={"status": ChatStatus.paused.value, "pause_reason": reason, "paused_at": now,
+                      "connection_state": ConnectionState.paused.value, "can_resume": False},
+                where=cs.c.status != ChatStatus.completed.value,
+            )
+        )
+        hooked = _hooked(session, {enterprise_id})
+    announce(gate, [Event.new("chat.paused", enterprise_id, {"chat_id": chat_id, "wallet_id": wallet_id,
+                                                             "reason": reason, "needed_nanos": needed_nanos})],
+             hooked, send_task)
+    return True
+
+
+def resume_paused_chats(
+    gate: WalletGate, wallet_id: str, *, cause: str, send_task: SendTask | None = None,
+) -> list[tuple[str, str]]:
+    """Make the wallet's paused chats resumable if the gate would now accept its turns: close every
+    open paused-chat record of the wallet whose reason funds can lift (:data:`FUNDS_REASONS`), once,
+    mark the chats ``resumable``, and announce ``chat.resumable`` per chat.
+
+    ``cause`` is recorded as ``resumed_by`` (a credit's idempotency key, 'mode_change', …).
+    Returns the ``(enterprise_id, chat_id)`` made resumable by this call (none if the wallet still
+    cannot pay, or another call resumed them first).  Raises UnknownWallet.
+    """
+    state = wallet_state(gate, wallet_id)
+    if not state.can_continue:
+        return []
+    pc, cs = PausedChat.__table__, ChatSession.__table__
+    with session_scope() as session:
+        chats = session.execute(
+            update(pc)
+            .where(pc.c.wallet_id == wallet_id, pc.c.resumed_at.is_(None), pc.c.reason.in_(FUNDS_REASONS))
+            .values(resumed_at=func.now(), resumed_by=cause[:300])
+            .returning(pc.c.enterprise_id, pc.c.chat_id)
+        ).all()
+        chats = sorted((e, c) for e, c in chats)
+        if not chats:
+            return []
+        session.execute(
+            update(cs)
+            .where(tuple_(cs.c.enterprise_id, cs.c.chat_id).in_(chats), cs.c.status == ChatStatus.paused.value)
+            .values(can_resume=True, connection_state=ConnectionState.resumable.value)
+        )
+        hooked = _hooked(session, {e for e, _ in chats})
+    announce(gate, [Event.new("chat.resumable", e, {"chat_id": c, "wallet_id": wallet_id,
+                                                    "balance_nanos": state.balance_nanos, "cause": cause})
+                    for e, c in chats], hooked, send_task)
+    return chats
+
+
+def resume_chat(gate: WalletGate, *, enterprise_id: str, chat_id: str) -> WalletState:
+    """The orchestrator resumes a paused chat: if its wallet can pay, close its open paused record
+    and mark it active and connected.  Returns the wallet's state.
+
+    Raises: LookupError naming ``chat_id`` (no such chat); PermissionError when the wallet still
+    cannot pay (nothing changes: ``needed_nanos`` says how much is missing).
+    """
+    with session_scope() as session:
+        chat = session.execute(
+            select(ChatSession).where(ChatSession.enterprise_id == enterprise_id, ChatSession.chat_id == chat_id)
+        ).scalar_one_or_none()
+        if chat is None:
+            raise LookupError(f"chat_id: unknown chat {chat_id!r} of enterprise {enterprise_id!r}")
+        wallet_id = chat.wallet_id
+    state = wallet_state(gate, wallet_id)
+    if not state.can_continue:
+        raise PermissionError(f"wallet {wallet_id!r} cannot pay yet: {state.needed_nanos} nanos needed")
+    pc, cs = PausedChat.__table__, ChatSession.__table__
+    with session_scope() as session:
+        session.execute(update(pc).where(pc.c.enterprise_id == enterprise_id, pc.c.chat_id == chat_id,
+                                         pc.c.resumed_at.is_(None)).values(resumed_at=func.now(), resumed_by="resume"))
+        session.execute(update(cs).where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id,
+                                         cs.c.status == ChatStatus.paused.value)
+                        .values(status=ChatStatus.active.value, pause_reason=None, can_resume=False,
+                                connection_state=ConnectionState.connected.value))
+    return state
+
+
+def finalize_session(enterprise_id: str, chat_id: str, *, ended_at: datetime | None = None) -> dict[str, Any]:
+    """Finalize a chat (the seed's ``finalize_session``): mark it completed (ended, no longer
+    resumable), refresh its workflow rollups, and return its summary compared with the workflow's
+    averages (:func:`worker.rollups.chat_performance`: turns, tokens, cost in nanos, per agent).
+
+    Raises: LookupError naming the chat when none of its turns has been persisted yet.
+    """
+    from worker.rollups import chat_performance, end_chat
+
+    with session_scope() as session:
+        end_chat(session, enterprise_id=enterprise_id, chat_id=chat_id, ended_at=ended_at)
+    with session_scope() as session:
+        return chat_performance(session, enterprise_id, chat_id)
+
+
+def sweep_paused(gate: WalletGate, *, limit: int = 1000) -> dict[str, int]:
+    """Resume the paused chats of every wallet (up to ``limit`` wallets with open records) that can
+    pay again: :func:`resume_paused_chats` with cause ``sweep``.  Returns ``{"wallets", "resumed"}``."""
+    with session_scope() as session:
+        wallet_ids = list(session.execute(
+            select(PausedChat.wallet_id).where(PausedChat.resumed_at.is_(None), PausedChat.reason.in_(FUNDS_REASONS))
+            .distinct().order_by(PausedChat.wallet_id).limit(limit)
+        ).scalars())
+    resumed = 0
+    for wallet_id in wallet_ids:
+        try:
+            resumed += len(resume_paused_chats(gate, wallet_id, cause="sweep"))
+        except UnknownWallet:  # a rebuild loads it; the next sweep tries again
+            continue
+    return {"wallets": len(wallet_ids), "resumed": resumed}
