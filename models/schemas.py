@@ -37,6 +37,9 @@ class TurnIn(BaseModel):
     prompt_tokens: Tokens
     completion_tokens: Tokens
     cached_prompt_tokens: Tokens = 0
+    #: the part of ``prompt_tokens`` written to the provider's prompt cache (Anthropic's
+    #: ``cache_creation_input_tokens``), billed at the model's cache-write price
+    cache_write_tokens: Tokens = 0
     duration_ms: Tokens = 0
     occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     #: the reservation this turn settles (see WalletGate.reserve), if any
@@ -66,13 +69,18 @@ class TurnIn(BaseModel):
         if self.meter != "llm":
             if self.quantity <= 0:
                 raise ValueError(f"quantity must be > 0 for meter {self.meter!r}")
-            if self.prompt_tokens or self.completion_tokens or self.cached_prompt_tokens:
+            if self.prompt_tokens or self.completion_tokens or self.cached_prompt_tokens or self.cache_write_tokens:
                 raise ValueError(f"meter {self.meter!r} records a quantity, not tokens: give 0 tokens")
         elif self.quantity:
             raise ValueError("quantity is for non-LLM meters: an LLM turn (meter 'llm') records tokens")
         if self.cached_prompt_tokens > self.prompt_tokens:
             raise ValueError(
                 f"cached_prompt_tokens ({self.cached_prompt_tokens}) exceeds prompt_tokens ({self.prompt_tokens})"
+            )
+        if self.cached_prompt_tokens + self.cache_write_tokens > self.prompt_tokens:
+            raise ValueError(
+                f"cache_write_tokens ({self.cache_write_tokens}) + cached_prompt_tokens "
+                f"({self.cached_prompt_tokens}) exceed prompt_tokens ({self.prompt_tokens})"
             )
         return self
 

@@ -244,6 +244,9 @@ class UsageEvent(SQLModel, table=True):
     #: with ``quantity`` units priced at ``unit_price_nanos`` per ``unit_scale`` units
     meter: str = Field(default="llm", max_length=50, sa_column_kwargs={"server_default": "llm"})
     quantity: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    #: the part of prompt_tokens written to the provider's cache, and the rate it was charged at
+    cache_write_tokens: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    cache_write_nanos_per_mtok: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
     prompt_tokens: int = Field(sa_column=_big(nullable=False))
     completion_tokens: int = Field(sa_column=_big(nullable=False))
     cached_prompt_tokens: int = Field(sa_column=_big(nullable=False))

@@ -62,9 +62,11 @@ def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
     try:
         payload = json.loads(fields["t"])
         if payload[0] == 1:  # queued before meters existed: an LLM turn
-            payload = [*payload, "llm", 0]
+            payload = [*payload, "llm", 0, 0, 0]
+        elif payload[0] == 2:  # queued before cache writes were priced
+            payload = [*payload, 0, 0]
         elif payload[0] != PAYLOAD_VERSION:
-            raise BadEntry(f"outbox payload version {payload[0]!r}, expected 1 or {PAYLOAD_VERSION}")
+            raise BadEntry(f"outbox payload version {payload[0]!r}, expected 1..{PAYLOAD_VERSION}")
         (
             _version,
             turn_id,
@@ -86,6 +88,8 @@ def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
             ts,
             meter,
             quantity,
+            cache_write,
+            cache_write_rate,
         ) = payload
         bal = fields.get("bal", "")
         billed = int(fields["b"])
@@ -125,6 +129,8 @@ def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
             "trial_tokens": int(fields.get("tt", "0")),
             "meter": meter,
             "quantity": quantity,
+            "cache_write_tokens": cache_write,
+            "cache_write_nanos_per_mtok": cache_write_rate,
         }
     except BadEntry:
         raise

@@ -67,6 +67,8 @@ USAGE_COLUMNS = (
     "trial_tokens",
     "meter",
     "quantity",
+    "cache_write_tokens",
+    "cache_write_nanos_per_mtok",
 )
 
 

@@ -5,11 +5,12 @@ an override table for models it lacks or for negotiated rates.  Every price is h
 *nano-USD per million tokens* (``*_nanos_per_mtok``): USD 2.50 / MTok is ``2_500_000_000``.  Any
 price with at most nine decimals is exact in that unit, and the cost of a turn is
 
-    cost_nanos = round_half_up((uncached_prompt * input + cached * cache_read + completion * output) / 10**6)
+    cost_nanos = round_half_up((uncached_prompt * input + cached * cache_read + cache_write * cache_write_rate
+                                + completion * output) / 10**6)
 
-computed in integers, rounded once per turn.  Cached prompt tokens are part of ``prompt_tokens`` and
-are billed at the cache-read price (at the input price when the model has no cache-read price), as
-genai-prices does.  Tiered prices (a higher rate for every token once the prompt crosses a
+computed in integers, rounded once per turn.  Cached and cache-write prompt tokens are part of
+``prompt_tokens`` and are billed at the cache-read and cache-write prices (at the input price when
+the model has none), as genai-prices does.  Tiered prices (a higher rate for every token once the prompt crosses a
 threshold, genai-prices' ``TieredPrices``) are resolved per turn from the prompt length.
 
 Models whose genai-prices entry prices anything beyond prompt, cache-read and completion tokens
@@ -35,7 +36,7 @@ TOKENS_PER_MTOK = 10**6
 
 #: genai-prices price keys whose units a turn never reports; they cannot change a turn's cost.
 _UNREPORTED_KEYS = frozenset({"web_searches_kcount", "storage_searches_kcount", "file_searches_kcount"})
-_TOKEN_KEYS = frozenset({"input_mtok", "cache_read_mtok", "output_mtok"})
+_TOKEN_KEYS = frozenset({"input_mtok", "cache_read_mtok", "cache_write_mtok", "output_mtok"})
 
 
 class PricingError(ValueError):
@@ -119,6 +120,8 @@ class TurnPrice:
     output_nanos_per_mtok: int
     model: str
     provider: str
+    #: rate applied to prompt tokens written to the provider's cache (Anthropic's cache creation)
+    cache_write_nanos_per_mtok: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,28 +138,36 @@ class PriceSheet:
     cache_read: Rate
     output: Rate
     exotic: ModelPrice | None = None
+    #: cache-write rate; None: the model has none, cache writes cost the input rate
+    cache_write: Rate | None = None
 
-    def price(self, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int) -> TurnPrice:
-        """Price one turn.  Token counts are validated by the caller (non-negative, cached ≤ prompt)."""
+    def price(self, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int,
+              cache_write_tokens: int = 0) -> TurnPrice:
+        """Price one turn.  Token counts are validated by the caller (non-negative, cached +
+        cache-write ≤ prompt): ``prompt_tokens`` counts every input token, of which
+        ``cached_prompt_tokens`` were read from and ``cache_write_tokens`` written to the cache."""
         input_rate = _rate_at(self.input, prompt_tokens)
         cached_rate = _rate_at(self.cache_read, prompt_tokens)
         output_rate = _rate_at(self.output, prompt_tokens)
+        write_rate = input_rate if self.cache_write is None else _rate_at(self.cache_write, prompt_tokens)
         if self.exotic is not None:
             usage = Usage(
                 input_tokens=prompt_tokens,
                 cache_read_tokens=cached_prompt_tokens,
+                cache_write_tokens=cache_write_tokens,
                 output_tokens=completion_tokens,
             )
             total = self.exotic.calc_price(usage)["total_price"] * NANOS_PER_USD
             cost = int(total.to_integral_value(rounding=ROUND_HALF_UP))
         else:
             micro = (
-                (prompt_tokens - cached_prompt_tokens) * input_rate
+                (prompt_tokens - cached_prompt_tokens - cache_write_tokens) * input_rate
                 + cached_prompt_tokens * cached_rate
+                + cache_write_tokens * write_rate
                 + completion_tokens * output_rate
             )
             cost = (micro + TOKENS_PER_MTOK // 2) // TOKENS_PER_MTOK
-        return TurnPrice(cost, input_rate, cached_rate, output_rate, self.model, self.provider)
+        return TurnPrice(cost, input_rate, cached_rate, output_rate, self.model, self.provider, write_rate)
 
 
 def _to_rate(value: Decimal | TieredPrices) -> Rate:
@@ -174,11 +185,12 @@ def _sheet_from_model_price(model: str, provider: str, mp: ModelPrice) -> PriceS
     try:
         input_rate = _to_rate(mp.input_mtok) if mp.input_mtok is not None else 0
         cache_rate = _to_rate(mp.cache_read_mtok) if mp.cache_read_mtok is not None else input_rate
+        write_rate = _to_rate(mp.cache_write_mtok) if mp.cache_write_mtok is not None else None
         output_rate = _to_rate(mp.output_mtok) if mp.output_mtok is not None else 0
     except PricingError:  # a rate finer than a nano per MTok: let genai-prices compute it
         return PriceSheet(model, provider, 0, 0, 0, exotic=mp)
     exotic = mp if keys - _TOKEN_KEYS - _UNREPORTED_KEYS else None
-    return PriceSheet(model, provider, input_rate, cache_rate, output_rate, exotic)
+    return PriceSheet(model, provider, input_rate, cache_rate, output_rate, exotic, write_rate)
 
 
 def _override_key(provider: str | None, model: str) -> str:
@@ -221,6 +233,7 @@ class PriceBook:
                 input=inp,
                 cache_read=rates.get("cache_read_mtok", inp),
                 output=rates.get("output_mtok", 0),
+                cache_write=rates.get("cache_write_mtok"),
             )
         self._models: dict[tuple[str, str | None], PriceSheet | tuple[str, object]] = {}
         self._sheets: dict[int, tuple[ModelPrice, PriceSheet]] = {}
@@ -281,10 +294,12 @@ class PriceBook:
         prompt_tokens: int,
         completion_tokens: int,
         cached_prompt_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> TurnPrice:
         """Price one turn (tokens are integers ≥ 0, ``cached_prompt_tokens ≤ prompt_tokens``).
 
         Returns: a :class:`TurnPrice` with ``cost_nanos`` in nano-USD.
         Raises: PricingError for an unknown model/provider.
         """
-        return self.sheet(model, provider, when).price(prompt_tokens, completion_tokens, cached_prompt_tokens)
+        return self.sheet(model, provider, when).price(prompt_tokens, completion_tokens, cached_prompt_tokens,
+                                                       cache_write_tokens)

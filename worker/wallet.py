@@ -41,9 +41,9 @@ from worker.settings import Settings, get_settings
 
 PREFIX = "tollgate"
 SHARDS_KEY = f"{PREFIX}:config:outbox_shards"
-#: version of the outbox payload (first element of the JSON list); parse_entry reads 1 and 2
-#: (2 appends the meter and its quantity)
-PAYLOAD_VERSION = 2
+#: version of the outbox payload (first element of the JSON list); parse_entry reads 1, 2 and 3
+#: (2 appends the meter and its quantity, 3 the cache-write tokens and their rate)
+PAYLOAD_VERSION = 3
 log = logging.getLogger(__name__)
 
 
@@ -151,6 +151,8 @@ def turn_payload(turn: TurnIn, price: TurnPrice) -> str:
             ts,
             turn.meter,
             turn.quantity,
+            turn.cache_write_tokens,
+            price.cache_write_nanos_per_mtok,
         ],
         separators=(",", ":"),
     )
@@ -448,6 +450,7 @@ class WalletGate:
                 prompt_tokens=t.prompt_tokens,
                 completion_tokens=t.completion_tokens,
                 cached_prompt_tokens=t.cached_prompt_tokens,
+                cache_write_tokens=t.cache_write_tokens,
             )
             if t.meter == "llm"
             else meter_price(t.meter, t.quantity)

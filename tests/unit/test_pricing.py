@@ -471,3 +471,30 @@ def test_off_peak_prices_follow_the_turn_s_time_of_day(hour):
     ref = calc_price(Usage(input_tokens=1_000_000, cache_read_tokens=200_000, output_tokens=100_000),
                      "deepseek-chat", provider_id="deepseek", genai_request_timestamp=when).total_price
     assert ours == int((ref * 10**9).to_integral_value(rounding=ROUND_HALF_UP))
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-20250514", "claude-3-5-haiku", "claude-opus-4-1"])
+def test_cache_write_tokens_cost_the_cache_write_price_as_genai_prices_says(book, model):
+    """Anthropic's cache creation tokens are part of the prompt and cost more than input tokens."""
+    tp = book.price(model=model, provider="anthropic", when=WHEN, prompt_tokens=10_000, completion_tokens=500,
+                    cached_prompt_tokens=3_000, cache_write_tokens=2_000)
+    ref = calc_price(Usage(input_tokens=10_000, cache_read_tokens=3_000, cache_write_tokens=2_000, output_tokens=500),
+                     model_ref=model, provider_id="anthropic", genai_request_timestamp=WHEN)
+    assert tp.cost_nanos == int((ref.total_price * 10**9).to_integral_value(rounding=ROUND_HALF_UP))
+    assert tp.cache_write_nanos_per_mtok == tp.input_nanos_per_mtok * 5 // 4  # Anthropic: 1.25 × input
+    without = book.price(model=model, provider="anthropic", when=WHEN, prompt_tokens=10_000, completion_tokens=500,
+                         cached_prompt_tokens=3_000)
+    assert tp.cost_nanos - without.cost_nanos == 2_000 * (tp.cache_write_nanos_per_mtok - tp.input_nanos_per_mtok) // 10**6
+
+
+def test_cache_write_without_a_cache_write_price_costs_the_input_price(book):
+    tp = book.price(model="gpt-4o", provider="openai", when=WHEN, prompt_tokens=1_000, completion_tokens=0,
+                    cache_write_tokens=400)
+    assert (tp.cost_nanos, tp.cache_write_nanos_per_mtok) == (2_500_000, 2_500_000_000)
+
+
+def test_override_with_cache_write_price():
+    book = PriceBook({"acme/m1": {"input_mtok": "1", "cache_write_mtok": "1.5", "output_mtok": "2"}})
+    tp = book.price(model="m1", provider="acme", when=WHEN, prompt_tokens=1_000_000, completion_tokens=0,
+                    cache_write_tokens=200_000)
+    assert tp.cost_nanos == 800_000_000 + 300_000_000
