@@ -1,0 +1,180 @@
+"""The billing session, in-process and over HTTP, sync and asyncio: the same decisions, exhaustion
+as a typed error, resume on credit, non-LLM meters, and a summary against PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from tollgate_client import (
+    AsyncBillingSession,
+    AsyncHttpTransport,
+    AsyncInProcessTransport,
+    BillingSession,
+    HttpTransport,
+    InProcessTransport,
+    UnknownModel,
+    WalletExhausted,
+    WalletNotFound,
+)
+
+pytestmark = pytest.mark.integration
+
+TURN = {"model": "gpt-4o", "provider": "openai", "prompt_tokens": 1000, "completion_tokens": 100}
+COST = 1000 * 2_500 + 100 * 10_000  # gpt-4o: 3,500,000 nanos per turn
+
+
+def run_script(session: BillingSession, agents=("planner", "coder", "planner")) -> list:
+    """Three turns on a wallet of 10,000,000 nanos: the third overdraws it and pauses the chat."""
+    out = []
+    for i, agent in enumerate(agents):
+        try:
+            out.append(session.record_turn(agent=agent, turn_id=f"{session.chat_id}:t{i}", duration_ms=100 + i,
+                                           **TURN))
+        except WalletExhausted as exc:
+            out.append(exc)
+    return out
+
+
+def strip(decision) -> dict:
+    d = decision.model_dump()
+    d.pop("turn_id")
+    return d
+
+
+def test_in_process_and_http_give_the_same_decisions_exhaustion_and_totals(gate, api, app_id, open_payer, events_url):
+    w1 = open_payer("app_usage", app_id, "alice", 10_000_000)
+    w2 = open_payer("app_usage", app_id, "bob", 10_000_000)
+    local = BillingSession.start(InProcessTransport(gate), level="app_usage", payer_id="alice",
+                                 enterprise_id=app_id, workflow="support", chat_id="chat-a")
+    remote = BillingSession.start(HttpTransport(api_key=api.owner_key(app_id), client=api, events_url=events_url),
+                                  level="app_usage", payer_id="bob", enterprise_id=app_id, workflow="support",
+                                  chat_id="chat-b")
+    assert (local.wallet_id, remote.wallet_id) == (w1, w2) == (f"app:{app_id}:alice", f"app:{app_id}:bob")
+    assert local.can_continue() and remote.can_continue()
+    a, b = run_script(local), run_script(remote)
+    assert [strip(d) for d in a[:2]] == [strip(d) for d in b[:2]] == [
+        {"accepted": True, "action": "continue", "balance_nanos": 6_500_000, "cost_nanos": COST,
+         "billed_nanos": COST, "duplicate": False},
+        {"accepted": True, "action": "continue", "balance_nanos": 3_000_000, "cost_nanos": COST,
+         "billed_nanos": COST, "duplicate": False},
+    ]
+    for exc, wallet_id, chat_id in ((a[2], w1, "chat-a"), (b[2], w2, "chat-b")):
+        assert isinstance(exc, WalletExhausted)
+        assert (exc.wallet_id, exc.balance_nanos, exc.chat_id) == (wallet_id, -500_000, chat_id)
+        assert exc.decision.accepted and exc.decision.action == "pause"  # post-hoc: the turn itself is charged
+    assert not local.can_continue() and not remote.can_continue()
+    assert local.state == remote.state == "paused"
+    # a turn while exhausted is denied, not charged, and raises again
+    for s in (local, remote):
+        with pytest.raises(WalletExhausted) as denied:
+            s.record_turn(agent="planner", **TURN)
+        assert (denied.value.decision.accepted, denied.value.decision.billed_nanos) == (False, 0)
+    assert gate.balance(w1) == gate.balance(w2) == -500_000
+    agents = {"coder": {"turns": 1, "prompt_tokens": 1000, "completion_tokens": 100, "cached_prompt_tokens": 0,
+                        "total_tokens": 1100, "duration_ms": 101, "cost_nanos": COST, "billed_nanos": COST},
+              "planner": {"turns": 2, "prompt_tokens": 2000, "completion_tokens": 200, "cached_prompt_tokens": 0,
+                          "total_tokens": 2200, "duration_ms": 202, "cost_nanos": 2 * COST, "billed_nanos": 2 * COST}}
+    sa, sb = local.finalize(), remote.finalize()
+    assert sa.agents == sb.agents == agents
+    assert sa.totals == sb.totals and sa.cost_nanos == sb.cost_nanos == 3 * COST
+    assert sa.pauses == sb.pauses == 1
+    assert sb.workflow_averages is None  # the HTTP API has no summary endpoint yet
+
+
+def test_unknown_model_and_unknown_wallet_are_typed_errors(gate, api, app_id, open_payer):
+    open_payer("app_usage", app_id, "alice", 10_000_000)
+    for transport in (InProcessTransport(gate), HttpTransport(api_key=api.owner_key(app_id), client=api)):
+        session = BillingSession.start(transport, level="app_usage", payer_id="alice", enterprise_id=app_id)
+        with pytest.raises(UnknownModel, match="model: 'acme-llm-9000'"):
+            session.record_turn(agent="a", model="acme-llm-9000", prompt_tokens=1, completion_tokens=1)
+        with pytest.raises(WalletNotFound, match=f"wallet_id: unknown wallet 'app:{app_id}:nobody'"):
+            BillingSession.start(transport, level="app_usage", payer_id="nobody", enterprise_id=app_id)
+    with pytest.raises(ValueError, match="level: 'gold'"):
+        BillingSession.start(InProcessTransport(gate), level="gold", payer_id="alice", enterprise_id=app_id)
+    assert gate.balance(f"app:{app_id}:alice") == 10_000_000  # nothing was charged
+
+
+def test_wait_for_resume_times_out_then_returns_on_the_credit_and_the_chat_goes_on(
+    gate, app_id, open_payer, events_url, drain, db
+):
+    from worker.ledger import credit_wallet
+
+    wallet_id = open_payer("platform", app_id, "maker1", 4_000_000)
+    session = BillingSession.start(InProcessTransport(gate), level="platform", payer_id="maker1",
+                                   enterprise_id=app_id, workflow="app_generation", chat_id="gen-1")
+    assert wallet_id == "plat:maker1"
+    assert isinstance(run_script(session, ("architect", "architect"))[-1], WalletExhausted)
+    with pytest.raises(WalletExhausted):
+        session.ensure_can_continue()
+    assert session.balance_nanos == 4_000_000 - 2 * COST
+    with pytest.raises(TimeoutError, match="was not credited within 0.3 s"):
+        asyncio.run(session.wait_for_resume(timeout=0.3))
+
+    async def wait_and_credit():
+        waiter = asyncio.create_task(session.wait_for_resume(timeout=10))
+        await asyncio.sleep(0.3)  # subscribed and found the balance ≤ 0 by now
+        await asyncio.to_thread(credit_wallet, gate, wallet_id=wallet_id, amount_nanos=20_000_000,
+                                idempotency_key=f"topup-{app_id}")
+        return await waiter
+
+    resumed = asyncio.run(wait_and_credit())
+    assert resumed.cause in ("chat.resumable", "wallet.credited")
+    assert resumed.balance_nanos == 4_000_000 - 2 * COST + 20_000_000 == 17_000_000
+    assert session.state == "connected" and session.can_continue()
+    # a credit that landed before the wait started is seen by the balance check after subscribing
+    assert asyncio.run(session.wait_for_resume(timeout=2)).cause == "balance"
+    decision = session.record_turn(agent="architect", **TURN)
+    assert (decision.action, decision.balance_nanos) == ("continue", 17_000_000 - COST)
+    assert session.record_meter("emails", quantity=3).cost_nanos == 300_000  # $0.10 per 1,000 emails
+    assert session.record_meter("storage_gb_month", quantity=100).cost_nanos == 2_300_000  # $0.023 per GB-month
+    drain()
+    summary = session.finalize()
+    with db.connect() as conn:
+        rows = conn.execute(text("SELECT meter, count(*), sum(cost_nanos), sum(quantity) FROM usage_event "
+                                 "WHERE chat_id = 'gen-1' GROUP BY meter ORDER BY meter")).all()
+        paused = conn.execute(text("SELECT reason, resumed_at IS NOT NULL FROM paused_chat WHERE chat_id = 'gen-1'")).all()
+    assert summary.agents["architect"]["turns"] == 3
+    assert summary.meters["emails"] == {"records": 1, "quantity": 3, "cost_nanos": 300_000, "billed_nanos": 300_000}
+    assert [tuple(r) for r in rows] == [
+        ("emails", 1, 300_000, 3), ("llm", 3, 3 * COST, 0),
+        ("storage_gb_month", 1, 2_300_000, 100)]
+    assert [tuple(r) for r in paused] == [("wallet_exhausted", True)]
+    assert summary.workflow_averages["total_sessions"] == 1
+    assert summary.comparison["cost_nanos"] == summary.cost_nanos == 3 * COST + 300_000 + 2_300_000
+    assert summary.comparison["avg_cost_nanos"] == summary.workflow_averages["avg_cost_nanos"]
+
+
+def test_asyncio_sessions_in_process_and_http_match(gate, api, app_id, open_payer, events_url):
+    from api_stub import main
+
+    open_payer("app_usage", app_id, "carol", 10_000_000)
+    open_payer("app_usage", app_id, "dave", 10_000_000)
+    key = api.owner_key(app_id)
+
+    async def script(transport, payer):
+        session = await AsyncBillingSession.start(transport, level="app_usage", payer_id=payer,
+                                                  enterprise_id=app_id, workflow="support")
+        out = []
+        for agent in ("planner", "coder", "planner"):
+            try:
+                out.append(strip(await session.record_turn(agent=agent, **TURN)))
+            except WalletExhausted as exc:
+                out.append(("exhausted", exc.balance_nanos))
+        out.append(await session.can_continue())
+        return out, (await session.finalize()).agents
+
+    async def both():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=main.app), base_url="http://tollgate") as c:
+            remote = await script(AsyncHttpTransport(api_key=key, client=c, events_url=events_url), "dave")
+        local = await script(AsyncInProcessTransport(gate), "carol")
+        return local, remote
+
+    local, remote = asyncio.run(both())
+    assert local == remote
+    assert local[0][2:] == [("exhausted", -500_000), False]

@@ -1,0 +1,572 @@
+"""A billing session over one chat, for both payer levels, synchronous and asyncio.
+
+Lifecycle::
+
+    session = BillingSession.start(transport, level="app_usage", payer_id="u-42",
+                                   enterprise_id="app-7", workflow="support", chat_id="chat-1")
+    while session.can_continue():              # the wallet can pay (or was credited since a pause)
+        response = llm(...)
+        try:
+            session.record_response(response, agent="planner", duration_ms=830)
+        except WalletExhausted as exc:         # the turn is recorded; the chat must stop here
+            await session.wait_for_resume(timeout=600)   # returns once the wallet is credited
+    summary = session.finalize()               # totals per agent, compared with the workflow's averages
+
+Everything money is integer nano-USD; tokens are integers; durations are milliseconds (turns) or
+seconds (timeouts).  The session's totals are counted from the gate's decisions (turns it accepted,
+at the cost it charged), so they are the same on every transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from models.schemas import Decision, TurnIn
+from tollgate_client.adapters import TokenUsage, turn_fields, usage_from_response
+from tollgate_client.transports import TollgateClientError
+
+log = logging.getLogger(__name__)
+
+Level = Literal["platform", "app_usage"]
+#: the events that may resume a chat (``worker.webhooks`` wire form, pub/sub ``tollgate:events:<app>``)
+RESUME_EVENTS = ("chat.resumable", "wallet.credited")
+
+
+class WalletExhausted(TollgateClientError):
+    """The wallet cannot pay for more turns: the chat must stop until it is credited.
+
+    Attributes:
+        wallet_id / chat_id: where.
+        balance_nanos: the wallet's balance after the last turn, nano-USD (≤ 0), or None if unknown.
+        decision: the gate's :class:`~models.schemas.Decision` of the turn that hit the floor, if a
+            turn did (``decision.accepted``: the turn itself was charged and recorded).
+    """
+
+    def __init__(self, wallet_id: str, balance_nanos: int | None, chat_id: str,
+                 decision: Decision | None = None) -> None:
+        super().__init__(f"wallet {wallet_id!r} is exhausted (balance {balance_nanos} nanos): chat {chat_id!r} "
+                         "is paused until the wallet is credited")
+        self.wallet_id = wallet_id
+        self.balance_nanos = balance_nanos
+        self.chat_id = chat_id
+        self.decision = decision
+
+
+class CostThresholdExceeded(TollgateClientError):
+    """The session's cost crossed its threshold: the workflow stops (the turn that crossed it is
+    recorded).  ``cost_nanos`` and ``threshold_nanos`` are nano-USD."""
+
+    def __init__(self, chat_id: str, cost_nanos: int, threshold_nanos: int) -> None:
+        super().__init__(f"chat {chat_id!r} cost {cost_nanos} nanos, crossing its threshold of {threshold_nanos} nanos")
+        self.chat_id = chat_id
+        self.cost_nanos = cost_nanos
+        self.threshold_nanos = threshold_nanos
+
+
+class SessionEnded(TollgateClientError):
+    """The session was finalized: it records nothing more."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """Why :meth:`BillingSession.wait_for_resume` returned: ``cause`` is ``'balance'`` (the balance
+    was already positive when checked after subscribing), ``'chat.resumable'`` or
+    ``'wallet.credited'``; ``balance_nanos`` the wallet's balance then (None: unlimited); ``event``
+    the event's wire form, if one."""
+
+    cause: str
+    balance_nanos: int | None
+    event: dict[str, Any] | None = None
+
+
+@dataclass
+class Totals:
+    """Running totals of accepted turns: counts and tokens (integers), ``duration_ms`` (ms),
+    ``cost_nanos`` (at the prices charged) and ``billed_nanos`` (debited), nano-USD."""
+
+    turns: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    duration_ms: int = 0
+    cost_nanos: int = 0
+    billed_nanos: int = 0
+
+    def add(self, turn: TurnIn, decision: Decision) -> None:
+        self.turns += 1
+        self.prompt_tokens += turn.prompt_tokens
+        self.completion_tokens += turn.completion_tokens
+        self.cached_prompt_tokens += turn.cached_prompt_tokens
+        self.duration_ms += turn.duration_ms
+        self.cost_nanos += decision.cost_nanos
+        self.billed_nanos += decision.billed_nanos
+
+    def as_dict(self) -> dict[str, int]:
+        return {"turns": self.turns, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "cached_prompt_tokens": self.cached_prompt_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens, "duration_ms": self.duration_ms,
+                "cost_nanos": self.cost_nanos, "billed_nanos": self.billed_nanos}
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """What :meth:`BillingSession.finalize` returns.
+
+    ``totals`` and ``agents`` (per agent) are LLM turns (:meth:`Totals.as_dict`: turns, tokens,
+    ``duration_ms``, ``cost_nanos``, ``billed_nanos``); ``meters`` are non-LLM records per meter
+    (``records``, ``quantity``, ``cost_nanos``, ``billed_nanos``); ``cost_nanos``/``billed_nanos``
+    add both, nano-USD.  ``workflow_averages`` is :func:`worker.rollups.workflow_averages` of the
+    session's workflow and month (None when the transport cannot read it, e.g. HTTP today) and
+    ``comparison`` this session against it::
+
+        {"total_sessions": int, "cost_nanos": int, "avg_cost_nanos": int, "cost_delta_nanos": int,
+         "cost_vs_avg_bps": int | None,          # 10_000 = exactly average; None when the average is 0
+         "total_tokens": int, "avg_total_tokens": float, "turns": int, "avg_turns": float}
+    """
+
+    chat_id: str
+    wallet_id: str
+    enterprise_id: str
+    workflow: str
+    level: str
+    period: str
+    totals: dict[str, int]
+    agents: dict[str, dict[str, int]]
+    meters: dict[str, dict[str, int]]
+    cost_nanos: int
+    billed_nanos: int
+    pauses: int
+    workflow_averages: dict[str, Any] | None = None
+    comparison: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (every field)."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def compare(totals: dict[str, int], cost_nanos: int, averages: dict[str, Any]) -> dict[str, Any]:
+    """This session's cost, tokens and turns beside the workflow's per-session averages (see
+    :class:`SessionSummary`); integer nanos and basis points, no float near money."""
+    sessions = int(averages["total_sessions"])
+    avg_cost = int(averages["avg_cost_nanos"])
+    avg_turns = round(int(averages["total_turns"]) / sessions, 2) if sessions else 0.0  # a count, not money
+    return {
+        "total_sessions": sessions,
+        "cost_nanos": cost_nanos,
+        "avg_cost_nanos": avg_cost,
+        "cost_delta_nanos": cost_nanos - avg_cost,
+        "cost_vs_avg_bps": cost_nanos * 10_000 // avg_cost if avg_cost else None,
+        "total_tokens": totals["total_tokens"],
+        "avg_total_tokens": averages["avg_total_tokens"],
+        "turns": totals["turns"],
+        "avg_turns": avg_turns,
+    }
+
+
+def _wallet_id_for(level: str, enterprise_id: str, payer_id: str) -> str:
+    from worker.payers import wallet_id_for
+
+    return wallet_id_for(level, enterprise_id=enterprise_id, payer_id=payer_id)
+
+
+class _Core:
+    """State and bookkeeping shared by the synchronous and asyncio sessions (no I/O here)."""
+
+    def __init__(self, transport, *, level: Level, payer_id: str, enterprise_id: str, workflow: str,
+                 chat_id: str | None, cost_threshold_nanos: int | None, warn_at_bps: int,
+                 events_url: str | None) -> None:
+        if level not in ("platform", "app_usage"):
+            raise ValueError(f"level: {level!r} is not 'platform' or 'app_usage'")
+        if cost_threshold_nanos is not None and (
+            not isinstance(cost_threshold_nanos, int) or isinstance(cost_threshold_nanos, bool)
+            or cost_threshold_nanos <= 0
+        ):
+            raise ValueError(f"cost_threshold_nanos: must be a positive integer of nano-USD, got {cost_threshold_nanos!r}")
+        if not isinstance(warn_at_bps, int) or not 0 < warn_at_bps <= 10_000:
+            raise ValueError(f"warn_at_bps: must be an integer in 1..10000, got {warn_at_bps!r}")
+        self.transport = transport
+        self.level = level
+        self.payer_id = payer_id
+        self.enterprise_id = enterprise_id
+        self.workflow = workflow
+        self.chat_id = chat_id or f"chat_{uuid.uuid4().hex}"
+        self.wallet_id = _wallet_id_for(level, enterprise_id, payer_id)
+        self.cost_threshold_nanos = cost_threshold_nanos
+        self.warn_at_bps = warn_at_bps
+        self.events_url = events_url or getattr(transport, "events_url", None)
+        self.started_at = datetime.now(UTC)
+        #: 'connected' (turns flow), 'paused' (stopped: see ``pause_reason``) or 'ended'
+        self.state = "connected"
+        self.pause_reason: str | None = None
+        self.balance_nanos: int | None = None
+        self.last_decision: Decision | None = None
+        self.totals = Totals()
+        self.agents: dict[str, Totals] = {}
+        self.meters: dict[str, dict[str, int]] = {}
+        self.cost_nanos = 0
+        self.billed_nanos = 0
+        self.pauses = 0
+        self.warned = False
+        self._seq = 0
+
+    # turns ------------------------------------------------------------------------------------
+    def _turn_id(self, turn_id: str | None, hint: str | None = None) -> str:
+        if turn_id:
+            return turn_id
+        self._seq += 1
+        return f"{self.chat_id}:{hint}" if hint else f"{self.chat_id}:{self._seq}:{uuid.uuid4().hex[:12]}"
+
+    def _check_open(self) -> None:
+        if self.state == "ended":
+            raise SessionEnded(f"session of chat {self.chat_id!r} was finalized")
+
+    def _turn(self, **fields: Any) -> TurnIn:
+        return TurnIn(wallet_id=self.wallet_id, enterprise_id=self.enterprise_id, chat_id=self.chat_id,
+                      workflow=self.workflow, **fields)
+
+    def _llm_turn(self, *, agent: str, model: str, prompt_tokens: int, completion_tokens: int,
+                  cached_prompt_tokens: int, duration_ms: int, provider: str | None, turn_id: str | None,
+                  occurred_at: datetime | None) -> TurnIn:
+        self._check_open()
+        extra = {"occurred_at": occurred_at} if occurred_at is not None else {}
+        return self._turn(turn_id=self._turn_id(turn_id), agent=agent, model=model, provider=provider,
+                          prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                          cached_prompt_tokens=cached_prompt_tokens, duration_ms=duration_ms, **extra)
+
+    def _response_turn(self, response: Any, *, agent: str, duration_ms: int, provider: str | None,
+                       turn_id: str | None, occurred_at: datetime | None) -> TurnIn:
+        self._check_open()
+        usage: TokenUsage = response if isinstance(response, TokenUsage) else usage_from_response(
+            response, provider=provider)
+        if usage.unbilled_cache_write_tokens:
+            log.warning("turn of chat %s: %d cache-write tokens billed at the input price (TurnIn has no "
+                        "cache_write_tokens field yet)", self.chat_id, usage.unbilled_cache_write_tokens)
+        extra = {"occurred_at": occurred_at} if occurred_at is not None else {}
+        hint = usage.response_id if turn_id is None else None
+        return self._turn(turn_id=self._turn_id(turn_id, hint), agent=agent, duration_ms=duration_ms,
+                          **turn_fields(usage), **extra)
+
+    def _meter_turn(self, meter: str, quantity: int, *, agent: str, turn_id: str | None,
+                    occurred_at: datetime | None) -> TurnIn:
+        self._check_open()
+        extra = {"occurred_at": occurred_at} if occurred_at is not None else {}
+        return self._turn(turn_id=self._turn_id(turn_id), agent=agent, meter=meter, quantity=quantity, **extra)
+
+    def _after(self, turn: TurnIn, decision: Decision) -> tuple[Exception | None, bool]:
+        """Count an answer; returns (the error to raise, whether a pause must be recorded)."""
+        self.last_decision = decision
+        self.balance_nanos = decision.balance_nanos
+        if decision.accepted and not decision.duplicate:
+            self.cost_nanos += decision.cost_nanos
+            self.billed_nanos += decision.billed_nanos
+            if turn.meter == "llm":
+                self.totals.add(turn, decision)
+                self.agents.setdefault(turn.agent, Totals()).add(turn, decision)
+            else:
+                m = self.meters.setdefault(turn.meter, {"records": 0, "quantity": 0, "cost_nanos": 0,
+                                                        "billed_nanos": 0})
+                m["records"] += 1
+                m["quantity"] += turn.quantity
+                m["cost_nanos"] += decision.cost_nanos
+                m["billed_nanos"] += decision.billed_nanos
+        if decision.action == "pause":
+            newly = self.state != "paused"
+            self.state, self.pause_reason = "paused", "wallet_exhausted"
+            self.pauses += newly
+            return WalletExhausted(self.wallet_id, decision.balance_nanos, self.chat_id, decision), newly
+        threshold = self.cost_threshold_nanos
+        if threshold is not None:
+            if self.cost_nanos >= threshold:
+                newly = self.state != "paused"
+                self.state, self.pause_reason = "paused", "cost_threshold"
+                self.pauses += newly
+                log.warning("chat %s of workflow %s: cost %d nanos crossed its threshold %d nanos; stopping",
+                            self.chat_id, self.workflow, self.cost_nanos, threshold)
+                return CostThresholdExceeded(self.chat_id, self.cost_nanos, threshold), newly
+            if not self.warned and self.cost_nanos * 10_000 >= threshold * self.warn_at_bps:
+                self.warned = True
+                log.warning("chat %s of workflow %s: cost %d nanos reached %d bps of its threshold %d nanos",
+                            self.chat_id, self.workflow, self.cost_nanos, self.warn_at_bps, threshold)
+        return None, False
+
+    def _pause_kwargs(self) -> dict[str, Any]:
+        b = self.balance_nanos
+        return {"enterprise_id": self.enterprise_id, "chat_id": self.chat_id, "wallet_id": self.wallet_id,
+                "reason": self.pause_reason, "needed_nanos": (1 - b) if b is not None and b <= 0 else None}
+
+    def _on_gate(self, ok: bool) -> tuple[bool, bool]:
+        """(may go on, was resumed now) given whether the gate would accept the wallet's next turn."""
+        if self.state == "ended":
+            return False, False
+        if self.state == "paused" and self.pause_reason != "wallet_exhausted":
+            return False, False  # a cost threshold is lifted only by resume()
+        if ok and self.state == "paused":
+            self.state, self.pause_reason = "connected", None
+            return True, True
+        return ok, False
+
+    def _resume_kwargs(self) -> dict[str, Any]:
+        return {"enterprise_id": self.enterprise_id, "chat_id": self.chat_id}
+
+    def resume(self) -> None:
+        """Lift a pause the session imposed itself (a cost threshold), e.g. after raising the threshold
+        (``cost_threshold_nanos``); a wallet pause lifts itself once the wallet is credited."""
+        self._check_open()
+        if self.state == "paused" and self.pause_reason == "cost_threshold":
+            self.state, self.pause_reason = "connected", None
+
+    def _summary(self, averages: dict[str, Any] | None) -> SessionSummary:
+        totals = self.totals.as_dict()
+        return SessionSummary(
+            chat_id=self.chat_id, wallet_id=self.wallet_id, enterprise_id=self.enterprise_id,
+            workflow=self.workflow, level=self.level, period=self.started_at.strftime("%Y-%m"),
+            totals=totals, agents={a: t.as_dict() for a, t in sorted(self.agents.items())},
+            meters={m: dict(v) for m, v in sorted(self.meters.items())}, cost_nanos=self.cost_nanos,
+            billed_nanos=self.billed_nanos, pauses=self.pauses, workflow_averages=averages,
+            comparison=compare(totals, self.cost_nanos, averages) if averages else None,
+        )
+
+    # resume -----------------------------------------------------------------------------------
+    def _matches(self, event: dict[str, Any]) -> bool:
+        data = event.get("data") or {}
+        if event.get("type") == "chat.resumable":
+            return data.get("chat_id") == self.chat_id or data.get("wallet_id") == self.wallet_id
+        if event.get("type") == "wallet.credited":
+            balance = data.get("balance_nanos")
+            return data.get("wallet_id") == self.wallet_id and (balance is None or int(balance) > 0)
+        return False
+
+    async def _wait_for_resume(self, timeout: float, can_continue, balance, resumed) -> Resumed:
+        if self.events_url is None:
+            raise TollgateClientError("events_url: the session needs a Redis URL to hear resume events")
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ValueError(f"timeout: must be a positive number of seconds, got {timeout!r}")
+        import redis.asyncio as aioredis
+
+        from worker.webhooks import channel
+
+        client = aioredis.Redis.from_url(self.events_url, decode_responses=True)
+        pubsub = client.pubsub()
+        try:
+            async with asyncio.timeout(timeout):
+                await pubsub.subscribe(channel(self.enterprise_id))
+                while True:  # wait for the server's confirmation: from here no event is missed
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg is not None and msg["type"] == "subscribe":
+                        break
+                ok, _ = self._on_gate(await can_continue())
+                if ok:
+                    current = await balance()
+                    self.balance_nanos = current
+                    await resumed()
+                    return Resumed("balance", current)
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is None or msg["type"] != "message":
+                        continue
+                    try:
+                        event = json.loads(msg["data"])
+                    except (TypeError, ValueError):
+                        continue
+                    if isinstance(event, dict) and self._matches(event):
+                        data = event.get("data") or {}
+                        value = data.get("balance_nanos")
+                        current = int(value) if value is not None else await balance()
+                        self.balance_nanos = current
+                        if self.state == "paused" and self.pause_reason == "wallet_exhausted":
+                            self.state, self.pause_reason = "connected", None
+                        await resumed()
+                        return Resumed(event["type"], current, event)
+        except TimeoutError:
+            raise TimeoutError(f"wallet {self.wallet_id!r} of chat {self.chat_id!r} was not credited "
+                               f"within {timeout} s") from None
+        finally:
+            await pubsub.aclose()
+            await client.aclose()
+
+
+class BillingSession(_Core):
+    """A billing session over one chat (synchronous).  Create it with :meth:`start`.
+
+    Attributes: ``wallet_id`` (from ``worker.payers.wallet_id_for``), ``chat_id``, ``state``
+    (``connected`` | ``paused`` | ``ended``), ``pause_reason``, ``balance_nanos`` (last known,
+    nano-USD), ``last_decision``.
+    """
+
+    @classmethod
+    def start(cls, transport, *, level: Level, payer_id: str, enterprise_id: str, workflow: str = "default",
+              chat_id: str | None = None, cost_threshold_nanos: int | None = None, warn_at_bps: int = 8_000,
+              events_url: str | None = None) -> "BillingSession":
+        """Start a session: resolve the payer's wallet and check it exists.
+
+        Args:
+            transport: :class:`~tollgate_client.transports.InProcessTransport` or ``HttpTransport``.
+            level: ``'platform'`` (the app creator pays; ``payer_id`` = mozaiks_user_id) or
+                ``'app_usage'`` (the app's end user pays; ``payer_id`` = platform_user_id).
+            enterprise_id: the app; workflow: the workflow name; chat_id: default a new random id.
+            cost_threshold_nanos: stop the workflow once the session cost reaches this (nano-USD);
+                a warning is logged at ``warn_at_bps`` basis points of it (default 80 %).
+            events_url: Redis URL of the app's events (default: the transport's).
+        Raises: ValueError naming the argument; WalletNotFound.
+        """
+        session = cls(transport, level=level, payer_id=payer_id, enterprise_id=enterprise_id, workflow=workflow,
+                      chat_id=chat_id, cost_threshold_nanos=cost_threshold_nanos, warn_at_bps=warn_at_bps,
+                      events_url=events_url)
+        transport.start(enterprise_id=enterprise_id, chat_id=session.chat_id, wallet_id=session.wallet_id,
+                        workflow=workflow)
+        session.balance_nanos = transport.balance(session.wallet_id)
+        return session
+
+    def can_continue(self) -> bool:
+        """True if the next turn may run: the session is not ended nor stopped by its cost threshold,
+        and the gate would accept the wallet's next turn (in-process: balance minus holds > 0, not
+        blocked, or a free mode; HTTP: balance > 0 or unlimited).  One round trip; a paused chat
+        whose wallet was credited since is connected again."""
+        if self.state == "ended":
+            return False
+        ok, resumed = self._on_gate(self.transport.can_continue(self.wallet_id))
+        if resumed:
+            self.transport.resumed(**self._resume_kwargs())
+        return ok
+
+    def record(self, turn: TurnIn) -> Decision:
+        """Send a built turn.  Returns its Decision.  Raises WalletExhausted (action ``pause``; the
+        decision is on the exception), CostThresholdExceeded, UnknownModel, WalletNotFound."""
+        decision = self.transport.record(turn)
+        error, newly = self._after(turn, decision)
+        if newly:
+            self.transport.pause(**self._pause_kwargs())
+        if error is not None:
+            raise error
+        return decision
+
+    def record_turn(self, *, agent: str, model: str, prompt_tokens: int, completion_tokens: int,
+                    cached_prompt_tokens: int = 0, duration_ms: int = 0, provider: str | None = None,
+                    turn_id: str | None = None, occurred_at: datetime | None = None) -> Decision:
+        """Record one LLM turn from raw counts (tokens; ``duration_ms`` the response time, ms).
+        ``turn_id`` (idempotency key) defaults to a new unique id.  Raises pydantic.ValidationError
+        naming the field, and as :meth:`record`."""
+        return self.record(self._llm_turn(agent=agent, model=model, prompt_tokens=prompt_tokens,
+                                          completion_tokens=completion_tokens,
+                                          cached_prompt_tokens=cached_prompt_tokens, duration_ms=duration_ms,
+                                          provider=provider, turn_id=turn_id, occurred_at=occurred_at))
+
+    def record_response(self, response: Any, *, agent: str, duration_ms: int = 0, provider: str | None = None,
+                        turn_id: str | None = None, occurred_at: datetime | None = None) -> Decision:
+        """Record one LLM turn from an SDK response (:mod:`tollgate_client.adapters`) or a
+        :class:`TokenUsage`.  ``turn_id`` defaults to ``<chat_id>:<response id>`` (so recording the
+        same response twice is one turn).  Raises AdapterError, and as :meth:`record`."""
+        return self.record(self._response_turn(response, agent=agent, duration_ms=duration_ms, provider=provider,
+                                               turn_id=turn_id, occurred_at=occurred_at))
+
+    def record_meter(self, meter: str, *, quantity: int, agent: str = "system", turn_id: str | None = None,
+                     occurred_at: datetime | None = None) -> Decision:
+        """Record a non-LLM meter through the same gate and ledger: ``emails`` (emails sent),
+        ``storage_gb_month`` (MB-months), ``function_calls`` (invocations); ``quantity`` an integer > 0.
+        Raises pydantic.ValidationError naming ``meter``/``quantity``, and as :meth:`record`."""
+        return self.record(self._meter_turn(meter, quantity, agent=agent, turn_id=turn_id, occurred_at=occurred_at))
+
+    def ensure_can_continue(self) -> None:
+        """Raise WalletExhausted (or CostThresholdExceeded) unless :meth:`can_continue`."""
+        if not self.can_continue():
+            if self.pause_reason == "cost_threshold":
+                raise CostThresholdExceeded(self.chat_id, self.cost_nanos, self.cost_threshold_nanos or 0)
+            raise WalletExhausted(self.wallet_id, self.balance_nanos, self.chat_id, self.last_decision)
+
+    async def wait_for_resume(self, timeout: float) -> Resumed:
+        """Wait until the wallet is credited: subscribes to ``tollgate:events:<enterprise_id>``, checks
+        the balance once after subscribing (a credit just before is not missed), then returns on a
+        ``chat.resumable`` event of this chat or wallet, or a ``wallet.credited`` event of this wallet
+        leaving a positive balance.  The session is connected again.  ``timeout`` in seconds.
+        Raises TimeoutError."""
+        t, w = self.transport, self.wallet_id
+        return await self._wait_for_resume(
+            timeout, lambda: asyncio.to_thread(t.can_continue, w), lambda: asyncio.to_thread(t.balance, w),
+            lambda: asyncio.to_thread(lambda: t.resumed(**self._resume_kwargs())))
+
+    def finalize(self) -> SessionSummary:
+        """End the session (and the chat, in-process: completed, its rollups refreshed) and return
+        its :class:`SessionSummary`, compared with the workflow's averages when the transport can
+        read them.  Idempotent in effect: a second call returns the same totals."""
+        self.state = "ended"
+        averages = self.transport.finish(enterprise_id=self.enterprise_id, chat_id=self.chat_id,
+                                         workflow=self.workflow, period=self.started_at.strftime("%Y-%m"))
+        return self._summary(averages)
+
+
+class AsyncBillingSession(_Core):
+    """:class:`BillingSession` for asyncio, on ``AsyncInProcessTransport`` or ``AsyncHttpTransport``:
+    the same methods, awaitable, with the same results and errors."""
+
+    @classmethod
+    async def start(cls, transport, *, level: Level, payer_id: str, enterprise_id: str, workflow: str = "default",
+                    chat_id: str | None = None, cost_threshold_nanos: int | None = None, warn_at_bps: int = 8_000,
+                    events_url: str | None = None) -> "AsyncBillingSession":
+        """See :meth:`BillingSession.start`."""
+        session = cls(transport, level=level, payer_id=payer_id, enterprise_id=enterprise_id, workflow=workflow,
+                      chat_id=chat_id, cost_threshold_nanos=cost_threshold_nanos, warn_at_bps=warn_at_bps,
+                      events_url=events_url)
+        await transport.start(enterprise_id=enterprise_id, chat_id=session.chat_id, wallet_id=session.wallet_id,
+                              workflow=workflow)
+        session.balance_nanos = await transport.balance(session.wallet_id)
+        return session
+
+    async def can_continue(self) -> bool:
+        """See :meth:`BillingSession.can_continue`."""
+        if self.state == "ended":
+            return False
+        ok, resumed = self._on_gate(await self.transport.can_continue(self.wallet_id))
+        if resumed:
+            await self.transport.resumed(**self._resume_kwargs())
+        return ok
+
+    async def record(self, turn: TurnIn) -> Decision:
+        """See :meth:`BillingSession.record`."""
+        decision = await self.transport.record(turn)
+        error, newly = self._after(turn, decision)
+        if newly:
+            await self.transport.pause(**self._pause_kwargs())
+        if error is not None:
+            raise error
+        return decision
+
+    async def record_turn(self, *, agent: str, model: str, prompt_tokens: int, completion_tokens: int,
+                          cached_prompt_tokens: int = 0, duration_ms: int = 0, provider: str | None = None,
+                          turn_id: str | None = None, occurred_at: datetime | None = None) -> Decision:
+        """See :meth:`BillingSession.record_turn`."""
+        return await self.record(self._llm_turn(agent=agent, model=model, prompt_tokens=prompt_tokens,
+                                                completion_tokens=completion_tokens,
+                                                cached_prompt_tokens=cached_prompt_tokens, duration_ms=duration_ms,
+                                                provider=provider, turn_id=turn_id, occurred_at=occurred_at))
+
+    async def record_response(self, response: Any, *, agent: str, duration_ms: int = 0,
+                              provider: str | None = None, turn_id: str | None = None,
+                              occurred_at: datetime | None = None) -> Decision:
+        """See :meth:`BillingSession.record_response`."""
+        return await self.record(self._response_turn(response, agent=agent, duration_ms=duration_ms,
+                                                     provider=provider, turn_id=turn_id, occurred_at=occurred_at))
+
+    async def record_meter(self, meter: str, *, quantity: int, agent: str = "system", turn_id: str | None = None,
+                           occurred_at: datetime | None = None) -> Decision:
+        """See :meth:`BillingSession.record_meter`."""
+        return await self.record(self._meter_turn(meter, quantity, agent=agent, turn_id=turn_id,
+                                                  occurred_at=occurred_at))
+
+    async def wait_for_resume(self, timeout: float) -> Resumed:
+        """See :meth:`BillingSession.wait_for_resume`."""
+        t, w = self.transport, self.wallet_id
+        return await self._wait_for_resume(timeout, lambda: t.can_continue(w), lambda: t.balance(w),
+                                           lambda: t.resumed(**self._resume_kwargs()))
+
+    async def finalize(self) -> SessionSummary:
+        """See :meth:`BillingSession.finalize`."""
+        self.state = "ended"
+        averages = await self.transport.finish(enterprise_id=self.enterprise_id, chat_id=self.chat_id,
+                                               workflow=self.workflow, period=self.started_at.strftime("%Y-%m"))
+        return self._summary(averages)
