@@ -105,3 +105,20 @@ def test_reserve_exact_batch_denies_what_it_cannot_cover_and_goes_on(client, wg)
     free = wg.record_turns([turn("zero", prompt_tokens=0, cached_prompt_tokens=0, completion_tokens=0)],
                            reserve_exact=True)
     assert free[0].accepted and wg.balance("w1") == 10
+
+
+def test_another_wallets_hold_can_be_neither_settled_released_nor_reused(client, wg):
+    """Two wallets on one shard: naming the other's reservation changes nothing of it."""
+    mine = "w1"
+    theirs = next(f"w-{i}" for i in range(100) if wg.shard(f"w-{i}") == wg.shard(mine) and f"w-{i}" != mine)
+    wg.load_wallet(mine, mode="production", limited=True, balance_nanos=10 * COST_DEFAULT)
+    wg.load_wallet(theirs, mode="production", limited=True, balance_nanos=10 * COST_DEFAULT)
+    hold = wg.reserve(theirs, 3 * COST_DEFAULT, reservation_id="r-theirs")
+    assert hold.granted and held(client, wg, theirs) == 3 * COST_DEFAULT
+    assert wg.release(mine, "r-theirs") == 0
+    assert not wg.reserve(mine, COST_DEFAULT, reservation_id="r-theirs").granted
+    d = wg.record_turn(turn("t-x", wallet_id=mine, reservation_id="r-theirs"))
+    # settled against nothing: an ordinary post-hoc debit of my wallet; their hold is intact
+    assert (d.accepted, d.billed_nanos, d.balance_nanos) == (True, COST_DEFAULT, 9 * COST_DEFAULT)
+    assert (held(client, wg, mine), held(client, wg, theirs)) == (0, 3 * COST_DEFAULT)
+    assert wg.release(theirs, "r-theirs") == 3 * COST_DEFAULT and held(client, wg, theirs) == 0

@@ -52,7 +52,11 @@ local function release_hold()
   if ARGV[5] == '' then
     return false
   end
-  local amount = redis.call('HGET', KEYS[5], 'amount')
+  local hold = redis.call('HMGET', KEYS[5], 'amount', 'wallet')
+  local amount = hold[1]
+  if amount and KEYS[1] ~= string.match(KEYS[1], '^(.-:wallet:)') .. hold[2] then
+    return false  -- another wallet's hold: not ours to settle (its 'held' would be stranded)
+  end
   if amount then
     if amount ~= '0' then
       redis.call('HINCRBY', KEYS[1], 'held', '-' .. amount)

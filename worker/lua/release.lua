@@ -6,9 +6,14 @@
 -- KEYS[3]  tollgate:{sN}:holds                   zset: reservation_id by expiry (ms)
 -- ARGV[1]  reservation_id
 --
--- Returns the amount released (integer string), '0' if the hold was already settled or released.
+-- Returns the amount released (integer string), '0' if the hold was already settled or released,
+-- or belongs to another wallet (then nothing changes: that wallet's 'held' must not be stranded).
 
-local amount = redis.call('HGET', KEYS[2], 'amount')
+local hold = redis.call('HMGET', KEYS[2], 'amount', 'wallet')
+local amount = hold[1]
+if amount and KEYS[1] ~= string.match(KEYS[1], '^(.-:wallet:)') .. hold[2] then
+  return '0'
+end
 redis.call('ZREM', KEYS[3], ARGV[1])
 if not amount then
   return '0'

@@ -27,9 +27,12 @@ local mode = w[1]
 if mode ~= 'production' and mode ~= 'development' and mode ~= 'trial' and mode ~= 'track_only' then
   return redis.error_reply('TOLLGATE_BAD_MODE')
 end
-local existing = redis.call('HGET', KEYS[2], 'amount')
-if existing then
-  return {'reserved', existing, w[3], w[5] or '0', 1}
+local existing = redis.call('HMGET', KEYS[2], 'amount', 'wallet')
+if existing[1] then
+  if existing[2] ~= ARGV[4] then  -- the id holds another wallet's funds: refuse, change nothing
+    return {'denied', '0', w[3], w[5] or '0', 0}
+  end
+  return {'reserved', existing[1], w[3], w[5] or '0', 1}
 end
 -- 'debit': holds like production; 'free': holds nothing (development, track_only, trial allowance left)
 local rule = 'free'
