@@ -9,8 +9,9 @@ Every default works against the services of a development machine: PostgreSQL on
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.tables import BillingMode
@@ -41,6 +42,15 @@ class Settings(BaseSettings):
         webhook_backoff_max_s: longest delay between two retries, seconds.
         allowance_expiry_grace_s: seconds after a period ends before its unused monthly allowance
             expires, so turns of its last seconds are persisted first (the outbox lags by < 1 s).
+        rate_limit: requests each API key may make, in the ``limits`` notation
+            (``"600/minute"``, ``"50/second;1000/hour"``); over it the API answers 429 with Retry-After.
+        rate_limit_strategy: ``moving-window`` (exact, one sorted set per key) or ``fixed-window``
+            (one counter per key and window; cheaper, allows a burst of 2× at a window edge).
+        stripe_api_key: Stripe secret key (``sk_…``) for Checkout; None: Checkout is refused.
+        stripe_webhook_secret: signing secret of the Stripe webhook endpoint (``whsec_…``); None:
+            every Stripe webhook is refused.
+        stripe_api_base: base address of Stripe's API (default: Stripe's own); tests point it at a
+            local server.
     """
 
     model_config = SettingsConfigDict(env_prefix="TOLLGATE_", extra="ignore")
@@ -60,6 +70,22 @@ class Settings(BaseSettings):
     webhook_backoff_base_s: float = Field(default=30.0, ge=0)
     webhook_backoff_max_s: float = Field(default=3600.0, ge=0)
     allowance_expiry_grace_s: int = Field(default=600, ge=0, le=7 * 86_400)
+    stripe_api_key: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_api_base: str | None = None
+    rate_limit: str = "600/minute"
+    rate_limit_strategy: Literal["moving-window", "fixed-window"] = "moving-window"
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _parses_as_rate_limit(cls, v: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(v)
+        except ValueError as exc:
+            raise ValueError(f"rate_limit: {v!r} is not a rate limit such as '600/minute' ({exc})") from None
+        return v
 
     @model_validator(mode="after")
     def _broker_defaults_to_redis(self) -> "Settings":

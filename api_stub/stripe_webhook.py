@@ -1,0 +1,161 @@
+"""Stripe over HTTP: the webhook endpoint Stripe posts events to, and Checkout for API-key holders.
+
+``POST /v1/stripe/webhook`` (no API key: Stripe signs it).  The raw body is verified with
+``stripe.Webhook.construct_event`` against ``TOLLGATE_STRIPE_WEBHOOK_SECRET`` (default tolerance,
+300 s); the event is stored once by its id and the task ``tollgate.stripe.process_event`` is sent;
+the answer comes at once: ``200 {"received": true, "duplicate": false}``.  A replay of a stored event
+answers ``"duplicate": true`` and changes nothing (if the stored one is still unprocessed, the task
+is sent again).  A forged or stale signature, or a body that is not an event, answers 400
+(``application/problem+json`` naming the field) and stores nothing; a broker that cannot take the
+task answers 503, so Stripe delivers the event again.
+
+``POST /v1/checkout`` (owner key of the wallet's app, or the wallet's own end-user key): starts a
+Stripe Checkout session for a token package and returns its URL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated, Any, Callable
+
+import stripe
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from models.tables import ApiRole, Wallet
+from worker.db import session_scope
+from worker.settings import get_settings
+from worker.stripe_billing import (
+    EventError,
+    StripeBillingError,
+    StripeConfigError,
+    create_checkout_session,
+    is_processed,
+    store_event,
+)
+
+log = logging.getLogger(__name__)
+
+#: the Celery task that processes a stored event (``tasks/stripe.py``)
+PROCESS_TASK = "tollgate.stripe.process_event"
+
+router = APIRouter(tags=["stripe"])
+
+SendTask = Callable[..., Any]
+
+
+def get_send_task() -> SendTask:
+    """How the endpoint sends Celery tasks: the app's ``send_task`` (tests override this dependency)."""
+    from worker.celery_app import app as celery_app
+
+    return celery_app.send_task
+
+
+def _problem(status: int, title: str, detail: str, field: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    if field:
+        body["errors"] = [{"field": field, "message": detail}]
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+class WebhookReceipt(BaseModel):
+    """The answer to Stripe: received, and whether the event id had been stored before."""
+
+    received: bool
+    duplicate: bool
+
+
+def _store(event: dict[str, Any]) -> tuple[bool, bool]:
+    """(new, processed) of the event after storing it."""
+    with session_scope() as session:
+        new = store_event(session, event)
+        processed = False if new else is_processed(session, event["id"])
+    return new, processed
+
+
+@router.post("/v1/stripe/webhook", response_model=WebhookReceipt, responses={400: {}, 503: {}})
+async def stripe_webhook(
+    request: Request,
+    send_task: Annotated[SendTask, Depends(get_send_task)],
+    stripe_signature: Annotated[str | None, Header()] = None,
+):
+    """Receive one Stripe event: verify, store once, enqueue, answer 200 at once (see the module doc)."""
+    secret = get_settings().stripe_webhook_secret
+    if not secret:
+        return _problem(503, "Stripe is not configured", "TOLLGATE_STRIPE_WEBHOOK_SECRET is not set")
+    body = await request.body()
+    try:
+        stripe.Webhook.construct_event(body, stripe_signature, secret)
+    except stripe.SignatureVerificationError as exc:
+        return _problem(400, "Invalid signature", f"Stripe-Signature: {exc.user_message or exc}", "Stripe-Signature")
+    except (ValueError, TypeError, AttributeError) as exc:  # not UTF-8, not JSON, not an event object
+        return _problem(400, "Invalid event", f"body: not a Stripe event ({exc})", "body")
+    event = json.loads(body)
+    try:
+        new, processed = await run_in_threadpool(_store, event)
+    except EventError as exc:
+        field = str(exc).split(":", 1)[0]
+        return _problem(400, "Invalid event", str(exc), field)
+    if new or not processed:
+        try:
+            send_task(PROCESS_TASK, kwargs={"event_id": event["id"]})
+        except Exception as exc:  # stored: Stripe's next delivery re-sends the task
+            log.error("could not enqueue stripe event %s: %s", event["id"], exc)
+            return _problem(503, "Not queued", f"event {event['id']} is stored but could not be queued; retry")
+    return WebhookReceipt(received=True, duplicate=not new)
+
+
+# Checkout ---------------------------------------------------------------------------------------
+class CheckoutIn(BaseModel):
+    """A token package to buy for a wallet, and where Stripe sends the payer afterwards."""
+
+    wallet_id: str = Field(min_length=1, max_length=200)
+    package_id: str = Field(min_length=1, max_length=100)
+    success_url: str = Field(min_length=1, max_length=2000)
+    cancel_url: str = Field(min_length=1, max_length=2000)
+
+
+class CheckoutOut(BaseModel):
+    """The Checkout session Stripe created (``cs_…``), the URL to send the payer to, and its mode."""
+
+    session_id: str
+    url: str | None
+    mode: str
+
+
+def _caller(authorization: Annotated[str | None, Header()] = None):
+    from api_stub.main import principal  # imported late: main includes this router
+
+    return principal(authorization)
+
+
+@router.post("/v1/checkout", response_model=CheckoutOut, responses={401: {}, 404: {}, 422: {}, 502: {}, 503: {}})
+def checkout(
+    body: CheckoutIn,
+    who: Annotated[Any, Depends(_caller)],
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+):
+    """Start a Stripe Checkout session (owner key of the wallet's app, or the wallet's end-user key);
+    the wallet is credited when Stripe reports the payment.  ``Idempotency-Key`` is passed to Stripe."""
+    with session_scope() as session:
+        wallet = session.get(Wallet, body.wallet_id)
+        allowed = wallet is not None and (
+            (who.role is ApiRole.owner and wallet.enterprise_id == who.enterprise_id)
+            or (who.role is ApiRole.end_user and wallet.id == who.wallet_id)
+        )
+        if not allowed:  # one answer for "not yours" and "no such wallet"
+            return _problem(404, "Unknown wallet", f"wallet_id: no wallet {body.wallet_id!r} for this key", "wallet_id")
+        try:
+            started = create_checkout_session(session, wallet_id=body.wallet_id, package_id=body.package_id,
+                                              success_url=body.success_url, cancel_url=body.cancel_url,
+                                              idempotency_key=idempotency_key)
+        except StripeBillingError as exc:
+            return _problem(422, "Invalid request", str(exc), str(exc).split(":", 1)[0])
+        except StripeConfigError as exc:
+            return _problem(503, "Stripe is not configured", str(exc))
+        except stripe.StripeError as exc:
+            return _problem(502, "Stripe refused", f"Stripe: {exc.user_message or exc}")
+    return CheckoutOut(session_id=started.session_id, url=started.url, mode=started.mode)

@@ -1,0 +1,43 @@
+"""Stripe tasks (``tollgate.stripe.*``): a thin shell over :func:`worker.stripe_billing.process_event`,
+on the ``tollgate.jobs`` queue.
+
+Retry policy: transient failures (the gate could not apply a committed credit, the wallet is not in
+the gate yet, Redis or PostgreSQL unreachable) are retried up to :data:`MAX_RETRIES` times after
+``min(2^n, 300)`` seconds; the event stays unprocessed meanwhile (its ``outcome`` says
+``retrying: …``).  Processing is idempotent, so a re-delivery (``acks_late``) changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from sqlalchemy.exc import OperationalError
+
+from worker.celery_app import app
+from worker.ledger import GatePending
+from worker.stripe_billing import process_event as process_event_service
+from worker.wallet import UnknownWallet, WalletGate
+
+#: retries of one event before the task gives up (about 40 minutes in all)
+MAX_RETRIES = 12
+RETRIABLE = (GatePending, UnknownWallet, OperationalError, redis.ConnectionError, redis.TimeoutError)
+
+_gate: WalletGate | None = None
+
+
+def _get_gate() -> WalletGate:
+    global _gate
+    if _gate is None:
+        _gate = WalletGate(kicker=lambda shard: None)  # processing events never records turns
+    return _gate
+
+
+@app.task(name="tollgate.stripe.process_event", bind=True, acks_late=True, reject_on_worker_lost=True)
+def process_event(self, event_id: str) -> dict[str, Any]:
+    """Apply the stored Stripe event ``event_id`` (``evt_…``) once.  Returns
+    :meth:`worker.stripe_billing.ProcessResult.as_dict` (``credited_nanos`` in nano-USD)."""
+    try:
+        return process_event_service(event_id, gate=_get_gate()).as_dict()
+    except RETRIABLE as exc:
+        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 300), max_retries=MAX_RETRIES)
