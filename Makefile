@@ -15,6 +15,7 @@ install: $(VENV)/bin/activate
 
 install-test: $(VENV)/bin/activate
 	$(PY) -m pip install --quiet -e '.[test]'
+	bash scripts/browser.sh
 
 services:
 	bash scripts/services.sh

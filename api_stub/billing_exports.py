@@ -1,0 +1,210 @@
+"""Exports of a billing period: CSV and JSON (streamed, exact integer nanos) and a PDF statement.
+
+Every export is built from the same :class:`worker.billing_report.BillingReport` (and, for views with
+end-user detail, the period's usage events from :func:`worker.billing_report.iter_events`), so its
+figures agree with the ``/billing`` page to the nano.
+
+- CSV: one row per usage event (:data:`~worker.billing_report.EVENT_COLUMNS`); a view without
+  end-user detail (admin) gets one row per provider × model × meter
+  (:data:`~worker.billing_report.LINE_COLUMNS`) instead.
+- JSON: ``{"report": BillingReport.summary(), "events": [...]}`` (``events`` only with detail).
+- PDF: a statement (A4) listing the totals, providers and models, meters, budgets and top chats, in
+  dollars rounded to the cent plus each total's exact nano-USD figure.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any, Iterable, Iterator
+
+from fpdf import FPDF
+from fpdf.fonts import FontFace
+
+from worker.billing_report import (
+    EVENT_COLUMNS,
+    LINE_COLUMNS,
+    BillingReport,
+    format_bp,
+    format_quantity,
+    format_usd,
+    line_record,
+    provider_name,
+)
+
+
+def csv_rows(report: BillingReport, events: Iterable[dict[str, Any]] | None) -> Iterator[str]:
+    """CSV text, a chunk per row: the header, then ``events`` (views with detail) or the report's
+    aggregate lines (``events`` None).  Booleans are ``true``/``false``; money integer nanos."""
+    columns = EVENT_COLUMNS if events is not None else LINE_COLUMNS
+    records = events if events is not None else (line_record(x) for x in report.lines)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+
+    def emit(values: list[Any]) -> str:
+        writer.writerow(values)
+        chunk = buf.getvalue()
+        buf.seek(0)
+        buf.truncate()
+        return chunk
+
+    yield emit(list(columns))
+    for rec in records:
+        yield emit(["true" if v is True else "false" if v is False else v for v in (rec[c] for c in columns)])
+
+
+def json_chunks(report: BillingReport, events: Iterable[dict[str, Any]] | None) -> Iterator[str]:
+    """JSON text in chunks: ``{"report": {...}, "events": [...]}``; ``events`` is omitted for views
+    without end-user detail (``events`` None).  Integers stay integers (exact nanos)."""
+    head = json.dumps({"report": report.summary()}, separators=(",", ":"))
+    if events is None:
+        yield head
+        return
+    yield head[:-1] + ',"events":['
+    first = True
+    for rec in events:
+        yield ("" if first else ",") + json.dumps(rec, separators=(",", ":"))
+        first = False
+    yield "]}"
+
+
+# PDF ----------------------------------------------------------------------------------------------
+_INK = (17, 24, 39)
+_MUTED = (107, 114, 128)
+_ACCENT = (79, 70, 229)
+_RULE = (229, 231, 235)
+_HEAD = FontFace(emphasis="BOLD", color=_MUTED, fill_color=(243, 244, 246), size_pt=8)
+
+
+def _latin(text: Any) -> str:
+    """Text the PDF core fonts can draw (Latin-1); anything else becomes '?'."""
+    return str(text).encode("latin-1", "replace").decode("latin-1")
+
+
+class _Statement(FPDF):
+    def __init__(self, report: BillingReport) -> None:
+        super().__init__(orientation="P", unit="mm", format="A4")
+        self.report = report
+        self.set_margins(16, 16, 16)
+        self.set_auto_page_break(True, margin=18)
+        self.set_title(f"tollgate billing statement {report.enterprise_id} {report.period}")
+        self.set_author("tollgate")
+        self.set_creator("tollgate")
+
+    def footer(self) -> None:
+        self.set_y(-12)
+        self.set_font("Helvetica", size=7)
+        self.set_text_color(*_MUTED)
+        r = self.report
+        self.cell(0, 5, _latin(f"tollgate - {r.enterprise_id} - {r.period} - generated "
+                               f"{r.generated_at:%Y-%m-%d %H:%M} UTC"), align="L")
+        self.cell(0, 5, f"Page {self.page_no()} of {{nb}}", align="R")
+
+    def heading(self, text: str) -> None:
+        if self.get_y() > self.h - 60:  # keep a heading with the start of its table
+            self.add_page()
+        self.ln(4)
+        self.set_font("Helvetica", "B", 11)
+        self.set_text_color(*_INK)
+        self.cell(0, 7, _latin(text), new_x="LMARGIN", new_y="NEXT")
+        self.set_draw_color(*_RULE)
+        self.line(self.l_margin, self.get_y(), self.w - self.r_margin, self.get_y())
+        self.ln(2)
+
+    def grid(self, header: list[str], rows: list[list[str]], widths: tuple[int, ...], align: tuple[str, ...]) -> None:
+        self.set_font("Helvetica", size=8)
+        self.set_text_color(*_INK)
+        self.set_draw_color(*_RULE)
+        with self.table(col_widths=widths, text_align=align, headings_style=_HEAD, line_height=5.2,
+                        borders_layout="HORIZONTAL_LINES", padding=(1, 1.5)) as table:
+            for values in [header, *rows]:
+                row = table.row()
+                for v in values:
+                    row.cell(_latin(v))
+
+    def note(self, text: str) -> None:
+        self.set_font("Helvetica", size=8)
+        self.set_text_color(*_MUTED)
+        self.multi_cell(0, 4.5, _latin(text), new_x="LMARGIN", new_y="NEXT")
+
+
+def pdf_statement(report: BillingReport) -> bytes:
+    """The period's statement as PDF bytes (A4, core fonts).  Lines (text, extractable):
+    ``Total cost $X (N nanos)``, ``Billed $Y (M nanos)``, ``LLM $…``, ``Meters $…``, one table row per
+    provider, model, meter, budget and top chat."""
+    r = report
+    pdf = _Statement(r)
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 18)
+    pdf.set_text_color(*_ACCENT)
+    pdf.cell(0, 9, "tollgate", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", "B", 14)
+    pdf.set_text_color(*_INK)
+    pdf.cell(0, 8, _latin(f"Billing statement - {r.start:%B %Y}"), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", size=9)
+    pdf.set_text_color(*_MUTED)
+    scope = f"App {r.enterprise_name} ({r.enterprise_id})"
+    if r.wallet_id:
+        scope += f" - wallet {r.wallet_id}"
+    pdf.cell(0, 5, _latin(scope), new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(0, 5, _latin(f"Period {r.period}: {r.start:%Y-%m-%d} to {r.last_day:%Y-%m-%d} (UTC)"),
+             new_x="LMARGIN", new_y="NEXT")
+
+    pdf.heading("Summary")
+    t = r.total
+    pdf.grid(["Figure", "Amount", "Exact (nano-USD)"], [
+        ["Total cost", format_usd(t.cost_nanos), f"{t.cost_nanos:,}"],
+        ["Billed", format_usd(t.billed_nanos), f"{t.billed_nanos:,}"],
+        ["LLM", format_usd(r.llm.cost_nanos), f"{r.llm.cost_nanos:,}"],
+        ["Meters", format_usd(r.meters_total.cost_nanos), f"{r.meters_total.cost_nanos:,}"],
+        ["Usage events", f"{t.events:,}", ""],
+        ["Tokens (prompt + completion)", f"{t.total_tokens:,}", ""],
+    ], (60, 50, 68), ("LEFT", "RIGHT", "RIGHT"))
+
+    pdf.heading("LLM spend by provider and model")
+    rows: list[list[str]] = []
+    for p in r.providers:
+        f = p.figures
+        rows.append([provider_name(p.provider), "all models", f"{f.events:,}", f"{f.prompt_tokens:,}", f"{f.cached_prompt_tokens:,}",
+                     f"{f.completion_tokens:,}", format_usd(f.cost_nanos)])
+        for m in p.models:
+            g = m.figures
+            rows.append(["", m.model, f"{g.events:,}", f"{g.prompt_tokens:,}", f"{g.cached_prompt_tokens:,}",
+                         f"{g.completion_tokens:,}", format_usd(g.cost_nanos)])
+    if rows:
+        pdf.grid(["Provider", "Model", "Turns", "Prompt", "Cached", "Completion", "Cost"], rows,
+                 (26, 40, 18, 26, 22, 24, 22), ("LEFT", "LEFT", "RIGHT", "RIGHT", "RIGHT", "RIGHT", "RIGHT"))
+    else:
+        pdf.note("No LLM turns in this period.")
+
+    pdf.heading("Usage meters")
+    pdf.grid(["Meter", "Rate", "Quantity", "Cost"], [
+        [m.info.label, m.info.rate, f"{format_quantity(m.info.meter, m.figures.quantity)} {m.info.display_unit}",
+         format_usd(m.figures.cost_nanos)] for m in r.meters
+    ], (40, 50, 56, 32), ("LEFT", "LEFT", "RIGHT", "RIGHT"))
+
+    pdf.heading("Budgets")
+    if r.budgets:
+        pdf.grid(["Budget", "Amount", "Spent", "Used", "Alerts sent"], [
+            [f"{b.scope} {b.target}", format_usd(b.amount_nanos), format_usd(b.spent_nanos),
+             format_bp(b.used_bp),
+             ", ".join(f"{a.threshold_pct} %" for a in b.alerts) or "none"] for b in r.budgets
+        ], (56, 30, 30, 24, 38), ("LEFT", "RIGHT", "RIGHT", "RIGHT", "LEFT"))
+    else:
+        pdf.note("No budgets set.")
+
+    if r.detail:
+        pdf.heading(f"Top conversations ({len(r.top_chats)} of {r.chats_in_period:,})")
+        if r.top_chats:
+            pdf.grid(["Chat", "Workflow", "Wallet", "Events", "Tokens", "Cost"], [
+                [c.chat_id, c.workflow, c.wallet_id, f"{c.figures.events:,}", f"{c.figures.total_tokens:,}",
+                 format_usd(c.figures.cost_nanos)] for c in r.top_chats
+            ], (44, 32, 34, 18, 26, 24), ("LEFT", "LEFT", "LEFT", "RIGHT", "RIGHT", "RIGHT"))
+        else:
+            pdf.note("No conversations in this period.")
+
+    pdf.ln(4)
+    pdf.note("Amounts in USD, rounded half-up to the cent; exports in CSV and JSON carry every figure in "
+             "exact nano-USD (1 USD = 1,000,000,000 nanos).")
+    return bytes(pdf.output())

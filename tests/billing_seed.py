@@ -1,0 +1,166 @@
+"""Deterministic billing data for the /billing tests: two apps, wallets, chat sessions, LLM turns of
+four models at three providers, non-LLM meters, budgets and recorded alerts, across seven months.
+
+Rows are inserted directly (SQLAlchemy Core), as the drain and the meter path would leave them:
+``usage_event`` with integer nanos (cost = tokens × the unit prices below; billed = cost, or 0 for
+the development-mode turns), ``chat_session``, ``budget``, ``budget_alert``.  The tests compute
+every expected figure from the database itself, never from these constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine, insert
+
+from models.tables import ApiRole, Budget, BudgetAlert, ChatSession, Enterprise, UsageEvent, Wallet
+from worker.apikeys import create_key
+from worker.db import session_scope
+
+PERIOD = "2026-11"
+#: nano-USD per token: (input, cached input, output)
+MODELS = {
+    ("openai", "gpt-4o"): (2_500, 1_250, 10_000),
+    ("openai", "gpt-4o-mini"): (150, 75, 600),
+    ("anthropic", "claude-sonnet-4"): (3_000, 300, 15_000),
+    ("google", "gemini-2.0-flash"): (100, 25, 400),
+}
+#: meter → (quantity per event, nano-USD per unit)
+METERS = {"emails": (4_115, 100_000), "storage_gb_month": (83_334, 23_000), "function_calls": (1_000_000, 200)}
+WORKFLOWS = ("support", "research", "onboarding")
+
+
+@dataclass
+class Seeded:
+    """API keys of the seeded principals (shown once) and the ids the tests use."""
+
+    keys: dict[str, str]
+    enterprise_id: str = "acme"
+    other_enterprise_id: str = "other"
+    end_user_wallet: str = "w-alice"
+    period: str = PERIOD
+
+
+def _event(n: int, *, enterprise: str, wallet: str, chat: str, workflow: str, provider: str, model: str,
+           at: datetime, prompt: int = 0, cached: int = 0, completion: int = 0, meter: str = "llm",
+           quantity: int = 0, development: bool = False) -> dict:
+    if meter == "llm":
+        inp, cache, out = MODELS[(provider, model)]
+        cost = (prompt - cached) * inp + cached * cache + completion * out
+        prices = (inp * 1_000_000, cache * 1_000_000, out * 1_000_000)
+    else:
+        cost = quantity * METERS[meter][1]
+        prices = (0, 0, 0)
+    billed = 0 if development else cost
+    creator = billed * 7 // 10
+    return dict(
+        turn_id=f"seed:{enterprise}:{n}", outbox_id=f"0:{n}-0", wallet_id=wallet, enterprise_id=enterprise,
+        chat_id=chat, workflow=workflow, agent="planner" if n % 2 else "writer", model=model, provider=provider,
+        mode="development" if development else "production", level="app_usage", billing_target=enterprise,
+        billable=not development, creator_share_nanos=creator, platform_fee_nanos=billed - creator, trial_tokens=0,
+        meter=meter, quantity=quantity, prompt_tokens=prompt, completion_tokens=completion,
+        cached_prompt_tokens=cached, duration_ms=800 + n % 700, input_nanos_per_mtok=prices[0],
+        cached_input_nanos_per_mtok=prices[1], output_nanos_per_mtok=prices[2], cost_nanos=cost,
+        billed_nanos=billed, balance_after_nanos=None, action="continue", occurred_at=at,
+    )
+
+
+def seed(engine: Engine) -> Seeded:
+    """Insert the data set into an empty database; returns the keys (owner, other_owner, end_user,
+    other_end_user, admin)."""
+    models = list(MODELS)
+    wallets = ["w-alice", "w-bob", "w-carol"]
+    rows: list[dict] = []
+    sessions: list[dict] = []
+    n = 0
+    nov = datetime(2026, 11, 1, tzinfo=UTC)
+    # 64 chats in the period (more than the 50 listed), 1..4 turns each, varied models and sizes
+    for c in range(64):
+        chat, wallet, workflow = f"chat-{c:03d}", wallets[c % 3], WORKFLOWS[c % 3]
+        start = nov + timedelta(days=c % 29, hours=c % 11, minutes=c)
+        turns = 1 + c % 4
+        for t in range(turns):
+            provider, model = models[(c + t) % 4]
+            prompt = 4_000 + (c * 7919 + t * 104_729) % 120_000
+            cached = prompt // (2 + (c + t) % 5) if (c + t) % 3 else 0
+            completion = 400 + (c * 31 + t * 977) % 6_000
+            n += 1
+            rows.append(_event(n, enterprise="acme", wallet=wallet, chat=chat, workflow=workflow, provider=provider,
+                               model=model, at=start + timedelta(minutes=7 * t), prompt=prompt, cached=cached,
+                               completion=completion, development=(c % 13 == 5)))
+        sessions.append(dict(enterprise_id="acme", chat_id=chat, wallet_id=wallet, workflow=workflow,
+                             status=("active", "completed", "paused")[c % 3], started_at=start,
+                             last_turn_at=start + timedelta(minutes=7 * (turns - 1)), turns=turns))
+    # the edges of the period: its last microsecond is in it, the next month's first is not
+    for at, model in ((datetime(2026, 11, 30, 23, 59, 59, 999_999, tzinfo=UTC), ("openai", "gpt-4o")),
+                      (datetime(2026, 12, 1, tzinfo=UTC), ("openai", "gpt-4o")),
+                      (datetime(2026, 10, 31, 23, 59, 59, tzinfo=UTC), ("anthropic", "claude-sonnet-4"))):
+        n += 1
+        rows.append(_event(n, enterprise="acme", wallet="w-bob", chat="chat-edge", workflow="support",
+                           provider=model[0], model=model[1], at=at, prompt=10_000, cached=0, completion=2_000))
+    # non-LLM meters, through the same ledger (provider 'tollgate', model = meter, no tokens)
+    for i, (meter, (quantity, _price)) in enumerate(METERS.items()):
+        for k in range(3):
+            n += 1
+            rows.append(_event(n, enterprise="acme", wallet=wallets[k], chat=f"chat-{k:03d}", workflow="support",
+                               provider="tollgate", model=meter, meter=meter, quantity=quantity * (k + 1),
+                               at=nov + timedelta(days=3 + 5 * k, hours=i)))
+    # history: the five months before, and one month outside the six-month window
+    for m, month in enumerate((5, 6, 7, 8, 9, 10)):
+        for j, (provider, model) in enumerate(models):
+            if (m + j) % 5 == 4:
+                continue
+            n += 1
+            rows.append(_event(n, enterprise="acme", wallet=wallets[j % 3], chat=f"old-{month}-{j}",
+                               workflow="research", provider=provider, model=model,
+                               at=datetime(2026, month, 10 + j, tzinfo=UTC),
+                               prompt=2_000_000 + 600_000 * m + 200_000 * j, cached=400_000,
+                               completion=150_000 + 30_000 * m))
+    # another app in the same period: must never show in acme's figures
+    for k in range(5):
+        n += 1
+        rows.append(_event(n, enterprise="other", wallet="x-1", chat=f"x-chat-{k}", workflow="support",
+                           provider="openai", model="gpt-4o", at=nov + timedelta(days=k + 1),
+                           prompt=900_000, cached=0, completion=90_000))
+
+    with engine.begin() as conn:
+        conn.execute(insert(Enterprise.__table__), [dict(id="acme", name="Acme Assist"),
+                                                    dict(id="other", name="Other Corp")])
+        conn.execute(insert(Wallet.__table__), [dict(id=w, enterprise_id="acme", owner_id=w, level="app_usage",
+                                                     mode="production", currency="USD", limited=True)
+                                                for w in wallets]
+                     + [dict(id="x-1", enterprise_id="other", owner_id="x", level="app_usage", mode="production",
+                             currency="USD", limited=True)])
+        conn.execute(insert(ChatSession.__table__), sessions)
+        conn.execute(insert(UsageEvent.__table__), rows)
+        budget_ids = conn.execute(insert(Budget.__table__).returning(Budget.__table__.c.id), [
+            dict(enterprise_id="acme", wallet_id="w-alice", workflow=None, amount_nanos=10_000_000_000, auto_pause=True),
+            dict(enterprise_id="acme", wallet_id=None, workflow="support", amount_nanos=20_000_000_000, auto_pause=False),
+            dict(enterprise_id="acme", wallet_id=None, workflow="research", amount_nanos=50_000_000_000,
+                 auto_pause=False),
+            dict(enterprise_id="other", wallet_id="x-1", workflow=None, amount_nanos=1_000_000_000, auto_pause=False),
+        ]).scalars().all()
+        conn.execute(insert(BudgetAlert.__table__), [
+            dict(budget_id=budget_ids[0], period=PERIOD, threshold_pct=50, spent_nanos=5_100_000_000,
+                 amount_nanos=10_000_000_000),
+            dict(budget_id=budget_ids[0], period=PERIOD, threshold_pct=80, spent_nanos=8_100_000_000,
+                 amount_nanos=10_000_000_000),
+            dict(budget_id=budget_ids[1], period=PERIOD, threshold_pct=50, spent_nanos=10_400_000_000,
+                 amount_nanos=20_000_000_000),
+            dict(budget_id=budget_ids[1], period=PERIOD, threshold_pct=80, spent_nanos=16_900_000_000,
+                 amount_nanos=20_000_000_000),
+            dict(budget_id=budget_ids[1], period=PERIOD, threshold_pct=100, spent_nanos=20_300_000_000,
+                 amount_nanos=20_000_000_000),
+            dict(budget_id=budget_ids[1], period="2026-10", threshold_pct=50, spent_nanos=10_600_000_000,
+                 amount_nanos=20_000_000_000),
+        ])
+    with session_scope(engine) as session:
+        keys = {
+            "owner": create_key(session, role=ApiRole.owner, enterprise_id="acme"),
+            "other_owner": create_key(session, role=ApiRole.owner, enterprise_id="other"),
+            "end_user": create_key(session, role=ApiRole.end_user, enterprise_id="acme", wallet_id="w-alice"),
+            "other_end_user": create_key(session, role=ApiRole.end_user, enterprise_id="other", wallet_id="x-1"),
+            "admin": create_key(session, role=ApiRole.admin),
+        }
+    return Seeded(keys=keys)

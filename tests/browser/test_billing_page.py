@@ -1,0 +1,270 @@
+"""The /billing page in a real headless browser (Debian chromium driven by Playwright): an owner signs
+in, sees the period's totals as PostgreSQL computes them, the history chart draws, the exports
+download and parse back to the database rows; end users see their wallet only; another app's user
+gets 403 on the page and every export.
+
+Screenshots go to ``$TOLLGATE_SCREENSHOTS`` (default: the test's tmp dir).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from tests.billing_seed import seed
+from tests.conftest import REPO, _env
+from worker.billing_report import EVENT_COLUMNS, format_usd
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--no-first-run"]
+NOV = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
+
+
+@pytest.fixture(scope="module")
+def server(database_url):
+    """``uvicorn api_stub.main:app`` on a free loopback port (a subprocess on the test database)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api_stub.main:app", "--host", "127.0.0.1",
+                             "--port", str(port), "--log-level", "warning"], cwd=REPO, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"uvicorn did not start: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.2)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "run scripts/browser.sh (make install-test) to install chromium"
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def seeded(db):
+    return seed(db)
+
+
+@pytest.fixture()
+def shots(tmp_path) -> Path:
+    path = Path(os.environ.get("TOLLGATE_SCREENSHOTS") or tmp_path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _context(browser, server):
+    ctx = browser.new_context(base_url=server, viewport={"width": 1360, "height": 900}, accept_downloads=True)
+    page = ctx.new_page()
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    return ctx, page
+
+
+def _sign_in(page, key: str) -> None:
+    page.goto("/billing/login")
+    page.fill("#key", key)
+    page.click("button[type=submit]")
+
+
+def _db_sum(db, column: str, wallet: str | None = None, where: str = "") -> int:
+    with db.connect() as conn:
+        return int(conn.execute(text(
+            f"SELECT COALESCE(SUM({column}), 0) FROM usage_event WHERE enterprise_id = 'acme' AND occurred_at >= :lo "
+            f"AND occurred_at < :hi AND (CAST(:w AS text) IS NULL OR wallet_id = :w) {where}"),
+            {"lo": NOV[0], "hi": NOV[1], "w": wallet}).scalar_one())
+
+
+def _nanos(page, testid: str) -> int:
+    return int(page.get_attribute(f"[data-testid={testid}]", "data-nanos"))
+
+
+def test_owner_sees_the_period_totals_chart_and_table(browser, server, seeded, db, shots):
+    ctx, page = _context(browser, server)
+    _sign_in(page, seeded.keys["owner"])
+    page.goto("/billing?period=2026-11")
+    assert page.inner_text("[data-testid=period-title]") == "November 2026"
+    assert page.inner_text("[data-testid=role]").lower() == "owner"
+
+    total, billed = _db_sum(db, "cost_nanos"), _db_sum(db, "billed_nanos")
+    llm, meters = _db_sum(db, "cost_nanos", where="AND meter = 'llm'"), _db_sum(db, "cost_nanos", where="AND meter <> 'llm'")
+    assert (_nanos(page, "total-cost"), _nanos(page, "total-billed"), _nanos(page, "llm-cost"),
+            _nanos(page, "meters-cost")) == (total, billed, llm, meters)
+    assert page.inner_text("[data-testid=total-cost]") == format_usd(total) == "$34.03"
+    assert page.inner_text("[data-testid=total-billed]") == format_usd(billed)
+    assert page.inner_text("[data-testid=llm-cost]") == format_usd(llm)
+    assert page.inner_text("[data-testid=meters-cost]") == format_usd(meters)
+
+    providers = {el.get_attribute("data-provider"): int(el.get_attribute("data-nanos"))
+                 for el in page.query_selector_all("[data-testid=provider]")}
+    with db.connect() as conn:
+        expected = {p: int(c) for p, c in conn.execute(text(
+            "SELECT provider, sum(cost_nanos) FROM usage_event WHERE enterprise_id = 'acme' AND meter = 'llm' "
+            "AND occurred_at >= :lo AND occurred_at < :hi GROUP BY provider"), {"lo": NOV[0], "hi": NOV[1]})}
+        top = conn.execute(text(
+            "SELECT chat_id, sum(cost_nanos) FROM usage_event WHERE enterprise_id = 'acme' AND occurred_at >= :lo "
+            "AND occurred_at < :hi GROUP BY chat_id ORDER BY 2 DESC, 1 LIMIT 50"), {"lo": NOV[0], "hi": NOV[1]}).all()
+    assert providers == expected
+    meter_rows = {el.get_attribute("data-meter"): (int(el.get_attribute("data-quantity")), int(el.get_attribute("data-nanos")))
+                  for el in page.query_selector_all("[data-testid=meter-row]")}
+    assert meter_rows == {"emails": (24_690, 2_469_000_000), "storage_gb_month": (500_004, 11_500_092_000),
+                          "function_calls": (6_000_000, 1_200_000_000)}
+    chats = [(el.get_attribute("data-chat"), int(el.get_attribute("data-nanos")))
+             for el in page.query_selector_all("[data-testid=chat-row]")]
+    assert chats == [(c, int(n)) for c, n in top] and len(chats) == 50
+    budgets = {el.get_attribute("data-budget-id"): el.get_attribute("data-status")
+               for el in page.query_selector_all("[data-testid=budget]")}
+    assert sorted(budgets.values()) == ["100", "80", "ok"]
+
+    # the chart: a Chart.js instance with the history per provider, and pixels actually drawn
+    chart = page.evaluate("""() => {
+        const c = Chart.getChart('history-chart');
+        return {labels: c.data.labels, sets: c.data.datasets.map(d => ({label: d.label, nanos: d.costNanos}))};
+    }""")
+    assert chart["labels"] == ["Jun 2026", "Jul 2026", "Aug 2026", "Sep 2026", "Oct 2026", "Nov 2026"]
+    assert sum(s["nanos"][-1] for s in chart["sets"]) == total
+    assert [s["label"] for s in chart["sets"]][-1] == "Meters"
+    painted = page.evaluate("""() => {
+        const cv = document.getElementById('history-chart');
+        const px = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;
+        let n = 0; for (let i = 3; i < px.length; i += 4) if (px[i] > 0) n++;
+        return {n, w: cv.width, h: cv.height};
+    }""")
+    assert painted["w"] > 300 and painted["h"] > 200 and painted["n"] > 5_000, painted
+    assert page.errors == []
+    page.screenshot(path=str(shots / "billing-owner.png"), full_page=True)
+    ctx.close()
+
+
+def test_exports_download_and_equal_the_database(browser, server, seeded, db, shots):
+    from pypdf import PdfReader
+
+    ctx, page = _context(browser, server)
+    _sign_in(page, seeded.keys["owner"])
+    page.goto("/billing?period=2026-11")
+    files = {}
+    for kind in ("csv", "json", "pdf"):
+        with page.expect_download() as info:
+            page.click(f"[data-testid=export-{kind}]")
+        download = info.value
+        assert download.suggested_filename == f"tollgate-billing-acme-2026-11.{kind}"
+        path = shots / download.suggested_filename
+        download.save_as(path)
+        files[kind] = path.read_bytes()
+
+    cols = ", ".join(c for c in EVENT_COLUMNS if c != "cost_usd")
+    with db.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(text(
+            f"SELECT {cols} FROM usage_event WHERE enterprise_id = 'acme' AND occurred_at >= :lo AND occurred_at < :hi "
+            "ORDER BY occurred_at, id"), {"lo": NOV[0], "hi": NOV[1]})]
+    for row in rows:
+        row["occurred_at"] = row["occurred_at"].astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+    records = list(csv.DictReader(io.StringIO(files["csv"].decode())))
+    assert len(records) == len(rows) == 170
+    for rec, row in zip(records, rows):
+        assert {k: rec[k] for k in row} == {k: ("true" if v else "false") if isinstance(v, bool) else str(v)
+                                            for k, v in row.items()}
+    body = json.loads(files["json"])
+    assert [{k: e[k] for k in rows[0]} for e in body["events"]] == rows
+    total = _db_sum(db, "cost_nanos")
+    assert body["report"]["total"]["cost_nanos"] == sum(int(r["cost_nanos"]) for r in records) == total
+
+    text_ = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(files["pdf"])).pages)
+    billed = _db_sum(db, "billed_nanos")
+    assert f"Total cost {format_usd(total)} {total:,}" in text_
+    assert f"Billed {format_usd(billed)} {billed:,}" in text_
+    ctx.close()
+
+
+def test_another_app_s_user_gets_403_on_the_page_and_every_export(browser, server, seeded, shots):
+    for who in ("other_owner", "other_end_user"):
+        ctx, page = _context(browser, server)
+        _sign_in(page, seeded.keys[who])
+        assert page.url.endswith("/billing")  # signed in: their own app's page
+        assert "Other Corp" in page.inner_text("header")
+        response = page.goto("/billing?period=2026-11&enterprise_id=acme")
+        assert response.status == 403
+        assert "may not see the billing of enterprise 'acme'" in page.inner_text("main")
+        if who == "other_owner":
+            page.screenshot(path=str(shots / "billing-403.png"), full_page=True)
+        for kind in ("csv", "json", "pdf"):
+            r = page.request.get(f"/billing/export.{kind}?period=2026-11&enterprise_id=acme")  # the same cookie
+            assert r.status == 403, (who, kind)
+            assert r.json()["errors"][0]["field"] == "enterprise_id"
+        ctx.close()
+
+
+def test_end_user_sees_only_their_wallet_and_admin_no_chats(browser, server, seeded, db, shots):
+    ctx, page = _context(browser, server)
+    page.goto(f"/billing?period=2026-11&key={seeded.keys['end_user']}")  # a sign-in link
+    assert page.url.endswith("/billing?period=2026-11")  # the key is dropped from the URL
+    assert _nanos(page, "total-cost") == _db_sum(db, "cost_nanos", wallet="w-alice") == 9_201_607_850
+    assert page.inner_text("[data-testid=total-cost]") == "$9.20"
+    assert "w-alice" in page.inner_text("[data-testid=scope-note]")
+    chats = page.query_selector_all("[data-testid=chat-row]")
+    assert len(chats) == 22 and all(c.get_attribute("data-chat").startswith("chat-") for c in chats)
+    assert len(page.query_selector_all("[data-testid=budget]")) == 1
+    page.screenshot(path=str(shots / "billing-end-user.png"), full_page=True)
+    ctx.close()
+
+    ctx, page = _context(browser, server)
+    _sign_in(page, seeded.keys["admin"])
+    page.goto("/billing?period=2026-11&enterprise_id=acme")
+    assert _nanos(page, "total-cost") == _db_sum(db, "cost_nanos")
+    assert page.query_selector("[data-testid=top-chats]") is None
+    page.screenshot(path=str(shots / "billing-admin.png"), full_page=True)
+    ctx.close()
+
+
+def test_choosing_another_period_shows_its_figures(browser, server, seeded, db, shots):
+    ctx, page = _context(browser, server)
+    _sign_in(page, seeded.keys["owner"])
+    page.goto("/billing?period=2026-11")
+    with page.expect_navigation():
+        page.select_option("[data-testid=period-select]", "2026-10")
+    assert page.url.endswith("period=2026-10")
+    assert page.inner_text("[data-testid=period-title]") == "October 2026"
+    with db.connect() as conn:
+        october = int(conn.execute(text(
+            "SELECT sum(cost_nanos) FROM usage_event WHERE enterprise_id = 'acme' "
+            "AND occurred_at >= '2026-10-01Z' AND occurred_at < '2026-11-01Z'")).scalar_one())
+    assert _nanos(page, "total-cost") == october
+    page.goto("/billing?period=2027-02")  # an empty month
+    assert _nanos(page, "total-cost") == 0 and "No LLM turns in February 2027" in page.inner_text("main")
+    page.screenshot(path=str(shots / "billing-empty.png"), full_page=True)
+    bad = page.goto("/billing?period=2026-13")
+    assert bad.status == 422 and "period: '2026-13' is not a month written YYYY-MM" in page.inner_text("main")
+    ctx.close()
