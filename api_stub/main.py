@@ -8,6 +8,8 @@ and returns.
 
 from __future__ import annotations
 
+import logging
+
 import time
 from functools import lru_cache
 from typing import Annotated
@@ -24,7 +26,11 @@ from worker.apikeys import Principal, authenticate
 from worker.db import session_scope
 from worker.pricing import PricingError
 from worker.settings import get_settings
-from worker.wallet import GateBatchError, UnknownWallet, WalletGate, WrongEnterprise, celery_kicker, outbox_key
+from worker.wallet import GateBatchError, UnknownWallet, WrongEnterprise, outbox_key
+from api_stub.deps import Caller, Problem, get_gate, install_error_handlers, principal  # noqa: F401  (re-exported)
+from api_stub import metrics as _worker_metrics  # noqa: F401  (registers the worker-side collector)
+from api_stub import routes_analytics, routes_chats, routes_wallets
+from api_stub.deps import hold_wallet
 
 GATE_SECONDS = Histogram(
     "tollgate_gate_seconds", "Time to price and record turns through the gate, per request (seconds)",
@@ -37,17 +43,10 @@ LAST_DRIFT_NANOS = Gauge("tollgate_reconciliation_last_drift_nanos",
 LAST_DRIFTED_WALLETS = Gauge("tollgate_reconciliation_last_drifted_wallets",
                              "Wallets with drift in the last reconciliation run")
 
+log = logging.getLogger(__name__)
+
 app = FastAPI(title="tollgate", version="0.1.0",
               description="Real-time token metering and billing: the orchestrator API.")
-
-
-class Problem(Exception):
-    """An HTTP error answered as a problem document: status, title, detail and the fields at fault."""
-
-    def __init__(self, status: int, title: str, detail: str, errors: list[dict] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.title, self.detail, self.errors, self.headers = status, title, detail, errors, headers
 
 
 def _problem(status: int, title: str, detail: str, errors: list[dict] | None = None,
@@ -65,30 +64,16 @@ async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
 
 @app.exception_handler(RequestValidationError)
 async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body", "message": e["msg"]}
+    errors = [{"field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query", "path")) or "body",
+               "message": e["msg"]}
               for e in exc.errors()]
     return _problem(422, "Invalid request", "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
 
 
-@lru_cache(maxsize=1)
-def get_gate() -> WalletGate:
-    """The process's gate (one Redis pool, scripts registered once)."""
-    return WalletGate(kicker=celery_kicker)
-
-
-def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
-    """The caller, from ``Authorization: Bearer <key>``; 401 for a missing, wrong or revoked key."""
-    challenge = {"WWW-Authenticate": 'Bearer realm="tollgate"'}
-    if not authorization or not authorization.startswith("Bearer "):
-        raise Problem(401, "Unauthorized", "an API key is required: Authorization: Bearer tg_…", headers=challenge)
-    with session_scope() as session:
-        who = authenticate(session, authorization.removeprefix("Bearer ").strip())
-    if who is None:
-        raise Problem(401, "Unauthorized", "the API key is unknown or revoked", headers=challenge)
-    return who
-
-
-Caller = Annotated[Principal, Depends(principal)]
+install_error_handlers(app)
+app.include_router(routes_wallets.router)
+app.include_router(routes_chats.router)
+app.include_router(routes_analytics.router)
 
 
 def _may_record(who: Caller, turns: list[TurnIn]) -> None:
@@ -97,6 +82,11 @@ def _may_record(who: Caller, turns: list[TurnIn]) -> None:
         if who.role is not ApiRole.owner or turn.enterprise_id != who.enterprise_id:
             raise Problem(403, "Forbidden", f"this key may not record turns for enterprise {turn.enterprise_id!r}",
                           [{"field": field, "message": "outside the key's enterprise"}])
+        if turn.reservation_id and hold_wallet(turn.wallet_id, turn.reservation_id) not in (None, turn.wallet_id):
+            field = "reservation_id" if len(turns) == 1 else f"turns.{i}.reservation_id"
+            raise Problem(409, "Reservation of another wallet",
+                          f"reservation {turn.reservation_id!r} is not held for wallet {turn.wallet_id!r}",
+                          [{"field": field, "message": "held for another wallet"}])
 
 
 def _record(turns: list[TurnIn]) -> list[Decision]:
@@ -111,9 +101,22 @@ def _record(turns: list[TurnIn]) -> list[Decision]:
     except GateBatchError as exc:
         raise Problem(503, "Partly recorded", str(exc)) from None
     GATE_SECONDS.observe(time.perf_counter() - started)
-    for d in decisions:
+    for turn, d in zip(turns, decisions):
         DECISIONS.labels("duplicate" if d.duplicate else "accepted" if d.accepted else "denied").inc()
+        if not d.accepted and not d.duplicate:  # never reaches the outbox: record the pause in a task
+            _send_pause(turn)
     return decisions
+
+
+def _send_pause(turn: TurnIn) -> None:
+    """Queue ``tollgate.billing.pause_chat`` for a denied turn's chat (idempotent: one open pause)."""
+    from worker.celery_app import app as celery
+
+    try:
+        celery.send_task("tollgate.billing.pause_chat", kwargs={
+            "enterprise_id": turn.enterprise_id, "chat_id": turn.chat_id, "wallet_id": turn.wallet_id})
+    except Exception:  # the caller has the 'pause' answer; the pause record is bookkeeping
+        log.warning("could not queue the pause of chat %s", turn.chat_id, exc_info=True)
 
 
 class TurnBatch(BaseModel):
@@ -218,3 +221,10 @@ def _refresh_outbox_gauge() -> None:
     for shard, length in zip(shards, pipe.execute()):
         OUTBOX_LENGTH.labels(str(shard)).set(length)
 
+
+
+from api_stub.stripe_webhook import router as stripe_router  # noqa: E402  (Stripe webhook, Checkout)
+app.include_router(stripe_router)
+
+from api_stub.billing import router as billing_router  # noqa: E402  (/billing page and exports)
+app.include_router(billing_router)

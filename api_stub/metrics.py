@@ -1,0 +1,63 @@
+"""Metrics of other processes, exposed on the API's ``/metrics`` at scrape time.
+
+The Celery workers count drained batches and persisted turns in Redis (``worker.metrics``: one
+hash shared by every worker on every host); this collector reads it, and each outbox stream's lag
+(age of the oldest entry not yet persisted), when Prometheus scrapes the API.  Registered once in
+the default registry when this module is imported (``api_stub.main`` does).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from worker.metrics import drain_counters, outbox_lag_seconds
+from worker.settings import get_settings
+from worker.wallet import outbox_key
+
+log = logging.getLogger(__name__)
+
+
+class WorkerMetrics:
+    """A Prometheus collector: ``tollgate_drain_batch_size`` (histogram, entries per batch),
+    ``tollgate_persisted_turns_total``, ``tollgate_duplicate_turns_total`` (counters) and
+    ``tollgate_outbox_lag_seconds{shard}`` (gauge), read from Redis at each scrape."""
+
+    def describe(self):
+        """Nothing at registration: collecting reads Redis, which only a scrape should do."""
+        return []
+
+    def collect(self):
+        from api_stub.deps import get_gate
+        from worker.drain import GROUP
+
+        try:
+            client = get_gate().redis
+            counters = drain_counters(client)
+            lags = [(str(s), outbox_lag_seconds(client, outbox_key(s), GROUP))
+                    for s in range(get_settings().outbox_shards)]
+        except redis.RedisError:
+            log.warning("worker metrics unavailable: Redis error", exc_info=True)
+            return
+        batch = HistogramMetricFamily("tollgate_drain_batch_size", "Outbox entries per persisted drain batch")
+        batch.add_metric([], buckets=counters["buckets"], sum_value=counters["batch_size_sum"])
+        yield batch
+        yield CounterMetricFamily("tollgate_persisted_turns", "Usage events inserted by the drain (all workers)",
+                                  value=counters["persisted_turns"])
+        yield CounterMetricFamily("tollgate_duplicate_turns", "Outbox re-deliveries dropped (turn_id already persisted)",
+                                  value=counters["duplicate_turns"])
+        lag = GaugeMetricFamily("tollgate_outbox_lag_seconds",
+                                "Age of the oldest outbox entry not yet persisted, per shard (0: none)", labels=["shard"])
+        for shard, seconds in lags:
+            lag.add_metric([shard], seconds)
+        yield lag
+
+
+COLLECTOR = WorkerMetrics()
+try:
+    REGISTRY.register(COLLECTOR)
+except ValueError:  # already registered (module reloaded)
+    pass

@@ -1,0 +1,163 @@
+"""Read-only figures: usage analytics (``worker.analytics``), rollups (``workflow_rollup``) and
+per-workflow averages, and the usage export (persisted turns of one month, JSON or CSV, paged).
+
+Scopes: an owner reads its own app; an admin reads any app's aggregates (``enterprise_id``
+required) but no rollup document (it names chats) and no per-turn usage; an end user reads only its
+own wallet's usage.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import date
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import Response
+from sqlalchemy import select
+
+from api_stub.deps import Caller, Problem, enterprise_in_scope, field_problem, forbid_unless
+from api_stub.schemas import (
+    AnalyticsPage,
+    AnalyticsRow,
+    RollupList,
+    RollupSummary,
+    UsagePage,
+    UsageRow,
+    WorkflowAverages,
+)
+from models.tables import ApiRole, UsageEvent, WorkflowRollup
+from worker.analytics import GROUP_KEYS, usage_analytics
+from worker.db import session_scope
+from worker.periods import period_bounds
+from worker.rollups import workflow_averages
+
+router = APIRouter(tags=["analytics"])
+ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
+Period = Annotated[str, Query(pattern=r"^\d{4}-\d{2}$", description="UTC month, YYYY-MM")]
+EnterpriseQuery = Annotated[str | None, Query(min_length=1, max_length=200,
+                                              description="the app (owner keys: their own, may be omitted)")]
+USAGE_FIELDS = tuple(UsageRow.model_fields)
+
+
+def _cell(value):
+    """A CSV cell: ISO times; text that a spreadsheet would run as a formula gets a leading ``'``."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value
+    return value
+
+
+def _period(period: str) -> tuple:
+    try:
+        return period_bounds(period)
+    except ValueError as exc:
+        raise field_problem(422, "Invalid request", "period", str(exc)) from None
+
+
+@router.get("/v1/analytics/usage", response_model=AnalyticsPage, responses=ERRORS)
+def analytics_usage(
+    who: Caller,
+    start: Annotated[date, Query(description="first day, UTC (inclusive)")],
+    end: Annotated[date, Query(description="last bound, UTC (exclusive)")],
+    granularity: Literal["day", "week", "month"] = "day",
+    group_by: Annotated[list[Literal["workflow", "agent", "model", "provider"]] | None,
+                        Query(description="repeat for several keys")] = None,
+    enterprise_id: EnterpriseQuery = None,
+) -> AnalyticsPage:
+    """Turns, tokens and nano-USD of one app per day, ISO week or month over ``[start, end)``,
+    optionally grouped by workflow, agent, model and/or provider (computed from ``usage_event``)."""
+    enterprise = enterprise_in_scope(who, enterprise_id)
+    keys = list(dict.fromkeys(group_by or ()))
+    if end <= start:
+        raise field_problem(422, "Invalid request", "end", f"{end.isoformat()} must be after start {start.isoformat()}")
+    if (end - start).days > 3 * 366:
+        raise field_problem(422, "Invalid request", "end", "the range may span at most 3 years")
+    with session_scope() as session:
+        rows = usage_analytics(session, enterprise_id=enterprise, granularity=granularity, group_by=keys,
+                               start=start, end=end)
+    data = [AnalyticsRow(**row) for row in rows]
+    return AnalyticsPage(enterprise_id=enterprise, granularity=granularity, group_by=keys, start=start, end=end,
+                         data=data, count=len(data))
+
+
+@router.get("/v1/analytics/rollups", response_model=RollupList, responses=ERRORS)
+def analytics_rollups(who: Caller, period: Period, enterprise_id: EnterpriseQuery = None) -> RollupList:
+    """The stored rollups of one app in one UTC month, by workflow (refreshed by beat every minute
+    and when a chat ends).  Owners also get each ``mon_{enterprise}_{workflow}`` document."""
+    enterprise = enterprise_in_scope(who, enterprise_id)
+    _period(period)
+    with session_scope() as session:
+        rows = session.execute(
+            select(WorkflowRollup).where(WorkflowRollup.enterprise_id == enterprise, WorkflowRollup.period == period)
+            .order_by(WorkflowRollup.workflow)
+        ).scalars().all()
+    data = [RollupSummary(enterprise_id=r.enterprise_id, workflow=r.workflow, period=r.period,
+                          total_sessions=r.total_sessions, total_turns=r.total_turns, prompt_tokens=r.prompt_tokens,
+                          completion_tokens=r.completion_tokens, cached_prompt_tokens=r.cached_prompt_tokens,
+                          cost_nanos=r.cost_nanos, refreshed_at=r.refreshed_at,
+                          document=r.document if who.role is ApiRole.owner else None)
+            for r in rows]
+    return RollupList(data=data, count=len(data))
+
+
+@router.get("/v1/analytics/workflows/{workflow}", response_model=WorkflowAverages, responses=ERRORS)
+def analytics_workflow(who: Caller, workflow: Annotated[str, Path(min_length=1, max_length=200)], period: Period,
+                       enterprise_id: EnterpriseQuery = None) -> WorkflowAverages:
+    """Per-session averages of one workflow in one UTC month: from its rollup, or computed from the
+    turns when it was never rolled up (all zero for a workflow without turns)."""
+    enterprise = enterprise_in_scope(who, enterprise_id)
+    _period(period)
+    with session_scope() as session:
+        return WorkflowAverages(**workflow_averages(session, enterprise, workflow, period))
+
+
+@router.get("/v1/usage", response_model=UsagePage, responses=ERRORS | {200: {"content": {"text/csv": {}}}})
+def usage_export(
+    request: Request,
+    who: Caller,
+    period: Period,
+    format: Literal["json", "csv"] = "json",
+    limit: Annotated[int, Query(ge=1, le=5000, description="turns per page")] = 1000,
+    cursor: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="next_cursor of the previous page")] = None,
+    wallet_id: Annotated[str | None, Query(min_length=1, max_length=200, description="owner keys: one wallet")] = None,
+):
+    """Persisted turns of one UTC month, oldest first, one page: an owner's whole app (or one of
+    its wallets), an end user's own wallet.  Admins: 403 (per-turn rows are end users' detail).
+
+    ``format=csv`` answers ``text/csv`` with a header row and the next page in ``Link: <…>;
+    rel="next"`` and ``X-Next-Cursor``.  Money is integer nano-USD.
+    """
+    forbid_unless(who, ApiRole.owner, ApiRole.end_user, action="export per-turn usage")
+    lo, hi = _period(period)
+    ue = UsageEvent
+    stmt = select(*(getattr(ue, f) for f in USAGE_FIELDS)).where(ue.occurred_at >= lo, ue.occurred_at < hi)
+    if who.role is ApiRole.end_user:
+        if wallet_id is not None and wallet_id != who.wallet_id:
+            raise field_problem(404, "Unknown wallet", "wallet_id", f"no wallet {wallet_id!r} for this key")
+        stmt = stmt.where(ue.wallet_id == who.wallet_id)
+    else:
+        stmt = stmt.where(ue.enterprise_id == who.enterprise_id)
+        if wallet_id is not None:
+            stmt = stmt.where(ue.wallet_id == wallet_id)
+    if cursor is not None:
+        stmt = stmt.where(ue.id > cursor)
+    with session_scope() as session:
+        rows = session.execute(stmt.order_by(ue.id).limit(limit + 1)).all()
+    page = rows[:limit]
+    next_cursor = page[-1].id if len(rows) > limit else None
+    if format == "json":
+        data = [UsageRow(**row._mapping) for row in page]
+        return UsagePage(period=period, data=data, count=len(data), next_cursor=next_cursor)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(USAGE_FIELDS)
+    for row in page:
+        writer.writerow([_cell(v) for v in row])
+    headers = {"Content-Disposition": f'attachment; filename="usage-{period}.csv"'}
+    if next_cursor is not None:
+        headers["X-Next-Cursor"] = str(next_cursor)
+        headers["Link"] = f'<{request.url.include_query_params(cursor=next_cursor)}>; rel="next"'
+    return Response(buffer.getvalue(), media_type="text/csv", headers=headers)

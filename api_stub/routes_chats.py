@@ -1,0 +1,125 @@
+"""Chat endpoints: a chat session's detail, and its lifecycle (end; pause and resume once
+``worker.sessions`` exists).  A chat is named by ``chat_id`` within the caller's app.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path
+from sqlalchemy import select
+
+from api_stub.deps import Caller, field_problem, forbid_unless
+from api_stub.schemas import ChatEndIn, ChatPauseIn, ChatPublic
+from models.tables import ApiRole, ChatSession
+from worker.apikeys import Principal
+from worker.db import session_scope
+from worker.rollups import chat_performance
+from worker.wallet import UnknownWallet
+
+router = APIRouter(tags=["chats"])
+ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
+ChatId = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
+#: pause/resume need worker.sessions (another part of issue 6); without it they are not served
+SESSIONS_AVAILABLE = importlib.util.find_spec("worker.sessions") is not None
+
+
+def _unknown_chat(chat_id: str):
+    return field_problem(404, "Unknown chat", "chat_id", f"no chat {chat_id!r} for this key")
+
+
+def _chat_in_scope(session, who: Principal, chat_id: str) -> ChatSession:
+    """The chat session if the caller may see it: its app's owner or the end user whose wallet
+    pays for it; admins never (no end user's detail: 403).  404 otherwise (or not yet persisted)."""
+    forbid_unless(who, ApiRole.owner, ApiRole.end_user, action="read a chat")
+    chat = session.execute(
+        select(ChatSession).where(ChatSession.enterprise_id == who.enterprise_id, ChatSession.chat_id == chat_id)
+    ).scalar_one_or_none()
+    if chat is None or (who.role is ApiRole.end_user and chat.wallet_id != who.wallet_id):
+        raise _unknown_chat(chat_id)
+    return chat
+
+
+def _public(session, chat: ChatSession) -> ChatPublic:
+    perf: dict[str, Any] = chat_performance(session, chat.enterprise_id, chat.chat_id)
+    return ChatPublic(**perf, wallet_id=chat.wallet_id, connection_state=chat.connection_state,
+                      pause_reason=chat.pause_reason, can_resume=chat.can_resume)
+
+
+@router.get("/v1/chats/{chat_id}", response_model=ChatPublic, responses=ERRORS)
+def chat_detail(chat_id: ChatId, who: Caller) -> ChatPublic:
+    """A chat session of the caller's app: status, pause state, totals and per-agent figures, as of
+    the last drained batch (owner key, or the end user who pays for it)."""
+    with session_scope() as session:
+        return _public(session, _chat_in_scope(session, who, chat_id))
+
+
+@router.post("/v1/chats/{chat_id}/end", response_model=ChatPublic, responses=ERRORS)
+def chat_end(chat_id: ChatId, who: Caller, body: Annotated[ChatEndIn | None, Body()] = None) -> ChatPublic:
+    """End a chat (owner key): marked completed once (a second call keeps the first ``ended_at``)
+    and its rollups refreshed at once.  404 until a turn of the chat has been persisted."""
+    forbid_unless(who, ApiRole.owner, action="end chats")
+    ended_at = body.ended_at if body else None
+    if ended_at is not None and ended_at.tzinfo is None:
+        raise field_problem(422, "Invalid request", "ended_at", "must carry a time zone (UTC)")
+    with session_scope() as session:
+        chat = _chat_in_scope(session, who, chat_id)
+        _end(session, chat, ended_at)
+    with session_scope() as session:
+        return _public(session, _chat_in_scope(session, who, chat_id))
+
+
+def _end(session, chat: ChatSession, ended_at) -> None:
+    from worker.rollups import end_chat
+
+    end_chat(session, enterprise_id=chat.enterprise_id, chat_id=chat.chat_id, ended_at=ended_at)
+
+
+if SESSIONS_AVAILABLE:
+    from worker.sessions import pause_chat, resume_chat
+
+    from api_stub.deps import Problem, get_gate, wallet_in_scope
+
+    @router.post("/v1/chats/{chat_id}/pause", response_model=ChatPublic, responses=ERRORS)
+    def chat_pause(chat_id: ChatId, who: Caller, body: Annotated[ChatPauseIn | None, Body()] = None) -> ChatPublic:
+        """Pause a chat (owner key): an open paused-chat record (one per chat), the chat marked
+        paused, ``chat.paused`` announced.  A chat not persisted yet needs ``wallet_id`` (of the
+        caller's app).  Pausing a paused chat changes nothing."""
+        forbid_unless(who, ApiRole.owner, action="pause chats")
+        body = body or ChatPauseIn()
+        with session_scope() as session:
+            chat = session.execute(
+                select(ChatSession).where(ChatSession.enterprise_id == who.enterprise_id, ChatSession.chat_id == chat_id)
+            ).scalar_one_or_none()
+            if chat is not None and body.wallet_id not in (None, chat.wallet_id):
+                raise field_problem(422, "Invalid request", "wallet_id", f"chat {chat_id!r} is paid by another wallet")
+            wallet_id = chat.wallet_id if chat is not None else body.wallet_id
+            if wallet_id is None:
+                raise field_problem(422, "Invalid request", "wallet_id", "required for a chat with no persisted turn")
+            wallet_in_scope(session, who, wallet_id)
+        try:
+            pause_chat(get_gate(), enterprise_id=who.enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
+                       reason=body.reason, needed_nanos=body.needed_nanos)
+        except UnknownWallet:
+            raise Problem(409, "Wallet not in the gate", f"wallet {wallet_id!r} is not loaded in the gate") from None
+        with session_scope() as session:
+            return _public(session, _chat_in_scope(session, who, chat_id))
+
+    @router.post("/v1/chats/{chat_id}/resume", response_model=ChatPublic, responses=ERRORS | {409: {}})
+    def chat_resume(chat_id: ChatId, who: Caller) -> ChatPublic:
+        """Resume a paused chat (owner key) if its wallet can pay: active and connected again.
+        409 while the wallet cannot pay (``needed_nanos`` in the detail); nothing changes then."""
+        forbid_unless(who, ApiRole.owner, action="resume chats")
+        with session_scope() as session:
+            _chat_in_scope(session, who, chat_id)
+        try:
+            resume_chat(get_gate(), enterprise_id=who.enterprise_id, chat_id=chat_id)
+        except LookupError:
+            raise _unknown_chat(chat_id) from None
+        except PermissionError as exc:
+            raise Problem(409, "Wallet cannot pay yet", str(exc)) from None
+        except UnknownWallet as exc:
+            raise Problem(409, "Wallet not in the gate", str(exc)) from None
+        with session_scope() as session:
+            return _public(session, _chat_in_scope(session, who, chat_id))

@@ -1,0 +1,186 @@
+"""Wallet endpoints beyond the balance: reservations (hold, release; a turn with ``reservation_id``
+settles one at ``POST /v1/turns``), the ledger, credits, and (when ``worker.modes`` exists) mode
+changes.  Handlers call the gate or one ledger service and return.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from sqlalchemy import select
+
+from api_stub.deps import (
+    Caller,
+    Problem,
+    field_problem,
+    forbid_unless,
+    get_gate,
+    hold_wallet,
+    unknown_wallet,
+    wallet_in_scope,
+)
+from api_stub.schemas import (
+    CreditIn,
+    CreditPublic,
+    LedgerEntry,
+    LedgerPage,
+    ReleasePublic,
+    ReservationIn,
+    ReservationPublic,
+)
+from models.tables import ApiRole, WalletTransaction
+from worker.apikeys import audit
+from worker.db import session_scope
+from worker.ledger import GatePending, LedgerError, credit_wallet
+from worker.wallet import GateConfigError, UnknownWallet
+
+router = APIRouter(tags=["wallets"])
+ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
+WalletId = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
+
+
+def _owner_wallet(who, wallet_id: str, action: str) -> None:
+    """Owner keys only, and only on a wallet of their app (404 otherwise)."""
+    forbid_unless(who, ApiRole.owner, action=action)
+    with session_scope() as session:
+        wallet_in_scope(session, who, wallet_id)
+
+
+@router.post("/v1/wallets/{wallet_id}/reservations", response_model=ReservationPublic, responses=ERRORS | {409: {}})
+def reserve(wallet_id: WalletId, body: ReservationIn, who: Caller) -> ReservationPublic:
+    """Hold ``amount_nanos`` of the wallet before an LLM call (owner key of the wallet's app).
+
+    Granted only while balance − holds − amount ≥ 0 (production, limited wallets); settle it with
+    ``POST /v1/turns`` carrying ``reservation_id``, give it back with ``DELETE``, or let it expire
+    after ``ttl_s``.  409 when the wallet's mode takes no reservations.
+    """
+    _owner_wallet(who, wallet_id, "reserve funds")
+    if body.reservation_id and hold_wallet(wallet_id, body.reservation_id) not in (None, wallet_id):
+        raise field_problem(409, "Reservation in use", "reservation_id", "already held for another wallet")
+    try:
+        hold = get_gate().reserve(wallet_id, body.amount_nanos, ttl_s=body.ttl_s, reservation_id=body.reservation_id)
+    except UnknownWallet:
+        raise unknown_wallet(wallet_id) from None
+    except GateConfigError as exc:
+        raise Problem(409, "Mode takes no reservations", str(exc)) from None
+    return ReservationPublic(reservation_id=hold.reservation_id, wallet_id=wallet_id, granted=hold.granted,
+                             amount_nanos=hold.amount_nanos, balance_nanos=hold.balance_nanos,
+                             held_nanos=hold.held_nanos, duplicate=hold.duplicate)
+
+
+@router.delete("/v1/wallets/{wallet_id}/reservations/{reservation_id}", response_model=ReleasePublic,
+               responses=ERRORS)
+def release(wallet_id: WalletId, reservation_id: Annotated[str, Path(min_length=1, max_length=200)],
+            who: Caller) -> ReleasePublic:
+    """Give back a hold not settled by a turn (owner key).  404 naming ``reservation_id`` when the
+    wallet holds no such reservation (already settled, released, expired, or another wallet's)."""
+    _owner_wallet(who, wallet_id, "release funds")
+    if hold_wallet(wallet_id, reservation_id) != wallet_id:
+        raise field_problem(404, "Unknown reservation", "reservation_id",
+                            f"wallet {wallet_id!r} holds no reservation {reservation_id!r}")
+    return ReleasePublic(reservation_id=reservation_id, wallet_id=wallet_id,
+                         released_nanos=get_gate().release(wallet_id, reservation_id))
+
+
+@router.get("/v1/wallets/{wallet_id}/ledger", response_model=LedgerPage, responses=ERRORS)
+def ledger(wallet_id: WalletId, who: Caller,
+           limit: Annotated[int, Query(ge=1, le=500, description="entries per page")] = 50,
+           cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1,
+                                               description="next_cursor of the previous page")] = None,
+           ) -> LedgerPage:
+    """The wallet's ledger entries (``wallet_transaction``), newest first, one page: its app's owner
+    or its own end user (admins see no end user's detail)."""
+    with session_scope() as session:
+        wallet_in_scope(session, who, wallet_id)
+        stmt = select(WalletTransaction).where(WalletTransaction.wallet_id == wallet_id)
+        if cursor is not None:
+            stmt = stmt.where(WalletTransaction.id < cursor)
+        rows = session.execute(stmt.order_by(WalletTransaction.id.desc()).limit(limit + 1)).scalars().all()
+    data = [LedgerEntry(id=r.id, kind=r.kind, amount_nanos=r.amount_nanos, turns=r.turns,
+                        idempotency_key=r.idempotency_key, description=r.description, created_at=r.created_at)
+            for r in rows[:limit]]
+    return LedgerPage(wallet_id=wallet_id, data=data, count=len(data),
+                      next_cursor=data[-1].id if len(rows) > limit else None)
+
+
+@router.post("/v1/wallets/{wallet_id}/credits", response_model=CreditPublic, responses=ERRORS | {409: {}})
+def credit(wallet_id: WalletId, body: CreditIn, who: Caller) -> CreditPublic:
+    """Credit the wallet (owner key of its app, or admin) once per ``idempotency_key``: the ledger
+    entry commits, then the gate's balance; audit-logged (``credit``).  409 naming
+    ``idempotency_key`` when the key was used for another credit."""
+    forbid_unless(who, ApiRole.owner, ApiRole.admin, action="credit wallets")
+    with session_scope() as session:
+        row = wallet_in_scope(session, who, wallet_id, admin=True)
+        enterprise_id = row.enterprise_id
+        previous = session.execute(
+            select(WalletTransaction.wallet_id, WalletTransaction.amount_nanos, WalletTransaction.kind)
+            .where(WalletTransaction.idempotency_key == body.idempotency_key)
+        ).first()
+    if previous is not None and tuple(previous) != (wallet_id, body.amount_nanos, "credit"):
+        # never say whose: the key may be another app's
+        raise field_problem(409, "Idempotency key in use", "idempotency_key", "already used for another entry")
+    try:
+        balance = credit_wallet(get_gate(), wallet_id=wallet_id, amount_nanos=body.amount_nanos,
+                                idempotency_key=body.idempotency_key, description=body.description)
+    except UnknownWallet:
+        raise Problem(409, "Wallet not in the gate",
+                      f"wallet {wallet_id!r} is not loaded in the gate; nothing was credited") from None
+    except LedgerError as exc:
+        field = "amount_nanos" if "amount_nanos" in str(exc) else "idempotency_key"
+        status = 409 if "already used" in str(exc) else 422
+        raise field_problem(status, "Credit refused", field,
+                            "already used for another entry" if status == 409 else str(exc)) from None
+    except GatePending as exc:
+        raise Problem(503, "Credit pending", str(exc), headers={"Retry-After": "1"}) from None
+    with session_scope() as session:
+        audit(session, actor=who.actor, action="credit", enterprise_id=enterprise_id, wallet_id=wallet_id,
+              amount_nanos=body.amount_nanos, idempotency_key=body.idempotency_key,
+              replayed=previous is not None)
+    return CreditPublic(wallet_id=wallet_id, amount_nanos=body.amount_nanos, idempotency_key=body.idempotency_key,
+                        balance_nanos=balance, replayed=previous is not None)
+
+
+MODES_AVAILABLE = importlib.util.find_spec("worker.modes") is not None
+
+
+if MODES_AVAILABLE:
+    from worker.modes import ModeError, set_app_mode, set_wallet_mode
+
+    from api_stub.schemas import ModeIn, ModePublic
+
+    def _mode_problem(exc: ModeError) -> Problem:
+        field, _, message = str(exc).partition(": ")
+        if field == "mode":
+            return field_problem(422, "Invalid request", "mode", message)
+        return field_problem(404, "Unknown " + field.removesuffix("_id"), field, message)
+
+    @router.put("/v1/wallets/{wallet_id}/mode", response_model=ModePublic, responses=ERRORS)
+    def wallet_mode(wallet_id: WalletId, body: ModeIn, who: Caller) -> ModePublic:
+        """Override a wallet's billing mode, or (``mode: null``) make it follow its app's default
+        again: owner key of its app, or admin.  Audit-logged (``mode_change``); chats the new mode
+        lets go on are resumed."""
+        forbid_unless(who, ApiRole.owner, ApiRole.admin, action="change modes")
+        with session_scope() as session:
+            wallet_in_scope(session, who, wallet_id, admin=True)
+        try:
+            mode = set_wallet_mode(get_gate(), wallet_id, body.mode, actor=who.actor)
+        except ModeError as exc:
+            raise _mode_problem(exc) from None
+        return ModePublic(mode=mode, wallet_id=wallet_id)
+
+    @router.put("/v1/enterprises/{enterprise_id}/mode", response_model=ModePublic, responses=ERRORS)
+    def enterprise_mode(enterprise_id: WalletId, body: ModeIn, who: Caller) -> ModePublic:
+        """Set an app's default billing mode (owner key of the app, or admin); its wallets without
+        an override follow.  Audit-logged (``mode_change``)."""
+        forbid_unless(who, ApiRole.owner, ApiRole.admin, action="change modes")
+        if who.role is ApiRole.owner and enterprise_id != who.enterprise_id:
+            raise field_problem(404, "Unknown enterprise", "enterprise_id", f"no enterprise {enterprise_id!r} for this key")
+        if body.mode is None:
+            raise field_problem(422, "Invalid request", "mode", "an app needs a mode")
+        try:
+            changed = set_app_mode(get_gate(), enterprise_id, body.mode, actor=who.actor)
+        except ModeError as exc:
+            raise _mode_problem(exc) from None
+        return ModePublic(mode=body.mode, enterprise_id=enterprise_id, wallets_changed=len(changed))

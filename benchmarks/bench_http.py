@@ -1,0 +1,186 @@
+"""HTTP load on ``POST /v1/turns`` next to the in-process ``WalletGate.record_turn``, in one run.
+
+Run from the repository root::
+
+    .venv/bin/python -m benchmarks.bench_http [--requests 3000] [--concurrency 16] [--json]
+
+It starts ``uvicorn api_stub.main:app`` (one process, loopback, a free port) and drives it with an
+httpx async client: first one request at a time (latency), then ``--concurrency`` requests in
+flight (throughput).  Each request is a new turn (owner key of the wallets' app; the per-key rate
+limit is raised out of the way), so every request runs authentication (PostgreSQL), the rate limit
+(Redis) and the gate (Redis Lua).  The same turns' in-process figure is ``gate.record_turn`` called
+sequentially in this process.  Latency is measured around each call (``time.perf_counter``).
+
+Namespaces as ``bench_pipeline``: Redis logical DB 12 (flushed) and PostgreSQL ``tollgate_bench``
+(dropped, recreated, migrated); override with ``TOLLGATE_BENCH_REDIS_URL`` /
+``TOLLGATE_BENCH_DATABASE_URL``.  No Celery worker runs: accepted turns stay in the outbox.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_REDIS_URL = os.environ.get("TOLLGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+BENCH_DB_URL = os.environ.get(
+    "TOLLGATE_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/tollgate_bench"
+)
+os.environ["TOLLGATE_REDIS_URL"] = BENCH_REDIS_URL
+os.environ["TOLLGATE_BROKER_URL"] = BENCH_REDIS_URL
+os.environ["TOLLGATE_DATABASE_URL"] = BENCH_DB_URL
+os.environ["TOLLGATE_RATE_LIMIT"] = "100000000/minute"
+os.environ.pop("TOLLGATE_PRICE_OVERRIDES_PATH", None)
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import httpx  # noqa: E402
+import redis  # noqa: E402
+
+ENTERPRISE = "bench-http"
+WALLETS = 8
+CREDIT_NANOS = 10**15  # 1,000,000 USD per wallet: no turn is denied
+
+
+def pct(samples: list[float], q: float) -> float:
+    """The q-quantile (0..1) of samples, nearest rank."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def turn(prefix: str, i: int) -> dict:
+    """The JSON body of turn ``i`` (gpt-4o, ~1.2k prompt tokens)."""
+    return {"turn_id": f"{prefix}:{i}", "wallet_id": f"bench-http-w{i % WALLETS}", "enterprise_id": ENTERPRISE,
+            "chat_id": f"chat-{i % 64}", "agent": f"agent-{i % 4}", "model": "gpt-4o", "provider": "openai",
+            "prompt_tokens": 1000 + i % 500, "cached_prompt_tokens": 0, "completion_tokens": 100 + i % 50,
+            "occurred_at": "2026-11-01T12:00:00Z"}
+
+
+def setup() -> str:
+    """Fresh namespaces, the wallets and an owner key (returned)."""
+    from models.tables import ApiRole
+    from worker.apikeys import create_key
+    from worker.db import session_scope
+    from worker.ledger import credit_wallet, open_wallet
+    from worker.migrate import recreate_database
+    from worker.wallet import WalletGate
+
+    redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
+    recreate_database(BENCH_DB_URL)
+    gate = WalletGate(kicker=lambda shard: None)
+    for w in range(WALLETS):
+        open_wallet(gate, wallet_id=f"bench-http-w{w}", enterprise_id=ENTERPRISE, owner_id=f"u{w}")
+        credit_wallet(gate, wallet_id=f"bench-http-w{w}", amount_nanos=CREDIT_NANOS, idempotency_key=f"open-{w}")
+    with session_scope() as session:
+        return create_key(session, role=ApiRole.owner, enterprise_id=ENTERPRISE)
+
+
+def bench_in_process(n: int) -> dict[str, float]:
+    """``gate.record_turn`` one at a time, in this process (no HTTP, no auth)."""
+    from models.schemas import TurnIn
+    from worker.wallet import WalletGate
+
+    gate = WalletGate(kicker=lambda shard: None)
+    turns = [TurnIn(**turn("inproc", i)) for i in range(n)]
+    samples = []
+    started = time.perf_counter()
+    for t in turns:
+        t0 = time.perf_counter()
+        gate.record_turn(t)
+        samples.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - started
+    return {"n": n, "per_s": n / wall, "p50_ms": pct(samples, 0.5) * 1e3, "p99_ms": pct(samples, 0.99) * 1e3}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int) -> subprocess.Popen:
+    """uvicorn on loopback, one process, access log off; waits for /healthz."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api_stub.main:app", "--host", "127.0.0.1",
+                             "--port", str(port), "--no-access-log", "--log-level", "warning"],
+                            cwd=REPO, env=env, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("uvicorn did not start within 30 s")
+
+
+async def drive(base: str, key: str, prefix: str, n: int, concurrency: int) -> dict[str, float]:
+    """``n`` POST /v1/turns with ``concurrency`` in flight; every answer must be 200 and accepted."""
+    headers = {"Authorization": f"Bearer {key}"}
+    samples: list[float] = []
+    failures: list[str] = []
+    counter = iter(range(n))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=30) as client:
+        async def one_worker() -> None:
+            for i in counter:
+                t0 = time.perf_counter()
+                r = await client.post("/v1/turns", json=turn(prefix, i))
+                samples.append(time.perf_counter() - t0)
+                if r.status_code != 200 or not r.json()["accepted"]:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {n} requests failed, e.g. {failures[0]}")
+    return {"n": n, "concurrency": concurrency, "per_s": n / wall, "p50_ms": pct(samples, 0.5) * 1e3,
+            "p99_ms": pct(samples, 0.99) * 1e3}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_http", description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=3000, help="requests per HTTP phase (default 3000)")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight in the load phase")
+    parser.add_argument("--json", action="store_true", help="print all figures as one JSON object on the last line")
+    args = parser.parse_args(argv)
+
+    key = setup()
+    results = {"in_process": bench_in_process(args.requests)}
+    port = free_port()
+    server = start_server(port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        asyncio.run(drive(base, key, "warm", 200, 4))  # connections, imports, scripts loaded
+        results["http_sequential"] = asyncio.run(drive(base, key, "seq", args.requests, 1))
+        results["http_concurrent"] = asyncio.run(drive(base, key, "conc", args.requests, args.concurrency))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
+    load = os.getloadavg()[0]
+    print(f"{'phase':<34}{'requests':>9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    rows = [("gate.record_turn (in process)", results["in_process"]),
+            ("POST /v1/turns, 1 in flight", results["http_sequential"]),
+            (f"POST /v1/turns, {args.concurrency} in flight", results["http_concurrent"])]
+    for name, r in rows:
+        print(f"{name:<34}{r['n']:>9,}{r['per_s']:>10,.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}")
+    print(f"(uvicorn: 1 process; client and server on one {os.cpu_count()}-core host; 1-min load {load:.2f})")
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,392 @@
+"""The v1 API beyond turns (reservations, ledger, credits, chats, analytics, usage export, metrics)
+against real Redis and PostgreSQL: exact figures, role scopes per endpoint, every route's
+authentication, the per-key rate limit."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from worker.db import session_scope
+from worker.ledger import credit_wallet, open_wallet
+
+pytestmark = pytest.mark.integration
+
+TURN = {"turn_id": "t-1", "wallet_id": "w1", "enterprise_id": "acme", "chat_id": "c1", "agent": "planner",
+        "workflow": "support", "model": "gpt-4o", "provider": "openai", "prompt_tokens": 1000,
+        "cached_prompt_tokens": 200, "completion_tokens": 100, "duration_ms": 1500,
+        "occurred_at": "2026-11-01T12:00:00Z"}
+COST = 800 * 2_500 + 200 * 1_250 + 100 * 10_000  # 3,250,000 nanos (gpt-4o per token: in 2,500, cache 1,250, out 10,000)
+USD = 1_000_000_000
+
+
+@pytest.fixture()
+def api(db, redis_client, gate):
+    from api_stub import deps
+    from models.tables import ApiRole
+    from worker.apikeys import create_key
+
+    deps.get_gate.cache_clear()
+    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
+    open_wallet(gate, wallet_id="w2", enterprise_id="acme", owner_id="u2")
+    open_wallet(gate, wallet_id="x1", enterprise_id="other", owner_id="x")
+    credit_wallet(gate, wallet_id="w1", amount_nanos=USD, idempotency_key="open-w1")
+    credit_wallet(gate, wallet_id="x1", amount_nanos=USD, idempotency_key="open-x1")
+    with session_scope() as session:
+        keys = {
+            "owner": create_key(session, role=ApiRole.owner, enterprise_id="acme"),
+            "other_owner": create_key(session, role=ApiRole.owner, enterprise_id="other"),
+            "user_w1": create_key(session, role=ApiRole.end_user, enterprise_id="acme", wallet_id="w1"),
+            "user_w2": create_key(session, role=ApiRole.end_user, enterprise_id="acme", wallet_id="w2"),
+            "admin": create_key(session, role=ApiRole.admin),
+        }
+    from api_stub.main import app
+
+    client = TestClient(app)
+    client.keys = keys
+    client.h = {name: {"Authorization": f"Bearer {key}"} for name, key in keys.items()}
+    yield client
+    deps.get_gate.cache_clear()
+
+
+def _drain(redis_client, settings) -> None:
+    from worker.drain import OutboxDrain
+
+    OutboxDrain(redis_client, settings=settings, consumer="test").drain()
+
+
+@pytest.fixture()
+def turns(api, redis_client, settings):
+    """Three persisted turns: two in chat c1 (wallet w1), one in chat c9 of app 'other' (wallet x1)."""
+    for body, key in ((TURN, "owner"), ({**TURN, "turn_id": "t-2", "agent": "writer"}, "owner"),
+                      ({**TURN, "turn_id": "t-x", "wallet_id": "x1", "enterprise_id": "other", "chat_id": "c9"},
+                       "other_owner")):
+        r = api.post("/v1/turns", json=body, headers=api.h[key])
+        assert r.status_code == 200 and r.json()["accepted"], r.text
+    _drain(redis_client, settings)
+    return api
+
+
+# every route: authentication ------------------------------------------------------------------
+def _routes():
+    from api_stub.main import app
+
+    def walk(routes):
+        for route in routes:
+            if hasattr(route, "original_router"):  # FastAPI's included routers
+                yield from walk(route.original_router.routes)
+            elif isinstance(route, APIRoute):
+                yield route
+
+    out = []
+    for route in walk(app.routes):
+        # liveness; Stripe signs its webhook instead; the /billing pages are a browser app with a
+        # login form and a session cookie (their own tests)
+        if route.path == "/healthz" or "stripe" in route.path or route.path.startswith("/billing"):
+            continue
+        for method in sorted(route.methods - {"HEAD"}):
+            out.append((method, route.path))
+    return out
+
+
+ROUTES = _routes()
+
+
+def test_the_route_list_covers_the_api():
+    assert {("POST", "/v1/turns"), ("POST", "/v1/wallets/{wallet_id}/reservations"),
+            ("DELETE", "/v1/wallets/{wallet_id}/reservations/{reservation_id}"),
+            ("GET", "/v1/wallets/{wallet_id}/ledger"), ("POST", "/v1/wallets/{wallet_id}/credits"),
+            ("GET", "/v1/chats/{chat_id}"), ("POST", "/v1/chats/{chat_id}/end"), ("GET", "/v1/analytics/usage"),
+            ("GET", "/v1/analytics/rollups"), ("GET", "/v1/usage"), ("GET", "/metrics")} <= set(ROUTES)
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_every_route_refuses_missing_wrong_and_revoked_keys(api, method, path):
+    from worker.apikeys import revoke_key
+
+    url = re.sub(r"\{[^}]+\}", "w1", path)
+    with session_scope() as session:
+        assert revoke_key(session, api.keys["user_w2"].split("_")[1])
+    for headers in ({}, {"Authorization": "Bearer tg_000000000000_nope"}, api.h["user_w2"],
+                    {"Authorization": "Basic dTpw"}):
+        r = api.request(method, url, headers=headers, json={})
+        assert r.status_code == 401, (method, path, headers, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.headers["www-authenticate"].startswith("Bearer")
+
+
+# reservations -----------------------------------------------------------------------------------
+def test_reserve_settle_with_a_turn_and_release(api, gate):
+    h = api.h["owner"]
+    r = api.post("/v1/wallets/w1/reservations", json={"amount_nanos": 4_000_000, "reservation_id": "r-1"}, headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"reservation_id": "r-1", "wallet_id": "w1", "granted": True, "amount_nanos": 4_000_000,
+                        "balance_nanos": USD, "held_nanos": 4_000_000, "duplicate": False}
+    settled = api.post("/v1/turns", json={**TURN, "reservation_id": "r-1"}, headers=h)
+    assert settled.status_code == 200 and settled.json()["balance_nanos"] == USD - COST
+    assert gate.redis.hget(gate.wallet_key("w1"), "held") == "0"
+    # a hold bigger than what is available is refused, nothing held
+    too_big = api.post("/v1/wallets/w1/reservations", json={"amount_nanos": USD}, headers=h).json()
+    assert (too_big["granted"], too_big["amount_nanos"], too_big["held_nanos"]) == (False, 0, 0)
+    api.post("/v1/wallets/w1/reservations", json={"amount_nanos": 7, "reservation_id": "r-2"}, headers=h)
+    gone = api.delete("/v1/wallets/w1/reservations/r-2", headers=h)
+    assert gone.json() == {"reservation_id": "r-2", "wallet_id": "w1", "released_nanos": 7}
+    again = api.delete("/v1/wallets/w1/reservations/r-2", headers=h)
+    assert again.status_code == 404 and again.json()["errors"][0]["field"] == "reservation_id"
+
+
+def test_reservations_stay_within_their_wallet_and_app(api, gate):
+    assert api.post("/v1/wallets/x1/reservations", json={"amount_nanos": 9, "reservation_id": "rx"},
+                    headers=api.h["other_owner"]).json()["granted"] is True
+    h = api.h["owner"]
+    # acme's owner cannot reserve on, release or settle other's hold, nor its wallet
+    assert api.post("/v1/wallets/x1/reservations", json={"amount_nanos": 1}, headers=h).status_code == 404
+    assert api.delete("/v1/wallets/x1/reservations/rx", headers=h).status_code == 404
+    w1_shard_same = gate.shard("w1") == gate.shard("x1")
+    r = api.delete("/v1/wallets/w1/reservations/rx", headers=h)
+    assert r.status_code == 404
+    r = api.post("/v1/turns", json={**TURN, "reservation_id": "rx"}, headers=h)
+    assert r.status_code == (409 if w1_shard_same else 200)
+    assert gate.redis.hget(gate.wallet_key("x1"), "held") == "9"
+    # end users and admins do not reserve
+    assert api.post("/v1/wallets/w1/reservations", json={"amount_nanos": 1}, headers=api.h["user_w1"]).status_code == 403
+    assert api.post("/v1/wallets/w1/reservations", json={"amount_nanos": 1}, headers=api.h["admin"]).status_code == 403
+
+
+@pytest.mark.parametrize(("body", "field"), [({"amount_nanos": -1}, "amount_nanos"),
+                                             ({"amount_nanos": 1.5}, "amount_nanos"),
+                                             ({"amount_nanos": "10"}, "amount_nanos"),
+                                             ({"amount_nanos": 1, "ttl_s": 0}, "ttl_s"),
+                                             ({}, "amount_nanos")])
+def test_bad_reservations_name_the_field_and_hold_nothing(api, gate, body, field):
+    r = api.post("/v1/wallets/w1/reservations", json=body, headers=api.h["owner"])
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    assert field in [e["field"] for e in r.json()["errors"]]
+    assert gate.redis.hget(gate.wallet_key("w1"), "held") is None
+
+
+# credits and the ledger -----------------------------------------------------------------------------
+def test_credit_is_idempotent_audited_and_scoped(api, gate, db):
+    body = {"amount_nanos": 2 * USD, "idempotency_key": "pay-1", "description": "top-up"}
+    r = api.post("/v1/wallets/w2/credits", json=body, headers=api.h["owner"])
+    assert r.status_code == 200, r.text
+    assert r.json() == {"wallet_id": "w2", "amount_nanos": 2 * USD, "idempotency_key": "pay-1",
+                        "balance_nanos": 2 * USD, "replayed": False}
+    assert api.post("/v1/wallets/w2/credits", json=body, headers=api.h["owner"]).json()["replayed"] is True
+    assert gate.balance("w2") == 2 * USD
+    admin = api.post("/v1/wallets/x1/credits", json={"amount_nanos": 5, "idempotency_key": "grant-1"},
+                     headers=api.h["admin"])
+    assert admin.status_code == 200 and admin.json()["balance_nanos"] == USD + 5
+    assert api.post("/v1/wallets/x1/credits", json={"amount_nanos": 5, "idempotency_key": "k"},
+                    headers=api.h["owner"]).status_code == 404
+    assert api.post("/v1/wallets/w1/credits", json={"amount_nanos": 5, "idempotency_key": "k"},
+                    headers=api.h["user_w1"]).status_code == 403
+    reused = api.post("/v1/wallets/w1/credits", json={"amount_nanos": 5, "idempotency_key": "grant-1"},
+                      headers=api.h["owner"])
+    assert reused.status_code == 409 and reused.json()["errors"] == [
+        {"field": "idempotency_key", "message": "already used for another entry"}]
+    assert "x1" not in reused.text  # another app's wallet is never named
+    for bad, field in (({"amount_nanos": 0, "idempotency_key": "z"}, "amount_nanos"),
+                       ({"amount_nanos": 1.0, "idempotency_key": "z"}, "amount_nanos"),
+                       ({"amount_nanos": 1, "idempotency_key": ""}, "idempotency_key")):
+        r = api.post("/v1/wallets/w1/credits", json=bad, headers=api.h["owner"])
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == field
+    assert gate.balance("w1") == USD
+    with db.connect() as conn:
+        rows = conn.execute(text("SELECT actor, wallet_id, detail FROM audit_log WHERE action = 'credit' ORDER BY id")).all()
+    owner_actor = "key:" + api.keys["owner"].split("_")[1]
+    admin_actor = "key:" + api.keys["admin"].split("_")[1]
+    assert [(a, w, d["amount_nanos"], d["idempotency_key"], d["replayed"]) for a, w, d in rows] == [
+        (owner_actor, "w2", 2 * USD, "pay-1", False), (owner_actor, "w2", 2 * USD, "pay-1", True),
+        (admin_actor, "x1", 5, "grant-1", False)]
+
+
+def test_ledger_pages_newest_first_for_owner_and_own_end_user_only(api):
+    for i in range(3):
+        api.post("/v1/wallets/w1/credits", json={"amount_nanos": i + 1, "idempotency_key": f"c-{i}"},
+                 headers=api.h["owner"])
+    first = api.get("/v1/wallets/w1/ledger?limit=2", headers=api.h["user_w1"]).json()
+    assert [e["amount_nanos"] for e in first["data"]] == [3, 2] and first["count"] == 2
+    second = api.get(f"/v1/wallets/w1/ledger?limit=2&cursor={first['next_cursor']}", headers=api.h["owner"]).json()
+    assert [(e["kind"], e["amount_nanos"], e["idempotency_key"]) for e in second["data"]] == [
+        ("credit", 1, "c-0"), ("credit", USD, "open-w1")]
+    assert second["next_cursor"] is None
+    for key in ("user_w2", "other_owner", "admin"):
+        r = api.get("/v1/wallets/w1/ledger", headers=api.h[key])
+        assert r.status_code == 404 and r.json()["errors"][0]["field"] == "wallet_id"
+
+
+# chats ---------------------------------------------------------------------------------------------
+def test_chat_detail_and_end(turns, db):
+    api = turns
+    r = api.get("/v1/chats/c1", headers=api.h["user_w1"])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["wallet_id"], body["status"], body["turns"], body["cost_nanos"], body["connection_state"]) == (
+        "w1", "active", 2, 2 * COST, "connected")
+    assert body["agents"]["planner"]["total_response_ms"] == 1500 and body["agents"]["writer"]["cost_nanos"] == COST
+    for key, status in (("user_w2", 404), ("other_owner", 404), ("admin", 403)):
+        assert api.get("/v1/chats/c1", headers=api.h[key]).status_code == status
+    assert api.post("/v1/chats/c1/end", headers=api.h["user_w1"]).status_code == 403
+    assert api.post("/v1/chats/c1/end", headers=api.h["other_owner"]).status_code == 404
+    ended = api.post("/v1/chats/c1/end", json={"ended_at": "2026-11-01T13:00:00Z"}, headers=api.h["owner"])
+    assert ended.status_code == 200, ended.text
+    assert (ended.json()["status"], ended.json()["ended_at"], ended.json()["connection_state"]) == (
+        "completed", "2026-11-01T13:00:00Z", "ended")
+    again = api.post("/v1/chats/c1/end", headers=api.h["owner"])
+    assert again.json()["ended_at"] == "2026-11-01T13:00:00Z"
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT total_turns, cost_nanos FROM workflow_rollup WHERE enterprise_id='acme'")).one() \
+            == (2, 2 * COST)
+    assert api.post("/v1/chats/nope/end", headers=api.h["owner"]).status_code == 404
+
+
+# analytics and usage ------------------------------------------------------------------------------
+def test_analytics_are_scoped_to_the_app(turns):
+    api = turns
+    q = "/v1/analytics/usage?start=2026-11-01&end=2026-12-01&granularity=month&group_by=agent"
+    r = api.get(q, headers=api.h["owner"])
+    assert r.status_code == 200, r.text
+    assert [(row["agent"], row["turns"], row["cost_nanos"], row["billed_nanos"]) for row in r.json()["data"]] == [
+        ("planner", 1, COST, COST), ("writer", 1, COST, COST)]
+    assert api.get(q + "&enterprise_id=other", headers=api.h["owner"]).status_code == 404
+    assert api.get(q, headers=api.h["user_w1"]).status_code == 403
+    need = api.get(q, headers=api.h["admin"])
+    assert need.status_code == 422 and need.json()["errors"][0]["field"] == "enterprise_id"
+    admin = api.get(q + "&enterprise_id=other", headers=api.h["admin"]).json()
+    assert [(row["agent"], row["turns"]) for row in admin["data"]] == [("planner", 1)]
+    bad = api.get("/v1/analytics/usage?start=2026-11-02&end=2026-11-01", headers=api.h["owner"])
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "end"
+    bad = api.get(q.replace("agent", "wallet"), headers=api.h["owner"])
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"].startswith("group_by")
+
+
+def test_rollups_give_documents_to_owners_and_totals_to_admins(turns):
+    api = turns
+    api.post("/v1/chats/c1/end", headers=api.h["owner"])
+    owner = api.get("/v1/analytics/rollups?period=2026-11", headers=api.h["owner"]).json()
+    assert [(r["workflow"], r["total_sessions"], r["total_turns"], r["cost_nanos"]) for r in owner["data"]] == [
+        ("support", 1, 2, 2 * COST)]
+    assert owner["data"][0]["document"]["_id"] == "mon_acme_support"
+    admin = api.get("/v1/analytics/rollups?period=2026-11&enterprise_id=acme", headers=api.h["admin"]).json()
+    assert admin["data"][0]["total_turns"] == 2 and admin["data"][0]["document"] is None
+    assert api.get("/v1/analytics/rollups?period=2026-11&enterprise_id=acme",
+                   headers=api.h["other_owner"]).status_code == 404
+    avg = api.get("/v1/analytics/workflows/support?period=2026-11", headers=api.h["owner"]).json()
+    assert (avg["source"], avg["total_sessions"], avg["total_cost_nanos"], avg["avg_cost_nanos"]) == (
+        "rollup", 1, 2 * COST, 2 * COST)
+    bad = api.get("/v1/analytics/rollups?period=2026-13", headers=api.h["owner"])
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "period"
+
+
+def test_usage_export_json_csv_paged_and_scoped(turns):
+    api = turns
+    first = api.get("/v1/usage?period=2026-11&limit=1", headers=api.h["owner"]).json()
+    assert [row["turn_id"] for row in first["data"]] == ["t-1"] and first["next_cursor"] is not None
+    rest = api.get(f"/v1/usage?period=2026-11&limit=1&cursor={first['next_cursor']}", headers=api.h["owner"]).json()
+    assert [(row["turn_id"], row["cost_nanos"], row["billed_nanos"]) for row in rest["data"]] == [("t-2", COST, COST)]
+    assert rest["next_cursor"] is None
+    r = api.get("/v1/usage?period=2026-11&format=csv&limit=1", headers=api.h["owner"])
+    assert r.headers["content-type"].startswith("text/csv") and r.headers["x-next-cursor"] == str(first["next_cursor"])
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert [(row["turn_id"], row["wallet_id"], row["cost_nanos"]) for row in rows] == [("t-1", "w1", str(COST))]
+    assert 'rel="next"' in r.headers["link"]
+    other = api.get("/v1/usage?period=2026-11", headers=api.h["other_owner"]).json()
+    assert [row["turn_id"] for row in other["data"]] == ["t-x"]
+    assert api.get("/v1/usage?period=2026-11", headers=api.h["user_w2"]).json()["data"] == []
+    assert api.get("/v1/usage?period=2026-11", headers=api.h["user_w1"]).json()["count"] == 2
+    assert api.get("/v1/usage?period=2026-11&wallet_id=w2", headers=api.h["user_w1"]).status_code == 404
+    assert api.get("/v1/usage?period=2026-11", headers=api.h["admin"]).status_code == 403
+    assert api.get("/v1/usage?period=2026-10", headers=api.h["owner"]).json()["count"] == 0
+    bad = api.get("/v1/usage?period=2026-11&format=xml", headers=api.h["owner"])
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "format"
+
+
+# rate limit and metrics ---------------------------------------------------------------------------
+def test_rate_limit_answers_429_with_retry_after_per_key(api, settings, monkeypatch):
+    monkeypatch.setattr(settings, "rate_limit", "3/minute")
+    for _ in range(3):
+        assert api.get("/v1/wallets/w1", headers=api.h["owner"]).status_code == 200
+    r = api.get("/v1/wallets/w1", headers=api.h["owner"])
+    assert r.status_code == 429 and r.headers["content-type"] == "application/problem+json"
+    assert 1 <= int(r.headers["retry-after"]) <= 60
+    assert api.get("/v1/wallets/w1", headers=api.h["user_w1"]).status_code == 200  # another key, its own window
+
+
+def test_metrics_expose_worker_side_drain_counters_and_outbox_lag(api, redis_client, settings):
+    admin = api.h["admin"]
+    for i in range(3):
+        api.post("/v1/turns", json={**TURN, "turn_id": f"m-{i}"}, headers=api.h["owner"])
+    before = api.get("/metrics", headers=admin).text
+    lags = [float(v) for v in re.findall(r'^tollgate_outbox_lag_seconds\{shard="\d+"\} (\S+)$', before, re.M)]
+    assert len(lags) == settings.outbox_shards and 0 < max(lags) < 60 and sorted(lags)[:-1] == [0.0] * (len(lags) - 1)
+    _drain(redis_client, settings)
+    after = api.get("/metrics", headers=admin).text
+    assert "tollgate_persisted_turns_total 3.0" in after
+    assert 'tollgate_drain_batch_size_bucket{le="1"} 0.0' in after
+    assert 'tollgate_drain_batch_size_bucket{le="10"} 1.0' in after
+    assert "tollgate_drain_batch_size_sum 3.0" in after
+    assert re.findall(r'^tollgate_outbox_lag_seconds\{shard="\d+"\} (\S+)$', after, re.M) == ["0.0"] * settings.outbox_shards
+
+
+def test_outbox_lag_is_the_age_of_the_oldest_entry_not_persisted(redis_client):
+    from worker.metrics import outbox_lag_seconds
+
+    assert outbox_lag_seconds(redis_client, "s", "g") == 0.0  # no stream yet
+    redis_client.xadd("s", {"t": "1"}, id="1000-0")
+    redis_client.xadd("s", {"t": "2"}, id="3000-0")
+    assert outbox_lag_seconds(redis_client, "s", "g", now_ms=5000) == 4.0  # never drained: no group yet
+    redis_client.xgroup_create("s", "g", id="0")
+    assert outbox_lag_seconds(redis_client, "s", "g", now_ms=5000) == 4.0  # unread
+    redis_client.xreadgroup("g", "c", {"s": ">"}, count=1)
+    assert outbox_lag_seconds(redis_client, "s", "g", now_ms=5000) == 4.0  # read, pending
+    redis_client.xack("s", "g", "1000-0")
+    assert outbox_lag_seconds(redis_client, "s", "g", now_ms=5000) == 2.0  # the next one, unread
+    redis_client.xreadgroup("g", "c", {"s": ">"})
+    redis_client.xack("s", "g", "3000-0")
+    assert outbox_lag_seconds(redis_client, "s", "g", now_ms=5000) == 0.0
+
+
+# chat pause/resume and modes (worker.sessions, worker.modes) ------------------------------------
+def test_pause_then_resume_a_chat_once_its_wallet_can_pay(turns, gate):
+    api = turns
+    h = api.h["owner"]
+    assert api.post("/v1/chats/c1/pause", json={"reason": "manual"}, headers=api.h["user_w1"]).status_code == 403
+    other_chat = api.post("/v1/chats/c9/pause", headers=h)  # other's chat: unknown here, so a wallet is needed
+    assert other_chat.status_code == 422 and other_chat.json()["errors"][0]["field"] == "wallet_id"
+    r = api.post("/v1/chats/c1/pause", json={"reason": "manual", "needed_nanos": 5}, headers=h)
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["pause_reason"], r.json()["connection_state"]) == ("paused", "manual", "paused")
+    new = api.post("/v1/chats/c-new/pause", json={"wallet_id": "x1"}, headers=h)
+    assert new.status_code == 404 and new.json()["errors"][0]["field"] == "wallet_id"  # other's wallet
+    resumed = api.post("/v1/chats/c1/resume", headers=h)
+    assert resumed.status_code == 200, resumed.text
+    assert (resumed.json()["status"], resumed.json()["connection_state"]) == ("active", "connected")
+    # w2 has nothing: its chat cannot resume until credited
+    api.post("/v1/chats/c2/pause", json={"wallet_id": "w2"}, headers=h)
+    stuck = api.post("/v1/chats/c2/resume", headers=h)
+    assert stuck.status_code == 409 and api.get("/v1/chats/c2", headers=h).json()["status"] == "paused"
+
+
+def test_mode_changes_are_scoped_and_audited(api, gate, db):
+    r = api.put("/v1/wallets/w2/mode", json={"mode": "development"}, headers=api.h["owner"])
+    assert r.status_code == 200 and r.json() == {"mode": "development", "wallet_id": "w2", "enterprise_id": None,
+                                                  "wallets_changed": None}
+    assert gate.redis.hget(gate.wallet_key("w2"), "mode") == "development"
+    assert api.put("/v1/wallets/x1/mode", json={"mode": "development"}, headers=api.h["owner"]).status_code == 404
+    assert api.put("/v1/wallets/w1/mode", json={"mode": "development"}, headers=api.h["user_w1"]).status_code == 403
+    bad = api.put("/v1/wallets/w1/mode", json={"mode": "free"}, headers=api.h["owner"])
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "mode"
+    assert api.put("/v1/enterprises/other/mode", json={"mode": "trial"}, headers=api.h["owner"]).status_code == 404
+    app_mode = api.put("/v1/enterprises/other/mode", json={"mode": "track_only"}, headers=api.h["admin"])
+    assert app_mode.json() == {"mode": "track_only", "enterprise_id": "other", "wallet_id": None, "wallets_changed": 1}
+    with db.connect() as conn:
+        rows = conn.execute(text("SELECT enterprise_id, wallet_id, detail->>'to' FROM audit_log "
+                                 "WHERE action = 'mode_change' ORDER BY id")).all()
+    assert rows == [("acme", "w2", "development"), ("other", None, "track_only")]
