@@ -15,8 +15,7 @@ from functools import lru_cache
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
@@ -47,27 +46,6 @@ log = logging.getLogger(__name__)
 
 app = FastAPI(title="tollgate", version="0.1.0",
               description="Real-time token metering and billing: the orchestrator API.")
-
-
-def _problem(status: int, title: str, detail: str, errors: list[dict] | None = None,
-             headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    if errors:
-        body["errors"] = errors
-    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
-
-
-@app.exception_handler(Problem)
-async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
-    return _problem(exc.status, exc.title, exc.detail, exc.errors, exc.headers)
-
-
-@app.exception_handler(RequestValidationError)
-async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = [{"field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query", "path")) or "body",
-               "message": e["msg"]}
-              for e in exc.errors()]
-    return _problem(422, "Invalid request", "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
 
 
 install_error_handlers(app)
