@@ -1,0 +1,169 @@
+"""Throwaway Redis and PostgreSQL servers on free loopback ports, for the fault suite and benchmarks.
+
+Never the shared development services (6379 / 5432): each server here lives in its own temporary
+directory, on a port found by binding port 0, and is stopped (its process group killed) by its owner.
+
+- :class:`RedisServer`: ``redis-server`` with or without AOF (``appendonly yes``, ``appendfsync
+  everysec`` as in ``docker-compose.yml``); ``kill()`` is SIGKILL, ``restart()`` starts it again on
+  the same port and directory (so an AOF is replayed).
+- :class:`PostgresServer`: a cluster made by ``initdb`` in a temp dir owned by the ``postgres`` OS
+  user and run with ``pg_ctl`` as that user (``runuser``; we run as root).  ``restart(mode)``
+  is ``pg_ctl restart -m fast|immediate`` (immediate = crash, recovery from WAL).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+PG_BIN = Path(os.environ.get("TOLLGATE_PG_BIN", "/usr/lib/postgresql/15/bin"))
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (bind port 0, read it, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None, what: str = "server") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} on port {port} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"{what} on port {port} not up after {timeout_s} s")
+
+
+class RedisServer:
+    """A ``redis-server`` of our own.  ``aof=True``: ``appendonly yes``, ``appendfsync everysec``."""
+
+    def __init__(self, *, aof: bool = False, port: int | None = None) -> None:
+        self.aof = aof
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="tollgate-redis-"))
+        self.proc: subprocess.Popen | None = None
+        self.log = self.dir / "redis.log"
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start (or start again, replaying the AOF if any) on the same port and directory."""
+        cmd = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+               "--save", "", "--daemonize", "no", "--logfile", str(self.log), "--protected-mode", "no"]
+        if self.aof:
+            cmd += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        else:
+            cmd += ["--appendonly", "no"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        _wait_port(self.port, 20, self.proc, "redis-server")
+        # the port accepts before the AOF is loaded: wait until Redis answers PING (not LOADING)
+        import redis
+
+        client = redis.Redis(port=self.port, socket_timeout=2)
+        deadline = time.monotonic() + 30
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.exceptions.BusyLoadingError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL the server (no AOF fsync, no shutdown save)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def shutdown(self) -> None:
+        """SIGTERM: a graceful shutdown (Redis fsyncs its AOF before exiting)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self, *, hard: bool = False) -> None:
+        """Stop (SIGKILL if ``hard``, else graceful) and start again on the same port and dir."""
+        self.kill() if hard else self.shutdown()
+        self.start()
+
+    def close(self) -> None:
+        """Stop the server and remove its directory."""
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster run by the ``postgres`` OS user (trust auth, loopback only)."""
+
+    def __init__(self, *, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="tollgate-pg-"))
+        self.data = self.dir / "data"
+        self.log = self.dir / "pg.log"
+        pw = pwd.getpwnam("postgres")
+        os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        self._run(PG_BIN / "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                  "--no-sync", "--no-instructions")
+        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
+                "-c fsync=off -c full_page_writes=off -c max_connections=60 -c shared_buffers=64MB")
+        (self.data / "tollgate.opts").write_text(opts)  # kept for restarts
+        self._opts = opts
+        self.start()
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL of database ``tollgate`` on this cluster."""
+        return self.url_for("tollgate")
+
+    def url_for(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *cmd, timeout: float = 120) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["runuser", "-u", "postgres", "--", *map(str, cmd)], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.dir)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {proc.stdout[-1500:]} {proc.stderr[-1500:]}")
+        return proc
+
+    def start(self) -> None:
+        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.log, "-o", self._opts, "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", mode, "-w", "-t", "60", "stop")
+
+    def restart(self, mode: str = "fast") -> None:
+        """``pg_ctl restart -m <mode>``: ``immediate`` aborts every backend (crash recovery on start)."""
+        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.log, "-o", self._opts, "-m", mode, "-w", "-t", "60",
+                  "restart")
+
+    def close(self) -> None:
+        """Stop the cluster (immediately) and remove its directory."""
+        try:
+            if (self.data / "postmaster.pid").exists():
+                self.stop("immediate")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
