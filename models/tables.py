@@ -202,8 +202,28 @@ class ChatAgentUsage(SQLModel, table=True):
     cost_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
 
 
+class UsageTurnKey(SQLModel, table=True):
+    """The idempotency index of persisted turns: one row per turn_id, ever (until retention).
+
+    ``usage_event`` is partitioned by month, and PostgreSQL can only enforce a unique key on a
+    partitioned table if it contains the partition key; a turn_id retried with another
+    ``occurred_at`` would then be persisted twice.  This small unpartitioned table holds the unique
+    turn_id instead: the drain inserts here first (``ON CONFLICT DO NOTHING``) and writes
+    ``usage_event`` rows only for the keys it inserted, in the same statement.
+    """
+
+    __tablename__ = "usage_turn_key"
+
+    turn_id: str = Field(primary_key=True, max_length=300)
+    outbox_id: str = Field(max_length=60)
+    occurred_at: datetime = Field(sa_column=_ts(nullable=False))
+    recorded_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
+
+
 class UsageEvent(SQLModel, table=True):
-    """One accepted turn, persisted once (``turn_id`` is unique), with the prices it was charged at.
+    """One accepted turn, persisted once (its turn_id is in :class:`UsageTurnKey` once), with the
+    prices it was charged at.  Partitioned by month of ``occurred_at`` (UTC), so its primary key is
+    ``(id, occurred_at)``; ``worker.partitions`` creates the months ahead and applies retention.
 
     ``outbox_id`` (``<shard>:<stream id>``) is the outbox entry it came from: a re-delivery carries
     the same one, a second acceptance of the same turn_id by the gate another.
@@ -217,10 +237,11 @@ class UsageEvent(SQLModel, table=True):
         Index("ix_usage_event_wallet_occurred", "wallet_id", "occurred_at"),
         Index("ix_usage_event_enterprise_workflow_occurred", "enterprise_id", "workflow", "occurred_at"),
         Index("ix_usage_event_enterprise_chat", "enterprise_id", "chat_id"),
+        {"postgresql_partition_by": "RANGE (occurred_at)"},
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
-    turn_id: str = Field(max_length=300, unique=True)
+    turn_id: str = Field(max_length=300, index=True)
     outbox_id: str = Field(max_length=60)
     wallet_id: str = Field(max_length=200)
     enterprise_id: str = Field(max_length=200)
@@ -258,7 +279,7 @@ class UsageEvent(SQLModel, table=True):
     billed_nanos: int = Field(sa_column=_big(nullable=False))
     balance_after_nanos: int | None = Field(default=None, sa_column=_big(nullable=True))
     action: str = Field(max_length=10)
-    occurred_at: datetime = Field(sa_column=_ts(nullable=False))
+    occurred_at: datetime = Field(sa_column=_ts(nullable=False, primary_key=True))
     recorded_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
 
 

@@ -30,7 +30,8 @@ def make_app() -> Celery:
     celery = Celery(
         "tollgate",
         broker=settings.broker_url,
-        include=["tasks.usage", "tasks.rollups", "tasks.billing", "tasks.reconcile", "tasks.reservations", "tasks.stripe"],
+        include=["tasks.usage", "tasks.rollups", "tasks.billing", "tasks.reconcile", "tasks.reservations", "tasks.stripe",
+                 "tasks.maintenance"],
     )
     celery.conf.update(
         task_default_queue=USAGE_QUEUE,
@@ -70,6 +71,9 @@ def make_app() -> Celery:
             "refresh-rollups": {"task": "tollgate.rollups.refresh_dirty", "schedule": 60.0, "options": {"expires": 55}},
             # paused chats whose wallet can pay again (a credit resumes them at once; this catches the rest)
             "resume-paused": {"task": "tollgate.billing.resume_paused", "schedule": 30.0, "options": {"expires": 25}},
+            # usage_event partitions for the coming months, and retention (drops whole old months)
+            "usage-partitions": {"task": "tollgate.maintenance.partitions", "schedule": crontab(minute=30, hour=0),
+                                 "options": {"expires": 3000}},
             # abandoned reservations give their holds back
             "expire-holds": {"task": "tollgate.reservations.expire", "schedule": 10.0, "options": {"expires": 9}},
             # report drift between the gate (Redis) and the ledger; `tollgate reconcile --repair` mends it

@@ -80,6 +80,30 @@ def db_upgrade(revision: str = typer.Argument("head", help="Alembic revision")) 
     out.print(f"database migrated to {revision}")
 
 
+@db_app.command("partitions")
+def db_partitions(
+    retention_months: int = typer.Option(None, "--retention-months", min=0,
+                                         help="keep this many months (0: all); default: the setting"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Create the coming months' usage_event partitions and apply retention (the daily job)."""
+    from worker.db import session_scope
+    from worker.partitions import maintain
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    if retention_months is not None:
+        settings = settings.model_copy(update={"usage_retention_months": retention_months})
+    with session_scope() as session:
+        report = maintain(session, settings=settings).as_dict()
+    if as_json:
+        print(json.dumps(report))
+    else:
+        out.print(f"created {report['created'] or 'none'} · dropped {report['dropped'] or 'none'} · "
+                  f"default rows deleted {report['default_rows_deleted']} · turn keys deleted "
+                  f"{report['turn_keys_deleted']} · blocked {report['blocked'] or 'none'}", highlight=False)
+
+
 def _id(value: str, field: str) -> str:
     if not _ID.match(value):
         _fail(f"{field}: {value!r} must be 1 to 200 characters without spaces")

@@ -28,6 +28,7 @@ from models.tables import (
     RollupDirty,
     TransactionKind,
     UsageEvent,
+    UsageTurnKey,
     Wallet,
     WalletTransaction,
 )
@@ -283,11 +284,19 @@ def _column_sql_type(name: str) -> str:
 
 
 #: One statement per batch whatever its size: the rows travel as one typed array per column, so
-#: psycopg sends 21 parameters instead of 21 × N (a 21,000-placeholder text is re-parsed per batch).
+#: psycopg sends one parameter per column instead of one per value (a 30,000-placeholder text would
+#: be re-parsed per batch).  The turn_ids go into ``usage_turn_key`` first (unique, unpartitioned);
+#: only the keys inserted there get their ``usage_event`` row (partitioned by month), in the same
+#: statement, so a re-delivered or retried turn is one row whatever its ``occurred_at``.
 _INSERT_USAGE = text(
+    f"WITH batch AS (SELECT * FROM unnest("
+    f"{', '.join(f'CAST(:{c} AS {_column_sql_type(c)}[])' for c in USAGE_COLUMNS)}) "
+    f"AS b({', '.join(USAGE_COLUMNS)})), "
+    "fresh AS (INSERT INTO usage_turn_key (turn_id, outbox_id, occurred_at) "
+    "SELECT turn_id, outbox_id, occurred_at FROM batch ON CONFLICT (turn_id) DO NOTHING RETURNING turn_id) "
     f"INSERT INTO usage_event ({', '.join(USAGE_COLUMNS)}) "
-    f"SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {_column_sql_type(c)}[])' for c in USAGE_COLUMNS)}) "
-    "ON CONFLICT (turn_id) DO NOTHING RETURNING turn_id"
+    f"SELECT {', '.join('batch.' + c for c in USAGE_COLUMNS)} FROM batch JOIN fresh USING (turn_id) "
+    "RETURNING turn_id"
 )
 
 _TOTALS = ("turns", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_nanos")
@@ -475,8 +484,8 @@ def _second_acceptances(
     candidates = [r for r in rows if r["turn_id"] not in inserted_ids]
     if candidates:
         stored = dict(session.execute(
-            select(UsageEvent.turn_id, UsageEvent.outbox_id).where(
-                UsageEvent.turn_id.in_({r["turn_id"] for r in candidates})
+            select(UsageTurnKey.turn_id, UsageTurnKey.outbox_id).where(
+                UsageTurnKey.turn_id.in_({r["turn_id"] for r in candidates})
             )
         ).all())
     first_in_batch: dict[str, str] = {}

@@ -34,7 +34,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from models.tables import ReconciliationRun, TransactionKind, UsageEvent, Wallet, WalletDrift, WalletTransaction
+from models.tables import ReconciliationRun, TransactionKind, UsageTurnKey, Wallet, WalletDrift, WalletTransaction
 from worker.db import session_scope
 from worker.payers import gate_profile
 from worker.settings import get_settings
@@ -164,7 +164,7 @@ def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list
     persisted: set[tuple[str, str]] = set()
     for i in range(0, len(turn_ids), 5000):
         rows = session.execute(
-            select(UsageEvent.turn_id, UsageEvent.outbox_id).where(UsageEvent.turn_id.in_(turn_ids[i : i + 5000]))
+            select(UsageTurnKey.turn_id, UsageTurnKey.outbox_id).where(UsageTurnKey.turn_id.in_(turn_ids[i : i + 5000]))
         )
         persisted.update((turn_id, outbox_id) for turn_id, outbox_id in rows)
     return wallets, entries, persisted, recent

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     stripe_api_key: str | None = None
     stripe_webhook_secret: str | None = None
     stripe_api_base: str | None = None
+    #: months of usage_event partitions kept ahead of the current one (created by the daily job)
+    usage_partitions_ahead: int = Field(default=3, ge=1, le=24)
+    #: months of usage events kept (the current one included); 0 keeps them forever.  Older
+    #: partitions are dropped by the daily job; ledger entries and rollups are kept.
+    usage_retention_months: int = Field(default=0, ge=0, le=1200)
     rate_limit: str = "600/minute"
     rate_limit_strategy: Literal["moving-window", "fixed-window"] = "moving-window"
 
