@@ -33,7 +33,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from worker.db import session_scope
 from worker.ledger import PersistResult, persist_turns
 from worker.metrics import record_drain_batch
-from worker.settings import Settings, get_settings
+from worker.settings import Settings, get_settings, redis_client
 from worker.wallet import PAYLOAD_VERSION, WalletGate, kick_key, outbox_key, shard_tag
 
 GROUP = "tollgate-drain"
@@ -175,7 +175,7 @@ class OutboxDrain:
         self, client: redis.Redis | None = None, *, settings: Settings | None = None, consumer: str | None = None
     ) -> None:
         self.settings = settings or get_settings()
-        self.redis = client or redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        self.redis = client or redis_client(self.settings)
         self.consumer = consumer or consumer_name()
         self._groups: set[str] = set()
         self._gate: WalletGate | None = None

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     stripe_api_key: str | None = None
     stripe_webhook_secret: str | None = None
     stripe_api_base: str | None = None
+    #: the gate's Redis (``redis_url``) is a Redis Cluster: the gate and the drain use a cluster
+    #: client (every script's keys share one hash tag, so one slot); the Celery broker
+    #: (``broker_url``) must then be a separate, non-cluster Redis
+    redis_cluster: bool = False
     #: months of usage_event partitions kept ahead of the current one (created by the daily job)
     usage_partitions_ahead: int = Field(default=3, ge=1, le=24)
     #: months of usage events kept (the current one included); 0 keeps them forever.  Older
@@ -97,6 +101,18 @@ class Settings(BaseSettings):
         if not self.broker_url:
             self.broker_url = self.redis_url
         return self
+
+
+def redis_client(settings: Settings, url: str | None = None):
+    """A redis-py client for ``url`` (default ``settings.redis_url``), ``decode_responses=True``:
+    a ``RedisCluster`` (which discovers every node from this one) when ``settings.redis_cluster``,
+    else a plain ``Redis``."""
+    import redis
+
+    url = url or settings.redis_url
+    if settings.redis_cluster:
+        return redis.RedisCluster.from_url(url, decode_responses=True)
+    return redis.Redis.from_url(url, decode_responses=True)
 
 
 @lru_cache(maxsize=1)

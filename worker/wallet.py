@@ -37,7 +37,7 @@ from models.schemas import Decision, TurnIn
 from models.tables import BillingMode
 from worker.meters import meter_price
 from worker.pricing import PriceBook, TurnPrice
-from worker.settings import Settings, get_settings
+from worker.settings import Settings, get_settings, redis_client
 
 PREFIX = "tollgate"
 SHARDS_KEY = f"{PREFIX}:config:outbox_shards"
@@ -84,6 +84,23 @@ class GateBatchError(RuntimeError):
         super().__init__(f"{sum(d is None for d in decisions)} of {len(decisions)} turn(s) not recorded: {error}")
         self.error = error
         self.decisions = decisions
+
+
+def _pipeline_evalsha(client: redis.Redis, calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
+    """EVALSHA every call in one non-transactional pipeline on one server.  If it lost the scripts
+    (restart, SCRIPT FLUSH) every call fails with NOSCRIPT before running, so loading them and
+    sending the batch again is safe."""
+    for attempt in (1, 2):
+        pipe = client.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        replies = pipe.execute(raise_on_error=False)
+        if attempt == 1 and all(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+            for script in {id(c[0]): c[0] for c in calls}.values():
+                client.script_load(script.script)
+            continue
+        break
+    return replies
 
 
 class UnknownWallet(LookupError):
@@ -191,7 +208,7 @@ class WalletGate:
         kicker: Kicker | None = None,
     ) -> None:
         self.settings = settings or get_settings()
-        self.redis = client or redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        self.redis = client or redis_client(self.settings)
         self.prices = price_book or PriceBook.from_file(self.settings.price_overrides_path)
         self.kicker = kicker or celery_kicker
         self._record = self.redis.register_script(_lua("record_turn.lua"))
@@ -511,19 +528,27 @@ class WalletGate:
         return decisions  # type: ignore[return-value]  # no None without an error
 
     def _evalsha_pipelined(self, calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
-        """EVALSHA every call in one non-transactional pipeline.  If Redis lost the scripts (restart,
-        SCRIPT FLUSH) every call fails with NOSCRIPT before running, so loading them and sending the
-        batch again is safe."""
-        for attempt in (1, 2):
-            pipe = self.redis.pipeline(transaction=False)
-            for script, keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            replies = pipe.execute(raise_on_error=False)
-            if attempt == 1 and all(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                for script in {id(c[0]): c[0] for c in calls}.values():
-                    self.redis.script_load(script.script)
-                continue
-            break
+        """EVALSHA every call in one non-transactional pipeline (on Redis Cluster: one pipeline per
+        node holding the calls' slots, in call order within each node).  Returns one reply or
+        exception per call, in order."""
+        if not isinstance(self.redis, redis.RedisCluster):
+            return _pipeline_evalsha(self.redis, calls)
+        groups: dict[str, tuple[redis.Redis, list[int]]] = {}
+        for i, (_script, keys, _args) in enumerate(calls):
+            node = self.redis.get_node_from_key(keys[0])  # every key of a call shares one hash tag
+            groups.setdefault(node.name, (self.redis.get_redis_connection(node), []))[1].append(i)
+        replies: list = [None] * len(calls)
+        for client, indexes in groups.values():
+            for i, reply in zip(indexes, _pipeline_evalsha(client, [calls[i] for i in indexes])):
+                if isinstance(reply, redis.exceptions.ResponseError) and str(reply).startswith(("MOVED", "ASK")):
+                    # the slot moved (resharding): the script did not run; send it alone through the
+                    # cluster client, which follows the redirection and refreshes its slot map
+                    script, keys, args = calls[i]
+                    try:
+                        reply = script(keys=keys, args=args)
+                    except redis.exceptions.ResponseError as exc:
+                        reply = exc
+                replies[i] = reply
         return replies
 
     # reservations -----------------------------------------------------------------------------

@@ -1,0 +1,171 @@
+"""The gate and the outbox on a real Redis Cluster: three masters started here on free loopback
+ports (``redis-server --cluster-enabled yes``, ``redis-cli --cluster create``).  Every script's keys
+share one hash tag, so each runs in one slot; the outbox shards spread over the nodes and drain in
+parallel; the decisions, PostgreSQL rows and balances equal a single-node run of the same turns."""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import shutil
+import socket
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from sqlalchemy import text
+
+from models.schemas import TurnIn
+from worker.drain import OutboxDrain
+from worker.ledger import credit_wallet, open_wallet
+from worker.reconcile import reconcile
+from worker.settings import get_settings
+from worker.wallet import WalletGate, outbox_key
+
+pytestmark = pytest.mark.integration
+SHARDS = 8
+WALLETS = [f"cw{i}" for i in range(6)]
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` free ports whose cluster bus ports (port + 10000) are free too (so both stay < 65536)."""
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < n:
+        port = rng.randrange(20000, 50000)
+        if port not in ports and _free(port) and _free(port + 10000):
+            ports.append(port)
+    return ports
+
+
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory):
+    """A 3-master Redis Cluster on loopback, torn down after the module."""
+    root = tmp_path_factory.mktemp("redis-cluster")
+    ports = _free_ports(3)
+    procs = []
+    try:
+        for port in ports:
+            d = root / str(port)
+            d.mkdir()
+            procs.append(subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no", "--dir", str(d)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+        for port in ports:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    redis.Redis(host="127.0.0.1", port=port).ping()
+                    break
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        subprocess.run([shutil.which("redis-cli"), "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 20
+        while redis.Redis(host="127.0.0.1", port=ports[0]).cluster("info").get("cluster_state") != "ok":
+            assert time.monotonic() < deadline, "the cluster never became ok"
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+
+
+def _settings(url: str, cluster: bool):
+    return get_settings().model_copy(update={"redis_url": url, "redis_cluster": cluster, "outbox_shards": SHARDS})
+
+
+def _turns() -> list[TurnIn]:
+    start = datetime(2026, 11, 3, tzinfo=UTC)
+    return [TurnIn(turn_id=f"ct{i}", wallet_id=WALLETS[i % len(WALLETS)], enterprise_id="acme",
+                   chat_id=f"chat-{i % 9}", agent=f"agent-{i % 3}", model="gpt-4o", provider="openai",
+                   prompt_tokens=300 + (i * 37) % 2000, completion_tokens=20 + (i * 11) % 300,
+                   cached_prompt_tokens=(i * 13) % 200, occurred_at=start + timedelta(seconds=i))
+            for i in range(1200)]
+
+
+def _drain_process(url: str, cluster: bool, shards: list[int], out) -> None:
+    drain = OutboxDrain(settings=_settings(url, cluster), consumer=f"drain-{shards[0]}")
+    out.put(drain.drain(shards, max_seconds=60).inserted)
+
+
+def _run(url: str, cluster: bool, flush) -> tuple[list, list, dict]:
+    """Open wallets (one small enough to run dry), record every turn in batches of 100 and a
+    retry of the first batch, drain the shards from two processes at once, and return the
+    decisions, the PostgreSQL totals per wallet and the gate balances."""
+    flush()
+    settings = _settings(url, cluster)
+    gate = WalletGate(settings=settings, kicker=lambda shard: None)
+    for w in WALLETS:
+        open_wallet(gate, wallet_id=w, enterprise_id="acme", owner_id=w)
+        credit_wallet(gate, wallet_id=w, amount_nanos=60_000_000 if w == "cw5" else 10**12, idempotency_key=f"s-{w}")
+    turns = _turns()
+    decisions = []
+    for i in range(0, len(turns), 100):
+        decisions += gate.record_turns(turns[i:i + 100])
+    retried = gate.record_turns(turns[:100])
+    assert all(d.duplicate for d in retried)
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_drain_process, args=(url, cluster, list(range(k, SHARDS, 2)), out)) for k in (0, 1)]
+    for p in procs:
+        p.start()
+    inserted = sum(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    assert inserted == sum(d.accepted for d in decisions)
+    with gate_db().connect() as conn:
+        totals = [tuple(r) for r in conn.execute(text(
+            "SELECT wallet_id, count(*), count(DISTINCT turn_id), sum(prompt_tokens), sum(cost_nanos), "
+            "sum(billed_nanos) FROM usage_event GROUP BY wallet_id ORDER BY wallet_id"))]
+    rec = reconcile(gate)
+    assert (rec.wallets_checked, rec.wallets_drifted) == (len(WALLETS), 0)
+    balances = {w: gate.balance(w) for w in WALLETS}
+    answers = [(d.turn_id, d.accepted, d.action, d.balance_nanos, d.billed_nanos) for d in decisions]
+    return answers, totals, balances
+
+
+def gate_db():
+    from worker.db import engine_for
+
+    return engine_for(get_settings().database_url)
+
+
+def test_the_gate_and_outbox_on_a_redis_cluster_equal_a_single_node(db, redis_client, cluster_url):
+    single = _run(get_settings().redis_url, False, redis_client.flushdb)
+
+    def flush_cluster():
+        with db.begin() as conn:
+            from tests.conftest import TABLES
+
+            conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+        cluster = redis.RedisCluster.from_url(cluster_url)
+        cluster.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+        cluster.close()
+
+    clustered = _run(cluster_url, True, flush_cluster)
+    assert clustered == single
+    answers, totals, balances = clustered
+    assert sum(1 for a in answers if not a[1]) > 0  # the small wallet ran dry: denials were decided too
+    assert balances["cw5"] <= 0 and all(b > 0 for w, b in balances.items() if w != "cw5")
+    # the shards really are spread over the three masters
+    cluster = redis.RedisCluster.from_url(cluster_url)
+    nodes = {cluster.get_node_from_key(outbox_key(s)).port for s in range(SHARDS)}
+    cluster.close()
+    assert len(nodes) == 3
