@@ -16,7 +16,8 @@ from sqlalchemy.exc import OperationalError
 
 from worker.celery_app import app
 from worker.ledger import GatePending
-from worker.stripe_billing import process_event as process_event_service
+from worker.db import session_scope
+from worker.stripe_billing import process_event as process_event_service, unprocessed_events
 from worker.wallet import UnknownWallet, WalletGate
 
 #: retries of one event before the task gives up (about 40 minutes in all)
@@ -41,3 +42,16 @@ def process_event(self, event_id: str) -> dict[str, Any]:
         return process_event_service(event_id, gate=_get_gate()).as_dict()
     except RETRIABLE as exc:
         raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 300), max_retries=MAX_RETRIES)
+
+
+@app.task(name="tollgate.stripe.sweep")
+def sweep(older_than_s: int = 120) -> dict[str, int]:
+    """Send ``process_event`` again for every stored Stripe event still unprocessed after
+    ``older_than_s`` seconds (beat: every 5 min): a task lost with its worker, one that gave up on
+    its retries, or one whose wallet or package was fixed since.  Processing is idempotent, so an
+    event sent twice credits once.  Returns ``{"resent": n}``."""
+    with session_scope() as session:
+        ids = unprocessed_events(session, older_than_s=older_than_s)
+    for event_id in ids:
+        process_event.apply_async(args=[event_id])
+    return {"resent": len(ids)}

@@ -71,6 +71,8 @@ def make_app() -> Celery:
             "refresh-rollups": {"task": "tollgate.rollups.refresh_dirty", "schedule": 60.0, "options": {"expires": 55}},
             # paused chats whose wallet can pay again (a credit resumes them at once; this catches the rest)
             "resume-paused": {"task": "tollgate.billing.resume_paused", "schedule": 30.0, "options": {"expires": 25}},
+            # Stripe events whose processing was lost or gave up are sent again (idempotent)
+            "stripe-sweep": {"task": "tollgate.stripe.sweep", "schedule": 300.0, "options": {"expires": 240}},
             # usage_event partitions for the coming months, and retention (drops whole old months)
             "usage-partitions": {"task": "tollgate.maintenance.partitions", "schedule": crontab(minute=30, hour=0),
                                  "options": {"expires": 3000}},

@@ -706,3 +706,14 @@ def process_event(event_id: str, *, gate: WalletGate | None = None) -> ProcessRe
         except Exception:  # the database itself may be what failed
             log.warning("could not record the failure of stripe event %s", event_id, exc_info=True)
         raise
+
+
+def unprocessed_events(session: Session, *, older_than_s: int = 120, limit: int = 500) -> list[str]:
+    """Ids of stored Stripe events not processed yet and received more than ``older_than_s``
+    seconds ago (their task was lost, gave up, or hit data that was fixed since), oldest first."""
+    return list(session.execute(
+        select(StripeEvent.id)
+        .where(StripeEvent.processed_at.is_(None),
+               StripeEvent.received_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s))
+        .order_by(StripeEvent.received_at).limit(limit)
+    ).scalars())

@@ -635,3 +635,25 @@ def test_a_block_whose_gate_step_failed_is_completed_by_the_retry(db, gate, api)
 class _FailBlockOnly(FlakyGate):
     def credit(self, *args, **kwargs):
         return self._gate.credit(*args, **kwargs)
+
+
+def test_the_sweep_sends_again_what_is_still_unprocessed_and_it_credits_once(db, gate, api, monkeypatch):
+    """A stored event whose task was lost (or gave up) is sent again by the beat sweep; sending it
+    again and again credits once."""
+    import tasks.stripe as stripe_tasks
+
+    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
+    _packages(TOPUP)
+    for event_id, sid in (("evt_lost", "cs_lost"), ("evt_done", "cs_done")):
+        assert _post(api, event_json(event_id, "checkout.session.completed", _paid_session(sid))).status_code == 200
+    _process("evt_done")  # only this one's task ran
+    with db.begin() as conn:  # both arrived three minutes ago
+        conn.execute(text("UPDATE stripe_event SET received_at = now() - interval '3 minutes'"))
+    sent: list[str] = []
+    monkeypatch.setattr(stripe_tasks.process_event, "apply_async", lambda args: sent.append(args[0]))
+    assert stripe_tasks.sweep(older_than_s=120) == {"resent": 1} and sent == ["evt_lost"]
+    for _ in range(2):  # the sweep's task and a duplicate delivery of it
+        _process("evt_lost")
+    assert stripe_tasks.sweep(older_than_s=120) == {"resent": 0}
+    assert _ledger(db) == [("stripe:cs_done", "credit", 10 * USD), ("stripe:cs_lost", "credit", 10 * USD)]
+    assert gate.balance("w1") == 20 * USD
