@@ -87,10 +87,13 @@ def _record(turns: list[TurnIn]) -> list[Decision]:
 
 
 def _send_pause(turn: TurnIn) -> None:
-    """Queue ``tollgate.billing.pause_chat`` for a denied turn's chat (idempotent: one open pause)."""
+    """Queue ``tollgate.billing.pause_chat`` for a denied turn's chat (idempotent: one open pause),
+    at most once a minute per chat, so an orchestrator that keeps calling cannot flood the queue."""
     from worker.celery_app import app as celery
 
     try:
+        if not get_gate().redis.set(f"tollgate:pausing:{turn.enterprise_id}:{turn.chat_id}", 1, nx=True, ex=60):
+            return
         celery.send_task("tollgate.billing.pause_chat", kwargs={
             "enterprise_id": turn.enterprise_id, "chat_id": turn.chat_id, "wallet_id": turn.wallet_id})
     except Exception:  # the caller has the 'pause' answer; the pause record is bookkeeping
