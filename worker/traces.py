@@ -26,8 +26,10 @@ from typing import Literal
 TraceFormat = Literal["azure", "mooncake"]
 AZURE_HEADER = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
 MOONCAKE_BLOCK_TOKENS = 512
-_TS = re.compile(r"^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?$")
-_INT = re.compile(r"^\d+$")
+# ASCII digits only, to the end of the string: ``\d`` alone also matches other scripts' digits
+# ('١٢' → 12) and ``$`` matches before a trailing newline
+_TS = re.compile(r"^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?\Z", re.ASCII)
+_INT = re.compile(r"^\d+\Z", re.ASCII)
 MAX_TOKENS = 10**9  # as models.schemas.Tokens
 MAX_TIMESTAMP_MS = 10**13  # about 317 years past the trace start
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ class FaultEnv:
     redis_url: str
     tmp_path: Path
     procs: list[subprocess.Popen] = field(default_factory=list)
+    supervisors: list["Supervisor"] = field(default_factory=list)
 
     @property
     def settings(self):
@@ -99,6 +101,12 @@ class FaultEnv:
         wait_ready(proc, log, timeout_s=60)
         return proc
 
+    def supervised_worker(self, *, concurrency: int = 2, **extra_env: str) -> "Supervisor":
+        """A worker restarted whenever it exits, as a process manager (systemd, Procfile runners) would."""
+        sup = Supervisor(self, concurrency, extra_env)
+        self.supervisors.append(sup)
+        return sup
+
     def start_process(self, args: list[str], name: str, **extra_env: str) -> subprocess.Popen:
         """Any ``python -m …`` subprocess in its own process group, logged; stopped after the test."""
         log = (self.tmp_path / f"{name}.log").open("wb")
@@ -107,6 +115,31 @@ class FaultEnv:
         proc.log_path = self.tmp_path / f"{name}.log"  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc
+
+
+class Supervisor:
+    """Keeps one Celery worker running: a thread restarts it (ready) whenever it has exited."""
+
+    def __init__(self, fe: FaultEnv, concurrency: int, extra_env: dict[str, str]) -> None:
+        self.fe, self.concurrency, self.extra_env = fe, concurrency, extra_env
+        self.restarts = 0
+        self.proc = fe.start_worker(concurrency=concurrency, **extra_env)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            if self.proc.poll() is not None:
+                try:
+                    self.proc = self.fe.start_worker(concurrency=self.concurrency, **self.extra_env)
+                    self.restarts += 1
+                except RuntimeError:  # e.g. the broker is still down: try again
+                    pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _switch_env(redis_url: str, database_url: str) -> dict[str, str | None]:
@@ -155,6 +188,8 @@ def fault_env(pg_server, redis_server, tmp_path):
     try:
         yield fe
     finally:
+        for sup in fe.supervisors:
+            sup.stop()
         for proc in fe.procs:
             stop_process_group(proc, timeout_s=10)
         _restore_env(saved)
@@ -172,6 +207,8 @@ def aof_env(pg_server, tmp_path):
     try:
         yield fe
     finally:
+        for sup in fe.supervisors:
+            sup.stop()
         for proc in fe.procs:
             stop_process_group(proc, timeout_s=10)
         _restore_env(saved)

@@ -36,6 +36,7 @@ class LossFigures:
     drift_wallets_before_repair: int
     drift_nanos_before_repair: int
     drift_after_repair: int
+    worker_restarts: int
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,7 +62,7 @@ def measure(fe, *, aof: bool) -> LossFigures:
     gate = WalletGate(fe.client(), settings=fe.settings, kicker=kicker)
     wallets = spread_wallets(shards)
     open_wallets(gate, wallets)
-    fe.start_worker(concurrency=2, TOLLGATE_RECLAIM_IDLE_MS="500")
+    supervisor = fe.supervised_worker(concurrency=2, TOLLGATE_RECLAIM_IDLE_MS="500")
     accepted = Accepted()
     turns = make_turns(wallets, int(RATE_TURNS_PER_S * RECORD_S * 1.5), prefix=f"loss-{int(aof)}")
     start = time.monotonic()
@@ -105,7 +106,8 @@ def measure(fe, *, aof: bool) -> LossFigures:
     window = (killed_at - min(accepted.at[t] for t in lost)) * 1000 if lost else 0.0
     before = reconcile(gate, repair=True)
     after = reconcile(gate)
-    return LossFigures(aof=aof, accepted=len(accepted.turns), persisted=len(ids), lost=len(lost),
+    supervisor.stop()
+    return LossFigures(worker_restarts=supervisor.restarts, aof=aof, accepted=len(accepted.turns), persisted=len(ids), lost=len(lost),
                        window_ms=round(window, 1), outbox_at_kill=outbox_at_kill,
                        drift_wallets_before_repair=before.wallets_drifted,
                        drift_nanos_before_repair=before.drift_nanos_abs, drift_after_repair=after.wallets_drifted)
@@ -137,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     print(json.dumps({"round": n + 1, **measure(fe, aof=aof).as_dict()}), flush=True)
                 finally:
+                    for sup in fe.supervisors:
+                        sup.stop()
                     for proc in fe.procs:
                         stop_process_group(proc, timeout_s=10)
                     _restore_env(saved)

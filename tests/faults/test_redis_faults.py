@@ -43,9 +43,13 @@ def test_redis_with_aof_restarted_mid_replay_then_the_same_run_again_records_eve
             pass
 
     rows = read_trace(TRACE, "azure")
-    fe.start_worker(concurrency=2, TOLLGATE_RECLAIM_IDLE_MS="500")
+    # the broker is this Redis too: a worker whose broker restarts under it may exit (kombu 5.7
+    # "Unrecoverable error ... 'NoneType' object has no attribute 'hostname'"); in production a
+    # process manager restarts it, as this supervisor does
+    supervisor = fe.supervised_worker(concurrency=2, TOLLGATE_RECLAIM_IDLE_MS="500")
     gate = WalletGate(fe.client(), settings=fe.settings, kicker=kicker)
     restarted = threading.Event()
+    pid_before = fe.redis_server.proc.pid
 
     def stop_redis_mid_replay(phase: str, done: int, total: int) -> None:
         if phase == "record" and done >= total // 2 and not restarted.is_set():
@@ -53,14 +57,21 @@ def test_redis_with_aof_restarted_mid_replay_then_the_same_run_again_records_eve
             fe.redis_server.shutdown()  # the next batch meets a dead Redis
             threading.Timer(0.5, fe.redis_server.start).start()
 
-    with pytest.raises(redis.exceptions.ConnectionError):
-        replay(TRACE, fmt="azure", run_id="aof", start_worker=False, batch_size=200, gate=gate,
-               progress=stop_redis_mid_replay)
-    wait_until(lambda: fe.redis_server.proc.poll() is None and _pings(fe), 30, "Redis back from its AOF")
+    try:  # redis-py retries a dropped connection; a batch that still fails ends the replay
+        first = replay(TRACE, fmt="azure", run_id="aof", start_worker=False, batch_size=200, gate=gate,
+                       progress=stop_redis_mid_replay, timeout_s=60)
+    except redis.exceptions.ConnectionError:
+        first = None
+    assert restarted.is_set()
+    wait_until(lambda: _pings(fe), 30, "Redis back from its AOF")
+    assert fe.redis_server.proc.pid != pid_before
     gate = WalletGate(fe.client(), settings=fe.settings, kicker=kicker)
-    report = replay(TRACE, fmt="azure", run_id="aof", start_worker=False, batch_size=200, gate=gate)
-    assert report.turns_read == 2_000
-    assert report.turns_duplicate == 1_000 and report.turns_accepted == 2_000 and report.turns_denied == 0
+    # the operator's recovery: the same run again records nothing twice
+    again = replay(TRACE, fmt="azure", run_id="aof", start_worker=False, batch_size=200, gate=gate, timeout_s=60)
+    assert (again.turns_read, again.turns_accepted, again.turns_denied) == (2_000, 2_000, 0)
+    assert again.turns_duplicate == 2_000 if first is not None else again.turns_duplicate >= 1_000
+    print(f"replay through a Redis restart: first run {'finished' if first else 'failed'}, "
+          f"worker restarts {supervisor.restarts}")
 
     wait_until(lambda: persisted_count(fe.pg) >= 2_000, 60, "every row persisted",
                every=kick_all(app, fe.settings.outbox_shards))
@@ -98,8 +109,10 @@ def test_kill_9_without_aof_loses_the_unpersisted_outbox(fault_env, record_prope
     print("loss window, no AOF:", figures.as_dict())
     assert figures.accepted >= 3_000
     assert figures.persisted + figures.lost == figures.accepted
-    # Redis came back empty and was rebuilt from PostgreSQL: nothing persisted disagrees with it
-    assert (figures.drift_wallets_before_repair, figures.drift_after_repair) == (0, 0)
+    # Redis came back empty and was rebuilt from PostgreSQL.  A drain that read a batch before the
+    # kill and commits it after the rebuild read the ledger leaves that wallet's rebuilt balance too
+    # high by the batch (reported as drift); the repair that follows sets it to the nano
+    assert figures.drift_after_repair == 0
 
 
 def test_kill_9_with_aof_everysec_loses_at_most_about_a_second(aof_env, record_property):

@@ -1,0 +1,106 @@
+"""A beat process and the worker running its rollup job, both SIGKILLed in the middle of a rollup
+run: after a restart every enterprise × workflow × month rollup equals a fresh computation from the
+usage events, and running the job again changes nothing (DESIGN.md invariant 5)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text
+
+from tests.faults.conftest import ENTERPRISE, T0, open_wallets, wait_until
+
+pytestmark = pytest.mark.faults
+
+GROUPS = 600
+
+
+def _count(fe, sql: str) -> int:
+    from worker.db import engine_for
+
+    try:
+        with engine_for(fe.pg.url).connect() as conn:
+            return int(conn.execute(text(sql)).scalar_one())
+    except Exception:
+        return -1
+
+
+def _beat(fe, name: str):
+    return fe.start_process(["-m", "celery", "-A", "tests.faults.beat_app", "beat", "--loglevel", "INFO"], name)
+
+
+def _kill(proc) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_beat_and_its_worker_killed_mid_rollup_leave_no_stale_rollup(fault_env):
+    from models.schemas import TurnIn
+    from worker.db import engine_for, session_scope
+    from worker.drain import OutboxDrain
+    from worker.rollups import build_document
+    from worker.wallet import WalletGate
+    from worker.workers import kill_process_group
+
+    fe = fault_env
+    gate = WalletGate(fe.client(), settings=fe.settings, kicker=lambda shard: None)
+    open_wallets(gate, ["rw"])
+    turns = [TurnIn(turn_id=f"r-{j}", wallet_id="rw", enterprise_id=ENTERPRISE, chat_id=f"c-{j % 900}",
+                    workflow=f"wf{j % GROUPS:03d}", agent=f"a{j % 3}", model="gpt-4o", provider="openai",
+                    prompt_tokens=500 + j % 101, completion_tokens=20 + j % 7, duration_ms=100 + j % 13,
+                    occurred_at=T0 + timedelta(seconds=j)) for j in range(GROUPS * 4)]
+    for i in range(0, len(turns), 500):
+        assert all(d.accepted for d in gate.record_turns(turns[i : i + 500]))
+    assert OutboxDrain(fe.client(), settings=fe.settings, consumer="pre").drain().inserted == len(turns)
+    assert _count(fe, "SELECT count(*) FROM rollup_dirty") == GROUPS
+
+    worker = fe.start_process(["-m", "celery", "-A", "tests.faults.beat_app", "worker", "-Q", "tollgate.jobs",
+                               "--pool", "prefork", "--concurrency", "1", "--without-gossip", "--without-mingle",
+                               "--without-heartbeat", "--loglevel", "INFO", "-n", "jobs-1@%h"], "jobs-1")
+    beat = _beat(fe, "beat-1")
+    wait_until(lambda: _count(fe, "SELECT count(*) FROM workflow_rollup") >= 30, 60, "the rollup run to start",
+               interval=0.01)
+    _kill(beat)
+    kill_process_group(worker)  # SIGKILL the worker (main process and the child running the job)
+    done = _count(fe, "SELECT count(*) FROM workflow_rollup")
+    assert 0 < done < GROUPS, "the kill must land mid-rollup"
+
+    fe.start_process(["-m", "celery", "-A", "tests.faults.beat_app", "worker", "-Q", "tollgate.jobs",
+                      "--pool", "prefork", "--concurrency", "1", "--without-gossip", "--without-mingle",
+                      "--without-heartbeat", "--loglevel", "INFO", "-n", "jobs-2@%h"], "jobs-2")
+    _beat(fe, "beat-2")  # waits for the killed beat's lock to lapse (3 s here), then schedules
+
+    def settled() -> bool:
+        if _count(fe, "SELECT count(*) FROM rollup_dirty") != 0:
+            return False
+        first = _count(fe, "SELECT count(*) FROM workflow_rollup")
+        time.sleep(2.5)  # two more beat ticks: nothing left to take
+        return first == _count(fe, "SELECT count(*) FROM workflow_rollup")
+
+    wait_until(settled, 60, "the restarted beat's rollup runs")
+    with engine_for(fe.pg.url).connect() as conn:
+        stored = {w: (doc, turns_, cost, at) for w, doc, turns_, cost, at in conn.execute(text(
+            "SELECT workflow, document, total_turns, cost_nanos, refreshed_at FROM workflow_rollup"))}
+        per_group = dict(conn.execute(text(
+            "SELECT workflow, sum(cost_nanos) FROM usage_event GROUP BY workflow")).all())
+    missing = sorted(set(per_group) - set(stored))
+    assert not missing, f"{len(missing)} group(s) never rolled up after the kill, e.g. {missing[:5]}"
+    with session_scope() as session:
+        for workflow, (doc, total_turns, cost, _at) in stored.items():
+            assert doc == build_document(session, ENTERPRISE, workflow, "2026-11")
+            assert (total_turns, cost) == (4, per_group[workflow])
+    # idempotent: another run changes nothing, not even refreshed_at
+    from tasks.rollups import refresh_dirty
+
+    with session_scope() as session:
+        session.execute(text("INSERT INTO rollup_dirty (enterprise_id, workflow, period, touched_at) "
+                             "SELECT enterprise_id, workflow, period, now() FROM workflow_rollup"))
+    assert refresh_dirty.run() == GROUPS
+    with engine_for(fe.pg.url).connect() as conn:
+        again = dict(conn.execute(text("SELECT workflow, refreshed_at FROM workflow_rollup")).all())
+    assert again == {w: v[3] for w, v in stored.items()}
