@@ -1,5 +1,5 @@
 """Rollup tasks (``tollgate.rollups.*``): thin shells over :mod:`worker.rollups`, one transaction each
-(the beat job one per batch of marks), on the ``tollgate.jobs`` queue."""
+(the beat job one per group it refreshes), on the ``tollgate.jobs`` queue."""
 
 from __future__ import annotations
 
@@ -9,29 +9,29 @@ from typing import Any
 
 from worker.celery_app import app
 from worker.db import session_scope
-from worker.rollups import DEFAULT_DIRTY_LIMIT, mark_dirty, refresh_rollup, take_dirty
+from worker.rollups import DEFAULT_DIRTY_LIMIT, pending_dirty, refresh_rollup
 from worker.rollups import end_chat as end_chat_service
 
 
 @app.task(name="tollgate.rollups.refresh_dirty")
 def refresh_dirty(limit: int = DEFAULT_DIRTY_LIMIT, max_seconds: float = 50.0) -> int:
-    """Beat (every 60 s): refresh the groups marked dirty since the last run, ``limit`` marks per
-    transaction, until none is left or ``max_seconds`` have passed.  Returns the groups refreshed."""
+    """Beat (every 60 s): refresh the groups marked dirty since the last run, each in a transaction of
+    its own that also deletes its mark, ``limit`` marks read at a time, until none is left or
+    ``max_seconds`` have passed.  Marks are read, not taken: a run killed mid-way (SIGKILL, no
+    handler) leaves every group it did not refresh marked for the next run.  A mark a drain is
+    writing right now is left for the next run.  Returns the groups refreshed."""
     total = 0
+    seen: set[tuple[str, str, str]] = set()
     deadline = time.monotonic() + max_seconds
     while True:
-        with session_scope() as session:  # marks taken in a short transaction of their own
-            groups = take_dirty(session, limit)
-        for i, group in enumerate(groups):
-            try:
-                with session_scope() as session:
-                    refresh_rollup(session, *group)
-            except Exception:
-                with session_scope() as session:  # not refreshed: the next run takes them again
-                    mark_dirty(session, groups[i:])
-                raise
+        with session_scope() as session:
+            groups = [g for g in pending_dirty(session, limit) if g not in seen]
+        for group in groups:  # a failure rolls back that group's mark deletion: it stays marked
+            with session_scope() as session:
+                refresh_rollup(session, *group)
+        seen.update(groups)
         total += len(groups)
-        if len(groups) < limit or time.monotonic() >= deadline:
+        if not groups or time.monotonic() >= deadline:
             return total
 
 

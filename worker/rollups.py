@@ -354,6 +354,20 @@ def take_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> list[tuple
     return sorted({(e, w, p) for e, w, p in taken})
 
 
+def pending_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> list[tuple[str, str, str]]:
+    """Up to ``limit`` dirty groups ``(enterprise_id, workflow, period)``, oldest mark first, without
+    taking them: each mark is deleted by :func:`refresh_rollup` in the transaction that stores the
+    group's new rollup, so a job killed mid-run (SIGKILL: no handler runs) leaves every group it did
+    not refresh marked.  Raises ValueError for a bad ``limit``."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+        raise ValueError(f"limit: must be a positive integer, got {limit!r}")
+    rd = RollupDirty
+    return [tuple(row) for row in session.execute(
+        select(rd.enterprise_id, rd.workflow, rd.period)
+        .order_by(rd.touched_at, rd.enterprise_id, rd.workflow, rd.period).limit(limit)
+    ).all()]
+
+
 def mark_dirty(session: Session, groups: list[tuple[str, str, str]]) -> None:
     """Mark groups ``(enterprise_id, workflow, period)`` as needing a refresh (idempotent)."""
     if not groups:
