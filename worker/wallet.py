@@ -22,7 +22,6 @@ scripts.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -31,9 +30,11 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Callable, Iterable, Sequence
 
+import orjson
 import redis
+from hiredis import pack_command
 
-from models.schemas import Decision, TurnIn
+from models.schemas import Decision, TurnIn, trusted_decision
 from models.tables import BillingMode
 from worker.meters import meter_price
 from worker.pricing import PriceBook, TurnPrice
@@ -86,20 +87,58 @@ class GateBatchError(RuntimeError):
         self.decisions = decisions
 
 
+#: turns of one shard decided by one run of ``record_turns.lua`` (one EVALSHA): fewer script runs
+#: and replies; small enough that one call keeps Redis busy well under a millisecond
+TURNS_PER_CALL = 64
+#: commands written ahead of the replies read: Redis runs one chunk's scripts while this process
+#: packs and sends the next (Redis buffers replies in memory, so writing ahead cannot deadlock)
+PIPELINE_CHUNK = 128
+
+
 def _pipeline_evalsha(client: redis.Redis, calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
-    """EVALSHA every call in one non-transactional pipeline on one server.  If it lost the scripts
-    (restart, SCRIPT FLUSH) every call fails with NOSCRIPT before running, so loading them and
-    sending the batch again is safe."""
+    """EVALSHA every call, pipelined on one connection of one server; returns one reply or
+    ``ResponseError`` per call, in order.  If the server lost the scripts (restart, SCRIPT FLUSH)
+    every call fails with NOSCRIPT before running, so loading them and sending the batch again is
+    safe.  Raises redis ConnectionError/TimeoutError (the connection is dropped; the batch's turns
+    are idempotent by turn_id, so the caller may send them again)."""
     for attempt in (1, 2):
-        pipe = client.pipeline(transaction=False)
-        for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        replies = pipe.execute(raise_on_error=False)
+        replies = _send_evalsha(client, calls)
         if attempt == 1 and all(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
             for script in {id(c[0]): c[0] for c in calls}.values():
                 client.script_load(script.script)
             continue
         break
+    return replies
+
+
+def _send_evalsha(client: redis.Redis, calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
+    """The pipeline itself, below redis-py's ``Pipeline`` (whose pure-Python command packer cost
+    more than the scripts): commands packed by hiredis, written a chunk ahead of the replies."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    replies: list = []
+    try:
+        chunks = [calls[i:i + PIPELINE_CHUNK] for i in range(0, len(calls), PIPELINE_CHUNK)]
+
+        def send(chunk) -> None:
+            conn.send_packed_command([b"".join(
+                pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)) for script, keys, args in chunk
+            )], check_health=False)
+
+        send(chunks[0])
+        for k, chunk in enumerate(chunks):
+            if k + 1 < len(chunks):
+                send(chunks[k + 1])
+            for _ in chunk:
+                try:
+                    replies.append(conn.read_response())
+                except redis.exceptions.ResponseError as exc:
+                    replies.append(exc)
+    except BaseException:
+        conn.disconnect()  # replies may be left unread on it
+        raise
+    finally:
+        pool.release(conn)
     return replies
 
 
@@ -111,10 +150,11 @@ class UnknownWallet(LookupError):
         self.wallet_id = wallet_id
 
 
-def _lua(name: str) -> str:
-    """A script from ``worker/lua``, with the shared helpers of ``lib_int.lua`` prepended."""
+def _lua(name: str, *libs: str) -> str:
+    """A script from ``worker/lua``, with the shared helpers of ``lib_int.lua`` and then ``libs``
+    prepended."""
     lua = files("worker").joinpath("lua")
-    return lua.joinpath("lib_int.lua").read_text() + "\n" + lua.joinpath(name).read_text()
+    return "\n".join(lua.joinpath(n).read_text() for n in ("lib_int.lua", *libs, name))
 
 
 def shard_of(wallet_id: str, shards: int) -> int:
@@ -146,7 +186,7 @@ def turn_payload(turn: TurnIn, price: TurnPrice) -> str:
     ts = (occurred.toordinal() - 719163) * 86_400_000_000 + (
         (occurred.hour * 3600 + occurred.minute * 60 + occurred.second) * 1_000_000 + occurred.microsecond
     )
-    return json.dumps(
+    return orjson.dumps(
         [
             PAYLOAD_VERSION,
             turn.turn_id,
@@ -171,8 +211,7 @@ def turn_payload(turn: TurnIn, price: TurnPrice) -> str:
             turn.cache_write_tokens,
             price.cache_write_nanos_per_mtok,
         ],
-        separators=(",", ":"),
-    )
+    ).decode()
 
 
 Kicker = Callable[[int], None]
@@ -211,7 +250,8 @@ class WalletGate:
         self.redis = client or redis_client(self.settings)
         self.prices = price_book or PriceBook.from_file(self.settings.price_overrides_path)
         self.kicker = kicker or celery_kicker
-        self._record = self.redis.register_script(_lua("record_turn.lua"))
+        self._record = self.redis.register_script(_lua("record_turn.lua", "lib_turn.lua"))
+        self._record_many = self.redis.register_script(_lua("record_turns.lua", "lib_turn.lua"))
         self._adjust = self.redis.register_script(_lua("adjust.lua"))
         self._repair = self.redis.register_script(_lua("repair_balance.lua"))
         self._reserve = self.redis.register_script(_lua("reserve.lua"))
@@ -493,8 +533,10 @@ class WalletGate:
                 replies = [script(keys=keys, args=args)]
             except redis.ResponseError as exc:
                 replies = [exc]
-        else:
+        elif reserve_exact:
             replies = self._evalsha_pipelined(calls)
+        else:
+            replies = self._record_batched(turns, calls)
         if reserve_exact:
             replies = replies[1::2]  # the record_turn answers (a refused reservation shows as a denial)
         decisions: list[Decision | None] = []
@@ -508,17 +550,10 @@ class WalletGate:
             status, balance, action, billed, duplicate, kick, cost = reply
             if kick:
                 kicks.add(self.shard(turn.wallet_id))
-            decisions.append(
-                Decision.model_construct(  # values come from our own script: no re-validation
-                    turn_id=turn.turn_id,
-                    accepted=status == "accepted",
-                    action=action,
-                    balance_nanos=int(balance) if balance != "" else None,
-                    cost_nanos=int(cost),
-                    billed_nanos=int(billed),
-                    duplicate=bool(duplicate),
-                )
-            )
+            decisions.append(trusted_decision(  # values come from our own script: no re-validation
+                turn.turn_id, status == "accepted", action, int(balance) if balance != "" else None,
+                int(cost), int(billed), bool(duplicate),
+            ))
         for shard in sorted(kicks):
             self.kicker(shard)
         if error is not None:
@@ -526,6 +561,27 @@ class WalletGate:
                 raise error
             raise GateBatchError(error, decisions)
         return decisions  # type: ignore[return-value]  # no None without an error
+
+    def _record_batched(self, turns: Sequence[TurnIn], calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
+        """``record_turns.lua``: the turns of each shard, in order, :data:`TURNS_PER_CALL` per
+        EVALSHA (one script run decides them all), every shard's calls pipelined.  Returns one
+        reply or exception per turn, in the order of ``turns``."""
+        by_shard: dict[int, list[int]] = {}
+        for i, turn in enumerate(turns):
+            by_shard.setdefault(self.shard(turn.wallet_id), []).append(i)
+        batches: list[list[int]] = []
+        for indexes in by_shard.values():
+            batches += [indexes[j:j + TURNS_PER_CALL] for j in range(0, len(indexes), TURNS_PER_CALL)]
+        many = []
+        for batch in batches:
+            keys = [k for i in batch for k in calls[i][1]]
+            args = [len(batch), *(a for i in batch for a in calls[i][2])]
+            many.append((self._record_many, keys, tuple(args)))
+        replies: list = [None] * len(turns)
+        for batch, reply in zip(batches, self._evalsha_pipelined(many)):
+            for position, i in enumerate(batch):
+                replies[i] = reply if isinstance(reply, Exception) else reply[position]
+        return replies
 
     def _evalsha_pipelined(self, calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
         """EVALSHA every call in one non-transactional pipeline (on Redis Cluster: one pipeline per

@@ -662,3 +662,16 @@ def test_a_duplicate_returns_the_first_cost_not_the_retry_s(client, wg):
     first = wg.record_turn(turn("t1"))
     retry = wg.record_turn(turn("t1", prompt_tokens=50_000, cached_prompt_tokens=0))
     assert retry.duplicate and retry.cost_nanos == first.cost_nanos == COST_DEFAULT
+
+
+def test_trusted_decision_equals_a_validated_one():
+    """The gate builds decisions without validation; they must be indistinguishable from validated ones."""
+    from models.schemas import Decision, trusted_decision
+
+    for values in (("t1", True, "continue", 5, 3, 3, False), ("t2", False, "pause", None, 7, 0, True)):
+        fast = trusted_decision(*values)
+        slow = Decision(**dict(zip(("turn_id", "accepted", "action", "balance_nanos", "cost_nanos", "billed_nanos",
+                                    "duplicate"), values)))
+        assert fast == slow and fast.model_dump() == slow.model_dump()
+        assert fast.model_dump_json() == slow.model_dump_json() and fast.model_fields_set == slow.model_fields_set
+        assert fast.model_copy(update={"duplicate": True}).duplicate is True

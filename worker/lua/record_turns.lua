@@ -1,0 +1,23 @@
+-- record_turns.lua: decide, debit and enqueue many turns of one outbox shard in one call, in order,
+-- each exactly as record_turn.lua would (record_one() of lib_turn.lua, prepended).  Called only by
+-- worker.wallet.WalletGate.record_turns.
+--
+-- ARGV[1]  n: the number of turns
+-- KEYS     6 per turn, turn i at KEYS[6(i-1)+1 .. 6i], as record_turn.lua's KEYS[1..6] (one shard's
+--          hash tag for all: the call runs in one slot)
+-- ARGV     8 per turn after ARGV[1], turn i at ARGV[8(i-1)+2 .. 8i+1], as record_turn.lua's ARGV[1..8]
+--
+-- Returns an array of n replies, each record_turn.lua's reply or its error (as an error element).
+-- Turns are decided one after the other: a turn sees the balance the turns before it left.  A Redis
+-- runtime error (none is expected: inputs are checked by the caller) would stop the call after the
+-- turns before it were applied; turns are idempotent by turn_id, so sending the batch again is safe.
+
+local n = tonumber(ARGV[1])
+local out = {}
+for i = 1, n do
+  local k, a = 6 * (i - 1), 8 * (i - 1) + 1
+  out[i] = record_one({KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]},
+                      {ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7],
+                       ARGV[a + 8]})
+end
+return out
