@@ -675,3 +675,28 @@ def test_trusted_decision_equals_a_validated_one():
         assert fast == slow and fast.model_dump() == slow.model_dump()
         assert fast.model_dump_json() == slow.model_dump_json() and fast.model_fields_set == slow.model_fields_set
         assert fast.model_copy(update={"duplicate": True}).duplicate is True
+
+
+def test_a_batch_applies_every_turn_but_the_refused_one_and_says_which(client, wg):
+    """Turns of several shards in one batch (one script run per shard): a turn for another app's
+    wallet is refused alone; the others are decided, in order, and debited."""
+    from worker.wallet import GateBatchError, WrongEnterprise
+
+    wallets = [f"wb{i}" for i in range(6)]
+    for w in wallets:
+        wg.load_wallet(w, mode="production", limited=True, balance_nanos=100 * COST_DEFAULT, enterprise_id="ent1")
+    wg.load_wallet("foreign", mode="production", limited=True, balance_nanos=10 * COST_DEFAULT, enterprise_id="ent2")
+    turns = [turn(f"b{i}", wallet_id=wallets[i % 6]) for i in range(150)]
+    turns.insert(77, turn("intruder", wallet_id="foreign"))
+    with pytest.raises(GateBatchError) as caught:
+        wg.record_turns(turns)
+    decisions = caught.value.decisions
+    assert isinstance(caught.value.error, WrongEnterprise)
+    assert [i for i, d in enumerate(decisions) if d is None] == [77]
+    assert all(d.accepted and d.billed_nanos == COST_DEFAULT for i, d in enumerate(decisions) if i != 77)
+    for w in wallets:  # 25 turns each, in order: the balances they saw step down by one turn
+        mine = [d for t, d in zip(turns, decisions) if t.wallet_id == w]
+        assert [d.balance_nanos for d in mine] == [(100 - k) * COST_DEFAULT for k in range(1, 26)]
+    assert wg.balance("foreign") == 10 * COST_DEFAULT
+    with pytest.raises(WrongEnterprise):
+        wg.record_turn(turn("intruder-2", wallet_id="foreign"))
