@@ -56,6 +56,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
 from models.tables import TransactionKind, UsageEvent, Wallet, WalletTransaction
+from worker.apikeys import audit
 from worker.db import after_commit, session_scope
 from worker.ledger import RESERVED_KEY_PREFIX
 from worker.periods import current_period, period_bounds, previous_period
@@ -148,6 +149,10 @@ def _insert_entry(session: Session, entry: Entry, description: str, at: datetime
     ).first()
     if inserted is None:
         return False
+    if entry.kind == TransactionKind.credit:  # every credit is audited, the monthly grant too
+        wallet = session.get(Wallet, entry.wallet_id)
+        audit(session, actor="system", action="credit", enterprise_id=wallet.enterprise_id if wallet else None,
+              wallet_id=entry.wallet_id, amount_nanos=entry.amount_nanos, idempotency_key=entry.key)
     if entry.amount_nanos:
         column = Wallet.credits_nanos if entry.kind == TransactionKind.credit else Wallet.debits_nanos
         session.execute(update(Wallet).where(Wallet.id == entry.wallet_id)

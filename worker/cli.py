@@ -150,7 +150,7 @@ def wallet_credit(
         _fail(f"--usd: {usd} is not a positive amount")
     try:
         balance = credit_wallet(WalletGate(), wallet_id=wallet_id, amount_nanos=nanos, idempotency_key=key,
-                                description=description)
+                                description=description, actor="cli")
     except LedgerError as exc:
         field = "--usd" if "amount_nanos" in str(exc) else "--key" if "idempotency_key" in str(exc) else "WALLET_ID"
         _fail(f"{field}: {exc}")

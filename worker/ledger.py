@@ -177,9 +177,13 @@ def record_credit(
 
 
 def credit_wallet(
-    gate: WalletGate, *, wallet_id: str, amount_nanos: int, idempotency_key: str, description: str = ""
+    gate: WalletGate, *, wallet_id: str, amount_nanos: int, idempotency_key: str, description: str = "",
+    actor: str | None = None,
 ) -> int:
     """Credit a wallet once per key: the ledger entry commits first, then the gate's balance.
+
+    With ``actor`` ('cli', 'key:<prefix>', …) a new credit also writes an audit-log row, in the
+    same transaction as its ledger entry.
 
     A retry with the same key after a crash between the two completes the gate side only (the gate
     remembers applied keys for ``settings.dedupe_ttl_s``; an older entry is not re-applied, and
@@ -200,6 +204,11 @@ def credit_wallet(
         entry = session.execute(
             select(WalletTransaction).where(WalletTransaction.idempotency_key == idempotency_key)
         ).scalar_one()
+        if new and actor:
+            from worker.apikeys import audit
+
+            audit(session, actor=actor, action="credit", enterprise_id=session.get(Wallet, wallet_id).enterprise_id,
+                  wallet_id=wallet_id, amount_nanos=amount_nanos, idempotency_key=idempotency_key)
         if entry.wallet_id != wallet_id or entry.amount_nanos != amount_nanos or entry.kind != TransactionKind.credit:
             raise LedgerError(
                 f"idempotency_key: {idempotency_key!r} was already used for a {entry.kind} of "

@@ -99,6 +99,9 @@ def test_running_the_reset_twice_grants_once(db, gate, wallets):
     assert (again.granted, again.expired, again.wallets_checked) == ([], [], 1)
     assert ledger(db) == {allowance_key("w1", "2026-11"): ALLOWANCE}
     assert assert_agree(db, gate) == ALLOWANCE
+    with db.connect() as conn:  # the grant is a credit: audited once
+        audits = conn.execute(text("SELECT actor, action, wallet_id, detail->>'amount_nanos' FROM audit_log")).all()
+    assert [tuple(a) for a in audits] == [("system", "credit", "w1", str(ALLOWANCE))]
 
 
 def test_concurrent_resets_grant_once(db, gate, wallets):

@@ -61,6 +61,9 @@ def test_cli_wallet_create_credit_show(cli, db):
     assert shown.returncode == 0, shown.stderr
     data = json.loads(shown.stdout)
     assert data["gate_balance_nanos"] == data["ledger_balance_nanos"] == data["credits_nanos"] == 12_345_678_901
+    with db.connect() as conn:  # the credit is audited once, the repeat not at all
+        audits = conn.execute(text("SELECT actor, action, wallet_id, detail->>'amount_nanos' FROM audit_log")).all()
+    assert [tuple(a) for a in audits] == [("cli", "credit", "cli-w", "12345678901")]
     bad = cli("wallet", "credit", "cli-w", "--usd", "0.0000000001", "--key", "k2")
     assert bad.returncode == 2
     assert "--usd" in bad.stderr and "nano" in bad.stderr
