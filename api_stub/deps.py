@@ -14,6 +14,8 @@ other apps cannot be probed; an action the role may never take answers 403.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 from functools import lru_cache
@@ -25,14 +27,19 @@ from fastapi.responses import JSONResponse
 from limits import RateLimitItem, parse_many
 from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
+from redis import asyncio as aioredis
+from redis.exceptions import NoScriptError
+from starlette.concurrency import run_in_threadpool
 from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.tables import ApiRole, Wallet
-from worker.apikeys import Principal, authenticate
+from models.tables import ApiRole, Enterprise, PayerLevel, Wallet
+from worker.apikeys import Principal, authenticate, key_cache, revoked_marker
 from worker.db import session_scope
 from worker.settings import get_settings
-from worker.wallet import WalletGate, celery_kicker, shard_tag
+from worker.wallet import WalletGate, shard_tag
+
+log = logging.getLogger(__name__)
 
 #: Redis key prefix of the per-key rate-limit windows (``tollgate:ratelimit/...``)
 RATE_LIMIT_PREFIX = "tollgate:ratelimit"
@@ -83,10 +90,22 @@ def install_error_handlers(app: FastAPI) -> None:
                                 errors)
 
 
+def drain_kicker(shard: int) -> None:
+    """Ask a Celery worker to drain one outbox shard, as :func:`worker.wallet.celery_kicker` but
+    without a result: Celery would otherwise subscribe to each kick's result channel (a pub/sub
+    round trip per kick on the request path) for an answer nobody reads."""
+    from worker.celery_app import app
+
+    try:
+        app.send_task("tollgate.usage.drain_outbox", kwargs={"shard": shard}, ignore_result=True)
+    except Exception:  # the turn is already recorded; beat's backstop drains it
+        log.warning("could not send a drain kick for shard %s; beat will drain it", shard, exc_info=True)
+
+
 @lru_cache(maxsize=1)
 def get_gate() -> WalletGate:
-    """The process's gate (one Redis pool, scripts registered once)."""
-    return WalletGate(kicker=celery_kicker)
+    """The process's gate (one Redis pool, scripts registered once; drain kicks sent without a result)."""
+    return WalletGate(kicker=drain_kicker)
 
 
 def hold_wallet(wallet_id: str, reservation_id: str) -> str | None:
@@ -97,7 +116,7 @@ def hold_wallet(wallet_id: str, reservation_id: str) -> str | None:
     return gate.redis.hget(f"{shard_tag(gate.shard(wallet_id))}:hold:{reservation_id}", "wallet")
 
 
-# rate limits ----------------------------------------------------------------------------------
+# rate limits ---------------------------------------------------------------------------------
 @lru_cache(maxsize=4)
 def _limiter(redis_url: str, strategy: str) -> RateLimiter:
     storage = RedisStorage(redis_url, key_prefix=RATE_LIMIT_PREFIX)
@@ -109,8 +128,16 @@ def _limits(spec: str) -> list[RateLimitItem]:
     return parse_many(spec)
 
 
+def _too_many(limiter: RateLimiter, item: RateLimitItem, key_prefix: str) -> Problem:
+    reset_at = limiter.get_window_stats(item, "key", key_prefix).reset_time
+    retry_after = max(1, math.ceil(reset_at - time.time()))
+    return Problem(429, "Too Many Requests", f"this API key may make {item} requests; retry in {retry_after} s",
+                   headers={"Retry-After": str(retry_after)})
+
+
 def check_rate_limit(key_prefix: str) -> None:
-    """Count one request of the key ``key_prefix`` against ``settings.rate_limit``.
+    """Count one request of the key ``key_prefix`` against ``settings.rate_limit`` (synchronous
+    form, one round trip per limit; the API's requests use :func:`admit`).
 
     Raises: Problem 429 with ``Retry-After`` (integer seconds until the window lets one more
     request through, at least 1) when any of the configured limits is exhausted.
@@ -119,29 +146,92 @@ def check_rate_limit(key_prefix: str) -> None:
     limiter = _limiter(settings.redis_url, settings.rate_limit_strategy)
     for item in _limits(settings.rate_limit):
         if not limiter.hit(item, "key", key_prefix):
-            reset_at = limiter.get_window_stats(item, "key", key_prefix).reset_time
-            retry_after = max(1, math.ceil(reset_at - time.time()))
-            raise Problem(429, "Too Many Requests",
-                          f"this API key may make {item} requests; retry in {retry_after} s",
-                          headers={"Retry-After": str(retry_after)})
+            raise _too_many(limiter, item, key_prefix)
+
+
+_AREDIS: list = [None, None]  # [event loop, its asyncio Redis client]
+
+
+def _aredis(url: str) -> aioredis.Redis:
+    """The asyncio Redis client of the running event loop.  A client's connections belong to one
+    loop: a server has one per process; a test client may run each request on a new loop, whose
+    client then replaces the last one (left to the garbage collector, with its connections)."""
+    loop = asyncio.get_running_loop()
+    held_loop, client = _AREDIS
+    if held_loop is not loop or client is None or client.tollgate_url != url:
+        client = aioredis.Redis.from_url(url)
+        client.tollgate_url = url
+        _AREDIS[:] = [loop, client]
+    return client
+
+
+async def admit(key_prefix: str) -> None:
+    """One Redis round trip per request: is key ``key_prefix`` revoked (its marker,
+    :func:`worker.apikeys.revoked_marker`), and count the request against every limit of
+    ``settings.rate_limit`` (the same scripts and keys as ``limits``' strategies, pipelined).
+
+    With several limits, a request refused by one still counts against the others (as if sent
+    to each).  Raises: Problem 401 (revoked; the key leaves this process's cache), Problem 429
+    with ``Retry-After`` (integer seconds, ≥ 1) over a limit.
+    """
+    settings = get_settings()
+    limiter = _limiter(settings.redis_url, settings.rate_limit_strategy)
+    storage: RedisStorage = limiter.storage  # type: ignore[assignment]
+    items = _limits(settings.rate_limit)
+    moving = settings.rate_limit_strategy == "moving-window"
+    script = storage.lua_acquire_moving_window if moving else storage.lua_incr_expire
+    client = _aredis(settings.redis_url)
+    now = time.time()
+    for attempt in (0, 1):
+        pipe = client.pipeline(transaction=False)
+        pipe.exists(revoked_marker(key_prefix))
+        for item in items:
+            key = storage.prefixed_key(item.key_for("key", key_prefix))
+            args = (now, item.amount, item.get_expiry(), 1) if moving else (item.get_expiry(), 1)
+            pipe.evalsha(script.sha, 1, key, *args)
+        try:
+            revoked, *answers = await pipe.execute()
+            break
+        except NoScriptError:  # a fresh or flushed Redis: load the script once, then again
+            if attempt:
+                raise
+            await client.script_load(script.script)
+    if revoked:
+        key_cache.forget(key_prefix)
+        raise Problem(401, "Unauthorized", "the API key is unknown or revoked", headers=_CHALLENGE)
+    for item, answer in zip(items, answers):
+        if not (bool(answer) if moving else int(answer) <= item.amount):
+            raise await run_in_threadpool(_too_many, limiter, item, key_prefix)
 
 
 # the caller ----------------------------------------------------------------------------------
-def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
-    """The caller, from ``Authorization: Bearer <key>`` (the header's value; callable directly),
-    counted against its rate limit.
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tollgate"'}
+
+
+def _authenticate(key: str) -> Principal | None:
+    with session_scope() as session:
+        return authenticate(session, key)
+
+
+async def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
+    """The caller, from ``Authorization: Bearer <key>`` (the header's value), counted against its
+    rate limit.  A key is read from PostgreSQL at most once per ``settings.api_key_cache_ttl_s``
+    per process (:data:`worker.apikeys.key_cache`); revocation is checked on every request
+    (:func:`admit`).
 
     Raises: Problem 401 (``WWW-Authenticate: Bearer``) for a missing, malformed, unknown or revoked
     key; Problem 429 (``Retry-After``) over the key's rate limit.
     """
-    challenge = {"WWW-Authenticate": 'Bearer realm="tollgate"'}
     if not authorization or not authorization.startswith("Bearer "):
-        raise Problem(401, "Unauthorized", "an API key is required: Authorization: Bearer tg_…", headers=challenge)
-    with session_scope() as session:
-        who = authenticate(session, authorization.removeprefix("Bearer ").strip())
+        raise Problem(401, "Unauthorized", "an API key is required: Authorization: Bearer tg_…", headers=_CHALLENGE)
+    key = authorization.removeprefix("Bearer ").strip()
+    who = key_cache.get(key)
     if who is None:
-        raise Problem(401, "Unauthorized", "the API key is unknown or revoked", headers=challenge)
-    check_rate_limit(who.key_prefix)
+        who = await run_in_threadpool(_authenticate, key)
+        if who is None:
+            raise Problem(401, "Unauthorized", "the API key is unknown or revoked", headers=_CHALLENGE)
+        key_cache.put(key, who, get_settings().api_key_cache_ttl_s)
+    await admit(who.key_prefix)
     return who
 
 
@@ -160,14 +250,25 @@ def unknown_wallet(wallet_id: str) -> Problem:
     return field_problem(404, "Unknown wallet", "wallet_id", f"no wallet {wallet_id!r} for this key")
 
 
-def wallet_in_scope(session: Session, who: Principal, wallet_id: str, *, admin: bool = False) -> Wallet:
-    """The wallet row if the caller may see it: its app's owner, its own end user, and admins only
-    when ``admin`` (actions on a wallet, never its detail).  Raises Problem 404 otherwise."""
+def creator_wallet(who: Principal, row: Wallet) -> bool:
+    """Is ``row`` the level-1 (platform) wallet an owner key was issued for (``create_key(role=owner,
+    wallet_id=…)``: the app creator's own wallet, which has no owning app)?"""
+    return (who.role is ApiRole.owner and who.wallet_id is not None and row.id == who.wallet_id
+            and row.level == PayerLevel.platform and row.enterprise_id is None)
+
+
+def wallet_in_scope(session: Session, who: Principal, wallet_id: str, *, admin: bool = False,
+                    creator: bool = False) -> Wallet:
+    """The wallet row if the caller may see it: its app's owner, its own end user, admins only when
+    ``admin`` (actions on a wallet, never its detail), and, when ``creator``, an owner key on the
+    platform wallet it was issued for (:func:`creator_wallet`: reads, holds and chat pauses; never
+    credits or mode changes: the platform bills that wallet).  Raises Problem 404 otherwise."""
     row = session.get(Wallet, wallet_id)
     allowed = row is not None and (
-        (who.role is ApiRole.owner and row.enterprise_id == who.enterprise_id)
+        (who.role is ApiRole.owner and row.enterprise_id is not None and row.enterprise_id == who.enterprise_id)
         or (who.role is ApiRole.end_user and row.id == who.wallet_id)
         or (admin and who.role is ApiRole.admin)
+        or (creator and creator_wallet(who, row))
     )
     if not allowed:
         raise unknown_wallet(wallet_id)
@@ -188,3 +289,52 @@ def enterprise_in_scope(who: Principal, enterprise_id: str | None, *, field: str
     if not enterprise_id:
         raise field_problem(422, "Invalid request", field, "required with an admin key")
     return enterprise_id
+
+
+# platform-level wallets -------------------------------------------------------------------------
+_WALLET_PAYERS: dict[str, tuple[str, str]] = {}
+_CREATORS: dict[str, tuple[float, str | None]] = {}
+#: seconds an app's creator is remembered by this process (changing it is rare and audited)
+CREATOR_CACHE_TTL_S = 30.0
+
+
+def platform_owner(wallet_id: str) -> str | None:
+    """The app creator paying through ``wallet_id`` if it is a platform-level wallet, else None
+    (an app's wallet, or unknown: the gate answers that).  A wallet's level and owner never
+    change, so this process remembers them after the first lookup (up to 100,000 wallets)."""
+    known = _WALLET_PAYERS.get(wallet_id)
+    if known is None:
+        with session_scope() as session:
+            row = session.get(Wallet, wallet_id)
+            if row is None:
+                return None
+            known = (row.level, row.owner_id)
+        if len(_WALLET_PAYERS) >= 100_000:
+            _WALLET_PAYERS.clear()
+        _WALLET_PAYERS[wallet_id] = known
+    level, owner = known
+    return owner if level == PayerLevel.platform else None
+
+
+def app_creator(enterprise_id: str) -> str | None:
+    """``enterprise.creator_id`` of an app (None if unset or unknown), remembered for
+    :data:`CREATOR_CACHE_TTL_S` seconds."""
+    now = time.monotonic()
+    hit = _CREATORS.get(enterprise_id)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    with session_scope() as session:
+        app = session.get(Enterprise, enterprise_id)
+        creator = app.creator_id if app is not None else None
+    _CREATORS[enterprise_id] = (now + CREATOR_CACHE_TTL_S, creator)
+    return creator
+
+
+def may_charge(who: Principal, wallet_id: str) -> bool:
+    """May an owner key's turns charge ``wallet_id``?  An app's own wallets are checked by the gate
+    (it refuses another app's); a platform-level wallet (the app creator's, with no owning app) only
+    by the key issued for it, or by an app whose ``creator_id`` is that wallet's owner."""
+    owner = platform_owner(wallet_id)
+    if owner is None:
+        return True
+    return who.wallet_id == wallet_id or app_creator(who.enterprise_id) == owner

@@ -16,11 +16,12 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
 from models.schemas import Decision, TurnIn
-from models.tables import ApiRole, Wallet
+from models.tables import ApiRole
 from worker.apikeys import Principal, authenticate
 from worker.db import session_scope
 from worker.pricing import PricingError
@@ -29,13 +30,14 @@ from worker.wallet import GateBatchError, UnknownWallet, WrongEnterprise, outbox
 from api_stub.deps import Caller, Problem, get_gate, install_error_handlers, principal  # noqa: F401  (re-exported)
 from api_stub import metrics as _worker_metrics  # noqa: F401  (registers the worker-side collector)
 from api_stub import routes_analytics, routes_chats, routes_wallets
-from api_stub.deps import hold_wallet
+from api_stub.deps import hold_wallet, may_charge, wallet_in_scope
 
 GATE_SECONDS = Histogram(
     "tollgate_gate_seconds", "Time to price and record turns through the gate, per request (seconds)",
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
 DECISIONS = Counter("tollgate_decisions", "Gate decisions by outcome", ["outcome"])
+_OUTCOMES = {outcome: DECISIONS.labels(outcome) for outcome in ("accepted", "denied", "duplicate")}
 OUTBOX_LENGTH = Gauge("tollgate_outbox_length", "Accepted turns not yet persisted, per outbox shard", ["shard"])
 LAST_DRIFT_NANOS = Gauge("tollgate_reconciliation_last_drift_nanos",
                          "Absolute gate-vs-ledger drift found by the last reconciliation run, nano-USD")
@@ -60,6 +62,10 @@ def _may_record(who: Caller, turns: list[TurnIn]) -> None:
         if who.role is not ApiRole.owner or turn.enterprise_id != who.enterprise_id:
             raise Problem(403, "Forbidden", f"this key may not record turns for enterprise {turn.enterprise_id!r}",
                           [{"field": field, "message": "outside the key's enterprise"}])
+        if not may_charge(who, turn.wallet_id):  # another creator's platform wallet: as unknown
+            field = "wallet_id" if len(turns) == 1 else f"turns.{i}.wallet_id"
+            detail = f"unknown wallet {turn.wallet_id!r} for this enterprise"
+            raise Problem(404, "Unknown wallet", detail, [{"field": field, "message": detail}])
         if turn.reservation_id and hold_wallet(turn.wallet_id, turn.reservation_id) not in (None, turn.wallet_id):
             field = "reservation_id" if len(turns) == 1 else f"turns.{i}.reservation_id"
             raise Problem(409, "Reservation of another wallet",
@@ -67,7 +73,11 @@ def _may_record(who: Caller, turns: list[TurnIn]) -> None:
                           [{"field": field, "message": "held for another wallet"}])
 
 
-def _record(turns: list[TurnIn]) -> list[Decision]:
+def _record(turns: list[TurnIn], who: Principal | None = None) -> list[Decision]:
+    """Check the caller may record ``turns`` (when ``who`` is given), then price and record them
+    through the gate.  Blocking (Redis): the async endpoints run it in the thread pool."""
+    if who is not None:
+        _may_record(who, turns)
     started = time.perf_counter()
     try:
         decisions = get_gate().record_turns(turns)
@@ -80,7 +90,7 @@ def _record(turns: list[TurnIn]) -> list[Decision]:
         raise Problem(503, "Partly recorded", str(exc)) from None
     GATE_SECONDS.observe(time.perf_counter() - started)
     for turn, d in zip(turns, decisions):
-        DECISIONS.labels("duplicate" if d.duplicate else "accepted" if d.accepted else "denied").inc()
+        _OUTCOMES["duplicate" if d.duplicate else "accepted" if d.accepted else "denied"].inc()
         if not d.accepted and not d.duplicate:  # never reaches the outbox: record the pause in a task
             _send_pause(turn)
     return decisions
@@ -95,7 +105,8 @@ def _send_pause(turn: TurnIn) -> None:
         if not get_gate().redis.set(f"tollgate:pausing:{turn.enterprise_id}:{turn.chat_id}", 1, nx=True, ex=60):
             return
         celery.send_task("tollgate.billing.pause_chat", kwargs={
-            "enterprise_id": turn.enterprise_id, "chat_id": turn.chat_id, "wallet_id": turn.wallet_id})
+            "enterprise_id": turn.enterprise_id, "chat_id": turn.chat_id, "wallet_id": turn.wallet_id},
+            ignore_result=True)
     except Exception:  # the caller has the 'pause' answer; the pause record is bookkeeping
         log.warning("could not queue the pause of chat %s", turn.chat_id, exc_info=True)
 
@@ -114,13 +125,19 @@ class DecisionList(BaseModel):
 
 
 class WalletPublic(BaseModel):
-    """A wallet's balances in nano-USD: the gate's (Redis, live) and the ledger's (PostgreSQL)."""
+    """A wallet's balances in nano-USD: the gate's (Redis, live) and the ledger's (PostgreSQL);
+    ``held_nanos`` (active reservations) and ``can_continue`` (would the gate accept its next turn:
+    balance − holds, mode, block, trial; ``worker.sessions.can_continue``) are None when the wallet
+    is not loaded in the gate."""
 
     wallet_id: str
     enterprise_id: str | None
+    level: str
     mode: str
     limited: bool
     gate_balance_nanos: int | None
+    held_nanos: int | None = None
+    can_continue: bool | None = None
     ledger_balance_nanos: int
     credits_nanos: int
     debits_nanos: int
@@ -132,39 +149,45 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def _json(model: BaseModel) -> Response:
+    """Our own (already valid) answer as JSON, without FastAPI validating it again."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
 @app.post("/v1/turns", response_model=Decision, responses={401: {}, 403: {}, 404: {}, 422: {}})
-def record_turn(turn: TurnIn, who: Caller) -> Decision:
-    """Record one turn (owner key of the turn's enterprise).  Idempotent by ``turn_id``."""
-    _may_record(who, [turn])
-    return _record([turn])[0]
+async def record_turn(turn: TurnIn, who: Caller) -> Response:
+    """Record one turn (owner key of the turn's enterprise).  Idempotent by ``turn_id``.
+
+    The gate is called on the event loop: one turn is one loopback Redis round trip (~0.2 ms), which
+    costs less than the hop to the thread pool and back (``benchmarks/RESULTS.md``, HTTP).  A batch
+    (up to 1,000 turns priced in Python) runs in the thread pool."""
+    return _json(_record([turn], who)[0])
 
 
 @app.post("/v1/turns/batch", response_model=DecisionList, responses={401: {}, 403: {}, 404: {}, 422: {}})
-def record_turns(batch: TurnBatch, who: Caller) -> DecisionList:
+async def record_turns(batch: TurnBatch, who: Caller) -> Response:
     """Record up to 1,000 turns in order (owner key); a bad turn rejects the batch and changes nothing."""
-    _may_record(who, batch.turns)
-    decisions = _record(batch.turns)
-    return DecisionList(data=decisions, count=len(decisions))
+    decisions = await run_in_threadpool(_record, batch.turns, who)
+    return _json(DecisionList.model_construct(data=decisions, count=len(decisions)))
 
 
 @app.get("/v1/wallets/{wallet_id}", response_model=WalletPublic, responses={401: {}, 403: {}, 404: {}})
 def wallet(wallet_id: str, who: Caller) -> WalletPublic:
-    """A wallet's balances: its app's owner key or its own end-user key; admins see aggregates only."""
+    """A wallet's balances: its app's owner key, its own end-user key, or (a level-1 wallet, which
+    has no app) the owner key issued for it; admins see aggregates only (404 here)."""
+    from worker.sessions import wallet_state
+
     with session_scope() as session:
-        row = session.get(Wallet, wallet_id)
-        allowed = row is not None and (
-            (who.role is ApiRole.owner and row.enterprise_id == who.enterprise_id)
-            or (who.role is ApiRole.end_user and row.id == who.wallet_id)
-        )
-        if not allowed:  # the same answer for "not yours" and "no such wallet": ids are not probed
-            raise Problem(404, "Unknown wallet", f"no wallet {wallet_id!r} for this key",
-                          [{"field": "wallet_id", "message": "unknown wallet"}])
+        row = wallet_in_scope(session, who, wallet_id, creator=True)
     try:
-        gate_balance: int | None = get_gate().balance(wallet_id)
+        state = wallet_state(get_gate(), wallet_id)
     except UnknownWallet:
-        gate_balance = None
-    return WalletPublic(wallet_id=row.id, enterprise_id=row.enterprise_id, mode=row.mode, limited=row.limited,
-                        gate_balance_nanos=gate_balance, ledger_balance_nanos=row.credits_nanos - row.debits_nanos,
+        state = None
+    return WalletPublic(wallet_id=row.id, enterprise_id=row.enterprise_id, level=row.level, mode=row.mode,
+                        limited=row.limited, gate_balance_nanos=state.balance_nanos if state else None,
+                        held_nanos=state.held_nanos if state else None,
+                        can_continue=state.can_continue if state else None,
+                        ledger_balance_nanos=row.credits_nanos - row.debits_nanos,
                         credits_nanos=row.credits_nanos, debits_nanos=row.debits_nanos)
 
 

@@ -1,5 +1,6 @@
-"""Chat endpoints: a chat session's detail, and its lifecycle (end; pause and resume once
-``worker.sessions`` exists).  A chat is named by ``chat_id`` within the caller's app.
+"""Chat endpoints: a chat session's detail, and its lifecycle (start, pause, resume, end: the
+billing session of ``worker.sessions`` over HTTP).  A chat is named by ``chat_id`` within the
+caller's app.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from fastapi import APIRouter, Body, Path
 from sqlalchemy import select
 
 from api_stub.deps import Caller, field_problem, forbid_unless
-from api_stub.schemas import ChatEndIn, ChatPauseIn, ChatPublic
+from api_stub.schemas import ChatEndIn, ChatPauseIn, ChatPublic, ChatStartIn
 from models.tables import ApiRole, ChatSession
 from worker.apikeys import Principal
 from worker.db import session_scope
@@ -77,15 +78,38 @@ def _end(session, chat: ChatSession, ended_at) -> None:
 
 
 if SESSIONS_AVAILABLE:
-    from worker.sessions import pause_chat, resume_chat
+    from worker.sessions import pause_chat, resume_chat, start_session
 
     from api_stub.deps import Problem, get_gate, wallet_in_scope
+
+    @router.post("/v1/chats/{chat_id}/start", response_model=ChatPublic, responses=ERRORS | {409: {}})
+    def chat_start(chat_id: ChatId, body: ChatStartIn, who: Caller) -> ChatPublic:
+        """Open a chat's billing session (owner key; ``worker.sessions.start_session``): its row,
+        active and connected, in ``workflow``, paid by ``wallet_id``.  Starting a chat that exists
+        changes nothing (its first wallet and workflow stay).  404 naming ``wallet_id`` for a wallet
+        outside the key's scope; 409 when the wallet is not loaded in the gate."""
+        forbid_unless(who, ApiRole.owner, action="start chats")
+        if body.started_at is not None and body.started_at.tzinfo is None:
+            raise field_problem(422, "Invalid request", "started_at", "must carry a time zone (UTC)")
+        with session_scope() as session:
+            wallet_in_scope(session, who, body.wallet_id, creator=True)
+        try:
+            start_session(get_gate(), enterprise_id=who.enterprise_id, chat_id=chat_id, wallet_id=body.wallet_id,
+                          workflow=body.workflow, started_at=body.started_at)
+        except UnknownWallet:
+            raise Problem(409, "Wallet not in the gate",
+                          f"wallet {body.wallet_id!r} is not loaded in the gate") from None
+        except LookupError as exc:  # scope checked above; kept for a wallet deleted meanwhile
+            raise field_problem(404, "Unknown wallet", "wallet_id", str(exc)) from None
+        with session_scope() as session:
+            return _public(session, _chat_in_scope(session, who, chat_id))
 
     @router.post("/v1/chats/{chat_id}/pause", response_model=ChatPublic, responses=ERRORS)
     def chat_pause(chat_id: ChatId, who: Caller, body: Annotated[ChatPauseIn | None, Body()] = None) -> ChatPublic:
         """Pause a chat (owner key): an open paused-chat record (one per chat), the chat marked
         paused, ``chat.paused`` announced.  A chat not persisted yet needs ``wallet_id`` (of the
-        caller's app).  Pausing a paused chat changes nothing."""
+        caller's app, or the platform wallet the key was issued for).  Pausing a paused chat changes
+        nothing."""
         forbid_unless(who, ApiRole.owner, action="pause chats")
         body = body or ChatPauseIn()
         with session_scope() as session:
@@ -97,7 +121,8 @@ if SESSIONS_AVAILABLE:
             wallet_id = chat.wallet_id if chat is not None else body.wallet_id
             if wallet_id is None:
                 raise field_problem(422, "Invalid request", "wallet_id", "required for a chat with no persisted turn")
-            wallet_in_scope(session, who, wallet_id)
+            if chat is None:  # a chat of the caller's app may be paused whoever pays for it
+                wallet_in_scope(session, who, wallet_id, creator=True)
         try:
             pause_chat(get_gate(), enterprise_id=who.enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
                        reason=body.reason, needed_nanos=body.needed_nanos)

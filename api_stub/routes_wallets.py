@@ -42,10 +42,11 @@ WalletId = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[^\s]+$"
 
 
 def _owner_wallet(who, wallet_id: str, action: str) -> None:
-    """Owner keys only, and only on a wallet of their app (404 otherwise)."""
+    """Owner keys only, and only on a wallet of their app or the platform wallet the key was issued
+    for (404 otherwise)."""
     forbid_unless(who, ApiRole.owner, action=action)
     with session_scope() as session:
-        wallet_in_scope(session, who, wallet_id)
+        wallet_in_scope(session, who, wallet_id, creator=True)
 
 
 @router.post("/v1/wallets/{wallet_id}/reservations", response_model=ReservationPublic, responses=ERRORS | {409: {}})
@@ -91,9 +92,10 @@ def ledger(wallet_id: WalletId, who: Caller,
                                                description="next_cursor of the previous page")] = None,
            ) -> LedgerPage:
     """The wallet's ledger entries (``wallet_transaction``), newest first, one page: its app's owner
-    or its own end user (admins see no end user's detail)."""
+    (or, for a platform wallet, the owner key issued for it) or its own end user (admins see no end
+    user's detail)."""
     with session_scope() as session:
-        wallet_in_scope(session, who, wallet_id)
+        wallet_in_scope(session, who, wallet_id, creator=True)
         stmt = select(WalletTransaction).where(WalletTransaction.wallet_id == wallet_id)
         if cursor is not None:
             stmt = stmt.where(WalletTransaction.id < cursor)

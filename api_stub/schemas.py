@@ -139,6 +139,16 @@ class ChatEndIn(_In):
     ended_at: datetime | None = None
 
 
+class ChatStartIn(_In):
+    """A chat's billing session to open: the paying ``wallet_id`` (of the caller's app, or the
+    platform wallet the key was issued for) and the ``workflow`` its turns belong to."""
+
+    wallet_id: Id
+    workflow: Annotated[str, Field(min_length=1, max_length=200)] = "default"
+    #: when the chat started (aware datetime, UTC; default now)
+    started_at: datetime | None = None
+
+
 class ChatPauseIn(_In):
     """Why a chat is paused, and the nano-USD its wallet needs before it can go on (default: what
     it lacks now)."""

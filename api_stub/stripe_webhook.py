@@ -126,10 +126,10 @@ class CheckoutOut(BaseModel):
     mode: str
 
 
-def _caller(authorization: Annotated[str | None, Header()] = None):
+async def _caller(authorization: Annotated[str | None, Header()] = None):
     from api_stub.main import principal  # imported late: main includes this router
 
-    return principal(authorization)
+    return await principal(authorization)
 
 
 @router.post("/v1/checkout", response_model=CheckoutOut, responses={401: {}, 404: {}, 422: {}, 502: {}, 503: {}})

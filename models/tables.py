@@ -95,6 +95,9 @@ class Enterprise(SQLModel, table=True):
     #: track_only mode: flat monthly fee, nano-USD, debited from ``fee_wallet_id`` at each UTC month start
     flat_fee_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
     fee_wallet_id: str | None = Field(default=None, max_length=200)
+    #: the app creator (``mozaiks_user_id``): only this app's turns may charge that creator's
+    #: platform-level wallet through the API
+    creator_id: str | None = Field(default=None, max_length=200, index=True)
     #: Stripe Connect account (acct_…) that receives the creator's share of end-user payments
     stripe_account_id: str | None = Field(default=None, max_length=100)
     #: where tollgate POSTs this app's events (alerts, resumes), signed with ``webhook_secret``

@@ -122,7 +122,7 @@ class SessionSummary:
     ``duration_ms``, ``cost_nanos``, ``billed_nanos``); ``meters`` are non-LLM records per meter
     (``records``, ``quantity``, ``cost_nanos``, ``billed_nanos``); ``cost_nanos``/``billed_nanos``
     add both, nano-USD.  ``workflow_averages`` is :func:`worker.rollups.workflow_averages` of the
-    session's workflow and month (None when the transport cannot read it, e.g. HTTP today) and
+    session's workflow and month (None when the transport cannot read it) and
     ``comparison`` this session against it::
 
         {"total_sessions": int, "cost_nanos": int, "avg_cost_nanos": int, "cost_delta_nanos": int,

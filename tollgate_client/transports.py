@@ -195,18 +195,62 @@ def _decision(turn: TurnIn, response: httpx.Response) -> Decision:
     raise ApiError(response.status_code, problem)
 
 
-def _balance(wallet_id: str, response: httpx.Response) -> int | None:
+def _wallet(wallet_id: str, response: httpx.Response) -> dict[str, Any]:
+    """The body of ``GET /v1/wallets/{id}`` of a wallet loaded in the gate.  Raises WalletNotFound
+    (unknown, outside the key's scope, or not in the gate), ApiError."""
     if response.status_code == 404:
         raise WalletNotFound(wallet_id, _problem(response).get("detail", ""))
     if response.status_code != 200:
         raise ApiError(response.status_code, _problem(response))
     body = response.json()
-    if not body["limited"]:
-        return None
-    balance = body["gate_balance_nanos"]
-    if balance is None:
+    if body["gate_balance_nanos"] is None:
         raise WalletNotFound(wallet_id, "not loaded in the gate")
-    return int(balance)
+    return body
+
+
+def _balance(wallet_id: str, response: httpx.Response) -> int | None:
+    body = _wallet(wallet_id, response)
+    return int(body["gate_balance_nanos"]) if body["limited"] else None
+
+
+def _started(wallet_id: str, response: httpx.Response) -> None:
+    if response.status_code in (404, 409):  # outside the key's scope / not loaded in the gate
+        raise WalletNotFound(wallet_id, _problem(response).get("detail", ""))
+    if response.status_code != 200:
+        raise ApiError(response.status_code, _problem(response))
+
+
+def _paused(response: httpx.Response) -> bool:
+    if response.status_code != 200:
+        raise ApiError(response.status_code, _problem(response))
+    return response.json()["status"] == "paused"
+
+
+def _resumed(chat_id: str, response: httpx.Response) -> None:
+    if response.status_code in (404, 409):  # the next turn's answer decides anyway
+        log.info("chat %s not marked resumed: %s", chat_id, _problem(response).get("detail", ""))
+    elif response.status_code != 200:
+        raise ApiError(response.status_code, _problem(response))
+
+
+def _ended(chat_id: str, response: httpx.Response) -> None:
+    if response.status_code == 404:  # nothing drained yet: the averages are those without this chat
+        log.info("chat %s has no persisted turn yet; ending it is left to the drain", chat_id)
+    elif response.status_code != 200:
+        raise ApiError(response.status_code, _problem(response))
+
+
+def _averages(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code != 200:
+        raise ApiError(response.status_code, _problem(response))
+    return response.json()
+
+
+def _pause_body(wallet_id: str, reason: str | None, needed_nanos: int | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"wallet_id": wallet_id, "reason": reason or "paused_by_orchestrator"}
+    if needed_nanos is not None:
+        body["needed_nanos"] = needed_nanos
+    return body
 
 
 def _body(turn: TurnIn) -> dict[str, Any]:
@@ -214,18 +258,19 @@ def _body(turn: TurnIn) -> dict[str, Any]:
 
 
 class HttpTransport:
-    """Records turns through the HTTP API (``POST /v1/turns``, ``GET /v1/wallets/{id}``).
+    """Records turns and runs the chat's billing session through the HTTP API: ``POST /v1/turns``,
+    ``GET /v1/wallets/{id}`` (balance, ``can_continue``), ``POST /v1/chats/{chat_id}/start|pause|
+    resume|end`` and ``GET /v1/analytics/workflows/{workflow}`` (the comparison of ``finalize()``),
+    so a session gives the same results as in process.
 
     Args:
         base_url: the API's root, e.g. ``https://tollgate.example`` (ignored when ``client`` is given).
-        api_key: an owner key of the session's app (``tg_…``), sent as ``Authorization: Bearer``.
+        api_key: an owner key of the session's app (``tg_…``), sent as ``Authorization: Bearer``; for
+            a level-1 (``platform``) session, the owner key issued for the creator's platform wallet
+            (``tollgate apikey create --role owner --enterprise <app> --wallet plat:<creator>``).
         client: an ``httpx.Client`` to use (e.g. FastAPI's ``TestClient``); default: a new one.
         events_url: Redis URL to subscribe to the app's events for :meth:`wait_for_resume`, or None.
         timeout: seconds per request.
-
-    The API has no endpoint for chat sessions, pauses or summaries yet: :meth:`start` only checks
-    the wallet, :meth:`pause` records nothing (the drain records the paused chat from the turn's
-    ``pause`` answer) and :meth:`finish` returns None (no comparison with the workflow's averages).
     """
 
     def __init__(self, base_url: str = "", *, api_key: str, client: httpx.Client | None = None,
@@ -242,25 +287,37 @@ class HttpTransport:
         """The wallet's gate balance, nano-USD (None: unlimited).  Raises WalletNotFound, ApiError."""
         return _balance(wallet_id, self.client.get(f"/v1/wallets/{wallet_id}", headers=self.headers))
 
-    def start(self, *, wallet_id: str, **_: Any) -> None:
-        """Check the wallet exists (``GET /v1/wallets/{id}``).  Raises WalletNotFound, ApiError."""
-        self.balance(wallet_id)
+    def start(self, *, enterprise_id: str, chat_id: str, wallet_id: str, workflow: str) -> None:
+        """Open the chat's session (``POST /v1/chats/{chat_id}/start``; the key's app is
+        ``enterprise_id``).  Raises WalletNotFound, ApiError."""
+        _started(wallet_id, self.client.post(f"/v1/chats/{chat_id}/start", headers=self.headers,
+                                             json={"wallet_id": wallet_id, "workflow": workflow}))
 
     def can_continue(self, wallet_id: str) -> bool:
-        """The wallet's gate balance is > 0 (or unlimited).  Raises WalletNotFound, ApiError."""
-        balance = self.balance(wallet_id)
-        return balance is None or balance > 0
+        """Would the gate accept the wallet's next turn (balance minus holds, mode, block; the
+        wallet's ``can_continue``)?  Raises WalletNotFound, ApiError."""
+        body = _wallet(wallet_id, self.client.get(f"/v1/wallets/{wallet_id}", headers=self.headers))
+        return bool(body["can_continue"])
 
-    def pause(self, **_: Any) -> bool:
-        """Nothing to call over HTTP yet (see the class docstring); False."""
-        return False
+    def pause(self, *, enterprise_id: str, chat_id: str, wallet_id: str, reason: str | None,
+              needed_nanos: int | None) -> bool:
+        """Record the chat as paused (``POST /v1/chats/{chat_id}/pause``: a paused-chat record, the
+        chat paused, ``chat.paused``; once per chat).  True if the chat is paused.  Raises ApiError."""
+        return _paused(self.client.post(f"/v1/chats/{chat_id}/pause", headers=self.headers,
+                                        json=_pause_body(wallet_id, reason, needed_nanos)))
 
-    def resumed(self, **_: Any) -> None:
-        """Nothing to call over HTTP yet (the next accepted turn marks the chat active)."""
+    def resumed(self, *, enterprise_id: str, chat_id: str) -> None:
+        """Mark the chat active and connected again (``POST /v1/chats/{chat_id}/resume``; a chat the
+        API does not know, or a wallet that still cannot pay, is logged and left).  Raises ApiError."""
+        _resumed(chat_id, self.client.post(f"/v1/chats/{chat_id}/resume", headers=self.headers))
 
-    def finish(self, **_: Any) -> dict[str, Any] | None:
-        """No summary endpoint over HTTP yet (see the class docstring); None."""
-        return None
+    def finish(self, *, enterprise_id: str, chat_id: str, workflow: str, period: str) -> dict[str, Any] | None:
+        """End the chat (``POST /v1/chats/{chat_id}/end``: completed, rollups refreshed) if any of
+        its turns is persisted yet, and return the workflow's per-session averages of ``period``
+        (``GET /v1/analytics/workflows/{workflow}``).  Raises ApiError."""
+        _ended(chat_id, self.client.post(f"/v1/chats/{chat_id}/end", headers=self.headers))
+        return _averages(self.client.get(f"/v1/analytics/workflows/{workflow}", headers=self.headers,
+                                         params={"period": period}))
 
 
 class AsyncHttpTransport:
@@ -280,22 +337,28 @@ class AsyncHttpTransport:
         """See :meth:`HttpTransport.balance`."""
         return _balance(wallet_id, await self.client.get(f"/v1/wallets/{wallet_id}", headers=self.headers))
 
-    async def start(self, *, wallet_id: str, **_: Any) -> None:
+    async def start(self, *, enterprise_id: str, chat_id: str, wallet_id: str, workflow: str) -> None:
         """See :meth:`HttpTransport.start`."""
-        await self.balance(wallet_id)
+        _started(wallet_id, await self.client.post(f"/v1/chats/{chat_id}/start", headers=self.headers,
+                                                   json={"wallet_id": wallet_id, "workflow": workflow}))
 
     async def can_continue(self, wallet_id: str) -> bool:
         """See :meth:`HttpTransport.can_continue`."""
-        balance = await self.balance(wallet_id)
-        return balance is None or balance > 0
+        body = _wallet(wallet_id, await self.client.get(f"/v1/wallets/{wallet_id}", headers=self.headers))
+        return bool(body["can_continue"])
 
-    async def pause(self, **_: Any) -> bool:
+    async def pause(self, *, enterprise_id: str, chat_id: str, wallet_id: str, reason: str | None,
+                    needed_nanos: int | None) -> bool:
         """See :meth:`HttpTransport.pause`."""
-        return False
+        return _paused(await self.client.post(f"/v1/chats/{chat_id}/pause", headers=self.headers,
+                                              json=_pause_body(wallet_id, reason, needed_nanos)))
 
-    async def resumed(self, **_: Any) -> None:
+    async def resumed(self, *, enterprise_id: str, chat_id: str) -> None:
         """See :meth:`HttpTransport.resumed`."""
+        _resumed(chat_id, await self.client.post(f"/v1/chats/{chat_id}/resume", headers=self.headers))
 
-    async def finish(self, **_: Any) -> dict[str, Any] | None:
+    async def finish(self, *, enterprise_id: str, chat_id: str, workflow: str, period: str) -> dict[str, Any] | None:
         """See :meth:`HttpTransport.finish`."""
-        return None
+        _ended(chat_id, await self.client.post(f"/v1/chats/{chat_id}/end", headers=self.headers))
+        return _averages(await self.client.get(f"/v1/analytics/workflows/{workflow}", headers=self.headers,
+                                               params={"period": period}))

@@ -275,7 +275,8 @@ app.add_typer(apikey_app, name="apikey")
 def apikey_create(
     role: str = typer.Option(..., "--role", help="owner, end_user or admin"),
     enterprise: Optional[str] = typer.Option(None, "--enterprise", help="the app (owner, end_user keys)"),
-    wallet: Optional[str] = typer.Option(None, "--wallet", help="the wallet (end_user keys)"),
+    wallet: Optional[str] = typer.Option(
+        None, "--wallet", help="the wallet (end_user keys; owner keys: the creator's plat: wallet)"),
     name: str = typer.Option("", "--name", help="a label"),
 ) -> None:
     """Create an API key and print it once (only its SHA-256 is stored)."""
@@ -684,6 +685,75 @@ def stripe_package_deactivate(package_id: str) -> None:
     except StripeBillingError as exc:
         _fail(_flagged(str(exc), _PACKAGE_FLAGS))
     out.print(f"package {package_id}: {'deactivated' if was_active else 'already inactive'}", highlight=False)
+
+
+app_app = typer.Typer(help="Apps: billing mode, revenue share, trial, flat fee, creator.", no_args_is_help=True)
+app.add_typer(app_app, name="app")
+_APP_FLAGS = {"creator_share_bps": "--share-bps", "trial_token_allowance": "--trial-tokens", "trial_then": "--trial-then",
+              "flat_fee_nanos": "--flat-fee-usd", "fee_wallet_id": "--fee-wallet", "creator_id": "--creator",
+              "enterprise_id": "ENTERPRISE", "mode": "MODE", "wallet_id": "WALLET_ID"}
+
+
+@app_app.command("configure")
+def app_configure(
+    enterprise: str = typer.Argument(..., help="the app (enterprise_id); created if new"),
+    share_bps: int = typer.Option(None, "--share-bps", help="creator's share of level-2 charges, basis points"),
+    trial_tokens: int = typer.Option(None, "--trial-tokens", help="trial allowance per wallet, tokens"),
+    trial_then: str = typer.Option(None, "--trial-then", help="after the trial: bill | pause"),
+    flat_fee_usd: str = typer.Option(None, "--flat-fee-usd", help="track_only flat monthly fee, USD"),
+    fee_wallet: str = typer.Option(None, "--fee-wallet", help="wallet the flat fee is debited from"),
+    creator: str = typer.Option(None, "--creator", help="the app creator's mozaiks_user_id"),
+) -> None:
+    """Change an app's billing settings (only those given); audit-logged."""
+    from worker.db import session_scope
+    from worker.ledger import ensure_enterprise
+    from worker.modes import ModeError, configure_app
+    from worker.wallet import WalletGate
+
+    with session_scope() as session:
+        ensure_enterprise(session, _id(enterprise, "ENTERPRISE"))
+    fee = None if flat_fee_usd is None else _nanos(flat_fee_usd, "--flat-fee-usd", allow_zero=True)
+    try:
+        row = configure_app(WalletGate(), enterprise, actor="cli", creator_share_bps=share_bps,
+                            trial_token_allowance=trial_tokens, trial_then=trial_then, flat_fee_nanos=fee,
+                            fee_wallet_id=fee_wallet, creator_id=creator)
+    except ModeError as exc:
+        _fail(_flagged(str(exc), _APP_FLAGS))
+    out.print(f"{row.id}: mode {row.default_mode} · share {row.creator_share_bps} bps · trial "
+              f"{row.trial_token_allowance} tokens then {row.trial_then} · flat fee {row.flat_fee_nanos} nanos "
+              f"from {row.fee_wallet_id or '—'} · creator {row.creator_id or '—'}", highlight=False, soft_wrap=True)
+
+
+@app_app.command("mode")
+def app_mode(
+    enterprise: str = typer.Argument(..., help="the app (enterprise_id)"),
+    mode: str = typer.Argument(..., help="production | development | trial | track_only"),
+) -> None:
+    """Set an app's default mode; its wallets without their own mode follow (audit-logged)."""
+    from worker.modes import ModeError, set_app_mode
+    from worker.wallet import WalletGate
+
+    try:
+        changed = set_app_mode(WalletGate(), enterprise, mode, actor="cli")
+    except ModeError as exc:
+        _fail(_flagged(str(exc), _APP_FLAGS))
+    out.print(f"{enterprise}: mode {mode} ({len(changed)} wallet(s) changed)", highlight=False)
+
+
+@wallet_app.command("mode")
+def wallet_mode(
+    wallet_id: str = typer.Argument(..., help="the wallet"),
+    mode: str = typer.Argument(..., help="production | development | trial | track_only | inherit"),
+) -> None:
+    """Override one wallet's mode, or 'inherit' its app's again (audit-logged)."""
+    from worker.modes import ModeError, set_wallet_mode
+    from worker.wallet import WalletGate
+
+    try:
+        after = set_wallet_mode(WalletGate(), wallet_id, None if mode == "inherit" else mode, actor="cli")
+    except ModeError as exc:
+        _fail(_flagged(str(exc), _APP_FLAGS))
+    out.print(f"{wallet_id}: mode {after}", highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

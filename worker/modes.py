@@ -107,12 +107,13 @@ def set_wallet_mode(gate: WalletGate, wallet_id: str, mode: str | None, *, actor
 def configure_app(
     gate: WalletGate, enterprise_id: str, *, actor: str = "cli", creator_share_bps: int | None = None,
     trial_token_allowance: int | None = None, trial_then: str | None = None, flat_fee_nanos: int | None = None,
-    fee_wallet_id: str | None = None,
+    fee_wallet_id: str | None = None, creator_id: str | None = None,
 ) -> Enterprise:
     """Change an app's billing settings (only those given): the creator's revenue share (basis points,
     0..10000), the trial allowance per wallet (tokens ≥ 0; wallets' tokens left move by the change),
     what trial wallets do after it (``bill``/``pause``), and the flat monthly fee of track_only mode
-    (nano-USD ≥ 0) with the wallet it is debited from.  Turns already decided keep their split.
+    (nano-USD ≥ 0) with the wallet it is debited from, and the app's creator (``mozaiks_user_id``,
+    whose platform-level wallet this app's API keys may charge).  Turns already decided keep their split.
 
     Returns the app row.  Raises ModeError naming the field.
     """
@@ -122,6 +123,8 @@ def configure_app(
         raise ModeError(f"trial_token_allowance: {trial_token_allowance!r} is not an integer in 0..10^15")
     if trial_then is not None and trial_then not in TrialThen.__members__:
         raise ModeError(f"trial_then: {trial_then!r} is not 'bill' or 'pause'")
+    if creator_id is not None and (not creator_id or len(creator_id) > 200 or any(c.isspace() for c in creator_id)):
+        raise ModeError(f"creator_id: {creator_id!r} must be 1..200 characters without spaces")
     if flat_fee_nanos is not None and (not isinstance(flat_fee_nanos, int) or not 0 <= flat_fee_nanos <= 2**62):
         raise ModeError(f"flat_fee_nanos: {flat_fee_nanos!r} is not an integer of nano-USD in 0..2^62")
     with session_scope() as session:
@@ -134,6 +137,7 @@ def configure_app(
         changes: dict[str, Any] = {k: v for k, v in {
             "creator_share_bps": creator_share_bps, "trial_token_allowance": trial_token_allowance,
             "trial_then": trial_then, "flat_fee_nanos": flat_fee_nanos, "fee_wallet_id": fee_wallet_id,
+            "creator_id": creator_id,
         }.items() if v is not None}
         for name, value in changes.items():
             setattr(app, name, value)

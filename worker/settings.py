@@ -46,6 +46,10 @@ class Settings(BaseSettings):
             (``"600/minute"``, ``"50/second;1000/hour"``); over it the API answers 429 with Retry-After.
         rate_limit_strategy: ``moving-window`` (exact, one sorted set per key) or ``fixed-window``
             (one counter per key and window; cheaper, allows a burst of 2× at a window edge).
+        api_key_cache_ttl_s: seconds an API process trusts a key it authenticated in PostgreSQL
+            before reading it again (0: every request reads PostgreSQL).  A key revoked elsewhere
+            is refused at once through its Redis marker; without Redis, within this bound at most
+            (``worker.apikeys``).
         stripe_api_key: Stripe secret key (``sk_…``) for Checkout; None: Checkout is refused.
         stripe_webhook_secret: signing secret of the Stripe webhook endpoint (``whsec_…``); None:
             every Stripe webhook is refused.
@@ -84,6 +88,7 @@ class Settings(BaseSettings):
     usage_retention_months: int = Field(default=0, ge=0, le=1200)
     rate_limit: str = "600/minute"
     rate_limit_strategy: Literal["moving-window", "fixed-window"] = "moving-window"
+    api_key_cache_ttl_s: float = Field(default=5.0, ge=0, le=300)
 
     @field_validator("rate_limit")
     @classmethod

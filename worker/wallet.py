@@ -222,7 +222,7 @@ def celery_kicker(shard: int) -> None:
     from worker.celery_app import app
 
     try:
-        app.send_task("tollgate.usage.drain_outbox", kwargs={"shard": shard})
+        app.send_task("tollgate.usage.drain_outbox", kwargs={"shard": shard}, ignore_result=True)
     except Exception:  # the turn is already recorded; beat's backstop drains it
         log.warning("could not send a drain kick for shard %s; beat will drain it", shard, exc_info=True)
 

@@ -17,7 +17,7 @@ def test_a_denied_turn_queues_one_pause_of_its_chat(api, gate, db, monkeypatch):
     from worker.celery_app import app as celery
 
     sent = []
-    monkeypatch.setattr(celery, "send_task", lambda name, kwargs: sent.append((name, kwargs)))
+    monkeypatch.setattr(celery, "send_task", lambda name, kwargs, **options: sent.append((name, kwargs)))
     turn = {**TURN, "wallet_id": "w2", "chat_id": "c-dry"}  # w2 has no funds
     for i in range(3):  # an orchestrator that keeps calling
         r = api.post("/v1/turns", json={**turn, "turn_id": f"dry-{i}"}, headers=_auth(api.keys["owner"]))

@@ -390,3 +390,98 @@ def test_mode_changes_are_scoped_and_audited(api, gate, db):
         rows = conn.execute(text("SELECT enterprise_id, wallet_id, detail->>'to' FROM audit_log "
                                  "WHERE action = 'mode_change' ORDER BY id")).all()
     assert rows == [("acme", "w2", "development"), ("other", None, "track_only")]
+
+
+# API key cache and revocation (worker.apikeys.key_cache) ----------------------------------------------
+def _prefix(key: str) -> str:
+    return key.split("_")[1]
+
+
+def test_a_cached_key_revoked_in_this_process_is_refused_at_once(api):
+    from worker.apikeys import key_cache, revoke_key
+
+    key = api.keys["user_w1"]
+    assert api.get("/v1/wallets/w1", headers=api.h["user_w1"]).status_code == 200
+    assert key_cache.get(key) is not None  # authenticated once, now served from the cache
+    with session_scope() as session:
+        assert revoke_key(session, _prefix(key))
+        assert key_cache.get(key) is None  # dropped before the commit, again after it
+    r = api.get("/v1/wallets/w1", headers=api.h["user_w1"])
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    assert api.post("/v1/turns", json=TURN, headers=api.h["owner"]).status_code == 200  # other keys unaffected
+
+
+def test_a_key_revoked_by_another_process_is_refused_on_the_next_request(api, redis_client):
+    """The CLI revokes in its own process: its commit sets the Redis marker, which the API checks on
+    every request, so the cached key is refused at once (well inside the cache TTL)."""
+    import os
+    import subprocess
+    import sys
+
+    from worker.apikeys import REVOKED_MARKER_TTL_S, key_cache, revoked_marker
+
+    key, prefix = api.keys["owner"], _prefix(api.keys["owner"])
+    assert api.post("/v1/turns", json=TURN, headers=api.h["owner"]).status_code == 200
+    assert key_cache.get(key) is not None
+    done = subprocess.run([sys.executable, "-m", "worker.cli", "apikey", "revoke", prefix], env=dict(os.environ),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert 0 < redis_client.ttl(revoked_marker(prefix)) <= REVOKED_MARKER_TTL_S
+    assert key_cache.get(key) is not None  # this process has not heard of it yet…
+    r = api.post("/v1/turns", json={**TURN, "turn_id": "t-after"}, headers=api.h["owner"])
+    assert r.status_code == 401  # …but the marker refuses it, and drops it from the cache
+    assert key_cache.get(key) is None
+    assert api.get("/v1/wallets/w1", headers=api.h["owner"]).status_code == 401  # now from PostgreSQL
+
+
+def test_without_the_marker_a_revoked_key_lives_at_most_the_cache_ttl(api, redis_client, settings, monkeypatch):
+    """A revocation the API cannot hear of (made in SQL, or its marker lost with Redis) is bounded by
+    ``api_key_cache_ttl_s``: served from the cache within it, refused once the entry expires."""
+    import time
+
+    from worker.apikeys import key_cache
+
+    monkeypatch.setattr(settings, "api_key_cache_ttl_s", 0.5)
+    key = api.keys["user_w1"]
+    assert api.get("/v1/wallets/w1", headers=api.h["user_w1"]).status_code == 200
+    cached_at = time.monotonic()
+    with session_scope() as session:
+        session.execute(text("UPDATE api_key SET revoked_at = now() WHERE prefix = :p"), {"p": _prefix(key)})
+    if time.monotonic() - cached_at < 0.4:
+        assert api.get("/v1/wallets/w1", headers=api.h["user_w1"]).status_code == 200  # inside the bound
+    assert key_cache.get(key, now=cached_at + 0.5) is None  # the entry is dead at the bound, whatever happens
+    time.sleep(max(0.0, cached_at + 0.5 - time.monotonic()))
+    r = api.get("/v1/wallets/w1", headers=api.h["user_w1"])
+    assert r.status_code == 401 and key_cache.get(key) is None
+
+
+def test_with_the_cache_off_every_request_reads_postgresql(api, settings, monkeypatch):
+    from worker.apikeys import key_cache
+
+    monkeypatch.setattr(settings, "api_key_cache_ttl_s", 0)
+    assert api.get("/v1/wallets/w1", headers=api.h["user_w1"]).status_code == 200
+    assert key_cache.get(api.keys["user_w1"]) is None
+    with session_scope() as session:
+        session.execute(text("UPDATE api_key SET revoked_at = now() WHERE prefix = :p"),
+                        {"p": _prefix(api.keys["user_w1"])})
+    assert api.get("/v1/wallets/w1", headers=api.h["user_w1"]).status_code == 401
+
+
+@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window"])
+def test_cached_keys_still_hit_the_rate_limit_exactly(api, gate, settings, monkeypatch, strategy):
+    """Turns (the async path, key from the cache) count exactly: 3 of an hour's 3 go through and are
+    charged, the 4th is 429 and charges nothing; each key has its own window."""
+    monkeypatch.setattr(settings, "rate_limit", "3/hour")
+    monkeypatch.setattr(settings, "rate_limit_strategy", strategy)
+    answers = [api.post("/v1/turns", json={**TURN, "turn_id": f"rl-{i}"}, headers=api.h["owner"]) for i in range(5)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429, 429]
+    assert [r.json()["balance_nanos"] for r in answers[:3]] == [USD - COST, USD - 2 * COST, USD - 3 * COST]
+    assert answers[3].headers["content-type"] == "application/problem+json"
+    assert 1 <= int(answers[3].headers["retry-after"]) <= 3600
+    assert gate.balance("w1") == USD - 3 * COST
+    assert [api.get("/v1/wallets/w1", headers=api.h["user_w1"]).status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+def test_several_limits_each_apply(api, settings, monkeypatch):
+    monkeypatch.setattr(settings, "rate_limit", "100/hour;2/day")
+    assert [api.get("/v1/wallets/w1", headers=api.h["owner"]).status_code for _ in range(3)] == [200, 200, 429]
