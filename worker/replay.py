@@ -24,7 +24,7 @@ from worker.ledger import credit_wallet, ledger_balance, open_wallet, wallet_usa
 from worker.pricing import nanos_to_usd, usd_to_nanos
 from worker.traces import TraceFormat, TraceRow, read_trace
 from worker.wallet import WalletGate, celery_kicker
-from worker.workers import start_celery_worker, stop_process_group
+from worker.workers import start_celery_worker, stop_process_group, wait_ready
 
 REPLAY_ENTERPRISE = "replay"
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -139,8 +139,13 @@ def replay(
     worker = log = None
     if start_worker:
         log = Path(tempfile.gettempdir()) / f"tollgate-replay-{run_id}.log"
-        worker = start_celery_worker(f"replay-{run_id}", log, loglevel="WARNING")
+        worker = start_celery_worker(f"replay-{run_id}", log, loglevel="INFO")
     try:
+        if worker is not None:  # the clock measures the pipeline, not the worker's boot (~1 s)
+            try:
+                wait_ready(worker, log)
+            except RuntimeError as exc:
+                raise ReplayError(f"the replay's Celery worker did not start: {exc}") from None
         started = time.perf_counter()
         accepted = denied = duplicate = 0
         max_cost = 0
