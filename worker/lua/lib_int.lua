@@ -4,6 +4,15 @@
 
 -- int_cmp(a, b): compare two integer strings exactly: -1, 0 or 1
 local function int_cmp(a, b)
+  if #a < 16 and #b < 16 then  -- at most 15 digits: below 2^53, exact as Lua numbers
+    local x, y = tonumber(a), tonumber(b)
+    if x < y then
+      return -1
+    elseif x > y then
+      return 1
+    end
+    return 0
+  end
   local na, nb = string.sub(a, 1, 1) == '-', string.sub(b, 1, 1) == '-'
   if na ~= nb then
     return na and -1 or 1

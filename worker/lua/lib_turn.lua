@@ -1,44 +1,54 @@
--- lib_turn.lua: record_one(KEYS, ARGV), the decision for one turn; prepended (after lib_int.lua)
+-- lib_turn.lua: record_one(KEYS, ARGV, ko, ao), the decision for one turn; prepended (after lib_int.lua)
 -- to record_turn.lua (one turn per call) and record_turns.lua (many turns of one shard per call).
--- KEYS and ARGV are the parameters of one turn, as record_turn.lua's header lists them; an error
+-- The turn's parameters are KEYS[ko + 1 .. ko + 6] and ARGV[ao + 1 .. ao + 8], as record_turn.lua's
+-- header lists them (K1..K6, A1..A8 below); an error
 -- is returned as redis.error_reply (the table {err = …}), never raised, so a batch goes on.
 
 -- int_cmp(a, b) comes from lib_int.lua
 
-local function record_one(KEYS, ARGV)
-  local function release_hold()
-    if ARGV[5] == '' then
-      return false
-    end
-    local hold = redis.call('HMGET', KEYS[5], 'amount', 'wallet')
-    local amount = hold[1]
-    if amount and KEYS[1] ~= string.match(KEYS[1], '^(.-:wallet:)') .. hold[2] then
-      return false  -- another wallet's hold: not ours to settle (its 'held' would be stranded)
-    end
-    if amount then
-      if amount ~= '0' then
-        redis.call('HINCRBY', KEYS[1], 'held', '-' .. amount)
-      end
-      redis.call('DEL', KEYS[5])
-      redis.call('ZREM', KEYS[6], ARGV[5])
-    end
-    return amount
+local kick_tried = false  -- per script run (a batch's turns are all on one shard)
+
+-- give back the hold this turn settles (K5, reservation A5); false when there is none or it is
+-- another wallet's; else the amount released (integer string)
+local function release_hold(K1, K5, K6, A5)
+  if A5 == '' then
+    return false
   end
+  local hold = redis.call('HMGET', K5, 'amount', 'wallet')
+  local amount = hold[1]
+  if amount and K1 ~= string.match(K1, '^(.-:wallet:)') .. hold[2] then
+    return false  -- another wallet's hold: not ours to settle (its 'held' would be stranded)
+  end
+  if amount then
+    if amount ~= '0' then
+      redis.call('HINCRBY', K1, 'held', '-' .. amount)
+    end
+    redis.call('DEL', K5)
+    redis.call('ZREM', K6, A5)
+  end
+  return amount
+end
+
+local function record_one(KEYS, ARGV, ko, ao)
+  -- this turn's keys and arguments: KEYS[ko + 1 .. ko + 6], ARGV[ao + 1 .. ao + 8] (locals: no table per turn)
+  local K1, K2, K3, K4, K5, K6 = KEYS[ko + 1], KEYS[ko + 2], KEYS[ko + 3], KEYS[ko + 4], KEYS[ko + 5], KEYS[ko + 6]
+  local A1, A2, A3, A4, A5, A6, A7, A8 = ARGV[ao + 1], ARGV[ao + 2], ARGV[ao + 3], ARGV[ao + 4], ARGV[ao + 5],
+    ARGV[ao + 6], ARGV[ao + 7], ARGV[ao + 8]
 
   -- every field the decision may need, in one call (held may change below, when a hold is released)
-  local w = redis.call('HMGET', KEYS[1], 'mode', 'limited', 'balance', 'blocked', 'enterprise', 'held', 'level',
+  local w = redis.call('HMGET', K1, 'mode', 'limited', 'balance', 'blocked', 'enterprise', 'held', 'level',
                        'share_bps', 'trial_left', 'trial_then')
   local mode = w[1]
   if not mode then
     return redis.error_reply('TOLLGATE_UNKNOWN_WALLET')
   end
-  if w[5] and w[5] ~= ARGV[7] then  -- an app may only charge its own wallets (checked before any answer)
+  if w[5] and w[5] ~= A7 then  -- an app may only charge its own wallets (checked before any answer)
     return redis.error_reply('TOLLGATE_WRONG_ENTERPRISE')
   end
 
-  local seen = redis.call('GET', KEYS[2])
+  local seen = redis.call('GET', K2)
   if seen then
-    release_hold()  -- a retry's new hold for a turn already settled is given back
+    release_hold(K1, K5, K6, A5)  -- a retry's new hold for a turn already settled is given back
     local status, balance, action, billed, cost = string.match(seen, '^(%a+)|(-?%d*)|(%a+)|(%d+)|(%d+)$')
     return {status, balance, action, billed, 1, 0, cost}
   end
@@ -48,10 +58,10 @@ local function record_one(KEYS, ARGV)
   end
   local limited = w[2] == '1'
   local balance = w[3]
-  local covered = release_hold()
+  local covered = release_hold(K1, K5, K6, A5)
   local held = w[6] or '0'
   if covered then  -- the hold was just given back: read the total again
-    held = redis.call('HGET', KEYS[1], 'held') or '0'
+    held = redis.call('HGET', K1, 'held') or '0'
   end
   local status = 'accepted'
   local action = 'continue'
@@ -78,15 +88,19 @@ local function record_one(KEYS, ARGV)
   end
 
   if rule == 'debit' then
-    if w[4] or (ARGV[6] == '1' and not covered) or (limited and not covered and int_cmp(balance, held) <= 0) then
+    if w[4] or (A6 == '1' and not covered) or (limited and not covered and int_cmp(balance, held) <= 0) then
       status = 'denied'
       action = 'pause'
     else
-      billed = ARGV[1]
+      billed = A1
       billable = '1'
       if billed ~= '0' then
-        redis.call('HINCRBY', KEYS[1], 'balance', '-' .. billed)
-        balance = redis.call('HGET', KEYS[1], 'balance')
+        local after = redis.call('HINCRBY', K1, 'balance', '-' .. billed)
+        if after > -9007199254740992 and after < 9007199254740992 then
+          balance = string.format('%d', after)  -- exact below 2^53
+        else
+          balance = redis.call('HGET', K1, 'balance')  -- HINCRBY's reply became a Lua double: read the string
+        end
       end
       if limited and int_cmp(balance, held) <= 0 then
         action = 'pause'
@@ -96,10 +110,10 @@ local function record_one(KEYS, ARGV)
     status = 'denied'
     action = 'pause'
   elseif rule == 'trial' then
-    trial_tokens = ARGV[8]
+    trial_tokens = A8
     local left = w[9] or '0'
-    if ARGV[8] ~= '0' then  -- HINCRBY refuses '-0'
-      left = tostring(redis.call('HINCRBY', KEYS[1], 'trial_left', '-' .. ARGV[8]))
+    if A8 ~= '0' then  -- HINCRBY refuses '-0'
+      left = tostring(redis.call('HINCRBY', K1, 'trial_left', '-' .. A8))
     end
     if int_cmp(left, '0') <= 0 and (trial_then == 'pause' or (limited and int_cmp(balance, held) <= 0)) then
       action = 'pause'
@@ -111,16 +125,17 @@ local function record_one(KEYS, ARGV)
   end
 
   if status == 'accepted' then
-    redis.call('HINCRBY', KEYS[1], 'accepted_turns', 1)
-    redis.call('XADD', KEYS[3], '*', 't', ARGV[2], 'b', billed, 'a', action, 'm', mode, 'bal', balance,
+    redis.call('HINCRBY', K1, 'accepted_turns', 1)
+    redis.call('XADD', K3, '*', 't', A2, 'b', billed, 'a', action, 'm', mode, 'bal', balance,
                'lv', w[7] or 'app_usage', 'sb', w[8] or '0', 'tt', trial_tokens, 'bl', billable)
-    if redis.call('SET', KEYS[4], '1', 'PX', ARGV[4], 'NX') then
+    if not kick_tried and redis.call('SET', K4, '1', 'PX', A4, 'NX') then
       kick = 1
     end
+    kick_tried = true  -- one kick attempt per script run: the turns of a batch share one shard
   else
-    redis.call('HINCRBY', KEYS[1], 'denied_turns', 1)
+    redis.call('HINCRBY', K1, 'denied_turns', 1)
   end
 
-  redis.call('SET', KEYS[2], status .. '|' .. balance .. '|' .. action .. '|' .. billed .. '|' .. ARGV[1], 'EX', ARGV[3])
-  return {status, balance, action, billed, 0, kick, ARGV[1]}
+  redis.call('SET', K2, status .. '|' .. balance .. '|' .. action .. '|' .. billed .. '|' .. A1, 'EX', A3)
+  return {status, balance, action, billed, 0, kick, A1}
 end

@@ -15,9 +15,6 @@
 local n = tonumber(ARGV[1])
 local out = {}
 for i = 1, n do
-  local k, a = 6 * (i - 1), 8 * (i - 1) + 1
-  out[i] = record_one({KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]},
-                      {ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7],
-                       ARGV[a + 8]})
+  out[i] = record_one(KEYS, ARGV, 6 * (i - 1), 8 * (i - 1) + 1)
 end
 return out
