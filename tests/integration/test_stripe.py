@@ -657,3 +657,17 @@ def test_the_sweep_sends_again_what_is_still_unprocessed_and_it_credits_once(db,
     assert stripe_tasks.sweep(older_than_s=120) == {"resent": 0}
     assert _ledger(db) == [("stripe:cs_done", "credit", 10 * USD), ("stripe:cs_lost", "credit", 10 * USD)]
     assert gate.balance("w1") == 20 * USD
+
+
+def test_the_database_keeps_a_stripe_price_to_one_package(db):
+    """add_package checks it; the unique index holds it under concurrent writers too."""
+    from sqlalchemy.exc import IntegrityError
+
+    _packages(PLAN)
+    with pytest.raises(IntegrityError, match="uq_token_package_stripe_price"):
+        with db.begin() as conn:
+            conn.execute(text("INSERT INTO token_package (id, name, price_cents, credit_nanos, stripe_price_id) "
+                              "VALUES ('plan-copy', 'copy', 2000, 1, 'price_plan20')"))
+    with db.begin() as conn:  # packages without a Stripe price are many
+        conn.execute(text("INSERT INTO token_package (id, name, price_cents, credit_nanos) VALUES "
+                          "('a', 'a', 100, 1), ('b', 'b', 100, 1)"))
