@@ -17,19 +17,11 @@ from worker.db import session_scope
 from worker.modes import charge_flat_fees
 from worker.sessions import pause_chat as pause_chat_service, sweep_paused
 from worker.settings import get_settings
-from worker.wallet import WalletGate
+from worker.wallet import job_gate
 from worker.webhooks import WebhookRejected, WebhookRetryable, backoff_s, deliver as deliver_event
 
 log = logging.getLogger(__name__)
 
-_gate: WalletGate | None = None
-
-
-def _get_gate() -> WalletGate:
-    global _gate
-    if _gate is None:
-        _gate = WalletGate(kicker=lambda shard: None)  # these tasks never record turns
-    return _gate
 
 
 @app.task(name="tollgate.billing.check_budgets")
@@ -37,7 +29,7 @@ def check_budgets() -> dict[str, Any]:
     """Check every budget in the current period (beat: every 60 s): new threshold alerts, auto-pause
     and its lifting.  Returns what changed (see :meth:`worker.budgets.BudgetCheck.as_dict`)."""
     with session_scope() as session:
-        result = check_budgets_service(session, gate=_get_gate())
+        result = check_budgets_service(session, gate=job_gate())
     data = result.as_dict()
     data.pop("budgets")  # the figures of every budget are too many for a task result
     return data
@@ -47,8 +39,8 @@ def check_budgets() -> dict[str, Any]:
 def monthly_reset(period: str | None = None) -> dict[str, Any]:
     """Grant and expire monthly allowances up to ``period`` ('YYYY-MM'; default: the current one).
     Beat runs it hourly; a run that finds nothing to do writes nothing.  Returns counts, nano-USD."""
-    report = run_monthly_reset(_get_gate(), period=period).as_dict()
-    fees = charge_flat_fees(_get_gate(), period=period).as_dict()
+    report = run_monthly_reset(job_gate(), period=period).as_dict()
+    fees = charge_flat_fees(job_gate(), period=period).as_dict()
     return {k: v for k, v in report.items() if k not in ("granted", "expired")} | {
         "granted": len(report["granted"]), "expired": len(report["expired"]),
         "flat_fees": len(fees["charged"]), "flat_fees_nanos": fees["charged_nanos"]}
@@ -59,14 +51,14 @@ def resume_paused(limit: int = 1000) -> dict[str, Any]:
     """Sweep (beat: every 30 s): resume the paused chats of wallets that can pay again but whose
     credit did not resume them (a crash after the credit, a budget or mode change, a rebuild).
     Idempotent.  Returns ``{"wallets", "resumed"}``."""
-    return sweep_paused(_get_gate(), limit=limit)
+    return sweep_paused(job_gate(), limit=limit)
 
 
 @app.task(name="tollgate.billing.pause_chat", acks_late=True)
 def pause_chat(enterprise_id: str, chat_id: str, wallet_id: str, reason: str = "wallet_exhausted") -> bool:
     """Record a chat paused by a denied turn (the API sends this when the gate answers ``pause``
     without accepting).  Idempotent: an open pause is kept.  Returns True if this call paused it."""
-    return pause_chat_service(_get_gate(), enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
+    return pause_chat_service(job_gate(), enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
                               reason=reason)
 
 

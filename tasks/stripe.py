@@ -18,20 +18,12 @@ from worker.celery_app import app
 from worker.ledger import GatePending
 from worker.db import session_scope
 from worker.stripe_billing import process_event as process_event_service, unprocessed_events
-from worker.wallet import UnknownWallet, WalletGate
+from worker.wallet import UnknownWallet, job_gate
 
 #: retries of one event before the task gives up (about 40 minutes in all)
 MAX_RETRIES = 12
 RETRIABLE = (GatePending, UnknownWallet, OperationalError, redis.ConnectionError, redis.TimeoutError)
 
-_gate: WalletGate | None = None
-
-
-def _get_gate() -> WalletGate:
-    global _gate
-    if _gate is None:
-        _gate = WalletGate(kicker=lambda shard: None)  # processing events never records turns
-    return _gate
 
 
 @app.task(name="tollgate.stripe.process_event", bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -39,7 +31,7 @@ def process_event(self, event_id: str) -> dict[str, Any]:
     """Apply the stored Stripe event ``event_id`` (``evt_…``) once.  Returns
     :meth:`worker.stripe_billing.ProcessResult.as_dict` (``credited_nanos`` in nano-USD)."""
     try:
-        return process_event_service(event_id, gate=_get_gate()).as_dict()
+        return process_event_service(event_id, gate=job_gate()).as_dict()
     except RETRIABLE as exc:
         raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 300), max_retries=MAX_RETRIES)
 

@@ -22,6 +22,7 @@ scripts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -225,6 +226,13 @@ def celery_kicker(shard: int) -> None:
         app.send_task("tollgate.usage.drain_outbox", kwargs={"shard": shard}, ignore_result=True)
     except Exception:  # the turn is already recorded; beat's backstop drains it
         log.warning("could not send a drain kick for shard %s; beat will drain it", shard, exc_info=True)
+
+
+@functools.lru_cache(maxsize=1)
+def job_gate() -> "WalletGate":
+    """The process's gate for jobs that never record turns (budgets, allowances, Stripe events,
+    pauses): no drain kicks; one Redis pool, scripts registered once."""
+    return WalletGate(kicker=lambda shard: None)
 
 
 class WalletGate:

@@ -545,7 +545,8 @@ def test_a_gate_failure_after_the_ledger_commit_is_retried_and_credits_once(db, 
     open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
     _packages(TOPUP)
     _post(api, event_json("evt_flaky", "checkout.session.completed", _paid_session()))
-    monkeypatch.setattr(stripe_tasks, "_gate", FlakyGate(gate))
+    flaky = FlakyGate(gate)
+    monkeypatch.setattr(stripe_tasks, "job_gate", lambda: flaky)
     with pytest.raises(GatePending):  # called directly, the task's retry re-raises the retriable error
         _process("evt_flaky")
     [(_id, _type, processed, outcome)] = _events(db)
