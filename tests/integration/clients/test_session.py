@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from tollgate_client import (
+from worker.client import (
     AsyncBillingSession,
     AsyncHttpTransport,
     AsyncInProcessTransport,

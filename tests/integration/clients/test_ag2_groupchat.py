@@ -12,9 +12,9 @@ import time
 import pytest
 from sqlalchemy import text
 
-from tests.clients.openai_server import FakeOpenAI
-from tollgate_client import BillingSession, InProcessTransport
-from tollgate_client.ag2 import GroupChatBilling
+from tests.integration.clients.openai_server import FakeOpenAI
+from worker.client import BillingSession, InProcessTransport
+from worker.client.ag2 import GroupChatBilling
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +133,7 @@ def test_workflow_cost_threshold_warns_then_stops_the_chat(gate, db, app_id, ope
                                    enterprise_id=app_id, workflow="build_app", chat_id="ag2-chat-2",
                                    cost_threshold_nanos=100_000, warn_at_bps=5_000)
     records = _Records()
-    logging.getLogger("tollgate_client.session").addHandler(records)
+    logging.getLogger("worker.client.session").addHandler(records)
     try:
         with FakeOpenAI() as server:
             agents, chat, manager = group_chat(server.base_url, max_round=20)
@@ -141,7 +141,7 @@ def test_workflow_cost_threshold_warns_then_stops_the_chat(gate, db, app_id, ope
             agents[0].initiate_chat(manager, message="Plan a todo app.", silent=True)
             costs = [cost(c) for c in server.calls]
     finally:
-        logging.getLogger("tollgate_client.session").removeHandler(records)
+        logging.getLogger("worker.client.session").removeHandler(records)
     assert sum(costs[:-1]) < 100_000 <= sum(costs)
     assert billing.stop_reason == "cost_threshold" and session.pause_reason == "cost_threshold"
     assert (billing.error.cost_nanos, billing.error.threshold_nanos) == (sum(costs), 100_000)

@@ -5,7 +5,7 @@ How it hooks in (AG2 0.9+; no AG2 internals are patched):
 
 - each LLM agent's ``client`` (``autogen.OpenAIWrapper``) gets its ``create`` wrapped on that
   instance: the response of every LLM call the agent makes is recorded at once as a turn with the
-  agent's ``name``, the model and token counts the response reports (:mod:`tollgate_client.adapters`)
+  agent's ``name``, the model and token counts the response reports (:mod:`worker.client.adapters`)
   and the call's response time (ms).  A turn is recorded even if the reply is later discarded: the
   tokens were spent.  Turn ids are ``<chat_id>:<response id>``, so a replayed response is one turn.
 - a reply function registered first (``register_reply(..., position=0)``) refuses to call the LLM
@@ -15,13 +15,13 @@ How it hooks in (AG2 0.9+; no AG2 internals are patched):
   (that message was paid for and is kept in the chat).
 
 After a stop, ``billing.stop_reason`` says why (``wallet_exhausted`` or ``cost_threshold``) and
-``billing.error`` holds the :class:`~tollgate_client.session.WalletExhausted` /
-:class:`~tollgate_client.session.CostThresholdExceeded`; the chat's messages stay in
+``billing.error`` holds the :class:`~worker.client.session.WalletExhausted` /
+:class:`~worker.client.session.CostThresholdExceeded`; the chat's messages stay in
 ``groupchat.messages``.  When the wallet is credited (``await session.wait_for_resume(...)``),
 :meth:`GroupChatBilling.resume` continues the chat where it stopped (AG2's
 ``GroupChatManager.resume``).
 
-Only the synchronous :class:`~tollgate_client.session.BillingSession` is supported (AG2 runs its LLM
+Only the synchronous :class:`~worker.client.session.BillingSession` is supported (AG2 runs its LLM
 calls in threads also in its async API).  Speaker selection by LLM (``speaker_selection_method='auto'``)
 uses AG2's internal agents, whose calls are not billed: use the manager's own client being
 instrumented (``instrument(manager)``) or a non-LLM selection method.
@@ -33,7 +33,7 @@ import logging
 import time
 from typing import Any
 
-from tollgate_client.session import BillingSession, CostThresholdExceeded, WalletExhausted
+from worker.client.session import BillingSession, CostThresholdExceeded, WalletExhausted
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """tollgate's orchestrator client: billing sessions over chats (sync and asyncio), in-process or over
 HTTP, usage adapters for the OpenAI and Anthropic SDKs, and an AG2 group-chat integration
-(:mod:`tollgate_client.ag2`, needs the ``clients`` extra).  See ``tollgate_client/README.md``."""
+(:mod:`worker.client.ag2`, needs the ``clients`` extra).  See the README, "Orchestrator clients"."""
 
-from tollgate_client.adapters import AdapterError, TokenUsage, UnknownModel, resolve_model, usage_from_response
-from tollgate_client.session import (
+from worker.client.adapters import AdapterError, TokenUsage, UnknownModel, resolve_model, usage_from_response
+from worker.client.session import (
     AsyncBillingSession,
     BillingSession,
     CostThresholdExceeded,
@@ -12,7 +12,7 @@ from tollgate_client.session import (
     SessionSummary,
     WalletExhausted,
 )
-from tollgate_client.transports import (
+from worker.client.transports import (
     ApiError,
     AsyncHttpTransport,
     AsyncInProcessTransport,

@@ -46,7 +46,7 @@ class ApiError(TollgateClientError):
 
 
 def _unknown_model(turn: TurnIn, detail: str) -> Exception:
-    from tollgate_client.adapters import UnknownModel
+    from worker.client.adapters import UnknownModel
 
     return UnknownModel(turn.model, turn.provider, detail)
 

@@ -28,8 +28,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from models.schemas import Decision, TurnIn
-from tollgate_client.adapters import TokenUsage, turn_fields, usage_from_response
-from tollgate_client.transports import TollgateClientError
+from worker.client.adapters import TokenUsage, turn_fields, usage_from_response
+from worker.client.transports import TollgateClientError
 
 log = logging.getLogger(__name__)
 
@@ -406,7 +406,7 @@ class BillingSession(_Core):
         """Start a session: resolve the payer's wallet and check it exists.
 
         Args:
-            transport: :class:`~tollgate_client.transports.InProcessTransport` or ``HttpTransport``.
+            transport: :class:`~worker.client.transports.InProcessTransport` or ``HttpTransport``.
             level: ``'platform'`` (the app creator pays; ``payer_id`` = mozaiks_user_id) or
                 ``'app_usage'`` (the app's end user pays; ``payer_id`` = platform_user_id).
             enterprise_id: the app; workflow: the workflow name; chat_id: default a new random id.
@@ -459,7 +459,7 @@ class BillingSession(_Core):
 
     def record_response(self, response: Any, *, agent: str, duration_ms: int = 0, provider: str | None = None,
                         turn_id: str | None = None, occurred_at: datetime | None = None) -> Decision:
-        """Record one LLM turn from an SDK response (:mod:`tollgate_client.adapters`) or a
+        """Record one LLM turn from an SDK response (:mod:`worker.client.adapters`) or a
         :class:`TokenUsage`.  ``turn_id`` defaults to ``<chat_id>:<response id>`` (so recording the
         same response twice is one turn).  Raises AdapterError, and as :meth:`record`."""
         return self.record(self._response_turn(response, agent=agent, duration_ms=duration_ms, provider=provider,

@@ -12,7 +12,7 @@ from genai_prices import Usage, calc_price
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
-from tollgate_client.adapters import (
+from worker.client.adapters import (
     AdapterError,
     TokenUsage,
     UnknownModel,
