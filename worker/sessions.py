@@ -124,6 +124,16 @@ def start_session(
     return state
 
 
+def lock_chats(session: Session, chats: list[tuple[str, str]]) -> None:
+    """Lock the ``chat_session`` rows of ``chats`` ``(enterprise_id, chat_id)`` in (enterprise, chat)
+    order: the order the drain locks them in, so taking chat rows before ``paused_chat`` rows here
+    as there can never deadlock against a drain batch."""
+    if chats:
+        cs = ChatSession.__table__
+        session.execute(select(cs.c.id).where(tuple_(cs.c.enterprise_id, cs.c.chat_id).in_(sorted(set(chats))))
+                        .order_by(cs.c.enterprise_id, cs.c.chat_id).with_for_update())
+
+
 def _hooked(session: Session, enterprise_ids: set[str]) -> set[str]:
     """The apps among ``enterprise_ids`` with a callback URL and secret (they get webhooks)."""
     if not enterprise_ids:
@@ -159,6 +169,7 @@ def pause_chat(
     now = datetime.now(UTC)
     pc = PausedChat.__table__
     with session_scope() as session:
+        lock_chats(session, [(enterprise_id, chat_id)])
         opened = session.execute(
             insert(pc).values(enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id, reason=reason,
                               needed_nanos=needed_nanos, paused_at=now)
@@ -203,6 +214,10 @@ def resume_paused_chats(
         return []
     pc, cs = PausedChat.__table__, ChatSession.__table__
     with session_scope() as session:
+        lock_chats(session, [tuple(r) for r in session.execute(
+            select(pc.c.enterprise_id, pc.c.chat_id)
+            .where(pc.c.wallet_id == wallet_id, pc.c.resumed_at.is_(None), pc.c.reason.in_(FUNDS_REASONS))
+        )])
         chats = session.execute(
             update(pc)
             .where(pc.c.wallet_id == wallet_id, pc.c.resumed_at.is_(None), pc.c.reason.in_(FUNDS_REASONS))
@@ -243,6 +258,7 @@ def resume_chat(gate: WalletGate, *, enterprise_id: str, chat_id: str) -> Wallet
         raise PermissionError(f"wallet {wallet_id!r} cannot pay yet: {state.needed_nanos} nanos needed")
     pc, cs = PausedChat.__table__, ChatSession.__table__
     with session_scope() as session:
+        lock_chats(session, [(enterprise_id, chat_id)])
         session.execute(update(pc).where(pc.c.enterprise_id == enterprise_id, pc.c.chat_id == chat_id,
                                          pc.c.resumed_at.is_(None)).values(resumed_at=func.now(), resumed_by="resume"))
         session.execute(update(cs).where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id,
