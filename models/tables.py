@@ -351,6 +351,8 @@ class BudgetAlert(SQLModel, table=True):
     spent_nanos: int = Field(sa_column=_big(nullable=False))
     amount_nanos: int = Field(sa_column=_big(nullable=False))
     created_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
+    #: when the alert was published and its webhook queued; None: not yet (the next check sends it)
+    notified_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
 
 class ReconciliationRun(SQLModel, table=True):

@@ -47,10 +47,10 @@ from sqlmodel import Session
 
 from models.schemas import BudgetIn
 from models.tables import Budget, BudgetAlert, ChatSession, ChatStatus, Enterprise, UsageEvent, Wallet
-from worker.db import after_commit
+from worker.db import after_commit, session_scope
 from worker.periods import current_period, period_bounds, previous_period
 from worker.wallet import UnknownWallet, WalletGate
-from worker.webhooks import Event, SendTask, emit
+from worker.webhooks import Event, SendTask, enqueue_delivery, publish
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,9 @@ BUDGET_EXCEEDED = "budget_exceeded"
 #: in the first hour of a month the month before is checked again for alerts (its last turns may be
 #: persisted after its last check); auto-pause only ever looks at the current month
 LATE_ALERT_WINDOW = timedelta(hours=1)
+#: an alert still unsent this long after its commit is sent again by the next check (its own run
+#: normally sends it within milliseconds of the commit)
+UNSENT_AFTER = timedelta(seconds=60)
 #: ``pg_advisory_xact_lock`` key serialising check_budgets runs ('tollbudg')
 _CHECK_LOCK = 0x746F6C6C62756467
 
@@ -208,6 +211,8 @@ class BudgetCheck:
     paused_chats: list[tuple[str, str]] = field(default_factory=list)  # (enterprise_id, chat_id)
     resumed_chats: list[tuple[str, str]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    #: alerts of earlier runs that were committed but never sent, sent again by this one
+    resent_alerts: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable form (events by id and type)."""
@@ -220,6 +225,7 @@ class BudgetCheck:
             "paused_chats": [list(c) for c in self.paused_chats],
             "resumed_chats": [list(c) for c in self.resumed_chats],
             "events": [{"id": e.id, "type": e.type, "enterprise_id": e.enterprise_id} for e in self.events],
+            "resent_alerts": list(self.resent_alerts),
         }
 
 
@@ -270,6 +276,7 @@ def check_budgets(
     # 1. alerts: only rows this transaction inserts are announced.  In the first hour of a month the
     # month before is checked too (alerts only): its last turns may have been persisted after its
     # last check.
+    _unsent_alerts(session, result, by_id)
     _announce(session, result, period, result.budgets, by_id)
     start, _ = period_bounds(period)
     if (now or datetime.now(UTC)) - start < LATE_ALERT_WINDOW:
@@ -298,13 +305,34 @@ def _announce(session: Session, result: "BudgetCheck", period: str, statuses: li
                        BudgetAlert.spent_nanos, BudgetAlert.amount_nanos)
         ).all()
         for alert_id, budget_id, pct, spent, amount in sorted(inserted, key=lambda r: (r[1], r[2])):
-            b = by_id[budget_id]
-            event = Event.new("budget.threshold_crossed", b.enterprise_id, {
-                "alert_id": alert_id, "budget_id": budget_id, "scope": "wallet" if b.wallet_id else "workflow",
-                "wallet_id": b.wallet_id, "workflow": b.workflow, "period": period, "threshold_pct": pct,
-                "spent_nanos": spent, "amount_nanos": amount, "auto_pause": b.auto_pause,
-            }, event_id=f"evt_budget_alert_{alert_id}")
+            event = _alert_event(by_id[budget_id], alert_id, period, pct, spent, amount)
             result.alerts.append(AlertSent(alert_id, budget_id, period, pct, spent, amount, event.id))
+            result.events.append(event)
+
+
+def _alert_event(b, alert_id: int, period: str, pct: int, spent: int, amount: int) -> Event:
+    """The ``budget.threshold_crossed`` event of one alert; its id is the alert's, so a resend is
+    the same event to a receiver that deduplicates."""
+    return Event.new("budget.threshold_crossed", b.enterprise_id, {
+        "alert_id": alert_id, "budget_id": b.id, "scope": "wallet" if b.wallet_id else "workflow",
+        "wallet_id": b.wallet_id, "workflow": b.workflow, "period": period, "threshold_pct": pct,
+        "spent_nanos": spent, "amount_nanos": amount, "auto_pause": b.auto_pause,
+    }, event_id=f"evt_budget_alert_{alert_id}")
+
+
+def _unsent_alerts(session: Session, result: "BudgetCheck", by_id: dict) -> None:
+    """Alerts committed by an earlier run but never sent (the process died between its commit and
+    the announcement): sent again now, with their own event ids."""
+    ba = BudgetAlert
+    rows = session.execute(
+        select(ba.id, ba.budget_id, ba.period, ba.threshold_pct, ba.spent_nanos, ba.amount_nanos)
+        .where(ba.notified_at.is_(None), ba.created_at < func.now() - UNSENT_AFTER)
+        .order_by(ba.id).limit(1000)
+    ).all()
+    for alert_id, budget_id, period, pct, spent, amount in rows:
+        if budget_id in by_id:
+            event = _alert_event(by_id[budget_id], alert_id, period, pct, spent, amount)
+            result.resent_alerts.append(alert_id)
             result.events.append(event)
 
 
@@ -367,8 +395,21 @@ def _pause_and_resume(session: Session, result: "BudgetCheck", gate: WalletGate,
     events = list(result.events)
 
     def announce() -> None:
+        sent = []
         for event in events:
-            emit(gate.redis, event, webhook=event.enterprise_id in hooked, send_task=send_task)
+            try:
+                publish(gate.redis, event)
+                if event.enterprise_id in hooked:
+                    enqueue_delivery(event, send_task)
+            except Exception:  # the alert stays unsent; the next check sends it again
+                log.error("could not announce %s (%s) of %s", event.id, event.type, event.enterprise_id,
+                          exc_info=True)
+                continue
+            if event.type == "budget.threshold_crossed":
+                sent.append(event.data["alert_id"])
+        if sent:
+            with session_scope() as marked:
+                marked.execute(update(BudgetAlert).where(BudgetAlert.id.in_(sent)).values(notified_at=func.now()))
 
     after_commit(session, lambda: sync_gate_blocks(gate, ledger_reasons))
     after_commit(session, announce)

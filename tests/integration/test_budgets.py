@@ -408,3 +408,35 @@ def test_a_threshold_crossed_by_last_month_s_late_turns_is_alerted_in_the_first_
         ("2026-11", 80, USD), ("2026-11", 100, USD)]
     assert _check(gate, datetime(2026, 12, 1, 0, 1, tzinfo=UTC)).alerts == []
     assert _check(gate, datetime(2026, 12, 1, 2, 0, tzinfo=UTC)).alerts == []
+
+
+def test_an_alert_committed_but_never_sent_is_sent_by_the_next_check(db, gate, redis_client, spender):
+    """The process died between the alert's commit and its announcement: the alert row has no
+    ``notified_at``; the next check sends it, with the alert's own event id, once."""
+    _wallet(gate)
+    budget = _budget(enterprise_id="acme", wallet_id="w1", amount_nanos=10 * USD)
+    listen = Listener(redis_client)
+    spender.spend("w1", 2_000_000)  # 50 %
+    sent = []
+    result = _check(gate, send_task=lambda name, kwargs: sent.append(kwargs))
+    [alert] = result.alerts
+    assert [m["id"] for m in listen.drain()] == [f"evt_budget_alert_{alert.alert_id}"]
+    with db.begin() as conn:  # sent: marked; now pretend the announcement was lost two minutes ago
+        assert conn.execute(text("SELECT notified_at IS NOT NULL FROM budget_alert")).scalar_one() is True
+        conn.execute(text("UPDATE budget_alert SET notified_at = NULL, created_at = now() - interval '2 minutes'"))
+    _app_callback()
+    again = _check(gate, send_task=lambda name, kwargs: sent.append(kwargs))
+    assert (again.alerts, again.resent_alerts) == ([], [alert.alert_id])
+    [message] = listen.drain()
+    assert (message["id"], message["data"]["threshold_pct"], message["data"]["budget_id"]) == (
+        f"evt_budget_alert_{alert.alert_id}", 50, budget)
+    assert [k["event_id"] for k in sent] == [f"evt_budget_alert_{alert.alert_id}"]  # the webhook, queued again
+    assert _check(gate).resent_alerts == [] and listen.drain() == []  # sent once more, not every minute
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM budget_alert WHERE notified_at IS NULL")).scalar_one() == 0
+
+
+def _app_callback() -> None:
+    with session_scope() as s:
+        s.execute(text("UPDATE enterprise SET callback_url = 'http://127.0.0.1:9/hook', webhook_secret = 'whsec' "
+                       "WHERE id = 'acme'"))
