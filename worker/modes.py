@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from models.tables import BillingMode, Enterprise, TransactionKind, TrialThen, Wallet, WalletTransaction
@@ -44,15 +44,24 @@ def _mode(mode: str) -> str:
     return mode
 
 
-def _push(gate: WalletGate, wallet_ids: list[str], mode_of: dict[str, str]) -> None:
-    """Mirror modes in the gate, then resume chats the new mode lets go on."""
+def _push(gate: WalletGate, wallet_ids: list[str]) -> None:
+    """Mirror each wallet's mode in the gate, then resume chats the new mode lets go on.
+
+    Two changes of one wallet at once commit in some order but could reach Redis in the other;
+    so each wallet's mode is read again from PostgreSQL and written to Redis under a transaction
+    advisory lock of that wallet: whatever order they run in, the last write is the committed mode."""
     from worker.sessions import resume_paused_chats
 
     for wallet_id in wallet_ids:
-        try:
-            gate.set_mode(wallet_id, mode_of[wallet_id])
-        except UnknownWallet:  # a rebuild loads PostgreSQL's mode
-            continue
+        with session_scope() as session:
+            session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tollgate:mode:" + wallet_id))))
+            mode = session.execute(select(Wallet.mode).where(Wallet.id == wallet_id)).scalar_one_or_none()
+            if mode is None:
+                continue
+            try:
+                gate.set_mode(wallet_id, mode)
+            except UnknownWallet:  # a rebuild loads PostgreSQL's mode
+                continue
         resume_paused_chats(gate, wallet_id, cause="mode_change")
 
 
@@ -75,7 +84,7 @@ def set_app_mode(gate: WalletGate, enterprise_id: str, mode: str, *, actor: str 
         ).scalars())
         audit(session, actor=actor, action="mode_change", enterprise_id=enterprise_id,
               scope="app", **{"from": before, "to": mode, "wallets": len(changed)})
-    _push(gate, sorted(changed), dict.fromkeys(changed, mode))
+    _push(gate, sorted(changed))
     return sorted(changed)
 
 
@@ -100,7 +109,7 @@ def set_wallet_mode(gate: WalletGate, wallet_id: str, mode: str | None, *, actor
         after = wallet.mode
         audit(session, actor=actor, action="mode_change", enterprise_id=wallet.enterprise_id, wallet_id=wallet_id,
               scope="wallet", **{"from": before, "to": after, "override": mode is not None})
-    _push(gate, [wallet_id], {wallet_id: after})
+    _push(gate, [wallet_id])
     return after
 
 
@@ -144,8 +153,12 @@ def configure_app(
         wallet_ids = list(session.execute(select(Wallet.id).where(Wallet.enterprise_id == enterprise_id)).scalars())
         audit(session, actor=actor, action="app_config", enterprise_id=enterprise_id, **changes)
         share, then = app.creator_share_bps, app.trial_then
-    pipe = gate.redis.pipeline(transaction=False)
+    check = gate.redis.pipeline(transaction=False)
     for wallet_id in wallet_ids:
+        check.hexists(gate.wallet_key(wallet_id), "mode")
+    loaded = [w for w, present in zip(wallet_ids, check.execute()) if present]  # a rebuild loads the rest
+    pipe = gate.redis.pipeline(transaction=False)
+    for wallet_id in loaded:
         key = gate.wallet_key(wallet_id)
         pipe.hset(key, mapping={"share_bps": share, "trial_then": then})
         if delta:

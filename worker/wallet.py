@@ -102,10 +102,17 @@ def _pipeline_evalsha(client: redis.Redis, calls: list[tuple[redis.commands.core
     every call fails with NOSCRIPT before running, so loading them and sending the batch again is
     safe.  Raises redis ConnectionError/TimeoutError (the connection is dropped; the batch's turns
     are idempotent by turn_id, so the caller may send them again)."""
+    scripts = list({id(c[0]): c[0] for c in calls}.values())
+    if len(scripts) > 1:
+        # one script's NOSCRIPT must not let another's calls run alone (a reserve_exact batch would
+        # record turns whose holds were never made): load what this server lacks first
+        for script, exists in zip(scripts, client.script_exists(*(sc.sha for sc in scripts))):
+            if not exists:
+                client.script_load(script.script)
     for attempt in (1, 2):
         replies = _send_evalsha(client, calls)
         if attempt == 1 and all(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-            for script in {id(c[0]): c[0] for c in calls}.values():
+            for script in scripts:
                 client.script_load(script.script)
             continue
         break
@@ -360,7 +367,7 @@ class WalletGate:
         if trial_then is not None and trial_then not in ("bill", "pause"):
             raise ValueError(f"trial_then: {trial_then!r} is not 'bill' or 'pause'")
         key = self.wallet_key(wallet_id)
-        if not self.redis.exists(key):
+        if not self.redis.hexists(key, "mode"):  # a stray hash with a mode would be a wallet without limit
             raise UnknownWallet(wallet_id)
         mapping: dict[str, str | int] = {"mode": mode}
         if trial_left is not None:
@@ -382,7 +389,7 @@ class WalletGate:
         balance.  The caller records ``wallet.blocked_reason`` in PostgreSQL first, so a rebuild keeps
         it.  Raises UnknownWallet."""
         key = self.wallet_key(wallet_id)
-        if not self.redis.exists(key):
+        if not self.redis.hexists(key, "mode"):  # never make a stray hash look like a wallet
             raise UnknownWallet(wallet_id)
         if reason:
             self.redis.hset(key, "blocked", reason)
@@ -522,7 +529,7 @@ class WalletGate:
             for t in turns
         ]
         if len(turns) > 1:  # one turn needs no pre-check: the script refuses an unknown wallet itself
-            self._check_wallets({t.wallet_id for t in turns})
+            self._check_wallets(turns)
         ttl, kick_ms = self.settings.dedupe_ttl_s, self.settings.kick_interval_ms
         calls: list[tuple[redis.commands.core.Script, list[str], tuple]] = []
         expires_ms = int(time.time() * 1000) + 60_000
@@ -661,14 +668,21 @@ class WalletGate:
                 released += self.release(wallet_id, reservation_id) > 0
         return released
 
-    def _check_wallets(self, wallet_ids: Iterable[str]) -> None:
-        ids = sorted(wallet_ids)
+    def _check_wallets(self, turns: Sequence[TurnIn]) -> None:
+        """Before a batch is sent: every wallet is in the gate and belongs to its turns' app, so a
+        batch with a bad turn is refused whole, nothing applied.  Raises UnknownWallet, WrongEnterprise."""
+        apps: dict[str, set[str]] = {}
+        for t in turns:
+            apps.setdefault(t.wallet_id, set()).add(t.enterprise_id)
+        ids = sorted(apps)
         pipe = self.redis.pipeline(transaction=False)
         for wallet_id in ids:
-            pipe.exists(self.wallet_key(wallet_id))
-        for wallet_id, exists in zip(ids, pipe.execute()):
-            if not exists:
+            pipe.hmget(self.wallet_key(wallet_id), "mode", "enterprise")
+        for wallet_id, (mode, owner) in zip(ids, pipe.execute()):
+            if mode is None:
                 raise UnknownWallet(wallet_id)
+            if owner is not None and apps[wallet_id] != {owner}:
+                raise WrongEnterprise(wallet_id)
 
     @staticmethod
     def _translate(exc: Exception, wallet_id: str) -> Exception:

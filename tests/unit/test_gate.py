@@ -677,10 +677,10 @@ def test_trusted_decision_equals_a_validated_one():
         assert fast.model_copy(update={"duplicate": True}).duplicate is True
 
 
-def test_a_batch_applies_every_turn_but_the_refused_one_and_says_which(client, wg):
-    """Turns of several shards in one batch (one script run per shard): a turn for another app's
-    wallet is refused alone; the others are decided, in order, and debited."""
-    from worker.wallet import GateBatchError, WrongEnterprise
+def test_a_batch_with_another_apps_turn_is_refused_whole(client, wg):
+    """Turns of several shards in one batch: one turn for another app's wallet refuses the batch
+    before anything is sent; nothing is debited or queued."""
+    from worker.wallet import WrongEnterprise
 
     wallets = [f"wb{i}" for i in range(6)]
     for w in wallets:
@@ -688,15 +688,29 @@ def test_a_batch_applies_every_turn_but_the_refused_one_and_says_which(client, w
     wg.load_wallet("foreign", mode="production", limited=True, balance_nanos=10 * COST_DEFAULT, enterprise_id="ent2")
     turns = [turn(f"b{i}", wallet_id=wallets[i % 6]) for i in range(150)]
     turns.insert(77, turn("intruder", wallet_id="foreign"))
+    with pytest.raises(WrongEnterprise):
+        wg.record_turns(turns)
+    assert [wg.balance(w) for w in wallets] == [100 * COST_DEFAULT] * 6 and outbox(client, wg) == []
+    decisions = wg.record_turns(turns[:77] + turns[78:])  # without it: in order, per wallet
+    for w in wallets:
+        mine = [d for t, d in zip(turns[:77] + turns[78:], decisions) if t.wallet_id == w]
+        assert [d.balance_nanos for d in mine] == [(100 - k) * COST_DEFAULT for k in range(1, 26)]
+
+
+def test_a_runtime_error_in_one_turn_of_a_batch_fails_that_turn_alone(client, wg):
+    """A debit that would overflow the 64-bit balance is a Redis error inside the script: that turn
+    alone is reported not applied (GateBatchError), the others are decided and debited."""
+    from worker.wallet import GateBatchError
+
+    wg.load_wallet("deep", mode="production", limited=False, balance_nanos=-(2**63) + 10, enterprise_id="ent1")
+    turns = [turn("ok-1"), turn("overflow", wallet_id="deep"), turn("ok-2")]
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=100 * COST_DEFAULT, enterprise_id="ent1")
     with pytest.raises(GateBatchError) as caught:
         wg.record_turns(turns)
     decisions = caught.value.decisions
-    assert isinstance(caught.value.error, WrongEnterprise)
-    assert [i for i, d in enumerate(decisions) if d is None] == [77]
-    assert all(d.accepted and d.billed_nanos == COST_DEFAULT for i, d in enumerate(decisions) if i != 77)
-    for w in wallets:  # 25 turns each, in order: the balances they saw step down by one turn
-        mine = [d for t, d in zip(turns, decisions) if t.wallet_id == w]
-        assert [d.balance_nanos for d in mine] == [(100 - k) * COST_DEFAULT for k in range(1, 26)]
-    assert wg.balance("foreign") == 10 * COST_DEFAULT
-    with pytest.raises(WrongEnterprise):
-        wg.record_turn(turn("intruder-2", wallet_id="foreign"))
+    assert decisions[1] is None and "overflow" in str(caught.value.error)
+    assert [(d.accepted, d.balance_nanos) for d in (decisions[0], decisions[2])] == [
+        (True, 99 * COST_DEFAULT), (True, 98 * COST_DEFAULT)]
+    assert wg.balance("deep") == -(2**63) + 10
+
+

@@ -9,12 +9,19 @@
 --
 -- Returns an array of n replies, each record_turn.lua's reply or its error (as an error element).
 -- Turns are decided one after the other: a turn sees the balance the turns before it left.  A Redis
--- runtime error (none is expected: inputs are checked by the caller) would stop the call after the
--- turns before it were applied; turns are idempotent by turn_id, so sending the batch again is safe.
+-- runtime error in one turn (none is expected: inputs are checked by the caller) is caught and
+-- answered as that turn's error element; the others are decided as usual.
 
 local n = tonumber(ARGV[1])
 local out = {}
 for i = 1, n do
-  out[i] = record_one(KEYS, ARGV, 6 * (i - 1), 8 * (i - 1) + 1)
+  -- a runtime error (e.g. HINCRBY past 2^63) fails this turn alone, as an error element: the turns
+  -- before it stay applied and say so, the ones after it are still decided
+  local ok, reply = pcall(record_one, KEYS, ARGV, 6 * (i - 1), 8 * (i - 1) + 1)
+  if ok then
+    out[i] = reply
+  else
+    out[i] = redis.error_reply(tostring(reply))
+  end
 end
 return out
