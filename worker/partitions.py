@@ -7,7 +7,8 @@ trace from years ago lands there).  :func:`ensure_partitions` creates the curren
 month whose rows already sit in the default partition (PostgreSQL refuses that), it reports it
 instead.  :func:`apply_retention` drops whole partitions older than
 ``settings.usage_retention_months`` (a metadata operation, no row-by-row delete), deletes the same
-months' rows from the default partition, and forgets their turn_ids in ``usage_turn_key``.  Ledger
+months' rows from the default partition, and forgets the turn_ids of turns that old and recorded
+that long ago in ``usage_turn_key``.  Ledger
 entries (``wallet_transaction``), chat sessions and rollups are kept: balances never change.
 
 The daily beat job ``tollgate.maintenance.partitions`` runs both; ``tollgate db partitions`` does it
@@ -107,8 +108,8 @@ def apply_retention(session: Session, *, months: int, now: datetime | None = Non
     Raises ValueError naming ``months`` when it is negative.
     """
     report = report or PartitionReport()
-    if months < 0:
-        raise ValueError(f"months: {months!r} must be >= 0")
+    if months < 0 or 0 < months < 3:
+        raise ValueError(f"months: {months!r} must be 0 (keep all) or at least 3 (jobs read the months before)")
     if months == 0:
         return report
     oldest_kept = _shift(current_period(now or datetime.now(UTC)), -(months - 1))
@@ -119,8 +120,10 @@ def apply_retention(session: Session, *, months: int, now: datetime | None = Non
             report.dropped.append(period)
     report.default_rows_deleted = session.execute(
         text("DELETE FROM usage_event_default WHERE occurred_at < :c"), {"c": cutoff}).rowcount
+    # a turn key goes when its turn is old *and* was recorded long ago: a late turn recorded today
+    # for an old month keeps its key (and so its idempotency) for the retention period
     report.turn_keys_deleted = session.execute(
-        text("DELETE FROM usage_turn_key WHERE occurred_at < :c"), {"c": cutoff}).rowcount
+        text("DELETE FROM usage_turn_key WHERE occurred_at < :c AND recorded_at < :c"), {"c": cutoff}).rowcount
     return report
 
 

@@ -43,7 +43,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
 from models.tables import ChatAgentUsage, ChatSession, ChatStatus, PausedChat, RollupDirty, UsageEvent, WorkflowRollup
-from worker.periods import period_bounds
+from worker.periods import current_period, period_bounds
 from worker.pricing import nanos_to_usd
 
 #: how many dirty marks one :func:`refresh_dirty` call takes (one transaction)
@@ -267,6 +267,18 @@ def _compute(session: Session, enterprise_id: str, workflow: str, period: str) -
     }, totals)
 
 
+def _past_retention(period: str) -> bool:
+    """Is ``period`` older than ``settings.usage_retention_months`` (its usage events dropped)?"""
+    from worker.settings import get_settings
+
+    months = get_settings().usage_retention_months
+    if not months:
+        return False
+    year, month = map(int, current_period().split("-"))
+    index = year * 12 + month - 1 - (months - 1)
+    return period < f"{index // 12:04d}-{index % 12 + 1:02d}"
+
+
 def refresh_rollup(session: Session, enterprise_id: str, workflow: str, period: str) -> WorkflowRollup:
     """Recompute one group's rollup from its usage events and upsert ``workflow_rollup``.
 
@@ -275,7 +287,8 @@ def refresh_rollup(session: Session, enterprise_id: str, workflow: str, period: 
     :func:`build_document`'s; the typed columns hold the same totals (turns, sessions, tokens,
     ``cost_nanos``).  Deterministic: a second refresh with no new turns writes nothing, not even
     ``refreshed_at`` (bumped only when the document or totals change).  A group without turns is
-    stored as a rollup of zeros.  Does not commit.
+    stored as a rollup of zeros.  A period past ``settings.usage_retention_months`` keeps its stored
+    rollup (its events are dropped; a late turn there must not shrink it).  Does not commit.
 
     Returns the stored :class:`WorkflowRollup` row.
     Raises: ValueError naming ``enterprise_id``, ``workflow`` or ``period``.
@@ -283,6 +296,10 @@ def refresh_rollup(session: Session, enterprise_id: str, workflow: str, period: 
     _check_group(enterprise_id, workflow, period)
     _lock_group(session, enterprise_id, workflow, period)
     _take_own_mark(session, enterprise_id, workflow, period)
+    if _past_retention(period):  # its events are dropped: the stored rollup is the record now
+        kept = get_rollup(session, enterprise_id, workflow, period)
+        if kept is not None:
+            return kept
     document, totals = _compute(session, enterprise_id, workflow, period)
     values = {
         "enterprise_id": enterprise_id,

@@ -167,8 +167,15 @@ def pause_chat(
     if needed_nanos is None:
         needed_nanos = wallet_state(gate, wallet_id).needed_nanos
     now = datetime.now(UTC)
-    pc = PausedChat.__table__
+    pc, cs = PausedChat.__table__, ChatSession.__table__
     with session_scope() as session:
+        # the chat's row first, as the drain does (created if this is its first word), then its lock
+        session.execute(
+            insert(cs).values(enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id, workflow="default",
+                              status=ChatStatus.active.value, connection_state=ConnectionState.connected.value,
+                              started_at=now, last_turn_at=now)
+            .on_conflict_do_nothing(constraint="uq_chat_session_enterprise_chat")
+        )
         lock_chats(session, [(enterprise_id, chat_id)])
         opened = session.execute(
             insert(pc).values(enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id, reason=reason,
@@ -178,18 +185,11 @@ def pause_chat(
         ).first()
         if opened is None:
             return False
-        cs = ChatSession.__table__
         session.execute(
-            insert(cs).values(enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id, workflow="default",
-                              status=ChatStatus.paused.value, pause_reason=reason,
-                              connection_state=ConnectionState.paused.value, can_resume=False, paused_at=now,
-                              started_at=now, last_turn_at=now)
-            .on_conflict_do_update(
-                constraint="uq_chat_session_enterprise_chat",
-                set_={"status": ChatStatus.paused.value, "pause_reason": reason, "paused_at": now,
-                      "connection_state": ConnectionState.paused.value, "can_resume": False},
-                where=cs.c.status != ChatStatus.completed.value,
-            )
+            update(cs).where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id,
+                             cs.c.status != ChatStatus.completed.value)
+            .values(status=ChatStatus.paused.value, pause_reason=reason, paused_at=now,
+                    connection_state=ConnectionState.paused.value, can_resume=False)
         )
         hooked = _hooked(session, {enterprise_id})
     announce(gate, [Event.new("chat.paused", enterprise_id, {"chat_id": chat_id, "wallet_id": wallet_id,

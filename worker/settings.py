@@ -90,6 +90,14 @@ class Settings(BaseSettings):
     rate_limit_strategy: Literal["moving-window", "fixed-window"] = "moving-window"
     api_key_cache_ttl_s: float = Field(default=5.0, ge=0, le=300)
 
+    @field_validator("usage_retention_months")
+    @classmethod
+    def _keeps_what_jobs_read(cls, v: int) -> int:
+        # the allowance expiry reads the previous month's usage, late budget alerts the month before
+        if 0 < v < 3:
+            raise ValueError(f"usage_retention_months: {v} is too short; 0 (keep all) or at least 3")
+        return v
+
     @field_validator("rate_limit")
     @classmethod
     def _parses_as_rate_limit(cls, v: str) -> str:

@@ -69,13 +69,20 @@ def test_retention_drops_old_months_and_keeps_balances(db, gate, redis_client, s
     balance = gate.balance("w1")
     with session_scope() as s:
         report = apply_retention(s, months=3, now=NOW)  # keep 2026-10, -11, -12
-    assert (report.dropped, report.default_rows_deleted, report.turn_keys_deleted) == (["2026-09"], 1, 2)
+    # the old turns' keys stay: they were recorded today (a late turn keeps its idempotency)
+    assert (report.dropped, report.default_rows_deleted, report.turn_keys_deleted) == (["2026-09"], 1, 0)
+    with db.begin() as conn:
+        assert conn.execute(text("SELECT count(*) FROM usage_turn_key")).scalar_one() == 5
+        conn.execute(text("UPDATE usage_turn_key SET recorded_at = occurred_at"))  # as if recorded back then
+    with session_scope() as s:
+        assert apply_retention(s, months=3, now=NOW).turn_keys_deleted == 2
     assert [t for t, _ in _where(db)] == ["t2", "t3", "t4"]
     with session_scope() as s:
         assert ledger_balance(s, "w1") == balance == gate.balance("w1")
         assert "2026-09" not in monthly_partitions(s)
-        with pytest.raises(ValueError, match="months"):
-            apply_retention(s, months=-1)
+        for bad in (-1, 1, 2):  # the allowance expiry and late alerts read the months before
+            with pytest.raises(ValueError, match="months"):
+                apply_retention(s, months=bad)
         assert apply_retention(s, months=0).dropped == []
 
 

@@ -27,10 +27,10 @@ WHEN = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
 def _turn(turn_id: str, wallet_id: str, enterprise_id: str = "acme", chat_id: str = "c1", prompt: int = 1000,
-          completion: int = 100, **kw) -> TurnIn:
+          completion: int = 100, occurred_at: datetime = WHEN, **kw) -> TurnIn:
     return TurnIn(turn_id=turn_id, wallet_id=wallet_id, enterprise_id=enterprise_id, chat_id=chat_id,
                   model="gpt-4o", provider="openai", prompt_tokens=prompt, completion_tokens=completion,
-                  occurred_at=WHEN, **kw)
+                  occurred_at=occurred_at, **kw)
 
 
 def _cost(gate, prompt: int = 1000, completion: int = 100) -> int:
@@ -300,3 +300,69 @@ def test_a_credit_resumes_exactly_the_paused_chats_of_its_wallet_once(db, gate, 
     _drain(redis_client, settings)
     assert _rows(db, "SELECT status, connection_state, can_resume FROM chat_session WHERE chat_id = 'c1'") == [
         ("active", "connected", False)]
+
+
+def test_concurrent_mode_changes_leave_redis_on_the_committed_mode(db, gate):
+    """Changes race: whichever commits last, Redis ends on PostgreSQL's mode (each push re-reads
+    the mode under the wallet's advisory lock)."""
+    import threading
+
+    _app("acme")
+    open_wallet(gate, wallet_id="race", enterprise_id="acme", owner_id="u1")
+    errors = []
+
+    def flip(modes):
+        try:
+            for m in modes:
+                set_wallet_mode(gate, "race", m)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=flip, args=(["development", "production"] * 15,)),
+               threading.Thread(target=flip, args=(["trial", "track_only", "production", "development"] * 8,))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    with db.connect() as conn:
+        committed = conn.execute(text("SELECT mode FROM wallet WHERE id = 'race'")).scalar_one()
+    assert gate.redis.hget(gate.wallet_key("race"), "mode") == committed
+
+
+def test_app_settings_never_create_a_wallet_the_gate_lost(db, gate, redis_client):
+    """After Redis lost a wallet (before a rebuild), changing the app's settings must not leave a
+    partial hash that would look like a wallet, or hide the wallet from the rebuild."""
+    from worker.reconcile import reconcile
+
+    _app("acme")
+    open_wallet(gate, wallet_id="lost", enterprise_id="acme", owner_id="u1")
+    credit_wallet(gate, wallet_id="lost", amount_nanos=5_000, idempotency_key="seed")
+    redis_client.delete(gate.wallet_key("lost"))
+    configure_app(gate, "acme", creator_share_bps=6000, trial_token_allowance=100)
+    set_app_mode(gate, "acme", "development")
+    assert redis_client.exists(gate.wallet_key("lost")) == 0
+    reconcile(gate, rebuild=True)
+    assert (gate.balance("lost"), redis_client.hget(gate.wallet_key("lost"), "mode"),
+            redis_client.hget(gate.wallet_key("lost"), "share_bps")) == (5_000, "development", "6000")
+
+
+def test_a_late_turn_never_shrinks_the_rollup_of_a_month_past_retention(db, gate, redis_client, settings, monkeypatch):
+    from worker.rollups import get_rollup, refresh_rollup
+
+    _app("acme")
+    open_wallet(gate, wallet_id="old", enterprise_id="acme", owner_id="u1")
+    credit_wallet(gate, wallet_id="old", amount_nanos=10**12, idempotency_key="seed")
+    march = datetime(2026, 3, 5, tzinfo=UTC)
+    gate.record_turns([_turn(f"o{i}", "old", occurred_at=march) for i in range(3)])
+    _drain(redis_client, settings)
+    with session_scope() as s:
+        assert refresh_rollup(s, "acme", "default", "2026-03").total_turns == 3
+    with db.begin() as conn:  # retention dropped March's events
+        conn.execute(text("DELETE FROM usage_event"))
+    monkeypatch.setattr(settings, "usage_retention_months", 3)
+    gate.record_turn(_turn("late", "old", occurred_at=march))  # a late turn for March
+    _drain(redis_client, settings)
+    with session_scope() as s:
+        assert refresh_rollup(s, "acme", "default", "2026-03").total_turns == 3
+        assert get_rollup(s, "acme", "default", "2026-03").cost_nanos == 3 * _cost(gate)
