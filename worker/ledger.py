@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from sqlalchemy import BigInteger, Boolean, DateTime, case, func, select, text, tuple_, update
+from sqlalchemy import BigInteger, Boolean, DateTime, case, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
@@ -416,22 +416,28 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
         {k: v for k, v in chats[k].items() if k != "needed_nanos"} for k in sorted(chats)
     ])
     ex = stmt.excluded
-    completed = ct.c.status == ChatStatus.completed.value
+    # the state is the latest turn's: a batch drained after a newer one (two drains of one shard at
+    # once) adds its totals but leaves the state alone; a completed chat stays completed
+    keep = or_(ct.c.status == ChatStatus.completed.value, ex.last_turn_at < ct.c.last_turn_at)
     stmt = stmt.on_conflict_do_update(
         constraint="uq_chat_session_enterprise_chat",
         set_={
             **{name: ct.c[name] + ex[name] for name in (*_TOTALS, "billed_nanos")},
             "started_at": func.least(ct.c.started_at, ex.started_at),
             "last_turn_at": func.greatest(ct.c.last_turn_at, ex.last_turn_at),
-            "status": case((completed, ct.c.status), else_=ex.status),
-            "pause_reason": case((completed, ct.c.pause_reason), else_=ex.pause_reason),
-            "connection_state": case((completed, ct.c.connection_state), else_=ex.connection_state),
-            "paused_at": case((completed, ct.c.paused_at), else_=ex.paused_at),
-            "can_resume": case((completed, ct.c.can_resume), else_=False),
+            "status": case((keep, ct.c.status), else_=ex.status),
+            "pause_reason": case((keep, ct.c.pause_reason), else_=ex.pause_reason),
+            "connection_state": case((keep, ct.c.connection_state), else_=ex.connection_state),
+            "paused_at": case((keep, ct.c.paused_at), else_=ex.paused_at),
+            "can_resume": case((keep, ct.c.can_resume), else_=False),
         },
-    ).returning(ct.c.id, ct.c.enterprise_id, ct.c.chat_id)
-    chat_ids = {(e, c): i for i, e, c in session.execute(stmt)}
-    paused = _open_pauses(session, [chats[k] for k in sorted(chats)])
+    ).returning(ct.c.id, ct.c.enterprise_id, ct.c.chat_id, ct.c.status)
+    chat_ids, states = {}, {}
+    for i, e, c, status in session.execute(stmt):
+        chat_ids[(e, c)], states[(e, c)] = i, status
+    # only the batches that set a chat's state open or close its paused record
+    decided = [chats[k] for k in sorted(chats) if states[k] == chats[k]["status"]]
+    paused = _open_pauses(session, decided)
 
     at = ChatAgentUsage.__table__
     stmt = insert(at).values(

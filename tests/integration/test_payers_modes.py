@@ -7,7 +7,7 @@ chats of its wallet, once."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
@@ -366,3 +366,28 @@ def test_a_late_turn_never_shrinks_the_rollup_of_a_month_past_retention(db, gate
     with session_scope() as s:
         assert refresh_rollup(s, "acme", "default", "2026-03").total_turns == 3
         assert get_rollup(s, "acme", "default", "2026-03").cost_nanos == 3 * _cost(gate)
+
+
+def test_a_batch_drained_after_a_newer_one_does_not_undo_the_pause(db, gate, redis_client, settings):
+    """Two drains of one shard at once can commit an older batch after a newer one: the chat's
+    state stays the newest turn's (paused), and its paused record stays open."""
+    from worker.drain import parse_entry
+    from worker.ledger import persist_turns
+    from worker.wallet import outbox_key
+
+    _app("acme")
+    open_wallet(gate, wallet_id="oo", enterprise_id="acme", owner_id="u1")
+    cost = _cost(gate)
+    credit_wallet(gate, wallet_id="oo", amount_nanos=3 * cost - 1, idempotency_key="seed")
+    start = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    decisions = gate.record_turns([_turn(f"oo{i}", "oo", occurred_at=start + timedelta(seconds=i)) for i in range(3)])
+    assert [d.action for d in decisions] == ["continue", "continue", "pause"]
+    shard = gate.shard("oo")
+    rows = [parse_entry(fields, f"{shard}:{eid}") for eid, fields in redis_client.xrange(outbox_key(shard))]
+    with session_scope() as s:  # the newer batch commits first
+        assert persist_turns(s, rows[2:]).paused
+    with session_scope() as s:
+        assert persist_turns(s, rows[:2]).paused == ()
+    assert _rows(db, "SELECT status, connection_state, turns, last_turn_at FROM chat_session") == [
+        ("paused", "paused", 3, start + timedelta(seconds=2))]
+    assert _rows(db, "SELECT chat_id, resumed_at FROM paused_chat") == [("c1", None)]
