@@ -38,7 +38,7 @@ from hiredis import pack_command
 from models.schemas import Decision, TurnIn, trusted_decision
 from models.tables import BillingMode
 from worker.meters import meter_price
-from worker.pricing import PriceBook, TurnPrice
+from worker.pricing import PriceBook, PriceSheet, TurnPrice
 from worker.settings import Settings, get_settings, redis_client
 
 PREFIX = "tollgate"
@@ -109,44 +109,99 @@ def _pipeline_evalsha(client: redis.Redis, calls: list[tuple[redis.commands.core
         for script, exists in zip(scripts, client.script_exists(*(sc.sha for sc in scripts))):
             if not exists:
                 client.script_load(script.script)
-    for attempt in (1, 2):
-        replies = _send_evalsha(client, calls)
-        if attempt == 1 and all(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-            for script in scripts:
-                client.script_load(script.script)
-            continue
-        break
-    return replies
+    chunks = [
+        (b"".join(pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)) for script, keys, args in chunk),
+         len(chunk))
+        for chunk in (calls[i:i + PIPELINE_CHUNK] for i in range(0, len(calls), PIPELINE_CHUNK))
+    ]
+    return _send_packed_retrying(client, chunks, scripts)
 
 
-def _send_evalsha(client: redis.Redis, calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
+def _send_packed_retrying(client: redis.Redis, commands: Iterable[tuple[bytes, int]],
+                          scripts: Sequence[redis.commands.core.Script],
+                          on_reply: Callable[[object], None] | None = None) -> list:
+    """:func:`_send_packed`; when every reply is NOSCRIPT (the server lost ``scripts``, so none
+    ran), load them and send the same commands once more.  Returns the final replies in order, or,
+    with ``on_reply``, passes each to it as soon as it is known final (leading NOSCRIPT replies
+    wait until a later reply shows the scripts were there) and returns an empty list."""
+    out: list = []
+    deliver = on_reply or out.append
+    sent: list[tuple[bytes, int]] = []
+    held: list = []  # the NOSCRIPT replies read while no other reply has come yet
+    passing = False
+
+    def keep(reply) -> None:
+        nonlocal passing
+        if not passing:
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                held.append(reply)
+                return
+            passing = True
+            for r in held:
+                deliver(r)
+        deliver(reply)
+
+    _send_packed(client, commands, sent, keep)
+    if not passing and held:  # every reply NOSCRIPT: nothing ran
+        for script in scripts:
+            client.script_load(script.script)
+        _send_packed(client, sent, None, deliver)
+    return out
+
+
+def _send_packed(client: redis.Redis, commands: Iterable[tuple[bytes, int]], sent: list | None,
+                 on_reply: Callable[[object], None]) -> None:
     """The pipeline itself, below redis-py's ``Pipeline`` (whose pure-Python command packer cost
-    more than the scripts): commands packed by hiredis, written a chunk ahead of the replies."""
+    more than the scripts): ``commands`` are ``(packed bytes, replies expected)``, taken lazily and
+    each written before the previous one's replies are read, so Redis runs one while this process
+    builds and packs the next.  Redis buffers replies in memory, so writing ahead cannot deadlock.
+    Each command taken is appended to ``sent`` (when given); each reply, or the ``ResponseError``
+    of a refused command, is passed to ``on_reply`` in order.  Raises redis ConnectionError /
+    TimeoutError (the connection is then dropped)."""
     pool = client.connection_pool
     conn = pool.get_connection()
-    replies: list = []
     try:
-        chunks = [calls[i:i + PIPELINE_CHUNK] for i in range(0, len(calls), PIPELINE_CHUNK)]
-
-        def send(chunk) -> None:
-            conn.send_packed_command([b"".join(
-                pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)) for script, keys, args in chunk
-            )], check_health=False)
-
-        send(chunks[0])
-        for k, chunk in enumerate(chunks):
-            if k + 1 < len(chunks):
-                send(chunks[k + 1])
-            for _ in chunk:
-                try:
-                    replies.append(conn.read_response())
-                except redis.exceptions.ResponseError as exc:
-                    replies.append(exc)
+        pending: list[int] = []  # replies expected per command written and not yet read
+        for packed, n in commands:
+            if sent is not None:
+                sent.append((packed, n))
+            conn.send_packed_command([packed], check_health=False)
+            pending.append(n)
+            if len(pending) > 1:
+                _read_replies(conn, pending.pop(0), on_reply)
+        for n in pending:
+            _read_replies(conn, n, on_reply)
     except BaseException:
         conn.disconnect()  # replies may be left unread on it
         raise
     finally:
         pool.release(conn)
+
+
+def _read_replies(conn, n: int, on_reply: Callable[[object], None]) -> None:
+    for _ in range(n):
+        try:
+            reply = conn.read_response()
+        except redis.exceptions.ResponseError as exc:
+            reply = exc
+        on_reply(reply)
+
+
+def _priced(turn: TurnIn, quote: TurnPrice | PriceSheet) -> TurnPrice:
+    """A turn's price from :meth:`WalletGate._quote`'s answer (a sheet is applied to its tokens)."""
+    if isinstance(quote, TurnPrice):
+        return quote
+    return quote.price(turn.prompt_tokens, turn.completion_tokens, turn.cached_prompt_tokens,
+                       turn.cache_write_tokens)
+
+
+def _per_turn(batches: list[list[int]], call_replies: list, n: int) -> list:
+    """``record_turns.lua`` replies (one per call: a list, or an exception for the whole call) →
+    one reply or exception per turn, turn ``batches[k][j]`` taking element ``j`` of call ``k``."""
+    replies: list = [None] * n
+    for batch, reply in zip(batches, call_replies):
+        for position, i in enumerate(batch):
+            replies[i] = reply if isinstance(reply, Exception) else reply[position]
     return replies
 
 
@@ -265,6 +320,11 @@ class WalletGate:
         self.redis = client or redis_client(self.settings)
         self.prices = price_book or PriceBook.from_file(self.settings.price_overrides_path)
         self.kicker = kicker or celery_kicker
+        #: per shard: its tag and the keys every turn of it names (outbox, kick flag, holds index)
+        self._shard_keys = [
+            (tag, f"{tag}:outbox", f"{tag}:kick", f"{tag}:holds")
+            for tag in map(shard_tag, range(self.settings.outbox_shards))
+        ]
         self._record = self.redis.register_script(_lua("record_turn.lua", "lib_turn.lua"))
         self._record_many = self.redis.register_script(_lua("record_turns.lua", "lib_turn.lua"))
         self._adjust = self.redis.register_script(_lua("adjust.lua"))
@@ -293,15 +353,15 @@ class WalletGate:
         return f"{shard_tag(self.shard(wallet_id))}:wallet:{wallet_id}"
 
     def _turn_keys(self, turn: TurnIn, reservation_id: str | None = None) -> list[str]:
-        shard = self.shard(turn.wallet_id)
-        tag = shard_tag(shard)
+        """``record_turn.lua``'s KEYS for one turn (see its header)."""
+        tag, outbox, kick, holds = self._shard_keys[self.shard(turn.wallet_id)]
         return [
             f"{tag}:wallet:{turn.wallet_id}",
             f"{tag}:turn:{turn.wallet_id}:{turn.turn_id}",
-            f"{tag}:outbox",
-            f"{tag}:kick",
+            outbox,
+            kick,
             f"{tag}:hold:{reservation_id or ''}",
-            f"{tag}:holds",
+            holds,
         ]
 
     def _hold_keys(self, wallet_id: str, reservation_id: str) -> list[str]:
@@ -514,23 +574,63 @@ class WalletGate:
         """
         if not turns:
             return []
-        prices = [
-            self.prices.price(
-                model=t.model,
-                provider=t.provider,
-                when=t.occurred_at,
-                prompt_tokens=t.prompt_tokens,
-                completion_tokens=t.completion_tokens,
-                cached_prompt_tokens=t.cached_prompt_tokens,
-                cache_write_tokens=t.cache_write_tokens,
-            )
-            if t.meter == "llm"
-            else meter_price(t.meter, t.quantity)
-            for t in turns
-        ]
+        # every turn priced (an LLM turn: its price sheet resolved, the arithmetic done when its
+        # group is sent) and every wallet checked before anything is sent
+        quotes = [self._quote(t) for t in turns]
         if len(turns) > 1:  # one turn needs no pre-check: the script refuses an unknown wallet itself
             self._check_wallets(turns)
-        ttl, kick_ms = self.settings.dedupe_ttl_s, self.settings.kick_interval_ms
+        decisions: list[Decision | None] = [None] * len(turns)
+        kicks: set[int] = set()
+        errors: list[Exception] = []
+
+        def decide(i: int, reply) -> None:
+            turn = turns[i]
+            if isinstance(reply, Exception):
+                errors.append(self._translate(reply, turn.wallet_id))
+                return
+            status, balance, action, billed, duplicate, kick, cost = reply
+            if kick:
+                kicks.add(self.shard(turn.wallet_id))
+            decisions[i] = trusted_decision(  # values come from our own script: no re-validation
+                turn.turn_id, status == "accepted", action, int(balance) if balance != "" else None,
+                int(cost), int(billed), bool(duplicate),
+            )
+
+        if len(turns) > 1 and not reserve_exact and not isinstance(self.redis, redis.RedisCluster):
+            self._record_streamed(turns, quotes, decide)
+        else:
+            replies = self._record_calls(turns, [_priced(t, q) for t, q in zip(turns, quotes)], reserve_exact)
+            if reserve_exact:
+                replies = replies[1::2]  # the record_turn answers (a refused reservation shows as a denial)
+            for i, reply in enumerate(replies):
+                decide(i, reply)
+        for shard in sorted(kicks):
+            self.kicker(shard)
+        if errors:
+            if all(d is None for d in decisions):
+                raise errors[0]
+            raise GateBatchError(errors[0], decisions)
+        return decisions  # type: ignore[return-value]  # no None without an error
+
+    def _quote(self, turn: TurnIn) -> TurnPrice | PriceSheet:
+        """What prices a turn, resolved now so a batch with a turn that cannot be priced is refused
+        before anything is sent: the price sheet of an LLM turn's model (its token arithmetic, which
+        cannot fail, is left to :func:`_priced`), else the priced turn (a meter, or a model priced by
+        genai-prices itself).  Raises worker.pricing.PricingError, worker.meters.UnknownMeter."""
+        if turn.meter != "llm":
+            return meter_price(turn.meter, turn.quantity)
+        sheet = self.prices.sheet(turn.model, turn.provider, turn.occurred_at)
+        return sheet if sheet.exotic is None else _priced(turn, sheet)
+
+    def _record_args(self, turn: TurnIn, price: TurnPrice, reservation_id: str | None, require_hold: bool) -> tuple:
+        """``record_turn.lua``'s ARGV for one turn (see its header)."""
+        return (price.cost_nanos, turn_payload(turn, price), self.settings.dedupe_ttl_s,
+                self.settings.kick_interval_ms, reservation_id or "", "1" if require_hold else "0",
+                turn.enterprise_id, turn.prompt_tokens + turn.completion_tokens)
+
+    def _record_calls(self, turns: Sequence[TurnIn], prices: Sequence[TurnPrice], reserve_exact: bool) -> list:
+        """One turn, a ``reserve_exact`` batch, or any batch on Redis Cluster: every call built first,
+        then sent (one EVALSHA, or pipelined).  Returns one reply or exception per call."""
         calls: list[tuple[redis.commands.core.Script, list[str], tuple]] = []
         expires_ms = int(time.time() * 1000) + 60_000
         for turn, price in zip(turns, prices):
@@ -538,65 +638,69 @@ class WalletGate:
             if reserve_exact:
                 calls.append((self._reserve, self._hold_keys(turn.wallet_id, reservation_id),
                               (price.cost_nanos, expires_ms, reservation_id, turn.wallet_id)))
-            args = (price.cost_nanos, turn_payload(turn, price), ttl, kick_ms, reservation_id or "",
-                    "1" if reserve_exact else "0", turn.enterprise_id,
-                    turn.prompt_tokens + turn.completion_tokens)
-            calls.append((self._record, self._turn_keys(turn, reservation_id), args))
+            calls.append((self._record, self._turn_keys(turn, reservation_id),
+                           self._record_args(turn, price, reservation_id, reserve_exact)))
         if len(calls) == 1:  # one round trip: EVALSHA (redis-py loads the script on NOSCRIPT)
             script, keys, args = calls[0]
             try:
-                replies = [script(keys=keys, args=args)]
+                return [script(keys=keys, args=args)]
             except redis.ResponseError as exc:
-                replies = [exc]
-        elif reserve_exact:
-            replies = self._evalsha_pipelined(calls)
-        else:
-            replies = self._record_batched(turns, calls)
+                return [exc]
         if reserve_exact:
-            replies = replies[1::2]  # the record_turn answers (a refused reservation shows as a denial)
-        decisions: list[Decision | None] = []
-        kicks: set[int] = set()
-        error: Exception | None = None
-        for turn, reply in zip(turns, replies):
-            if isinstance(reply, Exception):
-                error = error or self._translate(reply, turn.wallet_id)
-                decisions.append(None)
-                continue
-            status, balance, action, billed, duplicate, kick, cost = reply
-            if kick:
-                kicks.add(self.shard(turn.wallet_id))
-            decisions.append(trusted_decision(  # values come from our own script: no re-validation
-                turn.turn_id, status == "accepted", action, int(balance) if balance != "" else None,
-                int(cost), int(billed), bool(duplicate),
-            ))
-        for shard in sorted(kicks):
-            self.kicker(shard)
-        if error is not None:
-            if all(d is None for d in decisions):
-                raise error
-            raise GateBatchError(error, decisions)
-        return decisions  # type: ignore[return-value]  # no None without an error
+            return self._evalsha_pipelined(calls)
+        return self._record_batched(turns, calls)
 
-    def _record_batched(self, turns: Sequence[TurnIn], calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
-        """``record_turns.lua``: the turns of each shard, in order, :data:`TURNS_PER_CALL` per
-        EVALSHA (one script run decides them all), every shard's calls pipelined.  Returns one
-        reply or exception per turn, in the order of ``turns``."""
+    def _shard_batches(self, turns: Sequence[TurnIn]) -> list[list[int]]:
+        """Indexes of ``turns`` grouped by shard, in order within each, :data:`TURNS_PER_CALL` per group."""
         by_shard: dict[int, list[int]] = {}
         for i, turn in enumerate(turns):
             by_shard.setdefault(self.shard(turn.wallet_id), []).append(i)
         batches: list[list[int]] = []
         for indexes in by_shard.values():
             batches += [indexes[j:j + TURNS_PER_CALL] for j in range(0, len(indexes), TURNS_PER_CALL)]
+        return batches
+
+    def _record_streamed(self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet],
+                         decide: Callable[[int, object], None]) -> None:
+        """A batch on one Redis server: ``record_turns.lua`` per :data:`TURNS_PER_CALL` turns of a shard.
+        Each EVALSHA is built (prices, keys, payloads) and packed only when the one before it has
+        been sent, and each reply is turned into decisions while Redis runs the next, so Redis and
+        this process work at the same time.  Calls ``decide(i, reply)`` for every turn, in the
+        order of the calls (in order within a shard); ``reply`` is the turn's reply or exception."""
+        batches = self._shard_batches(turns)
+        sha = self._record_many.sha
+
+        def commands() -> Iterable[tuple[bytes, int]]:
+            for batch in batches:
+                parts: list = ["EVALSHA", sha, 6 * len(batch)]
+                args: list = [len(batch)]
+                for i in batch:
+                    turn = turns[i]
+                    price = _priced(turn, quotes[i])
+                    parts += self._turn_keys(turn, turn.reservation_id)
+                    args += self._record_args(turn, price, turn.reservation_id, False)
+                yield pack_command((*parts, *args)), 1
+
+        calls = iter(batches)
+
+        def on_reply(reply) -> None:
+            batch = next(calls)
+            for position, i in enumerate(batch):
+                decide(i, reply if isinstance(reply, Exception) else reply[position])
+
+        _send_packed_retrying(self.redis, commands(), [self._record_many], on_reply)
+
+    def _record_batched(self, turns: Sequence[TurnIn], calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
+        """``record_turns.lua``: the turns of each shard, in order, :data:`TURNS_PER_CALL` per
+        EVALSHA (one script run decides them all), every shard's calls pipelined.  Returns one
+        reply or exception per turn, in the order of ``turns``."""
+        batches = self._shard_batches(turns)
         many = []
         for batch in batches:
             keys = [k for i in batch for k in calls[i][1]]
             args = [len(batch), *(a for i in batch for a in calls[i][2])]
             many.append((self._record_many, keys, tuple(args)))
-        replies: list = [None] * len(turns)
-        for batch, reply in zip(batches, self._evalsha_pipelined(many)):
-            for position, i in enumerate(batch):
-                replies[i] = reply if isinstance(reply, Exception) else reply[position]
-        return replies
+        return _per_turn(batches, self._evalsha_pipelined(many), len(turns))
 
     def _evalsha_pipelined(self, calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
         """EVALSHA every call in one non-transactional pipeline (on Redis Cluster: one pipeline per

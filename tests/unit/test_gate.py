@@ -597,19 +597,26 @@ def test_property_balance_is_credits_minus_billed(start, ops):
 
 def test_batch_survives_redis_losing_its_script_cache(redis_client, settings):
     """After SCRIPT FLUSH (as after a Redis restart) a pipelined batch fails with NOSCRIPT before
-    running anything; the gate loads the script and sends the batch once more: each turn counted once."""
-    from worker.wallet import WalletGate
+    running anything; the gate loads the script and sends the batch once more: each turn counted
+    once.  300 turns of 6 wallets: several EVALSHAs per shard, streamed, all refused, all resent."""
+    from worker.wallet import TURNS_PER_CALL, WalletGate
 
     wg = WalletGate(redis_client, settings=settings, kicker=lambda shard: None)
-    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10**12)
+    wallets = [f"w{i}" for i in range(6)]
+    for w in wallets:
+        wg.load_wallet(w, mode="production", limited=True, balance_nanos=10**12)
+    turns = [turn(f"t{i}", wallets[i % 6]) for i in range(300)]
+    assert max(sum(wg.shard(t.wallet_id) == s for t in turns) for s in range(settings.outbox_shards)) > TURNS_PER_CALL
     redis_client.script_flush()
-    decisions = wg.record_turns([turn(f"t{i}", "w1") for i in range(5)])
-    assert [d.duplicate for d in decisions] == [False] * 5
-    assert wg.balance("w1") == 10**12 - 5 * COST_DEFAULT
-    assert redis_client.xlen(outbox_key(wg.shard("w1"))) == 5
+    decisions = wg.record_turns(turns)
+    assert [d.duplicate for d in decisions] == [False] * 300
+    assert [wg.balance(w) for w in wallets] == [10**12 - 50 * COST_DEFAULT] * 6
+    assert sum(redis_client.xlen(outbox_key(s)) for s in range(settings.outbox_shards)) == 300
+    assert [redis_client.hget(wg.wallet_key(w), "accepted_turns") for w in wallets] == ["50"] * 6
     redis_client.script_flush()
-    assert wg.record_turn(turn("t0", "w1")).duplicate is True
-    assert wg.balance("w1") == 10**12 - 5 * COST_DEFAULT
+    assert [d.duplicate for d in wg.record_turns(turns[:7])] == [True] * 7
+    assert wg.record_turn(turn("t0", "w0")).duplicate is True
+    assert [wg.balance(w) for w in wallets] == [10**12 - 50 * COST_DEFAULT] * 6
 
 
 # --- configuration and failure paths ------------------------------------------------------------
@@ -714,3 +721,79 @@ def test_a_runtime_error_in_one_turn_of_a_batch_fails_that_turn_alone(client, wg
     assert wg.balance("deep") == -(2**63) + 10
 
 
+
+
+# --- one script run, many turns of one wallet -----------------------------------------------------
+
+def _cache_scenario(gate: WalletGate) -> list[TurnIn]:
+    """Wallets loaded and holds made; the turns then touch each wallet many times in one batch, so
+    record_turns.lua decides them from its per-run copy of the wallet hash (balance, held and
+    trial_left kept up to date by the script itself)."""
+    gate.load_wallet("tri", mode="trial", limited=True, balance_nanos=2 * COST_DEFAULT, trial_left=2_500,
+                     trial_then="bill")
+    gate.load_wallet("trp", mode="trial", limited=True, balance_nanos=10 * COST_DEFAULT, trial_left=1_000)
+    gate.load_wallet("hold", mode="production", limited=True, balance_nanos=10 * COST_DEFAULT)
+    gate.load_wallet("other", mode="production", limited=True, balance_nanos=10 * COST_DEFAULT)
+    for rid in ("r1", "r2", "r3"):
+        assert gate.reserve("hold", 3 * COST_DEFAULT, reservation_id=rid).granted
+    assert gate.reserve("other", COST_DEFAULT, reservation_id="x1").granted
+    return [
+        *(turn(f"tri{i}", "tri", cached_prompt_tokens=0) for i in range(1, 7)),  # 3 free, 2 billed (overdraws), 1 denied
+        turn("trp1", "trp", cached_prompt_tokens=0), turn("trp2", "trp"),  # free and pause, then denied
+        turn("h1", "hold", reservation_id="r1"),  # settles r1
+        turn("h2", "hold"),  # sees balance − held with r2, r3 still held
+        turn("h3", "hold", reservation_id="r2"),
+        turn("h1", "hold", reservation_id="r3"),  # a retry of a settled turn gives r3 back
+        turn("h4", "hold", reservation_id="x1"),  # another wallet's hold: not released
+        *(turn(f"h{i}", "hold") for i in range(5, 12)),  # down to the pause and the denials
+        turn("tri3", "tri"), turn("trp1", "trp"),  # duplicates: the first answers
+    ]
+
+
+def _full_state(client, gate: WalletGate) -> dict:
+    """Every wallet hash field, hold (not its expiry time), holds index, dedupe answer and outbox
+    entry's fields (not its id)."""
+    state = {}
+    for key in sorted(client.keys("*")):
+        kind = client.type(key)
+        if kind == "hash":
+            state[key] = {f: v for f, v in client.hgetall(key).items() if f != "expires_ms"}  # made at call time
+        elif kind == "zset":
+            state[key] = client.zrange(key, 0, -1)
+        elif kind == "stream":
+            state[key] = [fields for _id, fields in client.xrange(key)]
+        elif ":turn:" in key:
+            state[key] = client.get(key)
+    return state
+
+
+def test_a_batch_deciding_one_wallet_many_times_equals_one_by_one(client, wg):
+    """Trial allowances crossing zero, holds settled, a retry releasing its new hold, another
+    wallet's hold left alone, a wallet running dry: decided in one batch exactly as one call per
+    turn, to every field (balance, held, trial_left, accepted/denied counts) and outbox entry."""
+    turns = _cache_scenario(wg)
+    one_by_one = [wg.record_turn(t) for t in turns]
+    expected = _full_state(client, wg)
+    client.flushdb()
+    wg = WalletGate(client, settings=make_settings(), kicker=lambda s: None)
+    batch = wg.record_turns(_cache_scenario(wg))
+    assert batch == one_by_one
+    assert _full_state(client, wg) == expected
+    # and the figures are the expected ones
+    tri = client.hgetall(wg.wallet_key("tri"))
+    assert [(d.accepted, d.billed_nanos, d.action) for d in batch[:6]] == [
+        (True, 0, "continue"), (True, 0, "continue"), (True, 0, "continue"),
+        (True, COST_TRIAL, "continue"), (True, COST_TRIAL, "pause"), (False, 0, "pause")]  # 6.5M − 2 × 3.5M < 0
+    assert (tri["trial_left"], tri["balance"]) == ("-800", str(2 * COST_DEFAULT - 2 * COST_TRIAL))
+    assert (tri["accepted_turns"], tri["denied_turns"]) == ("5", "1")
+    assert [(d.accepted, d.action) for d in batch[6:8]] == [(True, "pause"), (False, "pause")]
+    hold = client.hgetall(wg.wallet_key("hold"))
+    # 3 holds of 3 turns: r1 and r2 settled, r3 given back by the retry; x1 is other's, left held
+    assert hold["held"] == "0" and client.hget(wg.wallet_key("other"), "held") == str(COST_DEFAULT)
+    settled = [d for t, d in zip(turns, batch) if t.wallet_id == "hold" and d.accepted and not d.duplicate]
+    assert int(hold["balance"]) == 10 * COST_DEFAULT - sum(d.billed_nanos for d in settled)
+    assert int(hold["accepted_turns"]) == len(settled) and int(hold["denied_turns"]) == 11 - len(settled)
+    assert [d.duplicate for d in batch[-2:]] == [True, True]
+
+
+COST_TRIAL = 1000 * 2_500 + 100 * 10_000  # a turn with no cached tokens, once the trial bills

@@ -8,6 +8,42 @@
 
 local kick_tried = false  -- per script run (a batch's turns are all on one shard)
 
+-- The wallet hash fields record_one() reads (HMGET order), cached per wallet for this script run:
+-- a script runs alone, so the only writes in between are this run's own, and record_one() applies
+-- each of them to the cache as it makes it (balance, held, trial_left).  A batch with many turns of
+-- one wallet reads its hash once.  Cleared by forget_wallets() when a turn fails half-way.
+local WALLET_FIELDS = {'mode', 'limited', 'balance', 'blocked', 'enterprise', 'held', 'level', 'share_bps',
+                       'trial_left', 'trial_then'}
+local wallets = {}
+-- accepted / denied turn counts per wallet key, added to the hash once per run by flush_counts()
+local accepted, denied = {}, {}
+
+local function wallet_fields(K1)
+  local w = wallets[K1]
+  if not w then
+    w = redis.call('HMGET', K1, unpack(WALLET_FIELDS))
+    if w[1] then
+      wallets[K1] = w
+    end
+  end
+  return w
+end
+
+local function forget_wallets()
+  wallets = {}
+end
+
+-- the run's turn counts into the wallets' accepted_turns / denied_turns (reconciliation reads
+-- accepted_turns to tell a busy wallet); called once at the end of every script run
+local function flush_counts()
+  for k, n in pairs(accepted) do
+    redis.call('HINCRBY', k, 'accepted_turns', n)
+  end
+  for k, n in pairs(denied) do
+    redis.call('HINCRBY', k, 'denied_turns', n)
+  end
+end
+
 -- give back the hold this turn settles (K5, reservation A5); false when there is none or it is
 -- another wallet's; else the amount released (integer string)
 local function release_hold(K1, K5, K6, A5)
@@ -35,9 +71,9 @@ local function record_one(KEYS, ARGV, ko, ao)
   local A1, A2, A3, A4, A5, A6, A7, A8 = ARGV[ao + 1], ARGV[ao + 2], ARGV[ao + 3], ARGV[ao + 4], ARGV[ao + 5],
     ARGV[ao + 6], ARGV[ao + 7], ARGV[ao + 8]
 
-  -- every field the decision may need, in one call (held may change below, when a hold is released)
-  local w = redis.call('HMGET', K1, 'mode', 'limited', 'balance', 'blocked', 'enterprise', 'held', 'level',
-                       'share_bps', 'trial_left', 'trial_then')
+  -- every field the decision may need, in one call per wallet and run (held may change below, when
+  -- a hold is released; the cache is kept equal to the hash)
+  local w = wallet_fields(K1)
   local mode = w[1]
   if not mode then
     return redis.error_reply('TOLLGATE_UNKNOWN_WALLET')
@@ -48,7 +84,9 @@ local function record_one(KEYS, ARGV, ko, ao)
 
   local seen = redis.call('GET', K2)
   if seen then
-    release_hold(K1, K5, K6, A5)  -- a retry's new hold for a turn already settled is given back
+    if release_hold(K1, K5, K6, A5) then  -- a retry's new hold for a turn already settled is given back
+      w[6] = redis.call('HGET', K1, 'held') or false
+    end
     local status, balance, action, billed, cost = string.match(seen, '^(%a+)|(-?%d*)|(%a+)|(%d+)|(%d+)$')
     return {status, balance, action, billed, 1, 0, cost}
   end
@@ -62,6 +100,7 @@ local function record_one(KEYS, ARGV, ko, ao)
   local held = w[6] or '0'
   if covered then  -- the hold was just given back: read the total again
     held = redis.call('HGET', K1, 'held') or '0'
+    w[6] = held
   end
   local status = 'accepted'
   local action = 'continue'
@@ -101,6 +140,7 @@ local function record_one(KEYS, ARGV, ko, ao)
         else
           balance = redis.call('HGET', K1, 'balance')  -- HINCRBY's reply became a Lua double: read the string
         end
+        w[3] = balance
       end
       if limited and int_cmp(balance, held) <= 0 then
         action = 'pause'
@@ -113,7 +153,8 @@ local function record_one(KEYS, ARGV, ko, ao)
     trial_tokens = A8
     local left = w[9] or '0'
     if A8 ~= '0' then  -- HINCRBY refuses '-0'
-      left = tostring(redis.call('HINCRBY', K1, 'trial_left', '-' .. A8))
+      left = string.format('%d', redis.call('HINCRBY', K1, 'trial_left', '-' .. A8))
+      w[9] = left
     end
     if int_cmp(left, '0') <= 0 and (trial_then == 'pause' or (limited and int_cmp(balance, held) <= 0)) then
       action = 'pause'
@@ -125,15 +166,15 @@ local function record_one(KEYS, ARGV, ko, ao)
   end
 
   if status == 'accepted' then
-    redis.call('HINCRBY', K1, 'accepted_turns', 1)
     redis.call('XADD', K3, '*', 't', A2, 'b', billed, 'a', action, 'm', mode, 'bal', balance,
                'lv', w[7] or 'app_usage', 'sb', w[8] or '0', 'tt', trial_tokens, 'bl', billable)
     if not kick_tried and redis.call('SET', K4, '1', 'PX', A4, 'NX') then
       kick = 1
     end
     kick_tried = true  -- one kick attempt per script run: the turns of a batch share one shard
+    accepted[K1] = (accepted[K1] or 0) + 1
   else
-    redis.call('HINCRBY', K1, 'denied_turns', 1)
+    denied[K1] = (denied[K1] or 0) + 1
   end
 
   redis.call('SET', K2, status .. '|' .. balance .. '|' .. action .. '|' .. billed .. '|' .. A1, 'EX', A3)

@@ -47,4 +47,6 @@
 -- HINCRBY (64-bit integers) and read back as strings: never summed in Lua doubles.
 
 -- the decision itself is record_one() of lib_turn.lua (prepended)
-return record_one(KEYS, ARGV, 0, 0)
+local reply = record_one(KEYS, ARGV, 0, 0)
+flush_counts()
+return reply

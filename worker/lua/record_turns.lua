@@ -22,6 +22,8 @@ for i = 1, n do
     out[i] = reply
   else
     out[i] = redis.error_reply(tostring(reply))
+    forget_wallets()  -- the turn may have stopped between a write and its cache update: read again
   end
 end
+flush_counts()
 return out
