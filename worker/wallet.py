@@ -187,22 +187,31 @@ def _read_replies(conn, n: int, on_reply: Callable[[object], None]) -> None:
         on_reply(reply)
 
 
+def _own_keys(tag: str, turn: TurnIn, reservation_id: str | None) -> tuple[str, str, str]:
+    """A turn's own keys in shard ``tag``: its wallet, its turn_id's answer, the hold it settles."""
+    return (f"{tag}:wallet:{turn.wallet_id}", f"{tag}:turn:{turn.wallet_id}:{turn.turn_id}",
+            f"{tag}:hold:{reservation_id or ''}")
+
+
+def _own_args(turn: TurnIn, price: TurnPrice, reservation_id: str | None, require_hold: bool) -> tuple:
+    """A turn's own script arguments: cost, payload, reservation_id, require_hold, enterprise_id, tokens."""
+    return (price.cost_nanos, turn_payload(turn, price), reservation_id or "", "1" if require_hold else "0",
+            turn.enterprise_id, turn.prompt_tokens + turn.completion_tokens)
+
+
+def _decide_group(batch: list[int], reply, decide: Callable[[int, object], None]) -> None:
+    """One ``record_turns.lua`` reply (a list, or an exception for the whole call) to ``decide(i,
+    turn reply)`` for each turn index ``i`` of its group, in order."""
+    for position, i in enumerate(batch):
+        decide(i, reply if isinstance(reply, Exception) else reply[position])
+
+
 def _priced(turn: TurnIn, quote: TurnPrice | PriceSheet) -> TurnPrice:
     """A turn's price from :meth:`WalletGate._quote`'s answer (a sheet is applied to its tokens)."""
     if isinstance(quote, TurnPrice):
         return quote
     return quote.price(turn.prompt_tokens, turn.completion_tokens, turn.cached_prompt_tokens,
                        turn.cache_write_tokens)
-
-
-def _per_turn(batches: list[list[int]], call_replies: list, n: int) -> list:
-    """``record_turns.lua`` replies (one per call: a list, or an exception for the whole call) →
-    one reply or exception per turn, turn ``batches[k][j]`` taking element ``j`` of call ``k``."""
-    replies: list = [None] * n
-    for batch, reply in zip(batches, call_replies):
-        for position, i in enumerate(batch):
-            replies[i] = reply if isinstance(reply, Exception) else reply[position]
-    return replies
 
 
 class UnknownWallet(LookupError):
@@ -355,14 +364,8 @@ class WalletGate:
     def _turn_keys(self, turn: TurnIn, reservation_id: str | None = None) -> list[str]:
         """``record_turn.lua``'s KEYS for one turn (see its header)."""
         tag, outbox, kick, holds = self._shard_keys[self.shard(turn.wallet_id)]
-        return [
-            f"{tag}:wallet:{turn.wallet_id}",
-            f"{tag}:turn:{turn.wallet_id}:{turn.turn_id}",
-            outbox,
-            kick,
-            f"{tag}:hold:{reservation_id or ''}",
-            holds,
-        ]
+        wallet, seen, hold = _own_keys(tag, turn, reservation_id)
+        return [wallet, seen, outbox, kick, hold, holds]
 
     def _hold_keys(self, wallet_id: str, reservation_id: str) -> list[str]:
         tag = shard_tag(self.shard(wallet_id))
@@ -596,14 +599,15 @@ class WalletGate:
                 int(cost), int(billed), bool(duplicate),
             )
 
-        if len(turns) > 1 and not reserve_exact and not isinstance(self.redis, redis.RedisCluster):
-            self._record_streamed(turns, quotes, decide)
-        else:
+        if len(turns) == 1 or reserve_exact:
             replies = self._record_calls(turns, [_priced(t, q) for t, q in zip(turns, quotes)], reserve_exact)
-            if reserve_exact:
-                replies = replies[1::2]  # the record_turn answers (a refused reservation shows as a denial)
-            for i, reply in enumerate(replies):
+            # with reserve_exact: the record_turn answers (a refused reservation shows as a denial)
+            for i, reply in enumerate(replies[1::2] if reserve_exact else replies):
                 decide(i, reply)
+        elif isinstance(self.redis, redis.RedisCluster):
+            self._record_batched(turns, quotes, decide)
+        else:
+            self._record_streamed(turns, quotes, decide)
         for shard in sorted(kicks):
             self.kicker(shard)
         if errors:
@@ -624,13 +628,26 @@ class WalletGate:
 
     def _record_args(self, turn: TurnIn, price: TurnPrice, reservation_id: str | None, require_hold: bool) -> tuple:
         """``record_turn.lua``'s ARGV for one turn (see its header)."""
-        return (price.cost_nanos, turn_payload(turn, price), self.settings.dedupe_ttl_s,
-                self.settings.kick_interval_ms, reservation_id or "", "1" if require_hold else "0",
-                turn.enterprise_id, turn.prompt_tokens + turn.completion_tokens)
+        cost, payload, rid, require, enterprise, tokens = _own_args(turn, price, reservation_id, require_hold)
+        return (cost, payload, self.settings.dedupe_ttl_s, self.settings.kick_interval_ms, rid, require, enterprise,
+                tokens)
+
+    def _group_call(self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet],
+                    batch: list[int]) -> tuple[list[str], list]:
+        """``record_turns.lua``'s KEYS and ARGV (see its header) for the turns at indexes ``batch``,
+        all of one shard."""
+        tag, outbox, kick, holds = self._shard_keys[self.shard(turns[batch[0]].wallet_id)]
+        keys = [outbox, kick, holds]
+        args: list = [len(batch), self.settings.dedupe_ttl_s, self.settings.kick_interval_ms]
+        for i in batch:
+            turn = turns[i]
+            keys += _own_keys(tag, turn, turn.reservation_id)
+            args += _own_args(turn, _priced(turn, quotes[i]), turn.reservation_id, False)
+        return keys, args
 
     def _record_calls(self, turns: Sequence[TurnIn], prices: Sequence[TurnPrice], reserve_exact: bool) -> list:
-        """One turn, a ``reserve_exact`` batch, or any batch on Redis Cluster: every call built first,
-        then sent (one EVALSHA, or pipelined).  Returns one reply or exception per call."""
+        """One turn, or a ``reserve_exact`` batch: every call built first, then sent (one EVALSHA, or
+        pipelined with each turn's reservation before it).  Returns one reply or exception per call."""
         calls: list[tuple[redis.commands.core.Script, list[str], tuple]] = []
         expires_ms = int(time.time() * 1000) + 60_000
         for turn, price in zip(turns, prices):
@@ -646,9 +663,7 @@ class WalletGate:
                 return [script(keys=keys, args=args)]
             except redis.ResponseError as exc:
                 return [exc]
-        if reserve_exact:
-            return self._evalsha_pipelined(calls)
-        return self._record_batched(turns, calls)
+        return self._evalsha_pipelined(calls)
 
     def _shard_batches(self, turns: Sequence[TurnIn]) -> list[list[int]]:
         """Indexes of ``turns`` grouped by shard, in order within each, :data:`TURNS_PER_CALL` per group."""
@@ -672,35 +687,21 @@ class WalletGate:
 
         def commands() -> Iterable[tuple[bytes, int]]:
             for batch in batches:
-                parts: list = ["EVALSHA", sha, 6 * len(batch)]
-                args: list = [len(batch)]
-                for i in batch:
-                    turn = turns[i]
-                    price = _priced(turn, quotes[i])
-                    parts += self._turn_keys(turn, turn.reservation_id)
-                    args += self._record_args(turn, price, turn.reservation_id, False)
-                yield pack_command((*parts, *args)), 1
+                keys, args = self._group_call(turns, quotes, batch)
+                yield pack_command(("EVALSHA", sha, len(keys), *keys, *args)), 1
 
-        calls = iter(batches)
+        groups = iter(batches)
+        _send_packed_retrying(self.redis, commands(), [self._record_many],
+                              lambda reply: _decide_group(next(groups), reply, decide))
 
-        def on_reply(reply) -> None:
-            batch = next(calls)
-            for position, i in enumerate(batch):
-                decide(i, reply if isinstance(reply, Exception) else reply[position])
-
-        _send_packed_retrying(self.redis, commands(), [self._record_many], on_reply)
-
-    def _record_batched(self, turns: Sequence[TurnIn], calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
-        """``record_turns.lua``: the turns of each shard, in order, :data:`TURNS_PER_CALL` per
-        EVALSHA (one script run decides them all), every shard's calls pipelined.  Returns one
-        reply or exception per turn, in the order of ``turns``."""
+    def _record_batched(self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet],
+                        decide: Callable[[int, object], None]) -> None:
+        """A batch on Redis Cluster: ``record_turns.lua`` per :data:`TURNS_PER_CALL` turns of a shard,
+        every call built first, then pipelined per node.  Calls ``decide(i, reply)`` for every turn."""
         batches = self._shard_batches(turns)
-        many = []
-        for batch in batches:
-            keys = [k for i in batch for k in calls[i][1]]
-            args = [len(batch), *(a for i in batch for a in calls[i][2])]
-            many.append((self._record_many, keys, tuple(args)))
-        return _per_turn(batches, self._evalsha_pipelined(many), len(turns))
+        many = [(self._record_many, *self._group_call(turns, quotes, batch)) for batch in batches]
+        for batch, reply in zip(batches, self._evalsha_pipelined(many)):
+            _decide_group(batch, reply, decide)
 
     def _evalsha_pipelined(self, calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
         """EVALSHA every call in one non-transactional pipeline (on Redis Cluster: one pipeline per

@@ -1,8 +1,7 @@
--- lib_turn.lua: record_one(KEYS, ARGV, ko, ao), the decision for one turn; prepended (after lib_int.lua)
+-- lib_turn.lua: record_one(K1..K6, A1..A8), the decision for one turn; prepended (after lib_int.lua)
 -- to record_turn.lua (one turn per call) and record_turns.lua (many turns of one shard per call).
--- The turn's parameters are KEYS[ko + 1 .. ko + 6] and ARGV[ao + 1 .. ao + 8], as record_turn.lua's
--- header lists them (K1..K6, A1..A8 below); an error
--- is returned as redis.error_reply (the table {err = …}), never raised, so a batch goes on.
+-- The turn's parameters are record_turn.lua's KEYS[1..6] and ARGV[1..8], as its header lists them;
+-- an error is returned as redis.error_reply (the table {err = …}), never raised, so a batch goes on.
 
 -- int_cmp(a, b) comes from lib_int.lua
 
@@ -65,11 +64,8 @@ local function release_hold(K1, K5, K6, A5)
   return amount
 end
 
-local function record_one(KEYS, ARGV, ko, ao)
-  -- this turn's keys and arguments: KEYS[ko + 1 .. ko + 6], ARGV[ao + 1 .. ao + 8] (locals: no table per turn)
-  local K1, K2, K3, K4, K5, K6 = KEYS[ko + 1], KEYS[ko + 2], KEYS[ko + 3], KEYS[ko + 4], KEYS[ko + 5], KEYS[ko + 6]
-  local A1, A2, A3, A4, A5, A6, A7, A8 = ARGV[ao + 1], ARGV[ao + 2], ARGV[ao + 3], ARGV[ao + 4], ARGV[ao + 5],
-    ARGV[ao + 6], ARGV[ao + 7], ARGV[ao + 8]
+local function record_one(K1, K2, K3, K4, K5, K6, A1, A2, A3, A4, A5, A6, A7, A8)
+  -- this turn's keys and arguments, as parameters (no table per turn)
 
   -- every field the decision may need, in one call per wallet and run (held may change below, when
   -- a hold is released; the cache is kept equal to the hash)

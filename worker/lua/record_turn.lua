@@ -47,6 +47,7 @@
 -- HINCRBY (64-bit integers) and read back as strings: never summed in Lua doubles.
 
 -- the decision itself is record_one() of lib_turn.lua (prepended)
-local reply = record_one(KEYS, ARGV, 0, 0)
+local reply = record_one(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6],
+                         ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 flush_counts()
 return reply
