@@ -103,6 +103,8 @@ class Enterprise(SQLModel, table=True):
     #: where tollgate POSTs this app's events (alerts, resumes), signed with ``webhook_secret``
     callback_url: str | None = Field(default=None, max_length=500)
     webhook_secret: str | None = Field(default=None, max_length=200)
+    #: the PostgreSQL schema holding this app's usage events (``worker.isolation``); None: shared tables
+    usage_schema: str | None = Field(default=None, max_length=63, unique=True)
     created_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
 
 
@@ -225,8 +227,10 @@ class UsageTurnKey(SQLModel, table=True):
 
 class UsageEvent(SQLModel, table=True):
     """One accepted turn, persisted once (its turn_id is in :class:`UsageTurnKey` once), with the
-    prices it was charged at.  Partitioned by month of ``occurred_at`` (UTC), so its primary key is
-    ``(id, occurred_at)``; ``worker.partitions`` creates the months ahead and applies retention.
+    prices it was charged at.  Partitioned by month of ``occurred_at`` (UTC), and a month by app
+    (``enterprise_id``) once an app keeps its events in its own schema (``worker.isolation``), so
+    its primary key is ``(id, occurred_at, enterprise_id)``; ``worker.partitions`` creates the months
+    ahead and applies retention.
 
     ``outbox_id`` (``<shard>:<stream id>``) is the outbox entry it came from: a re-delivery carries
     the same one, a second acceptance of the same turn_id by the gate another.
@@ -247,7 +251,7 @@ class UsageEvent(SQLModel, table=True):
     turn_id: str = Field(max_length=300, index=True)
     outbox_id: str = Field(max_length=60)
     wallet_id: str = Field(max_length=200)
-    enterprise_id: str = Field(max_length=200)
+    enterprise_id: str = Field(max_length=200, primary_key=True)
     chat_id: str = Field(max_length=200)
     workflow: str = Field(max_length=200)
     agent: str = Field(max_length=200)

@@ -724,6 +724,25 @@ def app_configure(
               f"from {row.fee_wallet_id or '—'} · creator {row.creator_id or '—'}", highlight=False, soft_wrap=True)
 
 
+@app_app.command("isolate")
+def app_isolate(
+    enterprise: str = typer.Argument(..., help="the app (enterprise_id)"),
+    schema: str = typer.Option(None, "--schema", help="PostgreSQL schema for its usage events (default app_<id>)"),
+) -> None:
+    """Keep an app's usage events in its own PostgreSQL schema, moving the rows it has (audit-logged)."""
+    from worker.apikeys import audit
+    from worker.db import session_scope
+    from worker.isolation import IsolationError, isolate_app
+
+    try:
+        with session_scope() as session:
+            used = isolate_app(session, enterprise, schema)
+            audit(session, actor="cli", action="app.isolate", enterprise_id=enterprise, schema=used)
+    except IsolationError as exc:
+        _fail(_flagged(str(exc), {**_APP_FLAGS, "schema": "--schema"}))
+    out.print(f"{enterprise}: usage events in schema {used}", highlight=False)
+
+
 @app_app.command("mode")
 def app_mode(
     enterprise: str = typer.Argument(..., help="the app (enterprise_id)"),

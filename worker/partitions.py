@@ -5,7 +5,8 @@ month, ``usage_event_YYYY_MM``, plus ``usage_event_default`` for months without 
 trace from years ago lands there).  :func:`ensure_partitions` creates the current month and
 ``settings.usage_partitions_ahead`` months ahead before any turn can need them; it never creates a
 month whose rows already sit in the default partition (PostgreSQL refuses that), it reports it
-instead.  :func:`apply_retention` drops whole partitions older than
+instead; for apps isolated in their own schema (``worker.isolation``) a new month is created
+already split, their sub-partitions in their schemas.  :func:`apply_retention` drops whole partitions older than
 ``settings.usage_retention_months`` (a metadata operation, no row-by-row delete), deletes the same
 months' rows from the default partition, and forgets the turn_ids of turns that old and recorded
 that long ago in ``usage_turn_key``.  Ledger
@@ -25,6 +26,7 @@ from datetime import UTC, datetime
 from sqlalchemy import text
 from sqlmodel import Session
 
+from worker.isolation import isolated_apps, split_partition
 from worker.periods import current_period, period_bounds
 from worker.settings import Settings, get_settings
 
@@ -78,6 +80,7 @@ def ensure_partitions(session: Session, *, now: datetime | None = None, ahead: i
     ahead = get_settings().usage_partitions_ahead if ahead is None else ahead
     first = current_period(now or datetime.now(UTC))
     have = set(monthly_partitions(session))
+    apps = isolated_apps(session)
     for i in range(ahead + 1):
         period = _shift(first, i)
         if period in have:
@@ -91,10 +94,10 @@ def ensure_partitions(session: Session, *, now: datetime | None = None, ahead: i
             report.blocked.append(period)
             continue
         # DDL takes no bind parameters; the bounds are our own datetimes, never input
-        session.execute(text(
-            f'CREATE TABLE IF NOT EXISTS "{partition_name(period)}" PARTITION OF usage_event '
-            f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-        ))
+        bound = f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+        session.execute(text(f'CREATE TABLE IF NOT EXISTS "{partition_name(period)}" PARTITION OF usage_event {bound}'))
+        if apps:  # isolated apps get their sub-partition of the new month in their schemas
+            split_partition(session, partition_name(period), bound, apps)
         report.created.append(period)
     return report
 
