@@ -431,10 +431,10 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
                 )
             )
 
+    # statements without values, the rows as parameter sets (SQLAlchemy's "insertmanyvalues"): one
+    # INSERT per batch all the same, and compiled once per process instead of once per batch
     ct = ChatSession.__table__
-    stmt = insert(ct).values([
-        {k: v for k, v in chats[k].items() if k != "needed_nanos"} for k in sorted(chats)
-    ])
+    stmt = insert(ct)
     ex = stmt.excluded
     # the state is the latest turn's: a batch drained after a newer one (two drains of one shard at
     # once) adds its totals but leaves the state alone; a completed chat stays completed
@@ -453,31 +453,32 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
         },
     ).returning(ct.c.id, ct.c.enterprise_id, ct.c.chat_id, ct.c.status)
     chat_ids, states = {}, {}
-    for i, e, c, status in session.execute(stmt):
+    chat_rows = [{k: v for k, v in chats[k].items() if k != "needed_nanos"} for k in sorted(chats)]
+    for i, e, c, status in session.execute(stmt, chat_rows):
         chat_ids[(e, c)], states[(e, c)] = i, status
     # only the batches that set a chat's state open or close its paused record
     decided = [chats[k] for k in sorted(chats) if states[k] == chats[k]["status"]]
     paused = _open_pauses(session, decided)
 
     at = ChatAgentUsage.__table__
-    stmt = insert(at).values(
-        [{"chat_session_id": chat_ids[(e, c)], "agent": a, **agents[(e, c, a)]} for (e, c, a) in sorted(agents)]
-    )
+    stmt = insert(at)
     ex = stmt.excluded
     session.execute(
         stmt.on_conflict_do_update(
             index_elements=["chat_session_id", "agent"],
             set_={name: at.c[name] + ex[name] for name in ("duration_ms", *_TOTALS)},
-        )
+        ),
+        [{"chat_session_id": chat_ids[(e, c)], "agent": a, **agents[(e, c, a)]} for (e, c, a) in sorted(agents)],
     )
     rd = RollupDirty.__table__
     dirty = sorted({(r["enterprise_id"], r["workflow"], period_of(r["occurred_at"])) for r in fresh})
-    stmt = insert(rd).values([{"enterprise_id": e, "workflow": w, "period": p} for e, w, p in dirty])
     # DO UPDATE, not DO NOTHING: the row lock makes a concurrent rollup refresh that is deleting this
     # mark wait for our commit, so it can never delete the mark and miss these rows
-    session.execute(stmt.on_conflict_do_update(
-        index_elements=["enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}
-    ))
+    session.execute(
+        insert(rd).on_conflict_do_update(
+            index_elements=["enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}),
+        [{"enterprise_id": e, "workflow": w, "period": p} for e, w, p in dirty],
+    )
     return PersistResult(len(fresh), duplicates, billed_total, conflicts, paused)
 
 
