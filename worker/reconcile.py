@@ -28,7 +28,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy import func, select
@@ -104,17 +104,28 @@ class ReconcileReport:
         return asdict(self)
 
 
-def _queued_entries(raw: list[tuple[str, dict[str, str]]], shard: int) -> dict[str, list[tuple[str, str, int]]]:
-    """Outbox entries by wallet: ``[(turn_id, outbox_id, billed_nanos)]``."""
-    by_wallet: dict[str, list[tuple[str, str, int]]] = {}
+class Queued(NamedTuple):
+    """One outbox entry: its turn, its id (``<shard>:<stream id>``), the nanos the gate debited for
+    it and the trial tokens it took from the wallet's allowance."""
+
+    turn_id: str
+    outbox_id: str
+    billed_nanos: int
+    trial_tokens: int
+
+
+def _queued_entries(raw: list[tuple[str, dict[str, str]]], shard: int) -> dict[str, list[Queued]]:
+    """Outbox entries by wallet."""
+    by_wallet: dict[str, list[Queued]] = {}
     for entry_id, fields in raw:
         try:
             payload = json.loads(fields["t"])
             turn_id, wallet_id = payload[1], payload[2]
             billed = int(fields["b"])
+            trial_tokens = int(fields.get("tt", 0))  # entries queued before trials carry none
         except (KeyError, ValueError, IndexError, TypeError):
             continue  # not a turn the drain can persist either: it will be dead-lettered, not debited twice
-        by_wallet.setdefault(wallet_id, []).append((turn_id, f"{shard}:{entry_id}", billed))
+        by_wallet.setdefault(wallet_id, []).append(Queued(turn_id, f"{shard}:{entry_id}", billed, trial_tokens))
     return by_wallet
 
 
@@ -138,7 +149,7 @@ def _read_redis(gate: WalletGate, shard: int, wallet_ids: list[str], *, page: in
     return _queued_entries(entries, shard), balances
 
 
-def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list[tuple[str, str, int]]]):
+def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list[Queued]]):
     # one snapshot for all three reads: a drain committing in between must not be half-seen
     session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     wallets = {
@@ -160,7 +171,7 @@ def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list
         )
     ):
         recent.setdefault(wallet_id, []).append((kind, key))
-    turn_ids = [t for w in wallet_ids for (t, _o, _b) in queued.get(w, ())]
+    turn_ids = [q.turn_id for w in wallet_ids for q in queued.get(w, ())]
     persisted: set[tuple[str, str]] = set()
     for i in range(0, len(turn_ids), 5000):
         rows = session.execute(
@@ -194,8 +205,8 @@ def check_wallets(gate: WalletGate, wallet_ids: list[str], *, retries: int = 3) 
                 gate_nanos=int(balance) if balance is not None else None,
                 credits_nanos=wallet.credits_nanos,
                 debits_nanos=wallet.debits_nanos,
-                queued_nanos=sum(b for t, o, b in queued.get(wallet_id, ())
-                                 if (t, o) not in persisted and o not in refunded),
+                queued_nanos=sum(q.billed_nanos for q in queued.get(wallet_id, ())
+                                 if (q.turn_id, q.outbox_id) not in persisted and q.outbox_id not in refunded),
                 ledger_entries_nanos=int(entries.get(wallet_id, 0)),
                 seen=(balance, accepted or ""),
                 recent=tuple(recent.get(wallet_id, ())),
@@ -210,13 +221,13 @@ def check_wallets(gate: WalletGate, wallet_ids: list[str], *, retries: int = 3) 
     return [results[w] for w in wallet_ids if w in results]
 
 
-def _refunded(gate: WalletGate, queued: dict[str, list[tuple[str, str, int]]],
+def _refunded(gate: WalletGate, queued: dict[str, list[Queued]],
               persisted: set[tuple[str, str]]) -> set[str]:
     """Outbox ids of queued second acceptances whose debit the drain already refunded in the gate
     (after its commit, before its ack and trim): they are settled, not queued."""
     persisted_turns = {t for t, _o in persisted}
-    candidates = [(w, o) for w, entries in queued.items() for t, o, _b in entries
-                  if t in persisted_turns and (t, o) not in persisted]
+    candidates = [(w, q.outbox_id) for w, entries in queued.items() for q in entries
+                  if q.turn_id in persisted_turns and (q.turn_id, q.outbox_id) not in persisted]
     if not candidates:
         return set()
     pipe = gate.redis.pipeline(transaction=False)
@@ -303,7 +314,8 @@ def reconcile(gate: WalletGate | None = None, *, repair: bool = False, rebuild: 
 
 
 def _rebuild(gate: WalletGate, wallet_ids: list[str]) -> None:
-    """Load the wallets Redis lacks from PostgreSQL, balance = ledger − what is still queued."""
+    """Load the wallets Redis lacks from PostgreSQL: balance = ledger − what is still queued, trial
+    tokens left = allowance − used (ledger) − what the queued turns took."""
     shard = gate.shard(wallet_ids[0])
     queued, _ = _read_redis(gate, shard, [])
     with session_scope() as session:
@@ -316,10 +328,12 @@ def _rebuild(gate: WalletGate, wallet_ids: list[str]) -> None:
         wallet = wallets.get(wallet_id)
         if wallet is None or present[wallet_id]:
             continue
-        unpersisted = sum(b for t, o, b in queued.get(wallet_id, ()) if (t, o) not in persisted)
+        unpersisted = [q for q in queued.get(wallet_id, ()) if (q.turn_id, q.outbox_id) not in persisted]
         with session_scope() as session:
             profile = gate_profile(session, wallet)
-        gate.load_wallet(wallet_id, balance_nanos=wallet.credits_nanos - wallet.debits_nanos - unpersisted,
+        profile["trial_left"] -= sum(q.trial_tokens for q in unpersisted)
+        gate.load_wallet(wallet_id, balance_nanos=wallet.credits_nanos - wallet.debits_nanos
+                         - sum(q.billed_nanos for q in unpersisted),
                          **profile)
         # the balance counts these entries: a pending retry of one must not apply it again
         gate.mark_applied(wallet_id, recent.get(wallet_id, ()))

@@ -391,3 +391,28 @@ def test_a_batch_drained_after_a_newer_one_does_not_undo_the_pause(db, gate, red
     assert _rows(db, "SELECT status, connection_state, turns, last_turn_at FROM chat_session") == [
         ("paused", "paused", 3, start + timedelta(seconds=2))]
     assert _rows(db, "SELECT chat_id, resumed_at FROM paused_chat") == [("c1", None)]
+
+
+def test_a_rebuild_counts_the_trial_tokens_of_turns_still_queued(db, gate, redis_client, settings):
+    """Redis loses a trial wallet while its outbox survives, part of it persisted: the rebuilt
+    wallet's trial tokens left = allowance − used (PostgreSQL) − what the queued turns took, so a
+    queued turn's tokens are not granted again (before this, 3 turns' 3,300 tokens were)."""
+    from worker.reconcile import reconcile
+
+    _app("acme", default_mode="trial", trial_token_allowance=10_000, trial_then="bill")
+    open_wallet(gate, wallet_id="t-2", enterprise_id="acme", owner_id="u2")
+    credit_wallet(gate, wallet_id="t-2", amount_nanos=10**10, idempotency_key="seed")
+    gate.record_turns([_turn(f"a{i}", "t-2") for i in range(4)])  # 4 × 1,100 tokens, persisted
+    assert _drain(redis_client, settings).inserted == 4
+    gate.record_turns([_turn(f"b{i}", "t-2") for i in range(3)])  # 3 × 1,100 tokens, still queued
+    before = redis_client.hgetall(gate.wallet_key("t-2"))
+    assert before["trial_left"] == str(10_000 - 7 * 1100)
+    redis_client.delete(gate.wallet_key("t-2"))
+    assert reconcile(gate, rebuild=True).wallets_drifted == 0
+    after = redis_client.hgetall(gate.wallet_key("t-2"))
+    assert (after["trial_left"], after["balance"], after["mode"]) == (before["trial_left"], str(10**10), "trial")
+    # and the next turns see the same allowance: 2,300 tokens left, then it bills
+    decisions = gate.record_turns([_turn(f"c{i}", "t-2") for i in range(4)])
+    assert [d.billed_nanos for d in decisions] == [0, 0, 0, _cost(gate)]
+    assert _drain(redis_client, settings).inserted == 7
+    assert _rows(db, "SELECT trial_tokens_used FROM wallet WHERE id = 't-2'") == [(10 * 1100,)]
