@@ -21,21 +21,58 @@ After a stop, ``billing.stop_reason`` says why (``wallet_exhausted`` or ``cost_t
 :meth:`GroupChatBilling.resume` continues the chat where it stopped (AG2's
 ``GroupChatManager.resume``).
 
+- speaker selection by LLM (``speaker_selection_method='auto'``): AG2 makes a new internal
+  ``speaker_selection_agent`` for every selection (``GroupChat._create_internal_agents``, on a copy
+  of the group chat that AG2 keeps in the manager's reply function).  That one private method is
+  wrapped, once per process, at class level: for a selection run by an attached manager it
+  instruments the agent as it is made, so its calls are turns of agent ``speaker_selection_agent``;
+  for any other manager it changes nothing.  If an AG2 release renames the method, attach() logs a
+  warning and those calls go unbilled (``tests/integration/clients`` pins the behaviour).
+
 Only the synchronous :class:`~worker.client.session.BillingSession` is supported (AG2 runs its LLM
-calls in threads also in its async API).  Speaker selection by LLM (``speaker_selection_method='auto'``)
-uses AG2's internal agents, whose calls are not billed: use the manager's own client being
-instrumented (``instrument(manager)``) or a non-LLM selection method.
+calls in threads also in its async API).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+import weakref
 from typing import Any
 
 from worker.client.session import BillingSession, CostThresholdExceeded, WalletExhausted
 
 log = logging.getLogger(__name__)
+
+
+#: attached managers → their billing (weakly held: a manager gone is forgotten)
+_SELECTORS: "weakref.WeakKeyDictionary[Any, GroupChatBilling]" = weakref.WeakKeyDictionary()
+_HOOKED = "_tollgate_hooked"
+
+
+def _hook_speaker_selection() -> bool:
+    """Wrap ``GroupChat._create_internal_agents`` once; False if this AG2 has no such method."""
+    from autogen import GroupChat
+
+    make = getattr(GroupChat, "_create_internal_agents", None)
+    if make is None:
+        return False
+    if getattr(make, _HOOKED, False):
+        return True
+
+    @functools.wraps(make)
+    def create_internal_agents(groupchat, *args: Any, **kwargs: Any):
+        checking_agent, speaker_selection_agent = make(groupchat, *args, **kwargs)
+        selector = kwargs.get("selector", args[4] if len(args) > 4 else None)
+        billing = _SELECTORS.get(selector) if selector is not None else None
+        if billing is not None:
+            billing.instrument(speaker_selection_agent)
+        return checking_agent, speaker_selection_agent
+
+    setattr(create_internal_agents, _HOOKED, True)
+    GroupChat._create_internal_agents = create_internal_agents
+    return True
 
 
 class GroupChatBilling:
@@ -58,7 +95,9 @@ class GroupChatBilling:
         self.stop_reason: str | None = None
         self.error: Exception | None = None
         self.recorded = 0
-        self._instrumented: set[int] = set()
+        #: agents already instrumented (weakly held: AG2 makes a new speaker-selection agent per
+        #: selection, and an id() of a dead one could be reused by the next)
+        self._instrumented: weakref.WeakSet = weakref.WeakSet()
 
     # wiring -----------------------------------------------------------------------------------
     def attach(self, manager) -> "GroupChatBilling":
@@ -67,6 +106,7 @@ class GroupChatBilling:
         for agent in manager.groupchat.agents:
             self.instrument(agent)
         self.instrument(manager)
+        self._instrument_speaker_selection(manager)
         original = manager._is_termination_msg  # AG2 keeps the is_termination_msg callable here
 
         def is_termination_msg(message: dict[str, Any]) -> bool:
@@ -79,9 +119,9 @@ class GroupChatBilling:
         """Record every LLM call of ``agent`` (a ``ConversableAgent``) as a turn of the session and
         refuse LLM calls while the session is stopped.  Agents without an LLM client are left alone."""
         client = getattr(agent, "client", None)
-        if client is None or id(agent) in self._instrumented:
+        if client is None or agent in self._instrumented:
             return
-        self._instrumented.add(id(agent))
+        self._instrumented.add(agent)
         create = client.create
         name = agent.name
 
@@ -96,6 +136,15 @@ class GroupChatBilling:
         from autogen import Agent
 
         agent.register_reply([Agent, None], self._guard, position=0)
+
+    def _instrument_speaker_selection(self, manager) -> None:
+        """Instrument the internal agent AG2 makes for each LLM speaker selection this manager runs
+        (see the module docstring); a no-op, with a warning, if this AG2 has no
+        ``GroupChat._create_internal_agents``."""
+        if not _hook_speaker_selection():
+            log.warning("this AG2 has no GroupChat._create_internal_agents: LLM speaker selection is not billed")
+            return
+        _SELECTORS[manager] = self
 
     # callbacks --------------------------------------------------------------------------------
     def _record(self, response: Any, agent: str, duration_ms: int) -> None:

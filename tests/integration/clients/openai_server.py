@@ -3,7 +3,8 @@
 
 Each answer's usage is deterministic: the n-th call (from 1) reports ``prompt_tokens = 40 × (number
 of messages) + n``, ``completion_tokens = 10 + 3n`` and, every other call, 32 cached prompt tokens.
-The calling agent is read from its system message (``AGENT=<name>``)."""
+The calling agent is read from its system message (``AGENT=<name>``); an AG2 speaker-selection call
+(its prompt lists every agent) is agent ``speaker_selection`` and answers the first agent listed."""
 
 from __future__ import annotations
 
@@ -50,17 +51,22 @@ class FakeOpenAI:
     def answer(self, body: dict) -> dict:
         messages = body["messages"]
         system = next((m.get("content") or "" for m in messages if m["role"] == "system"), "")
-        match = re.search(r"AGENT=(\w+)", system if isinstance(system, str) else json.dumps(system))
+        system = system if isinstance(system, str) else json.dumps(system)
+        match = re.search(r"AGENT=(\w+)", system)
+        # AG2's speaker selection prompt lists every agent: name it after the selection, and its answer
+        # (below) names the first agent listed, which AG2 then picks
+        agent = "speaker_selection" if "role play game" in system else (match.group(1) if match else "?")
         with self.lock:
             n = len(self.calls) + 1
-            call = {"agent": match.group(1) if match else "?", "id": f"chatcmpl-{n:04d}", "model": self.model,
+            call = {"agent": agent, "picks": match.group(1) if match else "?", "id": f"chatcmpl-{n:04d}", "model": self.model,
                     "prompt_tokens": 40 * len(messages) + n, "completion_tokens": 10 + 3 * n,
                     "cached_tokens": 32 if n % 2 == 0 else 0}
             self.calls.append(call)
         return {
             "id": call["id"], "object": "chat.completion", "created": 1764590400, "model": self.model,
             "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": f"{call['agent']} says step {n}"}}],
+                         "message": {"role": "assistant", "content": call["picks"] if agent == "speaker_selection"
+                                     else f"{call['agent']} says step {n}"}}],
             "usage": {"prompt_tokens": call["prompt_tokens"], "completion_tokens": call["completion_tokens"],
                       "total_tokens": call["prompt_tokens"] + call["completion_tokens"],
                       "prompt_tokens_details": {"cached_tokens": call["cached_tokens"]}},

@@ -153,3 +153,36 @@ def test_workflow_cost_threshold_warns_then_stops_the_chat(gate, db, app_id, ope
     with db.connect() as conn:
         assert conn.execute(text("SELECT reason FROM paused_chat WHERE chat_id = 'ag2-chat-2'")).scalar_one() == \
             "cost_threshold"
+
+
+def test_llm_speaker_selection_calls_are_billed_turns_too(gate, db, app_id, open_payer, drain):
+    """speaker_selection_method='auto': AG2 asks the LLM who speaks next through an internal agent
+    it makes per selection.  Every one of those calls is a turn too (agent 'speaker_selection_agent'),
+    so PostgreSQL's totals equal everything the server answered, not only the agents' replies."""
+    import autogen
+
+    wallet_id = open_payer("app_usage", app_id, "enduser-auto", 10**9)
+    session = BillingSession.start(InProcessTransport(gate), level="app_usage", payer_id="enduser-auto",
+                                   enterprise_id=app_id, workflow="build_app", chat_id="ag2-auto-1")
+    with FakeOpenAI() as server:
+        llm_config = {"config_list": [{"model": "gpt-4o-mini", "api_key": "sk-local-test",
+                                       "base_url": server.base_url}], "cache_seed": None}
+        agents = [autogen.ConversableAgent(name, system_message=f"AGENT={name}. Build the app together.",
+                                           llm_config=llm_config, human_input_mode="NEVER") for name in NAMES]
+        chat = autogen.GroupChat(agents=agents, messages=[], max_round=4, speaker_selection_method="auto")
+        manager = autogen.GroupChatManager(groupchat=chat, llm_config=llm_config, human_input_mode="NEVER")
+        billing = GroupChatBilling(session).attach(manager)
+        agents[0].initiate_chat(manager, message="Plan a todo app.", silent=True)
+        calls = list(server.calls)
+
+    selections = [c for c in calls if c["agent"] == "speaker_selection"]
+    assert len(selections) == 3 and len(calls) == 6  # rounds 2..4: a selection, then the chosen agent's reply
+    assert [c["agent"] for c in calls] == ["speaker_selection", "planner"] * 3
+    assert billing.recorded == 6 and billing.stop_reason is None
+    drain()
+    rows = persisted(db, "ag2-auto-1")
+    agent_of = {"speaker_selection": "speaker_selection_agent"}
+    assert [r[:7] for r in rows] == [
+        (f"ag2-auto-1:{c['id']}", agent_of.get(c["agent"], c["agent"]), "gpt-4o-mini-2024-07-18", c["prompt_tokens"],
+         c["completion_tokens"], c["cached_tokens"], cost(c)) for c in calls]
+    assert gate.balance(wallet_id) == 10**9 - sum(map(cost, calls))
