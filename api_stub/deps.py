@@ -330,6 +330,19 @@ def app_creator(enterprise_id: str) -> str | None:
     return creator
 
 
+def charge_known(who: Principal, wallet_id: str) -> bool:
+    """Can :func:`may_charge` answer from this process's memory (no database read)?  True when
+    the wallet's payer is remembered and, for a platform-level wallet of another key, the app's
+    creator too (still fresh)."""
+    known = _WALLET_PAYERS.get(wallet_id)
+    if known is None:
+        return False
+    if known[0] != PayerLevel.platform or who.wallet_id == wallet_id:
+        return True
+    hit = _CREATORS.get(who.enterprise_id)
+    return hit is not None and hit[0] > time.monotonic()
+
+
 def may_charge(who: Principal, wallet_id: str) -> bool:
     """May an owner key's turns charge ``wallet_id``?  An app's own wallets are checked by the gate
     (it refuses another app's); a platform-level wallet (the app creator's, with no owning app) only

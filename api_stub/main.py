@@ -30,7 +30,7 @@ from worker.wallet import GateBatchError, UnknownWallet, WrongEnterprise, outbox
 from api_stub.deps import Caller, Problem, get_gate, install_error_handlers, principal  # noqa: F401  (re-exported)
 from api_stub import metrics as _worker_metrics  # noqa: F401  (registers the worker-side collector)
 from api_stub import routes_analytics, routes_chats, routes_wallets
-from api_stub.deps import hold_wallet, may_charge, wallet_in_scope
+from api_stub.deps import charge_known, hold_wallet, may_charge, wallet_in_scope
 
 GATE_SECONDS = Histogram(
     "tollgate_gate_seconds", "Time to price and record turns through the gate, per request (seconds)",
@@ -73,9 +73,10 @@ def _may_record(who: Caller, turns: list[TurnIn]) -> None:
                           [{"field": field, "message": "held for another wallet"}])
 
 
-def _record(turns: list[TurnIn], who: Principal | None = None) -> list[Decision]:
+def _record(turns: list[TurnIn], who: Principal | None = None, *, pause: bool = True) -> list[Decision]:
     """Check the caller may record ``turns`` (when ``who`` is given), then price and record them
-    through the gate.  Blocking (Redis): the async endpoints run it in the thread pool."""
+    through the gate; with ``pause``, queue the pause of each denied turn's chat (:func:`_send_pause`).
+    Blocking (Redis; PostgreSQL on a cache miss; the broker): see the endpoints for where it runs."""
     if who is not None:
         _may_record(who, turns)
     started = time.perf_counter()
@@ -91,9 +92,14 @@ def _record(turns: list[TurnIn], who: Principal | None = None) -> list[Decision]
     GATE_SECONDS.observe(time.perf_counter() - started)
     for turn, d in zip(turns, decisions):
         _OUTCOMES["duplicate" if d.duplicate else "accepted" if d.accepted else "denied"].inc()
-        if not d.accepted and not d.duplicate:  # never reaches the outbox: record the pause in a task
+        if pause and _denied(d):
             _send_pause(turn)
     return decisions
+
+
+def _denied(d: Decision) -> bool:
+    """A turn the gate denied now: it never reaches the outbox, so its chat's pause is recorded by a task."""
+    return not d.accepted and not d.duplicate
 
 
 def _send_pause(turn: TurnIn) -> None:
@@ -158,10 +164,19 @@ def _json(model: BaseModel) -> Response:
 async def record_turn(turn: TurnIn, who: Caller) -> Response:
     """Record one turn (owner key of the turn's enterprise).  Idempotent by ``turn_id``.
 
-    The gate is called on the event loop: one turn is one loopback Redis round trip (~0.2 ms), which
-    costs less than the hop to the thread pool and back (``benchmarks/RESULTS.md``, HTTP).  A batch
-    (up to 1,000 turns priced in Python) runs in the thread pool."""
-    return _json(_record([turn], who)[0])
+    When the caller's right to charge the wallet is known in memory (:func:`deps.charge_known`), the
+    gate is called on the event loop: one turn is one loopback Redis round trip (~0.2 ms), which
+    costs less than the hop to the thread pool and back (``benchmarks/RESULTS.md``, HTTP).  What may
+    block longer runs in the thread pool, so a slow PostgreSQL or a broker that hangs never stalls
+    the loop's other requests: a first sight of the wallet (a database read), and queueing the pause
+    of a denied turn's chat (Celery).  A batch (up to 1,000 turns priced in Python) runs there whole."""
+    if who.role is ApiRole.owner and charge_known(who, turn.wallet_id):
+        decision = _record([turn], who, pause=False)[0]
+    else:
+        decision = (await run_in_threadpool(_record, [turn], who, pause=False))[0]
+    if _denied(decision):
+        await run_in_threadpool(_send_pause, turn)
+    return _json(decision)
 
 
 @app.post("/v1/turns/batch", response_model=DecisionList, responses={401: {}, 403: {}, 404: {}, 422: {}})

@@ -31,3 +31,56 @@ def test_a_denied_turn_queues_one_pause_of_its_chat(api, gate, db, monkeypatch):
         chat = conn.execute(text("SELECT status, connection_state FROM chat_session")).all()
     assert [tuple(r) for r in rows] == [("c-dry", "w2", "wallet_exhausted", 1, None)]
     assert [tuple(c) for c in chat] == [("paused", "paused")]
+
+
+def test_a_hanging_broker_or_a_first_wallet_lookup_never_stalls_other_requests(api, gate, monkeypatch):
+    """The turn endpoint runs on the event loop only what answers from memory and one Redis round
+    trip: queueing a denied turn's pause (the broker may hang) and a wallet's first lookup
+    (PostgreSQL) run in the thread pool, so the loop keeps answering other requests meanwhile."""
+    import asyncio
+    import threading
+    import time as _time
+
+    import httpx
+
+    from api_stub import deps, main
+    from worker.celery_app import app as celery
+
+    release = threading.Event()
+    sent = []
+
+    def hanging_send_task(name, kwargs, **options):  # a broker that does not answer for a while
+        release.wait(10)
+        sent.append(name)
+
+    monkeypatch.setattr(celery, "send_task", hanging_send_task)
+    slow_lookups = []
+    real_owner = deps.platform_owner
+
+    def slow_platform_owner(wallet_id):  # a database that takes its time
+        slow_lookups.append(wallet_id)
+        _time.sleep(1.0)
+        return real_owner(wallet_id)
+
+    monkeypatch.setattr(deps, "platform_owner", slow_platform_owner)
+    deps._WALLET_PAYERS.pop("w2", None)
+    auth = _auth(api.keys["owner"])
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=main.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://tollgate.test") as client:
+            threading.Timer(2.5, release.set).start()  # the broker answers after 2.5 s
+            started = _time.perf_counter()
+            denied = asyncio.create_task(client.post("/v1/turns", json={**TURN, "wallet_id": "w2", "chat_id": "c-hang",
+                                                                         "turn_id": "hang-1"}, headers=auth))
+            await asyncio.sleep(0.2)  # the turn is now in its lookup (1 s), then in its pause (till 2.5 s)
+            health = await client.get("/healthz")
+            answered = _time.perf_counter() - started
+            response = await denied
+            return response, health, answered, _time.perf_counter() - started
+
+    response, health, answered, finished = asyncio.run(scenario())
+    # /healthz was answered 0.2 s in, while the turn was still blocked (it ends after 2.5 s)
+    assert health.status_code == 200 and answered < 0.8 and finished >= 2.5
+    assert (response.status_code, response.json()["accepted"], response.json()["action"]) == (200, False, "pause")
+    assert slow_lookups == ["w2"] and sent == ["tollgate.billing.pause_chat"]
