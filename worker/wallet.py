@@ -199,6 +199,11 @@ def _own_args(turn: TurnIn, price: TurnPrice, reservation_id: str | None, requir
             turn.enterprise_id, turn.prompt_tokens + turn.completion_tokens)
 
 
+#: replies of a node that did not run a command (redis-py parses the error code away: a MOVED
+#: reply is a MovedError whose text is "<slot> <host>:<port>"); MovedError is an AskError
+_NOT_RUN_ON_CLUSTER = (redis.exceptions.AskError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+
+
 def _decide_group(batch: list[int], reply, decide: Callable[[int, object], None]) -> None:
     """One ``record_turns.lua`` reply (a list, or an exception for the whole call) to ``decide(i,
     turn reply)`` for each turn index ``i`` of its group, in order."""
@@ -716,9 +721,10 @@ class WalletGate:
         replies: list = [None] * len(calls)
         for client, indexes in groups.values():
             for i, reply in zip(indexes, _pipeline_evalsha(client, [calls[i] for i in indexes])):
-                if isinstance(reply, redis.exceptions.ResponseError) and str(reply).startswith(("MOVED", "ASK")):
-                    # the slot moved (resharding): the script did not run; send it alone through the
-                    # cluster client, which follows the redirection and refreshes its slot map
+                if isinstance(reply, _NOT_RUN_ON_CLUSTER):
+                    # the slot moved or is moving (resharding), or the cluster is down for a moment:
+                    # the script did not run; send it alone through the cluster client, which follows
+                    # the redirection, refreshes its slot map and retries TRYAGAIN / CLUSTERDOWN
                     script, keys, args = calls[i]
                     try:
                         reply = script(keys=keys, args=args)

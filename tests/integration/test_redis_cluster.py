@@ -169,3 +169,67 @@ def test_the_gate_and_outbox_on_a_redis_cluster_equal_a_single_node(db, redis_cl
     nodes = {cluster.get_node_from_key(outbox_key(s)).port for s in range(SHARDS)}
     cluster.close()
     assert len(nodes) == 3
+
+
+def _migrate_slot(cluster_url: str, slot: int) -> tuple[int, int]:
+    """Move ``slot`` with its keys to another master, as ``redis-cli --cluster reshard`` does
+    (IMPORTING / MIGRATING, MIGRATE the keys, SETSLOT NODE on every master).  Returns the ports
+    (from, to)."""
+    port0 = int(cluster_url.rsplit(":", 1)[1].split("/")[0])
+    nodes = {}
+    for line in redis.Redis(host="127.0.0.1", port=port0, decode_responses=True).execute_command(
+            "CLUSTER", "NODES").splitlines():
+        node_id, addr, flags, *_rest, = line.split()[:3]
+        slots = line.split()[8:]
+        port = int(addr.split("@")[0].rsplit(":", 1)[1])
+        owns = any(int(r.split("-")[0]) <= slot <= int(r.split("-")[-1]) for r in slots if not r.startswith("["))
+        nodes[port] = (node_id, owns)
+    src = next(p for p, (_i, owns) in nodes.items() if owns)
+    dst = next(p for p in nodes if p != src)
+    source = redis.Redis(host="127.0.0.1", port=src, decode_responses=True)
+    target = redis.Redis(host="127.0.0.1", port=dst, decode_responses=True)
+    target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", nodes[src][0])
+    source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", nodes[dst][0])
+    while keys := source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        source.execute_command("MIGRATE", "127.0.0.1", dst, "", 0, 5000, "KEYS", *keys)
+    for port in nodes:
+        redis.Redis(host="127.0.0.1", port=port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", nodes[dst][0])
+    return src, dst
+
+
+def test_a_batch_sent_to_a_node_that_lost_its_slot_is_redirected_not_failed(db, cluster_url):
+    """Resharding under a running gate: its slot map is stale, so the pipelined EVALSHA of one shard
+    goes to the node that gave the slot away and is answered MOVED without running.  The gate sends
+    those calls again through the cluster client (which follows MOVED): every turn is decided once,
+    the balances are exact, nothing is reported failed."""
+    from tests.conftest import TABLES
+
+    with db.begin() as conn:
+        conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    cluster = redis.RedisCluster.from_url(cluster_url)
+    cluster.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    gate = WalletGate(settings=_settings(cluster_url, True), kicker=lambda shard: None)
+    for w in WALLETS:
+        open_wallet(gate, wallet_id=w, enterprise_id="acme", owner_id=w)
+        credit_wallet(gate, wallet_id=w, amount_nanos=10**12, idempotency_key=f"s-{w}")
+    turns = _turns()[:600]
+    first = gate.record_turns(turns[:300])  # the gate's client has its slot map now
+    moved_wallet = WALLETS[0]
+    slot = cluster.keyslot(gate.wallet_key(moved_wallet))
+    check_wallets, moved = gate._check_wallets, []
+
+    def check_then_reshard(batch):  # the slot moves after the batch's checks, before its scripts
+        check_wallets(batch)
+        moved.append(_migrate_slot(cluster_url, slot))
+
+    gate._check_wallets = check_then_reshard
+    second = gate.record_turns(turns[300:])
+    (src, dst), = moved
+    assert gate.redis.get_node_from_key(gate.wallet_key(moved_wallet)).port == dst  # refreshed by the redirect
+    decisions = first + second
+    assert all(d.accepted and not d.duplicate for d in decisions)
+    billed = {w: sum(d.billed_nanos for t, d in zip(turns, decisions) if t.wallet_id == w) for w in WALLETS}
+    assert {w: gate.balance(w) for w in WALLETS} == {w: 10**12 - billed[w] for w in WALLETS}
+    assert sum(cluster.xlen(outbox_key(s)) for s in range(SHARDS)) == 600
+    assert all(d.duplicate for d in gate.record_turns(turns[290:310]))  # retries on both sides of the move
+    cluster.close()
