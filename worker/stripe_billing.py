@@ -27,9 +27,10 @@ Events handled (:data:`HANDLERS`; any other type is stored with outcome ``ignore
 - ``invoice.payment_failed``: ``subscription_status = 'past_due'``, ``blocked_reason =
   'payment_failed'`` (replacing no reason or ``budget_exceeded``, which the budget job sets again
   once lifted; any other reason is kept), then the gate refuses the wallet's turns.
-- ``customer.subscription.deleted``: ``subscription_status = 'canceled'``,
-  ``monthly_allowance_nanos = 0``, and a ``payment_failed`` block is lifted (nothing was credited
-  for the unpaid invoices, and no subscription is left to pay).
+- ``customer.subscription.deleted``: ``subscription_status = 'canceled'``, and a
+  ``payment_failed`` block is lifted (nothing was credited for the unpaid invoices, and no
+  subscription is left to pay).  ``monthly_allowance_nanos`` is left alone: a subscription never
+  sets it (below), so it is a grant the operator set by hand, which a cancellation does not end.
 
 Subscriptions are credited by their paid invoices, once per billing cycle: a subscription does
 *not* set ``wallet.monthly_allowance_nanos``, or the monthly reset (:mod:`worker.allowances`) would
@@ -624,7 +625,6 @@ def _on_subscription_deleted(gate: WalletGate, obj: Mapping[str, Any], event_id:
     def cancel(w: Wallet) -> None:
         w.stripe_subscription_id = subscription_id
         w.subscription_status = "canceled"
-        w.monthly_allowance_nanos = 0
         if w.blocked_reason == PAYMENT_FAILED:
             w.blocked_reason = None
 

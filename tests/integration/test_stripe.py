@@ -321,7 +321,8 @@ def test_subscription_lifecycle_credits_each_paid_invoice_once_and_blocks_on_fai
     assert _turn(gate, 3).accepted
     assert [d["idempotency_key"] for *_x, d in _audits(db)] == ["stripe:in_1", "stripe:in_2"]
 
-    # canceled: no more allowance, status recorded; an event of an older subscription is ignored
+    # canceled: status recorded, the grant the operator set by hand kept (a subscription never sets
+    # it); an event of an older subscription is ignored
     with db.begin() as conn:
         conn.execute(text("UPDATE wallet SET monthly_allowance_nanos = 5000000000 WHERE id = 'w1'"))
     _post(api, event_json("evt_old_fail", "invoice.payment_failed", _invoice("in_0", sub="sub_0")))
@@ -331,7 +332,8 @@ def test_subscription_lifecycle_credits_each_paid_invoice_once_and_blocks_on_fai
                            "metadata": {"wallet_id": "w1", "package_id": "plan-20"}}))
     assert _process("evt_del")["outcome"] == "canceled"
     row = _wallet_row(db)
-    assert (row["subscription_status"], row["monthly_allowance_nanos"], row["blocked_reason"]) == ("canceled", 0, None)
+    assert (row["subscription_status"], row["monthly_allowance_nanos"], row["blocked_reason"]) == (
+        "canceled", 5_000_000_000, None)
     assert gate.balance("w1") == 41 * USD - 5_000_000
 
 
