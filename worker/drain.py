@@ -255,8 +255,12 @@ class OutboxDrain:
         while time.monotonic() < deadline:
             entries, reclaimed = self.read_batch(shard)
             if not entries:
-                # empty: let the next accepted turn kick a new drain at once
+                # empty: let the next accepted turn kick a new drain at once; entries left in the
+                # stream were acknowledged by a drain stopped before its trim (Redis gone between
+                # XACK and XTRIM): trim them now rather than when the next turn is drained
                 self.redis.delete(kick_key(shard))
+                if self.redis.xlen(outbox_key(shard)):
+                    self.trim(shard)
                 break
             try:
                 self._persist(shard, entries, stats)

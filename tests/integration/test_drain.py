@@ -131,6 +131,32 @@ def test_redelivery_after_commit_before_ack_is_dropped_by_the_unique_turn_id(db,
     assert redis_client.xlen(outbox_key(shard)) == 0
 
 
+def test_entries_acknowledged_by_a_drain_stopped_before_its_trim_are_trimmed_by_the_next(
+    db, redis_client, gate, settings, monkeypatch
+):
+    """Redis goes away between a drain's XACK and its XTRIM (seen in the fault suite): the entries
+    are persisted and acknowledged but stay in the stream.  The next drain, finding nothing to
+    read, trims them, and persists nothing twice."""
+    import redis as redis_lib
+
+    turns, billed = _fill(gate, 500)
+    shard = gate.shard("w1")
+    stopped = OutboxDrain(redis_client, settings=settings, consumer="stopped")
+
+    def redis_gone(shard):
+        raise redis_lib.ConnectionError("Connection reset by peer")
+
+    monkeypatch.setattr(stopped, "trim", redis_gone)
+    with pytest.raises(redis_lib.ConnectionError):
+        stopped.drain([shard])
+    assert redis_client.xlen(outbox_key(shard)) == 500  # persisted and acknowledged, still there
+    assert redis_client.xpending(outbox_key(shard), GROUP)["pending"] == 0
+    stats = OutboxDrain(redis_client, settings=settings, consumer="next").drain([shard])
+    assert (stats.read, stats.inserted) == (0, 0)
+    assert redis_client.xlen(outbox_key(shard)) == 0
+    _assert_exactly_once(db, gate, turns, billed)
+
+
 def test_same_entries_delivered_twice_in_one_batch_and_out_of_order_persist_once(db, redis_client, gate):
     from worker.db import session_scope
     from worker.drain import parse_entry
