@@ -797,3 +797,41 @@ def test_a_batch_deciding_one_wallet_many_times_equals_one_by_one(client, wg):
 
 
 COST_TRIAL = 1000 * 2_500 + 100 * 10_000  # a turn with no cached tokens, once the trial bills
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_deciding_before_writing_equals_deciding_with_the_writes(client, wg, batched):
+    """record_one() has two paths: without a hold to settle and with figures below 10^15 it decides
+    first and writes after one SET NX GET; else (here: a reservation_id naming no hold, which
+    changes nothing else) it writes as it decides.  The same turns through either path leave the
+    same answers and the same state, field by field."""
+    def scenario(gate):
+        gate.load_wallet("lim", mode="production", limited=True, balance_nanos=3 * COST_DEFAULT + 5)
+        gate.load_wallet("unl", mode="production", limited=False, balance_nanos=0)
+        gate.load_wallet("dev", mode="development", limited=True, balance_nanos=1)
+        gate.load_wallet("tri", mode="trial", limited=True, balance_nanos=COST_TRIAL, trial_left=2_000,
+                         trial_then="bill")
+        turns = [turn(f"l{i}", "lim") for i in range(6)] + [turn(f"u{i}", "unl") for i in range(3)]
+        turns += [turn("d0", "dev"), turn("l1", "lim")]
+        turns += [turn(f"t{i}", "tri", cached_prompt_tokens=0) for i in range(5)] + [turn("t0", "tri")]
+        return turns
+
+    def run(general: bool):
+        client.flushdb()
+        gate = WalletGate(client, settings=make_settings(), kicker=lambda s: None)
+        turns = [t.model_copy(update={"reservation_id": f"no-hold-{t.turn_id}"}) if general else t
+                 for t in scenario(gate)]
+        decisions = gate.record_turns(turns) if batched else [gate.record_turn(t) for t in turns]
+        return decisions, _full_state(client, gate)
+
+    fast, general = run(False), run(True)
+    assert fast == general
+    decisions, _ = fast
+    assert [(d.accepted, d.action, d.billed_nanos, d.duplicate) for d in decisions[:6]] == [
+        (True, "continue", COST_DEFAULT, False), (True, "continue", COST_DEFAULT, False),
+        (True, "continue", COST_DEFAULT, False), (True, "pause", COST_DEFAULT, False),
+        (False, "pause", 0, False), (False, "pause", 0, False)]
+    assert decisions[10].duplicate and decisions[10].billed_nanos == COST_DEFAULT
+    assert [(d.billed_nanos, d.action) for d in decisions[11:16]] == [
+        (0, "continue"), (0, "continue"), (COST_TRIAL, "pause"), (0, "pause"), (0, "pause")]
+    assert decisions[16].duplicate

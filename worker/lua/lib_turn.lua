@@ -64,47 +64,19 @@ local function release_hold(K1, K5, K6, A5)
   return amount
 end
 
-local function record_one(K1, K2, K3, K4, K5, K6, A1, A2, A3, A4, A5, A6, A7, A8)
-  -- this turn's keys and arguments, as parameters (no table per turn)
+local MODES = {production = true, development = true, trial = true, track_only = true}
 
-  -- every field the decision may need, in one call per wallet and run (held may change below, when
-  -- a hold is released; the cache is kept equal to the hash)
-  local w = wallet_fields(K1)
-  local mode = w[1]
-  if not mode then
-    return redis.error_reply('TOLLGATE_UNKNOWN_WALLET')
-  end
-  if w[5] and w[5] ~= A7 then  -- an app may only charge its own wallets (checked before any answer)
-    return redis.error_reply('TOLLGATE_WRONG_ENTERPRISE')
-  end
-
-  local seen = redis.call('GET', K2)
-  if seen then
-    if release_hold(K1, K5, K6, A5) then  -- a retry's new hold for a turn already settled is given back
-      w[6] = redis.call('HGET', K1, 'held') or false
-    end
-    local status, balance, action, billed, cost = string.match(seen, '^(%a+)|(-?%d*)|(%a+)|(%d+)|(%d+)$')
-    return {status, balance, action, billed, 1, 0, cost}
-  end
-
-  if mode ~= 'production' and mode ~= 'development' and mode ~= 'trial' and mode ~= 'track_only' then
-    return redis.error_reply('TOLLGATE_BAD_MODE')
-  end
-  local limited = w[2] == '1'
-  local balance = w[3]
-  local covered = release_hold(K1, K5, K6, A5)
-  local held = w[6] or '0'
-  if covered then  -- the hold was just given back: read the total again
-    held = redis.call('HGET', K1, 'held') or '0'
-    w[6] = held
-  end
-  local status = 'accepted'
-  local action = 'continue'
-  local billed = '0'
-  local kick = 0
-  local trial_tokens = '0'
-  local billable = '0'
-
+-- decide(w, A1, A6, A8, covered, held, K1): the turn's answer from the wallet's fields w (mode
+-- valid), its cost A1, require_hold A6 and tokens A8, whether its hold was just given back (covered)
+-- and the wallet's held total.  With the wallet key K1 the debit and the trial tokens are applied
+-- (HINCRBY, the cache w kept equal); with K1 false they are only computed, in Lua numbers (the
+-- caller made sure every figure is below 10^15) and nothing is written.
+-- Returns status, action, billed, billable, trial_tokens, balance ('' for an unlimited wallet),
+-- and the balance and trial tokens left after the turn (integer strings; false where unchanged).
+local function decide(w, A1, A6, A8, covered, held, K1)
+  local mode, limited, balance = w[1], w[2] == '1', w[3]
+  local status, action, billed, billable, trial_tokens = 'accepted', 'continue', '0', '0', '0'
+  local bal_after, left_after = false, false
   -- the rule this turn is decided by: 'debit' (production, or trial past its allowance when it bills),
   -- 'free' (development, track_only), 'trial' (inside the trial allowance) or 'trial_over' (paused)
   local rule = 'free'
@@ -130,13 +102,18 @@ local function record_one(K1, K2, K3, K4, K5, K6, A1, A2, A3, A4, A5, A6, A7, A8
       billed = A1
       billable = '1'
       if billed ~= '0' then
-        local after = redis.call('HINCRBY', K1, 'balance', '-' .. billed)
-        if after > -9007199254740992 and after < 9007199254740992 then
-          balance = string.format('%d', after)  -- exact below 2^53
+        if not K1 then
+          bal_after = string.format('%d', tonumber(balance or '0') - tonumber(billed))  -- no field: HINCRBY's 0
         else
-          balance = redis.call('HGET', K1, 'balance')  -- HINCRBY's reply became a Lua double: read the string
+          local after = redis.call('HINCRBY', K1, 'balance', '-' .. billed)
+          if after > -9007199254740992 and after < 9007199254740992 then
+            bal_after = string.format('%d', after)  -- exact below 2^53
+          else
+            bal_after = redis.call('HGET', K1, 'balance')  -- HINCRBY's reply became a Lua double: read the string
+          end
+          w[3] = bal_after
         end
-        w[3] = balance
+        balance = bal_after
       end
       if limited and int_cmp(balance, held) <= 0 then
         action = 'pause'
@@ -149,18 +126,89 @@ local function record_one(K1, K2, K3, K4, K5, K6, A1, A2, A3, A4, A5, A6, A7, A8
     trial_tokens = A8
     local left = w[9] or '0'
     if A8 ~= '0' then  -- HINCRBY refuses '-0'
-      left = string.format('%d', redis.call('HINCRBY', K1, 'trial_left', '-' .. A8))
-      w[9] = left
+      if not K1 then
+        left_after = string.format('%d', tonumber(left) - tonumber(A8))
+      else
+        left_after = string.format('%d', redis.call('HINCRBY', K1, 'trial_left', '-' .. A8))
+        w[9] = left_after
+      end
+      left = left_after
     end
     if int_cmp(left, '0') <= 0 and (trial_then == 'pause' or (limited and int_cmp(balance, held) <= 0)) then
       action = 'pause'
     end
   end
-
   if not limited then
     balance = ''
   end
+  return status, action, billed, billable, trial_tokens, balance, bal_after, left_after
+end
 
+-- below 10^15 in magnitude (at most 15 characters) a difference of two integer strings is exact in Lua
+local function small(a)
+  return #a < 16
+end
+
+local function record_one(K1, K2, K3, K4, K5, K6, A1, A2, A3, A4, A5, A6, A7, A8)
+  -- this turn's keys and arguments, as parameters (no table per turn)
+
+  -- every field the decision may need, in one call per wallet and run (held may change below, when
+  -- a hold is released; the cache is kept equal to the hash)
+  local w = wallet_fields(K1)
+  local mode = w[1]
+  if not mode then
+    return redis.error_reply('TOLLGATE_UNKNOWN_WALLET')
+  end
+  if w[5] and w[5] ~= A7 then  -- an app may only charge its own wallets (checked before any answer)
+    return redis.error_reply('TOLLGATE_WRONG_ENTERPRISE')
+  end
+
+  local status, action, billed, billable, trial_tokens, balance, bal_after, left_after
+  if A5 == '' and MODES[mode] and small(w[3] or '') and small(w[9] or '0') and small(A1) and small(A8) then
+    -- fast path (no hold to settle, figures exact in Lua): decide first without writing, then one
+    -- SET NX GET both records the answer and says whether the turn_id was seen; only a new turn's
+    -- writes follow (the same figures decide() computed)
+    status, action, billed, billable, trial_tokens, balance, bal_after, left_after =
+      decide(w, A1, A6, A8, false, w[6] or '0', false)
+    local seen = redis.call('SET', K2, status .. '|' .. balance .. '|' .. action .. '|' .. billed .. '|' .. A1,
+                            'NX', 'GET', 'EX', A3)
+    if seen then
+      local s, b, a, bl, c = string.match(seen, '^(%a+)|(-?%d*)|(%a+)|(%d+)|(%d+)$')
+      return {s, b, a, bl, 1, 0, c}
+    end
+    if bal_after then
+      redis.call('HINCRBY', K1, 'balance', '-' .. billed)
+      w[3] = bal_after
+    end
+    if left_after then
+      redis.call('HINCRBY', K1, 'trial_left', '-' .. trial_tokens)
+      w[9] = left_after
+    end
+  else
+    -- the general path (a turn settling a hold, or figures past 10^15): the first answer if the
+    -- turn_id was seen, else give the hold back, decide with the writes' own results, then record
+    local seen = redis.call('GET', K2)
+    if seen then
+      if release_hold(K1, K5, K6, A5) then  -- a retry's new hold for a turn already settled is given back
+        w[6] = redis.call('HGET', K1, 'held') or false
+      end
+      local s, b, a, bl, c = string.match(seen, '^(%a+)|(-?%d*)|(%a+)|(%d+)|(%d+)$')
+      return {s, b, a, bl, 1, 0, c}
+    end
+    if not MODES[mode] then
+      return redis.error_reply('TOLLGATE_BAD_MODE')
+    end
+    local covered = release_hold(K1, K5, K6, A5)
+    local held = w[6] or '0'
+    if covered then  -- the hold was just given back: read the total again
+      held = redis.call('HGET', K1, 'held') or '0'
+      w[6] = held
+    end
+    status, action, billed, billable, trial_tokens, balance = decide(w, A1, A6, A8, covered, held, K1)
+    redis.call('SET', K2, status .. '|' .. balance .. '|' .. action .. '|' .. billed .. '|' .. A1, 'EX', A3)
+  end
+
+  local kick = 0
   if status == 'accepted' then
     redis.call('XADD', K3, '*', 't', A2, 'b', billed, 'a', action, 'm', mode, 'bal', balance,
                'lv', w[7] or 'app_usage', 'sb', w[8] or '0', 'tt', trial_tokens, 'bl', billable)
@@ -172,7 +220,5 @@ local function record_one(K1, K2, K3, K4, K5, K6, A1, A2, A3, A4, A5, A6, A7, A8
   else
     denied[K1] = (denied[K1] or 0) + 1
   end
-
-  redis.call('SET', K2, status .. '|' .. balance .. '|' .. action .. '|' .. billed .. '|' .. A1, 'EX', A3)
   return {status, balance, action, billed, 0, kick, A1}
 end
