@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 from genai_prices import Usage
 from genai_prices.data_snapshot import get_snapshot
@@ -103,9 +103,10 @@ def _rate_at(rate: Rate, prompt_tokens: int) -> int:
     return rate.at(prompt_tokens) if isinstance(rate, Tiered) else rate
 
 
-@dataclass(frozen=True, slots=True)
-class TurnPrice:
+class TurnPrice(NamedTuple):
     """What one turn costs and the unit prices it was charged at (kept with the usage event).
+    Immutable; a named tuple rather than a frozen dataclass because the gate makes one per turn
+    (0.3 µs against 1 µs, at tens of thousands of turns a second).
 
     Attributes:
         cost_nanos: cost of the turn, nano-USD.

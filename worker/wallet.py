@@ -204,6 +204,16 @@ def _own_args(turn: TurnIn, price: TurnPrice, reservation_id: str | None, requir
 _NOT_RUN_ON_CLUSTER = (redis.exceptions.AskError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
 
 
+def _ramp(group: list[int]) -> list[list[int]]:
+    """``group`` cut, in order, into pieces of 8, 16, 32, … (the last piece takes the rest)."""
+    pieces, start, size = [], 0, 8
+    while start < len(group):
+        end = start + size if start + 2 * size <= len(group) else len(group)
+        pieces.append(group[start:end])
+        start, size = end, size * 2
+    return pieces
+
+
 def _decide_group(batch: list[int], reply, decide: Callable[[int, object], None]) -> None:
     """One ``record_turns.lua`` reply (a list, or an exception for the whole call) to ``decide(i,
     turn reply)`` for each turn index ``i`` of its group, in order."""
@@ -671,13 +681,18 @@ class WalletGate:
         return self._evalsha_pipelined(calls)
 
     def _shard_batches(self, turns: Sequence[TurnIn]) -> list[list[int]]:
-        """Indexes of ``turns`` grouped by shard, in order within each, :data:`TURNS_PER_CALL` per group."""
+        """Indexes of ``turns`` grouped by shard, in order within each, :data:`TURNS_PER_CALL` per group,
+        in the order the groups are sent.  The first group and the last are cut into smaller ones
+        (8, 16, 32, … and … 32, 16, 8): Redis starts on the first few turns while the rest of the
+        group is still being built, and waits less on the last (see :meth:`_record_streamed`)."""
         by_shard: dict[int, list[int]] = {}
         for i, turn in enumerate(turns):
             by_shard.setdefault(self.shard(turn.wallet_id), []).append(i)
         batches: list[list[int]] = []
         for indexes in by_shard.values():
             batches += [indexes[j:j + TURNS_PER_CALL] for j in range(0, len(indexes), TURNS_PER_CALL)]
+        if len(batches) > 1:
+            batches = _ramp(batches[0]) + batches[1:-1] + [part[::-1] for part in _ramp(batches[-1][::-1])][::-1]
         return batches
 
     def _record_streamed(self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet],
