@@ -14,7 +14,6 @@ figures agree with the ``/billing`` page to the nano.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from typing import Any, Iterable, Iterator
@@ -22,6 +21,7 @@ from typing import Any, Iterable, Iterator
 from fpdf import FPDF
 from fpdf.fonts import FontFace
 
+from api_stub.csv_cells import csv_writer, safe_row
 from worker.billing_report import (
     EVENT_COLUMNS,
     LINE_COLUMNS,
@@ -36,11 +36,12 @@ from worker.billing_report import (
 
 def csv_rows(report: BillingReport, events: Iterable[dict[str, Any]] | None) -> Iterator[str]:
     """CSV text, a chunk per row: the header, then ``events`` (views with detail) or the report's
-    aggregate lines (``events`` None).  Booleans are ``true``/``false``; money integer nanos."""
+    aggregate lines (``events`` None).  Booleans are ``true``/``false``; money integer nanos; text
+    that a spreadsheet would evaluate is escaped (:func:`api_stub.csv_cells.safe_cell`)."""
     columns = EVENT_COLUMNS if events is not None else LINE_COLUMNS
     records = events if events is not None else (line_record(x) for x in report.lines)
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = csv_writer(buf)
 
     def emit(values: list[Any]) -> str:
         writer.writerow(values)
@@ -51,7 +52,7 @@ def csv_rows(report: BillingReport, events: Iterable[dict[str, Any]] | None) -> 
 
     yield emit(list(columns))
     for rec in records:
-        yield emit(["true" if v is True else "false" if v is False else v for v in (rec[c] for c in columns)])
+        yield emit(safe_row("true" if v is True else "false" if v is False else v for v in (rec[c] for c in columns)))
 
 
 def json_chunks(report: BillingReport, events: Iterable[dict[str, Any]] | None) -> Iterator[str]:

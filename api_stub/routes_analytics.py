@@ -8,7 +8,6 @@ own wallet's usage.
 
 from __future__ import annotations
 
-import csv
 import io
 from datetime import date
 from typing import Annotated, Literal
@@ -17,6 +16,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 
+from api_stub.csv_cells import csv_writer, safe_row
 from api_stub.deps import Caller, Problem, enterprise_in_scope, field_problem, forbid_unless
 from api_stub.schemas import (
     AnalyticsPage,
@@ -39,15 +39,6 @@ Period = Annotated[str, Query(pattern=r"^\d{4}-\d{2}$", description="UTC month, 
 EnterpriseQuery = Annotated[str | None, Query(min_length=1, max_length=200,
                                               description="the app (owner keys: their own, may be omitted)")]
 USAGE_FIELDS = tuple(UsageRow.model_fields)
-
-
-def _cell(value):
-    """A CSV cell: ISO times; text that a spreadsheet would run as a formula gets a leading ``'``."""
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
-        return "'" + value
-    return value
 
 
 def _period(period: str) -> tuple:
@@ -152,10 +143,10 @@ def usage_export(
         data = [UsageRow(**row._mapping) for row in page]
         return UsagePage(period=period, data=data, count=len(data), next_cursor=next_cursor)
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv_writer(buffer)
     writer.writerow(USAGE_FIELDS)
     for row in page:
-        writer.writerow([_cell(v) for v in row])
+        writer.writerow(safe_row(row))
     headers = {"Content-Disposition": f'attachment; filename="usage-{period}.csv"'}
     if next_cursor is not None:
         headers["X-Next-Cursor"] = str(next_cursor)
