@@ -30,6 +30,7 @@ from worker.wallet import GateBatchError, UnknownWallet, WrongEnterprise, outbox
 from api_stub.deps import Caller, Problem, get_gate, install_error_handlers, principal  # noqa: F401  (re-exported)
 from api_stub import metrics as _worker_metrics  # noqa: F401  (registers the worker-side collector)
 from api_stub import routes_analytics, routes_chats, routes_wallets
+from api_stub.body_limit import BodySizeLimit
 from api_stub.deps import charge_known, hold_wallet, may_charge, wallet_in_scope
 
 GATE_SECONDS = Histogram(
@@ -51,6 +52,7 @@ app = FastAPI(title="tollgate", version="0.1.0",
 
 
 install_error_handlers(app)
+app.add_middleware(BodySizeLimit)  # settings.max_body_bytes, counted as the body streams in (413)
 app.include_router(routes_wallets.router)
 app.include_router(routes_chats.router)
 app.include_router(routes_analytics.router)
