@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.tables import BillingMode
@@ -89,6 +89,17 @@ class Settings(BaseSettings):
     rate_limit: str = "600/minute"
     rate_limit_strategy: Literal["moving-window", "fixed-window"] = "moving-window"
     api_key_cache_ttl_s: float = Field(default=5.0, ge=0, le=300)
+    #: largest request body the HTTP API reads, bytes (counted as it streams in, chunked or not);
+    #: over it: 413 problem+json naming the limit
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1 << 30)
+    #: seconds a /billing sign-in lasts (server-side session in Redis; the cookie holds its id only)
+    billing_session_ttl_s: int = Field(default=8 * 3600, ge=60, le=30 * 86_400)
+    #: sign-in attempts (POST /billing/login) one client IP may make, ``limits`` notation
+    billing_login_rate_limit: str = "10/minute"
+    #: the site's own origin as browsers see it (``https://billing.example.com``) when a proxy
+    #: changes scheme or host; default: the request's own scheme and Host.  Sign-in and sign-out
+    #: are refused from any other Origin.
+    web_origin: str | None = None
 
     @field_validator("usage_retention_months")
     @classmethod
@@ -98,15 +109,15 @@ class Settings(BaseSettings):
             raise ValueError(f"usage_retention_months: {v} is too short; 0 (keep all) or at least 3")
         return v
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "billing_login_rate_limit")
     @classmethod
-    def _parses_as_rate_limit(cls, v: str) -> str:
+    def _parses_as_rate_limit(cls, v: str, info: ValidationInfo) -> str:
         from limits import parse_many
 
         try:
             parse_many(v)
         except ValueError as exc:
-            raise ValueError(f"rate_limit: {v!r} is not a rate limit such as '600/minute' ({exc})") from None
+            raise ValueError(f"{info.field_name}: {v!r} is not a rate limit such as '600/minute' ({exc})") from None
         return v
 
     @model_validator(mode="after")
