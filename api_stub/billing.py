@@ -3,14 +3,23 @@
 Routes (all under ``/billing``):
 
 - ``GET /billing?period=YYYY-MM&enterprise_id=…``: the page; ``period`` defaults to the current UTC
-  month, ``enterprise_id`` to the key's app (admins must name one).  ``?key=tg_…`` signs a browser
-  in: it sets the HttpOnly cookie and redirects to the same page without the key.
-- ``GET|POST /billing/login``, ``POST /billing/logout``: a form that sets / clears the cookie.
+  month, ``enterprise_id`` to the key's app (admins must name one).  A key in the URL (``?key=``)
+  never signs in (it would land in access logs and browser history): 400 naming ``key``.
+- ``GET|POST /billing/login``, ``POST /billing/logout``: sign in with an API key pasted in a form,
+  sign out.  Both POSTs must come from this site: ``Origin`` (or, without it, ``Referer``) equal to
+  the server's own origin (``settings.web_origin`` or the request's scheme and Host) and a CSRF
+  token (sign-in: double-submit, the form's ``csrf_token`` equal to the ``tollgate_csrf`` cookie;
+  sign-out: the session's own token); else 403.  Sign-in attempts are limited per client IP
+  (``settings.billing_login_rate_limit``, 429 with ``Retry-After``).  A sign-in opens a server-side
+  session (:mod:`worker.web_sessions`): the HttpOnly cookie ``tollgate_session`` (SameSite=Lax,
+  Secure over https, path ``/billing``) holds its random id, never the key; it ends after
+  ``settings.billing_session_ttl_s``, at sign-out, or when the key is revoked.
 - ``GET /billing/export.csv|json|pdf?period=…&enterprise_id=…``: the period's exports
   (:mod:`api_stub.billing_exports`).
 - ``GET /billing/static/…``: the page's CSS, JS and vendored Chart.js.
 
-Who sees what: an API key as ``Authorization: Bearer tg_…`` or the cookie.  ``owner`` keys see their
+Who sees what: an API key as ``Authorization: Bearer tg_…`` or the session cookie, each request
+counted against the key's rate limit (``settings.rate_limit``; 429 with ``Retry-After``).  ``owner`` keys see their
 app; ``end_user`` keys only their own wallet's usage and budget; ``admin`` keys any app's aggregates
 without end-user detail (no chats, no wallet budgets, no per-event export).  A key of another app gets
 403 on the page and every export; a missing or bad key 401 (the page shows the login form).  A bad
@@ -20,19 +29,23 @@ answers errors in HTML with the same status.
 
 from __future__ import annotations
 
+import hmac
 import re
+import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 from sqlmodel import Session
 
 from api_stub.billing_exports import csv_rows, json_chunks, pdf_statement
+from api_stub.deps import Problem, check_client_rate_limit, check_rate_limit, get_gate
 from models.tables import ApiRole, Enterprise
 from worker.apikeys import Principal, authenticate
 from worker.billing_report import (
@@ -49,17 +62,20 @@ from worker.billing_report import (
 )
 from worker.db import get_engine, session_scope
 from worker.periods import current_period, previous_period
+from worker.settings import get_settings
+from worker.web_sessions import WebSession, close_session, open_session, principal_for_prefix, read_session
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
-#: the browser's credential: the API key itself, HttpOnly, sent only to /billing
-COOKIE = "tollgate_key"
-COOKIE_MAX_AGE_S = 8 * 3600
+#: the browser's credential: the id of a server-side session (never the API key), HttpOnly, sent only to /billing
+COOKIE = "tollgate_session"
+#: the sign-in form's double-submit CSRF token (the form carries the same value)
+CSRF_COOKIE = "tollgate_csrf"
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                                "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # "no-referrer" would make a browser send `Origin: null` on our own forms
     "Cache-Control": "no-store",
 }
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -90,9 +106,10 @@ templates.env.filters.update(
 class Refusal(Exception):
     """A request the billing routes refuse: HTTP status, title, detail and the field at fault."""
 
-    def __init__(self, status: int, title: str, detail: str, field: str | None = None) -> None:
+    def __init__(self, status: int, title: str, detail: str, field: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
-        self.status, self.title, self.detail, self.field = status, title, detail, field
+        self.status, self.title, self.detail, self.field, self.headers = status, title, detail, field, headers
 
 
 @dataclass(frozen=True)
@@ -104,13 +121,12 @@ class Viewer:
     enterprise_id: str
     wallet_id: str | None
     detail: bool
+    #: the CSRF token of the browser session signed in (its page's sign-out form), "" for Bearer callers
+    csrf: str = ""
 
 
-def _key(request: Request) -> str | None:
-    auth = request.headers.get("authorization")
-    if auth:
-        return auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
-    return request.cookies.get(COOKIE)
+def _has_credentials(request: Request) -> bool:
+    return bool(request.headers.get("authorization") or request.cookies.get(COOKIE))
 
 
 def _principal(key: str | None) -> Principal:
@@ -123,13 +139,48 @@ def _principal(key: str | None) -> Principal:
     return who
 
 
+def _caller(request: Request) -> tuple[Principal, WebSession | None]:
+    """The caller from ``Authorization: Bearer`` or the session cookie, counted against its key's
+    rate limit.  An API key in the query string is refused, never used.
+
+    Raises Refusal: 400 naming ``key`` (``?key=``), 401 (no credentials, unknown or revoked key,
+    an ended or expired session), 429 with ``Retry-After`` (over ``settings.rate_limit``).
+    """
+    if "key" in request.query_params:
+        raise Refusal(400, "Invalid request", "key: an API key in the URL is never accepted (it would be kept in "
+                      "logs and browser history); sign in with the form or send Authorization: Bearer", "key")
+    auth = request.headers.get("authorization")
+    web: WebSession | None = None
+    if auth is not None:
+        who = _principal(auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else "")
+    else:
+        redis = get_gate().redis
+        web = read_session(redis, request.cookies.get(COOKIE))
+        if web is None:
+            raise Refusal(401, "Unauthorized", "an API key is required: Authorization: Bearer tg_… or sign in"
+                          if not request.cookies.get(COOKIE) else "your sign-in has ended; sign in again")
+        with session_scope() as session:
+            found = principal_for_prefix(session, web.key_prefix)
+        if found is None:  # the key was revoked (in SQL, or its revocation's Redis writes failed)
+            close_session(redis, web.session_id)
+            raise Refusal(401, "Unauthorized", "your sign-in has ended: the API key was revoked")
+        who = found
+    try:
+        check_rate_limit(who.key_prefix)
+    except Problem as exc:
+        raise Refusal(exc.status, exc.title, exc.detail, headers=exc.headers) from None
+    return who, web
+
+
 def viewer(request: Request, enterprise_id: str | None) -> Viewer:
     """The caller of ``request`` and what it may see of ``enterprise_id`` (default: the key's app).
 
-    Raises Refusal: 401 (no, unknown or revoked key), 403 (an app or wallet key of another app),
-    422 (an admin key without ``enterprise_id``), 404 (an admin asking for an unknown app).
+    Raises Refusal: 400 (a key in the URL), 401 (no, unknown or revoked key; no live session),
+    429 (over the key's rate limit), 403 (an app or wallet key of another app), 422 (an admin key
+    without ``enterprise_id``), 404 (an admin asking for an unknown app).
     """
-    who = _principal(_key(request))
+    who, web = _caller(request)
+    csrf = web.csrf if web is not None else ""
     if who.role is ApiRole.admin:
         if not enterprise_id:
             raise Refusal(422, "Invalid request", "enterprise_id: an admin key must name the app", "enterprise_id")
@@ -137,12 +188,12 @@ def viewer(request: Request, enterprise_id: str | None) -> Viewer:
             if session.get(Enterprise, enterprise_id) is None:
                 raise Refusal(404, "Unknown app", f"enterprise_id: unknown enterprise {enterprise_id!r}",
                               "enterprise_id")
-        return Viewer(who, enterprise_id, None, detail=False)
+        return Viewer(who, enterprise_id, None, detail=False, csrf=csrf)
     if enterprise_id and enterprise_id != who.enterprise_id:
         raise Refusal(403, "Forbidden", f"this key may not see the billing of enterprise {enterprise_id!r}",
                       "enterprise_id")
     wallet = who.wallet_id if who.role is ApiRole.end_user else None
-    return Viewer(who, who.enterprise_id, wallet, detail=True)
+    return Viewer(who, who.enterprise_id, wallet, detail=True, csrf=csrf)
 
 
 def _period(period: str | None) -> str:
@@ -180,19 +231,71 @@ def _problem(exc: Refusal) -> JSONResponse:
     body = {"type": "about:blank", "title": exc.title, "status": exc.status, "detail": exc.detail}
     if exc.field:
         body["errors"] = [{"field": exc.field, "message": exc.detail}]
-    headers = {"WWW-Authenticate": 'Bearer realm="tollgate"'} if exc.status == 401 else None
+    headers = {"WWW-Authenticate": 'Bearer realm="tollgate"'} if exc.status == 401 else {}
+    headers.update(exc.headers or {})
     return JSONResponse(body, status_code=exc.status, media_type="application/problem+json", headers=headers)
 
 
-def _html(request: Request, template: str, status: int = 200, **context) -> HTMLResponse:
+def _html(request: Request, template: str, status: int = 200, headers: dict[str, str] | None = None,
+          **context) -> HTMLResponse:
     response = templates.TemplateResponse(request, template, context, status_code=status)
     response.headers.update(_SECURITY_HEADERS)
+    response.headers.update(headers or {})
     return response
 
 
-def _set_cookie(response: Response, request: Request, key: str) -> None:
-    response.set_cookie(COOKIE, key, max_age=COOKIE_MAX_AGE_S, path="/billing", httponly=True, samesite="lax",
-                        secure=request.url.scheme == "https")
+def _secure(request: Request) -> bool:
+    origin = get_settings().web_origin
+    return (origin or request.url.scheme).lower().startswith("https")
+
+
+def _set_cookie(response: Response, request: Request, name: str, value: str, max_age: int,
+                samesite: str = "lax") -> None:
+    response.set_cookie(name, value, max_age=max_age, path="/billing", httponly=True, samesite=samesite,
+                        secure=_secure(request))
+
+
+def _login_page(request: Request, status: int, error: str | None, next_url: str,
+                headers: dict[str, str] | None = None) -> HTMLResponse:
+    """The sign-in form, with a CSRF token in the form and the same in the ``tollgate_csrf`` cookie
+    (the browser's current one is kept, so two open tabs both work)."""
+    token = request.cookies.get(CSRF_COOKIE) or ""
+    if not (32 <= len(token) <= 64 and token.replace("-", "").replace("_", "").isalnum()):
+        token = secrets.token_urlsafe(32)
+    response = _html(request, "login.html", status, headers=headers, error=error, next_url=next_url,
+                     csrf_token=token)
+    _set_cookie(response, request, CSRF_COOKIE, token, get_settings().billing_session_ttl_s, samesite="strict")
+    return response
+
+
+def own_origin(request: Request) -> str:
+    """The origin browsers use for this server: ``settings.web_origin`` when set, else the
+    request's scheme and ``Host`` (``http://127.0.0.1:8000``)."""
+    configured = get_settings().web_origin
+    if configured:
+        return configured.rstrip("/").lower()
+    return f"{request.url.scheme}://{request.url.netloc}".lower()
+
+
+def check_origin(request: Request) -> None:
+    """Refuse a state-changing request sent from another site: its ``Origin`` (or, when absent or
+    ``null``, the origin of its ``Referer``) must equal :func:`own_origin`.  Neither header: refused.
+
+    Raises Refusal 403 naming ``Origin``."""
+    origin = request.headers.get("origin")
+    if not origin or origin == "null":
+        referer = request.headers.get("referer")
+        parts = urlsplit(referer) if referer else None
+        origin = f"{parts.scheme}://{parts.netloc}" if parts and parts.scheme and parts.netloc else None
+    if origin is None:
+        raise Refusal(403, "Forbidden", "Origin: the request carries neither Origin nor Referer; "
+                      "sign in from the page of this site", "Origin")
+    if origin.rstrip("/").lower() != own_origin(request):
+        raise Refusal(403, "Forbidden", f"Origin: {origin!r} is not this site ({own_origin(request)})", "Origin")
+
+
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 def _page_url(period: str | None, enterprise_id: str | None) -> str:
@@ -202,27 +305,18 @@ def _page_url(period: str | None, enterprise_id: str | None) -> str:
 
 # the page ----------------------------------------------------------------------------------------
 @router.get("", response_class=HTMLResponse, include_in_schema=False)
-def page(request: Request, period: str | None = None, enterprise_id: str | None = None,
-         key: str | None = None) -> Response:
-    """The billing page of one period (HTML)."""
-    if key is not None:  # sign in from a link: check the key, keep it in the cookie, drop it from the URL
-        try:
-            _principal(key)
-        except Refusal as exc:
-            return _html(request, "login.html", exc.status, error=exc.detail, next_url=_page_url(period, enterprise_id))
-        response = RedirectResponse(_page_url(period, enterprise_id), status_code=303)
-        _set_cookie(response, request, key)
-        response.headers.update(_SECURITY_HEADERS)
-        return response
+def page(request: Request, period: str | None = None, enterprise_id: str | None = None) -> Response:
+    """The billing page of one period (HTML); the sign-in form (401) without a valid credential,
+    and (400) when the URL carries a key."""
     try:
         v = viewer(request, enterprise_id)
         chosen = _period(period)
         report = _report(v, chosen)
     except Refusal as exc:
-        if exc.status == 401:
-            return _html(request, "login.html", 401, error=None if _key(request) is None else exc.detail,
-                         next_url=_page_url(period, enterprise_id))
-        return _html(request, "error.html", exc.status, error=exc)
+        if exc.status == 401 or exc.field == "key":
+            error = exc.detail if exc.status != 401 or _has_credentials(request) else None
+            return _login_page(request, exc.status, error, _page_url(period, enterprise_id))
+        return _html(request, "error.html", exc.status, headers=exc.headers, error=exc)
     now = current_period()
     choices = [now]
     while len(choices) < 12:
@@ -240,30 +334,69 @@ def page(request: Request, period: str | None = None, enterprise_id: str | None 
 
 @router.get("/login", response_class=HTMLResponse, include_in_schema=False)
 def login_form(request: Request, next: str = "/billing") -> Response:
-    """The sign-in form (paste an API key)."""
-    return _html(request, "login.html", error=None, next_url=_safe_next(next))
+    """The sign-in form (paste an API key), with its CSRF token."""
+    return _login_page(request, 200, None, _safe_next(next))
 
 
 @router.post("/login", response_class=HTMLResponse, include_in_schema=False)
 async def login(request: Request) -> Response:
-    """Check the pasted key (form field ``key``); on success set the cookie and go to ``next``."""
+    """Sign in with the pasted key (form fields ``key``, ``csrf_token``, ``next``).
+
+    In order: at most ``settings.billing_login_rate_limit`` attempts per client IP (429 with
+    ``Retry-After``), the request must come from this site (403 naming ``Origin``), the form's
+    ``csrf_token`` must equal the ``tollgate_csrf`` cookie (403 naming ``csrf_token``), the key must
+    be valid (401).  Then a server-side session is opened, its id set in the ``tollgate_session``
+    cookie, and the browser sent to ``next`` (303; same-site ``/billing`` paths only)."""
+    settings = get_settings()
+    try:
+        check_client_rate_limit(settings.billing_login_rate_limit, "billing-login-ip", _client_ip(request),
+                                "sign-in attempts from one address")
+    except Problem as exc:
+        return _login_page(request, 429, f"Too many sign-in attempts: {exc.detail}", "/billing", headers=exc.headers)
     form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=10)
     key = (form.get("key") or [""])[0].strip()
     next_url = _safe_next((form.get("next") or ["/billing"])[0])
+    sent_token = (form.get("csrf_token") or [""])[0]
+    cookie_token = request.cookies.get(CSRF_COOKIE) or ""
     try:
-        _principal(key)
+        check_origin(request)
+        if not sent_token or not cookie_token or not hmac.compare_digest(sent_token.encode(), cookie_token.encode()):
+            raise Refusal(403, "Forbidden", "csrf_token: the sign-in form is stale or was not sent from this site; "
+                          "reload the page and sign in again", "csrf_token")
+        if not key:
+            raise Refusal(401, "Unauthorized", "key: paste an API key", "key")
+        who = await run_in_threadpool(_principal, key)
     except Refusal as exc:
-        return _html(request, "login.html", exc.status, error=exc.detail if key else "key: paste an API key",
-                     next_url=next_url)
+        return _login_page(request, exc.status, exc.detail, next_url)
+    web = await run_in_threadpool(open_session, get_gate().redis, who.key_prefix, settings.billing_session_ttl_s)
     response = RedirectResponse(next_url, status_code=303)
-    _set_cookie(response, request, key)
+    response.headers.update(_SECURITY_HEADERS)
+    _set_cookie(response, request, COOKIE, web.session_id, settings.billing_session_ttl_s)
+    response.delete_cookie(CSRF_COOKIE, path="/billing")
     return response
 
 
 @router.post("/logout", include_in_schema=False)
-def logout() -> Response:
-    """Clear the cookie and go back to the sign-in form."""
+async def logout(request: Request) -> Response:
+    """Sign out: end the server-side session and clear its cookie, then go to the sign-in form (303).
+
+    The request must come from this site (403 naming ``Origin``) and, with a live session, carry
+    that session's CSRF token as the form field ``csrf_token`` (403 naming ``csrf_token``)."""
+    try:
+        check_origin(request)
+    except Refusal as exc:
+        return _html(request, "error.html", exc.status, error=exc)
+    redis = get_gate().redis
+    web = await run_in_threadpool(read_session, redis, request.cookies.get(COOKIE))
+    if web is not None:
+        form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=10)
+        sent = (form.get("csrf_token") or [""])[0]
+        if not sent or not hmac.compare_digest(sent.encode(), web.csrf.encode()):
+            return _html(request, "error.html", 403, error=Refusal(
+                403, "Forbidden", "csrf_token: the sign-out form was not sent from this site's page", "csrf_token"))
+        await run_in_threadpool(close_session, redis, web.session_id)
     response = RedirectResponse("/billing/login", status_code=303)
+    response.headers.update(_SECURITY_HEADERS)
     response.delete_cookie(COOKIE, path="/billing")
     return response
 
@@ -341,4 +474,4 @@ def static(name: str) -> Response:
                         headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"})
 
 
-__all__ = ["COOKIE", "Refusal", "Viewer", "router", "viewer"]
+__all__ = ["COOKIE", "CSRF_COOKIE", "Refusal", "Viewer", "check_origin", "own_origin", "router", "viewer"]

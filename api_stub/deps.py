@@ -149,6 +149,24 @@ def check_rate_limit(key_prefix: str) -> None:
             raise _too_many(limiter, item, key_prefix)
 
 
+def check_client_rate_limit(spec: str, namespace: str, client: str, what: str) -> None:
+    """Count one request of ``client`` (e.g. an IP address) in ``namespace`` against the limits of
+    ``spec`` (``limits`` notation, e.g. ``settings.billing_login_rate_limit``), on the same
+    limiter and Redis as the per-key limits; for requests made before any key is known (sign-in).
+
+    Raises: Problem 429 with ``Retry-After`` (integer seconds, ≥ 1) and a detail naming ``what``
+    when any limit is exhausted.
+    """
+    settings = get_settings()
+    limiter = _limiter(settings.redis_url, settings.rate_limit_strategy)
+    for item in _limits(spec):
+        if not limiter.hit(item, namespace, client):
+            reset_at = limiter.get_window_stats(item, namespace, client).reset_time
+            retry_after = max(1, math.ceil(reset_at - time.time()))
+            raise Problem(429, "Too Many Requests", f"{what} may be made {item}; retry in {retry_after} s",
+                          headers={"Retry-After": str(retry_after)})
+
+
 _AREDIS: list = [None, None]  # [event loop, its asyncio Redis client]
 
 

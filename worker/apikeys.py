@@ -120,9 +120,12 @@ key_cache = KeyCache()
 
 
 def _announce_revocation(prefix: str, redis_client=None) -> None:
-    """After the revocation committed: drop the key from this process's cache and set its Redis
-    marker, so other processes refuse it on their next request.  A Redis failure is logged, not
+    """After the revocation committed: drop the key from this process's cache, set its Redis
+    marker, so other processes refuse it on their next request, and end its /billing sign-in
+    sessions (:func:`worker.web_sessions.end_sessions`).  A Redis failure is logged, not
     raised (the revocation is committed; the cache TTL then bounds it)."""
+    from worker.web_sessions import end_sessions  # it imports this module (Principal)
+
     key_cache.forget(prefix)
     try:
         if redis_client is None:
@@ -132,8 +135,10 @@ def _announce_revocation(prefix: str, redis_client=None) -> None:
 
             with redis.Redis.from_url(get_settings().redis_url) as client:
                 client.set(revoked_marker(prefix), "1", ex=REVOKED_MARKER_TTL_S)
+                end_sessions(client, prefix)
         else:
             redis_client.set(revoked_marker(prefix), "1", ex=REVOKED_MARKER_TTL_S)
+            end_sessions(redis_client, prefix)
     except Exception:
         log.warning("key %s revoked, but its Redis marker could not be written: other API processes "
                     "may accept it until their cache entry expires", prefix, exc_info=True)
