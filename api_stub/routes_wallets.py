@@ -111,7 +111,9 @@ def ledger(wallet_id: WalletId, who: Caller,
 def credit(wallet_id: WalletId, body: CreditIn, who: Caller) -> CreditPublic:
     """Credit the wallet (owner key of its app, or admin) once per ``idempotency_key``: the ledger
     entry commits, then the gate's balance; audit-logged (``credit``).  409 naming
-    ``idempotency_key`` when the key was used for another credit."""
+    ``idempotency_key`` when the key was used for another credit.  The reply's ``balance_nanos`` is
+    the wallet's balance after the credit for its app's owner, and null for an admin (who sees
+    aggregates, never one end user's balance)."""
     forbid_unless(who, ApiRole.owner, ApiRole.admin, action="credit wallets")
     with session_scope() as session:
         row = wallet_in_scope(session, who, wallet_id, admin=True)
@@ -141,7 +143,8 @@ def credit(wallet_id: WalletId, body: CreditIn, who: Caller) -> CreditPublic:
               amount_nanos=body.amount_nanos, idempotency_key=body.idempotency_key,
               replayed=previous is not None)
     return CreditPublic(wallet_id=wallet_id, amount_nanos=body.amount_nanos, idempotency_key=body.idempotency_key,
-                        balance_nanos=balance, replayed=previous is not None)
+                        balance_nanos=None if who.role is ApiRole.admin else balance,
+                        replayed=previous is not None)
 
 
 MODES_AVAILABLE = importlib.util.find_spec("worker.modes") is not None

@@ -61,13 +61,14 @@ class CreditIn(_In):
 
 
 class CreditPublic(BaseModel):
-    """A credit applied: the wallet's gate balance after it, nano-USD; ``replayed`` when the key had
-    already been used (nothing changed)."""
+    """A credit applied: the wallet's gate balance after it, nano-USD (None for an admin key: an
+    admin sees aggregates, never one end user's balance); ``replayed`` when the key had already been
+    used (nothing changed)."""
 
     wallet_id: str
     amount_nanos: int
     idempotency_key: str
-    balance_nanos: int
+    balance_nanos: int | None
     replayed: bool
 
 
