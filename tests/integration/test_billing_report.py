@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -311,16 +312,27 @@ def test_missing_or_bad_keys_are_401_and_bad_periods_422_naming_the_field(client
     assert client.get("/billing").status_code == 401  # the sign-in form
 
 
-def test_sign_in_sets_an_httponly_cookie_and_drops_the_key_from_the_url(client, seeded):
+def test_sign_in_sets_an_httponly_session_cookie_and_a_key_in_the_url_is_refused(client, seeded):
+    # a key in the URL (it would land in access logs and history) never signs in: 400, no cookie
     r = client.get(f"/billing?period=2026-11&key={seeded.keys['owner']}", follow_redirects=False)
+    assert r.status_code == 400 and "key: an API key in the URL is never accepted" in r.text
+    assert "tollgate_session" not in r.headers.get("set-cookie", "") and seeded.keys["owner"] not in str(r.headers)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/billing/login").text).group(1)
+    origin = {"Origin": "http://testserver"}
+    r = client.post("/billing/login", data={"key": seeded.keys["owner"], "csrf_token": token,
+                                            "next": "/billing?period=2026-11"}, headers=origin, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/billing?period=2026-11"
-    cookie = r.headers["set-cookie"]
+    cookie = next(c for c in r.headers.get_list("set-cookie") if c.startswith("tollgate_session="))
     assert "HttpOnly" in cookie and "Path=/billing" in cookie and "SameSite=lax" in cookie
+    assert seeded.keys["owner"] not in cookie  # a session id, never the key
     page = client.get("/billing?period=2026-11")  # the client keeps the cookie
     assert page.status_code == 200 and 'data-nanos="34028590300"' in page.text
     client.cookies.clear()
-    form = client.post("/billing/login", data={"key": seeded.keys["owner"], "next": "//evil.example/"},
-                       follow_redirects=False)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/billing/login").text).group(1)
+    form = client.post("/billing/login", data={"key": seeded.keys["owner"], "next": "//evil.example/",
+                                               "csrf_token": token}, headers=origin, follow_redirects=False)
     assert form.status_code == 303 and form.headers["location"] == "/billing"  # no open redirect
-    wrong = client.post("/billing/login", data={"key": "tg_000000000000_nope"}, follow_redirects=False)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/billing/login").text).group(1)
+    wrong = client.post("/billing/login", data={"key": "tg_000000000000_nope", "csrf_token": token}, headers=origin,
+                        follow_redirects=False)
     assert wrong.status_code == 401 and "unknown or revoked" in wrong.text
