@@ -229,8 +229,11 @@ def test_another_app_s_user_gets_403_on_the_page_and_every_export(browser, serve
 
 def test_end_user_sees_only_their_wallet_and_admin_no_chats(browser, server, seeded, db, shots):
     ctx, page = _context(browser, server)
-    page.goto(f"/billing?period=2026-11&key={seeded.keys['end_user']}")  # a sign-in link
-    assert page.url.endswith("/billing?period=2026-11")  # the key is dropped from the URL
+    link = page.goto(f"/billing?period=2026-11&key={seeded.keys['end_user']}")  # a sign-in link: refused
+    assert link.status == 400 and "an API key in the URL is never accepted" in page.inner_text("main")
+    assert not [c for c in ctx.cookies() if c["name"] == "tollgate_session"]
+    _sign_in(page, seeded.keys["end_user"])
+    page.goto("/billing?period=2026-11")
     assert _nanos(page, "total-cost") == _db_sum(db, "cost_nanos", wallet="w-alice") == 9_201_607_850
     assert page.inner_text("[data-testid=total-cost]") == "$9.20"
     assert "w-alice" in page.inner_text("[data-testid=scope-note]")
@@ -267,4 +270,37 @@ def test_choosing_another_period_shows_its_figures(browser, server, seeded, db, 
     page.screenshot(path=str(shots / "billing-empty.png"), full_page=True)
     bad = page.goto("/billing?period=2026-13")
     assert bad.status == 422 and "period: '2026-13' is not a month written YYYY-MM" in page.inner_text("main")
+    ctx.close()
+
+
+def test_sign_in_keeps_a_session_id_and_sign_out_ends_it(browser, server, seeded, db, shots):
+    ctx, page = _context(browser, server)
+    _sign_in(page, seeded.keys["owner"])  # the form's CSRF token and this site's Origin: accepted
+    assert page.url.endswith("/billing") and page.inner_text("[data-testid=role]").lower() == "owner"
+    [cookie] = [c for c in ctx.cookies() if c["name"] == "tollgate_session"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["path"] == "/billing"
+    assert seeded.keys["owner"] not in cookie["value"]
+    assert page.evaluate("document.cookie") == ""  # nothing readable by scripts
+    with page.expect_navigation():
+        page.click("text=Sign out")
+    assert page.url.endswith("/billing/login")
+    assert page.goto("/billing?period=2026-11").status == 401  # signed out
+    # the old cookie, replayed, is worth nothing: the session is gone on the server
+    ctx.add_cookies([{**cookie}])
+    assert page.goto("/billing?period=2026-11").status == 401
+    ctx.close()
+
+
+def test_a_sign_in_form_posted_from_another_site_is_refused(browser, server, seeded):
+    ctx, page = _context(browser, server)
+    page.goto("/billing/login")  # the browser holds a CSRF cookie for the site
+    evil = ctx.new_page()
+    evil.route("http://evil.test/", lambda route: route.fulfill(content_type="text/html", body=(
+        f'<form id=f method=post action="{server}/billing/login">'
+        f'<input name=key value="{seeded.keys["owner"]}"><input name=csrf_token value="guess"></form>'
+        "<script>document.getElementById('f').submit()</script>")))
+    with evil.expect_navigation(url=f"{server}/billing/login"):
+        evil.goto("http://evil.test/")
+    assert "is not this site" in evil.inner_text("main") or "csrf_token" in evil.inner_text("main")
+    assert not [c for c in ctx.cookies() if c["name"] == "tollgate_session"]
     ctx.close()
