@@ -265,6 +265,8 @@ def _login_page(request: Request, status: int, error: str | None, next_url: str,
     response = _html(request, "login.html", status, headers=headers, error=error, next_url=next_url,
                      csrf_token=token)
     _set_cookie(response, request, CSRF_COOKIE, token, get_settings().billing_session_ttl_s, samesite="strict")
+    if status == 401 and request.cookies.get(COOKIE):  # an ended session: drop its stale cookie
+        response.delete_cookie(COOKIE, path="/billing")
     return response
 
 
@@ -368,7 +370,9 @@ async def login(request: Request) -> Response:
         who = await run_in_threadpool(_principal, key)
     except Refusal as exc:
         return _login_page(request, exc.status, exc.detail, next_url)
-    web = await run_in_threadpool(open_session, get_gate().redis, who.key_prefix, settings.billing_session_ttl_s)
+    redis = get_gate().redis
+    await run_in_threadpool(close_session, redis, request.cookies.get(COOKIE))  # a session this browser had
+    web = await run_in_threadpool(open_session, redis, who.key_prefix, settings.billing_session_ttl_s)
     response = RedirectResponse(next_url, status_code=303)
     response.headers.update(_SECURITY_HEADERS)
     _set_cookie(response, request, COOKIE, web.session_id, settings.billing_session_ttl_s)

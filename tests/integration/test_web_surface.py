@@ -120,13 +120,12 @@ def test_every_csv_export_escapes_formula_cells(client, seeded, db):
     assert billing.status_code == 200, billing.text
     assert _check_escaped(_records(billing.text), by_turn) == len(HOSTILE) + 1
 
-    usage, cursor, pages = [], None, 0
+    usage, cursor = [], None
     while True:
         r = client.get("/v1/usage?period=2026-11&format=csv&limit=5000" + (f"&cursor={cursor}" if cursor else ""),
                        headers=owner)
         assert r.status_code == 200, r.text
         usage += _records(r.text)
-        pages += 1
         cursor = r.headers.get("x-next-cursor")
         if cursor is None:
             break
@@ -239,6 +238,10 @@ def test_the_cookie_holds_a_server_side_session_never_the_key(client, seeded, re
     page = client.get("/billing?period=2026-11")
     assert page.status_code == 200 and 'data-nanos="34028590300"' in page.text
     assert client.get("/billing/export.json?period=2026-11").json()["report"]["total"]["cost_nanos"] == 34_028_590_300
+    # signing in again from this browser replaces its session (the old one ends)
+    assert _sign_in(client, seeded.keys["end_user"]).status_code == 303
+    [replaced] = redis_client.keys(SESSION_KEYS)
+    assert replaced != stored and redis_client.hget(replaced, "key_prefix") == seeded.keys["end_user"].split("_")[1]
     # a guessed session id is no sign-in
     guess = TestClient(client.app, cookies={"tollgate_session": "x" * 43})
     assert guess.get("/billing?period=2026-11").status_code == 401
