@@ -2,7 +2,8 @@
 read wallets, and Prometheus metrics.  Every ``/v1`` endpoint and ``/metrics`` need an API key
 (``Authorization: Bearer tg_…``); errors are RFC 9457 problem documents naming the field.
 
-Run: ``uvicorn api_stub.main:app``.  Persistence stays the worker's: a turn handler calls the gate
+Run: ``uvicorn api_stub.main:app --no-access-log`` (the Procfile's ``web``).  Request bodies are
+capped at ``settings.max_body_bytes`` (:mod:`api_stub.body_limit`, 413).  Persistence stays the worker's: a turn handler calls the gate
 and returns.
 """
 
