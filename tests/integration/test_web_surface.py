@@ -19,9 +19,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import insert, text
+from sqlalchemy import insert, select, text
 
-from tests.billing_seed import _event, seed
+from tests.billing_seed import seed
 from tests.conftest import REPO, _env
 from models.tables import UsageEvent
 from worker.db import session_scope
@@ -42,6 +42,7 @@ HOSTILE = [
     ("agent", "\uff1d1+1"),  # full-width '='
     ("chat_id", "  =1+1"),
 ]
+FORMULA_MODEL = "=cmd|'/C calc'!A0"
 
 
 @pytest.fixture()
@@ -66,18 +67,20 @@ def _auth(key: str) -> dict[str, str]:
 
 
 def _hostile_rows(db) -> list[dict]:
-    """Insert one usage event per hostile cell (and one whose model is a formula), in 2026-11."""
+    """Insert, copied from a seeded gpt-4o event of w-alice, one usage event per hostile cell and one
+    whose model is a formula, in 2026-11 (as rows stored before any input validation would be)."""
+    ue = UsageEvent.__table__
+    with db.connect() as conn:
+        template = dict(conn.execute(select(ue).where(ue.c.wallet_id == "w-alice", ue.c.model == "gpt-4o")
+                                     .order_by(ue.c.id).limit(1)).mappings().one())
+    del template["id"]
     at = datetime(2026, 11, 20, tzinfo=UTC)
     rows = []
-    for i, (column, value) in enumerate(HOSTILE):
-        row = _event(10_000 + i, enterprise="acme", wallet="w-alice", chat=f"h-{i}", workflow="support",
-                     provider="openai", model="gpt-4o", at=at + timedelta(minutes=i), prompt=1_000, completion=10)
+    for i, (column, value) in enumerate([*HOSTILE, ("model", FORMULA_MODEL)]):
+        row = {**template, "turn_id": f"hostile-{i}", "outbox_id": f"9:{i}-0", "chat_id": f"h-{i}",
+               "occurred_at": at + timedelta(minutes=i)}
         row[column] = value
         rows.append(row)
-    formula_model = _event(10_100, enterprise="acme", wallet="w-alice", chat="h-model", workflow="support",
-                           provider="openai", model="gpt-4o", at=at, prompt=1_000, completion=10)
-    formula_model["model"] = FORMULA_MODEL
-    rows.append(formula_model)
     with db.begin() as conn:
         conn.execute(insert(UsageEvent.__table__), rows)
     return rows
@@ -87,7 +90,6 @@ def _records(body: str) -> list[dict]:
     return list(csv.DictReader(io.StringIO(body, newline="")))
 
 
-FORMULA_MODEL = "=cmd|'/C calc'!A0"
 TEXT_COLUMNS = ("turn_id", "chat_id", "workflow", "agent", "model")
 
 
