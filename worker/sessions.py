@@ -297,7 +297,7 @@ def resume_paused_chats(
 
 def resume_chat(gate: WalletGate, *, enterprise_id: str, chat_id: str) -> WalletState:
     """The orchestrator resumes a paused chat: if its wallet can pay, close its open paused record
-    and mark it active and connected (its state position moves to now).  If this call closed the
+    and mark it active and connected (its state moves to the outbox position of now).  If this call closed the
     record (no credit or sweep did first), it announces ``chat.resumable`` (cause 'resume') after
     commit.  Returns the wallet's state.
 
