@@ -133,8 +133,10 @@ if SESSIONS_AVAILABLE:
 
     @router.post("/v1/chats/{chat_id}/resume", response_model=ChatPublic, responses=ERRORS | {409: {}})
     def chat_resume(chat_id: ChatId, who: Caller) -> ChatPublic:
-        """Resume a paused chat (owner key) if its wallet can pay: active and connected again.
-        409 while the wallet cannot pay (``needed_nanos`` in the detail); nothing changes then."""
+        """Resume a paused chat (owner key) if its wallet can pay: active and connected again.  If no
+        credit or sweep closed its pause first, this call does and announces ``chat.resumable``
+        (cause ``resume``), once.  409 while the wallet cannot pay (``needed_nanos`` in the
+        detail); nothing changes then."""
         forbid_unless(who, ApiRole.owner, action="resume chats")
         with session_scope() as session:
             _chat_in_scope(session, who, chat_id)

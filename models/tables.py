@@ -184,6 +184,10 @@ class ChatSession(SQLModel, table=True):
     started_at: datetime = Field(sa_column=_ts(nullable=False))
     last_turn_at: datetime = Field(sa_column=_ts(nullable=False))
     ended_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    #: where in the gate's decision order the chat's state was last decided (``worker.ledger.chat_order``):
+    #: the deciding turn's outbox entry, or the outbox position of a pause, resume or credit; ''
+    #: nothing decided yet.  Only a later position changes the state.
+    state_key: str = Field(default="", max_length=100, sa_column_kwargs={"server_default": ""})
     turns: int = 0
     prompt_tokens: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
     completion_tokens: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))

@@ -287,24 +287,20 @@ class OutboxDrain:
                         conflict.turn_id, conflict.outbox_id, conflict.billed_nanos, conflict.wallet_id)
             if conflict.billed_nanos:
                 self.gate.credit(conflict.wallet_id, conflict.billed_nanos, f"tollgate:refund:{conflict.outbox_id}")
-        if result.paused:
-            self._announce_paused(result.paused)
+        if result.paused or result.resumed:
+            self._announce_paused(result)
         stats.add(result)
         record_drain_batch(self.redis, size=len(entries), inserted=result.inserted, duplicates=result.duplicates)
 
-    def _announce_paused(self, paused) -> None:
-        """``chat.paused`` for each chat the batch paused (committed), pub/sub and webhook."""
-        from worker.sessions import _hooked, announce
-        from worker.webhooks import Event
+    def _announce_paused(self, result: PersistResult) -> None:
+        """``chat.paused`` for each chat the batch paused, ``chat.resumable`` for each one a newer turn
+        resumed (committed), pub/sub and webhook."""
+        from worker.sessions import announce_chat_changes
 
         try:
-            with session_scope() as session:
-                hooked = _hooked(session, {p.enterprise_id for p in paused})
-            announce(self.gate, [Event.new("chat.paused", p.enterprise_id, {
-                "chat_id": p.chat_id, "wallet_id": p.wallet_id, "reason": p.reason, "needed_nanos": p.needed_nanos,
-            }) for p in paused], hooked)
+            announce_chat_changes(self.gate, result.paused, result.resumed)
         except Exception:  # the pause is committed; the orchestrator also had the 'pause' answer
-            log.error("could not announce %d paused chat(s)", len(paused), exc_info=True)
+            log.error("could not announce %d paused chat(s)", len(result.paused), exc_info=True)
 
     def _dead_letter(self, shard: int, entry: tuple[str, dict[str, str]], exc: Exception, stats: DrainStats) -> None:
         entry_id, fields = entry

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import psycopg
+import redis
 from sqlalchemy import BigInteger, Boolean, DateTime, case, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
@@ -37,7 +38,7 @@ from models.tables import (
 from worker.db import session_scope
 from worker.payers import gate_profile
 from worker.periods import period_of
-from worker.wallet import WalletGate
+from worker.wallet import WalletGate, outbox_key
 
 USAGE_COLUMNS = (
     "turn_id",
@@ -233,20 +234,25 @@ def credit_wallet(
 
 def _after_credit(gate: WalletGate, wallet_id: str, enterprise_id: str | None, amount_nanos: int, balance: int,
                   key: str, *, announce: bool) -> None:
-    """Tell the app (``wallet.credited``, once per new credit) and resume the wallet's paused chats.
+    """Resume the wallet's paused chats, then tell the app (``wallet.credited``, once per new
+    credit): in that order, so a client that resumes its chat on ``wallet.credited`` finds it
+    resumable already, and ``chat.resumable`` is sent once by whichever resumer closed the record.
     The money is in: a failure here is logged, and the beat job ``tollgate.billing.resume_paused``
     resumes what this missed."""
     from worker.sessions import resume_paused_chats
     from worker.webhooks import Event, emit
 
     try:
+        resume_paused_chats(gate, wallet_id, cause=key)
+    except Exception:
+        log.error("credit %s to %s: could not resume paused chats; the beat job will", key, wallet_id, exc_info=True)
+    try:
         if announce and enterprise_id:
             emit(gate.redis, Event.new("wallet.credited", enterprise_id, {
                 "wallet_id": wallet_id, "amount_nanos": amount_nanos, "balance_nanos": balance,
                 "idempotency_key": key}), webhook=False)
-        resume_paused_chats(gate, wallet_id, cause=key)
     except Exception:
-        log.error("credit %s to %s: could not resume paused chats; the beat job will", key, wallet_id, exc_info=True)
+        log.error("credit %s to %s: could not announce wallet.credited", key, wallet_id, exc_info=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +276,8 @@ class PersistResult:
     conflicts: tuple[Conflict, ...] = ()
     #: chats this batch paused (new open ``paused_chat`` records), to announce after commit
     paused: tuple["PausedNotice", ...] = ()
+    #: chats whose open ``paused_chat`` record a newer ``continue`` turn of this batch closed
+    resumed: tuple["ResumedNotice", ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +289,57 @@ class PausedNotice:
     wallet_id: str
     reason: str
     needed_nanos: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResumedNotice:
+    """A paused chat that a newer accepted ``continue`` turn resumed (its record closed, ``resumed_by``
+    'turn'): where, and the wallet's balance after that turn (nano-USD; None when unlimited)."""
+
+    enterprise_id: str
+    chat_id: str
+    wallet_id: str
+    balance_nanos: int | None
+
+
+_OUTBOX_ID = re.compile(r"(\d+):(\d+)-(\d+)")
+
+
+def _order_key(shard: int, stream_id: str) -> str:
+    ms, seq = stream_id.split("-")
+    return f"{int(ms):020d}-{int(seq):020d}-{shard:06d}"
+
+
+def chat_order(outbox_id: str) -> str:
+    """A turn's position in its chat's order, the order a chat's state moves by (``chat_session.state_key``).
+
+    The order is the gate's decision order: the turn's outbox entry ``<shard>:<ms>-<seq>`` (a wallet's
+    turns are all decided, one at a time, on its shard's stream, so its entry ids follow the balance
+    the ``continue`` / ``pause`` answers were given on), as zero-padded text that sorts like the
+    stream id: ``<ms:20>-<seq:20>-<shard:6>``.  ``occurred_at`` is the caller's clock and may be
+    backdated (backfills, replays), so it orders nothing here.  Between shards (a chat on two
+    wallets) the Redis time in the id orders, the shard breaks ties.  An outbox id of another form
+    sorts as its own text.  See :func:`outbox_position` for a pause, resume or credit.
+    """
+    m = _OUTBOX_ID.fullmatch(outbox_id or "")
+    if m is None:
+        return outbox_id or ""
+    return _order_key(int(m.group(1)), f"{m.group(2)}-{m.group(3)}")
+
+
+def outbox_position(gate: WalletGate, wallet_id: str) -> str:
+    """The position, in :func:`chat_order`, of something that happens now to a chat of ``wallet_id``
+    (the orchestrator's pause or resume, a credit's resume): just after the last turn its shard
+    has decided (the stream's ``last-generated-id``, ``<key>+``), so every turn the gate answered
+    before is older and every turn it answers after is newer.  One XINFO STREAM."""
+    shard = gate.shard(wallet_id)
+    try:
+        last = gate.redis.xinfo_stream(outbox_key(shard))["last-generated-id"]
+    except redis.ResponseError:  # no stream yet: no turn decided on this shard
+        last = "0-0"
+    if isinstance(last, bytes):
+        last = last.decode()
+    return _order_key(shard, last) + "+"
 
 
 def _column_sql_type(name: str) -> str:
@@ -366,19 +425,24 @@ def _aggregate(fresh: Sequence[dict[str, Any]]):
             chat = chats[key] = {
                 "enterprise_id": r["enterprise_id"], "chat_id": r["chat_id"], "wallet_id": r["wallet_id"],
                 "workflow": r["workflow"], "started_at": r["occurred_at"], "last_turn_at": r["occurred_at"],
-                "billed_nanos": 0, **dict.fromkeys(_TOTALS, 0),
+                "billed_nanos": 0, "state_key": "", **dict.fromkeys(_TOTALS, 0),
             }
         _add(chat, r)
         chat["billed_nanos"] += r["billed_nanos"]
         chat["started_at"] = min(chat["started_at"], r["occurred_at"])
         chat["last_turn_at"] = max(chat["last_turn_at"], r["occurred_at"])
-        # the latest turn's answer decides; a completed chat stays completed (see the upsert)
-        paused = r["action"] == "pause"
-        chat["status"] = ChatStatus.paused.value if paused else ChatStatus.active.value
-        chat["pause_reason"] = pause_reason_of(r) if paused else None
-        chat["connection_state"] = ConnectionState.paused.value if paused else ConnectionState.connected.value
-        chat["paused_at"] = r["occurred_at"] if paused else None
-        chat["needed_nanos"] = needed_nanos_of(r) if paused else 0
+        # the batch's newest turn in the chat's order (chat_order) decides, whatever order the rows
+        # came in; whether it moves the chat is the upsert's (only if newer than the chat's state)
+        position = chat_order(r["outbox_id"])
+        if not chat["state_key"] or position > chat["state_key"]:
+            paused = r["action"] == "pause"
+            chat["state_key"] = position
+            chat["status"] = ChatStatus.paused.value if paused else ChatStatus.active.value
+            chat["pause_reason"] = pause_reason_of(r) if paused else None
+            chat["connection_state"] = ConnectionState.paused.value if paused else ConnectionState.connected.value
+            chat["paused_at"] = r["occurred_at"] if paused else None
+            chat["needed_nanos"] = needed_nanos_of(r) if paused else 0
+            chat["balance_nanos"] = r["balance_after_nanos"]
         akey = (r["enterprise_id"], r["chat_id"], r["agent"])
         agent = agents.get(akey)
         if agent is None:
@@ -436,9 +500,10 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
     ct = ChatSession.__table__
     stmt = insert(ct)
     ex = stmt.excluded
-    # the state is the latest turn's: a batch drained after a newer one (two drains of one shard at
-    # once) adds its totals but leaves the state alone; a completed chat stays completed
-    keep = or_(ct.c.status == ChatStatus.completed.value, ex.last_turn_at < ct.c.last_turn_at)
+    # a chat's state moves forward in its order only (chat_order): a batch whose newest turn is not
+    # after the chat's last transition (a newer batch, or the orchestrator's pause or resume, came
+    # first) adds its totals but leaves the state alone; a completed chat stays completed
+    keep = or_(ct.c.status == ChatStatus.completed.value, ex.state_key <= ct.c.state_key)
     stmt = stmt.on_conflict_do_update(
         constraint="uq_chat_session_enterprise_chat",
         set_={
@@ -450,15 +515,17 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
             "connection_state": case((keep, ct.c.connection_state), else_=ex.connection_state),
             "paused_at": case((keep, ct.c.paused_at), else_=ex.paused_at),
             "can_resume": case((keep, ct.c.can_resume), else_=False),
+            "state_key": case((keep, ct.c.state_key), else_=ex.state_key),
         },
-    ).returning(ct.c.id, ct.c.enterprise_id, ct.c.chat_id, ct.c.status)
+    ).returning(ct.c.id, ct.c.enterprise_id, ct.c.chat_id, ct.c.state_key)
     chat_ids, states = {}, {}
-    chat_rows = [{k: v for k, v in chats[k].items() if k != "needed_nanos"} for k in sorted(chats)]
-    for i, e, c, status in session.execute(stmt, chat_rows):
-        chat_ids[(e, c)], states[(e, c)] = i, status
-    # only the batches that set a chat's state open or close its paused record
-    decided = [chats[k] for k in sorted(chats) if states[k] == chats[k]["status"]]
-    paused = _open_pauses(session, decided)
+    chat_rows = [{k: v for k, v in chats[k].items() if k not in ("needed_nanos", "balance_nanos")}
+                 for k in sorted(chats)]
+    for i, e, c, state_key in session.execute(stmt, chat_rows):
+        chat_ids[(e, c)], states[(e, c)] = i, state_key
+    # only the batches that moved a chat's state open or close its paused record
+    decided = [chats[k] for k in sorted(chats) if states[k] == chats[k]["state_key"]]
+    paused, resumed = _open_pauses(session, decided)
 
     at = ChatAgentUsage.__table__
     stmt = insert(at)
@@ -479,13 +546,17 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
             index_elements=["enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}),
         [{"enterprise_id": e, "workflow": w, "period": p} for e, w, p in dirty],
     )
-    return PersistResult(len(fresh), duplicates, billed_total, conflicts, paused)
+    return PersistResult(len(fresh), duplicates, billed_total, conflicts, paused, resumed)
 
 
-def _open_pauses(session: Session, chats: Sequence[dict[str, Any]]) -> tuple[PausedNotice, ...]:
-    """Open a ``paused_chat`` record for each chat whose latest turn in the batch paused it (none if
-    one is open already); a chat whose latest turn went on closes its open record (resumed by the
-    turn itself, e.g. after a credit).  Returns the records opened."""
+def _open_pauses(
+    session: Session, chats: Sequence[dict[str, Any]]
+) -> tuple[tuple[PausedNotice, ...], tuple[ResumedNotice, ...]]:
+    """For the chats whose state this batch moved: open a ``paused_chat`` record for each one its
+    newest turn paused (none if one is open already); a chat whose newest turn went on closes its
+    open record (resumed by the turn itself, e.g. after a credit), ``UPDATE … WHERE resumed_at IS
+    NULL RETURNING``, so a concurrent resumer and this batch cannot both close it.  Returns the
+    records opened and those closed here (one ``chat.paused`` / ``chat.resumable`` each)."""
     pc = PausedChat.__table__
     notices = []
     for chat in chats:
@@ -501,14 +572,17 @@ def _open_pauses(session: Session, chats: Sequence[dict[str, Any]]) -> tuple[Pau
             if opened is not None:
                 notices.append(PausedNotice(chat["enterprise_id"], chat["chat_id"], chat["wallet_id"],
                                             chat["pause_reason"], chat["needed_nanos"]))
-    going_on = [(c["enterprise_id"], c["chat_id"]) for c in chats if c["status"] == ChatStatus.active.value]
+    going_on = {(c["enterprise_id"], c["chat_id"]): c for c in chats if c["status"] == ChatStatus.active.value}
+    resumed = []
     if going_on:
-        session.execute(
+        closed = session.execute(
             update(pc)
-            .where(pc.c.resumed_at.is_(None), tuple_(pc.c.enterprise_id, pc.c.chat_id).in_(going_on))
+            .where(pc.c.resumed_at.is_(None), tuple_(pc.c.enterprise_id, pc.c.chat_id).in_(sorted(going_on)))
             .values(resumed_at=func.now(), resumed_by="turn")
-        )
-    return tuple(notices)
+            .returning(pc.c.enterprise_id, pc.c.chat_id, pc.c.wallet_id)
+        ).all()
+        resumed = [ResumedNotice(e, c, w, going_on[(e, c)]["balance_nanos"]) for e, c, w in sorted(closed)]
+    return tuple(notices), tuple(resumed)
 
 
 def _second_acceptances(

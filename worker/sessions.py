@@ -12,12 +12,25 @@ finalize session           :func:`finalize_session`: the chat ended, its rollups
 =========================  ======================================================================
 
 Resuming: a credit (top-up, grant, Stripe payment) calls :func:`resume_paused_chats` for the
-credited wallet (``worker.ledger.credit_wallet`` does).  If the gate would now accept the wallet's
-turns, every open paused-chat record of the wallet is closed, once (``UPDATE … WHERE resumed_at IS
-NULL RETURNING``: a second call, e.g. the same Stripe webhook delivered twice, finds none), its chat
-becomes ``resumable`` (``can_resume``), and the app is told per chat: a ``chat.resumable`` event on
-Redis pub/sub (``tollgate:events:<enterprise_id>``) and, if the app has a callback URL, a signed
-webhook delivered by the retrying Celery task ``tollgate.webhooks.deliver``.
+credited wallet (``worker.ledger.credit_wallet`` does, before it announces ``wallet.credited``).  If
+the gate would now accept the wallet's turns, every open paused-chat record of the wallet is closed,
+once (``UPDATE … WHERE resumed_at IS NULL RETURNING``: a second call, e.g. the same Stripe webhook
+delivered twice, finds none), its chat becomes ``resumable`` (``can_resume``), and the app is told
+per chat: a ``chat.resumable`` event on Redis pub/sub (``tollgate:events:<enterprise_id>``) and, if
+the app has a callback URL, a signed webhook delivered by the retrying Celery task
+``tollgate.webhooks.deliver``.
+
+Exactly one event per transition: a paused-chat record is opened by one ``INSERT … ON CONFLICT DO
+NOTHING RETURNING`` (``chat.paused``) and closed by one ``UPDATE … WHERE resumed_at IS NULL
+RETURNING`` (``chat.resumable``), and only the call whose statement returned the row announces it,
+after its transaction commits: a credit, the beat sweep, the orchestrator's :func:`resume_chat`
+(HTTP ``POST /v1/chats/{id}/resume``) or a newer accepted turn in the drain, whichever comes first.
+
+Order: a chat's state moves only forward in the gate's decision order (``worker.ledger.chat_order``:
+a turn's outbox entry; a pause, resume or credit at the outbox position of the moment it happens,
+``worker.ledger.outbox_position``), kept in ``chat_session.state_key``.  A turn persisted late
+that is not after the chat's last transition adds its totals and changes neither the state nor the
+paused-chat records.
 
 Events (data; money in nano-USD):
   ``chat.paused``     chat_id, wallet_id, reason, needed_nanos
@@ -29,14 +42,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Sequence
 
-from sqlalchemy import func, select, text, tuple_, update
+from sqlalchemy import case, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
 from models.tables import ChatSession, ChatStatus, ConnectionState, Enterprise, PausedChat, Wallet
-from worker.db import session_scope
+from worker.db import after_commit, session_scope
+from worker.ledger import outbox_position
 from worker.webhooks import Event, SendTask, emit
 from worker.wallet import UnknownWallet, WalletGate
 
@@ -151,13 +165,56 @@ def announce(gate: WalletGate, events: list[Event], hooked: set[str], send_task:
         emit(gate.redis, event, webhook=event.enterprise_id in hooked, send_task=send_task)
 
 
+def _announce_after_commit(session: Session, gate: WalletGate, events: list[Event],
+                           send_task: SendTask | None = None) -> None:
+    """:func:`announce` ``events`` once ``session``'s transaction commits (dropped on rollback)."""
+    if events:
+        hooked = _hooked(session, {e.enterprise_id for e in events})
+        after_commit(session, lambda: announce(gate, events, hooked, send_task))
+
+
+def paused_event(enterprise_id: str, chat_id: str, wallet_id: str, reason: str, needed_nanos: int) -> Event:
+    """A ``chat.paused`` event (``needed_nanos``: what the wallet lacks, nano-USD)."""
+    return Event.new("chat.paused", enterprise_id, {"chat_id": chat_id, "wallet_id": wallet_id, "reason": reason,
+                                                    "needed_nanos": needed_nanos})
+
+
+def resumable_event(enterprise_id: str, chat_id: str, wallet_id: str, balance_nanos: int | None,
+                    cause: str) -> Event:
+    """A ``chat.resumable`` event (``balance_nanos`` the wallet's balance then, nano-USD; ``cause`` what
+    closed the pause: a credit's idempotency key, 'sweep', 'mode_change', 'resume', 'turn')."""
+    return Event.new("chat.resumable", enterprise_id, {"chat_id": chat_id, "wallet_id": wallet_id,
+                                                       "balance_nanos": balance_nanos, "cause": cause})
+
+
+def announce_chat_changes(gate: WalletGate, paused: Sequence[Any], resumed: Sequence[Any],
+                          send_task: SendTask | None = None) -> None:
+    """After a drain batch committed: ``chat.paused`` per record it opened
+    (:class:`~worker.ledger.PausedNotice`) and ``chat.resumable`` (cause 'turn') per record a newer
+    turn closed (:class:`~worker.ledger.ResumedNotice`), pub/sub and webhooks."""
+    events = [paused_event(p.enterprise_id, p.chat_id, p.wallet_id, p.reason, p.needed_nanos) for p in paused]
+    events += [resumable_event(r.enterprise_id, r.chat_id, r.wallet_id, r.balance_nanos, "turn") for r in resumed]
+    if events:
+        with session_scope() as session:
+            hooked = _hooked(session, {e.enterprise_id for e in events})
+        announce(gate, events, hooked, send_task)
+
+
+def _forward(cs, position: str) -> dict[str, Any]:
+    """SET values that move a chat's state position to ``position`` (:func:`~worker.ledger.outbox_position`
+    of a pause, resume or credit) unless its last transition is there or later already."""
+    return {"state_key": case((cs.c.state_key >= position, cs.c.state_key), else_=position)}
+
+
 def pause_chat(
     gate: WalletGate, *, enterprise_id: str, chat_id: str, wallet_id: str, reason: str = "wallet_exhausted",
     needed_nanos: int | None = None, send_task: SendTask | None = None,
 ) -> bool:
     """Handle exhaustion (the seed's ``handle_no_tokens``): open a paused-chat record (at most one
-    open per chat), mark the chat paused (``connection_state`` paused, ``can_resume`` False), and
-    announce ``chat.paused``.  ``needed_nanos`` defaults to what the wallet lacks now.
+    open per chat), mark the chat paused (``connection_state`` paused, ``can_resume`` False), move
+    its state to the outbox position of now (so the pausing turn and older ones, persisted later,
+    change nothing), and announce ``chat.paused`` after commit.  ``needed_nanos`` defaults to what
+    the wallet lacks now.
 
     Returns True if this call paused the chat, False if it was paused already (nothing changes).
     Raises: UnknownWallet; ValueError naming ``reason`` (empty or longer than 200 characters).
@@ -167,6 +224,7 @@ def pause_chat(
     if needed_nanos is None:
         needed_nanos = wallet_state(gate, wallet_id).needed_nanos
     now = datetime.now(UTC)
+    position = outbox_position(gate, wallet_id)
     pc, cs = PausedChat.__table__, ChatSession.__table__
     with session_scope() as session:
         # the chat's row first, as the drain does (created if this is its first word), then its lock
@@ -189,12 +247,10 @@ def pause_chat(
             update(cs).where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id,
                              cs.c.status != ChatStatus.completed.value)
             .values(status=ChatStatus.paused.value, pause_reason=reason, paused_at=now,
-                    connection_state=ConnectionState.paused.value, can_resume=False)
+                    connection_state=ConnectionState.paused.value, can_resume=False, **_forward(cs, position))
         )
-        hooked = _hooked(session, {enterprise_id})
-    announce(gate, [Event.new("chat.paused", enterprise_id, {"chat_id": chat_id, "wallet_id": wallet_id,
-                                                             "reason": reason, "needed_nanos": needed_nanos})],
-             hooked, send_task)
+        _announce_after_commit(session, gate, [paused_event(enterprise_id, chat_id, wallet_id, reason, needed_nanos)],
+                               send_task)
     return True
 
 
@@ -207,11 +263,13 @@ def resume_paused_chats(
 
     ``cause`` is recorded as ``resumed_by`` (a credit's idempotency key, 'mode_change', …).
     Returns the ``(enterprise_id, chat_id)`` made resumable by this call (none if the wallet still
-    cannot pay, or another call resumed them first).  Raises UnknownWallet.
+    cannot pay, or another resumer closed the records first: then that one announced them).
+    Raises UnknownWallet.
     """
     state = wallet_state(gate, wallet_id)
     if not state.can_continue:
         return []
+    position = outbox_position(gate, wallet_id)
     pc, cs = PausedChat.__table__, ChatSession.__table__
     with session_scope() as session:
         lock_chats(session, [tuple(r) for r in session.execute(
@@ -230,18 +288,18 @@ def resume_paused_chats(
         session.execute(
             update(cs)
             .where(tuple_(cs.c.enterprise_id, cs.c.chat_id).in_(chats), cs.c.status == ChatStatus.paused.value)
-            .values(can_resume=True, connection_state=ConnectionState.resumable.value)
+            .values(can_resume=True, connection_state=ConnectionState.resumable.value, **_forward(cs, position))
         )
-        hooked = _hooked(session, {e for e, _ in chats})
-    announce(gate, [Event.new("chat.resumable", e, {"chat_id": c, "wallet_id": wallet_id,
-                                                    "balance_nanos": state.balance_nanos, "cause": cause})
-                    for e, c in chats], hooked, send_task)
+        _announce_after_commit(session, gate, [resumable_event(e, c, wallet_id, state.balance_nanos, cause)
+                                               for e, c in chats], send_task)
     return chats
 
 
 def resume_chat(gate: WalletGate, *, enterprise_id: str, chat_id: str) -> WalletState:
     """The orchestrator resumes a paused chat: if its wallet can pay, close its open paused record
-    and mark it active and connected.  Returns the wallet's state.
+    and mark it active and connected (its state moves to the outbox position of now).  If this call closed the
+    record (no credit or sweep did first), it announces ``chat.resumable`` (cause 'resume') after
+    commit.  Returns the wallet's state.
 
     Raises: LookupError naming ``chat_id`` (no such chat); PermissionError when the wallet still
     cannot pay (nothing changes: ``needed_nanos`` says how much is missing).
@@ -256,15 +314,20 @@ def resume_chat(gate: WalletGate, *, enterprise_id: str, chat_id: str) -> Wallet
     state = wallet_state(gate, wallet_id)
     if not state.can_continue:
         raise PermissionError(f"wallet {wallet_id!r} cannot pay yet: {state.needed_nanos} nanos needed")
+    position = outbox_position(gate, wallet_id)
     pc, cs = PausedChat.__table__, ChatSession.__table__
     with session_scope() as session:
         lock_chats(session, [(enterprise_id, chat_id)])
-        session.execute(update(pc).where(pc.c.enterprise_id == enterprise_id, pc.c.chat_id == chat_id,
-                                         pc.c.resumed_at.is_(None)).values(resumed_at=func.now(), resumed_by="resume"))
+        closed = session.execute(
+            update(pc).where(pc.c.enterprise_id == enterprise_id, pc.c.chat_id == chat_id, pc.c.resumed_at.is_(None))
+            .values(resumed_at=func.now(), resumed_by="resume").returning(pc.c.wallet_id)
+        ).scalars().all()
         session.execute(update(cs).where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id,
                                          cs.c.status == ChatStatus.paused.value)
                         .values(status=ChatStatus.active.value, pause_reason=None, can_resume=False,
-                                connection_state=ConnectionState.connected.value))
+                                connection_state=ConnectionState.connected.value, **_forward(cs, position)))
+        _announce_after_commit(session, gate, [resumable_event(enterprise_id, chat_id, w, state.balance_nanos,
+                                                               "resume") for w in closed])
     return state
 
 
