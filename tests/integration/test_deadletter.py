@@ -4,13 +4,20 @@ ledger, reconcile reports them, and an operator retries or discards them."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
+import worker.drain as drain_module
 from models.schemas import TurnIn
-from worker.drain import OutboxDrain
+from worker.deadletter import list_dead_letters
+from worker.drain import GROUP, DrainStats, OutboxDrain, deadletter_key
+from worker.reconcile import reconcile
 from worker.ledger import credit_wallet, open_wallet
 from worker.wallet import outbox_key
 
@@ -59,3 +66,119 @@ def test_a_nul_in_one_turn_dead_letters_it_and_persists_the_rest(db, redis_clien
     assert _rows(db, "SELECT credits_nanos, debits_nanos FROM wallet WHERE id = 'w1'") == [
         (CREDIT, billed_good + bad.billed_nanos)]
     assert gate.balance("w1") == CREDIT - billed_good - bad.billed_nanos
+
+
+def _poisoned(gate, redis_client, settings, field: str = "agent"):
+    """Two good turns and one with a NUL in ``field``, drained: (good decisions, bad decision, stats)."""
+    _open(gate)
+    good = gate.record_turns([_turn(1), _turn(2)])
+    bad = gate.record_turns([_turn(3, **{field: "a\u0000b"})])[0]
+    stats = OutboxDrain(redis_client, settings=settings, consumer="c1").drain()
+    return good, bad, stats
+
+
+def test_reconcile_reports_a_dead_letter_as_its_own_figure_and_no_drift(db, redis_client, gate, settings, cli):
+    good, bad, _ = _poisoned(gate, redis_client, settings, "turn_id")
+    shard = gate.shard("w1")
+    report = reconcile(gate)
+    assert (report.wallets_checked, report.wallets_drifted, report.drift_nanos_abs) == (1, 0, 0)
+    assert report.dead_letters == {"count": 1, "nanos": bad.billed_nanos,
+                                   "by_shard": {str(shard): {"count": 1, "nanos": bad.billed_nanos}},
+                                   "by_wallet": {"w1": {"count": 1, "nanos": bad.billed_nanos}}}
+    result = cli("reconcile", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["dead_letters"]["nanos"] == bad.billed_nanos
+    assert REGISTRY.get_sample_value("tollgate_reconciliation_dead_letters") == 1
+    assert REGISTRY.get_sample_value("tollgate_reconciliation_dead_letter_nanos") == bad.billed_nanos
+
+
+def test_a_nul_turn_id_still_queued_does_not_crash_reconcile(db, redis_client, gate, settings):
+    _open(gate)
+    bad = gate.record_turns([_turn(3, turn_id="a\u0000b")])[0]
+    good = gate.record_turns([_turn(1)])[0]
+    report = reconcile(gate)  # not drained yet: both are queued, neither is drift
+    assert (report.wallets_checked, report.wallets_drifted, report.drift_nanos_abs) == (1, 0, 0)
+    assert report.dead_letters["count"] == 0
+    assert gate.balance("w1") == CREDIT - bad.billed_nanos - good.billed_nanos
+
+
+def test_a_dead_letter_charged_but_not_yet_acknowledged_is_not_drift(db, redis_client, gate, settings):
+    _open(gate)
+    bad = gate.record_turns([_turn(3, workflow="w\u0000f")])[0]
+    drain = OutboxDrain(redis_client, settings=settings, consumer="c1")
+    shard = gate.shard("w1")
+    entries, _ = drain.read_batch(shard)
+    drain._persist_one_by_one(shard, entries, DrainStats())  # dead-lettered, charged; the XACK not yet sent
+    assert redis_client.xlen(outbox_key(shard)) == 1
+    report = reconcile(gate)
+    assert (report.wallets_drifted, report.drift_nanos_abs, report.dead_letters["nanos"]) == (0, 0, bad.billed_nanos)
+    # re-delivered after a crash: not dead-lettered or charged twice
+    drain._persist_one_by_one(shard, entries, DrainStats())
+    drain.acknowledge(shard, [i for i, _ in entries])
+    assert redis_client.xlen(deadletter_key(shard)) == 1
+    assert _rows(db, "SELECT count(*), sum(amount_nanos) FROM wallet_transaction WHERE kind = 'debit'") == [
+        (1, bad.billed_nanos)]
+    assert reconcile(gate).drift_nanos_abs == 0
+
+
+def test_stored_values_that_are_not_turns_never_crash_reconcile(db, redis_client, gate, settings):
+    _open(gate)
+    good = gate.record_turns([_turn(1)])[0]
+    shard = gate.shard("w1")
+    # a dead letter with a NUL wallet id and one whose payload is not a turn, as other writers could leave
+    redis_client.xadd(deadletter_key(shard), {"t": json.dumps([4, "t\u0000x", "w\u0000x"]), "b": "77",
+                                              "outbox_id": "1-0", "error": "x"})
+    redis_client.xadd(deadletter_key(shard), {"t": "{not json", "b": "a lot", "outbox_id": "2-0"})
+    redis_client.xadd(outbox_key(shard), {"t": json.dumps([4, None, ["w1"]]), "b": "5", "a": "continue", "m": "x"})
+    report = reconcile(gate)
+    assert (report.wallets_drifted, report.drift_nanos_abs) == (0, 0)
+    assert report.dead_letters["count"] == 2 and report.dead_letters["nanos"] == 77
+    assert report.dead_letters["by_wallet"] == {"w\\x00x": {"count": 1, "nanos": 77}, "?": {"count": 1, "nanos": 0}}
+    assert gate.balance("w1") == CREDIT - good.billed_nanos
+
+
+@pytest.mark.parametrize("error", [TypeError("a bug"), KeyError("x"), RuntimeError("unforeseen")])
+def test_any_exception_class_dead_letters_only_the_entry_that_raises(db, redis_client, gate, settings, monkeypatch,
+                                                                    error):
+    _open(gate)
+    decisions = gate.record_turns([_turn(i) for i in range(5)])
+    real = drain_module.persist_turns
+
+    def persist(session, rows):
+        if any(r["turn_id"] == "t-2" for r in rows):
+            raise error
+        return real(session, rows)
+
+    monkeypatch.setattr(drain_module, "persist_turns", persist)
+    stats = OutboxDrain(redis_client, settings=settings, consumer="c1").drain()
+    assert (stats.read, stats.inserted, stats.dead_lettered) == (5, 4, 1)
+    assert _rows(db, "SELECT count(*), sum(billed_nanos) FROM usage_event") == [
+        (4, sum(d.billed_nanos for i, d in enumerate(decisions) if i != 2))]
+    (dl,) = list_dead_letters(redis_client, [gate.shard("w1")])
+    assert (dl.turn_id, dl.billed_nanos, dl.error_class) == ("t-2", decisions[2].billed_nanos,
+                                                             f"builtins.{type(error).__name__}")
+    assert reconcile(gate).drift_nanos_abs == 0
+
+
+def test_postgresql_down_dead_letters_nothing_and_the_batch_stays_for_a_retry(db, redis_client, gate, settings,
+                                                                              monkeypatch):
+    _open(gate)
+    decisions = gate.record_turns([_turn(i) for i in range(3)])
+    real = drain_module.persist_turns
+
+    def down(session, rows):
+        raise OperationalError("INSERT …", {}, psycopg.OperationalError("connection refused"))
+
+    monkeypatch.setattr(drain_module, "persist_turns", down)
+    drain = OutboxDrain(redis_client, settings=settings.model_copy(update={"reclaim_idle_ms": 0}), consumer="c1")
+    with pytest.raises(OperationalError):
+        drain.drain()
+    shard = gate.shard("w1")
+    assert redis_client.xlen(deadletter_key(shard)) == 0
+    assert redis_client.xpending(outbox_key(shard), GROUP)["pending"] == 3
+    assert _rows(db, "SELECT count(*) FROM wallet_transaction WHERE kind = 'debit'") == [(0,)]
+    monkeypatch.setattr(drain_module, "persist_turns", real)
+    stats = drain.drain()  # back up: the pending batch is reclaimed and persisted
+    assert (stats.inserted, stats.dead_lettered) == (3, 0)
+    assert _rows(db, "SELECT count(*), sum(billed_nanos) FROM usage_event") == [
+        (3, sum(d.billed_nanos for d in decisions))]
