@@ -182,3 +182,108 @@ def test_postgresql_down_dead_letters_nothing_and_the_batch_stays_for_a_retry(db
     assert (stats.inserted, stats.dead_lettered) == (3, 0)
     assert _rows(db, "SELECT count(*), sum(billed_nanos) FROM usage_event") == [
         (3, sum(d.billed_nanos for d in decisions))]
+
+
+def _ledger(db):
+    return _rows(db, "SELECT kind, amount_nanos, split_part(idempotency_key, ':', 2) FROM wallet_transaction "
+                     "WHERE idempotency_key LIKE 'tollgate:%' ORDER BY id")
+
+
+def test_cli_lists_retries_once_after_the_cause_is_fixed(db, redis_client, gate, settings, cli):
+    _open(gate)
+    with db.begin() as conn:  # the cause an operator will fix: a constraint that refuses one turn
+        conn.execute(text("ALTER TABLE usage_turn_key ADD CONSTRAINT no_blocked CHECK (turn_id NOT LIKE 'blocked%')"))
+    good = gate.record_turns([_turn(1)])[0]
+    bad = gate.record_turns([_turn(2, turn_id="blocked-2")])[0]
+    OutboxDrain(redis_client, settings=settings, consumer="c1").drain()
+    shard = gate.shard("w1")
+
+    listed = cli("deadletter", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    outbox_id = row["outbox_id"]
+    assert {k: row[k] for k in ("shard", "turn_id", "wallet_id", "billed_nanos", "charged")} == {
+        "shard": shard, "turn_id": "blocked-2", "wallet_id": "w1", "billed_nanos": bad.billed_nanos, "charged": True}
+    assert "no_blocked" in row["error"] and row["error_class"] == "psycopg.errors.CheckViolation"
+
+    still = cli("deadletter", "retry", outbox_id)  # not fixed yet: kept, nothing written
+    assert still.returncode == 1 and "dead letter kept" in still.stderr
+    assert len(list_dead_letters(redis_client, [shard])) == 1
+
+    with db.begin() as conn:
+        conn.execute(text("ALTER TABLE usage_turn_key DROP CONSTRAINT no_blocked"))
+    fixed = cli("deadletter", "retry", outbox_id)
+    assert fixed.returncode == 0, fixed.stderr
+    again = cli("deadletter", "retry", outbox_id)
+    assert again.returncode == 2 and "no dead letter" in again.stderr
+
+    assert _rows(db, "SELECT turn_id, billed_nanos, outbox_id FROM usage_event ORDER BY turn_id") == [
+        ("blocked-2", bad.billed_nanos, outbox_id), ("t-1", good.billed_nanos, f"{shard}:" + _rows(
+            db, "SELECT split_part(outbox_id, ':', 2) FROM usage_event WHERE turn_id = 't-1'")[0][0])]
+    assert _ledger(db) == [("debit", good.billed_nanos, "usage"), ("debit", bad.billed_nanos, "deadletter"),
+                           ("debit", bad.billed_nanos, "usage"), ("credit", bad.billed_nanos, "deadletter-retried")]
+    assert _rows(db, "SELECT credits_nanos, debits_nanos FROM wallet") == [
+        (CREDIT + bad.billed_nanos, good.billed_nanos + 2 * bad.billed_nanos)]
+    assert gate.balance("w1") == CREDIT - good.billed_nanos - bad.billed_nanos  # charged once, never refunded
+    report = reconcile(gate)
+    assert (report.drift_nanos_abs, report.dead_letters["count"]) == (0, 0)
+
+
+def test_a_retry_cut_short_after_its_commit_persists_once_when_run_again(db, redis_client, gate, settings,
+                                                                        monkeypatch):
+    _open(gate)
+    with db.begin() as conn:
+        conn.execute(text("ALTER TABLE usage_turn_key ADD CONSTRAINT no_blocked CHECK (turn_id NOT LIKE 'blocked%')"))
+    bad = gate.record_turns([_turn(2, turn_id="blocked-2")])[0]
+    drain = OutboxDrain(redis_client, settings=settings, consumer="c1")
+    drain.drain()
+    with db.begin() as conn:
+        conn.execute(text("ALTER TABLE usage_turn_key DROP CONSTRAINT no_blocked"))
+    (dl,) = list_dead_letters(redis_client, [gate.shard("w1")])
+
+    def crash(client, dead):
+        raise ConnectionError("killed after the commit")
+
+    monkeypatch.setattr(drain_module.deadletter, "remove", crash)
+    with pytest.raises(ConnectionError):
+        drain.retry_dead_letter(dl.outbox_id)
+    monkeypatch.undo()
+    result = drain.retry_dead_letter(dl.outbox_id)
+    assert (result.inserted, result.duplicates) == (0, 1)
+    assert _rows(db, "SELECT count(*), sum(billed_nanos) FROM usage_event") == [(1, bad.billed_nanos)]
+    assert _ledger(db) == [("debit", bad.billed_nanos, "deadletter"), ("debit", bad.billed_nanos, "usage"),
+                           ("credit", bad.billed_nanos, "deadletter-retried")]
+    assert list_dead_letters(redis_client, [gate.shard("w1")]) == []
+    assert reconcile(gate).drift_nanos_abs == 0
+
+
+def test_cli_discard_refunds_the_charge_in_ledger_and_gate_once(db, redis_client, gate, settings, cli):
+    good, bad, _ = _poisoned(gate, redis_client, settings, "chat_id")
+    (dl,) = list_dead_letters(redis_client, [gate.shard("w1")])
+    billed_good = sum(d.billed_nanos for d in good)
+    assert gate.balance("w1") == CREDIT - billed_good - bad.billed_nanos
+
+    done = cli("deadletter", "discard", dl.outbox_id)
+    assert done.returncode == 0, done.stderr
+    assert f"{bad.billed_nanos:,} nanos refunded" in done.stdout
+    again = cli("deadletter", "discard", dl.outbox_id)
+    assert again.returncode == 2
+
+    assert gate.balance("w1") == CREDIT - billed_good
+    # the failed batch was persisted one entry per transaction: one usage debit each
+    assert _ledger(db) == [("debit", good[0].billed_nanos, "usage"), ("debit", good[1].billed_nanos, "usage"),
+                           ("debit", bad.billed_nanos, "deadletter"), ("credit", bad.billed_nanos, "deadletter-refund")]
+    assert _rows(db, "SELECT credits_nanos - debits_nanos FROM wallet") == [(CREDIT - billed_good,)]
+    assert _rows(db, "SELECT count(*) FROM usage_event") == [(2,)]
+    report = reconcile(gate)
+    assert (report.drift_nanos_abs, report.dead_letters) == (0, {"count": 0, "nanos": 0, "by_shard": {},
+                                                                 "by_wallet": {}})
+
+
+def test_cli_list_shows_a_nul_escaped(db, redis_client, gate, settings, cli):
+    _poisoned(gate, redis_client, settings, "turn_id")
+    shown = cli("deadletter", "list")
+    assert shown.returncode == 0, shown.stderr
+    assert "'a\\x00b'" in shown.stdout and "'w1'" in shown.stdout
+    reconciled = cli("reconcile")
+    assert reconciled.returncode == 0 and "1 dead-lettered turn(s)" in reconciled.stdout
