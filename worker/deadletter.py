@@ -77,6 +77,43 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
 
 
+def _tolerant(value: bytes | str) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+def _entries(reply) -> list[tuple[str, dict[str, str]]]:
+    return [(_tolerant(entry_id), {_tolerant(k): _tolerant(v) for k, v in (fields or {}).items()})
+            for entry_id, fields in reply]
+
+
+def xrange_tolerant(client: redis.Redis, key: str, *, min: str = "-", max: str = "+",
+                    count: int | None = None) -> list[tuple[str, dict[str, str]]]:
+    """XRANGE that never fails on what another writer stored: bytes that are not UTF-8 are decoded
+    with ``surrogateescape`` (so :func:`encode_fields` gives them back unchanged)."""
+    try:
+        return client.xrange(key, min=min, max=max, count=count)
+    except UnicodeDecodeError:
+        args = ["XRANGE", key, min, max] + (["COUNT", count] if count else [])
+        return _entries(client.execute_command(*args, NEVER_DECODE=True))
+
+
+def read_own_pending(client: redis.Redis, stream: str, group: str, consumer: str,
+                     count: int) -> list[tuple[str, dict[str, str]]]:
+    """This consumer's pending entries (XREADGROUP … 0), decoded as :func:`xrange_tolerant` does:
+    the drain's way on when a read failed to decode an entry it was just given."""
+    reply = client.execute_command("XREADGROUP", "GROUP", group, consumer, "COUNT", count, "STREAMS", stream, "0",
+                                   NEVER_DECODE=True)
+    if not reply:
+        return []
+    first = reply[0] if isinstance(reply, list) else next(iter(reply.items()))
+    return _entries(first[1])
+
+
+def encode_fields(fields: dict[str, str]) -> dict[str, bytes]:
+    """Fields as the bytes they were read from (``surrogateescape``), for writing them back."""
+    return {k.encode("utf-8", "surrogateescape"): v.encode("utf-8", "surrogateescape") for k, v in fields.items()}
+
+
 def deadletter_key(shard: int) -> str:
     """The dead-letter stream of one shard: entries that could not be persisted, with the error."""
     return f"{shard_tag(shard)}:deadletter"
@@ -147,7 +184,7 @@ def list_dead_letters(client: redis.Redis, shards: Iterable[int], *, session: Se
     marked ``charged`` as the ledger says (one query)."""
     found = []
     for shard in shards:
-        found += [describe(shard, dl_id, stored) for dl_id, stored in client.xrange(deadletter_key(shard))]
+        found += [describe(shard, dl_id, stored) for dl_id, stored in xrange_tolerant(client, deadletter_key(shard))]
     if session is not None and found:
         keys = {CHARGE + dl.outbox_id for dl in found}  # ids Redis made: ASCII, storable
         held = set(session.execute(select(WalletTransaction.idempotency_key).where(
@@ -164,7 +201,7 @@ def find(client: redis.Redis, outbox_id: str) -> DeadLetter:
         raise DeadLetterNotFound(f"outbox_id: expected <shard>:<stream id>, got {outbox_id!r}")
     shard = int(shard_text)
     deadletter_id = client.hget(deadletter_index_key(shard), entry_id)
-    stored = client.xrange(deadletter_key(shard), min=deadletter_id, max=deadletter_id) if deadletter_id else []
+    stored = xrange_tolerant(client, deadletter_key(shard), min=deadletter_id, max=deadletter_id) if deadletter_id else []
     if not stored:
         raise DeadLetterNotFound(f"outbox_id: no dead letter {outbox_id!r}")
     return describe(shard, stored[0][0], stored[0][1])
@@ -181,10 +218,10 @@ def record(client: redis.Redis, shard: int, entry_id: str, fields: dict[str, str
                 if pipe.hexists(index, entry_id):
                     return False
                 pipe.multi()
-                pipe.xadd(deadletter_key(shard), {
+                pipe.xadd(deadletter_key(shard), encode_fields({
                     **{k: v for k, v in fields.items() if k not in _OWN_FIELDS}, "outbox_id": entry_id,
                     "error": str(exc)[:2000] or repr(exc)[:2000], "error_class": _class_name(exc),
-                })
+                }))
                 dl_id = pipe.execute()[0]
                 break
             except redis.WatchError:
@@ -280,8 +317,9 @@ def discard(gate: WalletGate, outbox_id: str) -> DeadLetter:
                 _ledger_entry(session, dl.wallet_id, TransactionKind.credit, dl.billed_nanos, REFUND + dl.outbox_id,
                               f"dead letter {dl.outbox_id} discarded: its charge refunded")
         try:
+            dl.wallet_id.encode("utf-8")  # a wallet id that is not text was never the gate's
             gate.credit(dl.wallet_id, dl.billed_nanos, REFUND + dl.outbox_id)
-        except UnknownWallet:
+        except (UnknownWallet, UnicodeEncodeError):
             log.warning("dead letter %s: wallet %r is not in the gate; a rebuild loads the ledger balance",
                         dl.outbox_id, dl.wallet_id)
     remove(gate.redis, dl)

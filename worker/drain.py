@@ -220,9 +220,14 @@ class OutboxDrain:
             self._groups.discard(stream)
             self.ensure_group(stream)
             return self.read_batch(shard)
+        except UnicodeDecodeError:  # another writer's bytes that are not UTF-8: now ours, pending
+            return deadletter.read_own_pending(self.redis, stream, GROUP, self.consumer, count), True
         if claimed:
             return claimed, True
-        reply = self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=count)
+        try:
+            reply = self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=count)
+        except UnicodeDecodeError:  # delivered to us before decoding failed: read them back tolerantly
+            return deadletter.read_own_pending(self.redis, stream, GROUP, self.consumer, count), False
         if not reply:
             return [], False
         return reply[0][1], False

@@ -157,7 +157,7 @@ def _read_redis(gate: WalletGate, shard: int, wallet_ids: list[str], *, page: in
     entries: list = []
     start = "-"
     while True:
-        batch = gate.redis.xrange(outbox_key(shard), min=start, max="+", count=page)
+        batch = deadletter.xrange_tolerant(gate.redis, outbox_key(shard), min=start, max="+", count=page)
         entries += batch
         if len(batch) < page:
             break

@@ -9,12 +9,14 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+import redis as redis_lib
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 import worker.drain as drain_module
 from models.schemas import TurnIn
+from tests.conftest import TEST_REDIS_URL
 from worker.deadletter import list_dead_letters
 from worker.drain import GROUP, DrainStats, OutboxDrain, deadletter_key
 from worker.reconcile import reconcile
@@ -189,10 +191,19 @@ def _ledger(db):
                      "WHERE idempotency_key LIKE 'tollgate:%' ORDER BY id")
 
 
-def test_cli_lists_retries_once_after_the_cause_is_fixed(db, redis_client, gate, settings, cli):
-    _open(gate)
-    with db.begin() as conn:  # the cause an operator will fix: a constraint that refuses one turn
+@pytest.fixture()
+def blocked(db):
+    """The cause an operator will fix: a constraint that refuses turn_ids starting 'blocked' (dropped
+    after the test whatever happens: the database outlives it)."""
+    with db.begin() as conn:
         conn.execute(text("ALTER TABLE usage_turn_key ADD CONSTRAINT no_blocked CHECK (turn_id NOT LIKE 'blocked%')"))
+    yield
+    with db.begin() as conn:
+        conn.execute(text("ALTER TABLE usage_turn_key DROP CONSTRAINT IF EXISTS no_blocked"))
+
+
+def test_cli_lists_retries_once_after_the_cause_is_fixed(db, redis_client, gate, settings, cli, blocked):
+    _open(gate)
     good = gate.record_turns([_turn(1)])[0]
     bad = gate.record_turns([_turn(2, turn_id="blocked-2")])[0]
     OutboxDrain(redis_client, settings=settings, consumer="c1").drain()
@@ -230,10 +241,8 @@ def test_cli_lists_retries_once_after_the_cause_is_fixed(db, redis_client, gate,
 
 
 def test_a_retry_cut_short_after_its_commit_persists_once_when_run_again(db, redis_client, gate, settings,
-                                                                        monkeypatch):
+                                                                        monkeypatch, blocked):
     _open(gate)
-    with db.begin() as conn:
-        conn.execute(text("ALTER TABLE usage_turn_key ADD CONSTRAINT no_blocked CHECK (turn_id NOT LIKE 'blocked%')"))
     bad = gate.record_turns([_turn(2, turn_id="blocked-2")])[0]
     drain = OutboxDrain(redis_client, settings=settings, consumer="c1")
     drain.drain()
@@ -287,3 +296,31 @@ def test_cli_list_shows_a_nul_escaped(db, redis_client, gate, settings, cli):
     assert "'a\\x00b'" in shown.stdout and "'w1'" in shown.stdout
     reconciled = cli("reconcile")
     assert reconciled.returncode == 0 and "1 dead-lettered turn(s)" in reconciled.stdout
+
+
+def test_bytes_that_are_not_utf8_in_the_outbox_are_dead_lettered_not_wedging(db, redis_client, gate, settings, cli):
+    _open(gate)
+    good = gate.record_turns([_turn(1)])[0]
+    bad = gate.record_turns([_turn(2)])[0]
+    shard = gate.shard("w1")
+    # another writer's bytes: turn t-2's entry rewritten with a turn_id that is not UTF-8
+    raw = redis_lib.Redis.from_url(TEST_REDIS_URL)  # bytes in, bytes out
+    entry_id, fields = raw.xrange(outbox_key(shard))[1]
+    raw.xdel(outbox_key(shard), entry_id)
+    raw.xadd(outbox_key(shard), {**fields, b"t": fields[b"t"].replace(b'"t-2"', b'"t-\xff"')})
+    assert reconcile(gate).drift_nanos_abs == 0  # queued, read without crashing
+
+    stats = OutboxDrain(redis_client, settings=settings, consumer="c1").drain()
+    assert (stats.read, stats.inserted, stats.dead_lettered) == (2, 1, 1)
+    assert redis_client.xlen(outbox_key(shard)) == 0
+    report = reconcile(gate)
+    assert (report.drift_nanos_abs, report.dead_letters["count"], report.dead_letters["nanos"]) == (
+        0, 1, bad.billed_nanos)
+    listed = cli("deadletter", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    row = json.loads(listed.stdout)
+    assert (row["turn_id"], row["wallet_id"], row["billed_nanos"]) == ("t-\udcff", "w1", bad.billed_nanos)
+    assert cli("deadletter", "discard", row["outbox_id"]).returncode == 0
+    assert gate.balance("w1") == CREDIT - good.billed_nanos
+    assert reconcile(gate).drift_nanos_abs == 0
+    raw.close()
