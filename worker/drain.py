@@ -36,7 +36,7 @@ import redis
 from worker import deadletter
 from worker.db import session_scope
 from worker.ledger import PersistResult, persist_turns
-from worker.metrics import record_drain_batch
+from worker.metrics import record_dead_letter, record_drain_batch
 from worker.settings import Settings, get_settings, redis_client
 from worker.wallet import PAYLOAD_VERSION, WalletGate, kick_key, outbox_key, shard_tag
 
@@ -358,6 +358,7 @@ class OutboxDrain:
         # the record first, then the charge: a crash in between is seen on re-delivery (is_dead_lettered)
         if deadletter.record(self.redis, shard, entry_id, fields, exc):
             stats.dead_lettered += 1
+            record_dead_letter(self.redis, billed_nanos=deadletter.describe(shard, "", fields).billed_nanos)
         deadletter.charge(shard, entry_id, fields)
 
     def drain(self, shards: Iterable[int] | None = None, *, max_seconds: float = 30.0) -> DrainStats:
