@@ -12,8 +12,10 @@ import logging
 
 import redis
 from prometheus_client import REGISTRY
+from sqlalchemy.exc import SQLAlchemyError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from worker.db import session_scope
 from worker.deadletter import list_dead_letters, summary
 from worker.metrics import drain_counters, outbox_lag_seconds
 from worker.settings import get_settings
@@ -26,7 +28,7 @@ class WorkerMetrics:
     """A Prometheus collector: ``tollgate_drain_batch_size`` (histogram, entries per batch),
     ``tollgate_persisted_turns_total``, ``tollgate_duplicate_turns_total`` (counters) and
     ``tollgate_outbox_lag_seconds{shard}`` (gauge), read from Redis at each scrape; dead letters:
-    ``tollgate_dead_lettered_turns_total`` (counter) and, from the dead-letter streams,
+    ``tollgate_dead_lettered_turns_total`` (counter) and, from PostgreSQL's open dead letters,
     ``tollgate_deadletter_entries{shard}`` and ``tollgate_deadletter_nanos{shard}`` (gauges: alert
     on > 0, an operator acts with ``tollgate deadletter list|retry|discard``)."""
 
@@ -43,9 +45,10 @@ class WorkerMetrics:
             counters = drain_counters(client)
             lags = [(str(s), outbox_lag_seconds(client, outbox_key(s), GROUP))
                     for s in range(get_settings().outbox_shards)]
-            dead = summary(list_dead_letters(client, range(get_settings().outbox_shards)))
-        except redis.RedisError:
-            log.warning("worker metrics unavailable: Redis error", exc_info=True)
+            with session_scope() as session:
+                dead = summary(list_dead_letters(session))
+        except (redis.RedisError, SQLAlchemyError):
+            log.warning("worker metrics unavailable: Redis or PostgreSQL error", exc_info=True)
             return
         batch = HistogramMetricFamily("tollgate_drain_batch_size", "Outbox entries per persisted drain batch")
         batch.add_metric([], buckets=counters["buckets"], sum_value=counters["batch_size_sum"])

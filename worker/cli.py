@@ -790,12 +790,9 @@ def deadletter_list(as_json: bool = typer.Option(False, "--json", help="one JSON
     charge, error.  Text is shown escaped (NUL as \\x00)."""
     from worker.db import session_scope
     from worker.deadletter import list_dead_letters
-    from worker.settings import get_settings
-    from worker.wallet import WalletGate
 
-    gate = WalletGate(kicker=lambda shard: None)
     with session_scope() as session:
-        dead = list_dead_letters(gate.redis, range(get_settings().outbox_shards), session=session)
+        dead = list_dead_letters(session)
     if as_json:
         for dl in dead:
             print(json.dumps({k: v for k, v in dl.as_dict().items() if k != "fields"}))

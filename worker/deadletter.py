@@ -1,43 +1,47 @@
 """Dead letters: outbox entries the drain could not persist, kept with their error, their charge
 named in the ledger, and the operator's way out (retry, discard).
 
-Where they live (Redis, the shard's hash tag)::
-
-    tollgate:{sN}:deadletter        stream: the outbox entry's own fields (t, b, a, m, …) plus
-                                    outbox_id (its stream id in the outbox), error, error_class
-    tollgate:{sN}:deadletter:ids    hash: outbox stream id → dead-letter stream id (one dead letter
-                                    per outbox entry, however often the entry is re-delivered)
+Where they live: PostgreSQL ``dead_letter`` (one row per outbox entry, unique ``outbox_id``; the
+entry's fields as ASCII JSON, so NUL, lone surrogates and bytes that were not UTF-8 are stored
+escaped), written in one transaction with the entry's charge; status 'open' until an operator
+retries ('retried') or discards ('discarded') it.  Redis keeps a copy for a quick look,
+``tollgate:{sN}:deadletter`` (a stream: the entry's fields plus outbox_id, error, error_class),
+removed on retry or discard; PostgreSQL is the record (Redis is a cache of PostgreSQL).
 
 The money (the choice, DESIGN.md invariant 4): the gate debited the turn when it accepted it, and a
-dead-lettered turn keeps that charge as a **named debt**.  The drain writes a ledger debit of the
-entry's billed nanos, idempotency key ``tollgate:deadletter:<shard>:<entry id>`` (:data:`CHARGE`),
-so ``gate balance = credits − debits − outbox not yet persisted`` holds to the nano, and the ledger
-says which entry the money is for.  Then:
+dead-lettered turn keeps that charge as a **named debt**.  With the dead-letter row, the drain writes
+a ledger debit of the entry's billed nanos, idempotency key ``tollgate:deadletter:<shard>:<entry
+id>`` (:data:`CHARGE`), so ``gate balance = credits − debits − outbox not yet persisted`` holds to
+the nano, and the ledger says which entry the money is for.  Then:
 
-- ``retry`` (:meth:`worker.drain.OutboxDrain.retry_dead_letter`) persists the turn through the same
-  path as the drain; its usage debit charges the turn, so a credit ``tollgate:deadletter-retried:…``
-  (:data:`SETTLED`) cancels the named debt in the same transaction.  The gate is not touched.
-- ``discard`` (:func:`discard`) drops the turn and gives the money back: a ledger credit
-  ``tollgate:deadletter-refund:…`` (:data:`REFUND`), then the same credit in the gate.
+- retry (:meth:`worker.drain.OutboxDrain.retry_dead_letter`) persists the turn through the drain's
+  path; its usage debit charges the turn, so a credit ``tollgate:deadletter-retried:…``
+  (:data:`SETTLED`) cancels the named debt, and the row is marked 'retried', all in one transaction:
+  exactly once.  The gate is not touched.
+- discard (:func:`discard`) drops the turn and gives the money back: a ledger credit
+  ``tollgate:deadletter-refund:…`` (:data:`REFUND`) and the row marked 'discarded' in one
+  transaction, then the same credit in the gate (keyed: applied once).
 
-An entry whose wallet the ledger cannot hold (unknown wallet, a NUL in its id) gets no ledger charge; reconciliation then shows the gate's debit as drift of that wallet, and discard
-refunds the gate alone.  Either way ``tollgate reconcile`` reports dead letters as their own figure.
+An entry whose wallet the ledger cannot hold (unknown to PostgreSQL, an id it cannot store) gets no
+ledger charge (``charged`` false); discard then refunds the gate alone.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any, Iterable
 
 import psycopg
 import redis
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
+from models.tables import DeadLetter as DeadLetterRow
 from models.tables import TransactionKind, Wallet, WalletTransaction
 from worker.db import session_scope
 from worker.wallet import UnknownWallet, WalletGate, shard_tag
@@ -48,7 +52,7 @@ log = logging.getLogger(__name__)
 CHARGE = "tollgate:deadletter:"
 SETTLED = "tollgate:deadletter-retried:"
 REFUND = "tollgate:deadletter-refund:"
-#: fields the dead-letter stream adds to the outbox entry's own
+#: fields the Redis copy adds to the outbox entry's own
 _OWN_FIELDS = ("outbox_id", "error", "error_class")
 
 #: failures of the connection, not of an entry: the batch stays pending and is retried as a whole
@@ -65,7 +69,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 
 class DeadLetterNotFound(LookupError):
-    """No dead letter with this outbox id (never dead-lettered, or already retried or discarded)."""
+    """No open dead letter with this outbox id (never dead-lettered, or already retried or discarded)."""
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -76,6 +80,13 @@ def is_transient(exc: BaseException) -> bool:
         return True
     return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
 
+
+def deadletter_key(shard: int) -> str:
+    """The Redis copy of one shard's dead letters (a stream)."""
+    return f"{shard_tag(shard)}:deadletter"
+
+
+# reading what other writers stored ------------------------------------------------------------
 
 def _tolerant(value: bytes | str) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
@@ -109,125 +120,125 @@ def read_own_pending(client: redis.Redis, stream: str, group: str, consumer: str
     return _entries(first[1])
 
 
-def encode_fields(fields: dict[str, str]) -> dict[str, bytes]:
+def encode_fields(fields: dict[str, str]) -> dict[bytes, bytes]:
     """Fields as the bytes they were read from (``surrogateescape``), for writing them back."""
     return {k.encode("utf-8", "surrogateescape"): v.encode("utf-8", "surrogateescape") for k, v in fields.items()}
 
 
-def deadletter_key(shard: int) -> str:
-    """The dead-letter stream of one shard: entries that could not be persisted, with the error."""
-    return f"{shard_tag(shard)}:deadletter"
+def storable(value: Any) -> bool:
+    """True if ``value`` is a str PostgreSQL can hold as text (valid UTF-8, no NUL)."""
+    if not isinstance(value, str) or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
-def deadletter_index_key(shard: int) -> str:
-    """Hash outbox stream id → dead-letter stream id of one shard."""
-    return f"{shard_tag(shard)}:deadletter:ids"
+def _clean(value: str, limit: int) -> str:
+    """``value`` if PostgreSQL can store it, else its ASCII escape; at most ``limit`` characters."""
+    return (value if storable(value) else ascii(value)[1:-1])[:limit]
 
 
-@dataclass(frozen=True)
-class DeadLetter:
-    """One dead letter as an operator sees it.  ``turn_id`` and ``wallet_id`` are None when the
-    payload does not hold a string there; ``billed_nanos`` is 0 when ``b`` is not an integer.
-    ``charged``: the ledger holds its named debt (None: not looked up, see :func:`list_dead_letters`).
-    ``fields``: the outbox entry's own fields."""
-
-    shard: int
-    entry_id: str
-    deadletter_id: str
-    turn_id: str | None
-    wallet_id: str | None
-    billed_nanos: int
-    error: str
-    error_class: str
-    charged: bool | None
-    fields: dict[str, str] = field(repr=False)
-
-    @property
-    def outbox_id(self) -> str:
-        """``<shard>:<outbox stream id>``, as ``usage_event.outbox_id`` and the CLI name it."""
-        return f"{self.shard}:{self.entry_id}"
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready (strings as stored: ``json.dumps`` escapes NUL and lone surrogates)."""
-        data = asdict(self)
-        data["outbox_id"] = self.outbox_id
-        return data
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def describe(shard: int, deadletter_id: str, stored: dict[str, str]) -> DeadLetter:
-    """A dead-letter stream entry → :class:`DeadLetter`.  Never raises: whatever was stored (a
-    malformed payload, NUL, a non-integer amount) is shown, not parsed."""
-    fields = {k: v for k, v in stored.items() if k not in _OWN_FIELDS}
+def identity(fields: dict[str, str]) -> tuple[str | None, str | None, int]:
+    """``(turn_id, wallet_id, billed_nanos)`` of an outbox entry as far as it can be read; never
+    raises (None where the payload holds no string, 0 when ``b`` is not an integer)."""
     turn_id = wallet_id = None
     try:
         payload = json.loads(fields.get("t", ""))
         if isinstance(payload, list) and len(payload) > 2:
-            turn_id, wallet_id = _text(payload[1]), _text(payload[2])
-    except (ValueError, TypeError):
+            turn_id = payload[1] if isinstance(payload[1], str) else None
+            wallet_id = payload[2] if isinstance(payload[2], str) else None
+    except (ValueError, TypeError, RecursionError):
         pass
     try:
         billed = int(fields.get("b", "0"))
     except (ValueError, TypeError):
         billed = 0
-    return DeadLetter(shard=shard, entry_id=str(stored.get("outbox_id", "")), deadletter_id=deadletter_id,
-                      turn_id=turn_id, wallet_id=wallet_id, billed_nanos=billed,
-                      error=str(stored.get("error", "")), error_class=str(stored.get("error_class", "")),
-                      charged=None, fields=fields)
+    return turn_id, wallet_id, billed
 
 
-def list_dead_letters(client: redis.Redis, shards: Iterable[int], *, session: Session | None = None) -> list[DeadLetter]:
-    """Every dead letter of the given shards, oldest first per shard; with a ``session``, each
-    marked ``charged`` as the ledger says (one query)."""
-    found = []
-    for shard in shards:
-        found += [describe(shard, dl_id, stored) for dl_id, stored in xrange_tolerant(client, deadletter_key(shard))]
-    if session is not None and found:
-        keys = {CHARGE + dl.outbox_id for dl in found}  # ids Redis made: ASCII, storable
-        held = set(session.execute(select(WalletTransaction.idempotency_key).where(
-            WalletTransaction.idempotency_key.in_(keys))).scalars())
-        found = [replace(dl, charged=CHARGE + dl.outbox_id in held) for dl in found]
-    return found
+# the record ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead letter as an operator sees it.  ``turn_id`` and ``wallet_id`` are read from the
+    stored fields (None when the payload has no string there; they may hold NUL, show them
+    escaped); ``charged``: the ledger holds its named debt; ``fields``: the outbox entry's own."""
+
+    shard: int
+    outbox_id: str
+    turn_id: str | None
+    wallet_id: str | None
+    billed_nanos: int
+    error: str
+    error_class: str
+    charged: bool
+    status: str
+    created_at: datetime | None
+    fields: dict[str, str] = field(repr=False)
+
+    @property
+    def entry_id(self) -> str:
+        """The outbox stream id."""
+        return self.outbox_id.partition(":")[2]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (``json.dumps`` escapes NUL and lone surrogates); ``created_at`` ISO 8601."""
+        data = asdict(self)
+        data["created_at"] = self.created_at.isoformat() if self.created_at else None
+        return data
 
 
-def find(client: redis.Redis, outbox_id: str) -> DeadLetter:
-    """The dead letter of ``<shard>:<outbox stream id>``.  Raises DeadLetterNotFound (also for a
-    malformed id)."""
-    shard_text, _, entry_id = outbox_id.partition(":")
-    if not shard_text.isdigit() or not entry_id:
-        raise DeadLetterNotFound(f"outbox_id: expected <shard>:<stream id>, got {outbox_id!r}")
-    shard = int(shard_text)
-    deadletter_id = client.hget(deadletter_index_key(shard), entry_id)
-    stored = xrange_tolerant(client, deadletter_key(shard), min=deadletter_id, max=deadletter_id) if deadletter_id else []
-    if not stored:
-        raise DeadLetterNotFound(f"outbox_id: no dead letter {outbox_id!r}")
-    return describe(shard, stored[0][0], stored[0][1])
+def _from_row(row: DeadLetterRow) -> DeadLetter:
+    try:
+        fields = json.loads(row.fields_json)
+        if not isinstance(fields, dict):
+            raise TypeError("not an object")
+        fields = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+    except (ValueError, TypeError, RecursionError):
+        fields = {}
+    turn_id, wallet_id, _billed = identity(fields)
+    return DeadLetter(shard=row.shard, outbox_id=row.outbox_id, turn_id=turn_id, wallet_id=wallet_id,
+                      billed_nanos=row.billed_nanos, error=row.error, error_class=row.error_class,
+                      charged=row.charged, status=row.status, created_at=row.created_at, fields=fields)
 
 
 def record(client: redis.Redis, shard: int, entry_id: str, fields: dict[str, str], exc: BaseException) -> bool:
-    """Append the outbox entry to the shard's dead-letter stream with its error, once per entry
-    (the index hash is checked under WATCH).  Returns True if it was new."""
-    index = deadletter_index_key(shard)
-    with client.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                pipe.watch(index)
-                if pipe.hexists(index, entry_id):
-                    return False
-                pipe.multi()
-                pipe.xadd(deadletter_key(shard), encode_fields({
-                    **{k: v for k, v in fields.items() if k not in _OWN_FIELDS}, "outbox_id": entry_id,
-                    "error": str(exc)[:2000] or repr(exc)[:2000], "error_class": _class_name(exc),
-                }))
-                dl_id = pipe.execute()[0]
-                break
-            except redis.WatchError:
-                continue
-    # the index after the stream entry: a crash in between leaves a second copy at worst, never none
-    client.hsetnx(index, entry_id, dl_id)
+    """Dead-letter one outbox entry: in one transaction its ``dead_letter`` row and, when the
+    ledger knows its wallet and it billed anything, its named debt (a debit, :data:`CHARGE`); then
+    its Redis copy.  Once per entry: a re-delivered entry finds its row and writes nothing.
+    Returns True if it was new.  Raises only transient errors (:func:`is_transient`); if even the
+    row cannot be written, the Redis copy is the record (logged)."""
+    outbox_id = f"{shard}:{entry_id}"
+    turn_id, wallet_id, billed = identity(fields)
+    error, error_class = str(exc) or repr(exc), _class_name(exc)
+    try:
+        with session_scope() as session:
+            new = session.execute(
+                insert(DeadLetterRow).values(
+                    outbox_id=outbox_id, shard=shard, billed_nanos=billed, error=_clean(error, 2000),
+                    error_class=_clean(error_class, 200), fields_json=json.dumps(fields, ensure_ascii=True),
+                    status="open",
+                    turn_id=turn_id if storable(turn_id) and len(turn_id) <= 1000 else None,
+                    wallet_id=wallet_id if storable(wallet_id) and len(wallet_id) <= 1000 else None,
+                ).on_conflict_do_nothing(index_elements=["outbox_id"]).returning(DeadLetterRow.id)
+            ).first()
+            if new is None:
+                return False
+            if billed > 0 and storable(wallet_id) and session.get(Wallet, wallet_id) is not None:
+                _ledger_entry(session, wallet_id, TransactionKind.debit, billed, CHARGE + outbox_id,
+                              f"dead-lettered outbox entry {outbox_id} (turn {ascii(turn_id)[:200]})")
+                session.execute(update(DeadLetterRow).where(DeadLetterRow.id == new[0]).values(charged=True))
+    except Exception as failure:
+        if is_transient(failure):
+            raise
+        log.error("dead letter %s could not be stored in PostgreSQL (%r); Redis holds it", outbox_id, failure)
+    client.xadd(deadletter_key(shard), encode_fields({
+        **{k: v for k, v in fields.items() if k not in _OWN_FIELDS}, "outbox_id": entry_id,
+        "error": error[:2000], "error_class": error_class,
+    }))
     return True
 
 
@@ -236,31 +247,12 @@ def _class_name(exc: BaseException) -> str:
     return f"{type(cause).__module__}.{type(cause).__qualname__}"
 
 
-def is_dead_lettered(client: redis.Redis, shard: int, entry_id: str) -> bool:
-    """True if this outbox entry was dead-lettered already (a re-delivery after a crash)."""
-    return bool(client.hexists(deadletter_index_key(shard), entry_id))
-
-
-def charge(shard: int, entry_id: str, fields: dict[str, str]) -> bool:
-    """Write the named debt of a dead-lettered entry: a ledger debit of its billed nanos
-    (``tollgate:deadletter:<shard>:<entry id>``), once.  Returns True if the ledger holds it (now
-    or from before); False when there is nothing to charge or the ledger cannot name the wallet
-    (unknown, or not storable text).  Raises only transient errors (see :func:`is_transient`)."""
-    dl = describe(shard, "", {**fields, "outbox_id": entry_id})
-    if dl.billed_nanos <= 0 or dl.wallet_id is None:
-        return False
-    try:
-        with session_scope() as session:
-            if session.get(Wallet, dl.wallet_id) is None:
-                return False
-            _ledger_entry(session, dl.wallet_id, TransactionKind.debit, dl.billed_nanos, CHARGE + dl.outbox_id,
-                          f"dead-lettered outbox entry {dl.outbox_id} (turn {ascii(dl.turn_id)[:200]})")
-        return True
-    except Exception as exc:
-        if is_transient(exc):
-            raise
-        log.error("dead letter %s: its charge cannot be written to the ledger (%s)", dl.outbox_id, exc)
-        return False
+def is_dead_lettered(shard: int, entry_id: str) -> bool:
+    """True if this outbox entry has a dead-letter row (a re-delivery after a crash)."""
+    with session_scope() as session:
+        return session.execute(
+            select(DeadLetterRow.id).where(DeadLetterRow.outbox_id == f"{shard}:{entry_id}")
+        ).first() is not None
 
 
 def _ledger_entry(session: Session, wallet_id: str, kind: TransactionKind, amount_nanos: int, key: str,
@@ -280,49 +272,88 @@ def _ledger_entry(session: Session, wallet_id: str, kind: TransactionKind, amoun
     return True
 
 
-def has_charge(session: Session, dl: DeadLetter) -> bool:
-    """True if the ledger holds the named debt of ``dl``."""
-    return session.execute(
-        select(WalletTransaction.id).where(WalletTransaction.idempotency_key == CHARGE + dl.outbox_id)
-    ).first() is not None
+def list_dead_letters(session: Session, shards: Iterable[int] | None = None, *,
+                      status: str = "open") -> list[DeadLetter]:
+    """Dead letters (default: the open ones) of the given shards (default: all), by shard, oldest
+    first.  Whatever a row holds, reading it never raises."""
+    query = select(DeadLetterRow).where(DeadLetterRow.status == status).order_by(DeadLetterRow.shard, DeadLetterRow.id)
+    if shards is not None:
+        query = query.where(DeadLetterRow.shard.in_(list(shards)))
+    return [_from_row(row) for row in session.execute(query).scalars()]
 
 
-def settle_after_retry(session: Session, dl: DeadLetter) -> bool:
-    """In the retry's transaction: cancel the named debt (the persisted turn's usage debit now
-    charges it) with a credit ``tollgate:deadletter-retried:…``, once.  True if written now."""
-    if not has_charge(session, dl):
-        return False
-    return _ledger_entry(session, dl.wallet_id, TransactionKind.credit, dl.billed_nanos, SETTLED + dl.outbox_id,
-                         f"dead letter {dl.outbox_id} retried and persisted: its usage debit charges it")
+def find(session: Session, outbox_id: str) -> DeadLetter:
+    """The open dead letter ``<shard>:<outbox stream id>``, its row locked until the caller's
+    transaction ends (a concurrent retry or discard waits, then finds it resolved).
+    Raises DeadLetterNotFound (also for a malformed id)."""
+    shard_text, _, entry_id = outbox_id.partition(":")
+    if not shard_text.isdigit() or not entry_id or not storable(outbox_id):
+        raise DeadLetterNotFound(f"outbox_id: expected <shard>:<stream id>, got {outbox_id!r}")
+    row = session.execute(
+        select(DeadLetterRow).where(DeadLetterRow.outbox_id == outbox_id, DeadLetterRow.status == "open")
+        .with_for_update()
+    ).scalar_one_or_none()
+    if row is None:
+        raise DeadLetterNotFound(f"outbox_id: no open dead letter {outbox_id!r}")
+    return _from_row(row)
 
 
-def remove(client: redis.Redis, dl: DeadLetter) -> None:
-    """Delete the dead letter (stream entry and index)."""
-    pipe = client.pipeline(transaction=True)
-    pipe.xdel(deadletter_key(dl.shard), dl.deadletter_id)
-    pipe.hdel(deadletter_index_key(dl.shard), dl.entry_id)
-    pipe.execute()
+def resolve(session: Session, dl: DeadLetter, status: str) -> None:
+    """Mark the dead letter 'retried' or 'discarded' in the caller's transaction."""
+    session.execute(update(DeadLetterRow).where(DeadLetterRow.outbox_id == dl.outbox_id)
+                    .values(status=status, resolved_at=func.now()))
+
+
+def settle_after_retry(session: Session, dl: DeadLetter) -> None:
+    """In the retry's transaction, after the turn was persisted: cancel the named debt (the turn's
+    usage debit now charges it) with a credit ``tollgate:deadletter-retried:…`` and mark it 'retried'."""
+    if dl.charged:
+        _ledger_entry(session, dl.wallet_id, TransactionKind.credit, dl.billed_nanos, SETTLED + dl.outbox_id,
+                      f"dead letter {dl.outbox_id} retried and persisted: its usage debit charges it")
+    resolve(session, dl, "retried")
+
+
+def refund_in_ledger(session: Session, dl: DeadLetter) -> None:
+    """In the caller's transaction: refund the named debt (a credit ``tollgate:deadletter-refund:…``,
+    if the ledger held it) and mark the dead letter 'discarded'.  Call :func:`refund_in_gate` after commit."""
+    if dl.charged:
+        _ledger_entry(session, dl.wallet_id, TransactionKind.credit, dl.billed_nanos, REFUND + dl.outbox_id,
+                      f"dead letter {dl.outbox_id} discarded: its charge refunded")
+    resolve(session, dl, "discarded")
+
+
+def refund_in_gate(gate: WalletGate, dl: DeadLetter) -> None:
+    """Give the gate back what it debited for the turn (keyed by :data:`REFUND`: applied once).  A
+    wallet the gate lacks is skipped (a rebuild loads the ledger balance).  Crash before this call:
+    reconciliation reports the wallet's drift and ``--repair`` sets it (the ledger credit is there)."""
+    if dl.billed_nanos <= 0 or not storable(dl.wallet_id):
+        return
+    try:
+        gate.credit(dl.wallet_id, dl.billed_nanos, REFUND + dl.outbox_id)
+    except UnknownWallet:
+        log.warning("dead letter %s: wallet %r is not in the gate; a rebuild loads the ledger balance",
+                    dl.outbox_id, dl.wallet_id)
+
+
+def drop_copy(client: redis.Redis, dl: DeadLetter) -> None:
+    """Delete the Redis copy of a resolved dead letter (never raises: PostgreSQL is the record)."""
+    try:
+        for copy_id, stored in xrange_tolerant(client, deadletter_key(dl.shard)):
+            if stored.get("outbox_id") == dl.entry_id:
+                client.xdel(deadletter_key(dl.shard), copy_id)
+    except redis.RedisError:
+        log.warning("dead letter %s: its Redis copy stays", dl.outbox_id, exc_info=True)
 
 
 def discard(gate: WalletGate, outbox_id: str) -> DeadLetter:
-    """Drop a dead letter for good and refund its charge: the ledger credit
-    ``tollgate:deadletter-refund:<outbox id>`` (if the ledger held the named debt), then the same
-    credit in the gate (the gate debited the turn when it accepted it), then the dead letter is
-    deleted.  Safe to run again after a crash (both credits are keyed).  Returns what was discarded.
-    Raises DeadLetterNotFound."""
-    dl = find(gate.redis, outbox_id)
-    if dl.billed_nanos > 0 and dl.wallet_id is not None:
-        with session_scope() as session:
-            if has_charge(session, dl):
-                _ledger_entry(session, dl.wallet_id, TransactionKind.credit, dl.billed_nanos, REFUND + dl.outbox_id,
-                              f"dead letter {dl.outbox_id} discarded: its charge refunded")
-        try:
-            dl.wallet_id.encode("utf-8")  # a wallet id that is not text was never the gate's
-            gate.credit(dl.wallet_id, dl.billed_nanos, REFUND + dl.outbox_id)
-        except (UnknownWallet, UnicodeEncodeError):
-            log.warning("dead letter %s: wallet %r is not in the gate; a rebuild loads the ledger balance",
-                        dl.outbox_id, dl.wallet_id)
-    remove(gate.redis, dl)
+    """Drop a dead letter for good and refund its charge: the ledger credit and the 'discarded' mark
+    in one transaction, then the same credit in the gate.  A second discard raises
+    DeadLetterNotFound and changes nothing.  Returns what was discarded."""
+    with session_scope() as session:
+        dl = find(session, outbox_id)
+        refund_in_ledger(session, dl)
+    refund_in_gate(gate, dl)
+    drop_copy(gate.redis, dl)
     return dl
 
 

@@ -299,12 +299,11 @@ class OutboxDrain:
 
     def _persist_one_by_one(self, shard: int, entries: list[tuple[str, dict[str, str]]], stats: DrainStats) -> None:
         """Each entry in its own transaction; one that fails for any non-transient reason is
-        dead-lettered.  An entry dead-lettered before (re-delivered after a crash) is not persisted
-        again; its ledger charge is made sure of."""
+        dead-lettered.  An entry dead-lettered before (re-delivered after a crash) is left as it
+        is: its row and charge were written in one transaction."""
         for entry in entries:
-            entry_id, fields = entry
-            if deadletter.is_dead_lettered(self.redis, shard, entry_id):
-                deadletter.charge(shard, entry_id, fields)
+            entry_id, _fields = entry
+            if deadletter.is_dead_lettered(shard, entry_id):
                 continue
             try:
                 self._persist(shard, [entry], stats)
@@ -316,26 +315,25 @@ class OutboxDrain:
     def retry_dead_letter(self, outbox_id: str) -> PersistResult:
         """Re-drive one dead letter (``<shard>:<outbox stream id>``) through the persistence path,
         after an operator fixed its cause: its usage event, ledger debit and chat totals in one
-        transaction that also cancels its named debt (:func:`worker.deadletter.settle_after_retry`),
-        then the dead letter is deleted.  Exactly once: a second retry finds no dead letter, a retry
-        re-run after a crash finds the turn persisted from this same entry and writes nothing again.
-        A turn_id persisted from another entry (a second acceptance) is discarded: its charge refunded.
+        transaction that also cancels its named debt and marks it 'retried'
+        (:func:`worker.deadletter.settle_after_retry`).  Exactly once: the persisted turn and the mark
+        commit together, so a second retry (or one racing this) finds no open dead letter.  A turn_id persisted from another entry (a second acceptance) is discarded: its charge refunded.
 
         Returns the :class:`PersistResult`.  Raises DeadLetterNotFound; whatever persisting raises
         (the dead letter is then kept, unchanged).
         """
-        dl = deadletter.find(self.redis, outbox_id)
-        row = parse_entry(dl.fields, dl.outbox_id)
         with session_scope() as session:
-            result = persist_turns(session, [row])
-            if not result.conflicts:
+            dl = deadletter.find(session, outbox_id)  # locked until this transaction ends
+            result = persist_turns(session, [parse_entry(dl.fields, dl.outbox_id)])
+            if result.conflicts:
+                deadletter.refund_in_ledger(session, dl)
+            else:
                 deadletter.settle_after_retry(session, dl)
         if result.conflicts:
-            deadletter.discard(self.gate, outbox_id)
-            return result
+            deadletter.refund_in_gate(self.gate, dl)
         if result.paused:
             self._announce_paused(result.paused)
-        deadletter.remove(self.redis, dl)
+        deadletter.drop_copy(self.redis, dl)
         return result
 
     def _announce_paused(self, paused) -> None:
@@ -355,11 +353,9 @@ class OutboxDrain:
     def _dead_letter(self, shard: int, entry: tuple[str, dict[str, str]], exc: Exception, stats: DrainStats) -> None:
         entry_id, fields = entry
         log.error("outbox shard %s entry %s cannot be persisted, dead-lettered: %r", shard, entry_id, exc)
-        # the record first, then the charge: a crash in between is seen on re-delivery (is_dead_lettered)
         if deadletter.record(self.redis, shard, entry_id, fields, exc):
             stats.dead_lettered += 1
-            record_dead_letter(self.redis, billed_nanos=deadletter.describe(shard, "", fields).billed_nanos)
-        deadletter.charge(shard, entry_id, fields)
+            record_dead_letter(self.redis, billed_nanos=deadletter.identity(fields)[2])
 
     def drain(self, shards: Iterable[int] | None = None, *, max_seconds: float = 30.0) -> DrainStats:
         """Drain the given shards (default: all), sharing one time budget."""

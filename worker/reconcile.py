@@ -188,7 +188,7 @@ def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list
     ):
         recent.setdefault(wallet_id, []).append((kind, key))
     # a turn_id PostgreSQL cannot store is never persisted: it stays queued until it is dead-lettered
-    turn_ids = [q.turn_id for w in wallet_ids for q in queued.get(w, ()) if _storable(q.turn_id)]
+    turn_ids = [q.turn_id for w in wallet_ids for q in queued.get(w, ()) if deadletter.storable(q.turn_id)]
     persisted: set[tuple[str, str]] = set()
     for i in range(0, len(turn_ids), 5000):
         rows = session.execute(
@@ -204,14 +204,6 @@ def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list
         persisted.update((entries_by_key[k].turn_id, entries_by_key[k].outbox_id) for k in charged)
     return wallets, entries, persisted, recent
 
-
-def _storable(value: str) -> bool:
-    """True if PostgreSQL can hold ``value`` as text (valid UTF-8, no NUL)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return "\x00" not in value
 
 
 def check_wallets(gate: WalletGate, wallet_ids: list[str], *, retries: int = 3) -> list[WalletCheck]:
@@ -329,7 +321,8 @@ def reconcile(gate: WalletGate | None = None, *, repair: bool = False, rebuild: 
                 drifts.append(WalletDrift(run_id=run_id, wallet_id=check.wallet_id, gate_nanos=check.gate_nanos,
                                           expected_nanos=check.expected_nanos, drift_nanos=check.drift_nanos,
                                           repaired=check.repaired))
-    report.dead_letters = deadletter.summary(deadletter.list_dead_letters(gate.redis, range(gate.settings.outbox_shards)))
+    with session_scope() as session:
+        report.dead_letters = deadletter.summary(deadletter.list_dead_letters(session))
     with session_scope() as session:
         stored = session.get(ReconciliationRun, run_id)
         stored.finished_at = datetime.now(UTC)

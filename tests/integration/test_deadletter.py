@@ -17,7 +17,8 @@ from sqlalchemy.exc import OperationalError
 import worker.drain as drain_module
 from models.schemas import TurnIn
 from tests.conftest import TEST_REDIS_URL
-from worker.deadletter import list_dead_letters
+from worker.db import session_scope
+from worker.deadletter import DeadLetterNotFound, list_dead_letters
 from worker.drain import GROUP, DrainStats, OutboxDrain, deadletter_key
 from worker.reconcile import reconcile
 from worker.ledger import credit_wallet, open_wallet
@@ -40,6 +41,11 @@ def _turn(i: int, wallet_id: str = "w1", **poison) -> TurnIn:
 def _open(gate, wallet_id: str = "w1") -> None:
     open_wallet(gate, wallet_id=wallet_id, enterprise_id="acme", owner_id="u1")
     credit_wallet(gate, wallet_id=wallet_id, amount_nanos=CREDIT, idempotency_key=f"open-{wallet_id}")
+
+
+def _dead() -> list:
+    with session_scope() as session:
+        return list_dead_letters(session)
 
 
 def _rows(db, sql: str, **params):
@@ -68,6 +74,12 @@ def test_a_nul_in_one_turn_dead_letters_it_and_persists_the_rest(db, redis_clien
     assert _rows(db, "SELECT credits_nanos, debits_nanos FROM wallet WHERE id = 'w1'") == [
         (CREDIT, billed_good + bad.billed_nanos)]
     assert gate.balance("w1") == CREDIT - billed_good - bad.billed_nanos
+    # the record is PostgreSQL's: the turn's fields escaped, its turn_id column NULL when not storable
+    assert _rows(db, "SELECT shard, turn_id, wallet_id, billed_nanos, charged, status, error_class FROM dead_letter") == [
+        (gate.shard("w1"), None if field == "turn_id" else "t-3", "w1", bad.billed_nanos, True, "open",
+         "psycopg.errors.CharacterNotInRepertoire")]
+    (dl,) = _dead()
+    assert "a\u0000b" in json.loads(dl.fields["t"]) and (dl.turn_id == "a\u0000b") == (field == "turn_id")
 
 
 def _poisoned(gate, redis_client, settings, field: str = "agent"):
@@ -127,15 +139,19 @@ def test_stored_values_that_are_not_turns_never_crash_reconcile(db, redis_client
     _open(gate)
     good = gate.record_turns([_turn(1)])[0]
     shard = gate.shard("w1")
-    # a dead letter with a NUL wallet id and one whose payload is not a turn, as other writers could leave
-    redis_client.xadd(deadletter_key(shard), {"t": json.dumps([4, "t\u0000x", "w\u0000x"]), "b": "77",
-                                              "outbox_id": "1-0", "error": "x"})
-    redis_client.xadd(deadletter_key(shard), {"t": "{not json", "b": "a lot", "outbox_id": "2-0"})
+    # dead letters with a NUL wallet id, a payload that is not a turn, fields that are not JSON
+    with db.begin() as conn:
+        for outbox_id, fields_json, billed in (
+                ("0:1-0", json.dumps({"t": json.dumps([4, "t\u0000x", "w\u0000x"]), "b": "77"}), 77),
+                ("0:2-0", json.dumps({"t": "{not json", "b": "a lot"}), 0), ("0:3-0", "[not json", 0)):
+            conn.execute(text("INSERT INTO dead_letter (outbox_id, shard, billed_nanos, error, error_class, "
+                              "fields_json, status) VALUES (:o, 0, :b, '', '', :f, 'open')"),
+                         {"o": outbox_id, "b": billed, "f": fields_json})
     redis_client.xadd(outbox_key(shard), {"t": json.dumps([4, None, ["w1"]]), "b": "5", "a": "continue", "m": "x"})
     report = reconcile(gate)
     assert (report.wallets_drifted, report.drift_nanos_abs) == (0, 0)
-    assert report.dead_letters["count"] == 2 and report.dead_letters["nanos"] == 77
-    assert report.dead_letters["by_wallet"] == {"w\\x00x": {"count": 1, "nanos": 77}, "?": {"count": 1, "nanos": 0}}
+    assert report.dead_letters["count"] == 3 and report.dead_letters["nanos"] == 77
+    assert report.dead_letters["by_wallet"] == {"w\\x00x": {"count": 1, "nanos": 77}, "?": {"count": 2, "nanos": 0}}
     assert gate.balance("w1") == CREDIT - good.billed_nanos
 
 
@@ -156,7 +172,7 @@ def test_any_exception_class_dead_letters_only_the_entry_that_raises(db, redis_c
     assert (stats.read, stats.inserted, stats.dead_lettered) == (5, 4, 1)
     assert _rows(db, "SELECT count(*), sum(billed_nanos) FROM usage_event") == [
         (4, sum(d.billed_nanos for i, d in enumerate(decisions) if i != 2))]
-    (dl,) = list_dead_letters(redis_client, [gate.shard("w1")])
+    (dl,) = _dead()
     assert (dl.turn_id, dl.billed_nanos, dl.error_class) == ("t-2", decisions[2].billed_nanos,
                                                              f"builtins.{type(error).__name__}")
     assert reconcile(gate).drift_nanos_abs == 0
@@ -219,14 +235,14 @@ def test_cli_lists_retries_once_after_the_cause_is_fixed(db, redis_client, gate,
 
     still = cli("deadletter", "retry", outbox_id)  # not fixed yet: kept, nothing written
     assert still.returncode == 1 and "dead letter kept" in still.stderr
-    assert len(list_dead_letters(redis_client, [shard])) == 1
+    assert len(_dead()) == 1
 
     with db.begin() as conn:
         conn.execute(text("ALTER TABLE usage_turn_key DROP CONSTRAINT no_blocked"))
     fixed = cli("deadletter", "retry", outbox_id)
     assert fixed.returncode == 0, fixed.stderr
     again = cli("deadletter", "retry", outbox_id)
-    assert again.returncode == 2 and "no dead letter" in again.stderr
+    assert again.returncode == 2 and "no open dead letter" in again.stderr
 
     assert _rows(db, "SELECT turn_id, billed_nanos, outbox_id FROM usage_event ORDER BY turn_id") == [
         ("blocked-2", bad.billed_nanos, outbox_id), ("t-1", good.billed_nanos, f"{shard}:" + _rows(
@@ -240,35 +256,39 @@ def test_cli_lists_retries_once_after_the_cause_is_fixed(db, redis_client, gate,
     assert (report.drift_nanos_abs, report.dead_letters["count"]) == (0, 0)
 
 
-def test_a_retry_cut_short_after_its_commit_persists_once_when_run_again(db, redis_client, gate, settings,
-                                                                        monkeypatch, blocked):
+def test_a_retry_that_fails_midway_changes_nothing_and_the_next_persists_once(db, redis_client, gate, settings,
+                                                                            monkeypatch, blocked):
     _open(gate)
     bad = gate.record_turns([_turn(2, turn_id="blocked-2")])[0]
     drain = OutboxDrain(redis_client, settings=settings, consumer="c1")
     drain.drain()
     with db.begin() as conn:
         conn.execute(text("ALTER TABLE usage_turn_key DROP CONSTRAINT no_blocked"))
-    (dl,) = list_dead_letters(redis_client, [gate.shard("w1")])
+    (dl,) = _dead()
 
-    def crash(client, dead):
-        raise ConnectionError("killed after the commit")
+    def crash(session, dead):
+        raise RuntimeError("killed before the commit")
 
-    monkeypatch.setattr(drain_module.deadletter, "remove", crash)
-    with pytest.raises(ConnectionError):
+    monkeypatch.setattr(drain_module.deadletter, "settle_after_retry", crash)
+    with pytest.raises(RuntimeError):
         drain.retry_dead_letter(dl.outbox_id)
     monkeypatch.undo()
+    assert _rows(db, "SELECT count(*) FROM usage_event") == [(0,)]  # the turn and the mark commit together
     result = drain.retry_dead_letter(dl.outbox_id)
-    assert (result.inserted, result.duplicates) == (0, 1)
+    assert (result.inserted, result.duplicates) == (1, 0)
+    with pytest.raises(DeadLetterNotFound):
+        drain.retry_dead_letter(dl.outbox_id)
     assert _rows(db, "SELECT count(*), sum(billed_nanos) FROM usage_event") == [(1, bad.billed_nanos)]
     assert _ledger(db) == [("debit", bad.billed_nanos, "deadletter"), ("debit", bad.billed_nanos, "usage"),
                            ("credit", bad.billed_nanos, "deadletter-retried")]
-    assert list_dead_letters(redis_client, [gate.shard("w1")]) == []
+    assert _rows(db, "SELECT status, resolved_at IS NOT NULL FROM dead_letter") == [("retried", True)]
+    assert _dead() == [] and redis_client.xlen(deadletter_key(gate.shard("w1"))) == 0
     assert reconcile(gate).drift_nanos_abs == 0
 
 
 def test_cli_discard_refunds_the_charge_in_ledger_and_gate_once(db, redis_client, gate, settings, cli):
     good, bad, _ = _poisoned(gate, redis_client, settings, "chat_id")
-    (dl,) = list_dead_letters(redis_client, [gate.shard("w1")])
+    (dl,) = _dead()
     billed_good = sum(d.billed_nanos for d in good)
     assert gate.balance("w1") == CREDIT - billed_good - bad.billed_nanos
 
