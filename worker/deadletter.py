@@ -72,13 +72,26 @@ class DeadLetterNotFound(LookupError):
     """No open dead letter with this outbox id (never dead-lettered, or already retried or discarded)."""
 
 
+#: SQLSTATE classes of a server that cannot work now, whatever the data: connection exception,
+#: transaction rollback (deadlock, serialization), insufficient resources, operator intervention
+#: (shutdown, cancel), system error; and lock_not_available.  Everything else PostgreSQL reports
+#: (data exceptions, integrity, program limits such as an index row too large) is the entry's own.
+TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
+TRANSIENT_SQLSTATES = ("55P03",)
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for a failure of PostgreSQL or Redis themselves (down, connection lost, deadlock,
-    serialization failure, pool timeout): nothing is dead-lettered for it.  Any other exception,
-    whatever its class, is the entry's own."""
-    if isinstance(exc, TRANSIENT_ERRORS):
+    serialization failure, pool timeout, disk full): nothing is dead-lettered for it.  Any other
+    exception, whatever its class, is the entry's own; a PostgreSQL error is judged by its SQLSTATE
+    (psycopg files e.g. ``ProgramLimitExceeded`` under OperationalError, yet it is the data's)."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
-    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
+    cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+    sqlstate = getattr(cause, "sqlstate", None)
+    if isinstance(cause, psycopg.Error) and sqlstate:
+        return sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES or sqlstate in TRANSIENT_SQLSTATES
+    return isinstance(exc, TRANSIENT_ERRORS)
 
 
 def deadletter_key(shard: int) -> str:

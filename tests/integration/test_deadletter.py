@@ -367,3 +367,20 @@ def test_metrics_endpoint_shows_dead_letters_per_shard(db, redis_client, gate, s
     assert float(samples[f'tollgate_deadletter_entries{{shard="{shard}"}}']) == 1
     assert float(samples[f'tollgate_deadletter_nanos{{shard="{shard}"}}']) == bad.billed_nanos
     assert float(samples["tollgate_dead_lettered_turns_total"]) == 1
+
+
+def test_a_turn_id_too_long_for_its_column_is_dead_lettered(db, redis_client, gate, settings):
+    import random
+    import string
+
+    _open(gate)
+    huge = "".join(random.Random(7).choices(string.ascii_letters + string.digits, k=9000))
+    good = gate.record_turns([_turn(1)])[0]
+    bad = gate.record_turns([_turn(2, turn_id=huge)])[0]
+    stats = OutboxDrain(redis_client, settings=settings, consumer="c1").drain()
+    assert (stats.read, stats.inserted, stats.dead_lettered) == (2, 1, 1)
+    (dl,) = _dead()
+    assert (dl.turn_id, dl.billed_nanos, dl.error_class) == (huge, bad.billed_nanos, "psycopg.errors.StringDataRightTruncation")
+    assert _rows(db, "SELECT turn_id FROM dead_letter") == [(None,)]  # too long for the column: kept in fields_json
+    assert gate.balance("w1") == CREDIT - good.billed_nanos - bad.billed_nanos
+    assert reconcile(gate).drift_nanos_abs == 0
