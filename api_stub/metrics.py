@@ -62,7 +62,8 @@ class WorkerMetrics:
         for shard, seconds in lags:
             lag.add_metric([shard], seconds)
         yield lag
-        yield CounterMetricFamily("tollgate_dead_lettered_turns", "Outbox entries the drain dead-lettered (all workers)",
+        yield CounterMetricFamily("tollgate_dead_lettered_turns",
+                                  "Outbox entries the drain dead-lettered (all workers)",
                                   value=counters["dead_lettered_turns"])
         entries = GaugeMetricFamily("tollgate_deadletter_entries", "Dead letters waiting for an operator, per shard",
                                     labels=["shard"])

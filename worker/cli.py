@@ -788,6 +788,8 @@ app.add_typer(deadletter_app, name="deadletter")
 def deadletter_list(as_json: bool = typer.Option(False, "--json", help="one JSON object per line")) -> None:
     """Every dead letter: shard, outbox id, turn_id, wallet, billed nanos, whether the ledger holds its
     charge, error.  Text is shown escaped (NUL as \\x00)."""
+    from rich.text import Text
+
     from worker.db import session_scope
     from worker.deadletter import list_dead_letters
 
@@ -800,14 +802,16 @@ def deadletter_list(as_json: bool = typer.Option(False, "--json", help="one JSON
     table = Table(title=f"{len(dead)} dead letter(s)")
     for column in ("shard", "outbox_id", "turn_id", "wallet_id", "billed_nanos", "charged", "error"):
         table.add_column(column, justify="right" if column in ("shard", "billed_nanos") else "left")
-    for dl in dead:
-        table.add_row(str(dl.shard), dl.outbox_id, ascii(dl.turn_id), ascii(dl.wallet_id), f"{dl.billed_nanos:,}",
-                      str(dl.charged), ascii(dl.error)[1:-1][:200])
+    for dl in dead:  # stored text is not markup: Text cells, escaped
+        table.add_row(str(dl.shard), dl.outbox_id, Text(ascii(dl.turn_id)), Text(ascii(dl.wallet_id)),
+                      f"{dl.billed_nanos:,}", str(dl.charged), Text(ascii(dl.error)[1:-1][:200]))
     out.print(table)
 
 
 @deadletter_app.command("retry")
-def deadletter_retry(outbox_id: str = typer.Argument(..., help="SHARD:ENTRY_ID as `deadletter list` shows it")) -> None:
+def deadletter_retry(
+    outbox_id: str = typer.Argument(..., help="SHARD:ENTRY_ID as `deadletter list` shows it"),
+) -> None:
     """Persist a dead letter now (after its cause was fixed), exactly once; its named debt is then
     settled by the turn's own usage debit.  Exit 1, the dead letter kept, if it still fails."""
     from worker.deadletter import DeadLetterNotFound
@@ -825,7 +829,9 @@ def deadletter_retry(outbox_id: str = typer.Argument(..., help="SHARD:ENTRY_ID a
 
 
 @deadletter_app.command("discard")
-def deadletter_discard(outbox_id: str = typer.Argument(..., help="SHARD:ENTRY_ID as `deadletter list` shows it")) -> None:
+def deadletter_discard(
+    outbox_id: str = typer.Argument(..., help="SHARD:ENTRY_ID as `deadletter list` shows it"),
+) -> None:
     """Drop a dead letter for good and refund its charge to its wallet (ledger credit, then gate)."""
     from worker.deadletter import DeadLetterNotFound, discard
     from worker.wallet import WalletGate
@@ -834,7 +840,8 @@ def deadletter_discard(outbox_id: str = typer.Argument(..., help="SHARD:ENTRY_ID
         dl = discard(WalletGate(kicker=lambda shard: None), outbox_id)
     except DeadLetterNotFound as exc:
         _fail(str(exc).replace("outbox_id:", "OUTBOX_ID:"))
-    out.print(f"{outbox_id}: discarded, {dl.billed_nanos:,} nanos refunded to {ascii(dl.wallet_id)}", highlight=False)
+    out.print(f"{outbox_id}: discarded, {dl.billed_nanos:,} nanos refunded to {ascii(dl.wallet_id)}",
+              highlight=False, markup=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,7 +38,7 @@ from worker.db import session_scope
 from worker.ledger import PersistResult, persist_turns
 from worker.metrics import record_dead_letter, record_drain_batch
 from worker.settings import Settings, get_settings, redis_client
-from worker.wallet import PAYLOAD_VERSION, WalletGate, kick_key, outbox_key, shard_tag
+from worker.wallet import PAYLOAD_VERSION, WalletGate, kick_key, outbox_key
 
 GROUP = "tollgate-drain"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -317,7 +317,8 @@ class OutboxDrain:
         after an operator fixed its cause: its usage event, ledger debit and chat totals in one
         transaction that also cancels its named debt and marks it 'retried'
         (:func:`worker.deadletter.settle_after_retry`).  Exactly once: the persisted turn and the mark
-        commit together, so a second retry (or one racing this) finds no open dead letter.  A turn_id persisted from another entry (a second acceptance) is discarded: its charge refunded.
+        commit together, so a second retry (or one racing this) finds no open dead letter.  A turn_id
+        persisted from another entry (a second acceptance) is discarded instead: its charge refunded.
 
         Returns the :class:`PersistResult`.  Raises DeadLetterNotFound; whatever persisting raises
         (the dead letter is then kept, unchanged).

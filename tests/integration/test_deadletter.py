@@ -75,7 +75,8 @@ def test_a_nul_in_one_turn_dead_letters_it_and_persists_the_rest(db, redis_clien
         (CREDIT, billed_good + bad.billed_nanos)]
     assert gate.balance("w1") == CREDIT - billed_good - bad.billed_nanos
     # the record is PostgreSQL's: the turn's fields escaped, its turn_id column NULL when not storable
-    assert _rows(db, "SELECT shard, turn_id, wallet_id, billed_nanos, charged, status, error_class FROM dead_letter") == [
+    assert _rows(db, "SELECT shard, turn_id, wallet_id, billed_nanos, charged, status, error_class "
+                     "FROM dead_letter") == [
         (gate.shard("w1"), None if field == "turn_id" else "t-3", "w1", bad.billed_nanos, True, "open",
          "psycopg.errors.CharacterNotInRepertoire")]
     (dl,) = _dead()
@@ -309,13 +310,16 @@ def test_cli_discard_refunds_the_charge_in_ledger_and_gate_once(db, redis_client
                                                                  "by_wallet": {}})
 
 
-def test_cli_list_shows_a_nul_escaped(db, redis_client, gate, settings, cli):
+def test_cli_list_shows_a_nul_escaped_and_markup_as_text(db, redis_client, gate, settings, cli):
     _poisoned(gate, redis_client, settings, "turn_id")
-    shown = cli("deadletter", "list")
+    _open(gate, "w2")
+    gate.record_turns([_turn(9, "w2", turn_id="[/][bold]t-9\u0000")])  # not markup, and not storable
+    OutboxDrain(redis_client, settings=settings, consumer="c1").drain()
+    shown = cli("deadletter", "list", env={"COLUMNS": "300"})
     assert shown.returncode == 0, shown.stderr
-    assert "'a\\x00b'" in shown.stdout and "'w1'" in shown.stdout
+    assert "'a\\x00b'" in shown.stdout and "'w1'" in shown.stdout and "[/][bold]t-9" in shown.stdout
     reconciled = cli("reconcile")
-    assert reconciled.returncode == 0 and "1 dead-lettered turn(s)" in reconciled.stdout
+    assert reconciled.returncode == 0 and "2 dead-lettered turn(s)" in reconciled.stdout
 
 
 def test_bytes_that_are_not_utf8_in_the_outbox_are_dead_lettered_not_wedging(db, redis_client, gate, settings, cli):
@@ -380,7 +384,8 @@ def test_a_turn_id_too_long_for_its_column_is_dead_lettered(db, redis_client, ga
     stats = OutboxDrain(redis_client, settings=settings, consumer="c1").drain()
     assert (stats.read, stats.inserted, stats.dead_lettered) == (2, 1, 1)
     (dl,) = _dead()
-    assert (dl.turn_id, dl.billed_nanos, dl.error_class) == (huge, bad.billed_nanos, "psycopg.errors.StringDataRightTruncation")
+    assert (dl.turn_id, dl.billed_nanos, dl.error_class) == (
+        huge, bad.billed_nanos, "psycopg.errors.StringDataRightTruncation")
     assert _rows(db, "SELECT turn_id FROM dead_letter") == [(None,)]  # too long for the column: kept in fields_json
     assert gate.balance("w1") == CREDIT - good.billed_nanos - bad.billed_nanos
     assert reconcile(gate).drift_nanos_abs == 0
