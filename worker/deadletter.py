@@ -260,12 +260,12 @@ def _class_name(exc: BaseException) -> str:
     return f"{type(cause).__module__}.{type(cause).__qualname__}"
 
 
-def is_dead_lettered(shard: int, entry_id: str) -> bool:
-    """True if this outbox entry has a dead-letter row (a re-delivery after a crash)."""
+def dead_lettered(shard: int, entry_ids: Iterable[str]) -> set[str]:
+    """Those of the shard's outbox entry ids that have a dead-letter row (re-delivered after a crash)."""
+    wanted = {f"{shard}:{entry_id}": entry_id for entry_id in entry_ids}
     with session_scope() as session:
-        return session.execute(
-            select(DeadLetterRow.id).where(DeadLetterRow.outbox_id == f"{shard}:{entry_id}")
-        ).first() is not None
+        found = session.execute(select(DeadLetterRow.outbox_id).where(DeadLetterRow.outbox_id.in_(list(wanted))))
+        return {wanted[outbox_id] for outbox_id in found.scalars()}
 
 
 def _ledger_entry(session: Session, wallet_id: str, kind: TransactionKind, amount_nanos: int, key: str,

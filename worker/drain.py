@@ -301,9 +301,9 @@ class OutboxDrain:
         """Each entry in its own transaction; one that fails for any non-transient reason is
         dead-lettered.  An entry dead-lettered before (re-delivered after a crash) is left as it
         is: its row and charge were written in one transaction."""
+        done = deadletter.dead_lettered(shard, [entry_id for entry_id, _ in entries])
         for entry in entries:
-            entry_id, _fields = entry
-            if deadletter.is_dead_lettered(shard, entry_id):
+            if entry[0] in done:
                 continue
             try:
                 self._persist(shard, [entry], stats)
