@@ -13,9 +13,9 @@ entry id).  A turn_id the gate accepted twice (its dedupe key expired, or Redis 
 *different* outbox entry: its debit is refunded in the gate, so Redis keeps agreeing with the ledger.
 A batch that fails for any reason other than PostgreSQL or Redis being unreachable
 (:func:`worker.deadletter.is_transient`) is rolled back and persisted entry by entry, each in its
-own transaction; an entry that still fails, whatever the exception, goes to the shard's dead-letter
-stream ``tollgate:{sN}:deadletter`` with its error and its charge named in the ledger
-(:mod:`worker.deadletter`), so it never blocks the turns behind it.  A transient failure
+own transaction; an entry that still fails, whatever the exception, is dead-lettered (a
+``dead_letter`` row with its error and its charge named in the ledger, one transaction; a copy in
+``tollgate:{sN}:deadletter``; :mod:`worker.deadletter`), so it never blocks the turns behind it.  A transient failure
 dead-letters nothing: the batch stays pending and is read again.  The outbox is never trimmed by
 length.
 """
