@@ -12,8 +12,11 @@ import logging
 
 import redis
 from prometheus_client import REGISTRY
+from sqlalchemy.exc import SQLAlchemyError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from worker.db import session_scope
+from worker.deadletter import list_dead_letters, summary
 from worker.metrics import drain_counters, outbox_lag_seconds
 from worker.settings import get_settings
 from worker.wallet import outbox_key
@@ -24,7 +27,10 @@ log = logging.getLogger(__name__)
 class WorkerMetrics:
     """A Prometheus collector: ``tollgate_drain_batch_size`` (histogram, entries per batch),
     ``tollgate_persisted_turns_total``, ``tollgate_duplicate_turns_total`` (counters) and
-    ``tollgate_outbox_lag_seconds{shard}`` (gauge), read from Redis at each scrape."""
+    ``tollgate_outbox_lag_seconds{shard}`` (gauge), read from Redis at each scrape; dead letters:
+    ``tollgate_dead_lettered_turns_total`` (counter) and, from PostgreSQL's open dead letters,
+    ``tollgate_deadletter_entries{shard}`` and ``tollgate_deadletter_nanos{shard}`` (gauges: alert
+    on > 0, an operator acts with ``tollgate deadletter list|retry|discard``)."""
 
     def describe(self):
         """Nothing at registration: collecting reads Redis, which only a scrape should do."""
@@ -39,8 +45,10 @@ class WorkerMetrics:
             counters = drain_counters(client)
             lags = [(str(s), outbox_lag_seconds(client, outbox_key(s), GROUP))
                     for s in range(get_settings().outbox_shards)]
-        except redis.RedisError:
-            log.warning("worker metrics unavailable: Redis error", exc_info=True)
+            with session_scope() as session:
+                dead = summary(list_dead_letters(session))
+        except (redis.RedisError, SQLAlchemyError):
+            log.warning("worker metrics unavailable: Redis or PostgreSQL error", exc_info=True)
             return
         batch = HistogramMetricFamily("tollgate_drain_batch_size", "Outbox entries per persisted drain batch")
         batch.add_metric([], buckets=counters["buckets"], sum_value=counters["batch_size_sum"])
@@ -54,6 +62,19 @@ class WorkerMetrics:
         for shard, seconds in lags:
             lag.add_metric([shard], seconds)
         yield lag
+        yield CounterMetricFamily("tollgate_dead_lettered_turns",
+                                  "Outbox entries the drain dead-lettered (all workers)",
+                                  value=counters["dead_lettered_turns"])
+        entries = GaugeMetricFamily("tollgate_deadletter_entries", "Dead letters waiting for an operator, per shard",
+                                    labels=["shard"])
+        nanos = GaugeMetricFamily("tollgate_deadletter_nanos", "Billed nanos held by dead letters, per shard",
+                                  labels=["shard"])
+        for shard, _seconds in lags:
+            figure = dead["by_shard"].get(shard, {"count": 0, "nanos": 0})
+            entries.add_metric([shard], figure["count"])
+            nanos.add_metric([shard], figure["nanos"])
+        yield entries
+        yield nanos
 
 
 COLLECTOR = WorkerMetrics()

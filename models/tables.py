@@ -496,3 +496,30 @@ class TokenPackage(SQLModel, table=True):
     stripe_price_id: str | None = Field(default=None, max_length=100)
     active: bool = Field(default=True, sa_column_kwargs={"server_default": text("true")})
     created_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
+
+
+class DeadLetter(SQLModel, table=True):
+    """An outbox entry the drain could not persist (``worker.deadletter``), kept until an operator
+    retries or discards it.  ``fields_json`` is the entry's own fields as ASCII JSON (NUL, lone
+    surrogates and bytes that were not UTF-8 escaped), so any entry can be stored; ``turn_id`` and
+    ``wallet_id`` are the payload's, NULL when PostgreSQL cannot store them.  ``status``: 'open',
+    'retried' or 'discarded' (then ``resolved_at``)."""
+
+    __tablename__ = "dead_letter"
+    __table_args__ = (Index("ix_dead_letter_open", "shard", "id", postgresql_where=text("status = 'open'")),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    #: ``<shard>:<outbox stream id>``, as ``usage_event.outbox_id``
+    outbox_id: str = Field(max_length=100, unique=True)
+    shard: int
+    turn_id: str | None = Field(default=None, max_length=1000)
+    wallet_id: str | None = Field(default=None, max_length=1000)
+    billed_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    #: the ledger holds its named debt (``tollgate:deadletter:<outbox_id>``)
+    charged: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    error: str = Field(default="", max_length=2000)
+    error_class: str = Field(default="", max_length=200)
+    fields_json: str
+    status: str = Field(default="open", max_length=20)
+    created_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
+    resolved_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))

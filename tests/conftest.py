@@ -26,7 +26,7 @@ os.environ.pop("TOLLGATE_PRICE_OVERRIDES_PATH", None)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
-TABLES = ("usage_event, usage_turn_key, paused_chat, stripe_event, token_package, wallet_transaction, chat_agent_usage, chat_session, api_key, audit_log, wallet_drift, "
+TABLES = ("dead_letter, usage_event, usage_turn_key, paused_chat, stripe_event, token_package, wallet_transaction, chat_agent_usage, chat_session, api_key, audit_log, wallet_drift, "
           "reconciliation_run, budget_alert, budget, rollup_dirty, workflow_rollup, wallet, enterprise")
 
 

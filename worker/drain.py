@@ -11,9 +11,13 @@ A crash before COMMIT leaves the entries pending: they are reclaimed and persist
 COMMIT and before XACK re-delivers them: the unique ``turn_id`` drops the duplicates (same outbox
 entry id).  A turn_id the gate accepted twice (its dedupe key expired, or Redis lost it) arrives as a
 *different* outbox entry: its debit is refunded in the gate, so Redis keeps agreeing with the ledger.
-An entry that cannot be written at all (a bad payload, a constraint) goes to the shard's dead-letter
-stream ``tollgate:{sN}:deadletter`` with the error, so it never blocks the turns behind it.  The
-outbox is never trimmed by length.
+A batch that fails for any reason other than PostgreSQL or Redis being unreachable
+(:func:`worker.deadletter.is_transient`) is rolled back and persisted entry by entry, each in its
+own transaction; an entry that still fails, whatever the exception, is dead-lettered (a
+``dead_letter`` row with its error and its charge named in the ledger, one transaction; a copy in
+``tollgate:{sN}:deadletter``; :mod:`worker.deadletter`), so it never blocks the turns behind it.  A transient failure
+dead-letters nothing: the batch stays pending and is read again.  The outbox is never trimmed by
+length.
 """
 
 from __future__ import annotations
@@ -28,13 +32,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Iterable
 
 import redis
-from sqlalchemy.exc import DataError, IntegrityError
 
+from worker import deadletter
 from worker.db import session_scope
 from worker.ledger import PersistResult, persist_turns
-from worker.metrics import record_drain_batch
+from worker.metrics import record_dead_letter, record_drain_batch
 from worker.settings import Settings, get_settings, redis_client
-from worker.wallet import PAYLOAD_VERSION, WalletGate, kick_key, outbox_key, shard_tag
+from worker.wallet import PAYLOAD_VERSION, WalletGate, kick_key, outbox_key
 
 GROUP = "tollgate-drain"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -45,9 +49,7 @@ class BadEntry(ValueError):
     """An outbox entry that cannot be parsed (unknown payload version, missing field)."""
 
 
-def deadletter_key(shard: int) -> str:
-    """The dead-letter stream of one shard: entries that could not be persisted, with the error."""
-    return f"{shard_tag(shard)}:deadletter"
+deadletter_key = deadletter.deadletter_key
 
 
 def consumer_name() -> str:
@@ -218,9 +220,14 @@ class OutboxDrain:
             self._groups.discard(stream)
             self.ensure_group(stream)
             return self.read_batch(shard)
+        except UnicodeDecodeError:  # another writer's bytes that are not UTF-8: now ours, pending
+            return deadletter.read_own_pending(self.redis, stream, GROUP, self.consumer, count), True
         if claimed:
             return claimed, True
-        reply = self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=count)
+        try:
+            reply = self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=count)
+        except UnicodeDecodeError:  # delivered to us before decoding failed: read them back tolerantly
+            return deadletter.read_own_pending(self.redis, stream, GROUP, self.consumer, count), False
         if not reply:
             return [], False
         return reply[0][1], False
@@ -264,13 +271,11 @@ class OutboxDrain:
                 break
             try:
                 self._persist(shard, entries, stats)
-            except (BadEntry, DataError, IntegrityError) as exc:
-                log.warning("outbox shard %s: a batch of %d failed (%s); persisting one by one", shard, len(entries), exc)
-                for entry in entries:
-                    try:
-                        self._persist(shard, [entry], stats)
-                    except (BadEntry, DataError, IntegrityError) as one:
-                        self._dead_letter(shard, entry, one, stats)
+            except Exception as exc:
+                if deadletter.is_transient(exc):
+                    raise  # PostgreSQL or Redis unreachable: the batch stays pending, nothing is dead-lettered
+                log.warning("outbox shard %s: a batch of %d failed (%r); persisting one by one", shard, len(entries), exc)
+                self._persist_one_by_one(shard, entries, stats)
             self.acknowledge(shard, (entry_id for entry_id, _ in entries))
             stats.read += len(entries)
             stats.batches += 1
@@ -292,6 +297,46 @@ class OutboxDrain:
         stats.add(result)
         record_drain_batch(self.redis, size=len(entries), inserted=result.inserted, duplicates=result.duplicates)
 
+    def _persist_one_by_one(self, shard: int, entries: list[tuple[str, dict[str, str]]], stats: DrainStats) -> None:
+        """Each entry in its own transaction; one that fails for any non-transient reason is
+        dead-lettered.  An entry dead-lettered before (re-delivered after a crash) is left as it
+        is: its row and charge were written in one transaction."""
+        done = deadletter.dead_lettered(shard, [entry_id for entry_id, _ in entries])
+        for entry in entries:
+            if entry[0] in done:
+                continue
+            try:
+                self._persist(shard, [entry], stats)
+            except Exception as one:
+                if deadletter.is_transient(one):
+                    raise
+                self._dead_letter(shard, entry, one, stats)
+
+    def retry_dead_letter(self, outbox_id: str) -> PersistResult:
+        """Re-drive one dead letter (``<shard>:<outbox stream id>``) through the persistence path,
+        after an operator fixed its cause: its usage event, ledger debit and chat totals in one
+        transaction that also cancels its named debt and marks it 'retried'
+        (:func:`worker.deadletter.settle_after_retry`).  Exactly once: the persisted turn and the mark
+        commit together, so a second retry (or one racing this) finds no open dead letter.  A turn_id
+        persisted from another entry (a second acceptance) is discarded instead: its charge refunded.
+
+        Returns the :class:`PersistResult`.  Raises DeadLetterNotFound; whatever persisting raises
+        (the dead letter is then kept, unchanged).
+        """
+        with session_scope() as session:
+            dl = deadletter.find(session, outbox_id)  # locked until this transaction ends
+            result = persist_turns(session, [parse_entry(dl.fields, dl.outbox_id)])
+            if result.conflicts:
+                deadletter.refund_in_ledger(session, dl)
+            else:
+                deadletter.settle_after_retry(session, dl)
+        if result.conflicts:
+            deadletter.refund_in_gate(self.gate, dl)
+        if result.paused or result.resumed:
+            self._announce_paused(result)
+        deadletter.drop_copy(self.redis, dl)
+        return result
+
     def _announce_paused(self, result: PersistResult) -> None:
         """``chat.paused`` for each chat the batch paused, ``chat.resumable`` for each one a newer turn
         resumed (committed), pub/sub and webhook."""
@@ -304,9 +349,10 @@ class OutboxDrain:
 
     def _dead_letter(self, shard: int, entry: tuple[str, dict[str, str]], exc: Exception, stats: DrainStats) -> None:
         entry_id, fields = entry
-        log.error("outbox shard %s entry %s cannot be persisted, dead-lettered: %s", shard, entry_id, exc)
-        self.redis.xadd(deadletter_key(shard), {**fields, "outbox_id": entry_id, "error": str(exc)[:2000]})
-        stats.dead_lettered += 1
+        log.error("outbox shard %s entry %s cannot be persisted, dead-lettered: %r", shard, entry_id, exc)
+        if deadletter.record(self.redis, shard, entry_id, fields, exc):
+            stats.dead_lettered += 1
+            record_dead_letter(self.redis, billed_nanos=deadletter.identity(fields)[2])
 
     def drain(self, shards: Iterable[int] | None = None, *, max_seconds: float = 30.0) -> DrainStats:
         """Drain the given shards (default: all), sharing one time budget."""

@@ -15,6 +15,8 @@ Hash ``tollgate:metrics:drain`` (fields are integer counters)::
     batch_size_le:<b>    batches of at most b entries (b in BATCH_SIZE_BUCKETS, not cumulative)
     persisted_turns      usage events inserted
     duplicate_turns      re-deliveries dropped (turn_id already persisted)
+    dead_lettered_turns  outbox entries dead-lettered (:mod:`worker.deadletter`)
+    dead_lettered_nanos  their billed nanos
 
 Outbox length and lag (age of the oldest entry not yet persisted) are read from the streams
 themselves at scrape time (:func:`outbox_lag_seconds`).
@@ -58,9 +60,21 @@ def record_drain_batch(client: redis.Redis, *, size: int, inserted: int, duplica
         log.warning("could not record drain metrics", exc_info=True)
 
 
+def record_dead_letter(client: redis.Redis, *, billed_nanos: int) -> None:
+    """Count one dead-lettered outbox entry and its billed nanos.  Never raises (logged)."""
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.hincrby(DRAIN_KEY, "dead_lettered_turns", 1)
+        pipe.hincrby(DRAIN_KEY, "dead_lettered_nanos", billed_nanos)
+        pipe.execute()
+    except redis.RedisError:
+        log.warning("could not record dead-letter metrics", exc_info=True)
+
+
 def drain_counters(client: redis.Redis) -> dict[str, Any]:
-    """The drain counters: ``{"batches", "batch_size_sum", "persisted_turns", "duplicate_turns":
-    int, "buckets": [(upper bound as str, cumulative count)] ending with "+Inf"}``."""
+    """The drain counters: ``{"batches", "batch_size_sum", "persisted_turns", "duplicate_turns",
+    "dead_lettered_turns", "dead_lettered_nanos": int, "buckets": [(upper bound as str, cumulative
+    count)] ending with "+Inf"}``."""
     raw = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in client.hgetall(DRAIN_KEY).items()}
 
     def num(field: str) -> int:
@@ -72,6 +86,7 @@ def drain_counters(client: redis.Redis) -> dict[str, Any]:
         buckets.append((str(bound), cumulative))
     return {"batches": num("batches"), "batch_size_sum": num("batch_size_sum"),
             "persisted_turns": num("persisted_turns"), "duplicate_turns": num("duplicate_turns"),
+            "dead_lettered_turns": num("dead_lettered_turns"), "dead_lettered_nanos": num("dead_lettered_nanos"),
             "buckets": buckets}
 
 

@@ -16,6 +16,14 @@ accepted_turns moved between (1) and (3), the wallet was busy (a turn or a credi
 retried, then reported as busy rather than as drift.  Otherwise no turn was accepted and no credit
 reached Redis in between, so the figures are consistent and any difference is real drift.
 
+Dead letters (:mod:`worker.deadletter`): an entry the drain could not persist keeps its charge as a
+named ledger debit ``tollgate:deadletter:<outbox id>``, so an entry still in the outbox (between
+that commit and the drain's XACK) whose debit the ledger holds is settled, not queued.  The report
+counts dead letters and their billed nanos as their own figure (``dead_letters``: count, nanos, per
+shard and per wallet), never as 0 drift, and sets the ``tollgate_deadletter_*`` gauges; a run that
+finds any logs an error.  No stored value stops a run: an outbox entry that is not a turn, or whose
+turn_id PostgreSQL cannot store (NUL, a lone surrogate), is counted as queued and never looked up.
+
 Repair sets the gate balance to the expected figure with ``repair_balance.lua``, only if the wallet
 still shows what was read in (1).  Rebuild (after Redis lost its data) loads every wallet from
 PostgreSQL (mode, limit, block, balance = ledger − what is still queued).
@@ -35,6 +43,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from models.tables import ReconciliationRun, TransactionKind, UsageTurnKey, Wallet, WalletDrift, WalletTransaction
+from worker import deadletter
 from worker.db import session_scope
 from worker.payers import gate_profile
 from worker.settings import get_settings
@@ -48,6 +57,9 @@ DRIFT_NANOS = Counter(
 )
 DRIFTED_WALLETS = Gauge("tollgate_reconciliation_drifted_wallets", "Wallets with drift in the last run")
 REPAIRED_WALLETS = Counter("tollgate_reconciliation_repaired_wallets", "Wallet balances repaired in the gate")
+DEAD_LETTERS = Gauge("tollgate_reconciliation_dead_letters", "Dead-lettered outbox entries found by the last run")
+DEAD_LETTER_NANOS = Gauge("tollgate_reconciliation_dead_letter_nanos",
+                          "Billed nanos of the dead-lettered outbox entries found by the last run")
 
 CHUNK = 500
 
@@ -98,6 +110,8 @@ class ReconcileReport:
     ledger_mismatches: int = 0
     drift_nanos_abs: int = 0
     drifted: list[dict] = field(default_factory=list)
+    #: :func:`worker.deadletter.summary`: {"count", "nanos", "by_shard", "by_wallet"} (nano-USD)
+    dead_letters: dict = field(default_factory=lambda: deadletter.summary(()))
 
     def as_dict(self) -> dict:
         """JSON-ready dict."""
@@ -123,6 +137,8 @@ def _queued_entries(raw: list[tuple[str, dict[str, str]]], shard: int) -> dict[s
             turn_id, wallet_id = payload[1], payload[2]
             billed = int(fields["b"])
             trial_tokens = int(fields.get("tt", 0))  # entries queued before trials carry none
+            if not isinstance(turn_id, str) or not isinstance(wallet_id, str):
+                raise TypeError("turn_id and wallet_id must be strings")
         except (KeyError, ValueError, IndexError, TypeError):
             continue  # not a turn the drain can persist either: it will be dead-lettered, not debited twice
         by_wallet.setdefault(wallet_id, []).append(Queued(turn_id, f"{shard}:{entry_id}", billed, trial_tokens))
@@ -141,7 +157,7 @@ def _read_redis(gate: WalletGate, shard: int, wallet_ids: list[str], *, page: in
     entries: list = []
     start = "-"
     while True:
-        batch = gate.redis.xrange(outbox_key(shard), min=start, max="+", count=page)
+        batch = deadletter.xrange_tolerant(gate.redis, outbox_key(shard), min=start, max="+", count=page)
         entries += batch
         if len(batch) < page:
             break
@@ -171,14 +187,23 @@ def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list
         )
     ):
         recent.setdefault(wallet_id, []).append((kind, key))
-    turn_ids = [q.turn_id for w in wallet_ids for q in queued.get(w, ())]
+    # a turn_id PostgreSQL cannot store is never persisted: it stays queued until it is dead-lettered
+    turn_ids = [q.turn_id for w in wallet_ids for q in queued.get(w, ()) if deadletter.storable(q.turn_id)]
     persisted: set[tuple[str, str]] = set()
     for i in range(0, len(turn_ids), 5000):
         rows = session.execute(
             select(UsageTurnKey.turn_id, UsageTurnKey.outbox_id).where(UsageTurnKey.turn_id.in_(turn_ids[i : i + 5000]))
         )
         persisted.update((turn_id, outbox_id) for turn_id, outbox_id in rows)
+    # dead-lettered (its charge is in the ledger) but not yet acknowledged: settled like a persisted one
+    entries_by_key = {deadletter.CHARGE + q.outbox_id: q for w in wallet_ids for q in queued.get(w, ())}
+    keys = list(entries_by_key)
+    for i in range(0, len(keys), 5000):
+        charged = session.execute(select(WalletTransaction.idempotency_key).where(
+            WalletTransaction.idempotency_key.in_(keys[i : i + 5000]))).scalars()
+        persisted.update((entries_by_key[k].turn_id, entries_by_key[k].outbox_id) for k in charged)
     return wallets, entries, persisted, recent
+
 
 
 def check_wallets(gate: WalletGate, wallet_ids: list[str], *, retries: int = 3) -> list[WalletCheck]:
@@ -297,6 +322,8 @@ def reconcile(gate: WalletGate | None = None, *, repair: bool = False, rebuild: 
                                           expected_nanos=check.expected_nanos, drift_nanos=check.drift_nanos,
                                           repaired=check.repaired))
     with session_scope() as session:
+        report.dead_letters = deadletter.summary(deadletter.list_dead_letters(session))
+    with session_scope() as session:
         stored = session.get(ReconciliationRun, run_id)
         stored.finished_at = datetime.now(UTC)
         stored.wallets_checked = report.wallets_checked
@@ -307,6 +334,11 @@ def reconcile(gate: WalletGate | None = None, *, repair: bool = False, rebuild: 
     DRIFT_NANOS.inc(report.drift_nanos_abs)
     DRIFTED_WALLETS.set(report.wallets_drifted)
     REPAIRED_WALLETS.inc(report.wallets_repaired)
+    DEAD_LETTERS.set(report.dead_letters["count"])
+    DEAD_LETTER_NANOS.set(report.dead_letters["nanos"])
+    if report.dead_letters["count"]:
+        log.error("reconciliation run %s: %d dead-lettered turn(s) hold %d nanos of charges "
+                  "(tollgate deadletter list)", run_id, report.dead_letters["count"], report.dead_letters["nanos"])
     if report.wallets_drifted:
         log.warning("reconciliation run %s: %d wallet(s) drifted by %d nanos in all (%d repaired)",
                     run_id, report.wallets_drifted, report.drift_nanos_abs, report.wallets_repaired)
