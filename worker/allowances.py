@@ -180,7 +180,8 @@ def _restored(session: Session, wallet_id: str, period: str) -> int:
     """Nano-USD given back so far by restores of ``period``'s expiry."""
     return int(session.execute(
         select(func.coalesce(func.sum(WalletTransaction.amount_nanos), 0))
-        .where(WalletTransaction.idempotency_key.startswith(f"{RESTORE_PREFIX}{wallet_id}:{period}:",
+        .where(WalletTransaction.wallet_id == wallet_id,  # the wallet's index; a LIKE alone scans the table
+               WalletTransaction.idempotency_key.startswith(f"{RESTORE_PREFIX}{wallet_id}:{period}:",
                                                            autoescape=True))
     ).scalar_one())
 
