@@ -7,8 +7,9 @@ Entries (``wallet_transaction``, unique ``idempotency_key``; tollgate's own ``to
   as it is when the grant is made;
 - expiry: ``tollgate:allowance-expiry:<wallet_id>:<period>``, a debit of the grant's unused part,
   written once the period is over (plus ``settings.allowance_expiry_grace_s``, so the turns of its
-  last seconds are persisted first).  It is written even when the amount is 0: the decision is made
-  once and never revisited (a later top-up is never taken by a late expiry).
+  last seconds are persisted first).  It is written even when the amount is 0: the expiry is made
+  once and never taken again (a later top-up is never taken by a late expiry); late turns of its
+  period can only give part of it back (a restore, below).
 
 - restore: ``tollgate:allowance-restore:<wallet_id>:<period>:<restored total>``, a credit giving back
   the part of an expiry that turns of its period persisted after it (late data) show it should not
