@@ -45,8 +45,8 @@ class TurnIn(BaseModel):
     #: (the 5-minute one when genai-prices has none)
     cache_write_1h_tokens: Tokens = 0
     #: the provider's service tier the response was served at (OpenAI's ``service_tier``: ``flex``,
-    #: ``priority``, …), billed at genai-prices' price for that tier; None, ``default`` or ``auto``:
-    #: the standard price.  A tier genai-prices has no price for on that model is refused.
+    #: ``priority``, …), billed at genai-prices' price for that tier; None, ``default``, ``auto`` or
+    #: ``standard``: the standard price.  A tier genai-prices has no price for on that model is refused.
     service_tier: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z0-9_.-]+$")] | None = None
     duration_ms: Tokens = 0
     occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))

@@ -37,8 +37,8 @@ TOKENS_PER_MTOK = 10**6
 #: genai-prices price keys whose units a turn never reports; they cannot change a turn's cost.
 _UNREPORTED_KEYS = frozenset({"web_searches_kcount", "storage_searches_kcount", "file_searches_kcount"})
 _TOKEN_KEYS = frozenset({"input_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok", "output_mtok"})
-#: service tiers billed at the standard price (OpenAI's ``service_tier`` values for it)
-STANDARD_TIERS = frozenset({"default", "auto"})
+#: service tiers billed at the standard price (OpenAI's ``default`` / ``auto``, Anthropic's ``standard``)
+STANDARD_TIERS = frozenset({"default", "auto", "standard"})
 
 
 class PricingError(ValueError):
@@ -267,7 +267,7 @@ class PriceBook:
 
     def sheet(self, model: str, provider: str | None, when: datetime, service_tier: str | None = None) -> PriceSheet:
         """Prices of ``model`` at ``provider`` (``None``: genai-prices guesses) in force at ``when``,
-        for the provider's ``service_tier`` (None, ``default``, ``auto``: the standard price).
+        for the provider's ``service_tier`` (None or one of :data:`STANDARD_TIERS`: the standard price).
 
         genai-prices' conditional prices are honoured at the turn's own time: a new price from its
         start date, an off-peak price (e.g. DeepSeek's) within its hours, a service tier's price
@@ -314,7 +314,7 @@ class PriceBook:
         variants = () if isinstance(entry, PriceSheet) else (entry[1].price_variants or ())
         if not any(v.when.get("service_tier") == tier for v in variants):
             raise PricingError(f"service_tier: {tier!r} has no price for model {model!r} at provider {provider!r} "
-                               "in genai-prices (standard tiers: 'default', 'auto')")
+                               "in genai-prices (standard tiers: 'default', 'auto', 'standard')")
         provider_id, info = entry
         when = when if when.tzinfo else when.replace(tzinfo=UTC)
         standard = info.get_prices(when)

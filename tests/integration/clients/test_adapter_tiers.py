@@ -167,7 +167,7 @@ def test_responses_api_tier_and_the_standard_tiers():
     assert book.price(model=usage.model, provider="openai", when=WHEN, prompt_tokens=2000, completion_tokens=900,
                       cached_prompt_tokens=512, service_tier="flex").cost_nanos == genai_nanos(
         genai_usage, "o3", "openai", "flex") == 1488 * 1_000 + 512 * 250 + 900 * 4_000
-    for standard in (None, "default", "auto"):
+    for standard in (None, "default", "auto", "standard"):
         assert book.price(model="o3", provider="openai", when=WHEN, prompt_tokens=2000, completion_tokens=900,
                           cached_prompt_tokens=512, service_tier=standard).cost_nanos == genai_nanos(
             genai_usage, "o3", "openai") == 1488 * 2_000 + 512 * 500 + 900 * 8_000
