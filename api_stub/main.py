@@ -86,7 +86,8 @@ def _record(turns: list[TurnIn], who: Principal | None = None, *, pause: bool = 
     try:
         decisions = get_gate().record_turns(turns)
     except PricingError as exc:
-        raise Problem(422, "Unknown price", str(exc), [{"field": "model", "message": str(exc)}]) from None
+        field = "service_tier" if str(exc).startswith("service_tier:") else "model"
+        raise Problem(422, "Unknown price", str(exc), [{"field": field, "message": str(exc)}]) from None
     except (UnknownWallet, WrongEnterprise) as exc:  # one answer for both: other apps' ids are not probed
         detail = f"unknown wallet {exc.wallet_id!r} for this enterprise"
         raise Problem(404, "Unknown wallet", detail, [{"field": "wallet_id", "message": detail}]) from None

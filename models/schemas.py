@@ -40,6 +40,14 @@ class TurnIn(BaseModel):
     #: the part of ``prompt_tokens`` written to the provider's prompt cache (Anthropic's
     #: ``cache_creation_input_tokens``), billed at the model's cache-write price
     cache_write_tokens: Tokens = 0
+    #: the part of ``cache_write_tokens`` written to the 1-hour cache (Anthropic's
+    #: ``cache_creation.ephemeral_1h_input_tokens``), billed at the model's 1-hour cache-write price
+    #: (the 5-minute one when genai-prices has none)
+    cache_write_1h_tokens: Tokens = 0
+    #: the provider's service tier the response was served at (OpenAI's ``service_tier``: ``flex``,
+    #: ``priority``, …), billed at genai-prices' price for that tier; None, ``default``, ``auto`` or
+    #: ``standard``: the standard price.  A tier genai-prices has no price for on that model is refused.
+    service_tier: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z0-9_.-]+$")] | None = None
     duration_ms: Tokens = 0
     occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     #: the reservation this turn settles (see WalletGate.reserve), if any
@@ -69,13 +77,19 @@ class TurnIn(BaseModel):
         if self.meter != "llm":
             if self.quantity <= 0:
                 raise ValueError(f"quantity must be > 0 for meter {self.meter!r}")
-            if self.prompt_tokens or self.completion_tokens or self.cached_prompt_tokens or self.cache_write_tokens:
+            if (self.prompt_tokens or self.completion_tokens or self.cached_prompt_tokens or self.cache_write_tokens
+                    or self.cache_write_1h_tokens):
                 raise ValueError(f"meter {self.meter!r} records a quantity, not tokens: give 0 tokens")
         elif self.quantity:
             raise ValueError("quantity is for non-LLM meters: an LLM turn (meter 'llm') records tokens")
         if self.cached_prompt_tokens > self.prompt_tokens:
             raise ValueError(
                 f"cached_prompt_tokens ({self.cached_prompt_tokens}) exceeds prompt_tokens ({self.prompt_tokens})"
+            )
+        if self.cache_write_1h_tokens > self.cache_write_tokens:
+            raise ValueError(
+                f"cache_write_1h_tokens ({self.cache_write_1h_tokens}) exceeds cache_write_tokens "
+                f"({self.cache_write_tokens}), of which they are a part"
             )
         if self.cached_prompt_tokens + self.cache_write_tokens > self.prompt_tokens:
             raise ValueError(

@@ -279,6 +279,11 @@ class UsageEvent(SQLModel, table=True):
     #: the part of prompt_tokens written to the provider's cache, and the rate it was charged at
     cache_write_tokens: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
     cache_write_nanos_per_mtok: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    #: the part of cache_write_tokens written to the 1-hour cache, and the rate it was charged at
+    cache_write_1h_tokens: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    cache_write_1h_nanos_per_mtok: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    #: the provider's service tier the turn was priced at (OpenAI's flex, priority, …); None: standard
+    service_tier: str | None = Field(default=None, max_length=32)
     prompt_tokens: int = Field(sa_column=_big(nullable=False))
     completion_tokens: int = Field(sa_column=_big(nullable=False))
     cached_prompt_tokens: int = Field(sa_column=_big(nullable=False))

@@ -41,8 +41,8 @@ def monthly_reset(period: str | None = None) -> dict[str, Any]:
     Beat runs it hourly; a run that finds nothing to do writes nothing.  Returns counts, nano-USD."""
     report = run_monthly_reset(job_gate(), period=period).as_dict()
     fees = charge_flat_fees(job_gate(), period=period).as_dict()
-    return {k: v for k, v in report.items() if k not in ("granted", "expired")} | {
-        "granted": len(report["granted"]), "expired": len(report["expired"]),
+    return {k: v for k, v in report.items() if k not in ("granted", "expired", "restored")} | {
+        "granted": len(report["granted"]), "expired": len(report["expired"]), "restored": len(report["restored"]),
         "flat_fees": len(fees["charged"]), "flat_fees_nanos": fees["charged_nanos"]}
 
 

@@ -25,6 +25,38 @@ os.environ["TOLLGATE_BROKER_URL"] = TEST_REDIS_URL
 os.environ.pop("TOLLGATE_PRICE_OVERRIDES_PATH", None)
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _guard_flushall() -> None:
+    """No test may FLUSHALL the shared Redis server: it clears every logical database, other
+    people's included.  redis-py's ``flushall`` (sync and asyncio) refuses the server of
+    ``TOLLGATE_TEST_REDIS_URL`` with RuntimeError; servers a test started itself on other ports
+    (tests/faults, the cluster test) may still be flushed.  ``tests/unit/test_namespaces.py`` also
+    refuses the word in any other test file."""
+    from urllib.parse import urlsplit
+
+    import redis
+    import redis.asyncio
+
+    shared_port = urlsplit(TEST_REDIS_URL).port or 6379
+
+    def guarded(original):
+        def flushall(self, *args, **kwargs):
+            port = self.connection_pool.connection_kwargs.get("port")
+            if port is not None and int(port) == shared_port and not type(self).__module__.startswith("fakeredis"):
+                raise RuntimeError(f"FLUSHALL of the shared Redis server (port {port}) refused: it clears every "
+                                   "logical database; flush the test's own database (FLUSHDB) instead")
+            return original(self, *args, **kwargs)
+
+        flushall.tollgate_guard = True
+        return flushall
+
+    for cls in (redis.Redis, redis.asyncio.Redis):
+        if not getattr(cls.flushall, "tollgate_guard", False):
+            cls.flushall = guarded(cls.flushall)
+
+
+_guard_flushall()
 SHARED_DATA = REPO.parent / "shared" / "data"
 TABLES = ("dead_letter, usage_event, usage_turn_key, paused_chat, stripe_event, token_package, wallet_transaction, chat_agent_usage, chat_session, api_key, audit_log, wallet_drift, "
           "reconciliation_run, budget_alert, budget, rollup_dirty, workflow_rollup, wallet, enterprise")

@@ -7,16 +7,26 @@ Entries (``wallet_transaction``, unique ``idempotency_key``; tollgate's own ``to
   as it is when the grant is made;
 - expiry: ``tollgate:allowance-expiry:<wallet_id>:<period>``, a debit of the grant's unused part,
   written once the period is over (plus ``settings.allowance_expiry_grace_s``, so the turns of its
-  last seconds are persisted first).  It is written even when the amount is 0: the decision is made
-  once and never revisited (a later top-up is never taken by a late expiry).
+  last seconds are persisted first).  It is written even when the amount is 0: the expiry is made
+  once and never taken again (a later top-up is never taken by a late expiry); late turns of its
+  period can only give part of it back (a restore, below).
 
-The expiry rule (allowance is spent before purchased credit):
+- restore: ``tollgate:allowance-restore:<wallet_id>:<period>:<restored total>``, a credit giving back
+  the part of an expiry that turns of its period persisted after it (late data) show it should not
+  have taken.
 
-    unused(P)  = max(0, grant(P) − Σ usage_event.billed_nanos of the wallet with occurred_at in P)
-    expiry(P)  = min(unused(P), max(0, ledger balance just before the expiry))
+The expiry rule (allowance is spent before purchased credit).  Every figure uses the period a
+record belongs to (a turn's ``occurred_at``, a grant's period), never when it arrived: a grant made
+late for its period (a backfill, a reset that ran late) covers the whole period's spend, and a turn
+persisted after its period's expiry gives back what the expiry took too much:
 
-so an expiry never takes purchased credit and never pushes the balance below zero (allowance spent
-after the boundary but before the expiry — e.g. during the grace — is not clawed back as debt).
+    unused(P)   = max(0, grant(P) − Σ usage_event.billed_nanos of the wallet with occurred_at in P)
+    expiry(P)   = min(unused(P), max(0, ledger balance just before the expiry − what later grants have left))
+    restore(P)  = max(0, expiry(P) − restored so far(P) − unused(P) now)     (each reset, once expired)
+
+so the allowance expired never exceeds what its period left unused (never bought credit, never
+another period's grant) and never pushes the balance below zero (allowance spent after the
+boundary but before the expiry — e.g. during the grace — is not clawed back as debt).
 
 Schedule (``tollgate.billing.monthly_reset``, hourly; safe at any frequency): for each wallet, in one
 short transaction that locks the wallet row, first expire every earlier grant that is due and not yet
@@ -67,6 +77,7 @@ log = logging.getLogger(__name__)
 
 ALLOWANCE_PREFIX = f"{RESERVED_KEY_PREFIX}allowance:"
 EXPIRY_PREFIX = f"{RESERVED_KEY_PREFIX}allowance-expiry:"
+RESTORE_PREFIX = f"{RESERVED_KEY_PREFIX}allowance-restore:"
 #: how many months back a reset looks for grants still to expire
 LOOKBACK_PERIODS = 12
 #: $1M a month: years of grants stay far below BIGINT's 2^63 in credits_nanos
@@ -85,6 +96,12 @@ def allowance_key(wallet_id: str, period: str) -> str:
 def expiry_key(wallet_id: str, period: str) -> str:
     """Idempotency key of the expiry of ``period``'s grant: ``tollgate:allowance-expiry:<wallet_id>:<period>``."""
     return f"{EXPIRY_PREFIX}{wallet_id}:{period}"
+
+
+def restore_key(wallet_id: str, period: str, restored_total: int) -> str:
+    """Idempotency key of a restore of ``period``'s expiry that brings the period's restored total to
+    ``restored_total`` nano-USD: ``tollgate:allowance-restore:<wallet_id>:<period>:<restored_total>``."""
+    return f"{RESTORE_PREFIX}{wallet_id}:{period}:{restored_total}"
 
 
 def lookback(period: str, n: int = LOOKBACK_PERIODS) -> list[str]:
@@ -160,18 +177,20 @@ def _insert_entry(session: Session, entry: Entry, description: str, at: datetime
     return True
 
 
-def _granted_at(session: Session, key: str) -> datetime | None:
-    return session.execute(
-        select(WalletTransaction.created_at).where(WalletTransaction.idempotency_key == key)
-    ).scalar_one_or_none()
+def _restored(session: Session, wallet_id: str, period: str) -> int:
+    """Nano-USD given back so far by restores of ``period``'s expiry."""
+    return int(session.execute(
+        select(func.coalesce(func.sum(WalletTransaction.amount_nanos), 0))
+        .where(WalletTransaction.wallet_id == wallet_id,  # the wallet's index; a LIKE alone scans the table
+               WalletTransaction.idempotency_key.startswith(f"{RESTORE_PREFIX}{wallet_id}:{period}:",
+                                                           autoescape=True))
+    ).scalar_one())
 
 
-def billed_in_period(session: Session, wallet_id: str, period: str, *, since: datetime | None = None) -> int:
-    """``Σ usage_event.billed_nanos`` of a wallet with ``occurred_at`` in ``period`` (and not before
-    ``since``, e.g. when the period's grant was made), nano-USD."""
+def billed_in_period(session: Session, wallet_id: str, period: str) -> int:
+    """``Σ usage_event.billed_nanos`` of a wallet with ``occurred_at`` in ``period``, nano-USD: the
+    period's spend, whenever its turns arrived."""
     start, end = period_bounds(period)
-    if since is not None:
-        start = max(start, since)
     ue = UsageEvent
     return int(session.execute(
         select(func.coalesce(func.sum(ue.billed_nanos), 0))
@@ -203,13 +222,26 @@ def reset_wallet(
 
     for p in reversed(earlier):  # oldest first
         grant = existing.get(allowance_key(wallet_id, p))
-        if grant is None or expiry_key(wallet_id, p) in existing:
+        if grant is None:
+            continue
+        if expiry_key(wallet_id, p) in existing:
+            # turns of p persisted after its expiry (late data) may show it took too much: give it back
+            taken = existing[expiry_key(wallet_id, p)]
+            if taken:
+                restored = _restored(session, wallet_id, p)
+                unused = max(0, grant - billed_in_period(session, wallet_id, p))
+                excess = taken - restored - unused
+                if excess > 0:
+                    entry = Entry(wallet_id, TransactionKind.credit.value, p,
+                                  restore_key(wallet_id, p, restored + excess), excess, unused)
+                    if _insert_entry(session, entry, f"expiry of the allowance of {p} restored by {excess} nanos "
+                                                     f"(turns of {p} persisted after it)"):
+                        written.append(entry)
             continue
         if now < period_bounds(p)[1] + timedelta(seconds=grace_s):
             continue  # its last turns may still be in the outbox
-        # only what was spent once the grant existed can have used it (a grant made mid-month)
-        since = _granted_at(session, allowance_key(wallet_id, p))
-        unused = max(0, grant - billed_in_period(session, wallet_id, p, since=since))
+        # the grant covers its whole period's spend, whenever it was made (a late grant included)
+        unused = max(0, grant - billed_in_period(session, wallet_id, p))
         session.refresh(wallet)
         # the cap leaves alone any later month's grant already credited (beat grants the new month
         # at 00:00 and expires the old one after the grace period)
@@ -217,7 +249,7 @@ def reset_wallet(
         for key, granted in existing.items():
             later_period = key.rsplit(":", 1)[1]
             if key.startswith(allowance_key(wallet_id, "")) and later_period > p:
-                spent = billed_in_period(session, wallet_id, later_period, since=_granted_at(session, key))
+                spent = billed_in_period(session, wallet_id, later_period)
                 later += max(0, granted - spent)  # what is left of that later grant
         amount = min(unused, max(0, wallet.credits_nanos - wallet.debits_nanos - later))
         entry = Entry(wallet_id, TransactionKind.debit.value, p, expiry_key(wallet_id, p), amount, unused)
@@ -267,14 +299,16 @@ def _resume(gate: WalletGate, wallet_id: str, key: str) -> None:
 
 @dataclass(slots=True)
 class ResetReport:
-    """One :func:`run_monthly_reset`: the period granted, wallets looked at, entries written, and the
-    wallets whose reset failed (logged; the next run tries them again)."""
+    """One :func:`run_monthly_reset`: the period granted, wallets looked at, entries written (grants,
+    expiries, restores of expiries that late turns showed too large), and the wallets whose reset
+    failed (logged; the next run tries them again)."""
 
     period: str
     wallets_checked: int = 0
     granted: list[Entry] = field(default_factory=list)
     expired: list[Entry] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    restored: list[Entry] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable form (amounts in nano-USD)."""
@@ -286,6 +320,8 @@ class ResetReport:
             "failed": list(self.failed),
             "granted_nanos": sum(e.amount_nanos for e in self.granted),
             "expired_nanos": sum(e.amount_nanos for e in self.expired),
+            "restored": [asdict(e) for e in self.restored],
+            "restored_nanos": sum(e.amount_nanos for e in self.restored),
         }
 
 
@@ -296,13 +332,17 @@ _CANDIDATES = text(
     "JOIN wallet_transaction g ON g.idempotency_key = :grant || w.id || ':' || p.period "
     "WHERE NOT EXISTS (SELECT 1 FROM wallet_transaction e "
     "                  WHERE e.idempotency_key = :expiry || w.id || ':' || p.period) "
+    "UNION "  # an expiry that took something: a late turn of its period may call for a restore
+    "SELECT w.id FROM wallet w CROSS JOIN unnest(CAST(:periods AS text[])) AS p(period) "
+    "JOIN wallet_transaction e ON e.idempotency_key = :expiry || w.id || ':' || p.period "
+    "WHERE e.amount_nanos > 0 "
     "ORDER BY 1"
 )
 
 
 def wallets_to_reset(session: Session, period: str) -> list[str]:
-    """Wallets with an allowance, or with a grant in the lookback window not yet expired (index
-    probes on the unique key: wallets × :data:`LOOKBACK_PERIODS`)."""
+    """Wallets with an allowance, or with a grant in the lookback window not yet expired or whose
+    expiry took something (index probes on the unique key: wallets × :data:`LOOKBACK_PERIODS`)."""
     return list(session.execute(
         _CANDIDATES, {"periods": lookback(period), "grant": ALLOWANCE_PREFIX, "expiry": EXPIRY_PREFIX}
     ).scalars())
@@ -356,5 +396,8 @@ def run_monthly_reset(
             continue
         report.wallets_checked += 1
         for e in written:
-            (report.granted if e.kind == TransactionKind.credit else report.expired).append(e)
+            if e.key.startswith(RESTORE_PREFIX):
+                report.restored.append(e)
+            else:
+                (report.granted if e.kind == TransactionKind.credit else report.expired).append(e)
     return report

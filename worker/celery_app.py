@@ -49,8 +49,9 @@ def make_app() -> Celery:
         timezone="UTC",
         enable_utc=True,
         # beat keeps its schedule in Redis and holds a lock there: a second beat process waits
-        # instead of sending every job twice (celery-redbeat)
-        beat_scheduler="redbeat.RedBeatScheduler",
+        # instead of sending every job twice (celery-redbeat); worker.beat's subclass survives losing
+        # the lock or Redis (logs, takes the lock again, goes on)
+        beat_scheduler="worker.beat:ResilientRedBeatScheduler",
         redbeat_redis_url=settings.redis_url,
         redbeat_key_prefix="tollgate:redbeat:",
         redbeat_lock_timeout=30,

@@ -615,7 +615,8 @@ def allowance_reset(
     out.print(f"period {report.period}: {data['wallets_checked']} wallet(s) checked, "
               f"{len(report.granted)} grant(s) of {nanos_to_usd(data['granted_nanos'])} USD, "
               f"{len(report.expired)} expiry entr{'y' if len(report.expired) == 1 else 'ies'} of "
-              f"{nanos_to_usd(data['expired_nanos'])} USD", highlight=False)
+              f"{nanos_to_usd(data['expired_nanos'])} USD, {len(report.restored)} restore(s) of "
+              f"{nanos_to_usd(data['restored_nanos'])} USD", highlight=False)
 
 
 stripe_app = typer.Typer(help="Stripe: token packages sold through Checkout.", no_args_is_help=True)

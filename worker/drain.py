@@ -64,9 +64,11 @@ def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
     try:
         payload = json.loads(fields["t"])
         if payload[0] == 1:  # queued before meters existed: an LLM turn
-            payload = [*payload, "llm", 0, 0, 0]
+            payload = [*payload, "llm", 0, 0, 0, 0, 0, None]
         elif payload[0] == 2:  # queued before cache writes were priced
-            payload = [*payload, 0, 0]
+            payload = [*payload, 0, 0, 0, 0, None]
+        elif payload[0] == 3:  # queued before 1-hour cache writes and service tiers were priced
+            payload = [*payload, 0, 0, None]
         elif payload[0] != PAYLOAD_VERSION:
             raise BadEntry(f"outbox payload version {payload[0]!r}, expected 1..{PAYLOAD_VERSION}")
         (
@@ -92,6 +94,9 @@ def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
             quantity,
             cache_write,
             cache_write_rate,
+            cache_write_1h,
+            cache_write_1h_rate,
+            service_tier,
         ) = payload
         bal = fields.get("bal", "")
         billed = int(fields["b"])
@@ -133,6 +138,9 @@ def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
             "quantity": quantity,
             "cache_write_tokens": cache_write,
             "cache_write_nanos_per_mtok": cache_write_rate,
+            "cache_write_1h_tokens": cache_write_1h,
+            "cache_write_1h_nanos_per_mtok": cache_write_1h_rate,
+            "service_tier": service_tier,
         }
     except BadEntry:
         raise

@@ -73,6 +73,9 @@ USAGE_COLUMNS = (
     "quantity",
     "cache_write_tokens",
     "cache_write_nanos_per_mtok",
+    "cache_write_1h_tokens",
+    "cache_write_1h_nanos_per_mtok",
+    "service_tier",
 )
 
 

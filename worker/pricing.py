@@ -36,7 +36,9 @@ TOKENS_PER_MTOK = 10**6
 
 #: genai-prices price keys whose units a turn never reports; they cannot change a turn's cost.
 _UNREPORTED_KEYS = frozenset({"web_searches_kcount", "storage_searches_kcount", "file_searches_kcount"})
-_TOKEN_KEYS = frozenset({"input_mtok", "cache_read_mtok", "cache_write_mtok", "output_mtok"})
+_TOKEN_KEYS = frozenset({"input_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok", "output_mtok"})
+#: service tiers billed at the standard price (OpenAI's ``default`` / ``auto``, Anthropic's ``standard``)
+STANDARD_TIERS = frozenset({"default", "auto", "standard"})
 
 
 class PricingError(ValueError):
@@ -123,6 +125,8 @@ class TurnPrice(NamedTuple):
     provider: str
     #: rate applied to prompt tokens written to the provider's cache (Anthropic's cache creation)
     cache_write_nanos_per_mtok: int = 0
+    #: rate applied to the cache writes of the 1-hour cache (Anthropic's ``ephemeral_1h``)
+    cache_write_1h_nanos_per_mtok: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,16 +145,20 @@ class PriceSheet:
     exotic: ModelPrice | None = None
     #: cache-write rate; None: the model has none, cache writes cost the input rate
     cache_write: Rate | None = None
+    #: 1-hour cache-write rate; None: the model has none, they cost the cache-write rate
+    cache_write_1h: Rate | None = None
 
     def price(self, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int,
-              cache_write_tokens: int = 0) -> TurnPrice:
+              cache_write_tokens: int = 0, cache_write_1h_tokens: int = 0) -> TurnPrice:
         """Price one turn.  Token counts are validated by the caller (non-negative, cached +
-        cache-write ≤ prompt): ``prompt_tokens`` counts every input token, of which
-        ``cached_prompt_tokens`` were read from and ``cache_write_tokens`` written to the cache."""
+        cache-write ≤ prompt, 1-hour writes ≤ cache writes): ``prompt_tokens`` counts every input
+        token, of which ``cached_prompt_tokens`` were read from and ``cache_write_tokens`` written to
+        the cache, ``cache_write_1h_tokens`` of those to the 1-hour cache (as genai-prices' ``Usage``)."""
         input_rate = _rate_at(self.input, prompt_tokens)
         cached_rate = _rate_at(self.cache_read, prompt_tokens)
         output_rate = _rate_at(self.output, prompt_tokens)
         write_rate = input_rate if self.cache_write is None else _rate_at(self.cache_write, prompt_tokens)
+        write_1h_rate = write_rate if self.cache_write_1h is None else _rate_at(self.cache_write_1h, prompt_tokens)
         if self.exotic is not None:
             usage = Usage(
                 input_tokens=prompt_tokens,
@@ -158,17 +166,21 @@ class PriceSheet:
                 cache_write_tokens=cache_write_tokens,
                 output_tokens=completion_tokens,
             )
+            if cache_write_1h_tokens:
+                usage.cache_write_1h_tokens = cache_write_1h_tokens
             total = self.exotic.calc_price(usage)["total_price"] * NANOS_PER_USD
             cost = int(total.to_integral_value(rounding=ROUND_HALF_UP))
         else:
             micro = (
                 (prompt_tokens - cached_prompt_tokens - cache_write_tokens) * input_rate
                 + cached_prompt_tokens * cached_rate
-                + cache_write_tokens * write_rate
+                + (cache_write_tokens - cache_write_1h_tokens) * write_rate
+                + cache_write_1h_tokens * write_1h_rate
                 + completion_tokens * output_rate
             )
             cost = (micro + TOKENS_PER_MTOK // 2) // TOKENS_PER_MTOK
-        return TurnPrice(cost, input_rate, cached_rate, output_rate, self.model, self.provider, write_rate)
+        return TurnPrice(cost, input_rate, cached_rate, output_rate, self.model, self.provider, write_rate,
+                         write_1h_rate)
 
 
 def _to_rate(value: Decimal | TieredPrices) -> Rate:
@@ -187,11 +199,12 @@ def _sheet_from_model_price(model: str, provider: str, mp: ModelPrice) -> PriceS
         input_rate = _to_rate(mp.input_mtok) if mp.input_mtok is not None else 0
         cache_rate = _to_rate(mp.cache_read_mtok) if mp.cache_read_mtok is not None else input_rate
         write_rate = _to_rate(mp.cache_write_mtok) if mp.cache_write_mtok is not None else None
+        write_1h_rate = _to_rate(mp.cache_write_1h_mtok) if mp.cache_write_1h_mtok is not None else None
         output_rate = _to_rate(mp.output_mtok) if mp.output_mtok is not None else 0
     except PricingError:  # a rate finer than a nano per MTok: let genai-prices compute it
         return PriceSheet(model, provider, 0, 0, 0, exotic=mp)
     exotic = mp if keys - _TOKEN_KEYS - _UNREPORTED_KEYS else None
-    return PriceSheet(model, provider, input_rate, cache_rate, output_rate, exotic, write_rate)
+    return PriceSheet(model, provider, input_rate, cache_rate, output_rate, exotic, write_rate, write_1h_rate)
 
 
 def _override_key(provider: str | None, model: str) -> str:
@@ -235,9 +248,11 @@ class PriceBook:
                 cache_read=rates.get("cache_read_mtok", inp),
                 output=rates.get("output_mtok", 0),
                 cache_write=rates.get("cache_write_mtok"),
+                cache_write_1h=rates.get("cache_write_1h_mtok"),
             )
         self._models: dict[tuple[str, str | None], PriceSheet | tuple[str, object]] = {}
         self._sheets: dict[int, tuple[ModelPrice, PriceSheet]] = {}
+        self._tier_sheets: dict[tuple, tuple[ModelPrice, PriceSheet]] = {}
 
     @classmethod
     def from_file(cls, path: str | Path | None) -> "PriceBook":
@@ -250,16 +265,22 @@ class PriceBook:
             raise PricingError(f"price overrides file {path}: {exc}") from exc
         return cls(data)
 
-    def sheet(self, model: str, provider: str | None, when: datetime) -> PriceSheet:
-        """Prices of ``model`` at ``provider`` (``None``: genai-prices guesses) in force at ``when``.
+    def sheet(self, model: str, provider: str | None, when: datetime, service_tier: str | None = None) -> PriceSheet:
+        """Prices of ``model`` at ``provider`` (``None``: genai-prices guesses) in force at ``when``,
+        for the provider's ``service_tier`` (None or one of :data:`STANDARD_TIERS`: the standard price).
 
         genai-prices' conditional prices are honoured at the turn's own time: a new price from its
-        start date, an off-peak price (e.g. DeepSeek's) within its hours.  Lookups and the integer
-        sheets are cached per model and per resolved genai-prices price object.
+        start date, an off-peak price (e.g. DeepSeek's) within its hours, a service tier's price
+        (genai-prices' ``price_variants`` for ``{"service_tier": …}``) from its start date (before
+        it, the standard price, as genai-prices does).  Lookups and the integer sheets are cached
+        per model and per resolved genai-prices price object.
 
         Raises:
-            PricingError: unknown model or provider and no override.
+            PricingError: unknown model or provider and no override; a ``service_tier`` for which
+            genai-prices has no price for that model (an override has no tiers).
         """
+        if service_tier is not None and service_tier not in STANDARD_TIERS:
+            return self._tier_sheet(model, provider, when, service_tier)
         key = (model, provider)
         entry = self._models.get(key)
         if entry is None:
@@ -286,6 +307,26 @@ class PriceBook:
         self._sheets[id(model_price)] = (model_price, sheet)  # holding model_price keeps its id unique
         return sheet
 
+    def _tier_sheet(self, model: str, provider: str | None, when: datetime, tier: str) -> PriceSheet:
+        """:meth:`sheet` for a non-standard service tier."""
+        self.sheet(model, provider, when)  # resolves (and caches) the model, or raises
+        entry = self._models[(model, provider)]
+        variants = () if isinstance(entry, PriceSheet) else (entry[1].price_variants or ())
+        if not any(v.when.get("service_tier") == tier for v in variants):
+            raise PricingError(f"service_tier: {tier!r} has no price for model {model!r} at provider {provider!r} "
+                               "in genai-prices (standard tiers: 'default', 'auto', 'standard')")
+        provider_id, info = entry
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+        standard = info.get_prices(when)
+        active = tuple(i for i, v in enumerate(variants) if v.constraint is None or v.constraint.active(when))
+        key = (id(standard), tier, active)
+        cached = self._tier_sheets.get(key)
+        if cached is not None and cached[0] is standard:
+            return cached[1]
+        sheet = _sheet_from_model_price(info.id, provider_id, info.get_prices(when, {"service_tier": tier}))
+        self._tier_sheets[key] = (standard, sheet)  # holding standard keeps its id unique
+        return sheet
+
     def price(
         self,
         *,
@@ -296,11 +337,14 @@ class PriceBook:
         completion_tokens: int,
         cached_prompt_tokens: int = 0,
         cache_write_tokens: int = 0,
+        cache_write_1h_tokens: int = 0,
+        service_tier: str | None = None,
     ) -> TurnPrice:
-        """Price one turn (tokens are integers ≥ 0, ``cached_prompt_tokens ≤ prompt_tokens``).
+        """Price one turn (tokens are integers ≥ 0, ``cached_prompt_tokens ≤ prompt_tokens``,
+        ``cache_write_1h_tokens ≤ cache_write_tokens``) at ``service_tier`` (see :meth:`sheet`).
 
         Returns: a :class:`TurnPrice` with ``cost_nanos`` in nano-USD.
-        Raises: PricingError for an unknown model/provider.
+        Raises: PricingError for an unknown model/provider or service tier.
         """
-        return self.sheet(model, provider, when).price(prompt_tokens, completion_tokens, cached_prompt_tokens,
-                                                       cache_write_tokens)
+        return self.sheet(model, provider, when, service_tier).price(
+            prompt_tokens, completion_tokens, cached_prompt_tokens, cache_write_tokens, cache_write_1h_tokens)

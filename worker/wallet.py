@@ -43,9 +43,10 @@ from worker.settings import Settings, get_settings, redis_client
 
 PREFIX = "tollgate"
 SHARDS_KEY = f"{PREFIX}:config:outbox_shards"
-#: version of the outbox payload (first element of the JSON list); parse_entry reads 1, 2 and 3
-#: (2 appends the meter and its quantity, 3 the cache-write tokens and their rate)
-PAYLOAD_VERSION = 3
+#: version of the outbox payload (first element of the JSON list); parse_entry reads 1 to 4
+#: (2 appends the meter and its quantity, 3 the cache-write tokens and their rate, 4 the 1-hour
+#: cache-write tokens, their rate and the service tier)
+PAYLOAD_VERSION = 4
 log = logging.getLogger(__name__)
 
 
@@ -226,7 +227,7 @@ def _priced(turn: TurnIn, quote: TurnPrice | PriceSheet) -> TurnPrice:
     if isinstance(quote, TurnPrice):
         return quote
     return quote.price(turn.prompt_tokens, turn.completion_tokens, turn.cached_prompt_tokens,
-                       turn.cache_write_tokens)
+                       turn.cache_write_tokens, turn.cache_write_1h_tokens)
 
 
 class UnknownWallet(LookupError):
@@ -297,6 +298,9 @@ def turn_payload(turn: TurnIn, price: TurnPrice) -> str:
             turn.quantity,
             turn.cache_write_tokens,
             price.cache_write_nanos_per_mtok,
+            turn.cache_write_1h_tokens,
+            price.cache_write_1h_nanos_per_mtok,
+            turn.service_tier,
         ],
     ).decode()
 
@@ -638,7 +642,7 @@ class WalletGate:
         genai-prices itself).  Raises worker.pricing.PricingError, worker.meters.UnknownMeter."""
         if turn.meter != "llm":
             return meter_price(turn.meter, turn.quantity)
-        sheet = self.prices.sheet(turn.model, turn.provider, turn.occurred_at)
+        sheet = self.prices.sheet(turn.model, turn.provider, turn.occurred_at, turn.service_tier)
         return sheet if sheet.exotic is None else _priced(turn, sheet)
 
     def _record_args(self, turn: TurnIn, price: TurnPrice, reservation_id: str | None, require_hold: bool) -> tuple:

@@ -104,3 +104,88 @@ def test_beat_and_its_worker_killed_mid_rollup_leave_no_stale_rollup(fault_env):
     with engine_for(fe.pg.url).connect() as conn:
         again = dict(conn.execute(text("SELECT workflow, refreshed_at FROM workflow_rollup")).all())
     assert again == {w: v[3] for w, v in stored.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# beat survives losing its lock and a Redis restart (issue 14, item 9), on a redis-server of its own
+
+LOCK_KEY = "tollgate:redbeat::lock"
+JOBS_QUEUE = "tollgate.jobs"  # where tests.faults.beat_app's only job (every second) goes
+
+
+@pytest.fixture()
+def own_beat(tmp_path):
+    """A redis-server of this test's own (no persistence) and a beat process (tests.faults.beat_app:
+    a 3 s lock, a job every second) on it; both stopped afterwards."""
+    import subprocess
+    import sys
+
+    import redis
+
+    from tests.conftest import REPO
+    from tests.faults.services import RedisServer
+    from worker.workers import stop_process_group
+
+    server = RedisServer(aof=False)
+    env = dict(os.environ, PYTHONPATH=str(REPO), TOLLGATE_REDIS_URL=server.url, TOLLGATE_BROKER_URL=server.url)
+    log_path = tmp_path / "beat.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tests.faults.beat_app", "beat",
+                             "--loglevel", "INFO"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+                            start_new_session=True)
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        yield server, proc, client, log_path
+    finally:
+        stop_process_group(proc, timeout_s=10)
+        log.close()
+        client.close()
+        server.close()
+
+
+def _queued(client) -> int:
+    try:
+        return client.llen(JOBS_QUEUE)
+    except Exception:  # Redis restarting
+        return -1
+
+
+def _lock(client) -> str | None:
+    try:
+        return client.get(LOCK_KEY)
+    except Exception:
+        return None
+
+
+def _alive(proc, log_path) -> bool:
+    assert proc.poll() is None, f"beat exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
+    return True
+
+
+def test_beat_whose_lock_is_deleted_keeps_running_takes_it_again_and_goes_on_sending(own_beat):
+    server, proc, client, log_path = own_beat
+    wait_until(lambda: _alive(proc, log_path) and _queued(client) >= 2, 60, "beat to send its job")
+    token = _lock(client)
+    assert token
+    client.delete(LOCK_KEY)  # as an expiry during a stall, or someone's FLUSHALL, would
+    wait_until(lambda: _alive(proc, log_path) and _lock(client) not in (None, token), 30,
+               "beat to take its lock again")
+    sent = _queued(client)
+    wait_until(lambda: _alive(proc, log_path) and _queued(client) >= sent + 3, 30, "beat to send again")
+    time.sleep(4)  # more than the lock's 3 s: it is extended, not lost again
+    assert _alive(proc, log_path) and _lock(client) not in (None, token)
+    text_ = log_path.read_text()
+    assert "beat: lost the lock tollgate:redbeat::lock" in text_
+    assert "beat: acquired the lock tollgate:redbeat::lock again" in text_
+
+
+def test_beat_whose_redis_restarts_empty_keeps_running_and_schedules_again(own_beat):
+    server, proc, client, log_path = own_beat
+    wait_until(lambda: _alive(proc, log_path) and _queued(client) >= 2, 60, "beat to send its job")
+    server.restart()  # graceful, no persistence: the lock, the schedule and the queue are gone
+    wait_until(lambda: _alive(proc, log_path) and _lock(client) is not None, 30, "beat to take its lock again")
+    wait_until(lambda: _alive(proc, log_path) and _queued(client) >= 3, 30, "beat to send its job again")
+    assert client.exists("tollgate:redbeat::schedule") == 1  # its entries were installed again
+    text_ = log_path.read_text()
+    assert "beat: lost the lock tollgate:redbeat::lock" in text_
+    assert "beat: schedule entries installed again" in text_

@@ -325,12 +325,15 @@ def test_cli_sets_and_resets_allowances_and_budgets(cli, gate):
     assert table.exit_code == 0 and "wallet w1" in table.stdout
 
 
-def test_a_grant_made_mid_month_expires_whole_when_only_earlier_spend_used_the_wallet(db, gate, wallets):
-    """Spend before the grant existed cannot have used it: $1 bought and spent on the 5th, a $5
-    allowance granted on the 20th and never used: all $5 expire, the wallet keeps $0."""
+def test_a_grant_made_mid_month_covers_the_whole_periods_spend(db, gate, wallets):
+    """A grant belongs to its period, whenever it is made (issue 14, item 10: the rule used to count
+    only spend after the grant's creation, so this expiry took all $5 and the wallet kept $0, less
+    than was bought): $1 bought and spent on the 5th, a $5 allowance granted on the 20th: the 5th's
+    $1 is November's spend, so $4 expire and the wallet keeps the $1 it bought."""
     wallets.open("late", purchased=1 * USD)
     wallets.spend("late", 400_000, at=datetime(2026, 11, 5, tzinfo=UTC))  # 1 USD, before any grant
     reset(gate, datetime(2026, 11, 20, tzinfo=UTC), wallet_ids=["late"])
     report = reset(gate, datetime(2026, 12, 2, tzinfo=UTC), wallet_ids=["late"])
     by_wallet = {e.wallet_id: (e.unused_nanos, e.amount_nanos) for e in report.expired}
-    assert by_wallet == {"late": (5 * USD, 5 * USD)}
+    assert by_wallet == {"late": (4 * USD, 4 * USD)}
+    assert assert_agree(db, gate, "late") == 6 * USD  # 1 bought + 5 (Nov) + 5 (Dec) granted − 1 spent − 4 expired

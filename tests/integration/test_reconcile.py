@@ -72,14 +72,15 @@ def test_drift_is_reported_to_the_nano_stored_and_repaired(db, redis_client, gat
     assert reconcile(gate).wallets_drifted == 0
 
 
-def test_after_flushall_rebuild_restores_every_balance_to_the_nano(db, redis_client, gate, settings, cli):
+def test_after_redis_lost_its_data_rebuild_restores_every_balance_to_the_nano(db, redis_client, gate, settings,
+                                                                             cli):
     billed = _wallets(gate, n=6)
     OutboxDrain(redis_client, settings=settings, consumer="c").drain()
     with db.connect() as conn:
         conn.execute(text("UPDATE wallet SET blocked_reason = 'budget_exceeded' WHERE id = 'rw3'"))
         conn.commit()
     before = {w: gate.balance(w) for w in billed}
-    redis_client.flushall()
+    redis_client.flushdb()  # Redis lost its data (only this test's db: never FLUSHALL a shared server)
 
     proc = cli("reconcile", "--rebuild", "--json")
     assert proc.returncode == 0, proc.stderr

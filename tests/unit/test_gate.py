@@ -348,7 +348,8 @@ def test_outbox_entry_parses_back_to_the_row(client, wg):
     assert (entry["b"], entry["a"], entry["m"], entry["bal"]) == (
         str(COST_DEFAULT), "continue", "production", str(50_000_000 - COST_DEFAULT))
     payload = json.loads(entry["t"])
-    assert len(payload) == 22 and payload[0] == 3  # version 3: meter, quantity, cache-write tokens and rate
+    # version 4: meter, quantity, cache-write tokens and rate, 1-hour cache-write tokens and rate, service tier
+    assert len(payload) == 25 and payload[0] == 4
     row = parse_entry(entry, "0:1-0")
     assert row == {
         "turn_id": "turn-xyz",
@@ -383,13 +384,18 @@ def test_outbox_entry_parses_back_to_the_row(client, wg):
         "quantity": 0,
         "cache_write_tokens": 0,
         "cache_write_nanos_per_mtok": 2_500_000_000,  # gpt-4o has no cache-write price: the input rate
+        "cache_write_1h_tokens": 0,
+        "cache_write_1h_nanos_per_mtok": 2_500_000_000,  # nor a 1-hour one: the cache-write rate
+        "service_tier": None,
     }
     assert row["occurred_at"] == occurred
     # an entry queued before meters existed (payload version 1) still parses, as an LLM turn
     v1 = dict(entry, t=json.dumps([1, *payload[1:18]]))
-    assert parse_entry(v1, "0:1-0") == {**row, "cache_write_nanos_per_mtok": 0}
+    assert parse_entry(v1, "0:1-0") == {**row, "cache_write_nanos_per_mtok": 0, "cache_write_1h_nanos_per_mtok": 0}
     v2 = dict(entry, t=json.dumps([2, *payload[1:20]]))
-    assert parse_entry(v2, "0:1-0") == {**row, "cache_write_nanos_per_mtok": 0}
+    assert parse_entry(v2, "0:1-0") == {**row, "cache_write_nanos_per_mtok": 0, "cache_write_1h_nanos_per_mtok": 0}
+    v3 = dict(entry, t=json.dumps([3, *payload[1:22]]))  # queued before 1-hour cache writes and tiers
+    assert parse_entry(v3, "0:1-0") == {**row, "cache_write_1h_nanos_per_mtok": 0}
     assert payload[17] == int((occurred - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
 
 

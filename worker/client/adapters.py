@@ -8,12 +8,14 @@ response                               fields read
 =====================================  =====================================================================
 OpenAI Chat Completions                ``usage.prompt_tokens``, ``usage.completion_tokens``,
 (``openai.types.chat.ChatCompletion``) ``usage.prompt_tokens_details.cached_tokens`` / ``cache_write_tokens``,
-                                       ``usage.completion_tokens_details.reasoning_tokens``
+                                       ``usage.completion_tokens_details.reasoning_tokens``, ``service_tier``
 OpenAI Responses API                   ``usage.input_tokens``, ``usage.output_tokens``,
 (``openai.types.responses.Response``)  ``usage.input_tokens_details.cached_tokens`` / ``cache_write_tokens``,
-                                       ``usage.output_tokens_details.reasoning_tokens``
+                                       ``usage.output_tokens_details.reasoning_tokens``, ``service_tier``
 Anthropic Messages                     ``usage.input_tokens``, ``usage.output_tokens``,
-(``anthropic.types.Message``)          ``usage.cache_read_input_tokens``, ``usage.cache_creation_input_tokens``
+(``anthropic.types.Message``)          ``usage.cache_read_input_tokens``, ``usage.cache_creation_input_tokens``,
+                                       ``usage.cache_creation.ephemeral_5m_input_tokens`` / ``ephemeral_1h_…``,
+                                       ``usage.service_tier``
 anything with OpenAI-style ``usage``   as Chat Completions
 =====================================  =====================================================================
 
@@ -27,8 +29,20 @@ Mapping to a turn (:class:`TokenUsage`, then ``models.schemas.TurnIn``):
   ``*_tokens_details.cache_write_tokens`` (part of OpenAI's prompt count) (genai-prices'
   ``cache_write_mtok``, 1.25 × the input price for Anthropic's 5-minute cache), passed to
   ``TurnIn.cache_write_tokens`` so the gate charges them at that price.
+- ``cache_write_1h_tokens`` are Anthropic's ``cache_creation.ephemeral_1h_input_tokens``, the part of
+  the cache writes made to the 1-hour cache (genai-prices' ``cache_write_1h_mtok``, 2 × the input
+  price against 1.25 × for the 5-minute cache), passed to ``TurnIn.cache_write_1h_tokens``.  The
+  breakdown must add up to ``cache_creation_input_tokens`` when both are given.
+- ``service_tier`` is the tier the response says it was served at (OpenAI: ``default``, ``flex``,
+  ``priority``, …; Anthropic's ``usage.service_tier``, where ``standard`` means the standard price
+  and is passed as None), passed to ``TurnIn.service_tier``: the gate bills genai-prices' price for
+  that tier and refuses (``PricingError``, HTTP 422) a tier genai-prices has no price for on that
+  model (e.g. OpenAI ``scale``, Anthropic ``priority`` or ``batch``).
 - ``completion_tokens`` include reasoning tokens (both SDKs report them so); ``reasoning_tokens`` is
   kept for information only.
+- Every count must be an integer in 0..:data:`MAX_TOKENS`; anything else (a float, a string, a
+  bool, a negative or huge number, parts exceeding their whole, a malformed model, id or tier, an
+  attribute that raises) is an :class:`AdapterError` naming the field, never another exception.
 
 Model names are kept as the SDK reports them (``gpt-4o-2024-08-06``); the gate resolves them with
 genai-prices, dated snapshots included.  :func:`resolve_model` does the same lookup up front.
@@ -36,6 +50,7 @@ genai-prices, dated snapshots included.  :func:`resolve_model` does the same loo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP
@@ -43,12 +58,21 @@ from typing import Any, Mapping
 
 from genai_prices import Usage
 from genai_prices.data_snapshot import get_snapshot
+from pydantic import ValidationError
 
 from models.schemas import TurnIn
 from worker.pricing import NANOS_PER_USD, PricingError
 
 #: TurnIn can carry cache-write tokens (a field the gate prices at the cache-write price)
 TURN_HAS_CACHE_WRITES = "cache_write_tokens" in TurnIn.model_fields
+#: the largest count one turn may carry (``TurnIn``'s token bound)
+MAX_TOKENS = next(m.le for m in TurnIn.model_fields["prompt_tokens"].metadata if getattr(m, "le", None) is not None)
+#: the TurnIn fields an adapter fills from a response (a refusal of one of them is an AdapterError)
+USAGE_FIELDS = frozenset({"model", "provider", "prompt_tokens", "completion_tokens", "cached_prompt_tokens",
+                          "cache_write_tokens", "cache_write_1h_tokens", "service_tier"})
+#: what a service tier, a response id may look like (TurnIn's patterns)
+_TIER = re.compile(r"^[a-z0-9_.-]{1,32}$")
+_RESPONSE_ID = re.compile(r"^[^\s\x00-\x1f\x7f]{1,200}$")
 
 
 class AdapterError(ValueError):
@@ -92,6 +116,8 @@ class TokenUsage:
         provider: genai-prices provider id the SDK implies (``openai``, ``anthropic``) or None.
         response_id: the provider's response id (``chatcmpl-…``, ``resp_…``, ``msg_…``) or None;
             used as the turn's idempotency key.
+        cache_write_1h_tokens: the part of ``cache_write_tokens`` written to the 1-hour cache.
+        service_tier: the tier the response was served at (``flex``, ``priority``, …) or None.
     """
 
     model: str
@@ -102,6 +128,8 @@ class TokenUsage:
     reasoning_tokens: int = 0
     provider: str | None = None
     response_id: str | None = None
+    cache_write_1h_tokens: int = 0
+    service_tier: str | None = None
 
     @property
     def unbilled_cache_write_tokens(self) -> int:
@@ -111,17 +139,21 @@ class TokenUsage:
 
     def genai_usage(self) -> Usage:
         """The same counts as genai-prices' ``Usage`` (its ``input_tokens`` include cache reads/writes)."""
-        return Usage(
+        usage = Usage(
             input_tokens=self.prompt_tokens,
             cache_read_tokens=self.cached_prompt_tokens,
             cache_write_tokens=self.cache_write_tokens,
             output_tokens=self.completion_tokens,
         )
+        if self.cache_write_1h_tokens:
+            usage.cache_write_1h_tokens = self.cache_write_1h_tokens
+        return usage
 
 
 def turn_fields(usage: TokenUsage) -> dict[str, Any]:
     """The ``TurnIn`` fields of a usage: ``model``, ``provider``, ``prompt_tokens``,
-    ``completion_tokens``, ``cached_prompt_tokens`` (and ``cache_write_tokens`` when TurnIn has it)."""
+    ``completion_tokens``, ``cached_prompt_tokens``, and when not 0/None ``cache_write_tokens``,
+    ``cache_write_1h_tokens``, ``service_tier``."""
     fields: dict[str, Any] = {
         "model": usage.model,
         "prompt_tokens": usage.prompt_tokens,
@@ -132,7 +164,22 @@ def turn_fields(usage: TokenUsage) -> dict[str, Any]:
         fields["provider"] = usage.provider
     if TURN_HAS_CACHE_WRITES and usage.cache_write_tokens:
         fields["cache_write_tokens"] = usage.cache_write_tokens
+    if usage.cache_write_1h_tokens:
+        fields["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
+    if usage.service_tier is not None:
+        fields["service_tier"] = usage.service_tier
     return fields
+
+
+def adapter_error(exc: ValidationError, fields: frozenset[str] = USAGE_FIELDS) -> AdapterError | None:
+    """The :class:`AdapterError` for ``TurnIn``'s refusal of values an adapter read from a response
+    (an error on one of ``fields``, or on the turn as a whole, e.g. cache reads exceeding the
+    prompt), naming the field; None if every error is on another field (the caller's own)."""
+    bad = [e for e in exc.errors() if not e.get("loc") or e["loc"][0] in fields]
+    if not bad:
+        return None
+    return AdapterError("; ".join(
+        f"{'usage.' + str(e['loc'][0]) if e.get('loc') else 'usage'}: {e.get('msg', 'invalid')}" for e in bad))
 
 
 def resolve_model(model: str, provider: str | None = None) -> ResolvedModel:
@@ -160,34 +207,64 @@ def cost_nanos(usage: TokenUsage, when: datetime | None = None) -> int:
     when = when or datetime.now(UTC)
     resolved = resolve_model(usage.model, usage.provider)
     _prov, info = get_snapshot().find_provider_model(usage.model, None, resolved.provider, None)
-    total = info.get_prices(when).calc_price(usage.genai_usage())["total_price"] * NANOS_PER_USD
+    context = {"service_tier": usage.service_tier} if usage.service_tier else None
+    total = info.get_prices(when, context).calc_price(usage.genai_usage())["total_price"] * NANOS_PER_USD
     return int(total.to_integral_value(rounding=ROUND_HALF_UP))
 
 
 # readers ----------------------------------------------------------------------------------------
-def _get(obj: Any, name: str) -> Any:
+def _get(obj: Any, name: str, where: str = "response") -> Any:
     if obj is None:
         return None
-    if isinstance(obj, Mapping):
-        return obj.get(name)
-    return getattr(obj, name, None)
+    try:
+        if isinstance(obj, Mapping):
+            return obj.get(name)
+        return getattr(obj, name, None)
+    except Exception as exc:  # a property or a mapping that raises: the response is unusable
+        raise AdapterError(f"{where}.{name}: cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
 def _count(obj: Any, name: str, where: str, *, required: bool = True) -> int:
-    value = _get(obj, name)
+    value = _get(obj, name, where)
     if value is None:
         if required:
             raise AdapterError(f"{where}.{name}: missing from the response's usage")
         return 0
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise AdapterError(f"{where}.{name}: must be an integer >= 0, got {value!r}")
+        raise AdapterError(f"{where}.{name}: must be an integer >= 0, got {_short(value)}")
+    if value > MAX_TOKENS:
+        raise AdapterError(f"{where}.{name}: must be at most {MAX_TOKENS} tokens, got {_short(value)}")
+    return int(value)
+
+
+def _short(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _tier(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _TIER.match(value):
+        raise AdapterError(f"{where}: must be a service tier name (a-z, 0-9, _ . -; up to 32), got {_short(value)}")
     return value
+
+
+def _checked(usage: TokenUsage) -> TokenUsage:
+    """The sums an adapter makes stay within a turn's bound (each part was checked alone)."""
+    if usage.prompt_tokens > MAX_TOKENS:
+        raise AdapterError(f"usage.input_tokens: with cache reads and writes, {usage.prompt_tokens} prompt "
+                           f"tokens exceed {MAX_TOKENS}")
+    return usage
 
 
 def _model(response: Any) -> str:
     model = _get(response, "model")
     if not isinstance(model, str) or not model:
-        raise AdapterError(f"model: the response names no model (got {model!r})")
+        raise AdapterError(f"model: the response names no model (got {_short(model)})")
     return model
 
 
@@ -200,7 +277,12 @@ def _usage(response: Any) -> Any:
 
 def _id(response: Any) -> str | None:
     value = _get(response, "id")
-    return value if isinstance(value, str) and value else None
+    if not isinstance(value, str) or not value:
+        return None
+    if not _RESPONSE_ID.match(value):
+        raise AdapterError(f"id: the response id must be 1..200 characters without spaces or control "
+                           f"characters, got {_short(value)}")
+    return value
 
 
 def from_openai_chat(response: Any, *, provider: str | None = "openai") -> TokenUsage:
@@ -209,15 +291,16 @@ def from_openai_chat(response: Any, *, provider: str | None = "openai") -> Token
     usage = _usage(response)
     prompt = _count(usage, "prompt_tokens", "usage")
     completion = _count(usage, "completion_tokens", "usage")
-    details = _get(usage, "prompt_tokens_details")
+    details = _get(usage, "prompt_tokens_details", "usage")
     cached = _count(details, "cached_tokens", "usage.prompt_tokens_details", required=False)
     writes = _count(details, "cache_write_tokens", "usage.prompt_tokens_details", required=False)
-    reasoning = _count(_get(usage, "completion_tokens_details"), "reasoning_tokens",
+    reasoning = _count(_get(usage, "completion_tokens_details", "usage"), "reasoning_tokens",
                        "usage.completion_tokens_details", required=False)
     if cached + writes > prompt:
         raise AdapterError(f"usage.prompt_tokens_details.cached_tokens: {cached} (+ {writes} cache writes) "
                            f"exceeds prompt_tokens {prompt}")
-    return TokenUsage(_model(response), prompt, completion, cached, writes, reasoning, provider, _id(response))
+    return TokenUsage(_model(response), prompt, completion, cached, writes, reasoning, provider, _id(response),
+                      service_tier=_tier(_get(response, "service_tier"), "service_tier"))
 
 
 def from_openai_responses(response: Any, *, provider: str | None = "openai") -> TokenUsage:
@@ -226,15 +309,16 @@ def from_openai_responses(response: Any, *, provider: str | None = "openai") -> 
     usage = _usage(response)
     prompt = _count(usage, "input_tokens", "usage")
     completion = _count(usage, "output_tokens", "usage")
-    details = _get(usage, "input_tokens_details")
+    details = _get(usage, "input_tokens_details", "usage")
     cached = _count(details, "cached_tokens", "usage.input_tokens_details", required=False)
     writes = _count(details, "cache_write_tokens", "usage.input_tokens_details", required=False)
-    reasoning = _count(_get(usage, "output_tokens_details"), "reasoning_tokens", "usage.output_tokens_details",
+    reasoning = _count(_get(usage, "output_tokens_details", "usage"), "reasoning_tokens", "usage.output_tokens_details",
                        required=False)
     if cached + writes > prompt:
         raise AdapterError(f"usage.input_tokens_details.cached_tokens: {cached} (+ {writes} cache writes) "
                            f"exceeds input_tokens {prompt}")
-    return TokenUsage(_model(response), prompt, completion, cached, writes, reasoning, provider, _id(response))
+    return TokenUsage(_model(response), prompt, completion, cached, writes, reasoning, provider, _id(response),
+                      service_tier=_tier(_get(response, "service_tier"), "service_tier"))
 
 
 def from_anthropic(response: Any, *, provider: str | None = "anthropic") -> TokenUsage:
@@ -245,15 +329,29 @@ def from_anthropic(response: Any, *, provider: str | None = "anthropic") -> Toke
     uncached = _count(usage, "input_tokens", "usage")
     completion = _count(usage, "output_tokens", "usage")
     reads = _count(usage, "cache_read_input_tokens", "usage", required=False)
+    reported = _get(usage, "cache_creation_input_tokens", "usage")
     writes = _count(usage, "cache_creation_input_tokens", "usage", required=False)
-    return TokenUsage(_model(response), uncached + reads + writes, completion, reads, writes, 0, provider,
-                      _id(response))
+    writes_1h = 0
+    creation = _get(usage, "cache_creation", "usage")
+    if creation is not None:
+        has_5m = _get(creation, "ephemeral_5m_input_tokens", "usage.cache_creation") is not None
+        writes_5m = _count(creation, "ephemeral_5m_input_tokens", "usage.cache_creation", required=False)
+        writes_1h = _count(creation, "ephemeral_1h_input_tokens", "usage.cache_creation", required=False)
+        if reported is None:  # only the breakdown: the writes are its sum
+            writes = writes_5m + writes_1h
+        elif (writes_5m + writes_1h != writes) if has_5m else (writes_1h > writes):
+            raise AdapterError(f"usage.cache_creation: ephemeral_5m ({writes_5m}) + ephemeral_1h ({writes_1h}) "
+                               f"input tokens must add up to cache_creation_input_tokens ({writes})")
+    tier = _tier(_get(usage, "service_tier", "usage"), "usage.service_tier")
+    return _checked(TokenUsage(_model(response), uncached + reads + writes, completion, reads, writes, 0, provider,
+                               _id(response), writes_1h, None if tier == "standard" else tier))
 
 
 def _looks_anthropic(response: Any, usage: Any) -> bool:
-    if _get(response, "type") == "message" and _get(usage, "prompt_tokens") is None:
+    if _get(response, "type") == "message" and _get(usage, "prompt_tokens", "usage") is None:
         return True
-    return _get(usage, "cache_read_input_tokens") is not None or _get(usage, "cache_creation_input_tokens") is not None
+    return (_get(usage, "cache_read_input_tokens", "usage") is not None
+            or _get(usage, "cache_creation_input_tokens", "usage") is not None)
 
 
 def usage_from_response(response: Any, *, provider: str | None = None) -> TokenUsage:
@@ -266,11 +364,11 @@ def usage_from_response(response: Any, *, provider: str | None = None) -> TokenU
     Raises: AdapterError naming the field (no usage, no model, a bad count).
     """
     usage = _usage(response)
-    if _get(usage, "prompt_tokens") is not None:
+    if _get(usage, "prompt_tokens", "usage") is not None:
         result = from_openai_chat(response)
     elif _looks_anthropic(response, usage):
         result = from_anthropic(response)
-    elif _get(usage, "input_tokens") is not None:
+    elif _get(usage, "input_tokens", "usage") is not None:
         result = from_openai_responses(response)
     else:
         raise AdapterError("usage: neither prompt_tokens (OpenAI Chat) nor input_tokens (Responses, Anthropic)")

@@ -17,7 +17,8 @@ How it hooks in (AG2 0.9+; no AG2 internals are patched):
 After a stop, ``billing.stop_reason`` says why (``wallet_exhausted`` or ``cost_threshold``) and
 ``billing.error`` holds the :class:`~worker.client.session.WalletExhausted` /
 :class:`~worker.client.session.CostThresholdExceeded`; the chat's messages stay in
-``groupchat.messages``.  When the wallet is credited (``await session.wait_for_resume(...)``),
+``groupchat.messages``.  When the wallet is credited (``await session.wait_for_resume(...)``, or
+from AG2's sync code, even inside its running loop, ``session.wait_for_resume_sync(...)``),
 :meth:`GroupChatBilling.resume` continues the chat where it stopped (AG2's
 ``GroupChatManager.resume``).
 

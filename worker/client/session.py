@@ -10,6 +10,7 @@ Lifecycle::
             session.record_response(response, agent="planner", duration_ms=830)
         except WalletExhausted as exc:         # the turn is recorded; the chat must stop here
             await session.wait_for_resume(timeout=600)   # returns once the wallet is credited
+            # (sync code, even inside a running event loop as AG2's hooks: session.wait_for_resume_sync(600))
     summary = session.finalize()               # totals per agent, compared with the workflow's averages
 
 Everything money is integer nano-USD; tokens are integers; durations are milliseconds (turns) or
@@ -22,13 +23,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from models.schemas import Decision, TurnIn
-from worker.client.adapters import TokenUsage, turn_fields, usage_from_response
+from worker.client.adapters import USAGE_FIELDS, TokenUsage, adapter_error, turn_fields, usage_from_response
 from worker.client.transports import TollgateClientError
 
 log = logging.getLogger(__name__)
@@ -249,8 +253,14 @@ class _Core:
                         "cache_write_tokens field yet)", self.chat_id, usage.unbilled_cache_write_tokens)
         extra = {"occurred_at": occurred_at} if occurred_at is not None else {}
         hint = usage.response_id if turn_id is None else None
-        return self._turn(turn_id=self._turn_id(turn_id, hint), agent=agent, duration_ms=duration_ms,
-                          **turn_fields(usage), **extra)
+        try:
+            return self._turn(turn_id=self._turn_id(turn_id, hint), agent=agent, duration_ms=duration_ms,
+                              **turn_fields(usage), **extra)
+        except ValidationError as exc:  # what the response said, refused by the turn: the adapter's error
+            error = adapter_error(exc, USAGE_FIELDS | {"turn_id"} if hint else USAGE_FIELDS)
+            if error is None:
+                raise
+            raise error from exc
 
     def _meter_turn(self, meter: str, quantity: int, *, agent: str, turn_id: str | None,
                     occurred_at: datetime | None) -> TurnIn:
@@ -489,6 +499,29 @@ class BillingSession(_Core):
         return await self._wait_for_resume(
             timeout, lambda: asyncio.to_thread(t.can_continue, w), lambda: asyncio.to_thread(t.balance, w),
             lambda: asyncio.to_thread(lambda: t.resumed(**self._resume_kwargs())))
+
+    def wait_for_resume_sync(self, timeout: float) -> Resumed:
+        """:meth:`wait_for_resume` for synchronous code: blocks the calling thread until the wallet is
+        credited (same events, same balance check, same result) or ``timeout`` seconds pass.  Usable
+        from any thread, including one that is running an event loop (AG2 calls its sync hooks from
+        inside one, where ``asyncio.run`` is refused): the wait runs on a loop of its own in a helper
+        thread.  Raises TimeoutError; ValueError (timeout); TollgateClientError (no events_url)."""
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+            raise ValueError(f"timeout: must be a positive number of seconds, got {timeout!r}")
+        outcome: dict[str, Any] = {}
+
+        def wait() -> None:
+            try:
+                outcome["resumed"] = asyncio.run(self.wait_for_resume(timeout))
+            except BaseException as exc:  # handed to the caller's thread below
+                outcome["error"] = exc
+
+        helper = threading.Thread(target=wait, name=f"tollgate-resume-{self.chat_id}", daemon=True)
+        helper.start()
+        helper.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["resumed"]
 
     def finalize(self) -> SessionSummary:
         """End the session (and the chat, in-process: completed, its rollups refreshed) and return
