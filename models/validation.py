@@ -95,6 +95,12 @@ def _describe(ch: str) -> str:
 def text_problem(value: str, kind: str = "id") -> str | None:
     """Why ``value`` is not acceptable text of ``kind`` (``id``, ``label`` or ``text``), or None.
     Lengths are not checked here (see :func:`check_text`)."""
+    if value.isprintable():  # fast path (C speed): no Cc, Cf, Cs, Zl, Zp nor whitespace but U+0020
+        if kind == "id":
+            if " " not in value:
+                return None
+        elif kind == "text" or value[:1] != " " and value[-1:] != " ":
+            return None
     m = _KINDS[kind].search(value)
     if m is None:
         if kind == "label" and value != value.strip(" "):
@@ -167,7 +173,7 @@ def utc_problem(value: datetime) -> tuple[datetime | None, str | None]:
     if offset is None:
         return None, "must carry a time zone (e.g. 2026-12-01T10:00:00Z)"
     try:
-        utc = (value.replace(tzinfo=None) - offset).replace(tzinfo=UTC)
+        utc = value.replace(tzinfo=UTC) if not offset else (value.replace(tzinfo=None) - offset).replace(tzinfo=UTC)
     except OverflowError:
         return None, f"{value.isoformat()} is out of range once converted to UTC"
     earliest, latest = occurred_at_window()

@@ -23,6 +23,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from models.tables import BillingMode, Enterprise, TransactionKind, TrialThen, Wallet, WalletTransaction
+from models.validation import InvalidInput, check_text
 from worker.apikeys import audit
 from worker.db import after_commit, session_scope
 from worker.periods import current_period, period_bounds
@@ -36,6 +37,16 @@ FLAT_FEE_PREFIX = "tollgate:flat-fee:"
 
 class ModeError(ValueError):
     """A mode or app setting is invalid (names the field), or its app or wallet is unknown."""
+
+
+def _ids(**ids: str | None) -> None:
+    """The ids given (None: not given) as ``models.validation`` accepts them; else ModeError naming one."""
+    for name, value in ids.items():
+        if value is not None:
+            try:
+                check_text(value, name)
+            except InvalidInput as exc:
+                raise ModeError(str(exc)) from None
 
 
 def _mode(mode: str) -> str:
@@ -71,6 +82,7 @@ def set_app_mode(gate: WalletGate, enterprise_id: str, mode: str, *, actor: str 
     Returns the wallet ids whose mode changed.  Raises ModeError naming ``mode`` or ``enterprise_id``.
     """
     _mode(mode)
+    _ids(enterprise_id=enterprise_id)
     with session_scope() as session:
         app = session.get(Enterprise, enterprise_id, with_for_update=True)
         if app is None:
@@ -95,6 +107,7 @@ def set_wallet_mode(gate: WalletGate, wallet_id: str, mode: str | None, *, actor
     """
     if mode is not None:
         _mode(mode)
+    _ids(wallet_id=wallet_id)
     with session_scope() as session:
         wallet = session.get(Wallet, wallet_id, with_for_update=True)
         if wallet is None:
@@ -134,8 +147,7 @@ def configure_app(
         raise ModeError(f"trial_token_allowance: {trial_token_allowance!r} is not an integer in 0..10^15")
     if trial_then is not None and trial_then not in TrialThen.__members__:
         raise ModeError(f"trial_then: {trial_then!r} is not 'bill' or 'pause'")
-    if creator_id is not None and (not creator_id or len(creator_id) > 200 or any(c.isspace() for c in creator_id)):
-        raise ModeError(f"creator_id: {creator_id!r} must be 1..200 characters without spaces")
+    _ids(enterprise_id=enterprise_id, creator_id=creator_id, fee_wallet_id=fee_wallet_id)
     if max_turn_cost_nanos is not None and (not isinstance(max_turn_cost_nanos, int) or isinstance(max_turn_cost_nanos, bool)
                                             or not 0 <= max_turn_cost_nanos <= 2**62):
         raise ModeError(f"max_turn_cost_nanos: {max_turn_cost_nanos!r} is not an integer of nano-USD in 0..2^62")

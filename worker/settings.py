@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     rate_limit_strategy: Literal["moving-window", "fixed-window"] = "moving-window"
     api_key_cache_ttl_s: float = Field(default=5.0, ge=0, le=300)
     occurred_at_min: datetime = datetime(2000, 1, 1, tzinfo=UTC)
-    occurred_at_max_ahead_s: int = Field(default=86_400, ge=0, le=366 * 86_400)
+    occurred_at_max_ahead_s: int = Field(default=86_400, ge=0, le=10 * 366 * 86_400)
 
     @field_validator("occurred_at_min")
     @classmethod

@@ -91,11 +91,12 @@ OPS = st.lists(st.one_of(
 
 
 @pytest.fixture()
-def api(db, redis_client, gate):
+def api(db, redis_client, gate, settings, monkeypatch):
     from api_stub import deps
     from models.tables import ApiRole
     from worker.apikeys import create_key
 
+    monkeypatch.setattr(settings, "occurred_at_max_ahead_s", 86_400)  # production's default (conftest widens it)
     deps.get_gate.cache_clear()
     for w in WALLETS:
         open_wallet(gate, wallet_id=w, enterprise_id="acme", owner_id=f"u-{w}")

@@ -32,7 +32,15 @@ TURN_TEXT_FIELDS = ["turn_id", "wallet_id", "enterprise_id", "chat_id", "workflo
 
 
 @pytest.fixture()
-def api(db, redis_client, gate):
+def day_window(settings, monkeypatch):
+    """The production default window ahead (one day); the suite's environment widens it for
+    tests that record turns on fixed future dates (tests/conftest.py)."""
+    monkeypatch.setattr(settings, "occurred_at_max_ahead_s", 86_400)
+    return settings
+
+
+@pytest.fixture()
+def api(db, redis_client, gate, day_window):
     from api_stub import deps
     from models.tables import ApiRole
     from worker.apikeys import create_key
