@@ -610,8 +610,9 @@ class WalletGate:
         """
         if not turns:
             return []
-        # every turn priced (an LLM turn: its price sheet resolved, the arithmetic done when its
-        # group is sent) and every wallet checked before anything is sent
+        # every turn priced (an LLM turn: its price sheet resolved and its tokens checked against
+        # the model's context window) and every wallet checked before anything is sent; in a batch
+        # the pre-check also does each turn's arithmetic, to hold it to its app's max_turn_cost_nanos
         quotes = []
         for i, t in enumerate(turns):
             try:
