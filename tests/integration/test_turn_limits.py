@@ -225,3 +225,22 @@ def test_the_limit_is_copied_at_open_configure_and_rebuild(db, redis_client, gat
 
         assert conn.execute(text("SELECT max_turn_cost_nanos FROM enterprise WHERE id = 'acme'")).scalar_one() \
             == 2_500_000_000
+
+
+def test_a_replay_row_above_the_window_stops_the_replay_before_anything_is_recorded(db, redis_client, gate,
+                                                                                    tmp_path: Path):
+    from sqlalchemy import text
+
+    from worker.replay import replay
+    from worker.traces import TraceError
+
+    trace = tmp_path / "t.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,1000,10\r\n"
+                     "2023-11-16 18:15:47.0000000,127995,6\r\n")
+    with pytest.raises(TraceError, match=r"row 2, field GeneratedTokens: ") as exc:
+        replay(trace, fmt="azure", model="gpt-4o", provider="openai", start_worker=False, gate=gate)
+    assert exc.value.row == 2 and exc.value.field == "GeneratedTokens"
+    assert "context window of 128,000 tokens" in str(exc.value)
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM wallet")).scalar_one() == 0
+    assert redis_client.dbsize() == 1  # the gate's shard-count key only
