@@ -19,13 +19,13 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from models.schemas import Decision, TurnIn
 from models.tables import ApiRole
 from worker.apikeys import Principal, authenticate
 from worker.db import session_scope
-from worker.pricing import PricingError
+from worker.pricing import PricingError, TurnLimitExceeded
 from worker.settings import get_settings
 from worker.wallet import GateBatchError, UnknownWallet, WrongEnterprise, outbox_key
 from api_stub.deps import Caller, Problem, get_gate, install_error_handlers, principal  # noqa: F401  (re-exported)
@@ -85,6 +85,10 @@ def _record(turns: list[TurnIn], who: Principal | None = None, *, pause: bool = 
     started = time.perf_counter()
     try:
         decisions = get_gate().record_turns(turns)
+    except TurnLimitExceeded as exc:  # nothing charged: tokens, quantity or cost above a per-turn limit
+        field = exc.field if len(turns) == 1 or exc.index is None else f"turns.{exc.index}.{exc.field}"
+        raise Problem(422, "Turn above a limit", f"{field}: {exc.message}",
+                      [{"field": field, "message": exc.message}]) from None
     except PricingError as exc:
         field = "service_tier" if str(exc).startswith("service_tier:") else "model"
         raise Problem(422, "Unknown price", str(exc), [{"field": field, "message": str(exc)}]) from None
@@ -122,7 +126,10 @@ def _send_pause(turn: TurnIn) -> None:
 
 
 class TurnBatch(BaseModel):
-    """Up to 1,000 turns, recorded in order with one pipelined round trip."""
+    """Up to 1,000 turns, recorded in order with one pipelined round trip.  Unknown fields are
+    refused (422 naming them), as on every input model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     turns: list[TurnIn] = Field(min_length=1, max_length=1000)
 
@@ -190,8 +197,8 @@ async def record_turns(batch: TurnBatch, who: Caller) -> Response:
     return _json(DecisionList.model_construct(data=decisions, count=len(decisions)))
 
 
-@app.get("/v1/wallets/{wallet_id}", response_model=WalletPublic, responses={401: {}, 403: {}, 404: {}})
-def wallet(wallet_id: str, who: Caller) -> WalletPublic:
+@app.get("/v1/wallets/{wallet_id}", response_model=WalletPublic, responses={401: {}, 403: {}, 404: {}, 422: {}})
+def wallet(wallet_id: routes_wallets.WalletId, who: Caller) -> WalletPublic:
     """A wallet's balances: its app's owner key, its own end-user key, or (a level-1 wallet, which
     has no app) the owner key issued for it; admins see aggregates only (404 here)."""
     from worker.sessions import wallet_state

@@ -28,6 +28,7 @@ from api_stub.schemas import (
     WorkflowAverages,
 )
 from models.tables import ApiRole, UsageEvent, WorkflowRollup
+from models.validation import SAFE_ID
 from worker.analytics import GROUP_KEYS, usage_analytics
 from worker.db import session_scope
 from worker.periods import period_bounds
@@ -35,9 +36,9 @@ from worker.rollups import workflow_averages
 
 router = APIRouter(tags=["analytics"])
 ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
-Period = Annotated[str, Query(pattern=r"^\d{4}-\d{2}$", description="UTC month, YYYY-MM")]
+Period = Annotated[str, Query(pattern=r"^[0-9]{4}-[0-9]{2}$", description="UTC month, YYYY-MM")]
 EnterpriseQuery = Annotated[str | None, Query(min_length=1, max_length=200,
-                                              description="the app (owner keys: their own, may be omitted)")]
+                                              description="the app (owner keys: their own, may be omitted)"), SAFE_ID]
 USAGE_FIELDS = tuple(UsageRow.model_fields)
 
 
@@ -95,7 +96,7 @@ def analytics_rollups(who: Caller, period: Period, enterprise_id: EnterpriseQuer
 
 
 @router.get("/v1/analytics/workflows/{workflow}", response_model=WorkflowAverages, responses=ERRORS)
-def analytics_workflow(who: Caller, workflow: Annotated[str, Path(min_length=1, max_length=200)], period: Period,
+def analytics_workflow(who: Caller, workflow: Annotated[str, Path(min_length=1, max_length=200), SAFE_ID], period: Period,
                        enterprise_id: EnterpriseQuery = None) -> WorkflowAverages:
     """Per-session averages of one workflow in one UTC month: from its rollup, or computed from the
     turns when it was never rolled up (all zero for a workflow without turns)."""
@@ -113,7 +114,8 @@ def usage_export(
     format: Literal["json", "csv"] = "json",
     limit: Annotated[int, Query(ge=1, le=5000, description="turns per page")] = 1000,
     cursor: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="next_cursor of the previous page")] = None,
-    wallet_id: Annotated[str | None, Query(min_length=1, max_length=200, description="owner keys: one wallet")] = None,
+    wallet_id: Annotated[str | None, Query(min_length=1, max_length=200, description="owner keys: one wallet"),
+                         SAFE_ID] = None,
 ):
     """Persisted turns of one UTC month, oldest first, one page: an owner's whole app (or one of
     its wallets), an end user's own wallet.  Admins: 403 (per-turn rows are end users' detail).

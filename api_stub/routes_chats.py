@@ -14,6 +14,7 @@ from sqlalchemy import select
 from api_stub.deps import Caller, field_problem, forbid_unless
 from api_stub.schemas import ChatEndIn, ChatPauseIn, ChatPublic, ChatStartIn
 from models.tables import ApiRole, ChatSession
+from models.validation import SAFE_ID
 from worker.apikeys import Principal
 from worker.db import session_scope
 from worker.rollups import chat_performance
@@ -21,7 +22,7 @@ from worker.wallet import UnknownWallet
 
 router = APIRouter(tags=["chats"])
 ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
-ChatId = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
+ChatId = Annotated[str, Path(min_length=1, max_length=200), SAFE_ID]
 #: pause/resume need worker.sessions (another part of issue 6); without it they are not served
 SESSIONS_AVAILABLE = importlib.util.find_spec("worker.sessions") is not None
 

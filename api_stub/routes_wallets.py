@@ -31,6 +31,7 @@ from api_stub.schemas import (
     ReservationPublic,
 )
 from models.tables import ApiRole, WalletTransaction
+from models.validation import SAFE_ID
 from worker.apikeys import audit
 from worker.db import session_scope
 from worker.ledger import GatePending, LedgerError, credit_wallet
@@ -38,7 +39,7 @@ from worker.wallet import GateConfigError, UnknownWallet
 
 router = APIRouter(tags=["wallets"])
 ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
-WalletId = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
+WalletId = Annotated[str, Path(min_length=1, max_length=200), SAFE_ID]
 
 
 def _owner_wallet(who, wallet_id: str, action: str) -> None:
@@ -73,7 +74,7 @@ def reserve(wallet_id: WalletId, body: ReservationIn, who: Caller) -> Reservatio
 
 @router.delete("/v1/wallets/{wallet_id}/reservations/{reservation_id}", response_model=ReleasePublic,
                responses=ERRORS)
-def release(wallet_id: WalletId, reservation_id: Annotated[str, Path(min_length=1, max_length=200)],
+def release(wallet_id: WalletId, reservation_id: Annotated[str, Path(min_length=1, max_length=200), SAFE_ID],
             who: Caller) -> ReleasePublic:
     """Give back a hold not settled by a turn (owner key).  404 naming ``reservation_id`` when the
     wallet holds no such reservation (already settled, released, expired, or another wallet's)."""

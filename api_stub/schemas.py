@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.schemas import Id
+from models.validation import FreeText, Id, Label, UtcInWindow
 
 #: nano-USD of one credit or hold: an integer, strictly typed (no floats, no strings)
 Nanos = Annotated[int, Field(strict=True, ge=0, le=2**62)]
@@ -56,8 +56,8 @@ class CreditIn(_In):
     (1..200 characters, e.g. a payment id; the same key again credits nothing more)."""
 
     amount_nanos: PositiveNanos
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
-    description: Annotated[str, Field(max_length=500)] = ""
+    idempotency_key: Id
+    description: FreeText = ""
 
 
 class CreditPublic(BaseModel):
@@ -135,9 +135,9 @@ class ChatPublic(BaseModel):
 
 
 class ChatEndIn(_In):
-    """When a chat ended (aware datetime, UTC; default now)."""
+    """When a chat ended (aware datetime, UTC; default now; inside the ``occurred_at`` window)."""
 
-    ended_at: datetime | None = None
+    ended_at: UtcInWindow | None = None
 
 
 class ChatStartIn(_In):
@@ -145,16 +145,16 @@ class ChatStartIn(_In):
     platform wallet the key was issued for) and the ``workflow`` its turns belong to."""
 
     wallet_id: Id
-    workflow: Annotated[str, Field(min_length=1, max_length=200)] = "default"
-    #: when the chat started (aware datetime, UTC; default now)
-    started_at: datetime | None = None
+    workflow: Id = "default"
+    #: when the chat started (aware datetime, UTC; default now; inside the ``occurred_at`` window)
+    started_at: UtcInWindow | None = None
 
 
 class ChatPauseIn(_In):
     """Why a chat is paused, and the nano-USD its wallet needs before it can go on (default: what
     it lacks now)."""
 
-    reason: Annotated[str, Field(min_length=1, max_length=200)] = "paused_by_orchestrator"
+    reason: Label = "paused_by_orchestrator"
     needed_nanos: Nanos | None = None
     #: the paying wallet, needed only for a chat with no persisted turn yet
     wallet_id: Id | None = None

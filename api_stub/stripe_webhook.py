@@ -23,9 +23,10 @@ import stripe
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from models.tables import ApiRole, Wallet
+from models.validation import SAFE_ID, Id
 from worker.db import session_scope
 from worker.settings import get_settings
 from worker.stripe_billing import (
@@ -110,12 +111,15 @@ async def stripe_webhook(
 
 # Checkout ---------------------------------------------------------------------------------------
 class CheckoutIn(BaseModel):
-    """A token package to buy for a wallet, and where Stripe sends the payer afterwards."""
+    """A token package to buy for a wallet, and where Stripe sends the payer afterwards.  Unknown
+    fields are refused; ids as ``models.validation.Id``."""
 
-    wallet_id: str = Field(min_length=1, max_length=200)
-    package_id: str = Field(min_length=1, max_length=100)
-    success_url: str = Field(min_length=1, max_length=2000)
-    cancel_url: str = Field(min_length=1, max_length=2000)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    wallet_id: Id
+    package_id: Annotated[str, Field(min_length=1, max_length=100), SAFE_ID]
+    success_url: Annotated[str, Field(min_length=1, max_length=2000), SAFE_ID]
+    cancel_url: Annotated[str, Field(min_length=1, max_length=2000), SAFE_ID]
 
 
 class CheckoutOut(BaseModel):

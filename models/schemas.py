@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Id = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
+from models.validation import Id, ModelName, ProviderName, TurnId, UtcInWindow
+
+__all__ = ["Id", "TurnIn", "Decision", "BudgetIn", "trusted_decision"]
 #: a count of tokens (or ms) in one turn: an integer, 0 ≤ n ≤ 10^9 (sums stay far from BIGINT)
 Tokens = Annotated[int, Field(strict=True, ge=0, le=10**9)]
 
@@ -18,22 +20,25 @@ class TurnIn(BaseModel):
 
     Token counts are integers ≥ 0 (``cached_prompt_tokens`` is the part of ``prompt_tokens`` read from
     the provider's prompt cache); ``duration_ms`` is the response time in milliseconds;
-    ``occurred_at`` is when the turn finished (UTC; defaults to now).  ``turn_id`` is the idempotency
-    key: the same id recorded twice is one turn.
+    ``occurred_at`` is when the turn finished (aware; stored in UTC; defaults to now; inside the
+    configured window, see ``models.validation``).  ``turn_id`` is the idempotency key: the same id
+    recorded twice is one turn.  Text fields are refused when they hold control, surrogate or
+    format characters (``models.validation``: ids 1..200 code points, ``turn_id`` 1..300, model
+    1..200, provider 1..100).
 
     Raises ``pydantic.ValidationError`` naming the field for bad input.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    turn_id: Annotated[str, Field(min_length=1, max_length=300, pattern=r"^[^\s]+$")]
+    turn_id: TurnId
     wallet_id: Id
     enterprise_id: Id
     chat_id: Id
     workflow: Id = "default"
     agent: Id = "assistant"
-    model: Annotated[str, Field(min_length=1, max_length=200)]
-    provider: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    model: ModelName
+    provider: ProviderName | None = None
     prompt_tokens: Tokens
     completion_tokens: Tokens
     cached_prompt_tokens: Tokens = 0
@@ -49,7 +54,7 @@ class TurnIn(BaseModel):
     #: ``standard``: the standard price.  A tier genai-prices has no price for on that model is refused.
     service_tier: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z0-9_.-]+$")] | None = None
     duration_ms: Tokens = 0
-    occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    occurred_at: UtcInWindow = Field(default_factory=lambda: datetime.now(UTC))
     #: the reservation this turn settles (see WalletGate.reserve), if any
     reservation_id: Id | None = None
     #: 'llm' for an LLM turn; else a non-LLM meter of :data:`METERS` (``model`` defaults to the meter's
@@ -64,13 +69,6 @@ class TurnIn(BaseModel):
         if isinstance(data, dict) and data.get("meter", "llm") != "llm":
             data = {"model": data["meter"], "prompt_tokens": 0, "completion_tokens": 0, **data}
         return data
-
-    @field_validator("occurred_at")
-    @classmethod
-    def _aware_utc(cls, v: datetime) -> datetime:
-        if v.tzinfo is None:
-            raise ValueError("occurred_at must carry a time zone (UTC)")
-        return v.astimezone(UTC)
 
     @model_validator(mode="after")
     def _cached_within_prompt(self) -> "TurnIn":

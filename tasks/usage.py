@@ -9,12 +9,12 @@ from pydantic import ValidationError
 from models.schemas import TurnIn
 from worker.celery_app import app
 from worker.drain import OutboxDrain
-from worker.pricing import PricingError
+from worker.pricing import PricingError, TurnLimitExceeded
 from worker.wallet import UnknownWallet, WalletGate, WrongEnterprise
 
 
 class TurnRejected(ValueError):
-    """A turn sent over Celery was refused (bad field, unknown model or wallet); nothing changed.
+    """A turn sent over Celery was refused (bad field, unknown model or wallet, a per-turn limit); nothing changed.
 
     A plain ``ValueError`` subclass so that it crosses the result backend with its message.
     """
@@ -60,5 +60,5 @@ def record_turn(turn: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'turn'}: {e['msg']}" for e in exc.errors())
         raise TurnRejected(f"invalid turn: {fields}") from None
-    except (PricingError, UnknownWallet, WrongEnterprise) as exc:
+    except (PricingError, TurnLimitExceeded, UnknownWallet, WrongEnterprise) as exc:
         raise TurnRejected(str(exc)) from None

@@ -23,6 +23,9 @@ os.environ["TOLLGATE_DATABASE_URL"] = TEST_DB_URL
 os.environ["TOLLGATE_REDIS_URL"] = TEST_REDIS_URL
 os.environ["TOLLGATE_BROKER_URL"] = TEST_REDIS_URL
 os.environ.pop("TOLLGATE_PRICE_OVERRIDES_PATH", None)
+# tests record turns on fixed calendar dates, some months or years ahead (partitions, rollups);
+# the tests of the occurred_at window set the production default (one day) themselves
+os.environ["TOLLGATE_OCCURRED_AT_MAX_AHEAD_S"] = str(10 * 366 * 86_400)
 
 REPO = Path(__file__).resolve().parent.parent
 

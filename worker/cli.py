@@ -35,25 +35,48 @@ from typing import Optional
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
+from typer._click.exceptions import UsageError  # typer vendors click: the class its main loop answers
 
 from models.tables import BillingMode, PayerLevel
+from models.validation import InvalidInput, check_text, text_problem
 from worker.pricing import PricingError, nanos_to_usd, usd_to_nanos
 
-app = typer.Typer(help="tollgate: real-time token metering and billing for LLM agents.", no_args_is_help=True)
+class _CheckedGroup(TyperGroup):
+    """The top-level command group: every argument is checked against ``models.validation``'s text
+    rules (no control characters but tab and newline, no lone surrogates, which is how Python
+    presents bytes that are not UTF-8, no bidi overrides) before any command runs, so no command can
+    write such text to Redis or PostgreSQL.  A refused argument exits 2 naming it (ids are checked
+    more strictly by each command: :func:`_id`)."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        for i, arg in enumerate(args):
+            problem = text_problem(arg, "text")
+            if problem:
+                before = args[i - 1] if i and args[i - 1].startswith("-") else None
+                name = f"{before.split('=')[0]}" if before else f"argument {i + 1}"
+                if arg.startswith("--") and "=" in arg:
+                    name = arg.split("=")[0]
+                raise UsageError(f"{name}: {problem}", ctx)
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(help="tollgate: real-time token metering and billing for LLM agents.", no_args_is_help=True,
+                  cls=_CheckedGroup)
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 wallet_app = typer.Typer(help="Wallets: create, credit, show.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(wallet_app, name="wallet")
 
-_ID = re.compile(r"^[^\s]{1,200}$")
 err = Console(stderr=True)
 out = Console()
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # input is not markup
     raise typer.Exit(code=2)
 
 
@@ -106,9 +129,12 @@ def db_partitions(
 
 
 def _id(value: str, field: str) -> str:
-    if not _ID.match(value):
-        _fail(f"{field}: {value!r} must be 1 to 200 characters without spaces")
-    return value
+    """``value`` if ``models.validation`` accepts it as an id; else exit 2 naming ``field``."""
+    try:
+        return check_text(value, field)
+    except InvalidInput as exc:
+        _fail(f"{field}: {value!r} must be 1 to 200 characters without spaces or control characters "
+              f"({exc.message})")
 
 
 @wallet_app.command("create")
@@ -228,8 +254,8 @@ def replay_cmd(
         _fail(f"--policy: {policy!r} is not one of post-hoc, reserve")
     if fmt not in ("azure", "mooncake"):
         _fail(f"--format: {fmt!r} is not one of azure, mooncake")
-    if run_id is not None and (not run_id or any(c.isspace() for c in run_id) or len(run_id) > 100):
-        _fail("--run-id: 1 to 100 characters, no spaces")
+    if run_id is not None and (not run_id or len(run_id) > 100 or text_problem(run_id)):
+        _fail("--run-id: 1 to 100 characters, no spaces or control characters")
     amount = _usd(wallet_usd, "--wallet-usd") if wallet_usd is not None else None
     if amount is not None and amount < 0:
         _fail(f"--wallet-usd: {wallet_usd} is negative")
@@ -697,7 +723,8 @@ app_app = typer.Typer(help="Apps: billing mode, revenue share, trial, flat fee, 
 app.add_typer(app_app, name="app")
 _APP_FLAGS = {"creator_share_bps": "--share-bps", "trial_token_allowance": "--trial-tokens", "trial_then": "--trial-then",
               "flat_fee_nanos": "--flat-fee-usd", "fee_wallet_id": "--fee-wallet", "creator_id": "--creator",
-              "enterprise_id": "ENTERPRISE", "mode": "MODE", "wallet_id": "WALLET_ID"}
+              "enterprise_id": "ENTERPRISE", "mode": "MODE", "wallet_id": "WALLET_ID",
+              "max_turn_cost_nanos": "--max-turn-usd"}
 
 
 @app_app.command("configure")
@@ -709,6 +736,8 @@ def app_configure(
     flat_fee_usd: str = typer.Option(None, "--flat-fee-usd", help="track_only flat monthly fee, USD"),
     fee_wallet: str = typer.Option(None, "--fee-wallet", help="wallet the flat fee is debited from"),
     creator: str = typer.Option(None, "--creator", help="the app creator's mozaiks_user_id"),
+    max_turn_usd: str = typer.Option(None, "--max-turn-usd",
+                                     help="the most one turn may cost, USD (default 50.00); a costlier turn is refused"),
 ) -> None:
     """Change an app's billing settings (only those given); audit-logged."""
     from worker.db import session_scope
@@ -719,15 +748,17 @@ def app_configure(
     with session_scope() as session:
         ensure_enterprise(session, _id(enterprise, "ENTERPRISE"))
     fee = None if flat_fee_usd is None else _nanos(flat_fee_usd, "--flat-fee-usd", allow_zero=True)
+    max_turn = None if max_turn_usd is None else _nanos(max_turn_usd, "--max-turn-usd", allow_zero=True)
     try:
         row = configure_app(WalletGate(), enterprise, actor="cli", creator_share_bps=share_bps,
                             trial_token_allowance=trial_tokens, trial_then=trial_then, flat_fee_nanos=fee,
-                            fee_wallet_id=fee_wallet, creator_id=creator)
+                            fee_wallet_id=fee_wallet, creator_id=creator, max_turn_cost_nanos=max_turn)
     except ModeError as exc:
         _fail(_flagged(str(exc), _APP_FLAGS))
     out.print(f"{row.id}: mode {row.default_mode} · share {row.creator_share_bps} bps · trial "
               f"{row.trial_token_allowance} tokens then {row.trial_then} · flat fee {row.flat_fee_nanos} nanos "
-              f"from {row.fee_wallet_id or '—'} · creator {row.creator_id or '—'}", highlight=False, soft_wrap=True)
+              f"from {row.fee_wallet_id or '—'} · creator {row.creator_id or '—'} · max turn "
+              f"{row.max_turn_cost_nanos} nanos", highlight=False, soft_wrap=True)
 
 
 @app_app.command("isolate")

@@ -35,6 +35,7 @@ from models.tables import (
     Wallet,
     WalletTransaction,
 )
+from models.validation import MAX_DESCRIPTION, InvalidInput, check_text
 from worker.db import session_scope
 from worker.payers import gate_profile
 from worker.periods import period_of
@@ -119,7 +120,13 @@ def open_wallet(
     ``mode`` None: the wallet follows its app's ``default_mode`` (the settings' default without an
     app); a mode given here overrides the app's for this wallet.  Opening an existing wallet changes
     nothing in PostgreSQL and keeps the gate's balance.  Returns the wallet row.
+    Raises ``models.validation.InvalidInput`` (a ValueError) naming ``wallet_id``, ``enterprise_id``
+    or ``owner_id`` when one is not an acceptable id (nothing is written).
     """
+    check_text(wallet_id, "wallet_id")
+    if enterprise_id is not None:
+        check_text(enterprise_id, "enterprise_id")
+    check_text(owner_id, "owner_id")
     with session_scope() as session:
         app = None
         if enterprise_id:
@@ -146,15 +153,28 @@ def open_wallet(
     return wallet
 
 
+def _check_credit_text(wallet_id: object, idempotency_key: object, description: object) -> None:
+    """The edge rules of ``models.validation`` for a credit's text (ids, key, description), before
+    any of it reaches Redis or PostgreSQL.  Raises LedgerError naming the field."""
+    try:
+        check_text(wallet_id, "wallet_id")
+        check_text(idempotency_key, "idempotency_key")
+        check_text(description, "description", kind="text", max_length=MAX_DESCRIPTION, min_length=0)
+    except InvalidInput as exc:
+        raise LedgerError(str(exc)) from None
+
+
 def record_credit(
     session: Session, *, wallet_id: str, amount_nanos: int, idempotency_key: str, description: str = ""
 ) -> bool:
     """Add a credit entry to the ledger once per ``idempotency_key``; returns True if it was new.
 
-    Raises: LedgerError for a non-positive amount (``amount_nanos``) or unknown ``wallet_id``.
+    Raises: LedgerError for a non-positive amount (``amount_nanos``) or unknown ``wallet_id``, or
+    text ``models.validation`` refuses (ids, ``idempotency_key``, ``description``), naming the field.
     """
     if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or not 0 < amount_nanos <= MAX_CREDIT_NANOS:
         raise LedgerError(f"amount_nanos must be an integer of nano-USD in 1..2^62, got {amount_nanos!r}")
+    _check_credit_text(wallet_id, idempotency_key, description)
     if not idempotency_key or len(idempotency_key) > 200 or idempotency_key.startswith(RESERVED_KEY_PREFIX):
         raise LedgerError(
             f"idempotency_key must be 1..200 characters not starting with {RESERVED_KEY_PREFIX!r}, "
@@ -198,6 +218,7 @@ def credit_wallet(
     changes); UnknownWallet when the gate lacks the wallet (nothing changes: rebuild it first);
     GatePending when the ledger entry committed but the gate failed (retry with the same key).
     """
+    _check_credit_text(wallet_id, idempotency_key, description)
     gate.balance(wallet_id)  # UnknownWallet before anything is written
     with session_scope() as session:
         new = record_credit(

@@ -23,6 +23,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from models.tables import BillingMode, Enterprise, TransactionKind, TrialThen, Wallet, WalletTransaction
+from models.validation import InvalidInput, check_text
 from worker.apikeys import audit
 from worker.db import after_commit, session_scope
 from worker.periods import current_period, period_bounds
@@ -36,6 +37,16 @@ FLAT_FEE_PREFIX = "tollgate:flat-fee:"
 
 class ModeError(ValueError):
     """A mode or app setting is invalid (names the field), or its app or wallet is unknown."""
+
+
+def _ids(**ids: str | None) -> None:
+    """The ids given (None: not given) as ``models.validation`` accepts them; else ModeError naming one."""
+    for name, value in ids.items():
+        if value is not None:
+            try:
+                check_text(value, name)
+            except InvalidInput as exc:
+                raise ModeError(str(exc)) from None
 
 
 def _mode(mode: str) -> str:
@@ -71,6 +82,7 @@ def set_app_mode(gate: WalletGate, enterprise_id: str, mode: str, *, actor: str 
     Returns the wallet ids whose mode changed.  Raises ModeError naming ``mode`` or ``enterprise_id``.
     """
     _mode(mode)
+    _ids(enterprise_id=enterprise_id)
     with session_scope() as session:
         app = session.get(Enterprise, enterprise_id, with_for_update=True)
         if app is None:
@@ -95,6 +107,7 @@ def set_wallet_mode(gate: WalletGate, wallet_id: str, mode: str | None, *, actor
     """
     if mode is not None:
         _mode(mode)
+    _ids(wallet_id=wallet_id)
     with session_scope() as session:
         wallet = session.get(Wallet, wallet_id, with_for_update=True)
         if wallet is None:
@@ -116,13 +129,15 @@ def set_wallet_mode(gate: WalletGate, wallet_id: str, mode: str | None, *, actor
 def configure_app(
     gate: WalletGate, enterprise_id: str, *, actor: str = "cli", creator_share_bps: int | None = None,
     trial_token_allowance: int | None = None, trial_then: str | None = None, flat_fee_nanos: int | None = None,
-    fee_wallet_id: str | None = None, creator_id: str | None = None,
+    fee_wallet_id: str | None = None, creator_id: str | None = None, max_turn_cost_nanos: int | None = None,
 ) -> Enterprise:
     """Change an app's billing settings (only those given): the creator's revenue share (basis points,
     0..10000), the trial allowance per wallet (tokens ≥ 0; wallets' tokens left move by the change),
     what trial wallets do after it (``bill``/``pause``), and the flat monthly fee of track_only mode
     (nano-USD ≥ 0) with the wallet it is debited from, and the app's creator (``mozaiks_user_id``,
-    whose platform-level wallet this app's API keys may charge).  Turns already decided keep their split.
+    whose platform-level wallet this app's API keys may charge), and the most one turn may cost
+    (``max_turn_cost_nanos``, nano-USD 0..2^62; the gate refuses a costlier turn).  Turns already
+    decided keep their split.
 
     Returns the app row.  Raises ModeError naming the field.
     """
@@ -132,8 +147,10 @@ def configure_app(
         raise ModeError(f"trial_token_allowance: {trial_token_allowance!r} is not an integer in 0..10^15")
     if trial_then is not None and trial_then not in TrialThen.__members__:
         raise ModeError(f"trial_then: {trial_then!r} is not 'bill' or 'pause'")
-    if creator_id is not None and (not creator_id or len(creator_id) > 200 or any(c.isspace() for c in creator_id)):
-        raise ModeError(f"creator_id: {creator_id!r} must be 1..200 characters without spaces")
+    _ids(enterprise_id=enterprise_id, creator_id=creator_id, fee_wallet_id=fee_wallet_id)
+    if max_turn_cost_nanos is not None and (not isinstance(max_turn_cost_nanos, int) or isinstance(max_turn_cost_nanos, bool)
+                                            or not 0 <= max_turn_cost_nanos <= 2**62):
+        raise ModeError(f"max_turn_cost_nanos: {max_turn_cost_nanos!r} is not an integer of nano-USD in 0..2^62")
     if flat_fee_nanos is not None and (not isinstance(flat_fee_nanos, int) or not 0 <= flat_fee_nanos <= 2**62):
         raise ModeError(f"flat_fee_nanos: {flat_fee_nanos!r} is not an integer of nano-USD in 0..2^62")
     with session_scope() as session:
@@ -146,13 +163,13 @@ def configure_app(
         changes: dict[str, Any] = {k: v for k, v in {
             "creator_share_bps": creator_share_bps, "trial_token_allowance": trial_token_allowance,
             "trial_then": trial_then, "flat_fee_nanos": flat_fee_nanos, "fee_wallet_id": fee_wallet_id,
-            "creator_id": creator_id,
+            "creator_id": creator_id, "max_turn_cost_nanos": max_turn_cost_nanos,
         }.items() if v is not None}
         for name, value in changes.items():
             setattr(app, name, value)
         wallet_ids = list(session.execute(select(Wallet.id).where(Wallet.enterprise_id == enterprise_id)).scalars())
         audit(session, actor=actor, action="app_config", enterprise_id=enterprise_id, **changes)
-        share, then = app.creator_share_bps, app.trial_then
+        share, then, max_turn = app.creator_share_bps, app.trial_then, app.max_turn_cost_nanos
     check = gate.redis.pipeline(transaction=False)
     for wallet_id in wallet_ids:
         check.hexists(gate.wallet_key(wallet_id), "mode")
@@ -160,7 +177,7 @@ def configure_app(
     pipe = gate.redis.pipeline(transaction=False)
     for wallet_id in loaded:
         key = gate.wallet_key(wallet_id)
-        pipe.hset(key, mapping={"share_bps": share, "trial_then": then})
+        pipe.hset(key, mapping={"share_bps": share, "trial_then": then, "max_turn_nanos": max_turn})
         if delta:
             pipe.hincrby(key, "trial_left", delta)
     pipe.execute()

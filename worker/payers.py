@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from models.tables import Enterprise, PayerLevel, Wallet
+from models.tables import DEFAULT_MAX_TURN_COST_NANOS, Enterprise, PayerLevel, Wallet
 
 #: default revenue share of the app creator, basis points (DESIGN.md: 70 % creator, 30 % platform)
 DEFAULT_CREATOR_SHARE_BPS = 7000
@@ -49,7 +49,8 @@ def split_charge(billed_nanos: int, creator_share_bps: int) -> tuple[int, int]:
 def gate_profile(session: Session, wallet: Wallet) -> dict[str, Any]:
     """What the gate needs to know about a wallet besides its balance (the keyword arguments of
     :meth:`worker.wallet.WalletGate.load_wallet`): mode, limit, block, owning app, payer level, the
-    app's revenue share (bps) and trial rule, and the trial tokens left (allowance − used)."""
+    app's revenue share (bps), trial rule and per-turn cost limit (nano-USD), and the trial tokens
+    left (allowance − used)."""
     app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
     allowance = app.trial_token_allowance if app is not None else 0
     return {
@@ -61,4 +62,5 @@ def gate_profile(session: Session, wallet: Wallet) -> dict[str, Any]:
         "share_bps": app.creator_share_bps if app is not None else DEFAULT_CREATOR_SHARE_BPS,
         "trial_left": allowance - wallet.trial_tokens_used,
         "trial_then": app.trial_then if app is not None else "pause",
+        "max_turn_cost_nanos": app.max_turn_cost_nanos if app is not None else DEFAULT_MAX_TURN_COST_NANOS,
     }

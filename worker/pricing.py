@@ -45,6 +45,18 @@ class PricingError(ValueError):
     """A turn cannot be priced: unknown model or provider and no override, or a bad price."""
 
 
+class TurnLimitExceeded(ValueError):
+    """One turn is above a per-turn limit: its tokens above the model's context window, a meter's
+    quantity above its per-turn maximum (``worker.meters``), or its cost above its app's
+    ``max_turn_cost_nanos``.  ``field`` names what is too large (``prompt_tokens``,
+    ``completion_tokens``, ``quantity``, ``cost_nanos``); ``index`` is the turn's position in a batch
+    (set by the gate).  Nothing was charged."""
+
+    def __init__(self, field: str, message: str, *, index: int | None = None) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message, self.index = field, message, index
+
+
 def usd_to_nanos(usd: Decimal | str | int) -> int:
     """Exact USD amount → integer nano-USD, in integer arithmetic (no decimal context rounding).
 
@@ -147,6 +159,20 @@ class PriceSheet:
     cache_write: Rate | None = None
     #: 1-hour cache-write rate; None: the model has none, they cost the cache-write rate
     cache_write_1h: Rate | None = None
+    #: tokens (prompt, cached and cache-write included, plus completion) one call of the model may
+    #: hold: genai-prices' ``context_window``, or an override's ``"context_window"``; None: unknown
+    context_window: int | None = None
+
+    def check_window(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """Raise :class:`TurnLimitExceeded` when ``prompt_tokens`` (which count the cached and
+        cache-write tokens) plus ``completion_tokens`` exceed :attr:`context_window`, naming
+        ``prompt_tokens`` if they alone do, else ``completion_tokens``."""
+        window = self.context_window
+        if window is None or prompt_tokens + completion_tokens <= window:
+            return
+        field = "prompt_tokens" if prompt_tokens > window else "completion_tokens"
+        raise TurnLimitExceeded(field, f"{prompt_tokens:,} prompt + {completion_tokens:,} completion tokens "
+                                       f"exceed {self.model}'s context window of {window:,} tokens")
 
     def price(self, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int,
               cache_write_tokens: int = 0, cache_write_1h_tokens: int = 0) -> TurnPrice:
@@ -192,8 +218,9 @@ def _to_rate(value: Decimal | TieredPrices) -> Rate:
     return usd_to_nanos(value)
 
 
-def _sheet_from_model_price(model: str, provider: str, mp: ModelPrice) -> PriceSheet:
-    """A sheet from genai-prices' resolved ``ModelPrice``; a model with no token prices is free."""
+def _sheet_from_model_price(model: str, provider: str, mp: ModelPrice, context_window: int | None = None) -> PriceSheet:
+    """A sheet from genai-prices' resolved ``ModelPrice`` (and the model's ``context_window``); a
+    model with no token prices is free."""
     keys = {k for k, v in mp.__dict__.items() if v is not None and not k.startswith("_")}
     try:
         input_rate = _to_rate(mp.input_mtok) if mp.input_mtok is not None else 0
@@ -202,9 +229,10 @@ def _sheet_from_model_price(model: str, provider: str, mp: ModelPrice) -> PriceS
         write_1h_rate = _to_rate(mp.cache_write_1h_mtok) if mp.cache_write_1h_mtok is not None else None
         output_rate = _to_rate(mp.output_mtok) if mp.output_mtok is not None else 0
     except PricingError:  # a rate finer than a nano per MTok: let genai-prices compute it
-        return PriceSheet(model, provider, 0, 0, 0, exotic=mp)
+        return PriceSheet(model, provider, 0, 0, 0, exotic=mp, context_window=context_window)
     exotic = mp if keys - _TOKEN_KEYS - _UNREPORTED_KEYS else None
-    return PriceSheet(model, provider, input_rate, cache_rate, output_rate, exotic, write_rate, write_1h_rate)
+    return PriceSheet(model, provider, input_rate, cache_rate, output_rate, exotic, write_rate, write_1h_rate,
+                      context_window)
 
 
 def _override_key(provider: str | None, model: str) -> str:
@@ -217,7 +245,8 @@ class PriceBook:
     Args:
         overrides: ``{"provider/model": {"input_mtok": "1.00", "cache_read_mtok": "0.25",
             "output_mtok": "4.00"}}`` in USD per million tokens as decimal strings.  A key with an
-            empty provider (``"/my-model"``) matches that model at any provider.
+            empty provider (``"/my-model"``) matches that model at any provider.  An optional
+            ``"context_window"`` (an integer of tokens > 0) bounds one turn's prompt + completion.
 
     Raises:
         PricingError: an override is malformed (names the key and field).
@@ -231,11 +260,14 @@ class PriceBook:
             provider, sep, model = key.partition("/")
             if not sep or not model:
                 raise PricingError(f"price override key {key!r} must be 'provider/model'")
-            unknown = set(prices) - _TOKEN_KEYS
+            unknown = set(prices) - _TOKEN_KEYS - {"context_window"}
             if unknown:
                 raise PricingError(f"price override {key!r}: unknown field(s) {sorted(unknown)}")
+            window = prices.get("context_window")
+            if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window <= 0):
+                raise PricingError(f"price override {key!r}: context_window must be an integer of tokens > 0")
             try:
-                rates = {k: usd_to_nanos(v) for k, v in prices.items()}
+                rates = {k: usd_to_nanos(v) for k, v in prices.items() if k != "context_window"}
             except PricingError as exc:
                 raise PricingError(f"price override {key!r}: {exc}") from exc
             if any(v < 0 for v in rates.values()):
@@ -249,6 +281,7 @@ class PriceBook:
                 output=rates.get("output_mtok", 0),
                 cache_write=rates.get("cache_write_mtok"),
                 cache_write_1h=rates.get("cache_write_1h_mtok"),
+                context_window=window,
             )
         self._models: dict[tuple[str, str | None], PriceSheet | tuple[str, object]] = {}
         self._sheets: dict[int, tuple[ModelPrice, PriceSheet]] = {}
@@ -303,7 +336,7 @@ class PriceBook:
         cached = self._sheets.get(id(model_price))
         if cached is not None and cached[0] is model_price:
             return cached[1]
-        sheet = _sheet_from_model_price(info.id, provider_id, model_price)
+        sheet = _sheet_from_model_price(info.id, provider_id, model_price, getattr(info, "context_window", None))
         self._sheets[id(model_price)] = (model_price, sheet)  # holding model_price keeps its id unique
         return sheet
 
@@ -323,7 +356,8 @@ class PriceBook:
         cached = self._tier_sheets.get(key)
         if cached is not None and cached[0] is standard:
             return cached[1]
-        sheet = _sheet_from_model_price(info.id, provider_id, info.get_prices(when, {"service_tier": tier}))
+        sheet = _sheet_from_model_price(info.id, provider_id, info.get_prices(when, {"service_tier": tier}),
+                                       getattr(info, "context_window", None))
         self._tier_sheets[key] = (standard, sheet)  # holding standard keeps its id unique
         return sheet
 

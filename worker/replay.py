@@ -21,8 +21,8 @@ from models.schemas import TurnIn
 from models.tables import PayerLevel, Wallet
 from worker.db import session_scope
 from worker.ledger import credit_wallet, ledger_balance, open_wallet, wallet_usage
-from worker.pricing import nanos_to_usd, usd_to_nanos
-from worker.traces import TraceFormat, TraceRow, read_trace
+from worker.pricing import TurnLimitExceeded, nanos_to_usd, usd_to_nanos
+from worker.traces import TraceError, TraceFormat, TraceRow, read_trace
 from worker.wallet import WalletGate, celery_kicker
 from worker.workers import start_celery_worker, stop_process_group, wait_ready
 
@@ -119,8 +119,8 @@ def replay(
         progress: called with ``(phase, done, total)``; phases ``record`` and ``persist``.
 
     Raises:
-        TraceError (malformed file or row), PricingError (unknown model), ReplayError; nothing is
-        recorded for the first two.
+        TraceError (malformed file or row, or a row above the model's context window),
+        PricingError (unknown model), ReplayError; nothing is recorded for the first two.
     """
     if policy not in ("post-hoc", "reserve"):
         raise ValueError(f"--policy: {policy!r} is not one of post-hoc, reserve")
@@ -131,6 +131,15 @@ def replay(
     gate = gate or WalletGate(kicker=celery_kicker)
     for row in (rows[0], rows[-1]):  # unknown model → error before anything is recorded
         gate.prices.sheet(model, provider, row.occurred_at)
+    sheet = gate.prices.sheet(model, provider, rows[0].occurred_at)  # a model's window does not move with time
+    for row in rows:  # a row above the model's context window → error before anything is recorded
+        try:
+            sheet.check_window(row.prompt_tokens, row.completion_tokens)
+        except TurnLimitExceeded as exc:
+            field = {"azure": {"prompt_tokens": "ContextTokens", "completion_tokens": "GeneratedTokens"},
+                     "mooncake": {"prompt_tokens": "input_length", "completion_tokens": "output_length"}}
+            raise TraceError(Path(path), exc.message, row=row.row,
+                             field=field.get(fmt, {}).get(exc.field, exc.field)) from None
     run_id = run_id or uuid.uuid4().hex[:12]
     wallet_id = _prepare_wallet(gate, run_id, wallet_nanos)
     chat_id = f"replay-{run_id}"

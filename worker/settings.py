@@ -8,6 +8,7 @@ Every default works against the services of a development machine: PostgreSQL on
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Literal
 
@@ -55,6 +56,10 @@ class Settings(BaseSettings):
             every Stripe webhook is refused.
         stripe_api_base: base address of Stripe's API (default: Stripe's own); tests point it at a
             local server.
+        occurred_at_min: earliest ``occurred_at`` (and chat start/end) accepted, aware (default
+            2000-01-01T00:00Z); earlier input is refused naming the field (``models.validation``).
+        occurred_at_max_ahead_s: how far past now an ``occurred_at`` may be, seconds (default one
+            day: clock skew of the orchestrator's hosts).
     """
 
     model_config = SettingsConfigDict(env_prefix="TOLLGATE_", extra="ignore")
@@ -100,6 +105,15 @@ class Settings(BaseSettings):
     #: changes scheme or host; default: the request's own scheme and Host.  Sign-in and sign-out
     #: are refused from any other Origin.
     web_origin: str | None = None
+    occurred_at_min: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+    occurred_at_max_ahead_s: int = Field(default=86_400, ge=0, le=10 * 366 * 86_400)
+
+    @field_validator("occurred_at_min")
+    @classmethod
+    def _aware_min(cls, v: datetime) -> datetime:
+        if v.utcoffset() is None:
+            raise ValueError(f"occurred_at_min: {v.isoformat()} must carry a time zone")
+        return v.astimezone(UTC)
 
     @field_validator("usage_retention_months")
     @classmethod

@@ -10,7 +10,8 @@ Formats:
         of leading ``hash_ids`` already seen in earlier rows of the file, capped at input_length.
 
 A malformed row raises :class:`TraceError` naming the file, the row (1-based data row; the line of
-the file too) and the field.  The whole file is read before anything is recorded.
+the file too) and the field; so does a row whose time lies outside the ``occurred_at`` window of
+``models.validation`` (default 2000-01-01 to now + 1 day), since its turn would be refused.  The whole file is read before anything is recorded.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
+
+from models.validation import InvalidInput, check_occurred_at
 
 TraceFormat = Literal["azure", "mooncake"]
 AZURE_HEADER = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
@@ -79,9 +82,19 @@ def _azure_time(path: Path, value: str, *, row: int, line: int) -> datetime:
                          field="TIMESTAMP")
     frac = (m.group(7) or "").ljust(6, "0")[:6]
     try:
-        return datetime(*(int(g) for g in m.groups()[:6]), int(frac), tzinfo=UTC)
+        when = datetime(*(int(g) for g in m.groups()[:6]), int(frac), tzinfo=UTC)
     except ValueError as exc:
         raise TraceError(path, f"{value!r}: {exc}", row=row, line=line, field="TIMESTAMP") from exc
+    return _in_window(path, when, row=row, line=line, field="TIMESTAMP")
+
+
+def _in_window(path: Path, when: datetime, *, row: int, line: int, field: str) -> datetime:
+    """``when`` if it lies inside the ``occurred_at`` window of ``models.validation`` (a row's turn
+    would be refused otherwise, after earlier rows were recorded); else TraceError naming the row."""
+    try:
+        return check_occurred_at(when, field)
+    except InvalidInput as exc:
+        raise TraceError(path, f"occurred_at {exc.message}", row=row, line=line, field=field) from None
 
 
 def read_azure(path: Path) -> list[TraceRow]:
@@ -160,9 +173,14 @@ def read_mooncake(path: Path, *, epoch: datetime) -> list[TraceRow]:
                         break
                     leading += 1
                 seen.update(hash_ids)
+                try:
+                    when = epoch + timedelta(milliseconds=ts)
+                except OverflowError:
+                    raise TraceError(path, f"{ts!r} ms after {epoch.isoformat()} is past year 9999", row=n,
+                                     line=line_no, field="timestamp") from None
                 rows.append(TraceRow(
                     row=n,
-                    occurred_at=epoch + timedelta(milliseconds=ts),
+                    occurred_at=_in_window(path, when, row=n, line=line_no, field="timestamp"),
                     prompt_tokens=prompt,
                     completion_tokens=completion,
                     cached_prompt_tokens=min(prompt, MOONCAKE_BLOCK_TOKENS * leading),

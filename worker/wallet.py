@@ -5,7 +5,8 @@ Redis keys (every key one script touches shares the shard's hash tag, so the gat
 Redis Cluster)::
 
     tollgate:{sN}:wallet:<wallet_id>   hash  balance, held, mode, limited, enterprise, blocked, level,
-                                             share_bps, trial_left, trial_then, accepted_turns, denied_turns
+                                             share_bps, trial_left, trial_then, max_turn_nanos,
+                                             accepted_turns, denied_turns
     tollgate:{sN}:turn:<wallet>:<turn_id> str first answer for a turn_id (TTL: settings.dedupe_ttl_s)
     tollgate:{sN}:credit:<wallet>:<key> str  credit already applied (same TTL)
     tollgate:{sN}:adjust:<wallet>:<key> str  signed adjustment (e.g. allowance expiry) already applied (same TTL)
@@ -36,9 +37,10 @@ import redis
 from hiredis import pack_command
 
 from models.schemas import Decision, TurnIn, trusted_decision
-from models.tables import BillingMode
+from models.tables import DEFAULT_MAX_TURN_COST_NANOS, BillingMode
+from models.validation import check_text
 from worker.meters import meter_price
-from worker.pricing import PriceBook, PriceSheet, TurnPrice
+from worker.pricing import PriceBook, PriceSheet, TurnLimitExceeded, TurnPrice
 from worker.settings import Settings, get_settings, redis_client
 
 PREFIX = "tollgate"
@@ -220,6 +222,12 @@ def _decide_group(batch: list[int], reply, decide: Callable[[int, object], None]
     turn reply)`` for each turn index ``i`` of its group, in order."""
     for position, i in enumerate(batch):
         decide(i, reply if isinstance(reply, Exception) else reply[position])
+
+
+def _cost_limit(cost_nanos: int, limit_nanos: int, *, index: int | None = None) -> TurnLimitExceeded:
+    """The refusal of a turn costing ``cost_nanos``, above its app's ``max_turn_cost_nanos``."""
+    return TurnLimitExceeded("cost_nanos", f"the turn costs {cost_nanos:,} nanos, above its app's "
+                                           f"max_turn_cost_nanos of {limit_nanos:,}", index=index)
 
 
 def _priced(turn: TurnIn, quote: TurnPrice | PriceSheet) -> TurnPrice:
@@ -405,15 +413,23 @@ class WalletGate:
         share_bps: int = 0,
         trial_left: int = 0,
         trial_then: str = "pause",
+        max_turn_cost_nanos: int | None = None,
     ) -> None:
         """Put a wallet into the gate.  Without ``overwrite`` an existing balance and trial allowance
         are kept (mode, limit, level, share and trial rule are set), so loading twice never resets
         money.  ``balance_nanos`` is nano-USD; ``level`` the payer level; ``share_bps`` the app
         creator's share of a level-2 charge in basis points (0..10000); ``trial_left`` trial tokens
-        left; ``trial_then`` 'bill' or 'pause' once they are used.
+        left; ``trial_then`` 'bill' or 'pause' once they are used; ``max_turn_cost_nanos`` the most
+        one turn may cost (the app's setting; None leaves the wallet's as it is, and a wallet without
+        one gets ``DEFAULT_MAX_TURN_COST_NANOS`` from the script).
 
-        Raises: ValueError naming the argument (mode, level, share_bps, trial_then).
+        Raises: ValueError naming the argument (mode, level, share_bps, trial_then, max_turn_cost_nanos).
         """
+        if max_turn_cost_nanos is not None and (
+            not isinstance(max_turn_cost_nanos, int) or isinstance(max_turn_cost_nanos, bool)
+            or not 0 <= max_turn_cost_nanos <= 2**62
+        ):
+            raise ValueError(f"max_turn_cost_nanos: {max_turn_cost_nanos!r} is not an integer of nano-USD in 0..2^62")
         if mode not in BillingMode.__members__:
             raise ValueError(f"mode: {mode!r} is not one of {', '.join(BillingMode.__members__)}")
         if level not in ("platform", "app_usage"):
@@ -428,6 +444,8 @@ class WalletGate:
                                 "share_bps": share_bps, "trial_then": trial_then})
         if enterprise_id:  # record_turn.lua then refuses turns of any other app
             pipe.hset(key, "enterprise", enterprise_id)
+        if max_turn_cost_nanos is not None:
+            pipe.hset(key, "max_turn_nanos", max_turn_cost_nanos)
         if blocked_reason:
             pipe.hset(key, "blocked", blocked_reason)
         else:
@@ -596,11 +614,18 @@ class WalletGate:
         """
         if not turns:
             return []
-        # every turn priced (an LLM turn: its price sheet resolved, the arithmetic done when its
-        # group is sent) and every wallet checked before anything is sent
-        quotes = [self._quote(t) for t in turns]
+        # every turn priced (an LLM turn: its price sheet resolved and its tokens checked against
+        # the model's context window) and every wallet checked before anything is sent; in a batch
+        # the pre-check also does each turn's arithmetic, to hold it to its app's max_turn_cost_nanos
+        quotes = []
+        for i, t in enumerate(turns):
+            try:
+                quotes.append(self._quote(t))
+            except TurnLimitExceeded as exc:
+                exc.index = i
+                raise
         if len(turns) > 1:  # one turn needs no pre-check: the script refuses an unknown wallet itself
-            self._check_wallets(turns)
+            self._check_wallets(turns, quotes)
         decisions: list[Decision | None] = [None] * len(turns)
         kicks: set[int] = set()
         errors: list[Exception] = []
@@ -608,7 +633,10 @@ class WalletGate:
         def decide(i: int, reply) -> None:
             turn = turns[i]
             if isinstance(reply, Exception):
-                errors.append(self._translate(reply, turn.wallet_id))
+                error = self._translate(reply, turn.wallet_id)
+                if isinstance(error, TurnLimitExceeded):
+                    error.index = i
+                errors.append(error)
                 return
             status, balance, action, billed, duplicate, kick, cost = reply
             if kick:
@@ -639,10 +667,13 @@ class WalletGate:
         """What prices a turn, resolved now so a batch with a turn that cannot be priced is refused
         before anything is sent: the price sheet of an LLM turn's model (its token arithmetic, which
         cannot fail, is left to :func:`_priced`), else the priced turn (a meter, or a model priced by
-        genai-prices itself).  Raises worker.pricing.PricingError, worker.meters.UnknownMeter."""
+        genai-prices itself).  Raises worker.pricing.PricingError, worker.meters.UnknownMeter,
+        worker.pricing.TurnLimitExceeded (tokens above the model's context window, a meter's
+        quantity above its maximum)."""
         if turn.meter != "llm":
             return meter_price(turn.meter, turn.quantity)
         sheet = self.prices.sheet(turn.model, turn.provider, turn.occurred_at, turn.service_tier)
+        sheet.check_window(turn.prompt_tokens, turn.completion_tokens)
         return sheet if sheet.exotic is None else _priced(turn, sheet)
 
     def _record_args(self, turn: TurnIn, price: TurnPrice, reservation_id: str | None, require_hold: bool) -> tuple:
@@ -761,12 +792,16 @@ class WalletGate:
         Granted only if ``balance − held − amount >= 0`` (a production, limited wallet); then a turn
         recorded with ``reservation_id`` settles it, :meth:`release` gives it back, and
         :meth:`expire_holds` releases it after ``ttl_s``.  The same ``reservation_id`` twice is one
-        hold.  Returns a :class:`Reservation`.  Raises ValueError (amount, ttl), UnknownWallet.
+        hold.  Returns a :class:`Reservation`.  Raises ValueError (amount, ttl; ``InvalidInput`` for
+        a ``wallet_id`` or ``reservation_id`` that ``models.validation`` refuses), UnknownWallet.
         """
         if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or not 0 <= amount_nanos <= 2**62:
             raise ValueError(f"amount_nanos must be an integer of nano-USD in 0..2^62, got {amount_nanos!r}")
         if not isinstance(ttl_s, int) or not 1 <= ttl_s <= 86_400:
             raise ValueError(f"ttl_s must be 1..86400 seconds, got {ttl_s!r}")
+        check_text(wallet_id, "wallet_id")  # InvalidInput (a ValueError) naming the field
+        if reservation_id is not None:
+            check_text(reservation_id, "reservation_id")
         reservation_id = reservation_id or f"r_{uuid.uuid4().hex}"
         expires_ms = int(time.time() * 1000) + ttl_s * 1000
         try:
@@ -798,21 +833,31 @@ class WalletGate:
                 released += self.release(wallet_id, reservation_id) > 0
         return released
 
-    def _check_wallets(self, turns: Sequence[TurnIn]) -> None:
-        """Before a batch is sent: every wallet is in the gate and belongs to its turns' app, so a
-        batch with a bad turn is refused whole, nothing applied.  Raises UnknownWallet, WrongEnterprise."""
+    def _check_wallets(self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet] = ()) -> None:
+        """Before a batch is sent: every wallet is in the gate and belongs to its turns' app, and
+        (given ``quotes``) no turn costs more than its wallet's ``max_turn_nanos``, so a batch with a
+        bad turn is refused whole, nothing applied (the script checks the cost again, atomically).
+        Raises UnknownWallet, WrongEnterprise, TurnLimitExceeded (``cost_nanos``, with ``index``)."""
         apps: dict[str, set[str]] = {}
         for t in turns:
             apps.setdefault(t.wallet_id, set()).add(t.enterprise_id)
         ids = sorted(apps)
         pipe = self.redis.pipeline(transaction=False)
         for wallet_id in ids:
-            pipe.hmget(self.wallet_key(wallet_id), "mode", "enterprise")
-        for wallet_id, (mode, owner) in zip(ids, pipe.execute()):
+            pipe.hmget(self.wallet_key(wallet_id), "mode", "enterprise", "max_turn_nanos")
+        limits: dict[str, int] = {}
+        for wallet_id, (mode, owner, limit) in zip(ids, pipe.execute()):
             if mode is None:
                 raise UnknownWallet(wallet_id)
             if owner is not None and apps[wallet_id] != {owner}:
                 raise WrongEnterprise(wallet_id)
+            limits[wallet_id] = int(limit) if limit is not None else DEFAULT_MAX_TURN_COST_NANOS
+        for i, (turn, quote) in enumerate(zip(turns, quotes)):
+            price = _priced(turn, quote)
+            if isinstance(quotes, list):
+                quotes[i] = price  # priced once: the calls built later take it as it is
+            if price.cost_nanos > limits[turn.wallet_id]:
+                raise _cost_limit(price.cost_nanos, limits[turn.wallet_id], index=i)
 
     @staticmethod
     def _translate(exc: Exception, wallet_id: str) -> Exception:
@@ -820,6 +865,9 @@ class WalletGate:
             return UnknownWallet(wallet_id)
         if "TOLLGATE_WRONG_ENTERPRISE" in str(exc):
             return WrongEnterprise(wallet_id)
+        if "TOLLGATE_TURN_COST_LIMIT" in str(exc):  # "TOLLGATE_TURN_COST_LIMIT <cost> <limit>"
+            cost, limit = str(exc).split("TOLLGATE_TURN_COST_LIMIT", 1)[1].split()[:2]
+            return _cost_limit(int(cost), int(limit))
         if "TOLLGATE_BAD_MODE" in str(exc):
             return GateConfigError(f"wallet {wallet_id!r} has a mode the gate does not know; reload it")
         return exc

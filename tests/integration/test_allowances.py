@@ -24,7 +24,8 @@ from worker.db import session_scope
 from worker.drain import OutboxDrain
 from worker.ledger import credit_wallet, open_wallet
 from worker.periods import current_period, period_of
-from worker.wallet import UnknownWallet
+from worker.pricing import PriceBook
+from worker.wallet import UnknownWallet, WalletGate
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +39,10 @@ GRACE = 600  # settings.allowance_expiry_grace_s
 def wallets(db, gate, redis_client, settings):
     """Opens wallets with an allowance; records and persists turns."""
     assert settings.allowance_expiry_grace_s == GRACE
+    # gpt-4o's prompt price as an override without a context window: these tests spend whole
+    # dollars in single turns of millions of tokens, above gpt-4o's real window (128,000)
+    spend_gate = WalletGate(redis_client, settings=settings, kicker=gate.kicker,
+                            price_book=PriceBook({"openai/gpt-4o": {"input_mtok": "2.50"}}))
 
     class Wallets:
         drain = OutboxDrain(redis_client, settings=settings, consumer="test")
@@ -53,7 +58,7 @@ def wallets(db, gate, redis_client, settings):
         def spend(self, wallet_id, tokens, at=None, persist=True):
             self.n += 1
             kw = {} if at is None else {"occurred_at": at}
-            decision = gate.record_turn(TurnIn(turn_id=f"t{self.n}", wallet_id=wallet_id, enterprise_id="acme",
+            decision = spend_gate.record_turn(TurnIn(turn_id=f"t{self.n}", wallet_id=wallet_id, enterprise_id="acme",
                                                chat_id="c1", model="gpt-4o", provider="openai",
                                                prompt_tokens=tokens, completion_tokens=0, **kw))
             assert decision.accepted and decision.billed_nanos == tokens * TOKEN_NANOS

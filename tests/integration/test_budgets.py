@@ -18,6 +18,8 @@ from worker.budgets import BUDGET_EXCEEDED, BudgetError, check_budgets, set_budg
 from worker.db import session_scope
 from worker.drain import OutboxDrain
 from worker.ledger import credit_wallet, open_wallet
+from worker.pricing import PriceBook
+from worker.wallet import WalletGate
 from worker.webhooks import channel, verify
 
 pytestmark = pytest.mark.integration
@@ -34,7 +36,10 @@ class Spender:
     """Records gpt-4o turns of ``tokens`` prompt tokens through the gate and persists them."""
 
     def __init__(self, gate, redis_client, settings):
-        self.gate = gate
+        # gpt-4o's prompt price as an override without a context window: these tests spend whole
+        # dollars in single turns of millions of tokens, above gpt-4o's real window (128,000)
+        self.gate = WalletGate(redis_client, settings=settings, kicker=gate.kicker,
+                               price_book=PriceBook({"openai/gpt-4o": {"input_mtok": "2.50"}}))
         self.drain = OutboxDrain(redis_client, settings=settings, consumer="test")
         self.n = 0
 

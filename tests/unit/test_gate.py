@@ -533,7 +533,8 @@ def test_big_cost_exact(client, kicked):
     # one turn costing 2^53 + 1 nanos, a value a Lua double cannot hold
     book = PriceBook({"acme/huge": {"input_mtok": "9007199.254740993"}})
     gate = WalletGate(client, settings=make_settings(), price_book=book, kicker=kicked.append)
-    gate.load_wallet("w1", mode="production", limited=True, balance_nanos=2**62)
+    # the app's per-turn cost limit (default $50) raised so that one turn may cost 2^53 + 1
+    gate.load_wallet("w1", mode="production", limited=True, balance_nanos=2**62, max_turn_cost_nanos=2**62)
     d = gate.record_turn(turn("t1", model="huge", provider="acme", prompt_tokens=1_000_000,
                               cached_prompt_tokens=0, completion_tokens=0))
     assert d.cost_nanos == d.billed_nanos == 2**53 + 1

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from models.schemas import Decision, TurnIn
+from models.validation import check_text
 from worker.client.adapters import USAGE_FIELDS, TokenUsage, adapter_error, turn_fields, usage_from_response
 from worker.client.transports import TollgateClientError
 
@@ -194,6 +195,12 @@ class _Core:
             raise ValueError(f"cost_threshold_nanos: must be a positive integer of nano-USD, got {cost_threshold_nanos!r}")
         if not isinstance(warn_at_bps, int) or not 0 < warn_at_bps <= 10_000:
             raise ValueError(f"warn_at_bps: must be an integer in 1..10000, got {warn_at_bps!r}")
+        # the edge rules of models.validation (InvalidInput, a ValueError naming the argument),
+        # before anything is sent: a chat's ids reach PostgreSQL through its start record
+        for name, value in (("payer_id", payer_id), ("enterprise_id", enterprise_id), ("workflow", workflow)):
+            check_text(value, name)
+        if chat_id is not None:
+            check_text(chat_id, "chat_id")
         self.transport = transport
         self.level = level
         self.payer_id = payer_id

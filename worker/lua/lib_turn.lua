@@ -12,7 +12,10 @@ local kick_tried = false  -- per script run (a batch's turns are all on one shar
 -- each of them to the cache as it makes it (balance, held, trial_left).  A batch with many turns of
 -- one wallet reads its hash once.  Cleared by forget_wallets() when a turn fails half-way.
 local WALLET_FIELDS = {'mode', 'limited', 'balance', 'blocked', 'enterprise', 'held', 'level', 'share_bps',
-                       'trial_left', 'trial_then'}
+                       'trial_left', 'trial_then', 'max_turn_nanos'}
+-- the most one turn may cost when the wallet hash has no max_turn_nanos (a wallet loaded before the
+-- per-app limit existed): models.tables.DEFAULT_MAX_TURN_COST_NANOS, $50 (a unit test keeps them equal)
+local DEFAULT_MAX_TURN_NANOS = '50000000000'
 local wallets = {}
 -- accepted / denied turn counts per wallet key, added to the hash once per run by flush_counts()
 local accepted, denied = {}, {}
@@ -161,6 +164,12 @@ local function record_one(K1, K2, K3, K4, K5, K6, A1, A2, A3, A4, A5, A6, A7, A8
   end
   if w[5] and w[5] ~= A7 then  -- an app may only charge its own wallets (checked before any answer)
     return redis.error_reply('TOLLGATE_WRONG_ENTERPRISE')
+  end
+  -- the app's per-turn cost limit (max_turn_nanos): a new turn above it is refused before any write
+  -- (dedupe key unspent); a retry of a turn already decided still gets its first answer below
+  local max_turn = w[11] or DEFAULT_MAX_TURN_NANOS
+  if int_cmp(A1, max_turn) > 0 and redis.call('EXISTS', K2) == 0 then
+    return redis.error_reply('TOLLGATE_TURN_COST_LIMIT ' .. A1 .. ' ' .. max_turn)
   end
 
   local status, action, billed, billable, trial_tokens, balance, bal_after, left_after

@@ -19,7 +19,8 @@
 -- Wallet hash fields read besides balance: mode ('production' | 'development' | 'trial' |
 -- 'track_only'), limited, blocked, enterprise, held, level ('platform' | 'app_usage'), share_bps (the
 -- app creator's share of a level-2 charge, basis points), trial_left (tokens of trial allowance left,
--- may go below 0 by the last free turn), trial_then ('bill' | 'pause').
+-- may go below 0 by the last free turn), trial_then ('bill' | 'pause'), max_turn_nanos (the most one
+-- turn may cost, integer string).
 --
 -- The outbox entry carries: t payload, b billed nanos, a action, m mode, bal balance after,
 -- lv level, sb share_bps, tt trial tokens used by the turn, bl billable ('1' | '0').
@@ -34,7 +35,9 @@
 --   cost     cost_nanos of the first answer, integer string
 -- Errors (nothing changes): 'TOLLGATE_UNKNOWN_WALLET' when KEYS[1] does not exist,
 --   'TOLLGATE_BAD_MODE' when the wallet's mode is not one of the four,
---   'TOLLGATE_WRONG_ENTERPRISE' when the wallet belongs to another app.
+--   'TOLLGATE_WRONG_ENTERPRISE' when the wallet belongs to another app,
+--   'TOLLGATE_TURN_COST_LIMIT <cost> <limit>' when a new turn costs more than the wallet's
+--   max_turn_nanos (its app's max_turn_cost_nanos; absent: $50) — a retry of a decided turn is not refused.
 --
 -- Post-hoc policy: a turn is accepted while the available balance (balance − held) before it is > 0
 -- (it already happened, so it may overdraw by at most itself) and the chat must then pause; at an

@@ -1,0 +1,206 @@
+"""Edge validation, defined once: what text, sizes and times tollgate accepts from outside.
+
+Every entry point uses these: the turn and the other input models (``models.schemas``,
+``api_stub.schemas``, the API's path parameters), the Celery task ``tollgate.usage.record_turn``
+(through ``TurnIn``), the Python services that take ids and keys directly (``worker.ledger``,
+``WalletGate.reserve``), the CLI and the trace parsers.
+
+Text classes (code points refused, with an error naming the field):
+
+- **Id** (wallet, enterprise, chat, turn, reservation, workflow, agent, idempotency keys): any
+  whitespace, control characters (Unicode Cc: NUL, C0, DEL, C1), surrogates (Cs: PostgreSQL cannot
+  store a lone one), and every format character (Cf: U+202E and the other bidi overrides and
+  isolates, zero-width spaces and joiners, U+FEFF, soft hyphen …).  Cf is refused in ids on purpose:
+  an id must look like what it is in a log, a CSV or the /billing page, and two ids that render the
+  same must not be different ids.  Also U+2028/U+2029 (line and paragraph separators).
+- **Label** (model, provider, a pause reason): as an id, but a plain space (U+0020) is allowed inside.
+- **FreeText** (a credit's description): control characters other than tab and newline,
+  surrogates, bidi overrides and isolates (U+202A–U+202E, U+2066–U+2069) and U+2028/U+2029;
+  other format characters (emoji joiners) are allowed.
+
+Lengths (code points, as PostgreSQL's ``varchar(n)`` counts them): ids 1..200 (``MAX_ID``), a
+``turn_id`` 1..300 (``MAX_TURN_ID``), model 1..200, provider 1..100, a pause reason 1..200, a
+description 0..500.
+
+Times: ``occurred_at`` (and a chat's start and end) must carry a time zone; it is converted to UTC
+without ever raising ``OverflowError`` (an offset at year 1 or 9999 is refused as out of range) and
+must lie inside ``[settings.occurred_at_min, now + settings.occurred_at_max_ahead_s]`` (default
+2000-01-01T00:00Z to one day ahead).
+
+Python callers get :class:`InvalidInput` (a ``ValueError`` with ``.field``) from the ``check_*``
+functions, or a ``pydantic.ValidationError`` whose error ``loc`` is the field from the annotated
+types; the HTTP API answers 422 ``application/problem+json`` naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+from pydantic_core import PydanticCustomError
+
+MAX_ID = 200
+MAX_TURN_ID = 300
+MAX_MODEL = 200
+MAX_PROVIDER = 100
+MAX_LABEL = 200
+MAX_DESCRIPTION = 500
+
+
+class InvalidInput(ValueError):
+    """Input refused at the edge; ``field`` names it and the message starts with ``"<field>: "``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _format_chars() -> str:
+    """Every code point of Unicode category Cf in this Python's Unicode database, as a regex class
+    body.  Cf lives in planes 0, 1 and 14 only (planes 2..13 are ideographs or unassigned, 15..16
+    private use), so only those are scanned (an import costs ~50 ms, not ~500)."""
+    planes = (range(0x20000), range(0xE0000, 0xE1000))
+    return "".join(re.escape(chr(c)) for r in planes for c in r if unicodedata.category(chr(c)) == "Cf")
+
+
+_CONTROL = "\\x00-\\x1f\\x7f-\\x9f"
+_SURROGATE = "\\ud800-\\udfff"
+_SEPARATORS = "\\u2028\\u2029"
+_BIDI = "\\u202a-\\u202e\\u2066-\\u2069"
+_CF = _format_chars()
+#: code points an id may not hold: whitespace, Cc, Cs, Cf, line/paragraph separators
+_ID_BAD = re.compile(f"[\\s{_CONTROL}{_SURROGATE}{_CF}{_SEPARATORS}]")
+#: a label: as an id but U+0020 is allowed (other whitespace is not)
+_LABEL_BAD = re.compile(f"[^\\S ]|[{_CONTROL}{_SURROGATE}{_CF}{_SEPARATORS}]")
+#: free text: Cc other than tab and newline, Cs, bidi controls, separators
+_TEXT_BAD = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_SURROGATE}{_BIDI}{_SEPARATORS}]")
+_KINDS = {"id": _ID_BAD, "label": _LABEL_BAD, "text": _TEXT_BAD}
+
+
+def _describe(ch: str) -> str:
+    cp = ord(ch)
+    if 0xD800 <= cp <= 0xDFFF:
+        what = "a lone surrogate"
+    else:
+        category = unicodedata.category(ch)
+        what = {"Cc": "a control character", "Cf": "a format character", "Zl": "a line separator",
+                "Zp": "a paragraph separator"}.get(category, "whitespace")
+    return f"{what} (U+{cp:04X})"
+
+
+def text_problem(value: str, kind: str = "id") -> str | None:
+    """Why ``value`` is not acceptable text of ``kind`` (``id``, ``label`` or ``text``), or None.
+    Lengths are not checked here (see :func:`check_text`)."""
+    if value.isprintable():  # fast path (C speed): no Cc, Cf, Cs, Zl, Zp nor whitespace but U+0020
+        if kind == "id":
+            if " " not in value:
+                return None
+        elif kind == "text" or value[:1] != " " and value[-1:] != " ":
+            return None
+    m = _KINDS[kind].search(value)
+    if m is None:
+        if kind == "label" and value != value.strip(" "):
+            return "has a leading or trailing space"
+        return None
+    return f"contains {_describe(m.group())} at index {m.start()}"
+
+
+def check_text(value: object, field: str, *, kind: str = "id", max_length: int = MAX_ID, min_length: int = 1) -> str:
+    """``value`` if it is a string of ``min_length``..``max_length`` code points acceptable as
+    ``kind`` (see the module docstring); else raises :class:`InvalidInput` naming ``field``."""
+    if not isinstance(value, str):
+        raise InvalidInput(field, f"must be a string, got {type(value).__name__}")
+    if not min_length <= len(value) <= max_length:
+        raise InvalidInput(field, f"must be {min_length}..{max_length} characters, got {len(value)}")
+    problem = text_problem(value, kind)
+    if problem:
+        raise InvalidInput(field, problem)
+    return value
+
+
+def _checker(kind: str):
+    def check(value: str | None) -> str | None:
+        if value is None:  # an optional field left out (the annotation may wrap ``str | None``)
+            return None
+        problem = text_problem(value, kind)
+        if problem:
+            raise PydanticCustomError("unsafe_text", "{problem}", {"problem": problem})
+        return value
+
+    check.__name__ = f"check_{kind}"
+    return check
+
+
+_check_id, _check_label, _check_text = _checker("id"), _checker("label"), _checker("text")
+#: the id check alone, for annotations that carry their own length (e.g. FastAPI ``Path``)
+SAFE_ID = AfterValidator(_check_id)
+
+#: an id (wallet, enterprise, chat, reservation, workflow, agent, idempotency key): 1..200 code points
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID), AfterValidator(_check_id)]
+#: a turn's idempotency key: an id of 1..300 code points
+TurnId = Annotated[str, Field(min_length=1, max_length=MAX_TURN_ID), AfterValidator(_check_id)]
+#: a model name as the provider reports it: 1..200, spaces allowed inside
+ModelName = Annotated[str, Field(min_length=1, max_length=MAX_MODEL), AfterValidator(_check_label)]
+#: a provider id: 1..100, spaces allowed inside
+ProviderName = Annotated[str, Field(min_length=1, max_length=MAX_PROVIDER), AfterValidator(_check_label)]
+#: a short human label (a pause reason): 1..200, spaces allowed inside
+Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL), AfterValidator(_check_label)]
+#: free text (a credit's description): 0..500, tab and newline allowed
+FreeText = Annotated[str, Field(max_length=MAX_DESCRIPTION), AfterValidator(_check_text)]
+
+
+# times --------------------------------------------------------------------------------------------
+def occurred_at_window() -> tuple[datetime, datetime]:
+    """``(earliest, latest)`` an ``occurred_at`` may be, aware UTC: ``settings.occurred_at_min`` and
+    now + ``settings.occurred_at_max_ahead_s``."""
+    # imported here: models import nothing of ours at module level; the window is configuration
+    # read when a value is checked (worker.settings imports models.tables)
+    from worker.settings import get_settings
+
+    s = get_settings()
+    return s.occurred_at_min, datetime.now(UTC) + timedelta(seconds=s.occurred_at_max_ahead_s)
+
+
+def utc_problem(value: datetime) -> tuple[datetime | None, str | None]:
+    """``(value in UTC, None)`` if ``value`` is aware and inside :func:`occurred_at_window`, else
+    ``(None, why)``.  Never raises OverflowError: the conversion is done on the offset's own
+    arithmetic and an offset that would leave years 1..9999 is refused."""
+    offset = value.utcoffset()
+    if offset is None:
+        return None, "must carry a time zone (e.g. 2026-12-01T10:00:00Z)"
+    try:
+        utc = value.replace(tzinfo=UTC) if not offset else (value.replace(tzinfo=None) - offset).replace(tzinfo=UTC)
+    except OverflowError:
+        return None, f"{value.isoformat()} is out of range once converted to UTC"
+    earliest, latest = occurred_at_window()
+    if utc < earliest:
+        return None, f"{utc.isoformat()} is before {earliest.isoformat()}"
+    if utc > latest:
+        return None, f"{utc.isoformat()} is after {latest.isoformat()} (now + the allowed clock skew)"
+    return utc, None
+
+
+def check_occurred_at(value: object, field: str = "occurred_at") -> datetime:
+    """``value`` (an aware datetime inside the window) converted to UTC; else raises
+    :class:`InvalidInput` naming ``field``."""
+    if not isinstance(value, datetime):
+        raise InvalidInput(field, f"must be a datetime, got {type(value).__name__}")
+    utc, problem = utc_problem(value)
+    if problem:
+        raise InvalidInput(field, problem)
+    return utc  # type: ignore[return-value]
+
+
+def _check_utc(value: datetime) -> datetime:
+    utc, problem = utc_problem(value)
+    if problem:
+        raise PydanticCustomError("time_out_of_range", "{problem}", {"problem": problem})
+    return utc  # type: ignore[return-value]
+
+
+#: an aware datetime inside the configured window, converted to UTC
+UtcInWindow = Annotated[datetime, AfterValidator(_check_utc)]

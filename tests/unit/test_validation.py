@@ -1,0 +1,125 @@
+"""models.validation, the edge rules every entry point shares (fast, no services): which code points
+each text class refuses, lengths, the occurred_at window without OverflowError, and the trace
+parsers naming the row of a time outside the window."""
+
+from __future__ import annotations
+
+import sys
+import unicodedata
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+from pydantic import BaseModel, ValidationError
+
+from models.validation import (
+    FreeText,
+    Id,
+    InvalidInput,
+    Label,
+    check_occurred_at,
+    check_text,
+    text_problem,
+)
+from worker.traces import TraceError, read_trace
+
+
+@pytest.fixture()
+def day_window(monkeypatch):
+    from worker.settings import get_settings
+
+    monkeypatch.setattr(get_settings(), "occurred_at_max_ahead_s", 86_400)
+
+
+def _category(ch: str) -> str:
+    return "Cs" if 0xD800 <= ord(ch) <= 0xDFFF else unicodedata.category(ch)
+
+
+@hsettings(max_examples=400, deadline=None)
+@given(st.characters(exclude_categories=()))
+def test_every_code_point_is_classified_by_its_unicode_category(ch):
+    """An id refuses exactly whitespace, Cc, Cs, Cf, Zl, Zp; free text refuses Cc but tab and
+    newline, Cs, the bidi controls and Zl/Zp; the fast path (str.isprintable) and the regex agree."""
+    cat = _category(ch)
+    id_refused = ch.isspace() or cat in ("Cc", "Cs", "Cf", "Zl", "Zp")
+    assert (text_problem(f"a{ch}b") is not None) is id_refused
+    assert (text_problem(f"a{ch}b", "label") is not None) is (id_refused and ch != " ")
+    text_refused = (cat == "Cc" and ch not in "\t\n") or cat in ("Cs", "Zl", "Zp") or \
+        0x202A <= ord(ch) <= 0x202E or 0x2066 <= ord(ch) <= 0x2069
+    assert (text_problem(f"a{ch}b", "text") is not None) is text_refused
+
+
+def test_every_format_character_of_this_python_is_refused_in_ids():
+    cf = [chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cf"]
+    assert "\u202e" in cf and "\u200d" in cf and "\ufeff" in cf
+    assert [c for c in cf if text_problem(c) is None] == []
+
+
+def test_messages_name_the_code_point_and_its_position():
+    assert text_problem("ab\x00") == "contains a control character (U+0000) at index 2"
+    assert text_problem("\ud800") == "contains a lone surrogate (U+D800) at index 0"
+    assert text_problem("a\u202eb") == "contains a format character (U+202E) at index 1"
+    assert text_problem("a b") == "contains whitespace (U+0020) at index 1"
+    assert text_problem(" gpt-4o", "label") == "has a leading or trailing space"
+    assert text_problem("claude 3 opus", "label") is None
+    assert text_problem("line 1\nline 2\t🎉", "text") is None
+
+
+def test_check_text_raises_a_value_error_naming_the_field():
+    assert check_text("w-1", "wallet_id") == "w-1"
+    for value, message in ((None, "must be a string"), ("", "must be 1..200 characters, got 0"),
+                           ("x" * 201, "got 201"), ("a\x00", r"U\+0000")):
+        with pytest.raises(InvalidInput, match=f"^wallet_id: .*{message}") as exc:
+            check_text(value, "wallet_id")
+        assert isinstance(exc.value, ValueError) and exc.value.field == "wallet_id"
+
+
+def test_the_annotated_types_name_the_field():
+    class M(BaseModel):
+        a: Id
+        b: Label = "x"
+        c: FreeText = ""
+
+    with pytest.raises(ValidationError) as exc:
+        M(a="ok\u2066", b="bad\x7f", c="\x00")
+    assert [(e["loc"], e["type"]) for e in exc.value.errors()] == [
+        (("a",), "unsafe_text"), (("b",), "unsafe_text"), (("c",), "unsafe_text")]
+    assert M(a="ok", b="a b", c="").a == "ok"
+
+
+@pytest.mark.parametrize("value", [
+    datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))),
+    datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-5))),
+    datetime(1, 1, 1, tzinfo=UTC),
+    datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC),
+    datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC),
+    datetime(2026, 11, 1, 12),  # naive
+])
+def test_occurred_at_out_of_the_window_is_refused_without_overflow(value, day_window):
+    with pytest.raises(InvalidInput, match="^occurred_at: "):
+        check_occurred_at(value)
+
+
+def test_occurred_at_inside_the_window_is_converted_to_utc(day_window):
+    assert check_occurred_at(datetime(2000, 1, 1, 5, tzinfo=timezone(timedelta(hours=5)))) == \
+        datetime(2000, 1, 1, tzinfo=UTC)
+    soon = datetime.now(UTC) + timedelta(hours=23)
+    assert check_occurred_at(soon) == soon
+    with pytest.raises(InvalidInput, match="after"):
+        check_occurred_at(datetime.now(UTC) + timedelta(days=1, minutes=1))
+
+
+def test_a_trace_row_outside_the_window_names_its_row(tmp_path, day_window):
+    azure = tmp_path / "a.csv"
+    azure.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,10,2\r\n"
+                     "1999-11-16 18:15:46.6805900,10,2\r\n")
+    with pytest.raises(TraceError, match=r"row 2 \(line 3\), field TIMESTAMP: occurred_at .* is before"):
+        read_trace(azure, "azure")
+    mooncake = tmp_path / "m.jsonl"
+    mooncake.write_text('{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": []}\n'
+                        '{"timestamp": 172800000, "input_length": 5, "output_length": 1, "hash_ids": []}\n')
+    with pytest.raises(TraceError, match=r"row 2 \(line 2\), field timestamp: occurred_at .* is after"):
+        read_trace(mooncake, "mooncake", epoch=datetime.now(UTC))
+    mooncake.write_text('{"timestamp": 172800000, "input_length": 5, "output_length": 1, "hash_ids": []}\n')
+    with pytest.raises(TraceError, match=r"row 1 \(line 1\), field timestamp: .*past year 9999"):
+        read_trace(mooncake, "mooncake", epoch=datetime(9999, 12, 31, tzinfo=UTC))  # OverflowError before
