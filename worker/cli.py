@@ -691,7 +691,8 @@ app_app = typer.Typer(help="Apps: billing mode, revenue share, trial, flat fee, 
 app.add_typer(app_app, name="app")
 _APP_FLAGS = {"creator_share_bps": "--share-bps", "trial_token_allowance": "--trial-tokens", "trial_then": "--trial-then",
               "flat_fee_nanos": "--flat-fee-usd", "fee_wallet_id": "--fee-wallet", "creator_id": "--creator",
-              "enterprise_id": "ENTERPRISE", "mode": "MODE", "wallet_id": "WALLET_ID"}
+              "enterprise_id": "ENTERPRISE", "mode": "MODE", "wallet_id": "WALLET_ID",
+              "reservations_required": "--reservations-required"}
 
 
 @app_app.command("configure")
@@ -703,6 +704,8 @@ def app_configure(
     flat_fee_usd: str = typer.Option(None, "--flat-fee-usd", help="track_only flat monthly fee, USD"),
     fee_wallet: str = typer.Option(None, "--fee-wallet", help="wallet the flat fee is debited from"),
     creator: str = typer.Option(None, "--creator", help="the app creator's mozaiks_user_id"),
+    reservations: bool = typer.Option(None, "--reservations-required/--reservations-optional",
+                                      help="every charged turn needs a live reservation of its wallet"),
 ) -> None:
     """Change an app's billing settings (only those given); audit-logged."""
     from worker.db import session_scope
@@ -716,12 +719,13 @@ def app_configure(
     try:
         row = configure_app(WalletGate(), enterprise, actor="cli", creator_share_bps=share_bps,
                             trial_token_allowance=trial_tokens, trial_then=trial_then, flat_fee_nanos=fee,
-                            fee_wallet_id=fee_wallet, creator_id=creator)
+                            fee_wallet_id=fee_wallet, creator_id=creator, reservations_required=reservations)
     except ModeError as exc:
         _fail(_flagged(str(exc), _APP_FLAGS))
     out.print(f"{row.id}: mode {row.default_mode} · share {row.creator_share_bps} bps · trial "
               f"{row.trial_token_allowance} tokens then {row.trial_then} · flat fee {row.flat_fee_nanos} nanos "
-              f"from {row.fee_wallet_id or '—'} · creator {row.creator_id or '—'}", highlight=False, soft_wrap=True)
+              f"from {row.fee_wallet_id or '—'} · creator {row.creator_id or '—'} · reservations "
+              f"{'required' if row.reservations_required else 'optional'}", highlight=False, soft_wrap=True)
 
 
 @app_app.command("isolate")
@@ -773,6 +777,25 @@ def wallet_mode(
     except ModeError as exc:
         _fail(_flagged(str(exc), _APP_FLAGS))
     out.print(f"{wallet_id}: mode {after}", highlight=False)
+
+
+@wallet_app.command("reservations")
+def wallet_reservations(
+    wallet_id: str = typer.Argument(..., help="the wallet"),
+    setting: str = typer.Argument(..., help="required | optional | inherit (its app's setting)"),
+) -> None:
+    """Make reservations mandatory or optional for one wallet's charged turns (audit-logged)."""
+    from worker.modes import ModeError, set_wallet_reservations
+    from worker.wallet import WalletGate
+
+    choices = {"required": True, "optional": False, "inherit": None}
+    if setting not in choices:
+        _fail(f"SETTING: {setting!r} is not required, optional or inherit")
+    try:
+        effective = set_wallet_reservations(WalletGate(), wallet_id, choices[setting], actor="cli")
+    except ModeError as exc:
+        _fail(_flagged(str(exc), _APP_FLAGS))
+    out.print(f"{wallet_id}: reservations {'required' if effective else 'optional'}", highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -131,6 +131,7 @@ def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
             "quantity": quantity,
             "cache_write_tokens": cache_write,
             "cache_write_nanos_per_mtok": cache_write_rate,
+            "debt_nanos": int(fields.get("d", "0")),  # entries queued before debts carry none
         }
     except BadEntry:
         raise
