@@ -15,10 +15,9 @@ from sqlalchemy import text
 
 from models.schemas import TurnIn
 from tests.integration.test_api_v1 import USD, api  # noqa: F401  (the fixture)
-from worker.drain import OutboxDrain
-from worker.ledger import credit_wallet, open_wallet
-from worker.ledger import ensure_enterprise
 from worker.db import session_scope
+from worker.drain import OutboxDrain
+from worker.ledger import credit_wallet, ensure_enterprise, open_wallet
 from worker.modes import configure_app, set_wallet_reservations
 from worker.reconcile import reconcile
 from worker.wallet import outbox_key
