@@ -128,3 +128,39 @@ def test_ids_with_colons_never_share_a_key(db, redis_client, gate, settings):
     assert rows == [("x", "app:x", f"{user}:t", COST), ("x", f"app:x:{user}", "t", COST)]
     report = reconcile(gate)
     assert (report.wallets_checked, report.wallets_drifted, report.drift_nanos_abs) == (2, 0, 0)
+
+
+def test_the_migration_gives_persisted_turn_keys_their_scope(db, database_url):
+    """0012 on a database with turns: each usage_turn_key row gets the app and wallet of its usage
+    event; a key whose event is gone keeps empty ids (it can match no turn again)."""
+    from alembic import command
+
+    from worker.migrate import alembic_config
+
+    cfg = alembic_config(database_url)
+    db.dispose()
+    command.downgrade(cfg, "0010")
+    try:
+        with db.begin() as conn:
+            for i, (app, wallet) in enumerate([("app-a", "u1"), ("app-b", "u2")]):
+                conn.execute(text(
+                    "INSERT INTO usage_event (turn_id, outbox_id, wallet_id, enterprise_id, chat_id, workflow, agent, "
+                    "model, provider, mode, prompt_tokens, completion_tokens, cached_prompt_tokens, duration_ms, "
+                    "input_nanos_per_mtok, cached_input_nanos_per_mtok, output_nanos_per_mtok, cost_nanos, "
+                    "billed_nanos, action, occurred_at) VALUES (:t, :o, :w, :e, 'c', 'wf', 'a', 'gpt-4o', 'openai', "
+                    "'production', 1000, 100, 0, 0, 1, 1, 1, :cost, :cost, 'continue', '2026-11-02T09:00:00Z')"),
+                    {"t": f"turn-{i}", "o": f"0:{i}-0", "w": wallet, "e": app, "cost": COST})
+                conn.execute(text("INSERT INTO usage_turn_key (turn_id, outbox_id, occurred_at) "
+                                  "VALUES (:t, :o, '2026-11-02T09:00:00Z')"), {"t": f"turn-{i}", "o": f"0:{i}-0"})
+            conn.execute(text("INSERT INTO usage_turn_key (turn_id, outbox_id, occurred_at) "
+                              "VALUES ('orphan', '0:9-0', '2026-01-02T09:00:00Z')"))
+    finally:
+        db.dispose()
+        command.upgrade(cfg, "head")
+    with db.connect() as conn:
+        keys = sorted(conn.execute(text("SELECT enterprise_id, wallet_id, turn_id FROM usage_turn_key")).all())
+        debt = conn.execute(text("SELECT sum(debt_nanos) FROM usage_event")).scalar_one()
+        pk = conn.execute(text(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'usage_turn_key_pkey'")).scalar_one()
+    assert keys == [("", "", "orphan"), ("app-a", "u1", "turn-0"), ("app-b", "u2", "turn-1")]
+    assert debt == 0 and pk == "PRIMARY KEY (enterprise_id, wallet_id, turn_id)"
