@@ -70,7 +70,11 @@ class GateMachine(RuleBasedStateMachine):
         for w in WALLETS:
             open_wallet(self.gate, wallet_id=w, enterprise_id=ENTERPRISE, owner_id=w)
         assert set_wallet_reservations(self.gate, REQ, True) is True
-        self.balance = dict.fromkeys(WALLETS, 0)
+        from worker.ledger import credit_wallet
+
+        for w in (RES, REQ):  # some money to reserve from at once (the credit rule adds more)
+            credit_wallet(self.gate, wallet_id=w, amount_nanos=50 * UNIT, idempotency_key=f"init-{w}")
+        self.balance = {RES: 50 * UNIT, POST: 0, REQ: 50 * UNIT}
         self.held = dict.fromkeys(WALLETS, 0)
         self.debt = dict.fromkeys(WALLETS, 0)
         self.live: dict[str, tuple[str, int, int]] = {}  # reservation -> (wallet, amount, expires_ms)
@@ -98,7 +102,7 @@ class GateMachine(RuleBasedStateMachine):
     def _hold_key(self, wallet: str, rid: str) -> str:
         return self.gate.wallet_key(wallet).replace(f":wallet:{wallet}", f":hold:{rid}")
 
-    @rule(target=holds, wallet=st.sampled_from(WALLETS), tokens=st.integers(1, 40), ttl=st.integers(1, 3),
+    @rule(target=holds, wallet=st.sampled_from([RES, POST, REQ, REQ]), tokens=st.integers(1, 40), ttl=st.integers(1, 3),
           by_model=st.booleans(), max_tokens=st.integers(0, 100))
     def reserve(self, wallet, tokens, ttl, by_model, max_tokens):
         """By amount, or by model: the gate prices prompt_tokens at the input price (the 'unit'
@@ -167,6 +171,31 @@ class GateMachine(RuleBasedStateMachine):
             wallet, amount, _ = hold
             tokens = amount // UNIT * fraction // 100  # an estimate held is an upper bound of the cost
         self._apply_turn(_turn(self._id("s"), wallet, tokens, reservation_id=rid if hold else None), hold is not None)
+
+    @precondition(lambda self: self.live)
+    @rule(pick=st.integers(0, 10**6), required_first=st.booleans(),
+          percent=st.one_of(st.sampled_from([0, 100, 101, 400, 1000]), st.integers(0, 1000)))
+    def settle_a_live_hold(self, pick, percent, required_first):
+        """A turn settles one of the live holds (the hold-mandatory wallet's first, if asked): on
+        that wallet it may cost up to 10× its hold (charged from the hold plus the free balance, the
+        rest debt); elsewhere at most its hold."""
+        pool = sorted(r for r, h in self.live.items() if h[0] == REQ) if required_first else []
+        pool = pool or sorted(self.live)
+        rid = pool[pick % len(pool)]
+        wallet, amount, _ = self.live[rid]
+        tokens = amount // UNIT * (percent if wallet == REQ else percent % 101) // 100
+        self._apply_turn(_turn(self._id("l"), wallet, tokens, reservation_id=rid), True)
+
+    @precondition(lambda self: any(h[0] == REQ for h in self.live.values()))
+    @rule(pick=st.integers(0, 10**6), extra=st.integers(1, 20))
+    def overspend_a_required_hold(self, pick, extra):
+        """A turn on the hold-mandatory wallet costing more than its hold plus the free balance:
+        debited what there is, never below zero; the rest is debt and the chat pauses."""
+        pool = sorted(r for r, h in self.live.items() if h[0] == REQ)
+        rid = pool[pick % len(pool)]
+        amount = self.live[rid][1]
+        free = self.balance[REQ] - self.held[REQ] + amount  # once its own hold is given back
+        self._apply_turn(_turn(self._id("o"), REQ, max(free, 0) // UNIT + extra, reservation_id=rid), True)
 
     @rule(rid=holds, wallet=st.sampled_from([POST, REQ]), tokens=st.integers(0, 60))
     def settle_any(self, rid, wallet, tokens):
@@ -281,7 +310,7 @@ def test_any_interleaving_keeps_money_exact(fault_env, backend):
     CTX.update(fe=fault_env, backend=backend)
     try:
         run_state_machine_as_test(GateMachine, settings=settings(
-            max_examples=30, stateful_step_count=40, deadline=None, derandomize=False,
+            max_examples=60, stateful_step_count=40, deadline=None, derandomize=False,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
     finally:
         CTX.clear()
