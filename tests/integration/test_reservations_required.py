@@ -99,6 +99,28 @@ def test_the_api_prices_a_reservation_from_the_model(api, gate):  # noqa: F811
                         "balance_nanos": USD, "held_nanos": 7_500_000, "duplicate": False}
 
 
+def test_over_http_a_wallet_that_requires_reservations_denies_turns_without_one(api, gate):  # noqa: F811
+    from tests.integration.test_api_v1 import COST, TURN
+
+    configure_app(gate, "acme", reservations_required=True)
+    h = api.h["owner"]
+    bare = api.post("/v1/turns", json=TURN, headers=h)
+    assert bare.status_code == 200, bare.text
+    assert {k: bare.json()[k] for k in ("accepted", "action", "billed_nanos", "balance_nanos")} == {
+        "accepted": False, "action": "pause", "billed_nanos": 0, "balance_nanos": USD}
+    r = api.post("/v1/wallets/w1/reservations", headers=h, json={
+        "model": "gpt-4o", "provider": "openai", "prompt_tokens": 1000, "max_tokens": 100, "reservation_id": "rh"})
+    assert (r.json()["granted"], r.json()["amount_nanos"]) == (True, 1000 * IN + 100 * OUT)
+    # a batch (the many-turns script): one turn settles the hold, one names it again, one has none
+    batch = api.post("/v1/turns/batch", headers=h, json={"turns": [
+        {**TURN, "turn_id": "b-1", "reservation_id": "rh"}, {**TURN, "turn_id": "b-2", "reservation_id": "rh"},
+        {**TURN, "turn_id": "b-3"}]})
+    assert batch.status_code == 200, batch.text
+    assert [(d["accepted"], d["billed_nanos"], d["balance_nanos"]) for d in batch.json()["data"]] == [
+        (True, COST, USD - COST), (False, 0, USD - COST), (False, 0, USD - COST)]
+    assert gate.available("w1") == (USD - COST, 0, "production")
+
+
 # reservations required ------------------------------------------------------------------------
 def test_a_turn_without_a_live_hold_of_its_own_wallet_is_denied(db, gate):
     _required_app(gate, "u1", "u2")
