@@ -47,7 +47,12 @@ local function int_sub(a, b)
   local ah, al = int_split(a)
   local bh, bl = int_split(b)
   local h, l = ah - bh, al - bl
-  if h > 0 and l < 0 then
+  if l >= 1000000000 then  -- carry: |l| < 2 * 10^9 here, < 10^9 after
+    h, l = h + 1, l - 1000000000
+  elseif l <= -1000000000 then
+    h, l = h - 1, l + 1000000000
+  end
+  if h > 0 and l < 0 then  -- one sign for both parts
     h, l = h - 1, l + 1000000000
   elseif h < 0 and l > 0 then
     h, l = h + 1, l - 1000000000
