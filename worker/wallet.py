@@ -564,7 +564,8 @@ class WalletGate:
         tag = shard_tag(self.shard(wallet_id))
         try:
             balance, _dup = self._adjust(
-                keys=[f"{tag}:wallet:{wallet_id}", f"{tag}:{namespace}:{scoped_key(wallet_id, key)}"],
+                keys=[f"{tag}:wallet:{wallet_id}", f"{tag}:{namespace}:{scoped_key(wallet_id, key)}",
+                      f"{tag}:{namespace}:{wallet_id}:{key}"],  # the key before 0012 (see adjust.lua)
                 args=[delta_nanos, self.settings.dedupe_ttl_s],
             )
         except redis.ResponseError as exc:

@@ -46,3 +46,14 @@ def test_int_sub_is_exact_over_the_whole_range(client, a, b):
     """lib_int.lua's int_sub (free balance, debt) against Python's integers."""
     script = client.register_script(_lua("lib_int.lua") + "\nreturn int_sub(ARGV[1], ARGV[2])")
     assert script(args=[str(a), str(b)]) == str(a - b)
+
+
+def test_a_credit_applied_under_the_key_before_the_upgrade_is_not_applied_again(client, wg):
+    """A credit retried across the upgrade that length-prefixed the ids in the gate's keys: the
+    key it left in the old form still marks it applied (for the rest of its TTL)."""
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=1_000)
+    tag = wg.wallet_key("w1").removesuffix(":wallet:w1")
+    client.set(f"{tag}:credit:w1:topup-1", "1", ex=3600)  # applied by the gate before the upgrade
+    assert wg.credit("w1", 500, "topup-1") == 1_000
+    assert wg.credit("w1", 500, "topup-2") == 1_500
+    assert client.exists(f"{tag}:credit:2:w1:topup-2") == 1 and client.exists(f"{tag}:credit:w1:topup-2") == 0
