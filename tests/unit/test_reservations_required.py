@@ -57,3 +57,15 @@ def test_a_credit_applied_under_the_key_before_the_upgrade_is_not_applied_again(
     assert wg.credit("w1", 500, "topup-1") == 1_000
     assert wg.credit("w1", 500, "topup-2") == 1_500
     assert client.exists(f"{tag}:credit:2:w1:topup-2") == 1 and client.exists(f"{tag}:credit:w1:topup-2") == 0
+
+
+def test_reserving_an_expired_id_again_makes_a_new_live_hold(client, wg):
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000, reservations_required=True)
+    assert wg.reserve("w1", 4_000_000, reservation_id="r1").granted
+    hold_key = wg.wallet_key("w1").replace(":wallet:w1", ":hold:r1")
+    client.hset(hold_key, "expires_ms", 1)  # its time is up; the sweeper has not run
+    again = wg.reserve("w1", 5_000_000, reservation_id="r1")
+    assert (again.granted, again.duplicate, again.amount_nanos, again.held_nanos) == (True, False, 5_000_000, 5_000_000)
+    d = wg.record_turn(turn("t1", reservation_id="r1"))
+    assert (d.accepted, d.billed_nanos, d.balance_nanos) == (True, COST_DEFAULT, 10_000_000 - COST_DEFAULT)
+    assert wg.available("w1") == (10_000_000 - COST_DEFAULT, 0, "production")
