@@ -119,6 +119,8 @@ def test_over_http_a_wallet_that_requires_reservations_denies_turns_without_one(
     assert [(d["accepted"], d["billed_nanos"], d["balance_nanos"]) for d in batch.json()["data"]] == [
         (True, COST, USD - COST), (False, 0, USD - COST), (False, 0, USD - COST)]
     assert gate.available("w1") == (USD - COST, 0, "production")
+    shown = api.get("/v1/wallets/w1", headers=h).json()
+    assert (shown["reservations_required"], shown["debt_nanos"], shown["held_nanos"]) == (True, 0, 0)
 
 
 # reservations required ------------------------------------------------------------------------
