@@ -4,7 +4,8 @@ them to PostgreSQL in one transaction per batch, then acknowledge.
 Order per batch (DESIGN.md, the hot path)::
 
     XAUTOCLAIM (a dead consumer's entries idle > reclaim_idle_ms) or XREADGROUP '>' up to N entries
-    → persist_turns (INSERT … ON CONFLICT (turn_id) DO NOTHING, aggregates for inserted rows) → COMMIT
+    → persist_turns (INSERT … ON CONFLICT (enterprise_id, wallet_id, turn_id) DO NOTHING, aggregates
+      for inserted rows) → COMMIT
     → refund second acceptances in the gate → XACK → XTRIM MINID (only what the group acknowledged)
 
 A crash before COMMIT leaves the entries pending: they are reclaimed and persisted.  A crash after

@@ -304,7 +304,7 @@ def _column_sql_type(name: str) -> str:
 
 #: One statement per batch whatever its size: the rows travel as one typed array per column, so
 #: psycopg sends one parameter per column instead of one per value (a 30,000-placeholder text would
-#: be re-parsed per batch).  The turn_ids go into ``usage_turn_key`` first (unique, unpartitioned);
+#: be re-parsed per batch).  The turns (turn_id in its scope) go into ``usage_turn_key`` first (unique, unpartitioned);
 #: only the keys inserted there get their ``usage_event`` row (partitioned by month), in the same
 #: statement, so a re-delivered or retried turn is one row whatever its ``occurred_at``.
 _INSERT_USAGE = text(
@@ -401,8 +401,9 @@ def _aggregate(fresh: Sequence[dict[str, Any]]):
 
 
 def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistResult:
-    """Insert usage events (``INSERT … SELECT unnest(…) ON CONFLICT (turn_id) DO NOTHING RETURNING``)
-    and add only the rows actually inserted to the wallet ledger, chat sessions and per-agent usage.
+    """Insert usage events (``INSERT … SELECT unnest(…) ON CONFLICT (enterprise_id, wallet_id,
+    turn_id) DO NOTHING RETURNING``) and add only the rows actually inserted to the wallet ledger,
+    chat sessions and per-agent usage.
 
     ``rows`` are dicts with the keys of :data:`USAGE_COLUMNS` (money in nano-USD, ``occurred_at``
     an aware datetime).  A turn is its turn_id in its scope, the (enterprise_id, wallet_id) pair

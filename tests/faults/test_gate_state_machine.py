@@ -102,8 +102,8 @@ class GateMachine(RuleBasedStateMachine):
     def _hold_key(self, wallet: str, rid: str) -> str:
         return self.gate.wallet_key(wallet).replace(f":wallet:{wallet}", f":hold:{rid}")
 
-    @rule(target=holds, wallet=st.sampled_from([RES, POST, REQ, REQ]), tokens=st.integers(1, 40), ttl=st.integers(1, 3),
-          by_model=st.booleans(), max_tokens=st.integers(0, 100))
+    @rule(target=holds, wallet=st.sampled_from([RES, POST, REQ, REQ]), tokens=st.integers(1, 40),
+          ttl=st.integers(1, 3), by_model=st.booleans(), max_tokens=st.integers(0, 100))
     def reserve(self, wallet, tokens, ttl, by_model, max_tokens):
         """By amount, or by model: the gate prices prompt_tokens at the input price (the 'unit'
         model has no output price, so max_tokens adds nothing)."""
