@@ -181,7 +181,8 @@ def wallet_show(wallet_id: str, as_json: bool = typer.Option(False, "--json")) -
         gate_balance = None
     data = {"wallet_id": wallet_id, "mode": wallet.mode, "limited": wallet.limited,
             "gate_balance_nanos": gate_balance, "ledger_balance_nanos": ledger,
-            "credits_nanos": wallet.credits_nanos, "debits_nanos": wallet.debits_nanos, **usage}
+            "credits_nanos": wallet.credits_nanos, "debits_nanos": wallet.debits_nanos,
+            "debt_nanos": wallet.debt_nanos, "reservations_required": wallet.reservations_required, **usage}
     if as_json:
         print(json.dumps(data))
         return

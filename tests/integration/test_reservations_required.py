@@ -5,6 +5,7 @@ above its hold is charged from the hold plus the free balance only, the rest rec
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -214,6 +215,8 @@ def test_a_wallet_overrides_its_apps_setting_and_the_cli_sets_both(db, gate, cli
     r = cli("wallet", "reservations", "u1", "required")
     assert r.returncode == 0 and r.stdout.strip() == "u1: reservations required", r.stderr
     assert gate.redis.hget(gate.wallet_key("u1"), "require_hold") == "1"
+    shown = json.loads(cli("wallet", "show", "u1", "--json").stdout)
+    assert (shown["reservations_required"], shown["debt_nanos"]) == (True, 0)
     r = cli("wallet", "reservations", "u1", "maybe")
     assert r.returncode == 2 and "SETTING" in r.stderr
     with db.connect() as conn:
