@@ -22,9 +22,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.schemas import Decision, TurnIn
-from models.tables import ApiRole
+from models.tables import ApiRole, Enterprise
 from worker.apikeys import Principal, authenticate
 from worker.db import session_scope
+from worker.payers import reservations_required
 from worker.pricing import PricingError, TurnLimitExceeded
 from worker.settings import get_settings
 from worker.wallet import GateBatchError, UnknownWallet, WrongEnterprise, outbox_key
@@ -158,6 +159,11 @@ class WalletPublic(BaseModel):
     ledger_balance_nanos: int
     credits_nanos: int
     debits_nanos: int
+    #: owed: turns' cost the wallet could not pay (reservations required, cost above the hold plus
+    #: the free balance), persisted so far
+    debt_nanos: int = 0
+    #: every charged turn needs a live reservation of this wallet (its own setting, else its app's)
+    reservations_required: bool = False
 
 
 @app.get("/healthz", include_in_schema=False)
@@ -205,6 +211,8 @@ def wallet(wallet_id: routes_wallets.WalletId, who: Caller) -> WalletPublic:
 
     with session_scope() as session:
         row = wallet_in_scope(session, who, wallet_id, creator=True)
+        app_row = session.get(Enterprise, row.enterprise_id) if row.enterprise_id else None
+        required = reservations_required(row, app_row)
     try:
         state = wallet_state(get_gate(), wallet_id)
     except UnknownWallet:
@@ -214,7 +222,8 @@ def wallet(wallet_id: routes_wallets.WalletId, who: Caller) -> WalletPublic:
                         held_nanos=state.held_nanos if state else None,
                         can_continue=state.can_continue if state else None,
                         ledger_balance_nanos=row.credits_nanos - row.debits_nanos,
-                        credits_nanos=row.credits_nanos, debits_nanos=row.debits_nanos)
+                        credits_nanos=row.credits_nanos, debits_nanos=row.debits_nanos,
+                        debt_nanos=row.debt_nanos, reservations_required=required)
 
 
 @app.get("/metrics", include_in_schema=False)

@@ -35,6 +35,7 @@ from models.validation import SAFE_ID
 from worker.apikeys import audit
 from worker.db import session_scope
 from worker.ledger import GatePending, LedgerError, credit_wallet
+from worker.pricing import PricingError
 from worker.wallet import GateConfigError, UnknownWallet
 
 router = APIRouter(tags=["wallets"])
@@ -52,7 +53,8 @@ def _owner_wallet(who, wallet_id: str, action: str) -> None:
 
 @router.post("/v1/wallets/{wallet_id}/reservations", response_model=ReservationPublic, responses=ERRORS | {409: {}})
 def reserve(wallet_id: WalletId, body: ReservationIn, who: Caller) -> ReservationPublic:
-    """Hold ``amount_nanos`` of the wallet before an LLM call (owner key of the wallet's app).
+    """Hold ``amount_nanos`` (≥ 1) of the wallet before an LLM call, or the worst case of a call
+    given ``model``, ``prompt_tokens`` and ``max_tokens`` (owner key of the wallet's app).
 
     Granted only while balance − holds − amount ≥ 0 (production, limited wallets); settle it with
     ``POST /v1/turns`` carrying ``reservation_id``, give it back with ``DELETE``, or let it expire
@@ -61,8 +63,17 @@ def reserve(wallet_id: WalletId, body: ReservationIn, who: Caller) -> Reservatio
     _owner_wallet(who, wallet_id, "reserve funds")
     if body.reservation_id and hold_wallet(wallet_id, body.reservation_id) not in (None, wallet_id):
         raise field_problem(409, "Reservation in use", "reservation_id", "already held for another wallet")
+    if (body.amount_nanos is None) == (body.model is None):
+        raise field_problem(422, "Invalid request", "amount_nanos",
+                            "give either amount_nanos or model with prompt_tokens and max_tokens")
+    if body.model is not None and body.max_tokens is None:
+        raise field_problem(422, "Invalid request", "max_tokens", "required with model")
     try:
-        hold = get_gate().reserve(wallet_id, body.amount_nanos, ttl_s=body.ttl_s, reservation_id=body.reservation_id)
+        hold = get_gate().reserve(wallet_id, body.amount_nanos, ttl_s=body.ttl_s, reservation_id=body.reservation_id,
+                                  model=body.model, provider=body.provider, prompt_tokens=body.prompt_tokens,
+                                  max_tokens=body.max_tokens)
+    except PricingError as exc:
+        raise field_problem(422, "Unknown price", "model", str(exc)) from None
     except UnknownWallet:
         raise unknown_wallet(wallet_id) from None
     except GateConfigError as exc:

@@ -22,10 +22,17 @@ class _In(BaseModel):
 
 
 class ReservationIn(_In):
-    """A hold to place on a wallet before an LLM call: ``amount_nanos`` (the estimate, nano-USD,
-    0..2^62) for ``ttl_s`` seconds (1..86,400).  The same ``reservation_id`` twice is one hold."""
+    """A hold to place on a wallet before an LLM call, for ``ttl_s`` seconds (1..86,400): either
+    ``amount_nanos`` (the estimate, nano-USD, 1..2^62), or ``model`` (+ ``provider``),
+    ``prompt_tokens`` and ``max_tokens``, which the gate prices at the worst case (every prompt
+    token at the input price, ``max_tokens`` at the output price).  The same ``reservation_id``
+    twice is one hold.  422 naming ``amount_nanos`` for neither or both, 0 or a negative amount."""
 
-    amount_nanos: Nanos
+    amount_nanos: PositiveNanos | None = None
+    model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    provider: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    prompt_tokens: Annotated[int, Field(strict=True, ge=0, le=10**9)] = 0
+    max_tokens: Annotated[int, Field(strict=True, ge=0, le=10**9)] | None = None
     ttl_s: Annotated[int, Field(strict=True, ge=1, le=86_400)] = 300
     reservation_id: Id | None = None
 

@@ -114,6 +114,9 @@ class Enterprise(SQLModel, table=True):
     webhook_secret: str | None = Field(default=None, max_length=200)
     #: the PostgreSQL schema holding this app's usage events (``worker.isolation``); None: shared tables
     usage_schema: str | None = Field(default=None, max_length=63, unique=True)
+    #: every charged turn of this app's wallets needs a live reservation of its own wallet (a wallet
+    #: may override it); else it is denied
+    reservations_required: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
     created_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
 
 
@@ -143,6 +146,11 @@ class Wallet(SQLModel, table=True):
     mode_override: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
     #: trial mode: tokens used from the trial allowance (persisted turns)
     trial_tokens_used: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
+    #: reservations required for this wallet's charged turns: True / False, or None to follow its app
+    reservations_required: bool | None = Field(default=None)
+    #: nanos of turns' cost this wallet could not pay (reservations required, cost above the
+    #: reservation plus the free balance): the sum of its usage events' ``debt_nanos``
+    debt_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
     stripe_customer_id: str | None = Field(default=None, max_length=100, index=True)
     stripe_subscription_id: str | None = Field(default=None, max_length=100)
     #: Stripe subscription status as last reported ('active', 'past_due', 'canceled', …), or None
@@ -221,7 +229,9 @@ class ChatAgentUsage(SQLModel, table=True):
 
 
 class UsageTurnKey(SQLModel, table=True):
-    """The idempotency index of persisted turns: one row per turn_id, ever (until retention).
+    """The idempotency index of persisted turns: one row per turn_id in its scope, the
+    (enterprise_id, wallet_id) pair, ever (until retention).  The gate keys its first answers by the
+    same scope, so the same turn_id in another scope is an independent turn, persisted too.
 
     ``usage_event`` is partitioned by month, and PostgreSQL can only enforce a unique key on a
     partitioned table if it contains the partition key; a turn_id retried with another
@@ -232,6 +242,8 @@ class UsageTurnKey(SQLModel, table=True):
 
     __tablename__ = "usage_turn_key"
 
+    enterprise_id: str = Field(primary_key=True, max_length=200)
+    wallet_id: str = Field(primary_key=True, max_length=200)
     turn_id: str = Field(primary_key=True, max_length=300)
     outbox_id: str = Field(max_length=60)
     occurred_at: datetime = Field(sa_column=_ts(nullable=False))
@@ -302,6 +314,9 @@ class UsageEvent(SQLModel, table=True):
     output_nanos_per_mtok: int = Field(sa_column=_big(nullable=False))
     cost_nanos: int = Field(sa_column=_big(nullable=False))
     billed_nanos: int = Field(sa_column=_big(nullable=False))
+    #: the part of cost_nanos not debited because the wallet could not pay it (reservations
+    #: required, cost above the reservation plus the free balance): owed, on the wallet's debt
+    debt_nanos: int = Field(default=0, sa_column=_big(nullable=False, server_default=text("0")))
     balance_after_nanos: int | None = Field(default=None, sa_column=_big(nullable=True))
     action: str = Field(max_length=10)
     occurred_at: datetime = Field(sa_column=_ts(nullable=False, primary_key=True))

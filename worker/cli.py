@@ -208,7 +208,8 @@ def wallet_show(wallet_id: str, as_json: bool = typer.Option(False, "--json")) -
         gate_balance = None
     data = {"wallet_id": wallet_id, "mode": wallet.mode, "limited": wallet.limited,
             "gate_balance_nanos": gate_balance, "ledger_balance_nanos": ledger,
-            "credits_nanos": wallet.credits_nanos, "debits_nanos": wallet.debits_nanos, **usage}
+            "credits_nanos": wallet.credits_nanos, "debits_nanos": wallet.debits_nanos,
+            "debt_nanos": wallet.debt_nanos, "reservations_required": wallet.reservations_required, **usage}
     if as_json:
         print(json.dumps(data))
         return
@@ -724,7 +725,7 @@ app.add_typer(app_app, name="app")
 _APP_FLAGS = {"creator_share_bps": "--share-bps", "trial_token_allowance": "--trial-tokens", "trial_then": "--trial-then",
               "flat_fee_nanos": "--flat-fee-usd", "fee_wallet_id": "--fee-wallet", "creator_id": "--creator",
               "enterprise_id": "ENTERPRISE", "mode": "MODE", "wallet_id": "WALLET_ID",
-              "max_turn_cost_nanos": "--max-turn-usd"}
+              "max_turn_cost_nanos": "--max-turn-usd", "reservations_required": "--reservations-required"}
 
 
 @app_app.command("configure")
@@ -738,6 +739,8 @@ def app_configure(
     creator: str = typer.Option(None, "--creator", help="the app creator's mozaiks_user_id"),
     max_turn_usd: str = typer.Option(None, "--max-turn-usd",
                                      help="the most one turn may cost, USD (default 50.00); a costlier turn is refused"),
+    reservations: bool = typer.Option(None, "--reservations-required/--reservations-optional",
+                                      help="every charged turn needs a live reservation of its wallet"),
 ) -> None:
     """Change an app's billing settings (only those given); audit-logged."""
     from worker.db import session_scope
@@ -752,13 +755,15 @@ def app_configure(
     try:
         row = configure_app(WalletGate(), enterprise, actor="cli", creator_share_bps=share_bps,
                             trial_token_allowance=trial_tokens, trial_then=trial_then, flat_fee_nanos=fee,
-                            fee_wallet_id=fee_wallet, creator_id=creator, max_turn_cost_nanos=max_turn)
+                            fee_wallet_id=fee_wallet, creator_id=creator, max_turn_cost_nanos=max_turn,
+                            reservations_required=reservations)
     except ModeError as exc:
         _fail(_flagged(str(exc), _APP_FLAGS))
     out.print(f"{row.id}: mode {row.default_mode} · share {row.creator_share_bps} bps · trial "
               f"{row.trial_token_allowance} tokens then {row.trial_then} · flat fee {row.flat_fee_nanos} nanos "
               f"from {row.fee_wallet_id or '—'} · creator {row.creator_id or '—'} · max turn "
-              f"{row.max_turn_cost_nanos} nanos", highlight=False, soft_wrap=True)
+              f"{row.max_turn_cost_nanos} nanos · reservations "
+              f"{'required' if row.reservations_required else 'optional'}", highlight=False, soft_wrap=True)
 
 
 @app_app.command("isolate")
@@ -810,6 +815,25 @@ def wallet_mode(
     except ModeError as exc:
         _fail(_flagged(str(exc), _APP_FLAGS))
     out.print(f"{wallet_id}: mode {after}", highlight=False)
+
+
+@wallet_app.command("reservations")
+def wallet_reservations(
+    wallet_id: str = typer.Argument(..., help="the wallet"),
+    setting: str = typer.Argument(..., help="required | optional | inherit (its app's setting)"),
+) -> None:
+    """Make reservations mandatory or optional for one wallet's charged turns (audit-logged)."""
+    from worker.modes import ModeError, set_wallet_reservations
+    from worker.wallet import WalletGate
+
+    choices = {"required": True, "optional": False, "inherit": None}
+    if setting not in choices:
+        _fail(f"SETTING: {setting!r} is not required, optional or inherit")
+    try:
+        effective = set_wallet_reservations(WalletGate(), wallet_id, choices[setting], actor="cli")
+    except ModeError as exc:
+        _fail(_flagged(str(exc), _APP_FLAGS))
+    out.print(f"{wallet_id}: reservations {'required' if effective else 'optional'}", highlight=False)
 
 
 deadletter_app = typer.Typer(help="Dead letters: outbox entries the drain could not persist.", no_args_is_help=True)

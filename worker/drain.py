@@ -4,7 +4,8 @@ them to PostgreSQL in one transaction per batch, then acknowledge.
 Order per batch (DESIGN.md, the hot path)::
 
     XAUTOCLAIM (a dead consumer's entries idle > reclaim_idle_ms) or XREADGROUP '>' up to N entries
-    → persist_turns (INSERT … ON CONFLICT (turn_id) DO NOTHING, aggregates for inserted rows) → COMMIT
+    → persist_turns (INSERT … ON CONFLICT (enterprise_id, wallet_id, turn_id) DO NOTHING, aggregates
+      for inserted rows) → COMMIT
     → refund second acceptances in the gate → XACK → XTRIM MINID (only what the group acknowledged)
 
 A crash before COMMIT leaves the entries pending: they are reclaimed and persisted.  A crash after
@@ -141,6 +142,7 @@ def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
             "cache_write_1h_tokens": cache_write_1h,
             "cache_write_1h_nanos_per_mtok": cache_write_1h_rate,
             "service_tier": service_tier,
+            "debt_nanos": int(fields.get("d", "0")),  # entries queued before debts carry none
         }
     except BadEntry:
         raise

@@ -5,7 +5,8 @@ of its months, and the DEFAULT partition, by LIST (``enterprise_id``): the app's
 ``<schema>.usage_event_YYYY_MM`` (``<schema>.usage_event_default``), every other app's to a DEFAULT
 sub-partition ``usage_event_YYYY_MM_shared`` in ``public``.  PostgreSQL routes each row by its
 ``enterprise_id``, so the drain's one INSERT and every reader's query on ``usage_event`` stay as they
-are, and the exactly-once key (``usage_turn_key``) stays in the same transaction.  The app's schema
+are, and the exactly-once key (``usage_turn_key``, unique per turn_id in its (enterprise_id, wallet_id)
+scope, unpartitioned) stays in the same transaction.  The app's schema
 can then be granted to its own role, dumped (``pg_dump -n``) or moved on its own.
 
 Isolation is per schema in the one database: a separate database per app would put the usage row

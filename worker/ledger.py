@@ -77,7 +77,15 @@ USAGE_COLUMNS = (
     "cache_write_1h_tokens",
     "cache_write_1h_nanos_per_mtok",
     "service_tier",
+    "debt_nanos",
 )
+#: a turn's idempotency scope and id: unique in ``usage_turn_key`` (the gate keys its answers alike)
+TURN_KEY = ("enterprise_id", "wallet_id", "turn_id")
+
+
+def turn_key_of(row: dict[str, Any]) -> tuple[str, str, str]:
+    """``(enterprise_id, wallet_id, turn_id)`` of a usage row: the turn_id in its scope."""
+    return row["enterprise_id"], row["wallet_id"], row["turn_id"]
 
 
 log = logging.getLogger(__name__)
@@ -379,36 +387,38 @@ def _column_sql_type(name: str) -> str:
 
 #: One statement per batch whatever its size: the rows travel as one typed array per column, so
 #: psycopg sends one parameter per column instead of one per value (a 30,000-placeholder text would
-#: be re-parsed per batch).  The turn_ids go into ``usage_turn_key`` first (unique, unpartitioned);
+#: be re-parsed per batch).  The turns (turn_id in its scope) go into ``usage_turn_key`` first (unique, unpartitioned);
 #: only the keys inserted there get their ``usage_event`` row (partitioned by month), in the same
 #: statement, so a re-delivered or retried turn is one row whatever its ``occurred_at``.
 _INSERT_USAGE = text(
     f"WITH batch AS (SELECT * FROM unnest("
     f"{', '.join(f'CAST(:{c} AS {_column_sql_type(c)}[])' for c in USAGE_COLUMNS)}) "
     f"AS b({', '.join(USAGE_COLUMNS)})), "
-    "fresh AS (INSERT INTO usage_turn_key (turn_id, outbox_id, occurred_at) "
-    "SELECT turn_id, outbox_id, occurred_at FROM batch ON CONFLICT (turn_id) DO NOTHING RETURNING turn_id) "
+    "fresh AS (INSERT INTO usage_turn_key (enterprise_id, wallet_id, turn_id, outbox_id, occurred_at) "
+    "SELECT enterprise_id, wallet_id, turn_id, outbox_id, occurred_at FROM batch "
+    "ON CONFLICT (enterprise_id, wallet_id, turn_id) DO NOTHING RETURNING enterprise_id, wallet_id, turn_id) "
     f"INSERT INTO usage_event ({', '.join(USAGE_COLUMNS)}) "
-    f"SELECT {', '.join('batch.' + c for c in USAGE_COLUMNS)} FROM batch JOIN fresh USING (turn_id) "
-    "RETURNING turn_id"
+    f"SELECT {', '.join('batch.' + c for c in USAGE_COLUMNS)} FROM batch "
+    "JOIN fresh USING (enterprise_id, wallet_id, turn_id) "
+    "RETURNING enterprise_id, wallet_id, turn_id"
 )
 
 #: the same statement for psycopg itself, ``%(column)b`` placeholders: binary format (see :func:`_insert_usage`)
 _INSERT_USAGE_PG = re.sub(r"(?<!:):(\w+)", r"%(\1)b", _INSERT_USAGE.text)
 
 
-def _insert_usage(session: Session, params: dict[str, list]) -> set[str]:
+def _insert_usage(session: Session, params: dict[str, list]) -> set[tuple[str, str, str]]:
     """Run :data:`_INSERT_USAGE` on the session's own connection (its transaction), with the column
     arrays sent in PostgreSQL's binary format: psycopg's text format quotes and escapes every
     element of every array (a regular-expression search each, 30 per row), which cost more than
-    the statement.  Returns the turn_ids inserted.  On a driver other than psycopg, the SQLAlchemy
-    statement."""
+    the statement.  Returns the (enterprise_id, wallet_id, turn_id) keys inserted.  On a driver other
+    than psycopg, the SQLAlchemy statement."""
     dbapi = session.connection().connection.driver_connection
     if not isinstance(dbapi, psycopg.Connection):
-        return set(session.execute(_INSERT_USAGE, params).scalars().all())
+        return {tuple(row) for row in session.execute(_INSERT_USAGE, params).all()}
     with dbapi.cursor() as cur:
         cur.execute(_INSERT_USAGE_PG, params)
-        return {row[0] for row in cur.fetchall()}
+        return {tuple(row) for row in cur.fetchall()}
 
 
 _TOTALS = ("turns", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_nanos")
@@ -439,10 +449,12 @@ def _aggregate(fresh: Sequence[dict[str, Any]]):
     chats: dict[tuple[str, str], dict[str, Any]] = {}
     agents: dict[tuple[str, str, str], dict[str, int]] = {}
     for r in fresh:
-        d = debits.setdefault(r["wallet_id"], [0, 0, r["outbox_id"], 0])  # nanos, turns, first entry, trial tokens
+        # nanos, turns, first entry, trial tokens, debt nanos
+        d = debits.setdefault(r["wallet_id"], [0, 0, r["outbox_id"], 0, 0])
         d[0] += r["billed_nanos"]
         d[1] += 1
         d[3] += r["trial_tokens"]
+        d[4] += r["debt_nanos"]
         key = (r["enterprise_id"], r["chat_id"])
         chat = chats.get(key)
         if chat is None:
@@ -477,20 +489,22 @@ def _aggregate(fresh: Sequence[dict[str, Any]]):
 
 
 def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistResult:
-    """Insert usage events (``INSERT … SELECT unnest(…) ON CONFLICT (turn_id) DO NOTHING RETURNING``)
-    and add only the rows actually inserted to the wallet ledger, chat sessions and per-agent usage.
+    """Insert usage events (``INSERT … SELECT unnest(…) ON CONFLICT (enterprise_id, wallet_id,
+    turn_id) DO NOTHING RETURNING``) and add only the rows actually inserted to the wallet ledger,
+    chat sessions and per-agent usage.
 
     ``rows`` are dicts with the keys of :data:`USAGE_COLUMNS` (money in nano-USD, ``occurred_at``
-    an aware datetime).  Re-delivered rows, also a turn_id twice in one batch, are counted as
-    duplicates and change nothing.  Rows are locked in a fixed (sorted) order, so concurrent drains
+    an aware datetime).  A turn is its turn_id in its scope, the (enterprise_id, wallet_id) pair
+    (:data:`TURN_KEY`): re-delivered rows, also a turn twice in one batch, are counted as
+    duplicates and change nothing; the same turn_id in another scope is another turn.  Rows are locked in a fixed (sorted) order, so concurrent drains
     do not deadlock.  The caller commits.
     """
     if not rows:
         return PersistResult(0, 0, 0)
-    unique = list({r["turn_id"]: r for r in reversed(rows)}.values())[::-1]  # first copy of each turn_id
+    unique = list({turn_key_of(r): r for r in reversed(rows)}.values())[::-1]  # first copy of each turn
     params = {c: [r[c] for r in unique] for c in USAGE_COLUMNS}
     inserted_ids = _insert_usage(session, params)
-    fresh = [r for r in unique if r["turn_id"] in inserted_ids]
+    fresh = [r for r in unique if turn_key_of(r) in inserted_ids]
     conflicts = _second_acceptances(session, rows, inserted_ids)
     duplicates = len(rows) - len(fresh) - len(conflicts)
     if not fresh:
@@ -499,7 +513,7 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
 
     billed_total = 0
     for wallet_id in sorted(debits):
-        nanos, turns, first_entry, trial_tokens = debits[wallet_id]
+        nanos, turns, first_entry, trial_tokens, debt = debits[wallet_id]
         billed_total += nanos
         session.execute(
             insert(WalletTransaction).values(
@@ -511,11 +525,12 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
                 description=f"usage of {turns} turn(s)",
             )
         )
-        if nanos or trial_tokens:
+        if nanos or trial_tokens or debt:
             session.execute(
                 update(Wallet).where(Wallet.id == wallet_id).values(
                     debits_nanos=Wallet.debits_nanos + nanos,
                     trial_tokens_used=Wallet.trial_tokens_used + trial_tokens,
+                    debt_nanos=Wallet.debt_nanos + debt,
                 )
             )
 
@@ -610,24 +625,27 @@ def _open_pauses(
 
 
 def _second_acceptances(
-    session: Session, rows: Sequence[dict[str, Any]], inserted_ids: set[str]
+    session: Session, rows: Sequence[dict[str, Any]], inserted_ids: set[tuple[str, str, str]]
 ) -> tuple[Conflict, ...]:
-    """Rows not inserted whose turn_id is persisted from *another* outbox entry: the gate debited
-    that turn twice.  A row whose own entry is the persisted one is a plain re-delivery."""
-    stored: dict[str, str] = {}
-    candidates = [r for r in rows if r["turn_id"] not in inserted_ids]
+    """Rows not inserted whose turn (turn_id in its scope) is persisted from *another* outbox entry:
+    the gate debited that turn twice.  A row whose own entry is the persisted one is a plain
+    re-delivery; a turn_id persisted only in another scope is no conflict (it was inserted)."""
+    stored: dict[tuple[str, str, str], str] = {}
+    candidates = [r for r in rows if turn_key_of(r) not in inserted_ids]
     if candidates:
-        stored = dict(session.execute(
-            select(UsageTurnKey.turn_id, UsageTurnKey.outbox_id).where(
-                UsageTurnKey.turn_id.in_({r["turn_id"] for r in candidates})
+        tk = UsageTurnKey
+        stored = {(e, w, t): o for e, w, t, o in session.execute(
+            select(tk.enterprise_id, tk.wallet_id, tk.turn_id, tk.outbox_id).where(
+                tuple_(tk.enterprise_id, tk.wallet_id, tk.turn_id).in_({turn_key_of(r) for r in candidates})
             )
-        ).all())
-    first_in_batch: dict[str, str] = {}
+        ).all()}
+    first_in_batch: dict[tuple[str, str, str], str] = {}
     for r in rows:
-        first_in_batch.setdefault(r["turn_id"], r["outbox_id"])
+        first_in_batch.setdefault(turn_key_of(r), r["outbox_id"])
     conflicts = []
     for r in rows:
-        persisted = first_in_batch[r["turn_id"]] if r["turn_id"] in inserted_ids else stored.get(r["turn_id"])
+        key = turn_key_of(r)
+        persisted = first_in_batch[key] if key in inserted_ids else stored.get(key)
         if persisted is not None and persisted != r["outbox_id"]:
             conflicts.append(Conflict(r["turn_id"], r["wallet_id"], r["outbox_id"], r["billed_nanos"]))
     return tuple(conflicts)

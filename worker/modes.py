@@ -26,6 +26,7 @@ from models.tables import BillingMode, Enterprise, TransactionKind, TrialThen, W
 from models.validation import InvalidInput, check_text
 from worker.apikeys import audit
 from worker.db import after_commit, session_scope
+from worker.payers import reservations_required as requires_reservations
 from worker.periods import current_period, period_bounds
 from worker.wallet import UnknownWallet, WalletGate
 
@@ -126,17 +127,57 @@ def set_wallet_mode(gate: WalletGate, wallet_id: str, mode: str | None, *, actor
     return after
 
 
+def _push_reservations(gate: WalletGate, wallet_ids: list[str]) -> None:
+    """Mirror whether each wallet requires reservations in the gate (hash field ``require_hold``),
+    read again from PostgreSQL under the wallet's advisory lock, as :func:`_push` does for modes.
+    A wallet not in the gate is skipped (a rebuild loads the setting)."""
+    for wallet_id in wallet_ids:
+        with session_scope() as session:
+            session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tollgate:mode:" + wallet_id))))
+            wallet = session.get(Wallet, wallet_id)
+            if wallet is None:
+                continue
+            app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
+            key = gate.wallet_key(wallet_id)
+            if gate.redis.hexists(key, "mode"):  # never make a stray hash look like a wallet
+                gate.redis.hset(key, "require_hold", "1" if requires_reservations(wallet, app) else "0")
+
+
+def set_wallet_reservations(gate: WalletGate, wallet_id: str, required: bool | None, *, actor: str = "cli") -> bool:
+    """Make reservations mandatory (True) or optional (False) for one wallet's charged turns, or
+    make it follow its app's setting again (None).  With reservations required, a turn without a
+    live reservation of its own wallet is denied, and a cost above its reservation plus the free
+    balance is recorded as debt.  Returns the wallet's effective setting.  Raises ModeError naming
+    ``wallet_id`` or ``reservations_required``."""
+    if required is not None and not isinstance(required, bool):
+        raise ModeError(f"reservations_required: {required!r} is not true, false or null")
+    with session_scope() as session:
+        wallet = session.get(Wallet, wallet_id, with_for_update=True)
+        if wallet is None:
+            raise ModeError(f"wallet_id: unknown wallet {wallet_id!r}")
+        wallet.reservations_required = required
+        app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
+        effective = requires_reservations(wallet, app)
+        audit(session, actor=actor, action="reservations_required", enterprise_id=wallet.enterprise_id,
+              wallet_id=wallet_id, scope="wallet", to=required, effective=effective)
+    _push_reservations(gate, [wallet_id])
+    return effective
+
+
 def configure_app(
     gate: WalletGate, enterprise_id: str, *, actor: str = "cli", creator_share_bps: int | None = None,
     trial_token_allowance: int | None = None, trial_then: str | None = None, flat_fee_nanos: int | None = None,
     fee_wallet_id: str | None = None, creator_id: str | None = None, max_turn_cost_nanos: int | None = None,
+    reservations_required: bool | None = None,
 ) -> Enterprise:
     """Change an app's billing settings (only those given): the creator's revenue share (basis points,
     0..10000), the trial allowance per wallet (tokens ≥ 0; wallets' tokens left move by the change),
     what trial wallets do after it (``bill``/``pause``), and the flat monthly fee of track_only mode
     (nano-USD ≥ 0) with the wallet it is debited from, and the app's creator (``mozaiks_user_id``,
-    whose platform-level wallet this app's API keys may charge), and the most one turn may cost
-    (``max_turn_cost_nanos``, nano-USD 0..2^62; the gate refuses a costlier turn).  Turns already
+    whose platform-level wallet this app's API keys may charge), the most one turn may cost
+    (``max_turn_cost_nanos``, nano-USD 0..2^62; the gate refuses a costlier turn), and whether its
+    wallets' charged turns need a live reservation (``reservations_required``; a wallet may override
+    it).  Turns already
     decided keep their split.
 
     Returns the app row.  Raises ModeError naming the field.
@@ -153,6 +194,8 @@ def configure_app(
         raise ModeError(f"max_turn_cost_nanos: {max_turn_cost_nanos!r} is not an integer of nano-USD in 0..2^62")
     if flat_fee_nanos is not None and (not isinstance(flat_fee_nanos, int) or not 0 <= flat_fee_nanos <= 2**62):
         raise ModeError(f"flat_fee_nanos: {flat_fee_nanos!r} is not an integer of nano-USD in 0..2^62")
+    if reservations_required is not None and not isinstance(reservations_required, bool):
+        raise ModeError(f"reservations_required: {reservations_required!r} is not true or false")
     with session_scope() as session:
         app = session.get(Enterprise, enterprise_id, with_for_update=True)
         if app is None:
@@ -164,6 +207,7 @@ def configure_app(
             "creator_share_bps": creator_share_bps, "trial_token_allowance": trial_token_allowance,
             "trial_then": trial_then, "flat_fee_nanos": flat_fee_nanos, "fee_wallet_id": fee_wallet_id,
             "creator_id": creator_id, "max_turn_cost_nanos": max_turn_cost_nanos,
+            "reservations_required": reservations_required,
         }.items() if v is not None}
         for name, value in changes.items():
             setattr(app, name, value)
@@ -181,6 +225,8 @@ def configure_app(
         if delta:
             pipe.hincrby(key, "trial_left", delta)
     pipe.execute()
+    if reservations_required is not None:
+        _push_reservations(gate, loaded)
     with session_scope() as session:
         return session.get(Enterprise, enterprise_id)
 

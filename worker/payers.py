@@ -49,8 +49,8 @@ def split_charge(billed_nanos: int, creator_share_bps: int) -> tuple[int, int]:
 def gate_profile(session: Session, wallet: Wallet) -> dict[str, Any]:
     """What the gate needs to know about a wallet besides its balance (the keyword arguments of
     :meth:`worker.wallet.WalletGate.load_wallet`): mode, limit, block, owning app, payer level, the
-    app's revenue share (bps), trial rule and per-turn cost limit (nano-USD), and the trial tokens
-    left (allowance − used)."""
+    app's revenue share (bps), trial rule and per-turn cost limit (nano-USD), the trial tokens left
+    (allowance − used), and whether reservations are required."""
     app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
     allowance = app.trial_token_allowance if app is not None else 0
     return {
@@ -63,4 +63,13 @@ def gate_profile(session: Session, wallet: Wallet) -> dict[str, Any]:
         "trial_left": allowance - wallet.trial_tokens_used,
         "trial_then": app.trial_then if app is not None else "pause",
         "max_turn_cost_nanos": app.max_turn_cost_nanos if app is not None else DEFAULT_MAX_TURN_COST_NANOS,
+        "reservations_required": reservations_required(wallet, app),
     }
+
+
+def reservations_required(wallet: Wallet, app: Enterprise | None) -> bool:
+    """Whether every charged turn of ``wallet`` needs a live reservation of its own: the wallet's
+    own setting, else its app's (a platform wallet without an app: its own, default False)."""
+    if wallet.reservations_required is not None:
+        return wallet.reservations_required
+    return bool(app is not None and app.reservations_required)

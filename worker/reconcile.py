@@ -5,8 +5,8 @@ For every wallet::
     gate balance (Redis)  ==  credits − debits (PostgreSQL ledger)  −  queued
 
 where *queued* is the billed nanos of the wallet's outbox entries not yet persisted (an entry is
-persisted when ``usage_event`` has its turn_id **from that same entry**; an entry for a turn_id
-persisted from another entry is a second acceptance the drain will refund, and stays queued until
+persisted when ``usage_turn_key`` has its turn (turn_id in its (enterprise_id, wallet_id) scope)
+**from that same entry**; an entry for a turn persisted from another entry is a second acceptance the drain will refund, and stays queued until
 then).
 
 The two stores cannot be read at one instant, so a wallet is read three times: (1) Redis: each
@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from typing import Iterable, NamedTuple
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 from sqlmodel import Session
 
 from models.tables import ReconciliationRun, TransactionKind, UsageTurnKey, Wallet, WalletDrift, WalletTransaction
@@ -119,10 +119,11 @@ class ReconcileReport:
 
 
 class Queued(NamedTuple):
-    """One outbox entry: its turn, its id (``<shard>:<stream id>``), the nanos the gate debited for
-    it and the trial tokens it took from the wallet's allowance."""
+    """One outbox entry: its turn (``(enterprise_id, wallet_id, turn_id)``: the turn_id in its
+    scope), its id (``<shard>:<stream id>``), the nanos the gate debited for it and the trial tokens
+    it took from the wallet's allowance."""
 
-    turn_id: str
+    turn: tuple[str, str, str]
     outbox_id: str
     billed_nanos: int
     trial_tokens: int
@@ -134,14 +135,15 @@ def _queued_entries(raw: list[tuple[str, dict[str, str]]], shard: int) -> dict[s
     for entry_id, fields in raw:
         try:
             payload = json.loads(fields["t"])
-            turn_id, wallet_id = payload[1], payload[2]
+            turn_id, wallet_id, enterprise_id = payload[1], payload[2], payload[3]
             billed = int(fields["b"])
             trial_tokens = int(fields.get("tt", 0))  # entries queued before trials carry none
-            if not isinstance(turn_id, str) or not isinstance(wallet_id, str):
-                raise TypeError("turn_id and wallet_id must be strings")
+            if not all(isinstance(v, str) for v in (turn_id, wallet_id, enterprise_id)):
+                raise TypeError("turn_id, wallet_id and enterprise_id must be strings")
         except (KeyError, ValueError, IndexError, TypeError):
             continue  # not a turn the drain can persist either: it will be dead-lettered, not debited twice
-        by_wallet.setdefault(wallet_id, []).append(Queued(turn_id, f"{shard}:{entry_id}", billed, trial_tokens))
+        by_wallet.setdefault(wallet_id, []).append(
+            Queued((enterprise_id, wallet_id, turn_id), f"{shard}:{entry_id}", billed, trial_tokens))
     return by_wallet
 
 
@@ -187,21 +189,23 @@ def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list
         )
     ):
         recent.setdefault(wallet_id, []).append((kind, key))
-    # a turn_id PostgreSQL cannot store is never persisted: it stays queued until it is dead-lettered
-    turn_ids = [q.turn_id for w in wallet_ids for q in queued.get(w, ()) if deadletter.storable(q.turn_id)]
-    persisted: set[tuple[str, str]] = set()
-    for i in range(0, len(turn_ids), 5000):
+    # a turn PostgreSQL cannot store is never persisted: it stays queued until it is dead-lettered
+    turns = [q.turn for w in wallet_ids for q in queued.get(w, ()) if all(map(deadletter.storable, q.turn))]
+    persisted: set[tuple[tuple[str, str, str], str]] = set()  # (turn in its scope, outbox id)
+    tk = UsageTurnKey
+    for i in range(0, len(turns), 5000):
         rows = session.execute(
-            select(UsageTurnKey.turn_id, UsageTurnKey.outbox_id).where(UsageTurnKey.turn_id.in_(turn_ids[i : i + 5000]))
+            select(tk.enterprise_id, tk.wallet_id, tk.turn_id, tk.outbox_id).where(
+                tuple_(tk.enterprise_id, tk.wallet_id, tk.turn_id).in_(turns[i : i + 5000]))
         )
-        persisted.update((turn_id, outbox_id) for turn_id, outbox_id in rows)
+        persisted.update(((e, w, t), outbox_id) for e, w, t, outbox_id in rows)
     # dead-lettered (its charge is in the ledger) but not yet acknowledged: settled like a persisted one
     entries_by_key = {deadletter.CHARGE + q.outbox_id: q for w in wallet_ids for q in queued.get(w, ())}
     keys = list(entries_by_key)
     for i in range(0, len(keys), 5000):
         charged = session.execute(select(WalletTransaction.idempotency_key).where(
             WalletTransaction.idempotency_key.in_(keys[i : i + 5000]))).scalars()
-        persisted.update((entries_by_key[k].turn_id, entries_by_key[k].outbox_id) for k in charged)
+        persisted.update((entries_by_key[k].turn, entries_by_key[k].outbox_id) for k in charged)
     return wallets, entries, persisted, recent
 
 
@@ -231,7 +235,7 @@ def check_wallets(gate: WalletGate, wallet_ids: list[str], *, retries: int = 3) 
                 credits_nanos=wallet.credits_nanos,
                 debits_nanos=wallet.debits_nanos,
                 queued_nanos=sum(q.billed_nanos for q in queued.get(wallet_id, ())
-                                 if (q.turn_id, q.outbox_id) not in persisted and q.outbox_id not in refunded),
+                                 if (q.turn, q.outbox_id) not in persisted and q.outbox_id not in refunded),
                 ledger_entries_nanos=int(entries.get(wallet_id, 0)),
                 seen=(balance, accepted or ""),
                 recent=tuple(recent.get(wallet_id, ())),
@@ -247,12 +251,12 @@ def check_wallets(gate: WalletGate, wallet_ids: list[str], *, retries: int = 3) 
 
 
 def _refunded(gate: WalletGate, queued: dict[str, list[Queued]],
-              persisted: set[tuple[str, str]]) -> set[str]:
+              persisted: set[tuple[tuple[str, str, str], str]]) -> set[str]:
     """Outbox ids of queued second acceptances whose debit the drain already refunded in the gate
     (after its commit, before its ack and trim): they are settled, not queued."""
     persisted_turns = {t for t, _o in persisted}
     candidates = [(w, q.outbox_id) for w, entries in queued.items() for q in entries
-                  if q.turn_id in persisted_turns and (q.turn_id, q.outbox_id) not in persisted]
+                  if q.turn in persisted_turns and (q.turn, q.outbox_id) not in persisted]
     if not candidates:
         return set()
     pipe = gate.redis.pipeline(transaction=False)
@@ -360,7 +364,7 @@ def _rebuild(gate: WalletGate, wallet_ids: list[str]) -> None:
         wallet = wallets.get(wallet_id)
         if wallet is None or present[wallet_id]:
             continue
-        unpersisted = [q for q in queued.get(wallet_id, ()) if (q.turn_id, q.outbox_id) not in persisted]
+        unpersisted = [q for q in queued.get(wallet_id, ()) if (q.turn, q.outbox_id) not in persisted]
         with session_scope() as session:
             profile = gate_profile(session, wallet)
         profile["trial_left"] -= sum(q.trial_tokens for q in unpersisted)

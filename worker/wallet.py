@@ -5,15 +5,22 @@ Redis keys (every key one script touches shares the shard's hash tag, so the gat
 Redis Cluster)::
 
     tollgate:{sN}:wallet:<wallet_id>   hash  balance, held, mode, limited, enterprise, blocked, level,
-                                             share_bps, trial_left, trial_then, max_turn_nanos,
-                                             accepted_turns, denied_turns
-    tollgate:{sN}:turn:<wallet>:<turn_id> str first answer for a turn_id (TTL: settings.dedupe_ttl_s)
-    tollgate:{sN}:credit:<wallet>:<key> str  credit already applied (same TTL)
-    tollgate:{sN}:adjust:<wallet>:<key> str  signed adjustment (e.g. allowance expiry) already applied (same TTL)
+                                             share_bps, trial_left, trial_then, accepted_turns, denied_turns,
+                                             require_hold ('1': reservations required), debt (nanos),
+                                             max_turn_nanos (the most one turn may cost)
+    tollgate:{sN}:turn:<n>:<enterprise>:<m>:<wallet>:<turn_id>
+                                       str   first answer for a turn_id in its scope, the (enterprise,
+                                             wallet) pair (TTL: settings.dedupe_ttl_s)
+    tollgate:{sN}:credit:<m>:<wallet>:<key> str  credit already applied (same TTL)
+    tollgate:{sN}:adjust:<m>:<wallet>:<key> str  signed adjustment (e.g. allowance expiry) already applied (same TTL)
     tollgate:{sN}:outbox               stream of accepted turns not yet persisted
     tollgate:{sN}:kick                 str   a drain was asked for within settings.kick_interval_ms
     tollgate:{sN}:hold:<reservation>   hash  a reservation's hold: wallet, amount, expires_ms
     tollgate:{sN}:holds                zset  reservation ids by expiry (ms); the wallet's 'held' sums them
+
+Ids may contain ':', so every part of a composed key but the last is written with its length
+first (``<n>:<part>``, see :func:`scoped_key`): wallet ``app:x:u1`` with turn ``t`` and wallet
+``app:x`` with turn ``u1:t`` are two keys.
 
 ``N = crc32(wallet_id) % settings.outbox_shards``; the shard count is written once to
 ``tollgate:config:outbox_shards`` and a gate with another count refuses to start (wallets would move
@@ -29,6 +36,7 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Callable, Iterable, Sequence
 
@@ -190,9 +198,23 @@ def _read_replies(conn, n: int, on_reply: Callable[[object], None]) -> None:
         on_reply(reply)
 
 
+def scoped_key(*parts: str) -> str:
+    """Parts of a key joined without ambiguity: every part but the last as ``<len>:<part>:``, the
+    last as it is (so a key is still a prefix of the keys whose last part extends it).  Ids may
+    contain ':'; ``scoped_key('app:x:u1', 't') != scoped_key('app:x', 'u1:t')``."""
+    return "".join(f"{len(p)}:{p}:" for p in parts[:-1]) + parts[-1]
+
+
+def turn_key(tag: str, enterprise_id: str, wallet_id: str, turn_id: str) -> str:
+    """The key of a turn_id's first answer in shard ``tag``.  The idempotency scope is the
+    (enterprise_id, wallet_id) pair: a turn_id is unique per payer wallet within an app, the same
+    scope as PostgreSQL's ``usage_turn_key``."""
+    return f"{tag}:turn:{scoped_key(enterprise_id, wallet_id, turn_id)}"
+
+
 def _own_keys(tag: str, turn: TurnIn, reservation_id: str | None) -> tuple[str, str, str]:
     """A turn's own keys in shard ``tag``: its wallet, its turn_id's answer, the hold it settles."""
-    return (f"{tag}:wallet:{turn.wallet_id}", f"{tag}:turn:{turn.wallet_id}:{turn.turn_id}",
+    return (f"{tag}:wallet:{turn.wallet_id}", turn_key(tag, turn.enterprise_id, turn.wallet_id, turn.turn_id),
             f"{tag}:hold:{reservation_id or ''}")
 
 
@@ -388,6 +410,10 @@ class WalletGate:
         """Redis key of a wallet's hash."""
         return f"{shard_tag(self.shard(wallet_id))}:wallet:{wallet_id}"
 
+    def turn_key(self, enterprise_id: str, wallet_id: str, turn_id: str) -> str:
+        """Redis key of a turn_id's first answer in its scope (see :func:`turn_key`)."""
+        return turn_key(shard_tag(self.shard(wallet_id)), enterprise_id, wallet_id, turn_id)
+
     def _turn_keys(self, turn: TurnIn, reservation_id: str | None = None) -> list[str]:
         """``record_turn.lua``'s KEYS for one turn (see its header)."""
         tag, outbox, kick, holds = self._shard_keys[self.shard(turn.wallet_id)]
@@ -414,6 +440,7 @@ class WalletGate:
         trial_left: int = 0,
         trial_then: str = "pause",
         max_turn_cost_nanos: int | None = None,
+        reservations_required: bool = False,
     ) -> None:
         """Put a wallet into the gate.  Without ``overwrite`` an existing balance and trial allowance
         are kept (mode, limit, level, share and trial rule are set), so loading twice never resets
@@ -421,7 +448,8 @@ class WalletGate:
         creator's share of a level-2 charge in basis points (0..10000); ``trial_left`` trial tokens
         left; ``trial_then`` 'bill' or 'pause' once they are used; ``max_turn_cost_nanos`` the most
         one turn may cost (the app's setting; None leaves the wallet's as it is, and a wallet without
-        one gets ``DEFAULT_MAX_TURN_COST_NANOS`` from the script).
+        one gets ``DEFAULT_MAX_TURN_COST_NANOS`` from the script); ``reservations_required``: every
+        charged turn needs a live reservation of this wallet (hash field ``require_hold``).
 
         Raises: ValueError naming the argument (mode, level, share_bps, trial_then, max_turn_cost_nanos).
         """
@@ -441,7 +469,8 @@ class WalletGate:
         key = self.wallet_key(wallet_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(key, mapping={"mode": mode, "limited": "1" if limited else "0", "level": level,
-                                "share_bps": share_bps, "trial_then": trial_then})
+                                "share_bps": share_bps, "trial_then": trial_then,
+                                "require_hold": "1" if reservations_required else "0"})
         if enterprise_id:  # record_turn.lua then refuses turns of any other app
             pipe.hset(key, "enterprise", enterprise_id)
         if max_turn_cost_nanos is not None:
@@ -503,9 +532,9 @@ class WalletGate:
         keys = []
         for kind, key in ledger_keys:
             if kind == "credit":
-                keys.append(f"{tag}:credit:{wallet_id}:{key}")
+                keys.append(f"{tag}:credit:{scoped_key(wallet_id, key)}")
             elif key.startswith(("tollgate:allowance-expiry:", "tollgate:flat-fee:")):
-                keys.append(f"{tag}:adjust:{wallet_id}:{key}")
+                keys.append(f"{tag}:adjust:{scoped_key(wallet_id, key)}")
         return keys
 
     def mark_applied(self, wallet_id: str, ledger_keys: Iterable[tuple[str, str]]) -> None:
@@ -553,11 +582,12 @@ class WalletGate:
         return self._apply_once(wallet_id, amount_nanos, "credit", idempotency_key)
 
     def _apply_once(self, wallet_id: str, delta_nanos: int, namespace: str, key: str) -> int:
-        """``adjust.lua``: add ``delta_nanos`` once per ``tollgate:{sN}:<namespace>:<wallet>:<key>``."""
+        """``adjust.lua``: add ``delta_nanos`` once per ``tollgate:{sN}:<namespace>:<m>:<wallet>:<key>``."""
         tag = shard_tag(self.shard(wallet_id))
         try:
             balance, _dup = self._adjust(
-                keys=[f"{tag}:wallet:{wallet_id}", f"{tag}:{namespace}:{wallet_id}:{key}"],
+                keys=[f"{tag}:wallet:{wallet_id}", f"{tag}:{namespace}:{scoped_key(wallet_id, key)}",
+                      f"{tag}:{namespace}:{wallet_id}:{key}"],  # the key before 0012 (see adjust.lua)
                 args=[delta_nanos, self.settings.dedupe_ttl_s],
             )
         except redis.ResponseError as exc:
@@ -784,19 +814,43 @@ class WalletGate:
         return replies
 
     # reservations -----------------------------------------------------------------------------
+    def quote_reservation(self, model: str, provider: str | None, prompt_tokens: int, max_tokens: int) -> int:
+        """The worst-case cost of an LLM call before it is made, nano-USD (>= 1): every prompt token
+        at the model's input price (no cache discount) and ``max_tokens`` completion tokens at its
+        output price, today's prices (OpenRouter's in-flight budget does the same).
+
+        Raises ValueError naming ``prompt_tokens`` / ``max_tokens`` (integers in 0..10^9),
+        worker.pricing.PricingError (unknown model)."""
+        for name, value in (("prompt_tokens", prompt_tokens), ("max_tokens", max_tokens)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10**9:
+                raise ValueError(f"{name} must be an integer of tokens in 0..10^9, got {value!r}")
+        sheet = self.prices.sheet(model, provider, datetime.now(UTC))
+        return max(1, sheet.price(prompt_tokens, max_tokens, 0, 0).cost_nanos)
+
     def reserve(
-        self, wallet_id: str, amount_nanos: int, *, ttl_s: int = 300, reservation_id: str | None = None
+        self, wallet_id: str, amount_nanos: int | None = None, *, ttl_s: int = 300, reservation_id: str | None = None,
+        model: str | None = None, provider: str | None = None, prompt_tokens: int = 0, max_tokens: int | None = None,
     ) -> Reservation:
-        """Hold ``amount_nanos`` (>= 0) of a wallet before an LLM call, for ``ttl_s`` seconds.
+        """Hold funds of a wallet before an LLM call, for ``ttl_s`` seconds: ``amount_nanos`` (an
+        integer >= 1 nano-USD), or, given ``model`` (+ ``provider``), ``prompt_tokens`` and
+        ``max_tokens`` instead, the call's worst case priced by the gate (:meth:`quote_reservation`).
 
         Granted only if ``balance − held − amount >= 0`` (a production, limited wallet); then a turn
         recorded with ``reservation_id`` settles it, :meth:`release` gives it back, and
         :meth:`expire_holds` releases it after ``ttl_s``.  The same ``reservation_id`` twice is one
-        hold.  Returns a :class:`Reservation`.  Raises ValueError (amount, ttl; ``InvalidInput`` for
-        a ``wallet_id`` or ``reservation_id`` that ``models.validation`` refuses), UnknownWallet.
+        hold.  Returns a :class:`Reservation`.  Raises ValueError naming the argument (amount_nanos
+        below 1 or not an integer, both or neither of amount_nanos and model, prompt_tokens,
+        max_tokens, ttl_s; ``InvalidInput`` for a ``wallet_id`` or ``reservation_id`` that
+        ``models.validation`` refuses), worker.pricing.PricingError (unknown model), UnknownWallet.
         """
-        if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or not 0 <= amount_nanos <= 2**62:
-            raise ValueError(f"amount_nanos must be an integer of nano-USD in 0..2^62, got {amount_nanos!r}")
+        if (amount_nanos is None) == (model is None):
+            raise ValueError("amount_nanos: give either amount_nanos or model (with prompt_tokens and max_tokens)")
+        if model is not None:
+            if max_tokens is None:
+                raise ValueError("max_tokens: required with model")
+            amount_nanos = self.quote_reservation(model, provider, prompt_tokens, max_tokens)
+        if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or not 1 <= amount_nanos <= 2**62:
+            raise ValueError(f"amount_nanos must be an integer of nano-USD in 1..2^62, got {amount_nanos!r}")
         if not isinstance(ttl_s, int) or not 1 <= ttl_s <= 86_400:
             raise ValueError(f"ttl_s must be 1..86400 seconds, got {ttl_s!r}")
         check_text(wallet_id, "wallet_id")  # InvalidInput (a ValueError) naming the field

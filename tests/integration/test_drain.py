@@ -226,7 +226,7 @@ def test_a_turn_id_the_gate_accepted_twice_is_persisted_once_and_its_second_debi
     drain = OutboxDrain(redis_client, settings=settings, consumer="c1")
     drain.drain()
     balance_before = gate.balance("w1")
-    for key in redis_client.scan_iter("tollgate:*:turn:w1:t-1*"):  # t-1, t-10..t-19: forgotten
+    for key in redis_client.scan_iter(gate.turn_key("acme", "w1", "t-1") + "*"):  # t-1, t-10..t-19: forgotten
         redis_client.delete(key)
     again = gate.record_turns(_turns("w1", 50))
     assert sum(not d.duplicate for d in again) == 11

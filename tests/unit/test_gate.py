@@ -154,7 +154,8 @@ def test_same_turn_id_twice_is_one_turn(client, wg, kicked):
         True, "continue", 10_000_000 - COST_DEFAULT, COST_DEFAULT, True)
     assert wg.balance("w1") == balance and xlen(client, wg) == 1
     # the answer is remembered for dedupe_ttl_s
-    turn_key = f"tollgate:{{s{shard_of('w1', SHARDS)}}}:turn:w1:t1"
+    turn_key = wg.turn_key("ent1", "w1", "t1")
+    assert turn_key == f"tollgate:{{s{shard_of('w1', SHARDS)}}}:turn:4:ent1:2:w1:t1"
     assert TTL - 60 <= client.ttl(turn_key) <= TTL
     assert kicked == [wg.shard("w1")]
 
@@ -387,6 +388,7 @@ def test_outbox_entry_parses_back_to_the_row(client, wg):
         "cache_write_1h_tokens": 0,
         "cache_write_1h_nanos_per_mtok": 2_500_000_000,  # nor a 1-hour one: the cache-write rate
         "service_tier": None,
+        "debt_nanos": 0,
     }
     assert row["occurred_at"] == occurred
     # an entry queued before meters existed (payload version 1) still parses, as an LLM turn
@@ -419,7 +421,7 @@ def test_credit_idempotent_by_key(client, wg):
     assert wg.credit("w1", 500, "k2") == 2_000
     assert type(wg.credit("w1", 1, "k3")) is int
     assert wg.balance("w1") == 2_001
-    credit_key = f"tollgate:{{s{shard_of('w1', SHARDS)}}}:credit:w1:k1"
+    credit_key = f"tollgate:{{s{shard_of('w1', SHARDS)}}}:credit:2:w1:k1"
     assert TTL - 60 <= client.ttl(credit_key) <= TTL
 
 
@@ -469,11 +471,11 @@ def test_keys_of_one_wallet_share_one_hash_tag(client, wg, wallet_id):
     tag = f"{{s{shard}}}"
     assert sorted(keys) == sorted([
         f"tollgate:{tag}:wallet:{wallet_id}",
-        f"tollgate:{tag}:turn:{wallet_id}:t1",
-        f"tollgate:{tag}:turn:{wallet_id}:t2",
+        f"tollgate:{tag}:turn:4:ent1:{len(wallet_id)}:{wallet_id}:t1",
+        f"tollgate:{tag}:turn:4:ent1:{len(wallet_id)}:{wallet_id}:t2",
         f"tollgate:{tag}:outbox",
         f"tollgate:{tag}:kick",
-        f"tollgate:{tag}:credit:{wallet_id}:k1",
+        f"tollgate:{tag}:credit:{len(wallet_id)}:{wallet_id}:k1",
     ])
     assert {key_slot(k.encode()) for k in keys} == {key_slot(f"tollgate:{tag}".encode())}
     assert outbox_key(shard) == f"tollgate:{tag}:outbox" and kick_key(shard) == f"tollgate:{tag}:kick"

@@ -3,8 +3,11 @@
 -- allowance).  Called only by worker.wallet.WalletGate (credit, adjust).
 --
 -- KEYS[1]  tollgate:{sN}:wallet:<wallet_id>    hash (see record_turn.lua); only 'balance' is changed
--- KEYS[2]  tollgate:{sN}:credit:<wallet>:<key> or tollgate:{sN}:adjust:<wallet>:<key>
---          string: set once the change was applied
+-- KEYS[2]  tollgate:{sN}:credit:<m>:<wallet>:<key> or tollgate:{sN}:adjust:<m>:<wallet>:<key>
+--          string: set once the change was applied (<m>: the wallet id's length)
+-- KEYS[3]  optional: the same key as written before the ids were length-prefixed
+--          (…:credit:<wallet>:<key>); if it exists the change was applied before the upgrade.
+--          Only read, never written: drop it once an upgrade is older than dedupe_ttl_s.
 -- ARGV[1]  delta_nanos     signed integer string, non-zero ('-250000000' debits $0.25)
 -- ARGV[2]  dedupe_ttl_s    seconds the key is remembered
 --
@@ -16,7 +19,7 @@
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('TOLLGATE_UNKNOWN_WALLET')
 end
-if redis.call('EXISTS', KEYS[2]) == 1 then
+if redis.call('EXISTS', KEYS[2]) == 1 or (KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1) then
   return {redis.call('HGET', KEYS[1], 'balance'), 1}
 end
 -- HINCRBY first: if it fails (64-bit overflow) the key is not spent and nothing changed

@@ -30,3 +30,35 @@ local function int_cmp(a, b)
   end
   return c
 end
+
+-- int_sub(a, b): a − b of two integer strings within ±2^63, exact, as an integer string (each is
+-- split into a high part and its last 9 digits, both exact as Lua numbers)
+local function int_split(a)
+  local neg = string.sub(a, 1, 1) == '-'
+  local d = neg and string.sub(a, 2) or a
+  local hi, lo = tonumber(string.sub(d, 1, -10)) or 0, tonumber(string.sub(d, -9))
+  if neg then
+    return -hi, -lo
+  end
+  return hi, lo
+end
+
+local function int_sub(a, b)
+  local ah, al = int_split(a)
+  local bh, bl = int_split(b)
+  local h, l = ah - bh, al - bl
+  if l >= 1000000000 then  -- carry: |l| < 2 * 10^9 here, < 10^9 after
+    h, l = h + 1, l - 1000000000
+  elseif l <= -1000000000 then
+    h, l = h - 1, l + 1000000000
+  end
+  if h > 0 and l < 0 then  -- one sign for both parts
+    h, l = h - 1, l + 1000000000
+  elseif h < 0 and l > 0 then
+    h, l = h + 1, l - 1000000000
+  end
+  if h == 0 then
+    return string.format('%d', l)
+  end
+  return string.format('%d%09d', h, math.abs(l))
+end

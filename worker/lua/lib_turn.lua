@@ -12,7 +12,9 @@ local kick_tried = false  -- per script run (a batch's turns are all on one shar
 -- each of them to the cache as it makes it (balance, held, trial_left).  A batch with many turns of
 -- one wallet reads its hash once.  Cleared by forget_wallets() when a turn fails half-way.
 local WALLET_FIELDS = {'mode', 'limited', 'balance', 'blocked', 'enterprise', 'held', 'level', 'share_bps',
-                       'trial_left', 'trial_then', 'max_turn_nanos'}
+                       'trial_left', 'trial_then',
+                       'require_hold',    -- w[11]: '1' when every charged turn needs a live hold of its own
+                       'max_turn_nanos'}  -- w[12]: the most one turn may cost (integer string)
 -- the most one turn may cost when the wallet hash has no max_turn_nanos (a wallet loaded before the
 -- per-app limit existed): models.tables.DEFAULT_MAX_TURN_COST_NANOS, $50 (a unit test keeps them equal)
 local DEFAULT_MAX_TURN_NANOS = '50000000000'
@@ -46,23 +48,38 @@ local function flush_counts()
   end
 end
 
--- give back the hold this turn settles (K5, reservation A5); false when there is none or it is
--- another wallet's; else the amount released (integer string)
+-- the server's clock in ms, read once per script run (a hold's expiry is compared with it)
+local now_ms = false
+local function clock_ms()
+  if not now_ms then
+    local t = redis.call('TIME')
+    now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now_ms
+end
+
+-- give back the hold this turn settles (K5, reservation A5); false when there is none, it is
+-- another wallet's or its time is up (an expired hold is given back all the same: the sweeper would
+-- release it); else the amount released (integer string): the turn is covered by a live hold
 local function release_hold(K1, K5, K6, A5)
   if A5 == '' then
     return false
   end
-  local hold = redis.call('HMGET', K5, 'amount', 'wallet')
+  local hold = redis.call('HMGET', K5, 'amount', 'wallet', 'expires_ms')
   local amount = hold[1]
   if amount and K1 ~= string.match(K1, '^(.-:wallet:)') .. hold[2] then
     return false  -- another wallet's hold: not ours to settle (its 'held' would be stranded)
   end
+  local expired = amount and hold[3] and tonumber(hold[3]) <= clock_ms()
   if amount then
     if amount ~= '0' then
       redis.call('HINCRBY', K1, 'held', '-' .. amount)
     end
     redis.call('DEL', K5)
     redis.call('ZREM', K6, A5)
+  end
+  if expired then
+    return false
   end
   return amount
 end
@@ -74,8 +91,13 @@ local MODES = {production = true, development = true, trial = true, track_only =
 -- and the wallet's held total.  With the wallet key K1 the debit and the trial tokens are applied
 -- (HINCRBY, the cache w kept equal); with K1 false they are only computed, in Lua numbers (the
 -- caller made sure every figure is below 10^15) and nothing is written.
+-- Reservations required (A6 '1', or the wallet's require_hold w[11] '1'): a charged turn without a
+-- live hold of its own wallet (covered false) is denied; a covered turn costing more than the free
+-- balance (balance − other holds, its own hold just given back) is debited the free balance only
+-- (never below zero) and the rest is debt (the chat pauses).
 -- Returns status, action, billed, billable, trial_tokens, balance ('' for an unlimited wallet),
--- and the balance and trial tokens left after the turn (integer strings; false where unchanged).
+-- the balance and trial tokens left after the turn (integer strings; false where unchanged), and the
+-- debt: nanos of the cost not debited for want of funds (integer string).
 local function decide(w, A1, A6, A8, covered, held, K1)
   local mode, limited, balance = w[1], w[2] == '1', w[3]
   local status, action, billed, billable, trial_tokens = 'accepted', 'continue', '0', '0', '0'
@@ -97,13 +119,29 @@ local function decide(w, A1, A6, A8, covered, held, K1)
     end
   end
 
+  local debt = '0'
   if rule == 'debit' then
-    if w[4] or (A6 == '1' and not covered) or (limited and not covered and int_cmp(balance, held) <= 0) then
+    local required = A6 == '1' or w[11] == '1'
+    if w[4] or (required and not covered) or (limited and not covered and int_cmp(balance, held) <= 0) then
       status = 'denied'
       action = 'pause'
     else
       billed = A1
       billable = '1'
+      if required and limited then  -- charged from its hold plus the free balance only
+        local free = int_sub(balance, held)
+        if int_cmp(free, '0') <= 0 then
+          billed, debt = '0', A1
+        elseif int_cmp(A1, free) > 0 then
+          billed, debt = free, int_sub(A1, free)
+        end
+        if debt ~= '0' then
+          action = 'pause'
+          if K1 then
+            redis.call('HINCRBY', K1, 'debt', debt)
+          end
+        end
+      end
       if billed ~= '0' then
         if not K1 then
           bal_after = string.format('%d', tonumber(balance or '0') - tonumber(billed))  -- no field: HINCRBY's 0
@@ -144,7 +182,7 @@ local function decide(w, A1, A6, A8, covered, held, K1)
   if not limited then
     balance = ''
   end
-  return status, action, billed, billable, trial_tokens, balance, bal_after, left_after
+  return status, action, billed, billable, trial_tokens, balance, bal_after, left_after, debt
 end
 
 -- below 10^15 in magnitude (at most 15 characters) a difference of two integer strings is exact in Lua
@@ -167,17 +205,17 @@ local function record_one(K1, K2, K3, K4, K5, K6, A1, A2, A3, A4, A5, A6, A7, A8
   end
   -- the app's per-turn cost limit (max_turn_nanos): a new turn above it is refused before any write
   -- (dedupe key unspent); a retry of a turn already decided still gets its first answer below
-  local max_turn = w[11] or DEFAULT_MAX_TURN_NANOS
+  local max_turn = w[12] or DEFAULT_MAX_TURN_NANOS
   if int_cmp(A1, max_turn) > 0 and redis.call('EXISTS', K2) == 0 then
     return redis.error_reply('TOLLGATE_TURN_COST_LIMIT ' .. A1 .. ' ' .. max_turn)
   end
 
-  local status, action, billed, billable, trial_tokens, balance, bal_after, left_after
+  local status, action, billed, billable, trial_tokens, balance, bal_after, left_after, debt
   if A5 == '' and MODES[mode] and small(w[3] or '') and small(w[9] or '0') and small(A1) and small(A8) then
     -- fast path (no hold to settle, figures exact in Lua): decide first without writing, then one
     -- SET NX GET both records the answer and says whether the turn_id was seen; only a new turn's
     -- writes follow (the same figures decide() computed)
-    status, action, billed, billable, trial_tokens, balance, bal_after, left_after =
+    status, action, billed, billable, trial_tokens, balance, bal_after, left_after, debt =
       decide(w, A1, A6, A8, false, w[6] or '0', false)
     local seen = redis.call('SET', K2, status .. '|' .. balance .. '|' .. action .. '|' .. billed .. '|' .. A1,
                             'NX', 'GET', 'EX', A3)
@@ -213,14 +251,20 @@ local function record_one(K1, K2, K3, K4, K5, K6, A1, A2, A3, A4, A5, A6, A7, A8
       held = redis.call('HGET', K1, 'held') or '0'
       w[6] = held
     end
-    status, action, billed, billable, trial_tokens, balance = decide(w, A1, A6, A8, covered, held, K1)
+    status, action, billed, billable, trial_tokens, balance, bal_after, left_after, debt =
+      decide(w, A1, A6, A8, covered, held, K1)
     redis.call('SET', K2, status .. '|' .. balance .. '|' .. action .. '|' .. billed .. '|' .. A1, 'EX', A3)
   end
 
   local kick = 0
   if status == 'accepted' then
-    redis.call('XADD', K3, '*', 't', A2, 'b', billed, 'a', action, 'm', mode, 'bal', balance,
-               'lv', w[7] or 'app_usage', 'sb', w[8] or '0', 'tt', trial_tokens, 'bl', billable)
+    if debt == '0' then
+      redis.call('XADD', K3, '*', 't', A2, 'b', billed, 'a', action, 'm', mode, 'bal', balance,
+                 'lv', w[7] or 'app_usage', 'sb', w[8] or '0', 'tt', trial_tokens, 'bl', billable)
+    else  -- 'd': the nanos of its cost the wallet could not pay (reservations required)
+      redis.call('XADD', K3, '*', 't', A2, 'b', billed, 'a', action, 'm', mode, 'bal', balance,
+                 'lv', w[7] or 'app_usage', 'sb', w[8] or '0', 'tt', trial_tokens, 'bl', billable, 'd', debt)
+    end
     if not kick_tried and redis.call('SET', K4, '1', 'PX', A4, 'NX') then
       kick = 1
     end

@@ -12,18 +12,20 @@
 -- ARGV[3]  dedupe_ttl_s    seconds the answer is remembered (>= 24 h)
 -- ARGV[4]  kick_ms         at most one drain kick per this many milliseconds
 -- ARGV[5]  reservation_id  '' for none; else the hold this turn settles (released, then the cost debited)
--- ARGV[6]  require_hold    '1': deny the turn unless its hold exists (a pre-call reservation was refused)
+-- ARGV[6]  require_hold    '1': deny the turn unless its hold exists (a pre-call reservation was refused);
+--                          the wallet's own 'require_hold' field '1' does the same for every turn
 -- ARGV[7]  enterprise_id   the turn's app; must equal the wallet's 'enterprise' field when it has one
 -- ARGV[8]  tokens          prompt + completion tokens of the turn (integer string; trial allowance)
 --
 -- Wallet hash fields read besides balance: mode ('production' | 'development' | 'trial' |
 -- 'track_only'), limited, blocked, enterprise, held, level ('platform' | 'app_usage'), share_bps (the
 -- app creator's share of a level-2 charge, basis points), trial_left (tokens of trial allowance left,
--- may go below 0 by the last free turn), trial_then ('bill' | 'pause'), max_turn_nanos (the most one
--- turn may cost, integer string).
+-- may go below 0 by the last free turn), trial_then ('bill' | 'pause'), require_hold ('1': reservations
+-- required), max_turn_nanos (the most one turn may cost, integer string).  Written besides balance:
+-- held, trial_left, debt (nanos a turn could not be charged).
 --
 -- The outbox entry carries: t payload, b billed nanos, a action, m mode, bal balance after,
--- lv level, sb share_bps, tt trial tokens used by the turn, bl billable ('1' | '0').
+-- lv level, sb share_bps, tt trial tokens used by the turn, bl billable ('1' | '0'), and d debt nanos when not 0.
 --
 -- Returns {status, balance, action, billed, duplicate, kick, cost}:
 --   status   'accepted' | 'denied'
@@ -42,7 +44,12 @@
 -- Post-hoc policy: a turn is accepted while the available balance (balance − held) before it is > 0
 -- (it already happened, so it may overdraw by at most itself) and the chat must then pause; at an
 -- available balance <= 0 it is denied and not debited.  A turn settling its reservation releases the
--- hold and is debited its actual cost (any excess over the hold becomes debt, and the chat pauses).  A production wallet with a 'blocked' reason (e.g. its budget is spent) is denied whatever
+-- hold and is debited its actual cost (the chat pauses if that leaves nothing available).  A hold is
+-- live while it exists, is this wallet's and its expires_ms is after the server's clock (TIME); an
+-- expired one is given back and covers nothing.  With reservations required (require_hold) a charged
+-- turn without a live hold is denied, and a covered turn is debited at most the free balance
+-- (balance − the other holds, never below zero): the rest is debt ('d' in the outbox entry, HINCRBY
+-- the wallet's 'debt') and the chat pauses.  A production wallet with a 'blocked' reason (e.g. its budget is spent) is denied whatever
 -- its balance.  Development and track_only modes record the turn and never debit or block (track_only
 -- apps pay a flat monthly fee instead).  Trial mode records a turn for free while trial_left > 0
 -- (taking its tokens from the allowance; the turn that crosses zero is still free), then bills as

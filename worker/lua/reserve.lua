@@ -11,7 +11,9 @@
 --
 -- Returns {status, amount, balance, held, duplicate}: status 'reserved' | 'denied'; amount held
 -- (integer string; '0' in development and track_only mode and inside a trial allowance); balance and held after (integer strings); duplicate 1 if
--- this reservation_id is already held (its first answer, nothing changes).
+-- this reservation_id is already held and live (its first answer, nothing changes).  A hold of
+-- this id whose expires_ms has passed (the server's TIME) is given back first and the id reserved
+-- anew, since an expired hold covers no turn.
 -- A production wallet grants a hold only if balance − held − amount >= 0 (compared exactly, as
 -- integer strings), so with reservations the debits never exceed the credits.  An unlimited wallet
 -- always grants; a blocked one never does.
@@ -27,12 +29,22 @@ local mode = w[1]
 if mode ~= 'production' and mode ~= 'development' and mode ~= 'trial' and mode ~= 'track_only' then
   return redis.error_reply('TOLLGATE_BAD_MODE')
 end
-local existing = redis.call('HMGET', KEYS[2], 'amount', 'wallet')
+local existing = redis.call('HMGET', KEYS[2], 'amount', 'wallet', 'expires_ms')
 if existing[1] then
   if existing[2] ~= ARGV[4] then  -- the id holds another wallet's funds: refuse, change nothing
     return {'denied', '0', w[3], w[5] or '0', 0}
   end
-  return {'reserved', existing[1], w[3], w[5] or '0', 1}
+  local t = redis.call('TIME')
+  if not existing[3] or tonumber(existing[3]) > tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) then
+    return {'reserved', existing[1], w[3], w[5] or '0', 1}
+  end
+  -- its time is up (not yet swept): it covers nothing any more; give it back and decide afresh
+  if existing[1] ~= '0' then
+    redis.call('HINCRBY', KEYS[1], 'held', '-' .. existing[1])
+  end
+  redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  w[5] = redis.call('HGET', KEYS[1], 'held')
 end
 -- 'debit': holds like production; 'free': holds nothing (development, track_only, trial allowance left)
 local rule = 'free'

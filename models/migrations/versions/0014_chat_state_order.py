@@ -1,7 +1,7 @@
 """chat state is ordered: chat_session records where in the gate's order its state was decided
 
 Revision ID: 0014
-Revises: 0010
+Revises: 0013
 Create Date: 2026-12-05 16:20:00
 
 A drain can commit an older turn after a newer one, or after the orchestrator paused the chat; a
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0014'
-down_revision = '0010'
+down_revision = '0013'
 branch_labels = None
 depends_on = None
 

@@ -163,7 +163,8 @@ def test_a_platform_wallet_over_http_needs_the_owner_key_issued_for_it(gate, api
     assert r.status_code == 200, r.text
     assert r.json() == {"wallet_id": wallet_id, "enterprise_id": None, "level": "platform", "mode": "production",
                         "limited": True, "gate_balance_nanos": 10_000_000, "held_nanos": 0, "can_continue": True,
-                        "ledger_balance_nanos": 10_000_000, "credits_nanos": 10_000_000, "debits_nanos": 0}
+                        "ledger_balance_nanos": 10_000_000, "credits_nanos": 10_000_000, "debits_nanos": 0,
+                        "debt_nanos": 0, "reservations_required": False}
     assert api.get("/v1/wallets/plat:maker2", headers=h).status_code == 404  # another creator's wallet
     assert api.get(f"/v1/wallets/{wallet_id}/ledger", headers=h).json()["count"] == 1
     assert api.post(f"/v1/wallets/{wallet_id}/credits", json={"amount_nanos": 5, "idempotency_key": "free"},
