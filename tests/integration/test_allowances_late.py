@@ -19,6 +19,8 @@ from worker.db import session_scope
 from worker.drain import OutboxDrain
 from worker.ledger import credit_wallet, open_wallet
 from worker.periods import period_bounds
+from worker.pricing import PriceBook
+from worker.wallet import WalletGate
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +33,10 @@ class Book:
 
     def __init__(self, db, gate, redis_client, settings) -> None:
         self.db, self.gate = db, gate
+        # gpt-4o's prompt price as an override without a context window: these tests spend dollars
+        # in single turns of hundreds of thousands of tokens, above gpt-4o's real window (128,000)
+        self.spend_gate = WalletGate(gate.redis, settings=settings, kicker=gate.kicker,
+                                     price_book=PriceBook({"openai/gpt-4o": {"input_mtok": "2.50"}}))
         self.drain = OutboxDrain(redis_client, settings=settings, consumer="late")
 
     def open(self, wallet_id: str, *, bought: int, allowance: int = 0) -> None:
@@ -45,7 +51,7 @@ class Book:
 
     def spend(self, wallet_id: str, tokens: int, at: datetime) -> int:
         """Record a turn that occurred at ``at`` and persist it now; returns the nanos billed."""
-        decision = self.gate.record_turn(TurnIn(
+        decision = self.spend_gate.record_turn(TurnIn(
             turn_id=f"t-{uuid.uuid4().hex}", wallet_id=wallet_id, enterprise_id="acme", chat_id="c1",
             model="gpt-4o", provider="openai", prompt_tokens=tokens, completion_tokens=0, occurred_at=at))
         assert decision.accepted and decision.billed_nanos == tokens * TOKEN_NANOS

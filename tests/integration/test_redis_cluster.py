@@ -218,8 +218,8 @@ def test_a_batch_sent_to_a_node_that_lost_its_slot_is_redirected_not_failed(db, 
     slot = cluster.keyslot(gate.wallet_key(moved_wallet))
     check_wallets, moved = gate._check_wallets, []
 
-    def check_then_reshard(batch):  # the slot moves after the batch's checks, before its scripts
-        check_wallets(batch)
+    def check_then_reshard(*args):  # the slot moves after the batch's checks, before its scripts
+        check_wallets(*args)
         moved.append(_migrate_slot(cluster_url, slot))
 
     gate._check_wallets = check_then_reshard

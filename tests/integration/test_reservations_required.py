@@ -52,12 +52,13 @@ def _outbox_len(gate, wallet_id: str) -> int:
 @pytest.mark.parametrize("amount", [0, -1, -(2**62)])
 def test_a_reservation_below_one_nano_is_refused_and_cannot_authorise_spend(db, gate, amount):
     """The reported case: balance 0, a 0-nano hold granted, then a turn of 10^9 prompt tokens
-    settling it was accepted (−$2,500).  Now the hold is refused and the turn denied."""
+    settling it was accepted (−$2,500).  Now the hold is refused and the turn denied (here 100,000
+    prompt tokens, $0.25: 10^9 tokens are above gpt-4o's context window and refused before the gate)."""
     open_wallet(gate, wallet_id="u0", enterprise_id="acme", owner_id="u0")
     with pytest.raises(ValueError, match="amount_nanos"):
         gate.reserve("u0", amount, reservation_id="r0")
     assert gate.available("u0") == (0, 0, "production")
-    d = gate.record_turn(_turn("t0", "u0", prompt=10**9, completion=0, reservation_id="r0"))
+    d = gate.record_turn(_turn("t0", "u0", prompt=100_000, completion=0, reservation_id="r0"))
     assert (d.accepted, d.billed_nanos, d.action, d.balance_nanos) == (False, 0, "pause", 0)
     assert gate.balance("u0") == 0 and _outbox_len(gate, "u0") == 0
 
