@@ -23,7 +23,7 @@ services:
 # install, start Redis/PostgreSQL if down, migrate, replay the bundled Azure conversation trace
 demo: install services
 	$(VENV)/bin/tollgate db upgrade
-	$(VENV)/bin/tollgate replay worker/data/azure_llm_2023_conv_sample.csv --format azure --model gpt-4o --provider openai
+	$(VENV)/bin/tollgate replay worker/devtools/data/azure_llm_2023_conv_sample.csv --format azure --model gpt-4o --provider openai
 
 # install with test extras, start services if down, run the whole suite
 test: install-test services

@@ -11,7 +11,7 @@ Routes (all under ``/billing``):
   token (sign-in: double-submit, the form's ``csrf_token`` equal to the ``tollgate_csrf`` cookie;
   sign-out: the session's own token); else 403.  Sign-in attempts are limited per client IP
   (``settings.billing_login_rate_limit``, 429 with ``Retry-After``).  A sign-in opens a server-side
-  session (:mod:`worker.web_sessions`): the HttpOnly cookie ``tollgate_session`` (SameSite=Lax,
+  session (:mod:`worker.access.web_sessions`): the HttpOnly cookie ``tollgate_session`` (SameSite=Lax,
   Secure over https, path ``/billing``) holds its random id, never the key; it ends after
   ``settings.billing_session_ttl_s``, at sign-out, or when the key is revoked.
 - ``GET /billing/export.csv|json|pdf?period=…&enterprise_id=…``: the period's exports
@@ -47,8 +47,8 @@ from sqlmodel import Session
 from api_stub.billing_exports import csv_rows, json_chunks, pdf_statement
 from api_stub.deps import Problem, check_client_rate_limit, check_rate_limit, get_gate
 from models.tables import ApiRole, Enterprise
-from worker.apikeys import Principal, authenticate
-from worker.billing_report import (
+from worker.access.apikeys import Principal, authenticate
+from worker.billing.report import (
     METERS,
     BillingReport,
     ReportError,
@@ -63,7 +63,7 @@ from worker.billing_report import (
 from worker.db import get_engine, session_scope
 from worker.periods import current_period, previous_period
 from worker.settings import get_settings
-from worker.web_sessions import WebSession, close_session, open_session, principal_for_prefix, read_session
+from worker.access.web_sessions import WebSession, close_session, open_session, principal_for_prefix, read_session
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"

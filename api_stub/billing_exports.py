@@ -1,12 +1,12 @@
 """Exports of a billing period: CSV and JSON (streamed, exact integer nanos) and a PDF statement.
 
-Every export is built from the same :class:`worker.billing_report.BillingReport` (and, for views with
-end-user detail, the period's usage events from :func:`worker.billing_report.iter_events`), so its
+Every export is built from the same :class:`worker.billing.report.BillingReport` (and, for views with
+end-user detail, the period's usage events from :func:`worker.billing.report.iter_events`), so its
 figures agree with the ``/billing`` page to the nano.
 
-- CSV: one row per usage event (:data:`~worker.billing_report.EVENT_COLUMNS`); a view without
+- CSV: one row per usage event (:data:`~worker.billing.report.EVENT_COLUMNS`); a view without
   end-user detail (admin) gets one row per provider × model × meter
-  (:data:`~worker.billing_report.LINE_COLUMNS`) instead.
+  (:data:`~worker.billing.report.LINE_COLUMNS`) instead.
 - JSON: ``{"report": BillingReport.summary(), "events": [...]}`` (``events`` only with detail).
 - PDF: a statement (A4) listing the totals, providers and models, meters, budgets and top chats, in
   dollars rounded to the cent plus each total's exact nano-USD figure.
@@ -22,7 +22,7 @@ from fpdf import FPDF
 from fpdf.fonts import FontFace
 
 from api_stub.csv_cells import csv_writer, safe_row
-from worker.billing_report import (
+from worker.billing.report import (
     EVENT_COLUMNS,
     LINE_COLUMNS,
     BillingReport,

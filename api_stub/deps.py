@@ -34,10 +34,10 @@ from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.tables import ApiRole, Enterprise, PayerLevel, Wallet
-from worker.apikeys import Principal, authenticate, key_cache, revoked_marker
+from worker.access.apikeys import Principal, authenticate, key_cache, revoked_marker
 from worker.db import session_scope
 from worker.settings import get_settings
-from worker.wallet import WalletGate, shard_tag
+from worker.gate.gate import WalletGate, shard_tag
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def drain_kicker(shard: int) -> None:
-    """Ask a Celery worker to drain one outbox shard, as :func:`worker.wallet.celery_kicker` but
+    """Ask a Celery worker to drain one outbox shard, as :func:`worker.gate.gate.celery_kicker` but
     without a result: Celery would otherwise subscribe to each kick's result channel (a pub/sub
     round trip per kick on the request path) for an answer nobody reads."""
     from worker.celery_app import app
@@ -185,7 +185,7 @@ def _aredis(url: str) -> aioredis.Redis:
 
 async def admit(key_prefix: str) -> None:
     """One Redis round trip per request: is key ``key_prefix`` revoked (its marker,
-    :func:`worker.apikeys.revoked_marker`), and count the request against every limit of
+    :func:`worker.access.apikeys.revoked_marker`), and count the request against every limit of
     ``settings.rate_limit`` (the same scripts and keys as ``limits``' strategies, pipelined).
 
     With several limits, a request refused by one still counts against the others (as if sent
@@ -234,7 +234,7 @@ def _authenticate(key: str) -> Principal | None:
 async def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
     """The caller, from ``Authorization: Bearer <key>`` (the header's value), counted against its
     rate limit.  A key is read from PostgreSQL at most once per ``settings.api_key_cache_ttl_s``
-    per process (:data:`worker.apikeys.key_cache`); revocation is checked on every request
+    per process (:data:`worker.access.apikeys.key_cache`); revocation is checked on every request
     (:func:`admit`).
 
     Raises: Problem 401 (``WWW-Authenticate: Bearer``) for a missing, malformed, unknown or revoked

@@ -23,12 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.schemas import Decision, TurnIn
 from models.tables import ApiRole, Enterprise
-from worker.apikeys import Principal, authenticate
+from worker.access.apikeys import Principal, authenticate
 from worker.db import session_scope
-from worker.payers import reservations_required
-from worker.pricing import PricingError, TurnLimitExceeded
+from worker.billing.payers import reservations_required
+from worker.pricing.prices import PricingError, TurnLimitExceeded
 from worker.settings import get_settings
-from worker.wallet import GateBatchError, UnknownWallet, WrongEnterprise, outbox_key
+from worker.gate.gate import GateBatchError, UnknownWallet, WrongEnterprise, outbox_key
 from api_stub.deps import Caller, Problem, get_gate, install_error_handlers, principal  # noqa: F401  (re-exported)
 from api_stub import metrics as _worker_metrics  # noqa: F401  (registers the worker-side collector)
 from api_stub import routes_analytics, routes_chats, routes_wallets
@@ -145,7 +145,7 @@ class DecisionList(BaseModel):
 class WalletPublic(BaseModel):
     """A wallet's balances in nano-USD: the gate's (Redis, live) and the ledger's (PostgreSQL);
     ``held_nanos`` (active reservations) and ``can_continue`` (would the gate accept its next turn:
-    balance − holds, mode, block, trial; ``worker.sessions.can_continue``) are None when the wallet
+    balance − holds, mode, block, trial; ``worker.chats.lifecycle.can_continue``) are None when the wallet
     is not loaded in the gate."""
 
     wallet_id: str
@@ -207,7 +207,7 @@ async def record_turns(batch: TurnBatch, who: Caller) -> Response:
 def wallet(wallet_id: routes_wallets.WalletId, who: Caller) -> WalletPublic:
     """A wallet's balances: its app's owner key, its own end-user key, or (a level-1 wallet, which
     has no app) the owner key issued for it; admins see aggregates only (404 here)."""
-    from worker.sessions import wallet_state
+    from worker.chats.lifecycle import wallet_state
 
     with session_scope() as session:
         row = wallet_in_scope(session, who, wallet_id, creator=True)

@@ -16,10 +16,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from worker.db import session_scope
-from worker.deadletter import list_dead_letters, summary
+from worker.ledger.deadletter import list_dead_letters, summary
 from worker.metrics import drain_counters, outbox_lag_seconds
 from worker.settings import get_settings
-from worker.wallet import outbox_key
+from worker.gate.gate import outbox_key
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class WorkerMetrics:
 
     def collect(self):
         from api_stub.deps import get_gate
-        from worker.drain import GROUP
+        from worker.ledger.drain import GROUP
 
         try:
             client = get_gate().redis

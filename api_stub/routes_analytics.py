@@ -1,4 +1,4 @@
-"""Read-only figures: usage analytics (``worker.analytics``), rollups (``workflow_rollup``) and
+"""Read-only figures: usage analytics (``worker.chats.analytics``), rollups (``workflow_rollup``) and
 per-workflow averages, and the usage export (persisted turns of one month, JSON or CSV, paged).
 
 Scopes: an owner reads its own app; an admin reads any app's aggregates (``enterprise_id``
@@ -29,10 +29,10 @@ from api_stub.schemas import (
 )
 from models.tables import ApiRole, UsageEvent, WorkflowRollup
 from models.validation import SAFE_ID
-from worker.analytics import GROUP_KEYS, usage_analytics
+from worker.chats.analytics import GROUP_KEYS, usage_analytics
 from worker.db import session_scope
 from worker.periods import period_bounds
-from worker.rollups import workflow_averages
+from worker.chats.rollups import workflow_averages
 
 router = APIRouter(tags=["analytics"])
 ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}

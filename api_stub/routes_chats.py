@@ -1,5 +1,5 @@
 """Chat endpoints: a chat session's detail, and its lifecycle (start, pause, resume, end: the
-billing session of ``worker.sessions`` over HTTP).  A chat is named by ``chat_id`` within the
+billing session of ``worker.chats.lifecycle`` over HTTP).  A chat is named by ``chat_id`` within the
 caller's app.
 """
 
@@ -15,16 +15,16 @@ from api_stub.deps import Caller, field_problem, forbid_unless
 from api_stub.schemas import ChatEndIn, ChatPauseIn, ChatPublic, ChatStartIn
 from models.tables import ApiRole, ChatSession
 from models.validation import SAFE_ID
-from worker.apikeys import Principal
+from worker.access.apikeys import Principal
 from worker.db import session_scope
-from worker.rollups import chat_performance
-from worker.wallet import UnknownWallet
+from worker.chats.rollups import chat_performance
+from worker.gate.gate import UnknownWallet
 
 router = APIRouter(tags=["chats"])
 ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
 ChatId = Annotated[str, Path(min_length=1, max_length=200), SAFE_ID]
-#: pause/resume need worker.sessions (another part of issue 6); without it they are not served
-SESSIONS_AVAILABLE = importlib.util.find_spec("worker.sessions") is not None
+#: pause/resume need worker.chats.lifecycle (another part of issue 6); without it they are not served
+SESSIONS_AVAILABLE = importlib.util.find_spec("worker.chats.lifecycle") is not None
 
 
 def _unknown_chat(chat_id: str):
@@ -73,19 +73,19 @@ def chat_end(chat_id: ChatId, who: Caller, body: Annotated[ChatEndIn | None, Bod
 
 
 def _end(session, chat: ChatSession, ended_at) -> None:
-    from worker.rollups import end_chat
+    from worker.chats.rollups import end_chat
 
     end_chat(session, enterprise_id=chat.enterprise_id, chat_id=chat.chat_id, ended_at=ended_at)
 
 
 if SESSIONS_AVAILABLE:
-    from worker.sessions import pause_chat, resume_chat, start_session
+    from worker.chats.lifecycle import pause_chat, resume_chat, start_session
 
     from api_stub.deps import Problem, get_gate, wallet_in_scope
 
     @router.post("/v1/chats/{chat_id}/start", response_model=ChatPublic, responses=ERRORS | {409: {}})
     def chat_start(chat_id: ChatId, body: ChatStartIn, who: Caller) -> ChatPublic:
-        """Open a chat's billing session (owner key; ``worker.sessions.start_session``): its row,
+        """Open a chat's billing session (owner key; ``worker.chats.lifecycle.start_session``): its row,
         active and connected, in ``workflow``, paid by ``wallet_id``.  Starting a chat that exists
         changes nothing (its first wallet and workflow stay).  404 naming ``wallet_id`` for a wallet
         outside the key's scope; 409 when the wallet is not loaded in the gate."""

@@ -1,5 +1,5 @@
 """Wallet endpoints beyond the balance: reservations (hold, release; a turn with ``reservation_id``
-settles one at ``POST /v1/turns``), the ledger, credits, and (when ``worker.modes`` exists) mode
+settles one at ``POST /v1/turns``), the ledger, credits, and (when ``worker.billing.modes`` exists) mode
 changes.  Handlers call the gate or one ledger service and return.
 """
 
@@ -32,11 +32,11 @@ from api_stub.schemas import (
 )
 from models.tables import ApiRole, WalletTransaction
 from models.validation import SAFE_ID
-from worker.apikeys import audit
+from worker.access.apikeys import audit
 from worker.db import session_scope
-from worker.ledger import GatePending, LedgerError, credit_wallet
-from worker.pricing import PricingError
-from worker.wallet import GateConfigError, UnknownWallet
+from worker.ledger.accounts import GatePending, LedgerError, credit_wallet
+from worker.pricing.prices import PricingError
+from worker.gate.gate import GateConfigError, UnknownWallet
 
 router = APIRouter(tags=["wallets"])
 ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
@@ -159,11 +159,11 @@ def credit(wallet_id: WalletId, body: CreditIn, who: Caller) -> CreditPublic:
                         replayed=previous is not None)
 
 
-MODES_AVAILABLE = importlib.util.find_spec("worker.modes") is not None
+MODES_AVAILABLE = importlib.util.find_spec("worker.billing.modes") is not None
 
 
 if MODES_AVAILABLE:
-    from worker.modes import ModeError, set_app_mode, set_wallet_mode
+    from worker.billing.modes import ModeError, set_app_mode, set_wallet_mode
 
     from api_stub.schemas import ModeIn, ModePublic
 

@@ -208,7 +208,7 @@ class RollupList(BaseModel):
 
 
 class WorkflowAverages(BaseModel):
-    """Per-session averages of one workflow in one month (see ``worker.rollups.workflow_averages``)."""
+    """Per-session averages of one workflow in one month (see ``worker.chats.rollups.workflow_averages``)."""
 
     enterprise_id: str
     workflow: str

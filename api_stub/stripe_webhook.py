@@ -29,7 +29,7 @@ from models.tables import ApiRole, Wallet
 from models.validation import SAFE_ID, Id
 from worker.db import session_scope
 from worker.settings import get_settings
-from worker.stripe_billing import (
+from worker.billing.stripe import (
     EventError,
     StripeBillingError,
     StripeConfigError,

@@ -65,11 +65,11 @@ def turn(prefix: str, i: int) -> dict:
 def setup() -> str:
     """Fresh namespaces, the wallets and an owner key (returned)."""
     from models.tables import ApiRole
-    from worker.apikeys import create_key
+    from worker.access.apikeys import create_key
     from worker.db import session_scope
-    from worker.ledger import credit_wallet, open_wallet
-    from worker.migrate import recreate_database
-    from worker.wallet import WalletGate
+    from worker.ledger.accounts import credit_wallet, open_wallet
+    from worker.ledger.migrate import recreate_database
+    from worker.gate.gate import WalletGate
 
     redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
     recreate_database(BENCH_DB_URL)
@@ -84,7 +84,7 @@ def setup() -> str:
 def bench_in_process(n: int) -> dict[str, float]:
     """``gate.record_turn`` one at a time, in this process (no HTTP, no auth)."""
     from models.schemas import TurnIn
-    from worker.wallet import WalletGate
+    from worker.gate.gate import WalletGate
 
     gate = WalletGate(kicker=lambda shard: None)
     turns = [TurnIn(**turn("inproc", i)) for i in range(n)]

@@ -13,7 +13,7 @@ What it measures, in one run (see ``benchmarks/README.md``):
 - raw PostgreSQL: SQLAlchemy core multi-row INSERT of the same usage rows into a scratch copy of
   ``usage_event``; the drain: ``OutboxDrain.drain`` rows/s on a pre-filled outbox;
 - Redis memory per queued turn (the outbox stream, and everything a turn leaves in Redis);
-- end to end: ``worker.replay.replay`` of the Azure conversation trace with its own Celery worker
+- end to end: ``worker.devtools.replay.replay`` of the Azure conversation trace with its own Celery worker
   (cold) and with a pre-started warm worker, against the target of 10,000 turns/s (issue 7).
 
 Namespaces of its own, so it can run while the tests do: Redis logical DB 12 (flushed) and the
@@ -183,7 +183,7 @@ def _has(module: str) -> bool:
 
 def reset_database() -> None:
     """Drop, recreate and migrate ``tollgate_bench``."""
-    from worker.migrate import recreate_database
+    from worker.ledger.migrate import recreate_database
 
     recreate_database(BENCH_DB_URL)
 
@@ -194,7 +194,7 @@ def wallet_ids() -> list[str]:
 
 def open_wallets(gate) -> None:
     """Create the bench wallets in PostgreSQL and the gate, each with a large opening credit."""
-    from worker.ledger import credit_wallet, open_wallet
+    from worker.ledger.accounts import credit_wallet, open_wallet
 
     for i, wallet_id in enumerate(wallet_ids()):
         open_wallet(gate, wallet_id=wallet_id, enterprise_id=f"bench-e{i % 4}", owner_id=wallet_id, limited=True)
@@ -321,7 +321,7 @@ def bench_pipelined(r: redis.Redis, gate, trace_rows, sizes: Sizes) -> dict[str,
 
 def prefill_outbox(gate, r: redis.Redis, trace_rows, n: int) -> dict[str, float]:
     """Fill the (flushed) outbox with ``n`` accepted turns; memory per queued turn."""
-    from worker.wallet import outbox_key
+    from worker.gate.gate import outbox_key
 
     r.flushdb()
     reload_wallets(gate)
@@ -355,8 +355,8 @@ def bench_raw_insert(r: redis.Redis, gate, batch_size: int) -> dict[str, float]:
 
     from models.tables import UsageEvent
     from worker.db import get_engine
-    from worker.drain import parse_entry
-    from worker.wallet import outbox_key
+    from worker.ledger.drain import parse_entry
+    from worker.gate.gate import outbox_key
 
     rows = []
     for s in range(gate.settings.outbox_shards):
@@ -387,9 +387,9 @@ def bench_raw_copy(r: redis.Redis, gate, batch_size: int) -> dict[str, float]:
     from sqlalchemy import text
 
     from worker.db import get_engine
-    from worker.drain import parse_entry
-    from worker.ledger import USAGE_COLUMNS
-    from worker.wallet import outbox_key
+    from worker.ledger.drain import parse_entry
+    from worker.ledger.accounts import USAGE_COLUMNS
+    from worker.gate.gate import outbox_key
 
     rows = []
     for s in range(gate.settings.outbox_shards):
@@ -419,7 +419,7 @@ def bench_raw_copy(r: redis.Redis, gate, batch_size: int) -> dict[str, float]:
 def raw_stream_bytes(r: redis.Redis, gate, n: int = 10_000) -> float:
     """Bytes per entry of a plain stream holding the same entries (XADD of the outbox's own fields,
     copied): what any Redis stream costs for this payload, without the gate's dedupe key."""
-    from worker.wallet import outbox_key
+    from worker.gate.gate import outbox_key
 
     entries = r.xrange(outbox_key(0), count=n)
     key = "tollgate:{s0}:bench-raw-stream"
@@ -434,7 +434,7 @@ def raw_stream_bytes(r: redis.Redis, gate, n: int = 10_000) -> float:
 
 def bench_drain(r: redis.Redis, n: int) -> dict[str, float]:
     """OutboxDrain.drain of the pre-filled outbox (all shards, one process)."""
-    from worker.drain import OutboxDrain
+    from worker.ledger.drain import OutboxDrain
 
     drain = OutboxDrain(r, consumer="bench-drain")
     t0 = time.perf_counter()
@@ -459,7 +459,7 @@ def trace_for_run(path: Path, rows: int | None) -> tuple[Path, int, Path | None]
 def start_warm_worker(run_id: str) -> tuple[subprocess.Popen, Path, float]:
     """A Celery worker like the replay's own (prefork, concurrency 2, queue tollgate.usage), logged at
     INFO so its ``ready.`` line can be waited for.  Returns (process, log, boot seconds)."""
-    from worker.workers import start_celery_worker, wait_ready
+    from worker.devtools.workers import start_celery_worker, wait_ready
 
     log_path = Path(tempfile.gettempdir()) / f"tollgate-bench-worker-{run_id}.log"
     proc = start_celery_worker(f"bench-{run_id}", log_path, cwd=REPO)
@@ -480,14 +480,14 @@ def warm_up_worker(log_path: Path) -> None:
 
 
 def stop_worker(proc: subprocess.Popen) -> None:
-    from worker.workers import stop_process_group
+    from worker.devtools.workers import stop_process_group
 
     stop_process_group(proc)
 
 
 def bench_replay(r: redis.Redis, trace: Path, rows: int) -> dict[str, float]:
     """replay() end to end: with its own (cold) worker, then with a pre-started warm worker."""
-    from worker.replay import replay
+    from worker.devtools.replay import replay
 
     result: dict[str, float] = {"rows": rows}
     r.flushdb()
@@ -530,8 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     trace_path = args.trace or (DEFAULT_TRACE if DEFAULT_TRACE.is_file() else BUNDLED_TRACE)
 
     from worker.settings import get_settings
-    from worker.traces import read_trace
-    from worker.wallet import WalletGate
+    from worker.devtools.traces import read_trace
+    from worker.gate.gate import WalletGate
 
     settings = get_settings()
     assert settings.redis_url == BENCH_REDIS_URL and settings.database_url == BENCH_DB_URL

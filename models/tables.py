@@ -70,7 +70,7 @@ class ChatStatus(StrEnum):
     completed = "completed"
 
 
-#: an app's default limit on the cost of one turn, nano-USD ($50); worker/lua/lib_turn.lua's
+#: an app's default limit on the cost of one turn, nano-USD ($50); worker/gate/lua/lib_turn.lua's
 #: DEFAULT_MAX_TURN_NANOS is the same figure for wallets loaded without one
 DEFAULT_MAX_TURN_COST_NANOS = 50_000_000_000
 
@@ -112,7 +112,7 @@ class Enterprise(SQLModel, table=True):
     #: where tollgate POSTs this app's events (alerts, resumes), signed with ``webhook_secret``
     callback_url: str | None = Field(default=None, max_length=500)
     webhook_secret: str | None = Field(default=None, max_length=200)
-    #: the PostgreSQL schema holding this app's usage events (``worker.isolation``); None: shared tables
+    #: the PostgreSQL schema holding this app's usage events (``worker.ledger.isolation``); None: shared tables
     usage_schema: str | None = Field(default=None, max_length=63, unique=True)
     #: every charged turn of this app's wallets needs a live reservation of its own wallet (a wallet
     #: may override it); else it is denied
@@ -201,7 +201,7 @@ class ChatSession(SQLModel, table=True):
     started_at: datetime = Field(sa_column=_ts(nullable=False))
     last_turn_at: datetime = Field(sa_column=_ts(nullable=False))
     ended_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
-    #: where in the gate's decision order the chat's state was last decided (``worker.ledger.chat_order``):
+    #: where in the gate's decision order the chat's state was last decided (``worker.ledger.accounts.chat_order``):
     #: the deciding turn's outbox entry, or the outbox position of a pause, resume or credit; ''
     #: nothing decided yet.  Only a later position changes the state.
     state_key: str = Field(default="", max_length=100, sa_column_kwargs={"server_default": ""})
@@ -253,8 +253,8 @@ class UsageTurnKey(SQLModel, table=True):
 class UsageEvent(SQLModel, table=True):
     """One accepted turn, persisted once (its turn_id is in :class:`UsageTurnKey` once), with the
     prices it was charged at.  Partitioned by month of ``occurred_at`` (UTC), and a month by app
-    (``enterprise_id``) once an app keeps its events in its own schema (``worker.isolation``), so
-    its primary key is ``(id, occurred_at, enterprise_id)``; ``worker.partitions`` creates the months
+    (``enterprise_id``) once an app keeps its events in its own schema (``worker.ledger.isolation``), so
+    its primary key is ``(id, occurred_at, enterprise_id)``; ``worker.ledger.partitions`` creates the months
     ahead and applies retention.
 
     ``outbox_id`` (``<shard>:<stream id>``) is the outbox entry it came from: a re-delivery carries
@@ -528,7 +528,7 @@ class TokenPackage(SQLModel, table=True):
 
 
 class DeadLetter(SQLModel, table=True):
-    """An outbox entry the drain could not persist (``worker.deadletter``), kept until an operator
+    """An outbox entry the drain could not persist (``worker.ledger.deadletter``), kept until an operator
     retries or discards it.  ``fields_json`` is the entry's own fields as ASCII JSON (NUL, lone
     surrogates and bytes that were not UTF-8 escaped), so any entry can be stored; ``turn_id`` and
     ``wallet_id`` are the payload's, NULL when PostgreSQL cannot store them.  ``status``: 'open',

@@ -2,7 +2,7 @@
 
 Every entry point uses these: the turn and the other input models (``models.schemas``,
 ``api_stub.schemas``, the API's path parameters), the Celery task ``tollgate.usage.record_turn``
-(through ``TurnIn``), the Python services that take ids and keys directly (``worker.ledger``,
+(through ``TurnIn``), the Python services that take ids and keys directly (``worker.ledger.accounts``,
 ``WalletGate.reserve``), the CLI and the trace parsers.
 
 Text classes (code points refused, with an error naming the field):

@@ -1,6 +1,6 @@
 """Budget alert, allowance reset and webhook tasks (``tollgate.billing.*``, ``tollgate.webhooks.*``).
 
-Thin shells over :mod:`worker.budgets`, :mod:`worker.allowances` and :mod:`worker.webhooks`; all run
+Thin shells over :mod:`worker.billing.budgets`, :mod:`worker.billing.allowances` and :mod:`worker.events`; all run
 on the ``tollgate.jobs`` queue.  Every one is idempotent, so a re-delivery (``acks_late``) or a
 second beat changes nothing.
 """
@@ -10,15 +10,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from worker.allowances import run_monthly_reset
-from worker.budgets import check_budgets as check_budgets_service
+from worker.billing.allowances import run_monthly_reset
+from worker.billing.budgets import check_budgets as check_budgets_service
 from worker.celery_app import app
 from worker.db import session_scope
-from worker.modes import charge_flat_fees
-from worker.sessions import pause_chat as pause_chat_service, sweep_paused
+from worker.billing.modes import charge_flat_fees
+from worker.chats.lifecycle import pause_chat as pause_chat_service, sweep_paused
 from worker.settings import get_settings
-from worker.wallet import job_gate
-from worker.webhooks import WebhookRejected, WebhookRetryable, backoff_s, deliver as deliver_event
+from worker.gate.gate import job_gate
+from worker.events import WebhookRejected, WebhookRetryable, backoff_s, deliver as deliver_event
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 @app.task(name="tollgate.billing.check_budgets")
 def check_budgets() -> dict[str, Any]:
     """Check every budget in the current period (beat: every 60 s): new threshold alerts, auto-pause
-    and its lifting.  Returns what changed (see :meth:`worker.budgets.BudgetCheck.as_dict`)."""
+    and its lifting.  Returns what changed (see :meth:`worker.billing.budgets.BudgetCheck.as_dict`)."""
     with session_scope() as session:
         result = check_budgets_service(session, gate=job_gate())
     data = result.as_dict()

@@ -6,7 +6,7 @@ from typing import Any
 
 from worker.celery_app import app
 from worker.db import session_scope
-from worker.partitions import maintain
+from worker.ledger.partitions import maintain
 
 
 @app.task(name="tollgate.maintenance.partitions")

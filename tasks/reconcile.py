@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from worker.celery_app import app
-from worker.reconcile import reconcile
+from worker.ledger.reconcile import reconcile
 
 
 @app.task(name="tollgate.reconcile.run")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from worker.celery_app import app
-from worker.wallet import WalletGate
+from worker.gate.gate import WalletGate
 
 _gate: WalletGate | None = None
 

@@ -1,4 +1,4 @@
-"""Rollup tasks (``tollgate.rollups.*``): thin shells over :mod:`worker.rollups`, one transaction each
+"""Rollup tasks (``tollgate.rollups.*``): thin shells over :mod:`worker.chats.rollups`, one transaction each
 (the beat job one per group it refreshes), on the ``tollgate.jobs`` queue."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 
 from worker.celery_app import app
 from worker.db import session_scope
-from worker.rollups import DEFAULT_DIRTY_LIMIT, pending_dirty, refresh_rollup
-from worker.rollups import end_chat as end_chat_service
+from worker.chats.rollups import DEFAULT_DIRTY_LIMIT, pending_dirty, refresh_rollup
+from worker.chats.rollups import end_chat as end_chat_service
 
 
 @app.task(name="tollgate.rollups.refresh_dirty")
@@ -50,7 +50,7 @@ def end_chat(self, enterprise_id: str, chat_id: str, ended_at: str | None = None
     runs) and refresh its rollups at once.
 
     Retries a LookupError (the chat's turns may still be in the outbox) 3 times, 5 s apart, with
-    the same ``ended_at``, then raises it.  Returns :meth:`worker.rollups.EndedChat.as_dict`.
+    the same ``ended_at``, then raises it.  Returns :meth:`worker.chats.rollups.EndedChat.as_dict`.
     """
     ended_at = ended_at or datetime.now(UTC).isoformat()
     try:

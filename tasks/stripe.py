@@ -1,4 +1,4 @@
-"""Stripe tasks (``tollgate.stripe.*``): a thin shell over :func:`worker.stripe_billing.process_event`,
+"""Stripe tasks (``tollgate.stripe.*``): a thin shell over :func:`worker.billing.stripe.process_event`,
 on the ``tollgate.jobs`` queue.
 
 Retry policy: transient failures (the gate could not apply a committed credit, the wallet is not in
@@ -15,10 +15,10 @@ import redis
 from sqlalchemy.exc import OperationalError
 
 from worker.celery_app import app
-from worker.ledger import GatePending
+from worker.ledger.accounts import GatePending
 from worker.db import session_scope
-from worker.stripe_billing import process_event as process_event_service, unprocessed_events
-from worker.wallet import UnknownWallet, job_gate
+from worker.billing.stripe import process_event as process_event_service, unprocessed_events
+from worker.gate.gate import UnknownWallet, job_gate
 
 #: retries of one event before the task gives up (about 40 minutes in all)
 MAX_RETRIES = 12
@@ -29,7 +29,7 @@ RETRIABLE = (GatePending, UnknownWallet, OperationalError, redis.ConnectionError
 @app.task(name="tollgate.stripe.process_event", bind=True, acks_late=True, reject_on_worker_lost=True)
 def process_event(self, event_id: str) -> dict[str, Any]:
     """Apply the stored Stripe event ``event_id`` (``evt_…``) once.  Returns
-    :meth:`worker.stripe_billing.ProcessResult.as_dict` (``credited_nanos`` in nano-USD)."""
+    :meth:`worker.billing.stripe.ProcessResult.as_dict` (``credited_nanos`` in nano-USD)."""
     try:
         return process_event_service(event_id, gate=job_gate()).as_dict()
     except RETRIABLE as exc:

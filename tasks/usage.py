@@ -8,9 +8,9 @@ from pydantic import ValidationError
 
 from models.schemas import TurnIn
 from worker.celery_app import app
-from worker.drain import OutboxDrain
-from worker.pricing import PricingError, TurnLimitExceeded
-from worker.wallet import UnknownWallet, WalletGate, WrongEnterprise
+from worker.ledger.drain import OutboxDrain
+from worker.pricing.prices import PricingError, TurnLimitExceeded
+from worker.gate.gate import UnknownWallet, WalletGate, WrongEnterprise
 
 
 class TurnRejected(ValueError):

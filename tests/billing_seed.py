@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, insert
 
 from models.tables import ApiRole, Budget, BudgetAlert, ChatSession, Enterprise, UsageEvent, Wallet
-from worker.apikeys import create_key
+from worker.access.apikeys import create_key
 from worker.db import session_scope
 
 PERIOD = "2026-11"

@@ -69,7 +69,7 @@ TABLES = ("dead_letter, usage_event, usage_turn_key, paused_chat, stripe_event, 
 def database_url() -> str:
     """A freshly created and migrated (Alembic, head) test database."""
     from worker.db import engine_for
-    from worker.migrate import recreate_database
+    from worker.ledger.migrate import recreate_database
 
     recreate_database(TEST_DB_URL)
     yield TEST_DB_URL
@@ -118,7 +118,7 @@ def kicks():
 @pytest.fixture()
 def gate(redis_client, settings, kicks):
     """A WalletGate on real Redis whose drain kicks are recorded, not sent."""
-    from worker.wallet import WalletGate
+    from worker.gate.gate import WalletGate
 
     return WalletGate(redis_client, settings=settings, kicker=kicks.append)
 
@@ -133,7 +133,7 @@ class CeleryWorker:
     """A real ``celery worker`` subprocess on the test broker (own process group, so it can be killed)."""
 
     def __init__(self, tmp_path: Path, concurrency: int = 1, extra_env: dict[str, str] | None = None) -> None:
-        from worker.workers import ALL_QUEUES, start_celery_worker, wait_ready
+        from worker.devtools.workers import ALL_QUEUES, start_celery_worker, wait_ready
 
         self.name = f"test-{uuid.uuid4().hex[:8]}"
         self.log = tmp_path / f"{self.name}.log"
@@ -145,12 +145,12 @@ class CeleryWorker:
 
     def kill(self) -> None:
         """SIGKILL the whole worker (main process and pool children) at once."""
-        from worker.workers import kill_process_group
+        from worker.devtools.workers import kill_process_group
 
         kill_process_group(self.proc)
 
     def stop(self) -> None:
-        from worker.workers import stop_process_group
+        from worker.devtools.workers import stop_process_group
 
         stop_process_group(self.proc)
 

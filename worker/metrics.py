@@ -15,7 +15,7 @@ Hash ``tollgate:metrics:drain`` (fields are integer counters)::
     batch_size_le:<b>    batches of at most b entries (b in BATCH_SIZE_BUCKETS, not cumulative)
     persisted_turns      usage events inserted
     duplicate_turns      re-deliveries dropped (turn_id already persisted)
-    dead_lettered_turns  outbox entries dead-lettered (:mod:`worker.deadletter`)
+    dead_lettered_turns  outbox entries dead-lettered (:mod:`worker.ledger.deadletter`)
     dead_lettered_nanos  their billed nanos
 
 Outbox length and lag (age of the oldest entry not yet persisted) are read from the streams

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
             (milliseconds) is presumed to belong to a dead consumer and is reclaimed.
         kick_interval_ms: at most one drain task is sent per shard per interval.
         default_mode: billing mode of a new wallet unless given.
-        price_overrides_path: optional JSON file of price overrides (see ``worker.pricing``).
+        price_overrides_path: optional JSON file of price overrides (see ``worker.pricing.prices``).
         webhook_timeout_s: seconds one webhook POST may take (connect + response).
         webhook_max_retries: retries of a webhook after a connection error or a 5xx (4xx: none).
         webhook_backoff_base_s: delay before the first retry, seconds; retry n waits base × 2^n
@@ -50,7 +50,7 @@ class Settings(BaseSettings):
         api_key_cache_ttl_s: seconds an API process trusts a key it authenticated in PostgreSQL
             before reading it again (0: every request reads PostgreSQL).  A key revoked elsewhere
             is refused at once through its Redis marker; without Redis, within this bound at most
-            (``worker.apikeys``).
+            (``worker.access.apikeys``).
         stripe_api_key: Stripe secret key (``sk_…``) for Checkout; None: Checkout is refused.
         stripe_webhook_secret: signing secret of the Stripe webhook endpoint (``whsec_…``); None:
             every Stripe webhook is refused.

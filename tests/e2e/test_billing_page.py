@@ -25,7 +25,7 @@ from sqlalchemy import text
 
 from tests.billing_seed import seed
 from tests.conftest import REPO, _env
-from worker.billing_report import EVENT_COLUMNS, format_usd
+from worker.billing.report import EVENT_COLUMNS, format_usd
 
 pytestmark = pytest.mark.integration
 

@@ -35,7 +35,7 @@ ENTERPRISE = "fault-app"
 def pg_server():
     """A throwaway PostgreSQL 15 cluster with database ``tollgate`` migrated by Alembic."""
     from worker.db import engine_for
-    from worker.migrate import recreate_database
+    from worker.ledger.migrate import recreate_database
 
     server = PostgresServer()
     try:
@@ -90,7 +90,7 @@ class FaultEnv:
 
     def start_worker(self, *, concurrency: int = 2, **extra_env: str) -> subprocess.Popen:
         """A real ``celery worker`` (both queues) on this test's broker, ready; stopped after the test."""
-        from worker.workers import ALL_QUEUES, start_celery_worker, wait_ready
+        from worker.devtools.workers import ALL_QUEUES, start_celery_worker, wait_ready
 
         name = f"fault-{uuid.uuid4().hex[:8]}"
         log = self.tmp_path / f"{name}.log"
@@ -180,7 +180,7 @@ def _clean(pg: PostgresServer, redis_url: str) -> None:
 def fault_env(pg_server, redis_server, tmp_path):
     """Our own services, empty, with this process's settings pointing at them; every process the
     test starts through it is killed (process group) afterwards."""
-    from worker.workers import stop_process_group
+    from worker.devtools.workers import stop_process_group
 
     _clean(pg_server, redis_server.url)
     saved = _switch_env(redis_server.url, pg_server.url)
@@ -198,7 +198,7 @@ def fault_env(pg_server, redis_server, tmp_path):
 @pytest.fixture()
 def aof_env(pg_server, tmp_path):
     """Like ``fault_env`` but on a Redis of its own started with AOF (appendfsync everysec)."""
-    from worker.workers import stop_process_group
+    from worker.devtools.workers import stop_process_group
 
     server = RedisServer(aof=True)
     _clean(pg_server, server.url)
@@ -235,7 +235,7 @@ def make_turns(wallet_ids: list[str], n: int, *, prefix: str = "t", offset: int 
 
 
 def open_wallets(gate, wallet_ids: list[str], credit_nanos: int = 10**15) -> None:
-    from worker.ledger import credit_wallet, open_wallet
+    from worker.ledger.accounts import credit_wallet, open_wallet
 
     for w in wallet_ids:
         open_wallet(gate, wallet_id=w, enterprise_id=ENTERPRISE, owner_id=w)
@@ -244,7 +244,7 @@ def open_wallets(gate, wallet_ids: list[str], credit_nanos: int = 10**15) -> Non
 
 def spread_wallets(shards: int, per_shard: int = 1) -> list[str]:
     """Wallet ids covering every outbox shard ``per_shard`` times."""
-    from worker.wallet import shard_of
+    from worker.gate.gate import shard_of
 
     found: dict[int, list[str]] = {s: [] for s in range(shards)}
     i = 0
@@ -341,9 +341,9 @@ def assert_exactly_once_and_reconciled(fe: FaultEnv, gate, accepted: Accepted) -
     tokens, cost and billed nanos equal what the gate accepted), nothing else is, the outbox is
     empty, and every wallet reconciles to the nano (gate = credits − debits, ledger entries agree)."""
     from worker.db import engine_for
-    from worker.drain import GROUP
-    from worker.reconcile import reconcile
-    from worker.wallet import outbox_key
+    from worker.ledger.drain import GROUP
+    from worker.ledger.reconcile import reconcile
+    from worker.gate.gate import outbox_key
 
     with engine_for(fe.pg.url).connect() as conn:
         count, distinct = conn.execute(text("SELECT count(*), count(DISTINCT turn_id) FROM usage_event")).one()

@@ -47,8 +47,8 @@ def measure(fe, *, aof: bool) -> LossFigures:
     started with ``aof``).  Leaves Redis running and reconciled."""
     from tests.faults.conftest import Accepted, make_turns, open_wallets, persisted_ids, spread_wallets, wait_until
     from worker.db import engine_for
-    from worker.reconcile import reconcile
-    from worker.wallet import WalletGate, outbox_key
+    from worker.ledger.reconcile import reconcile
+    from worker.gate.gate import WalletGate, outbox_key
 
     app = fe.celery_app()
     shards = fe.settings.outbox_shards
@@ -100,7 +100,7 @@ def measure(fe, *, aof: bool) -> LossFigures:
             # a Celery worker whose broker (this Redis) was killed can hang without exiting (kombu
             # 5.7), so its supervisor never restarts it; the loss is measured either way: drain what
             # survived in-process, as a second consumer of the same group
-            from worker.drain import OutboxDrain
+            from worker.ledger.drain import OutboxDrain
 
             OutboxDrain(fe.client(), settings=fe.settings, consumer="loss-window-fallback").drain(max_seconds=5)
 
@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from tests.faults.conftest import FaultEnv, _clean, _restore_env, _switch_env
     from tests.faults.services import PostgresServer, RedisServer
-    from worker.migrate import recreate_database
-    from worker.workers import stop_process_group
+    from worker.ledger.migrate import recreate_database
+    from worker.devtools.workers import stop_process_group
 
     parser = argparse.ArgumentParser(prog="python -m tests.faults.loss_window")
     parser.add_argument("--rounds", type=int, default=3)

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from worker.traces import TraceError
+from worker.devtools.traces import TraceError
 
 pytestmark = pytest.mark.faults
 
@@ -18,8 +18,8 @@ GOOD = "2023-11-16 18:15:46.6805900,374,44"
 @pytest.mark.parametrize("fmt", ["azure", "mooncake"])
 def test_a_malformed_trace_records_nothing(fault_env, tmp_path, fmt):
     from worker.db import engine_for
-    from worker.replay import replay
-    from worker.wallet import WalletGate
+    from worker.devtools.replay import replay
+    from worker.gate.gate import WalletGate
 
     fe = fault_env
     gate = WalletGate(fe.client(), settings=fe.settings, kicker=lambda shard: None)

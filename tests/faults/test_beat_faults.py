@@ -42,10 +42,10 @@ def _kill(proc) -> None:
 def test_beat_and_its_worker_killed_mid_rollup_leave_no_stale_rollup(fault_env):
     from models.schemas import TurnIn
     from worker.db import engine_for, session_scope
-    from worker.drain import OutboxDrain
-    from worker.rollups import build_document
-    from worker.wallet import WalletGate
-    from worker.workers import kill_process_group
+    from worker.ledger.drain import OutboxDrain
+    from worker.chats.rollups import build_document
+    from worker.gate.gate import WalletGate
+    from worker.devtools.workers import kill_process_group
 
     fe = fault_env
     gate = WalletGate(fe.client(), settings=fe.settings, kicker=lambda shard: None)
@@ -124,7 +124,7 @@ def own_beat(tmp_path):
 
     from tests.conftest import REPO
     from tests.faults.services import RedisServer
-    from worker.workers import stop_process_group
+    from worker.devtools.workers import stop_process_group
 
     server = RedisServer(aof=False)
     env = dict(os.environ, PYTHONPATH=str(REPO), TOLLGATE_REDIS_URL=server.url, TOLLGATE_BROKER_URL=server.url)

@@ -27,7 +27,7 @@ FAST_RECLAIM = {"TOLLGATE_OUTBOX_BATCH_SIZE": "200", "TOLLGATE_RECLAIM_IDLE_MS":
 
 
 def _gate(fe):
-    from worker.wallet import WalletGate
+    from worker.gate.gate import WalletGate
 
     return WalletGate(fe.client(), settings=fe.settings, kicker=lambda shard: None)
 
@@ -52,7 +52,7 @@ def test_worker_sigkilled_mid_drain_loses_and_doubles_nothing(fault_env):
     first = fe.start_worker(concurrency=2, **FAST_RECLAIM)
     kick()
     wait_until(lambda: persisted_count(fe.pg) >= 1_500, 60, "the first drains")
-    from worker.workers import kill_process_group
+    from worker.devtools.workers import kill_process_group
 
     kill_process_group(first)  # SIGKILL, main process and pool children at once
     at_kill = persisted_count(fe.pg)
@@ -103,8 +103,8 @@ def test_entries_delivered_twice_and_out_of_order_persist_once(fault_env):
     (out of order); B's trim must keep A's pending entries; then B reclaims A's batch (idle) and
     persists it; then A wakes up and persists and acknowledges the same batch again (delivered
     twice).  A duplicated Celery drain task on top changes nothing either."""
-    from worker.drain import GROUP, DrainStats, OutboxDrain
-    from worker.wallet import outbox_key
+    from worker.ledger.drain import GROUP, DrainStats, OutboxDrain
+    from worker.gate.gate import outbox_key
 
     fe = fault_env
     gate = _gate(fe)

@@ -14,7 +14,7 @@ post-hoc record, retried turns and drains:
   hold is debited the free balance only and the rest is recorded as debt;
 - keeps the post-hoc wallet's overdraft below one turn's cost (a turn settling a hold that already
   expired or was released is post-hoc too: it may overdraw by itself);
-- and, after a final drain, leaves the ledger equal to Redis to the nano (``worker.reconcile``),
+- and, after a final drain, leaves the ledger equal to Redis to the nano (``worker.ledger.reconcile``),
   the debt included.
 """
 
@@ -52,9 +52,9 @@ class GateMachine(RuleBasedStateMachine):
 
     @initialize()
     def setup(self):
-        from worker.ledger import open_wallet
-        from worker.pricing import PriceBook
-        from worker.wallet import WalletGate
+        from worker.ledger.accounts import open_wallet
+        from worker.pricing.prices import PriceBook
+        from worker.gate.gate import WalletGate
 
         fe = CTX["fe"]
         if CTX["backend"] == "fakeredis":
@@ -65,12 +65,12 @@ class GateMachine(RuleBasedStateMachine):
             self.client = fe.client()
         self.gate = WalletGate(self.client, settings=fe.settings, kicker=lambda shard: None,
                                price_book=PriceBook({"/unit": {"input_mtok": "1000"}}))
-        from worker.modes import set_wallet_reservations
+        from worker.billing.modes import set_wallet_reservations
 
         for w in WALLETS:
             open_wallet(self.gate, wallet_id=w, enterprise_id=ENTERPRISE, owner_id=w)
         assert set_wallet_reservations(self.gate, REQ, True) is True
-        from worker.ledger import credit_wallet
+        from worker.ledger.accounts import credit_wallet
 
         for w in (RES, REQ):  # some money to reserve from at once (the credit rule adds more)
             credit_wallet(self.gate, wallet_id=w, amount_nanos=50 * UNIT, idempotency_key=f"init-{w}")
@@ -90,7 +90,7 @@ class GateMachine(RuleBasedStateMachine):
     # rules --------------------------------------------------------------------------------------
     @rule(wallet=st.sampled_from(WALLETS), amount=st.integers(1, 60).map(lambda k: k * UNIT - k))
     def credit(self, wallet, amount):
-        from worker.ledger import credit_wallet
+        from worker.ledger.accounts import credit_wallet
 
         key = self._id("c")
         assert credit_wallet(self.gate, wallet_id=wallet, amount_nanos=amount, idempotency_key=key) == \
@@ -260,7 +260,7 @@ class GateMachine(RuleBasedStateMachine):
 
     @rule()
     def drain(self):
-        from worker.drain import OutboxDrain
+        from worker.ledger.drain import OutboxDrain
 
         OutboxDrain(self.client, settings=CTX["fe"].settings, consumer="sm").drain()
 
@@ -284,8 +284,8 @@ class GateMachine(RuleBasedStateMachine):
         if not hasattr(self, "gate"):
             return
         from worker.db import engine_for
-        from worker.drain import OutboxDrain
-        from worker.reconcile import reconcile
+        from worker.ledger.drain import OutboxDrain
+        from worker.ledger.reconcile import reconcile
 
         fe = CTX["fe"]
         OutboxDrain(self.client, settings=fe.settings, consumer="final").drain()

@@ -18,7 +18,7 @@ from tests.faults.loss_window import measure
 
 pytestmark = pytest.mark.faults
 
-TRACE = REPO / "worker" / "data" / "azure_llm_2023_conv_sample.csv"  # 2,000 rows
+TRACE = REPO / "worker" / "devtools" / "data" / "azure_llm_2023_conv_sample.csv"  # 2,000 rows
 
 
 def test_redis_with_aof_restarted_mid_replay_then_the_same_run_again_records_every_turn_once(aof_env):
@@ -28,10 +28,10 @@ def test_redis_with_aof_restarted_mid_replay_then_the_same_run_again_records_eve
     row is in PostgreSQL exactly once, with the trace's exact tokens and cost, and the wallet
     reconciles to the nano."""
     from worker.db import engine_for
-    from worker.reconcile import reconcile
-    from worker.replay import replay
-    from worker.traces import read_trace
-    from worker.wallet import WalletGate
+    from worker.ledger.reconcile import reconcile
+    from worker.devtools.replay import replay
+    from worker.devtools.traces import read_trace
+    from worker.gate.gate import WalletGate
 
     fe = aof_env
     app = fe.celery_app()

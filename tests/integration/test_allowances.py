@@ -13,7 +13,7 @@ import time_machine
 from sqlalchemy import text
 
 from models.schemas import TurnIn
-from worker.allowances import (
+from worker.billing.allowances import (
     AllowanceError,
     allowance_key,
     expiry_key,
@@ -21,11 +21,11 @@ from worker.allowances import (
     set_allowance,
 )
 from worker.db import session_scope
-from worker.drain import OutboxDrain
-from worker.ledger import credit_wallet, open_wallet
+from worker.ledger.drain import OutboxDrain
+from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.periods import current_period, period_of
-from worker.pricing import PriceBook
-from worker.wallet import UnknownWallet, WalletGate
+from worker.pricing.prices import PriceBook
+from worker.gate.gate import UnknownWallet, WalletGate
 
 pytestmark = pytest.mark.integration
 
@@ -245,7 +245,7 @@ def test_reset_validates_its_period_and_allowances_their_amount(db, gate, wallet
 @pytest.fixture(params=["fakeredis", "redis"])
 def any_gate(request, settings):
     """A gate on fakeredis[lua] (fast, no server) and on the real Redis."""
-    from worker.wallet import WalletGate
+    from worker.gate.gate import WalletGate
 
     if request.param == "fakeredis":
         import fakeredis
@@ -272,7 +272,7 @@ def test_gate_adjust_applies_a_signed_delta_once_per_key_with_exact_integers(any
 
 def test_monthly_reset_and_check_budgets_tasks_change_nothing_the_second_time(db, gate, wallets):
     from tasks.billing import check_budgets, monthly_reset
-    from worker.budgets import set_budget
+    from worker.billing.budgets import set_budget
 
     wallets.open()
     with session_scope() as session:

@@ -14,13 +14,13 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from sqlalchemy import text
 
 from models.schemas import TurnIn
-from worker.allowances import allowance_key, expiry_key, restore_key, run_monthly_reset, set_allowance
+from worker.billing.allowances import allowance_key, expiry_key, restore_key, run_monthly_reset, set_allowance
 from worker.db import session_scope
-from worker.drain import OutboxDrain
-from worker.ledger import credit_wallet, open_wallet
+from worker.ledger.drain import OutboxDrain
+from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.periods import period_bounds
-from worker.pricing import PriceBook
-from worker.wallet import WalletGate
+from worker.pricing.prices import PriceBook
+from worker.gate.gate import WalletGate
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
 from models.tables import Wallet
-from worker.analytics import usage_analytics
+from worker.chats.analytics import usage_analytics
 from worker.db import session_scope
-from worker.ledger import USAGE_COLUMNS, ensure_enterprise, persist_turns
+from worker.ledger.accounts import USAGE_COLUMNS, ensure_enterprise, persist_turns
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from worker.db import session_scope
-from worker.ledger import credit_wallet, open_wallet
+from worker.ledger.accounts import credit_wallet, open_wallet
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ COST = 800 * 2_500 + 200 * 1_250 + 100 * 10_000  # gpt-4o nanos per token: in 2,
 def api(db, redis_client, gate):
     from api_stub import main
     from models.tables import ApiRole
-    from worker.apikeys import create_key
+    from worker.access.apikeys import create_key
 
     main.get_gate.cache_clear()
     open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
@@ -99,7 +99,7 @@ def test_unknown_wallet_is_404_naming_wallet_id(api):
 
 
 def test_every_endpoint_refuses_missing_wrong_and_revoked_keys(api):
-    from worker.apikeys import revoke_key
+    from worker.access.apikeys import revoke_key
 
     calls = [("post", "/v1/turns", {"json": TURN}), ("post", "/v1/turns/batch", {"json": {"turns": [TURN]}}),
              ("get", "/v1/wallets/w1", {}), ("get", "/metrics", {})]
@@ -150,7 +150,7 @@ def test_metrics_count_decisions_and_outbox_for_admins_only(api):
 
 
 def test_metrics_show_the_last_reconciliation_drift(api, gate, redis_client):
-    from worker.reconcile import reconcile
+    from worker.ledger.reconcile import reconcile
 
     redis_client.hincrby(gate.wallet_key("w2"), "balance", 250)
     reconcile(gate)

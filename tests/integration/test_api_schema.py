@@ -11,7 +11,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from schemathesis.checks import not_a_server_error
 
 from worker.db import session_scope
-from worker.ledger import credit_wallet, open_wallet
+from worker.ledger.accounts import credit_wallet, open_wallet
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ schema = schema.exclude(path_regex=r"^/(billing|v1/stripe)")
 def keys(db, redis_client, gate, settings, monkeypatch):
     from api_stub import deps
     from models.tables import ApiRole
-    from worker.apikeys import create_key
+    from worker.access.apikeys import create_key
 
     monkeypatch.setattr(settings, "rate_limit", "1000000/minute")
     deps.get_gate.cache_clear()

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from worker.db import session_scope
-from worker.ledger import credit_wallet, open_wallet
+from worker.ledger.accounts import credit_wallet, open_wallet
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ USD = 1_000_000_000
 def api(db, redis_client, gate):
     from api_stub import deps
     from models.tables import ApiRole
-    from worker.apikeys import create_key
+    from worker.access.apikeys import create_key
 
     deps.get_gate.cache_clear()
     open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
@@ -56,7 +56,7 @@ def api(db, redis_client, gate):
 
 
 def _drain(redis_client, settings) -> None:
-    from worker.drain import OutboxDrain
+    from worker.ledger.drain import OutboxDrain
 
     OutboxDrain(redis_client, settings=settings, consumer="test").drain()
 
@@ -108,7 +108,7 @@ def test_the_route_list_covers_the_api():
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
 def test_every_route_refuses_missing_wrong_and_revoked_keys(api, method, path):
-    from worker.apikeys import revoke_key
+    from worker.access.apikeys import revoke_key
 
     url = re.sub(r"\{[^}]+\}", "w1", path)
     with session_scope() as session:
@@ -354,7 +354,7 @@ def test_outbox_lag_is_the_age_of_the_oldest_entry_not_persisted(redis_client):
     assert outbox_lag_seconds(redis_client, "s", "g", now_ms=5000) == 0.0
 
 
-# chat pause/resume and modes (worker.sessions, worker.modes) ------------------------------------
+# chat pause/resume and modes (worker.chats.lifecycle, worker.billing.modes) ------------------------------------
 def test_pause_then_resume_a_chat_once_its_wallet_can_pay(turns, gate):
     api = turns
     h = api.h["owner"]
@@ -393,13 +393,13 @@ def test_mode_changes_are_scoped_and_audited(api, gate, db):
     assert rows == [("acme", "w2", "development"), ("other", None, "track_only")]
 
 
-# API key cache and revocation (worker.apikeys.key_cache) ----------------------------------------------
+# API key cache and revocation (worker.access.apikeys.key_cache) ----------------------------------------------
 def _prefix(key: str) -> str:
     return key.split("_")[1]
 
 
 def test_a_cached_key_revoked_in_this_process_is_refused_at_once(api):
-    from worker.apikeys import key_cache, revoke_key
+    from worker.access.apikeys import key_cache, revoke_key
 
     key = api.keys["user_w1"]
     assert api.get("/v1/wallets/w1", headers=api.h["user_w1"]).status_code == 200
@@ -419,7 +419,7 @@ def test_a_key_revoked_by_another_process_is_refused_on_the_next_request(api, re
     import subprocess
     import sys
 
-    from worker.apikeys import REVOKED_MARKER_TTL_S, key_cache, revoked_marker
+    from worker.access.apikeys import REVOKED_MARKER_TTL_S, key_cache, revoked_marker
 
     key, prefix = api.keys["owner"], _prefix(api.keys["owner"])
     assert api.post("/v1/turns", json=TURN, headers=api.h["owner"]).status_code == 200
@@ -440,7 +440,7 @@ def test_without_the_marker_a_revoked_key_lives_at_most_the_cache_ttl(api, redis
     ``api_key_cache_ttl_s``: served from the cache within it, refused once the entry expires."""
     import time
 
-    from worker.apikeys import key_cache
+    from worker.access.apikeys import key_cache
 
     monkeypatch.setattr(settings, "api_key_cache_ttl_s", 0.5)
     key = api.keys["user_w1"]
@@ -457,7 +457,7 @@ def test_without_the_marker_a_revoked_key_lives_at_most_the_cache_ttl(api, redis
 
 
 def test_with_the_cache_off_every_request_reads_postgresql(api, settings, monkeypatch):
-    from worker.apikeys import key_cache
+    from worker.access.apikeys import key_cache
 
     monkeypatch.setattr(settings, "api_key_cache_ttl_s", 0)
     assert api.get("/v1/wallets/w1", headers=api.h["user_w1"]).status_code == 200

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.conftest import REPO, _env
-from worker.workers import stop_process_group
+from worker.devtools.workers import stop_process_group
 
 pytestmark = pytest.mark.integration
 

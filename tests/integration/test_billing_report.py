@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from tests.billing_seed import seed
-from worker.billing_report import (
+from worker.billing.report import (
     EVENT_COLUMNS,
     TOP_CHATS,
     ReportError,
@@ -106,7 +106,7 @@ def test_report_totals_providers_and_meters_equal_sql_to_the_nano(seeded, db):
 
 
 def test_period_edges_and_other_apps_are_excluded(seeded, db):
-    from worker.billing_report import iter_events
+    from worker.billing.report import iter_events
 
     with session_scope() as session:
         r = billing_report(session, enterprise_id="acme", period="2026-11")

@@ -14,13 +14,13 @@ from sqlalchemy import text
 
 from models.schemas import TurnIn
 from tests.receiver import start_receiver
-from worker.budgets import BUDGET_EXCEEDED, BudgetError, check_budgets, set_budget
+from worker.billing.budgets import BUDGET_EXCEEDED, BudgetError, check_budgets, set_budget
 from worker.db import session_scope
-from worker.drain import OutboxDrain
-from worker.ledger import credit_wallet, open_wallet
-from worker.pricing import PriceBook
-from worker.wallet import WalletGate
-from worker.webhooks import channel, verify
+from worker.ledger.drain import OutboxDrain
+from worker.ledger.accounts import credit_wallet, open_wallet
+from worker.pricing.prices import PriceBook
+from worker.gate.gate import WalletGate
+from worker.events import channel, verify
 
 pytestmark = pytest.mark.integration
 

@@ -18,11 +18,11 @@ from sqlalchemy import text
 
 from worker.client import BillingSession, InProcessTransport, WalletExhausted
 from worker.db import session_scope
-from worker.drain import DrainStats, OutboxDrain
-from worker.ledger import credit_wallet, ensure_enterprise, open_wallet
-from worker.sessions import resume_chat, sweep_paused
-from worker.wallet import outbox_key
-from worker.webhooks import channel
+from worker.ledger.drain import DrainStats, OutboxDrain
+from worker.ledger.accounts import credit_wallet, ensure_enterprise, open_wallet
+from worker.chats.lifecycle import resume_chat, sweep_paused
+from worker.gate.gate import outbox_key
+from worker.events import channel
 
 pytestmark = pytest.mark.integration
 
@@ -216,13 +216,13 @@ def test_a_client_that_resumes_on_wallet_credited_does_not_swallow_chat_resumabl
     (called from the publish itself).  The credit has resumed the chats before it announces the
     credit, so each chat gets exactly one ``chat.resumable`` (cause: the credit's key).  Before the
     fix the client's resume closed the record silently and the credit found none: 0 events."""
-    import worker.webhooks
+    import worker.events
 
     events = Events(redis_client, app)
     sessions, cost = _exhaust_chats(gate, app)
     OutboxDrain(redis_client, settings=settings).drain(max_seconds=60)
     by_wallet = {s.wallet_id: s for s in sessions}
-    emit = worker.webhooks.emit
+    emit = worker.events.emit
 
     def emit_and_react(client, event, **kw):
         emit(client, event, **kw)
@@ -230,7 +230,7 @@ def test_a_client_that_resumes_on_wallet_credited_does_not_swallow_chat_resumabl
             s = by_wallet[event.data["wallet_id"]]
             resume_chat(gate, enterprise_id=app, chat_id=s.chat_id)
 
-    monkeypatch.setattr(worker.webhooks, "emit", emit_and_react)
+    monkeypatch.setattr(worker.events, "emit", emit_and_react)
     for i, session in enumerate(sessions):
         credit_wallet(gate, wallet_id=session.wallet_id, amount_nanos=10 * cost, idempotency_key=f"topup-{i}")
     resumed = [e for e in events.take() if e["type"] == "chat.resumable"]
@@ -253,7 +253,7 @@ def test_racing_resumers_announce_each_resume_once(app, db, gate, redis_client, 
     """Credits, a client resuming on ``wallet.credited``, the beat sweep and the orchestrator's resume
     (what ``POST /v1/chats/{id}/resume`` calls) all at once, in threads: each chat's record is closed
     once and each chat gets exactly one ``chat.resumable``."""
-    from worker.wallet import WalletGate
+    from worker.gate.gate import WalletGate
 
     events = Events(redis_client, app)
     sessions, cost = _exhaust_chats(gate, app)

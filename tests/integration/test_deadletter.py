@@ -14,15 +14,15 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-import worker.drain as drain_module
+import worker.ledger.drain as drain_module
 from models.schemas import TurnIn
 from tests.conftest import TEST_REDIS_URL
 from worker.db import session_scope
-from worker.deadletter import DeadLetterNotFound, list_dead_letters
-from worker.drain import GROUP, DrainStats, OutboxDrain, deadletter_key
-from worker.reconcile import reconcile
-from worker.ledger import credit_wallet, open_wallet
-from worker.wallet import outbox_key
+from worker.ledger.deadletter import DeadLetterNotFound, list_dead_letters
+from worker.ledger.drain import GROUP, DrainStats, OutboxDrain, deadletter_key
+from worker.ledger.reconcile import reconcile
+from worker.ledger.accounts import credit_wallet, open_wallet
+from worker.gate.gate import outbox_key
 
 pytestmark = pytest.mark.integration
 
@@ -355,7 +355,7 @@ def test_metrics_endpoint_shows_dead_letters_per_shard(db, redis_client, gate, s
 
     from api_stub import main
     from models.tables import ApiRole
-    from worker.apikeys import create_key
+    from worker.access.apikeys import create_key
     from worker.db import session_scope
 
     _, bad, _ = _poisoned(gate, redis_client, settings, "agent")

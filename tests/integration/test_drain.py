@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import text
 
 from models.schemas import TurnIn
-from worker.drain import GROUP, OutboxDrain
-from worker.ledger import credit_wallet, open_wallet
-from worker.wallet import outbox_key
+from worker.ledger.drain import GROUP, OutboxDrain
+from worker.ledger.accounts import credit_wallet, open_wallet
+from worker.gate.gate import outbox_key
 
 pytestmark = pytest.mark.integration
 
@@ -113,8 +113,8 @@ def test_redelivery_after_commit_before_ack_is_dropped_by_the_unique_turn_id(db,
     entries, reclaimed = crashed.read_batch(shard)
     assert (len(entries), reclaimed) == (400, False)
     from worker.db import session_scope
-    from worker.drain import parse_entry
-    from worker.ledger import persist_turns
+    from worker.ledger.drain import parse_entry
+    from worker.ledger.accounts import persist_turns
 
     with session_scope() as session:  # committed ...
         result = persist_turns(session, [parse_entry(f, f"{shard}:{i}") for i, f in entries])
@@ -159,8 +159,8 @@ def test_entries_acknowledged_by_a_drain_stopped_before_its_trim_are_trimmed_by_
 
 def test_same_entries_delivered_twice_in_one_batch_and_out_of_order_persist_once(db, redis_client, gate):
     from worker.db import session_scope
-    from worker.drain import parse_entry
-    from worker.ledger import persist_turns
+    from worker.ledger.drain import parse_entry
+    from worker.ledger.accounts import persist_turns
 
     turns, billed = _fill(gate, 300)
     shard = gate.shard("w1")
@@ -241,7 +241,7 @@ def test_a_turn_id_the_gate_accepted_twice_is_persisted_once_and_its_second_debi
 
 
 def test_an_entry_that_cannot_be_written_is_dead_lettered_and_the_rest_persist(db, redis_client, gate, settings):
-    from worker.drain import deadletter_key
+    from worker.ledger.drain import deadletter_key
 
     turns, billed = _fill(gate, 20)
     shard = gate.shard("w1")

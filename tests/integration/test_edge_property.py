@@ -1,7 +1,7 @@
 """The property at the HTTP edge (issue 14, "What must hold", second bullet), against real Redis and
 PostgreSQL: arbitrary Unicode (NUL, lone surrogates, C0/C1 controls, bidi overrides included) in
 every string field of a turn, a batch, a credit and a reservation, sent through the API, then the
-drain (``worker.drain``), then reconciliation (``worker.reconcile``):
+drain (``worker.ledger.drain``), then reconciliation (``worker.ledger.reconcile``):
 
 - no answer is a 5xx;
 - every turn the API accepted (and did not answer as a duplicate) is persisted exactly once, with the
@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from sqlalchemy import text
 
 from worker.db import session_scope
-from worker.ledger import credit_wallet, open_wallet
+from worker.ledger.accounts import credit_wallet, open_wallet
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +94,7 @@ OPS = st.lists(st.one_of(
 def api(db, redis_client, gate, settings, monkeypatch):
     from api_stub import deps
     from models.tables import ApiRole
-    from worker.apikeys import create_key
+    from worker.access.apikeys import create_key
 
     monkeypatch.setattr(settings, "occurred_at_max_ahead_s", 86_400)  # production's default (conftest widens it)
     deps.get_gate.cache_clear()
@@ -140,8 +140,8 @@ def _send(api, op: str, body) -> tuple[object, list[dict]]:
 def test_arbitrary_unicode_at_the_http_edge_never_5xx_and_every_accepted_turn_persists_once(
     api, redis_client, gate, settings, db
 ):
-    from worker.drain import OutboxDrain, deadletter_key
-    from worker.reconcile import reconcile
+    from worker.ledger.drain import OutboxDrain, deadletter_key
+    from worker.ledger.reconcile import reconcile
 
     drain = OutboxDrain(redis_client, settings=settings, consumer="prop")
     accepted: dict[str, int] = {}  # turn_id → cost charged, over every example

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy import text
 
 from worker.db import session_scope
-from worker.ledger import LedgerError, credit_wallet, open_wallet
+from worker.ledger.accounts import LedgerError, credit_wallet, open_wallet
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ def day_window(settings, monkeypatch):
 def api(db, redis_client, gate, day_window):
     from api_stub import deps
     from models.tables import ApiRole
-    from worker.apikeys import create_key
+    from worker.access.apikeys import create_key
 
     deps.get_gate.cache_clear()
     open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
@@ -104,7 +104,7 @@ def test_a_single_turn_with_nul_is_refused_naming_the_field(api, redis_client, g
 def test_text_within_the_rules_is_accepted_and_persisted_as_sent(api, redis_client, gate, settings, db):
     """Non-ASCII that is not a control or format character (accents, CJK, emoji, a space in a model
     label is refused only at its ends) goes through the gate, the drain and PostgreSQL unchanged."""
-    from worker.drain import OutboxDrain
+    from worker.ledger.drain import OutboxDrain
 
     body = {**TURN, "turn_id": "t-é", "chat_id": "chat-日本", "agent": "agent-🤖", "workflow": "wf-ü"}
     r = _post(api, "/v1/turns", body)

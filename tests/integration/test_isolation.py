@@ -1,4 +1,4 @@
-"""Per-app usage schemas (worker.isolation): an isolated app's usage events sit in its own schema,
+"""Per-app usage schemas (worker.ledger.isolation): an isolated app's usage events sit in its own schema,
 its existing rows moved there, new turns routed there by PostgreSQL, exactly once; every reader
 sees the same figures as before; new months are created split; retention drops them whole."""
 
@@ -10,12 +10,12 @@ import pytest
 from sqlalchemy import text
 
 from models.schemas import TurnIn
-from worker.analytics import usage_analytics
+from worker.chats.analytics import usage_analytics
 from worker.db import session_scope
-from worker.drain import OutboxDrain
-from worker.isolation import IsolationError, isolate_app, isolated_apps
-from worker.ledger import credit_wallet, ledger_balance, open_wallet
-from worker.partitions import apply_retention, ensure_partitions, monthly_partitions
+from worker.ledger.drain import OutboxDrain
+from worker.ledger.isolation import IsolationError, isolate_app, isolated_apps
+from worker.ledger.accounts import credit_wallet, ledger_balance, open_wallet
+from worker.ledger.partitions import apply_retention, ensure_partitions, monthly_partitions
 from tests.conftest import TEST_DB_URL, run_cli
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ APPS = {"acme": "wa", "globex": "wg", "initech": "wi"}
 @pytest.fixture()
 def fresh_db(db):
     """The test database, re-created afterwards: isolation changes its partitions' structure."""
-    from worker.migrate import recreate_database
+    from worker.ledger.migrate import recreate_database
 
     yield db
     recreate_database(TEST_DB_URL)
@@ -88,8 +88,8 @@ def test_an_isolated_app_keeps_its_usage_in_its_schema_exactly_once(fresh_db, ga
     entries = redis_client.xrange(f"{gate.wallet_key('wa').split(':wallet:')[0]}:outbox")
     assert drain.drain().inserted == 3
     # a re-delivery of the same entries (a worker killed after its commit, before XACK) adds nothing
-    from worker.drain import parse_entry
-    from worker.ledger import persist_turns
+    from worker.ledger.drain import parse_entry
+    from worker.ledger.accounts import persist_turns
     shard = gate.shard("wa")
     with session_scope() as s:
         again = persist_turns(s, [parse_entry(f, f"{shard}:{i}") for i, f in entries if f["t"].find("acme-") > 0])
@@ -135,7 +135,7 @@ def test_an_isolated_app_keeps_its_usage_in_its_schema_exactly_once(fresh_db, ga
 
 def test_isolating_refuses_bad_input_and_changes_nothing(fresh_db):
     with session_scope() as s:
-        from worker.ledger import ensure_enterprise
+        from worker.ledger.accounts import ensure_enterprise
         ensure_enterprise(s, "acme")
         ensure_enterprise(s, "globex")
     for app, schema, field in (("nope", None, "enterprise_id"), ("acme", "Bad-Name", "schema"),

@@ -7,9 +7,9 @@ import json
 import pytest
 from sqlalchemy import text
 
-from worker.ledger import LedgerError, credit_wallet, ledger_balance, open_wallet
+from worker.ledger.accounts import LedgerError, credit_wallet, ledger_balance, open_wallet
 from worker.db import session_scope
-from worker.wallet import UnknownWallet
+from worker.gate.gate import UnknownWallet
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,9 @@ from sqlalchemy import text
 
 from models.schemas import TurnIn
 from worker.db import session_scope
-from worker.drain import OutboxDrain
-from worker.ledger import credit_wallet, ledger_balance, open_wallet
-from worker.partitions import apply_retention, ensure_partitions, maintain, monthly_partitions
+from worker.ledger.drain import OutboxDrain
+from worker.ledger.accounts import credit_wallet, ledger_balance, open_wallet
+from worker.ledger.partitions import apply_retention, ensure_partitions, maintain, monthly_partitions
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration

@@ -15,12 +15,12 @@ from sqlalchemy import text
 from models.schemas import TurnIn
 from models.tables import PayerLevel
 from worker.db import session_scope
-from worker.drain import OutboxDrain
-from worker.ledger import credit_wallet, ensure_enterprise, ledger_balance, open_wallet
-from worker.modes import FLAT_FEE_PREFIX, ModeError, charge_flat_fees, configure_app, set_app_mode, set_wallet_mode
-from worker.payers import split_charge, wallet_id_for
-from worker.sessions import can_continue, pause_chat, resume_paused_chats, wallet_state
-from worker.webhooks import channel
+from worker.ledger.drain import OutboxDrain
+from worker.ledger.accounts import credit_wallet, ensure_enterprise, ledger_balance, open_wallet
+from worker.billing.modes import FLAT_FEE_PREFIX, ModeError, charge_flat_fees, configure_app, set_app_mode, set_wallet_mode
+from worker.billing.payers import split_charge, wallet_id_for
+from worker.chats.lifecycle import can_continue, pause_chat, resume_paused_chats, wallet_state
+from worker.events import channel
 
 pytestmark = pytest.mark.integration
 WHEN = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -333,7 +333,7 @@ def test_concurrent_mode_changes_leave_redis_on_the_committed_mode(db, gate):
 def test_app_settings_never_create_a_wallet_the_gate_lost(db, gate, redis_client):
     """After Redis lost a wallet (before a rebuild), changing the app's settings must not leave a
     partial hash that would look like a wallet, or hide the wallet from the rebuild."""
-    from worker.reconcile import reconcile
+    from worker.ledger.reconcile import reconcile
 
     _app("acme")
     open_wallet(gate, wallet_id="lost", enterprise_id="acme", owner_id="u1")
@@ -348,7 +348,7 @@ def test_app_settings_never_create_a_wallet_the_gate_lost(db, gate, redis_client
 
 
 def test_a_late_turn_never_shrinks_the_rollup_of_a_month_past_retention(db, gate, redis_client, settings, monkeypatch):
-    from worker.rollups import get_rollup, refresh_rollup
+    from worker.chats.rollups import get_rollup, refresh_rollup
 
     _app("acme")
     open_wallet(gate, wallet_id="old", enterprise_id="acme", owner_id="u1")
@@ -371,9 +371,9 @@ def test_a_late_turn_never_shrinks_the_rollup_of_a_month_past_retention(db, gate
 def test_a_batch_drained_after_a_newer_one_does_not_undo_the_pause(db, gate, redis_client, settings):
     """Two drains of one shard at once can commit an older batch after a newer one: the chat's
     state stays the newest turn's (paused), and its paused record stays open."""
-    from worker.drain import parse_entry
-    from worker.ledger import persist_turns
-    from worker.wallet import outbox_key
+    from worker.ledger.drain import parse_entry
+    from worker.ledger.accounts import persist_turns
+    from worker.gate.gate import outbox_key
 
     _app("acme")
     open_wallet(gate, wallet_id="oo", enterprise_id="acme", owner_id="u1")
@@ -397,7 +397,7 @@ def test_a_rebuild_counts_the_trial_tokens_of_turns_still_queued(db, gate, redis
     """Redis loses a trial wallet while its outbox survives, part of it persisted: the rebuilt
     wallet's trial tokens left = allowance − used (PostgreSQL) − what the queued turns took, so a
     queued turn's tokens are not granted again (before this, 3 turns' 3,300 tokens were)."""
-    from worker.reconcile import reconcile
+    from worker.ledger.reconcile import reconcile
 
     _app("acme", default_mode="trial", trial_token_allowance=10_000, trial_then="bill")
     open_wallet(gate, wallet_id="t-2", enterprise_id="acme", owner_id="u2")

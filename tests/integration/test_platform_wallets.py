@@ -10,10 +10,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from models.tables import ApiRole, PayerLevel
-from worker.apikeys import create_key
+from worker.access.apikeys import create_key
 from worker.db import session_scope
-from worker.ledger import credit_wallet, ensure_enterprise, open_wallet
-from worker.modes import configure_app
+from worker.ledger.accounts import credit_wallet, ensure_enterprise, open_wallet
+from worker.billing.modes import configure_app
 
 pytestmark = pytest.mark.integration
 TURN = {"turn_id": "p-1", "wallet_id": "plat:maker-1", "enterprise_id": "acme", "chat_id": "build-1",

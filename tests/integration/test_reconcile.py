@@ -10,11 +10,11 @@ from sqlalchemy import text
 
 from tests.integration.test_drain import _fill, _turns
 from worker.db import session_scope
-from worker.drain import OutboxDrain, parse_entry
-from worker.ledger import persist_turns
-from worker.ledger import credit_wallet, open_wallet
-from worker.reconcile import reconcile
-from worker.wallet import outbox_key
+from worker.ledger.drain import OutboxDrain, parse_entry
+from worker.ledger.accounts import persist_turns
+from worker.ledger.accounts import credit_wallet, open_wallet
+from worker.ledger.reconcile import reconcile
+from worker.gate.gate import outbox_key
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,7 @@ def test_after_redis_lost_its_data_rebuild_restores_every_balance_to_the_nano(db
 
 
 def test_a_wallet_that_moves_during_the_check_is_busy_not_drifted(db, redis_client, gate, monkeypatch):
-    from worker import reconcile as module
+    from worker.ledger import reconcile as module
 
     _wallets(gate, n=1)
     real = module._read_ledger
@@ -145,7 +145,7 @@ def test_repair_marks_pending_credits_applied_so_a_retry_cannot_double_them(db, 
     """A credit committed in the ledger whose gate update failed (GatePending): repair brings the
     gate to the ledger figure, which counts the credit; the client's retry with the same key must
     then change nothing."""
-    from worker.ledger import record_credit
+    from worker.ledger.accounts import record_credit
 
     _wallets(gate, n=1, turns=0)
     with session_scope() as session:
@@ -160,7 +160,7 @@ def test_repair_marks_pending_credits_applied_so_a_retry_cannot_double_them(db, 
 
 
 def test_a_refunded_second_acceptance_not_yet_acknowledged_is_not_drift(db, redis_client, gate, settings):
-    from worker.drain import DrainStats
+    from worker.ledger.drain import DrainStats
 
     turns, billed = _fill(gate, 5)
     drain = OutboxDrain(redis_client, settings=settings, consumer="c")
@@ -185,7 +185,7 @@ def test_the_outbox_is_read_in_pages(db, redis_client, gate, monkeypatch):
     """A large backlog is read a page at a time; paging finds every queued entry exactly once."""
     from functools import partial
 
-    from worker import reconcile as module
+    from worker.ledger import reconcile as module
 
     billed = _wallets(gate, n=2, turns=7)  # 14 queued entries, nothing drained
     monkeypatch.setattr(module, "_read_redis", partial(module._read_redis, page=3))

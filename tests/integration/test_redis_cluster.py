@@ -18,11 +18,11 @@ import redis
 from sqlalchemy import text
 
 from models.schemas import TurnIn
-from worker.drain import OutboxDrain
-from worker.ledger import credit_wallet, open_wallet
-from worker.reconcile import reconcile
+from worker.ledger.drain import OutboxDrain
+from worker.ledger.accounts import credit_wallet, open_wallet
+from worker.ledger.reconcile import reconcile
 from worker.settings import get_settings
-from worker.wallet import WalletGate, outbox_key
+from worker.gate.gate import WalletGate, outbox_key
 
 pytestmark = pytest.mark.integration
 SHARDS = 8

@@ -14,8 +14,8 @@ from genai_prices import Usage, calc_price
 from sqlalchemy import text
 
 from tests.conftest import SHARED_DATA
-from worker.drain import OutboxDrain
-from worker.ledger import credit_wallet, open_wallet
+from worker.ledger.drain import OutboxDrain
+from worker.ledger.accounts import credit_wallet, open_wallet
 
 pytestmark = pytest.mark.integration
 CREDITS = 200_000_000  # $0.20: enough for about 60 of the racers' turns, far fewer than they try
@@ -24,7 +24,7 @@ CREDITS = 200_000_000  # $0.20: enough for about 60 of the racers' turns, far fe
 def _racer(worker: int, rounds: int, out) -> None:
     """One process: reserve the exact cost of a turn, then settle it (or give the hold back)."""
     from models.schemas import TurnIn
-    from worker.wallet import WalletGate
+    from worker.gate.gate import WalletGate
 
     gate = WalletGate(kicker=lambda shard: None)
     billed = granted = 0

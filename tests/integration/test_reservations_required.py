@@ -17,11 +17,11 @@ from sqlalchemy import text
 from models.schemas import TurnIn
 from tests.integration.test_api_v1 import USD, api  # noqa: F401  (the fixture)
 from worker.db import session_scope
-from worker.drain import OutboxDrain
-from worker.ledger import credit_wallet, ensure_enterprise, open_wallet
-from worker.modes import configure_app, set_wallet_reservations
-from worker.reconcile import reconcile
-from worker.wallet import outbox_key
+from worker.ledger.drain import OutboxDrain
+from worker.ledger.accounts import credit_wallet, ensure_enterprise, open_wallet
+from worker.billing.modes import configure_app, set_wallet_reservations
+from worker.ledger.reconcile import reconcile
+from worker.gate.gate import outbox_key
 
 pytestmark = pytest.mark.integration
 IN, OUT = 2_500, 10_000  # gpt-4o at OpenAI, nanos per token

@@ -19,10 +19,10 @@ from sqlmodel import Session
 from models.schemas import TurnIn
 from tests.conftest import REPO
 from worker.db import session_scope
-from worker.drain import OutboxDrain, parse_entry
-from worker.ledger import credit_wallet, open_wallet, persist_turns
-from worker.pricing import nanos_to_usd
-from worker.rollups import (
+from worker.ledger.drain import OutboxDrain, parse_entry
+from worker.ledger.accounts import credit_wallet, open_wallet, persist_turns
+from worker.pricing.prices import nanos_to_usd
+from worker.chats.rollups import (
     build_document,
     chat_performance,
     end_chat,
@@ -30,7 +30,7 @@ from worker.rollups import (
     refresh_rollup,
     workflow_averages,
 )
-from worker.wallet import outbox_key
+from worker.gate.gate import outbox_key
 
 pytestmark = pytest.mark.integration
 
@@ -610,7 +610,7 @@ def test_the_beat_job_takes_marks_in_a_short_transaction_and_puts_back_what_it_f
 
     from tasks import rollups as task_module
     from worker.db import session_scope
-    from worker.rollups import mark_dirty
+    from worker.chats.rollups import mark_dirty
 
     with session_scope() as session:
         mark_dirty(session, [("acme", "wf-a", "2026-11"), ("acme", "wf-b", "2026-11")])

@@ -17,10 +17,10 @@ from sqlalchemy import text
 from models.schemas import TurnIn
 from models.tables import ApiRole, PayerLevel
 from tests.stripe_stub import StripeStub, event_json, stripe_signature
-from worker.allowances import run_monthly_reset
+from worker.billing.allowances import run_monthly_reset
 from worker.db import session_scope
-from worker.ledger import credit_wallet, open_wallet
-from worker.stripe_billing import (
+from worker.ledger.accounts import credit_wallet, open_wallet
+from worker.billing.stripe import (
     PAYMENT_FAILED,
     StripeBillingError,
     add_package,
@@ -338,7 +338,7 @@ def test_subscription_lifecycle_credits_each_paid_invoice_once_and_blocks_on_fai
 
 
 def test_payment_failed_takes_over_a_budget_block_and_keeps_other_reasons(db, gate, api):
-    from worker.budgets import BUDGET_EXCEEDED
+    from worker.billing.budgets import BUDGET_EXCEEDED
 
     for w in ("w1", "w2"):
         open_wallet(gate, wallet_id=w, enterprise_id="acme", owner_id=w)
@@ -451,7 +451,7 @@ def test_checkout_sends_stripe_exactly_these_requests(db, gate, stripe_settings,
         # over HTTP: the wallet's end-user key may buy for it, another wallet is not found
         monkeypatch.setattr(stripe_settings, "stripe_api_base", stub.url)
         from api_stub import main
-        from worker.apikeys import create_key
+        from worker.access.apikeys import create_key
 
         with session_scope() as session:
             user_key = create_key(session, role=ApiRole.end_user, enterprise_id="acme", wallet_id="w1")
@@ -542,7 +542,7 @@ class FlakyGate:
 
 def test_a_gate_failure_after_the_ledger_commit_is_retried_and_credits_once(db, gate, api, monkeypatch):
     import tasks.stripe as stripe_tasks
-    from worker.ledger import GatePending
+    from worker.ledger.accounts import GatePending
 
     open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
     _packages(TOPUP)
@@ -622,7 +622,7 @@ def test_a_block_whose_gate_step_failed_is_completed_by_the_retry(db, gate, api)
     assert gate.blocked_reasons(["w1"]) == {"w1": PAYMENT_FAILED}
     # and the lift: PostgreSQL lifted, the gate's step fails, the retry lifts it in the gate
     _post(api, event_json("evt_paid", "invoice.paid", _invoice("in_1")))
-    from worker.ledger import GatePending
+    from worker.ledger.accounts import GatePending
 
     with pytest.raises(GatePending):
         process_event("evt_paid", gate=FlakyGate(gate))  # the credit's gate step fails first: nothing lifted yet

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from models.schemas import TurnIn
 from models.tables import DEFAULT_MAX_TURN_COST_NANOS
 from worker.db import session_scope
-from worker.ledger import credit_wallet, open_wallet
-from worker.pricing import PriceBook, TurnLimitExceeded
-from worker.wallet import GateBatchError, WalletGate
+from worker.ledger.accounts import credit_wallet, open_wallet
+from worker.pricing.prices import PriceBook, TurnLimitExceeded
+from worker.gate.gate import GateBatchError, WalletGate
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ def wallet(db, redis_client, gate):
 def api(wallet):
     from api_stub import deps
     from models.tables import ApiRole
-    from worker.apikeys import create_key
+    from worker.access.apikeys import create_key
 
     deps.get_gate.cache_clear()
     with session_scope() as session:
@@ -117,7 +117,7 @@ def test_a_meter_quantity_above_its_maximum_is_refused_naming_quantity(api, redi
 
 
 def test_meter_maxima_are_documented_per_meter():
-    from worker.meters import METERS, meter_price
+    from worker.pricing.meters import METERS, meter_price
 
     assert {m: p.max_quantity for m, p in METERS.items()} == {
         "emails": 1_000_000, "storage_gb_month": 1_000_000_000, "function_calls": 1_000_000_000}
@@ -128,7 +128,7 @@ def test_meter_maxima_are_documented_per_meter():
 
 # the app's max_turn_cost_nanos -------------------------------------------------------------------
 def _set_limit(gate, nanos: int) -> None:
-    from worker.modes import configure_app
+    from worker.billing.modes import configure_app
 
     configure_app(gate, "acme", max_turn_cost_nanos=nanos)
 
@@ -207,7 +207,7 @@ def test_the_default_limit_holds_for_a_wallet_loaded_without_one(wallet, redis_c
 
 
 def test_the_limit_is_copied_at_open_configure_and_rebuild(db, redis_client, gate, cli):
-    from worker.reconcile import reconcile
+    from worker.ledger.reconcile import reconcile
 
     r = cli("app", "configure", "acme", "--max-turn-usd", "2.50")
     assert r.returncode == 0 and "max turn 2500000000 nanos" in r.stdout, r.stderr
@@ -231,8 +231,8 @@ def test_a_replay_row_above_the_window_stops_the_replay_before_anything_is_recor
                                                                                     tmp_path: Path):
     from sqlalchemy import text
 
-    from worker.replay import replay
-    from worker.traces import TraceError
+    from worker.devtools.replay import replay
+    from worker.devtools.traces import TraceError
 
     trace = tmp_path / "t.csv"
     trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,1000,10\r\n"

@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import text
 
 from models.schemas import TurnIn
-from worker.drain import OutboxDrain
-from worker.ledger import credit_wallet, open_wallet
-from worker.reconcile import reconcile
-from worker.wallet import shard_of
+from worker.ledger.drain import OutboxDrain
+from worker.ledger.accounts import credit_wallet, open_wallet
+from worker.ledger.reconcile import reconcile
+from worker.gate.gate import shard_of
 
 pytestmark = pytest.mark.integration
 COST = 3_500_000  # gpt-4o at OpenAI: 1,000 prompt × 2,500 + 100 completion × 10,000 nanos
@@ -135,7 +135,7 @@ def test_the_migration_gives_persisted_turn_keys_their_scope(db, database_url):
     event; a key whose event is gone keeps empty ids (it can match no turn again)."""
     from alembic import command
 
-    from worker.migrate import alembic_config
+    from worker.ledger.migrate import alembic_config
 
     cfg = alembic_config(database_url)
     db.dispose()

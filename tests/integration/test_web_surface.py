@@ -291,7 +291,7 @@ def test_sign_out_ends_the_session_server_side(client, seeded, redis_client):
 
 def test_revoking_the_key_ends_its_sessions(seeded, redis_client, db):
     from api_stub.main import app
-    from worker.apikeys import revoke_key
+    from worker.access.apikeys import revoke_key
 
     browsers = [TestClient(app), TestClient(app)]
     for b in browsers:
@@ -359,8 +359,8 @@ def test_sign_in_attempts_are_limited_per_client_ip(seeded, redis_client, settin
 def api(db, redis_client, gate):
     from api_stub import deps
     from models.tables import ApiRole
-    from worker.apikeys import create_key
-    from worker.ledger import credit_wallet, open_wallet
+    from worker.access.apikeys import create_key
+    from worker.ledger.accounts import credit_wallet, open_wallet
 
     deps.get_gate.cache_clear()
     open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
@@ -389,7 +389,7 @@ def _batch(n: int, pad: int = 0) -> bytes:
 
 
 def _nothing_recorded(gate) -> None:
-    from worker.wallet import outbox_key
+    from worker.gate.gate import outbox_key
 
     assert gate.balance("w1") == 10**9
     assert sum(gate.redis.xlen(outbox_key(shard)) for shard in range(gate.settings.outbox_shards)) == 0

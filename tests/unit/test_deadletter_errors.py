@@ -9,7 +9,7 @@ import pytest
 import redis
 from sqlalchemy import exc as sa_exc
 
-from worker.deadletter import identity, is_transient, storable
+from worker.ledger.deadletter import identity, is_transient, storable
 
 
 def _wrapped(orig: BaseException, cls=sa_exc.DBAPIError) -> sa_exc.DBAPIError:

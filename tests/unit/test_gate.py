@@ -1,4 +1,4 @@
-"""worker.wallet.WalletGate and its Lua scripts, on fakeredis and on real Redis."""
+"""worker.gate.gate.WalletGate and its Lua scripts, on fakeredis and on real Redis."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from models.schemas import Decision, TurnIn
-from worker.drain import parse_entry
-from worker.pricing import PriceBook, PricingError
+from worker.ledger.drain import parse_entry
+from worker.pricing.prices import PriceBook, PricingError
 from worker.settings import Settings
-from worker.wallet import UnknownWallet, WalletGate, kick_key, outbox_key, shard_of
+from worker.gate.gate import UnknownWallet, WalletGate, kick_key, outbox_key, shard_of
 
 SHARDS = 4
 TTL = 2 * 24 * 3600
@@ -608,7 +608,7 @@ def test_batch_survives_redis_losing_its_script_cache(redis_client, settings):
     """After SCRIPT FLUSH (as after a Redis restart) a pipelined batch fails with NOSCRIPT before
     running anything; the gate loads the script and sends the batch once more: each turn counted
     once.  300 turns of 6 wallets: several EVALSHAs per shard, streamed, all refused, all resent."""
-    from worker.wallet import TURNS_PER_CALL, WalletGate
+    from worker.gate.gate import TURNS_PER_CALL, WalletGate
 
     wg = WalletGate(redis_client, settings=settings, kicker=lambda shard: None)
     wallets = [f"w{i}" for i in range(6)]
@@ -631,7 +631,7 @@ def test_batch_survives_redis_losing_its_script_cache(redis_client, settings):
 # --- configuration and failure paths ------------------------------------------------------------
 
 def test_a_gate_with_another_shard_count_refuses_to_start(client):
-    from worker.wallet import GateConfigError
+    from worker.gate.gate import GateConfigError
 
     WalletGate(client, settings=make_settings(), kicker=lambda s: None)
     with pytest.raises(GateConfigError, match="TOLLGATE_OUTBOX_SHARDS is 7"):
@@ -639,7 +639,7 @@ def test_a_gate_with_another_shard_count_refuses_to_start(client):
 
 
 def test_a_wallet_with_an_unknown_mode_in_redis_is_refused_not_free(client, wg):
-    from worker.wallet import GateConfigError
+    from worker.gate.gate import GateConfigError
 
     wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000)
     client.hset(wg.wallet_key("w1"), "mode", "Production")
@@ -651,7 +651,8 @@ def test_a_wallet_with_an_unknown_mode_in_redis_is_refused_not_free(client, wg):
 
 
 def test_a_failing_drain_kick_does_not_fail_an_accepted_turn(client, monkeypatch):
-    from worker import celery_app, wallet
+    from worker import celery_app
+    from worker.gate import gate as wallet
 
     def broker_down(*args, **kwargs):
         raise ConnectionError("broker down")
@@ -696,7 +697,7 @@ def test_trusted_decision_equals_a_validated_one():
 def test_a_batch_with_another_apps_turn_is_refused_whole(client, wg):
     """Turns of several shards in one batch: one turn for another app's wallet refuses the batch
     before anything is sent; nothing is debited or queued."""
-    from worker.wallet import WrongEnterprise
+    from worker.gate.gate import WrongEnterprise
 
     wallets = [f"wb{i}" for i in range(6)]
     for w in wallets:
@@ -716,7 +717,7 @@ def test_a_batch_with_another_apps_turn_is_refused_whole(client, wg):
 def test_a_runtime_error_in_one_turn_of_a_batch_fails_that_turn_alone(client, wg):
     """A debit that would overflow the 64-bit balance is a Redis error inside the script: that turn
     alone is reported not applied (GateBatchError), the others are decided and debited."""
-    from worker.wallet import GateBatchError
+    from worker.gate.gate import GateBatchError
 
     wg.load_wallet("deep", mode="production", limited=False, balance_nanos=-(2**63) + 10, enterprise_id="ent1")
     turns = [turn("ok-1"), turn("overflow", wallet_id="deep"), turn("ok-2")]

@@ -1,4 +1,4 @@
-"""worker.pricing: the cost of a turn in integer nano-USD, exact to the nano, equal to genai-prices."""
+"""worker.pricing.prices: the cost of a turn in integer nano-USD, exact to the nano, equal to genai-prices."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from genai_prices.types import Tier as pricing_types_tier  # noqa: N813
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker import pricing
-from worker.pricing import (
+from worker.pricing import prices as pricing
+from worker.pricing.prices import (
     PriceBook,
     PriceSheet,
     PricingError,
@@ -474,7 +474,7 @@ def test_usd_to_nanos_rejects_sub_nano_digit_beyond_28_digits():
 
 
 def test_no_float_in_pricing_module():
-    """No float literal and no float() call in worker/pricing.py (money is integers and Decimal)."""
+    """No float literal and no float() call in worker/pricing/prices.py (money is integers and Decimal)."""
     tree = ast.parse(inspect.getsource(pricing))
     floats = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, float)]
     calls = [n.lineno for n in ast.walk(tree)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.test_gate import COST_DEFAULT, client, kicked, turn, wg  # noqa: F401  (fixtures)
-from worker.wallet import UnknownWallet
+from worker.gate.gate import UnknownWallet
 
 
 def held(client, wg, wallet_id="w1") -> int:

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_gate import COST_DEFAULT, client, kicked, turn, wg  # noqa: F401  (fixtures)
-from worker.wallet import _lua, outbox_key
+from worker.gate.gate import _lua, outbox_key
 
 
 def test_debt_is_exact_for_balances_past_two_to_the_53(client, wg):

@@ -1,4 +1,4 @@
-"""Fuzzing the trace parsers (``worker.traces``) with hypothesis: whatever the bytes, a parser either
+"""Fuzzing the trace parsers (``worker.devtools.traces``) with hypothesis: whatever the bytes, a parser either
 returns rows of integer tokens in range or raises ``TraceError`` (the documented error type) naming
 the file and, for a bad row, the row, line and field.  A single corrupted field in an otherwise
 valid file is reported at exactly that row and field."""
@@ -13,7 +13,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.traces import MAX_TOKENS, TraceError, TraceRow, read_trace
+from worker.devtools.traces import MAX_TOKENS, TraceError, TraceRow, read_trace
 
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens"

@@ -1,4 +1,4 @@
-"""worker.traces: Azure LLM inference trace CSV and Mooncake JSONL → turns' token counts and times."""
+"""worker.devtools.traces: Azure LLM inference trace CSV and Mooncake JSONL → turns' token counts and times."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from worker.traces import TraceError, TraceRow, read_trace
+from worker.devtools.traces import TraceError, TraceRow, read_trace
 
-DATA = Path(__file__).resolve().parents[2] / "worker" / "data"
+DATA = Path(__file__).resolve().parents[2] / "worker" / "devtools" / "data"
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens"
@@ -299,7 +299,7 @@ def test_bundled_conv_sample_first_row():
 
 
 def _independent_mooncake_cached(path: Path) -> list[int]:
-    """Cached prompt tokens per row, computed independently of worker.traces."""
+    """Cached prompt tokens per row, computed independently of worker.devtools.traces."""
     out: list[int] = []
     known: dict[int, bool] = {}
     for text in path.read_text().splitlines():

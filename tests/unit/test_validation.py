@@ -21,7 +21,7 @@ from models.validation import (
     check_text,
     text_problem,
 )
-from worker.traces import TraceError, read_trace
+from worker.devtools.traces import TraceError, read_trace
 
 
 @pytest.fixture()

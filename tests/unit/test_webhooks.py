@@ -11,7 +11,7 @@ import socket
 import pytest
 
 from tests.receiver import start_receiver
-from worker.webhooks import (
+from worker.events import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
     Event,

@@ -61,7 +61,7 @@ from genai_prices.data_snapshot import get_snapshot
 from pydantic import ValidationError
 
 from models.schemas import TurnIn
-from worker.pricing import NANOS_PER_USD, PricingError
+from worker.pricing.prices import NANOS_PER_USD, PricingError
 
 #: TurnIn can carry cache-write tokens (a field the gate prices at the cache-write price)
 TURN_HAS_CACHE_WRITES = "cache_write_tokens" in TurnIn.model_fields
@@ -199,7 +199,7 @@ def resolve_model(model: str, provider: str | None = None) -> ResolvedModel:
 
 def cost_nanos(usage: TokenUsage, when: datetime | None = None) -> int:
     """What genai-prices says ``usage`` costs at ``when`` (default now, UTC), in integer nano-USD,
-    rounded half-up once, as ``worker.pricing`` does; cache writes at the cache-write price.
+    rounded half-up once, as ``worker.pricing.prices`` does; cache writes at the cache-write price.
 
     This is the reference figure (e.g. to see what a cache write costs before ``TurnIn`` can carry
     it); the gate's own price is what a wallet is charged.  Raises :class:`UnknownModel`.

@@ -39,7 +39,7 @@ from worker.client.transports import TollgateClientError
 log = logging.getLogger(__name__)
 
 Level = Literal["platform", "app_usage"]
-#: the events that may resume a chat (``worker.webhooks`` wire form, pub/sub ``tollgate:events:<app>``)
+#: the events that may resume a chat (``worker.events`` wire form, pub/sub ``tollgate:events:<app>``)
 RESUME_EVENTS = ("chat.resumable", "wallet.credited")
 
 
@@ -126,7 +126,7 @@ class SessionSummary:
     ``totals`` and ``agents`` (per agent) are LLM turns (:meth:`Totals.as_dict`: turns, tokens,
     ``duration_ms``, ``cost_nanos``, ``billed_nanos``); ``meters`` are non-LLM records per meter
     (``records``, ``quantity``, ``cost_nanos``, ``billed_nanos``); ``cost_nanos``/``billed_nanos``
-    add both, nano-USD.  ``workflow_averages`` is :func:`worker.rollups.workflow_averages` of the
+    add both, nano-USD.  ``workflow_averages`` is :func:`worker.chats.rollups.workflow_averages` of the
     session's workflow and month (None when the transport cannot read it) and
     ``comparison`` this session against it::
 
@@ -175,7 +175,7 @@ def compare(totals: dict[str, int], cost_nanos: int, averages: dict[str, Any]) -
 
 
 def _wallet_id_for(level: str, enterprise_id: str, payer_id: str) -> str:
-    from worker.payers import wallet_id_for
+    from worker.billing.payers import wallet_id_for
 
     return wallet_id_for(level, enterprise_id=enterprise_id, payer_id=payer_id)
 
@@ -366,7 +366,7 @@ class _Core:
             raise ValueError(f"timeout: must be a positive number of seconds, got {timeout!r}")
         import redis.asyncio as aioredis
 
-        from worker.webhooks import channel
+        from worker.events import channel
 
         client = aioredis.Redis.from_url(self.events_url, decode_responses=True)
         pubsub = client.pubsub()
@@ -411,7 +411,7 @@ class _Core:
 class BillingSession(_Core):
     """A billing session over one chat (synchronous).  Create it with :meth:`start`.
 
-    Attributes: ``wallet_id`` (from ``worker.payers.wallet_id_for``), ``chat_id``, ``state``
+    Attributes: ``wallet_id`` (from ``worker.billing.payers.wallet_id_for``), ``chat_id``, ``state``
     (``connected`` | ``paused`` | ``ended``), ``pause_reason``, ``balance_nanos`` (last known,
     nano-USD), ``last_decision``.
     """

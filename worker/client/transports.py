@@ -1,4 +1,4 @@
-"""How a billing session reaches tollgate: in-process (a :class:`~worker.wallet.WalletGate` on Redis,
+"""How a billing session reaches tollgate: in-process (a :class:`~worker.gate.gate.WalletGate` on Redis,
 with PostgreSQL for pauses and summaries) or over HTTP (the API's ``POST /v1/turns``, which answers
 the same :class:`~models.schemas.Decision`).  Both raise the same errors, so a session behaves the
 same on either.
@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from models.schemas import Decision, TurnIn
-from worker.pricing import PricingError
+from worker.pricing.prices import PricingError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _unknown_model(turn: TurnIn, detail: str) -> Exception:
 
 # in-process --------------------------------------------------------------------------------------
 class InProcessTransport:
-    """Records turns through a :class:`~worker.wallet.WalletGate` in this process.
+    """Records turns through a :class:`~worker.gate.gate.WalletGate` in this process.
 
     Args:
         gate: the gate (default: ``WalletGate()`` on ``settings.redis_url``, kicking Celery drains).
@@ -61,14 +61,14 @@ class InProcessTransport:
     """
 
     def __init__(self, gate=None, *, events_url: str | None = None) -> None:
-        from worker.wallet import WalletGate
+        from worker.gate.gate import WalletGate
 
         self.gate = gate or WalletGate()
         self.events_url = events_url or self.gate.settings.redis_url
 
     def record(self, turn: TurnIn) -> Decision:
         """The gate's decision for ``turn``.  Raises UnknownModel, WalletNotFound."""
-        from worker.wallet import UnknownWallet, WrongEnterprise
+        from worker.gate.gate import UnknownWallet, WrongEnterprise
 
         try:
             return self.gate.record_turn(turn)
@@ -85,9 +85,9 @@ class InProcessTransport:
         return None if limited == "0" else int(balance)
 
     def start(self, *, enterprise_id: str, chat_id: str, wallet_id: str, workflow: str) -> None:
-        """Create the chat's session row (``worker.sessions.start_session``).  Raises WalletNotFound."""
-        from worker.sessions import start_session
-        from worker.wallet import UnknownWallet
+        """Create the chat's session row (``worker.chats.lifecycle.start_session``).  Raises WalletNotFound."""
+        from worker.chats.lifecycle import start_session
+        from worker.gate.gate import UnknownWallet
 
         try:
             start_session(self.gate, enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
@@ -96,10 +96,10 @@ class InProcessTransport:
             raise WalletNotFound(wallet_id, str(exc)) from exc
 
     def can_continue(self, wallet_id: str) -> bool:
-        """Would the gate accept the wallet's next turn (``worker.sessions.can_continue``: balance
+        """Would the gate accept the wallet's next turn (``worker.chats.lifecycle.can_continue``: balance
         minus holds, mode, block)?  Raises WalletNotFound."""
-        from worker.sessions import can_continue
-        from worker.wallet import UnknownWallet
+        from worker.chats.lifecycle import can_continue
+        from worker.gate.gate import UnknownWallet
 
         try:
             return can_continue(self.gate, wallet_id)
@@ -108,16 +108,16 @@ class InProcessTransport:
 
     def pause(self, *, enterprise_id: str, chat_id: str, wallet_id: str, reason: str,
               needed_nanos: int | None) -> bool:
-        """Record the chat as paused (``worker.sessions.pause_chat``: a paused-chat row, the chat
+        """Record the chat as paused (``worker.chats.lifecycle.pause_chat``: a paused-chat row, the chat
         paused, a ``chat.paused`` event).  True if this call paused it."""
-        from worker.sessions import pause_chat
+        from worker.chats.lifecycle import pause_chat
 
         return bool(pause_chat(self.gate, enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
                                reason=reason, needed_nanos=needed_nanos))
 
     def resumed(self, *, enterprise_id: str, chat_id: str) -> None:
-        """Mark the chat active and connected again (``worker.sessions.resume_chat``)."""
-        from worker.sessions import resume_chat
+        """Mark the chat active and connected again (``worker.chats.lifecycle.resume_chat``)."""
+        from worker.chats.lifecycle import resume_chat
 
         try:
             resume_chat(self.gate, enterprise_id=enterprise_id, chat_id=chat_id)
@@ -126,9 +126,9 @@ class InProcessTransport:
 
     def finish(self, *, enterprise_id: str, chat_id: str, workflow: str, period: str) -> dict[str, Any] | None:
         """End the chat (completed; its rollups refreshed) if any of its turns is persisted yet, and
-        return the workflow's per-session averages of ``period`` (:func:`worker.rollups.workflow_averages`)."""
+        return the workflow's per-session averages of ``period`` (:func:`worker.chats.rollups.workflow_averages`)."""
         from worker.db import session_scope
-        from worker.rollups import end_chat, workflow_averages
+        from worker.chats.rollups import end_chat, workflow_averages
 
         with session_scope() as session:
             try:

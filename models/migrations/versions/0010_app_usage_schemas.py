@@ -5,7 +5,7 @@ Revises: 0009
 Create Date: 2026-12-01 22:45:00
 
 An app that needs isolation keeps its usage events in its own PostgreSQL schema
-(``worker.isolation``): each monthly partition of ``usage_event`` is then itself partitioned by
+(``worker.ledger.isolation``): each monthly partition of ``usage_event`` is then itself partitioned by
 LIST (enterprise_id), the app's rows in ``<schema>.usage_event_YYYY_MM``.  PostgreSQL requires the
 primary key of a partitioned table to contain every partitioning column, so the key becomes
 ``(id, occurred_at, enterprise_id)`` (``id`` alone is still unique: one sequence).

@@ -23,7 +23,7 @@ def events_url() -> str:
 @pytest.fixture()
 def drain(redis_client, settings, gate):
     """Persist every accepted turn now (``OutboxDrain`` in-process); returns its stats."""
-    from worker.drain import OutboxDrain
+    from worker.ledger.drain import OutboxDrain
 
     def run():
         return OutboxDrain(redis_client, settings=settings, consumer="clients-test").drain()
@@ -35,8 +35,8 @@ def drain(redis_client, settings, gate):
 def open_payer(db, gate):
     """Open (and credit) the wallet of a payer: ``open_payer(level, app_id, payer_id, nanos)`` → wallet id."""
     from models.tables import PayerLevel
-    from worker.ledger import credit_wallet, open_wallet
-    from worker.payers import wallet_id_for
+    from worker.ledger.accounts import credit_wallet, open_wallet
+    from worker.billing.payers import wallet_id_for
 
     def run(level: str, app_id: str, payer_id: str, nanos: int) -> str:
         wallet_id = wallet_id_for(level, enterprise_id=app_id, payer_id=payer_id)
@@ -56,7 +56,7 @@ def api(db, redis_client, gate):
 
     from api_stub import main
     from models.tables import ApiRole
-    from worker.apikeys import create_key
+    from worker.access.apikeys import create_key
     from worker.db import session_scope
 
     main.get_gate.cache_clear()

@@ -26,7 +26,7 @@ WHEN = datetime(2026, 11, 1, 12, tzinfo=UTC)
 
 
 def genai_nanos(usage: Usage, model: str, provider: str) -> int:
-    """genai-prices' own figure, converted to integer nanos as worker/pricing.py does."""
+    """genai-prices' own figure, converted to integer nanos as worker/pricing/prices.py does."""
     total = calc_price(usage, model, provider_id=provider, genai_request_timestamp=WHEN).total_price * 10**9
     return int(total.to_integral_value(rounding=ROUND_HALF_UP))
 

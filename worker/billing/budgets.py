@@ -1,0 +1,448 @@
+"""Budgets: a monthly spending limit on one wallet or on one workflow of an app, with alerts at 50 %,
+80 % and 100 % of the period (UTC month) and an optional auto-pause at 100 %.
+
+Spend in a period, from the persisted usage events (``occurred_at`` in the period):
+
+- wallet budget: ``sum(usage_event.billed_nanos)`` of the wallet (what was debited; development-mode
+  turns cost the wallet nothing and count nothing);
+- workflow budget: ``sum(usage_event.cost_nanos)`` of the app's workflow, whoever paid.
+
+Alerts are rows of ``budget_alert``, unique per (budget, period, threshold): :func:`check_budgets`
+inserts the thresholds crossed with ``ON CONFLICT DO NOTHING RETURNING`` and announces only the rows
+it inserted, after its transaction commits (Redis pub/sub on ``tollgate:events:<enterprise>``, a
+signed webhook if the app configured one; see :mod:`worker.events`).  So an alert fires once per
+threshold per period however often, late or concurrently the job runs.  A late first run that finds
+spend already at 100 % sends the 50, 80 and 100 % alerts together.
+
+Auto-pause is state, re-derived on every run, not a one-off action:
+
+- a wallet budget at ≥ 100 % sets ``wallet.blocked_reason = 'budget_exceeded'`` (only where no other
+  reason is set) and, after commit, the gate's ``blocked`` flag: the gate then denies the wallet's
+  production turns.  When the budget is no longer exceeded (next period, a larger amount, auto-pause
+  off) the same job clears both, again only where the reason is ``budget_exceeded``;
+- a workflow budget at ≥ 100 % pauses the workflow's active chat sessions (status ``paused``,
+  ``pause_reason 'budget_exceeded'``) and emits ``budget.chats_paused``.  The gate cannot see
+  workflows (its wallet hash knows nothing of them), so the orchestrator must stop those chats on the
+  event; a chat that records turns anyway is marked active again by the drain and re-paused by the
+  next run.  When the budget is no longer exceeded the chats are resumed (``budget.chats_resumed``).
+
+Enforcement lags by the job's interval (60 s) plus the outbox's (< 1 s): turns accepted in between
+are billed, so spend can exceed a budget by what the wallet or workflow spends in that time.
+
+Event types: ``budget.threshold_crossed``, ``budget.wallet_paused``, ``budget.wallet_resumed``,
+``budget.chats_paused``, ``budget.chats_resumed`` (payloads in :func:`check_budgets`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import and_, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import Session
+
+from models.schemas import BudgetIn
+from models.tables import Budget, BudgetAlert, ChatSession, ChatStatus, Enterprise, UsageEvent, Wallet
+from worker.db import after_commit, session_scope
+from worker.periods import current_period, period_bounds, previous_period
+from worker.gate.gate import UnknownWallet, WalletGate
+from worker.events import Event, SendTask, enqueue_delivery, publish
+
+log = logging.getLogger(__name__)
+
+#: alert thresholds, percent of the budget's amount
+THRESHOLDS = (50, 80, 100)
+#: ``wallet.blocked_reason`` and ``chat_session.pause_reason`` set by auto-pause
+BUDGET_EXCEEDED = "budget_exceeded"
+#: in the first hour of a month the month before is checked again for alerts (its last turns may be
+#: persisted after its last check); auto-pause only ever looks at the current month
+LATE_ALERT_WINDOW = timedelta(hours=1)
+#: an alert still unsent this long after its commit is sent again by the next check (its own run
+#: normally sends it within milliseconds of the commit)
+UNSENT_AFTER = timedelta(seconds=60)
+#: ``pg_advisory_xact_lock`` key serialising check_budgets runs ('tollbudg')
+_CHECK_LOCK = 0x746F6C6C62756467
+
+
+class BudgetError(ValueError):
+    """A budget request is invalid; the message starts with the field it names."""
+
+
+# budgets ----------------------------------------------------------------------------------------
+def set_budget(
+    session: Session,
+    *,
+    enterprise_id: str,
+    amount_nanos: int,
+    wallet_id: str | None = None,
+    workflow: str | None = None,
+    auto_pause: bool = False,
+) -> Budget:
+    """Create the budget of one scope (a wallet, or a workflow of the app), or update its amount and
+    auto-pause if the scope has one already (one budget per scope; concurrent calls are serialised
+    by an advisory lock on the scope).  ``amount_nanos`` is nano-USD per UTC month.
+
+    Alerts already sent this period stay sent; the new amount applies from the next
+    :func:`check_budgets` (which also lifts an auto-pause the new amount no longer justifies).
+    Returns the budget row (flushed: it has its id).  The caller commits.
+    Raises: BudgetError naming the field: ``amount_nanos`` (not an integer in 1..2^62),
+    ``wallet_id``/``workflow`` (neither or both; unknown wallet; wallet of another app),
+    ``enterprise_id`` (unknown app), ``auto_pause`` (not a bool).
+    """
+    try:
+        spec = BudgetIn(enterprise_id=enterprise_id, wallet_id=wallet_id, workflow=workflow,
+                        amount_nanos=amount_nanos, auto_pause=auto_pause)
+    except ValidationError as exc:
+        raise BudgetError("; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'wallet_id, workflow'}: {e['msg']}" for e in exc.errors()
+        )) from None
+    if session.get(Enterprise, spec.enterprise_id) is None:
+        raise BudgetError(f"enterprise_id: unknown enterprise {spec.enterprise_id!r}")
+    if spec.wallet_id is not None:
+        wallet = session.get(Wallet, spec.wallet_id)
+        if wallet is None:
+            raise BudgetError(f"wallet_id: unknown wallet {spec.wallet_id!r}")
+        if wallet.enterprise_id != spec.enterprise_id:
+            raise BudgetError(
+                f"wallet_id: wallet {spec.wallet_id!r} belongs to {wallet.enterprise_id!r}, not {spec.enterprise_id!r}"
+            )
+        scope = Budget.wallet_id == spec.wallet_id
+        lock_name = f"budget:{spec.enterprise_id}:wallet:{spec.wallet_id}"
+    else:
+        scope = Budget.workflow == spec.workflow
+        lock_name = f"budget:{spec.enterprise_id}:workflow:{spec.workflow}"
+    session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(lock_name, 0))))
+    budget = session.execute(
+        select(Budget).where(Budget.enterprise_id == spec.enterprise_id, scope).order_by(Budget.id).limit(1)
+    ).scalar_one_or_none()
+    if budget is None:
+        budget = Budget(enterprise_id=spec.enterprise_id, wallet_id=spec.wallet_id, workflow=spec.workflow,
+                        amount_nanos=spec.amount_nanos, auto_pause=spec.auto_pause)
+        session.add(budget)
+    else:
+        budget.amount_nanos = spec.amount_nanos
+        budget.auto_pause = spec.auto_pause
+    session.flush()
+    return budget
+
+
+def list_budgets(session: Session, enterprise_id: str | None = None) -> list[Budget]:
+    """Budgets of one app (default: all), by id."""
+    stmt = select(Budget).order_by(Budget.id)
+    if enterprise_id is not None:
+        stmt = stmt.where(Budget.enterprise_id == enterprise_id)
+    return list(session.execute(stmt).scalars())
+
+
+def spend_by_budget(session: Session, period: str) -> dict[int, int]:
+    """Spend of every budget in ``period`` ('YYYY-MM', UTC), nano-USD: ``{budget_id: spent_nanos}``.
+
+    Wallet budgets sum ``billed_nanos`` of the wallet's usage events, workflow budgets ``cost_nanos``
+    of the app's workflow (both over ``occurred_at`` in ``[start, end)``; indexed).
+    Raises ValueError for a malformed period.
+    """
+    start, end = period_bounds(period)
+    ue = UsageEvent
+    in_period = and_(ue.occurred_at >= start, ue.occurred_at < end)
+    wallet_rows = session.execute(
+        select(Budget.id, func.coalesce(func.sum(ue.billed_nanos), 0))
+        .select_from(Budget)
+        .outerjoin(ue, and_(ue.wallet_id == Budget.wallet_id, in_period))
+        .where(Budget.wallet_id.is_not(None))
+        .group_by(Budget.id)
+    ).all()
+    workflow_rows = session.execute(
+        select(Budget.id, func.coalesce(func.sum(ue.cost_nanos), 0))
+        .select_from(Budget)
+        .outerjoin(ue, and_(ue.enterprise_id == Budget.enterprise_id, ue.workflow == Budget.workflow, in_period))
+        .where(Budget.workflow.is_not(None))
+        .group_by(Budget.id)
+    ).all()
+    return {int(b): int(s) for b, s in (*wallet_rows, *workflow_rows)}
+
+
+def crossed(spent_nanos: int, amount_nanos: int) -> list[int]:
+    """Thresholds (percent) that ``spent_nanos`` has reached, in exact integers:
+    ``t`` is crossed iff ``spent × 100 ≥ amount × t`` (49.99…% crosses nothing, 50 % crosses 50)."""
+    return [t for t in THRESHOLDS if spent_nanos * 100 >= amount_nanos * t]
+
+
+# the job ----------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """One budget's standing in the checked period (money in nano-USD)."""
+
+    budget_id: int
+    enterprise_id: str
+    wallet_id: str | None
+    workflow: str | None
+    amount_nanos: int
+    spent_nanos: int
+    auto_pause: bool
+    exceeded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSent:
+    """An alert this run inserted (and announces after commit)."""
+
+    alert_id: int
+    budget_id: int
+    period: str
+    threshold_pct: int
+    spent_nanos: int
+    amount_nanos: int
+    event_id: str
+
+
+@dataclass(slots=True)
+class BudgetCheck:
+    """What one :func:`check_budgets` run found and changed.  ``events`` are emitted after commit."""
+
+    period: str
+    budgets: list[BudgetStatus] = field(default_factory=list)
+    alerts: list[AlertSent] = field(default_factory=list)
+    paused_wallets: list[str] = field(default_factory=list)
+    resumed_wallets: list[str] = field(default_factory=list)
+    paused_chats: list[tuple[str, str]] = field(default_factory=list)  # (enterprise_id, chat_id)
+    resumed_chats: list[tuple[str, str]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    #: alerts of earlier runs that were committed but never sent, sent again by this one
+    resent_alerts: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable form (events by id and type)."""
+        return {
+            "period": self.period,
+            "budgets": [asdict(b) for b in self.budgets],
+            "alerts": [asdict(a) for a in self.alerts],
+            "paused_wallets": list(self.paused_wallets),
+            "resumed_wallets": list(self.resumed_wallets),
+            "paused_chats": [list(c) for c in self.paused_chats],
+            "resumed_chats": [list(c) for c in self.resumed_chats],
+            "events": [{"id": e.id, "type": e.type, "enterprise_id": e.enterprise_id} for e in self.events],
+            "resent_alerts": list(self.resent_alerts),
+        }
+
+
+def check_budgets(
+    session: Session,
+    now: datetime | None = None,
+    *,
+    gate: WalletGate | None = None,
+    send_task: SendTask | None = None,
+) -> BudgetCheck:
+    """Check every budget in the period of ``now`` (default: the current UTC time): insert the alerts
+    of thresholds newly crossed, apply and lift auto-pauses, and register the side effects to run
+    after the caller commits (:func:`worker.db.after_commit`; nothing happens on rollback):
+
+    1. the gate's ``blocked`` flag of each wallet with a budget is brought in line with
+       ``wallet.blocked_reason`` where either says ``budget_exceeded`` (this also repairs a gate
+       that missed an earlier run's change: a crash between commit and Redis);
+    2. each event is published on ``tollgate:events:<enterprise_id>`` and, if the app has a
+       ``callback_url`` and ``webhook_secret``, sent as the task ``tollgate.webhooks.deliver``.
+
+    Runs are serialised by a transaction-level advisory lock (a second concurrent run waits, then
+    finds the alerts committed); the unique ``(budget_id, period, threshold_pct)`` makes each alert
+    once-only even without it.
+
+    Event payloads (``data``; money in nano-USD):
+      ``budget.threshold_crossed`` (id ``evt_budget_alert_<alert id>``): alert_id, budget_id, scope
+      ('wallet'|'workflow'), wallet_id, workflow, period, threshold_pct, spent_nanos, amount_nanos,
+      auto_pause · ``budget.wallet_paused`` / ``budget.wallet_resumed``: wallet_id, reason, period ·
+      ``budget.chats_paused`` / ``budget.chats_resumed``: workflow, chat_ids, reason, period.
+
+    ``gate`` defaults to a new :class:`WalletGate`; its Redis client also publishes.  ``send_task``
+    defaults to the Celery app's.  Returns a :class:`BudgetCheck`.
+    Raises: ValueError for a naive ``now``; database errors (nothing is emitted then).
+    """
+    period = current_period(now)
+    gate = gate or WalletGate()
+    result = BudgetCheck(period=period)
+    session.execute(select(func.pg_advisory_xact_lock(_CHECK_LOCK)))
+
+    budgets = list_budgets(session)
+    spend = spend_by_budget(session, period)
+    by_id = {b.id: b for b in budgets}
+    for b in budgets:
+        spent = spend.get(b.id, 0)
+        result.budgets.append(BudgetStatus(b.id, b.enterprise_id, b.wallet_id, b.workflow, b.amount_nanos, spent,
+                                           b.auto_pause, spent >= b.amount_nanos))
+
+    # 1. alerts: only rows this transaction inserts are announced.  In the first hour of a month the
+    # month before is checked too (alerts only): its last turns may have been persisted after its
+    # last check.
+    _unsent_alerts(session, result, by_id)
+    _announce(session, result, period, result.budgets, by_id)
+    start, _ = period_bounds(period)
+    if (now or datetime.now(UTC)) - start < LATE_ALERT_WINDOW:
+        before = previous_period(period)
+        late = spend_by_budget(session, before)
+        _announce(session, result, before, [
+            BudgetStatus(b.id, b.enterprise_id, b.wallet_id, b.workflow, b.amount_nanos, late.get(b.id, 0),
+                         b.auto_pause, late.get(b.id, 0) >= b.amount_nanos)
+            for b in budgets
+        ], by_id)
+    return _pause_and_resume(session, result, gate, send_task, period)
+
+
+def _announce(session: Session, result: "BudgetCheck", period: str, statuses: list, by_id: dict) -> None:
+    """Insert the alerts of ``statuses`` crossed in ``period``; announce only the rows inserted now."""
+    rows = [
+        {"budget_id": s.budget_id, "period": period, "threshold_pct": t, "spent_nanos": s.spent_nanos,
+         "amount_nanos": s.amount_nanos}
+        for s in statuses for t in crossed(s.spent_nanos, s.amount_nanos)
+    ]
+    if rows:
+        inserted = session.execute(
+            insert(BudgetAlert).values(rows)
+            .on_conflict_do_nothing(constraint="uq_budget_alert_once")
+            .returning(BudgetAlert.id, BudgetAlert.budget_id, BudgetAlert.threshold_pct,
+                       BudgetAlert.spent_nanos, BudgetAlert.amount_nanos)
+        ).all()
+        for alert_id, budget_id, pct, spent, amount in sorted(inserted, key=lambda r: (r[1], r[2])):
+            event = _alert_event(by_id[budget_id], alert_id, period, pct, spent, amount)
+            result.alerts.append(AlertSent(alert_id, budget_id, period, pct, spent, amount, event.id))
+            result.events.append(event)
+
+
+def _alert_event(b, alert_id: int, period: str, pct: int, spent: int, amount: int) -> Event:
+    """The ``budget.threshold_crossed`` event of one alert; its id is the alert's, so a resend is
+    the same event to a receiver that deduplicates."""
+    return Event.new("budget.threshold_crossed", b.enterprise_id, {
+        "alert_id": alert_id, "budget_id": b.id, "scope": "wallet" if b.wallet_id else "workflow",
+        "wallet_id": b.wallet_id, "workflow": b.workflow, "period": period, "threshold_pct": pct,
+        "spent_nanos": spent, "amount_nanos": amount, "auto_pause": b.auto_pause,
+    }, event_id=f"evt_budget_alert_{alert_id}")
+
+
+def _unsent_alerts(session: Session, result: "BudgetCheck", by_id: dict) -> None:
+    """Alerts committed by an earlier run but never sent (the process died between its commit and
+    the announcement): sent again now, with their own event ids."""
+    ba = BudgetAlert
+    rows = session.execute(
+        select(ba.id, ba.budget_id, ba.period, ba.threshold_pct, ba.spent_nanos, ba.amount_nanos)
+        .where(ba.notified_at.is_(None), ba.created_at < func.now() - UNSENT_AFTER)
+        .order_by(ba.id).limit(1000)
+    ).all()
+    for alert_id, budget_id, period, pct, spent, amount in rows:
+        if budget_id in by_id:
+            event = _alert_event(by_id[budget_id], alert_id, period, pct, spent, amount)
+            result.resent_alerts.append(alert_id)
+            result.events.append(event)
+
+
+def _pause_and_resume(session: Session, result: "BudgetCheck", gate: WalletGate, send_task, period: str):
+    """Steps 2 and 3 of :func:`check_budgets` for the current ``period``, then the side effects."""
+    # 2. wallets: blocked while an auto-pause budget is exceeded, lifted otherwise
+    block = sorted({s.wallet_id for s in result.budgets if s.wallet_id and s.auto_pause and s.exceeded})
+    if block:
+        paused = session.execute(
+            update(Wallet).where(Wallet.id.in_(block), Wallet.blocked_reason.is_(None))
+            .values(blocked_reason=BUDGET_EXCEEDED).returning(Wallet.id, Wallet.enterprise_id)
+        ).all()
+        for wallet_id, enterprise_id in sorted(paused):  # a wallet budget's wallet always has an app
+            result.paused_wallets.append(wallet_id)
+            result.events.append(Event.new("budget.wallet_paused", enterprise_id,
+                                           {"wallet_id": wallet_id, "reason": BUDGET_EXCEEDED, "period": period}))
+    resumed = session.execute(
+        update(Wallet).where(Wallet.blocked_reason == BUDGET_EXCEEDED, Wallet.id.not_in(block))
+        .values(blocked_reason=None).returning(Wallet.id, Wallet.enterprise_id)
+    ).all()
+    for wallet_id, enterprise_id in sorted(resumed):
+        result.resumed_wallets.append(wallet_id)
+        if enterprise_id is not None:  # a wallet with a budget always has an app; one without has no channel
+            result.events.append(Event.new("budget.wallet_resumed", enterprise_id,
+                                           {"wallet_id": wallet_id, "reason": BUDGET_EXCEEDED, "period": period}))
+
+    # 3. workflows: the gate cannot see them, so their chat sessions are paused and the app told
+    ct = ChatSession
+    scope = tuple_(ct.enterprise_id, ct.workflow)
+    halt = sorted({(s.enterprise_id, s.workflow) for s in result.budgets
+                   if s.workflow and s.auto_pause and s.exceeded})
+    if halt:
+        chats = session.execute(
+            update(ct).where(scope.in_(halt), ct.status == ChatStatus.active.value)
+            .values(status=ChatStatus.paused.value, pause_reason=BUDGET_EXCEEDED)
+            .returning(ct.enterprise_id, ct.workflow, ct.chat_id)
+        ).all()
+        result.paused_chats += sorted((e, c) for e, _w, c in chats)
+        result.events += _chat_events("budget.chats_paused", chats, period)
+    release = sorted({(s.enterprise_id, s.workflow) for s in result.budgets if s.workflow} - set(halt))
+    if release:
+        chats = session.execute(
+            update(ct).where(scope.in_(release), ct.status == ChatStatus.paused.value,
+                             ct.pause_reason == BUDGET_EXCEEDED)
+            .values(status=ChatStatus.active.value, pause_reason=None)
+            .returning(ct.enterprise_id, ct.workflow, ct.chat_id)
+        ).all()
+        result.resumed_chats += sorted((e, c) for e, _w, c in chats)
+        result.events += _chat_events("budget.chats_resumed", chats, period)
+
+    # 4. after commit: the gate first (deny before anyone is told), then the events
+    watched = sorted({s.wallet_id for s in result.budgets if s.wallet_id} | set(result.resumed_wallets))
+    ledger_reasons: dict[str, str | None] = dict(session.execute(
+        select(Wallet.id, Wallet.blocked_reason).where(Wallet.id.in_(watched))
+    ).all())
+    hooked = set(session.execute(select(Enterprise.id).where(
+        Enterprise.id.in_(sorted({e.enterprise_id for e in result.events})),
+        Enterprise.callback_url.is_not(None), Enterprise.webhook_secret.is_not(None),
+    )).scalars())
+    events = list(result.events)
+
+    def announce() -> None:
+        sent = []
+        for event in events:
+            try:
+                publish(gate.redis, event)
+                if event.enterprise_id in hooked:
+                    enqueue_delivery(event, send_task)
+            except Exception:  # the alert stays unsent; the next check sends it again
+                log.error("could not announce %s (%s) of %s", event.id, event.type, event.enterprise_id,
+                          exc_info=True)
+                continue
+            if event.type == "budget.threshold_crossed":
+                sent.append(event.data["alert_id"])
+        if sent:
+            with session_scope() as marked:
+                marked.execute(update(BudgetAlert).where(BudgetAlert.id.in_(sent)).values(notified_at=func.now()))
+
+    after_commit(session, lambda: sync_gate_blocks(gate, ledger_reasons))
+    after_commit(session, announce)
+    return result
+
+
+def _chat_events(kind: str, chats, period: str) -> list[Event]:
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for enterprise_id, workflow, chat_id in chats:
+        grouped.setdefault((enterprise_id, workflow), []).append(chat_id)
+    return [
+        Event.new(kind, enterprise_id, {"workflow": workflow, "chat_ids": sorted(ids), "reason": BUDGET_EXCEEDED,
+                                        "period": period})
+        for (enterprise_id, workflow), ids in sorted(grouped.items())
+    ]
+
+
+def sync_gate_blocks(gate: WalletGate, ledger_reasons: dict[str, str | None]) -> list[str]:
+    """Make the gate's ``blocked`` flag of each wallet equal its ``wallet.blocked_reason``
+    (``ledger_reasons``: ``{wallet_id: reason or None}``, read from PostgreSQL) wherever either is
+    ``budget_exceeded``; other reasons are not this module's to change.  Wallets missing from the gate
+    are skipped (a rebuild loads ``blocked_reason`` with the wallet).  Returns the wallets changed.
+    """
+    changed = []
+    gate_reasons = gate.blocked_reasons(ledger_reasons)
+    for wallet_id, reason in sorted(ledger_reasons.items()):
+        current = gate_reasons.get(wallet_id)
+        if current == reason or BUDGET_EXCEEDED not in (current, reason):
+            continue
+        try:
+            gate.set_blocked(wallet_id, reason)
+        except UnknownWallet:
+            log.info("wallet %s is not in the gate; its block is loaded with it on rebuild", wallet_id)
+            continue
+        changed.append(wallet_id)
+    return changed

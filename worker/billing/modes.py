@@ -1,0 +1,291 @@
+"""Billing modes per app, overridable per wallet, and the app's billing configuration.
+
+A mode decides how the gate treats a turn *when it is recorded* (see ``record_turn.lua``):
+``production`` debits, ``development`` records non-billable turns, ``trial`` is free up to a token
+allowance per wallet and then bills or pauses, ``track_only`` records for analytics and never blocks
+(the app pays :func:`charge_flat_fees` monthly instead).  Every decided turn keeps the mode it was
+decided under (in its outbox entry and ``usage_event.mode``) and its turn_id's first answer, so
+changing a mode never loses or re-bills a turn: a retried turn gets its first answer back.
+
+Changes are written to PostgreSQL first (with an audit-log row), then to the gate; a crash between
+the two is repaired by running the change again (idempotent) or by a gate rebuild, which loads
+PostgreSQL's values.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from models.tables import BillingMode, Enterprise, TransactionKind, TrialThen, Wallet, WalletTransaction
+from models.validation import InvalidInput, check_text
+from worker.access.apikeys import audit
+from worker.db import after_commit, session_scope
+from worker.billing.payers import reservations_required as requires_reservations
+from worker.periods import current_period, period_bounds
+from worker.gate.gate import UnknownWallet, WalletGate
+
+log = logging.getLogger(__name__)
+
+#: ledger key prefix of the flat monthly fee of a track_only app (``<prefix><enterprise>:<YYYY-MM>``)
+FLAT_FEE_PREFIX = "tollgate:flat-fee:"
+
+
+class ModeError(ValueError):
+    """A mode or app setting is invalid (names the field), or its app or wallet is unknown."""
+
+
+def _ids(**ids: str | None) -> None:
+    """The ids given (None: not given) as ``models.validation`` accepts them; else ModeError naming one."""
+    for name, value in ids.items():
+        if value is not None:
+            try:
+                check_text(value, name)
+            except InvalidInput as exc:
+                raise ModeError(str(exc)) from None
+
+
+def _mode(mode: str) -> str:
+    if mode not in BillingMode.__members__:
+        raise ModeError(f"mode: {mode!r} is not one of {', '.join(BillingMode.__members__)}")
+    return mode
+
+
+def _push(gate: WalletGate, wallet_ids: list[str]) -> None:
+    """Mirror each wallet's mode in the gate, then resume chats the new mode lets go on.
+
+    Two changes of one wallet at once commit in some order but could reach Redis in the other;
+    so each wallet's mode is read again from PostgreSQL and written to Redis under a transaction
+    advisory lock of that wallet: whatever order they run in, the last write is the committed mode."""
+    from worker.chats.lifecycle import resume_paused_chats
+
+    for wallet_id in wallet_ids:
+        with session_scope() as session:
+            session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tollgate:mode:" + wallet_id))))
+            mode = session.execute(select(Wallet.mode).where(Wallet.id == wallet_id)).scalar_one_or_none()
+            if mode is None:
+                continue
+            try:
+                gate.set_mode(wallet_id, mode)
+            except UnknownWallet:  # a rebuild loads PostgreSQL's mode
+                continue
+        resume_paused_chats(gate, wallet_id, cause="mode_change")
+
+
+def set_app_mode(gate: WalletGate, enterprise_id: str, mode: str, *, actor: str = "cli") -> list[str]:
+    """Set an app's default mode; every wallet of the app that does not override its mode follows.
+
+    Returns the wallet ids whose mode changed.  Raises ModeError naming ``mode`` or ``enterprise_id``.
+    """
+    _mode(mode)
+    _ids(enterprise_id=enterprise_id)
+    with session_scope() as session:
+        app = session.get(Enterprise, enterprise_id, with_for_update=True)
+        if app is None:
+            raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}")
+        before = app.default_mode
+        app.default_mode = mode
+        changed = list(session.execute(
+            update(Wallet)
+            .where(Wallet.enterprise_id == enterprise_id, Wallet.mode_override.is_(False), Wallet.mode != mode)
+            .values(mode=mode).returning(Wallet.id)
+        ).scalars())
+        audit(session, actor=actor, action="mode_change", enterprise_id=enterprise_id,
+              scope="app", **{"from": before, "to": mode, "wallets": len(changed)})
+    _push(gate, sorted(changed))
+    return sorted(changed)
+
+
+def set_wallet_mode(gate: WalletGate, wallet_id: str, mode: str | None, *, actor: str = "cli") -> str:
+    """Override one wallet's mode (``mode``), or make it follow its app's default again (None).
+
+    Returns the wallet's mode after.  Raises ModeError naming ``mode`` or ``wallet_id``.
+    """
+    if mode is not None:
+        _mode(mode)
+    _ids(wallet_id=wallet_id)
+    with session_scope() as session:
+        wallet = session.get(Wallet, wallet_id, with_for_update=True)
+        if wallet is None:
+            raise ModeError(f"wallet_id: unknown wallet {wallet_id!r}")
+        before = wallet.mode
+        if mode is None:
+            app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
+            wallet.mode = app.default_mode if app is not None else gate.settings.default_mode
+            wallet.mode_override = False
+        else:
+            wallet.mode, wallet.mode_override = mode, True
+        after = wallet.mode
+        audit(session, actor=actor, action="mode_change", enterprise_id=wallet.enterprise_id, wallet_id=wallet_id,
+              scope="wallet", **{"from": before, "to": after, "override": mode is not None})
+    _push(gate, [wallet_id])
+    return after
+
+
+def _push_reservations(gate: WalletGate, wallet_ids: list[str]) -> None:
+    """Mirror whether each wallet requires reservations in the gate (hash field ``require_hold``),
+    read again from PostgreSQL under the wallet's advisory lock, as :func:`_push` does for modes.
+    A wallet not in the gate is skipped (a rebuild loads the setting)."""
+    for wallet_id in wallet_ids:
+        with session_scope() as session:
+            session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tollgate:mode:" + wallet_id))))
+            wallet = session.get(Wallet, wallet_id)
+            if wallet is None:
+                continue
+            app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
+            key = gate.wallet_key(wallet_id)
+            if gate.redis.hexists(key, "mode"):  # never make a stray hash look like a wallet
+                gate.redis.hset(key, "require_hold", "1" if requires_reservations(wallet, app) else "0")
+
+
+def set_wallet_reservations(gate: WalletGate, wallet_id: str, required: bool | None, *, actor: str = "cli") -> bool:
+    """Make reservations mandatory (True) or optional (False) for one wallet's charged turns, or
+    make it follow its app's setting again (None).  With reservations required, a turn without a
+    live reservation of its own wallet is denied, and a cost above its reservation plus the free
+    balance is recorded as debt.  Returns the wallet's effective setting.  Raises ModeError naming
+    ``wallet_id`` or ``reservations_required``."""
+    if required is not None and not isinstance(required, bool):
+        raise ModeError(f"reservations_required: {required!r} is not true, false or null")
+    with session_scope() as session:
+        wallet = session.get(Wallet, wallet_id, with_for_update=True)
+        if wallet is None:
+            raise ModeError(f"wallet_id: unknown wallet {wallet_id!r}")
+        wallet.reservations_required = required
+        app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
+        effective = requires_reservations(wallet, app)
+        audit(session, actor=actor, action="reservations_required", enterprise_id=wallet.enterprise_id,
+              wallet_id=wallet_id, scope="wallet", to=required, effective=effective)
+    _push_reservations(gate, [wallet_id])
+    return effective
+
+
+def configure_app(
+    gate: WalletGate, enterprise_id: str, *, actor: str = "cli", creator_share_bps: int | None = None,
+    trial_token_allowance: int | None = None, trial_then: str | None = None, flat_fee_nanos: int | None = None,
+    fee_wallet_id: str | None = None, creator_id: str | None = None, max_turn_cost_nanos: int | None = None,
+    reservations_required: bool | None = None,
+) -> Enterprise:
+    """Change an app's billing settings (only those given): the creator's revenue share (basis points,
+    0..10000), the trial allowance per wallet (tokens ≥ 0; wallets' tokens left move by the change),
+    what trial wallets do after it (``bill``/``pause``), and the flat monthly fee of track_only mode
+    (nano-USD ≥ 0) with the wallet it is debited from, and the app's creator (``mozaiks_user_id``,
+    whose platform-level wallet this app's API keys may charge), the most one turn may cost
+    (``max_turn_cost_nanos``, nano-USD 0..2^62; the gate refuses a costlier turn), and whether its
+    wallets' charged turns need a live reservation (``reservations_required``; a wallet may override
+    it).  Turns already
+    decided keep their split.
+
+    Returns the app row.  Raises ModeError naming the field.
+    """
+    if creator_share_bps is not None and (not isinstance(creator_share_bps, int) or not 0 <= creator_share_bps <= 10_000):
+        raise ModeError(f"creator_share_bps: {creator_share_bps!r} is not an integer in 0..10000")
+    if trial_token_allowance is not None and (not isinstance(trial_token_allowance, int) or not 0 <= trial_token_allowance <= 10**15):
+        raise ModeError(f"trial_token_allowance: {trial_token_allowance!r} is not an integer in 0..10^15")
+    if trial_then is not None and trial_then not in TrialThen.__members__:
+        raise ModeError(f"trial_then: {trial_then!r} is not 'bill' or 'pause'")
+    _ids(enterprise_id=enterprise_id, creator_id=creator_id, fee_wallet_id=fee_wallet_id)
+    if max_turn_cost_nanos is not None and (not isinstance(max_turn_cost_nanos, int) or isinstance(max_turn_cost_nanos, bool)
+                                            or not 0 <= max_turn_cost_nanos <= 2**62):
+        raise ModeError(f"max_turn_cost_nanos: {max_turn_cost_nanos!r} is not an integer of nano-USD in 0..2^62")
+    if flat_fee_nanos is not None and (not isinstance(flat_fee_nanos, int) or not 0 <= flat_fee_nanos <= 2**62):
+        raise ModeError(f"flat_fee_nanos: {flat_fee_nanos!r} is not an integer of nano-USD in 0..2^62")
+    if reservations_required is not None and not isinstance(reservations_required, bool):
+        raise ModeError(f"reservations_required: {reservations_required!r} is not true or false")
+    with session_scope() as session:
+        app = session.get(Enterprise, enterprise_id, with_for_update=True)
+        if app is None:
+            raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}")
+        if fee_wallet_id is not None and session.get(Wallet, fee_wallet_id) is None:
+            raise ModeError(f"fee_wallet_id: unknown wallet {fee_wallet_id!r}")
+        delta = 0 if trial_token_allowance is None else trial_token_allowance - app.trial_token_allowance
+        changes: dict[str, Any] = {k: v for k, v in {
+            "creator_share_bps": creator_share_bps, "trial_token_allowance": trial_token_allowance,
+            "trial_then": trial_then, "flat_fee_nanos": flat_fee_nanos, "fee_wallet_id": fee_wallet_id,
+            "creator_id": creator_id, "max_turn_cost_nanos": max_turn_cost_nanos,
+            "reservations_required": reservations_required,
+        }.items() if v is not None}
+        for name, value in changes.items():
+            setattr(app, name, value)
+        wallet_ids = list(session.execute(select(Wallet.id).where(Wallet.enterprise_id == enterprise_id)).scalars())
+        audit(session, actor=actor, action="app_config", enterprise_id=enterprise_id, **changes)
+        share, then, max_turn = app.creator_share_bps, app.trial_then, app.max_turn_cost_nanos
+    check = gate.redis.pipeline(transaction=False)
+    for wallet_id in wallet_ids:
+        check.hexists(gate.wallet_key(wallet_id), "mode")
+    loaded = [w for w, present in zip(wallet_ids, check.execute()) if present]  # a rebuild loads the rest
+    pipe = gate.redis.pipeline(transaction=False)
+    for wallet_id in loaded:
+        key = gate.wallet_key(wallet_id)
+        pipe.hset(key, mapping={"share_bps": share, "trial_then": then, "max_turn_nanos": max_turn})
+        if delta:
+            pipe.hincrby(key, "trial_left", delta)
+    pipe.execute()
+    if reservations_required is not None:
+        _push_reservations(gate, loaded)
+    with session_scope() as session:
+        return session.get(Enterprise, enterprise_id)
+
+
+@dataclass(slots=True)
+class FeeReport:
+    """One :func:`charge_flat_fees` run: the period and the (enterprise, wallet, nanos) charged."""
+
+    period: str
+    charged: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain form (nanos)."""
+        return {"period": self.period, "charged": [list(c) for c in self.charged],
+                "charged_nanos": sum(c[2] for c in self.charged)}
+
+
+def charge_flat_fees(gate: WalletGate, *, now: datetime | None = None, period: str | None = None) -> FeeReport:
+    """Debit the flat monthly fee of every track_only app (``flat_fee_nanos`` > 0 with a
+    ``fee_wallet_id``) for ``period`` (default: the current UTC month), once per app and period
+    (ledger key ``tollgate:flat-fee:<enterprise>:<period>``); the gate mirrors each new entry after
+    its commit with the same key.  Run by the monthly reset job; idempotent.
+
+    Raises: ModeError naming ``period`` (malformed).
+    """
+    period = period or current_period(now or datetime.now(UTC))
+    try:
+        period_bounds(period)
+    except ValueError as exc:
+        raise ModeError(str(exc)) from None
+    report = FeeReport(period)
+    with session_scope() as session:
+        apps = session.execute(
+            select(Enterprise.id, Enterprise.fee_wallet_id, Enterprise.flat_fee_nanos)
+            .where(Enterprise.default_mode == BillingMode.track_only, Enterprise.flat_fee_nanos > 0,
+                   Enterprise.fee_wallet_id.is_not(None))
+            .order_by(Enterprise.id)
+        ).all()
+    for enterprise_id, wallet_id, fee in apps:
+        key = f"{FLAT_FEE_PREFIX}{enterprise_id}:{period}"
+        with session_scope() as session:
+            inserted = session.execute(
+                insert(WalletTransaction)
+                .values(wallet_id=wallet_id, kind=TransactionKind.debit, amount_nanos=fee, idempotency_key=key,
+                        description=f"track_only flat fee of {enterprise_id} for {period}")
+                .on_conflict_do_nothing(index_elements=["idempotency_key"])
+                .returning(WalletTransaction.id)
+            ).first()
+            if inserted is None:
+                continue
+            session.execute(update(Wallet).where(Wallet.id == wallet_id)
+                            .values(debits_nanos=Wallet.debits_nanos + fee))
+            after_commit(session, lambda w=wallet_id, f=fee, k=key: _mirror_fee(gate, w, f, k))
+        report.charged.append((enterprise_id, wallet_id, fee))
+    return report
+
+
+def _mirror_fee(gate: WalletGate, wallet_id: str, fee: int, key: str) -> None:
+    try:
+        gate.adjust(wallet_id, -fee, key)
+    except UnknownWallet:
+        log.info("wallet %s is not in the gate; a rebuild loads its ledger balance", wallet_id)

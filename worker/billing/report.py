@@ -1,0 +1,534 @@
+"""The billing report of one app (enterprise) for one period (UTC month): what the ``/billing`` page
+shows and what its CSV, JSON and PDF exports contain, computed once from ``usage_event`` so every
+view of a period agrees to the nano.
+
+Scope is always an enterprise, optionally narrowed to one wallet (an end user's view), and may drop
+end-user detail (an admin's view: aggregates only, no per-chat list, no wallet budgets, no events).
+
+Sections of a :class:`BillingReport` (money in integer nano-USD, tokens and quantities integers):
+
+- ``providers``: LLM turns (``meter = 'llm'``) per provider, each with its models;
+- ``meters``: non-LLM meters recorded through the same ledger (``emails``, ``storage_gb_month``,
+  ``function_calls``), each listed even when unused;
+- ``budgets``: the app's monthly budgets with their spend in the period, the thresholds (50/80/100 %)
+  that spend has reached and the alerts recorded in ``budget_alert``; spend follows
+  :mod:`worker.billing.budgets`: a wallet budget counts ``billed_nanos`` of its wallet, a workflow budget
+  ``cost_nanos`` of the workflow;
+- ``top_chats``: the 50 chats costing most in the period (``usage_event`` grouped by ``chat_id``,
+  ties by ``chat_id``), with their ``chat_session`` status;
+- ``history``: ``cost_nanos`` per provider per month for the 6 months ending with the period.
+
+Money is formatted only at the edge (:func:`format_usd`, :func:`usd_exact`), with integer arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Iterator
+
+from sqlalchemy import and_, func, literal_column, select
+from sqlmodel import Session
+
+from models.tables import Budget, BudgetAlert, ChatSession, Enterprise, UsageEvent
+from worker.billing.budgets import THRESHOLDS, crossed
+from worker.periods import period_bounds, previous_period
+from worker.pricing.prices import nanos_to_usd
+
+#: how many chats :attr:`BillingReport.top_chats` lists at most
+TOP_CHATS = 50
+#: months in :attr:`BillingReport.history`, ending with the report's period
+HISTORY_MONTHS = 6
+#: the LLM meter; every other ``usage_event.meter`` is a non-LLM meter
+LLM = "llm"
+#: the ``provider`` of non-LLM meter events
+METER_PROVIDER = "tollgate"
+
+
+@dataclass(frozen=True, slots=True)
+class MeterInfo:
+    """How a non-LLM meter is counted and priced: ``quantity`` is in ``unit`` (its base unit);
+    ``nanos_per_unit`` is the list price per base unit; ``display_scale`` base units make one
+    ``display_unit`` (storage: 1,000 MB-months = 1 GB-month)."""
+
+    meter: str
+    label: str
+    unit: str
+    nanos_per_unit: int
+    rate: str
+    display_unit: str
+    display_scale: int
+
+
+#: the non-LLM meters (DESIGN.md "Money and prices"); each usage event keeps the cost it was charged
+#: at, so these list prices are for display: the report sums ``cost_nanos``, never quantity × price
+METERS: dict[str, MeterInfo] = {
+    m.meter: m
+    for m in (
+        MeterInfo("emails", "Emails", "email", 100_000, "$0.10 per 1,000 emails", "emails", 1),
+        MeterInfo("storage_gb_month", "Storage", "MB-month", 23_000, "$0.023 per GB-month", "GB-months", 1000),
+        MeterInfo("function_calls", "Function calls", "call", 200, "$0.20 per 1M calls", "calls", 1),
+    )
+}
+
+#: columns of an exported usage event (CSV header, JSON keys), in order
+EVENT_COLUMNS = (
+    "id", "turn_id", "occurred_at", "wallet_id", "chat_id", "workflow", "agent", "provider", "model", "meter",
+    "quantity", "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "cost_nanos", "billed_nanos",
+    "creator_share_nanos", "platform_fee_nanos", "billable", "mode", "level", "billing_target", "cost_usd",
+)
+#: columns of an aggregate line (provider × model × meter), the export of a view without end-user detail
+LINE_COLUMNS = (
+    "provider", "model", "meter", "events", "quantity", "prompt_tokens", "cached_prompt_tokens",
+    "completion_tokens", "cost_nanos", "billed_nanos", "creator_share_nanos", "platform_fee_nanos", "cost_usd",
+)
+
+
+class ReportError(ValueError):
+    """A report request is invalid; the message starts with the field it names
+    (``period``, ``enterprise_id``, ``wallet_id``)."""
+
+
+# money at the edge --------------------------------------------------------------------------------
+def usd_exact(nanos: int) -> str:
+    """Integer nano-USD → exact USD decimal string, 9 places (``1500000000`` → ``"1.500000000"``)."""
+    return nanos_to_usd(int(nanos))
+
+
+def format_usd(nanos: int, places: int = 2) -> str:
+    """Integer nano-USD → ``"$1,234.57"``, rounded half-up to ``places`` (0..9) decimals with integer
+    math; negative amounts read ``"-$1.00"``.  Raises ValueError for ``places`` outside 0..9."""
+    if not 0 <= places <= 9:
+        raise ValueError(f"places: {places!r} is not in 0..9")
+    nanos = int(nanos)
+    step = 10 ** (9 - places)
+    units = (abs(nanos) + step // 2) // step  # half-up, in units of 10^-places USD
+    sign = "-" if nanos < 0 and units else ""
+    whole, frac = divmod(units, 10**places)
+    return f"{sign}${whole:,}" + (f".{frac:0{places}d}" if places else "")
+
+
+def format_bp(bp: int) -> str:
+    """Basis points → percent with one decimal, truncated (``8599`` → ``"85.9 %"``), integer math."""
+    bp = int(bp)
+    return f"{bp // 100}.{bp % 100 // 10} %"
+
+
+#: display names of provider ids (others are shown as recorded); ``tollgate`` records the meters
+PROVIDER_NAMES = {"openai": "OpenAI", "anthropic": "Anthropic", "google": "Google", "google-vertex": "Google Vertex",
+                  "azure": "Azure OpenAI", "aws": "AWS Bedrock", "mistral": "Mistral", "groq": "Groq",
+                  "deepseek": "DeepSeek", "x-ai": "xAI", "cohere": "Cohere", "tollgate": "Meters"}
+
+
+def provider_name(provider: str) -> str:
+    """The display name of a provider id (``openai`` → ``OpenAI``); unknown ids unchanged."""
+    return PROVIDER_NAMES.get(provider, provider)
+
+
+def format_quantity(meter: str, quantity: int) -> str:
+    """A meter's quantity in its display unit, exact: storage MB-months as GB-months with 3 decimals
+    (``1500`` → ``"1.500"``), counts with thousands separators."""
+    info = METERS.get(meter)
+    if info is None or info.display_scale == 1:
+        return f"{int(quantity):,}"
+    whole, frac = divmod(int(quantity), info.display_scale)
+    width = len(str(info.display_scale)) - 1
+    return f"{whole:,}.{frac:0{width}d}"
+
+
+# the report ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """Sums over a set of usage events: ``events`` rows, tokens, meter ``quantity`` (base units) and
+    money in nano-USD (``cost`` at the prices charged, ``billed`` what was debited, the level-2 split)."""
+
+    events: int = 0
+    quantity: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_nanos: int = 0
+    billed_nanos: int = 0
+    creator_share_nanos: int = 0
+    platform_fee_nanos: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt + completion tokens (cached prompt tokens are part of the prompt)."""
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: "Figures") -> "Figures":
+        return Figures(*(getattr(self, f) + getattr(other, f) for f in _FIGURES))
+
+
+_FIGURES = ("events", "quantity", "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "cost_nanos",
+            "billed_nanos", "creator_share_nanos", "platform_fee_nanos")
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One aggregate line of the period: a provider × model × meter and its figures."""
+
+    provider: str
+    model: str
+    meter: str
+    figures: Figures
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpend:
+    """LLM spend of one provider: its total and its models (by cost, descending)."""
+
+    provider: str
+    figures: Figures
+    models: list[Line]
+
+
+@dataclass(frozen=True, slots=True)
+class MeterUsage:
+    """One non-LLM meter in the period: quantity in the meter's base unit, money in nano-USD."""
+
+    info: MeterInfo
+    figures: Figures
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetAlertRecord:
+    """An alert recorded in ``budget_alert`` for the period."""
+
+    threshold_pct: int
+    spent_nanos: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLine:
+    """A budget's standing in the period.  ``used_bp`` is spend in basis points of the amount
+    (``spent × 10000 // amount``; 10000 = 100 %), ``reached`` the thresholds spend has reached,
+    ``alerts`` the alerts recorded (sent) so far."""
+
+    budget_id: int
+    scope: str  # 'wallet' | 'workflow'
+    target: str  # the wallet id or the workflow name
+    amount_nanos: int
+    spent_nanos: int
+    auto_pause: bool
+    used_bp: int
+    reached: list[int]
+    alerts: list[BudgetAlertRecord]
+
+    @property
+    def status(self) -> str:
+        """``'ok'`` below 50 %, else ``'50'``, ``'80'`` or ``'100'`` (the highest threshold reached)."""
+        return str(self.reached[-1]) if self.reached else "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCost:
+    """One chat's usage in the period (``usage_event`` by ``chat_id``); ``status`` from its
+    ``chat_session`` (None when the chat has no session row)."""
+
+    chat_id: str
+    workflow: str
+    wallet_id: str
+    status: str | None
+    first_at: datetime
+    last_at: datetime
+    figures: Figures
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """``cost_nanos`` per provider per month: ``periods`` oldest first; ``by_provider[p][i]`` is the
+    cost of provider ``p`` in ``periods[i]`` (0 when none); ``totals[i]`` the sum over providers."""
+
+    periods: list[str]
+    by_provider: dict[str, list[int]]
+    totals: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class BillingReport:
+    """Everything the ``/billing`` page and its exports show for one scope and period.
+
+    ``detail`` False (an admin's view) leaves ``top_chats`` empty and lists workflow budgets only.
+    ``total`` sums every usage event in scope and period; ``llm`` and ``meters_total`` split it.
+    """
+
+    enterprise_id: str
+    enterprise_name: str
+    wallet_id: str | None
+    detail: bool
+    period: str
+    start: datetime
+    end: datetime
+    generated_at: datetime
+    total: Figures
+    llm: Figures
+    meters_total: Figures
+    lines: list[Line]
+    providers: list[ProviderSpend]
+    meters: list[MeterUsage]
+    budgets: list[BudgetLine]
+    chats_in_period: int
+    top_chats: list[ChatCost]
+    history: History = field(default_factory=lambda: History([], {}, []))
+
+    @property
+    def last_day(self) -> date:
+        """The period's last calendar day (UTC)."""
+        return (self.end - timedelta(days=1)).date()
+
+    def summary(self) -> dict[str, Any]:
+        """The report as plain JSON-able data: money as integer nanos with ``*_usd`` exact decimal
+        strings beside, datetimes as ISO 8601 UTC."""
+        def figs(f: Figures) -> dict[str, Any]:
+            d = {k: getattr(f, k) for k in _FIGURES}
+            d["cost_usd"], d["billed_usd"] = usd_exact(f.cost_nanos), usd_exact(f.billed_nanos)
+            return d
+
+        def line(x: Line) -> dict[str, Any]:
+            return {"provider": x.provider, "model": x.model, "meter": x.meter, **figs(x.figures)}
+
+        return {
+            "enterprise_id": self.enterprise_id,
+            "wallet_id": self.wallet_id,
+            "period": self.period,
+            "start": _iso(self.start),
+            "end": _iso(self.end),
+            "generated_at": _iso(self.generated_at),
+            "detail": self.detail,
+            "total": figs(self.total),
+            "llm": figs(self.llm),
+            "meters_total": figs(self.meters_total),
+            "providers": [{"provider": p.provider, **figs(p.figures), "models": [line(m) for m in p.models]}
+                          for p in self.providers],
+            "meters": [{"meter": m.info.meter, "unit": m.info.unit, "nanos_per_unit": m.info.nanos_per_unit,
+                        **figs(m.figures)} for m in self.meters],
+            "budgets": [{"budget_id": b.budget_id, "scope": b.scope, "target": b.target,
+                         "amount_nanos": b.amount_nanos, "amount_usd": usd_exact(b.amount_nanos),
+                         "spent_nanos": b.spent_nanos, "spent_usd": usd_exact(b.spent_nanos),
+                         "used_bp": b.used_bp, "auto_pause": b.auto_pause, "reached": b.reached,
+                         "alerts": [{"threshold_pct": a.threshold_pct, "spent_nanos": a.spent_nanos,
+                                     "created_at": _iso(a.created_at)} for a in b.alerts]}
+                        for b in self.budgets],
+            "chats_in_period": self.chats_in_period,
+            "top_chats": [{"chat_id": c.chat_id, "workflow": c.workflow, "wallet_id": c.wallet_id,
+                           "status": c.status, "first_at": _iso(c.first_at), "last_at": _iso(c.last_at),
+                           **figs(c.figures)} for c in self.top_chats],
+            "history": {"periods": self.history.periods, "by_provider_cost_nanos": self.history.by_provider,
+                        "total_cost_nanos": self.history.totals},
+            "lines": [line(x) for x in self.lines],
+        }
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _scope(enterprise_id: str, wallet_id: str | None, start: datetime, end: datetime) -> list:
+    ue = UsageEvent
+    where = [ue.enterprise_id == enterprise_id, ue.occurred_at >= start, ue.occurred_at < end]
+    if wallet_id is not None:
+        where.append(ue.wallet_id == wallet_id)
+    return where
+
+
+def _sums():
+    ue = UsageEvent
+    return (func.count(), func.sum(ue.quantity), func.sum(ue.prompt_tokens), func.sum(ue.cached_prompt_tokens),
+            func.sum(ue.completion_tokens), func.sum(ue.cost_nanos), func.sum(ue.billed_nanos),
+            func.sum(ue.creator_share_nanos), func.sum(ue.platform_fee_nanos))
+
+
+def _figures(values) -> Figures:
+    return Figures(*(int(v or 0) for v in values))
+
+
+def validate_period(period: str) -> tuple[datetime, datetime]:
+    """``[start, end)`` of ``period`` ('YYYY-MM', UTC).  Raises ReportError naming ``period``."""
+    try:
+        return period_bounds(period)
+    except ValueError:
+        raise ReportError(f"period: {period!r} is not a month written YYYY-MM (e.g. 2026-11)") from None
+
+
+def billing_report(
+    session: Session,
+    *,
+    enterprise_id: str,
+    period: str,
+    wallet_id: str | None = None,
+    detail: bool = True,
+    now: datetime | None = None,
+) -> BillingReport:
+    """The billing report of ``enterprise_id`` for ``period`` ('YYYY-MM', UTC month), narrowed to
+    ``wallet_id``'s usage events and budget if given (an end user's view); ``detail=False`` drops
+    end-user detail (no chats, no wallet budgets).  Reads only; never writes.
+
+    Returns a :class:`BillingReport` (money in nano-USD; see the module docstring for each section).
+    Raises: ReportError naming the field: ``period`` (not YYYY-MM), ``enterprise_id`` (unknown app).
+    """
+    start, end = validate_period(period)
+    enterprise = session.get(Enterprise, enterprise_id) if isinstance(enterprise_id, str) and enterprise_id else None
+    if enterprise is None:
+        raise ReportError(f"enterprise_id: unknown enterprise {enterprise_id!r}")
+    ue = UsageEvent
+    where = _scope(enterprise_id, wallet_id, start, end)
+
+    lines = [
+        Line(provider, model, meter, _figures(rest))
+        for provider, model, meter, *rest in session.execute(
+            select(ue.provider, ue.model, ue.meter, *_sums()).where(*where)
+            .group_by(ue.provider, ue.model, ue.meter).order_by(ue.provider, ue.model, ue.meter)
+        )
+    ]
+    llm_lines = [x for x in lines if x.meter == LLM]
+    providers = []
+    for name in sorted({x.provider for x in llm_lines}):
+        models = sorted((x for x in llm_lines if x.provider == name), key=lambda x: (-x.figures.cost_nanos, x.model))
+        providers.append(ProviderSpend(name, sum((m.figures for m in models), Figures()), models))
+    providers.sort(key=lambda p: (-p.figures.cost_nanos, p.provider))
+    meters = [MeterUsage(info, sum((x.figures for x in lines if x.meter == name), Figures()))
+              for name, info in METERS.items()]
+    # a meter this report does not know still counts in the totals (it is in ``lines``)
+    llm = sum((x.figures for x in llm_lines), Figures())
+    total = sum((x.figures for x in lines), Figures())
+
+    budgets = _budgets(session, enterprise_id, wallet_id, detail, period, start, end)
+    chats_in_period, top = (0, [])
+    if detail:
+        chats_in_period, top = _top_chats(session, enterprise_id, where)
+    return BillingReport(
+        enterprise_id=enterprise_id, enterprise_name=enterprise.name, wallet_id=wallet_id, detail=detail,
+        period=period, start=start, end=end, generated_at=(now or datetime.now(UTC)).astimezone(UTC),
+        total=total, llm=llm, meters_total=_minus(total, llm),
+        lines=lines, providers=providers, meters=meters, budgets=budgets, chats_in_period=chats_in_period,
+        top_chats=top, history=_history(session, enterprise_id, wallet_id, period),
+    )
+
+
+def _minus(a: Figures, b: Figures) -> Figures:
+    return Figures(*(getattr(a, f) - getattr(b, f) for f in _FIGURES))
+
+
+def _budgets(session: Session, enterprise_id: str, wallet_id: str | None, detail: bool, period: str,
+             start: datetime, end: datetime) -> list[BudgetLine]:
+    stmt = select(Budget).where(Budget.enterprise_id == enterprise_id).order_by(Budget.id)
+    if wallet_id is not None:
+        stmt = stmt.where(Budget.wallet_id == wallet_id)
+    elif not detail:
+        stmt = stmt.where(Budget.workflow.is_not(None))
+    budgets = list(session.execute(stmt).scalars())
+    if not budgets:
+        return []
+    ue = UsageEvent
+    in_period = and_(ue.enterprise_id == enterprise_id, ue.occurred_at >= start, ue.occurred_at < end)
+    wallets = sorted({b.wallet_id for b in budgets if b.wallet_id})
+    workflows = sorted({b.workflow for b in budgets if b.workflow})
+    wallet_spend = dict(session.execute(
+        select(ue.wallet_id, func.sum(ue.billed_nanos)).where(in_period, ue.wallet_id.in_(wallets))
+        .group_by(ue.wallet_id)).all()) if wallets else {}
+    workflow_spend = dict(session.execute(
+        select(ue.workflow, func.sum(ue.cost_nanos)).where(in_period, ue.workflow.in_(workflows))
+        .group_by(ue.workflow)).all()) if workflows else {}
+    alerts: dict[int, list[BudgetAlertRecord]] = {}
+    for budget_id, pct, spent, created in session.execute(
+        select(BudgetAlert.budget_id, BudgetAlert.threshold_pct, BudgetAlert.spent_nanos, BudgetAlert.created_at)
+        .where(BudgetAlert.budget_id.in_([b.id for b in budgets]), BudgetAlert.period == period)
+        .order_by(BudgetAlert.budget_id, BudgetAlert.threshold_pct)
+    ):
+        alerts.setdefault(int(budget_id), []).append(BudgetAlertRecord(int(pct), int(spent), created))
+    out = []
+    for b in budgets:
+        spent = int((wallet_spend.get(b.wallet_id) if b.wallet_id else workflow_spend.get(b.workflow)) or 0)
+        out.append(BudgetLine(
+            budget_id=int(b.id), scope="wallet" if b.wallet_id else "workflow", target=b.wallet_id or b.workflow,
+            amount_nanos=int(b.amount_nanos), spent_nanos=spent, auto_pause=bool(b.auto_pause),
+            used_bp=spent * 10_000 // int(b.amount_nanos), reached=crossed(spent, int(b.amount_nanos)),
+            alerts=alerts.get(int(b.id), []),
+        ))
+    return out
+
+
+def _top_chats(session: Session, enterprise_id: str, where: list) -> tuple[int, list[ChatCost]]:
+    ue = UsageEvent
+    count = session.execute(select(func.count(func.distinct(ue.chat_id))).where(*where)).scalar_one()
+    cost = func.sum(ue.cost_nanos)
+    rows = session.execute(
+        select(ue.chat_id, func.max(ue.workflow), func.max(ue.wallet_id), func.min(ue.occurred_at),
+               func.max(ue.occurred_at), *_sums())
+        .where(*where).group_by(ue.chat_id).order_by(cost.desc(), ue.chat_id).limit(TOP_CHATS)
+    ).all()
+    ids = [r[0] for r in rows]
+    status = dict(session.execute(
+        select(ChatSession.chat_id, ChatSession.status)
+        .where(ChatSession.enterprise_id == enterprise_id, ChatSession.chat_id.in_(ids))).all()) if ids else {}
+    return int(count), [
+        ChatCost(chat_id, workflow, wallet, status.get(chat_id), first, last, _figures(rest))
+        for chat_id, workflow, wallet, first, last, *rest in rows
+    ]
+
+
+def history_periods(period: str, months: int = HISTORY_MONTHS) -> list[str]:
+    """The ``months`` periods ending with ``period``, oldest first.  Raises ReportError naming ``period``."""
+    validate_period(period)
+    out = [period]
+    while len(out) < months:
+        out.append(previous_period(out[-1]))
+    return out[::-1]
+
+
+def _history(session: Session, enterprise_id: str, wallet_id: str | None, period: str) -> History:
+    periods = history_periods(period)
+    start, _ = period_bounds(periods[0])
+    _, end = period_bounds(period)
+    ue = UsageEvent
+    month = func.to_char(func.date_trunc(literal_column("'month'"),
+                                         func.timezone(literal_column("'UTC'"), ue.occurred_at)),
+                         literal_column("'YYYY-MM'"))
+    rows = session.execute(
+        select(month, ue.provider, func.sum(ue.cost_nanos)).where(*_scope(enterprise_id, wallet_id, start, end))
+        .group_by(month, ue.provider)
+    ).all()
+    index = {p: i for i, p in enumerate(periods)}
+    by_provider: dict[str, list[int]] = {}
+    for p, provider, cost in rows:
+        by_provider.setdefault(provider, [0] * len(periods))[index[p]] += int(cost)
+    # LLM providers by cost, the meters' provider ('tollgate') last
+    ordered = dict(sorted(by_provider.items(), key=lambda kv: (kv[0] == METER_PROVIDER, -sum(kv[1]), kv[0])))
+    totals = [sum(v[i] for v in ordered.values()) for i in range(len(periods))]
+    return History(periods, ordered, totals)
+
+
+def iter_events(session: Session, *, enterprise_id: str, period: str, wallet_id: str | None = None,
+                batch: int = 1000) -> Iterator[dict[str, Any]]:
+    """Every usage event of ``enterprise_id`` (and ``wallet_id`` if given) in ``period``, ordered by
+    ``occurred_at`` then ``id``, as dicts of :data:`EVENT_COLUMNS` (money integer nanos, ``cost_usd``
+    the exact decimal string, ``occurred_at`` ISO 8601 UTC), streamed ``batch`` rows at a time.
+    Raises ReportError naming ``period``."""
+    start, end = validate_period(period)
+    ue = UsageEvent
+    cols = [getattr(ue, c) for c in EVENT_COLUMNS if c != "cost_usd"]
+    stmt = (select(*cols).where(*_scope(enterprise_id, wallet_id, start, end)).order_by(ue.occurred_at, ue.id)
+            .execution_options(yield_per=batch))
+    for row in session.execute(stmt):
+        d = dict(zip(EVENT_COLUMNS, row))
+        d["occurred_at"] = _iso(d["occurred_at"])
+        d["cost_usd"] = usd_exact(d["cost_nanos"])
+        yield d
+
+
+def line_record(line: Line) -> dict[str, Any]:
+    """An aggregate line as a dict of :data:`LINE_COLUMNS`."""
+    f = line.figures
+    return {"provider": line.provider, "model": line.model, "meter": line.meter, "events": f.events,
+            "quantity": f.quantity, "prompt_tokens": f.prompt_tokens, "cached_prompt_tokens": f.cached_prompt_tokens,
+            "completion_tokens": f.completion_tokens, "cost_nanos": f.cost_nanos, "billed_nanos": f.billed_nanos,
+            "creator_share_nanos": f.creator_share_nanos, "platform_fee_nanos": f.platform_fee_nanos,
+            "cost_usd": usd_exact(f.cost_nanos)}
+
+
+__all__ = ["BillingReport", "BudgetLine", "ChatCost", "EVENT_COLUMNS", "Figures", "History", "LINE_COLUMNS",
+           "METERS", "MeterInfo", "ReportError", "THRESHOLDS", "billing_report", "format_quantity", "format_usd",
+           "format_bp", "history_periods", "iter_events", "provider_name", "line_record", "usd_exact", "validate_period"]

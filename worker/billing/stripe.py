@@ -1,0 +1,719 @@
+"""Stripe billing: token packages sold through Checkout, and the Stripe webhook events that credit
+wallets and change what they may do.
+
+Flow::
+
+    create_checkout_session(wallet, package) ──► Stripe Checkout (payment or subscription mode)
+    Stripe ── POST /v1/stripe/webhook ──► signature checked, store_event (once per evt_ id), 200
+                                          └─► Celery tollgate.stripe.process_event(event_id)
+                                                └─► process_event: one handler per event type
+
+Money: Stripe speaks USD cents, tollgate integer nano-USD (1 cent = :data:`NANOS_PER_CENT` nanos); a
+package says both (``price_cents`` charged, ``credit_nanos`` received), so nothing is converted
+with floats and a package may sell credit at a markup or discount.
+
+Events handled (:data:`HANDLERS`; any other type is stored with outcome ``ignored``):
+
+- ``checkout.session.completed`` / ``checkout.session.async_payment_succeeded``, payment mode with
+  ``payment_status == 'paid'``: credit ``package.credit_nanos`` through
+  :func:`worker.ledger.accounts.credit_wallet` keyed ``stripe:<checkout session id>`` (a replayed or second
+  event credits once), one ``audit_log`` row (actor ``stripe``, action ``credit``).
+  Subscription mode: the wallet records ``stripe_customer_id`` / ``stripe_subscription_id`` and
+  ``subscription_status`` (no credit: the paid invoice credits).
+- ``invoice.paid``: credit the subscription's package (found by the invoice lines' price ids,
+  else the subscription metadata's ``package_id``) × quantity, keyed ``stripe:<invoice id>``;
+  ``subscription_status = 'active'``; a ``blocked_reason == 'payment_failed'`` is lifted
+  (PostgreSQL first, then the gate).  Proration lines are not credited.
+- ``invoice.payment_failed``: ``subscription_status = 'past_due'``, ``blocked_reason =
+  'payment_failed'`` (replacing no reason or ``budget_exceeded``, which the budget job sets again
+  once lifted; any other reason is kept), then the gate refuses the wallet's turns.
+- ``customer.subscription.deleted``: ``subscription_status = 'canceled'``, and a
+  ``payment_failed`` block is lifted (nothing was credited for the unpaid invoices, and no
+  subscription is left to pay).  ``monthly_allowance_nanos`` is left alone: a subscription never
+  sets it (below), so it is a grant the operator set by hand, which a cancellation does not end.
+
+Subscriptions are credited by their paid invoices, once per billing cycle: a subscription does
+*not* set ``wallet.monthly_allowance_nanos``, or the monthly reset (:mod:`worker.billing.allowances`) would
+grant the same tokens a second time each UTC month.
+
+Events about a subscription that is no longer the wallet's current one are ignored.  Wallets are
+found by the metadata tollgate puts on every Checkout session and subscription (``wallet_id``,
+``package_id``), else by ``stripe_subscription_id``, else by ``stripe_customer_id``; so an
+``invoice.paid`` arriving before its ``checkout.session.completed`` still finds its wallet.
+
+Processing (:func:`process_event`) holds the ``stripe_event`` row lock, applies the handler (whose
+PostgreSQL steps commit before their gate steps, and which is idempotent), then marks the event
+``processed_at``/``outcome`` and writes the audit row in the same transaction.  An event that cannot
+be applied (unknown wallet or package, malformed) gets ``outcome = 'error: …'`` and stays
+unprocessed (a later delivery of it is processed again); transient failures (Redis, the database,
+:class:`worker.ledger.accounts.GatePending`) are raised for the task to retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+import stripe
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import Session
+
+from models.tables import AuditLog, Enterprise, PayerLevel, StripeEvent, TokenPackage, Wallet
+from worker.access.apikeys import audit
+from worker.billing.budgets import BUDGET_EXCEEDED
+from worker.db import session_scope
+from worker.ledger.accounts import MAX_CREDIT_NANOS, LedgerError, credit_wallet
+from worker.settings import Settings, get_settings
+from worker.gate.gate import UnknownWallet, WalletGate
+
+log = logging.getLogger(__name__)
+
+#: nano-USD in one US cent
+NANOS_PER_CENT = 10_000_000
+#: basis points in 100 %
+BPS = 10_000
+#: Stripe's smallest and largest USD charge, cents ($0.50 and $999,999.99)
+MIN_PRICE_CENTS = 50
+MAX_PRICE_CENTS = 99_999_999
+#: ``wallet.blocked_reason`` while a subscription payment has failed
+PAYMENT_FAILED = "payment_failed"
+#: the ``audit_log.actor`` of everything Stripe events do
+ACTOR = "stripe"
+#: prefix of the ledger idempotency keys of Stripe credits: ``stripe:<cs_… or in_…>``
+KEY_PREFIX = "stripe:"
+#: subscription statuses during which a wallet may not start another subscription
+LIVE_SUBSCRIPTION = ("active", "past_due", "trialing", "incomplete", "unpaid")
+
+_PACKAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+
+
+class StripeBillingError(ValueError):
+    """A package or Checkout request is invalid; the message starts with the field it names.
+    Nothing changed."""
+
+
+class StripeConfigError(RuntimeError):
+    """Stripe is not configured: the named setting (``TOLLGATE_STRIPE_…``) is missing."""
+
+
+class EventError(ValueError):
+    """A stored Stripe event that cannot be applied (unknown wallet or package, malformed object).
+    Recorded as the event's ``outcome`` (``error: …``); retrying would not help until data changes."""
+
+
+# packages ---------------------------------------------------------------------------------------
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def add_package(
+    session: Session,
+    *,
+    package_id: str,
+    name: str,
+    price_cents: int,
+    credit_nanos: int,
+    monthly: bool = False,
+    stripe_price_id: str | None = None,
+    active: bool = True,
+) -> TokenPackage:
+    """Create or update (same ``package_id``) a token package.  The caller commits.
+
+    ``price_cents``: what Stripe charges, USD cents (50 … 99,999,999); ``credit_nanos``: what the
+    wallet receives, nano-USD (1 … 2^62), once for a one-off package, per paid invoice for a
+    ``monthly`` one.  A ``monthly`` package needs the ``stripe_price_id`` (``price_…``) of a
+    recurring monthly Stripe price: paid invoices are matched to packages by it.  A price id belongs
+    to at most one package.
+    Raises: StripeBillingError naming the field.
+    """
+    if not isinstance(package_id, str) or not _PACKAGE_ID.match(package_id):
+        raise StripeBillingError(f"package_id: {package_id!r} must be 1..100 letters, digits or _.:- ")
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise StripeBillingError(f"name: must be 1..200 characters, got {name!r}")
+    if not _is_int(price_cents) or not MIN_PRICE_CENTS <= price_cents <= MAX_PRICE_CENTS:
+        raise StripeBillingError(
+            f"price_cents: must be an integer of USD cents in {MIN_PRICE_CENTS}..{MAX_PRICE_CENTS}, got {price_cents!r}")
+    if not _is_int(credit_nanos) or not 0 < credit_nanos <= MAX_CREDIT_NANOS:
+        raise StripeBillingError(f"credit_nanos: must be an integer of nano-USD in 1..2^62, got {credit_nanos!r}")
+    if not isinstance(monthly, bool):
+        raise StripeBillingError(f"monthly: must be true or false, got {monthly!r}")
+    if stripe_price_id is not None and (
+        not isinstance(stripe_price_id, str) or not stripe_price_id.startswith("price_") or len(stripe_price_id) > 100
+    ):
+        raise StripeBillingError(f"stripe_price_id: {stripe_price_id!r} is not a Stripe price id (price_…)")
+    if monthly and not stripe_price_id:
+        raise StripeBillingError("stripe_price_id: a monthly package needs the id of its recurring Stripe price")
+    if stripe_price_id:
+        other = session.execute(
+            select(TokenPackage.id).where(TokenPackage.stripe_price_id == stripe_price_id,
+                                          TokenPackage.id != package_id)
+        ).scalar_one_or_none()
+        if other is not None:
+            raise StripeBillingError(f"stripe_price_id: {stripe_price_id!r} already belongs to package {other!r}")
+    package = session.get(TokenPackage, package_id)
+    if package is None:
+        package = TokenPackage(id=package_id, name=name, price_cents=price_cents, credit_nanos=credit_nanos)
+        session.add(package)
+    package.name, package.price_cents, package.credit_nanos = name, price_cents, credit_nanos
+    package.monthly, package.stripe_price_id, package.active = monthly, stripe_price_id, active
+    session.flush()
+    return package
+
+
+def get_package(session: Session, package_id: str, *, active_only: bool = False) -> TokenPackage:
+    """The package ``package_id``.  Raises StripeBillingError naming ``package_id`` when it is unknown
+    (or inactive, with ``active_only``)."""
+    package = session.get(TokenPackage, package_id) if isinstance(package_id, str) else None
+    if package is None or (active_only and not package.active):
+        raise StripeBillingError(f"package_id: unknown{' or inactive' if active_only else ''} package {package_id!r}")
+    return package
+
+
+def list_packages(session: Session, *, include_inactive: bool = False) -> list[TokenPackage]:
+    """Packages ordered by ``(monthly, price_cents, id)``; only active ones unless ``include_inactive``."""
+    query = select(TokenPackage).order_by(TokenPackage.monthly, TokenPackage.price_cents, TokenPackage.id)
+    if not include_inactive:
+        query = query.where(TokenPackage.active.is_(True))
+    return list(session.execute(query).scalars())
+
+
+def deactivate_package(session: Session, package_id: str) -> bool:
+    """Stop selling a package (Checkout refuses it; events of sessions already started still credit
+    it).  True if it was active.  Raises StripeBillingError naming ``package_id``."""
+    package = get_package(session, package_id)
+    was_active = package.active
+    package.active = False
+    session.flush()
+    return was_active
+
+
+# Checkout ---------------------------------------------------------------------------------------
+def platform_fee_cents(amount_cents: int, creator_share_bps: int) -> int:
+    """The platform's cut of a Connect charge, USD cents: ``amount − floor(amount × share / 10,000)``
+    (the creator's share is rounded down, so the platform keeps the sub-cent remainder).
+
+    Raises: ValueError for a negative amount or a share outside 0..10,000 bps.
+    """
+    if not _is_int(amount_cents) or amount_cents < 0:
+        raise ValueError(f"amount_cents: must be a non-negative integer, got {amount_cents!r}")
+    if not _is_int(creator_share_bps) or not 0 <= creator_share_bps <= BPS:
+        raise ValueError(f"creator_share_bps: must be an integer in 0..{BPS}, got {creator_share_bps!r}")
+    return amount_cents - amount_cents * creator_share_bps // BPS
+
+
+def application_fee_percent(creator_share_bps: int) -> str:
+    """The platform's percentage of a subscription for ``subscription_data[application_fee_percent]``,
+    as an exact decimal string with two places (7000 bps creator share → ``"30.00"``)."""
+    if not _is_int(creator_share_bps) or not 0 <= creator_share_bps <= BPS:
+        raise ValueError(f"creator_share_bps: must be an integer in 0..{BPS}, got {creator_share_bps!r}")
+    fee_bps = BPS - creator_share_bps
+    return f"{fee_bps // 100}.{fee_bps % 100:02d}"
+
+
+def _url(value: Any, field_name: str) -> str:
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or len(value) > 2000:
+        raise StripeBillingError(f"{field_name}: {value!r} is not an http(s) URL")
+    return value
+
+
+def checkout_params(
+    session: Session, *, wallet_id: str, package_id: str, success_url: str, cancel_url: str,
+) -> dict[str, Any]:
+    """The parameters of ``POST /v1/checkout/sessions`` that sell ``package_id`` to ``wallet_id``.
+
+    One-off package: ``mode=payment``, line item the package's Stripe price (or an inline
+    ``price_data`` of ``price_cents`` USD); monthly: ``mode=subscription`` with its price.  Always
+    ``client_reference_id = wallet_id`` and ``metadata`` ``{wallet_id, package_id}``, copied onto the
+    PaymentIntent or the subscription.  The wallet's Stripe customer is reused when known.
+    Connect: for an ``app_usage`` wallet whose app has ``stripe_account_id``, the charge goes to that
+    account and the platform keeps its fee (:func:`platform_fee_cents` of ``price_cents`` at the
+    app's ``creator_share_bps``, or :func:`application_fee_percent` for a subscription).
+    Raises: StripeBillingError naming ``wallet_id`` (unknown; already subscribed), ``package_id``
+    (unknown or inactive), ``success_url`` / ``cancel_url``.
+    """
+    wallet = session.get(Wallet, wallet_id) if isinstance(wallet_id, str) else None
+    if wallet is None:
+        raise StripeBillingError(f"wallet_id: unknown wallet {wallet_id!r}")
+    package = get_package(session, package_id, active_only=True)
+    _url(success_url, "success_url")
+    _url(cancel_url, "cancel_url")
+    if package.monthly and wallet.stripe_subscription_id and wallet.subscription_status in LIVE_SUBSCRIPTION:
+        raise StripeBillingError(
+            f"wallet_id: wallet {wallet_id!r} already has subscription {wallet.stripe_subscription_id!r} "
+            f"({wallet.subscription_status})")
+    metadata = {"wallet_id": wallet.id, "package_id": package.id}
+    if package.stripe_price_id:
+        item: dict[str, Any] = {"price": package.stripe_price_id, "quantity": 1}
+    else:
+        item = {"price_data": {"currency": "usd", "unit_amount": package.price_cents,
+                               "product_data": {"name": package.name}}, "quantity": 1}
+    params: dict[str, Any] = {
+        "mode": "subscription" if package.monthly else "payment",
+        "line_items": [item],
+        "client_reference_id": wallet.id,
+        "metadata": metadata,
+        "success_url": success_url,
+        "cancel_url": cancel_url,
+    }
+    if wallet.stripe_customer_id:
+        params["customer"] = wallet.stripe_customer_id
+    account, share_bps = None, None
+    if wallet.level == PayerLevel.app_usage and wallet.enterprise_id:
+        enterprise = session.get(Enterprise, wallet.enterprise_id)
+        if enterprise is not None and enterprise.stripe_account_id:
+            account, share_bps = enterprise.stripe_account_id, enterprise.creator_share_bps
+    if package.monthly:
+        data: dict[str, Any] = {"metadata": dict(metadata)}
+        if account:
+            data["application_fee_percent"] = application_fee_percent(share_bps)
+            data["transfer_data"] = {"destination": account}
+        params["subscription_data"] = data
+    else:
+        data = {"metadata": dict(metadata)}
+        if account:
+            data["application_fee_amount"] = platform_fee_cents(package.price_cents, share_bps)
+            data["transfer_data"] = {"destination": account}
+        params["payment_intent_data"] = data
+    return params
+
+
+def stripe_client(settings: Settings | None = None) -> stripe.StripeClient:
+    """A StripeClient with ``settings.stripe_api_key``, talking to ``settings.stripe_api_base`` when
+    set (tests: a local server).  Raises StripeConfigError when the key is missing."""
+    settings = settings or get_settings()
+    if not settings.stripe_api_key:
+        raise StripeConfigError("TOLLGATE_STRIPE_API_KEY is not set: Checkout is unavailable")
+    base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
+    return stripe.StripeClient(settings.stripe_api_key, base_addresses=base, max_network_retries=2)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutStarted:
+    """A Checkout session Stripe created: its id (``cs_…``), the URL to send the payer to, and the
+    mode (``payment`` | ``subscription``)."""
+
+    session_id: str
+    url: str | None
+    mode: str
+
+
+def create_checkout_session(
+    session: Session,
+    *,
+    wallet_id: str,
+    package_id: str,
+    success_url: str,
+    cancel_url: str,
+    client: stripe.StripeClient | None = None,
+    idempotency_key: str | None = None,
+) -> CheckoutStarted:
+    """Create a Stripe Checkout session selling ``package_id`` to ``wallet_id`` (parameters:
+    :func:`checkout_params`).  Writes nothing: the wallet is credited when Stripe reports payment.
+
+    ``client`` defaults to :func:`stripe_client`; ``idempotency_key`` is sent as Stripe's
+    ``Idempotency-Key`` (the same key twice returns the same session).
+    Raises: StripeBillingError naming the field (nothing is sent to Stripe then); StripeConfigError;
+    ``stripe.StripeError`` when Stripe refuses or cannot be reached.
+    """
+    params = checkout_params(session, wallet_id=wallet_id, package_id=package_id, success_url=success_url,
+                             cancel_url=cancel_url)
+    client = client or stripe_client()
+    options = {"idempotency_key": idempotency_key} if idempotency_key else None
+    created = client.v1.checkout.sessions.create(params, options)
+    return CheckoutStarted(session_id=created.id, url=getattr(created, "url", None), mode=params["mode"])
+
+
+# events -----------------------------------------------------------------------------------------
+def store_event(session: Session, event: Mapping[str, Any]) -> bool:
+    """Store a verified Stripe event once by its id (``INSERT … ON CONFLICT (id) DO NOTHING``);
+    True if it is new.  ``event`` is the event's JSON object as Stripe sent it.  The caller commits.
+    Raises: EventError when ``id`` (``evt_…``) or ``type`` is missing or malformed.
+    """
+    event_id, event_type = event.get("id"), event.get("type")
+    if not isinstance(event_id, str) or not event_id.startswith("evt_") or len(event_id) > 255:
+        raise EventError(f"id: {event_id!r} is not a Stripe event id (evt_…)")
+    if not isinstance(event_type, str) or not 0 < len(event_type) <= 100:
+        raise EventError(f"type: {event_type!r} is not a Stripe event type")
+    inserted = session.execute(
+        insert(StripeEvent)
+        .values(id=event_id, type=event_type, payload=dict(event))
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(StripeEvent.id)
+    ).first()
+    return inserted is not None
+
+
+def is_processed(session: Session, event_id: str) -> bool:
+    """True if the stored event ``event_id`` has been processed."""
+    return session.execute(
+        select(StripeEvent.processed_at.is_not(None)).where(StripeEvent.id == event_id)
+    ).scalar_one_or_none() is True
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """A credit a handler applied: ledger key, nano-USD, the Stripe object and package behind it."""
+
+    idempotency_key: str
+    amount_nanos: int
+    stripe_object: str
+    package_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a handler did: the text stored as the event's ``outcome``, the wallet it touched, and
+    the credit it applied (audited once)."""
+
+    text: str
+    wallet_id: str | None = None
+    enterprise_id: str | None = None
+    credit: Credit | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessResult:
+    """One :func:`process_event` call: ``processed`` if this call applied the event, ``duplicate`` if
+    it had been processed before (nothing changed), and the event's ``outcome``."""
+
+    event_id: str
+    type: str | None
+    outcome: str | None
+    processed: bool
+    duplicate: bool = False
+    wallet_id: str | None = None
+    credited_nanos: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable form."""
+        return asdict(self)
+
+
+def _get(obj: Any, *path: str) -> Any:
+    for name in path:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(name)
+    return obj
+
+
+def _id_of(value: Any) -> str | None:
+    """A Stripe reference: the id string, or the ``id`` of an expanded object."""
+    if isinstance(value, str):
+        return value
+    return _get(value, "id")
+
+
+def _find_wallet(session: Session, *, metadata: Any, subscription_id: str | None,
+                 customer_id: str | None) -> Wallet:
+    wallet_id = _get(metadata, "wallet_id")
+    if isinstance(wallet_id, str) and (wallet := session.get(Wallet, wallet_id)) is not None:
+        return wallet
+    if subscription_id:
+        wallet = session.execute(select(Wallet).where(Wallet.stripe_subscription_id == subscription_id)).scalars().first()
+        if wallet is not None:
+            return wallet
+    if customer_id:
+        found = list(session.execute(select(Wallet).where(Wallet.stripe_customer_id == customer_id).limit(2)).scalars())
+        if len(found) == 1:
+            return found[0]
+    raise EventError(f"wallet_id: no wallet for metadata wallet_id {wallet_id!r}, subscription "
+                     f"{subscription_id!r}, customer {customer_id!r}")
+
+
+def _credit(gate: WalletGate, wallet: Wallet, *, amount_nanos: int, key: str, description: str,
+            stripe_object: str, package_id: str) -> Credit:
+    credit_wallet(gate, wallet_id=wallet.id, amount_nanos=amount_nanos, idempotency_key=key, description=description)
+    return Credit(key, amount_nanos, stripe_object, package_id)
+
+
+def _sync_block(gate: WalletGate, wallet_id: str, reason: str | None) -> None:
+    """Make the gate's ``blocked`` flag equal ``reason`` (read from PostgreSQL after its commit)
+    where either is ``payment_failed``; other reasons are their own module's to change (as
+    :func:`worker.billing.budgets.sync_gate_blocks` leaves ours alone).  Also completes a change whose gate
+    step failed on an earlier attempt."""
+    current = gate.blocked_reasons([wallet_id]).get(wallet_id)
+    if current == reason or PAYMENT_FAILED not in (current, reason):
+        return
+    try:
+        gate.set_blocked(wallet_id, reason)
+    except UnknownWallet:
+        log.info("wallet %s is not in the gate; its block is loaded with it on rebuild", wallet_id)
+
+
+def _update_wallet(gate: WalletGate, wallet_id: str, change: Callable[[Wallet], None]) -> Wallet:
+    """Apply ``change`` to the locked wallet row and commit, then mirror a ``payment_failed`` block
+    (set or lifted) in the gate (:func:`_sync_block`)."""
+    with session_scope() as session:
+        wallet = session.execute(select(Wallet).where(Wallet.id == wallet_id).with_for_update()).scalar_one()
+        change(wallet)
+        reason = wallet.blocked_reason
+    _sync_block(gate, wallet_id, reason)
+    return wallet
+
+
+def _on_checkout_completed(gate: WalletGate, obj: Mapping[str, Any], event_id: str) -> Outcome:
+    session_id = obj.get("id")
+    if not isinstance(session_id, str) or not session_id.startswith("cs_"):
+        raise EventError(f"data.object.id: {session_id!r} is not a Checkout session id")
+    metadata = obj.get("metadata") or {}
+    with session_scope() as session:
+        wallet = _find_wallet(session, metadata={"wallet_id": metadata.get("wallet_id") or obj.get("client_reference_id")},
+                              subscription_id=None, customer_id=None)
+        package = get_package_or_event_error(session, metadata.get("package_id"))
+    customer_id = _id_of(obj.get("customer"))
+    mode = obj.get("mode")
+    if mode == "payment":
+        if obj.get("payment_status") != "paid":
+            return Outcome(f"ignored: payment_status {obj.get('payment_status')!r}", wallet.id, wallet.enterprise_id)
+        if (obj.get("currency") or "usd").lower() != "usd":
+            raise EventError(f"data.object.currency: {obj.get('currency')!r} is not usd")
+        if customer_id and not wallet.stripe_customer_id:
+            _update_wallet(gate, wallet.id, lambda w: setattr(w, "stripe_customer_id", w.stripe_customer_id or customer_id))
+        credit = _credit(gate, wallet, amount_nanos=package.credit_nanos, key=f"{KEY_PREFIX}{session_id}",
+                         description=f"Stripe Checkout {session_id}: {package.name}", stripe_object=session_id,
+                         package_id=package.id)
+        return Outcome("credited", wallet.id, wallet.enterprise_id, credit)
+    if mode == "subscription":
+        subscription_id = _id_of(obj.get("subscription"))
+        if not subscription_id:
+            raise EventError("data.object.subscription: missing on a subscription-mode Checkout session")
+        status = "active" if obj.get("payment_status") in ("paid", "no_payment_required") else "incomplete"
+
+        def record(w: Wallet) -> None:
+            w.stripe_customer_id = customer_id or w.stripe_customer_id
+            if w.stripe_subscription_id != subscription_id:  # a new subscription (events of it may come first)
+                w.stripe_subscription_id = subscription_id
+                w.subscription_status = status
+            elif w.subscription_status is None:
+                w.subscription_status = status
+
+        _update_wallet(gate, wallet.id, record)
+        return Outcome(f"subscribed: {subscription_id}", wallet.id, wallet.enterprise_id)
+    return Outcome(f"ignored: mode {mode!r}", wallet.id, wallet.enterprise_id)
+
+
+def get_package_or_event_error(session: Session, package_id: Any) -> TokenPackage:
+    """The package an event refers to (active or not: the session was started while it was sold).
+    Raises EventError naming ``metadata.package_id``."""
+    package = session.get(TokenPackage, package_id) if isinstance(package_id, str) else None
+    if package is None:
+        raise EventError(f"metadata.package_id: unknown package {package_id!r}")
+    return package
+
+
+def _invoice_subscription(obj: Mapping[str, Any]) -> tuple[str | None, Any]:
+    """(subscription id, subscription metadata) of an invoice, in the API's new shape
+    (``parent.subscription_details``) or the old one (``subscription``, ``subscription_details``)."""
+    details = _get(obj, "parent", "subscription_details") or obj.get("subscription_details") or {}
+    subscription_id = _id_of(details.get("subscription")) or _id_of(obj.get("subscription"))
+    return subscription_id, details.get("metadata") or {}
+
+
+def _line_price(line: Mapping[str, Any]) -> str | None:
+    return (_get(line, "pricing", "price_details", "price") or _id_of(line.get("price"))
+            or _id_of(_get(line, "plan")))
+
+
+def _is_proration(line: Mapping[str, Any]) -> bool:
+    return bool(line.get("proration") or _get(line, "parent", "subscription_item_details", "proration")
+                or _get(line, "parent", "invoice_item_details", "proration"))
+
+
+def _invoice_credit(session: Session, obj: Mapping[str, Any], metadata: Any) -> tuple[int, list[TokenPackage]]:
+    """nano-USD an invoice buys: Σ package.credit_nanos × quantity over its non-proration lines whose
+    price is a monthly package's; else the metadata's ``package_id`` once."""
+    total, packages = 0, []
+    for line in _get(obj, "lines", "data") or []:
+        if not isinstance(line, Mapping) or _is_proration(line):
+            continue
+        price_id = _line_price(line)
+        package = session.execute(
+            select(TokenPackage).where(TokenPackage.stripe_price_id == price_id)
+        ).scalar_one_or_none() if price_id else None
+        if package is None:
+            continue
+        quantity = line.get("quantity") or 1
+        if not _is_int(quantity) or quantity < 1:
+            raise EventError(f"lines.data.quantity: {quantity!r} is not a positive integer")
+        total += package.credit_nanos * quantity
+        packages.append(package)
+    if not packages and _get(metadata, "package_id"):
+        package = get_package_or_event_error(session, metadata["package_id"])
+        total, packages = package.credit_nanos, [package]
+    if not packages:
+        raise EventError(f"lines.data.price: no line of invoice {obj.get('id')!r} is a token package's price")
+    return total, packages
+
+
+def _subscription_event_wallet(session: Session, obj: Mapping[str, Any], subscription_id: str | None,
+                               metadata: Any) -> Wallet:
+    return _find_wallet(session, metadata=metadata, subscription_id=subscription_id,
+                        customer_id=_id_of(obj.get("customer")))
+
+
+def _stale(wallet: Wallet, subscription_id: str | None) -> bool:
+    """The event is about a subscription the wallet has since replaced."""
+    return bool(subscription_id and wallet.stripe_subscription_id and wallet.stripe_subscription_id != subscription_id
+                and wallet.subscription_status in LIVE_SUBSCRIPTION)
+
+
+def _on_invoice_paid(gate: WalletGate, obj: Mapping[str, Any], event_id: str) -> Outcome:
+    invoice_id = obj.get("id")
+    if not isinstance(invoice_id, str) or not invoice_id.startswith("in_"):
+        raise EventError(f"data.object.id: {invoice_id!r} is not an invoice id")
+    subscription_id, metadata = _invoice_subscription(obj)
+    if not subscription_id:
+        return Outcome("ignored: not a subscription invoice")
+    with session_scope() as session:
+        wallet = _subscription_event_wallet(session, obj, subscription_id, metadata)
+        amount, packages = _invoice_credit(session, obj, metadata)
+    if _stale(wallet, subscription_id):
+        return Outcome(f"ignored: {subscription_id} is not the wallet's subscription", wallet.id, wallet.enterprise_id)
+    if (obj.get("currency") or "usd").lower() != "usd":
+        raise EventError(f"data.object.currency: {obj.get('currency')!r} is not usd")
+    names = ", ".join(p.name for p in packages)
+    credit = _credit(gate, wallet, amount_nanos=amount, key=f"{KEY_PREFIX}{invoice_id}",
+                     description=f"Stripe invoice {invoice_id}: {names}", stripe_object=invoice_id,
+                     package_id=",".join(p.id for p in packages))
+    customer_id = _id_of(obj.get("customer"))
+
+    def activate(w: Wallet) -> None:
+        w.stripe_subscription_id = subscription_id
+        w.stripe_customer_id = w.stripe_customer_id or customer_id
+        w.subscription_status = "active"
+        if w.blocked_reason == PAYMENT_FAILED:
+            w.blocked_reason = None
+
+    _update_wallet(gate, wallet.id, activate)
+    return Outcome("credited", wallet.id, wallet.enterprise_id, credit)
+
+
+def _on_invoice_payment_failed(gate: WalletGate, obj: Mapping[str, Any], event_id: str) -> Outcome:
+    subscription_id, metadata = _invoice_subscription(obj)
+    if not subscription_id:
+        return Outcome("ignored: not a subscription invoice")
+    with session_scope() as session:
+        wallet = _subscription_event_wallet(session, obj, subscription_id, metadata)
+    if _stale(wallet, subscription_id):
+        return Outcome(f"ignored: {subscription_id} is not the wallet's subscription", wallet.id, wallet.enterprise_id)
+
+    def block(w: Wallet) -> None:
+        w.stripe_subscription_id = subscription_id
+        w.subscription_status = "past_due"
+        if w.blocked_reason in (None, BUDGET_EXCEEDED):  # the budget job sets its reason again once lifted
+            w.blocked_reason = PAYMENT_FAILED
+
+    after = _update_wallet(gate, wallet.id, block)
+    return Outcome(f"blocked: {after.blocked_reason}", wallet.id, wallet.enterprise_id)
+
+
+def _on_subscription_deleted(gate: WalletGate, obj: Mapping[str, Any], event_id: str) -> Outcome:
+    subscription_id = obj.get("id")
+    if not isinstance(subscription_id, str) or not subscription_id.startswith("sub_"):
+        raise EventError(f"data.object.id: {subscription_id!r} is not a subscription id")
+    with session_scope() as session:
+        wallet = _subscription_event_wallet(session, obj, subscription_id, obj.get("metadata") or {})
+    if wallet.stripe_subscription_id and wallet.stripe_subscription_id != subscription_id:
+        return Outcome(f"ignored: {subscription_id} is not the wallet's subscription", wallet.id, wallet.enterprise_id)
+
+    def cancel(w: Wallet) -> None:
+        w.stripe_subscription_id = subscription_id
+        w.subscription_status = "canceled"
+        if w.blocked_reason == PAYMENT_FAILED:
+            w.blocked_reason = None
+
+    _update_wallet(gate, wallet.id, cancel)
+    return Outcome("canceled", wallet.id, wallet.enterprise_id)
+
+
+Handler = Callable[[WalletGate, Mapping[str, Any], str], Outcome]
+
+#: event type → handler (one place, as lago's handle_event_service)
+HANDLERS: dict[str, Handler] = {
+    "checkout.session.completed": _on_checkout_completed,
+    "checkout.session.async_payment_succeeded": _on_checkout_completed,
+    "invoice.paid": _on_invoice_paid,
+    "invoice.payment_failed": _on_invoice_payment_failed,
+    "customer.subscription.deleted": _on_subscription_deleted,
+}
+
+
+def _audited(session: Session, key: str) -> bool:
+    return session.execute(
+        select(func.count()).select_from(AuditLog).where(
+            AuditLog.actor == ACTOR, AuditLog.action == "credit", AuditLog.detail["idempotency_key"].astext == key)
+    ).scalar_one() > 0
+
+
+def process_event(event_id: str, *, gate: WalletGate | None = None) -> ProcessResult:
+    """Apply the stored Stripe event ``event_id`` once (see the module doc) and mark it processed.
+
+    Idempotent: an event already processed changes nothing (``duplicate=True``); two concurrent
+    calls are serialised by the event's row lock; each credit's ledger key makes it count once even
+    across different events.  An unknown ``event_id`` returns ``outcome='missing'``.
+    Returns a :class:`ProcessResult` (``credited_nanos``: nano-USD this event credited).
+    Raises (the event stays unprocessed, its ``outcome`` says ``retrying: …``; retry later):
+    ``worker.ledger.accounts.GatePending``, ``UnknownWallet`` (the wallet is not in the gate: rebuild it),
+    Redis and database errors.  Events that cannot be applied are not raised: their outcome is
+    ``error: …`` (:class:`EventError`, or a :class:`worker.ledger.accounts.LedgerError` such as a ledger key
+    already used for another amount).
+    """
+    gate = gate or WalletGate(kicker=lambda shard: None)
+    try:
+        with session_scope() as session:
+            event = session.execute(
+                select(StripeEvent).where(StripeEvent.id == event_id).with_for_update()
+            ).scalar_one_or_none()
+            if event is None:
+                return ProcessResult(event_id, None, "missing", processed=False)
+            if event.processed_at is not None:
+                return ProcessResult(event_id, event.type, event.outcome, processed=False, duplicate=True)
+            handler = HANDLERS.get(event.type)
+            obj = _get(event.payload, "data", "object")
+            try:
+                if handler is None:
+                    outcome = Outcome("ignored")
+                elif not isinstance(obj, Mapping):
+                    raise EventError("data.object: missing")
+                else:
+                    outcome = handler(gate, obj, event_id)
+            except (EventError, LedgerError) as exc:
+                event.outcome = f"error: {exc}"[:500]
+                log.error("stripe event %s (%s) cannot be applied: %s", event_id, event.type, exc)
+                return ProcessResult(event_id, event.type, event.outcome, processed=False)
+            if outcome.credit and not _audited(session, outcome.credit.idempotency_key):
+                c = outcome.credit
+                audit(session, actor=ACTOR, action="credit", enterprise_id=outcome.enterprise_id,
+                      wallet_id=outcome.wallet_id, idempotency_key=c.idempotency_key, amount_nanos=c.amount_nanos,
+                      stripe_object=c.stripe_object, package_id=c.package_id, event_id=event_id)
+            event.processed_at = func.now()
+            event.outcome = outcome.text[:500]
+            return ProcessResult(event_id, event.type, event.outcome, processed=True, wallet_id=outcome.wallet_id,
+                                 credited_nanos=outcome.credit.amount_nanos if outcome.credit else 0)
+    except Exception as exc:
+        try:
+            with session_scope() as session:
+                session.execute(
+                    StripeEvent.__table__.update().where(StripeEvent.id == event_id, StripeEvent.processed_at.is_(None))
+                    .values(outcome=f"retrying: {type(exc).__name__}: {exc}"[:500])
+                )
+        except Exception:  # the database itself may be what failed
+            log.warning("could not record the failure of stripe event %s", event_id, exc_info=True)
+        raise
+
+
+def unprocessed_events(session: Session, *, older_than_s: int = 120, limit: int = 500) -> list[str]:
+    """Ids of stored Stripe events not processed yet and received more than ``older_than_s``
+    seconds ago (their task was lost, gave up, or hit data that was fixed since), oldest first."""
+    return list(session.execute(
+        select(StripeEvent.id)
+        .where(StripeEvent.processed_at.is_(None),
+               StripeEvent.received_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s))
+        .order_by(StripeEvent.received_at).limit(limit)
+    ).scalars())

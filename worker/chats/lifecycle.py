@@ -1,0 +1,363 @@
+"""The billing session of one chat: the seed's token-manager lifecycle in the field's terms.
+
+=========================  ======================================================================
+seed (token manager)       tollgate
+=========================  ======================================================================
+initialize budget          :func:`start_session`: the chat's session row, the wallet's state
+can continue               :func:`can_continue`: would the gate accept the chat's next turn?
+track usage                ``WalletGate.record_turn`` (the gate; persistence is the drain's)
+handle no tokens           :func:`pause_chat`: a paused-chat record, the chat paused, ``chat.paused``
+finalize session           :func:`finalize_session`: the chat ended, its rollups refreshed, its
+                           summary and comparison with the workflow's averages
+=========================  ======================================================================
+
+Resuming: a credit (top-up, grant, Stripe payment) calls :func:`resume_paused_chats` for the
+credited wallet (``worker.ledger.accounts.credit_wallet`` does, before it announces ``wallet.credited``).  If
+the gate would now accept the wallet's turns, every open paused-chat record of the wallet is closed,
+once (``UPDATE … WHERE resumed_at IS NULL RETURNING``: a second call, e.g. the same Stripe webhook
+delivered twice, finds none), its chat becomes ``resumable`` (``can_resume``), and the app is told
+per chat: a ``chat.resumable`` event on Redis pub/sub (``tollgate:events:<enterprise_id>``) and, if
+the app has a callback URL, a signed webhook delivered by the retrying Celery task
+``tollgate.webhooks.deliver``.
+
+Exactly one event per transition: a paused-chat record is opened by one ``INSERT … ON CONFLICT DO
+NOTHING RETURNING`` (``chat.paused``) and closed by one ``UPDATE … WHERE resumed_at IS NULL
+RETURNING`` (``chat.resumable``), and only the call whose statement returned the row announces it,
+after its transaction commits: a credit, the beat sweep, the orchestrator's :func:`resume_chat`
+(HTTP ``POST /v1/chats/{id}/resume``) or a newer accepted turn in the drain, whichever comes first.
+
+Order: a chat's state moves only forward in the gate's decision order (``worker.ledger.accounts.chat_order``:
+a turn's outbox entry; a pause, resume or credit at the outbox position of the moment it happens,
+``worker.ledger.accounts.outbox_position``), kept in ``chat_session.state_key``.  A turn persisted late
+that is not after the chat's last transition adds its totals and changes neither the state nor the
+paused-chat records.
+
+Events (data; money in nano-USD):
+  ``chat.paused``     chat_id, wallet_id, reason, needed_nanos
+  ``chat.resumable``  chat_id, wallet_id, balance_nanos, cause
+  ``wallet.credited`` wallet_id, amount_nanos, balance_nanos, idempotency_key
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Sequence
+
+from sqlalchemy import case, func, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import Session
+
+from models.tables import ChatSession, ChatStatus, ConnectionState, Enterprise, PausedChat, Wallet
+from worker.db import after_commit, session_scope
+from worker.ledger.accounts import outbox_position
+from worker.events import Event, SendTask, emit
+from worker.gate.gate import UnknownWallet, WalletGate
+
+#: a paused chat's reasons that funds can lift (a budget's auto-pause is lifted by worker.billing.budgets)
+FUNDS_REASONS = ("wallet_exhausted", "trial_exhausted", "payment_failed")
+
+
+@dataclass(frozen=True, slots=True)
+class WalletState:
+    """A wallet as the gate sees it now: balance and holds (nano-USD; available = balance − held),
+    mode, blocked reason, trial tokens left, and whether its next turn would be accepted."""
+
+    wallet_id: str
+    balance_nanos: int
+    held_nanos: int
+    mode: str
+    blocked: str | None
+    limited: bool
+    trial_left: int
+    trial_then: str
+    can_continue: bool
+
+    @property
+    def available_nanos(self) -> int:
+        """Balance minus active holds, nano-USD."""
+        return self.balance_nanos - self.held_nanos
+
+    @property
+    def needed_nanos(self) -> int:
+        """Nanos to credit before a turn is accepted (0 if one would be, or if funds cannot help)."""
+        if self.can_continue or self.blocked or (self.mode == "trial" and self.trial_then == "pause"):
+            return 0
+        return max(0, 1 - self.available_nanos)
+
+
+def wallet_state(gate: WalletGate, wallet_id: str) -> WalletState:
+    """Read a wallet's gate state (one HMGET) and decide, by the rules of ``record_turn.lua``,
+    whether its next turn would be accepted.  Raises :class:`~worker.gate.gate.UnknownWallet`."""
+    fields = ("balance", "held", "mode", "blocked", "limited", "trial_left", "trial_then")
+    balance, held, mode, blocked, limited, trial_left, trial_then = gate.redis.hmget(gate.wallet_key(wallet_id), fields)
+    if mode is None:
+        raise UnknownWallet(wallet_id)
+    balance_n, held_n, left = int(balance or 0), int(held or 0), int(trial_left or 0)
+    is_limited = limited != "0"
+    debit = mode == "production" or (mode == "trial" and left <= 0 and trial_then == "bill")
+    if debit:
+        ok = not blocked and (not is_limited or balance_n - held_n > 0)
+    elif mode == "trial":
+        ok = not blocked and left > 0
+    else:  # development, track_only: never blocked
+        ok = True
+    return WalletState(wallet_id, balance_n, held_n, mode, blocked, is_limited, left, trial_then or "pause", ok)
+
+
+def can_continue(gate: WalletGate, wallet_id: str) -> bool:
+    """Would the gate accept this wallet's next turn (the seed's ``can_continue``)?  A hint for the
+    orchestrator before an LLM call: the gate decides atomically when the turn is recorded (or
+    reserve first to be sure).  Raises :class:`~worker.gate.gate.UnknownWallet`."""
+    return wallet_state(gate, wallet_id).can_continue
+
+
+def start_session(
+    gate: WalletGate, *, enterprise_id: str, chat_id: str, wallet_id: str, workflow: str = "default",
+    started_at: datetime | None = None,
+) -> WalletState:
+    """Initialize a chat's billing session: create its ``chat_session`` row (status active,
+    connected) if it has none, and return the wallet's state (can the chat start?).
+
+    Raises: UnknownWallet (not in the gate); LookupError naming ``wallet_id`` when the wallet is not in
+    PostgreSQL or belongs to another app (nothing is written).
+    """
+    state = wallet_state(gate, wallet_id)
+    started_at = (started_at or datetime.now(UTC)).astimezone(UTC)
+    with session_scope() as session:
+        wallet = session.get(Wallet, wallet_id)
+        if wallet is None or (wallet.enterprise_id is not None and wallet.enterprise_id != enterprise_id):
+            raise LookupError(f"wallet_id: {wallet_id!r} is not a wallet of enterprise {enterprise_id!r}")
+        session.execute(
+            insert(ChatSession).values(enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
+                                       workflow=workflow, status=ChatStatus.active.value,
+                                       connection_state=ConnectionState.connected.value,
+                                       started_at=started_at, last_turn_at=started_at)
+            .on_conflict_do_nothing(constraint="uq_chat_session_enterprise_chat")
+        )
+    return state
+
+
+def lock_chats(session: Session, chats: list[tuple[str, str]]) -> None:
+    """Lock the ``chat_session`` rows of ``chats`` ``(enterprise_id, chat_id)`` in (enterprise, chat)
+    order: the order the drain locks them in, so taking chat rows before ``paused_chat`` rows here
+    as there can never deadlock against a drain batch."""
+    if chats:
+        cs = ChatSession.__table__
+        session.execute(select(cs.c.id).where(tuple_(cs.c.enterprise_id, cs.c.chat_id).in_(sorted(set(chats))))
+                        .order_by(cs.c.enterprise_id, cs.c.chat_id).with_for_update())
+
+
+def _hooked(session: Session, enterprise_ids: set[str]) -> set[str]:
+    """The apps among ``enterprise_ids`` with a callback URL and secret (they get webhooks)."""
+    if not enterprise_ids:
+        return set()
+    rows = session.execute(
+        select(Enterprise.id).where(Enterprise.id.in_(enterprise_ids), Enterprise.callback_url.is_not(None),
+                                    Enterprise.webhook_secret.is_not(None))
+    ).scalars()
+    return set(rows)
+
+
+def announce(gate: WalletGate, events: list[Event], hooked: set[str], send_task: SendTask | None = None) -> None:
+    """Publish events (after commit) and enqueue webhooks for the apps in ``hooked``."""
+    for event in events:
+        emit(gate.redis, event, webhook=event.enterprise_id in hooked, send_task=send_task)
+
+
+def _announce_after_commit(session: Session, gate: WalletGate, events: list[Event],
+                           send_task: SendTask | None = None) -> None:
+    """:func:`announce` ``events`` once ``session``'s transaction commits (dropped on rollback)."""
+    if events:
+        hooked = _hooked(session, {e.enterprise_id for e in events})
+        after_commit(session, lambda: announce(gate, events, hooked, send_task))
+
+
+def paused_event(enterprise_id: str, chat_id: str, wallet_id: str, reason: str, needed_nanos: int) -> Event:
+    """A ``chat.paused`` event (``needed_nanos``: what the wallet lacks, nano-USD)."""
+    return Event.new("chat.paused", enterprise_id, {"chat_id": chat_id, "wallet_id": wallet_id, "reason": reason,
+                                                    "needed_nanos": needed_nanos})
+
+
+def resumable_event(enterprise_id: str, chat_id: str, wallet_id: str, balance_nanos: int | None,
+                    cause: str) -> Event:
+    """A ``chat.resumable`` event (``balance_nanos`` the wallet's balance then, nano-USD; ``cause`` what
+    closed the pause: a credit's idempotency key, 'sweep', 'mode_change', 'resume', 'turn')."""
+    return Event.new("chat.resumable", enterprise_id, {"chat_id": chat_id, "wallet_id": wallet_id,
+                                                       "balance_nanos": balance_nanos, "cause": cause})
+
+
+def announce_chat_changes(gate: WalletGate, paused: Sequence[Any], resumed: Sequence[Any],
+                          send_task: SendTask | None = None) -> None:
+    """After a drain batch committed: ``chat.paused`` per record it opened
+    (:class:`~worker.ledger.accounts.PausedNotice`) and ``chat.resumable`` (cause 'turn') per record a newer
+    turn closed (:class:`~worker.ledger.accounts.ResumedNotice`), pub/sub and webhooks."""
+    events = [paused_event(p.enterprise_id, p.chat_id, p.wallet_id, p.reason, p.needed_nanos) for p in paused]
+    events += [resumable_event(r.enterprise_id, r.chat_id, r.wallet_id, r.balance_nanos, "turn") for r in resumed]
+    if events:
+        with session_scope() as session:
+            hooked = _hooked(session, {e.enterprise_id for e in events})
+        announce(gate, events, hooked, send_task)
+
+
+def _forward(cs, position: str) -> dict[str, Any]:
+    """SET values that move a chat's state position to ``position`` (:func:`~worker.ledger.accounts.outbox_position`
+    of a pause, resume or credit) unless its last transition is there or later already."""
+    return {"state_key": case((cs.c.state_key >= position, cs.c.state_key), else_=position)}
+
+
+def pause_chat(
+    gate: WalletGate, *, enterprise_id: str, chat_id: str, wallet_id: str, reason: str = "wallet_exhausted",
+    needed_nanos: int | None = None, send_task: SendTask | None = None,
+) -> bool:
+    """Handle exhaustion (the seed's ``handle_no_tokens``): open a paused-chat record (at most one
+    open per chat), mark the chat paused (``connection_state`` paused, ``can_resume`` False), move
+    its state to the outbox position of now (so the pausing turn and older ones, persisted later,
+    change nothing), and announce ``chat.paused`` after commit.  ``needed_nanos`` defaults to what
+    the wallet lacks now.
+
+    Returns True if this call paused the chat, False if it was paused already (nothing changes).
+    Raises: UnknownWallet; ValueError naming ``reason`` (empty or longer than 200 characters).
+    """
+    if not reason or len(reason) > 200:
+        raise ValueError(f"reason: {reason!r} must be 1..200 characters")
+    if needed_nanos is None:
+        needed_nanos = wallet_state(gate, wallet_id).needed_nanos
+    now = datetime.now(UTC)
+    position = outbox_position(gate, wallet_id)
+    pc, cs = PausedChat.__table__, ChatSession.__table__
+    with session_scope() as session:
+        # the chat's row first, as the drain does (created if this is its first word), then its lock
+        session.execute(
+            insert(cs).values(enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id, workflow="default",
+                              status=ChatStatus.active.value, connection_state=ConnectionState.connected.value,
+                              started_at=now, last_turn_at=now)
+            .on_conflict_do_nothing(constraint="uq_chat_session_enterprise_chat")
+        )
+        lock_chats(session, [(enterprise_id, chat_id)])
+        opened = session.execute(
+            insert(pc).values(enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id, reason=reason,
+                              needed_nanos=needed_nanos, paused_at=now)
+            .on_conflict_do_nothing(index_elements=["enterprise_id", "chat_id"], index_where=text("resumed_at IS NULL"))
+            .returning(pc.c.id)
+        ).first()
+        if opened is None:
+            return False
+        session.execute(
+            update(cs).where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id,
+                             cs.c.status != ChatStatus.completed.value)
+            .values(status=ChatStatus.paused.value, pause_reason=reason, paused_at=now,
+                    connection_state=ConnectionState.paused.value, can_resume=False, **_forward(cs, position))
+        )
+        _announce_after_commit(session, gate, [paused_event(enterprise_id, chat_id, wallet_id, reason, needed_nanos)],
+                               send_task)
+    return True
+
+
+def resume_paused_chats(
+    gate: WalletGate, wallet_id: str, *, cause: str, send_task: SendTask | None = None,
+) -> list[tuple[str, str]]:
+    """Make the wallet's paused chats resumable if the gate would now accept its turns: close every
+    open paused-chat record of the wallet whose reason funds can lift (:data:`FUNDS_REASONS`), once,
+    mark the chats ``resumable``, and announce ``chat.resumable`` per chat.
+
+    ``cause`` is recorded as ``resumed_by`` (a credit's idempotency key, 'mode_change', …).
+    Returns the ``(enterprise_id, chat_id)`` made resumable by this call (none if the wallet still
+    cannot pay, or another resumer closed the records first: then that one announced them).
+    Raises UnknownWallet.
+    """
+    state = wallet_state(gate, wallet_id)
+    if not state.can_continue:
+        return []
+    position = outbox_position(gate, wallet_id)
+    pc, cs = PausedChat.__table__, ChatSession.__table__
+    with session_scope() as session:
+        lock_chats(session, [tuple(r) for r in session.execute(
+            select(pc.c.enterprise_id, pc.c.chat_id)
+            .where(pc.c.wallet_id == wallet_id, pc.c.resumed_at.is_(None), pc.c.reason.in_(FUNDS_REASONS))
+        )])
+        chats = session.execute(
+            update(pc)
+            .where(pc.c.wallet_id == wallet_id, pc.c.resumed_at.is_(None), pc.c.reason.in_(FUNDS_REASONS))
+            .values(resumed_at=func.now(), resumed_by=cause[:300])
+            .returning(pc.c.enterprise_id, pc.c.chat_id)
+        ).all()
+        chats = sorted((e, c) for e, c in chats)
+        if not chats:
+            return []
+        session.execute(
+            update(cs)
+            .where(tuple_(cs.c.enterprise_id, cs.c.chat_id).in_(chats), cs.c.status == ChatStatus.paused.value)
+            .values(can_resume=True, connection_state=ConnectionState.resumable.value, **_forward(cs, position))
+        )
+        _announce_after_commit(session, gate, [resumable_event(e, c, wallet_id, state.balance_nanos, cause)
+                                               for e, c in chats], send_task)
+    return chats
+
+
+def resume_chat(gate: WalletGate, *, enterprise_id: str, chat_id: str) -> WalletState:
+    """The orchestrator resumes a paused chat: if its wallet can pay, close its open paused record
+    and mark it active and connected (its state moves to the outbox position of now).  If this call closed the
+    record (no credit or sweep did first), it announces ``chat.resumable`` (cause 'resume') after
+    commit.  Returns the wallet's state.
+
+    Raises: LookupError naming ``chat_id`` (no such chat); PermissionError when the wallet still
+    cannot pay (nothing changes: ``needed_nanos`` says how much is missing).
+    """
+    with session_scope() as session:
+        chat = session.execute(
+            select(ChatSession).where(ChatSession.enterprise_id == enterprise_id, ChatSession.chat_id == chat_id)
+        ).scalar_one_or_none()
+        if chat is None:
+            raise LookupError(f"chat_id: unknown chat {chat_id!r} of enterprise {enterprise_id!r}")
+        wallet_id = chat.wallet_id
+    state = wallet_state(gate, wallet_id)
+    if not state.can_continue:
+        raise PermissionError(f"wallet {wallet_id!r} cannot pay yet: {state.needed_nanos} nanos needed")
+    position = outbox_position(gate, wallet_id)
+    pc, cs = PausedChat.__table__, ChatSession.__table__
+    with session_scope() as session:
+        lock_chats(session, [(enterprise_id, chat_id)])
+        closed = session.execute(
+            update(pc).where(pc.c.enterprise_id == enterprise_id, pc.c.chat_id == chat_id, pc.c.resumed_at.is_(None))
+            .values(resumed_at=func.now(), resumed_by="resume").returning(pc.c.wallet_id)
+        ).scalars().all()
+        session.execute(update(cs).where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id,
+                                         cs.c.status == ChatStatus.paused.value)
+                        .values(status=ChatStatus.active.value, pause_reason=None, can_resume=False,
+                                connection_state=ConnectionState.connected.value, **_forward(cs, position)))
+        _announce_after_commit(session, gate, [resumable_event(enterprise_id, chat_id, w, state.balance_nanos,
+                                                               "resume") for w in closed])
+    return state
+
+
+def finalize_session(enterprise_id: str, chat_id: str, *, ended_at: datetime | None = None) -> dict[str, Any]:
+    """Finalize a chat (the seed's ``finalize_session``): mark it completed (ended, no longer
+    resumable), refresh its workflow rollups, and return its summary compared with the workflow's
+    averages (:func:`worker.chats.rollups.chat_performance`: turns, tokens, cost in nanos, per agent).
+
+    Raises: LookupError naming the chat when none of its turns has been persisted yet.
+    """
+    from worker.chats.rollups import chat_performance, end_chat
+
+    with session_scope() as session:
+        end_chat(session, enterprise_id=enterprise_id, chat_id=chat_id, ended_at=ended_at)
+    with session_scope() as session:
+        return chat_performance(session, enterprise_id, chat_id)
+
+
+def sweep_paused(gate: WalletGate, *, limit: int = 1000) -> dict[str, int]:
+    """Resume the paused chats of every wallet (up to ``limit`` wallets with open records) that can
+    pay again: :func:`resume_paused_chats` with cause ``sweep``.  Returns ``{"wallets", "resumed"}``."""
+    with session_scope() as session:
+        wallet_ids = list(session.execute(
+            select(PausedChat.wallet_id).where(PausedChat.resumed_at.is_(None), PausedChat.reason.in_(FUNDS_REASONS))
+            .distinct().order_by(PausedChat.wallet_id).limit(limit)
+        ).scalars())
+    resumed = 0
+    for wallet_id in wallet_ids:
+        try:
+            resumed += len(resume_paused_chats(gate, wallet_id, cause="sweep"))
+        except UnknownWallet:  # a rebuild loads it; the next sweep tries again
+            continue
+    return {"wallets": len(wallet_ids), "resumed": resumed}

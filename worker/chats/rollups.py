@@ -1,0 +1,573 @@
+"""Rollups: the pre-computed summary of one enterprise × workflow × calendar month (UTC).
+
+A rollup is the seed's ``mon_{enterprise_id}_{workflow_name}`` document, stored in
+``workflow_rollup`` (JSONB, money in integer nano-USD) together with typed totals.  It is always
+recomputed *whole* from the ``usage_event`` rows of its period (SQL aggregates), never added to
+incrementally, so refreshing a group any number of times yields the same row.
+
+How a rollup stays current:
+
+- the drain marks ``(enterprise_id, workflow, period)`` in ``rollup_dirty`` in the same transaction
+  as the usage events it inserts (:func:`worker.ledger.accounts.persist_turns`);
+- the beat job (:func:`refresh_dirty`, every 60 s) deletes marks and refreshes their groups: only
+  what changed since the last run;
+- :func:`end_chat` marks a chat completed and refreshes its groups at once.
+
+Concurrency, in READ COMMITTED (PostgreSQL's default):
+
+- marks are taken with ``FOR UPDATE SKIP LOCKED``: two refreshes never take the same mark, and a
+  mark a drain is writing right now (its ``ON CONFLICT DO UPDATE`` holds the row lock) is left alone,
+  so it survives the drain's commit and the next run picks its rows up.  A drain that marks a group
+  whose mark a refresh has just deleted waits for the refresh to commit, then inserts a new mark.
+- each group is refreshed under a transaction-scoped advisory lock taken *before* its aggregates are
+  read, so of two refreshes of one group the one that commits last also read last: an older
+  snapshot never overwrites a newer one.  Groups are locked in sorted order (no deadlocks).
+
+``refreshed_at`` is bumped only when the stored document or totals change: a refresh that finds
+nothing new writes nothing at all.
+
+Money is integer nano-USD everywhere; ``*_usd`` fields are decimal strings for display
+(:func:`worker.pricing.prices.nanos_to_usd`).  Token averages are numbers rounded half-up to 2 decimals,
+durations are seconds rounded half-up to 3 decimals (milliseconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from sqlalchemy import and_, func, literal_column, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import Session
+
+from models.tables import ChatAgentUsage, ChatSession, ChatStatus, PausedChat, RollupDirty, UsageEvent, WorkflowRollup
+from worker.periods import current_period, period_bounds
+from worker.pricing.prices import nanos_to_usd
+
+#: how many dirty marks one :func:`refresh_dirty` call takes (one transaction)
+DEFAULT_DIRTY_LIMIT = 200
+
+_US = timedelta(microseconds=1)
+#: the keys of the document's ``overall_avg``, in display order
+OVERALL_AVG_KEYS = ("total_sessions", "total_turns", "total_cost_nanos", "total_cost_usd", "avg_cost_nanos",
+                    "avg_cost_usd", "avg_prompt_tokens", "avg_completion_tokens", "avg_total_tokens",
+                    "avg_duration_sec")
+
+
+def rollup_id(enterprise_id: str, workflow: str) -> str:
+    """The seed's document id: ``mon_{enterprise_id}_{workflow_name}``."""
+    return f"mon_{enterprise_id}_{workflow}"
+
+
+def _check_id(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 200:
+        raise ValueError(f"{name}: must be a non-empty string of at most 200 characters, got {value!r}")
+    return value
+
+
+def _check_group(enterprise_id: str, workflow: str, period: str) -> tuple[datetime, datetime]:
+    _check_id(enterprise_id, "enterprise_id")
+    _check_id(workflow, "workflow")
+    return period_bounds(period)  # ValueError naming the period
+
+
+def _avg_int(total: int, count: int) -> int:
+    """``total / count`` in integers, rounded half-up (0 when ``count`` is 0).  Never a float."""
+    if count <= 0:
+        return 0
+    q, r = divmod(total, count)
+    return q + (2 * r >= count)
+
+
+def _avg(total: int, count: int, places: int = 2) -> float:
+    """``total / count`` rounded half-up to ``places`` decimals, as a JSON number (tokens, ms, s)."""
+    if count <= 0:
+        return 0.0
+    exp = Decimal(1).scaleb(-places)
+    return float((Decimal(total) / Decimal(count)).quantize(exp, rounding=ROUND_HALF_UP))
+
+
+def _seconds(micros: int) -> float:
+    """Integer microseconds → seconds rounded half-up to milliseconds."""
+    return _avg(micros, 1_000_000, 3)
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _lock_group(session: Session, enterprise_id: str, workflow: str, period: str) -> None:
+    """Serialize refreshes of one group until the transaction ends (see the module docstring)."""
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": f"tollgate:rollup:{enterprise_id}\x1f{workflow}\x1f{period}"},
+    )
+
+
+def _take_own_mark(session: Session, enterprise_id: str, workflow: str, period: str) -> None:
+    """Delete the group's dirty mark unless another transaction holds it (a drain writing it, or a
+    refresh that already took it: either way the group is refreshed again after that commits)."""
+    session.execute(
+        text(
+            "DELETE FROM rollup_dirty d USING ("
+            "  SELECT enterprise_id, workflow, period FROM rollup_dirty"
+            "  WHERE enterprise_id = :e AND workflow = :w AND period = :p FOR UPDATE SKIP LOCKED"
+            ") t WHERE d.enterprise_id = t.enterprise_id AND d.workflow = t.workflow AND d.period = t.period"
+        ),
+        {"e": enterprise_id, "w": workflow, "p": period},
+    )
+
+
+def build_document(session: Session, enterprise_id: str, workflow: str, period: str) -> dict[str, Any]:
+    """Compute the rollup document of one group from ``usage_event`` (read only; nothing stored).
+
+    Shape (money in integer nano-USD, ``*_usd`` decimal strings, tokens integers)::
+
+        {"_id": "mon_{enterprise_id}_{workflow}", "enterprise_id", "workflow_name", "period": "YYYY-MM",
+         "overall_avg": {"avg_duration_sec", "avg_prompt_tokens", "avg_completion_tokens",
+                         "avg_total_tokens", "avg_cost_usd", "avg_cost_nanos", "total_sessions",
+                         "total_turns", "total_cost_usd", "total_cost_nanos"},
+         "chat_sessions": {chat_id: {"status", "turns", "prompt_tokens", "completion_tokens",
+                                     "total_tokens", "cost_usd", "cost_nanos", "duration_sec",
+                                     "started_at", "ended_at"}},
+         "agents": {agent: {"turns", "avg_response_ms", "prompt_tokens", "completion_tokens",
+                            "total_tokens", "cost_usd", "cost_nanos"}}}
+
+    Definitions:
+
+    - The group's turns are the usage events of ``enterprise_id`` × ``workflow`` with
+      ``occurred_at`` in ``[period start, period end)`` (UTC).  ``cost`` is each turn's cost at the
+      prices it was charged at (``usage_event.cost_nanos``; what was debited may be less, e.g. 0 in
+      development mode).  ``total_tokens = prompt_tokens + completion_tokens`` (cached prompt
+      tokens are part of the prompt).
+    - A session is a chat (``chat_id``) with at least one turn in the period; averages are per
+      session: ``avg_x = total_x / total_sessions``, tokens rounded half-up to 2 decimals,
+      ``avg_cost_nanos`` an integer rounded half-up.
+    - ``duration_sec`` of a session *in this period*: from its first turn in the period to its end
+      in the period, which is the chat's ``ended_at`` when the chat is completed and ``ended_at``
+      falls in ``[first turn, period end)``, else its last turn in the period (and never before
+      that last turn).  Seconds, rounded half-up to 3 decimals.  A chat spanning two months
+      contributes each month's part to that month.
+    - ``status``, ``started_at`` (first turn ever) and ``ended_at`` (null until completed) come from
+      ``chat_session``: the chat's whole life, ISO 8601 UTC strings.
+    - Agents are discovered from the turns; ``avg_response_ms`` is the mean of the turns'
+      ``duration_ms`` (response time), rounded half-up to 2 decimals.
+
+    Raises: ValueError naming ``enterprise_id``, ``workflow`` or ``period`` (not ``'YYYY-MM'``).
+    """
+    return _compute(session, enterprise_id, workflow, period)[0]
+
+
+def _compute(session: Session, enterprise_id: str, workflow: str, period: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """The document and the typed totals (turns, tokens, ``cost_nanos``, ``duration_us``)."""
+    start, end = _check_group(enterprise_id, workflow, period)
+    ue = UsageEvent
+    in_group = and_(ue.enterprise_id == enterprise_id, ue.workflow == workflow,
+                    ue.occurred_at >= start, ue.occurred_at < end)
+
+    per_chat = (
+        select(
+            ue.chat_id.label("chat_id"),
+            func.count().label("turns"),
+            func.sum(ue.prompt_tokens).label("prompt_tokens"),
+            func.sum(ue.completion_tokens).label("completion_tokens"),
+            func.sum(ue.cached_prompt_tokens).label("cached_prompt_tokens"),
+            func.sum(ue.cost_nanos).label("cost_nanos"),
+            func.min(ue.occurred_at).label("first_turn"),
+            func.max(ue.occurred_at).label("last_turn"),
+        )
+        .where(in_group)
+        .group_by(ue.chat_id)
+        .subquery()
+    )
+    cs = ChatSession.__table__
+    chat_rows = session.execute(
+        select(per_chat, cs.c.status, cs.c.started_at, cs.c.ended_at)
+        .select_from(per_chat.outerjoin(cs, and_(cs.c.enterprise_id == enterprise_id,
+                                                   cs.c.chat_id == per_chat.c.chat_id)))
+        .order_by(per_chat.c.chat_id)
+    ).all()
+    agent_rows = session.execute(
+        select(
+            ue.agent,
+            func.count(),
+            func.sum(ue.duration_ms),
+            func.sum(ue.prompt_tokens),
+            func.sum(ue.completion_tokens),
+            func.sum(ue.cost_nanos),
+        )
+        .where(in_group)
+        .group_by(ue.agent)
+        .order_by(ue.agent)
+    ).all()
+
+    chats: dict[str, dict[str, Any]] = {}
+    totals = dict.fromkeys(("turns", "prompt_tokens", "completion_tokens", "cached_prompt_tokens",
+                            "cost_nanos", "duration_us"), 0)
+    for r in chat_rows:
+        prompt, completion, cost = int(r.prompt_tokens), int(r.completion_tokens), int(r.cost_nanos)
+        session_end = r.last_turn
+        if r.status == ChatStatus.completed and r.ended_at is not None and r.first_turn <= r.ended_at < end:
+            session_end = max(r.ended_at, r.last_turn)
+        duration_us = (session_end - r.first_turn) // _US
+        chats[r.chat_id] = {
+            "status": r.status,
+            "turns": int(r.turns),
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "cost_usd": nanos_to_usd(cost),
+            "cost_nanos": cost,
+            "duration_sec": _seconds(duration_us),
+            "started_at": _iso(r.started_at),
+            "ended_at": _iso(r.ended_at),
+        }
+        totals["turns"] += int(r.turns)
+        totals["prompt_tokens"] += prompt
+        totals["completion_tokens"] += completion
+        totals["cached_prompt_tokens"] += int(r.cached_prompt_tokens)
+        totals["cost_nanos"] += cost
+        totals["duration_us"] += duration_us
+
+    agents: dict[str, dict[str, Any]] = {}
+    for agent, turns, duration_ms, prompt, completion, cost in agent_rows:
+        agents[agent] = {
+            "turns": int(turns),
+            "avg_response_ms": _avg(int(duration_ms), int(turns)),
+            "prompt_tokens": int(prompt),
+            "completion_tokens": int(completion),
+            "total_tokens": int(prompt) + int(completion),
+            "cost_usd": nanos_to_usd(int(cost)),
+            "cost_nanos": int(cost),
+        }
+
+    sessions = len(chats)
+    avg_cost = _avg_int(totals["cost_nanos"], sessions)
+    return ({
+        "_id": rollup_id(enterprise_id, workflow),
+        "enterprise_id": enterprise_id,
+        "workflow_name": workflow,
+        "period": period,
+        "overall_avg": {
+            "avg_duration_sec": _seconds(_avg_int(totals["duration_us"], sessions)),
+            "avg_prompt_tokens": _avg(totals["prompt_tokens"], sessions),
+            "avg_completion_tokens": _avg(totals["completion_tokens"], sessions),
+            "avg_total_tokens": _avg(totals["prompt_tokens"] + totals["completion_tokens"], sessions),
+            "avg_cost_usd": nanos_to_usd(avg_cost),
+            "avg_cost_nanos": avg_cost,
+            "total_sessions": sessions,
+            "total_turns": totals["turns"],
+            "total_cost_usd": nanos_to_usd(totals["cost_nanos"]),
+            "total_cost_nanos": totals["cost_nanos"],
+        },
+        "chat_sessions": chats,
+        "agents": agents,
+    }, totals)
+
+
+def _past_retention(period: str) -> bool:
+    """Is ``period`` older than ``settings.usage_retention_months`` (its usage events dropped)?"""
+    from worker.settings import get_settings
+
+    months = get_settings().usage_retention_months
+    if not months:
+        return False
+    year, month = map(int, current_period().split("-"))
+    index = year * 12 + month - 1 - (months - 1)
+    return period < f"{index // 12:04d}-{index % 12 + 1:02d}"
+
+
+def refresh_rollup(session: Session, enterprise_id: str, workflow: str, period: str) -> WorkflowRollup:
+    """Recompute one group's rollup from its usage events and upsert ``workflow_rollup``.
+
+    The group is ``enterprise_id`` × ``workflow`` × ``period`` (``'YYYY-MM'``, UTC); its dirty mark,
+    if present and not held by another transaction, is consumed.  The document is
+    :func:`build_document`'s; the typed columns hold the same totals (turns, sessions, tokens,
+    ``cost_nanos``).  Deterministic: a second refresh with no new turns writes nothing, not even
+    ``refreshed_at`` (bumped only when the document or totals change).  A group without turns is
+    stored as a rollup of zeros.  A period past ``settings.usage_retention_months`` keeps its stored
+    rollup (its events are dropped; a late turn there must not shrink it).  Does not commit.
+
+    Returns the stored :class:`WorkflowRollup` row.
+    Raises: ValueError naming ``enterprise_id``, ``workflow`` or ``period``.
+    """
+    _check_group(enterprise_id, workflow, period)
+    _lock_group(session, enterprise_id, workflow, period)
+    _take_own_mark(session, enterprise_id, workflow, period)
+    if _past_retention(period):  # its events are dropped: the stored rollup is the record now
+        kept = get_rollup(session, enterprise_id, workflow, period)
+        if kept is not None:
+            return kept
+    document, totals = _compute(session, enterprise_id, workflow, period)
+    values = {
+        "enterprise_id": enterprise_id,
+        "workflow": workflow,
+        "period": period,
+        "document": document,
+        "total_sessions": document["overall_avg"]["total_sessions"],
+        "total_turns": totals["turns"],
+        "prompt_tokens": totals["prompt_tokens"],
+        "completion_tokens": totals["completion_tokens"],
+        "cached_prompt_tokens": totals["cached_prompt_tokens"],
+        "cost_nanos": totals["cost_nanos"],
+    }
+    wr = WorkflowRollup.__table__
+    stmt = insert(wr).values(**values)
+    ex = stmt.excluded
+    changed = [wr.c[name].is_distinct_from(ex[name]) for name in values if name not in
+               ("enterprise_id", "workflow", "period")]
+    session.execute(stmt.on_conflict_do_update(
+        index_elements=["enterprise_id", "workflow", "period"],
+        set_={**{name: ex[name] for name in values}, "refreshed_at": func.now()},
+        where=or_(*changed),
+    ))
+    return session.execute(
+        select(WorkflowRollup)
+        .where(WorkflowRollup.enterprise_id == enterprise_id, WorkflowRollup.workflow == workflow,
+               WorkflowRollup.period == period)
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+
+
+def refresh_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> int:
+    """The beat job's incremental refresh: take up to ``limit`` dirty marks (oldest first) and
+    refresh their groups, in this transaction.
+
+    Marks are deleted in one statement (``DELETE … USING (SELECT … FOR UPDATE SKIP LOCKED)
+    RETURNING``): concurrent jobs never take the same mark, and a mark a drain is writing right now
+    is skipped (it stays and is taken by a later run).  If the transaction rolls back, the marks come
+    back with it.  Running it twice in a row: the second run takes no mark and changes nothing.
+    Does not commit.
+
+    Returns the number of groups refreshed.
+    Raises: ValueError for a ``limit`` that is not a positive integer.
+    """
+    groups = take_dirty(session, limit)
+    for enterprise_id, workflow, period in groups:
+        refresh_rollup(session, enterprise_id, workflow, period)
+    return len(groups)
+
+
+def take_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> list[tuple[str, str, str]]:
+    """Delete up to ``limit`` dirty marks (oldest first; marks a drain is writing are skipped) and
+    return their groups ``(enterprise_id, workflow, period)``, sorted.  Commit this on its own before
+    refreshing, so no drain waits on a mark for the length of a refresh; if a refresh then fails,
+    :func:`mark_dirty` puts its groups back.  Raises ValueError for a bad ``limit``."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+        raise ValueError(f"limit: must be a positive integer, got {limit!r}")
+    taken = session.execute(
+        text(
+            "WITH taken AS MATERIALIZED ("
+            "  SELECT enterprise_id, workflow, period FROM rollup_dirty"
+            "  ORDER BY touched_at, enterprise_id, workflow, period LIMIT :limit FOR UPDATE SKIP LOCKED"
+            ") DELETE FROM rollup_dirty d USING taken t"
+            " WHERE d.enterprise_id = t.enterprise_id AND d.workflow = t.workflow AND d.period = t.period"
+            " RETURNING d.enterprise_id, d.workflow, d.period"
+        ),
+        {"limit": limit},
+    ).all()
+    return sorted({(e, w, p) for e, w, p in taken})
+
+
+def pending_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> list[tuple[str, str, str]]:
+    """Up to ``limit`` dirty groups ``(enterprise_id, workflow, period)``, oldest mark first, without
+    taking them: each mark is deleted by :func:`refresh_rollup` in the transaction that stores the
+    group's new rollup, so a job killed mid-run (SIGKILL: no handler runs) leaves every group it did
+    not refresh marked.  Raises ValueError for a bad ``limit``."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+        raise ValueError(f"limit: must be a positive integer, got {limit!r}")
+    rd = RollupDirty
+    return [tuple(row) for row in session.execute(
+        select(rd.enterprise_id, rd.workflow, rd.period)
+        .order_by(rd.touched_at, rd.enterprise_id, rd.workflow, rd.period).limit(limit)
+    ).all()]
+
+
+def mark_dirty(session: Session, groups: list[tuple[str, str, str]]) -> None:
+    """Mark groups ``(enterprise_id, workflow, period)`` as needing a refresh (idempotent)."""
+    if not groups:
+        return
+    rd = RollupDirty.__table__
+    stmt = insert(rd).values([{"enterprise_id": e, "workflow": w, "period": p} for e, w, p in sorted(groups)])
+    session.execute(stmt.on_conflict_do_update(
+        index_elements=["enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}
+    ))
+
+
+def get_rollup(session: Session, enterprise_id: str, workflow: str, period: str) -> WorkflowRollup | None:
+    """The stored rollup of one group, or None if it was never refreshed.  Raises ValueError."""
+    _check_group(enterprise_id, workflow, period)
+    return session.get(WorkflowRollup, (enterprise_id, workflow, period))
+
+
+def workflow_averages(session: Session, enterprise_id: str, workflow: str, period: str) -> dict[str, Any]:
+    """Per-session averages of one workflow in one period (UTC month).
+
+    Source: the stored rollup (current up to the beat interval, ~60 s, or since the last
+    :func:`end_chat`); if the group was never rolled up, computed from ``usage_event`` now (nothing
+    stored).  Returns::
+
+        {"enterprise_id", "workflow", "period", "source": "rollup"|"usage_event",
+         "refreshed_at": ISO string | None,
+         "total_sessions", "total_turns",                       # counts
+         "avg_prompt_tokens", "avg_completion_tokens", "avg_total_tokens",   # tokens, 2 decimals
+         "avg_cost_nanos", "total_cost_nanos",                  # integer nano-USD
+         "avg_cost_usd", "total_cost_usd",                      # decimal strings
+         "avg_duration_sec"}                                    # seconds, 3 decimals
+
+    See :func:`build_document` for the definitions.
+    Raises: ValueError naming ``enterprise_id``, ``workflow`` or ``period``.
+    """
+    rollup = get_rollup(session, enterprise_id, workflow, period)
+    if rollup is not None:
+        overall, source, refreshed = rollup.document["overall_avg"], "rollup", _iso(rollup.refreshed_at)
+    else:
+        overall, source, refreshed = build_document(session, enterprise_id, workflow, period)["overall_avg"], \
+            "usage_event", None
+    return {"enterprise_id": enterprise_id, "workflow": workflow, "period": period, "source": source,
+            "refreshed_at": refreshed, **overall}
+
+
+def chat_performance(session: Session, enterprise_id: str, chat_id: str) -> dict[str, Any]:
+    """Performance metrics of one chat over its whole life, per agent.
+
+    Source: the chat's running aggregates (``chat_session``, ``chat_agent_usage``), which the drain
+    updates in the same transaction as the usage events: current as of the last drained batch.
+    Returns::
+
+        {"enterprise_id", "chat_id", "workflow", "status", "started_at", "ended_at", "last_turn_at",
+         "turns", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "total_tokens",
+         "cost_nanos", "cost_usd",
+         "agents": {agent: {"turns", "avg_response_ms",            # ms, 2 decimals
+                            "total_response_ms",                   # integer ms
+                            "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "total_tokens",
+                            "cost_nanos", "cost_usd"}}}
+
+    Raises: LookupError naming ``enterprise_id`` and ``chat_id`` when the chat has no persisted turn;
+    ValueError for an empty id.
+    """
+    _check_id(enterprise_id, "enterprise_id")
+    _check_id(chat_id, "chat_id")
+    chat = session.execute(
+        select(ChatSession).where(ChatSession.enterprise_id == enterprise_id, ChatSession.chat_id == chat_id)
+    ).scalar_one_or_none()
+    if chat is None:
+        raise LookupError(f"unknown chat: enterprise_id={enterprise_id!r} chat_id={chat_id!r} has no persisted turns")
+    agents = {}
+    for a in session.execute(
+        select(ChatAgentUsage).where(ChatAgentUsage.chat_session_id == chat.id).order_by(ChatAgentUsage.agent)
+    ).scalars():
+        agents[a.agent] = {
+            "turns": a.turns,
+            "avg_response_ms": _avg(a.duration_ms, a.turns),
+            "total_response_ms": a.duration_ms,
+            "prompt_tokens": a.prompt_tokens,
+            "completion_tokens": a.completion_tokens,
+            "cached_prompt_tokens": a.cached_prompt_tokens,
+            "total_tokens": a.prompt_tokens + a.completion_tokens,
+            "cost_nanos": a.cost_nanos,
+            "cost_usd": nanos_to_usd(a.cost_nanos),
+        }
+    return {
+        "enterprise_id": enterprise_id,
+        "chat_id": chat_id,
+        "workflow": chat.workflow,
+        "status": chat.status,
+        "started_at": _iso(chat.started_at),
+        "ended_at": _iso(chat.ended_at),
+        "last_turn_at": _iso(chat.last_turn_at),
+        "turns": chat.turns,
+        "prompt_tokens": chat.prompt_tokens,
+        "completion_tokens": chat.completion_tokens,
+        "cached_prompt_tokens": chat.cached_prompt_tokens,
+        "total_tokens": chat.prompt_tokens + chat.completion_tokens,
+        "cost_nanos": chat.cost_nanos,
+        "cost_usd": nanos_to_usd(chat.cost_nanos),
+        "agents": agents,
+    }
+
+
+@dataclass(frozen=True)
+class EndedChat:
+    """What :func:`end_chat` did: the chat's ``ended_at`` (UTC), whether it was already completed
+    before this call, and the rollups it refreshed (one per workflow × period with turns)."""
+
+    enterprise_id: str
+    chat_id: str
+    ended_at: datetime
+    already_completed: bool
+    rollups: list[WorkflowRollup] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (rollups as ``[{"workflow", "period", "total_sessions", "total_turns",
+        "cost_nanos"}]``)."""
+        return {
+            "enterprise_id": self.enterprise_id,
+            "chat_id": self.chat_id,
+            "ended_at": _iso(self.ended_at),
+            "already_completed": self.already_completed,
+            "rollups": [{"workflow": r.workflow, "period": r.period, "total_sessions": r.total_sessions,
+                         "total_turns": r.total_turns, "cost_nanos": r.cost_nanos} for r in self.rollups],
+        }
+
+
+def chat_groups(session: Session, enterprise_id: str, chat_id: str) -> list[tuple[str, str]]:
+    """The ``(workflow, period)`` groups a chat has persisted turns in, sorted."""
+    utc = func.timezone(literal_column("'UTC'"), UsageEvent.occurred_at)  # occurred_at AT TIME ZONE 'UTC'
+    period = func.to_char(utc, literal_column("'YYYY-MM'"))
+    rows = session.execute(
+        select(UsageEvent.workflow, period)
+        .where(UsageEvent.enterprise_id == enterprise_id, UsageEvent.chat_id == chat_id)
+        .group_by(UsageEvent.workflow, period)
+    ).all()
+    return sorted((w, p) for w, p in rows)
+
+
+def end_chat(
+    session: Session, *, enterprise_id: str, chat_id: str, ended_at: datetime | None = None
+) -> EndedChat:
+    """Mark a chat completed and refresh, in this transaction, the rollup of every workflow × period
+    the chat has persisted turns in (no wait for the beat job).
+
+    ``ended_at`` (aware datetime; default: now, UTC) is recorded once: ending an already completed
+    chat keeps its first ``ended_at`` (a retried task does not move it) and refreshes again.  Turns
+    persisted later keep the chat completed (the drain never reopens it) and reach the rollup through
+    the beat job.  Does not commit.
+
+    Returns :class:`EndedChat`.
+    Raises: LookupError naming ``enterprise_id`` and ``chat_id`` when no turn of the chat has been
+    persisted yet (none drained, or a wrong id); ValueError for a naive ``ended_at`` or an empty id.
+    """
+    _check_id(enterprise_id, "enterprise_id")
+    _check_id(chat_id, "chat_id")
+    if ended_at is None:
+        ended_at = datetime.now(UTC)
+    elif not isinstance(ended_at, datetime) or ended_at.tzinfo is None:
+        raise ValueError(f"ended_at: must be an aware datetime (UTC), got {ended_at!r}")
+    ended_at = ended_at.astimezone(UTC)
+    cs = ChatSession.__table__
+    # lock the chat row first (the drain locks chats before marks; we lock groups only after)
+    row = session.execute(
+        select(cs.c.id, cs.c.status, cs.c.ended_at)
+        .where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id)
+        .with_for_update()
+    ).one_or_none()
+    if row is None:
+        raise LookupError(f"unknown chat: enterprise_id={enterprise_id!r} chat_id={chat_id!r} has no persisted turns")
+    already = row.status == ChatStatus.completed and row.ended_at is not None
+    if already:
+        ended_at = row.ended_at.astimezone(UTC)
+    else:
+        session.execute(
+            update(cs).where(cs.c.id == row.id).values(status=ChatStatus.completed.value, ended_at=ended_at,
+                                                      pause_reason=None, connection_state="ended",
+                                                      can_resume=False)
+        )
+        pc = PausedChat.__table__  # an ended chat is not waiting for funds any more
+        session.execute(update(pc).where(pc.c.enterprise_id == enterprise_id, pc.c.chat_id == chat_id,
+                                         pc.c.resumed_at.is_(None)).values(resumed_at=ended_at, resumed_by="ended"))
+    rollups = [refresh_rollup(session, enterprise_id, workflow, period)
+               for workflow, period in chat_groups(session, enterprise_id, chat_id)]
+    return EndedChat(enterprise_id, chat_id, ended_at, already, rollups)

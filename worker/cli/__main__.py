@@ -1,0 +1,5 @@
+"""``python -m worker.cli``: the ``tollgate`` command."""
+
+from worker.cli import app
+
+app()

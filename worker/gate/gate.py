@@ -1,0 +1,927 @@
+"""The gate: prices a turn in-process and runs ``record_turn.lua`` (one atomic step in Redis) to
+debit the payer's wallet, remember the turn_id and append the turn to the outbox.
+
+Redis keys (every key one script touches shares the shard's hash tag, so the gate runs unchanged on
+Redis Cluster)::
+
+    tollgate:{sN}:wallet:<wallet_id>   hash  balance, held, mode, limited, enterprise, blocked, level,
+                                             share_bps, trial_left, trial_then, accepted_turns, denied_turns,
+                                             require_hold ('1': reservations required), debt (nanos),
+                                             max_turn_nanos (the most one turn may cost)
+    tollgate:{sN}:turn:<n>:<enterprise>:<m>:<wallet>:<turn_id>
+                                       str   first answer for a turn_id in its scope, the (enterprise,
+                                             wallet) pair (TTL: settings.dedupe_ttl_s)
+    tollgate:{sN}:credit:<m>:<wallet>:<key> str  credit already applied (same TTL)
+    tollgate:{sN}:adjust:<m>:<wallet>:<key> str  signed adjustment (e.g. allowance expiry) already applied (same TTL)
+    tollgate:{sN}:outbox               stream of accepted turns not yet persisted
+    tollgate:{sN}:kick                 str   a drain was asked for within settings.kick_interval_ms
+    tollgate:{sN}:hold:<reservation>   hash  a reservation's hold: wallet, amount, expires_ms
+    tollgate:{sN}:holds                zset  reservation ids by expiry (ms); the wallet's 'held' sums them
+
+Ids may contain ':', so every part of a composed key but the last is written with its length
+first (``<n>:<part>``, see :func:`scoped_key`): wallet ``app:x:u1`` with turn ``t`` and wallet
+``app:x`` with turn ``u1:t`` are two keys.
+
+``N = crc32(wallet_id) % settings.outbox_shards``; the shard count is written once to
+``tollgate:config:outbox_shards`` and a gate with another count refuses to start (wallets would move
+shards and the turns queued on the old ones would be stranded).  Nothing but this module runs the
+scripts.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.resources import files
+from typing import Callable, Iterable, Sequence
+
+import orjson
+import redis
+from hiredis import pack_command
+
+from models.schemas import Decision, TurnIn, trusted_decision
+from models.tables import DEFAULT_MAX_TURN_COST_NANOS, BillingMode
+from models.validation import check_text
+from worker.pricing.meters import meter_price
+from worker.pricing.prices import PriceBook, PriceSheet, TurnLimitExceeded, TurnPrice
+from worker.settings import Settings, get_settings, redis_client
+
+PREFIX = "tollgate"
+SHARDS_KEY = f"{PREFIX}:config:outbox_shards"
+#: version of the outbox payload (first element of the JSON list); parse_entry reads 1 to 4
+#: (2 appends the meter and its quantity, 3 the cache-write tokens and their rate, 4 the 1-hour
+#: cache-write tokens, their rate and the service tier)
+PAYLOAD_VERSION = 4
+log = logging.getLogger(__name__)
+
+
+class WrongEnterprise(LookupError):
+    """The wallet belongs to another app than the turn's ``enterprise_id``; nothing changes."""
+
+    def __init__(self, wallet_id: str) -> None:
+        super().__init__(f"wallet {wallet_id!r} does not belong to the turn's enterprise")
+        self.wallet_id = wallet_id
+
+
+class GateConfigError(RuntimeError):
+    """The gate's settings disagree with what Redis holds (the outbox shard count, a wallet's mode)."""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A hold on a wallet's funds: granted or refused, the nanos held, and the wallet's balance and
+    total holds right after, nano-USD (available = balance − held)."""
+
+    reservation_id: str
+    wallet_id: str
+    granted: bool
+    amount_nanos: int
+    balance_nanos: int
+    held_nanos: int
+    duplicate: bool = False
+
+
+class GateBatchError(RuntimeError):
+    """Redis refused some calls of a batch after others were applied.
+
+    ``decisions`` has the decision of each turn that was applied and ``None`` for each that was not;
+    the applied ones are debited and queued like any other.
+    """
+
+    def __init__(self, error: Exception, decisions: list[Decision | None]) -> None:
+        super().__init__(f"{sum(d is None for d in decisions)} of {len(decisions)} turn(s) not recorded: {error}")
+        self.error = error
+        self.decisions = decisions
+
+
+#: turns of one shard decided by one run of ``record_turns.lua`` (one EVALSHA): fewer script runs
+#: and replies; small enough that one call keeps Redis busy well under a millisecond
+TURNS_PER_CALL = 64
+#: commands written ahead of the replies read: Redis runs one chunk's scripts while this process
+#: packs and sends the next (Redis buffers replies in memory, so writing ahead cannot deadlock)
+PIPELINE_CHUNK = 128
+
+
+def _pipeline_evalsha(client: redis.Redis, calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
+    """EVALSHA every call, pipelined on one connection of one server; returns one reply or
+    ``ResponseError`` per call, in order.  If the server lost the scripts (restart, SCRIPT FLUSH)
+    every call fails with NOSCRIPT before running, so loading them and sending the batch again is
+    safe.  Raises redis ConnectionError/TimeoutError (the connection is dropped; the batch's turns
+    are idempotent by turn_id, so the caller may send them again)."""
+    scripts = list({id(c[0]): c[0] for c in calls}.values())
+    if len(scripts) > 1:
+        # one script's NOSCRIPT must not let another's calls run alone (a reserve_exact batch would
+        # record turns whose holds were never made): load what this server lacks first
+        for script, exists in zip(scripts, client.script_exists(*(sc.sha for sc in scripts))):
+            if not exists:
+                client.script_load(script.script)
+    chunks = [
+        (b"".join(pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)) for script, keys, args in chunk),
+         len(chunk))
+        for chunk in (calls[i:i + PIPELINE_CHUNK] for i in range(0, len(calls), PIPELINE_CHUNK))
+    ]
+    return _send_packed_retrying(client, chunks, scripts)
+
+
+def _send_packed_retrying(client: redis.Redis, commands: Iterable[tuple[bytes, int]],
+                          scripts: Sequence[redis.commands.core.Script],
+                          on_reply: Callable[[object], None] | None = None) -> list:
+    """:func:`_send_packed`; when every reply is NOSCRIPT (the server lost ``scripts``, so none
+    ran), load them and send the same commands once more.  Returns the final replies in order, or,
+    with ``on_reply``, passes each to it as soon as it is known final (leading NOSCRIPT replies
+    wait until a later reply shows the scripts were there) and returns an empty list."""
+    out: list = []
+    deliver = on_reply or out.append
+    sent: list[tuple[bytes, int]] = []
+    held: list = []  # the NOSCRIPT replies read while no other reply has come yet
+    passing = False
+
+    def keep(reply) -> None:
+        nonlocal passing
+        if not passing:
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                held.append(reply)
+                return
+            passing = True
+            for r in held:
+                deliver(r)
+        deliver(reply)
+
+    _send_packed(client, commands, sent, keep)
+    if not passing and held:  # every reply NOSCRIPT: nothing ran
+        for script in scripts:
+            client.script_load(script.script)
+        _send_packed(client, sent, None, deliver)
+    return out
+
+
+def _send_packed(client: redis.Redis, commands: Iterable[tuple[bytes, int]], sent: list | None,
+                 on_reply: Callable[[object], None]) -> None:
+    """The pipeline itself, below redis-py's ``Pipeline`` (whose pure-Python command packer cost
+    more than the scripts): ``commands`` are ``(packed bytes, replies expected)``, taken lazily and
+    each written before the previous one's replies are read, so Redis runs one while this process
+    builds and packs the next.  Redis buffers replies in memory, so writing ahead cannot deadlock.
+    Each command taken is appended to ``sent`` (when given); each reply, or the ``ResponseError``
+    of a refused command, is passed to ``on_reply`` in order.  Raises redis ConnectionError /
+    TimeoutError (the connection is then dropped)."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        pending: list[int] = []  # replies expected per command written and not yet read
+        for packed, n in commands:
+            if sent is not None:
+                sent.append((packed, n))
+            conn.send_packed_command([packed], check_health=False)
+            pending.append(n)
+            if len(pending) > 1:
+                _read_replies(conn, pending.pop(0), on_reply)
+        for n in pending:
+            _read_replies(conn, n, on_reply)
+    except BaseException:
+        conn.disconnect()  # replies may be left unread on it
+        raise
+    finally:
+        pool.release(conn)
+
+
+def _read_replies(conn, n: int, on_reply: Callable[[object], None]) -> None:
+    for _ in range(n):
+        try:
+            reply = conn.read_response()
+        except redis.exceptions.ResponseError as exc:
+            reply = exc
+        on_reply(reply)
+
+
+def scoped_key(*parts: str) -> str:
+    """Parts of a key joined without ambiguity: every part but the last as ``<len>:<part>:``, the
+    last as it is (so a key is still a prefix of the keys whose last part extends it).  Ids may
+    contain ':'; ``scoped_key('app:x:u1', 't') != scoped_key('app:x', 'u1:t')``."""
+    return "".join(f"{len(p)}:{p}:" for p in parts[:-1]) + parts[-1]
+
+
+def turn_key(tag: str, enterprise_id: str, wallet_id: str, turn_id: str) -> str:
+    """The key of a turn_id's first answer in shard ``tag``.  The idempotency scope is the
+    (enterprise_id, wallet_id) pair: a turn_id is unique per payer wallet within an app, the same
+    scope as PostgreSQL's ``usage_turn_key``."""
+    return f"{tag}:turn:{scoped_key(enterprise_id, wallet_id, turn_id)}"
+
+
+def _own_keys(tag: str, turn: TurnIn, reservation_id: str | None) -> tuple[str, str, str]:
+    """A turn's own keys in shard ``tag``: its wallet, its turn_id's answer, the hold it settles."""
+    return (f"{tag}:wallet:{turn.wallet_id}", turn_key(tag, turn.enterprise_id, turn.wallet_id, turn.turn_id),
+            f"{tag}:hold:{reservation_id or ''}")
+
+
+def _own_args(turn: TurnIn, price: TurnPrice, reservation_id: str | None, require_hold: bool) -> tuple:
+    """A turn's own script arguments: cost, payload, reservation_id, require_hold, enterprise_id, tokens."""
+    return (price.cost_nanos, turn_payload(turn, price), reservation_id or "", "1" if require_hold else "0",
+            turn.enterprise_id, turn.prompt_tokens + turn.completion_tokens)
+
+
+#: replies of a node that did not run a command (redis-py parses the error code away: a MOVED
+#: reply is a MovedError whose text is "<slot> <host>:<port>"); MovedError is an AskError
+_NOT_RUN_ON_CLUSTER = (redis.exceptions.AskError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+
+
+def _ramp(group: list[int]) -> list[list[int]]:
+    """``group`` cut, in order, into pieces of 8, 16, 32, … (the last piece takes the rest)."""
+    pieces, start, size = [], 0, 8
+    while start < len(group):
+        end = start + size if start + 2 * size <= len(group) else len(group)
+        pieces.append(group[start:end])
+        start, size = end, size * 2
+    return pieces
+
+
+def _decide_group(batch: list[int], reply, decide: Callable[[int, object], None]) -> None:
+    """One ``record_turns.lua`` reply (a list, or an exception for the whole call) to ``decide(i,
+    turn reply)`` for each turn index ``i`` of its group, in order."""
+    for position, i in enumerate(batch):
+        decide(i, reply if isinstance(reply, Exception) else reply[position])
+
+
+def _cost_limit(cost_nanos: int, limit_nanos: int, *, index: int | None = None) -> TurnLimitExceeded:
+    """The refusal of a turn costing ``cost_nanos``, above its app's ``max_turn_cost_nanos``."""
+    return TurnLimitExceeded("cost_nanos", f"the turn costs {cost_nanos:,} nanos, above its app's "
+                                           f"max_turn_cost_nanos of {limit_nanos:,}", index=index)
+
+
+def _priced(turn: TurnIn, quote: TurnPrice | PriceSheet) -> TurnPrice:
+    """A turn's price from :meth:`WalletGate._quote`'s answer (a sheet is applied to its tokens)."""
+    if isinstance(quote, TurnPrice):
+        return quote
+    return quote.price(turn.prompt_tokens, turn.completion_tokens, turn.cached_prompt_tokens,
+                       turn.cache_write_tokens, turn.cache_write_1h_tokens)
+
+
+class UnknownWallet(LookupError):
+    """The wallet does not exist in the gate (never created, or Redis lost it: rebuild it)."""
+
+    def __init__(self, wallet_id: str) -> None:
+        super().__init__(f"unknown wallet {wallet_id!r}")
+        self.wallet_id = wallet_id
+
+
+def _lua(name: str, *libs: str) -> str:
+    """A script from ``worker/gate/lua``, with the shared helpers of ``lib_int.lua`` and then ``libs``
+    prepended."""
+    lua = files("worker.gate").joinpath("lua")
+    return "\n".join(lua.joinpath(n).read_text() for n in ("lib_int.lua", *libs, name))
+
+
+def shard_of(wallet_id: str, shards: int) -> int:
+    """The outbox shard of a wallet: ``crc32(wallet_id) % shards``."""
+    return zlib.crc32(wallet_id.encode()) % shards
+
+
+def shard_tag(shard: int) -> str:
+    """Key prefix of one shard, hash tag included: ``tollgate:{s3}``."""
+    return f"{PREFIX}:{{s{shard}}}"
+
+
+def outbox_key(shard: int) -> str:
+    """The outbox stream of one shard."""
+    return f"{shard_tag(shard)}:outbox"
+
+
+def kick_key(shard: int) -> str:
+    """The drain-kick flag of one shard."""
+    return f"{shard_tag(shard)}:kick"
+
+
+def turn_payload(turn: TurnIn, price: TurnPrice) -> str:
+    """The outbox form of an accepted turn: compact JSON, read back by :func:`worker.ledger.drain.parse_entry`.
+
+    ``ts`` is ``occurred_at`` in integer microseconds since the Unix epoch (UTC).
+    """
+    occurred = turn.occurred_at
+    ts = (occurred.toordinal() - 719163) * 86_400_000_000 + (
+        (occurred.hour * 3600 + occurred.minute * 60 + occurred.second) * 1_000_000 + occurred.microsecond
+    )
+    return orjson.dumps(
+        [
+            PAYLOAD_VERSION,
+            turn.turn_id,
+            turn.wallet_id,
+            turn.enterprise_id,
+            turn.chat_id,
+            turn.workflow,
+            turn.agent,
+            turn.model,
+            price.provider,
+            turn.prompt_tokens,
+            turn.completion_tokens,
+            turn.cached_prompt_tokens,
+            turn.duration_ms,
+            price.input_nanos_per_mtok,
+            price.cached_input_nanos_per_mtok,
+            price.output_nanos_per_mtok,
+            price.cost_nanos,
+            ts,
+            turn.meter,
+            turn.quantity,
+            turn.cache_write_tokens,
+            price.cache_write_nanos_per_mtok,
+            turn.cache_write_1h_tokens,
+            price.cache_write_1h_nanos_per_mtok,
+            turn.service_tier,
+        ],
+    ).decode()
+
+
+Kicker = Callable[[int], None]
+
+
+def celery_kicker(shard: int) -> None:
+    """Ask a Celery worker to drain one outbox shard (``tollgate.usage.drain_outbox``)."""
+    from worker.celery_app import app
+
+    try:
+        app.send_task("tollgate.usage.drain_outbox", kwargs={"shard": shard}, ignore_result=True)
+    except Exception:  # the turn is already recorded; beat's backstop drains it
+        log.warning("could not send a drain kick for shard %s; beat will drain it", shard, exc_info=True)
+
+
+@functools.lru_cache(maxsize=1)
+def job_gate() -> "WalletGate":
+    """The process's gate for jobs that never record turns (budgets, allowances, Stripe events,
+    pauses): no drain kicks; one Redis pool, scripts registered once."""
+    return WalletGate(kicker=lambda shard: None)
+
+
+class WalletGate:
+    """Records turns against wallets in Redis, atomically and idempotently.
+
+    Args:
+        client: a redis-py client (``decode_responses=True``); defaults to ``settings.redis_url``.
+        settings: defaults to :func:`worker.settings.get_settings`.
+        price_book: defaults to genai-prices plus ``settings.price_overrides_path``.
+        kicker: called with a shard number when that outbox should be drained now; defaults to
+            sending the Celery task.  Pass ``lambda shard: None`` to rely on beat's backstop.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | None = None,
+        *,
+        settings: Settings | None = None,
+        price_book: PriceBook | None = None,
+        kicker: Kicker | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.redis = client or redis_client(self.settings)
+        self.prices = price_book or PriceBook.from_file(self.settings.price_overrides_path)
+        self.kicker = kicker or celery_kicker
+        #: per shard: its tag and the keys every turn of it names (outbox, kick flag, holds index)
+        self._shard_keys = [
+            (tag, f"{tag}:outbox", f"{tag}:kick", f"{tag}:holds")
+            for tag in map(shard_tag, range(self.settings.outbox_shards))
+        ]
+        self._record = self.redis.register_script(_lua("record_turn.lua", "lib_turn.lua"))
+        self._record_many = self.redis.register_script(_lua("record_turns.lua", "lib_turn.lua"))
+        self._adjust = self.redis.register_script(_lua("adjust.lua"))
+        self._repair = self.redis.register_script(_lua("repair_balance.lua"))
+        self._reserve = self.redis.register_script(_lua("reserve.lua"))
+        self._release = self.redis.register_script(_lua("release.lua"))
+        self._check_shard_count()
+
+    def _check_shard_count(self) -> None:
+        shards = str(self.settings.outbox_shards)
+        self.redis.set(SHARDS_KEY, shards, nx=True)
+        stored = self.redis.get(SHARDS_KEY)
+        if stored != shards:
+            raise GateConfigError(
+                f"TOLLGATE_OUTBOX_SHARDS is {shards} but this Redis holds wallets on {stored} shards; "
+                "moving wallets between shards needs a drained outbox and a rebuild"
+            )
+
+    # keys -------------------------------------------------------------------------------------
+    def shard(self, wallet_id: str) -> int:
+        """The outbox shard that holds ``wallet_id``."""
+        return shard_of(wallet_id, self.settings.outbox_shards)
+
+    def wallet_key(self, wallet_id: str) -> str:
+        """Redis key of a wallet's hash."""
+        return f"{shard_tag(self.shard(wallet_id))}:wallet:{wallet_id}"
+
+    def turn_key(self, enterprise_id: str, wallet_id: str, turn_id: str) -> str:
+        """Redis key of a turn_id's first answer in its scope (see :func:`turn_key`)."""
+        return turn_key(shard_tag(self.shard(wallet_id)), enterprise_id, wallet_id, turn_id)
+
+    def _turn_keys(self, turn: TurnIn, reservation_id: str | None = None) -> list[str]:
+        """``record_turn.lua``'s KEYS for one turn (see its header)."""
+        tag, outbox, kick, holds = self._shard_keys[self.shard(turn.wallet_id)]
+        wallet, seen, hold = _own_keys(tag, turn, reservation_id)
+        return [wallet, seen, outbox, kick, hold, holds]
+
+    def _hold_keys(self, wallet_id: str, reservation_id: str) -> list[str]:
+        tag = shard_tag(self.shard(wallet_id))
+        return [f"{tag}:wallet:{wallet_id}", f"{tag}:hold:{reservation_id}", f"{tag}:holds"]
+
+    # wallets ----------------------------------------------------------------------------------
+    def load_wallet(
+        self,
+        wallet_id: str,
+        *,
+        mode: str,
+        limited: bool,
+        balance_nanos: int,
+        overwrite: bool = False,
+        blocked_reason: str | None = None,
+        enterprise_id: str | None = None,
+        level: str = "app_usage",
+        share_bps: int = 0,
+        trial_left: int = 0,
+        trial_then: str = "pause",
+        max_turn_cost_nanos: int | None = None,
+        reservations_required: bool = False,
+    ) -> None:
+        """Put a wallet into the gate.  Without ``overwrite`` an existing balance and trial allowance
+        are kept (mode, limit, level, share and trial rule are set), so loading twice never resets
+        money.  ``balance_nanos`` is nano-USD; ``level`` the payer level; ``share_bps`` the app
+        creator's share of a level-2 charge in basis points (0..10000); ``trial_left`` trial tokens
+        left; ``trial_then`` 'bill' or 'pause' once they are used; ``max_turn_cost_nanos`` the most
+        one turn may cost (the app's setting; None leaves the wallet's as it is, and a wallet without
+        one gets ``DEFAULT_MAX_TURN_COST_NANOS`` from the script); ``reservations_required``: every
+        charged turn needs a live reservation of this wallet (hash field ``require_hold``).
+
+        Raises: ValueError naming the argument (mode, level, share_bps, trial_then, max_turn_cost_nanos).
+        """
+        if max_turn_cost_nanos is not None and (
+            not isinstance(max_turn_cost_nanos, int) or isinstance(max_turn_cost_nanos, bool)
+            or not 0 <= max_turn_cost_nanos <= 2**62
+        ):
+            raise ValueError(f"max_turn_cost_nanos: {max_turn_cost_nanos!r} is not an integer of nano-USD in 0..2^62")
+        if mode not in BillingMode.__members__:
+            raise ValueError(f"mode: {mode!r} is not one of {', '.join(BillingMode.__members__)}")
+        if level not in ("platform", "app_usage"):
+            raise ValueError(f"level: {level!r} is not 'platform' or 'app_usage'")
+        if not isinstance(share_bps, int) or not 0 <= share_bps <= 10_000:
+            raise ValueError(f"share_bps: {share_bps!r} is not an integer in 0..10000")
+        if trial_then not in ("bill", "pause"):
+            raise ValueError(f"trial_then: {trial_then!r} is not 'bill' or 'pause'")
+        key = self.wallet_key(wallet_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, mapping={"mode": mode, "limited": "1" if limited else "0", "level": level,
+                                "share_bps": share_bps, "trial_then": trial_then,
+                                "require_hold": "1" if reservations_required else "0"})
+        if enterprise_id:  # record_turn.lua then refuses turns of any other app
+            pipe.hset(key, "enterprise", enterprise_id)
+        if max_turn_cost_nanos is not None:
+            pipe.hset(key, "max_turn_nanos", max_turn_cost_nanos)
+        if blocked_reason:
+            pipe.hset(key, "blocked", blocked_reason)
+        else:
+            pipe.hdel(key, "blocked")
+        if overwrite:
+            pipe.hset(key, mapping={"balance": balance_nanos, "trial_left": trial_left})
+        else:
+            pipe.hsetnx(key, "balance", balance_nanos)
+            pipe.hsetnx(key, "trial_left", trial_left)
+        pipe.execute()
+
+    def set_mode(self, wallet_id: str, mode: str, *, trial_left: int | None = None,
+                 trial_then: str | None = None) -> None:
+        """Change a wallet's mode in the gate (the caller records it in PostgreSQL first); turns
+        already decided keep the mode they were decided under.  ``trial_left`` (tokens), when given,
+        replaces the trial allowance left.  Raises ValueError (mode, trial_then), UnknownWallet."""
+        if mode not in BillingMode.__members__:
+            raise ValueError(f"mode: {mode!r} is not one of {', '.join(BillingMode.__members__)}")
+        if trial_then is not None and trial_then not in ("bill", "pause"):
+            raise ValueError(f"trial_then: {trial_then!r} is not 'bill' or 'pause'")
+        key = self.wallet_key(wallet_id)
+        if not self.redis.hexists(key, "mode"):  # a stray hash with a mode would be a wallet without limit
+            raise UnknownWallet(wallet_id)
+        mapping: dict[str, str | int] = {"mode": mode}
+        if trial_left is not None:
+            mapping["trial_left"] = trial_left
+        if trial_then is not None:
+            mapping["trial_then"] = trial_then
+        self.redis.hset(key, mapping=mapping)
+
+    def available(self, wallet_id: str) -> tuple[int, int, str]:
+        """``(balance_nanos, held_nanos, mode)`` of a wallet in the gate (available = balance − held).
+        Raises :class:`UnknownWallet`."""
+        balance, held, mode = self.redis.hmget(self.wallet_key(wallet_id), "balance", "held", "mode")
+        if balance is None:
+            raise UnknownWallet(wallet_id)
+        return int(balance), int(held or 0), mode
+
+    def set_blocked(self, wallet_id: str, reason: str | None) -> None:
+        """Refuse (``reason``) or allow again (``None``) a production wallet's turns whatever its
+        balance.  The caller records ``wallet.blocked_reason`` in PostgreSQL first, so a rebuild keeps
+        it.  Raises UnknownWallet."""
+        key = self.wallet_key(wallet_id)
+        if not self.redis.hexists(key, "mode"):  # never make a stray hash look like a wallet
+            raise UnknownWallet(wallet_id)
+        if reason:
+            self.redis.hset(key, "blocked", reason)
+        else:
+            self.redis.hdel(key, "blocked")
+
+    def applied_keys(self, wallet_id: str, ledger_keys: Iterable[tuple[str, str]]) -> list[str]:
+        """The gate's dedupe keys of ledger entries ``(kind, idempotency_key)`` that the gate applies
+        itself through ``adjust.lua``: credits (``credit:`` keys) and allowance expiries (``adjust:`` keys)."""
+        tag = shard_tag(self.shard(wallet_id))
+        keys = []
+        for kind, key in ledger_keys:
+            if kind == "credit":
+                keys.append(f"{tag}:credit:{scoped_key(wallet_id, key)}")
+            elif key.startswith(("tollgate:allowance-expiry:", "tollgate:flat-fee:")):
+                keys.append(f"{tag}:adjust:{scoped_key(wallet_id, key)}")
+        return keys
+
+    def mark_applied(self, wallet_id: str, ledger_keys: Iterable[tuple[str, str]]) -> None:
+        """Mark ledger entries as applied in the gate (after a rebuild that already counts them)."""
+        keys = self.applied_keys(wallet_id, ledger_keys)
+        if keys:
+            pipe = self.redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.set(key, "1", ex=self.settings.dedupe_ttl_s, nx=True)
+            pipe.execute()
+
+    def repair_balance(
+        self, wallet_id: str, *, expected_nanos: int, seen_balance: str, seen_accepted: str,
+        ledger_keys: Iterable[tuple[str, str]] = (),
+    ) -> bool:
+        """Set the gate balance to ``expected_nanos`` if the wallet still shows ``seen_balance`` and
+        ``seen_accepted`` (its balance and accepted_turns as read in a reconciliation snapshot), and
+        mark the recent ledger entries ``(kind, key)`` it counts as applied, in one step, so a pending
+        retry of one of them cannot apply it twice.  True if set, False if the wallet moved meanwhile.
+        Raises UnknownWallet."""
+        keys = [self.wallet_key(wallet_id), *self.applied_keys(wallet_id, ledger_keys)]
+        try:
+            return bool(self._repair(
+                keys=keys, args=[expected_nanos, seen_balance, seen_accepted, self.settings.dedupe_ttl_s]
+            ))
+        except redis.ResponseError as exc:
+            raise self._translate(exc, wallet_id) from exc
+
+    def balance(self, wallet_id: str) -> int:
+        """The wallet's balance in the gate, nano-USD.  Raises :class:`UnknownWallet`."""
+        value = self.redis.hget(self.wallet_key(wallet_id), "balance")
+        if value is None:
+            raise UnknownWallet(wallet_id)
+        return int(value)
+
+    def credit(self, wallet_id: str, amount_nanos: int, idempotency_key: str) -> int:
+        """Add ``amount_nanos`` (> 0) to the gate's balance once per ``idempotency_key``.
+
+        Callers record the credit in the PostgreSQL ledger first (``worker.ledger.accounts.credit_wallet``
+        does both).  Returns the balance after, nano-USD.
+        Raises: ValueError for a non-positive amount; UnknownWallet.
+        """
+        if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or amount_nanos <= 0:
+            raise ValueError(f"amount_nanos must be a positive integer, got {amount_nanos!r}")
+        return self._apply_once(wallet_id, amount_nanos, "credit", idempotency_key)
+
+    def _apply_once(self, wallet_id: str, delta_nanos: int, namespace: str, key: str) -> int:
+        """``adjust.lua``: add ``delta_nanos`` once per ``tollgate:{sN}:<namespace>:<m>:<wallet>:<key>``."""
+        tag = shard_tag(self.shard(wallet_id))
+        try:
+            balance, _dup = self._adjust(
+                keys=[f"{tag}:wallet:{wallet_id}", f"{tag}:{namespace}:{scoped_key(wallet_id, key)}",
+                      f"{tag}:{namespace}:{wallet_id}:{key}"],  # the key before 0012 (see adjust.lua)
+                args=[delta_nanos, self.settings.dedupe_ttl_s],
+            )
+        except redis.ResponseError as exc:
+            raise self._translate(exc, wallet_id) from exc
+        return int(balance)
+
+    def adjust(self, wallet_id: str, delta_nanos: int, key: str) -> int:
+        """Add the signed ``delta_nanos`` (non-zero; negative debits) to the gate's balance once per
+        ``key`` (``adjust.lua``), e.g. the expiry debit of unused monthly allowance.
+
+        Callers record the matching ledger entry in PostgreSQL first; the gate only mirrors it, so the
+        balance may go below zero if the ledger says so.  Returns the balance after, nano-USD.
+        Raises: ValueError for a zero, non-integer or out-of-range (|delta| > 2^62) amount; UnknownWallet.
+        """
+        if (
+            not isinstance(delta_nanos, int)
+            or isinstance(delta_nanos, bool)
+            or delta_nanos == 0
+            or abs(delta_nanos) > 2**62
+        ):
+            raise ValueError(f"delta_nanos must be a non-zero integer within ±2^62, got {delta_nanos!r}")
+        return self._apply_once(wallet_id, delta_nanos, "adjust", key)
+
+    def blocked_reasons(self, wallet_ids: Iterable[str]) -> dict[str, str | None]:
+        """The ``blocked`` reason each wallet has in the gate (``None``: not blocked or not in the
+        gate), one pipelined round trip.  Returns ``{wallet_id: reason}``."""
+        ids = list(dict.fromkeys(wallet_ids))
+        pipe = self.redis.pipeline(transaction=False)
+        for wallet_id in ids:
+            pipe.hget(self.wallet_key(wallet_id), "blocked")
+        return dict(zip(ids, pipe.execute())) if ids else {}
+
+    # turns ------------------------------------------------------------------------------------
+    def record_turn(self, turn: TurnIn) -> Decision:
+        """Price, debit and enqueue one turn (one EVALSHA).  Idempotent by ``turn.turn_id``.
+
+        Returns: the :class:`~models.schemas.Decision`.
+        Raises: worker.pricing.prices.PricingError (unknown model), UnknownWallet; nothing changes then.
+        """
+        return self.record_turns([turn])[0]
+
+    def record_turns(self, turns: Sequence[TurnIn], *, reserve_exact: bool = False) -> list[Decision]:
+        """Record many turns with one pipelined round trip, each through the same script, in order.
+
+        A turn with ``reservation_id`` settles that reservation (its hold is released and the
+        actual cost debited).  With ``reserve_exact`` each turn first reserves exactly its cost (in
+        the same pipeline) and is denied, not debited, if that reservation is refused: the policy
+        of an orchestrator that reserves before every call (``tollgate replay --policy reserve``).
+
+        Every turn is priced and every wallet checked before anything is sent, so a bad turn
+        rejects the whole batch and changes nothing.
+        Raises: worker.pricing.prices.PricingError, UnknownWallet (nothing changed); GateBatchError if Redis
+        refused part of the batch after pricing and checks passed (its ``decisions`` say which).
+        """
+        if not turns:
+            return []
+        # every turn priced (an LLM turn: its price sheet resolved and its tokens checked against
+        # the model's context window) and every wallet checked before anything is sent; in a batch
+        # the pre-check also does each turn's arithmetic, to hold it to its app's max_turn_cost_nanos
+        quotes = []
+        for i, t in enumerate(turns):
+            try:
+                quotes.append(self._quote(t))
+            except TurnLimitExceeded as exc:
+                exc.index = i
+                raise
+        if len(turns) > 1:  # one turn needs no pre-check: the script refuses an unknown wallet itself
+            self._check_wallets(turns, quotes)
+        decisions: list[Decision | None] = [None] * len(turns)
+        kicks: set[int] = set()
+        errors: list[Exception] = []
+
+        def decide(i: int, reply) -> None:
+            turn = turns[i]
+            if isinstance(reply, Exception):
+                error = self._translate(reply, turn.wallet_id)
+                if isinstance(error, TurnLimitExceeded):
+                    error.index = i
+                errors.append(error)
+                return
+            status, balance, action, billed, duplicate, kick, cost = reply
+            if kick:
+                kicks.add(self.shard(turn.wallet_id))
+            decisions[i] = trusted_decision(  # values come from our own script: no re-validation
+                turn.turn_id, status == "accepted", action, int(balance) if balance != "" else None,
+                int(cost), int(billed), bool(duplicate),
+            )
+
+        if len(turns) == 1 or reserve_exact:
+            replies = self._record_calls(turns, [_priced(t, q) for t, q in zip(turns, quotes)], reserve_exact)
+            # with reserve_exact: the record_turn answers (a refused reservation shows as a denial)
+            for i, reply in enumerate(replies[1::2] if reserve_exact else replies):
+                decide(i, reply)
+        elif isinstance(self.redis, redis.RedisCluster):
+            self._record_batched(turns, quotes, decide)
+        else:
+            self._record_streamed(turns, quotes, decide)
+        for shard in sorted(kicks):
+            self.kicker(shard)
+        if errors:
+            if all(d is None for d in decisions):
+                raise errors[0]
+            raise GateBatchError(errors[0], decisions)
+        return decisions  # type: ignore[return-value]  # no None without an error
+
+    def _quote(self, turn: TurnIn) -> TurnPrice | PriceSheet:
+        """What prices a turn, resolved now so a batch with a turn that cannot be priced is refused
+        before anything is sent: the price sheet of an LLM turn's model (its token arithmetic, which
+        cannot fail, is left to :func:`_priced`), else the priced turn (a meter, or a model priced by
+        genai-prices itself).  Raises worker.pricing.prices.PricingError, worker.pricing.meters.UnknownMeter,
+        worker.pricing.prices.TurnLimitExceeded (tokens above the model's context window, a meter's
+        quantity above its maximum)."""
+        if turn.meter != "llm":
+            return meter_price(turn.meter, turn.quantity)
+        sheet = self.prices.sheet(turn.model, turn.provider, turn.occurred_at, turn.service_tier)
+        sheet.check_window(turn.prompt_tokens, turn.completion_tokens)
+        return sheet if sheet.exotic is None else _priced(turn, sheet)
+
+    def _record_args(self, turn: TurnIn, price: TurnPrice, reservation_id: str | None, require_hold: bool) -> tuple:
+        """``record_turn.lua``'s ARGV for one turn (see its header)."""
+        cost, payload, rid, require, enterprise, tokens = _own_args(turn, price, reservation_id, require_hold)
+        return (cost, payload, self.settings.dedupe_ttl_s, self.settings.kick_interval_ms, rid, require, enterprise,
+                tokens)
+
+    def _group_call(self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet],
+                    batch: list[int]) -> tuple[list[str], list]:
+        """``record_turns.lua``'s KEYS and ARGV (see its header) for the turns at indexes ``batch``,
+        all of one shard."""
+        tag, outbox, kick, holds = self._shard_keys[self.shard(turns[batch[0]].wallet_id)]
+        keys = [outbox, kick, holds]
+        args: list = [len(batch), self.settings.dedupe_ttl_s, self.settings.kick_interval_ms]
+        for i in batch:
+            turn = turns[i]
+            keys += _own_keys(tag, turn, turn.reservation_id)
+            args += _own_args(turn, _priced(turn, quotes[i]), turn.reservation_id, False)
+        return keys, args
+
+    def _record_calls(self, turns: Sequence[TurnIn], prices: Sequence[TurnPrice], reserve_exact: bool) -> list:
+        """One turn, or a ``reserve_exact`` batch: every call built first, then sent (one EVALSHA, or
+        pipelined with each turn's reservation before it).  Returns one reply or exception per call."""
+        calls: list[tuple[redis.commands.core.Script, list[str], tuple]] = []
+        expires_ms = int(time.time() * 1000) + 60_000
+        for turn, price in zip(turns, prices):
+            reservation_id = f"auto:{turn.turn_id}" if reserve_exact else turn.reservation_id
+            if reserve_exact:
+                calls.append((self._reserve, self._hold_keys(turn.wallet_id, reservation_id),
+                              (price.cost_nanos, expires_ms, reservation_id, turn.wallet_id)))
+            calls.append((self._record, self._turn_keys(turn, reservation_id),
+                           self._record_args(turn, price, reservation_id, reserve_exact)))
+        if len(calls) == 1:  # one round trip: EVALSHA (redis-py loads the script on NOSCRIPT)
+            script, keys, args = calls[0]
+            try:
+                return [script(keys=keys, args=args)]
+            except redis.ResponseError as exc:
+                return [exc]
+        return self._evalsha_pipelined(calls)
+
+    def _shard_batches(self, turns: Sequence[TurnIn]) -> list[list[int]]:
+        """Indexes of ``turns`` grouped by shard, in order within each, :data:`TURNS_PER_CALL` per group,
+        in the order the groups are sent.  The first group and the last are cut into smaller ones
+        (8, 16, 32, … and … 32, 16, 8): Redis starts on the first few turns while the rest of the
+        group is still being built, and waits less on the last (see :meth:`_record_streamed`)."""
+        by_shard: dict[int, list[int]] = {}
+        for i, turn in enumerate(turns):
+            by_shard.setdefault(self.shard(turn.wallet_id), []).append(i)
+        batches: list[list[int]] = []
+        for indexes in by_shard.values():
+            batches += [indexes[j:j + TURNS_PER_CALL] for j in range(0, len(indexes), TURNS_PER_CALL)]
+        if len(batches) > 1:
+            batches = _ramp(batches[0]) + batches[1:-1] + [part[::-1] for part in _ramp(batches[-1][::-1])][::-1]
+        return batches
+
+    def _record_streamed(self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet],
+                         decide: Callable[[int, object], None]) -> None:
+        """A batch on one Redis server: ``record_turns.lua`` per :data:`TURNS_PER_CALL` turns of a shard.
+        Each EVALSHA is built (prices, keys, payloads) and packed only when the one before it has
+        been sent, and each reply is turned into decisions while Redis runs the next, so Redis and
+        this process work at the same time.  Calls ``decide(i, reply)`` for every turn, in the
+        order of the calls (in order within a shard); ``reply`` is the turn's reply or exception."""
+        batches = self._shard_batches(turns)
+        sha = self._record_many.sha
+
+        def commands() -> Iterable[tuple[bytes, int]]:
+            for batch in batches:
+                keys, args = self._group_call(turns, quotes, batch)
+                yield pack_command(("EVALSHA", sha, len(keys), *keys, *args)), 1
+
+        groups = iter(batches)
+        _send_packed_retrying(self.redis, commands(), [self._record_many],
+                              lambda reply: _decide_group(next(groups), reply, decide))
+
+    def _record_batched(self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet],
+                        decide: Callable[[int, object], None]) -> None:
+        """A batch on Redis Cluster: ``record_turns.lua`` per :data:`TURNS_PER_CALL` turns of a shard,
+        every call built first, then pipelined per node.  Calls ``decide(i, reply)`` for every turn."""
+        batches = self._shard_batches(turns)
+        many = [(self._record_many, *self._group_call(turns, quotes, batch)) for batch in batches]
+        for batch, reply in zip(batches, self._evalsha_pipelined(many)):
+            _decide_group(batch, reply, decide)
+
+    def _evalsha_pipelined(self, calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
+        """EVALSHA every call in one non-transactional pipeline (on Redis Cluster: one pipeline per
+        node holding the calls' slots, in call order within each node).  Returns one reply or
+        exception per call, in order."""
+        if not isinstance(self.redis, redis.RedisCluster):
+            return _pipeline_evalsha(self.redis, calls)
+        groups: dict[str, tuple[redis.Redis, list[int]]] = {}
+        for i, (_script, keys, _args) in enumerate(calls):
+            node = self.redis.get_node_from_key(keys[0])  # every key of a call shares one hash tag
+            groups.setdefault(node.name, (self.redis.get_redis_connection(node), []))[1].append(i)
+        replies: list = [None] * len(calls)
+        for client, indexes in groups.values():
+            for i, reply in zip(indexes, _pipeline_evalsha(client, [calls[i] for i in indexes])):
+                if isinstance(reply, _NOT_RUN_ON_CLUSTER):
+                    # the slot moved or is moving (resharding), or the cluster is down for a moment:
+                    # the script did not run; send it alone through the cluster client, which follows
+                    # the redirection, refreshes its slot map and retries TRYAGAIN / CLUSTERDOWN
+                    script, keys, args = calls[i]
+                    try:
+                        reply = script(keys=keys, args=args)
+                    except redis.exceptions.ResponseError as exc:
+                        reply = exc
+                replies[i] = reply
+        return replies
+
+    # reservations -----------------------------------------------------------------------------
+    def quote_reservation(self, model: str, provider: str | None, prompt_tokens: int, max_tokens: int) -> int:
+        """The worst-case cost of an LLM call before it is made, nano-USD (>= 1): every prompt token
+        at the model's input price (no cache discount) and ``max_tokens`` completion tokens at its
+        output price, today's prices (OpenRouter's in-flight budget does the same).
+
+        Raises ValueError naming ``prompt_tokens`` / ``max_tokens`` (integers in 0..10^9),
+        worker.pricing.prices.PricingError (unknown model)."""
+        for name, value in (("prompt_tokens", prompt_tokens), ("max_tokens", max_tokens)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10**9:
+                raise ValueError(f"{name} must be an integer of tokens in 0..10^9, got {value!r}")
+        sheet = self.prices.sheet(model, provider, datetime.now(UTC))
+        return max(1, sheet.price(prompt_tokens, max_tokens, 0, 0).cost_nanos)
+
+    def reserve(
+        self, wallet_id: str, amount_nanos: int | None = None, *, ttl_s: int = 300, reservation_id: str | None = None,
+        model: str | None = None, provider: str | None = None, prompt_tokens: int = 0, max_tokens: int | None = None,
+    ) -> Reservation:
+        """Hold funds of a wallet before an LLM call, for ``ttl_s`` seconds: ``amount_nanos`` (an
+        integer >= 1 nano-USD), or, given ``model`` (+ ``provider``), ``prompt_tokens`` and
+        ``max_tokens`` instead, the call's worst case priced by the gate (:meth:`quote_reservation`).
+
+        Granted only if ``balance − held − amount >= 0`` (a production, limited wallet); then a turn
+        recorded with ``reservation_id`` settles it, :meth:`release` gives it back, and
+        :meth:`expire_holds` releases it after ``ttl_s``.  The same ``reservation_id`` twice is one
+        hold.  Returns a :class:`Reservation`.  Raises ValueError naming the argument (amount_nanos
+        below 1 or not an integer, both or neither of amount_nanos and model, prompt_tokens,
+        max_tokens, ttl_s; ``InvalidInput`` for a ``wallet_id`` or ``reservation_id`` that
+        ``models.validation`` refuses), worker.pricing.prices.PricingError (unknown model), UnknownWallet.
+        """
+        if (amount_nanos is None) == (model is None):
+            raise ValueError("amount_nanos: give either amount_nanos or model (with prompt_tokens and max_tokens)")
+        if model is not None:
+            if max_tokens is None:
+                raise ValueError("max_tokens: required with model")
+            amount_nanos = self.quote_reservation(model, provider, prompt_tokens, max_tokens)
+        if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or not 1 <= amount_nanos <= 2**62:
+            raise ValueError(f"amount_nanos must be an integer of nano-USD in 1..2^62, got {amount_nanos!r}")
+        if not isinstance(ttl_s, int) or not 1 <= ttl_s <= 86_400:
+            raise ValueError(f"ttl_s must be 1..86400 seconds, got {ttl_s!r}")
+        check_text(wallet_id, "wallet_id")  # InvalidInput (a ValueError) naming the field
+        if reservation_id is not None:
+            check_text(reservation_id, "reservation_id")
+        reservation_id = reservation_id or f"r_{uuid.uuid4().hex}"
+        expires_ms = int(time.time() * 1000) + ttl_s * 1000
+        try:
+            status, amount, balance, held, duplicate = self._reserve(
+                keys=self._hold_keys(wallet_id, reservation_id),
+                args=[amount_nanos, expires_ms, reservation_id, wallet_id],
+            )
+        except redis.ResponseError as exc:
+            raise self._translate(exc, wallet_id) from exc
+        return Reservation(reservation_id=reservation_id, wallet_id=wallet_id, granted=status == "reserved",
+                           amount_nanos=int(amount), balance_nanos=int(balance), held_nanos=int(held),
+                           duplicate=bool(duplicate))
+
+    def release(self, wallet_id: str, reservation_id: str) -> int:
+        """Give back a hold not settled by a turn; returns the nanos released (0 if already gone)."""
+        return int(self._release(keys=self._hold_keys(wallet_id, reservation_id), args=[reservation_id]))
+
+    def expire_holds(self, *, now_ms: int | None = None, limit: int = 1000) -> int:
+        """Release every hold whose time is up (the beat job); returns how many were released."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        released = 0
+        for shard in range(self.settings.outbox_shards):
+            tag = shard_tag(shard)
+            for reservation_id in self.redis.zrangebyscore(f"{tag}:holds", "-inf", now_ms, start=0, num=limit):
+                wallet_id = self.redis.hget(f"{tag}:hold:{reservation_id}", "wallet")
+                if wallet_id is None:  # settled meanwhile: only the index entry is left
+                    self.redis.zrem(f"{tag}:holds", reservation_id)
+                    continue
+                released += self.release(wallet_id, reservation_id) > 0
+        return released
+
+    def _check_wallets(self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet] = ()) -> None:
+        """Before a batch is sent: every wallet is in the gate and belongs to its turns' app, and
+        (given ``quotes``) no turn costs more than its wallet's ``max_turn_nanos``, so a batch with a
+        bad turn is refused whole, nothing applied (the script checks the cost again, atomically).
+        Raises UnknownWallet, WrongEnterprise, TurnLimitExceeded (``cost_nanos``, with ``index``)."""
+        apps: dict[str, set[str]] = {}
+        for t in turns:
+            apps.setdefault(t.wallet_id, set()).add(t.enterprise_id)
+        ids = sorted(apps)
+        pipe = self.redis.pipeline(transaction=False)
+        for wallet_id in ids:
+            pipe.hmget(self.wallet_key(wallet_id), "mode", "enterprise", "max_turn_nanos")
+        limits: dict[str, int] = {}
+        for wallet_id, (mode, owner, limit) in zip(ids, pipe.execute()):
+            if mode is None:
+                raise UnknownWallet(wallet_id)
+            if owner is not None and apps[wallet_id] != {owner}:
+                raise WrongEnterprise(wallet_id)
+            limits[wallet_id] = int(limit) if limit is not None else DEFAULT_MAX_TURN_COST_NANOS
+        for i, (turn, quote) in enumerate(zip(turns, quotes)):
+            price = _priced(turn, quote)
+            if isinstance(quotes, list):
+                quotes[i] = price  # priced once: the calls built later take it as it is
+            if price.cost_nanos > limits[turn.wallet_id]:
+                raise _cost_limit(price.cost_nanos, limits[turn.wallet_id], index=i)
+
+    @staticmethod
+    def _translate(exc: Exception, wallet_id: str) -> Exception:
+        if "TOLLGATE_UNKNOWN_WALLET" in str(exc):
+            return UnknownWallet(wallet_id)
+        if "TOLLGATE_WRONG_ENTERPRISE" in str(exc):
+            return WrongEnterprise(wallet_id)
+        if "TOLLGATE_TURN_COST_LIMIT" in str(exc):  # "TOLLGATE_TURN_COST_LIMIT <cost> <limit>"
+            cost, limit = str(exc).split("TOLLGATE_TURN_COST_LIMIT", 1)[1].split()[:2]
+            return _cost_limit(int(cost), int(limit))
+        if "TOLLGATE_BAD_MODE" in str(exc):
+            return GateConfigError(f"wallet {wallet_id!r} has a mode the gate does not know; reload it")
+        return exc

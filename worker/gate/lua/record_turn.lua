@@ -1,0 +1,63 @@
+-- record_turn.lua: decide, debit and enqueue one turn, atomically.  Called only by worker.gate.gate.WalletGate.
+--
+-- KEYS[1]  tollgate:{sN}:wallet:<wallet_id>   hash: balance (int nanos), mode, limited ('1'|'0'),
+--                                              blocked (reason, optional), accepted_turns, denied_turns
+-- KEYS[2]  tollgate:{sN}:turn:<wallet>:<turn_id> string: the first answer for this turn_id (idempotency)
+-- KEYS[3]  tollgate:{sN}:outbox                stream of accepted turns not yet persisted
+-- KEYS[4]  tollgate:{sN}:kick                  flag: a drain was asked for within the kick interval
+-- KEYS[5]  tollgate:{sN}:hold:<reservation_id> hash: wallet, amount (a reservation's hold; may not exist)
+-- KEYS[6]  tollgate:{sN}:holds                 zset: reservation_id by expiry (ms)
+-- ARGV[1]  cost_nanos      integer string >= 0
+-- ARGV[2]  payload         the turn as JSON (stored verbatim in the outbox entry field 't')
+-- ARGV[3]  dedupe_ttl_s    seconds the answer is remembered (>= 24 h)
+-- ARGV[4]  kick_ms         at most one drain kick per this many milliseconds
+-- ARGV[5]  reservation_id  '' for none; else the hold this turn settles (released, then the cost debited)
+-- ARGV[6]  require_hold    '1': deny the turn unless its hold exists (a pre-call reservation was refused);
+--                          the wallet's own 'require_hold' field '1' does the same for every turn
+-- ARGV[7]  enterprise_id   the turn's app; must equal the wallet's 'enterprise' field when it has one
+-- ARGV[8]  tokens          prompt + completion tokens of the turn (integer string; trial allowance)
+--
+-- Wallet hash fields read besides balance: mode ('production' | 'development' | 'trial' |
+-- 'track_only'), limited, blocked, enterprise, held, level ('platform' | 'app_usage'), share_bps (the
+-- app creator's share of a level-2 charge, basis points), trial_left (tokens of trial allowance left,
+-- may go below 0 by the last free turn), trial_then ('bill' | 'pause'), require_hold ('1': reservations
+-- required), max_turn_nanos (the most one turn may cost, integer string).  Written besides balance:
+-- held, trial_left, debt (nanos a turn could not be charged).
+--
+-- The outbox entry carries: t payload, b billed nanos, a action, m mode, bal balance after,
+-- lv level, sb share_bps, tt trial tokens used by the turn, bl billable ('1' | '0'), and d debt nanos when not 0.
+--
+-- Returns {status, balance, action, billed, duplicate, kick, cost}:
+--   status   'accepted' | 'denied'
+--   balance  balance after the turn as an integer string; '' for an unlimited wallet
+--   action   'continue' | 'pause'
+--   billed   nanos debited, integer string
+--   duplicate 1 if turn_id was seen before (the first answer is returned, nothing changes), else 0
+--   kick     1 if the caller should ask for a drain now, else 0
+--   cost     cost_nanos of the first answer, integer string
+-- Errors (nothing changes): 'TOLLGATE_UNKNOWN_WALLET' when KEYS[1] does not exist,
+--   'TOLLGATE_BAD_MODE' when the wallet's mode is not one of the four,
+--   'TOLLGATE_WRONG_ENTERPRISE' when the wallet belongs to another app,
+--   'TOLLGATE_TURN_COST_LIMIT <cost> <limit>' when a new turn costs more than the wallet's
+--   max_turn_nanos (its app's max_turn_cost_nanos; absent: $50) — a retry of a decided turn is not refused.
+--
+-- Post-hoc policy: a turn is accepted while the available balance (balance − held) before it is > 0
+-- (it already happened, so it may overdraw by at most itself) and the chat must then pause; at an
+-- available balance <= 0 it is denied and not debited.  A turn settling its reservation releases the
+-- hold and is debited its actual cost (the chat pauses if that leaves nothing available).  A hold is
+-- live while it exists, is this wallet's and its expires_ms is after the server's clock (TIME); an
+-- expired one is given back and covers nothing.  With reservations required (require_hold) a charged
+-- turn without a live hold is denied, and a covered turn is debited at most the free balance
+-- (balance − the other holds, never below zero): the rest is debt ('d' in the outbox entry, HINCRBY
+-- the wallet's 'debt') and the chat pauses.  A production wallet with a 'blocked' reason (e.g. its budget is spent) is denied whatever
+-- its balance.  Development and track_only modes record the turn and never debit or block (track_only
+-- apps pay a flat monthly fee instead).  Trial mode records a turn for free while trial_left > 0
+-- (taking its tokens from the allowance; the turn that crosses zero is still free), then bills as
+-- production (trial_then 'bill') or denies and pauses (trial_then 'pause').  Money is added with
+-- HINCRBY (64-bit integers) and read back as strings: never summed in Lua doubles.
+
+-- the decision itself is record_one() of lib_turn.lua (prepended)
+local reply = record_one(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6],
+                         ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+flush_counts()
+return reply
