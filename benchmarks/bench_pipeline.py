@@ -62,7 +62,7 @@ BATCH = 500  # pipelined batch size (gate and raw), as replay() uses
 MODEL, PROVIDER = "gpt-4o", "openai"
 WALLETS, CHATS, AGENTS = 16, 64, 4  # spread of the synthetic turns (a chat belongs to one wallet)
 DEFAULT_TRACE = REPO.parent / "shared" / "data" / "azure_llm_2023_conv_shared.csv"
-BUNDLED_TRACE = REPO / "worker" / "data" / "azure_llm_2023_conv_sample.csv"
+BUNDLED_TRACE = REPO / "worker" / "devtools" / "data" / "azure_llm_2023_conv_sample.csv"
 RAW_LUA = "return redis.call('HINCRBY', KEYS[1], 'n', 1)"
 WALLET_CREDIT_NANOS = 10**15  # 1,000,000 USD per bench wallet: no turn is ever denied
 

@@ -18,8 +18,8 @@ from tests.conftest import REPO, SHARED_DATA
 pytestmark = pytest.mark.integration
 
 CONV_SHARED = SHARED_DATA / "azure_llm_2023_conv_shared.csv"
-CONV_SAMPLE = REPO / "worker" / "data" / "azure_llm_2023_conv_sample.csv"
-MOONCAKE_SAMPLE = REPO / "worker" / "data" / "mooncake_fast25_conversation_sample.jsonl"
+CONV_SAMPLE = REPO / "worker" / "devtools" / "data" / "azure_llm_2023_conv_sample.csv"
+MOONCAKE_SAMPLE = REPO / "worker" / "devtools" / "data" / "mooncake_fast25_conversation_sample.jsonl"
 
 
 def _report(proc) -> dict:

@@ -34,7 +34,7 @@ from worker.gate.gate import outbox_key
 
 pytestmark = pytest.mark.integration
 
-CONV_SAMPLE = REPO / "worker" / "data" / "azure_llm_2023_conv_sample.csv"
+CONV_SAMPLE = REPO / "worker" / "devtools" / "data" / "azure_llm_2023_conv_sample.csv"
 LAST_MS_OF_NOVEMBER = datetime(2026, 11, 30, 23, 59, 59, 999000, tzinfo=UTC)
 FIRST_OF_DECEMBER = datetime(2026, 12, 1, tzinfo=UTC)
 T0 = datetime(2026, 11, 10, 9, tzinfo=UTC)

@@ -192,7 +192,7 @@ def test_the_script_itself_refuses_a_costly_turn_and_the_batch_goes_on(wallet, r
 def test_the_default_limit_holds_for_a_wallet_loaded_without_one(wallet, redis_client, settings):
     """A wallet hash without max_turn_nanos (loaded before the limit existed) gets the default $50
     from the script: lib_turn.lua's constant equals models.tables.DEFAULT_MAX_TURN_COST_NANOS."""
-    lua = (Path(__file__).resolve().parents[2] / "worker" / "lua" / "lib_turn.lua").read_text()
+    lua = (Path(__file__).resolve().parents[2] / "worker" / "gate" / "lua" / "lib_turn.lua").read_text()
     assert re.search(r"local DEFAULT_MAX_TURN_NANOS = '(\d+)'", lua).group(1) == str(DEFAULT_MAX_TURN_COST_NANOS)
     assert DEFAULT_MAX_TURN_COST_NANOS == 50_000_000_000
     book = PriceBook({"acme/pricey": {"input_mtok": "60000"}})  # $0.06 a token
