@@ -34,15 +34,18 @@ from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.tables import ApiRole, Enterprise, PayerLevel, Wallet
-from worker.access.apikeys import Principal, authenticate, key_cache, revoked_marker
+from worker.access.apikeys import Principal, authenticate, key_cache
+from worker.gate.keys import revoked_marker
 from worker.db import session_scope
 from worker.settings import get_settings
-from worker.gate.gate import WalletGate, shard_tag
+from worker.gate.gate import WalletGate
+from worker.gate.keys import shard_tag
+from worker.celery_app import DRAIN_OUTBOX_TASK
+from worker.gate.keys import RATE_LIMIT_PREFIX
 
 log = logging.getLogger(__name__)
 
 #: Redis key prefix of the per-key rate-limit windows (``tollgate:ratelimit/...``)
-RATE_LIMIT_PREFIX = "tollgate:ratelimit"
 
 
 class Problem(Exception):
@@ -91,13 +94,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def drain_kicker(shard: int) -> None:
-    """Ask a Celery worker to drain one outbox shard, as :func:`worker.gate.gate.celery_kicker` but
+    """Ask a Celery worker to drain one outbox shard, as :func:`worker.gate.outbox.celery_kicker` but
     without a result: Celery would otherwise subscribe to each kick's result channel (a pub/sub
     round trip per kick on the request path) for an answer nobody reads."""
     from worker.celery_app import app
 
     try:
-        app.send_task("tollgate.usage.drain_outbox", kwargs={"shard": shard}, ignore_result=True)
+        app.send_task(DRAIN_OUTBOX_TASK, kwargs={"shard": shard}, ignore_result=True)
     except Exception:  # the turn is already recorded; beat's backstop drains it
         log.warning("could not send a drain kick for shard %s; beat will drain it", shard, exc_info=True)
 
@@ -185,7 +188,7 @@ def _aredis(url: str) -> aioredis.Redis:
 
 async def admit(key_prefix: str) -> None:
     """One Redis round trip per request: is key ``key_prefix`` revoked (its marker,
-    :func:`worker.access.apikeys.revoked_marker`), and count the request against every limit of
+    :func:`worker.gate.keys.revoked_marker`), and count the request against every limit of
     ``settings.rate_limit`` (the same scripts and keys as ``limits``' strategies, pipelined).
 
     With several limits, a request refused by one still counts against the others (as if sent

@@ -28,12 +28,15 @@ from worker.db import session_scope
 from worker.billing.payers import reservations_required
 from worker.pricing.prices import PricingError, TurnLimitExceeded
 from worker.settings import get_settings
-from worker.gate.gate import GateBatchError, UnknownWallet, WrongEnterprise, outbox_key
+from worker.gate.gate import GateBatchError, UnknownWallet, WrongEnterprise
+from worker.gate.keys import outbox_key
 from api_stub.deps import Caller, Problem, get_gate, install_error_handlers, principal  # noqa: F401  (re-exported)
 from api_stub import metrics as _worker_metrics  # noqa: F401  (registers the worker-side collector)
 from api_stub import routes_analytics, routes_chats, routes_wallets
 from api_stub.body_limit import BodySizeLimit
 from api_stub.deps import charge_known, hold_wallet, may_charge, wallet_in_scope
+from worker.celery_app import PAUSE_CHAT_TASK
+from worker.gate.keys import pausing_key
 
 GATE_SECONDS = Histogram(
     "tollgate_gate_seconds", "Time to price and record turns through the gate, per request (seconds)",
@@ -117,9 +120,9 @@ def _send_pause(turn: TurnIn) -> None:
     from worker.celery_app import app as celery
 
     try:
-        if not get_gate().redis.set(f"tollgate:pausing:{turn.enterprise_id}:{turn.chat_id}", 1, nx=True, ex=60):
+        if not get_gate().redis.set(pausing_key(turn.enterprise_id, turn.chat_id), 1, nx=True, ex=60):
             return
-        celery.send_task("tollgate.billing.pause_chat", kwargs={
+        celery.send_task(PAUSE_CHAT_TASK, kwargs={
             "enterprise_id": turn.enterprise_id, "chat_id": turn.chat_id, "wallet_id": turn.wallet_id},
             ignore_result=True)
     except Exception:  # the caller has the 'pause' answer; the pause record is bookkeeping

@@ -19,7 +19,7 @@ from worker.db import session_scope
 from worker.ledger.deadletter import list_dead_letters, summary
 from worker.metrics import drain_counters, outbox_lag_seconds
 from worker.settings import get_settings
-from worker.gate.gate import outbox_key
+from worker.gate.keys import outbox_key
 
 log = logging.getLogger(__name__)
 

@@ -37,11 +37,12 @@ from worker.billing.stripe import (
     is_processed,
     store_event,
 )
+from worker.celery_app import STRIPE_PROCESS_EVENT_TASK
 
 log = logging.getLogger(__name__)
 
 #: the Celery task that processes a stored event (``tasks/stripe.py``)
-PROCESS_TASK = "tollgate.stripe.process_event"
+PROCESS_TASK = STRIPE_PROCESS_EVENT_TASK
 
 router = APIRouter(tags=["stripe"])
 

@@ -321,7 +321,7 @@ def bench_pipelined(r: redis.Redis, gate, trace_rows, sizes: Sizes) -> dict[str,
 
 def prefill_outbox(gate, r: redis.Redis, trace_rows, n: int) -> dict[str, float]:
     """Fill the (flushed) outbox with ``n`` accepted turns; memory per queued turn."""
-    from worker.gate.gate import outbox_key
+    from worker.gate.keys import outbox_key
 
     r.flushdb()
     reload_wallets(gate)
@@ -355,8 +355,8 @@ def bench_raw_insert(r: redis.Redis, gate, batch_size: int) -> dict[str, float]:
 
     from models.tables import UsageEvent
     from worker.db import get_engine
-    from worker.ledger.drain import parse_entry
-    from worker.gate.gate import outbox_key
+    from worker.gate.outbox import parse_entry
+    from worker.gate.keys import outbox_key
 
     rows = []
     for s in range(gate.settings.outbox_shards):
@@ -387,9 +387,9 @@ def bench_raw_copy(r: redis.Redis, gate, batch_size: int) -> dict[str, float]:
     from sqlalchemy import text
 
     from worker.db import get_engine
-    from worker.ledger.drain import parse_entry
+    from worker.gate.outbox import parse_entry
     from worker.ledger.accounts import USAGE_COLUMNS
-    from worker.gate.gate import outbox_key
+    from worker.gate.keys import outbox_key
 
     rows = []
     for s in range(gate.settings.outbox_shards):
@@ -419,7 +419,7 @@ def bench_raw_copy(r: redis.Redis, gate, batch_size: int) -> dict[str, float]:
 def raw_stream_bytes(r: redis.Redis, gate, n: int = 10_000) -> float:
     """Bytes per entry of a plain stream holding the same entries (XADD of the outbox's own fields,
     copied): what any Redis stream costs for this payload, without the gate's dedupe key."""
-    from worker.gate.gate import outbox_key
+    from worker.gate.keys import outbox_key
 
     entries = r.xrange(outbox_key(0), count=n)
     key = "tollgate:{s0}:bench-raw-stream"

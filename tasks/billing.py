@@ -12,7 +12,7 @@ from typing import Any
 
 from worker.billing.allowances import run_monthly_reset
 from worker.billing.budgets import check_budgets as check_budgets_service
-from worker.celery_app import app
+from worker.celery_app import CHECK_BUDGETS_TASK, DELIVER_WEBHOOK_TASK, MONTHLY_RESET_TASK, PAUSE_CHAT_TASK, RESUME_PAUSED_TASK, app
 from worker.db import session_scope
 from worker.billing.modes import charge_flat_fees
 from worker.chats.lifecycle import pause_chat as pause_chat_service, sweep_paused
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 
-@app.task(name="tollgate.billing.check_budgets")
+@app.task(name=CHECK_BUDGETS_TASK)
 def check_budgets() -> dict[str, Any]:
     """Check every budget in the current period (beat: every 60 s): new threshold alerts, auto-pause
     and its lifting.  Returns what changed (see :meth:`worker.billing.budgets.BudgetCheck.as_dict`)."""
@@ -35,7 +35,7 @@ def check_budgets() -> dict[str, Any]:
     return data
 
 
-@app.task(name="tollgate.billing.monthly_reset")
+@app.task(name=MONTHLY_RESET_TASK)
 def monthly_reset(period: str | None = None) -> dict[str, Any]:
     """Grant and expire monthly allowances up to ``period`` ('YYYY-MM'; default: the current one).
     Beat runs it hourly; a run that finds nothing to do writes nothing.  Returns counts, nano-USD."""
@@ -46,7 +46,7 @@ def monthly_reset(period: str | None = None) -> dict[str, Any]:
         "flat_fees": len(fees["charged"]), "flat_fees_nanos": fees["charged_nanos"]}
 
 
-@app.task(name="tollgate.billing.resume_paused")
+@app.task(name=RESUME_PAUSED_TASK)
 def resume_paused(limit: int = 1000) -> dict[str, Any]:
     """Sweep (beat: every 30 s): resume the paused chats of wallets that can pay again but whose
     credit did not resume them (a crash after the credit, a budget or mode change, a rebuild).
@@ -54,7 +54,7 @@ def resume_paused(limit: int = 1000) -> dict[str, Any]:
     return sweep_paused(job_gate(), limit=limit)
 
 
-@app.task(name="tollgate.billing.pause_chat", acks_late=True)
+@app.task(name=PAUSE_CHAT_TASK, acks_late=True)
 def pause_chat(enterprise_id: str, chat_id: str, wallet_id: str, reason: str = "wallet_exhausted") -> bool:
     """Record a chat paused by a denied turn (the API sends this when the gate answers ``pause``
     without accepting).  Idempotent: an open pause is kept.  Returns True if this call paused it."""
@@ -62,7 +62,7 @@ def pause_chat(enterprise_id: str, chat_id: str, wallet_id: str, reason: str = "
                               reason=reason)
 
 
-@app.task(name="tollgate.webhooks.deliver", bind=True, acks_late=True)
+@app.task(name=DELIVER_WEBHOOK_TASK, bind=True, acks_late=True)
 def deliver(self, enterprise_id: str, event_id: str, event_type: str, body: str) -> dict[str, Any]:
     """POST one event (``body``: its JSON text) to its app's callback, signed, with the header
     ``Tollgate-Event-Id: event_id`` on every attempt (receivers deduplicate on it).

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from worker.celery_app import app
+from worker.celery_app import RECONCILE_TASK, app
 from worker.ledger.reconcile import reconcile
 
 
-@app.task(name="tollgate.reconcile.run")
+@app.task(name=RECONCILE_TASK)
 def run(repair: bool = False) -> dict:
     """Compare every wallet's gate balance with the ledger (beat: report only); returns the report."""
     report = reconcile(repair=repair)

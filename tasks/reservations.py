@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from worker.celery_app import app
+from worker.celery_app import EXPIRE_HOLDS_TASK, app
 from worker.gate.gate import WalletGate
 
 _gate: WalletGate | None = None
 
 
-@app.task(name="tollgate.reservations.expire")
+@app.task(name=EXPIRE_HOLDS_TASK)
 def expire() -> int:
     """Release every hold whose time is up (beat, every 10 s); returns how many were released."""
     global _gate

@@ -7,13 +7,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.celery_app import app
+from worker.celery_app import END_CHAT_TASK, REFRESH_DIRTY_ROLLUPS_TASK, REFRESH_ROLLUP_TASK, app
 from worker.db import session_scope
 from worker.chats.rollups import DEFAULT_DIRTY_LIMIT, pending_dirty, refresh_rollup
 from worker.chats.rollups import end_chat as end_chat_service
 
 
-@app.task(name="tollgate.rollups.refresh_dirty")
+@app.task(name=REFRESH_DIRTY_ROLLUPS_TASK)
 def refresh_dirty(limit: int = DEFAULT_DIRTY_LIMIT, max_seconds: float = 50.0) -> int:
     """Beat (every 60 s): refresh the groups marked dirty since the last run, each in a transaction of
     its own that also deletes its mark, ``limit`` marks read at a time, until none is left or
@@ -35,7 +35,7 @@ def refresh_dirty(limit: int = DEFAULT_DIRTY_LIMIT, max_seconds: float = 50.0) -
             return total
 
 
-@app.task(name="tollgate.rollups.refresh")
+@app.task(name=REFRESH_ROLLUP_TASK)
 def refresh(enterprise_id: str, workflow: str, period: str) -> dict[str, Any]:
     """Refresh one group's rollup now.  Returns its totals (``cost_nanos`` in nano-USD)."""
     with session_scope() as session:
@@ -44,7 +44,7 @@ def refresh(enterprise_id: str, workflow: str, period: str) -> dict[str, Any]:
                 "total_sessions": r.total_sessions, "total_turns": r.total_turns, "cost_nanos": r.cost_nanos}
 
 
-@app.task(name="tollgate.rollups.end_chat", bind=True, ignore_result=False, max_retries=3)
+@app.task(name=END_CHAT_TASK, bind=True, ignore_result=False, max_retries=3)
 def end_chat(self, enterprise_id: str, chat_id: str, ended_at: str | None = None) -> dict[str, Any]:
     """Mark a chat completed (``ended_at``: ISO 8601 with a zone; default the time the task first
     runs) and refresh its rollups at once.

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from sqlalchemy.exc import OperationalError
 
-from worker.celery_app import app
+from worker.celery_app import STRIPE_PROCESS_EVENT_TASK, STRIPE_SWEEP_TASK, app
 from worker.ledger.accounts import GatePending
 from worker.db import session_scope
 from worker.billing.stripe import process_event as process_event_service, unprocessed_events
@@ -26,7 +26,7 @@ RETRIABLE = (GatePending, UnknownWallet, OperationalError, redis.ConnectionError
 
 
 
-@app.task(name="tollgate.stripe.process_event", bind=True, acks_late=True, reject_on_worker_lost=True)
+@app.task(name=STRIPE_PROCESS_EVENT_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
 def process_event(self, event_id: str) -> dict[str, Any]:
     """Apply the stored Stripe event ``event_id`` (``evt_…``) once.  Returns
     :meth:`worker.billing.stripe.ProcessResult.as_dict` (``credited_nanos`` in nano-USD)."""
@@ -36,7 +36,7 @@ def process_event(self, event_id: str) -> dict[str, Any]:
         raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 300), max_retries=MAX_RETRIES)
 
 
-@app.task(name="tollgate.stripe.sweep")
+@app.task(name=STRIPE_SWEEP_TASK)
 def sweep(older_than_s: int = 120) -> dict[str, int]:
     """Send ``process_event`` again for every stored Stripe event still unprocessed after
     ``older_than_s`` seconds (beat: every 5 min): a task lost with its worker, one that gave up on

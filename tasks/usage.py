@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from models.schemas import TurnIn
-from worker.celery_app import app
+from worker.celery_app import DRAIN_OUTBOX_TASK, RECORD_TURN_TASK, app
 from worker.ledger.drain import OutboxDrain
 from worker.pricing.prices import PricingError, TurnLimitExceeded
 from worker.gate.gate import UnknownWallet, WalletGate, WrongEnterprise
@@ -37,7 +37,7 @@ def _get_gate() -> WalletGate:
     return _gate
 
 
-@app.task(name="tollgate.usage.drain_outbox")
+@app.task(name=DRAIN_OUTBOX_TASK)
 def drain_outbox(shard: int | None = None, max_seconds: float = 30.0) -> dict[str, int]:
     """Persist the outbox of ``shard`` (default: every shard) until empty or ``max_seconds`` pass.
 
@@ -48,7 +48,7 @@ def drain_outbox(shard: int | None = None, max_seconds: float = 30.0) -> dict[st
     return drain.drain(shards, max_seconds=max_seconds).as_dict()
 
 
-@app.task(name="tollgate.usage.record_turn", ignore_result=False)
+@app.task(name=RECORD_TURN_TASK, ignore_result=False)
 def record_turn(turn: dict[str, Any]) -> dict[str, Any]:
     """Record one turn through the same gate as the Python client.
 

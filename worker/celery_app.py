@@ -18,10 +18,28 @@ from celery import Celery
 from celery.schedules import crontab
 
 from worker.settings import get_settings
+from worker.gate.keys import REDBEAT_PREFIX
 
 USAGE_QUEUE = "tollgate.usage"
 #: scheduled jobs and webhooks: kept off the drain's queue so a slow job never delays persistence
 JOBS_QUEUE = "tollgate.jobs"
+
+#: every task name, here only (tasks, beat and senders use these; the names are the tasks' public API)
+DRAIN_OUTBOX_TASK = "tollgate.usage.drain_outbox"
+RECORD_TURN_TASK = "tollgate.usage.record_turn"
+STRIPE_PROCESS_EVENT_TASK = "tollgate.stripe.process_event"
+STRIPE_SWEEP_TASK = "tollgate.stripe.sweep"
+PARTITIONS_TASK = "tollgate.maintenance.partitions"
+REFRESH_DIRTY_ROLLUPS_TASK = "tollgate.rollups.refresh_dirty"
+REFRESH_ROLLUP_TASK = "tollgate.rollups.refresh"
+END_CHAT_TASK = "tollgate.rollups.end_chat"
+RECONCILE_TASK = "tollgate.reconcile.run"
+EXPIRE_HOLDS_TASK = "tollgate.reservations.expire"
+CHECK_BUDGETS_TASK = "tollgate.billing.check_budgets"
+MONTHLY_RESET_TASK = "tollgate.billing.monthly_reset"
+RESUME_PAUSED_TASK = "tollgate.billing.resume_paused"
+PAUSE_CHAT_TASK = "tollgate.billing.pause_chat"
+DELIVER_WEBHOOK_TASK = "tollgate.webhooks.deliver"
 
 
 def make_app() -> Celery:
@@ -53,7 +71,7 @@ def make_app() -> Celery:
         # the lock or Redis (logs, takes the lock again, goes on)
         beat_scheduler="worker.beat:ResilientRedBeatScheduler",
         redbeat_redis_url=settings.redis_url,
-        redbeat_key_prefix="tollgate:redbeat:",
+        redbeat_key_prefix=REDBEAT_PREFIX,
         redbeat_lock_timeout=30,
         beat_max_loop_interval=5,
         # a drain stops itself after 30 s; the limits only catch a hung one
@@ -61,26 +79,26 @@ def make_app() -> Celery:
         task_time_limit=180,
         beat_schedule={
             # backstop: kicks from the gate drain at once; this catches anything a kick missed
-            "drain-outbox": {"task": "tollgate.usage.drain_outbox", "schedule": 1.0, "options": {"expires": 5}},
+            "drain-outbox": {"task": DRAIN_OUTBOX_TASK, "schedule": 1.0, "options": {"expires": 5}},
             # budget alerts (once per threshold per period) and auto-pause; idempotent
-            "check-budgets": {"task": "tollgate.billing.check_budgets", "schedule": 60.0, "options": {"expires": 55}},
+            "check-budgets": {"task": CHECK_BUDGETS_TASK, "schedule": 60.0, "options": {"expires": 55}},
             # monthly allowances: hourly on the hour, so a period's grant comes at 00:00 UTC and the
             # previous one expires an hour later (after the grace); idempotent per (wallet, period)
-            "monthly-reset": {"task": "tollgate.billing.monthly_reset", "schedule": crontab(minute=0),
+            "monthly-reset": {"task": MONTHLY_RESET_TASK, "schedule": crontab(minute=0),
                               "options": {"expires": 3000}},
             # incremental rollups: only the enterprise × workflow × month groups the drain marked dirty
-            "refresh-rollups": {"task": "tollgate.rollups.refresh_dirty", "schedule": 60.0, "options": {"expires": 55}},
+            "refresh-rollups": {"task": REFRESH_DIRTY_ROLLUPS_TASK, "schedule": 60.0, "options": {"expires": 55}},
             # paused chats whose wallet can pay again (a credit resumes them at once; this catches the rest)
-            "resume-paused": {"task": "tollgate.billing.resume_paused", "schedule": 30.0, "options": {"expires": 25}},
+            "resume-paused": {"task": RESUME_PAUSED_TASK, "schedule": 30.0, "options": {"expires": 25}},
             # Stripe events whose processing was lost or gave up are sent again (idempotent)
-            "stripe-sweep": {"task": "tollgate.stripe.sweep", "schedule": 300.0, "options": {"expires": 240}},
+            "stripe-sweep": {"task": STRIPE_SWEEP_TASK, "schedule": 300.0, "options": {"expires": 240}},
             # usage_event partitions for the coming months, and retention (drops whole old months)
-            "usage-partitions": {"task": "tollgate.maintenance.partitions", "schedule": crontab(minute=30, hour=0),
+            "usage-partitions": {"task": PARTITIONS_TASK, "schedule": crontab(minute=30, hour=0),
                                  "options": {"expires": 3000}},
             # abandoned reservations give their holds back
-            "expire-holds": {"task": "tollgate.reservations.expire", "schedule": 10.0, "options": {"expires": 9}},
+            "expire-holds": {"task": EXPIRE_HOLDS_TASK, "schedule": 10.0, "options": {"expires": 9}},
             # report drift between the gate (Redis) and the ledger; `tollgate reconcile --repair` mends it
-            "reconcile": {"task": "tollgate.reconcile.run", "schedule": 300.0, "options": {"expires": 240}},
+            "reconcile": {"task": RECONCILE_TASK, "schedule": 300.0, "options": {"expires": 240}},
         },
     )
     return celery

@@ -44,6 +44,8 @@ from sqlmodel import Session
 from models.tables import Enterprise
 from worker.db import session_scope
 from worker.settings import Settings, get_settings
+from worker.celery_app import DELIVER_WEBHOOK_TASK
+from worker.gate.keys import EVENTS_CHANNEL_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +54,9 @@ EVENT_ID_HEADER = "Tollgate-Event-Id"
 EVENT_TYPE_HEADER = "Tollgate-Event-Type"
 #: seconds a signature's timestamp may differ from the receiver's clock (Stripe's default)
 DEFAULT_TOLERANCE_S = 300
-CHANNEL_PREFIX = "tollgate:events:"
+CHANNEL_PREFIX = EVENTS_CHANNEL_PREFIX
 #: the Celery task that POSTs one event (``tasks/billing.py``)
-DELIVER_TASK = "tollgate.webhooks.deliver"
+DELIVER_TASK = DELIVER_WEBHOOK_TASK
 USER_AGENT = "tollgate-webhooks/1"
 
 

@@ -30,9 +30,11 @@ from typing import Any
 
 import redis
 
+from worker.gate.keys import DRAIN_METRICS_KEY
+
 log = logging.getLogger(__name__)
 
-DRAIN_KEY = "tollgate:metrics:drain"
+DRAIN_KEY = DRAIN_METRICS_KEY
 #: upper bounds of the drain batch-size histogram (entries per batch)
 BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 

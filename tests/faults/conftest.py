@@ -244,7 +244,7 @@ def open_wallets(gate, wallet_ids: list[str], credit_nanos: int = 10**15) -> Non
 
 def spread_wallets(shards: int, per_shard: int = 1) -> list[str]:
     """Wallet ids covering every outbox shard ``per_shard`` times."""
-    from worker.gate.gate import shard_of
+    from worker.gate.keys import shard_of
 
     found: dict[int, list[str]] = {s: [] for s in range(shards)}
     i = 0
@@ -343,7 +343,7 @@ def assert_exactly_once_and_reconciled(fe: FaultEnv, gate, accepted: Accepted) -
     from worker.db import engine_for
     from worker.ledger.drain import GROUP
     from worker.ledger.reconcile import reconcile
-    from worker.gate.gate import outbox_key
+    from worker.gate.keys import outbox_key
 
     with engine_for(fe.pg.url).connect() as conn:
         count, distinct = conn.execute(text("SELECT count(*), count(DISTINCT turn_id) FROM usage_event")).one()

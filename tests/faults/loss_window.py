@@ -48,7 +48,8 @@ def measure(fe, *, aof: bool) -> LossFigures:
     from tests.faults.conftest import Accepted, make_turns, open_wallets, persisted_ids, spread_wallets, wait_until
     from worker.db import engine_for
     from worker.ledger.reconcile import reconcile
-    from worker.gate.gate import WalletGate, outbox_key
+    from worker.gate.gate import WalletGate
+    from worker.gate.keys import outbox_key
 
     app = fe.celery_app()
     shards = fe.settings.outbox_shards

@@ -104,7 +104,7 @@ def test_entries_delivered_twice_and_out_of_order_persist_once(fault_env):
     persists it; then A wakes up and persists and acknowledges the same batch again (delivered
     twice).  A duplicated Celery drain task on top changes nothing either."""
     from worker.ledger.drain import GROUP, DrainStats, OutboxDrain
-    from worker.gate.gate import outbox_key
+    from worker.gate.keys import outbox_key
 
     fe = fault_env
     gate = _gate(fe)

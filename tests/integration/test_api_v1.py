@@ -419,7 +419,8 @@ def test_a_key_revoked_by_another_process_is_refused_on_the_next_request(api, re
     import subprocess
     import sys
 
-    from worker.access.apikeys import REVOKED_MARKER_TTL_S, key_cache, revoked_marker
+    from worker.access.apikeys import REVOKED_MARKER_TTL_S, key_cache
+    from worker.gate.keys import revoked_marker
 
     key, prefix = api.keys["owner"], _prefix(api.keys["owner"])
     assert api.post("/v1/turns", json=TURN, headers=api.h["owner"]).status_code == 200

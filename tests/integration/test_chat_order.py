@@ -21,7 +21,7 @@ from worker.db import session_scope
 from worker.ledger.drain import DrainStats, OutboxDrain
 from worker.ledger.accounts import credit_wallet, ensure_enterprise, open_wallet
 from worker.chats.lifecycle import resume_chat, sweep_paused
-from worker.gate.gate import outbox_key
+from worker.gate.keys import outbox_key
 from worker.events import channel
 
 pytestmark = pytest.mark.integration

@@ -19,10 +19,11 @@ from models.schemas import TurnIn
 from tests.conftest import TEST_REDIS_URL
 from worker.db import session_scope
 from worker.ledger.deadletter import DeadLetterNotFound, list_dead_letters
-from worker.ledger.drain import GROUP, DrainStats, OutboxDrain, deadletter_key
+from worker.gate.keys import deadletter_key
+from worker.ledger.drain import GROUP, DrainStats, OutboxDrain
 from worker.ledger.reconcile import reconcile
 from worker.ledger.accounts import credit_wallet, open_wallet
-from worker.gate.gate import outbox_key
+from worker.gate.keys import outbox_key
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from models.schemas import TurnIn
 from worker.ledger.drain import GROUP, OutboxDrain
 from worker.ledger.accounts import credit_wallet, open_wallet
-from worker.gate.gate import outbox_key
+from worker.gate.keys import outbox_key
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +113,7 @@ def test_redelivery_after_commit_before_ack_is_dropped_by_the_unique_turn_id(db,
     entries, reclaimed = crashed.read_batch(shard)
     assert (len(entries), reclaimed) == (400, False)
     from worker.db import session_scope
-    from worker.ledger.drain import parse_entry
+    from worker.gate.outbox import parse_entry
     from worker.ledger.accounts import persist_turns
 
     with session_scope() as session:  # committed ...
@@ -159,7 +159,7 @@ def test_entries_acknowledged_by_a_drain_stopped_before_its_trim_are_trimmed_by_
 
 def test_same_entries_delivered_twice_in_one_batch_and_out_of_order_persist_once(db, redis_client, gate):
     from worker.db import session_scope
-    from worker.ledger.drain import parse_entry
+    from worker.gate.outbox import parse_entry
     from worker.ledger.accounts import persist_turns
 
     turns, billed = _fill(gate, 300)
@@ -241,7 +241,7 @@ def test_a_turn_id_the_gate_accepted_twice_is_persisted_once_and_its_second_debi
 
 
 def test_an_entry_that_cannot_be_written_is_dead_lettered_and_the_rest_persist(db, redis_client, gate, settings):
-    from worker.ledger.drain import deadletter_key
+    from worker.gate.keys import deadletter_key
 
     turns, billed = _fill(gate, 20)
     shard = gate.shard("w1")

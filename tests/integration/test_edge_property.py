@@ -140,7 +140,8 @@ def _send(api, op: str, body) -> tuple[object, list[dict]]:
 def test_arbitrary_unicode_at_the_http_edge_never_5xx_and_every_accepted_turn_persists_once(
     api, redis_client, gate, settings, db
 ):
-    from worker.ledger.drain import OutboxDrain, deadletter_key
+    from worker.gate.keys import deadletter_key
+    from worker.ledger.drain import OutboxDrain
     from worker.ledger.reconcile import reconcile
 
     drain = OutboxDrain(redis_client, settings=settings, consumer="prop")

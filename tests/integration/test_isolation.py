@@ -88,7 +88,7 @@ def test_an_isolated_app_keeps_its_usage_in_its_schema_exactly_once(fresh_db, ga
     entries = redis_client.xrange(f"{gate.wallet_key('wa').split(':wallet:')[0]}:outbox")
     assert drain.drain().inserted == 3
     # a re-delivery of the same entries (a worker killed after its commit, before XACK) adds nothing
-    from worker.ledger.drain import parse_entry
+    from worker.gate.outbox import parse_entry
     from worker.ledger.accounts import persist_turns
     shard = gate.shard("wa")
     with session_scope() as s:

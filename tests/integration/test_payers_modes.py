@@ -371,9 +371,9 @@ def test_a_late_turn_never_shrinks_the_rollup_of_a_month_past_retention(db, gate
 def test_a_batch_drained_after_a_newer_one_does_not_undo_the_pause(db, gate, redis_client, settings):
     """Two drains of one shard at once can commit an older batch after a newer one: the chat's
     state stays the newest turn's (paused), and its paused record stays open."""
-    from worker.ledger.drain import parse_entry
+    from worker.gate.outbox import parse_entry
     from worker.ledger.accounts import persist_turns
-    from worker.gate.gate import outbox_key
+    from worker.gate.keys import outbox_key
 
     _app("acme")
     open_wallet(gate, wallet_id="oo", enterprise_id="acme", owner_id="u1")

@@ -10,11 +10,12 @@ from sqlalchemy import text
 
 from tests.integration.test_drain import _fill, _turns
 from worker.db import session_scope
-from worker.ledger.drain import OutboxDrain, parse_entry
+from worker.gate.outbox import parse_entry
+from worker.ledger.drain import OutboxDrain
 from worker.ledger.accounts import persist_turns
 from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.ledger.reconcile import reconcile
-from worker.gate.gate import outbox_key
+from worker.gate.keys import outbox_key
 
 pytestmark = pytest.mark.integration
 

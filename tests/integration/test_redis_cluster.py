@@ -22,7 +22,8 @@ from worker.ledger.drain import OutboxDrain
 from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.ledger.reconcile import reconcile
 from worker.settings import get_settings
-from worker.gate.gate import WalletGate, outbox_key
+from worker.gate.gate import WalletGate
+from worker.gate.keys import outbox_key
 
 pytestmark = pytest.mark.integration
 SHARDS = 8

@@ -21,7 +21,7 @@ from worker.ledger.drain import OutboxDrain
 from worker.ledger.accounts import credit_wallet, ensure_enterprise, open_wallet
 from worker.billing.modes import configure_app, set_wallet_reservations
 from worker.ledger.reconcile import reconcile
-from worker.gate.gate import outbox_key
+from worker.gate.keys import outbox_key
 
 pytestmark = pytest.mark.integration
 IN, OUT = 2_500, 10_000  # gpt-4o at OpenAI, nanos per token

@@ -19,7 +19,8 @@ from sqlmodel import Session
 from models.schemas import TurnIn
 from tests.conftest import REPO
 from worker.db import session_scope
-from worker.ledger.drain import OutboxDrain, parse_entry
+from worker.gate.outbox import parse_entry
+from worker.ledger.drain import OutboxDrain
 from worker.ledger.accounts import credit_wallet, open_wallet, persist_turns
 from worker.pricing.prices import nanos_to_usd
 from worker.chats.rollups import (
@@ -30,7 +31,7 @@ from worker.chats.rollups import (
     refresh_rollup,
     workflow_averages,
 )
-from worker.gate.gate import outbox_key
+from worker.gate.keys import outbox_key
 
 pytestmark = pytest.mark.integration
 

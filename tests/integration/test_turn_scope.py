@@ -17,7 +17,7 @@ from models.schemas import TurnIn
 from worker.ledger.drain import OutboxDrain
 from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.ledger.reconcile import reconcile
-from worker.gate.gate import shard_of
+from worker.gate.keys import shard_of
 
 pytestmark = pytest.mark.integration
 COST = 3_500_000  # gpt-4o at OpenAI: 1,000 prompt × 2,500 + 100 completion × 10,000 nanos

@@ -389,7 +389,7 @@ def _batch(n: int, pad: int = 0) -> bytes:
 
 
 def _nothing_recorded(gate) -> None:
-    from worker.gate.gate import outbox_key
+    from worker.gate.keys import outbox_key
 
     assert gate.balance("w1") == 10**9
     assert sum(gate.redis.xlen(outbox_key(shard)) for shard in range(gate.settings.outbox_shards)) == 0

@@ -8,7 +8,8 @@ import fakeredis
 
 from worker.ledger.accounts import chat_order, outbox_position
 from worker.settings import Settings
-from worker.gate.gate import WalletGate, outbox_key
+from worker.gate.gate import WalletGate
+from worker.gate.keys import outbox_key
 
 
 def test_outbox_ids_sort_as_stream_ids_not_as_text():

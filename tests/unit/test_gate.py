@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from models.schemas import Decision, TurnIn
-from worker.ledger.drain import parse_entry
+from worker.gate.outbox import parse_entry
 from worker.pricing.prices import PriceBook, PricingError
 from worker.settings import Settings
-from worker.gate.gate import UnknownWallet, WalletGate, kick_key, outbox_key, shard_of
+from worker.gate.gate import UnknownWallet, WalletGate
+from worker.gate.keys import kick_key, outbox_key, shard_of
 
 SHARDS = 4
 TTL = 2 * 24 * 3600
@@ -608,7 +609,8 @@ def test_batch_survives_redis_losing_its_script_cache(redis_client, settings):
     """After SCRIPT FLUSH (as after a Redis restart) a pipelined batch fails with NOSCRIPT before
     running anything; the gate loads the script and sends the batch once more: each turn counted
     once.  300 turns of 6 wallets: several EVALSHAs per shard, streamed, all refused, all resent."""
-    from worker.gate.gate import TURNS_PER_CALL, WalletGate
+    from worker.gate.gate import WalletGate
+    from worker.gate.pipeline import TURNS_PER_CALL
 
     wg = WalletGate(redis_client, settings=settings, kicker=lambda shard: None)
     wallets = [f"w{i}" for i in range(6)]

@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_gate import COST_DEFAULT, client, kicked, turn, wg  # noqa: F401  (fixtures)
-from worker.gate.gate import _lua, outbox_key
+from worker.gate.keys import outbox_key
+from worker.gate.scripts import lua_source
 
 
 def test_debt_is_exact_for_balances_past_two_to_the_53(client, wg):
@@ -44,7 +45,7 @@ LIMIT = 2**62  # every balance, hold and cost the gate keeps is within ±2^62
 @given(a=st.integers(-LIMIT, LIMIT), b=st.integers(-LIMIT, LIMIT))
 def test_int_sub_is_exact_over_the_whole_range(client, a, b):
     """lib_int.lua's int_sub (free balance, debt) against Python's integers."""
-    script = client.register_script(_lua("lib_int.lua") + "\nreturn int_sub(ARGV[1], ARGV[2])")
+    script = client.register_script(lua_source("lib_int.lua") + "\nreturn int_sub(ARGV[1], ARGV[2])")
     assert script(args=[str(a), str(b)]) == str(a - b)
 
 

@@ -31,6 +31,7 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from models.tables import ApiKey, ApiRole, AuditLog, Enterprise, PayerLevel, Wallet
+from worker.gate.keys import revoked_marker
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,6 @@ class Principal:
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def revoked_marker(prefix: str) -> str:
-    """The Redis key that says key ``prefix`` was revoked (present for :data:`REVOKED_MARKER_TTL_S`)."""
-    return f"tollgate:apikey:revoked:{prefix}"
 
 
 class KeyCache:

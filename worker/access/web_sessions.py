@@ -30,9 +30,9 @@ from sqlmodel import Session
 
 from models.tables import ApiKey, ApiRole
 from worker.access.apikeys import Principal
+from worker.gate.keys import KEY_SESSIONS_PREFIX, WEB_SESSION_PREFIX
 
-SESSION_PREFIX = "tollgate:websession:"
-KEY_SESSIONS_PREFIX = "tollgate:websessions:key:"
+SESSION_PREFIX = WEB_SESSION_PREFIX
 
 
 @dataclass(frozen=True)

@@ -68,16 +68,15 @@ from sqlmodel import Session
 from models.tables import TransactionKind, UsageEvent, Wallet, WalletTransaction
 from worker.access.apikeys import audit
 from worker.db import after_commit, session_scope
-from worker.ledger.accounts import RESERVED_KEY_PREFIX
+from worker.gate.keys import ALLOWANCE_EXPIRY_PREFIX, ALLOWANCE_PREFIX, ALLOWANCE_RESTORE_PREFIX
 from worker.periods import current_period, period_bounds, previous_period
 from worker.settings import Settings, get_settings
 from worker.gate.gate import UnknownWallet, WalletGate
 
 log = logging.getLogger(__name__)
 
-ALLOWANCE_PREFIX = f"{RESERVED_KEY_PREFIX}allowance:"
-EXPIRY_PREFIX = f"{RESERVED_KEY_PREFIX}allowance-expiry:"
-RESTORE_PREFIX = f"{RESERVED_KEY_PREFIX}allowance-restore:"
+EXPIRY_PREFIX = ALLOWANCE_EXPIRY_PREFIX
+RESTORE_PREFIX = ALLOWANCE_RESTORE_PREFIX
 #: how many months back a reset looks for grants still to expire
 LOOKBACK_PERIODS = 12
 #: $1M a month: years of grants stay far below BIGINT's 2^63 in credits_nanos

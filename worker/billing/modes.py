@@ -29,11 +29,11 @@ from worker.db import after_commit, session_scope
 from worker.billing.payers import reservations_required as requires_reservations
 from worker.periods import current_period, period_bounds
 from worker.gate.gate import UnknownWallet, WalletGate
+from worker.gate.keys import FLAT_FEE_PREFIX
 
 log = logging.getLogger(__name__)
 
 #: ledger key prefix of the flat monthly fee of a track_only app (``<prefix><enterprise>:<YYYY-MM>``)
-FLAT_FEE_PREFIX = "tollgate:flat-fee:"
 
 
 class ModeError(ValueError):

@@ -23,7 +23,8 @@ from worker.db import session_scope
 from worker.ledger.accounts import credit_wallet, ledger_balance, open_wallet, wallet_usage
 from worker.pricing.prices import TurnLimitExceeded, nanos_to_usd, usd_to_nanos
 from worker.devtools.traces import TraceError, TraceFormat, TraceRow, read_trace
-from worker.gate.gate import WalletGate, celery_kicker
+from worker.gate.gate import WalletGate
+from worker.gate.outbox import celery_kicker
 from worker.devtools.workers import start_celery_worker, stop_process_group, wait_ready
 
 REPLAY_ENTERPRISE = "replay"

@@ -34,13 +34,10 @@ import functools
 import logging
 import time
 import uuid
-import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.resources import files
 from typing import Callable, Iterable, Sequence
 
-import orjson
 import redis
 from hiredis import pack_command
 
@@ -49,14 +46,19 @@ from models.tables import DEFAULT_MAX_TURN_COST_NANOS, BillingMode
 from models.validation import check_text
 from worker.pricing.meters import meter_price
 from worker.pricing.prices import PriceBook, PriceSheet, TurnLimitExceeded, TurnPrice
+from worker.gate.keys import ALLOWANCE_EXPIRY_PREFIX, FLAT_FEE_PREFIX, SHARDS_KEY, scoped_key, shard_of, shard_tag, turn_key
+from worker.gate.outbox import Kicker, celery_kicker, turn_payload
+from worker.gate.pipeline import (
+    NOT_RUN_ON_CLUSTER,
+    TURNS_PER_CALL,
+    decide_group,
+    pipeline_evalsha,
+    ramp,
+    send_packed_retrying,
+)
+from worker.gate.scripts import lua_source
 from worker.settings import Settings, get_settings, redis_client
 
-PREFIX = "tollgate"
-SHARDS_KEY = f"{PREFIX}:config:outbox_shards"
-#: version of the outbox payload (first element of the JSON list); parse_entry reads 1 to 4
-#: (2 appends the meter and its quantity, 3 the cache-write tokens and their rate, 4 the 1-hour
-#: cache-write tokens, their rate and the service tier)
-PAYLOAD_VERSION = 4
 log = logging.getLogger(__name__)
 
 
@@ -99,119 +101,6 @@ class GateBatchError(RuntimeError):
         self.decisions = decisions
 
 
-#: turns of one shard decided by one run of ``record_turns.lua`` (one EVALSHA): fewer script runs
-#: and replies; small enough that one call keeps Redis busy well under a millisecond
-TURNS_PER_CALL = 64
-#: commands written ahead of the replies read: Redis runs one chunk's scripts while this process
-#: packs and sends the next (Redis buffers replies in memory, so writing ahead cannot deadlock)
-PIPELINE_CHUNK = 128
-
-
-def _pipeline_evalsha(client: redis.Redis, calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
-    """EVALSHA every call, pipelined on one connection of one server; returns one reply or
-    ``ResponseError`` per call, in order.  If the server lost the scripts (restart, SCRIPT FLUSH)
-    every call fails with NOSCRIPT before running, so loading them and sending the batch again is
-    safe.  Raises redis ConnectionError/TimeoutError (the connection is dropped; the batch's turns
-    are idempotent by turn_id, so the caller may send them again)."""
-    scripts = list({id(c[0]): c[0] for c in calls}.values())
-    if len(scripts) > 1:
-        # one script's NOSCRIPT must not let another's calls run alone (a reserve_exact batch would
-        # record turns whose holds were never made): load what this server lacks first
-        for script, exists in zip(scripts, client.script_exists(*(sc.sha for sc in scripts))):
-            if not exists:
-                client.script_load(script.script)
-    chunks = [
-        (b"".join(pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)) for script, keys, args in chunk),
-         len(chunk))
-        for chunk in (calls[i:i + PIPELINE_CHUNK] for i in range(0, len(calls), PIPELINE_CHUNK))
-    ]
-    return _send_packed_retrying(client, chunks, scripts)
-
-
-def _send_packed_retrying(client: redis.Redis, commands: Iterable[tuple[bytes, int]],
-                          scripts: Sequence[redis.commands.core.Script],
-                          on_reply: Callable[[object], None] | None = None) -> list:
-    """:func:`_send_packed`; when every reply is NOSCRIPT (the server lost ``scripts``, so none
-    ran), load them and send the same commands once more.  Returns the final replies in order, or,
-    with ``on_reply``, passes each to it as soon as it is known final (leading NOSCRIPT replies
-    wait until a later reply shows the scripts were there) and returns an empty list."""
-    out: list = []
-    deliver = on_reply or out.append
-    sent: list[tuple[bytes, int]] = []
-    held: list = []  # the NOSCRIPT replies read while no other reply has come yet
-    passing = False
-
-    def keep(reply) -> None:
-        nonlocal passing
-        if not passing:
-            if isinstance(reply, redis.exceptions.NoScriptError):
-                held.append(reply)
-                return
-            passing = True
-            for r in held:
-                deliver(r)
-        deliver(reply)
-
-    _send_packed(client, commands, sent, keep)
-    if not passing and held:  # every reply NOSCRIPT: nothing ran
-        for script in scripts:
-            client.script_load(script.script)
-        _send_packed(client, sent, None, deliver)
-    return out
-
-
-def _send_packed(client: redis.Redis, commands: Iterable[tuple[bytes, int]], sent: list | None,
-                 on_reply: Callable[[object], None]) -> None:
-    """The pipeline itself, below redis-py's ``Pipeline`` (whose pure-Python command packer cost
-    more than the scripts): ``commands`` are ``(packed bytes, replies expected)``, taken lazily and
-    each written before the previous one's replies are read, so Redis runs one while this process
-    builds and packs the next.  Redis buffers replies in memory, so writing ahead cannot deadlock.
-    Each command taken is appended to ``sent`` (when given); each reply, or the ``ResponseError``
-    of a refused command, is passed to ``on_reply`` in order.  Raises redis ConnectionError /
-    TimeoutError (the connection is then dropped)."""
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        pending: list[int] = []  # replies expected per command written and not yet read
-        for packed, n in commands:
-            if sent is not None:
-                sent.append((packed, n))
-            conn.send_packed_command([packed], check_health=False)
-            pending.append(n)
-            if len(pending) > 1:
-                _read_replies(conn, pending.pop(0), on_reply)
-        for n in pending:
-            _read_replies(conn, n, on_reply)
-    except BaseException:
-        conn.disconnect()  # replies may be left unread on it
-        raise
-    finally:
-        pool.release(conn)
-
-
-def _read_replies(conn, n: int, on_reply: Callable[[object], None]) -> None:
-    for _ in range(n):
-        try:
-            reply = conn.read_response()
-        except redis.exceptions.ResponseError as exc:
-            reply = exc
-        on_reply(reply)
-
-
-def scoped_key(*parts: str) -> str:
-    """Parts of a key joined without ambiguity: every part but the last as ``<len>:<part>:``, the
-    last as it is (so a key is still a prefix of the keys whose last part extends it).  Ids may
-    contain ':'; ``scoped_key('app:x:u1', 't') != scoped_key('app:x', 'u1:t')``."""
-    return "".join(f"{len(p)}:{p}:" for p in parts[:-1]) + parts[-1]
-
-
-def turn_key(tag: str, enterprise_id: str, wallet_id: str, turn_id: str) -> str:
-    """The key of a turn_id's first answer in shard ``tag``.  The idempotency scope is the
-    (enterprise_id, wallet_id) pair: a turn_id is unique per payer wallet within an app, the same
-    scope as PostgreSQL's ``usage_turn_key``."""
-    return f"{tag}:turn:{scoped_key(enterprise_id, wallet_id, turn_id)}"
-
-
 def _own_keys(tag: str, turn: TurnIn, reservation_id: str | None) -> tuple[str, str, str]:
     """A turn's own keys in shard ``tag``: its wallet, its turn_id's answer, the hold it settles."""
     return (f"{tag}:wallet:{turn.wallet_id}", turn_key(tag, turn.enterprise_id, turn.wallet_id, turn.turn_id),
@@ -222,28 +111,6 @@ def _own_args(turn: TurnIn, price: TurnPrice, reservation_id: str | None, requir
     """A turn's own script arguments: cost, payload, reservation_id, require_hold, enterprise_id, tokens."""
     return (price.cost_nanos, turn_payload(turn, price), reservation_id or "", "1" if require_hold else "0",
             turn.enterprise_id, turn.prompt_tokens + turn.completion_tokens)
-
-
-#: replies of a node that did not run a command (redis-py parses the error code away: a MOVED
-#: reply is a MovedError whose text is "<slot> <host>:<port>"); MovedError is an AskError
-_NOT_RUN_ON_CLUSTER = (redis.exceptions.AskError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
-
-
-def _ramp(group: list[int]) -> list[list[int]]:
-    """``group`` cut, in order, into pieces of 8, 16, 32, … (the last piece takes the rest)."""
-    pieces, start, size = [], 0, 8
-    while start < len(group):
-        end = start + size if start + 2 * size <= len(group) else len(group)
-        pieces.append(group[start:end])
-        start, size = end, size * 2
-    return pieces
-
-
-def _decide_group(batch: list[int], reply, decide: Callable[[int, object], None]) -> None:
-    """One ``record_turns.lua`` reply (a list, or an exception for the whole call) to ``decide(i,
-    turn reply)`` for each turn index ``i`` of its group, in order."""
-    for position, i in enumerate(batch):
-        decide(i, reply if isinstance(reply, Exception) else reply[position])
 
 
 def _cost_limit(cost_nanos: int, limit_nanos: int, *, index: int | None = None) -> TurnLimitExceeded:
@@ -266,86 +133,6 @@ class UnknownWallet(LookupError):
     def __init__(self, wallet_id: str) -> None:
         super().__init__(f"unknown wallet {wallet_id!r}")
         self.wallet_id = wallet_id
-
-
-def _lua(name: str, *libs: str) -> str:
-    """A script from ``worker/gate/lua``, with the shared helpers of ``lib_int.lua`` and then ``libs``
-    prepended."""
-    lua = files("worker.gate").joinpath("lua")
-    return "\n".join(lua.joinpath(n).read_text() for n in ("lib_int.lua", *libs, name))
-
-
-def shard_of(wallet_id: str, shards: int) -> int:
-    """The outbox shard of a wallet: ``crc32(wallet_id) % shards``."""
-    return zlib.crc32(wallet_id.encode()) % shards
-
-
-def shard_tag(shard: int) -> str:
-    """Key prefix of one shard, hash tag included: ``tollgate:{s3}``."""
-    return f"{PREFIX}:{{s{shard}}}"
-
-
-def outbox_key(shard: int) -> str:
-    """The outbox stream of one shard."""
-    return f"{shard_tag(shard)}:outbox"
-
-
-def kick_key(shard: int) -> str:
-    """The drain-kick flag of one shard."""
-    return f"{shard_tag(shard)}:kick"
-
-
-def turn_payload(turn: TurnIn, price: TurnPrice) -> str:
-    """The outbox form of an accepted turn: compact JSON, read back by :func:`worker.ledger.drain.parse_entry`.
-
-    ``ts`` is ``occurred_at`` in integer microseconds since the Unix epoch (UTC).
-    """
-    occurred = turn.occurred_at
-    ts = (occurred.toordinal() - 719163) * 86_400_000_000 + (
-        (occurred.hour * 3600 + occurred.minute * 60 + occurred.second) * 1_000_000 + occurred.microsecond
-    )
-    return orjson.dumps(
-        [
-            PAYLOAD_VERSION,
-            turn.turn_id,
-            turn.wallet_id,
-            turn.enterprise_id,
-            turn.chat_id,
-            turn.workflow,
-            turn.agent,
-            turn.model,
-            price.provider,
-            turn.prompt_tokens,
-            turn.completion_tokens,
-            turn.cached_prompt_tokens,
-            turn.duration_ms,
-            price.input_nanos_per_mtok,
-            price.cached_input_nanos_per_mtok,
-            price.output_nanos_per_mtok,
-            price.cost_nanos,
-            ts,
-            turn.meter,
-            turn.quantity,
-            turn.cache_write_tokens,
-            price.cache_write_nanos_per_mtok,
-            turn.cache_write_1h_tokens,
-            price.cache_write_1h_nanos_per_mtok,
-            turn.service_tier,
-        ],
-    ).decode()
-
-
-Kicker = Callable[[int], None]
-
-
-def celery_kicker(shard: int) -> None:
-    """Ask a Celery worker to drain one outbox shard (``tollgate.usage.drain_outbox``)."""
-    from worker.celery_app import app
-
-    try:
-        app.send_task("tollgate.usage.drain_outbox", kwargs={"shard": shard}, ignore_result=True)
-    except Exception:  # the turn is already recorded; beat's backstop drains it
-        log.warning("could not send a drain kick for shard %s; beat will drain it", shard, exc_info=True)
 
 
 @functools.lru_cache(maxsize=1)
@@ -383,12 +170,12 @@ class WalletGate:
             (tag, f"{tag}:outbox", f"{tag}:kick", f"{tag}:holds")
             for tag in map(shard_tag, range(self.settings.outbox_shards))
         ]
-        self._record = self.redis.register_script(_lua("record_turn.lua", "lib_turn.lua"))
-        self._record_many = self.redis.register_script(_lua("record_turns.lua", "lib_turn.lua"))
-        self._adjust = self.redis.register_script(_lua("adjust.lua"))
-        self._repair = self.redis.register_script(_lua("repair_balance.lua"))
-        self._reserve = self.redis.register_script(_lua("reserve.lua"))
-        self._release = self.redis.register_script(_lua("release.lua"))
+        self._record = self.redis.register_script(lua_source("record_turn.lua", "lib_turn.lua"))
+        self._record_many = self.redis.register_script(lua_source("record_turns.lua", "lib_turn.lua"))
+        self._adjust = self.redis.register_script(lua_source("adjust.lua"))
+        self._repair = self.redis.register_script(lua_source("repair_balance.lua"))
+        self._reserve = self.redis.register_script(lua_source("reserve.lua"))
+        self._release = self.redis.register_script(lua_source("release.lua"))
         self._check_shard_count()
 
     def _check_shard_count(self) -> None:
@@ -533,7 +320,7 @@ class WalletGate:
         for kind, key in ledger_keys:
             if kind == "credit":
                 keys.append(f"{tag}:credit:{scoped_key(wallet_id, key)}")
-            elif key.startswith(("tollgate:allowance-expiry:", "tollgate:flat-fee:")):
+            elif key.startswith((ALLOWANCE_EXPIRY_PREFIX, FLAT_FEE_PREFIX)):
                 keys.append(f"{tag}:adjust:{scoped_key(wallet_id, key)}")
         return keys
 
@@ -757,7 +544,7 @@ class WalletGate:
         for indexes in by_shard.values():
             batches += [indexes[j:j + TURNS_PER_CALL] for j in range(0, len(indexes), TURNS_PER_CALL)]
         if len(batches) > 1:
-            batches = _ramp(batches[0]) + batches[1:-1] + [part[::-1] for part in _ramp(batches[-1][::-1])][::-1]
+            batches = ramp(batches[0]) + batches[1:-1] + [part[::-1] for part in ramp(batches[-1][::-1])][::-1]
         return batches
 
     def _record_streamed(self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet],
@@ -776,8 +563,8 @@ class WalletGate:
                 yield pack_command(("EVALSHA", sha, len(keys), *keys, *args)), 1
 
         groups = iter(batches)
-        _send_packed_retrying(self.redis, commands(), [self._record_many],
-                              lambda reply: _decide_group(next(groups), reply, decide))
+        send_packed_retrying(self.redis, commands(), [self._record_many],
+                              lambda reply: decide_group(next(groups), reply, decide))
 
     def _record_batched(self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet],
                         decide: Callable[[int, object], None]) -> None:
@@ -786,22 +573,22 @@ class WalletGate:
         batches = self._shard_batches(turns)
         many = [(self._record_many, *self._group_call(turns, quotes, batch)) for batch in batches]
         for batch, reply in zip(batches, self._evalsha_pipelined(many)):
-            _decide_group(batch, reply, decide)
+            decide_group(batch, reply, decide)
 
     def _evalsha_pipelined(self, calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
         """EVALSHA every call in one non-transactional pipeline (on Redis Cluster: one pipeline per
         node holding the calls' slots, in call order within each node).  Returns one reply or
         exception per call, in order."""
         if not isinstance(self.redis, redis.RedisCluster):
-            return _pipeline_evalsha(self.redis, calls)
+            return pipeline_evalsha(self.redis, calls)
         groups: dict[str, tuple[redis.Redis, list[int]]] = {}
         for i, (_script, keys, _args) in enumerate(calls):
             node = self.redis.get_node_from_key(keys[0])  # every key of a call shares one hash tag
             groups.setdefault(node.name, (self.redis.get_redis_connection(node), []))[1].append(i)
         replies: list = [None] * len(calls)
         for client, indexes in groups.values():
-            for i, reply in zip(indexes, _pipeline_evalsha(client, [calls[i] for i in indexes])):
-                if isinstance(reply, _NOT_RUN_ON_CLUSTER):
+            for i, reply in zip(indexes, pipeline_evalsha(client, [calls[i] for i in indexes])):
+                if isinstance(reply, NOT_RUN_ON_CLUSTER):
                     # the slot moved or is moving (resharding), or the cluster is down for a moment:
                     # the script did not run; send it alone through the cluster client, which follows
                     # the redirection, refreshes its slot map and retries TRYAGAIN / CLUSTERDOWN

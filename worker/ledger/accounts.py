@@ -39,7 +39,9 @@ from models.validation import MAX_DESCRIPTION, InvalidInput, check_text
 from worker.db import session_scope
 from worker.billing.payers import gate_profile
 from worker.periods import period_of
-from worker.gate.gate import WalletGate, outbox_key
+from worker.gate.gate import WalletGate
+from worker.gate.keys import outbox_key
+from worker.gate.keys import RESERVED_KEY_PREFIX, USAGE_PREFIX
 
 USAGE_COLUMNS = (
     "turn_id",
@@ -91,7 +93,6 @@ def turn_key_of(row: dict[str, Any]) -> tuple[str, str, str]:
 log = logging.getLogger(__name__)
 
 #: idempotency keys tollgate writes itself (usage debits); callers' keys may not start with it
-RESERVED_KEY_PREFIX = "tollgate:"
 #: largest amount one credit may carry, nano-USD (keeps sums far from BIGINT's 2^63)
 MAX_CREDIT_NANOS = 2**62
 
@@ -521,7 +522,7 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
                 kind=TransactionKind.debit,
                 amount_nanos=nanos,
                 turns=turns,
-                idempotency_key=f"{RESERVED_KEY_PREFIX}usage:{first_entry}",
+                idempotency_key=f"{USAGE_PREFIX}{first_entry}",
                 description=f"usage of {turns} turn(s)",
             )
         )

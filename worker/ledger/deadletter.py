@@ -44,14 +44,16 @@ from sqlmodel import Session
 from models.tables import DeadLetter as DeadLetterRow
 from models.tables import TransactionKind, Wallet, WalletTransaction
 from worker.db import session_scope
-from worker.gate.gate import UnknownWallet, WalletGate, shard_tag
+from worker.gate.gate import UnknownWallet, WalletGate
+from worker.gate.keys import shard_tag
+from worker.gate.keys import DEADLETTER_CHARGE_PREFIX, DEADLETTER_REFUND_PREFIX, DEADLETTER_SETTLED_PREFIX, deadletter_key
 
 log = logging.getLogger(__name__)
 
 #: ledger key prefixes, followed by ``<shard>:<outbox stream id>``
-CHARGE = "tollgate:deadletter:"
-SETTLED = "tollgate:deadletter-retried:"
-REFUND = "tollgate:deadletter-refund:"
+CHARGE = DEADLETTER_CHARGE_PREFIX
+SETTLED = DEADLETTER_SETTLED_PREFIX
+REFUND = DEADLETTER_REFUND_PREFIX
 #: fields the Redis copy adds to the outbox entry's own
 _OWN_FIELDS = ("outbox_id", "error", "error_class")
 
@@ -92,11 +94,6 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(cause, psycopg.Error) and sqlstate:
         return sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES or sqlstate in TRANSIENT_SQLSTATES
     return isinstance(exc, TRANSIENT_ERRORS)
-
-
-def deadletter_key(shard: int) -> str:
-    """The Redis copy of one shard's dead letters (a stream)."""
-    return f"{shard_tag(shard)}:deadletter"
 
 
 # reading what other writers stored ------------------------------------------------------------

@@ -23,14 +23,12 @@ length.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Iterable
+from typing import Iterable
 
 import redis
 
@@ -39,115 +37,20 @@ from worker.db import session_scope
 from worker.ledger.accounts import PersistResult, persist_turns
 from worker.metrics import record_dead_letter, record_drain_batch
 from worker.settings import Settings, get_settings, redis_client
-from worker.gate.gate import PAYLOAD_VERSION, WalletGate, kick_key, outbox_key
+from worker.gate.gate import WalletGate
+from worker.gate.keys import deadletter_key, kick_key, outbox_key
+from worker.gate.outbox import parse_entry
+from worker.gate.keys import REFUND_PREFIX
 
 GROUP = "tollgate-drain"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 log = logging.getLogger(__name__)
 
 
-class BadEntry(ValueError):
-    """An outbox entry that cannot be parsed (unknown payload version, missing field)."""
-
-
-deadletter_key = deadletter.deadletter_key
 
 
 def consumer_name() -> str:
     """This process's consumer name in the outbox group: ``<host>-<pid>``."""
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
-    """An outbox entry (fields ``t`` payload, ``b`` billed, ``a`` action, ``m`` mode, ``bal``) → a
-    ``usage_event`` row (keys of :data:`worker.ledger.accounts.USAGE_COLUMNS`).  ``outbox_id`` is
-    ``<shard>:<stream id>``.  Raises :class:`BadEntry`."""
-    try:
-        payload = json.loads(fields["t"])
-        if payload[0] == 1:  # queued before meters existed: an LLM turn
-            payload = [*payload, "llm", 0, 0, 0, 0, 0, None]
-        elif payload[0] == 2:  # queued before cache writes were priced
-            payload = [*payload, 0, 0, 0, 0, None]
-        elif payload[0] == 3:  # queued before 1-hour cache writes and service tiers were priced
-            payload = [*payload, 0, 0, None]
-        elif payload[0] != PAYLOAD_VERSION:
-            raise BadEntry(f"outbox payload version {payload[0]!r}, expected 1..{PAYLOAD_VERSION}")
-        (
-            _version,
-            turn_id,
-            wallet_id,
-            enterprise_id,
-            chat_id,
-            workflow,
-            agent,
-            model,
-            provider,
-            prompt,
-            completion,
-            cached,
-            duration_ms,
-            input_rate,
-            cached_rate,
-            output_rate,
-            cost,
-            ts,
-            meter,
-            quantity,
-            cache_write,
-            cache_write_rate,
-            cache_write_1h,
-            cache_write_1h_rate,
-            service_tier,
-        ) = payload
-        bal = fields.get("bal", "")
-        billed = int(fields["b"])
-        level = fields.get("lv", "app_usage")
-        if level == "platform":  # level 1: the platform bills the app creator; all of it is the platform's
-            target, creator_share = "platform", 0
-        else:  # level 2: the app bills its end user; the creator's share in whole nanos, rounded down
-            target, creator_share = enterprise_id, billed * int(fields.get("sb", "0")) // 10_000
-        return {
-            "turn_id": turn_id,
-            "outbox_id": outbox_id,
-            "wallet_id": wallet_id,
-            "enterprise_id": enterprise_id,
-            "chat_id": chat_id,
-            "workflow": workflow,
-            "agent": agent,
-            "model": model,
-            "provider": provider,
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "cached_prompt_tokens": cached,
-            "duration_ms": duration_ms,
-            "input_nanos_per_mtok": input_rate,
-            "cached_input_nanos_per_mtok": cached_rate,
-            "output_nanos_per_mtok": output_rate,
-            "cost_nanos": cost,
-            "occurred_at": _EPOCH + timedelta(microseconds=ts),
-            "billed_nanos": billed,
-            "action": fields["a"],
-            "mode": fields["m"],
-            "balance_after_nanos": int(bal) if bal else None,
-            "level": level,
-            "billing_target": target,
-            "billable": fields.get("bl", "1" if billed else "0") == "1",
-            "creator_share_nanos": creator_share,
-            "platform_fee_nanos": billed - creator_share,
-            "trial_tokens": int(fields.get("tt", "0")),
-            "meter": meter,
-            "quantity": quantity,
-            "cache_write_tokens": cache_write,
-            "cache_write_nanos_per_mtok": cache_write_rate,
-            "cache_write_1h_tokens": cache_write_1h,
-            "cache_write_1h_nanos_per_mtok": cache_write_1h_rate,
-            "service_tier": service_tier,
-            "debt_nanos": int(fields.get("d", "0")),  # entries queued before debts carry none
-        }
-    except BadEntry:
-        raise
-    except (KeyError, ValueError, TypeError, IndexError, OverflowError) as exc:
-        raise BadEntry(f"malformed outbox entry: {exc!r}") from exc
 
 
 @dataclass
@@ -301,7 +204,7 @@ class OutboxDrain:
             log.warning("turn %s was accepted twice by the gate (outbox %s): refunding %s nanos to %s",
                         conflict.turn_id, conflict.outbox_id, conflict.billed_nanos, conflict.wallet_id)
             if conflict.billed_nanos:
-                self.gate.credit(conflict.wallet_id, conflict.billed_nanos, f"tollgate:refund:{conflict.outbox_id}")
+                self.gate.credit(conflict.wallet_id, conflict.billed_nanos, f"{REFUND_PREFIX}{conflict.outbox_id}")
         if result.paused or result.resumed:
             self._announce_paused(result)
         stats.add(result)

@@ -47,7 +47,9 @@ from worker.ledger import deadletter
 from worker.db import session_scope
 from worker.billing.payers import gate_profile
 from worker.settings import get_settings
-from worker.gate.gate import WalletGate, outbox_key
+from worker.gate.gate import WalletGate
+from worker.gate.keys import outbox_key
+from worker.gate.keys import REFUND_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +263,7 @@ def _refunded(gate: WalletGate, queued: dict[str, list[Queued]],
         return set()
     pipe = gate.redis.pipeline(transaction=False)
     for wallet_id, outbox_id in candidates:
-        pipe.exists(gate.applied_keys(wallet_id, [("credit", f"tollgate:refund:{outbox_id}")])[0])
+        pipe.exists(gate.applied_keys(wallet_id, [("credit", f"{REFUND_PREFIX}{outbox_id}")])[0])
     return {o for (_w, o), hit in zip(candidates, pipe.execute()) if hit}
 
 

@@ -1,0 +1,99 @@
+"""The one key map: every ``tollgate:`` Redis key and prefix of the project is built here.
+
+The gate's own keys (per outbox shard, hash-tagged so one script's keys share a Redis Cluster slot)
+are listed in :mod:`worker.gate.gate`.  Ids may contain ':', so every part of a composed key but the
+last is written with its length first (:func:`scoped_key`).  This module imports nothing of ours, so
+any layer may name a key through it.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+PREFIX = "tollgate"
+
+
+SHARDS_KEY = f"{PREFIX}:config:outbox_shards"
+
+
+def scoped_key(*parts: str) -> str:
+    """Parts of a key joined without ambiguity: every part but the last as ``<len>:<part>:``, the
+    last as it is (so a key is still a prefix of the keys whose last part extends it).  Ids may
+    contain ':'; ``scoped_key('app:x:u1', 't') != scoped_key('app:x', 'u1:t')``."""
+    return "".join(f"{len(p)}:{p}:" for p in parts[:-1]) + parts[-1]
+
+
+def turn_key(tag: str, enterprise_id: str, wallet_id: str, turn_id: str) -> str:
+    """The key of a turn_id's first answer in shard ``tag``.  The idempotency scope is the
+    (enterprise_id, wallet_id) pair: a turn_id is unique per payer wallet within an app, the same
+    scope as PostgreSQL's ``usage_turn_key``."""
+    return f"{tag}:turn:{scoped_key(enterprise_id, wallet_id, turn_id)}"
+
+
+def shard_of(wallet_id: str, shards: int) -> int:
+    """The outbox shard of a wallet: ``crc32(wallet_id) % shards``."""
+    return zlib.crc32(wallet_id.encode()) % shards
+
+
+def shard_tag(shard: int) -> str:
+    """Key prefix of one shard, hash tag included: ``tollgate:{s3}``."""
+    return f"{PREFIX}:{{s{shard}}}"
+
+
+def outbox_key(shard: int) -> str:
+    """The outbox stream of one shard."""
+    return f"{shard_tag(shard)}:outbox"
+
+
+def kick_key(shard: int) -> str:
+    """The drain-kick flag of one shard."""
+    return f"{shard_tag(shard)}:kick"
+
+
+
+# --- keys outside the shards (not hash-tagged) ---
+
+#: drain counters (hash; :mod:`worker.metrics`)
+DRAIN_METRICS_KEY = f"{PREFIX}:metrics:drain"
+#: celery-redbeat's schedule and lock (:mod:`worker.celery_app`)
+REDBEAT_PREFIX = f"{PREFIX}:redbeat:"
+#: app events pub/sub: ``tollgate:events:<enterprise_id>`` (:mod:`worker.events`)
+EVENTS_CHANNEL_PREFIX = f"{PREFIX}:events:"
+#: web sessions of the /billing page: ``tollgate:websession:<sha256 of id>`` (:mod:`worker.access.web_sessions`)
+WEB_SESSION_PREFIX = f"{PREFIX}:websession:"
+#: the session digests of one API key: ``tollgate:websessions:key:<prefix>``
+KEY_SESSIONS_PREFIX = f"{PREFIX}:websessions:key:"
+#: per-key API rate-limit windows (``limits`` storage prefix; :mod:`api_stub.deps`)
+RATE_LIMIT_PREFIX = f"{PREFIX}:ratelimit"
+
+
+def revoked_marker(prefix: str) -> str:
+    """The key that says API key ``prefix`` was revoked: ``tollgate:apikey:revoked:<prefix>``."""
+    return f"{PREFIX}:apikey:revoked:{prefix}"
+
+
+def pausing_key(enterprise_id: str, chat_id: str) -> str:
+    """The flag that one pause of a chat is already on its way: ``tollgate:pausing:<enterprise>:<chat>``."""
+    return f"{PREFIX}:pausing:{enterprise_id}:{chat_id}"
+
+
+def deadletter_key(shard: int) -> str:
+    """The Redis copy of one shard's dead letters (a stream): ``tollgate:{sN}:deadletter``."""
+    return f"{shard_tag(shard)}:deadletter"
+
+
+# --- ledger idempotency keys (``wallet_transaction.idempotency_key``), mirrored by the gate as its
+# credit/adjust markers; no client key may start with RESERVED_KEY_PREFIX ---
+
+RESERVED_KEY_PREFIX = f"{PREFIX}:"
+ALLOWANCE_PREFIX = f"{PREFIX}:allowance:"
+ALLOWANCE_EXPIRY_PREFIX = f"{PREFIX}:allowance-expiry:"
+ALLOWANCE_RESTORE_PREFIX = f"{PREFIX}:allowance-restore:"
+FLAT_FEE_PREFIX = f"{PREFIX}:flat-fee:"
+DEADLETTER_CHARGE_PREFIX = f"{PREFIX}:deadletter:"
+DEADLETTER_SETTLED_PREFIX = f"{PREFIX}:deadletter-retried:"
+DEADLETTER_REFUND_PREFIX = f"{PREFIX}:deadletter-refund:"
+#: the refund of a turn the gate accepted twice: ``tollgate:refund:<outbox id>``
+REFUND_PREFIX = f"{PREFIX}:refund:"
+#: ledger entries named after the first outbox entry of a usage batch: ``tollgate:usage:<first entry>``
+USAGE_PREFIX = f"{PREFIX}:usage:"
