@@ -32,7 +32,7 @@ from api_stub.schemas import (
 )
 from models.tables import ApiRole, WalletTransaction
 from models.validation import SAFE_ID
-from worker.access.apikeys import audit
+from worker.ledger.audit import audit
 from worker.db import session_scope
 from worker.ledger.accounts import GatePending, LedgerError, credit_wallet
 from worker.pricing.prices import PricingError

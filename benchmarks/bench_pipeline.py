@@ -388,7 +388,7 @@ def bench_raw_copy(r: redis.Redis, gate, batch_size: int) -> dict[str, float]:
 
     from worker.db import get_engine
     from worker.gate.outbox import parse_entry
-    from worker.ledger.accounts import USAGE_COLUMNS
+    from worker.ledger.turns import USAGE_COLUMNS
     from worker.gate.keys import outbox_key
 
     rows = []

@@ -201,7 +201,7 @@ class ChatSession(SQLModel, table=True):
     started_at: datetime = Field(sa_column=_ts(nullable=False))
     last_turn_at: datetime = Field(sa_column=_ts(nullable=False))
     ended_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
-    #: where in the gate's decision order the chat's state was last decided (``worker.ledger.accounts.chat_order``):
+    #: where in the gate's decision order the chat's state was last decided (``worker.ledger.turns.chat_order``):
     #: the deciding turn's outbox entry, or the outbox position of a pause, resume or credit; ''
     #: nothing decided yet.  Only a later position changes the state.
     state_key: str = Field(default="", max_length=100, sa_column_kwargs={"server_default": ""})

@@ -15,7 +15,8 @@ from sqlmodel import Session
 from models.tables import Wallet
 from worker.chats.analytics import usage_analytics
 from worker.db import session_scope
-from worker.ledger.accounts import USAGE_COLUMNS, ensure_enterprise, persist_turns
+from worker.ledger.accounts import ensure_enterprise
+from worker.ledger.turns import USAGE_COLUMNS, persist_turns
 
 pytestmark = pytest.mark.integration
 

@@ -114,7 +114,7 @@ def test_redelivery_after_commit_before_ack_is_dropped_by_the_unique_turn_id(db,
     assert (len(entries), reclaimed) == (400, False)
     from worker.db import session_scope
     from worker.gate.outbox import parse_entry
-    from worker.ledger.accounts import persist_turns
+    from worker.ledger.turns import persist_turns
 
     with session_scope() as session:  # committed ...
         result = persist_turns(session, [parse_entry(f, f"{shard}:{i}") for i, f in entries])
@@ -160,7 +160,7 @@ def test_entries_acknowledged_by_a_drain_stopped_before_its_trim_are_trimmed_by_
 def test_same_entries_delivered_twice_in_one_batch_and_out_of_order_persist_once(db, redis_client, gate):
     from worker.db import session_scope
     from worker.gate.outbox import parse_entry
-    from worker.ledger.accounts import persist_turns
+    from worker.ledger.turns import persist_turns
 
     turns, billed = _fill(gate, 300)
     shard = gate.shard("w1")

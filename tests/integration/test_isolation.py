@@ -89,7 +89,7 @@ def test_an_isolated_app_keeps_its_usage_in_its_schema_exactly_once(fresh_db, ga
     assert drain.drain().inserted == 3
     # a re-delivery of the same entries (a worker killed after its commit, before XACK) adds nothing
     from worker.gate.outbox import parse_entry
-    from worker.ledger.accounts import persist_turns
+    from worker.ledger.turns import persist_turns
     shard = gate.shard("wa")
     with session_scope() as s:
         again = persist_turns(s, [parse_entry(f, f"{shard}:{i}") for i, f in entries if f["t"].find("acme-") > 0])

@@ -372,7 +372,7 @@ def test_a_batch_drained_after_a_newer_one_does_not_undo_the_pause(db, gate, red
     """Two drains of one shard at once can commit an older batch after a newer one: the chat's
     state stays the newest turn's (paused), and its paused record stays open."""
     from worker.gate.outbox import parse_entry
-    from worker.ledger.accounts import persist_turns
+    from worker.ledger.turns import persist_turns
     from worker.gate.keys import outbox_key
 
     _app("acme")

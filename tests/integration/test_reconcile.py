@@ -12,7 +12,7 @@ from tests.integration.test_drain import _fill, _turns
 from worker.db import session_scope
 from worker.gate.outbox import parse_entry
 from worker.ledger.drain import OutboxDrain
-from worker.ledger.accounts import persist_turns
+from worker.ledger.turns import persist_turns
 from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.ledger.reconcile import reconcile
 from worker.gate.keys import outbox_key

@@ -21,7 +21,8 @@ from tests.conftest import REPO
 from worker.db import session_scope
 from worker.gate.outbox import parse_entry
 from worker.ledger.drain import OutboxDrain
-from worker.ledger.accounts import credit_wallet, open_wallet, persist_turns
+from worker.ledger.accounts import credit_wallet, open_wallet
+from worker.ledger.turns import persist_turns
 from worker.pricing.prices import nanos_to_usd
 from worker.chats.rollups import (
     build_document,

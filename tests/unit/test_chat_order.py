@@ -1,4 +1,4 @@
-"""The order a chat's state moves by (worker.ledger.accounts.chat_order / outbox_position), on fakeredis:
+"""The order a chat's state moves by (worker.ledger.turns.chat_order / outbox_position), on fakeredis:
 stream ids sort as numbers, and a pause, resume or credit sits just after the last turn its
 wallet's shard decided and before the next one."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import fakeredis
 
-from worker.ledger.accounts import chat_order, outbox_position
+from worker.ledger.turns import chat_order, outbox_position
 from worker.settings import Settings
 from worker.gate.gate import WalletGate
 from worker.gate.keys import outbox_key

@@ -30,7 +30,8 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlmodel import Session
 
-from models.tables import ApiKey, ApiRole, AuditLog, Enterprise, PayerLevel, Wallet
+from models.tables import ApiKey, ApiRole, Enterprise, PayerLevel, Wallet
+from worker.ledger.audit import audit
 from worker.gate.keys import revoked_marker
 
 log = logging.getLogger(__name__)
@@ -138,13 +139,6 @@ def _announce_revocation(prefix: str, redis_client=None) -> None:
     except Exception:
         log.warning("key %s revoked, but its Redis marker could not be written: other API processes "
                     "may accept it until their cache entry expires", prefix, exc_info=True)
-
-
-def audit(session: Session, *, actor: str, action: str, enterprise_id: str | None = None,
-          wallet_id: str | None = None, **detail) -> None:
-    """Append one audit log entry (credits, mode changes, key changes)."""
-    session.add(AuditLog(actor=actor, action=action, enterprise_id=enterprise_id, wallet_id=wallet_id,
-                         detail=detail))
 
 
 def create_key(session: Session, *, role: ApiRole, enterprise_id: str | None = None,

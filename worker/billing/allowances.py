@@ -66,7 +66,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
 from models.tables import TransactionKind, UsageEvent, Wallet, WalletTransaction
-from worker.access.apikeys import audit
+from worker.ledger.audit import audit
 from worker.db import after_commit, session_scope
 from worker.gate.keys import ALLOWANCE_EXPIRY_PREFIX, ALLOWANCE_PREFIX, ALLOWANCE_RESTORE_PREFIX
 from worker.periods import current_period, period_bounds, previous_period

@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from models.tables import BillingMode, Enterprise, TransactionKind, TrialThen, Wallet, WalletTransaction
 from models.validation import InvalidInput, check_text
-from worker.access.apikeys import audit
+from worker.ledger.audit import audit
 from worker.db import after_commit, session_scope
 from worker.billing.payers import reservations_required as requires_reservations
 from worker.periods import current_period, period_bounds

@@ -63,7 +63,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
 from models.tables import AuditLog, Enterprise, PayerLevel, StripeEvent, TokenPackage, Wallet
-from worker.access.apikeys import audit
+from worker.ledger.audit import audit
 from worker.billing.budgets import BUDGET_EXCEEDED
 from worker.db import session_scope
 from worker.ledger.accounts import MAX_CREDIT_NANOS, LedgerError, credit_wallet

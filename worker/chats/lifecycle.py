@@ -26,9 +26,9 @@ RETURNING`` (``chat.resumable``), and only the call whose statement returned the
 after its transaction commits: a credit, the beat sweep, the orchestrator's :func:`resume_chat`
 (HTTP ``POST /v1/chats/{id}/resume``) or a newer accepted turn in the drain, whichever comes first.
 
-Order: a chat's state moves only forward in the gate's decision order (``worker.ledger.accounts.chat_order``:
+Order: a chat's state moves only forward in the gate's decision order (``worker.ledger.turns.chat_order``:
 a turn's outbox entry; a pause, resume or credit at the outbox position of the moment it happens,
-``worker.ledger.accounts.outbox_position``), kept in ``chat_session.state_key``.  A turn persisted late
+``worker.ledger.turns.outbox_position``), kept in ``chat_session.state_key``.  A turn persisted late
 that is not after the chat's last transition adds its totals and changes neither the state nor the
 paused-chat records.
 
@@ -50,7 +50,7 @@ from sqlmodel import Session
 
 from models.tables import ChatSession, ChatStatus, ConnectionState, Enterprise, PausedChat, Wallet
 from worker.db import after_commit, session_scope
-from worker.ledger.accounts import outbox_position
+from worker.ledger.turns import outbox_position
 from worker.events import Event, SendTask, emit
 from worker.gate.gate import UnknownWallet, WalletGate
 
@@ -190,8 +190,8 @@ def resumable_event(enterprise_id: str, chat_id: str, wallet_id: str, balance_na
 def announce_chat_changes(gate: WalletGate, paused: Sequence[Any], resumed: Sequence[Any],
                           send_task: SendTask | None = None) -> None:
     """After a drain batch committed: ``chat.paused`` per record it opened
-    (:class:`~worker.ledger.accounts.PausedNotice`) and ``chat.resumable`` (cause 'turn') per record a newer
-    turn closed (:class:`~worker.ledger.accounts.ResumedNotice`), pub/sub and webhooks."""
+    (:class:`~worker.ledger.turns.PausedNotice`) and ``chat.resumable`` (cause 'turn') per record a newer
+    turn closed (:class:`~worker.ledger.turns.ResumedNotice`), pub/sub and webhooks."""
     events = [paused_event(p.enterprise_id, p.chat_id, p.wallet_id, p.reason, p.needed_nanos) for p in paused]
     events += [resumable_event(r.enterprise_id, r.chat_id, r.wallet_id, r.balance_nanos, "turn") for r in resumed]
     if events:
@@ -201,7 +201,7 @@ def announce_chat_changes(gate: WalletGate, paused: Sequence[Any], resumed: Sequ
 
 
 def _forward(cs, position: str) -> dict[str, Any]:
-    """SET values that move a chat's state position to ``position`` (:func:`~worker.ledger.accounts.outbox_position`
+    """SET values that move a chat's state position to ``position`` (:func:`~worker.ledger.turns.outbox_position`
     of a pause, resume or credit) unless its last transition is there or later already."""
     return {"state_key": case((cs.c.state_key >= position, cs.c.state_key), else_=position)}
 

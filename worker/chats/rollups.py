@@ -8,7 +8,7 @@ incrementally, so refreshing a group any number of times yields the same row.
 How a rollup stays current:
 
 - the drain marks ``(enterprise_id, workflow, period)`` in ``rollup_dirty`` in the same transaction
-  as the usage events it inserts (:func:`worker.ledger.accounts.persist_turns`);
+  as the usage events it inserts (:func:`worker.ledger.turns.persist_turns`);
 - the beat job (:func:`refresh_dirty`, every 60 s) deletes marks and refreshes their groups: only
   what changed since the last run;
 - :func:`end_chat` marks a chat completed and refreshes its groups at once.

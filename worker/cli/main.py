@@ -193,7 +193,8 @@ def wallet_show(wallet_id: str, as_json: bool = typer.Option(False, "--json")) -
     """Show a wallet: gate balance (Redis), ledger balance and usage (PostgreSQL)."""
     from models.tables import Wallet
     from worker.db import session_scope
-    from worker.ledger.accounts import ledger_balance, wallet_usage
+    from worker.ledger.accounts import ledger_balance
+    from worker.ledger.turns import wallet_usage
     from worker.gate.gate import UnknownWallet, WalletGate
 
     with session_scope() as session:
@@ -772,7 +773,7 @@ def app_isolate(
     schema: str = typer.Option(None, "--schema", help="PostgreSQL schema for its usage events (default app_<id>)"),
 ) -> None:
     """Keep an app's usage events in its own PostgreSQL schema, moving the rows it has (audit-logged)."""
-    from worker.access.apikeys import audit
+    from worker.ledger.audit import audit
     from worker.db import session_scope
     from worker.ledger.isolation import IsolationError, isolate_app
 

@@ -75,7 +75,7 @@ def turn_payload(turn: TurnIn, price: TurnPrice) -> str:
 
 def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
     """An outbox entry (fields ``t`` payload, ``b`` billed, ``a`` action, ``m`` mode, ``bal``) → a
-    ``usage_event`` row (keys of :data:`worker.ledger.accounts.USAGE_COLUMNS`).  ``outbox_id`` is
+    ``usage_event`` row (keys of :data:`worker.ledger.turns.USAGE_COLUMNS`).  ``outbox_id`` is
     ``<shard>:<stream id>``.  Raises :class:`BadEntry`."""
     try:
         payload = json.loads(fields["t"])

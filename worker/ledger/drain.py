@@ -34,7 +34,7 @@ import redis
 
 from worker.ledger import deadletter
 from worker.db import session_scope
-from worker.ledger.accounts import PersistResult, persist_turns
+from worker.ledger.turns import PersistResult, persist_turns
 from worker.metrics import record_dead_letter, record_drain_batch
 from worker.settings import Settings, get_settings, redis_client
 from worker.gate.gate import WalletGate

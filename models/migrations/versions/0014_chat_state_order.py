@@ -5,7 +5,7 @@ Revises: 0013
 Create Date: 2026-12-05 16:20:00
 
 A drain can commit an older turn after a newer one, or after the orchestrator paused the chat; a
-chat's state must move only forward in the gate's decision order (``worker.ledger.accounts.chat_order``).
+chat's state must move only forward in the gate's decision order (``worker.ledger.turns.chat_order``).
 ``state_key`` holds the position of the chat's last transition: the deciding turn's outbox entry
 as sortable text, or the outbox position at which a pause, resume or credit happened.  Existing
 chats start at '' (nothing decided): their next persisted turn decides, as before.
