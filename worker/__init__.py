@@ -1,1 +1,78 @@
-"""tollgate's engine: settings, pricing, the wallet gate, the outbox drain, the ledger and the CLI."""
+"""tollgate's public Python API: ``from worker import WalletGate, TurnIn, open_wallet, credit_wallet, ...``.
+
+The names below are what the README's examples and :mod:`worker.client` use; everything else in
+``worker/`` is internal and may move.  They are loaded on first use (PEP 562 ``__getattr__``), so
+``import worker`` (and an HTTP-only :mod:`worker.client`) stays cheap and no package import cycle
+runs through this facade.
+
+- the gate: ``WalletGate`` (records turns in Redis), its errors ``UnknownWallet``, ``WrongEnterprise``,
+  ``GateBatchError``, ``GateConfigError``; the records ``TurnIn`` (a turn) and ``Decision`` (its answer)
+- accounts: ``ensure_enterprise``, ``open_wallet``, ``credit_wallet`` (nano-USD), ``ledger_balance``,
+  ``wallet_usage``; errors ``LedgerError``, ``GatePending``
+- the drain: ``OutboxDrain`` (persist the outbox to PostgreSQL in this process)
+- pricing: ``PricingError``, ``TurnLimitExceeded``, ``NANOS_PER_USD``, ``nanos_to_usd``, ``usd_to_nanos``
+- chats: ``start_session``, ``can_continue``, ``pause_chat``, ``resume_chat``, ``wallet_state``,
+  ``end_chat``, ``workflow_averages``, ``chat_performance``
+- payers and events: ``wallet_id_for``, ``events_channel`` (the pub/sub channel of an app's events)
+- configuration and transactions: ``Settings``, ``get_settings``, ``session_scope``
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name -> (module, attribute)
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "TurnIn": ("models.schemas", "TurnIn"),
+    "Decision": ("models.schemas", "Decision"),
+    "WalletGate": ("worker.gate.gate", "WalletGate"),
+    "UnknownWallet": ("worker.gate.gate", "UnknownWallet"),
+    "WrongEnterprise": ("worker.gate.gate", "WrongEnterprise"),
+    "GateBatchError": ("worker.gate.gate", "GateBatchError"),
+    "GateConfigError": ("worker.gate.gate", "GateConfigError"),
+    "ensure_enterprise": ("worker.ledger.accounts", "ensure_enterprise"),
+    "open_wallet": ("worker.ledger.accounts", "open_wallet"),
+    "credit_wallet": ("worker.ledger.accounts", "credit_wallet"),
+    "ledger_balance": ("worker.ledger.accounts", "ledger_balance"),
+    "LedgerError": ("worker.ledger.accounts", "LedgerError"),
+    "GatePending": ("worker.ledger.accounts", "GatePending"),
+    "wallet_usage": ("worker.ledger.turns", "wallet_usage"),
+    "OutboxDrain": ("worker.ledger.drain", "OutboxDrain"),
+    "PricingError": ("worker.pricing.prices", "PricingError"),
+    "TurnLimitExceeded": ("worker.pricing.prices", "TurnLimitExceeded"),
+    "NANOS_PER_USD": ("worker.pricing.prices", "NANOS_PER_USD"),
+    "nanos_to_usd": ("worker.pricing.prices", "nanos_to_usd"),
+    "usd_to_nanos": ("worker.pricing.prices", "usd_to_nanos"),
+    "start_session": ("worker.chats.lifecycle", "start_session"),
+    "can_continue": ("worker.chats.lifecycle", "can_continue"),
+    "pause_chat": ("worker.chats.lifecycle", "pause_chat"),
+    "resume_chat": ("worker.chats.lifecycle", "resume_chat"),
+    "wallet_state": ("worker.chats.lifecycle", "wallet_state"),
+    "end_chat": ("worker.chats.rollups", "end_chat"),
+    "workflow_averages": ("worker.chats.rollups", "workflow_averages"),
+    "chat_performance": ("worker.chats.rollups", "chat_performance"),
+    "wallet_id_for": ("worker.billing.payers", "wallet_id_for"),
+    "events_channel": ("worker.events", "channel"),
+    "Settings": ("worker.settings", "Settings"),
+    "get_settings": ("worker.settings", "get_settings"),
+    "session_scope": ("worker.db", "session_scope"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """The public name ``name``, imported from its module on first use.  Raises AttributeError
+    for any other name."""
+    try:
+        module, attr = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'worker' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

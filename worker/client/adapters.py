@@ -61,7 +61,7 @@ from genai_prices.data_snapshot import get_snapshot
 from pydantic import ValidationError
 
 from models.schemas import TurnIn
-from worker.pricing.prices import NANOS_PER_USD, PricingError
+from worker import NANOS_PER_USD, PricingError
 
 #: TurnIn can carry cache-write tokens (a field the gate prices at the cache-write price)
 TURN_HAS_CACHE_WRITES = "cache_write_tokens" in TurnIn.model_fields

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+import worker
 from models.schemas import Decision, TurnIn
 from models.validation import check_text
 from worker.client.adapters import USAGE_FIELDS, TokenUsage, adapter_error, turn_fields, usage_from_response
@@ -175,9 +176,7 @@ def compare(totals: dict[str, int], cost_nanos: int, averages: dict[str, Any]) -
 
 
 def _wallet_id_for(level: str, enterprise_id: str, payer_id: str) -> str:
-    from worker.billing.payers import wallet_id_for
-
-    return wallet_id_for(level, enterprise_id=enterprise_id, payer_id=payer_id)
+    return worker.wallet_id_for(level, enterprise_id=enterprise_id, payer_id=payer_id)
 
 
 class _Core:
@@ -366,13 +365,11 @@ class _Core:
             raise ValueError(f"timeout: must be a positive number of seconds, got {timeout!r}")
         import redis.asyncio as aioredis
 
-        from worker.events import channel
-
         client = aioredis.Redis.from_url(self.events_url, decode_responses=True)
         pubsub = client.pubsub()
         try:
             async with asyncio.timeout(timeout):
-                await pubsub.subscribe(channel(self.enterprise_id))
+                await pubsub.subscribe(worker.events_channel(self.enterprise_id))
                 while True:  # wait for the server's confirmation: from here no event is missed
                     msg = await pubsub.get_message(timeout=1.0)
                     if msg is not None and msg["type"] == "subscribe":

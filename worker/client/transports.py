@@ -16,8 +16,10 @@ from typing import Any
 
 import httpx
 
+import worker
 from models.schemas import Decision, TurnIn
-from worker.pricing.prices import PricingError
+from worker import PricingError
+from worker.client.adapters import UnknownModel
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,6 @@ class ApiError(TollgateClientError):
 
 
 def _unknown_model(turn: TurnIn, detail: str) -> Exception:
-    from worker.client.adapters import UnknownModel
-
     return UnknownModel(turn.model, turn.provider, detail)
 
 
@@ -61,20 +61,16 @@ class InProcessTransport:
     """
 
     def __init__(self, gate=None, *, events_url: str | None = None) -> None:
-        from worker.gate.gate import WalletGate
-
-        self.gate = gate or WalletGate()
+        self.gate = gate or worker.WalletGate()
         self.events_url = events_url or self.gate.settings.redis_url
 
     def record(self, turn: TurnIn) -> Decision:
         """The gate's decision for ``turn``.  Raises UnknownModel, WalletNotFound."""
-        from worker.gate.gate import UnknownWallet, WrongEnterprise
-
         try:
             return self.gate.record_turn(turn)
         except PricingError as exc:
             raise _unknown_model(turn, str(exc)) from exc
-        except (UnknownWallet, WrongEnterprise) as exc:
+        except (worker.UnknownWallet, worker.WrongEnterprise) as exc:
             raise WalletNotFound(turn.wallet_id, str(exc)) from exc
 
     def balance(self, wallet_id: str) -> int | None:
@@ -86,57 +82,44 @@ class InProcessTransport:
 
     def start(self, *, enterprise_id: str, chat_id: str, wallet_id: str, workflow: str) -> None:
         """Create the chat's session row (``worker.chats.lifecycle.start_session``).  Raises WalletNotFound."""
-        from worker.chats.lifecycle import start_session
-        from worker.gate.gate import UnknownWallet
-
         try:
-            start_session(self.gate, enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
+            worker.start_session(self.gate, enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
                           workflow=workflow)
-        except (UnknownWallet, LookupError) as exc:
+        except (worker.UnknownWallet, LookupError) as exc:
             raise WalletNotFound(wallet_id, str(exc)) from exc
 
     def can_continue(self, wallet_id: str) -> bool:
         """Would the gate accept the wallet's next turn (``worker.chats.lifecycle.can_continue``: balance
         minus holds, mode, block)?  Raises WalletNotFound."""
-        from worker.chats.lifecycle import can_continue
-        from worker.gate.gate import UnknownWallet
-
         try:
-            return can_continue(self.gate, wallet_id)
-        except UnknownWallet as exc:
+            return worker.can_continue(self.gate, wallet_id)
+        except worker.UnknownWallet as exc:
             raise WalletNotFound(wallet_id) from exc
 
     def pause(self, *, enterprise_id: str, chat_id: str, wallet_id: str, reason: str,
               needed_nanos: int | None) -> bool:
         """Record the chat as paused (``worker.chats.lifecycle.pause_chat``: a paused-chat row, the chat
         paused, a ``chat.paused`` event).  True if this call paused it."""
-        from worker.chats.lifecycle import pause_chat
-
-        return bool(pause_chat(self.gate, enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
+        return bool(worker.pause_chat(self.gate, enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
                                reason=reason, needed_nanos=needed_nanos))
 
     def resumed(self, *, enterprise_id: str, chat_id: str) -> None:
         """Mark the chat active and connected again (``worker.chats.lifecycle.resume_chat``)."""
-        from worker.chats.lifecycle import resume_chat
-
         try:
-            resume_chat(self.gate, enterprise_id=enterprise_id, chat_id=chat_id)
+            worker.resume_chat(self.gate, enterprise_id=enterprise_id, chat_id=chat_id)
         except (LookupError, PermissionError) as exc:  # the next turn's answer decides anyway
             log.info("chat %s not marked resumed: %s", chat_id, exc)
 
     def finish(self, *, enterprise_id: str, chat_id: str, workflow: str, period: str) -> dict[str, Any] | None:
         """End the chat (completed; its rollups refreshed) if any of its turns is persisted yet, and
         return the workflow's per-session averages of ``period`` (:func:`worker.chats.rollups.workflow_averages`)."""
-        from worker.db import session_scope
-        from worker.chats.rollups import end_chat, workflow_averages
-
-        with session_scope() as session:
+        with worker.session_scope() as session:
             try:
-                end_chat(session, enterprise_id=enterprise_id, chat_id=chat_id)
+                worker.end_chat(session, enterprise_id=enterprise_id, chat_id=chat_id)
             except LookupError:  # nothing drained yet: the averages are those without this chat
                 log.info("chat %s has no persisted turn yet; ending it is left to the drain", chat_id)
-        with session_scope() as session:
-            return workflow_averages(session, enterprise_id, workflow, period)
+        with worker.session_scope() as session:
+            return worker.workflow_averages(session, enterprise_id, workflow, period)
 
 
 class AsyncInProcessTransport:
