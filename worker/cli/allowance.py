@@ -1,0 +1,61 @@
+"""Monthly allowances: set, reset.
+
+Commands import their services when they run (function-local imports, on purpose): ``tollgate
+--help`` and each command load only what they use."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+from worker.pricing.prices import nanos_to_usd
+from worker.cli.common import fail, flag_message, out, parse_nanos
+
+
+allowance_app = typer.Typer(help="Monthly allowances: set the amount, run the reset.", no_args_is_help=True)
+
+
+@allowance_app.command("set")
+def allowance_set(
+    wallet_id: str,
+    usd: str = typer.Option(..., "--usd", help="allowance granted each UTC month, e.g. 20.00 (0 stops it)"),
+) -> None:
+    """Set a wallet's monthly allowance; the next reset (hourly, or `tollgate allowance reset`) grants it."""
+    from worker.billing.allowances import AllowanceError, set_allowance
+    from worker.db import session_scope
+
+    nanos = parse_nanos(usd, "--usd", allow_zero=True)
+    try:
+        with session_scope() as session:
+            set_allowance(session, wallet_id, nanos)
+    except AllowanceError as exc:
+        fail(flag_message(str(exc), {"amount_nanos": "--usd", "wallet_id": "WALLET_ID"}))
+    out.print(f"wallet {wallet_id}: monthly allowance {nanos_to_usd(nanos)} USD ({nanos} nanos)", highlight=False)
+
+
+@allowance_app.command("reset")
+def allowance_reset(
+    period: Optional[str] = typer.Option(None, "--period", help="YYYY-MM to grant (default: current; "
+                                         "an earlier one backfills a missed period)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Grant and expire monthly allowances now (the beat job); running it again changes nothing."""
+    from worker.billing.allowances import AllowanceError, run_monthly_reset
+    from worker.gate.gate import WalletGate
+
+    try:
+        report = run_monthly_reset(WalletGate(kicker=lambda shard: None), period=period)
+    except AllowanceError as exc:
+        fail(flag_message(str(exc), {"period": "--period"}))
+    data = report.as_dict()
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+        return
+    out.print(f"period {report.period}: {data['wallets_checked']} wallet(s) checked, "
+              f"{len(report.granted)} grant(s) of {nanos_to_usd(data['granted_nanos'])} USD, "
+              f"{len(report.expired)} expiry entr{'y' if len(report.expired) == 1 else 'ies'} of "
+              f"{nanos_to_usd(data['expired_nanos'])} USD, {len(report.restored)} restore(s) of "
+              f"{nanos_to_usd(data['restored_nanos'])} USD", highlight=False)

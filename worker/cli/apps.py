@@ -1,0 +1,87 @@
+"""Apps: configure, isolate, mode.
+
+Commands import their services when they run (function-local imports, on purpose): ``tollgate
+--help`` and each command load only what they use."""
+
+from __future__ import annotations
+
+
+import typer
+
+from worker.cli.common import APP_FLAGS, checked_id, fail, flag_message, out, parse_nanos
+
+
+app_app = typer.Typer(help="Apps: billing mode, revenue share, trial, flat fee, creator.", no_args_is_help=True)
+
+
+@app_app.command("configure")
+def app_configure(
+    enterprise: str = typer.Argument(..., help="the app (enterprise_id); created if new"),
+    share_bps: int = typer.Option(None, "--share-bps", help="creator's share of level-2 charges, basis points"),
+    trial_tokens: int = typer.Option(None, "--trial-tokens", help="trial allowance per wallet, tokens"),
+    trial_then: str = typer.Option(None, "--trial-then", help="after the trial: bill | pause"),
+    flat_fee_usd: str = typer.Option(None, "--flat-fee-usd", help="track_only flat monthly fee, USD"),
+    fee_wallet: str = typer.Option(None, "--fee-wallet", help="wallet the flat fee is debited from"),
+    creator: str = typer.Option(None, "--creator", help="the app creator's mozaiks_user_id"),
+    max_turn_usd: str = typer.Option(None, "--max-turn-usd",
+                                     help="the most one turn may cost, USD (default 50.00); a costlier turn is refused"),
+    reservations: bool = typer.Option(None, "--reservations-required/--reservations-optional",
+                                      help="every charged turn needs a live reservation of its wallet"),
+) -> None:
+    """Change an app's billing settings (only those given); audit-logged."""
+    from worker.db import session_scope
+    from worker.ledger.accounts import ensure_enterprise
+    from worker.billing.modes import ModeError, configure_app
+    from worker.gate.gate import WalletGate
+
+    with session_scope() as session:
+        ensure_enterprise(session, checked_id(enterprise, "ENTERPRISE"))
+    fee = None if flat_fee_usd is None else parse_nanos(flat_fee_usd, "--flat-fee-usd", allow_zero=True)
+    max_turn = None if max_turn_usd is None else parse_nanos(max_turn_usd, "--max-turn-usd", allow_zero=True)
+    try:
+        row = configure_app(WalletGate(), enterprise, actor="cli", creator_share_bps=share_bps,
+                            trial_token_allowance=trial_tokens, trial_then=trial_then, flat_fee_nanos=fee,
+                            fee_wallet_id=fee_wallet, creator_id=creator, max_turn_cost_nanos=max_turn,
+                            reservations_required=reservations)
+    except ModeError as exc:
+        fail(flag_message(str(exc), APP_FLAGS))
+    out.print(f"{row.id}: mode {row.default_mode} · share {row.creator_share_bps} bps · trial "
+              f"{row.trial_token_allowance} tokens then {row.trial_then} · flat fee {row.flat_fee_nanos} nanos "
+              f"from {row.fee_wallet_id or '—'} · creator {row.creator_id or '—'} · max turn "
+              f"{row.max_turn_cost_nanos} nanos · reservations "
+              f"{'required' if row.reservations_required else 'optional'}", highlight=False, soft_wrap=True)
+
+
+@app_app.command("isolate")
+def app_isolate(
+    enterprise: str = typer.Argument(..., help="the app (enterprise_id)"),
+    schema: str = typer.Option(None, "--schema", help="PostgreSQL schema for its usage events (default app_<id>)"),
+) -> None:
+    """Keep an app's usage events in its own PostgreSQL schema, moving the rows it has (audit-logged)."""
+    from worker.ledger.audit import audit
+    from worker.db import session_scope
+    from worker.ledger.isolation import IsolationError, isolate_app
+
+    try:
+        with session_scope() as session:
+            used = isolate_app(session, enterprise, schema)
+            audit(session, actor="cli", action="app.isolate", enterprise_id=enterprise, schema=used)
+    except IsolationError as exc:
+        fail(flag_message(str(exc), {**APP_FLAGS, "schema": "--schema"}))
+    out.print(f"{enterprise}: usage events in schema {used}", highlight=False)
+
+
+@app_app.command("mode")
+def app_mode(
+    enterprise: str = typer.Argument(..., help="the app (enterprise_id)"),
+    mode: str = typer.Argument(..., help="production | development | trial | track_only"),
+) -> None:
+    """Set an app's default mode; its wallets without their own mode follow (audit-logged)."""
+    from worker.billing.modes import ModeError, set_app_mode
+    from worker.gate.gate import WalletGate
+
+    try:
+        changed = set_app_mode(WalletGate(), enterprise, mode, actor="cli")
+    except ModeError as exc:
+        fail(flag_message(str(exc), APP_FLAGS))
+    out.print(f"{enterprise}: mode {mode} ({len(changed)} wallet(s) changed)", highlight=False)

@@ -1,0 +1,69 @@
+"""Helpers shared by the command modules: console output, failing with exit code 2, parsing USD and ids."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from importlib.resources import files
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from models.validation import InvalidInput, check_text
+from worker.pricing.prices import PricingError, usd_to_nanos
+
+
+err = Console(stderr=True)
+out = Console()
+
+
+def fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # input is not markup
+    raise typer.Exit(code=2)
+
+
+def parse_usd(value: str, field: str) -> Decimal:
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        fail(f"{field}: {value!r} is not a decimal amount of USD")
+    if not amount.is_finite():
+        fail(f"{field}: {value!r} is not a finite amount")
+    return amount
+
+
+def sample_trace(name: str = "azure_llm_2023_conv_sample.csv") -> Path:
+    """Path of a trace sample bundled with tollgate (``worker/devtools/data``)."""
+    return Path(str(files("worker.devtools").joinpath("data", name)))
+
+
+def checked_id(value: str, field: str) -> str:
+    """``value`` if ``models.validation`` accepts it as an id; else exit 2 naming ``field``."""
+    try:
+        return check_text(value, field)
+    except InvalidInput as exc:
+        fail(f"{field}: {value!r} must be 1 to 200 characters without spaces or control characters "
+              f"({exc.message})")
+
+
+def flag_message(message: str, flags: dict[str, str]) -> str:
+    """A service error ``field: …`` with the field named as the command's flag."""
+    field, sep, rest = message.partition(":")
+    return f"{flags.get(field, field)}:{rest}" if sep else message
+
+
+def parse_nanos(usd: str, field: str, *, allow_zero: bool = False) -> int:
+    try:
+        nanos = usd_to_nanos(parse_usd(usd, field))
+    except PricingError as exc:
+        fail(f"{field}: {exc}")
+    if nanos < 0 or (nanos == 0 and not allow_zero):
+        fail(f"{field}: {usd} is not a {'non-negative' if allow_zero else 'positive'} amount")
+    return nanos
+
+
+APP_FLAGS = {"creator_share_bps": "--share-bps", "trial_token_allowance": "--trial-tokens", "trial_then": "--trial-then",
+              "flat_fee_nanos": "--flat-fee-usd", "fee_wallet_id": "--fee-wallet", "creator_id": "--creator",
+              "enterprise_id": "ENTERPRISE", "mode": "MODE", "wallet_id": "WALLET_ID",
+              "max_turn_cost_nanos": "--max-turn-usd", "reservations_required": "--reservations-required"}

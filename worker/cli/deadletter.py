@@ -1,0 +1,76 @@
+"""Dead letters: list, retry, discard.
+
+Commands import their services when they run (function-local imports, on purpose): ``tollgate
+--help`` and each command load only what they use."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from worker.cli.common import err, fail, out
+
+
+deadletter_app = typer.Typer(help="Dead letters: outbox entries the drain could not persist.", no_args_is_help=True)
+
+
+@deadletter_app.command("list")
+def deadletter_list(as_json: bool = typer.Option(False, "--json", help="one JSON object per line")) -> None:
+    """Every dead letter: shard, outbox id, turn_id, wallet, billed nanos, whether the ledger holds its
+    charge, error.  Text is shown escaped (NUL as \\x00)."""
+    from rich.text import Text
+
+    from worker.db import session_scope
+    from worker.ledger.deadletter import list_dead_letters
+
+    with session_scope() as session:
+        dead = list_dead_letters(session)
+    if as_json:
+        for dl in dead:
+            print(json.dumps({k: v for k, v in dl.as_dict().items() if k != "fields"}))
+        return
+    table = Table(title=f"{len(dead)} dead letter(s)")
+    for column in ("shard", "outbox_id", "turn_id", "wallet_id", "billed_nanos", "charged", "error"):
+        table.add_column(column, justify="right" if column in ("shard", "billed_nanos") else "left")
+    for dl in dead:  # stored text is not markup: Text cells, escaped
+        table.add_row(str(dl.shard), dl.outbox_id, Text(ascii(dl.turn_id)), Text(ascii(dl.wallet_id)),
+                      f"{dl.billed_nanos:,}", str(dl.charged), Text(ascii(dl.error)[1:-1][:200]))
+    out.print(table)
+
+
+@deadletter_app.command("retry")
+def deadletter_retry(
+    outbox_id: str = typer.Argument(..., help="SHARD:ENTRY_ID as `deadletter list` shows it"),
+) -> None:
+    """Persist a dead letter now (after its cause was fixed), exactly once; its named debt is then
+    settled by the turn's own usage debit.  Exit 1, the dead letter kept, if it still fails."""
+    from worker.ledger.deadletter import DeadLetterNotFound
+    from worker.ledger.drain import OutboxDrain
+
+    try:
+        result = OutboxDrain().retry_dead_letter(outbox_id)
+    except DeadLetterNotFound as exc:
+        fail(str(exc).replace("outbox_id:", "OUTBOX_ID:"))
+    except Exception as exc:
+        err.print(f"[bold red]retry failed, dead letter kept:[/] {ascii(str(exc))[1:-1]}", highlight=False)
+        raise typer.Exit(code=1)
+    out.print(f"{outbox_id}: {result.inserted} turn(s) persisted, {result.duplicates} already persisted, "
+              f"{len(result.conflicts)} second acceptance(s) refunded", highlight=False)
+
+
+@deadletter_app.command("discard")
+def deadletter_discard(
+    outbox_id: str = typer.Argument(..., help="SHARD:ENTRY_ID as `deadletter list` shows it"),
+) -> None:
+    """Drop a dead letter for good and refund its charge to its wallet (ledger credit, then gate)."""
+    from worker.ledger.deadletter import DeadLetterNotFound, discard
+    from worker.gate.gate import WalletGate
+
+    try:
+        dl = discard(WalletGate(kicker=lambda shard: None), outbox_id)
+    except DeadLetterNotFound as exc:
+        fail(str(exc).replace("outbox_id:", "OUTBOX_ID:"))
+    out.print(f"{outbox_id}: discarded, {dl.billed_nanos:,} nanos refunded to {ascii(dl.wallet_id)}",
+              highlight=False, markup=False)

@@ -1,0 +1,99 @@
+"""Rollups: refresh, show.
+
+Commands import their services when they run (function-local imports, on purpose): ``tollgate
+--help`` and each command load only what they use."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from worker.pricing.prices import nanos_to_usd
+from worker.cli.common import fail, out
+
+
+rollup_app = typer.Typer(help="Rollups: per enterprise × workflow × month (UTC) summaries.", no_args_is_help=True)
+
+
+@rollup_app.command("refresh")
+def rollup_refresh(
+    enterprise: Optional[str] = typer.Argument(None, help="enterprise_id"),
+    workflow: Optional[str] = typer.Argument(None, help="workflow"),
+    period: Optional[str] = typer.Argument(None, help="period, YYYY-MM (UTC)"),
+    all_dirty: bool = typer.Option(False, "--all-dirty", help="refresh every group marked dirty (the beat job)"),
+) -> None:
+    """Refresh one rollup (ENTERPRISE WORKFLOW PERIOD) or every dirty one (--all-dirty), now."""
+    from worker.db import session_scope
+    from worker.chats.rollups import DEFAULT_DIRTY_LIMIT, refresh_dirty, refresh_rollup
+
+    given = [a for a in (enterprise, workflow, period) if a is not None]
+    if all_dirty == bool(given) or (given and len(given) != 3):
+        fail("give either --all-dirty or ENTERPRISE WORKFLOW PERIOD")
+    if all_dirty:
+        total = 0
+        while True:
+            with session_scope() as session:
+                done = refresh_dirty(session, limit=DEFAULT_DIRTY_LIMIT)
+            total += done
+            if done < DEFAULT_DIRTY_LIMIT:
+                break
+        out.print(f"refreshed {total} dirty rollup(s)")
+        return
+    try:
+        with session_scope() as session:
+            r = refresh_rollup(session, enterprise, workflow, period)
+    except ValueError as exc:
+        fail(str(exc))
+    out.print(f"rollup {enterprise}/{workflow}/{period}: {r.total_sessions} session(s), {r.total_turns} turn(s), "
+              f"{nanos_to_usd(r.cost_nanos)} USD ({r.cost_nanos} nanos)")
+
+
+@rollup_app.command("show")
+def rollup_show(
+    enterprise: str = typer.Argument(..., help="enterprise_id"),
+    workflow: str = typer.Argument(..., help="workflow"),
+    period: str = typer.Argument(..., help="period, YYYY-MM (UTC)"),
+    as_json: bool = typer.Option(False, "--json", help="print the stored document as one JSON object"),
+) -> None:
+    """Print the stored rollup document (money in nanos; *_usd fields are display strings)."""
+    from worker.db import session_scope
+    from worker.chats.rollups import OVERALL_AVG_KEYS, get_rollup
+
+    try:
+        with session_scope() as session:
+            rollup = get_rollup(session, enterprise, workflow, period)
+    except ValueError as exc:
+        fail(str(exc))
+    if rollup is None:
+        fail(f"no rollup for enterprise_id={enterprise!r} workflow={workflow!r} period={period!r}; "
+              "run `tollgate rollup refresh` first")
+    doc = rollup.document
+    if as_json:
+        print(json.dumps(doc, sort_keys=True))
+        return
+    from datetime import UTC
+
+    refreshed = rollup.refreshed_at.astimezone(UTC)
+    overall = Table(title=f"{doc['_id']} {doc['period']} (refreshed {refreshed:%Y-%m-%d %H:%M:%S} UTC)")
+    overall.add_column("overall_avg")
+    overall.add_column("value", justify="right")
+    for k in OVERALL_AVG_KEYS:
+        v = doc["overall_avg"][k]
+        overall.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    out.print(overall)
+    agents = Table(title="agents")
+    for column in ("agent", "turns", "avg_response_ms", "prompt_tokens", "completion_tokens", "cost_usd"):
+        agents.add_column(column, justify="left" if column == "agent" else "right")
+    for name, a in sorted(doc["agents"].items()):
+        agents.add_row(name, *(str(a[c]) for c in ("turns", "avg_response_ms", "prompt_tokens",
+                                                    "completion_tokens", "cost_usd")))
+    out.print(agents)
+    chats = Table(title=f"chat sessions ({len(doc['chat_sessions'])})")
+    for column in ("chat_id", "status", "turns", "total_tokens", "cost_usd", "duration_sec"):
+        chats.add_column(column, justify="left" if column in ("chat_id", "status") else "right")
+    for chat_id, c in sorted(doc["chat_sessions"].items()):
+        chats.add_row(chat_id, *(str(c[k]) for k in ("status", "turns", "total_tokens", "cost_usd", "duration_sec")))
+    out.print(chats)

@@ -1,0 +1,95 @@
+"""Stripe token packages: add, list, deactivate.
+
+Commands import their services when they run (function-local imports, on purpose): ``tollgate
+--help`` and each command load only what they use."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from worker.pricing.prices import nanos_to_usd
+from worker.cli.common import fail, flag_message, out, parse_nanos, parse_usd
+
+
+stripe_app = typer.Typer(help="Stripe: token packages sold through Checkout.", no_args_is_help=True)
+
+
+stripe_package_app = typer.Typer(help="Token packages: add or update, list, deactivate.", no_args_is_help=True)
+
+
+stripe_app.add_typer(stripe_package_app, name="package")
+
+
+_PACKAGE_FLAGS = {"package_id": "PACKAGE_ID", "name": "--name", "price_cents": "--price-usd",
+                  "credit_nanos": "--credit-usd", "stripe_price_id": "--price-id", "monthly": "--monthly"}
+
+
+@stripe_package_app.command("add")
+def stripe_package_add(
+    package_id: str,
+    name: str = typer.Option(..., "--name", help="shown on Stripe's Checkout page"),
+    price_usd: str = typer.Option(..., "--price-usd", help="what Stripe charges, whole cents, e.g. 10.00"),
+    credit_usd: str = typer.Option(..., "--credit-usd", help="what the wallet receives (per paid invoice if --monthly)"),
+    monthly: bool = typer.Option(False, "--monthly", help="a subscription (needs --price-id)"),
+    price_id: Optional[str] = typer.Option(None, "--price-id", help="the Stripe price (price_…) it sells"),
+) -> None:
+    """Create or update a token package (sold through `POST /v1/checkout`)."""
+    from worker.db import session_scope
+    from worker.billing.stripe import StripeBillingError, add_package
+
+    cents = parse_usd(price_usd, "--price-usd") * 100
+    if cents != cents.to_integral_value():
+        fail(f"--price-usd: {price_usd} is not a whole number of cents")
+    credit = parse_nanos(credit_usd, "--credit-usd")
+    try:
+        with session_scope() as session:
+            add_package(session, package_id=package_id, name=name, price_cents=int(cents), credit_nanos=credit,
+                        monthly=monthly, stripe_price_id=price_id)
+    except StripeBillingError as exc:
+        fail(flag_message(str(exc), _PACKAGE_FLAGS))
+    out.print(f"package {package_id}: {name}, {nanos_to_usd(credit)} USD of credit ({credit} nanos) for "
+              f"{int(cents)} cents{' a month' if monthly else ''}", highlight=False)
+
+
+@stripe_package_app.command("list")
+def stripe_package_list(
+    include_inactive: bool = typer.Option(False, "--all", help="also packages no longer sold"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON array"),
+) -> None:
+    """List token packages (money: price in USD cents, credit in nano-USD)."""
+    from worker.db import session_scope
+    from worker.billing.stripe import list_packages
+
+    with session_scope() as session:
+        rows = [{"id": p.id, "name": p.name, "price_cents": p.price_cents, "credit_nanos": p.credit_nanos,
+                 "monthly": p.monthly, "stripe_price_id": p.stripe_price_id, "active": p.active}
+                for p in list_packages(session, include_inactive=include_inactive)]
+    if as_json:
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    table = Table(title="token packages")
+    for column in ("id", "name", "price cents", "credit USD", "monthly", "Stripe price", "active"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["id"], r["name"], str(r["price_cents"]), nanos_to_usd(r["credit_nanos"]), str(r["monthly"]),
+                      r["stripe_price_id"] or "", str(r["active"]))
+    out.print(table)
+
+
+@stripe_package_app.command("deactivate")
+def stripe_package_deactivate(package_id: str) -> None:
+    """Stop selling a package (sessions already started still credit it)."""
+    from worker.db import session_scope
+    from worker.billing.stripe import StripeBillingError, deactivate_package
+
+    try:
+        with session_scope() as session:
+            was_active = deactivate_package(session, package_id)
+    except StripeBillingError as exc:
+        fail(flag_message(str(exc), _PACKAGE_FLAGS))
+    out.print(f"package {package_id}: {'deactivated' if was_active else 'already inactive'}", highlight=False)

@@ -1,0 +1,139 @@
+"""Wallets: create, credit, show, mode, reservations.
+
+Commands import their services when they run (function-local imports, on purpose): ``tollgate
+--help`` and each command load only what they use."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from models.tables import BillingMode, PayerLevel
+from worker.pricing.prices import PricingError, nanos_to_usd, usd_to_nanos
+from worker.cli.common import APP_FLAGS, checked_id, fail, flag_message, out, parse_usd
+
+
+wallet_app = typer.Typer(help="Wallets: create, credit, show.", no_args_is_help=True)
+
+
+@wallet_app.command("create")
+def wallet_create(
+    wallet_id: str,
+    enterprise: str = typer.Option(..., "--enterprise", help="the app (enterprise_id) the wallet belongs to"),
+    owner: Optional[str] = typer.Option(None, help="payer id (default: the wallet id)"),
+    level: PayerLevel = typer.Option(PayerLevel.app_usage.value, help="platform or app_usage"),
+    mode: BillingMode = typer.Option(BillingMode.production.value, help="production or development"),
+    unlimited: bool = typer.Option(False, help="never deny turns (tracks spend only)"),
+) -> None:
+    """Create a wallet (idempotent) and load it into the gate."""
+    from worker.ledger.accounts import open_wallet
+    from worker.gate.gate import WalletGate
+
+    checked_id(wallet_id, "WALLET_ID")
+    checked_id(enterprise, "--enterprise")
+    w = open_wallet(WalletGate(), wallet_id=wallet_id, enterprise_id=enterprise,
+                    owner_id=checked_id(owner, "--owner") if owner else wallet_id, level=level, mode=mode,
+                    limited=not unlimited)
+    out.print(f"wallet {w.id} ({w.level}, {w.mode}, {'limited' if w.limited else 'unlimited'})")
+
+
+@wallet_app.command("credit")
+def wallet_credit(
+    wallet_id: str,
+    usd: str = typer.Option(..., "--usd", help="amount in USD, e.g. 25.00"),
+    key: str = typer.Option(..., "--key", help="idempotency key: the same key credits once (e.g. a payment id)"),
+    description: str = typer.Option("manual credit", help="ledger description"),
+) -> None:
+    """Credit a wallet: a ledger entry (once per --key), then the gate's balance."""
+    from worker.ledger.accounts import GatePending, LedgerError, credit_wallet
+    from worker.gate.gate import UnknownWallet, WalletGate
+
+    try:
+        nanos = usd_to_nanos(parse_usd(usd, "--usd"))
+    except PricingError as exc:
+        fail(f"--usd: {exc}")
+    if nanos <= 0:
+        fail(f"--usd: {usd} is not a positive amount")
+    try:
+        balance = credit_wallet(WalletGate(), wallet_id=wallet_id, amount_nanos=nanos, idempotency_key=key,
+                                description=description, actor="cli")
+    except LedgerError as exc:
+        field = "--usd" if "amount_nanos" in str(exc) else "--key" if "idempotency_key" in str(exc) else "WALLET_ID"
+        fail(f"{field}: {exc}")
+    except UnknownWallet as exc:
+        fail(f"WALLET_ID: {exc} in the gate; nothing was credited")
+    except GatePending as exc:
+        fail(str(exc))
+    out.print(f"wallet {wallet_id}: balance {nanos_to_usd(balance)} USD ({balance} nanos)")
+
+
+@wallet_app.command("show")
+def wallet_show(wallet_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show a wallet: gate balance (Redis), ledger balance and usage (PostgreSQL)."""
+    from models.tables import Wallet
+    from worker.db import session_scope
+    from worker.ledger.accounts import ledger_balance
+    from worker.ledger.turns import wallet_usage
+    from worker.gate.gate import UnknownWallet, WalletGate
+
+    with session_scope() as session:
+        wallet = session.get(Wallet, wallet_id)
+        if wallet is None:
+            fail(f"wallet_id: unknown wallet {wallet_id!r}")
+        usage = wallet_usage(session, wallet_id)
+        ledger = ledger_balance(session, wallet_id)
+    try:
+        gate_balance: int | None = WalletGate().balance(wallet_id)
+    except UnknownWallet:
+        gate_balance = None
+    data = {"wallet_id": wallet_id, "mode": wallet.mode, "limited": wallet.limited,
+            "gate_balance_nanos": gate_balance, "ledger_balance_nanos": ledger,
+            "credits_nanos": wallet.credits_nanos, "debits_nanos": wallet.debits_nanos,
+            "debt_nanos": wallet.debt_nanos, "reservations_required": wallet.reservations_required, **usage}
+    if as_json:
+        print(json.dumps(data))
+        return
+    table = Table(title=f"wallet {wallet_id}")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for k, v in data.items():
+        table.add_row(k, f"{v}  ({nanos_to_usd(v)} USD)" if k.endswith("_nanos") and v is not None else str(v))
+    out.print(table)
+
+
+@wallet_app.command("mode")
+def wallet_mode(
+    wallet_id: str = typer.Argument(..., help="the wallet"),
+    mode: str = typer.Argument(..., help="production | development | trial | track_only | inherit"),
+) -> None:
+    """Override one wallet's mode, or 'inherit' its app's again (audit-logged)."""
+    from worker.billing.modes import ModeError, set_wallet_mode
+    from worker.gate.gate import WalletGate
+
+    try:
+        after = set_wallet_mode(WalletGate(), wallet_id, None if mode == "inherit" else mode, actor="cli")
+    except ModeError as exc:
+        fail(flag_message(str(exc), APP_FLAGS))
+    out.print(f"{wallet_id}: mode {after}", highlight=False)
+
+
+@wallet_app.command("reservations")
+def wallet_reservations(
+    wallet_id: str = typer.Argument(..., help="the wallet"),
+    setting: str = typer.Argument(..., help="required | optional | inherit (its app's setting)"),
+) -> None:
+    """Make reservations mandatory or optional for one wallet's charged turns (audit-logged)."""
+    from worker.billing.modes import ModeError, set_wallet_reservations
+    from worker.gate.gate import WalletGate
+
+    choices = {"required": True, "optional": False, "inherit": None}
+    if setting not in choices:
+        fail(f"SETTING: {setting!r} is not required, optional or inherit")
+    try:
+        effective = set_wallet_reservations(WalletGate(), wallet_id, choices[setting], actor="cli")
+    except ModeError as exc:
+        fail(flag_message(str(exc), APP_FLAGS))
+    out.print(f"{wallet_id}: reservations {'required' if effective else 'optional'}", highlight=False)
