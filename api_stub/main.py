@@ -33,7 +33,9 @@ from worker.gate.keys import outbox_key
 from api_stub.deps import Caller, Problem, get_gate, install_error_handlers, principal  # noqa: F401  (re-exported)
 from api_stub import metrics as _worker_metrics  # noqa: F401  (registers the worker-side collector)
 from api_stub import routes_analytics, routes_chats, routes_wallets
+from api_stub.billing import router as billing_router
 from api_stub.body_limit import BodySizeLimit
+from api_stub.stripe_webhook import router as stripe_router
 from api_stub.deps import charge_known, hold_wallet, may_charge, wallet_in_scope
 from worker.celery_app import PAUSE_CHAT_TASK
 from worker.gate.keys import pausing_key
@@ -265,8 +267,5 @@ def _refresh_outbox_gauge() -> None:
 
 
 
-from api_stub.stripe_webhook import router as stripe_router  # noqa: E402  (Stripe webhook, Checkout)
-app.include_router(stripe_router)
-
-from api_stub.billing import router as billing_router  # noqa: E402  (/billing page and exports)
-app.include_router(billing_router)
+app.include_router(stripe_router)  # Stripe webhook, Checkout
+app.include_router(billing_router)  # /billing page and exports

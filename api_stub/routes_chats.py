@@ -5,7 +5,6 @@ caller's app.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path
@@ -19,13 +18,13 @@ from worker.access.apikeys import Principal
 from worker.db import session_scope
 from worker.chats.rollups import chat_performance
 from worker.gate.gate import UnknownWallet
+from worker.chats.lifecycle import pause_chat, resume_chat, start_session
+from api_stub.deps import Problem, get_gate, wallet_in_scope
 
 router = APIRouter(tags=["chats"])
 ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
 ChatId = Annotated[str, Path(min_length=1, max_length=200), SAFE_ID]
 #: pause/resume need worker.chats.lifecycle (another part of issue 6); without it they are not served
-SESSIONS_AVAILABLE = importlib.util.find_spec("worker.chats.lifecycle") is not None
-
 
 def _unknown_chat(chat_id: str):
     return field_problem(404, "Unknown chat", "chat_id", f"no chat {chat_id!r} for this key")
@@ -78,76 +77,71 @@ def _end(session, chat: ChatSession, ended_at) -> None:
     end_chat(session, enterprise_id=chat.enterprise_id, chat_id=chat.chat_id, ended_at=ended_at)
 
 
-if SESSIONS_AVAILABLE:
-    from worker.chats.lifecycle import pause_chat, resume_chat, start_session
+@router.post("/v1/chats/{chat_id}/start", response_model=ChatPublic, responses=ERRORS | {409: {}})
+def chat_start(chat_id: ChatId, body: ChatStartIn, who: Caller) -> ChatPublic:
+    """Open a chat's billing session (owner key; ``worker.chats.lifecycle.start_session``): its row,
+    active and connected, in ``workflow``, paid by ``wallet_id``.  Starting a chat that exists
+    changes nothing (its first wallet and workflow stay).  404 naming ``wallet_id`` for a wallet
+    outside the key's scope; 409 when the wallet is not loaded in the gate."""
+    forbid_unless(who, ApiRole.owner, action="start chats")
+    if body.started_at is not None and body.started_at.tzinfo is None:
+        raise field_problem(422, "Invalid request", "started_at", "must carry a time zone (UTC)")
+    with session_scope() as session:
+        wallet_in_scope(session, who, body.wallet_id, creator=True)
+    try:
+        start_session(get_gate(), enterprise_id=who.enterprise_id, chat_id=chat_id, wallet_id=body.wallet_id,
+                      workflow=body.workflow, started_at=body.started_at)
+    except UnknownWallet:
+        raise Problem(409, "Wallet not in the gate",
+                      f"wallet {body.wallet_id!r} is not loaded in the gate") from None
+    except LookupError as exc:  # scope checked above; kept for a wallet deleted meanwhile
+        raise field_problem(404, "Unknown wallet", "wallet_id", str(exc)) from None
+    with session_scope() as session:
+        return _public(session, _chat_in_scope(session, who, chat_id))
 
-    from api_stub.deps import Problem, get_gate, wallet_in_scope
+@router.post("/v1/chats/{chat_id}/pause", response_model=ChatPublic, responses=ERRORS)
+def chat_pause(chat_id: ChatId, who: Caller, body: Annotated[ChatPauseIn | None, Body()] = None) -> ChatPublic:
+    """Pause a chat (owner key): an open paused-chat record (one per chat), the chat marked
+    paused, ``chat.paused`` announced.  A chat not persisted yet needs ``wallet_id`` (of the
+    caller's app, or the platform wallet the key was issued for).  Pausing a paused chat changes
+    nothing."""
+    forbid_unless(who, ApiRole.owner, action="pause chats")
+    body = body or ChatPauseIn()
+    with session_scope() as session:
+        chat = session.execute(
+            select(ChatSession).where(ChatSession.enterprise_id == who.enterprise_id, ChatSession.chat_id == chat_id)
+        ).scalar_one_or_none()
+        if chat is not None and body.wallet_id not in (None, chat.wallet_id):
+            raise field_problem(422, "Invalid request", "wallet_id", f"chat {chat_id!r} is paid by another wallet")
+        wallet_id = chat.wallet_id if chat is not None else body.wallet_id
+        if wallet_id is None:
+            raise field_problem(422, "Invalid request", "wallet_id", "required for a chat with no persisted turn")
+        if chat is None:  # a chat of the caller's app may be paused whoever pays for it
+            wallet_in_scope(session, who, wallet_id, creator=True)
+    try:
+        pause_chat(get_gate(), enterprise_id=who.enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
+                   reason=body.reason, needed_nanos=body.needed_nanos)
+    except UnknownWallet:
+        raise Problem(409, "Wallet not in the gate", f"wallet {wallet_id!r} is not loaded in the gate") from None
+    with session_scope() as session:
+        return _public(session, _chat_in_scope(session, who, chat_id))
 
-    @router.post("/v1/chats/{chat_id}/start", response_model=ChatPublic, responses=ERRORS | {409: {}})
-    def chat_start(chat_id: ChatId, body: ChatStartIn, who: Caller) -> ChatPublic:
-        """Open a chat's billing session (owner key; ``worker.chats.lifecycle.start_session``): its row,
-        active and connected, in ``workflow``, paid by ``wallet_id``.  Starting a chat that exists
-        changes nothing (its first wallet and workflow stay).  404 naming ``wallet_id`` for a wallet
-        outside the key's scope; 409 when the wallet is not loaded in the gate."""
-        forbid_unless(who, ApiRole.owner, action="start chats")
-        if body.started_at is not None and body.started_at.tzinfo is None:
-            raise field_problem(422, "Invalid request", "started_at", "must carry a time zone (UTC)")
-        with session_scope() as session:
-            wallet_in_scope(session, who, body.wallet_id, creator=True)
-        try:
-            start_session(get_gate(), enterprise_id=who.enterprise_id, chat_id=chat_id, wallet_id=body.wallet_id,
-                          workflow=body.workflow, started_at=body.started_at)
-        except UnknownWallet:
-            raise Problem(409, "Wallet not in the gate",
-                          f"wallet {body.wallet_id!r} is not loaded in the gate") from None
-        except LookupError as exc:  # scope checked above; kept for a wallet deleted meanwhile
-            raise field_problem(404, "Unknown wallet", "wallet_id", str(exc)) from None
-        with session_scope() as session:
-            return _public(session, _chat_in_scope(session, who, chat_id))
-
-    @router.post("/v1/chats/{chat_id}/pause", response_model=ChatPublic, responses=ERRORS)
-    def chat_pause(chat_id: ChatId, who: Caller, body: Annotated[ChatPauseIn | None, Body()] = None) -> ChatPublic:
-        """Pause a chat (owner key): an open paused-chat record (one per chat), the chat marked
-        paused, ``chat.paused`` announced.  A chat not persisted yet needs ``wallet_id`` (of the
-        caller's app, or the platform wallet the key was issued for).  Pausing a paused chat changes
-        nothing."""
-        forbid_unless(who, ApiRole.owner, action="pause chats")
-        body = body or ChatPauseIn()
-        with session_scope() as session:
-            chat = session.execute(
-                select(ChatSession).where(ChatSession.enterprise_id == who.enterprise_id, ChatSession.chat_id == chat_id)
-            ).scalar_one_or_none()
-            if chat is not None and body.wallet_id not in (None, chat.wallet_id):
-                raise field_problem(422, "Invalid request", "wallet_id", f"chat {chat_id!r} is paid by another wallet")
-            wallet_id = chat.wallet_id if chat is not None else body.wallet_id
-            if wallet_id is None:
-                raise field_problem(422, "Invalid request", "wallet_id", "required for a chat with no persisted turn")
-            if chat is None:  # a chat of the caller's app may be paused whoever pays for it
-                wallet_in_scope(session, who, wallet_id, creator=True)
-        try:
-            pause_chat(get_gate(), enterprise_id=who.enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
-                       reason=body.reason, needed_nanos=body.needed_nanos)
-        except UnknownWallet:
-            raise Problem(409, "Wallet not in the gate", f"wallet {wallet_id!r} is not loaded in the gate") from None
-        with session_scope() as session:
-            return _public(session, _chat_in_scope(session, who, chat_id))
-
-    @router.post("/v1/chats/{chat_id}/resume", response_model=ChatPublic, responses=ERRORS | {409: {}})
-    def chat_resume(chat_id: ChatId, who: Caller) -> ChatPublic:
-        """Resume a paused chat (owner key) if its wallet can pay: active and connected again.  If no
-        credit or sweep closed its pause first, this call does and announces ``chat.resumable``
-        (cause ``resume``), once.  409 while the wallet cannot pay (``needed_nanos`` in the
-        detail); nothing changes then."""
-        forbid_unless(who, ApiRole.owner, action="resume chats")
-        with session_scope() as session:
-            _chat_in_scope(session, who, chat_id)
-        try:
-            resume_chat(get_gate(), enterprise_id=who.enterprise_id, chat_id=chat_id)
-        except LookupError:
-            raise _unknown_chat(chat_id) from None
-        except PermissionError as exc:
-            raise Problem(409, "Wallet cannot pay yet", str(exc)) from None
-        except UnknownWallet as exc:
-            raise Problem(409, "Wallet not in the gate", str(exc)) from None
-        with session_scope() as session:
-            return _public(session, _chat_in_scope(session, who, chat_id))
+@router.post("/v1/chats/{chat_id}/resume", response_model=ChatPublic, responses=ERRORS | {409: {}})
+def chat_resume(chat_id: ChatId, who: Caller) -> ChatPublic:
+    """Resume a paused chat (owner key) if its wallet can pay: active and connected again.  If no
+    credit or sweep closed its pause first, this call does and announces ``chat.resumable``
+    (cause ``resume``), once.  409 while the wallet cannot pay (``needed_nanos`` in the
+    detail); nothing changes then."""
+    forbid_unless(who, ApiRole.owner, action="resume chats")
+    with session_scope() as session:
+        _chat_in_scope(session, who, chat_id)
+    try:
+        resume_chat(get_gate(), enterprise_id=who.enterprise_id, chat_id=chat_id)
+    except LookupError:
+        raise _unknown_chat(chat_id) from None
+    except PermissionError as exc:
+        raise Problem(409, "Wallet cannot pay yet", str(exc)) from None
+    except UnknownWallet as exc:
+        raise Problem(409, "Wallet not in the gate", str(exc)) from None
+    with session_scope() as session:
+        return _public(session, _chat_in_scope(session, who, chat_id))

@@ -5,7 +5,6 @@ changes.  Handlers call the gate or one ledger service and return.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -37,6 +36,8 @@ from worker.db import session_scope
 from worker.ledger.accounts import GatePending, LedgerError, credit_wallet
 from worker.pricing.prices import PricingError
 from worker.gate.gate import GateConfigError, UnknownWallet
+from worker.billing.modes import ModeError, set_app_mode, set_wallet_mode
+from api_stub.schemas import ModeIn, ModePublic
 
 router = APIRouter(tags=["wallets"])
 ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
@@ -159,45 +160,37 @@ def credit(wallet_id: WalletId, body: CreditIn, who: Caller) -> CreditPublic:
                         replayed=previous is not None)
 
 
-MODES_AVAILABLE = importlib.util.find_spec("worker.billing.modes") is not None
+def _mode_problem(exc: ModeError) -> Problem:
+    field, _, message = str(exc).partition(": ")
+    if field == "mode":
+        return field_problem(422, "Invalid request", "mode", message)
+    return field_problem(404, "Unknown " + field.removesuffix("_id"), field, message)
 
+@router.put("/v1/wallets/{wallet_id}/mode", response_model=ModePublic, responses=ERRORS)
+def wallet_mode(wallet_id: WalletId, body: ModeIn, who: Caller) -> ModePublic:
+    """Override a wallet's billing mode, or (``mode: null``) make it follow its app's default
+    again: owner key of its app, or admin.  Audit-logged (``mode_change``); chats the new mode
+    lets go on are resumed."""
+    forbid_unless(who, ApiRole.owner, ApiRole.admin, action="change modes")
+    with session_scope() as session:
+        wallet_in_scope(session, who, wallet_id, admin=True)
+    try:
+        mode = set_wallet_mode(get_gate(), wallet_id, body.mode, actor=who.actor)
+    except ModeError as exc:
+        raise _mode_problem(exc) from None
+    return ModePublic(mode=mode, wallet_id=wallet_id)
 
-if MODES_AVAILABLE:
-    from worker.billing.modes import ModeError, set_app_mode, set_wallet_mode
-
-    from api_stub.schemas import ModeIn, ModePublic
-
-    def _mode_problem(exc: ModeError) -> Problem:
-        field, _, message = str(exc).partition(": ")
-        if field == "mode":
-            return field_problem(422, "Invalid request", "mode", message)
-        return field_problem(404, "Unknown " + field.removesuffix("_id"), field, message)
-
-    @router.put("/v1/wallets/{wallet_id}/mode", response_model=ModePublic, responses=ERRORS)
-    def wallet_mode(wallet_id: WalletId, body: ModeIn, who: Caller) -> ModePublic:
-        """Override a wallet's billing mode, or (``mode: null``) make it follow its app's default
-        again: owner key of its app, or admin.  Audit-logged (``mode_change``); chats the new mode
-        lets go on are resumed."""
-        forbid_unless(who, ApiRole.owner, ApiRole.admin, action="change modes")
-        with session_scope() as session:
-            wallet_in_scope(session, who, wallet_id, admin=True)
-        try:
-            mode = set_wallet_mode(get_gate(), wallet_id, body.mode, actor=who.actor)
-        except ModeError as exc:
-            raise _mode_problem(exc) from None
-        return ModePublic(mode=mode, wallet_id=wallet_id)
-
-    @router.put("/v1/enterprises/{enterprise_id}/mode", response_model=ModePublic, responses=ERRORS)
-    def enterprise_mode(enterprise_id: WalletId, body: ModeIn, who: Caller) -> ModePublic:
-        """Set an app's default billing mode (owner key of the app, or admin); its wallets without
-        an override follow.  Audit-logged (``mode_change``)."""
-        forbid_unless(who, ApiRole.owner, ApiRole.admin, action="change modes")
-        if who.role is ApiRole.owner and enterprise_id != who.enterprise_id:
-            raise field_problem(404, "Unknown enterprise", "enterprise_id", f"no enterprise {enterprise_id!r} for this key")
-        if body.mode is None:
-            raise field_problem(422, "Invalid request", "mode", "an app needs a mode")
-        try:
-            changed = set_app_mode(get_gate(), enterprise_id, body.mode, actor=who.actor)
-        except ModeError as exc:
-            raise _mode_problem(exc) from None
-        return ModePublic(mode=body.mode, enterprise_id=enterprise_id, wallets_changed=len(changed))
+@router.put("/v1/enterprises/{enterprise_id}/mode", response_model=ModePublic, responses=ERRORS)
+def enterprise_mode(enterprise_id: WalletId, body: ModeIn, who: Caller) -> ModePublic:
+    """Set an app's default billing mode (owner key of the app, or admin); its wallets without
+    an override follow.  Audit-logged (``mode_change``)."""
+    forbid_unless(who, ApiRole.owner, ApiRole.admin, action="change modes")
+    if who.role is ApiRole.owner and enterprise_id != who.enterprise_id:
+        raise field_problem(404, "Unknown enterprise", "enterprise_id", f"no enterprise {enterprise_id!r} for this key")
+    if body.mode is None:
+        raise field_problem(422, "Invalid request", "mode", "an app needs a mode")
+    try:
+        changed = set_app_mode(get_gate(), enterprise_id, body.mode, actor=who.actor)
+    except ModeError as exc:
+        raise _mode_problem(exc) from None
+    return ModePublic(mode=body.mode, enterprise_id=enterprise_id, wallets_changed=len(changed))

@@ -38,6 +38,7 @@ from worker.billing.stripe import (
     store_event,
 )
 from worker.celery_app import STRIPE_PROCESS_EVENT_TASK
+from api_stub.deps import principal
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,6 @@ class CheckoutOut(BaseModel):
 
 
 async def _caller(authorization: Annotated[str | None, Header()] = None):
-    from api_stub.main import principal  # imported late: main includes this router
-
     return await principal(authorization)
 
 

@@ -3,36 +3,20 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 from worker.celery_app import END_CHAT_TASK, REFRESH_DIRTY_ROLLUPS_TASK, REFRESH_ROLLUP_TASK, app
 from worker.db import session_scope
-from worker.chats.rollups import DEFAULT_DIRTY_LIMIT, pending_dirty, refresh_rollup
+from worker.chats.rollups import DEFAULT_DIRTY_LIMIT, refresh_dirty_groups, refresh_rollup
 from worker.chats.rollups import end_chat as end_chat_service
 
 
 @app.task(name=REFRESH_DIRTY_ROLLUPS_TASK)
 def refresh_dirty(limit: int = DEFAULT_DIRTY_LIMIT, max_seconds: float = 50.0) -> int:
-    """Beat (every 60 s): refresh the groups marked dirty since the last run, each in a transaction of
-    its own that also deletes its mark, ``limit`` marks read at a time, until none is left or
-    ``max_seconds`` have passed.  Marks are read, not taken: a run killed mid-way (SIGKILL, no
-    handler) leaves every group it did not refresh marked for the next run.  A mark a drain is
-    writing right now is left for the next run.  Returns the groups refreshed."""
-    total = 0
-    seen: set[tuple[str, str, str]] = set()
-    deadline = time.monotonic() + max_seconds
-    while True:
-        with session_scope() as session:
-            groups = [g for g in pending_dirty(session, limit) if g not in seen]
-        for group in groups:  # a failure rolls back that group's mark deletion: it stays marked
-            with session_scope() as session:
-                refresh_rollup(session, *group)
-        seen.update(groups)
-        total += len(groups)
-        if not groups or time.monotonic() >= deadline:
-            return total
+    """Beat (every 60 s): :func:`worker.chats.rollups.refresh_dirty_groups` for at most ``max_seconds``.
+    Returns the groups refreshed."""
+    return refresh_dirty_groups(limit, max_seconds)
 
 
 @app.task(name=REFRESH_ROLLUP_TASK)

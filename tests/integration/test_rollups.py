@@ -611,6 +611,7 @@ def test_the_beat_job_takes_marks_in_a_short_transaction_and_puts_back_what_it_f
     from sqlalchemy import text as sql
 
     from tasks import rollups as task_module
+    from worker.chats import rollups as rollup_module
     from worker.db import session_scope
     from worker.chats.rollups import mark_dirty
 
@@ -622,7 +623,7 @@ def test_the_beat_job_takes_marks_in_a_short_transaction_and_puts_back_what_it_f
         calls.append(workflow)
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(task_module, "refresh_rollup", failing_refresh)
+    monkeypatch.setattr(rollup_module, "refresh_rollup", failing_refresh)  # the one refresh the task runs
     with pytest.raises(RuntimeError):
         task_module.refresh_dirty()
     with db.connect() as conn:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+import time
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -43,8 +44,10 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
 from models.tables import ChatAgentUsage, ChatSession, ChatStatus, PausedChat, RollupDirty, UsageEvent, WorkflowRollup
+from worker.db import session_scope
 from worker.periods import current_period, period_bounds
 from worker.pricing.prices import nanos_to_usd
+from worker.settings import get_settings
 
 #: how many dirty marks one :func:`refresh_dirty` call takes (one transaction)
 DEFAULT_DIRTY_LIMIT = 200
@@ -269,8 +272,6 @@ def _compute(session: Session, enterprise_id: str, workflow: str, period: str) -
 
 def _past_retention(period: str) -> bool:
     """Is ``period`` older than ``settings.usage_retention_months`` (its usage events dropped)?"""
-    from worker.settings import get_settings
-
     months = get_settings().usage_retention_months
     if not months:
         return False
@@ -332,8 +333,9 @@ def refresh_rollup(session: Session, enterprise_id: str, workflow: str, period: 
 
 
 def refresh_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> int:
-    """The beat job's incremental refresh: take up to ``limit`` dirty marks (oldest first) and
-    refresh their groups, in this transaction.
+    """Take up to ``limit`` dirty marks (oldest first) and refresh their groups, all in this one
+    transaction (the beat job and ``tollgate rollup refresh --all-dirty`` use
+    :func:`refresh_dirty_groups` instead: one transaction per group).
 
     Marks are deleted in one statement (``DELETE … USING (SELECT … FOR UPDATE SKIP LOCKED)
     RETURNING``): concurrent jobs never take the same mark, and a mark a drain is writing right now
@@ -348,6 +350,29 @@ def refresh_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> int:
     for enterprise_id, workflow, period in groups:
         refresh_rollup(session, enterprise_id, workflow, period)
     return len(groups)
+
+
+def refresh_dirty_groups(limit: int = DEFAULT_DIRTY_LIMIT, max_seconds: float | None = None) -> int:
+    """THE rollup refresh (the beat job ``tollgate.rollups.refresh_dirty`` and ``tollgate rollup
+    refresh --all-dirty``): refresh the groups marked dirty, each in a transaction of its own that
+    also deletes its mark, ``limit`` marks read at a time, until none is left or ``max_seconds``
+    have passed (None: no deadline).  Marks are read, not taken: a run killed mid-way (SIGKILL, no
+    handler) leaves every group it did not refresh marked for the next run.  A mark a drain is
+    writing right now is left for the next run.  Returns the groups refreshed.
+    Raises: ValueError for a bad ``limit``; a failing group's error (its mark stays)."""
+    total = 0
+    seen: set[tuple[str, str, str]] = set()
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    while True:
+        with session_scope() as session:
+            groups = [g for g in pending_dirty(session, limit) if g not in seen]
+        for group in groups:  # a failure rolls back that group's mark deletion: it stays marked
+            with session_scope() as session:
+                refresh_rollup(session, *group)
+        seen.update(groups)
+        total += len(groups)
+        if not groups or (deadline is not None and time.monotonic() >= deadline):
+            return total
 
 
 def take_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> list[tuple[str, str, str]]:

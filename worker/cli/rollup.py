@@ -27,19 +27,13 @@ def rollup_refresh(
 ) -> None:
     """Refresh one rollup (ENTERPRISE WORKFLOW PERIOD) or every dirty one (--all-dirty), now."""
     from worker.db import session_scope
-    from worker.chats.rollups import DEFAULT_DIRTY_LIMIT, refresh_dirty, refresh_rollup
+    from worker.chats.rollups import refresh_dirty_groups, refresh_rollup
 
     given = [a for a in (enterprise, workflow, period) if a is not None]
     if all_dirty == bool(given) or (given and len(given) != 3):
         fail("give either --all-dirty or ENTERPRISE WORKFLOW PERIOD")
     if all_dirty:
-        total = 0
-        while True:
-            with session_scope() as session:
-                done = refresh_dirty(session, limit=DEFAULT_DIRTY_LIMIT)
-            total += done
-            if done < DEFAULT_DIRTY_LIMIT:
-                break
+        total = refresh_dirty_groups()
         out.print(f"refreshed {total} dirty rollup(s)")
         return
     try:
