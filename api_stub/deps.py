@@ -40,7 +40,7 @@ from worker.db import session_scope
 from worker.settings import get_settings
 from worker.gate.gate import WalletGate
 from worker.gate.keys import shard_tag
-from worker.celery_app import DRAIN_OUTBOX_TASK
+from worker.celery_app import DRAIN_OUTBOX_TASK, app
 from worker.gate.keys import RATE_LIMIT_PREFIX
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,6 @@ def drain_kicker(shard: int) -> None:
     """Ask a Celery worker to drain one outbox shard, as :func:`worker.gate.outbox.celery_kicker` but
     without a result: Celery would otherwise subscribe to each kick's result channel (a pub/sub
     round trip per kick on the request path) for an answer nobody reads."""
-    from worker.celery_app import app
-
     try:
         app.send_task(DRAIN_OUTBOX_TASK, kwargs={"shard": shard}, ignore_result=True)
     except Exception:  # the turn is already recorded; beat's backstop drains it

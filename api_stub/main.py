@@ -20,9 +20,10 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 
 from models.schemas import Decision, TurnIn
-from models.tables import ApiRole, Enterprise
+from models.tables import ApiRole, Enterprise, ReconciliationRun
 from worker.access.apikeys import Principal, authenticate
 from worker.db import session_scope
 from worker.billing.payers import reservations_required
@@ -39,6 +40,8 @@ from api_stub.stripe_webhook import router as stripe_router
 from api_stub.deps import charge_known, hold_wallet, may_charge, wallet_in_scope
 from worker.celery_app import PAUSE_CHAT_TASK
 from worker.gate.keys import pausing_key
+from worker.celery_app import app as celery
+from worker.chats.lifecycle import wallet_state
 
 GATE_SECONDS = Histogram(
     "tollgate_gate_seconds", "Time to price and record turns through the gate, per request (seconds)",
@@ -119,8 +122,6 @@ def _denied(d: Decision) -> bool:
 def _send_pause(turn: TurnIn) -> None:
     """Queue ``tollgate.billing.pause_chat`` for a denied turn's chat (idempotent: one open pause),
     at most once a minute per chat, so an orchestrator that keeps calling cannot flood the queue."""
-    from worker.celery_app import app as celery
-
     try:
         if not get_gate().redis.set(pausing_key(turn.enterprise_id, turn.chat_id), 1, nx=True, ex=60):
             return
@@ -212,8 +213,6 @@ async def record_turns(batch: TurnBatch, who: Caller) -> Response:
 def wallet(wallet_id: routes_wallets.WalletId, who: Caller) -> WalletPublic:
     """A wallet's balances: its app's owner key, its own end-user key, or (a level-1 wallet, which
     has no app) the owner key issued for it; admins see aggregates only (404 here)."""
-    from worker.chats.lifecycle import wallet_state
-
     with session_scope() as session:
         row = wallet_in_scope(session, who, wallet_id, creator=True)
         app_row = session.get(Enterprise, row.enterprise_id) if row.enterprise_id else None
@@ -243,10 +242,6 @@ def metrics(who: Caller) -> Response:
 
 def _refresh_reconciliation_gauges() -> None:
     """The last finished reconciliation run (it runs in a worker; its figures live in PostgreSQL)."""
-    from sqlalchemy import select
-
-    from models.tables import ReconciliationRun
-
     with session_scope() as session:
         run = session.execute(
             select(ReconciliationRun).where(ReconciliationRun.finished_at.is_not(None))

@@ -20,6 +20,8 @@ from worker.ledger.deadletter import list_dead_letters, summary
 from worker.metrics import drain_counters, outbox_lag_seconds
 from worker.settings import get_settings
 from worker.gate.keys import outbox_key
+from api_stub.deps import get_gate
+from worker.ledger.drain import GROUP
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,6 @@ class WorkerMetrics:
         return []
 
     def collect(self):
-        from api_stub.deps import get_gate
-        from worker.ledger.drain import GROUP
-
         try:
             client = get_gate().redis
             counters = drain_counters(client)

@@ -16,7 +16,7 @@ from models.tables import ApiRole, ChatSession
 from models.validation import SAFE_ID
 from worker.access.apikeys import Principal
 from worker.db import session_scope
-from worker.chats.rollups import chat_performance
+from worker.chats.rollups import chat_performance, end_chat
 from worker.gate.gate import UnknownWallet
 from worker.chats.lifecycle import pause_chat, resume_chat, start_session
 from api_stub.deps import Problem, get_gate, wallet_in_scope
@@ -72,8 +72,6 @@ def chat_end(chat_id: ChatId, who: Caller, body: Annotated[ChatEndIn | None, Bod
 
 
 def _end(session, chat: ChatSession, ended_at) -> None:
-    from worker.chats.rollups import end_chat
-
     end_chat(session, enterprise_id=chat.enterprise_id, chat_id=chat.chat_id, ended_at=ended_at)
 
 

@@ -38,6 +38,7 @@ from worker.billing.stripe import (
     store_event,
 )
 from worker.celery_app import STRIPE_PROCESS_EVENT_TASK
+from worker.celery_app import app as celery_app
 from api_stub.deps import principal
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,6 @@ SendTask = Callable[..., Any]
 
 def get_send_task() -> SendTask:
     """How the endpoint sends Celery tasks: the app's ``send_task`` (tests override this dependency)."""
-    from worker.celery_app import app as celery_app
-
     return celery_app.send_task
 
 

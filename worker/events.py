@@ -44,7 +44,7 @@ from sqlmodel import Session
 from models.tables import Enterprise
 from worker.db import session_scope
 from worker.settings import Settings, get_settings
-from worker.celery_app import DELIVER_WEBHOOK_TASK
+from worker.celery_app import DELIVER_WEBHOOK_TASK, app
 from worker.gate.keys import EVENTS_CHANNEL_PREFIX
 
 log = logging.getLogger(__name__)
@@ -298,8 +298,6 @@ def enqueue_delivery(event: Event, send_task: SendTask | None = None) -> None:
     transaction that produced the event committed.  ``send_task`` defaults to the app's
     ``send_task`` (tests pass their own)."""
     if send_task is None:
-        from worker.celery_app import app
-
         send_task = app.send_task
     send_task(DELIVER_TASK, kwargs={"enterprise_id": event.enterprise_id, "event_id": event.id,
                                     "event_type": event.type, "body": event.body()})

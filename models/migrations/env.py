@@ -17,6 +17,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
+    # imported here: Alembic runs this file as a script; the settings are read only when no URL was given
     from worker.settings import get_settings
 
     return get_settings().database_url

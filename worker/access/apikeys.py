@@ -33,6 +33,8 @@ from sqlmodel import Session
 from models.tables import ApiKey, ApiRole, Enterprise, PayerLevel, Wallet
 from worker.ledger.audit import audit
 from worker.gate.keys import revoked_marker
+from worker.db import after_commit
+from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +130,6 @@ def _announce_revocation(prefix: str, redis_client=None) -> None:
         if redis_client is None:
             import redis
 
-            from worker.settings import get_settings
-
             with redis.Redis.from_url(get_settings().redis_url) as client:
                 client.set(revoked_marker(prefix), "1", ex=REVOKED_MARKER_TTL_S)
                 end_sessions(client, prefix)
@@ -184,8 +184,6 @@ def revoke_key(session: Session, prefix: str, *, actor: str = "cli", redis_clien
     (:func:`revoked_marker`) is set on ``redis_client`` (default: ``settings.redis_url``), so every
     API process refuses it from its next request on.  See the module docstring for the bound.
     """
-    from worker.db import after_commit
-
     row = session.execute(select(ApiKey).where(ApiKey.prefix == prefix)).scalar_one_or_none()
     if row is None or row.revoked_at is not None:
         return False

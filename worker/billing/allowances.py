@@ -288,6 +288,8 @@ def apply_to_gate(gate: WalletGate, entries: list[Entry]) -> int:
 
 def _resume(gate: WalletGate, wallet_id: str, key: str) -> None:
     """A grant may let the wallet's paused chats go on (the beat job catches a failure here)."""
+    # an upward edge listed in pyproject.toml's import contracts, to invert in phase 2b (a
+    # top-level import would be an import cycle: chats imports this package)
     from worker.chats.lifecycle import resume_paused_chats
 
     try:

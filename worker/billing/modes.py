@@ -62,6 +62,8 @@ def _push(gate: WalletGate, wallet_ids: list[str]) -> None:
     Two changes of one wallet at once commit in some order but could reach Redis in the other;
     so each wallet's mode is read again from PostgreSQL and written to Redis under a transaction
     advisory lock of that wallet: whatever order they run in, the last write is the committed mode."""
+    # an upward edge listed in pyproject.toml's import contracts, to invert in phase 2b (a
+    # top-level import would be an import cycle: chats imports this package)
     from worker.chats.lifecycle import resume_paused_chats
 
     for wallet_id in wallet_ids:

@@ -53,6 +53,7 @@ from worker.db import after_commit, session_scope
 from worker.ledger.turns import outbox_position
 from worker.events import Event, SendTask, emit
 from worker.gate.gate import UnknownWallet, WalletGate
+from worker.chats.rollups import chat_performance, end_chat
 
 #: a paused chat's reasons that funds can lift (a budget's auto-pause is lifted by worker.billing.budgets)
 FUNDS_REASONS = ("wallet_exhausted", "trial_exhausted", "payment_failed")
@@ -338,8 +339,6 @@ def finalize_session(enterprise_id: str, chat_id: str, *, ended_at: datetime | N
 
     Raises: LookupError naming the chat when none of its turns has been persisted yet.
     """
-    from worker.chats.rollups import chat_performance, end_chat
-
     with session_scope() as session:
         end_chat(session, enterprise_id=enterprise_id, chat_id=chat_id, ended_at=ended_at)
     with session_scope() as session:

@@ -210,6 +210,8 @@ def _after_credit(gate: WalletGate, wallet_id: str, enterprise_id: str | None, a
     resumable already, and ``chat.resumable`` is sent once by whichever resumer closed the record.
     The money is in: a failure here is logged, and the beat job ``tollgate.billing.resume_paused``
     resumes what this missed."""
+    # an upward edge listed in pyproject.toml's import contracts, to invert in phase 2b (a
+    # top-level import would be an import cycle: chats imports this package)
     from worker.chats.lifecycle import resume_paused_chats
     from worker.events import Event, emit
 

@@ -253,6 +253,8 @@ class OutboxDrain:
     def _announce_paused(self, result: PersistResult) -> None:
         """``chat.paused`` for each chat the batch paused, ``chat.resumable`` for each one a newer turn
         resumed (committed), pub/sub and webhook."""
+        # an upward edge listed in pyproject.toml's import contracts, to invert in phase 2b (a
+        # top-level import would be an import cycle: chats imports this package)
         from worker.chats.lifecycle import announce_chat_changes
 
         try:
