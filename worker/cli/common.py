@@ -19,11 +19,13 @@ out = Console()
 
 
 def fail(message: str) -> None:
+    """Print ``message`` (plain text, never markup) on stderr and exit with code 2."""
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # input is not markup
     raise typer.Exit(code=2)
 
 
 def parse_usd(value: str, field: str) -> Decimal:
+    """``value`` as a finite decimal amount of USD; else exit 2 naming ``field``."""
     try:
         amount = Decimal(value)
     except InvalidOperation:
@@ -54,6 +56,7 @@ def flag_message(message: str, flags: dict[str, str]) -> str:
 
 
 def parse_nanos(usd: str, field: str, *, allow_zero: bool = False) -> int:
+    """A USD amount as integer nano-USD, positive (or zero with ``allow_zero``); else exit 2 naming ``field``."""
     try:
         nanos = usd_to_nanos(parse_usd(usd, field))
     except PricingError as exc:
@@ -63,6 +66,7 @@ def parse_nanos(usd: str, field: str, *, allow_zero: bool = False) -> int:
     return nanos
 
 
+#: service field -> the flag or argument of ``tollgate app …`` / ``tollgate wallet mode`` that sets it
 APP_FLAGS = {"creator_share_bps": "--share-bps", "trial_token_allowance": "--trial-tokens", "trial_then": "--trial-then",
               "flat_fee_nanos": "--flat-fee-usd", "fee_wallet_id": "--fee-wallet", "creator_id": "--creator",
               "enterprise_id": "ENTERPRISE", "mode": "MODE", "wallet_id": "WALLET_ID",
