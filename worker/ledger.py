@@ -23,6 +23,7 @@ from models.tables import (
     BillingMode,
     ChatAgentUsage,
     ChatSession,
+    BudgetDirty,
     ChatStatus,
     ConnectionState,
     Enterprise,
@@ -584,6 +585,15 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
         insert(rd).on_conflict_do_update(
             index_elements=["enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}),
         [{"enterprise_id": e, "workflow": w, "period": p} for e, w, p in dirty],
+    )
+    # the same marks for budgets (worker.budgets.check_budgets takes them): a turn persisted after its
+    # month ended is checked against its own month's budgets
+    bd = BudgetDirty.__table__
+    session.execute(
+        insert(bd).on_conflict_do_update(
+            index_elements=["wallet_id", "enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}),
+        [{"wallet_id": w, "enterprise_id": e, "workflow": f, "period": p} for w, e, f, p in sorted(
+            {(r["wallet_id"], r["enterprise_id"], r["workflow"], period_of(r["occurred_at"])) for r in fresh})],
     )
     return PersistResult(len(fresh), duplicates, billed_total, conflicts, paused, resumed)
 
