@@ -14,9 +14,9 @@ from sqlalchemy import text
 
 from models.validation import InvalidInput
 from tests.integration.test_api import COST, TURN, _auth, api  # noqa: F401  (fixture)
-from tests.integration.test_budgets import USD
+from tests.integration.test_budgets import NOW, USD, Spender, _budget, _check
 from worker.db import session_scope
-from worker.ledger import credit_wallet, ensure_enterprise, open_wallet, outbox_position
+from worker.ledger import chat_order, credit_wallet, ensure_enterprise, open_wallet, outbox_position
 from worker.wallet import transitions_key
 from worker.webhooks import channel
 
@@ -139,6 +139,34 @@ def test_a_pause_task_run_in_time_pauses_the_chat(api, gate, db, redis_client, q
     assert events.types() == ["chat.paused"]
     assert _rows(db, "SELECT chat_id, status, connection_state, state_key FROM chat_session") == [
         (chat, "paused", "paused", task["position"])]
+
+
+def test_a_turn_persisted_after_a_workflow_budget_paused_its_chat_does_not_flip_it(db, gate, redis_client,
+                                                                                    settings):
+    """A workflow budget reaches 100 % with auto-pause; one more turn of the chat was decided by the
+    gate before the check (the gate cannot see workflows) but persisted after it.  The chat stays
+    paused and the next check pauses and announces nothing.  Before the fix the late turn marked the
+    chat active and the next check paused it again: a second ``budget.chats_paused``."""
+    app = f"bud-{uuid.uuid4().hex[:8]}"
+    with session_scope() as s:
+        ensure_enterprise(s, app)
+    open_wallet(gate, wallet_id=f"{app}:w", enterprise_id=app, owner_id="o")
+    credit_wallet(gate, wallet_id=f"{app}:w", amount_nanos=100 * USD, idempotency_key=f"open-{app}")
+    _budget(enterprise_id=app, workflow="research", amount_nanos=2 * USD, auto_pause=True)
+    spender = Spender(gate, redis_client, settings)
+    spender.spend(f"{app}:w", 800_000, workflow="research", chat="r1", enterprise=app)  # 2 USD: 100 %
+    assert spender.turn(f"{app}:w", 400_000, workflow="research", chat="r1", enterprise=app).accepted  # 1 USD
+    events = Events(redis_client, app, "r1")
+    assert _check(gate, NOW).paused_chats == [(app, "r1")]
+    assert spender.drain.drain().inserted == 1  # the late turn
+    assert _rows(db, "SELECT status, pause_reason, turns, billed_nanos FROM chat_session WHERE enterprise_id = :e",
+                 e=app) == [("paused", "budget_exceeded", 2, 3 * USD)]
+    assert _check(gate, NOW).paused_chats == []
+    assert [t for t in events.types() if t.startswith("budget.chats")] == ["budget.chats_paused"]
+    [(state_key,)] = _rows(db, "SELECT state_key FROM chat_session WHERE enterprise_id = :e", e=app)
+    [late] = _rows(db, "SELECT outbox_id FROM usage_event WHERE enterprise_id = :e AND prompt_tokens = 400000",
+                   e=app)
+    assert state_key > chat_order(late[0])
 
 
 BAD = {"NUL": "a\x00b", "control": "a\x1bb", "surrogate": "a\ud800b", "empty": ""}
