@@ -25,6 +25,7 @@ from models.schemas import Decision, TurnIn
 from models.tables import ApiRole, Enterprise
 from worker.apikeys import Principal, authenticate
 from worker.db import session_scope
+from worker.ledger import transition_position
 from worker.payers import reservations_required
 from worker.pricing import PricingError, TurnLimitExceeded
 from worker.settings import get_settings
@@ -113,15 +114,19 @@ def _denied(d: Decision) -> bool:
 
 def _send_pause(turn: TurnIn) -> None:
     """Queue ``tollgate.billing.pause_chat`` for a denied turn's chat (idempotent: one open pause),
-    at most once a minute per chat, so an orchestrator that keeps calling cannot flood the queue."""
+    at most once a minute per chat, so an orchestrator that keeps calling cannot flood the queue.
+    The task carries the denial's position in the gate's order (``transition_position`` now, just
+    after the gate answered), so a task that runs after the chat was credited and resumed changes
+    nothing."""
     from worker.celery_app import app as celery
 
     try:
         if not get_gate().redis.set(f"tollgate:pausing:{turn.enterprise_id}:{turn.chat_id}", 1, nx=True, ex=60):
             return
+        position = transition_position(get_gate(), turn.wallet_id)
         celery.send_task("tollgate.billing.pause_chat", kwargs={
-            "enterprise_id": turn.enterprise_id, "chat_id": turn.chat_id, "wallet_id": turn.wallet_id},
-            ignore_result=True)
+            "enterprise_id": turn.enterprise_id, "chat_id": turn.chat_id, "wallet_id": turn.wallet_id,
+            "position": position}, ignore_result=True)
     except Exception:  # the caller has the 'pause' answer; the pause record is bookkeeping
         log.warning("could not queue the pause of chat %s", turn.chat_id, exc_info=True)
 

@@ -30,7 +30,10 @@ Auto-pause is state, re-derived on every run, not a one-off action:
   ``pause_reason 'budget_exceeded'``) and emits ``budget.chats_paused``.  The gate cannot see
   workflows (its wallet hash knows nothing of them), so the orchestrator must stop those chats on the
   event; a chat that records turns anyway is marked active again by the drain and re-paused by the
-  next run.  When the budget is no longer exceeded the chats are resumed (``budget.chats_resumed``).
+  next run.  The pause (and the release) moves the chat's state forward in the gate's order
+  (``worker.ledger.transition_position``), so a turn the gate decided before the pause and the drain
+  persisted after it does not make the chat active, and the pause is announced once.  When the
+  budget is no longer exceeded the chats are resumed (``budget.chats_resumed``).
 
 Enforcement lags by the job's interval (60 s) plus the outbox's (< 1 s): turns accepted in between
 are billed, so spend can exceed a budget by what the wallet or workflow spends in that time.
@@ -47,13 +50,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, func, select, text, tuple_, update
+from sqlalchemy import and_, case, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
 from models.schemas import BudgetIn
 from models.tables import Budget, BudgetAlert, ChatSession, ChatStatus, Enterprise, UsageEvent, Wallet
 from worker.db import after_commit, session_scope
+from worker.ledger import transition_position
 from worker.periods import current_period, period_bounds, previous_period
 from worker.wallet import UnknownWallet, WalletGate
 from worker.webhooks import Event, SendTask, enqueue_delivery, publish
@@ -416,21 +420,15 @@ def _pause_and_resume(session: Session, result: "BudgetCheck", gate: WalletGate,
     halt = sorted({(s.enterprise_id, s.workflow) for s in result.budgets
                    if s.workflow and s.auto_pause and s.exceeded})
     if halt:
-        chats = session.execute(
-            update(ct).where(scope.in_(halt), ct.status == ChatStatus.active.value)
-            .values(status=ChatStatus.paused.value, pause_reason=BUDGET_EXCEEDED)
-            .returning(ct.enterprise_id, ct.workflow, ct.chat_id)
-        ).all()
+        chats = _move_chats(session, gate, and_(scope.in_(halt), ct.status == ChatStatus.active.value),
+                            status=ChatStatus.paused.value, pause_reason=BUDGET_EXCEEDED)
         result.paused_chats += sorted((e, c) for e, _w, c in chats)
         result.events += _chat_events("budget.chats_paused", chats, period)
     release = sorted({(s.enterprise_id, s.workflow) for s in result.budgets if s.workflow} - set(halt))
     if release:
-        chats = session.execute(
-            update(ct).where(scope.in_(release), ct.status == ChatStatus.paused.value,
-                             ct.pause_reason == BUDGET_EXCEEDED)
-            .values(status=ChatStatus.active.value, pause_reason=None)
-            .returning(ct.enterprise_id, ct.workflow, ct.chat_id)
-        ).all()
+        chats = _move_chats(session, gate, and_(scope.in_(release), ct.status == ChatStatus.paused.value,
+                                                ct.pause_reason == BUDGET_EXCEEDED),
+                            status=ChatStatus.active.value, pause_reason=None)
         result.resumed_chats += sorted((e, c) for e, _w, c in chats)
         result.events += _chat_events("budget.chats_resumed", chats, period)
 
@@ -465,6 +463,34 @@ def _pause_and_resume(session: Session, result: "BudgetCheck", gate: WalletGate,
     after_commit(session, lambda: sync_gate_blocks(gate, ledger_reasons))
     after_commit(session, announce)
     return result
+
+
+def _move_chats(session: Session, gate: WalletGate, where, **values) -> list[tuple[str, str, str]]:
+    """Set ``values`` on the chat sessions matching ``where`` and move their state forward to the
+    position of now in the gate's order (``worker.ledger.transition_position`` of each chat's
+    wallet; never back), as every other pause and resume does: a turn the gate decided before this
+    pause or release, persisted after it, adds its totals but does not flip the chat back (so the
+    next check does not pause it, and announce it, a second time).  Rows are locked in (enterprise,
+    chat) order first, as the drain locks them.  Returns ``(enterprise_id, workflow, chat_id)`` of
+    the chats changed."""
+    ct = ChatSession.__table__
+    targets = session.execute(select(ct.c.enterprise_id, ct.c.chat_id, ct.c.wallet_id).where(where)
+                              .order_by(ct.c.enterprise_id, ct.c.chat_id).with_for_update()).all()
+    by_position: dict[str, list[tuple[str, str]]] = {}
+    positions: dict[int, str] = {}  # one position per shard: chats of one shard share it
+    for enterprise_id, chat_id, wallet_id in targets:
+        shard = gate.shard(wallet_id)
+        if shard not in positions:
+            positions[shard] = transition_position(gate, wallet_id)
+        by_position.setdefault(positions[shard], []).append((enterprise_id, chat_id))
+    changed: list[tuple[str, str, str]] = []
+    for position, chats in sorted(by_position.items()):
+        changed += session.execute(
+            update(ct).where(tuple_(ct.c.enterprise_id, ct.c.chat_id).in_(chats), where)
+            .values(**values, state_key=case((ct.c.state_key >= position, ct.c.state_key), else_=position))
+            .returning(ct.c.enterprise_id, ct.c.workflow, ct.c.chat_id)
+        ).all()
+    return changed
 
 
 def _chat_events(kind: str, chats, period: str) -> list[Event]:
