@@ -27,6 +27,7 @@ from models.tables import ApiRole, Enterprise, ReconciliationRun
 from worker.access.apikeys import Principal, authenticate
 from worker.db import session_scope
 from worker.billing.payers import reservations_required
+from worker.ledger.turns import transition_position
 from worker.pricing.prices import PricingError, TurnLimitExceeded
 from worker.settings import get_settings
 from worker.gate.gate import GateBatchError, UnknownWallet, WrongEnterprise
@@ -121,13 +122,17 @@ def _denied(d: Decision) -> bool:
 
 def _send_pause(turn: TurnIn) -> None:
     """Queue ``tollgate.billing.pause_chat`` for a denied turn's chat (idempotent: one open pause),
-    at most once a minute per chat, so an orchestrator that keeps calling cannot flood the queue."""
+    at most once a minute per chat, so an orchestrator that keeps calling cannot flood the queue.
+    The task carries the denial's position in the gate's order (``transition_position`` now, just
+    after the gate answered), so a task that runs after the chat was credited and resumed changes
+    nothing."""
     try:
         if not get_gate().redis.set(pausing_key(turn.enterprise_id, turn.chat_id), 1, nx=True, ex=60):
             return
+        position = transition_position(get_gate(), turn.wallet_id)
         celery.send_task(PAUSE_CHAT_TASK, kwargs={
-            "enterprise_id": turn.enterprise_id, "chat_id": turn.chat_id, "wallet_id": turn.wallet_id},
-            ignore_result=True)
+            "enterprise_id": turn.enterprise_id, "chat_id": turn.chat_id, "wallet_id": turn.wallet_id,
+            "position": position}, ignore_result=True)
     except Exception:  # the caller has the 'pause' answer; the pause record is bookkeeping
         log.warning("could not queue the pause of chat %s", turn.chat_id, exc_info=True)
 

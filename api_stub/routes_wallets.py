@@ -55,7 +55,8 @@ def _owner_wallet(who, wallet_id: str, action: str) -> None:
 @router.post("/v1/wallets/{wallet_id}/reservations", response_model=ReservationPublic, responses=ERRORS | {409: {}})
 def reserve(wallet_id: WalletId, body: ReservationIn, who: Caller) -> ReservationPublic:
     """Hold ``amount_nanos`` (≥ 1) of the wallet before an LLM call, or the worst case of a call
-    given ``model``, ``prompt_tokens`` and ``max_tokens`` (owner key of the wallet's app).
+    given ``model`` (+ ``service_tier``: priced at that tier), ``prompt_tokens`` and ``max_tokens``
+    (owner key of the wallet's app).
 
     Granted only while balance − holds − amount ≥ 0 (production, limited wallets); settle it with
     ``POST /v1/turns`` carrying ``reservation_id``, give it back with ``DELETE``, or let it expire
@@ -69,12 +70,15 @@ def reserve(wallet_id: WalletId, body: ReservationIn, who: Caller) -> Reservatio
                             "give either amount_nanos or model with prompt_tokens and max_tokens")
     if body.model is not None and body.max_tokens is None:
         raise field_problem(422, "Invalid request", "max_tokens", "required with model")
+    if body.service_tier is not None and body.model is None:
+        raise field_problem(422, "Invalid request", "service_tier", "only with model (an amount_nanos hold is not priced)")
     try:
         hold = get_gate().reserve(wallet_id, body.amount_nanos, ttl_s=body.ttl_s, reservation_id=body.reservation_id,
                                   model=body.model, provider=body.provider, prompt_tokens=body.prompt_tokens,
-                                  max_tokens=body.max_tokens)
+                                  max_tokens=body.max_tokens, service_tier=body.service_tier)
     except PricingError as exc:
-        raise field_problem(422, "Unknown price", "model", str(exc)) from None
+        field = "service_tier" if str(exc).startswith("service_tier:") else "model"
+        raise field_problem(422, "Unknown price", field, str(exc)) from None
     except UnknownWallet:
         raise unknown_wallet(wallet_id) from None
     except GateConfigError as exc:

@@ -26,13 +26,17 @@ class ReservationIn(_In):
     ``amount_nanos`` (the estimate, nano-USD, 1..2^62), or ``model`` (+ ``provider``),
     ``prompt_tokens`` and ``max_tokens``, which the gate prices at the worst case (every prompt
     token at the input price, ``max_tokens`` at the output price).  The same ``reservation_id``
-    twice is one hold.  422 naming ``amount_nanos`` for neither or both, 0 or a negative amount."""
+    twice is one hold.  422 naming ``amount_nanos`` for neither or both, 0 or a negative amount.
+    ``service_tier`` (with ``model``): the provider tier the call asks for (OpenAI's ``priority``,
+    ``flex``, …), priced as a turn of that tier; 422 naming ``service_tier`` for a tier the model has
+    no price for, or a tier without ``model``."""
 
     amount_nanos: PositiveNanos | None = None
     model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     provider: Annotated[str, Field(min_length=1, max_length=100)] | None = None
     prompt_tokens: Annotated[int, Field(strict=True, ge=0, le=10**9)] = 0
     max_tokens: Annotated[int, Field(strict=True, ge=0, le=10**9)] | None = None
+    service_tier: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z0-9_.-]+$")] | None = None
     ttl_s: Annotated[int, Field(strict=True, ge=1, le=86_400)] = 300
     reservation_id: Id | None = None
 

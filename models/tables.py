@@ -336,6 +336,22 @@ class RollupDirty(SQLModel, table=True):
     touched_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
 
 
+class BudgetDirty(SQLModel, table=True):
+    """A budget scope × month whose spend changed: rollup_dirty's mechanism for budgets.  The drain
+    marks each (wallet, enterprise, workflow, month) of the turns it inserts, in the same transaction
+    (``ON CONFLICT DO UPDATE``); ``worker.billing.budgets.check_budgets`` takes the marks (``FOR UPDATE SKIP
+    LOCKED``) and evaluates the budgets of those scopes in those months, so a turn persisted after its
+    month ended still reaches its month's alerts."""
+
+    __tablename__ = "budget_dirty"
+
+    wallet_id: str = Field(primary_key=True, max_length=200)
+    enterprise_id: str = Field(primary_key=True, max_length=200)
+    workflow: str = Field(primary_key=True, max_length=200)
+    period: str = Field(primary_key=True, max_length=7)  # 'YYYY-MM', UTC
+    touched_at: datetime = Field(sa_column=_ts(nullable=False, server_default=func.now()))
+
+
 class WorkflowRollup(SQLModel, table=True):
     """The pre-computed summary of one enterprise × workflow × calendar month (UTC): the seed's
     ``mon_{enterprise_id}_{workflow_name}`` document (JSONB, money in nanos) plus typed totals."""

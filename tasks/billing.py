@@ -55,11 +55,16 @@ def resume_paused(limit: int = 1000) -> dict[str, Any]:
 
 
 @app.task(name=PAUSE_CHAT_TASK, acks_late=True)
-def pause_chat(enterprise_id: str, chat_id: str, wallet_id: str, reason: str = "wallet_exhausted") -> bool:
+def pause_chat(enterprise_id: str, chat_id: str, wallet_id: str, reason: str = "wallet_exhausted",
+               position: str | None = None) -> bool:
     """Record a chat paused by a denied turn (the API sends this when the gate answers ``pause``
-    without accepting).  Idempotent: an open pause is kept.  Returns True if this call paused it."""
+    without accepting).  ``position``: the denial's place in the gate's order
+    (``worker.ledger.turns.transition_position`` when the API got the answer; None, from a task queued
+    before it was carried: the pause happens when the task runs).  Idempotent: an open pause is
+    kept, and a pause the chat moved past (a credit's or the orchestrator's resume, a newer turn)
+    changes nothing.  Returns True if this call paused it.  Raises InvalidInput naming a bad field."""
     return pause_chat_service(job_gate(), enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
-                              reason=reason)
+                              reason=reason, position=position)
 
 
 @app.task(name=DELIVER_WEBHOOK_TASK, bind=True, acks_late=True)

@@ -16,14 +16,27 @@ def test_a_denied_turn_queues_one_pause_of_its_chat(api, gate, db, monkeypatch):
     from tasks.billing import pause_chat
     from worker.celery_app import app as celery
 
+    from worker.ledger.turns import outbox_position
+    from worker.gate.keys import transitions_key
+
     sent = []
     monkeypatch.setattr(celery, "send_task", lambda name, kwargs, **options: sent.append((name, kwargs)))
     turn = {**TURN, "wallet_id": "w2", "chat_id": "c-dry"}  # w2 has no funds
+    before = outbox_position(gate, "w2")
     for i in range(3):  # an orchestrator that keeps calling
         r = api.post("/v1/turns", json={**turn, "turn_id": f"dry-{i}"}, headers=_auth(api.keys["owner"]))
         assert (r.status_code, r.json()["accepted"], r.json()["action"]) == (200, False, "pause")
-    assert sent == [("tollgate.billing.pause_chat",
-                     {"enterprise_id": "acme", "chat_id": "c-dry", "wallet_id": "w2"})]
+    after = outbox_position(gate, "w2")
+
+    # the denial's position in the gate's order: after the shard's last turn (its shard has no
+    # stream here, so from Redis's clock: between the positions read before and after) and its 1st
+    # transition
+    assert int(gate.redis.get(transitions_key(gate.shard("w2")))) == 1
+    [(name, kwargs)] = sent
+    at, plus, n = kwargs["position"].rpartition("+")
+    assert (name, {k: v for k, v in kwargs.items() if k != "position"}) == (
+        "tollgate.billing.pause_chat", {"enterprise_id": "acme", "chat_id": "c-dry", "wallet_id": "w2"})
+    assert (before <= at + plus <= after, n) == (True, f"{1:020d}")
     assert pause_chat(**sent[0][1]) is True
     assert pause_chat(**sent[0][1]) is False  # a redelivery changes nothing
     with db.connect() as conn:

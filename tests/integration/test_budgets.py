@@ -445,3 +445,35 @@ def _app_callback() -> None:
     with session_scope() as s:
         s.execute(text("UPDATE enterprise SET callback_url = 'http://127.0.0.1:9/hook', webhook_secret = 'whsec' "
                        "WHERE id = 'acme'"))
+
+
+def test_october_turns_persisted_in_november_raise_october_s_alert_once_and_nothing_for_november(
+        db, gate, redis_client, spender):
+    """Late data: the turns of a month persisted after it ended count in their own month.  October
+    was checked at 50 %; October turns drained on 10 November take it to 80 %: one 80 % alert for
+    October (wallet and workflow budget), none for November (whose own turns stay at 40 %), and
+    no auto-pause now for a month that is over."""
+    _wallet(gate)
+    wallet_budget = _budget(enterprise_id="acme", wallet_id="w1", amount_nanos=1 * USD, auto_pause=True)
+    workflow_budget = _budget(enterprise_id="acme", workflow="wf", amount_nanos=1 * USD)
+    spender.spend("w1", 200_000, at=datetime(2026, 10, 15, tzinfo=UTC))  # 0.5 USD in October
+    october = _check(gate, datetime(2026, 10, 20, tzinfo=UTC))
+    assert [(a.budget_id, a.period, a.threshold_pct) for a in october.alerts] == [
+        (wallet_budget, "2026-10", 50), (workflow_budget, "2026-10", 50)]
+    spender.spend("w1", 160_000, at=datetime(2026, 11, 5, tzinfo=UTC))  # 0.4 USD in November
+    assert _check(gate, datetime(2026, 11, 6, tzinfo=UTC)).alerts == []
+
+    listen = Listener(redis_client)
+    spender.spend("w1", 120_000, at=datetime(2026, 10, 31, 22, tzinfo=UTC))  # 0.3 USD of October, drained now
+    result = _check(gate, datetime(2026, 11, 10, 12, tzinfo=UTC))
+    assert [(a.budget_id, a.period, a.threshold_pct, a.spent_nanos) for a in result.alerts] == [
+        (wallet_budget, "2026-10", 80, 800_000_000), (workflow_budget, "2026-10", 80, 800_000_000)]
+    assert [(m["data"]["budget_id"], m["data"]["period"], m["data"]["threshold_pct"]) for m in listen.drain()] == [
+        (wallet_budget, "2026-10", 80), (workflow_budget, "2026-10", 80)]
+    assert result.paused_wallets == [] and [b.spent_nanos for b in result.budgets] == [400_000_000] * 2
+    assert _check(gate, datetime(2026, 11, 10, 12, 1, tzinfo=UTC)).alerts == [] and listen.drain() == []
+    assert _alerts(db) == [
+        (wallet_budget, "2026-10", 50, 500_000_000, USD), (wallet_budget, "2026-10", 80, 800_000_000, USD),
+        (workflow_budget, "2026-10", 50, 500_000_000, USD), (workflow_budget, "2026-10", 80, 800_000_000, USD)]
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM budget_dirty")).scalar_one() == 0

@@ -4,6 +4,8 @@ wallet's shard decided and before the next one."""
 
 from __future__ import annotations
 
+import time
+
 import fakeredis
 
 from worker.ledger.turns import chat_order, outbox_position
@@ -27,7 +29,10 @@ def test_a_transition_sits_after_the_turns_decided_before_it_and_before_the_next
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
     gate = WalletGate(client, settings=Settings(outbox_shards=4, price_overrides_path=None), kicker=lambda shard: None)
     shard = gate.shard("w1")
-    assert outbox_position(gate, "w1") == chat_order(f"{shard}:0-0") + "+"  # no stream yet
+    seconds, micros = client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    # no stream yet: just below the first id a turn decided from now on can get
+    assert outbox_position(gate, "w1") == chat_order(f"{shard}:{now_ms - 1}-{2**64 - 1}") + "+"
     first = client.xadd(outbox_key(shard), {"t": "x"}, id="1764590400000-5")
     at = outbox_position(gate, "w1")
     assert at == chat_order(f"{shard}:{first}") + "+"
@@ -36,3 +41,20 @@ def test_a_transition_sits_after_the_turns_decided_before_it_and_before_the_next
     assert at < chat_order(f"{shard}:{second}")
     client.xtrim(outbox_key(shard), minid="9999999999999-0")  # persisted and trimmed: the position stays
     assert outbox_position(gate, "w1") == chat_order(f"{shard}:{second}") + "+"
+
+
+def test_after_redis_lost_its_data_a_transition_still_follows_the_turns_persisted_before():
+    """The stream is gone (FLUSHDB, a restart without AOF): the position comes from Redis's clock,
+    so it sorts after every turn decided before the loss (their ids are Redis time too) and before
+    every turn decided after it, never back at 0-0 below the chats' stored state."""
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    gate = WalletGate(client, settings=Settings(outbox_shards=4, price_overrides_path=None), kicker=lambda shard: None)
+    shard = gate.shard("w1")
+    before = client.xadd(outbox_key(shard), {"t": "x"})  # "*": Redis time
+    stored = chat_order(f"{shard}:{before}")  # a chat_session.state_key persisted before the loss
+    client.flushdb()
+    time.sleep(0.002)  # a restart takes far longer than the millisecond the position stays below
+    at = outbox_position(gate, "w1")
+    assert stored < at
+    after = client.xadd(outbox_key(shard), {"t": "x"})
+    assert at < chat_order(f"{shard}:{after}")

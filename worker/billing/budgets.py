@@ -14,6 +14,12 @@ signed webhook if the app configured one; see :mod:`worker.events`).  So an aler
 threshold per period however often, late or concurrently the job runs.  A late first run that finds
 spend already at 100 % sends the 50, 80 and 100 % alerts together.
 
+Late data: a turn counts in the month it occurred in, whenever it is persisted.  The drain marks each
+(wallet, enterprise, workflow, month) it inserts turns for in ``budget_dirty``, in the same
+transaction (rollup_dirty's mechanism); each run takes the marks and checks the budgets of the marked
+scopes in every marked month besides the current one (alerts only: auto-pause is about now), so
+October turns persisted in November raise October's alerts, once, and nothing for November.
+
 Auto-pause is state, re-derived on every run, not a one-off action:
 
 - a wallet budget at ≥ 100 % sets ``wallet.blocked_reason = 'budget_exceeded'`` (only where no other
@@ -24,7 +30,10 @@ Auto-pause is state, re-derived on every run, not a one-off action:
   ``pause_reason 'budget_exceeded'``) and emits ``budget.chats_paused``.  The gate cannot see
   workflows (its wallet hash knows nothing of them), so the orchestrator must stop those chats on the
   event; a chat that records turns anyway is marked active again by the drain and re-paused by the
-  next run.  When the budget is no longer exceeded the chats are resumed (``budget.chats_resumed``).
+  next run.  The pause (and the release) moves the chat's state forward in the gate's order
+  (``worker.ledger.turns.transition_position``), so a turn the gate decided before the pause and the drain
+  persisted after it does not make the chat active, and the pause is announced once.  When the
+  budget is no longer exceeded the chats are resumed (``budget.chats_resumed``).
 
 Enforcement lags by the job's interval (60 s) plus the outbox's (< 1 s): turns accepted in between
 are billed, so spend can exceed a budget by what the wallet or workflow spends in that time.
@@ -41,13 +50,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, func, select, tuple_, update
+from sqlalchemy import and_, case, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
 from models.schemas import BudgetIn
 from models.tables import Budget, BudgetAlert, ChatSession, ChatStatus, Enterprise, UsageEvent, Wallet
 from worker.db import after_commit, session_scope
+from worker.ledger.turns import transition_position
 from worker.periods import current_period, period_bounds, previous_period
 from worker.gate.gate import UnknownWallet, WalletGate
 from worker.events import Event, SendTask, enqueue_delivery, publish
@@ -59,7 +69,8 @@ THRESHOLDS = (50, 80, 100)
 #: ``wallet.blocked_reason`` and ``chat_session.pause_reason`` set by auto-pause
 BUDGET_EXCEEDED = "budget_exceeded"
 #: in the first hour of a month the month before is checked again for alerts (its last turns may be
-#: persisted after its last check); auto-pause only ever looks at the current month
+#: persisted after its last check); late turns of any month also reach it through ``budget_dirty``
+#: marks (:func:`take_budget_marks`); auto-pause only ever looks at the current month
 LATE_ALERT_WINDOW = timedelta(hours=1)
 #: an alert still unsent this long after its commit is sent again by the next check (its own run
 #: normally sends it within milliseconds of the commit)
@@ -237,7 +248,9 @@ def check_budgets(
     send_task: SendTask | None = None,
 ) -> BudgetCheck:
     """Check every budget in the period of ``now`` (default: the current UTC time): insert the alerts
-    of thresholds newly crossed, apply and lift auto-pauses, and register the side effects to run
+    of thresholds newly crossed, apply and lift auto-pauses; insert the alerts of other months whose
+    spend changed since the last run (``budget_dirty`` marks, :func:`take_budget_marks`: late turns),
+    for the budgets of the marked scopes; and register the side effects to run
     after the caller commits (:func:`worker.db.after_commit`; nothing happens on rollback):
 
     1. the gate's ``blocked`` flag of each wallet with a budget is brought in line with
@@ -273,11 +286,22 @@ def check_budgets(
         result.budgets.append(BudgetStatus(b.id, b.enterprise_id, b.wallet_id, b.workflow, b.amount_nanos, spent,
                                            b.auto_pause, spent >= b.amount_nanos))
 
-    # 1. alerts: only rows this transaction inserts are announced.  In the first hour of a month the
-    # month before is checked too (alerts only): its last turns may have been persisted after its
-    # last check.
+    # 1. alerts: only rows this transaction inserts are announced.  Every other month whose spend the
+    # drain changed (turns persisted after their month ended: late data) is checked too, alerts only,
+    # for the budgets of the scopes it touched.  In the first hour of a month the month before is
+    # checked as well (alerts only; what rows written before budget_dirty existed need).
     _unsent_alerts(session, result, by_id)
     _announce(session, result, period, result.budgets, by_id)
+    for late_period, touched in sorted(take_budget_marks(session).items()):
+        if late_period == period:
+            continue  # the current month was checked above, whole
+        late = spend_by_budget(session, late_period)
+        wallets, workflows = {w for w, _e, _f in touched}, {(e, f) for _w, e, f in touched}
+        _announce(session, result, late_period, [
+            BudgetStatus(b.id, b.enterprise_id, b.wallet_id, b.workflow, b.amount_nanos, late.get(b.id, 0),
+                         b.auto_pause, late.get(b.id, 0) >= b.amount_nanos)
+            for b in budgets if _touches(b, wallets, workflows)
+        ], by_id)
     start, _ = period_bounds(period)
     if (now or datetime.now(UTC)) - start < LATE_ALERT_WINDOW:
         before = previous_period(period)
@@ -288,6 +312,37 @@ def check_budgets(
             for b in budgets
         ], by_id)
     return _pause_and_resume(session, result, gate, send_task, period)
+
+
+def take_budget_marks(session: Session) -> dict[str, set[tuple[str, str, str]]]:
+    """Delete every ``budget_dirty`` mark no drain is writing right now and return them by period:
+    ``{'YYYY-MM': {(wallet_id, enterprise_id, workflow), …}}``.
+
+    rollup_dirty's mechanism (:func:`worker.chats.rollups.take_dirty`): the drain marks in the transaction
+    that inserts the turns, with ``ON CONFLICT DO UPDATE`` (a row lock); this takes marks with
+    ``FOR UPDATE SKIP LOCKED``, so a mark whose turns are not committed yet stays for the next run,
+    and a mark taken here comes back if this transaction rolls back.  Spend read after this statement
+    (READ COMMITTED) includes every turn of the marks it took.  Does not commit.
+    """
+    taken = session.execute(text(
+        "WITH taken AS MATERIALIZED ("
+        "  SELECT wallet_id, enterprise_id, workflow, period FROM budget_dirty FOR UPDATE SKIP LOCKED"
+        ") DELETE FROM budget_dirty d USING taken t"
+        " WHERE d.wallet_id = t.wallet_id AND d.enterprise_id = t.enterprise_id AND d.workflow = t.workflow"
+        " AND d.period = t.period"
+        " RETURNING d.wallet_id, d.enterprise_id, d.workflow, d.period"
+    )).all()
+    marks: dict[str, set[tuple[str, str, str]]] = {}
+    for wallet_id, enterprise_id, workflow, period in taken:
+        marks.setdefault(period, set()).add((wallet_id, enterprise_id, workflow))
+    return marks
+
+
+def _touches(budget: Budget, wallets: set[str], workflows: set[tuple[str, str]]) -> bool:
+    """Whether a budget's scope is a marked wallet or a marked (enterprise_id, workflow)."""
+    if budget.wallet_id is not None:
+        return budget.wallet_id in wallets
+    return (budget.enterprise_id, budget.workflow) in workflows
 
 
 def _announce(session: Session, result: "BudgetCheck", period: str, statuses: list, by_id: dict) -> None:
@@ -365,21 +420,15 @@ def _pause_and_resume(session: Session, result: "BudgetCheck", gate: WalletGate,
     halt = sorted({(s.enterprise_id, s.workflow) for s in result.budgets
                    if s.workflow and s.auto_pause and s.exceeded})
     if halt:
-        chats = session.execute(
-            update(ct).where(scope.in_(halt), ct.status == ChatStatus.active.value)
-            .values(status=ChatStatus.paused.value, pause_reason=BUDGET_EXCEEDED)
-            .returning(ct.enterprise_id, ct.workflow, ct.chat_id)
-        ).all()
+        chats = _move_chats(session, gate, and_(scope.in_(halt), ct.status == ChatStatus.active.value),
+                            status=ChatStatus.paused.value, pause_reason=BUDGET_EXCEEDED)
         result.paused_chats += sorted((e, c) for e, _w, c in chats)
         result.events += _chat_events("budget.chats_paused", chats, period)
     release = sorted({(s.enterprise_id, s.workflow) for s in result.budgets if s.workflow} - set(halt))
     if release:
-        chats = session.execute(
-            update(ct).where(scope.in_(release), ct.status == ChatStatus.paused.value,
-                             ct.pause_reason == BUDGET_EXCEEDED)
-            .values(status=ChatStatus.active.value, pause_reason=None)
-            .returning(ct.enterprise_id, ct.workflow, ct.chat_id)
-        ).all()
+        chats = _move_chats(session, gate, and_(scope.in_(release), ct.status == ChatStatus.paused.value,
+                                                ct.pause_reason == BUDGET_EXCEEDED),
+                            status=ChatStatus.active.value, pause_reason=None)
         result.resumed_chats += sorted((e, c) for e, _w, c in chats)
         result.events += _chat_events("budget.chats_resumed", chats, period)
 
@@ -414,6 +463,34 @@ def _pause_and_resume(session: Session, result: "BudgetCheck", gate: WalletGate,
     after_commit(session, lambda: sync_gate_blocks(gate, ledger_reasons))
     after_commit(session, announce)
     return result
+
+
+def _move_chats(session: Session, gate: WalletGate, where, **values) -> list[tuple[str, str, str]]:
+    """Set ``values`` on the chat sessions matching ``where`` and move their state forward to the
+    position of now in the gate's order (``worker.ledger.turns.transition_position`` of each chat's
+    wallet; never back), as every other pause and resume does: a turn the gate decided before this
+    pause or release, persisted after it, adds its totals but does not flip the chat back (so the
+    next check does not pause it, and announce it, a second time).  Rows are locked in (enterprise,
+    chat) order first, as the drain locks them.  Returns ``(enterprise_id, workflow, chat_id)`` of
+    the chats changed."""
+    ct = ChatSession.__table__
+    targets = session.execute(select(ct.c.enterprise_id, ct.c.chat_id, ct.c.wallet_id).where(where)
+                              .order_by(ct.c.enterprise_id, ct.c.chat_id).with_for_update()).all()
+    by_position: dict[str, list[tuple[str, str]]] = {}
+    positions: dict[int, str] = {}  # one position per shard: chats of one shard share it
+    for enterprise_id, chat_id, wallet_id in targets:
+        shard = gate.shard(wallet_id)
+        if shard not in positions:
+            positions[shard] = transition_position(gate, wallet_id)
+        by_position.setdefault(positions[shard], []).append((enterprise_id, chat_id))
+    changed: list[tuple[str, str, str]] = []
+    for position, chats in sorted(by_position.items()):
+        changed += session.execute(
+            update(ct).where(tuple_(ct.c.enterprise_id, ct.c.chat_id).in_(chats), where)
+            .values(**values, state_key=case((ct.c.state_key >= position, ct.c.state_key), else_=position))
+            .returning(ct.c.enterprise_id, ct.c.workflow, ct.c.chat_id)
+        ).all()
+    return changed
 
 
 def _chat_events(kind: str, chats, period: str) -> list[Event]:

@@ -28,9 +28,10 @@ after its transaction commits: a credit, the beat sweep, the orchestrator's :fun
 
 Order: a chat's state moves only forward in the gate's decision order (``worker.ledger.turns.chat_order``:
 a turn's outbox entry; a pause, resume or credit at the outbox position of the moment it happens,
-``worker.ledger.turns.outbox_position``), kept in ``chat_session.state_key``.  A turn persisted late
+``worker.ledger.turns.transition_position``), kept in ``chat_session.state_key``.  A turn persisted late
 that is not after the chat's last transition adds its totals and changes neither the state nor the
-paused-chat records.
+paused-chat records; a pause reported late (``pause_chat(position=…)``: the API's pause task of a
+denied turn) that is not after it changes nothing either.
 
 Events (data; money in nano-USD):
   ``chat.paused``     chat_id, wallet_id, reason, needed_nanos
@@ -40,6 +41,7 @@ Events (data; money in nano-USD):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Sequence
@@ -49,8 +51,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
 from models.tables import ChatSession, ChatStatus, ConnectionState, Enterprise, PausedChat, Wallet
+from models.validation import MAX_LABEL, InvalidInput, check_text
 from worker.db import after_commit, session_scope
-from worker.ledger.turns import outbox_position
+from worker.ledger.turns import transition_position
 from worker.events import Event, SendTask, emit
 from worker.gate.gate import UnknownWallet, WalletGate
 from worker.chats.rollups import chat_performance, end_chat
@@ -89,7 +92,9 @@ class WalletState:
 
 def wallet_state(gate: WalletGate, wallet_id: str) -> WalletState:
     """Read a wallet's gate state (one HMGET) and decide, by the rules of ``record_turn.lua``,
-    whether its next turn would be accepted.  Raises :class:`~worker.gate.gate.UnknownWallet`."""
+    whether its next turn would be accepted.  Raises :class:`~worker.gate.gate.UnknownWallet`;
+    :class:`~models.validation.InvalidInput` naming ``wallet_id`` (not an id)."""
+    check_text(wallet_id, "wallet_id")
     fields = ("balance", "held", "mode", "blocked", "limited", "trial_left", "trial_then")
     balance, held, mode, blocked, limited, trial_left, trial_then = gate.redis.hmget(gate.wallet_key(wallet_id), fields)
     if mode is None:
@@ -120,9 +125,11 @@ def start_session(
     """Initialize a chat's billing session: create its ``chat_session`` row (status active,
     connected) if it has none, and return the wallet's state (can the chat start?).
 
-    Raises: UnknownWallet (not in the gate); LookupError naming ``wallet_id`` when the wallet is not in
-    PostgreSQL or belongs to another app (nothing is written).
+    Raises: InvalidInput naming the field (``enterprise_id``, ``chat_id``, ``wallet_id``, ``workflow``:
+    not an id, see :mod:`models.validation`); UnknownWallet (not in the gate); LookupError naming
+    ``wallet_id`` when the wallet is not in PostgreSQL or belongs to another app (nothing is written).
     """
+    _check_ids(enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id, workflow=workflow)
     state = wallet_state(gate, wallet_id)
     started_at = (started_at or datetime.now(UTC)).astimezone(UTC)
     with session_scope() as session:
@@ -137,6 +144,25 @@ def start_session(
             .on_conflict_do_nothing(constraint="uq_chat_session_enterprise_chat")
         )
     return state
+
+
+#: the form of :func:`~worker.ledger.turns.transition_position` (and of ``outbox_position``, which lacks the count)
+_POSITION = re.compile(r"\d{20}-\d{20}-\d{6}\+(\d{20})?")
+
+
+def _check_ids(**ids: str) -> None:
+    """Refuse, before anything changes, an id that is not one (:func:`models.validation.check_text`):
+    raises InvalidInput naming its keyword."""
+    for name, value in ids.items():
+        check_text(value, name)
+
+
+def _check_position(position: object) -> str:
+    """``position`` if it has the form of :func:`~worker.ledger.turns.transition_position`; else InvalidInput."""
+    if not isinstance(position, str) or not _POSITION.fullmatch(position):
+        raise InvalidInput("position", f"{str(position)[:80]!r} is not a position in the gate's order "
+                                       "(worker.ledger.turns.transition_position)")
+    return position
 
 
 def lock_chats(session: Session, chats: list[tuple[str, str]]) -> None:
@@ -202,30 +228,44 @@ def announce_chat_changes(gate: WalletGate, paused: Sequence[Any], resumed: Sequ
 
 
 def _forward(cs, position: str) -> dict[str, Any]:
-    """SET values that move a chat's state position to ``position`` (:func:`~worker.ledger.turns.outbox_position`
+    """SET values that move a chat's state position to ``position`` (:func:`~worker.ledger.turns.transition_position`
     of a pause, resume or credit) unless its last transition is there or later already."""
     return {"state_key": case((cs.c.state_key >= position, cs.c.state_key), else_=position)}
 
 
 def pause_chat(
     gate: WalletGate, *, enterprise_id: str, chat_id: str, wallet_id: str, reason: str = "wallet_exhausted",
-    needed_nanos: int | None = None, send_task: SendTask | None = None,
+    needed_nanos: int | None = None, send_task: SendTask | None = None, position: str | None = None,
 ) -> bool:
     """Handle exhaustion (the seed's ``handle_no_tokens``): open a paused-chat record (at most one
     open per chat), mark the chat paused (``connection_state`` paused, ``can_resume`` False), move
-    its state to the outbox position of now (so the pausing turn and older ones, persisted later,
-    change nothing), and announce ``chat.paused`` after commit.  ``needed_nanos`` defaults to what
-    the wallet lacks now.
+    its state to the position of the pause (so the pausing turn and older ones, persisted later,
+    change nothing), and announce ``chat.paused`` after commit.  ``needed_nanos`` (nano-USD, ≥ 0)
+    defaults to what the wallet lacks now.
 
-    Returns True if this call paused the chat, False if it was paused already (nothing changes).
-    Raises: UnknownWallet; ValueError naming ``reason`` (empty or longer than 200 characters).
+    ``position``: where the pause happened in the gate's order, when it is reported late
+    (:func:`~worker.ledger.turns.transition_position` taken when the gate denied the turn; the API's
+    ``tollgate.billing.pause_chat`` task carries it).  A pause not after the chat's last transition
+    (a resume, a credit's resume, a newer turn came first) is stale: nothing changes and no
+    ``chat.paused``.  None: the pause happens now.
+
+    Returns True if this call paused the chat, False if it was paused already or the pause is
+    stale (nothing changes).
+    Raises: InvalidInput (a ValueError) naming the field, before anything changes: ``enterprise_id``,
+    ``chat_id``, ``wallet_id`` (not an id), ``reason`` (not a label of 1..200 characters),
+    ``needed_nanos`` (not an int ≥ 0), ``position`` (not a position); UnknownWallet.
     """
-    if not reason or len(reason) > 200:
-        raise ValueError(f"reason: {reason!r} must be 1..200 characters")
+    _check_ids(enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id)
+    check_text(reason, "reason", kind="label", max_length=MAX_LABEL)
+    if needed_nanos is not None and (type(needed_nanos) is not int or needed_nanos < 0):
+        raise InvalidInput("needed_nanos", f"must be an integer ≥ 0 (nano-USD), got {needed_nanos!r}")
+    if position is not None:
+        _check_position(position)
     if needed_nanos is None:
         needed_nanos = wallet_state(gate, wallet_id).needed_nanos
     now = datetime.now(UTC)
-    position = outbox_position(gate, wallet_id)
+    if position is None:
+        position = transition_position(gate, wallet_id)
     pc, cs = PausedChat.__table__, ChatSession.__table__
     with session_scope() as session:
         # the chat's row first, as the drain does (created if this is its first word), then its lock
@@ -236,6 +276,10 @@ def pause_chat(
             .on_conflict_do_nothing(constraint="uq_chat_session_enterprise_chat")
         )
         lock_chats(session, [(enterprise_id, chat_id)])
+        state_key = session.execute(select(cs.c.state_key).where(cs.c.enterprise_id == enterprise_id,
+                                                                 cs.c.chat_id == chat_id)).scalar_one()
+        if state_key >= position:  # stale: the chat moved on after this pause was decided
+            return False
         opened = session.execute(
             insert(pc).values(enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id, reason=reason,
                               needed_nanos=needed_nanos, paused_at=now)
@@ -265,12 +309,14 @@ def resume_paused_chats(
     ``cause`` is recorded as ``resumed_by`` (a credit's idempotency key, 'mode_change', …).
     Returns the ``(enterprise_id, chat_id)`` made resumable by this call (none if the wallet still
     cannot pay, or another resumer closed the records first: then that one announced them).
-    Raises UnknownWallet.
+    Raises UnknownWallet; InvalidInput naming ``wallet_id`` or ``cause`` (not an id).
     """
+    _check_ids(wallet_id=wallet_id)
+    check_text(cause, "cause", max_length=1000)  # stored as its first 300 characters
     state = wallet_state(gate, wallet_id)
     if not state.can_continue:
         return []
-    position = outbox_position(gate, wallet_id)
+    position = transition_position(gate, wallet_id)
     pc, cs = PausedChat.__table__, ChatSession.__table__
     with session_scope() as session:
         lock_chats(session, [tuple(r) for r in session.execute(
@@ -302,9 +348,11 @@ def resume_chat(gate: WalletGate, *, enterprise_id: str, chat_id: str) -> Wallet
     record (no credit or sweep did first), it announces ``chat.resumable`` (cause 'resume') after
     commit.  Returns the wallet's state.
 
-    Raises: LookupError naming ``chat_id`` (no such chat); PermissionError when the wallet still
-    cannot pay (nothing changes: ``needed_nanos`` says how much is missing).
+    Raises: InvalidInput naming ``enterprise_id`` or ``chat_id`` (not an id); LookupError naming
+    ``chat_id`` (no such chat); PermissionError when the wallet still cannot pay (nothing changes:
+    ``needed_nanos`` says how much is missing).
     """
+    _check_ids(enterprise_id=enterprise_id, chat_id=chat_id)
     with session_scope() as session:
         chat = session.execute(
             select(ChatSession).where(ChatSession.enterprise_id == enterprise_id, ChatSession.chat_id == chat_id)
@@ -315,7 +363,7 @@ def resume_chat(gate: WalletGate, *, enterprise_id: str, chat_id: str) -> Wallet
     state = wallet_state(gate, wallet_id)
     if not state.can_continue:
         raise PermissionError(f"wallet {wallet_id!r} cannot pay yet: {state.needed_nanos} nanos needed")
-    position = outbox_position(gate, wallet_id)
+    position = transition_position(gate, wallet_id)
     pc, cs = PausedChat.__table__, ChatSession.__table__
     with session_scope() as session:
         lock_chats(session, [(enterprise_id, chat_id)])
@@ -326,7 +374,12 @@ def resume_chat(gate: WalletGate, *, enterprise_id: str, chat_id: str) -> Wallet
         session.execute(update(cs).where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id,
                                          cs.c.status == ChatStatus.paused.value)
                         .values(status=ChatStatus.active.value, pause_reason=None, can_resume=False,
-                                connection_state=ConnectionState.connected.value, **_forward(cs, position)))
+                                connection_state=ConnectionState.connected.value))
+        # the resume is a transition even of a chat not paused here yet: a pause decided before it
+        # and reported after it (the API's queued pause task) is stale then
+        session.execute(update(cs).where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id,
+                                         cs.c.status != ChatStatus.completed.value)
+                        .values(**_forward(cs, position)))
         _announce_after_commit(session, gate, [resumable_event(enterprise_id, chat_id, w, state.balance_nanos,
                                                                "resume") for w in closed])
     return state
@@ -337,8 +390,10 @@ def finalize_session(enterprise_id: str, chat_id: str, *, ended_at: datetime | N
     resumable), refresh its workflow rollups, and return its summary compared with the workflow's
     averages (:func:`worker.chats.rollups.chat_performance`: turns, tokens, cost in nanos, per agent).
 
-    Raises: LookupError naming the chat when none of its turns has been persisted yet.
+    Raises: InvalidInput naming ``enterprise_id`` or ``chat_id`` (not an id); LookupError naming the
+    chat when none of its turns has been persisted yet.
     """
+    _check_ids(enterprise_id=enterprise_id, chat_id=chat_id)
     with session_scope() as session:
         end_chat(session, enterprise_id=enterprise_id, chat_id=chat_id, ended_at=ended_at)
     with session_scope() as session:

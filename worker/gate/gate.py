@@ -15,6 +15,7 @@ Redis Cluster)::
     tollgate:{sN}:adjust:<m>:<wallet>:<key> str  signed adjustment (e.g. allowance expiry) already applied (same TTL)
     tollgate:{sN}:outbox               stream of accepted turns not yet persisted
     tollgate:{sN}:kick                 str   a drain was asked for within settings.kick_interval_ms
+    tollgate:{sN}:transitions          str   count of chat transitions (worker.ledger.turns.transition_position)
     tollgate:{sN}:hold:<reservation>   hash  a reservation's hold: wallet, amount, expires_ms
     tollgate:{sN}:holds                zset  reservation ids by expiry (ms); the wallet's 'held' sums them
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -58,6 +60,9 @@ from worker.gate.pipeline import (
 )
 from worker.gate.scripts import lua_source
 from worker.settings import Settings, get_settings, redis_client
+
+#: a service tier's name, as TurnIn accepts it (``models.schemas``)
+_TIER = re.compile(r"[a-z0-9_.-]{1,32}")
 
 log = logging.getLogger(__name__)
 
@@ -601,41 +606,53 @@ class WalletGate:
         return replies
 
     # reservations -----------------------------------------------------------------------------
-    def quote_reservation(self, model: str, provider: str | None, prompt_tokens: int, max_tokens: int) -> int:
+    def quote_reservation(self, model: str, provider: str | None, prompt_tokens: int, max_tokens: int,
+                          service_tier: str | None = None) -> int:
         """The worst-case cost of an LLM call before it is made, nano-USD (>= 1): every prompt token
         at the model's input price (no cache discount) and ``max_tokens`` completion tokens at its
-        output price, today's prices (OpenRouter's in-flight budget does the same).
+        output price, today's prices (OpenRouter's in-flight budget does the same), at the
+        provider's ``service_tier`` as a turn of that tier is priced (None, ``default``, ``auto``,
+        ``standard``: the standard price; ``priority``, ``flex``, …: genai-prices' price of that tier).
 
-        Raises ValueError naming ``prompt_tokens`` / ``max_tokens`` (integers in 0..10^9),
-        worker.pricing.prices.PricingError (unknown model)."""
+        Raises ValueError naming ``prompt_tokens`` / ``max_tokens`` (integers in 0..10^9) or
+        ``service_tier`` (not 1..32 of ``[a-z0-9_.-]``), worker.pricing.prices.PricingError (unknown model;
+        a tier without a price for the model: the message starts with ``service_tier:``)."""
         for name, value in (("prompt_tokens", prompt_tokens), ("max_tokens", max_tokens)):
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10**9:
                 raise ValueError(f"{name} must be an integer of tokens in 0..10^9, got {value!r}")
-        sheet = self.prices.sheet(model, provider, datetime.now(UTC))
+        if service_tier is not None and not (isinstance(service_tier, str) and _TIER.fullmatch(service_tier)):
+            raise ValueError(f"service_tier: must be 1..32 characters of [a-z0-9_.-], got {service_tier!r}")
+        sheet = self.prices.sheet(model, provider, datetime.now(UTC), service_tier)
         return max(1, sheet.price(prompt_tokens, max_tokens, 0, 0).cost_nanos)
 
     def reserve(
         self, wallet_id: str, amount_nanos: int | None = None, *, ttl_s: int = 300, reservation_id: str | None = None,
         model: str | None = None, provider: str | None = None, prompt_tokens: int = 0, max_tokens: int | None = None,
+        service_tier: str | None = None,
     ) -> Reservation:
         """Hold funds of a wallet before an LLM call, for ``ttl_s`` seconds: ``amount_nanos`` (an
-        integer >= 1 nano-USD), or, given ``model`` (+ ``provider``), ``prompt_tokens`` and
-        ``max_tokens`` instead, the call's worst case priced by the gate (:meth:`quote_reservation`).
+        integer >= 1 nano-USD), or, given ``model`` (+ ``provider``, + the ``service_tier`` the call
+        asks for), ``prompt_tokens`` and ``max_tokens`` instead, the call's worst case priced by the
+        gate at that tier (:meth:`quote_reservation`).
 
         Granted only if ``balance − held − amount >= 0`` (a production, limited wallet); then a turn
         recorded with ``reservation_id`` settles it, :meth:`release` gives it back, and
         :meth:`expire_holds` releases it after ``ttl_s``.  The same ``reservation_id`` twice is one
         hold.  Returns a :class:`Reservation`.  Raises ValueError naming the argument (amount_nanos
         below 1 or not an integer, both or neither of amount_nanos and model, prompt_tokens,
-        max_tokens, ttl_s; ``InvalidInput`` for a ``wallet_id`` or ``reservation_id`` that
-        ``models.validation`` refuses), worker.pricing.prices.PricingError (unknown model), UnknownWallet.
+        max_tokens, ttl_s, service_tier (malformed, or given without model); ``InvalidInput`` for a
+        ``wallet_id`` or ``reservation_id`` that ``models.validation`` refuses),
+        worker.pricing.prices.PricingError (unknown model; a tier without a price: ``service_tier: …``),
+        UnknownWallet.
         """
         if (amount_nanos is None) == (model is None):
             raise ValueError("amount_nanos: give either amount_nanos or model (with prompt_tokens and max_tokens)")
+        if service_tier is not None and model is None:
+            raise ValueError("service_tier: only with model (an amount_nanos hold is not priced)")
         if model is not None:
             if max_tokens is None:
                 raise ValueError("max_tokens: required with model")
-            amount_nanos = self.quote_reservation(model, provider, prompt_tokens, max_tokens)
+            amount_nanos = self.quote_reservation(model, provider, prompt_tokens, max_tokens, service_tier)
         if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or not 1 <= amount_nanos <= 2**62:
             raise ValueError(f"amount_nanos must be an integer of nano-USD in 1..2^62, got {amount_nanos!r}")
         if not isinstance(ttl_s, int) or not 1 <= ttl_s <= 86_400:

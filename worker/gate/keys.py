@@ -45,6 +45,12 @@ def outbox_key(shard: int) -> str:
     return f"{shard_tag(shard)}:outbox"
 
 
+def transitions_key(shard: int) -> str:
+    """The count of chat transitions (pauses, resumes) decided on one shard: orders those that no
+    turn separates (``worker.ledger.turns.transition_position``)."""
+    return f"{shard_tag(shard)}:transitions"
+
+
 def kick_key(shard: int) -> str:
     """The drain-kick flag of one shard."""
     return f"{shard_tag(shard)}:kick"

@@ -22,6 +22,7 @@ from models.tables import (
     BillingMode,
     ChatAgentUsage,
     ChatSession,
+    BudgetDirty,
     ChatStatus,
     ConnectionState,
     PausedChat,
@@ -34,8 +35,7 @@ from models.tables import (
 )
 from worker.periods import period_of
 from worker.gate.gate import WalletGate
-from worker.gate.keys import outbox_key
-from worker.gate.keys import USAGE_PREFIX
+from worker.gate.keys import USAGE_PREFIX, outbox_key, transitions_key
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +169,42 @@ def outbox_position(gate: WalletGate, wallet_id: str) -> str:
     shard = gate.shard(wallet_id)
     try:
         last = gate.redis.xinfo_stream(outbox_key(shard))["last-generated-id"]
-    except redis.ResponseError:  # no stream yet: no turn decided on this shard
-        last = "0-0"
-    if isinstance(last, bytes):
-        last = last.decode()
-    return _order_key(shard, last) + "+"
+    except redis.ResponseError:  # no stream yet: no turn decided on this shard since Redis started
+        last = None
+    return _order_key(shard, _last_decided(gate, last)) + "+"
+
+
+def _last_decided(gate: WalletGate, last: str | bytes | None) -> str:
+    """The id of the last turn a shard decided (its outbox's ``last-generated-id``), or, when the
+    stream does not exist (``last`` None: no turn yet, or Redis lost its data), just below the
+    first id a turn decided from now on can get (``<now ms − 1>-<2^64 − 1>``, Redis ``TIME``): so a
+    transition made after a Redis loss still sorts after every turn persisted before it, whose
+    stream ids were taken from Redis's clock too."""
+    if last is None:
+        seconds, micros = gate.redis.time()
+        return f"{int(seconds) * 1000 + int(micros) // 1000 - 1}-{2**64 - 1}"
+    return last.decode() if isinstance(last, bytes) else last
+
+
+def transition_position(gate: WalletGate, wallet_id: str) -> str:
+    """The position of a chat transition that happens now (a pause, a denial's pause, a resume, a
+    credit's resume, a budget's pause or release) to a chat of ``wallet_id``: :func:`outbox_position`
+    followed by the shard's transition count (``<outbox_position><n:20>``, one INCR of
+    :func:`~worker.gate.keys.transitions_key`, pipelined with the XINFO STREAM).  Like
+    :func:`outbox_position` it sorts after every turn the shard decided before and before every
+    turn it decides after; unlike it, two transitions with no turn between them are ordered too,
+    so a denial's pause queued before a credit's resume sorts before it.  The count restarts after
+    a Redis loss, as the stream's ids do."""
+    shard = gate.shard(wallet_id)
+    pipe = gate.redis.pipeline(transaction=False)
+    pipe.xinfo_stream(outbox_key(shard))
+    pipe.incr(transitions_key(shard))
+    info, count = pipe.execute(raise_on_error=False)
+    for result in (info, count):
+        if isinstance(result, Exception) and not (result is info and isinstance(info, redis.ResponseError)):
+            raise result
+    last = _last_decided(gate, None if isinstance(info, redis.ResponseError) else info["last-generated-id"])
+    return f"{_order_key(shard, last)}+{int(count):020d}"
 
 
 def _column_sql_type(name: str) -> str:
@@ -387,6 +418,15 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
         insert(rd).on_conflict_do_update(
             index_elements=["enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}),
         [{"enterprise_id": e, "workflow": w, "period": p} for e, w, p in dirty],
+    )
+    # the same marks for budgets (worker.billing.budgets.check_budgets takes them): a turn persisted after its
+    # month ended is checked against its own month's budgets
+    bd = BudgetDirty.__table__
+    session.execute(
+        insert(bd).on_conflict_do_update(
+            index_elements=["wallet_id", "enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}),
+        [{"wallet_id": w, "enterprise_id": e, "workflow": f, "period": p} for w, e, f, p in sorted(
+            {(r["wallet_id"], r["enterprise_id"], r["workflow"], period_of(r["occurred_at"])) for r in fresh})],
     )
     return PersistResult(len(fresh), duplicates, billed_total, conflicts, paused, resumed)
 
