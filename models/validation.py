@@ -1,7 +1,7 @@
 """Edge validation, defined once: what text, sizes and times tollgate accepts from outside.
 
-Every entry point uses these: the turn and the other input models (``models.schemas``,
-``api_stub.schemas``, the API's path parameters), the Celery task ``tollgate.usage.record_turn``
+Every entry point uses these: the turn and the other input models (the ``XCreate`` shapes of
+the record families in ``models``, the API's path parameters), the Celery task ``tollgate.usage.record_turn``
 (through ``TurnIn``), the Python services that take ids and keys directly (``worker.ledger.accounts``,
 ``WalletGate.reserve``), the CLI and the trace parsers.
 
@@ -39,7 +39,7 @@ import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 MAX_ID = 200
@@ -204,3 +204,16 @@ def _check_utc(value: datetime) -> datetime:
 
 #: an aware datetime inside the configured window, converted to UTC
 UtcInWindow = Annotated[datetime, AfterValidator(_check_utc)]
+
+
+# money and input models -----------------------------------------------------------------------------
+#: nano-USD of one credit or hold: an integer, strictly typed (no floats, no strings)
+Nanos = Annotated[int, Field(strict=True, ge=0, le=2**62)]
+PositiveNanos = Annotated[int, Field(strict=True, gt=0, le=2**62)]
+
+
+class InputModel(BaseModel):
+    """Base of the request bodies (``XCreate`` and the other inputs): unknown fields are refused
+    (422 naming them) and an instance is frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.tables import BillingMode
+from models.enums import BillingMode
 
 
 class Settings(BaseSettings):

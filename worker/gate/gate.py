@@ -43,8 +43,9 @@ from typing import Callable, Iterable, Sequence
 import redis
 from hiredis import pack_command
 
-from models.schemas import Decision, TurnIn, trusted_decision
-from models.tables import DEFAULT_MAX_TURN_COST_NANOS, BillingMode
+from models.turn import Decision, TurnIn, trusted_decision
+from models.enums import BillingMode
+from models.wallet import DEFAULT_MAX_TURN_COST_NANOS
 from models.validation import check_text
 from worker.pricing.meters import meter_price
 from worker.pricing.prices import PriceBook, PriceSheet, TurnLimitExceeded, TurnPrice
@@ -61,7 +62,7 @@ from worker.gate.pipeline import (
 from worker.gate.scripts import lua_source
 from worker.settings import Settings, get_settings, redis_client
 
-#: a service tier's name, as TurnIn accepts it (``models.schemas``)
+#: a service tier's name, as TurnIn accepts it (``models.turn``)
 _TIER = re.compile(r"[a-z0-9_.-]{1,32}")
 
 log = logging.getLogger(__name__)
@@ -416,7 +417,7 @@ class WalletGate:
     def record_turn(self, turn: TurnIn) -> Decision:
         """Price, debit and enqueue one turn (one EVALSHA).  Idempotent by ``turn.turn_id``.
 
-        Returns: the :class:`~models.schemas.Decision`.
+        Returns: the :class:`~models.turn.Decision`.
         Raises: worker.pricing.prices.PricingError (unknown model), UnknownWallet; nothing changes then.
         """
         return self.record_turns([turn])[0]
