@@ -84,9 +84,7 @@ def reserve(wallet_id: WalletId, body: ReservationCreate, who: Caller) -> Reserv
         raise unknown_wallet(wallet_id) from None
     except GateConfigError as exc:
         raise Problem(409, "Mode takes no reservations", str(exc)) from None
-    return ReservationPublic(reservation_id=hold.reservation_id, wallet_id=wallet_id, granted=hold.granted,
-                             amount_nanos=hold.amount_nanos, balance_nanos=hold.balance_nanos,
-                             held_nanos=hold.held_nanos, duplicate=hold.duplicate)
+    return hold
 
 
 @router.delete("/v1/wallets/{wallet_id}/reservations/{reservation_id}", response_model=ReleasePublic,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
 from sqlalchemy import BigInteger, Column, Index, Integer, func, text
 from sqlmodel import Field, SQLModel
@@ -203,8 +203,12 @@ class ReservationCreate(InputModel):
 
 
 class ReservationPublic(BaseModel):
-    """The gate's answer to a reservation: ``granted`` or refused; ``amount_nanos`` held; the
-    wallet's ``balance_nanos`` and total ``held_nanos`` right after (available = balance − held)."""
+    """A hold on a wallet's funds, as the gate answers it (``WalletGate.reserve`` returns this; the
+    API sends it as is): ``granted`` or refused; ``amount_nanos`` held; the wallet's
+    ``balance_nanos`` and total ``held_nanos`` right after (available = balance − held), nano-USD;
+    ``duplicate`` when the ``reservation_id`` was held before (the first answer, nothing changed)."""
+
+    model_config = ConfigDict(frozen=True)
 
     reservation_id: str
     wallet_id: str
