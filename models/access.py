@@ -8,7 +8,8 @@ from sqlalchemy import BigInteger, Column, Index, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
-from models.columns import ts
+from models.columns import enum_type, ts
+from models.enums import ApiRole
 
 
 class ApiKey(SQLModel, table=True):
@@ -22,7 +23,7 @@ class ApiKey(SQLModel, table=True):
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
     prefix: str = Field(max_length=20, unique=True)
     key_sha256: str = Field(max_length=64)
-    role: str = Field(max_length=20)
+    role: ApiRole = Field(sa_type=enum_type(ApiRole, 20))
     enterprise_id: str | None = Field(default=None, foreign_key="enterprise.id", max_length=200)
     wallet_id: str | None = Field(default=None, foreign_key="wallet.id", max_length=200)
     name: str = Field(default="", max_length=200)

@@ -17,7 +17,7 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
-from models.columns import big, ts
+from models.columns import big, enum_type, ts
 from models.enums import ChatStatus, ConnectionState
 from models.validation import Id, InputModel, Label, Nanos, UtcInWindow
 
@@ -36,10 +36,10 @@ class ChatSession(SQLModel, table=True):
     chat_id: str = Field(max_length=200)
     wallet_id: str = Field(foreign_key="wallet.id", max_length=200)
     workflow: str = Field(max_length=200)
-    status: str = Field(default=ChatStatus.active, max_length=20)
+    status: ChatStatus = Field(default=ChatStatus.active, sa_type=enum_type(ChatStatus, 20))
     pause_reason: str | None = Field(default=None, max_length=200)
-    connection_state: str = Field(default=ConnectionState.connected, max_length=20,
-                                  sa_column_kwargs={"server_default": "connected"})
+    connection_state: ConnectionState = Field(default=ConnectionState.connected, sa_type=enum_type(ConnectionState, 20),
+                                              sa_column_kwargs={"server_default": "connected"})
     #: the chat is paused and its wallet can pay again: the orchestrator may resume it
     can_resume: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
     paused_at: datetime | None = Field(default=None, sa_column=ts(nullable=True))

@@ -11,8 +11,8 @@ from pydantic import Field as PydanticField
 from sqlalchemy import BigInteger, Column, Index, func, text
 from sqlmodel import Field, SQLModel
 
-from models.columns import big, ts
-from models.enums import PayerLevel
+from models.columns import big, enum_type, ts
+from models.enums import BillingMode, PayerLevel
 from models.validation import Id, ModelName, ProviderName, TurnId, UtcInWindow
 
 #: a count of tokens (or ms) in one turn: an integer, 0 ≤ n ≤ 10^9 (sums stay far from BIGINT)
@@ -213,10 +213,11 @@ class UsageEvent(SQLModel, table=True):
     agent: str = Field(max_length=200)
     model: str = Field(max_length=200)
     provider: str = Field(max_length=100)
-    mode: str = Field(max_length=20)
+    mode: BillingMode = Field(sa_type=enum_type(BillingMode, 20))
     #: payer level ('platform' | 'app_usage') and who receives the charge: 'platform', or the app
     #: (its enterprise_id) for level-2 charges, which are split into creator share + platform fee
-    level: str = Field(default=PayerLevel.app_usage, max_length=20, sa_column_kwargs={"server_default": "app_usage"})
+    level: PayerLevel = Field(default=PayerLevel.app_usage, sa_type=enum_type(PayerLevel, 20),
+                              sa_column_kwargs={"server_default": "app_usage"})
     billing_target: str = Field(default="platform", max_length=200, sa_column_kwargs={"server_default": "platform"})
     #: False for turns never billed (development, track_only, trial turns inside the allowance)
     billable: bool = Field(default=True, sa_column_kwargs={"server_default": text("true")})

@@ -11,8 +11,8 @@ from pydantic import Field as PydanticField
 from sqlalchemy import BigInteger, Column, Index, Integer, func, text
 from sqlmodel import Field, SQLModel
 
-from models.columns import big, ts
-from models.enums import BillingMode, PayerLevel, TrialThen
+from models.columns import big, enum_type, ts
+from models.enums import BillingMode, PayerLevel, TransactionKind, TrialThen
 from models.validation import FreeText, Id, InputModel, PositiveNanos
 
 #: an app's default limit on the cost of one turn, nano-USD ($50); worker/gate/lua/lib_turn.lua's
@@ -27,13 +27,14 @@ class Enterprise(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=200)
     name: str = Field(max_length=200)
-    default_mode: str = Field(default=BillingMode.production, max_length=20)
+    default_mode: BillingMode = Field(default=BillingMode.production, sa_type=enum_type(BillingMode, 20))
     #: the app creator's share of each level-2 charge, basis points (7000 = 70 %); the platform keeps the rest
     creator_share_bps: int = Field(default=7000, sa_column=Column(Integer, nullable=False, server_default=text("7000")))
     #: trial mode: tokens (prompt + completion) each wallet may use for free
     trial_token_allowance: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     #: trial mode: what happens after the allowance: 'bill' (as production) or 'pause'
-    trial_then: str = Field(default=TrialThen.pause, max_length=10, sa_column_kwargs={"server_default": "pause"})
+    trial_then: TrialThen = Field(default=TrialThen.pause, sa_type=enum_type(TrialThen, 10),
+                                  sa_column_kwargs={"server_default": "pause"})
     #: the most one turn may cost, nano-USD (default $50): a costlier turn is refused by the gate
     #: (422 naming cost_nanos, nothing charged); copied into each wallet's gate hash (max_turn_nanos)
     max_turn_cost_nanos: int = Field(default=DEFAULT_MAX_TURN_COST_NANOS,
@@ -69,8 +70,8 @@ class Wallet(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=200)
     enterprise_id: str | None = Field(default=None, foreign_key="enterprise.id", index=True, max_length=200)
     owner_id: str = Field(max_length=200)
-    level: str = Field(default=PayerLevel.app_usage, max_length=20)
-    mode: str = Field(default=BillingMode.production, max_length=20)
+    level: PayerLevel = Field(default=PayerLevel.app_usage, sa_type=enum_type(PayerLevel, 20))
+    mode: BillingMode = Field(default=BillingMode.production, sa_type=enum_type(BillingMode, 20))
     currency: str = Field(default="USD", max_length=3)
     limited: bool = True
     credits_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
@@ -130,7 +131,7 @@ class WalletTransaction(SQLModel, table=True):
 
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
     wallet_id: str = Field(foreign_key="wallet.id", max_length=200)
-    kind: str = Field(max_length=10)
+    kind: TransactionKind = Field(sa_type=enum_type(TransactionKind, 10))
     amount_nanos: int = Field(sa_column=big(nullable=False))
     turns: int = 0
     idempotency_key: str = Field(max_length=300, unique=True)
