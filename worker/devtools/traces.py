@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from models.validation import InvalidInput, check_occurred_at
+import worker.settings  # noqa: F401  (installs the occurred_at window of this process's settings)
 
 TraceFormat = Literal["azure", "mooncake"]
 AZURE_HEADER = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
