@@ -87,11 +87,7 @@ def analytics_rollups(who: Caller, period: Period, enterprise_id: EnterpriseQuer
             select(WorkflowRollup).where(WorkflowRollup.enterprise_id == enterprise, WorkflowRollup.period == period)
             .order_by(WorkflowRollup.workflow)
         ).scalars().all()
-    data = [WorkflowRollupPublic(enterprise_id=r.enterprise_id, workflow=r.workflow, period=r.period,
-                          total_sessions=r.total_sessions, total_turns=r.total_turns, prompt_tokens=r.prompt_tokens,
-                          completion_tokens=r.completion_tokens, cached_prompt_tokens=r.cached_prompt_tokens,
-                          cost_nanos=r.cost_nanos, refreshed_at=r.refreshed_at,
-                          document=r.document if who.role is ApiRole.owner else None)
+    data = [WorkflowRollupPublic.model_validate(r, update={"document": r.document if who.role is ApiRole.owner else None})
             for r in rows]
     return WorkflowRollupsPublic(data=data, count=len(data))
 

@@ -116,9 +116,7 @@ def ledger(wallet_id: WalletId, who: Caller,
         if cursor is not None:
             stmt = stmt.where(WalletTransaction.id < cursor)
         rows = session.execute(stmt.order_by(WalletTransaction.id.desc()).limit(limit + 1)).scalars().all()
-    data = [WalletTransactionPublic(id=r.id, kind=r.kind, amount_nanos=r.amount_nanos, turns=r.turns,
-                        idempotency_key=r.idempotency_key, description=r.description, created_at=r.created_at)
-            for r in rows[:limit]]
+    data = [WalletTransactionPublic.model_validate(r) for r in rows[:limit]]
     return WalletTransactionsPublic(wallet_id=wallet_id, data=data, count=len(data),
                       next_cursor=data[-1].id if len(rows) > limit else None)
 

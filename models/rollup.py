@@ -27,16 +27,13 @@ class RollupDirty(SQLModel, table=True):
     touched_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
 
 
-class WorkflowRollup(SQLModel, table=True):
-    """The pre-computed summary of one enterprise × workflow × calendar month (UTC): the seed's
-    ``mon_{enterprise_id}_{workflow_name}`` document (JSONB, money in nanos) plus typed totals."""
-
-    __tablename__ = "workflow_rollup"
+class WorkflowRollupBase(SQLModel):
+    """The totals of one enterprise × workflow × calendar month (UTC) that the rollup table and its
+    API shape share: sessions, turns, tokens, cost (nano-USD), when it was refreshed."""
 
     enterprise_id: str = Field(primary_key=True, max_length=200)
     workflow: str = Field(primary_key=True, max_length=200)
     period: str = Field(primary_key=True, max_length=7)
-    document: dict = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
     total_sessions: int = 0
     total_turns: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     prompt_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
@@ -46,20 +43,20 @@ class WorkflowRollup(SQLModel, table=True):
     refreshed_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
 
 
-class WorkflowRollupPublic(BaseModel):
-    """The totals of one enterprise × workflow × month (UTC) rollup.  ``document`` is the seed's
-    ``mon_{enterprise}_{workflow}`` document, given to the app's owner only (it names chats)."""
+class WorkflowRollup(WorkflowRollupBase, table=True):
+    """The pre-computed summary of one enterprise × workflow × calendar month (UTC): the seed's
+    ``mon_{enterprise_id}_{workflow_name}`` document (JSONB, money in nanos) plus typed totals."""
 
-    enterprise_id: str
-    workflow: str
-    period: str
-    total_sessions: int
-    total_turns: int
-    prompt_tokens: int
-    completion_tokens: int
-    cached_prompt_tokens: int
-    cost_nanos: int
-    refreshed_at: datetime
+    __tablename__ = "workflow_rollup"
+
+    document: dict = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+
+
+class WorkflowRollupPublic(WorkflowRollupBase):
+    """The totals of one enterprise × workflow × month (UTC) rollup.  ``document`` is the seed's
+    ``mon_{enterprise}_{workflow}`` document, given to the app's owner only (it names chats):
+    ``WorkflowRollupPublic.model_validate(row, update={"document": None})`` for anyone else."""
+
     document: dict[str, Any] | None = None
 
 

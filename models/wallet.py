@@ -120,17 +120,12 @@ class WalletPublic(BaseModel):
     reservations_required: bool = False
 
 
-class WalletTransaction(SQLModel, table=True):
-    """One ledger entry: a credit (top-up, grant) or a debit (the persisted turns of one drain batch).
-
-    ``idempotency_key`` is unique: the same credit applied twice is one entry.
-    """
-
-    __tablename__ = "wallet_transaction"
-    __table_args__ = (Index("ix_wallet_transaction_wallet_created", "wallet_id", "created_at"),)
+class WalletTransactionBase(SQLModel):
+    """The fields of a ledger entry that its table and its API shape share: a ``credit`` (top-up,
+    grant) or a ``debit`` (the persisted turns of one drain batch, ``turns`` of them) of
+    ``amount_nanos`` nano-USD, once per ``idempotency_key``."""
 
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
-    wallet_id: str = Field(foreign_key="wallet.id", max_length=200)
     kind: TransactionKind = Field(sa_type=enum_type(TransactionKind, 10))
     amount_nanos: int = Field(sa_column=big(nullable=False))
     turns: int = 0
@@ -139,17 +134,24 @@ class WalletTransaction(SQLModel, table=True):
     created_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
 
 
-class WalletTransactionPublic(BaseModel):
-    """One ledger entry of a wallet (``wallet_transaction``): a credit, or the debit of the turns of
-    one drained batch (``turns`` of them), nano-USD."""
+class WalletTransaction(WalletTransactionBase, table=True):
+    """One ledger entry of wallet ``wallet_id``: a credit (top-up, grant) or a debit (the persisted
+    turns of one drain batch).
+
+    ``idempotency_key`` is unique: the same credit applied twice is one entry.
+    """
+
+    __tablename__ = "wallet_transaction"
+    __table_args__ = (Index("ix_wallet_transaction_wallet_created", "wallet_id", "created_at"),)
+
+    wallet_id: str = Field(foreign_key="wallet.id", max_length=200)
+
+
+class WalletTransactionPublic(WalletTransactionBase):
+    """One ledger entry of a wallet (``wallet_transaction``) as the API shows it:
+    ``WalletTransactionPublic.model_validate(row)``."""
 
     id: int
-    kind: str
-    amount_nanos: int
-    turns: int
-    idempotency_key: str
-    description: str
-    created_at: datetime
 
 
 class WalletTransactionsPublic(BaseModel):

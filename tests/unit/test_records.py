@@ -63,3 +63,30 @@ def test_worker_settings_give_models_their_window(monkeypatch):
     with pytest.raises(InvalidInput, match="^occurred_at: 2020-05-31T23:59:59"):
         check_occurred_at(datetime(2020, 5, 31, 23, 59, 59, tzinfo=UTC))
     assert check_occurred_at(datetime(2020, 6, 1, tzinfo=UTC)) == datetime(2020, 6, 1, tzinfo=UTC)
+
+
+def test_public_shapes_are_built_from_their_rows_with_the_fields_they_share():
+    """``XPublic`` derives from ``XBase`` like the table: a row validates into it with no field list
+    repeated, and the JSON keeps the API's keys in the API's order."""
+    from datetime import UTC, datetime
+
+    from models.enums import TransactionKind
+    from models.rollup import WorkflowRollup, WorkflowRollupBase, WorkflowRollupPublic
+    from models.wallet import WalletTransaction, WalletTransactionBase, WalletTransactionPublic
+
+    at = datetime(2026, 11, 3, 12, 0, tzinfo=UTC)
+    assert issubclass(WalletTransaction, WalletTransactionBase) and issubclass(WalletTransactionPublic, WalletTransactionBase)
+    row = WalletTransaction(id=7, wallet_id="w1", kind=TransactionKind.debit, amount_nanos=4_500_000, turns=3,
+                            idempotency_key="drain:0:1-0", created_at=at)
+    assert WalletTransactionPublic.model_validate(row).model_dump_json() == (
+        '{"id":7,"kind":"debit","amount_nanos":4500000,"turns":3,"idempotency_key":"drain:0:1-0",'
+        '"description":"","created_at":"2026-11-03T12:00:00Z"}')
+    assert issubclass(WorkflowRollup, WorkflowRollupBase) and issubclass(WorkflowRollupPublic, WorkflowRollupBase)
+    rollup = WorkflowRollup(enterprise_id="e1", workflow="wf", period="2026-11", document={"chats": ["c1"]},
+                            total_sessions=2, total_turns=5, prompt_tokens=1000, completion_tokens=200,
+                            cached_prompt_tokens=100, cost_nanos=4_500_000, refreshed_at=at)
+    assert WorkflowRollupPublic.model_validate(rollup, update={"document": None}).model_dump_json() == (
+        '{"enterprise_id":"e1","workflow":"wf","period":"2026-11","total_sessions":2,"total_turns":5,'
+        '"prompt_tokens":1000,"completion_tokens":200,"cached_prompt_tokens":100,"cost_nanos":4500000,'
+        '"refreshed_at":"2026-11-03T12:00:00Z","document":null}')
+    assert WorkflowRollupPublic.model_validate(rollup).document == {"chats": ["c1"]}
