@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from worker.celery_app import DRAIN_OUTBOX_TASK, RECORD_TURN_TASK, app
 from worker.ledger.drain import OutboxDrain
 from worker.pricing.prices import PricingError, TurnLimitExceeded
@@ -52,7 +52,7 @@ def drain_outbox(shard: int | None = None, max_seconds: float = 30.0) -> dict[st
 def record_turn(turn: dict[str, Any]) -> dict[str, Any]:
     """Record one turn through the same gate as the Python client.
 
-    ``turn`` has the fields of :class:`models.schemas.TurnIn`.  Returns the decision as a dict.
+    ``turn`` has the fields of :class:`models.turn.TurnIn`.  Returns the decision as a dict.
     Raises :class:`TurnRejected` naming the field (bad input), the model or the wallet; nothing changes then.
     """
     try:

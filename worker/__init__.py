@@ -24,8 +24,8 @@ from typing import Any
 
 #: public name -> (module, attribute)
 _EXPORTS: dict[str, tuple[str, str]] = {
-    "TurnIn": ("models.schemas", "TurnIn"),
-    "Decision": ("models.schemas", "Decision"),
+    "TurnIn": ("models.turn", "TurnIn"),
+    "Decision": ("models.turn", "Decision"),
     "WalletGate": ("worker.gate.gate", "WalletGate"),
     "UnknownWallet": ("worker.gate.gate", "UnknownWallet"),
     "WrongEnterprise": ("worker.gate.gate", "WrongEnterprise"),

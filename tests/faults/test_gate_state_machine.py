@@ -40,7 +40,7 @@ CTX: dict = {}
 
 
 def _turn(turn_id: str, wallet: str, tokens: int, reservation_id: str | None = None):
-    from models.schemas import TurnIn
+    from models.turn import TurnIn
 
     return TurnIn(turn_id=turn_id, wallet_id=wallet, enterprise_id=ENTERPRISE, chat_id=f"{wallet}-c",
                   model="unit", prompt_tokens=tokens, completion_tokens=0, occurred_at=T0,

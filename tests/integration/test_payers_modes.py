@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from models.schemas import TurnIn
-from models.tables import PayerLevel
+from models.turn import TurnIn
+from models.enums import PayerLevel
 from worker.db import session_scope
 from worker.ledger.drain import OutboxDrain
 from worker.ledger.accounts import credit_wallet, ensure_enterprise, ledger_balance, open_wallet

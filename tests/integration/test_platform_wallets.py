@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from models.tables import ApiRole, PayerLevel
+from models.enums import ApiRole, PayerLevel
 from worker.access.apikeys import create_key
 from worker.db import session_scope
 from worker.ledger.accounts import credit_wallet, ensure_enterprise, open_wallet

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from tests.integration.test_api_v1 import USD, api  # noqa: F401  (the fixture)
 from worker.db import session_scope
 from worker.billing.modes import configure_app

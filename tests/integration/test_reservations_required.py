@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import text
 
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from tests.integration.test_api_v1 import USD, api  # noqa: F401  (the fixture)
 from worker.db import session_scope
 from worker.ledger.drain import OutboxDrain

@@ -14,8 +14,8 @@ import stripe
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from models.schemas import TurnIn
-from models.tables import ApiRole, PayerLevel
+from models.turn import TurnIn
+from models.enums import ApiRole, PayerLevel
 from tests.stripe_stub import StripeStub, event_json, stripe_signature
 from worker.billing.allowances import run_monthly_reset
 from worker.db import session_scope

@@ -65,7 +65,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
-from models.tables import TransactionKind, UsageEvent, Wallet, WalletTransaction
+from models.enums import TransactionKind
+from models.turn import UsageEvent
+from models.wallet import Wallet, WalletTransaction
 from worker.ledger.audit import audit
 from worker.db import after_commit, session_scope
 from worker.gate.keys import ALLOWANCE_EXPIRY_PREFIX, ALLOWANCE_PREFIX, ALLOWANCE_RESTORE_PREFIX

@@ -22,7 +22,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from models.tables import BillingMode, Enterprise, TransactionKind, TrialThen, Wallet, WalletTransaction
+from models.enums import BillingMode, TransactionKind, TrialThen
+from models.wallet import Enterprise, Wallet, WalletTransaction
 from models.validation import InvalidInput, check_text
 from worker.ledger.audit import audit
 from worker.db import after_commit, session_scope

@@ -62,7 +62,10 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
-from models.tables import AuditLog, Enterprise, PayerLevel, StripeEvent, TokenPackage, Wallet
+from models.access import AuditLog
+from models.enums import PayerLevel
+from models.stripe import StripeEvent, TokenPackage
+from models.wallet import Enterprise, Wallet
 from worker.ledger.audit import audit
 from worker.billing.budgets import BUDGET_EXCEEDED
 from worker.db import session_scope

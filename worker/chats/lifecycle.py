@@ -50,7 +50,9 @@ from sqlalchemy import case, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
-from models.tables import ChatSession, ChatStatus, ConnectionState, Enterprise, PausedChat, Wallet
+from models.chat import ChatSession, PausedChat
+from models.enums import ChatStatus, ConnectionState
+from models.wallet import Enterprise, Wallet
 from models.validation import MAX_LABEL, InvalidInput, check_text
 from worker.db import after_commit, session_scope
 from worker.ledger.turns import transition_position

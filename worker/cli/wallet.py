@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from models.tables import BillingMode, PayerLevel
+from models.enums import BillingMode, PayerLevel
 from worker.pricing.prices import PricingError, nanos_to_usd, usd_to_nanos
 from worker.cli.common import APP_FLAGS, checked_id, fail, flag_message, out, parse_usd
 
@@ -73,7 +73,7 @@ def wallet_credit(
 @wallet_app.command("show")
 def wallet_show(wallet_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Show a wallet: gate balance (Redis), ledger balance and usage (PostgreSQL)."""
-    from models.tables import Wallet
+    from models.wallet import Wallet
     from worker.db import session_scope
     from worker.ledger.accounts import ledger_balance
     from worker.ledger.turns import wallet_usage

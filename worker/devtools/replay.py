@@ -17,8 +17,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Callable
 
-from models.schemas import TurnIn
-from models.tables import PayerLevel, Wallet
+from models.turn import TurnIn
+from models.enums import PayerLevel
+from models.wallet import Wallet
 from worker.db import session_scope
 from worker.ledger.accounts import credit_wallet, ledger_balance, open_wallet
 from worker.ledger.turns import wallet_usage

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from models.validation import InvalidInput, check_occurred_at
+import worker.settings  # noqa: F401  (installs the occurred_at window of this process's settings)
 
 TraceFormat = Literal["azure", "mooncake"]
 AZURE_HEADER = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
@@ -33,7 +34,7 @@ MOONCAKE_BLOCK_TOKENS = 512
 # ('١٢' → 12) and ``$`` matches before a trailing newline
 _TS = re.compile(r"^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?\Z", re.ASCII)
 _INT = re.compile(r"^\d+\Z", re.ASCII)
-MAX_TOKENS = 10**9  # as models.schemas.Tokens
+MAX_TOKENS = 10**9  # as models.turn.Tokens
 MAX_TIMESTAMP_MS = 10**13  # about 317 years past the trace start
 
 

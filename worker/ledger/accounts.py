@@ -14,14 +14,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
-from models.tables import (
-    BillingMode,
-    Enterprise,
-    PayerLevel,
-    TransactionKind,
-    Wallet,
-    WalletTransaction,
-)
+from models.enums import BillingMode, PayerLevel, TransactionKind
+from models.wallet import Enterprise, Wallet, WalletTransaction
 from models.validation import MAX_DESCRIPTION, InvalidInput, check_text
 from worker.db import session_scope
 from worker.ledger.audit import audit

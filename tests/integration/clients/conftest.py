@@ -34,7 +34,7 @@ def drain(redis_client, settings, gate):
 @pytest.fixture()
 def open_payer(db, gate):
     """Open (and credit) the wallet of a payer: ``open_payer(level, app_id, payer_id, nanos)`` → wallet id."""
-    from models.tables import PayerLevel
+    from models.enums import PayerLevel
     from worker.ledger.accounts import credit_wallet, open_wallet
     from worker.billing.payers import wallet_id_for
 
@@ -55,7 +55,7 @@ def api(db, redis_client, gate):
     from fastapi.testclient import TestClient
 
     from api_stub import main
-    from models.tables import ApiRole
+    from models.enums import ApiRole
     from worker.access.apikeys import create_key
     from worker.db import session_scope
 

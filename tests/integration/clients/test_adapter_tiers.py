@@ -14,7 +14,7 @@ from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 from sqlalchemy import text
 
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from worker.client.adapters import AdapterError, cost_nanos, turn_fields, usage_from_response
 from worker.pricing.prices import PriceBook, PricingError
 

@@ -142,7 +142,7 @@ def test_a_platform_wallet_over_http_needs_the_owner_key_issued_for_it(gate, api
     """Level 1: the creator's wallet has no app, so an app's plain owner key may not read it; an
     owner key issued for it (``wallet_id=plat:<creator>``) may read it, hold on it and pause its
     chats, never credit it or change its mode."""
-    from models.tables import ApiRole
+    from models.enums import ApiRole
     from worker.access.apikeys import ApiKeyError, create_key
     from worker.db import session_scope
 
