@@ -34,7 +34,9 @@ from models.wallet import WalletTransaction
 from models.validation import SAFE_ID
 from worker.ledger.audit import audit
 from worker.db import session_scope
-from worker.ledger.accounts import GatePending, LedgerError, credit_wallet
+from worker.chats.lifecycle import resume_paused_chats
+from worker.chats.wiring import credit_wallet
+from worker.ledger.accounts import GatePending, LedgerError
 from worker.pricing.prices import PricingError
 from worker.gate.gate import GateConfigError, UnknownWallet
 from worker.billing.modes import ModeError, set_app_mode, set_wallet_mode
@@ -173,10 +175,11 @@ def wallet_mode(wallet_id: WalletId, body: ModeUpdate, who: Caller) -> ModePubli
     again: owner key of its app, or admin.  Audit-logged (``mode_change``); chats the new mode
     lets go on are resumed."""
     forbid_unless(who, ApiRole.owner, ApiRole.admin, action="change modes")
-    with session_scope() as session:
-        wallet_in_scope(session, who, wallet_id, admin=True)
     try:
-        mode = set_wallet_mode(get_gate(), wallet_id, body.mode, actor=who.actor)
+        with session_scope() as session:
+            wallet_in_scope(session, who, wallet_id, admin=True)
+            mode = set_wallet_mode(session, get_gate(), wallet_id, body.mode, actor=who.actor,
+                                   resume=resume_paused_chats)
     except ModeError as exc:
         raise _mode_problem(exc) from None
     return ModePublic(mode=mode, wallet_id=wallet_id)
@@ -191,7 +194,9 @@ def enterprise_mode(enterprise_id: WalletId, body: ModeUpdate, who: Caller) -> M
     if body.mode is None:
         raise field_problem(422, "Invalid request", "mode", "an app needs a mode")
     try:
-        changed = set_app_mode(get_gate(), enterprise_id, body.mode, actor=who.actor)
+        with session_scope() as session:
+            changed = set_app_mode(session, get_gate(), enterprise_id, body.mode, actor=who.actor,
+                                   resume=resume_paused_chats)
     except ModeError as exc:
         raise _mode_problem(exc) from None
     return ModePublic(mode=body.mode, enterprise_id=enterprise_id, wallets_changed=len(changed))

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from models.turn import TurnIn
 from worker.celery_app import DRAIN_OUTBOX_TASK, RECORD_TURN_TASK, app
+from worker.chats.lifecycle import announce_chat_changes
 from worker.ledger.drain import OutboxDrain
 from worker.pricing.prices import PricingError, TurnLimitExceeded
 from worker.gate.gate import UnknownWallet, WalletGate, WrongEnterprise
@@ -26,7 +27,7 @@ _gate: WalletGate | None = None
 def _get_drain() -> OutboxDrain:
     global _drain
     if _drain is None:
-        _drain = OutboxDrain()
+        _drain = OutboxDrain(announce=announce_chat_changes)
     return _drain
 
 

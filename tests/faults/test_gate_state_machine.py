@@ -66,10 +66,12 @@ class GateMachine(RuleBasedStateMachine):
         self.gate = WalletGate(self.client, settings=fe.settings, kicker=lambda shard: None,
                                price_book=PriceBook({"/unit": {"input_mtok": "1000"}}))
         from worker.billing.modes import set_wallet_reservations
+        from worker.db import session_scope
 
         for w in WALLETS:
             open_wallet(self.gate, wallet_id=w, enterprise_id=ENTERPRISE, owner_id=w)
-        assert set_wallet_reservations(self.gate, REQ, True) is True
+        with session_scope() as s:  # the entry point's transaction
+            assert set_wallet_reservations(s, self.gate, REQ, True) is True
         from worker.ledger.accounts import credit_wallet
 
         for w in (RES, REQ):  # some money to reserve from at once (the credit rule adds more)

@@ -130,7 +130,8 @@ def test_meter_maxima_are_documented_per_meter():
 def _set_limit(gate, nanos: int) -> None:
     from worker.billing.modes import configure_app
 
-    configure_app(gate, "acme", max_turn_cost_nanos=nanos)
+    with session_scope() as s:  # the entry point's transaction
+        configure_app(s, gate, "acme", max_turn_cost_nanos=nanos)
 
 
 def test_a_turn_above_the_apps_max_turn_cost_is_refused_on_every_path(api, redis_client, wallet):

@@ -12,7 +12,8 @@ finalize session           :func:`finalize_session`: the chat ended, its rollups
 =========================  ======================================================================
 
 Resuming: a credit (top-up, grant, Stripe payment) calls :func:`resume_paused_chats` for the
-credited wallet (``worker.ledger.accounts.credit_wallet`` does, before it announces ``wallet.credited``).  If
+credited wallet (:func:`worker.chats.wiring.after_credit`, the hook every entry point passes to
+``worker.ledger.accounts.credit_wallet``, does, before it announces ``wallet.credited``).  If
 the gate would now accept the wallet's turns, every open paused-chat record of the wallet is closed,
 once (``UPDATE … WHERE resumed_at IS NULL RETURNING``: a second call, e.g. the same Stripe webhook
 delivered twice, finds none), its chat becomes ``resumable`` (``can_resume``), and the app is told

@@ -44,10 +44,11 @@ def allowance_reset(
 ) -> None:
     """Grant and expire monthly allowances now (the beat job); running it again changes nothing."""
     from worker.billing.allowances import AllowanceError, run_monthly_reset
+    from worker.chats.lifecycle import resume_paused_chats
     from worker.gate.gate import WalletGate
 
     try:
-        report = run_monthly_reset(WalletGate(kicker=lambda shard: None), period=period)
+        report = run_monthly_reset(WalletGate(kicker=lambda shard: None), period=period, resume=resume_paused_chats)
     except AllowanceError as exc:
         fail(flag_message(str(exc), {"period": "--period"}))
     data = report.as_dict()

@@ -48,7 +48,8 @@ def wallet_credit(
     description: str = typer.Option("manual credit", help="ledger description"),
 ) -> None:
     """Credit a wallet: a ledger entry (once per --key), then the gate's balance."""
-    from worker.ledger.accounts import GatePending, LedgerError, credit_wallet
+    from worker.chats.wiring import credit_wallet
+    from worker.ledger.accounts import GatePending, LedgerError
     from worker.gate.gate import UnknownWallet, WalletGate
 
     try:
@@ -111,10 +112,14 @@ def wallet_mode(
 ) -> None:
     """Override one wallet's mode, or 'inherit' its app's again (audit-logged)."""
     from worker.billing.modes import ModeError, set_wallet_mode
+    from worker.db import session_scope
+    from worker.chats.lifecycle import resume_paused_chats
     from worker.gate.gate import WalletGate
 
     try:
-        after = set_wallet_mode(WalletGate(), wallet_id, None if mode == "inherit" else mode, actor="cli")
+        with session_scope() as session:
+            after = set_wallet_mode(session, WalletGate(), wallet_id, None if mode == "inherit" else mode,
+                                    actor="cli", resume=resume_paused_chats)
     except ModeError as exc:
         fail(flag_message(str(exc), APP_FLAGS))
     out.print(f"{wallet_id}: mode {after}", highlight=False)
@@ -127,13 +132,15 @@ def wallet_reservations(
 ) -> None:
     """Make reservations mandatory or optional for one wallet's charged turns (audit-logged)."""
     from worker.billing.modes import ModeError, set_wallet_reservations
+    from worker.db import session_scope
     from worker.gate.gate import WalletGate
 
     choices = {"required": True, "optional": False, "inherit": None}
     if setting not in choices:
         fail(f"SETTING: {setting!r} is not required, optional or inherit")
     try:
-        effective = set_wallet_reservations(WalletGate(), wallet_id, choices[setting], actor="cli")
+        with session_scope() as session:
+            effective = set_wallet_reservations(session, WalletGate(), wallet_id, choices[setting], actor="cli")
     except ModeError as exc:
         fail(flag_message(str(exc), APP_FLAGS))
     out.print(f"{wallet_id}: reservations {'required' if effective else 'optional'}", highlight=False)

@@ -21,7 +21,8 @@ from models.turn import TurnIn
 from models.enums import PayerLevel
 from models.wallet import Wallet
 from worker.db import session_scope
-from worker.ledger.accounts import credit_wallet, ledger_balance, open_wallet
+from worker.chats.wiring import credit_wallet
+from worker.ledger.accounts import ledger_balance, open_wallet
 from worker.ledger.turns import wallet_usage
 from worker.pricing.prices import TurnLimitExceeded, nanos_to_usd, usd_to_nanos
 from worker.devtools.traces import TraceError, TraceFormat, TraceRow, read_trace

@@ -23,7 +23,7 @@ def events_url() -> str:
 @pytest.fixture()
 def drain(redis_client, settings, gate):
     """Persist every accepted turn now (``OutboxDrain`` in-process); returns its stats."""
-    from worker.ledger.drain import OutboxDrain
+    from worker import OutboxDrain  # wired: announces chat.paused / chat.resumable
 
     def run():
         return OutboxDrain(redis_client, settings=settings, consumer="clients-test").drain()
@@ -35,7 +35,8 @@ def drain(redis_client, settings, gate):
 def open_payer(db, gate):
     """Open (and credit) the wallet of a payer: ``open_payer(level, app_id, payer_id, nanos)`` → wallet id."""
     from models.enums import PayerLevel
-    from worker.ledger.accounts import credit_wallet, open_wallet
+    from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
+    from worker.ledger.accounts import open_wallet
     from worker.billing.payers import wallet_id_for
 
     def run(level: str, app_id: str, payer_id: str, nanos: int) -> str:
