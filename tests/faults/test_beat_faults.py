@@ -70,10 +70,10 @@ def test_beat_and_its_worker_killed_mid_rollup_leave_no_stale_rollup(fault_env):
     done = _count(fe, "SELECT count(*) FROM workflow_rollup")
     assert 0 < done < GROUPS, "the kill must land mid-rollup"
 
-    fe.start_process(["-m", "celery", "-A", "tests.faults.beat_app", "worker", "-Q", "tollgate.jobs",
-                      "--pool", "prefork", "--concurrency", "1", "--without-gossip", "--without-mingle",
-                      "--without-heartbeat", "--loglevel", "INFO", "-n", "jobs-2@%h"], "jobs-2")
-    _beat(fe, "beat-2")  # waits for the killed beat's lock to lapse (3 s here), then schedules
+    worker_2 = fe.start_process(["-m", "celery", "-A", "tests.faults.beat_app", "worker", "-Q", "tollgate.jobs",
+                                 "--pool", "prefork", "--concurrency", "1", "--without-gossip", "--without-mingle",
+                                 "--without-heartbeat", "--loglevel", "INFO", "-n", "jobs-2@%h"], "jobs-2")
+    beat_2 = _beat(fe, "beat-2")  # waits for the killed beat's lock to lapse (3 s here), then schedules
 
     def settled() -> bool:
         if _count(fe, "SELECT count(*) FROM rollup_dirty") != 0:
@@ -94,7 +94,11 @@ def test_beat_and_its_worker_killed_mid_rollup_leave_no_stale_rollup(fault_env):
         for workflow, (doc, total_turns, cost, _at) in stored.items():
             assert doc == build_document(session, ENTERPRISE, workflow, "2026-11")
             assert (total_turns, cost) == (4, per_group[workflow])
-    # idempotent: another run changes nothing, not even refreshed_at
+    # idempotent: another run changes nothing, not even refreshed_at.  The restarted beat and worker
+    # are stopped first (all settled): still running, they would refresh some of the marks below
+    # before this run reads them, and this run would count fewer than all the groups
+    _kill(beat_2)
+    _kill(worker_2)
     from tasks.rollups import refresh_dirty
 
     with session_scope() as session:
