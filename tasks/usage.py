@@ -11,9 +11,10 @@ from worker.celery_app import DRAIN_OUTBOX_TASK, RECORD_TURN_TASK, app
 from worker.ledger.drain import OutboxDrain
 from worker.pricing.prices import PricingError, TurnLimitExceeded
 from worker.gate.gate import UnknownWallet, WalletGate, WrongEnterprise
+from worker.errors import InputError
 
 
-class TurnRejected(ValueError):
+class TurnRejected(InputError, ValueError):
     """A turn sent over Celery was refused (bad field, unknown model or wallet, a per-turn limit); nothing changed.
 
     A plain ``ValueError`` subclass so that it crosses the result backend with its message.
@@ -59,6 +60,6 @@ def record_turn(turn: dict[str, Any]) -> dict[str, Any]:
         return _get_gate().record_turn(TurnIn.model_validate(turn)).model_dump(mode="json")
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'turn'}: {e['msg']}" for e in exc.errors())
-        raise TurnRejected(f"invalid turn: {fields}") from None
+        raise TurnRejected(f"invalid turn: {fields}", field=".".join(map(str, exc.errors()[0]["loc"])) or None) from None
     except (PricingError, TurnLimitExceeded, UnknownWallet, WrongEnterprise) as exc:
-        raise TurnRejected(str(exc)) from None
+        raise TurnRejected(str(exc), field=exc.field) from None

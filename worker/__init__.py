@@ -15,6 +15,10 @@ runs through this facade.
   ``end_chat``, ``workflow_averages``, ``chat_performance``
 - payers and events: ``wallet_id_for``, ``events_channel`` (the pub/sub channel of an app's events)
 - configuration and transactions: ``Settings``, ``get_settings``, ``session_scope``
+- errors (``worker.errors``): ``TollgateError``, the base of every error above (``field``,
+  ``http_status``, ``title``, ``exit_code``), its families ``InputError``, ``NotFound``, ``Conflict``,
+  ``Forbidden``, ``Unavailable``, and ``InvalidInput``; ``check_text`` (an id or label refused with
+  ``InvalidInput`` naming the field)
 """
 
 from __future__ import annotations
@@ -57,6 +61,14 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Settings": ("worker.settings", "Settings"),
     "get_settings": ("worker.settings", "get_settings"),
     "session_scope": ("worker.db", "session_scope"),
+    "TollgateError": ("worker.errors", "TollgateError"),
+    "InputError": ("worker.errors", "InputError"),
+    "NotFound": ("worker.errors", "NotFound"),
+    "Conflict": ("worker.errors", "Conflict"),
+    "Forbidden": ("worker.errors", "Forbidden"),
+    "Unavailable": ("worker.errors", "Unavailable"),
+    "InvalidInput": ("worker.errors", "InvalidInput"),
+    "check_text": ("worker.validation", "check_text"),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -34,6 +34,7 @@ from models.tables import Budget, BudgetAlert, ChatSession, Enterprise, UsageEve
 from worker.billing.budgets import THRESHOLDS, crossed
 from worker.periods import period_bounds, previous_period
 from worker.pricing.prices import nanos_to_usd
+from worker.errors import InputError
 
 #: how many chats :attr:`BillingReport.top_chats` lists at most
 TOP_CHATS = 50
@@ -84,7 +85,7 @@ LINE_COLUMNS = (
 )
 
 
-class ReportError(ValueError):
+class ReportError(InputError, ValueError):
     """A report request is invalid; the message starts with the field it names
     (``period``, ``enterprise_id``, ``wallet_id``)."""
 
@@ -350,7 +351,7 @@ def validate_period(period: str) -> tuple[datetime, datetime]:
     try:
         return period_bounds(period)
     except ValueError:
-        raise ReportError(f"period: {period!r} is not a month written YYYY-MM (e.g. 2026-11)") from None
+        raise ReportError(f"period: {period!r} is not a month written YYYY-MM (e.g. 2026-11)", field="period") from None
 
 
 def billing_report(
@@ -372,7 +373,7 @@ def billing_report(
     start, end = validate_period(period)
     enterprise = session.get(Enterprise, enterprise_id) if isinstance(enterprise_id, str) and enterprise_id else None
     if enterprise is None:
-        raise ReportError(f"enterprise_id: unknown enterprise {enterprise_id!r}")
+        raise ReportError(f"enterprise_id: unknown enterprise {enterprise_id!r}", field="enterprise_id")
     ue = UsageEvent
     where = _scope(enterprise_id, wallet_id, start, end)
 

@@ -51,7 +51,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
 from models.tables import ChatSession, ChatStatus, ConnectionState, Enterprise, PausedChat, Wallet
-from models.validation import MAX_LABEL, InvalidInput, check_text
+from models.validation import MAX_LABEL
+from worker.validation import InvalidInput, check_text
 from worker.db import after_commit, session_scope
 from worker.ledger.turns import transition_position
 from worker.events import Event, SendTask, emit

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from models.validation import InvalidInput, check_text
+from worker.validation import InvalidInput, check_text
 from worker.pricing.prices import PricingError, usd_to_nanos
 
 

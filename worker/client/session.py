@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 import worker
 from models.schemas import Decision, TurnIn
-from models.validation import check_text
+from worker import check_text
 from worker.client.adapters import USAGE_FIELDS, TokenUsage, adapter_error, turn_fields, usage_from_response
 from worker.client.transports import TollgateClientError
 

@@ -45,7 +45,7 @@ from hiredis import pack_command
 
 from models.schemas import Decision, TurnIn, trusted_decision
 from models.tables import DEFAULT_MAX_TURN_COST_NANOS, BillingMode
-from models.validation import check_text
+from worker.validation import check_text
 from worker.pricing.meters import meter_price
 from worker.pricing.prices import PriceBook, PriceSheet, TurnLimitExceeded, TurnPrice
 from worker.gate.keys import ALLOWANCE_EXPIRY_PREFIX, FLAT_FEE_PREFIX, SHARDS_KEY, scoped_key, shard_of, shard_tag, turn_key
@@ -60,6 +60,7 @@ from worker.gate.pipeline import (
 )
 from worker.gate.scripts import lua_source
 from worker.settings import Settings, get_settings, redis_client
+from worker.errors import Conflict, NotFound, Unavailable
 
 #: a service tier's name, as TurnIn accepts it (``models.schemas``)
 _TIER = re.compile(r"[a-z0-9_.-]{1,32}")
@@ -67,15 +68,17 @@ _TIER = re.compile(r"[a-z0-9_.-]{1,32}")
 log = logging.getLogger(__name__)
 
 
-class WrongEnterprise(LookupError):
+class WrongEnterprise(NotFound, LookupError):
     """The wallet belongs to another app than the turn's ``enterprise_id``; nothing changes."""
 
+    title = "Unknown wallet"
+
     def __init__(self, wallet_id: str) -> None:
-        super().__init__(f"wallet {wallet_id!r} does not belong to the turn's enterprise")
+        super().__init__(f"wallet {wallet_id!r} does not belong to the turn's enterprise", field="wallet_id")
         self.wallet_id = wallet_id
 
 
-class GateConfigError(RuntimeError):
+class GateConfigError(Conflict, RuntimeError):
     """The gate's settings disagree with what Redis holds (the outbox shard count, a wallet's mode)."""
 
 
@@ -93,12 +96,14 @@ class Reservation:
     duplicate: bool = False
 
 
-class GateBatchError(RuntimeError):
+class GateBatchError(Unavailable, RuntimeError):
     """Redis refused some calls of a batch after others were applied.
 
     ``decisions`` has the decision of each turn that was applied and ``None`` for each that was not;
     the applied ones are debited and queued like any other.
     """
+
+    title = "Partly recorded"
 
     def __init__(self, error: Exception, decisions: list[Decision | None]) -> None:
         super().__init__(f"{sum(d is None for d in decisions)} of {len(decisions)} turn(s) not recorded: {error}")
@@ -132,11 +137,13 @@ def _priced(turn: TurnIn, quote: TurnPrice | PriceSheet) -> TurnPrice:
                        turn.cache_write_tokens, turn.cache_write_1h_tokens)
 
 
-class UnknownWallet(LookupError):
+class UnknownWallet(NotFound, LookupError):
     """The wallet does not exist in the gate (never created, or Redis lost it: rebuild it)."""
 
+    title = "Unknown wallet"
+
     def __init__(self, wallet_id: str) -> None:
-        super().__init__(f"unknown wallet {wallet_id!r}")
+        super().__init__(f"unknown wallet {wallet_id!r}", field="wallet_id")
         self.wallet_id = wallet_id
 
 

@@ -1,0 +1,112 @@
+"""One base error (worker.errors): every domain error derives from TollgateError, keeps its builtin
+base, and carries the field it is about on the error, never only in its message text."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pathlib
+
+import pytest
+
+from worker.errors import Conflict, InputError, InvalidInput, NotFound, TollgateError, Unavailable
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+#: every domain error: (module, class, builtin base it keeps, family, http_status)
+ERRORS = [
+    ("worker.gate.gate", "WrongEnterprise", LookupError, NotFound, 404),
+    ("worker.gate.gate", "GateConfigError", RuntimeError, Conflict, 409),
+    ("worker.gate.gate", "GateBatchError", RuntimeError, Unavailable, 503),
+    ("worker.gate.gate", "UnknownWallet", LookupError, NotFound, 404),
+    ("worker.gate.outbox", "BadEntry", ValueError, InputError, 422),
+    ("worker.access.apikeys", "ApiKeyError", ValueError, InputError, 422),
+    ("worker.ledger.accounts", "LedgerError", ValueError, InputError, 422),
+    ("worker.ledger.accounts", "GatePending", RuntimeError, Unavailable, 503),
+    ("worker.ledger.isolation", "IsolationError", ValueError, InputError, 422),
+    ("worker.ledger.deadletter", "DeadLetterNotFound", LookupError, NotFound, 404),
+    ("worker.billing.report", "ReportError", ValueError, InputError, 422),
+    ("worker.billing.budgets", "BudgetError", ValueError, InputError, 422),
+    ("worker.billing.stripe", "StripeBillingError", ValueError, InputError, 422),
+    ("worker.billing.stripe", "StripeConfigError", RuntimeError, Unavailable, 503),
+    ("worker.billing.stripe", "EventError", ValueError, InputError, 400),
+    ("worker.billing.allowances", "AllowanceError", ValueError, InputError, 422),
+    ("worker.billing.modes", "ModeError", ValueError, InputError, 422),
+    ("worker.client.adapters", "AdapterError", ValueError, InputError, 422),
+    ("worker.client.adapters", "UnknownModel", ValueError, InputError, 422),
+    ("worker.events", "SignatureError", ValueError, InputError, 400),
+    ("worker.pricing.meters", "UnknownMeter", LookupError, InputError, 422),
+    ("worker.pricing.prices", "PricingError", ValueError, InputError, 422),
+    ("worker.pricing.prices", "TurnLimitExceeded", ValueError, InputError, 422),
+    ("worker.devtools.traces", "TraceError", ValueError, InputError, 422),
+    ("worker.devtools.replay", "ReplayError", RuntimeError, TollgateError, 500),
+    ("worker.errors", "InvalidInput", ValueError, InputError, 422),
+    ("tasks.usage", "TurnRejected", ValueError, InputError, 422),
+]
+
+
+@pytest.mark.parametrize("module,name,builtin,family,status", ERRORS, ids=[e[1] for e in ERRORS])
+def test_every_domain_error_derives_from_the_base_and_keeps_its_builtin(module, name, builtin, family, status):
+    cls = getattr(importlib.import_module(module), name)
+    assert issubclass(cls, TollgateError)
+    assert issubclass(cls, family)
+    assert issubclass(cls, builtin)
+    assert cls.http_status == status
+    assert cls.exit_code == (2 if issubclass(cls, (InputError, NotFound, Conflict)) else 1)
+
+
+def test_no_error_class_in_worker_or_tasks_is_left_outside_the_base():
+    """Every class in worker/ and tasks/ whose bases include an exception derives from TollgateError."""
+    outside = []
+    for path in [*ROOT.joinpath("worker").rglob("*.py"), *ROOT.joinpath("tasks").rglob("*.py")]:
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.bases:
+                cls = getattr(importlib.import_module(module), node.name, None)
+                if isinstance(cls, type) and issubclass(cls, BaseException) and not issubclass(cls, TollgateError):
+                    outside.append(f"{module}.{node.name}")
+    assert outside == []
+
+
+def test_the_field_is_carried_on_the_error_and_the_message_is_unchanged():
+    from worker.billing.modes import ModeError
+    from worker.gate.gate import UnknownWallet
+    from worker.pricing.prices import TurnLimitExceeded
+    from worker.validation import check_text
+
+    with pytest.raises(InvalidInput) as bad:
+        check_text("a b", "wallet_id")
+    assert (bad.value.field, bad.value.http_status, bad.value.exit_code) == ("wallet_id", 422, 2)
+    assert str(bad.value) == "wallet_id: contains whitespace (U+0020) at index 1"
+    assert bad.value.reason == "contains whitespace (U+0020) at index 1"
+    assert isinstance(bad.value, ValueError)
+
+    lost = UnknownWallet("w-9")
+    assert (lost.field, lost.http_status, lost.title, str(lost)) == ("wallet_id", 404, "Unknown wallet",
+                                                                     "unknown wallet 'w-9'")
+    assert lost.reason == "unknown wallet 'w-9'"
+    limit = TurnLimitExceeded("quantity", "too many", index=3)
+    assert (limit.field, limit.message, limit.index, str(limit)) == ("quantity", "too many", 3, "quantity: too many")
+    # an instance may override its class's hints
+    gone = ModeError("wallet_id: unknown wallet 'w'", field="wallet_id", http_status=404, title="Unknown wallet")
+    assert (gone.http_status, gone.title, ModeError("x").http_status) == (404, "Unknown wallet", 422)
+
+
+def test_services_name_the_field_on_the_error(db, redis_client, gate):
+    """Errors raised by the services carry ``field`` (the message prefix is no longer the only place)."""
+    from worker.billing.report import ReportError, validate_period
+    from worker.ledger.accounts import LedgerError, credit_wallet, record_credit
+    from worker.pricing.prices import PricingError, usd_to_nanos
+
+    with pytest.raises(LedgerError) as bad:
+        credit_wallet(gate, wallet_id="w 1", amount_nanos=5, idempotency_key="k")
+    assert bad.value.field == "wallet_id"
+    with pytest.raises(LedgerError) as bad:
+        record_credit(None, wallet_id="w1", amount_nanos=0, idempotency_key="k")  # refused before any read
+    assert bad.value.field == "amount_nanos"
+    with pytest.raises(ReportError) as period:
+        validate_period("2026-13")
+    assert period.value.field == "period"
+    with pytest.raises(PricingError) as usd:
+        usd_to_nanos("abc")
+    assert usd.value.field is None and str(usd.value) == "not a decimal USD amount: 'abc'"
