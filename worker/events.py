@@ -72,8 +72,8 @@ class WebhookError(TollgateError):
 
     http_status, title = 502, "Webhook delivery failed"
 
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, status: int | None = None, *, field: str | None = None) -> None:
+        super().__init__(message, field=field)
         self.status = status
 
 
