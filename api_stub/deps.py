@@ -38,9 +38,8 @@ from worker.access.apikeys import Principal, authenticate, key_cache
 from worker.gate.keys import revoked_marker
 from worker.db import session_scope
 from worker.settings import get_settings
-from worker.gate.gate import WalletGate
+from worker.gate.gate import process_gate
 from worker.gate.keys import shard_tag
-from worker.celery_app import DRAIN_OUTBOX_TASK, app
 from worker.gate.keys import RATE_LIMIT_PREFIX
 
 log = logging.getLogger(__name__)
@@ -93,20 +92,9 @@ def install_error_handlers(app: FastAPI) -> None:
                                 errors)
 
 
-def drain_kicker(shard: int) -> None:
-    """Ask a Celery worker to drain one outbox shard, as :func:`worker.gate.outbox.celery_kicker` but
-    without a result: Celery would otherwise subscribe to each kick's result channel (a pub/sub
-    round trip per kick on the request path) for an answer nobody reads."""
-    try:
-        app.send_task(DRAIN_OUTBOX_TASK, kwargs={"shard": shard}, ignore_result=True)
-    except Exception:  # the turn is already recorded; beat's backstop drains it
-        log.warning("could not send a drain kick for shard %s; beat will drain it", shard, exc_info=True)
-
-
-@lru_cache(maxsize=1)
-def get_gate() -> WalletGate:
-    """The process's gate (one Redis pool, scripts registered once; drain kicks sent without a result)."""
-    return WalletGate(kicker=drain_kicker)
+#: the process's gate (:func:`worker.gate.gate.process_gate`: one per process, drain kicks sent
+#: without a result); the routes' name for it
+get_gate = process_gate
 
 
 def hold_wallet(wallet_id: str, reservation_id: str) -> str | None:

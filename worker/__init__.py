@@ -5,7 +5,7 @@ The names below are what the README's examples and :mod:`worker.client` use; eve
 ``import worker`` (and an HTTP-only :mod:`worker.client`) stays cheap and no package import cycle
 runs through this facade.
 
-- the gate: ``WalletGate`` (records turns in Redis), its errors ``UnknownWallet``, ``WrongEnterprise``,
+- the gate: ``WalletGate`` (records turns in Redis), ``process_gate()`` (this process's one gate), its errors ``UnknownWallet``, ``WrongEnterprise``,
   ``GateBatchError``, ``GateConfigError``; the records ``TurnIn`` (a turn) and ``Decision`` (its answer)
 - accounts: ``ensure_enterprise``, ``open_wallet``, ``credit_wallet`` (nano-USD), ``ledger_balance``,
   ``wallet_usage``; errors ``LedgerError``, ``GatePending``
@@ -31,6 +31,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "TurnIn": ("models.schemas", "TurnIn"),
     "Decision": ("models.schemas", "Decision"),
     "WalletGate": ("worker.gate.gate", "WalletGate"),
+    "process_gate": ("worker.gate.gate", "process_gate"),
     "UnknownWallet": ("worker.gate.gate", "UnknownWallet"),
     "WrongEnterprise": ("worker.gate.gate", "WrongEnterprise"),
     "GateBatchError": ("worker.gate.gate", "GateBatchError"),

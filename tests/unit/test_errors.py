@@ -110,3 +110,31 @@ def test_services_name_the_field_on_the_error(db, redis_client, gate):
     with pytest.raises(PricingError) as usd:
         usd_to_nanos("abc")
     assert usd.value.field is None and str(usd.value) == "not a decimal USD amount: 'abc'"
+
+
+def test_one_gate_per_process_shared_by_the_api_the_tasks_and_the_cli(settings):
+    """api_stub, the Celery tasks, the CLI and the in-process client all use worker.gate's process_gate;
+    it is reset with cache_clear (tests, and a forked child does it itself)."""
+    import os
+
+    import worker
+    from api_stub import deps
+    from tasks import billing as billing_tasks
+    from tasks import stripe as stripe_tasks
+    from tasks import usage as usage_tasks
+    from worker.client.transports import InProcessTransport
+    from worker.gate.gate import process_gate
+    from worker.gate.outbox import celery_kicker
+
+    process_gate.cache_clear()
+    gate = process_gate()
+    assert gate is process_gate() is deps.get_gate() is worker.process_gate()
+    assert usage_tasks.process_gate is billing_tasks.process_gate is stripe_tasks.process_gate is process_gate
+    assert InProcessTransport().gate is gate
+    assert gate.kicker is celery_kicker  # drain kicks without a result, as the API's own copy did
+    process_gate.cache_clear()
+    assert process_gate() is not gate
+    pid = os.fork()
+    if pid == 0:  # the child's first call builds its own gate
+        os._exit(0 if process_gate.cache_info().currsize == 0 else 1)
+    assert os.waitpid(pid, 0)[1] == 0

@@ -71,7 +71,7 @@ from worker.db import after_commit, session_scope
 from worker.gate.keys import ALLOWANCE_EXPIRY_PREFIX, ALLOWANCE_PREFIX, ALLOWANCE_RESTORE_PREFIX
 from worker.periods import current_period, period_bounds, previous_period
 from worker.settings import Settings, get_settings
-from worker.gate.gate import UnknownWallet, WalletGate
+from worker.gate.gate import UnknownWallet, WalletGate, process_gate
 from worker.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -380,7 +380,7 @@ def run_monthly_reset(
     if period not in lookback(this_period) and period != this_period:
         # a grant older than the lookback would never be expired by the hourly job
         raise AllowanceError(f"period: {period!r} is more than {LOOKBACK_PERIODS} months before {this_period!r}", field="period")
-    gate = gate or WalletGate()
+    gate = gate or process_gate()
     report = ResetReport(period=period)
     if wallet_ids is None:
         with session_scope() as session:

@@ -59,7 +59,7 @@ from models.tables import Budget, BudgetAlert, ChatSession, ChatStatus, Enterpri
 from worker.db import after_commit, session_scope
 from worker.ledger.turns import transition_position
 from worker.periods import current_period, period_bounds, previous_period
-from worker.gate.gate import UnknownWallet, WalletGate
+from worker.gate.gate import UnknownWallet, WalletGate, process_gate
 from worker.events import Event, SendTask, enqueue_delivery, publish
 from worker.errors import InputError
 
@@ -270,12 +270,12 @@ def check_budgets(
       auto_pause · ``budget.wallet_paused`` / ``budget.wallet_resumed``: wallet_id, reason, period ·
       ``budget.chats_paused`` / ``budget.chats_resumed``: workflow, chat_ids, reason, period.
 
-    ``gate`` defaults to a new :class:`WalletGate`; its Redis client also publishes.  ``send_task``
+    ``gate`` defaults to the process's (:func:`~worker.gate.gate.process_gate`); its Redis client also publishes.  ``send_task``
     defaults to the Celery app's.  Returns a :class:`BudgetCheck`.
     Raises: ValueError for a naive ``now``; database errors (nothing is emitted then).
     """
     period = current_period(now)
-    gate = gate or WalletGate()
+    gate = gate or process_gate()
     result = BudgetCheck(period=period)
     session.execute(select(func.pg_advisory_xact_lock(_CHECK_LOCK)))
 

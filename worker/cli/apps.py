@@ -32,14 +32,14 @@ def app_configure(
     from worker.db import session_scope
     from worker.ledger.accounts import ensure_enterprise
     from worker.billing.modes import ModeError, configure_app
-    from worker.gate.gate import WalletGate
+    from worker.gate.gate import process_gate
 
     with session_scope() as session:
         ensure_enterprise(session, checked_id(enterprise, "ENTERPRISE"))
     fee = None if flat_fee_usd is None else parse_nanos(flat_fee_usd, "--flat-fee-usd", allow_zero=True)
     max_turn = None if max_turn_usd is None else parse_nanos(max_turn_usd, "--max-turn-usd", allow_zero=True)
     try:
-        row = configure_app(WalletGate(), enterprise, actor="cli", creator_share_bps=share_bps,
+        row = configure_app(process_gate(), enterprise, actor="cli", creator_share_bps=share_bps,
                             trial_token_allowance=trial_tokens, trial_then=trial_then, flat_fee_nanos=fee,
                             fee_wallet_id=fee_wallet, creator_id=creator, max_turn_cost_nanos=max_turn,
                             reservations_required=reservations)
@@ -78,10 +78,10 @@ def app_mode(
 ) -> None:
     """Set an app's default mode; its wallets without their own mode follow (audit-logged)."""
     from worker.billing.modes import ModeError, set_app_mode
-    from worker.gate.gate import WalletGate
+    from worker.gate.gate import process_gate
 
     try:
-        changed = set_app_mode(WalletGate(), enterprise, mode, actor="cli")
+        changed = set_app_mode(process_gate(), enterprise, mode, actor="cli")
     except ModeError as exc:
         fail(flag_message(str(exc), APP_FLAGS))
     out.print(f"{enterprise}: mode {mode} ({len(changed)} wallet(s) changed)", highlight=False)

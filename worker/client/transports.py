@@ -60,12 +60,12 @@ class InProcessTransport:
     """Records turns through a :class:`~worker.gate.gate.WalletGate` in this process.
 
     Args:
-        gate: the gate (default: ``WalletGate()`` on ``settings.redis_url``, kicking Celery drains).
+        gate: the gate (default: the process's gate, ``worker.process_gate()``, on ``settings.redis_url``).
         events_url: Redis URL for pub/sub events (default: the gate's settings' ``redis_url``).
     """
 
     def __init__(self, gate=None, *, events_url: str | None = None) -> None:
-        self.gate = gate or worker.WalletGate()
+        self.gate = gate or worker.process_gate()
         self.events_url = events_url or self.gate.settings.redis_url
 
     def record(self, turn: TurnIn) -> Decision:

@@ -32,6 +32,7 @@ scripts.
 from __future__ import annotations
 
 import functools
+import os
 import logging
 import re
 import time
@@ -148,10 +149,17 @@ class UnknownWallet(NotFound, LookupError):
 
 
 @functools.lru_cache(maxsize=1)
-def job_gate() -> "WalletGate":
-    """The process's gate for jobs that never record turns (budgets, allowances, Stripe events,
-    pauses): no drain kicks; one Redis pool, scripts registered once."""
-    return WalletGate(kicker=lambda shard: None)
+def process_gate() -> "WalletGate":
+    """The one gate of this process (API workers, Celery tasks, CLI commands, the in-process
+    client): ``settings.redis_url``, one Redis pool, scripts registered once, drain kicks sent to
+    Celery without a result (:func:`worker.gate.outbox.celery_kicker`).
+
+    Reset with ``process_gate.cache_clear()``: tests do so after changing settings, and a forked
+    child does so itself (its parent's pool is not its own)."""
+    return WalletGate()
+
+
+os.register_at_fork(after_in_child=process_gate.cache_clear)
 
 
 class WalletGate:
