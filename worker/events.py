@@ -193,8 +193,8 @@ def verify(
     if abs(current - timestamp) > tolerance_s:
         raise SignatureError(
             f"{SIGNATURE_HEADER}: timestamp {timestamp} is {current - timestamp} s from now "
-            f"(tolerance {tolerance_s} s)"
-        , field=SIGNATURE_HEADER)
+            f"(tolerance {tolerance_s} s)",
+            field=SIGNATURE_HEADER)
     return timestamp
 
 

@@ -120,8 +120,8 @@ def set_budget(
             raise BudgetError(f"wallet_id: unknown wallet {spec.wallet_id!r}", field="wallet_id")
         if wallet.enterprise_id != spec.enterprise_id:
             raise BudgetError(
-                f"wallet_id: wallet {spec.wallet_id!r} belongs to {wallet.enterprise_id!r}, not {spec.enterprise_id!r}"
-            , field="wallet_id")
+                f"wallet_id: wallet {spec.wallet_id!r} belongs to {wallet.enterprise_id!r}, not {spec.enterprise_id!r}",
+                field="wallet_id")
         scope = Budget.wallet_id == spec.wallet_id
         lock_name = f"budget:{spec.enterprise_id}:wallet:{spec.wallet_id}"
     else:

@@ -191,8 +191,8 @@ def credit_wallet(
         if entry.wallet_id != wallet_id or entry.amount_nanos != amount_nanos or entry.kind != TransactionKind.credit:
             raise LedgerError(
                 f"idempotency_key: {idempotency_key!r} was already used for a {entry.kind} of "
-                f"{entry.amount_nanos} nanos to wallet {entry.wallet_id!r}"
-            , field="idempotency_key")
+                f"{entry.amount_nanos} nanos to wallet {entry.wallet_id!r}",
+            field="idempotency_key", http_status=409, title="Idempotency key in use")
         age_s = session.execute(select(func.extract("epoch", func.now() - entry.created_at))).scalar_one()
         enterprise_id = session.get(Wallet, wallet_id).enterprise_id
     if age_s > gate.settings.dedupe_ttl_s - 3600:
