@@ -138,3 +138,76 @@ def test_one_gate_per_process_shared_by_the_api_the_tasks_and_the_cli(settings):
     if pid == 0:  # the child's first call builds its own gate
         os._exit(0 if process_gate.cache_info().currsize == 0 else 1)
     assert os.waitpid(pid, 0)[1] == 0
+
+
+def test_a_domain_error_a_route_lets_through_is_one_problem_document_from_its_hints():
+    """api_stub.deps.install_error_handlers maps any TollgateError to problem+json: its http_status,
+    title, detail (the message) and errors[].field from exc.field, never parsed from the text."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from api_stub.deps import install_error_handlers
+    from worker.gate.gate import GateBatchError, UnknownWallet
+    from worker.ledger.accounts import LedgerError
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/lost")
+    def lost():
+        raise UnknownWallet("w-1")
+
+    @app.get("/partly")
+    def partly():
+        raise GateBatchError(RuntimeError("down"), [None, None])
+
+    @app.get("/used")
+    def used():
+        # the text names another field first: the document names the error's field all the same
+        raise LedgerError("amount_nanos: 5 was already used", field="idempotency_key", http_status=409)
+
+    @app.get("/n/{n}")
+    def n(n: int):
+        return n
+
+    client = TestClient(app)
+    r = client.get("/lost")
+    assert (r.status_code, r.headers["content-type"]) == (404, "application/problem+json")
+    assert r.json() == {"type": "about:blank", "title": "Unknown wallet", "status": 404,
+                        "detail": "unknown wallet 'w-1'",
+                        "errors": [{"field": "wallet_id", "message": "unknown wallet 'w-1'"}]}
+    r = client.get("/partly")
+    assert r.status_code == 503
+    assert r.json() == {"type": "about:blank", "title": "Partly recorded", "status": 503,
+                        "detail": "2 of 2 turn(s) not recorded: down"}
+    r = client.get("/used")
+    assert r.status_code == 409
+    assert r.json()["errors"] == [{"field": "idempotency_key", "message": "amount_nanos: 5 was already used"}]
+    r = client.get("/n/x")
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "n"
+
+
+def test_a_domain_error_a_command_lets_through_exits_its_code_naming_the_flag(cli):
+    """worker.cli: one place maps a TollgateError to an exit code and its field to the command
+    group's flag or ARGUMENT (commands no longer catch and rename by hand)."""
+    mode = cli("app", "mode", "acme", "nonsense")
+    assert mode.returncode == 2
+    assert mode.stderr.strip() == ("error: MODE: 'nonsense' is not one of production, development, trial, "
+                                   "track_only")
+    lost = cli("deadletter", "discard", "0:1-0")
+    assert lost.returncode == 2
+    assert lost.stderr.strip() == "error: OUTBOX_ID: no open dead letter '0:1-0'"
+    by = cli("analytics", "acme", "--by", "year")
+    assert by.returncode == 2
+    assert by.stderr.strip() == "error: --by: 'year' is not one of day, week, month"
+
+
+def test_flag_message_reads_the_field_from_the_error_not_its_text():
+    from worker.cli.common import flag_message, flags_of
+    from worker.billing.modes import ModeError
+
+    # a message that starts with another field's name is not renamed by it
+    exc = ModeError("wallet_id: is not a mode", field="mode")
+    assert flag_message(exc, flags_of("app")) == "wallet_id: is not a mode"
+    assert flag_message(ModeError("mode: 'x' is not a mode", field="mode"), flags_of("app")) == "MODE: 'x' is not a mode"
+    assert flags_of("budget")["wallet_id"] == "--wallet" and flags_of("wallet")["wallet_id"] == "WALLET_ID"

@@ -48,6 +48,7 @@ from worker.db import session_scope
 from worker.periods import current_period, period_bounds
 from worker.pricing.prices import nanos_to_usd
 from worker.settings import get_settings
+from worker.errors import InvalidInput
 
 #: how many dirty marks one :func:`refresh_dirty` call takes (one transaction)
 DEFAULT_DIRTY_LIMIT = 200
@@ -66,7 +67,7 @@ def rollup_id(enterprise_id: str, workflow: str) -> str:
 
 def _check_id(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 200:
-        raise ValueError(f"{name}: must be a non-empty string of at most 200 characters, got {value!r}")
+        raise InvalidInput(name, f"must be a non-empty string of at most 200 characters, got {value!r}")
     return value
 
 
@@ -381,7 +382,7 @@ def take_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> list[tuple
     refreshing, so no drain waits on a mark for the length of a refresh; if a refresh then fails,
     :func:`mark_dirty` puts its groups back.  Raises ValueError for a bad ``limit``."""
     if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
-        raise ValueError(f"limit: must be a positive integer, got {limit!r}")
+        raise InvalidInput("limit", f"must be a positive integer, got {limit!r}")
     taken = session.execute(
         text(
             "WITH taken AS MATERIALIZED ("
@@ -402,7 +403,7 @@ def pending_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> list[tu
     group's new rollup, so a job killed mid-run (SIGKILL: no handler runs) leaves every group it did
     not refresh marked.  Raises ValueError for a bad ``limit``."""
     if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
-        raise ValueError(f"limit: must be a positive integer, got {limit!r}")
+        raise InvalidInput("limit", f"must be a positive integer, got {limit!r}")
     rd = RollupDirty
     return [tuple(row) for row in session.execute(
         select(rd.enterprise_id, rd.workflow, rd.period)
@@ -570,7 +571,7 @@ def end_chat(
     if ended_at is None:
         ended_at = datetime.now(UTC)
     elif not isinstance(ended_at, datetime) or ended_at.tzinfo is None:
-        raise ValueError(f"ended_at: must be an aware datetime (UTC), got {ended_at!r}")
+        raise InvalidInput("ended_at", f"must be an aware datetime (UTC), got {ended_at!r}")
     ended_at = ended_at.astimezone(UTC)
     cs = ChatSession.__table__
     # lock the chat row first (the drain locks chats before marks; we lock groups only after)

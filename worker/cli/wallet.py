@@ -13,7 +13,7 @@ from rich.table import Table
 
 from models.tables import BillingMode, PayerLevel
 from worker.pricing.prices import PricingError, nanos_to_usd, usd_to_nanos
-from worker.cli.common import APP_FLAGS, checked_id, fail, flag_message, out, parse_usd
+from worker.cli.common import checked_id, fail, out, parse_usd
 
 
 wallet_app = typer.Typer(help="Wallets: create, credit, show.", no_args_is_help=True)
@@ -61,8 +61,8 @@ def wallet_credit(
         balance = credit_wallet(process_gate(), wallet_id=wallet_id, amount_nanos=nanos, idempotency_key=key,
                                 description=description, actor="cli")
     except LedgerError as exc:
-        field = "--usd" if "amount_nanos" in str(exc) else "--key" if "idempotency_key" in str(exc) else "WALLET_ID"
-        fail(f"{field}: {exc}")
+        flag = {"amount_nanos": "--usd", "idempotency_key": "--key"}.get(exc.field or "", "WALLET_ID")
+        fail(f"{flag}: {exc}")
     except UnknownWallet as exc:
         fail(f"WALLET_ID: {exc} in the gate; nothing was credited")
     except GatePending as exc:
@@ -110,13 +110,10 @@ def wallet_mode(
     mode: str = typer.Argument(..., help="production | development | trial | track_only | inherit"),
 ) -> None:
     """Override one wallet's mode, or 'inherit' its app's again (audit-logged)."""
-    from worker.billing.modes import ModeError, set_wallet_mode
+    from worker.billing.modes import set_wallet_mode
     from worker.gate.gate import process_gate
 
-    try:
-        after = set_wallet_mode(process_gate(), wallet_id, None if mode == "inherit" else mode, actor="cli")
-    except ModeError as exc:
-        fail(flag_message(str(exc), APP_FLAGS))
+    after = set_wallet_mode(process_gate(), wallet_id, None if mode == "inherit" else mode, actor="cli")
     out.print(f"{wallet_id}: mode {after}", highlight=False)
 
 
@@ -126,14 +123,11 @@ def wallet_reservations(
     setting: str = typer.Argument(..., help="required | optional | inherit (its app's setting)"),
 ) -> None:
     """Make reservations mandatory or optional for one wallet's charged turns (audit-logged)."""
-    from worker.billing.modes import ModeError, set_wallet_reservations
+    from worker.billing.modes import set_wallet_reservations
     from worker.gate.gate import process_gate
 
     choices = {"required": True, "optional": False, "inherit": None}
     if setting not in choices:
         fail(f"SETTING: {setting!r} is not required, optional or inherit")
-    try:
-        effective = set_wallet_reservations(process_gate(), wallet_id, choices[setting], actor="cli")
-    except ModeError as exc:
-        fail(flag_message(str(exc), APP_FLAGS))
+    effective = set_wallet_reservations(process_gate(), wallet_id, choices[setting], actor="cli")
     out.print(f"{wallet_id}: reservations {'required' if effective else 'optional'}", highlight=False)
