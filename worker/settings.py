@@ -16,6 +16,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.tables import BillingMode
+from worker.errors import InvalidInput
 
 
 class Settings(BaseSettings):
@@ -112,7 +113,7 @@ class Settings(BaseSettings):
     @classmethod
     def _aware_min(cls, v: datetime) -> datetime:
         if v.utcoffset() is None:
-            raise ValueError(f"occurred_at_min: {v.isoformat()} must carry a time zone")
+            raise InvalidInput("occurred_at_min", f"{v.isoformat()} must carry a time zone")
         return v.astimezone(UTC)
 
     @field_validator("usage_retention_months")
@@ -120,7 +121,7 @@ class Settings(BaseSettings):
     def _keeps_what_jobs_read(cls, v: int) -> int:
         # the allowance expiry reads the previous month's usage, late budget alerts the month before
         if 0 < v < 3:
-            raise ValueError(f"usage_retention_months: {v} is too short; 0 (keep all) or at least 3")
+            raise InvalidInput("usage_retention_months", f"{v} is too short; 0 (keep all) or at least 3")
         return v
 
     @field_validator("rate_limit", "billing_login_rate_limit")

@@ -41,6 +41,9 @@ ERRORS = [
     ("worker.devtools.traces", "TraceError", ValueError, InputError, 422),
     ("worker.devtools.replay", "ReplayError", RuntimeError, TollgateError, 500),
     ("worker.errors", "InvalidInput", ValueError, InputError, 422),
+    ("worker.chats.rollups", "UnknownChat", LookupError, NotFound, 404),
+    ("worker.chats.lifecycle", "NotAWalletOfTheApp", LookupError, NotFound, 404),
+    ("worker.chats.lifecycle", "WalletCannotPay", PermissionError, Conflict, 409),
     ("tasks.usage", "TurnRejected", ValueError, InputError, 422),
 ]
 
@@ -53,6 +56,18 @@ def test_every_domain_error_derives_from_the_base_and_keeps_its_builtin(module, 
     assert issubclass(cls, builtin)
     assert cls.http_status == status
     assert cls.exit_code == (2 if issubclass(cls, (InputError, NotFound, Conflict)) else 1)
+
+
+def test_services_raise_no_bare_builtin_error_naming_a_field():
+    """A field error is raised as a TollgateError carrying ``field`` (``raise ValueError("x: …")``
+    would leave the field in the text only)."""
+    import re
+
+    bare = re.compile(r'raise (ValueError|LookupError|KeyError|PermissionError)\(f?"[A-Za-z_][\w.]*: ')
+    found = [f"{path.relative_to(ROOT)}:{n}" for path in [*ROOT.joinpath("worker").rglob("*.py"),
+                                                          *ROOT.joinpath("tasks").rglob("*.py")]
+             for n, line in enumerate(path.read_text().splitlines(), 1) if bare.search(line)]
+    assert found == []
 
 
 def test_no_error_class_in_worker_or_tasks_is_left_outside_the_base():

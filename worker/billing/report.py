@@ -34,7 +34,7 @@ from models.tables import Budget, BudgetAlert, ChatSession, Enterprise, UsageEve
 from worker.billing.budgets import THRESHOLDS, crossed
 from worker.periods import period_bounds, previous_period
 from worker.pricing.prices import nanos_to_usd
-from worker.errors import InputError
+from worker.errors import InputError, InvalidInput
 
 #: how many chats :attr:`BillingReport.top_chats` lists at most
 TOP_CHATS = 50
@@ -100,7 +100,7 @@ def format_usd(nanos: int, places: int = 2) -> str:
     """Integer nano-USD → ``"$1,234.57"``, rounded half-up to ``places`` (0..9) decimals with integer
     math; negative amounts read ``"-$1.00"``.  Raises ValueError for ``places`` outside 0..9."""
     if not 0 <= places <= 9:
-        raise ValueError(f"places: {places!r} is not in 0..9")
+        raise InvalidInput("places", f"{places!r} is not in 0..9")
     nanos = int(nanos)
     step = 10 ** (9 - places)
     units = (abs(nanos) + step // 2) // step  # half-up, in units of 10^-places USD

@@ -69,7 +69,7 @@ from worker.db import session_scope
 from worker.ledger.accounts import MAX_CREDIT_NANOS, LedgerError, credit_wallet
 from worker.settings import Settings, get_settings
 from worker.gate.gate import UnknownWallet, WalletGate
-from worker.errors import InputError, Unavailable
+from worker.errors import InputError, InvalidInput, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +204,9 @@ def platform_fee_cents(amount_cents: int, creator_share_bps: int) -> int:
     Raises: ValueError for a negative amount or a share outside 0..10,000 bps.
     """
     if not _is_int(amount_cents) or amount_cents < 0:
-        raise ValueError(f"amount_cents: must be a non-negative integer, got {amount_cents!r}")
+        raise InvalidInput("amount_cents", f"must be a non-negative integer, got {amount_cents!r}")
     if not _is_int(creator_share_bps) or not 0 <= creator_share_bps <= BPS:
-        raise ValueError(f"creator_share_bps: must be an integer in 0..{BPS}, got {creator_share_bps!r}")
+        raise InvalidInput("creator_share_bps", f"must be an integer in 0..{BPS}, got {creator_share_bps!r}")
     return amount_cents - amount_cents * creator_share_bps // BPS
 
 
@@ -214,7 +214,7 @@ def application_fee_percent(creator_share_bps: int) -> str:
     """The platform's percentage of a subscription for ``subscription_data[application_fee_percent]``,
     as an exact decimal string with two places (7000 bps creator share → ``"30.00"``)."""
     if not _is_int(creator_share_bps) or not 0 <= creator_share_bps <= BPS:
-        raise ValueError(f"creator_share_bps: must be an integer in 0..{BPS}, got {creator_share_bps!r}")
+        raise InvalidInput("creator_share_bps", f"must be an integer in 0..{BPS}, got {creator_share_bps!r}")
     fee_bps = BPS - creator_share_bps
     return f"{fee_bps // 100}.{fee_bps % 100:02d}"
 

@@ -48,7 +48,14 @@ from worker.db import session_scope
 from worker.periods import current_period, period_bounds
 from worker.pricing.prices import nanos_to_usd
 from worker.settings import get_settings
-from worker.errors import InvalidInput
+from worker.errors import InvalidInput, NotFound
+
+
+class UnknownChat(NotFound, LookupError):
+    """No such chat (of this enterprise), or none with a persisted turn; ``field`` is ``chat_id``.  HTTP 404."""
+
+    title = "Unknown chat"
+
 
 #: how many dirty marks one :func:`refresh_dirty` call takes (one transaction)
 DEFAULT_DIRTY_LIMIT = 200
@@ -480,7 +487,8 @@ def chat_performance(session: Session, enterprise_id: str, chat_id: str) -> dict
         select(ChatSession).where(ChatSession.enterprise_id == enterprise_id, ChatSession.chat_id == chat_id)
     ).scalar_one_or_none()
     if chat is None:
-        raise LookupError(f"unknown chat: enterprise_id={enterprise_id!r} chat_id={chat_id!r} has no persisted turns")
+        raise UnknownChat(f"unknown chat: enterprise_id={enterprise_id!r} chat_id={chat_id!r} has no persisted turns",
+                          field="chat_id")
     agents = {}
     for a in session.execute(
         select(ChatAgentUsage).where(ChatAgentUsage.chat_session_id == chat.id).order_by(ChatAgentUsage.agent)
@@ -581,7 +589,8 @@ def end_chat(
         .with_for_update()
     ).one_or_none()
     if row is None:
-        raise LookupError(f"unknown chat: enterprise_id={enterprise_id!r} chat_id={chat_id!r} has no persisted turns")
+        raise UnknownChat(f"unknown chat: enterprise_id={enterprise_id!r} chat_id={chat_id!r} has no persisted turns",
+                          field="chat_id")
     already = row.status == ChatStatus.completed and row.ended_at is not None
     if already:
         ended_at = row.ended_at.astimezone(UTC)

@@ -61,7 +61,7 @@ from worker.gate.pipeline import (
 )
 from worker.gate.scripts import lua_source
 from worker.settings import Settings, get_settings, redis_client
-from worker.errors import Conflict, NotFound, Unavailable
+from worker.errors import Conflict, InvalidInput, NotFound, Unavailable
 
 #: a service tier's name, as TurnIn accepts it (``models.schemas``)
 _TIER = re.compile(r"[a-z0-9_.-]{1,32}")
@@ -264,15 +264,15 @@ class WalletGate:
             not isinstance(max_turn_cost_nanos, int) or isinstance(max_turn_cost_nanos, bool)
             or not 0 <= max_turn_cost_nanos <= 2**62
         ):
-            raise ValueError(f"max_turn_cost_nanos: {max_turn_cost_nanos!r} is not an integer of nano-USD in 0..2^62")
+            raise InvalidInput("max_turn_cost_nanos", f"{max_turn_cost_nanos!r} is not an integer of nano-USD in 0..2^62")
         if mode not in BillingMode.__members__:
-            raise ValueError(f"mode: {mode!r} is not one of {', '.join(BillingMode.__members__)}")
+            raise InvalidInput("mode", f"{mode!r} is not one of {', '.join(BillingMode.__members__)}")
         if level not in ("platform", "app_usage"):
-            raise ValueError(f"level: {level!r} is not 'platform' or 'app_usage'")
+            raise InvalidInput("level", f"{level!r} is not 'platform' or 'app_usage'")
         if not isinstance(share_bps, int) or not 0 <= share_bps <= 10_000:
-            raise ValueError(f"share_bps: {share_bps!r} is not an integer in 0..10000")
+            raise InvalidInput("share_bps", f"{share_bps!r} is not an integer in 0..10000")
         if trial_then not in ("bill", "pause"):
-            raise ValueError(f"trial_then: {trial_then!r} is not 'bill' or 'pause'")
+            raise InvalidInput("trial_then", f"{trial_then!r} is not 'bill' or 'pause'")
         key = self.wallet_key(wallet_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(key, mapping={"mode": mode, "limited": "1" if limited else "0", "level": level,
@@ -299,9 +299,9 @@ class WalletGate:
         already decided keep the mode they were decided under.  ``trial_left`` (tokens), when given,
         replaces the trial allowance left.  Raises ValueError (mode, trial_then), UnknownWallet."""
         if mode not in BillingMode.__members__:
-            raise ValueError(f"mode: {mode!r} is not one of {', '.join(BillingMode.__members__)}")
+            raise InvalidInput("mode", f"{mode!r} is not one of {', '.join(BillingMode.__members__)}")
         if trial_then is not None and trial_then not in ("bill", "pause"):
-            raise ValueError(f"trial_then: {trial_then!r} is not 'bill' or 'pause'")
+            raise InvalidInput("trial_then", f"{trial_then!r} is not 'bill' or 'pause'")
         key = self.wallet_key(wallet_id)
         if not self.redis.hexists(key, "mode"):  # a stray hash with a mode would be a wallet without limit
             raise UnknownWallet(wallet_id)
@@ -636,7 +636,7 @@ class WalletGate:
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10**9:
                 raise ValueError(f"{name} must be an integer of tokens in 0..10^9, got {value!r}")
         if service_tier is not None and not (isinstance(service_tier, str) and _TIER.fullmatch(service_tier)):
-            raise ValueError(f"service_tier: must be 1..32 characters of [a-z0-9_.-], got {service_tier!r}")
+            raise InvalidInput("service_tier", f"must be 1..32 characters of [a-z0-9_.-], got {service_tier!r}")
         sheet = self.prices.sheet(model, provider, datetime.now(UTC), service_tier)
         return max(1, sheet.price(prompt_tokens, max_tokens, 0, 0).cost_nanos)
 
@@ -661,12 +661,12 @@ class WalletGate:
         UnknownWallet.
         """
         if (amount_nanos is None) == (model is None):
-            raise ValueError("amount_nanos: give either amount_nanos or model (with prompt_tokens and max_tokens)")
+            raise InvalidInput("amount_nanos", "give either amount_nanos or model (with prompt_tokens and max_tokens)")
         if service_tier is not None and model is None:
-            raise ValueError("service_tier: only with model (an amount_nanos hold is not priced)")
+            raise InvalidInput("service_tier", "only with model (an amount_nanos hold is not priced)")
         if model is not None:
             if max_tokens is None:
-                raise ValueError("max_tokens: required with model")
+                raise InvalidInput("max_tokens", "required with model")
             amount_nanos = self.quote_reservation(model, provider, prompt_tokens, max_tokens, service_tier)
         if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or not 1 <= amount_nanos <= 2**62:
             raise ValueError(f"amount_nanos must be an integer of nano-USD in 1..2^62, got {amount_nanos!r}")

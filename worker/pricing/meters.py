@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from worker.pricing.prices import TurnLimitExceeded, TurnPrice
-from worker.errors import InputError
+from worker.errors import InputError, InvalidInput
 
 #: provider recorded for non-LLM meters
 METER_PROVIDER = "tollgate"
@@ -66,7 +66,7 @@ def meter_price(meter: str, quantity: int) -> TurnPrice:
     if price is None:
         raise UnknownMeter(f"meter: {meter!r} is not one of {', '.join(METERS)}", field="meter")
     if not isinstance(quantity, int) or quantity < 0:
-        raise ValueError(f"quantity: {quantity!r} is not an integer >= 0")
+        raise InvalidInput("quantity", f"{quantity!r} is not an integer >= 0")
     if quantity > price.max_quantity:
         raise TurnLimitExceeded("quantity", f"{quantity:,} {price.unit}s exceed the {meter} meter's maximum of "
                                             f"{price.max_quantity:,} per turn")
