@@ -46,7 +46,8 @@ from sqlmodel import Session
 
 from api_stub.billing_exports import csv_rows, json_chunks, pdf_statement
 from api_stub.deps import Problem, check_client_rate_limit, check_rate_limit, get_gate, problem_response
-from models.tables import ApiRole, Enterprise
+from models.enums import ApiRole
+from models.wallet import Enterprise
 from worker.access.apikeys import Principal, authenticate
 from worker.billing.report import (
     METERS,

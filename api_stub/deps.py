@@ -1,7 +1,7 @@
 """What every router of the HTTP API shares: problem documents, the process's gate, the caller's API
 key (authentication, per-key rate limit) and the scope checks of the three roles.
 
-Roles (``models.tables.ApiRole``), enforced by the helpers below on every endpoint:
+Roles (``models.enums.ApiRole``), enforced by the helpers below on every endpoint:
 
 - ``owner``: one app (``enterprise_id``): its wallets, chats, ledger, analytics and usage;
 - ``end_user``: one wallet of one app: that wallet and its own chats, nothing else;
@@ -33,7 +33,8 @@ from starlette.concurrency import run_in_threadpool
 from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.tables import ApiRole, Enterprise, PayerLevel, Wallet
+from models.enums import ApiRole, PayerLevel
+from models.wallet import Enterprise, Wallet
 from worker.access.apikeys import Principal, authenticate, key_cache
 from worker.errors import TollgateError
 from worker.gate.keys import revoked_marker

@@ -19,11 +19,13 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from sqlalchemy import select
 
-from models.schemas import Decision, TurnIn
-from models.tables import ApiRole, Enterprise, ReconciliationRun
+from models.turn import Decision, DecisionsPublic, TurnBatch, TurnIn
+from models.enums import ApiRole
+from models.reconcile import ReconciliationRun
+from models.wallet import Enterprise, WalletPublic
 from worker.access.apikeys import Principal, authenticate
 from worker.db import session_scope
 from worker.billing.payers import reservations_required
@@ -135,46 +137,6 @@ def _send_pause(turn: TurnIn) -> None:
         log.warning("could not queue the pause of chat %s", turn.chat_id, exc_info=True)
 
 
-class TurnBatch(BaseModel):
-    """Up to 1,000 turns, recorded in order with one pipelined round trip.  Unknown fields are
-    refused (422 naming them), as on every input model."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    turns: list[TurnIn] = Field(min_length=1, max_length=1000)
-
-
-class DecisionList(BaseModel):
-    """The decisions of a batch, in the order of its turns."""
-
-    data: list[Decision]
-    count: int
-
-
-class WalletPublic(BaseModel):
-    """A wallet's balances in nano-USD: the gate's (Redis, live) and the ledger's (PostgreSQL);
-    ``held_nanos`` (active reservations) and ``can_continue`` (would the gate accept its next turn:
-    balance − holds, mode, block, trial; ``worker.chats.lifecycle.can_continue``) are None when the wallet
-    is not loaded in the gate."""
-
-    wallet_id: str
-    enterprise_id: str | None
-    level: str
-    mode: str
-    limited: bool
-    gate_balance_nanos: int | None
-    held_nanos: int | None = None
-    can_continue: bool | None = None
-    ledger_balance_nanos: int
-    credits_nanos: int
-    debits_nanos: int
-    #: owed: turns' cost the wallet could not pay (reservations required, cost above the hold plus
-    #: the free balance), persisted so far
-    debt_nanos: int = 0
-    #: every charged turn needs a live reservation of this wallet (its own setting, else its app's)
-    reservations_required: bool = False
-
-
 @app.get("/healthz", include_in_schema=False)
 def healthz() -> dict[str, str]:
     """Liveness: the process is up (no dependencies are checked)."""
@@ -205,11 +167,11 @@ async def record_turn(turn: TurnIn, who: Caller) -> Response:
     return _json(decision)
 
 
-@app.post("/v1/turns/batch", response_model=DecisionList, responses={401: {}, 403: {}, 404: {}, 422: {}})
+@app.post("/v1/turns/batch", response_model=DecisionsPublic, responses={401: {}, 403: {}, 404: {}, 422: {}})
 async def record_turns(batch: TurnBatch, who: Caller) -> Response:
     """Record up to 1,000 turns in order (owner key); a bad turn rejects the batch and changes nothing."""
     decisions = await run_in_threadpool(_record, batch.turns, who)
-    return _json(DecisionList.model_construct(data=decisions, count=len(decisions)))
+    return _json(DecisionsPublic.model_construct(data=decisions, count=len(decisions)))
 
 
 @app.get("/v1/wallets/{wallet_id}", response_model=WalletPublic, responses={401: {}, 403: {}, 404: {}, 422: {}})

@@ -18,16 +18,17 @@ from sqlalchemy import select
 
 from api_stub.csv_cells import csv_writer, safe_row
 from api_stub.deps import Caller, Problem, enterprise_in_scope, field_problem, forbid_unless
-from api_stub.schemas import (
-    AnalyticsPage,
-    AnalyticsRow,
-    RollupList,
-    RollupSummary,
-    UsagePage,
-    UsageRow,
+from models.rollup import (
+    UsageBucketPublic,
+    UsageBucketsPublic,
     WorkflowAverages,
+    WorkflowRollupPublic,
+    WorkflowRollupsPublic,
 )
-from models.tables import ApiRole, UsageEvent, WorkflowRollup
+from models.turn import UsageEventPublic, UsageEventsPublic
+from models.enums import ApiRole
+from models.rollup import WorkflowRollup
+from models.turn import UsageEvent
 from models.validation import SAFE_ID
 from worker.chats.analytics import GROUP_KEYS, usage_analytics
 from worker.db import session_scope
@@ -39,7 +40,7 @@ ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
 Period = Annotated[str, Query(pattern=r"^[0-9]{4}-[0-9]{2}$", description="UTC month, YYYY-MM")]
 EnterpriseQuery = Annotated[str | None, Query(min_length=1, max_length=200,
                                               description="the app (owner keys: their own, may be omitted)"), SAFE_ID]
-USAGE_FIELDS = tuple(UsageRow.model_fields)
+USAGE_FIELDS = tuple(UsageEventPublic.model_fields)
 
 
 def _period(period: str) -> tuple:
@@ -49,7 +50,7 @@ def _period(period: str) -> tuple:
         raise field_problem(422, "Invalid request", "period", str(exc)) from None
 
 
-@router.get("/v1/analytics/usage", response_model=AnalyticsPage, responses=ERRORS)
+@router.get("/v1/analytics/usage", response_model=UsageBucketsPublic, responses=ERRORS)
 def analytics_usage(
     who: Caller,
     start: Annotated[date, Query(description="first day, UTC (inclusive)")],
@@ -58,7 +59,7 @@ def analytics_usage(
     group_by: Annotated[list[Literal["workflow", "agent", "model", "provider"]] | None,
                         Query(description="repeat for several keys")] = None,
     enterprise_id: EnterpriseQuery = None,
-) -> AnalyticsPage:
+) -> UsageBucketsPublic:
     """Turns, tokens and nano-USD of one app per day, ISO week or month over ``[start, end)``,
     optionally grouped by workflow, agent, model and/or provider (computed from ``usage_event``)."""
     enterprise = enterprise_in_scope(who, enterprise_id)
@@ -70,13 +71,13 @@ def analytics_usage(
     with session_scope() as session:
         rows = usage_analytics(session, enterprise_id=enterprise, granularity=granularity, group_by=keys,
                                start=start, end=end)
-    data = [AnalyticsRow(**row) for row in rows]
-    return AnalyticsPage(enterprise_id=enterprise, granularity=granularity, group_by=keys, start=start, end=end,
+    data = [UsageBucketPublic(**row) for row in rows]
+    return UsageBucketsPublic(enterprise_id=enterprise, granularity=granularity, group_by=keys, start=start, end=end,
                          data=data, count=len(data))
 
 
-@router.get("/v1/analytics/rollups", response_model=RollupList, responses=ERRORS)
-def analytics_rollups(who: Caller, period: Period, enterprise_id: EnterpriseQuery = None) -> RollupList:
+@router.get("/v1/analytics/rollups", response_model=WorkflowRollupsPublic, responses=ERRORS)
+def analytics_rollups(who: Caller, period: Period, enterprise_id: EnterpriseQuery = None) -> WorkflowRollupsPublic:
     """The stored rollups of one app in one UTC month, by workflow (refreshed by beat every minute
     and when a chat ends).  Owners also get each ``mon_{enterprise}_{workflow}`` document."""
     enterprise = enterprise_in_scope(who, enterprise_id)
@@ -86,13 +87,9 @@ def analytics_rollups(who: Caller, period: Period, enterprise_id: EnterpriseQuer
             select(WorkflowRollup).where(WorkflowRollup.enterprise_id == enterprise, WorkflowRollup.period == period)
             .order_by(WorkflowRollup.workflow)
         ).scalars().all()
-    data = [RollupSummary(enterprise_id=r.enterprise_id, workflow=r.workflow, period=r.period,
-                          total_sessions=r.total_sessions, total_turns=r.total_turns, prompt_tokens=r.prompt_tokens,
-                          completion_tokens=r.completion_tokens, cached_prompt_tokens=r.cached_prompt_tokens,
-                          cost_nanos=r.cost_nanos, refreshed_at=r.refreshed_at,
-                          document=r.document if who.role is ApiRole.owner else None)
+    data = [WorkflowRollupPublic.model_validate(r, update={"document": r.document if who.role is ApiRole.owner else None})
             for r in rows]
-    return RollupList(data=data, count=len(data))
+    return WorkflowRollupsPublic(data=data, count=len(data))
 
 
 @router.get("/v1/analytics/workflows/{workflow}", response_model=WorkflowAverages, responses=ERRORS)
@@ -106,7 +103,7 @@ def analytics_workflow(who: Caller, workflow: Annotated[str, Path(min_length=1, 
         return WorkflowAverages(**workflow_averages(session, enterprise, workflow, period))
 
 
-@router.get("/v1/usage", response_model=UsagePage, responses=ERRORS | {200: {"content": {"text/csv": {}}}})
+@router.get("/v1/usage", response_model=UsageEventsPublic, responses=ERRORS | {200: {"content": {"text/csv": {}}}})
 def usage_export(
     request: Request,
     who: Caller,
@@ -142,8 +139,8 @@ def usage_export(
     page = rows[:limit]
     next_cursor = page[-1].id if len(rows) > limit else None
     if format == "json":
-        data = [UsageRow(**row._mapping) for row in page]
-        return UsagePage(period=period, data=data, count=len(data), next_cursor=next_cursor)
+        data = [UsageEventPublic(**row._mapping) for row in page]
+        return UsageEventsPublic(period=period, data=data, count=len(data), next_cursor=next_cursor)
     buffer = io.StringIO()
     writer = csv_writer(buffer)
     writer.writerow(USAGE_FIELDS)

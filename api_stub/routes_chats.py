@@ -11,8 +11,9 @@ from fastapi import APIRouter, Body, Path
 from sqlalchemy import select
 
 from api_stub.deps import Caller, field_problem, forbid_unless
-from api_stub.schemas import ChatEndIn, ChatPauseIn, ChatPublic, ChatStartIn
-from models.tables import ApiRole, ChatSession
+from models.chat import ChatSessionCreate, ChatSessionEnd, ChatSessionPublic, PausedChatCreate
+from models.chat import ChatSession
+from models.enums import ApiRole
 from models.validation import SAFE_ID
 from worker.access.apikeys import Principal
 from worker.db import session_scope
@@ -42,22 +43,22 @@ def _chat_in_scope(session, who: Principal, chat_id: str) -> ChatSession:
     return chat
 
 
-def _public(session, chat: ChatSession) -> ChatPublic:
+def _public(session, chat: ChatSession) -> ChatSessionPublic:
     perf: dict[str, Any] = chat_performance(session, chat.enterprise_id, chat.chat_id)
-    return ChatPublic(**perf, wallet_id=chat.wallet_id, connection_state=chat.connection_state,
+    return ChatSessionPublic(**perf, wallet_id=chat.wallet_id, connection_state=chat.connection_state,
                       pause_reason=chat.pause_reason, can_resume=chat.can_resume)
 
 
-@router.get("/v1/chats/{chat_id}", response_model=ChatPublic, responses=ERRORS)
-def chat_detail(chat_id: ChatId, who: Caller) -> ChatPublic:
+@router.get("/v1/chats/{chat_id}", response_model=ChatSessionPublic, responses=ERRORS)
+def chat_detail(chat_id: ChatId, who: Caller) -> ChatSessionPublic:
     """A chat session of the caller's app: status, pause state, totals and per-agent figures, as of
     the last drained batch (owner key, or the end user who pays for it)."""
     with session_scope() as session:
         return _public(session, _chat_in_scope(session, who, chat_id))
 
 
-@router.post("/v1/chats/{chat_id}/end", response_model=ChatPublic, responses=ERRORS)
-def chat_end(chat_id: ChatId, who: Caller, body: Annotated[ChatEndIn | None, Body()] = None) -> ChatPublic:
+@router.post("/v1/chats/{chat_id}/end", response_model=ChatSessionPublic, responses=ERRORS)
+def chat_end(chat_id: ChatId, who: Caller, body: Annotated[ChatSessionEnd | None, Body()] = None) -> ChatSessionPublic:
     """End a chat (owner key): marked completed once (a second call keeps the first ``ended_at``)
     and its rollups refreshed at once.  404 until a turn of the chat has been persisted."""
     forbid_unless(who, ApiRole.owner, action="end chats")
@@ -75,8 +76,8 @@ def _end(session, chat: ChatSession, ended_at) -> None:
     end_chat(session, enterprise_id=chat.enterprise_id, chat_id=chat.chat_id, ended_at=ended_at)
 
 
-@router.post("/v1/chats/{chat_id}/start", response_model=ChatPublic, responses=ERRORS | {409: {}})
-def chat_start(chat_id: ChatId, body: ChatStartIn, who: Caller) -> ChatPublic:
+@router.post("/v1/chats/{chat_id}/start", response_model=ChatSessionPublic, responses=ERRORS | {409: {}})
+def chat_start(chat_id: ChatId, body: ChatSessionCreate, who: Caller) -> ChatSessionPublic:
     """Open a chat's billing session (owner key; ``worker.chats.lifecycle.start_session``): its row,
     active and connected, in ``workflow``, paid by ``wallet_id``.  Starting a chat that exists
     changes nothing (its first wallet and workflow stay).  404 naming ``wallet_id`` for a wallet
@@ -97,14 +98,14 @@ def chat_start(chat_id: ChatId, body: ChatStartIn, who: Caller) -> ChatPublic:
     with session_scope() as session:
         return _public(session, _chat_in_scope(session, who, chat_id))
 
-@router.post("/v1/chats/{chat_id}/pause", response_model=ChatPublic, responses=ERRORS)
-def chat_pause(chat_id: ChatId, who: Caller, body: Annotated[ChatPauseIn | None, Body()] = None) -> ChatPublic:
+@router.post("/v1/chats/{chat_id}/pause", response_model=ChatSessionPublic, responses=ERRORS)
+def chat_pause(chat_id: ChatId, who: Caller, body: Annotated[PausedChatCreate | None, Body()] = None) -> ChatSessionPublic:
     """Pause a chat (owner key): an open paused-chat record (one per chat), the chat marked
     paused, ``chat.paused`` announced.  A chat not persisted yet needs ``wallet_id`` (of the
     caller's app, or the platform wallet the key was issued for).  Pausing a paused chat changes
     nothing."""
     forbid_unless(who, ApiRole.owner, action="pause chats")
-    body = body or ChatPauseIn()
+    body = body or PausedChatCreate()
     with session_scope() as session:
         chat = session.execute(
             select(ChatSession).where(ChatSession.enterprise_id == who.enterprise_id, ChatSession.chat_id == chat_id)
@@ -124,8 +125,8 @@ def chat_pause(chat_id: ChatId, who: Caller, body: Annotated[ChatPauseIn | None,
     with session_scope() as session:
         return _public(session, _chat_in_scope(session, who, chat_id))
 
-@router.post("/v1/chats/{chat_id}/resume", response_model=ChatPublic, responses=ERRORS | {409: {}})
-def chat_resume(chat_id: ChatId, who: Caller) -> ChatPublic:
+@router.post("/v1/chats/{chat_id}/resume", response_model=ChatSessionPublic, responses=ERRORS | {409: {}})
+def chat_resume(chat_id: ChatId, who: Caller) -> ChatSessionPublic:
     """Resume a paused chat (owner key) if its wallet can pay: active and connected again.  If no
     credit or sweep closed its pause first, this call does and announces ``chat.resumable``
     (cause ``resume``), once.  409 while the wallet cannot pay (``needed_nanos`` in the

@@ -20,24 +20,27 @@ from api_stub.deps import (
     unknown_wallet,
     wallet_in_scope,
 )
-from api_stub.schemas import (
-    CreditIn,
+from models.wallet import (
+    CreditCreate,
     CreditPublic,
-    LedgerEntry,
-    LedgerPage,
     ReleasePublic,
-    ReservationIn,
+    ReservationCreate,
     ReservationPublic,
+    WalletTransactionPublic,
+    WalletTransactionsPublic,
 )
-from models.tables import ApiRole, WalletTransaction
+from models.enums import ApiRole
+from models.wallet import WalletTransaction
 from models.validation import SAFE_ID
 from worker.ledger.audit import audit
 from worker.db import session_scope
-from worker.ledger.accounts import GatePending, LedgerError, credit_wallet
+from worker.chats.lifecycle import resume_paused_chats
+from worker.chats.wiring import credit_wallet
+from worker.ledger.accounts import GatePending, LedgerError
 from worker.pricing.prices import PricingError
 from worker.gate.gate import GateConfigError, UnknownWallet
 from worker.billing.modes import ModeError, set_app_mode, set_wallet_mode
-from api_stub.schemas import ModeIn, ModePublic
+from models.wallet import ModePublic, ModeUpdate
 
 router = APIRouter(tags=["wallets"])
 ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
@@ -53,7 +56,7 @@ def _owner_wallet(who, wallet_id: str, action: str) -> None:
 
 
 @router.post("/v1/wallets/{wallet_id}/reservations", response_model=ReservationPublic, responses=ERRORS | {409: {}})
-def reserve(wallet_id: WalletId, body: ReservationIn, who: Caller) -> ReservationPublic:
+def reserve(wallet_id: WalletId, body: ReservationCreate, who: Caller) -> ReservationPublic:
     """Hold ``amount_nanos`` (≥ 1) of the wallet before an LLM call, or the worst case of a call
     given ``model`` (+ ``service_tier``: priced at that tier), ``prompt_tokens`` and ``max_tokens``
     (owner key of the wallet's app).
@@ -82,9 +85,7 @@ def reserve(wallet_id: WalletId, body: ReservationIn, who: Caller) -> Reservatio
         raise unknown_wallet(wallet_id) from None
     except GateConfigError as exc:
         raise Problem(409, "Mode takes no reservations", str(exc)) from None
-    return ReservationPublic(reservation_id=hold.reservation_id, wallet_id=wallet_id, granted=hold.granted,
-                             amount_nanos=hold.amount_nanos, balance_nanos=hold.balance_nanos,
-                             held_nanos=hold.held_nanos, duplicate=hold.duplicate)
+    return hold
 
 
 @router.delete("/v1/wallets/{wallet_id}/reservations/{reservation_id}", response_model=ReleasePublic,
@@ -101,12 +102,12 @@ def release(wallet_id: WalletId, reservation_id: Annotated[str, Path(min_length=
                          released_nanos=get_gate().release(wallet_id, reservation_id))
 
 
-@router.get("/v1/wallets/{wallet_id}/ledger", response_model=LedgerPage, responses=ERRORS)
+@router.get("/v1/wallets/{wallet_id}/ledger", response_model=WalletTransactionsPublic, responses=ERRORS)
 def ledger(wallet_id: WalletId, who: Caller,
            limit: Annotated[int, Query(ge=1, le=500, description="entries per page")] = 50,
            cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1,
                                                description="next_cursor of the previous page")] = None,
-           ) -> LedgerPage:
+           ) -> WalletTransactionsPublic:
     """The wallet's ledger entries (``wallet_transaction``), newest first, one page: its app's owner
     (or, for a platform wallet, the owner key issued for it) or its own end user (admins see no end
     user's detail)."""
@@ -116,15 +117,13 @@ def ledger(wallet_id: WalletId, who: Caller,
         if cursor is not None:
             stmt = stmt.where(WalletTransaction.id < cursor)
         rows = session.execute(stmt.order_by(WalletTransaction.id.desc()).limit(limit + 1)).scalars().all()
-    data = [LedgerEntry(id=r.id, kind=r.kind, amount_nanos=r.amount_nanos, turns=r.turns,
-                        idempotency_key=r.idempotency_key, description=r.description, created_at=r.created_at)
-            for r in rows[:limit]]
-    return LedgerPage(wallet_id=wallet_id, data=data, count=len(data),
+    data = [WalletTransactionPublic.model_validate(r) for r in rows[:limit]]
+    return WalletTransactionsPublic(wallet_id=wallet_id, data=data, count=len(data),
                       next_cursor=data[-1].id if len(rows) > limit else None)
 
 
 @router.post("/v1/wallets/{wallet_id}/credits", response_model=CreditPublic, responses=ERRORS | {409: {}})
-def credit(wallet_id: WalletId, body: CreditIn, who: Caller) -> CreditPublic:
+def credit(wallet_id: WalletId, body: CreditCreate, who: Caller) -> CreditPublic:
     """Credit the wallet (owner key of its app, or admin) once per ``idempotency_key``: the ledger
     entry commits, then the gate's balance; audit-logged (``credit``).  409 naming
     ``idempotency_key`` when the key was used for another credit.  The reply's ``balance_nanos`` is
@@ -170,21 +169,22 @@ def _mode_problem(exc: ModeError) -> Problem:
     return field_problem(404, "Unknown " + field.removesuffix("_id"), field, message)
 
 @router.put("/v1/wallets/{wallet_id}/mode", response_model=ModePublic, responses=ERRORS)
-def wallet_mode(wallet_id: WalletId, body: ModeIn, who: Caller) -> ModePublic:
+def wallet_mode(wallet_id: WalletId, body: ModeUpdate, who: Caller) -> ModePublic:
     """Override a wallet's billing mode, or (``mode: null``) make it follow its app's default
     again: owner key of its app, or admin.  Audit-logged (``mode_change``); chats the new mode
     lets go on are resumed."""
     forbid_unless(who, ApiRole.owner, ApiRole.admin, action="change modes")
-    with session_scope() as session:
-        wallet_in_scope(session, who, wallet_id, admin=True)
     try:
-        mode = set_wallet_mode(get_gate(), wallet_id, body.mode, actor=who.actor)
+        with session_scope() as session:
+            wallet_in_scope(session, who, wallet_id, admin=True)
+            mode = set_wallet_mode(session, get_gate(), wallet_id, body.mode, actor=who.actor,
+                                   resume=resume_paused_chats)
     except ModeError as exc:
         raise _mode_problem(exc) from None
     return ModePublic(mode=mode, wallet_id=wallet_id)
 
 @router.put("/v1/enterprises/{enterprise_id}/mode", response_model=ModePublic, responses=ERRORS)
-def enterprise_mode(enterprise_id: WalletId, body: ModeIn, who: Caller) -> ModePublic:
+def enterprise_mode(enterprise_id: WalletId, body: ModeUpdate, who: Caller) -> ModePublic:
     """Set an app's default billing mode (owner key of the app, or admin); its wallets without
     an override follow.  Audit-logged (``mode_change``)."""
     forbid_unless(who, ApiRole.owner, ApiRole.admin, action="change modes")
@@ -193,7 +193,9 @@ def enterprise_mode(enterprise_id: WalletId, body: ModeIn, who: Caller) -> ModeP
     if body.mode is None:
         raise field_problem(422, "Invalid request", "mode", "an app needs a mode")
     try:
-        changed = set_app_mode(get_gate(), enterprise_id, body.mode, actor=who.actor)
+        with session_scope() as session:
+            changed = set_app_mode(session, get_gate(), enterprise_id, body.mode, actor=who.actor,
+                                   resume=resume_paused_chats)
     except ModeError as exc:
         raise _mode_problem(exc) from None
     return ModePublic(mode=body.mode, enterprise_id=enterprise_id, wallets_changed=len(changed))

@@ -25,7 +25,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.tables import ApiRole, Wallet
+from models.enums import ApiRole
+from models.wallet import Wallet
 from models.validation import SAFE_ID, Id
 from worker.db import session_scope
 from worker.settings import get_settings

@@ -64,7 +64,7 @@ def turn(prefix: str, i: int) -> dict:
 
 def setup() -> str:
     """Fresh namespaces, the wallets and an owner key (returned)."""
-    from models.tables import ApiRole
+    from models.enums import ApiRole
     from worker.access.apikeys import create_key
     from worker.db import session_scope
     from worker.ledger.accounts import credit_wallet, open_wallet
@@ -83,7 +83,7 @@ def setup() -> str:
 
 def bench_in_process(n: int) -> dict[str, float]:
     """``gate.record_turn`` one at a time, in this process (no HTTP, no auth)."""
-    from models.schemas import TurnIn
+    from models.turn import TurnIn
     from worker.gate.gate import WalletGate
 
     gate = WalletGate(kicker=lambda shard: None)

@@ -211,7 +211,7 @@ def reload_wallets(gate) -> None:
 
 def make_turns(prefix: str, n: int, trace_rows) -> list:
     """``n`` valid turns spread over the bench wallets, chats and agents, tokens taken from the trace."""
-    from models.schemas import TurnIn
+    from models.turn import TurnIn
 
     turns = []
     m = len(trace_rows)
@@ -353,7 +353,7 @@ def bench_raw_insert(r: redis.Redis, gate, batch_size: int) -> dict[str, float]:
     (same columns, defaults and indexes), one transaction per ``batch_size`` rows, as the drain."""
     from sqlalchemy import MetaData, insert, text
 
-    from models.tables import UsageEvent
+    from models.turn import UsageEvent
     from worker.db import get_engine
     from worker.gate.outbox import parse_entry
     from worker.gate.keys import outbox_key

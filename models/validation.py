@@ -1,7 +1,7 @@
 """Edge validation, defined once: what text, sizes and times tollgate accepts from outside.
 
-Every entry point uses these: the turn and the other input models (``models.schemas``,
-``api_stub.schemas``, the API's path parameters), the Celery task ``tollgate.usage.record_turn``
+Every entry point uses these: the turn and the other input models (the ``XCreate`` shapes of
+the record families in ``models``, the API's path parameters), the Celery task ``tollgate.usage.record_turn``
 (through ``TurnIn``), the Python services that take ids and keys directly (``worker.ledger.accounts``,
 ``WalletGate.reserve``), the CLI and the trace parsers.
 
@@ -24,8 +24,8 @@ description 0..500.
 
 Times: ``occurred_at`` (and a chat's start and end) must carry a time zone; it is converted to UTC
 without ever raising ``OverflowError`` (an offset at year 1 or 9999 is refused as out of range) and
-must lie inside ``[settings.occurred_at_min, now + settings.occurred_at_max_ahead_s]`` (default
-2000-01-01T00:00Z to one day ahead).
+must lie inside ``[earliest, now + max_ahead_s]``, a window the worker passes in from its settings
+(``configure_occurred_at_window``; default 2000-01-01T00:00Z to one day ahead).
 
 Python callers get ``worker.errors.InvalidInput`` (a ``ValueError`` with ``.field``) from the
 raising checks in ``worker.validation`` (models import nothing of ours), or a ``pydantic.ValidationError`` whose error ``loc`` is the field from the annotated
@@ -36,10 +36,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 MAX_ID = 200
@@ -132,15 +133,34 @@ FreeText = Annotated[str, Field(max_length=MAX_DESCRIPTION), AfterValidator(_che
 
 
 # times --------------------------------------------------------------------------------------------
-def occurred_at_window() -> tuple[datetime, datetime]:
-    """``(earliest, latest)`` an ``occurred_at`` may be, aware UTC: ``settings.occurred_at_min`` and
-    now + ``settings.occurred_at_max_ahead_s``."""
-    # imported here: models import nothing of ours at module level; the window is configuration
-    # read when a value is checked (worker.settings imports models.tables)
-    from worker.settings import get_settings
+#: the occurred_at window's defaults: the earliest instant accepted and how far past now, seconds
+DEFAULT_OCCURRED_AT_MIN = datetime(2000, 1, 1, tzinfo=UTC)
+DEFAULT_OCCURRED_AT_MAX_AHEAD_S = 86_400
 
-    s = get_settings()
-    return s.occurred_at_min, datetime.now(UTC) + timedelta(seconds=s.occurred_at_max_ahead_s)
+
+def _default_window() -> tuple[datetime, int]:
+    return DEFAULT_OCCURRED_AT_MIN, DEFAULT_OCCURRED_AT_MAX_AHEAD_S
+
+
+_window_source: Callable[[], tuple[datetime, int]] = _default_window
+
+
+def configure_occurred_at_window(source: Callable[[], tuple[datetime, int]] | None) -> None:
+    """Where the ``occurred_at`` window comes from: ``source()`` returns ``(earliest, max_ahead_s)``
+    (an aware datetime, seconds) and is called each time a time is checked, so it may read live
+    configuration.  ``worker.settings`` installs one reading ``Settings.occurred_at_min`` and
+    ``Settings.occurred_at_max_ahead_s`` when it is imported; ``None`` restores the defaults
+    (``DEFAULT_OCCURRED_AT_MIN``, ``DEFAULT_OCCURRED_AT_MAX_AHEAD_S``).  Models import nothing of
+    ours: the window is passed in, not read from the worker."""
+    global _window_source
+    _window_source = source or _default_window
+
+
+def occurred_at_window() -> tuple[datetime, datetime]:
+    """``(earliest, latest)`` an ``occurred_at`` may be, aware UTC: the configured earliest instant
+    and now + the configured seconds ahead (:func:`configure_occurred_at_window`)."""
+    earliest, ahead_s = _window_source()
+    return earliest, datetime.now(UTC) + timedelta(seconds=ahead_s)
 
 
 def utc_problem(value: datetime) -> tuple[datetime | None, str | None]:
@@ -171,3 +191,16 @@ def _check_utc(value: datetime) -> datetime:
 
 #: an aware datetime inside the configured window, converted to UTC
 UtcInWindow = Annotated[datetime, AfterValidator(_check_utc)]
+
+
+# money and input models -----------------------------------------------------------------------------
+#: nano-USD of one credit or hold: an integer, strictly typed (no floats, no strings)
+Nanos = Annotated[int, Field(strict=True, ge=0, le=2**62)]
+PositiveNanos = Annotated[int, Field(strict=True, gt=0, le=2**62)]
+
+
+class InputModel(BaseModel):
+    """Base of the request bodies (``XCreate`` and the other inputs): unknown fields are refused
+    (422 naming them) and an instance is frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)

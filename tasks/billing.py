@@ -15,7 +15,7 @@ from worker.billing.budgets import check_budgets as check_budgets_service
 from worker.celery_app import CHECK_BUDGETS_TASK, DELIVER_WEBHOOK_TASK, MONTHLY_RESET_TASK, PAUSE_CHAT_TASK, RESUME_PAUSED_TASK, app
 from worker.db import session_scope
 from worker.billing.modes import charge_flat_fees
-from worker.chats.lifecycle import pause_chat as pause_chat_service, sweep_paused
+from worker.chats.lifecycle import pause_chat as pause_chat_service, resume_paused_chats, sweep_paused
 from worker.settings import get_settings
 from worker.gate.gate import process_gate
 from worker.events import WebhookRejected, WebhookRetryable, backoff_s, deliver as deliver_event
@@ -39,8 +39,9 @@ def check_budgets() -> dict[str, Any]:
 def monthly_reset(period: str | None = None) -> dict[str, Any]:
     """Grant and expire monthly allowances up to ``period`` ('YYYY-MM'; default: the current one).
     Beat runs it hourly; a run that finds nothing to do writes nothing.  Returns counts, nano-USD."""
-    report = run_monthly_reset(process_gate(), period=period).as_dict()
-    fees = charge_flat_fees(process_gate(), period=period).as_dict()
+    report = run_monthly_reset(process_gate(), period=period, resume=resume_paused_chats).as_dict()
+    with session_scope() as session:
+        fees = charge_flat_fees(session, process_gate(), period=period).as_dict()
     return {k: v for k, v in report.items() if k not in ("granted", "expired", "restored")} | {
         "granted": len(report["granted"]), "expired": len(report["expired"]), "restored": len(report["restored"]),
         "flat_fees": len(fees["charged"]), "flat_fees_nanos": fees["charged_nanos"]}

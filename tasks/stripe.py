@@ -15,6 +15,7 @@ import redis
 from sqlalchemy.exc import OperationalError
 
 from worker.celery_app import STRIPE_PROCESS_EVENT_TASK, STRIPE_SWEEP_TASK, app
+from worker.chats.wiring import after_credit
 from worker.ledger.accounts import GatePending
 from worker.db import session_scope
 from worker.billing.stripe import process_event as process_event_service, unprocessed_events
@@ -31,7 +32,7 @@ def process_event(self, event_id: str) -> dict[str, Any]:
     """Apply the stored Stripe event ``event_id`` (``evt_…``) once.  Returns
     :meth:`worker.billing.stripe.ProcessResult.as_dict` (``credited_nanos`` in nano-USD)."""
     try:
-        return process_event_service(event_id, gate=process_gate()).as_dict()
+        return process_event_service(event_id, gate=process_gate(), on_credited=after_credit).as_dict()
     except RETRIABLE as exc:
         raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 300), max_retries=MAX_RETRIES)
 

@@ -6,8 +6,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from worker.celery_app import DRAIN_OUTBOX_TASK, RECORD_TURN_TASK, app
+from worker.chats.lifecycle import announce_chat_changes
 from worker.ledger.drain import OutboxDrain
 from worker.pricing.prices import PricingError, TurnLimitExceeded
 from worker.gate.gate import UnknownWallet, WrongEnterprise, process_gate
@@ -26,7 +27,7 @@ _drain: OutboxDrain | None = None
 def _get_drain() -> OutboxDrain:
     global _drain
     if _drain is None:
-        _drain = OutboxDrain()
+        _drain = OutboxDrain(announce=announce_chat_changes)
     return _drain
 
 
@@ -47,7 +48,7 @@ def drain_outbox(shard: int | None = None, max_seconds: float = 30.0) -> dict[st
 def record_turn(turn: dict[str, Any]) -> dict[str, Any]:
     """Record one turn through the same gate as the Python client.
 
-    ``turn`` has the fields of :class:`models.schemas.TurnIn`.  Returns the decision as a dict.
+    ``turn`` has the fields of :class:`models.turn.TurnIn`.  Returns the decision as a dict.
     Raises :class:`TurnRejected` naming the field (bad input), the model or the wallet; nothing changes then.
     """
     try:

@@ -14,7 +14,11 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, insert
 
-from models.tables import ApiRole, Budget, BudgetAlert, ChatSession, Enterprise, UsageEvent, Wallet
+from models.budget import Budget, BudgetAlert
+from models.chat import ChatSession
+from models.enums import ApiRole
+from models.turn import UsageEvent
+from models.wallet import Enterprise, Wallet
 from worker.access.apikeys import create_key
 from worker.db import session_scope
 

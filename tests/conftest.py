@@ -76,17 +76,55 @@ def database_url() -> str:
     engine_for(TEST_DB_URL).dispose()
 
 
+#: whether a test may have committed rows since the last TRUNCATE (the ``session`` fixture then truncates first)
+_DIRTY = {"db": True}
+
+
+def _truncate(engine) -> None:
+    from sqlalchemy import text
+
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+
+
 @pytest.fixture()
 def db(database_url):
-    """An empty test database (all tables truncated); yields the SQLAlchemy engine."""
-    from sqlalchemy import text
+    """An empty test database (all tables truncated); yields the SQLAlchemy engine.  For tests
+    whose code opens its own connections (Celery workers, drains in threads, the API server, the
+    CLI, services that open ``session_scope``): what they commit stays until the next TRUNCATE."""
+    from worker.db import engine_for
+
+    engine = engine_for(database_url)
+    _truncate(engine)
+    _DIRTY["db"] = True
+    return engine
+
+
+@pytest.fixture()
+def session(database_url):
+    """A SQLModel ``Session`` inside an outer transaction that is rolled back when the test ends
+    (pypi/warehouse's ``db_session``): for tests whose code under test takes the session.  The
+    code's ``session.commit()`` releases a savepoint (``join_transaction_mode="create_savepoint"``),
+    so its ``after_commit`` hooks run as they would after a real commit, and ``rollback()`` returns
+    to that savepoint; nothing reaches other connections, and nothing needs truncating afterwards.
+    The database is truncated first only if a ``db`` test committed rows since the last TRUNCATE."""
+    from sqlmodel import Session
 
     from worker.db import engine_for
 
     engine = engine_for(database_url)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
-    return engine
+    if _DIRTY["db"]:
+        _truncate(engine)
+        _DIRTY["db"] = False
+    connection = engine.connect()
+    outer = connection.begin()
+    s = Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+    try:
+        yield s
+    finally:
+        s.close()
+        outer.rollback()
+        connection.close()
 
 
 @pytest.fixture()

@@ -28,8 +28,8 @@ from typing import Any
 
 #: public name -> (module, attribute)
 _EXPORTS: dict[str, tuple[str, str]] = {
-    "TurnIn": ("models.schemas", "TurnIn"),
-    "Decision": ("models.schemas", "Decision"),
+    "TurnIn": ("models.turn", "TurnIn"),
+    "Decision": ("models.turn", "Decision"),
     "WalletGate": ("worker.gate.gate", "WalletGate"),
     "process_gate": ("worker.gate.gate", "process_gate"),
     "UnknownWallet": ("worker.gate.gate", "UnknownWallet"),
@@ -38,12 +38,12 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "GateConfigError": ("worker.gate.gate", "GateConfigError"),
     "ensure_enterprise": ("worker.ledger.accounts", "ensure_enterprise"),
     "open_wallet": ("worker.ledger.accounts", "open_wallet"),
-    "credit_wallet": ("worker.ledger.accounts", "credit_wallet"),
+    "credit_wallet": ("worker.chats.wiring", "credit_wallet"),
     "ledger_balance": ("worker.ledger.accounts", "ledger_balance"),
     "LedgerError": ("worker.ledger.accounts", "LedgerError"),
     "GatePending": ("worker.ledger.accounts", "GatePending"),
     "wallet_usage": ("worker.ledger.turns", "wallet_usage"),
-    "OutboxDrain": ("worker.ledger.drain", "OutboxDrain"),
+    "OutboxDrain": ("worker.chats.wiring", "AnnouncingDrain"),
     "PricingError": ("worker.pricing.prices", "PricingError"),
     "TurnLimitExceeded": ("worker.pricing.prices", "TurnLimitExceeded"),
     "NANOS_PER_USD": ("worker.pricing.prices", "NANOS_PER_USD"),

@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 from sqlmodel import Session
 
-from models.tables import Enterprise
+from models.wallet import Enterprise
 from worker.db import session_scope
 from worker.settings import Settings, get_settings
 from worker.celery_app import DELIVER_WEBHOOK_TASK, app

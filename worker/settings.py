@@ -15,7 +15,8 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.tables import BillingMode
+from models.enums import BillingMode
+from models.validation import DEFAULT_OCCURRED_AT_MAX_AHEAD_S, DEFAULT_OCCURRED_AT_MIN, configure_occurred_at_window
 from worker.errors import InvalidInput
 
 
@@ -106,8 +107,8 @@ class Settings(BaseSettings):
     #: changes scheme or host; default: the request's own scheme and Host.  Sign-in and sign-out
     #: are refused from any other Origin.
     web_origin: str | None = None
-    occurred_at_min: datetime = datetime(2000, 1, 1, tzinfo=UTC)
-    occurred_at_max_ahead_s: int = Field(default=86_400, ge=0, le=10 * 366 * 86_400)
+    occurred_at_min: datetime = DEFAULT_OCCURRED_AT_MIN
+    occurred_at_max_ahead_s: int = Field(default=DEFAULT_OCCURRED_AT_MAX_AHEAD_S, ge=0, le=10 * 366 * 86_400)
 
     @field_validator("occurred_at_min")
     @classmethod
@@ -158,3 +159,12 @@ def redis_client(settings: Settings, url: str | None = None):
 def get_settings() -> Settings:
     """The process-wide :class:`Settings`, read once from the environment."""
     return Settings()
+
+
+def _occurred_at_window() -> tuple[datetime, int]:
+    s = get_settings()
+    return s.occurred_at_min, s.occurred_at_max_ahead_s
+
+
+# models.validation checks every occurred_at against this process's settings (read at each check)
+configure_occurred_at_window(_occurred_at_window)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import worker.settings  # noqa: F401  (installs this process's occurred_at window: configure_occurred_at_window)
 from models.validation import MAX_ID, text_problem, utc_problem
 from worker.errors import InvalidInput
 
@@ -30,7 +31,9 @@ def check_text(value: object, field: str, *, kind: str = "id", max_length: int =
 
 
 def check_occurred_at(value: object, field: str = "occurred_at") -> datetime:
-    """``value`` (an aware datetime inside the configured window) converted to UTC; else raises
+    """``value`` (an aware datetime inside the configured window: ``Settings.occurred_at_min`` to now +
+    ``Settings.occurred_at_max_ahead_s``, installed by :mod:`worker.settings` through
+    :func:`models.validation.configure_occurred_at_window`) converted to UTC; else raises
     :class:`InvalidInput` naming ``field``."""
     if not isinstance(value, datetime):
         raise InvalidInput(field, f"must be a datetime, got {type(value).__name__}")

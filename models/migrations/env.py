@@ -1,5 +1,5 @@
 """Alembic environment: migrates ``settings.database_url`` (or the URL set on the config) to the
-metadata of ``models.tables``."""
+metadata of the record families in ``models``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 from sqlmodel import SQLModel
 
-import models.tables  # noqa: F401  (registers the tables)
+from models import access, budget, chat, reconcile, rollup, stripe, turn, wallet  # noqa: F401  (registers the tables)
 
 config = context.config
 target_metadata = SQLModel.metadata

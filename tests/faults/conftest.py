@@ -221,7 +221,7 @@ def aof_env(pg_server, tmp_path):
 
 def make_turns(wallet_ids: list[str], n: int, *, prefix: str = "t", offset: int = 0):
     """``n`` valid gpt-4o turns spread round-robin over ``wallet_ids``, 3 chats and 2 agents each."""
-    from models.schemas import TurnIn
+    from models.turn import TurnIn
 
     turns = []
     for j in range(offset, offset + n):

@@ -40,7 +40,7 @@ def _kill(proc) -> None:
 
 
 def test_beat_and_its_worker_killed_mid_rollup_leave_no_stale_rollup(fault_env):
-    from models.schemas import TurnIn
+    from models.turn import TurnIn
     from worker.db import engine_for, session_scope
     from worker.ledger.drain import OutboxDrain
     from worker.chats.rollups import build_document

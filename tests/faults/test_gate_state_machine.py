@@ -40,7 +40,7 @@ CTX: dict = {}
 
 
 def _turn(turn_id: str, wallet: str, tokens: int, reservation_id: str | None = None):
-    from models.schemas import TurnIn
+    from models.turn import TurnIn
 
     return TurnIn(turn_id=turn_id, wallet_id=wallet, enterprise_id=ENTERPRISE, chat_id=f"{wallet}-c",
                   model="unit", prompt_tokens=tokens, completion_tokens=0, occurred_at=T0,
@@ -66,10 +66,12 @@ class GateMachine(RuleBasedStateMachine):
         self.gate = WalletGate(self.client, settings=fe.settings, kicker=lambda shard: None,
                                price_book=PriceBook({"/unit": {"input_mtok": "1000"}}))
         from worker.billing.modes import set_wallet_reservations
+        from worker.db import session_scope
 
         for w in WALLETS:
             open_wallet(self.gate, wallet_id=w, enterprise_id=ENTERPRISE, owner_id=w)
-        assert set_wallet_reservations(self.gate, REQ, True) is True
+        with session_scope() as s:  # the entry point's transaction
+            assert set_wallet_reservations(s, self.gate, REQ, True) is True
         from worker.ledger.accounts import credit_wallet
 
         for w in (RES, REQ):  # some money to reserve from at once (the credit rule adds more)

@@ -12,7 +12,7 @@ import pytest
 import time_machine
 from sqlalchemy import text
 
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from worker.billing.allowances import (
     AllowanceError,
     allowance_key,

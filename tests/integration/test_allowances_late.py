@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from sqlalchemy import text
 
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from worker.billing.allowances import allowance_key, expiry_key, restore_key, run_monthly_reset, set_allowance
 from worker.db import session_scope
 from worker.ledger.drain import OutboxDrain

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
-from models.tables import Wallet
+from models.wallet import Wallet
 from worker.chats.analytics import usage_analytics
 from worker.db import session_scope
 from worker.ledger.accounts import ensure_enterprise

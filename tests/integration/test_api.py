@@ -21,7 +21,7 @@ COST = 800 * 2_500 + 200 * 1_250 + 100 * 10_000  # gpt-4o nanos per token: in 2,
 @pytest.fixture()
 def api(db, redis_client, gate):
     from api_stub import main
-    from models.tables import ApiRole
+    from models.enums import ApiRole
     from worker.access.apikeys import create_key
 
     main.get_gate.cache_clear()

@@ -82,8 +82,8 @@ def test_a_hanging_broker_or_a_first_wallet_lookup_never_stalls_other_requests(a
     async def scenario():
         transport = httpx.ASGITransport(app=main.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://tollgate.test") as client:
+            started = _time.perf_counter()  # before the timer: the broker cannot answer sooner than 2.5 s after it
             threading.Timer(2.5, release.set).start()  # the broker answers after 2.5 s
-            started = _time.perf_counter()
             denied = asyncio.create_task(client.post("/v1/turns", json={**TURN, "wallet_id": "w2", "chat_id": "c-hang",
                                                                          "turn_id": "hang-1"}, headers=auth))
             await asyncio.sleep(0.2)  # the turn is now in its lookup (1 s), then in its pause (till 2.5 s)

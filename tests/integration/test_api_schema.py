@@ -25,7 +25,7 @@ schema = schema.exclude(path_regex=r"^/(billing|v1/stripe)")
 @pytest.fixture()
 def keys(db, redis_client, gate, settings, monkeypatch):
     from api_stub import deps
-    from models.tables import ApiRole
+    from models.enums import ApiRole
     from worker.access.apikeys import create_key
 
     monkeypatch.setattr(settings, "rate_limit", "1000000/minute")

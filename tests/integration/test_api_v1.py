@@ -29,7 +29,7 @@ USD = 1_000_000_000
 @pytest.fixture()
 def api(db, redis_client, gate):
     from api_stub import deps
-    from models.tables import ApiRole
+    from models.enums import ApiRole
     from worker.access.apikeys import create_key
 
     deps.get_gate.cache_clear()

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from tests.receiver import start_receiver
 from worker.billing.budgets import BUDGET_EXCEEDED, BudgetError, check_budgets, set_budget
 from worker.db import session_scope

@@ -18,8 +18,10 @@ from sqlalchemy import text
 
 from worker.client import BillingSession, InProcessTransport, WalletExhausted
 from worker.db import session_scope
-from worker.ledger.drain import DrainStats, OutboxDrain
-from worker.ledger.accounts import credit_wallet, ensure_enterprise, open_wallet
+from worker import OutboxDrain  # wired: announces chat.paused / chat.resumable
+from worker.ledger.drain import DrainStats
+from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
+from worker.ledger.accounts import ensure_enterprise, open_wallet
 from worker.chats.lifecycle import resume_chat, sweep_paused
 from worker.gate.keys import outbox_key
 from worker.events import channel

@@ -16,7 +16,8 @@ from worker.validation import InvalidInput
 from tests.integration.test_api import COST, TURN, _auth, api  # noqa: F401  (fixture)
 from tests.integration.test_budgets import NOW, USD, Spender, _budget, _check
 from worker.db import session_scope
-from worker.ledger.accounts import credit_wallet, ensure_enterprise, open_wallet
+from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
+from worker.ledger.accounts import ensure_enterprise, open_wallet
 from worker.ledger.turns import chat_order, outbox_position
 from worker.events import channel
 from worker.gate.keys import transitions_key
@@ -113,7 +114,7 @@ def test_a_pause_task_run_after_the_orchestrator_resumed_changes_nothing(api, ga
     task runs: the chat stays active, no record, no ``chat.paused``.  Before the fix the task paused
     the active chat after the orchestrator had resumed it."""
     from tasks.billing import pause_chat
-    from worker.ledger.drain import OutboxDrain
+    from worker import OutboxDrain  # wired: announces chat.paused / chat.resumable
 
     chat = f"late-{uuid.uuid4().hex[:8]}"
     credit_wallet(gate, wallet_id="w2", amount_nanos=3 * COST, idempotency_key="two-turns")

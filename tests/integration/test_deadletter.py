@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 import worker.ledger.drain as drain_module
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from tests.conftest import TEST_REDIS_URL
 from worker.db import session_scope
 from worker.ledger.deadletter import DeadLetterNotFound, list_dead_letters
@@ -355,7 +355,7 @@ def test_metrics_endpoint_shows_dead_letters_per_shard(db, redis_client, gate, s
     from fastapi.testclient import TestClient
 
     from api_stub import main
-    from models.tables import ApiRole
+    from models.enums import ApiRole
     from worker.access.apikeys import create_key
     from worker.db import session_scope
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from worker.ledger.drain import GROUP, OutboxDrain
 from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.gate.keys import outbox_key

@@ -102,7 +102,7 @@ OPS = st.lists(st.one_of(
 @pytest.fixture()
 def api(db, redis_client, gate, settings, monkeypatch):
     from api_stub import deps
-    from models.tables import ApiRole
+    from models.enums import ApiRole
     from worker.access.apikeys import create_key
 
     monkeypatch.setattr(settings, "occurred_at_max_ahead_s", 86_400)  # production's default (conftest widens it)

@@ -42,7 +42,7 @@ def day_window(settings, monkeypatch):
 @pytest.fixture()
 def api(db, redis_client, gate, day_window):
     from api_stub import deps
-    from models.tables import ApiRole
+    from models.enums import ApiRole
     from worker.access.apikeys import create_key
 
     deps.get_gate.cache_clear()
@@ -202,7 +202,7 @@ def test_a_path_id_with_nul_is_a_422_naming_it(api, path):
 
 # Python callers ------------------------------------------------------------------------------------------
 def test_python_callers_get_a_value_error_naming_the_field(db, redis_client, gate):
-    from models.schemas import TurnIn
+    from models.turn import TurnIn
     from worker.validation import InvalidInput
 
     with pytest.raises(ValidationError) as exc:

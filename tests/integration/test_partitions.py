@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import text
 
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from worker.db import session_scope
 from worker.ledger.drain import OutboxDrain
 from worker.ledger.accounts import credit_wallet, ledger_balance, open_wallet

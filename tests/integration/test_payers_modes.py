@@ -12,11 +12,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from models.schemas import TurnIn
-from models.tables import PayerLevel
+from models.turn import TurnIn
+from models.enums import PayerLevel
 from worker.db import session_scope
-from worker.ledger.drain import OutboxDrain
-from worker.ledger.accounts import credit_wallet, ensure_enterprise, ledger_balance, open_wallet
+from worker import OutboxDrain  # wired: announces chat.paused / chat.resumable
+from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
+from worker.ledger.accounts import ensure_enterprise, ledger_balance, open_wallet
 from worker.billing.modes import FLAT_FEE_PREFIX, ModeError, charge_flat_fees, configure_app, set_app_mode, set_wallet_mode
 from worker.billing.payers import split_charge, wallet_id_for
 from worker.chats.lifecycle import can_continue, pause_chat, resume_paused_chats, wallet_state
@@ -129,7 +130,8 @@ def test_revenue_share_and_platform_fee_sum_to_every_charge(db, gate, redis_clie
     for _target, billed, share, fee in totals:
         assert share + fee == billed
     # the share configured later applies to later charges only
-    configure_app(gate, "acme", creator_share_bps=5000)
+    with session_scope() as s:  # the entry point's transaction
+        configure_app(s, gate, "acme", creator_share_bps=5000)
     gate.record_turn(_turn("a-late", acme_user, "acme", prompt=1001, completion=17))
     _drain(redis_client, settings)
     ((billed, share),) = _rows(db, "SELECT billed_nanos, creator_share_nanos FROM usage_event WHERE turn_id = 'a-late'")
@@ -178,7 +180,8 @@ def test_trial_allowance_is_counted_once_then_pauses(db, gate, redis_client, set
     # a credit cannot lift a trial that pauses; the app moving its trial to 'bill' does
     credit_wallet(gate, wallet_id="t-1", amount_nanos=1000, idempotency_key="more")
     assert _rows(db, "SELECT count(*) FROM paused_chat WHERE resumed_at IS NULL") == [(1,)]
-    configure_app(gate, "acme", trial_then="bill")
+    with session_scope() as s:  # the entry point's transaction
+        configure_app(s, gate, "acme", trial_then="bill")
     assert resume_paused_chats(gate, "t-1", cause="trial_then_bill") == [("acme", "c1")]
     billed = gate.record_turn(_turn("t-after", "t-1"))
     assert (billed.accepted, billed.billed_nanos) == (True, _cost(gate))
@@ -192,7 +195,8 @@ def test_track_only_is_never_blocked_and_pays_a_flat_fee_once_a_month(db, gate, 
     open_wallet(gate, wallet_id="fees", enterprise_id=None, owner_id="creator-9", level=PayerLevel.platform,
                 mode="production")
     credit_wallet(gate, wallet_id="fees", amount_nanos=500_000_000, idempotency_key="seed")
-    configure_app(gate, "selfhost", flat_fee_nanos=49_000_000_000 // 100, fee_wallet_id="fees")  # $0.49
+    with session_scope() as s:  # the entry point's transaction
+        configure_app(s, gate, "selfhost", flat_fee_nanos=49_000_000_000 // 100, fee_wallet_id="fees")  # $0.49
     open_wallet(gate, wallet_id="sh-user", enterprise_id="selfhost", owner_id="u1")
     gate.set_blocked("sh-user", "payment_failed")
     decisions = gate.record_turns([_turn(f"s{i}", "sh-user", "selfhost") for i in range(10)])
@@ -200,8 +204,10 @@ def test_track_only_is_never_blocked_and_pays_a_flat_fee_once_a_month(db, gate, 
     _drain(redis_client, settings)
     assert _rows(db, "SELECT count(*), sum(billed_nanos), bool_or(billable), min(mode) FROM usage_event") == [
         (10, 0, False, "track_only")]
-    first = charge_flat_fees(gate, period="2026-11")
-    second = charge_flat_fees(gate, period="2026-11")
+    with session_scope() as s:  # the entry point's transaction
+        first = charge_flat_fees(s, gate, period="2026-11")
+    with session_scope() as s:  # the entry point's transaction
+        second = charge_flat_fees(s, gate, period="2026-11")
     assert first.charged == [("selfhost", "fees", 490_000_000)] and second.charged == []
     assert gate.balance("fees") == 10_000_000
     with session_scope() as s:
@@ -209,7 +215,8 @@ def test_track_only_is_never_blocked_and_pays_a_flat_fee_once_a_month(db, gate, 
     assert _rows(db, "SELECT idempotency_key FROM wallet_transaction WHERE kind = 'debit' AND amount_nanos > 0") == [
         (f"{FLAT_FEE_PREFIX}selfhost:2026-11",)]
     with pytest.raises(ModeError, match="period"):
-        charge_flat_fees(gate, period="2026-13")
+        with session_scope() as s:  # the entry point's transaction
+            charge_flat_fees(s, gate, period="2026-13")
 
 
 def test_a_mode_change_never_loses_or_rebills_a_turn(db, gate, redis_client, settings):
@@ -220,17 +227,20 @@ def test_a_mode_change_never_loses_or_rebills_a_turn(db, gate, redis_client, set
     cost = _cost(gate)
     prod = gate.record_turns([_turn(f"m{i}", "m-1") for i in range(3)])
     assert [d.billed_nanos for d in prod] == [cost] * 3
-    assert set_app_mode(gate, "acme", "development") == ["m-1"]  # the overriding wallet keeps its mode
+    with session_scope() as s:  # the entry point's transaction
+        assert set_app_mode(s, gate, "acme", "development", resume=resume_paused_chats) == ["m-1"]  # the overriding wallet keeps its mode
     assert _rows(db, "SELECT id, mode, mode_override FROM wallet ORDER BY id") == [
         ("m-1", "development", False), ("m-own", "production", True)]
     retried = gate.record_turns([_turn(f"m{i}", "m-1") for i in range(3)])
     assert [(d.billed_nanos, d.duplicate) for d in retried] == [(cost, True)] * 3
     dev = gate.record_turn(_turn("m3", "m-1"))
     assert (dev.accepted, dev.billed_nanos) == (True, 0)
-    set_app_mode(gate, "acme", "production")
+    with session_scope() as s:  # the entry point's transaction
+        set_app_mode(s, gate, "acme", "production", resume=resume_paused_chats)
     assert gate.record_turn(_turn("m3", "m-1")).billed_nanos == 0  # decided in development: stays free
     assert gate.record_turn(_turn("m4", "m-1")).billed_nanos == cost
-    assert set_wallet_mode(gate, "m-own", None) == "production"
+    with session_scope() as s:  # the entry point's transaction
+        assert set_wallet_mode(s, gate, "m-own", None, resume=resume_paused_chats) == "production"
     _drain(redis_client, settings)
     assert _rows(db, "SELECT turn_id, mode, billed_nanos FROM usage_event ORDER BY turn_id") == [
         ("m0", "production", cost), ("m1", "production", cost), ("m2", "production", cost),
@@ -243,7 +253,8 @@ def test_a_mode_change_never_loses_or_rebills_a_turn(db, gate, redis_client, set
                                         ("mode_change", "development", "production"),
                                         ("mode_change", "production", "production")]
     with pytest.raises(ModeError, match="mode"):
-        set_app_mode(gate, "acme", "free")
+        with session_scope() as s:  # the entry point's transaction
+            set_app_mode(s, gate, "acme", "free", resume=resume_paused_chats)
 
 
 # --- pause and resume -------------------------------------------------------------------------------
@@ -314,7 +325,8 @@ def test_concurrent_mode_changes_leave_redis_on_the_committed_mode(db, gate):
     def flip(modes):
         try:
             for m in modes:
-                set_wallet_mode(gate, "race", m)
+                with session_scope() as s:  # the entry point's transaction
+                    set_wallet_mode(s, gate, "race", m, resume=resume_paused_chats)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -339,8 +351,10 @@ def test_app_settings_never_create_a_wallet_the_gate_lost(db, gate, redis_client
     open_wallet(gate, wallet_id="lost", enterprise_id="acme", owner_id="u1")
     credit_wallet(gate, wallet_id="lost", amount_nanos=5_000, idempotency_key="seed")
     redis_client.delete(gate.wallet_key("lost"))
-    configure_app(gate, "acme", creator_share_bps=6000, trial_token_allowance=100)
-    set_app_mode(gate, "acme", "development")
+    with session_scope() as s:  # the entry point's transaction
+        configure_app(s, gate, "acme", creator_share_bps=6000, trial_token_allowance=100)
+    with session_scope() as s:  # the entry point's transaction
+        set_app_mode(s, gate, "acme", "development", resume=resume_paused_chats)
     assert redis_client.exists(gate.wallet_key("lost")) == 0
     reconcile(gate, rebuild=True)
     assert (gate.balance("lost"), redis_client.hget(gate.wallet_key("lost"), "mode"),

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from models.tables import ApiRole, PayerLevel
+from models.enums import ApiRole, PayerLevel
 from worker.access.apikeys import create_key
 from worker.db import session_scope
 from worker.ledger.accounts import credit_wallet, ensure_enterprise, open_wallet
@@ -33,7 +33,8 @@ def test_only_the_creator_s_apps_charge_a_platform_wallet(db, redis_client, gate
         keys = {app: create_key(s, role=ApiRole.owner, enterprise_id=app) for app in ("acme", "rival")}
     open_wallet(gate, wallet_id="plat:maker-1", enterprise_id=None, owner_id="maker-1", level=PayerLevel.platform)
     credit_wallet(gate, wallet_id="plat:maker-1", amount_nanos=10**10, idempotency_key="grant")
-    configure_app(gate, "acme", creator_id="maker-1")
+    with session_scope() as s:  # the entry point's transaction
+        configure_app(s, gate, "acme", creator_id="maker-1")
     api = TestClient(main.app)
     rival = api.post("/v1/turns", json={**TURN, "enterprise_id": "rival", "turn_id": "r-1"},
                      headers={"Authorization": f"Bearer {keys['rival']}"})

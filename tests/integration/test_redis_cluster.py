@@ -17,7 +17,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from worker.ledger.drain import OutboxDrain
 from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.ledger.reconcile import reconcile

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from tests.integration.test_api_v1 import USD, api  # noqa: F401  (the fixture)
 from worker.db import session_scope
 from worker.billing.modes import configure_app
@@ -26,7 +26,8 @@ def _worst(rates: tuple[int, int]) -> int:
 def test_a_priority_hold_is_priced_at_the_priority_tier_and_covers_its_turn(db, gate):
     with session_scope() as session:
         ensure_enterprise(session, "acme")
-    configure_app(gate, "acme", reservations_required=True)
+    with session_scope() as s:  # the entry point's transaction
+        configure_app(s, gate, "acme", reservations_required=True)
     open_wallet(gate, wallet_id="u1", enterprise_id="acme", owner_id="u1")
     credit_wallet(gate, wallet_id="u1", amount_nanos=_worst(PRIORITY), idempotency_key="open-u1")
     assert [gate.quote_reservation("gpt-5", "openai", PROMPT, MAX_TOKENS, tier) for tier in

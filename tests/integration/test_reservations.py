@@ -23,7 +23,7 @@ CREDITS = 200_000_000  # $0.20: enough for about 60 of the racers' turns, far fe
 
 def _racer(worker: int, rounds: int, out) -> None:
     """One process: reserve the exact cost of a turn, then settle it (or give the hold back)."""
-    from models.schemas import TurnIn
+    from models.turn import TurnIn
     from worker.gate.gate import WalletGate
 
     gate = WalletGate(kicker=lambda shard: None)

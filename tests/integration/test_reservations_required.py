@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import text
 
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from tests.integration.test_api_v1 import USD, api  # noqa: F401  (the fixture)
 from worker.db import session_scope
 from worker.ledger.drain import OutboxDrain
@@ -37,7 +37,8 @@ def _turn(turn_id: str, wallet_id: str, prompt: int = 1000, completion: int = 10
 def _required_app(gate, *wallets: str, credit: int = 10_000_000) -> None:
     with session_scope() as session:
         ensure_enterprise(session, "acme")
-    configure_app(gate, "acme", reservations_required=True)
+    with session_scope() as s:  # the entry point's transaction
+        configure_app(s, gate, "acme", reservations_required=True)
     for w in wallets:
         open_wallet(gate, wallet_id=w, enterprise_id="acme", owner_id=w)
         if credit:
@@ -104,7 +105,8 @@ def test_the_api_prices_a_reservation_from_the_model(api, gate):  # noqa: F811
 def test_over_http_a_wallet_that_requires_reservations_denies_turns_without_one(api, gate):  # noqa: F811
     from tests.integration.test_api_v1 import COST, TURN
 
-    configure_app(gate, "acme", reservations_required=True)
+    with session_scope() as s:  # the entry point's transaction
+        configure_app(s, gate, "acme", reservations_required=True)
     h = api.h["owner"]
     bare = api.post("/v1/turns", json=TURN, headers=h)
     assert bare.status_code == 200, bare.text
@@ -203,10 +205,12 @@ def test_without_the_setting_a_stale_reservation_is_post_hoc_as_before(db, gate)
 
 def test_a_wallet_overrides_its_apps_setting_and_the_cli_sets_both(db, gate, cli):
     _required_app(gate, "u1")
-    assert set_wallet_reservations(gate, "u1", False) is False
+    with session_scope() as s:  # the entry point's transaction
+        assert set_wallet_reservations(s, gate, "u1", False) is False
     assert gate.redis.hget(gate.wallet_key("u1"), "require_hold") == "0"
     assert gate.record_turn(_turn("free-to-go", "u1")).billed_nanos == 3_500_000
-    assert set_wallet_reservations(gate, "u1", None) is True  # follows the app again
+    with session_scope() as s:  # the entry point's transaction
+        assert set_wallet_reservations(s, gate, "u1", None) is True  # follows the app again
     assert gate.redis.hget(gate.wallet_key("u1"), "require_hold") == "1"
     assert gate.record_turn(_turn("held-back", "u1")).accepted is False
 

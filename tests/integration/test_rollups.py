@@ -16,7 +16,7 @@ import time_machine
 from sqlalchemy import text
 from sqlmodel import Session
 
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from tests.conftest import REPO
 from worker.db import session_scope
 from worker.gate.outbox import parse_entry

@@ -14,8 +14,8 @@ import stripe
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from models.schemas import TurnIn
-from models.tables import ApiRole, PayerLevel
+from models.turn import TurnIn
+from models.enums import ApiRole, PayerLevel
 from tests.stripe_stub import StripeStub, event_json, stripe_signature
 from worker.billing.allowances import run_monthly_reset
 from worker.db import session_scope
@@ -472,7 +472,7 @@ def test_checkout_sends_stripe_exactly_these_requests(db, gate, stripe_settings,
         assert len(stub.requests) == 5
 
 
-def test_package_validation_names_the_field_and_stores_nothing(db):
+def test_package_validation_names_the_field_and_stores_nothing(session):
     cases = [
         (dict(TOPUP, package_id="has space"), "package_id"),
         (dict(TOPUP, name=" "), "name"),
@@ -487,13 +487,13 @@ def test_package_validation_names_the_field_and_stores_nothing(db):
     ]
     for kwargs, field in cases:
         with pytest.raises(StripeBillingError, match=f"^{field}"):
-            _packages(kwargs)
-    _packages(PLAN)
+            add_package(session, **kwargs)
+    add_package(session, **PLAN)
+    session.commit()  # the caller's commit (a savepoint of the test's transaction, rolled back after it)
     with pytest.raises(StripeBillingError, match="^stripe_price_id: 'price_plan20' already belongs to package 'plan-20'"):
-        _packages(dict(PLAN, package_id="plan-other"))
-    with db.connect() as conn:
-        assert conn.execute(text("SELECT id, price_cents, credit_nanos, monthly FROM token_package")).all() == [
-            ("plan-20", 2_000, 20 * USD, True)]
+        add_package(session, **dict(PLAN, package_id="plan-other"))
+    assert session.execute(text("SELECT id, price_cents, credit_nanos, monthly FROM token_package")).all() == [
+        ("plan-20", 2_000, 20 * USD, True)]
     assert 2_000 * CENT == 20 * USD  # the plan sells credit at face value
 
 
@@ -662,15 +662,15 @@ def test_the_sweep_sends_again_what_is_still_unprocessed_and_it_credits_once(db,
     assert gate.balance("w1") == 20 * USD
 
 
-def test_the_database_keeps_a_stripe_price_to_one_package(db):
+def test_the_database_keeps_a_stripe_price_to_one_package(session):
     """add_package checks it; the unique index holds it under concurrent writers too."""
     from sqlalchemy.exc import IntegrityError
 
-    _packages(PLAN)
+    add_package(session, **PLAN)
     with pytest.raises(IntegrityError, match="uq_token_package_stripe_price"):
-        with db.begin() as conn:
-            conn.execute(text("INSERT INTO token_package (id, name, price_cents, credit_nanos, stripe_price_id) "
-                              "VALUES ('plan-copy', 'copy', 2000, 1, 'price_plan20')"))
-    with db.begin() as conn:  # packages without a Stripe price are many
-        conn.execute(text("INSERT INTO token_package (id, name, price_cents, credit_nanos) VALUES "
-                          "('a', 'a', 100, 1), ('b', 'b', 100, 1)"))
+        with session.begin_nested():
+            session.execute(text("INSERT INTO token_package (id, name, price_cents, credit_nanos, stripe_price_id) "
+                                 "VALUES ('plan-copy', 'copy', 2000, 1, 'price_plan20')"))
+    with session.begin_nested():  # packages without a Stripe price are many
+        session.execute(text("INSERT INTO token_package (id, name, price_cents, credit_nanos) VALUES "
+                             "('a', 'a', 100, 1), ('b', 'b', 100, 1)"))

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from models.schemas import TurnIn
-from models.tables import DEFAULT_MAX_TURN_COST_NANOS
+from models.turn import TurnIn
+from models.wallet import DEFAULT_MAX_TURN_COST_NANOS
 from worker.db import session_scope
 from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.pricing.prices import PriceBook, TurnLimitExceeded
@@ -37,7 +37,7 @@ def wallet(db, redis_client, gate):
 @pytest.fixture()
 def api(wallet):
     from api_stub import deps
-    from models.tables import ApiRole
+    from models.enums import ApiRole
     from worker.access.apikeys import create_key
 
     deps.get_gate.cache_clear()
@@ -130,7 +130,8 @@ def test_meter_maxima_are_documented_per_meter():
 def _set_limit(gate, nanos: int) -> None:
     from worker.billing.modes import configure_app
 
-    configure_app(gate, "acme", max_turn_cost_nanos=nanos)
+    with session_scope() as s:  # the entry point's transaction
+        configure_app(s, gate, "acme", max_turn_cost_nanos=nanos)
 
 
 def test_a_turn_above_the_apps_max_turn_cost_is_refused_on_every_path(api, redis_client, wallet):
@@ -191,7 +192,7 @@ def test_the_script_itself_refuses_a_costly_turn_and_the_batch_goes_on(wallet, r
 
 def test_the_default_limit_holds_for_a_wallet_loaded_without_one(wallet, redis_client, settings):
     """A wallet hash without max_turn_nanos (loaded before the limit existed) gets the default $50
-    from the script: lib_turn.lua's constant equals models.tables.DEFAULT_MAX_TURN_COST_NANOS."""
+    from the script: lib_turn.lua's constant equals models.wallet.DEFAULT_MAX_TURN_COST_NANOS."""
     lua = (Path(__file__).resolve().parents[2] / "worker" / "gate" / "lua" / "lib_turn.lua").read_text()
     assert re.search(r"local DEFAULT_MAX_TURN_NANOS = '(\d+)'", lua).group(1) == str(DEFAULT_MAX_TURN_COST_NANOS)
     assert DEFAULT_MAX_TURN_COST_NANOS == 50_000_000_000

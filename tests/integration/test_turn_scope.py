@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import text
 
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from worker.ledger.drain import OutboxDrain
 from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.ledger.reconcile import reconcile

@@ -23,7 +23,7 @@ from sqlalchemy import insert, select, text
 
 from tests.billing_seed import seed
 from tests.conftest import REPO, _env
-from models.tables import UsageEvent
+from models.turn import UsageEvent
 from worker.db import session_scope
 
 pytestmark = pytest.mark.integration
@@ -358,7 +358,7 @@ def test_sign_in_attempts_are_limited_per_client_ip(seeded, redis_client, settin
 @pytest.fixture()
 def api(db, redis_client, gate):
     from api_stub import deps
-    from models.tables import ApiRole
+    from models.enums import ApiRole
     from worker.access.apikeys import create_key
     from worker.ledger.accounts import credit_wallet, open_wallet
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from models.schemas import Decision, TurnIn
+from models.turn import Decision, TurnIn
 from worker.client.adapters import MAX_TOKENS, AdapterError, TokenUsage, usage_from_response
 from worker.client.session import BillingSession
 

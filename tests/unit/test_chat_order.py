@@ -29,10 +29,18 @@ def test_a_transition_sits_after_the_turns_decided_before_it_and_before_the_next
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
     gate = WalletGate(client, settings=Settings(outbox_shards=4, price_overrides_path=None), kicker=lambda shard: None)
     shard = gate.shard("w1")
-    seconds, micros = client.time()
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
-    # no stream yet: just below the first id a turn decided from now on can get
-    assert outbox_position(gate, "w1") == chat_order(f"{shard}:{now_ms - 1}-{2**64 - 1}") + "+"
+    def now_ms() -> int:
+        seconds, micros = client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    # no stream yet: just below the first id a turn decided from now on can get (Redis's clock,
+    # read between the two readings here)
+    before = now_ms()
+    at = outbox_position(gate, "w1")
+    after = now_ms()
+    assert (chat_order(f"{shard}:{before - 1}-{2**64 - 1}") + "+" <= at
+            <= chat_order(f"{shard}:{after - 1}-{2**64 - 1}") + "+")
+    assert at.endswith(f"-{2**64 - 1:020d}-{shard:06d}+")
     first = client.xadd(outbox_key(shard), {"t": "x"}, id="1764590400000-5")
     at = outbox_position(gate, "w1")
     assert at == chat_order(f"{shard}:{first}") + "+"

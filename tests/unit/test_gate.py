@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from models.schemas import Decision, TurnIn
+from models.turn import Decision, TurnIn
 from worker.gate.outbox import parse_entry
 from worker.pricing.prices import PriceBook, PricingError
 from worker.settings import Settings
@@ -685,7 +685,7 @@ def test_a_duplicate_returns_the_first_cost_not_the_retry_s(client, wg):
 
 def test_trusted_decision_equals_a_validated_one():
     """The gate builds decisions without validation; they must be indistinguishable from validated ones."""
-    from models.schemas import Decision, trusted_decision
+    from models.turn import Decision, trusted_decision
 
     for values in (("t1", True, "continue", 5, 3, 3, False), ("t2", False, "pause", None, 7, 0, True)):
         fast = trusted_decision(*values)

@@ -30,7 +30,9 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlmodel import Session
 
-from models.tables import ApiKey, ApiRole, Enterprise, PayerLevel, Wallet
+from models.access import ApiKey
+from models.enums import ApiRole, PayerLevel
+from models.wallet import Enterprise, Wallet
 from worker.ledger.audit import audit
 from worker.gate.keys import revoked_marker
 from worker.db import after_commit

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlmodel import Session
 
-from models.tables import ApiKey, ApiRole
+from models.access import ApiKey
+from models.enums import ApiRole
 from worker.access.apikeys import Principal
 from worker.gate.keys import KEY_SESSIONS_PREFIX, WEB_SESSION_PREFIX
 

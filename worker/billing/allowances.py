@@ -65,13 +65,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
-from models.tables import TransactionKind, UsageEvent, Wallet, WalletTransaction
+from models.enums import TransactionKind
+from models.turn import UsageEvent
+from models.wallet import Wallet, WalletTransaction
 from worker.ledger.audit import audit
 from worker.db import after_commit, session_scope
 from worker.gate.keys import ALLOWANCE_EXPIRY_PREFIX, ALLOWANCE_PREFIX, ALLOWANCE_RESTORE_PREFIX
 from worker.periods import current_period, period_bounds, previous_period
 from worker.settings import Settings, get_settings
 from worker.gate.gate import UnknownWallet, WalletGate, process_gate
+from worker.billing.modes import ResumeChats
 from worker.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -264,7 +267,7 @@ def reset_wallet(
     return written
 
 
-def apply_to_gate(gate: WalletGate, entries: list[Entry]) -> int:
+def apply_to_gate(gate: WalletGate, entries: list[Entry], resume: ResumeChats | None = None) -> int:
     """Mirror ledger entries in the gate with their keys (a grant through ``credit``, an expiry through
     ``adjust`` with ``−amount``; zero amounts are skipped).  The gate dedupes by key, so applying
     twice changes nothing.  Wallets missing from the gate are skipped (a rebuild loads the ledger
@@ -277,7 +280,7 @@ def apply_to_gate(gate: WalletGate, entries: list[Entry]) -> int:
         try:
             if e.kind == TransactionKind.credit:
                 gate.credit(e.wallet_id, e.amount_nanos, e.key)
-                _resume(gate, e.wallet_id, e.key)
+                _resume(gate, e.wallet_id, e.key, resume)
             else:
                 gate.adjust(e.wallet_id, -e.amount_nanos, e.key)
         except UnknownWallet:
@@ -287,14 +290,12 @@ def apply_to_gate(gate: WalletGate, entries: list[Entry]) -> int:
     return applied
 
 
-def _resume(gate: WalletGate, wallet_id: str, key: str) -> None:
+def _resume(gate: WalletGate, wallet_id: str, key: str, resume: ResumeChats | None) -> None:
     """A grant may let the wallet's paused chats go on (the beat job catches a failure here)."""
-    # an upward edge listed in pyproject.toml's import contracts, to invert in phase 2b (a
-    # top-level import would be an import cycle: chats imports this package)
-    from worker.chats.lifecycle import resume_paused_chats
-
+    if resume is None:
+        return
     try:
-        resume_paused_chats(gate, wallet_id, cause=key)
+        resume(gate, wallet_id, cause=key)
     except Exception:
         log.error("grant %s: could not resume the paused chats of %s", key, wallet_id, exc_info=True)
 
@@ -357,13 +358,15 @@ def run_monthly_reset(
     period: str | None = None,
     wallet_ids: list[str] | None = None,
     settings: Settings | None = None,
+    resume: ResumeChats | None = None,
 ) -> ResetReport:
     """The monthly reset job: :func:`reset_wallet` for every candidate wallet (or ``wallet_ids``),
     one short transaction each, and the entries each inserted applied to the gate after its commit.
 
     ``now`` defaults to the current UTC time; ``period`` ('YYYY-MM', default: the period of ``now``)
     is the period granted and may be earlier than now's (an operator's backfill), never later.
-    Idempotent: a second run returns an empty report.
+    Idempotent: a second run returns an empty report.  ``resume(gate, wallet_id, cause=key)`` runs
+    after each applied grant (the task and the CLI pass :func:`worker.chats.lifecycle.resume_paused_chats`).
     Raises: AllowanceError naming ``period`` (malformed or in the future); Redis errors from the gate
     (the entries are committed by then; reconciliation repairs the gate).
     """
@@ -391,7 +394,7 @@ def run_monthly_reset(
                 written = reset_wallet(session, wallet_id, period=period, now=now,
                                        grace_s=settings.allowance_expiry_grace_s)
                 if written:
-                    after_commit(session, lambda written=written: apply_to_gate(gate, written))
+                    after_commit(session, lambda written=written: apply_to_gate(gate, written, resume))
         except (AllowanceError, SQLAlchemyError) as exc:  # one bad wallet must not stop the others
             log.error("monthly reset of wallet %s for %s failed: %s", wallet_id, period, exc)
             report.failed.append(wallet_id)

@@ -54,8 +54,12 @@ from sqlalchemy import and_, case, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
-from models.schemas import BudgetIn
-from models.tables import Budget, BudgetAlert, ChatSession, ChatStatus, Enterprise, UsageEvent, Wallet
+from models.budget import BudgetCreate
+from models.budget import Budget, BudgetAlert
+from models.chat import ChatSession
+from models.enums import ChatStatus
+from models.turn import UsageEvent
+from models.wallet import Enterprise, Wallet
 from worker.db import after_commit, session_scope
 from worker.ledger.turns import transition_position
 from worker.periods import current_period, period_bounds, previous_period
@@ -106,7 +110,7 @@ def set_budget(
     ``enterprise_id`` (unknown app), ``auto_pause`` (not a bool).
     """
     try:
-        spec = BudgetIn(enterprise_id=enterprise_id, wallet_id=wallet_id, workflow=workflow,
+        spec = BudgetCreate(enterprise_id=enterprise_id, wallet_id=wallet_id, workflow=workflow,
                         amount_nanos=amount_nanos, auto_pause=auto_pause)
     except ValidationError as exc:
         raise BudgetError("; ".join(

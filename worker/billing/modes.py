@@ -9,7 +9,10 @@ changing a mode never loses or re-bills a turn: a retried turn gets its first an
 
 Changes are written to PostgreSQL first (with an audit-log row), then to the gate; a crash between
 the two is repaired by running the change again (idempotent) or by a gate rebuild, which loads
-PostgreSQL's values.
+PostgreSQL's values.  The functions that change a setting take the caller's ``session`` and never
+commit: the gate is updated by an :func:`worker.db.after_commit` hook, once the caller commits.  That
+hook reads each wallet's committed value again in its own short transaction, under the wallet's
+advisory lock (:func:`_push`): two changes committed in one order must reach Redis in that order.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import Session
 
-from models.tables import BillingMode, Enterprise, TransactionKind, TrialThen, Wallet, WalletTransaction
+from models.enums import BillingMode, TransactionKind, TrialThen
+from models.wallet import Enterprise, Wallet, WalletTransaction
 from worker.validation import InvalidInput, check_text
 from worker.ledger.audit import audit
 from worker.db import after_commit, session_scope
@@ -33,6 +38,10 @@ from worker.gate.keys import FLAT_FEE_PREFIX
 from worker.errors import InputError
 
 log = logging.getLogger(__name__)
+
+#: ``resume(gate, wallet_id, cause=...)``: resume the wallet's paused chats a change lets go on
+#: (the entry points pass :func:`worker.chats.lifecycle.resume_paused_chats`)
+ResumeChats = Callable[..., object]
 
 #: ledger key prefix of the flat monthly fee of a track_only app (``<prefix><enterprise>:<YYYY-MM>``)
 
@@ -57,16 +66,14 @@ def _mode(mode: str) -> str:
     return mode
 
 
-def _push(gate: WalletGate, wallet_ids: list[str]) -> None:
-    """Mirror each wallet's mode in the gate, then resume chats the new mode lets go on.
+def _push(gate: WalletGate, wallet_ids: list[str], resume: ResumeChats | None) -> None:
+    """After a mode change committed (an after_commit hook): mirror each wallet's mode in the gate,
+    then resume chats the new mode lets go on (``resume``).  Its own short transaction per wallet,
+    on purpose (not the caller's, which has committed):
 
     Two changes of one wallet at once commit in some order but could reach Redis in the other;
     so each wallet's mode is read again from PostgreSQL and written to Redis under a transaction
     advisory lock of that wallet: whatever order they run in, the last write is the committed mode."""
-    # an upward edge listed in pyproject.toml's import contracts, to invert in phase 2b (a
-    # top-level import would be an import cycle: chats imports this package)
-    from worker.chats.lifecycle import resume_paused_chats
-
     for wallet_id in wallet_ids:
         with session_scope() as session:
             session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tollgate:mode:" + wallet_id))))
@@ -77,56 +84,61 @@ def _push(gate: WalletGate, wallet_ids: list[str]) -> None:
                 gate.set_mode(wallet_id, mode)
             except UnknownWallet:  # a rebuild loads PostgreSQL's mode
                 continue
-        resume_paused_chats(gate, wallet_id, cause="mode_change")
+        if resume is not None:
+            resume(gate, wallet_id, cause="mode_change")
 
 
-def set_app_mode(gate: WalletGate, enterprise_id: str, mode: str, *, actor: str = "cli") -> list[str]:
+def set_app_mode(session: Session, gate: WalletGate, enterprise_id: str, mode: str, *, actor: str = "cli",
+                 resume: ResumeChats | None = None) -> list[str]:
     """Set an app's default mode; every wallet of the app that does not override its mode follows.
+    ``resume(gate, wallet_id, cause="mode_change")`` runs for each changed wallet once the gate has
+    its mode (the entry points pass :func:`worker.chats.lifecycle.resume_paused_chats`).  The gate
+    follows once the caller commits ``session``.
 
     Returns the wallet ids whose mode changed.  Raises ModeError naming ``mode`` or ``enterprise_id``.
     """
     _mode(mode)
     _ids(enterprise_id=enterprise_id)
-    with session_scope() as session:
-        app = session.get(Enterprise, enterprise_id, with_for_update=True)
-        if app is None:
-            raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}", field="enterprise_id")
-        before = app.default_mode
-        app.default_mode = mode
-        changed = list(session.execute(
-            update(Wallet)
-            .where(Wallet.enterprise_id == enterprise_id, Wallet.mode_override.is_(False), Wallet.mode != mode)
-            .values(mode=mode).returning(Wallet.id)
-        ).scalars())
-        audit(session, actor=actor, action="mode_change", enterprise_id=enterprise_id,
-              scope="app", **{"from": before, "to": mode, "wallets": len(changed)})
-    _push(gate, sorted(changed))
-    return sorted(changed)
+    app = session.get(Enterprise, enterprise_id, with_for_update=True)
+    if app is None:
+        raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}", field="enterprise_id")
+    before = app.default_mode
+    app.default_mode = mode
+    changed = sorted(session.execute(
+        update(Wallet)
+        .where(Wallet.enterprise_id == enterprise_id, Wallet.mode_override.is_(False), Wallet.mode != mode)
+        .values(mode=mode).returning(Wallet.id)
+    ).scalars())
+    audit(session, actor=actor, action="mode_change", enterprise_id=enterprise_id,
+          scope="app", **{"from": before, "to": mode, "wallets": len(changed)})
+    after_commit(session, lambda: _push(gate, changed, resume))
+    return changed
 
 
-def set_wallet_mode(gate: WalletGate, wallet_id: str, mode: str | None, *, actor: str = "cli") -> str:
-    """Override one wallet's mode (``mode``), or make it follow its app's default again (None).
+def set_wallet_mode(session: Session, gate: WalletGate, wallet_id: str, mode: str | None, *, actor: str = "cli",
+                    resume: ResumeChats | None = None) -> str:
+    """Override one wallet's mode (``mode``), or make it follow its app's default again (None);
+    then, once the caller commits ``session``, the gate and ``resume`` as :func:`set_app_mode` does.
 
     Returns the wallet's mode after.  Raises ModeError naming ``mode`` or ``wallet_id``.
     """
     if mode is not None:
         _mode(mode)
     _ids(wallet_id=wallet_id)
-    with session_scope() as session:
-        wallet = session.get(Wallet, wallet_id, with_for_update=True)
-        if wallet is None:
-            raise ModeError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
-        before = wallet.mode
-        if mode is None:
-            app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
-            wallet.mode = app.default_mode if app is not None else gate.settings.default_mode
-            wallet.mode_override = False
-        else:
-            wallet.mode, wallet.mode_override = mode, True
-        after = wallet.mode
-        audit(session, actor=actor, action="mode_change", enterprise_id=wallet.enterprise_id, wallet_id=wallet_id,
-              scope="wallet", **{"from": before, "to": after, "override": mode is not None})
-    _push(gate, [wallet_id])
+    wallet = session.get(Wallet, wallet_id, with_for_update=True)
+    if wallet is None:
+        raise ModeError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
+    before = wallet.mode
+    if mode is None:
+        app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
+        wallet.mode = app.default_mode if app is not None else gate.settings.default_mode
+        wallet.mode_override = False
+    else:
+        wallet.mode, wallet.mode_override = mode, True
+    after = wallet.mode
+    audit(session, actor=actor, action="mode_change", enterprise_id=wallet.enterprise_id, wallet_id=wallet_id,
+          scope="wallet", **{"from": before, "to": after, "override": mode is not None})
+    after_commit(session, lambda: _push(gate, [wallet_id], resume))
     return after
 
 
@@ -146,29 +158,30 @@ def _push_reservations(gate: WalletGate, wallet_ids: list[str]) -> None:
                 gate.redis.hset(key, "require_hold", "1" if requires_reservations(wallet, app) else "0")
 
 
-def set_wallet_reservations(gate: WalletGate, wallet_id: str, required: bool | None, *, actor: str = "cli") -> bool:
+def set_wallet_reservations(
+    session: Session, gate: WalletGate, wallet_id: str, required: bool | None, *, actor: str = "cli"
+) -> bool:
     """Make reservations mandatory (True) or optional (False) for one wallet's charged turns, or
     make it follow its app's setting again (None).  With reservations required, a turn without a
     live reservation of its own wallet is denied, and a cost above its reservation plus the free
-    balance is recorded as debt.  Returns the wallet's effective setting.  Raises ModeError naming
-    ``wallet_id`` or ``reservations_required``."""
+    balance is recorded as debt.  The gate follows once the caller commits ``session``.  Returns the
+    wallet's effective setting.  Raises ModeError naming ``wallet_id`` or ``reservations_required``."""
     if required is not None and not isinstance(required, bool):
         raise ModeError(f"reservations_required: {required!r} is not true, false or null", field="reservations_required")
-    with session_scope() as session:
-        wallet = session.get(Wallet, wallet_id, with_for_update=True)
-        if wallet is None:
-            raise ModeError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
-        wallet.reservations_required = required
-        app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
-        effective = requires_reservations(wallet, app)
-        audit(session, actor=actor, action="reservations_required", enterprise_id=wallet.enterprise_id,
-              wallet_id=wallet_id, scope="wallet", to=required, effective=effective)
-    _push_reservations(gate, [wallet_id])
+    wallet = session.get(Wallet, wallet_id, with_for_update=True)
+    if wallet is None:
+        raise ModeError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
+    wallet.reservations_required = required
+    app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
+    effective = requires_reservations(wallet, app)
+    audit(session, actor=actor, action="reservations_required", enterprise_id=wallet.enterprise_id,
+          wallet_id=wallet_id, scope="wallet", to=required, effective=effective)
+    after_commit(session, lambda: _push_reservations(gate, [wallet_id]))
     return effective
 
 
 def configure_app(
-    gate: WalletGate, enterprise_id: str, *, actor: str = "cli", creator_share_bps: int | None = None,
+    session: Session, gate: WalletGate, enterprise_id: str, *, actor: str = "cli", creator_share_bps: int | None = None,
     trial_token_allowance: int | None = None, trial_then: str | None = None, flat_fee_nanos: int | None = None,
     fee_wallet_id: str | None = None, creator_id: str | None = None, max_turn_cost_nanos: int | None = None,
     reservations_required: bool | None = None,
@@ -183,7 +196,8 @@ def configure_app(
     it).  Turns already
     decided keep their split.
 
-    Returns the app row.  Raises ModeError naming the field.
+    The gate's copies (each loaded wallet's share, trial rule, turn limit, reservations rule) follow
+    once the caller commits ``session``.  Returns the app row.  Raises ModeError naming the field.
     """
     if creator_share_bps is not None and (not isinstance(creator_share_bps, int) or not 0 <= creator_share_bps <= 10_000):
         raise ModeError(f"creator_share_bps: {creator_share_bps!r} is not an integer in 0..10000", field="creator_share_bps")
@@ -199,24 +213,32 @@ def configure_app(
         raise ModeError(f"flat_fee_nanos: {flat_fee_nanos!r} is not an integer of nano-USD in 0..2^62", field="flat_fee_nanos")
     if reservations_required is not None and not isinstance(reservations_required, bool):
         raise ModeError(f"reservations_required: {reservations_required!r} is not true or false", field="reservations_required")
-    with session_scope() as session:
-        app = session.get(Enterprise, enterprise_id, with_for_update=True)
-        if app is None:
-            raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}", field="enterprise_id")
-        if fee_wallet_id is not None and session.get(Wallet, fee_wallet_id) is None:
-            raise ModeError(f"fee_wallet_id: unknown wallet {fee_wallet_id!r}", field="fee_wallet_id")
-        delta = 0 if trial_token_allowance is None else trial_token_allowance - app.trial_token_allowance
-        changes: dict[str, Any] = {k: v for k, v in {
-            "creator_share_bps": creator_share_bps, "trial_token_allowance": trial_token_allowance,
-            "trial_then": trial_then, "flat_fee_nanos": flat_fee_nanos, "fee_wallet_id": fee_wallet_id,
-            "creator_id": creator_id, "max_turn_cost_nanos": max_turn_cost_nanos,
-            "reservations_required": reservations_required,
-        }.items() if v is not None}
-        for name, value in changes.items():
-            setattr(app, name, value)
-        wallet_ids = list(session.execute(select(Wallet.id).where(Wallet.enterprise_id == enterprise_id)).scalars())
-        audit(session, actor=actor, action="app_config", enterprise_id=enterprise_id, **changes)
-        share, then, max_turn = app.creator_share_bps, app.trial_then, app.max_turn_cost_nanos
+    app = session.get(Enterprise, enterprise_id, with_for_update=True)
+    if app is None:
+        raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}", field="enterprise_id")
+    if fee_wallet_id is not None and session.get(Wallet, fee_wallet_id) is None:
+        raise ModeError(f"fee_wallet_id: unknown wallet {fee_wallet_id!r}", field="fee_wallet_id")
+    delta = 0 if trial_token_allowance is None else trial_token_allowance - app.trial_token_allowance
+    changes: dict[str, Any] = {k: v for k, v in {
+        "creator_share_bps": creator_share_bps, "trial_token_allowance": trial_token_allowance,
+        "trial_then": trial_then, "flat_fee_nanos": flat_fee_nanos, "fee_wallet_id": fee_wallet_id,
+        "creator_id": creator_id, "max_turn_cost_nanos": max_turn_cost_nanos,
+        "reservations_required": reservations_required,
+    }.items() if v is not None}
+    for name, value in changes.items():
+        setattr(app, name, value)
+    wallet_ids = list(session.execute(select(Wallet.id).where(Wallet.enterprise_id == enterprise_id)).scalars())
+    audit(session, actor=actor, action="app_config", enterprise_id=enterprise_id, **changes)
+    share, then, max_turn = app.creator_share_bps, app.trial_then, app.max_turn_cost_nanos
+    after_commit(session, lambda: _push_app_config(gate, wallet_ids, share, then, max_turn, delta,
+                                                   reservations=reservations_required is not None))
+    return app
+
+
+def _push_app_config(gate: WalletGate, wallet_ids: list[str], share: int, then: str, max_turn: int, delta: int,
+                     *, reservations: bool) -> None:
+    """After an app's configuration committed: its loaded wallets' copies in the gate (a rebuild
+    loads the others)."""
     check = gate.redis.pipeline(transaction=False)
     for wallet_id in wallet_ids:
         check.hexists(gate.wallet_key(wallet_id), "mode")
@@ -228,10 +250,8 @@ def configure_app(
         if delta:
             pipe.hincrby(key, "trial_left", delta)
     pipe.execute()
-    if reservations_required is not None:
+    if reservations:
         _push_reservations(gate, loaded)
-    with session_scope() as session:
-        return session.get(Enterprise, enterprise_id)
 
 
 @dataclass(slots=True)
@@ -247,11 +267,15 @@ class FeeReport:
                 "charged_nanos": sum(c[2] for c in self.charged)}
 
 
-def charge_flat_fees(gate: WalletGate, *, now: datetime | None = None, period: str | None = None) -> FeeReport:
+def charge_flat_fees(
+    session: Session, gate: WalletGate, *, now: datetime | None = None, period: str | None = None
+) -> FeeReport:
     """Debit the flat monthly fee of every track_only app (``flat_fee_nanos`` > 0 with a
     ``fee_wallet_id``) for ``period`` (default: the current UTC month), once per app and period
     (ledger key ``tollgate:flat-fee:<enterprise>:<period>``); the gate mirrors each new entry after
-    its commit with the same key.  Run by the monthly reset job; idempotent.
+    its commit with the same key.  Run by the monthly reset job; idempotent.  Writes in the caller's
+    ``session`` (the job's one transaction: all of a run's fees commit together or not at all);
+    the gate mirrors them once it commits.
 
     Raises: ModeError naming ``period`` (malformed).
     """
@@ -261,28 +285,26 @@ def charge_flat_fees(gate: WalletGate, *, now: datetime | None = None, period: s
     except ValueError as exc:
         raise ModeError(str(exc), field="period") from None
     report = FeeReport(period)
-    with session_scope() as session:
-        apps = session.execute(
-            select(Enterprise.id, Enterprise.fee_wallet_id, Enterprise.flat_fee_nanos)
-            .where(Enterprise.default_mode == BillingMode.track_only, Enterprise.flat_fee_nanos > 0,
-                   Enterprise.fee_wallet_id.is_not(None))
-            .order_by(Enterprise.id)
-        ).all()
+    apps = session.execute(
+        select(Enterprise.id, Enterprise.fee_wallet_id, Enterprise.flat_fee_nanos)
+        .where(Enterprise.default_mode == BillingMode.track_only, Enterprise.flat_fee_nanos > 0,
+               Enterprise.fee_wallet_id.is_not(None))
+        .order_by(Enterprise.id)
+    ).all()
     for enterprise_id, wallet_id, fee in apps:
         key = f"{FLAT_FEE_PREFIX}{enterprise_id}:{period}"
-        with session_scope() as session:
-            inserted = session.execute(
-                insert(WalletTransaction)
-                .values(wallet_id=wallet_id, kind=TransactionKind.debit, amount_nanos=fee, idempotency_key=key,
-                        description=f"track_only flat fee of {enterprise_id} for {period}")
-                .on_conflict_do_nothing(index_elements=["idempotency_key"])
-                .returning(WalletTransaction.id)
-            ).first()
-            if inserted is None:
-                continue
-            session.execute(update(Wallet).where(Wallet.id == wallet_id)
-                            .values(debits_nanos=Wallet.debits_nanos + fee))
-            after_commit(session, lambda w=wallet_id, f=fee, k=key: _mirror_fee(gate, w, f, k))
+        inserted = session.execute(
+            insert(WalletTransaction)
+            .values(wallet_id=wallet_id, kind=TransactionKind.debit, amount_nanos=fee, idempotency_key=key,
+                    description=f"track_only flat fee of {enterprise_id} for {period}")
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .returning(WalletTransaction.id)
+        ).first()
+        if inserted is None:
+            continue
+        session.execute(update(Wallet).where(Wallet.id == wallet_id)
+                        .values(debits_nanos=Wallet.debits_nanos + fee))
+        after_commit(session, lambda w=wallet_id, f=fee, k=key: _mirror_fee(gate, w, f, k))
         report.charged.append((enterprise_id, wallet_id, fee))
     return report
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from sqlmodel import Session
 
-from models.tables import DEFAULT_MAX_TURN_COST_NANOS, Enterprise, PayerLevel, Wallet
+from models.enums import PayerLevel
+from models.wallet import DEFAULT_MAX_TURN_COST_NANOS, Enterprise, Wallet
 from worker.errors import InvalidInput
 
 #: default revenue share of the app creator, basis points (DESIGN.md: 70 % creator, 30 % platform)

@@ -30,7 +30,10 @@ from typing import Any, Iterator
 from sqlalchemy import and_, func, literal_column, select
 from sqlmodel import Session
 
-from models.tables import Budget, BudgetAlert, ChatSession, Enterprise, UsageEvent
+from models.budget import Budget, BudgetAlert
+from models.chat import ChatSession
+from models.turn import UsageEvent
+from models.wallet import Enterprise
 from worker.billing.budgets import THRESHOLDS, crossed
 from worker.periods import period_bounds, previous_period
 from worker.pricing.prices import nanos_to_usd

@@ -62,11 +62,14 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
-from models.tables import AuditLog, Enterprise, PayerLevel, StripeEvent, TokenPackage, Wallet
+from models.access import AuditLog
+from models.enums import PayerLevel
+from models.stripe import StripeEvent, TokenPackage
+from models.wallet import Enterprise, Wallet
 from worker.ledger.audit import audit
 from worker.billing.budgets import BUDGET_EXCEEDED
 from worker.db import session_scope
-from worker.ledger.accounts import MAX_CREDIT_NANOS, LedgerError, credit_wallet
+from worker.ledger.accounts import MAX_CREDIT_NANOS, LedgerError, OnCredited, credit_wallet
 from worker.settings import Settings, get_settings
 from worker.gate.gate import UnknownWallet, WalletGate
 from worker.errors import InputError, InvalidInput, Unavailable
@@ -432,8 +435,9 @@ def _find_wallet(session: Session, *, metadata: Any, subscription_id: str | None
 
 
 def _credit(gate: WalletGate, wallet: Wallet, *, amount_nanos: int, key: str, description: str,
-            stripe_object: str, package_id: str) -> Credit:
-    credit_wallet(gate, wallet_id=wallet.id, amount_nanos=amount_nanos, idempotency_key=key, description=description)
+            stripe_object: str, package_id: str, on_credited: OnCredited | None) -> Credit:
+    credit_wallet(gate, wallet_id=wallet.id, amount_nanos=amount_nanos, idempotency_key=key, description=description,
+                  on_credited=on_credited)
     return Credit(key, amount_nanos, stripe_object, package_id)
 
 
@@ -462,7 +466,8 @@ def _update_wallet(gate: WalletGate, wallet_id: str, change: Callable[[Wallet], 
     return wallet
 
 
-def _on_checkout_completed(gate: WalletGate, obj: Mapping[str, Any], event_id: str) -> Outcome:
+def _on_checkout_completed(gate: WalletGate, obj: Mapping[str, Any], event_id: str,
+                           on_credited: OnCredited | None = None) -> Outcome:
     session_id = obj.get("id")
     if not isinstance(session_id, str) or not session_id.startswith("cs_"):
         raise EventError(f"data.object.id: {session_id!r} is not a Checkout session id", field="data.object.id")
@@ -482,7 +487,7 @@ def _on_checkout_completed(gate: WalletGate, obj: Mapping[str, Any], event_id: s
             _update_wallet(gate, wallet.id, lambda w: setattr(w, "stripe_customer_id", w.stripe_customer_id or customer_id))
         credit = _credit(gate, wallet, amount_nanos=package.credit_nanos, key=f"{KEY_PREFIX}{session_id}",
                          description=f"Stripe Checkout {session_id}: {package.name}", stripe_object=session_id,
-                         package_id=package.id)
+                         package_id=package.id, on_credited=on_credited)
         return Outcome("credited", wallet.id, wallet.enterprise_id, credit)
     if mode == "subscription":
         subscription_id = _id_of(obj.get("subscription"))
@@ -568,7 +573,8 @@ def _stale(wallet: Wallet, subscription_id: str | None) -> bool:
                 and wallet.subscription_status in LIVE_SUBSCRIPTION)
 
 
-def _on_invoice_paid(gate: WalletGate, obj: Mapping[str, Any], event_id: str) -> Outcome:
+def _on_invoice_paid(gate: WalletGate, obj: Mapping[str, Any], event_id: str,
+                     on_credited: OnCredited | None = None) -> Outcome:
     invoice_id = obj.get("id")
     if not isinstance(invoice_id, str) or not invoice_id.startswith("in_"):
         raise EventError(f"data.object.id: {invoice_id!r} is not an invoice id", field="data.object.id")
@@ -585,7 +591,7 @@ def _on_invoice_paid(gate: WalletGate, obj: Mapping[str, Any], event_id: str) ->
     names = ", ".join(p.name for p in packages)
     credit = _credit(gate, wallet, amount_nanos=amount, key=f"{KEY_PREFIX}{invoice_id}",
                      description=f"Stripe invoice {invoice_id}: {names}", stripe_object=invoice_id,
-                     package_id=",".join(p.id for p in packages))
+                     package_id=",".join(p.id for p in packages), on_credited=on_credited)
     customer_id = _id_of(obj.get("customer"))
 
     def activate(w: Wallet) -> None:
@@ -599,7 +605,8 @@ def _on_invoice_paid(gate: WalletGate, obj: Mapping[str, Any], event_id: str) ->
     return Outcome("credited", wallet.id, wallet.enterprise_id, credit)
 
 
-def _on_invoice_payment_failed(gate: WalletGate, obj: Mapping[str, Any], event_id: str) -> Outcome:
+def _on_invoice_payment_failed(gate: WalletGate, obj: Mapping[str, Any], event_id: str,
+                               on_credited: OnCredited | None = None) -> Outcome:
     subscription_id, metadata = _invoice_subscription(obj)
     if not subscription_id:
         return Outcome("ignored: not a subscription invoice")
@@ -618,7 +625,8 @@ def _on_invoice_payment_failed(gate: WalletGate, obj: Mapping[str, Any], event_i
     return Outcome(f"blocked: {after.blocked_reason}", wallet.id, wallet.enterprise_id)
 
 
-def _on_subscription_deleted(gate: WalletGate, obj: Mapping[str, Any], event_id: str) -> Outcome:
+def _on_subscription_deleted(gate: WalletGate, obj: Mapping[str, Any], event_id: str,
+                             on_credited: OnCredited | None = None) -> Outcome:
     subscription_id = obj.get("id")
     if not isinstance(subscription_id, str) or not subscription_id.startswith("sub_"):
         raise EventError(f"data.object.id: {subscription_id!r} is not a subscription id", field="data.object.id")
@@ -656,12 +664,16 @@ def _audited(session: Session, key: str) -> bool:
     ).scalar_one() > 0
 
 
-def process_event(event_id: str, *, gate: WalletGate | None = None) -> ProcessResult:
+def process_event(
+    event_id: str, *, gate: WalletGate | None = None, on_credited: OnCredited | None = None
+) -> ProcessResult:
     """Apply the stored Stripe event ``event_id`` once (see the module doc) and mark it processed.
 
     Idempotent: an event already processed changes nothing (``duplicate=True``); two concurrent
     calls are serialised by the event's row lock; each credit's ledger key makes it count once even
     across different events.  An unknown ``event_id`` returns ``outcome='missing'``.
+    ``on_credited``: passed to :func:`worker.ledger.accounts.credit_wallet` for the event's credit
+    (the task passes :func:`worker.chats.wiring.after_credit`: the wallet's paused chats resume).
     Returns a :class:`ProcessResult` (``credited_nanos``: nano-USD this event credited).
     Raises (the event stays unprocessed, its ``outcome`` says ``retrying: …``; retry later):
     ``worker.ledger.accounts.GatePending``, ``UnknownWallet`` (the wallet is not in the gate: rebuild it),
@@ -687,7 +699,7 @@ def process_event(event_id: str, *, gate: WalletGate | None = None) -> ProcessRe
                 elif not isinstance(obj, Mapping):
                     raise EventError("data.object: missing", field="data.object")
                 else:
-                    outcome = handler(gate, obj, event_id)
+                    outcome = handler(gate, obj, event_id, on_credited=on_credited)
             except (EventError, LedgerError) as exc:
                 event.outcome = f"error: {exc}"[:500]
                 log.error("stripe event %s (%s) cannot be applied: %s", event_id, event.type, exc)

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Literal, get_args
 from sqlalchemy import Date, cast, func, literal_column, select
 from sqlmodel import Session
 
-from models.tables import UsageEvent
+from models.turn import UsageEvent
 from worker.errors import InvalidInput
 
 Granularity = Literal["day", "week", "month"]

@@ -12,7 +12,8 @@ finalize session           :func:`finalize_session`: the chat ended, its rollups
 =========================  ======================================================================
 
 Resuming: a credit (top-up, grant, Stripe payment) calls :func:`resume_paused_chats` for the
-credited wallet (``worker.ledger.accounts.credit_wallet`` does, before it announces ``wallet.credited``).  If
+credited wallet (:func:`worker.chats.wiring.after_credit`, the hook every entry point passes to
+``worker.ledger.accounts.credit_wallet``, does, before it announces ``wallet.credited``).  If
 the gate would now accept the wallet's turns, every open paused-chat record of the wallet is closed,
 once (``UPDATE … WHERE resumed_at IS NULL RETURNING``: a second call, e.g. the same Stripe webhook
 delivered twice, finds none), its chat becomes ``resumable`` (``can_resume``), and the app is told
@@ -50,7 +51,9 @@ from sqlalchemy import case, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
-from models.tables import ChatSession, ChatStatus, ConnectionState, Enterprise, PausedChat, Wallet
+from models.chat import ChatSession, PausedChat
+from models.enums import ChatStatus, ConnectionState
+from models.wallet import Enterprise, Wallet
 from models.validation import MAX_LABEL
 from worker.validation import InvalidInput, check_text
 from worker.db import after_commit, session_scope
@@ -109,7 +112,7 @@ class WalletState:
 def wallet_state(gate: WalletGate, wallet_id: str) -> WalletState:
     """Read a wallet's gate state (one HMGET) and decide, by the rules of ``record_turn.lua``,
     whether its next turn would be accepted.  Raises :class:`~worker.gate.gate.UnknownWallet`;
-    :class:`~models.validation.InvalidInput` naming ``wallet_id`` (not an id)."""
+    :class:`~worker.errors.InvalidInput` naming ``wallet_id`` (not an id)."""
     check_text(wallet_id, "wallet_id")
     fields = ("balance", "held", "mode", "blocked", "limited", "trial_left", "trial_then")
     balance, held, mode, blocked, limited, trial_left, trial_then = gate.redis.hmget(gate.wallet_key(wallet_id), fields)
@@ -168,7 +171,7 @@ _POSITION = re.compile(r"\d{20}-\d{20}-\d{6}\+(\d{20})?")
 
 
 def _check_ids(**ids: str) -> None:
-    """Refuse, before anything changes, an id that is not one (:func:`models.validation.check_text`):
+    """Refuse, before anything changes, an id that is not one (:func:`worker.validation.check_text`):
     raises InvalidInput naming its keyword."""
     for name, value in ids.items():
         check_text(value, name)

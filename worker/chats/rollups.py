@@ -43,7 +43,10 @@ from sqlalchemy import and_, func, literal_column, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
-from models.tables import ChatAgentUsage, ChatSession, ChatStatus, PausedChat, RollupDirty, UsageEvent, WorkflowRollup
+from models.chat import ChatAgentUsage, ChatSession, PausedChat
+from models.enums import ChatStatus
+from models.rollup import RollupDirty, WorkflowRollup
+from models.turn import UsageEvent
 from worker.db import session_scope
 from worker.periods import current_period, period_bounds
 from worker.pricing.prices import nanos_to_usd

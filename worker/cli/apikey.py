@@ -24,7 +24,7 @@ def apikey_create(
     name: str = typer.Option("", "--name", help="a label"),
 ) -> None:
     """Create an API key and print it once (only its SHA-256 is stored)."""
-    from models.tables import ApiRole
+    from models.enums import ApiRole
     from worker.access.apikeys import create_key
     from worker.db import session_scope
 

@@ -34,14 +34,15 @@ def app_configure(
     from worker.billing.modes import configure_app
     from worker.gate.gate import process_gate
 
-    with session_scope() as session:
-        ensure_enterprise(session, checked_id(enterprise, "ENTERPRISE"))
+    checked_id(enterprise, "ENTERPRISE")
     fee = None if flat_fee_usd is None else parse_nanos(flat_fee_usd, "--flat-fee-usd", allow_zero=True)
     max_turn = None if max_turn_usd is None else parse_nanos(max_turn_usd, "--max-turn-usd", allow_zero=True)
-    row = configure_app(process_gate(), enterprise, actor="cli", creator_share_bps=share_bps,
-                        trial_token_allowance=trial_tokens, trial_then=trial_then, flat_fee_nanos=fee,
-                        fee_wallet_id=fee_wallet, creator_id=creator, max_turn_cost_nanos=max_turn,
-                        reservations_required=reservations)
+    with session_scope() as session:
+        ensure_enterprise(session, enterprise)
+        row = configure_app(session, process_gate(), enterprise, actor="cli", creator_share_bps=share_bps,
+                            trial_token_allowance=trial_tokens, trial_then=trial_then, flat_fee_nanos=fee,
+                            fee_wallet_id=fee_wallet, creator_id=creator, max_turn_cost_nanos=max_turn,
+                            reservations_required=reservations)
     out.print(f"{row.id}: mode {row.default_mode} · share {row.creator_share_bps} bps · trial "
               f"{row.trial_token_allowance} tokens then {row.trial_then} · flat fee {row.flat_fee_nanos} nanos "
               f"from {row.fee_wallet_id or '—'} · creator {row.creator_id or '—'} · max turn "
@@ -72,7 +73,10 @@ def app_mode(
 ) -> None:
     """Set an app's default mode; its wallets without their own mode follow (audit-logged)."""
     from worker.billing.modes import set_app_mode
+    from worker.chats.lifecycle import resume_paused_chats
+    from worker.db import session_scope
     from worker.gate.gate import process_gate
 
-    changed = set_app_mode(process_gate(), enterprise, mode, actor="cli")
+    with session_scope() as session:
+        changed = set_app_mode(session, process_gate(), enterprise, mode, actor="cli", resume=resume_paused_chats)
     out.print(f"{enterprise}: mode {mode} ({len(changed)} wallet(s) changed)", highlight=False)

@@ -47,10 +47,11 @@ def deadletter_retry(
     """Persist a dead letter now (after its cause was fixed), exactly once; its named debt is then
     settled by the turn's own usage debit.  Exit 1, the dead letter kept, if it still fails."""
     from worker.ledger.deadletter import DeadLetterNotFound
+    from worker.chats.lifecycle import announce_chat_changes
     from worker.ledger.drain import OutboxDrain
 
     try:
-        result = OutboxDrain().retry_dead_letter(outbox_id)
+        result = OutboxDrain(announce=announce_chat_changes).retry_dead_letter(outbox_id)
     except DeadLetterNotFound:
         raise  # not a failed retry: the top-level group answers it (exit 2 naming OUTBOX_ID)
     except Exception as exc:

@@ -12,7 +12,8 @@ from worker.cli.common import out
 
 def drain_now() -> None:
     """Persist every outbox shard now, in this process (no Celery needed)."""
+    from worker.chats.lifecycle import announce_chat_changes
     from worker.ledger.drain import OutboxDrain
 
-    stats = OutboxDrain().drain(max_seconds=300)
+    stats = OutboxDrain(announce=announce_chat_changes).drain(max_seconds=300)
     out.print(stats.as_dict())

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from models.tables import BillingMode, PayerLevel
+from models.enums import BillingMode, PayerLevel
 from worker.pricing.prices import PricingError, nanos_to_usd, usd_to_nanos
 from worker.cli.common import checked_id, fail, out, parse_usd
 
@@ -48,7 +48,8 @@ def wallet_credit(
     description: str = typer.Option("manual credit", help="ledger description"),
 ) -> None:
     """Credit a wallet: a ledger entry (once per --key), then the gate's balance."""
-    from worker.ledger.accounts import GatePending, LedgerError, credit_wallet
+    from worker.chats.wiring import credit_wallet
+    from worker.ledger.accounts import GatePending, LedgerError
     from worker.gate.gate import UnknownWallet, process_gate
 
     try:
@@ -73,7 +74,7 @@ def wallet_credit(
 @wallet_app.command("show")
 def wallet_show(wallet_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Show a wallet: gate balance (Redis), ledger balance and usage (PostgreSQL)."""
-    from models.tables import Wallet
+    from models.wallet import Wallet
     from worker.db import session_scope
     from worker.ledger.accounts import ledger_balance
     from worker.ledger.turns import wallet_usage
@@ -111,9 +112,13 @@ def wallet_mode(
 ) -> None:
     """Override one wallet's mode, or 'inherit' its app's again (audit-logged)."""
     from worker.billing.modes import set_wallet_mode
+    from worker.db import session_scope
+    from worker.chats.lifecycle import resume_paused_chats
     from worker.gate.gate import process_gate
 
-    after = set_wallet_mode(process_gate(), wallet_id, None if mode == "inherit" else mode, actor="cli")
+    with session_scope() as session:
+        after = set_wallet_mode(session, process_gate(), wallet_id, None if mode == "inherit" else mode,
+                                actor="cli", resume=resume_paused_chats)
     out.print(f"{wallet_id}: mode {after}", highlight=False)
 
 
@@ -124,10 +129,12 @@ def wallet_reservations(
 ) -> None:
     """Make reservations mandatory or optional for one wallet's charged turns (audit-logged)."""
     from worker.billing.modes import set_wallet_reservations
+    from worker.db import session_scope
     from worker.gate.gate import process_gate
 
     choices = {"required": True, "optional": False, "inherit": None}
     if setting not in choices:
         fail(f"SETTING: {setting!r} is not required, optional or inherit")
-    effective = set_wallet_reservations(process_gate(), wallet_id, choices[setting], actor="cli")
+    with session_scope() as session:
+        effective = set_wallet_reservations(session, process_gate(), wallet_id, choices[setting], actor="cli")
     out.print(f"{wallet_id}: reservations {'required' if effective else 'optional'}", highlight=False)

@@ -19,7 +19,7 @@ Anthropic Messages                     ``usage.input_tokens``, ``usage.output_to
 anything with OpenAI-style ``usage``   as Chat Completions
 =====================================  =====================================================================
 
-Mapping to a turn (:class:`TokenUsage`, then ``models.schemas.TurnIn``):
+Mapping to a turn (:class:`TokenUsage`, then ``models.turn.TurnIn``):
 
 - ``prompt_tokens`` is every input token, cache reads and cache writes included.  OpenAI already
   reports it so (``cached_tokens`` is part of ``prompt_tokens``); Anthropic's ``input_tokens`` exclude
@@ -60,7 +60,7 @@ from genai_prices import Usage
 from genai_prices.data_snapshot import get_snapshot
 from pydantic import ValidationError
 
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from worker import NANOS_PER_USD, InputError, PricingError
 
 #: TurnIn can carry cache-write tokens (a field the gate prices at the cache-write price)

@@ -32,7 +32,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 import worker
-from models.schemas import Decision, TurnIn
+from models.turn import Decision, TurnIn
 from worker import check_text
 from worker.client.adapters import USAGE_FIELDS, TokenUsage, adapter_error, turn_fields, usage_from_response
 from worker.client.transports import TollgateClientError
@@ -51,7 +51,7 @@ class WalletExhausted(TollgateClientError):
     Attributes:
         wallet_id / chat_id: where.
         balance_nanos: the wallet's balance after the last turn, nano-USD (≤ 0), or None if unknown.
-        decision: the gate's :class:`~models.schemas.Decision` of the turn that hit the floor, if a
+        decision: the gate's :class:`~models.turn.Decision` of the turn that hit the floor, if a
             turn did (``decision.accepted``: the turn itself was charged and recorded).
     """
 

@@ -1,6 +1,6 @@
 """How a billing session reaches tollgate: in-process (a :class:`~worker.gate.gate.WalletGate` on Redis,
 with PostgreSQL for pauses and summaries) or over HTTP (the API's ``POST /v1/turns``, which answers
-the same :class:`~models.schemas.Decision`).  Both raise the same errors, so a session behaves the
+the same :class:`~models.turn.Decision`).  Both raise the same errors, so a session behaves the
 same on either.
 
 Each transport has a synchronous and an asyncio form; the asyncio in-process transport runs the
@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 import worker
-from models.schemas import Decision, TurnIn
+from models.turn import Decision, TurnIn
 from worker import PricingError, TollgateError
 from worker.client.adapters import UnknownModel
 

@@ -17,10 +17,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Callable
 
-from models.schemas import TurnIn
-from models.tables import PayerLevel, Wallet
+from models.turn import TurnIn
+from models.enums import PayerLevel
+from models.wallet import Wallet
 from worker.db import session_scope
-from worker.ledger.accounts import credit_wallet, ledger_balance, open_wallet
+from worker.chats.wiring import credit_wallet
+from worker.ledger.accounts import ledger_balance, open_wallet
 from worker.ledger.turns import wallet_usage
 from worker.pricing.prices import TurnLimitExceeded, nanos_to_usd, usd_to_nanos
 from worker.devtools.traces import TraceError, TraceFormat, TraceRow, read_trace

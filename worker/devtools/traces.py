@@ -34,7 +34,7 @@ MOONCAKE_BLOCK_TOKENS = 512
 # ('١٢' → 12) and ``$`` matches before a trailing newline
 _TS = re.compile(r"^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?\Z", re.ASCII)
 _INT = re.compile(r"^\d+\Z", re.ASCII)
-MAX_TOKENS = 10**9  # as models.schemas.Tokens
+MAX_TOKENS = 10**9  # as models.turn.Tokens
 MAX_TIMESTAMP_MS = 10**13  # about 317 years past the trace start
 
 

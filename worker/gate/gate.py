@@ -37,15 +37,15 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Callable, Iterable, Sequence
 
 import redis
 from hiredis import pack_command
 
-from models.schemas import Decision, TurnIn, trusted_decision
-from models.tables import DEFAULT_MAX_TURN_COST_NANOS, BillingMode
+from models.turn import Decision, TurnIn, trusted_decision
+from models.enums import BillingMode
+from models.wallet import DEFAULT_MAX_TURN_COST_NANOS, ReservationPublic
 from worker.validation import check_text
 from worker.pricing.meters import meter_price
 from worker.pricing.prices import PriceBook, PriceSheet, TurnLimitExceeded, TurnPrice
@@ -63,7 +63,7 @@ from worker.gate.scripts import lua_source
 from worker.settings import Settings, get_settings, redis_client
 from worker.errors import Conflict, InvalidInput, NotFound, Unavailable
 
-#: a service tier's name, as TurnIn accepts it (``models.schemas``)
+#: a service tier's name, as TurnIn accepts it (``models.turn``)
 _TIER = re.compile(r"[a-z0-9_.-]{1,32}")
 
 log = logging.getLogger(__name__)
@@ -81,20 +81,6 @@ class WrongEnterprise(NotFound, LookupError):
 
 class GateConfigError(Conflict, RuntimeError):
     """The gate's settings disagree with what Redis holds (the outbox shard count, a wallet's mode)."""
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """A hold on a wallet's funds: granted or refused, the nanos held, and the wallet's balance and
-    total holds right after, nano-USD (available = balance − held)."""
-
-    reservation_id: str
-    wallet_id: str
-    granted: bool
-    amount_nanos: int
-    balance_nanos: int
-    held_nanos: int
-    duplicate: bool = False
 
 
 class GateBatchError(Unavailable, RuntimeError):
@@ -431,7 +417,7 @@ class WalletGate:
     def record_turn(self, turn: TurnIn) -> Decision:
         """Price, debit and enqueue one turn (one EVALSHA).  Idempotent by ``turn.turn_id``.
 
-        Returns: the :class:`~models.schemas.Decision`.
+        Returns: the :class:`~models.turn.Decision`.
         Raises: worker.pricing.prices.PricingError (unknown model), UnknownWallet; nothing changes then.
         """
         return self.record_turns([turn])[0]
@@ -644,7 +630,7 @@ class WalletGate:
         self, wallet_id: str, amount_nanos: int | None = None, *, ttl_s: int = 300, reservation_id: str | None = None,
         model: str | None = None, provider: str | None = None, prompt_tokens: int = 0, max_tokens: int | None = None,
         service_tier: str | None = None,
-    ) -> Reservation:
+    ) -> ReservationPublic:
         """Hold funds of a wallet before an LLM call, for ``ttl_s`` seconds: ``amount_nanos`` (an
         integer >= 1 nano-USD), or, given ``model`` (+ ``provider``, + the ``service_tier`` the call
         asks for), ``prompt_tokens`` and ``max_tokens`` instead, the call's worst case priced by the
@@ -653,7 +639,7 @@ class WalletGate:
         Granted only if ``balance − held − amount >= 0`` (a production, limited wallet); then a turn
         recorded with ``reservation_id`` settles it, :meth:`release` gives it back, and
         :meth:`expire_holds` releases it after ``ttl_s``.  The same ``reservation_id`` twice is one
-        hold.  Returns a :class:`Reservation`.  Raises ValueError naming the argument (amount_nanos
+        hold.  Returns a :class:`~models.wallet.ReservationPublic` (frozen).  Raises ValueError naming the argument (amount_nanos
         below 1 or not an integer, both or neither of amount_nanos and model, prompt_tokens,
         max_tokens, ttl_s, service_tier (malformed, or given without model); ``InvalidInput`` for a
         ``wallet_id`` or ``reservation_id`` that ``models.validation`` refuses),
@@ -684,7 +670,7 @@ class WalletGate:
             )
         except redis.ResponseError as exc:
             raise self._translate(exc, wallet_id) from exc
-        return Reservation(reservation_id=reservation_id, wallet_id=wallet_id, granted=status == "reserved",
+        return ReservationPublic(reservation_id=reservation_id, wallet_id=wallet_id, granted=status == "reserved",
                            amount_nanos=int(amount), balance_nanos=int(balance), held_nanos=int(held),
                            duplicate=bool(duplicate))
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import orjson
 
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from worker.celery_app import DRAIN_OUTBOX_TASK, app
 from worker.pricing.prices import TurnPrice
 from worker.errors import InputError

@@ -9,19 +9,15 @@ is never ahead of the ledger for money coming in.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Callable
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
-from models.tables import (
-    BillingMode,
-    Enterprise,
-    PayerLevel,
-    TransactionKind,
-    Wallet,
-    WalletTransaction,
-)
+from models.enums import BillingMode, PayerLevel, TransactionKind
+from models.wallet import Enterprise, Wallet, WalletTransaction
 from models.validation import MAX_DESCRIPTION
 from worker.validation import InvalidInput, check_text
 from worker.db import session_scope
@@ -49,6 +45,26 @@ class GatePending(Unavailable, RuntimeError):
     title = "Credit pending"
 
 
+@dataclass(frozen=True, slots=True)
+class Credited:
+    """A credit applied in the gate (:func:`credit_wallet`), for its ``on_credited`` hook.
+
+    ``amount_nanos`` / ``balance_nanos``: nano-USD, the credit and the gate balance after it;
+    ``new``: False when the ledger entry existed already (a retry completing the gate side)."""
+
+    wallet_id: str
+    enterprise_id: str | None
+    amount_nanos: int
+    balance_nanos: int
+    idempotency_key: str
+    new: bool
+
+
+#: ``on_credited(gate, credited)``: what follows a credit once the gate has it (resume the wallet's
+#: paused chats, announce ``wallet.credited``: :func:`worker.chats.wiring.after_credit`)
+OnCredited = Callable[[WalletGate, Credited], None]
+
+
 def ensure_enterprise(session: Session, enterprise_id: str, *, name: str | None = None) -> None:
     """Create the enterprise (app) ``enterprise_id`` if it does not exist."""
     session.execute(
@@ -73,7 +89,7 @@ def open_wallet(
     ``mode`` None: the wallet follows its app's ``default_mode`` (the settings' default without an
     app); a mode given here overrides the app's for this wallet.  Opening an existing wallet changes
     nothing in PostgreSQL and keeps the gate's balance.  Returns the wallet row.
-    Raises ``models.validation.InvalidInput`` (a ValueError) naming ``wallet_id``, ``enterprise_id``
+    Raises ``worker.errors.InvalidInput`` (a ValueError) naming ``wallet_id``, ``enterprise_id``
     or ``owner_id`` when one is not an acceptable id (nothing is written).
     """
     check_text(wallet_id, "wallet_id")
@@ -158,12 +174,15 @@ def record_credit(
 
 def credit_wallet(
     gate: WalletGate, *, wallet_id: str, amount_nanos: int, idempotency_key: str, description: str = "",
-    actor: str | None = None,
+    actor: str | None = None, on_credited: OnCredited | None = None,
 ) -> int:
     """Credit a wallet once per key: the ledger entry commits first, then the gate's balance.
 
     With ``actor`` ('cli', 'key:<prefix>', …) a new credit also writes an audit-log row, in the
-    same transaction as its ledger entry.
+    same transaction as its ledger entry.  ``on_credited(gate, Credited)`` runs once the gate has
+    the credit (not when the key's entry is older than the gate remembers); its errors are logged,
+    the money is in.  The entry points pass :func:`worker.chats.wiring.after_credit` (resume the
+    wallet's paused chats, then ``wallet.credited``); :func:`worker.credit_wallet` is wired so.
 
     A retry with the same key after a crash between the two completes the gate side only (the gate
     remembers applied keys for ``settings.dedupe_ttl_s``; an older entry is not re-applied, and
@@ -204,33 +223,13 @@ def credit_wallet(
             f"credit {idempotency_key!r} is in the ledger but not yet in the gate ({exc}); "
             "retry with the same idempotency key"
         ) from exc
-    _after_credit(gate, wallet_id, enterprise_id, amount_nanos, balance, idempotency_key, announce=new)
+    if on_credited is not None:
+        credited = Credited(wallet_id, enterprise_id, amount_nanos, balance, idempotency_key, new)
+        try:
+            on_credited(gate, credited)
+        except Exception:
+            log.error("credit %s to %s: its after-credit hook failed", idempotency_key, wallet_id, exc_info=True)
     return balance
-
-
-def _after_credit(gate: WalletGate, wallet_id: str, enterprise_id: str | None, amount_nanos: int, balance: int,
-                  key: str, *, announce: bool) -> None:
-    """Resume the wallet's paused chats, then tell the app (``wallet.credited``, once per new
-    credit): in that order, so a client that resumes its chat on ``wallet.credited`` finds it
-    resumable already, and ``chat.resumable`` is sent once by whichever resumer closed the record.
-    The money is in: a failure here is logged, and the beat job ``tollgate.billing.resume_paused``
-    resumes what this missed."""
-    # an upward edge listed in pyproject.toml's import contracts, to invert in phase 2b (a
-    # top-level import would be an import cycle: chats imports this package)
-    from worker.chats.lifecycle import resume_paused_chats
-    from worker.events import Event, emit
-
-    try:
-        resume_paused_chats(gate, wallet_id, cause=key)
-    except Exception:
-        log.error("credit %s to %s: could not resume paused chats; the beat job will", key, wallet_id, exc_info=True)
-    try:
-        if announce and enterprise_id:
-            emit(gate.redis, Event.new("wallet.credited", enterprise_id, {
-                "wallet_id": wallet_id, "amount_nanos": amount_nanos, "balance_nanos": balance,
-                "idempotency_key": key}), webhook=False)
-    except Exception:
-        log.error("credit %s to %s: could not announce wallet.credited", key, wallet_id, exc_info=True)
 
 
 def ledger_balance(session: Session, wallet_id: str) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlmodel import Session
 
-from models.tables import AuditLog
+from models.access import AuditLog
 
 
 def audit(session: Session, *, actor: str, action: str, enterprise_id: str | None = None,

@@ -41,8 +41,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
-from models.tables import DeadLetter as DeadLetterRow
-from models.tables import TransactionKind, Wallet, WalletTransaction
+from models.turn import DeadLetter as DeadLetterRow
+from models.enums import TransactionKind
+from models.wallet import Wallet, WalletTransaction
 from worker.db import session_scope
 from worker.gate.gate import UnknownWallet, WalletGate
 from worker.gate.keys import shard_tag

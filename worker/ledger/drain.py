@@ -28,7 +28,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import redis
 
@@ -77,6 +77,10 @@ class DrainStats:
         return dict(self.__dict__)
 
 
+#: ``announce(gate, paused, resumed)``: what a drain does with the chats a committed batch paused / resumed
+Announce = Callable[[WalletGate, Sequence[Any], Sequence[Any]], None]
+
+
 class OutboxDrain:
     """Drains outbox shards into PostgreSQL.
 
@@ -84,12 +88,19 @@ class OutboxDrain:
         client: redis-py client with ``decode_responses=True`` (defaults to ``settings.redis_url``).
         settings: defaults to :func:`worker.settings.get_settings`.
         consumer: consumer name in the group (defaults to :func:`consumer_name`).
+        announce: ``announce(gate, paused, resumed)``, called after each committed batch that paused
+            or resumed chats (:class:`~worker.ledger.turns.PausedNotice` /
+            :class:`~worker.ledger.turns.ResumedNotice` lists); its errors are logged.  The entry
+            points (the Celery task, the CLI, replay) pass
+            :func:`worker.chats.lifecycle.announce_chat_changes`; None announces nothing.
     """
 
     def __init__(
-        self, client: redis.Redis | None = None, *, settings: Settings | None = None, consumer: str | None = None
+        self, client: redis.Redis | None = None, *, settings: Settings | None = None, consumer: str | None = None,
+        announce: Announce | None = None,
     ) -> None:
         self.settings = settings or get_settings()
+        self.announce = announce
         self.redis = client or redis_client(self.settings)
         self.consumer = consumer or consumer_name()
         self._groups: set[str] = set()
@@ -251,14 +262,12 @@ class OutboxDrain:
         return result
 
     def _announce_paused(self, result: PersistResult) -> None:
-        """``chat.paused`` for each chat the batch paused, ``chat.resumable`` for each one a newer turn
-        resumed (committed), pub/sub and webhook."""
-        # an upward edge listed in pyproject.toml's import contracts, to invert in phase 2b (a
-        # top-level import would be an import cycle: chats imports this package)
-        from worker.chats.lifecycle import announce_chat_changes
-
+        """Hand the chats the committed batch paused and resumed to ``self.announce`` (the entry
+        point's wiring: ``chat.paused`` / ``chat.resumable``, pub/sub and webhook); nothing without one."""
+        if self.announce is None:
+            return
         try:
-            announce_chat_changes(self.gate, result.paused, result.resumed)
+            self.announce(self.gate, result.paused, result.resumed)
         except Exception:  # the pause is committed; the orchestrator also had the 'pause' answer
             log.error("could not announce %d paused chat(s)", len(result.paused), exc_info=True)
 

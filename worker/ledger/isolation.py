@@ -27,7 +27,7 @@ import re
 from sqlalchemy import select, text
 from sqlmodel import Session
 
-from models.tables import Enterprise
+from models.wallet import Enterprise
 from worker.errors import InputError
 
 log = logging.getLogger(__name__)

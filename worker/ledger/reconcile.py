@@ -42,7 +42,10 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import func, select, tuple_
 from sqlmodel import Session
 
-from models.tables import ReconciliationRun, TransactionKind, UsageTurnKey, Wallet, WalletDrift, WalletTransaction
+from models.enums import TransactionKind
+from models.reconcile import ReconciliationRun, WalletDrift
+from models.turn import UsageTurnKey
+from models.wallet import Wallet, WalletTransaction
 from worker.ledger import deadletter
 from worker.db import session_scope
 from worker.billing.payers import gate_profile

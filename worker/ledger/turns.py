@@ -18,21 +18,12 @@ from sqlalchemy import BigInteger, Boolean, DateTime, case, func, or_, select, t
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
-from models.tables import (
-    BillingMode,
-    ChatAgentUsage,
-    ChatSession,
-    BudgetDirty,
-    ChatStatus,
-    ConnectionState,
-    PausedChat,
-    RollupDirty,
-    TransactionKind,
-    UsageEvent,
-    UsageTurnKey,
-    Wallet,
-    WalletTransaction,
-)
+from models.budget import BudgetDirty
+from models.chat import ChatAgentUsage, ChatSession, PausedChat
+from models.enums import BillingMode, ChatStatus, ConnectionState, TransactionKind
+from models.rollup import RollupDirty
+from models.turn import UsageEvent, UsageTurnKey
+from models.wallet import Wallet, WalletTransaction
 from worker.periods import period_of
 from worker.gate.gate import WalletGate
 from worker.gate.keys import USAGE_PREFIX, outbox_key, transitions_key

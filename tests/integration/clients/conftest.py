@@ -23,7 +23,7 @@ def events_url() -> str:
 @pytest.fixture()
 def drain(redis_client, settings, gate):
     """Persist every accepted turn now (``OutboxDrain`` in-process); returns its stats."""
-    from worker.ledger.drain import OutboxDrain
+    from worker import OutboxDrain  # wired: announces chat.paused / chat.resumable
 
     def run():
         return OutboxDrain(redis_client, settings=settings, consumer="clients-test").drain()
@@ -34,8 +34,9 @@ def drain(redis_client, settings, gate):
 @pytest.fixture()
 def open_payer(db, gate):
     """Open (and credit) the wallet of a payer: ``open_payer(level, app_id, payer_id, nanos)`` → wallet id."""
-    from models.tables import PayerLevel
-    from worker.ledger.accounts import credit_wallet, open_wallet
+    from models.enums import PayerLevel
+    from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
+    from worker.ledger.accounts import open_wallet
     from worker.billing.payers import wallet_id_for
 
     def run(level: str, app_id: str, payer_id: str, nanos: int) -> str:
@@ -55,7 +56,7 @@ def api(db, redis_client, gate):
     from fastapi.testclient import TestClient
 
     from api_stub import main
-    from models.tables import ApiRole
+    from models.enums import ApiRole
     from worker.access.apikeys import create_key
     from worker.db import session_scope
 

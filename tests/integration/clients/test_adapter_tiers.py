@@ -14,7 +14,7 @@ from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 from sqlalchemy import text
 
-from models.schemas import TurnIn
+from models.turn import TurnIn
 from worker.client.adapters import AdapterError, cost_nanos, turn_fields, usage_from_response
 from worker.pricing.prices import PriceBook, PricingError
 
@@ -68,8 +68,9 @@ def _turn(usage, turn_id: str, wallet: str = "w-tier") -> TurnIn:
 # --- Anthropic 1-hour cache writes ---------------------------------------------------------------
 
 def test_anthropic_1h_cache_writes_are_charged_at_the_1h_price_and_persisted(gate, db, redis_client, settings):
-    from worker.ledger.drain import OutboxDrain
-    from worker.ledger.accounts import credit_wallet, open_wallet
+    from worker import OutboxDrain  # wired: announces chat.paused / chat.resumable
+    from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
+    from worker.ledger.accounts import open_wallet
 
     usage = usage_from_response(anthropic_message(writes_5m=2_000, writes_1h=1_000))
     assert (usage.prompt_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens) == (3_150, 3_000, 1_000)
@@ -136,8 +137,9 @@ def test_a_1h_breakdown_that_does_not_add_up_and_1h_writes_beyond_the_writes_are
 @pytest.mark.parametrize("tier", ["flex", "priority"])
 def test_openai_service_tier_is_charged_at_genai_prices_tier_price_and_persisted(gate, db, redis_client, settings,
                                                                                   tier):
-    from worker.ledger.drain import OutboxDrain
-    from worker.ledger.accounts import credit_wallet, open_wallet
+    from worker import OutboxDrain  # wired: announces chat.paused / chat.resumable
+    from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
+    from worker.ledger.accounts import open_wallet
 
     usage = usage_from_response(chat_completion(tier=tier))
     assert usage.service_tier == tier
@@ -179,7 +181,8 @@ def test_responses_api_tier_and_the_standard_tiers():
 
 
 def test_a_tier_genai_prices_has_no_price_for_is_refused_and_charges_nothing(gate, db):
-    from worker.ledger.accounts import credit_wallet, open_wallet
+    from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
+    from worker.ledger.accounts import open_wallet
 
     open_wallet(gate, wallet_id="w-tier", enterprise_id="acme", owner_id="o")
     credit_wallet(gate, wallet_id="w-tier", amount_nanos=10**9, idempotency_key="buy-tier")

@@ -50,7 +50,7 @@ def persisted(db, chat_id: str) -> list[tuple]:
 def test_group_chat_pauses_at_exhaustion_resumes_on_credit_and_postgres_matches_the_server(
     gate, db, app_id, open_payer, drain
 ):
-    from worker.ledger.accounts import credit_wallet
+    from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
 
     wallet_id = open_payer("app_usage", app_id, "enduser1", 150_000)
     session = BillingSession.start(InProcessTransport(gate), level="app_usage", payer_id="enduser1",

@@ -16,7 +16,7 @@ COST = 1000 * 2_500  # gpt-4o: $2.50 per million prompt tokens
 
 
 def test_wait_for_resume_sync_blocks_inside_a_running_event_loop_until_the_credit(gate, app_id, open_payer, db):
-    from worker.ledger.accounts import credit_wallet
+    from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
 
     wallet_id = open_payer("platform", app_id, "maker-sync", 4_000_000)
     session = BillingSession.start(InProcessTransport(gate), level="platform", payer_id="maker-sync",

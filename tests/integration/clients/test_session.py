@@ -60,7 +60,7 @@ def _chat_rows(db, chat_id: str) -> dict:
 def test_in_process_and_http_give_the_same_decisions_exhaustion_pauses_resumes_and_summaries(
     gate, api, app_id, open_payer, events_url, drain, db
 ):
-    from worker.ledger.accounts import credit_wallet
+    from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
 
     w1 = open_payer("app_usage", app_id, "alice", 10_000_000)
     w2 = open_payer("app_usage", app_id, "bob", 10_000_000)
@@ -142,7 +142,7 @@ def test_a_platform_wallet_over_http_needs_the_owner_key_issued_for_it(gate, api
     """Level 1: the creator's wallet has no app, so an app's plain owner key may not read it; an
     owner key issued for it (``wallet_id=plat:<creator>``) may read it, hold on it and pause its
     chats, never credit it or change its mode."""
-    from models.tables import ApiRole
+    from models.enums import ApiRole
     from worker.access.apikeys import ApiKeyError, create_key
     from worker.db import session_scope
 
@@ -203,7 +203,7 @@ def test_unknown_model_and_unknown_wallet_are_typed_errors(gate, api, app_id, op
 def test_wait_for_resume_times_out_then_returns_on_the_credit_and_the_chat_goes_on(
     gate, app_id, open_payer, events_url, drain, db
 ):
-    from worker.ledger.accounts import credit_wallet
+    from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
 
     wallet_id = open_payer("platform", app_id, "maker1", 4_000_000)
     session = BillingSession.start(InProcessTransport(gate), level="platform", payer_id="maker1",

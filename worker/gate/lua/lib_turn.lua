@@ -16,7 +16,7 @@ local WALLET_FIELDS = {'mode', 'limited', 'balance', 'blocked', 'enterprise', 'h
                        'require_hold',    -- w[11]: '1' when every charged turn needs a live hold of its own
                        'max_turn_nanos'}  -- w[12]: the most one turn may cost (integer string)
 -- the most one turn may cost when the wallet hash has no max_turn_nanos (a wallet loaded before the
--- per-app limit existed): models.tables.DEFAULT_MAX_TURN_COST_NANOS, $50 (a unit test keeps them equal)
+-- per-app limit existed): models.wallet.DEFAULT_MAX_TURN_COST_NANOS, $50 (a unit test keeps them equal)
 local DEFAULT_MAX_TURN_NANOS = '50000000000'
 local wallets = {}
 -- accepted / denied turn counts per wallet key, added to the hash once per run by flush_counts()

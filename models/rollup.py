@@ -1,0 +1,116 @@
+"""The rollup family: pre-computed workflow × month summaries (``workflow_rollup``), their dirty
+marks (``rollup_dirty``), and the API's aggregate shapes (rollups, averages, analytics buckets)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from sqlalchemy import Column, func, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+from models.columns import big, ts
+
+
+class RollupDirty(SQLModel, table=True):
+    """A (enterprise, workflow, month) whose rollup is out of date: the drain marks it in the same
+    transaction as the usage events (``ON CONFLICT DO UPDATE``, so the row lock orders it against a
+    refresh that is deleting it); the rollup job refreshes and deletes it."""
+
+    __tablename__ = "rollup_dirty"
+
+    enterprise_id: str = Field(primary_key=True, max_length=200)
+    workflow: str = Field(primary_key=True, max_length=200)
+    period: str = Field(primary_key=True, max_length=7)  # 'YYYY-MM', UTC
+    touched_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
+
+
+class WorkflowRollupBase(SQLModel):
+    """The totals of one enterprise × workflow × calendar month (UTC) that the rollup table and its
+    API shape share: sessions, turns, tokens, cost (nano-USD), when it was refreshed."""
+
+    enterprise_id: str = Field(primary_key=True, max_length=200)
+    workflow: str = Field(primary_key=True, max_length=200)
+    period: str = Field(primary_key=True, max_length=7)
+    total_sessions: int = 0
+    total_turns: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    prompt_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    completion_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    cached_prompt_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    cost_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    refreshed_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
+
+
+class WorkflowRollup(WorkflowRollupBase, table=True):
+    """The pre-computed summary of one enterprise × workflow × calendar month (UTC): the seed's
+    ``mon_{enterprise_id}_{workflow_name}`` document (JSONB, money in nanos) plus typed totals."""
+
+    __tablename__ = "workflow_rollup"
+
+    document: dict = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+
+
+class WorkflowRollupPublic(WorkflowRollupBase):
+    """The totals of one enterprise × workflow × month (UTC) rollup.  ``document`` is the seed's
+    ``mon_{enterprise}_{workflow}`` document, given to the app's owner only (it names chats):
+    ``WorkflowRollupPublic.model_validate(row, update={"document": None})`` for anyone else."""
+
+    document: dict[str, Any] | None = None
+
+
+class WorkflowRollupsPublic(BaseModel):
+    """The rollups of one app in one period, by workflow."""
+
+    data: list[WorkflowRollupPublic]
+    count: int
+
+
+class WorkflowAverages(BaseModel):
+    """Per-session averages of one workflow in one month (see ``worker.chats.rollups.workflow_averages``)."""
+
+    enterprise_id: str
+    workflow: str
+    period: str
+    source: Literal["rollup", "usage_event"]
+    refreshed_at: str | None
+    total_sessions: int
+    total_turns: int
+    total_cost_nanos: int
+    total_cost_usd: str
+    avg_cost_nanos: int
+    avg_cost_usd: str
+    avg_prompt_tokens: float
+    avg_completion_tokens: float
+    avg_total_tokens: float
+    avg_duration_sec: float
+
+
+class UsageBucketPublic(BaseModel):
+    """Usage of one time bucket (and group): turns, tokens, cost and billed nano-USD.  Group keys
+    not asked for are ``None``."""
+
+    bucket: date
+    workflow: str | None = None
+    agent: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    turns: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int
+    cost_nanos: int
+    billed_nanos: int
+
+
+class UsageBucketsPublic(BaseModel):
+    """Usage analytics of one app over ``[start, end)``."""
+
+    enterprise_id: str
+    granularity: str
+    group_by: list[str]
+    start: date
+    end: date
+    data: list[UsageBucketPublic]
+    count: int

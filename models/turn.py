@@ -1,0 +1,318 @@
+"""The turn family: a turn as an orchestrator reports it (``TurnIn``), the gate's ``Decision``, and
+its persisted forms (``usage_turn_key``, ``usage_event``, ``dead_letter``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import Field as PydanticField
+from sqlalchemy import BigInteger, Column, Index, func, text
+from sqlmodel import Field, SQLModel
+
+from models.columns import big, enum_type, ts
+from models.enums import BillingMode, PayerLevel
+from models.validation import Id, ModelName, ProviderName, TurnId, UtcInWindow
+
+#: a count of tokens (or ms) in one turn: an integer, 0 ≤ n ≤ 10^9 (sums stay far from BIGINT)
+Tokens = Annotated[int, PydanticField(strict=True, ge=0, le=10**9)]
+
+
+class TurnIn(BaseModel):
+    """One agent turn, as an orchestrator records it.
+
+    Token counts are integers ≥ 0 (``cached_prompt_tokens`` is the part of ``prompt_tokens`` read from
+    the provider's prompt cache); ``duration_ms`` is the response time in milliseconds;
+    ``occurred_at`` is when the turn finished (aware; stored in UTC; defaults to now; inside the
+    configured window, see ``models.validation``).  ``turn_id`` is the idempotency key: the same id
+    recorded twice is one turn.  Text fields are refused when they hold control, surrogate or
+    format characters (``models.validation``: ids 1..200 code points, ``turn_id`` 1..300, model
+    1..200, provider 1..100).
+
+    Raises ``pydantic.ValidationError`` naming the field for bad input.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    turn_id: TurnId
+    wallet_id: Id
+    enterprise_id: Id
+    chat_id: Id
+    workflow: Id = "default"
+    agent: Id = "assistant"
+    model: ModelName
+    provider: ProviderName | None = None
+    prompt_tokens: Tokens
+    completion_tokens: Tokens
+    cached_prompt_tokens: Tokens = 0
+    #: the part of ``prompt_tokens`` written to the provider's prompt cache (Anthropic's
+    #: ``cache_creation_input_tokens``), billed at the model's cache-write price
+    cache_write_tokens: Tokens = 0
+    #: the part of ``cache_write_tokens`` written to the 1-hour cache (Anthropic's
+    #: ``cache_creation.ephemeral_1h_input_tokens``), billed at the model's 1-hour cache-write price
+    #: (the 5-minute one when genai-prices has none)
+    cache_write_1h_tokens: Tokens = 0
+    #: the provider's service tier the response was served at (OpenAI's ``service_tier``: ``flex``,
+    #: ``priority``, …), billed at genai-prices' price for that tier; None, ``default``, ``auto`` or
+    #: ``standard``: the standard price.  A tier genai-prices has no price for on that model is refused.
+    service_tier: Annotated[str, PydanticField(min_length=1, max_length=32, pattern=r"^[a-z0-9_.-]+$")] | None = None
+    duration_ms: Tokens = 0
+    occurred_at: UtcInWindow = PydanticField(default_factory=lambda: datetime.now(UTC))
+    #: the reservation this turn settles (see WalletGate.reserve), if any
+    reservation_id: Id | None = None
+    #: 'llm' for an LLM turn; else a non-LLM meter of :data:`METERS` (``model`` defaults to the meter's
+    #: name, tokens to 0) recording ``quantity`` units through the same gate and ledger
+    meter: Literal["llm", "emails", "storage_gb_month", "function_calls"] = "llm"
+    #: units of a non-LLM meter (emails sent, MB-months stored, invocations); 0 for an LLM turn
+    quantity: Annotated[int, PydanticField(strict=True, ge=0, le=10**12)] = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _meter_defaults(cls, data):
+        if isinstance(data, dict) and data.get("meter", "llm") != "llm":
+            data = {"model": data["meter"], "prompt_tokens": 0, "completion_tokens": 0, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _cached_within_prompt(self) -> "TurnIn":
+        if self.meter != "llm":
+            if self.quantity <= 0:
+                raise ValueError(f"quantity must be > 0 for meter {self.meter!r}")
+            if (self.prompt_tokens or self.completion_tokens or self.cached_prompt_tokens or self.cache_write_tokens
+                    or self.cache_write_1h_tokens):
+                raise ValueError(f"meter {self.meter!r} records a quantity, not tokens: give 0 tokens")
+        elif self.quantity:
+            raise ValueError("quantity is for non-LLM meters: an LLM turn (meter 'llm') records tokens")
+        if self.cached_prompt_tokens > self.prompt_tokens:
+            raise ValueError(
+                f"cached_prompt_tokens ({self.cached_prompt_tokens}) exceeds prompt_tokens ({self.prompt_tokens})"
+            )
+        if self.cache_write_1h_tokens > self.cache_write_tokens:
+            raise ValueError(
+                f"cache_write_1h_tokens ({self.cache_write_1h_tokens}) exceeds cache_write_tokens "
+                f"({self.cache_write_tokens}), of which they are a part"
+            )
+        if self.cached_prompt_tokens + self.cache_write_tokens > self.prompt_tokens:
+            raise ValueError(
+                f"cache_write_tokens ({self.cache_write_tokens}) + cached_prompt_tokens "
+                f"({self.cached_prompt_tokens}) exceed prompt_tokens ({self.prompt_tokens})"
+            )
+        return self
+
+
+class TurnBatch(BaseModel):
+    """Up to 1,000 turns, recorded in order with one pipelined round trip.  Unknown fields are
+    refused (422 naming them), as on every input model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    turns: list[TurnIn] = PydanticField(min_length=1, max_length=1000)
+
+
+class Decision(BaseModel):
+    """The gate's answer for one turn.
+
+    Attributes:
+        turn_id: the turn decided.
+        accepted: the turn was charged (or tracked for free) and queued for persistence.
+        action: ``continue`` or ``pause`` (the chat must stop until the wallet is credited).
+        balance_nanos: wallet balance after the turn, nano-USD; ``None`` for an unlimited wallet.
+        cost_nanos: the turn's cost at its prices, nano-USD.
+        billed_nanos: what was debited (0 when denied or in development mode), nano-USD.
+        duplicate: this turn_id was seen before; the first answer is returned and nothing changed.
+    """
+
+    turn_id: str
+    accepted: bool
+    action: Literal["continue", "pause"]
+    balance_nanos: int | None
+    cost_nanos: int
+    billed_nanos: int
+    duplicate: bool = False
+
+
+_DECISION_FIELDS = frozenset(Decision.model_fields)
+
+
+def trusted_decision(turn_id: str, accepted: bool, action: str, balance_nanos: int | None, cost_nanos: int,
+                     billed_nanos: int, duplicate: bool) -> Decision:
+    """A :class:`Decision` from values the gate's own script produced, without validation: what
+    ``Decision.model_construct`` does (the instance dict, fields set, no extra or private
+    attributes) at a fifth of its cost, which mattered at tens of thousands of turns a second.
+    ``tests/unit/test_gate.py`` checks it equals a validated Decision."""
+    d = object.__new__(Decision)
+    object.__setattr__(d, "__dict__", {
+        "turn_id": turn_id, "accepted": accepted, "action": action, "balance_nanos": balance_nanos,
+        "cost_nanos": cost_nanos, "billed_nanos": billed_nanos, "duplicate": duplicate,
+    })
+    object.__setattr__(d, "__pydantic_fields_set__", set(_DECISION_FIELDS))
+    object.__setattr__(d, "__pydantic_extra__", None)
+    object.__setattr__(d, "__pydantic_private__", None)
+    return d
+
+
+class DecisionsPublic(BaseModel):
+    """The decisions of a batch, in the order of its turns."""
+
+    data: list[Decision]
+    count: int
+
+
+class UsageTurnKey(SQLModel, table=True):
+    """The idempotency index of persisted turns: one row per turn_id in its scope, the
+    (enterprise_id, wallet_id) pair, ever (until retention).  The gate keys its first answers by the
+    same scope, so the same turn_id in another scope is an independent turn, persisted too.
+
+    ``usage_event`` is partitioned by month, and PostgreSQL can only enforce a unique key on a
+    partitioned table if it contains the partition key; a turn_id retried with another
+    ``occurred_at`` would then be persisted twice.  This small unpartitioned table holds the unique
+    turn_id instead: the drain inserts here first (``ON CONFLICT DO NOTHING``) and writes
+    ``usage_event`` rows only for the keys it inserted, in the same statement.
+    """
+
+    __tablename__ = "usage_turn_key"
+
+    enterprise_id: str = Field(primary_key=True, max_length=200)
+    wallet_id: str = Field(primary_key=True, max_length=200)
+    turn_id: str = Field(primary_key=True, max_length=300)
+    outbox_id: str = Field(max_length=60)
+    occurred_at: datetime = Field(sa_column=ts(nullable=False))
+    recorded_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
+
+
+class UsageEvent(SQLModel, table=True):
+    """One accepted turn, persisted once (its turn_id is in :class:`UsageTurnKey` once), with the
+    prices it was charged at.  Partitioned by month of ``occurred_at`` (UTC), and a month by app
+    (``enterprise_id``) once an app keeps its events in its own schema (``worker.ledger.isolation``), so
+    its primary key is ``(id, occurred_at, enterprise_id)``; ``worker.ledger.partitions`` creates the months
+    ahead and applies retention.
+
+    ``outbox_id`` (``<shard>:<stream id>``) is the outbox entry it came from: a re-delivery carries
+    the same one, a second acceptance of the same turn_id by the gate another.
+
+    ``cost_nanos`` is what the turn cost at those prices; ``billed_nanos`` what was debited
+    (0 in development mode).  Unit prices are nano-USD per million tokens.
+    """
+
+    __tablename__ = "usage_event"
+    __table_args__ = (
+        Index("ix_usage_event_wallet_occurred", "wallet_id", "occurred_at"),
+        Index("ix_usage_event_enterprise_workflow_occurred", "enterprise_id", "workflow", "occurred_at"),
+        Index("ix_usage_event_enterprise_chat", "enterprise_id", "chat_id"),
+        {"postgresql_partition_by": "RANGE (occurred_at)"},
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    turn_id: str = Field(max_length=300, index=True)
+    outbox_id: str = Field(max_length=60)
+    wallet_id: str = Field(max_length=200)
+    enterprise_id: str = Field(max_length=200, primary_key=True)
+    chat_id: str = Field(max_length=200)
+    workflow: str = Field(max_length=200)
+    agent: str = Field(max_length=200)
+    model: str = Field(max_length=200)
+    provider: str = Field(max_length=100)
+    mode: BillingMode = Field(sa_type=enum_type(BillingMode, 20))
+    #: payer level ('platform' | 'app_usage') and who receives the charge: 'platform', or the app
+    #: (its enterprise_id) for level-2 charges, which are split into creator share + platform fee
+    level: PayerLevel = Field(default=PayerLevel.app_usage, sa_type=enum_type(PayerLevel, 20),
+                              sa_column_kwargs={"server_default": "app_usage"})
+    billing_target: str = Field(default="platform", max_length=200, sa_column_kwargs={"server_default": "platform"})
+    #: False for turns never billed (development, track_only, trial turns inside the allowance)
+    billable: bool = Field(default=True, sa_column_kwargs={"server_default": text("true")})
+    creator_share_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    platform_fee_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    #: tokens of this turn taken from the wallet's trial allowance
+    trial_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    #: 'llm' for an LLM turn; else a non-LLM meter ('emails', 'storage_gb_month', 'function_calls')
+    #: with ``quantity`` units priced at ``unit_price_nanos`` per ``unit_scale`` units
+    meter: str = Field(default="llm", max_length=50, sa_column_kwargs={"server_default": "llm"})
+    quantity: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    #: the part of prompt_tokens written to the provider's cache, and the rate it was charged at
+    cache_write_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    cache_write_nanos_per_mtok: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    #: the part of cache_write_tokens written to the 1-hour cache, and the rate it was charged at
+    cache_write_1h_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    cache_write_1h_nanos_per_mtok: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    #: the provider's service tier the turn was priced at (OpenAI's flex, priority, …); None: standard
+    service_tier: str | None = Field(default=None, max_length=32)
+    prompt_tokens: int = Field(sa_column=big(nullable=False))
+    completion_tokens: int = Field(sa_column=big(nullable=False))
+    cached_prompt_tokens: int = Field(sa_column=big(nullable=False))
+    duration_ms: int = Field(sa_column=big(nullable=False))
+    input_nanos_per_mtok: int = Field(sa_column=big(nullable=False))
+    cached_input_nanos_per_mtok: int = Field(sa_column=big(nullable=False))
+    output_nanos_per_mtok: int = Field(sa_column=big(nullable=False))
+    cost_nanos: int = Field(sa_column=big(nullable=False))
+    billed_nanos: int = Field(sa_column=big(nullable=False))
+    #: the part of cost_nanos not debited because the wallet could not pay it (reservations
+    #: required, cost above the reservation plus the free balance): owed, on the wallet's debt
+    debt_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    balance_after_nanos: int | None = Field(default=None, sa_column=big(nullable=True))
+    action: str = Field(max_length=10)
+    occurred_at: datetime = Field(sa_column=ts(nullable=False, primary_key=True))
+    recorded_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
+
+
+class UsageEventPublic(BaseModel):
+    """One persisted turn, with the prices it was charged at (nano-USD per million tokens)."""
+
+    id: int
+    turn_id: str
+    occurred_at: datetime
+    enterprise_id: str
+    wallet_id: str
+    chat_id: str
+    workflow: str
+    agent: str
+    model: str
+    provider: str
+    mode: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int
+    duration_ms: int
+    input_nanos_per_mtok: int
+    cached_input_nanos_per_mtok: int
+    output_nanos_per_mtok: int
+    cost_nanos: int
+    billed_nanos: int
+    action: str
+
+
+class UsageEventsPublic(BaseModel):
+    """A page of persisted turns of one month (UTC), oldest first; pass ``next_cursor`` as
+    ``cursor`` for the next page (``None``: last page)."""
+
+    period: str
+    data: list[UsageEventPublic]
+    count: int
+    next_cursor: int | None
+
+
+class DeadLetter(SQLModel, table=True):
+    """An outbox entry the drain could not persist (``worker.ledger.deadletter``), kept until an operator
+    retries or discards it.  ``fields_json`` is the entry's own fields as ASCII JSON (NUL, lone
+    surrogates and bytes that were not UTF-8 escaped), so any entry can be stored; ``turn_id`` and
+    ``wallet_id`` are the payload's, NULL when PostgreSQL cannot store them.  ``status``: 'open',
+    'retried' or 'discarded' (then ``resolved_at``)."""
+
+    __tablename__ = "dead_letter"
+    __table_args__ = (Index("ix_dead_letter_open", "shard", "id", postgresql_where=text("status = 'open'")),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    #: ``<shard>:<outbox stream id>``, as ``usage_event.outbox_id``
+    outbox_id: str = Field(max_length=100, unique=True)
+    shard: int
+    turn_id: str | None = Field(default=None, max_length=1000)
+    wallet_id: str | None = Field(default=None, max_length=1000)
+    billed_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    #: the ledger holds its named debt (``tollgate:deadletter:<outbox_id>``)
+    charged: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    error: str = Field(default="", max_length=2000)
+    error_class: str = Field(default="", max_length=200)
+    fields_json: str
+    status: str = Field(default="open", max_length=20)
+    created_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
+    resolved_at: datetime | None = Field(default=None, sa_column=ts(nullable=True))

@@ -1,0 +1,61 @@
+"""Entry points own the transaction: services take the caller's session, never commit, and send
+their side effects (the gate's copies) with ``after_commit``; the ``session`` fixture runs a test
+inside a transaction rolled back at its end."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from worker.billing.modes import ModeError, set_app_mode, set_wallet_mode
+from worker.db import after_commit, engine_for, session_scope
+from worker.ledger.accounts import ensure_enterprise, open_wallet
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_session_fixture_commits_to_a_savepoint_runs_hooks_and_shows_nothing_outside(session, database_url):
+    ran: list[str] = []
+    ensure_enterprise(session, "tx-app")
+    after_commit(session, lambda: ran.append("hook"))
+    assert ran == []
+    session.commit()  # the code's own commit: a savepoint of the test's outer transaction
+    assert ran == ["hook"]
+    assert session.execute(text("SELECT count(*) FROM enterprise WHERE id = 'tx-app'")).scalar_one() == 1
+    with engine_for(database_url).connect() as other:  # nothing reached other connections
+        assert other.execute(text("SELECT count(*) FROM enterprise WHERE id = 'tx-app'")).scalar_one() == 0
+    ensure_enterprise(session, "tx-gone")
+    after_commit(session, lambda: ran.append("dropped"))
+    session.rollback()  # back to the savepoint: the row and the hook are gone, the committed row stays
+    assert ran == ["hook"]
+    assert session.execute(text("SELECT id FROM enterprise WHERE id LIKE 'tx-%'")).scalars().all() == ["tx-app"]
+
+
+def _gate_mode(gate, wallet_id: str) -> str:
+    return gate.redis.hget(gate.wallet_key(wallet_id), "mode")
+
+
+def test_a_mode_change_reaches_the_gate_only_when_the_caller_commits(db, gate):
+    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
+    open_wallet(gate, wallet_id="w2", enterprise_id="acme", owner_id="u2")
+    assert (_gate_mode(gate, "w1"), _gate_mode(gate, "w2")) == ("production", "production")
+    with session_scope() as session:
+        assert set_wallet_mode(session, gate, "w1", "development") == "development"
+        assert _gate_mode(gate, "w1") == "production"  # not committed yet: the gate is not told
+    assert _gate_mode(gate, "w1") == "development"
+    # the caller's transaction fails after the change: PostgreSQL and the gate keep the old mode
+    with pytest.raises(RuntimeError, match="caller failed"):
+        with session_scope() as session:
+            assert set_app_mode(session, gate, "acme", "trial") == ["w2"]
+            raise RuntimeError("caller failed")
+    assert _gate_mode(gate, "w2") == "production"
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT id, mode FROM wallet ORDER BY id")).all() == [
+            ("w1", "development"), ("w2", "production")]
+        assert conn.execute(text("SELECT default_mode FROM enterprise WHERE id = 'acme'")).scalar_one() == "production"
+        assert conn.execute(text("SELECT count(*) FROM audit_log WHERE action = 'mode_change'")).scalar_one() == 1
+    # a refused change names the field and changes nothing
+    with pytest.raises(ModeError, match="^wallet_id"):
+        with session_scope() as session:
+            set_wallet_mode(session, gate, "nope", "development")
+    assert _gate_mode(gate, "w1") == "development"

@@ -1,0 +1,111 @@
+"""Records as families (``models/``): one shape per record, shared by the gate, the ledger and the API."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.test_gate import client, kicked, wg  # noqa: F401  (fixtures)
+from models.wallet import ReservationPublic
+
+
+def test_the_gate_answers_a_reservation_with_the_api_shape(wg):
+    """``WalletGate.reserve`` returns the API's ``ReservationPublic`` itself (no dataclass copied
+    field by field into it), and its JSON is the body ``POST /v1/wallets/{id}/reservations`` sends."""
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000)
+    hold = wg.reserve("w1", 6_000_000, reservation_id="r1")
+    assert type(hold) is ReservationPublic
+    assert hold.model_dump() == {"reservation_id": "r1", "wallet_id": "w1", "granted": True, "amount_nanos": 6_000_000,
+                                 "balance_nanos": 10_000_000, "held_nanos": 6_000_000, "duplicate": False}
+    again = wg.reserve("w1", 6_000_000, reservation_id="r1")
+    assert type(again) is ReservationPublic
+    assert (again.granted, again.duplicate, again.held_nanos) == (True, True, 6_000_000)
+
+
+def test_models_check_occurred_at_against_the_window_passed_in():
+    """``models.validation`` imports nothing of ours: without the worker it checks against its
+    defaults, and the window is whatever the process configured (``worker.settings`` passes its own)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from datetime import UTC, datetime, timedelta
+from models.validation import DEFAULT_OCCURRED_AT_MIN, configure_occurred_at_window, utc_problem
+from models.turn import TurnIn
+assert utc_problem(DEFAULT_OCCURRED_AT_MIN) == (datetime(2000, 1, 1, tzinfo=UTC), None)
+print(utc_problem(datetime(1999, 12, 31, 23, 59, tzinfo=UTC))[1])
+configure_occurred_at_window(lambda: (datetime(2026, 1, 1, tzinfo=UTC), 0))
+try:
+    TurnIn(turn_id="t", wallet_id="w", enterprise_id="e", chat_id="c", model="m", prompt_tokens=1,
+           completion_tokens=1, occurred_at=datetime(2025, 12, 31, tzinfo=UTC))
+except ValueError as exc:
+    print(exc.errors()[0]["loc"])
+print(sorted(m for m in sys.modules if m == "worker" or m.startswith(("worker.", "tasks", "api_stub"))))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["1999-12-31T23:59:00+00:00 is before 2000-01-01T00:00:00+00:00", "('occurred_at',)", "[]"]
+
+
+def test_worker_settings_give_models_their_window(monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    from models.validation import occurred_at_window
+    from worker.settings import get_settings
+    from worker.validation import InvalidInput, check_occurred_at
+
+    monkeypatch.setattr(get_settings(), "occurred_at_min", datetime(2020, 6, 1, tzinfo=UTC))
+    monkeypatch.setattr(get_settings(), "occurred_at_max_ahead_s", 60)
+    earliest, latest = occurred_at_window()
+    assert earliest == datetime(2020, 6, 1, tzinfo=UTC)
+    assert timedelta(seconds=59) < latest - datetime.now(UTC) <= timedelta(seconds=60)
+    with pytest.raises(InvalidInput, match="^occurred_at: 2020-05-31T23:59:59"):
+        check_occurred_at(datetime(2020, 5, 31, 23, 59, 59, tzinfo=UTC))
+    assert check_occurred_at(datetime(2020, 6, 1, tzinfo=UTC)) == datetime(2020, 6, 1, tzinfo=UTC)
+
+
+def test_worker_validation_alone_checks_against_the_configured_window():
+    """``worker.validation.check_occurred_at`` in a process that imports nothing else of ours uses
+    the window of that process's settings (``TOLLGATE_OCCURRED_AT_MIN``), not the models' default."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+from datetime import UTC, datetime
+from worker.validation import InvalidInput, check_occurred_at
+assert check_occurred_at(datetime(2020, 6, 1, tzinfo=UTC)) == datetime(2020, 6, 1, tzinfo=UTC)
+try:
+    check_occurred_at(datetime(2020, 5, 31, 23, 59, 59, tzinfo=UTC))
+except InvalidInput as exc:
+    print(exc.field, exc.message)
+"""
+    env = {**os.environ, "TOLLGATE_OCCURRED_AT_MIN": "2020-06-01T00:00:00Z"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.splitlines() == ["occurred_at 2020-05-31T23:59:59+00:00 is before 2020-06-01T00:00:00+00:00"]
+
+
+def test_public_shapes_are_built_from_their_rows_with_the_fields_they_share():
+    """``XPublic`` derives from ``XBase`` like the table: a row validates into it with no field list
+    repeated, and the JSON keeps the API's keys in the API's order."""
+    from datetime import UTC, datetime
+
+    from models.enums import TransactionKind
+    from models.rollup import WorkflowRollup, WorkflowRollupBase, WorkflowRollupPublic
+    from models.wallet import WalletTransaction, WalletTransactionBase, WalletTransactionPublic
+
+    at = datetime(2026, 11, 3, 12, 0, tzinfo=UTC)
+    assert issubclass(WalletTransaction, WalletTransactionBase) and issubclass(WalletTransactionPublic, WalletTransactionBase)
+    row = WalletTransaction(id=7, wallet_id="w1", kind=TransactionKind.debit, amount_nanos=4_500_000, turns=3,
+                            idempotency_key="drain:0:1-0", created_at=at)
+    assert WalletTransactionPublic.model_validate(row).model_dump_json() == (
+        '{"id":7,"kind":"debit","amount_nanos":4500000,"turns":3,"idempotency_key":"drain:0:1-0",'
+        '"description":"","created_at":"2026-11-03T12:00:00Z"}')
+    assert issubclass(WorkflowRollup, WorkflowRollupBase) and issubclass(WorkflowRollupPublic, WorkflowRollupBase)
+    rollup = WorkflowRollup(enterprise_id="e1", workflow="wf", period="2026-11", document={"chats": ["c1"]},
+                            total_sessions=2, total_turns=5, prompt_tokens=1000, completion_tokens=200,
+                            cached_prompt_tokens=100, cost_nanos=4_500_000, refreshed_at=at)
+    assert WorkflowRollupPublic.model_validate(rollup, update={"document": None}).model_dump_json() == (
+        '{"enterprise_id":"e1","workflow":"wf","period":"2026-11","total_sessions":2,"total_turns":5,'
+        '"prompt_tokens":1000,"completion_tokens":200,"cached_prompt_tokens":100,"cost_nanos":4500000,'
+        '"refreshed_at":"2026-11-03T12:00:00Z","document":null}')
+    assert WorkflowRollupPublic.model_validate(rollup).document == {"chats": ["c1"]}

@@ -1,0 +1,61 @@
+"""The ledger's hooks wired to a chat's lifecycle: a credit resumes the wallet's paused chats and
+then announces ``wallet.credited``; the drain announces ``chat.paused`` / ``chat.resumable``.
+
+The ledger does not know chats (it sits below them): it takes these as callables
+(:func:`worker.ledger.accounts.credit_wallet`'s ``on_credited``, :class:`~worker.ledger.drain.OutboxDrain`'s
+``announce``), and the entry points (tasks, routes, CLI commands, replay, the public API) pass them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from worker.chats.lifecycle import announce_chat_changes, resume_paused_chats
+from worker import events  # the module, not its names: tests patch events.emit
+from worker.gate.gate import WalletGate
+from worker.ledger import accounts
+from worker.ledger.accounts import Credited, OnCredited
+from worker.ledger.drain import Announce, OutboxDrain
+
+log = logging.getLogger(__name__)
+
+
+def after_credit(gate: WalletGate, credited: Credited) -> None:
+    """Resume the wallet's paused chats, then tell the app (``wallet.credited``, once per new
+    credit): in that order, so a client that resumes its chat on ``wallet.credited`` finds it
+    resumable already, and ``chat.resumable`` is sent once by whichever resumer closed the record.
+    The money is in: a failure here is logged, and the beat job ``tollgate.billing.resume_paused``
+    resumes what this missed.  Raises nothing."""
+    wallet_id, key = credited.wallet_id, credited.idempotency_key
+    try:
+        resume_paused_chats(gate, wallet_id, cause=key)
+    except Exception:
+        log.error("credit %s to %s: could not resume paused chats; the beat job will", key, wallet_id, exc_info=True)
+    try:
+        if credited.new and credited.enterprise_id:
+            events.emit(gate.redis, events.Event.new("wallet.credited", credited.enterprise_id, {
+                "wallet_id": wallet_id, "amount_nanos": credited.amount_nanos,
+                "balance_nanos": credited.balance_nanos, "idempotency_key": key}), webhook=False)
+    except Exception:
+        log.error("credit %s to %s: could not announce wallet.credited", key, wallet_id, exc_info=True)
+
+
+def credit_wallet(
+    gate: WalletGate, *, wallet_id: str, amount_nanos: int, idempotency_key: str, description: str = "",
+    actor: str | None = None, on_credited: OnCredited | None = after_credit,
+) -> int:
+    """:func:`worker.ledger.accounts.credit_wallet` followed by :func:`after_credit` (the public
+    ``worker.credit_wallet``): same arguments, result (the gate balance after, nano-USD) and errors
+    (LedgerError, UnknownWallet, GatePending)."""
+    return accounts.credit_wallet(gate, wallet_id=wallet_id, amount_nanos=amount_nanos,
+                                  idempotency_key=idempotency_key, description=description, actor=actor,
+                                  on_credited=on_credited)
+
+
+class AnnouncingDrain(OutboxDrain):
+    """:class:`~worker.ledger.drain.OutboxDrain` announcing ``chat.paused`` / ``chat.resumable``
+    (:func:`worker.chats.lifecycle.announce_chat_changes`) unless given another ``announce``: the
+    public ``worker.OutboxDrain``.  Same arguments as OutboxDrain."""
+
+    def __init__(self, *args: Any, announce: Announce | None = announce_chat_changes, **kwargs: Any) -> None:
+        super().__init__(*args, announce=announce, **kwargs)
