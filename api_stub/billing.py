@@ -45,7 +45,7 @@ from starlette.concurrency import run_in_threadpool
 from sqlmodel import Session
 
 from api_stub.billing_exports import csv_rows, json_chunks, pdf_statement
-from api_stub.deps import Problem, check_client_rate_limit, check_rate_limit, get_gate
+from api_stub.deps import Problem, check_client_rate_limit, check_rate_limit, get_gate, problem_response
 from models.enums import ApiRole
 from models.wallet import Enterprise
 from worker.access.apikeys import Principal, authenticate
@@ -224,17 +224,14 @@ def _report(v: Viewer, period: str, session: Session | None = None) -> BillingRe
             return billing_report(s, enterprise_id=v.enterprise_id, period=period, wallet_id=v.wallet_id,
                                   detail=v.detail)
     except ReportError as exc:
-        field = str(exc).split(":", 1)[0]
-        raise Refusal(404 if field == "enterprise_id" else 422, "Invalid request", str(exc), field) from None
+        raise Refusal(404 if exc.field == "enterprise_id" else 422, "Invalid request", str(exc), exc.field) from None
 
 
 def _problem(exc: Refusal) -> JSONResponse:
-    body = {"type": "about:blank", "title": exc.title, "status": exc.status, "detail": exc.detail}
-    if exc.field:
-        body["errors"] = [{"field": exc.field, "message": exc.detail}]
     headers = {"WWW-Authenticate": 'Bearer realm="tollgate"'} if exc.status == 401 else {}
     headers.update(exc.headers or {})
-    return JSONResponse(body, status_code=exc.status, media_type="application/problem+json", headers=headers)
+    errors = [{"field": exc.field, "message": exc.detail}] if exc.field else None
+    return problem_response(exc.status, exc.title, exc.detail, errors, headers)
 
 
 def _html(request: Request, template: str, status: int = 200, headers: dict[str, str] | None = None,

@@ -36,12 +36,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from models.enums import ApiRole, PayerLevel
 from models.wallet import Enterprise, Wallet
 from worker.access.apikeys import Principal, authenticate, key_cache
+from worker.errors import TollgateError
 from worker.gate.keys import revoked_marker
 from worker.db import session_scope
 from worker.settings import get_settings
-from worker.gate.gate import WalletGate
+from worker.gate.gate import process_gate
 from worker.gate.keys import shard_tag
-from worker.celery_app import DRAIN_OUTBOX_TASK, app
 from worker.gate.keys import RATE_LIMIT_PREFIX
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,24 @@ class Problem(Exception):
 
 def problem_response(status: int, title: str, detail: str, errors: list[dict] | None = None,
                      headers: dict[str, str] | None = None) -> JSONResponse:
-    """The problem document of an error, as a response."""
+    """The problem document of an error, as a response: the API's one builder of
+    ``application/problem+json`` (the handlers below, the billing page's exports and the Stripe
+    endpoints all answer through it)."""
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     if errors:
         body["errors"] = errors
     return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+
+
+def error_problem(exc: TollgateError, *, status: int | None = None, title: str | None = None,
+                  field: str | None = None) -> Problem:
+    """The problem of a domain error: its ``http_status`` and ``title`` (or ``status`` / ``title``
+    given), ``detail`` its message, and ``errors`` naming ``exc.field`` (or ``field``) with the message
+    without its ``"<field>: "`` prefix (:attr:`TollgateError.reason`).  The field is read from the
+    error, never from its text."""
+    name = field or exc.field
+    errors = [{"field": name, "message": exc.reason}] if name else None
+    return Problem(status or exc.http_status, title or exc.title, str(exc), errors)
 
 
 def field_problem(status: int, title: str, field: str, message: str) -> Problem:
@@ -74,8 +87,10 @@ def field_problem(status: int, title: str, field: str, message: str) -> Problem:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer Starlette's own errors (unknown route 404, wrong method 405, …) as problem documents
-    too, so every error of the API has one shape."""
+    """Answer every error as a problem document, in one place: Starlette's own (unknown route 404,
+    wrong method 405, …), :class:`Problem`, any :class:`~worker.errors.TollgateError` a route lets
+    through (its ``http_status``, ``title``, ``field``: :func:`error_problem`), and request
+    validation (422, each error's ``loc`` as the field)."""
 
     @app.exception_handler(StarletteHTTPException)
     async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -86,6 +101,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _on_problem(request: Request, exc: Problem) -> JSONResponse:
         return problem_response(exc.status, exc.title, exc.detail, exc.errors, exc.headers)
 
+    @app.exception_handler(TollgateError)
+    async def _on_domain_error(request: Request, exc: TollgateError) -> JSONResponse:
+        problem = error_problem(exc)  # a route that answers otherwise catches the error itself
+        return problem_response(problem.status, problem.title, problem.detail, problem.errors)
+
     @app.exception_handler(RequestValidationError)
     async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query", "path")) or "body",
@@ -94,20 +114,9 @@ def install_error_handlers(app: FastAPI) -> None:
                                 errors)
 
 
-def drain_kicker(shard: int) -> None:
-    """Ask a Celery worker to drain one outbox shard, as :func:`worker.gate.outbox.celery_kicker` but
-    without a result: Celery would otherwise subscribe to each kick's result channel (a pub/sub
-    round trip per kick on the request path) for an answer nobody reads."""
-    try:
-        app.send_task(DRAIN_OUTBOX_TASK, kwargs={"shard": shard}, ignore_result=True)
-    except Exception:  # the turn is already recorded; beat's backstop drains it
-        log.warning("could not send a drain kick for shard %s; beat will drain it", shard, exc_info=True)
-
-
-@lru_cache(maxsize=1)
-def get_gate() -> WalletGate:
-    """The process's gate (one Redis pool, scripts registered once; drain kicks sent without a result)."""
-    return WalletGate(kicker=drain_kicker)
+#: the process's gate (:func:`worker.gate.gate.process_gate`: one per process, drain kicks sent
+#: without a result); the routes' name for it
+get_gate = process_gate
 
 
 def hold_wallet(wallet_id: str, reservation_id: str) -> str | None:

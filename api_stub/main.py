@@ -32,7 +32,7 @@ from worker.billing.payers import reservations_required
 from worker.ledger.turns import transition_position
 from worker.pricing.prices import PricingError, TurnLimitExceeded
 from worker.settings import get_settings
-from worker.gate.gate import GateBatchError, UnknownWallet, WrongEnterprise
+from worker.gate.gate import UnknownWallet, WrongEnterprise
 from worker.gate.keys import outbox_key
 from api_stub.deps import Caller, Problem, get_gate, install_error_handlers, principal  # noqa: F401  (re-exported)
 from api_stub import metrics as _worker_metrics  # noqa: F401  (registers the worker-side collector)
@@ -102,13 +102,11 @@ def _record(turns: list[TurnIn], who: Principal | None = None, *, pause: bool = 
         raise Problem(422, "Turn above a limit", f"{field}: {exc.message}",
                       [{"field": field, "message": exc.message}]) from None
     except PricingError as exc:
-        field = "service_tier" if str(exc).startswith("service_tier:") else "model"
+        field = exc.field or "model"
         raise Problem(422, "Unknown price", str(exc), [{"field": field, "message": str(exc)}]) from None
     except (UnknownWallet, WrongEnterprise) as exc:  # one answer for both: other apps' ids are not probed
         detail = f"unknown wallet {exc.wallet_id!r} for this enterprise"
         raise Problem(404, "Unknown wallet", detail, [{"field": "wallet_id", "message": detail}]) from None
-    except GateBatchError as exc:
-        raise Problem(503, "Partly recorded", str(exc)) from None
     GATE_SECONDS.observe(time.perf_counter() - started)
     for turn, d in zip(turns, decisions):
         _OUTCOMES["duplicate" if d.duplicate else "accepted" if d.accepted else "denied"].inc()

@@ -80,8 +80,7 @@ def reserve(wallet_id: WalletId, body: ReservationCreate, who: Caller) -> Reserv
                                   model=body.model, provider=body.provider, prompt_tokens=body.prompt_tokens,
                                   max_tokens=body.max_tokens, service_tier=body.service_tier)
     except PricingError as exc:
-        field = "service_tier" if str(exc).startswith("service_tier:") else "model"
-        raise field_problem(422, "Unknown price", field, str(exc)) from None
+        raise field_problem(422, "Unknown price", exc.field or "model", str(exc)) from None
     except UnknownWallet:
         raise unknown_wallet(wallet_id) from None
     except GateConfigError as exc:
@@ -148,8 +147,8 @@ def credit(wallet_id: WalletId, body: CreditCreate, who: Caller) -> CreditPublic
         raise Problem(409, "Wallet not in the gate",
                       f"wallet {wallet_id!r} is not loaded in the gate; nothing was credited") from None
     except LedgerError as exc:
-        field = "amount_nanos" if "amount_nanos" in str(exc) else "idempotency_key"
-        status = 409 if "already used" in str(exc) else 422
+        field = "amount_nanos" if exc.field == "amount_nanos" else "idempotency_key"
+        status = 409 if exc.http_status == 409 else 422
         raise field_problem(status, "Credit refused", field,
                             "already used for another entry" if status == 409 else str(exc)) from None
     except GatePending as exc:
@@ -164,7 +163,7 @@ def credit(wallet_id: WalletId, body: CreditCreate, who: Caller) -> CreditPublic
 
 
 def _mode_problem(exc: ModeError) -> Problem:
-    field, _, message = str(exc).partition(": ")
+    field, message = exc.field or "mode", exc.reason
     if field == "mode":
         return field_problem(422, "Invalid request", "mode", message)
     return field_problem(404, "Unknown " + field.removesuffix("_id"), field, message)

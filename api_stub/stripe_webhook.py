@@ -40,7 +40,7 @@ from worker.billing.stripe import (
 )
 from worker.celery_app import STRIPE_PROCESS_EVENT_TASK
 from worker.celery_app import app as celery_app
-from api_stub.deps import principal
+from api_stub.deps import principal, problem_response
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,8 @@ def get_send_task() -> SendTask:
 
 
 def _problem(status: int, title: str, detail: str, field: str | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    if field:
-        body["errors"] = [{"field": field, "message": detail}]
-    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+    """A problem document through the API's one builder; ``errors`` names ``field`` with the whole detail."""
+    return problem_response(status, title, detail, [{"field": field, "message": detail}] if field else None)
 
 
 class WebhookReceipt(BaseModel):
@@ -100,8 +98,7 @@ async def stripe_webhook(
     try:
         new, processed = await run_in_threadpool(_store, event)
     except EventError as exc:
-        field = str(exc).split(":", 1)[0]
-        return _problem(400, "Invalid event", str(exc), field)
+        return _problem(exc.http_status, exc.title, str(exc), exc.field)
     if new or not processed:
         try:
             send_task(PROCESS_TASK, kwargs={"event_id": event["id"]})
@@ -157,9 +154,9 @@ def checkout(
                                               success_url=body.success_url, cancel_url=body.cancel_url,
                                               idempotency_key=idempotency_key)
         except StripeBillingError as exc:
-            return _problem(422, "Invalid request", str(exc), str(exc).split(":", 1)[0])
+            return _problem(422, "Invalid request", str(exc), exc.field)
         except StripeConfigError as exc:
-            return _problem(503, "Stripe is not configured", str(exc))
+            return _problem(exc.http_status, exc.title, str(exc))
         except stripe.StripeError as exc:
             return _problem(502, "Stripe refused", f"Stripe: {exc.user_message or exc}")
     return CheckoutOut(session_id=started.session_id, url=started.url, mode=started.mode)

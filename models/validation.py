@@ -27,8 +27,8 @@ without ever raising ``OverflowError`` (an offset at year 1 or 9999 is refused a
 must lie inside ``[earliest, now + max_ahead_s]``, a window the worker passes in from its settings
 (``configure_occurred_at_window``; default 2000-01-01T00:00Z to one day ahead).
 
-Python callers get :class:`InvalidInput` (a ``ValueError`` with ``.field``) from the ``check_*``
-functions, or a ``pydantic.ValidationError`` whose error ``loc`` is the field from the annotated
+Python callers get ``worker.errors.InvalidInput`` (a ``ValueError`` with ``.field``) from the
+raising checks in ``worker.validation`` (models import nothing of ours), or a ``pydantic.ValidationError`` whose error ``loc`` is the field from the annotated
 types; the HTTP API answers 422 ``application/problem+json`` naming the field.
 """
 
@@ -49,15 +49,6 @@ MAX_MODEL = 200
 MAX_PROVIDER = 100
 MAX_LABEL = 200
 MAX_DESCRIPTION = 500
-
-
-class InvalidInput(ValueError):
-    """Input refused at the edge; ``field`` names it and the message starts with ``"<field>: "``."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 def _format_chars() -> str:
@@ -95,7 +86,7 @@ def _describe(ch: str) -> str:
 
 def text_problem(value: str, kind: str = "id") -> str | None:
     """Why ``value`` is not acceptable text of ``kind`` (``id``, ``label`` or ``text``), or None.
-    Lengths are not checked here (see :func:`check_text`)."""
+    Lengths are not checked here (see ``worker.validation.check_text``)."""
     if value.isprintable():  # fast path (C speed): no Cc, Cf, Cs, Zl, Zp nor whitespace but U+0020
         if kind == "id":
             if " " not in value:
@@ -108,19 +99,6 @@ def text_problem(value: str, kind: str = "id") -> str | None:
             return "has a leading or trailing space"
         return None
     return f"contains {_describe(m.group())} at index {m.start()}"
-
-
-def check_text(value: object, field: str, *, kind: str = "id", max_length: int = MAX_ID, min_length: int = 1) -> str:
-    """``value`` if it is a string of ``min_length``..``max_length`` code points acceptable as
-    ``kind`` (see the module docstring); else raises :class:`InvalidInput` naming ``field``."""
-    if not isinstance(value, str):
-        raise InvalidInput(field, f"must be a string, got {type(value).__name__}")
-    if not min_length <= len(value) <= max_length:
-        raise InvalidInput(field, f"must be {min_length}..{max_length} characters, got {len(value)}")
-    problem = text_problem(value, kind)
-    if problem:
-        raise InvalidInput(field, problem)
-    return value
 
 
 def _checker(kind: str):
@@ -202,17 +180,6 @@ def utc_problem(value: datetime) -> tuple[datetime | None, str | None]:
     if utc > latest:
         return None, f"{utc.isoformat()} is after {latest.isoformat()} (now + the allowed clock skew)"
     return utc, None
-
-
-def check_occurred_at(value: object, field: str = "occurred_at") -> datetime:
-    """``value`` (an aware datetime inside the window) converted to UTC; else raises
-    :class:`InvalidInput` naming ``field``."""
-    if not isinstance(value, datetime):
-        raise InvalidInput(field, f"must be a datetime, got {type(value).__name__}")
-    utc, problem = utc_problem(value)
-    if problem:
-        raise InvalidInput(field, problem)
-    return utc  # type: ignore[return-value]
 
 
 def _check_utc(value: datetime) -> datetime:

@@ -17,7 +17,7 @@ from worker.db import session_scope
 from worker.billing.modes import charge_flat_fees
 from worker.chats.lifecycle import pause_chat as pause_chat_service, resume_paused_chats, sweep_paused
 from worker.settings import get_settings
-from worker.gate.gate import job_gate
+from worker.gate.gate import process_gate
 from worker.events import WebhookRejected, WebhookRetryable, backoff_s, deliver as deliver_event
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def check_budgets() -> dict[str, Any]:
     """Check every budget in the current period (beat: every 60 s): new threshold alerts, auto-pause
     and its lifting.  Returns what changed (see :meth:`worker.billing.budgets.BudgetCheck.as_dict`)."""
     with session_scope() as session:
-        result = check_budgets_service(session, gate=job_gate())
+        result = check_budgets_service(session, gate=process_gate())
     data = result.as_dict()
     data.pop("budgets")  # the figures of every budget are too many for a task result
     return data
@@ -39,9 +39,9 @@ def check_budgets() -> dict[str, Any]:
 def monthly_reset(period: str | None = None) -> dict[str, Any]:
     """Grant and expire monthly allowances up to ``period`` ('YYYY-MM'; default: the current one).
     Beat runs it hourly; a run that finds nothing to do writes nothing.  Returns counts, nano-USD."""
-    report = run_monthly_reset(job_gate(), period=period, resume=resume_paused_chats).as_dict()
+    report = run_monthly_reset(process_gate(), period=period, resume=resume_paused_chats).as_dict()
     with session_scope() as session:
-        fees = charge_flat_fees(session, job_gate(), period=period).as_dict()
+        fees = charge_flat_fees(session, process_gate(), period=period).as_dict()
     return {k: v for k, v in report.items() if k not in ("granted", "expired", "restored")} | {
         "granted": len(report["granted"]), "expired": len(report["expired"]), "restored": len(report["restored"]),
         "flat_fees": len(fees["charged"]), "flat_fees_nanos": fees["charged_nanos"]}
@@ -52,7 +52,7 @@ def resume_paused(limit: int = 1000) -> dict[str, Any]:
     """Sweep (beat: every 30 s): resume the paused chats of wallets that can pay again but whose
     credit did not resume them (a crash after the credit, a budget or mode change, a rebuild).
     Idempotent.  Returns ``{"wallets", "resumed"}``."""
-    return sweep_paused(job_gate(), limit=limit)
+    return sweep_paused(process_gate(), limit=limit)
 
 
 @app.task(name=PAUSE_CHAT_TASK, acks_late=True)
@@ -64,7 +64,7 @@ def pause_chat(enterprise_id: str, chat_id: str, wallet_id: str, reason: str = "
     before it was carried: the pause happens when the task runs).  Idempotent: an open pause is
     kept, and a pause the chat moved past (a credit's or the orchestrator's resume, a newer turn)
     changes nothing.  Returns True if this call paused it.  Raises InvalidInput naming a bad field."""
-    return pause_chat_service(job_gate(), enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
+    return pause_chat_service(process_gate(), enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
                               reason=reason, position=position)
 
 

@@ -19,7 +19,7 @@ from worker.chats.wiring import after_credit
 from worker.ledger.accounts import GatePending
 from worker.db import session_scope
 from worker.billing.stripe import process_event as process_event_service, unprocessed_events
-from worker.gate.gate import UnknownWallet, job_gate
+from worker.gate.gate import UnknownWallet, process_gate
 
 #: retries of one event before the task gives up (about 40 minutes in all)
 MAX_RETRIES = 12
@@ -32,7 +32,7 @@ def process_event(self, event_id: str) -> dict[str, Any]:
     """Apply the stored Stripe event ``event_id`` (``evt_…``) once.  Returns
     :meth:`worker.billing.stripe.ProcessResult.as_dict` (``credited_nanos`` in nano-USD)."""
     try:
-        return process_event_service(event_id, gate=job_gate(), on_credited=after_credit).as_dict()
+        return process_event_service(event_id, gate=process_gate(), on_credited=after_credit).as_dict()
     except RETRIABLE as exc:
         raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 300), max_retries=MAX_RETRIES)
 

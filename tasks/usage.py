@@ -11,17 +11,17 @@ from worker.celery_app import DRAIN_OUTBOX_TASK, RECORD_TURN_TASK, app
 from worker.chats.lifecycle import announce_chat_changes
 from worker.ledger.drain import OutboxDrain
 from worker.pricing.prices import PricingError, TurnLimitExceeded
-from worker.gate.gate import UnknownWallet, WalletGate, WrongEnterprise
+from worker.gate.gate import UnknownWallet, WrongEnterprise, process_gate
+from worker.errors import InputError
 
 
-class TurnRejected(ValueError):
+class TurnRejected(InputError, ValueError):
     """A turn sent over Celery was refused (bad field, unknown model or wallet, a per-turn limit); nothing changed.
 
     A plain ``ValueError`` subclass so that it crosses the result backend with its message.
     """
 
 _drain: OutboxDrain | None = None
-_gate: WalletGate | None = None
 
 
 def _get_drain() -> OutboxDrain:
@@ -31,11 +31,6 @@ def _get_drain() -> OutboxDrain:
     return _drain
 
 
-def _get_gate() -> WalletGate:
-    global _gate
-    if _gate is None:
-        _gate = WalletGate()
-    return _gate
 
 
 @app.task(name=DRAIN_OUTBOX_TASK)
@@ -57,9 +52,9 @@ def record_turn(turn: dict[str, Any]) -> dict[str, Any]:
     Raises :class:`TurnRejected` naming the field (bad input), the model or the wallet; nothing changes then.
     """
     try:
-        return _get_gate().record_turn(TurnIn.model_validate(turn)).model_dump(mode="json")
+        return process_gate().record_turn(TurnIn.model_validate(turn)).model_dump(mode="json")
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'turn'}: {e['msg']}" for e in exc.errors())
-        raise TurnRejected(f"invalid turn: {fields}") from None
+        raise TurnRejected(f"invalid turn: {fields}", field=".".join(map(str, exc.errors()[0]["loc"])) or None) from None
     except (PricingError, TurnLimitExceeded, UnknownWallet, WrongEnterprise) as exc:
-        raise TurnRejected(str(exc)) from None
+        raise TurnRejected(str(exc), field=exc.field) from None

@@ -5,7 +5,7 @@ The names below are what the README's examples and :mod:`worker.client` use; eve
 ``import worker`` (and an HTTP-only :mod:`worker.client`) stays cheap and no package import cycle
 runs through this facade.
 
-- the gate: ``WalletGate`` (records turns in Redis), its errors ``UnknownWallet``, ``WrongEnterprise``,
+- the gate: ``WalletGate`` (records turns in Redis), ``process_gate()`` (this process's one gate), its errors ``UnknownWallet``, ``WrongEnterprise``,
   ``GateBatchError``, ``GateConfigError``; the records ``TurnIn`` (a turn) and ``Decision`` (its answer)
 - accounts: ``ensure_enterprise``, ``open_wallet``, ``credit_wallet`` (nano-USD), ``ledger_balance``,
   ``wallet_usage``; errors ``LedgerError``, ``GatePending``
@@ -15,6 +15,10 @@ runs through this facade.
   ``end_chat``, ``workflow_averages``, ``chat_performance``
 - payers and events: ``wallet_id_for``, ``events_channel`` (the pub/sub channel of an app's events)
 - configuration and transactions: ``Settings``, ``get_settings``, ``session_scope``
+- errors (``worker.errors``): ``TollgateError``, the base of every error above (``field``,
+  ``http_status``, ``title``, ``exit_code``), its families ``InputError``, ``NotFound``, ``Conflict``,
+  ``Forbidden``, ``Unavailable``, and ``InvalidInput``; ``check_text`` (an id or label refused with
+  ``InvalidInput`` naming the field)
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "TurnIn": ("models.turn", "TurnIn"),
     "Decision": ("models.turn", "Decision"),
     "WalletGate": ("worker.gate.gate", "WalletGate"),
+    "process_gate": ("worker.gate.gate", "process_gate"),
     "UnknownWallet": ("worker.gate.gate", "UnknownWallet"),
     "WrongEnterprise": ("worker.gate.gate", "WrongEnterprise"),
     "GateBatchError": ("worker.gate.gate", "GateBatchError"),
@@ -57,6 +62,14 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Settings": ("worker.settings", "Settings"),
     "get_settings": ("worker.settings", "get_settings"),
     "session_scope": ("worker.db", "session_scope"),
+    "TollgateError": ("worker.errors", "TollgateError"),
+    "InputError": ("worker.errors", "InputError"),
+    "NotFound": ("worker.errors", "NotFound"),
+    "Conflict": ("worker.errors", "Conflict"),
+    "Forbidden": ("worker.errors", "Forbidden"),
+    "Unavailable": ("worker.errors", "Unavailable"),
+    "InvalidInput": ("worker.errors", "InvalidInput"),
+    "check_text": ("worker.validation", "check_text"),
 }
 
 __all__ = sorted(_EXPORTS)

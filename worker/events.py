@@ -46,6 +46,7 @@ from worker.db import session_scope
 from worker.settings import Settings, get_settings
 from worker.celery_app import DELIVER_WEBHOOK_TASK, app
 from worker.gate.keys import EVENTS_CHANNEL_PREFIX
+from worker.errors import InputError, TollgateError
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +61,19 @@ DELIVER_TASK = DELIVER_WEBHOOK_TASK
 USER_AGENT = "tollgate-webhooks/1"
 
 
-class SignatureError(ValueError):
+class SignatureError(InputError, ValueError):
     """A webhook signature header is malformed, does not match the body, or is outside the tolerance."""
 
+    http_status, title = 400, "Invalid signature"
 
-class WebhookError(Exception):
+
+class WebhookError(TollgateError):
     """One delivery attempt failed.  ``status`` is the HTTP status, or None when none came back."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
+    http_status, title = 502, "Webhook delivery failed"
+
+    def __init__(self, message: str, status: int | None = None, *, field: str | None = None) -> None:
+        super().__init__(message, field=field)
         self.status = status
 
 
@@ -163,33 +168,33 @@ def verify(
     timestamp is more than ``tolerance_s`` seconds from ``now`` (default: the current time).
     """
     if not header:
-        raise SignatureError(f"{SIGNATURE_HEADER} header is missing")
+        raise SignatureError(f"{SIGNATURE_HEADER} header is missing", field=SIGNATURE_HEADER)
     timestamp: int | None = None
     candidates: list[str] = []
     for part in header.split(","):
         name, sep, value = part.strip().partition("=")
         if not sep:
-            raise SignatureError(f"{SIGNATURE_HEADER}: malformed element {part!r}")
+            raise SignatureError(f"{SIGNATURE_HEADER}: malformed element {part!r}", field=SIGNATURE_HEADER)
         if name == "t":
             try:
                 timestamp = int(value)
             except ValueError:
-                raise SignatureError(f"{SIGNATURE_HEADER}: t={value!r} is not Unix seconds") from None
+                raise SignatureError(f"{SIGNATURE_HEADER}: t={value!r} is not Unix seconds", field=SIGNATURE_HEADER) from None
         elif name == "v1":
             candidates.append(value)
     if timestamp is None:
-        raise SignatureError(f"{SIGNATURE_HEADER}: no timestamp (t=)")
+        raise SignatureError(f"{SIGNATURE_HEADER}: no timestamp (t=)", field=SIGNATURE_HEADER)
     if not candidates:
-        raise SignatureError(f"{SIGNATURE_HEADER}: no v1 signature")
+        raise SignatureError(f"{SIGNATURE_HEADER}: no v1 signature", field=SIGNATURE_HEADER)
     expected = sign(secret, timestamp, body)
     if not any(hmac.compare_digest(expected, c) for c in candidates):
-        raise SignatureError(f"{SIGNATURE_HEADER}: no signature matches the body")
+        raise SignatureError(f"{SIGNATURE_HEADER}: no signature matches the body", field=SIGNATURE_HEADER)
     current = int(time.time()) if now is None else now
     if abs(current - timestamp) > tolerance_s:
         raise SignatureError(
             f"{SIGNATURE_HEADER}: timestamp {timestamp} is {current - timestamp} s from now "
-            f"(tolerance {tolerance_s} s)"
-        )
+            f"(tolerance {tolerance_s} s)",
+            field=SIGNATURE_HEADER)
     return timestamp
 
 
@@ -216,7 +221,7 @@ def post(
     """
     scheme = urlsplit(url).scheme
     if scheme not in ("http", "https"):
-        raise WebhookRejected(f"callback_url: scheme {scheme!r} is not http or https")
+        raise WebhookRejected(f"callback_url: scheme {scheme!r} is not http or https", field="callback_url")
     data = body.encode()
     request = urllib.request.Request(
         url,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from worker.errors import InvalidInput
 
 _PERIOD = re.compile(r"(19\d\d|2\d\d\d)-(0[1-9]|1[0-2])")
 
@@ -22,7 +23,7 @@ def period_bounds(period: str) -> tuple[datetime, datetime]:
     """``[start, end)`` of a period as aware UTC datetimes.  Raises ValueError naming the period."""
     m = _PERIOD.fullmatch(period) if isinstance(period, str) else None
     if not m:
-        raise ValueError(f"period: {period!r} is not 'YYYY-MM'")
+        raise InvalidInput("period", f"{period!r} is not 'YYYY-MM'")
     year, month = int(m.group(1)), int(m.group(2))
     start = datetime(year, month, 1, tzinfo=UTC)
     end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.enums import BillingMode
 from models.validation import DEFAULT_OCCURRED_AT_MAX_AHEAD_S, DEFAULT_OCCURRED_AT_MIN, configure_occurred_at_window
+from worker.errors import InvalidInput
 
 
 class Settings(BaseSettings):
@@ -113,7 +114,7 @@ class Settings(BaseSettings):
     @classmethod
     def _aware_min(cls, v: datetime) -> datetime:
         if v.utcoffset() is None:
-            raise ValueError(f"occurred_at_min: {v.isoformat()} must carry a time zone")
+            raise InvalidInput("occurred_at_min", f"{v.isoformat()} must carry a time zone")
         return v.astimezone(UTC)
 
     @field_validator("usage_retention_months")
@@ -121,7 +122,7 @@ class Settings(BaseSettings):
     def _keeps_what_jobs_read(cls, v: int) -> int:
         # the allowance expiry reads the previous month's usage, late budget alerts the month before
         if 0 < v < 3:
-            raise ValueError(f"usage_retention_months: {v} is too short; 0 (keep all) or at least 3")
+            raise InvalidInput("usage_retention_months", f"{v} is too short; 0 (keep all) or at least 3")
         return v
 
     @field_validator("rate_limit", "billing_login_rate_limit")

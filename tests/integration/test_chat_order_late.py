@@ -12,7 +12,7 @@ import uuid
 import pytest
 from sqlalchemy import text
 
-from models.validation import InvalidInput
+from worker.validation import InvalidInput
 from tests.integration.test_api import COST, TURN, _auth, api  # noqa: F401  (fixture)
 from tests.integration.test_budgets import NOW, USD, Spender, _budget, _check
 from worker.db import session_scope

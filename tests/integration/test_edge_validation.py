@@ -203,7 +203,7 @@ def test_a_path_id_with_nul_is_a_422_naming_it(api, path):
 # Python callers ------------------------------------------------------------------------------------------
 def test_python_callers_get_a_value_error_naming_the_field(db, redis_client, gate):
     from models.turn import TurnIn
-    from models.validation import InvalidInput
+    from worker.validation import InvalidInput
 
     with pytest.raises(ValidationError) as exc:
         TurnIn(**{**TURN, "agent": "a\x00b"})

@@ -548,7 +548,7 @@ def test_a_gate_failure_after_the_ledger_commit_is_retried_and_credits_once(db, 
     _packages(TOPUP)
     _post(api, event_json("evt_flaky", "checkout.session.completed", _paid_session()))
     flaky = FlakyGate(gate)
-    monkeypatch.setattr(stripe_tasks, "job_gate", lambda: flaky)
+    monkeypatch.setattr(stripe_tasks, "process_gate", lambda: flaky)
     with pytest.raises(GatePending):  # called directly, the task's retry re-raises the retriable error
         _process("evt_flaky")
     [(_id, _type, processed, outcome)] = _events(db)

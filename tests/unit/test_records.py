@@ -30,13 +30,10 @@ def test_models_check_occurred_at_against_the_window_passed_in():
     code = """
 import sys
 from datetime import UTC, datetime, timedelta
-from models.validation import DEFAULT_OCCURRED_AT_MIN, InvalidInput, check_occurred_at, configure_occurred_at_window
+from models.validation import DEFAULT_OCCURRED_AT_MIN, configure_occurred_at_window, utc_problem
 from models.turn import TurnIn
-assert check_occurred_at(DEFAULT_OCCURRED_AT_MIN) == datetime(2000, 1, 1, tzinfo=UTC)
-try:
-    check_occurred_at(datetime(1999, 12, 31, 23, 59, tzinfo=UTC))
-except InvalidInput as exc:
-    print(exc.field)
+assert utc_problem(DEFAULT_OCCURRED_AT_MIN) == (datetime(2000, 1, 1, tzinfo=UTC), None)
+print(utc_problem(datetime(1999, 12, 31, 23, 59, tzinfo=UTC))[1])
 configure_occurred_at_window(lambda: (datetime(2026, 1, 1, tzinfo=UTC), 0))
 try:
     TurnIn(turn_id="t", wallet_id="w", enterprise_id="e", chat_id="c", model="m", prompt_tokens=1,
@@ -46,14 +43,15 @@ except ValueError as exc:
 print(sorted(m for m in sys.modules if m == "worker" or m.startswith(("worker.", "tasks", "api_stub"))))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.splitlines() == ["occurred_at", "('occurred_at',)", "[]"]
+    assert out.splitlines() == ["1999-12-31T23:59:00+00:00 is before 2000-01-01T00:00:00+00:00", "('occurred_at',)", "[]"]
 
 
 def test_worker_settings_give_models_their_window(monkeypatch):
     from datetime import UTC, datetime, timedelta
 
-    from models.validation import InvalidInput, check_occurred_at, occurred_at_window
+    from models.validation import occurred_at_window
     from worker.settings import get_settings
+    from worker.validation import InvalidInput, check_occurred_at
 
     monkeypatch.setattr(get_settings(), "occurred_at_min", datetime(2020, 6, 1, tzinfo=UTC))
     monkeypatch.setattr(get_settings(), "occurred_at_max_ahead_s", 60)
@@ -63,6 +61,27 @@ def test_worker_settings_give_models_their_window(monkeypatch):
     with pytest.raises(InvalidInput, match="^occurred_at: 2020-05-31T23:59:59"):
         check_occurred_at(datetime(2020, 5, 31, 23, 59, 59, tzinfo=UTC))
     assert check_occurred_at(datetime(2020, 6, 1, tzinfo=UTC)) == datetime(2020, 6, 1, tzinfo=UTC)
+
+
+def test_worker_validation_alone_checks_against_the_configured_window():
+    """``worker.validation.check_occurred_at`` in a process that imports nothing else of ours uses
+    the window of that process's settings (``TOLLGATE_OCCURRED_AT_MIN``), not the models' default."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+from datetime import UTC, datetime
+from worker.validation import InvalidInput, check_occurred_at
+assert check_occurred_at(datetime(2020, 6, 1, tzinfo=UTC)) == datetime(2020, 6, 1, tzinfo=UTC)
+try:
+    check_occurred_at(datetime(2020, 5, 31, 23, 59, 59, tzinfo=UTC))
+except InvalidInput as exc:
+    print(exc.field, exc.message)
+"""
+    env = {**os.environ, "TOLLGATE_OCCURRED_AT_MIN": "2020-06-01T00:00:00Z"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.splitlines() == ["occurred_at 2020-05-31T23:59:59+00:00 is before 2020-06-01T00:00:00+00:00"]
 
 
 def test_public_shapes_are_built_from_their_rows_with_the_fields_they_share():

@@ -12,15 +12,8 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 from pydantic import BaseModel, ValidationError
 
-from models.validation import (
-    FreeText,
-    Id,
-    InvalidInput,
-    Label,
-    check_occurred_at,
-    check_text,
-    text_problem,
-)
+from models.validation import FreeText, Id, Label, text_problem
+from worker.validation import InvalidInput, check_occurred_at, check_text
 from worker.devtools.traces import TraceError, read_trace
 
 

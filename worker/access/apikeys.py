@@ -37,6 +37,7 @@ from worker.ledger.audit import audit
 from worker.gate.keys import revoked_marker
 from worker.db import after_commit
 from worker.settings import get_settings
+from worker.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 REVOKED_MARKER_TTL_S = 3600
 
 
-class ApiKeyError(ValueError):
+class ApiKeyError(InputError, ValueError):
     """A key request is invalid (names the field): unknown enterprise or wallet, wrong scope."""
 
 
@@ -155,20 +156,21 @@ def create_key(session: Session, *, role: ApiRole, enterprise_id: str | None = N
     """
     role = ApiRole(role)
     if role is ApiRole.admin and (enterprise_id or wallet_id):
-        raise ApiKeyError("enterprise_id/wallet_id: an admin key is not scoped to an app or wallet")
+        raise ApiKeyError("enterprise_id/wallet_id: an admin key is not scoped to an app or wallet",
+                          field="enterprise_id/wallet_id")
     if role is not ApiRole.admin:
         if not enterprise_id or session.get(Enterprise, enterprise_id) is None:
-            raise ApiKeyError(f"enterprise_id: unknown enterprise {enterprise_id!r}")
+            raise ApiKeyError(f"enterprise_id: unknown enterprise {enterprise_id!r}", field="enterprise_id")
     if role is ApiRole.end_user:
         wallet = session.get(Wallet, wallet_id) if wallet_id else None
         if wallet is None or wallet.enterprise_id != enterprise_id:
-            raise ApiKeyError(f"wallet_id: no wallet {wallet_id!r} in enterprise {enterprise_id!r}")
+            raise ApiKeyError(f"wallet_id: no wallet {wallet_id!r} in enterprise {enterprise_id!r}", field="wallet_id")
     elif wallet_id and role is ApiRole.owner:
         wallet = session.get(Wallet, wallet_id)
         if wallet is None or wallet.level != PayerLevel.platform or wallet.enterprise_id is not None:
-            raise ApiKeyError(f"wallet_id: {wallet_id!r} is not a platform (level 1) wallet")
+            raise ApiKeyError(f"wallet_id: {wallet_id!r} is not a platform (level 1) wallet", field="wallet_id")
     elif wallet_id:
-        raise ApiKeyError("wallet_id: an admin key is not scoped to a wallet")
+        raise ApiKeyError("wallet_id: an admin key is not scoped to a wallet", field="wallet_id")
     prefix = secrets.token_hex(6)
     key = f"tg_{prefix}_{secrets.token_urlsafe(32)}"
     session.add(ApiKey(prefix=prefix, key_sha256=_digest(key), role=role, enterprise_id=enterprise_id,

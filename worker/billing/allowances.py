@@ -73,8 +73,9 @@ from worker.db import after_commit, session_scope
 from worker.gate.keys import ALLOWANCE_EXPIRY_PREFIX, ALLOWANCE_PREFIX, ALLOWANCE_RESTORE_PREFIX
 from worker.periods import current_period, period_bounds, previous_period
 from worker.settings import Settings, get_settings
-from worker.gate.gate import UnknownWallet, WalletGate
+from worker.gate.gate import UnknownWallet, WalletGate, process_gate
 from worker.billing.modes import ResumeChats
+from worker.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ LOOKBACK_PERIODS = 12
 MAX_ALLOWANCE_NANOS = 10**15
 
 
-class AllowanceError(ValueError):
+class AllowanceError(InputError, ValueError):
     """An allowance request is invalid; the message starts with the field it names."""
 
 
@@ -122,10 +123,10 @@ def set_allowance(session: Session, wallet_id: str, amount_nanos: int) -> Wallet
     Raises: AllowanceError naming ``amount_nanos`` (not an integer in 0..2^62) or ``wallet_id`` (unknown).
     """
     if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or not 0 <= amount_nanos <= MAX_ALLOWANCE_NANOS:
-        raise AllowanceError(f"amount_nanos: must be an integer of nano-USD in 0..2^62, got {amount_nanos!r}")
+        raise AllowanceError(f"amount_nanos: must be an integer of nano-USD in 0..2^62, got {amount_nanos!r}", field="amount_nanos")
     wallet = session.get(Wallet, wallet_id)
     if wallet is None:
-        raise AllowanceError(f"wallet_id: unknown wallet {wallet_id!r}")
+        raise AllowanceError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
     wallet.monthly_allowance_nanos = amount_nanos
     session.flush()
     return wallet
@@ -214,7 +215,7 @@ def reset_wallet(
     """
     wallet = session.execute(select(Wallet).where(Wallet.id == wallet_id).with_for_update()).scalar_one_or_none()
     if wallet is None:
-        raise AllowanceError(f"wallet_id: unknown wallet {wallet_id!r}")
+        raise AllowanceError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
     earlier = lookback(period)
     keys = [allowance_key(wallet_id, period)]
     for p in earlier:
@@ -376,13 +377,13 @@ def run_monthly_reset(
     try:
         period_bounds(period)
     except ValueError as exc:
-        raise AllowanceError(str(exc)) from None
+        raise AllowanceError(str(exc), field="period") from None
     if period > this_period:
-        raise AllowanceError(f"period: {period!r} is after the current period {this_period!r}")
+        raise AllowanceError(f"period: {period!r} is after the current period {this_period!r}", field="period")
     if period not in lookback(this_period) and period != this_period:
         # a grant older than the lookback would never be expired by the hourly job
-        raise AllowanceError(f"period: {period!r} is more than {LOOKBACK_PERIODS} months before {this_period!r}")
-    gate = gate or WalletGate()
+        raise AllowanceError(f"period: {period!r} is more than {LOOKBACK_PERIODS} months before {this_period!r}", field="period")
+    gate = gate or process_gate()
     report = ResetReport(period=period)
     if wallet_ids is None:
         with session_scope() as session:

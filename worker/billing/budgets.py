@@ -63,8 +63,9 @@ from models.wallet import Enterprise, Wallet
 from worker.db import after_commit, session_scope
 from worker.ledger.turns import transition_position
 from worker.periods import current_period, period_bounds, previous_period
-from worker.gate.gate import UnknownWallet, WalletGate
+from worker.gate.gate import UnknownWallet, WalletGate, process_gate
 from worker.events import Event, SendTask, enqueue_delivery, publish
+from worker.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ UNSENT_AFTER = timedelta(seconds=60)
 _CHECK_LOCK = 0x746F6C6C62756467
 
 
-class BudgetError(ValueError):
+class BudgetError(InputError, ValueError):
     """A budget request is invalid; the message starts with the field it names."""
 
 
@@ -114,17 +115,17 @@ def set_budget(
     except ValidationError as exc:
         raise BudgetError("; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'wallet_id, workflow'}: {e['msg']}" for e in exc.errors()
-        )) from None
+        ), field=".".join(map(str, exc.errors()[0]["loc"])) or "wallet_id") from None
     if session.get(Enterprise, spec.enterprise_id) is None:
-        raise BudgetError(f"enterprise_id: unknown enterprise {spec.enterprise_id!r}")
+        raise BudgetError(f"enterprise_id: unknown enterprise {spec.enterprise_id!r}", field="enterprise_id")
     if spec.wallet_id is not None:
         wallet = session.get(Wallet, spec.wallet_id)
         if wallet is None:
-            raise BudgetError(f"wallet_id: unknown wallet {spec.wallet_id!r}")
+            raise BudgetError(f"wallet_id: unknown wallet {spec.wallet_id!r}", field="wallet_id")
         if wallet.enterprise_id != spec.enterprise_id:
             raise BudgetError(
-                f"wallet_id: wallet {spec.wallet_id!r} belongs to {wallet.enterprise_id!r}, not {spec.enterprise_id!r}"
-            )
+                f"wallet_id: wallet {spec.wallet_id!r} belongs to {wallet.enterprise_id!r}, not {spec.enterprise_id!r}",
+                field="wallet_id")
         scope = Budget.wallet_id == spec.wallet_id
         lock_name = f"budget:{spec.enterprise_id}:wallet:{spec.wallet_id}"
     else:
@@ -273,12 +274,12 @@ def check_budgets(
       auto_pause · ``budget.wallet_paused`` / ``budget.wallet_resumed``: wallet_id, reason, period ·
       ``budget.chats_paused`` / ``budget.chats_resumed``: workflow, chat_ids, reason, period.
 
-    ``gate`` defaults to a new :class:`WalletGate`; its Redis client also publishes.  ``send_task``
+    ``gate`` defaults to the process's (:func:`~worker.gate.gate.process_gate`); its Redis client also publishes.  ``send_task``
     defaults to the Celery app's.  Returns a :class:`BudgetCheck`.
     Raises: ValueError for a naive ``now``; database errors (nothing is emitted then).
     """
     period = current_period(now)
-    gate = gate or WalletGate()
+    gate = gate or process_gate()
     result = BudgetCheck(period=period)
     session.execute(select(func.pg_advisory_xact_lock(_CHECK_LOCK)))
 

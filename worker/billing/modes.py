@@ -28,13 +28,14 @@ from sqlmodel import Session
 
 from models.enums import BillingMode, TransactionKind, TrialThen
 from models.wallet import Enterprise, Wallet, WalletTransaction
-from models.validation import InvalidInput, check_text
+from worker.validation import InvalidInput, check_text
 from worker.ledger.audit import audit
 from worker.db import after_commit, session_scope
 from worker.billing.payers import reservations_required as requires_reservations
 from worker.periods import current_period, period_bounds
 from worker.gate.gate import UnknownWallet, WalletGate
 from worker.gate.keys import FLAT_FEE_PREFIX
+from worker.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ ResumeChats = Callable[..., object]
 #: ledger key prefix of the flat monthly fee of a track_only app (``<prefix><enterprise>:<YYYY-MM>``)
 
 
-class ModeError(ValueError):
+class ModeError(InputError, ValueError):
     """A mode or app setting is invalid (names the field), or its app or wallet is unknown."""
 
 
@@ -56,12 +57,12 @@ def _ids(**ids: str | None) -> None:
             try:
                 check_text(value, name)
             except InvalidInput as exc:
-                raise ModeError(str(exc)) from None
+                raise ModeError(str(exc), field=exc.field) from None
 
 
 def _mode(mode: str) -> str:
     if mode not in BillingMode.__members__:
-        raise ModeError(f"mode: {mode!r} is not one of {', '.join(BillingMode.__members__)}")
+        raise ModeError(f"mode: {mode!r} is not one of {', '.join(BillingMode.__members__)}", field="mode")
     return mode
 
 
@@ -100,7 +101,7 @@ def set_app_mode(session: Session, gate: WalletGate, enterprise_id: str, mode: s
     _ids(enterprise_id=enterprise_id)
     app = session.get(Enterprise, enterprise_id, with_for_update=True)
     if app is None:
-        raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}")
+        raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}", field="enterprise_id")
     before = app.default_mode
     app.default_mode = mode
     changed = sorted(session.execute(
@@ -126,7 +127,7 @@ def set_wallet_mode(session: Session, gate: WalletGate, wallet_id: str, mode: st
     _ids(wallet_id=wallet_id)
     wallet = session.get(Wallet, wallet_id, with_for_update=True)
     if wallet is None:
-        raise ModeError(f"wallet_id: unknown wallet {wallet_id!r}")
+        raise ModeError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
     before = wallet.mode
     if mode is None:
         app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
@@ -166,10 +167,10 @@ def set_wallet_reservations(
     balance is recorded as debt.  The gate follows once the caller commits ``session``.  Returns the
     wallet's effective setting.  Raises ModeError naming ``wallet_id`` or ``reservations_required``."""
     if required is not None and not isinstance(required, bool):
-        raise ModeError(f"reservations_required: {required!r} is not true, false or null")
+        raise ModeError(f"reservations_required: {required!r} is not true, false or null", field="reservations_required")
     wallet = session.get(Wallet, wallet_id, with_for_update=True)
     if wallet is None:
-        raise ModeError(f"wallet_id: unknown wallet {wallet_id!r}")
+        raise ModeError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
     wallet.reservations_required = required
     app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
     effective = requires_reservations(wallet, app)
@@ -199,24 +200,24 @@ def configure_app(
     once the caller commits ``session``.  Returns the app row.  Raises ModeError naming the field.
     """
     if creator_share_bps is not None and (not isinstance(creator_share_bps, int) or not 0 <= creator_share_bps <= 10_000):
-        raise ModeError(f"creator_share_bps: {creator_share_bps!r} is not an integer in 0..10000")
+        raise ModeError(f"creator_share_bps: {creator_share_bps!r} is not an integer in 0..10000", field="creator_share_bps")
     if trial_token_allowance is not None and (not isinstance(trial_token_allowance, int) or not 0 <= trial_token_allowance <= 10**15):
-        raise ModeError(f"trial_token_allowance: {trial_token_allowance!r} is not an integer in 0..10^15")
+        raise ModeError(f"trial_token_allowance: {trial_token_allowance!r} is not an integer in 0..10^15", field="trial_token_allowance")
     if trial_then is not None and trial_then not in TrialThen.__members__:
-        raise ModeError(f"trial_then: {trial_then!r} is not 'bill' or 'pause'")
+        raise ModeError(f"trial_then: {trial_then!r} is not 'bill' or 'pause'", field="trial_then")
     _ids(enterprise_id=enterprise_id, creator_id=creator_id, fee_wallet_id=fee_wallet_id)
     if max_turn_cost_nanos is not None and (not isinstance(max_turn_cost_nanos, int) or isinstance(max_turn_cost_nanos, bool)
                                             or not 0 <= max_turn_cost_nanos <= 2**62):
-        raise ModeError(f"max_turn_cost_nanos: {max_turn_cost_nanos!r} is not an integer of nano-USD in 0..2^62")
+        raise ModeError(f"max_turn_cost_nanos: {max_turn_cost_nanos!r} is not an integer of nano-USD in 0..2^62", field="max_turn_cost_nanos")
     if flat_fee_nanos is not None and (not isinstance(flat_fee_nanos, int) or not 0 <= flat_fee_nanos <= 2**62):
-        raise ModeError(f"flat_fee_nanos: {flat_fee_nanos!r} is not an integer of nano-USD in 0..2^62")
+        raise ModeError(f"flat_fee_nanos: {flat_fee_nanos!r} is not an integer of nano-USD in 0..2^62", field="flat_fee_nanos")
     if reservations_required is not None and not isinstance(reservations_required, bool):
-        raise ModeError(f"reservations_required: {reservations_required!r} is not true or false")
+        raise ModeError(f"reservations_required: {reservations_required!r} is not true or false", field="reservations_required")
     app = session.get(Enterprise, enterprise_id, with_for_update=True)
     if app is None:
-        raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}")
+        raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}", field="enterprise_id")
     if fee_wallet_id is not None and session.get(Wallet, fee_wallet_id) is None:
-        raise ModeError(f"fee_wallet_id: unknown wallet {fee_wallet_id!r}")
+        raise ModeError(f"fee_wallet_id: unknown wallet {fee_wallet_id!r}", field="fee_wallet_id")
     delta = 0 if trial_token_allowance is None else trial_token_allowance - app.trial_token_allowance
     changes: dict[str, Any] = {k: v for k, v in {
         "creator_share_bps": creator_share_bps, "trial_token_allowance": trial_token_allowance,
@@ -282,7 +283,7 @@ def charge_flat_fees(
     try:
         period_bounds(period)
     except ValueError as exc:
-        raise ModeError(str(exc)) from None
+        raise ModeError(str(exc), field="period") from None
     report = FeeReport(period)
     apps = session.execute(
         select(Enterprise.id, Enterprise.fee_wallet_id, Enterprise.flat_fee_nanos)

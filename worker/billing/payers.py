@@ -20,6 +20,7 @@ from sqlmodel import Session
 
 from models.enums import PayerLevel
 from models.wallet import DEFAULT_MAX_TURN_COST_NANOS, Enterprise, Wallet
+from worker.errors import InvalidInput
 
 #: default revenue share of the app creator, basis points (DESIGN.md: 70 % creator, 30 % platform)
 DEFAULT_CREATOR_SHARE_BPS = 7000
@@ -30,14 +31,14 @@ def wallet_id_for(level: str, *, enterprise_id: str | None, payer_id: str) -> st
     ``mozaiks_user_id``) or ``app:<enterprise_id>:<payer_id>`` (level ``app_usage``, payer = the end
     user's ``platform_user_id``).  Raises ValueError naming the argument."""
     if not payer_id or any(c.isspace() for c in payer_id) or ":" in payer_id:
-        raise ValueError(f"payer_id: {payer_id!r} must be non-empty, without spaces or ':'")
+        raise InvalidInput("payer_id", f"{payer_id!r} must be non-empty, without spaces or ':'")
     if level == PayerLevel.platform:
         return f"plat:{payer_id}"
     if level == PayerLevel.app_usage:
         if not enterprise_id or ":" in enterprise_id:
-            raise ValueError(f"enterprise_id: {enterprise_id!r} is required for level 'app_usage' (no ':')")
+            raise InvalidInput("enterprise_id", f"{enterprise_id!r} is required for level 'app_usage' (no ':')")
         return f"app:{enterprise_id}:{payer_id}"
-    raise ValueError(f"level: {level!r} is not 'platform' or 'app_usage'")
+    raise InvalidInput("level", f"{level!r} is not 'platform' or 'app_usage'")
 
 
 def split_charge(billed_nanos: int, creator_share_bps: int) -> tuple[int, int]:

@@ -37,6 +37,7 @@ from models.wallet import Enterprise
 from worker.billing.budgets import THRESHOLDS, crossed
 from worker.periods import period_bounds, previous_period
 from worker.pricing.prices import nanos_to_usd
+from worker.errors import InputError, InvalidInput
 
 #: how many chats :attr:`BillingReport.top_chats` lists at most
 TOP_CHATS = 50
@@ -87,7 +88,7 @@ LINE_COLUMNS = (
 )
 
 
-class ReportError(ValueError):
+class ReportError(InputError, ValueError):
     """A report request is invalid; the message starts with the field it names
     (``period``, ``enterprise_id``, ``wallet_id``)."""
 
@@ -102,7 +103,7 @@ def format_usd(nanos: int, places: int = 2) -> str:
     """Integer nano-USD → ``"$1,234.57"``, rounded half-up to ``places`` (0..9) decimals with integer
     math; negative amounts read ``"-$1.00"``.  Raises ValueError for ``places`` outside 0..9."""
     if not 0 <= places <= 9:
-        raise ValueError(f"places: {places!r} is not in 0..9")
+        raise InvalidInput("places", f"{places!r} is not in 0..9")
     nanos = int(nanos)
     step = 10 ** (9 - places)
     units = (abs(nanos) + step // 2) // step  # half-up, in units of 10^-places USD
@@ -353,7 +354,7 @@ def validate_period(period: str) -> tuple[datetime, datetime]:
     try:
         return period_bounds(period)
     except ValueError:
-        raise ReportError(f"period: {period!r} is not a month written YYYY-MM (e.g. 2026-11)") from None
+        raise ReportError(f"period: {period!r} is not a month written YYYY-MM (e.g. 2026-11)", field="period") from None
 
 
 def billing_report(
@@ -375,7 +376,7 @@ def billing_report(
     start, end = validate_period(period)
     enterprise = session.get(Enterprise, enterprise_id) if isinstance(enterprise_id, str) and enterprise_id else None
     if enterprise is None:
-        raise ReportError(f"enterprise_id: unknown enterprise {enterprise_id!r}")
+        raise ReportError(f"enterprise_id: unknown enterprise {enterprise_id!r}", field="enterprise_id")
     ue = UsageEvent
     where = _scope(enterprise_id, wallet_id, start, end)
 

@@ -72,6 +72,7 @@ from worker.db import session_scope
 from worker.ledger.accounts import MAX_CREDIT_NANOS, LedgerError, OnCredited, credit_wallet
 from worker.settings import Settings, get_settings
 from worker.gate.gate import UnknownWallet, WalletGate
+from worker.errors import InputError, InvalidInput, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +95,22 @@ LIVE_SUBSCRIPTION = ("active", "past_due", "trialing", "incomplete", "unpaid")
 _PACKAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 
 
-class StripeBillingError(ValueError):
+class StripeBillingError(InputError, ValueError):
     """A package or Checkout request is invalid; the message starts with the field it names.
     Nothing changed."""
 
 
-class StripeConfigError(RuntimeError):
+class StripeConfigError(Unavailable, RuntimeError):
     """Stripe is not configured: the named setting (``TOLLGATE_STRIPE_…``) is missing."""
 
+    title = "Stripe is not configured"
 
-class EventError(ValueError):
+
+class EventError(InputError, ValueError):
     """A stored Stripe event that cannot be applied (unknown wallet or package, malformed object).
     Recorded as the event's ``outcome`` (``error: …``); retrying would not help until data changes."""
+
+    http_status, title = 400, "Invalid event"
 
 
 # packages ---------------------------------------------------------------------------------------
@@ -134,29 +139,29 @@ def add_package(
     Raises: StripeBillingError naming the field.
     """
     if not isinstance(package_id, str) or not _PACKAGE_ID.match(package_id):
-        raise StripeBillingError(f"package_id: {package_id!r} must be 1..100 letters, digits or _.:- ")
+        raise StripeBillingError(f"package_id: {package_id!r} must be 1..100 letters, digits or _.:- ", field="package_id")
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise StripeBillingError(f"name: must be 1..200 characters, got {name!r}")
+        raise StripeBillingError(f"name: must be 1..200 characters, got {name!r}", field="name")
     if not _is_int(price_cents) or not MIN_PRICE_CENTS <= price_cents <= MAX_PRICE_CENTS:
         raise StripeBillingError(
-            f"price_cents: must be an integer of USD cents in {MIN_PRICE_CENTS}..{MAX_PRICE_CENTS}, got {price_cents!r}")
+            f"price_cents: must be an integer of USD cents in {MIN_PRICE_CENTS}..{MAX_PRICE_CENTS}, got {price_cents!r}", field="price_cents")
     if not _is_int(credit_nanos) or not 0 < credit_nanos <= MAX_CREDIT_NANOS:
-        raise StripeBillingError(f"credit_nanos: must be an integer of nano-USD in 1..2^62, got {credit_nanos!r}")
+        raise StripeBillingError(f"credit_nanos: must be an integer of nano-USD in 1..2^62, got {credit_nanos!r}", field="credit_nanos")
     if not isinstance(monthly, bool):
-        raise StripeBillingError(f"monthly: must be true or false, got {monthly!r}")
+        raise StripeBillingError(f"monthly: must be true or false, got {monthly!r}", field="monthly")
     if stripe_price_id is not None and (
         not isinstance(stripe_price_id, str) or not stripe_price_id.startswith("price_") or len(stripe_price_id) > 100
     ):
-        raise StripeBillingError(f"stripe_price_id: {stripe_price_id!r} is not a Stripe price id (price_…)")
+        raise StripeBillingError(f"stripe_price_id: {stripe_price_id!r} is not a Stripe price id (price_…)", field="stripe_price_id")
     if monthly and not stripe_price_id:
-        raise StripeBillingError("stripe_price_id: a monthly package needs the id of its recurring Stripe price")
+        raise StripeBillingError("stripe_price_id: a monthly package needs the id of its recurring Stripe price", field="stripe_price_id")
     if stripe_price_id:
         other = session.execute(
             select(TokenPackage.id).where(TokenPackage.stripe_price_id == stripe_price_id,
                                           TokenPackage.id != package_id)
         ).scalar_one_or_none()
         if other is not None:
-            raise StripeBillingError(f"stripe_price_id: {stripe_price_id!r} already belongs to package {other!r}")
+            raise StripeBillingError(f"stripe_price_id: {stripe_price_id!r} already belongs to package {other!r}", field="stripe_price_id")
     package = session.get(TokenPackage, package_id)
     if package is None:
         package = TokenPackage(id=package_id, name=name, price_cents=price_cents, credit_nanos=credit_nanos)
@@ -172,7 +177,7 @@ def get_package(session: Session, package_id: str, *, active_only: bool = False)
     (or inactive, with ``active_only``)."""
     package = session.get(TokenPackage, package_id) if isinstance(package_id, str) else None
     if package is None or (active_only and not package.active):
-        raise StripeBillingError(f"package_id: unknown{' or inactive' if active_only else ''} package {package_id!r}")
+        raise StripeBillingError(f"package_id: unknown{' or inactive' if active_only else ''} package {package_id!r}", field="package_id")
     return package
 
 
@@ -202,9 +207,9 @@ def platform_fee_cents(amount_cents: int, creator_share_bps: int) -> int:
     Raises: ValueError for a negative amount or a share outside 0..10,000 bps.
     """
     if not _is_int(amount_cents) or amount_cents < 0:
-        raise ValueError(f"amount_cents: must be a non-negative integer, got {amount_cents!r}")
+        raise InvalidInput("amount_cents", f"must be a non-negative integer, got {amount_cents!r}")
     if not _is_int(creator_share_bps) or not 0 <= creator_share_bps <= BPS:
-        raise ValueError(f"creator_share_bps: must be an integer in 0..{BPS}, got {creator_share_bps!r}")
+        raise InvalidInput("creator_share_bps", f"must be an integer in 0..{BPS}, got {creator_share_bps!r}")
     return amount_cents - amount_cents * creator_share_bps // BPS
 
 
@@ -212,7 +217,7 @@ def application_fee_percent(creator_share_bps: int) -> str:
     """The platform's percentage of a subscription for ``subscription_data[application_fee_percent]``,
     as an exact decimal string with two places (7000 bps creator share → ``"30.00"``)."""
     if not _is_int(creator_share_bps) or not 0 <= creator_share_bps <= BPS:
-        raise ValueError(f"creator_share_bps: must be an integer in 0..{BPS}, got {creator_share_bps!r}")
+        raise InvalidInput("creator_share_bps", f"must be an integer in 0..{BPS}, got {creator_share_bps!r}")
     fee_bps = BPS - creator_share_bps
     return f"{fee_bps // 100}.{fee_bps % 100:02d}"
 
@@ -220,7 +225,7 @@ def application_fee_percent(creator_share_bps: int) -> str:
 def _url(value: Any, field_name: str) -> str:
     parts = urlsplit(value) if isinstance(value, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or len(value) > 2000:
-        raise StripeBillingError(f"{field_name}: {value!r} is not an http(s) URL")
+        raise StripeBillingError(f"{field_name}: {value!r} is not an http(s) URL", field=field_name)
     return value
 
 
@@ -241,14 +246,14 @@ def checkout_params(
     """
     wallet = session.get(Wallet, wallet_id) if isinstance(wallet_id, str) else None
     if wallet is None:
-        raise StripeBillingError(f"wallet_id: unknown wallet {wallet_id!r}")
+        raise StripeBillingError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
     package = get_package(session, package_id, active_only=True)
     _url(success_url, "success_url")
     _url(cancel_url, "cancel_url")
     if package.monthly and wallet.stripe_subscription_id and wallet.subscription_status in LIVE_SUBSCRIPTION:
         raise StripeBillingError(
             f"wallet_id: wallet {wallet_id!r} already has subscription {wallet.stripe_subscription_id!r} "
-            f"({wallet.subscription_status})")
+            f"({wallet.subscription_status})", field="wallet_id")
     metadata = {"wallet_id": wallet.id, "package_id": package.id}
     if package.stripe_price_id:
         item: dict[str, Any] = {"price": package.stripe_price_id, "quantity": 1}
@@ -339,9 +344,9 @@ def store_event(session: Session, event: Mapping[str, Any]) -> bool:
     """
     event_id, event_type = event.get("id"), event.get("type")
     if not isinstance(event_id, str) or not event_id.startswith("evt_") or len(event_id) > 255:
-        raise EventError(f"id: {event_id!r} is not a Stripe event id (evt_…)")
+        raise EventError(f"id: {event_id!r} is not a Stripe event id (evt_…)", field="id")
     if not isinstance(event_type, str) or not 0 < len(event_type) <= 100:
-        raise EventError(f"type: {event_type!r} is not a Stripe event type")
+        raise EventError(f"type: {event_type!r} is not a Stripe event type", field="type")
     inserted = session.execute(
         insert(StripeEvent)
         .values(id=event_id, type=event_type, payload=dict(event))
@@ -426,7 +431,7 @@ def _find_wallet(session: Session, *, metadata: Any, subscription_id: str | None
         if len(found) == 1:
             return found[0]
     raise EventError(f"wallet_id: no wallet for metadata wallet_id {wallet_id!r}, subscription "
-                     f"{subscription_id!r}, customer {customer_id!r}")
+                     f"{subscription_id!r}, customer {customer_id!r}", field="wallet_id")
 
 
 def _credit(gate: WalletGate, wallet: Wallet, *, amount_nanos: int, key: str, description: str,
@@ -465,7 +470,7 @@ def _on_checkout_completed(gate: WalletGate, obj: Mapping[str, Any], event_id: s
                            on_credited: OnCredited | None = None) -> Outcome:
     session_id = obj.get("id")
     if not isinstance(session_id, str) or not session_id.startswith("cs_"):
-        raise EventError(f"data.object.id: {session_id!r} is not a Checkout session id")
+        raise EventError(f"data.object.id: {session_id!r} is not a Checkout session id", field="data.object.id")
     metadata = obj.get("metadata") or {}
     with session_scope() as session:
         wallet = _find_wallet(session, metadata={"wallet_id": metadata.get("wallet_id") or obj.get("client_reference_id")},
@@ -477,7 +482,7 @@ def _on_checkout_completed(gate: WalletGate, obj: Mapping[str, Any], event_id: s
         if obj.get("payment_status") != "paid":
             return Outcome(f"ignored: payment_status {obj.get('payment_status')!r}", wallet.id, wallet.enterprise_id)
         if (obj.get("currency") or "usd").lower() != "usd":
-            raise EventError(f"data.object.currency: {obj.get('currency')!r} is not usd")
+            raise EventError(f"data.object.currency: {obj.get('currency')!r} is not usd", field="data.object.currency")
         if customer_id and not wallet.stripe_customer_id:
             _update_wallet(gate, wallet.id, lambda w: setattr(w, "stripe_customer_id", w.stripe_customer_id or customer_id))
         credit = _credit(gate, wallet, amount_nanos=package.credit_nanos, key=f"{KEY_PREFIX}{session_id}",
@@ -487,7 +492,7 @@ def _on_checkout_completed(gate: WalletGate, obj: Mapping[str, Any], event_id: s
     if mode == "subscription":
         subscription_id = _id_of(obj.get("subscription"))
         if not subscription_id:
-            raise EventError("data.object.subscription: missing on a subscription-mode Checkout session")
+            raise EventError("data.object.subscription: missing on a subscription-mode Checkout session", field="data.object.subscription")
         status = "active" if obj.get("payment_status") in ("paid", "no_payment_required") else "incomplete"
 
         def record(w: Wallet) -> None:
@@ -508,7 +513,7 @@ def get_package_or_event_error(session: Session, package_id: Any) -> TokenPackag
     Raises EventError naming ``metadata.package_id``."""
     package = session.get(TokenPackage, package_id) if isinstance(package_id, str) else None
     if package is None:
-        raise EventError(f"metadata.package_id: unknown package {package_id!r}")
+        raise EventError(f"metadata.package_id: unknown package {package_id!r}", field="metadata.package_id")
     return package
 
 
@@ -545,14 +550,14 @@ def _invoice_credit(session: Session, obj: Mapping[str, Any], metadata: Any) -> 
             continue
         quantity = line.get("quantity") or 1
         if not _is_int(quantity) or quantity < 1:
-            raise EventError(f"lines.data.quantity: {quantity!r} is not a positive integer")
+            raise EventError(f"lines.data.quantity: {quantity!r} is not a positive integer", field="lines.data.quantity")
         total += package.credit_nanos * quantity
         packages.append(package)
     if not packages and _get(metadata, "package_id"):
         package = get_package_or_event_error(session, metadata["package_id"])
         total, packages = package.credit_nanos, [package]
     if not packages:
-        raise EventError(f"lines.data.price: no line of invoice {obj.get('id')!r} is a token package's price")
+        raise EventError(f"lines.data.price: no line of invoice {obj.get('id')!r} is a token package's price", field="lines.data.price")
     return total, packages
 
 
@@ -572,7 +577,7 @@ def _on_invoice_paid(gate: WalletGate, obj: Mapping[str, Any], event_id: str,
                      on_credited: OnCredited | None = None) -> Outcome:
     invoice_id = obj.get("id")
     if not isinstance(invoice_id, str) or not invoice_id.startswith("in_"):
-        raise EventError(f"data.object.id: {invoice_id!r} is not an invoice id")
+        raise EventError(f"data.object.id: {invoice_id!r} is not an invoice id", field="data.object.id")
     subscription_id, metadata = _invoice_subscription(obj)
     if not subscription_id:
         return Outcome("ignored: not a subscription invoice")
@@ -582,7 +587,7 @@ def _on_invoice_paid(gate: WalletGate, obj: Mapping[str, Any], event_id: str,
     if _stale(wallet, subscription_id):
         return Outcome(f"ignored: {subscription_id} is not the wallet's subscription", wallet.id, wallet.enterprise_id)
     if (obj.get("currency") or "usd").lower() != "usd":
-        raise EventError(f"data.object.currency: {obj.get('currency')!r} is not usd")
+        raise EventError(f"data.object.currency: {obj.get('currency')!r} is not usd", field="data.object.currency")
     names = ", ".join(p.name for p in packages)
     credit = _credit(gate, wallet, amount_nanos=amount, key=f"{KEY_PREFIX}{invoice_id}",
                      description=f"Stripe invoice {invoice_id}: {names}", stripe_object=invoice_id,
@@ -624,7 +629,7 @@ def _on_subscription_deleted(gate: WalletGate, obj: Mapping[str, Any], event_id:
                              on_credited: OnCredited | None = None) -> Outcome:
     subscription_id = obj.get("id")
     if not isinstance(subscription_id, str) or not subscription_id.startswith("sub_"):
-        raise EventError(f"data.object.id: {subscription_id!r} is not a subscription id")
+        raise EventError(f"data.object.id: {subscription_id!r} is not a subscription id", field="data.object.id")
     with session_scope() as session:
         wallet = _subscription_event_wallet(session, obj, subscription_id, obj.get("metadata") or {})
     if wallet.stripe_subscription_id and wallet.stripe_subscription_id != subscription_id:
@@ -692,7 +697,7 @@ def process_event(
                 if handler is None:
                     outcome = Outcome("ignored")
                 elif not isinstance(obj, Mapping):
-                    raise EventError("data.object: missing")
+                    raise EventError("data.object: missing", field="data.object")
                 else:
                     outcome = handler(gate, obj, event_id, on_credited=on_credited)
             except (EventError, LedgerError) as exc:

@@ -15,6 +15,7 @@ from sqlalchemy import Date, cast, func, literal_column, select
 from sqlmodel import Session
 
 from models.turn import UsageEvent
+from worker.errors import InvalidInput
 
 Granularity = Literal["day", "week", "month"]
 GroupKey = Literal["workflow", "agent", "model", "provider"]
@@ -28,11 +29,11 @@ def _bound(value: Any, name: str) -> datetime:
     """A ``date`` (midnight UTC) or an aware ``datetime`` → aware UTC datetime."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            raise ValueError(f"{name}: must be an aware datetime (UTC) or a date, got naive {value.isoformat()}")
+            raise InvalidInput(name, f"must be an aware datetime (UTC) or a date, got naive {value.isoformat()}")
         return value.astimezone(UTC)
     if isinstance(value, date):
         return datetime.combine(value, time.min, tzinfo=UTC)
-    raise ValueError(f"{name}: must be a date or an aware datetime, got {value!r}")
+    raise InvalidInput(name, f"must be a date or an aware datetime, got {value!r}")
 
 
 def validate_group_by(group_by: Iterable[str] | str | None) -> tuple[str, ...]:
@@ -43,13 +44,13 @@ def validate_group_by(group_by: Iterable[str] | str | None) -> tuple[str, ...]:
     if group_by is None:
         return ()
     if isinstance(group_by, str):
-        raise ValueError(f"group_by: must be a list of keys among {', '.join(GROUP_KEYS)}, not the string {group_by!r}")
+        raise InvalidInput("group_by", f"must be a list of keys among {', '.join(GROUP_KEYS)}, not the string {group_by!r}")
     keys = tuple(group_by)
     for key in keys:
         if key not in GROUP_KEYS:
-            raise ValueError(f"group_by: {key!r} is not one of {', '.join(GROUP_KEYS)}")
+            raise InvalidInput("group_by", f"{key!r} is not one of {', '.join(GROUP_KEYS)}")
     if len(set(keys)) != len(keys):
-        raise ValueError(f"group_by: repeated key in {list(keys)!r}")
+        raise InvalidInput("group_by", f"repeated key in {list(keys)!r}")
     return keys
 
 
@@ -90,13 +91,13 @@ def usage_analytics(
     ``end`` (not after ``start``).
     """
     if not isinstance(enterprise_id, str) or not enterprise_id or len(enterprise_id) > 200:
-        raise ValueError(f"enterprise_id: must be a non-empty string of at most 200 characters, got {enterprise_id!r}")
+        raise InvalidInput("enterprise_id", f"must be a non-empty string of at most 200 characters, got {enterprise_id!r}")
     if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity: {granularity!r} is not one of {', '.join(GRANULARITIES)}")
+        raise InvalidInput("granularity", f"{granularity!r} is not one of {', '.join(GRANULARITIES)}")
     keys = validate_group_by(group_by)
     lo, hi = _bound(start, "start"), _bound(end, "end")
     if hi <= lo:
-        raise ValueError(f"end: {hi.isoformat()} must be after start {lo.isoformat()}")
+        raise InvalidInput("end", f"{hi.isoformat()} must be after start {lo.isoformat()}")
 
     ue = UsageEvent
     # the unit is a validated constant inlined as SQL text: a bound parameter would be a different

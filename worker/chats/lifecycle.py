@@ -54,12 +54,28 @@ from sqlmodel import Session
 from models.chat import ChatSession, PausedChat
 from models.enums import ChatStatus, ConnectionState
 from models.wallet import Enterprise, Wallet
-from models.validation import MAX_LABEL, InvalidInput, check_text
+from models.validation import MAX_LABEL
+from worker.validation import InvalidInput, check_text
 from worker.db import after_commit, session_scope
 from worker.ledger.turns import transition_position
 from worker.events import Event, SendTask, emit
 from worker.gate.gate import UnknownWallet, WalletGate
-from worker.chats.rollups import chat_performance, end_chat
+from worker.chats.rollups import UnknownChat, chat_performance, end_chat
+from worker.errors import Conflict, NotFound
+
+
+class NotAWalletOfTheApp(NotFound, LookupError):
+    """The wallet named for a chat is not one of its app's; ``field`` is ``wallet_id``.  HTTP 404."""
+
+    title = "Unknown wallet"
+
+
+class WalletCannotPay(Conflict, PermissionError):
+    """A paused chat cannot resume: its wallet cannot pay yet (the message says how many nanos are
+    needed); ``field`` is ``wallet_id``.  HTTP 409; nothing changed."""
+
+    title = "Wallet cannot pay yet"
+
 
 #: a paused chat's reasons that funds can lift (a budget's auto-pause is lifted by worker.billing.budgets)
 FUNDS_REASONS = ("wallet_exhausted", "trial_exhausted", "payment_failed")
@@ -96,7 +112,7 @@ class WalletState:
 def wallet_state(gate: WalletGate, wallet_id: str) -> WalletState:
     """Read a wallet's gate state (one HMGET) and decide, by the rules of ``record_turn.lua``,
     whether its next turn would be accepted.  Raises :class:`~worker.gate.gate.UnknownWallet`;
-    :class:`~models.validation.InvalidInput` naming ``wallet_id`` (not an id)."""
+    :class:`~worker.errors.InvalidInput` naming ``wallet_id`` (not an id)."""
     check_text(wallet_id, "wallet_id")
     fields = ("balance", "held", "mode", "blocked", "limited", "trial_left", "trial_then")
     balance, held, mode, blocked, limited, trial_left, trial_then = gate.redis.hmget(gate.wallet_key(wallet_id), fields)
@@ -138,7 +154,8 @@ def start_session(
     with session_scope() as session:
         wallet = session.get(Wallet, wallet_id)
         if wallet is None or (wallet.enterprise_id is not None and wallet.enterprise_id != enterprise_id):
-            raise LookupError(f"wallet_id: {wallet_id!r} is not a wallet of enterprise {enterprise_id!r}")
+            raise NotAWalletOfTheApp(f"wallet_id: {wallet_id!r} is not a wallet of enterprise {enterprise_id!r}",
+                                     field="wallet_id")
         session.execute(
             insert(ChatSession).values(enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
                                        workflow=workflow, status=ChatStatus.active.value,
@@ -154,7 +171,7 @@ _POSITION = re.compile(r"\d{20}-\d{20}-\d{6}\+(\d{20})?")
 
 
 def _check_ids(**ids: str) -> None:
-    """Refuse, before anything changes, an id that is not one (:func:`models.validation.check_text`):
+    """Refuse, before anything changes, an id that is not one (:func:`worker.validation.check_text`):
     raises InvalidInput naming its keyword."""
     for name, value in ids.items():
         check_text(value, name)
@@ -361,11 +378,12 @@ def resume_chat(gate: WalletGate, *, enterprise_id: str, chat_id: str) -> Wallet
             select(ChatSession).where(ChatSession.enterprise_id == enterprise_id, ChatSession.chat_id == chat_id)
         ).scalar_one_or_none()
         if chat is None:
-            raise LookupError(f"chat_id: unknown chat {chat_id!r} of enterprise {enterprise_id!r}")
+            raise UnknownChat(f"chat_id: unknown chat {chat_id!r} of enterprise {enterprise_id!r}", field="chat_id")
         wallet_id = chat.wallet_id
     state = wallet_state(gate, wallet_id)
     if not state.can_continue:
-        raise PermissionError(f"wallet {wallet_id!r} cannot pay yet: {state.needed_nanos} nanos needed")
+        raise WalletCannotPay(f"wallet {wallet_id!r} cannot pay yet: {state.needed_nanos} nanos needed",
+                              field="wallet_id")
     position = transition_position(gate, wallet_id)
     pc, cs = PausedChat.__table__, ChatSession.__table__
     with session_scope() as session:

@@ -51,6 +51,14 @@ from worker.db import session_scope
 from worker.periods import current_period, period_bounds
 from worker.pricing.prices import nanos_to_usd
 from worker.settings import get_settings
+from worker.errors import InvalidInput, NotFound
+
+
+class UnknownChat(NotFound, LookupError):
+    """No such chat (of this enterprise), or none with a persisted turn; ``field`` is ``chat_id``.  HTTP 404."""
+
+    title = "Unknown chat"
+
 
 #: how many dirty marks one :func:`refresh_dirty` call takes (one transaction)
 DEFAULT_DIRTY_LIMIT = 200
@@ -69,7 +77,7 @@ def rollup_id(enterprise_id: str, workflow: str) -> str:
 
 def _check_id(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 200:
-        raise ValueError(f"{name}: must be a non-empty string of at most 200 characters, got {value!r}")
+        raise InvalidInput(name, f"must be a non-empty string of at most 200 characters, got {value!r}")
     return value
 
 
@@ -384,7 +392,7 @@ def take_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> list[tuple
     refreshing, so no drain waits on a mark for the length of a refresh; if a refresh then fails,
     :func:`mark_dirty` puts its groups back.  Raises ValueError for a bad ``limit``."""
     if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
-        raise ValueError(f"limit: must be a positive integer, got {limit!r}")
+        raise InvalidInput("limit", f"must be a positive integer, got {limit!r}")
     taken = session.execute(
         text(
             "WITH taken AS MATERIALIZED ("
@@ -405,7 +413,7 @@ def pending_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> list[tu
     group's new rollup, so a job killed mid-run (SIGKILL: no handler runs) leaves every group it did
     not refresh marked.  Raises ValueError for a bad ``limit``."""
     if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
-        raise ValueError(f"limit: must be a positive integer, got {limit!r}")
+        raise InvalidInput("limit", f"must be a positive integer, got {limit!r}")
     rd = RollupDirty
     return [tuple(row) for row in session.execute(
         select(rd.enterprise_id, rd.workflow, rd.period)
@@ -482,7 +490,8 @@ def chat_performance(session: Session, enterprise_id: str, chat_id: str) -> dict
         select(ChatSession).where(ChatSession.enterprise_id == enterprise_id, ChatSession.chat_id == chat_id)
     ).scalar_one_or_none()
     if chat is None:
-        raise LookupError(f"unknown chat: enterprise_id={enterprise_id!r} chat_id={chat_id!r} has no persisted turns")
+        raise UnknownChat(f"unknown chat: enterprise_id={enterprise_id!r} chat_id={chat_id!r} has no persisted turns",
+                          field="chat_id")
     agents = {}
     for a in session.execute(
         select(ChatAgentUsage).where(ChatAgentUsage.chat_session_id == chat.id).order_by(ChatAgentUsage.agent)
@@ -573,7 +582,7 @@ def end_chat(
     if ended_at is None:
         ended_at = datetime.now(UTC)
     elif not isinstance(ended_at, datetime) or ended_at.tzinfo is None:
-        raise ValueError(f"ended_at: must be an aware datetime (UTC), got {ended_at!r}")
+        raise InvalidInput("ended_at", f"must be an aware datetime (UTC), got {ended_at!r}")
     ended_at = ended_at.astimezone(UTC)
     cs = ChatSession.__table__
     # lock the chat row first (the drain locks chats before marks; we lock groups only after)
@@ -583,7 +592,8 @@ def end_chat(
         .with_for_update()
     ).one_or_none()
     if row is None:
-        raise LookupError(f"unknown chat: enterprise_id={enterprise_id!r} chat_id={chat_id!r} has no persisted turns")
+        raise UnknownChat(f"unknown chat: enterprise_id={enterprise_id!r} chat_id={chat_id!r} has no persisted turns",
+                          field="chat_id")
     already = row.status == ChatStatus.completed and row.ended_at is not None
     if already:
         ended_at = row.ended_at.astimezone(UTC)

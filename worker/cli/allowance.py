@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from worker.pricing.prices import nanos_to_usd
-from worker.cli.common import fail, flag_message, out, parse_nanos
+from worker.cli.common import out, parse_nanos
 
 
 allowance_app = typer.Typer(help="Monthly allowances: set the amount, run the reset.", no_args_is_help=True)
@@ -24,15 +24,12 @@ def allowance_set(
     usd: str = typer.Option(..., "--usd", help="allowance granted each UTC month, e.g. 20.00 (0 stops it)"),
 ) -> None:
     """Set a wallet's monthly allowance; the next reset (hourly, or `tollgate allowance reset`) grants it."""
-    from worker.billing.allowances import AllowanceError, set_allowance
+    from worker.billing.allowances import set_allowance
     from worker.db import session_scope
 
     nanos = parse_nanos(usd, "--usd", allow_zero=True)
-    try:
-        with session_scope() as session:
-            set_allowance(session, wallet_id, nanos)
-    except AllowanceError as exc:
-        fail(flag_message(str(exc), {"amount_nanos": "--usd", "wallet_id": "WALLET_ID"}))
+    with session_scope() as session:
+        set_allowance(session, wallet_id, nanos)
     out.print(f"wallet {wallet_id}: monthly allowance {nanos_to_usd(nanos)} USD ({nanos} nanos)", highlight=False)
 
 
@@ -43,14 +40,11 @@ def allowance_reset(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Grant and expire monthly allowances now (the beat job); running it again changes nothing."""
-    from worker.billing.allowances import AllowanceError, run_monthly_reset
+    from worker.billing.allowances import run_monthly_reset
     from worker.chats.lifecycle import resume_paused_chats
     from worker.gate.gate import WalletGate
 
-    try:
-        report = run_monthly_reset(WalletGate(kicker=lambda shard: None), period=period, resume=resume_paused_chats)
-    except AllowanceError as exc:
-        fail(flag_message(str(exc), {"period": "--period"}))
+    report = run_monthly_reset(WalletGate(kicker=lambda shard: None), period=period, resume=resume_paused_chats)
     data = report.as_dict()
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from worker.pricing.prices import nanos_to_usd
-from worker.cli.common import fail, out
+from worker.cli.common import out
 
 
 def analytics_cmd(
@@ -35,14 +35,9 @@ def analytics_cmd(
     lo = (start.replace(tzinfo=UTC) if start.tzinfo is None else start) if start else default_start
     hi = (end.replace(tzinfo=UTC) if end.tzinfo is None else end) if end else default_end
     keys = [k.strip() for k in group.split(",") if k.strip()]
-    try:
-        with session_scope() as session:
-            rows = usage_analytics(session, enterprise_id=enterprise, granularity=by, group_by=keys,
-                                   start=lo, end=hi)
-    except ValueError as exc:
-        field = {"granularity": "--by", "group_by": "--group", "start": "--from", "end": "--to"}
-        name = str(exc).split(":", 1)[0]
-        fail(f"{field[name]}: {str(exc).split(':', 1)[1].strip()}" if name in field else str(exc))
+    with session_scope() as session:  # InvalidInput naming --by, --group, --from, --to: worker.cli.common
+        rows = usage_analytics(session, enterprise_id=enterprise, granularity=by, group_by=keys,
+                               start=lo, end=hi)
     if as_json:
         print(json.dumps([{**r, "bucket": r["bucket"].isoformat()} for r in rows]))
         return

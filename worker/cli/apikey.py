@@ -25,16 +25,13 @@ def apikey_create(
 ) -> None:
     """Create an API key and print it once (only its SHA-256 is stored)."""
     from models.enums import ApiRole
-    from worker.access.apikeys import ApiKeyError, create_key
+    from worker.access.apikeys import create_key
     from worker.db import session_scope
 
     if role not in ApiRole.__members__:
         fail(f"--role: {role!r} is not one of {', '.join(ApiRole.__members__)}")
-    try:
-        with session_scope() as session:
-            key = create_key(session, role=ApiRole(role), enterprise_id=enterprise, wallet_id=wallet, name=name)
-    except ApiKeyError as exc:
-        fail(str(exc).replace("enterprise_id:", "--enterprise:").replace("wallet_id:", "--wallet:"))
+    with session_scope() as session:
+        key = create_key(session, role=ApiRole(role), enterprise_id=enterprise, wallet_id=wallet, name=name)
     print(key)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from worker.cli.common import APP_FLAGS, checked_id, fail, flag_message, out, parse_nanos
+from worker.cli.common import checked_id, out, parse_nanos
 
 
 app_app = typer.Typer(help="Apps: billing mode, revenue share, trial, flat fee, creator.", no_args_is_help=True)
@@ -31,21 +31,18 @@ def app_configure(
     """Change an app's billing settings (only those given); audit-logged."""
     from worker.db import session_scope
     from worker.ledger.accounts import ensure_enterprise
-    from worker.billing.modes import ModeError, configure_app
-    from worker.gate.gate import WalletGate
+    from worker.billing.modes import configure_app
+    from worker.gate.gate import process_gate
 
     checked_id(enterprise, "ENTERPRISE")
     fee = None if flat_fee_usd is None else parse_nanos(flat_fee_usd, "--flat-fee-usd", allow_zero=True)
     max_turn = None if max_turn_usd is None else parse_nanos(max_turn_usd, "--max-turn-usd", allow_zero=True)
-    try:
-        with session_scope() as session:
-            ensure_enterprise(session, enterprise)
-            row = configure_app(session, WalletGate(), enterprise, actor="cli", creator_share_bps=share_bps,
-                                trial_token_allowance=trial_tokens, trial_then=trial_then, flat_fee_nanos=fee,
-                                fee_wallet_id=fee_wallet, creator_id=creator, max_turn_cost_nanos=max_turn,
-                                reservations_required=reservations)
-    except ModeError as exc:
-        fail(flag_message(str(exc), APP_FLAGS))
+    with session_scope() as session:
+        ensure_enterprise(session, enterprise)
+        row = configure_app(session, process_gate(), enterprise, actor="cli", creator_share_bps=share_bps,
+                            trial_token_allowance=trial_tokens, trial_then=trial_then, flat_fee_nanos=fee,
+                            fee_wallet_id=fee_wallet, creator_id=creator, max_turn_cost_nanos=max_turn,
+                            reservations_required=reservations)
     out.print(f"{row.id}: mode {row.default_mode} · share {row.creator_share_bps} bps · trial "
               f"{row.trial_token_allowance} tokens then {row.trial_then} · flat fee {row.flat_fee_nanos} nanos "
               f"from {row.fee_wallet_id or '—'} · creator {row.creator_id or '—'} · max turn "
@@ -61,14 +58,11 @@ def app_isolate(
     """Keep an app's usage events in its own PostgreSQL schema, moving the rows it has (audit-logged)."""
     from worker.ledger.audit import audit
     from worker.db import session_scope
-    from worker.ledger.isolation import IsolationError, isolate_app
+    from worker.ledger.isolation import isolate_app
 
-    try:
-        with session_scope() as session:
-            used = isolate_app(session, enterprise, schema)
-            audit(session, actor="cli", action="app.isolate", enterprise_id=enterprise, schema=used)
-    except IsolationError as exc:
-        fail(flag_message(str(exc), {**APP_FLAGS, "schema": "--schema"}))
+    with session_scope() as session:
+        used = isolate_app(session, enterprise, schema)
+        audit(session, actor="cli", action="app.isolate", enterprise_id=enterprise, schema=used)
     out.print(f"{enterprise}: usage events in schema {used}", highlight=False)
 
 
@@ -78,14 +72,11 @@ def app_mode(
     mode: str = typer.Argument(..., help="production | development | trial | track_only"),
 ) -> None:
     """Set an app's default mode; its wallets without their own mode follow (audit-logged)."""
-    from worker.billing.modes import ModeError, set_app_mode
+    from worker.billing.modes import set_app_mode
     from worker.chats.lifecycle import resume_paused_chats
     from worker.db import session_scope
-    from worker.gate.gate import WalletGate
+    from worker.gate.gate import process_gate
 
-    try:
-        with session_scope() as session:
-            changed = set_app_mode(session, WalletGate(), enterprise, mode, actor="cli", resume=resume_paused_chats)
-    except ModeError as exc:
-        fail(flag_message(str(exc), APP_FLAGS))
+    with session_scope() as session:
+        changed = set_app_mode(session, process_gate(), enterprise, mode, actor="cli", resume=resume_paused_chats)
     out.print(f"{enterprise}: mode {mode} ({len(changed)} wallet(s) changed)", highlight=False)

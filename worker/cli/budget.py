@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from worker.pricing.prices import nanos_to_usd
-from worker.cli.common import fail, flag_message, out, parse_nanos
+from worker.cli.common import fail, out, parse_nanos
 
 
 budget_app = typer.Typer(help="Budgets: monthly limits per wallet or workflow, alerts at 50/80/100 %.",
@@ -32,19 +32,16 @@ def budget_set(
     auto_pause: bool = typer.Option(False, "--auto-pause", help="stop spending at 100 % (off unless given)"),
 ) -> None:
     """Create or update the monthly budget of one wallet or one workflow (one budget per scope)."""
-    from worker.billing.budgets import BudgetError, set_budget
+    from worker.billing.budgets import set_budget
     from worker.db import session_scope
 
     if (wallet is None) == (workflow is None):
         fail("--wallet/--workflow: give exactly one of them")
     nanos = parse_nanos(usd, "--usd")
-    try:
-        with session_scope() as session:
-            b = set_budget(session, enterprise_id=enterprise, wallet_id=wallet, workflow=workflow,
-                           amount_nanos=nanos, auto_pause=auto_pause)
-            budget_id = b.id
-    except BudgetError as exc:
-        fail(flag_message(str(exc), _FLAGS))
+    with session_scope() as session:
+        b = set_budget(session, enterprise_id=enterprise, wallet_id=wallet, workflow=workflow,
+                       amount_nanos=nanos, auto_pause=auto_pause)
+        budget_id = b.id
     scope = f"wallet {wallet}" if wallet else f"workflow {workflow}"
     out.print(f"budget {budget_id}: {enterprise} {scope}, {nanos_to_usd(nanos)} USD a month "
               f"({nanos} nanos), auto-pause {'on' if auto_pause else 'off'}", highlight=False)

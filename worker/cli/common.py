@@ -1,4 +1,6 @@
-"""Helpers shared by the command modules: console output, failing with exit code 2, parsing USD and ids."""
+"""Helpers shared by the command modules: console output, failing with exit code 2, parsing USD and
+ids, and the one place a domain error becomes an exit code and a message naming the flag
+(:func:`fail_error`, :data:`FLAGS`; the top-level group calls it for any error a command lets through)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from models.validation import InvalidInput, check_text
+from worker.errors import TollgateError
+from worker.validation import InvalidInput, check_text
 from worker.pricing.prices import PricingError, usd_to_nanos
 
 
@@ -49,10 +52,27 @@ def checked_id(value: str, field: str) -> str:
               f"({exc.message})")
 
 
-def flag_message(message: str, flags: dict[str, str]) -> str:
-    """A service error ``field: …`` with the field named as the command's flag."""
-    field, sep, rest = message.partition(":")
-    return f"{flags.get(field, field)}:{rest}" if sep else message
+def flag_message(exc: TollgateError, flags: dict[str, str]) -> str:
+    """The message of ``exc`` with its field (``exc.field``, never parsed from the text) named as the
+    command's flag or ARGUMENT from ``flags``; the message itself when the error names no field or
+    the text does not start with it."""
+    text = str(exc)
+    if exc.field and text.startswith(f"{exc.field}:"):
+        return flags.get(exc.field, exc.field) + text[len(exc.field):]
+    return text
+
+
+def flags_of(group: str | None) -> dict[str, str]:
+    """The field → flag table of command group ``group`` (``"wallet"``, ``"apikey"`` …): :data:`FLAGS`
+    with the group's own names (:data:`GROUP_FLAGS`) over it."""
+    return {**FLAGS, **GROUP_FLAGS.get(group or "", {})}
+
+
+def fail_error(exc: TollgateError, group: str | None = None) -> None:
+    """Print ``exc`` (its field named as group ``group``'s flag, :func:`flags_of`) on stderr and exit
+    with ``exc.exit_code`` (2 for bad input, unknown ids and conflicts; 1 otherwise)."""
+    err.print(f"[bold red]error:[/] {escape(flag_message(exc, flags_of(group)))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=exc.exit_code)
 
 
 def parse_nanos(usd: str, field: str, *, allow_zero: bool = False) -> int:
@@ -71,3 +91,16 @@ APP_FLAGS = {"creator_share_bps": "--share-bps", "trial_token_allowance": "--tri
               "flat_fee_nanos": "--flat-fee-usd", "fee_wallet_id": "--fee-wallet", "creator_id": "--creator",
               "enterprise_id": "ENTERPRISE", "mode": "MODE", "wallet_id": "WALLET_ID",
               "max_turn_cost_nanos": "--max-turn-usd", "reservations_required": "--reservations-required"}
+
+#: the one table: service field -> the flag or ARGUMENT that sets it, for every command group
+#: (GROUP_FLAGS below names the few fields a group sets under another name)
+FLAGS = {**APP_FLAGS, "schema": "--schema", "period": "--period", "outbox_id": "OUTBOX_ID"}
+#: command group -> the fields it names otherwise than :data:`FLAGS`
+GROUP_FLAGS: dict[str, dict[str, str]] = {
+    "allowance": {"amount_nanos": "--usd"},
+    "analytics": {"granularity": "--by", "group_by": "--group", "start": "--from", "end": "--to"},
+    "apikey": {"enterprise_id": "--enterprise", "wallet_id": "--wallet", "enterprise_id/wallet_id": "enterprise_id/--wallet"},
+    "budget": {"amount_nanos": "--usd", "wallet_id": "--wallet", "workflow": "--workflow", "enterprise_id": "--enterprise"},
+    "stripe": {"package_id": "PACKAGE_ID", "name": "--name", "price_cents": "--price-usd", "credit_nanos": "--credit-usd",
+               "stripe_price_id": "--price-id", "monthly": "--monthly"},
+}

@@ -10,7 +10,7 @@ import json
 import typer
 from rich.table import Table
 
-from worker.cli.common import err, fail, out
+from worker.cli.common import err, out
 
 
 deadletter_app = typer.Typer(help="Dead letters: outbox entries the drain could not persist.", no_args_is_help=True)
@@ -52,8 +52,8 @@ def deadletter_retry(
 
     try:
         result = OutboxDrain(announce=announce_chat_changes).retry_dead_letter(outbox_id)
-    except DeadLetterNotFound as exc:
-        fail(str(exc).replace("outbox_id:", "OUTBOX_ID:"))
+    except DeadLetterNotFound:
+        raise  # not a failed retry: the top-level group answers it (exit 2 naming OUTBOX_ID)
     except Exception as exc:
         err.print(f"[bold red]retry failed, dead letter kept:[/] {ascii(str(exc))[1:-1]}", highlight=False)
         raise typer.Exit(code=1)
@@ -66,12 +66,9 @@ def deadletter_discard(
     outbox_id: str = typer.Argument(..., help="SHARD:ENTRY_ID as `deadletter list` shows it"),
 ) -> None:
     """Drop a dead letter for good and refund its charge to its wallet (ledger credit, then gate)."""
-    from worker.ledger.deadletter import DeadLetterNotFound, discard
-    from worker.gate.gate import WalletGate
+    from worker.ledger.deadletter import discard
+    from worker.gate.gate import process_gate
 
-    try:
-        dl = discard(WalletGate(kicker=lambda shard: None), outbox_id)
-    except DeadLetterNotFound as exc:
-        fail(str(exc).replace("outbox_id:", "OUTBOX_ID:"))
+    dl = discard(process_gate(), outbox_id)
     out.print(f"{outbox_id}: discarded, {dl.billed_nanos:,} nanos refunded to {ascii(dl.wallet_id)}",
               highlight=False, markup=False)

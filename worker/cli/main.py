@@ -29,6 +29,8 @@ from typer.core import TyperGroup
 from typer._click.exceptions import UsageError  # typer vendors click: the class its main loop answers
 
 from models.validation import text_problem
+from worker.errors import TollgateError
+from worker.cli.common import fail_error
 from worker.cli import allowance, analytics, apikey, apps, budget, chat, db, deadletter, drain, reconcile, replay, rollup, stripe, wallet
 
 
@@ -37,7 +39,17 @@ class _CheckedGroup(TyperGroup):
     rules (no control characters but tab and newline, no lone surrogates, which is how Python
     presents bytes that are not UTF-8, no bidi overrides) before any command runs, so no command can
     write such text to Redis or PostgreSQL.  A refused argument exits 2 naming it (ids are checked
-    more strictly by each command: :func:`checked_id`)."""
+    more strictly by each command: :func:`checked_id`).
+
+    It is also the one place a domain error becomes an exit code: a
+    :class:`~worker.errors.TollgateError` a command lets through exits ``exc.exit_code`` with its
+    field named as the command group's flag (:func:`worker.cli.common.fail_error`)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TollgateError as exc:
+            fail_error(exc, ctx.invoked_subcommand)
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
         for i, arg in enumerate(args):

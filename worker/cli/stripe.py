@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from worker.pricing.prices import nanos_to_usd
-from worker.cli.common import fail, flag_message, out, parse_nanos, parse_usd
+from worker.cli.common import fail, out, parse_nanos, parse_usd
 
 
 stripe_app = typer.Typer(help="Stripe: token packages sold through Checkout.", no_args_is_help=True)
@@ -25,8 +25,6 @@ stripe_package_app = typer.Typer(help="Token packages: add or update, list, deac
 stripe_app.add_typer(stripe_package_app, name="package")
 
 
-_PACKAGE_FLAGS = {"package_id": "PACKAGE_ID", "name": "--name", "price_cents": "--price-usd",
-                  "credit_nanos": "--credit-usd", "stripe_price_id": "--price-id", "monthly": "--monthly"}
 
 
 @stripe_package_app.command("add")
@@ -40,18 +38,15 @@ def stripe_package_add(
 ) -> None:
     """Create or update a token package (sold through `POST /v1/checkout`)."""
     from worker.db import session_scope
-    from worker.billing.stripe import StripeBillingError, add_package
+    from worker.billing.stripe import add_package
 
     cents = parse_usd(price_usd, "--price-usd") * 100
     if cents != cents.to_integral_value():
         fail(f"--price-usd: {price_usd} is not a whole number of cents")
     credit = parse_nanos(credit_usd, "--credit-usd")
-    try:
-        with session_scope() as session:
-            add_package(session, package_id=package_id, name=name, price_cents=int(cents), credit_nanos=credit,
-                        monthly=monthly, stripe_price_id=price_id)
-    except StripeBillingError as exc:
-        fail(flag_message(str(exc), _PACKAGE_FLAGS))
+    with session_scope() as session:
+        add_package(session, package_id=package_id, name=name, price_cents=int(cents), credit_nanos=credit,
+                    monthly=monthly, stripe_price_id=price_id)
     out.print(f"package {package_id}: {name}, {nanos_to_usd(credit)} USD of credit ({credit} nanos) for "
               f"{int(cents)} cents{' a month' if monthly else ''}", highlight=False)
 
@@ -85,11 +80,8 @@ def stripe_package_list(
 def stripe_package_deactivate(package_id: str) -> None:
     """Stop selling a package (sessions already started still credit it)."""
     from worker.db import session_scope
-    from worker.billing.stripe import StripeBillingError, deactivate_package
+    from worker.billing.stripe import deactivate_package
 
-    try:
-        with session_scope() as session:
-            was_active = deactivate_package(session, package_id)
-    except StripeBillingError as exc:
-        fail(flag_message(str(exc), _PACKAGE_FLAGS))
+    with session_scope() as session:
+        was_active = deactivate_package(session, package_id)
     out.print(f"package {package_id}: {'deactivated' if was_active else 'already inactive'}", highlight=False)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from models.enums import BillingMode, PayerLevel
 from worker.pricing.prices import PricingError, nanos_to_usd, usd_to_nanos
-from worker.cli.common import APP_FLAGS, checked_id, fail, flag_message, out, parse_usd
+from worker.cli.common import checked_id, fail, out, parse_usd
 
 
 wallet_app = typer.Typer(help="Wallets: create, credit, show.", no_args_is_help=True)
@@ -30,11 +30,11 @@ def wallet_create(
 ) -> None:
     """Create a wallet (idempotent) and load it into the gate."""
     from worker.ledger.accounts import open_wallet
-    from worker.gate.gate import WalletGate
+    from worker.gate.gate import process_gate
 
     checked_id(wallet_id, "WALLET_ID")
     checked_id(enterprise, "--enterprise")
-    w = open_wallet(WalletGate(), wallet_id=wallet_id, enterprise_id=enterprise,
+    w = open_wallet(process_gate(), wallet_id=wallet_id, enterprise_id=enterprise,
                     owner_id=checked_id(owner, "--owner") if owner else wallet_id, level=level, mode=mode,
                     limited=not unlimited)
     out.print(f"wallet {w.id} ({w.level}, {w.mode}, {'limited' if w.limited else 'unlimited'})")
@@ -50,7 +50,7 @@ def wallet_credit(
     """Credit a wallet: a ledger entry (once per --key), then the gate's balance."""
     from worker.chats.wiring import credit_wallet
     from worker.ledger.accounts import GatePending, LedgerError
-    from worker.gate.gate import UnknownWallet, WalletGate
+    from worker.gate.gate import UnknownWallet, process_gate
 
     try:
         nanos = usd_to_nanos(parse_usd(usd, "--usd"))
@@ -59,11 +59,11 @@ def wallet_credit(
     if nanos <= 0:
         fail(f"--usd: {usd} is not a positive amount")
     try:
-        balance = credit_wallet(WalletGate(), wallet_id=wallet_id, amount_nanos=nanos, idempotency_key=key,
+        balance = credit_wallet(process_gate(), wallet_id=wallet_id, amount_nanos=nanos, idempotency_key=key,
                                 description=description, actor="cli")
     except LedgerError as exc:
-        field = "--usd" if "amount_nanos" in str(exc) else "--key" if "idempotency_key" in str(exc) else "WALLET_ID"
-        fail(f"{field}: {exc}")
+        flag = {"amount_nanos": "--usd", "idempotency_key": "--key"}.get(exc.field or "", "WALLET_ID")
+        fail(f"{flag}: {exc}")
     except UnknownWallet as exc:
         fail(f"WALLET_ID: {exc} in the gate; nothing was credited")
     except GatePending as exc:
@@ -78,7 +78,7 @@ def wallet_show(wallet_id: str, as_json: bool = typer.Option(False, "--json")) -
     from worker.db import session_scope
     from worker.ledger.accounts import ledger_balance
     from worker.ledger.turns import wallet_usage
-    from worker.gate.gate import UnknownWallet, WalletGate
+    from worker.gate.gate import UnknownWallet, process_gate
 
     with session_scope() as session:
         wallet = session.get(Wallet, wallet_id)
@@ -87,7 +87,7 @@ def wallet_show(wallet_id: str, as_json: bool = typer.Option(False, "--json")) -
         usage = wallet_usage(session, wallet_id)
         ledger = ledger_balance(session, wallet_id)
     try:
-        gate_balance: int | None = WalletGate().balance(wallet_id)
+        gate_balance: int | None = process_gate().balance(wallet_id)
     except UnknownWallet:
         gate_balance = None
     data = {"wallet_id": wallet_id, "mode": wallet.mode, "limited": wallet.limited,
@@ -111,17 +111,14 @@ def wallet_mode(
     mode: str = typer.Argument(..., help="production | development | trial | track_only | inherit"),
 ) -> None:
     """Override one wallet's mode, or 'inherit' its app's again (audit-logged)."""
-    from worker.billing.modes import ModeError, set_wallet_mode
+    from worker.billing.modes import set_wallet_mode
     from worker.db import session_scope
     from worker.chats.lifecycle import resume_paused_chats
-    from worker.gate.gate import WalletGate
+    from worker.gate.gate import process_gate
 
-    try:
-        with session_scope() as session:
-            after = set_wallet_mode(session, WalletGate(), wallet_id, None if mode == "inherit" else mode,
-                                    actor="cli", resume=resume_paused_chats)
-    except ModeError as exc:
-        fail(flag_message(str(exc), APP_FLAGS))
+    with session_scope() as session:
+        after = set_wallet_mode(session, process_gate(), wallet_id, None if mode == "inherit" else mode,
+                                actor="cli", resume=resume_paused_chats)
     out.print(f"{wallet_id}: mode {after}", highlight=False)
 
 
@@ -131,16 +128,13 @@ def wallet_reservations(
     setting: str = typer.Argument(..., help="required | optional | inherit (its app's setting)"),
 ) -> None:
     """Make reservations mandatory or optional for one wallet's charged turns (audit-logged)."""
-    from worker.billing.modes import ModeError, set_wallet_reservations
+    from worker.billing.modes import set_wallet_reservations
     from worker.db import session_scope
-    from worker.gate.gate import WalletGate
+    from worker.gate.gate import process_gate
 
     choices = {"required": True, "optional": False, "inherit": None}
     if setting not in choices:
         fail(f"SETTING: {setting!r} is not required, optional or inherit")
-    try:
-        with session_scope() as session:
-            effective = set_wallet_reservations(session, WalletGate(), wallet_id, choices[setting], actor="cli")
-    except ModeError as exc:
-        fail(flag_message(str(exc), APP_FLAGS))
+    with session_scope() as session:
+        effective = set_wallet_reservations(session, process_gate(), wallet_id, choices[setting], actor="cli")
     out.print(f"{wallet_id}: reservations {'required' if effective else 'optional'}", highlight=False)

@@ -61,7 +61,7 @@ from genai_prices.data_snapshot import get_snapshot
 from pydantic import ValidationError
 
 from models.turn import TurnIn
-from worker import NANOS_PER_USD, PricingError
+from worker import NANOS_PER_USD, InputError, PricingError
 
 #: TurnIn can carry cache-write tokens (a field the gate prices at the cache-write price)
 TURN_HAS_CACHE_WRITES = "cache_write_tokens" in TurnIn.model_fields
@@ -75,7 +75,7 @@ _TIER = re.compile(r"^[a-z0-9_.-]{1,32}$")
 _RESPONSE_ID = re.compile(r"^[^\s\x00-\x1f\x7f]{1,200}$")
 
 
-class AdapterError(ValueError):
+class AdapterError(InputError, ValueError):
     """A response carries no usable usage: missing ``usage``, or a count that is not an integer ≥ 0
     (the message names the field, e.g. ``usage.prompt_tokens``)."""
 
@@ -87,7 +87,8 @@ class UnknownModel(PricingError):
     def __init__(self, model: str, provider: str | None, detail: str = "") -> None:
         super().__init__(
             f"model: {model!r} (provider {provider!r}) has no price: not in genai-prices and no override"
-            + (f" ({detail})" if detail else "")
+            + (f" ({detail})" if detail else ""),
+            field="model",
         )
         self.model = model
         self.provider = provider
@@ -179,7 +180,8 @@ def adapter_error(exc: ValidationError, fields: frozenset[str] = USAGE_FIELDS) -
     if not bad:
         return None
     return AdapterError("; ".join(
-        f"{'usage.' + str(e['loc'][0]) if e.get('loc') else 'usage'}: {e.get('msg', 'invalid')}" for e in bad))
+        f"{'usage.' + str(e['loc'][0]) if e.get('loc') else 'usage'}: {e.get('msg', 'invalid')}" for e in bad),
+        field="usage." + str(bad[0]["loc"][0]) if bad[0].get("loc") else "usage")
 
 
 def resolve_model(model: str, provider: str | None = None) -> ResolvedModel:
@@ -189,7 +191,7 @@ def resolve_model(model: str, provider: str | None = None) -> ResolvedModel:
     Raises: :class:`UnknownModel` naming the model and provider.
     """
     if not isinstance(model, str) or not model:
-        raise AdapterError(f"model: must be a non-empty string, got {model!r}")
+        raise AdapterError(f"model: must be a non-empty string, got {model!r}", field="model")
     try:
         prov, info = get_snapshot().find_provider_model(model, None, provider, None)
     except LookupError as exc:
@@ -221,19 +223,21 @@ def _get(obj: Any, name: str, where: str = "response") -> Any:
             return obj.get(name)
         return getattr(obj, name, None)
     except Exception as exc:  # a property or a mapping that raises: the response is unusable
-        raise AdapterError(f"{where}.{name}: cannot be read ({type(exc).__name__}: {exc})") from exc
+        raise AdapterError(f"{where}.{name}: cannot be read ({type(exc).__name__}: {exc})",
+                           field=f"{where}.{name}") from exc
 
 
 def _count(obj: Any, name: str, where: str, *, required: bool = True) -> int:
     value = _get(obj, name, where)
     if value is None:
         if required:
-            raise AdapterError(f"{where}.{name}: missing from the response's usage")
+            raise AdapterError(f"{where}.{name}: missing from the response's usage", field=f"{where}.{name}")
         return 0
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise AdapterError(f"{where}.{name}: must be an integer >= 0, got {_short(value)}")
+        raise AdapterError(f"{where}.{name}: must be an integer >= 0, got {_short(value)}", field=f"{where}.{name}")
     if value > MAX_TOKENS:
-        raise AdapterError(f"{where}.{name}: must be at most {MAX_TOKENS} tokens, got {_short(value)}")
+        raise AdapterError(f"{where}.{name}: must be at most {MAX_TOKENS} tokens, got {_short(value)}",
+                           field=f"{where}.{name}")
     return int(value)
 
 
@@ -249,7 +253,7 @@ def _tier(value: Any, where: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not _TIER.match(value):
-        raise AdapterError(f"{where}: must be a service tier name (a-z, 0-9, _ . -; up to 32), got {_short(value)}")
+        raise AdapterError(f"{where}: must be a service tier name (a-z, 0-9, _ . -; up to 32), got {_short(value)}", field=where)
     return value
 
 
@@ -257,21 +261,21 @@ def _checked(usage: TokenUsage) -> TokenUsage:
     """The sums an adapter makes stay within a turn's bound (each part was checked alone)."""
     if usage.prompt_tokens > MAX_TOKENS:
         raise AdapterError(f"usage.input_tokens: with cache reads and writes, {usage.prompt_tokens} prompt "
-                           f"tokens exceed {MAX_TOKENS}")
+                           f"tokens exceed {MAX_TOKENS}", field="usage.input_tokens")
     return usage
 
 
 def _model(response: Any) -> str:
     model = _get(response, "model")
     if not isinstance(model, str) or not model:
-        raise AdapterError(f"model: the response names no model (got {_short(model)})")
+        raise AdapterError(f"model: the response names no model (got {_short(model)})", field="model")
     return model
 
 
 def _usage(response: Any) -> Any:
     usage = _get(response, "usage")
     if usage is None:
-        raise AdapterError("usage: the response carries no usage (streamed without include_usage?)")
+        raise AdapterError("usage: the response carries no usage (streamed without include_usage?)", field="usage")
     return usage
 
 
@@ -281,7 +285,7 @@ def _id(response: Any) -> str | None:
         return None
     if not _RESPONSE_ID.match(value):
         raise AdapterError(f"id: the response id must be 1..200 characters without spaces or control "
-                           f"characters, got {_short(value)}")
+                           f"characters, got {_short(value)}", field="id")
     return value
 
 
@@ -298,7 +302,7 @@ def from_openai_chat(response: Any, *, provider: str | None = "openai") -> Token
                        "usage.completion_tokens_details", required=False)
     if cached + writes > prompt:
         raise AdapterError(f"usage.prompt_tokens_details.cached_tokens: {cached} (+ {writes} cache writes) "
-                           f"exceeds prompt_tokens {prompt}")
+                           f"exceeds prompt_tokens {prompt}", field="usage.prompt_tokens_details.cached_tokens")
     return TokenUsage(_model(response), prompt, completion, cached, writes, reasoning, provider, _id(response),
                       service_tier=_tier(_get(response, "service_tier"), "service_tier"))
 
@@ -316,7 +320,7 @@ def from_openai_responses(response: Any, *, provider: str | None = "openai") -> 
                        required=False)
     if cached + writes > prompt:
         raise AdapterError(f"usage.input_tokens_details.cached_tokens: {cached} (+ {writes} cache writes) "
-                           f"exceeds input_tokens {prompt}")
+                           f"exceeds input_tokens {prompt}", field="usage.input_tokens_details.cached_tokens")
     return TokenUsage(_model(response), prompt, completion, cached, writes, reasoning, provider, _id(response),
                       service_tier=_tier(_get(response, "service_tier"), "service_tier"))
 
@@ -341,7 +345,7 @@ def from_anthropic(response: Any, *, provider: str | None = "anthropic") -> Toke
             writes = writes_5m + writes_1h
         elif (writes_5m + writes_1h != writes) if has_5m else (writes_1h > writes):
             raise AdapterError(f"usage.cache_creation: ephemeral_5m ({writes_5m}) + ephemeral_1h ({writes_1h}) "
-                               f"input tokens must add up to cache_creation_input_tokens ({writes})")
+                               f"input tokens must add up to cache_creation_input_tokens ({writes})", field="usage.cache_creation")
     tier = _tier(_get(usage, "service_tier", "usage"), "usage.service_tier")
     return _checked(TokenUsage(_model(response), uncached + reads + writes, completion, reads, writes, 0, provider,
                                _id(response), writes_1h, None if tier == "standard" else tier))
@@ -371,7 +375,7 @@ def usage_from_response(response: Any, *, provider: str | None = None) -> TokenU
     elif _get(usage, "input_tokens", "usage") is not None:
         result = from_openai_responses(response)
     else:
-        raise AdapterError("usage: neither prompt_tokens (OpenAI Chat) nor input_tokens (Responses, Anthropic)")
+        raise AdapterError("usage: neither prompt_tokens (OpenAI Chat) nor input_tokens (Responses, Anthropic)", field="usage")
     if provider is None:  # the SDK's own types imply their provider; a plain dict implies none
         module = type(response).__module__
         provider = "openai" if module.startswith("openai.") else "anthropic" if module.startswith("anthropic.") else None

@@ -33,9 +33,10 @@ from pydantic import ValidationError
 
 import worker
 from models.turn import Decision, TurnIn
-from models.validation import check_text
+from worker import check_text
 from worker.client.adapters import USAGE_FIELDS, TokenUsage, adapter_error, turn_fields, usage_from_response
 from worker.client.transports import TollgateClientError
+from worker import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -186,14 +187,14 @@ class _Core:
                  chat_id: str | None, cost_threshold_nanos: int | None, warn_at_bps: int,
                  events_url: str | None) -> None:
         if level not in ("platform", "app_usage"):
-            raise ValueError(f"level: {level!r} is not 'platform' or 'app_usage'")
+            raise InvalidInput("level", f"{level!r} is not 'platform' or 'app_usage'")
         if cost_threshold_nanos is not None and (
             not isinstance(cost_threshold_nanos, int) or isinstance(cost_threshold_nanos, bool)
             or cost_threshold_nanos <= 0
         ):
-            raise ValueError(f"cost_threshold_nanos: must be a positive integer of nano-USD, got {cost_threshold_nanos!r}")
+            raise InvalidInput("cost_threshold_nanos", f"must be a positive integer of nano-USD, got {cost_threshold_nanos!r}")
         if not isinstance(warn_at_bps, int) or not 0 < warn_at_bps <= 10_000:
-            raise ValueError(f"warn_at_bps: must be an integer in 1..10000, got {warn_at_bps!r}")
+            raise InvalidInput("warn_at_bps", f"must be an integer in 1..10000, got {warn_at_bps!r}")
         # the edge rules of models.validation (InvalidInput, a ValueError naming the argument),
         # before anything is sent: a chat's ids reach PostgreSQL through its start record
         for name, value in (("payer_id", payer_id), ("enterprise_id", enterprise_id), ("workflow", workflow)):
@@ -362,7 +363,7 @@ class _Core:
         if self.events_url is None:
             raise TollgateClientError("events_url: the session needs a Redis URL to hear resume events")
         if not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ValueError(f"timeout: must be a positive number of seconds, got {timeout!r}")
+            raise InvalidInput("timeout", f"must be a positive number of seconds, got {timeout!r}")
         import redis.asyncio as aioredis
 
         client = aioredis.Redis.from_url(self.events_url, decode_responses=True)
@@ -511,7 +512,7 @@ class BillingSession(_Core):
         inside one, where ``asyncio.run`` is refused): the wait runs on a loop of its own in a helper
         thread.  Raises TimeoutError; ValueError (timeout); TollgateClientError (no events_url)."""
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-            raise ValueError(f"timeout: must be a positive number of seconds, got {timeout!r}")
+            raise InvalidInput("timeout", f"must be a positive number of seconds, got {timeout!r}")
         outcome: dict[str, Any] = {}
 
         def wait() -> None:

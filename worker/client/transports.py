@@ -18,13 +18,13 @@ import httpx
 
 import worker
 from models.turn import Decision, TurnIn
-from worker import PricingError
+from worker import PricingError, TollgateError
 from worker.client.adapters import UnknownModel
 
 log = logging.getLogger(__name__)
 
 
-class TollgateClientError(Exception):
+class TollgateClientError(TollgateError):
     """Base of the client's errors."""
 
 
@@ -33,7 +33,8 @@ class WalletNotFound(TollgateClientError, LookupError):
     another app.  ``wallet_id`` names it."""
 
     def __init__(self, wallet_id: str, detail: str = "") -> None:
-        super().__init__(f"wallet_id: unknown wallet {wallet_id!r}" + (f" ({detail})" if detail else ""))
+        super().__init__(f"wallet_id: unknown wallet {wallet_id!r}" + (f" ({detail})" if detail else ""),
+                         field="wallet_id", http_status=404, title="Unknown wallet")
         self.wallet_id = wallet_id
 
 
@@ -42,7 +43,10 @@ class ApiError(TollgateClientError):
     detail, ``errors`` naming the fields)."""
 
     def __init__(self, status: int, problem: dict[str, Any]) -> None:
-        super().__init__(f"HTTP {status}: {problem.get('title', '')}: {problem.get('detail', problem)}")
+        errors = problem.get("errors") if isinstance(problem, dict) else None
+        super().__init__(f"HTTP {status}: {problem.get('title', '')}: {problem.get('detail', problem)}",
+                         field=errors[0].get("field") if errors and isinstance(errors[0], dict) else None,
+                         http_status=status)
         self.status = status
         self.problem = problem
 
@@ -56,12 +60,12 @@ class InProcessTransport:
     """Records turns through a :class:`~worker.gate.gate.WalletGate` in this process.
 
     Args:
-        gate: the gate (default: ``WalletGate()`` on ``settings.redis_url``, kicking Celery drains).
+        gate: the gate (default: the process's gate, ``worker.process_gate()``, on ``settings.redis_url``).
         events_url: Redis URL for pub/sub events (default: the gate's settings' ``redis_url``).
     """
 
     def __init__(self, gate=None, *, events_url: str | None = None) -> None:
-        self.gate = gate or worker.WalletGate()
+        self.gate = gate or worker.process_gate()
         self.events_url = events_url or self.gate.settings.redis_url
 
     def record(self, turn: TurnIn) -> Decision:

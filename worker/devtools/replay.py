@@ -29,12 +29,13 @@ from worker.devtools.traces import TraceError, TraceFormat, TraceRow, read_trace
 from worker.gate.gate import WalletGate
 from worker.gate.outbox import celery_kicker
 from worker.devtools.workers import start_celery_worker, stop_process_group, wait_ready
+from worker.errors import TollgateError
 
 REPLAY_ENTERPRISE = "replay"
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
-class ReplayError(RuntimeError):
+class ReplayError(TollgateError, RuntimeError):
     """The replay could not finish (a conflicting run id, or turns not persisted in time)."""
 
 

@@ -24,8 +24,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from models.validation import InvalidInput, check_occurred_at
-import worker.settings  # noqa: F401  (installs the occurred_at window of this process's settings)
+from worker.validation import InvalidInput, check_occurred_at
+from worker.errors import InputError
 
 TraceFormat = Literal["azure", "mooncake"]
 AZURE_HEADER = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
@@ -38,7 +38,7 @@ MAX_TOKENS = 10**9  # as models.turn.Tokens
 MAX_TIMESTAMP_MS = 10**13  # about 317 years past the trace start
 
 
-class TraceError(ValueError):
+class TraceError(InputError, ValueError):
     """A trace file or row is malformed; the message names the file, row, line and field."""
 
     def __init__(self, path: Path, message: str, *, row: int | None = None, line: int | None = None,
@@ -48,8 +48,8 @@ class TraceError(ValueError):
             where += f": row {row}" + (f" (line {line})" if line is not None else "")
         if field is not None:
             where += f", field {field}"
-        super().__init__(f"{where}: {message}")
-        self.path, self.row, self.line, self.field = path, row, line, field
+        super().__init__(f"{where}: {message}", field=field)
+        self.path, self.row, self.line = path, row, line
 
 
 @dataclass(frozen=True, slots=True)

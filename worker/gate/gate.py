@@ -32,6 +32,7 @@ scripts.
 from __future__ import annotations
 
 import functools
+import os
 import logging
 import re
 import time
@@ -45,7 +46,7 @@ from hiredis import pack_command
 from models.turn import Decision, TurnIn, trusted_decision
 from models.enums import BillingMode
 from models.wallet import DEFAULT_MAX_TURN_COST_NANOS, ReservationPublic
-from models.validation import check_text
+from worker.validation import check_text
 from worker.pricing.meters import meter_price
 from worker.pricing.prices import PriceBook, PriceSheet, TurnLimitExceeded, TurnPrice
 from worker.gate.keys import ALLOWANCE_EXPIRY_PREFIX, FLAT_FEE_PREFIX, SHARDS_KEY, scoped_key, shard_of, shard_tag, turn_key
@@ -60,6 +61,7 @@ from worker.gate.pipeline import (
 )
 from worker.gate.scripts import lua_source
 from worker.settings import Settings, get_settings, redis_client
+from worker.errors import Conflict, InvalidInput, NotFound, Unavailable
 
 #: a service tier's name, as TurnIn accepts it (``models.turn``)
 _TIER = re.compile(r"[a-z0-9_.-]{1,32}")
@@ -67,24 +69,28 @@ _TIER = re.compile(r"[a-z0-9_.-]{1,32}")
 log = logging.getLogger(__name__)
 
 
-class WrongEnterprise(LookupError):
+class WrongEnterprise(NotFound, LookupError):
     """The wallet belongs to another app than the turn's ``enterprise_id``; nothing changes."""
 
+    title = "Unknown wallet"
+
     def __init__(self, wallet_id: str) -> None:
-        super().__init__(f"wallet {wallet_id!r} does not belong to the turn's enterprise")
+        super().__init__(f"wallet {wallet_id!r} does not belong to the turn's enterprise", field="wallet_id")
         self.wallet_id = wallet_id
 
 
-class GateConfigError(RuntimeError):
+class GateConfigError(Conflict, RuntimeError):
     """The gate's settings disagree with what Redis holds (the outbox shard count, a wallet's mode)."""
 
 
-class GateBatchError(RuntimeError):
+class GateBatchError(Unavailable, RuntimeError):
     """Redis refused some calls of a batch after others were applied.
 
     ``decisions`` has the decision of each turn that was applied and ``None`` for each that was not;
     the applied ones are debited and queued like any other.
     """
+
+    title = "Partly recorded"
 
     def __init__(self, error: Exception, decisions: list[Decision | None]) -> None:
         super().__init__(f"{sum(d is None for d in decisions)} of {len(decisions)} turn(s) not recorded: {error}")
@@ -118,19 +124,28 @@ def _priced(turn: TurnIn, quote: TurnPrice | PriceSheet) -> TurnPrice:
                        turn.cache_write_tokens, turn.cache_write_1h_tokens)
 
 
-class UnknownWallet(LookupError):
+class UnknownWallet(NotFound, LookupError):
     """The wallet does not exist in the gate (never created, or Redis lost it: rebuild it)."""
 
+    title = "Unknown wallet"
+
     def __init__(self, wallet_id: str) -> None:
-        super().__init__(f"unknown wallet {wallet_id!r}")
+        super().__init__(f"unknown wallet {wallet_id!r}", field="wallet_id")
         self.wallet_id = wallet_id
 
 
 @functools.lru_cache(maxsize=1)
-def job_gate() -> "WalletGate":
-    """The process's gate for jobs that never record turns (budgets, allowances, Stripe events,
-    pauses): no drain kicks; one Redis pool, scripts registered once."""
-    return WalletGate(kicker=lambda shard: None)
+def process_gate() -> "WalletGate":
+    """The one gate of this process (API workers, Celery tasks, CLI commands, the in-process
+    client): ``settings.redis_url``, one Redis pool, scripts registered once, drain kicks sent to
+    Celery without a result (:func:`worker.gate.outbox.celery_kicker`).
+
+    Reset with ``process_gate.cache_clear()``: tests do so after changing settings, and a forked
+    child does so itself (its parent's pool is not its own)."""
+    return WalletGate()
+
+
+os.register_at_fork(after_in_child=process_gate.cache_clear)
 
 
 class WalletGate:
@@ -235,15 +250,15 @@ class WalletGate:
             not isinstance(max_turn_cost_nanos, int) or isinstance(max_turn_cost_nanos, bool)
             or not 0 <= max_turn_cost_nanos <= 2**62
         ):
-            raise ValueError(f"max_turn_cost_nanos: {max_turn_cost_nanos!r} is not an integer of nano-USD in 0..2^62")
+            raise InvalidInput("max_turn_cost_nanos", f"{max_turn_cost_nanos!r} is not an integer of nano-USD in 0..2^62")
         if mode not in BillingMode.__members__:
-            raise ValueError(f"mode: {mode!r} is not one of {', '.join(BillingMode.__members__)}")
+            raise InvalidInput("mode", f"{mode!r} is not one of {', '.join(BillingMode.__members__)}")
         if level not in ("platform", "app_usage"):
-            raise ValueError(f"level: {level!r} is not 'platform' or 'app_usage'")
+            raise InvalidInput("level", f"{level!r} is not 'platform' or 'app_usage'")
         if not isinstance(share_bps, int) or not 0 <= share_bps <= 10_000:
-            raise ValueError(f"share_bps: {share_bps!r} is not an integer in 0..10000")
+            raise InvalidInput("share_bps", f"{share_bps!r} is not an integer in 0..10000")
         if trial_then not in ("bill", "pause"):
-            raise ValueError(f"trial_then: {trial_then!r} is not 'bill' or 'pause'")
+            raise InvalidInput("trial_then", f"{trial_then!r} is not 'bill' or 'pause'")
         key = self.wallet_key(wallet_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(key, mapping={"mode": mode, "limited": "1" if limited else "0", "level": level,
@@ -270,9 +285,9 @@ class WalletGate:
         already decided keep the mode they were decided under.  ``trial_left`` (tokens), when given,
         replaces the trial allowance left.  Raises ValueError (mode, trial_then), UnknownWallet."""
         if mode not in BillingMode.__members__:
-            raise ValueError(f"mode: {mode!r} is not one of {', '.join(BillingMode.__members__)}")
+            raise InvalidInput("mode", f"{mode!r} is not one of {', '.join(BillingMode.__members__)}")
         if trial_then is not None and trial_then not in ("bill", "pause"):
-            raise ValueError(f"trial_then: {trial_then!r} is not 'bill' or 'pause'")
+            raise InvalidInput("trial_then", f"{trial_then!r} is not 'bill' or 'pause'")
         key = self.wallet_key(wallet_id)
         if not self.redis.hexists(key, "mode"):  # a stray hash with a mode would be a wallet without limit
             raise UnknownWallet(wallet_id)
@@ -607,7 +622,7 @@ class WalletGate:
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10**9:
                 raise ValueError(f"{name} must be an integer of tokens in 0..10^9, got {value!r}")
         if service_tier is not None and not (isinstance(service_tier, str) and _TIER.fullmatch(service_tier)):
-            raise ValueError(f"service_tier: must be 1..32 characters of [a-z0-9_.-], got {service_tier!r}")
+            raise InvalidInput("service_tier", f"must be 1..32 characters of [a-z0-9_.-], got {service_tier!r}")
         sheet = self.prices.sheet(model, provider, datetime.now(UTC), service_tier)
         return max(1, sheet.price(prompt_tokens, max_tokens, 0, 0).cost_nanos)
 
@@ -632,12 +647,12 @@ class WalletGate:
         UnknownWallet.
         """
         if (amount_nanos is None) == (model is None):
-            raise ValueError("amount_nanos: give either amount_nanos or model (with prompt_tokens and max_tokens)")
+            raise InvalidInput("amount_nanos", "give either amount_nanos or model (with prompt_tokens and max_tokens)")
         if service_tier is not None and model is None:
-            raise ValueError("service_tier: only with model (an amount_nanos hold is not priced)")
+            raise InvalidInput("service_tier", "only with model (an amount_nanos hold is not priced)")
         if model is not None:
             if max_tokens is None:
-                raise ValueError("max_tokens: required with model")
+                raise InvalidInput("max_tokens", "required with model")
             amount_nanos = self.quote_reservation(model, provider, prompt_tokens, max_tokens, service_tier)
         if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or not 1 <= amount_nanos <= 2**62:
             raise ValueError(f"amount_nanos must be an integer of nano-USD in 1..2^62, got {amount_nanos!r}")

@@ -17,12 +17,13 @@ import orjson
 from models.turn import TurnIn
 from worker.celery_app import DRAIN_OUTBOX_TASK, app
 from worker.pricing.prices import TurnPrice
+from worker.errors import InputError
 
 log = logging.getLogger(__name__)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class BadEntry(ValueError):
+class BadEntry(InputError, ValueError):
     """An outbox entry that cannot be parsed (unknown payload version, missing field)."""
 
 

@@ -18,12 +18,14 @@ from sqlmodel import Session
 
 from models.enums import BillingMode, PayerLevel, TransactionKind
 from models.wallet import Enterprise, Wallet, WalletTransaction
-from models.validation import MAX_DESCRIPTION, InvalidInput, check_text
+from models.validation import MAX_DESCRIPTION
+from worker.validation import InvalidInput, check_text
 from worker.db import session_scope
 from worker.ledger.audit import audit
 from worker.billing.payers import gate_profile
 from worker.gate.gate import WalletGate
 from worker.gate.keys import RESERVED_KEY_PREFIX
+from worker.errors import InputError, Unavailable
 
 
 log = logging.getLogger(__name__)
@@ -33,12 +35,14 @@ log = logging.getLogger(__name__)
 MAX_CREDIT_NANOS = 2**62
 
 
-class LedgerError(ValueError):
+class LedgerError(InputError, ValueError):
     """A ledger request is invalid (names the field), e.g. an unknown wallet or a bad amount."""
 
 
-class GatePending(RuntimeError):
+class GatePending(Unavailable, RuntimeError):
     """The credit is in the ledger but the gate could not apply it yet; retry with the same key."""
+
+    title = "Credit pending"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +89,7 @@ def open_wallet(
     ``mode`` None: the wallet follows its app's ``default_mode`` (the settings' default without an
     app); a mode given here overrides the app's for this wallet.  Opening an existing wallet changes
     nothing in PostgreSQL and keeps the gate's balance.  Returns the wallet row.
-    Raises ``models.validation.InvalidInput`` (a ValueError) naming ``wallet_id``, ``enterprise_id``
+    Raises ``worker.errors.InvalidInput`` (a ValueError) naming ``wallet_id``, ``enterprise_id``
     or ``owner_id`` when one is not an acceptable id (nothing is written).
     """
     check_text(wallet_id, "wallet_id")
@@ -126,7 +130,7 @@ def _check_credit_text(wallet_id: object, idempotency_key: object, description: 
         check_text(idempotency_key, "idempotency_key")
         check_text(description, "description", kind="text", max_length=MAX_DESCRIPTION, min_length=0)
     except InvalidInput as exc:
-        raise LedgerError(str(exc)) from None
+        raise LedgerError(str(exc), field=exc.field) from None
 
 
 def record_credit(
@@ -138,15 +142,16 @@ def record_credit(
     text ``models.validation`` refuses (ids, ``idempotency_key``, ``description``), naming the field.
     """
     if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or not 0 < amount_nanos <= MAX_CREDIT_NANOS:
-        raise LedgerError(f"amount_nanos must be an integer of nano-USD in 1..2^62, got {amount_nanos!r}")
+        raise LedgerError(f"amount_nanos must be an integer of nano-USD in 1..2^62, got {amount_nanos!r}",
+                          field="amount_nanos")
     _check_credit_text(wallet_id, idempotency_key, description)
     if not idempotency_key or len(idempotency_key) > 200 or idempotency_key.startswith(RESERVED_KEY_PREFIX):
         raise LedgerError(
             f"idempotency_key must be 1..200 characters not starting with {RESERVED_KEY_PREFIX!r}, "
-            f"got {idempotency_key!r}"
+            f"got {idempotency_key!r}", field="idempotency_key"
         )
     if session.get(Wallet, wallet_id) is None:
-        raise LedgerError(f"wallet_id: unknown wallet {wallet_id!r}")
+        raise LedgerError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
     inserted = session.execute(
         insert(WalletTransaction)
         .values(
@@ -205,8 +210,8 @@ def credit_wallet(
         if entry.wallet_id != wallet_id or entry.amount_nanos != amount_nanos or entry.kind != TransactionKind.credit:
             raise LedgerError(
                 f"idempotency_key: {idempotency_key!r} was already used for a {entry.kind} of "
-                f"{entry.amount_nanos} nanos to wallet {entry.wallet_id!r}"
-            )
+                f"{entry.amount_nanos} nanos to wallet {entry.wallet_id!r}",
+            field="idempotency_key", http_status=409, title="Idempotency key in use")
         age_s = session.execute(select(func.extract("epoch", func.now() - entry.created_at))).scalar_one()
         enterprise_id = session.get(Wallet, wallet_id).enterprise_id
     if age_s > gate.settings.dedupe_ttl_s - 3600:
@@ -231,7 +236,7 @@ def ledger_balance(session: Session, wallet_id: str) -> int:
     """``credits − debits`` of a wallet from its ledger entries, nano-USD.  Raises LedgerError."""
     wallet = session.get(Wallet, wallet_id)
     if wallet is None:
-        raise LedgerError(f"wallet_id: unknown wallet {wallet_id!r}")
+        raise LedgerError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
     wt = WalletTransaction
     credits, debits = session.execute(
         select(

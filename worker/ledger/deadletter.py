@@ -48,6 +48,7 @@ from worker.db import session_scope
 from worker.gate.gate import UnknownWallet, WalletGate
 from worker.gate.keys import shard_tag
 from worker.gate.keys import DEADLETTER_CHARGE_PREFIX, DEADLETTER_REFUND_PREFIX, DEADLETTER_SETTLED_PREFIX, deadletter_key
+from worker.errors import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class DeadLetterNotFound(LookupError):
+class DeadLetterNotFound(NotFound, LookupError):
     """No open dead letter with this outbox id (never dead-lettered, or already retried or discarded)."""
+
+    title = "Unknown dead letter"
 
 
 #: SQLSTATE classes of a server that cannot work now, whatever the data: connection exception,
@@ -299,13 +302,13 @@ def find(session: Session, outbox_id: str) -> DeadLetter:
     Raises DeadLetterNotFound (also for a malformed id)."""
     shard_text, _, entry_id = outbox_id.partition(":")
     if not shard_text.isdigit() or not entry_id or not storable(outbox_id):
-        raise DeadLetterNotFound(f"outbox_id: expected <shard>:<stream id>, got {outbox_id!r}")
+        raise DeadLetterNotFound(f"outbox_id: expected <shard>:<stream id>, got {outbox_id!r}", field="outbox_id")
     row = session.execute(
         select(DeadLetterRow).where(DeadLetterRow.outbox_id == outbox_id, DeadLetterRow.status == "open")
         .with_for_update()
     ).scalar_one_or_none()
     if row is None:
-        raise DeadLetterNotFound(f"outbox_id: no open dead letter {outbox_id!r}")
+        raise DeadLetterNotFound(f"outbox_id: no open dead letter {outbox_id!r}", field="outbox_id")
     return _from_row(row)
 
 

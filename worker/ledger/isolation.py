@@ -28,6 +28,7 @@ from sqlalchemy import select, text
 from sqlmodel import Session
 
 from models.wallet import Enterprise
+from worker.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _RESERVED = {"public", "information_schema"}
 
 
-class IsolationError(ValueError):
+class IsolationError(InputError, ValueError):
     """An app cannot be isolated as asked (unknown app, bad or taken schema name); names the field."""
 
 
@@ -111,16 +112,16 @@ def isolate_app(session: Session, enterprise_id: str, schema: str | None = None)
     another schema) or ``schema`` (not a plain lower-case name, reserved, or another app's)."""
     app = session.get(Enterprise, enterprise_id, with_for_update=True)
     if app is None:
-        raise IsolationError(f"enterprise_id: unknown app {enterprise_id!r}")
+        raise IsolationError(f"enterprise_id: unknown app {enterprise_id!r}", field="enterprise_id")
     schema = schema or default_schema(enterprise_id)
     if not _SCHEMA.match(schema) or schema in _RESERVED or schema.startswith("pg_"):
         raise IsolationError(f"schema: {schema!r} must match [a-z_][a-z0-9_]{{0,62}} and not be public, "
-                             "information_schema or pg_*")
+                             "information_schema or pg_*", field="schema")
     if app.usage_schema not in (None, schema):
-        raise IsolationError(f"enterprise_id: {enterprise_id!r} already keeps its usage in {app.usage_schema!r}")
+        raise IsolationError(f"enterprise_id: {enterprise_id!r} already keeps its usage in {app.usage_schema!r}", field="enterprise_id")
     owner = session.execute(select(Enterprise.id).where(Enterprise.usage_schema == schema)).scalar_one_or_none()
     if owner not in (None, enterprise_id):
-        raise IsolationError(f"schema: {schema!r} already holds app {owner!r}")
+        raise IsolationError(f"schema: {schema!r} already holds app {owner!r}", field="schema")
     session.execute(text("LOCK TABLE usage_event IN ACCESS EXCLUSIVE MODE"))
     session.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
     for part_schema, name, bound in _children(session, "usage_event"):

@@ -29,6 +29,7 @@ from sqlmodel import Session
 from worker.ledger.isolation import isolated_apps, split_partition
 from worker.periods import current_period, period_bounds
 from worker.settings import Settings, get_settings
+from worker.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^usage_event_(\d{4})_(\d{2})$")
@@ -112,7 +113,7 @@ def apply_retention(session: Session, *, months: int, now: datetime | None = Non
     """
     report = report or PartitionReport()
     if months < 0 or 0 < months < 3:
-        raise ValueError(f"months: {months!r} must be 0 (keep all) or at least 3 (jobs read the months before)")
+        raise InvalidInput("months", f"{months!r} must be 0 (keep all) or at least 3 (jobs read the months before)")
     if months == 0:
         return report
     oldest_kept = _shift(current_period(now or datetime.now(UTC)), -(months - 1))

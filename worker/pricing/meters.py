@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from worker.pricing.prices import TurnLimitExceeded, TurnPrice
+from worker.errors import InputError, InvalidInput
 
 #: provider recorded for non-LLM meters
 METER_PROVIDER = "tollgate"
@@ -50,8 +51,10 @@ METERS: dict[str, MeterPrice] = {
 }
 
 
-class UnknownMeter(LookupError):
+class UnknownMeter(InputError, LookupError):
     """A meter name that is not in :data:`METERS`."""
+
+    title = "Unknown meter"
 
 
 def meter_price(meter: str, quantity: int) -> TurnPrice:
@@ -61,9 +64,9 @@ def meter_price(meter: str, quantity: int) -> TurnPrice:
     :class:`~worker.pricing.prices.TurnLimitExceeded` (``quantity``) above the meter's ``max_quantity``."""
     price = METERS.get(meter)
     if price is None:
-        raise UnknownMeter(f"meter: {meter!r} is not one of {', '.join(METERS)}")
+        raise UnknownMeter(f"meter: {meter!r} is not one of {', '.join(METERS)}", field="meter")
     if not isinstance(quantity, int) or quantity < 0:
-        raise ValueError(f"quantity: {quantity!r} is not an integer >= 0")
+        raise InvalidInput("quantity", f"{quantity!r} is not an integer >= 0")
     if quantity > price.max_quantity:
         raise TurnLimitExceeded("quantity", f"{quantity:,} {price.unit}s exceed the {meter} meter's maximum of "
                                             f"{price.max_quantity:,} per turn")

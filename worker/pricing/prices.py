@@ -30,6 +30,7 @@ from typing import Mapping, NamedTuple
 from genai_prices import Usage
 from genai_prices.data_snapshot import get_snapshot
 from genai_prices.types import ModelPrice, TieredPrices
+from worker.errors import InputError
 
 NANOS_PER_USD = 10**9
 TOKENS_PER_MTOK = 10**6
@@ -41,20 +42,24 @@ _TOKEN_KEYS = frozenset({"input_mtok", "cache_read_mtok", "cache_write_mtok", "c
 STANDARD_TIERS = frozenset({"default", "auto", "standard"})
 
 
-class PricingError(ValueError):
+class PricingError(InputError, ValueError):
     """A turn cannot be priced: unknown model or provider and no override, or a bad price."""
 
+    title = "Unknown price"
 
-class TurnLimitExceeded(ValueError):
+
+class TurnLimitExceeded(InputError, ValueError):
     """One turn is above a per-turn limit: its tokens above the model's context window, a meter's
     quantity above its per-turn maximum (``worker.pricing.meters``), or its cost above its app's
     ``max_turn_cost_nanos``.  ``field`` names what is too large (``prompt_tokens``,
     ``completion_tokens``, ``quantity``, ``cost_nanos``); ``index`` is the turn's position in a batch
     (set by the gate).  Nothing was charged."""
 
+    title = "Turn above a limit"
+
     def __init__(self, field: str, message: str, *, index: int | None = None) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field, self.message, self.index = field, message, index
+        super().__init__(f"{field}: {message}", field=field)
+        self.message, self.index = message, index
 
 
 def usd_to_nanos(usd: Decimal | str | int) -> int:
@@ -325,7 +330,8 @@ class PriceBook:
                     prov, info = get_snapshot().find_provider_model(model, None, provider, None)
                 except LookupError as exc:
                     raise PricingError(
-                        f"unknown model {model!r} at provider {provider!r}: not in genai-prices and no override"
+                        f"unknown model {model!r} at provider {provider!r}: not in genai-prices and no override",
+                        field="model",
                     ) from exc
                 entry = (prov.id, info)
             self._models[key] = entry
@@ -347,7 +353,7 @@ class PriceBook:
         variants = () if isinstance(entry, PriceSheet) else (entry[1].price_variants or ())
         if not any(v.when.get("service_tier") == tier for v in variants):
             raise PricingError(f"service_tier: {tier!r} has no price for model {model!r} at provider {provider!r} "
-                               "in genai-prices (standard tiers: 'default', 'auto', 'standard')")
+                               "in genai-prices (standard tiers: 'default', 'auto', 'standard')", field="service_tier")
         provider_id, info = entry
         when = when if when.tzinfo else when.replace(tzinfo=UTC)
         standard = info.get_prices(when)
