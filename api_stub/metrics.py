@@ -3,7 +3,7 @@
 The Celery workers count drained batches and persisted turns in Redis (``worker.metrics``: one
 hash shared by every worker on every host); this collector reads it, and each outbox stream's lag
 (age of the oldest entry not yet persisted), when Prometheus scrapes the API.  Registered once in
-the default registry when this module is imported (``api_stub.main`` does).
+the default registry when this module is imported (``api_stub.routes.metrics`` does).
 """
 
 from __future__ import annotations

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from worker.celery_app import EXPIRE_HOLDS_TASK, app
-from worker.gate.gate import WalletGate
-
-_gate: WalletGate | None = None
+from worker.gate.gate import process_gate
 
 
 @app.task(name=EXPIRE_HOLDS_TASK)
 def expire() -> int:
-    """Release every hold whose time is up (beat, every 10 s); returns how many were released."""
-    global _gate
-    if _gate is None:
-        _gate = WalletGate(kicker=lambda shard: None)
-    return _gate.expire_holds()
+    """Release every hold whose time is up (beat, every 10 s), through the worker's one gate
+    (:func:`worker.gate.gate.process_gate`); returns how many were released."""
+    return process_gate().expire_holds()

@@ -20,11 +20,11 @@ COST = 800 * 2_500 + 200 * 1_250 + 100 * 10_000  # gpt-4o nanos per token: in 2,
 
 @pytest.fixture()
 def api(db, redis_client, gate):
-    from api_stub import main
+    from api_stub import deps, main
     from models.enums import ApiRole
     from worker.access.apikeys import create_key
 
-    main.get_gate.cache_clear()
+    deps.get_gate.cache_clear()
     open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
     open_wallet(gate, wallet_id="w2", enterprise_id="acme", owner_id="u2")
     open_wallet(gate, wallet_id="x1", enterprise_id="other", owner_id="x")
@@ -39,7 +39,7 @@ def api(db, redis_client, gate):
     client = TestClient(main.app)
     client.keys = keys
     yield client
-    main.get_gate.cache_clear()
+    deps.get_gate.cache_clear()
 
 
 def _auth(key: str) -> dict[str, str]:

@@ -375,6 +375,23 @@ def test_pause_then_resume_a_chat_once_its_wallet_can_pay(turns, gate):
     assert stuck.status_code == 409 and api.get("/v1/chats/c2", headers=h).json()["status"] == "paused"
 
 
+def test_resume_of_a_chat_whose_wallet_the_gate_lost_is_409_not_unknown_chat(turns, gate):
+    """UnknownWallet is a LookupError like UnknownChat: the route must answer the lost wallet (409,
+    nothing changed), not "Unknown chat" (404); an unknown chat stays 404 naming ``chat_id``."""
+    api = turns
+    h = api.h["owner"]
+    assert api.post("/v1/chats/c1/pause", json={"reason": "manual"}, headers=h).status_code == 200
+    assert gate.redis.delete(gate.wallet_key("w1")) == 1  # Redis lost the wallet (rebuild not run yet)
+    lost = api.post("/v1/chats/c1/resume", headers=h)
+    assert lost.status_code == 409, lost.text
+    assert (lost.json()["title"], lost.json()["detail"]) == ("Wallet not in the gate", "unknown wallet 'w1'")
+    chat = api.get("/v1/chats/c1", headers=h).json()
+    assert (chat["status"], chat["pause_reason"], chat["connection_state"]) == ("paused", "manual", "paused")
+    unknown = api.post("/v1/chats/nope/resume", headers=h)
+    assert unknown.status_code == 404 and unknown.json()["errors"] == [
+        {"field": "chat_id", "message": "no chat 'nope' for this key"}]
+
+
 def test_mode_changes_are_scoped_and_audited(api, gate, db):
     r = api.put("/v1/wallets/w2/mode", json={"mode": "development"}, headers=api.h["owner"])
     assert r.status_code == 200 and r.json() == {"mode": "development", "wallet_id": "w2", "enterprise_id": None,

@@ -25,7 +25,7 @@ COST = 1000 * 2_500 + 100 * 10_000
 def test_only_the_creator_s_apps_charge_a_platform_wallet(db, redis_client, gate):
     from api_stub import deps, main
 
-    main.get_gate.cache_clear()
+    deps.get_gate.cache_clear()
     deps._CREATORS.clear()
     with session_scope() as s:
         for app in ("acme", "rival"):
@@ -44,7 +44,7 @@ def test_only_the_creator_s_apps_charge_a_platform_wallet(db, redis_client, gate
     assert mine.status_code == 200, mine.text
     assert (mine.json()["billed_nanos"], mine.json()["balance_nanos"]) == (COST, 10**10 - COST)
     assert gate.balance("plat:maker-1") == 10**10 - COST
-    main.get_gate.cache_clear()
+    deps.get_gate.cache_clear()
 
 
 def test_cli_configures_an_app_and_sets_modes(cli, db):

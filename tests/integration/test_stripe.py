@@ -53,17 +53,17 @@ def stripe_settings(settings, monkeypatch):
 @pytest.fixture()
 def api(db, redis_client, gate, stripe_settings):
     """The FastAPI app with Celery sends recorded in ``api.sent`` instead of sent."""
-    from api_stub import main
-    from api_stub.stripe_webhook import get_send_task
+    from api_stub import deps, main
+    from api_stub.routes.stripe import get_send_task
 
     sent: list[tuple[str, dict]] = []
-    main.get_gate.cache_clear()
+    deps.get_gate.cache_clear()
     main.app.dependency_overrides[get_send_task] = lambda: (lambda name, kwargs: sent.append((name, kwargs)))
     client = TestClient(main.app)
     client.sent = sent
     yield client
     main.app.dependency_overrides.clear()
-    main.get_gate.cache_clear()
+    deps.get_gate.cache_clear()
 
 
 def _packages(*packages) -> None:
@@ -498,12 +498,12 @@ def test_package_validation_names_the_field_and_stores_nothing(session):
 
 
 def test_a_real_celery_worker_processes_the_webhook_s_task(db, gate, stripe_settings, celery_worker_factory):
-    from api_stub import main
+    from api_stub import deps, main
 
     open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
     _packages(TOPUP)
     celery_worker_factory()
-    main.get_gate.cache_clear()
+    deps.get_gate.cache_clear()
     http = TestClient(main.app)  # the real send_task: through the test broker to the worker
     body = event_json("evt_celery", "checkout.session.completed", _paid_session())
     assert _post(http, body).json() == {"received": True, "duplicate": False}
@@ -565,7 +565,7 @@ def test_a_gate_failure_after_the_ledger_commit_is_retried_and_credits_once(db, 
 
 def test_an_event_the_broker_refused_is_queued_again_on_stripe_s_next_delivery(db, gate, api):
     from api_stub import main
-    from api_stub.stripe_webhook import get_send_task
+    from api_stub.routes.stripe import get_send_task
 
     open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
     _packages(TOPUP)

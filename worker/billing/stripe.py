@@ -71,7 +71,7 @@ from worker.billing.budgets import BUDGET_EXCEEDED
 from worker.db import session_scope
 from worker.ledger.accounts import MAX_CREDIT_NANOS, LedgerError, OnCredited, credit_wallet
 from worker.settings import Settings, get_settings
-from worker.gate.gate import UnknownWallet, WalletGate
+from worker.gate.gate import UnknownWallet, WalletGate, process_gate
 from worker.errors import InputError, InvalidInput, Unavailable
 
 log = logging.getLogger(__name__)
@@ -672,7 +672,8 @@ def process_event(
     Idempotent: an event already processed changes nothing (``duplicate=True``); two concurrent
     calls are serialised by the event's row lock; each credit's ledger key makes it count once even
     across different events.  An unknown ``event_id`` returns ``outcome='missing'``.
-    ``on_credited``: passed to :func:`worker.ledger.accounts.credit_wallet` for the event's credit
+    ``gate``: the entry point's (the task passes :func:`worker.gate.gate.process_gate`, also the
+    default).  ``on_credited``: passed to :func:`worker.ledger.accounts.credit_wallet` for the event's credit
     (the task passes :func:`worker.chats.wiring.after_credit`: the wallet's paused chats resume).
     Returns a :class:`ProcessResult` (``credited_nanos``: nano-USD this event credited).
     Raises (the event stays unprocessed, its ``outcome`` says ``retrying: …``; retry later):
@@ -681,7 +682,7 @@ def process_event(
     ``error: …`` (:class:`EventError`, or a :class:`worker.ledger.accounts.LedgerError` such as a ledger key
     already used for another amount).
     """
-    gate = gate or WalletGate(kicker=lambda shard: None)
+    gate = gate or process_gate()
     try:
         with session_scope() as session:
             event = session.execute(

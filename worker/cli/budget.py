@@ -52,10 +52,10 @@ def budget_check(as_json: bool = typer.Option(False, "--json", help="print one J
     """Check every budget now (the beat job): new alerts, auto-pause, lifted pauses."""
     from worker.billing.budgets import check_budgets
     from worker.db import session_scope
-    from worker.gate.gate import WalletGate
+    from worker.gate.gate import process_gate
 
     with session_scope() as session:
-        result = check_budgets(session, gate=WalletGate(kicker=lambda shard: None))
+        result = check_budgets(session, gate=process_gate())
     data = result.as_dict()
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")

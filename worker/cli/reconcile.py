@@ -19,9 +19,10 @@ def reconcile_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the report as one JSON object"),
 ) -> None:
     """Compare each wallet's gate balance (Redis) with the ledger (PostgreSQL) minus queued turns."""
+    from worker.gate.gate import process_gate
     from worker.ledger.reconcile import reconcile
 
-    report = reconcile(repair=repair, rebuild=rebuild)
+    report = reconcile(process_gate(), repair=repair, rebuild=rebuild)
     if as_json:
         print(json.dumps(report.as_dict()))
         return

@@ -39,7 +39,7 @@ def replay_cmd(
 
     from worker.devtools.replay import ReplayError, replay
     from worker.devtools.traces import TraceError
-    from worker.gate.gate import UnknownWallet
+    from worker.gate.gate import UnknownWallet, process_gate
 
     if policy not in ("post-hoc", "reserve"):
         fail(f"--policy: {policy!r} is not one of post-hoc, reserve")
@@ -65,7 +65,7 @@ def replay_cmd(
         try:
             report = replay(path, fmt=fmt, model=model, provider=provider, wallet_usd=amount, run_id=run_id,
                             start_worker=not no_worker, epoch=epoch, timeout_s=timeout, policy=policy,
-                            progress=progress)
+                            progress=progress, gate=process_gate())
         except (TraceError, PricingError, ReplayError, UnknownWallet, ValidationError, ValueError) as exc:
             bar.stop()
             fail(str(exc))

@@ -26,8 +26,7 @@ from worker.ledger.accounts import ledger_balance, open_wallet
 from worker.ledger.turns import wallet_usage
 from worker.pricing.prices import TurnLimitExceeded, nanos_to_usd, usd_to_nanos
 from worker.devtools.traces import TraceError, TraceFormat, TraceRow, read_trace
-from worker.gate.gate import WalletGate
-from worker.gate.outbox import celery_kicker
+from worker.gate.gate import WalletGate, process_gate
 from worker.devtools.workers import start_celery_worker, stop_process_group, wait_ready
 from worker.errors import TollgateError
 
@@ -122,6 +121,8 @@ def replay(
             or ``reserve`` (each row first reserves exactly its cost; a row whose cost exceeds the
             available balance is denied and the replay goes on with the next row).
         progress: called with ``(phase, done, total)``; phases ``record`` and ``persist``.
+        gate: the gate to record through (the CLI passes the process's,
+            :func:`worker.gate.gate.process_gate`, which is also the default).
 
     Raises:
         TraceError (malformed file or row, or a row above the model's context window),
@@ -133,7 +134,7 @@ def replay(
     wallet_nanos = usd_to_nanos(wallet_usd) if wallet_usd is not None else None
     if wallet_nanos is not None and wallet_nanos < 0:
         raise ValueError(f"--wallet-usd must be >= 0, got {wallet_usd}")
-    gate = gate or WalletGate(kicker=celery_kicker)
+    gate = gate or process_gate()
     for row in (rows[0], rows[-1]):  # unknown model → error before anything is recorded
         gate.prices.sheet(model, provider, row.occurred_at)
     sheet = gate.prices.sheet(model, provider, rows[0].occurred_at)  # a model's window does not move with time

@@ -37,7 +37,7 @@ from worker.db import session_scope
 from worker.ledger.turns import PersistResult, persist_turns
 from worker.metrics import record_dead_letter, record_drain_batch
 from worker.settings import Settings, get_settings, redis_client
-from worker.gate.gate import WalletGate
+from worker.gate.gate import WalletGate, process_gate
 from worker.gate.keys import deadletter_key, kick_key, outbox_key
 from worker.gate.outbox import parse_entry
 from worker.gate.keys import REFUND_PREFIX
@@ -93,24 +93,30 @@ class OutboxDrain:
             :class:`~worker.ledger.turns.ResumedNotice` lists); its errors are logged.  The entry
             points (the Celery task, the CLI, replay) pass
             :func:`worker.chats.lifecycle.announce_chat_changes`; None announces nothing.
+        gate: the gate refunds of second acceptances go through.  Default: the process's
+            (:func:`worker.gate.gate.process_gate`) when the drain is on the process's Redis
+            (no ``client``); a drain given its own ``client`` (tests, fault runs, benchmarks) gets a
+            gate on that client and settings, created on first use, unless ``gate`` is given.
     """
 
     def __init__(
         self, client: redis.Redis | None = None, *, settings: Settings | None = None, consumer: str | None = None,
-        announce: Announce | None = None,
+        announce: Announce | None = None, gate: WalletGate | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.announce = announce
         self.redis = client or redis_client(self.settings)
         self.consumer = consumer or consumer_name()
         self._groups: set[str] = set()
-        self._gate: WalletGate | None = None
+        self._own_redis = client is None and settings is None
+        self._gate: WalletGate | None = gate
 
     @property
     def gate(self) -> WalletGate:
-        """The gate, for refunds of second acceptances (created on first use)."""
+        """The gate, for refunds of second acceptances (see ``gate`` above)."""
         if self._gate is None:
-            self._gate = WalletGate(self.redis, settings=self.settings, kicker=lambda shard: None)
+            self._gate = process_gate() if self._own_redis else WalletGate(
+                self.redis, settings=self.settings, kicker=lambda shard: None)
         return self._gate
 
     def ensure_group(self, stream: str) -> None:

@@ -50,7 +50,7 @@ from worker.ledger import deadletter
 from worker.db import session_scope
 from worker.billing.payers import gate_profile
 from worker.settings import get_settings
-from worker.gate.gate import WalletGate
+from worker.gate.gate import WalletGate, process_gate
 from worker.gate.keys import outbox_key
 from worker.gate.keys import REFUND_PREFIX
 
@@ -281,6 +281,8 @@ def reconcile(gate: WalletGate | None = None, *, repair: bool = False, rebuild: 
     """Compare every wallet's gate balance with the ledger; optionally repair or rebuild.
 
     Args:
+        gate: the gate to compare (the task and the CLI pass :func:`worker.gate.gate.process_gate`,
+            also the default; tests and fault runs pass their own).
         repair: set drifted balances to the expected figure (only wallets that did not move).
         rebuild: first load every wallet Redis lacks from PostgreSQL (after Redis lost its data):
             mode, limit, block and balance = ledger − queued.  Wallets Redis still has are left to
@@ -289,7 +291,7 @@ def reconcile(gate: WalletGate | None = None, *, repair: bool = False, rebuild: 
     Returns: a :class:`ReconcileReport`; the run and each drifted wallet are stored
     (``reconciliation_run``, ``wallet_drift``) and counted in Prometheus metrics.
     """
-    gate = gate or WalletGate(kicker=lambda shard: None)
+    gate = gate or process_gate()
     with session_scope() as session:
         run = ReconciliationRun(repair=repair, rebuild=rebuild)
         session.add(run)

@@ -55,12 +55,12 @@ def api(db, redis_client, gate):
     """FastAPI TestClient of the HTTP API, and a factory of owner keys: ``api.owner_key(app_id)``."""
     from fastapi.testclient import TestClient
 
-    from api_stub import main
+    from api_stub import deps, main
     from models.enums import ApiRole
     from worker.access.apikeys import create_key
     from worker.db import session_scope
 
-    main.get_gate.cache_clear()
+    deps.get_gate.cache_clear()
     client = TestClient(main.app)
 
     def owner_key(app_id: str) -> str:
@@ -69,4 +69,4 @@ def api(db, redis_client, gate):
 
     client.owner_key = owner_key
     yield client
-    main.get_gate.cache_clear()
+    deps.get_gate.cache_clear()

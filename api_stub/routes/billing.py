@@ -66,7 +66,7 @@ from worker.periods import current_period, previous_period
 from worker.settings import get_settings
 from worker.access.web_sessions import WebSession, close_session, open_session, principal_for_prefix, read_session
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # api_stub/: templates/ and static/ are package data there
 STATIC = HERE / "static"
 #: the browser's credential: the id of a server-side session (never the API key), HttpOnly, sent only to /billing
 COOKIE = "tollgate_session"

@@ -17,9 +17,9 @@ from models.enums import ApiRole
 from models.validation import SAFE_ID
 from worker.access.apikeys import Principal
 from worker.db import session_scope
-from worker.chats.rollups import chat_performance, end_chat
+from worker.chats.rollups import UnknownChat, chat_performance, end_chat
 from worker.gate.gate import UnknownWallet
-from worker.chats.lifecycle import pause_chat, resume_chat, start_session
+from worker.chats.lifecycle import WalletCannotPay, pause_chat, resume_chat, start_session
 from api_stub.deps import Problem, get_gate, wallet_in_scope
 
 router = APIRouter(tags=["chats"])
@@ -136,11 +136,11 @@ def chat_resume(chat_id: ChatId, who: Caller) -> ChatSessionPublic:
         _chat_in_scope(session, who, chat_id)
     try:
         resume_chat(get_gate(), enterprise_id=who.enterprise_id, chat_id=chat_id)
-    except LookupError:
-        raise _unknown_chat(chat_id) from None
-    except PermissionError as exc:
-        raise Problem(409, "Wallet cannot pay yet", str(exc)) from None
-    except UnknownWallet as exc:
+    except UnknownWallet as exc:  # before UnknownChat: both are NotFound (LookupError), this one is 409
         raise Problem(409, "Wallet not in the gate", str(exc)) from None
+    except UnknownChat:
+        raise _unknown_chat(chat_id) from None
+    except WalletCannotPay as exc:
+        raise Problem(409, "Wallet cannot pay yet", str(exc)) from None
     with session_scope() as session:
         return _public(session, _chat_in_scope(session, who, chat_id))

@@ -1,6 +1,6 @@
-"""Wallet endpoints beyond the balance: reservations (hold, release; a turn with ``reservation_id``
-settles one at ``POST /v1/turns``), the ledger, credits, and (when ``worker.billing.modes`` exists) mode
-changes.  Handlers call the gate or one ledger service and return.
+"""Wallet endpoints: a wallet's balances, reservations (hold, release; a turn with ``reservation_id``
+settles one at ``POST /v1/turns``), the ledger, credits, and mode changes.  Handlers call the gate
+or one ledger service and return.
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ from worker.chats.wiring import credit_wallet
 from worker.ledger.accounts import GatePending, LedgerError
 from worker.pricing.prices import PricingError
 from worker.gate.gate import GateConfigError, UnknownWallet
-from worker.billing.modes import ModeError, set_app_mode, set_wallet_mode
-from models.wallet import ModePublic, ModeUpdate
+from worker.billing.modes import ModeError, set_wallet_mode
+from models.wallet import Enterprise, ModePublic, ModeUpdate, WalletPublic
+from worker.billing.payers import reservations_required
+from worker.chats.lifecycle import wallet_state
 
 router = APIRouter(tags=["wallets"])
 ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
@@ -53,6 +55,27 @@ def _owner_wallet(who, wallet_id: str, action: str) -> None:
     forbid_unless(who, ApiRole.owner, action=action)
     with session_scope() as session:
         wallet_in_scope(session, who, wallet_id, creator=True)
+
+
+@router.get("/v1/wallets/{wallet_id}", response_model=WalletPublic, responses={401: {}, 403: {}, 404: {}, 422: {}})
+def wallet(wallet_id: WalletId, who: Caller) -> WalletPublic:
+    """A wallet's balances: its app's owner key, its own end-user key, or (a level-1 wallet, which
+    has no app) the owner key issued for it; admins see aggregates only (404 here)."""
+    with session_scope() as session:
+        row = wallet_in_scope(session, who, wallet_id, creator=True)
+        app_row = session.get(Enterprise, row.enterprise_id) if row.enterprise_id else None
+        required = reservations_required(row, app_row)
+    try:
+        state = wallet_state(get_gate(), wallet_id)
+    except UnknownWallet:
+        state = None
+    return WalletPublic(wallet_id=row.id, enterprise_id=row.enterprise_id, level=row.level, mode=row.mode,
+                        limited=row.limited, gate_balance_nanos=state.balance_nanos if state else None,
+                        held_nanos=state.held_nanos if state else None,
+                        can_continue=state.can_continue if state else None,
+                        ledger_balance_nanos=row.credits_nanos - row.debits_nanos,
+                        credits_nanos=row.credits_nanos, debits_nanos=row.debits_nanos,
+                        debt_nanos=row.debt_nanos, reservations_required=required)
 
 
 @router.post("/v1/wallets/{wallet_id}/reservations", response_model=ReservationPublic, responses=ERRORS | {409: {}})
@@ -162,7 +185,8 @@ def credit(wallet_id: WalletId, body: CreditCreate, who: Caller) -> CreditPublic
                         replayed=previous is not None)
 
 
-def _mode_problem(exc: ModeError) -> Problem:
+def mode_problem(exc: ModeError) -> Problem:
+    """A mode change refused: 422 naming ``mode``, or 404 naming the wallet or app that is unknown."""
     field, message = exc.field or "mode", exc.reason
     if field == "mode":
         return field_problem(422, "Invalid request", "mode", message)
@@ -180,22 +204,5 @@ def wallet_mode(wallet_id: WalletId, body: ModeUpdate, who: Caller) -> ModePubli
             mode = set_wallet_mode(session, get_gate(), wallet_id, body.mode, actor=who.actor,
                                    resume=resume_paused_chats)
     except ModeError as exc:
-        raise _mode_problem(exc) from None
+        raise mode_problem(exc) from None
     return ModePublic(mode=mode, wallet_id=wallet_id)
-
-@router.put("/v1/enterprises/{enterprise_id}/mode", response_model=ModePublic, responses=ERRORS)
-def enterprise_mode(enterprise_id: WalletId, body: ModeUpdate, who: Caller) -> ModePublic:
-    """Set an app's default billing mode (owner key of the app, or admin); its wallets without
-    an override follow.  Audit-logged (``mode_change``)."""
-    forbid_unless(who, ApiRole.owner, ApiRole.admin, action="change modes")
-    if who.role is ApiRole.owner and enterprise_id != who.enterprise_id:
-        raise field_problem(404, "Unknown enterprise", "enterprise_id", f"no enterprise {enterprise_id!r} for this key")
-    if body.mode is None:
-        raise field_problem(422, "Invalid request", "mode", "an app needs a mode")
-    try:
-        with session_scope() as session:
-            changed = set_app_mode(session, get_gate(), enterprise_id, body.mode, actor=who.actor,
-                                   resume=resume_paused_chats)
-    except ModeError as exc:
-        raise _mode_problem(exc) from None
-    return ModePublic(mode=body.mode, enterprise_id=enterprise_id, wallets_changed=len(changed))

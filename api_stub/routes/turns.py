@@ -1,0 +1,142 @@
+"""Turn endpoints: ``POST /v1/turns`` and ``POST /v1/turns/batch`` record turns through the process's
+gate (the same gate as the Python client) and return the decisions; a denied turn's chat is paused
+by a Celery task.  Persistence stays the worker's: a turn handler calls the gate and returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import Counter, Histogram
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from api_stub.deps import (
+    Caller,
+    Problem,
+    charge_known,
+    get_gate,
+    hold_wallet,
+    may_charge,
+)
+from models.enums import ApiRole
+from models.turn import Decision, DecisionsPublic, TurnBatch, TurnIn
+from worker.access.apikeys import Principal
+from worker.celery_app import PAUSE_CHAT_TASK
+from worker.celery_app import app as celery
+from worker.gate.gate import UnknownWallet, WrongEnterprise
+from worker.gate.keys import pausing_key
+from worker.ledger.turns import transition_position
+from worker.pricing.prices import PricingError, TurnLimitExceeded
+
+GATE_SECONDS = Histogram(
+    "tollgate_gate_seconds", "Time to price and record turns through the gate, per request (seconds)",
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+DECISIONS = Counter("tollgate_decisions", "Gate decisions by outcome", ["outcome"])
+_OUTCOMES = {outcome: DECISIONS.labels(outcome) for outcome in ("accepted", "denied", "duplicate")}
+
+log = logging.getLogger(__name__)
+
+#: no tags: as before the split, so the OpenAPI document is unchanged
+router = APIRouter()
+
+
+def _may_record(who: Caller, turns: list[TurnIn]) -> None:
+    for i, turn in enumerate(turns):
+        field = "enterprise_id" if len(turns) == 1 else f"turns.{i}.enterprise_id"
+        if who.role is not ApiRole.owner or turn.enterprise_id != who.enterprise_id:
+            raise Problem(403, "Forbidden", f"this key may not record turns for enterprise {turn.enterprise_id!r}",
+                          [{"field": field, "message": "outside the key's enterprise"}])
+        if not may_charge(who, turn.wallet_id):  # another creator's platform wallet: as unknown
+            field = "wallet_id" if len(turns) == 1 else f"turns.{i}.wallet_id"
+            detail = f"unknown wallet {turn.wallet_id!r} for this enterprise"
+            raise Problem(404, "Unknown wallet", detail, [{"field": field, "message": detail}])
+        if turn.reservation_id and hold_wallet(turn.wallet_id, turn.reservation_id) not in (None, turn.wallet_id):
+            field = "reservation_id" if len(turns) == 1 else f"turns.{i}.reservation_id"
+            raise Problem(409, "Reservation of another wallet",
+                          f"reservation {turn.reservation_id!r} is not held for wallet {turn.wallet_id!r}",
+                          [{"field": field, "message": "held for another wallet"}])
+
+
+def _record(turns: list[TurnIn], who: Principal | None = None, *, pause: bool = True) -> list[Decision]:
+    """Check the caller may record ``turns`` (when ``who`` is given), then price and record them
+    through the gate; with ``pause``, queue the pause of each denied turn's chat (:func:`_send_pause`).
+    Blocking (Redis; PostgreSQL on a cache miss; the broker): see the endpoints for where it runs."""
+    if who is not None:
+        _may_record(who, turns)
+    started = time.perf_counter()
+    try:
+        decisions = get_gate().record_turns(turns)
+    except TurnLimitExceeded as exc:  # nothing charged: tokens, quantity or cost above a per-turn limit
+        field = exc.field if len(turns) == 1 or exc.index is None else f"turns.{exc.index}.{exc.field}"
+        raise Problem(422, "Turn above a limit", f"{field}: {exc.message}",
+                      [{"field": field, "message": exc.message}]) from None
+    except PricingError as exc:
+        field = exc.field or "model"
+        raise Problem(422, "Unknown price", str(exc), [{"field": field, "message": str(exc)}]) from None
+    except (UnknownWallet, WrongEnterprise) as exc:  # one answer for both: other apps' ids are not probed
+        detail = f"unknown wallet {exc.wallet_id!r} for this enterprise"
+        raise Problem(404, "Unknown wallet", detail, [{"field": "wallet_id", "message": detail}]) from None
+    GATE_SECONDS.observe(time.perf_counter() - started)
+    for turn, d in zip(turns, decisions):
+        _OUTCOMES["duplicate" if d.duplicate else "accepted" if d.accepted else "denied"].inc()
+        if pause and _denied(d):
+            _send_pause(turn)
+    return decisions
+
+
+def _denied(d: Decision) -> bool:
+    """A turn the gate denied now: it never reaches the outbox, so its chat's pause is recorded by a task."""
+    return not d.accepted and not d.duplicate
+
+
+def _send_pause(turn: TurnIn) -> None:
+    """Queue ``tollgate.billing.pause_chat`` for a denied turn's chat (idempotent: one open pause),
+    at most once a minute per chat, so an orchestrator that keeps calling cannot flood the queue.
+    The task carries the denial's position in the gate's order (``transition_position`` now, just
+    after the gate answered), so a task that runs after the chat was credited and resumed changes
+    nothing."""
+    try:
+        if not get_gate().redis.set(pausing_key(turn.enterprise_id, turn.chat_id), 1, nx=True, ex=60):
+            return
+        position = transition_position(get_gate(), turn.wallet_id)
+        celery.send_task(PAUSE_CHAT_TASK, kwargs={
+            "enterprise_id": turn.enterprise_id, "chat_id": turn.chat_id, "wallet_id": turn.wallet_id,
+            "position": position}, ignore_result=True)
+    except Exception:  # the caller has the 'pause' answer; the pause record is bookkeeping
+        log.warning("could not queue the pause of chat %s", turn.chat_id, exc_info=True)
+
+
+def _json(model: BaseModel) -> Response:
+    """Our own (already valid) answer as JSON, without FastAPI validating it again."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+@router.post("/v1/turns", response_model=Decision, responses={401: {}, 403: {}, 404: {}, 422: {}})
+async def record_turn(turn: TurnIn, who: Caller) -> Response:
+    """Record one turn (owner key of the turn's enterprise).  Idempotent by ``turn_id``.
+
+    When the caller's right to charge the wallet is known in memory (:func:`deps.charge_known`), the
+    gate is called on the event loop: one turn is one loopback Redis round trip (~0.2 ms), which
+    costs less than the hop to the thread pool and back (``benchmarks/RESULTS.md``, HTTP).  What may
+    block longer runs in the thread pool, so a slow PostgreSQL or a broker that hangs never stalls
+    the loop's other requests: a first sight of the wallet (a database read), and queueing the pause
+    of a denied turn's chat (Celery).  A batch (up to 1,000 turns priced in Python) runs there whole."""
+    if who.role is ApiRole.owner and charge_known(who, turn.wallet_id):
+        decision = _record([turn], who, pause=False)[0]
+    else:
+        decision = (await run_in_threadpool(_record, [turn], who, pause=False))[0]
+    if _denied(decision):
+        await run_in_threadpool(_send_pause, turn)
+    return _json(decision)
+
+
+@router.post("/v1/turns/batch", response_model=DecisionsPublic, responses={401: {}, 403: {}, 404: {}, 422: {}})
+async def record_turns(batch: TurnBatch, who: Caller) -> Response:
+    """Record up to 1,000 turns in order (owner key); a bad turn rejects the batch and changes nothing."""
+    decisions = await run_in_threadpool(_record, batch.turns, who)
+    return _json(DecisionsPublic.model_construct(data=decisions, count=len(decisions)))
