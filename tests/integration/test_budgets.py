@@ -158,7 +158,7 @@ def test_a_late_first_run_sends_every_threshold_crossed_once(db, gate, redis_cli
     assert [m["data"]["threshold_pct"] for m in listen.drain()] == [50, 80]
 
 
-def test_concurrent_checks_emit_each_alert_exactly_once(db, gate, redis_client, spender):
+def test_concurrent_checks_emit_each_alert_exactly_once(db, gate, redis_client, spender, race):
     _wallet(gate)
     with db.begin() as conn:
         conn.execute(text("UPDATE enterprise SET callback_url = 'http://127.0.0.1:9/x', webhook_secret = 's'"))
@@ -172,22 +172,7 @@ def test_concurrent_checks_emit_each_alert_exactly_once(db, gate, redis_client, 
         with lock:
             sent.append((name, kwargs["event_id"]))
 
-    barrier = threading.Barrier(4)
-    results, errors = [], []
-
-    def worker():
-        try:
-            barrier.wait()
-            results.append(_check(gate, send_task=send_task))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert errors == []
+    results = race(*[lambda: _check(gate, send_task=send_task)] * 4)  # fails on any racer's exception
     assert sorted(len(r.alerts) for r in results) == [0, 0, 0, 4]
     rows = _alerts(db)
     assert [(r[2], r[3]) for r in rows] == [(50, 10 * USD), (80, 10 * USD), (100, 10 * USD), (50, 10 * USD)]

@@ -6,7 +6,6 @@ gate's block, and the exact Checkout requests sent to a local server standing in
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
@@ -242,25 +241,11 @@ def test_unpaid_unknown_and_unmatched_events_credit_nothing(db, gate, api):
     assert (gate.balance("w1"), _ledger(db)) == (10 * USD, [("stripe:cs_y", "credit", 10 * USD)])
 
 
-def test_concurrent_processing_of_one_event_credits_once(db, gate, api):
+def test_concurrent_processing_of_one_event_credits_once(db, gate, api, race):
     open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
     _packages(TOPUP)
     _post(api, event_json("evt_race", "checkout.session.completed", _paid_session()))
-    barrier, results, errors = threading.Barrier(4), [], []
-
-    def run():
-        try:
-            barrier.wait()
-            results.append(process_event("evt_race", gate=gate))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert errors == []
+    results = race(*[lambda: process_event("evt_race", gate=gate)] * 4)  # fails on any racer's exception
     assert sorted((r.processed, r.duplicate) for r in results) == [(False, True)] * 3 + [(True, False)]
     assert gate.balance("w1") == 10 * USD
     assert _ledger(db) == [("stripe:cs_test_a1", "credit", 10 * USD)]
