@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -214,6 +215,35 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "worker.cli", *args], capture_output=True, text=True,
                           env=full_env, cwd=REPO, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free at the time of the call."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(proc: subprocess.Popen, base: str, timeout: float = 30.0) -> None:
+    """Poll ``GET <base>/healthz`` until it answers 200.  Raises RuntimeError (with the tail of the
+    server's piped output) after killing ``proc`` when it exits first or ``timeout`` seconds pass."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pipe = proc.stderr or proc.stdout
+            output = pipe.read().decode()[-2000:] if pipe is not None else ""
+            raise RuntimeError(f"uvicorn did not start: {output}")
+        time.sleep(0.2)
 
 
 @pytest.fixture()
