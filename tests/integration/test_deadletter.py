@@ -351,23 +351,13 @@ def test_bytes_that_are_not_utf8_in_the_outbox_are_dead_lettered_not_wedging(db,
     raw.close()
 
 
-def test_metrics_endpoint_shows_dead_letters_per_shard(db, redis_client, gate, settings):
-    from fastapi.testclient import TestClient
-
-    from api_stub import main
-    from models.enums import ApiRole
-    from worker.access.apikeys import create_key
-    from worker.db import session_scope
+def test_metrics_endpoint_shows_dead_letters_per_shard(db, redis_client, gate, settings, http_api):
+    from tests.conftest import create_keys
 
     _, bad, _ = _poisoned(gate, redis_client, settings, "agent")
-    with session_scope() as session:
-        admin = create_key(session, role=ApiRole.admin)
     shard = gate.shard("w1")
-    main.get_gate.cache_clear()
-    try:
-        body = TestClient(main.app).get("/metrics", headers={"Authorization": f"Bearer {admin}"}).text
-    finally:
-        main.get_gate.cache_clear()
+    api = http_api(create_keys({"admin": ("admin",)}))
+    body = api.get("/metrics", headers=api.h["admin"]).text
     samples = dict(line.rsplit(" ", 1) for line in body.splitlines() if line.startswith("tollgate_dead"))
     assert float(samples[f'tollgate_deadletter_entries{{shard="{shard}"}}']) == 1
     assert float(samples[f'tollgate_deadletter_nanos{{shard="{shard}"}}']) == bad.billed_nanos
