@@ -315,12 +315,14 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def seed_wallet(gate, wallet_id: str, enterprise_id: str, owner_id: str, credit_nanos: int = 0) -> None:
-    """Open ``wallet_id`` of ``enterprise_id`` for ``owner_id`` and, when ``credit_nanos`` (integer
-    nano-USD) is positive, credit it with idempotency key ``open-<wallet_id>``."""
+def seed_wallet(gate, wallet_id: str, enterprise_id: str | None, owner_id: str, credit_nanos: int = 0,
+                **open_kwargs) -> None:
+    """Open ``wallet_id`` of ``enterprise_id`` for ``owner_id`` (``open_kwargs``, e.g. ``level``, go to
+    ``open_wallet``) and, when ``credit_nanos`` (integer nano-USD) is positive, credit it with
+    idempotency key ``open-<wallet_id>``.  Raises what ``open_wallet``/``credit_wallet`` raise."""
     from worker.ledger.accounts import credit_wallet, open_wallet
 
-    open_wallet(gate, wallet_id=wallet_id, enterprise_id=enterprise_id, owner_id=owner_id)
+    open_wallet(gate, wallet_id=wallet_id, enterprise_id=enterprise_id, owner_id=owner_id, **open_kwargs)
     if credit_nanos:
         credit_wallet(gate, wallet_id=wallet_id, amount_nanos=credit_nanos, idempotency_key=f"open-{wallet_id}")
 

@@ -26,7 +26,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from tests.conftest import REPO, TABLES
+from tests.conftest import REPO, TABLES, seed_wallet
 from tests.faults.services import PostgresServer, RedisServer
 
 T0 = datetime(2026, 11, 2, 8, tzinfo=UTC)
@@ -238,11 +238,9 @@ def make_turns(wallet_ids: list[str], n: int, *, prefix: str = "t", offset: int 
 
 
 def open_wallets(gate, wallet_ids: list[str], credit_nanos: int = 10**15) -> None:
-    from worker.ledger.accounts import credit_wallet, open_wallet
-
+    """Each of ``wallet_ids`` opened in app ``ENTERPRISE`` (owner: itself) with ``credit_nanos``."""
     for w in wallet_ids:
-        open_wallet(gate, wallet_id=w, enterprise_id=ENTERPRISE, owner_id=w)
-        credit_wallet(gate, wallet_id=w, amount_nanos=credit_nanos, idempotency_key=f"open-{w}")
+        seed_wallet(gate, w, ENTERPRISE, w, credit_nanos)
 
 
 def spread_wallets(shards: int, per_shard: int = 1) -> list[str]:

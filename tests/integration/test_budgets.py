@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
+from tests.conftest import seed_wallet
 from models.turn import TurnIn
 from tests.receiver import start_receiver
 from worker.billing.budgets import BUDGET_EXCEEDED, BudgetError, check_budgets, set_budget
 from worker.db import session_scope
 from worker.ledger.drain import OutboxDrain
-from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.pricing.prices import PriceBook
 from worker.gate.gate import WalletGate
 from worker.events import channel, verify
@@ -62,8 +62,7 @@ def spender(db, gate, redis_client, settings):
 
 
 def _wallet(gate, wallet_id="w1", enterprise="acme", usd=100):
-    open_wallet(gate, wallet_id=wallet_id, enterprise_id=enterprise, owner_id=f"owner-{wallet_id}")
-    credit_wallet(gate, wallet_id=wallet_id, amount_nanos=usd * USD, idempotency_key=f"open-{wallet_id}")
+    seed_wallet(gate, wallet_id, enterprise, f"owner-{wallet_id}", usd * USD)
 
 
 def _budget(**kw) -> int:

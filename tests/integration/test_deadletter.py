@@ -16,13 +16,12 @@ from sqlalchemy.exc import OperationalError
 
 import worker.ledger.drain as drain_module
 from models.turn import TurnIn
-from tests.conftest import TEST_REDIS_URL
+from tests.conftest import TEST_REDIS_URL, create_keys, seed_wallet
 from worker.db import session_scope
 from worker.ledger.deadletter import DeadLetterNotFound, list_dead_letters
 from worker.gate.keys import deadletter_key
 from worker.ledger.drain import GROUP, DrainStats, OutboxDrain
 from worker.ledger.reconcile import reconcile
-from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.gate.keys import outbox_key
 
 pytestmark = pytest.mark.integration
@@ -40,8 +39,7 @@ def _turn(i: int, wallet_id: str = "w1", **poison) -> TurnIn:
 
 
 def _open(gate, wallet_id: str = "w1") -> None:
-    open_wallet(gate, wallet_id=wallet_id, enterprise_id="acme", owner_id="u1")
-    credit_wallet(gate, wallet_id=wallet_id, amount_nanos=CREDIT, idempotency_key=f"open-{wallet_id}")
+    seed_wallet(gate, wallet_id, "acme", "u1", CREDIT)
 
 
 def _dead() -> list:
@@ -352,8 +350,6 @@ def test_bytes_that_are_not_utf8_in_the_outbox_are_dead_lettered_not_wedging(db,
 
 
 def test_metrics_endpoint_shows_dead_letters_per_shard(db, redis_client, gate, settings, http_api):
-    from tests.conftest import create_keys
-
     _, bad, _ = _poisoned(gate, redis_client, settings, "agent")
     shard = gate.shard("w1")
     api = http_api(create_keys({"admin": ("admin",)}))

@@ -16,12 +16,12 @@ import time_machine
 from sqlalchemy import text
 from sqlmodel import Session
 
+from tests.conftest import seed_wallet
 from models.turn import TurnIn
 from tests.conftest import REPO
 from worker.db import session_scope
 from worker.gate.outbox import parse_entry
 from worker.ledger.drain import OutboxDrain
-from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.ledger.turns import persist_turns
 from worker.pricing.prices import nanos_to_usd
 from worker.chats.rollups import (
@@ -47,8 +47,7 @@ T0 = datetime(2026, 11, 10, 9, tzinfo=UTC)
 
 
 def _wallet(gate, wallet_id: str = "w1", enterprise_id: str = "acme") -> None:
-    open_wallet(gate, wallet_id=wallet_id, enterprise_id=enterprise_id, owner_id=f"owner-{wallet_id}")
-    credit_wallet(gate, wallet_id=wallet_id, amount_nanos=10**15, idempotency_key=f"open-{wallet_id}")
+    seed_wallet(gate, wallet_id, enterprise_id, f"owner-{wallet_id}", 10**15)
 
 
 def _turn(turn_id: str, *, chat: str = "c1", workflow: str = "wf", agent: str = "planner", prompt: int = 1000,
