@@ -14,13 +14,11 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, insert
 
+from tests.conftest import create_keys
 from models.budget import Budget, BudgetAlert
 from models.chat import ChatSession
-from models.enums import ApiRole
 from models.turn import UsageEvent
 from models.wallet import Enterprise, Wallet
-from worker.access.apikeys import create_key
-from worker.db import session_scope
 
 PERIOD = "2026-11"
 #: nano-USD per token: (input, cached input, output)
@@ -159,12 +157,7 @@ def seed(engine: Engine) -> Seeded:
             dict(budget_id=budget_ids[1], period="2026-10", threshold_pct=50, spent_nanos=10_600_000_000,
                  amount_nanos=20_000_000_000),
         ])
-    with session_scope(engine) as session:
-        keys = {
-            "owner": create_key(session, role=ApiRole.owner, enterprise_id="acme"),
-            "other_owner": create_key(session, role=ApiRole.owner, enterprise_id="other"),
-            "end_user": create_key(session, role=ApiRole.end_user, enterprise_id="acme", wallet_id="w-alice"),
-            "other_end_user": create_key(session, role=ApiRole.end_user, enterprise_id="other", wallet_id="x-1"),
-            "admin": create_key(session, role=ApiRole.admin),
-        }
+    keys = create_keys({"owner": ("owner", "acme"), "other_owner": ("owner", "other"),
+                        "end_user": ("end_user", "acme", "w-alice"), "other_end_user": ("end_user", "other", "x-1"),
+                        "admin": ("admin",)}, engine)
     return Seeded(keys=keys)

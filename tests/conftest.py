@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -216,7 +217,134 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
                           env=full_env, cwd=REPO, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free at the time of the call."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(proc: subprocess.Popen, base: str, timeout: float = 30.0) -> None:
+    """Poll ``GET <base>/healthz`` until it answers 200.  Raises RuntimeError (with the tail of the
+    server's piped output) after killing ``proc`` when it exits first or ``timeout`` seconds pass."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pipe = proc.stderr or proc.stdout
+            output = pipe.read().decode()[-2000:] if pipe is not None else ""
+            raise RuntimeError(f"uvicorn did not start: {output}")
+        time.sleep(0.2)
+
+
 @pytest.fixture()
 def cli(db, redis_client):
     """``run_cli`` on a clean database and Redis."""
     return run_cli
+
+
+# ---------------------------------------------------------------------------------------------
+# shared harnesses: threads released together (races), API keys and wallets seeded for a test
+
+
+def run_together(*calls, timeout: float = 60.0) -> list:
+    """The race harness: each zero-argument callable of ``calls`` runs in a thread of its own, all
+    released at once by a barrier; each thread is joined for up to ``timeout`` seconds.
+
+    Returns the calls' results in the order of ``calls``.  Raises AssertionError when a call raised
+    (the exceptions listed) or a thread is still running after its ``timeout``.
+    """
+    import threading
+
+    barrier = threading.Barrier(len(calls))
+    results: list = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(i: int, call) -> None:
+        try:
+            barrier.wait()
+            results[i] = call()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i, call)) for i, call in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    assert errors == [], errors
+    assert not any(t.is_alive() for t in threads), f"a racer still runs after {timeout} s"
+    return results
+
+
+@pytest.fixture()
+def race():
+    """``race(*calls, timeout=60.0) -> results``: ``run_together`` (calls released at once in threads)."""
+    return run_together
+
+
+def create_keys(spec: dict[str, tuple[str, ...]], engine=None) -> dict[str, str]:
+    """API keys created in one committed transaction, as ``tollgate keys create`` would.
+
+    ``spec`` maps a name of the test's choosing to ``(role,)``, ``(role, enterprise_id)`` or
+    ``(role, enterprise_id, wallet_id)``; ``role`` is an ``ApiRole`` value (``"owner"``,
+    ``"end_user"``, ``"admin"``).  ``engine``: the database (default the settings' one).
+    Returns name -> the raw key (a bearer token).  Raises ValueError on an unknown role and
+    ``ApiKeyError`` (naming the field) on a scope ``create_key`` refuses.
+    """
+    from worker.access.apikeys import create_key
+    from worker.db import session_scope
+
+    with session_scope(engine) as session:
+        return {name: create_key(session, role=role, enterprise_id=rest[0] if rest else None,
+                                 wallet_id=rest[1] if len(rest) > 1 else None)
+                for name, (role, *rest) in spec.items()}
+
+
+def auth(key: str) -> dict[str, str]:
+    """The ``Authorization`` header of an API key: ``{"Authorization": "Bearer <key>"}``."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+def seed_wallet(gate, wallet_id: str, enterprise_id: str | None, owner_id: str, credit_nanos: int = 0,
+                **open_kwargs) -> None:
+    """Open ``wallet_id`` of ``enterprise_id`` for ``owner_id`` (``open_kwargs``, e.g. ``level``, go to
+    ``open_wallet``) and, when ``credit_nanos`` (integer nano-USD) is positive, credit it with
+    idempotency key ``open-<wallet_id>``.  Raises what ``open_wallet``/``credit_wallet`` raise."""
+    from worker.ledger.accounts import credit_wallet, open_wallet
+
+    open_wallet(gate, wallet_id=wallet_id, enterprise_id=enterprise_id, owner_id=owner_id, **open_kwargs)
+    if credit_nanos:
+        credit_wallet(gate, wallet_id=wallet_id, amount_nanos=credit_nanos, idempotency_key=f"open-{wallet_id}")
+
+
+@pytest.fixture()
+def http_api(db, redis_client, gate):
+    """Factory of FastAPI ``TestClient``s of the HTTP API (``api_stub.main.app``) on this test's
+    database and Redis: ``http_api(keys=None, headers=None, **testclient_kwargs)``.  The client
+    carries ``.keys`` (name -> raw key, as given) and ``.h`` (name -> ``auth(key)`` plus ``headers``).
+    The API's cached gate is cleared before the test and after it."""
+    from fastapi.testclient import TestClient
+
+    from api_stub import deps
+    from api_stub.main import app
+
+    deps.get_gate.cache_clear()
+
+    def make(keys: dict[str, str] | None = None, headers: dict[str, str] | None = None, **kwargs) -> TestClient:
+        client = TestClient(app, **kwargs)
+        client.keys = dict(keys or {})
+        client.h = {name: {**auth(key), **(headers or {})} for name, key in client.keys.items()}
+        return client
+
+    yield make
+    deps.get_gate.cache_clear()

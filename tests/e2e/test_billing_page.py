@@ -12,19 +12,16 @@ import csv
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import text
 
 from tests.billing_seed import seed
-from tests.conftest import REPO, _env
+from tests.conftest import REPO, _env, free_port, wait_healthy
 from worker.billing.report import EVENT_COLUMNS, format_usd
 
 pytestmark = pytest.mark.integration
@@ -38,24 +35,12 @@ NOV = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
 @pytest.fixture(scope="module")
 def server(database_url):
     """``uvicorn api_stub.main:app`` on a free loopback port (a subprocess on the test database)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api_stub.main:app", "--host", "127.0.0.1",
                              "--port", str(port), "--log-level", "warning"], cwd=REPO, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"uvicorn did not start: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.2)
+    wait_healthy(proc, base)
     yield base
     proc.terminate()
     proc.wait(timeout=10)

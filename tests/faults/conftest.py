@@ -16,6 +16,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +26,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from tests.conftest import REPO, TABLES
+from tests.conftest import REPO, TABLES, seed_wallet
 from tests.faults.services import PostgresServer, RedisServer
 
 T0 = datetime(2026, 11, 2, 8, tzinfo=UTC)
@@ -176,15 +178,17 @@ def _clean(pg: PostgresServer, redis_url: str) -> None:
     client.close()
 
 
-@pytest.fixture()
-def fault_env(pg_server, redis_server, tmp_path):
-    """Our own services, empty, with this process's settings pointing at them; every process the
-    test starts through it is killed (process group) afterwards."""
+@contextmanager
+def fault_services(pg: PostgresServer, server: RedisServer, tmp_path: Path) -> Iterator[FaultEnv]:
+    """The one set-up and tear-down of a fault run: ``pg`` and ``server`` emptied, this process's
+    ``TOLLGATE_*`` settings pointed at them while the block runs, and afterwards every supervisor
+    stopped and every process started through the yielded ``FaultEnv`` killed (process group), then
+    the settings restored.  The servers themselves are the caller's to close."""
     from worker.devtools.workers import stop_process_group
 
-    _clean(pg_server, redis_server.url)
-    saved = _switch_env(redis_server.url, pg_server.url)
-    fe = FaultEnv(pg_server, redis_server, redis_server.url, tmp_path)
+    _clean(pg, server.url)
+    saved = _switch_env(server.url, pg.url)
+    fe = FaultEnv(pg, server, server.url, tmp_path)
     try:
         yield fe
     finally:
@@ -193,25 +197,24 @@ def fault_env(pg_server, redis_server, tmp_path):
         for proc in fe.procs:
             stop_process_group(proc, timeout_s=10)
         _restore_env(saved)
+
+
+@pytest.fixture()
+def fault_env(pg_server, redis_server, tmp_path):
+    """Our own services, empty, with this process's settings pointing at them; every process the
+    test starts through it is killed (process group) afterwards."""
+    with fault_services(pg_server, redis_server, tmp_path) as fe:
+        yield fe
 
 
 @pytest.fixture()
 def aof_env(pg_server, tmp_path):
     """Like ``fault_env`` but on a Redis of its own started with AOF (appendfsync everysec)."""
-    from worker.devtools.workers import stop_process_group
-
     server = RedisServer(aof=True)
-    _clean(pg_server, server.url)
-    saved = _switch_env(server.url, pg_server.url)
-    fe = FaultEnv(pg_server, server, server.url, tmp_path)
     try:
-        yield fe
+        with fault_services(pg_server, server, tmp_path) as fe:
+            yield fe
     finally:
-        for sup in fe.supervisors:
-            sup.stop()
-        for proc in fe.procs:
-            stop_process_group(proc, timeout_s=10)
-        _restore_env(saved)
         server.close()
 
 
@@ -235,11 +238,9 @@ def make_turns(wallet_ids: list[str], n: int, *, prefix: str = "t", offset: int 
 
 
 def open_wallets(gate, wallet_ids: list[str], credit_nanos: int = 10**15) -> None:
-    from worker.ledger.accounts import credit_wallet, open_wallet
-
+    """Each of ``wallet_ids`` opened in app ``ENTERPRISE`` (owner: itself) with ``credit_nanos``."""
     for w in wallet_ids:
-        open_wallet(gate, wallet_id=w, enterprise_id=ENTERPRISE, owner_id=w)
-        credit_wallet(gate, wallet_id=w, amount_nanos=credit_nanos, idempotency_key=f"open-{w}")
+        seed_wallet(gate, w, ENTERPRISE, w, credit_nanos)
 
 
 def spread_wallets(shards: int, per_shard: int = 1) -> list[str]:

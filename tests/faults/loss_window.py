@@ -129,10 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
     from pathlib import Path
 
-    from tests.faults.conftest import FaultEnv, _clean, _restore_env, _switch_env
+    from tests.faults.conftest import fault_services
     from tests.faults.services import PostgresServer, RedisServer
     from worker.ledger.migrate import recreate_database
-    from worker.devtools.workers import stop_process_group
 
     parser = argparse.ArgumentParser(prog="python -m tests.faults.loss_window")
     parser.add_argument("--rounds", type=int, default=3)
@@ -143,17 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         for n in range(args.rounds):
             for aof in (False, True):
                 server = RedisServer(aof=aof)
-                _clean(pg, server.url)
-                saved = _switch_env(server.url, pg.url)
-                fe = FaultEnv(pg, server, server.url, Path(tempfile.mkdtemp(prefix="tollgate-loss-")))
                 try:
-                    print(json.dumps({"round": n + 1, **measure(fe, aof=aof).as_dict()}), flush=True)
+                    with fault_services(pg, server, Path(tempfile.mkdtemp(prefix="tollgate-loss-"))) as fe:
+                        print(json.dumps({"round": n + 1, **measure(fe, aof=aof).as_dict()}), flush=True)
                 finally:
-                    for sup in fe.supervisors:
-                        sup.stop()
-                    for proc in fe.procs:
-                        stop_process_group(proc, timeout_s=10)
-                    _restore_env(saved)
                     server.close()
     finally:
         pg.close()

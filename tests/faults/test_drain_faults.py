@@ -38,16 +38,22 @@ def _record(gate, accepted: Accepted, turns, batch: int = 500) -> None:
         accepted.add(chunk, gate.record_turns(chunk))
 
 
-def test_worker_sigkilled_mid_drain_loses_and_doubles_nothing(fault_env):
-    fe = fault_env
+def _loaded(fe, n: int):
+    """The outbox of every shard loaded: 2 wallets a shard opened, ``n`` turns recorded.  Returns
+    ``(gate, wallets, accepted, app, kick)``; ``kick()`` sends one drain task a shard to ``app``."""
     gate = _gate(fe)
     wallets = spread_wallets(fe.settings.outbox_shards, per_shard=2)
     open_wallets(gate, wallets)
     accepted = Accepted()
-    _record(gate, accepted, make_turns(wallets, 10_000))
-    assert len(accepted.turns) == 10_000
+    _record(gate, accepted, make_turns(wallets, n))
     app = fe.celery_app()
-    kick = kick_all(app, fe.settings.outbox_shards)
+    return gate, wallets, accepted, app, kick_all(app, fe.settings.outbox_shards)
+
+
+def test_worker_sigkilled_mid_drain_loses_and_doubles_nothing(fault_env):
+    fe = fault_env
+    gate, wallets, accepted, app, kick = _loaded(fe, 10_000)
+    assert len(accepted.turns) == 10_000
 
     first = fe.start_worker(concurrency=2, **FAST_RECLAIM)
     kick()
@@ -69,13 +75,7 @@ def test_postgres_crash_restart_mid_drain_while_the_gate_keeps_accepting(fault_e
     keeps accepting turns meanwhile; the drain's failed batches stay pending in the outbox, are
     reclaimed after ``reclaim_idle_ms`` and persisted once PostgreSQL is back."""
     fe = fault_env
-    gate = _gate(fe)
-    wallets = spread_wallets(fe.settings.outbox_shards, per_shard=2)
-    open_wallets(gate, wallets)
-    accepted = Accepted()
-    _record(gate, accepted, make_turns(wallets, 12_000))
-    app = fe.celery_app()
-    kick = kick_all(app, fe.settings.outbox_shards)
+    gate, wallets, accepted, app, kick = _loaded(fe, 12_000)
     worker = fe.start_worker(concurrency=2, **FAST_RECLAIM)
     kick()
     wait_until(lambda: persisted_count(fe.pg) >= 1_000, 60, "the first drains")

@@ -5,7 +5,6 @@ cap; the gate's adjust script; and the ledger and the gate agreeing to the nano 
 from __future__ import annotations
 
 import json
-import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -109,24 +108,10 @@ def test_running_the_reset_twice_grants_once(db, gate, wallets):
     assert [tuple(a) for a in audits] == [("system", "credit", "w1", str(ALLOWANCE))]
 
 
-def test_concurrent_resets_grant_once(db, gate, wallets):
+def test_concurrent_resets_grant_once(db, gate, wallets, race):
     wallets.open()
     now = datetime(2026, 11, 10, 9, tzinfo=UTC)
-    barrier, reports, errors = threading.Barrier(4), [], []
-
-    def run():
-        try:
-            barrier.wait()
-            reports.append(reset(gate, now))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert errors == []
+    reports = race(*[lambda: reset(gate, now)] * 4)  # fails on any racer's exception
     assert sorted(len(r.granted) for r in reports) == [0, 0, 0, 1]
     assert ledger(db) == {allowance_key("w1", "2026-11"): ALLOWANCE}
     assert assert_agree(db, gate) == ALLOWANCE

@@ -4,11 +4,10 @@ and their scopes, problem documents naming the field, metrics."""
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from worker.db import session_scope
-from worker.ledger.accounts import credit_wallet, open_wallet
+from tests.conftest import auth, create_keys, seed_wallet
 
 pytestmark = pytest.mark.integration
 
@@ -19,53 +18,35 @@ COST = 800 * 2_500 + 200 * 1_250 + 100 * 10_000  # gpt-4o nanos per token: in 2,
 
 
 @pytest.fixture()
-def api(db, redis_client, gate):
-    from api_stub import deps, main
-    from models.enums import ApiRole
-    from worker.access.apikeys import create_key
+def api(http_api, gate):
+    seed_wallet(gate, "w1", "acme", "u1", 1_000_000_000)
+    seed_wallet(gate, "w2", "acme", "u2")
+    seed_wallet(gate, "x1", "other", "x")
+    return http_api(create_keys({"owner": ("owner", "acme"), "other_owner": ("owner", "other"),
+                                 "user_w1": ("end_user", "acme", "w1"), "admin": ("admin",)}))
 
-    deps.get_gate.cache_clear()
-    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
-    open_wallet(gate, wallet_id="w2", enterprise_id="acme", owner_id="u2")
-    open_wallet(gate, wallet_id="x1", enterprise_id="other", owner_id="x")
-    credit_wallet(gate, wallet_id="w1", amount_nanos=1_000_000_000, idempotency_key="open-w1")
-    with session_scope() as session:
-        keys = {
-            "owner": create_key(session, role=ApiRole.owner, enterprise_id="acme"),
-            "other_owner": create_key(session, role=ApiRole.owner, enterprise_id="other"),
-            "user_w1": create_key(session, role=ApiRole.end_user, enterprise_id="acme", wallet_id="w1"),
-            "admin": create_key(session, role=ApiRole.admin),
-        }
-    client = TestClient(main.app)
-    client.keys = keys
-    yield client
-    deps.get_gate.cache_clear()
-
-
-def _auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def test_record_turn_over_http_is_the_gate_s_decision_and_idempotent(api, gate):
-    r = api.post("/v1/turns", json=TURN, headers=_auth(api.keys["owner"]))
+    r = api.post("/v1/turns", json=TURN, headers=auth(api.keys["owner"]))
     assert r.status_code == 200, r.text
     assert r.json() == {"turn_id": "api-1", "accepted": True, "action": "continue",
                         "balance_nanos": 1_000_000_000 - COST, "cost_nanos": COST, "billed_nanos": COST,
                         "duplicate": False}
-    again = api.post("/v1/turns", json=TURN, headers=_auth(api.keys["owner"]))
+    again = api.post("/v1/turns", json=TURN, headers=auth(api.keys["owner"]))
     assert again.json() == {**r.json(), "duplicate": True}
     assert gate.balance("w1") == 1_000_000_000 - COST
 
 
 def test_batch_records_in_order_and_a_bad_turn_rejects_the_whole_batch(api, gate):
     turns = [{**TURN, "turn_id": f"b-{i}"} for i in range(5)]
-    r = api.post("/v1/turns/batch", json={"turns": turns}, headers=_auth(api.keys["owner"]))
+    r = api.post("/v1/turns/batch", json={"turns": turns}, headers=auth(api.keys["owner"]))
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["count"] == 5
     assert [d["balance_nanos"] for d in body["data"]] == [1_000_000_000 - COST * (i + 1) for i in range(5)]
     bad = [{**TURN, "turn_id": "b-10"}, {**TURN, "turn_id": "b-11", "model": "gpt-nonexistent"}]
-    r = api.post("/v1/turns/batch", json={"turns": bad}, headers=_auth(api.keys["owner"]))
+    r = api.post("/v1/turns/batch", json={"turns": bad}, headers=auth(api.keys["owner"]))
     assert r.status_code == 422
     assert r.json()["errors"] == [{"field": "model", "message": r.json()["detail"]}]
     assert gate.balance("w1") == 1_000_000_000 - 5 * COST
@@ -84,7 +65,7 @@ def test_batch_records_in_order_and_a_bad_turn_rejects_the_whole_batch(api, gate
     ],
 )
 def test_bad_turns_get_a_problem_naming_the_field_and_change_nothing(api, gate, redis_client, change, field):
-    r = api.post("/v1/turns", json={**TURN, **change}, headers=_auth(api.keys["owner"]))
+    r = api.post("/v1/turns", json={**TURN, **change}, headers=auth(api.keys["owner"]))
     assert r.status_code == 422
     problem = r.json()
     assert r.headers["content-type"] == "application/problem+json"
@@ -94,7 +75,7 @@ def test_bad_turns_get_a_problem_naming_the_field_and_change_nothing(api, gate, 
 
 
 def test_unknown_wallet_is_404_naming_wallet_id(api):
-    r = api.post("/v1/turns", json={**TURN, "wallet_id": "ghost"}, headers=_auth(api.keys["owner"]))
+    r = api.post("/v1/turns", json={**TURN, "wallet_id": "ghost"}, headers=auth(api.keys["owner"]))
     assert r.status_code == 404 and r.json()["errors"][0]["field"] == "wallet_id"
 
 
@@ -107,7 +88,7 @@ def test_every_endpoint_refuses_missing_wrong_and_revoked_keys(api):
     with session_scope() as session:
         assert revoke_key(session, prefix)
     for method, path, kw in calls:
-        for headers in ({}, _auth("tg_000000000000_nope"), _auth(api.keys["owner"]), {"Authorization": "Basic x"}):
+        for headers in ({}, auth("tg_000000000000_nope"), auth(api.keys["owner"]), {"Authorization": "Basic x"}):
             r = getattr(api, method)(path, headers=headers, **kw)
             assert r.status_code == 401, (path, headers, r.text)
             assert r.headers["www-authenticate"].startswith("Bearer")
@@ -116,32 +97,32 @@ def test_every_endpoint_refuses_missing_wrong_and_revoked_keys(api):
 def test_an_app_cannot_charge_another_app_s_wallet(api, gate):
     """The owner key of 'other' names its own enterprise but acme's wallet: refused by the gate
     itself (the wallet knows its app), the same 404 as an unknown wallet, nothing debited."""
-    r = api.post("/v1/turns", json={**TURN, "enterprise_id": "other"}, headers=_auth(api.keys["other_owner"]))
+    r = api.post("/v1/turns", json={**TURN, "enterprise_id": "other"}, headers=auth(api.keys["other_owner"]))
     assert r.status_code == 404 and r.json()["errors"][0]["field"] == "wallet_id"
     assert gate.balance("w1") == 1_000_000_000
     ok = api.post("/v1/turns", json={**TURN, "wallet_id": "x1", "enterprise_id": "other"},
-                  headers=_auth(api.keys["other_owner"]))
+                  headers=auth(api.keys["other_owner"]))
     assert ok.status_code == 200 and ok.json()["accepted"] is False  # its own empty wallet: denied, not refused
 
 
 def test_scopes_nobody_reads_or_writes_another_app_s_data(api):
-    other = _auth(api.keys["other_owner"])
+    other = auth(api.keys["other_owner"])
     assert api.post("/v1/turns", json=TURN, headers=other).status_code == 403
     assert api.get("/v1/wallets/w1", headers=other).status_code == 404
-    user = _auth(api.keys["user_w1"])
+    user = auth(api.keys["user_w1"])
     assert api.post("/v1/turns", json=TURN, headers=user).status_code == 403
     mine = api.get("/v1/wallets/w1", headers=user)
     assert mine.status_code == 200 and mine.json()["gate_balance_nanos"] == 1_000_000_000
     assert api.get("/v1/wallets/w2", headers=user).status_code == 404
-    assert api.get("/v1/wallets/w1", headers=_auth(api.keys["admin"])).status_code == 404  # no end-user detail
-    owner = api.get("/v1/wallets/w2", headers=_auth(api.keys["owner"]))
+    assert api.get("/v1/wallets/w1", headers=auth(api.keys["admin"])).status_code == 404  # no end-user detail
+    owner = api.get("/v1/wallets/w2", headers=auth(api.keys["owner"]))
     assert owner.status_code == 200 and owner.json()["ledger_balance_nanos"] == 0
 
 
 def test_metrics_count_decisions_and_outbox_for_admins_only(api):
-    api.post("/v1/turns", json=TURN, headers=_auth(api.keys["owner"]))
-    assert api.get("/metrics", headers=_auth(api.keys["owner"])).status_code == 403
-    r = api.get("/metrics", headers=_auth(api.keys["admin"]))
+    api.post("/v1/turns", json=TURN, headers=auth(api.keys["owner"]))
+    assert api.get("/metrics", headers=auth(api.keys["owner"])).status_code == 403
+    r = api.get("/metrics", headers=auth(api.keys["admin"]))
     assert r.status_code == 200
     assert 'tollgate_decisions_total{outcome="accepted"}' in r.text
     assert "tollgate_gate_seconds_bucket" in r.text
@@ -154,7 +135,7 @@ def test_metrics_show_the_last_reconciliation_drift(api, gate, redis_client):
 
     redis_client.hincrby(gate.wallet_key("w2"), "balance", 250)
     reconcile(gate)
-    r = api.get("/metrics", headers=_auth(api.keys["admin"]))
+    r = api.get("/metrics", headers=auth(api.keys["admin"]))
     assert "tollgate_reconciliation_last_drift_nanos 250.0" in r.text
     assert "tollgate_reconciliation_last_drifted_wallets 1.0" in r.text
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from tests.integration.test_api import TURN, _auth, api  # noqa: F401  (fixture)
+from tests.conftest import auth
+from tests.integration.test_api import TURN, api  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +25,7 @@ def test_a_denied_turn_queues_one_pause_of_its_chat(api, gate, db, monkeypatch):
     turn = {**TURN, "wallet_id": "w2", "chat_id": "c-dry"}  # w2 has no funds
     before = outbox_position(gate, "w2")
     for i in range(3):  # an orchestrator that keeps calling
-        r = api.post("/v1/turns", json={**turn, "turn_id": f"dry-{i}"}, headers=_auth(api.keys["owner"]))
+        r = api.post("/v1/turns", json={**turn, "turn_id": f"dry-{i}"}, headers=auth(api.keys["owner"]))
         assert (r.status_code, r.json()["accepted"], r.json()["action"]) == (200, False, "pause")
     after = outbox_position(gate, "w2")
 
@@ -77,7 +78,7 @@ def test_a_hanging_broker_or_a_first_wallet_lookup_never_stalls_other_requests(a
 
     monkeypatch.setattr(deps, "platform_owner", slow_platform_owner)
     deps._WALLET_PAYERS.pop("w2", None)
-    auth = _auth(api.keys["owner"])
+    owner = auth(api.keys["owner"])
 
     async def scenario():
         transport = httpx.ASGITransport(app=main.app)
@@ -85,7 +86,7 @@ def test_a_hanging_broker_or_a_first_wallet_lookup_never_stalls_other_requests(a
             started = _time.perf_counter()  # before the timer: the broker cannot answer sooner than 2.5 s after it
             threading.Timer(2.5, release.set).start()  # the broker answers after 2.5 s
             denied = asyncio.create_task(client.post("/v1/turns", json={**TURN, "wallet_id": "w2", "chat_id": "c-hang",
-                                                                         "turn_id": "hang-1"}, headers=auth))
+                                                                         "turn_id": "hang-1"}, headers=owner))
             await asyncio.sleep(0.2)  # the turn is now in its lookup (1 s), then in its pause (till 2.5 s)
             health = await client.get("/healthz")
             answered = _time.perf_counter() - started

@@ -10,8 +10,7 @@ from hypothesis import HealthCheck, settings as hsettings
 from schemathesis.specs.openapi.checks import response_schema_conformance
 from schemathesis.checks import not_a_server_error
 
-from worker.db import session_scope
-from worker.ledger.accounts import credit_wallet, open_wallet
+from tests.conftest import create_keys, seed_wallet
 
 pytestmark = pytest.mark.integration
 
@@ -23,21 +22,12 @@ schema = schema.exclude(path_regex=r"^/(billing|v1/stripe)")
 
 
 @pytest.fixture()
-def keys(db, redis_client, gate, settings, monkeypatch):
-    from api_stub import deps
-    from models.enums import ApiRole
-    from worker.access.apikeys import create_key
-
+def keys(http_api, gate, settings, monkeypatch):
+    """The owner, end user and admin keys (the API's cached gate cleared around the test by ``http_api``)."""
     monkeypatch.setattr(settings, "rate_limit", "1000000/minute")
-    deps.get_gate.cache_clear()
-    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
-    credit_wallet(gate, wallet_id="w1", amount_nanos=10**9, idempotency_key="open-w1")
-    with session_scope() as session:
-        created = [create_key(session, role=ApiRole.owner, enterprise_id="acme"),
-                   create_key(session, role=ApiRole.end_user, enterprise_id="acme", wallet_id="w1"),
-                   create_key(session, role=ApiRole.admin)]
-    yield created
-    deps.get_gate.cache_clear()
+    seed_wallet(gate, "w1", "acme", "u1", 10**9)
+    return list(create_keys({"owner": ("owner", "acme"), "end_user": ("end_user", "acme", "w1"),
+                            "admin": ("admin",)}).values())
 
 
 @schema.parametrize()

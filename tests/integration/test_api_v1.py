@@ -10,11 +10,10 @@ import re
 
 import pytest
 from fastapi.routing import APIRoute
-from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from tests.conftest import create_keys, seed_wallet
 from worker.db import session_scope
-from worker.ledger.accounts import credit_wallet, open_wallet
 
 pytestmark = pytest.mark.integration
 
@@ -27,32 +26,13 @@ USD = 1_000_000_000
 
 
 @pytest.fixture()
-def api(db, redis_client, gate):
-    from api_stub import deps
-    from models.enums import ApiRole
-    from worker.access.apikeys import create_key
-
-    deps.get_gate.cache_clear()
-    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
-    open_wallet(gate, wallet_id="w2", enterprise_id="acme", owner_id="u2")
-    open_wallet(gate, wallet_id="x1", enterprise_id="other", owner_id="x")
-    credit_wallet(gate, wallet_id="w1", amount_nanos=USD, idempotency_key="open-w1")
-    credit_wallet(gate, wallet_id="x1", amount_nanos=USD, idempotency_key="open-x1")
-    with session_scope() as session:
-        keys = {
-            "owner": create_key(session, role=ApiRole.owner, enterprise_id="acme"),
-            "other_owner": create_key(session, role=ApiRole.owner, enterprise_id="other"),
-            "user_w1": create_key(session, role=ApiRole.end_user, enterprise_id="acme", wallet_id="w1"),
-            "user_w2": create_key(session, role=ApiRole.end_user, enterprise_id="acme", wallet_id="w2"),
-            "admin": create_key(session, role=ApiRole.admin),
-        }
-    from api_stub.main import app
-
-    client = TestClient(app)
-    client.keys = keys
-    client.h = {name: {"Authorization": f"Bearer {key}"} for name, key in keys.items()}
-    yield client
-    deps.get_gate.cache_clear()
+def api(http_api, gate):
+    seed_wallet(gate, "w1", "acme", "u1", USD)
+    seed_wallet(gate, "w2", "acme", "u2")
+    seed_wallet(gate, "x1", "other", "x", USD)
+    return http_api(create_keys({"owner": ("owner", "acme"), "other_owner": ("owner", "other"),
+                                 "user_w1": ("end_user", "acme", "w1"), "user_w2": ("end_user", "acme", "w2"),
+                                 "admin": ("admin",)}))
 
 
 def _drain(redis_client, settings) -> None:

@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
+from tests.conftest import seed_wallet
 from models.turn import TurnIn
 from tests.receiver import start_receiver
 from worker.billing.budgets import BUDGET_EXCEEDED, BudgetError, check_budgets, set_budget
 from worker.db import session_scope
 from worker.ledger.drain import OutboxDrain
-from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.pricing.prices import PriceBook
 from worker.gate.gate import WalletGate
 from worker.events import channel, verify
@@ -62,8 +62,7 @@ def spender(db, gate, redis_client, settings):
 
 
 def _wallet(gate, wallet_id="w1", enterprise="acme", usd=100):
-    open_wallet(gate, wallet_id=wallet_id, enterprise_id=enterprise, owner_id=f"owner-{wallet_id}")
-    credit_wallet(gate, wallet_id=wallet_id, amount_nanos=usd * USD, idempotency_key=f"open-{wallet_id}")
+    seed_wallet(gate, wallet_id, enterprise, f"owner-{wallet_id}", usd * USD)
 
 
 def _budget(**kw) -> int:
@@ -158,7 +157,7 @@ def test_a_late_first_run_sends_every_threshold_crossed_once(db, gate, redis_cli
     assert [m["data"]["threshold_pct"] for m in listen.drain()] == [50, 80]
 
 
-def test_concurrent_checks_emit_each_alert_exactly_once(db, gate, redis_client, spender):
+def test_concurrent_checks_emit_each_alert_exactly_once(db, gate, redis_client, spender, race):
     _wallet(gate)
     with db.begin() as conn:
         conn.execute(text("UPDATE enterprise SET callback_url = 'http://127.0.0.1:9/x', webhook_secret = 's'"))
@@ -172,22 +171,7 @@ def test_concurrent_checks_emit_each_alert_exactly_once(db, gate, redis_client, 
         with lock:
             sent.append((name, kwargs["event_id"]))
 
-    barrier = threading.Barrier(4)
-    results, errors = [], []
-
-    def worker():
-        try:
-            barrier.wait()
-            results.append(_check(gate, send_task=send_task))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert errors == []
+    results = race(*[lambda: _check(gate, send_task=send_task)] * 4)  # fails on any racer's exception
     assert sorted(len(r.alerts) for r in results) == [0, 0, 0, 4]
     rows = _alerts(db)
     assert [(r[2], r[3]) for r in rows] == [(50, 10 * USD), (80, 10 * USD), (100, 10 * USD), (50, 10 * USD)]

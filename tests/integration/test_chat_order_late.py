@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import text
 
 from worker.validation import InvalidInput
-from tests.integration.test_api import COST, TURN, _auth, api  # noqa: F401  (fixture)
+from tests.conftest import auth
+from tests.integration.test_api import COST, TURN, api  # noqa: F401  (fixture)
 from tests.integration.test_budgets import NOW, USD, Spender, _budget, _check
 from worker.db import session_scope
 from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
@@ -68,7 +69,7 @@ def _deny(api, gate, queued, chat_id: str, turn_id: str) -> dict:
     after every transition counted before it)."""
     before = outbox_position(gate, "w2")
     r = api.post("/v1/turns", json={**TURN, "wallet_id": "w2", "chat_id": chat_id, "turn_id": turn_id},
-                 headers=_auth(api.keys["owner"]))
+                 headers=auth(api.keys["owner"]))
     assert (r.status_code, r.json()["accepted"], r.json()["action"]) == (200, False, "pause")
     after = outbox_position(gate, "w2")
     count = int(gate.redis.get(transitions_key(gate.shard("w2"))))
@@ -95,7 +96,7 @@ def test_a_pause_task_run_after_credit_and_resume_leaves_the_chat_resumable(api,
     events = Events(redis_client, "acme", chat)
     task = _deny(api, gate, queued, chat, "late-1")
     r = api.post(f"/v1/chats/{chat}/pause", json={"wallet_id": "w2", "reason": "wallet_exhausted"},
-                 headers=_auth(api.keys["owner"]))
+                 headers=auth(api.keys["owner"]))
     assert r.status_code == 200, r.text
     credit_wallet(gate, wallet_id="w2", amount_nanos=10 * COST, idempotency_key="topup-late")
     assert pause_chat(**task) is False  # stale: the credit's resume came after the denial
@@ -119,14 +120,14 @@ def test_a_pause_task_run_after_the_orchestrator_resumed_changes_nothing(api, ga
     chat = f"late-{uuid.uuid4().hex[:8]}"
     credit_wallet(gate, wallet_id="w2", amount_nanos=3 * COST, idempotency_key="two-turns")
     r = api.post("/v1/turns", json={**TURN, "wallet_id": "w2", "chat_id": chat, "turn_id": "paid-1"},
-                 headers=_auth(api.keys["owner"]))
+                 headers=auth(api.keys["owner"]))
     assert (r.json()["accepted"], r.json()["action"], r.json()["balance_nanos"]) == (True, "continue", 2 * COST)
     assert OutboxDrain(redis_client, settings=gate.settings).drain().inserted == 1
     events = Events(redis_client, "acme", chat)
     gate.reserve("w2", 2 * COST, reservation_id="other-call")
     task = _deny(api, gate, queued, chat, "late-2")
     credit_wallet(gate, wallet_id="w2", amount_nanos=10 * COST, idempotency_key="topup-late-2")
-    r = api.post(f"/v1/chats/{chat}/resume", headers=_auth(api.keys["owner"]))
+    r = api.post(f"/v1/chats/{chat}/resume", headers=auth(api.keys["owner"]))
     assert r.status_code == 200, r.text
     assert pause_chat(**task) is False
     assert events.types() == []

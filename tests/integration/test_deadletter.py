@@ -16,13 +16,12 @@ from sqlalchemy.exc import OperationalError
 
 import worker.ledger.drain as drain_module
 from models.turn import TurnIn
-from tests.conftest import TEST_REDIS_URL
+from tests.conftest import TEST_REDIS_URL, create_keys, seed_wallet
 from worker.db import session_scope
 from worker.ledger.deadletter import DeadLetterNotFound, list_dead_letters
 from worker.gate.keys import deadletter_key
 from worker.ledger.drain import GROUP, DrainStats, OutboxDrain
 from worker.ledger.reconcile import reconcile
-from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.gate.keys import outbox_key
 
 pytestmark = pytest.mark.integration
@@ -40,8 +39,7 @@ def _turn(i: int, wallet_id: str = "w1", **poison) -> TurnIn:
 
 
 def _open(gate, wallet_id: str = "w1") -> None:
-    open_wallet(gate, wallet_id=wallet_id, enterprise_id="acme", owner_id="u1")
-    credit_wallet(gate, wallet_id=wallet_id, amount_nanos=CREDIT, idempotency_key=f"open-{wallet_id}")
+    seed_wallet(gate, wallet_id, "acme", "u1", CREDIT)
 
 
 def _dead() -> list:
@@ -351,23 +349,11 @@ def test_bytes_that_are_not_utf8_in_the_outbox_are_dead_lettered_not_wedging(db,
     raw.close()
 
 
-def test_metrics_endpoint_shows_dead_letters_per_shard(db, redis_client, gate, settings):
-    from fastapi.testclient import TestClient
-
-    from api_stub import deps, main
-    from models.enums import ApiRole
-    from worker.access.apikeys import create_key
-    from worker.db import session_scope
-
+def test_metrics_endpoint_shows_dead_letters_per_shard(db, redis_client, gate, settings, http_api):
     _, bad, _ = _poisoned(gate, redis_client, settings, "agent")
-    with session_scope() as session:
-        admin = create_key(session, role=ApiRole.admin)
     shard = gate.shard("w1")
-    deps.get_gate.cache_clear()
-    try:
-        body = TestClient(main.app).get("/metrics", headers={"Authorization": f"Bearer {admin}"}).text
-    finally:
-        deps.get_gate.cache_clear()
+    api = http_api(create_keys({"admin": ("admin",)}))
+    body = api.get("/metrics", headers=api.h["admin"]).text
     samples = dict(line.rsplit(" ", 1) for line in body.splitlines() if line.startswith("tollgate_dead"))
     assert float(samples[f'tollgate_deadletter_entries{{shard="{shard}"}}']) == 1
     assert float(samples[f'tollgate_deadletter_nanos{{shard="{shard}"}}']) == bad.billed_nanos

@@ -19,12 +19,10 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
 import pytest
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from sqlalchemy import text
 
-from worker.db import session_scope
-from worker.ledger.accounts import credit_wallet, open_wallet
+from tests.conftest import create_keys, seed_wallet
 
 pytestmark = pytest.mark.integration
 
@@ -100,25 +98,16 @@ OPS = st.lists(st.one_of(
 
 
 @pytest.fixture()
-def api(db, redis_client, gate, settings, monkeypatch):
-    from api_stub import deps
-    from models.enums import ApiRole
-    from worker.access.apikeys import create_key
-
+def api(http_api, gate, settings, monkeypatch):
     monkeypatch.setattr(settings, "occurred_at_max_ahead_s", 86_400)  # production's default (conftest widens it)
-    deps.get_gate.cache_clear()
     for e, w in SCOPES:
-        open_wallet(gate, wallet_id=w, enterprise_id=e, owner_id=f"u-{w}")
-        credit_wallet(gate, wallet_id=w, amount_nanos=USD, idempotency_key=f"open-{w}")
-    with session_scope() as session:
-        keys = {e: create_key(session, role=ApiRole.owner, enterprise_id=e) for e in sorted({e for e, _w in SCOPES})}
-    from api_stub.main import app
-
-    client = TestClient(app, raise_server_exceptions=False)  # a server error must show as a 5xx here
+        seed_wallet(gate, w, e, f"u-{w}", USD)
+    keys = create_keys({e: ("owner", e) for e in sorted({e for e, _w in SCOPES})})
+    client = http_api(keys, headers={"Content-Type": "application/json"},
+                      raise_server_exceptions=False)  # a server error must show as a 5xx here
     # the owner key of each app; a wallet's requests go with its app's key
-    client.h = {w: {"Authorization": f"Bearer {keys[e]}", "Content-Type": "application/json"} for e, w in SCOPES}
-    yield client
-    deps.get_gate.cache_clear()
+    client.h = {w: client.h[e] for e, w in SCOPES}
+    return client
 
 
 def _path(value: str) -> str:

@@ -10,11 +10,10 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from worker.db import session_scope
+from tests.conftest import create_keys, seed_wallet
 from worker.ledger.accounts import LedgerError, credit_wallet, open_wallet
 
 pytestmark = pytest.mark.integration
@@ -40,22 +39,11 @@ def day_window(settings, monkeypatch):
 
 
 @pytest.fixture()
-def api(db, redis_client, gate, day_window):
-    from api_stub import deps
-    from models.enums import ApiRole
-    from worker.access.apikeys import create_key
-
-    deps.get_gate.cache_clear()
-    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
-    credit_wallet(gate, wallet_id="w1", amount_nanos=USD, idempotency_key="open-w1")
-    with session_scope() as session:
-        key = create_key(session, role=ApiRole.owner, enterprise_id="acme")
-    from api_stub.main import app
-
-    client = TestClient(app)
-    client.h = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    yield client
-    deps.get_gate.cache_clear()
+def api(http_api, gate, day_window):
+    seed_wallet(gate, "w1", "acme", "u1", USD)
+    client = http_api(create_keys({"owner": ("owner", "acme")}), headers={"Content-Type": "application/json"})
+    client.h = client.h["owner"]  # this module's requests all go with the owner key
+    return client
 
 
 def _post(api, path: str, body) -> object:

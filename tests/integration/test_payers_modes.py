@@ -313,30 +313,19 @@ def test_a_credit_resumes_exactly_the_paused_chats_of_its_wallet_once(db, gate, 
         ("active", "connected", False)]
 
 
-def test_concurrent_mode_changes_leave_redis_on_the_committed_mode(db, gate):
+def test_concurrent_mode_changes_leave_redis_on_the_committed_mode(db, gate, race):
     """Changes race: whichever commits last, Redis ends on PostgreSQL's mode (each push re-reads
     the mode under the wallet's advisory lock)."""
-    import threading
-
     _app("acme")
     open_wallet(gate, wallet_id="race", enterprise_id="acme", owner_id="u1")
-    errors = []
 
     def flip(modes):
-        try:
-            for m in modes:
-                with session_scope() as s:  # the entry point's transaction
-                    set_wallet_mode(s, gate, "race", m, resume=resume_paused_chats)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for m in modes:
+            with session_scope() as s:  # the entry point's transaction
+                set_wallet_mode(s, gate, "race", m, resume=resume_paused_chats)
 
-    threads = [threading.Thread(target=flip, args=(["development", "production"] * 15,)),
-               threading.Thread(target=flip, args=(["trial", "track_only", "production", "development"] * 8,))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert errors == []
+    race(lambda: flip(["development", "production"] * 15),
+         lambda: flip(["trial", "track_only", "production", "development"] * 8), timeout=120)  # fails on an exception
     with db.connect() as conn:
         committed = conn.execute(text("SELECT mode FROM wallet WHERE id = 'race'")).scalar_one()
     assert gate.redis.hget(gate.wallet_key("race"), "mode") == committed

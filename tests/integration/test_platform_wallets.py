@@ -6,11 +6,10 @@ app's creator, modes and settings."""
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from models.enums import ApiRole, PayerLevel
-from worker.access.apikeys import create_key
+from tests.conftest import create_keys
+from models.enums import PayerLevel
 from worker.db import session_scope
 from worker.ledger.accounts import credit_wallet, ensure_enterprise, open_wallet
 from worker.billing.modes import configure_app
@@ -22,29 +21,27 @@ TURN = {"turn_id": "p-1", "wallet_id": "plat:maker-1", "enterprise_id": "acme", 
 COST = 1000 * 2_500 + 100 * 10_000
 
 
-def test_only_the_creator_s_apps_charge_a_platform_wallet(db, redis_client, gate):
-    from api_stub import deps, main
+def test_only_the_creator_s_apps_charge_a_platform_wallet(db, redis_client, gate, http_api):
+    from api_stub import deps
 
-    deps.get_gate.cache_clear()
     deps._CREATORS.clear()
     with session_scope() as s:
         for app in ("acme", "rival"):
             ensure_enterprise(s, app)
-        keys = {app: create_key(s, role=ApiRole.owner, enterprise_id=app) for app in ("acme", "rival")}
+    keys = create_keys({app: ("owner", app) for app in ("acme", "rival")})
     open_wallet(gate, wallet_id="plat:maker-1", enterprise_id=None, owner_id="maker-1", level=PayerLevel.platform)
     credit_wallet(gate, wallet_id="plat:maker-1", amount_nanos=10**10, idempotency_key="grant")
     with session_scope() as s:  # the entry point's transaction
         configure_app(s, gate, "acme", creator_id="maker-1")
-    api = TestClient(main.app)
+    api = http_api(keys)
     rival = api.post("/v1/turns", json={**TURN, "enterprise_id": "rival", "turn_id": "r-1"},
-                     headers={"Authorization": f"Bearer {keys['rival']}"})
+                     headers=api.h["rival"])
     assert rival.status_code == 404 and rival.json()["errors"][0]["field"] == "wallet_id"
     assert "balance_nanos" not in rival.text
-    mine = api.post("/v1/turns", json=TURN, headers={"Authorization": f"Bearer {keys['acme']}"})
+    mine = api.post("/v1/turns", json=TURN, headers=api.h["acme"])
     assert mine.status_code == 200, mine.text
     assert (mine.json()["billed_nanos"], mine.json()["balance_nanos"]) == (COST, 10**10 - COST)
     assert gate.balance("plat:maker-1") == 10**10 - COST
-    deps.get_gate.cache_clear()
 
 
 def test_cli_configures_an_app_and_sets_modes(cli, db):

@@ -5,6 +5,7 @@ above its hold is charged from the hold plus the free balance only, the rest rec
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import threading
@@ -234,7 +235,7 @@ def test_a_wallet_overrides_its_apps_setting_and_the_cli_sets_both(db, gate, cli
 
 
 # a race ----------------------------------------------------------------------------------------
-def test_fifty_threads_reserving_and_settling_on_a_cent_never_go_below_zero(db, redis_client, gate, settings):
+def test_fifty_threads_reserving_and_settling_on_a_cent_never_go_below_zero(db, redis_client, gate, settings, race):
     """50 threads on one $0.01 wallet that requires reservations: they reserve by amount or by
     model, settle with turns costing up to 4× their hold, settle twice, name unknown holds and each
     other's, and send turns with no hold at all.  The balance never goes below zero and, to the
@@ -291,12 +292,7 @@ def test_fifty_threads_reserving_and_settling_on_a_cent_never_go_below_zero(db, 
             with lock:
                 lowest[0] = min(lowest[0], balance)
 
-    threads = [threading.Thread(target=racer, args=(n,)) for n in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not any(t.is_alive() for t in threads)
+    race(*[functools.partial(racer, n) for n in range(50)], timeout=300)  # every racer ended, none raised
     for rid in others:  # give back what is still held
         gate.release("pool", rid)
     balance, held, _mode = gate.available("pool")

@@ -16,12 +16,12 @@ import time_machine
 from sqlalchemy import text
 from sqlmodel import Session
 
+from tests.conftest import seed_wallet
 from models.turn import TurnIn
 from tests.conftest import REPO
 from worker.db import session_scope
 from worker.gate.outbox import parse_entry
 from worker.ledger.drain import OutboxDrain
-from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.ledger.turns import persist_turns
 from worker.pricing.prices import nanos_to_usd
 from worker.chats.rollups import (
@@ -47,8 +47,7 @@ T0 = datetime(2026, 11, 10, 9, tzinfo=UTC)
 
 
 def _wallet(gate, wallet_id: str = "w1", enterprise_id: str = "acme") -> None:
-    open_wallet(gate, wallet_id=wallet_id, enterprise_id=enterprise_id, owner_id=f"owner-{wallet_id}")
-    credit_wallet(gate, wallet_id=wallet_id, amount_nanos=10**15, idempotency_key=f"open-{wallet_id}")
+    seed_wallet(gate, wallet_id, enterprise_id, f"owner-{wallet_id}", 10**15)
 
 
 def _turn(turn_id: str, *, chat: str = "c1", workflow: str = "wf", agent: str = "planner", prompt: int = 1000,
@@ -339,7 +338,7 @@ def test_a_mark_a_drain_is_writing_is_skipped_not_lost(db, gate, redis_client):
     _assert_rollup_matches_events(db, "acme", "wf", "2026-11")
 
 
-def test_concurrent_drains_and_refreshes_never_lose_a_turn(db, gate, redis_client):
+def test_concurrent_drains_and_refreshes_never_lose_a_turn(db, gate, redis_client, race):
     _wallet(gate)
     n = 600
     _record(gate, [_turn(f"t{i}", chat=f"c{i % 7}", workflow=("wf", "billing")[i % 2],
@@ -349,7 +348,6 @@ def test_concurrent_drains_and_refreshes_never_lose_a_turn(db, gate, redis_clien
     assert len(rows) == n
     batches = [rows[i : i + 15] for i in range(0, n, 15)]
     done = threading.Event()
-    errors: list[BaseException] = []
     refreshed = [0, 0]
 
     def drain():
@@ -357,28 +355,17 @@ def test_concurrent_drains_and_refreshes_never_lose_a_turn(db, gate, redis_clien
             for batch in batches:
                 with session_scope() as s:
                     persist_turns(s, batch)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
         finally:
             done.set()
 
     def refresh(k: int):
-        try:
-            while not done.is_set():
-                with session_scope() as s:
-                    refreshed[k] += refresh_dirty(s, limit=1)
-                with session_scope() as s:  # also a direct refresh racing the beat job
-                    refresh_rollup(s, "acme", "wf", "2026-11")
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        while not done.is_set():
+            with session_scope() as s:
+                refreshed[k] += refresh_dirty(s, limit=1)
+            with session_scope() as s:  # also a direct refresh racing the beat job
+                refresh_rollup(s, "acme", "wf", "2026-11")
 
-    threads = [threading.Thread(target=drain), threading.Thread(target=refresh, args=(0,)),
-               threading.Thread(target=refresh, args=(1,))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
+    race(drain, lambda: refresh(0), lambda: refresh(1), timeout=60)  # fails on any racer's exception
     assert sum(refreshed) > 0, "the refreshes must have run while the drain did"
     _refresh_all()
     assert _dirty(db) == []

@@ -6,16 +6,15 @@ gate's block, and the exact Checkout requests sent to a local server standing in
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
 import stripe
-from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from models.turn import TurnIn
-from models.enums import ApiRole, PayerLevel
+from models.enums import PayerLevel
+from tests.conftest import create_keys
 from tests.stripe_stub import StripeStub, event_json, stripe_signature
 from worker.billing.allowances import run_monthly_reset
 from worker.db import session_scope
@@ -51,19 +50,17 @@ def stripe_settings(settings, monkeypatch):
 
 
 @pytest.fixture()
-def api(db, redis_client, gate, stripe_settings):
+def api(http_api, stripe_settings):
     """The FastAPI app with Celery sends recorded in ``api.sent`` instead of sent."""
-    from api_stub import deps, main
+    from api_stub import main
     from api_stub.routes.stripe import get_send_task
 
     sent: list[tuple[str, dict]] = []
-    deps.get_gate.cache_clear()
     main.app.dependency_overrides[get_send_task] = lambda: (lambda name, kwargs: sent.append((name, kwargs)))
-    client = TestClient(main.app)
+    client = http_api()
     client.sent = sent
     yield client
     main.app.dependency_overrides.clear()
-    deps.get_gate.cache_clear()
 
 
 def _packages(*packages) -> None:
@@ -242,25 +239,11 @@ def test_unpaid_unknown_and_unmatched_events_credit_nothing(db, gate, api):
     assert (gate.balance("w1"), _ledger(db)) == (10 * USD, [("stripe:cs_y", "credit", 10 * USD)])
 
 
-def test_concurrent_processing_of_one_event_credits_once(db, gate, api):
+def test_concurrent_processing_of_one_event_credits_once(db, gate, api, race):
     open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
     _packages(TOPUP)
     _post(api, event_json("evt_race", "checkout.session.completed", _paid_session()))
-    barrier, results, errors = threading.Barrier(4), [], []
-
-    def run():
-        try:
-            barrier.wait()
-            results.append(process_event("evt_race", gate=gate))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert errors == []
+    results = race(*[lambda: process_event("evt_race", gate=gate)] * 4)  # fails on any racer's exception
     assert sorted((r.processed, r.duplicate) for r in results) == [(False, True)] * 3 + [(True, False)]
     assert gate.balance("w1") == 10 * USD
     assert _ledger(db) == [("stripe:cs_test_a1", "credit", 10 * USD)]
@@ -374,7 +357,7 @@ def test_fee_arithmetic_is_integer_cents():
             platform_fee_cents(100, bad)
 
 
-def test_checkout_sends_stripe_exactly_these_requests(db, gate, stripe_settings, monkeypatch):
+def test_checkout_sends_stripe_exactly_these_requests(db, gate, stripe_settings, monkeypatch, http_api):
     open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
     open_wallet(gate, wallet_id="creator", enterprise_id="acme", owner_id="o1", level=PayerLevel.platform)
     _packages(dict(TOPUP, price_cents=999), PLAN)
@@ -450,13 +433,8 @@ def test_checkout_sends_stripe_exactly_these_requests(db, gate, stripe_settings,
 
         # over HTTP: the wallet's end-user key may buy for it, another wallet is not found
         monkeypatch.setattr(stripe_settings, "stripe_api_base", stub.url)
-        from api_stub import main
-        from worker.access.apikeys import create_key
-
-        with session_scope() as session:
-            user_key = create_key(session, role=ApiRole.end_user, enterprise_id="acme", wallet_id="w1")
-        http = TestClient(main.app)
-        auth = {"Authorization": f"Bearer {user_key}", "Idempotency-Key": "http-buy-1"}
+        http = http_api(create_keys({"user": ("end_user", "acme", "w1")}), headers={"Idempotency-Key": "http-buy-1"})
+        auth = http.h["user"]
         r = http.post("/v1/checkout", json={"wallet_id": "w1", "package_id": "topup-10", **URLS}, headers=auth)
         assert (r.status_code, r.json()) == (200, {"session_id": "cs_test_4", "mode": "payment",
                                                     "url": "https://checkout.stripe.com/c/pay/cs_test_4"})
@@ -497,14 +475,12 @@ def test_package_validation_names_the_field_and_stores_nothing(session):
     assert 2_000 * CENT == 20 * USD  # the plan sells credit at face value
 
 
-def test_a_real_celery_worker_processes_the_webhook_s_task(db, gate, stripe_settings, celery_worker_factory):
-    from api_stub import deps, main
-
+def test_a_real_celery_worker_processes_the_webhook_s_task(db, gate, stripe_settings, celery_worker_factory,
+                                                           http_api):
     open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
     _packages(TOPUP)
     celery_worker_factory()
-    deps.get_gate.cache_clear()
-    http = TestClient(main.app)  # the real send_task: through the test broker to the worker
+    http = http_api()  # the real send_task: through the test broker to the worker
     body = event_json("evt_celery", "checkout.session.completed", _paid_session())
     assert _post(http, body).json() == {"received": True, "duplicate": False}
     deadline = time.monotonic() + 60

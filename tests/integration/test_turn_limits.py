@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
+from tests.conftest import create_keys, seed_wallet
 from models.turn import TurnIn
 from models.wallet import DEFAULT_MAX_TURN_COST_NANOS
 from worker.db import session_scope
@@ -29,26 +29,15 @@ WALLET = 40_000_000  # $0.04, the issue's wallet
 
 @pytest.fixture()
 def wallet(db, redis_client, gate):
-    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
-    credit_wallet(gate, wallet_id="w1", amount_nanos=WALLET, idempotency_key="open-w1")
+    seed_wallet(gate, "w1", "acme", "u1", WALLET)
     return gate
 
 
 @pytest.fixture()
-def api(wallet):
-    from api_stub import deps
-    from models.enums import ApiRole
-    from worker.access.apikeys import create_key
-
-    deps.get_gate.cache_clear()
-    with session_scope() as session:
-        key = create_key(session, role=ApiRole.owner, enterprise_id="acme")
-    from api_stub.main import app
-
-    client = TestClient(app)
-    client.h = {"Authorization": f"Bearer {key}"}
-    yield client
-    deps.get_gate.cache_clear()
+def api(wallet, http_api):
+    client = http_api(create_keys({"owner": ("owner", "acme")}))
+    client.h = client.h["owner"]  # this module's requests all go with the owner key
+    return client
 
 
 def _outbox_len(redis_client, gate, wallet_id: str = "w1") -> int:

@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import text
 
+from tests.conftest import seed_wallet
 from models.turn import TurnIn
 from worker.ledger.drain import OutboxDrain
-from worker.ledger.accounts import credit_wallet, open_wallet
+from worker.ledger.accounts import credit_wallet
 from worker.ledger.reconcile import reconcile
 from worker.gate.keys import shard_of
 
@@ -32,8 +33,7 @@ def _turn(wallet_id: str, enterprise_id: str, turn_id: str = TURN) -> TurnIn:
 
 
 def _open(gate, wallet_id: str, enterprise_id: str | None, level: str = "app_usage") -> None:
-    open_wallet(gate, wallet_id=wallet_id, enterprise_id=enterprise_id, owner_id=wallet_id, level=level)
-    credit_wallet(gate, wallet_id=wallet_id, amount_nanos=CREDIT, idempotency_key=f"open-{wallet_id}")
+    seed_wallet(gate, wallet_id, enterprise_id, wallet_id, CREDIT, level=level)
 
 
 def _ledger(db) -> tuple[dict, list, dict]:

@@ -10,10 +10,8 @@ import csv
 import io
 import json
 import re
-import socket
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -22,7 +20,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import insert, select, text
 
 from tests.billing_seed import seed
-from tests.conftest import REPO, _env
+from tests.conftest import REPO, _env, auth, create_keys, free_port, seed_wallet, wait_healthy
 from models.turn import UsageEvent
 from worker.db import session_scope
 
@@ -60,10 +58,6 @@ def client(seeded):
     from api_stub.main import app
 
     return TestClient(app)
-
-
-def _auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def _hostile_rows(db) -> list[dict]:
@@ -116,7 +110,7 @@ def _check_escaped(records: list[dict], by_turn: dict[str, dict]) -> int:
 def test_every_csv_export_escapes_formula_cells(client, seeded, db):
     rows = _hostile_rows(db)
     by_turn = {r["turn_id"]: r for r in rows}
-    owner = _auth(seeded.keys["owner"])
+    owner = auth(seeded.keys["owner"])
 
     billing = client.get("/billing/export.csv?period=2026-11", headers=owner)
     assert billing.status_code == 200, billing.text
@@ -134,7 +128,7 @@ def test_every_csv_export_escapes_formula_cells(client, seeded, db):
     assert _check_escaped(usage, by_turn) == len(HOSTILE) + 1
 
     # the admin's aggregate lines (provider × model × meter): the formula model is escaped too
-    admin = client.get("/billing/export.csv?period=2026-11&enterprise_id=acme", headers=_auth(seeded.keys["admin"]))
+    admin = client.get("/billing/export.csv?period=2026-11&enterprise_id=acme", headers=auth(seeded.keys["admin"]))
     lines = _records(admin.text)
     assert [line["model"] for line in lines if "cmd" in line["model"]] == ["'" + FORMULA_MODEL]
     # nothing else in any export starts a formula
@@ -317,7 +311,7 @@ def test_revoking_the_key_ends_its_sessions(seeded, redis_client, db):
 # 3. rate limits --------------------------------------------------------------------------------------
 def test_billing_page_and_exports_count_against_the_key_s_rate_limit(client, seeded, settings, monkeypatch):
     monkeypatch.setattr(settings, "rate_limit", "4/minute")
-    owner, other = _auth(seeded.keys["owner"]), _auth(seeded.keys["other_owner"])
+    owner, other = auth(seeded.keys["owner"]), auth(seeded.keys["other_owner"])
     for path in ("/billing", "/billing/export.csv", "/billing/export.json", "/billing/export.pdf"):
         assert client.get(f"{path}?period=2026-11", headers=owner).status_code == 200, path
     for path in ("/billing/export.csv", "/billing/export.json", "/billing/export.pdf"):
@@ -356,26 +350,10 @@ def test_sign_in_attempts_are_limited_per_client_ip(seeded, redis_client, settin
 
 # 4. request body cap ---------------------------------------------------------------------------------
 @pytest.fixture()
-def api(db, redis_client, gate):
-    from api_stub import deps
-    from models.enums import ApiRole
-    from worker.access.apikeys import create_key
-    from worker.ledger.accounts import credit_wallet, open_wallet
-
-    deps.get_gate.cache_clear()
-    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
-    open_wallet(gate, wallet_id="x1", enterprise_id="other", owner_id="x")
-    credit_wallet(gate, wallet_id="w1", amount_nanos=10**9, idempotency_key="open-w1")
-    with session_scope() as session:
-        keys = {"owner": create_key(session, role=ApiRole.owner, enterprise_id="acme"),
-                "admin": create_key(session, role=ApiRole.admin)}
-    from api_stub.main import app
-
-    client = TestClient(app)
-    client.keys = keys
-    client.h = {name: {"Authorization": f"Bearer {key}"} for name, key in keys.items()}
-    yield client
-    deps.get_gate.cache_clear()
+def api(http_api, gate):
+    seed_wallet(gate, "w1", "acme", "u1", 10**9)
+    seed_wallet(gate, "x1", "other", "x")
+    return http_api(create_keys({"owner": ("owner", "acme"), "admin": ("admin",)}))
 
 
 TURN = {"turn_id": "t-1", "wallet_id": "w1", "enterprise_id": "acme", "chat_id": "c1", "agent": "planner",
@@ -428,12 +406,6 @@ def test_a_chunked_body_cannot_pass_the_cap(api, gate, settings, monkeypatch):
     assert ok.status_code == 200 and ok.json()["count"] == 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _procfile_web() -> list[str]:
     line = next(l for l in (REPO / "Procfile").read_text().splitlines() if l.startswith("web:"))
     return line.removeprefix("web:").split()
@@ -448,7 +420,7 @@ def _compose_web() -> list[str]:
 # 5. no key in access logs; a real server, chunked over the wire --------------------------------------
 def test_the_web_process_logs_no_keys_and_refuses_chunked_bodies_over_the_cap(api, gate):
     assert "--no-access-log" in _procfile_web() and "--no-access-log" in _compose_web()
-    port = _free_port()
+    port = free_port()
     args = [a.replace("${PORT:-8000}", str(port)).replace("0.0.0.0", "127.0.0.1") for a in _procfile_web()]
     assert args[0] == "uvicorn"
     env = {**_env(), "TOLLGATE_MAX_BODY_BYTES": "4096"}
@@ -456,21 +428,13 @@ def test_the_web_process_logs_no_keys_and_refuses_chunked_bodies_over_the_cap(ap
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.2)
+        wait_healthy(proc, base)
         key = api.keys["owner"]
         assert httpx.get(f"{base}/billing?key={key}").status_code == 400
-        assert httpx.get(f"{base}/billing/export.csv?period=2026-11", headers=_auth(key)).status_code == 200
+        assert httpx.get(f"{base}/billing/export.csv?period=2026-11", headers=auth(key)).status_code == 200
         body = _batch(40)
         r = httpx.post(f"{base}/v1/turns/batch", content=iter([body[i:i + 512] for i in range(0, len(body), 512)]),
-                       headers={**_auth(key), "Content-Type": "application/json"}, timeout=10)
+                       headers={**auth(key), "Content-Type": "application/json"}, timeout=10)
         assert r.status_code == 413 and r.json()["errors"][0]["field"] == "body"
         _nothing_recorded(gate)
     finally:

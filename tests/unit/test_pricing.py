@@ -151,37 +151,10 @@ def test_tiered_rate_selection_unit():
 
 # --- cross-check with genai-prices ------------------------------------------------------------
 
-def _find_tiered_plain_model() -> tuple[str, str]:
-    """A genai-prices model with a TieredPrices input price that we price ourselves (not exotic)."""
+def _tiered_sheets():
+    """``(model_id, provider_id, our price sheet)`` of every genai-prices model with a TieredPrices
+    input price that our PriceBook finds, in snapshot order."""
     book = PriceBook()
-    for prov in get_snapshot().providers:
-        for model in prov.models:
-            prices = model.prices
-            if isinstance(prices, ModelPrice) and isinstance(prices.input_mtok, TieredPrices):
-                try:
-                    sheet = book.sheet(model.id, prov.id, WHEN)
-                except PricingError:
-                    continue
-                if sheet.exotic is None and isinstance(sheet.input, Tiered):
-                    return model.id, prov.id
-    raise AssertionError("genai-prices snapshot has no tiered token-only model")
-
-
-def _find_exotic_tiered_model() -> tuple[str, str]:
-    """A genai-prices model that is both tiered and exotic (priced through genai-prices); since
-    1-hour cache-write prices are priced in integers (issue 14) the snapshot may have none: then a
-    tiered model with a 1-hour cache-write price (the models that used to be exotic)."""
-    book = PriceBook()
-    for prov in get_snapshot().providers:
-        for model in prov.models:
-            prices = model.prices
-            if isinstance(prices, ModelPrice) and isinstance(prices.input_mtok, TieredPrices):
-                try:
-                    sheet = book.sheet(model.id, prov.id, WHEN)
-                except PricingError:
-                    continue
-                if sheet.exotic is not None:
-                    return model.id, prov.id
     for prov in get_snapshot().providers:
         for model in prov.models:
             prices = model.prices
@@ -190,8 +163,27 @@ def _find_exotic_tiered_model() -> tuple[str, str]:
                     sheet = book.sheet(model.id, prov.id, WHEN)
                 except PricingError:  # an id its own match logic does not find
                     continue
-                if sheet.cache_write_1h is not None and model.id != "claude-sonnet-4-5":
-                    return model.id, prov.id
+                yield model.id, prov.id, sheet
+
+
+def _find_tiered_plain_model() -> tuple[str, str]:
+    """A genai-prices model with a TieredPrices input price that we price ourselves (not exotic)."""
+    for model_id, prov_id, sheet in _tiered_sheets():
+        if sheet.exotic is None and isinstance(sheet.input, Tiered):
+            return model_id, prov_id
+    raise AssertionError("genai-prices snapshot has no tiered token-only model")
+
+
+def _find_exotic_tiered_model() -> tuple[str, str]:
+    """A genai-prices model that is both tiered and exotic (priced through genai-prices); since
+    1-hour cache-write prices are priced in integers (issue 14) the snapshot may have none: then a
+    tiered model with a 1-hour cache-write price (the models that used to be exotic)."""
+    for model_id, prov_id, sheet in _tiered_sheets():
+        if sheet.exotic is not None:
+            return model_id, prov_id
+    for model_id, prov_id, sheet in _tiered_sheets():
+        if sheet.cache_write_1h is not None and model_id != "claude-sonnet-4-5":
+            return model_id, prov_id
     raise AssertionError("no tiered exotic model")
 
 

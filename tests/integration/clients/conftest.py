@@ -51,22 +51,10 @@ def open_payer(db, gate):
 
 
 @pytest.fixture()
-def api(db, redis_client, gate):
+def api(http_api):
     """FastAPI TestClient of the HTTP API, and a factory of owner keys: ``api.owner_key(app_id)``."""
-    from fastapi.testclient import TestClient
+    from tests.conftest import create_keys
 
-    from api_stub import deps, main
-    from models.enums import ApiRole
-    from worker.access.apikeys import create_key
-    from worker.db import session_scope
-
-    deps.get_gate.cache_clear()
-    client = TestClient(main.app)
-
-    def owner_key(app_id: str) -> str:
-        with session_scope() as session:
-            return create_key(session, role=ApiRole.owner, enterprise_id=app_id)
-
-    client.owner_key = owner_key
-    yield client
-    deps.get_gate.cache_clear()
+    client = http_api()
+    client.owner_key = lambda app_id: create_keys({"owner": ("owner", app_id)})["owner"]
+    return client
