@@ -37,8 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     Returns: the FastAPI app (ASGI).
     """
-    app = FastAPI(title="tollgate", version="0.1.0",
-                  description="Real-time token metering and billing: the orchestrator API.")
+    app = FastAPI(
+        title="tollgate", version="0.1.0", description="Real-time token metering and billing: the orchestrator API."
+    )
     install_error_handlers(app)
     if settings is None:
         app.add_middleware(BodySizeLimit)

@@ -98,8 +98,12 @@ class _Statement(FPDF):
         self.set_font("Helvetica", size=7)
         self.set_text_color(*_MUTED)
         r = self.report
-        self.cell(0, 5, _latin(f"tollgate - {r.enterprise_id} - {r.period} - generated "
-                               f"{r.generated_at:%Y-%m-%d %H:%M} UTC"), align="L")
+        self.cell(
+            0,
+            5,
+            _latin(f"tollgate - {r.enterprise_id} - {r.period} - generated {r.generated_at:%Y-%m-%d %H:%M} UTC"),
+            align="L",
+        )
         self.cell(0, 5, f"Page {self.page_no()} of {{nb}}", align="R")
 
     def heading(self, text: str) -> None:
@@ -117,8 +121,14 @@ class _Statement(FPDF):
         self.set_font("Helvetica", size=8)
         self.set_text_color(*_INK)
         self.set_draw_color(*_RULE)
-        with self.table(col_widths=widths, text_align=align, headings_style=_HEAD, line_height=5.2,
-                        borders_layout="HORIZONTAL_LINES", padding=(1, 1.5)) as table:
+        with self.table(
+            col_widths=widths,
+            text_align=align,
+            headings_style=_HEAD,
+            line_height=5.2,
+            borders_layout="HORIZONTAL_LINES",
+            padding=(1, 1.5),
+        ) as table:
             for values in [header, *rows]:
                 row = table.row()
                 for v in values:
@@ -149,63 +159,129 @@ def pdf_statement(report: BillingReport) -> bytes:
     if r.wallet_id:
         scope += f" - wallet {r.wallet_id}"
     pdf.cell(0, 5, _latin(scope), new_x="LMARGIN", new_y="NEXT")
-    pdf.cell(0, 5, _latin(f"Period {r.period}: {r.start:%Y-%m-%d} to {r.last_day:%Y-%m-%d} (UTC)"),
-             new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(
+        0,
+        5,
+        _latin(f"Period {r.period}: {r.start:%Y-%m-%d} to {r.last_day:%Y-%m-%d} (UTC)"),
+        new_x="LMARGIN",
+        new_y="NEXT",
+    )
 
     pdf.heading("Summary")
     t = r.total
-    pdf.grid(["Figure", "Amount", "Exact (nano-USD)"], [
-        ["Total cost", format_usd(t.cost_nanos), f"{t.cost_nanos:,}"],
-        ["Billed", format_usd(t.billed_nanos), f"{t.billed_nanos:,}"],
-        ["LLM", format_usd(r.llm.cost_nanos), f"{r.llm.cost_nanos:,}"],
-        ["Meters", format_usd(r.meters_total.cost_nanos), f"{r.meters_total.cost_nanos:,}"],
-        ["Usage events", f"{t.events:,}", ""],
-        ["Tokens (prompt + completion)", f"{t.total_tokens:,}", ""],
-    ], (60, 50, 68), ("LEFT", "RIGHT", "RIGHT"))
+    pdf.grid(
+        ["Figure", "Amount", "Exact (nano-USD)"],
+        [
+            ["Total cost", format_usd(t.cost_nanos), f"{t.cost_nanos:,}"],
+            ["Billed", format_usd(t.billed_nanos), f"{t.billed_nanos:,}"],
+            ["LLM", format_usd(r.llm.cost_nanos), f"{r.llm.cost_nanos:,}"],
+            ["Meters", format_usd(r.meters_total.cost_nanos), f"{r.meters_total.cost_nanos:,}"],
+            ["Usage events", f"{t.events:,}", ""],
+            ["Tokens (prompt + completion)", f"{t.total_tokens:,}", ""],
+        ],
+        (60, 50, 68),
+        ("LEFT", "RIGHT", "RIGHT"),
+    )
 
     pdf.heading("LLM spend by provider and model")
     rows: list[list[str]] = []
     for p in r.providers:
         f = p.figures
-        rows.append([provider_name(p.provider), "all models", f"{f.events:,}", f"{f.prompt_tokens:,}", f"{f.cached_prompt_tokens:,}",
-                     f"{f.completion_tokens:,}", format_usd(f.cost_nanos)])
+        rows.append(
+            [
+                provider_name(p.provider),
+                "all models",
+                f"{f.events:,}",
+                f"{f.prompt_tokens:,}",
+                f"{f.cached_prompt_tokens:,}",
+                f"{f.completion_tokens:,}",
+                format_usd(f.cost_nanos),
+            ]
+        )
         for m in p.models:
             g = m.figures
-            rows.append(["", m.model, f"{g.events:,}", f"{g.prompt_tokens:,}", f"{g.cached_prompt_tokens:,}",
-                         f"{g.completion_tokens:,}", format_usd(g.cost_nanos)])
+            rows.append(
+                [
+                    "",
+                    m.model,
+                    f"{g.events:,}",
+                    f"{g.prompt_tokens:,}",
+                    f"{g.cached_prompt_tokens:,}",
+                    f"{g.completion_tokens:,}",
+                    format_usd(g.cost_nanos),
+                ]
+            )
     if rows:
-        pdf.grid(["Provider", "Model", "Turns", "Prompt", "Cached", "Completion", "Cost"], rows,
-                 (26, 40, 18, 26, 22, 24, 22), ("LEFT", "LEFT", "RIGHT", "RIGHT", "RIGHT", "RIGHT", "RIGHT"))
+        pdf.grid(
+            ["Provider", "Model", "Turns", "Prompt", "Cached", "Completion", "Cost"],
+            rows,
+            (26, 40, 18, 26, 22, 24, 22),
+            ("LEFT", "LEFT", "RIGHT", "RIGHT", "RIGHT", "RIGHT", "RIGHT"),
+        )
     else:
         pdf.note("No LLM turns in this period.")
 
     pdf.heading("Usage meters")
-    pdf.grid(["Meter", "Rate", "Quantity", "Cost"], [
-        [m.info.label, m.info.rate, f"{format_quantity(m.info.meter, m.figures.quantity)} {m.info.display_unit}",
-         format_usd(m.figures.cost_nanos)] for m in r.meters
-    ], (40, 50, 56, 32), ("LEFT", "LEFT", "RIGHT", "RIGHT"))
+    pdf.grid(
+        ["Meter", "Rate", "Quantity", "Cost"],
+        [
+            [
+                m.info.label,
+                m.info.rate,
+                f"{format_quantity(m.info.meter, m.figures.quantity)} {m.info.display_unit}",
+                format_usd(m.figures.cost_nanos),
+            ]
+            for m in r.meters
+        ],
+        (40, 50, 56, 32),
+        ("LEFT", "LEFT", "RIGHT", "RIGHT"),
+    )
 
     pdf.heading("Budgets")
     if r.budgets:
-        pdf.grid(["Budget", "Amount", "Spent", "Used", "Alerts sent"], [
-            [f"{b.scope} {b.target}", format_usd(b.amount_nanos), format_usd(b.spent_nanos),
-             format_bp(b.used_bp),
-             ", ".join(f"{a.threshold_pct} %" for a in b.alerts) or "none"] for b in r.budgets
-        ], (56, 30, 30, 24, 38), ("LEFT", "RIGHT", "RIGHT", "RIGHT", "LEFT"))
+        pdf.grid(
+            ["Budget", "Amount", "Spent", "Used", "Alerts sent"],
+            [
+                [
+                    f"{b.scope} {b.target}",
+                    format_usd(b.amount_nanos),
+                    format_usd(b.spent_nanos),
+                    format_bp(b.used_bp),
+                    ", ".join(f"{a.threshold_pct} %" for a in b.alerts) or "none",
+                ]
+                for b in r.budgets
+            ],
+            (56, 30, 30, 24, 38),
+            ("LEFT", "RIGHT", "RIGHT", "RIGHT", "LEFT"),
+        )
     else:
         pdf.note("No budgets set.")
 
     if r.detail:
         pdf.heading(f"Top conversations ({len(r.top_chats)} of {r.chats_in_period:,})")
         if r.top_chats:
-            pdf.grid(["Chat", "Workflow", "Wallet", "Events", "Tokens", "Cost"], [
-                [c.chat_id, c.workflow, c.wallet_id, f"{c.figures.events:,}", f"{c.figures.total_tokens:,}",
-                 format_usd(c.figures.cost_nanos)] for c in r.top_chats
-            ], (44, 32, 34, 18, 26, 24), ("LEFT", "LEFT", "LEFT", "RIGHT", "RIGHT", "RIGHT"))
+            pdf.grid(
+                ["Chat", "Workflow", "Wallet", "Events", "Tokens", "Cost"],
+                [
+                    [
+                        c.chat_id,
+                        c.workflow,
+                        c.wallet_id,
+                        f"{c.figures.events:,}",
+                        f"{c.figures.total_tokens:,}",
+                        format_usd(c.figures.cost_nanos),
+                    ]
+                    for c in r.top_chats
+                ],
+                (44, 32, 34, 18, 26, 24),
+                ("LEFT", "LEFT", "LEFT", "RIGHT", "RIGHT", "RIGHT"),
+            )
         else:
             pdf.note("No conversations in this period.")
 
     pdf.ln(4)
-    pdf.note("Amounts in USD, rounded half-up to the cent; exports in CSV and JSON carry every figure in "
-             "exact nano-USD (1 USD = 1,000,000,000 nanos).")
+    pdf.note(
+        "Amounts in USD, rounded half-up to the cent; exports in CSV and JSON carry every figure in "
+        "exact nano-USD (1 USD = 1,000,000,000 nanos)."
+    )
     return bytes(pdf.output())

@@ -29,8 +29,15 @@ class BodyTooLarge(Exception):
 def too_large_body(limit: int) -> bytes:
     """The problem document of a body over ``limit`` bytes (JSON bytes)."""
     message = f"the request body exceeds the limit of {limit} bytes (TOLLGATE_MAX_BODY_BYTES)"
-    return json.dumps({"type": "about:blank", "title": "Content Too Large", "status": 413,
-                       "detail": f"body: {message}", "errors": [{"field": "body", "message": message}]}).encode()
+    return json.dumps(
+        {
+            "type": "about:blank",
+            "title": "Content Too Large",
+            "status": 413,
+            "detail": f"body: {message}",
+            "errors": [{"field": "body", "message": message}],
+        }
+    ).encode()
 
 
 class BodySizeLimit:
@@ -87,9 +94,17 @@ class BodySizeLimit:
 
 async def _answer_413(send: Send, limit: int) -> None:
     body = too_large_body(limit)
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/problem+json"),
-                            (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

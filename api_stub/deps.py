@@ -29,20 +29,18 @@ from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
 from redis import asyncio as aioredis
 from redis.exceptions import NoScriptError
-from starlette.concurrency import run_in_threadpool
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.enums import ApiRole, PayerLevel
 from models.wallet import Enterprise, Wallet
 from worker.access.apikeys import Principal, authenticate, key_cache
-from worker.errors import TollgateError
-from worker.gate.keys import revoked_marker
 from worker.db import session_scope
-from worker.settings import get_settings
+from worker.errors import TollgateError
 from worker.gate.gate import process_gate
-from worker.gate.keys import shard_tag
-from worker.gate.keys import RATE_LIMIT_PREFIX
+from worker.gate.keys import RATE_LIMIT_PREFIX, revoked_marker, shard_tag
+from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +51,21 @@ class Problem(Exception):
     """An HTTP error answered as an RFC 9457 problem document (``application/problem+json``):
     ``{"type", "title", "status", "detail", "errors": [{"field", "message"}]}``."""
 
-    def __init__(self, status: int, title: str, detail: str, errors: list[dict] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        errors: list[dict] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status, self.title, self.detail, self.errors, self.headers = status, title, detail, errors, headers
 
 
-def problem_response(status: int, title: str, detail: str, errors: list[dict] | None = None,
-                     headers: dict[str, str] | None = None) -> JSONResponse:
+def problem_response(
+    status: int, title: str, detail: str, errors: list[dict] | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """The problem document of an error, as a response: the API's one builder of
     ``application/problem+json`` (the handlers below, the billing page's exports and the Stripe
     endpoints all answer through it)."""
@@ -70,8 +75,9 @@ def problem_response(status: int, title: str, detail: str, errors: list[dict] | 
     return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
 
 
-def error_problem(exc: TollgateError, *, status: int | None = None, title: str | None = None,
-                  field: str | None = None) -> Problem:
+def error_problem(
+    exc: TollgateError, *, status: int | None = None, title: str | None = None, field: str | None = None
+) -> Problem:
     """The problem of a domain error: its ``http_status`` and ``title`` (or ``status`` / ``title``
     given), ``detail`` its message, and ``errors`` naming ``exc.field`` (or ``field``) with the message
     without its ``"<field>: "`` prefix (:attr:`TollgateError.reason`).  The field is read from the
@@ -108,10 +114,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query", "path")) or "body",
-                   "message": e["msg"]} for e in exc.errors()]
-        return problem_response(422, "Invalid request", "; ".join(f"{e['field']}: {e['message']}" for e in errors),
-                                errors)
+        errors = [
+            {
+                "field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query", "path")) or "body",
+                "message": e["msg"],
+            }
+            for e in exc.errors()
+        ]
+        return problem_response(
+            422, "Invalid request", "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors
+        )
 
 
 #: the process's gate (:func:`worker.gate.gate.process_gate`: one per process, drain kicks sent
@@ -142,8 +154,12 @@ def _limits(spec: str) -> list[RateLimitItem]:
 def _too_many(limiter: RateLimiter, item: RateLimitItem, key_prefix: str) -> Problem:
     reset_at = limiter.get_window_stats(item, "key", key_prefix).reset_time
     retry_after = max(1, math.ceil(reset_at - time.time()))
-    return Problem(429, "Too Many Requests", f"this API key may make {item} requests; retry in {retry_after} s",
-                   headers={"Retry-After": str(retry_after)})
+    return Problem(
+        429,
+        "Too Many Requests",
+        f"this API key may make {item} requests; retry in {retry_after} s",
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 def check_rate_limit(key_prefix: str) -> None:
@@ -174,8 +190,12 @@ def check_client_rate_limit(spec: str, namespace: str, client: str, what: str) -
         if not limiter.hit(item, namespace, client):
             reset_at = limiter.get_window_stats(item, namespace, client).reset_time
             retry_after = max(1, math.ceil(reset_at - time.time()))
-            raise Problem(429, "Too Many Requests", f"{what} may be made {item}; retry in {retry_after} s",
-                          headers={"Retry-After": str(retry_after)})
+            raise Problem(
+                429,
+                "Too Many Requests",
+                f"{what} may be made {item}; retry in {retry_after} s",
+                headers={"Retry-After": str(retry_after)},
+            )
 
 
 _AREDIS: list = [None, None]  # [event loop, its asyncio Redis client]
@@ -282,12 +302,18 @@ def unknown_wallet(wallet_id: str) -> Problem:
 def creator_wallet(who: Principal, row: Wallet) -> bool:
     """Is ``row`` the level-1 (platform) wallet an owner key was issued for (``create_key(role=owner,
     wallet_id=…)``: the app creator's own wallet, which has no owning app)?"""
-    return (who.role is ApiRole.owner and who.wallet_id is not None and row.id == who.wallet_id
-            and row.level == PayerLevel.platform and row.enterprise_id is None)
+    return (
+        who.role is ApiRole.owner
+        and who.wallet_id is not None
+        and row.id == who.wallet_id
+        and row.level == PayerLevel.platform
+        and row.enterprise_id is None
+    )
 
 
-def wallet_in_scope(session: Session, who: Principal, wallet_id: str, *, admin: bool = False,
-                    creator: bool = False) -> Wallet:
+def wallet_in_scope(
+    session: Session, who: Principal, wallet_id: str, *, admin: bool = False, creator: bool = False
+) -> Wallet:
     """The wallet row if the caller may see it: its app's owner, its own end user, admins only when
     ``admin`` (actions on a wallet, never its detail), and, when ``creator``, an owner key on the
     platform wallet it was issued for (:func:`creator_wallet`: reads, holds and chat pauses; never

@@ -12,16 +12,16 @@ import logging
 
 import redis
 from prometheus_client import REGISTRY
-from sqlalchemy.exc import SQLAlchemyError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from sqlalchemy.exc import SQLAlchemyError
 
+from api_stub.deps import get_gate
 from worker.db import session_scope
+from worker.gate.keys import outbox_key
 from worker.ledger.deadletter import list_dead_letters, summary
+from worker.ledger.drain import GROUP
 from worker.metrics import drain_counters, outbox_lag_seconds
 from worker.settings import get_settings
-from worker.gate.keys import outbox_key
-from api_stub.deps import get_gate
-from worker.ledger.drain import GROUP
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,9 @@ class WorkerMetrics:
         try:
             client = get_gate().redis
             counters = drain_counters(client)
-            lags = [(str(s), outbox_lag_seconds(client, outbox_key(s), GROUP))
-                    for s in range(get_settings().outbox_shards)]
+            lags = [
+                (str(s), outbox_lag_seconds(client, outbox_key(s), GROUP)) for s in range(get_settings().outbox_shards)
+            ]
             with session_scope() as session:
                 dead = summary(list_dead_letters(session))
         except (redis.RedisError, SQLAlchemyError):
@@ -52,22 +53,35 @@ class WorkerMetrics:
         batch = HistogramMetricFamily("tollgate_drain_batch_size", "Outbox entries per persisted drain batch")
         batch.add_metric([], buckets=counters["buckets"], sum_value=counters["batch_size_sum"])
         yield batch
-        yield CounterMetricFamily("tollgate_persisted_turns", "Usage events inserted by the drain (all workers)",
-                                  value=counters["persisted_turns"])
-        yield CounterMetricFamily("tollgate_duplicate_turns", "Outbox re-deliveries dropped (turn_id already persisted)",
-                                  value=counters["duplicate_turns"])
-        lag = GaugeMetricFamily("tollgate_outbox_lag_seconds",
-                                "Age of the oldest outbox entry not yet persisted, per shard (0: none)", labels=["shard"])
+        yield CounterMetricFamily(
+            "tollgate_persisted_turns",
+            "Usage events inserted by the drain (all workers)",
+            value=counters["persisted_turns"],
+        )
+        yield CounterMetricFamily(
+            "tollgate_duplicate_turns",
+            "Outbox re-deliveries dropped (turn_id already persisted)",
+            value=counters["duplicate_turns"],
+        )
+        lag = GaugeMetricFamily(
+            "tollgate_outbox_lag_seconds",
+            "Age of the oldest outbox entry not yet persisted, per shard (0: none)",
+            labels=["shard"],
+        )
         for shard, seconds in lags:
             lag.add_metric([shard], seconds)
         yield lag
-        yield CounterMetricFamily("tollgate_dead_lettered_turns",
-                                  "Outbox entries the drain dead-lettered (all workers)",
-                                  value=counters["dead_lettered_turns"])
-        entries = GaugeMetricFamily("tollgate_deadletter_entries", "Dead letters waiting for an operator, per shard",
-                                    labels=["shard"])
-        nanos = GaugeMetricFamily("tollgate_deadletter_nanos", "Billed nanos held by dead letters, per shard",
-                                  labels=["shard"])
+        yield CounterMetricFamily(
+            "tollgate_dead_lettered_turns",
+            "Outbox entries the drain dead-lettered (all workers)",
+            value=counters["dead_lettered_turns"],
+        )
+        entries = GaugeMetricFamily(
+            "tollgate_deadletter_entries", "Dead letters waiting for an operator, per shard", labels=["shard"]
+        )
+        nanos = GaugeMetricFamily(
+            "tollgate_deadletter_nanos", "Billed nanos held by dead letters, per shard", labels=["shard"]
+        )
         for shard, _seconds in lags:
             figure = dead["by_shard"].get(shard, {"count": 0, "nanos": 0})
             entries.add_metric([shard], figure["count"])

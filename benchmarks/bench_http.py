@@ -56,10 +56,19 @@ def pct(samples: list[float], q: float) -> float:
 
 def turn(prefix: str, i: int) -> dict:
     """The JSON body of turn ``i`` (gpt-4o, ~1.2k prompt tokens)."""
-    return {"turn_id": f"{prefix}:{i}", "wallet_id": f"bench-http-w{i % WALLETS}", "enterprise_id": ENTERPRISE,
-            "chat_id": f"chat-{i % 64}", "agent": f"agent-{i % 4}", "model": "gpt-4o", "provider": "openai",
-            "prompt_tokens": 1000 + i % 500, "cached_prompt_tokens": 0, "completion_tokens": 100 + i % 50,
-            "occurred_at": "2026-11-01T12:00:00Z"}
+    return {
+        "turn_id": f"{prefix}:{i}",
+        "wallet_id": f"bench-http-w{i % WALLETS}",
+        "enterprise_id": ENTERPRISE,
+        "chat_id": f"chat-{i % 64}",
+        "agent": f"agent-{i % 4}",
+        "model": "gpt-4o",
+        "provider": "openai",
+        "prompt_tokens": 1000 + i % 500,
+        "cached_prompt_tokens": 0,
+        "completion_tokens": 100 + i % 50,
+        "occurred_at": "2026-11-01T12:00:00Z",
+    }
 
 
 def setup() -> str:
@@ -67,9 +76,9 @@ def setup() -> str:
     from models.enums import ApiRole
     from worker.access.apikeys import create_key
     from worker.db import session_scope
+    from worker.gate.gate import WalletGate
     from worker.ledger.accounts import credit_wallet, open_wallet
     from worker.ledger.migrate import recreate_database
-    from worker.gate.gate import WalletGate
 
     redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
     recreate_database(BENCH_DB_URL)
@@ -107,9 +116,24 @@ def free_port() -> int:
 def start_server(port: int) -> subprocess.Popen:
     """uvicorn on loopback, one process, access log off; waits for /healthz."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api_stub.main:app", "--host", "127.0.0.1",
-                             "--port", str(port), "--no-access-log", "--log-level", "warning"],
-                            cwd=REPO, env=env, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api_stub.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -129,6 +153,7 @@ async def drive(base: str, key: str, prefix: str, n: int, concurrency: int) -> d
     counter = iter(range(n))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=30) as client:
+
         async def one_worker() -> None:
             for i in counter:
                 t0 = time.perf_counter()
@@ -142,8 +167,13 @@ async def drive(base: str, key: str, prefix: str, n: int, concurrency: int) -> d
         wall = time.perf_counter() - started
     if failures:
         raise RuntimeError(f"{len(failures)} of {n} requests failed, e.g. {failures[0]}")
-    return {"n": n, "concurrency": concurrency, "per_s": n / wall, "p50_ms": pct(samples, 0.5) * 1e3,
-            "p99_ms": pct(samples, 0.99) * 1e3}
+    return {
+        "n": n,
+        "concurrency": concurrency,
+        "per_s": n / wall,
+        "p50_ms": pct(samples, 0.5) * 1e3,
+        "p99_ms": pct(samples, 0.99) * 1e3,
+    }
 
 
 async def drive_raw(base: str, key: str, prefix: str, n: int, concurrency: int) -> dict[str, float]:
@@ -152,9 +182,14 @@ async def drive_raw(base: str, key: str, prefix: str, n: int, concurrency: int) 
     spends far less CPU per request than httpx (it shares the host's cores with the server)."""
     host, port = base.removeprefix("http://").split(":")
     bodies = [json.dumps(turn(prefix, i), separators=(",", ":")).encode() for i in range(n)]
-    requests = [(f"POST /v1/turns HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
-                 f"Content-Type: application/json\r\nContent-Length: {len(b)}\r\n\r\n").encode() + b
-                for b in bodies]
+    requests = [
+        (
+            f"POST /v1/turns HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(b)}\r\n\r\n"
+        ).encode()
+        + b
+        for b in bodies
+    ]
     samples: list[float] = []
     failures: list[str] = []
     counter = iter(range(n))
@@ -179,16 +214,25 @@ async def drive_raw(base: str, key: str, prefix: str, n: int, concurrency: int) 
     wall = time.perf_counter() - started
     if failures:
         raise RuntimeError(f"{len(failures)} of {n} requests failed, e.g. {failures[0]}")
-    return {"n": n, "concurrency": concurrency, "per_s": n / wall, "p50_ms": pct(samples, 0.5) * 1e3,
-            "p99_ms": pct(samples, 0.99) * 1e3}
+    return {
+        "n": n,
+        "concurrency": concurrency,
+        "per_s": n / wall,
+        "p50_ms": pct(samples, 0.5) * 1e3,
+        "p99_ms": pct(samples, 0.99) * 1e3,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_http", description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=3000, help="requests per HTTP phase (default 3000)")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight in the load phase")
-    parser.add_argument("--client", choices=("httpx", "raw"), default="httpx",
-                        help="load generator: httpx.AsyncClient (default) or a minimal asyncio HTTP/1.1 client")
+    parser.add_argument(
+        "--client",
+        choices=("httpx", "raw"),
+        default="httpx",
+        help="load generator: httpx.AsyncClient (default) or a minimal asyncio HTTP/1.1 client",
+    )
     parser.add_argument("--json", action="store_true", help="print all figures as one JSON object on the last line")
     args = parser.parse_args(argv)
     run = drive if args.client == "httpx" else drive_raw
@@ -211,13 +255,17 @@ def main(argv: list[str] | None = None) -> int:
         redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
     load = os.getloadavg()[0]
     print(f"{'phase':<34}{'requests':>9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
-    rows = [("gate.record_turn (in process)", results["in_process"]),
-            ("POST /v1/turns, 1 in flight", results["http_sequential"]),
-            (f"POST /v1/turns, {args.concurrency} in flight", results["http_concurrent"])]
+    rows = [
+        ("gate.record_turn (in process)", results["in_process"]),
+        ("POST /v1/turns, 1 in flight", results["http_sequential"]),
+        (f"POST /v1/turns, {args.concurrency} in flight", results["http_concurrent"]),
+    ]
     for name, r in rows:
         print(f"{name:<34}{r['n']:>9,}{r['per_s']:>10,.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}")
-    print(f"(uvicorn: 1 process; {args.client} client and server on one {os.cpu_count()}-core host; "
-          f"1-min load {load:.2f})")
+    print(
+        f"(uvicorn: 1 process; {args.client} client and server on one {os.cpu_count()}-core host; "
+        f"1-min load {load:.2f})"
+    )
     if args.json:
         print(json.dumps(results))
     return 0

@@ -38,8 +38,11 @@ class ChatSession(SQLModel, table=True):
     workflow: str = Field(max_length=200)
     status: ChatStatus = Field(default=ChatStatus.active, sa_type=enum_type(ChatStatus, 20))
     pause_reason: str | None = Field(default=None, max_length=200)
-    connection_state: ConnectionState = Field(default=ConnectionState.connected, sa_type=enum_type(ConnectionState, 20),
-                                              sa_column_kwargs={"server_default": "connected"})
+    connection_state: ConnectionState = Field(
+        default=ConnectionState.connected,
+        sa_type=enum_type(ConnectionState, 20),
+        sa_column_kwargs={"server_default": "connected"},
+    )
     #: the chat is paused and its wallet can pay again: the orchestrator may resume it
     can_resume: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
     paused_at: datetime | None = Field(default=None, sa_column=ts(nullable=True))
@@ -138,8 +141,9 @@ class PausedChat(SQLModel, table=True):
 
     __tablename__ = "paused_chat"
     __table_args__ = (
-        Index("uq_paused_chat_open", "enterprise_id", "chat_id", unique=True,
-              postgresql_where=text("resumed_at IS NULL")),
+        Index(
+            "uq_paused_chat_open", "enterprise_id", "chat_id", unique=True, postgresql_where=text("resumed_at IS NULL")
+        ),
         Index("ix_paused_chat_wallet_open", "wallet_id", postgresql_where=text("resumed_at IS NULL")),
     )
 

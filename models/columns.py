@@ -23,5 +23,11 @@ def enum_type(enum: type[StrEnum], length: int) -> Enum:
     """The column type of an enum field: ``VARCHAR(length)`` in PostgreSQL, as the migrations create
     it (no PostgreSQL enum type, no CHECK constraint), holding the members' values; a row reads back
     as the member (``BillingMode.trial``), and a member or its plain value binds the same."""
-    return Enum(enum, native_enum=False, create_constraint=False, length=length,
-                values_callable=lambda members: [m.value for m in members], validate_strings=False)
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=length,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=False,
+    )

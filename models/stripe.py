@@ -18,8 +18,14 @@ class TokenPackage(SQLModel, table=True):
 
     __tablename__ = "token_package"
     #: a Stripe price is one package: invoice.paid finds the package by it
-    __table_args__ = (Index("uq_token_package_stripe_price", "stripe_price_id", unique=True,
-                            postgresql_where=text("stripe_price_id IS NOT NULL")),)
+    __table_args__ = (
+        Index(
+            "uq_token_package_stripe_price",
+            "stripe_price_id",
+            unique=True,
+            postgresql_where=text("stripe_price_id IS NOT NULL"),
+        ),
+    )
 
     id: str = Field(primary_key=True, max_length=100)
     name: str = Field(max_length=200)

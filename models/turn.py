@@ -79,8 +79,13 @@ class TurnIn(BaseModel):
         if self.meter != "llm":
             if self.quantity <= 0:
                 raise ValueError(f"quantity must be > 0 for meter {self.meter!r}")
-            if (self.prompt_tokens or self.completion_tokens or self.cached_prompt_tokens or self.cache_write_tokens
-                    or self.cache_write_1h_tokens):
+            if (
+                self.prompt_tokens
+                or self.completion_tokens
+                or self.cached_prompt_tokens
+                or self.cache_write_tokens
+                or self.cache_write_1h_tokens
+            ):
                 raise ValueError(f"meter {self.meter!r} records a quantity, not tokens: give 0 tokens")
         elif self.quantity:
             raise ValueError("quantity is for non-LLM meters: an LLM turn (meter 'llm') records tokens")
@@ -135,17 +140,33 @@ class Decision(BaseModel):
 _DECISION_FIELDS = frozenset(Decision.model_fields)
 
 
-def trusted_decision(turn_id: str, accepted: bool, action: str, balance_nanos: int | None, cost_nanos: int,
-                     billed_nanos: int, duplicate: bool) -> Decision:
+def trusted_decision(
+    turn_id: str,
+    accepted: bool,
+    action: str,
+    balance_nanos: int | None,
+    cost_nanos: int,
+    billed_nanos: int,
+    duplicate: bool,
+) -> Decision:
     """A :class:`Decision` from values the gate's own script produced, without validation: what
     ``Decision.model_construct`` does (the instance dict, fields set, no extra or private
     attributes) at a fifth of its cost, which mattered at tens of thousands of turns a second.
     ``tests/unit/test_gate.py`` checks it equals a validated Decision."""
     d = object.__new__(Decision)
-    object.__setattr__(d, "__dict__", {
-        "turn_id": turn_id, "accepted": accepted, "action": action, "balance_nanos": balance_nanos,
-        "cost_nanos": cost_nanos, "billed_nanos": billed_nanos, "duplicate": duplicate,
-    })
+    object.__setattr__(
+        d,
+        "__dict__",
+        {
+            "turn_id": turn_id,
+            "accepted": accepted,
+            "action": action,
+            "balance_nanos": balance_nanos,
+            "cost_nanos": cost_nanos,
+            "billed_nanos": billed_nanos,
+            "duplicate": duplicate,
+        },
+    )
     object.__setattr__(d, "__pydantic_fields_set__", set(_DECISION_FIELDS))
     object.__setattr__(d, "__pydantic_extra__", None)
     object.__setattr__(d, "__pydantic_private__", None)
@@ -216,8 +237,11 @@ class UsageEvent(SQLModel, table=True):
     mode: BillingMode = Field(sa_type=enum_type(BillingMode, 20))
     #: payer level ('platform' | 'app_usage') and who receives the charge: 'platform', or the app
     #: (its enterprise_id) for level-2 charges, which are split into creator share + platform fee
-    level: PayerLevel = Field(default=PayerLevel.app_usage, sa_type=enum_type(PayerLevel, 20),
-                              sa_column_kwargs={"server_default": "app_usage"})
+    level: PayerLevel = Field(
+        default=PayerLevel.app_usage,
+        sa_type=enum_type(PayerLevel, 20),
+        sa_column_kwargs={"server_default": "app_usage"},
+    )
     billing_target: str = Field(default="platform", max_length=200, sa_column_kwargs={"server_default": "platform"})
     #: False for turns never billed (development, track_only, trial turns inside the allowance)
     billable: bool = Field(default=True, sa_column_kwargs={"server_default": text("true")})

@@ -79,8 +79,12 @@ def _describe(ch: str) -> str:
         what = "a lone surrogate"
     else:
         category = unicodedata.category(ch)
-        what = {"Cc": "a control character", "Cf": "a format character", "Zl": "a line separator",
-                "Zp": "a paragraph separator"}.get(category, "whitespace")
+        what = {
+            "Cc": "a control character",
+            "Cf": "a format character",
+            "Zl": "a line separator",
+            "Zp": "a paragraph separator",
+        }.get(category, "whitespace")
     return f"{what} (U+{cp:04X})"
 
 

@@ -33,12 +33,15 @@ class Enterprise(SQLModel, table=True):
     #: trial mode: tokens (prompt + completion) each wallet may use for free
     trial_token_allowance: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     #: trial mode: what happens after the allowance: 'bill' (as production) or 'pause'
-    trial_then: TrialThen = Field(default=TrialThen.pause, sa_type=enum_type(TrialThen, 10),
-                                  sa_column_kwargs={"server_default": "pause"})
+    trial_then: TrialThen = Field(
+        default=TrialThen.pause, sa_type=enum_type(TrialThen, 10), sa_column_kwargs={"server_default": "pause"}
+    )
     #: the most one turn may cost, nano-USD (default $50): a costlier turn is refused by the gate
     #: (422 naming cost_nanos, nothing charged); copied into each wallet's gate hash (max_turn_nanos)
-    max_turn_cost_nanos: int = Field(default=DEFAULT_MAX_TURN_COST_NANOS,
-                                     sa_column=big(nullable=False, server_default=text(str(DEFAULT_MAX_TURN_COST_NANOS))))
+    max_turn_cost_nanos: int = Field(
+        default=DEFAULT_MAX_TURN_COST_NANOS,
+        sa_column=big(nullable=False, server_default=text(str(DEFAULT_MAX_TURN_COST_NANOS))),
+    )
     #: track_only mode: flat monthly fee, nano-USD, debited from ``fee_wallet_id`` at each UTC month start
     flat_fee_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     fee_wallet_id: str | None = Field(default=None, max_length=200)

@@ -12,16 +12,24 @@ from typing import Any
 
 from worker.billing.allowances import run_monthly_reset
 from worker.billing.budgets import check_budgets as check_budgets_service
-from worker.celery_app import CHECK_BUDGETS_TASK, DELIVER_WEBHOOK_TASK, MONTHLY_RESET_TASK, PAUSE_CHAT_TASK, RESUME_PAUSED_TASK, app
-from worker.db import session_scope
 from worker.billing.modes import charge_flat_fees
-from worker.chats.lifecycle import pause_chat as pause_chat_service, resume_paused_chats, sweep_paused
-from worker.settings import get_settings
+from worker.celery_app import (
+    CHECK_BUDGETS_TASK,
+    DELIVER_WEBHOOK_TASK,
+    MONTHLY_RESET_TASK,
+    PAUSE_CHAT_TASK,
+    RESUME_PAUSED_TASK,
+    app,
+)
+from worker.chats.lifecycle import pause_chat as pause_chat_service
+from worker.chats.lifecycle import resume_paused_chats, sweep_paused
+from worker.db import session_scope
+from worker.events import WebhookRejected, WebhookRetryable, backoff_s
+from worker.events import deliver as deliver_event
 from worker.gate.gate import process_gate
-from worker.events import WebhookRejected, WebhookRetryable, backoff_s, deliver as deliver_event
+from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
-
 
 
 @app.task(name=CHECK_BUDGETS_TASK)
@@ -43,8 +51,12 @@ def monthly_reset(period: str | None = None) -> dict[str, Any]:
     with session_scope() as session:
         fees = charge_flat_fees(session, process_gate(), period=period).as_dict()
     return {k: v for k, v in report.items() if k not in ("granted", "expired", "restored")} | {
-        "granted": len(report["granted"]), "expired": len(report["expired"]), "restored": len(report["restored"]),
-        "flat_fees": len(fees["charged"]), "flat_fees_nanos": fees["charged_nanos"]}
+        "granted": len(report["granted"]),
+        "expired": len(report["expired"]),
+        "restored": len(report["restored"]),
+        "flat_fees": len(fees["charged"]),
+        "flat_fees_nanos": fees["charged_nanos"],
+    }
 
 
 @app.task(name=RESUME_PAUSED_TASK)
@@ -56,16 +68,23 @@ def resume_paused(limit: int = 1000) -> dict[str, Any]:
 
 
 @app.task(name=PAUSE_CHAT_TASK, acks_late=True)
-def pause_chat(enterprise_id: str, chat_id: str, wallet_id: str, reason: str = "wallet_exhausted",
-               position: str | None = None) -> bool:
+def pause_chat(
+    enterprise_id: str, chat_id: str, wallet_id: str, reason: str = "wallet_exhausted", position: str | None = None
+) -> bool:
     """Record a chat paused by a denied turn (the API sends this when the gate answers ``pause``
     without accepting).  ``position``: the denial's place in the gate's order
     (``worker.ledger.turns.transition_position`` when the API got the answer; None, from a task queued
     before it was carried: the pause happens when the task runs).  Idempotent: an open pause is
     kept, and a pause the chat moved past (a credit's or the orchestrator's resume, a newer turn)
     changes nothing.  Returns True if this call paused it.  Raises InvalidInput naming a bad field."""
-    return pause_chat_service(process_gate(), enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
-                              reason=reason, position=position)
+    return pause_chat_service(
+        process_gate(),
+        enterprise_id=enterprise_id,
+        chat_id=chat_id,
+        wallet_id=wallet_id,
+        reason=reason,
+        position=position,
+    )
 
 
 @app.task(name=DELIVER_WEBHOOK_TASK, bind=True, acks_late=True)
@@ -82,14 +101,17 @@ def deliver(self, enterprise_id: str, event_id: str, event_type: str, body: str)
     settings = get_settings()
     attempts = self.request.retries + 1
     try:
-        result = deliver_event(enterprise_id=enterprise_id, event_id=event_id, event_type=event_type, body=body,
-                               settings=settings)
+        result = deliver_event(
+            enterprise_id=enterprise_id, event_id=event_id, event_type=event_type, body=body, settings=settings
+        )
     except WebhookRetryable as exc:
         if self.request.retries >= settings.webhook_max_retries:
-            log.error("webhook %s (%s) to %s failed after %d attempts: %s", event_id, event_type, enterprise_id,
-                      attempts, exc)
-        raise self.retry(exc=exc, countdown=backoff_s(self.request.retries, settings),
-                         max_retries=settings.webhook_max_retries)
+            log.error(
+                "webhook %s (%s) to %s failed after %d attempts: %s", event_id, event_type, enterprise_id, attempts, exc
+            )
+        raise self.retry(
+            exc=exc, countdown=backoff_s(self.request.retries, settings), max_retries=settings.webhook_max_retries
+        )
     except WebhookRejected as exc:
         log.warning("webhook %s (%s) to %s rejected: %s", event_id, event_type, enterprise_id, exc)
         return {"outcome": "rejected", "status": exc.status, "event_id": event_id, "attempts": attempts}

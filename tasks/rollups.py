@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.celery_app import END_CHAT_TASK, REFRESH_DIRTY_ROLLUPS_TASK, REFRESH_ROLLUP_TASK, app
-from worker.db import session_scope
 from worker.chats.rollups import DEFAULT_DIRTY_LIMIT, refresh_dirty_groups, refresh_rollup
 from worker.chats.rollups import end_chat as end_chat_service
+from worker.db import session_scope
 
 
 @app.task(name=REFRESH_DIRTY_ROLLUPS_TASK)
@@ -24,8 +24,14 @@ def refresh(enterprise_id: str, workflow: str, period: str) -> dict[str, Any]:
     """Refresh one group's rollup now.  Returns its totals (``cost_nanos`` in nano-USD)."""
     with session_scope() as session:
         r = refresh_rollup(session, enterprise_id, workflow, period)
-        return {"enterprise_id": r.enterprise_id, "workflow": r.workflow, "period": r.period,
-                "total_sessions": r.total_sessions, "total_turns": r.total_turns, "cost_nanos": r.cost_nanos}
+        return {
+            "enterprise_id": r.enterprise_id,
+            "workflow": r.workflow,
+            "period": r.period,
+            "total_sessions": r.total_sessions,
+            "total_turns": r.total_turns,
+            "cost_nanos": r.cost_nanos,
+        }
 
 
 @app.task(name=END_CHAT_TASK, bind=True, ignore_result=False, max_retries=3)
@@ -39,8 +45,10 @@ def end_chat(self, enterprise_id: str, chat_id: str, ended_at: str | None = None
     ended_at = ended_at or datetime.now(UTC).isoformat()
     try:
         with session_scope() as session:
-            return end_chat_service(session, enterprise_id=enterprise_id, chat_id=chat_id,
-                                    ended_at=datetime.fromisoformat(ended_at)).as_dict()
+            return end_chat_service(
+                session, enterprise_id=enterprise_id, chat_id=chat_id, ended_at=datetime.fromisoformat(ended_at)
+            ).as_dict()
     except LookupError as exc:
-        raise self.retry(exc=exc, countdown=5,
-                         kwargs={"enterprise_id": enterprise_id, "chat_id": chat_id, "ended_at": ended_at})
+        raise self.retry(
+            exc=exc, countdown=5, kwargs={"enterprise_id": enterprise_id, "chat_id": chat_id, "ended_at": ended_at}
+        )

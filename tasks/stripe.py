@@ -14,17 +14,17 @@ from typing import Any
 import redis
 from sqlalchemy.exc import OperationalError
 
+from worker.billing.stripe import process_event as process_event_service
+from worker.billing.stripe import unprocessed_events
 from worker.celery_app import STRIPE_PROCESS_EVENT_TASK, STRIPE_SWEEP_TASK, app
 from worker.chats.wiring import after_credit
-from worker.ledger.accounts import GatePending
 from worker.db import session_scope
-from worker.billing.stripe import process_event as process_event_service, unprocessed_events
 from worker.gate.gate import UnknownWallet, process_gate
+from worker.ledger.accounts import GatePending
 
 #: retries of one event before the task gives up (about 40 minutes in all)
 MAX_RETRIES = 12
 RETRIABLE = (GatePending, UnknownWallet, OperationalError, redis.ConnectionError, redis.TimeoutError)
-
 
 
 @app.task(name=STRIPE_PROCESS_EVENT_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -34,7 +34,7 @@ def process_event(self, event_id: str) -> dict[str, Any]:
     try:
         return process_event_service(event_id, gate=process_gate(), on_credited=after_credit).as_dict()
     except RETRIABLE as exc:
-        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 300), max_retries=MAX_RETRIES)
+        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 300), max_retries=MAX_RETRIES)
 
 
 @app.task(name=STRIPE_SWEEP_TASK)

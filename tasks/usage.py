@@ -9,10 +9,10 @@ from pydantic import ValidationError
 from models.turn import TurnIn
 from worker.celery_app import DRAIN_OUTBOX_TASK, RECORD_TURN_TASK, app
 from worker.chats.lifecycle import announce_chat_changes
+from worker.errors import InputError
+from worker.gate.gate import UnknownWallet, WrongEnterprise, process_gate
 from worker.ledger.drain import OutboxDrain
 from worker.pricing.prices import PricingError, TurnLimitExceeded
-from worker.gate.gate import UnknownWallet, WrongEnterprise, process_gate
-from worker.errors import InputError
 
 
 class TurnRejected(InputError, ValueError):
@@ -20,6 +20,7 @@ class TurnRejected(InputError, ValueError):
 
     A plain ``ValueError`` subclass so that it crosses the result backend with its message.
     """
+
 
 _drain: OutboxDrain | None = None
 
@@ -29,8 +30,6 @@ def _get_drain() -> OutboxDrain:
     if _drain is None:
         _drain = OutboxDrain(announce=announce_chat_changes)
     return _drain
-
-
 
 
 @app.task(name=DRAIN_OUTBOX_TASK)
@@ -55,6 +54,8 @@ def record_turn(turn: dict[str, Any]) -> dict[str, Any]:
         return process_gate().record_turn(TurnIn.model_validate(turn)).model_dump(mode="json")
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'turn'}: {e['msg']}" for e in exc.errors())
-        raise TurnRejected(f"invalid turn: {fields}", field=".".join(map(str, exc.errors()[0]["loc"])) or None) from None
+        raise TurnRejected(
+            f"invalid turn: {fields}", field=".".join(map(str, exc.errors()[0]["loc"])) or None
+        ) from None
     except (PricingError, TurnLimitExceeded, UnknownWallet, WrongEnterprise) as exc:
         raise TurnRejected(str(exc), field=exc.field) from None

@@ -14,11 +14,11 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, insert
 
-from tests.conftest import create_keys
 from models.budget import Budget, BudgetAlert
 from models.chat import ChatSession
 from models.turn import UsageEvent
 from models.wallet import Enterprise, Wallet
+from tests.conftest import create_keys
 
 PERIOD = "2026-11"
 #: nano-USD per token: (input, cached input, output)
@@ -44,9 +44,23 @@ class Seeded:
     period: str = PERIOD
 
 
-def _event(n: int, *, enterprise: str, wallet: str, chat: str, workflow: str, provider: str, model: str,
-           at: datetime, prompt: int = 0, cached: int = 0, completion: int = 0, meter: str = "llm",
-           quantity: int = 0, development: bool = False) -> dict:
+def _event(
+    n: int,
+    *,
+    enterprise: str,
+    wallet: str,
+    chat: str,
+    workflow: str,
+    provider: str,
+    model: str,
+    at: datetime,
+    prompt: int = 0,
+    cached: int = 0,
+    completion: int = 0,
+    meter: str = "llm",
+    quantity: int = 0,
+    development: bool = False,
+) -> dict:
     if meter == "llm":
         inp, cache, out = MODELS[(provider, model)]
         cost = (prompt - cached) * inp + cached * cache + completion * out
@@ -57,14 +71,36 @@ def _event(n: int, *, enterprise: str, wallet: str, chat: str, workflow: str, pr
     billed = 0 if development else cost
     creator = billed * 7 // 10
     return dict(
-        turn_id=f"seed:{enterprise}:{n}", outbox_id=f"0:{n}-0", wallet_id=wallet, enterprise_id=enterprise,
-        chat_id=chat, workflow=workflow, agent="planner" if n % 2 else "writer", model=model, provider=provider,
-        mode="development" if development else "production", level="app_usage", billing_target=enterprise,
-        billable=not development, creator_share_nanos=creator, platform_fee_nanos=billed - creator, trial_tokens=0,
-        meter=meter, quantity=quantity, prompt_tokens=prompt, completion_tokens=completion,
-        cached_prompt_tokens=cached, duration_ms=800 + n % 700, input_nanos_per_mtok=prices[0],
-        cached_input_nanos_per_mtok=prices[1], output_nanos_per_mtok=prices[2], cost_nanos=cost,
-        billed_nanos=billed, balance_after_nanos=None, action="continue", occurred_at=at,
+        turn_id=f"seed:{enterprise}:{n}",
+        outbox_id=f"0:{n}-0",
+        wallet_id=wallet,
+        enterprise_id=enterprise,
+        chat_id=chat,
+        workflow=workflow,
+        agent="planner" if n % 2 else "writer",
+        model=model,
+        provider=provider,
+        mode="development" if development else "production",
+        level="app_usage",
+        billing_target=enterprise,
+        billable=not development,
+        creator_share_nanos=creator,
+        platform_fee_nanos=billed - creator,
+        trial_tokens=0,
+        meter=meter,
+        quantity=quantity,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cached_prompt_tokens=cached,
+        duration_ms=800 + n % 700,
+        input_nanos_per_mtok=prices[0],
+        cached_input_nanos_per_mtok=prices[1],
+        output_nanos_per_mtok=prices[2],
+        cost_nanos=cost,
+        billed_nanos=billed,
+        balance_after_nanos=None,
+        action="continue",
+        occurred_at=at,
     )
 
 
@@ -88,76 +124,238 @@ def seed(engine: Engine) -> Seeded:
             cached = prompt // (2 + (c + t) % 5) if (c + t) % 3 else 0
             completion = 400 + (c * 31 + t * 977) % 6_000
             n += 1
-            rows.append(_event(n, enterprise="acme", wallet=wallet, chat=chat, workflow=workflow, provider=provider,
-                               model=model, at=start + timedelta(minutes=7 * t), prompt=prompt, cached=cached,
-                               completion=completion, development=(c % 13 == 5)))
-        sessions.append(dict(enterprise_id="acme", chat_id=chat, wallet_id=wallet, workflow=workflow,
-                             status=("active", "completed", "paused")[c % 3], started_at=start,
-                             last_turn_at=start + timedelta(minutes=7 * (turns - 1)), turns=turns))
+            rows.append(
+                _event(
+                    n,
+                    enterprise="acme",
+                    wallet=wallet,
+                    chat=chat,
+                    workflow=workflow,
+                    provider=provider,
+                    model=model,
+                    at=start + timedelta(minutes=7 * t),
+                    prompt=prompt,
+                    cached=cached,
+                    completion=completion,
+                    development=(c % 13 == 5),
+                )
+            )
+        sessions.append(
+            dict(
+                enterprise_id="acme",
+                chat_id=chat,
+                wallet_id=wallet,
+                workflow=workflow,
+                status=("active", "completed", "paused")[c % 3],
+                started_at=start,
+                last_turn_at=start + timedelta(minutes=7 * (turns - 1)),
+                turns=turns,
+            )
+        )
     # the edges of the period: its last microsecond is in it, the next month's first is not
-    for at, model in ((datetime(2026, 11, 30, 23, 59, 59, 999_999, tzinfo=UTC), ("openai", "gpt-4o")),
-                      (datetime(2026, 12, 1, tzinfo=UTC), ("openai", "gpt-4o")),
-                      (datetime(2026, 10, 31, 23, 59, 59, tzinfo=UTC), ("anthropic", "claude-sonnet-4"))):
+    for at, model in (
+        (datetime(2026, 11, 30, 23, 59, 59, 999_999, tzinfo=UTC), ("openai", "gpt-4o")),
+        (datetime(2026, 12, 1, tzinfo=UTC), ("openai", "gpt-4o")),
+        (datetime(2026, 10, 31, 23, 59, 59, tzinfo=UTC), ("anthropic", "claude-sonnet-4")),
+    ):
         n += 1
-        rows.append(_event(n, enterprise="acme", wallet="w-bob", chat="chat-edge", workflow="support",
-                           provider=model[0], model=model[1], at=at, prompt=10_000, cached=0, completion=2_000))
+        rows.append(
+            _event(
+                n,
+                enterprise="acme",
+                wallet="w-bob",
+                chat="chat-edge",
+                workflow="support",
+                provider=model[0],
+                model=model[1],
+                at=at,
+                prompt=10_000,
+                cached=0,
+                completion=2_000,
+            )
+        )
     # non-LLM meters, through the same ledger (provider 'tollgate', model = meter, no tokens)
     for i, (meter, (quantity, _price)) in enumerate(METERS.items()):
         for k in range(3):
             n += 1
-            rows.append(_event(n, enterprise="acme", wallet=wallets[k], chat=f"chat-{k:03d}", workflow="support",
-                               provider="tollgate", model=meter, meter=meter, quantity=quantity * (k + 1),
-                               at=nov + timedelta(days=3 + 5 * k, hours=i)))
+            rows.append(
+                _event(
+                    n,
+                    enterprise="acme",
+                    wallet=wallets[k],
+                    chat=f"chat-{k:03d}",
+                    workflow="support",
+                    provider="tollgate",
+                    model=meter,
+                    meter=meter,
+                    quantity=quantity * (k + 1),
+                    at=nov + timedelta(days=3 + 5 * k, hours=i),
+                )
+            )
     # history: the five months before, and one month outside the six-month window
     for m, month in enumerate((5, 6, 7, 8, 9, 10)):
         for j, (provider, model) in enumerate(models):
             if (m + j) % 5 == 4:
                 continue
             n += 1
-            rows.append(_event(n, enterprise="acme", wallet=wallets[j % 3], chat=f"old-{month}-{j}",
-                               workflow="research", provider=provider, model=model,
-                               at=datetime(2026, month, 10 + j, tzinfo=UTC),
-                               prompt=2_000_000 + 600_000 * m + 200_000 * j, cached=400_000,
-                               completion=150_000 + 30_000 * m))
+            rows.append(
+                _event(
+                    n,
+                    enterprise="acme",
+                    wallet=wallets[j % 3],
+                    chat=f"old-{month}-{j}",
+                    workflow="research",
+                    provider=provider,
+                    model=model,
+                    at=datetime(2026, month, 10 + j, tzinfo=UTC),
+                    prompt=2_000_000 + 600_000 * m + 200_000 * j,
+                    cached=400_000,
+                    completion=150_000 + 30_000 * m,
+                )
+            )
     # another app in the same period: must never show in acme's figures
     for k in range(5):
         n += 1
-        rows.append(_event(n, enterprise="other", wallet="x-1", chat=f"x-chat-{k}", workflow="support",
-                           provider="openai", model="gpt-4o", at=nov + timedelta(days=k + 1),
-                           prompt=900_000, cached=0, completion=90_000))
+        rows.append(
+            _event(
+                n,
+                enterprise="other",
+                wallet="x-1",
+                chat=f"x-chat-{k}",
+                workflow="support",
+                provider="openai",
+                model="gpt-4o",
+                at=nov + timedelta(days=k + 1),
+                prompt=900_000,
+                cached=0,
+                completion=90_000,
+            )
+        )
 
     with engine.begin() as conn:
-        conn.execute(insert(Enterprise.__table__), [dict(id="acme", name="Acme Assist"),
-                                                    dict(id="other", name="Other Corp")])
-        conn.execute(insert(Wallet.__table__), [dict(id=w, enterprise_id="acme", owner_id=w, level="app_usage",
-                                                     mode="production", currency="USD", limited=True)
-                                                for w in wallets]
-                     + [dict(id="x-1", enterprise_id="other", owner_id="x", level="app_usage", mode="production",
-                             currency="USD", limited=True)])
+        conn.execute(
+            insert(Enterprise.__table__), [dict(id="acme", name="Acme Assist"), dict(id="other", name="Other Corp")]
+        )
+        conn.execute(
+            insert(Wallet.__table__),
+            [
+                dict(
+                    id=w,
+                    enterprise_id="acme",
+                    owner_id=w,
+                    level="app_usage",
+                    mode="production",
+                    currency="USD",
+                    limited=True,
+                )
+                for w in wallets
+            ]
+            + [
+                dict(
+                    id="x-1",
+                    enterprise_id="other",
+                    owner_id="x",
+                    level="app_usage",
+                    mode="production",
+                    currency="USD",
+                    limited=True,
+                )
+            ],
+        )
         conn.execute(insert(ChatSession.__table__), sessions)
         conn.execute(insert(UsageEvent.__table__), rows)
-        budget_ids = conn.execute(insert(Budget.__table__).returning(Budget.__table__.c.id), [
-            dict(enterprise_id="acme", wallet_id="w-alice", workflow=None, amount_nanos=10_000_000_000, auto_pause=True),
-            dict(enterprise_id="acme", wallet_id=None, workflow="support", amount_nanos=20_000_000_000, auto_pause=False),
-            dict(enterprise_id="acme", wallet_id=None, workflow="research", amount_nanos=50_000_000_000,
-                 auto_pause=False),
-            dict(enterprise_id="other", wallet_id="x-1", workflow=None, amount_nanos=1_000_000_000, auto_pause=False),
-        ]).scalars().all()
-        conn.execute(insert(BudgetAlert.__table__), [
-            dict(budget_id=budget_ids[0], period=PERIOD, threshold_pct=50, spent_nanos=5_100_000_000,
-                 amount_nanos=10_000_000_000),
-            dict(budget_id=budget_ids[0], period=PERIOD, threshold_pct=80, spent_nanos=8_100_000_000,
-                 amount_nanos=10_000_000_000),
-            dict(budget_id=budget_ids[1], period=PERIOD, threshold_pct=50, spent_nanos=10_400_000_000,
-                 amount_nanos=20_000_000_000),
-            dict(budget_id=budget_ids[1], period=PERIOD, threshold_pct=80, spent_nanos=16_900_000_000,
-                 amount_nanos=20_000_000_000),
-            dict(budget_id=budget_ids[1], period=PERIOD, threshold_pct=100, spent_nanos=20_300_000_000,
-                 amount_nanos=20_000_000_000),
-            dict(budget_id=budget_ids[1], period="2026-10", threshold_pct=50, spent_nanos=10_600_000_000,
-                 amount_nanos=20_000_000_000),
-        ])
-    keys = create_keys({"owner": ("owner", "acme"), "other_owner": ("owner", "other"),
-                        "end_user": ("end_user", "acme", "w-alice"), "other_end_user": ("end_user", "other", "x-1"),
-                        "admin": ("admin",)}, engine)
+        budget_ids = (
+            conn.execute(
+                insert(Budget.__table__).returning(Budget.__table__.c.id),
+                [
+                    dict(
+                        enterprise_id="acme",
+                        wallet_id="w-alice",
+                        workflow=None,
+                        amount_nanos=10_000_000_000,
+                        auto_pause=True,
+                    ),
+                    dict(
+                        enterprise_id="acme",
+                        wallet_id=None,
+                        workflow="support",
+                        amount_nanos=20_000_000_000,
+                        auto_pause=False,
+                    ),
+                    dict(
+                        enterprise_id="acme",
+                        wallet_id=None,
+                        workflow="research",
+                        amount_nanos=50_000_000_000,
+                        auto_pause=False,
+                    ),
+                    dict(
+                        enterprise_id="other",
+                        wallet_id="x-1",
+                        workflow=None,
+                        amount_nanos=1_000_000_000,
+                        auto_pause=False,
+                    ),
+                ],
+            )
+            .scalars()
+            .all()
+        )
+        conn.execute(
+            insert(BudgetAlert.__table__),
+            [
+                dict(
+                    budget_id=budget_ids[0],
+                    period=PERIOD,
+                    threshold_pct=50,
+                    spent_nanos=5_100_000_000,
+                    amount_nanos=10_000_000_000,
+                ),
+                dict(
+                    budget_id=budget_ids[0],
+                    period=PERIOD,
+                    threshold_pct=80,
+                    spent_nanos=8_100_000_000,
+                    amount_nanos=10_000_000_000,
+                ),
+                dict(
+                    budget_id=budget_ids[1],
+                    period=PERIOD,
+                    threshold_pct=50,
+                    spent_nanos=10_400_000_000,
+                    amount_nanos=20_000_000_000,
+                ),
+                dict(
+                    budget_id=budget_ids[1],
+                    period=PERIOD,
+                    threshold_pct=80,
+                    spent_nanos=16_900_000_000,
+                    amount_nanos=20_000_000_000,
+                ),
+                dict(
+                    budget_id=budget_ids[1],
+                    period=PERIOD,
+                    threshold_pct=100,
+                    spent_nanos=20_300_000_000,
+                    amount_nanos=20_000_000_000,
+                ),
+                dict(
+                    budget_id=budget_ids[1],
+                    period="2026-10",
+                    threshold_pct=50,
+                    spent_nanos=10_600_000_000,
+                    amount_nanos=20_000_000_000,
+                ),
+            ],
+        )
+    keys = create_keys(
+        {
+            "owner": ("owner", "acme"),
+            "other_owner": ("owner", "other"),
+            "end_user": ("end_user", "acme", "w-alice"),
+            "other_end_user": ("end_user", "other", "x-1"),
+            "admin": ("admin",),
+        },
+        engine,
+    )
     return Seeded(keys=keys)

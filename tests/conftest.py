@@ -48,8 +48,10 @@ def _guard_flushall() -> None:
         def flushall(self, *args, **kwargs):
             port = self.connection_pool.connection_kwargs.get("port")
             if port is not None and int(port) == shared_port and not type(self).__module__.startswith("fakeredis"):
-                raise RuntimeError(f"FLUSHALL of the shared Redis server (port {port}) refused: it clears every "
-                                   "logical database; flush the test's own database (FLUSHDB) instead")
+                raise RuntimeError(
+                    f"FLUSHALL of the shared Redis server (port {port}) refused: it clears every "
+                    "logical database; flush the test's own database (FLUSHDB) instead"
+                )
             return original(self, *args, **kwargs)
 
         flushall.tollgate_guard = True
@@ -62,8 +64,10 @@ def _guard_flushall() -> None:
 
 _guard_flushall()
 SHARED_DATA = REPO.parent / "shared" / "data"
-TABLES = ("dead_letter, usage_event, usage_turn_key, paused_chat, stripe_event, token_package, wallet_transaction, chat_agent_usage, chat_session, api_key, audit_log, wallet_drift, "
-          "reconciliation_run, budget_alert, budget, budget_dirty, rollup_dirty, workflow_rollup, wallet, enterprise")
+TABLES = (
+    "dead_letter, usage_event, usage_turn_key, paused_chat, stripe_event, token_package, wallet_transaction, chat_agent_usage, chat_session, api_key, audit_log, wallet_drift, "
+    "reconciliation_run, budget_alert, budget, budget_dirty, rollup_dirty, workflow_rollup, wallet, enterprise"
+)
 
 
 @pytest.fixture(scope="session")
@@ -178,8 +182,9 @@ class CeleryWorker:
         self.log = tmp_path / f"{self.name}.log"
         env = _env()
         env.update(extra_env or {})
-        self.proc = start_celery_worker(self.name, self.log, concurrency=concurrency, env=env, cwd=REPO,
-                                        queues=ALL_QUEUES)
+        self.proc = start_celery_worker(
+            self.name, self.log, concurrency=concurrency, env=env, cwd=REPO, queues=ALL_QUEUES
+        )
         wait_ready(self.proc, self.log, timeout_s=30)
 
     def kill(self) -> None:
@@ -213,8 +218,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
     """Run ``tollgate ARGS`` as a user would (a subprocess of this interpreter), capturing output."""
     full_env = _env()
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "worker.cli", *args], capture_output=True, text=True,
-                          env=full_env, cwd=REPO, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=REPO,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def free_port() -> int:
@@ -305,9 +317,15 @@ def create_keys(spec: dict[str, tuple[str, ...]], engine=None) -> dict[str, str]
     from worker.db import session_scope
 
     with session_scope(engine) as session:
-        return {name: create_key(session, role=role, enterprise_id=rest[0] if rest else None,
-                                 wallet_id=rest[1] if len(rest) > 1 else None)
-                for name, (role, *rest) in spec.items()}
+        return {
+            name: create_key(
+                session,
+                role=role,
+                enterprise_id=rest[0] if rest else None,
+                wallet_id=rest[1] if len(rest) > 1 else None,
+            )
+            for name, (role, *rest) in spec.items()
+        }
 
 
 def auth(key: str) -> dict[str, str]:
@@ -315,8 +333,9 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def seed_wallet(gate, wallet_id: str, enterprise_id: str | None, owner_id: str, credit_nanos: int = 0,
-                **open_kwargs) -> None:
+def seed_wallet(
+    gate, wallet_id: str, enterprise_id: str | None, owner_id: str, credit_nanos: int = 0, **open_kwargs
+) -> None:
     """Open ``wallet_id`` of ``enterprise_id`` for ``owner_id`` (``open_kwargs``, e.g. ``level``, go to
     ``open_wallet``) and, when ``credit_nanos`` (integer nano-USD) is positive, credit it with
     idempotency key ``open-<wallet_id>``.  Raises what ``open_wallet``/``credit_wallet`` raise."""

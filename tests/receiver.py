@@ -43,8 +43,9 @@ def start_receiver() -> tuple[Receiver, ThreadingHTTPServer, threading.Thread]:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             with receiver.lock:
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
-                receiver.requests.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()},
-                                                  body, status))
+                receiver.requests.append(
+                    Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, status)
+                )
             if 300 <= status < 400:
                 self.send_response(status)
                 self.send_header("Location", "/elsewhere")

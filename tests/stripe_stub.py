@@ -34,11 +34,19 @@ def stripe_signature(payload: str, secret: str, timestamp: int | None = None) ->
 
 def event_json(event_id: str, event_type: str, obj: dict[str, Any], *, created: int | None = None) -> str:
     """A Stripe event body (snapshot payload) around ``obj``, as Stripe sends it."""
-    return json.dumps({
-        "id": event_id, "object": "event", "api_version": "2026-10-28.endive",
-        "created": int(time.time()) if created is None else created, "livemode": False, "pending_webhooks": 1,
-        "request": {"id": None, "idempotency_key": None}, "type": event_type, "data": {"object": obj},
-    })
+    return json.dumps(
+        {
+            "id": event_id,
+            "object": "event",
+            "api_version": "2026-10-28.endive",
+            "created": int(time.time()) if created is None else created,
+            "livemode": False,
+            "pending_webhooks": 1,
+            "request": {"id": None, "idempotency_key": None},
+            "type": event_type,
+            "data": {"object": obj},
+        }
+    )
 
 
 @dataclass
@@ -79,8 +87,12 @@ class StripeStub:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length).decode() if length else ""
                 parts = urlsplit(self.path)
-                req = StubRequest(self.command, parts.path, {k.lower(): v for k, v in self.headers.items()},
-                                  parse_qsl(body or parts.query, keep_blank_values=True))
+                req = StubRequest(
+                    self.command,
+                    parts.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    parse_qsl(body or parts.query, keep_blank_values=True),
+                )
                 status, payload = stub._route(req)
                 data = json.dumps(payload).encode()
                 self.send_response(status)
@@ -100,14 +112,27 @@ class StripeStub:
             n = len(self.requests)
             if self.fail_next:
                 self.fail_next = False
-                return 402, {"error": {"type": "card_error", "code": "card_declined", "message": "Your card was declined."}}
+                return 402, {
+                    "error": {"type": "card_error", "code": "card_declined", "message": "Your card was declined."}
+                }
         if req.method == "POST" and req.path == "/v1/checkout/sessions":
             form = req.form
             sid = f"cs_test_{n}"
-            return 200, {"id": sid, "object": "checkout.session", "mode": form.get("mode"),
-                         "url": f"https://checkout.stripe.com/c/pay/{sid}", "status": "open",
-                         "payment_status": "unpaid", "client_reference_id": form.get("client_reference_id")}
-        return 404, {"error": {"type": "invalid_request_error", "message": f"Unrecognized request URL ({req.method}: {req.path})"}}
+            return 200, {
+                "id": sid,
+                "object": "checkout.session",
+                "mode": form.get("mode"),
+                "url": f"https://checkout.stripe.com/c/pay/{sid}",
+                "status": "open",
+                "payment_status": "unpaid",
+                "client_reference_id": form.get("client_reference_id"),
+            }
+        return 404, {
+            "error": {
+                "type": "invalid_request_error",
+                "message": f"Unrecognized request URL ({req.method}: {req.path})",
+            }
+        }
 
     def __enter__(self) -> "StripeStub":
         self.thread.start()

@@ -28,8 +28,7 @@ from redis.exceptions import LockError
 log = logging.getLogger(__name__)
 
 #: Redis errors a restart or failover produces (BusyLoadingError is a ConnectionError)
-REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                     redis.exceptions.ReadOnlyError)
+REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError)
 
 
 class ResilientRedBeatScheduler(RedBeatScheduler):
@@ -60,8 +59,9 @@ class ResilientRedBeatScheduler(RedBeatScheduler):
             self.lock_lost = True
             return 0.0
         except REDIS_UNAVAILABLE as exc:
-            log.warning("beat: Redis unavailable (%s: %s); trying again in %s s", type(exc).__name__, exc,
-                        self.max_interval)
+            log.warning(
+                "beat: Redis unavailable (%s: %s); trying again in %s s", type(exc).__name__, exc, self.max_interval
+            )
             return self.max_interval
 
     def _take_lock(self) -> bool:

@@ -17,8 +17,8 @@ from __future__ import annotations
 from celery import Celery
 from celery.schedules import crontab
 
-from worker.settings import get_settings
 from worker.gate.keys import REDBEAT_PREFIX
+from worker.settings import get_settings
 
 USAGE_QUEUE = "tollgate.usage"
 #: scheduled jobs and webhooks: kept off the drain's queue so a slow job never delays persistence
@@ -48,8 +48,15 @@ def make_app() -> Celery:
     celery = Celery(
         "tollgate",
         broker=settings.broker_url,
-        include=["tasks.usage", "tasks.rollups", "tasks.billing", "tasks.reconcile", "tasks.reservations", "tasks.stripe",
-                 "tasks.maintenance"],
+        include=[
+            "tasks.usage",
+            "tasks.rollups",
+            "tasks.billing",
+            "tasks.reconcile",
+            "tasks.reservations",
+            "tasks.stripe",
+            "tasks.maintenance",
+        ],
     )
     celery.conf.update(
         task_default_queue=USAGE_QUEUE,
@@ -84,8 +91,7 @@ def make_app() -> Celery:
             "check-budgets": {"task": CHECK_BUDGETS_TASK, "schedule": 60.0, "options": {"expires": 55}},
             # monthly allowances: hourly on the hour, so a period's grant comes at 00:00 UTC and the
             # previous one expires an hour later (after the grace); idempotent per (wallet, period)
-            "monthly-reset": {"task": MONTHLY_RESET_TASK, "schedule": crontab(minute=0),
-                              "options": {"expires": 3000}},
+            "monthly-reset": {"task": MONTHLY_RESET_TASK, "schedule": crontab(minute=0), "options": {"expires": 3000}},
             # incremental rollups: only the enterprise × workflow × month groups the drain marked dirty
             "refresh-rollups": {"task": REFRESH_DIRTY_ROLLUPS_TASK, "schedule": 60.0, "options": {"expires": 55}},
             # paused chats whose wallet can pay again (a credit resumes them at once; this catches the rest)
@@ -93,8 +99,11 @@ def make_app() -> Celery:
             # Stripe events whose processing was lost or gave up are sent again (idempotent)
             "stripe-sweep": {"task": STRIPE_SWEEP_TASK, "schedule": 300.0, "options": {"expires": 240}},
             # usage_event partitions for the coming months, and retention (drops whole old months)
-            "usage-partitions": {"task": PARTITIONS_TASK, "schedule": crontab(minute=30, hour=0),
-                                 "options": {"expires": 3000}},
+            "usage-partitions": {
+                "task": PARTITIONS_TASK,
+                "schedule": crontab(minute=30, hour=0),
+                "options": {"expires": 3000},
+            },
             # abandoned reservations give their holds back
             "expire-holds": {"task": EXPIRE_HOLDS_TASK, "schedule": 10.0, "options": {"expires": 9}},
             # report drift between the gate (Redis) and the ledger; `tollgate reconcile --repair` mends it

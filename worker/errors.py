@@ -50,8 +50,9 @@ class TollgateError(Exception):
     title: str = "Internal error"
     exit_code: int = 1
 
-    def __init__(self, message: str = "", *, field: str | None = None, http_status: int | None = None,
-                 title: str | None = None) -> None:
+    def __init__(
+        self, message: str = "", *, field: str | None = None, http_status: int | None = None, title: str | None = None
+    ) -> None:
         super().__init__(message)
         self.field = field
         if http_status is not None:
@@ -65,7 +66,7 @@ class TollgateError(Exception):
         what ``errors[].message`` of a problem document says."""
         text = str(self)
         if self.field and text.startswith(f"{self.field}: "):
-            return text[len(self.field) + 2:]
+            return text[len(self.field) + 2 :]
         return text
 
 

@@ -42,11 +42,11 @@ from urllib.parse import urlsplit
 from sqlmodel import Session
 
 from models.wallet import Enterprise
-from worker.db import session_scope
-from worker.settings import Settings, get_settings
 from worker.celery_app import DELIVER_WEBHOOK_TASK, app
-from worker.gate.keys import EVENTS_CHANNEL_PREFIX
+from worker.db import session_scope
 from worker.errors import InputError, TollgateError
+from worker.gate.keys import EVENTS_CHANNEL_PREFIX
+from worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,12 @@ class Event:
 
     @classmethod
     def new(
-        cls, type: str, enterprise_id: str, data: Mapping[str, Any], *, event_id: str | None = None,
+        cls,
+        type: str,
+        enterprise_id: str,
+        data: Mapping[str, Any],
+        *,
+        event_id: str | None = None,
         created: int | None = None,
     ) -> "Event":
         """An event with ``event_id`` (default: a random ``evt_<uuid4 hex>``) created now (Unix s)."""
@@ -121,8 +126,13 @@ class Event:
 
     def as_dict(self) -> dict[str, Any]:
         """The wire form as a dict."""
-        return {"id": self.id, "type": self.type, "enterprise_id": self.enterprise_id,
-                "created": self.created, "data": dict(self.data)}
+        return {
+            "id": self.id,
+            "type": self.type,
+            "enterprise_id": self.enterprise_id,
+            "created": self.created,
+            "data": dict(self.data),
+        }
 
     def body(self) -> str:
         """The wire form as compact JSON text (keys sorted): the exact bytes that are signed."""
@@ -157,7 +167,11 @@ def signature_header(secret: str, body: str | bytes, *, timestamp: int | None = 
 
 
 def verify(
-    secret: str, header: str | None, body: str | bytes, *, tolerance_s: int = DEFAULT_TOLERANCE_S,
+    secret: str,
+    header: str | None,
+    body: str | bytes,
+    *,
+    tolerance_s: int = DEFAULT_TOLERANCE_S,
     now: int | None = None,
 ) -> int:
     """Check a ``Tollgate-Signature`` header against the raw ``body``, as a receiver does.
@@ -179,7 +193,9 @@ def verify(
             try:
                 timestamp = int(value)
             except ValueError:
-                raise SignatureError(f"{SIGNATURE_HEADER}: t={value!r} is not Unix seconds", field=SIGNATURE_HEADER) from None
+                raise SignatureError(
+                    f"{SIGNATURE_HEADER}: t={value!r} is not Unix seconds", field=SIGNATURE_HEADER
+                ) from None
         elif name == "v1":
             candidates.append(value)
     if timestamp is None:
@@ -194,7 +210,8 @@ def verify(
         raise SignatureError(
             f"{SIGNATURE_HEADER}: timestamp {timestamp} is {current - timestamp} s from now "
             f"(tolerance {tolerance_s} s)",
-            field=SIGNATURE_HEADER)
+            field=SIGNATURE_HEADER,
+        )
     return timestamp
 
 
@@ -210,7 +227,13 @@ _OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def post(
-    url: str, secret: str, *, event_id: str, event_type: str, body: str, timeout_s: float,
+    url: str,
+    secret: str,
+    *,
+    event_id: str,
+    event_type: str,
+    body: str,
+    timeout_s: float,
     timestamp: int | None = None,
 ) -> int:
     """One signed POST of ``body`` (the event's JSON text) to ``url``.
@@ -270,7 +293,12 @@ def callback_of(session: Session, enterprise_id: str) -> tuple[str, str] | None:
 
 
 def deliver(
-    *, enterprise_id: str, event_id: str, event_type: str, body: str, settings: Settings | None = None,
+    *,
+    enterprise_id: str,
+    event_id: str,
+    event_type: str,
+    body: str,
+    settings: Settings | None = None,
 ) -> Delivery:
     """Send one event to its app's callback: reload ``callback_url`` and ``webhook_secret`` (so a
     rotated secret applies to retries), then :func:`post` once.
@@ -284,8 +312,9 @@ def deliver(
     if callback is None:
         return Delivery("skipped", reason=f"enterprise {enterprise_id!r} has no callback_url and webhook_secret")
     url, secret = callback
-    status = post(url, secret, event_id=event_id, event_type=event_type, body=body,
-                  timeout_s=settings.webhook_timeout_s)
+    status = post(
+        url, secret, event_id=event_id, event_type=event_type, body=body, timeout_s=settings.webhook_timeout_s
+    )
     return Delivery("delivered", status=status)
 
 
@@ -304,8 +333,15 @@ def enqueue_delivery(event: Event, send_task: SendTask | None = None) -> None:
     ``send_task`` (tests pass their own)."""
     if send_task is None:
         send_task = app.send_task
-    send_task(DELIVER_TASK, kwargs={"enterprise_id": event.enterprise_id, "event_id": event.id,
-                                    "event_type": event.type, "body": event.body()})
+    send_task(
+        DELIVER_TASK,
+        kwargs={
+            "enterprise_id": event.enterprise_id,
+            "event_id": event.id,
+            "event_type": event.type,
+            "body": event.body(),
+        },
+    )
 
 
 def emit(client, event: Event, *, webhook: bool, send_task: SendTask | None = None) -> None:
@@ -317,11 +353,15 @@ def emit(client, event: Event, *, webhook: bool, send_task: SendTask | None = No
     try:
         publish(client, event)
     except Exception:
-        log.error("could not publish event %s (%s) for %s", event.id, event.type, event.enterprise_id,
-                  exc_info=True)
+        log.error("could not publish event %s (%s) for %s", event.id, event.type, event.enterprise_id, exc_info=True)
     if webhook:
         try:
             enqueue_delivery(event, send_task)
         except Exception:
-            log.error("could not enqueue webhook for event %s (%s) of %s", event.id, event.type,
-                      event.enterprise_id, exc_info=True)
+            log.error(
+                "could not enqueue webhook for event %s (%s) of %s",
+                event.id,
+                event.type,
+                event.enterprise_id,
+                exc_info=True,
+            )

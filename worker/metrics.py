@@ -86,10 +86,15 @@ def drain_counters(client: redis.Redis) -> dict[str, Any]:
     for bound in (*BATCH_SIZE_BUCKETS, "+Inf"):
         cumulative += num(f"batch_size_le:{bound}")
         buckets.append((str(bound), cumulative))
-    return {"batches": num("batches"), "batch_size_sum": num("batch_size_sum"),
-            "persisted_turns": num("persisted_turns"), "duplicate_turns": num("duplicate_turns"),
-            "dead_lettered_turns": num("dead_lettered_turns"), "dead_lettered_nanos": num("dead_lettered_nanos"),
-            "buckets": buckets}
+    return {
+        "batches": num("batches"),
+        "batch_size_sum": num("batch_size_sum"),
+        "persisted_turns": num("persisted_turns"),
+        "duplicate_turns": num("duplicate_turns"),
+        "dead_lettered_turns": num("dead_lettered_turns"),
+        "dead_lettered_nanos": num("dead_lettered_nanos"),
+        "buckets": buckets,
+    }
 
 
 def outbox_lag_seconds(client: redis.Redis, stream: str, group: str, *, now_ms: int | None = None) -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+
 from worker.errors import InvalidInput
 
 _PERIOD = re.compile(r"(19\d\d|2\d\d\d)-(0[1-9]|1[0-2])")

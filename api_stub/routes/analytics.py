@@ -17,29 +17,31 @@ from fastapi.responses import Response
 from sqlalchemy import select
 
 from api_stub.csv_cells import csv_writer, safe_row
-from api_stub.deps import Caller, Problem, enterprise_in_scope, field_problem, forbid_unless
+from api_stub.deps import Caller, enterprise_in_scope, field_problem, forbid_unless
+from models.enums import ApiRole
 from models.rollup import (
     UsageBucketPublic,
     UsageBucketsPublic,
     WorkflowAverages,
+    WorkflowRollup,
     WorkflowRollupPublic,
     WorkflowRollupsPublic,
 )
-from models.turn import UsageEventPublic, UsageEventsPublic
-from models.enums import ApiRole
-from models.rollup import WorkflowRollup
-from models.turn import UsageEvent
+from models.turn import UsageEvent, UsageEventPublic, UsageEventsPublic
 from models.validation import SAFE_ID
-from worker.chats.analytics import GROUP_KEYS, usage_analytics
+from worker.chats.analytics import usage_analytics
+from worker.chats.rollups import workflow_averages
 from worker.db import session_scope
 from worker.periods import period_bounds
-from worker.chats.rollups import workflow_averages
 
 router = APIRouter(tags=["analytics"])
 ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
 Period = Annotated[str, Query(pattern=r"^[0-9]{4}-[0-9]{2}$", description="UTC month, YYYY-MM")]
-EnterpriseQuery = Annotated[str | None, Query(min_length=1, max_length=200,
-                                              description="the app (owner keys: their own, may be omitted)"), SAFE_ID]
+EnterpriseQuery = Annotated[
+    str | None,
+    Query(min_length=1, max_length=200, description="the app (owner keys: their own, may be omitted)"),
+    SAFE_ID,
+]
 USAGE_FIELDS = tuple(UsageEventPublic.model_fields)
 
 
@@ -56,8 +58,9 @@ def analytics_usage(
     start: Annotated[date, Query(description="first day, UTC (inclusive)")],
     end: Annotated[date, Query(description="last bound, UTC (exclusive)")],
     granularity: Literal["day", "week", "month"] = "day",
-    group_by: Annotated[list[Literal["workflow", "agent", "model", "provider"]] | None,
-                        Query(description="repeat for several keys")] = None,
+    group_by: Annotated[
+        list[Literal["workflow", "agent", "model", "provider"]] | None, Query(description="repeat for several keys")
+    ] = None,
     enterprise_id: EnterpriseQuery = None,
 ) -> UsageBucketsPublic:
     """Turns, tokens and nano-USD of one app per day, ISO week or month over ``[start, end)``,
@@ -69,11 +72,19 @@ def analytics_usage(
     if (end - start).days > 3 * 366:
         raise field_problem(422, "Invalid request", "end", "the range may span at most 3 years")
     with session_scope() as session:
-        rows = usage_analytics(session, enterprise_id=enterprise, granularity=granularity, group_by=keys,
-                               start=start, end=end)
+        rows = usage_analytics(
+            session, enterprise_id=enterprise, granularity=granularity, group_by=keys, start=start, end=end
+        )
     data = [UsageBucketPublic(**row) for row in rows]
-    return UsageBucketsPublic(enterprise_id=enterprise, granularity=granularity, group_by=keys, start=start, end=end,
-                         data=data, count=len(data))
+    return UsageBucketsPublic(
+        enterprise_id=enterprise,
+        granularity=granularity,
+        group_by=keys,
+        start=start,
+        end=end,
+        data=data,
+        count=len(data),
+    )
 
 
 @router.get("/v1/analytics/rollups", response_model=WorkflowRollupsPublic, responses=ERRORS)
@@ -83,18 +94,29 @@ def analytics_rollups(who: Caller, period: Period, enterprise_id: EnterpriseQuer
     enterprise = enterprise_in_scope(who, enterprise_id)
     _period(period)
     with session_scope() as session:
-        rows = session.execute(
-            select(WorkflowRollup).where(WorkflowRollup.enterprise_id == enterprise, WorkflowRollup.period == period)
-            .order_by(WorkflowRollup.workflow)
-        ).scalars().all()
-    data = [WorkflowRollupPublic.model_validate(r, update={"document": r.document if who.role is ApiRole.owner else None})
-            for r in rows]
+        rows = (
+            session.execute(
+                select(WorkflowRollup)
+                .where(WorkflowRollup.enterprise_id == enterprise, WorkflowRollup.period == period)
+                .order_by(WorkflowRollup.workflow)
+            )
+            .scalars()
+            .all()
+        )
+    data = [
+        WorkflowRollupPublic.model_validate(r, update={"document": r.document if who.role is ApiRole.owner else None})
+        for r in rows
+    ]
     return WorkflowRollupsPublic(data=data, count=len(data))
 
 
 @router.get("/v1/analytics/workflows/{workflow}", response_model=WorkflowAverages, responses=ERRORS)
-def analytics_workflow(who: Caller, workflow: Annotated[str, Path(min_length=1, max_length=200), SAFE_ID], period: Period,
-                       enterprise_id: EnterpriseQuery = None) -> WorkflowAverages:
+def analytics_workflow(
+    who: Caller,
+    workflow: Annotated[str, Path(min_length=1, max_length=200), SAFE_ID],
+    period: Period,
+    enterprise_id: EnterpriseQuery = None,
+) -> WorkflowAverages:
     """Per-session averages of one workflow in one UTC month: from its rollup, or computed from the
     turns when it was never rolled up (all zero for a workflow without turns)."""
     enterprise = enterprise_in_scope(who, enterprise_id)
@@ -111,8 +133,9 @@ def usage_export(
     format: Literal["json", "csv"] = "json",
     limit: Annotated[int, Query(ge=1, le=5000, description="turns per page")] = 1000,
     cursor: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="next_cursor of the previous page")] = None,
-    wallet_id: Annotated[str | None, Query(min_length=1, max_length=200, description="owner keys: one wallet"),
-                         SAFE_ID] = None,
+    wallet_id: Annotated[
+        str | None, Query(min_length=1, max_length=200, description="owner keys: one wallet"), SAFE_ID
+    ] = None,
 ):
     """Persisted turns of one UTC month, oldest first, one page: an owner's whole app (or one of
     its wallets), an end user's own wallet.  Admins: 403 (per-turn rows are end users' detail).

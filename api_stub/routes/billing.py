@@ -41,14 +41,15 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
-from starlette.concurrency import run_in_threadpool
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
 from api_stub.billing_exports import csv_rows, json_chunks, pdf_statement
 from api_stub.deps import Problem, check_client_rate_limit, check_rate_limit, get_gate, problem_response
 from models.enums import ApiRole
 from models.wallet import Enterprise
 from worker.access.apikeys import Principal, authenticate
+from worker.access.web_sessions import WebSession, close_session, open_session, principal_for_prefix, read_session
 from worker.billing.report import (
     METERS,
     BillingReport,
@@ -64,7 +65,6 @@ from worker.billing.report import (
 from worker.db import get_engine, session_scope
 from worker.periods import current_period, previous_period
 from worker.settings import get_settings
-from worker.access.web_sessions import WebSession, close_session, open_session, principal_for_prefix, read_session
 
 HERE = Path(__file__).resolve().parent.parent  # api_stub/: templates/ and static/ are package data there
 STATIC = HERE / "static"
@@ -74,7 +74,7 @@ COOKIE = "tollgate_session"
 CSRF_COOKIE = "tollgate_csrf"
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                               "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",  # "no-referrer" would make a browser send `Origin: null` on our own forms
     "Cache-Control": "no-store",
@@ -107,8 +107,9 @@ templates.env.filters.update(
 class Refusal(Exception):
     """A request the billing routes refuse: HTTP status, title, detail and the field at fault."""
 
-    def __init__(self, status: int, title: str, detail: str, field: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, title: str, detail: str, field: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status, self.title, self.detail, self.field, self.headers = status, title, detail, field, headers
 
@@ -148,8 +149,13 @@ def _caller(request: Request) -> tuple[Principal, WebSession | None]:
     an ended or expired session), 429 with ``Retry-After`` (over ``settings.rate_limit``).
     """
     if "key" in request.query_params:
-        raise Refusal(400, "Invalid request", "key: an API key in the URL is never accepted (it would be kept in "
-                      "logs and browser history); sign in with the form or send Authorization: Bearer", "key")
+        raise Refusal(
+            400,
+            "Invalid request",
+            "key: an API key in the URL is never accepted (it would be kept in "
+            "logs and browser history); sign in with the form or send Authorization: Bearer",
+            "key",
+        )
     auth = request.headers.get("authorization")
     web: WebSession | None = None
     if auth is not None:
@@ -158,8 +164,13 @@ def _caller(request: Request) -> tuple[Principal, WebSession | None]:
         redis = get_gate().redis
         web = read_session(redis, request.cookies.get(COOKIE))
         if web is None:
-            raise Refusal(401, "Unauthorized", "an API key is required: Authorization: Bearer tg_… or sign in"
-                          if not request.cookies.get(COOKIE) else "your sign-in has ended; sign in again")
+            raise Refusal(
+                401,
+                "Unauthorized",
+                "an API key is required: Authorization: Bearer tg_… or sign in"
+                if not request.cookies.get(COOKIE)
+                else "your sign-in has ended; sign in again",
+            )
         with session_scope() as session:
             found = principal_for_prefix(session, web.key_prefix)
         if found is None:  # the key was revoked (in SQL, or its revocation's Redis writes failed)
@@ -187,12 +198,14 @@ def viewer(request: Request, enterprise_id: str | None) -> Viewer:
             raise Refusal(422, "Invalid request", "enterprise_id: an admin key must name the app", "enterprise_id")
         with session_scope() as session:
             if session.get(Enterprise, enterprise_id) is None:
-                raise Refusal(404, "Unknown app", f"enterprise_id: unknown enterprise {enterprise_id!r}",
-                              "enterprise_id")
+                raise Refusal(
+                    404, "Unknown app", f"enterprise_id: unknown enterprise {enterprise_id!r}", "enterprise_id"
+                )
         return Viewer(who, enterprise_id, None, detail=False, csrf=csrf)
     if enterprise_id and enterprise_id != who.enterprise_id:
-        raise Refusal(403, "Forbidden", f"this key may not see the billing of enterprise {enterprise_id!r}",
-                      "enterprise_id")
+        raise Refusal(
+            403, "Forbidden", f"this key may not see the billing of enterprise {enterprise_id!r}", "enterprise_id"
+        )
     wallet = who.wallet_id if who.role is ApiRole.end_user else None
     return Viewer(who, who.enterprise_id, wallet, detail=True, csrf=csrf)
 
@@ -218,11 +231,13 @@ def _snapshot() -> Iterator[Session]:
 def _report(v: Viewer, period: str, session: Session | None = None) -> BillingReport:
     try:
         if session is not None:
-            return billing_report(session, enterprise_id=v.enterprise_id, period=period, wallet_id=v.wallet_id,
-                                  detail=v.detail)
+            return billing_report(
+                session, enterprise_id=v.enterprise_id, period=period, wallet_id=v.wallet_id, detail=v.detail
+            )
         with _snapshot() as s:
-            return billing_report(s, enterprise_id=v.enterprise_id, period=period, wallet_id=v.wallet_id,
-                                  detail=v.detail)
+            return billing_report(
+                s, enterprise_id=v.enterprise_id, period=period, wallet_id=v.wallet_id, detail=v.detail
+            )
     except ReportError as exc:
         raise Refusal(404 if exc.field == "enterprise_id" else 422, "Invalid request", str(exc), exc.field) from None
 
@@ -234,8 +249,9 @@ def _problem(exc: Refusal) -> JSONResponse:
     return problem_response(exc.status, exc.title, exc.detail, errors, headers)
 
 
-def _html(request: Request, template: str, status: int = 200, headers: dict[str, str] | None = None,
-          **context) -> HTMLResponse:
+def _html(
+    request: Request, template: str, status: int = 200, headers: dict[str, str] | None = None, **context
+) -> HTMLResponse:
     response = templates.TemplateResponse(request, template, context, status_code=status)
     response.headers.update(_SECURITY_HEADERS)
     response.headers.update(headers or {})
@@ -247,21 +263,23 @@ def _secure(request: Request) -> bool:
     return (origin or request.url.scheme).lower().startswith("https")
 
 
-def _set_cookie(response: Response, request: Request, name: str, value: str, max_age: int,
-                samesite: str = "lax") -> None:
-    response.set_cookie(name, value, max_age=max_age, path="/billing", httponly=True, samesite=samesite,
-                        secure=_secure(request))
+def _set_cookie(
+    response: Response, request: Request, name: str, value: str, max_age: int, samesite: str = "lax"
+) -> None:
+    response.set_cookie(
+        name, value, max_age=max_age, path="/billing", httponly=True, samesite=samesite, secure=_secure(request)
+    )
 
 
-def _login_page(request: Request, status: int, error: str | None, next_url: str,
-                headers: dict[str, str] | None = None) -> HTMLResponse:
+def _login_page(
+    request: Request, status: int, error: str | None, next_url: str, headers: dict[str, str] | None = None
+) -> HTMLResponse:
     """The sign-in form, with a CSRF token in the form and the same in the ``tollgate_csrf`` cookie
     (the browser's current one is kept, so two open tabs both work)."""
     token = request.cookies.get(CSRF_COOKIE) or ""
     if not (32 <= len(token) <= 64 and token.replace("-", "").replace("_", "").isalnum()):
         token = secrets.token_urlsafe(32)
-    response = _html(request, "login.html", status, headers=headers, error=error, next_url=next_url,
-                     csrf_token=token)
+    response = _html(request, "login.html", status, headers=headers, error=error, next_url=next_url, csrf_token=token)
     _set_cookie(response, request, CSRF_COOKIE, token, get_settings().billing_session_ttl_s, samesite="strict")
     if status == 401 and request.cookies.get(COOKIE):  # an ended session: drop its stale cookie
         response.delete_cookie(COOKIE, path="/billing")
@@ -288,8 +306,12 @@ def check_origin(request: Request) -> None:
         parts = urlsplit(referer) if referer else None
         origin = f"{parts.scheme}://{parts.netloc}" if parts and parts.scheme and parts.netloc else None
     if origin is None:
-        raise Refusal(403, "Forbidden", "Origin: the request carries neither Origin nor Referer; "
-                      "sign in from the page of this site", "Origin")
+        raise Refusal(
+            403,
+            "Forbidden",
+            "Origin: the request carries neither Origin nor Referer; sign in from the page of this site",
+            "Origin",
+        )
     if origin.rstrip("/").lower() != own_origin(request):
         raise Refusal(403, "Forbidden", f"Origin: {origin!r} is not this site ({own_origin(request)})", "Origin")
 
@@ -324,12 +346,26 @@ def page(request: Request, period: str | None = None, enterprise_id: str | None 
     if chosen not in choices:
         choices = sorted({*choices, chosen}, reverse=True)
     query = urlencode({"period": chosen, **({"enterprise_id": enterprise_id} if enterprise_id else {})})
-    history = {"periods": report.history.periods, "labels": [_month(p) for p in report.history.periods],
-               "providers": [{"name": name, "label": provider_name(name), "cost_nanos": values}
-                             for name, values in report.history.by_provider.items()]}
-    return _html(request, "billing.html", report=report, viewer=v, role=v.principal.role.value,
-                 periods=choices, query=query, history=history, meters=METERS,
-                 enterprise_param=enterprise_id or "")
+    history = {
+        "periods": report.history.periods,
+        "labels": [_month(p) for p in report.history.periods],
+        "providers": [
+            {"name": name, "label": provider_name(name), "cost_nanos": values}
+            for name, values in report.history.by_provider.items()
+        ],
+    }
+    return _html(
+        request,
+        "billing.html",
+        report=report,
+        viewer=v,
+        role=v.principal.role.value,
+        periods=choices,
+        query=query,
+        history=history,
+        meters=METERS,
+        enterprise_param=enterprise_id or "",
+    )
 
 
 @router.get("/login", response_class=HTMLResponse, include_in_schema=False)
@@ -349,8 +385,12 @@ async def login(request: Request) -> Response:
     cookie, and the browser sent to ``next`` (303; same-site ``/billing`` paths only)."""
     settings = get_settings()
     try:
-        check_client_rate_limit(settings.billing_login_rate_limit, "billing-login-ip", _client_ip(request),
-                                "sign-in attempts from one address")
+        check_client_rate_limit(
+            settings.billing_login_rate_limit,
+            "billing-login-ip",
+            _client_ip(request),
+            "sign-in attempts from one address",
+        )
     except Problem as exc:
         return _login_page(request, 429, f"Too many sign-in attempts: {exc.detail}", "/billing", headers=exc.headers)
     form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=10)
@@ -361,8 +401,13 @@ async def login(request: Request) -> Response:
     try:
         check_origin(request)
         if not sent_token or not cookie_token or not hmac.compare_digest(sent_token.encode(), cookie_token.encode()):
-            raise Refusal(403, "Forbidden", "csrf_token: the sign-in form is stale or was not sent from this site; "
-                          "reload the page and sign in again", "csrf_token")
+            raise Refusal(
+                403,
+                "Forbidden",
+                "csrf_token: the sign-in form is stale or was not sent from this site; "
+                "reload the page and sign in again",
+                "csrf_token",
+            )
         if not key:
             raise Refusal(401, "Unauthorized", "key: paste an API key", "key")
         who = await run_in_threadpool(_principal, key)
@@ -394,8 +439,14 @@ async def logout(request: Request) -> Response:
         form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=10)
         sent = (form.get("csrf_token") or [""])[0]
         if not sent or not hmac.compare_digest(sent.encode(), web.csrf.encode()):
-            return _html(request, "error.html", 403, error=Refusal(
-                403, "Forbidden", "csrf_token: the sign-out form was not sent from this site's page", "csrf_token"))
+            return _html(
+                request,
+                "error.html",
+                403,
+                error=Refusal(
+                    403, "Forbidden", "csrf_token: the sign-out form was not sent from this site's page", "csrf_token"
+                ),
+            )
         await run_in_threadpool(close_session, redis, web.session_id)
     response = RedirectResponse("/billing/login", status_code=303)
     response.headers.update(_SECURITY_HEADERS)
@@ -415,16 +466,22 @@ def _filename(v: Viewer, period: str, ext: str) -> str:
 
 
 def _download(v: Viewer, period: str, ext: str) -> dict[str, str]:
-    return {"Content-Disposition": f'attachment; filename="{_filename(v, period, ext)}"', "Cache-Control": "no-store",
-            "X-Content-Type-Options": "nosniff"}
+    return {
+        "Content-Disposition": f'attachment; filename="{_filename(v, period, ext)}"',
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+    }
 
 
 def _streamed(v: Viewer, period: str, render) -> Iterator[str]:
     """Report and events from one snapshot, rendered while the rows stream from PostgreSQL."""
     with _snapshot() as session:
         report = _report(v, period, session)
-        events = (iter_events(session, enterprise_id=v.enterprise_id, period=period, wallet_id=v.wallet_id)
-                  if v.detail else None)
+        events = (
+            iter_events(session, enterprise_id=v.enterprise_id, period=period, wallet_id=v.wallet_id)
+            if v.detail
+            else None
+        )
         yield from render(report, events)
 
 
@@ -435,8 +492,9 @@ def export_csv(request: Request, period: str | None = None, enterprise_id: str |
         v, chosen = viewer(request, enterprise_id), _period(period)
     except Refusal as exc:
         return _problem(exc)
-    return StreamingResponse(_streamed(v, chosen, csv_rows), media_type="text/csv; charset=utf-8",
-                             headers=_download(v, chosen, "csv"))
+    return StreamingResponse(
+        _streamed(v, chosen, csv_rows), media_type="text/csv; charset=utf-8", headers=_download(v, chosen, "csv")
+    )
 
 
 @router.get("/export.json", responses={401: {}, 403: {}, 404: {}, 422: {}})
@@ -446,8 +504,9 @@ def export_json(request: Request, period: str | None = None, enterprise_id: str 
         v, chosen = viewer(request, enterprise_id), _period(period)
     except Refusal as exc:
         return _problem(exc)
-    return StreamingResponse(_streamed(v, chosen, json_chunks), media_type="application/json",
-                             headers=_download(v, chosen, "json"))
+    return StreamingResponse(
+        _streamed(v, chosen, json_chunks), media_type="application/json", headers=_download(v, chosen, "json")
+    )
 
 
 @router.get("/export.pdf", responses={401: {}, 403: {}, 404: {}, 422: {}})
@@ -462,8 +521,12 @@ def export_pdf(request: Request, period: str | None = None, enterprise_id: str |
 
 
 # static files ------------------------------------------------------------------------------------
-_STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                 ".md": "text/plain; charset=utf-8", ".svg": "image/svg+xml"}
+_STATIC_TYPES = {
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".md": "text/plain; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
 
 
 @router.get("/static/{name:path}", include_in_schema=False)
@@ -472,8 +535,11 @@ def static(name: str) -> Response:
     path = (STATIC / name).resolve()
     if not path.is_file() or STATIC not in path.parents or path.suffix not in _STATIC_TYPES:
         return Response(status_code=404)
-    return FileResponse(path, media_type=_STATIC_TYPES[path.suffix],
-                        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"})
+    return FileResponse(
+        path,
+        media_type=_STATIC_TYPES[path.suffix],
+        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 __all__ = ["COOKIE", "CSRF_COOKIE", "Refusal", "Viewer", "check_origin", "own_origin", "router", "viewer"]

@@ -10,22 +10,21 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path
 from sqlalchemy import select
 
-from api_stub.deps import Caller, field_problem, forbid_unless
-from models.chat import ChatSessionCreate, ChatSessionEnd, ChatSessionPublic, PausedChatCreate
-from models.chat import ChatSession
+from api_stub.deps import Caller, Problem, field_problem, forbid_unless, get_gate, wallet_in_scope
+from models.chat import ChatSession, ChatSessionCreate, ChatSessionEnd, ChatSessionPublic, PausedChatCreate
 from models.enums import ApiRole
 from models.validation import SAFE_ID
 from worker.access.apikeys import Principal
-from worker.db import session_scope
-from worker.chats.rollups import UnknownChat, chat_performance, end_chat
-from worker.gate.gate import UnknownWallet
 from worker.chats.lifecycle import WalletCannotPay, pause_chat, resume_chat, start_session
-from api_stub.deps import Problem, get_gate, wallet_in_scope
+from worker.chats.rollups import UnknownChat, chat_performance, end_chat
+from worker.db import session_scope
+from worker.gate.gate import UnknownWallet
 
 router = APIRouter(tags=["chats"])
 ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
 ChatId = Annotated[str, Path(min_length=1, max_length=200), SAFE_ID]
 #: pause/resume need worker.chats.lifecycle (another part of issue 6); without it they are not served
+
 
 def _unknown_chat(chat_id: str):
     return field_problem(404, "Unknown chat", "chat_id", f"no chat {chat_id!r} for this key")
@@ -45,8 +44,13 @@ def _chat_in_scope(session, who: Principal, chat_id: str) -> ChatSession:
 
 def _public(session, chat: ChatSession) -> ChatSessionPublic:
     perf: dict[str, Any] = chat_performance(session, chat.enterprise_id, chat.chat_id)
-    return ChatSessionPublic(**perf, wallet_id=chat.wallet_id, connection_state=chat.connection_state,
-                      pause_reason=chat.pause_reason, can_resume=chat.can_resume)
+    return ChatSessionPublic(
+        **perf,
+        wallet_id=chat.wallet_id,
+        connection_state=chat.connection_state,
+        pause_reason=chat.pause_reason,
+        can_resume=chat.can_resume,
+    )
 
 
 @router.get("/v1/chats/{chat_id}", response_model=ChatSessionPublic, responses=ERRORS)
@@ -88,18 +92,26 @@ def chat_start(chat_id: ChatId, body: ChatSessionCreate, who: Caller) -> ChatSes
     with session_scope() as session:
         wallet_in_scope(session, who, body.wallet_id, creator=True)
     try:
-        start_session(get_gate(), enterprise_id=who.enterprise_id, chat_id=chat_id, wallet_id=body.wallet_id,
-                      workflow=body.workflow, started_at=body.started_at)
+        start_session(
+            get_gate(),
+            enterprise_id=who.enterprise_id,
+            chat_id=chat_id,
+            wallet_id=body.wallet_id,
+            workflow=body.workflow,
+            started_at=body.started_at,
+        )
     except UnknownWallet:
-        raise Problem(409, "Wallet not in the gate",
-                      f"wallet {body.wallet_id!r} is not loaded in the gate") from None
+        raise Problem(409, "Wallet not in the gate", f"wallet {body.wallet_id!r} is not loaded in the gate") from None
     except LookupError as exc:  # scope checked above; kept for a wallet deleted meanwhile
         raise field_problem(404, "Unknown wallet", "wallet_id", str(exc)) from None
     with session_scope() as session:
         return _public(session, _chat_in_scope(session, who, chat_id))
 
+
 @router.post("/v1/chats/{chat_id}/pause", response_model=ChatSessionPublic, responses=ERRORS)
-def chat_pause(chat_id: ChatId, who: Caller, body: Annotated[PausedChatCreate | None, Body()] = None) -> ChatSessionPublic:
+def chat_pause(
+    chat_id: ChatId, who: Caller, body: Annotated[PausedChatCreate | None, Body()] = None
+) -> ChatSessionPublic:
     """Pause a chat (owner key): an open paused-chat record (one per chat), the chat marked
     paused, ``chat.paused`` announced.  A chat not persisted yet needs ``wallet_id`` (of the
     caller's app, or the platform wallet the key was issued for).  Pausing a paused chat changes
@@ -118,12 +130,19 @@ def chat_pause(chat_id: ChatId, who: Caller, body: Annotated[PausedChatCreate | 
         if chat is None:  # a chat of the caller's app may be paused whoever pays for it
             wallet_in_scope(session, who, wallet_id, creator=True)
     try:
-        pause_chat(get_gate(), enterprise_id=who.enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
-                   reason=body.reason, needed_nanos=body.needed_nanos)
+        pause_chat(
+            get_gate(),
+            enterprise_id=who.enterprise_id,
+            chat_id=chat_id,
+            wallet_id=wallet_id,
+            reason=body.reason,
+            needed_nanos=body.needed_nanos,
+        )
     except UnknownWallet:
         raise Problem(409, "Wallet not in the gate", f"wallet {wallet_id!r} is not loaded in the gate") from None
     with session_scope() as session:
         return _public(session, _chat_in_scope(session, who, chat_id))
+
 
 @router.post("/v1/chats/{chat_id}/resume", response_model=ChatSessionPublic, responses=ERRORS | {409: {}})
 def chat_resume(chat_id: ChatId, who: Caller) -> ChatSessionPublic:

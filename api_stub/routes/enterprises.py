@@ -27,8 +27,9 @@ def enterprise_mode(enterprise_id: WalletId, body: ModeUpdate, who: Caller) -> M
         raise field_problem(422, "Invalid request", "mode", "an app needs a mode")
     try:
         with session_scope() as session:
-            changed = set_app_mode(session, get_gate(), enterprise_id, body.mode, actor=who.actor,
-                                   resume=resume_paused_chats)
+            changed = set_app_mode(
+                session, get_gate(), enterprise_id, body.mode, actor=who.actor, resume=resume_paused_chats
+            )
     except ModeError as exc:
         raise mode_problem(exc) from None
     return ModePublic(mode=body.mode, enterprise_id=enterprise_id, wallets_changed=len(changed))

@@ -19,10 +19,13 @@ from worker.gate.keys import outbox_key
 from worker.settings import get_settings
 
 OUTBOX_LENGTH = Gauge("tollgate_outbox_length", "Accepted turns not yet persisted, per outbox shard", ["shard"])
-LAST_DRIFT_NANOS = Gauge("tollgate_reconciliation_last_drift_nanos",
-                         "Absolute gate-vs-ledger drift found by the last reconciliation run, nano-USD")
-LAST_DRIFTED_WALLETS = Gauge("tollgate_reconciliation_last_drifted_wallets",
-                             "Wallets with drift in the last reconciliation run")
+LAST_DRIFT_NANOS = Gauge(
+    "tollgate_reconciliation_last_drift_nanos",
+    "Absolute gate-vs-ledger drift found by the last reconciliation run, nano-USD",
+)
+LAST_DRIFTED_WALLETS = Gauge(
+    "tollgate_reconciliation_last_drifted_wallets", "Wallets with drift in the last reconciliation run"
+)
 
 router = APIRouter()
 
@@ -47,8 +50,10 @@ def _refresh_reconciliation_gauges() -> None:
     """The last finished reconciliation run (it runs in a worker; its figures live in PostgreSQL)."""
     with session_scope() as session:
         run = session.execute(
-            select(ReconciliationRun).where(ReconciliationRun.finished_at.is_not(None))
-            .order_by(ReconciliationRun.id.desc()).limit(1)
+            select(ReconciliationRun)
+            .where(ReconciliationRun.finished_at.is_not(None))
+            .order_by(ReconciliationRun.id.desc())
+            .limit(1)
         ).scalar_one_or_none()
     LAST_DRIFT_NANOS.set(run.drift_nanos_abs if run else 0)
     LAST_DRIFTED_WALLETS.set(run.wallets_drifted if run else 0)

@@ -25,11 +25,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from api_stub.deps import principal, problem_response
 from models.enums import ApiRole
-from models.wallet import Wallet
 from models.validation import SAFE_ID, Id
-from worker.db import session_scope
-from worker.settings import get_settings
+from models.wallet import Wallet
 from worker.billing.stripe import (
     EventError,
     StripeBillingError,
@@ -40,7 +39,8 @@ from worker.billing.stripe import (
 )
 from worker.celery_app import STRIPE_PROCESS_EVENT_TASK
 from worker.celery_app import app as celery_app
-from api_stub.deps import principal, problem_response
+from worker.db import session_scope
+from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +150,14 @@ def checkout(
         if not allowed:  # one answer for "not yours" and "no such wallet"
             return _problem(404, "Unknown wallet", f"wallet_id: no wallet {body.wallet_id!r} for this key", "wallet_id")
         try:
-            started = create_checkout_session(session, wallet_id=body.wallet_id, package_id=body.package_id,
-                                              success_url=body.success_url, cancel_url=body.cancel_url,
-                                              idempotency_key=idempotency_key)
+            started = create_checkout_session(
+                session,
+                wallet_id=body.wallet_id,
+                package_id=body.package_id,
+                success_url=body.success_url,
+                cancel_url=body.cancel_url,
+                idempotency_key=idempotency_key,
+            )
         except StripeBillingError as exc:
             return _problem(422, "Invalid request", str(exc), exc.field)
         except StripeConfigError as exc:

@@ -33,7 +33,8 @@ from worker.ledger.turns import transition_position
 from worker.pricing.prices import PricingError, TurnLimitExceeded
 
 GATE_SECONDS = Histogram(
-    "tollgate_gate_seconds", "Time to price and record turns through the gate, per request (seconds)",
+    "tollgate_gate_seconds",
+    "Time to price and record turns through the gate, per request (seconds)",
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
 DECISIONS = Counter("tollgate_decisions", "Gate decisions by outcome", ["outcome"])
@@ -49,17 +50,24 @@ def _may_record(who: Caller, turns: list[TurnIn]) -> None:
     for i, turn in enumerate(turns):
         field = "enterprise_id" if len(turns) == 1 else f"turns.{i}.enterprise_id"
         if who.role is not ApiRole.owner or turn.enterprise_id != who.enterprise_id:
-            raise Problem(403, "Forbidden", f"this key may not record turns for enterprise {turn.enterprise_id!r}",
-                          [{"field": field, "message": "outside the key's enterprise"}])
+            raise Problem(
+                403,
+                "Forbidden",
+                f"this key may not record turns for enterprise {turn.enterprise_id!r}",
+                [{"field": field, "message": "outside the key's enterprise"}],
+            )
         if not may_charge(who, turn.wallet_id):  # another creator's platform wallet: as unknown
             field = "wallet_id" if len(turns) == 1 else f"turns.{i}.wallet_id"
             detail = f"unknown wallet {turn.wallet_id!r} for this enterprise"
             raise Problem(404, "Unknown wallet", detail, [{"field": field, "message": detail}])
         if turn.reservation_id and hold_wallet(turn.wallet_id, turn.reservation_id) not in (None, turn.wallet_id):
             field = "reservation_id" if len(turns) == 1 else f"turns.{i}.reservation_id"
-            raise Problem(409, "Reservation of another wallet",
-                          f"reservation {turn.reservation_id!r} is not held for wallet {turn.wallet_id!r}",
-                          [{"field": field, "message": "held for another wallet"}])
+            raise Problem(
+                409,
+                "Reservation of another wallet",
+                f"reservation {turn.reservation_id!r} is not held for wallet {turn.wallet_id!r}",
+                [{"field": field, "message": "held for another wallet"}],
+            )
 
 
 def _record(turns: list[TurnIn], who: Principal | None = None, *, pause: bool = True) -> list[Decision]:
@@ -73,8 +81,9 @@ def _record(turns: list[TurnIn], who: Principal | None = None, *, pause: bool = 
         decisions = get_gate().record_turns(turns)
     except TurnLimitExceeded as exc:  # nothing charged: tokens, quantity or cost above a per-turn limit
         field = exc.field if len(turns) == 1 or exc.index is None else f"turns.{exc.index}.{exc.field}"
-        raise Problem(422, "Turn above a limit", f"{field}: {exc.message}",
-                      [{"field": field, "message": exc.message}]) from None
+        raise Problem(
+            422, "Turn above a limit", f"{field}: {exc.message}", [{"field": field, "message": exc.message}]
+        ) from None
     except PricingError as exc:
         field = exc.field or "model"
         raise Problem(422, "Unknown price", str(exc), [{"field": field, "message": str(exc)}]) from None
@@ -104,9 +113,16 @@ def _send_pause(turn: TurnIn) -> None:
         if not get_gate().redis.set(pausing_key(turn.enterprise_id, turn.chat_id), 1, nx=True, ex=60):
             return
         position = transition_position(get_gate(), turn.wallet_id)
-        celery.send_task(PAUSE_CHAT_TASK, kwargs={
-            "enterprise_id": turn.enterprise_id, "chat_id": turn.chat_id, "wallet_id": turn.wallet_id,
-            "position": position}, ignore_result=True)
+        celery.send_task(
+            PAUSE_CHAT_TASK,
+            kwargs={
+                "enterprise_id": turn.enterprise_id,
+                "chat_id": turn.chat_id,
+                "wallet_id": turn.wallet_id,
+                "position": position,
+            },
+            ignore_result=True,
+        )
     except Exception:  # the caller has the 'pause' answer; the pause record is bookkeeping
         log.warning("could not queue the pause of chat %s", turn.chat_id, exc_info=True)
 

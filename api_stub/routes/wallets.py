@@ -20,29 +20,31 @@ from api_stub.deps import (
     unknown_wallet,
     wallet_in_scope,
 )
+from models.enums import ApiRole
+from models.validation import SAFE_ID
 from models.wallet import (
     CreditCreate,
     CreditPublic,
+    Enterprise,
+    ModePublic,
+    ModeUpdate,
     ReleasePublic,
     ReservationCreate,
     ReservationPublic,
+    WalletPublic,
+    WalletTransaction,
     WalletTransactionPublic,
     WalletTransactionsPublic,
 )
-from models.enums import ApiRole
-from models.wallet import WalletTransaction
-from models.validation import SAFE_ID
-from worker.ledger.audit import audit
-from worker.db import session_scope
-from worker.chats.lifecycle import resume_paused_chats
-from worker.chats.wiring import credit_wallet
-from worker.ledger.accounts import GatePending, LedgerError
-from worker.pricing.prices import PricingError
-from worker.gate.gate import GateConfigError, UnknownWallet
 from worker.billing.modes import ModeError, set_wallet_mode
-from models.wallet import Enterprise, ModePublic, ModeUpdate, WalletPublic
 from worker.billing.payers import reservations_required
-from worker.chats.lifecycle import wallet_state
+from worker.chats.lifecycle import resume_paused_chats, wallet_state
+from worker.chats.wiring import credit_wallet
+from worker.db import session_scope
+from worker.gate.gate import GateConfigError, UnknownWallet
+from worker.ledger.accounts import GatePending, LedgerError
+from worker.ledger.audit import audit
+from worker.pricing.prices import PricingError
 
 router = APIRouter(tags=["wallets"])
 ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
@@ -69,13 +71,21 @@ def wallet(wallet_id: WalletId, who: Caller) -> WalletPublic:
         state = wallet_state(get_gate(), wallet_id)
     except UnknownWallet:
         state = None
-    return WalletPublic(wallet_id=row.id, enterprise_id=row.enterprise_id, level=row.level, mode=row.mode,
-                        limited=row.limited, gate_balance_nanos=state.balance_nanos if state else None,
-                        held_nanos=state.held_nanos if state else None,
-                        can_continue=state.can_continue if state else None,
-                        ledger_balance_nanos=row.credits_nanos - row.debits_nanos,
-                        credits_nanos=row.credits_nanos, debits_nanos=row.debits_nanos,
-                        debt_nanos=row.debt_nanos, reservations_required=required)
+    return WalletPublic(
+        wallet_id=row.id,
+        enterprise_id=row.enterprise_id,
+        level=row.level,
+        mode=row.mode,
+        limited=row.limited,
+        gate_balance_nanos=state.balance_nanos if state else None,
+        held_nanos=state.held_nanos if state else None,
+        can_continue=state.can_continue if state else None,
+        ledger_balance_nanos=row.credits_nanos - row.debits_nanos,
+        credits_nanos=row.credits_nanos,
+        debits_nanos=row.debits_nanos,
+        debt_nanos=row.debt_nanos,
+        reservations_required=required,
+    )
 
 
 @router.post("/v1/wallets/{wallet_id}/reservations", response_model=ReservationPublic, responses=ERRORS | {409: {}})
@@ -92,16 +102,30 @@ def reserve(wallet_id: WalletId, body: ReservationCreate, who: Caller) -> Reserv
     if body.reservation_id and hold_wallet(wallet_id, body.reservation_id) not in (None, wallet_id):
         raise field_problem(409, "Reservation in use", "reservation_id", "already held for another wallet")
     if (body.amount_nanos is None) == (body.model is None):
-        raise field_problem(422, "Invalid request", "amount_nanos",
-                            "give either amount_nanos or model with prompt_tokens and max_tokens")
+        raise field_problem(
+            422,
+            "Invalid request",
+            "amount_nanos",
+            "give either amount_nanos or model with prompt_tokens and max_tokens",
+        )
     if body.model is not None and body.max_tokens is None:
         raise field_problem(422, "Invalid request", "max_tokens", "required with model")
     if body.service_tier is not None and body.model is None:
-        raise field_problem(422, "Invalid request", "service_tier", "only with model (an amount_nanos hold is not priced)")
+        raise field_problem(
+            422, "Invalid request", "service_tier", "only with model (an amount_nanos hold is not priced)"
+        )
     try:
-        hold = get_gate().reserve(wallet_id, body.amount_nanos, ttl_s=body.ttl_s, reservation_id=body.reservation_id,
-                                  model=body.model, provider=body.provider, prompt_tokens=body.prompt_tokens,
-                                  max_tokens=body.max_tokens, service_tier=body.service_tier)
+        hold = get_gate().reserve(
+            wallet_id,
+            body.amount_nanos,
+            ttl_s=body.ttl_s,
+            reservation_id=body.reservation_id,
+            model=body.model,
+            provider=body.provider,
+            prompt_tokens=body.prompt_tokens,
+            max_tokens=body.max_tokens,
+            service_tier=body.service_tier,
+        )
     except PricingError as exc:
         raise field_problem(422, "Unknown price", exc.field or "model", str(exc)) from None
     except UnknownWallet:
@@ -111,26 +135,32 @@ def reserve(wallet_id: WalletId, body: ReservationCreate, who: Caller) -> Reserv
     return hold
 
 
-@router.delete("/v1/wallets/{wallet_id}/reservations/{reservation_id}", response_model=ReleasePublic,
-               responses=ERRORS)
-def release(wallet_id: WalletId, reservation_id: Annotated[str, Path(min_length=1, max_length=200), SAFE_ID],
-            who: Caller) -> ReleasePublic:
+@router.delete("/v1/wallets/{wallet_id}/reservations/{reservation_id}", response_model=ReleasePublic, responses=ERRORS)
+def release(
+    wallet_id: WalletId, reservation_id: Annotated[str, Path(min_length=1, max_length=200), SAFE_ID], who: Caller
+) -> ReleasePublic:
     """Give back a hold not settled by a turn (owner key).  404 naming ``reservation_id`` when the
     wallet holds no such reservation (already settled, released, expired, or another wallet's)."""
     _owner_wallet(who, wallet_id, "release funds")
     if hold_wallet(wallet_id, reservation_id) != wallet_id:
-        raise field_problem(404, "Unknown reservation", "reservation_id",
-                            f"wallet {wallet_id!r} holds no reservation {reservation_id!r}")
-    return ReleasePublic(reservation_id=reservation_id, wallet_id=wallet_id,
-                         released_nanos=get_gate().release(wallet_id, reservation_id))
+        raise field_problem(
+            404,
+            "Unknown reservation",
+            "reservation_id",
+            f"wallet {wallet_id!r} holds no reservation {reservation_id!r}",
+        )
+    return ReleasePublic(
+        reservation_id=reservation_id, wallet_id=wallet_id, released_nanos=get_gate().release(wallet_id, reservation_id)
+    )
 
 
 @router.get("/v1/wallets/{wallet_id}/ledger", response_model=WalletTransactionsPublic, responses=ERRORS)
-def ledger(wallet_id: WalletId, who: Caller,
-           limit: Annotated[int, Query(ge=1, le=500, description="entries per page")] = 50,
-           cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1,
-                                               description="next_cursor of the previous page")] = None,
-           ) -> WalletTransactionsPublic:
+def ledger(
+    wallet_id: WalletId,
+    who: Caller,
+    limit: Annotated[int, Query(ge=1, le=500, description="entries per page")] = 50,
+    cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="next_cursor of the previous page")] = None,
+) -> WalletTransactionsPublic:
     """The wallet's ledger entries (``wallet_transaction``), newest first, one page: its app's owner
     (or, for a platform wallet, the owner key issued for it) or its own end user (admins see no end
     user's detail)."""
@@ -141,8 +171,9 @@ def ledger(wallet_id: WalletId, who: Caller,
             stmt = stmt.where(WalletTransaction.id < cursor)
         rows = session.execute(stmt.order_by(WalletTransaction.id.desc()).limit(limit + 1)).scalars().all()
     data = [WalletTransactionPublic.model_validate(r) for r in rows[:limit]]
-    return WalletTransactionsPublic(wallet_id=wallet_id, data=data, count=len(data),
-                      next_cursor=data[-1].id if len(rows) > limit else None)
+    return WalletTransactionsPublic(
+        wallet_id=wallet_id, data=data, count=len(data), next_cursor=data[-1].id if len(rows) > limit else None
+    )
 
 
 @router.post("/v1/wallets/{wallet_id}/credits", response_model=CreditPublic, responses=ERRORS | {409: {}})
@@ -157,32 +188,51 @@ def credit(wallet_id: WalletId, body: CreditCreate, who: Caller) -> CreditPublic
         row = wallet_in_scope(session, who, wallet_id, admin=True)
         enterprise_id = row.enterprise_id
         previous = session.execute(
-            select(WalletTransaction.wallet_id, WalletTransaction.amount_nanos, WalletTransaction.kind)
-            .where(WalletTransaction.idempotency_key == body.idempotency_key)
+            select(WalletTransaction.wallet_id, WalletTransaction.amount_nanos, WalletTransaction.kind).where(
+                WalletTransaction.idempotency_key == body.idempotency_key
+            )
         ).first()
     if previous is not None and tuple(previous) != (wallet_id, body.amount_nanos, "credit"):
         # never say whose: the key may be another app's
         raise field_problem(409, "Idempotency key in use", "idempotency_key", "already used for another entry")
     try:
-        balance = credit_wallet(get_gate(), wallet_id=wallet_id, amount_nanos=body.amount_nanos,
-                                idempotency_key=body.idempotency_key, description=body.description)
+        balance = credit_wallet(
+            get_gate(),
+            wallet_id=wallet_id,
+            amount_nanos=body.amount_nanos,
+            idempotency_key=body.idempotency_key,
+            description=body.description,
+        )
     except UnknownWallet:
-        raise Problem(409, "Wallet not in the gate",
-                      f"wallet {wallet_id!r} is not loaded in the gate; nothing was credited") from None
+        raise Problem(
+            409, "Wallet not in the gate", f"wallet {wallet_id!r} is not loaded in the gate; nothing was credited"
+        ) from None
     except LedgerError as exc:
         field = "amount_nanos" if exc.field == "amount_nanos" else "idempotency_key"
         status = 409 if exc.http_status == 409 else 422
-        raise field_problem(status, "Credit refused", field,
-                            "already used for another entry" if status == 409 else str(exc)) from None
+        raise field_problem(
+            status, "Credit refused", field, "already used for another entry" if status == 409 else str(exc)
+        ) from None
     except GatePending as exc:
         raise Problem(503, "Credit pending", str(exc), headers={"Retry-After": "1"}) from None
     with session_scope() as session:
-        audit(session, actor=who.actor, action="credit", enterprise_id=enterprise_id, wallet_id=wallet_id,
-              amount_nanos=body.amount_nanos, idempotency_key=body.idempotency_key,
-              replayed=previous is not None)
-    return CreditPublic(wallet_id=wallet_id, amount_nanos=body.amount_nanos, idempotency_key=body.idempotency_key,
-                        balance_nanos=None if who.role is ApiRole.admin else balance,
-                        replayed=previous is not None)
+        audit(
+            session,
+            actor=who.actor,
+            action="credit",
+            enterprise_id=enterprise_id,
+            wallet_id=wallet_id,
+            amount_nanos=body.amount_nanos,
+            idempotency_key=body.idempotency_key,
+            replayed=previous is not None,
+        )
+    return CreditPublic(
+        wallet_id=wallet_id,
+        amount_nanos=body.amount_nanos,
+        idempotency_key=body.idempotency_key,
+        balance_nanos=None if who.role is ApiRole.admin else balance,
+        replayed=previous is not None,
+    )
 
 
 def mode_problem(exc: ModeError) -> Problem:
@@ -191,6 +241,7 @@ def mode_problem(exc: ModeError) -> Problem:
     if field == "mode":
         return field_problem(422, "Invalid request", "mode", message)
     return field_problem(404, "Unknown " + field.removesuffix("_id"), field, message)
+
 
 @router.put("/v1/wallets/{wallet_id}/mode", response_model=ModePublic, responses=ERRORS)
 def wallet_mode(wallet_id: WalletId, body: ModeUpdate, who: Caller) -> ModePublic:
@@ -201,8 +252,9 @@ def wallet_mode(wallet_id: WalletId, body: ModeUpdate, who: Caller) -> ModePubli
     try:
         with session_scope() as session:
             wallet_in_scope(session, who, wallet_id, admin=True)
-            mode = set_wallet_mode(session, get_gate(), wallet_id, body.mode, actor=who.actor,
-                                   resume=resume_paused_chats)
+            mode = set_wallet_mode(
+                session, get_gate(), wallet_id, body.mode, actor=who.actor, resume=resume_paused_chats
+            )
     except ModeError as exc:
         raise mode_problem(exc) from None
     return ModePublic(mode=mode, wallet_id=wallet_id)

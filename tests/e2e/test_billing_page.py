@@ -27,8 +27,14 @@ from worker.billing.report import EVENT_COLUMNS, format_usd
 pytestmark = pytest.mark.integration
 
 CHROMIUM = "/usr/bin/chromium"
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run"]
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 NOV = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
 
 
@@ -36,9 +42,24 @@ NOV = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
 def server(database_url):
     """``uvicorn api_stub.main:app`` on a free loopback port (a subprocess on the test database)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api_stub.main:app", "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "warning"], cwd=REPO, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api_stub.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     wait_healthy(proc, base)
     yield base
@@ -86,10 +107,15 @@ def _sign_in(page, key: str) -> None:
 
 def _db_sum(db, column: str, wallet: str | None = None, where: str = "") -> int:
     with db.connect() as conn:
-        return int(conn.execute(text(
-            f"SELECT COALESCE(SUM({column}), 0) FROM usage_event WHERE enterprise_id = 'acme' AND occurred_at >= :lo "
-            f"AND occurred_at < :hi AND (CAST(:w AS text) IS NULL OR wallet_id = :w) {where}"),
-            {"lo": NOV[0], "hi": NOV[1], "w": wallet}).scalar_one())
+        return int(
+            conn.execute(
+                text(
+                    f"SELECT COALESCE(SUM({column}), 0) FROM usage_event WHERE enterprise_id = 'acme' AND occurred_at >= :lo "
+                    f"AND occurred_at < :hi AND (CAST(:w AS text) IS NULL OR wallet_id = :w) {where}"
+                ),
+                {"lo": NOV[0], "hi": NOV[1], "w": wallet},
+            ).scalar_one()
+        )
 
 
 def _nanos(page, testid: str) -> int:
@@ -104,33 +130,62 @@ def test_owner_sees_the_period_totals_chart_and_table(browser, server, seeded, d
     assert page.inner_text("[data-testid=role]").lower() == "owner"
 
     total, billed = _db_sum(db, "cost_nanos"), _db_sum(db, "billed_nanos")
-    llm, meters = _db_sum(db, "cost_nanos", where="AND meter = 'llm'"), _db_sum(db, "cost_nanos", where="AND meter <> 'llm'")
-    assert (_nanos(page, "total-cost"), _nanos(page, "total-billed"), _nanos(page, "llm-cost"),
-            _nanos(page, "meters-cost")) == (total, billed, llm, meters)
+    llm, meters = (
+        _db_sum(db, "cost_nanos", where="AND meter = 'llm'"),
+        _db_sum(db, "cost_nanos", where="AND meter <> 'llm'"),
+    )
+    assert (
+        _nanos(page, "total-cost"),
+        _nanos(page, "total-billed"),
+        _nanos(page, "llm-cost"),
+        _nanos(page, "meters-cost"),
+    ) == (total, billed, llm, meters)
     assert page.inner_text("[data-testid=total-cost]") == format_usd(total) == "$34.03"
     assert page.inner_text("[data-testid=total-billed]") == format_usd(billed)
     assert page.inner_text("[data-testid=llm-cost]") == format_usd(llm)
     assert page.inner_text("[data-testid=meters-cost]") == format_usd(meters)
 
-    providers = {el.get_attribute("data-provider"): int(el.get_attribute("data-nanos"))
-                 for el in page.query_selector_all("[data-testid=provider]")}
+    providers = {
+        el.get_attribute("data-provider"): int(el.get_attribute("data-nanos"))
+        for el in page.query_selector_all("[data-testid=provider]")
+    }
     with db.connect() as conn:
-        expected = {p: int(c) for p, c in conn.execute(text(
-            "SELECT provider, sum(cost_nanos) FROM usage_event WHERE enterprise_id = 'acme' AND meter = 'llm' "
-            "AND occurred_at >= :lo AND occurred_at < :hi GROUP BY provider"), {"lo": NOV[0], "hi": NOV[1]})}
-        top = conn.execute(text(
-            "SELECT chat_id, sum(cost_nanos) FROM usage_event WHERE enterprise_id = 'acme' AND occurred_at >= :lo "
-            "AND occurred_at < :hi GROUP BY chat_id ORDER BY 2 DESC, 1 LIMIT 50"), {"lo": NOV[0], "hi": NOV[1]}).all()
+        expected = {
+            p: int(c)
+            for p, c in conn.execute(
+                text(
+                    "SELECT provider, sum(cost_nanos) FROM usage_event WHERE enterprise_id = 'acme' AND meter = 'llm' "
+                    "AND occurred_at >= :lo AND occurred_at < :hi GROUP BY provider"
+                ),
+                {"lo": NOV[0], "hi": NOV[1]},
+            )
+        }
+        top = conn.execute(
+            text(
+                "SELECT chat_id, sum(cost_nanos) FROM usage_event WHERE enterprise_id = 'acme' AND occurred_at >= :lo "
+                "AND occurred_at < :hi GROUP BY chat_id ORDER BY 2 DESC, 1 LIMIT 50"
+            ),
+            {"lo": NOV[0], "hi": NOV[1]},
+        ).all()
     assert providers == expected
-    meter_rows = {el.get_attribute("data-meter"): (int(el.get_attribute("data-quantity")), int(el.get_attribute("data-nanos")))
-                  for el in page.query_selector_all("[data-testid=meter-row]")}
-    assert meter_rows == {"emails": (24_690, 2_469_000_000), "storage_gb_month": (500_004, 11_500_092_000),
-                          "function_calls": (6_000_000, 1_200_000_000)}
-    chats = [(el.get_attribute("data-chat"), int(el.get_attribute("data-nanos")))
-             for el in page.query_selector_all("[data-testid=chat-row]")]
+    meter_rows = {
+        el.get_attribute("data-meter"): (int(el.get_attribute("data-quantity")), int(el.get_attribute("data-nanos")))
+        for el in page.query_selector_all("[data-testid=meter-row]")
+    }
+    assert meter_rows == {
+        "emails": (24_690, 2_469_000_000),
+        "storage_gb_month": (500_004, 11_500_092_000),
+        "function_calls": (6_000_000, 1_200_000_000),
+    }
+    chats = [
+        (el.get_attribute("data-chat"), int(el.get_attribute("data-nanos")))
+        for el in page.query_selector_all("[data-testid=chat-row]")
+    ]
     assert chats == [(c, int(n)) for c, n in top] and len(chats) == 50
-    budgets = {el.get_attribute("data-budget-id"): el.get_attribute("data-status")
-               for el in page.query_selector_all("[data-testid=budget]")}
+    budgets = {
+        el.get_attribute("data-budget-id"): el.get_attribute("data-status")
+        for el in page.query_selector_all("[data-testid=budget]")
+    }
     assert sorted(budgets.values()) == ["100", "80", "ok"]
 
     # the chart: a Chart.js instance with the history per provider, and pixels actually drawn
@@ -171,17 +226,25 @@ def test_exports_download_and_equal_the_database(browser, server, seeded, db, sh
 
     cols = ", ".join(c for c in EVENT_COLUMNS if c != "cost_usd")
     with db.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(text(
-            f"SELECT {cols} FROM usage_event WHERE enterprise_id = 'acme' AND occurred_at >= :lo AND occurred_at < :hi "
-            "ORDER BY occurred_at, id"), {"lo": NOV[0], "hi": NOV[1]})]
+        rows = [
+            dict(r._mapping)
+            for r in conn.execute(
+                text(
+                    f"SELECT {cols} FROM usage_event WHERE enterprise_id = 'acme' AND occurred_at >= :lo AND occurred_at < :hi "
+                    "ORDER BY occurred_at, id"
+                ),
+                {"lo": NOV[0], "hi": NOV[1]},
+            )
+        ]
     for row in rows:
         row["occurred_at"] = row["occurred_at"].astimezone(UTC).isoformat().replace("+00:00", "Z")
 
     records = list(csv.DictReader(io.StringIO(files["csv"].decode())))
     assert len(records) == len(rows) == 170
     for rec, row in zip(records, rows):
-        assert {k: rec[k] for k in row} == {k: ("true" if v else "false") if isinstance(v, bool) else str(v)
-                                            for k, v in row.items()}
+        assert {k: rec[k] for k in row} == {
+            k: ("true" if v else "false") if isinstance(v, bool) else str(v) for k, v in row.items()
+        }
     body = json.loads(files["json"])
     assert [{k: e[k] for k in rows[0]} for e in body["events"]] == rows
     total = _db_sum(db, "cost_nanos")
@@ -246,9 +309,14 @@ def test_choosing_another_period_shows_its_figures(browser, server, seeded, db, 
     assert page.url.endswith("period=2026-10")
     assert page.inner_text("[data-testid=period-title]") == "October 2026"
     with db.connect() as conn:
-        october = int(conn.execute(text(
-            "SELECT sum(cost_nanos) FROM usage_event WHERE enterprise_id = 'acme' "
-            "AND occurred_at >= '2026-10-01Z' AND occurred_at < '2026-11-01Z'")).scalar_one())
+        october = int(
+            conn.execute(
+                text(
+                    "SELECT sum(cost_nanos) FROM usage_event WHERE enterprise_id = 'acme' "
+                    "AND occurred_at >= '2026-10-01Z' AND occurred_at < '2026-11-01Z'"
+                )
+            ).scalar_one()
+        )
     assert _nanos(page, "total-cost") == october
     page.goto("/billing?period=2027-02")  # an empty month
     assert _nanos(page, "total-cost") == 0 and "No LLM turns in February 2027" in page.inner_text("main")
@@ -280,10 +348,17 @@ def test_a_sign_in_form_posted_from_another_site_is_refused(browser, server, see
     ctx, page = _context(browser, server)
     page.goto("/billing/login")  # the browser holds a CSRF cookie for the site
     evil = ctx.new_page()
-    evil.route("http://evil.test/", lambda route: route.fulfill(content_type="text/html", body=(
-        f'<form id=f method=post action="{server}/billing/login">'
-        f'<input name=key value="{seeded.keys["owner"]}"><input name=csrf_token value="guess"></form>'
-        "<script>document.getElementById('f').submit()</script>")))
+    evil.route(
+        "http://evil.test/",
+        lambda route: route.fulfill(
+            content_type="text/html",
+            body=(
+                f'<form id=f method=post action="{server}/billing/login">'
+                f'<input name=key value="{seeded.keys["owner"]}"><input name=csrf_token value="guess"></form>'
+                "<script>document.getElementById('f').submit()</script>"
+            ),
+        ),
+    )
     with evil.expect_navigation(url=f"{server}/billing/login"):
         evil.goto("http://evil.test/")
     assert "is not this site" in evil.inner_text("main") or "csrf_token" in evil.inner_text("main")

@@ -96,8 +96,9 @@ class FaultEnv:
 
         name = f"fault-{uuid.uuid4().hex[:8]}"
         log = self.tmp_path / f"{name}.log"
-        proc = start_celery_worker(name, log, concurrency=concurrency, env=self.env(**extra_env), cwd=REPO,
-                                   queues=ALL_QUEUES)
+        proc = start_celery_worker(
+            name, log, concurrency=concurrency, env=self.env(**extra_env), cwd=REPO, queues=ALL_QUEUES
+        )
         self.procs.append(proc)
         proc.log_path = log  # type: ignore[attr-defined]
         wait_ready(proc, log, timeout_s=60)
@@ -112,8 +113,14 @@ class FaultEnv:
     def start_process(self, args: list[str], name: str, **extra_env: str) -> subprocess.Popen:
         """Any ``python -m …`` subprocess in its own process group, logged; stopped after the test."""
         log = (self.tmp_path / f"{name}.log").open("wb")
-        proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                env=self.env(**extra_env), start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=self.env(**extra_env),
+            start_new_session=True,
+        )
         proc.log_path = self.tmp_path / f"{name}.log"  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc
@@ -147,8 +154,10 @@ class Supervisor:
 def _switch_env(redis_url: str, database_url: str) -> dict[str, str | None]:
     from worker.settings import get_settings
 
-    saved = {k: os.environ.get(k) for k in ("TOLLGATE_REDIS_URL", "TOLLGATE_BROKER_URL", "TOLLGATE_DATABASE_URL",
-                                           "TOLLGATE_PRICE_OVERRIDES_PATH")}
+    saved = {
+        k: os.environ.get(k)
+        for k in ("TOLLGATE_REDIS_URL", "TOLLGATE_BROKER_URL", "TOLLGATE_DATABASE_URL", "TOLLGATE_PRICE_OVERRIDES_PATH")
+    }
     os.environ["TOLLGATE_REDIS_URL"] = redis_url
     os.environ["TOLLGATE_BROKER_URL"] = redis_url
     os.environ["TOLLGATE_DATABASE_URL"] = database_url
@@ -229,11 +238,23 @@ def make_turns(wallet_ids: list[str], n: int, *, prefix: str = "t", offset: int 
     turns = []
     for j in range(offset, offset + n):
         w = wallet_ids[j % len(wallet_ids)]
-        turns.append(TurnIn(
-            turn_id=f"{prefix}-{j}", wallet_id=w, enterprise_id=ENTERPRISE, chat_id=f"{w}-chat-{j % 3}",
-            workflow="wf", agent=f"agent-{j % 2}", model="gpt-4o", provider="openai",
-            prompt_tokens=900 + j % 211, completion_tokens=40 + j % 17, cached_prompt_tokens=(j % 4) * 100,
-            duration_ms=150 + j % 9, occurred_at=T0 + timedelta(milliseconds=j)))
+        turns.append(
+            TurnIn(
+                turn_id=f"{prefix}-{j}",
+                wallet_id=w,
+                enterprise_id=ENTERPRISE,
+                chat_id=f"{w}-chat-{j % 3}",
+                workflow="wf",
+                agent=f"agent-{j % 2}",
+                model="gpt-4o",
+                provider="openai",
+                prompt_tokens=900 + j % 211,
+                completion_tokens=40 + j % 17,
+                cached_prompt_tokens=(j % 4) * 100,
+                duration_ms=150 + j % 9,
+                occurred_at=T0 + timedelta(milliseconds=j),
+            )
+        )
     return turns
 
 
@@ -282,9 +303,14 @@ class Accepted:
     def totals(self, only: set[str] | None = None) -> tuple[int, int, int, int, int, int]:
         ids = self.turns.keys() if only is None else only
         ts = [self.turns[i] for i in ids]
-        return (len(ts), sum(t.prompt_tokens for t in ts), sum(t.completion_tokens for t in ts),
-                sum(t.cached_prompt_tokens for t in ts), sum(self.cost[i] for i in ids),
-                sum(self.billed[i] for i in ids))
+        return (
+            len(ts),
+            sum(t.prompt_tokens for t in ts),
+            sum(t.completion_tokens for t in ts),
+            sum(t.cached_prompt_tokens for t in ts),
+            sum(self.cost[i] for i in ids),
+            sum(self.billed[i] for i in ids),
+        )
 
 
 def persisted_count(pg: PostgresServer) -> int:
@@ -301,10 +327,16 @@ def persisted_totals(pg: PostgresServer) -> tuple[int, int, int, int, int, int]:
     from worker.db import engine_for
 
     with engine_for(pg.url).connect() as conn:
-        return tuple(int(v) for v in conn.execute(text(
-            "SELECT count(DISTINCT turn_id), coalesce(sum(prompt_tokens),0), coalesce(sum(completion_tokens),0), "
-            "coalesce(sum(cached_prompt_tokens),0), coalesce(sum(cost_nanos),0), coalesce(sum(billed_nanos),0) "
-            "FROM usage_event")).one())
+        return tuple(
+            int(v)
+            for v in conn.execute(
+                text(
+                    "SELECT count(DISTINCT turn_id), coalesce(sum(prompt_tokens),0), coalesce(sum(completion_tokens),0), "
+                    "coalesce(sum(cached_prompt_tokens),0), coalesce(sum(cost_nanos),0), coalesce(sum(billed_nanos),0) "
+                    "FROM usage_event"
+                )
+            ).one()
+        )
 
 
 def persisted_ids(pg: PostgresServer) -> set[str]:
@@ -331,9 +363,11 @@ def wait_until(predicate, timeout: float, what: str, *, every=None, interval: fl
 
 def kick_all(app, shards: int):
     """Send one drain task per shard (what the gate's kicks and beat's backstop do)."""
+
     def kick() -> None:
         for s in range(shards):
             app.send_task("tollgate.usage.drain_outbox", kwargs={"shard": s})
+
     return kick
 
 
@@ -342,18 +376,24 @@ def assert_exactly_once_and_reconciled(fe: FaultEnv, gate, accepted: Accepted) -
     tokens, cost and billed nanos equal what the gate accepted), nothing else is, the outbox is
     empty, and every wallet reconciles to the nano (gate = credits − debits, ledger entries agree)."""
     from worker.db import engine_for
+    from worker.gate.keys import outbox_key
     from worker.ledger.drain import GROUP
     from worker.ledger.reconcile import reconcile
-    from worker.gate.keys import outbox_key
 
     with engine_for(fe.pg.url).connect() as conn:
         count, distinct = conn.execute(text("SELECT count(*), count(DISTINCT turn_id) FROM usage_event")).one()
         ids = set(conn.execute(text("SELECT turn_id FROM usage_event")).scalars())
         wallets = conn.execute(text("SELECT id, credits_nanos, debits_nanos FROM wallet ORDER BY id")).all()
-        ledger = dict(conn.execute(text(
-            "SELECT wallet_id, sum(amount_nanos) FROM wallet_transaction WHERE kind = 'debit' GROUP BY wallet_id")).all())
-        per_wallet = dict(conn.execute(text(
-            "SELECT wallet_id, sum(billed_nanos) FROM usage_event GROUP BY wallet_id")).all())
+        ledger = dict(
+            conn.execute(
+                text(
+                    "SELECT wallet_id, sum(amount_nanos) FROM wallet_transaction WHERE kind = 'debit' GROUP BY wallet_id"
+                )
+            ).all()
+        )
+        per_wallet = dict(
+            conn.execute(text("SELECT wallet_id, sum(billed_nanos) FROM usage_event GROUP BY wallet_id")).all()
+        )
     assert count == distinct == len(accepted.turns)
     assert ids == set(accepted.turns)
     assert persisted_totals(fe.pg) == accepted.totals()
@@ -367,6 +407,12 @@ def assert_exactly_once_and_reconciled(fe: FaultEnv, gate, accepted: Accepted) -
         assert debits == int(ledger.get(wallet_id, 0)) == int(per_wallet.get(wallet_id, 0)) == billed
         assert gate.balance(wallet_id) == credits - debits
     report = reconcile(gate)
-    assert (report.wallets_checked, report.wallets_drifted, report.drift_nanos_abs, report.wallets_busy,
-            report.ledger_mismatches, report.wallets_missing) == (len(wallets), 0, 0, 0, 0, 0)
+    assert (
+        report.wallets_checked,
+        report.wallets_drifted,
+        report.drift_nanos_abs,
+        report.wallets_busy,
+        report.ledger_mismatches,
+        report.wallets_missing,
+    ) == (len(wallets), 0, 0, 0, 0, 0)
     r.close()

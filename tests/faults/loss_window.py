@@ -47,9 +47,9 @@ def measure(fe, *, aof: bool) -> LossFigures:
     started with ``aof``).  Leaves Redis running and reconciled."""
     from tests.faults.conftest import Accepted, make_turns, open_wallets, persisted_ids, spread_wallets, wait_until
     from worker.db import engine_for
-    from worker.ledger.reconcile import reconcile
     from worker.gate.gate import WalletGate
     from worker.gate.keys import outbox_key
+    from worker.ledger.reconcile import reconcile
 
     app = fe.celery_app()
     shards = fe.settings.outbox_shards
@@ -117,10 +117,18 @@ def measure(fe, *, aof: bool) -> LossFigures:
     before = reconcile(gate, repair=True)
     after = reconcile(gate)
     supervisor.stop()
-    return LossFigures(worker_restarts=supervisor.restarts, aof=aof, accepted=len(accepted.turns), persisted=len(ids), lost=len(lost),
-                       window_ms=round(window, 1), outbox_at_kill=outbox_at_kill,
-                       drift_wallets_before_repair=before.wallets_drifted,
-                       drift_nanos_before_repair=before.drift_nanos_abs, drift_after_repair=after.wallets_drifted)
+    return LossFigures(
+        worker_restarts=supervisor.restarts,
+        aof=aof,
+        accepted=len(accepted.turns),
+        persisted=len(ids),
+        lost=len(lost),
+        window_ms=round(window, 1),
+        outbox_at_kill=outbox_at_kill,
+        drift_wallets_before_repair=before.wallets_drifted,
+        drift_nanos_before_repair=before.drift_nanos_abs,
+        drift_after_repair=after.wallets_drifted,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

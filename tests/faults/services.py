@@ -64,14 +64,30 @@ class RedisServer:
 
     def start(self) -> None:
         """Start (or start again, replaying the AOF if any) on the same port and directory."""
-        cmd = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-               "--save", "", "--daemonize", "no", "--logfile", str(self.log), "--protected-mode", "no"]
+        cmd = [
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.log),
+            "--protected-mode",
+            "no",
+        ]
         if self.aof:
             cmd += ["--appendonly", "yes", "--appendfsync", "everysec"]
         else:
             cmd += ["--appendonly", "no"]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         _wait_port(self.port, 20, self.proc, "redis-server")
         # the port accepts before the AOF is loaded: wait until Redis answers PING (not LOADING)
         import redis
@@ -126,10 +142,22 @@ class PostgresServer:
         self.log = self.dir / "pg.log"
         pw = pwd.getpwnam("postgres")
         os.chown(self.dir, pw.pw_uid, pw.pw_gid)
-        self._run(PG_BIN / "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                  "--no-sync", "--no-instructions")
-        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
-                "-c fsync=off -c full_page_writes=off -c max_connections=60 -c shared_buffers=64MB")
+        self._run(
+            PG_BIN / "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
+        )
+        opts = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
+            "-c fsync=off -c full_page_writes=off -c max_connections=60 -c shared_buffers=64MB"
+        )
         (self.data / "tollgate.opts").write_text(opts)  # kept for restarts
         self._opts = opts
         self.start()
@@ -143,8 +171,14 @@ class PostgresServer:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
     def _run(self, *cmd, timeout: float = 120) -> subprocess.CompletedProcess:
-        proc = subprocess.run(["runuser", "-u", "postgres", "--", *map(str, cmd)], capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.dir)
+        proc = subprocess.run(
+            ["runuser", "-u", "postgres", "--", *map(str, cmd)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            cwd=self.dir,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {proc.stdout[-1500:]} {proc.stderr[-1500:]}")
         return proc
@@ -157,8 +191,21 @@ class PostgresServer:
 
     def restart(self, mode: str = "fast") -> None:
         """``pg_ctl restart -m <mode>``: ``immediate`` aborts every backend (crash recovery on start)."""
-        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.log, "-o", self._opts, "-m", mode, "-w", "-t", "60",
-                  "restart")
+        self._run(
+            PG_BIN / "pg_ctl",
+            "-D",
+            self.data,
+            "-l",
+            self.log,
+            "-o",
+            self._opts,
+            "-m",
+            mode,
+            "-w",
+            "-t",
+            "60",
+            "restart",
+        )
 
     def close(self) -> None:
         """Stop the cluster (immediately) and remove its directory."""

@@ -47,8 +47,15 @@ def test_a_malformed_trace_records_nothing(fault_env, tmp_path, fmt):
         assert f"row {bad_row}" in str(err.value) and f"field {field}" in str(err.value)
         assert r.dbsize() == before
         with engine_for(fe.pg.url).connect() as conn:
-            assert conn.execute(text("SELECT (SELECT count(*) FROM wallet) + (SELECT count(*) FROM usage_event) "
-                                     "+ (SELECT count(*) FROM wallet_transaction)")).scalar_one() == 0
+            assert (
+                conn.execute(
+                    text(
+                        "SELECT (SELECT count(*) FROM wallet) + (SELECT count(*) FROM usage_event) "
+                        "+ (SELECT count(*) FROM wallet_transaction)"
+                    )
+                ).scalar_one()
+                == 0
+            )
 
     check()
     r.close()

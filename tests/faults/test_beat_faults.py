@@ -41,38 +41,92 @@ def _kill(proc) -> None:
 
 def test_beat_and_its_worker_killed_mid_rollup_leave_no_stale_rollup(fault_env):
     from models.turn import TurnIn
-    from worker.db import engine_for, session_scope
-    from worker.ledger.drain import OutboxDrain
     from worker.chats.rollups import build_document
-    from worker.gate.gate import WalletGate
+    from worker.db import engine_for, session_scope
     from worker.devtools.workers import kill_process_group
+    from worker.gate.gate import WalletGate
+    from worker.ledger.drain import OutboxDrain
 
     fe = fault_env
     gate = WalletGate(fe.client(), settings=fe.settings, kicker=lambda shard: None)
     open_wallets(gate, ["rw"])
-    turns = [TurnIn(turn_id=f"r-{j}", wallet_id="rw", enterprise_id=ENTERPRISE, chat_id=f"c-{j % 900}",
-                    workflow=f"wf{j % GROUPS:03d}", agent=f"a{j % 3}", model="gpt-4o", provider="openai",
-                    prompt_tokens=500 + j % 101, completion_tokens=20 + j % 7, duration_ms=100 + j % 13,
-                    occurred_at=T0 + timedelta(seconds=j)) for j in range(GROUPS * 4)]
+    turns = [
+        TurnIn(
+            turn_id=f"r-{j}",
+            wallet_id="rw",
+            enterprise_id=ENTERPRISE,
+            chat_id=f"c-{j % 900}",
+            workflow=f"wf{j % GROUPS:03d}",
+            agent=f"a{j % 3}",
+            model="gpt-4o",
+            provider="openai",
+            prompt_tokens=500 + j % 101,
+            completion_tokens=20 + j % 7,
+            duration_ms=100 + j % 13,
+            occurred_at=T0 + timedelta(seconds=j),
+        )
+        for j in range(GROUPS * 4)
+    ]
     for i in range(0, len(turns), 500):
         assert all(d.accepted for d in gate.record_turns(turns[i : i + 500]))
     assert OutboxDrain(fe.client(), settings=fe.settings, consumer="pre").drain().inserted == len(turns)
     assert _count(fe, "SELECT count(*) FROM rollup_dirty") == GROUPS
 
-    worker = fe.start_process(["-m", "celery", "-A", "tests.faults.beat_app", "worker", "-Q", "tollgate.jobs",
-                               "--pool", "prefork", "--concurrency", "1", "--without-gossip", "--without-mingle",
-                               "--without-heartbeat", "--loglevel", "INFO", "-n", "jobs-1@%h"], "jobs-1")
+    worker = fe.start_process(
+        [
+            "-m",
+            "celery",
+            "-A",
+            "tests.faults.beat_app",
+            "worker",
+            "-Q",
+            "tollgate.jobs",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            "1",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            "INFO",
+            "-n",
+            "jobs-1@%h",
+        ],
+        "jobs-1",
+    )
     beat = _beat(fe, "beat-1")
-    wait_until(lambda: _count(fe, "SELECT count(*) FROM workflow_rollup") >= 30, 60, "the rollup run to start",
-               interval=0.01)
+    wait_until(
+        lambda: _count(fe, "SELECT count(*) FROM workflow_rollup") >= 30, 60, "the rollup run to start", interval=0.01
+    )
     _kill(beat)
     kill_process_group(worker)  # SIGKILL the worker (main process and the child running the job)
     done = _count(fe, "SELECT count(*) FROM workflow_rollup")
     assert 0 < done < GROUPS, "the kill must land mid-rollup"
 
-    worker_2 = fe.start_process(["-m", "celery", "-A", "tests.faults.beat_app", "worker", "-Q", "tollgate.jobs",
-                                 "--pool", "prefork", "--concurrency", "1", "--without-gossip", "--without-mingle",
-                                 "--without-heartbeat", "--loglevel", "INFO", "-n", "jobs-2@%h"], "jobs-2")
+    worker_2 = fe.start_process(
+        [
+            "-m",
+            "celery",
+            "-A",
+            "tests.faults.beat_app",
+            "worker",
+            "-Q",
+            "tollgate.jobs",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            "1",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            "INFO",
+            "-n",
+            "jobs-2@%h",
+        ],
+        "jobs-2",
+    )
     beat_2 = _beat(fe, "beat-2")  # waits for the killed beat's lock to lapse (3 s here), then schedules
 
     def settled() -> bool:
@@ -84,10 +138,15 @@ def test_beat_and_its_worker_killed_mid_rollup_leave_no_stale_rollup(fault_env):
 
     wait_until(settled, 60, "the restarted beat's rollup runs")
     with engine_for(fe.pg.url).connect() as conn:
-        stored = {w: (doc, turns_, cost, at) for w, doc, turns_, cost, at in conn.execute(text(
-            "SELECT workflow, document, total_turns, cost_nanos, refreshed_at FROM workflow_rollup"))}
-        per_group = dict(conn.execute(text(
-            "SELECT workflow, sum(cost_nanos) FROM usage_event GROUP BY workflow")).all())
+        stored = {
+            w: (doc, turns_, cost, at)
+            for w, doc, turns_, cost, at in conn.execute(
+                text("SELECT workflow, document, total_turns, cost_nanos, refreshed_at FROM workflow_rollup")
+            )
+        }
+        per_group = dict(
+            conn.execute(text("SELECT workflow, sum(cost_nanos) FROM usage_event GROUP BY workflow")).all()
+        )
     missing = sorted(set(per_group) - set(stored))
     assert not missing, f"{len(missing)} group(s) never rolled up after the kill, e.g. {missing[:5]}"
     with session_scope() as session:
@@ -102,8 +161,12 @@ def test_beat_and_its_worker_killed_mid_rollup_leave_no_stale_rollup(fault_env):
     from tasks.rollups import refresh_dirty
 
     with session_scope() as session:
-        session.execute(text("INSERT INTO rollup_dirty (enterprise_id, workflow, period, touched_at) "
-                             "SELECT enterprise_id, workflow, period, now() FROM workflow_rollup"))
+        session.execute(
+            text(
+                "INSERT INTO rollup_dirty (enterprise_id, workflow, period, touched_at) "
+                "SELECT enterprise_id, workflow, period, now() FROM workflow_rollup"
+            )
+        )
     assert refresh_dirty.run() == GROUPS
     with engine_for(fe.pg.url).connect() as conn:
         again = dict(conn.execute(text("SELECT workflow, refreshed_at FROM workflow_rollup")).all())
@@ -134,9 +197,14 @@ def own_beat(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), TOLLGATE_REDIS_URL=server.url, TOLLGATE_BROKER_URL=server.url)
     log_path = tmp_path / "beat.log"
     log = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tests.faults.beat_app", "beat",
-                             "--loglevel", "INFO"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tests.faults.beat_app", "beat", "--loglevel", "INFO"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+    )
     client = redis.Redis.from_url(server.url, decode_responses=True)
     try:
         yield server, proc, client, log_path
@@ -172,8 +240,7 @@ def test_beat_whose_lock_is_deleted_keeps_running_takes_it_again_and_goes_on_sen
     token = _lock(client)
     assert token
     client.delete(LOCK_KEY)  # as an expiry during a stall, or someone's FLUSHALL, would
-    wait_until(lambda: _alive(proc, log_path) and _lock(client) not in (None, token), 30,
-               "beat to take its lock again")
+    wait_until(lambda: _alive(proc, log_path) and _lock(client) not in (None, token), 30, "beat to take its lock again")
     sent = _queued(client)
     wait_until(lambda: _alive(proc, log_path) and _queued(client) >= sent + 3, 30, "beat to send again")
     time.sleep(4)  # more than the lock's 3 s: it is extended, not lost again

@@ -93,8 +93,9 @@ def test_postgres_crash_restart_mid_drain_while_the_gate_keeps_accepting(fault_e
     time.sleep(0.5)
     assert worker.poll() is None, "the worker survives a database restart"
     log = worker.log_path.read_text()
-    assert "terminating connection" in log or "OperationalError" in log or "server closed the connection" in log, \
+    assert "terminating connection" in log or "OperationalError" in log or "server closed the connection" in log, (
         "the restart must have hit a drain in flight"
+    )
     assert_exactly_once_and_reconciled(fe, gate, accepted)
 
 
@@ -103,8 +104,8 @@ def test_entries_delivered_twice_and_out_of_order_persist_once(fault_env):
     (out of order); B's trim must keep A's pending entries; then B reclaims A's batch (idle) and
     persists it; then A wakes up and persists and acknowledges the same batch again (delivered
     twice).  A duplicated Celery drain task on top changes nothing either."""
-    from worker.ledger.drain import GROUP, DrainStats, OutboxDrain
     from worker.gate.keys import outbox_key
+    from worker.ledger.drain import GROUP, DrainStats, OutboxDrain
 
     fe = fault_env
     gate = _gate(fe)
@@ -147,8 +148,9 @@ def test_entries_delivered_twice_and_out_of_order_persist_once(fault_env):
     with __import__("worker.db", fromlist=["engine_for"]).engine_for(fe.pg.url).connect() as conn:
         from sqlalchemy import text
 
-        started, last, turns = conn.execute(text(
-            "SELECT min(started_at), max(last_turn_at), sum(turns) FROM chat_session")).one()
+        started, last, turns = conn.execute(
+            text("SELECT min(started_at), max(last_turn_at), sum(turns) FROM chat_session")
+        ).one()
     ordered = sorted(accepted.turns.values(), key=lambda t: t.occurred_at)
     assert (started, last, turns) == (ordered[0].occurred_at, ordered[-1].occurred_at, 900)
     r.close()

@@ -24,8 +24,17 @@ import time
 
 import fakeredis
 import pytest
-from hypothesis import HealthCheck, settings, strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from sqlalchemy import text
 
 from tests.faults.conftest import ENTERPRISE, T0, _clean
@@ -42,9 +51,17 @@ CTX: dict = {}
 def _turn(turn_id: str, wallet: str, tokens: int, reservation_id: str | None = None):
     from models.turn import TurnIn
 
-    return TurnIn(turn_id=turn_id, wallet_id=wallet, enterprise_id=ENTERPRISE, chat_id=f"{wallet}-c",
-                  model="unit", prompt_tokens=tokens, completion_tokens=0, occurred_at=T0,
-                  reservation_id=reservation_id)
+    return TurnIn(
+        turn_id=turn_id,
+        wallet_id=wallet,
+        enterprise_id=ENTERPRISE,
+        chat_id=f"{wallet}-c",
+        model="unit",
+        prompt_tokens=tokens,
+        completion_tokens=0,
+        occurred_at=T0,
+        reservation_id=reservation_id,
+    )
 
 
 class GateMachine(RuleBasedStateMachine):
@@ -52,9 +69,9 @@ class GateMachine(RuleBasedStateMachine):
 
     @initialize()
     def setup(self):
+        from worker.gate.gate import WalletGate
         from worker.ledger.accounts import open_wallet
         from worker.pricing.prices import PriceBook
-        from worker.gate.gate import WalletGate
 
         fe = CTX["fe"]
         if CTX["backend"] == "fakeredis":
@@ -63,8 +80,12 @@ class GateMachine(RuleBasedStateMachine):
         else:
             _clean(fe.pg, fe.redis_url)
             self.client = fe.client()
-        self.gate = WalletGate(self.client, settings=fe.settings, kicker=lambda shard: None,
-                               price_book=PriceBook({"/unit": {"input_mtok": "1000"}}))
+        self.gate = WalletGate(
+            self.client,
+            settings=fe.settings,
+            kicker=lambda shard: None,
+            price_book=PriceBook({"/unit": {"input_mtok": "1000"}}),
+        )
         from worker.billing.modes import set_wallet_reservations
         from worker.db import session_scope
 
@@ -95,25 +116,41 @@ class GateMachine(RuleBasedStateMachine):
         from worker.ledger.accounts import credit_wallet
 
         key = self._id("c")
-        assert credit_wallet(self.gate, wallet_id=wallet, amount_nanos=amount, idempotency_key=key) == \
-            self.balance[wallet] + amount
+        assert (
+            credit_wallet(self.gate, wallet_id=wallet, amount_nanos=amount, idempotency_key=key)
+            == self.balance[wallet] + amount
+        )
         self.balance[wallet] += amount
         # a retry of the same credit changes nothing
-        assert credit_wallet(self.gate, wallet_id=wallet, amount_nanos=amount, idempotency_key=key) == self.balance[wallet]
+        assert (
+            credit_wallet(self.gate, wallet_id=wallet, amount_nanos=amount, idempotency_key=key) == self.balance[wallet]
+        )
 
     def _hold_key(self, wallet: str, rid: str) -> str:
         return self.gate.wallet_key(wallet).replace(f":wallet:{wallet}", f":hold:{rid}")
 
-    @rule(target=holds, wallet=st.sampled_from([RES, POST, REQ, REQ]), tokens=st.integers(1, 40),
-          ttl=st.integers(1, 3), by_model=st.booleans(), max_tokens=st.integers(0, 100))
+    @rule(
+        target=holds,
+        wallet=st.sampled_from([RES, POST, REQ, REQ]),
+        tokens=st.integers(1, 40),
+        ttl=st.integers(1, 3),
+        by_model=st.booleans(),
+        max_tokens=st.integers(0, 100),
+    )
     def reserve(self, wallet, tokens, ttl, by_model, max_tokens):
         """By amount, or by model: the gate prices prompt_tokens at the input price (the 'unit'
         model has no output price, so max_tokens adds nothing)."""
         rid = self._id("r")
         amount = tokens * UNIT
         if by_model:
-            r = self.gate.reserve(wallet, model="unit", prompt_tokens=tokens, max_tokens=max_tokens,
-                                  ttl_s=ttl * HOUR_MS // 1000, reservation_id=rid)
+            r = self.gate.reserve(
+                wallet,
+                model="unit",
+                prompt_tokens=tokens,
+                max_tokens=max_tokens,
+                ttl_s=ttl * HOUR_MS // 1000,
+                reservation_id=rid,
+            )
         else:
             r = self.gate.reserve(wallet, amount, ttl_s=ttl * HOUR_MS // 1000, reservation_id=rid)
         assert r.granted == (self.balance[wallet] - self.held[wallet] - amount >= 0)
@@ -175,8 +212,11 @@ class GateMachine(RuleBasedStateMachine):
         self._apply_turn(_turn(self._id("s"), wallet, tokens, reservation_id=rid if hold else None), hold is not None)
 
     @precondition(lambda self: self.live)
-    @rule(pick=st.integers(0, 10**6), required_first=st.booleans(),
-          percent=st.one_of(st.sampled_from([0, 100, 101, 400, 1000]), st.integers(0, 1000)))
+    @rule(
+        pick=st.integers(0, 10**6),
+        required_first=st.booleans(),
+        percent=st.one_of(st.sampled_from([0, 100, 101, 400, 1000]), st.integers(0, 1000)),
+    )
     def settle_a_live_hold(self, pick, percent, required_first):
         """A turn settles one of the live holds (the hold-mandatory wallet's first, if asked): on
         that wallet it may cost up to 10× its hold (charged from the hold plus the free balance, the
@@ -292,14 +332,17 @@ class GateMachine(RuleBasedStateMachine):
         fe = CTX["fe"]
         OutboxDrain(self.client, settings=fe.settings, consumer="final").drain()
         report = reconcile(self.gate)
-        assert (report.wallets_checked, report.wallets_drifted, report.drift_nanos_abs,
-                report.ledger_mismatches) == (3, 0, 0, 0)
+        assert (report.wallets_checked, report.wallets_drifted, report.drift_nanos_abs, report.ledger_mismatches) == (
+            3,
+            0,
+            0,
+            0,
+        )
         with engine_for(fe.pg.url).connect() as conn:
             rows = dict(conn.execute(text("SELECT id, credits_nanos - debits_nanos FROM wallet")).all())
             debts = dict(conn.execute(text("SELECT id, debt_nanos FROM wallet")).all())
             event_debt = conn.execute(text("SELECT coalesce(sum(debt_nanos), 0) FROM usage_event")).scalar_one()
-            count, billed = conn.execute(text(
-                "SELECT count(*), coalesce(sum(billed_nanos), 0) FROM usage_event")).one()
+            count, billed = conn.execute(text("SELECT count(*), coalesce(sum(billed_nanos), 0) FROM usage_event")).one()
         assert rows == self.balance
         assert debts == self.debt and event_debt == sum(self.debt.values())
         assert (count, billed) == (len(self.accepted), sum(b for _t, b in self.accepted.values()))
@@ -311,8 +354,15 @@ class GateMachine(RuleBasedStateMachine):
 def test_any_interleaving_keeps_money_exact(fault_env, backend):
     CTX.update(fe=fault_env, backend=backend)
     try:
-        run_state_machine_as_test(GateMachine, settings=settings(
-            max_examples=60, stateful_step_count=40, deadline=None, derandomize=False,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+        run_state_machine_as_test(
+            GateMachine,
+            settings=settings(
+                max_examples=60,
+                stateful_step_count=40,
+                deadline=None,
+                derandomize=False,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            ),
+        )
     finally:
         CTX.clear()

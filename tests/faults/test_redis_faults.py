@@ -28,10 +28,10 @@ def test_redis_with_aof_restarted_mid_replay_then_the_same_run_again_records_eve
     row is in PostgreSQL exactly once, with the trace's exact tokens and cost, and the wallet
     reconciles to the nano."""
     from worker.db import engine_for
-    from worker.ledger.reconcile import reconcile
     from worker.devtools.replay import replay
     from worker.devtools.traces import read_trace
     from worker.gate.gate import WalletGate
+    from worker.ledger.reconcile import reconcile
 
     fe = aof_env
     app = fe.celery_app()
@@ -58,8 +58,16 @@ def test_redis_with_aof_restarted_mid_replay_then_the_same_run_again_records_eve
             threading.Timer(0.5, fe.redis_server.start).start()
 
     try:  # redis-py retries a dropped connection; a batch that still fails ends the replay
-        first = replay(TRACE, fmt="azure", run_id="aof", start_worker=False, batch_size=200, gate=gate,
-                       progress=stop_redis_mid_replay, timeout_s=60)
+        first = replay(
+            TRACE,
+            fmt="azure",
+            run_id="aof",
+            start_worker=False,
+            batch_size=200,
+            gate=gate,
+            progress=stop_redis_mid_replay,
+            timeout_s=60,
+        )
     except redis.exceptions.ConnectionError:
         first = None
     assert restarted.is_set()
@@ -70,21 +78,39 @@ def test_redis_with_aof_restarted_mid_replay_then_the_same_run_again_records_eve
     again = replay(TRACE, fmt="azure", run_id="aof", start_worker=False, batch_size=200, gate=gate, timeout_s=60)
     assert (again.turns_read, again.turns_accepted, again.turns_denied) == (2_000, 2_000, 0)
     assert again.turns_duplicate == 2_000 if first is not None else again.turns_duplicate >= 1_000
-    print(f"replay through a Redis restart: first run {'finished' if first else 'failed'}, "
-          f"worker restarts {supervisor.restarts}")
+    print(
+        f"replay through a Redis restart: first run {'finished' if first else 'failed'}, "
+        f"worker restarts {supervisor.restarts}"
+    )
 
-    wait_until(lambda: persisted_count(fe.pg) >= 2_000, 60, "every row persisted",
-               every=kick_all(app, fe.settings.outbox_shards))
+    wait_until(
+        lambda: persisted_count(fe.pg) >= 2_000,
+        60,
+        "every row persisted",
+        every=kick_all(app, fe.settings.outbox_shards),
+    )
     time.sleep(0.3)
-    expected_cost = sum(gate.prices.price(model="gpt-4o", provider="openai", when=r.occurred_at,
-                                          prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
-                                          cached_prompt_tokens=0).cost_nanos for r in rows)
+    expected_cost = sum(
+        gate.prices.price(
+            model="gpt-4o",
+            provider="openai",
+            when=r.occurred_at,
+            prompt_tokens=r.prompt_tokens,
+            completion_tokens=r.completion_tokens,
+            cached_prompt_tokens=0,
+        ).cost_nanos
+        for r in rows
+    )
     with engine_for(fe.pg.url).connect() as conn:
-        count, distinct, prompt, completion, cost, billed = conn.execute(text(
-            "SELECT count(*), count(DISTINCT turn_id), sum(prompt_tokens), sum(completion_tokens), sum(cost_nanos), "
-            "sum(billed_nanos) FROM usage_event")).one()
-        credits, debits = conn.execute(text(
-            "SELECT credits_nanos, debits_nanos FROM wallet WHERE id = 'replay-aof'")).one()
+        count, distinct, prompt, completion, cost, billed = conn.execute(
+            text(
+                "SELECT count(*), count(DISTINCT turn_id), sum(prompt_tokens), sum(completion_tokens), sum(cost_nanos), "
+                "sum(billed_nanos) FROM usage_event"
+            )
+        ).one()
+        credits, debits = conn.execute(
+            text("SELECT credits_nanos, debits_nanos FROM wallet WHERE id = 'replay-aof'")
+        ).one()
     assert (count, distinct) == (2_000, 2_000)
     assert (prompt, completion) == (sum(r.prompt_tokens for r in rows), sum(r.completion_tokens for r in rows))
     assert cost == billed == debits == expected_cost

@@ -20,11 +20,11 @@ from worker.billing.allowances import (
     set_allowance,
 )
 from worker.db import session_scope
-from worker.ledger.drain import OutboxDrain
+from worker.gate.gate import UnknownWallet, WalletGate
 from worker.ledger.accounts import credit_wallet, open_wallet
+from worker.ledger.drain import OutboxDrain
 from worker.periods import current_period, period_of
 from worker.pricing.prices import PriceBook
-from worker.gate.gate import UnknownWallet, WalletGate
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +40,12 @@ def wallets(db, gate, redis_client, settings):
     assert settings.allowance_expiry_grace_s == GRACE
     # gpt-4o's prompt price as an override without a context window: these tests spend whole
     # dollars in single turns of millions of tokens, above gpt-4o's real window (128,000)
-    spend_gate = WalletGate(redis_client, settings=settings, kicker=gate.kicker,
-                            price_book=PriceBook({"openai/gpt-4o": {"input_mtok": "2.50"}}))
+    spend_gate = WalletGate(
+        redis_client,
+        settings=settings,
+        kicker=gate.kicker,
+        price_book=PriceBook({"openai/gpt-4o": {"input_mtok": "2.50"}}),
+    )
 
     class Wallets:
         drain = OutboxDrain(redis_client, settings=settings, consumer="test")
@@ -57,9 +61,19 @@ def wallets(db, gate, redis_client, settings):
         def spend(self, wallet_id, tokens, at=None, persist=True):
             self.n += 1
             kw = {} if at is None else {"occurred_at": at}
-            decision = spend_gate.record_turn(TurnIn(turn_id=f"t{self.n}", wallet_id=wallet_id, enterprise_id="acme",
-                                               chat_id="c1", model="gpt-4o", provider="openai",
-                                               prompt_tokens=tokens, completion_tokens=0, **kw))
+            decision = spend_gate.record_turn(
+                TurnIn(
+                    turn_id=f"t{self.n}",
+                    wallet_id=wallet_id,
+                    enterprise_id="acme",
+                    chat_id="c1",
+                    model="gpt-4o",
+                    provider="openai",
+                    prompt_tokens=tokens,
+                    completion_tokens=0,
+                    **kw,
+                )
+            )
             assert decision.accepted and decision.billed_nanos == tokens * TOKEN_NANOS
             if persist:
                 self.drain.drain()
@@ -75,21 +89,30 @@ def reset(gate, now, **kw):
 def ledger(db, wallet_id="w1") -> dict[str, int]:
     """The wallet's allowance entries: {key: signed amount}."""
     with db.connect() as conn:
-        rows = conn.execute(text(
-            "SELECT idempotency_key, CASE kind WHEN 'credit' THEN amount_nanos ELSE -amount_nanos END "
-            "FROM wallet_transaction WHERE wallet_id = :w AND idempotency_key LIKE 'tollgate:allowance%' "
-            "ORDER BY id"), {"w": wallet_id}).all()
+        rows = conn.execute(
+            text(
+                "SELECT idempotency_key, CASE kind WHEN 'credit' THEN amount_nanos ELSE -amount_nanos END "
+                "FROM wallet_transaction WHERE wallet_id = :w AND idempotency_key LIKE 'tollgate:allowance%' "
+                "ORDER BY id"
+            ),
+            {"w": wallet_id},
+        ).all()
     return dict(rows)
 
 
 def assert_agree(db, gate, wallet_id="w1") -> int:
     """Ledger (aggregates and entries) and gate hold the same balance, to the nano; returns it."""
     with db.connect() as conn:
-        credits, debits = conn.execute(text("SELECT credits_nanos, debits_nanos FROM wallet WHERE id = :w"),
-                                       {"w": wallet_id}).one()
-        entries = conn.execute(text(
-            "SELECT coalesce(sum(CASE kind WHEN 'credit' THEN amount_nanos ELSE -amount_nanos END), 0) "
-            "FROM wallet_transaction WHERE wallet_id = :w"), {"w": wallet_id}).scalar_one()
+        credits, debits = conn.execute(
+            text("SELECT credits_nanos, debits_nanos FROM wallet WHERE id = :w"), {"w": wallet_id}
+        ).one()
+        entries = conn.execute(
+            text(
+                "SELECT coalesce(sum(CASE kind WHEN 'credit' THEN amount_nanos ELSE -amount_nanos END), 0) "
+                "FROM wallet_transaction WHERE wallet_id = :w"
+            ),
+            {"w": wallet_id},
+        ).scalar_one()
     assert credits - debits == entries == gate.balance(wallet_id)
     return gate.balance(wallet_id)
 
@@ -140,8 +163,11 @@ def test_month_boundary_with_frozen_time(db, gate, wallets):
         [expiry] = run_monthly_reset(gate).expired
         assert run_monthly_reset(gate).expired == []
     assert (expiry.period, expiry.unused_nanos, expiry.amount_nanos) == ("2026-11", 4 * USD, 4 * USD)
-    assert ledger(db) == {allowance_key("w1", "2026-11"): ALLOWANCE, allowance_key("w1", "2026-12"): ALLOWANCE,
-                          expiry_key("w1", "2026-11"): -4 * USD}
+    assert ledger(db) == {
+        allowance_key("w1", "2026-11"): ALLOWANCE,
+        allowance_key("w1", "2026-12"): ALLOWANCE,
+        expiry_key("w1", "2026-11"): -4 * USD,
+    }
     # 5 + 5 − 1 (Nov turn) − 0.5 (Dec turn) − 4 (Nov's unused allowance)
     assert assert_agree(db, gate) == 4_500_000_000
     assert late_nov.billed_nanos + early_dec.billed_nanos == 1_500_000_000
@@ -157,14 +183,18 @@ def test_late_run_after_downtime_expires_the_last_grant_and_grants_only_the_curr
     assert [(e.period, e.amount_nanos) for e in report.granted] == [("2026-11", ALLOWANCE)]
     again = reset(gate, datetime(2026, 11, 15, 9, 30, tzinfo=UTC))
     assert (again.granted, again.expired) == ([], [])
-    assert ledger(db) == {allowance_key("w1", "2026-08"): ALLOWANCE, expiry_key("w1", "2026-08"): -4 * USD,
-                          allowance_key("w1", "2026-11"): ALLOWANCE}  # nothing for September or October
+    assert ledger(db) == {
+        allowance_key("w1", "2026-08"): ALLOWANCE,
+        expiry_key("w1", "2026-08"): -4 * USD,
+        allowance_key("w1", "2026-11"): ALLOWANCE,
+    }  # nothing for September or October
     assert assert_agree(db, gate) == ALLOWANCE
     # an operator may backfill a missed month on purpose; the next run expires what it did not cover
     backfill = reset(gate, datetime(2026, 11, 15, 10, tzinfo=UTC), period="2026-10")
     assert [(e.period, e.amount_nanos) for e in backfill.granted] == [("2026-10", ALLOWANCE)]
     assert [(e.period, e.amount_nanos) for e in reset(gate, datetime(2026, 11, 15, 11, tzinfo=UTC)).expired] == [
-        ("2026-10", ALLOWANCE)]
+        ("2026-10", ALLOWANCE)
+    ]
     assert assert_agree(db, gate) == ALLOWANCE
 
 
@@ -194,7 +224,9 @@ def test_a_fully_used_allowance_records_a_zero_expiry_once_and_a_later_top_up_is
         set_allowance(session, "w1", 0)  # the subscription ends: no December grant
     report = reset(gate, datetime(2026, 12, 2, tzinfo=UTC))
     assert ([(e.period, e.unused_nanos, e.amount_nanos) for e in report.expired], report.granted) == (
-        [("2026-11", 0, 0)], [])
+        [("2026-11", 0, 0)],
+        [],
+    )
     credit_wallet(gate, wallet_id="w1", amount_nanos=3 * USD, idempotency_key="top-up-1")
     assert reset(gate, datetime(2026, 12, 3, tzinfo=UTC)).expired == []
     assert ledger(db) == {allowance_key("w1", "2026-11"): 1 * USD, expiry_key("w1", "2026-11"): 0}
@@ -293,14 +325,18 @@ def test_cli_sets_and_resets_allowances_and_budgets(cli, gate):
     assert (second["granted"], second["expired"]) == ([], [])
     assert gate.balance("w1") == ALLOWANCE
 
-    for args, field in ((("allowance", "reset", "--period", "2999-01"), "--period:"),
-                        (("allowance", "set", "nope", "--usd", "1"), "WALLET_ID:"),
-                        (("allowance", "set", "w1", "--usd", "-1"), "--usd:"),
-                        (("budget", "set", "--enterprise", "acme", "--wallet", "w1", "--workflow", "wf", "--usd", "1"),
-                         "--wallet/--workflow:"),
-                        (("budget", "set", "--enterprise", "acme", "--wallet", "w1", "--usd", "0"), "--usd:"),
-                        (("budget", "set", "--enterprise", "acme", "--wallet", "ghost", "--usd", "1"), "--wallet:"),
-                        (("budget", "set", "--enterprise", "ghost", "--workflow", "wf", "--usd", "1"), "--enterprise:")):
+    for args, field in (
+        (("allowance", "reset", "--period", "2999-01"), "--period:"),
+        (("allowance", "set", "nope", "--usd", "1"), "WALLET_ID:"),
+        (("allowance", "set", "w1", "--usd", "-1"), "--usd:"),
+        (
+            ("budget", "set", "--enterprise", "acme", "--wallet", "w1", "--workflow", "wf", "--usd", "1"),
+            "--wallet/--workflow:",
+        ),
+        (("budget", "set", "--enterprise", "acme", "--wallet", "w1", "--usd", "0"), "--usd:"),
+        (("budget", "set", "--enterprise", "acme", "--wallet", "ghost", "--usd", "1"), "--wallet:"),
+        (("budget", "set", "--enterprise", "ghost", "--workflow", "wf", "--usd", "1"), "--enterprise:"),
+    ):
         bad = run(*args)
         assert (bad.exit_code, field in bad.stderr) == (2, True), (args, bad.stderr)
 
@@ -310,7 +346,8 @@ def test_cli_sets_and_resets_allowances_and_budgets(cli, gate):
     assert check.exit_code == 0, check.stderr
     report = json.loads(check.stdout.splitlines()[-1])
     assert [(b["wallet_id"], b["amount_nanos"], b["spent_nanos"]) for b in report["budgets"]] == [
-        ("w1", 2_500_000_000, 0)]
+        ("w1", 2_500_000_000, 0)
+    ]
     table = run("budget", "check")
     assert table.exit_code == 0 and "wallet w1" in table.stdout
 

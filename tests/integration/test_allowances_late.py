@@ -10,17 +10,19 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from models.turn import TurnIn
 from worker.billing.allowances import allowance_key, expiry_key, restore_key, run_monthly_reset, set_allowance
 from worker.db import session_scope
-from worker.ledger.drain import OutboxDrain
+from worker.gate.gate import WalletGate
 from worker.ledger.accounts import credit_wallet, open_wallet
+from worker.ledger.drain import OutboxDrain
 from worker.periods import period_bounds
 from worker.pricing.prices import PriceBook
-from worker.gate.gate import WalletGate
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +37,12 @@ class Book:
         self.db, self.gate = db, gate
         # gpt-4o's prompt price as an override without a context window: these tests spend dollars
         # in single turns of hundreds of thousands of tokens, above gpt-4o's real window (128,000)
-        self.spend_gate = WalletGate(gate.redis, settings=settings, kicker=gate.kicker,
-                                     price_book=PriceBook({"openai/gpt-4o": {"input_mtok": "2.50"}}))
+        self.spend_gate = WalletGate(
+            gate.redis,
+            settings=settings,
+            kicker=gate.kicker,
+            price_book=PriceBook({"openai/gpt-4o": {"input_mtok": "2.50"}}),
+        )
         self.drain = OutboxDrain(redis_client, settings=settings, consumer="late")
 
     def open(self, wallet_id: str, *, bought: int, allowance: int = 0) -> None:
@@ -51,9 +57,19 @@ class Book:
 
     def spend(self, wallet_id: str, tokens: int, at: datetime) -> int:
         """Record a turn that occurred at ``at`` and persist it now; returns the nanos billed."""
-        decision = self.spend_gate.record_turn(TurnIn(
-            turn_id=f"t-{uuid.uuid4().hex}", wallet_id=wallet_id, enterprise_id="acme", chat_id="c1",
-            model="gpt-4o", provider="openai", prompt_tokens=tokens, completion_tokens=0, occurred_at=at))
+        decision = self.spend_gate.record_turn(
+            TurnIn(
+                turn_id=f"t-{uuid.uuid4().hex}",
+                wallet_id=wallet_id,
+                enterprise_id="acme",
+                chat_id="c1",
+                model="gpt-4o",
+                provider="openai",
+                prompt_tokens=tokens,
+                completion_tokens=0,
+                occurred_at=at,
+            )
+        )
         assert decision.accepted and decision.billed_nanos == tokens * TOKEN_NANOS
         assert self.drain.drain().inserted == 1
         return decision.billed_nanos
@@ -61,20 +77,29 @@ class Book:
     def balance(self, wallet_id: str) -> int:
         """The ledger's balance, checked against its entries and the gate's, to the nano."""
         with self.db.connect() as conn:
-            credits, debits = conn.execute(text("SELECT credits_nanos, debits_nanos FROM wallet WHERE id = :w"),
-                                           {"w": wallet_id}).one()
-            entries = conn.execute(text(
-                "SELECT coalesce(sum(CASE kind WHEN 'credit' THEN amount_nanos ELSE -amount_nanos END), 0) "
-                "FROM wallet_transaction WHERE wallet_id = :w"), {"w": wallet_id}).scalar_one()
+            credits, debits = conn.execute(
+                text("SELECT credits_nanos, debits_nanos FROM wallet WHERE id = :w"), {"w": wallet_id}
+            ).one()
+            entries = conn.execute(
+                text(
+                    "SELECT coalesce(sum(CASE kind WHEN 'credit' THEN amount_nanos ELSE -amount_nanos END), 0) "
+                    "FROM wallet_transaction WHERE wallet_id = :w"
+                ),
+                {"w": wallet_id},
+            ).scalar_one()
         assert credits - debits == entries == self.gate.balance(wallet_id)
         return credits - debits
 
     def allowance_entries(self, wallet_id: str) -> dict[str, int]:
         with self.db.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT idempotency_key, CASE kind WHEN 'credit' THEN amount_nanos ELSE -amount_nanos END "
-                "FROM wallet_transaction WHERE wallet_id = :w AND idempotency_key LIKE 'tollgate:allowance%' "
-                "ORDER BY id"), {"w": wallet_id}).all()
+            rows = conn.execute(
+                text(
+                    "SELECT idempotency_key, CASE kind WHEN 'credit' THEN amount_nanos ELSE -amount_nanos END "
+                    "FROM wallet_transaction WHERE wallet_id = :w AND idempotency_key LIKE 'tollgate:allowance%' "
+                    "ORDER BY id"
+                ),
+                {"w": wallet_id},
+            ).all()
         return dict(rows)
 
 
@@ -89,15 +114,17 @@ def test_a_grant_made_late_for_its_period_expires_only_what_the_period_left(book
     book.open("w", bought=10 * USD)
     assert book.spend("w", 420_000, datetime(2026, 11, 12, tzinfo=UTC)) == 1_050_000_000
     book.allow("w", 4 * USD)
-    backfill = run_monthly_reset(gate, now=datetime(2026, 12, 3, 9, tzinfo=UTC), period="2026-11",
-                                 wallet_ids=["w"])
+    backfill = run_monthly_reset(gate, now=datetime(2026, 12, 3, 9, tzinfo=UTC), period="2026-11", wallet_ids=["w"])
     assert [(e.period, e.amount_nanos) for e in backfill.granted] == [("2026-11", 4 * USD)]
     book.allow("w", 0)  # only November is granted
     report = run_monthly_reset(gate, now=datetime(2026, 12, 3, 10, tzinfo=UTC), wallet_ids=["w"])
     assert [(e.period, e.unused_nanos, e.amount_nanos) for e in report.expired] == [
-        ("2026-11", 2_950_000_000, 2_950_000_000)]
-    assert book.allowance_entries("w") == {allowance_key("w", "2026-11"): 4 * USD,
-                                           expiry_key("w", "2026-11"): -2_950_000_000}
+        ("2026-11", 2_950_000_000, 2_950_000_000)
+    ]
+    assert book.allowance_entries("w") == {
+        allowance_key("w", "2026-11"): 4 * USD,
+        expiry_key("w", "2026-11"): -2_950_000_000,
+    }
     assert book.balance("w") == 10 * USD  # the allowance paid November's $1.05: all that was bought is left
 
 
@@ -116,17 +143,22 @@ def test_turns_of_a_period_persisted_after_its_expiry_restore_what_it_took_too_m
     book.spend("w", 200_000, datetime(2026, 11, 20, tzinfo=UTC))  # $0.50 of November, arriving on Dec 3
     report = run_monthly_reset(gate, now=datetime(2026, 12, 3, tzinfo=UTC), wallet_ids=["w"])
     assert ([(e.period, e.kind, e.key, e.amount_nanos) for e in report.restored], report.expired, report.granted) == (
-        [("2026-11", "credit", restore_key("w", "2026-11", 500_000_000), 500_000_000)], [], [])
+        [("2026-11", "credit", restore_key("w", "2026-11", 500_000_000), 500_000_000)],
+        [],
+        [],
+    )
     assert book.balance("w") == 10 * USD
     assert run_monthly_reset(gate, now=datetime(2026, 12, 3, 1, tzinfo=UTC), wallet_ids=["w"]).restored == []
 
     book.spend("w", 1_200_000, datetime(2026, 11, 29, tzinfo=UTC))  # $3 more of November
     report = run_monthly_reset(gate, now=datetime(2026, 12, 5, tzinfo=UTC), wallet_ids=["w"])
-    assert [(e.key, e.amount_nanos) for e in report.restored] == [
-        (restore_key("w", "2026-11", 3 * USD), 2_500_000_000)]
+    assert [(e.key, e.amount_nanos) for e in report.restored] == [(restore_key("w", "2026-11", 3 * USD), 2_500_000_000)]
     assert book.allowance_entries("w") == {
-        allowance_key("w", "2026-11"): 4 * USD, expiry_key("w", "2026-11"): -3 * USD,
-        restore_key("w", "2026-11", 500_000_000): 500_000_000, restore_key("w", "2026-11", 3 * USD): 2_500_000_000}
+        allowance_key("w", "2026-11"): 4 * USD,
+        expiry_key("w", "2026-11"): -3 * USD,
+        restore_key("w", "2026-11", 500_000_000): 500_000_000,
+        restore_key("w", "2026-11", 3 * USD): 2_500_000_000,
+    }
     assert book.balance("w") == 9_500_000_000  # $10 bought − the $0.50 November spent beyond its allowance
     assert run_monthly_reset(gate, now=datetime(2026, 12, 5, 1, tzinfo=UTC)).restored == []  # the hourly job too
 
@@ -167,8 +199,15 @@ def histories(draw):
             tokens = draw(st.integers(1, 800_000))  # up to $2
             events.append((min(occurred + timedelta(seconds=late), END), "turn", occurred, tokens))
     for _ in range(draw(st.integers(0, 5))):
-        events.append((datetime(2026, 7, 1, tzinfo=UTC) + timedelta(
-            seconds=draw(st.integers(0, int((END - datetime(2026, 7, 1, tzinfo=UTC)).total_seconds())))), "run"))
+        events.append(
+            (
+                datetime(2026, 7, 1, tzinfo=UTC)
+                + timedelta(
+                    seconds=draw(st.integers(0, int((END - datetime(2026, 7, 1, tzinfo=UTC)).total_seconds())))
+                ),
+                "run",
+            )
+        )
     return sorted(events, key=lambda e: (e[0], e[1]))
 
 

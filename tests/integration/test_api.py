@@ -6,14 +6,24 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from worker.db import session_scope
 from tests.conftest import auth, create_keys, seed_wallet
+from worker.db import session_scope
 
 pytestmark = pytest.mark.integration
 
-TURN = {"turn_id": "api-1", "wallet_id": "w1", "enterprise_id": "acme", "chat_id": "c1", "agent": "planner",
-        "model": "gpt-4o", "provider": "openai", "prompt_tokens": 1000, "cached_prompt_tokens": 200,
-        "completion_tokens": 100, "occurred_at": "2026-11-01T12:00:00Z"}
+TURN = {
+    "turn_id": "api-1",
+    "wallet_id": "w1",
+    "enterprise_id": "acme",
+    "chat_id": "c1",
+    "agent": "planner",
+    "model": "gpt-4o",
+    "provider": "openai",
+    "prompt_tokens": 1000,
+    "cached_prompt_tokens": 200,
+    "completion_tokens": 100,
+    "occurred_at": "2026-11-01T12:00:00Z",
+}
 COST = 800 * 2_500 + 200 * 1_250 + 100 * 10_000  # gpt-4o nanos per token: in 2,500, cache 1,250, out 10,000
 
 
@@ -22,17 +32,30 @@ def api(http_api, gate):
     seed_wallet(gate, "w1", "acme", "u1", 1_000_000_000)
     seed_wallet(gate, "w2", "acme", "u2")
     seed_wallet(gate, "x1", "other", "x")
-    return http_api(create_keys({"owner": ("owner", "acme"), "other_owner": ("owner", "other"),
-                                 "user_w1": ("end_user", "acme", "w1"), "admin": ("admin",)}))
-
+    return http_api(
+        create_keys(
+            {
+                "owner": ("owner", "acme"),
+                "other_owner": ("owner", "other"),
+                "user_w1": ("end_user", "acme", "w1"),
+                "admin": ("admin",),
+            }
+        )
+    )
 
 
 def test_record_turn_over_http_is_the_gate_s_decision_and_idempotent(api, gate):
     r = api.post("/v1/turns", json=TURN, headers=auth(api.keys["owner"]))
     assert r.status_code == 200, r.text
-    assert r.json() == {"turn_id": "api-1", "accepted": True, "action": "continue",
-                        "balance_nanos": 1_000_000_000 - COST, "cost_nanos": COST, "billed_nanos": COST,
-                        "duplicate": False}
+    assert r.json() == {
+        "turn_id": "api-1",
+        "accepted": True,
+        "action": "continue",
+        "balance_nanos": 1_000_000_000 - COST,
+        "cost_nanos": COST,
+        "billed_nanos": COST,
+        "duplicate": False,
+    }
     again = api.post("/v1/turns", json=TURN, headers=auth(api.keys["owner"]))
     assert again.json() == {**r.json(), "duplicate": True}
     assert gate.balance("w1") == 1_000_000_000 - COST
@@ -82,8 +105,12 @@ def test_unknown_wallet_is_404_naming_wallet_id(api):
 def test_every_endpoint_refuses_missing_wrong_and_revoked_keys(api):
     from worker.access.apikeys import revoke_key
 
-    calls = [("post", "/v1/turns", {"json": TURN}), ("post", "/v1/turns/batch", {"json": {"turns": [TURN]}}),
-             ("get", "/v1/wallets/w1", {}), ("get", "/metrics", {})]
+    calls = [
+        ("post", "/v1/turns", {"json": TURN}),
+        ("post", "/v1/turns/batch", {"json": {"turns": [TURN]}}),
+        ("get", "/v1/wallets/w1", {}),
+        ("get", "/metrics", {}),
+    ]
     prefix = api.keys["owner"].split("_")[1]
     with session_scope() as session:
         assert revoke_key(session, prefix)
@@ -100,8 +127,9 @@ def test_an_app_cannot_charge_another_app_s_wallet(api, gate):
     r = api.post("/v1/turns", json={**TURN, "enterprise_id": "other"}, headers=auth(api.keys["other_owner"]))
     assert r.status_code == 404 and r.json()["errors"][0]["field"] == "wallet_id"
     assert gate.balance("w1") == 1_000_000_000
-    ok = api.post("/v1/turns", json={**TURN, "wallet_id": "x1", "enterprise_id": "other"},
-                  headers=auth(api.keys["other_owner"]))
+    ok = api.post(
+        "/v1/turns", json={**TURN, "wallet_id": "x1", "enterprise_id": "other"}, headers=auth(api.keys["other_owner"])
+    )
     assert ok.status_code == 200 and ok.json()["accepted"] is False  # its own empty wallet: denied, not refused
 
 
@@ -126,8 +154,10 @@ def test_metrics_count_decisions_and_outbox_for_admins_only(api):
     assert r.status_code == 200
     assert 'tollgate_decisions_total{outcome="accepted"}' in r.text
     assert "tollgate_gate_seconds_bucket" in r.text
-    assert sum(float(line.rsplit(" ", 1)[1]) for line in r.text.splitlines()
-               if line.startswith("tollgate_outbox_length{")) == 1.0
+    assert (
+        sum(float(line.rsplit(" ", 1)[1]) for line in r.text.splitlines() if line.startswith("tollgate_outbox_length{"))
+        == 1.0
+    )
 
 
 def test_metrics_show_the_last_reconciliation_drift(api, gate, redis_client):

@@ -16,9 +16,8 @@ pytestmark = pytest.mark.integration
 def test_a_denied_turn_queues_one_pause_of_its_chat(api, gate, db, monkeypatch):
     from tasks.billing import pause_chat
     from worker.celery_app import app as celery
-
-    from worker.ledger.turns import outbox_position
     from worker.gate.keys import transitions_key
+    from worker.ledger.turns import outbox_position
 
     sent = []
     monkeypatch.setattr(celery, "send_task", lambda name, kwargs, **options: sent.append((name, kwargs)))
@@ -36,7 +35,9 @@ def test_a_denied_turn_queues_one_pause_of_its_chat(api, gate, db, monkeypatch):
     [(name, kwargs)] = sent
     at, plus, n = kwargs["position"].rpartition("+")
     assert (name, {k: v for k, v in kwargs.items() if k != "position"}) == (
-        "tollgate.billing.pause_chat", {"enterprise_id": "acme", "chat_id": "c-dry", "wallet_id": "w2"})
+        "tollgate.billing.pause_chat",
+        {"enterprise_id": "acme", "chat_id": "c-dry", "wallet_id": "w2"},
+    )
     assert (before <= at + plus <= after, n) == (True, f"{1:020d}")
     assert pause_chat(**sent[0][1]) is True
     assert pause_chat(**sent[0][1]) is False  # a redelivery changes nothing
@@ -85,8 +86,13 @@ def test_a_hanging_broker_or_a_first_wallet_lookup_never_stalls_other_requests(a
         async with httpx.AsyncClient(transport=transport, base_url="http://tollgate.test") as client:
             started = _time.perf_counter()  # before the timer: the broker cannot answer sooner than 2.5 s after it
             threading.Timer(2.5, release.set).start()  # the broker answers after 2.5 s
-            denied = asyncio.create_task(client.post("/v1/turns", json={**TURN, "wallet_id": "w2", "chat_id": "c-hang",
-                                                                         "turn_id": "hang-1"}, headers=owner))
+            denied = asyncio.create_task(
+                client.post(
+                    "/v1/turns",
+                    json={**TURN, "wallet_id": "w2", "chat_id": "c-hang", "turn_id": "hang-1"},
+                    headers=owner,
+                )
+            )
             await asyncio.sleep(0.2)  # the turn is now in its lookup (1 s), then in its pause (till 2.5 s)
             health = await client.get("/healthz")
             answered = _time.perf_counter() - started

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings as hsettings
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from hypothesis import HealthCheck
+from hypothesis import settings as hsettings
 from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from tests.conftest import create_keys, seed_wallet
 
@@ -26,8 +27,9 @@ def keys(http_api, gate, settings, monkeypatch):
     """The owner, end user and admin keys (the API's cached gate cleared around the test by ``http_api``)."""
     monkeypatch.setattr(settings, "rate_limit", "1000000/minute")
     seed_wallet(gate, "w1", "acme", "u1", 10**9)
-    return list(create_keys({"owner": ("owner", "acme"), "end_user": ("end_user", "acme", "w1"),
-                            "admin": ("admin",)}).values())
+    return list(
+        create_keys({"owner": ("owner", "acme"), "end_user": ("end_user", "acme", "w1"), "admin": ("admin",)}).values()
+    )
 
 
 @schema.parametrize()
@@ -35,7 +37,8 @@ def keys(http_api, gate, settings, monkeypatch):
 def test_the_spec_holds_and_nothing_is_a_server_error(case, keys):
     statuses = []
     for key in keys:
-        response = case.call_and_validate(headers={"Authorization": f"Bearer {key}"},
-                                          checks=[not_a_server_error, response_schema_conformance])
+        response = case.call_and_validate(
+            headers={"Authorization": f"Bearer {key}"}, checks=[not_a_server_error, response_schema_conformance]
+        )
         statuses.append(response.status_code)
     assert 401 not in statuses  # the keys are valid: every request got past authentication

@@ -17,10 +17,21 @@ from worker.db import session_scope
 
 pytestmark = pytest.mark.integration
 
-TURN = {"turn_id": "t-1", "wallet_id": "w1", "enterprise_id": "acme", "chat_id": "c1", "agent": "planner",
-        "workflow": "support", "model": "gpt-4o", "provider": "openai", "prompt_tokens": 1000,
-        "cached_prompt_tokens": 200, "completion_tokens": 100, "duration_ms": 1500,
-        "occurred_at": "2026-11-01T12:00:00Z"}
+TURN = {
+    "turn_id": "t-1",
+    "wallet_id": "w1",
+    "enterprise_id": "acme",
+    "chat_id": "c1",
+    "agent": "planner",
+    "workflow": "support",
+    "model": "gpt-4o",
+    "provider": "openai",
+    "prompt_tokens": 1000,
+    "cached_prompt_tokens": 200,
+    "completion_tokens": 100,
+    "duration_ms": 1500,
+    "occurred_at": "2026-11-01T12:00:00Z",
+}
 COST = 800 * 2_500 + 200 * 1_250 + 100 * 10_000  # 3,250,000 nanos (gpt-4o per token: in 2,500, cache 1,250, out 10,000)
 USD = 1_000_000_000
 
@@ -30,9 +41,17 @@ def api(http_api, gate):
     seed_wallet(gate, "w1", "acme", "u1", USD)
     seed_wallet(gate, "w2", "acme", "u2")
     seed_wallet(gate, "x1", "other", "x", USD)
-    return http_api(create_keys({"owner": ("owner", "acme"), "other_owner": ("owner", "other"),
-                                 "user_w1": ("end_user", "acme", "w1"), "user_w2": ("end_user", "acme", "w2"),
-                                 "admin": ("admin",)}))
+    return http_api(
+        create_keys(
+            {
+                "owner": ("owner", "acme"),
+                "other_owner": ("owner", "other"),
+                "user_w1": ("end_user", "acme", "w1"),
+                "user_w2": ("end_user", "acme", "w2"),
+                "admin": ("admin",),
+            }
+        )
+    )
 
 
 def _drain(redis_client, settings) -> None:
@@ -44,9 +63,11 @@ def _drain(redis_client, settings) -> None:
 @pytest.fixture()
 def turns(api, redis_client, settings):
     """Three persisted turns: two in chat c1 (wallet w1), one in chat c9 of app 'other' (wallet x1)."""
-    for body, key in ((TURN, "owner"), ({**TURN, "turn_id": "t-2", "agent": "writer"}, "owner"),
-                      ({**TURN, "turn_id": "t-x", "wallet_id": "x1", "enterprise_id": "other", "chat_id": "c9"},
-                       "other_owner")):
+    for body, key in (
+        (TURN, "owner"),
+        ({**TURN, "turn_id": "t-2", "agent": "writer"}, "owner"),
+        ({**TURN, "turn_id": "t-x", "wallet_id": "x1", "enterprise_id": "other", "chat_id": "c9"}, "other_owner"),
+    ):
         r = api.post("/v1/turns", json=body, headers=api.h[key])
         assert r.status_code == 200 and r.json()["accepted"], r.text
     _drain(redis_client, settings)
@@ -79,11 +100,19 @@ ROUTES = _routes()
 
 
 def test_the_route_list_covers_the_api():
-    assert {("POST", "/v1/turns"), ("POST", "/v1/wallets/{wallet_id}/reservations"),
-            ("DELETE", "/v1/wallets/{wallet_id}/reservations/{reservation_id}"),
-            ("GET", "/v1/wallets/{wallet_id}/ledger"), ("POST", "/v1/wallets/{wallet_id}/credits"),
-            ("GET", "/v1/chats/{chat_id}"), ("POST", "/v1/chats/{chat_id}/end"), ("GET", "/v1/analytics/usage"),
-            ("GET", "/v1/analytics/rollups"), ("GET", "/v1/usage"), ("GET", "/metrics")} <= set(ROUTES)
+    assert {
+        ("POST", "/v1/turns"),
+        ("POST", "/v1/wallets/{wallet_id}/reservations"),
+        ("DELETE", "/v1/wallets/{wallet_id}/reservations/{reservation_id}"),
+        ("GET", "/v1/wallets/{wallet_id}/ledger"),
+        ("POST", "/v1/wallets/{wallet_id}/credits"),
+        ("GET", "/v1/chats/{chat_id}"),
+        ("POST", "/v1/chats/{chat_id}/end"),
+        ("GET", "/v1/analytics/usage"),
+        ("GET", "/v1/analytics/rollups"),
+        ("GET", "/v1/usage"),
+        ("GET", "/metrics"),
+    } <= set(ROUTES)
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
@@ -93,8 +122,12 @@ def test_every_route_refuses_missing_wrong_and_revoked_keys(api, method, path):
     url = re.sub(r"\{[^}]+\}", "w1", path)
     with session_scope() as session:
         assert revoke_key(session, api.keys["user_w2"].split("_")[1])
-    for headers in ({}, {"Authorization": "Bearer tg_000000000000_nope"}, api.h["user_w2"],
-                    {"Authorization": "Basic dTpw"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer tg_000000000000_nope"},
+        api.h["user_w2"],
+        {"Authorization": "Basic dTpw"},
+    ):
         r = api.request(method, url, headers=headers, json={})
         assert r.status_code == 401, (method, path, headers, r.text)
         assert r.headers["content-type"] == "application/problem+json"
@@ -106,8 +139,15 @@ def test_reserve_settle_with_a_turn_and_release(api, gate):
     h = api.h["owner"]
     r = api.post("/v1/wallets/w1/reservations", json={"amount_nanos": 4_000_000, "reservation_id": "r-1"}, headers=h)
     assert r.status_code == 200, r.text
-    assert r.json() == {"reservation_id": "r-1", "wallet_id": "w1", "granted": True, "amount_nanos": 4_000_000,
-                        "balance_nanos": USD, "held_nanos": 4_000_000, "duplicate": False}
+    assert r.json() == {
+        "reservation_id": "r-1",
+        "wallet_id": "w1",
+        "granted": True,
+        "amount_nanos": 4_000_000,
+        "balance_nanos": USD,
+        "held_nanos": 4_000_000,
+        "duplicate": False,
+    }
     settled = api.post("/v1/turns", json={**TURN, "reservation_id": "r-1"}, headers=h)
     assert settled.status_code == 200 and settled.json()["balance_nanos"] == USD - COST
     assert gate.redis.hget(gate.wallet_key("w1"), "held") == "0"
@@ -122,8 +162,14 @@ def test_reserve_settle_with_a_turn_and_release(api, gate):
 
 
 def test_reservations_stay_within_their_wallet_and_app(api, gate):
-    assert api.post("/v1/wallets/x1/reservations", json={"amount_nanos": 9, "reservation_id": "rx"},
-                    headers=api.h["other_owner"]).json()["granted"] is True
+    assert (
+        api.post(
+            "/v1/wallets/x1/reservations",
+            json={"amount_nanos": 9, "reservation_id": "rx"},
+            headers=api.h["other_owner"],
+        ).json()["granted"]
+        is True
+    )
     h = api.h["owner"]
     # acme's owner cannot reserve on, release or settle other's hold, nor its wallet
     assert api.post("/v1/wallets/x1/reservations", json={"amount_nanos": 1}, headers=h).status_code == 404
@@ -135,15 +181,22 @@ def test_reservations_stay_within_their_wallet_and_app(api, gate):
     assert r.status_code == (409 if w1_shard_same else 200)
     assert gate.redis.hget(gate.wallet_key("x1"), "held") == "9"
     # end users and admins do not reserve
-    assert api.post("/v1/wallets/w1/reservations", json={"amount_nanos": 1}, headers=api.h["user_w1"]).status_code == 403
+    assert (
+        api.post("/v1/wallets/w1/reservations", json={"amount_nanos": 1}, headers=api.h["user_w1"]).status_code == 403
+    )
     assert api.post("/v1/wallets/w1/reservations", json={"amount_nanos": 1}, headers=api.h["admin"]).status_code == 403
 
 
-@pytest.mark.parametrize(("body", "field"), [({"amount_nanos": -1}, "amount_nanos"),
-                                             ({"amount_nanos": 1.5}, "amount_nanos"),
-                                             ({"amount_nanos": "10"}, "amount_nanos"),
-                                             ({"amount_nanos": 1, "ttl_s": 0}, "ttl_s"),
-                                             ({}, "amount_nanos")])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"amount_nanos": -1}, "amount_nanos"),
+        ({"amount_nanos": 1.5}, "amount_nanos"),
+        ({"amount_nanos": "10"}, "amount_nanos"),
+        ({"amount_nanos": 1, "ttl_s": 0}, "ttl_s"),
+        ({}, "amount_nanos"),
+    ],
+)
 def test_bad_reservations_name_the_field_and_hold_nothing(api, gate, body, field):
     r = api.post("/v1/wallets/w1/reservations", json=body, headers=api.h["owner"])
     assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
@@ -156,47 +209,72 @@ def test_credit_is_idempotent_audited_and_scoped(api, gate, db):
     body = {"amount_nanos": 2 * USD, "idempotency_key": "pay-1", "description": "top-up"}
     r = api.post("/v1/wallets/w2/credits", json=body, headers=api.h["owner"])
     assert r.status_code == 200, r.text
-    assert r.json() == {"wallet_id": "w2", "amount_nanos": 2 * USD, "idempotency_key": "pay-1",
-                        "balance_nanos": 2 * USD, "replayed": False}
+    assert r.json() == {
+        "wallet_id": "w2",
+        "amount_nanos": 2 * USD,
+        "idempotency_key": "pay-1",
+        "balance_nanos": 2 * USD,
+        "replayed": False,
+    }
     assert api.post("/v1/wallets/w2/credits", json=body, headers=api.h["owner"]).json()["replayed"] is True
     assert gate.balance("w2") == 2 * USD
-    admin = api.post("/v1/wallets/x1/credits", json={"amount_nanos": 5, "idempotency_key": "grant-1"},
-                     headers=api.h["admin"])
+    admin = api.post(
+        "/v1/wallets/x1/credits", json={"amount_nanos": 5, "idempotency_key": "grant-1"}, headers=api.h["admin"]
+    )
     # an admin sees aggregates only: the end user's balance is not in its reply; the credit is applied
     assert admin.status_code == 200 and admin.json()["balance_nanos"] is None and gate.balance("x1") == USD + 5
-    assert api.post("/v1/wallets/x1/credits", json={"amount_nanos": 5, "idempotency_key": "k"},
-                    headers=api.h["owner"]).status_code == 404
-    assert api.post("/v1/wallets/w1/credits", json={"amount_nanos": 5, "idempotency_key": "k"},
-                    headers=api.h["user_w1"]).status_code == 403
-    reused = api.post("/v1/wallets/w1/credits", json={"amount_nanos": 5, "idempotency_key": "grant-1"},
-                      headers=api.h["owner"])
+    assert (
+        api.post(
+            "/v1/wallets/x1/credits", json={"amount_nanos": 5, "idempotency_key": "k"}, headers=api.h["owner"]
+        ).status_code
+        == 404
+    )
+    assert (
+        api.post(
+            "/v1/wallets/w1/credits", json={"amount_nanos": 5, "idempotency_key": "k"}, headers=api.h["user_w1"]
+        ).status_code
+        == 403
+    )
+    reused = api.post(
+        "/v1/wallets/w1/credits", json={"amount_nanos": 5, "idempotency_key": "grant-1"}, headers=api.h["owner"]
+    )
     assert reused.status_code == 409 and reused.json()["errors"] == [
-        {"field": "idempotency_key", "message": "already used for another entry"}]
+        {"field": "idempotency_key", "message": "already used for another entry"}
+    ]
     assert "x1" not in reused.text  # another app's wallet is never named
-    for bad, field in (({"amount_nanos": 0, "idempotency_key": "z"}, "amount_nanos"),
-                       ({"amount_nanos": 1.0, "idempotency_key": "z"}, "amount_nanos"),
-                       ({"amount_nanos": 1, "idempotency_key": ""}, "idempotency_key")):
+    for bad, field in (
+        ({"amount_nanos": 0, "idempotency_key": "z"}, "amount_nanos"),
+        ({"amount_nanos": 1.0, "idempotency_key": "z"}, "amount_nanos"),
+        ({"amount_nanos": 1, "idempotency_key": ""}, "idempotency_key"),
+    ):
         r = api.post("/v1/wallets/w1/credits", json=bad, headers=api.h["owner"])
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == field
     assert gate.balance("w1") == USD
     with db.connect() as conn:
-        rows = conn.execute(text("SELECT actor, wallet_id, detail FROM audit_log WHERE action = 'credit' ORDER BY id")).all()
+        rows = conn.execute(
+            text("SELECT actor, wallet_id, detail FROM audit_log WHERE action = 'credit' ORDER BY id")
+        ).all()
     owner_actor = "key:" + api.keys["owner"].split("_")[1]
     admin_actor = "key:" + api.keys["admin"].split("_")[1]
     assert [(a, w, d["amount_nanos"], d["idempotency_key"], d["replayed"]) for a, w, d in rows] == [
-        (owner_actor, "w2", 2 * USD, "pay-1", False), (owner_actor, "w2", 2 * USD, "pay-1", True),
-        (admin_actor, "x1", 5, "grant-1", False)]
+        (owner_actor, "w2", 2 * USD, "pay-1", False),
+        (owner_actor, "w2", 2 * USD, "pay-1", True),
+        (admin_actor, "x1", 5, "grant-1", False),
+    ]
 
 
 def test_ledger_pages_newest_first_for_owner_and_own_end_user_only(api):
     for i in range(3):
-        api.post("/v1/wallets/w1/credits", json={"amount_nanos": i + 1, "idempotency_key": f"c-{i}"},
-                 headers=api.h["owner"])
+        api.post(
+            "/v1/wallets/w1/credits", json={"amount_nanos": i + 1, "idempotency_key": f"c-{i}"}, headers=api.h["owner"]
+        )
     first = api.get("/v1/wallets/w1/ledger?limit=2", headers=api.h["user_w1"]).json()
     assert [e["amount_nanos"] for e in first["data"]] == [3, 2] and first["count"] == 2
     second = api.get(f"/v1/wallets/w1/ledger?limit=2&cursor={first['next_cursor']}", headers=api.h["owner"]).json()
     assert [(e["kind"], e["amount_nanos"], e["idempotency_key"]) for e in second["data"]] == [
-        ("credit", 1, "c-0"), ("credit", USD, "open-w1")]
+        ("credit", 1, "c-0"),
+        ("credit", USD, "open-w1"),
+    ]
     assert second["next_cursor"] is None
     for key in ("user_w2", "other_owner", "admin"):
         r = api.get("/v1/wallets/w1/ledger", headers=api.h[key])
@@ -210,7 +288,12 @@ def test_chat_detail_and_end(turns, db):
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["wallet_id"], body["status"], body["turns"], body["cost_nanos"], body["connection_state"]) == (
-        "w1", "active", 2, 2 * COST, "connected")
+        "w1",
+        "active",
+        2,
+        2 * COST,
+        "connected",
+    )
     assert body["agents"]["planner"]["total_response_ms"] == 1500 and body["agents"]["writer"]["cost_nanos"] == COST
     for key, status in (("user_w2", 404), ("other_owner", 404), ("admin", 403)):
         assert api.get("/v1/chats/c1", headers=api.h[key]).status_code == status
@@ -219,12 +302,16 @@ def test_chat_detail_and_end(turns, db):
     ended = api.post("/v1/chats/c1/end", json={"ended_at": "2026-11-01T13:00:00Z"}, headers=api.h["owner"])
     assert ended.status_code == 200, ended.text
     assert (ended.json()["status"], ended.json()["ended_at"], ended.json()["connection_state"]) == (
-        "completed", "2026-11-01T13:00:00Z", "ended")
+        "completed",
+        "2026-11-01T13:00:00Z",
+        "ended",
+    )
     again = api.post("/v1/chats/c1/end", headers=api.h["owner"])
     assert again.json()["ended_at"] == "2026-11-01T13:00:00Z"
     with db.connect() as conn:
-        assert conn.execute(text("SELECT total_turns, cost_nanos FROM workflow_rollup WHERE enterprise_id='acme'")).one() \
-            == (2, 2 * COST)
+        assert conn.execute(
+            text("SELECT total_turns, cost_nanos FROM workflow_rollup WHERE enterprise_id='acme'")
+        ).one() == (2, 2 * COST)
     assert api.post("/v1/chats/nope/end", headers=api.h["owner"]).status_code == 404
 
 
@@ -235,7 +322,9 @@ def test_analytics_are_scoped_to_the_app(turns):
     r = api.get(q, headers=api.h["owner"])
     assert r.status_code == 200, r.text
     assert [(row["agent"], row["turns"], row["cost_nanos"], row["billed_nanos"]) for row in r.json()["data"]] == [
-        ("planner", 1, COST, COST), ("writer", 1, COST, COST)]
+        ("planner", 1, COST, COST),
+        ("writer", 1, COST, COST),
+    ]
     assert api.get(q + "&enterprise_id=other", headers=api.h["owner"]).status_code == 404
     assert api.get(q, headers=api.h["user_w1"]).status_code == 403
     need = api.get(q, headers=api.h["admin"])
@@ -253,15 +342,22 @@ def test_rollups_give_documents_to_owners_and_totals_to_admins(turns):
     api.post("/v1/chats/c1/end", headers=api.h["owner"])
     owner = api.get("/v1/analytics/rollups?period=2026-11", headers=api.h["owner"]).json()
     assert [(r["workflow"], r["total_sessions"], r["total_turns"], r["cost_nanos"]) for r in owner["data"]] == [
-        ("support", 1, 2, 2 * COST)]
+        ("support", 1, 2, 2 * COST)
+    ]
     assert owner["data"][0]["document"]["_id"] == "mon_acme_support"
     admin = api.get("/v1/analytics/rollups?period=2026-11&enterprise_id=acme", headers=api.h["admin"]).json()
     assert admin["data"][0]["total_turns"] == 2 and admin["data"][0]["document"] is None
-    assert api.get("/v1/analytics/rollups?period=2026-11&enterprise_id=acme",
-                   headers=api.h["other_owner"]).status_code == 404
+    assert (
+        api.get("/v1/analytics/rollups?period=2026-11&enterprise_id=acme", headers=api.h["other_owner"]).status_code
+        == 404
+    )
     avg = api.get("/v1/analytics/workflows/support?period=2026-11", headers=api.h["owner"]).json()
     assert (avg["source"], avg["total_sessions"], avg["total_cost_nanos"], avg["avg_cost_nanos"]) == (
-        "rollup", 1, 2 * COST, 2 * COST)
+        "rollup",
+        1,
+        2 * COST,
+        2 * COST,
+    )
     bad = api.get("/v1/analytics/rollups?period=2026-13", headers=api.h["owner"])
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "period"
 
@@ -313,7 +409,10 @@ def test_metrics_expose_worker_side_drain_counters_and_outbox_lag(api, redis_cli
     assert 'tollgate_drain_batch_size_bucket{le="1"} 0.0' in after
     assert 'tollgate_drain_batch_size_bucket{le="10"} 1.0' in after
     assert "tollgate_drain_batch_size_sum 3.0" in after
-    assert re.findall(r'^tollgate_outbox_lag_seconds\{shard="\d+"\} (\S+)$', after, re.M) == ["0.0"] * settings.outbox_shards
+    assert (
+        re.findall(r'^tollgate_outbox_lag_seconds\{shard="\d+"\} (\S+)$', after, re.M)
+        == ["0.0"] * settings.outbox_shards
+    )
 
 
 def test_outbox_lag_is_the_age_of_the_oldest_entry_not_persisted(redis_client):
@@ -343,7 +442,11 @@ def test_pause_then_resume_a_chat_once_its_wallet_can_pay(turns, gate):
     assert other_chat.status_code == 422 and other_chat.json()["errors"][0]["field"] == "wallet_id"
     r = api.post("/v1/chats/c1/pause", json={"reason": "manual", "needed_nanos": 5}, headers=h)
     assert r.status_code == 200, r.text
-    assert (r.json()["status"], r.json()["pause_reason"], r.json()["connection_state"]) == ("paused", "manual", "paused")
+    assert (r.json()["status"], r.json()["pause_reason"], r.json()["connection_state"]) == (
+        "paused",
+        "manual",
+        "paused",
+    )
     new = api.post("/v1/chats/c-new/pause", json={"wallet_id": "x1"}, headers=h)
     assert new.status_code == 404 and new.json()["errors"][0]["field"] == "wallet_id"  # other's wallet
     resumed = api.post("/v1/chats/c1/resume", headers=h)
@@ -369,13 +472,18 @@ def test_resume_of_a_chat_whose_wallet_the_gate_lost_is_409_not_unknown_chat(tur
     assert (chat["status"], chat["pause_reason"], chat["connection_state"]) == ("paused", "manual", "paused")
     unknown = api.post("/v1/chats/nope/resume", headers=h)
     assert unknown.status_code == 404 and unknown.json()["errors"] == [
-        {"field": "chat_id", "message": "no chat 'nope' for this key"}]
+        {"field": "chat_id", "message": "no chat 'nope' for this key"}
+    ]
 
 
 def test_mode_changes_are_scoped_and_audited(api, gate, db):
     r = api.put("/v1/wallets/w2/mode", json={"mode": "development"}, headers=api.h["owner"])
-    assert r.status_code == 200 and r.json() == {"mode": "development", "wallet_id": "w2", "enterprise_id": None,
-                                                  "wallets_changed": None}
+    assert r.status_code == 200 and r.json() == {
+        "mode": "development",
+        "wallet_id": "w2",
+        "enterprise_id": None,
+        "wallets_changed": None,
+    }
     assert gate.redis.hget(gate.wallet_key("w2"), "mode") == "development"
     assert api.put("/v1/wallets/x1/mode", json={"mode": "development"}, headers=api.h["owner"]).status_code == 404
     assert api.put("/v1/wallets/w1/mode", json={"mode": "development"}, headers=api.h["user_w1"]).status_code == 403
@@ -385,8 +493,11 @@ def test_mode_changes_are_scoped_and_audited(api, gate, db):
     app_mode = api.put("/v1/enterprises/other/mode", json={"mode": "track_only"}, headers=api.h["admin"])
     assert app_mode.json() == {"mode": "track_only", "enterprise_id": "other", "wallet_id": None, "wallets_changed": 1}
     with db.connect() as conn:
-        rows = conn.execute(text("SELECT enterprise_id, wallet_id, detail->>'to' FROM audit_log "
-                                 "WHERE action = 'mode_change' ORDER BY id")).all()
+        rows = conn.execute(
+            text(
+                "SELECT enterprise_id, wallet_id, detail->>'to' FROM audit_log WHERE action = 'mode_change' ORDER BY id"
+            )
+        ).all()
     assert rows == [("acme", "w2", "development"), ("other", None, "track_only")]
 
 
@@ -422,8 +533,13 @@ def test_a_key_revoked_by_another_process_is_refused_on_the_next_request(api, re
     key, prefix = api.keys["owner"], _prefix(api.keys["owner"])
     assert api.post("/v1/turns", json=TURN, headers=api.h["owner"]).status_code == 200
     assert key_cache.get(key) is not None
-    done = subprocess.run([sys.executable, "-m", "worker.cli", "apikey", "revoke", prefix], env=dict(os.environ),
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "apikey", "revoke", prefix],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert 0 < redis_client.ttl(revoked_marker(prefix)) <= REVOKED_MARKER_TTL_S
     assert key_cache.get(key) is not None  # this process has not heard of it yet…
@@ -461,8 +577,9 @@ def test_with_the_cache_off_every_request_reads_postgresql(api, settings, monkey
     assert api.get("/v1/wallets/w1", headers=api.h["user_w1"]).status_code == 200
     assert key_cache.get(api.keys["user_w1"]) is None
     with session_scope() as session:
-        session.execute(text("UPDATE api_key SET revoked_at = now() WHERE prefix = :p"),
-                        {"p": _prefix(api.keys["user_w1"])})
+        session.execute(
+            text("UPDATE api_key SET revoked_at = now() WHERE prefix = :p"), {"p": _prefix(api.keys["user_w1"])}
+        )
     assert api.get("/v1/wallets/w1", headers=api.h["user_w1"]).status_code == 401
 
 

@@ -19,7 +19,11 @@ def _beat(tmp_path, name: str) -> tuple[subprocess.Popen, object]:
     log = (tmp_path / f"{name}.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat", "--loglevel", "INFO"],
-        stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO, start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_env(),
+        cwd=REPO,
+        start_new_session=True,
     )
     return proc, log
 

@@ -56,17 +56,29 @@ def _sql(db, query: str, **params):
 def _db_events(db, enterprise: str, wallet: str | None = None) -> list[dict]:
     """The period's usage events straight from PostgreSQL, as the export should carry them."""
     cols = ", ".join(c for c in EVENT_COLUMNS if c != "cost_usd")
-    rows = _sql(db, f"SELECT {cols} FROM usage_event WHERE enterprise_id = :e AND occurred_at >= :lo "
-                    "AND occurred_at < :hi AND (CAST(:w AS text) IS NULL OR wallet_id = :w) ORDER BY occurred_at, id",
-                e=enterprise, lo=NOV[0], hi=NOV[1], w=wallet)
+    rows = _sql(
+        db,
+        f"SELECT {cols} FROM usage_event WHERE enterprise_id = :e AND occurred_at >= :lo "
+        "AND occurred_at < :hi AND (CAST(:w AS text) IS NULL OR wallet_id = :w) ORDER BY occurred_at, id",
+        e=enterprise,
+        lo=NOV[0],
+        hi=NOV[1],
+        w=wallet,
+    )
     return [dict(r._mapping) for r in rows]
 
 
 def _db_sum(db, column: str, enterprise: str = "acme", wallet: str | None = None, extra: str = "") -> int:
-    (value,), = _sql(db, f"SELECT COALESCE(SUM({column}), 0) FROM usage_event WHERE enterprise_id = :e "
-                         "AND occurred_at >= :lo AND occurred_at < :hi "
-                         f"AND (CAST(:w AS text) IS NULL OR wallet_id = :w) {extra}",
-                     e=enterprise, lo=NOV[0], hi=NOV[1], w=wallet)
+    ((value,),) = _sql(
+        db,
+        f"SELECT COALESCE(SUM({column}), 0) FROM usage_event WHERE enterprise_id = :e "
+        "AND occurred_at >= :lo AND occurred_at < :hi "
+        f"AND (CAST(:w AS text) IS NULL OR wallet_id = :w) {extra}",
+        e=enterprise,
+        lo=NOV[0],
+        hi=NOV[1],
+        w=wallet,
+    )
     return int(value)
 
 
@@ -82,13 +94,29 @@ def test_report_totals_providers_and_meters_equal_sql_to_the_nano(seeded, db):
     assert r.meters_total.cost_nanos == _db_sum(db, "cost_nanos", extra="AND meter <> 'llm'") == 15_169_092_000
     assert r.llm.cost_nanos + r.meters_total.cost_nanos == r.total.cost_nanos
 
-    expected = {(p, m): (int(n), int(pt), int(ct), int(cpt), int(c), int(b)) for p, m, n, pt, ct, cpt, c, b in _sql(
-        db, "SELECT provider, model, count(*), sum(prompt_tokens), sum(cached_prompt_tokens), sum(completion_tokens), "
+    expected = {
+        (p, m): (int(n), int(pt), int(ct), int(cpt), int(c), int(b))
+        for p, m, n, pt, ct, cpt, c, b in _sql(
+            db,
+            "SELECT provider, model, count(*), sum(prompt_tokens), sum(cached_prompt_tokens), sum(completion_tokens), "
             "sum(cost_nanos), sum(billed_nanos) FROM usage_event WHERE enterprise_id = 'acme' AND meter = 'llm' "
-            "AND occurred_at >= :lo AND occurred_at < :hi GROUP BY 1, 2", lo=NOV[0], hi=NOV[1])}
-    got = {(p.provider, m.model): (m.figures.events, m.figures.prompt_tokens, m.figures.cached_prompt_tokens,
-                                   m.figures.completion_tokens, m.figures.cost_nanos, m.figures.billed_nanos)
-           for p in r.providers for m in p.models}
+            "AND occurred_at >= :lo AND occurred_at < :hi GROUP BY 1, 2",
+            lo=NOV[0],
+            hi=NOV[1],
+        )
+    }
+    got = {
+        (p.provider, m.model): (
+            m.figures.events,
+            m.figures.prompt_tokens,
+            m.figures.cached_prompt_tokens,
+            m.figures.completion_tokens,
+            m.figures.cost_nanos,
+            m.figures.billed_nanos,
+        )
+        for p in r.providers
+        for m in p.models
+    }
     assert got == expected
     assert [p.provider for p in r.providers] == ["anthropic", "openai", "google"]  # by cost, descending
     for p in r.providers:
@@ -96,9 +124,9 @@ def test_report_totals_providers_and_meters_equal_sql_to_the_nano(seeded, db):
 
     meters = {m.info.meter: (m.figures.quantity, m.figures.cost_nanos) for m in r.meters}
     assert meters == {
-        "emails": (24_690, 24_690 * 100_000),                 # $0.10 per 1,000 emails
-        "storage_gb_month": (500_004, 500_004 * 23_000),      # $0.023 per GB-month = 23,000 nanos per MB-month
-        "function_calls": (6_000_000, 6_000_000 * 200),       # $0.20 per 1M calls
+        "emails": (24_690, 24_690 * 100_000),  # $0.10 per 1,000 emails
+        "storage_gb_month": (500_004, 500_004 * 23_000),  # $0.023 per GB-month = 23,000 nanos per MB-month
+        "function_calls": (6_000_000, 6_000_000 * 200),  # $0.20 per 1M calls
     }
     for meter, (quantity, cost) in meters.items():
         assert _db_sum(db, "quantity", extra=f"AND meter = '{meter}'") == quantity
@@ -116,9 +144,17 @@ def test_period_edges_and_other_apps_are_excluded(seeded, db):
     assert "2026-12-01T00:00:00Z" not in stamps and "2026-10-31T23:59:59Z" not in stamps
     assert r.total.events == len(_db_events(db, "acme")) == 170
     assert r.chats_in_period == 65  # 64 chats and chat-edge
-    assert other.total.cost_nanos == _db_sum(db, "cost_nanos", enterprise="other") == 5 * (900_000 * 2_500 + 90_000 * 10_000)
+    assert (
+        other.total.cost_nanos
+        == _db_sum(db, "cost_nanos", enterprise="other")
+        == 5 * (900_000 * 2_500 + 90_000 * 10_000)
+    )
     assert {p.provider for p in other.providers} == {"openai"}
-    assert r.total.cost_nanos + other.total.cost_nanos == _db_sum(db, "cost_nanos", extra="OR enterprise_id = 'other' AND occurred_at >= '2026-11-01Z' AND occurred_at < '2026-12-01Z'")
+    assert r.total.cost_nanos + other.total.cost_nanos == _db_sum(
+        db,
+        "cost_nanos",
+        extra="OR enterprise_id = 'other' AND occurred_at >= '2026-11-01Z' AND occurred_at < '2026-12-01Z'",
+    )
 
 
 def test_end_user_view_is_only_the_wallet_s_rows_and_budget(seeded, db):
@@ -148,10 +184,16 @@ def test_budgets_spend_thresholds_and_alerts_of_the_period(seeded, db):
 def test_top_chats_are_the_50_costliest_of_the_period(seeded, db):
     with session_scope() as session:
         r = billing_report(session, enterprise_id="acme", period="2026-11")
-    expected = [(c, int(n), int(cost)) for c, n, cost in _sql(
-        db, "SELECT chat_id, count(*), sum(cost_nanos) FROM usage_event WHERE enterprise_id = 'acme' "
+    expected = [
+        (c, int(n), int(cost))
+        for c, n, cost in _sql(
+            db,
+            "SELECT chat_id, count(*), sum(cost_nanos) FROM usage_event WHERE enterprise_id = 'acme' "
             "AND occurred_at >= :lo AND occurred_at < :hi GROUP BY chat_id ORDER BY 3 DESC, 1 LIMIT 50",
-        lo=NOV[0], hi=NOV[1])]
+            lo=NOV[0],
+            hi=NOV[1],
+        )
+    ]
     assert len(r.top_chats) == TOP_CHATS == 50
     assert [(c.chat_id, c.figures.events, c.figures.cost_nanos) for c in r.top_chats] == expected
     statuses = dict(_sql(db, "SELECT chat_id, status FROM chat_session WHERE enterprise_id = 'acme'"))
@@ -164,14 +206,18 @@ def test_history_is_six_months_of_cost_per_provider(seeded, db):
     assert r.history.periods == ["2026-06", "2026-07", "2026-08", "2026-09", "2026-10", "2026-11"]
     expected: dict[str, list[int]] = {}
     for month, provider, cost in _sql(
-        db, "SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM'), provider, sum(cost_nanos) FROM usage_event "
-            "WHERE enterprise_id = 'acme' AND occurred_at >= '2026-06-01Z' AND occurred_at < '2026-12-01Z' "
-            "GROUP BY 1, 2"):
+        db,
+        "SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM'), provider, sum(cost_nanos) FROM usage_event "
+        "WHERE enterprise_id = 'acme' AND occurred_at >= '2026-06-01Z' AND occurred_at < '2026-12-01Z' "
+        "GROUP BY 1, 2",
+    ):
         expected.setdefault(provider, [0] * 6)[r.history.periods.index(month)] = int(cost)
     assert r.history.by_provider == expected
     assert list(r.history.by_provider)[-1] == "tollgate"  # meters stack last
     assert r.history.totals[-1] == r.total.cost_nanos
-    (may,), = _sql(db, "SELECT count(*) FROM usage_event WHERE enterprise_id = 'acme' AND occurred_at < '2026-06-01Z'")
+    ((may,),) = _sql(
+        db, "SELECT count(*) FROM usage_event WHERE enterprise_id = 'acme' AND occurred_at < '2026-06-01Z'"
+    )
     assert may == 4  # exists, and is outside the window
 
 
@@ -214,8 +260,13 @@ def _csv_records(body: str) -> list[dict]:
 def _as_csv(row: dict) -> dict:
     out = {}
     for k, v in row.items():
-        out[k] = ("true" if v else "false") if isinstance(v, bool) else \
-            v.astimezone(UTC).isoformat().replace("+00:00", "Z") if isinstance(v, datetime) else str(v)
+        out[k] = (
+            ("true" if v else "false")
+            if isinstance(v, bool)
+            else v.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            if isinstance(v, datetime)
+            else str(v)
+        )
     return out
 
 
@@ -229,8 +280,9 @@ def test_csv_export_is_the_database_rows_exactly(client, seeded, db):
     expected = [_as_csv(row) for row in _db_events(db, "acme")]
     assert [{k: v for k, v in rec.items() if k != "cost_usd"} for rec in records] == expected
     assert sum(int(rec["cost_nanos"]) for rec in records) == _db_sum(db, "cost_nanos") == 34_028_590_300
-    assert all(rec["cost_usd"] == f"{int(rec['cost_nanos']) // 10**9}.{int(rec['cost_nanos']) % 10**9:09d}"
-               for rec in records)
+    assert all(
+        rec["cost_usd"] == f"{int(rec['cost_nanos']) // 10**9}.{int(rec['cost_nanos']) % 10**9:09d}" for rec in records
+    )
 
 
 def test_json_export_is_the_report_and_the_database_rows(client, seeded, db):
@@ -255,8 +307,9 @@ def test_end_user_exports_hold_only_their_wallet(client, seeded, db):
     key = _auth(seeded.keys["end_user"])
     records = _csv_records(client.get("/billing/export.csv?period=2026-11", headers=key).text)
     assert {r["wallet_id"] for r in records} == {"w-alice"}
-    assert [_as_csv(row) for row in _db_events(db, "acme", "w-alice")] == \
-        [{k: v for k, v in rec.items() if k != "cost_usd"} for rec in records]
+    assert [_as_csv(row) for row in _db_events(db, "acme", "w-alice")] == [
+        {k: v for k, v in rec.items() if k != "cost_usd"} for rec in records
+    ]
     body = client.get("/billing/export.json?period=2026-11", headers=key).json()
     assert body["report"]["total"]["cost_nanos"] == _db_sum(db, "cost_nanos", wallet="w-alice")
 
@@ -319,8 +372,12 @@ def test_sign_in_sets_an_httponly_session_cookie_and_a_key_in_the_url_is_refused
     assert "tollgate_session" not in r.headers.get("set-cookie", "") and seeded.keys["owner"] not in str(r.headers)
     token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/billing/login").text).group(1)
     origin = {"Origin": "http://testserver"}
-    r = client.post("/billing/login", data={"key": seeded.keys["owner"], "csrf_token": token,
-                                            "next": "/billing?period=2026-11"}, headers=origin, follow_redirects=False)
+    r = client.post(
+        "/billing/login",
+        data={"key": seeded.keys["owner"], "csrf_token": token, "next": "/billing?period=2026-11"},
+        headers=origin,
+        follow_redirects=False,
+    )
     assert r.status_code == 303 and r.headers["location"] == "/billing?period=2026-11"
     cookie = next(c for c in r.headers.get_list("set-cookie") if c.startswith("tollgate_session="))
     assert "HttpOnly" in cookie and "Path=/billing" in cookie and "SameSite=lax" in cookie
@@ -329,10 +386,18 @@ def test_sign_in_sets_an_httponly_session_cookie_and_a_key_in_the_url_is_refused
     assert page.status_code == 200 and 'data-nanos="34028590300"' in page.text
     client.cookies.clear()
     token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/billing/login").text).group(1)
-    form = client.post("/billing/login", data={"key": seeded.keys["owner"], "next": "//evil.example/",
-                                               "csrf_token": token}, headers=origin, follow_redirects=False)
+    form = client.post(
+        "/billing/login",
+        data={"key": seeded.keys["owner"], "next": "//evil.example/", "csrf_token": token},
+        headers=origin,
+        follow_redirects=False,
+    )
     assert form.status_code == 303 and form.headers["location"] == "/billing"  # no open redirect
     token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/billing/login").text).group(1)
-    wrong = client.post("/billing/login", data={"key": "tg_000000000000_nope", "csrf_token": token}, headers=origin,
-                        follow_redirects=False)
+    wrong = client.post(
+        "/billing/login",
+        data={"key": "tg_000000000000_nope", "csrf_token": token},
+        headers=origin,
+        follow_redirects=False,
+    )
     assert wrong.status_code == 401 and "unknown or revoked" in wrong.text

@@ -12,15 +12,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import seed_wallet
 from models.turn import TurnIn
+from tests.conftest import seed_wallet
 from tests.receiver import start_receiver
 from worker.billing.budgets import BUDGET_EXCEEDED, BudgetError, check_budgets, set_budget
 from worker.db import session_scope
+from worker.events import channel, verify
+from worker.gate.gate import WalletGate
 from worker.ledger.drain import OutboxDrain
 from worker.pricing.prices import PriceBook
-from worker.gate.gate import WalletGate
-from worker.events import channel, verify
 
 pytestmark = pytest.mark.integration
 
@@ -38,17 +38,40 @@ class Spender:
     def __init__(self, gate, redis_client, settings):
         # gpt-4o's prompt price as an override without a context window: these tests spend whole
         # dollars in single turns of millions of tokens, above gpt-4o's real window (128,000)
-        self.gate = WalletGate(redis_client, settings=settings, kicker=gate.kicker,
-                               price_book=PriceBook({"openai/gpt-4o": {"input_mtok": "2.50"}}))
+        self.gate = WalletGate(
+            redis_client,
+            settings=settings,
+            kicker=gate.kicker,
+            price_book=PriceBook({"openai/gpt-4o": {"input_mtok": "2.50"}}),
+        )
         self.drain = OutboxDrain(redis_client, settings=settings, consumer="test")
         self.n = 0
 
-    def turn(self, wallet_id: str, tokens: int, *, at: datetime = NOV, workflow: str = "wf", chat: str = "c1",
-             enterprise: str = "acme"):
+    def turn(
+        self,
+        wallet_id: str,
+        tokens: int,
+        *,
+        at: datetime = NOV,
+        workflow: str = "wf",
+        chat: str = "c1",
+        enterprise: str = "acme",
+    ):
         self.n += 1
-        return self.gate.record_turn(TurnIn(
-            turn_id=f"t{self.n}", wallet_id=wallet_id, enterprise_id=enterprise, chat_id=chat, workflow=workflow,
-            model="gpt-4o", provider="openai", prompt_tokens=tokens, completion_tokens=0, occurred_at=at))
+        return self.gate.record_turn(
+            TurnIn(
+                turn_id=f"t{self.n}",
+                wallet_id=wallet_id,
+                enterprise_id=enterprise,
+                chat_id=chat,
+                workflow=workflow,
+                model="gpt-4o",
+                provider="openai",
+                prompt_tokens=tokens,
+                completion_tokens=0,
+                occurred_at=at,
+            )
+        )
 
     def spend(self, wallet_id: str, tokens: int, **kw) -> None:
         decision = self.turn(wallet_id, tokens, **kw)
@@ -77,9 +100,15 @@ def _check(gate, now=NOW, send_task=None):
 
 def _alerts(db) -> list[tuple]:
     with db.connect() as conn:
-        return [tuple(r) for r in conn.execute(text(
-            "SELECT budget_id, period, threshold_pct, spent_nanos, amount_nanos FROM budget_alert "
-            "ORDER BY budget_id, period, threshold_pct"))]
+        return [
+            tuple(r)
+            for r in conn.execute(
+                text(
+                    "SELECT budget_id, period, threshold_pct, spent_nanos, amount_nanos FROM budget_alert "
+                    "ORDER BY budget_id, period, threshold_pct"
+                )
+            )
+        ]
 
 
 class Listener:
@@ -130,8 +159,11 @@ def test_alerts_fire_at_exact_thresholds_once_per_period(db, gate, redis_client,
         messages = listen.drain()
         assert [m["data"]["threshold_pct"] for m in messages] == expected
         assert _check(gate).alerts == [] and listen.drain() == []  # a second run emits nothing
-    assert _alerts(db) == [(budget, "2026-11", 50, 5 * USD, 10 * USD), (budget, "2026-11", 80, 8 * USD, 10 * USD),
-                           (budget, "2026-11", 100, 10 * USD, 10 * USD)]
+    assert _alerts(db) == [
+        (budget, "2026-11", 50, 5 * USD, 10 * USD),
+        (budget, "2026-11", 80, 8 * USD, 10 * USD),
+        (budget, "2026-11", 100, 10 * USD, 10 * USD),
+    ]
     status = _check(gate).budgets[0]
     assert (status.spent_nanos, status.exceeded) == (11 * USD, True)
 
@@ -142,9 +174,18 @@ def test_alerts_fire_at_exact_thresholds_once_per_period(db, gate, redis_client,
     assert [(a.period, a.threshold_pct, a.spent_nanos) for a in result.alerts] == [("2026-12", 50, 5 * USD)]
     [message] = listen.drain()
     assert message["id"] == f"evt_budget_alert_{result.alerts[0].alert_id}"
-    assert message["data"] == {"alert_id": result.alerts[0].alert_id, "budget_id": budget, "scope": "wallet",
-                               "wallet_id": "w1", "workflow": None, "period": "2026-12", "threshold_pct": 50,
-                               "spent_nanos": 5 * USD, "amount_nanos": 10 * USD, "auto_pause": False}
+    assert message["data"] == {
+        "alert_id": result.alerts[0].alert_id,
+        "budget_id": budget,
+        "scope": "wallet",
+        "wallet_id": "w1",
+        "workflow": None,
+        "period": "2026-12",
+        "threshold_pct": 50,
+        "spent_nanos": 5 * USD,
+        "amount_nanos": 10 * USD,
+        "auto_pause": False,
+    }
     assert len(_alerts(db)) == 4
 
 
@@ -177,7 +218,11 @@ def test_concurrent_checks_emit_each_alert_exactly_once(db, gate, redis_client, 
     assert [(r[2], r[3]) for r in rows] == [(50, 10 * USD), (80, 10 * USD), (100, 10 * USD), (50, 10 * USD)]
     messages = listen.drain()
     assert sorted((m["data"]["scope"], m["data"]["threshold_pct"]) for m in messages) == [
-        ("wallet", 50), ("wallet", 80), ("wallet", 100), ("workflow", 50)]
+        ("wallet", 50),
+        ("wallet", 80),
+        ("wallet", 100),
+        ("workflow", 50),
+    ]
     assert len({m["id"] for m in messages}) == 4
     assert sorted(e for _, e in sent) == sorted(m["id"] for m in messages)  # one webhook per alert
     assert {n for n, _ in sent} == {"tollgate.webhooks.deliver"}
@@ -278,10 +323,16 @@ def test_workflow_budget_pauses_its_chats_and_resumes_them_next_period(db, gate,
     assert result.paused_chats == [("acme", "r1"), ("acme", "r2")]
     messages = listen.drain()
     assert [m["type"] for m in messages] == ["budget.threshold_crossed"] * 3 + ["budget.chats_paused"]
-    assert messages[-1]["data"] == {"workflow": "research", "chat_ids": ["r1", "r2"], "reason": BUDGET_EXCEEDED,
-                                    "period": "2026-11"}
+    assert messages[-1]["data"] == {
+        "workflow": "research",
+        "chat_ids": ["r1", "r2"],
+        "reason": BUDGET_EXCEEDED,
+        "period": "2026-11",
+    }
     with db.connect() as conn:
-        rows = dict(conn.execute(text("SELECT chat_id, status || '/' || coalesce(pause_reason, '') FROM chat_session")).all())
+        rows = dict(
+            conn.execute(text("SELECT chat_id, status || '/' || coalesce(pause_reason, '') FROM chat_session")).all()
+        )
     assert rows == {"r1": "paused/budget_exceeded", "r2": "paused/budget_exceeded", "s1": "active/"}
     # the gate cannot see workflows: it still accepts the wallet's turns; the app must stop the chats
     assert spender.turn("w1", 10, workflow="research", chat="r3").accepted
@@ -332,8 +383,9 @@ def test_alert_webhook_is_signed_retried_after_a_500_and_delivered_once_by_a_cel
         receiver.statuses = [500]
         _wallet(gate)
         with db.begin() as conn:
-            conn.execute(text("UPDATE enterprise SET callback_url = :u, webhook_secret = :s"),
-                         {"u": receiver.url, "s": SECRET})
+            conn.execute(
+                text("UPDATE enterprise SET callback_url = :u, webhook_secret = :s"), {"u": receiver.url, "s": SECRET}
+            )
         _budget(enterprise_id="acme", wallet_id="w1", amount_nanos=10 * USD)
         spender.spend("w1", 2_000_000)
         celery_worker_factory(extra_env={"TOLLGATE_WEBHOOK_BACKOFF_BASE_S": "0"})
@@ -349,7 +401,11 @@ def test_alert_webhook_is_signed_retried_after_a_500_and_delivered_once_by_a_cel
             verify(SECRET, r.headers["tollgate-signature"], r.body)
         body = json.loads(delivered.body)
         assert (body["type"], body["enterprise_id"], body["data"]["threshold_pct"], body["data"]["spent_nanos"]) == (
-            "budget.threshold_crossed", "acme", 50, 5 * USD)
+            "budget.threshold_crossed",
+            "acme",
+            50,
+            5 * USD,
+        )
         with pytest.raises(Exception, match="no signature matches"):
             verify("forged-secret", delivered.headers["tollgate-signature"], delivered.body)
     finally:
@@ -388,13 +444,16 @@ def test_a_threshold_crossed_by_last_month_s_late_turns_is_alerted_in_the_first_
     _budget(enterprise_id="acme", wallet_id="w1", amount_nanos=1 * USD)
     spender.turn("w1", 200_000, at=datetime(2026, 11, 30, 23, 0, tzinfo=UTC))  # 0.5 USD
     spender.drain.drain()
-    assert [(a.period, a.threshold_pct) for a in _check(gate, datetime(2026, 11, 30, 23, 59, 30, tzinfo=UTC)).alerts] == [
-        ("2026-11", 50)]
+    assert [
+        (a.period, a.threshold_pct) for a in _check(gate, datetime(2026, 11, 30, 23, 59, 30, tzinfo=UTC)).alerts
+    ] == [("2026-11", 50)]
     spender.turn("w1", 200_000, at=datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC))  # persisted after that check
     spender.drain.drain()
     first = _check(gate, datetime(2026, 12, 1, 0, 0, 30, tzinfo=UTC))
     assert [(a.period, a.threshold_pct, a.spent_nanos) for a in first.alerts] == [
-        ("2026-11", 80, USD), ("2026-11", 100, USD)]
+        ("2026-11", 80, USD),
+        ("2026-11", 100, USD),
+    ]
     assert _check(gate, datetime(2026, 12, 1, 0, 1, tzinfo=UTC)).alerts == []
     assert _check(gate, datetime(2026, 12, 1, 2, 0, tzinfo=UTC)).alerts == []
 
@@ -418,7 +477,10 @@ def test_an_alert_committed_but_never_sent_is_sent_by_the_next_check(db, gate, r
     assert (again.alerts, again.resent_alerts) == ([], [alert.alert_id])
     [message] = listen.drain()
     assert (message["id"], message["data"]["threshold_pct"], message["data"]["budget_id"]) == (
-        f"evt_budget_alert_{alert.alert_id}", 50, budget)
+        f"evt_budget_alert_{alert.alert_id}",
+        50,
+        budget,
+    )
     assert [k["event_id"] for k in sent] == [f"evt_budget_alert_{alert.alert_id}"]  # the webhook, queued again
     assert _check(gate).resent_alerts == [] and listen.drain() == []  # sent once more, not every minute
     with db.connect() as conn:
@@ -427,12 +489,17 @@ def test_an_alert_committed_but_never_sent_is_sent_by_the_next_check(db, gate, r
 
 def _app_callback() -> None:
     with session_scope() as s:
-        s.execute(text("UPDATE enterprise SET callback_url = 'http://127.0.0.1:9/hook', webhook_secret = 'whsec' "
-                       "WHERE id = 'acme'"))
+        s.execute(
+            text(
+                "UPDATE enterprise SET callback_url = 'http://127.0.0.1:9/hook', webhook_secret = 'whsec' "
+                "WHERE id = 'acme'"
+            )
+        )
 
 
 def test_october_turns_persisted_in_november_raise_october_s_alert_once_and_nothing_for_november(
-        db, gate, redis_client, spender):
+    db, gate, redis_client, spender
+):
     """Late data: the turns of a month persisted after it ended count in their own month.  October
     was checked at 50 %; October turns drained on 10 November take it to 80 %: one 80 % alert for
     October (wallet and workflow budget), none for November (whose own turns stay at 40 %), and
@@ -443,7 +510,9 @@ def test_october_turns_persisted_in_november_raise_october_s_alert_once_and_noth
     spender.spend("w1", 200_000, at=datetime(2026, 10, 15, tzinfo=UTC))  # 0.5 USD in October
     october = _check(gate, datetime(2026, 10, 20, tzinfo=UTC))
     assert [(a.budget_id, a.period, a.threshold_pct) for a in october.alerts] == [
-        (wallet_budget, "2026-10", 50), (workflow_budget, "2026-10", 50)]
+        (wallet_budget, "2026-10", 50),
+        (workflow_budget, "2026-10", 50),
+    ]
     spender.spend("w1", 160_000, at=datetime(2026, 11, 5, tzinfo=UTC))  # 0.4 USD in November
     assert _check(gate, datetime(2026, 11, 6, tzinfo=UTC)).alerts == []
 
@@ -451,13 +520,20 @@ def test_october_turns_persisted_in_november_raise_october_s_alert_once_and_noth
     spender.spend("w1", 120_000, at=datetime(2026, 10, 31, 22, tzinfo=UTC))  # 0.3 USD of October, drained now
     result = _check(gate, datetime(2026, 11, 10, 12, tzinfo=UTC))
     assert [(a.budget_id, a.period, a.threshold_pct, a.spent_nanos) for a in result.alerts] == [
-        (wallet_budget, "2026-10", 80, 800_000_000), (workflow_budget, "2026-10", 80, 800_000_000)]
+        (wallet_budget, "2026-10", 80, 800_000_000),
+        (workflow_budget, "2026-10", 80, 800_000_000),
+    ]
     assert [(m["data"]["budget_id"], m["data"]["period"], m["data"]["threshold_pct"]) for m in listen.drain()] == [
-        (wallet_budget, "2026-10", 80), (workflow_budget, "2026-10", 80)]
+        (wallet_budget, "2026-10", 80),
+        (workflow_budget, "2026-10", 80),
+    ]
     assert result.paused_wallets == [] and [b.spent_nanos for b in result.budgets] == [400_000_000] * 2
     assert _check(gate, datetime(2026, 11, 10, 12, 1, tzinfo=UTC)).alerts == [] and listen.drain() == []
     assert _alerts(db) == [
-        (wallet_budget, "2026-10", 50, 500_000_000, USD), (wallet_budget, "2026-10", 80, 800_000_000, USD),
-        (workflow_budget, "2026-10", 50, 500_000_000, USD), (workflow_budget, "2026-10", 80, 800_000_000, USD)]
+        (wallet_budget, "2026-10", 50, 500_000_000, USD),
+        (wallet_budget, "2026-10", 80, 800_000_000, USD),
+        (workflow_budget, "2026-10", 50, 500_000_000, USD),
+        (workflow_budget, "2026-10", 80, 800_000_000, USD),
+    ]
     with db.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM budget_dirty")).scalar_one() == 0

@@ -16,15 +16,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
+from worker import (
+    OutboxDrain,  # wired: announces chat.paused / chat.resumable
+    credit_wallet,  # wired: resumes paused chats, announces wallet.credited
+)
+from worker.chats.lifecycle import resume_chat, sweep_paused
 from worker.client import BillingSession, InProcessTransport, WalletExhausted
 from worker.db import session_scope
-from worker import OutboxDrain  # wired: announces chat.paused / chat.resumable
-from worker.ledger.drain import DrainStats
-from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
-from worker.ledger.accounts import ensure_enterprise, open_wallet
-from worker.chats.lifecycle import resume_chat, sweep_paused
-from worker.gate.keys import outbox_key
 from worker.events import channel
+from worker.gate.keys import outbox_key
+from worker.ledger.accounts import ensure_enterprise, open_wallet
+from worker.ledger.drain import DrainStats
 
 pytestmark = pytest.mark.integration
 
@@ -44,8 +46,9 @@ def _rows(db, sql: str, **params):
 
 
 def _cost(gate, prompt: int = 1000, completion: int = 100) -> int:
-    return gate.prices.price(model="gpt-4o", provider="openai", when=datetime.now(UTC), prompt_tokens=prompt,
-                             completion_tokens=completion).cost_nanos
+    return gate.prices.price(
+        model="gpt-4o", provider="openai", when=datetime.now(UTC), prompt_tokens=prompt, completion_tokens=completion
+    ).cost_nanos
 
 
 class Events:
@@ -71,8 +74,9 @@ class Events:
         return Counter(e["data"]["chat_id"] for e in self.take() if e["type"] == type_)
 
 
-def _exhaust_chats(gate, app: str, *, pause_in_client: bool = True,
-                   parallel_agents: bool = False) -> tuple[list[BillingSession], int]:
+def _exhaust_chats(
+    gate, app: str, *, pause_in_client: bool = True, parallel_agents: bool = False
+) -> tuple[list[BillingSession], int]:
     """CHATS chats of ``app``, each on its own wallet worth 2 turns and 1 nano: turns 2–10 ms apart,
     interleaved across chats; each chat's 3rd turn answers ``pause`` (the client records the pause,
     as :class:`BillingSession` does, unless ``pause_in_client`` is False).  With ``parallel_agents``
@@ -90,8 +94,9 @@ def _exhaust_chats(gate, app: str, *, pause_in_client: bool = True,
         wallet = f"app:{app}:u{i}"
         open_wallet(gate, wallet_id=wallet, enterprise_id=app, owner_id=f"u{i}")
         credit_wallet(gate, wallet_id=wallet, amount_nanos=2 * cost + 1, idempotency_key=f"seed-{i}")
-        sessions.append(BillingSession.start(transport, level="app_usage", payer_id=f"u{i}", enterprise_id=app,
-                                             chat_id=f"c{i:02d}"))
+        sessions.append(
+            BillingSession.start(transport, level="app_usage", payer_id=f"u{i}", enterprise_id=app, chat_id=f"c{i:02d}")
+        )
     rng = random.Random(14)
     last: dict[int, datetime] = {}
     for n in range(3):
@@ -102,8 +107,15 @@ def _exhaust_chats(gate, app: str, *, pause_in_client: bool = True,
                 at = last[i] - timedelta(milliseconds=5)
             last[i] = at
             try:
-                session.record_turn(agent="planner", model="gpt-4o", provider="openai", prompt_tokens=1000,
-                                    completion_tokens=100, turn_id=f"c{i:02d}:t{n}", occurred_at=at)
+                session.record_turn(
+                    agent="planner",
+                    model="gpt-4o",
+                    provider="openai",
+                    prompt_tokens=1000,
+                    completion_tokens=100,
+                    turn_id=f"c{i:02d}:t{n}",
+                    occurred_at=at,
+                )
                 assert n < 2
             except WalletExhausted:
                 assert n == 2
@@ -111,18 +123,26 @@ def _exhaust_chats(gate, app: str, *, pause_in_client: bool = True,
 
 
 def _entries(redis_client, gate) -> list[tuple[int, tuple[str, dict]]]:
-    return [(shard, entry) for shard in range(gate.settings.outbox_shards)
-            for entry in redis_client.xrange(outbox_key(shard))]
+    return [
+        (shard, entry)
+        for shard in range(gate.settings.outbox_shards)
+        for entry in redis_client.xrange(outbox_key(shard))
+    ]
 
 
 def _assert_each_chat_paused_once(db, events: Events, cost: int) -> None:
     assert events.count("chat.paused") == {f"c{i:02d}": 1 for i in range(CHATS)}
     assert events.count("chat.resumable") == {}
-    assert _rows(db, "SELECT count(*), count(*) FILTER (WHERE resumed_at IS NULL), min(needed_nanos), "
-                     "max(needed_nanos) FROM paused_chat") == [(CHATS, CHATS, cost, cost)]
-    assert _rows(db, "SELECT status, connection_state, can_resume, count(*), sum(turns), sum(billed_nanos) "
-                     "FROM chat_session GROUP BY 1, 2, 3") == [("paused", "paused", False, CHATS, 3 * CHATS,
-                                                                 3 * CHATS * cost)]
+    assert _rows(
+        db,
+        "SELECT count(*), count(*) FILTER (WHERE resumed_at IS NULL), min(needed_nanos), "
+        "max(needed_nanos) FROM paused_chat",
+    ) == [(CHATS, CHATS, cost, cost)]
+    assert _rows(
+        db,
+        "SELECT status, connection_state, can_resume, count(*), sum(turns), sum(billed_nanos) "
+        "FROM chat_session GROUP BY 1, 2, 3",
+    ) == [("paused", "paused", False, CHATS, 3 * CHATS, 3 * CHATS * cost)]
 
 
 @pytest.mark.parametrize("order", ["one_turn_per_batch", "shuffled_batches"])
@@ -170,8 +190,9 @@ def test_the_gates_order_decides_not_the_callers_clock(app, db, gate, redis_clie
     assert _rows(db, "SELECT count(*) FROM paused_chat WHERE resumed_by IS NOT NULL") == [(0,)]
 
 
-def test_a_pause_persisted_after_the_chat_resumed_does_not_pause_it_again(app, db, gate, redis_client, settings,
-                                                                          monkeypatch):
+def test_a_pause_persisted_after_the_chat_resumed_does_not_pause_it_again(
+    app, db, gate, redis_client, settings, monkeypatch
+):
     """Pause (client), credit, resume (client), and only then the drain, one turn per batch: the chat
     stays active; one ``chat.paused``, one ``chat.resumable``, one record, closed by the credit.
     Before the fix the late pausing turn opened a second record and announced a second pause."""
@@ -185,9 +206,11 @@ def test_a_pause_persisted_after_the_chat_resumed_does_not_pause_it_again(app, d
     assert events.count("chat.paused") == {f"c{i:02d}": 1 for i in range(CHATS)}
     assert events.count("chat.resumable") == {f"c{i:02d}": 1 for i in range(CHATS)}
     assert _rows(db, "SELECT count(*), count(*) FILTER (WHERE resumed_by LIKE 'topup-%') FROM paused_chat") == [
-        (CHATS, CHATS)]
-    assert _rows(db, "SELECT status, connection_state, can_resume, count(*), sum(turns) FROM chat_session "
-                     "GROUP BY 1, 2, 3") == [("active", "connected", False, CHATS, 3 * CHATS)]
+        (CHATS, CHATS)
+    ]
+    assert _rows(
+        db, "SELECT status, connection_state, can_resume, count(*), sum(turns) FROM chat_session GROUP BY 1, 2, 3"
+    ) == [("active", "connected", False, CHATS, 3 * CHATS)]
 
 
 def test_a_newer_turn_that_resumes_a_chat_announces_it_once(app, db, gate, redis_client, settings, monkeypatch):
@@ -198,22 +221,32 @@ def test_a_newer_turn_that_resumes_a_chat_announces_it_once(app, db, gate, redis
     sessions, cost = _exhaust_chats(gate, app, pause_in_client=False)
     for i, session in enumerate(sessions):
         credit_wallet(gate, wallet_id=session.wallet_id, amount_nanos=10 * cost, idempotency_key=f"topup-{i}")
-        session.record_turn(agent="planner", model="gpt-4o", provider="openai", prompt_tokens=1000,
-                            completion_tokens=100, turn_id=f"c{i:02d}:t3")
+        session.record_turn(
+            agent="planner",
+            model="gpt-4o",
+            provider="openai",
+            prompt_tokens=1000,
+            completion_tokens=100,
+            turn_id=f"c{i:02d}:t3",
+        )
     monkeypatch.setattr(settings, "outbox_batch_size", 1)
     OutboxDrain(redis_client, settings=settings).drain(max_seconds=60)
     assert events.count("chat.paused") == {f"c{i:02d}": 1 for i in range(CHATS)}
     resumed = [e for e in events.take() if e["type"] == "chat.resumable"]
     assert sorted((e["data"]["chat_id"], e["data"]["cause"], e["data"]["balance_nanos"]) for e in resumed) == [
-        (f"c{i:02d}", "turn", 2 * cost + 1 - 4 * cost + 10 * cost) for i in range(CHATS)]
+        (f"c{i:02d}", "turn", 2 * cost + 1 - 4 * cost + 10 * cost) for i in range(CHATS)
+    ]
     assert _rows(db, "SELECT count(*), count(*) FILTER (WHERE resumed_by = 'turn') FROM paused_chat") == [
-        (CHATS, CHATS)]
+        (CHATS, CHATS)
+    ]
     assert _rows(db, "SELECT status, connection_state, count(*), sum(turns) FROM chat_session GROUP BY 1, 2") == [
-        ("active", "connected", CHATS, 4 * CHATS)]
+        ("active", "connected", CHATS, 4 * CHATS)
+    ]
 
 
-def test_a_client_that_resumes_on_wallet_credited_does_not_swallow_chat_resumable(app, db, gate, redis_client,
-                                                                                   settings, monkeypatch):
+def test_a_client_that_resumes_on_wallet_credited_does_not_swallow_chat_resumable(
+    app, db, gate, redis_client, settings, monkeypatch
+):
     """The fastest possible client: it resumes its chat the instant ``wallet.credited`` is published
     (called from the publish itself).  The credit has resumed the chats before it announces the
     credit, so each chat gets exactly one ``chat.resumable`` (cause: the credit's key).  Before the
@@ -237,15 +270,21 @@ def test_a_client_that_resumes_on_wallet_credited_does_not_swallow_chat_resumabl
         credit_wallet(gate, wallet_id=session.wallet_id, amount_nanos=10 * cost, idempotency_key=f"topup-{i}")
     resumed = [e for e in events.take() if e["type"] == "chat.resumable"]
     assert sorted((e["data"]["chat_id"], e["data"]["cause"]) for e in resumed) == [
-        (f"c{i:02d}", f"topup-{i}") for i in range(CHATS)]
+        (f"c{i:02d}", f"topup-{i}") for i in range(CHATS)
+    ]
     assert _rows(db, "SELECT count(*), count(*) FILTER (WHERE resumed_by LIKE 'topup-%') FROM paused_chat") == [
-        (CHATS, CHATS)]
+        (CHATS, CHATS)
+    ]
     assert _rows(db, "SELECT status, connection_state, count(*) FROM chat_session GROUP BY 1, 2") == [
-        ("active", "connected", CHATS)]
+        ("active", "connected", CHATS)
+    ]
     # order on the channel: each chat's chat.resumable before its wallet's wallet.credited
-    seen = [(e["type"], e["data"].get("chat_id") or by_wallet[e["data"]["wallet_id"]].chat_id)
-            for e in events.take() if e["type"] == "chat.resumable"
-            or (e["type"] == "wallet.credited" and e["data"]["idempotency_key"].startswith("topup-"))]
+    seen = [
+        (e["type"], e["data"].get("chat_id") or by_wallet[e["data"]["wallet_id"]].chat_id)
+        for e in events.take()
+        if e["type"] == "chat.resumable"
+        or (e["type"] == "wallet.credited" and e["data"]["idempotency_key"].startswith("topup-"))
+    ]
     for i in range(CHATS):
         chat = f"c{i:02d}"
         assert seen.index(("chat.resumable", chat)) < seen.index(("wallet.credited", chat))
@@ -270,6 +309,7 @@ def test_racing_resumers_announce_each_resume_once(app, db, gate, redis_client, 
                 fn()
             except BaseException as exc:  # reported by the test
                 errors.append(exc)
+
         return threading.Thread(target=run)
 
     def client():  # resumes a chat as soon as its wallet.credited arrives
@@ -319,4 +359,5 @@ def test_racing_resumers_announce_each_resume_once(app, db, gate, redis_client, 
     assert events.count("chat.paused") == {f"c{i:02d}": 1 for i in range(CHATS)}
     assert _rows(db, "SELECT count(*), count(resumed_at) FROM paused_chat") == [(CHATS, CHATS)]
     assert _rows(db, "SELECT status, connection_state, count(*) FROM chat_session GROUP BY 1, 2") == [
-        ("active", "connected", CHATS)]
+        ("active", "connected", CHATS)
+    ]

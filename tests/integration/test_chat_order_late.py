@@ -12,16 +12,16 @@ import uuid
 import pytest
 from sqlalchemy import text
 
-from worker.validation import InvalidInput
 from tests.conftest import auth
 from tests.integration.test_api import COST, TURN, api  # noqa: F401  (fixture)
 from tests.integration.test_budgets import NOW, USD, Spender, _budget, _check
-from worker.db import session_scope
 from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
-from worker.ledger.accounts import ensure_enterprise, open_wallet
-from worker.ledger.turns import chat_order, outbox_position
+from worker.db import session_scope
 from worker.events import channel
 from worker.gate.keys import transitions_key
+from worker.ledger.accounts import ensure_enterprise, open_wallet
+from worker.ledger.turns import chat_order, outbox_position
+from worker.validation import InvalidInput
 
 pytestmark = pytest.mark.integration
 
@@ -68,8 +68,11 @@ def _deny(api, gate, queued, chat_id: str, turn_id: str) -> dict:
     ``position`` is the denial's place in the gate's order (just after the shard's last turn, and
     after every transition counted before it)."""
     before = outbox_position(gate, "w2")
-    r = api.post("/v1/turns", json={**TURN, "wallet_id": "w2", "chat_id": chat_id, "turn_id": turn_id},
-                 headers=auth(api.keys["owner"]))
+    r = api.post(
+        "/v1/turns",
+        json={**TURN, "wallet_id": "w2", "chat_id": chat_id, "turn_id": turn_id},
+        headers=auth(api.keys["owner"]),
+    )
     assert (r.status_code, r.json()["accepted"], r.json()["action"]) == (200, False, "pause")
     after = outbox_position(gate, "w2")
     count = int(gate.redis.get(transitions_key(gate.shard("w2"))))
@@ -95,17 +98,22 @@ def test_a_pause_task_run_after_credit_and_resume_leaves_the_chat_resumable(api,
     chat = f"late-{uuid.uuid4().hex[:8]}"
     events = Events(redis_client, "acme", chat)
     task = _deny(api, gate, queued, chat, "late-1")
-    r = api.post(f"/v1/chats/{chat}/pause", json={"wallet_id": "w2", "reason": "wallet_exhausted"},
-                 headers=auth(api.keys["owner"]))
+    r = api.post(
+        f"/v1/chats/{chat}/pause",
+        json={"wallet_id": "w2", "reason": "wallet_exhausted"},
+        headers=auth(api.keys["owner"]),
+    )
     assert r.status_code == 200, r.text
     credit_wallet(gate, wallet_id="w2", amount_nanos=10 * COST, idempotency_key="topup-late")
     assert pause_chat(**task) is False  # stale: the credit's resume came after the denial
     assert pause_chat(**task) is False  # a redelivery too
     assert events.types() == ["chat.paused", "chat.resumable"]
     assert _rows(db, "SELECT chat_id, reason, needed_nanos, resumed_by FROM paused_chat") == [
-        (chat, "wallet_exhausted", 1, "topup-late")]
+        (chat, "wallet_exhausted", 1, "topup-late")
+    ]
     assert _rows(db, "SELECT chat_id, status, connection_state, can_resume FROM chat_session") == [
-        (chat, "paused", "resumable", True)]
+        (chat, "paused", "resumable", True)
+    ]
 
 
 def test_a_pause_task_run_after_the_orchestrator_resumed_changes_nothing(api, gate, db, redis_client, queued):
@@ -119,8 +127,11 @@ def test_a_pause_task_run_after_the_orchestrator_resumed_changes_nothing(api, ga
 
     chat = f"late-{uuid.uuid4().hex[:8]}"
     credit_wallet(gate, wallet_id="w2", amount_nanos=3 * COST, idempotency_key="two-turns")
-    r = api.post("/v1/turns", json={**TURN, "wallet_id": "w2", "chat_id": chat, "turn_id": "paid-1"},
-                 headers=auth(api.keys["owner"]))
+    r = api.post(
+        "/v1/turns",
+        json={**TURN, "wallet_id": "w2", "chat_id": chat, "turn_id": "paid-1"},
+        headers=auth(api.keys["owner"]),
+    )
     assert (r.json()["accepted"], r.json()["action"], r.json()["balance_nanos"]) == (True, "continue", 2 * COST)
     assert OutboxDrain(redis_client, settings=gate.settings).drain().inserted == 1
     events = Events(redis_client, "acme", chat)
@@ -133,7 +144,8 @@ def test_a_pause_task_run_after_the_orchestrator_resumed_changes_nothing(api, ga
     assert events.types() == []
     assert _rows(db, "SELECT count(*) FROM paused_chat") == [(0,)]
     assert _rows(db, "SELECT chat_id, status, connection_state, turns, billed_nanos FROM chat_session") == [
-        (chat, "active", "connected", 1, COST)]
+        (chat, "active", "connected", 1, COST)
+    ]
 
 
 def test_a_pause_task_run_in_time_pauses_the_chat(api, gate, db, redis_client, queued):
@@ -148,11 +160,11 @@ def test_a_pause_task_run_in_time_pauses_the_chat(api, gate, db, redis_client, q
     assert pause_chat(**task) is False
     assert events.types() == ["chat.paused"]
     assert _rows(db, "SELECT chat_id, status, connection_state, state_key FROM chat_session") == [
-        (chat, "paused", "paused", task["position"])]
+        (chat, "paused", "paused", task["position"])
+    ]
 
 
-def test_a_turn_persisted_after_a_workflow_budget_paused_its_chat_does_not_flip_it(db, gate, redis_client,
-                                                                                    settings):
+def test_a_turn_persisted_after_a_workflow_budget_paused_its_chat_does_not_flip_it(db, gate, redis_client, settings):
     """A workflow budget reaches 100 % with auto-pause; one more turn of the chat was decided by the
     gate before the check (the gate cannot see workflows) but persisted after it.  The chat stays
     paused and the next check pauses and announces nothing.  Before the fix the late turn marked the
@@ -169,13 +181,13 @@ def test_a_turn_persisted_after_a_workflow_budget_paused_its_chat_does_not_flip_
     events = Events(redis_client, app, "r1")
     assert _check(gate, NOW).paused_chats == [(app, "r1")]
     assert spender.drain.drain().inserted == 1  # the late turn
-    assert _rows(db, "SELECT status, pause_reason, turns, billed_nanos FROM chat_session WHERE enterprise_id = :e",
-                 e=app) == [("paused", "budget_exceeded", 2, 3 * USD)]
+    assert _rows(
+        db, "SELECT status, pause_reason, turns, billed_nanos FROM chat_session WHERE enterprise_id = :e", e=app
+    ) == [("paused", "budget_exceeded", 2, 3 * USD)]
     assert _check(gate, NOW).paused_chats == []
     assert [t for t in events.types() if t.startswith("budget.chats")] == ["budget.chats_paused"]
     [(state_key,)] = _rows(db, "SELECT state_key FROM chat_session WHERE enterprise_id = :e", e=app)
-    [late] = _rows(db, "SELECT outbox_id FROM usage_event WHERE enterprise_id = :e AND prompt_tokens = 400000",
-                   e=app)
+    [late] = _rows(db, "SELECT outbox_id FROM usage_event WHERE enterprise_id = :e AND prompt_tokens = 400000", e=app)
     assert state_key > chat_order(late[0])
 
 
@@ -183,14 +195,28 @@ BAD = {"NUL": "a\x00b", "control": "a\x1bb", "surrogate": "a\ud800b", "empty": "
 
 
 @pytest.mark.parametrize("bad", BAD.values(), ids=BAD.keys())
-@pytest.mark.parametrize("call, field", [
-    ("start_session", "chat_id"), ("start_session", "enterprise_id"), ("start_session", "wallet_id"),
-    ("start_session", "workflow"), ("pause_chat", "chat_id"), ("pause_chat", "enterprise_id"),
-    ("pause_chat", "wallet_id"), ("pause_chat", "reason"), ("pause_task", "chat_id"), ("pause_task", "position"),
-    ("resume_chat", "chat_id"), ("resume_chat", "enterprise_id"), ("resume_paused_chats", "wallet_id"),
-    ("resume_paused_chats", "cause"), ("finalize_session", "chat_id"), ("finalize_session", "enterprise_id"),
-    ("can_continue", "wallet_id"),
-])
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        ("start_session", "chat_id"),
+        ("start_session", "enterprise_id"),
+        ("start_session", "wallet_id"),
+        ("start_session", "workflow"),
+        ("pause_chat", "chat_id"),
+        ("pause_chat", "enterprise_id"),
+        ("pause_chat", "wallet_id"),
+        ("pause_chat", "reason"),
+        ("pause_task", "chat_id"),
+        ("pause_task", "position"),
+        ("resume_chat", "chat_id"),
+        ("resume_chat", "enterprise_id"),
+        ("resume_paused_chats", "wallet_id"),
+        ("resume_paused_chats", "cause"),
+        ("finalize_session", "chat_id"),
+        ("finalize_session", "enterprise_id"),
+        ("can_continue", "wallet_id"),
+    ],
+)
 def test_session_functions_refuse_unsafe_ids_naming_the_field(db, gate, redis_client, call, field, bad):
     """NUL, control characters, lone surrogates (PostgreSQL cannot store a lone one) and empty ids:
     InvalidInput naming the field, and nothing changes (no chat, no record, no event, no transition
@@ -204,22 +230,35 @@ def test_session_functions_refuse_unsafe_ids_naming_the_field(db, gate, redis_cl
         ensure_enterprise(s, app)
     open_wallet(gate, wallet_id=f"{app}:w", enterprise_id=app, owner_id="o")
     credit_wallet(gate, wallet_id=f"{app}:w", amount_nanos=USD, idempotency_key=f"open-{app}")
-    good = {"enterprise_id": app, "chat_id": "c1", "wallet_id": f"{app}:w", "workflow": "wf", "reason": "manual",
-            "cause": "sweep", "position": outbox_position(gate, f"{app}:w") + "0" * 20}
+    good = {
+        "enterprise_id": app,
+        "chat_id": "c1",
+        "wallet_id": f"{app}:w",
+        "workflow": "wf",
+        "reason": "manual",
+        "cause": "sweep",
+        "position": outbox_position(gate, f"{app}:w") + "0" * 20,
+    }
     args = {**good, field: bad}
-    keys = {"start_session": ("enterprise_id", "chat_id", "wallet_id", "workflow"),
-            "pause_chat": ("enterprise_id", "chat_id", "wallet_id", "reason"),
-            "pause_task": ("enterprise_id", "chat_id", "wallet_id", "reason", "position"),
-            "resume_chat": ("enterprise_id", "chat_id"), "resume_paused_chats": ("wallet_id", "cause"),
-            "finalize_session": ("enterprise_id", "chat_id"), "can_continue": ("wallet_id",)}[call]
+    keys = {
+        "start_session": ("enterprise_id", "chat_id", "wallet_id", "workflow"),
+        "pause_chat": ("enterprise_id", "chat_id", "wallet_id", "reason"),
+        "pause_task": ("enterprise_id", "chat_id", "wallet_id", "reason", "position"),
+        "resume_chat": ("enterprise_id", "chat_id"),
+        "resume_paused_chats": ("wallet_id", "cause"),
+        "finalize_session": ("enterprise_id", "chat_id"),
+        "can_continue": ("wallet_id",),
+    }[call]
     kw = {k: args[k] for k in keys}
-    fn = {"start_session": lambda: sessions.start_session(gate, **kw),
-          "pause_chat": lambda: sessions.pause_chat(gate, **kw),
-          "pause_task": lambda: pause_task(**kw),
-          "resume_chat": lambda: sessions.resume_chat(gate, **kw),
-          "resume_paused_chats": lambda: sessions.resume_paused_chats(gate, kw["wallet_id"], cause=kw["cause"]),
-          "finalize_session": lambda: sessions.finalize_session(**kw),
-          "can_continue": lambda: sessions.can_continue(gate, kw["wallet_id"])}[call]
+    fn = {
+        "start_session": lambda: sessions.start_session(gate, **kw),
+        "pause_chat": lambda: sessions.pause_chat(gate, **kw),
+        "pause_task": lambda: pause_task(**kw),
+        "resume_chat": lambda: sessions.resume_chat(gate, **kw),
+        "resume_paused_chats": lambda: sessions.resume_paused_chats(gate, kw["wallet_id"], cause=kw["cause"]),
+        "finalize_session": lambda: sessions.finalize_session(**kw),
+        "can_continue": lambda: sessions.can_continue(gate, kw["wallet_id"]),
+    }[call]
     events = Events(redis_client, app, "c1")
     counted = gate.redis.get(transitions_key(gate.shard(f"{app}:w")))
     with pytest.raises(InvalidInput) as err:

@@ -18,11 +18,10 @@ import worker.ledger.drain as drain_module
 from models.turn import TurnIn
 from tests.conftest import TEST_REDIS_URL, create_keys, seed_wallet
 from worker.db import session_scope
+from worker.gate.keys import deadletter_key, outbox_key
 from worker.ledger.deadletter import DeadLetterNotFound, list_dead_letters
-from worker.gate.keys import deadletter_key
 from worker.ledger.drain import GROUP, DrainStats, OutboxDrain
 from worker.ledger.reconcile import reconcile
-from worker.gate.keys import outbox_key
 
 pytestmark = pytest.mark.integration
 
@@ -31,9 +30,19 @@ CREDIT = 10**12
 
 
 def _turn(i: int, wallet_id: str = "w1", **poison) -> TurnIn:
-    turn = TurnIn(turn_id=f"t-{i}", wallet_id=wallet_id, enterprise_id="acme", chat_id=f"chat-{i % 2}",
-                  workflow="wf", agent="planner", model="gpt-4o", provider="openai", prompt_tokens=1000 + i,
-                  completion_tokens=50, occurred_at=T0 + timedelta(milliseconds=i))
+    turn = TurnIn(
+        turn_id=f"t-{i}",
+        wallet_id=wallet_id,
+        enterprise_id="acme",
+        chat_id=f"chat-{i % 2}",
+        workflow="wf",
+        agent="planner",
+        model="gpt-4o",
+        provider="openai",
+        prompt_tokens=1000 + i,
+        completion_tokens=50,
+        occurred_at=T0 + timedelta(milliseconds=i),
+    )
     # below the API's validation: an older writer, or a value PostgreSQL refuses for a reason nobody foresaw
     return TurnIn.model_construct(**{**turn.model_dump(), **poison}) if poison else turn
 
@@ -68,16 +77,27 @@ def test_a_nul_in_one_turn_dead_letters_it_and_persists_the_rest(db, redis_clien
     assert _rows(db, "SELECT count(*), sum(billed_nanos) FROM usage_event") == [(3, billed_good)]
     assert redis_client.xlen(outbox_key(gate.shard("w1"))) == 0  # acknowledged and trimmed: nothing wedges
     # the dead letter's charge is a named debit: the wallet paid for the turn, the ledger says why
-    assert _rows(db, "SELECT kind, amount_nanos FROM wallet_transaction WHERE idempotency_key LIKE "
-                     "'tollgate:deadletter:%'") == [("debit", bad.billed_nanos)]
+    assert _rows(
+        db, "SELECT kind, amount_nanos FROM wallet_transaction WHERE idempotency_key LIKE 'tollgate:deadletter:%'"
+    ) == [("debit", bad.billed_nanos)]
     assert _rows(db, "SELECT credits_nanos, debits_nanos FROM wallet WHERE id = 'w1'") == [
-        (CREDIT, billed_good + bad.billed_nanos)]
+        (CREDIT, billed_good + bad.billed_nanos)
+    ]
     assert gate.balance("w1") == CREDIT - billed_good - bad.billed_nanos
     # the record is PostgreSQL's: the turn's fields escaped, its turn_id column NULL when not storable
-    assert _rows(db, "SELECT shard, turn_id, wallet_id, billed_nanos, charged, status, error_class "
-                     "FROM dead_letter") == [
-        (gate.shard("w1"), None if field == "turn_id" else "t-3", "w1", bad.billed_nanos, True, "open",
-         "psycopg.errors.CharacterNotInRepertoire")]
+    assert _rows(
+        db, "SELECT shard, turn_id, wallet_id, billed_nanos, charged, status, error_class FROM dead_letter"
+    ) == [
+        (
+            gate.shard("w1"),
+            None if field == "turn_id" else "t-3",
+            "w1",
+            bad.billed_nanos,
+            True,
+            "open",
+            "psycopg.errors.CharacterNotInRepertoire",
+        )
+    ]
     (dl,) = _dead()
     assert "a\u0000b" in json.loads(dl.fields["t"]) and (dl.turn_id == "a\u0000b") == (field == "turn_id")
 
@@ -96,9 +116,12 @@ def test_reconcile_reports_a_dead_letter_as_its_own_figure_and_no_drift(db, redi
     shard = gate.shard("w1")
     report = reconcile(gate)
     assert (report.wallets_checked, report.wallets_drifted, report.drift_nanos_abs) == (1, 0, 0)
-    assert report.dead_letters == {"count": 1, "nanos": bad.billed_nanos,
-                                   "by_shard": {str(shard): {"count": 1, "nanos": bad.billed_nanos}},
-                                   "by_wallet": {"w1": {"count": 1, "nanos": bad.billed_nanos}}}
+    assert report.dead_letters == {
+        "count": 1,
+        "nanos": bad.billed_nanos,
+        "by_shard": {str(shard): {"count": 1, "nanos": bad.billed_nanos}},
+        "by_wallet": {"w1": {"count": 1, "nanos": bad.billed_nanos}},
+    }
     result = cli("reconcile", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["dead_letters"]["nanos"] == bad.billed_nanos
@@ -131,7 +154,8 @@ def test_a_dead_letter_charged_but_not_yet_acknowledged_is_not_drift(db, redis_c
     drain.acknowledge(shard, [i for i, _ in entries])
     assert redis_client.xlen(deadletter_key(shard)) == 1
     assert _rows(db, "SELECT count(*), sum(amount_nanos) FROM wallet_transaction WHERE kind = 'debit'") == [
-        (1, bad.billed_nanos)]
+        (1, bad.billed_nanos)
+    ]
     assert reconcile(gate).drift_nanos_abs == 0
 
 
@@ -142,11 +166,17 @@ def test_stored_values_that_are_not_turns_never_crash_reconcile(db, redis_client
     # dead letters with a NUL wallet id, a payload that is not a turn, fields that are not JSON
     with db.begin() as conn:
         for outbox_id, fields_json, billed in (
-                ("0:1-0", json.dumps({"t": json.dumps([4, "t\u0000x", "w\u0000x"]), "b": "77"}), 77),
-                ("0:2-0", json.dumps({"t": "{not json", "b": "a lot"}), 0), ("0:3-0", "[not json", 0)):
-            conn.execute(text("INSERT INTO dead_letter (outbox_id, shard, billed_nanos, error, error_class, "
-                              "fields_json, status) VALUES (:o, 0, :b, '', '', :f, 'open')"),
-                         {"o": outbox_id, "b": billed, "f": fields_json})
+            ("0:1-0", json.dumps({"t": json.dumps([4, "t\u0000x", "w\u0000x"]), "b": "77"}), 77),
+            ("0:2-0", json.dumps({"t": "{not json", "b": "a lot"}), 0),
+            ("0:3-0", "[not json", 0),
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO dead_letter (outbox_id, shard, billed_nanos, error, error_class, "
+                    "fields_json, status) VALUES (:o, 0, :b, '', '', :f, 'open')"
+                ),
+                {"o": outbox_id, "b": billed, "f": fields_json},
+            )
     redis_client.xadd(outbox_key(shard), {"t": json.dumps([4, None, ["w1"]]), "b": "5", "a": "continue", "m": "x"})
     report = reconcile(gate)
     assert (report.wallets_drifted, report.drift_nanos_abs) == (0, 0)
@@ -156,8 +186,9 @@ def test_stored_values_that_are_not_turns_never_crash_reconcile(db, redis_client
 
 
 @pytest.mark.parametrize("error", [TypeError("a bug"), KeyError("x"), RuntimeError("unforeseen")])
-def test_any_exception_class_dead_letters_only_the_entry_that_raises(db, redis_client, gate, settings, monkeypatch,
-                                                                    error):
+def test_any_exception_class_dead_letters_only_the_entry_that_raises(
+    db, redis_client, gate, settings, monkeypatch, error
+):
     _open(gate)
     decisions = gate.record_turns([_turn(i) for i in range(5)])
     real = drain_module.persist_turns
@@ -171,15 +202,20 @@ def test_any_exception_class_dead_letters_only_the_entry_that_raises(db, redis_c
     stats = OutboxDrain(redis_client, settings=settings, consumer="c1").drain()
     assert (stats.read, stats.inserted, stats.dead_lettered) == (5, 4, 1)
     assert _rows(db, "SELECT count(*), sum(billed_nanos) FROM usage_event") == [
-        (4, sum(d.billed_nanos for i, d in enumerate(decisions) if i != 2))]
+        (4, sum(d.billed_nanos for i, d in enumerate(decisions) if i != 2))
+    ]
     (dl,) = _dead()
-    assert (dl.turn_id, dl.billed_nanos, dl.error_class) == ("t-2", decisions[2].billed_nanos,
-                                                             f"builtins.{type(error).__name__}")
+    assert (dl.turn_id, dl.billed_nanos, dl.error_class) == (
+        "t-2",
+        decisions[2].billed_nanos,
+        f"builtins.{type(error).__name__}",
+    )
     assert reconcile(gate).drift_nanos_abs == 0
 
 
-def test_postgresql_down_dead_letters_nothing_and_the_batch_stays_for_a_retry(db, redis_client, gate, settings,
-                                                                              monkeypatch):
+def test_postgresql_down_dead_letters_nothing_and_the_batch_stays_for_a_retry(
+    db, redis_client, gate, settings, monkeypatch
+):
     _open(gate)
     decisions = gate.record_turns([_turn(i) for i in range(3)])
     real = drain_module.persist_turns
@@ -199,12 +235,16 @@ def test_postgresql_down_dead_letters_nothing_and_the_batch_stays_for_a_retry(db
     stats = drain.drain()  # back up: the pending batch is reclaimed and persisted
     assert (stats.inserted, stats.dead_lettered) == (3, 0)
     assert _rows(db, "SELECT count(*), sum(billed_nanos) FROM usage_event") == [
-        (3, sum(d.billed_nanos for d in decisions))]
+        (3, sum(d.billed_nanos for d in decisions))
+    ]
 
 
 def _ledger(db):
-    return _rows(db, "SELECT kind, amount_nanos, split_part(idempotency_key, ':', 2) FROM wallet_transaction "
-                     "WHERE idempotency_key LIKE 'tollgate:%' ORDER BY id")
+    return _rows(
+        db,
+        "SELECT kind, amount_nanos, split_part(idempotency_key, ':', 2) FROM wallet_transaction "
+        "WHERE idempotency_key LIKE 'tollgate:%' ORDER BY id",
+    )
 
 
 @pytest.fixture()
@@ -230,7 +270,12 @@ def test_cli_lists_retries_once_after_the_cause_is_fixed(db, redis_client, gate,
     (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
     outbox_id = row["outbox_id"]
     assert {k: row[k] for k in ("shard", "turn_id", "wallet_id", "billed_nanos", "charged")} == {
-        "shard": shard, "turn_id": "blocked-2", "wallet_id": "w1", "billed_nanos": bad.billed_nanos, "charged": True}
+        "shard": shard,
+        "turn_id": "blocked-2",
+        "wallet_id": "w1",
+        "billed_nanos": bad.billed_nanos,
+        "charged": True,
+    }
     assert "no_blocked" in row["error"] and row["error_class"] == "psycopg.errors.CheckViolation"
 
     still = cli("deadletter", "retry", outbox_id)  # not fixed yet: kept, nothing written
@@ -245,19 +290,31 @@ def test_cli_lists_retries_once_after_the_cause_is_fixed(db, redis_client, gate,
     assert again.returncode == 2 and "no open dead letter" in again.stderr
 
     assert _rows(db, "SELECT turn_id, billed_nanos, outbox_id FROM usage_event ORDER BY turn_id") == [
-        ("blocked-2", bad.billed_nanos, outbox_id), ("t-1", good.billed_nanos, f"{shard}:" + _rows(
-            db, "SELECT split_part(outbox_id, ':', 2) FROM usage_event WHERE turn_id = 't-1'")[0][0])]
-    assert _ledger(db) == [("debit", good.billed_nanos, "usage"), ("debit", bad.billed_nanos, "deadletter"),
-                           ("debit", bad.billed_nanos, "usage"), ("credit", bad.billed_nanos, "deadletter-retried")]
+        ("blocked-2", bad.billed_nanos, outbox_id),
+        (
+            "t-1",
+            good.billed_nanos,
+            f"{shard}:"
+            + _rows(db, "SELECT split_part(outbox_id, ':', 2) FROM usage_event WHERE turn_id = 't-1'")[0][0],
+        ),
+    ]
+    assert _ledger(db) == [
+        ("debit", good.billed_nanos, "usage"),
+        ("debit", bad.billed_nanos, "deadletter"),
+        ("debit", bad.billed_nanos, "usage"),
+        ("credit", bad.billed_nanos, "deadletter-retried"),
+    ]
     assert _rows(db, "SELECT credits_nanos, debits_nanos FROM wallet") == [
-        (CREDIT + bad.billed_nanos, good.billed_nanos + 2 * bad.billed_nanos)]
+        (CREDIT + bad.billed_nanos, good.billed_nanos + 2 * bad.billed_nanos)
+    ]
     assert gate.balance("w1") == CREDIT - good.billed_nanos - bad.billed_nanos  # charged once, never refunded
     report = reconcile(gate)
     assert (report.drift_nanos_abs, report.dead_letters["count"]) == (0, 0)
 
 
-def test_a_retry_that_fails_midway_changes_nothing_and_the_next_persists_once(db, redis_client, gate, settings,
-                                                                            monkeypatch, blocked):
+def test_a_retry_that_fails_midway_changes_nothing_and_the_next_persists_once(
+    db, redis_client, gate, settings, monkeypatch, blocked
+):
     _open(gate)
     bad = gate.record_turns([_turn(2, turn_id="blocked-2")])[0]
     drain = OutboxDrain(redis_client, settings=settings, consumer="c1")
@@ -279,8 +336,11 @@ def test_a_retry_that_fails_midway_changes_nothing_and_the_next_persists_once(db
     with pytest.raises(DeadLetterNotFound):
         drain.retry_dead_letter(dl.outbox_id)
     assert _rows(db, "SELECT count(*), sum(billed_nanos) FROM usage_event") == [(1, bad.billed_nanos)]
-    assert _ledger(db) == [("debit", bad.billed_nanos, "deadletter"), ("debit", bad.billed_nanos, "usage"),
-                           ("credit", bad.billed_nanos, "deadletter-retried")]
+    assert _ledger(db) == [
+        ("debit", bad.billed_nanos, "deadletter"),
+        ("debit", bad.billed_nanos, "usage"),
+        ("credit", bad.billed_nanos, "deadletter-retried"),
+    ]
     assert _rows(db, "SELECT status, resolved_at IS NOT NULL FROM dead_letter") == [("retried", True)]
     assert _dead() == [] and redis_client.xlen(deadletter_key(gate.shard("w1"))) == 0
     assert reconcile(gate).drift_nanos_abs == 0
@@ -300,13 +360,19 @@ def test_cli_discard_refunds_the_charge_in_ledger_and_gate_once(db, redis_client
 
     assert gate.balance("w1") == CREDIT - billed_good
     # the failed batch was persisted one entry per transaction: one usage debit each
-    assert _ledger(db) == [("debit", good[0].billed_nanos, "usage"), ("debit", good[1].billed_nanos, "usage"),
-                           ("debit", bad.billed_nanos, "deadletter"), ("credit", bad.billed_nanos, "deadletter-refund")]
+    assert _ledger(db) == [
+        ("debit", good[0].billed_nanos, "usage"),
+        ("debit", good[1].billed_nanos, "usage"),
+        ("debit", bad.billed_nanos, "deadletter"),
+        ("credit", bad.billed_nanos, "deadletter-refund"),
+    ]
     assert _rows(db, "SELECT credits_nanos - debits_nanos FROM wallet") == [(CREDIT - billed_good,)]
     assert _rows(db, "SELECT count(*) FROM usage_event") == [(2,)]
     report = reconcile(gate)
-    assert (report.drift_nanos_abs, report.dead_letters) == (0, {"count": 0, "nanos": 0, "by_shard": {},
-                                                                 "by_wallet": {}})
+    assert (report.drift_nanos_abs, report.dead_letters) == (
+        0,
+        {"count": 0, "nanos": 0, "by_shard": {}, "by_wallet": {}},
+    )
 
 
 def test_cli_list_shows_a_nul_escaped_and_markup_as_text(db, redis_client, gate, settings, cli):
@@ -338,7 +404,10 @@ def test_bytes_that_are_not_utf8_in_the_outbox_are_dead_lettered_not_wedging(db,
     assert redis_client.xlen(outbox_key(shard)) == 0
     report = reconcile(gate)
     assert (report.drift_nanos_abs, report.dead_letters["count"], report.dead_letters["nanos"]) == (
-        0, 1, bad.billed_nanos)
+        0,
+        1,
+        bad.billed_nanos,
+    )
     listed = cli("deadletter", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     row = json.loads(listed.stdout)
@@ -372,7 +441,10 @@ def test_a_turn_id_too_long_for_its_column_is_dead_lettered(db, redis_client, ga
     assert (stats.read, stats.inserted, stats.dead_lettered) == (2, 1, 1)
     (dl,) = _dead()
     assert (dl.turn_id, dl.billed_nanos, dl.error_class) == (
-        huge, bad.billed_nanos, "psycopg.errors.StringDataRightTruncation")
+        huge,
+        bad.billed_nanos,
+        "psycopg.errors.StringDataRightTruncation",
+    )
     assert _rows(db, "SELECT turn_id FROM dead_letter") == [(None,)]  # too long for the column: kept in fields_json
     assert gate.balance("w1") == CREDIT - good.billed_nanos - bad.billed_nanos
     assert reconcile(gate).drift_nanos_abs == 0

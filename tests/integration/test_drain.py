@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import text
 
 from models.turn import TurnIn
-from worker.ledger.drain import GROUP, OutboxDrain
-from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.gate.keys import outbox_key
+from worker.ledger.accounts import credit_wallet, open_wallet
+from worker.ledger.drain import GROUP, OutboxDrain
 
 pytestmark = pytest.mark.integration
 
@@ -21,10 +21,21 @@ T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
 
 def _turns(wallet_id: str, n: int, *, prefix: str = "t", chats: int = 3, agents: int = 2) -> list[TurnIn]:
     return [
-        TurnIn(turn_id=f"{prefix}-{i}", wallet_id=wallet_id, enterprise_id="acme", chat_id=f"chat-{i % chats}",
-               workflow="wf", agent=f"agent-{i % agents}", model="gpt-4o", provider="openai",
-               prompt_tokens=1000 + i % 97, completion_tokens=50 + i % 13, cached_prompt_tokens=(i % 5) * 100,
-               duration_ms=200 + i % 7, occurred_at=T0 + timedelta(milliseconds=i))
+        TurnIn(
+            turn_id=f"{prefix}-{i}",
+            wallet_id=wallet_id,
+            enterprise_id="acme",
+            chat_id=f"chat-{i % chats}",
+            workflow="wf",
+            agent=f"agent-{i % agents}",
+            model="gpt-4o",
+            provider="openai",
+            prompt_tokens=1000 + i % 97,
+            completion_tokens=50 + i % 13,
+            cached_prompt_tokens=(i % 5) * 100,
+            duration_ms=200 + i % 7,
+            occurred_at=T0 + timedelta(milliseconds=i),
+        )
         for i in range(n)
     ]
 
@@ -42,8 +53,12 @@ def _fill(gate, n: int, wallet_id: str = "w1", credit_nanos: int = 10**15) -> tu
 
 def _persisted(db) -> tuple[int, int, int]:
     with db.connect() as conn:
-        return tuple(int(v) for v in conn.execute(text(
-            "SELECT count(*), count(DISTINCT turn_id), coalesce(sum(billed_nanos), 0) FROM usage_event")).one())
+        return tuple(
+            int(v)
+            for v in conn.execute(
+                text("SELECT count(*), count(DISTINCT turn_id), coalesce(sum(billed_nanos), 0) FROM usage_event")
+            ).one()
+        )
 
 
 def _assert_exactly_once(db, gate, turns, billed, wallet_id="w1", credit_nanos=10**15) -> None:
@@ -51,11 +66,13 @@ def _assert_exactly_once(db, gate, turns, billed, wallet_id="w1", credit_nanos=1
     assert count == distinct == len(turns)
     assert billed_db == billed
     with db.connect() as conn:
-        debits, credits = conn.execute(text(
-            "SELECT debits_nanos, credits_nanos FROM wallet WHERE id = :w"), {"w": wallet_id}).one()
-        ledger_debits = conn.execute(text(
-            "SELECT sum(amount_nanos) FROM wallet_transaction WHERE wallet_id = :w AND kind = 'debit'"),
-            {"w": wallet_id}).scalar_one()
+        debits, credits = conn.execute(
+            text("SELECT debits_nanos, credits_nanos FROM wallet WHERE id = :w"), {"w": wallet_id}
+        ).one()
+        ledger_debits = conn.execute(
+            text("SELECT sum(amount_nanos) FROM wallet_transaction WHERE wallet_id = :w AND kind = 'debit'"),
+            {"w": wallet_id},
+        ).scalar_one()
         chat_turns = conn.execute(text("SELECT sum(turns) FROM chat_session")).scalar_one()
         agent_turns = conn.execute(text("SELECT sum(turns) FROM chat_agent_usage")).scalar_one()
         prompt_sum = conn.execute(text("SELECT sum(prompt_tokens) FROM chat_agent_usage")).scalar_one()
@@ -174,9 +191,7 @@ def test_same_entries_delivered_twice_in_one_batch_and_out_of_order_persist_once
     assert _persisted(db) == (300, 300, billed)
 
 
-def test_parallel_workers_drain_one_outbox_without_double_persistence(
-    db, redis_client, gate, celery_worker_factory
-):
+def test_parallel_workers_drain_one_outbox_without_double_persistence(db, redis_client, gate, celery_worker_factory):
     from worker.celery_app import app
 
     turns, billed = _fill(gate, 8_000)
@@ -196,14 +211,28 @@ def test_record_turn_celery_task_uses_the_gate_and_is_persisted(db, redis_client
     open_wallet(gate, wallet_id="w9", enterprise_id="acme", owner_id="u9")
     credit_wallet(gate, wallet_id="w9", amount_nanos=1_000_000_000, idempotency_key="open-w9")
     celery_worker_factory()
-    turn = {"turn_id": "celery-1", "wallet_id": "w9", "enterprise_id": "acme", "chat_id": "c1",
-            "model": "gpt-4o", "provider": "openai", "prompt_tokens": 1000, "completion_tokens": 100,
-            "occurred_at": "2026-11-01T12:00:00Z"}
+    turn = {
+        "turn_id": "celery-1",
+        "wallet_id": "w9",
+        "enterprise_id": "acme",
+        "chat_id": "c1",
+        "model": "gpt-4o",
+        "provider": "openai",
+        "prompt_tokens": 1000,
+        "completion_tokens": 100,
+        "occurred_at": "2026-11-01T12:00:00Z",
+    }
     decision = app.send_task("tollgate.usage.record_turn", args=[turn]).get(timeout=30)
     # gpt-4o: 1000 × $2.50/MTok + 100 × $10/MTok = 2,500,000 + 1,000,000 nanos
-    assert decision == {"turn_id": "celery-1", "accepted": True, "action": "continue",
-                        "balance_nanos": 996_500_000, "cost_nanos": 3_500_000, "billed_nanos": 3_500_000,
-                        "duplicate": False}
+    assert decision == {
+        "turn_id": "celery-1",
+        "accepted": True,
+        "action": "continue",
+        "balance_nanos": 996_500_000,
+        "cost_nanos": 3_500_000,
+        "billed_nanos": 3_500_000,
+        "duplicate": False,
+    }
     again = app.send_task("tollgate.usage.record_turn", args=[turn]).get(timeout=30)
     assert again == {**decision, "duplicate": True}
     _wait(lambda: _persisted(db)[0] == 1, what="the task's turn persisted")
@@ -213,7 +242,6 @@ def test_record_turn_celery_task_uses_the_gate_and_is_persisted(db, redis_client
     with pytest.raises(Exception, match="prompt_tokens"):
         bad.get(timeout=30)
     assert gate.balance("w9") == 996_500_000
-
 
 
 def test_a_turn_id_the_gate_accepted_twice_is_persisted_once_and_its_second_debit_refunded(
@@ -245,7 +273,7 @@ def test_an_entry_that_cannot_be_written_is_dead_lettered_and_the_rest_persist(d
 
     turns, billed = _fill(gate, 20)
     shard = gate.shard("w1")
-    redis_client.xadd(outbox_key(shard), {"t": "[99, \"from the future\"]", "b": "0", "a": "continue", "m": "production"})
+    redis_client.xadd(outbox_key(shard), {"t": '[99, "from the future"]', "b": "0", "a": "continue", "m": "production"})
     gate.record_turns(_turns("w1", 5, prefix="after"))
     stats = OutboxDrain(redis_client, settings=settings, consumer="c1").drain()
     assert (stats.read, stats.inserted, stats.dead_lettered) == (26, 25, 1)

@@ -19,7 +19,9 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from tests.conftest import create_keys, seed_wallet
@@ -35,31 +37,67 @@ SHARED_IDS = ("t-shared-1", "t-shared-2")
 
 #: any code point, lone surrogates included (hypothesis leaves Cs out unless told), and the ones
 #: that broke things drawn often
-SPECIAL = st.sampled_from(["\x00", "\ud800", "\udfff", "\x07", "\x1b", "\x7f", "\x85", "\u202e", "\u2066",
-                           "\u200b", "\ufeff", "\u2028", " ", "\t", "\n", "=", "é", "日", "🤖"])
+SPECIAL = st.sampled_from(
+    [
+        "\x00",
+        "\ud800",
+        "\udfff",
+        "\x07",
+        "\x1b",
+        "\x7f",
+        "\x85",
+        "\u202e",
+        "\u2066",
+        "\u200b",
+        "\ufeff",
+        "\u2028",
+        " ",
+        "\t",
+        "\n",
+        "=",
+        "é",
+        "日",
+        "🤖",
+    ]
+)
 CHARS = st.one_of(st.characters(exclude_categories=()), SPECIAL)
 ANY_TEXT = st.text(CHARS, max_size=12)
 
 
 def _field(valid: list[str]) -> st.SearchStrategy[str]:
     """A valid value, arbitrary text, or a valid value with one hostile character inside."""
-    return st.one_of(st.sampled_from(valid), ANY_TEXT,
-                     st.tuples(st.sampled_from(valid), SPECIAL).map(lambda p: p[0][:1] + p[1] + p[0][1:]))
+    return st.one_of(
+        st.sampled_from(valid),
+        ANY_TEXT,
+        st.tuples(st.sampled_from(valid), SPECIAL).map(lambda p: p[0][:1] + p[1] + p[0][1:]),
+    )
 
 
 OFFSETS = st.integers(-(23 * 60 + 59), 23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m)))
 OCCURRED_AT = st.one_of(
     st.just("2026-11-01T12:00:00Z"),
-    st.builds(lambda d, tz: d.replace(tzinfo=tz).isoformat(),
-              st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)), OFFSETS),
+    st.builds(
+        lambda d, tz: d.replace(tzinfo=tz).isoformat(),
+        st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
+        OFFSETS,
+    ),
     st.sampled_from(["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00", "2026-11-01T12:00:00"]),
     ANY_TEXT,
 )
 
 
-TURN_FIELDS = {"turn_id": None, "wallet_id": list(WALLETS), "enterprise_id": ["acme", "beta"], "chat_id": ["c1", "c2"],
-               "workflow": ["support"], "agent": ["planner", "writer"], "model": ["gpt-4o"],
-               "provider": ["openai"], "reservation_id": ["r-1"], "occurred_at": None}
+TURN_FIELDS = {
+    "turn_id": None,
+    "wallet_id": list(WALLETS),
+    "enterprise_id": ["acme", "beta"],
+    "chat_id": ["c1", "c2"],
+    "workflow": ["support"],
+    "agent": ["planner", "writer"],
+    "model": ["gpt-4o"],
+    "provider": ["openai"],
+    "reservation_id": ["r-1"],
+    "occurred_at": None,
+}
 
 
 @st.composite
@@ -69,11 +107,19 @@ def _turn_body(draw, scope: tuple[str, str] | None = None) -> dict:
     turn_ids are :data:`SHARED_IDS`, so the same id meets other wallets, other apps and itself."""
     enterprise, wallet = scope or draw(st.sampled_from(SCOPES))
     turn_id = draw(st.one_of(st.sampled_from(SHARED_IDS), st.integers(0, 10**6).map(lambda n: f"t-{n}")))
-    body = {"turn_id": turn_id, "wallet_id": wallet, "enterprise_id": enterprise,
-            "chat_id": draw(st.sampled_from(["c1", "c2"])), "workflow": "support",
-            "agent": draw(st.sampled_from(["planner", "writer"])), "model": "gpt-4o", "provider": "openai",
-            "prompt_tokens": draw(st.integers(0, 2_000)), "completion_tokens": draw(st.integers(0, 200)),
-            "occurred_at": "2026-11-01T12:00:00Z"}
+    body = {
+        "turn_id": turn_id,
+        "wallet_id": wallet,
+        "enterprise_id": enterprise,
+        "chat_id": draw(st.sampled_from(["c1", "c2"])),
+        "workflow": "support",
+        "agent": draw(st.sampled_from(["planner", "writer"])),
+        "model": "gpt-4o",
+        "provider": "openai",
+        "prompt_tokens": draw(st.integers(0, 2_000)),
+        "completion_tokens": draw(st.integers(0, 200)),
+        "occurred_at": "2026-11-01T12:00:00Z",
+    }
     for name in draw(st.sets(st.sampled_from(sorted(TURN_FIELDS)), max_size=3)):
         if name == "occurred_at":
             body[name] = draw(OCCURRED_AT)
@@ -83,18 +129,39 @@ def _turn_body(draw, scope: tuple[str, str] | None = None) -> dict:
     return body
 
 
-OPS = st.lists(st.one_of(
-    st.tuples(st.just("turn"), _turn_body()),
-    # one app's key sends a batch: its turns share a scope (hostile fields aside)
-    st.tuples(st.just("batch"), st.sampled_from(SCOPES).flatmap(
-        lambda scope: st.lists(_turn_body(scope), min_size=1, max_size=3))),
-    st.tuples(st.just("credit"), st.fixed_dictionaries({
-        "wallet": _field(list(WALLETS)), "amount_nanos": st.integers(1, 10**6),
-        "idempotency_key": _field(["k-1", "k-2"]), "description": st.one_of(st.just(""), ANY_TEXT)})),
-    st.tuples(st.just("reserve"), st.fixed_dictionaries({
-        "wallet": _field(list(WALLETS)), "amount_nanos": st.integers(1, 10**6),
-        "reservation_id": _field(["r-1", "r-2"])})),
-), min_size=1, max_size=4)
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("turn"), _turn_body()),
+        # one app's key sends a batch: its turns share a scope (hostile fields aside)
+        st.tuples(
+            st.just("batch"),
+            st.sampled_from(SCOPES).flatmap(lambda scope: st.lists(_turn_body(scope), min_size=1, max_size=3)),
+        ),
+        st.tuples(
+            st.just("credit"),
+            st.fixed_dictionaries(
+                {
+                    "wallet": _field(list(WALLETS)),
+                    "amount_nanos": st.integers(1, 10**6),
+                    "idempotency_key": _field(["k-1", "k-2"]),
+                    "description": st.one_of(st.just(""), ANY_TEXT),
+                }
+            ),
+        ),
+        st.tuples(
+            st.just("reserve"),
+            st.fixed_dictionaries(
+                {
+                    "wallet": _field(list(WALLETS)),
+                    "amount_nanos": st.integers(1, 10**6),
+                    "reservation_id": _field(["r-1", "r-2"]),
+                }
+            ),
+        ),
+    ),
+    min_size=1,
+    max_size=4,
+)
 
 
 @pytest.fixture()
@@ -103,8 +170,9 @@ def api(http_api, gate, settings, monkeypatch):
     for e, w in SCOPES:
         seed_wallet(gate, w, e, f"u-{w}", USD)
     keys = create_keys({e: ("owner", e) for e in sorted({e for e, _w in SCOPES})})
-    client = http_api(keys, headers={"Content-Type": "application/json"},
-                      raise_server_exceptions=False)  # a server error must show as a 5xx here
+    client = http_api(
+        keys, headers={"Content-Type": "application/json"}, raise_server_exceptions=False
+    )  # a server error must show as a 5xx here
     # the owner key of each app; a wallet's requests go with its app's key
     client.h = {w: client.h[e] for e, w in SCOPES}
     return client
@@ -126,18 +194,25 @@ def _send(api, op: str, body) -> tuple[object, list[tuple[dict, dict]]]:
         r = api.post("/v1/turns", content=json.dumps(body).encode(), headers=_headers(api, body["wallet_id"]))
         turns = [(body, r.json())] if r.status_code == 200 else []
     elif op == "batch":
-        r = api.post("/v1/turns/batch", content=json.dumps({"turns": body}).encode(),
-                     headers=_headers(api, body[0]["wallet_id"]))
+        r = api.post(
+            "/v1/turns/batch", content=json.dumps({"turns": body}).encode(), headers=_headers(api, body[0]["wallet_id"])
+        )
         turns = list(zip(body, r.json()["data"])) if r.status_code == 200 else []
     elif op == "credit":
         payload = {k: body[k] for k in ("amount_nanos", "idempotency_key", "description")}
-        r = api.post(f"/v1/wallets/{_path(body['wallet'])}/credits", content=json.dumps(payload).encode(),
-                     headers=_headers(api, body["wallet"]))
+        r = api.post(
+            f"/v1/wallets/{_path(body['wallet'])}/credits",
+            content=json.dumps(payload).encode(),
+            headers=_headers(api, body["wallet"]),
+        )
         turns = []
     else:
         payload = {"amount_nanos": body["amount_nanos"], "reservation_id": body["reservation_id"]}
-        r = api.post(f"/v1/wallets/{_path(body['wallet'])}/reservations", content=json.dumps(payload).encode(),
-                     headers=_headers(api, body["wallet"]))
+        r = api.post(
+            f"/v1/wallets/{_path(body['wallet'])}/reservations",
+            content=json.dumps(payload).encode(),
+            headers=_headers(api, body["wallet"]),
+        )
         turns = []
     return r, turns
 
@@ -155,8 +230,9 @@ def test_arbitrary_unicode_at_the_http_edge_never_5xx_and_every_accepted_turn_pe
     statuses: dict[int, int] = {}
     retries = [0]  # answers that were a turn_id's first answer again, in its scope
 
-    @hsettings(max_examples=100, deadline=None,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @hsettings(
+        max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    )
     @given(ops=OPS)
     def run(ops) -> None:
         for op, body in ops:
@@ -181,18 +257,20 @@ def test_arbitrary_unicode_at_the_http_edge_never_5xx_and_every_accepted_turn_pe
             assert redis_client.xlen(deadletter_key(shard)) == 0
             assert redis_client.xpending(gate._shard_keys[shard][1], "tollgate-drain")["pending"] == 0
         with db.connect() as conn:
-            rows = {(e, w, t): c for e, w, t, c in conn.execute(text(
-                "SELECT enterprise_id, wallet_id, turn_id, cost_nanos FROM usage_event")).all()}
+            rows = {
+                (e, w, t): c
+                for e, w, t, c in conn.execute(
+                    text("SELECT enterprise_id, wallet_id, turn_id, cost_nanos FROM usage_event")
+                ).all()
+            }
             keys = conn.execute(text("SELECT count(*) FROM usage_turn_key")).scalar_one()
         assert rows == accepted  # every accepted turn once in its scope, at its cost; nothing else
         assert keys == len(accepted)
         report = reconcile(gate)
-        assert (report.wallets_drifted, report.drift_nanos_abs, report.ledger_mismatches) == (0, 0, 0), \
-            report.drifted
+        assert (report.wallets_drifted, report.drift_nanos_abs, report.ledger_mismatches) == (0, 0, 0), report.drifted
 
     run()
     assert accepted and statuses.get(200) and statuses.get(422)  # both sides of the edge were exercised
     # and the scopes: a shared turn_id persisted in several scopes (billed in each), retries answered
     assert max(sum(t == shared for _e, _w, t in accepted) for shared in SHARED_IDS) >= 2
     assert retries[0] > 0
-

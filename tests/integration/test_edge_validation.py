@@ -19,15 +19,34 @@ from worker.ledger.accounts import LedgerError, credit_wallet, open_wallet
 pytestmark = pytest.mark.integration
 
 USD = 1_000_000_000
-TURN = {"turn_id": "t-1", "wallet_id": "w1", "enterprise_id": "acme", "chat_id": "c1", "agent": "planner",
-        "workflow": "support", "model": "gpt-4o", "provider": "openai", "prompt_tokens": 1000,
-        "completion_tokens": 100, "occurred_at": "2026-11-01T12:00:00Z"}
+TURN = {
+    "turn_id": "t-1",
+    "wallet_id": "w1",
+    "enterprise_id": "acme",
+    "chat_id": "c1",
+    "agent": "planner",
+    "workflow": "support",
+    "model": "gpt-4o",
+    "provider": "openai",
+    "prompt_tokens": 1000,
+    "completion_tokens": 100,
+    "occurred_at": "2026-11-01T12:00:00Z",
+}
 COST = 1000 * 2_500 + 100 * 10_000  # gpt-4o: 3,500,000 nanos
 #: one of each class refused in every text field: NUL, another C0 control, DEL, a C1 control (NEL),
 #: a lone surrogate, the right-to-left override, a zero-width space, the line separator
 BAD_CHARS = ["\x00", "\x07", "\x7f", "\x85", "\ud800", "\u202e", "\u200b", "\u2028"]
-TURN_TEXT_FIELDS = ["turn_id", "wallet_id", "enterprise_id", "chat_id", "workflow", "agent", "model", "provider",
-                    "reservation_id"]
+TURN_TEXT_FIELDS = [
+    "turn_id",
+    "wallet_id",
+    "enterprise_id",
+    "chat_id",
+    "workflow",
+    "agent",
+    "model",
+    "provider",
+    "reservation_id",
+]
 
 
 @pytest.fixture()
@@ -103,9 +122,12 @@ def test_text_within_the_rules_is_accepted_and_persisted_as_sent(api, redis_clie
     assert tuple(row) == ("t-é", "chat-日本", "agent-🤖", "wf-ü", COST)
 
 
-@pytest.mark.parametrize("value", [
-    "a" * 201,  # longer than an id may be
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a" * 201,  # longer than an id may be
+    ],
+)
 def test_lengths_are_bounded(api, gate, value):
     r = _post(api, "/v1/turns", {**TURN, "agent": value})
     assert r.status_code == 422 and _fields(r) == ["agent"]
@@ -115,19 +137,26 @@ def test_lengths_are_bounded(api, gate, value):
 
 
 # occurred_at --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("occurred_at", [
-    "0001-01-01T00:00:00+05:00",   # UTC would be year 0: OverflowError → 500 before
-    "9999-12-31T23:59:59-05:00",   # UTC would be year 10000
-    "0001-01-01T00:00:00Z",        # year 1, billed before, unreachable by every export
-    "9999-12-31T23:59:59Z",
-    "1999-12-31T23:59:59Z",        # before the window (2000-01-01)
-    "2026-11-01T12:00:00",         # no time zone
-])
+@pytest.mark.parametrize(
+    "occurred_at",
+    [
+        "0001-01-01T00:00:00+05:00",  # UTC would be year 0: OverflowError → 500 before
+        "9999-12-31T23:59:59-05:00",  # UTC would be year 10000
+        "0001-01-01T00:00:00Z",  # year 1, billed before, unreachable by every export
+        "9999-12-31T23:59:59Z",
+        "1999-12-31T23:59:59Z",  # before the window (2000-01-01)
+        "2026-11-01T12:00:00",  # no time zone
+    ],
+)
 def test_occurred_at_outside_the_window_or_at_the_year_limits_is_a_422(api, redis_client, gate, occurred_at):
-    for path, body, field in (("/v1/turns", {**TURN, "occurred_at": occurred_at}, "occurred_at"),
-                              ("/v1/turns/batch", {"turns": [TURN, {**TURN, "turn_id": "t-2",
-                                                                    "occurred_at": occurred_at}]},
-                               "turns.1.occurred_at")):
+    for path, body, field in (
+        ("/v1/turns", {**TURN, "occurred_at": occurred_at}, "occurred_at"),
+        (
+            "/v1/turns/batch",
+            {"turns": [TURN, {**TURN, "turn_id": "t-2", "occurred_at": occurred_at}]},
+            "turns.1.occurred_at",
+        ),
+    ):
         r = _post(api, path, body)
         assert r.status_code == 422, r.text
         assert _fields(r) == [field]
@@ -180,8 +209,9 @@ def test_a_reservation_with_an_unsafe_id_is_refused(api, gate, bad):
     assert gate.available("w1")[:2] == (USD, 0)
 
 
-@pytest.mark.parametrize("path", ["/v1/wallets/w%001", "/v1/wallets/w%001/ledger", "/v1/chats/c%001",
-                                  "/v1/wallets/w1/reservations/r%001"])
+@pytest.mark.parametrize(
+    "path", ["/v1/wallets/w%001", "/v1/wallets/w%001/ledger", "/v1/chats/c%001", "/v1/wallets/w1/reservations/r%001"]
+)
 def test_a_path_id_with_nul_is_a_422_naming_it(api, path):
     r = api.delete(path, headers=api.h) if "reservations" in path else api.get(path, headers=api.h)
     assert r.status_code == 422, r.text

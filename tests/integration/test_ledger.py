@@ -7,9 +7,9 @@ import json
 import pytest
 from sqlalchemy import text
 
-from worker.ledger.accounts import LedgerError, credit_wallet, ledger_balance, open_wallet
 from worker.db import session_scope
 from worker.gate.gate import UnknownWallet
+from worker.ledger.accounts import LedgerError, credit_wallet, ledger_balance, open_wallet
 
 pytestmark = pytest.mark.integration
 

@@ -10,25 +10,36 @@ import pytest
 from sqlalchemy import text
 
 from models.turn import TurnIn
-from worker.db import session_scope
-from worker.ledger.drain import OutboxDrain
-from worker.ledger.accounts import credit_wallet, ledger_balance, open_wallet
-from worker.ledger.partitions import apply_retention, ensure_partitions, maintain, monthly_partitions
 from tests.conftest import run_cli
+from worker.db import session_scope
+from worker.ledger.accounts import credit_wallet, ledger_balance, open_wallet
+from worker.ledger.drain import OutboxDrain
+from worker.ledger.partitions import apply_retention, ensure_partitions, maintain, monthly_partitions
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 12, 1, 20, 0, tzinfo=UTC)
 
 
 def _turn(turn_id: str, when: datetime) -> TurnIn:
-    return TurnIn(turn_id=turn_id, wallet_id="w1", enterprise_id="acme", chat_id="c1", model="gpt-4o",
-                  provider="openai", prompt_tokens=1000, completion_tokens=100, occurred_at=when)
+    return TurnIn(
+        turn_id=turn_id,
+        wallet_id="w1",
+        enterprise_id="acme",
+        chat_id="c1",
+        model="gpt-4o",
+        provider="openai",
+        prompt_tokens=1000,
+        completion_tokens=100,
+        occurred_at=when,
+    )
 
 
 def _where(db) -> list[tuple[str, str]]:
     with db.connect() as conn:
-        return [tuple(r) for r in conn.execute(text(
-            "SELECT turn_id, tableoid::regclass::text FROM usage_event ORDER BY turn_id"))]
+        return [
+            tuple(r)
+            for r in conn.execute(text("SELECT turn_id, tableoid::regclass::text FROM usage_event ORDER BY turn_id"))
+        ]
 
 
 def test_rows_land_in_their_month_and_a_retried_turn_id_is_one_row(db, gate, redis_client, settings):
@@ -37,9 +48,13 @@ def test_rows_land_in_their_month_and_a_retried_turn_id_is_one_row(db, gate, red
         assert {"2026-12", "2027-01", "2027-02"} <= set(monthly_partitions(s))
     open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
     credit_wallet(gate, wallet_id="w1", amount_nanos=10**12, idempotency_key="seed")
-    gate.record_turns([_turn("old", datetime(2023, 11, 16, 18, 15, tzinfo=UTC)),
-                       _turn("dec", datetime(2026, 12, 1, 9, tzinfo=UTC)),
-                       _turn("jan", datetime(2027, 1, 31, 23, 59, 59, 999999, tzinfo=UTC))])
+    gate.record_turns(
+        [
+            _turn("old", datetime(2023, 11, 16, 18, 15, tzinfo=UTC)),
+            _turn("dec", datetime(2026, 12, 1, 9, tzinfo=UTC)),
+            _turn("jan", datetime(2027, 1, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+        ]
+    )
     drain = OutboxDrain(redis_client, settings=settings)
     assert drain.drain().inserted == 3
     # the gate forgot "dec" (its dedupe key expired, or Redis was rebuilt) and the orchestrator
@@ -49,9 +64,14 @@ def test_rows_land_in_their_month_and_a_retried_turn_id_is_one_row(db, gate, red
     assert second.accepted and not second.duplicate
     stats = drain.drain()
     assert (stats.inserted, stats.refunded) == (0, 1)
-    assert _where(db) == [("dec", "usage_event_2026_12"), ("jan", "usage_event_2027_01"), ("old", "usage_event_default")]
-    cost = gate.prices.price(model="gpt-4o", provider="openai", when=NOW, prompt_tokens=1000,
-                             completion_tokens=100).cost_nanos
+    assert _where(db) == [
+        ("dec", "usage_event_2026_12"),
+        ("jan", "usage_event_2027_01"),
+        ("old", "usage_event_default"),
+    ]
+    cost = gate.prices.price(
+        model="gpt-4o", provider="openai", when=NOW, prompt_tokens=1000, completion_tokens=100
+    ).cost_nanos
     assert gate.balance("w1") == 10**12 - 3 * cost
     with session_scope() as s:
         assert ledger_balance(s, "w1") == 10**12 - 3 * cost
@@ -62,8 +82,13 @@ def test_retention_drops_old_months_and_keeps_balances(db, gate, redis_client, s
         ensure_partitions(s, now=datetime(2026, 9, 1, tzinfo=UTC), ahead=4)  # 2026-09 .. 2027-01
     open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
     credit_wallet(gate, wallet_id="w1", amount_nanos=10**12, idempotency_key="seed")
-    months = [datetime(2025, 5, 3, tzinfo=UTC), datetime(2026, 9, 10, tzinfo=UTC), datetime(2026, 10, 10, tzinfo=UTC),
-              datetime(2026, 11, 10, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)]
+    months = [
+        datetime(2025, 5, 3, tzinfo=UTC),
+        datetime(2026, 9, 10, tzinfo=UTC),
+        datetime(2026, 10, 10, tzinfo=UTC),
+        datetime(2026, 11, 10, tzinfo=UTC),
+        datetime(2026, 12, 1, tzinfo=UTC),
+    ]
     gate.record_turns([_turn(f"t{i}", when) for i, when in enumerate(months)])
     OutboxDrain(redis_client, settings=settings).drain()
     balance = gate.balance("w1")

@@ -12,31 +12,58 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from models.turn import TurnIn
 from models.enums import PayerLevel
-from worker.db import session_scope
-from worker import OutboxDrain  # wired: announces chat.paused / chat.resumable
-from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
-from worker.ledger.accounts import ensure_enterprise, ledger_balance, open_wallet
-from worker.billing.modes import FLAT_FEE_PREFIX, ModeError, charge_flat_fees, configure_app, set_app_mode, set_wallet_mode
+from models.turn import TurnIn
+from worker import (
+    OutboxDrain,  # wired: announces chat.paused / chat.resumable
+    credit_wallet,  # wired: resumes paused chats, announces wallet.credited
+)
+from worker.billing.modes import (
+    FLAT_FEE_PREFIX,
+    ModeError,
+    charge_flat_fees,
+    configure_app,
+    set_app_mode,
+    set_wallet_mode,
+)
 from worker.billing.payers import split_charge, wallet_id_for
 from worker.chats.lifecycle import can_continue, pause_chat, resume_paused_chats, wallet_state
+from worker.db import session_scope
 from worker.events import channel
+from worker.ledger.accounts import ensure_enterprise, ledger_balance, open_wallet
 
 pytestmark = pytest.mark.integration
 WHEN = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
-def _turn(turn_id: str, wallet_id: str, enterprise_id: str = "acme", chat_id: str = "c1", prompt: int = 1000,
-          completion: int = 100, occurred_at: datetime = WHEN, **kw) -> TurnIn:
-    return TurnIn(turn_id=turn_id, wallet_id=wallet_id, enterprise_id=enterprise_id, chat_id=chat_id,
-                  model="gpt-4o", provider="openai", prompt_tokens=prompt, completion_tokens=completion,
-                  occurred_at=occurred_at, **kw)
+def _turn(
+    turn_id: str,
+    wallet_id: str,
+    enterprise_id: str = "acme",
+    chat_id: str = "c1",
+    prompt: int = 1000,
+    completion: int = 100,
+    occurred_at: datetime = WHEN,
+    **kw,
+) -> TurnIn:
+    return TurnIn(
+        turn_id=turn_id,
+        wallet_id=wallet_id,
+        enterprise_id=enterprise_id,
+        chat_id=chat_id,
+        model="gpt-4o",
+        provider="openai",
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        occurred_at=occurred_at,
+        **kw,
+    )
 
 
 def _cost(gate, prompt: int = 1000, completion: int = 100) -> int:
-    return gate.prices.price(model="gpt-4o", provider="openai", when=WHEN, prompt_tokens=prompt,
-                             completion_tokens=completion).cost_nanos
+    return gate.prices.price(
+        model="gpt-4o", provider="openai", when=WHEN, prompt_tokens=prompt, completion_tokens=completion
+    ).cost_nanos
 
 
 def _drain(redis_client, settings):
@@ -80,6 +107,7 @@ class Events:
 
 # --- two levels of payer ---------------------------------------------------------------------------
 
+
 def test_wallet_resolution_names_the_level_and_refuses_bad_ids():
     assert wallet_id_for("platform", enterprise_id="acme", payer_id="creator-7") == "plat:creator-7"
     assert wallet_id_for("app_usage", enterprise_id="acme", payer_id="u1") == "app:acme:u1"
@@ -105,15 +133,27 @@ def test_revenue_share_and_platform_fee_sum_to_every_charge(db, gate, redis_clie
         credit_wallet(gate, wallet_id=w, amount_nanos=10**12, idempotency_key=f"seed-{w}")
     turns = []
     for i in range(40):  # odd token counts: costs that do not divide evenly
-        turns.append(_turn(f"p{i}", creator, "acme", f"build-{i % 3}", prompt=997 + 13 * i, completion=31 + i,
-                           workflow="app_generation"))
+        turns.append(
+            _turn(
+                f"p{i}",
+                creator,
+                "acme",
+                f"build-{i % 3}",
+                prompt=997 + 13 * i,
+                completion=31 + i,
+                workflow="app_generation",
+            )
+        )
         turns.append(_turn(f"a{i}", acme_user, "acme", f"chat-{i % 4}", prompt=1001 + 7 * i, completion=17 + i))
         turns.append(_turn(f"g{i}", globex_user, "globex", f"chat-{i % 2}", prompt=333 + 11 * i, completion=3 + i))
     decisions = gate.record_turns(turns)
     assert all(d.accepted for d in decisions)
     assert _drain(redis_client, settings).inserted == 120
-    rows = _rows(db, "SELECT turn_id, level, billing_target, billed_nanos, creator_share_nanos, platform_fee_nanos "
-                     "FROM usage_event ORDER BY turn_id")
+    rows = _rows(
+        db,
+        "SELECT turn_id, level, billing_target, billed_nanos, creator_share_nanos, platform_fee_nanos "
+        "FROM usage_event ORDER BY turn_id",
+    )
     by_id = {d.turn_id: d.billed_nanos for d in decisions}
     for turn_id, level, target, billed, share, fee in rows:
         assert billed == by_id[turn_id] > 0
@@ -125,8 +165,11 @@ def test_revenue_share_and_platform_fee_sum_to_every_charge(db, gate, redis_clie
         else:
             assert (level, target, share) == ("app_usage", "globex", billed * 8333 // 10_000)
     # per app: the totals split exactly too
-    totals = _rows(db, "SELECT billing_target, sum(billed_nanos), sum(creator_share_nanos), sum(platform_fee_nanos) "
-                       "FROM usage_event GROUP BY 1 ORDER BY 1")
+    totals = _rows(
+        db,
+        "SELECT billing_target, sum(billed_nanos), sum(creator_share_nanos), sum(platform_fee_nanos) "
+        "FROM usage_event GROUP BY 1 ORDER BY 1",
+    )
     for _target, billed, share, fee in totals:
         assert share + fee == billed
     # the share configured later applies to later charges only
@@ -142,6 +185,7 @@ def test_revenue_share_and_platform_fee_sum_to_every_charge(db, gate, redis_clie
 
 # --- modes ------------------------------------------------------------------------------------------
 
+
 def test_development_turns_are_persisted_but_never_debited_nor_billed(db, gate, redis_client, settings):
     _app("acme", default_mode="development")
     w = open_wallet(gate, wallet_id="dev-1", enterprise_id="acme", owner_id="u1")
@@ -150,9 +194,11 @@ def test_development_turns_are_persisted_but_never_debited_nor_billed(db, gate, 
     decisions = gate.record_turns([_turn(f"d{i}", "dev-1", chat_id=f"c{i % 2}") for i in range(25)])
     assert [(d.accepted, d.billed_nanos, d.action) for d in decisions] == [(True, 0, "continue")] * 25
     assert _drain(redis_client, settings).inserted == 25
-    assert _rows(db, "SELECT count(*), sum(cost_nanos), sum(billed_nanos), bool_or(billable), "
-                     "sum(creator_share_nanos + platform_fee_nanos) FROM usage_event") == [
-        (25, 25 * _cost(gate), 0, False, 0)]
+    assert _rows(
+        db,
+        "SELECT count(*), sum(cost_nanos), sum(billed_nanos), bool_or(billable), "
+        "sum(creator_share_nanos + platform_fee_nanos) FROM usage_event",
+    ) == [(25, 25 * _cost(gate), 0, False, 0)]
     assert _rows(db, "SELECT debits_nanos FROM wallet WHERE id = 'dev-1'") == [(0,)]
     assert gate.balance("dev-1") == 0
     assert _rows(db, "SELECT sum(amount_nanos) FROM wallet_transaction WHERE kind = 'debit'") == [(0,)]
@@ -166,7 +212,8 @@ def test_trial_allowance_is_counted_once_then_pauses(db, gate, redis_client, set
     first = gate.record_turns(turns)
     # 4 free turns leave 600 tokens; the 5th is free too and crosses zero (pause); then denied
     assert [(d.accepted, d.billed_nanos, d.action) for d in first] == (
-        [(True, 0, "continue")] * 4 + [(True, 0, "pause")] + [(False, 0, "pause")] * 2)
+        [(True, 0, "continue")] * 4 + [(True, 0, "pause")] + [(False, 0, "pause")] * 2
+    )
     again = gate.record_turns(turns)  # retries: the first answers, nothing counted twice
     assert [(d.accepted, d.action, d.duplicate) for d in again] == [(d.accepted, d.action, True) for d in first]
     assert redis_client.hget(gate.wallet_key("t-1"), "trial_left") == str(5000 - 5 * 1100)
@@ -174,8 +221,11 @@ def test_trial_allowance_is_counted_once_then_pauses(db, gate, redis_client, set
     _drain(redis_client, settings)  # a second drain finds nothing: still counted once
     assert _rows(db, "SELECT trial_tokens_used, debits_nanos FROM wallet WHERE id = 't-1'") == [(5500, 0)]
     assert _rows(db, "SELECT count(*), sum(trial_tokens), bool_or(billable), sum(billed_nanos) FROM usage_event") == [
-        (5, 5500, False, 0)]
-    assert _rows(db, "SELECT reason, needed_nanos FROM paused_chat WHERE resumed_at IS NULL") == [("trial_exhausted", 0)]
+        (5, 5500, False, 0)
+    ]
+    assert _rows(db, "SELECT reason, needed_nanos FROM paused_chat WHERE resumed_at IS NULL") == [
+        ("trial_exhausted", 0)
+    ]
     assert not can_continue(gate, "t-1")
     # a credit cannot lift a trial that pauses; the app moving its trial to 'bill' does
     credit_wallet(gate, wallet_id="t-1", amount_nanos=1000, idempotency_key="more")
@@ -192,8 +242,9 @@ def test_trial_allowance_is_counted_once_then_pauses(db, gate, redis_client, set
 
 def test_track_only_is_never_blocked_and_pays_a_flat_fee_once_a_month(db, gate, redis_client, settings):
     _app("selfhost", default_mode="track_only")
-    open_wallet(gate, wallet_id="fees", enterprise_id=None, owner_id="creator-9", level=PayerLevel.platform,
-                mode="production")
+    open_wallet(
+        gate, wallet_id="fees", enterprise_id=None, owner_id="creator-9", level=PayerLevel.platform, mode="production"
+    )
     credit_wallet(gate, wallet_id="fees", amount_nanos=500_000_000, idempotency_key="seed")
     with session_scope() as s:  # the entry point's transaction
         configure_app(s, gate, "selfhost", flat_fee_nanos=49_000_000_000 // 100, fee_wallet_id="fees")  # $0.49
@@ -203,7 +254,8 @@ def test_track_only_is_never_blocked_and_pays_a_flat_fee_once_a_month(db, gate, 
     assert {(d.accepted, d.billed_nanos, d.action) for d in decisions} == {(True, 0, "continue")}
     _drain(redis_client, settings)
     assert _rows(db, "SELECT count(*), sum(billed_nanos), bool_or(billable), min(mode) FROM usage_event") == [
-        (10, 0, False, "track_only")]
+        (10, 0, False, "track_only")
+    ]
     with session_scope() as s:  # the entry point's transaction
         first = charge_flat_fees(s, gate, period="2026-11")
     with session_scope() as s:  # the entry point's transaction
@@ -213,7 +265,8 @@ def test_track_only_is_never_blocked_and_pays_a_flat_fee_once_a_month(db, gate, 
     with session_scope() as s:
         assert ledger_balance(s, "fees") == 10_000_000
     assert _rows(db, "SELECT idempotency_key FROM wallet_transaction WHERE kind = 'debit' AND amount_nanos > 0") == [
-        (f"{FLAT_FEE_PREFIX}selfhost:2026-11",)]
+        (f"{FLAT_FEE_PREFIX}selfhost:2026-11",)
+    ]
     with pytest.raises(ModeError, match="period"):
         with session_scope() as s:  # the entry point's transaction
             charge_flat_fees(s, gate, period="2026-13")
@@ -228,9 +281,13 @@ def test_a_mode_change_never_loses_or_rebills_a_turn(db, gate, redis_client, set
     prod = gate.record_turns([_turn(f"m{i}", "m-1") for i in range(3)])
     assert [d.billed_nanos for d in prod] == [cost] * 3
     with session_scope() as s:  # the entry point's transaction
-        assert set_app_mode(s, gate, "acme", "development", resume=resume_paused_chats) == ["m-1"]  # the overriding wallet keeps its mode
+        assert set_app_mode(s, gate, "acme", "development", resume=resume_paused_chats) == [
+            "m-1"
+        ]  # the overriding wallet keeps its mode
     assert _rows(db, "SELECT id, mode, mode_override FROM wallet ORDER BY id") == [
-        ("m-1", "development", False), ("m-own", "production", True)]
+        ("m-1", "development", False),
+        ("m-own", "production", True),
+    ]
     retried = gate.record_turns([_turn(f"m{i}", "m-1") for i in range(3)])
     assert [(d.billed_nanos, d.duplicate) for d in retried] == [(cost, True)] * 3
     dev = gate.record_turn(_turn("m3", "m-1"))
@@ -243,21 +300,29 @@ def test_a_mode_change_never_loses_or_rebills_a_turn(db, gate, redis_client, set
         assert set_wallet_mode(s, gate, "m-own", None, resume=resume_paused_chats) == "production"
     _drain(redis_client, settings)
     assert _rows(db, "SELECT turn_id, mode, billed_nanos FROM usage_event ORDER BY turn_id") == [
-        ("m0", "production", cost), ("m1", "production", cost), ("m2", "production", cost),
-        ("m3", "development", 0), ("m4", "production", cost)]
+        ("m0", "production", cost),
+        ("m1", "production", cost),
+        ("m2", "production", cost),
+        ("m3", "development", 0),
+        ("m4", "production", cost),
+    ]
     assert gate.balance("m-1") == 10**10 - 4 * cost
     with session_scope() as s:
         assert ledger_balance(s, "m-1") == 10**10 - 4 * cost
-    assert _rows(db, "SELECT action, detail->>'from', detail->>'to' FROM audit_log WHERE action = 'mode_change' "
-                     "ORDER BY id") == [("mode_change", "production", "development"),
-                                        ("mode_change", "development", "production"),
-                                        ("mode_change", "production", "production")]
+    assert _rows(
+        db, "SELECT action, detail->>'from', detail->>'to' FROM audit_log WHERE action = 'mode_change' ORDER BY id"
+    ) == [
+        ("mode_change", "production", "development"),
+        ("mode_change", "development", "production"),
+        ("mode_change", "production", "production"),
+    ]
     with pytest.raises(ModeError, match="mode"):
         with session_scope() as s:  # the entry point's transaction
             set_app_mode(s, gate, "acme", "free", resume=resume_paused_chats)
 
 
 # --- pause and resume -------------------------------------------------------------------------------
+
 
 def test_a_credit_resumes_exactly_the_paused_chats_of_its_wallet_once(db, gate, redis_client, settings):
     _app("acme", callback_url="http://127.0.0.1:9/hook", webhook_secret="whsec_test")
@@ -268,11 +333,22 @@ def test_a_credit_resumes_exactly_the_paused_chats_of_its_wallet_once(db, gate, 
     credit_wallet(gate, wallet_id="other", amount_nanos=1, idempotency_key="seed-other")
     events = Events(redis_client, "acme")
     # chats c1 and c2 exhaust "poor" (the 3rd turn overdraws and pauses); c9 exhausts "other"
-    decisions = gate.record_turns([_turn("x1", "poor", chat_id="c1"), _turn("x2", "poor", chat_id="c2"),
-                                   _turn("x3", "poor", chat_id="c1"), _turn("x4", "poor", chat_id="c2"),
-                                   _turn("y1", "other", chat_id="c9")])
+    decisions = gate.record_turns(
+        [
+            _turn("x1", "poor", chat_id="c1"),
+            _turn("x2", "poor", chat_id="c2"),
+            _turn("x3", "poor", chat_id="c1"),
+            _turn("x4", "poor", chat_id="c2"),
+            _turn("y1", "other", chat_id="c9"),
+        ]
+    )
     assert [(d.accepted, d.action) for d in decisions] == [
-        (True, "continue"), (True, "continue"), (True, "pause"), (False, "pause"), (True, "pause")]
+        (True, "continue"),
+        (True, "continue"),
+        (True, "pause"),
+        (False, "pause"),
+        (True, "pause"),
+    ]
     _drain(redis_client, settings)
     # the denied turn of c2 never reached the outbox: the orchestrator reports it (handle exhaustion)
     assert pause_chat(gate, enterprise_id="acme", chat_id="c2", wallet_id="poor") is True
@@ -281,10 +357,15 @@ def test_a_credit_resumes_exactly_the_paused_chats_of_its_wallet_once(db, gate, 
     assert sorted(e["data"]["chat_id"] for e in paused) == ["c1", "c2", "c9"]
     assert _rows(db, "SELECT chat_id, wallet_id, reason, needed_nanos FROM paused_chat ORDER BY chat_id") == [
         # balance after: 1 − cost; one more nano than that deficit lets the next turn in
-        ("c1", "poor", "wallet_exhausted", cost), ("c2", "poor", "wallet_exhausted", cost),
-        ("c9", "other", "wallet_exhausted", cost)]
+        ("c1", "poor", "wallet_exhausted", cost),
+        ("c2", "poor", "wallet_exhausted", cost),
+        ("c9", "other", "wallet_exhausted", cost),
+    ]
     assert _rows(db, "SELECT chat_id, status, connection_state, can_resume FROM chat_session ORDER BY chat_id") == [
-        ("c1", "paused", "paused", False), ("c2", "paused", "paused", False), ("c9", "paused", "paused", False)]
+        ("c1", "paused", "paused", False),
+        ("c2", "paused", "paused", False),
+        ("c9", "paused", "paused", False),
+    ]
     # too small a credit resumes nothing
     credit_wallet(gate, wallet_id="poor", amount_nanos=cost - 1, idempotency_key="too-small")
     assert events.take("chat.resumable") == []
@@ -293,11 +374,19 @@ def test_a_credit_resumes_exactly_the_paused_chats_of_its_wallet_once(db, gate, 
         credit_wallet(gate, wallet_id="poor", amount_nanos=5 * cost, idempotency_key="stripe:cs_123")
     resumed = events.take("chat.resumable")
     assert sorted((e["data"]["chat_id"], e["data"]["wallet_id"], e["data"]["cause"]) for e in resumed) == [
-        ("c1", "poor", "stripe:cs_123"), ("c2", "poor", "stripe:cs_123")]
+        ("c1", "poor", "stripe:cs_123"),
+        ("c2", "poor", "stripe:cs_123"),
+    ]
     assert _rows(db, "SELECT chat_id, resumed_by FROM paused_chat ORDER BY chat_id") == [
-        ("c1", "stripe:cs_123"), ("c2", "stripe:cs_123"), ("c9", None)]
+        ("c1", "stripe:cs_123"),
+        ("c2", "stripe:cs_123"),
+        ("c9", None),
+    ]
     assert _rows(db, "SELECT chat_id, connection_state, can_resume FROM chat_session ORDER BY chat_id") == [
-        ("c1", "resumable", True), ("c2", "resumable", True), ("c9", "paused", False)]
+        ("c1", "resumable", True),
+        ("c2", "resumable", True),
+        ("c9", "paused", False),
+    ]
     assert gate.balance("poor") == 2 * cost + 1 - 3 * cost + cost - 1 + 5 * cost
     # the webhook side: resumes of an app with a callback are queued for signed delivery
     sent = []
@@ -310,7 +399,8 @@ def test_a_credit_resumes_exactly_the_paused_chats_of_its_wallet_once(db, gate, 
     gate.record_turn(_turn("x5", "poor", chat_id="c1"))
     _drain(redis_client, settings)
     assert _rows(db, "SELECT status, connection_state, can_resume FROM chat_session WHERE chat_id = 'c1'") == [
-        ("active", "connected", False)]
+        ("active", "connected", False)
+    ]
 
 
 def test_concurrent_mode_changes_leave_redis_on_the_committed_mode(db, gate, race):
@@ -324,8 +414,11 @@ def test_concurrent_mode_changes_leave_redis_on_the_committed_mode(db, gate, rac
             with session_scope() as s:  # the entry point's transaction
                 set_wallet_mode(s, gate, "race", m, resume=resume_paused_chats)
 
-    race(lambda: flip(["development", "production"] * 15),
-         lambda: flip(["trial", "track_only", "production", "development"] * 8), timeout=120)  # fails on an exception
+    race(
+        lambda: flip(["development", "production"] * 15),
+        lambda: flip(["trial", "track_only", "production", "development"] * 8),
+        timeout=120,
+    )  # fails on an exception
     with db.connect() as conn:
         committed = conn.execute(text("SELECT mode FROM wallet WHERE id = 'race'")).scalar_one()
     assert gate.redis.hget(gate.wallet_key("race"), "mode") == committed
@@ -346,8 +439,11 @@ def test_app_settings_never_create_a_wallet_the_gate_lost(db, gate, redis_client
         set_app_mode(s, gate, "acme", "development", resume=resume_paused_chats)
     assert redis_client.exists(gate.wallet_key("lost")) == 0
     reconcile(gate, rebuild=True)
-    assert (gate.balance("lost"), redis_client.hget(gate.wallet_key("lost"), "mode"),
-            redis_client.hget(gate.wallet_key("lost"), "share_bps")) == (5_000, "development", "6000")
+    assert (
+        gate.balance("lost"),
+        redis_client.hget(gate.wallet_key("lost"), "mode"),
+        redis_client.hget(gate.wallet_key("lost"), "share_bps"),
+    ) == (5_000, "development", "6000")
 
 
 def test_a_late_turn_never_shrinks_the_rollup_of_a_month_past_retention(db, gate, redis_client, settings, monkeypatch):
@@ -374,9 +470,9 @@ def test_a_late_turn_never_shrinks_the_rollup_of_a_month_past_retention(db, gate
 def test_a_batch_drained_after_a_newer_one_does_not_undo_the_pause(db, gate, redis_client, settings):
     """Two drains of one shard at once can commit an older batch after a newer one: the chat's
     state stays the newest turn's (paused), and its paused record stays open."""
+    from worker.gate.keys import outbox_key
     from worker.gate.outbox import parse_entry
     from worker.ledger.turns import persist_turns
-    from worker.gate.keys import outbox_key
 
     _app("acme")
     open_wallet(gate, wallet_id="oo", enterprise_id="acme", owner_id="u1")
@@ -392,7 +488,8 @@ def test_a_batch_drained_after_a_newer_one_does_not_undo_the_pause(db, gate, red
     with session_scope() as s:
         assert persist_turns(s, rows[:2]).paused == ()
     assert _rows(db, "SELECT status, connection_state, turns, last_turn_at FROM chat_session") == [
-        ("paused", "paused", 3, start + timedelta(seconds=2))]
+        ("paused", "paused", 3, start + timedelta(seconds=2))
+    ]
     assert _rows(db, "SELECT chat_id, resumed_at FROM paused_chat") == [("c1", None)]
 
 

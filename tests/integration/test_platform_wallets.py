@@ -8,16 +8,25 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import create_keys
 from models.enums import PayerLevel
+from tests.conftest import create_keys
+from worker.billing.modes import configure_app
 from worker.db import session_scope
 from worker.ledger.accounts import credit_wallet, ensure_enterprise, open_wallet
-from worker.billing.modes import configure_app
 
 pytestmark = pytest.mark.integration
-TURN = {"turn_id": "p-1", "wallet_id": "plat:maker-1", "enterprise_id": "acme", "chat_id": "build-1",
-        "workflow": "app_generation", "model": "gpt-4o", "provider": "openai", "prompt_tokens": 1000,
-        "completion_tokens": 100, "occurred_at": "2026-11-01T12:00:00Z"}
+TURN = {
+    "turn_id": "p-1",
+    "wallet_id": "plat:maker-1",
+    "enterprise_id": "acme",
+    "chat_id": "build-1",
+    "workflow": "app_generation",
+    "model": "gpt-4o",
+    "provider": "openai",
+    "prompt_tokens": 1000,
+    "completion_tokens": 100,
+    "occurred_at": "2026-11-01T12:00:00Z",
+}
 COST = 1000 * 2_500 + 100 * 10_000
 
 
@@ -34,8 +43,7 @@ def test_only_the_creator_s_apps_charge_a_platform_wallet(db, redis_client, gate
     with session_scope() as s:  # the entry point's transaction
         configure_app(s, gate, "acme", creator_id="maker-1")
     api = http_api(keys)
-    rival = api.post("/v1/turns", json={**TURN, "enterprise_id": "rival", "turn_id": "r-1"},
-                     headers=api.h["rival"])
+    rival = api.post("/v1/turns", json={**TURN, "enterprise_id": "rival", "turn_id": "r-1"}, headers=api.h["rival"])
     assert rival.status_code == 404 and rival.json()["errors"][0]["field"] == "wallet_id"
     assert "balance_nanos" not in rival.text
     mine = api.post("/v1/turns", json=TURN, headers=api.h["acme"])
@@ -46,8 +54,21 @@ def test_only_the_creator_s_apps_charge_a_platform_wallet(db, redis_client, gate
 
 def test_cli_configures_an_app_and_sets_modes(cli, db):
     assert cli("wallet", "create", "u-1", "--enterprise", "acme").returncode == 0
-    done = cli("app", "configure", "acme", "--creator", "maker-1", "--share-bps", "8000", "--trial-tokens", "5000",
-               "--trial-then", "bill", "--flat-fee-usd", "0.49")
+    done = cli(
+        "app",
+        "configure",
+        "acme",
+        "--creator",
+        "maker-1",
+        "--share-bps",
+        "8000",
+        "--trial-tokens",
+        "5000",
+        "--trial-then",
+        "bill",
+        "--flat-fee-usd",
+        "0.49",
+    )
     assert done.returncode == 0, done.stderr
     assert "share 8000 bps" in done.stdout and "flat fee 490000000 nanos" in done.stdout
     bad = cli("app", "configure", "acme", "--share-bps", "12000")
@@ -58,8 +79,12 @@ def test_cli_configures_an_app_and_sets_modes(cli, db):
     wrong = cli("app", "mode", "acme", "free")
     assert wrong.returncode == 2 and "MODE" in wrong.stderr
     with db.connect() as conn:
-        app = conn.execute(text("SELECT creator_id, creator_share_bps, trial_token_allowance, trial_then, "
-                                "flat_fee_nanos, default_mode FROM enterprise WHERE id = 'acme'")).one()
+        app = conn.execute(
+            text(
+                "SELECT creator_id, creator_share_bps, trial_token_allowance, trial_then, "
+                "flat_fee_nanos, default_mode FROM enterprise WHERE id = 'acme'"
+            )
+        ).one()
         wallet = conn.execute(text("SELECT mode, mode_override FROM wallet WHERE id = 'u-1'")).one()
         actions = conn.execute(text("SELECT action FROM audit_log ORDER BY id")).scalars().all()
     assert tuple(app) == ("maker-1", 8000, 5000, "bill", 490_000_000, "trial")

@@ -10,12 +10,12 @@ from sqlalchemy import text
 
 from tests.integration.test_drain import _fill, _turns
 from worker.db import session_scope
-from worker.gate.outbox import parse_entry
-from worker.ledger.drain import OutboxDrain
-from worker.ledger.turns import persist_turns
-from worker.ledger.accounts import credit_wallet, open_wallet
-from worker.ledger.reconcile import reconcile
 from worker.gate.keys import outbox_key
+from worker.gate.outbox import parse_entry
+from worker.ledger.accounts import credit_wallet, open_wallet
+from worker.ledger.drain import OutboxDrain
+from worker.ledger.reconcile import reconcile
+from worker.ledger.turns import persist_turns
 
 pytestmark = pytest.mark.integration
 
@@ -54,14 +54,17 @@ def test_no_drift_with_turns_queued_and_persisted_and_running_twice_changes_noth
 def test_drift_is_reported_to_the_nano_stored_and_repaired(db, redis_client, gate, settings, cli):
     billed = _wallets(gate, n=3)
     OutboxDrain(redis_client, settings=settings, consumer="c").drain()
-    redis_client.hincrby(gate.wallet_key("rw1"), "balance", 123)      # Redis ahead of the ledger
-    redis_client.hincrby(gate.wallet_key("rw2"), "balance", -7_000)   # Redis behind
+    redis_client.hincrby(gate.wallet_key("rw1"), "balance", 123)  # Redis ahead of the ledger
+    redis_client.hincrby(gate.wallet_key("rw2"), "balance", -7_000)  # Redis behind
     report = reconcile(gate)
     assert report.wallets_drifted == 2 and report.drift_nanos_abs == 7_123
     assert {d["wallet_id"]: d["drift_nanos"] for d in report.drifted} == {"rw1": 123, "rw2": -7_000}
     with db.connect() as conn:
-        stored = dict(conn.execute(text(
-            "SELECT wallet_id, drift_nanos FROM wallet_drift WHERE run_id = :r"), {"r": report.run_id}).all())
+        stored = dict(
+            conn.execute(
+                text("SELECT wallet_id, drift_nanos FROM wallet_drift WHERE run_id = :r"), {"r": report.run_id}
+            ).all()
+        )
     assert stored == {"rw1": 123, "rw2": -7_000}
 
     proc = cli("reconcile", "--repair", "--json")
@@ -73,8 +76,7 @@ def test_drift_is_reported_to_the_nano_stored_and_repaired(db, redis_client, gat
     assert reconcile(gate).wallets_drifted == 0
 
 
-def test_after_redis_lost_its_data_rebuild_restores_every_balance_to_the_nano(db, redis_client, gate, settings,
-                                                                             cli):
+def test_after_redis_lost_its_data_rebuild_restores_every_balance_to_the_nano(db, redis_client, gate, settings, cli):
     billed = _wallets(gate, n=6)
     OutboxDrain(redis_client, settings=settings, consumer="c").drain()
     with db.connect() as conn:
@@ -155,8 +157,10 @@ def test_repair_marks_pending_credits_applied_so_a_retry_cannot_double_them(db, 
     report = reconcile(gate, repair=True)
     assert (report.wallets_drifted, report.wallets_repaired) == (1, 1)
     assert gate.balance("rw0") == before + 5_000_000_000
-    assert credit_wallet(gate, wallet_id="rw0", amount_nanos=5_000_000_000,
-                         idempotency_key="pi-pending") == before + 5_000_000_000
+    assert (
+        credit_wallet(gate, wallet_id="rw0", amount_nanos=5_000_000_000, idempotency_key="pi-pending")
+        == before + 5_000_000_000
+    )
     assert reconcile(gate).wallets_drifted == 0
 
 

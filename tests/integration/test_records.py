@@ -23,27 +23,50 @@ def test_enum_columns_read_back_as_enums_and_are_stored_as_their_values(db):
         s.flush()
         s.add(Wallet(id="w1", enterprise_id="e1", owner_id="u1", level=PayerLevel.platform, mode="development"))
         s.flush()
-        s.add(WalletTransaction(wallet_id="w1", kind=TransactionKind.credit, amount_nanos=7_000_000_000,
-                                idempotency_key="k1"))
-        s.add(ChatSession(enterprise_id="e1", chat_id="c1", wallet_id="w1", workflow="wf", status="paused",
-                          connection_state=ConnectionState.resumable, started_at=T0, last_turn_at=T0))
+        s.add(
+            WalletTransaction(
+                wallet_id="w1", kind=TransactionKind.credit, amount_nanos=7_000_000_000, idempotency_key="k1"
+            )
+        )
+        s.add(
+            ChatSession(
+                enterprise_id="e1",
+                chat_id="c1",
+                wallet_id="w1",
+                workflow="wf",
+                status="paused",
+                connection_state=ConnectionState.resumable,
+                started_at=T0,
+                last_turn_at=T0,
+            )
+        )
         s.add(ApiKey(prefix="tg_p2c", key_sha256="0" * 64, role="end_user", enterprise_id="e1", wallet_id="w1"))
         s.commit()
     with db.begin() as conn:  # written into the migrations' VARCHAR columns as the plain values
-        conn.execute(text(
-            "INSERT INTO usage_turn_key (enterprise_id, wallet_id, turn_id, outbox_id, occurred_at) "
-            "VALUES ('e1', 'w1', 't1', '0:1-0', :t)"), {"t": T0})
-        conn.execute(text(
-            "INSERT INTO usage_event (turn_id, outbox_id, wallet_id, enterprise_id, chat_id, workflow, agent, model,"
-            " provider, mode, level, prompt_tokens, completion_tokens, cached_prompt_tokens, duration_ms,"
-            " input_nanos_per_mtok, cached_input_nanos_per_mtok, output_nanos_per_mtok, cost_nanos, billed_nanos,"
-            " action, occurred_at) VALUES ('t1', '0:1-0', 'w1', 'e1', 'c1', 'wf', 'a', 'gpt-4o', 'openai', 'trial',"
-            " 'platform', 1000, 200, 0, 5, 2500000000, 1250000000, 10000000000, 4500000, 0, 'continue', :t)"),
-            {"t": T0})
-        raw = conn.execute(text(
-            "SELECT e.default_mode, e.trial_then, w.level, w.mode, t.kind, c.status, c.connection_state, k.role"
-            " FROM enterprise e JOIN wallet w ON w.enterprise_id = e.id JOIN wallet_transaction t ON t.wallet_id = w.id"
-            " JOIN chat_session c ON c.wallet_id = w.id JOIN api_key k ON k.wallet_id = w.id")).one()
+        conn.execute(
+            text(
+                "INSERT INTO usage_turn_key (enterprise_id, wallet_id, turn_id, outbox_id, occurred_at) "
+                "VALUES ('e1', 'w1', 't1', '0:1-0', :t)"
+            ),
+            {"t": T0},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO usage_event (turn_id, outbox_id, wallet_id, enterprise_id, chat_id, workflow, agent, model,"
+                " provider, mode, level, prompt_tokens, completion_tokens, cached_prompt_tokens, duration_ms,"
+                " input_nanos_per_mtok, cached_input_nanos_per_mtok, output_nanos_per_mtok, cost_nanos, billed_nanos,"
+                " action, occurred_at) VALUES ('t1', '0:1-0', 'w1', 'e1', 'c1', 'wf', 'a', 'gpt-4o', 'openai', 'trial',"
+                " 'platform', 1000, 200, 0, 5, 2500000000, 1250000000, 10000000000, 4500000, 0, 'continue', :t)"
+            ),
+            {"t": T0},
+        )
+        raw = conn.execute(
+            text(
+                "SELECT e.default_mode, e.trial_then, w.level, w.mode, t.kind, c.status, c.connection_state, k.role"
+                " FROM enterprise e JOIN wallet w ON w.enterprise_id = e.id JOIN wallet_transaction t ON t.wallet_id = w.id"
+                " JOIN chat_session c ON c.wallet_id = w.id JOIN api_key k ON k.wallet_id = w.id"
+            )
+        ).one()
     assert tuple(raw) == ("trial", "bill", "platform", "development", "credit", "paused", "resumable", "end_user")
     with Session(db) as s:
         e = s.get(Enterprise, "e1")
@@ -52,13 +75,42 @@ def test_enum_columns_read_back_as_enums_and_are_stored_as_their_values(db):
         c = s.execute(select(ChatSession)).scalar_one()
         k = s.execute(select(ApiKey)).scalar_one()
         u = s.execute(select(UsageEvent)).scalar_one()
-        got = [e.default_mode, e.trial_then, w.level, w.mode, t.kind, c.status, c.connection_state, k.role,
-               u.mode, u.level]
-        assert got == [BillingMode.trial, TrialThen.bill, PayerLevel.platform, BillingMode.development,
-                       TransactionKind.credit, ChatStatus.paused, ConnectionState.resumable, ApiRole.end_user,
-                       BillingMode.trial, PayerLevel.platform]
-        assert [type(v) for v in got] == [BillingMode, TrialThen, PayerLevel, BillingMode, TransactionKind, ChatStatus,
-                                          ConnectionState, ApiRole, BillingMode, PayerLevel]
+        got = [
+            e.default_mode,
+            e.trial_then,
+            w.level,
+            w.mode,
+            t.kind,
+            c.status,
+            c.connection_state,
+            k.role,
+            u.mode,
+            u.level,
+        ]
+        assert got == [
+            BillingMode.trial,
+            TrialThen.bill,
+            PayerLevel.platform,
+            BillingMode.development,
+            TransactionKind.credit,
+            ChatStatus.paused,
+            ConnectionState.resumable,
+            ApiRole.end_user,
+            BillingMode.trial,
+            PayerLevel.platform,
+        ]
+        assert [type(v) for v in got] == [
+            BillingMode,
+            TrialThen,
+            PayerLevel,
+            BillingMode,
+            TransactionKind,
+            ChatStatus,
+            ConnectionState,
+            ApiRole,
+            BillingMode,
+            PayerLevel,
+        ]
         # a query binds a member or its plain value the same
         assert s.execute(select(Wallet.id).where(Wallet.mode == BillingMode.development)).scalars().all() == ["w1"]
         assert s.execute(select(Wallet.id).where(Wallet.mode == "development")).scalars().all() == ["w1"]
@@ -74,8 +126,14 @@ def test_the_tables_match_the_migrations(db):
     from alembic.migration import MigrationContext
     from sqlmodel import SQLModel
 
-    import models.access, models.budget, models.chat, models.reconcile, models.rollup  # noqa: E401, F401
-    import models.stripe, models.turn, models.wallet  # noqa: E401, F401
+    import models.access  # noqa: E401, F401
+    import models.budget
+    import models.chat
+    import models.reconcile
+    import models.rollup
+    import models.stripe  # noqa: E401, F401
+    import models.turn
+    import models.wallet
 
     with db.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})

@@ -18,12 +18,12 @@ import redis
 from sqlalchemy import text
 
 from models.turn import TurnIn
-from worker.ledger.drain import OutboxDrain
-from worker.ledger.accounts import credit_wallet, open_wallet
-from worker.ledger.reconcile import reconcile
-from worker.settings import get_settings
 from worker.gate.gate import WalletGate
 from worker.gate.keys import outbox_key
+from worker.ledger.accounts import credit_wallet, open_wallet
+from worker.ledger.drain import OutboxDrain
+from worker.ledger.reconcile import reconcile
+from worker.settings import get_settings
 
 pytestmark = pytest.mark.integration
 SHARDS = 8
@@ -60,10 +60,29 @@ def cluster_url(tmp_path_factory):
         for port in ports:
             d = root / str(port)
             d.mkdir()
-            procs.append(subprocess.Popen(
-                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                 "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no", "--dir", str(d)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        "redis-server",
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(d),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         for port in ports:
             deadline = time.monotonic() + 10
             while True:
@@ -74,8 +93,20 @@ def cluster_url(tmp_path_factory):
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.05)
-        subprocess.run([shutil.which("redis-cli"), "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
-                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                shutil.which("redis-cli"),
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{p}" for p in ports],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         deadline = time.monotonic() + 20
         while redis.Redis(host="127.0.0.1", port=ports[0]).cluster("info").get("cluster_state") != "ok":
             assert time.monotonic() < deadline, "the cluster never became ok"
@@ -94,11 +125,22 @@ def _settings(url: str, cluster: bool):
 
 def _turns() -> list[TurnIn]:
     start = datetime(2026, 11, 3, tzinfo=UTC)
-    return [TurnIn(turn_id=f"ct{i}", wallet_id=WALLETS[i % len(WALLETS)], enterprise_id="acme",
-                   chat_id=f"chat-{i % 9}", agent=f"agent-{i % 3}", model="gpt-4o", provider="openai",
-                   prompt_tokens=300 + (i * 37) % 2000, completion_tokens=20 + (i * 11) % 300,
-                   cached_prompt_tokens=(i * 13) % 200, occurred_at=start + timedelta(seconds=i))
-            for i in range(1200)]
+    return [
+        TurnIn(
+            turn_id=f"ct{i}",
+            wallet_id=WALLETS[i % len(WALLETS)],
+            enterprise_id="acme",
+            chat_id=f"chat-{i % 9}",
+            agent=f"agent-{i % 3}",
+            model="gpt-4o",
+            provider="openai",
+            prompt_tokens=300 + (i * 37) % 2000,
+            completion_tokens=20 + (i * 11) % 300,
+            cached_prompt_tokens=(i * 13) % 200,
+            occurred_at=start + timedelta(seconds=i),
+        )
+        for i in range(1200)
+    ]
 
 
 def _drain_process(url: str, cluster: bool, shards: list[int], out) -> None:
@@ -119,7 +161,7 @@ def _run(url: str, cluster: bool, flush) -> tuple[list, list, dict]:
     turns = _turns()
     decisions = []
     for i in range(0, len(turns), 100):
-        decisions += gate.record_turns(turns[i:i + 100])
+        decisions += gate.record_turns(turns[i : i + 100])
     retried = gate.record_turns(turns[:100])
     assert all(d.duplicate for d in retried)
     ctx = multiprocessing.get_context("spawn")
@@ -132,9 +174,15 @@ def _run(url: str, cluster: bool, flush) -> tuple[list, list, dict]:
         p.join(timeout=30)
     assert inserted == sum(d.accepted for d in decisions)
     with gate_db().connect() as conn:
-        totals = [tuple(r) for r in conn.execute(text(
-            "SELECT wallet_id, count(*), count(DISTINCT turn_id), sum(prompt_tokens), sum(cost_nanos), "
-            "sum(billed_nanos) FROM usage_event GROUP BY wallet_id ORDER BY wallet_id"))]
+        totals = [
+            tuple(r)
+            for r in conn.execute(
+                text(
+                    "SELECT wallet_id, count(*), count(DISTINCT turn_id), sum(prompt_tokens), sum(cost_nanos), "
+                    "sum(billed_nanos) FROM usage_event GROUP BY wallet_id ORDER BY wallet_id"
+                )
+            )
+        ]
     rec = reconcile(gate)
     assert (rec.wallets_checked, rec.wallets_drifted) == (len(WALLETS), 0)
     balances = {w: gate.balance(w) for w in WALLETS}
@@ -178,9 +226,17 @@ def _migrate_slot(cluster_url: str, slot: int) -> tuple[int, int]:
     (from, to)."""
     port0 = int(cluster_url.rsplit(":", 1)[1].split("/")[0])
     nodes = {}
-    for line in redis.Redis(host="127.0.0.1", port=port0, decode_responses=True).execute_command(
-            "CLUSTER", "NODES").splitlines():
-        node_id, addr, flags, *_rest, = line.split()[:3]
+    for line in (
+        redis.Redis(host="127.0.0.1", port=port0, decode_responses=True)
+        .execute_command("CLUSTER", "NODES")
+        .splitlines()
+    ):
+        (
+            node_id,
+            addr,
+            flags,
+            *_rest,
+        ) = line.split()[:3]
         slots = line.split()[8:]
         port = int(addr.split("@")[0].rsplit(":", 1)[1])
         owns = any(int(r.split("-")[0]) <= slot <= int(r.split("-")[-1]) for r in slots if not r.startswith("["))
@@ -225,7 +281,7 @@ def test_a_batch_sent_to_a_node_that_lost_its_slot_is_redirected_not_failed(db, 
 
     gate._check_wallets = check_then_reshard
     second = gate.record_turns(turns[300:])
-    (src, dst), = moved
+    ((src, dst),) = moved
     assert gate.redis.get_node_from_key(gate.wallet_key(moved_wallet)).port == dst  # refreshed by the redirect
     decisions = first + second
     assert all(d.accepted and not d.duplicate for d in decisions)

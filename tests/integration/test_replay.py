@@ -38,8 +38,12 @@ def _azure_expected(path: Path) -> dict[str, int]:
         for row in csv.DictReader(fh):
             prompt, completion = int(row["ContextTokens"]), int(row["GeneratedTokens"])
             when = datetime.strptime(row["TIMESTAMP"][:26], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
-            price = calc_price(Usage(input_tokens=prompt, output_tokens=completion), "gpt-4o",
-                               provider_id="openai", genai_request_timestamp=when)
+            price = calc_price(
+                Usage(input_tokens=prompt, output_tokens=completion),
+                "gpt-4o",
+                provider_id="openai",
+                genai_request_timestamp=when,
+            )
             cost = _nanos(price.total_price)
             totals["turns"] += 1
             totals["prompt"] += prompt
@@ -51,20 +55,43 @@ def _azure_expected(path: Path) -> dict[str, int]:
 
 def _db_totals(db, wallet_id: str) -> dict[str, int]:
     with db.connect() as conn:
-        row = conn.execute(text(
-            "SELECT count(*), count(DISTINCT turn_id), coalesce(sum(prompt_tokens),0), "
-            "coalesce(sum(completion_tokens),0), coalesce(sum(cost_nanos),0), coalesce(sum(billed_nanos),0) "
-            "FROM usage_event WHERE wallet_id = :w"), {"w": wallet_id}).one()
-        debits = conn.execute(text(
-            "SELECT coalesce(sum(amount_nanos),0), coalesce(sum(turns),0) FROM wallet_transaction "
-            "WHERE wallet_id = :w AND kind = 'debit'"), {"w": wallet_id}).one()
-        chat = conn.execute(text(
-            "SELECT turns, prompt_tokens, completion_tokens, cost_nanos, status FROM chat_session "
-            "WHERE wallet_id = :w"), {"w": wallet_id}).one()
-    return {"rows": row[0], "distinct": row[1], "prompt": int(row[2]), "completion": int(row[3]),
-            "cost_nanos": int(row[4]), "billed_nanos": int(row[5]), "debit_nanos": int(debits[0]),
-            "debit_turns": int(debits[1]), "chat_turns": chat[0], "chat_prompt": int(chat[1]),
-            "chat_completion": int(chat[2]), "chat_cost": int(chat[3]), "chat_status": chat[4]}
+        row = conn.execute(
+            text(
+                "SELECT count(*), count(DISTINCT turn_id), coalesce(sum(prompt_tokens),0), "
+                "coalesce(sum(completion_tokens),0), coalesce(sum(cost_nanos),0), coalesce(sum(billed_nanos),0) "
+                "FROM usage_event WHERE wallet_id = :w"
+            ),
+            {"w": wallet_id},
+        ).one()
+        debits = conn.execute(
+            text(
+                "SELECT coalesce(sum(amount_nanos),0), coalesce(sum(turns),0) FROM wallet_transaction "
+                "WHERE wallet_id = :w AND kind = 'debit'"
+            ),
+            {"w": wallet_id},
+        ).one()
+        chat = conn.execute(
+            text(
+                "SELECT turns, prompt_tokens, completion_tokens, cost_nanos, status FROM chat_session "
+                "WHERE wallet_id = :w"
+            ),
+            {"w": wallet_id},
+        ).one()
+    return {
+        "rows": row[0],
+        "distinct": row[1],
+        "prompt": int(row[2]),
+        "completion": int(row[3]),
+        "cost_nanos": int(row[4]),
+        "billed_nanos": int(row[5]),
+        "debit_nanos": int(debits[0]),
+        "debit_turns": int(debits[1]),
+        "chat_turns": chat[0],
+        "chat_prompt": int(chat[1]),
+        "chat_completion": int(chat[2]),
+        "chat_cost": int(chat[3]),
+        "chat_status": chat[4],
+    }
 
 
 @pytest.mark.skipif(not CONV_SHARED.exists(), reason="needs ../shared/data beside the repo")
@@ -72,8 +99,21 @@ def test_replay_conv_shared_trace_exact_totals_and_rerun_records_nothing(cli, db
     expected = _azure_expected(CONV_SHARED)
     assert expected["turns"] == 13_927
 
-    first = _report(cli("replay", str(CONV_SHARED), "--format", "azure", "--model", "gpt-4o",
-                        "--provider", "openai", "--run-id", "conv-a", "--json"))
+    first = _report(
+        cli(
+            "replay",
+            str(CONV_SHARED),
+            "--format",
+            "azure",
+            "--model",
+            "gpt-4o",
+            "--provider",
+            "openai",
+            "--run-id",
+            "conv-a",
+            "--json",
+        )
+    )
     assert first["turns_read"] == 13_927
     assert first["turns_accepted"] == 13_927
     assert first["turns_denied"] == 0
@@ -91,7 +131,10 @@ def test_replay_conv_shared_trace_exact_totals_and_rerun_records_nothing(cli, db
     assert db_first["cost_nanos"] == db_first["billed_nanos"] == db_first["debit_nanos"] == expected["cost_nanos"]
     assert db_first["debit_turns"] == db_first["chat_turns"] == 13_927
     assert (db_first["chat_prompt"], db_first["chat_completion"], db_first["chat_cost"]) == (
-        16_726_570, 2_802_253, expected["cost_nanos"])
+        16_726_570,
+        2_802_253,
+        expected["cost_nanos"],
+    )
 
     again = _report(cli("replay", str(CONV_SHARED), "--format", "azure", "--run-id", "conv-a", "--json"))
     assert again["turns_duplicate"] == 13_927
@@ -102,8 +145,9 @@ def test_replay_conv_shared_trace_exact_totals_and_rerun_records_nothing(cli, db
 
 def test_replay_with_wallet_overdraws_by_at_most_one_turn_and_ledger_matches_redis(cli, db, redis_client):
     expected = _azure_expected(CONV_SAMPLE)
-    report = _report(cli("replay", str(CONV_SAMPLE), "--format", "azure", "--wallet-usd", "2.50",
-                         "--run-id", "small", "--json"))
+    report = _report(
+        cli("replay", str(CONV_SAMPLE), "--format", "azure", "--wallet-usd", "2.50", "--run-id", "small", "--json")
+    )
     assert report["turns_read"] == 2_000
     assert report["turns_accepted"] + report["turns_denied"] == 2_000
     assert report["turns_denied"] > 0
@@ -122,8 +166,10 @@ def test_replay_with_wallet_overdraws_by_at_most_one_turn_and_ledger_matches_red
     # the accepted turns are exactly the first rows of the file: the first turn that brought the
     # balance to <= 0 was accepted, every later one denied
     with db.connect() as conn:
-        rows = sorted(int(t.rsplit(":", 1)[1]) for (t,) in conn.execute(
-            text("SELECT turn_id FROM usage_event WHERE wallet_id = 'replay-small'")))
+        rows = sorted(
+            int(t.rsplit(":", 1)[1])
+            for (t,) in conn.execute(text("SELECT turn_id FROM usage_event WHERE wallet_id = 'replay-small'"))
+        )
     assert rows == list(range(1, report["turns_accepted"] + 1))
 
 
@@ -143,17 +189,34 @@ def test_replay_mooncake_bills_cached_prompt_tokens_at_cache_read_price(cli, db)
         prompt += obj["input_length"]
         completion += obj["output_length"]
         cached_total += cached
-        price = calc_price(Usage(input_tokens=obj["input_length"], cache_read_tokens=cached,
-                                 output_tokens=obj["output_length"]), "gpt-4o", provider_id="openai",
-                           genai_request_timestamp=epoch)
+        price = calc_price(
+            Usage(input_tokens=obj["input_length"], cache_read_tokens=cached, output_tokens=obj["output_length"]),
+            "gpt-4o",
+            provider_id="openai",
+            genai_request_timestamp=epoch,
+        )
         cost += _nanos(price.total_price)
     assert cached_total > 0
 
-    report = _report(cli("replay", str(MOONCAKE_SAMPLE), "--format", "mooncake", "--run-id", "moon",
-                         "--epoch", "2025-03-01T00:00:00", "--json"))
+    report = _report(
+        cli(
+            "replay",
+            str(MOONCAKE_SAMPLE),
+            "--format",
+            "mooncake",
+            "--run-id",
+            "moon",
+            "--epoch",
+            "2025-03-01T00:00:00",
+            "--json",
+        )
+    )
     assert report["turns_persisted"] == 1_000
     assert (report["prompt_tokens"], report["completion_tokens"], report["cached_prompt_tokens"]) == (
-        prompt, completion, cached_total)
+        prompt,
+        completion,
+        cached_total,
+    )
     assert report["cost_nanos"] == cost
 
 
@@ -167,18 +230,39 @@ def _nothing_recorded(db, redis_client) -> None:
 @pytest.mark.parametrize(
     ("content", "fmt", "needles"),
     [
-        ("TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,374,44\r\n"
-         "2023-11-16 18:15:50.9951690,-396,109\r\n", "azure", ["row 2", "ContextTokens", "negative"]),
-        ("TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,374,44\r\n"
-         "2023-11-16 18:15:50.9951690,396,1.5\r\n", "azure", ["row 2", "GeneratedTokens"]),
-        ("TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,374,44\r\n"
-         "yesterday,396,10\r\n", "azure", ["row 2", "TIMESTAMP"]),
-        ('{"timestamp": 0, "input_length": 10, "output_length": 5, "hash_ids": [1]}\n', "azure",
-         ["header", "--format azure"]),
-        ("TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,374,44\r\n", "mooncake",
-         ["row 1", "JSON"]),
-        ('{"timestamp": 0, "input_length": 10, "output_length": 5, "hash_ids": [1]}\n'
-         '{"timestamp": 3000, "input_length": 10, "hash_ids": [1]}\n', "mooncake", ["row 2", "output_length"]),
+        (
+            "TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,374,44\r\n"
+            "2023-11-16 18:15:50.9951690,-396,109\r\n",
+            "azure",
+            ["row 2", "ContextTokens", "negative"],
+        ),
+        (
+            "TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,374,44\r\n"
+            "2023-11-16 18:15:50.9951690,396,1.5\r\n",
+            "azure",
+            ["row 2", "GeneratedTokens"],
+        ),
+        (
+            "TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,374,44\r\nyesterday,396,10\r\n",
+            "azure",
+            ["row 2", "TIMESTAMP"],
+        ),
+        (
+            '{"timestamp": 0, "input_length": 10, "output_length": 5, "hash_ids": [1]}\n',
+            "azure",
+            ["header", "--format azure"],
+        ),
+        (
+            "TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,374,44\r\n",
+            "mooncake",
+            ["row 1", "JSON"],
+        ),
+        (
+            '{"timestamp": 0, "input_length": 10, "output_length": 5, "hash_ids": [1]}\n'
+            '{"timestamp": 3000, "input_length": 10, "hash_ids": [1]}\n',
+            "mooncake",
+            ["row 2", "output_length"],
+        ),
     ],
 )
 def test_malformed_trace_is_refused_with_row_and_field_and_records_nothing(

@@ -14,8 +14,8 @@ from genai_prices import Usage, calc_price
 from sqlalchemy import text
 
 from tests.conftest import SHARED_DATA
-from worker.ledger.drain import OutboxDrain
 from worker.ledger.accounts import credit_wallet, open_wallet
+from worker.ledger.drain import OutboxDrain
 
 pytestmark = pytest.mark.integration
 CREDITS = 200_000_000  # $0.20: enough for about 60 of the racers' turns, far fewer than they try
@@ -29,12 +29,25 @@ def _racer(worker: int, rounds: int, out) -> None:
     gate = WalletGate(kicker=lambda shard: None)
     billed = granted = 0
     for i in range(rounds):
-        turn = TurnIn(turn_id=f"race-{worker}-{i}", wallet_id="pool", enterprise_id="acme", chat_id=f"c{worker}",
-                      model="gpt-4o", provider="openai", prompt_tokens=500 + (worker * 37 + i * 11) % 900,
-                      completion_tokens=50 + i % 40, occurred_at=datetime(2026, 11, 2, tzinfo=UTC),
-                      reservation_id=f"res-{worker}-{i}")
-        cost = gate.prices.price(model="gpt-4o", provider="openai", when=turn.occurred_at,
-                                 prompt_tokens=turn.prompt_tokens, completion_tokens=turn.completion_tokens).cost_nanos
+        turn = TurnIn(
+            turn_id=f"race-{worker}-{i}",
+            wallet_id="pool",
+            enterprise_id="acme",
+            chat_id=f"c{worker}",
+            model="gpt-4o",
+            provider="openai",
+            prompt_tokens=500 + (worker * 37 + i * 11) % 900,
+            completion_tokens=50 + i % 40,
+            occurred_at=datetime(2026, 11, 2, tzinfo=UTC),
+            reservation_id=f"res-{worker}-{i}",
+        )
+        cost = gate.prices.price(
+            model="gpt-4o",
+            provider="openai",
+            when=turn.occurred_at,
+            prompt_tokens=turn.prompt_tokens,
+            completion_tokens=turn.completion_tokens,
+        ).cost_nanos
         hold = gate.reserve("pool", cost, reservation_id=turn.reservation_id)
         if not hold.granted:
             continue
@@ -84,8 +97,12 @@ def test_replay_with_reserve_policy_matches_a_straightforward_computation(cli, d
     with CONV_SHARED.open(newline="") as fh:
         for row in csv.DictReader(fh):
             when = datetime.strptime(row["TIMESTAMP"][:26], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
-            price = calc_price(Usage(input_tokens=int(row["ContextTokens"]), output_tokens=int(row["GeneratedTokens"])),
-                               "gpt-4o", provider_id="openai", genai_request_timestamp=when).total_price
+            price = calc_price(
+                Usage(input_tokens=int(row["ContextTokens"]), output_tokens=int(row["GeneratedTokens"])),
+                "gpt-4o",
+                provider_id="openai",
+                genai_request_timestamp=when,
+            ).total_price
             cost = int((price * 10**9).to_integral_value(rounding=ROUND_HALF_UP))
             if cost <= balance:
                 balance -= cost
@@ -94,8 +111,19 @@ def test_replay_with_reserve_policy_matches_a_straightforward_computation(cli, d
                 denied += 1
     assert denied > 0 and accepted > 0
 
-    proc = cli("replay", str(CONV_SHARED), "--format", "azure", "--wallet-usd", "10", "--policy", "reserve",
-               "--run-id", "res", "--json")
+    proc = cli(
+        "replay",
+        str(CONV_SHARED),
+        "--format",
+        "azure",
+        "--wallet-usd",
+        "10",
+        "--policy",
+        "reserve",
+        "--run-id",
+        "res",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (report["turns_accepted"], report["turns_denied"]) == (accepted, denied)

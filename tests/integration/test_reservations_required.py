@@ -17,22 +17,37 @@ from sqlalchemy import text
 
 from models.turn import TurnIn
 from tests.integration.test_api_v1 import USD, api  # noqa: F401  (the fixture)
-from worker.db import session_scope
-from worker.ledger.drain import OutboxDrain
-from worker.ledger.accounts import credit_wallet, ensure_enterprise, open_wallet
 from worker.billing.modes import configure_app, set_wallet_reservations
-from worker.ledger.reconcile import reconcile
+from worker.db import session_scope
 from worker.gate.keys import outbox_key
+from worker.ledger.accounts import credit_wallet, ensure_enterprise, open_wallet
+from worker.ledger.drain import OutboxDrain
+from worker.ledger.reconcile import reconcile
 
 pytestmark = pytest.mark.integration
 IN, OUT = 2_500, 10_000  # gpt-4o at OpenAI, nanos per token
 
 
-def _turn(turn_id: str, wallet_id: str, prompt: int = 1000, completion: int = 100, reservation_id: str | None = None,
-          enterprise_id: str = "acme") -> TurnIn:
-    return TurnIn(turn_id=turn_id, wallet_id=wallet_id, enterprise_id=enterprise_id, chat_id=f"chat-{wallet_id}",
-                  model="gpt-4o", provider="openai", prompt_tokens=prompt, completion_tokens=completion,
-                  occurred_at=datetime(2026, 11, 2, 9, tzinfo=UTC), reservation_id=reservation_id)
+def _turn(
+    turn_id: str,
+    wallet_id: str,
+    prompt: int = 1000,
+    completion: int = 100,
+    reservation_id: str | None = None,
+    enterprise_id: str = "acme",
+) -> TurnIn:
+    return TurnIn(
+        turn_id=turn_id,
+        wallet_id=wallet_id,
+        enterprise_id=enterprise_id,
+        chat_id=f"chat-{wallet_id}",
+        model="gpt-4o",
+        provider="openai",
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        occurred_at=datetime(2026, 11, 2, 9, tzinfo=UTC),
+        reservation_id=reservation_id,
+    )
 
 
 def _required_app(gate, *wallets: str, credit: int = 10_000_000) -> None:
@@ -68,25 +83,36 @@ def test_a_reservation_below_one_nano_is_refused_and_cannot_authorise_spend(db, 
 def test_the_gate_prices_a_reservation_at_the_worst_case(db, gate):
     open_wallet(gate, wallet_id="u1", enterprise_id="acme", owner_id="u1")
     credit_wallet(gate, wallet_id="u1", amount_nanos=USD, idempotency_key="open")
-    hold = gate.reserve("u1", model="gpt-4o", provider="openai", prompt_tokens=1000, max_tokens=500, reservation_id="m1")
+    hold = gate.reserve(
+        "u1", model="gpt-4o", provider="openai", prompt_tokens=1000, max_tokens=500, reservation_id="m1"
+    )
     assert (hold.granted, hold.amount_nanos, hold.held_nanos) == (True, 1000 * IN + 500 * OUT, 7_500_000)
     tiny = gate.reserve("u1", model="gpt-4o", provider="openai", prompt_tokens=0, max_tokens=0, reservation_id="m2")
     assert (tiny.amount_nanos, tiny.held_nanos) == (1, 7_500_001)  # never a 0-nano hold
     assert gate.quote_reservation("gpt-4o", "openai", 2_000, 4_096) == 2_000 * IN + 4_096 * OUT
-    for kwargs, field in [({}, "amount_nanos"), ({"amount_nanos": 5, "model": "gpt-4o", "max_tokens": 1}, "amount_nanos"),
-                          ({"model": "gpt-4o"}, "max_tokens"), ({"model": "gpt-4o", "max_tokens": -1}, "max_tokens"),
-                          ({"model": "gpt-4o", "max_tokens": 1, "prompt_tokens": 1.5}, "prompt_tokens")]:
+    for kwargs, field in [
+        ({}, "amount_nanos"),
+        ({"amount_nanos": 5, "model": "gpt-4o", "max_tokens": 1}, "amount_nanos"),
+        ({"model": "gpt-4o"}, "max_tokens"),
+        ({"model": "gpt-4o", "max_tokens": -1}, "max_tokens"),
+        ({"model": "gpt-4o", "max_tokens": 1, "prompt_tokens": 1.5}, "prompt_tokens"),
+    ]:
         with pytest.raises(ValueError, match=field):
             gate.reserve("u1", **kwargs)
     assert gate.available("u1") == (USD, 7_500_001, "production")
 
 
-@pytest.mark.parametrize(("body", "field"), [({"amount_nanos": 0}, "amount_nanos"),
-                                             ({"amount_nanos": -5}, "amount_nanos"),
-                                             ({"amount_nanos": 5, "model": "gpt-4o", "max_tokens": 9}, "amount_nanos"),
-                                             ({"model": "gpt-4o", "prompt_tokens": 10}, "max_tokens"),
-                                             ({"model": "gpt-4o", "max_tokens": -1}, "max_tokens"),
-                                             ({"model": "no-such-model-xyz", "max_tokens": 10}, "model")])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"amount_nanos": 0}, "amount_nanos"),
+        ({"amount_nanos": -5}, "amount_nanos"),
+        ({"amount_nanos": 5, "model": "gpt-4o", "max_tokens": 9}, "amount_nanos"),
+        ({"model": "gpt-4o", "prompt_tokens": 10}, "max_tokens"),
+        ({"model": "gpt-4o", "max_tokens": -1}, "max_tokens"),
+        ({"model": "no-such-model-xyz", "max_tokens": 10}, "model"),
+    ],
+)
 def test_the_api_refuses_bad_reservations_naming_the_field(api, gate, body, field):  # noqa: F811
     r = api.post("/v1/wallets/w1/reservations", json=body, headers=api.h["owner"])
     assert r.status_code == 422, r.text
@@ -95,12 +121,27 @@ def test_the_api_refuses_bad_reservations_naming_the_field(api, gate, body, fiel
 
 
 def test_the_api_prices_a_reservation_from_the_model(api, gate):  # noqa: F811
-    r = api.post("/v1/wallets/w1/reservations", headers=api.h["owner"],
-                 json={"model": "gpt-4o", "provider": "openai", "prompt_tokens": 1000, "max_tokens": 500,
-                       "reservation_id": "rm"})
+    r = api.post(
+        "/v1/wallets/w1/reservations",
+        headers=api.h["owner"],
+        json={
+            "model": "gpt-4o",
+            "provider": "openai",
+            "prompt_tokens": 1000,
+            "max_tokens": 500,
+            "reservation_id": "rm",
+        },
+    )
     assert r.status_code == 200, r.text
-    assert r.json() == {"reservation_id": "rm", "wallet_id": "w1", "granted": True, "amount_nanos": 7_500_000,
-                        "balance_nanos": USD, "held_nanos": 7_500_000, "duplicate": False}
+    assert r.json() == {
+        "reservation_id": "rm",
+        "wallet_id": "w1",
+        "granted": True,
+        "amount_nanos": 7_500_000,
+        "balance_nanos": USD,
+        "held_nanos": 7_500_000,
+        "duplicate": False,
+    }
 
 
 def test_over_http_a_wallet_that_requires_reservations_denies_turns_without_one(api, gate):  # noqa: F811
@@ -112,17 +153,41 @@ def test_over_http_a_wallet_that_requires_reservations_denies_turns_without_one(
     bare = api.post("/v1/turns", json=TURN, headers=h)
     assert bare.status_code == 200, bare.text
     assert {k: bare.json()[k] for k in ("accepted", "action", "billed_nanos", "balance_nanos")} == {
-        "accepted": False, "action": "pause", "billed_nanos": 0, "balance_nanos": USD}
-    r = api.post("/v1/wallets/w1/reservations", headers=h, json={
-        "model": "gpt-4o", "provider": "openai", "prompt_tokens": 1000, "max_tokens": 100, "reservation_id": "rh"})
+        "accepted": False,
+        "action": "pause",
+        "billed_nanos": 0,
+        "balance_nanos": USD,
+    }
+    r = api.post(
+        "/v1/wallets/w1/reservations",
+        headers=h,
+        json={
+            "model": "gpt-4o",
+            "provider": "openai",
+            "prompt_tokens": 1000,
+            "max_tokens": 100,
+            "reservation_id": "rh",
+        },
+    )
     assert (r.json()["granted"], r.json()["amount_nanos"]) == (True, 1000 * IN + 100 * OUT)
     # a batch (the many-turns script): one turn settles the hold, one names it again, one has none
-    batch = api.post("/v1/turns/batch", headers=h, json={"turns": [
-        {**TURN, "turn_id": "b-1", "reservation_id": "rh"}, {**TURN, "turn_id": "b-2", "reservation_id": "rh"},
-        {**TURN, "turn_id": "b-3"}]})
+    batch = api.post(
+        "/v1/turns/batch",
+        headers=h,
+        json={
+            "turns": [
+                {**TURN, "turn_id": "b-1", "reservation_id": "rh"},
+                {**TURN, "turn_id": "b-2", "reservation_id": "rh"},
+                {**TURN, "turn_id": "b-3"},
+            ]
+        },
+    )
     assert batch.status_code == 200, batch.text
     assert [(d["accepted"], d["billed_nanos"], d["balance_nanos"]) for d in batch.json()["data"]] == [
-        (True, COST, USD - COST), (False, 0, USD - COST), (False, 0, USD - COST)]
+        (True, COST, USD - COST),
+        (False, 0, USD - COST),
+        (False, 0, USD - COST),
+    ]
     assert gate.available("w1") == (USD - COST, 0, "production")
     shown = api.get("/v1/wallets/w1", headers=h).json()
     assert (shown["reservations_required"], shown["debt_nanos"], shown["held_nanos"]) == (True, 0, 0)
@@ -150,7 +215,12 @@ def test_a_turn_without_a_live_hold_of_its_own_wallet_is_denied(db, gate):
     for t in cases:
         d = gate.record_turn(t)
         assert (t.turn_id, d.accepted, d.billed_nanos, d.action, d.balance_nanos) == (
-            t.turn_id, False, 0, "pause", 6_500_000)
+            t.turn_id,
+            False,
+            0,
+            "pause",
+            6_500_000,
+        )
     assert gate.available("u1") == (6_500_000, 0, "production")
     assert gate.available("u2") == (10_000_000, 4_000_000, "production")  # its hold is untouched
     assert _outbox_len(gate, "u1") == before + 1  # only the settled turn was queued
@@ -166,8 +236,9 @@ def test_an_expired_hold_covers_nothing_and_is_given_back(db, gate):
     assert gate.expire_holds() == 0  # nothing left to sweep
 
 
-def test_a_cost_above_the_hold_is_charged_from_the_free_balance_only_and_the_rest_is_debt(db, redis_client, gate,
-                                                                                        settings):
+def test_a_cost_above_the_hold_is_charged_from_the_free_balance_only_and_the_rest_is_debt(
+    db, redis_client, gate, settings
+):
     _required_app(gate, "u1", credit=5_000_000)
     assert gate.reserve("u1", 2_000_000, reservation_id="other-call").granted
     assert gate.reserve("u1", 1_000_000, reservation_id="small").granted
@@ -175,7 +246,12 @@ def test_a_cost_above_the_hold_is_charged_from_the_free_balance_only_and_the_res
     # hold back: 5,000,000 − 2,000,000 (the other call's hold) = 3,000,000
     d = gate.record_turn(_turn("big", "u1", prompt=2_000, completion=200, reservation_id="small"))
     assert (d.accepted, d.cost_nanos, d.billed_nanos, d.action, d.balance_nanos) == (
-        True, 7_000_000, 3_000_000, "pause", 2_000_000)
+        True,
+        7_000_000,
+        3_000_000,
+        "pause",
+        2_000_000,
+    )
     assert gate.available("u1") == (2_000_000, 2_000_000, "production")
     assert redis_client.hget(gate.wallet_key("u1"), "debt") == "4000000"
     # the other call settles within its hold: charged in full, nothing owed
@@ -186,11 +262,14 @@ def test_a_cost_above_the_hold_is_charged_from_the_free_balance_only_and_the_res
     assert (again.duplicate, again.billed_nanos) == (True, 3_000_000)
     OutboxDrain(redis_client, settings=settings, consumer="c").drain()
     with db.connect() as conn:
-        rows = conn.execute(text(
-            "SELECT turn_id, cost_nanos, billed_nanos, debt_nanos, action FROM usage_event ORDER BY turn_id")).all()
+        rows = conn.execute(
+            text("SELECT turn_id, cost_nanos, billed_nanos, debt_nanos, action FROM usage_event ORDER BY turn_id")
+        ).all()
         wallet = conn.execute(text("SELECT credits_nanos, debits_nanos, debt_nanos FROM wallet WHERE id = 'u1'")).one()
-    assert [tuple(r) for r in rows] == [("big", 7_000_000, 3_000_000, 4_000_000, "pause"),
-                                       ("fits", 2_000_000, 2_000_000, 0, "pause")]
+    assert [tuple(r) for r in rows] == [
+        ("big", 7_000_000, 3_000_000, 4_000_000, "pause"),
+        ("fits", 2_000_000, 2_000_000, 0, "pause"),
+    ]
     assert tuple(wallet) == (5_000_000, 5_000_000, 4_000_000)
     report = reconcile(gate)
     assert (report.wallets_checked, report.wallets_drifted, report.drift_nanos_abs) == (1, 0, 0)
@@ -227,7 +306,9 @@ def test_a_wallet_overrides_its_apps_setting_and_the_cli_sets_both(db, gate, cli
     assert r.returncode == 2 and "SETTING" in r.stderr
     with db.connect() as conn:
         assert conn.execute(text("SELECT reservations_required FROM wallet WHERE id = 'u1'")).scalar_one() is True
-        assert conn.execute(text("SELECT reservations_required FROM enterprise WHERE id = 'acme'")).scalar_one() is False
+        assert (
+            conn.execute(text("SELECT reservations_required FROM enterprise WHERE id = 'acme'")).scalar_one() is False
+        )
     # a rebuild from PostgreSQL keeps the setting
     gate.redis.delete(gate.wallet_key("u1"))
     reconcile(gate, rebuild=True)
@@ -257,12 +338,20 @@ def test_fifty_threads_reserving_and_settling_on_a_cent_never_go_below_zero(db, 
             if rng.random() < 0.5:
                 hold = gate.reserve("pool", rng.randint(1, 600_000), reservation_id=rid)
             else:
-                hold = gate.reserve("pool", model="gpt-4o", provider="openai", prompt_tokens=100,
-                                    max_tokens=rng.randint(1, 40), reservation_id=rid)
+                hold = gate.reserve(
+                    "pool",
+                    model="gpt-4o",
+                    provider="openai",
+                    prompt_tokens=100,
+                    max_tokens=rng.randint(1, 40),
+                    reservation_id=rid,
+                )
             with lock:
                 others.append(rid)
-            bogus = [_turn(f"none-{n}-{i}", "pool", 100, 10),
-                     _turn(f"unknown-{n}-{i}", "pool", 100, 10, reservation_id=f"nope-{n}-{i}")]
+            bogus = [
+                _turn(f"none-{n}-{i}", "pool", 100, 10),
+                _turn(f"unknown-{n}-{i}", "pool", 100, 10, reservation_id=f"nope-{n}-{i}"),
+            ]
             if hold.granted:
                 if rng.random() < 0.15:
                     gate.release("pool", rid)
@@ -306,10 +395,12 @@ def test_fifty_threads_reserving_and_settling_on_a_cent_never_go_below_zero(db, 
 
     OutboxDrain(redis_client, settings=settings, consumer="c").drain()
     with db.connect() as conn:
-        credits, debits, owed = conn.execute(text(
-            "SELECT credits_nanos, debits_nanos, debt_nanos FROM wallet WHERE id = 'pool'")).one()
-        count, persisted = conn.execute(text(
-            "SELECT count(*), coalesce(sum(billed_nanos), 0) FROM usage_event WHERE wallet_id = 'pool'")).one()
+        credits, debits, owed = conn.execute(
+            text("SELECT credits_nanos, debits_nanos, debt_nanos FROM wallet WHERE id = 'pool'")
+        ).one()
+        count, persisted = conn.execute(
+            text("SELECT count(*), coalesce(sum(billed_nanos), 0) FROM usage_event WHERE wallet_id = 'pool'")
+        ).one()
     assert gate.available("side") == (credit, 5_000_000, "production")  # its holds untouched
     assert (credits, debits, owed) == (credit, billed, debt)
     assert debits <= credits and credits - debits == balance

@@ -16,14 +16,8 @@ import time_machine
 from sqlalchemy import text
 from sqlmodel import Session
 
-from tests.conftest import seed_wallet
 from models.turn import TurnIn
-from tests.conftest import REPO
-from worker.db import session_scope
-from worker.gate.outbox import parse_entry
-from worker.ledger.drain import OutboxDrain
-from worker.ledger.turns import persist_turns
-from worker.pricing.prices import nanos_to_usd
+from tests.conftest import REPO, seed_wallet
 from worker.chats.rollups import (
     build_document,
     chat_performance,
@@ -32,7 +26,12 @@ from worker.chats.rollups import (
     refresh_rollup,
     workflow_averages,
 )
+from worker.db import session_scope
 from worker.gate.keys import outbox_key
+from worker.gate.outbox import parse_entry
+from worker.ledger.drain import OutboxDrain
+from worker.ledger.turns import persist_turns
+from worker.pricing.prices import nanos_to_usd
 
 pytestmark = pytest.mark.integration
 
@@ -50,13 +49,36 @@ def _wallet(gate, wallet_id: str = "w1", enterprise_id: str = "acme") -> None:
     seed_wallet(gate, wallet_id, enterprise_id, f"owner-{wallet_id}", 10**15)
 
 
-def _turn(turn_id: str, *, chat: str = "c1", workflow: str = "wf", agent: str = "planner", prompt: int = 1000,
-          completion: int = 100, cached: int = 0, duration_ms: int = 250, at: datetime | None = None,
-          wallet_id: str = "w1", enterprise_id: str = "acme") -> TurnIn:
+def _turn(
+    turn_id: str,
+    *,
+    chat: str = "c1",
+    workflow: str = "wf",
+    agent: str = "planner",
+    prompt: int = 1000,
+    completion: int = 100,
+    cached: int = 0,
+    duration_ms: int = 250,
+    at: datetime | None = None,
+    wallet_id: str = "w1",
+    enterprise_id: str = "acme",
+) -> TurnIn:
     extra = {} if at is None else {"occurred_at": at}
-    return TurnIn(turn_id=turn_id, wallet_id=wallet_id, enterprise_id=enterprise_id, chat_id=chat,
-                  workflow=workflow, agent=agent, model="gpt-4o", provider="openai", prompt_tokens=prompt,
-                  completion_tokens=completion, cached_prompt_tokens=cached, duration_ms=duration_ms, **extra)
+    return TurnIn(
+        turn_id=turn_id,
+        wallet_id=wallet_id,
+        enterprise_id=enterprise_id,
+        chat_id=chat,
+        workflow=workflow,
+        agent=agent,
+        model="gpt-4o",
+        provider="openai",
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cached_prompt_tokens=cached,
+        duration_ms=duration_ms,
+        **extra,
+    )
 
 
 def _record(gate, turns) -> list:
@@ -83,12 +105,20 @@ def _expected_document(db, enterprise_id: str, workflow: str, period: str) -> di
     start = datetime(year, month, 1, tzinfo=UTC)
     end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
     with db.connect() as conn:
-        events = conn.execute(text(
-            "SELECT chat_id, agent, prompt_tokens, completion_tokens, cost_nanos, duration_ms, occurred_at "
-            "FROM usage_event WHERE enterprise_id = :e AND workflow = :w"), {"e": enterprise_id, "w": workflow}).all()
-        chats_meta = {r.chat_id: r for r in conn.execute(text(
-            "SELECT chat_id, status, started_at, ended_at FROM chat_session WHERE enterprise_id = :e"),
-            {"e": enterprise_id})}
+        events = conn.execute(
+            text(
+                "SELECT chat_id, agent, prompt_tokens, completion_tokens, cost_nanos, duration_ms, occurred_at "
+                "FROM usage_event WHERE enterprise_id = :e AND workflow = :w"
+            ),
+            {"e": enterprise_id, "w": workflow},
+        ).all()
+        chats_meta = {
+            r.chat_id: r
+            for r in conn.execute(
+                text("SELECT chat_id, status, started_at, ended_at FROM chat_session WHERE enterprise_id = :e"),
+                {"e": enterprise_id},
+            )
+        }
     chats: dict = defaultdict(lambda: {"turns": 0, "prompt": 0, "completion": 0, "cost": 0, "times": []})
     agents: dict = defaultdict(lambda: {"turns": 0, "prompt": 0, "completion": 0, "cost": 0, "ms": 0})
     for e in events:
@@ -115,11 +145,16 @@ def _expected_document(db, enterprise_id: str, workflow: str, period: str) -> di
         us = (stop - first) // timedelta(microseconds=1)
         durations_us.append(us)
         doc_chats[chat_id] = {
-            "status": meta.status, "turns": c["turns"], "prompt_tokens": c["prompt"],
-            "completion_tokens": c["completion"], "total_tokens": c["prompt"] + c["completion"],
-            "cost_usd": nanos_to_usd(c["cost"]), "cost_nanos": c["cost"],
+            "status": meta.status,
+            "turns": c["turns"],
+            "prompt_tokens": c["prompt"],
+            "completion_tokens": c["completion"],
+            "total_tokens": c["prompt"] + c["completion"],
+            "cost_usd": nanos_to_usd(c["cost"]),
+            "cost_nanos": c["cost"],
             "duration_sec": _half_up(Fraction(us, 10**6), 3),
-            "started_at": iso(meta.started_at), "ended_at": iso(meta.ended_at),
+            "started_at": iso(meta.started_at),
+            "ended_at": iso(meta.ended_at),
         }
     n = len(chats)
     total_prompt = sum(c["prompt"] for c in chats.values())
@@ -128,31 +163,47 @@ def _expected_document(db, enterprise_id: str, workflow: str, period: str) -> di
     avg_cost = int(Fraction(total_cost, n) + Fraction(1, 2)) if n else 0  # half-up, integers only
     avg_us = int(Fraction(sum(durations_us), n) + Fraction(1, 2)) if n else 0
     return {
-        "_id": f"mon_{enterprise_id}_{workflow}", "enterprise_id": enterprise_id, "workflow_name": workflow,
+        "_id": f"mon_{enterprise_id}_{workflow}",
+        "enterprise_id": enterprise_id,
+        "workflow_name": workflow,
         "period": period,
         "overall_avg": {
             "avg_duration_sec": _half_up(Fraction(avg_us, 10**6), 3),
             "avg_prompt_tokens": _half_up(Fraction(total_prompt, n), 2) if n else 0.0,
             "avg_completion_tokens": _half_up(Fraction(total_completion, n), 2) if n else 0.0,
             "avg_total_tokens": _half_up(Fraction(total_prompt + total_completion, n), 2) if n else 0.0,
-            "avg_cost_usd": nanos_to_usd(avg_cost), "avg_cost_nanos": avg_cost,
-            "total_sessions": n, "total_turns": sum(c["turns"] for c in chats.values()),
-            "total_cost_usd": nanos_to_usd(total_cost), "total_cost_nanos": total_cost,
+            "avg_cost_usd": nanos_to_usd(avg_cost),
+            "avg_cost_nanos": avg_cost,
+            "total_sessions": n,
+            "total_turns": sum(c["turns"] for c in chats.values()),
+            "total_cost_usd": nanos_to_usd(total_cost),
+            "total_cost_nanos": total_cost,
         },
         "chat_sessions": doc_chats,
-        "agents": {a: {"turns": v["turns"], "avg_response_ms": _half_up(Fraction(v["ms"], v["turns"]), 2),
-                       "prompt_tokens": v["prompt"], "completion_tokens": v["completion"],
-                       "total_tokens": v["prompt"] + v["completion"], "cost_usd": nanos_to_usd(v["cost"]),
-                       "cost_nanos": v["cost"]} for a, v in agents.items()},
+        "agents": {
+            a: {
+                "turns": v["turns"],
+                "avg_response_ms": _half_up(Fraction(v["ms"], v["turns"]), 2),
+                "prompt_tokens": v["prompt"],
+                "completion_tokens": v["completion"],
+                "total_tokens": v["prompt"] + v["completion"],
+                "cost_usd": nanos_to_usd(v["cost"]),
+                "cost_nanos": v["cost"],
+            }
+            for a, v in agents.items()
+        },
     }
 
 
 def _stored(db, enterprise_id: str, workflow: str, period: str):
     with db.connect() as conn:
-        return conn.execute(text(
-            "SELECT document, total_sessions, total_turns, prompt_tokens, completion_tokens, cached_prompt_tokens, "
-            "cost_nanos FROM workflow_rollup WHERE enterprise_id = :e AND workflow = :w AND period = :p"),
-            {"e": enterprise_id, "w": workflow, "p": period}).one()
+        return conn.execute(
+            text(
+                "SELECT document, total_sessions, total_turns, prompt_tokens, completion_tokens, cached_prompt_tokens, "
+                "cost_nanos FROM workflow_rollup WHERE enterprise_id = :e AND workflow = :w AND period = :p"
+            ),
+            {"e": enterprise_id, "w": workflow, "p": period},
+        ).one()
 
 
 def _assert_rollup_matches_events(db, enterprise_id: str, workflow: str, period: str) -> dict:
@@ -161,12 +212,19 @@ def _assert_rollup_matches_events(db, enterprise_id: str, workflow: str, period:
     assert row.document == expected
     o = expected["overall_avg"]
     with db.connect() as conn:
-        cached = conn.execute(text(
-            "SELECT coalesce(sum(cached_prompt_tokens), 0) FROM usage_event WHERE enterprise_id = :e AND "
-            "workflow = :w AND to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM') = :p"),
-            {"e": enterprise_id, "w": workflow, "p": period}).scalar_one()
+        cached = conn.execute(
+            text(
+                "SELECT coalesce(sum(cached_prompt_tokens), 0) FROM usage_event WHERE enterprise_id = :e AND "
+                "workflow = :w AND to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM') = :p"
+            ),
+            {"e": enterprise_id, "w": workflow, "p": period},
+        ).scalar_one()
     assert (row.total_sessions, row.total_turns, row.cost_nanos, row.cached_prompt_tokens) == (
-        o["total_sessions"], o["total_turns"], o["total_cost_nanos"], cached)
+        o["total_sessions"],
+        o["total_turns"],
+        o["total_cost_nanos"],
+        cached,
+    )
     assert row.prompt_tokens == sum(c["prompt_tokens"] for c in expected["chat_sessions"].values())
     assert row.completion_tokens == sum(c["completion_tokens"] for c in expected["chat_sessions"].values())
     return row.document
@@ -175,19 +233,25 @@ def _assert_rollup_matches_events(db, enterprise_id: str, workflow: str, period:
 def _snapshot(db) -> dict:
     """Every rollup row (with refreshed_at and the tuple version xmin) and every dirty mark."""
     with db.connect() as conn:
-        rollups = conn.execute(text(
-            "SELECT enterprise_id, workflow, period, document::text, total_sessions, total_turns, prompt_tokens, "
-            "completion_tokens, cached_prompt_tokens, cost_nanos, refreshed_at, xmin::text FROM workflow_rollup "
-            "ORDER BY 1, 2, 3")).all()
-        marks = conn.execute(text("SELECT enterprise_id, workflow, period, touched_at FROM rollup_dirty "
-                                  "ORDER BY 1, 2, 3")).all()
+        rollups = conn.execute(
+            text(
+                "SELECT enterprise_id, workflow, period, document::text, total_sessions, total_turns, prompt_tokens, "
+                "completion_tokens, cached_prompt_tokens, cost_nanos, refreshed_at, xmin::text FROM workflow_rollup "
+                "ORDER BY 1, 2, 3"
+            )
+        ).all()
+        marks = conn.execute(
+            text("SELECT enterprise_id, workflow, period, touched_at FROM rollup_dirty ORDER BY 1, 2, 3")
+        ).all()
     return {"rollups": rollups, "marks": marks}
 
 
 def _dirty(db) -> list[tuple]:
     with db.connect() as conn:
-        return [tuple(r) for r in conn.execute(text(
-            "SELECT enterprise_id, workflow, period FROM rollup_dirty ORDER BY 1, 2, 3"))]
+        return [
+            tuple(r)
+            for r in conn.execute(text("SELECT enterprise_id, workflow, period FROM rollup_dirty ORDER BY 1, 2, 3"))
+        ]
 
 
 def _refresh_all(engine=None) -> int:
@@ -241,13 +305,28 @@ def test_rollup_of_a_replayed_trace_equals_totals_computed_from_the_usage_events
 
 def test_refresh_twice_changes_nothing_the_second_time(db, gate, redis_client, settings):
     _wallet(gate)
-    turns = [_turn(f"t{i}", chat=f"c{i % 3}", workflow=("wf", "billing")[i % 2], agent=("planner", "coder")[i % 2],
-                   prompt=1000 + 7 * i, completion=50 + i, cached=(i % 4) * 100, duration_ms=200 + 13 * i,
-                   at=T0 + timedelta(days=i * 3)) for i in range(12)]  # Nov 10 … Dec 13
+    turns = [
+        _turn(
+            f"t{i}",
+            chat=f"c{i % 3}",
+            workflow=("wf", "billing")[i % 2],
+            agent=("planner", "coder")[i % 2],
+            prompt=1000 + 7 * i,
+            completion=50 + i,
+            cached=(i % 4) * 100,
+            duration_ms=200 + 13 * i,
+            at=T0 + timedelta(days=i * 3),
+        )
+        for i in range(12)
+    ]  # Nov 10 … Dec 13
     _record(gate, turns)
     OutboxDrain(redis_client, settings=settings).drain()
-    groups = [("acme", "billing", "2026-11"), ("acme", "billing", "2026-12"),
-              ("acme", "wf", "2026-11"), ("acme", "wf", "2026-12")]
+    groups = [
+        ("acme", "billing", "2026-11"),
+        ("acme", "billing", "2026-12"),
+        ("acme", "wf", "2026-11"),
+        ("acme", "wf", "2026-12"),
+    ]
     assert _dirty(db) == groups
 
     assert _refresh_all() == 4
@@ -278,8 +357,20 @@ def test_refresh_twice_changes_nothing_the_second_time(db, gate, redis_client, s
 
 def _two_batches(gate, redis_client, n1: int = 10, n2: int = 10) -> tuple[list[dict], list[dict]]:
     _wallet(gate)
-    _record(gate, [_turn(f"t{i}", chat=f"c{i % 2}", prompt=1000 + i, completion=10 + i, duration_ms=100 + i,
-                         at=T0 + timedelta(minutes=i)) for i in range(n1 + n2)])
+    _record(
+        gate,
+        [
+            _turn(
+                f"t{i}",
+                chat=f"c{i % 2}",
+                prompt=1000 + i,
+                completion=10 + i,
+                duration_ms=100 + i,
+                at=T0 + timedelta(minutes=i),
+            )
+            for i in range(n1 + n2)
+        ],
+    )
     rows = sorted(_outbox_rows(redis_client, gate), key=lambda r: int(r["turn_id"][1:]))
     return rows[:n1], rows[n1:]
 
@@ -341,9 +432,22 @@ def test_a_mark_a_drain_is_writing_is_skipped_not_lost(db, gate, redis_client):
 def test_concurrent_drains_and_refreshes_never_lose_a_turn(db, gate, redis_client, race):
     _wallet(gate)
     n = 600
-    _record(gate, [_turn(f"t{i}", chat=f"c{i % 7}", workflow=("wf", "billing")[i % 2],
-                         agent=("planner", "coder", "critic")[i % 3], prompt=500 + i, completion=20 + i % 50,
-                         duration_ms=100 + i % 90, at=T0 + timedelta(hours=i)) for i in range(n)])  # ~25 days
+    _record(
+        gate,
+        [
+            _turn(
+                f"t{i}",
+                chat=f"c{i % 7}",
+                workflow=("wf", "billing")[i % 2],
+                agent=("planner", "coder", "critic")[i % 3],
+                prompt=500 + i,
+                completion=20 + i % 50,
+                duration_ms=100 + i % 90,
+                at=T0 + timedelta(hours=i),
+            )
+            for i in range(n)
+        ],
+    )  # ~25 days
     rows = sorted(_outbox_rows(redis_client, gate), key=lambda r: int(r["turn_id"][1:]))
     assert len(rows) == n
     batches = [rows[i : i + 15] for i in range(0, n, 15)]
@@ -373,9 +477,13 @@ def test_concurrent_drains_and_refreshes_never_lose_a_turn(db, gate, redis_clien
     for workflow in ("wf", "billing"):
         for period in ("2026-11", "2026-12"):
             with db.connect() as conn:
-                exists = conn.execute(text("SELECT count(*) FROM usage_event WHERE workflow = :w AND "
-                                           "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM') = :p"),
-                                      {"w": workflow, "p": period}).scalar_one()
+                exists = conn.execute(
+                    text(
+                        "SELECT count(*) FROM usage_event WHERE workflow = :w AND "
+                        "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM') = :p"
+                    ),
+                    {"w": workflow, "p": period},
+                ).scalar_one()
             if exists:
                 total += _assert_rollup_matches_events(db, "acme", workflow, period)["overall_avg"]["total_turns"]
     assert total == n
@@ -384,10 +492,13 @@ def test_concurrent_drains_and_refreshes_never_lose_a_turn(db, gate, redis_clien
 def test_month_boundary_turns_land_in_two_rollups(db, gate, redis_client, settings):
     _wallet(gate)
     # explicit occurred_at: 1000 prompt + 100 completion of gpt-4o = 2,500,000 + 1,000,000 nanos
-    decisions = _record(gate, [
-        _turn("nov-last", chat="edge", prompt=1000, completion=100, at=LAST_MS_OF_NOVEMBER),
-        _turn("dec-first", chat="edge", prompt=2000, completion=10, at=FIRST_OF_DECEMBER),
-    ])
+    decisions = _record(
+        gate,
+        [
+            _turn("nov-last", chat="edge", prompt=1000, completion=100, at=LAST_MS_OF_NOVEMBER),
+            _turn("dec-first", chat="edge", prompt=2000, completion=10, at=FIRST_OF_DECEMBER),
+        ],
+    )
     assert [d.cost_nanos for d in decisions] == [3_500_000, 5_100_000]
     # "now" frozen at the same instants: the turn's default occurred_at is the frozen clock
     with time_machine.travel(LAST_MS_OF_NOVEMBER, tick=False):
@@ -399,9 +510,12 @@ def test_month_boundary_turns_land_in_two_rollups(db, gate, redis_client, settin
 
     assert _refresh_all() == 2
     with db.connect() as conn:
-        rows = conn.execute(text(
-            "SELECT period, total_sessions, total_turns, prompt_tokens, completion_tokens, cost_nanos "
-            "FROM workflow_rollup ORDER BY period")).all()
+        rows = conn.execute(
+            text(
+                "SELECT period, total_sessions, total_turns, prompt_tokens, completion_tokens, cost_nanos "
+                "FROM workflow_rollup ORDER BY period"
+            )
+        ).all()
     # 400 × 2,500 + 40 × 10,000 = 1,400,000;  800 × 2,500 + 80 × 10,000 = 2,800,000
     assert [tuple(r) for r in rows] == [
         ("2026-11", 2, 2, 1_400, 140, 3_500_000 + 1_400_000),
@@ -414,22 +528,42 @@ def test_month_boundary_turns_land_in_two_rollups(db, gate, redis_client, settin
     assert nov["overall_avg"]["avg_cost_nanos"] == 2_450_000  # (3,500,000 + 1,400,000) / 2
     assert dec["overall_avg"]["avg_cost_usd"] == "0.003950000"  # (5,100,000 + 2,800,000) / 2 nanos
     # the chat's life is one; each month holds its own part of it
-    assert nov["chat_sessions"]["edge"]["started_at"] == dec["chat_sessions"]["edge"]["started_at"] == (
-        "2026-11-30T23:59:59.999000Z")
+    assert (
+        nov["chat_sessions"]["edge"]["started_at"]
+        == dec["chat_sessions"]["edge"]["started_at"]
+        == ("2026-11-30T23:59:59.999000Z")
+    )
     assert nov["chat_sessions"]["edge"]["duration_sec"] == dec["chat_sessions"]["edge"]["duration_sec"] == 0.0
 
 
 def test_end_chat_marks_completed_and_refreshes_every_period_at_once(db, gate, redis_client, settings):
     _wallet(gate)
-    _record(gate, [
-        _turn("a1", chat="c1", agent="planner", prompt=1000, completion=100, duration_ms=200,
-              at=LAST_MS_OF_NOVEMBER - timedelta(seconds=59)),
-        _turn("a2", chat="c1", agent="coder", prompt=1000, completion=100, duration_ms=301, at=LAST_MS_OF_NOVEMBER),
-        _turn("a3", chat="c1", agent="planner", prompt=3000, completion=50, duration_ms=500, at=FIRST_OF_DECEMBER),
-        _turn("a4", chat="c1", agent="coder", prompt=10, completion=1, duration_ms=7,
-              at=FIRST_OF_DECEMBER + timedelta(seconds=30)),
-        _turn("b1", chat="c2", agent="planner", prompt=100, completion=10, at=FIRST_OF_DECEMBER),
-    ])
+    _record(
+        gate,
+        [
+            _turn(
+                "a1",
+                chat="c1",
+                agent="planner",
+                prompt=1000,
+                completion=100,
+                duration_ms=200,
+                at=LAST_MS_OF_NOVEMBER - timedelta(seconds=59),
+            ),
+            _turn("a2", chat="c1", agent="coder", prompt=1000, completion=100, duration_ms=301, at=LAST_MS_OF_NOVEMBER),
+            _turn("a3", chat="c1", agent="planner", prompt=3000, completion=50, duration_ms=500, at=FIRST_OF_DECEMBER),
+            _turn(
+                "a4",
+                chat="c1",
+                agent="coder",
+                prompt=10,
+                completion=1,
+                duration_ms=7,
+                at=FIRST_OF_DECEMBER + timedelta(seconds=30),
+            ),
+            _turn("b1", chat="c2", agent="planner", prompt=100, completion=10, at=FIRST_OF_DECEMBER),
+        ],
+    )
     OutboxDrain(redis_client, settings=settings).drain()
     assert _refresh_all() == 2
     nov_before = _stored(db, "acme", "wf", "2026-11").document
@@ -455,8 +589,7 @@ def test_end_chat_marks_completed_and_refreshes_every_period_at_once(db, gate, r
     assert dec["chat_sessions"]["c2"]["duration_sec"] == 0.0
     assert dec["overall_avg"]["avg_duration_sec"] == 150.0
     with db.connect() as conn:
-        status, stored_end = conn.execute(text(
-            "SELECT status, ended_at FROM chat_session WHERE chat_id = 'c1'")).one()
+        status, stored_end = conn.execute(text("SELECT status, ended_at FROM chat_session WHERE chat_id = 'c1'")).one()
     assert (status, stored_end) == ("completed", ended_at)
 
     # ending it again (a retried task) keeps the first ended_at and writes no rollup
@@ -468,8 +601,10 @@ def test_end_chat_marks_completed_and_refreshes_every_period_at_once(db, gate, r
     assert _snapshot(db) == before
 
     # a turn drained after the end keeps the chat completed and reaches the rollup via the beat job
-    _record(gate, [_turn("a5", chat="c1", agent="critic", prompt=5, completion=5,
-                         at=FIRST_OF_DECEMBER + timedelta(minutes=7))])
+    _record(
+        gate,
+        [_turn("a5", chat="c1", agent="critic", prompt=5, completion=5, at=FIRST_OF_DECEMBER + timedelta(minutes=7))],
+    )
     OutboxDrain(redis_client, settings=settings).drain()
     assert _refresh_all() == 1
     dec = _assert_rollup_matches_events(db, "acme", "wf", "2026-12")
@@ -489,8 +624,11 @@ def test_end_chat_bad_input(db, gate, redis_client, settings):
     with session_scope() as s, pytest.raises(ValueError, match="chat_id"):
         end_chat(s, enterprise_id="acme", chat_id="")
     with session_scope() as s:
-        for args, field in ((("acme", "wf", "2026-13"), "period"), (("", "wf", "2026-11"), "enterprise_id"),
-                            (("acme", "", "2026-11"), "workflow")):
+        for args, field in (
+            (("acme", "wf", "2026-13"), "period"),
+            (("", "wf", "2026-11"), "enterprise_id"),
+            (("acme", "", "2026-11"), "workflow"),
+        ):
             with pytest.raises(ValueError, match=field):
                 refresh_rollup(s, *args)
         with pytest.raises(ValueError, match="limit"):
@@ -503,14 +641,33 @@ def test_end_chat_bad_input(db, gate, redis_client, settings):
 def test_workflow_averages_and_chat_performance_exact_figures(db, gate, redis_client, settings):
     _wallet(gate)
     # three sessions; per-agent response times 200, 301 → 250.5 ms
-    decisions = _record(gate, [
-        _turn("p1", chat="c1", agent="planner", prompt=1000, completion=100, duration_ms=200, at=T0),
-        _turn("p2", chat="c1", agent="planner", prompt=1001, completion=3, duration_ms=301, at=T0 + timedelta(seconds=10)),
-        _turn("p3", chat="c1", agent="coder", prompt=7, completion=1, cached=5, duration_ms=1000,
-              at=T0 + timedelta(seconds=20, milliseconds=5)),
-        _turn("p4", chat="c2", agent="coder", prompt=2, completion=2, duration_ms=3, at=T0),
-        _turn("p5", chat="c3", agent="planner", prompt=1, completion=0, duration_ms=1, at=T0),
-    ])
+    decisions = _record(
+        gate,
+        [
+            _turn("p1", chat="c1", agent="planner", prompt=1000, completion=100, duration_ms=200, at=T0),
+            _turn(
+                "p2",
+                chat="c1",
+                agent="planner",
+                prompt=1001,
+                completion=3,
+                duration_ms=301,
+                at=T0 + timedelta(seconds=10),
+            ),
+            _turn(
+                "p3",
+                chat="c1",
+                agent="coder",
+                prompt=7,
+                completion=1,
+                cached=5,
+                duration_ms=1000,
+                at=T0 + timedelta(seconds=20, milliseconds=5),
+            ),
+            _turn("p4", chat="c2", agent="coder", prompt=2, completion=2, duration_ms=3, at=T0),
+            _turn("p5", chat="c3", agent="planner", prompt=1, completion=0, duration_ms=1, at=T0),
+        ],
+    )
     OutboxDrain(redis_client, settings=settings).drain()
     costs = [d.cost_nanos for d in decisions]
     total_cost = sum(costs)
@@ -524,24 +681,40 @@ def test_workflow_averages_and_chat_performance_exact_figures(db, gate, redis_cl
     with session_scope() as s:
         stored = workflow_averages(s, "acme", "wf", "2026-11")
     assert stored["source"] == "rollup" and stored["refreshed_at"] is not None
-    figures = {"total_sessions": 3, "total_turns": 5,
-               "avg_prompt_tokens": 670.33,  # 2011 / 3
-               "avg_completion_tokens": 35.33,  # 106 / 3
-               "avg_total_tokens": 705.67,  # 2117 / 3
-               "avg_cost_nanos": avg_cost, "avg_cost_usd": nanos_to_usd(avg_cost),
-               "total_cost_nanos": total_cost, "total_cost_usd": nanos_to_usd(total_cost),
-               "avg_duration_sec": 6.668}  # (20.005 + 0 + 0) / 3
+    figures = {
+        "total_sessions": 3,
+        "total_turns": 5,
+        "avg_prompt_tokens": 670.33,  # 2011 / 3
+        "avg_completion_tokens": 35.33,  # 106 / 3
+        "avg_total_tokens": 705.67,  # 2117 / 3
+        "avg_cost_nanos": avg_cost,
+        "avg_cost_usd": nanos_to_usd(avg_cost),
+        "total_cost_nanos": total_cost,
+        "total_cost_usd": nanos_to_usd(total_cost),
+        "avg_duration_sec": 6.668,
+    }  # (20.005 + 0 + 0) / 3
     for averages in (live, stored):
         assert {k: averages[k] for k in figures} == figures
 
     with session_scope() as s:
         perf = chat_performance(s, "acme", "c1")
     assert (perf["turns"], perf["prompt_tokens"], perf["completion_tokens"], perf["cost_nanos"]) == (
-        3, 2008, 104, sum(costs[:3]))
+        3,
+        2008,
+        104,
+        sum(costs[:3]),
+    )
     assert perf["agents"]["planner"] == {
-        "turns": 2, "avg_response_ms": 250.5, "total_response_ms": 501, "prompt_tokens": 2001,
-        "completion_tokens": 103, "cached_prompt_tokens": 0, "total_tokens": 2104,
-        "cost_nanos": costs[0] + costs[1], "cost_usd": nanos_to_usd(costs[0] + costs[1])}
+        "turns": 2,
+        "avg_response_ms": 250.5,
+        "total_response_ms": 501,
+        "prompt_tokens": 2001,
+        "completion_tokens": 103,
+        "cached_prompt_tokens": 0,
+        "total_tokens": 2104,
+        "cost_nanos": costs[0] + costs[1],
+        "cost_usd": nanos_to_usd(costs[0] + costs[1]),
+    }
     assert perf["agents"]["coder"]["avg_response_ms"] == 1000.0
     assert perf["agents"]["coder"]["cached_prompt_tokens"] == 5
     with session_scope() as s, pytest.raises(LookupError, match="chat_id='missing'"):
@@ -567,8 +740,9 @@ def test_rollup_tasks_and_beat_entry(db, gate, redis_client, settings):
     assert rollup_tasks.refresh("acme", "wf", "2026-11")["total_turns"] == 1
     ended = rollup_tasks.end_chat("acme", "c2", "2026-12-02T00:00:00+00:00")
     assert ended["ended_at"] == "2026-12-02T00:00:00Z"
-    assert ended["rollups"] == [{"workflow": "wf", "period": "2026-12", "total_sessions": 1, "total_turns": 1,
-                                 "cost_nanos": 3_500_000}]
+    assert ended["rollups"] == [
+        {"workflow": "wf", "period": "2026-12", "total_sessions": 1, "total_turns": 1, "cost_nanos": 3_500_000}
+    ]
     assert _stored(db, "acme", "wf", "2026-12").document["chat_sessions"]["c2"]["status"] == "completed"
     with pytest.raises(LookupError, match="nope"):
         rollup_tasks.end_chat("acme", "nope")
@@ -599,8 +773,8 @@ def test_the_beat_job_takes_marks_in_a_short_transaction_and_puts_back_what_it_f
 
     from tasks import rollups as task_module
     from worker.chats import rollups as rollup_module
-    from worker.db import session_scope
     from worker.chats.rollups import mark_dirty
+    from worker.db import session_scope
 
     with session_scope() as session:
         mark_dirty(session, [("acme", "wf-a", "2026-11"), ("acme", "wf-b", "2026-11")])

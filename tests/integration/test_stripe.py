@@ -12,13 +12,11 @@ import pytest
 import stripe
 from sqlalchemy import text
 
-from models.turn import TurnIn
 from models.enums import PayerLevel
+from models.turn import TurnIn
 from tests.conftest import create_keys
 from tests.stripe_stub import StripeStub, event_json, stripe_signature
 from worker.billing.allowances import run_monthly_reset
-from worker.db import session_scope
-from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.billing.stripe import (
     PAYMENT_FAILED,
     StripeBillingError,
@@ -29,6 +27,8 @@ from worker.billing.stripe import (
     platform_fee_cents,
     process_event,
 )
+from worker.db import session_scope
+from worker.ledger.accounts import credit_wallet, open_wallet
 
 pytestmark = pytest.mark.integration
 
@@ -36,8 +36,14 @@ SECRET = "whsec_test_tollgate"
 USD = 10**9
 CENT = 10_000_000
 TOPUP = dict(package_id="topup-10", name="10 USD of tokens", price_cents=1_000, credit_nanos=10 * USD)
-PLAN = dict(package_id="plan-20", name="20 USD a month", price_cents=2_000, credit_nanos=20 * USD, monthly=True,
-            stripe_price_id="price_plan20")
+PLAN = dict(
+    package_id="plan-20",
+    name="20 USD a month",
+    price_cents=2_000,
+    credit_nanos=20 * USD,
+    monthly=True,
+    stripe_price_id="price_plan20",
+)
 URLS = dict(success_url="https://app.example/ok", cancel_url="https://app.example/cancel")
 TASK = "tollgate.stripe.process_event"
 
@@ -56,7 +62,7 @@ def api(http_api, stripe_settings):
     from api_stub.routes.stripe import get_send_task
 
     sent: list[tuple[str, dict]] = []
-    main.app.dependency_overrides[get_send_task] = lambda: (lambda name, kwargs: sent.append((name, kwargs)))
+    main.app.dependency_overrides[get_send_task] = lambda: lambda name, kwargs: sent.append((name, kwargs))
     client = http_api()
     client.sent = sent
     yield client
@@ -86,52 +92,114 @@ def _process(event_id: str) -> dict:
 
 def _ledger(db, wallet_id="w1") -> list[tuple]:
     with db.connect() as conn:
-        return [tuple(r) for r in conn.execute(text(
-            "SELECT idempotency_key, kind, amount_nanos FROM wallet_transaction WHERE wallet_id = :w ORDER BY id"),
-            {"w": wallet_id})]
+        return [
+            tuple(r)
+            for r in conn.execute(
+                text(
+                    "SELECT idempotency_key, kind, amount_nanos FROM wallet_transaction WHERE wallet_id = :w ORDER BY id"
+                ),
+                {"w": wallet_id},
+            )
+        ]
 
 
 def _wallet_row(db, wallet_id="w1") -> dict:
     with db.connect() as conn:
-        return dict(conn.execute(text(
-            "SELECT credits_nanos, debits_nanos, stripe_customer_id, stripe_subscription_id, subscription_status, "
-            "monthly_allowance_nanos, blocked_reason FROM wallet WHERE id = :w"), {"w": wallet_id}).mappings().one())
+        return dict(
+            conn.execute(
+                text(
+                    "SELECT credits_nanos, debits_nanos, stripe_customer_id, stripe_subscription_id, subscription_status, "
+                    "monthly_allowance_nanos, blocked_reason FROM wallet WHERE id = :w"
+                ),
+                {"w": wallet_id},
+            )
+            .mappings()
+            .one()
+        )
 
 
 def _events(db) -> list[tuple]:
     with db.connect() as conn:
-        return [tuple(r) for r in conn.execute(text(
-            "SELECT id, type, processed_at IS NOT NULL, outcome FROM stripe_event ORDER BY received_at, id"))]
+        return [
+            tuple(r)
+            for r in conn.execute(
+                text("SELECT id, type, processed_at IS NOT NULL, outcome FROM stripe_event ORDER BY received_at, id")
+            )
+        ]
 
 
 def _audits(db) -> list[tuple]:
     with db.connect() as conn:
-        return [tuple(r) for r in conn.execute(text(
-            "SELECT actor, action, wallet_id, detail FROM audit_log WHERE actor = 'stripe' ORDER BY id"))]
+        return [
+            tuple(r)
+            for r in conn.execute(
+                text("SELECT actor, action, wallet_id, detail FROM audit_log WHERE actor = 'stripe' ORDER BY id")
+            )
+        ]
 
 
 def _paid_session(sid="cs_test_a1", wallet="w1", package="topup-10", **kw) -> dict:
-    return {"id": sid, "object": "checkout.session", "mode": "payment", "payment_status": "paid", "status": "complete",
-            "amount_total": 1_000, "currency": "usd", "customer": "cus_1", "client_reference_id": wallet,
-            "metadata": {"wallet_id": wallet, "package_id": package}, **kw}
+    return {
+        "id": sid,
+        "object": "checkout.session",
+        "mode": "payment",
+        "payment_status": "paid",
+        "status": "complete",
+        "amount_total": 1_000,
+        "currency": "usd",
+        "customer": "cus_1",
+        "client_reference_id": wallet,
+        "metadata": {"wallet_id": wallet, "package_id": package},
+        **kw,
+    }
 
 
 def _invoice(iid, *, sub="sub_1", wallet="w1", price="price_plan20", quantity=1, customer="cus_1") -> dict:
     """An invoice in the current API shape (``parent.subscription_details``, ``pricing.price_details``)."""
-    return {"id": iid, "object": "invoice", "customer": customer, "currency": "usd", "amount_paid": 2_000,
-            "status": "paid", "billing_reason": "subscription_cycle",
-            "parent": {"type": "subscription_details", "subscription_details": {
-                "subscription": sub, "metadata": {"wallet_id": wallet, "package_id": "plan-20"}}},
-            "lines": {"object": "list", "data": [{
-                "id": f"il_{iid}", "object": "line_item", "amount": 2_000, "quantity": quantity,
-                "pricing": {"type": "price_details", "price_details": {"price": price, "product": "prod_1"}},
-                "parent": {"type": "subscription_item_details",
-                           "subscription_item_details": {"proration": False, "subscription": sub}}}]}}
+    return {
+        "id": iid,
+        "object": "invoice",
+        "customer": customer,
+        "currency": "usd",
+        "amount_paid": 2_000,
+        "status": "paid",
+        "billing_reason": "subscription_cycle",
+        "parent": {
+            "type": "subscription_details",
+            "subscription_details": {"subscription": sub, "metadata": {"wallet_id": wallet, "package_id": "plan-20"}},
+        },
+        "lines": {
+            "object": "list",
+            "data": [
+                {
+                    "id": f"il_{iid}",
+                    "object": "line_item",
+                    "amount": 2_000,
+                    "quantity": quantity,
+                    "pricing": {"type": "price_details", "price_details": {"price": price, "product": "prod_1"}},
+                    "parent": {
+                        "type": "subscription_item_details",
+                        "subscription_item_details": {"proration": False, "subscription": sub},
+                    },
+                }
+            ],
+        },
+    }
 
 
 def _turn(gate, n: int, wallet="w1"):
-    return gate.record_turn(TurnIn(turn_id=f"t{n}", wallet_id=wallet, enterprise_id="acme", chat_id="c1",
-                                   model="gpt-4o", provider="openai", prompt_tokens=1_000, completion_tokens=0))
+    return gate.record_turn(
+        TurnIn(
+            turn_id=f"t{n}",
+            wallet_id=wallet,
+            enterprise_id="acme",
+            chat_id="c1",
+            model="gpt-4o",
+            provider="openai",
+            prompt_tokens=1_000,
+            completion_tokens=0,
+        )
+    )
 
 
 def test_a_paid_checkout_credits_once_however_often_stripe_sends_it(db, gate, api):
@@ -154,8 +222,13 @@ def test_a_paid_checkout_credits_once_however_often_stripe_sends_it(db, gate, ap
     assert _events(db) == [("evt_pay_1", "checkout.session.completed", True, "credited")]
     [(actor, action, wallet, detail)] = _audits(db)
     assert (actor, action, wallet) == ("stripe", "credit", "w1")
-    assert detail == {"idempotency_key": "stripe:cs_test_a1", "amount_nanos": 10 * USD, "stripe_object": "cs_test_a1",
-                      "package_id": "topup-10", "event_id": "evt_pay_1"}
+    assert detail == {
+        "idempotency_key": "stripe:cs_test_a1",
+        "amount_nanos": 10 * USD,
+        "stripe_object": "cs_test_a1",
+        "package_id": "topup-10",
+        "event_id": "evt_pay_1",
+    }
 
     # Stripe re-sends the same event (freshly signed): stored already and processed, nothing queued
     r = _post(api, body)
@@ -196,8 +269,11 @@ def test_forged_stale_and_malformed_webhooks_answer_400_and_change_nothing(db, g
         assert r.json()["detail"].startswith("Stripe-Signature: "), label
 
     # correctly signed but not an event: 400 naming the field, nothing stored
-    for payload, field in [("not json", "body"), (json.dumps({"object": "event", "type": "x"}), "id"),
-                           (json.dumps({"id": "evt_no_type", "object": "event"}), "type")]:
+    for payload, field in [
+        ("not json", "body"),
+        (json.dumps({"object": "event", "type": "x"}), "id"),
+        (json.dumps({"id": "evt_no_type", "object": "event"}), "type"),
+    ]:
         r = _post(api, payload)
         assert (r.status_code, r.json()["errors"][0]["field"]) == (400, field), payload
 
@@ -224,8 +300,12 @@ def test_unpaid_unknown_and_unmatched_events_credit_nothing(db, gate, api):
         _process(event_id)
     assert sorted(_events(db)) == [
         ("evt_nopkg", "checkout.session.completed", False, "error: metadata.package_id: unknown package 'ghost-pkg'"),
-        ("evt_nowallet", "checkout.session.completed", False,
-         "error: wallet_id: no wallet for metadata wallet_id 'ghost', subscription None, customer None"),
+        (
+            "evt_nowallet",
+            "checkout.session.completed",
+            False,
+            "error: wallet_id: no wallet for metadata wallet_id 'ghost', subscription None, customer None",
+        ),
         ("evt_other", "customer.created", True, "ignored"),
         ("evt_unpaid", "checkout.session.completed", True, "ignored: payment_status 'unpaid'"),
     ]
@@ -261,23 +341,37 @@ def test_subscription_lifecycle_credits_each_paid_invoice_once_and_blocks_on_fai
     assert _process("evt_inv_1")["credited_nanos"] == 20 * USD
     assert _post(api, first).json() == {"received": True, "duplicate": True}  # replay
     assert _process("evt_inv_1")["duplicate"] is True
-    sub_session = {"id": "cs_sub_1", "object": "checkout.session", "mode": "subscription", "payment_status": "paid",
-                   "customer": "cus_1", "subscription": "sub_1", "client_reference_id": "w1",
-                   "metadata": {"wallet_id": "w1", "package_id": "plan-20"}}
+    sub_session = {
+        "id": "cs_sub_1",
+        "object": "checkout.session",
+        "mode": "subscription",
+        "payment_status": "paid",
+        "customer": "cus_1",
+        "subscription": "sub_1",
+        "client_reference_id": "w1",
+        "metadata": {"wallet_id": "w1", "package_id": "plan-20"},
+    }
     _post(api, event_json("evt_sub_done", "checkout.session.completed", sub_session))
     assert _process("evt_sub_done")["outcome"] == "subscribed: sub_1"
     assert gate.balance("w1") == 21 * USD
     assert _ledger(db) == [("seed-w1", "credit", USD), ("stripe:in_1", "credit", 20 * USD)]
     row = _wallet_row(db)
-    assert (row["stripe_customer_id"], row["stripe_subscription_id"], row["subscription_status"],
-            row["monthly_allowance_nanos"], row["blocked_reason"]) == ("cus_1", "sub_1", "active", 0, None)
+    assert (
+        row["stripe_customer_id"],
+        row["stripe_subscription_id"],
+        row["subscription_status"],
+        row["monthly_allowance_nanos"],
+        row["blocked_reason"],
+    ) == ("cus_1", "sub_1", "active", 0, None)
     # the monthly reset grants nothing on top: the paid invoice is the month's credit
     assert run_monthly_reset(gate, wallet_ids=["w1"], settings=settings).granted == []
     assert gate.balance("w1") == 21 * USD
 
     # the next cycle's payment fails: the wallet is blocked, in PostgreSQL and in the gate
     assert _turn(gate, 1).accepted  # 1,000 gpt-4o prompt tokens: 2,500,000 nanos
-    _post(api, event_json("evt_fail_2", "invoice.payment_failed", _invoice("in_2") | {"status": "open", "amount_paid": 0}))
+    _post(
+        api, event_json("evt_fail_2", "invoice.payment_failed", _invoice("in_2") | {"status": "open", "amount_paid": 0})
+    )
     assert _process("evt_fail_2")["outcome"] == f"blocked: {PAYMENT_FAILED}"
     row = _wallet_row(db)
     assert (row["subscription_status"], row["blocked_reason"]) == ("past_due", PAYMENT_FAILED)
@@ -287,17 +381,31 @@ def test_subscription_lifecycle_credits_each_paid_invoice_once_and_blocks_on_fai
     assert gate.balance("w1") == 21 * USD - 2_500_000
 
     # the retried payment succeeds: credited once (an old-shape invoice: subscription, price.id), unblocked
-    old_shape = {"id": "in_2", "object": "invoice", "customer": "cus_1", "currency": "usd", "amount_paid": 2_000,
-                 "subscription": "sub_1", "subscription_details": {"metadata": {}},
-                 "lines": {"data": [{"id": "il_2", "quantity": 1, "proration": False, "price": {"id": "price_plan20"}},
-                                    {"id": "il_2p", "quantity": 1, "proration": True, "price": {"id": "price_plan20"}}]}}
+    old_shape = {
+        "id": "in_2",
+        "object": "invoice",
+        "customer": "cus_1",
+        "currency": "usd",
+        "amount_paid": 2_000,
+        "subscription": "sub_1",
+        "subscription_details": {"metadata": {}},
+        "lines": {
+            "data": [
+                {"id": "il_2", "quantity": 1, "proration": False, "price": {"id": "price_plan20"}},
+                {"id": "il_2p", "quantity": 1, "proration": True, "price": {"id": "price_plan20"}},
+            ]
+        },
+    }
     _post(api, event_json("evt_inv_2", "invoice.paid", old_shape))
     _post(api, event_json("evt_inv_2b", "invoice.paid", old_shape))  # a second event about the same invoice
     assert _process("evt_inv_2")["credited_nanos"] == 20 * USD
     _process("evt_inv_2b")
     assert gate.balance("w1") == 41 * USD - 2_500_000
-    assert _ledger(db) == [("seed-w1", "credit", USD), ("stripe:in_1", "credit", 20 * USD),
-                           ("stripe:in_2", "credit", 20 * USD)]
+    assert _ledger(db) == [
+        ("seed-w1", "credit", USD),
+        ("stripe:in_1", "credit", 20 * USD),
+        ("stripe:in_2", "credit", 20 * USD),
+    ]
     row = _wallet_row(db)
     assert (row["subscription_status"], row["blocked_reason"], row["credits_nanos"]) == ("active", None, 41 * USD)
     assert gate.blocked_reasons(["w1"]) == {"w1": None}
@@ -310,13 +418,27 @@ def test_subscription_lifecycle_credits_each_paid_invoice_once_and_blocks_on_fai
         conn.execute(text("UPDATE wallet SET monthly_allowance_nanos = 5000000000 WHERE id = 'w1'"))
     _post(api, event_json("evt_old_fail", "invoice.payment_failed", _invoice("in_0", sub="sub_0")))
     assert _process("evt_old_fail")["outcome"] == "ignored: sub_0 is not the wallet's subscription"
-    _post(api, event_json("evt_del", "customer.subscription.deleted",
-                          {"id": "sub_1", "object": "subscription", "customer": "cus_1", "status": "canceled",
-                           "metadata": {"wallet_id": "w1", "package_id": "plan-20"}}))
+    _post(
+        api,
+        event_json(
+            "evt_del",
+            "customer.subscription.deleted",
+            {
+                "id": "sub_1",
+                "object": "subscription",
+                "customer": "cus_1",
+                "status": "canceled",
+                "metadata": {"wallet_id": "w1", "package_id": "plan-20"},
+            },
+        ),
+    )
     assert _process("evt_del")["outcome"] == "canceled"
     row = _wallet_row(db)
     assert (row["subscription_status"], row["monthly_allowance_nanos"], row["blocked_reason"]) == (
-        "canceled", 5_000_000_000, None)
+        "canceled",
+        5_000_000_000,
+        None,
+    )
     assert gate.balance("w1") == 41 * USD - 5_000_000
 
 
@@ -337,7 +459,9 @@ def test_payment_failed_takes_over_a_budget_block_and_keeps_other_reasons(db, ga
     _process("evt_f2")
     assert gate.blocked_reasons(["w1", "w2"]) == {"w1": PAYMENT_FAILED, "w2": "fraud_review"}
     assert (_wallet_row(db, "w1")["blocked_reason"], _wallet_row(db, "w2")["blocked_reason"]) == (
-        PAYMENT_FAILED, "fraud_review")
+        PAYMENT_FAILED,
+        "fraud_review",
+    )
     _post(api, event_json("evt_p2", "invoice.paid", _invoice("in_b", sub="sub_b", wallet="w2")))
     _process("evt_p2")
     assert gate.blocked_reasons(["w2"]) == {"w2": "fraud_review"}  # not ours to lift
@@ -350,8 +474,12 @@ def test_fee_arithmetic_is_integer_cents():
     assert platform_fee_cents(12_345, 3_333) == 8_231  # creator 12,345 × 3,333 // 10,000 = 4,114
     assert platform_fee_cents(1, 7_000) == 1
     assert platform_fee_cents(99_999_999, 10_000) == 0
-    assert (application_fee_percent(7_000), application_fee_percent(8_250), application_fee_percent(9_999),
-            application_fee_percent(0)) == ("30.00", "17.50", "0.01", "100.00")
+    assert (
+        application_fee_percent(7_000),
+        application_fee_percent(8_250),
+        application_fee_percent(9_999),
+        application_fee_percent(0),
+    ) == ("30.00", "17.50", "0.01", "100.00")
     for bad in (-1, 10_001, 70.0, True):
         with pytest.raises(ValueError, match="creator_share_bps"):
             platform_fee_cents(100, bad)
@@ -366,13 +494,18 @@ def test_checkout_sends_stripe_exactly_these_requests(db, gate, stripe_settings,
     with StripeStub() as stub:
         client = stripe.StripeClient("sk_test_tollgate", base_addresses={"api": stub.url}, max_network_retries=0)
         with session_scope() as session:
-            one_off = create_checkout_session(session, wallet_id="w1", package_id="topup-10", client=client,
-                                              idempotency_key="buy-1", **URLS)
+            one_off = create_checkout_session(
+                session, wallet_id="w1", package_id="topup-10", client=client, idempotency_key="buy-1", **URLS
+            )
             monthly = create_checkout_session(session, wallet_id="w1", package_id="plan-20", client=client, **URLS)
-            platform = create_checkout_session(session, wallet_id="creator", package_id="topup-10", client=client,
-                                               **URLS)
+            platform = create_checkout_session(
+                session, wallet_id="creator", package_id="topup-10", client=client, **URLS
+            )
         assert (one_off.session_id, one_off.url, one_off.mode) == (
-            "cs_test_1", "https://checkout.stripe.com/c/pay/cs_test_1", "payment")
+            "cs_test_1",
+            "https://checkout.stripe.com/c/pay/cs_test_1",
+            "payment",
+        )
         assert (monthly.session_id, monthly.mode, platform.session_id) == ("cs_test_2", "subscription", "cs_test_3")
         assert [(r.method, r.path) for r in stub.requests] == [("POST", "/v1/checkout/sessions")] * 3
         first, second, third = stub.requests
@@ -386,42 +519,64 @@ def test_checkout_sends_stripe_exactly_these_requests(db, gate, stripe_settings,
             "line_items[0][price_data][unit_amount]": "999",
             "line_items[0][price_data][product_data][name]": "10 USD of tokens",
             "line_items[0][quantity]": "1",
-            "metadata[wallet_id]": "w1", "metadata[package_id]": "topup-10",
-            "payment_intent_data[metadata][wallet_id]": "w1", "payment_intent_data[metadata][package_id]": "topup-10",
+            "metadata[wallet_id]": "w1",
+            "metadata[package_id]": "topup-10",
+            "payment_intent_data[metadata][wallet_id]": "w1",
+            "payment_intent_data[metadata][package_id]": "topup-10",
             # 999 cents: the creator's 82.5 % is 824 cents (824.175 rounded down), the platform keeps 175
             "payment_intent_data[application_fee_amount]": "175",
             "payment_intent_data[transfer_data][destination]": "acct_creator1",
         }
         assert second.form == common | {
             "mode": "subscription",
-            "line_items[0][price]": "price_plan20", "line_items[0][quantity]": "1",
-            "metadata[wallet_id]": "w1", "metadata[package_id]": "plan-20",
-            "subscription_data[metadata][wallet_id]": "w1", "subscription_data[metadata][package_id]": "plan-20",
+            "line_items[0][price]": "price_plan20",
+            "line_items[0][quantity]": "1",
+            "metadata[wallet_id]": "w1",
+            "metadata[package_id]": "plan-20",
+            "subscription_data[metadata][wallet_id]": "w1",
+            "subscription_data[metadata][package_id]": "plan-20",
             "subscription_data[application_fee_percent]": "17.50",
             "subscription_data[transfer_data][destination]": "acct_creator1",
         }
         # a platform-level wallet (the app creator) pays the platform: no Connect
         assert third.form == common | {
-            "client_reference_id": "creator", "mode": "payment",
-            "line_items[0][price_data][currency]": "usd", "line_items[0][price_data][unit_amount]": "999",
-            "line_items[0][price_data][product_data][name]": "10 USD of tokens", "line_items[0][quantity]": "1",
-            "metadata[wallet_id]": "creator", "metadata[package_id]": "topup-10",
+            "client_reference_id": "creator",
+            "mode": "payment",
+            "line_items[0][price_data][currency]": "usd",
+            "line_items[0][price_data][unit_amount]": "999",
+            "line_items[0][price_data][product_data][name]": "10 USD of tokens",
+            "line_items[0][quantity]": "1",
+            "metadata[wallet_id]": "creator",
+            "metadata[package_id]": "topup-10",
             "payment_intent_data[metadata][wallet_id]": "creator",
             "payment_intent_data[metadata][package_id]": "topup-10",
         }
 
         # bad input names the field and sends nothing
         with db.begin() as conn:
-            conn.execute(text("UPDATE wallet SET stripe_subscription_id = 'sub_1', subscription_status = 'active', "
-                              "stripe_customer_id = 'cus_1' WHERE id = 'w1'"))
+            conn.execute(
+                text(
+                    "UPDATE wallet SET stripe_subscription_id = 'sub_1', subscription_status = 'active', "
+                    "stripe_customer_id = 'cus_1' WHERE id = 'w1'"
+                )
+            )
         cases = [
             (dict(wallet_id="ghost", package_id="topup-10", **URLS), "wallet_id"),
             (dict(wallet_id="w1", package_id="ghost", **URLS), "package_id"),
             (dict(wallet_id="w1", package_id="plan-20", **URLS), "wallet_id: wallet 'w1' already has subscription"),
-            (dict(wallet_id="w1", package_id="topup-10", success_url="javascript:alert(1)",
-                  cancel_url=URLS["cancel_url"]), "success_url"),
-            (dict(wallet_id="w1", package_id="topup-10", success_url=URLS["success_url"], cancel_url="/relative"),
-             "cancel_url"),
+            (
+                dict(
+                    wallet_id="w1",
+                    package_id="topup-10",
+                    success_url="javascript:alert(1)",
+                    cancel_url=URLS["cancel_url"],
+                ),
+                "success_url",
+            ),
+            (
+                dict(wallet_id="w1", package_id="topup-10", success_url=URLS["success_url"], cancel_url="/relative"),
+                "cancel_url",
+            ),
         ]
         for kwargs, field in cases:
             with session_scope() as session, pytest.raises(StripeBillingError, match=f"^{field}"):
@@ -436,8 +591,10 @@ def test_checkout_sends_stripe_exactly_these_requests(db, gate, stripe_settings,
         http = http_api(create_keys({"user": ("end_user", "acme", "w1")}), headers={"Idempotency-Key": "http-buy-1"})
         auth = http.h["user"]
         r = http.post("/v1/checkout", json={"wallet_id": "w1", "package_id": "topup-10", **URLS}, headers=auth)
-        assert (r.status_code, r.json()) == (200, {"session_id": "cs_test_4", "mode": "payment",
-                                                    "url": "https://checkout.stripe.com/c/pay/cs_test_4"})
+        assert (r.status_code, r.json()) == (
+            200,
+            {"session_id": "cs_test_4", "mode": "payment", "url": "https://checkout.stripe.com/c/pay/cs_test_4"},
+        )
         assert stub.requests[-1].headers["idempotency-key"] == "http-buy-1"
         assert stub.requests[-1].form["customer"] == "cus_1"
         r = http.post("/v1/checkout", json={"wallet_id": "creator", "package_id": "topup-10", **URLS}, headers=auth)
@@ -468,15 +625,17 @@ def test_package_validation_names_the_field_and_stores_nothing(session):
             add_package(session, **kwargs)
     add_package(session, **PLAN)
     session.commit()  # the caller's commit (a savepoint of the test's transaction, rolled back after it)
-    with pytest.raises(StripeBillingError, match="^stripe_price_id: 'price_plan20' already belongs to package 'plan-20'"):
+    with pytest.raises(
+        StripeBillingError, match="^stripe_price_id: 'price_plan20' already belongs to package 'plan-20'"
+    ):
         add_package(session, **dict(PLAN, package_id="plan-other"))
     assert session.execute(text("SELECT id, price_cents, credit_nanos, monthly FROM token_package")).all() == [
-        ("plan-20", 2_000, 20 * USD, True)]
+        ("plan-20", 2_000, 20 * USD, True)
+    ]
     assert 2_000 * CENT == 20 * USD  # the plan sells credit at face value
 
 
-def test_a_real_celery_worker_processes_the_webhook_s_task(db, gate, stripe_settings, celery_worker_factory,
-                                                           http_api):
+def test_a_real_celery_worker_processes_the_webhook_s_task(db, gate, stripe_settings, celery_worker_factory, http_api):
     open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
     _packages(TOPUP)
     celery_worker_factory()
@@ -528,7 +687,9 @@ def test_a_gate_failure_after_the_ledger_commit_is_retried_and_credits_once(db, 
     with pytest.raises(GatePending):  # called directly, the task's retry re-raises the retriable error
         _process("evt_flaky")
     [(_id, _type, processed, outcome)] = _events(db)
-    assert processed is False and outcome.startswith("retrying: GatePending: credit 'stripe:cs_test_a1' is in the ledger")
+    assert processed is False and outcome.startswith(
+        "retrying: GatePending: credit 'stripe:cs_test_a1' is in the ledger"
+    )
     assert _ledger(db) == [("stripe:cs_test_a1", "credit", 10 * USD)]  # PostgreSQL first
     assert gate.balance("w1") == 0 and _audits(db) == []
     result = _process("evt_flaky")  # the retry completes the gate side only
@@ -554,7 +715,7 @@ def test_an_event_the_broker_refused_is_queued_again_on_stripe_s_next_delivery(d
     r = _post(api, body)
     assert (r.status_code, r.headers["content-type"]) == (503, "application/problem+json")
     assert _events(db) == [("evt_q", "checkout.session.completed", False, None)]  # stored once
-    main.app.dependency_overrides[get_send_task] = lambda: (lambda name, kwargs: api.sent.append((name, kwargs)))
+    main.app.dependency_overrides[get_send_task] = lambda: lambda name, kwargs: api.sent.append((name, kwargs))
     assert _post(api, body).json() == {"received": True, "duplicate": True}
     assert api.sent == [(TASK, {"event_id": "evt_q"})]
     _process("evt_q")
@@ -562,11 +723,25 @@ def test_an_event_the_broker_refused_is_queued_again_on_stripe_s_next_delivery(d
 
 
 def test_cli_adds_lists_and_deactivates_packages(cli):
-    r = cli("stripe", "package", "add", "plan-20", "--name", "20 USD a month", "--price-usd", "20.00",
-            "--credit-usd", "20", "--monthly", "--price-id", "price_plan20")
+    r = cli(
+        "stripe",
+        "package",
+        "add",
+        "plan-20",
+        "--name",
+        "20 USD a month",
+        "--price-usd",
+        "20.00",
+        "--credit-usd",
+        "20",
+        "--monthly",
+        "--price-id",
+        "price_plan20",
+    )
     assert r.returncode == 0, r.stderr
     assert " ".join(r.stdout.split()) == (
-        "package plan-20: 20 USD a month, 20.000000000 USD of credit (20000000000 nanos) for 2000 cents a month")
+        "package plan-20: 20 USD a month, 20.000000000 USD of credit (20000000000 nanos) for 2000 cents a month"
+    )
     bad = [
         (["--price-usd", "10.005", "--credit-usd", "10"], "--price-usd: 10.005 is not a whole number of cents"),
         (["--price-usd", "0.10", "--credit-usd", "10"], "--price-usd: must be an integer of USD cents in 50..99999999"),
@@ -579,8 +754,16 @@ def test_cli_adds_lists_and_deactivates_packages(cli):
     assert cli("stripe", "package", "deactivate", "plan-20").returncode == 0
     r = cli("stripe", "package", "list", "--all", "--json")
     assert json.loads(r.stdout.strip().splitlines()[-1]) == [
-        {"id": "plan-20", "name": "20 USD a month", "price_cents": 2_000, "credit_nanos": 20 * USD, "monthly": True,
-         "stripe_price_id": "price_plan20", "active": False}]
+        {
+            "id": "plan-20",
+            "name": "20 USD a month",
+            "price_cents": 2_000,
+            "credit_nanos": 20 * USD,
+            "monthly": True,
+            "stripe_price_id": "price_plan20",
+            "active": False,
+        }
+    ]
     assert json.loads(cli("stripe", "package", "list", "--json").stdout.strip().splitlines()[-1]) == []
 
 
@@ -645,8 +828,16 @@ def test_the_database_keeps_a_stripe_price_to_one_package(session):
     add_package(session, **PLAN)
     with pytest.raises(IntegrityError, match="uq_token_package_stripe_price"):
         with session.begin_nested():
-            session.execute(text("INSERT INTO token_package (id, name, price_cents, credit_nanos, stripe_price_id) "
-                                 "VALUES ('plan-copy', 'copy', 2000, 1, 'price_plan20')"))
+            session.execute(
+                text(
+                    "INSERT INTO token_package (id, name, price_cents, credit_nanos, stripe_price_id) "
+                    "VALUES ('plan-copy', 'copy', 2000, 1, 'price_plan20')"
+                )
+            )
     with session.begin_nested():  # packages without a Stripe price are many
-        session.execute(text("INSERT INTO token_package (id, name, price_cents, credit_nanos) VALUES "
-                             "('a', 'a', 100, 1), ('b', 'b', 100, 1)"))
+        session.execute(
+            text(
+                "INSERT INTO token_package (id, name, price_cents, credit_nanos) VALUES "
+                "('a', 'a', 100, 1), ('b', 'b', 100, 1)"
+            )
+        )

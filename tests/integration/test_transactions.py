@@ -51,7 +51,9 @@ def test_a_mode_change_reaches_the_gate_only_when_the_caller_commits(db, gate):
     assert _gate_mode(gate, "w2") == "production"
     with db.connect() as conn:
         assert conn.execute(text("SELECT id, mode FROM wallet ORDER BY id")).all() == [
-            ("w1", "development"), ("w2", "production")]
+            ("w1", "development"),
+            ("w2", "production"),
+        ]
         assert conn.execute(text("SELECT default_mode FROM enterprise WHERE id = 'acme'")).scalar_one() == "production"
         assert conn.execute(text("SELECT count(*) FROM audit_log WHERE action = 'mode_change'")).scalar_one() == 1
     # a refused change names the field and changes nothing

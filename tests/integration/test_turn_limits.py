@@ -10,19 +10,28 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import create_keys, seed_wallet
 from models.turn import TurnIn
 from models.wallet import DEFAULT_MAX_TURN_COST_NANOS
+from tests.conftest import create_keys, seed_wallet
 from worker.db import session_scope
+from worker.gate.gate import GateBatchError, WalletGate
 from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.pricing.prices import PriceBook, TurnLimitExceeded
-from worker.gate.gate import GateBatchError, WalletGate
 
 pytestmark = pytest.mark.integration
 
-TURN = {"turn_id": "t-1", "wallet_id": "w1", "enterprise_id": "acme", "chat_id": "c1", "agent": "planner",
-        "model": "gpt-4o", "provider": "openai", "prompt_tokens": 1000, "completion_tokens": 100,
-        "occurred_at": "2026-11-01T12:00:00Z"}
+TURN = {
+    "turn_id": "t-1",
+    "wallet_id": "w1",
+    "enterprise_id": "acme",
+    "chat_id": "c1",
+    "agent": "planner",
+    "model": "gpt-4o",
+    "provider": "openai",
+    "prompt_tokens": 1000,
+    "completion_tokens": 100,
+    "occurred_at": "2026-11-01T12:00:00Z",
+}
 COST = 1000 * 2_500 + 100 * 10_000  # gpt-4o: 3,500,000 nanos
 WALLET = 40_000_000  # $0.04, the issue's wallet
 
@@ -55,16 +64,30 @@ def test_fifty_million_prompt_tokens_on_gpt_4o_are_refused_naming_prompt_tokens(
     accepted and a $0.04 wallet ended at −$125."""
     r = api.post("/v1/turns", json={**TURN, "prompt_tokens": 50_000_000}, headers=api.h)
     assert r.status_code == 422, r.text
-    assert r.json()["errors"] == [{"field": "prompt_tokens", "message": (
-        "50,000,000 prompt + 100 completion tokens exceed gpt-4o's context window of 128,000 tokens")}]
+    assert r.json()["errors"] == [
+        {
+            "field": "prompt_tokens",
+            "message": ("50,000,000 prompt + 100 completion tokens exceed gpt-4o's context window of 128,000 tokens"),
+        }
+    ]
     _nothing_charged(redis_client, wallet)
 
 
 def test_the_window_counts_completion_too_and_its_edge_is_accepted(api, redis_client, wallet):
     r = api.post("/v1/turns", json={**TURN, "prompt_tokens": 127_000, "completion_tokens": 1_001}, headers=api.h)
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "completion_tokens"
-    batch = {"turns": [TURN, {**TURN, "turn_id": "t-2", "prompt_tokens": 128_000, "cached_prompt_tokens": 100_000,
-                              "completion_tokens": 1}]}
+    batch = {
+        "turns": [
+            TURN,
+            {
+                **TURN,
+                "turn_id": "t-2",
+                "prompt_tokens": 128_000,
+                "cached_prompt_tokens": 100_000,
+                "completion_tokens": 1,
+            },
+        ]
+    }
     r = api.post("/v1/turns/batch", json=batch, headers=api.h)
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "turns.1.completion_tokens"
     _nothing_charged(redis_client, wallet)
@@ -109,7 +132,10 @@ def test_meter_maxima_are_documented_per_meter():
     from worker.pricing.meters import METERS, meter_price
 
     assert {m: p.max_quantity for m, p in METERS.items()} == {
-        "emails": 1_000_000, "storage_gb_month": 1_000_000_000, "function_calls": 1_000_000_000}
+        "emails": 1_000_000,
+        "storage_gb_month": 1_000_000_000,
+        "function_calls": 1_000_000_000,
+    }
     assert meter_price("function_calls", 1_000_000_000).cost_nanos == 200_000_000_000
     with pytest.raises(TurnLimitExceeded, match="^quantity: "):
         meter_price("storage_gb_month", 1_000_000_001)
@@ -166,8 +192,9 @@ def test_the_script_itself_refuses_a_costly_turn_and_the_batch_goes_on(wallet, r
     _set_limit(wallet, COST - 1)
     original = WalletGate._check_wallets
     monkeypatch.setattr(WalletGate, "_check_wallets", lambda self, turns, quotes=(): original(self, turns))
-    cheap = [TurnIn(**{**TURN, "turn_id": f"cheap-{i}", "prompt_tokens": 100, "completion_tokens": 10})
-             for i in range(3)]
+    cheap = [
+        TurnIn(**{**TURN, "turn_id": f"cheap-{i}", "prompt_tokens": 100, "completion_tokens": 10}) for i in range(3)
+    ]
     with pytest.raises(GateBatchError) as exc:
         wallet.record_turns([cheap[0], TurnIn(**TURN), cheap[1], cheap[2]])
     decisions = exc.value.decisions
@@ -213,20 +240,25 @@ def test_the_limit_is_copied_at_open_configure_and_rebuild(db, redis_client, gat
     with db.connect() as conn:
         from sqlalchemy import text
 
-        assert conn.execute(text("SELECT max_turn_cost_nanos FROM enterprise WHERE id = 'acme'")).scalar_one() \
+        assert (
+            conn.execute(text("SELECT max_turn_cost_nanos FROM enterprise WHERE id = 'acme'")).scalar_one()
             == 2_500_000_000
+        )
 
 
-def test_a_replay_row_above_the_window_stops_the_replay_before_anything_is_recorded(db, redis_client, gate,
-                                                                                    tmp_path: Path):
+def test_a_replay_row_above_the_window_stops_the_replay_before_anything_is_recorded(
+    db, redis_client, gate, tmp_path: Path
+):
     from sqlalchemy import text
 
     from worker.devtools.replay import replay
     from worker.devtools.traces import TraceError
 
     trace = tmp_path / "t.csv"
-    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,1000,10\r\n"
-                     "2023-11-16 18:15:47.0000000,127995,6\r\n")
+    trace.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,1000,10\r\n"
+        "2023-11-16 18:15:47.0000000,127995,6\r\n"
+    )
     with pytest.raises(TraceError, match=r"row 2, field GeneratedTokens: ") as exc:
         replay(trace, fmt="azure", model="gpt-4o", provider="openai", start_worker=False, gate=gate)
     assert exc.value.row == 2 and exc.value.field == "GeneratedTokens"

@@ -13,12 +13,12 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import seed_wallet
 from models.turn import TurnIn
-from worker.ledger.drain import OutboxDrain
-from worker.ledger.accounts import credit_wallet
-from worker.ledger.reconcile import reconcile
+from tests.conftest import seed_wallet
 from worker.gate.keys import shard_of
+from worker.ledger.accounts import credit_wallet
+from worker.ledger.drain import OutboxDrain
+from worker.ledger.reconcile import reconcile
 
 pytestmark = pytest.mark.integration
 COST = 3_500_000  # gpt-4o at OpenAI: 1,000 prompt × 2,500 + 100 completion × 10,000 nanos
@@ -27,9 +27,17 @@ TURN = "support-chat-42:turn-1"
 
 
 def _turn(wallet_id: str, enterprise_id: str, turn_id: str = TURN) -> TurnIn:
-    return TurnIn(turn_id=turn_id, wallet_id=wallet_id, enterprise_id=enterprise_id, chat_id="support-chat-42",
-                  model="gpt-4o", provider="openai", prompt_tokens=1000, completion_tokens=100,
-                  occurred_at=datetime(2026, 11, 2, 9, tzinfo=UTC))
+    return TurnIn(
+        turn_id=turn_id,
+        wallet_id=wallet_id,
+        enterprise_id=enterprise_id,
+        chat_id="support-chat-42",
+        model="gpt-4o",
+        provider="openai",
+        prompt_tokens=1000,
+        completion_tokens=100,
+        occurred_at=datetime(2026, 11, 2, 9, tzinfo=UTC),
+    )
 
 
 def _open(gate, wallet_id: str, enterprise_id: str | None, level: str = "app_usage") -> None:
@@ -41,10 +49,14 @@ def _ledger(db) -> tuple[dict, list, dict]:
     credit entries per wallet (a drain refund would show as a second one)."""
     with db.connect() as conn:
         wallets = {w: (c, d) for w, c, d in conn.execute(text("SELECT id, credits_nanos, debits_nanos FROM wallet"))}
-        rows = sorted(conn.execute(text(
-            "SELECT enterprise_id, wallet_id, turn_id, billed_nanos FROM usage_event")).all())
-        credits = dict(conn.execute(text(
-            "SELECT wallet_id, count(*) FROM wallet_transaction WHERE kind = 'credit' GROUP BY wallet_id")).all())
+        rows = sorted(
+            conn.execute(text("SELECT enterprise_id, wallet_id, turn_id, billed_nanos FROM usage_event")).all()
+        )
+        credits = dict(
+            conn.execute(
+                text("SELECT wallet_id, count(*) FROM wallet_transaction WHERE kind = 'credit' GROUP BY wallet_id")
+            ).all()
+        )
     return wallets, rows, credits
 
 
@@ -143,24 +155,37 @@ def test_the_migration_gives_persisted_turn_keys_their_scope(db, database_url):
     try:
         with db.begin() as conn:
             for i, (app, wallet) in enumerate([("app-a", "u1"), ("app-b", "u2")]):
-                conn.execute(text(
-                    "INSERT INTO usage_event (turn_id, outbox_id, wallet_id, enterprise_id, chat_id, workflow, agent, "
-                    "model, provider, mode, prompt_tokens, completion_tokens, cached_prompt_tokens, duration_ms, "
-                    "input_nanos_per_mtok, cached_input_nanos_per_mtok, output_nanos_per_mtok, cost_nanos, "
-                    "billed_nanos, action, occurred_at) VALUES (:t, :o, :w, :e, 'c', 'wf', 'a', 'gpt-4o', 'openai', "
-                    "'production', 1000, 100, 0, 0, 1, 1, 1, :cost, :cost, 'continue', '2026-11-02T09:00:00Z')"),
-                    {"t": f"turn-{i}", "o": f"0:{i}-0", "w": wallet, "e": app, "cost": COST})
-                conn.execute(text("INSERT INTO usage_turn_key (turn_id, outbox_id, occurred_at) "
-                                  "VALUES (:t, :o, '2026-11-02T09:00:00Z')"), {"t": f"turn-{i}", "o": f"0:{i}-0"})
-            conn.execute(text("INSERT INTO usage_turn_key (turn_id, outbox_id, occurred_at) "
-                              "VALUES ('orphan', '0:9-0', '2026-01-02T09:00:00Z')"))
+                conn.execute(
+                    text(
+                        "INSERT INTO usage_event (turn_id, outbox_id, wallet_id, enterprise_id, chat_id, workflow, agent, "
+                        "model, provider, mode, prompt_tokens, completion_tokens, cached_prompt_tokens, duration_ms, "
+                        "input_nanos_per_mtok, cached_input_nanos_per_mtok, output_nanos_per_mtok, cost_nanos, "
+                        "billed_nanos, action, occurred_at) VALUES (:t, :o, :w, :e, 'c', 'wf', 'a', 'gpt-4o', 'openai', "
+                        "'production', 1000, 100, 0, 0, 1, 1, 1, :cost, :cost, 'continue', '2026-11-02T09:00:00Z')"
+                    ),
+                    {"t": f"turn-{i}", "o": f"0:{i}-0", "w": wallet, "e": app, "cost": COST},
+                )
+                conn.execute(
+                    text(
+                        "INSERT INTO usage_turn_key (turn_id, outbox_id, occurred_at) "
+                        "VALUES (:t, :o, '2026-11-02T09:00:00Z')"
+                    ),
+                    {"t": f"turn-{i}", "o": f"0:{i}-0"},
+                )
+            conn.execute(
+                text(
+                    "INSERT INTO usage_turn_key (turn_id, outbox_id, occurred_at) "
+                    "VALUES ('orphan', '0:9-0', '2026-01-02T09:00:00Z')"
+                )
+            )
     finally:
         db.dispose()
         command.upgrade(cfg, "head")
     with db.connect() as conn:
         keys = sorted(conn.execute(text("SELECT enterprise_id, wallet_id, turn_id FROM usage_turn_key")).all())
         debt = conn.execute(text("SELECT sum(debt_nanos) FROM usage_event")).scalar_one()
-        pk = conn.execute(text(
-            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'usage_turn_key_pkey'")).scalar_one()
+        pk = conn.execute(
+            text("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'usage_turn_key_pkey'")
+        ).scalar_one()
     assert keys == [("", "", "orphan"), ("app-a", "u1", "turn-0"), ("app-b", "u2", "turn-1")]
     assert debt == 0 and pk == "PRIMARY KEY (enterprise_id, wallet_id, turn_id)"

@@ -19,9 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import insert, select, text
 
+from models.turn import UsageEvent
 from tests.billing_seed import seed
 from tests.conftest import REPO, _env, auth, create_keys, free_port, seed_wallet, wait_healthy
-from models.turn import UsageEvent
 from worker.db import session_scope
 
 pytestmark = pytest.mark.integration
@@ -65,14 +65,24 @@ def _hostile_rows(db) -> list[dict]:
     whose model is a formula, in 2026-11 (as rows stored before any input validation would be)."""
     ue = UsageEvent.__table__
     with db.connect() as conn:
-        template = dict(conn.execute(select(ue).where(ue.c.wallet_id == "w-alice", ue.c.model == "gpt-4o")
-                                     .order_by(ue.c.id).limit(1)).mappings().one())
+        template = dict(
+            conn.execute(
+                select(ue).where(ue.c.wallet_id == "w-alice", ue.c.model == "gpt-4o").order_by(ue.c.id).limit(1)
+            )
+            .mappings()
+            .one()
+        )
     del template["id"]
     at = datetime(2026, 11, 20, tzinfo=UTC)
     rows = []
     for i, (column, value) in enumerate([*HOSTILE, ("model", FORMULA_MODEL)]):
-        row = {**template, "turn_id": f"hostile-{i}", "outbox_id": f"9:{i}-0", "chat_id": f"h-{i}",
-               "occurred_at": at + timedelta(minutes=i)}
+        row = {
+            **template,
+            "turn_id": f"hostile-{i}",
+            "outbox_id": f"9:{i}-0",
+            "chat_id": f"h-{i}",
+            "occurred_at": at + timedelta(minutes=i),
+        }
         row[column] = value
         rows.append(row)
     with db.begin() as conn:
@@ -118,8 +128,9 @@ def test_every_csv_export_escapes_formula_cells(client, seeded, db):
 
     usage, cursor = [], None
     while True:
-        r = client.get("/v1/usage?period=2026-11&format=csv&limit=5000" + (f"&cursor={cursor}" if cursor else ""),
-                       headers=owner)
+        r = client.get(
+            "/v1/usage?period=2026-11&format=csv&limit=5000" + (f"&cursor={cursor}" if cursor else ""), headers=owner
+        )
         assert r.status_code == 200, r.text
         usage += _records(r.text)
         cursor = r.headers.get("x-next-cursor")
@@ -140,10 +151,26 @@ def test_every_csv_export_escapes_formula_cells(client, seeded, db):
 def test_csv_cells_keep_plain_numbers_and_escape_the_rest():
     from api_stub.csv_cells import safe_cell
 
-    assert [safe_cell(v) for v in ("-12", "+3.5", "-0.000000001", -5, 0, True, "ok", "")] == \
-        ["-12", "+3.5", "-0.000000001", -5, 0, True, "ok", ""]
-    assert [safe_cell(v) for v in ("-1+1", "- 1", "+A1", "@x", " @x", "\uff0b1", "\uff20x", "\uff0d1")] == \
-        ["'-1+1", "'- 1", "'+A1", "'@x", "' @x", "'\uff0b1", "'\uff20x", "'\uff0d1"]
+    assert [safe_cell(v) for v in ("-12", "+3.5", "-0.000000001", -5, 0, True, "ok", "")] == [
+        "-12",
+        "+3.5",
+        "-0.000000001",
+        -5,
+        0,
+        True,
+        "ok",
+        "",
+    ]
+    assert [safe_cell(v) for v in ("-1+1", "- 1", "+A1", "@x", " @x", "\uff0b1", "\uff20x", "\uff0d1")] == [
+        "'-1+1",
+        "'- 1",
+        "'+A1",
+        "'@x",
+        "' @x",
+        "'\uff0b1",
+        "'\uff20x",
+        "'\uff0d1",
+    ]
     assert safe_cell(datetime(2026, 11, 1, tzinfo=UTC)) == "2026-11-01T00:00:00+00:00"
     # a CR or LF inside a cell is quoted: the row stays one row in a spreadsheet
     from api_stub.csv_cells import csv_writer, safe_row
@@ -165,8 +192,12 @@ def _csrf(client: TestClient) -> str:
 
 def _sign_in(client: TestClient, key: str, **headers) -> httpx.Response:
     token = _csrf(client)
-    return client.post("/billing/login", data={"key": key, "csrf_token": token, "next": "/billing?period=2026-11"},
-                       headers={"Origin": ORIGIN, **headers}, follow_redirects=False)
+    return client.post(
+        "/billing/login",
+        data={"key": key, "csrf_token": token, "next": "/billing?period=2026-11"},
+        headers={"Origin": ORIGIN, **headers},
+        follow_redirects=False,
+    )
 
 
 def test_a_key_in_the_url_never_signs_in(client, seeded, redis_client):
@@ -174,7 +205,9 @@ def test_a_key_in_the_url_never_signs_in(client, seeded, redis_client):
     page = client.get(f"/billing?period=2026-11&key={key}", follow_redirects=False)
     assert page.status_code == 400 and 'name="csrf_token"' in page.text  # the sign-in form, with why
     assert "key: an API key in the URL is never accepted" in page.text
-    assert "tollgate_session" not in page.headers.get("set-cookie", "") and key not in page.headers.get("set-cookie", "")
+    assert "tollgate_session" not in page.headers.get("set-cookie", "") and key not in page.headers.get(
+        "set-cookie", ""
+    )
     assert redis_client.keys(SESSION_KEYS) == []
     for kind in ("csv", "json", "pdf"):
         r = client.get(f"/billing/export.{kind}?period=2026-11&key={key}")
@@ -189,11 +222,19 @@ def test_sign_in_needs_this_site_s_origin_and_csrf_token(client, seeded, redis_c
     refused = [
         client.post("/billing/login", data=body, follow_redirects=False),  # neither Origin nor Referer
         client.post("/billing/login", data=body, headers={"Origin": "https://evil.example"}, follow_redirects=False),
-        client.post("/billing/login", data=body, headers={"Origin": "null", "Referer": "https://evil.example/x"},
-                    follow_redirects=False),
+        client.post(
+            "/billing/login",
+            data=body,
+            headers={"Origin": "null", "Referer": "https://evil.example/x"},
+            follow_redirects=False,
+        ),
         client.post("/billing/login", data={"key": key}, headers={"Origin": ORIGIN}, follow_redirects=False),
-        client.post("/billing/login", data={**body, "csrf_token": token[:-2] + "xx"}, headers={"Origin": ORIGIN},
-                    follow_redirects=False),
+        client.post(
+            "/billing/login",
+            data={**body, "csrf_token": token[:-2] + "xx"},
+            headers={"Origin": ORIGIN},
+            follow_redirects=False,
+        ),
     ]
     assert [r.status_code for r in refused] == [403] * 5
     assert "Origin: the request carries neither Origin nor Referer" in refused[0].text
@@ -204,12 +245,20 @@ def test_sign_in_needs_this_site_s_origin_and_csrf_token(client, seeded, redis_c
     # a token in the form without the browser's cookie (a forged form) is refused too
     from api_stub.main import app
 
-    assert TestClient(app).post("/billing/login", data=body, headers={"Origin": ORIGIN},
-                                follow_redirects=False).status_code == 403
+    assert (
+        TestClient(app)
+        .post("/billing/login", data=body, headers={"Origin": ORIGIN}, follow_redirects=False)
+        .status_code
+        == 403
+    )
     assert redis_client.keys(SESSION_KEYS) == []
     # same origin by Referer only (no Origin header) is accepted
-    ok = client.post("/billing/login", data={**body, "next": "/billing?period=2026-11"},
-                     headers={"Referer": f"{ORIGIN}/billing/login"}, follow_redirects=False)
+    ok = client.post(
+        "/billing/login",
+        data={**body, "next": "/billing?period=2026-11"},
+        headers={"Referer": f"{ORIGIN}/billing/login"},
+        follow_redirects=False,
+    )
     assert ok.status_code == 303 and ok.headers["location"] == "/billing?period=2026-11"
 
 
@@ -243,15 +292,18 @@ def test_the_cookie_holds_a_server_side_session_never_the_key(client, seeded, re
     assert guess.get("/billing?period=2026-11").status_code == 401
 
 
-def test_session_cookie_is_secure_over_https_and_lasts_the_configured_ttl(seeded, redis_client, settings,
-                                                                          monkeypatch):
+def test_session_cookie_is_secure_over_https_and_lasts_the_configured_ttl(seeded, redis_client, settings, monkeypatch):
     from api_stub.main import app
 
     monkeypatch.setattr(settings, "billing_session_ttl_s", 600)
     secure = TestClient(app, base_url="https://testserver")
     token = _csrf(secure)
-    r = secure.post("/billing/login", data={"key": seeded.keys["owner"], "csrf_token": token},
-                    headers={"Origin": "https://testserver"}, follow_redirects=False)
+    r = secure.post(
+        "/billing/login",
+        data={"key": seeded.keys["owner"], "csrf_token": token},
+        headers={"Origin": "https://testserver"},
+        follow_redirects=False,
+    )
     assert r.status_code == 303, r.text
     cookie = next(c for c in r.headers.get_list("set-cookie") if c.startswith("tollgate_session="))
     assert "Secure" in cookie and "HttpOnly" in cookie and "Max-Age=600" in cookie
@@ -265,16 +317,24 @@ def test_sign_out_ends_the_session_server_side(client, seeded, redis_client):
     assert _sign_in(client, seeded.keys["owner"]).status_code == 303
     old = client.cookies.get("tollgate_session")
     page = client.get("/billing?period=2026-11")
-    token = re.search(r'action="/billing/logout"[^>]*>\s*<input type="hidden" name="csrf_token" value="([^"]+)"',
-                      page.text).group(1)
+    token = re.search(
+        r'action="/billing/logout"[^>]*>\s*<input type="hidden" name="csrf_token" value="([^"]+)"', page.text
+    ).group(1)
     # a sign-out from another site, or without the page's token, is refused and changes nothing
-    assert client.post("/billing/logout", data={"csrf_token": token}, headers={"Origin": "https://evil.example"},
-                       follow_redirects=False).status_code == 403
-    assert client.post("/billing/logout", data={}, headers={"Origin": ORIGIN},
-                       follow_redirects=False).status_code == 403
+    assert (
+        client.post(
+            "/billing/logout",
+            data={"csrf_token": token},
+            headers={"Origin": "https://evil.example"},
+            follow_redirects=False,
+        ).status_code
+        == 403
+    )
+    assert (
+        client.post("/billing/logout", data={}, headers={"Origin": ORIGIN}, follow_redirects=False).status_code == 403
+    )
     assert len(redis_client.keys(SESSION_KEYS)) == 1
-    out = client.post("/billing/logout", data={"csrf_token": token}, headers={"Origin": ORIGIN},
-                      follow_redirects=False)
+    out = client.post("/billing/logout", data={"csrf_token": token}, headers={"Origin": ORIGIN}, follow_redirects=False)
     assert out.status_code == 303 and out.headers["location"] == "/billing/login"
     assert redis_client.keys(SESSION_KEYS) == []
     assert client.get("/billing?period=2026-11").status_code == 401  # the browser's cookie is cleared
@@ -301,8 +361,10 @@ def test_revoking_the_key_ends_its_sessions(seeded, redis_client, db):
     assert other.get("/billing?period=2026-11").status_code == 200
     # revoked straight in SQL (no Redis marker, no session cleanup): refused on the next request all the same
     with db.begin() as conn:
-        conn.execute(text("UPDATE api_key SET revoked_at = now() WHERE prefix = :p"),
-                     {"p": seeded.keys["end_user"].split("_")[1]})
+        conn.execute(
+            text("UPDATE api_key SET revoked_at = now() WHERE prefix = :p"),
+            {"p": seeded.keys["end_user"].split("_")[1]},
+        )
     r = other.get("/billing?period=2026-11")
     assert r.status_code == 401 and "the API key was revoked" in r.text
     assert redis_client.keys(SESSION_KEYS) == []
@@ -336,12 +398,23 @@ def test_sign_in_attempts_are_limited_per_client_ip(seeded, redis_client, settin
     monkeypatch.setattr(settings, "billing_login_rate_limit", "3/minute")
     attacker = TestClient(app, client=("203.0.113.7", 50000))
     token = _csrf(attacker)
-    guesses = [attacker.post("/billing/login", data={"key": f"tg_{i:012d}_guess", "csrf_token": token},
-                             headers={"Origin": ORIGIN}, follow_redirects=False) for i in range(3)]
+    guesses = [
+        attacker.post(
+            "/billing/login",
+            data={"key": f"tg_{i:012d}_guess", "csrf_token": token},
+            headers={"Origin": ORIGIN},
+            follow_redirects=False,
+        )
+        for i in range(3)
+    ]
     assert [g.status_code for g in guesses] == [401, 401, 401]
     # the fourth attempt from that address is refused, even with the right key
-    r = attacker.post("/billing/login", data={"key": seeded.keys["owner"], "csrf_token": token},
-                      headers={"Origin": ORIGIN}, follow_redirects=False)
+    r = attacker.post(
+        "/billing/login",
+        data={"key": seeded.keys["owner"], "csrf_token": token},
+        headers={"Origin": ORIGIN},
+        follow_redirects=False,
+    )
     assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60
     assert "Too many sign-in attempts" in r.text and redis_client.keys(SESSION_KEYS) == []
     # another address is not affected
@@ -356,14 +429,25 @@ def api(http_api, gate):
     return http_api(create_keys({"owner": ("owner", "acme"), "admin": ("admin",)}))
 
 
-TURN = {"turn_id": "t-1", "wallet_id": "w1", "enterprise_id": "acme", "chat_id": "c1", "agent": "planner",
-        "workflow": "support", "model": "gpt-4o", "provider": "openai", "prompt_tokens": 1000,
-        "completion_tokens": 100, "occurred_at": "2026-11-01T12:00:00Z"}
+TURN = {
+    "turn_id": "t-1",
+    "wallet_id": "w1",
+    "enterprise_id": "acme",
+    "chat_id": "c1",
+    "agent": "planner",
+    "workflow": "support",
+    "model": "gpt-4o",
+    "provider": "openai",
+    "prompt_tokens": 1000,
+    "completion_tokens": 100,
+    "occurred_at": "2026-11-01T12:00:00Z",
+}
 
 
 def _batch(n: int, pad: int = 0) -> bytes:
-    return json.dumps({"turns": [{**TURN, "turn_id": f"t-{i}", "agent": "a" * pad or "planner"}
-                                 for i in range(n)]}).encode()
+    return json.dumps(
+        {"turns": [{**TURN, "turn_id": f"t-{i}", "agent": "a" * pad or "planner"} for i in range(n)]}
+    ).encode()
 
 
 def _nothing_recorded(gate) -> None:
@@ -377,8 +461,9 @@ def test_bodies_over_the_cap_get_413_naming_the_limit(api, gate, settings):
     body = _batch(1, pad=1_048_576)
     r = api.post("/v1/turns/batch", content=body, headers={**api.h["owner"], "Content-Type": "application/json"})
     assert r.status_code == 413 and r.headers["content-type"] == "application/problem+json"
-    assert r.json()["errors"] == [{"field": "body", "message": "the request body exceeds the limit of 1048576 bytes "
-                                                                "(TOLLGATE_MAX_BODY_BYTES)"}]
+    assert r.json()["errors"] == [
+        {"field": "body", "message": "the request body exceeds the limit of 1048576 bytes (TOLLGATE_MAX_BODY_BYTES)"}
+    ]
     _nothing_recorded(gate)
     # every route, signed in or not: the credit endpoint, the sign-in form, the Stripe webhook
     for path in ("/v1/wallets/w1/credits", "/billing/login", "/v1/stripe/webhook", "/v1/turns"):
@@ -395,25 +480,28 @@ def test_a_chunked_body_cannot_pass_the_cap(api, gate, settings, monkeypatch):
 
     def chunks():  # no Content-Length: Transfer-Encoding: chunked
         for i in range(0, len(body), 1000):
-            yield body[i:i + 1000]
+            yield body[i : i + 1000]
 
     r = api.post("/v1/turns/batch", content=chunks(), headers={**api.h["owner"], "Content-Type": "application/json"})
     assert r.status_code == 413 and "4096 bytes" in r.json()["detail"], r.text
     _nothing_recorded(gate)
     small = _batch(3)
-    ok = api.post("/v1/turns/batch", content=iter([small[:100], small[100:]]),
-                  headers={**api.h["owner"], "Content-Type": "application/json"})
+    ok = api.post(
+        "/v1/turns/batch",
+        content=iter([small[:100], small[100:]]),
+        headers={**api.h["owner"], "Content-Type": "application/json"},
+    )
     assert ok.status_code == 200 and ok.json()["count"] == 3
 
 
 def _procfile_web() -> list[str]:
-    line = next(l for l in (REPO / "Procfile").read_text().splitlines() if l.startswith("web:"))
+    line = next(row for row in (REPO / "Procfile").read_text().splitlines() if row.startswith("web:"))
     return line.removeprefix("web:").split()
 
 
 def _compose_web() -> list[str]:
     text_ = (REPO / "docker-compose.yml").read_text()
-    block = text_[text_.index("\n  web:"):]
+    block = text_[text_.index("\n  web:") :]
     return json.loads(re.search(r"command: (\[.*\])", block).group(1))
 
 
@@ -424,8 +512,13 @@ def test_the_web_process_logs_no_keys_and_refuses_chunked_bodies_over_the_cap(ap
     args = [a.replace("${PORT:-8000}", str(port)).replace("0.0.0.0", "127.0.0.1") for a in _procfile_web()]
     assert args[0] == "uvicorn"
     env = {**_env(), "TOLLGATE_MAX_BODY_BYTES": "4096"}
-    proc = subprocess.Popen([sys.executable, "-m", *args, "--log-level", "info"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args, "--log-level", "info"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(proc, base)
@@ -433,8 +526,12 @@ def test_the_web_process_logs_no_keys_and_refuses_chunked_bodies_over_the_cap(ap
         assert httpx.get(f"{base}/billing?key={key}").status_code == 400
         assert httpx.get(f"{base}/billing/export.csv?period=2026-11", headers=auth(key)).status_code == 200
         body = _batch(40)
-        r = httpx.post(f"{base}/v1/turns/batch", content=iter([body[i:i + 512] for i in range(0, len(body), 512)]),
-                       headers={**auth(key), "Content-Type": "application/json"}, timeout=10)
+        r = httpx.post(
+            f"{base}/v1/turns/batch",
+            content=iter([body[i : i + 512] for i in range(0, len(body), 512)]),
+            headers={**auth(key), "Content-Type": "application/json"},
+            timeout=10,
+        )
         assert r.status_code == 413 and r.json()["errors"][0]["field"] == "body"
         _nothing_recorded(gate)
     finally:
@@ -446,18 +543,26 @@ def test_the_web_process_logs_no_keys_and_refuses_chunked_bodies_over_the_cap(ap
 
 # 6. an admin's credit reply -----------------------------------------------------------------------------
 def test_an_admin_s_credit_reply_discloses_no_end_user_balance(api, gate, db):
-    r = api.post("/v1/wallets/w1/credits", json={"amount_nanos": 7, "idempotency_key": "grant-7"},
-                 headers=api.h["admin"])
+    r = api.post(
+        "/v1/wallets/w1/credits", json={"amount_nanos": 7, "idempotency_key": "grant-7"}, headers=api.h["admin"]
+    )
     assert r.status_code == 200, r.text
-    assert r.json() == {"wallet_id": "w1", "amount_nanos": 7, "idempotency_key": "grant-7", "balance_nanos": None,
-                        "replayed": False}
-    replay = api.post("/v1/wallets/w1/credits", json={"amount_nanos": 7, "idempotency_key": "grant-7"},
-                      headers=api.h["admin"])
+    assert r.json() == {
+        "wallet_id": "w1",
+        "amount_nanos": 7,
+        "idempotency_key": "grant-7",
+        "balance_nanos": None,
+        "replayed": False,
+    }
+    replay = api.post(
+        "/v1/wallets/w1/credits", json={"amount_nanos": 7, "idempotency_key": "grant-7"}, headers=api.h["admin"]
+    )
     assert replay.json()["balance_nanos"] is None and replay.json()["replayed"] is True
     assert gate.balance("w1") == 10**9 + 7  # credited once
     # the app's owner still gets the balance after its own credit
-    own = api.post("/v1/wallets/w1/credits", json={"amount_nanos": 3, "idempotency_key": "top-3"},
-                   headers=api.h["owner"])
+    own = api.post(
+        "/v1/wallets/w1/credits", json={"amount_nanos": 3, "idempotency_key": "top-3"}, headers=api.h["owner"]
+    )
     assert own.json()["balance_nanos"] == 10**9 + 10
     # no other admin route gives one end user's detail
     assert api.get("/v1/wallets/w1", headers=api.h["admin"]).status_code == 404

@@ -33,13 +33,18 @@ OPERATIONS = {
     ("GET", "/v1/wallets/{wallet_id}/ledger", "ledger_v1_wallets__wallet_id__ledger_get"),
     ("PUT", "/v1/wallets/{wallet_id}/mode", "wallet_mode_v1_wallets__wallet_id__mode_put"),
     ("POST", "/v1/wallets/{wallet_id}/reservations", "reserve_v1_wallets__wallet_id__reservations_post"),
-    ("DELETE", "/v1/wallets/{wallet_id}/reservations/{reservation_id}",
-     "release_v1_wallets__wallet_id__reservations__reservation_id__delete"),
+    (
+        "DELETE",
+        "/v1/wallets/{wallet_id}/reservations/{reservation_id}",
+        "release_v1_wallets__wallet_id__reservations__reservation_id__delete",
+    ),
 }
 
 
 def _operations(spec: dict) -> set[tuple[str, str, str]]:
-    return {(method.upper(), path, op["operationId"]) for path, ops in spec["paths"].items() for method, op in ops.items()}
+    return {
+        (method.upper(), path, op["operationId"]) for path, ops in spec["paths"].items() for method, op in ops.items()
+    }
 
 
 def test_create_app_serves_the_documented_operations_and_a_new_app_each_call():
@@ -51,7 +56,10 @@ def test_create_app_serves_the_documented_operations_and_a_new_app_each_call():
     assert client.get("/healthz").json() == {"status": "ok"}  # outside the schema, still routed
     missing = client.get("/v1/nothing")
     assert (missing.status_code, missing.headers["content-type"], missing.json()["title"]) == (
-        404, "application/problem+json", "Not Found")
+        404,
+        "application/problem+json",
+        "Not Found",
+    )
 
 
 def test_create_app_with_settings_pins_the_body_cap():
@@ -59,5 +67,6 @@ def test_create_app_with_settings_pins_the_body_cap():
     client = TestClient(create_app(settings))
     r = client.post("/v1/turns", content=b"x" * 65, headers={"content-type": "application/json"})
     assert r.status_code == 413
-    assert r.json()["errors"] == [{"field": "body", "message": "the request body exceeds the limit of 64 bytes "
-                                                               "(TOLLGATE_MAX_BODY_BYTES)"}]
+    assert r.json()["errors"] == [
+        {"field": "body", "message": "the request body exceeds the limit of 64 bytes (TOLLGATE_MAX_BODY_BYTES)"}
+    ]

@@ -23,10 +23,15 @@ class _Lock:
         return True
 
 
-@pytest.mark.parametrize("error", [redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"),
-                                   redis.exceptions.ConnectionError("Connection refused"),
-                                   redis.exceptions.TimeoutError("Timeout reading from socket"),
-                                   redis.exceptions.ReadOnlyError("You can't write against a read only replica.")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"),
+        redis.exceptions.ConnectionError("Connection refused"),
+        redis.exceptions.TimeoutError("Timeout reading from socket"),
+        redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+    ],
+)
 def test_a_tick_while_redis_is_unavailable_logs_and_waits(monkeypatch, caplog, error):
     scheduler = ResilientRedBeatScheduler(app, lazy=True)
     scheduler.lock = _Lock()

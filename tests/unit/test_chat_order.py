@@ -8,10 +8,10 @@ import time
 
 import fakeredis
 
-from worker.ledger.turns import chat_order, outbox_position
-from worker.settings import Settings
 from worker.gate.gate import WalletGate
 from worker.gate.keys import outbox_key
+from worker.ledger.turns import chat_order, outbox_position
+from worker.settings import Settings
 
 
 def test_outbox_ids_sort_as_stream_ids_not_as_text():
@@ -29,6 +29,7 @@ def test_a_transition_sits_after_the_turns_decided_before_it_and_before_the_next
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
     gate = WalletGate(client, settings=Settings(outbox_shards=4, price_overrides_path=None), kicker=lambda shard: None)
     shard = gate.shard("w1")
+
     def now_ms() -> int:
         seconds, micros = client.time()
         return int(seconds) * 1000 + int(micros) // 1000
@@ -38,8 +39,11 @@ def test_a_transition_sits_after_the_turns_decided_before_it_and_before_the_next
     before = now_ms()
     at = outbox_position(gate, "w1")
     after = now_ms()
-    assert (chat_order(f"{shard}:{before - 1}-{2**64 - 1}") + "+" <= at
-            <= chat_order(f"{shard}:{after - 1}-{2**64 - 1}") + "+")
+    assert (
+        chat_order(f"{shard}:{before - 1}-{2**64 - 1}") + "+"
+        <= at
+        <= chat_order(f"{shard}:{after - 1}-{2**64 - 1}") + "+"
+    )
     assert at.endswith(f"-{2**64 - 1:020d}-{shard:06d}+")
     first = client.xadd(outbox_key(shard), {"t": "x"}, id="1764590400000-5")
     at = outbox_position(gate, "w1")

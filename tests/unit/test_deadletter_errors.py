@@ -16,25 +16,45 @@ def _wrapped(orig: BaseException, cls=sa_exc.DBAPIError) -> sa_exc.DBAPIError:
     return cls.instance("INSERT …", {}, orig, psycopg.Error)
 
 
-@pytest.mark.parametrize("error", [
-    psycopg.OperationalError("connection refused"), psycopg.InterfaceError("connection closed"),
-    pg.DeadlockDetected("deadlock"), pg.SerializationFailure("retry"), pg.AdminShutdown("shutting down"),
-    pg.DiskFull("no space"), pg.LockNotAvailable("lock"), pg.TooManyConnections("full"),
-    redis.ConnectionError("down"), redis.TimeoutError("slow"), sa_exc.TimeoutError("pool"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        psycopg.OperationalError("connection refused"),
+        psycopg.InterfaceError("connection closed"),
+        pg.DeadlockDetected("deadlock"),
+        pg.SerializationFailure("retry"),
+        pg.AdminShutdown("shutting down"),
+        pg.DiskFull("no space"),
+        pg.LockNotAvailable("lock"),
+        pg.TooManyConnections("full"),
+        redis.ConnectionError("down"),
+        redis.TimeoutError("slow"),
+        sa_exc.TimeoutError("pool"),
+    ],
+)
 def test_a_server_that_cannot_work_now_is_transient(error):
     assert is_transient(error)
     if isinstance(error, psycopg.Error):
         assert is_transient(_wrapped(error))
 
 
-@pytest.mark.parametrize("error", [
-    pg.CharacterNotInRepertoire("NUL"), pg.StringDataRightTruncation("too long"), pg.CheckViolation("check"),
-    pg.UniqueViolation("dup"), pg.ProgramLimitExceeded("index row too large"), pg.NumericValueOutOfRange("big"),
-    psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"),
-    TypeError("a bug"), KeyError("x"), ValueError("bad"), UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogate"),
-    redis.ResponseError("WRONGTYPE"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        pg.CharacterNotInRepertoire("NUL"),
+        pg.StringDataRightTruncation("too long"),
+        pg.CheckViolation("check"),
+        pg.UniqueViolation("dup"),
+        pg.ProgramLimitExceeded("index row too large"),
+        pg.NumericValueOutOfRange("big"),
+        psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"),
+        TypeError("a bug"),
+        KeyError("x"),
+        ValueError("bad"),
+        UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogate"),
+        redis.ResponseError("WRONGTYPE"),
+    ],
+)
 def test_anything_else_is_the_entry_s_own(error):
     assert not is_transient(error)
     if isinstance(error, psycopg.Error):

@@ -64,9 +64,12 @@ def test_services_raise_no_bare_builtin_error_naming_a_field():
     import re
 
     bare = re.compile(r'raise (ValueError|LookupError|KeyError|PermissionError)\(f?"[A-Za-z_][\w.]*: ')
-    found = [f"{path.relative_to(ROOT)}:{n}" for path in [*ROOT.joinpath("worker").rglob("*.py"),
-                                                          *ROOT.joinpath("tasks").rglob("*.py")]
-             for n, line in enumerate(path.read_text().splitlines(), 1) if bare.search(line)]
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in [*ROOT.joinpath("worker").rglob("*.py"), *ROOT.joinpath("tasks").rglob("*.py")]
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if bare.search(line)
+    ]
     assert found == []
 
 
@@ -97,8 +100,12 @@ def test_the_field_is_carried_on_the_error_and_the_message_is_unchanged():
     assert isinstance(bad.value, ValueError)
 
     lost = UnknownWallet("w-9")
-    assert (lost.field, lost.http_status, lost.title, str(lost)) == ("wallet_id", 404, "Unknown wallet",
-                                                                     "unknown wallet 'w-9'")
+    assert (lost.field, lost.http_status, lost.title, str(lost)) == (
+        "wallet_id",
+        404,
+        "Unknown wallet",
+        "unknown wallet 'w-9'",
+    )
     assert lost.reason == "unknown wallet 'w-9'"
     limit = TurnLimitExceeded("quantity", "too many", index=3)
     assert (limit.field, limit.message, limit.index, str(limit)) == ("quantity", "too many", 3, "quantity: too many")
@@ -188,13 +195,21 @@ def test_a_domain_error_a_route_lets_through_is_one_problem_document_from_its_hi
     client = TestClient(app)
     r = client.get("/lost")
     assert (r.status_code, r.headers["content-type"]) == (404, "application/problem+json")
-    assert r.json() == {"type": "about:blank", "title": "Unknown wallet", "status": 404,
-                        "detail": "unknown wallet 'w-1'",
-                        "errors": [{"field": "wallet_id", "message": "unknown wallet 'w-1'"}]}
+    assert r.json() == {
+        "type": "about:blank",
+        "title": "Unknown wallet",
+        "status": 404,
+        "detail": "unknown wallet 'w-1'",
+        "errors": [{"field": "wallet_id", "message": "unknown wallet 'w-1'"}],
+    }
     r = client.get("/partly")
     assert r.status_code == 503
-    assert r.json() == {"type": "about:blank", "title": "Partly recorded", "status": 503,
-                        "detail": "2 of 2 turn(s) not recorded: down"}
+    assert r.json() == {
+        "type": "about:blank",
+        "title": "Partly recorded",
+        "status": 503,
+        "detail": "2 of 2 turn(s) not recorded: down",
+    }
     r = client.get("/used")
     assert r.status_code == 409
     assert r.json()["errors"] == [{"field": "idempotency_key", "message": "amount_nanos: 5 was already used"}]
@@ -207,8 +222,7 @@ def test_a_domain_error_a_command_lets_through_exits_its_code_naming_the_flag(cl
     group's flag or ARGUMENT (commands no longer catch and rename by hand)."""
     mode = cli("app", "mode", "acme", "nonsense")
     assert mode.returncode == 2
-    assert mode.stderr.strip() == ("error: MODE: 'nonsense' is not one of production, development, trial, "
-                                   "track_only")
+    assert mode.stderr.strip() == ("error: MODE: 'nonsense' is not one of production, development, trial, track_only")
     lost = cli("deadletter", "discard", "0:1-0")
     assert lost.returncode == 2
     assert lost.stderr.strip() == "error: OUTBOX_ID: no open dead letter '0:1-0'"
@@ -218,11 +232,13 @@ def test_a_domain_error_a_command_lets_through_exits_its_code_naming_the_flag(cl
 
 
 def test_flag_message_reads_the_field_from_the_error_not_its_text():
-    from worker.cli.common import flag_message, flags_of
     from worker.billing.modes import ModeError
+    from worker.cli.common import flag_message, flags_of
 
     # a message that starts with another field's name is not renamed by it
     exc = ModeError("wallet_id: is not a mode", field="mode")
     assert flag_message(exc, flags_of("app")) == "wallet_id: is not a mode"
-    assert flag_message(ModeError("mode: 'x' is not a mode", field="mode"), flags_of("app")) == "MODE: 'x' is not a mode"
+    assert (
+        flag_message(ModeError("mode: 'x' is not a mode", field="mode"), flags_of("app")) == "MODE: 'x' is not a mode"
+    )
     assert flags_of("budget")["wallet_id"] == "--wallet" and flags_of("wallet")["wallet_id"] == "WALLET_ID"

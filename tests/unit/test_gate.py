@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from models.turn import Decision, TurnIn
+from worker.gate.gate import UnknownWallet, WalletGate
+from worker.gate.keys import kick_key, outbox_key, shard_of
 from worker.gate.outbox import parse_entry
 from worker.pricing.prices import PriceBook, PricingError
 from worker.settings import Settings
-from worker.gate.gate import UnknownWallet, WalletGate
-from worker.gate.keys import kick_key, outbox_key, shard_of
 
 SHARDS = 4
 TTL = 2 * 24 * 3600
@@ -107,11 +107,19 @@ def snapshot(client) -> dict:
 
 # --- production debit -------------------------------------------------------------------------
 
+
 def test_production_debit_exact(client, wg):
     wg.load_wallet("w1", mode="production", limited=True, balance_nanos=1_000_000_000)
     d = wg.record_turn(turn("t1"))
-    assert d == Decision(turn_id="t1", accepted=True, action="continue", balance_nanos=996_750_000,
-                         cost_nanos=COST_DEFAULT, billed_nanos=COST_DEFAULT, duplicate=False)
+    assert d == Decision(
+        turn_id="t1",
+        accepted=True,
+        action="continue",
+        balance_nanos=996_750_000,
+        cost_nanos=COST_DEFAULT,
+        billed_nanos=COST_DEFAULT,
+        duplicate=False,
+    )
     assert type(d.balance_nanos) is int
     assert wg.balance("w1") == 1_000_000_000 - 3_250_000
     d2 = wg.record_turn(turn("t2", prompt_tokens=1, cached_prompt_tokens=0, completion_tokens=0))
@@ -139,6 +147,7 @@ def test_load_wallet_twice_keeps_balance(client, wg):
 
 # --- idempotency ------------------------------------------------------------------------------
 
+
 def test_same_turn_id_twice_is_one_turn(client, wg, kicked):
     wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000)
     first = wg.record_turn(turn("t1"))
@@ -152,7 +161,12 @@ def test_same_turn_id_twice_is_one_turn(client, wg, kicked):
     # the first answer is kept even if the retry reports other figures
     third = wg.record_turn(turn("t1", prompt_tokens=50_000, cached_prompt_tokens=0))
     assert (third.accepted, third.action, third.balance_nanos, third.billed_nanos, third.duplicate) == (
-        True, "continue", 10_000_000 - COST_DEFAULT, COST_DEFAULT, True)
+        True,
+        "continue",
+        10_000_000 - COST_DEFAULT,
+        COST_DEFAULT,
+        True,
+    )
     assert wg.balance("w1") == balance and xlen(client, wg) == 1
     # the answer is remembered for dedupe_ttl_s
     turn_key = wg.turn_key("ent1", "w1", "t1")
@@ -171,15 +185,23 @@ def test_duplicate_inside_one_batch(client, wg):
 
 # --- post-hoc policy --------------------------------------------------------------------------
 
+
 def test_post_hoc_overdraw_then_pause_and_deny(client, wg):
     wg.load_wallet("w1", mode="production", limited=True, balance_nanos=1)
     d1 = wg.record_turn(big_turn("t1"))
-    assert d1 == Decision(turn_id="t1", accepted=True, action="pause", balance_nanos=-35_514_999,
-                          cost_nanos=35_515_000, billed_nanos=35_515_000)
+    assert d1 == Decision(
+        turn_id="t1",
+        accepted=True,
+        action="pause",
+        balance_nanos=-35_514_999,
+        cost_nanos=35_515_000,
+        billed_nanos=35_515_000,
+    )
     assert wg.balance("w1") == -35_514_999
     d2 = wg.record_turn(turn("t2"))
-    assert d2 == Decision(turn_id="t2", accepted=False, action="pause", balance_nanos=-35_514_999,
-                          cost_nanos=COST_DEFAULT, billed_nanos=0)
+    assert d2 == Decision(
+        turn_id="t2", accepted=False, action="pause", balance_nanos=-35_514_999, cost_nanos=COST_DEFAULT, billed_nanos=0
+    )
     assert wg.balance("w1") == -35_514_999
     entries = outbox(client, wg)
     assert len(entries) == 1
@@ -214,37 +236,54 @@ def test_credit_after_pause_lets_turns_through(client, wg):
 
 # --- development mode -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("start", [0, -5, 10_000_000])
 def test_development_never_debits_never_blocks(client, wg, start):
     wg.load_wallet("dev", mode="development", limited=True, balance_nanos=start)
     decisions = [wg.record_turn(turn(f"d{i}", "dev")) for i in range(3)]
     for i, d in enumerate(decisions):
-        assert d == Decision(turn_id=f"d{i}", accepted=True, action="continue", balance_nanos=start,
-                             cost_nanos=COST_DEFAULT, billed_nanos=0)
+        assert d == Decision(
+            turn_id=f"d{i}",
+            accepted=True,
+            action="continue",
+            balance_nanos=start,
+            cost_nanos=COST_DEFAULT,
+            billed_nanos=0,
+        )
     assert wg.balance("dev") == start
     rows = [parse_entry(e) for e in outbox(client, wg, "dev")]
     assert [(r["turn_id"], r["billed_nanos"], r["mode"], r["cost_nanos"], r["action"]) for r in rows] == [
-        (f"d{i}", 0, "development", COST_DEFAULT, "continue") for i in range(3)]
+        (f"d{i}", 0, "development", COST_DEFAULT, "continue") for i in range(3)
+    ]
 
 
 # --- unlimited wallet -------------------------------------------------------------------------
+
 
 def test_unlimited_wallet_never_denied(client, wg):
     wg.load_wallet("u", mode="production", limited=False, balance_nanos=0)
     decisions = [wg.record_turn(big_turn(f"u{i}", "u")) for i in range(3)]
     for i, d in enumerate(decisions):
-        assert d == Decision(turn_id=f"u{i}", accepted=True, action="continue", balance_nanos=None,
-                             cost_nanos=COST_BIG_TURN, billed_nanos=COST_BIG_TURN)
+        assert d == Decision(
+            turn_id=f"u{i}",
+            accepted=True,
+            action="continue",
+            balance_nanos=None,
+            cost_nanos=COST_BIG_TURN,
+            billed_nanos=COST_BIG_TURN,
+        )
     # the spend is still tracked: balance = credits − billed
     assert wg.balance("u") == -3 * COST_BIG_TURN
     rows = [parse_entry(e) for e in outbox(client, wg, "u")]
     assert [(r["billed_nanos"], r["balance_after_nanos"], r["action"]) for r in rows] == [
-        (COST_BIG_TURN, None, "continue")] * 3
+        (COST_BIG_TURN, None, "continue")
+    ] * 3
     # duplicate of an unlimited wallet's turn keeps balance None
     assert wg.record_turn(big_turn("u0", "u")) == decisions[0].model_copy(update={"duplicate": True})
 
 
 # --- nothing written on rejected input ----------------------------------------------------------
+
 
 def test_unknown_wallet_writes_nothing(client, wg, kicked):
     wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000)
@@ -285,10 +324,14 @@ def test_unknown_model_writes_nothing(client, wg, kicked):
 
 # --- batch equals one by one ------------------------------------------------------------------
 
+
 def _batch_scenario() -> list[TurnIn]:
     return [
-        turn("a1", "alice"), big_turn("a2", "alice"), turn("a3", "alice"),  # overdraw, pause, deny
-        turn("b1", "bob"), big_turn("b2", "bob"),  # unlimited
+        turn("a1", "alice"),
+        big_turn("a2", "alice"),
+        turn("a3", "alice"),  # overdraw, pause, deny
+        turn("b1", "bob"),
+        big_turn("b2", "bob"),  # unlimited
         turn("c1", "carol"),  # development
         turn("a1", "alice"),  # duplicate
         turn("b3", "bob", prompt_tokens=7, cached_prompt_tokens=3, completion_tokens=11),
@@ -339,16 +382,28 @@ def test_batch_equals_one_by_one(client, wg):
 
 # --- outbox entry -----------------------------------------------------------------------------
 
+
 def test_outbox_entry_parses_back_to_the_row(client, wg):
     wg.load_wallet("w1", mode="production", limited=True, balance_nanos=50_000_000, share_bps=7000)
     occurred = datetime(2025, 6, 1, 11, 30, 15, 654321, tzinfo=timezone(timedelta(hours=2)))
-    t = turn("turn-xyz", workflow="wf-build", agent="planner", chat_id="chat-9", enterprise_id="ent-7",
-             duration_ms=1234, occurred_at=occurred)
+    t = turn(
+        "turn-xyz",
+        workflow="wf-build",
+        agent="planner",
+        chat_id="chat-9",
+        enterprise_id="ent-7",
+        duration_ms=1234,
+        occurred_at=occurred,
+    )
     d = wg.record_turn(t)
     (entry,) = outbox(client, wg)
     assert set(entry) == {"t", "b", "a", "m", "bal", "lv", "sb", "tt", "bl"}
     assert (entry["b"], entry["a"], entry["m"], entry["bal"]) == (
-        str(COST_DEFAULT), "continue", "production", str(50_000_000 - COST_DEFAULT))
+        str(COST_DEFAULT),
+        "continue",
+        "production",
+        str(50_000_000 - COST_DEFAULT),
+    )
     payload = json.loads(entry["t"])
     # version 4: meter, quantity, cache-write tokens and rate, 1-hour cache-write tokens and rate, service tier
     assert len(payload) == 25 and payload[0] == 4
@@ -408,10 +463,15 @@ def test_outbox_entry_of_a_pausing_turn(client, wg):
     (entry,) = outbox(client, wg)
     row = parse_entry(entry)
     assert (row["billed_nanos"], row["action"], row["mode"], row["balance_after_nanos"]) == (
-        35_515_000, "pause", "production", -35_514_999)
+        35_515_000,
+        "pause",
+        "production",
+        -35_514_999,
+    )
 
 
 # --- credits ----------------------------------------------------------------------------------
+
 
 def test_credit_idempotent_by_key(client, wg):
     wg.load_wallet("w1", mode="production", limited=True, balance_nanos=1_000)
@@ -461,6 +521,7 @@ def test_credit_key_semantics_do_not_depend_on_shard(client, wg):
 
 # --- hash tags --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("wallet_id", ["alice", "bob", "carol", "dave", "w-{odd}"])
 def test_keys_of_one_wallet_share_one_hash_tag(client, wg, wallet_id):
     wg.load_wallet(wallet_id, mode="production", limited=True, balance_nanos=10_000_000)
@@ -470,19 +531,22 @@ def test_keys_of_one_wallet_share_one_hash_tag(client, wg, wallet_id):
     keys = [k for k in client.keys("*") if k != "tollgate:config:outbox_shards"]
     shard = zlib.crc32(wallet_id.encode()) % SHARDS
     tag = f"{{s{shard}}}"
-    assert sorted(keys) == sorted([
-        f"tollgate:{tag}:wallet:{wallet_id}",
-        f"tollgate:{tag}:turn:4:ent1:{len(wallet_id)}:{wallet_id}:t1",
-        f"tollgate:{tag}:turn:4:ent1:{len(wallet_id)}:{wallet_id}:t2",
-        f"tollgate:{tag}:outbox",
-        f"tollgate:{tag}:kick",
-        f"tollgate:{tag}:credit:{len(wallet_id)}:{wallet_id}:k1",
-    ])
+    assert sorted(keys) == sorted(
+        [
+            f"tollgate:{tag}:wallet:{wallet_id}",
+            f"tollgate:{tag}:turn:4:ent1:{len(wallet_id)}:{wallet_id}:t1",
+            f"tollgate:{tag}:turn:4:ent1:{len(wallet_id)}:{wallet_id}:t2",
+            f"tollgate:{tag}:outbox",
+            f"tollgate:{tag}:kick",
+            f"tollgate:{tag}:credit:{len(wallet_id)}:{wallet_id}:k1",
+        ]
+    )
     assert {key_slot(k.encode()) for k in keys} == {key_slot(f"tollgate:{tag}".encode())}
     assert outbox_key(shard) == f"tollgate:{tag}:outbox" and kick_key(shard) == f"tollgate:{tag}:kick"
 
 
 # --- drain kicks ------------------------------------------------------------------------------
+
 
 def test_kick_once_per_interval(client, kicked):
     gate = WalletGate(client, settings=make_settings(kick_interval_ms=60_000), kicker=kicked.append)
@@ -521,6 +585,7 @@ def test_kick_again_after_interval_not_for_duplicates_or_denials(client, kicked)
 
 # --- big numbers ------------------------------------------------------------------------------
 
+
 def test_big_balance_exact(client, wg):
     wg.load_wallet("rich", mode="production", limited=True, balance_nanos=2**62)
     d = wg.record_turn(turn("t1", "rich"))
@@ -538,8 +603,9 @@ def test_big_cost_exact(client, kicked):
     gate = WalletGate(client, settings=make_settings(), price_book=book, kicker=kicked.append)
     # the app's per-turn cost limit (default $50) raised so that one turn may cost 2^53 + 1
     gate.load_wallet("w1", mode="production", limited=True, balance_nanos=2**62, max_turn_cost_nanos=2**62)
-    d = gate.record_turn(turn("t1", model="huge", provider="acme", prompt_tokens=1_000_000,
-                              cached_prompt_tokens=0, completion_tokens=0))
+    d = gate.record_turn(
+        turn("t1", model="huge", provider="acme", prompt_tokens=1_000_000, cached_prompt_tokens=0, completion_tokens=0)
+    )
     assert d.cost_nanos == d.billed_nanos == 2**53 + 1
     assert d.balance_nanos == 2**62 - 2**53 - 1
     assert gate.balance("w1") == 2**62 - 2**53 - 1
@@ -632,6 +698,7 @@ def test_batch_survives_redis_losing_its_script_cache(redis_client, settings):
 
 # --- configuration and failure paths ------------------------------------------------------------
 
+
 def test_a_gate_with_another_shard_count_refuses_to_start(client):
     from worker.gate.gate import GateConfigError
 
@@ -689,8 +756,14 @@ def test_trusted_decision_equals_a_validated_one():
 
     for values in (("t1", True, "continue", 5, 3, 3, False), ("t2", False, "pause", None, 7, 0, True)):
         fast = trusted_decision(*values)
-        slow = Decision(**dict(zip(("turn_id", "accepted", "action", "balance_nanos", "cost_nanos", "billed_nanos",
-                                    "duplicate"), values)))
+        slow = Decision(
+            **dict(
+                zip(
+                    ("turn_id", "accepted", "action", "balance_nanos", "cost_nanos", "billed_nanos", "duplicate"),
+                    values,
+                )
+            )
+        )
         assert fast == slow and fast.model_dump() == slow.model_dump()
         assert fast.model_dump_json() == slow.model_dump_json() and fast.model_fields_set == slow.model_fields_set
         assert fast.model_copy(update={"duplicate": True}).duplicate is True
@@ -729,20 +802,22 @@ def test_a_runtime_error_in_one_turn_of_a_batch_fails_that_turn_alone(client, wg
     decisions = caught.value.decisions
     assert decisions[1] is None and "overflow" in str(caught.value.error)
     assert [(d.accepted, d.balance_nanos) for d in (decisions[0], decisions[2])] == [
-        (True, 99 * COST_DEFAULT), (True, 98 * COST_DEFAULT)]
+        (True, 99 * COST_DEFAULT),
+        (True, 98 * COST_DEFAULT),
+    ]
     assert wg.balance("deep") == -(2**63) + 10
 
 
-
-
 # --- one script run, many turns of one wallet -----------------------------------------------------
+
 
 def _cache_scenario(gate: WalletGate) -> list[TurnIn]:
     """Wallets loaded and holds made; the turns then touch each wallet many times in one batch, so
     record_turns.lua decides them from its per-run copy of the wallet hash (balance, held and
     trial_left kept up to date by the script itself)."""
-    gate.load_wallet("tri", mode="trial", limited=True, balance_nanos=2 * COST_DEFAULT, trial_left=2_500,
-                     trial_then="bill")
+    gate.load_wallet(
+        "tri", mode="trial", limited=True, balance_nanos=2 * COST_DEFAULT, trial_left=2_500, trial_then="bill"
+    )
     gate.load_wallet("trp", mode="trial", limited=True, balance_nanos=10 * COST_DEFAULT, trial_left=1_000)
     gate.load_wallet("hold", mode="production", limited=True, balance_nanos=10 * COST_DEFAULT)
     gate.load_wallet("other", mode="production", limited=True, balance_nanos=10 * COST_DEFAULT)
@@ -750,15 +825,19 @@ def _cache_scenario(gate: WalletGate) -> list[TurnIn]:
         assert gate.reserve("hold", 3 * COST_DEFAULT, reservation_id=rid).granted
     assert gate.reserve("other", COST_DEFAULT, reservation_id="x1").granted
     return [
-        *(turn(f"tri{i}", "tri", cached_prompt_tokens=0) for i in range(1, 7)),  # 3 free, 2 billed (overdraws), 1 denied
-        turn("trp1", "trp", cached_prompt_tokens=0), turn("trp2", "trp"),  # free and pause, then denied
+        *(
+            turn(f"tri{i}", "tri", cached_prompt_tokens=0) for i in range(1, 7)
+        ),  # 3 free, 2 billed (overdraws), 1 denied
+        turn("trp1", "trp", cached_prompt_tokens=0),
+        turn("trp2", "trp"),  # free and pause, then denied
         turn("h1", "hold", reservation_id="r1"),  # settles r1
         turn("h2", "hold"),  # sees balance − held with r2, r3 still held
         turn("h3", "hold", reservation_id="r2"),
         turn("h1", "hold", reservation_id="r3"),  # a retry of a settled turn gives r3 back
         turn("h4", "hold", reservation_id="x1"),  # another wallet's hold: not released
         *(turn(f"h{i}", "hold") for i in range(5, 12)),  # down to the pause and the denials
-        turn("tri3", "tri"), turn("trp1", "trp"),  # duplicates: the first answers
+        turn("tri3", "tri"),
+        turn("trp1", "trp"),  # duplicates: the first answers
     ]
 
 
@@ -794,8 +873,13 @@ def test_a_batch_deciding_one_wallet_many_times_equals_one_by_one(client, wg):
     # and the figures are the expected ones
     tri = client.hgetall(wg.wallet_key("tri"))
     assert [(d.accepted, d.billed_nanos, d.action) for d in batch[:6]] == [
-        (True, 0, "continue"), (True, 0, "continue"), (True, 0, "continue"),
-        (True, COST_TRIAL, "continue"), (True, COST_TRIAL, "pause"), (False, 0, "pause")]  # 6.5M − 2 × 3.5M < 0
+        (True, 0, "continue"),
+        (True, 0, "continue"),
+        (True, 0, "continue"),
+        (True, COST_TRIAL, "continue"),
+        (True, COST_TRIAL, "pause"),
+        (False, 0, "pause"),
+    ]  # 6.5M − 2 × 3.5M < 0
     assert (tri["trial_left"], tri["balance"]) == ("-800", str(2 * COST_DEFAULT - 2 * COST_TRIAL))
     assert (tri["accepted_turns"], tri["denied_turns"]) == ("5", "1")
     assert [(d.accepted, d.action) for d in batch[6:8]] == [(True, "pause"), (False, "pause")]
@@ -817,12 +901,14 @@ def test_deciding_before_writing_equals_deciding_with_the_writes(client, wg, bat
     first and writes after one SET NX GET; else (here: a reservation_id naming no hold, which
     changes nothing else) it writes as it decides.  The same turns through either path leave the
     same answers and the same state, field by field."""
+
     def scenario(gate):
         gate.load_wallet("lim", mode="production", limited=True, balance_nanos=3 * COST_DEFAULT + 5)
         gate.load_wallet("unl", mode="production", limited=False, balance_nanos=0)
         gate.load_wallet("dev", mode="development", limited=True, balance_nanos=1)
-        gate.load_wallet("tri", mode="trial", limited=True, balance_nanos=COST_TRIAL, trial_left=2_000,
-                         trial_then="bill")
+        gate.load_wallet(
+            "tri", mode="trial", limited=True, balance_nanos=COST_TRIAL, trial_left=2_000, trial_then="bill"
+        )
         turns = [turn(f"l{i}", "lim") for i in range(6)] + [turn(f"u{i}", "unl") for i in range(3)]
         turns += [turn("d0", "dev"), turn("l1", "lim")]
         turns += [turn(f"t{i}", "tri", cached_prompt_tokens=0) for i in range(5)] + [turn("t0", "tri")]
@@ -831,8 +917,9 @@ def test_deciding_before_writing_equals_deciding_with_the_writes(client, wg, bat
     def run(general: bool):
         client.flushdb()
         gate = WalletGate(client, settings=make_settings(), kicker=lambda s: None)
-        turns = [t.model_copy(update={"reservation_id": f"no-hold-{t.turn_id}"}) if general else t
-                 for t in scenario(gate)]
+        turns = [
+            t.model_copy(update={"reservation_id": f"no-hold-{t.turn_id}"}) if general else t for t in scenario(gate)
+        ]
         decisions = gate.record_turns(turns) if batched else [gate.record_turn(t) for t in turns]
         return decisions, _full_state(client, gate)
 
@@ -840,10 +927,19 @@ def test_deciding_before_writing_equals_deciding_with_the_writes(client, wg, bat
     assert fast == general
     decisions, _ = fast
     assert [(d.accepted, d.action, d.billed_nanos, d.duplicate) for d in decisions[:6]] == [
-        (True, "continue", COST_DEFAULT, False), (True, "continue", COST_DEFAULT, False),
-        (True, "continue", COST_DEFAULT, False), (True, "pause", COST_DEFAULT, False),
-        (False, "pause", 0, False), (False, "pause", 0, False)]
+        (True, "continue", COST_DEFAULT, False),
+        (True, "continue", COST_DEFAULT, False),
+        (True, "continue", COST_DEFAULT, False),
+        (True, "pause", COST_DEFAULT, False),
+        (False, "pause", 0, False),
+        (False, "pause", 0, False),
+    ]
     assert decisions[10].duplicate and decisions[10].billed_nanos == COST_DEFAULT
     assert [(d.billed_nanos, d.action) for d in decisions[11:16]] == [
-        (0, "continue"), (0, "continue"), (COST_TRIAL, "pause"), (0, "pause"), (0, "pause")]
+        (0, "continue"),
+        (0, "continue"),
+        (COST_TRIAL, "pause"),
+        (0, "pause"),
+        (0, "pause"),
+    ]
     assert decisions[16].duplicate

@@ -29,14 +29,20 @@ from worker.pricing.prices import (
 WHEN = datetime(2025, 6, 1, 12, tzinfo=UTC)
 
 
-def _price(book: PriceBook, model: str, provider: str | None, prompt: int, cached: int, completion: int,
-           when: datetime = WHEN) -> TurnPrice:
-    return book.price(model=model, provider=provider, when=when, prompt_tokens=prompt,
-                      completion_tokens=completion, cached_prompt_tokens=cached)
+def _price(
+    book: PriceBook, model: str, provider: str | None, prompt: int, cached: int, completion: int, when: datetime = WHEN
+) -> TurnPrice:
+    return book.price(
+        model=model,
+        provider=provider,
+        when=when,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cached_prompt_tokens=cached,
+    )
 
 
-def _genai_nanos(model: str, provider: str, prompt: int, cached: int, completion: int,
-                 when: datetime = WHEN) -> int:
+def _genai_nanos(model: str, provider: str, prompt: int, cached: int, completion: int, when: datetime = WHEN) -> int:
     """genai-prices' own figure, rounded half-up to the nano (the reference)."""
     calc = calc_price(
         Usage(input_tokens=prompt, cache_read_tokens=cached, output_tokens=completion),
@@ -103,7 +109,10 @@ def test_tiered_model_switches_every_token_above_threshold(book):
     above = _price(book, "gemini-2.5-pro", "google", prompt=200_001, cached=1, completion=1000)
     assert above.cost_nanos == 200_000 * 2_500 + 1 * 250 + 1000 * 15_000 == 515_000_250
     assert (above.input_nanos_per_mtok, above.cached_input_nanos_per_mtok, above.output_nanos_per_mtok) == (
-        2_500_000_000, 250_000_000, 15_000_000_000)
+        2_500_000_000,
+        250_000_000,
+        15_000_000_000,
+    )
 
 
 def test_exotic_model_includes_request_fee(book):
@@ -150,6 +159,7 @@ def test_tiered_rate_selection_unit():
 
 
 # --- cross-check with genai-prices ------------------------------------------------------------
+
 
 def _tiered_sheets():
     """``(model_id, provider_id, our price sheet)`` of every genai-prices model with a TieredPrices
@@ -207,14 +217,23 @@ def test_cross_check_models_cover_tiered_and_exotic():
     assert any(s.exotic is None and isinstance(s.input, Tiered) for s in sheets)
     assert any(s.exotic is not None for s in sheets)
     # a tiered exotic price: from genai-prices if its snapshot has one, else a synthetic one (below)
-    assert any(s.exotic is not None and isinstance(s.exotic.input_mtok, TieredPrices)
-               for s in [*sheets, _SYNTHETIC_EXOTIC_TIERED])
+    assert any(
+        s.exotic is not None and isinstance(s.exotic.input_mtok, TieredPrices)
+        for s in [*sheets, _SYNTHETIC_EXOTIC_TIERED]
+    )
 
 
 #: tiered input and a per-request fee: exotic (priced through genai-prices' own calc_price)
-_SYNTHETIC_EXOTIC_TIERED = pricing._sheet_from_model_price("synthetic", "test", ModelPrice(
-    input_mtok=TieredPrices(base=Decimal("3"), tiers=[pricing_types_tier(200_000, Decimal("6"))]),
-    cache_read_mtok=Decimal("0.3"), output_mtok=Decimal("15"), requests_kcount=Decimal("5")))
+_SYNTHETIC_EXOTIC_TIERED = pricing._sheet_from_model_price(
+    "synthetic",
+    "test",
+    ModelPrice(
+        input_mtok=TieredPrices(base=Decimal("3"), tiers=[pricing_types_tier(200_000, Decimal("6"))]),
+        cache_read_mtok=Decimal("0.3"),
+        output_mtok=Decimal("15"),
+        requests_kcount=Decimal("5"),
+    ),
+)
 
 
 @pytest.mark.parametrize("prompt", [0, 1_000, 200_000, 200_001, 500_000])
@@ -228,9 +247,13 @@ def test_a_synthetic_tiered_exotic_price_equals_genai_prices(prompt):
 
 @st.composite
 def _usage(draw):
-    prompt = draw(st.one_of(st.integers(0, 5_000), st.integers(0, 400_000),
-                            st.sampled_from([127_999, 128_000, 128_001, 199_999, 200_000, 200_001,
-                                             271_999, 272_000, 272_001])))
+    prompt = draw(
+        st.one_of(
+            st.integers(0, 5_000),
+            st.integers(0, 400_000),
+            st.sampled_from([127_999, 128_000, 128_001, 199_999, 200_000, 200_001, 271_999, 272_000, 272_001]),
+        )
+    )
     cached = draw(st.integers(0, prompt))
     completion = draw(st.integers(0, 100_000))
     return prompt, cached, completion
@@ -250,7 +273,8 @@ def test_cost_equals_genai_prices_on_another_date(book):
     when = datetime(2024, 3, 1, 12, tzinfo=UTC)
     for model, provider in (("gpt-4o", "openai"), ("claude-2", "anthropic")):
         assert _price(book, model, provider, 12_345, 2_345, 678, when).cost_nanos == _genai_nanos(
-            model, provider, 12_345, 2_345, 678, when)
+            model, provider, 12_345, 2_345, 678, when
+        )
 
 
 def test_provider_none_lets_genai_prices_choose(book):
@@ -266,6 +290,7 @@ def test_aware_non_utc_time_uses_the_utc_date():
 
 
 # --- unknown models ---------------------------------------------------------------------------
+
 
 def test_unknown_model_raises_pricing_error_naming_it(book):
     with pytest.raises(PricingError) as info:
@@ -288,13 +313,17 @@ def test_unknown_model_without_provider(book):
 
 # --- overrides --------------------------------------------------------------------------------
 
+
 def test_override_prices_a_custom_model():
     b = PriceBook({"acme/my-model": {"input_mtok": "1.00", "output_mtok": "4.00"}})
     price = _price(b, "my-model", "acme", prompt=1000, cached=200, completion=100)
     # no cache-read price: cached tokens at the input price
     assert price.cost_nanos == 1000 * 1_000 + 100 * 4_000 == 1_400_000
     assert (price.input_nanos_per_mtok, price.cached_input_nanos_per_mtok, price.output_nanos_per_mtok) == (
-        1_000_000_000, 1_000_000_000, 4_000_000_000)
+        1_000_000_000,
+        1_000_000_000,
+        4_000_000_000,
+    )
     assert (price.model, price.provider) == ("my-model", "acme")
 
 
@@ -328,7 +357,9 @@ def test_override_wins_over_genai_prices():
     assert price.cost_nanos == 800 * 1_000 + 200 * 500 + 100 * 2_000 == 1_100_000
     assert price.cost_nanos != _genai_nanos("gpt-4o", "openai", 1000, 200, 100)
     # other models still come from genai-prices
-    assert _price(b, "gpt-4o-mini", "openai", 1000, 0, 0).cost_nanos == _genai_nanos("gpt-4o-mini", "openai", 1000, 0, 0)
+    assert _price(b, "gpt-4o-mini", "openai", 1000, 0, 0).cost_nanos == _genai_nanos(
+        "gpt-4o-mini", "openai", 1000, 0, 0
+    )
 
 
 def test_override_model_with_slash():
@@ -397,6 +428,7 @@ def test_bad_override_leaves_nothing_half_built():
 
 
 # --- usd_to_nanos / nanos_to_usd --------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("usd", "nanos"),
@@ -469,8 +501,11 @@ def test_no_float_in_pricing_module():
     """No float literal and no float() call in worker/pricing/prices.py (money is integers and Decimal)."""
     tree = ast.parse(inspect.getsource(pricing))
     floats = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, float)]
-    calls = [n.lineno for n in ast.walk(tree)
-             if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "float"]
+    calls = [
+        n.lineno
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "float"
+    ]
     divisions = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div)]
     assert floats == [] and calls == [] and divisions == []
 
@@ -491,35 +526,66 @@ def test_off_peak_prices_follow_the_turn_s_time_of_day(hour):
     what genai-prices says at that hour, to the nano."""
     when = datetime(2026, 11, 1, hour, 45, tzinfo=UTC)
     book = PriceBook()
-    ours = book.price(model="deepseek-chat", provider="deepseek", when=when, prompt_tokens=1_000_000,
-                      completion_tokens=100_000, cached_prompt_tokens=200_000).cost_nanos
-    ref = calc_price(Usage(input_tokens=1_000_000, cache_read_tokens=200_000, output_tokens=100_000),
-                     "deepseek-chat", provider_id="deepseek", genai_request_timestamp=when).total_price
+    ours = book.price(
+        model="deepseek-chat",
+        provider="deepseek",
+        when=when,
+        prompt_tokens=1_000_000,
+        completion_tokens=100_000,
+        cached_prompt_tokens=200_000,
+    ).cost_nanos
+    ref = calc_price(
+        Usage(input_tokens=1_000_000, cache_read_tokens=200_000, output_tokens=100_000),
+        "deepseek-chat",
+        provider_id="deepseek",
+        genai_request_timestamp=when,
+    ).total_price
     assert ours == int((ref * 10**9).to_integral_value(rounding=ROUND_HALF_UP))
 
 
 @pytest.mark.parametrize("model", ["claude-sonnet-4-20250514", "claude-3-5-haiku", "claude-opus-4-1"])
 def test_cache_write_tokens_cost_the_cache_write_price_as_genai_prices_says(book, model):
     """Anthropic's cache creation tokens are part of the prompt and cost more than input tokens."""
-    tp = book.price(model=model, provider="anthropic", when=WHEN, prompt_tokens=10_000, completion_tokens=500,
-                    cached_prompt_tokens=3_000, cache_write_tokens=2_000)
-    ref = calc_price(Usage(input_tokens=10_000, cache_read_tokens=3_000, cache_write_tokens=2_000, output_tokens=500),
-                     model_ref=model, provider_id="anthropic", genai_request_timestamp=WHEN)
+    tp = book.price(
+        model=model,
+        provider="anthropic",
+        when=WHEN,
+        prompt_tokens=10_000,
+        completion_tokens=500,
+        cached_prompt_tokens=3_000,
+        cache_write_tokens=2_000,
+    )
+    ref = calc_price(
+        Usage(input_tokens=10_000, cache_read_tokens=3_000, cache_write_tokens=2_000, output_tokens=500),
+        model_ref=model,
+        provider_id="anthropic",
+        genai_request_timestamp=WHEN,
+    )
     assert tp.cost_nanos == int((ref.total_price * 10**9).to_integral_value(rounding=ROUND_HALF_UP))
     assert tp.cache_write_nanos_per_mtok == tp.input_nanos_per_mtok * 5 // 4  # Anthropic: 1.25 × input
-    without = book.price(model=model, provider="anthropic", when=WHEN, prompt_tokens=10_000, completion_tokens=500,
-                         cached_prompt_tokens=3_000)
-    assert tp.cost_nanos - without.cost_nanos == 2_000 * (tp.cache_write_nanos_per_mtok - tp.input_nanos_per_mtok) // 10**6
+    without = book.price(
+        model=model,
+        provider="anthropic",
+        when=WHEN,
+        prompt_tokens=10_000,
+        completion_tokens=500,
+        cached_prompt_tokens=3_000,
+    )
+    assert (
+        tp.cost_nanos - without.cost_nanos == 2_000 * (tp.cache_write_nanos_per_mtok - tp.input_nanos_per_mtok) // 10**6
+    )
 
 
 def test_cache_write_without_a_cache_write_price_costs_the_input_price(book):
-    tp = book.price(model="gpt-4o", provider="openai", when=WHEN, prompt_tokens=1_000, completion_tokens=0,
-                    cache_write_tokens=400)
+    tp = book.price(
+        model="gpt-4o", provider="openai", when=WHEN, prompt_tokens=1_000, completion_tokens=0, cache_write_tokens=400
+    )
     assert (tp.cost_nanos, tp.cache_write_nanos_per_mtok) == (2_500_000, 2_500_000_000)
 
 
 def test_override_with_cache_write_price():
     book = PriceBook({"acme/m1": {"input_mtok": "1", "cache_write_mtok": "1.5", "output_mtok": "2"}})
-    tp = book.price(model="m1", provider="acme", when=WHEN, prompt_tokens=1_000_000, completion_tokens=0,
-                    cache_write_tokens=200_000)
+    tp = book.price(
+        model="m1", provider="acme", when=WHEN, prompt_tokens=1_000_000, completion_tokens=0, cache_write_tokens=200_000
+    )
     assert tp.cost_nanos == 800_000_000 + 300_000_000

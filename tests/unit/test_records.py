@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.test_gate import client, kicked, wg  # noqa: F401  (fixtures)
 from models.wallet import ReservationPublic
+from tests.unit.test_gate import client, kicked, wg  # noqa: F401  (fixtures)
 
 
 def test_the_gate_answers_a_reservation_with_the_api_shape(wg):
@@ -14,8 +14,15 @@ def test_the_gate_answers_a_reservation_with_the_api_shape(wg):
     wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000)
     hold = wg.reserve("w1", 6_000_000, reservation_id="r1")
     assert type(hold) is ReservationPublic
-    assert hold.model_dump() == {"reservation_id": "r1", "wallet_id": "w1", "granted": True, "amount_nanos": 6_000_000,
-                                 "balance_nanos": 10_000_000, "held_nanos": 6_000_000, "duplicate": False}
+    assert hold.model_dump() == {
+        "reservation_id": "r1",
+        "wallet_id": "w1",
+        "granted": True,
+        "amount_nanos": 6_000_000,
+        "balance_nanos": 10_000_000,
+        "held_nanos": 6_000_000,
+        "duplicate": False,
+    }
     again = wg.reserve("w1", 6_000_000, reservation_id="r1")
     assert type(again) is ReservationPublic
     assert (again.granted, again.duplicate, again.held_nanos) == (True, True, 6_000_000)
@@ -43,7 +50,11 @@ except ValueError as exc:
 print(sorted(m for m in sys.modules if m == "worker" or m.startswith(("worker.", "tasks", "api_stub"))))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.splitlines() == ["1999-12-31T23:59:00+00:00 is before 2000-01-01T00:00:00+00:00", "('occurred_at',)", "[]"]
+    assert out.splitlines() == [
+        "1999-12-31T23:59:00+00:00 is before 2000-01-01T00:00:00+00:00",
+        "('occurred_at',)",
+        "[]",
+    ]
 
 
 def test_worker_settings_give_models_their_window(monkeypatch):
@@ -94,18 +105,39 @@ def test_public_shapes_are_built_from_their_rows_with_the_fields_they_share():
     from models.wallet import WalletTransaction, WalletTransactionBase, WalletTransactionPublic
 
     at = datetime(2026, 11, 3, 12, 0, tzinfo=UTC)
-    assert issubclass(WalletTransaction, WalletTransactionBase) and issubclass(WalletTransactionPublic, WalletTransactionBase)
-    row = WalletTransaction(id=7, wallet_id="w1", kind=TransactionKind.debit, amount_nanos=4_500_000, turns=3,
-                            idempotency_key="drain:0:1-0", created_at=at)
+    assert issubclass(WalletTransaction, WalletTransactionBase) and issubclass(
+        WalletTransactionPublic, WalletTransactionBase
+    )
+    row = WalletTransaction(
+        id=7,
+        wallet_id="w1",
+        kind=TransactionKind.debit,
+        amount_nanos=4_500_000,
+        turns=3,
+        idempotency_key="drain:0:1-0",
+        created_at=at,
+    )
     assert WalletTransactionPublic.model_validate(row).model_dump_json() == (
         '{"id":7,"kind":"debit","amount_nanos":4500000,"turns":3,"idempotency_key":"drain:0:1-0",'
-        '"description":"","created_at":"2026-11-03T12:00:00Z"}')
+        '"description":"","created_at":"2026-11-03T12:00:00Z"}'
+    )
     assert issubclass(WorkflowRollup, WorkflowRollupBase) and issubclass(WorkflowRollupPublic, WorkflowRollupBase)
-    rollup = WorkflowRollup(enterprise_id="e1", workflow="wf", period="2026-11", document={"chats": ["c1"]},
-                            total_sessions=2, total_turns=5, prompt_tokens=1000, completion_tokens=200,
-                            cached_prompt_tokens=100, cost_nanos=4_500_000, refreshed_at=at)
+    rollup = WorkflowRollup(
+        enterprise_id="e1",
+        workflow="wf",
+        period="2026-11",
+        document={"chats": ["c1"]},
+        total_sessions=2,
+        total_turns=5,
+        prompt_tokens=1000,
+        completion_tokens=200,
+        cached_prompt_tokens=100,
+        cost_nanos=4_500_000,
+        refreshed_at=at,
+    )
     assert WorkflowRollupPublic.model_validate(rollup, update={"document": None}).model_dump_json() == (
         '{"enterprise_id":"e1","workflow":"wf","period":"2026-11","total_sessions":2,"total_turns":5,'
         '"prompt_tokens":1000,"completion_tokens":200,"cached_prompt_tokens":100,"cost_nanos":4500000,'
-        '"refreshed_at":"2026-11-03T12:00:00Z","document":null}')
+        '"refreshed_at":"2026-11-03T12:00:00Z","document":null}'
+    )
     assert WorkflowRollupPublic.model_validate(rollup).document == {"chats": ["c1"]}

@@ -17,7 +17,12 @@ def held(client, wg, wallet_id="w1") -> int:
 def test_a_hold_is_granted_from_the_available_balance_only(client, wg):
     wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000)
     first = wg.reserve("w1", 6_000_000, reservation_id="r1")
-    assert (first.granted, first.amount_nanos, first.balance_nanos, first.held_nanos) == (True, 6_000_000, 10_000_000, 6_000_000)
+    assert (first.granted, first.amount_nanos, first.balance_nanos, first.held_nanos) == (
+        True,
+        6_000_000,
+        10_000_000,
+        6_000_000,
+    )
     refused = wg.reserve("w1", 4_000_001, reservation_id="r2")
     assert (refused.granted, refused.amount_nanos, refused.held_nanos) == (False, 0, 6_000_000)
     exact = wg.reserve("w1", 4_000_000, reservation_id="r3")
@@ -34,7 +39,12 @@ def test_settling_releases_the_hold_and_debits_the_actual_cost(client, wg):
     wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000)
     wg.reserve("w1", 5_000_000, reservation_id="r1")
     d = wg.record_turn(turn("t1", reservation_id="r1"))
-    assert (d.accepted, d.billed_nanos, d.balance_nanos, d.action) == (True, COST_DEFAULT, 10_000_000 - COST_DEFAULT, "continue")
+    assert (d.accepted, d.billed_nanos, d.balance_nanos, d.action) == (
+        True,
+        COST_DEFAULT,
+        10_000_000 - COST_DEFAULT,
+        "continue",
+    )
     assert held(client, wg) == 0
     assert not client.exists(wg.wallet_key("w1").replace(":wallet:w1", ":hold:r1"))
     # a retry of the settled turn is a duplicate; a new hold made by the retry's reserve is given back
@@ -88,7 +98,7 @@ def test_holds_compare_exactly_beyond_two_to_the_53(client, wg):
     with pytest.raises(ValueError, match="amount_nanos"):
         wg.reserve("w1", 2**62 + 1)
     assert wg.reserve("w1", 2**62, reservation_id="r1").granted
-    assert not wg.reserve("w1", 2, reservation_id="r2").granted   # 2^62 + 2 > 2^62 + 1: doubles can't tell
+    assert not wg.reserve("w1", 2, reservation_id="r2").granted  # 2^62 + 2 > 2^62 + 1: doubles can't tell
     assert wg.reserve("w1", 1, reservation_id="r3").granted
     assert held(client, wg) == big
 
@@ -99,11 +109,13 @@ def test_reserve_exact_batch_denies_what_it_cannot_cover_and_goes_on(client, wg)
     decisions = wg.record_turns(turns, reserve_exact=True)
     assert [d.accepted for d in decisions] == [True, True, False, False]
     assert wg.balance("w1") == 10 and held(client, wg) == 0
-    small = wg.record_turns([turn("tiny", prompt_tokens=1, cached_prompt_tokens=0, completion_tokens=0)],
-                            reserve_exact=True)
+    small = wg.record_turns(
+        [turn("tiny", prompt_tokens=1, cached_prompt_tokens=0, completion_tokens=0)], reserve_exact=True
+    )
     assert (small[0].accepted, small[0].cost_nanos) == (False, 2_500)  # one token costs 2,500 > 10 available
-    free = wg.record_turns([turn("zero", prompt_tokens=0, cached_prompt_tokens=0, completion_tokens=0)],
-                           reserve_exact=True)
+    free = wg.record_turns(
+        [turn("zero", prompt_tokens=0, cached_prompt_tokens=0, completion_tokens=0)], reserve_exact=True
+    )
     assert free[0].accepted and wg.balance("w1") == 10
 
 

@@ -19,7 +19,12 @@ def test_debt_is_exact_for_balances_past_two_to_the_53(client, wg):
     d = wg.record_turn(turn("t1", reservation_id="mine"))
     # free once its own hold is given back: big − (big − 1,000) = 1,000
     assert (d.accepted, d.cost_nanos, d.billed_nanos, d.balance_nanos, d.action) == (
-        True, COST_DEFAULT, 1_000, big - 1_000, "pause")
+        True,
+        COST_DEFAULT,
+        1_000,
+        big - 1_000,
+        "pause",
+    )
     assert client.hget(wg.wallet_key("w1"), "debt") == str(COST_DEFAULT - 1_000)
     assert client.hget(wg.wallet_key("w1"), "balance") == "9007199254739993"
     (entry,) = [f for _id, f in client.xrange(outbox_key(wg.shard("w1")))]

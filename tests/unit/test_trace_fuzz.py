@@ -61,9 +61,12 @@ def test_arbitrary_bytes_parse_or_raise_trace_error_only(data, fmt):
 
 
 @FUZZ
-@given(st.lists(st.lists(st.one_of(st.text(max_size=12), st.integers(-10**12, 10**12).map(str)), max_size=5),
-                max_size=6),
-       st.booleans())
+@given(
+    st.lists(
+        st.lists(st.one_of(st.text(max_size=12), st.integers(-(10**12), 10**12).map(str)), max_size=5), max_size=6
+    ),
+    st.booleans(),
+)
 def test_azure_arbitrary_cells_parse_or_raise_trace_error_only(rows, crlf):
     nl = "\r\n" if crlf else "\n"
     text_ = HEADER + nl + "".join(",".join(cells) + nl for cells in rows)
@@ -75,23 +78,38 @@ def test_azure_arbitrary_cells_parse_or_raise_trace_error_only(rows, crlf):
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**13, 10**14) | st.floats(allow_nan=False) | st.text(max_size=6),
+    st.none() | st.booleans() | st.integers(-(10**13), 10**14) | st.floats(allow_nan=False) | st.text(max_size=6),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=6,
 )
 
 
 @FUZZ
-@given(st.lists(st.dictionaries(st.sampled_from(["timestamp", "input_length", "output_length", "hash_ids", "x"]),
-                                JSON_VALUES, max_size=5), max_size=5))
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["timestamp", "input_length", "output_length", "hash_ids", "x"]), JSON_VALUES, max_size=5
+        ),
+        max_size=5,
+    )
+)
 def test_mooncake_arbitrary_objects_parse_or_raise_trace_error_only(objs):
     data = "".join(json.dumps(o) + "\n" for o in objs).encode()
     _check_rows_or_error(*_parse(data, "mooncake"))
 
 
 BAD_TOKENS = st.sampled_from(["-1", "1.5", "", " 7", "1e3", "0x10", str(MAX_TOKENS + 1), "NaN", "١٢"])
-BAD_TIMES = st.sampled_from(["", "2023-13-01 00:00:00", "2023-02-30 10:00:00.1", "2023-11-16T18:15:46",
-                             "yesterday", "2023-11-16 24:00:00", "2023-11-16 18:15:46.1234567890"])
+BAD_TIMES = st.sampled_from(
+    [
+        "",
+        "2023-13-01 00:00:00",
+        "2023-02-30 10:00:00.1",
+        "2023-11-16T18:15:46",
+        "yesterday",
+        "2023-11-16 24:00:00",
+        "2023-11-16 18:15:46.1234567890",
+    ]
+)
 
 
 @FUZZ
@@ -110,16 +128,19 @@ def test_azure_one_bad_field_is_reported_at_its_row_and_field(n, data):
 @FUZZ
 @given(n=st.integers(1, 8), data=st.data())
 def test_mooncake_one_bad_field_is_reported_at_its_row_and_field(n, data):
-    objs = [{"timestamp": 10 * i, "input_length": 600 + i, "output_length": 5 + i, "hash_ids": [i, i + 1]}
-            for i in range(n)]
+    objs = [
+        {"timestamp": 10 * i, "input_length": 600 + i, "output_length": 5 + i, "hash_ids": [i, i + 1]} for i in range(n)
+    ]
     k = data.draw(st.integers(0, n - 1))
     field = data.draw(st.sampled_from(["timestamp", "input_length", "output_length", "hash_ids"]))
-    bad = data.draw({
-        "timestamp": st.sampled_from([-1, 1.5, "10", None, True, 10**13 + 1]),
-        "input_length": st.sampled_from([-3, 2.0, "1e2", None, False, MAX_TOKENS + 1]),
-        "output_length": st.sampled_from([-3, 2.5, "x", None, True, [1]]),
-        "hash_ids": st.sampled_from([None, 5, "1,2", [1, "2"], [True], {"a": 1}]),
-    }[field])
+    bad = data.draw(
+        {
+            "timestamp": st.sampled_from([-1, 1.5, "10", None, True, 10**13 + 1]),
+            "input_length": st.sampled_from([-3, 2.0, "1e2", None, False, MAX_TOKENS + 1]),
+            "output_length": st.sampled_from([-3, 2.5, "x", None, True, [1]]),
+            "hash_ids": st.sampled_from([None, 5, "1,2", [1, "2"], [True], {"a": 1}]),
+        }[field]
+    )
     objs[k][field] = bad
     path, result = _parse("".join(json.dumps(o) + "\n" for o in objs).encode(), "mooncake")
     assert isinstance(result, TraceError), result

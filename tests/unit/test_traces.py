@@ -34,6 +34,7 @@ def _mc(ts: int, inp: int, out: int, hashes: list[int]) -> dict:
 
 # --- Azure ------------------------------------------------------------------------------------
 
+
 def test_azure_parses_exact_values(tmp_path):
     p = _azure(
         tmp_path,
@@ -149,6 +150,7 @@ def test_azure_not_utf8(tmp_path):
 
 
 # --- Mooncake ---------------------------------------------------------------------------------
+
 
 def test_mooncake_cached_tokens_from_leading_seen_hash_ids(tmp_path):
     p = _mooncake(
@@ -272,14 +274,16 @@ def test_missing_file_and_unknown_format(tmp_path):
 
 # --- bundled samples --------------------------------------------------------------------------
 
+
 def _plain_azure(path: Path) -> list[tuple[str, int, int]]:
     lines = path.read_bytes().decode().split("\r\n")
     assert lines[0] == HEADER and lines[-1] == ""
     return [(ts, int(a), int(b)) for ts, a, b in (line.split(",") for line in lines[1:-1])]
 
 
-@pytest.mark.parametrize(("name", "count"), [("azure_llm_2023_conv_sample.csv", 2000),
-                                             ("azure_llm_2023_code_sample.csv", 2000)])
+@pytest.mark.parametrize(
+    ("name", "count"), [("azure_llm_2023_conv_sample.csv", 2000), ("azure_llm_2023_code_sample.csv", 2000)]
+)
 def test_bundled_azure_samples(name, count):
     path = DATA / name
     rows = read_trace(path, "azure")
@@ -322,7 +326,8 @@ def test_bundled_mooncake_sample():
     assert len(rows) == 1000
     recs = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(r.prompt_tokens, r.completion_tokens) for r in rows] == [
-        (o["input_length"], o["output_length"]) for o in recs]
+        (o["input_length"], o["output_length"]) for o in recs
+    ]
     assert [r.occurred_at for r in rows] == [EPOCH + timedelta(milliseconds=o["timestamp"]) for o in recs]
     assert [r.cached_prompt_tokens for r in rows] == _independent_mooncake_cached(path)
     # the first three rows: [0..13], then [0, 14, ...] and [0, 28, ...] share only block 0

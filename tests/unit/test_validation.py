@@ -9,12 +9,14 @@ import unicodedata
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from models.validation import FreeText, Id, Label, text_problem
-from worker.validation import InvalidInput, check_occurred_at, check_text
 from worker.devtools.traces import TraceError, read_trace
+from worker.validation import InvalidInput, check_occurred_at, check_text
 
 
 @pytest.fixture()
@@ -37,8 +39,12 @@ def test_every_code_point_is_classified_by_its_unicode_category(ch):
     id_refused = ch.isspace() or cat in ("Cc", "Cs", "Cf", "Zl", "Zp")
     assert (text_problem(f"a{ch}b") is not None) is id_refused
     assert (text_problem(f"a{ch}b", "label") is not None) is (id_refused and ch != " ")
-    text_refused = (cat == "Cc" and ch not in "\t\n") or cat in ("Cs", "Zl", "Zp") or \
-        0x202A <= ord(ch) <= 0x202E or 0x2066 <= ord(ch) <= 0x2069
+    text_refused = (
+        (cat == "Cc" and ch not in "\t\n")
+        or cat in ("Cs", "Zl", "Zp")
+        or 0x202A <= ord(ch) <= 0x202E
+        or 0x2066 <= ord(ch) <= 0x2069
+    )
     assert (text_problem(f"a{ch}b", "text") is not None) is text_refused
 
 
@@ -60,8 +66,12 @@ def test_messages_name_the_code_point_and_its_position():
 
 def test_check_text_raises_a_value_error_naming_the_field():
     assert check_text("w-1", "wallet_id") == "w-1"
-    for value, message in ((None, "must be a string"), ("", "must be 1..200 characters, got 0"),
-                           ("x" * 201, "got 201"), ("a\x00", r"U\+0000")):
+    for value, message in (
+        (None, "must be a string"),
+        ("", "must be 1..200 characters, got 0"),
+        ("x" * 201, "got 201"),
+        ("a\x00", r"U\+0000"),
+    ):
         with pytest.raises(InvalidInput, match=f"^wallet_id: .*{message}") as exc:
             check_text(value, "wallet_id")
         assert isinstance(exc.value, ValueError) and exc.value.field == "wallet_id"
@@ -76,26 +86,33 @@ def test_the_annotated_types_name_the_field():
     with pytest.raises(ValidationError) as exc:
         M(a="ok\u2066", b="bad\x7f", c="\x00")
     assert [(e["loc"], e["type"]) for e in exc.value.errors()] == [
-        (("a",), "unsafe_text"), (("b",), "unsafe_text"), (("c",), "unsafe_text")]
+        (("a",), "unsafe_text"),
+        (("b",), "unsafe_text"),
+        (("c",), "unsafe_text"),
+    ]
     assert M(a="ok", b="a b", c="").a == "ok"
 
 
-@pytest.mark.parametrize("value", [
-    datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))),
-    datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-5))),
-    datetime(1, 1, 1, tzinfo=UTC),
-    datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC),
-    datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC),
-    datetime(2026, 11, 1, 12),  # naive
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))),
+        datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-5))),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC),
+        datetime(2026, 11, 1, 12),  # naive
+    ],
+)
 def test_occurred_at_out_of_the_window_is_refused_without_overflow(value, day_window):
     with pytest.raises(InvalidInput, match="^occurred_at: "):
         check_occurred_at(value)
 
 
 def test_occurred_at_inside_the_window_is_converted_to_utc(day_window):
-    assert check_occurred_at(datetime(2000, 1, 1, 5, tzinfo=timezone(timedelta(hours=5)))) == \
-        datetime(2000, 1, 1, tzinfo=UTC)
+    assert check_occurred_at(datetime(2000, 1, 1, 5, tzinfo=timezone(timedelta(hours=5)))) == datetime(
+        2000, 1, 1, tzinfo=UTC
+    )
     soon = datetime.now(UTC) + timedelta(hours=23)
     assert check_occurred_at(soon) == soon
     with pytest.raises(InvalidInput, match="after"):
@@ -104,13 +121,17 @@ def test_occurred_at_inside_the_window_is_converted_to_utc(day_window):
 
 def test_a_trace_row_outside_the_window_names_its_row(tmp_path, day_window):
     azure = tmp_path / "a.csv"
-    azure.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,10,2\r\n"
-                     "1999-11-16 18:15:46.6805900,10,2\r\n")
+    azure.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,10,2\r\n"
+        "1999-11-16 18:15:46.6805900,10,2\r\n"
+    )
     with pytest.raises(TraceError, match=r"row 2 \(line 3\), field TIMESTAMP: occurred_at .* is before"):
         read_trace(azure, "azure")
     mooncake = tmp_path / "m.jsonl"
-    mooncake.write_text('{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": []}\n'
-                        '{"timestamp": 172800000, "input_length": 5, "output_length": 1, "hash_ids": []}\n')
+    mooncake.write_text(
+        '{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": []}\n'
+        '{"timestamp": 172800000, "input_length": 5, "output_length": 1, "hash_ids": []}\n'
+    )
     with pytest.raises(TraceError, match=r"row 2 \(line 2\), field timestamp: occurred_at .* is after"):
         read_trace(mooncake, "mooncake", epoch=datetime.now(UTC))
     mooncake.write_text('{"timestamp": 172800000, "input_length": 5, "output_length": 1, "hash_ids": []}\n')

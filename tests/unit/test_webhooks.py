@@ -83,8 +83,13 @@ def test_verify_refuses_forged_tampered_stale_and_malformed_signatures(header, b
 def test_event_wire_form_is_compact_sorted_json_and_ids_are_unique():
     e = Event.new("budget.threshold_crossed", "acme", {"spent_nanos": 5_000_000_000}, created=1_764_547_200)
     assert e.id.startswith("evt_") and Event.new("x", "acme", {}).id != e.id
-    assert json.loads(e.body()) == {"id": e.id, "type": "budget.threshold_crossed", "enterprise_id": "acme",
-                                    "created": 1_764_547_200, "data": {"spent_nanos": 5_000_000_000}}
+    assert json.loads(e.body()) == {
+        "id": e.id,
+        "type": "budget.threshold_crossed",
+        "enterprise_id": "acme",
+        "created": 1_764_547_200,
+        "data": {"spent_nanos": 5_000_000_000},
+    }
     assert " " not in e.body()
     assert channel("acme") == "tollgate:events:acme"
 
@@ -109,8 +114,9 @@ def test_backoff_is_exponential_and_capped(settings, monkeypatch):
 
 # one POST ---------------------------------------------------------------------------------------
 def test_post_delivers_a_body_the_receiver_can_verify(receiver):
-    status = post(receiver.url, SECRET, event_id="evt_42", event_type="budget.threshold_crossed", body=BODY,
-                  timeout_s=5)
+    status = post(
+        receiver.url, SECRET, event_id="evt_42", event_type="budget.threshold_crossed", body=BODY, timeout_s=5
+    )
     assert status == 200
     [req] = receiver.requests
     assert req.body == BODY.encode()
@@ -157,16 +163,27 @@ def hooked_app(db, receiver):
     from sqlalchemy import text
 
     with db.begin() as conn:
-        conn.execute(text("INSERT INTO enterprise (id, name, default_mode, callback_url, webhook_secret) "
-                          "VALUES ('acme', 'Acme', 'production', :u, :s)"), {"u": receiver.url, "s": SECRET})
+        conn.execute(
+            text(
+                "INSERT INTO enterprise (id, name, default_mode, callback_url, webhook_secret) "
+                "VALUES ('acme', 'Acme', 'production', :u, :s)"
+            ),
+            {"u": receiver.url, "s": SECRET},
+        )
     return receiver
 
 
 def _deliver(event: Event):
     from tasks.billing import deliver
 
-    return deliver.apply(kwargs={"enterprise_id": event.enterprise_id, "event_id": event.id,
-                                 "event_type": event.type, "body": event.body()})
+    return deliver.apply(
+        kwargs={
+            "enterprise_id": event.enterprise_id,
+            "event_id": event.id,
+            "event_type": event.type,
+            "body": event.body(),
+        }
+    )
 
 
 def test_task_retries_a_500_and_delivers_once_with_the_same_event_id(hooked_app):

@@ -33,11 +33,11 @@ from sqlmodel import Session
 from models.access import ApiKey
 from models.enums import ApiRole, PayerLevel
 from models.wallet import Enterprise, Wallet
-from worker.ledger.audit import audit
-from worker.gate.keys import revoked_marker
 from worker.db import after_commit
-from worker.settings import get_settings
 from worker.errors import InputError
+from worker.gate.keys import revoked_marker
+from worker.ledger.audit import audit
+from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +140,23 @@ def _announce_revocation(prefix: str, redis_client=None) -> None:
             redis_client.set(revoked_marker(prefix), "1", ex=REVOKED_MARKER_TTL_S)
             end_sessions(redis_client, prefix)
     except Exception:
-        log.warning("key %s revoked, but its Redis marker could not be written: other API processes "
-                    "may accept it until their cache entry expires", prefix, exc_info=True)
+        log.warning(
+            "key %s revoked, but its Redis marker could not be written: other API processes "
+            "may accept it until their cache entry expires",
+            prefix,
+            exc_info=True,
+        )
 
 
-def create_key(session: Session, *, role: ApiRole, enterprise_id: str | None = None,
-               wallet_id: str | None = None, name: str = "", actor: str = "cli") -> str:
+def create_key(
+    session: Session,
+    *,
+    role: ApiRole,
+    enterprise_id: str | None = None,
+    wallet_id: str | None = None,
+    name: str = "",
+    actor: str = "cli",
+) -> str:
     """Create a key and return it (the only time it is visible).
 
     Scopes: ``owner`` needs ``enterprise_id``; ``end_user`` needs ``enterprise_id`` and a wallet of
@@ -156,8 +167,9 @@ def create_key(session: Session, *, role: ApiRole, enterprise_id: str | None = N
     """
     role = ApiRole(role)
     if role is ApiRole.admin and (enterprise_id or wallet_id):
-        raise ApiKeyError("enterprise_id/wallet_id: an admin key is not scoped to an app or wallet",
-                          field="enterprise_id/wallet_id")
+        raise ApiKeyError(
+            "enterprise_id/wallet_id: an admin key is not scoped to an app or wallet", field="enterprise_id/wallet_id"
+        )
     if role is not ApiRole.admin:
         if not enterprise_id or session.get(Enterprise, enterprise_id) is None:
             raise ApiKeyError(f"enterprise_id: unknown enterprise {enterprise_id!r}", field="enterprise_id")
@@ -173,10 +185,25 @@ def create_key(session: Session, *, role: ApiRole, enterprise_id: str | None = N
         raise ApiKeyError("wallet_id: an admin key is not scoped to a wallet", field="wallet_id")
     prefix = secrets.token_hex(6)
     key = f"tg_{prefix}_{secrets.token_urlsafe(32)}"
-    session.add(ApiKey(prefix=prefix, key_sha256=_digest(key), role=role, enterprise_id=enterprise_id,
-                       wallet_id=wallet_id, name=name))
-    audit(session, actor=actor, action="key_create", enterprise_id=enterprise_id, wallet_id=wallet_id,
-          prefix=prefix, role=role.value)
+    session.add(
+        ApiKey(
+            prefix=prefix,
+            key_sha256=_digest(key),
+            role=role,
+            enterprise_id=enterprise_id,
+            wallet_id=wallet_id,
+            name=name,
+        )
+    )
+    audit(
+        session,
+        actor=actor,
+        action="key_create",
+        enterprise_id=enterprise_id,
+        wallet_id=wallet_id,
+        prefix=prefix,
+        role=role.value,
+    )
     return key
 
 
@@ -192,8 +219,14 @@ def revoke_key(session: Session, prefix: str, *, actor: str = "cli", redis_clien
     if row is None or row.revoked_at is not None:
         return False
     row.revoked_at = datetime.now(UTC)
-    audit(session, actor=actor, action="key_revoke", enterprise_id=row.enterprise_id, wallet_id=row.wallet_id,
-          prefix=prefix)
+    audit(
+        session,
+        actor=actor,
+        action="key_revoke",
+        enterprise_id=row.enterprise_id,
+        wallet_id=row.wallet_id,
+        prefix=prefix,
+    )
     key_cache.forget(prefix)
     after_commit(session, lambda: _announce_revocation(prefix, redis_client))
     return True
@@ -207,5 +240,6 @@ def authenticate(session: Session, key: str) -> Principal | None:
     row = session.execute(select(ApiKey).where(ApiKey.prefix == parts[1])).scalar_one_or_none()
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_sha256, _digest(key)):
         return None
-    return Principal(key_prefix=row.prefix, role=ApiRole(row.role), enterprise_id=row.enterprise_id,
-                     wallet_id=row.wallet_id)
+    return Principal(
+        key_prefix=row.prefix, role=ApiRole(row.role), enterprise_id=row.enterprise_id, wallet_id=row.wallet_id
+    )

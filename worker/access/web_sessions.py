@@ -100,9 +100,17 @@ def principal_for_prefix(session: Session, key_prefix: str) -> Principal | None:
     row = session.execute(select(ApiKey).where(ApiKey.prefix == key_prefix)).scalar_one_or_none()
     if row is None or row.revoked_at is not None:
         return None
-    return Principal(key_prefix=row.prefix, role=ApiRole(row.role), enterprise_id=row.enterprise_id,
-                     wallet_id=row.wallet_id)
+    return Principal(
+        key_prefix=row.prefix, role=ApiRole(row.role), enterprise_id=row.enterprise_id, wallet_id=row.wallet_id
+    )
 
 
-__all__ = ["WebSession", "close_session", "end_sessions", "open_session", "principal_for_prefix", "read_session",
-           "session_key"]
+__all__ = [
+    "WebSession",
+    "close_session",
+    "end_sessions",
+    "open_session",
+    "principal_for_prefix",
+    "read_session",
+    "session_key",
+]

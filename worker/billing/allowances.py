@@ -61,21 +61,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, text, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from models.enums import TransactionKind
 from models.turn import UsageEvent
 from models.wallet import Wallet, WalletTransaction
-from worker.ledger.audit import audit
+from worker.billing.modes import ResumeChats
 from worker.db import after_commit, session_scope
+from worker.errors import InputError
+from worker.gate.gate import UnknownWallet, WalletGate, process_gate
 from worker.gate.keys import ALLOWANCE_EXPIRY_PREFIX, ALLOWANCE_PREFIX, ALLOWANCE_RESTORE_PREFIX
+from worker.ledger.audit import audit
 from worker.periods import current_period, period_bounds, previous_period
 from worker.settings import Settings, get_settings
-from worker.gate.gate import UnknownWallet, WalletGate, process_gate
-from worker.billing.modes import ResumeChats
-from worker.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,14 @@ def set_allowance(session: Session, wallet_id: str, amount_nanos: int) -> Wallet
     yet; a changed amount applies from the next grant.  The caller commits.
     Raises: AllowanceError naming ``amount_nanos`` (not an integer in 0..2^62) or ``wallet_id`` (unknown).
     """
-    if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or not 0 <= amount_nanos <= MAX_ALLOWANCE_NANOS:
-        raise AllowanceError(f"amount_nanos: must be an integer of nano-USD in 0..2^62, got {amount_nanos!r}", field="amount_nanos")
+    if (
+        not isinstance(amount_nanos, int)
+        or isinstance(amount_nanos, bool)
+        or not 0 <= amount_nanos <= MAX_ALLOWANCE_NANOS
+    ):
+        raise AllowanceError(
+            f"amount_nanos: must be an integer of nano-USD in 0..2^62, got {amount_nanos!r}", field="amount_nanos"
+        )
     wallet = session.get(Wallet, wallet_id)
     if wallet is None:
         raise AllowanceError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
@@ -148,8 +154,9 @@ class Entry:
 
 def _entries(session: Session, keys: list[str]) -> dict[str, int]:
     rows = session.execute(
-        select(WalletTransaction.idempotency_key, WalletTransaction.amount_nanos)
-        .where(WalletTransaction.idempotency_key.in_(keys))
+        select(WalletTransaction.idempotency_key, WalletTransaction.amount_nanos).where(
+            WalletTransaction.idempotency_key.in_(keys)
+        )
     ).all()
     return {k: int(a) for k, a in rows}
 
@@ -157,8 +164,13 @@ def _entries(session: Session, keys: list[str]) -> dict[str, int]:
 def _insert_entry(session: Session, entry: Entry, description: str, at: datetime | None = None) -> bool:
     """One ledger entry and its aggregate, once per key, dated ``at`` (default: the database's now);
     True if this call inserted it."""
-    values = dict(wallet_id=entry.wallet_id, kind=entry.kind, amount_nanos=entry.amount_nanos,
-                  idempotency_key=entry.key, description=description)
+    values = dict(
+        wallet_id=entry.wallet_id,
+        kind=entry.kind,
+        amount_nanos=entry.amount_nanos,
+        idempotency_key=entry.key,
+        description=description,
+    )
     if at is not None:
         values["created_at"] = at
     inserted = session.execute(
@@ -171,23 +183,33 @@ def _insert_entry(session: Session, entry: Entry, description: str, at: datetime
         return False
     if entry.kind == TransactionKind.credit:  # every credit is audited, the monthly grant too
         wallet = session.get(Wallet, entry.wallet_id)
-        audit(session, actor="system", action="credit", enterprise_id=wallet.enterprise_id if wallet else None,
-              wallet_id=entry.wallet_id, amount_nanos=entry.amount_nanos, idempotency_key=entry.key)
+        audit(
+            session,
+            actor="system",
+            action="credit",
+            enterprise_id=wallet.enterprise_id if wallet else None,
+            wallet_id=entry.wallet_id,
+            amount_nanos=entry.amount_nanos,
+            idempotency_key=entry.key,
+        )
     if entry.amount_nanos:
         column = Wallet.credits_nanos if entry.kind == TransactionKind.credit else Wallet.debits_nanos
-        session.execute(update(Wallet).where(Wallet.id == entry.wallet_id)
-                        .values({column.key: column + entry.amount_nanos}))
+        session.execute(
+            update(Wallet).where(Wallet.id == entry.wallet_id).values({column.key: column + entry.amount_nanos})
+        )
     return True
 
 
 def _restored(session: Session, wallet_id: str, period: str) -> int:
     """Nano-USD given back so far by restores of ``period``'s expiry."""
-    return int(session.execute(
-        select(func.coalesce(func.sum(WalletTransaction.amount_nanos), 0))
-        .where(WalletTransaction.wallet_id == wallet_id,  # the wallet's index; a LIKE alone scans the table
-               WalletTransaction.idempotency_key.startswith(f"{RESTORE_PREFIX}{wallet_id}:{period}:",
-                                                           autoescape=True))
-    ).scalar_one())
+    return int(
+        session.execute(
+            select(func.coalesce(func.sum(WalletTransaction.amount_nanos), 0)).where(
+                WalletTransaction.wallet_id == wallet_id,  # the wallet's index; a LIKE alone scans the table
+                WalletTransaction.idempotency_key.startswith(f"{RESTORE_PREFIX}{wallet_id}:{period}:", autoescape=True),
+            )
+        ).scalar_one()
+    )
 
 
 def billed_in_period(session: Session, wallet_id: str, period: str) -> int:
@@ -195,14 +217,22 @@ def billed_in_period(session: Session, wallet_id: str, period: str) -> int:
     period's spend, whenever its turns arrived."""
     start, end = period_bounds(period)
     ue = UsageEvent
-    return int(session.execute(
-        select(func.coalesce(func.sum(ue.billed_nanos), 0))
-        .where(ue.wallet_id == wallet_id, ue.occurred_at >= start, ue.occurred_at < end)
-    ).scalar_one())
+    return int(
+        session.execute(
+            select(func.coalesce(func.sum(ue.billed_nanos), 0)).where(
+                ue.wallet_id == wallet_id, ue.occurred_at >= start, ue.occurred_at < end
+            )
+        ).scalar_one()
+    )
 
 
 def reset_wallet(
-    session: Session, wallet_id: str, *, period: str, now: datetime, grace_s: int,
+    session: Session,
+    wallet_id: str,
+    *,
+    period: str,
+    now: datetime,
+    grace_s: int,
 ) -> list[Entry]:
     """Bring one wallet's allowance entries up to ``period`` (see the module doc): expire the due
     grants of the :data:`LOOKBACK_PERIODS` months before it (those whose period ended at least
@@ -235,10 +265,19 @@ def reset_wallet(
                 unused = max(0, grant - billed_in_period(session, wallet_id, p))
                 excess = taken - restored - unused
                 if excess > 0:
-                    entry = Entry(wallet_id, TransactionKind.credit.value, p,
-                                  restore_key(wallet_id, p, restored + excess), excess, unused)
-                    if _insert_entry(session, entry, f"expiry of the allowance of {p} restored by {excess} nanos "
-                                                     f"(turns of {p} persisted after it)"):
+                    entry = Entry(
+                        wallet_id,
+                        TransactionKind.credit.value,
+                        p,
+                        restore_key(wallet_id, p, restored + excess),
+                        excess,
+                        unused,
+                    )
+                    if _insert_entry(
+                        session,
+                        entry,
+                        f"expiry of the allowance of {p} restored by {excess} nanos (turns of {p} persisted after it)",
+                    ):
                         written.append(entry)
             continue
         if now < period_bounds(p)[1] + timedelta(seconds=grace_s):
@@ -346,9 +385,11 @@ _CANDIDATES = text(
 def wallets_to_reset(session: Session, period: str) -> list[str]:
     """Wallets with an allowance, or with a grant in the lookback window not yet expired or whose
     expiry took something (index probes on the unique key: wallets × :data:`LOOKBACK_PERIODS`)."""
-    return list(session.execute(
-        _CANDIDATES, {"periods": lookback(period), "grant": ALLOWANCE_PREFIX, "expiry": EXPIRY_PREFIX}
-    ).scalars())
+    return list(
+        session.execute(
+            _CANDIDATES, {"periods": lookback(period), "grant": ALLOWANCE_PREFIX, "expiry": EXPIRY_PREFIX}
+        ).scalars()
+    )
 
 
 def run_monthly_reset(
@@ -382,7 +423,9 @@ def run_monthly_reset(
         raise AllowanceError(f"period: {period!r} is after the current period {this_period!r}", field="period")
     if period not in lookback(this_period) and period != this_period:
         # a grant older than the lookback would never be expired by the hourly job
-        raise AllowanceError(f"period: {period!r} is more than {LOOKBACK_PERIODS} months before {this_period!r}", field="period")
+        raise AllowanceError(
+            f"period: {period!r} is more than {LOOKBACK_PERIODS} months before {this_period!r}", field="period"
+        )
     gate = gate or process_gate()
     report = ResetReport(period=period)
     if wallet_ids is None:
@@ -391,8 +434,9 @@ def run_monthly_reset(
     for wallet_id in wallet_ids:
         try:
             with session_scope() as session:
-                written = reset_wallet(session, wallet_id, period=period, now=now,
-                                       grace_s=settings.allowance_expiry_grace_s)
+                written = reset_wallet(
+                    session, wallet_id, period=period, now=now, grace_s=settings.allowance_expiry_grace_s
+                )
                 if written:
                     after_commit(session, lambda written=written: apply_to_gate(gate, written, resume))
         except (AllowanceError, SQLAlchemyError) as exc:  # one bad wallet must not stop the others

@@ -54,18 +54,17 @@ from sqlalchemy import and_, case, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
-from models.budget import BudgetCreate
-from models.budget import Budget, BudgetAlert
+from models.budget import Budget, BudgetAlert, BudgetCreate
 from models.chat import ChatSession
 from models.enums import ChatStatus
 from models.turn import UsageEvent
 from models.wallet import Enterprise, Wallet
 from worker.db import after_commit, session_scope
+from worker.errors import InputError
+from worker.events import Event, SendTask, enqueue_delivery, publish
+from worker.gate.gate import UnknownWallet, WalletGate, process_gate
 from worker.ledger.turns import transition_position
 from worker.periods import current_period, period_bounds, previous_period
-from worker.gate.gate import UnknownWallet, WalletGate, process_gate
-from worker.events import Event, SendTask, enqueue_delivery, publish
-from worker.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +109,18 @@ def set_budget(
     ``enterprise_id`` (unknown app), ``auto_pause`` (not a bool).
     """
     try:
-        spec = BudgetCreate(enterprise_id=enterprise_id, wallet_id=wallet_id, workflow=workflow,
-                        amount_nanos=amount_nanos, auto_pause=auto_pause)
+        spec = BudgetCreate(
+            enterprise_id=enterprise_id,
+            wallet_id=wallet_id,
+            workflow=workflow,
+            amount_nanos=amount_nanos,
+            auto_pause=auto_pause,
+        )
     except ValidationError as exc:
-        raise BudgetError("; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'wallet_id, workflow'}: {e['msg']}" for e in exc.errors()
-        ), field=".".join(map(str, exc.errors()[0]["loc"])) or "wallet_id") from None
+        raise BudgetError(
+            "; ".join(f"{'.'.join(map(str, e['loc'])) or 'wallet_id, workflow'}: {e['msg']}" for e in exc.errors()),
+            field=".".join(map(str, exc.errors()[0]["loc"])) or "wallet_id",
+        ) from None
     if session.get(Enterprise, spec.enterprise_id) is None:
         raise BudgetError(f"enterprise_id: unknown enterprise {spec.enterprise_id!r}", field="enterprise_id")
     if spec.wallet_id is not None:
@@ -125,7 +130,8 @@ def set_budget(
         if wallet.enterprise_id != spec.enterprise_id:
             raise BudgetError(
                 f"wallet_id: wallet {spec.wallet_id!r} belongs to {wallet.enterprise_id!r}, not {spec.enterprise_id!r}",
-                field="wallet_id")
+                field="wallet_id",
+            )
         scope = Budget.wallet_id == spec.wallet_id
         lock_name = f"budget:{spec.enterprise_id}:wallet:{spec.wallet_id}"
     else:
@@ -136,8 +142,13 @@ def set_budget(
         select(Budget).where(Budget.enterprise_id == spec.enterprise_id, scope).order_by(Budget.id).limit(1)
     ).scalar_one_or_none()
     if budget is None:
-        budget = Budget(enterprise_id=spec.enterprise_id, wallet_id=spec.wallet_id, workflow=spec.workflow,
-                        amount_nanos=spec.amount_nanos, auto_pause=spec.auto_pause)
+        budget = Budget(
+            enterprise_id=spec.enterprise_id,
+            wallet_id=spec.wallet_id,
+            workflow=spec.workflow,
+            amount_nanos=spec.amount_nanos,
+            auto_pause=spec.auto_pause,
+        )
         session.add(budget)
     else:
         budget.amount_nanos = spec.amount_nanos
@@ -288,8 +299,18 @@ def check_budgets(
     by_id = {b.id: b for b in budgets}
     for b in budgets:
         spent = spend.get(b.id, 0)
-        result.budgets.append(BudgetStatus(b.id, b.enterprise_id, b.wallet_id, b.workflow, b.amount_nanos, spent,
-                                           b.auto_pause, spent >= b.amount_nanos))
+        result.budgets.append(
+            BudgetStatus(
+                b.id,
+                b.enterprise_id,
+                b.wallet_id,
+                b.workflow,
+                b.amount_nanos,
+                spent,
+                b.auto_pause,
+                spent >= b.amount_nanos,
+            )
+        )
 
     # 1. alerts: only rows this transaction inserts are announced.  Every other month whose spend the
     # drain changed (turns persisted after their month ended: late data) is checked too, alerts only,
@@ -302,20 +323,49 @@ def check_budgets(
             continue  # the current month was checked above, whole
         late = spend_by_budget(session, late_period)
         wallets, workflows = {w for w, _e, _f in touched}, {(e, f) for _w, e, f in touched}
-        _announce(session, result, late_period, [
-            BudgetStatus(b.id, b.enterprise_id, b.wallet_id, b.workflow, b.amount_nanos, late.get(b.id, 0),
-                         b.auto_pause, late.get(b.id, 0) >= b.amount_nanos)
-            for b in budgets if _touches(b, wallets, workflows)
-        ], by_id)
+        _announce(
+            session,
+            result,
+            late_period,
+            [
+                BudgetStatus(
+                    b.id,
+                    b.enterprise_id,
+                    b.wallet_id,
+                    b.workflow,
+                    b.amount_nanos,
+                    late.get(b.id, 0),
+                    b.auto_pause,
+                    late.get(b.id, 0) >= b.amount_nanos,
+                )
+                for b in budgets
+                if _touches(b, wallets, workflows)
+            ],
+            by_id,
+        )
     start, _ = period_bounds(period)
     if (now or datetime.now(UTC)) - start < LATE_ALERT_WINDOW:
         before = previous_period(period)
         late = spend_by_budget(session, before)
-        _announce(session, result, before, [
-            BudgetStatus(b.id, b.enterprise_id, b.wallet_id, b.workflow, b.amount_nanos, late.get(b.id, 0),
-                         b.auto_pause, late.get(b.id, 0) >= b.amount_nanos)
-            for b in budgets
-        ], by_id)
+        _announce(
+            session,
+            result,
+            before,
+            [
+                BudgetStatus(
+                    b.id,
+                    b.enterprise_id,
+                    b.wallet_id,
+                    b.workflow,
+                    b.amount_nanos,
+                    late.get(b.id, 0),
+                    b.auto_pause,
+                    late.get(b.id, 0) >= b.amount_nanos,
+                )
+                for b in budgets
+            ],
+            by_id,
+        )
     return _pause_and_resume(session, result, gate, send_task, period)
 
 
@@ -329,14 +379,16 @@ def take_budget_marks(session: Session) -> dict[str, set[tuple[str, str, str]]]:
     and a mark taken here comes back if this transaction rolls back.  Spend read after this statement
     (READ COMMITTED) includes every turn of the marks it took.  Does not commit.
     """
-    taken = session.execute(text(
-        "WITH taken AS MATERIALIZED ("
-        "  SELECT wallet_id, enterprise_id, workflow, period FROM budget_dirty FOR UPDATE SKIP LOCKED"
-        ") DELETE FROM budget_dirty d USING taken t"
-        " WHERE d.wallet_id = t.wallet_id AND d.enterprise_id = t.enterprise_id AND d.workflow = t.workflow"
-        " AND d.period = t.period"
-        " RETURNING d.wallet_id, d.enterprise_id, d.workflow, d.period"
-    )).all()
+    taken = session.execute(
+        text(
+            "WITH taken AS MATERIALIZED ("
+            "  SELECT wallet_id, enterprise_id, workflow, period FROM budget_dirty FOR UPDATE SKIP LOCKED"
+            ") DELETE FROM budget_dirty d USING taken t"
+            " WHERE d.wallet_id = t.wallet_id AND d.enterprise_id = t.enterprise_id AND d.workflow = t.workflow"
+            " AND d.period = t.period"
+            " RETURNING d.wallet_id, d.enterprise_id, d.workflow, d.period"
+        )
+    ).all()
     marks: dict[str, set[tuple[str, str, str]]] = {}
     for wallet_id, enterprise_id, workflow, period in taken:
         marks.setdefault(period, set()).add((wallet_id, enterprise_id, workflow))
@@ -353,16 +405,28 @@ def _touches(budget: Budget, wallets: set[str], workflows: set[tuple[str, str]])
 def _announce(session: Session, result: "BudgetCheck", period: str, statuses: list, by_id: dict) -> None:
     """Insert the alerts of ``statuses`` crossed in ``period``; announce only the rows inserted now."""
     rows = [
-        {"budget_id": s.budget_id, "period": period, "threshold_pct": t, "spent_nanos": s.spent_nanos,
-         "amount_nanos": s.amount_nanos}
-        for s in statuses for t in crossed(s.spent_nanos, s.amount_nanos)
+        {
+            "budget_id": s.budget_id,
+            "period": period,
+            "threshold_pct": t,
+            "spent_nanos": s.spent_nanos,
+            "amount_nanos": s.amount_nanos,
+        }
+        for s in statuses
+        for t in crossed(s.spent_nanos, s.amount_nanos)
     ]
     if rows:
         inserted = session.execute(
-            insert(BudgetAlert).values(rows)
+            insert(BudgetAlert)
+            .values(rows)
             .on_conflict_do_nothing(constraint="uq_budget_alert_once")
-            .returning(BudgetAlert.id, BudgetAlert.budget_id, BudgetAlert.threshold_pct,
-                       BudgetAlert.spent_nanos, BudgetAlert.amount_nanos)
+            .returning(
+                BudgetAlert.id,
+                BudgetAlert.budget_id,
+                BudgetAlert.threshold_pct,
+                BudgetAlert.spent_nanos,
+                BudgetAlert.amount_nanos,
+            )
         ).all()
         for alert_id, budget_id, pct, spent, amount in sorted(inserted, key=lambda r: (r[1], r[2])):
             event = _alert_event(by_id[budget_id], alert_id, period, pct, spent, amount)
@@ -373,11 +437,23 @@ def _announce(session: Session, result: "BudgetCheck", period: str, statuses: li
 def _alert_event(b, alert_id: int, period: str, pct: int, spent: int, amount: int) -> Event:
     """The ``budget.threshold_crossed`` event of one alert; its id is the alert's, so a resend is
     the same event to a receiver that deduplicates."""
-    return Event.new("budget.threshold_crossed", b.enterprise_id, {
-        "alert_id": alert_id, "budget_id": b.id, "scope": "wallet" if b.wallet_id else "workflow",
-        "wallet_id": b.wallet_id, "workflow": b.workflow, "period": period, "threshold_pct": pct,
-        "spent_nanos": spent, "amount_nanos": amount, "auto_pause": b.auto_pause,
-    }, event_id=f"evt_budget_alert_{alert_id}")
+    return Event.new(
+        "budget.threshold_crossed",
+        b.enterprise_id,
+        {
+            "alert_id": alert_id,
+            "budget_id": b.id,
+            "scope": "wallet" if b.wallet_id else "workflow",
+            "wallet_id": b.wallet_id,
+            "workflow": b.workflow,
+            "period": period,
+            "threshold_pct": pct,
+            "spent_nanos": spent,
+            "amount_nanos": amount,
+            "auto_pause": b.auto_pause,
+        },
+        event_id=f"evt_budget_alert_{alert_id}",
+    )
 
 
 def _unsent_alerts(session: Session, result: "BudgetCheck", by_id: dict) -> None:
@@ -387,7 +463,8 @@ def _unsent_alerts(session: Session, result: "BudgetCheck", by_id: dict) -> None
     rows = session.execute(
         select(ba.id, ba.budget_id, ba.period, ba.threshold_pct, ba.spent_nanos, ba.amount_nanos)
         .where(ba.notified_at.is_(None), ba.created_at < func.now() - UNSENT_AFTER)
-        .order_by(ba.id).limit(1000)
+        .order_by(ba.id)
+        .limit(1000)
     ).all()
     for alert_id, budget_id, period, pct, spent, amount in rows:
         if budget_id in by_id:
@@ -402,50 +479,77 @@ def _pause_and_resume(session: Session, result: "BudgetCheck", gate: WalletGate,
     block = sorted({s.wallet_id for s in result.budgets if s.wallet_id and s.auto_pause and s.exceeded})
     if block:
         paused = session.execute(
-            update(Wallet).where(Wallet.id.in_(block), Wallet.blocked_reason.is_(None))
-            .values(blocked_reason=BUDGET_EXCEEDED).returning(Wallet.id, Wallet.enterprise_id)
+            update(Wallet)
+            .where(Wallet.id.in_(block), Wallet.blocked_reason.is_(None))
+            .values(blocked_reason=BUDGET_EXCEEDED)
+            .returning(Wallet.id, Wallet.enterprise_id)
         ).all()
         for wallet_id, enterprise_id in sorted(paused):  # a wallet budget's wallet always has an app
             result.paused_wallets.append(wallet_id)
-            result.events.append(Event.new("budget.wallet_paused", enterprise_id,
-                                           {"wallet_id": wallet_id, "reason": BUDGET_EXCEEDED, "period": period}))
+            result.events.append(
+                Event.new(
+                    "budget.wallet_paused",
+                    enterprise_id,
+                    {"wallet_id": wallet_id, "reason": BUDGET_EXCEEDED, "period": period},
+                )
+            )
     resumed = session.execute(
-        update(Wallet).where(Wallet.blocked_reason == BUDGET_EXCEEDED, Wallet.id.not_in(block))
-        .values(blocked_reason=None).returning(Wallet.id, Wallet.enterprise_id)
+        update(Wallet)
+        .where(Wallet.blocked_reason == BUDGET_EXCEEDED, Wallet.id.not_in(block))
+        .values(blocked_reason=None)
+        .returning(Wallet.id, Wallet.enterprise_id)
     ).all()
     for wallet_id, enterprise_id in sorted(resumed):
         result.resumed_wallets.append(wallet_id)
         if enterprise_id is not None:  # a wallet with a budget always has an app; one without has no channel
-            result.events.append(Event.new("budget.wallet_resumed", enterprise_id,
-                                           {"wallet_id": wallet_id, "reason": BUDGET_EXCEEDED, "period": period}))
+            result.events.append(
+                Event.new(
+                    "budget.wallet_resumed",
+                    enterprise_id,
+                    {"wallet_id": wallet_id, "reason": BUDGET_EXCEEDED, "period": period},
+                )
+            )
 
     # 3. workflows: the gate cannot see them, so their chat sessions are paused and the app told
     ct = ChatSession
     scope = tuple_(ct.enterprise_id, ct.workflow)
-    halt = sorted({(s.enterprise_id, s.workflow) for s in result.budgets
-                   if s.workflow and s.auto_pause and s.exceeded})
+    halt = sorted({(s.enterprise_id, s.workflow) for s in result.budgets if s.workflow and s.auto_pause and s.exceeded})
     if halt:
-        chats = _move_chats(session, gate, and_(scope.in_(halt), ct.status == ChatStatus.active.value),
-                            status=ChatStatus.paused.value, pause_reason=BUDGET_EXCEEDED)
+        chats = _move_chats(
+            session,
+            gate,
+            and_(scope.in_(halt), ct.status == ChatStatus.active.value),
+            status=ChatStatus.paused.value,
+            pause_reason=BUDGET_EXCEEDED,
+        )
         result.paused_chats += sorted((e, c) for e, _w, c in chats)
         result.events += _chat_events("budget.chats_paused", chats, period)
     release = sorted({(s.enterprise_id, s.workflow) for s in result.budgets if s.workflow} - set(halt))
     if release:
-        chats = _move_chats(session, gate, and_(scope.in_(release), ct.status == ChatStatus.paused.value,
-                                                ct.pause_reason == BUDGET_EXCEEDED),
-                            status=ChatStatus.active.value, pause_reason=None)
+        chats = _move_chats(
+            session,
+            gate,
+            and_(scope.in_(release), ct.status == ChatStatus.paused.value, ct.pause_reason == BUDGET_EXCEEDED),
+            status=ChatStatus.active.value,
+            pause_reason=None,
+        )
         result.resumed_chats += sorted((e, c) for e, _w, c in chats)
         result.events += _chat_events("budget.chats_resumed", chats, period)
 
     # 4. after commit: the gate first (deny before anyone is told), then the events
     watched = sorted({s.wallet_id for s in result.budgets if s.wallet_id} | set(result.resumed_wallets))
-    ledger_reasons: dict[str, str | None] = dict(session.execute(
-        select(Wallet.id, Wallet.blocked_reason).where(Wallet.id.in_(watched))
-    ).all())
-    hooked = set(session.execute(select(Enterprise.id).where(
-        Enterprise.id.in_(sorted({e.enterprise_id for e in result.events})),
-        Enterprise.callback_url.is_not(None), Enterprise.webhook_secret.is_not(None),
-    )).scalars())
+    ledger_reasons: dict[str, str | None] = dict(
+        session.execute(select(Wallet.id, Wallet.blocked_reason).where(Wallet.id.in_(watched))).all()
+    )
+    hooked = set(
+        session.execute(
+            select(Enterprise.id).where(
+                Enterprise.id.in_(sorted({e.enterprise_id for e in result.events})),
+                Enterprise.callback_url.is_not(None),
+                Enterprise.webhook_secret.is_not(None),
+            )
+        ).scalars()
+    )
     events = list(result.events)
 
     def announce() -> None:
@@ -456,8 +560,7 @@ def _pause_and_resume(session: Session, result: "BudgetCheck", gate: WalletGate,
                 if event.enterprise_id in hooked:
                     enqueue_delivery(event, send_task)
             except Exception:  # the alert stays unsent; the next check sends it again
-                log.error("could not announce %s (%s) of %s", event.id, event.type, event.enterprise_id,
-                          exc_info=True)
+                log.error("could not announce %s (%s) of %s", event.id, event.type, event.enterprise_id, exc_info=True)
                 continue
             if event.type == "budget.threshold_crossed":
                 sent.append(event.data["alert_id"])
@@ -479,8 +582,12 @@ def _move_chats(session: Session, gate: WalletGate, where, **values) -> list[tup
     chat) order first, as the drain locks them.  Returns ``(enterprise_id, workflow, chat_id)`` of
     the chats changed."""
     ct = ChatSession.__table__
-    targets = session.execute(select(ct.c.enterprise_id, ct.c.chat_id, ct.c.wallet_id).where(where)
-                              .order_by(ct.c.enterprise_id, ct.c.chat_id).with_for_update()).all()
+    targets = session.execute(
+        select(ct.c.enterprise_id, ct.c.chat_id, ct.c.wallet_id)
+        .where(where)
+        .order_by(ct.c.enterprise_id, ct.c.chat_id)
+        .with_for_update()
+    ).all()
     by_position: dict[str, list[tuple[str, str]]] = {}
     positions: dict[int, str] = {}  # one position per shard: chats of one shard share it
     for enterprise_id, chat_id, wallet_id in targets:
@@ -491,7 +598,8 @@ def _move_chats(session: Session, gate: WalletGate, where, **values) -> list[tup
     changed: list[tuple[str, str, str]] = []
     for position, chats in sorted(by_position.items()):
         changed += session.execute(
-            update(ct).where(tuple_(ct.c.enterprise_id, ct.c.chat_id).in_(chats), where)
+            update(ct)
+            .where(tuple_(ct.c.enterprise_id, ct.c.chat_id).in_(chats), where)
             .values(**values, state_key=case((ct.c.state_key >= position, ct.c.state_key), else_=position))
             .returning(ct.c.enterprise_id, ct.c.workflow, ct.c.chat_id)
         ).all()
@@ -503,8 +611,11 @@ def _chat_events(kind: str, chats, period: str) -> list[Event]:
     for enterprise_id, workflow, chat_id in chats:
         grouped.setdefault((enterprise_id, workflow), []).append(chat_id)
     return [
-        Event.new(kind, enterprise_id, {"workflow": workflow, "chat_ids": sorted(ids), "reason": BUDGET_EXCEEDED,
-                                        "period": period})
+        Event.new(
+            kind,
+            enterprise_id,
+            {"workflow": workflow, "chat_ids": sorted(ids), "reason": BUDGET_EXCEEDED, "period": period},
+        )
         for (enterprise_id, workflow), ids in sorted(grouped.items())
     ]
 

@@ -28,14 +28,14 @@ from sqlmodel import Session
 
 from models.enums import BillingMode, TransactionKind, TrialThen
 from models.wallet import Enterprise, Wallet, WalletTransaction
-from worker.validation import InvalidInput, check_text
-from worker.ledger.audit import audit
-from worker.db import after_commit, session_scope
 from worker.billing.payers import reservations_required as requires_reservations
-from worker.periods import current_period, period_bounds
+from worker.db import after_commit, session_scope
+from worker.errors import InputError
 from worker.gate.gate import UnknownWallet, WalletGate
 from worker.gate.keys import FLAT_FEE_PREFIX
-from worker.errors import InputError
+from worker.ledger.audit import audit
+from worker.periods import current_period, period_bounds
+from worker.validation import InvalidInput, check_text
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,15 @@ def _push(gate: WalletGate, wallet_ids: list[str], resume: ResumeChats | None) -
             resume(gate, wallet_id, cause="mode_change")
 
 
-def set_app_mode(session: Session, gate: WalletGate, enterprise_id: str, mode: str, *, actor: str = "cli",
-                 resume: ResumeChats | None = None) -> list[str]:
+def set_app_mode(
+    session: Session,
+    gate: WalletGate,
+    enterprise_id: str,
+    mode: str,
+    *,
+    actor: str = "cli",
+    resume: ResumeChats | None = None,
+) -> list[str]:
     """Set an app's default mode; every wallet of the app that does not override its mode follows.
     ``resume(gate, wallet_id, cause="mode_change")`` runs for each changed wallet once the gate has
     its mode (the entry points pass :func:`worker.chats.lifecycle.resume_paused_chats`).  The gate
@@ -104,19 +111,35 @@ def set_app_mode(session: Session, gate: WalletGate, enterprise_id: str, mode: s
         raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}", field="enterprise_id")
     before = app.default_mode
     app.default_mode = mode
-    changed = sorted(session.execute(
-        update(Wallet)
-        .where(Wallet.enterprise_id == enterprise_id, Wallet.mode_override.is_(False), Wallet.mode != mode)
-        .values(mode=mode).returning(Wallet.id)
-    ).scalars())
-    audit(session, actor=actor, action="mode_change", enterprise_id=enterprise_id,
-          scope="app", **{"from": before, "to": mode, "wallets": len(changed)})
+    changed = sorted(
+        session.execute(
+            update(Wallet)
+            .where(Wallet.enterprise_id == enterprise_id, Wallet.mode_override.is_(False), Wallet.mode != mode)
+            .values(mode=mode)
+            .returning(Wallet.id)
+        ).scalars()
+    )
+    audit(
+        session,
+        actor=actor,
+        action="mode_change",
+        enterprise_id=enterprise_id,
+        scope="app",
+        **{"from": before, "to": mode, "wallets": len(changed)},
+    )
     after_commit(session, lambda: _push(gate, changed, resume))
     return changed
 
 
-def set_wallet_mode(session: Session, gate: WalletGate, wallet_id: str, mode: str | None, *, actor: str = "cli",
-                    resume: ResumeChats | None = None) -> str:
+def set_wallet_mode(
+    session: Session,
+    gate: WalletGate,
+    wallet_id: str,
+    mode: str | None,
+    *,
+    actor: str = "cli",
+    resume: ResumeChats | None = None,
+) -> str:
     """Override one wallet's mode (``mode``), or make it follow its app's default again (None);
     then, once the caller commits ``session``, the gate and ``resume`` as :func:`set_app_mode` does.
 
@@ -136,8 +159,15 @@ def set_wallet_mode(session: Session, gate: WalletGate, wallet_id: str, mode: st
     else:
         wallet.mode, wallet.mode_override = mode, True
     after = wallet.mode
-    audit(session, actor=actor, action="mode_change", enterprise_id=wallet.enterprise_id, wallet_id=wallet_id,
-          scope="wallet", **{"from": before, "to": after, "override": mode is not None})
+    audit(
+        session,
+        actor=actor,
+        action="mode_change",
+        enterprise_id=wallet.enterprise_id,
+        wallet_id=wallet_id,
+        scope="wallet",
+        **{"from": before, "to": after, "override": mode is not None},
+    )
     after_commit(session, lambda: _push(gate, [wallet_id], resume))
     return after
 
@@ -167,23 +197,42 @@ def set_wallet_reservations(
     balance is recorded as debt.  The gate follows once the caller commits ``session``.  Returns the
     wallet's effective setting.  Raises ModeError naming ``wallet_id`` or ``reservations_required``."""
     if required is not None and not isinstance(required, bool):
-        raise ModeError(f"reservations_required: {required!r} is not true, false or null", field="reservations_required")
+        raise ModeError(
+            f"reservations_required: {required!r} is not true, false or null", field="reservations_required"
+        )
     wallet = session.get(Wallet, wallet_id, with_for_update=True)
     if wallet is None:
         raise ModeError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
     wallet.reservations_required = required
     app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
     effective = requires_reservations(wallet, app)
-    audit(session, actor=actor, action="reservations_required", enterprise_id=wallet.enterprise_id,
-          wallet_id=wallet_id, scope="wallet", to=required, effective=effective)
+    audit(
+        session,
+        actor=actor,
+        action="reservations_required",
+        enterprise_id=wallet.enterprise_id,
+        wallet_id=wallet_id,
+        scope="wallet",
+        to=required,
+        effective=effective,
+    )
     after_commit(session, lambda: _push_reservations(gate, [wallet_id]))
     return effective
 
 
 def configure_app(
-    session: Session, gate: WalletGate, enterprise_id: str, *, actor: str = "cli", creator_share_bps: int | None = None,
-    trial_token_allowance: int | None = None, trial_then: str | None = None, flat_fee_nanos: int | None = None,
-    fee_wallet_id: str | None = None, creator_id: str | None = None, max_turn_cost_nanos: int | None = None,
+    session: Session,
+    gate: WalletGate,
+    enterprise_id: str,
+    *,
+    actor: str = "cli",
+    creator_share_bps: int | None = None,
+    trial_token_allowance: int | None = None,
+    trial_then: str | None = None,
+    flat_fee_nanos: int | None = None,
+    fee_wallet_id: str | None = None,
+    creator_id: str | None = None,
+    max_turn_cost_nanos: int | None = None,
     reservations_required: bool | None = None,
 ) -> Enterprise:
     """Change an app's billing settings (only those given): the creator's revenue share (basis points,
@@ -199,44 +248,76 @@ def configure_app(
     The gate's copies (each loaded wallet's share, trial rule, turn limit, reservations rule) follow
     once the caller commits ``session``.  Returns the app row.  Raises ModeError naming the field.
     """
-    if creator_share_bps is not None and (not isinstance(creator_share_bps, int) or not 0 <= creator_share_bps <= 10_000):
-        raise ModeError(f"creator_share_bps: {creator_share_bps!r} is not an integer in 0..10000", field="creator_share_bps")
-    if trial_token_allowance is not None and (not isinstance(trial_token_allowance, int) or not 0 <= trial_token_allowance <= 10**15):
-        raise ModeError(f"trial_token_allowance: {trial_token_allowance!r} is not an integer in 0..10^15", field="trial_token_allowance")
+    if creator_share_bps is not None and (
+        not isinstance(creator_share_bps, int) or not 0 <= creator_share_bps <= 10_000
+    ):
+        raise ModeError(
+            f"creator_share_bps: {creator_share_bps!r} is not an integer in 0..10000", field="creator_share_bps"
+        )
+    if trial_token_allowance is not None and (
+        not isinstance(trial_token_allowance, int) or not 0 <= trial_token_allowance <= 10**15
+    ):
+        raise ModeError(
+            f"trial_token_allowance: {trial_token_allowance!r} is not an integer in 0..10^15",
+            field="trial_token_allowance",
+        )
     if trial_then is not None and trial_then not in TrialThen.__members__:
         raise ModeError(f"trial_then: {trial_then!r} is not 'bill' or 'pause'", field="trial_then")
     _ids(enterprise_id=enterprise_id, creator_id=creator_id, fee_wallet_id=fee_wallet_id)
-    if max_turn_cost_nanos is not None and (not isinstance(max_turn_cost_nanos, int) or isinstance(max_turn_cost_nanos, bool)
-                                            or not 0 <= max_turn_cost_nanos <= 2**62):
-        raise ModeError(f"max_turn_cost_nanos: {max_turn_cost_nanos!r} is not an integer of nano-USD in 0..2^62", field="max_turn_cost_nanos")
+    if max_turn_cost_nanos is not None and (
+        not isinstance(max_turn_cost_nanos, int)
+        or isinstance(max_turn_cost_nanos, bool)
+        or not 0 <= max_turn_cost_nanos <= 2**62
+    ):
+        raise ModeError(
+            f"max_turn_cost_nanos: {max_turn_cost_nanos!r} is not an integer of nano-USD in 0..2^62",
+            field="max_turn_cost_nanos",
+        )
     if flat_fee_nanos is not None and (not isinstance(flat_fee_nanos, int) or not 0 <= flat_fee_nanos <= 2**62):
-        raise ModeError(f"flat_fee_nanos: {flat_fee_nanos!r} is not an integer of nano-USD in 0..2^62", field="flat_fee_nanos")
+        raise ModeError(
+            f"flat_fee_nanos: {flat_fee_nanos!r} is not an integer of nano-USD in 0..2^62", field="flat_fee_nanos"
+        )
     if reservations_required is not None and not isinstance(reservations_required, bool):
-        raise ModeError(f"reservations_required: {reservations_required!r} is not true or false", field="reservations_required")
+        raise ModeError(
+            f"reservations_required: {reservations_required!r} is not true or false", field="reservations_required"
+        )
     app = session.get(Enterprise, enterprise_id, with_for_update=True)
     if app is None:
         raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}", field="enterprise_id")
     if fee_wallet_id is not None and session.get(Wallet, fee_wallet_id) is None:
         raise ModeError(f"fee_wallet_id: unknown wallet {fee_wallet_id!r}", field="fee_wallet_id")
     delta = 0 if trial_token_allowance is None else trial_token_allowance - app.trial_token_allowance
-    changes: dict[str, Any] = {k: v for k, v in {
-        "creator_share_bps": creator_share_bps, "trial_token_allowance": trial_token_allowance,
-        "trial_then": trial_then, "flat_fee_nanos": flat_fee_nanos, "fee_wallet_id": fee_wallet_id,
-        "creator_id": creator_id, "max_turn_cost_nanos": max_turn_cost_nanos,
-        "reservations_required": reservations_required,
-    }.items() if v is not None}
+    changes: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "creator_share_bps": creator_share_bps,
+            "trial_token_allowance": trial_token_allowance,
+            "trial_then": trial_then,
+            "flat_fee_nanos": flat_fee_nanos,
+            "fee_wallet_id": fee_wallet_id,
+            "creator_id": creator_id,
+            "max_turn_cost_nanos": max_turn_cost_nanos,
+            "reservations_required": reservations_required,
+        }.items()
+        if v is not None
+    }
     for name, value in changes.items():
         setattr(app, name, value)
     wallet_ids = list(session.execute(select(Wallet.id).where(Wallet.enterprise_id == enterprise_id)).scalars())
     audit(session, actor=actor, action="app_config", enterprise_id=enterprise_id, **changes)
     share, then, max_turn = app.creator_share_bps, app.trial_then, app.max_turn_cost_nanos
-    after_commit(session, lambda: _push_app_config(gate, wallet_ids, share, then, max_turn, delta,
-                                                   reservations=reservations_required is not None))
+    after_commit(
+        session,
+        lambda: _push_app_config(
+            gate, wallet_ids, share, then, max_turn, delta, reservations=reservations_required is not None
+        ),
+    )
     return app
 
 
-def _push_app_config(gate: WalletGate, wallet_ids: list[str], share: int, then: str, max_turn: int, delta: int,
-                     *, reservations: bool) -> None:
+def _push_app_config(
+    gate: WalletGate, wallet_ids: list[str], share: int, then: str, max_turn: int, delta: int, *, reservations: bool
+) -> None:
     """After an app's configuration committed: its loaded wallets' copies in the gate (a rebuild
     loads the others)."""
     check = gate.redis.pipeline(transaction=False)
@@ -263,8 +344,11 @@ class FeeReport:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain form (nanos)."""
-        return {"period": self.period, "charged": [list(c) for c in self.charged],
-                "charged_nanos": sum(c[2] for c in self.charged)}
+        return {
+            "period": self.period,
+            "charged": [list(c) for c in self.charged],
+            "charged_nanos": sum(c[2] for c in self.charged),
+        }
 
 
 def charge_flat_fees(
@@ -287,23 +371,30 @@ def charge_flat_fees(
     report = FeeReport(period)
     apps = session.execute(
         select(Enterprise.id, Enterprise.fee_wallet_id, Enterprise.flat_fee_nanos)
-        .where(Enterprise.default_mode == BillingMode.track_only, Enterprise.flat_fee_nanos > 0,
-               Enterprise.fee_wallet_id.is_not(None))
+        .where(
+            Enterprise.default_mode == BillingMode.track_only,
+            Enterprise.flat_fee_nanos > 0,
+            Enterprise.fee_wallet_id.is_not(None),
+        )
         .order_by(Enterprise.id)
     ).all()
     for enterprise_id, wallet_id, fee in apps:
         key = f"{FLAT_FEE_PREFIX}{enterprise_id}:{period}"
         inserted = session.execute(
             insert(WalletTransaction)
-            .values(wallet_id=wallet_id, kind=TransactionKind.debit, amount_nanos=fee, idempotency_key=key,
-                    description=f"track_only flat fee of {enterprise_id} for {period}")
+            .values(
+                wallet_id=wallet_id,
+                kind=TransactionKind.debit,
+                amount_nanos=fee,
+                idempotency_key=key,
+                description=f"track_only flat fee of {enterprise_id} for {period}",
+            )
             .on_conflict_do_nothing(index_elements=["idempotency_key"])
             .returning(WalletTransaction.id)
         ).first()
         if inserted is None:
             continue
-        session.execute(update(Wallet).where(Wallet.id == wallet_id)
-                        .values(debits_nanos=Wallet.debits_nanos + fee))
+        session.execute(update(Wallet).where(Wallet.id == wallet_id).values(debits_nanos=Wallet.debits_nanos + fee))
         after_commit(session, lambda w=wallet_id, f=fee, k=key: _mirror_fee(gate, w, f, k))
         report.charged.append((enterprise_id, wallet_id, fee))
     return report

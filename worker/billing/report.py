@@ -35,9 +35,9 @@ from models.chat import ChatSession
 from models.turn import UsageEvent
 from models.wallet import Enterprise
 from worker.billing.budgets import THRESHOLDS, crossed
+from worker.errors import InputError, InvalidInput
 from worker.periods import period_bounds, previous_period
 from worker.pricing.prices import nanos_to_usd
-from worker.errors import InputError, InvalidInput
 
 #: how many chats :attr:`BillingReport.top_chats` lists at most
 TOP_CHATS = 50
@@ -77,14 +77,45 @@ METERS: dict[str, MeterInfo] = {
 
 #: columns of an exported usage event (CSV header, JSON keys), in order
 EVENT_COLUMNS = (
-    "id", "turn_id", "occurred_at", "wallet_id", "chat_id", "workflow", "agent", "provider", "model", "meter",
-    "quantity", "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "cost_nanos", "billed_nanos",
-    "creator_share_nanos", "platform_fee_nanos", "billable", "mode", "level", "billing_target", "cost_usd",
+    "id",
+    "turn_id",
+    "occurred_at",
+    "wallet_id",
+    "chat_id",
+    "workflow",
+    "agent",
+    "provider",
+    "model",
+    "meter",
+    "quantity",
+    "prompt_tokens",
+    "cached_prompt_tokens",
+    "completion_tokens",
+    "cost_nanos",
+    "billed_nanos",
+    "creator_share_nanos",
+    "platform_fee_nanos",
+    "billable",
+    "mode",
+    "level",
+    "billing_target",
+    "cost_usd",
 )
 #: columns of an aggregate line (provider × model × meter), the export of a view without end-user detail
 LINE_COLUMNS = (
-    "provider", "model", "meter", "events", "quantity", "prompt_tokens", "cached_prompt_tokens",
-    "completion_tokens", "cost_nanos", "billed_nanos", "creator_share_nanos", "platform_fee_nanos", "cost_usd",
+    "provider",
+    "model",
+    "meter",
+    "events",
+    "quantity",
+    "prompt_tokens",
+    "cached_prompt_tokens",
+    "completion_tokens",
+    "cost_nanos",
+    "billed_nanos",
+    "creator_share_nanos",
+    "platform_fee_nanos",
+    "cost_usd",
 )
 
 
@@ -119,9 +150,20 @@ def format_bp(bp: int) -> str:
 
 
 #: display names of provider ids (others are shown as recorded); ``tollgate`` records the meters
-PROVIDER_NAMES = {"openai": "OpenAI", "anthropic": "Anthropic", "google": "Google", "google-vertex": "Google Vertex",
-                  "azure": "Azure OpenAI", "aws": "AWS Bedrock", "mistral": "Mistral", "groq": "Groq",
-                  "deepseek": "DeepSeek", "x-ai": "xAI", "cohere": "Cohere", "tollgate": "Meters"}
+PROVIDER_NAMES = {
+    "openai": "OpenAI",
+    "anthropic": "Anthropic",
+    "google": "Google",
+    "google-vertex": "Google Vertex",
+    "azure": "Azure OpenAI",
+    "aws": "AWS Bedrock",
+    "mistral": "Mistral",
+    "groq": "Groq",
+    "deepseek": "DeepSeek",
+    "x-ai": "xAI",
+    "cohere": "Cohere",
+    "tollgate": "Meters",
+}
 
 
 def provider_name(provider: str) -> str:
@@ -165,8 +207,17 @@ class Figures:
         return Figures(*(getattr(self, f) + getattr(other, f) for f in _FIGURES))
 
 
-_FIGURES = ("events", "quantity", "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "cost_nanos",
-            "billed_nanos", "creator_share_nanos", "platform_fee_nanos")
+_FIGURES = (
+    "events",
+    "quantity",
+    "prompt_tokens",
+    "cached_prompt_tokens",
+    "completion_tokens",
+    "cost_nanos",
+    "billed_nanos",
+    "creator_share_nanos",
+    "platform_fee_nanos",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +337,7 @@ class BillingReport:
     def summary(self) -> dict[str, Any]:
         """The report as plain JSON-able data: money as integer nanos with ``*_usd`` exact decimal
         strings beside, datetimes as ISO 8601 UTC."""
+
         def figs(f: Figures) -> dict[str, Any]:
             d = {k: getattr(f, k) for k in _FIGURES}
             d["cost_usd"], d["billed_usd"] = usd_exact(f.cost_nanos), usd_exact(f.billed_nanos)
@@ -305,23 +357,55 @@ class BillingReport:
             "total": figs(self.total),
             "llm": figs(self.llm),
             "meters_total": figs(self.meters_total),
-            "providers": [{"provider": p.provider, **figs(p.figures), "models": [line(m) for m in p.models]}
-                          for p in self.providers],
-            "meters": [{"meter": m.info.meter, "unit": m.info.unit, "nanos_per_unit": m.info.nanos_per_unit,
-                        **figs(m.figures)} for m in self.meters],
-            "budgets": [{"budget_id": b.budget_id, "scope": b.scope, "target": b.target,
-                         "amount_nanos": b.amount_nanos, "amount_usd": usd_exact(b.amount_nanos),
-                         "spent_nanos": b.spent_nanos, "spent_usd": usd_exact(b.spent_nanos),
-                         "used_bp": b.used_bp, "auto_pause": b.auto_pause, "reached": b.reached,
-                         "alerts": [{"threshold_pct": a.threshold_pct, "spent_nanos": a.spent_nanos,
-                                     "created_at": _iso(a.created_at)} for a in b.alerts]}
-                        for b in self.budgets],
+            "providers": [
+                {"provider": p.provider, **figs(p.figures), "models": [line(m) for m in p.models]}
+                for p in self.providers
+            ],
+            "meters": [
+                {"meter": m.info.meter, "unit": m.info.unit, "nanos_per_unit": m.info.nanos_per_unit, **figs(m.figures)}
+                for m in self.meters
+            ],
+            "budgets": [
+                {
+                    "budget_id": b.budget_id,
+                    "scope": b.scope,
+                    "target": b.target,
+                    "amount_nanos": b.amount_nanos,
+                    "amount_usd": usd_exact(b.amount_nanos),
+                    "spent_nanos": b.spent_nanos,
+                    "spent_usd": usd_exact(b.spent_nanos),
+                    "used_bp": b.used_bp,
+                    "auto_pause": b.auto_pause,
+                    "reached": b.reached,
+                    "alerts": [
+                        {
+                            "threshold_pct": a.threshold_pct,
+                            "spent_nanos": a.spent_nanos,
+                            "created_at": _iso(a.created_at),
+                        }
+                        for a in b.alerts
+                    ],
+                }
+                for b in self.budgets
+            ],
             "chats_in_period": self.chats_in_period,
-            "top_chats": [{"chat_id": c.chat_id, "workflow": c.workflow, "wallet_id": c.wallet_id,
-                           "status": c.status, "first_at": _iso(c.first_at), "last_at": _iso(c.last_at),
-                           **figs(c.figures)} for c in self.top_chats],
-            "history": {"periods": self.history.periods, "by_provider_cost_nanos": self.history.by_provider,
-                        "total_cost_nanos": self.history.totals},
+            "top_chats": [
+                {
+                    "chat_id": c.chat_id,
+                    "workflow": c.workflow,
+                    "wallet_id": c.wallet_id,
+                    "status": c.status,
+                    "first_at": _iso(c.first_at),
+                    "last_at": _iso(c.last_at),
+                    **figs(c.figures),
+                }
+                for c in self.top_chats
+            ],
+            "history": {
+                "periods": self.history.periods,
+                "by_provider_cost_nanos": self.history.by_provider,
+                "total_cost_nanos": self.history.totals,
+            },
             "lines": [line(x) for x in self.lines],
         }
 
@@ -340,9 +424,17 @@ def _scope(enterprise_id: str, wallet_id: str | None, start: datetime, end: date
 
 def _sums():
     ue = UsageEvent
-    return (func.count(), func.sum(ue.quantity), func.sum(ue.prompt_tokens), func.sum(ue.cached_prompt_tokens),
-            func.sum(ue.completion_tokens), func.sum(ue.cost_nanos), func.sum(ue.billed_nanos),
-            func.sum(ue.creator_share_nanos), func.sum(ue.platform_fee_nanos))
+    return (
+        func.count(),
+        func.sum(ue.quantity),
+        func.sum(ue.prompt_tokens),
+        func.sum(ue.cached_prompt_tokens),
+        func.sum(ue.completion_tokens),
+        func.sum(ue.cost_nanos),
+        func.sum(ue.billed_nanos),
+        func.sum(ue.creator_share_nanos),
+        func.sum(ue.platform_fee_nanos),
+    )
 
 
 def _figures(values) -> Figures:
@@ -383,8 +475,10 @@ def billing_report(
     lines = [
         Line(provider, model, meter, _figures(rest))
         for provider, model, meter, *rest in session.execute(
-            select(ue.provider, ue.model, ue.meter, *_sums()).where(*where)
-            .group_by(ue.provider, ue.model, ue.meter).order_by(ue.provider, ue.model, ue.meter)
+            select(ue.provider, ue.model, ue.meter, *_sums())
+            .where(*where)
+            .group_by(ue.provider, ue.model, ue.meter)
+            .order_by(ue.provider, ue.model, ue.meter)
         )
     ]
     llm_lines = [x for x in lines if x.meter == LLM]
@@ -393,8 +487,9 @@ def billing_report(
         models = sorted((x for x in llm_lines if x.provider == name), key=lambda x: (-x.figures.cost_nanos, x.model))
         providers.append(ProviderSpend(name, sum((m.figures for m in models), Figures()), models))
     providers.sort(key=lambda p: (-p.figures.cost_nanos, p.provider))
-    meters = [MeterUsage(info, sum((x.figures for x in lines if x.meter == name), Figures()))
-              for name, info in METERS.items()]
+    meters = [
+        MeterUsage(info, sum((x.figures for x in lines if x.meter == name), Figures())) for name, info in METERS.items()
+    ]
     # a meter this report does not know still counts in the totals (it is in ``lines``)
     llm = sum((x.figures for x in llm_lines), Figures())
     total = sum((x.figures for x in lines), Figures())
@@ -404,11 +499,24 @@ def billing_report(
     if detail:
         chats_in_period, top = _top_chats(session, enterprise_id, where)
     return BillingReport(
-        enterprise_id=enterprise_id, enterprise_name=enterprise.name, wallet_id=wallet_id, detail=detail,
-        period=period, start=start, end=end, generated_at=(now or datetime.now(UTC)).astimezone(UTC),
-        total=total, llm=llm, meters_total=_minus(total, llm),
-        lines=lines, providers=providers, meters=meters, budgets=budgets, chats_in_period=chats_in_period,
-        top_chats=top, history=_history(session, enterprise_id, wallet_id, period),
+        enterprise_id=enterprise_id,
+        enterprise_name=enterprise.name,
+        wallet_id=wallet_id,
+        detail=detail,
+        period=period,
+        start=start,
+        end=end,
+        generated_at=(now or datetime.now(UTC)).astimezone(UTC),
+        total=total,
+        llm=llm,
+        meters_total=_minus(total, llm),
+        lines=lines,
+        providers=providers,
+        meters=meters,
+        budgets=budgets,
+        chats_in_period=chats_in_period,
+        top_chats=top,
+        history=_history(session, enterprise_id, wallet_id, period),
     )
 
 
@@ -416,8 +524,15 @@ def _minus(a: Figures, b: Figures) -> Figures:
     return Figures(*(getattr(a, f) - getattr(b, f) for f in _FIGURES))
 
 
-def _budgets(session: Session, enterprise_id: str, wallet_id: str | None, detail: bool, period: str,
-             start: datetime, end: datetime) -> list[BudgetLine]:
+def _budgets(
+    session: Session,
+    enterprise_id: str,
+    wallet_id: str | None,
+    detail: bool,
+    period: str,
+    start: datetime,
+    end: datetime,
+) -> list[BudgetLine]:
     stmt = select(Budget).where(Budget.enterprise_id == enterprise_id).order_by(Budget.id)
     if wallet_id is not None:
         stmt = stmt.where(Budget.wallet_id == wallet_id)
@@ -430,12 +545,28 @@ def _budgets(session: Session, enterprise_id: str, wallet_id: str | None, detail
     in_period = and_(ue.enterprise_id == enterprise_id, ue.occurred_at >= start, ue.occurred_at < end)
     wallets = sorted({b.wallet_id for b in budgets if b.wallet_id})
     workflows = sorted({b.workflow for b in budgets if b.workflow})
-    wallet_spend = dict(session.execute(
-        select(ue.wallet_id, func.sum(ue.billed_nanos)).where(in_period, ue.wallet_id.in_(wallets))
-        .group_by(ue.wallet_id)).all()) if wallets else {}
-    workflow_spend = dict(session.execute(
-        select(ue.workflow, func.sum(ue.cost_nanos)).where(in_period, ue.workflow.in_(workflows))
-        .group_by(ue.workflow)).all()) if workflows else {}
+    wallet_spend = (
+        dict(
+            session.execute(
+                select(ue.wallet_id, func.sum(ue.billed_nanos))
+                .where(in_period, ue.wallet_id.in_(wallets))
+                .group_by(ue.wallet_id)
+            ).all()
+        )
+        if wallets
+        else {}
+    )
+    workflow_spend = (
+        dict(
+            session.execute(
+                select(ue.workflow, func.sum(ue.cost_nanos))
+                .where(in_period, ue.workflow.in_(workflows))
+                .group_by(ue.workflow)
+            ).all()
+        )
+        if workflows
+        else {}
+    )
     alerts: dict[int, list[BudgetAlertRecord]] = {}
     for budget_id, pct, spent, created in session.execute(
         select(BudgetAlert.budget_id, BudgetAlert.threshold_pct, BudgetAlert.spent_nanos, BudgetAlert.created_at)
@@ -446,12 +577,19 @@ def _budgets(session: Session, enterprise_id: str, wallet_id: str | None, detail
     out = []
     for b in budgets:
         spent = int((wallet_spend.get(b.wallet_id) if b.wallet_id else workflow_spend.get(b.workflow)) or 0)
-        out.append(BudgetLine(
-            budget_id=int(b.id), scope="wallet" if b.wallet_id else "workflow", target=b.wallet_id or b.workflow,
-            amount_nanos=int(b.amount_nanos), spent_nanos=spent, auto_pause=bool(b.auto_pause),
-            used_bp=spent * 10_000 // int(b.amount_nanos), reached=crossed(spent, int(b.amount_nanos)),
-            alerts=alerts.get(int(b.id), []),
-        ))
+        out.append(
+            BudgetLine(
+                budget_id=int(b.id),
+                scope="wallet" if b.wallet_id else "workflow",
+                target=b.wallet_id or b.workflow,
+                amount_nanos=int(b.amount_nanos),
+                spent_nanos=spent,
+                auto_pause=bool(b.auto_pause),
+                used_bp=spent * 10_000 // int(b.amount_nanos),
+                reached=crossed(spent, int(b.amount_nanos)),
+                alerts=alerts.get(int(b.id), []),
+            )
+        )
     return out
 
 
@@ -460,14 +598,31 @@ def _top_chats(session: Session, enterprise_id: str, where: list) -> tuple[int, 
     count = session.execute(select(func.count(func.distinct(ue.chat_id))).where(*where)).scalar_one()
     cost = func.sum(ue.cost_nanos)
     rows = session.execute(
-        select(ue.chat_id, func.max(ue.workflow), func.max(ue.wallet_id), func.min(ue.occurred_at),
-               func.max(ue.occurred_at), *_sums())
-        .where(*where).group_by(ue.chat_id).order_by(cost.desc(), ue.chat_id).limit(TOP_CHATS)
+        select(
+            ue.chat_id,
+            func.max(ue.workflow),
+            func.max(ue.wallet_id),
+            func.min(ue.occurred_at),
+            func.max(ue.occurred_at),
+            *_sums(),
+        )
+        .where(*where)
+        .group_by(ue.chat_id)
+        .order_by(cost.desc(), ue.chat_id)
+        .limit(TOP_CHATS)
     ).all()
     ids = [r[0] for r in rows]
-    status = dict(session.execute(
-        select(ChatSession.chat_id, ChatSession.status)
-        .where(ChatSession.enterprise_id == enterprise_id, ChatSession.chat_id.in_(ids))).all()) if ids else {}
+    status = (
+        dict(
+            session.execute(
+                select(ChatSession.chat_id, ChatSession.status).where(
+                    ChatSession.enterprise_id == enterprise_id, ChatSession.chat_id.in_(ids)
+                )
+            ).all()
+        )
+        if ids
+        else {}
+    )
     return int(count), [
         ChatCost(chat_id, workflow, wallet, status.get(chat_id), first, last, _figures(rest))
         for chat_id, workflow, wallet, first, last, *rest in rows
@@ -488,11 +643,13 @@ def _history(session: Session, enterprise_id: str, wallet_id: str | None, period
     start, _ = period_bounds(periods[0])
     _, end = period_bounds(period)
     ue = UsageEvent
-    month = func.to_char(func.date_trunc(literal_column("'month'"),
-                                         func.timezone(literal_column("'UTC'"), ue.occurred_at)),
-                         literal_column("'YYYY-MM'"))
+    month = func.to_char(
+        func.date_trunc(literal_column("'month'"), func.timezone(literal_column("'UTC'"), ue.occurred_at)),
+        literal_column("'YYYY-MM'"),
+    )
     rows = session.execute(
-        select(month, ue.provider, func.sum(ue.cost_nanos)).where(*_scope(enterprise_id, wallet_id, start, end))
+        select(month, ue.provider, func.sum(ue.cost_nanos))
+        .where(*_scope(enterprise_id, wallet_id, start, end))
         .group_by(month, ue.provider)
     ).all()
     index = {p: i for i, p in enumerate(periods)}
@@ -505,8 +662,9 @@ def _history(session: Session, enterprise_id: str, wallet_id: str | None, period
     return History(periods, ordered, totals)
 
 
-def iter_events(session: Session, *, enterprise_id: str, period: str, wallet_id: str | None = None,
-                batch: int = 1000) -> Iterator[dict[str, Any]]:
+def iter_events(
+    session: Session, *, enterprise_id: str, period: str, wallet_id: str | None = None, batch: int = 1000
+) -> Iterator[dict[str, Any]]:
     """Every usage event of ``enterprise_id`` (and ``wallet_id`` if given) in ``period``, ordered by
     ``occurred_at`` then ``id``, as dicts of :data:`EVENT_COLUMNS` (money integer nanos, ``cost_usd``
     the exact decimal string, ``occurred_at`` ISO 8601 UTC), streamed ``batch`` rows at a time.
@@ -514,8 +672,12 @@ def iter_events(session: Session, *, enterprise_id: str, period: str, wallet_id:
     start, end = validate_period(period)
     ue = UsageEvent
     cols = [getattr(ue, c) for c in EVENT_COLUMNS if c != "cost_usd"]
-    stmt = (select(*cols).where(*_scope(enterprise_id, wallet_id, start, end)).order_by(ue.occurred_at, ue.id)
-            .execution_options(yield_per=batch))
+    stmt = (
+        select(*cols)
+        .where(*_scope(enterprise_id, wallet_id, start, end))
+        .order_by(ue.occurred_at, ue.id)
+        .execution_options(yield_per=batch)
+    )
     for row in session.execute(stmt):
         d = dict(zip(EVENT_COLUMNS, row))
         d["occurred_at"] = _iso(d["occurred_at"])
@@ -526,13 +688,43 @@ def iter_events(session: Session, *, enterprise_id: str, period: str, wallet_id:
 def line_record(line: Line) -> dict[str, Any]:
     """An aggregate line as a dict of :data:`LINE_COLUMNS`."""
     f = line.figures
-    return {"provider": line.provider, "model": line.model, "meter": line.meter, "events": f.events,
-            "quantity": f.quantity, "prompt_tokens": f.prompt_tokens, "cached_prompt_tokens": f.cached_prompt_tokens,
-            "completion_tokens": f.completion_tokens, "cost_nanos": f.cost_nanos, "billed_nanos": f.billed_nanos,
-            "creator_share_nanos": f.creator_share_nanos, "platform_fee_nanos": f.platform_fee_nanos,
-            "cost_usd": usd_exact(f.cost_nanos)}
+    return {
+        "provider": line.provider,
+        "model": line.model,
+        "meter": line.meter,
+        "events": f.events,
+        "quantity": f.quantity,
+        "prompt_tokens": f.prompt_tokens,
+        "cached_prompt_tokens": f.cached_prompt_tokens,
+        "completion_tokens": f.completion_tokens,
+        "cost_nanos": f.cost_nanos,
+        "billed_nanos": f.billed_nanos,
+        "creator_share_nanos": f.creator_share_nanos,
+        "platform_fee_nanos": f.platform_fee_nanos,
+        "cost_usd": usd_exact(f.cost_nanos),
+    }
 
 
-__all__ = ["BillingReport", "BudgetLine", "ChatCost", "EVENT_COLUMNS", "Figures", "History", "LINE_COLUMNS",
-           "METERS", "MeterInfo", "ReportError", "THRESHOLDS", "billing_report", "format_quantity", "format_usd",
-           "format_bp", "history_periods", "iter_events", "provider_name", "line_record", "usd_exact", "validate_period"]
+__all__ = [
+    "BillingReport",
+    "BudgetLine",
+    "ChatCost",
+    "EVENT_COLUMNS",
+    "Figures",
+    "History",
+    "LINE_COLUMNS",
+    "METERS",
+    "MeterInfo",
+    "ReportError",
+    "THRESHOLDS",
+    "billing_report",
+    "format_quantity",
+    "format_usd",
+    "format_bp",
+    "history_periods",
+    "iter_events",
+    "provider_name",
+    "line_record",
+    "usd_exact",
+    "validate_period",
+]

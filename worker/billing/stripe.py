@@ -66,13 +66,13 @@ from models.access import AuditLog
 from models.enums import PayerLevel
 from models.stripe import StripeEvent, TokenPackage
 from models.wallet import Enterprise, Wallet
-from worker.ledger.audit import audit
 from worker.billing.budgets import BUDGET_EXCEEDED
 from worker.db import session_scope
-from worker.ledger.accounts import MAX_CREDIT_NANOS, LedgerError, OnCredited, credit_wallet
-from worker.settings import Settings, get_settings
-from worker.gate.gate import UnknownWallet, WalletGate, process_gate
 from worker.errors import InputError, InvalidInput, Unavailable
+from worker.gate.gate import UnknownWallet, WalletGate, process_gate
+from worker.ledger.accounts import MAX_CREDIT_NANOS, LedgerError, OnCredited, credit_wallet
+from worker.ledger.audit import audit
+from worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -139,29 +139,42 @@ def add_package(
     Raises: StripeBillingError naming the field.
     """
     if not isinstance(package_id, str) or not _PACKAGE_ID.match(package_id):
-        raise StripeBillingError(f"package_id: {package_id!r} must be 1..100 letters, digits or _.:- ", field="package_id")
+        raise StripeBillingError(
+            f"package_id: {package_id!r} must be 1..100 letters, digits or _.:- ", field="package_id"
+        )
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise StripeBillingError(f"name: must be 1..200 characters, got {name!r}", field="name")
     if not _is_int(price_cents) or not MIN_PRICE_CENTS <= price_cents <= MAX_PRICE_CENTS:
         raise StripeBillingError(
-            f"price_cents: must be an integer of USD cents in {MIN_PRICE_CENTS}..{MAX_PRICE_CENTS}, got {price_cents!r}", field="price_cents")
+            f"price_cents: must be an integer of USD cents in {MIN_PRICE_CENTS}..{MAX_PRICE_CENTS}, got {price_cents!r}",
+            field="price_cents",
+        )
     if not _is_int(credit_nanos) or not 0 < credit_nanos <= MAX_CREDIT_NANOS:
-        raise StripeBillingError(f"credit_nanos: must be an integer of nano-USD in 1..2^62, got {credit_nanos!r}", field="credit_nanos")
+        raise StripeBillingError(
+            f"credit_nanos: must be an integer of nano-USD in 1..2^62, got {credit_nanos!r}", field="credit_nanos"
+        )
     if not isinstance(monthly, bool):
         raise StripeBillingError(f"monthly: must be true or false, got {monthly!r}", field="monthly")
     if stripe_price_id is not None and (
         not isinstance(stripe_price_id, str) or not stripe_price_id.startswith("price_") or len(stripe_price_id) > 100
     ):
-        raise StripeBillingError(f"stripe_price_id: {stripe_price_id!r} is not a Stripe price id (price_…)", field="stripe_price_id")
+        raise StripeBillingError(
+            f"stripe_price_id: {stripe_price_id!r} is not a Stripe price id (price_…)", field="stripe_price_id"
+        )
     if monthly and not stripe_price_id:
-        raise StripeBillingError("stripe_price_id: a monthly package needs the id of its recurring Stripe price", field="stripe_price_id")
+        raise StripeBillingError(
+            "stripe_price_id: a monthly package needs the id of its recurring Stripe price", field="stripe_price_id"
+        )
     if stripe_price_id:
         other = session.execute(
-            select(TokenPackage.id).where(TokenPackage.stripe_price_id == stripe_price_id,
-                                          TokenPackage.id != package_id)
+            select(TokenPackage.id).where(
+                TokenPackage.stripe_price_id == stripe_price_id, TokenPackage.id != package_id
+            )
         ).scalar_one_or_none()
         if other is not None:
-            raise StripeBillingError(f"stripe_price_id: {stripe_price_id!r} already belongs to package {other!r}", field="stripe_price_id")
+            raise StripeBillingError(
+                f"stripe_price_id: {stripe_price_id!r} already belongs to package {other!r}", field="stripe_price_id"
+            )
     package = session.get(TokenPackage, package_id)
     if package is None:
         package = TokenPackage(id=package_id, name=name, price_cents=price_cents, credit_nanos=credit_nanos)
@@ -177,7 +190,9 @@ def get_package(session: Session, package_id: str, *, active_only: bool = False)
     (or inactive, with ``active_only``)."""
     package = session.get(TokenPackage, package_id) if isinstance(package_id, str) else None
     if package is None or (active_only and not package.active):
-        raise StripeBillingError(f"package_id: unknown{' or inactive' if active_only else ''} package {package_id!r}", field="package_id")
+        raise StripeBillingError(
+            f"package_id: unknown{' or inactive' if active_only else ''} package {package_id!r}", field="package_id"
+        )
     return package
 
 
@@ -230,7 +245,12 @@ def _url(value: Any, field_name: str) -> str:
 
 
 def checkout_params(
-    session: Session, *, wallet_id: str, package_id: str, success_url: str, cancel_url: str,
+    session: Session,
+    *,
+    wallet_id: str,
+    package_id: str,
+    success_url: str,
+    cancel_url: str,
 ) -> dict[str, Any]:
     """The parameters of ``POST /v1/checkout/sessions`` that sell ``package_id`` to ``wallet_id``.
 
@@ -253,13 +273,21 @@ def checkout_params(
     if package.monthly and wallet.stripe_subscription_id and wallet.subscription_status in LIVE_SUBSCRIPTION:
         raise StripeBillingError(
             f"wallet_id: wallet {wallet_id!r} already has subscription {wallet.stripe_subscription_id!r} "
-            f"({wallet.subscription_status})", field="wallet_id")
+            f"({wallet.subscription_status})",
+            field="wallet_id",
+        )
     metadata = {"wallet_id": wallet.id, "package_id": package.id}
     if package.stripe_price_id:
         item: dict[str, Any] = {"price": package.stripe_price_id, "quantity": 1}
     else:
-        item = {"price_data": {"currency": "usd", "unit_amount": package.price_cents,
-                               "product_data": {"name": package.name}}, "quantity": 1}
+        item = {
+            "price_data": {
+                "currency": "usd",
+                "unit_amount": package.price_cents,
+                "product_data": {"name": package.name},
+            },
+            "quantity": 1,
+        }
     params: dict[str, Any] = {
         "mode": "subscription" if package.monthly else "payment",
         "line_items": [item],
@@ -328,8 +356,9 @@ def create_checkout_session(
     Raises: StripeBillingError naming the field (nothing is sent to Stripe then); StripeConfigError;
     ``stripe.StripeError`` when Stripe refuses or cannot be reached.
     """
-    params = checkout_params(session, wallet_id=wallet_id, package_id=package_id, success_url=success_url,
-                             cancel_url=cancel_url)
+    params = checkout_params(
+        session, wallet_id=wallet_id, package_id=package_id, success_url=success_url, cancel_url=cancel_url
+    )
     client = client or stripe_client()
     options = {"idempotency_key": idempotency_key} if idempotency_key else None
     created = client.v1.checkout.sessions.create(params, options)
@@ -358,9 +387,12 @@ def store_event(session: Session, event: Mapping[str, Any]) -> bool:
 
 def is_processed(session: Session, event_id: str) -> bool:
     """True if the stored event ``event_id`` has been processed."""
-    return session.execute(
-        select(StripeEvent.processed_at.is_not(None)).where(StripeEvent.id == event_id)
-    ).scalar_one_or_none() is True
+    return (
+        session.execute(
+            select(StripeEvent.processed_at.is_not(None)).where(StripeEvent.id == event_id)
+        ).scalar_one_or_none()
+        is True
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,27 +449,46 @@ def _id_of(value: Any) -> str | None:
     return _get(value, "id")
 
 
-def _find_wallet(session: Session, *, metadata: Any, subscription_id: str | None,
-                 customer_id: str | None) -> Wallet:
+def _find_wallet(session: Session, *, metadata: Any, subscription_id: str | None, customer_id: str | None) -> Wallet:
     wallet_id = _get(metadata, "wallet_id")
     if isinstance(wallet_id, str) and (wallet := session.get(Wallet, wallet_id)) is not None:
         return wallet
     if subscription_id:
-        wallet = session.execute(select(Wallet).where(Wallet.stripe_subscription_id == subscription_id)).scalars().first()
+        wallet = (
+            session.execute(select(Wallet).where(Wallet.stripe_subscription_id == subscription_id)).scalars().first()
+        )
         if wallet is not None:
             return wallet
     if customer_id:
         found = list(session.execute(select(Wallet).where(Wallet.stripe_customer_id == customer_id).limit(2)).scalars())
         if len(found) == 1:
             return found[0]
-    raise EventError(f"wallet_id: no wallet for metadata wallet_id {wallet_id!r}, subscription "
-                     f"{subscription_id!r}, customer {customer_id!r}", field="wallet_id")
+    raise EventError(
+        f"wallet_id: no wallet for metadata wallet_id {wallet_id!r}, subscription "
+        f"{subscription_id!r}, customer {customer_id!r}",
+        field="wallet_id",
+    )
 
 
-def _credit(gate: WalletGate, wallet: Wallet, *, amount_nanos: int, key: str, description: str,
-            stripe_object: str, package_id: str, on_credited: OnCredited | None) -> Credit:
-    credit_wallet(gate, wallet_id=wallet.id, amount_nanos=amount_nanos, idempotency_key=key, description=description,
-                  on_credited=on_credited)
+def _credit(
+    gate: WalletGate,
+    wallet: Wallet,
+    *,
+    amount_nanos: int,
+    key: str,
+    description: str,
+    stripe_object: str,
+    package_id: str,
+    on_credited: OnCredited | None,
+) -> Credit:
+    credit_wallet(
+        gate,
+        wallet_id=wallet.id,
+        amount_nanos=amount_nanos,
+        idempotency_key=key,
+        description=description,
+        on_credited=on_credited,
+    )
     return Credit(key, amount_nanos, stripe_object, package_id)
 
 
@@ -466,15 +517,20 @@ def _update_wallet(gate: WalletGate, wallet_id: str, change: Callable[[Wallet], 
     return wallet
 
 
-def _on_checkout_completed(gate: WalletGate, obj: Mapping[str, Any], event_id: str,
-                           on_credited: OnCredited | None = None) -> Outcome:
+def _on_checkout_completed(
+    gate: WalletGate, obj: Mapping[str, Any], event_id: str, on_credited: OnCredited | None = None
+) -> Outcome:
     session_id = obj.get("id")
     if not isinstance(session_id, str) or not session_id.startswith("cs_"):
         raise EventError(f"data.object.id: {session_id!r} is not a Checkout session id", field="data.object.id")
     metadata = obj.get("metadata") or {}
     with session_scope() as session:
-        wallet = _find_wallet(session, metadata={"wallet_id": metadata.get("wallet_id") or obj.get("client_reference_id")},
-                              subscription_id=None, customer_id=None)
+        wallet = _find_wallet(
+            session,
+            metadata={"wallet_id": metadata.get("wallet_id") or obj.get("client_reference_id")},
+            subscription_id=None,
+            customer_id=None,
+        )
         package = get_package_or_event_error(session, metadata.get("package_id"))
     customer_id = _id_of(obj.get("customer"))
     mode = obj.get("mode")
@@ -484,15 +540,27 @@ def _on_checkout_completed(gate: WalletGate, obj: Mapping[str, Any], event_id: s
         if (obj.get("currency") or "usd").lower() != "usd":
             raise EventError(f"data.object.currency: {obj.get('currency')!r} is not usd", field="data.object.currency")
         if customer_id and not wallet.stripe_customer_id:
-            _update_wallet(gate, wallet.id, lambda w: setattr(w, "stripe_customer_id", w.stripe_customer_id or customer_id))
-        credit = _credit(gate, wallet, amount_nanos=package.credit_nanos, key=f"{KEY_PREFIX}{session_id}",
-                         description=f"Stripe Checkout {session_id}: {package.name}", stripe_object=session_id,
-                         package_id=package.id, on_credited=on_credited)
+            _update_wallet(
+                gate, wallet.id, lambda w: setattr(w, "stripe_customer_id", w.stripe_customer_id or customer_id)
+            )
+        credit = _credit(
+            gate,
+            wallet,
+            amount_nanos=package.credit_nanos,
+            key=f"{KEY_PREFIX}{session_id}",
+            description=f"Stripe Checkout {session_id}: {package.name}",
+            stripe_object=session_id,
+            package_id=package.id,
+            on_credited=on_credited,
+        )
         return Outcome("credited", wallet.id, wallet.enterprise_id, credit)
     if mode == "subscription":
         subscription_id = _id_of(obj.get("subscription"))
         if not subscription_id:
-            raise EventError("data.object.subscription: missing on a subscription-mode Checkout session", field="data.object.subscription")
+            raise EventError(
+                "data.object.subscription: missing on a subscription-mode Checkout session",
+                field="data.object.subscription",
+            )
         status = "active" if obj.get("payment_status") in ("paid", "no_payment_required") else "incomplete"
 
         def record(w: Wallet) -> None:
@@ -526,13 +594,15 @@ def _invoice_subscription(obj: Mapping[str, Any]) -> tuple[str | None, Any]:
 
 
 def _line_price(line: Mapping[str, Any]) -> str | None:
-    return (_get(line, "pricing", "price_details", "price") or _id_of(line.get("price"))
-            or _id_of(_get(line, "plan")))
+    return _get(line, "pricing", "price_details", "price") or _id_of(line.get("price")) or _id_of(_get(line, "plan"))
 
 
 def _is_proration(line: Mapping[str, Any]) -> bool:
-    return bool(line.get("proration") or _get(line, "parent", "subscription_item_details", "proration")
-                or _get(line, "parent", "invoice_item_details", "proration"))
+    return bool(
+        line.get("proration")
+        or _get(line, "parent", "subscription_item_details", "proration")
+        or _get(line, "parent", "invoice_item_details", "proration")
+    )
 
 
 def _invoice_credit(session: Session, obj: Mapping[str, Any], metadata: Any) -> tuple[int, list[TokenPackage]]:
@@ -543,38 +613,52 @@ def _invoice_credit(session: Session, obj: Mapping[str, Any], metadata: Any) -> 
         if not isinstance(line, Mapping) or _is_proration(line):
             continue
         price_id = _line_price(line)
-        package = session.execute(
-            select(TokenPackage).where(TokenPackage.stripe_price_id == price_id)
-        ).scalar_one_or_none() if price_id else None
+        package = (
+            session.execute(select(TokenPackage).where(TokenPackage.stripe_price_id == price_id)).scalar_one_or_none()
+            if price_id
+            else None
+        )
         if package is None:
             continue
         quantity = line.get("quantity") or 1
         if not _is_int(quantity) or quantity < 1:
-            raise EventError(f"lines.data.quantity: {quantity!r} is not a positive integer", field="lines.data.quantity")
+            raise EventError(
+                f"lines.data.quantity: {quantity!r} is not a positive integer", field="lines.data.quantity"
+            )
         total += package.credit_nanos * quantity
         packages.append(package)
     if not packages and _get(metadata, "package_id"):
         package = get_package_or_event_error(session, metadata["package_id"])
         total, packages = package.credit_nanos, [package]
     if not packages:
-        raise EventError(f"lines.data.price: no line of invoice {obj.get('id')!r} is a token package's price", field="lines.data.price")
+        raise EventError(
+            f"lines.data.price: no line of invoice {obj.get('id')!r} is a token package's price",
+            field="lines.data.price",
+        )
     return total, packages
 
 
-def _subscription_event_wallet(session: Session, obj: Mapping[str, Any], subscription_id: str | None,
-                               metadata: Any) -> Wallet:
-    return _find_wallet(session, metadata=metadata, subscription_id=subscription_id,
-                        customer_id=_id_of(obj.get("customer")))
+def _subscription_event_wallet(
+    session: Session, obj: Mapping[str, Any], subscription_id: str | None, metadata: Any
+) -> Wallet:
+    return _find_wallet(
+        session, metadata=metadata, subscription_id=subscription_id, customer_id=_id_of(obj.get("customer"))
+    )
 
 
 def _stale(wallet: Wallet, subscription_id: str | None) -> bool:
     """The event is about a subscription the wallet has since replaced."""
-    return bool(subscription_id and wallet.stripe_subscription_id and wallet.stripe_subscription_id != subscription_id
-                and wallet.subscription_status in LIVE_SUBSCRIPTION)
+    return bool(
+        subscription_id
+        and wallet.stripe_subscription_id
+        and wallet.stripe_subscription_id != subscription_id
+        and wallet.subscription_status in LIVE_SUBSCRIPTION
+    )
 
 
-def _on_invoice_paid(gate: WalletGate, obj: Mapping[str, Any], event_id: str,
-                     on_credited: OnCredited | None = None) -> Outcome:
+def _on_invoice_paid(
+    gate: WalletGate, obj: Mapping[str, Any], event_id: str, on_credited: OnCredited | None = None
+) -> Outcome:
     invoice_id = obj.get("id")
     if not isinstance(invoice_id, str) or not invoice_id.startswith("in_"):
         raise EventError(f"data.object.id: {invoice_id!r} is not an invoice id", field="data.object.id")
@@ -589,9 +673,16 @@ def _on_invoice_paid(gate: WalletGate, obj: Mapping[str, Any], event_id: str,
     if (obj.get("currency") or "usd").lower() != "usd":
         raise EventError(f"data.object.currency: {obj.get('currency')!r} is not usd", field="data.object.currency")
     names = ", ".join(p.name for p in packages)
-    credit = _credit(gate, wallet, amount_nanos=amount, key=f"{KEY_PREFIX}{invoice_id}",
-                     description=f"Stripe invoice {invoice_id}: {names}", stripe_object=invoice_id,
-                     package_id=",".join(p.id for p in packages), on_credited=on_credited)
+    credit = _credit(
+        gate,
+        wallet,
+        amount_nanos=amount,
+        key=f"{KEY_PREFIX}{invoice_id}",
+        description=f"Stripe invoice {invoice_id}: {names}",
+        stripe_object=invoice_id,
+        package_id=",".join(p.id for p in packages),
+        on_credited=on_credited,
+    )
     customer_id = _id_of(obj.get("customer"))
 
     def activate(w: Wallet) -> None:
@@ -605,8 +696,9 @@ def _on_invoice_paid(gate: WalletGate, obj: Mapping[str, Any], event_id: str,
     return Outcome("credited", wallet.id, wallet.enterprise_id, credit)
 
 
-def _on_invoice_payment_failed(gate: WalletGate, obj: Mapping[str, Any], event_id: str,
-                               on_credited: OnCredited | None = None) -> Outcome:
+def _on_invoice_payment_failed(
+    gate: WalletGate, obj: Mapping[str, Any], event_id: str, on_credited: OnCredited | None = None
+) -> Outcome:
     subscription_id, metadata = _invoice_subscription(obj)
     if not subscription_id:
         return Outcome("ignored: not a subscription invoice")
@@ -625,8 +717,9 @@ def _on_invoice_payment_failed(gate: WalletGate, obj: Mapping[str, Any], event_i
     return Outcome(f"blocked: {after.blocked_reason}", wallet.id, wallet.enterprise_id)
 
 
-def _on_subscription_deleted(gate: WalletGate, obj: Mapping[str, Any], event_id: str,
-                             on_credited: OnCredited | None = None) -> Outcome:
+def _on_subscription_deleted(
+    gate: WalletGate, obj: Mapping[str, Any], event_id: str, on_credited: OnCredited | None = None
+) -> Outcome:
     subscription_id = obj.get("id")
     if not isinstance(subscription_id, str) or not subscription_id.startswith("sub_"):
         raise EventError(f"data.object.id: {subscription_id!r} is not a subscription id", field="data.object.id")
@@ -658,10 +751,16 @@ HANDLERS: dict[str, Handler] = {
 
 
 def _audited(session: Session, key: str) -> bool:
-    return session.execute(
-        select(func.count()).select_from(AuditLog).where(
-            AuditLog.actor == ACTOR, AuditLog.action == "credit", AuditLog.detail["idempotency_key"].astext == key)
-    ).scalar_one() > 0
+    return (
+        session.execute(
+            select(func.count())
+            .select_from(AuditLog)
+            .where(
+                AuditLog.actor == ACTOR, AuditLog.action == "credit", AuditLog.detail["idempotency_key"].astext == key
+            )
+        ).scalar_one()
+        > 0
+    )
 
 
 def process_event(
@@ -707,18 +806,34 @@ def process_event(
                 return ProcessResult(event_id, event.type, event.outcome, processed=False)
             if outcome.credit and not _audited(session, outcome.credit.idempotency_key):
                 c = outcome.credit
-                audit(session, actor=ACTOR, action="credit", enterprise_id=outcome.enterprise_id,
-                      wallet_id=outcome.wallet_id, idempotency_key=c.idempotency_key, amount_nanos=c.amount_nanos,
-                      stripe_object=c.stripe_object, package_id=c.package_id, event_id=event_id)
+                audit(
+                    session,
+                    actor=ACTOR,
+                    action="credit",
+                    enterprise_id=outcome.enterprise_id,
+                    wallet_id=outcome.wallet_id,
+                    idempotency_key=c.idempotency_key,
+                    amount_nanos=c.amount_nanos,
+                    stripe_object=c.stripe_object,
+                    package_id=c.package_id,
+                    event_id=event_id,
+                )
             event.processed_at = func.now()
             event.outcome = outcome.text[:500]
-            return ProcessResult(event_id, event.type, event.outcome, processed=True, wallet_id=outcome.wallet_id,
-                                 credited_nanos=outcome.credit.amount_nanos if outcome.credit else 0)
+            return ProcessResult(
+                event_id,
+                event.type,
+                event.outcome,
+                processed=True,
+                wallet_id=outcome.wallet_id,
+                credited_nanos=outcome.credit.amount_nanos if outcome.credit else 0,
+            )
     except Exception as exc:
         try:
             with session_scope() as session:
                 session.execute(
-                    StripeEvent.__table__.update().where(StripeEvent.id == event_id, StripeEvent.processed_at.is_(None))
+                    StripeEvent.__table__.update()
+                    .where(StripeEvent.id == event_id, StripeEvent.processed_at.is_(None))
                     .values(outcome=f"retrying: {type(exc).__name__}: {exc}"[:500])
                 )
         except Exception:  # the database itself may be what failed
@@ -729,9 +844,14 @@ def process_event(
 def unprocessed_events(session: Session, *, older_than_s: int = 120, limit: int = 500) -> list[str]:
     """Ids of stored Stripe events not processed yet and received more than ``older_than_s``
     seconds ago (their task was lost, gave up, or hit data that was fixed since), oldest first."""
-    return list(session.execute(
-        select(StripeEvent.id)
-        .where(StripeEvent.processed_at.is_(None),
-               StripeEvent.received_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s))
-        .order_by(StripeEvent.received_at).limit(limit)
-    ).scalars())
+    return list(
+        session.execute(
+            select(StripeEvent.id)
+            .where(
+                StripeEvent.processed_at.is_(None),
+                StripeEvent.received_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s),
+            )
+            .order_by(StripeEvent.received_at)
+            .limit(limit)
+        ).scalars()
+    )

@@ -44,7 +44,9 @@ def validate_group_by(group_by: Iterable[str] | str | None) -> tuple[str, ...]:
     if group_by is None:
         return ()
     if isinstance(group_by, str):
-        raise InvalidInput("group_by", f"must be a list of keys among {', '.join(GROUP_KEYS)}, not the string {group_by!r}")
+        raise InvalidInput(
+            "group_by", f"must be a list of keys among {', '.join(GROUP_KEYS)}, not the string {group_by!r}"
+        )
     keys = tuple(group_by)
     for key in keys:
         if key not in GROUP_KEYS:
@@ -91,7 +93,9 @@ def usage_analytics(
     ``end`` (not after ``start``).
     """
     if not isinstance(enterprise_id, str) or not enterprise_id or len(enterprise_id) > 200:
-        raise InvalidInput("enterprise_id", f"must be a non-empty string of at most 200 characters, got {enterprise_id!r}")
+        raise InvalidInput(
+            "enterprise_id", f"must be a non-empty string of at most 200 characters, got {enterprise_id!r}"
+        )
     if granularity not in GRANULARITIES:
         raise InvalidInput("granularity", f"{granularity!r} is not one of {', '.join(GRANULARITIES)}")
     keys = validate_group_by(group_by)

@@ -53,15 +53,15 @@ from sqlmodel import Session
 
 from models.chat import ChatSession, PausedChat
 from models.enums import ChatStatus, ConnectionState
-from models.wallet import Enterprise, Wallet
 from models.validation import MAX_LABEL
-from worker.validation import InvalidInput, check_text
+from models.wallet import Enterprise, Wallet
+from worker.chats.rollups import UnknownChat, chat_performance, end_chat
 from worker.db import after_commit, session_scope
-from worker.ledger.turns import transition_position
+from worker.errors import Conflict, NotFound
 from worker.events import Event, SendTask, emit
 from worker.gate.gate import UnknownWallet, WalletGate
-from worker.chats.rollups import UnknownChat, chat_performance, end_chat
-from worker.errors import Conflict, NotFound
+from worker.ledger.turns import transition_position
+from worker.validation import InvalidInput, check_text
 
 
 class NotAWalletOfTheApp(NotFound, LookupError):
@@ -138,7 +138,12 @@ def can_continue(gate: WalletGate, wallet_id: str) -> bool:
 
 
 def start_session(
-    gate: WalletGate, *, enterprise_id: str, chat_id: str, wallet_id: str, workflow: str = "default",
+    gate: WalletGate,
+    *,
+    enterprise_id: str,
+    chat_id: str,
+    wallet_id: str,
+    workflow: str = "default",
     started_at: datetime | None = None,
 ) -> WalletState:
     """Initialize a chat's billing session: create its ``chat_session`` row (status active,
@@ -154,13 +159,21 @@ def start_session(
     with session_scope() as session:
         wallet = session.get(Wallet, wallet_id)
         if wallet is None or (wallet.enterprise_id is not None and wallet.enterprise_id != enterprise_id):
-            raise NotAWalletOfTheApp(f"wallet_id: {wallet_id!r} is not a wallet of enterprise {enterprise_id!r}",
-                                     field="wallet_id")
+            raise NotAWalletOfTheApp(
+                f"wallet_id: {wallet_id!r} is not a wallet of enterprise {enterprise_id!r}", field="wallet_id"
+            )
         session.execute(
-            insert(ChatSession).values(enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
-                                       workflow=workflow, status=ChatStatus.active.value,
-                                       connection_state=ConnectionState.connected.value,
-                                       started_at=started_at, last_turn_at=started_at)
+            insert(ChatSession)
+            .values(
+                enterprise_id=enterprise_id,
+                chat_id=chat_id,
+                wallet_id=wallet_id,
+                workflow=workflow,
+                status=ChatStatus.active.value,
+                connection_state=ConnectionState.connected.value,
+                started_at=started_at,
+                last_turn_at=started_at,
+            )
             .on_conflict_do_nothing(constraint="uq_chat_session_enterprise_chat")
         )
     return state
@@ -180,8 +193,10 @@ def _check_ids(**ids: str) -> None:
 def _check_position(position: object) -> str:
     """``position`` if it has the form of :func:`~worker.ledger.turns.transition_position`; else InvalidInput."""
     if not isinstance(position, str) or not _POSITION.fullmatch(position):
-        raise InvalidInput("position", f"{str(position)[:80]!r} is not a position in the gate's order "
-                                       "(worker.ledger.turns.transition_position)")
+        raise InvalidInput(
+            "position",
+            f"{str(position)[:80]!r} is not a position in the gate's order (worker.ledger.turns.transition_position)",
+        )
     return position
 
 
@@ -191,8 +206,12 @@ def lock_chats(session: Session, chats: list[tuple[str, str]]) -> None:
     as there can never deadlock against a drain batch."""
     if chats:
         cs = ChatSession.__table__
-        session.execute(select(cs.c.id).where(tuple_(cs.c.enterprise_id, cs.c.chat_id).in_(sorted(set(chats))))
-                        .order_by(cs.c.enterprise_id, cs.c.chat_id).with_for_update())
+        session.execute(
+            select(cs.c.id)
+            .where(tuple_(cs.c.enterprise_id, cs.c.chat_id).in_(sorted(set(chats))))
+            .order_by(cs.c.enterprise_id, cs.c.chat_id)
+            .with_for_update()
+        )
 
 
 def _hooked(session: Session, enterprise_ids: set[str]) -> set[str]:
@@ -200,8 +219,11 @@ def _hooked(session: Session, enterprise_ids: set[str]) -> set[str]:
     if not enterprise_ids:
         return set()
     rows = session.execute(
-        select(Enterprise.id).where(Enterprise.id.in_(enterprise_ids), Enterprise.callback_url.is_not(None),
-                                    Enterprise.webhook_secret.is_not(None))
+        select(Enterprise.id).where(
+            Enterprise.id.in_(enterprise_ids),
+            Enterprise.callback_url.is_not(None),
+            Enterprise.webhook_secret.is_not(None),
+        )
     ).scalars()
     return set(rows)
 
@@ -212,8 +234,9 @@ def announce(gate: WalletGate, events: list[Event], hooked: set[str], send_task:
         emit(gate.redis, event, webhook=event.enterprise_id in hooked, send_task=send_task)
 
 
-def _announce_after_commit(session: Session, gate: WalletGate, events: list[Event],
-                           send_task: SendTask | None = None) -> None:
+def _announce_after_commit(
+    session: Session, gate: WalletGate, events: list[Event], send_task: SendTask | None = None
+) -> None:
     """:func:`announce` ``events`` once ``session``'s transaction commits (dropped on rollback)."""
     if events:
         hooked = _hooked(session, {e.enterprise_id for e in events})
@@ -222,20 +245,26 @@ def _announce_after_commit(session: Session, gate: WalletGate, events: list[Even
 
 def paused_event(enterprise_id: str, chat_id: str, wallet_id: str, reason: str, needed_nanos: int) -> Event:
     """A ``chat.paused`` event (``needed_nanos``: what the wallet lacks, nano-USD)."""
-    return Event.new("chat.paused", enterprise_id, {"chat_id": chat_id, "wallet_id": wallet_id, "reason": reason,
-                                                    "needed_nanos": needed_nanos})
+    return Event.new(
+        "chat.paused",
+        enterprise_id,
+        {"chat_id": chat_id, "wallet_id": wallet_id, "reason": reason, "needed_nanos": needed_nanos},
+    )
 
 
-def resumable_event(enterprise_id: str, chat_id: str, wallet_id: str, balance_nanos: int | None,
-                    cause: str) -> Event:
+def resumable_event(enterprise_id: str, chat_id: str, wallet_id: str, balance_nanos: int | None, cause: str) -> Event:
     """A ``chat.resumable`` event (``balance_nanos`` the wallet's balance then, nano-USD; ``cause`` what
     closed the pause: a credit's idempotency key, 'sweep', 'mode_change', 'resume', 'turn')."""
-    return Event.new("chat.resumable", enterprise_id, {"chat_id": chat_id, "wallet_id": wallet_id,
-                                                       "balance_nanos": balance_nanos, "cause": cause})
+    return Event.new(
+        "chat.resumable",
+        enterprise_id,
+        {"chat_id": chat_id, "wallet_id": wallet_id, "balance_nanos": balance_nanos, "cause": cause},
+    )
 
 
-def announce_chat_changes(gate: WalletGate, paused: Sequence[Any], resumed: Sequence[Any],
-                          send_task: SendTask | None = None) -> None:
+def announce_chat_changes(
+    gate: WalletGate, paused: Sequence[Any], resumed: Sequence[Any], send_task: SendTask | None = None
+) -> None:
     """After a drain batch committed: ``chat.paused`` per record it opened
     (:class:`~worker.ledger.turns.PausedNotice`) and ``chat.resumable`` (cause 'turn') per record a newer
     turn closed (:class:`~worker.ledger.turns.ResumedNotice`), pub/sub and webhooks."""
@@ -254,8 +283,15 @@ def _forward(cs, position: str) -> dict[str, Any]:
 
 
 def pause_chat(
-    gate: WalletGate, *, enterprise_id: str, chat_id: str, wallet_id: str, reason: str = "wallet_exhausted",
-    needed_nanos: int | None = None, send_task: SendTask | None = None, position: str | None = None,
+    gate: WalletGate,
+    *,
+    enterprise_id: str,
+    chat_id: str,
+    wallet_id: str,
+    reason: str = "wallet_exhausted",
+    needed_nanos: int | None = None,
+    send_task: SendTask | None = None,
+    position: str | None = None,
 ) -> bool:
     """Handle exhaustion (the seed's ``handle_no_tokens``): open a paused-chat record (at most one
     open per chat), mark the chat paused (``connection_state`` paused, ``can_resume`` False), move
@@ -290,37 +326,66 @@ def pause_chat(
     with session_scope() as session:
         # the chat's row first, as the drain does (created if this is its first word), then its lock
         session.execute(
-            insert(cs).values(enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id, workflow="default",
-                              status=ChatStatus.active.value, connection_state=ConnectionState.connected.value,
-                              started_at=now, last_turn_at=now)
+            insert(cs)
+            .values(
+                enterprise_id=enterprise_id,
+                chat_id=chat_id,
+                wallet_id=wallet_id,
+                workflow="default",
+                status=ChatStatus.active.value,
+                connection_state=ConnectionState.connected.value,
+                started_at=now,
+                last_turn_at=now,
+            )
             .on_conflict_do_nothing(constraint="uq_chat_session_enterprise_chat")
         )
         lock_chats(session, [(enterprise_id, chat_id)])
-        state_key = session.execute(select(cs.c.state_key).where(cs.c.enterprise_id == enterprise_id,
-                                                                 cs.c.chat_id == chat_id)).scalar_one()
+        state_key = session.execute(
+            select(cs.c.state_key).where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id)
+        ).scalar_one()
         if state_key >= position:  # stale: the chat moved on after this pause was decided
             return False
         opened = session.execute(
-            insert(pc).values(enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id, reason=reason,
-                              needed_nanos=needed_nanos, paused_at=now)
+            insert(pc)
+            .values(
+                enterprise_id=enterprise_id,
+                chat_id=chat_id,
+                wallet_id=wallet_id,
+                reason=reason,
+                needed_nanos=needed_nanos,
+                paused_at=now,
+            )
             .on_conflict_do_nothing(index_elements=["enterprise_id", "chat_id"], index_where=text("resumed_at IS NULL"))
             .returning(pc.c.id)
         ).first()
         if opened is None:
             return False
         session.execute(
-            update(cs).where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id,
-                             cs.c.status != ChatStatus.completed.value)
-            .values(status=ChatStatus.paused.value, pause_reason=reason, paused_at=now,
-                    connection_state=ConnectionState.paused.value, can_resume=False, **_forward(cs, position))
+            update(cs)
+            .where(
+                cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id, cs.c.status != ChatStatus.completed.value
+            )
+            .values(
+                status=ChatStatus.paused.value,
+                pause_reason=reason,
+                paused_at=now,
+                connection_state=ConnectionState.paused.value,
+                can_resume=False,
+                **_forward(cs, position),
+            )
         )
-        _announce_after_commit(session, gate, [paused_event(enterprise_id, chat_id, wallet_id, reason, needed_nanos)],
-                               send_task)
+        _announce_after_commit(
+            session, gate, [paused_event(enterprise_id, chat_id, wallet_id, reason, needed_nanos)], send_task
+        )
     return True
 
 
 def resume_paused_chats(
-    gate: WalletGate, wallet_id: str, *, cause: str, send_task: SendTask | None = None,
+    gate: WalletGate,
+    wallet_id: str,
+    *,
+    cause: str,
+    send_task: SendTask | None = None,
 ) -> list[tuple[str, str]]:
     """Make the wallet's paused chats resumable if the gate would now accept its turns: close every
     open paused-chat record of the wallet whose reason funds can lift (:data:`FUNDS_REASONS`), once,
@@ -339,10 +404,17 @@ def resume_paused_chats(
     position = transition_position(gate, wallet_id)
     pc, cs = PausedChat.__table__, ChatSession.__table__
     with session_scope() as session:
-        lock_chats(session, [tuple(r) for r in session.execute(
-            select(pc.c.enterprise_id, pc.c.chat_id)
-            .where(pc.c.wallet_id == wallet_id, pc.c.resumed_at.is_(None), pc.c.reason.in_(FUNDS_REASONS))
-        )])
+        lock_chats(
+            session,
+            [
+                tuple(r)
+                for r in session.execute(
+                    select(pc.c.enterprise_id, pc.c.chat_id).where(
+                        pc.c.wallet_id == wallet_id, pc.c.resumed_at.is_(None), pc.c.reason.in_(FUNDS_REASONS)
+                    )
+                )
+            ],
+        )
         chats = session.execute(
             update(pc)
             .where(pc.c.wallet_id == wallet_id, pc.c.resumed_at.is_(None), pc.c.reason.in_(FUNDS_REASONS))
@@ -357,8 +429,9 @@ def resume_paused_chats(
             .where(tuple_(cs.c.enterprise_id, cs.c.chat_id).in_(chats), cs.c.status == ChatStatus.paused.value)
             .values(can_resume=True, connection_state=ConnectionState.resumable.value, **_forward(cs, position))
         )
-        _announce_after_commit(session, gate, [resumable_event(e, c, wallet_id, state.balance_nanos, cause)
-                                               for e, c in chats], send_task)
+        _announce_after_commit(
+            session, gate, [resumable_event(e, c, wallet_id, state.balance_nanos, cause) for e, c in chats], send_task
+        )
     return chats
 
 
@@ -382,27 +455,45 @@ def resume_chat(gate: WalletGate, *, enterprise_id: str, chat_id: str) -> Wallet
         wallet_id = chat.wallet_id
     state = wallet_state(gate, wallet_id)
     if not state.can_continue:
-        raise WalletCannotPay(f"wallet {wallet_id!r} cannot pay yet: {state.needed_nanos} nanos needed",
-                              field="wallet_id")
+        raise WalletCannotPay(
+            f"wallet {wallet_id!r} cannot pay yet: {state.needed_nanos} nanos needed", field="wallet_id"
+        )
     position = transition_position(gate, wallet_id)
     pc, cs = PausedChat.__table__, ChatSession.__table__
     with session_scope() as session:
         lock_chats(session, [(enterprise_id, chat_id)])
-        closed = session.execute(
-            update(pc).where(pc.c.enterprise_id == enterprise_id, pc.c.chat_id == chat_id, pc.c.resumed_at.is_(None))
-            .values(resumed_at=func.now(), resumed_by="resume").returning(pc.c.wallet_id)
-        ).scalars().all()
-        session.execute(update(cs).where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id,
-                                         cs.c.status == ChatStatus.paused.value)
-                        .values(status=ChatStatus.active.value, pause_reason=None, can_resume=False,
-                                connection_state=ConnectionState.connected.value))
+        closed = (
+            session.execute(
+                update(pc)
+                .where(pc.c.enterprise_id == enterprise_id, pc.c.chat_id == chat_id, pc.c.resumed_at.is_(None))
+                .values(resumed_at=func.now(), resumed_by="resume")
+                .returning(pc.c.wallet_id)
+            )
+            .scalars()
+            .all()
+        )
+        session.execute(
+            update(cs)
+            .where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id, cs.c.status == ChatStatus.paused.value)
+            .values(
+                status=ChatStatus.active.value,
+                pause_reason=None,
+                can_resume=False,
+                connection_state=ConnectionState.connected.value,
+            )
+        )
         # the resume is a transition even of a chat not paused here yet: a pause decided before it
         # and reported after it (the API's queued pause task) is stale then
-        session.execute(update(cs).where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id,
-                                         cs.c.status != ChatStatus.completed.value)
-                        .values(**_forward(cs, position)))
-        _announce_after_commit(session, gate, [resumable_event(enterprise_id, chat_id, w, state.balance_nanos,
-                                                               "resume") for w in closed])
+        session.execute(
+            update(cs)
+            .where(
+                cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id, cs.c.status != ChatStatus.completed.value
+            )
+            .values(**_forward(cs, position))
+        )
+        _announce_after_commit(
+            session, gate, [resumable_event(enterprise_id, chat_id, w, state.balance_nanos, "resume") for w in closed]
+        )
     return state
 
 
@@ -425,10 +516,15 @@ def sweep_paused(gate: WalletGate, *, limit: int = 1000) -> dict[str, int]:
     """Resume the paused chats of every wallet (up to ``limit`` wallets with open records) that can
     pay again: :func:`resume_paused_chats` with cause ``sweep``.  Returns ``{"wallets", "resumed"}``."""
     with session_scope() as session:
-        wallet_ids = list(session.execute(
-            select(PausedChat.wallet_id).where(PausedChat.resumed_at.is_(None), PausedChat.reason.in_(FUNDS_REASONS))
-            .distinct().order_by(PausedChat.wallet_id).limit(limit)
-        ).scalars())
+        wallet_ids = list(
+            session.execute(
+                select(PausedChat.wallet_id)
+                .where(PausedChat.resumed_at.is_(None), PausedChat.reason.in_(FUNDS_REASONS))
+                .distinct()
+                .order_by(PausedChat.wallet_id)
+                .limit(limit)
+            ).scalars()
+        )
     resumed = 0
     for wallet_id in wallet_ids:
         try:

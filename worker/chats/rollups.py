@@ -33,9 +33,9 @@ durations are seconds rounded half-up to 3 decimals (milliseconds).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-import time
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -48,10 +48,10 @@ from models.enums import ChatStatus
 from models.rollup import RollupDirty, WorkflowRollup
 from models.turn import UsageEvent
 from worker.db import session_scope
+from worker.errors import InvalidInput, NotFound
 from worker.periods import current_period, period_bounds
 from worker.pricing.prices import nanos_to_usd
 from worker.settings import get_settings
-from worker.errors import InvalidInput, NotFound
 
 
 class UnknownChat(NotFound, LookupError):
@@ -65,9 +65,18 @@ DEFAULT_DIRTY_LIMIT = 200
 
 _US = timedelta(microseconds=1)
 #: the keys of the document's ``overall_avg``, in display order
-OVERALL_AVG_KEYS = ("total_sessions", "total_turns", "total_cost_nanos", "total_cost_usd", "avg_cost_nanos",
-                    "avg_cost_usd", "avg_prompt_tokens", "avg_completion_tokens", "avg_total_tokens",
-                    "avg_duration_sec")
+OVERALL_AVG_KEYS = (
+    "total_sessions",
+    "total_turns",
+    "total_cost_nanos",
+    "total_cost_usd",
+    "avg_cost_nanos",
+    "avg_cost_usd",
+    "avg_prompt_tokens",
+    "avg_completion_tokens",
+    "avg_total_tokens",
+    "avg_duration_sec",
+)
 
 
 def rollup_id(enterprise_id: str, workflow: str) -> str:
@@ -178,8 +187,9 @@ def _compute(session: Session, enterprise_id: str, workflow: str, period: str) -
     """The document and the typed totals (turns, tokens, ``cost_nanos``, ``duration_us``)."""
     start, end = _check_group(enterprise_id, workflow, period)
     ue = UsageEvent
-    in_group = and_(ue.enterprise_id == enterprise_id, ue.workflow == workflow,
-                    ue.occurred_at >= start, ue.occurred_at < end)
+    in_group = and_(
+        ue.enterprise_id == enterprise_id, ue.workflow == workflow, ue.occurred_at >= start, ue.occurred_at < end
+    )
 
     per_chat = (
         select(
@@ -199,8 +209,9 @@ def _compute(session: Session, enterprise_id: str, workflow: str, period: str) -
     cs = ChatSession.__table__
     chat_rows = session.execute(
         select(per_chat, cs.c.status, cs.c.started_at, cs.c.ended_at)
-        .select_from(per_chat.outerjoin(cs, and_(cs.c.enterprise_id == enterprise_id,
-                                                   cs.c.chat_id == per_chat.c.chat_id)))
+        .select_from(
+            per_chat.outerjoin(cs, and_(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == per_chat.c.chat_id))
+        )
         .order_by(per_chat.c.chat_id)
     ).all()
     agent_rows = session.execute(
@@ -218,8 +229,9 @@ def _compute(session: Session, enterprise_id: str, workflow: str, period: str) -
     ).all()
 
     chats: dict[str, dict[str, Any]] = {}
-    totals = dict.fromkeys(("turns", "prompt_tokens", "completion_tokens", "cached_prompt_tokens",
-                            "cost_nanos", "duration_us"), 0)
+    totals = dict.fromkeys(
+        ("turns", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_nanos", "duration_us"), 0
+    )
     for r in chat_rows:
         prompt, completion, cost = int(r.prompt_tokens), int(r.completion_tokens), int(r.cost_nanos)
         session_end = r.last_turn
@@ -259,26 +271,29 @@ def _compute(session: Session, enterprise_id: str, workflow: str, period: str) -
 
     sessions = len(chats)
     avg_cost = _avg_int(totals["cost_nanos"], sessions)
-    return ({
-        "_id": rollup_id(enterprise_id, workflow),
-        "enterprise_id": enterprise_id,
-        "workflow_name": workflow,
-        "period": period,
-        "overall_avg": {
-            "avg_duration_sec": _seconds(_avg_int(totals["duration_us"], sessions)),
-            "avg_prompt_tokens": _avg(totals["prompt_tokens"], sessions),
-            "avg_completion_tokens": _avg(totals["completion_tokens"], sessions),
-            "avg_total_tokens": _avg(totals["prompt_tokens"] + totals["completion_tokens"], sessions),
-            "avg_cost_usd": nanos_to_usd(avg_cost),
-            "avg_cost_nanos": avg_cost,
-            "total_sessions": sessions,
-            "total_turns": totals["turns"],
-            "total_cost_usd": nanos_to_usd(totals["cost_nanos"]),
-            "total_cost_nanos": totals["cost_nanos"],
+    return (
+        {
+            "_id": rollup_id(enterprise_id, workflow),
+            "enterprise_id": enterprise_id,
+            "workflow_name": workflow,
+            "period": period,
+            "overall_avg": {
+                "avg_duration_sec": _seconds(_avg_int(totals["duration_us"], sessions)),
+                "avg_prompt_tokens": _avg(totals["prompt_tokens"], sessions),
+                "avg_completion_tokens": _avg(totals["completion_tokens"], sessions),
+                "avg_total_tokens": _avg(totals["prompt_tokens"] + totals["completion_tokens"], sessions),
+                "avg_cost_usd": nanos_to_usd(avg_cost),
+                "avg_cost_nanos": avg_cost,
+                "total_sessions": sessions,
+                "total_turns": totals["turns"],
+                "total_cost_usd": nanos_to_usd(totals["cost_nanos"]),
+                "total_cost_nanos": totals["cost_nanos"],
+            },
+            "chat_sessions": chats,
+            "agents": agents,
         },
-        "chat_sessions": chats,
-        "agents": agents,
-    }, totals)
+        totals,
+    )
 
 
 def _past_retention(period: str) -> bool:
@@ -328,17 +343,23 @@ def refresh_rollup(session: Session, enterprise_id: str, workflow: str, period: 
     wr = WorkflowRollup.__table__
     stmt = insert(wr).values(**values)
     ex = stmt.excluded
-    changed = [wr.c[name].is_distinct_from(ex[name]) for name in values if name not in
-               ("enterprise_id", "workflow", "period")]
-    session.execute(stmt.on_conflict_do_update(
-        index_elements=["enterprise_id", "workflow", "period"],
-        set_={**{name: ex[name] for name in values}, "refreshed_at": func.now()},
-        where=or_(*changed),
-    ))
+    changed = [
+        wr.c[name].is_distinct_from(ex[name]) for name in values if name not in ("enterprise_id", "workflow", "period")
+    ]
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["enterprise_id", "workflow", "period"],
+            set_={**{name: ex[name] for name in values}, "refreshed_at": func.now()},
+            where=or_(*changed),
+        )
+    )
     return session.execute(
         select(WorkflowRollup)
-        .where(WorkflowRollup.enterprise_id == enterprise_id, WorkflowRollup.workflow == workflow,
-               WorkflowRollup.period == period)
+        .where(
+            WorkflowRollup.enterprise_id == enterprise_id,
+            WorkflowRollup.workflow == workflow,
+            WorkflowRollup.period == period,
+        )
         .execution_options(populate_existing=True)
     ).scalar_one()
 
@@ -415,10 +436,14 @@ def pending_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> list[tu
     if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
         raise InvalidInput("limit", f"must be a positive integer, got {limit!r}")
     rd = RollupDirty
-    return [tuple(row) for row in session.execute(
-        select(rd.enterprise_id, rd.workflow, rd.period)
-        .order_by(rd.touched_at, rd.enterprise_id, rd.workflow, rd.period).limit(limit)
-    ).all()]
+    return [
+        tuple(row)
+        for row in session.execute(
+            select(rd.enterprise_id, rd.workflow, rd.period)
+            .order_by(rd.touched_at, rd.enterprise_id, rd.workflow, rd.period)
+            .limit(limit)
+        ).all()
+    ]
 
 
 def mark_dirty(session: Session, groups: list[tuple[str, str, str]]) -> None:
@@ -427,9 +452,11 @@ def mark_dirty(session: Session, groups: list[tuple[str, str, str]]) -> None:
         return
     rd = RollupDirty.__table__
     stmt = insert(rd).values([{"enterprise_id": e, "workflow": w, "period": p} for e, w, p in sorted(groups)])
-    session.execute(stmt.on_conflict_do_update(
-        index_elements=["enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}
-    ))
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}
+        )
+    )
 
 
 def get_rollup(session: Session, enterprise_id: str, workflow: str, period: str) -> WorkflowRollup | None:
@@ -460,10 +487,19 @@ def workflow_averages(session: Session, enterprise_id: str, workflow: str, perio
     if rollup is not None:
         overall, source, refreshed = rollup.document["overall_avg"], "rollup", _iso(rollup.refreshed_at)
     else:
-        overall, source, refreshed = build_document(session, enterprise_id, workflow, period)["overall_avg"], \
-            "usage_event", None
-    return {"enterprise_id": enterprise_id, "workflow": workflow, "period": period, "source": source,
-            "refreshed_at": refreshed, **overall}
+        overall, source, refreshed = (
+            build_document(session, enterprise_id, workflow, period)["overall_avg"],
+            "usage_event",
+            None,
+        )
+    return {
+        "enterprise_id": enterprise_id,
+        "workflow": workflow,
+        "period": period,
+        "source": source,
+        "refreshed_at": refreshed,
+        **overall,
+    }
 
 
 def chat_performance(session: Session, enterprise_id: str, chat_id: str) -> dict[str, Any]:
@@ -490,8 +526,9 @@ def chat_performance(session: Session, enterprise_id: str, chat_id: str) -> dict
         select(ChatSession).where(ChatSession.enterprise_id == enterprise_id, ChatSession.chat_id == chat_id)
     ).scalar_one_or_none()
     if chat is None:
-        raise UnknownChat(f"unknown chat: enterprise_id={enterprise_id!r} chat_id={chat_id!r} has no persisted turns",
-                          field="chat_id")
+        raise UnknownChat(
+            f"unknown chat: enterprise_id={enterprise_id!r} chat_id={chat_id!r} has no persisted turns", field="chat_id"
+        )
     agents = {}
     for a in session.execute(
         select(ChatAgentUsage).where(ChatAgentUsage.chat_session_id == chat.id).order_by(ChatAgentUsage.agent)
@@ -545,8 +582,16 @@ class EndedChat:
             "chat_id": self.chat_id,
             "ended_at": _iso(self.ended_at),
             "already_completed": self.already_completed,
-            "rollups": [{"workflow": r.workflow, "period": r.period, "total_sessions": r.total_sessions,
-                         "total_turns": r.total_turns, "cost_nanos": r.cost_nanos} for r in self.rollups],
+            "rollups": [
+                {
+                    "workflow": r.workflow,
+                    "period": r.period,
+                    "total_sessions": r.total_sessions,
+                    "total_turns": r.total_turns,
+                    "cost_nanos": r.cost_nanos,
+                }
+                for r in self.rollups
+            ],
         }
 
 
@@ -562,9 +607,7 @@ def chat_groups(session: Session, enterprise_id: str, chat_id: str) -> list[tupl
     return sorted((w, p) for w, p in rows)
 
 
-def end_chat(
-    session: Session, *, enterprise_id: str, chat_id: str, ended_at: datetime | None = None
-) -> EndedChat:
+def end_chat(session: Session, *, enterprise_id: str, chat_id: str, ended_at: datetime | None = None) -> EndedChat:
     """Mark a chat completed and refresh, in this transaction, the rollup of every workflow × period
     the chat has persisted turns in (no wait for the beat job).
 
@@ -592,20 +635,32 @@ def end_chat(
         .with_for_update()
     ).one_or_none()
     if row is None:
-        raise UnknownChat(f"unknown chat: enterprise_id={enterprise_id!r} chat_id={chat_id!r} has no persisted turns",
-                          field="chat_id")
+        raise UnknownChat(
+            f"unknown chat: enterprise_id={enterprise_id!r} chat_id={chat_id!r} has no persisted turns", field="chat_id"
+        )
     already = row.status == ChatStatus.completed and row.ended_at is not None
     if already:
         ended_at = row.ended_at.astimezone(UTC)
     else:
         session.execute(
-            update(cs).where(cs.c.id == row.id).values(status=ChatStatus.completed.value, ended_at=ended_at,
-                                                      pause_reason=None, connection_state="ended",
-                                                      can_resume=False)
+            update(cs)
+            .where(cs.c.id == row.id)
+            .values(
+                status=ChatStatus.completed.value,
+                ended_at=ended_at,
+                pause_reason=None,
+                connection_state="ended",
+                can_resume=False,
+            )
         )
         pc = PausedChat.__table__  # an ended chat is not waiting for funds any more
-        session.execute(update(pc).where(pc.c.enterprise_id == enterprise_id, pc.c.chat_id == chat_id,
-                                         pc.c.resumed_at.is_(None)).values(resumed_at=ended_at, resumed_by="ended"))
-    rollups = [refresh_rollup(session, enterprise_id, workflow, period)
-               for workflow, period in chat_groups(session, enterprise_id, chat_id)]
+        session.execute(
+            update(pc)
+            .where(pc.c.enterprise_id == enterprise_id, pc.c.chat_id == chat_id, pc.c.resumed_at.is_(None))
+            .values(resumed_at=ended_at, resumed_by="ended")
+        )
+    rollups = [
+        refresh_rollup(session, enterprise_id, workflow, period)
+        for workflow, period in chat_groups(session, enterprise_id, chat_id)
+    ]
     return EndedChat(enterprise_id, chat_id, ended_at, already, rollups)

@@ -11,9 +11,8 @@ from typing import Optional
 
 import typer
 
-from worker.pricing.prices import nanos_to_usd
 from worker.cli.common import out, parse_nanos
-
+from worker.pricing.prices import nanos_to_usd
 
 allowance_app = typer.Typer(help="Monthly allowances: set the amount, run the reset.", no_args_is_help=True)
 
@@ -35,8 +34,9 @@ def allowance_set(
 
 @allowance_app.command("reset")
 def allowance_reset(
-    period: Optional[str] = typer.Option(None, "--period", help="YYYY-MM to grant (default: current; "
-                                         "an earlier one backfills a missed period)"),
+    period: Optional[str] = typer.Option(
+        None, "--period", help="YYYY-MM to grant (default: current; an earlier one backfills a missed period)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Grant and expire monthly allowances now (the beat job); running it again changes nothing."""
@@ -49,8 +49,11 @@ def allowance_reset(
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")
         return
-    out.print(f"period {report.period}: {data['wallets_checked']} wallet(s) checked, "
-              f"{len(report.granted)} grant(s) of {nanos_to_usd(data['granted_nanos'])} USD, "
-              f"{len(report.expired)} expiry entr{'y' if len(report.expired) == 1 else 'ies'} of "
-              f"{nanos_to_usd(data['expired_nanos'])} USD, {len(report.restored)} restore(s) of "
-              f"{nanos_to_usd(data['restored_nanos'])} USD", highlight=False)
+    out.print(
+        f"period {report.period}: {data['wallets_checked']} wallet(s) checked, "
+        f"{len(report.granted)} grant(s) of {nanos_to_usd(data['granted_nanos'])} USD, "
+        f"{len(report.expired)} expiry entr{'y' if len(report.expired) == 1 else 'ies'} of "
+        f"{nanos_to_usd(data['expired_nanos'])} USD, {len(report.restored)} restore(s) of "
+        f"{nanos_to_usd(data['restored_nanos'])} USD",
+        highlight=False,
+    )

@@ -12,8 +12,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from worker.pricing.prices import nanos_to_usd
 from worker.cli.common import out
+from worker.pricing.prices import nanos_to_usd
 
 
 def analytics_cmd(
@@ -36,18 +36,25 @@ def analytics_cmd(
     hi = (end.replace(tzinfo=UTC) if end.tzinfo is None else end) if end else default_end
     keys = [k.strip() for k in group.split(",") if k.strip()]
     with session_scope() as session:  # InvalidInput naming --by, --group, --from, --to: worker.cli.common
-        rows = usage_analytics(session, enterprise_id=enterprise, granularity=by, group_by=keys,
-                               start=lo, end=hi)
+        rows = usage_analytics(session, enterprise_id=enterprise, granularity=by, group_by=keys, start=lo, end=hi)
     if as_json:
         print(json.dumps([{**r, "bucket": r["bucket"].isoformat()} for r in rows]))
         return
     table = Table(title=f"usage of {enterprise} by {by}, {lo:%Y-%m-%d %H:%M} to {hi:%Y-%m-%d %H:%M} UTC (tokens)")
     columns = ["bucket", *keys, "turns", "prompt", "completion", "cached", "cost USD", "billed USD"]
     for column in columns:
-        table.add_column(column, justify="left" if column == "bucket" or column in keys else "right",
-                         overflow="fold", min_width=10 if column == "bucket" else None)
+        table.add_column(
+            column,
+            justify="left" if column == "bucket" or column in keys else "right",
+            overflow="fold",
+            min_width=10 if column == "bucket" else None,
+        )
     for r in rows:
-        table.add_row(r["bucket"].isoformat(), *(str(r[k]) for k in keys),
-                      *(f"{r[k]:,}" for k in ("turns", "prompt_tokens", "completion_tokens", "cached_prompt_tokens")),
-                      nanos_to_usd(r["cost_nanos"]), nanos_to_usd(r["billed_nanos"]))
+        table.add_row(
+            r["bucket"].isoformat(),
+            *(str(r[k]) for k in keys),
+            *(f"{r[k]:,}" for k in ("turns", "prompt_tokens", "completion_tokens", "cached_prompt_tokens")),
+            nanos_to_usd(r["cost_nanos"]),
+            nanos_to_usd(r["billed_nanos"]),
+        )
     out.print(table)

@@ -11,7 +11,6 @@ import typer
 
 from worker.cli.common import fail, out
 
-
 apikey_app = typer.Typer(help="API keys: create (shown once), revoke.", no_args_is_help=True)
 
 
@@ -20,7 +19,8 @@ def apikey_create(
     role: str = typer.Option(..., "--role", help="owner, end_user or admin"),
     enterprise: Optional[str] = typer.Option(None, "--enterprise", help="the app (owner, end_user keys)"),
     wallet: Optional[str] = typer.Option(
-        None, "--wallet", help="the wallet (end_user keys; owner keys: the creator's plat: wallet)"),
+        None, "--wallet", help="the wallet (end_user keys; owner keys: the creator's plat: wallet)"
+    ),
     name: str = typer.Option("", "--name", help="a label"),
 ) -> None:
     """Create an API key and print it once (only its SHA-256 is stored)."""

@@ -5,11 +5,9 @@ Commands import their services when they run (function-local imports, on purpose
 
 from __future__ import annotations
 
-
 import typer
 
 from worker.cli.common import checked_id, out, parse_nanos
-
 
 app_app = typer.Typer(help="Apps: billing mode, revenue share, trial, flat fee, creator.", no_args_is_help=True)
 
@@ -23,31 +21,49 @@ def app_configure(
     flat_fee_usd: str = typer.Option(None, "--flat-fee-usd", help="track_only flat monthly fee, USD"),
     fee_wallet: str = typer.Option(None, "--fee-wallet", help="wallet the flat fee is debited from"),
     creator: str = typer.Option(None, "--creator", help="the app creator's mozaiks_user_id"),
-    max_turn_usd: str = typer.Option(None, "--max-turn-usd",
-                                     help="the most one turn may cost, USD (default 50.00); a costlier turn is refused"),
-    reservations: bool = typer.Option(None, "--reservations-required/--reservations-optional",
-                                      help="every charged turn needs a live reservation of its wallet"),
+    max_turn_usd: str = typer.Option(
+        None, "--max-turn-usd", help="the most one turn may cost, USD (default 50.00); a costlier turn is refused"
+    ),
+    reservations: bool = typer.Option(
+        None,
+        "--reservations-required/--reservations-optional",
+        help="every charged turn needs a live reservation of its wallet",
+    ),
 ) -> None:
     """Change an app's billing settings (only those given); audit-logged."""
-    from worker.db import session_scope
-    from worker.ledger.accounts import ensure_enterprise
     from worker.billing.modes import configure_app
+    from worker.db import session_scope
     from worker.gate.gate import process_gate
+    from worker.ledger.accounts import ensure_enterprise
 
     checked_id(enterprise, "ENTERPRISE")
     fee = None if flat_fee_usd is None else parse_nanos(flat_fee_usd, "--flat-fee-usd", allow_zero=True)
     max_turn = None if max_turn_usd is None else parse_nanos(max_turn_usd, "--max-turn-usd", allow_zero=True)
     with session_scope() as session:
         ensure_enterprise(session, enterprise)
-        row = configure_app(session, process_gate(), enterprise, actor="cli", creator_share_bps=share_bps,
-                            trial_token_allowance=trial_tokens, trial_then=trial_then, flat_fee_nanos=fee,
-                            fee_wallet_id=fee_wallet, creator_id=creator, max_turn_cost_nanos=max_turn,
-                            reservations_required=reservations)
-    out.print(f"{row.id}: mode {row.default_mode} · share {row.creator_share_bps} bps · trial "
-              f"{row.trial_token_allowance} tokens then {row.trial_then} · flat fee {row.flat_fee_nanos} nanos "
-              f"from {row.fee_wallet_id or '—'} · creator {row.creator_id or '—'} · max turn "
-              f"{row.max_turn_cost_nanos} nanos · reservations "
-              f"{'required' if row.reservations_required else 'optional'}", highlight=False, soft_wrap=True)
+        row = configure_app(
+            session,
+            process_gate(),
+            enterprise,
+            actor="cli",
+            creator_share_bps=share_bps,
+            trial_token_allowance=trial_tokens,
+            trial_then=trial_then,
+            flat_fee_nanos=fee,
+            fee_wallet_id=fee_wallet,
+            creator_id=creator,
+            max_turn_cost_nanos=max_turn,
+            reservations_required=reservations,
+        )
+    out.print(
+        f"{row.id}: mode {row.default_mode} · share {row.creator_share_bps} bps · trial "
+        f"{row.trial_token_allowance} tokens then {row.trial_then} · flat fee {row.flat_fee_nanos} nanos "
+        f"from {row.fee_wallet_id or '—'} · creator {row.creator_id or '—'} · max turn "
+        f"{row.max_turn_cost_nanos} nanos · reservations "
+        f"{'required' if row.reservations_required else 'optional'}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app_app.command("isolate")
@@ -56,8 +72,8 @@ def app_isolate(
     schema: str = typer.Option(None, "--schema", help="PostgreSQL schema for its usage events (default app_<id>)"),
 ) -> None:
     """Keep an app's usage events in its own PostgreSQL schema, moving the rows it has (audit-logged)."""
-    from worker.ledger.audit import audit
     from worker.db import session_scope
+    from worker.ledger.audit import audit
     from worker.ledger.isolation import isolate_app
 
     with session_scope() as session:

@@ -12,12 +12,12 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from worker.pricing.prices import nanos_to_usd
 from worker.cli.common import fail, out, parse_nanos
+from worker.pricing.prices import nanos_to_usd
 
-
-budget_app = typer.Typer(help="Budgets: monthly limits per wallet or workflow, alerts at 50/80/100 %.",
-                         no_args_is_help=True)
+budget_app = typer.Typer(
+    help="Budgets: monthly limits per wallet or workflow, alerts at 50/80/100 %.", no_args_is_help=True
+)
 
 
 _FLAGS = {"amount_nanos": "--usd", "wallet_id": "--wallet", "workflow": "--workflow", "enterprise_id": "--enterprise"}
@@ -39,12 +39,21 @@ def budget_set(
         fail("--wallet/--workflow: give exactly one of them")
     nanos = parse_nanos(usd, "--usd")
     with session_scope() as session:
-        b = set_budget(session, enterprise_id=enterprise, wallet_id=wallet, workflow=workflow,
-                       amount_nanos=nanos, auto_pause=auto_pause)
+        b = set_budget(
+            session,
+            enterprise_id=enterprise,
+            wallet_id=wallet,
+            workflow=workflow,
+            amount_nanos=nanos,
+            auto_pause=auto_pause,
+        )
         budget_id = b.id
     scope = f"wallet {wallet}" if wallet else f"workflow {workflow}"
-    out.print(f"budget {budget_id}: {enterprise} {scope}, {nanos_to_usd(nanos)} USD a month "
-              f"({nanos} nanos), auto-pause {'on' if auto_pause else 'off'}", highlight=False)
+    out.print(
+        f"budget {budget_id}: {enterprise} {scope}, {nanos_to_usd(nanos)} USD a month "
+        f"({nanos} nanos), auto-pause {'on' if auto_pause else 'off'}",
+        highlight=False,
+    )
 
 
 @budget_app.command("check")
@@ -67,9 +76,15 @@ def budget_check(as_json: bool = typer.Option(False, "--json", help="print one J
     for a in result.alerts:
         new.setdefault(a.budget_id, []).append(f"{a.threshold_pct} %")
     for b in result.budgets:
-        table.add_row(str(b.budget_id), b.enterprise_id, f"wallet {b.wallet_id}" if b.wallet_id else f"workflow {b.workflow}",
-                      nanos_to_usd(b.spent_nanos), nanos_to_usd(b.amount_nanos),
-                      str(b.spent_nanos * 100 // b.amount_nanos), ", ".join(new.get(b.budget_id, [])))
+        table.add_row(
+            str(b.budget_id),
+            b.enterprise_id,
+            f"wallet {b.wallet_id}" if b.wallet_id else f"workflow {b.workflow}",
+            nanos_to_usd(b.spent_nanos),
+            nanos_to_usd(b.amount_nanos),
+            str(b.spent_nanos * 100 // b.amount_nanos),
+            ", ".join(new.get(b.budget_id, [])),
+        )
     out.print(table)
     for key in ("paused_wallets", "resumed_wallets", "paused_chats", "resumed_chats"):
         if data[key]:

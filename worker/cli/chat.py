@@ -13,7 +13,6 @@ import typer
 
 from worker.cli.common import fail, out
 
-
 chat_app = typer.Typer(help="Chats: end a chat (marks it completed, refreshes its rollups).", no_args_is_help=True)
 
 
@@ -27,8 +26,8 @@ def chat_end(
     """Mark a chat completed and refresh its rollups at once."""
     from datetime import UTC
 
-    from worker.db import session_scope
     from worker.chats.rollups import end_chat
+    from worker.db import session_scope
 
     if at is not None and at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
@@ -42,5 +41,7 @@ def chat_end(
         print(json.dumps(data))
         return
     note = " (already completed)" if ended.already_completed else ""
-    out.print(f"chat {enterprise}/{chat_id} completed at {data['ended_at']}{note}; refreshed "
-              + (", ".join(f"{r['workflow']}/{r['period']}" for r in data["rollups"]) or "no rollup"))
+    out.print(
+        f"chat {enterprise}/{chat_id} completed at {data['ended_at']}{note}; refreshed "
+        + (", ".join(f"{r['workflow']}/{r['period']}" for r in data["rollups"]) or "no rollup")
+    )

@@ -13,9 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from worker.errors import TollgateError
-from worker.validation import InvalidInput, check_text
 from worker.pricing.prices import PricingError, usd_to_nanos
-
+from worker.validation import InvalidInput, check_text
 
 err = Console(stderr=True)
 out = Console()
@@ -48,8 +47,7 @@ def checked_id(value: str, field: str) -> str:
     try:
         return check_text(value, field)
     except InvalidInput as exc:
-        fail(f"{field}: {value!r} must be 1 to 200 characters without spaces or control characters "
-              f"({exc.message})")
+        fail(f"{field}: {value!r} must be 1 to 200 characters without spaces or control characters ({exc.message})")
 
 
 def flag_message(exc: TollgateError, flags: dict[str, str]) -> str:
@@ -58,7 +56,7 @@ def flag_message(exc: TollgateError, flags: dict[str, str]) -> str:
     the text does not start with it."""
     text = str(exc)
     if exc.field and text.startswith(f"{exc.field}:"):
-        return flags.get(exc.field, exc.field) + text[len(exc.field):]
+        return flags.get(exc.field, exc.field) + text[len(exc.field) :]
     return text
 
 
@@ -87,10 +85,19 @@ def parse_nanos(usd: str, field: str, *, allow_zero: bool = False) -> int:
 
 
 #: service field -> the flag or argument of ``tollgate app …`` / ``tollgate wallet mode`` that sets it
-APP_FLAGS = {"creator_share_bps": "--share-bps", "trial_token_allowance": "--trial-tokens", "trial_then": "--trial-then",
-              "flat_fee_nanos": "--flat-fee-usd", "fee_wallet_id": "--fee-wallet", "creator_id": "--creator",
-              "enterprise_id": "ENTERPRISE", "mode": "MODE", "wallet_id": "WALLET_ID",
-              "max_turn_cost_nanos": "--max-turn-usd", "reservations_required": "--reservations-required"}
+APP_FLAGS = {
+    "creator_share_bps": "--share-bps",
+    "trial_token_allowance": "--trial-tokens",
+    "trial_then": "--trial-then",
+    "flat_fee_nanos": "--flat-fee-usd",
+    "fee_wallet_id": "--fee-wallet",
+    "creator_id": "--creator",
+    "enterprise_id": "ENTERPRISE",
+    "mode": "MODE",
+    "wallet_id": "WALLET_ID",
+    "max_turn_cost_nanos": "--max-turn-usd",
+    "reservations_required": "--reservations-required",
+}
 
 #: the one table: service field -> the flag or ARGUMENT that sets it, for every command group
 #: (GROUP_FLAGS below names the few fields a group sets under another name)
@@ -99,8 +106,23 @@ FLAGS = {**APP_FLAGS, "schema": "--schema", "period": "--period", "outbox_id": "
 GROUP_FLAGS: dict[str, dict[str, str]] = {
     "allowance": {"amount_nanos": "--usd"},
     "analytics": {"granularity": "--by", "group_by": "--group", "start": "--from", "end": "--to"},
-    "apikey": {"enterprise_id": "--enterprise", "wallet_id": "--wallet", "enterprise_id/wallet_id": "enterprise_id/--wallet"},
-    "budget": {"amount_nanos": "--usd", "wallet_id": "--wallet", "workflow": "--workflow", "enterprise_id": "--enterprise"},
-    "stripe": {"package_id": "PACKAGE_ID", "name": "--name", "price_cents": "--price-usd", "credit_nanos": "--credit-usd",
-               "stripe_price_id": "--price-id", "monthly": "--monthly"},
+    "apikey": {
+        "enterprise_id": "--enterprise",
+        "wallet_id": "--wallet",
+        "enterprise_id/wallet_id": "enterprise_id/--wallet",
+    },
+    "budget": {
+        "amount_nanos": "--usd",
+        "wallet_id": "--wallet",
+        "workflow": "--workflow",
+        "enterprise_id": "--enterprise",
+    },
+    "stripe": {
+        "package_id": "PACKAGE_ID",
+        "name": "--name",
+        "price_cents": "--price-usd",
+        "credit_nanos": "--credit-usd",
+        "stripe_price_id": "--price-id",
+        "monthly": "--monthly",
+    },
 }

@@ -11,7 +11,6 @@ import typer
 
 from worker.cli.common import out
 
-
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 
 
@@ -26,8 +25,9 @@ def db_upgrade(revision: str = typer.Argument("head", help="Alembic revision")) 
 
 @db_app.command("partitions")
 def db_partitions(
-    retention_months: int = typer.Option(None, "--retention-months", min=0,
-                                         help="keep this many months (0: all); default: the setting"),
+    retention_months: int = typer.Option(
+        None, "--retention-months", min=0, help="keep this many months (0: all); default: the setting"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Create the coming months' usage_event partitions and apply retention (the daily job)."""
@@ -43,6 +43,9 @@ def db_partitions(
     if as_json:
         print(json.dumps(report))
     else:
-        out.print(f"created {report['created'] or 'none'} · dropped {report['dropped'] or 'none'} · "
-                  f"default rows deleted {report['default_rows_deleted']} · turn keys deleted "
-                  f"{report['turn_keys_deleted']} · blocked {report['blocked'] or 'none'}", highlight=False)
+        out.print(
+            f"created {report['created'] or 'none'} · dropped {report['dropped'] or 'none'} · "
+            f"default rows deleted {report['default_rows_deleted']} · turn keys deleted "
+            f"{report['turn_keys_deleted']} · blocked {report['blocked'] or 'none'}",
+            highlight=False,
+        )

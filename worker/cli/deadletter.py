@@ -12,7 +12,6 @@ from rich.table import Table
 
 from worker.cli.common import err, out
 
-
 deadletter_app = typer.Typer(help="Dead letters: outbox entries the drain could not persist.", no_args_is_help=True)
 
 
@@ -35,8 +34,15 @@ def deadletter_list(as_json: bool = typer.Option(False, "--json", help="one JSON
     for column in ("shard", "outbox_id", "turn_id", "wallet_id", "billed_nanos", "charged", "error"):
         table.add_column(column, justify="right" if column in ("shard", "billed_nanos") else "left")
     for dl in dead:  # stored text is not markup: Text cells, escaped
-        table.add_row(str(dl.shard), dl.outbox_id, Text(ascii(dl.turn_id)), Text(ascii(dl.wallet_id)),
-                      f"{dl.billed_nanos:,}", str(dl.charged), Text(ascii(dl.error)[1:-1][:200]))
+        table.add_row(
+            str(dl.shard),
+            dl.outbox_id,
+            Text(ascii(dl.turn_id)),
+            Text(ascii(dl.wallet_id)),
+            f"{dl.billed_nanos:,}",
+            str(dl.charged),
+            Text(ascii(dl.error)[1:-1][:200]),
+        )
     out.print(table)
 
 
@@ -46,8 +52,8 @@ def deadletter_retry(
 ) -> None:
     """Persist a dead letter now (after its cause was fixed), exactly once; its named debt is then
     settled by the turn's own usage debit.  Exit 1, the dead letter kept, if it still fails."""
-    from worker.ledger.deadletter import DeadLetterNotFound
     from worker.chats.lifecycle import announce_chat_changes
+    from worker.ledger.deadletter import DeadLetterNotFound
     from worker.ledger.drain import OutboxDrain
 
     try:
@@ -57,8 +63,11 @@ def deadletter_retry(
     except Exception as exc:
         err.print(f"[bold red]retry failed, dead letter kept:[/] {ascii(str(exc))[1:-1]}", highlight=False)
         raise typer.Exit(code=1)
-    out.print(f"{outbox_id}: {result.inserted} turn(s) persisted, {result.duplicates} already persisted, "
-              f"{len(result.conflicts)} second acceptance(s) refunded", highlight=False)
+    out.print(
+        f"{outbox_id}: {result.inserted} turn(s) persisted, {result.duplicates} already persisted, "
+        f"{len(result.conflicts)} second acceptance(s) refunded",
+        highlight=False,
+    )
 
 
 @deadletter_app.command("discard")
@@ -66,9 +75,12 @@ def deadletter_discard(
     outbox_id: str = typer.Argument(..., help="SHARD:ENTRY_ID as `deadletter list` shows it"),
 ) -> None:
     """Drop a dead letter for good and refund its charge to its wallet (ledger credit, then gate)."""
-    from worker.ledger.deadletter import discard
     from worker.gate.gate import process_gate
+    from worker.ledger.deadletter import discard
 
     dl = discard(process_gate(), outbox_id)
-    out.print(f"{outbox_id}: discarded, {dl.billed_nanos:,} nanos refunded to {ascii(dl.wallet_id)}",
-              highlight=False, markup=False)
+    out.print(
+        f"{outbox_id}: discarded, {dl.billed_nanos:,} nanos refunded to {ascii(dl.wallet_id)}",
+        highlight=False,
+        markup=False,
+    )

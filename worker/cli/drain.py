@@ -5,8 +5,6 @@ Commands import their services when they run (function-local imports, on purpose
 
 from __future__ import annotations
 
-
-
 from worker.cli.common import out
 
 

@@ -23,15 +23,29 @@ nothing was recorded.
 
 from __future__ import annotations
 
-
 import typer
-from typer.core import TyperGroup
 from typer._click.exceptions import UsageError  # typer vendors click: the class its main loop answers
+from typer.core import TyperGroup
 
 from models.validation import text_problem
-from worker.errors import TollgateError
+from worker.cli import (
+    allowance,
+    analytics,
+    apikey,
+    apps,
+    budget,
+    chat,
+    db,
+    deadletter,
+    drain,
+    reconcile,
+    replay,
+    rollup,
+    stripe,
+    wallet,
+)
 from worker.cli.common import fail_error
-from worker.cli import allowance, analytics, apikey, apps, budget, chat, db, deadletter, drain, reconcile, replay, rollup, stripe, wallet
+from worker.errors import TollgateError
 
 
 class _CheckedGroup(TyperGroup):
@@ -63,25 +77,26 @@ class _CheckedGroup(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-app = typer.Typer(help="tollgate: real-time token metering and billing for LLM agents.", no_args_is_help=True,
-                  cls=_CheckedGroup)
+app = typer.Typer(
+    help="tollgate: real-time token metering and billing for LLM agents.", no_args_is_help=True, cls=_CheckedGroup
+)
 
 
 # the command groups and top-level commands, in the order `tollgate --help` has always listed them
-app.add_typer(db.db_app, name='db')
-app.add_typer(wallet.wallet_app, name='wallet')
+app.add_typer(db.db_app, name="db")
+app.add_typer(wallet.wallet_app, name="wallet")
 app.command("drain")(drain.drain_now)
 app.command("replay")(replay.replay_cmd)
-app.add_typer(apikey.apikey_app, name='apikey')
+app.add_typer(apikey.apikey_app, name="apikey")
 app.command("reconcile")(reconcile.reconcile_cmd)
-app.add_typer(rollup.rollup_app, name='rollup')
-app.add_typer(chat.chat_app, name='chat')
+app.add_typer(rollup.rollup_app, name="rollup")
+app.add_typer(chat.chat_app, name="chat")
 app.command("analytics")(analytics.analytics_cmd)
-app.add_typer(budget.budget_app, name='budget')
-app.add_typer(allowance.allowance_app, name='allowance')
-app.add_typer(stripe.stripe_app, name='stripe')
-app.add_typer(apps.app_app, name='app')
-app.add_typer(deadletter.deadletter_app, name='deadletter')
+app.add_typer(budget.budget_app, name="budget")
+app.add_typer(allowance.allowance_app, name="allowance")
+app.add_typer(stripe.stripe_app, name="stripe")
+app.add_typer(apps.app_app, name="app")
+app.add_typer(deadletter.deadletter_app, name="deadletter")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,18 +26,27 @@ def reconcile_cmd(
     if as_json:
         print(json.dumps(report.as_dict()))
         return
-    out.print(f"run {report.run_id}: {report.wallets_checked} wallet(s) checked, {report.wallets_busy} busy, "
-              f"{report.wallets_drifted} drifted by {report.drift_nanos_abs:,} nanos in all, "
-              f"{report.wallets_repaired} repaired, {report.ledger_mismatches} ledger mismatch(es)")
+    out.print(
+        f"run {report.run_id}: {report.wallets_checked} wallet(s) checked, {report.wallets_busy} busy, "
+        f"{report.wallets_drifted} drifted by {report.drift_nanos_abs:,} nanos in all, "
+        f"{report.wallets_repaired} repaired, {report.ledger_mismatches} ledger mismatch(es)"
+    )
     dead = report.dead_letters
     if dead["count"]:
-        out.print(f"[bold red]{dead['count']} dead-lettered turn(s) holding {dead['nanos']:,} nanos[/] "
-                  f"(by shard {dead['by_shard']}; see tollgate deadletter list)", highlight=False)
+        out.print(
+            f"[bold red]{dead['count']} dead-lettered turn(s) holding {dead['nanos']:,} nanos[/] "
+            f"(by shard {dead['by_shard']}; see tollgate deadletter list)",
+            highlight=False,
+        )
     if report.drifted:
         table = Table(title="drifted wallets (nano-USD)")
         for column in ("wallet_id", "gate_nanos", "expected_nanos", "drift_nanos", "queued_nanos", "repaired"):
             table.add_column(column, justify="left" if column == "wallet_id" else "right")
         for d in report.drifted:
-            table.add_row(*(str(d[c]) for c in ("wallet_id", "gate_nanos", "expected_nanos", "drift_nanos",
-                                                 "queued_nanos", "repaired")))
+            table.add_row(
+                *(
+                    str(d[c])
+                    for c in ("wallet_id", "gate_nanos", "expected_nanos", "drift_nanos", "queued_nanos", "repaired")
+                )
+            )
         out.print(table)

@@ -17,8 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from models.validation import text_problem
-from worker.pricing.prices import PricingError
 from worker.cli.common import err, fail, out, parse_usd
+from worker.pricing.prices import PricingError
 
 
 def replay_cmd(
@@ -53,8 +53,14 @@ def replay_cmd(
     if epoch is not None and epoch.tzinfo is None:
         epoch = epoch.replace(tzinfo=UTC)
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=not err.is_terminal) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=not err.is_terminal,
+    ) as bar:
         tasks: dict[str, int] = {}
 
         def progress(phase: str, done: int, total: int) -> None:
@@ -63,9 +69,20 @@ def replay_cmd(
             bar.update(tasks[phase], completed=done, total=total)
 
         try:
-            report = replay(path, fmt=fmt, model=model, provider=provider, wallet_usd=amount, run_id=run_id,
-                            start_worker=not no_worker, epoch=epoch, timeout_s=timeout, policy=policy,
-                            progress=progress, gate=process_gate())
+            report = replay(
+                path,
+                fmt=fmt,
+                model=model,
+                provider=provider,
+                wallet_usd=amount,
+                run_id=run_id,
+                start_worker=not no_worker,
+                epoch=epoch,
+                timeout_s=timeout,
+                policy=policy,
+                progress=progress,
+                gate=process_gate(),
+            )
         except (TraceError, PricingError, ReplayError, UnknownWallet, ValidationError, ValueError) as exc:
             bar.stop()
             fail(str(exc))

@@ -11,9 +11,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from worker.pricing.prices import nanos_to_usd
 from worker.cli.common import fail, out
-
+from worker.pricing.prices import nanos_to_usd
 
 rollup_app = typer.Typer(help="Rollups: per enterprise × workflow × month (UTC) summaries.", no_args_is_help=True)
 
@@ -26,8 +25,8 @@ def rollup_refresh(
     all_dirty: bool = typer.Option(False, "--all-dirty", help="refresh every group marked dirty (the beat job)"),
 ) -> None:
     """Refresh one rollup (ENTERPRISE WORKFLOW PERIOD) or every dirty one (--all-dirty), now."""
-    from worker.db import session_scope
     from worker.chats.rollups import refresh_dirty_groups, refresh_rollup
+    from worker.db import session_scope
 
     given = [a for a in (enterprise, workflow, period) if a is not None]
     if all_dirty == bool(given) or (given and len(given) != 3):
@@ -41,8 +40,10 @@ def rollup_refresh(
             r = refresh_rollup(session, enterprise, workflow, period)
     except ValueError as exc:
         fail(str(exc))
-    out.print(f"rollup {enterprise}/{workflow}/{period}: {r.total_sessions} session(s), {r.total_turns} turn(s), "
-              f"{nanos_to_usd(r.cost_nanos)} USD ({r.cost_nanos} nanos)")
+    out.print(
+        f"rollup {enterprise}/{workflow}/{period}: {r.total_sessions} session(s), {r.total_turns} turn(s), "
+        f"{nanos_to_usd(r.cost_nanos)} USD ({r.cost_nanos} nanos)"
+    )
 
 
 @rollup_app.command("show")
@@ -53,8 +54,8 @@ def rollup_show(
     as_json: bool = typer.Option(False, "--json", help="print the stored document as one JSON object"),
 ) -> None:
     """Print the stored rollup document (money in nanos; *_usd fields are display strings)."""
-    from worker.db import session_scope
     from worker.chats.rollups import OVERALL_AVG_KEYS, get_rollup
+    from worker.db import session_scope
 
     try:
         with session_scope() as session:
@@ -62,8 +63,10 @@ def rollup_show(
     except ValueError as exc:
         fail(str(exc))
     if rollup is None:
-        fail(f"no rollup for enterprise_id={enterprise!r} workflow={workflow!r} period={period!r}; "
-              "run `tollgate rollup refresh` first")
+        fail(
+            f"no rollup for enterprise_id={enterprise!r} workflow={workflow!r} period={period!r}; "
+            "run `tollgate rollup refresh` first"
+        )
     doc = rollup.document
     if as_json:
         print(json.dumps(doc, sort_keys=True))
@@ -82,8 +85,9 @@ def rollup_show(
     for column in ("agent", "turns", "avg_response_ms", "prompt_tokens", "completion_tokens", "cost_usd"):
         agents.add_column(column, justify="left" if column == "agent" else "right")
     for name, a in sorted(doc["agents"].items()):
-        agents.add_row(name, *(str(a[c]) for c in ("turns", "avg_response_ms", "prompt_tokens",
-                                                    "completion_tokens", "cost_usd")))
+        agents.add_row(
+            name, *(str(a[c]) for c in ("turns", "avg_response_ms", "prompt_tokens", "completion_tokens", "cost_usd"))
+        )
     out.print(agents)
     chats = Table(title=f"chat sessions ({len(doc['chat_sessions'])})")
     for column in ("chat_id", "status", "turns", "total_tokens", "cost_usd", "duration_sec"):

@@ -12,9 +12,8 @@ import typer
 from rich.table import Table
 
 from models.enums import BillingMode, PayerLevel
-from worker.pricing.prices import PricingError, nanos_to_usd, usd_to_nanos
 from worker.cli.common import checked_id, fail, out, parse_usd
-
+from worker.pricing.prices import PricingError, nanos_to_usd, usd_to_nanos
 
 wallet_app = typer.Typer(help="Wallets: create, credit, show.", no_args_is_help=True)
 
@@ -29,14 +28,20 @@ def wallet_create(
     unlimited: bool = typer.Option(False, help="never deny turns (tracks spend only)"),
 ) -> None:
     """Create a wallet (idempotent) and load it into the gate."""
-    from worker.ledger.accounts import open_wallet
     from worker.gate.gate import process_gate
+    from worker.ledger.accounts import open_wallet
 
     checked_id(wallet_id, "WALLET_ID")
     checked_id(enterprise, "--enterprise")
-    w = open_wallet(process_gate(), wallet_id=wallet_id, enterprise_id=enterprise,
-                    owner_id=checked_id(owner, "--owner") if owner else wallet_id, level=level, mode=mode,
-                    limited=not unlimited)
+    w = open_wallet(
+        process_gate(),
+        wallet_id=wallet_id,
+        enterprise_id=enterprise,
+        owner_id=checked_id(owner, "--owner") if owner else wallet_id,
+        level=level,
+        mode=mode,
+        limited=not unlimited,
+    )
     out.print(f"wallet {w.id} ({w.level}, {w.mode}, {'limited' if w.limited else 'unlimited'})")
 
 
@@ -49,8 +54,8 @@ def wallet_credit(
 ) -> None:
     """Credit a wallet: a ledger entry (once per --key), then the gate's balance."""
     from worker.chats.wiring import credit_wallet
-    from worker.ledger.accounts import GatePending, LedgerError
     from worker.gate.gate import UnknownWallet, process_gate
+    from worker.ledger.accounts import GatePending, LedgerError
 
     try:
         nanos = usd_to_nanos(parse_usd(usd, "--usd"))
@@ -59,8 +64,14 @@ def wallet_credit(
     if nanos <= 0:
         fail(f"--usd: {usd} is not a positive amount")
     try:
-        balance = credit_wallet(process_gate(), wallet_id=wallet_id, amount_nanos=nanos, idempotency_key=key,
-                                description=description, actor="cli")
+        balance = credit_wallet(
+            process_gate(),
+            wallet_id=wallet_id,
+            amount_nanos=nanos,
+            idempotency_key=key,
+            description=description,
+            actor="cli",
+        )
     except LedgerError as exc:
         flag = {"amount_nanos": "--usd", "idempotency_key": "--key"}.get(exc.field or "", "WALLET_ID")
         fail(f"{flag}: {exc}")
@@ -76,9 +87,9 @@ def wallet_show(wallet_id: str, as_json: bool = typer.Option(False, "--json")) -
     """Show a wallet: gate balance (Redis), ledger balance and usage (PostgreSQL)."""
     from models.wallet import Wallet
     from worker.db import session_scope
+    from worker.gate.gate import UnknownWallet, process_gate
     from worker.ledger.accounts import ledger_balance
     from worker.ledger.turns import wallet_usage
-    from worker.gate.gate import UnknownWallet, process_gate
 
     with session_scope() as session:
         wallet = session.get(Wallet, wallet_id)
@@ -90,10 +101,18 @@ def wallet_show(wallet_id: str, as_json: bool = typer.Option(False, "--json")) -
         gate_balance: int | None = process_gate().balance(wallet_id)
     except UnknownWallet:
         gate_balance = None
-    data = {"wallet_id": wallet_id, "mode": wallet.mode, "limited": wallet.limited,
-            "gate_balance_nanos": gate_balance, "ledger_balance_nanos": ledger,
-            "credits_nanos": wallet.credits_nanos, "debits_nanos": wallet.debits_nanos,
-            "debt_nanos": wallet.debt_nanos, "reservations_required": wallet.reservations_required, **usage}
+    data = {
+        "wallet_id": wallet_id,
+        "mode": wallet.mode,
+        "limited": wallet.limited,
+        "gate_balance_nanos": gate_balance,
+        "ledger_balance_nanos": ledger,
+        "credits_nanos": wallet.credits_nanos,
+        "debits_nanos": wallet.debits_nanos,
+        "debt_nanos": wallet.debt_nanos,
+        "reservations_required": wallet.reservations_required,
+        **usage,
+    }
     if as_json:
         print(json.dumps(data))
         return
@@ -112,13 +131,19 @@ def wallet_mode(
 ) -> None:
     """Override one wallet's mode, or 'inherit' its app's again (audit-logged)."""
     from worker.billing.modes import set_wallet_mode
-    from worker.db import session_scope
     from worker.chats.lifecycle import resume_paused_chats
+    from worker.db import session_scope
     from worker.gate.gate import process_gate
 
     with session_scope() as session:
-        after = set_wallet_mode(session, process_gate(), wallet_id, None if mode == "inherit" else mode,
-                                actor="cli", resume=resume_paused_chats)
+        after = set_wallet_mode(
+            session,
+            process_gate(),
+            wallet_id,
+            None if mode == "inherit" else mode,
+            actor="cli",
+            resume=resume_paused_chats,
+        )
     out.print(f"{wallet_id}: mode {after}", highlight=False)
 
 

@@ -23,8 +23,23 @@ from worker.client.transports import (
 )
 
 __all__ = [
-    "AdapterError", "ApiError", "AsyncBillingSession", "AsyncHttpTransport", "AsyncInProcessTransport",
-    "BillingSession", "CostThresholdExceeded", "HttpTransport", "InProcessTransport", "Resumed", "SessionEnded",
-    "SessionSummary", "TokenUsage", "TollgateClientError", "UnknownModel", "WalletExhausted", "WalletNotFound",
-    "resolve_model", "usage_from_response",
+    "AdapterError",
+    "ApiError",
+    "AsyncBillingSession",
+    "AsyncHttpTransport",
+    "AsyncInProcessTransport",
+    "BillingSession",
+    "CostThresholdExceeded",
+    "HttpTransport",
+    "InProcessTransport",
+    "Resumed",
+    "SessionEnded",
+    "SessionSummary",
+    "TokenUsage",
+    "TollgateClientError",
+    "UnknownModel",
+    "WalletExhausted",
+    "WalletNotFound",
+    "resolve_model",
+    "usage_from_response",
 ]

@@ -68,8 +68,18 @@ TURN_HAS_CACHE_WRITES = "cache_write_tokens" in TurnIn.model_fields
 #: the largest count one turn may carry (``TurnIn``'s token bound)
 MAX_TOKENS = next(m.le for m in TurnIn.model_fields["prompt_tokens"].metadata if getattr(m, "le", None) is not None)
 #: the TurnIn fields an adapter fills from a response (a refusal of one of them is an AdapterError)
-USAGE_FIELDS = frozenset({"model", "provider", "prompt_tokens", "completion_tokens", "cached_prompt_tokens",
-                          "cache_write_tokens", "cache_write_1h_tokens", "service_tier"})
+USAGE_FIELDS = frozenset(
+    {
+        "model",
+        "provider",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_prompt_tokens",
+        "cache_write_tokens",
+        "cache_write_1h_tokens",
+        "service_tier",
+    }
+)
 #: what a service tier, a response id may look like (TurnIn's patterns)
 _TIER = re.compile(r"^[a-z0-9_.-]{1,32}$")
 _RESPONSE_ID = re.compile(r"^[^\s\x00-\x1f\x7f]{1,200}$")
@@ -179,9 +189,12 @@ def adapter_error(exc: ValidationError, fields: frozenset[str] = USAGE_FIELDS) -
     bad = [e for e in exc.errors() if not e.get("loc") or e["loc"][0] in fields]
     if not bad:
         return None
-    return AdapterError("; ".join(
-        f"{'usage.' + str(e['loc'][0]) if e.get('loc') else 'usage'}: {e.get('msg', 'invalid')}" for e in bad),
-        field="usage." + str(bad[0]["loc"][0]) if bad[0].get("loc") else "usage")
+    return AdapterError(
+        "; ".join(
+            f"{'usage.' + str(e['loc'][0]) if e.get('loc') else 'usage'}: {e.get('msg', 'invalid')}" for e in bad
+        ),
+        field="usage." + str(bad[0]["loc"][0]) if bad[0].get("loc") else "usage",
+    )
 
 
 def resolve_model(model: str, provider: str | None = None) -> ResolvedModel:
@@ -223,8 +236,9 @@ def _get(obj: Any, name: str, where: str = "response") -> Any:
             return obj.get(name)
         return getattr(obj, name, None)
     except Exception as exc:  # a property or a mapping that raises: the response is unusable
-        raise AdapterError(f"{where}.{name}: cannot be read ({type(exc).__name__}: {exc})",
-                           field=f"{where}.{name}") from exc
+        raise AdapterError(
+            f"{where}.{name}: cannot be read ({type(exc).__name__}: {exc})", field=f"{where}.{name}"
+        ) from exc
 
 
 def _count(obj: Any, name: str, where: str, *, required: bool = True) -> int:
@@ -236,8 +250,9 @@ def _count(obj: Any, name: str, where: str, *, required: bool = True) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise AdapterError(f"{where}.{name}: must be an integer >= 0, got {_short(value)}", field=f"{where}.{name}")
     if value > MAX_TOKENS:
-        raise AdapterError(f"{where}.{name}: must be at most {MAX_TOKENS} tokens, got {_short(value)}",
-                           field=f"{where}.{name}")
+        raise AdapterError(
+            f"{where}.{name}: must be at most {MAX_TOKENS} tokens, got {_short(value)}", field=f"{where}.{name}"
+        )
     return int(value)
 
 
@@ -253,15 +268,19 @@ def _tier(value: Any, where: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not _TIER.match(value):
-        raise AdapterError(f"{where}: must be a service tier name (a-z, 0-9, _ . -; up to 32), got {_short(value)}", field=where)
+        raise AdapterError(
+            f"{where}: must be a service tier name (a-z, 0-9, _ . -; up to 32), got {_short(value)}", field=where
+        )
     return value
 
 
 def _checked(usage: TokenUsage) -> TokenUsage:
     """The sums an adapter makes stay within a turn's bound (each part was checked alone)."""
     if usage.prompt_tokens > MAX_TOKENS:
-        raise AdapterError(f"usage.input_tokens: with cache reads and writes, {usage.prompt_tokens} prompt "
-                           f"tokens exceed {MAX_TOKENS}", field="usage.input_tokens")
+        raise AdapterError(
+            f"usage.input_tokens: with cache reads and writes, {usage.prompt_tokens} prompt tokens exceed {MAX_TOKENS}",
+            field="usage.input_tokens",
+        )
     return usage
 
 
@@ -284,8 +303,10 @@ def _id(response: Any) -> str | None:
     if not isinstance(value, str) or not value:
         return None
     if not _RESPONSE_ID.match(value):
-        raise AdapterError(f"id: the response id must be 1..200 characters without spaces or control "
-                           f"characters, got {_short(value)}", field="id")
+        raise AdapterError(
+            f"id: the response id must be 1..200 characters without spaces or control characters, got {_short(value)}",
+            field="id",
+        )
     return value
 
 
@@ -298,13 +319,29 @@ def from_openai_chat(response: Any, *, provider: str | None = "openai") -> Token
     details = _get(usage, "prompt_tokens_details", "usage")
     cached = _count(details, "cached_tokens", "usage.prompt_tokens_details", required=False)
     writes = _count(details, "cache_write_tokens", "usage.prompt_tokens_details", required=False)
-    reasoning = _count(_get(usage, "completion_tokens_details", "usage"), "reasoning_tokens",
-                       "usage.completion_tokens_details", required=False)
+    reasoning = _count(
+        _get(usage, "completion_tokens_details", "usage"),
+        "reasoning_tokens",
+        "usage.completion_tokens_details",
+        required=False,
+    )
     if cached + writes > prompt:
-        raise AdapterError(f"usage.prompt_tokens_details.cached_tokens: {cached} (+ {writes} cache writes) "
-                           f"exceeds prompt_tokens {prompt}", field="usage.prompt_tokens_details.cached_tokens")
-    return TokenUsage(_model(response), prompt, completion, cached, writes, reasoning, provider, _id(response),
-                      service_tier=_tier(_get(response, "service_tier"), "service_tier"))
+        raise AdapterError(
+            f"usage.prompt_tokens_details.cached_tokens: {cached} (+ {writes} cache writes) "
+            f"exceeds prompt_tokens {prompt}",
+            field="usage.prompt_tokens_details.cached_tokens",
+        )
+    return TokenUsage(
+        _model(response),
+        prompt,
+        completion,
+        cached,
+        writes,
+        reasoning,
+        provider,
+        _id(response),
+        service_tier=_tier(_get(response, "service_tier"), "service_tier"),
+    )
 
 
 def from_openai_responses(response: Any, *, provider: str | None = "openai") -> TokenUsage:
@@ -316,13 +353,26 @@ def from_openai_responses(response: Any, *, provider: str | None = "openai") -> 
     details = _get(usage, "input_tokens_details", "usage")
     cached = _count(details, "cached_tokens", "usage.input_tokens_details", required=False)
     writes = _count(details, "cache_write_tokens", "usage.input_tokens_details", required=False)
-    reasoning = _count(_get(usage, "output_tokens_details", "usage"), "reasoning_tokens", "usage.output_tokens_details",
-                       required=False)
+    reasoning = _count(
+        _get(usage, "output_tokens_details", "usage"), "reasoning_tokens", "usage.output_tokens_details", required=False
+    )
     if cached + writes > prompt:
-        raise AdapterError(f"usage.input_tokens_details.cached_tokens: {cached} (+ {writes} cache writes) "
-                           f"exceeds input_tokens {prompt}", field="usage.input_tokens_details.cached_tokens")
-    return TokenUsage(_model(response), prompt, completion, cached, writes, reasoning, provider, _id(response),
-                      service_tier=_tier(_get(response, "service_tier"), "service_tier"))
+        raise AdapterError(
+            f"usage.input_tokens_details.cached_tokens: {cached} (+ {writes} cache writes) "
+            f"exceeds input_tokens {prompt}",
+            field="usage.input_tokens_details.cached_tokens",
+        )
+    return TokenUsage(
+        _model(response),
+        prompt,
+        completion,
+        cached,
+        writes,
+        reasoning,
+        provider,
+        _id(response),
+        service_tier=_tier(_get(response, "service_tier"), "service_tier"),
+    )
 
 
 def from_anthropic(response: Any, *, provider: str | None = "anthropic") -> TokenUsage:
@@ -344,18 +394,35 @@ def from_anthropic(response: Any, *, provider: str | None = "anthropic") -> Toke
         if reported is None:  # only the breakdown: the writes are its sum
             writes = writes_5m + writes_1h
         elif (writes_5m + writes_1h != writes) if has_5m else (writes_1h > writes):
-            raise AdapterError(f"usage.cache_creation: ephemeral_5m ({writes_5m}) + ephemeral_1h ({writes_1h}) "
-                               f"input tokens must add up to cache_creation_input_tokens ({writes})", field="usage.cache_creation")
+            raise AdapterError(
+                f"usage.cache_creation: ephemeral_5m ({writes_5m}) + ephemeral_1h ({writes_1h}) "
+                f"input tokens must add up to cache_creation_input_tokens ({writes})",
+                field="usage.cache_creation",
+            )
     tier = _tier(_get(usage, "service_tier", "usage"), "usage.service_tier")
-    return _checked(TokenUsage(_model(response), uncached + reads + writes, completion, reads, writes, 0, provider,
-                               _id(response), writes_1h, None if tier == "standard" else tier))
+    return _checked(
+        TokenUsage(
+            _model(response),
+            uncached + reads + writes,
+            completion,
+            reads,
+            writes,
+            0,
+            provider,
+            _id(response),
+            writes_1h,
+            None if tier == "standard" else tier,
+        )
+    )
 
 
 def _looks_anthropic(response: Any, usage: Any) -> bool:
     if _get(response, "type") == "message" and _get(usage, "prompt_tokens", "usage") is None:
         return True
-    return (_get(usage, "cache_read_input_tokens", "usage") is not None
-            or _get(usage, "cache_creation_input_tokens", "usage") is not None)
+    return (
+        _get(usage, "cache_read_input_tokens", "usage") is not None
+        or _get(usage, "cache_creation_input_tokens", "usage") is not None
+    )
 
 
 def usage_from_response(response: Any, *, provider: str | None = None) -> TokenUsage:
@@ -375,8 +442,12 @@ def usage_from_response(response: Any, *, provider: str | None = None) -> TokenU
     elif _get(usage, "input_tokens", "usage") is not None:
         result = from_openai_responses(response)
     else:
-        raise AdapterError("usage: neither prompt_tokens (OpenAI Chat) nor input_tokens (Responses, Anthropic)", field="usage")
+        raise AdapterError(
+            "usage: neither prompt_tokens (OpenAI Chat) nor input_tokens (Responses, Anthropic)", field="usage"
+        )
     if provider is None:  # the SDK's own types imply their provider; a plain dict implies none
         module = type(response).__module__
-        provider = "openai" if module.startswith("openai.") else "anthropic" if module.startswith("anthropic.") else None
+        provider = (
+            "openai" if module.startswith("openai.") else "anthropic" if module.startswith("anthropic.") else None
+        )
     return replace(result, provider=provider)

@@ -187,5 +187,4 @@ class GroupChatBilling:
         self.stop_reason, self.error = None, None
         history = list(messages if messages is not None else manager.groupchat.messages)
         last_agent, last_message = manager.resume(messages=history, silent=silent)
-        return last_agent.initiate_chat(recipient=manager, message=last_message, clear_history=False,
-                                        silent=silent)
+        return last_agent.initiate_chat(recipient=manager, message=last_message, clear_history=False, silent=silent)

@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -33,10 +33,9 @@ from pydantic import ValidationError
 
 import worker
 from models.turn import Decision, TurnIn
-from worker import check_text
+from worker import InvalidInput, check_text
 from worker.client.adapters import USAGE_FIELDS, TokenUsage, adapter_error, turn_fields, usage_from_response
 from worker.client.transports import TollgateClientError
-from worker import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +54,13 @@ class WalletExhausted(TollgateClientError):
             turn did (``decision.accepted``: the turn itself was charged and recorded).
     """
 
-    def __init__(self, wallet_id: str, balance_nanos: int | None, chat_id: str,
-                 decision: Decision | None = None) -> None:
-        super().__init__(f"wallet {wallet_id!r} is exhausted (balance {balance_nanos} nanos): chat {chat_id!r} "
-                         "is paused until the wallet is credited")
+    def __init__(
+        self, wallet_id: str, balance_nanos: int | None, chat_id: str, decision: Decision | None = None
+    ) -> None:
+        super().__init__(
+            f"wallet {wallet_id!r} is exhausted (balance {balance_nanos} nanos): chat {chat_id!r} "
+            "is paused until the wallet is credited"
+        )
         self.wallet_id = wallet_id
         self.balance_nanos = balance_nanos
         self.chat_id = chat_id
@@ -115,10 +117,16 @@ class Totals:
         self.billed_nanos += decision.billed_nanos
 
     def as_dict(self) -> dict[str, int]:
-        return {"turns": self.turns, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "cached_prompt_tokens": self.cached_prompt_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens, "duration_ms": self.duration_ms,
-                "cost_nanos": self.cost_nanos, "billed_nanos": self.billed_nanos}
+        return {
+            "turns": self.turns,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "duration_ms": self.duration_ms,
+            "cost_nanos": self.cost_nanos,
+            "billed_nanos": self.billed_nanos,
+        }
 
 
 @dataclass(frozen=True)
@@ -183,16 +191,29 @@ def _wallet_id_for(level: str, enterprise_id: str, payer_id: str) -> str:
 class _Core:
     """State and bookkeeping shared by the synchronous and asyncio sessions (no I/O here)."""
 
-    def __init__(self, transport, *, level: Level, payer_id: str, enterprise_id: str, workflow: str,
-                 chat_id: str | None, cost_threshold_nanos: int | None, warn_at_bps: int,
-                 events_url: str | None) -> None:
+    def __init__(
+        self,
+        transport,
+        *,
+        level: Level,
+        payer_id: str,
+        enterprise_id: str,
+        workflow: str,
+        chat_id: str | None,
+        cost_threshold_nanos: int | None,
+        warn_at_bps: int,
+        events_url: str | None,
+    ) -> None:
         if level not in ("platform", "app_usage"):
             raise InvalidInput("level", f"{level!r} is not 'platform' or 'app_usage'")
         if cost_threshold_nanos is not None and (
-            not isinstance(cost_threshold_nanos, int) or isinstance(cost_threshold_nanos, bool)
+            not isinstance(cost_threshold_nanos, int)
+            or isinstance(cost_threshold_nanos, bool)
             or cost_threshold_nanos <= 0
         ):
-            raise InvalidInput("cost_threshold_nanos", f"must be a positive integer of nano-USD, got {cost_threshold_nanos!r}")
+            raise InvalidInput(
+                "cost_threshold_nanos", f"must be a positive integer of nano-USD, got {cost_threshold_nanos!r}"
+            )
         if not isinstance(warn_at_bps, int) or not 0 < warn_at_bps <= 10_000:
             raise InvalidInput("warn_at_bps", f"must be an integer in 1..10000, got {warn_at_bps!r}")
         # the edge rules of models.validation (InvalidInput, a ValueError naming the argument),
@@ -238,39 +259,81 @@ class _Core:
             raise SessionEnded(f"session of chat {self.chat_id!r} was finalized")
 
     def _turn(self, **fields: Any) -> TurnIn:
-        return TurnIn(wallet_id=self.wallet_id, enterprise_id=self.enterprise_id, chat_id=self.chat_id,
-                      workflow=self.workflow, **fields)
+        return TurnIn(
+            wallet_id=self.wallet_id,
+            enterprise_id=self.enterprise_id,
+            chat_id=self.chat_id,
+            workflow=self.workflow,
+            **fields,
+        )
 
-    def _llm_turn(self, *, agent: str, model: str, prompt_tokens: int, completion_tokens: int,
-                  cached_prompt_tokens: int, duration_ms: int, provider: str | None, turn_id: str | None,
-                  occurred_at: datetime | None) -> TurnIn:
+    def _llm_turn(
+        self,
+        *,
+        agent: str,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_prompt_tokens: int,
+        duration_ms: int,
+        provider: str | None,
+        turn_id: str | None,
+        occurred_at: datetime | None,
+    ) -> TurnIn:
         self._check_open()
         extra = {"occurred_at": occurred_at} if occurred_at is not None else {}
-        return self._turn(turn_id=self._turn_id(turn_id), agent=agent, model=model, provider=provider,
-                          prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                          cached_prompt_tokens=cached_prompt_tokens, duration_ms=duration_ms, **extra)
+        return self._turn(
+            turn_id=self._turn_id(turn_id),
+            agent=agent,
+            model=model,
+            provider=provider,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cached_prompt_tokens=cached_prompt_tokens,
+            duration_ms=duration_ms,
+            **extra,
+        )
 
-    def _response_turn(self, response: Any, *, agent: str, duration_ms: int, provider: str | None,
-                       turn_id: str | None, occurred_at: datetime | None) -> TurnIn:
+    def _response_turn(
+        self,
+        response: Any,
+        *,
+        agent: str,
+        duration_ms: int,
+        provider: str | None,
+        turn_id: str | None,
+        occurred_at: datetime | None,
+    ) -> TurnIn:
         self._check_open()
-        usage: TokenUsage = response if isinstance(response, TokenUsage) else usage_from_response(
-            response, provider=provider)
+        usage: TokenUsage = (
+            response if isinstance(response, TokenUsage) else usage_from_response(response, provider=provider)
+        )
         if usage.unbilled_cache_write_tokens:
-            log.warning("turn of chat %s: %d cache-write tokens billed at the input price (TurnIn has no "
-                        "cache_write_tokens field yet)", self.chat_id, usage.unbilled_cache_write_tokens)
+            log.warning(
+                "turn of chat %s: %d cache-write tokens billed at the input price (TurnIn has no "
+                "cache_write_tokens field yet)",
+                self.chat_id,
+                usage.unbilled_cache_write_tokens,
+            )
         extra = {"occurred_at": occurred_at} if occurred_at is not None else {}
         hint = usage.response_id if turn_id is None else None
         try:
-            return self._turn(turn_id=self._turn_id(turn_id, hint), agent=agent, duration_ms=duration_ms,
-                              **turn_fields(usage), **extra)
+            return self._turn(
+                turn_id=self._turn_id(turn_id, hint),
+                agent=agent,
+                duration_ms=duration_ms,
+                **turn_fields(usage),
+                **extra,
+            )
         except ValidationError as exc:  # what the response said, refused by the turn: the adapter's error
             error = adapter_error(exc, USAGE_FIELDS | {"turn_id"} if hint else USAGE_FIELDS)
             if error is None:
                 raise
             raise error from exc
 
-    def _meter_turn(self, meter: str, quantity: int, *, agent: str, turn_id: str | None,
-                    occurred_at: datetime | None) -> TurnIn:
+    def _meter_turn(
+        self, meter: str, quantity: int, *, agent: str, turn_id: str | None, occurred_at: datetime | None
+    ) -> TurnIn:
         self._check_open()
         extra = {"occurred_at": occurred_at} if occurred_at is not None else {}
         return self._turn(turn_id=self._turn_id(turn_id), agent=agent, meter=meter, quantity=quantity, **extra)
@@ -286,8 +349,9 @@ class _Core:
                 self.totals.add(turn, decision)
                 self.agents.setdefault(turn.agent, Totals()).add(turn, decision)
             else:
-                m = self.meters.setdefault(turn.meter, {"records": 0, "quantity": 0, "cost_nanos": 0,
-                                                        "billed_nanos": 0})
+                m = self.meters.setdefault(
+                    turn.meter, {"records": 0, "quantity": 0, "cost_nanos": 0, "billed_nanos": 0}
+                )
                 m["records"] += 1
                 m["quantity"] += turn.quantity
                 m["cost_nanos"] += decision.cost_nanos
@@ -303,19 +367,35 @@ class _Core:
                 newly = self.state != "paused"
                 self.state, self.pause_reason = "paused", "cost_threshold"
                 self.pauses += newly
-                log.warning("chat %s of workflow %s: cost %d nanos crossed its threshold %d nanos; stopping",
-                            self.chat_id, self.workflow, self.cost_nanos, threshold)
+                log.warning(
+                    "chat %s of workflow %s: cost %d nanos crossed its threshold %d nanos; stopping",
+                    self.chat_id,
+                    self.workflow,
+                    self.cost_nanos,
+                    threshold,
+                )
                 return CostThresholdExceeded(self.chat_id, self.cost_nanos, threshold), newly
             if not self.warned and self.cost_nanos * 10_000 >= threshold * self.warn_at_bps:
                 self.warned = True
-                log.warning("chat %s of workflow %s: cost %d nanos reached %d bps of its threshold %d nanos",
-                            self.chat_id, self.workflow, self.cost_nanos, self.warn_at_bps, threshold)
+                log.warning(
+                    "chat %s of workflow %s: cost %d nanos reached %d bps of its threshold %d nanos",
+                    self.chat_id,
+                    self.workflow,
+                    self.cost_nanos,
+                    self.warn_at_bps,
+                    threshold,
+                )
         return None, False
 
     def _pause_kwargs(self) -> dict[str, Any]:
         b = self.balance_nanos
-        return {"enterprise_id": self.enterprise_id, "chat_id": self.chat_id, "wallet_id": self.wallet_id,
-                "reason": self.pause_reason, "needed_nanos": (1 - b) if b is not None and b <= 0 else None}
+        return {
+            "enterprise_id": self.enterprise_id,
+            "chat_id": self.chat_id,
+            "wallet_id": self.wallet_id,
+            "reason": self.pause_reason,
+            "needed_nanos": (1 - b) if b is not None and b <= 0 else None,
+        }
 
     def _on_gate(self, ok: bool) -> tuple[bool, bool]:
         """(may go on, was resumed now) given whether the gate would accept the wallet's next turn."""
@@ -341,11 +421,19 @@ class _Core:
     def _summary(self, averages: dict[str, Any] | None) -> SessionSummary:
         totals = self.totals.as_dict()
         return SessionSummary(
-            chat_id=self.chat_id, wallet_id=self.wallet_id, enterprise_id=self.enterprise_id,
-            workflow=self.workflow, level=self.level, period=self.started_at.strftime("%Y-%m"),
-            totals=totals, agents={a: t.as_dict() for a, t in sorted(self.agents.items())},
-            meters={m: dict(v) for m, v in sorted(self.meters.items())}, cost_nanos=self.cost_nanos,
-            billed_nanos=self.billed_nanos, pauses=self.pauses, workflow_averages=averages,
+            chat_id=self.chat_id,
+            wallet_id=self.wallet_id,
+            enterprise_id=self.enterprise_id,
+            workflow=self.workflow,
+            level=self.level,
+            period=self.started_at.strftime("%Y-%m"),
+            totals=totals,
+            agents={a: t.as_dict() for a, t in sorted(self.agents.items())},
+            meters={m: dict(v) for m, v in sorted(self.meters.items())},
+            cost_nanos=self.cost_nanos,
+            billed_nanos=self.billed_nanos,
+            pauses=self.pauses,
+            workflow_averages=averages,
             comparison=compare(totals, self.cost_nanos, averages) if averages else None,
         )
 
@@ -399,8 +487,9 @@ class _Core:
                         await resumed()
                         return Resumed(event["type"], current, event)
         except TimeoutError:
-            raise TimeoutError(f"wallet {self.wallet_id!r} of chat {self.chat_id!r} was not credited "
-                               f"within {timeout} s") from None
+            raise TimeoutError(
+                f"wallet {self.wallet_id!r} of chat {self.chat_id!r} was not credited within {timeout} s"
+            ) from None
         finally:
             await pubsub.aclose()
             await client.aclose()
@@ -415,9 +504,19 @@ class BillingSession(_Core):
     """
 
     @classmethod
-    def start(cls, transport, *, level: Level, payer_id: str, enterprise_id: str, workflow: str = "default",
-              chat_id: str | None = None, cost_threshold_nanos: int | None = None, warn_at_bps: int = 8_000,
-              events_url: str | None = None) -> "BillingSession":
+    def start(
+        cls,
+        transport,
+        *,
+        level: Level,
+        payer_id: str,
+        enterprise_id: str,
+        workflow: str = "default",
+        chat_id: str | None = None,
+        cost_threshold_nanos: int | None = None,
+        warn_at_bps: int = 8_000,
+        events_url: str | None = None,
+    ) -> "BillingSession":
         """Start a session: resolve the payer's wallet and check it exists.
 
         Args:
@@ -430,11 +529,20 @@ class BillingSession(_Core):
             events_url: Redis URL of the app's events (default: the transport's).
         Raises: ValueError naming the argument; WalletNotFound.
         """
-        session = cls(transport, level=level, payer_id=payer_id, enterprise_id=enterprise_id, workflow=workflow,
-                      chat_id=chat_id, cost_threshold_nanos=cost_threshold_nanos, warn_at_bps=warn_at_bps,
-                      events_url=events_url)
-        transport.start(enterprise_id=enterprise_id, chat_id=session.chat_id, wallet_id=session.wallet_id,
-                        workflow=workflow)
+        session = cls(
+            transport,
+            level=level,
+            payer_id=payer_id,
+            enterprise_id=enterprise_id,
+            workflow=workflow,
+            chat_id=chat_id,
+            cost_threshold_nanos=cost_threshold_nanos,
+            warn_at_bps=warn_at_bps,
+            events_url=events_url,
+        )
+        transport.start(
+            enterprise_id=enterprise_id, chat_id=session.chat_id, wallet_id=session.wallet_id, workflow=workflow
+        )
         session.balance_nanos = transport.balance(session.wallet_id)
         return session
 
@@ -461,27 +569,69 @@ class BillingSession(_Core):
             raise error
         return decision
 
-    def record_turn(self, *, agent: str, model: str, prompt_tokens: int, completion_tokens: int,
-                    cached_prompt_tokens: int = 0, duration_ms: int = 0, provider: str | None = None,
-                    turn_id: str | None = None, occurred_at: datetime | None = None) -> Decision:
+    def record_turn(
+        self,
+        *,
+        agent: str,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_prompt_tokens: int = 0,
+        duration_ms: int = 0,
+        provider: str | None = None,
+        turn_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> Decision:
         """Record one LLM turn from raw counts (tokens; ``duration_ms`` the response time, ms).
         ``turn_id`` (idempotency key) defaults to a new unique id.  Raises pydantic.ValidationError
         naming the field, and as :meth:`record`."""
-        return self.record(self._llm_turn(agent=agent, model=model, prompt_tokens=prompt_tokens,
-                                          completion_tokens=completion_tokens,
-                                          cached_prompt_tokens=cached_prompt_tokens, duration_ms=duration_ms,
-                                          provider=provider, turn_id=turn_id, occurred_at=occurred_at))
+        return self.record(
+            self._llm_turn(
+                agent=agent,
+                model=model,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cached_prompt_tokens=cached_prompt_tokens,
+                duration_ms=duration_ms,
+                provider=provider,
+                turn_id=turn_id,
+                occurred_at=occurred_at,
+            )
+        )
 
-    def record_response(self, response: Any, *, agent: str, duration_ms: int = 0, provider: str | None = None,
-                        turn_id: str | None = None, occurred_at: datetime | None = None) -> Decision:
+    def record_response(
+        self,
+        response: Any,
+        *,
+        agent: str,
+        duration_ms: int = 0,
+        provider: str | None = None,
+        turn_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> Decision:
         """Record one LLM turn from an SDK response (:mod:`worker.client.adapters`) or a
         :class:`TokenUsage`.  ``turn_id`` defaults to ``<chat_id>:<response id>`` (so recording the
         same response twice is one turn).  Raises AdapterError, and as :meth:`record`."""
-        return self.record(self._response_turn(response, agent=agent, duration_ms=duration_ms, provider=provider,
-                                               turn_id=turn_id, occurred_at=occurred_at))
+        return self.record(
+            self._response_turn(
+                response,
+                agent=agent,
+                duration_ms=duration_ms,
+                provider=provider,
+                turn_id=turn_id,
+                occurred_at=occurred_at,
+            )
+        )
 
-    def record_meter(self, meter: str, *, quantity: int, agent: str = "system", turn_id: str | None = None,
-                     occurred_at: datetime | None = None) -> Decision:
+    def record_meter(
+        self,
+        meter: str,
+        *,
+        quantity: int,
+        agent: str = "system",
+        turn_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> Decision:
         """Record a non-LLM meter through the same gate and ledger: ``emails`` (emails sent),
         ``storage_gb_month`` (MB-months), ``function_calls`` (invocations); ``quantity`` an integer > 0.
         Raises pydantic.ValidationError naming ``meter``/``quantity``, and as :meth:`record`."""
@@ -502,8 +652,11 @@ class BillingSession(_Core):
         Raises TimeoutError."""
         t, w = self.transport, self.wallet_id
         return await self._wait_for_resume(
-            timeout, lambda: asyncio.to_thread(t.can_continue, w), lambda: asyncio.to_thread(t.balance, w),
-            lambda: asyncio.to_thread(lambda: t.resumed(**self._resume_kwargs())))
+            timeout,
+            lambda: asyncio.to_thread(t.can_continue, w),
+            lambda: asyncio.to_thread(t.balance, w),
+            lambda: asyncio.to_thread(lambda: t.resumed(**self._resume_kwargs())),
+        )
 
     def wait_for_resume_sync(self, timeout: float) -> Resumed:
         """:meth:`wait_for_resume` for synchronous code: blocks the calling thread until the wallet is
@@ -533,8 +686,12 @@ class BillingSession(_Core):
         its :class:`SessionSummary`, compared with the workflow's averages when the transport can
         read them.  Idempotent in effect: a second call returns the same totals."""
         self.state = "ended"
-        averages = self.transport.finish(enterprise_id=self.enterprise_id, chat_id=self.chat_id,
-                                         workflow=self.workflow, period=self.started_at.strftime("%Y-%m"))
+        averages = self.transport.finish(
+            enterprise_id=self.enterprise_id,
+            chat_id=self.chat_id,
+            workflow=self.workflow,
+            period=self.started_at.strftime("%Y-%m"),
+        )
         return self._summary(averages)
 
 
@@ -543,15 +700,34 @@ class AsyncBillingSession(_Core):
     the same methods, awaitable, with the same results and errors."""
 
     @classmethod
-    async def start(cls, transport, *, level: Level, payer_id: str, enterprise_id: str, workflow: str = "default",
-                    chat_id: str | None = None, cost_threshold_nanos: int | None = None, warn_at_bps: int = 8_000,
-                    events_url: str | None = None) -> "AsyncBillingSession":
+    async def start(
+        cls,
+        transport,
+        *,
+        level: Level,
+        payer_id: str,
+        enterprise_id: str,
+        workflow: str = "default",
+        chat_id: str | None = None,
+        cost_threshold_nanos: int | None = None,
+        warn_at_bps: int = 8_000,
+        events_url: str | None = None,
+    ) -> "AsyncBillingSession":
         """See :meth:`BillingSession.start`."""
-        session = cls(transport, level=level, payer_id=payer_id, enterprise_id=enterprise_id, workflow=workflow,
-                      chat_id=chat_id, cost_threshold_nanos=cost_threshold_nanos, warn_at_bps=warn_at_bps,
-                      events_url=events_url)
-        await transport.start(enterprise_id=enterprise_id, chat_id=session.chat_id, wallet_id=session.wallet_id,
-                              workflow=workflow)
+        session = cls(
+            transport,
+            level=level,
+            payer_id=payer_id,
+            enterprise_id=enterprise_id,
+            workflow=workflow,
+            chat_id=chat_id,
+            cost_threshold_nanos=cost_threshold_nanos,
+            warn_at_bps=warn_at_bps,
+            events_url=events_url,
+        )
+        await transport.start(
+            enterprise_id=enterprise_id, chat_id=session.chat_id, wallet_id=session.wallet_id, workflow=workflow
+        )
         session.balance_nanos = await transport.balance(session.wallet_id)
         return session
 
@@ -574,37 +750,84 @@ class AsyncBillingSession(_Core):
             raise error
         return decision
 
-    async def record_turn(self, *, agent: str, model: str, prompt_tokens: int, completion_tokens: int,
-                          cached_prompt_tokens: int = 0, duration_ms: int = 0, provider: str | None = None,
-                          turn_id: str | None = None, occurred_at: datetime | None = None) -> Decision:
+    async def record_turn(
+        self,
+        *,
+        agent: str,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_prompt_tokens: int = 0,
+        duration_ms: int = 0,
+        provider: str | None = None,
+        turn_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> Decision:
         """See :meth:`BillingSession.record_turn`."""
-        return await self.record(self._llm_turn(agent=agent, model=model, prompt_tokens=prompt_tokens,
-                                                completion_tokens=completion_tokens,
-                                                cached_prompt_tokens=cached_prompt_tokens, duration_ms=duration_ms,
-                                                provider=provider, turn_id=turn_id, occurred_at=occurred_at))
+        return await self.record(
+            self._llm_turn(
+                agent=agent,
+                model=model,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cached_prompt_tokens=cached_prompt_tokens,
+                duration_ms=duration_ms,
+                provider=provider,
+                turn_id=turn_id,
+                occurred_at=occurred_at,
+            )
+        )
 
-    async def record_response(self, response: Any, *, agent: str, duration_ms: int = 0,
-                              provider: str | None = None, turn_id: str | None = None,
-                              occurred_at: datetime | None = None) -> Decision:
+    async def record_response(
+        self,
+        response: Any,
+        *,
+        agent: str,
+        duration_ms: int = 0,
+        provider: str | None = None,
+        turn_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> Decision:
         """See :meth:`BillingSession.record_response`."""
-        return await self.record(self._response_turn(response, agent=agent, duration_ms=duration_ms,
-                                                     provider=provider, turn_id=turn_id, occurred_at=occurred_at))
+        return await self.record(
+            self._response_turn(
+                response,
+                agent=agent,
+                duration_ms=duration_ms,
+                provider=provider,
+                turn_id=turn_id,
+                occurred_at=occurred_at,
+            )
+        )
 
-    async def record_meter(self, meter: str, *, quantity: int, agent: str = "system", turn_id: str | None = None,
-                           occurred_at: datetime | None = None) -> Decision:
+    async def record_meter(
+        self,
+        meter: str,
+        *,
+        quantity: int,
+        agent: str = "system",
+        turn_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> Decision:
         """See :meth:`BillingSession.record_meter`."""
-        return await self.record(self._meter_turn(meter, quantity, agent=agent, turn_id=turn_id,
-                                                  occurred_at=occurred_at))
+        return await self.record(
+            self._meter_turn(meter, quantity, agent=agent, turn_id=turn_id, occurred_at=occurred_at)
+        )
 
     async def wait_for_resume(self, timeout: float) -> Resumed:
         """See :meth:`BillingSession.wait_for_resume`."""
         t, w = self.transport, self.wallet_id
-        return await self._wait_for_resume(timeout, lambda: t.can_continue(w), lambda: t.balance(w),
-                                           lambda: t.resumed(**self._resume_kwargs()))
+        return await self._wait_for_resume(
+            timeout, lambda: t.can_continue(w), lambda: t.balance(w), lambda: t.resumed(**self._resume_kwargs())
+        )
 
     async def finalize(self) -> SessionSummary:
         """See :meth:`BillingSession.finalize`."""
         self.state = "ended"
-        averages = await self.transport.finish(enterprise_id=self.enterprise_id, chat_id=self.chat_id,
-                                               workflow=self.workflow, period=self.started_at.strftime("%Y-%m"))
+        averages = await self.transport.finish(
+            enterprise_id=self.enterprise_id,
+            chat_id=self.chat_id,
+            workflow=self.workflow,
+            period=self.started_at.strftime("%Y-%m"),
+        )
         return self._summary(averages)

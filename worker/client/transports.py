@@ -33,8 +33,12 @@ class WalletNotFound(TollgateClientError, LookupError):
     another app.  ``wallet_id`` names it."""
 
     def __init__(self, wallet_id: str, detail: str = "") -> None:
-        super().__init__(f"wallet_id: unknown wallet {wallet_id!r}" + (f" ({detail})" if detail else ""),
-                         field="wallet_id", http_status=404, title="Unknown wallet")
+        super().__init__(
+            f"wallet_id: unknown wallet {wallet_id!r}" + (f" ({detail})" if detail else ""),
+            field="wallet_id",
+            http_status=404,
+            title="Unknown wallet",
+        )
         self.wallet_id = wallet_id
 
 
@@ -44,9 +48,11 @@ class ApiError(TollgateClientError):
 
     def __init__(self, status: int, problem: dict[str, Any]) -> None:
         errors = problem.get("errors") if isinstance(problem, dict) else None
-        super().__init__(f"HTTP {status}: {problem.get('title', '')}: {problem.get('detail', problem)}",
-                         field=errors[0].get("field") if errors and isinstance(errors[0], dict) else None,
-                         http_status=status)
+        super().__init__(
+            f"HTTP {status}: {problem.get('title', '')}: {problem.get('detail', problem)}",
+            field=errors[0].get("field") if errors and isinstance(errors[0], dict) else None,
+            http_status=status,
+        )
         self.status = status
         self.problem = problem
 
@@ -87,8 +93,9 @@ class InProcessTransport:
     def start(self, *, enterprise_id: str, chat_id: str, wallet_id: str, workflow: str) -> None:
         """Create the chat's session row (``worker.chats.lifecycle.start_session``).  Raises WalletNotFound."""
         try:
-            worker.start_session(self.gate, enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
-                          workflow=workflow)
+            worker.start_session(
+                self.gate, enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id, workflow=workflow
+            )
         except (worker.UnknownWallet, LookupError) as exc:
             raise WalletNotFound(wallet_id, str(exc)) from exc
 
@@ -100,12 +107,19 @@ class InProcessTransport:
         except worker.UnknownWallet as exc:
             raise WalletNotFound(wallet_id) from exc
 
-    def pause(self, *, enterprise_id: str, chat_id: str, wallet_id: str, reason: str,
-              needed_nanos: int | None) -> bool:
+    def pause(self, *, enterprise_id: str, chat_id: str, wallet_id: str, reason: str, needed_nanos: int | None) -> bool:
         """Record the chat as paused (``worker.chats.lifecycle.pause_chat``: a paused-chat row, the chat
         paused, a ``chat.paused`` event).  True if this call paused it."""
-        return bool(worker.pause_chat(self.gate, enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id,
-                               reason=reason, needed_nanos=needed_nanos))
+        return bool(
+            worker.pause_chat(
+                self.gate,
+                enterprise_id=enterprise_id,
+                chat_id=chat_id,
+                wallet_id=wallet_id,
+                reason=reason,
+                needed_nanos=needed_nanos,
+            )
+        )
 
     def resumed(self, *, enterprise_id: str, chat_id: str) -> None:
         """Mark the chat active and connected again (``worker.chats.lifecycle.resume_chat``)."""
@@ -260,8 +274,15 @@ class HttpTransport:
         timeout: seconds per request.
     """
 
-    def __init__(self, base_url: str = "", *, api_key: str, client: httpx.Client | None = None,
-                 events_url: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str = "",
+        *,
+        api_key: str,
+        client: httpx.Client | None = None,
+        events_url: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         self.client = client or httpx.Client(base_url=base_url, timeout=timeout)
         self.headers = {"Authorization": f"Bearer {api_key}"}
         self.events_url = events_url
@@ -277,8 +298,12 @@ class HttpTransport:
     def start(self, *, enterprise_id: str, chat_id: str, wallet_id: str, workflow: str) -> None:
         """Open the chat's session (``POST /v1/chats/{chat_id}/start``; the key's app is
         ``enterprise_id``).  Raises WalletNotFound, ApiError."""
-        _started(wallet_id, self.client.post(f"/v1/chats/{chat_id}/start", headers=self.headers,
-                                             json={"wallet_id": wallet_id, "workflow": workflow}))
+        _started(
+            wallet_id,
+            self.client.post(
+                f"/v1/chats/{chat_id}/start", headers=self.headers, json={"wallet_id": wallet_id, "workflow": workflow}
+            ),
+        )
 
     def can_continue(self, wallet_id: str) -> bool:
         """Would the gate accept the wallet's next turn (balance minus holds, mode, block; the
@@ -286,12 +311,16 @@ class HttpTransport:
         body = _wallet(wallet_id, self.client.get(f"/v1/wallets/{wallet_id}", headers=self.headers))
         return bool(body["can_continue"])
 
-    def pause(self, *, enterprise_id: str, chat_id: str, wallet_id: str, reason: str | None,
-              needed_nanos: int | None) -> bool:
+    def pause(
+        self, *, enterprise_id: str, chat_id: str, wallet_id: str, reason: str | None, needed_nanos: int | None
+    ) -> bool:
         """Record the chat as paused (``POST /v1/chats/{chat_id}/pause``: a paused-chat record, the
         chat paused, ``chat.paused``; once per chat).  True if the chat is paused.  Raises ApiError."""
-        return _paused(self.client.post(f"/v1/chats/{chat_id}/pause", headers=self.headers,
-                                        json=_pause_body(wallet_id, reason, needed_nanos)))
+        return _paused(
+            self.client.post(
+                f"/v1/chats/{chat_id}/pause", headers=self.headers, json=_pause_body(wallet_id, reason, needed_nanos)
+            )
+        )
 
     def resumed(self, *, enterprise_id: str, chat_id: str) -> None:
         """Mark the chat active and connected again (``POST /v1/chats/{chat_id}/resume``; a chat the
@@ -303,15 +332,23 @@ class HttpTransport:
         its turns is persisted yet, and return the workflow's per-session averages of ``period``
         (``GET /v1/analytics/workflows/{workflow}``).  Raises ApiError."""
         _ended(chat_id, self.client.post(f"/v1/chats/{chat_id}/end", headers=self.headers))
-        return _averages(self.client.get(f"/v1/analytics/workflows/{workflow}", headers=self.headers,
-                                         params={"period": period}))
+        return _averages(
+            self.client.get(f"/v1/analytics/workflows/{workflow}", headers=self.headers, params={"period": period})
+        )
 
 
 class AsyncHttpTransport:
     """:class:`HttpTransport` for asyncio, on ``httpx.AsyncClient`` (same arguments)."""
 
-    def __init__(self, base_url: str = "", *, api_key: str, client: httpx.AsyncClient | None = None,
-                 events_url: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str = "",
+        *,
+        api_key: str,
+        client: httpx.AsyncClient | None = None,
+        events_url: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         self.client = client or httpx.AsyncClient(base_url=base_url, timeout=timeout)
         self.headers = {"Authorization": f"Bearer {api_key}"}
         self.events_url = events_url
@@ -326,19 +363,27 @@ class AsyncHttpTransport:
 
     async def start(self, *, enterprise_id: str, chat_id: str, wallet_id: str, workflow: str) -> None:
         """See :meth:`HttpTransport.start`."""
-        _started(wallet_id, await self.client.post(f"/v1/chats/{chat_id}/start", headers=self.headers,
-                                                   json={"wallet_id": wallet_id, "workflow": workflow}))
+        _started(
+            wallet_id,
+            await self.client.post(
+                f"/v1/chats/{chat_id}/start", headers=self.headers, json={"wallet_id": wallet_id, "workflow": workflow}
+            ),
+        )
 
     async def can_continue(self, wallet_id: str) -> bool:
         """See :meth:`HttpTransport.can_continue`."""
         body = _wallet(wallet_id, await self.client.get(f"/v1/wallets/{wallet_id}", headers=self.headers))
         return bool(body["can_continue"])
 
-    async def pause(self, *, enterprise_id: str, chat_id: str, wallet_id: str, reason: str | None,
-                    needed_nanos: int | None) -> bool:
+    async def pause(
+        self, *, enterprise_id: str, chat_id: str, wallet_id: str, reason: str | None, needed_nanos: int | None
+    ) -> bool:
         """See :meth:`HttpTransport.pause`."""
-        return _paused(await self.client.post(f"/v1/chats/{chat_id}/pause", headers=self.headers,
-                                              json=_pause_body(wallet_id, reason, needed_nanos)))
+        return _paused(
+            await self.client.post(
+                f"/v1/chats/{chat_id}/pause", headers=self.headers, json=_pause_body(wallet_id, reason, needed_nanos)
+            )
+        )
 
     async def resumed(self, *, enterprise_id: str, chat_id: str) -> None:
         """See :meth:`HttpTransport.resumed`."""
@@ -347,5 +392,8 @@ class AsyncHttpTransport:
     async def finish(self, *, enterprise_id: str, chat_id: str, workflow: str, period: str) -> dict[str, Any] | None:
         """See :meth:`HttpTransport.finish`."""
         _ended(chat_id, await self.client.post(f"/v1/chats/{chat_id}/end", headers=self.headers))
-        return _averages(await self.client.get(f"/v1/analytics/workflows/{workflow}", headers=self.headers,
-                                               params={"period": period}))
+        return _averages(
+            await self.client.get(
+                f"/v1/analytics/workflows/{workflow}", headers=self.headers, params={"period": period}
+            )
+        )

@@ -17,18 +17,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Callable
 
-from models.turn import TurnIn
 from models.enums import PayerLevel
+from models.turn import TurnIn
 from models.wallet import Wallet
-from worker.db import session_scope
 from worker.chats.wiring import credit_wallet
+from worker.db import session_scope
+from worker.devtools.traces import TraceError, TraceFormat, TraceRow, read_trace
+from worker.devtools.workers import start_celery_worker, stop_process_group, wait_ready
+from worker.errors import TollgateError
+from worker.gate.gate import WalletGate, process_gate
 from worker.ledger.accounts import ledger_balance, open_wallet
 from worker.ledger.turns import wallet_usage
 from worker.pricing.prices import TurnLimitExceeded, nanos_to_usd, usd_to_nanos
-from worker.devtools.traces import TraceError, TraceFormat, TraceRow, read_trace
-from worker.gate.gate import WalletGate, process_gate
-from worker.devtools.workers import start_celery_worker, stop_process_group, wait_ready
-from worker.errors import TollgateError
 
 REPLAY_ENTERPRISE = "replay"
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -82,11 +82,22 @@ def _prepare_wallet(gate: WalletGate, run_id: str, wallet_nanos: int | None) -> 
                     f"run id {run_id!r} was replayed before with a different --wallet-usd "
                     f"({'unlimited' if not existing.limited else nanos_to_usd(existing.credits_nanos)} USD)"
                 )
-    open_wallet(gate, wallet_id=wallet_id, enterprise_id=REPLAY_ENTERPRISE, owner_id=wallet_id,
-                level=PayerLevel.app_usage, limited=limited)
+    open_wallet(
+        gate,
+        wallet_id=wallet_id,
+        enterprise_id=REPLAY_ENTERPRISE,
+        owner_id=wallet_id,
+        level=PayerLevel.app_usage,
+        limited=limited,
+    )
     if wallet_nanos:
-        credit_wallet(gate, wallet_id=wallet_id, amount_nanos=wallet_nanos,
-                      idempotency_key=f"replay:{run_id}:opening", description="replay opening balance")
+        credit_wallet(
+            gate,
+            wallet_id=wallet_id,
+            amount_nanos=wallet_nanos,
+            idempotency_key=f"replay:{run_id}:opening",
+            description="replay opening balance",
+        )
     return wallet_id
 
 
@@ -142,10 +153,13 @@ def replay(
         try:
             sheet.check_window(row.prompt_tokens, row.completion_tokens)
         except TurnLimitExceeded as exc:
-            field = {"azure": {"prompt_tokens": "ContextTokens", "completion_tokens": "GeneratedTokens"},
-                     "mooncake": {"prompt_tokens": "input_length", "completion_tokens": "output_length"}}
-            raise TraceError(Path(path), exc.message, row=row.row,
-                             field=field.get(fmt, {}).get(exc.field, exc.field)) from None
+            field = {
+                "azure": {"prompt_tokens": "ContextTokens", "completion_tokens": "GeneratedTokens"},
+                "mooncake": {"prompt_tokens": "input_length", "completion_tokens": "output_length"},
+            }
+            raise TraceError(
+                Path(path), exc.message, row=row.row, field=field.get(fmt, {}).get(exc.field, exc.field)
+            ) from None
     run_id = run_id or uuid.uuid4().hex[:12]
     wallet_id = _prepare_wallet(gate, run_id, wallet_nanos)
     chat_id = f"replay-{run_id}"
@@ -246,4 +260,3 @@ def _wait_persisted(gate, wallet_id, target, timeout_s, worker, log, notify) -> 
             gate.kicker(gate.shard(wallet_id))
             last_kick = now
         time.sleep(0.05)
-

@@ -24,8 +24,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from worker.validation import InvalidInput, check_occurred_at
 from worker.errors import InputError
+from worker.validation import InvalidInput, check_occurred_at
 
 TraceFormat = Literal["azure", "mooncake"]
 AZURE_HEADER = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
@@ -41,8 +41,9 @@ MAX_TIMESTAMP_MS = 10**13  # about 317 years past the trace start
 class TraceError(InputError, ValueError):
     """A trace file or row is malformed; the message names the file, row, line and field."""
 
-    def __init__(self, path: Path, message: str, *, row: int | None = None, line: int | None = None,
-                 field: str | None = None) -> None:
+    def __init__(
+        self, path: Path, message: str, *, row: int | None = None, line: int | None = None, field: str | None = None
+    ) -> None:
         where = f"{path}"
         if row is not None:
             where += f": row {row}" + (f" (line {line})" if line is not None else "")
@@ -79,8 +80,7 @@ def _tokens(path: Path, value: object, *, row: int, line: int, field: str) -> in
 def _azure_time(path: Path, value: str, *, row: int, line: int) -> datetime:
     m = _TS.match(value)
     if not m:
-        raise TraceError(path, f"{value!r} is not 'YYYY-MM-DD HH:MM:SS.fffffff'", row=row, line=line,
-                         field="TIMESTAMP")
+        raise TraceError(path, f"{value!r} is not 'YYYY-MM-DD HH:MM:SS.fffffff'", row=row, line=line, field="TIMESTAMP")
     frac = (m.group(7) or "").ljust(6, "0")[:6]
     try:
         when = datetime(*(int(g) for g in m.groups()[:6]), int(frac), tzinfo=UTC)
@@ -110,26 +110,37 @@ def read_azure(path: Path) -> list[TraceRow]:
         except (csv.Error, UnicodeDecodeError) as exc:
             raise TraceError(path, f"not a CSV file: {exc}") from exc
         if header != AZURE_HEADER:
-            raise TraceError(path, f"header is {','.join(header)[:80]!r}, expected {','.join(AZURE_HEADER)!r} "
-                                   "(is this --format azure?)", row=0, line=1)
+            raise TraceError(
+                path,
+                f"header is {','.join(header)[:80]!r}, expected {','.join(AZURE_HEADER)!r} (is this --format azure?)",
+                row=0,
+                line=1,
+            )
         try:
             for n, record in enumerate(reader, start=1):
                 line = reader.line_num
                 if not record or record == [""]:  # a blank line (e.g. a trailing one) holds no request
                     continue
                 if len(record) < 3:
-                    raise TraceError(path, f"missing (expected 3 columns, found {len(record)})", row=n,
-                                     line=line, field=AZURE_HEADER[len(record)])
+                    raise TraceError(
+                        path,
+                        f"missing (expected 3 columns, found {len(record)})",
+                        row=n,
+                        line=line,
+                        field=AZURE_HEADER[len(record)],
+                    )
                 if len(record) > 3:
                     raise TraceError(path, f"expected 3 columns, found {len(record)}", row=n, line=line)
                 ts, prompt, completion = record
-                rows.append(TraceRow(
-                    row=n,
-                    occurred_at=_azure_time(path, ts, row=n, line=line),
-                    prompt_tokens=_tokens(path, prompt, row=n, line=line, field="ContextTokens"),
-                    completion_tokens=_tokens(path, completion, row=n, line=line, field="GeneratedTokens"),
-                    cached_prompt_tokens=0,
-                ))
+                rows.append(
+                    TraceRow(
+                        row=n,
+                        occurred_at=_azure_time(path, ts, row=n, line=line),
+                        prompt_tokens=_tokens(path, prompt, row=n, line=line, field="ContextTokens"),
+                        completion_tokens=_tokens(path, completion, row=n, line=line, field="GeneratedTokens"),
+                        cached_prompt_tokens=0,
+                    )
+                )
         except (csv.Error, UnicodeDecodeError) as exc:
             raise TraceError(path, f"not a CSV file: {exc}", row=len(rows) + 1, line=reader.line_num) from exc
     if not rows:
@@ -150,8 +161,9 @@ def read_mooncake(path: Path, *, epoch: datetime) -> list[TraceRow]:
                 try:
                     obj = json.loads(text)
                 except json.JSONDecodeError as exc:
-                    raise TraceError(path, f"not a JSON object: {exc.msg} (is this --format mooncake?)",
-                                     row=n, line=line_no) from exc
+                    raise TraceError(
+                        path, f"not a JSON object: {exc.msg} (is this --format mooncake?)", row=n, line=line_no
+                    ) from exc
                 if not isinstance(obj, dict):
                     raise TraceError(path, "not a JSON object", row=n, line=line_no)
                 for name in ("timestamp", "input_length", "output_length", "hash_ids"):
@@ -159,8 +171,9 @@ def read_mooncake(path: Path, *, epoch: datetime) -> list[TraceRow]:
                         raise TraceError(path, "missing", row=n, line=line_no, field=name)
                 ts = obj["timestamp"]
                 if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts <= MAX_TIMESTAMP_MS:
-                    raise TraceError(path, f"{ts!r} is not a non-negative integer of ms", row=n, line=line_no,
-                                     field="timestamp")
+                    raise TraceError(
+                        path, f"{ts!r} is not a non-negative integer of ms", row=n, line=line_no, field="timestamp"
+                    )
                 prompt = _tokens(path, obj["input_length"], row=n, line=line_no, field="input_length")
                 completion = _tokens(path, obj["output_length"], row=n, line=line_no, field="output_length")
                 hash_ids = obj["hash_ids"]
@@ -177,15 +190,22 @@ def read_mooncake(path: Path, *, epoch: datetime) -> list[TraceRow]:
                 try:
                     when = epoch + timedelta(milliseconds=ts)
                 except OverflowError:
-                    raise TraceError(path, f"{ts!r} ms after {epoch.isoformat()} is past year 9999", row=n,
-                                     line=line_no, field="timestamp") from None
-                rows.append(TraceRow(
-                    row=n,
-                    occurred_at=_in_window(path, when, row=n, line=line_no, field="timestamp"),
-                    prompt_tokens=prompt,
-                    completion_tokens=completion,
-                    cached_prompt_tokens=min(prompt, MOONCAKE_BLOCK_TOKENS * leading),
-                ))
+                    raise TraceError(
+                        path,
+                        f"{ts!r} ms after {epoch.isoformat()} is past year 9999",
+                        row=n,
+                        line=line_no,
+                        field="timestamp",
+                    ) from None
+                rows.append(
+                    TraceRow(
+                        row=n,
+                        occurred_at=_in_window(path, when, row=n, line=line_no, field="timestamp"),
+                        prompt_tokens=prompt,
+                        completion_tokens=completion,
+                        cached_prompt_tokens=min(prompt, MOONCAKE_BLOCK_TOKENS * leading),
+                    )
+                )
         except UnicodeDecodeError as exc:
             raise TraceError(path, f"not UTF-8 text: {exc}", row=len(rows) + 1) from exc
     if not rows:

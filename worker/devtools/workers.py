@@ -29,14 +29,28 @@ def start_celery_worker(
     """Start ``celery worker`` (prefork, ``queues``: default the drain's) named ``<name>@<host>``,
     logging to ``log_path``.  It inherits this process's ``TOLLGATE_*`` settings unless ``env`` is given."""
     cmd = [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "-Q", ",".join(queues), "--pool", "prefork", "--concurrency", str(concurrency),
-        "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-        "--loglevel", loglevel,
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(concurrency),
+        "-n",
+        f"{name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--loglevel",
+        loglevel,
     ]
     with log_path.open("wb") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                start_new_session=True)
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
 
 
 def wait_ready(proc: subprocess.Popen, log_path: Path, timeout_s: float = 60.0) -> float:

@@ -32,8 +32,8 @@ scripts.
 from __future__ import annotations
 
 import functools
-import os
 import logging
+import os
 import re
 import time
 import uuid
@@ -43,13 +43,19 @@ from typing import Callable, Iterable, Sequence
 import redis
 from hiredis import pack_command
 
-from models.turn import Decision, TurnIn, trusted_decision
 from models.enums import BillingMode
+from models.turn import Decision, TurnIn, trusted_decision
 from models.wallet import DEFAULT_MAX_TURN_COST_NANOS, ReservationPublic
-from worker.validation import check_text
-from worker.pricing.meters import meter_price
-from worker.pricing.prices import PriceBook, PriceSheet, TurnLimitExceeded, TurnPrice
-from worker.gate.keys import ALLOWANCE_EXPIRY_PREFIX, FLAT_FEE_PREFIX, SHARDS_KEY, scoped_key, shard_of, shard_tag, turn_key
+from worker.errors import Conflict, InvalidInput, NotFound, Unavailable
+from worker.gate.keys import (
+    ALLOWANCE_EXPIRY_PREFIX,
+    FLAT_FEE_PREFIX,
+    SHARDS_KEY,
+    scoped_key,
+    shard_of,
+    shard_tag,
+    turn_key,
+)
 from worker.gate.outbox import Kicker, celery_kicker, turn_payload
 from worker.gate.pipeline import (
     NOT_RUN_ON_CLUSTER,
@@ -60,8 +66,10 @@ from worker.gate.pipeline import (
     send_packed_retrying,
 )
 from worker.gate.scripts import lua_source
+from worker.pricing.meters import meter_price
+from worker.pricing.prices import PriceBook, PriceSheet, TurnLimitExceeded, TurnPrice
 from worker.settings import Settings, get_settings, redis_client
-from worker.errors import Conflict, InvalidInput, NotFound, Unavailable
+from worker.validation import check_text
 
 #: a service tier's name, as TurnIn accepts it (``models.turn``)
 _TIER = re.compile(r"[a-z0-9_.-]{1,32}")
@@ -100,28 +108,45 @@ class GateBatchError(Unavailable, RuntimeError):
 
 def _own_keys(tag: str, turn: TurnIn, reservation_id: str | None) -> tuple[str, str, str]:
     """A turn's own keys in shard ``tag``: its wallet, its turn_id's answer, the hold it settles."""
-    return (f"{tag}:wallet:{turn.wallet_id}", turn_key(tag, turn.enterprise_id, turn.wallet_id, turn.turn_id),
-            f"{tag}:hold:{reservation_id or ''}")
+    return (
+        f"{tag}:wallet:{turn.wallet_id}",
+        turn_key(tag, turn.enterprise_id, turn.wallet_id, turn.turn_id),
+        f"{tag}:hold:{reservation_id or ''}",
+    )
 
 
 def _own_args(turn: TurnIn, price: TurnPrice, reservation_id: str | None, require_hold: bool) -> tuple:
     """A turn's own script arguments: cost, payload, reservation_id, require_hold, enterprise_id, tokens."""
-    return (price.cost_nanos, turn_payload(turn, price), reservation_id or "", "1" if require_hold else "0",
-            turn.enterprise_id, turn.prompt_tokens + turn.completion_tokens)
+    return (
+        price.cost_nanos,
+        turn_payload(turn, price),
+        reservation_id or "",
+        "1" if require_hold else "0",
+        turn.enterprise_id,
+        turn.prompt_tokens + turn.completion_tokens,
+    )
 
 
 def _cost_limit(cost_nanos: int, limit_nanos: int, *, index: int | None = None) -> TurnLimitExceeded:
     """The refusal of a turn costing ``cost_nanos``, above its app's ``max_turn_cost_nanos``."""
-    return TurnLimitExceeded("cost_nanos", f"the turn costs {cost_nanos:,} nanos, above its app's "
-                                           f"max_turn_cost_nanos of {limit_nanos:,}", index=index)
+    return TurnLimitExceeded(
+        "cost_nanos",
+        f"the turn costs {cost_nanos:,} nanos, above its app's max_turn_cost_nanos of {limit_nanos:,}",
+        index=index,
+    )
 
 
 def _priced(turn: TurnIn, quote: TurnPrice | PriceSheet) -> TurnPrice:
     """A turn's price from :meth:`WalletGate._quote`'s answer (a sheet is applied to its tokens)."""
     if isinstance(quote, TurnPrice):
         return quote
-    return quote.price(turn.prompt_tokens, turn.completion_tokens, turn.cached_prompt_tokens,
-                       turn.cache_write_tokens, turn.cache_write_1h_tokens)
+    return quote.price(
+        turn.prompt_tokens,
+        turn.completion_tokens,
+        turn.cached_prompt_tokens,
+        turn.cache_write_tokens,
+        turn.cache_write_1h_tokens,
+    )
 
 
 class UnknownWallet(NotFound, LookupError):
@@ -247,10 +272,13 @@ class WalletGate:
         Raises: ValueError naming the argument (mode, level, share_bps, trial_then, max_turn_cost_nanos).
         """
         if max_turn_cost_nanos is not None and (
-            not isinstance(max_turn_cost_nanos, int) or isinstance(max_turn_cost_nanos, bool)
+            not isinstance(max_turn_cost_nanos, int)
+            or isinstance(max_turn_cost_nanos, bool)
             or not 0 <= max_turn_cost_nanos <= 2**62
         ):
-            raise InvalidInput("max_turn_cost_nanos", f"{max_turn_cost_nanos!r} is not an integer of nano-USD in 0..2^62")
+            raise InvalidInput(
+                "max_turn_cost_nanos", f"{max_turn_cost_nanos!r} is not an integer of nano-USD in 0..2^62"
+            )
         if mode not in BillingMode.__members__:
             raise InvalidInput("mode", f"{mode!r} is not one of {', '.join(BillingMode.__members__)}")
         if level not in ("platform", "app_usage"):
@@ -261,9 +289,17 @@ class WalletGate:
             raise InvalidInput("trial_then", f"{trial_then!r} is not 'bill' or 'pause'")
         key = self.wallet_key(wallet_id)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, mapping={"mode": mode, "limited": "1" if limited else "0", "level": level,
-                                "share_bps": share_bps, "trial_then": trial_then,
-                                "require_hold": "1" if reservations_required else "0"})
+        pipe.hset(
+            key,
+            mapping={
+                "mode": mode,
+                "limited": "1" if limited else "0",
+                "level": level,
+                "share_bps": share_bps,
+                "trial_then": trial_then,
+                "require_hold": "1" if reservations_required else "0",
+            },
+        )
         if enterprise_id:  # record_turn.lua then refuses turns of any other app
             pipe.hset(key, "enterprise", enterprise_id)
         if max_turn_cost_nanos is not None:
@@ -279,8 +315,9 @@ class WalletGate:
             pipe.hsetnx(key, "trial_left", trial_left)
         pipe.execute()
 
-    def set_mode(self, wallet_id: str, mode: str, *, trial_left: int | None = None,
-                 trial_then: str | None = None) -> None:
+    def set_mode(
+        self, wallet_id: str, mode: str, *, trial_left: int | None = None, trial_then: str | None = None
+    ) -> None:
         """Change a wallet's mode in the gate (the caller records it in PostgreSQL first); turns
         already decided keep the mode they were decided under.  ``trial_left`` (tokens), when given,
         replaces the trial allowance left.  Raises ValueError (mode, trial_then), UnknownWallet."""
@@ -340,7 +377,12 @@ class WalletGate:
             pipe.execute()
 
     def repair_balance(
-        self, wallet_id: str, *, expected_nanos: int, seen_balance: str, seen_accepted: str,
+        self,
+        wallet_id: str,
+        *,
+        expected_nanos: int,
+        seen_balance: str,
+        seen_accepted: str,
         ledger_keys: Iterable[tuple[str, str]] = (),
     ) -> bool:
         """Set the gate balance to ``expected_nanos`` if the wallet still shows ``seen_balance`` and
@@ -350,9 +392,9 @@ class WalletGate:
         Raises UnknownWallet."""
         keys = [self.wallet_key(wallet_id), *self.applied_keys(wallet_id, ledger_keys)]
         try:
-            return bool(self._repair(
-                keys=keys, args=[expected_nanos, seen_balance, seen_accepted, self.settings.dedupe_ttl_s]
-            ))
+            return bool(
+                self._repair(keys=keys, args=[expected_nanos, seen_balance, seen_accepted, self.settings.dedupe_ttl_s])
+            )
         except redis.ResponseError as exc:
             raise self._translate(exc, wallet_id) from exc
 
@@ -379,8 +421,11 @@ class WalletGate:
         tag = shard_tag(self.shard(wallet_id))
         try:
             balance, _dup = self._adjust(
-                keys=[f"{tag}:wallet:{wallet_id}", f"{tag}:{namespace}:{scoped_key(wallet_id, key)}",
-                      f"{tag}:{namespace}:{wallet_id}:{key}"],  # the key before 0012 (see adjust.lua)
+                keys=[
+                    f"{tag}:wallet:{wallet_id}",
+                    f"{tag}:{namespace}:{scoped_key(wallet_id, key)}",
+                    f"{tag}:{namespace}:{wallet_id}:{key}",
+                ],  # the key before 0012 (see adjust.lua)
                 args=[delta_nanos, self.settings.dedupe_ttl_s],
             )
         except redis.ResponseError as exc:
@@ -465,8 +510,13 @@ class WalletGate:
             if kick:
                 kicks.add(self.shard(turn.wallet_id))
             decisions[i] = trusted_decision(  # values come from our own script: no re-validation
-                turn.turn_id, status == "accepted", action, int(balance) if balance != "" else None,
-                int(cost), int(billed), bool(duplicate),
+                turn.turn_id,
+                status == "accepted",
+                action,
+                int(balance) if balance != "" else None,
+                int(cost),
+                int(billed),
+                bool(duplicate),
             )
 
         if len(turns) == 1 or reserve_exact:
@@ -502,11 +552,20 @@ class WalletGate:
     def _record_args(self, turn: TurnIn, price: TurnPrice, reservation_id: str | None, require_hold: bool) -> tuple:
         """``record_turn.lua``'s ARGV for one turn (see its header)."""
         cost, payload, rid, require, enterprise, tokens = _own_args(turn, price, reservation_id, require_hold)
-        return (cost, payload, self.settings.dedupe_ttl_s, self.settings.kick_interval_ms, rid, require, enterprise,
-                tokens)
+        return (
+            cost,
+            payload,
+            self.settings.dedupe_ttl_s,
+            self.settings.kick_interval_ms,
+            rid,
+            require,
+            enterprise,
+            tokens,
+        )
 
-    def _group_call(self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet],
-                    batch: list[int]) -> tuple[list[str], list]:
+    def _group_call(
+        self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet], batch: list[int]
+    ) -> tuple[list[str], list]:
         """``record_turns.lua``'s KEYS and ARGV (see its header) for the turns at indexes ``batch``,
         all of one shard."""
         tag, outbox, kick, holds = self._shard_keys[self.shard(turns[batch[0]].wallet_id)]
@@ -526,10 +585,20 @@ class WalletGate:
         for turn, price in zip(turns, prices):
             reservation_id = f"auto:{turn.turn_id}" if reserve_exact else turn.reservation_id
             if reserve_exact:
-                calls.append((self._reserve, self._hold_keys(turn.wallet_id, reservation_id),
-                              (price.cost_nanos, expires_ms, reservation_id, turn.wallet_id)))
-            calls.append((self._record, self._turn_keys(turn, reservation_id),
-                           self._record_args(turn, price, reservation_id, reserve_exact)))
+                calls.append(
+                    (
+                        self._reserve,
+                        self._hold_keys(turn.wallet_id, reservation_id),
+                        (price.cost_nanos, expires_ms, reservation_id, turn.wallet_id),
+                    )
+                )
+            calls.append(
+                (
+                    self._record,
+                    self._turn_keys(turn, reservation_id),
+                    self._record_args(turn, price, reservation_id, reserve_exact),
+                )
+            )
         if len(calls) == 1:  # one round trip: EVALSHA (redis-py loads the script on NOSCRIPT)
             script, keys, args = calls[0]
             try:
@@ -548,13 +617,14 @@ class WalletGate:
             by_shard.setdefault(self.shard(turn.wallet_id), []).append(i)
         batches: list[list[int]] = []
         for indexes in by_shard.values():
-            batches += [indexes[j:j + TURNS_PER_CALL] for j in range(0, len(indexes), TURNS_PER_CALL)]
+            batches += [indexes[j : j + TURNS_PER_CALL] for j in range(0, len(indexes), TURNS_PER_CALL)]
         if len(batches) > 1:
             batches = ramp(batches[0]) + batches[1:-1] + [part[::-1] for part in ramp(batches[-1][::-1])][::-1]
         return batches
 
-    def _record_streamed(self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet],
-                         decide: Callable[[int, object], None]) -> None:
+    def _record_streamed(
+        self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet], decide: Callable[[int, object], None]
+    ) -> None:
         """A batch on one Redis server: ``record_turns.lua`` per :data:`TURNS_PER_CALL` turns of a shard.
         Each EVALSHA is built (prices, keys, payloads) and packed only when the one before it has
         been sent, and each reply is turned into decisions while Redis runs the next, so Redis and
@@ -569,11 +639,13 @@ class WalletGate:
                 yield pack_command(("EVALSHA", sha, len(keys), *keys, *args)), 1
 
         groups = iter(batches)
-        send_packed_retrying(self.redis, commands(), [self._record_many],
-                              lambda reply: decide_group(next(groups), reply, decide))
+        send_packed_retrying(
+            self.redis, commands(), [self._record_many], lambda reply: decide_group(next(groups), reply, decide)
+        )
 
-    def _record_batched(self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet],
-                        decide: Callable[[int, object], None]) -> None:
+    def _record_batched(
+        self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet], decide: Callable[[int, object], None]
+    ) -> None:
         """A batch on Redis Cluster: ``record_turns.lua`` per :data:`TURNS_PER_CALL` turns of a shard,
         every call built first, then pipelined per node.  Calls ``decide(i, reply)`` for every turn."""
         batches = self._shard_batches(turns)
@@ -607,8 +679,9 @@ class WalletGate:
         return replies
 
     # reservations -----------------------------------------------------------------------------
-    def quote_reservation(self, model: str, provider: str | None, prompt_tokens: int, max_tokens: int,
-                          service_tier: str | None = None) -> int:
+    def quote_reservation(
+        self, model: str, provider: str | None, prompt_tokens: int, max_tokens: int, service_tier: str | None = None
+    ) -> int:
         """The worst-case cost of an LLM call before it is made, nano-USD (>= 1): every prompt token
         at the model's input price (no cache discount) and ``max_tokens`` completion tokens at its
         output price, today's prices (OpenRouter's in-flight budget does the same), at the
@@ -627,8 +700,16 @@ class WalletGate:
         return max(1, sheet.price(prompt_tokens, max_tokens, 0, 0).cost_nanos)
 
     def reserve(
-        self, wallet_id: str, amount_nanos: int | None = None, *, ttl_s: int = 300, reservation_id: str | None = None,
-        model: str | None = None, provider: str | None = None, prompt_tokens: int = 0, max_tokens: int | None = None,
+        self,
+        wallet_id: str,
+        amount_nanos: int | None = None,
+        *,
+        ttl_s: int = 300,
+        reservation_id: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        prompt_tokens: int = 0,
+        max_tokens: int | None = None,
         service_tier: str | None = None,
     ) -> ReservationPublic:
         """Hold funds of a wallet before an LLM call, for ``ttl_s`` seconds: ``amount_nanos`` (an
@@ -670,9 +751,15 @@ class WalletGate:
             )
         except redis.ResponseError as exc:
             raise self._translate(exc, wallet_id) from exc
-        return ReservationPublic(reservation_id=reservation_id, wallet_id=wallet_id, granted=status == "reserved",
-                           amount_nanos=int(amount), balance_nanos=int(balance), held_nanos=int(held),
-                           duplicate=bool(duplicate))
+        return ReservationPublic(
+            reservation_id=reservation_id,
+            wallet_id=wallet_id,
+            granted=status == "reserved",
+            amount_nanos=int(amount),
+            balance_nanos=int(balance),
+            held_nanos=int(held),
+            duplicate=bool(duplicate),
+        )
 
     def release(self, wallet_id: str, reservation_id: str) -> int:
         """Give back a hold not settled by a turn; returns the nanos released (0 if already gone)."""

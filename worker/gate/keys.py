@@ -56,7 +56,6 @@ def kick_key(shard: int) -> str:
     return f"{shard_tag(shard)}:kick"
 
 
-
 # --- keys outside the shards (not hash-tagged) ---
 
 #: drain counters (hash; :mod:`worker.metrics`)

@@ -16,8 +16,8 @@ import orjson
 
 from models.turn import TurnIn
 from worker.celery_app import DRAIN_OUTBOX_TASK, app
-from worker.pricing.prices import TurnPrice
 from worker.errors import InputError
+from worker.pricing.prices import TurnPrice
 
 log = logging.getLogger(__name__)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -71,7 +71,6 @@ def turn_payload(turn: TurnIn, price: TurnPrice) -> str:
             turn.service_tier,
         ],
     ).decode()
-
 
 
 def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
@@ -175,4 +174,3 @@ def celery_kicker(shard: int) -> None:
         app.send_task(DRAIN_OUTBOX_TASK, kwargs={"shard": shard}, ignore_result=True)
     except Exception:  # the turn is already recorded; beat's backstop drains it
         log.warning("could not send a drain kick for shard %s; beat will drain it", shard, exc_info=True)
-

@@ -33,16 +33,21 @@ def pipeline_evalsha(client: redis.Redis, calls: list[tuple[redis.commands.core.
             if not exists:
                 client.script_load(script.script)
     chunks = [
-        (b"".join(pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)) for script, keys, args in chunk),
-         len(chunk))
-        for chunk in (calls[i:i + PIPELINE_CHUNK] for i in range(0, len(calls), PIPELINE_CHUNK))
+        (
+            b"".join(pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)) for script, keys, args in chunk),
+            len(chunk),
+        )
+        for chunk in (calls[i : i + PIPELINE_CHUNK] for i in range(0, len(calls), PIPELINE_CHUNK))
     ]
     return send_packed_retrying(client, chunks, scripts)
 
 
-def send_packed_retrying(client: redis.Redis, commands: Iterable[tuple[bytes, int]],
-                          scripts: Sequence[redis.commands.core.Script],
-                          on_reply: Callable[[object], None] | None = None) -> list:
+def send_packed_retrying(
+    client: redis.Redis,
+    commands: Iterable[tuple[bytes, int]],
+    scripts: Sequence[redis.commands.core.Script],
+    on_reply: Callable[[object], None] | None = None,
+) -> list:
     """:func:`send_packed`; when every reply is NOSCRIPT (the server lost ``scripts``, so none
     ran), load them and send the same commands once more.  Returns the final replies in order, or,
     with ``on_reply``, passes each to it as soon as it is known final (leading NOSCRIPT replies
@@ -72,8 +77,9 @@ def send_packed_retrying(client: redis.Redis, commands: Iterable[tuple[bytes, in
     return out
 
 
-def send_packed(client: redis.Redis, commands: Iterable[tuple[bytes, int]], sent: list | None,
-                 on_reply: Callable[[object], None]) -> None:
+def send_packed(
+    client: redis.Redis, commands: Iterable[tuple[bytes, int]], sent: list | None, on_reply: Callable[[object], None]
+) -> None:
     """The pipeline itself, below redis-py's ``Pipeline`` (whose pure-Python command packer cost
     more than the scripts): ``commands`` are ``(packed bytes, replies expected)``, taken lazily and
     each written before the previous one's replies are read, so Redis runs one while this process
@@ -130,4 +136,3 @@ def decide_group(batch: list[int], reply, decide: Callable[[int, object], None])
     turn reply)`` for each turn index ``i`` of its group, in order."""
     for position, i in enumerate(batch):
         decide(i, reply if isinstance(reply, Exception) else reply[position])
-

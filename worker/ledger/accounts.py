@@ -17,16 +17,15 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
 from models.enums import BillingMode, PayerLevel, TransactionKind
-from models.wallet import Enterprise, Wallet, WalletTransaction
 from models.validation import MAX_DESCRIPTION
-from worker.validation import InvalidInput, check_text
-from worker.db import session_scope
-from worker.ledger.audit import audit
+from models.wallet import Enterprise, Wallet, WalletTransaction
 from worker.billing.payers import gate_profile
+from worker.db import session_scope
+from worker.errors import InputError, Unavailable
 from worker.gate.gate import WalletGate
 from worker.gate.keys import RESERVED_KEY_PREFIX
-from worker.errors import InputError, Unavailable
-
+from worker.ledger.audit import audit
+from worker.validation import InvalidInput, check_text
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +141,15 @@ def record_credit(
     text ``models.validation`` refuses (ids, ``idempotency_key``, ``description``), naming the field.
     """
     if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or not 0 < amount_nanos <= MAX_CREDIT_NANOS:
-        raise LedgerError(f"amount_nanos must be an integer of nano-USD in 1..2^62, got {amount_nanos!r}",
-                          field="amount_nanos")
+        raise LedgerError(
+            f"amount_nanos must be an integer of nano-USD in 1..2^62, got {amount_nanos!r}", field="amount_nanos"
+        )
     _check_credit_text(wallet_id, idempotency_key, description)
     if not idempotency_key or len(idempotency_key) > 200 or idempotency_key.startswith(RESERVED_KEY_PREFIX):
         raise LedgerError(
             f"idempotency_key must be 1..200 characters not starting with {RESERVED_KEY_PREFIX!r}, "
-            f"got {idempotency_key!r}", field="idempotency_key"
+            f"got {idempotency_key!r}",
+            field="idempotency_key",
         )
     if session.get(Wallet, wallet_id) is None:
         raise LedgerError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
@@ -173,8 +174,14 @@ def record_credit(
 
 
 def credit_wallet(
-    gate: WalletGate, *, wallet_id: str, amount_nanos: int, idempotency_key: str, description: str = "",
-    actor: str | None = None, on_credited: OnCredited | None = None,
+    gate: WalletGate,
+    *,
+    wallet_id: str,
+    amount_nanos: int,
+    idempotency_key: str,
+    description: str = "",
+    actor: str | None = None,
+    on_credited: OnCredited | None = None,
 ) -> int:
     """Credit a wallet once per key: the ledger entry commits first, then the gate's balance.
 
@@ -205,13 +212,23 @@ def credit_wallet(
             select(WalletTransaction).where(WalletTransaction.idempotency_key == idempotency_key)
         ).scalar_one()
         if new and actor:
-            audit(session, actor=actor, action="credit", enterprise_id=session.get(Wallet, wallet_id).enterprise_id,
-                  wallet_id=wallet_id, amount_nanos=amount_nanos, idempotency_key=idempotency_key)
+            audit(
+                session,
+                actor=actor,
+                action="credit",
+                enterprise_id=session.get(Wallet, wallet_id).enterprise_id,
+                wallet_id=wallet_id,
+                amount_nanos=amount_nanos,
+                idempotency_key=idempotency_key,
+            )
         if entry.wallet_id != wallet_id or entry.amount_nanos != amount_nanos or entry.kind != TransactionKind.credit:
             raise LedgerError(
                 f"idempotency_key: {idempotency_key!r} was already used for a {entry.kind} of "
                 f"{entry.amount_nanos} nanos to wallet {entry.wallet_id!r}",
-            field="idempotency_key", http_status=409, title="Idempotency key in use")
+                field="idempotency_key",
+                http_status=409,
+                title="Idempotency key in use",
+            )
         age_s = session.execute(select(func.extract("epoch", func.now() - entry.created_at))).scalar_one()
         enterprise_id = session.get(Wallet, wallet_id).enterprise_id
     if age_s > gate.settings.dedupe_ttl_s - 3600:
@@ -245,4 +262,3 @@ def ledger_balance(session: Session, wallet_id: str) -> int:
         ).where(wt.wallet_id == wallet_id)
     ).one()
     return int(credits) - int(debits)
-

@@ -11,8 +11,14 @@ from sqlmodel import Session
 from models.access import AuditLog
 
 
-def audit(session: Session, *, actor: str, action: str, enterprise_id: str | None = None,
-          wallet_id: str | None = None, **detail) -> None:
+def audit(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    enterprise_id: str | None = None,
+    wallet_id: str | None = None,
+    **detail,
+) -> None:
     """Append one audit log entry (credits, mode changes, key changes)."""
-    session.add(AuditLog(actor=actor, action=action, enterprise_id=enterprise_id, wallet_id=wallet_id,
-                         detail=detail))
+    session.add(AuditLog(actor=actor, action=action, enterprise_id=enterprise_id, wallet_id=wallet_id, detail=detail))

@@ -41,14 +41,18 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session
 
-from models.turn import DeadLetter as DeadLetterRow
 from models.enums import TransactionKind
+from models.turn import DeadLetter as DeadLetterRow
 from models.wallet import Wallet, WalletTransaction
 from worker.db import session_scope
-from worker.gate.gate import UnknownWallet, WalletGate
-from worker.gate.keys import shard_tag
-from worker.gate.keys import DEADLETTER_CHARGE_PREFIX, DEADLETTER_REFUND_PREFIX, DEADLETTER_SETTLED_PREFIX, deadletter_key
 from worker.errors import NotFound
+from worker.gate.gate import UnknownWallet, WalletGate
+from worker.gate.keys import (
+    DEADLETTER_CHARGE_PREFIX,
+    DEADLETTER_REFUND_PREFIX,
+    DEADLETTER_SETTLED_PREFIX,
+    deadletter_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,17 +106,21 @@ def is_transient(exc: BaseException) -> bool:
 
 # reading what other writers stored ------------------------------------------------------------
 
+
 def _tolerant(value: bytes | str) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def _entries(reply) -> list[tuple[str, dict[str, str]]]:
-    return [(_tolerant(entry_id), {_tolerant(k): _tolerant(v) for k, v in (fields or {}).items()})
-            for entry_id, fields in reply]
+    return [
+        (_tolerant(entry_id), {_tolerant(k): _tolerant(v) for k, v in (fields or {}).items()})
+        for entry_id, fields in reply
+    ]
 
 
-def xrange_tolerant(client: redis.Redis, key: str, *, min: str = "-", max: str = "+",
-                    count: int | None = None) -> list[tuple[str, dict[str, str]]]:
+def xrange_tolerant(
+    client: redis.Redis, key: str, *, min: str = "-", max: str = "+", count: int | None = None
+) -> list[tuple[str, dict[str, str]]]:
     """XRANGE that never fails on what another writer stored: bytes that are not UTF-8 are decoded
     with ``surrogateescape`` (so :func:`encode_fields` gives them back unchanged)."""
     try:
@@ -122,12 +130,14 @@ def xrange_tolerant(client: redis.Redis, key: str, *, min: str = "-", max: str =
         return _entries(client.execute_command(*args, NEVER_DECODE=True))
 
 
-def read_own_pending(client: redis.Redis, stream: str, group: str, consumer: str,
-                     count: int) -> list[tuple[str, dict[str, str]]]:
+def read_own_pending(
+    client: redis.Redis, stream: str, group: str, consumer: str, count: int
+) -> list[tuple[str, dict[str, str]]]:
     """This consumer's pending entries (XREADGROUP … 0), decoded as :func:`xrange_tolerant` does:
     the drain's way on when a read failed to decode an entry it was just given."""
-    reply = client.execute_command("XREADGROUP", "GROUP", group, consumer, "COUNT", count, "STREAMS", stream, "0",
-                                   NEVER_DECODE=True)
+    reply = client.execute_command(
+        "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "STREAMS", stream, "0", NEVER_DECODE=True
+    )
     if not reply:
         return []
     first = reply[0] if isinstance(reply, list) else next(iter(reply.items()))
@@ -175,6 +185,7 @@ def identity(fields: dict[str, str]) -> tuple[str | None, str | None, int]:
 
 # the record ----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class DeadLetter:
     """One dead letter as an operator sees it.  ``turn_id`` and ``wallet_id`` are read from the
@@ -214,9 +225,19 @@ def _from_row(row: DeadLetterRow) -> DeadLetter:
     except (ValueError, TypeError, RecursionError):
         fields = {}
     turn_id, wallet_id, _billed = identity(fields)
-    return DeadLetter(shard=row.shard, outbox_id=row.outbox_id, turn_id=turn_id, wallet_id=wallet_id,
-                      billed_nanos=row.billed_nanos, error=row.error, error_class=row.error_class,
-                      charged=row.charged, status=row.status, created_at=row.created_at, fields=fields)
+    return DeadLetter(
+        shard=row.shard,
+        outbox_id=row.outbox_id,
+        turn_id=turn_id,
+        wallet_id=wallet_id,
+        billed_nanos=row.billed_nanos,
+        error=row.error,
+        error_class=row.error_class,
+        charged=row.charged,
+        status=row.status,
+        created_at=row.created_at,
+        fields=fields,
+    )
 
 
 def record(client: redis.Redis, shard: int, entry_id: str, fields: dict[str, str], exc: BaseException) -> bool:
@@ -231,28 +252,48 @@ def record(client: redis.Redis, shard: int, entry_id: str, fields: dict[str, str
     try:
         with session_scope() as session:
             new = session.execute(
-                insert(DeadLetterRow).values(
-                    outbox_id=outbox_id, shard=shard, billed_nanos=billed, error=_clean(error, 2000),
-                    error_class=_clean(error_class, 200), fields_json=json.dumps(fields, ensure_ascii=True),
+                insert(DeadLetterRow)
+                .values(
+                    outbox_id=outbox_id,
+                    shard=shard,
+                    billed_nanos=billed,
+                    error=_clean(error, 2000),
+                    error_class=_clean(error_class, 200),
+                    fields_json=json.dumps(fields, ensure_ascii=True),
                     status="open",
                     turn_id=turn_id if storable(turn_id) and len(turn_id) <= 1000 else None,
                     wallet_id=wallet_id if storable(wallet_id) and len(wallet_id) <= 1000 else None,
-                ).on_conflict_do_nothing(index_elements=["outbox_id"]).returning(DeadLetterRow.id)
+                )
+                .on_conflict_do_nothing(index_elements=["outbox_id"])
+                .returning(DeadLetterRow.id)
             ).first()
             if new is None:
                 return False
             if billed > 0 and storable(wallet_id) and session.get(Wallet, wallet_id) is not None:
-                _ledger_entry(session, wallet_id, TransactionKind.debit, billed, CHARGE + outbox_id,
-                              f"dead-lettered outbox entry {outbox_id} (turn {ascii(turn_id)[:200]})")
+                _ledger_entry(
+                    session,
+                    wallet_id,
+                    TransactionKind.debit,
+                    billed,
+                    CHARGE + outbox_id,
+                    f"dead-lettered outbox entry {outbox_id} (turn {ascii(turn_id)[:200]})",
+                )
                 session.execute(update(DeadLetterRow).where(DeadLetterRow.id == new[0]).values(charged=True))
     except Exception as failure:
         if is_transient(failure):
             raise
         log.error("dead letter %s could not be stored in PostgreSQL (%r); Redis holds it", outbox_id, failure)
-    client.xadd(deadletter_key(shard), encode_fields({
-        **{k: v for k, v in fields.items() if k not in _OWN_FIELDS}, "outbox_id": entry_id,
-        "error": error[:2000], "error_class": error_class,
-    }))
+    client.xadd(
+        deadletter_key(shard),
+        encode_fields(
+            {
+                **{k: v for k, v in fields.items() if k not in _OWN_FIELDS},
+                "outbox_id": entry_id,
+                "error": error[:2000],
+                "error_class": error_class,
+            }
+        ),
+    )
     return True
 
 
@@ -269,13 +310,19 @@ def dead_lettered(shard: int, entry_ids: Iterable[str]) -> set[str]:
         return {wanted[outbox_id] for outbox_id in found.scalars()}
 
 
-def _ledger_entry(session: Session, wallet_id: str, kind: TransactionKind, amount_nanos: int, key: str,
-                  description: str) -> bool:
+def _ledger_entry(
+    session: Session, wallet_id: str, kind: TransactionKind, amount_nanos: int, key: str, description: str
+) -> bool:
     """One ledger entry and its wallet aggregate, once per ``key``.  True if new.  The caller commits."""
     new = session.execute(
         insert(WalletTransaction)
-        .values(wallet_id=wallet_id, kind=kind, amount_nanos=amount_nanos, idempotency_key=key,
-                description=description[:500])
+        .values(
+            wallet_id=wallet_id,
+            kind=kind,
+            amount_nanos=amount_nanos,
+            idempotency_key=key,
+            description=description[:500],
+        )
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
         .returning(WalletTransaction.id)
     ).first()
@@ -286,8 +333,9 @@ def _ledger_entry(session: Session, wallet_id: str, kind: TransactionKind, amoun
     return True
 
 
-def list_dead_letters(session: Session, shards: Iterable[int] | None = None, *,
-                      status: str = "open") -> list[DeadLetter]:
+def list_dead_letters(
+    session: Session, shards: Iterable[int] | None = None, *, status: str = "open"
+) -> list[DeadLetter]:
     """Dead letters (default: the open ones) of the given shards (default: all), by shard, oldest
     first.  Whatever a row holds, reading it never raises."""
     query = select(DeadLetterRow).where(DeadLetterRow.status == status).order_by(DeadLetterRow.shard, DeadLetterRow.id)
@@ -304,7 +352,8 @@ def find(session: Session, outbox_id: str) -> DeadLetter:
     if not shard_text.isdigit() or not entry_id or not storable(outbox_id):
         raise DeadLetterNotFound(f"outbox_id: expected <shard>:<stream id>, got {outbox_id!r}", field="outbox_id")
     row = session.execute(
-        select(DeadLetterRow).where(DeadLetterRow.outbox_id == outbox_id, DeadLetterRow.status == "open")
+        select(DeadLetterRow)
+        .where(DeadLetterRow.outbox_id == outbox_id, DeadLetterRow.status == "open")
         .with_for_update()
     ).scalar_one_or_none()
     if row is None:
@@ -314,16 +363,25 @@ def find(session: Session, outbox_id: str) -> DeadLetter:
 
 def resolve(session: Session, dl: DeadLetter, status: str) -> None:
     """Mark the dead letter 'retried' or 'discarded' in the caller's transaction."""
-    session.execute(update(DeadLetterRow).where(DeadLetterRow.outbox_id == dl.outbox_id)
-                    .values(status=status, resolved_at=func.now()))
+    session.execute(
+        update(DeadLetterRow)
+        .where(DeadLetterRow.outbox_id == dl.outbox_id)
+        .values(status=status, resolved_at=func.now())
+    )
 
 
 def settle_after_retry(session: Session, dl: DeadLetter) -> None:
     """In the retry's transaction, after the turn was persisted: cancel the named debt (the turn's
     usage debit now charges it) with a credit ``tollgate:deadletter-retried:…`` and mark it 'retried'."""
     if dl.charged:
-        _ledger_entry(session, dl.wallet_id, TransactionKind.credit, dl.billed_nanos, SETTLED + dl.outbox_id,
-                      f"dead letter {dl.outbox_id} retried and persisted: its usage debit charges it")
+        _ledger_entry(
+            session,
+            dl.wallet_id,
+            TransactionKind.credit,
+            dl.billed_nanos,
+            SETTLED + dl.outbox_id,
+            f"dead letter {dl.outbox_id} retried and persisted: its usage debit charges it",
+        )
     resolve(session, dl, "retried")
 
 
@@ -331,8 +389,14 @@ def refund_in_ledger(session: Session, dl: DeadLetter) -> None:
     """In the caller's transaction: refund the named debt (a credit ``tollgate:deadletter-refund:…``,
     if the ledger held it) and mark the dead letter 'discarded'.  Call :func:`refund_in_gate` after commit."""
     if dl.charged:
-        _ledger_entry(session, dl.wallet_id, TransactionKind.credit, dl.billed_nanos, REFUND + dl.outbox_id,
-                      f"dead letter {dl.outbox_id} discarded: its charge refunded")
+        _ledger_entry(
+            session,
+            dl.wallet_id,
+            TransactionKind.credit,
+            dl.billed_nanos,
+            REFUND + dl.outbox_id,
+            f"dead letter {dl.outbox_id} discarded: its charge refunded",
+        )
     resolve(session, dl, "discarded")
 
 
@@ -345,8 +409,11 @@ def refund_in_gate(gate: WalletGate, dl: DeadLetter) -> None:
     try:
         gate.credit(dl.wallet_id, dl.billed_nanos, REFUND + dl.outbox_id)
     except UnknownWallet:
-        log.warning("dead letter %s: wallet %r is not in the gate; a rebuild loads the ledger balance",
-                    dl.outbox_id, dl.wallet_id)
+        log.warning(
+            "dead letter %s: wallet %r is not in the gate; a rebuild loads the ledger balance",
+            dl.outbox_id,
+            dl.wallet_id,
+        )
 
 
 def drop_copy(client: redis.Redis, dl: DeadLetter) -> None:

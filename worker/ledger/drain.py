@@ -32,20 +32,17 @@ from typing import Any, Callable, Iterable, Sequence
 
 import redis
 
-from worker.ledger import deadletter
 from worker.db import session_scope
+from worker.gate.gate import WalletGate, process_gate
+from worker.gate.keys import REFUND_PREFIX, kick_key, outbox_key
+from worker.gate.outbox import parse_entry
+from worker.ledger import deadletter
 from worker.ledger.turns import PersistResult, persist_turns
 from worker.metrics import record_dead_letter, record_drain_batch
 from worker.settings import Settings, get_settings, redis_client
-from worker.gate.gate import WalletGate, process_gate
-from worker.gate.keys import deadletter_key, kick_key, outbox_key
-from worker.gate.outbox import parse_entry
-from worker.gate.keys import REFUND_PREFIX
 
 GROUP = "tollgate-drain"
 log = logging.getLogger(__name__)
-
-
 
 
 def consumer_name() -> str:
@@ -100,8 +97,13 @@ class OutboxDrain:
     """
 
     def __init__(
-        self, client: redis.Redis | None = None, *, settings: Settings | None = None, consumer: str | None = None,
-        announce: Announce | None = None, gate: WalletGate | None = None,
+        self,
+        client: redis.Redis | None = None,
+        *,
+        settings: Settings | None = None,
+        consumer: str | None = None,
+        announce: Announce | None = None,
+        gate: WalletGate | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.announce = announce
@@ -115,8 +117,11 @@ class OutboxDrain:
     def gate(self) -> WalletGate:
         """The gate, for refunds of second acceptances (see ``gate`` above)."""
         if self._gate is None:
-            self._gate = process_gate() if self._own_redis else WalletGate(
-                self.redis, settings=self.settings, kicker=lambda shard: None)
+            self._gate = (
+                process_gate()
+                if self._own_redis
+                else WalletGate(self.redis, settings=self.settings, kicker=lambda shard: None)
+            )
         return self._gate
 
     def ensure_group(self, stream: str) -> None:
@@ -204,7 +209,9 @@ class OutboxDrain:
             except Exception as exc:
                 if deadletter.is_transient(exc):
                     raise  # PostgreSQL or Redis unreachable: the batch stays pending, nothing is dead-lettered
-                log.warning("outbox shard %s: a batch of %d failed (%r); persisting one by one", shard, len(entries), exc)
+                log.warning(
+                    "outbox shard %s: a batch of %d failed (%r); persisting one by one", shard, len(entries), exc
+                )
                 self._persist_one_by_one(shard, entries, stats)
             self.acknowledge(shard, (entry_id for entry_id, _ in entries))
             stats.read += len(entries)
@@ -218,8 +225,13 @@ class OutboxDrain:
         with session_scope() as session:
             result = persist_turns(session, rows)
         for conflict in result.conflicts:  # committed: now give the second debit back in the gate
-            log.warning("turn %s was accepted twice by the gate (outbox %s): refunding %s nanos to %s",
-                        conflict.turn_id, conflict.outbox_id, conflict.billed_nanos, conflict.wallet_id)
+            log.warning(
+                "turn %s was accepted twice by the gate (outbox %s): refunding %s nanos to %s",
+                conflict.turn_id,
+                conflict.outbox_id,
+                conflict.billed_nanos,
+                conflict.wallet_id,
+            )
             if conflict.billed_nanos:
                 self.gate.credit(conflict.wallet_id, conflict.billed_nanos, f"{REFUND_PREFIX}{conflict.outbox_id}")
         if result.paused or result.resumed:

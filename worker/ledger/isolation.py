@@ -60,17 +60,26 @@ def _literal(session: Session, value: str) -> str:
 def _children(session: Session, parent: str) -> list[tuple[str, str, str]]:
     """Partitions of ``parent`` (a table in ``public``): ``(schema, name, bound)``, ``bound`` as
     PostgreSQL prints it (``FOR VALUES …`` or ``DEFAULT``)."""
-    return list(session.execute(text(
-        "SELECT n.nspname, c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
-        "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE i.inhparent = CAST(:p AS regclass) ORDER BY c.relname"
-    ), {"p": f'public."{parent}"'}).all())
+    return list(
+        session.execute(
+            text(
+                "SELECT n.nspname, c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+                "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE i.inhparent = CAST(:p AS regclass) ORDER BY c.relname"
+            ),
+            {"p": f'public."{parent}"'},
+        ).all()
+    )
 
 
 def _is_split(session: Session, name: str) -> bool:
-    return session.execute(text(
-        "SELECT c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = 'public' AND c.relname = :n"), {"n": name}).scalar_one()
+    return session.execute(
+        text(
+            "SELECT c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relname = :n"
+        ),
+        {"n": name},
+    ).scalar_one()
 
 
 def split_partition(session: Session, name: str, bound: str, apps: dict[str, str]) -> None:
@@ -83,7 +92,9 @@ def split_partition(session: Session, name: str, bound: str, apps: dict[str, str
     if not _is_split(session, name):
         session.execute(text(f'ALTER TABLE usage_event DETACH PARTITION "{name}"'))
         session.execute(text(f'ALTER TABLE "{name}" RENAME TO "{shared}"'))
-        session.execute(text(f'CREATE TABLE "{name}" PARTITION OF usage_event {bound} PARTITION BY LIST (enterprise_id)'))
+        session.execute(
+            text(f'CREATE TABLE "{name}" PARTITION OF usage_event {bound} PARTITION BY LIST (enterprise_id)')
+        )
         session.execute(text(f'ALTER TABLE "{name}" ATTACH PARTITION "{shared}" DEFAULT'))
     have = {schema for schema, _n, _b in _children(session, name)}
     todo = {e: s for e, s in apps.items() if s not in have}
@@ -95,9 +106,12 @@ def split_partition(session: Session, name: str, bound: str, apps: dict[str, str
     for enterprise_id, schema in sorted(todo.items()):
         value = _literal(session, enterprise_id)
         session.execute(text(f'CREATE TABLE "{schema}"."{name}" PARTITION OF "{name}" FOR VALUES IN ({value})'))
-        moved = session.execute(text(
-            f'WITH gone AS (DELETE FROM "{shared}" WHERE enterprise_id = {value} RETURNING *) '
-            f'INSERT INTO "{schema}"."{name}" SELECT * FROM gone')).rowcount
+        moved = session.execute(
+            text(
+                f'WITH gone AS (DELETE FROM "{shared}" WHERE enterprise_id = {value} RETURNING *) '
+                f'INSERT INTO "{schema}"."{name}" SELECT * FROM gone'
+            )
+        ).rowcount
         log.info("usage_event: %s of %s moved to %s.%s", moved, enterprise_id, schema, name)
     session.execute(text(f'ALTER TABLE "{name}" ATTACH PARTITION "{shared}" DEFAULT'))
 
@@ -115,10 +129,14 @@ def isolate_app(session: Session, enterprise_id: str, schema: str | None = None)
         raise IsolationError(f"enterprise_id: unknown app {enterprise_id!r}", field="enterprise_id")
     schema = schema or default_schema(enterprise_id)
     if not _SCHEMA.match(schema) or schema in _RESERVED or schema.startswith("pg_"):
-        raise IsolationError(f"schema: {schema!r} must match [a-z_][a-z0-9_]{{0,62}} and not be public, "
-                             "information_schema or pg_*", field="schema")
+        raise IsolationError(
+            f"schema: {schema!r} must match [a-z_][a-z0-9_]{{0,62}} and not be public, information_schema or pg_*",
+            field="schema",
+        )
     if app.usage_schema not in (None, schema):
-        raise IsolationError(f"enterprise_id: {enterprise_id!r} already keeps its usage in {app.usage_schema!r}", field="enterprise_id")
+        raise IsolationError(
+            f"enterprise_id: {enterprise_id!r} already keeps its usage in {app.usage_schema!r}", field="enterprise_id"
+        )
     owner = session.execute(select(Enterprise.id).where(Enterprise.usage_schema == schema)).scalar_one_or_none()
     if owner not in (None, enterprise_id):
         raise IsolationError(f"schema: {schema!r} already holds app {owner!r}", field="schema")

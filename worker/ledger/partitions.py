@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from sqlalchemy import text
 from sqlmodel import Session
 
+from worker.errors import InvalidInput
 from worker.ledger.isolation import isolated_apps, split_partition
 from worker.periods import current_period, period_bounds
 from worker.settings import Settings, get_settings
-from worker.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^usage_event_(\d{4})_(\d{2})$")
@@ -48,10 +48,12 @@ def partition_name(period: str) -> str:
 
 def monthly_partitions(session: Session) -> list[str]:
     """The periods ('YYYY-MM') that have their own partition, sorted."""
-    names = session.execute(text(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = 'usage_event'::regclass"
-    )).scalars()
+    names = session.execute(
+        text(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'usage_event'::regclass"
+        )
+    ).scalars()
     return sorted(f"{m.group(1)}-{m.group(2)}" for n in names if (m := _NAME.match(n)))
 
 
@@ -68,12 +70,18 @@ class PartitionReport:
 
     def as_dict(self) -> dict:
         """Plain form."""
-        return {"created": self.created, "dropped": self.dropped, "default_rows_deleted": self.default_rows_deleted,
-                "turn_keys_deleted": self.turn_keys_deleted, "blocked": self.blocked}
+        return {
+            "created": self.created,
+            "dropped": self.dropped,
+            "default_rows_deleted": self.default_rows_deleted,
+            "turn_keys_deleted": self.turn_keys_deleted,
+            "blocked": self.blocked,
+        }
 
 
-def ensure_partitions(session: Session, *, now: datetime | None = None, ahead: int | None = None,
-                      report: PartitionReport | None = None) -> PartitionReport:
+def ensure_partitions(
+    session: Session, *, now: datetime | None = None, ahead: int | None = None, report: PartitionReport | None = None
+) -> PartitionReport:
     """Create the partitions of the current UTC month and ``ahead`` months after it (default
     ``settings.usage_partitions_ahead``) that do not exist.  A month whose rows are already in the
     default partition is left there and listed in ``report.blocked`` (logged).  Does not commit."""
@@ -87,9 +95,10 @@ def ensure_partitions(session: Session, *, now: datetime | None = None, ahead: i
         if period in have:
             continue
         start, end = period_bounds(period)
-        in_default = session.execute(text(
-            "SELECT EXISTS (SELECT 1 FROM usage_event_default WHERE occurred_at >= :s AND occurred_at < :e)"
-        ), {"s": start, "e": end}).scalar_one()
+        in_default = session.execute(
+            text("SELECT EXISTS (SELECT 1 FROM usage_event_default WHERE occurred_at >= :s AND occurred_at < :e)"),
+            {"s": start, "e": end},
+        ).scalar_one()
         if in_default:
             log.warning("usage_event: %s has rows in the default partition; not partitioned", period)
             report.blocked.append(period)
@@ -103,8 +112,9 @@ def ensure_partitions(session: Session, *, now: datetime | None = None, ahead: i
     return report
 
 
-def apply_retention(session: Session, *, months: int, now: datetime | None = None,
-                    report: PartitionReport | None = None) -> PartitionReport:
+def apply_retention(
+    session: Session, *, months: int, now: datetime | None = None, report: PartitionReport | None = None
+) -> PartitionReport:
     """Keep the last ``months`` UTC months of usage events (the current one included): drop older
     monthly partitions, delete older rows of the default partition, and delete the turn keys of
     turns older than that.  ``months`` 0 keeps everything.  Does not commit.
@@ -123,11 +133,13 @@ def apply_retention(session: Session, *, months: int, now: datetime | None = Non
             session.execute(text(f'DROP TABLE "{partition_name(period)}"'))
             report.dropped.append(period)
     report.default_rows_deleted = session.execute(
-        text("DELETE FROM usage_event_default WHERE occurred_at < :c"), {"c": cutoff}).rowcount
+        text("DELETE FROM usage_event_default WHERE occurred_at < :c"), {"c": cutoff}
+    ).rowcount
     # a turn key goes when its turn is old *and* was recorded long ago: a late turn recorded today
     # for an old month keeps its key (and so its idempotency) for the retention period
     report.turn_keys_deleted = session.execute(
-        text("DELETE FROM usage_turn_key WHERE occurred_at < :c AND recorded_at < :c"), {"c": cutoff}).rowcount
+        text("DELETE FROM usage_turn_key WHERE occurred_at < :c AND recorded_at < :c"), {"c": cutoff}
+    ).rowcount
     return report
 
 

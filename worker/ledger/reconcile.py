@@ -46,13 +46,12 @@ from models.enums import TransactionKind
 from models.reconcile import ReconciliationRun, WalletDrift
 from models.turn import UsageTurnKey
 from models.wallet import Wallet, WalletTransaction
-from worker.ledger import deadletter
-from worker.db import session_scope
 from worker.billing.payers import gate_profile
-from worker.settings import get_settings
+from worker.db import session_scope
 from worker.gate.gate import WalletGate, process_gate
-from worker.gate.keys import outbox_key
-from worker.gate.keys import REFUND_PREFIX
+from worker.gate.keys import REFUND_PREFIX, outbox_key
+from worker.ledger import deadletter
+from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +62,10 @@ DRIFT_NANOS = Counter(
 DRIFTED_WALLETS = Gauge("tollgate_reconciliation_drifted_wallets", "Wallets with drift in the last run")
 REPAIRED_WALLETS = Counter("tollgate_reconciliation_repaired_wallets", "Wallet balances repaired in the gate")
 DEAD_LETTERS = Gauge("tollgate_reconciliation_dead_letters", "Dead-lettered outbox entries found by the last run")
-DEAD_LETTER_NANOS = Gauge("tollgate_reconciliation_dead_letter_nanos",
-                          "Billed nanos of the dead-lettered outbox entries found by the last run")
+DEAD_LETTER_NANOS = Gauge(
+    "tollgate_reconciliation_dead_letter_nanos",
+    "Billed nanos of the dead-lettered outbox entries found by the last run",
+)
 
 CHUNK = 500
 
@@ -148,7 +149,8 @@ def _queued_entries(raw: list[tuple[str, dict[str, str]]], shard: int) -> dict[s
         except (KeyError, ValueError, IndexError, TypeError):
             continue  # not a turn the drain can persist either: it will be dead-lettered, not debited twice
         by_wallet.setdefault(wallet_id, []).append(
-            Queued((enterprise_id, wallet_id, turn_id), f"{shard}:{entry_id}", billed, trial_tokens))
+            Queued((enterprise_id, wallet_id, turn_id), f"{shard}:{entry_id}", billed, trial_tokens)
+        )
     return by_wallet
 
 
@@ -175,9 +177,7 @@ def _read_redis(gate: WalletGate, shard: int, wallet_ids: list[str], *, page: in
 def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list[Queued]]):
     # one snapshot for all three reads: a drain committing in between must not be half-seen
     session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-    wallets = {
-        w.id: w for w in session.execute(select(Wallet).where(Wallet.id.in_(wallet_ids))).scalars()
-    }
+    wallets = {w.id: w for w in session.execute(select(Wallet).where(Wallet.id.in_(wallet_ids))).scalars()}
     wt = WalletTransaction
     credits = func.coalesce(func.sum(wt.amount_nanos).filter(wt.kind == TransactionKind.credit), 0)
     debits = func.coalesce(func.sum(wt.amount_nanos).filter(wt.kind == TransactionKind.debit), 0)
@@ -201,18 +201,19 @@ def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list
     for i in range(0, len(turns), 5000):
         rows = session.execute(
             select(tk.enterprise_id, tk.wallet_id, tk.turn_id, tk.outbox_id).where(
-                tuple_(tk.enterprise_id, tk.wallet_id, tk.turn_id).in_(turns[i : i + 5000]))
+                tuple_(tk.enterprise_id, tk.wallet_id, tk.turn_id).in_(turns[i : i + 5000])
+            )
         )
         persisted.update(((e, w, t), outbox_id) for e, w, t, outbox_id in rows)
     # dead-lettered (its charge is in the ledger) but not yet acknowledged: settled like a persisted one
     entries_by_key = {deadletter.CHARGE + q.outbox_id: q for w in wallet_ids for q in queued.get(w, ())}
     keys = list(entries_by_key)
     for i in range(0, len(keys), 5000):
-        charged = session.execute(select(WalletTransaction.idempotency_key).where(
-            WalletTransaction.idempotency_key.in_(keys[i : i + 5000]))).scalars()
+        charged = session.execute(
+            select(WalletTransaction.idempotency_key).where(WalletTransaction.idempotency_key.in_(keys[i : i + 5000]))
+        ).scalars()
         persisted.update((entries_by_key[k].turn, entries_by_key[k].outbox_id) for k in charged)
     return wallets, entries, persisted, recent
-
 
 
 def check_wallets(gate: WalletGate, wallet_ids: list[str], *, retries: int = 3) -> list[WalletCheck]:
@@ -239,8 +240,11 @@ def check_wallets(gate: WalletGate, wallet_ids: list[str], *, retries: int = 3) 
                 gate_nanos=int(balance) if balance is not None else None,
                 credits_nanos=wallet.credits_nanos,
                 debits_nanos=wallet.debits_nanos,
-                queued_nanos=sum(q.billed_nanos for q in queued.get(wallet_id, ())
-                                 if (q.turn, q.outbox_id) not in persisted and q.outbox_id not in refunded),
+                queued_nanos=sum(
+                    q.billed_nanos
+                    for q in queued.get(wallet_id, ())
+                    if (q.turn, q.outbox_id) not in persisted and q.outbox_id not in refunded
+                ),
                 ledger_entries_nanos=int(entries.get(wallet_id, 0)),
                 seen=(balance, accepted or ""),
                 recent=tuple(recent.get(wallet_id, ())),
@@ -255,13 +259,18 @@ def check_wallets(gate: WalletGate, wallet_ids: list[str], *, retries: int = 3) 
     return [results[w] for w in wallet_ids if w in results]
 
 
-def _refunded(gate: WalletGate, queued: dict[str, list[Queued]],
-              persisted: set[tuple[tuple[str, str, str], str]]) -> set[str]:
+def _refunded(
+    gate: WalletGate, queued: dict[str, list[Queued]], persisted: set[tuple[tuple[str, str, str], str]]
+) -> set[str]:
     """Outbox ids of queued second acceptances whose debit the drain already refunded in the gate
     (after its commit, before its ack and trim): they are settled, not queued."""
     persisted_turns = {t for t, _o in persisted}
-    candidates = [(w, q.outbox_id) for w, entries in queued.items() for q in entries
-                  if q.turn in persisted_turns and (q.turn, q.outbox_id) not in persisted]
+    candidates = [
+        (w, q.outbox_id)
+        for w, entries in queued.items()
+        for q in entries
+        if q.turn in persisted_turns and (q.turn, q.outbox_id) not in persisted
+    ]
     if not candidates:
         return set()
     pipe = gate.redis.pipeline(transaction=False)
@@ -318,20 +327,35 @@ def reconcile(gate: WalletGate | None = None, *, repair: bool = False, rebuild: 
                 if repair and check.gate_nanos is not None:
                     balance, accepted = check.seen
                     check.repaired = gate.repair_balance(
-                        check.wallet_id, expected_nanos=check.expected_nanos, seen_balance=balance,
-                        seen_accepted=accepted, ledger_keys=check.recent,
+                        check.wallet_id,
+                        expected_nanos=check.expected_nanos,
+                        seen_balance=balance,
+                        seen_accepted=accepted,
+                        ledger_keys=check.recent,
                     )
                     report.wallets_repaired += check.repaired
                 report.wallets_drifted += 1
                 report.drift_nanos_abs += abs(check.drift_nanos)
-                report.drifted.append({
-                    "wallet_id": check.wallet_id, "gate_nanos": check.gate_nanos,
-                    "expected_nanos": check.expected_nanos, "drift_nanos": check.drift_nanos,
-                    "queued_nanos": check.queued_nanos, "repaired": check.repaired,
-                })
-                drifts.append(WalletDrift(run_id=run_id, wallet_id=check.wallet_id, gate_nanos=check.gate_nanos,
-                                          expected_nanos=check.expected_nanos, drift_nanos=check.drift_nanos,
-                                          repaired=check.repaired))
+                report.drifted.append(
+                    {
+                        "wallet_id": check.wallet_id,
+                        "gate_nanos": check.gate_nanos,
+                        "expected_nanos": check.expected_nanos,
+                        "drift_nanos": check.drift_nanos,
+                        "queued_nanos": check.queued_nanos,
+                        "repaired": check.repaired,
+                    }
+                )
+                drifts.append(
+                    WalletDrift(
+                        run_id=run_id,
+                        wallet_id=check.wallet_id,
+                        gate_nanos=check.gate_nanos,
+                        expected_nanos=check.expected_nanos,
+                        drift_nanos=check.drift_nanos,
+                        repaired=check.repaired,
+                    )
+                )
     with session_scope() as session:
         report.dead_letters = deadletter.summary(deadletter.list_dead_letters(session))
     with session_scope() as session:
@@ -348,11 +372,20 @@ def reconcile(gate: WalletGate | None = None, *, repair: bool = False, rebuild: 
     DEAD_LETTERS.set(report.dead_letters["count"])
     DEAD_LETTER_NANOS.set(report.dead_letters["nanos"])
     if report.dead_letters["count"]:
-        log.error("reconciliation run %s: %d dead-lettered turn(s) hold %d nanos of charges "
-                  "(tollgate deadletter list)", run_id, report.dead_letters["count"], report.dead_letters["nanos"])
+        log.error(
+            "reconciliation run %s: %d dead-lettered turn(s) hold %d nanos of charges (tollgate deadletter list)",
+            run_id,
+            report.dead_letters["count"],
+            report.dead_letters["nanos"],
+        )
     if report.wallets_drifted:
-        log.warning("reconciliation run %s: %d wallet(s) drifted by %d nanos in all (%d repaired)",
-                    run_id, report.wallets_drifted, report.drift_nanos_abs, report.wallets_repaired)
+        log.warning(
+            "reconciliation run %s: %d wallet(s) drifted by %d nanos in all (%d repaired)",
+            run_id,
+            report.wallets_drifted,
+            report.drift_nanos_abs,
+            report.wallets_repaired,
+        )
     return report
 
 
@@ -375,8 +408,10 @@ def _rebuild(gate: WalletGate, wallet_ids: list[str]) -> None:
         with session_scope() as session:
             profile = gate_profile(session, wallet)
         profile["trial_left"] -= sum(q.trial_tokens for q in unpersisted)
-        gate.load_wallet(wallet_id, balance_nanos=wallet.credits_nanos - wallet.debits_nanos
-                         - sum(q.billed_nanos for q in unpersisted),
-                         **profile)
+        gate.load_wallet(
+            wallet_id,
+            balance_nanos=wallet.credits_nanos - wallet.debits_nanos - sum(q.billed_nanos for q in unpersisted),
+            **profile,
+        )
         # the balance counts these entries: a pending retry of one must not apply it again
         gate.mark_applied(wallet_id, recent.get(wallet_id, ()))

@@ -24,9 +24,9 @@ from models.enums import BillingMode, ChatStatus, ConnectionState, TransactionKi
 from models.rollup import RollupDirty
 from models.turn import UsageEvent, UsageTurnKey
 from models.wallet import Wallet, WalletTransaction
-from worker.periods import period_of
 from worker.gate.gate import WalletGate
 from worker.gate.keys import USAGE_PREFIX, outbox_key, transitions_key
+from worker.periods import period_of
 
 log = logging.getLogger(__name__)
 
@@ -284,9 +284,15 @@ def _aggregate(fresh: Sequence[dict[str, Any]]):
         chat = chats.get(key)
         if chat is None:
             chat = chats[key] = {
-                "enterprise_id": r["enterprise_id"], "chat_id": r["chat_id"], "wallet_id": r["wallet_id"],
-                "workflow": r["workflow"], "started_at": r["occurred_at"], "last_turn_at": r["occurred_at"],
-                "billed_nanos": 0, "state_key": "", **dict.fromkeys(_TOTALS, 0),
+                "enterprise_id": r["enterprise_id"],
+                "chat_id": r["chat_id"],
+                "wallet_id": r["wallet_id"],
+                "workflow": r["workflow"],
+                "started_at": r["occurred_at"],
+                "last_turn_at": r["occurred_at"],
+                "billed_nanos": 0,
+                "state_key": "",
+                **dict.fromkeys(_TOTALS, 0),
             }
         _add(chat, r)
         chat["billed_nanos"] += r["billed_nanos"]
@@ -352,7 +358,9 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
         )
         if nanos or trial_tokens or debt:
             session.execute(
-                update(Wallet).where(Wallet.id == wallet_id).values(
+                update(Wallet)
+                .where(Wallet.id == wallet_id)
+                .values(
                     debits_nanos=Wallet.debits_nanos + nanos,
                     trial_tokens_used=Wallet.trial_tokens_used + trial_tokens,
                     debt_nanos=Wallet.debt_nanos + debt,
@@ -383,8 +391,9 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
         },
     ).returning(ct.c.id, ct.c.enterprise_id, ct.c.chat_id, ct.c.state_key)
     chat_ids, states = {}, {}
-    chat_rows = [{k: v for k, v in chats[k].items() if k not in ("needed_nanos", "balance_nanos")}
-                 for k in sorted(chats)]
+    chat_rows = [
+        {k: v for k, v in chats[k].items() if k not in ("needed_nanos", "balance_nanos")} for k in sorted(chats)
+    ]
     for i, e, c, state_key in session.execute(stmt, chat_rows):
         chat_ids[(e, c)], states[(e, c)] = i, state_key
     # only the batches that moved a chat's state open or close its paused record
@@ -407,7 +416,8 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
     # mark wait for our commit, so it can never delete the mark and miss these rows
     session.execute(
         insert(rd).on_conflict_do_update(
-            index_elements=["enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}),
+            index_elements=["enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}
+        ),
         [{"enterprise_id": e, "workflow": w, "period": p} for e, w, p in dirty],
     )
     # the same marks for budgets (worker.billing.budgets.check_budgets takes them): a turn persisted after its
@@ -415,9 +425,14 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
     bd = BudgetDirty.__table__
     session.execute(
         insert(bd).on_conflict_do_update(
-            index_elements=["wallet_id", "enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}),
-        [{"wallet_id": w, "enterprise_id": e, "workflow": f, "period": p} for w, e, f, p in sorted(
-            {(r["wallet_id"], r["enterprise_id"], r["workflow"], period_of(r["occurred_at"])) for r in fresh})],
+            index_elements=["wallet_id", "enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}
+        ),
+        [
+            {"wallet_id": w, "enterprise_id": e, "workflow": f, "period": p}
+            for w, e, f, p in sorted(
+                {(r["wallet_id"], r["enterprise_id"], r["workflow"], period_of(r["occurred_at"])) for r in fresh}
+            )
+        ],
     )
     return PersistResult(len(fresh), duplicates, billed_total, conflicts, paused, resumed)
 
@@ -435,16 +450,30 @@ def _open_pauses(
     for chat in chats:
         if chat["status"] == ChatStatus.paused.value:
             opened = session.execute(
-                insert(pc).values(enterprise_id=chat["enterprise_id"], chat_id=chat["chat_id"],
-                                  wallet_id=chat["wallet_id"], reason=chat["pause_reason"],
-                                  needed_nanos=chat["needed_nanos"], paused_at=chat["paused_at"])
-                .on_conflict_do_nothing(index_elements=["enterprise_id", "chat_id"],
-                                        index_where=text("resumed_at IS NULL"))
+                insert(pc)
+                .values(
+                    enterprise_id=chat["enterprise_id"],
+                    chat_id=chat["chat_id"],
+                    wallet_id=chat["wallet_id"],
+                    reason=chat["pause_reason"],
+                    needed_nanos=chat["needed_nanos"],
+                    paused_at=chat["paused_at"],
+                )
+                .on_conflict_do_nothing(
+                    index_elements=["enterprise_id", "chat_id"], index_where=text("resumed_at IS NULL")
+                )
                 .returning(pc.c.id)
             ).first()
             if opened is not None:
-                notices.append(PausedNotice(chat["enterprise_id"], chat["chat_id"], chat["wallet_id"],
-                                            chat["pause_reason"], chat["needed_nanos"]))
+                notices.append(
+                    PausedNotice(
+                        chat["enterprise_id"],
+                        chat["chat_id"],
+                        chat["wallet_id"],
+                        chat["pause_reason"],
+                        chat["needed_nanos"],
+                    )
+                )
     going_on = {(c["enterprise_id"], c["chat_id"]): c for c in chats if c["status"] == ChatStatus.active.value}
     resumed = []
     if going_on:
@@ -468,11 +497,14 @@ def _second_acceptances(
     candidates = [r for r in rows if turn_key_of(r) not in inserted_ids]
     if candidates:
         tk = UsageTurnKey
-        stored = {(e, w, t): o for e, w, t, o in session.execute(
-            select(tk.enterprise_id, tk.wallet_id, tk.turn_id, tk.outbox_id).where(
-                tuple_(tk.enterprise_id, tk.wallet_id, tk.turn_id).in_({turn_key_of(r) for r in candidates})
-            )
-        ).all()}
+        stored = {
+            (e, w, t): o
+            for e, w, t, o in session.execute(
+                select(tk.enterprise_id, tk.wallet_id, tk.turn_id, tk.outbox_id).where(
+                    tuple_(tk.enterprise_id, tk.wallet_id, tk.turn_id).in_({turn_key_of(r) for r in candidates})
+                )
+            ).all()
+        }
     first_in_batch: dict[tuple[str, str, str], str] = {}
     for r in rows:
         first_in_batch.setdefault(turn_key_of(r), r["outbox_id"])

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.pricing.prices import TurnLimitExceeded, TurnPrice
 from worker.errors import InputError, InvalidInput
+from worker.pricing.prices import TurnLimitExceeded, TurnPrice
 
 #: provider recorded for non-LLM meters
 METER_PROVIDER = "tollgate"
@@ -44,10 +44,8 @@ class MeterPrice:
 
 METERS: dict[str, MeterPrice] = {
     "emails": MeterPrice("emails", "email", 100_000, "seed: $0.10 per 1,000 emails", 1_000_000),
-    "storage_gb_month": MeterPrice("storage_gb_month", "MB-month", 23_000, "seed: $0.023 per GB-month",
-                                   1_000_000_000),
-    "function_calls": MeterPrice("function_calls", "invocation", 200, "seed: $0.20 per 1M invocations",
-                                 1_000_000_000),
+    "storage_gb_month": MeterPrice("storage_gb_month", "MB-month", 23_000, "seed: $0.023 per GB-month", 1_000_000_000),
+    "function_calls": MeterPrice("function_calls", "invocation", 200, "seed: $0.20 per 1M invocations", 1_000_000_000),
 }
 
 
@@ -68,6 +66,8 @@ def meter_price(meter: str, quantity: int) -> TurnPrice:
     if not isinstance(quantity, int) or quantity < 0:
         raise InvalidInput("quantity", f"{quantity!r} is not an integer >= 0")
     if quantity > price.max_quantity:
-        raise TurnLimitExceeded("quantity", f"{quantity:,} {price.unit}s exceed the {meter} meter's maximum of "
-                                            f"{price.max_quantity:,} per turn")
+        raise TurnLimitExceeded(
+            "quantity",
+            f"{quantity:,} {price.unit}s exceed the {meter} meter's maximum of {price.max_quantity:,} per turn",
+        )
     return TurnPrice(quantity * price.nanos_per_unit, 0, 0, 0, meter, METER_PROVIDER)

@@ -30,6 +30,7 @@ from typing import Mapping, NamedTuple
 from genai_prices import Usage
 from genai_prices.data_snapshot import get_snapshot
 from genai_prices.types import ModelPrice, TieredPrices
+
 from worker.errors import InputError
 
 NANOS_PER_USD = 10**9
@@ -176,11 +177,20 @@ class PriceSheet:
         if window is None or prompt_tokens + completion_tokens <= window:
             return
         field = "prompt_tokens" if prompt_tokens > window else "completion_tokens"
-        raise TurnLimitExceeded(field, f"{prompt_tokens:,} prompt + {completion_tokens:,} completion tokens "
-                                       f"exceed {self.model}'s context window of {window:,} tokens")
+        raise TurnLimitExceeded(
+            field,
+            f"{prompt_tokens:,} prompt + {completion_tokens:,} completion tokens "
+            f"exceed {self.model}'s context window of {window:,} tokens",
+        )
 
-    def price(self, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int,
-              cache_write_tokens: int = 0, cache_write_1h_tokens: int = 0) -> TurnPrice:
+    def price(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_prompt_tokens: int,
+        cache_write_tokens: int = 0,
+        cache_write_1h_tokens: int = 0,
+    ) -> TurnPrice:
         """Price one turn.  Token counts are validated by the caller (non-negative, cached +
         cache-write ≤ prompt, 1-hour writes ≤ cache writes): ``prompt_tokens`` counts every input
         token, of which ``cached_prompt_tokens`` were read from and ``cache_write_tokens`` written to
@@ -210,8 +220,9 @@ class PriceSheet:
                 + completion_tokens * output_rate
             )
             cost = (micro + TOKENS_PER_MTOK // 2) // TOKENS_PER_MTOK
-        return TurnPrice(cost, input_rate, cached_rate, output_rate, self.model, self.provider, write_rate,
-                         write_1h_rate)
+        return TurnPrice(
+            cost, input_rate, cached_rate, output_rate, self.model, self.provider, write_rate, write_1h_rate
+        )
 
 
 def _to_rate(value: Decimal | TieredPrices) -> Rate:
@@ -236,8 +247,9 @@ def _sheet_from_model_price(model: str, provider: str, mp: ModelPrice, context_w
     except PricingError:  # a rate finer than a nano per MTok: let genai-prices compute it
         return PriceSheet(model, provider, 0, 0, 0, exotic=mp, context_window=context_window)
     exotic = mp if keys - _TOKEN_KEYS - _UNREPORTED_KEYS else None
-    return PriceSheet(model, provider, input_rate, cache_rate, output_rate, exotic, write_rate, write_1h_rate,
-                      context_window)
+    return PriceSheet(
+        model, provider, input_rate, cache_rate, output_rate, exotic, write_rate, write_1h_rate, context_window
+    )
 
 
 def _override_key(provider: str | None, model: str) -> str:
@@ -352,8 +364,11 @@ class PriceBook:
         entry = self._models[(model, provider)]
         variants = () if isinstance(entry, PriceSheet) else (entry[1].price_variants or ())
         if not any(v.when.get("service_tier") == tier for v in variants):
-            raise PricingError(f"service_tier: {tier!r} has no price for model {model!r} at provider {provider!r} "
-                               "in genai-prices (standard tiers: 'default', 'auto', 'standard')", field="service_tier")
+            raise PricingError(
+                f"service_tier: {tier!r} has no price for model {model!r} at provider {provider!r} "
+                "in genai-prices (standard tiers: 'default', 'auto', 'standard')",
+                field="service_tier",
+            )
         provider_id, info = entry
         when = when if when.tzinfo else when.replace(tzinfo=UTC)
         standard = info.get_prices(when)
@@ -362,8 +377,9 @@ class PriceBook:
         cached = self._tier_sheets.get(key)
         if cached is not None and cached[0] is standard:
             return cached[1]
-        sheet = _sheet_from_model_price(info.id, provider_id, info.get_prices(when, {"service_tier": tier}),
-                                       getattr(info, "context_window", None))
+        sheet = _sheet_from_model_price(
+            info.id, provider_id, info.get_prices(when, {"service_tier": tier}), getattr(info, "context_window", None)
+        )
         self._tier_sheets[key] = (standard, sheet)  # holding standard keeps its id unique
         return sheet
 
@@ -387,4 +403,5 @@ class PriceBook:
         Raises: PricingError for an unknown model/provider or service tier.
         """
         return self.sheet(model, provider, when, service_tier).price(
-            prompt_tokens, completion_tokens, cached_prompt_tokens, cache_write_tokens, cache_write_1h_tokens)
+            prompt_tokens, completion_tokens, cached_prompt_tokens, cache_write_tokens, cache_write_1h_tokens
+        )

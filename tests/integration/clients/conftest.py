@@ -36,13 +36,18 @@ def open_payer(db, gate):
     """Open (and credit) the wallet of a payer: ``open_payer(level, app_id, payer_id, nanos)`` → wallet id."""
     from models.enums import PayerLevel
     from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
-    from worker.ledger.accounts import open_wallet
     from worker.billing.payers import wallet_id_for
+    from worker.ledger.accounts import open_wallet
 
     def run(level: str, app_id: str, payer_id: str, nanos: int) -> str:
         wallet_id = wallet_id_for(level, enterprise_id=app_id, payer_id=payer_id)
-        open_wallet(gate, wallet_id=wallet_id, enterprise_id=app_id if level == "app_usage" else None,
-                    owner_id=payer_id, level=PayerLevel(level))
+        open_wallet(
+            gate,
+            wallet_id=wallet_id,
+            enterprise_id=app_id if level == "app_usage" else None,
+            owner_id=payer_id,
+            level=PayerLevel(level),
+        )
         if nanos:
             credit_wallet(gate, wallet_id=wallet_id, amount_nanos=nanos, idempotency_key=f"open-{wallet_id}")
         return wallet_id

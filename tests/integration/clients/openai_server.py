@@ -58,18 +58,37 @@ class FakeOpenAI:
         agent = "speaker_selection" if "role play game" in system else (match.group(1) if match else "?")
         with self.lock:
             n = len(self.calls) + 1
-            call = {"agent": agent, "picks": match.group(1) if match else "?", "id": f"chatcmpl-{n:04d}", "model": self.model,
-                    "prompt_tokens": 40 * len(messages) + n, "completion_tokens": 10 + 3 * n,
-                    "cached_tokens": 32 if n % 2 == 0 else 0}
+            call = {
+                "agent": agent,
+                "picks": match.group(1) if match else "?",
+                "id": f"chatcmpl-{n:04d}",
+                "model": self.model,
+                "prompt_tokens": 40 * len(messages) + n,
+                "completion_tokens": 10 + 3 * n,
+                "cached_tokens": 32 if n % 2 == 0 else 0,
+            }
             self.calls.append(call)
         return {
-            "id": call["id"], "object": "chat.completion", "created": 1764590400, "model": self.model,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": call["picks"] if agent == "speaker_selection"
-                                     else f"{call['agent']} says step {n}"}}],
-            "usage": {"prompt_tokens": call["prompt_tokens"], "completion_tokens": call["completion_tokens"],
-                      "total_tokens": call["prompt_tokens"] + call["completion_tokens"],
-                      "prompt_tokens_details": {"cached_tokens": call["cached_tokens"]}},
+            "id": call["id"],
+            "object": "chat.completion",
+            "created": 1764590400,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {
+                        "role": "assistant",
+                        "content": call["picks"] if agent == "speaker_selection" else f"{call['agent']} says step {n}",
+                    },
+                }
+            ],
+            "usage": {
+                "prompt_tokens": call["prompt_tokens"],
+                "completion_tokens": call["completion_tokens"],
+                "total_tokens": call["prompt_tokens"] + call["completion_tokens"],
+                "prompt_tokens_details": {"cached_tokens": call["cached_tokens"]},
+            },
         }
 
     def __enter__(self) -> "FakeOpenAI":

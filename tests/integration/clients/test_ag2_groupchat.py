@@ -31,10 +31,19 @@ def cost(call: dict) -> int:
 def group_chat(base_url: str, max_round: int):
     import autogen
 
-    llm_config = {"config_list": [{"model": "gpt-4o-mini", "api_key": "sk-local-test", "base_url": base_url}],
-                  "cache_seed": None}
-    agents = [autogen.ConversableAgent(name, system_message=f"AGENT={name}. Build the app together.",
-                                       llm_config=llm_config, human_input_mode="NEVER") for name in NAMES]
+    llm_config = {
+        "config_list": [{"model": "gpt-4o-mini", "api_key": "sk-local-test", "base_url": base_url}],
+        "cache_seed": None,
+    }
+    agents = [
+        autogen.ConversableAgent(
+            name,
+            system_message=f"AGENT={name}. Build the app together.",
+            llm_config=llm_config,
+            human_input_mode="NEVER",
+        )
+        for name in NAMES
+    ]
     chat = autogen.GroupChat(agents=agents, messages=[], max_round=max_round, speaker_selection_method="round_robin")
     manager = autogen.GroupChatManager(groupchat=chat, llm_config=False, human_input_mode="NEVER")
     return agents, chat, manager
@@ -42,9 +51,16 @@ def group_chat(base_url: str, max_round: int):
 
 def persisted(db, chat_id: str) -> list[tuple]:
     with db.connect() as conn:
-        return [tuple(r) for r in conn.execute(text(
-            "SELECT turn_id, agent, model, prompt_tokens, completion_tokens, cached_prompt_tokens, cost_nanos, "
-            "action FROM usage_event WHERE chat_id = :c ORDER BY id"), {"c": chat_id})]
+        return [
+            tuple(r)
+            for r in conn.execute(
+                text(
+                    "SELECT turn_id, agent, model, prompt_tokens, completion_tokens, cached_prompt_tokens, cost_nanos, "
+                    "action FROM usage_event WHERE chat_id = :c ORDER BY id"
+                ),
+                {"c": chat_id},
+            )
+        ]
 
 
 def test_group_chat_pauses_at_exhaustion_resumes_on_credit_and_postgres_matches_the_server(
@@ -53,8 +69,14 @@ def test_group_chat_pauses_at_exhaustion_resumes_on_credit_and_postgres_matches_
     from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
 
     wallet_id = open_payer("app_usage", app_id, "enduser1", 150_000)
-    session = BillingSession.start(InProcessTransport(gate), level="app_usage", payer_id="enduser1",
-                                   enterprise_id=app_id, workflow="build_app", chat_id="ag2-chat-1")
+    session = BillingSession.start(
+        InProcessTransport(gate),
+        level="app_usage",
+        payer_id="enduser1",
+        enterprise_id=app_id,
+        workflow="build_app",
+        chat_id="ag2-chat-1",
+    )
     with FakeOpenAI() as server:
         agents, chat, manager = group_chat(server.base_url, max_round=10)
         billing = GroupChatBilling(session).attach(manager)
@@ -72,14 +94,19 @@ def test_group_chat_pauses_at_exhaustion_resumes_on_credit_and_postgres_matches_
         assert billing.recorded == len(calls_at_pause)
         drain()
         with db.connect() as conn:
-            assert conn.execute(text("SELECT status, pause_reason FROM chat_session WHERE chat_id = 'ag2-chat-1'"
-                                     )).one() == ("paused", "wallet_exhausted")
-            assert conn.execute(text("SELECT reason, resumed_at IS NULL FROM paused_chat "
-                                     "WHERE chat_id = 'ag2-chat-1'")).all() == [("wallet_exhausted", True)]
+            assert conn.execute(
+                text("SELECT status, pause_reason FROM chat_session WHERE chat_id = 'ag2-chat-1'")
+            ).one() == ("paused", "wallet_exhausted")
+            assert conn.execute(
+                text("SELECT reason, resumed_at IS NULL FROM paused_chat WHERE chat_id = 'ag2-chat-1'")
+            ).all() == [("wallet_exhausted", True)]
 
         # a credit resumes it: wait_for_resume returns, the chat goes on where it stopped
-        credit = threading.Timer(0.3, credit_wallet, kwargs=dict(
-            gate=gate, wallet_id=wallet_id, amount_nanos=5_000_000, idempotency_key=f"topup-{app_id}"))
+        credit = threading.Timer(
+            0.3,
+            credit_wallet,
+            kwargs=dict(gate=gate, wallet_id=wallet_id, amount_nanos=5_000_000, idempotency_key=f"topup-{app_id}"),
+        )
         credit.start()
         resumed = asyncio.run(session.wait_for_resume(timeout=10))
         credit.join()
@@ -92,22 +119,48 @@ def test_group_chat_pauses_at_exhaustion_resumes_on_credit_and_postgres_matches_
     assert len(calls) == len(calls_at_pause) + 9  # the resumed run: 10 rounds, the first is the kick-off
     drain()
     rows = persisted(db, "ag2-chat-1")
-    expected = [(f"ag2-chat-1:{c['id']}", c["agent"], "gpt-4o-mini-2024-07-18", c["prompt_tokens"],
-                 c["completion_tokens"], c["cached_tokens"], cost(c)) for c in calls]
+    expected = [
+        (
+            f"ag2-chat-1:{c['id']}",
+            c["agent"],
+            "gpt-4o-mini-2024-07-18",
+            c["prompt_tokens"],
+            c["completion_tokens"],
+            c["cached_tokens"],
+            cost(c),
+        )
+        for c in calls
+    ]
     assert [r[:7] for r in rows] == expected
     assert [r[7] for r in rows].count("pause") == 1 and rows[len(calls_at_pause) - 1][7] == "pause"
     with db.connect() as conn:
-        totals = conn.execute(text(
-            "SELECT count(*), sum(prompt_tokens), sum(completion_tokens), sum(cached_prompt_tokens), sum(cost_nanos), "
-            "sum(billed_nanos) FROM usage_event WHERE wallet_id = :w"), {"w": wallet_id}).one()
+        totals = conn.execute(
+            text(
+                "SELECT count(*), sum(prompt_tokens), sum(completion_tokens), sum(cached_prompt_tokens), sum(cost_nanos), "
+                "sum(billed_nanos) FROM usage_event WHERE wallet_id = :w"
+            ),
+            {"w": wallet_id},
+        ).one()
         debits = conn.execute(text("SELECT debits_nanos FROM wallet WHERE id = :w"), {"w": wallet_id}).scalar_one()
-        agents_db = dict(conn.execute(text(
-            "SELECT a.agent, a.turns FROM chat_agent_usage a JOIN chat_session s ON s.id = a.chat_session_id "
-            "WHERE s.chat_id = 'ag2-chat-1'")).all())
-        reopened = conn.execute(text("SELECT resumed_at IS NOT NULL FROM paused_chat WHERE chat_id = 'ag2-chat-1'"
-                                     )).scalar_one()
-    server_totals = (len(calls), sum(c["prompt_tokens"] for c in calls), sum(c["completion_tokens"] for c in calls),
-                     sum(c["cached_tokens"] for c in calls), sum(map(cost, calls)), sum(map(cost, calls)))
+        agents_db = dict(
+            conn.execute(
+                text(
+                    "SELECT a.agent, a.turns FROM chat_agent_usage a JOIN chat_session s ON s.id = a.chat_session_id "
+                    "WHERE s.chat_id = 'ag2-chat-1'"
+                )
+            ).all()
+        )
+        reopened = conn.execute(
+            text("SELECT resumed_at IS NOT NULL FROM paused_chat WHERE chat_id = 'ag2-chat-1'")
+        ).scalar_one()
+    server_totals = (
+        len(calls),
+        sum(c["prompt_tokens"] for c in calls),
+        sum(c["completion_tokens"] for c in calls),
+        sum(c["cached_tokens"] for c in calls),
+        sum(map(cost, calls)),
+        sum(map(cost, calls)),
+    )
     assert tuple(int(v) for v in totals) == server_totals
     assert debits == server_totals[4]
     assert agents_db == {n: sum(c["agent"] == n for c in calls) for n in NAMES}
@@ -129,9 +182,16 @@ class _Records(logging.Handler):
 
 def test_workflow_cost_threshold_warns_then_stops_the_chat(gate, db, app_id, open_payer, drain):
     open_payer("app_usage", app_id, "enduser2", 10_000_000)
-    session = BillingSession.start(InProcessTransport(gate), level="app_usage", payer_id="enduser2",
-                                   enterprise_id=app_id, workflow="build_app", chat_id="ag2-chat-2",
-                                   cost_threshold_nanos=100_000, warn_at_bps=5_000)
+    session = BillingSession.start(
+        InProcessTransport(gate),
+        level="app_usage",
+        payer_id="enduser2",
+        enterprise_id=app_id,
+        workflow="build_app",
+        chat_id="ag2-chat-2",
+        cost_threshold_nanos=100_000,
+        warn_at_bps=5_000,
+    )
     records = _Records()
     logging.getLogger("worker.client.session").addHandler(records)
     try:
@@ -151,8 +211,10 @@ def test_workflow_cost_threshold_warns_then_stops_the_chat(gate, db, app_id, ope
     drain()
     assert len(persisted(db, "ag2-chat-2")) == len(costs)
     with db.connect() as conn:
-        assert conn.execute(text("SELECT reason FROM paused_chat WHERE chat_id = 'ag2-chat-2'")).scalar_one() == \
-            "cost_threshold"
+        assert (
+            conn.execute(text("SELECT reason FROM paused_chat WHERE chat_id = 'ag2-chat-2'")).scalar_one()
+            == "cost_threshold"
+        )
 
 
 def test_llm_speaker_selection_calls_are_billed_turns_too(gate, db, app_id, open_payer, drain):
@@ -162,13 +224,28 @@ def test_llm_speaker_selection_calls_are_billed_turns_too(gate, db, app_id, open
     import autogen
 
     wallet_id = open_payer("app_usage", app_id, "enduser-auto", 10**9)
-    session = BillingSession.start(InProcessTransport(gate), level="app_usage", payer_id="enduser-auto",
-                                   enterprise_id=app_id, workflow="build_app", chat_id="ag2-auto-1")
+    session = BillingSession.start(
+        InProcessTransport(gate),
+        level="app_usage",
+        payer_id="enduser-auto",
+        enterprise_id=app_id,
+        workflow="build_app",
+        chat_id="ag2-auto-1",
+    )
     with FakeOpenAI() as server:
-        llm_config = {"config_list": [{"model": "gpt-4o-mini", "api_key": "sk-local-test",
-                                       "base_url": server.base_url}], "cache_seed": None}
-        agents = [autogen.ConversableAgent(name, system_message=f"AGENT={name}. Build the app together.",
-                                           llm_config=llm_config, human_input_mode="NEVER") for name in NAMES]
+        llm_config = {
+            "config_list": [{"model": "gpt-4o-mini", "api_key": "sk-local-test", "base_url": server.base_url}],
+            "cache_seed": None,
+        }
+        agents = [
+            autogen.ConversableAgent(
+                name,
+                system_message=f"AGENT={name}. Build the app together.",
+                llm_config=llm_config,
+                human_input_mode="NEVER",
+            )
+            for name in NAMES
+        ]
         chat = autogen.GroupChat(agents=agents, messages=[], max_round=4, speaker_selection_method="auto")
         manager = autogen.GroupChatManager(groupchat=chat, llm_config=llm_config, human_input_mode="NEVER")
         billing = GroupChatBilling(session).attach(manager)
@@ -183,6 +260,15 @@ def test_llm_speaker_selection_calls_are_billed_turns_too(gate, db, app_id, open
     rows = persisted(db, "ag2-auto-1")
     agent_of = {"speaker_selection": "speaker_selection_agent"}
     assert [r[:7] for r in rows] == [
-        (f"ag2-auto-1:{c['id']}", agent_of.get(c["agent"], c["agent"]), "gpt-4o-mini-2024-07-18", c["prompt_tokens"],
-         c["completion_tokens"], c["cached_tokens"], cost(c)) for c in calls]
+        (
+            f"ag2-auto-1:{c['id']}",
+            agent_of.get(c["agent"], c["agent"]),
+            "gpt-4o-mini-2024-07-18",
+            c["prompt_tokens"],
+            c["completion_tokens"],
+            c["cached_tokens"],
+            cost(c),
+        )
+        for c in calls
+    ]
     assert gate.balance(wallet_id) == 10**9 - sum(map(cost, calls))

@@ -17,8 +17,8 @@ README = Path(__file__).resolve().parents[3] / "README.md"
 def blocks() -> list[str]:
     """The Python blocks of the section, in order."""
     text = README.read_text()
-    section = text[text.index("## Orchestrator clients"):]
-    section = section[:section.index("\n## ", 3)]
+    section = text[text.index("## Orchestrator clients") :]
+    section = section[: section.index("\n## ", 3)]
     return re.findall(r"```python\n(.*?)```", section, re.S)
 
 

@@ -19,8 +19,14 @@ def test_wait_for_resume_sync_blocks_inside_a_running_event_loop_until_the_credi
     from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
 
     wallet_id = open_payer("platform", app_id, "maker-sync", 4_000_000)
-    session = BillingSession.start(InProcessTransport(gate), level="platform", payer_id="maker-sync",
-                                   enterprise_id=app_id, workflow="app_generation", chat_id="sync-1")
+    session = BillingSession.start(
+        InProcessTransport(gate),
+        level="platform",
+        payer_id="maker-sync",
+        enterprise_id=app_id,
+        workflow="app_generation",
+        chat_id="sync-1",
+    )
     session.record_turn(agent="architect", **TURN)
     with pytest.raises(WalletExhausted):
         session.record_turn(agent="architect", **TURN)
@@ -34,8 +40,10 @@ def test_wait_for_resume_sync_blocks_inside_a_running_event_loop_until_the_credi
     with pytest.raises(TimeoutError, match="was not credited within 0.3 s"):
         asyncio.run(hook_in_a_loop(0.3))
 
-    credit = threading.Timer(0.5, lambda: credit_wallet(gate, wallet_id=wallet_id, amount_nanos=20_000_000,
-                                                        idempotency_key=f"topup-{app_id}"))
+    credit = threading.Timer(
+        0.5,
+        lambda: credit_wallet(gate, wallet_id=wallet_id, amount_nanos=20_000_000, idempotency_key=f"topup-{app_id}"),
+    )
     credit.start()
     try:
         resumed = asyncio.run(hook_in_a_loop(10))

@@ -34,8 +34,7 @@ def run_script(session: BillingSession, agents=("planner", "coder", "planner")) 
     out = []
     for i, agent in enumerate(agents):
         try:
-            out.append(session.record_turn(agent=agent, turn_id=f"{session.chat_id}:t{i}", duration_ms=100 + i,
-                                           **TURN))
+            out.append(session.record_turn(agent=agent, turn_id=f"{session.chat_id}:t{i}", duration_ms=100 + i, **TURN))
         except WalletExhausted as exc:
             out.append(exc)
     return out
@@ -50,10 +49,20 @@ def strip(decision) -> dict:
 def _chat_rows(db, chat_id: str) -> dict:
     """The chat's session row and its paused-chat records, as the two transports leave them."""
     with db.connect() as conn:
-        chat = conn.execute(text("SELECT wallet_id, workflow, status, connection_state, pause_reason, can_resume "
-                                 "FROM chat_session WHERE chat_id = :c"), {"c": chat_id}).one()
-        paused = conn.execute(text("SELECT wallet_id, reason, needed_nanos, resumed_at IS NOT NULL, resumed_by "
-                                   "FROM paused_chat WHERE chat_id = :c ORDER BY id"), {"c": chat_id}).all()
+        chat = conn.execute(
+            text(
+                "SELECT wallet_id, workflow, status, connection_state, pause_reason, can_resume "
+                "FROM chat_session WHERE chat_id = :c"
+            ),
+            {"c": chat_id},
+        ).one()
+        paused = conn.execute(
+            text(
+                "SELECT wallet_id, reason, needed_nanos, resumed_at IS NOT NULL, resumed_by "
+                "FROM paused_chat WHERE chat_id = :c ORDER BY id"
+            ),
+            {"c": chat_id},
+        ).all()
     return {"chat": tuple(chat), "paused": [tuple(p) for p in paused]}
 
 
@@ -64,32 +73,63 @@ def test_in_process_and_http_give_the_same_decisions_exhaustion_pauses_resumes_a
 
     w1 = open_payer("app_usage", app_id, "alice", 10_000_000)
     w2 = open_payer("app_usage", app_id, "bob", 10_000_000)
-    local = BillingSession.start(InProcessTransport(gate), level="app_usage", payer_id="alice",
-                                 enterprise_id=app_id, workflow="support-a", chat_id="chat-a")
-    remote = BillingSession.start(HttpTransport(api_key=api.owner_key(app_id), client=api, events_url=events_url),
-                                  level="app_usage", payer_id="bob", enterprise_id=app_id, workflow="support-b",
-                                  chat_id="chat-b")
+    local = BillingSession.start(
+        InProcessTransport(gate),
+        level="app_usage",
+        payer_id="alice",
+        enterprise_id=app_id,
+        workflow="support-a",
+        chat_id="chat-a",
+    )
+    remote = BillingSession.start(
+        HttpTransport(api_key=api.owner_key(app_id), client=api, events_url=events_url),
+        level="app_usage",
+        payer_id="bob",
+        enterprise_id=app_id,
+        workflow="support-b",
+        chat_id="chat-b",
+    )
     assert (local.wallet_id, remote.wallet_id) == (w1, w2) == (f"app:{app_id}:alice", f"app:{app_id}:bob")
     # start: the chat's session row exists, active and connected, in its workflow
     assert _chat_rows(db, "chat-a") == {"chat": (w1, "support-a", "active", "connected", None, False), "paused": []}
     assert _chat_rows(db, "chat-b") == {"chat": (w2, "support-b", "active", "connected", None, False), "paused": []}
     assert local.can_continue() and remote.can_continue()
     a, b = run_script(local), run_script(remote)
-    assert [strip(d) for d in a[:2]] == [strip(d) for d in b[:2]] == [
-        {"accepted": True, "action": "continue", "balance_nanos": 6_500_000, "cost_nanos": COST,
-         "billed_nanos": COST, "duplicate": False},
-        {"accepted": True, "action": "continue", "balance_nanos": 3_000_000, "cost_nanos": COST,
-         "billed_nanos": COST, "duplicate": False},
-    ]
+    assert (
+        [strip(d) for d in a[:2]]
+        == [strip(d) for d in b[:2]]
+        == [
+            {
+                "accepted": True,
+                "action": "continue",
+                "balance_nanos": 6_500_000,
+                "cost_nanos": COST,
+                "billed_nanos": COST,
+                "duplicate": False,
+            },
+            {
+                "accepted": True,
+                "action": "continue",
+                "balance_nanos": 3_000_000,
+                "cost_nanos": COST,
+                "billed_nanos": COST,
+                "duplicate": False,
+            },
+        ]
+    )
     for exc, wallet_id, chat_id in ((a[2], w1, "chat-a"), (b[2], w2, "chat-b")):
         assert isinstance(exc, WalletExhausted)
         assert (exc.wallet_id, exc.balance_nanos, exc.chat_id) == (wallet_id, -500_000, chat_id)
         assert exc.decision.accepted and exc.decision.action == "pause"  # post-hoc: the turn itself is charged
     # pause: one open paused-chat record each, needing 500,001 nanos; the chat paused
-    assert _chat_rows(db, "chat-a") == {"chat": (w1, "support-a", "paused", "paused", "wallet_exhausted", False),
-                                        "paused": [(w1, "wallet_exhausted", 500_001, False, None)]}
-    assert _chat_rows(db, "chat-b") == {"chat": (w2, "support-b", "paused", "paused", "wallet_exhausted", False),
-                                        "paused": [(w2, "wallet_exhausted", 500_001, False, None)]}
+    assert _chat_rows(db, "chat-a") == {
+        "chat": (w1, "support-a", "paused", "paused", "wallet_exhausted", False),
+        "paused": [(w1, "wallet_exhausted", 500_001, False, None)],
+    }
+    assert _chat_rows(db, "chat-b") == {
+        "chat": (w2, "support-b", "paused", "paused", "wallet_exhausted", False),
+        "paused": [(w2, "wallet_exhausted", 500_001, False, None)],
+    }
     assert not local.can_continue() and not remote.can_continue()
     assert local.state == remote.state == "paused"
     # a turn while exhausted is denied, not charged, and raises again (no second pause record)
@@ -105,18 +145,40 @@ def test_in_process_and_http_give_the_same_decisions_exhaustion_pauses_resumes_a
     assert _chat_rows(db, "chat-b")["chat"] == (w2, "support-b", "paused", "resumable", "wallet_exhausted", True)
     assert local.can_continue() and remote.can_continue()
     assert local.state == remote.state == "connected"
-    assert _chat_rows(db, "chat-a") == {"chat": (w1, "support-a", "active", "connected", None, False),
-                                        "paused": [(w1, "wallet_exhausted", 500_001, True, f"topup-{w1}")]}
-    assert _chat_rows(db, "chat-b") == {"chat": (w2, "support-b", "active", "connected", None, False),
-                                        "paused": [(w2, "wallet_exhausted", 500_001, True, f"topup-{w2}")]}
+    assert _chat_rows(db, "chat-a") == {
+        "chat": (w1, "support-a", "active", "connected", None, False),
+        "paused": [(w1, "wallet_exhausted", 500_001, True, f"topup-{w1}")],
+    }
+    assert _chat_rows(db, "chat-b") == {
+        "chat": (w2, "support-b", "active", "connected", None, False),
+        "paused": [(w2, "wallet_exhausted", 500_001, True, f"topup-{w2}")],
+    }
     for s in (local, remote):
         d = s.record_turn(agent="coder", turn_id=f"{s.chat_id}:t3", duration_ms=103, **TURN)
         assert (d.accepted, d.balance_nanos) == (True, 19_500_000 - COST)
     drain()
-    agents = {"coder": {"turns": 2, "prompt_tokens": 2000, "completion_tokens": 200, "cached_prompt_tokens": 0,
-                        "total_tokens": 2200, "duration_ms": 204, "cost_nanos": 2 * COST, "billed_nanos": 2 * COST},
-              "planner": {"turns": 2, "prompt_tokens": 2000, "completion_tokens": 200, "cached_prompt_tokens": 0,
-                          "total_tokens": 2200, "duration_ms": 202, "cost_nanos": 2 * COST, "billed_nanos": 2 * COST}}
+    agents = {
+        "coder": {
+            "turns": 2,
+            "prompt_tokens": 2000,
+            "completion_tokens": 200,
+            "cached_prompt_tokens": 0,
+            "total_tokens": 2200,
+            "duration_ms": 204,
+            "cost_nanos": 2 * COST,
+            "billed_nanos": 2 * COST,
+        },
+        "planner": {
+            "turns": 2,
+            "prompt_tokens": 2000,
+            "completion_tokens": 200,
+            "cached_prompt_tokens": 0,
+            "total_tokens": 2200,
+            "duration_ms": 202,
+            "cost_nanos": 2 * COST,
+            "billed_nanos": 2 * COST,
+        },
+    }
     sa, sb = local.finalize(), remote.finalize()
     assert sa.agents == sb.agents == agents
     assert sa.totals == sb.totals and sa.cost_nanos == sb.cost_nanos == 4 * COST
@@ -127,14 +189,36 @@ def test_in_process_and_http_give_the_same_decisions_exhaustion_pauses_resumes_a
         averages = dict(summary.workflow_averages)
         assert averages.pop("refreshed_at") is not None
         assert averages.pop("avg_duration_sec") > 0  # the chat's wall time, start to end: not fixed
-        assert averages == {"enterprise_id": app_id, "workflow": workflow, "period": period, "source": "rollup",
-                            "total_sessions": 1, "total_turns": 4, "total_cost_nanos": 4 * COST,
-                            "total_cost_usd": "0.014000000", "avg_cost_nanos": 4 * COST,
-                            "avg_cost_usd": "0.014000000", "avg_prompt_tokens": 4000.0,
-                            "avg_completion_tokens": 400.0, "avg_total_tokens": 4400.0}
-    assert sa.comparison == sb.comparison == {
-        "total_sessions": 1, "cost_nanos": 4 * COST, "avg_cost_nanos": 4 * COST, "cost_delta_nanos": 0,
-        "cost_vs_avg_bps": 10_000, "total_tokens": 4400, "avg_total_tokens": 4400.0, "turns": 4, "avg_turns": 4.0}
+        assert averages == {
+            "enterprise_id": app_id,
+            "workflow": workflow,
+            "period": period,
+            "source": "rollup",
+            "total_sessions": 1,
+            "total_turns": 4,
+            "total_cost_nanos": 4 * COST,
+            "total_cost_usd": "0.014000000",
+            "avg_cost_nanos": 4 * COST,
+            "avg_cost_usd": "0.014000000",
+            "avg_prompt_tokens": 4000.0,
+            "avg_completion_tokens": 400.0,
+            "avg_total_tokens": 4400.0,
+        }
+    assert (
+        sa.comparison
+        == sb.comparison
+        == {
+            "total_sessions": 1,
+            "cost_nanos": 4 * COST,
+            "avg_cost_nanos": 4 * COST,
+            "cost_delta_nanos": 0,
+            "cost_vs_avg_bps": 10_000,
+            "total_tokens": 4400,
+            "avg_total_tokens": 4400.0,
+            "turns": 4,
+            "avg_turns": 4.0,
+        }
+    )
     assert _chat_rows(db, "chat-a")["chat"][2:4] == _chat_rows(db, "chat-b")["chat"][2:4] == ("completed", "ended")
 
 
@@ -156,33 +240,64 @@ def test_a_platform_wallet_over_http_needs_the_owner_key_issued_for_it(gate, api
             create_key(session, role=ApiRole.owner, enterprise_id=app_id, wallet_id="app:x:y")
     assert api.get(f"/v1/wallets/{wallet_id}", headers={"Authorization": f"Bearer {plain}"}).status_code == 404
     with pytest.raises(WalletNotFound, match="wallet_id: unknown wallet 'plat:maker1'"):
-        BillingSession.start(HttpTransport(api_key=plain, client=api), level="platform", payer_id="maker1",
-                             enterprise_id=app_id, workflow="app_generation")
+        BillingSession.start(
+            HttpTransport(api_key=plain, client=api),
+            level="platform",
+            payer_id="maker1",
+            enterprise_id=app_id,
+            workflow="app_generation",
+        )
     h = {"Authorization": f"Bearer {bound}"}
     r = api.get(f"/v1/wallets/{wallet_id}", headers=h)
     assert r.status_code == 200, r.text
-    assert r.json() == {"wallet_id": wallet_id, "enterprise_id": None, "level": "platform", "mode": "production",
-                        "limited": True, "gate_balance_nanos": 10_000_000, "held_nanos": 0, "can_continue": True,
-                        "ledger_balance_nanos": 10_000_000, "credits_nanos": 10_000_000, "debits_nanos": 0,
-                        "debt_nanos": 0, "reservations_required": False}
+    assert r.json() == {
+        "wallet_id": wallet_id,
+        "enterprise_id": None,
+        "level": "platform",
+        "mode": "production",
+        "limited": True,
+        "gate_balance_nanos": 10_000_000,
+        "held_nanos": 0,
+        "can_continue": True,
+        "ledger_balance_nanos": 10_000_000,
+        "credits_nanos": 10_000_000,
+        "debits_nanos": 0,
+        "debt_nanos": 0,
+        "reservations_required": False,
+    }
     assert api.get("/v1/wallets/plat:maker2", headers=h).status_code == 404  # another creator's wallet
     assert api.get(f"/v1/wallets/{wallet_id}/ledger", headers=h).json()["count"] == 1
-    assert api.post(f"/v1/wallets/{wallet_id}/credits", json={"amount_nanos": 5, "idempotency_key": "free"},
-                    headers=h).status_code == 404
+    assert (
+        api.post(
+            f"/v1/wallets/{wallet_id}/credits", json={"amount_nanos": 5, "idempotency_key": "free"}, headers=h
+        ).status_code
+        == 404
+    )
     assert api.put(f"/v1/wallets/{wallet_id}/mode", json={"mode": "development"}, headers=h).status_code == 404
-    session = BillingSession.start(HttpTransport(api_key=bound, client=api), level="platform", payer_id="maker1",
-                                   enterprise_id=app_id, workflow="app_generation", chat_id="gen-h")
+    session = BillingSession.start(
+        HttpTransport(api_key=bound, client=api),
+        level="platform",
+        payer_id="maker1",
+        enterprise_id=app_id,
+        workflow="app_generation",
+        chat_id="gen-h",
+    )
     out = run_script(session, ("architect", "architect", "architect"))
     assert [d.balance_nanos for d in out[:2]] == [6_500_000, 3_000_000]
     assert isinstance(out[2], WalletExhausted) and out[2].balance_nanos == -500_000
-    assert _chat_rows(db, "gen-h") == {"chat": (wallet_id, "app_generation", "paused", "paused", "wallet_exhausted",
-                                                False),
-                                       "paused": [(wallet_id, "wallet_exhausted", 500_001, False, None)]}
+    assert _chat_rows(db, "gen-h") == {
+        "chat": (wallet_id, "app_generation", "paused", "paused", "wallet_exhausted", False),
+        "paused": [(wallet_id, "wallet_exhausted", 500_001, False, None)],
+    }
     assert not session.can_continue()
     drain()
     summary = session.finalize()
     assert (summary.level, summary.wallet_id, summary.cost_nanos, summary.pauses) == (
-        "platform", wallet_id, 3 * COST, 1)
+        "platform",
+        wallet_id,
+        3 * COST,
+        1,
+    )
     assert summary.comparison["total_sessions"] == 1 and summary.comparison["avg_cost_nanos"] == 3 * COST
     assert gate.balance(wallet_id) == -500_000 and gate.balance("plat:maker2") == 10_000_000
 
@@ -206,8 +321,14 @@ def test_wait_for_resume_times_out_then_returns_on_the_credit_and_the_chat_goes_
     from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
 
     wallet_id = open_payer("platform", app_id, "maker1", 4_000_000)
-    session = BillingSession.start(InProcessTransport(gate), level="platform", payer_id="maker1",
-                                   enterprise_id=app_id, workflow="app_generation", chat_id="gen-1")
+    session = BillingSession.start(
+        InProcessTransport(gate),
+        level="platform",
+        payer_id="maker1",
+        enterprise_id=app_id,
+        workflow="app_generation",
+        chat_id="gen-1",
+    )
     assert wallet_id == "plat:maker1"
     assert isinstance(run_script(session, ("architect", "architect"))[-1], WalletExhausted)
     with pytest.raises(WalletExhausted):
@@ -219,8 +340,9 @@ def test_wait_for_resume_times_out_then_returns_on_the_credit_and_the_chat_goes_
     async def wait_and_credit():
         waiter = asyncio.create_task(session.wait_for_resume(timeout=10))
         await asyncio.sleep(0.3)  # subscribed and found the balance ≤ 0 by now
-        await asyncio.to_thread(credit_wallet, gate, wallet_id=wallet_id, amount_nanos=20_000_000,
-                                idempotency_key=f"topup-{app_id}")
+        await asyncio.to_thread(
+            credit_wallet, gate, wallet_id=wallet_id, amount_nanos=20_000_000, idempotency_key=f"topup-{app_id}"
+        )
         return await waiter
 
     resumed = asyncio.run(wait_and_credit())
@@ -236,14 +358,22 @@ def test_wait_for_resume_times_out_then_returns_on_the_credit_and_the_chat_goes_
     drain()
     summary = session.finalize()
     with db.connect() as conn:
-        rows = conn.execute(text("SELECT meter, count(*), sum(cost_nanos), sum(quantity) FROM usage_event "
-                                 "WHERE chat_id = 'gen-1' GROUP BY meter ORDER BY meter")).all()
-        paused = conn.execute(text("SELECT reason, resumed_at IS NOT NULL FROM paused_chat WHERE chat_id = 'gen-1'")).all()
+        rows = conn.execute(
+            text(
+                "SELECT meter, count(*), sum(cost_nanos), sum(quantity) FROM usage_event "
+                "WHERE chat_id = 'gen-1' GROUP BY meter ORDER BY meter"
+            )
+        ).all()
+        paused = conn.execute(
+            text("SELECT reason, resumed_at IS NOT NULL FROM paused_chat WHERE chat_id = 'gen-1'")
+        ).all()
     assert summary.agents["architect"]["turns"] == 3
     assert summary.meters["emails"] == {"records": 1, "quantity": 3, "cost_nanos": 300_000, "billed_nanos": 300_000}
     assert [tuple(r) for r in rows] == [
-        ("emails", 1, 300_000, 3), ("llm", 3, 3 * COST, 0),
-        ("storage_gb_month", 1, 2_300_000, 100)]
+        ("emails", 1, 300_000, 3),
+        ("llm", 3, 3 * COST, 0),
+        ("storage_gb_month", 1, 2_300_000, 100),
+    ]
     assert [tuple(r) for r in paused] == [("wallet_exhausted", True)]
     assert summary.workflow_averages["total_sessions"] == 1
     assert summary.comparison["cost_nanos"] == summary.cost_nanos == 3 * COST + 300_000 + 2_300_000
@@ -258,8 +388,9 @@ def test_asyncio_sessions_in_process_and_http_match(gate, api, app_id, open_paye
     key = api.owner_key(app_id)
 
     async def script(transport, payer):
-        session = await AsyncBillingSession.start(transport, level="app_usage", payer_id=payer,
-                                                  enterprise_id=app_id, workflow="support")
+        session = await AsyncBillingSession.start(
+            transport, level="app_usage", payer_id=payer, enterprise_id=app_id, workflow="support"
+        )
         out = []
         for agent in ("planner", "coder", "planner"):
             try:
