@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Callable, Iterator
 
-from sqlalchemy import Engine, create_engine, event
-from sqlmodel import Session
+from sqlalchemy import Engine, Table, create_engine, event
+from sqlmodel import Session, SQLModel
 
 from worker.settings import get_settings
 
@@ -77,3 +77,17 @@ def _run_after_commit(session: Session) -> None:
 def _drop_after_rollback(session: Session, transaction) -> None:
     if transaction.parent is None:  # the outermost transaction ended without a commit (or after one)
         session.info.get(_AFTER_COMMIT, []).clear()
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core ``Table`` of a SQLModel table class (``Model.__table__``), for Core statements
+    (``insert(...).on_conflict_do_update``, ``update(...)``) that need its columns as ``table.c.name``.
+
+    SQLModel's metaclass sets ``__table__`` on every ``table=True`` class but does not declare it to
+    type checkers; this is the one place that reads it.  Raises ``TypeError`` for a class that is not
+    a table (no ``__table__``).
+    """
+    table = getattr(model, "__table__", None)
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not a SQLModel table class (table=True)")
+    return table

@@ -16,7 +16,7 @@ import psycopg
 import redis
 from sqlalchemy import BigInteger, Boolean, DateTime, case, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from models.budget import BudgetDirty
 from models.chat import ChatAgentUsage, ChatSession, PausedChat
@@ -24,6 +24,7 @@ from models.enums import BillingMode, ChatStatus, ConnectionState, TransactionKi
 from models.rollup import RollupDirty
 from models.turn import UsageEvent, UsageTurnKey
 from models.wallet import Wallet, WalletTransaction
+from worker.db import table_of
 from worker.gate.gate import WalletGate
 from worker.gate.keys import USAGE_PREFIX, outbox_key, transitions_key
 from worker.periods import period_of
@@ -199,7 +200,7 @@ def transition_position(gate: WalletGate, wallet_id: str) -> str:
 
 
 def _column_sql_type(name: str) -> str:
-    column = UsageEvent.__table__.c[name]
+    column = table_of(UsageEvent).c[name]
     if isinstance(column.type, BigInteger):
         return "bigint"
     if isinstance(column.type, DateTime):
@@ -369,14 +370,14 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
 
     # statements without values, the rows as parameter sets (SQLAlchemy's "insertmanyvalues"): one
     # INSERT per batch all the same, and compiled once per process instead of once per batch
-    ct = ChatSession.__table__
-    stmt = insert(ct)
-    ex = stmt.excluded
+    ct = table_of(ChatSession)
+    chat_insert = insert(ct)
+    ex = chat_insert.excluded
     # a chat's state moves forward in its order only (chat_order): a batch whose newest turn is not
     # after the chat's last transition (a newer batch, or the orchestrator's pause or resume, came
     # first) adds its totals but leaves the state alone; a completed chat stays completed
     keep = or_(ct.c.status == ChatStatus.completed.value, ex.state_key <= ct.c.state_key)
-    stmt = stmt.on_conflict_do_update(
+    stmt = chat_insert.on_conflict_do_update(
         constraint="uq_chat_session_enterprise_chat",
         set_={
             **{name: ct.c[name] + ex[name] for name in (*_TOTALS, "billed_nanos")},
@@ -400,17 +401,17 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
     decided = [chats[k] for k in sorted(chats) if states[k] == chats[k]["state_key"]]
     paused, resumed = _open_pauses(session, decided)
 
-    at = ChatAgentUsage.__table__
-    stmt = insert(at)
-    ex = stmt.excluded
+    at = table_of(ChatAgentUsage)
+    agent_insert = insert(at)
+    ex = agent_insert.excluded
     session.execute(
-        stmt.on_conflict_do_update(
+        agent_insert.on_conflict_do_update(
             index_elements=["chat_session_id", "agent"],
             set_={name: at.c[name] + ex[name] for name in ("duration_ms", *_TOTALS)},
         ),
         [{"chat_session_id": chat_ids[(e, c)], "agent": a, **agents[(e, c, a)]} for (e, c, a) in sorted(agents)],
     )
-    rd = RollupDirty.__table__
+    rd = table_of(RollupDirty)
     dirty = sorted({(r["enterprise_id"], r["workflow"], period_of(r["occurred_at"])) for r in fresh})
     # DO UPDATE, not DO NOTHING: the row lock makes a concurrent rollup refresh that is deleting this
     # mark wait for our commit, so it can never delete the mark and miss these rows
@@ -422,7 +423,7 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
     )
     # the same marks for budgets (worker.billing.budgets.check_budgets takes them): a turn persisted after its
     # month ended is checked against its own month's budgets
-    bd = BudgetDirty.__table__
+    bd = table_of(BudgetDirty)
     session.execute(
         insert(bd).on_conflict_do_update(
             index_elements=["wallet_id", "enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}
@@ -445,7 +446,7 @@ def _open_pauses(
     open record (resumed by the turn itself, e.g. after a credit), ``UPDATE … WHERE resumed_at IS
     NULL RETURNING``, so a concurrent resumer and this batch cannot both close it.  Returns the
     records opened and those closed here (one ``chat.paused`` / ``chat.resumable`` each)."""
-    pc = PausedChat.__table__
+    pc = table_of(PausedChat)
     notices = []
     for chat in chats:
         if chat["status"] == ChatStatus.paused.value:
@@ -500,8 +501,8 @@ def _second_acceptances(
         stored = {
             (e, w, t): o
             for e, w, t, o in session.execute(
-                select(tk.enterprise_id, tk.wallet_id, tk.turn_id, tk.outbox_id).where(
-                    tuple_(tk.enterprise_id, tk.wallet_id, tk.turn_id).in_({turn_key_of(r) for r in candidates})
+                select(col(tk.enterprise_id), col(tk.wallet_id), col(tk.turn_id), col(tk.outbox_id)).where(
+                    tuple_(col(tk.enterprise_id), col(tk.wallet_id), col(tk.turn_id)).in_({turn_key_of(r) for r in candidates})
                 )
             ).all()
         }
@@ -522,13 +523,13 @@ def wallet_usage(session: Session, wallet_id: str) -> dict[str, int]:
     ue = UsageEvent
     row = session.execute(
         select(
-            func.count(ue.id),
+            func.count(col(ue.id)),
             func.coalesce(func.sum(ue.prompt_tokens), 0),
             func.coalesce(func.sum(ue.completion_tokens), 0),
             func.coalesce(func.sum(ue.cached_prompt_tokens), 0),
             func.coalesce(func.sum(ue.cost_nanos), 0),
             func.coalesce(func.sum(ue.billed_nanos), 0),
-        ).where(ue.wallet_id == wallet_id)
+        ).where(col(ue.wallet_id) == wallet_id)
     ).one()
     keys = ("turns", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_nanos", "billed_nanos")
     return {k: int(v) for k, v in zip(keys, row)}
