@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -136,7 +136,8 @@ def hold_wallet(wallet_id: str, reservation_id: str) -> str | None:
     (``None``: no such hold there).  The scripts key holds by reservation id only, so the API checks
     this before a release or a settlement names a hold."""
     gate = get_gate()
-    return gate.redis.hget(f"{shard_tag(gate.shard(wallet_id))}:hold:{reservation_id}", "wallet")
+    # the gate's client decodes replies (decode_responses=True): str, never bytes
+    return cast(str | None, gate.redis.hget(f"{shard_tag(gate.shard(wallet_id))}:hold:{reservation_id}", "wallet"))
 
 
 # rate limits ---------------------------------------------------------------------------------
@@ -198,7 +199,7 @@ def check_client_rate_limit(spec: str, namespace: str, client: str, what: str) -
             )
 
 
-_AREDIS: list = [None, None]  # [event loop, its asyncio Redis client]
+_AREDIS: list[Any] = [None, None, None]  # [event loop, its Redis URL, its asyncio Redis client]
 
 
 def _aredis(url: str) -> aioredis.Redis:
@@ -206,11 +207,10 @@ def _aredis(url: str) -> aioredis.Redis:
     loop: a server has one per process; a test client may run each request on a new loop, whose
     client then replaces the last one (left to the garbage collector, with its connections)."""
     loop = asyncio.get_running_loop()
-    held_loop, client = _AREDIS
-    if held_loop is not loop or client is None or client.tollgate_url != url:
+    held_loop, held_url, client = _AREDIS
+    if held_loop is not loop or client is None or held_url != url:
         client = aioredis.Redis.from_url(url)
-        client.tollgate_url = url
-        _AREDIS[:] = [loop, client]
+        _AREDIS[:] = [loop, url, client]
     return client
 
 
@@ -294,6 +294,18 @@ def forbid_unless(who: Principal, *roles: ApiRole, action: str) -> None:
         raise Problem(403, "Forbidden", f"a {who.role.value} key may not {action}")
 
 
+def owner_enterprise(who: Principal, *, action: str) -> str:
+    """The app (``enterprise_id``) of an owner key, for routes only owners may call.
+
+    Raises: Problem 403 for any other role (as :func:`forbid_unless`), and for an owner key without
+    an app, which ``create_key`` never issues (it refuses an owner key without ``enterprise_id``).
+    """
+    forbid_unless(who, ApiRole.owner, action=action)
+    if who.enterprise_id is None:
+        raise Problem(403, "Forbidden", f"this owner key is not scoped to an app and may not {action}")
+    return who.enterprise_id
+
+
 def unknown_wallet(wallet_id: str) -> Problem:
     """The one answer for "no such wallet" and "not your wallet" (404 naming ``wallet_id``)."""
     return field_problem(404, "Unknown wallet", "wallet_id", f"no wallet {wallet_id!r} for this key")
@@ -319,7 +331,9 @@ def wallet_in_scope(
     platform wallet it was issued for (:func:`creator_wallet`: reads, holds and chat pauses; never
     credits or mode changes: the platform bills that wallet).  Raises Problem 404 otherwise."""
     row = session.get(Wallet, wallet_id)
-    allowed = row is not None and (
+    if row is None:
+        raise unknown_wallet(wallet_id)
+    allowed = (
         (who.role is ApiRole.owner and row.enterprise_id is not None and row.enterprise_id == who.enterprise_id)
         or (who.role is ApiRole.end_user and row.id == who.wallet_id)
         or (admin and who.role is ApiRole.admin)
@@ -338,9 +352,10 @@ def enterprise_in_scope(who: Principal, enterprise_id: str | None, *, field: str
     """
     forbid_unless(who, ApiRole.owner, ApiRole.admin, action="read an app's figures")
     if who.role is ApiRole.owner:
-        if enterprise_id is not None and enterprise_id != who.enterprise_id:
+        own = owner_enterprise(who, action="read an app's figures")
+        if enterprise_id is not None and enterprise_id != own:
             raise field_problem(404, "Unknown enterprise", field, f"no enterprise {enterprise_id!r} for this key")
-        return who.enterprise_id  # type: ignore[return-value]  # owner keys always carry one
+        return own
     if not enterprise_id:
         raise field_problem(422, "Invalid request", field, "required with an admin key")
     return enterprise_id
@@ -394,6 +409,8 @@ def charge_known(who: Principal, wallet_id: str) -> bool:
         return False
     if known[0] != PayerLevel.platform or who.wallet_id == wallet_id:
         return True
+    if who.enterprise_id is None:  # no app: no creator to remember (may_charge answers False)
+        return False
     hit = _CREATORS.get(who.enterprise_id)
     return hit is not None and hit[0] > time.monotonic()
 
@@ -405,4 +422,4 @@ def may_charge(who: Principal, wallet_id: str) -> bool:
     owner = platform_owner(wallet_id)
     if owner is None:
         return True
-    return who.wallet_id == wallet_id or app_creator(who.enterprise_id) == owner
+    return who.wallet_id == wallet_id or (who.enterprise_id is not None and app_creator(who.enterprise_id) == owner)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import io
 from datetime import date
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import select
+from sqlmodel import col
 
 from api_stub.csv_cells import csv_writer, safe_row
 from api_stub.deps import Caller, enterprise_in_scope, field_problem, forbid_unless
@@ -35,7 +36,7 @@ from worker.db import session_scope
 from worker.periods import period_bounds
 
 router = APIRouter(tags=["analytics"])
-ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
+ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
 Period = Annotated[str, Query(pattern=r"^[0-9]{4}-[0-9]{2}$", description="UTC month, YYYY-MM")]
 EnterpriseQuery = Annotated[
     str | None,
@@ -97,8 +98,8 @@ def analytics_rollups(who: Caller, period: Period, enterprise_id: EnterpriseQuer
         rows = (
             session.execute(
                 select(WorkflowRollup)
-                .where(WorkflowRollup.enterprise_id == enterprise, WorkflowRollup.period == period)
-                .order_by(WorkflowRollup.workflow)
+                .where(col(WorkflowRollup.enterprise_id) == enterprise, col(WorkflowRollup.period) == period)
+                .order_by(col(WorkflowRollup.workflow))
             )
             .scalars()
             .all()
@@ -146,19 +147,19 @@ def usage_export(
     forbid_unless(who, ApiRole.owner, ApiRole.end_user, action="export per-turn usage")
     lo, hi = _period(period)
     ue = UsageEvent
-    stmt = select(*(getattr(ue, f) for f in USAGE_FIELDS)).where(ue.occurred_at >= lo, ue.occurred_at < hi)
+    stmt = select(*(getattr(ue, f) for f in USAGE_FIELDS)).where(col(ue.occurred_at) >= lo, col(ue.occurred_at) < hi)
     if who.role is ApiRole.end_user:
         if wallet_id is not None and wallet_id != who.wallet_id:
             raise field_problem(404, "Unknown wallet", "wallet_id", f"no wallet {wallet_id!r} for this key")
-        stmt = stmt.where(ue.wallet_id == who.wallet_id)
+        stmt = stmt.where(col(ue.wallet_id) == who.wallet_id)
     else:
-        stmt = stmt.where(ue.enterprise_id == who.enterprise_id)
+        stmt = stmt.where(col(ue.enterprise_id) == who.enterprise_id)
         if wallet_id is not None:
-            stmt = stmt.where(ue.wallet_id == wallet_id)
+            stmt = stmt.where(col(ue.wallet_id) == wallet_id)
     if cursor is not None:
-        stmt = stmt.where(ue.id > cursor)
+        stmt = stmt.where(col(ue.id) > cursor)
     with session_scope() as session:
-        rows = session.execute(stmt.order_by(ue.id).limit(limit + 1)).all()
+        rows = session.execute(stmt.order_by(col(ue.id)).limit(limit + 1)).all()
     page = rows[:limit]
     next_cursor = page[-1].id if len(rows) > limit else None
     if format == "json":

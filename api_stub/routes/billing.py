@@ -35,7 +35,7 @@ import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fastapi import APIRouter, Request
@@ -206,6 +206,8 @@ def viewer(request: Request, enterprise_id: str | None) -> Viewer:
         raise Refusal(
             403, "Forbidden", f"this key may not see the billing of enterprise {enterprise_id!r}", "enterprise_id"
         )
+    if who.enterprise_id is None:  # create_key scopes every owner and end-user key to an app
+        raise Refusal(403, "Forbidden", "this key is not scoped to an app", "enterprise_id")
     wallet = who.wallet_id if who.role is ApiRole.end_user else None
     return Viewer(who, who.enterprise_id, wallet, detail=True, csrf=csrf)
 
@@ -264,7 +266,12 @@ def _secure(request: Request) -> bool:
 
 
 def _set_cookie(
-    response: Response, request: Request, name: str, value: str, max_age: int, samesite: str = "lax"
+    response: Response,
+    request: Request,
+    name: str,
+    value: str,
+    max_age: int,
+    samesite: Literal["lax", "strict", "none"] = "lax",
 ) -> None:
     response.set_cookie(
         name, value, max_age=max_age, path="/billing", httponly=True, samesite=samesite, secure=_secure(request)

@@ -9,8 +9,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path
 from sqlalchemy import select
+from sqlmodel import col
 
-from api_stub.deps import Caller, Problem, field_problem, forbid_unless, get_gate, wallet_in_scope
+from api_stub.deps import Caller, Problem, field_problem, forbid_unless, get_gate, owner_enterprise, wallet_in_scope
 from models.chat import ChatSession, ChatSessionCreate, ChatSessionEnd, ChatSessionPublic, PausedChatCreate
 from models.enums import ApiRole
 from models.validation import SAFE_ID
@@ -21,7 +22,7 @@ from worker.db import session_scope
 from worker.gate.gate import UnknownWallet
 
 router = APIRouter(tags=["chats"])
-ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
+ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
 ChatId = Annotated[str, Path(min_length=1, max_length=200), SAFE_ID]
 #: pause/resume need worker.chats.lifecycle (another part of issue 6); without it they are not served
 
@@ -35,7 +36,9 @@ def _chat_in_scope(session, who: Principal, chat_id: str) -> ChatSession:
     pays for it; admins never (no end user's detail: 403).  404 otherwise (or not yet persisted)."""
     forbid_unless(who, ApiRole.owner, ApiRole.end_user, action="read a chat")
     chat = session.execute(
-        select(ChatSession).where(ChatSession.enterprise_id == who.enterprise_id, ChatSession.chat_id == chat_id)
+        select(ChatSession).where(
+            col(ChatSession.enterprise_id) == who.enterprise_id, col(ChatSession.chat_id) == chat_id
+        )
     ).scalar_one_or_none()
     if chat is None or (who.role is ApiRole.end_user and chat.wallet_id != who.wallet_id):
         raise _unknown_chat(chat_id)
@@ -86,7 +89,7 @@ def chat_start(chat_id: ChatId, body: ChatSessionCreate, who: Caller) -> ChatSes
     active and connected, in ``workflow``, paid by ``wallet_id``.  Starting a chat that exists
     changes nothing (its first wallet and workflow stay).  404 naming ``wallet_id`` for a wallet
     outside the key's scope; 409 when the wallet is not loaded in the gate."""
-    forbid_unless(who, ApiRole.owner, action="start chats")
+    enterprise_id = owner_enterprise(who, action="start chats")
     if body.started_at is not None and body.started_at.tzinfo is None:
         raise field_problem(422, "Invalid request", "started_at", "must carry a time zone (UTC)")
     with session_scope() as session:
@@ -94,7 +97,7 @@ def chat_start(chat_id: ChatId, body: ChatSessionCreate, who: Caller) -> ChatSes
     try:
         start_session(
             get_gate(),
-            enterprise_id=who.enterprise_id,
+            enterprise_id=enterprise_id,
             chat_id=chat_id,
             wallet_id=body.wallet_id,
             workflow=body.workflow,
@@ -116,11 +119,13 @@ def chat_pause(
     paused, ``chat.paused`` announced.  A chat not persisted yet needs ``wallet_id`` (of the
     caller's app, or the platform wallet the key was issued for).  Pausing a paused chat changes
     nothing."""
-    forbid_unless(who, ApiRole.owner, action="pause chats")
+    enterprise_id = owner_enterprise(who, action="pause chats")
     body = body or PausedChatCreate()
     with session_scope() as session:
         chat = session.execute(
-            select(ChatSession).where(ChatSession.enterprise_id == who.enterprise_id, ChatSession.chat_id == chat_id)
+            select(ChatSession).where(
+                col(ChatSession.enterprise_id) == who.enterprise_id, col(ChatSession.chat_id) == chat_id
+            )
         ).scalar_one_or_none()
         if chat is not None and body.wallet_id not in (None, chat.wallet_id):
             raise field_problem(422, "Invalid request", "wallet_id", f"chat {chat_id!r} is paid by another wallet")
@@ -132,7 +137,7 @@ def chat_pause(
     try:
         pause_chat(
             get_gate(),
-            enterprise_id=who.enterprise_id,
+            enterprise_id=enterprise_id,
             chat_id=chat_id,
             wallet_id=wallet_id,
             reason=body.reason,
@@ -150,11 +155,11 @@ def chat_resume(chat_id: ChatId, who: Caller) -> ChatSessionPublic:
     credit or sweep closed its pause first, this call does and announces ``chat.resumable``
     (cause ``resume``), once.  409 while the wallet cannot pay (``needed_nanos`` in the
     detail); nothing changes then."""
-    forbid_unless(who, ApiRole.owner, action="resume chats")
+    enterprise_id = owner_enterprise(who, action="resume chats")
     with session_scope() as session:
         _chat_in_scope(session, who, chat_id)
     try:
-        resume_chat(get_gate(), enterprise_id=who.enterprise_id, chat_id=chat_id)
+        resume_chat(get_gate(), enterprise_id=enterprise_id, chat_id=chat_id)
     except UnknownWallet as exc:  # before UnknownChat: both are NotFound (LookupError), this one is 409
         raise Problem(409, "Wallet not in the gate", str(exc)) from None
     except UnknownChat:

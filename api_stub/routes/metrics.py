@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from sqlalchemy import select
+from sqlmodel import col
 
 from api_stub import metrics as _worker_metrics  # noqa: F401  (registers the worker-side collector)
 from api_stub.deps import Caller, Problem, get_gate
@@ -51,8 +52,8 @@ def _refresh_reconciliation_gauges() -> None:
     with session_scope() as session:
         run = session.execute(
             select(ReconciliationRun)
-            .where(ReconciliationRun.finished_at.is_not(None))
-            .order_by(ReconciliationRun.id.desc())
+            .where(col(ReconciliationRun.finished_at).is_not(None))
+            .order_by(col(ReconciliationRun.id).desc())
             .limit(1)
         ).scalar_one_or_none()
     LAST_DRIFT_NANOS.set(run.drift_nanos_abs if run else 0)

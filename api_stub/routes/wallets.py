@@ -5,10 +5,11 @@ or one ledger service and return.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from sqlalchemy import select
+from sqlmodel import col
 
 from api_stub.deps import (
     Caller,
@@ -47,7 +48,7 @@ from worker.ledger.audit import audit
 from worker.pricing.prices import PricingError
 
 router = APIRouter(tags=["wallets"])
-ERRORS = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
+ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
 WalletId = Annotated[str, Path(min_length=1, max_length=200), SAFE_ID]
 
 
@@ -166,10 +167,10 @@ def ledger(
     user's detail)."""
     with session_scope() as session:
         wallet_in_scope(session, who, wallet_id, creator=True)
-        stmt = select(WalletTransaction).where(WalletTransaction.wallet_id == wallet_id)
+        stmt = select(WalletTransaction).where(col(WalletTransaction.wallet_id) == wallet_id)
         if cursor is not None:
-            stmt = stmt.where(WalletTransaction.id < cursor)
-        rows = session.execute(stmt.order_by(WalletTransaction.id.desc()).limit(limit + 1)).scalars().all()
+            stmt = stmt.where(col(WalletTransaction.id) < cursor)
+        rows = session.execute(stmt.order_by(col(WalletTransaction.id).desc()).limit(limit + 1)).scalars().all()
     data = [WalletTransactionPublic.model_validate(r) for r in rows[:limit]]
     return WalletTransactionsPublic(
         wallet_id=wallet_id, data=data, count=len(data), next_cursor=data[-1].id if len(rows) > limit else None
@@ -188,9 +189,9 @@ def credit(wallet_id: WalletId, body: CreditCreate, who: Caller) -> CreditPublic
         row = wallet_in_scope(session, who, wallet_id, admin=True)
         enterprise_id = row.enterprise_id
         previous = session.execute(
-            select(WalletTransaction.wallet_id, WalletTransaction.amount_nanos, WalletTransaction.kind).where(
-                WalletTransaction.idempotency_key == body.idempotency_key
-            )
+            select(
+                col(WalletTransaction.wallet_id), col(WalletTransaction.amount_nanos), col(WalletTransaction.kind)
+            ).where(col(WalletTransaction.idempotency_key) == body.idempotency_key)
         ).first()
     if previous is not None and tuple(previous) != (wallet_id, body.amount_nanos, "credit"):
         # never say whose: the key may be another app's

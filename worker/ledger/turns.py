@@ -502,7 +502,9 @@ def _second_acceptances(
             (e, w, t): o
             for e, w, t, o in session.execute(
                 select(col(tk.enterprise_id), col(tk.wallet_id), col(tk.turn_id), col(tk.outbox_id)).where(
-                    tuple_(col(tk.enterprise_id), col(tk.wallet_id), col(tk.turn_id)).in_({turn_key_of(r) for r in candidates})
+                    tuple_(col(tk.enterprise_id), col(tk.wallet_id), col(tk.turn_id)).in_(
+                        {turn_key_of(r) for r in candidates}
+                    )
                 )
             ).all()
         }
