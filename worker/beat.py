@@ -19,6 +19,7 @@ Selected by ``beat_scheduler`` in :mod:`worker.celery_app`.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis
 from redbeat import RedBeatScheduler
@@ -36,6 +37,9 @@ class ResilientRedBeatScheduler(RedBeatScheduler):
 
     ``tick()`` returns the seconds until the next tick, as Celery expects; it raises nothing for
     a lost lock or an unreachable Redis."""
+
+    #: redbeat's lock (a redis-py ``Lock``, None until taken); declared here as redbeat ships no types
+    lock: Any
 
     def __init__(self, app, **kwargs) -> None:
         super().__init__(app, **kwargs)

@@ -103,7 +103,7 @@ def outbox_lag_seconds(client: redis.Redis, stream: str, group: str, *, now_ms: 
     0.0 when everything is persisted (or the stream does not exist).  The age comes from
     the entry id's millisecond timestamp (the Redis clock when the gate appended it)."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    oldest: str | None = None
+    oldest: bytes | str | None = None  # entry ids: str with decode_responses=True, bytes without
     try:
         pending = client.xpending(stream, group)
         if pending and pending.get("pending"):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from models.access import ApiKey
 from models.enums import ApiRole, PayerLevel
@@ -186,7 +186,7 @@ def create_key(
     prefix = secrets.token_hex(6)
     key = f"tg_{prefix}_{secrets.token_urlsafe(32)}"
     session.add(
-        ApiKey(
+        ApiKey(  # type: ignore[call-arg]  # created_at: the column's server default (now()) fills it at INSERT
             prefix=prefix,
             key_sha256=_digest(key),
             role=role,
@@ -215,7 +215,7 @@ def revoke_key(session: Session, prefix: str, *, actor: str = "cli", redis_clien
     (:func:`revoked_marker`) is set on ``redis_client`` (default: ``settings.redis_url``), so every
     API process refuses it from its next request on.  See the module docstring for the bound.
     """
-    row = session.execute(select(ApiKey).where(ApiKey.prefix == prefix)).scalar_one_or_none()
+    row = session.execute(select(ApiKey).where(col(ApiKey.prefix) == prefix)).scalar_one_or_none()
     if row is None or row.revoked_at is not None:
         return False
     row.revoked_at = datetime.now(UTC)
@@ -237,7 +237,7 @@ def authenticate(session: Session, key: str) -> Principal | None:
     parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != "tg" or len(parts[1]) != 12:
         return None
-    row = session.execute(select(ApiKey).where(ApiKey.prefix == parts[1])).scalar_one_or_none()
+    row = session.execute(select(ApiKey).where(col(ApiKey.prefix) == parts[1])).scalar_one_or_none()
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_sha256, _digest(key)):
         return None
     return Principal(

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from models.access import ApiKey
 from models.enums import ApiRole
@@ -97,7 +97,7 @@ def end_sessions(redis, key_prefix: str) -> int:
 
 def principal_for_prefix(session: Session, key_prefix: str) -> Principal | None:
     """The principal of the active (unrevoked) API key ``key_prefix``, or None."""
-    row = session.execute(select(ApiKey).where(ApiKey.prefix == key_prefix)).scalar_one_or_none()
+    row = session.execute(select(ApiKey).where(col(ApiKey.prefix) == key_prefix)).scalar_one_or_none()
     if row is None or row.revoked_at is not None:
         return None
     return Principal(

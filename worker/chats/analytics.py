@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, time
 from typing import Any, Iterable, Literal, get_args
 
 from sqlalchemy import Date, cast, func, literal_column, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from models.turn import UsageEvent
 from worker.errors import InvalidInput
@@ -120,7 +120,7 @@ def usage_analytics(
             func.sum(ue.cost_nanos),
             func.sum(ue.billed_nanos),
         )
-        .where(ue.enterprise_id == enterprise_id, ue.occurred_at >= lo, ue.occurred_at < hi)
+        .where(col(ue.enterprise_id) == enterprise_id, col(ue.occurred_at) >= lo, col(ue.occurred_at) < hi)
         .group_by(bucket, *group_cols)
         .order_by(bucket, *group_cols)
     )

@@ -72,7 +72,7 @@ def budget_check(as_json: bool = typer.Option(False, "--json", help="print one J
     table = Table(title=f"budgets, period {result.period}")
     for column in ("budget", "enterprise", "scope", "spent USD", "budget USD", "%", "new alerts"):
         table.add_column(column, justify="right" if "USD" in column or column == "%" else "left")
-    new = {}
+    new: dict[int, list[str]] = {}  # budget id -> thresholds crossed now
     for a in result.alerts:
         new.setdefault(a.budget_id, []).append(f"{a.threshold_pct} %")
     for b in result.budgets:

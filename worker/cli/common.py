@@ -7,6 +7,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from importlib.resources import files
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -20,7 +21,7 @@ err = Console(stderr=True)
 out = Console()
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print ``message`` (plain text, never markup) on stderr and exit with code 2."""
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # input is not markup
     raise typer.Exit(code=2)
@@ -66,7 +67,7 @@ def flags_of(group: str | None) -> dict[str, str]:
     return {**FLAGS, **GROUP_FLAGS.get(group or "", {})}
 
 
-def fail_error(exc: TollgateError, group: str | None = None) -> None:
+def fail_error(exc: TollgateError, group: str | None = None) -> NoReturn:
     """Print ``exc`` (its field named as group ``group``'s flag, :func:`flags_of`) on stderr and exit
     with ``exc.exit_code`` (2 for bad input, unknown ids and conflicts; 1 otherwise)."""
     err.print(f"[bold red]error:[/] {escape(flag_message(exc, flags_of(group)))}", highlight=False, soft_wrap=True)

@@ -9,16 +9,19 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, cast
 
 import typer
 from pydantic import ValidationError
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from models.validation import text_problem
 from worker.cli.common import err, fail, out, parse_usd
 from worker.pricing.prices import PricingError
+
+if TYPE_CHECKING:  # the CLI imports the engine lazily (start-up time); a name for a cast only
+    from worker.devtools.traces import TraceFormat
 
 
 def replay_cmd(
@@ -61,7 +64,7 @@ def replay_cmd(
         console=err,
         transient=not err.is_terminal,
     ) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(phase: str, done: int, total: int) -> None:
             if phase not in tasks:
@@ -71,7 +74,7 @@ def replay_cmd(
         try:
             report = replay(
                 path,
-                fmt=fmt,
+                fmt=cast("TraceFormat", fmt),  # one of the two: checked above
                 model=model,
                 provider=provider,
                 wallet_usd=amount,

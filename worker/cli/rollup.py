@@ -28,13 +28,14 @@ def rollup_refresh(
     from worker.chats.rollups import refresh_dirty_groups, refresh_rollup
     from worker.db import session_scope
 
-    given = [a for a in (enterprise, workflow, period) if a is not None]
-    if all_dirty == bool(given) or (given and len(given) != 3):
-        fail("give either --all-dirty or ENTERPRISE WORKFLOW PERIOD")
     if all_dirty:
+        if (enterprise, workflow, period) != (None, None, None):
+            fail("give either --all-dirty or ENTERPRISE WORKFLOW PERIOD")
         total = refresh_dirty_groups()
         out.print(f"refreshed {total} dirty rollup(s)")
         return
+    if enterprise is None or workflow is None or period is None:
+        fail("give either --all-dirty or ENTERPRISE WORKFLOW PERIOD")
     try:
         with session_scope() as session:
             r = refresh_rollup(session, enterprise, workflow, period)

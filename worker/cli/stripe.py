@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -70,7 +70,7 @@ def stripe_package_list(
     from worker.db import session_scope
 
     with session_scope() as session:
-        rows = [
+        rows: list[dict[str, Any]] = [  # JSON objects: ids, names, integer cents and nanos
             {
                 "id": p.id,
                 "name": p.name,

@@ -6,7 +6,7 @@ Commands import their services when they run (function-local imports, on purpose
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -101,7 +101,7 @@ def wallet_show(wallet_id: str, as_json: bool = typer.Option(False, "--json")) -
         gate_balance: int | None = process_gate().balance(wallet_id)
     except UnknownWallet:
         gate_balance = None
-    data = {
+    data: dict[str, Any] = {  # one JSON object: ids, flags and integer nanos
         "wallet_id": wallet_id,
         "mode": wallet.mode,
         "limited": wallet.limited,

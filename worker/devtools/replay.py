@@ -8,6 +8,7 @@ until every accepted turn is persisted and reports totals counted in PostgreSQL.
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 import time
 import uuid
@@ -157,20 +158,20 @@ def replay(
                 "azure": {"prompt_tokens": "ContextTokens", "completion_tokens": "GeneratedTokens"},
                 "mooncake": {"prompt_tokens": "input_length", "completion_tokens": "output_length"},
             }
-            raise TraceError(
-                Path(path), exc.message, row=row.row, field=field.get(fmt, {}).get(exc.field, exc.field)
-            ) from None
+            column = None if exc.field is None else field.get(fmt, {}).get(exc.field, exc.field)
+            raise TraceError(Path(path), exc.message, row=row.row, field=column) from None
     run_id = run_id or uuid.uuid4().hex[:12]
     wallet_id = _prepare_wallet(gate, run_id, wallet_nanos)
     chat_id = f"replay-{run_id}"
     notify = progress or (lambda phase, done, total: None)
 
-    worker = log = None
+    worker: subprocess.Popen | None = None
+    log: Path | None = None  # the worker's log (set with the worker)
     if start_worker:
         log = Path(tempfile.gettempdir()) / f"tollgate-replay-{run_id}.log"
         worker = start_celery_worker(f"replay-{run_id}", log, loglevel="INFO")
     try:
-        if worker is not None:  # the clock measures the pipeline, not the worker's boot (~1 s)
+        if worker is not None and log is not None:  # the clock measures the pipeline, not the worker's boot (~1 s)
             try:
                 wait_ready(worker, log)
             except RuntimeError as exc:

@@ -83,7 +83,8 @@ def _azure_time(path: Path, value: str, *, row: int, line: int) -> datetime:
         raise TraceError(path, f"{value!r} is not 'YYYY-MM-DD HH:MM:SS.fffffff'", row=row, line=line, field="TIMESTAMP")
     frac = (m.group(7) or "").ljust(6, "0")[:6]
     try:
-        when = datetime(*(int(g) for g in m.groups()[:6]), int(frac), tzinfo=UTC)
+        year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+        when = datetime(year, month, day, hour, minute, second, int(frac), tzinfo=UTC)
     except ValueError as exc:
         raise TraceError(path, f"{value!r}: {exc}", row=row, line=line, field="TIMESTAMP") from exc
     return _in_window(path, when, row=row, line=line, field="TIMESTAMP")

@@ -21,4 +21,8 @@ def audit(
     **detail,
 ) -> None:
     """Append one audit log entry (credits, mode changes, key changes)."""
-    session.add(AuditLog(actor=actor, action=action, enterprise_id=enterprise_id, wallet_id=wallet_id, detail=detail))
+    # created_at: the column's server default (now()) fills it at INSERT
+    entry = AuditLog(  # type: ignore[call-arg]
+        actor=actor, action=action, enterprise_id=enterprise_id, wallet_id=wallet_id, detail=detail
+    )
+    session.add(entry)

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any, cast
 
-from sqlalchemy import select, text
-from sqlmodel import Session
+from sqlalchemy import CursorResult, select, text
+from sqlmodel import Session, col
 
 from models.wallet import Enterprise
 from worker.errors import InputError
@@ -48,7 +49,9 @@ def default_schema(enterprise_id: str) -> str:
 
 def isolated_apps(session: Session) -> dict[str, str]:
     """``{enterprise_id: schema}`` of every isolated app."""
-    rows = session.execute(select(Enterprise.id, Enterprise.usage_schema).where(Enterprise.usage_schema.is_not(None)))
+    rows = session.execute(
+        select(col(Enterprise.id), col(Enterprise.usage_schema)).where(col(Enterprise.usage_schema).is_not(None))
+    )
     return {e: s for e, s in rows}
 
 
@@ -106,11 +109,15 @@ def split_partition(session: Session, name: str, bound: str, apps: dict[str, str
     for enterprise_id, schema in sorted(todo.items()):
         value = _literal(session, enterprise_id)
         session.execute(text(f'CREATE TABLE "{schema}"."{name}" PARTITION OF "{name}" FOR VALUES IN ({value})'))
-        moved = session.execute(
-            text(
-                f'WITH gone AS (DELETE FROM "{shared}" WHERE enterprise_id = {value} RETURNING *) '
-                f'INSERT INTO "{schema}"."{name}" SELECT * FROM gone'
-            )
+        # a DML statement's result is a CursorResult (Session.execute types it as a plain Result)
+        moved = cast(
+            CursorResult[Any],
+            session.execute(
+                text(
+                    f'WITH gone AS (DELETE FROM "{shared}" WHERE enterprise_id = {value} RETURNING *) '
+                    f'INSERT INTO "{schema}"."{name}" SELECT * FROM gone'
+                )
+            ),
         ).rowcount
         log.info("usage_event: %s of %s moved to %s.%s", moved, enterprise_id, schema, name)
     session.execute(text(f'ALTER TABLE "{name}" ATTACH PARTITION "{shared}" DEFAULT'))
@@ -137,7 +144,9 @@ def isolate_app(session: Session, enterprise_id: str, schema: str | None = None)
         raise IsolationError(
             f"enterprise_id: {enterprise_id!r} already keeps its usage in {app.usage_schema!r}", field="enterprise_id"
         )
-    owner = session.execute(select(Enterprise.id).where(Enterprise.usage_schema == schema)).scalar_one_or_none()
+    owner = session.execute(
+        select(col(Enterprise.id)).where(col(Enterprise.usage_schema) == schema)
+    ).scalar_one_or_none()
     if owner not in (None, enterprise_id):
         raise IsolationError(f"schema: {schema!r} already holds app {owner!r}", field="schema")
     session.execute(text("LOCK TABLE usage_event IN ACCESS EXCLUSIVE MODE"))

@@ -22,8 +22,9 @@ import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import text
+from sqlalchemy import CursorResult, text
 from sqlmodel import Session
 
 from worker.errors import InvalidInput
@@ -132,13 +133,16 @@ def apply_retention(
         if period < oldest_kept:
             session.execute(text(f'DROP TABLE "{partition_name(period)}"'))
             report.dropped.append(period)
-    report.default_rows_deleted = session.execute(
-        text("DELETE FROM usage_event_default WHERE occurred_at < :c"), {"c": cutoff}
+    # a DML statement's result is a CursorResult (Session.execute types it as a plain Result)
+    report.default_rows_deleted = cast(
+        CursorResult[Any],
+        session.execute(text("DELETE FROM usage_event_default WHERE occurred_at < :c"), {"c": cutoff}),
     ).rowcount
     # a turn key goes when its turn is old *and* was recorded long ago: a late turn recorded today
     # for an old month keeps its key (and so its idempotency) for the retention period
-    report.turn_keys_deleted = session.execute(
-        text("DELETE FROM usage_turn_key WHERE occurred_at < :c AND recorded_at < :c"), {"c": cutoff}
+    report.turn_keys_deleted = cast(
+        CursorResult[Any],
+        session.execute(text("DELETE FROM usage_turn_key WHERE occurred_at < :c AND recorded_at < :c"), {"c": cutoff}),
     ).rowcount
     return report
 
