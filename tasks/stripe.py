@@ -46,5 +46,5 @@ def sweep(older_than_s: int = 120) -> dict[str, int]:
     with session_scope() as session:
         ids = unprocessed_events(session, older_than_s=older_than_s)
     for event_id in ids:
-        process_event.apply_async(args=[event_id])
+        process_event.apply_async(args=(event_id,))
     return {"resent": len(ids)}

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Iterator
 
-from sqlalchemy import and_, func, literal_column, select
-from sqlmodel import Session
+from sqlalchemy import ColumnElement, and_, func, literal_column, select
+from sqlmodel import Session, col
 
 from models.budget import Budget, BudgetAlert
 from models.chat import ChatSession
@@ -414,11 +414,11 @@ def _iso(when: datetime) -> str:
     return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _scope(enterprise_id: str, wallet_id: str | None, start: datetime, end: datetime) -> list:
+def _scope(enterprise_id: str, wallet_id: str | None, start: datetime, end: datetime) -> list[ColumnElement[bool]]:
     ue = UsageEvent
-    where = [ue.enterprise_id == enterprise_id, ue.occurred_at >= start, ue.occurred_at < end]
+    where = [col(ue.enterprise_id) == enterprise_id, col(ue.occurred_at) >= start, col(ue.occurred_at) < end]
     if wallet_id is not None:
-        where.append(ue.wallet_id == wallet_id)
+        where.append(col(ue.wallet_id) == wallet_id)
     return where
 
 
@@ -426,14 +426,14 @@ def _sums():
     ue = UsageEvent
     return (
         func.count(),
-        func.sum(ue.quantity),
-        func.sum(ue.prompt_tokens),
-        func.sum(ue.cached_prompt_tokens),
-        func.sum(ue.completion_tokens),
-        func.sum(ue.cost_nanos),
-        func.sum(ue.billed_nanos),
-        func.sum(ue.creator_share_nanos),
-        func.sum(ue.platform_fee_nanos),
+        func.sum(col(ue.quantity)),
+        func.sum(col(ue.prompt_tokens)),
+        func.sum(col(ue.cached_prompt_tokens)),
+        func.sum(col(ue.completion_tokens)),
+        func.sum(col(ue.cost_nanos)),
+        func.sum(col(ue.billed_nanos)),
+        func.sum(col(ue.creator_share_nanos)),
+        func.sum(col(ue.platform_fee_nanos)),
     )
 
 
@@ -475,10 +475,10 @@ def billing_report(
     lines = [
         Line(provider, model, meter, _figures(rest))
         for provider, model, meter, *rest in session.execute(
-            select(ue.provider, ue.model, ue.meter, *_sums())
+            select(col(ue.provider), col(ue.model), col(ue.meter), *_sums())
             .where(*where)
-            .group_by(ue.provider, ue.model, ue.meter)
-            .order_by(ue.provider, ue.model, ue.meter)
+            .group_by(col(ue.provider), col(ue.model), col(ue.meter))
+            .order_by(col(ue.provider), col(ue.model), col(ue.meter))
         )
     ]
     llm_lines = [x for x in lines if x.meter == LLM]
@@ -495,7 +495,8 @@ def billing_report(
     total = sum((x.figures for x in lines), Figures())
 
     budgets = _budgets(session, enterprise_id, wallet_id, detail, period, start, end)
-    chats_in_period, top = (0, [])
+    chats_in_period = 0
+    top: list[ChatCost] = []
     if detail:
         chats_in_period, top = _top_chats(session, enterprise_id, where)
     return BillingReport(
@@ -533,24 +534,24 @@ def _budgets(
     start: datetime,
     end: datetime,
 ) -> list[BudgetLine]:
-    stmt = select(Budget).where(Budget.enterprise_id == enterprise_id).order_by(Budget.id)
+    stmt = select(Budget).where(col(Budget.enterprise_id) == enterprise_id).order_by(col(Budget.id))
     if wallet_id is not None:
-        stmt = stmt.where(Budget.wallet_id == wallet_id)
+        stmt = stmt.where(col(Budget.wallet_id) == wallet_id)
     elif not detail:
-        stmt = stmt.where(Budget.workflow.is_not(None))
+        stmt = stmt.where(col(Budget.workflow).is_not(None))
     budgets = list(session.execute(stmt).scalars())
     if not budgets:
         return []
     ue = UsageEvent
-    in_period = and_(ue.enterprise_id == enterprise_id, ue.occurred_at >= start, ue.occurred_at < end)
+    in_period = and_(col(ue.enterprise_id) == enterprise_id, col(ue.occurred_at) >= start, col(ue.occurred_at) < end)
     wallets = sorted({b.wallet_id for b in budgets if b.wallet_id})
     workflows = sorted({b.workflow for b in budgets if b.workflow})
     wallet_spend = (
         dict(
             session.execute(
-                select(ue.wallet_id, func.sum(ue.billed_nanos))
-                .where(in_period, ue.wallet_id.in_(wallets))
-                .group_by(ue.wallet_id)
+                select(col(ue.wallet_id), func.sum(col(ue.billed_nanos)))
+                .where(in_period, col(ue.wallet_id).in_(wallets))
+                .group_by(col(ue.wallet_id))
             ).all()
         )
         if wallets
@@ -559,9 +560,9 @@ def _budgets(
     workflow_spend = (
         dict(
             session.execute(
-                select(ue.workflow, func.sum(ue.cost_nanos))
-                .where(in_period, ue.workflow.in_(workflows))
-                .group_by(ue.workflow)
+                select(col(ue.workflow), func.sum(col(ue.cost_nanos)))
+                .where(in_period, col(ue.workflow).in_(workflows))
+                .group_by(col(ue.workflow))
             ).all()
         )
         if workflows
@@ -569,9 +570,14 @@ def _budgets(
     )
     alerts: dict[int, list[BudgetAlertRecord]] = {}
     for budget_id, pct, spent, created in session.execute(
-        select(BudgetAlert.budget_id, BudgetAlert.threshold_pct, BudgetAlert.spent_nanos, BudgetAlert.created_at)
-        .where(BudgetAlert.budget_id.in_([b.id for b in budgets]), BudgetAlert.period == period)
-        .order_by(BudgetAlert.budget_id, BudgetAlert.threshold_pct)
+        select(
+            col(BudgetAlert.budget_id),
+            col(BudgetAlert.threshold_pct),
+            col(BudgetAlert.spent_nanos),
+            col(BudgetAlert.created_at),
+        )
+        .where(col(BudgetAlert.budget_id).in_([b.id for b in budgets]), col(BudgetAlert.period) == period)
+        .order_by(col(BudgetAlert.budget_id), col(BudgetAlert.threshold_pct))
     ):
         alerts.setdefault(int(budget_id), []).append(BudgetAlertRecord(int(pct), int(spent), created))
     out = []
@@ -593,30 +599,30 @@ def _budgets(
     return out
 
 
-def _top_chats(session: Session, enterprise_id: str, where: list) -> tuple[int, list[ChatCost]]:
+def _top_chats(session: Session, enterprise_id: str, where: list[ColumnElement[bool]]) -> tuple[int, list[ChatCost]]:
     ue = UsageEvent
-    count = session.execute(select(func.count(func.distinct(ue.chat_id))).where(*where)).scalar_one()
-    cost = func.sum(ue.cost_nanos)
+    count = session.execute(select(func.count(func.distinct(col(ue.chat_id)))).where(*where)).scalar_one()
+    cost = func.sum(col(ue.cost_nanos))
     rows = session.execute(
         select(
-            ue.chat_id,
-            func.max(ue.workflow),
-            func.max(ue.wallet_id),
-            func.min(ue.occurred_at),
-            func.max(ue.occurred_at),
+            col(ue.chat_id),
+            func.max(col(ue.workflow)),
+            func.max(col(ue.wallet_id)),
+            func.min(col(ue.occurred_at)),
+            func.max(col(ue.occurred_at)),
             *_sums(),
         )
         .where(*where)
-        .group_by(ue.chat_id)
-        .order_by(cost.desc(), ue.chat_id)
+        .group_by(col(ue.chat_id))
+        .order_by(cost.desc(), col(ue.chat_id))
         .limit(TOP_CHATS)
     ).all()
     ids = [r[0] for r in rows]
     status = (
         dict(
             session.execute(
-                select(ChatSession.chat_id, ChatSession.status).where(
-                    ChatSession.enterprise_id == enterprise_id, ChatSession.chat_id.in_(ids)
+                select(col(ChatSession.chat_id), col(ChatSession.status)).where(
+                    col(ChatSession.enterprise_id) == enterprise_id, col(ChatSession.chat_id).in_(ids)
                 )
             ).all()
         )
@@ -644,13 +650,13 @@ def _history(session: Session, enterprise_id: str, wallet_id: str | None, period
     _, end = period_bounds(period)
     ue = UsageEvent
     month = func.to_char(
-        func.date_trunc(literal_column("'month'"), func.timezone(literal_column("'UTC'"), ue.occurred_at)),
+        func.date_trunc(literal_column("'month'"), func.timezone(literal_column("'UTC'"), col(ue.occurred_at))),
         literal_column("'YYYY-MM'"),
     )
     rows = session.execute(
-        select(month, ue.provider, func.sum(ue.cost_nanos))
+        select(month, col(ue.provider), func.sum(col(ue.cost_nanos)))
         .where(*_scope(enterprise_id, wallet_id, start, end))
-        .group_by(month, ue.provider)
+        .group_by(month, col(ue.provider))
     ).all()
     index = {p: i for i, p in enumerate(periods)}
     by_provider: dict[str, list[int]] = {}
@@ -675,7 +681,7 @@ def iter_events(
     stmt = (
         select(*cols)
         .where(*_scope(enterprise_id, wallet_id, start, end))
-        .order_by(ue.occurred_at, ue.id)
+        .order_by(col(ue.occurred_at), col(ue.id))
         .execution_options(yield_per=batch)
     )
     for row in session.execute(stmt):

@@ -72,7 +72,7 @@ def _hook_speaker_selection() -> bool:
         return checking_agent, speaker_selection_agent
 
     setattr(create_internal_agents, _HOOKED, True)
-    GroupChat._create_internal_agents = create_internal_agents
+    GroupChat._create_internal_agents = create_internal_agents  # type: ignore[method-assign,assignment]  # the hook (above)
     return True
 
 

@@ -38,10 +38,11 @@ import re
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, cast
 
 import redis
 from hiredis import pack_command
+from redis.typing import EncodableT, FieldT
 
 from models.enums import BillingMode
 from models.turn import Decision, TurnIn, trusted_decision
@@ -212,7 +213,7 @@ class WalletGate:
     def _check_shard_count(self) -> None:
         shards = str(self.settings.outbox_shards)
         self.redis.set(SHARDS_KEY, shards, nx=True)
-        stored = self.redis.get(SHARDS_KEY)
+        stored = cast(str | None, self.redis.get(SHARDS_KEY))  # decode_responses=True: str replies
         if stored != shards:
             raise GateConfigError(
                 f"TOLLGATE_OUTBOX_SHARDS is {shards} but this Redis holds wallets on {stored} shards; "
@@ -328,7 +329,7 @@ class WalletGate:
         key = self.wallet_key(wallet_id)
         if not self.redis.hexists(key, "mode"):  # a stray hash with a mode would be a wallet without limit
             raise UnknownWallet(wallet_id)
-        mapping: dict[str, str | int] = {"mode": mode}
+        mapping: dict[FieldT, EncodableT] = {"mode": mode}
         if trial_left is not None:
             mapping["trial_left"] = trial_left
         if trial_then is not None:
@@ -341,7 +342,7 @@ class WalletGate:
         balance, held, mode = self.redis.hmget(self.wallet_key(wallet_id), "balance", "held", "mode")
         if balance is None:
             raise UnknownWallet(wallet_id)
-        return int(balance), int(held or 0), mode
+        return int(balance), int(held or 0), cast(str, mode)  # open_wallet sets mode with balance
 
     def set_blocked(self, wallet_id: str, reason: str | None) -> None:
         """Refuse (``reason``) or allow again (``None``) a production wallet's turns whatever its
@@ -583,13 +584,14 @@ class WalletGate:
         calls: list[tuple[redis.commands.core.Script, list[str], tuple]] = []
         expires_ms = int(time.time() * 1000) + 60_000
         for turn, price in zip(turns, prices):
-            reservation_id = f"auto:{turn.turn_id}" if reserve_exact else turn.reservation_id
+            reservation_id = turn.reservation_id
             if reserve_exact:
+                reservation_id = auto_id = f"auto:{turn.turn_id}"
                 calls.append(
                     (
                         self._reserve,
-                        self._hold_keys(turn.wallet_id, reservation_id),
-                        (price.cost_nanos, expires_ms, reservation_id, turn.wallet_id),
+                        self._hold_keys(turn.wallet_id, auto_id),
+                        (price.cost_nanos, expires_ms, auto_id, turn.wallet_id),
                     )
                 )
             calls.append(
@@ -653,7 +655,7 @@ class WalletGate:
         for batch, reply in zip(batches, self._evalsha_pipelined(many)):
             decide_group(batch, reply, decide)
 
-    def _evalsha_pipelined(self, calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
+    def _evalsha_pipelined(self, calls: Sequence[tuple[redis.commands.core.Script, list[str], Sequence[Any]]]) -> list:
         """EVALSHA every call in one non-transactional pipeline (on Redis Cluster: one pipeline per
         node holding the calls' slots, in call order within each node).  Returns one reply or
         exception per call, in order."""
@@ -771,8 +773,10 @@ class WalletGate:
         released = 0
         for shard in range(self.settings.outbox_shards):
             tag = shard_tag(shard)
-            for reservation_id in self.redis.zrangebyscore(f"{tag}:holds", "-inf", now_ms, start=0, num=limit):
-                wallet_id = self.redis.hget(f"{tag}:hold:{reservation_id}", "wallet")
+            # decode_responses=True: members and fields come back as str
+            due = cast(list[str], self.redis.zrangebyscore(f"{tag}:holds", "-inf", now_ms, start=0, num=limit))
+            for reservation_id in due:
+                wallet_id = cast(str | None, self.redis.hget(f"{tag}:hold:{reservation_id}", "wallet"))
                 if wallet_id is None:  # settled meanwhile: only the index entry is left
                     self.redis.zrem(f"{tag}:holds", reservation_id)
                     continue

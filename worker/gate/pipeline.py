@@ -4,7 +4,7 @@ into ``record_turns.lua`` calls."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import redis
 from hiredis import pack_command
@@ -19,7 +19,9 @@ TURNS_PER_CALL = 64
 PIPELINE_CHUNK = 128
 
 
-def pipeline_evalsha(client: redis.Redis, calls: list[tuple[redis.commands.core.Script, list[str], tuple]]) -> list:
+def pipeline_evalsha(
+    client: redis.Redis, calls: Sequence[tuple[redis.commands.core.Script, list[str], Sequence[Any]]]
+) -> list:
     """EVALSHA every call, pipelined on one connection of one server; returns one reply or
     ``ResponseError`` per call, in order.  If the server lost the scripts (restart, SCRIPT FLUSH)
     every call fails with NOSCRIPT before running, so loading them and sending the batch again is

@@ -28,7 +28,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, cast
 
 import redis
 
@@ -160,7 +160,11 @@ class OutboxDrain:
         if claimed:
             return claimed, True
         try:
-            reply = self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=count)
+            # RESP2 with decode_responses=True: [[stream, [(id, {field: value}), ...]]]
+            reply = cast(
+                list[tuple[str, list[tuple[str, dict[str, str]]]]],
+                self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=count),
+            )
         except UnicodeDecodeError:  # delivered to us before decoding failed: read them back tolerantly
             return deadletter.read_own_pending(self.redis, stream, GROUP, self.consumer, count), False
         if not reply:

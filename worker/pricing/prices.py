@@ -29,7 +29,7 @@ from typing import Mapping, NamedTuple
 
 from genai_prices import Usage
 from genai_prices.data_snapshot import get_snapshot
-from genai_prices.types import ModelPrice, TieredPrices
+from genai_prices.types import ModelInfo, ModelPrice, TieredPrices
 
 from worker.errors import InputError
 
@@ -300,7 +300,7 @@ class PriceBook:
                 cache_write_1h=rates.get("cache_write_1h_mtok"),
                 context_window=window,
             )
-        self._models: dict[tuple[str, str | None], PriceSheet | tuple[str, object]] = {}
+        self._models: dict[tuple[str, str | None], PriceSheet | tuple[str, ModelInfo]] = {}
         self._sheets: dict[int, tuple[ModelPrice, PriceSheet]] = {}
         self._tier_sheets: dict[tuple, tuple[ModelPrice, PriceSheet]] = {}
 
@@ -363,7 +363,8 @@ class PriceBook:
         self.sheet(model, provider, when)  # resolves (and caches) the model, or raises
         entry = self._models[(model, provider)]
         variants = () if isinstance(entry, PriceSheet) else (entry[1].price_variants or ())
-        if not any(v.when.get("service_tier") == tier for v in variants):
+        # an override (a PriceSheet) has no tiers: refused like a tier genai-prices does not price
+        if isinstance(entry, PriceSheet) or not any(v.when.get("service_tier") == tier for v in variants):
             raise PricingError(
                 f"service_tier: {tier!r} has no price for model {model!r} at provider {provider!r} "
                 "in genai-prices (standard tiers: 'default', 'auto', 'standard')",
