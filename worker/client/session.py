@@ -27,7 +27,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Required, TypedDict, Unpack
 
 from pydantic import ValidationError
 
@@ -42,6 +42,65 @@ log = logging.getLogger(__name__)
 Level = Literal["platform", "app_usage"]
 #: the events that may resume a chat (``worker.events`` wire form, pub/sub ``tollgate:events:<app>``)
 RESUME_EVENTS = ("chat.resumable", "wallet.credited")
+
+
+class SessionOptions(TypedDict, total=False):
+    """The keyword arguments of :meth:`BillingSession.start` and :meth:`AsyncBillingSession.start`.
+
+    ``level``: ``'platform'`` (the app creator pays; ``payer_id`` = mozaiks_user_id) or
+    ``'app_usage'`` (the app's end user pays; ``payer_id`` = platform_user_id); ``enterprise_id``: the
+    app; ``workflow``: the workflow name (default ``'default'``); ``chat_id``: default a new random id;
+    ``cost_threshold_nanos``: stop the workflow once the session cost reaches this (nano-USD), with a
+    warning logged at ``warn_at_bps`` basis points of it (default 8,000: 80 %); ``events_url``: Redis
+    URL of the app's events (default: the transport's).
+    """
+
+    level: Required[Level]
+    payer_id: Required[str]
+    enterprise_id: Required[str]
+    workflow: str
+    chat_id: str | None
+    cost_threshold_nanos: int | None
+    warn_at_bps: int
+    events_url: str | None
+
+
+class LlmTurnArgs(TypedDict, total=False):
+    """The keyword arguments of ``record_turn``: one LLM turn from raw counts (tokens; ``duration_ms``
+    the response time, ms, default 0; ``cached_prompt_tokens`` default 0); ``turn_id`` (idempotency
+    key) defaults to a new unique id, ``occurred_at`` to now."""
+
+    agent: Required[str]
+    model: Required[str]
+    prompt_tokens: Required[int]
+    completion_tokens: Required[int]
+    cached_prompt_tokens: int
+    duration_ms: int
+    provider: str | None
+    turn_id: str | None
+    occurred_at: datetime | None
+
+
+class ResponseTurnArgs(TypedDict, total=False):
+    """The keyword arguments of ``record_response`` beside the response: the ``agent``, its response
+    time ``duration_ms`` (ms, default 0), the ``provider`` (default: the adapter's), ``turn_id``
+    (default ``<chat_id>:<response id>``) and ``occurred_at`` (default now)."""
+
+    agent: Required[str]
+    duration_ms: int
+    provider: str | None
+    turn_id: str | None
+    occurred_at: datetime | None
+
+
+class MeterArgs(TypedDict, total=False):
+    """The keyword arguments of ``record_meter`` beside the meter: ``quantity`` (an integer > 0),
+    ``agent`` (default ``'system'``), ``turn_id`` (default a new unique id), ``occurred_at`` (default now)."""
+
+    quantity: Required[int]
+    agent: str
+    turn_id: str | None
+    occurred_at: datetime | None
 
 
 class WalletExhausted(TollgateClientError):
@@ -198,11 +257,11 @@ class _Core:
         level: Level,
         payer_id: str,
         enterprise_id: str,
-        workflow: str,
-        chat_id: str | None,
-        cost_threshold_nanos: int | None,
-        warn_at_bps: int,
-        events_url: str | None,
+        workflow: str = "default",
+        chat_id: str | None = None,
+        cost_threshold_nanos: int | None = None,
+        warn_at_bps: int = 8_000,
+        events_url: str | None = None,
     ) -> None:
         if level not in ("platform", "app_usage"):
             raise InvalidInput("level", f"{level!r} is not 'platform' or 'app_usage'")
@@ -274,11 +333,11 @@ class _Core:
         model: str,
         prompt_tokens: int,
         completion_tokens: int,
-        cached_prompt_tokens: int,
-        duration_ms: int,
-        provider: str | None,
-        turn_id: str | None,
-        occurred_at: datetime | None,
+        cached_prompt_tokens: int = 0,
+        duration_ms: int = 0,
+        provider: str | None = None,
+        turn_id: str | None = None,
+        occurred_at: datetime | None = None,
     ) -> TurnIn:
         self._check_open()
         extra = {"occurred_at": occurred_at} if occurred_at is not None else {}
@@ -299,10 +358,10 @@ class _Core:
         response: Any,
         *,
         agent: str,
-        duration_ms: int,
-        provider: str | None,
-        turn_id: str | None,
-        occurred_at: datetime | None,
+        duration_ms: int = 0,
+        provider: str | None = None,
+        turn_id: str | None = None,
+        occurred_at: datetime | None = None,
     ) -> TurnIn:
         self._check_open()
         usage: TokenUsage = (
@@ -332,7 +391,13 @@ class _Core:
             raise error from exc
 
     def _meter_turn(
-        self, meter: str, quantity: int, *, agent: str, turn_id: str | None, occurred_at: datetime | None
+        self,
+        meter: str,
+        *,
+        quantity: int,
+        agent: str = "system",
+        turn_id: str | None = None,
+        occurred_at: datetime | None = None,
     ) -> TurnIn:
         self._check_open()
         extra = {"occurred_at": occurred_at} if occurred_at is not None else {}
@@ -410,6 +475,24 @@ class _Core:
 
     def _resume_kwargs(self) -> dict[str, Any]:
         return {"enterprise_id": self.enterprise_id, "chat_id": self.chat_id}
+
+    def _start_kwargs(self) -> dict[str, Any]:
+        return {
+            "enterprise_id": self.enterprise_id,
+            "chat_id": self.chat_id,
+            "wallet_id": self.wallet_id,
+            "workflow": self.workflow,
+        }
+
+    def _finish_kwargs(self) -> dict[str, Any]:
+        """The transport's ``finish`` arguments; the session is ended from here on."""
+        self.state = "ended"
+        return {
+            "enterprise_id": self.enterprise_id,
+            "chat_id": self.chat_id,
+            "workflow": self.workflow,
+            "period": self.started_at.strftime("%Y-%m"),
+        }
 
     def resume(self) -> None:
         """Lift a pause the session imposed itself (a cost threshold), e.g. after raising the threshold
@@ -504,45 +587,15 @@ class BillingSession(_Core):
     """
 
     @classmethod
-    def start(
-        cls,
-        transport,
-        *,
-        level: Level,
-        payer_id: str,
-        enterprise_id: str,
-        workflow: str = "default",
-        chat_id: str | None = None,
-        cost_threshold_nanos: int | None = None,
-        warn_at_bps: int = 8_000,
-        events_url: str | None = None,
-    ) -> "BillingSession":
+    def start(cls, transport: Any, **options: Unpack[SessionOptions]) -> "BillingSession":
         """Start a session: resolve the payer's wallet and check it exists.
 
-        Args:
-            transport: :class:`~worker.client.transports.InProcessTransport` or ``HttpTransport``.
-            level: ``'platform'`` (the app creator pays; ``payer_id`` = mozaiks_user_id) or
-                ``'app_usage'`` (the app's end user pays; ``payer_id`` = platform_user_id).
-            enterprise_id: the app; workflow: the workflow name; chat_id: default a new random id.
-            cost_threshold_nanos: stop the workflow once the session cost reaches this (nano-USD);
-                a warning is logged at ``warn_at_bps`` basis points of it (default 80 %).
-            events_url: Redis URL of the app's events (default: the transport's).
+        ``transport``: :class:`~worker.client.transports.InProcessTransport` or ``HttpTransport``;
+        ``options``: :class:`SessionOptions` (``level``, ``payer_id`` and ``enterprise_id`` required).
         Raises: ValueError naming the argument; WalletNotFound.
         """
-        session = cls(
-            transport,
-            level=level,
-            payer_id=payer_id,
-            enterprise_id=enterprise_id,
-            workflow=workflow,
-            chat_id=chat_id,
-            cost_threshold_nanos=cost_threshold_nanos,
-            warn_at_bps=warn_at_bps,
-            events_url=events_url,
-        )
-        transport.start(
-            enterprise_id=enterprise_id, chat_id=session.chat_id, wallet_id=session.wallet_id, workflow=workflow
-        )
+        session = cls(transport, **options)
+        transport.start(**session._start_kwargs())
         session.balance_nanos = transport.balance(session.wallet_id)
         return session
 
@@ -569,73 +622,23 @@ class BillingSession(_Core):
             raise error
         return decision
 
-    def record_turn(
-        self,
-        *,
-        agent: str,
-        model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cached_prompt_tokens: int = 0,
-        duration_ms: int = 0,
-        provider: str | None = None,
-        turn_id: str | None = None,
-        occurred_at: datetime | None = None,
-    ) -> Decision:
-        """Record one LLM turn from raw counts (tokens; ``duration_ms`` the response time, ms).
-        ``turn_id`` (idempotency key) defaults to a new unique id.  Raises pydantic.ValidationError
+    def record_turn(self, **turn: Unpack[LlmTurnArgs]) -> Decision:
+        """Record one LLM turn from raw counts (:class:`LlmTurnArgs`).  Raises pydantic.ValidationError
         naming the field, and as :meth:`record`."""
-        return self.record(
-            self._llm_turn(
-                agent=agent,
-                model=model,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                cached_prompt_tokens=cached_prompt_tokens,
-                duration_ms=duration_ms,
-                provider=provider,
-                turn_id=turn_id,
-                occurred_at=occurred_at,
-            )
-        )
+        return self.record(self._llm_turn(**turn))
 
-    def record_response(
-        self,
-        response: Any,
-        *,
-        agent: str,
-        duration_ms: int = 0,
-        provider: str | None = None,
-        turn_id: str | None = None,
-        occurred_at: datetime | None = None,
-    ) -> Decision:
+    def record_response(self, response: Any, **turn: Unpack[ResponseTurnArgs]) -> Decision:
         """Record one LLM turn from an SDK response (:mod:`worker.client.adapters`) or a
-        :class:`TokenUsage`.  ``turn_id`` defaults to ``<chat_id>:<response id>`` (so recording the
-        same response twice is one turn).  Raises AdapterError, and as :meth:`record`."""
-        return self.record(
-            self._response_turn(
-                response,
-                agent=agent,
-                duration_ms=duration_ms,
-                provider=provider,
-                turn_id=turn_id,
-                occurred_at=occurred_at,
-            )
-        )
+        :class:`TokenUsage` (:class:`ResponseTurnArgs`; ``turn_id`` defaults to ``<chat_id>:<response
+        id>``, so recording the same response twice is one turn).  Raises AdapterError, and as
+        :meth:`record`."""
+        return self.record(self._response_turn(response, **turn))
 
-    def record_meter(
-        self,
-        meter: str,
-        *,
-        quantity: int,
-        agent: str = "system",
-        turn_id: str | None = None,
-        occurred_at: datetime | None = None,
-    ) -> Decision:
+    def record_meter(self, meter: str, **record: Unpack[MeterArgs]) -> Decision:
         """Record a non-LLM meter through the same gate and ledger: ``emails`` (emails sent),
-        ``storage_gb_month`` (MB-months), ``function_calls`` (invocations); ``quantity`` an integer > 0.
+        ``storage_gb_month`` (MB-months), ``function_calls`` (invocations); :class:`MeterArgs`.
         Raises pydantic.ValidationError naming ``meter``/``quantity``, and as :meth:`record`."""
-        return self.record(self._meter_turn(meter, quantity, agent=agent, turn_id=turn_id, occurred_at=occurred_at))
+        return self.record(self._meter_turn(meter, **record))
 
     def ensure_can_continue(self) -> None:
         """Raise WalletExhausted (or CostThresholdExceeded) unless :meth:`can_continue`."""
@@ -685,14 +688,7 @@ class BillingSession(_Core):
         """End the session (and the chat, in-process: completed, its rollups refreshed) and return
         its :class:`SessionSummary`, compared with the workflow's averages when the transport can
         read them.  Idempotent in effect: a second call returns the same totals."""
-        self.state = "ended"
-        averages = self.transport.finish(
-            enterprise_id=self.enterprise_id,
-            chat_id=self.chat_id,
-            workflow=self.workflow,
-            period=self.started_at.strftime("%Y-%m"),
-        )
-        return self._summary(averages)
+        return self._summary(self.transport.finish(**self._finish_kwargs()))
 
 
 class AsyncBillingSession(_Core):
@@ -700,34 +696,10 @@ class AsyncBillingSession(_Core):
     the same methods, awaitable, with the same results and errors."""
 
     @classmethod
-    async def start(
-        cls,
-        transport,
-        *,
-        level: Level,
-        payer_id: str,
-        enterprise_id: str,
-        workflow: str = "default",
-        chat_id: str | None = None,
-        cost_threshold_nanos: int | None = None,
-        warn_at_bps: int = 8_000,
-        events_url: str | None = None,
-    ) -> "AsyncBillingSession":
+    async def start(cls, transport: Any, **options: Unpack[SessionOptions]) -> "AsyncBillingSession":
         """See :meth:`BillingSession.start`."""
-        session = cls(
-            transport,
-            level=level,
-            payer_id=payer_id,
-            enterprise_id=enterprise_id,
-            workflow=workflow,
-            chat_id=chat_id,
-            cost_threshold_nanos=cost_threshold_nanos,
-            warn_at_bps=warn_at_bps,
-            events_url=events_url,
-        )
-        await transport.start(
-            enterprise_id=enterprise_id, chat_id=session.chat_id, wallet_id=session.wallet_id, workflow=workflow
-        )
+        session = cls(transport, **options)
+        await transport.start(**session._start_kwargs())
         session.balance_nanos = await transport.balance(session.wallet_id)
         return session
 
@@ -750,69 +722,17 @@ class AsyncBillingSession(_Core):
             raise error
         return decision
 
-    async def record_turn(
-        self,
-        *,
-        agent: str,
-        model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cached_prompt_tokens: int = 0,
-        duration_ms: int = 0,
-        provider: str | None = None,
-        turn_id: str | None = None,
-        occurred_at: datetime | None = None,
-    ) -> Decision:
+    async def record_turn(self, **turn: Unpack[LlmTurnArgs]) -> Decision:
         """See :meth:`BillingSession.record_turn`."""
-        return await self.record(
-            self._llm_turn(
-                agent=agent,
-                model=model,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                cached_prompt_tokens=cached_prompt_tokens,
-                duration_ms=duration_ms,
-                provider=provider,
-                turn_id=turn_id,
-                occurred_at=occurred_at,
-            )
-        )
+        return await self.record(self._llm_turn(**turn))
 
-    async def record_response(
-        self,
-        response: Any,
-        *,
-        agent: str,
-        duration_ms: int = 0,
-        provider: str | None = None,
-        turn_id: str | None = None,
-        occurred_at: datetime | None = None,
-    ) -> Decision:
+    async def record_response(self, response: Any, **turn: Unpack[ResponseTurnArgs]) -> Decision:
         """See :meth:`BillingSession.record_response`."""
-        return await self.record(
-            self._response_turn(
-                response,
-                agent=agent,
-                duration_ms=duration_ms,
-                provider=provider,
-                turn_id=turn_id,
-                occurred_at=occurred_at,
-            )
-        )
+        return await self.record(self._response_turn(response, **turn))
 
-    async def record_meter(
-        self,
-        meter: str,
-        *,
-        quantity: int,
-        agent: str = "system",
-        turn_id: str | None = None,
-        occurred_at: datetime | None = None,
-    ) -> Decision:
+    async def record_meter(self, meter: str, **record: Unpack[MeterArgs]) -> Decision:
         """See :meth:`BillingSession.record_meter`."""
-        return await self.record(
-            self._meter_turn(meter, quantity, agent=agent, turn_id=turn_id, occurred_at=occurred_at)
-        )
+        return await self.record(self._meter_turn(meter, **record))
 
     async def wait_for_resume(self, timeout: float) -> Resumed:
         """See :meth:`BillingSession.wait_for_resume`."""
@@ -823,11 +743,4 @@ class AsyncBillingSession(_Core):
 
     async def finalize(self) -> SessionSummary:
         """See :meth:`BillingSession.finalize`."""
-        self.state = "ended"
-        averages = await self.transport.finish(
-            enterprise_id=self.enterprise_id,
-            chat_id=self.chat_id,
-            workflow=self.workflow,
-            period=self.started_at.strftime("%Y-%m"),
-        )
-        return self._summary(averages)
+        return self._summary(await self.transport.finish(**self._finish_kwargs()))
