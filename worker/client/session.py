@@ -317,52 +317,29 @@ class _Core:
         if self.state == "ended":
             raise SessionEnded(f"session of chat {self.chat_id!r} was finalized")
 
-    def _turn(self, **fields: Any) -> TurnIn:
+    def _turn(
+        self, *, turn_id: str | None = None, hint: str | None = None, occurred_at: datetime | None = None, **fields: Any
+    ) -> TurnIn:
+        """A turn of this chat (its wallet, app and workflow) from ``fields``; ``turn_id`` as given,
+        else ``<chat_id>:<hint>``, else a new unique id; ``occurred_at`` as given, else now."""
+        if occurred_at is not None:
+            fields["occurred_at"] = occurred_at
         return TurnIn(
             wallet_id=self.wallet_id,
             enterprise_id=self.enterprise_id,
             chat_id=self.chat_id,
             workflow=self.workflow,
+            turn_id=self._turn_id(turn_id, hint),
             **fields,
         )
 
-    def _llm_turn(
-        self,
-        *,
-        agent: str,
-        model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cached_prompt_tokens: int = 0,
-        duration_ms: int = 0,
-        provider: str | None = None,
-        turn_id: str | None = None,
-        occurred_at: datetime | None = None,
-    ) -> TurnIn:
+    def _llm_turn(self, *, agent: str, **turn: Any) -> TurnIn:
+        """The turn of :meth:`BillingSession.record_turn` (:class:`LlmTurnArgs`)."""
         self._check_open()
-        extra = {"occurred_at": occurred_at} if occurred_at is not None else {}
-        return self._turn(
-            turn_id=self._turn_id(turn_id),
-            agent=agent,
-            model=model,
-            provider=provider,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cached_prompt_tokens=cached_prompt_tokens,
-            duration_ms=duration_ms,
-            **extra,
-        )
+        return self._turn(agent=agent, **turn)
 
-    def _response_turn(
-        self,
-        response: Any,
-        *,
-        agent: str,
-        duration_ms: int = 0,
-        provider: str | None = None,
-        turn_id: str | None = None,
-        occurred_at: datetime | None = None,
-    ) -> TurnIn:
+    def _response_turn(self, response: Any, *, agent: str, provider: str | None = None, **turn: Any) -> TurnIn:
+        """The turn of :meth:`BillingSession.record_response` (:class:`ResponseTurnArgs`)."""
         self._check_open()
         usage: TokenUsage = (
             response if isinstance(response, TokenUsage) else usage_from_response(response, provider=provider)
@@ -374,34 +351,19 @@ class _Core:
                 self.chat_id,
                 usage.unbilled_cache_write_tokens,
             )
-        extra = {"occurred_at": occurred_at} if occurred_at is not None else {}
-        hint = usage.response_id if turn_id is None else None
+        hint = usage.response_id if turn.get("turn_id") is None else None
         try:
-            return self._turn(
-                turn_id=self._turn_id(turn_id, hint),
-                agent=agent,
-                duration_ms=duration_ms,
-                **turn_fields(usage),
-                **extra,
-            )
+            return self._turn(hint=hint, agent=agent, **turn, **turn_fields(usage))
         except ValidationError as exc:  # what the response said, refused by the turn: the adapter's error
             error = adapter_error(exc, USAGE_FIELDS | {"turn_id"} if hint else USAGE_FIELDS)
             if error is None:
                 raise
             raise error from exc
 
-    def _meter_turn(
-        self,
-        meter: str,
-        *,
-        quantity: int,
-        agent: str = "system",
-        turn_id: str | None = None,
-        occurred_at: datetime | None = None,
-    ) -> TurnIn:
+    def _meter_turn(self, meter: str, *, quantity: int, agent: str = "system", **turn: Any) -> TurnIn:
+        """The record of :meth:`BillingSession.record_meter` (:class:`MeterArgs`)."""
         self._check_open()
-        extra = {"occurred_at": occurred_at} if occurred_at is not None else {}
-        return self._turn(turn_id=self._turn_id(turn_id), agent=agent, meter=meter, quantity=quantity, **extra)
+        return self._turn(agent=agent, meter=meter, quantity=quantity, **turn)
 
     def _after(self, turn: TurnIn, decision: Decision) -> tuple[Exception | None, bool]:
         """Count an answer; returns (the error to raise, whether a pause must be recorded)."""
@@ -477,12 +439,7 @@ class _Core:
         return {"enterprise_id": self.enterprise_id, "chat_id": self.chat_id}
 
     def _start_kwargs(self) -> dict[str, Any]:
-        return {
-            "enterprise_id": self.enterprise_id,
-            "chat_id": self.chat_id,
-            "wallet_id": self.wallet_id,
-            "workflow": self.workflow,
-        }
+        return {name: getattr(self, name) for name in ("enterprise_id", "chat_id", "wallet_id", "workflow")}
 
     def _finish_kwargs(self) -> dict[str, Any]:
         """The transport's ``finish`` arguments; the session is ended from here on."""

@@ -56,6 +56,11 @@ def kick_key(shard: int) -> str:
     return f"{shard_tag(shard)}:kick"
 
 
+def deadletter_key(shard: int) -> str:
+    """The Redis copy of one shard's dead letters (a stream): ``tollgate:{sN}:deadletter``."""
+    return f"{shard_tag(shard)}:deadletter"
+
+
 # --- keys outside the shards (not hash-tagged) ---
 
 #: drain counters (hash; :mod:`worker.metrics`)
@@ -80,11 +85,6 @@ def revoked_marker(prefix: str) -> str:
 def pausing_key(enterprise_id: str, chat_id: str) -> str:
     """The flag that one pause of a chat is already on its way: ``tollgate:pausing:<enterprise>:<chat>``."""
     return f"{PREFIX}:pausing:{enterprise_id}:{chat_id}"
-
-
-def deadletter_key(shard: int) -> str:
-    """The Redis copy of one shard's dead letters (a stream): ``tollgate:{sN}:deadletter``."""
-    return f"{shard_tag(shard)}:deadletter"
 
 
 # --- ledger idempotency keys (``wallet_transaction.idempotency_key``), mirrored by the gate as its
