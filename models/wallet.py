@@ -61,22 +61,28 @@ class Enterprise(SQLModel, table=True):
     created_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
 
 
-class Wallet(SQLModel, table=True):
+class WalletBase(SQLModel):
+    """The fields of a wallet that its table and its API shape share, in the API's order: its id,
+    its app (``enterprise_id``; None for a platform-level wallet of no app), payer ``level``,
+    billing ``mode`` and whether it is ``limited`` (``False``: never denied, the balance may go
+    negative: it tracks spend only)."""
+
+    id: str = Field(primary_key=True, max_length=200)
+    enterprise_id: str | None = Field(default=None, foreign_key="enterprise.id", index=True, max_length=200)
+    level: PayerLevel = Field(default=PayerLevel.app_usage, sa_type=enum_type(PayerLevel, 20))
+    mode: BillingMode = Field(default=BillingMode.production, sa_type=enum_type(BillingMode, 20))
+    limited: bool = True
+
+
+class Wallet(WalletBase, table=True):
     """A payer's balance.  ``credits_nanos − debits_nanos`` is the balance the ledger holds; the
     gate's Redis copy may be ahead of it by the outbox not yet persisted.
-
-    ``limited=False`` wallets are never denied (balance may go negative: it tracks spend only).
     """
 
     __tablename__ = "wallet"
 
-    id: str = Field(primary_key=True, max_length=200)
-    enterprise_id: str | None = Field(default=None, foreign_key="enterprise.id", index=True, max_length=200)
     owner_id: str = Field(max_length=200)
-    level: PayerLevel = Field(default=PayerLevel.app_usage, sa_type=enum_type(PayerLevel, 20))
-    mode: BillingMode = Field(default=BillingMode.production, sa_type=enum_type(BillingMode, 20))
     currency: str = Field(default="USD", max_length=3)
-    limited: bool = True
     credits_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     debits_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     #: subscription allowance granted at each UTC month start (unused allowance expires), nano-USD
@@ -99,25 +105,22 @@ class Wallet(SQLModel, table=True):
     created_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
 
 
-class WalletPublic(BaseModel):
+class WalletPublic(WalletBase):
     """A wallet's balances in nano-USD: the gate's (Redis, live) and the ledger's (PostgreSQL);
-    ``held_nanos`` (active reservations) and ``can_continue`` (would the gate accept its next turn:
-    balance − holds, mode, block, trial; ``worker.chats.lifecycle.can_continue``) are None when the wallet
-    is not loaded in the gate."""
+    ``held_nanos`` (its live reservations) and ``can_continue`` (would the gate accept its next
+    turn: balance − reservations, mode, block, trial; ``worker.chats.lifecycle.can_continue``) are
+    None when the wallet is not loaded in the gate.  Its ``id`` is the JSON key ``wallet_id`` (and
+    the constructor's keyword)."""
 
-    wallet_id: str
-    enterprise_id: str | None
-    level: str
-    mode: str
-    limited: bool
+    id: str = Field(alias="wallet_id")
     gate_balance_nanos: int | None
     held_nanos: int | None = None
     can_continue: bool | None = None
     ledger_balance_nanos: int
     credits_nanos: int
     debits_nanos: int
-    #: owed: turns' cost the wallet could not pay (reservations required, cost above the hold plus
-    #: the free balance), persisted so far
+    #: owed: turns' cost the wallet could not pay (reservations required, cost above the reservation
+    #: plus the free balance), persisted so far
     debt_nanos: int = 0
     #: every charged turn needs a live reservation of this wallet (its own setting, else its app's)
     reservations_required: bool = False
