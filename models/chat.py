@@ -147,7 +147,7 @@ class PausedChat(SQLModel, table=True):
     chat_id: str = Field(max_length=200)
     wallet_id: str = Field(max_length=200)
     reason: str = Field(max_length=200)  # 'wallet_exhausted', 'trial_exhausted', 'budget_exceeded', …
-    #: nano-USD the wallet needs on top of its balance and holds before the chat can go on
+    #: nano-USD the wallet needs on top of its balance and reservations before the chat can go on
     needed_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     paused_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
     resumed_at: datetime | None = Field(default=None, sa_column=ts(nullable=True))

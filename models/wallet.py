@@ -1,5 +1,5 @@
 """The wallet family: apps (``enterprise``), wallets, their ledger entries (``wallet_transaction``),
-and the API shapes of credits, reservations (holds) and modes.  Money is integer nano-USD."""
+and the API shapes of credits, reservations and modes.  Money is integer nano-USD."""
 
 from __future__ import annotations
 
@@ -192,11 +192,11 @@ class CreditPublic(BaseModel):
 
 
 class ReservationCreate(InputModel):
-    """A hold to place on a wallet before an LLM call, for ``ttl_s`` seconds (1..86,400): either
+    """A reservation to place on a wallet before an LLM call, for ``ttl_s`` seconds (1..86,400): either
     ``amount_nanos`` (the estimate, nano-USD, 1..2^62), or ``model`` (+ ``provider``),
     ``prompt_tokens`` and ``max_tokens``, which the gate prices at the worst case (every prompt
     token at the input price, ``max_tokens`` at the output price).  The same ``reservation_id``
-    twice is one hold.  422 naming ``amount_nanos`` for neither or both, 0 or a negative amount.
+    twice is one reservation.  422 naming ``amount_nanos`` for neither or both, 0 or a negative amount.
     ``service_tier`` (with ``model``): the provider tier the call asks for (OpenAI's ``priority``,
     ``flex``, …), priced as a turn of that tier; 422 naming ``service_tier`` for a tier the model has
     no price for, or a tier without ``model``."""
@@ -212,7 +212,7 @@ class ReservationCreate(InputModel):
 
 
 class ReservationPublic(BaseModel):
-    """A hold on a wallet's funds, as the gate answers it (``WalletGate.reserve`` returns this; the
+    """A reservation of a wallet's funds, as the gate answers it (``WalletGate.reserve`` returns this; the
     API sends it as is): ``granted`` or refused; ``amount_nanos`` held; the wallet's
     ``balance_nanos`` and total ``held_nanos`` right after (available = balance − held), nano-USD;
     ``duplicate`` when the ``reservation_id`` was held before (the first answer, nothing changed)."""
@@ -229,7 +229,7 @@ class ReservationPublic(BaseModel):
 
 
 class ReleasePublic(BaseModel):
-    """A hold given back: ``released_nanos`` (0 when it was already settled, released or expired)."""
+    """A reservation given back: ``released_nanos`` (0 when it was already settled, released or expired)."""
 
     reservation_id: str
     wallet_id: str

@@ -27,7 +27,7 @@ Unavailable        503     a dependency cannot answer now; retrying later may su
 =================  ======  =====================================================================
 
 Money refusals are not errors: a denied turn is a ``Decision`` (accepted False, HTTP 200) and a
-refused hold is a ``models.wallet.ReservationPublic`` with ``granted`` False.  The API maps these errors to
+refused reservation is a ``models.wallet.ReservationPublic`` with ``granted`` False.  The API maps these errors to
 ``application/problem+json`` in one place (``api_stub.deps.install_error_handlers``) and the CLI to
 exit codes in one place (``worker.cli.common``).
 

@@ -558,7 +558,7 @@ class BillingSession(_Core):
 
     def can_continue(self) -> bool:
         """True if the next turn may run: the session is not ended nor stopped by its cost threshold,
-        and the gate would accept the wallet's next turn (in-process: balance minus holds > 0, not
+        and the gate would accept the wallet's next turn (in-process: balance minus reservations > 0, not
         blocked, or a free mode; HTTP: balance > 0 or unlimited).  One round trip; a paused chat
         whose wallet was credited since is connected again."""
         if self.state == "ended":

@@ -30,6 +30,20 @@ def turn_key(tag: str, enterprise_id: str, wallet_id: str, turn_id: str) -> str:
     return f"{tag}:turn:{scoped_key(enterprise_id, wallet_id, turn_id)}"
 
 
+def reservation_key(tag: str, reservation_id: str) -> str:
+    """The hash of a reservation in shard ``tag`` (wallet, amount, expires_ms).  Stored as
+    ``<tag>:hold:<reservation_id>``: the name Redis and the Lua scripts have always used, kept so
+    live reservations stay readable."""
+    return f"{tag}:hold:{reservation_id}"
+
+
+def reservation_expiry_key(tag: str) -> str:
+    """The sorted set of shard ``tag``'s reservation ids by expiry (Unix ms), which the beat job
+    sweeps; a wallet's ``held`` field sums their amounts.  Stored as ``<tag>:holds`` (see
+    :func:`reservation_key`)."""
+    return f"{tag}:holds"
+
+
 def shard_of(wallet_id: str, shards: int) -> int:
     """The outbox shard of a wallet: ``crc32(wallet_id) % shards``."""
     return zlib.crc32(wallet_id.encode()) % shards
