@@ -4,7 +4,7 @@ and the API shapes of credits, reservations and modes.  Money is integer nano-US
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
@@ -240,13 +240,13 @@ class ModeUpdate(InputModel):
     """A billing mode: production, development, trial or track_only.  On a wallet, ``null`` makes it
     follow its app's default mode again."""
 
-    mode: Literal["production", "development", "trial", "track_only"] | None
+    mode: BillingMode | None
 
 
 class ModePublic(BaseModel):
     """A mode after a change: the app's default (``wallets_changed`` followed it) or one wallet's."""
 
-    mode: str
+    mode: BillingMode
     enterprise_id: str | None = None
     wallet_id: str | None = None
     wallets_changed: int | None = None
