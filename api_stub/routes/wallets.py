@@ -20,7 +20,7 @@ from api_stub.deps import (
     unknown_wallet,
     wallet_in_scope,
 )
-from models.enums import ApiRole
+from models.enums import ApiRole, BillingMode
 from models.validation import SAFE_ID
 from models.wallet import (
     CreditCreate,
@@ -257,4 +257,4 @@ def wallet_mode(wallet_id: WalletId, body: ModeUpdate, who: Caller) -> ModePubli
             )
     except ModeError as exc:
         raise mode_problem(exc) from None
-    return ModePublic(mode=mode, wallet_id=wallet_id)
+    return ModePublic(mode=BillingMode(mode), wallet_id=wallet_id)

@@ -781,7 +781,7 @@ class WalletGate:
             tag = shard_tag(shard)
             expiries = reservation_expiry_key(tag)
             for reservation_id in self.redis.zrangebyscore(expiries, "-inf", now_ms, start=0, num=limit):
-                wallet_id = self.redis.hget(reservation_key(tag, reservation_id), "wallet")
+                wallet_id = self.redis.hget(reservation_key(tag, str(reservation_id)), "wallet")
                 if wallet_id is None:  # settled meanwhile: only the index entry is left
                     self.redis.zrem(expiries, reservation_id)
                     continue
