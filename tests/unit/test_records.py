@@ -280,3 +280,22 @@ def test_stripe_shapes_live_in_their_family_and_refuse_unknown_fields():
         with pytest.raises(ValidationError) as info:
             CheckoutCreate(**bad)
         assert info.value.errors()[0]["loc"] == (next(k for k in bad if bad[k] != ok.get(k)),)
+
+
+def test_reservation_keys_come_from_the_key_map(wg, client):  # noqa: F811  (fixtures)
+    """A reservation's hash and its shard's expiry index are the key map's
+    (``keys.reservation_key``, ``keys.reservation_expiry_key``), under the names Redis has always
+    stored them by, and the sweep releases what is due through them."""
+    from worker.gate.keys import reservation_expiry_key, reservation_key, shard_tag
+
+    wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000)
+    wg.reserve("w1", 4_000_000, reservation_id="r1", ttl_s=5)
+    tag = shard_tag(wg.shard("w1"))
+    assert reservation_key(tag, "r1") == f"{tag}:hold:r1" and reservation_expiry_key(tag) == f"{tag}:holds"
+    assert client.hget(reservation_key(tag, "r1"), "amount") == "4000000"
+    expires_ms = int(client.zscore(reservation_expiry_key(tag), "r1"))
+    assert wg.expire_reservations(now_ms=expires_ms - 1) == 0
+    assert wg.expire_reservations(now_ms=expires_ms) == 1
+    assert not client.exists(reservation_key(tag, "r1"))
+    assert client.zscore(reservation_expiry_key(tag), "r1") is None
+    assert wg.available("w1") == (10_000_000, 0, "production")
