@@ -299,3 +299,28 @@ def test_reservation_keys_come_from_the_key_map(wg, client):  # noqa: F811  (fix
     assert not client.exists(reservation_key(tag, "r1"))
     assert client.zscore(reservation_expiry_key(tag), "r1") is None
     assert wg.available("w1") == (10_000_000, 0, "production")
+
+
+def test_the_session_keyword_types_name_what_their_calls_take():
+    """The typed keywords of the billing sessions (``SessionOptions``, ``LlmTurnArgs``,
+    ``ResponseTurnArgs``, ``MeterArgs``) are written once for the sync and asyncio twins: the turn
+    ones name ``TurnIn`` fields only, the options exactly what a session is made from."""
+    import inspect
+
+    from models.turn import TurnIn
+    from worker.client import LlmTurnArgs, MeterArgs, ResponseTurnArgs, SessionOptions
+    from worker.client.session import _Core
+
+    def keys(t):
+        return t.__required_keys__ | t.__optional_keys__
+
+    assert LlmTurnArgs.__required_keys__ == {"agent", "model", "prompt_tokens", "completion_tokens"}
+    assert ResponseTurnArgs.__required_keys__ == {"agent"} and MeterArgs.__required_keys__ == {"quantity"}
+    for t in (LlmTurnArgs, ResponseTurnArgs, MeterArgs):
+        assert keys(t) <= set(TurnIn.model_fields), t.__name__
+    made_from = inspect.signature(_Core.__init__).parameters
+    assert keys(SessionOptions) == set(made_from) - {"self", "transport"}
+    assert SessionOptions.__required_keys__ == {n for n, p in made_from.items() if p.default is p.empty} - {
+        "self",
+        "transport",
+    }

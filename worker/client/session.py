@@ -27,7 +27,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Required, TypedDict, Unpack
+from typing import Any, Literal, TypedDict, Unpack
 
 from pydantic import ValidationError
 
@@ -44,7 +44,15 @@ Level = Literal["platform", "app_usage"]
 RESUME_EVENTS = ("chat.resumable", "wallet.credited")
 
 
-class SessionOptions(TypedDict, total=False):
+class _SessionOptionsRequired(TypedDict):
+    """The required keys of :class:`SessionOptions`."""
+
+    level: Level
+    payer_id: str
+    enterprise_id: str
+
+
+class SessionOptions(_SessionOptionsRequired, total=False):
     """The keyword arguments of :meth:`BillingSession.start` and :meth:`AsyncBillingSession.start`.
 
     ``level``: ``'platform'`` (the app creator pays; ``payer_id`` = mozaiks_user_id) or
@@ -55,9 +63,6 @@ class SessionOptions(TypedDict, total=False):
     URL of the app's events (default: the transport's).
     """
 
-    level: Required[Level]
-    payer_id: Required[str]
-    enterprise_id: Required[str]
     workflow: str
     chat_id: str | None
     cost_threshold_nanos: int | None
@@ -65,15 +70,20 @@ class SessionOptions(TypedDict, total=False):
     events_url: str | None
 
 
-class LlmTurnArgs(TypedDict, total=False):
+class _LlmTurnArgsRequired(TypedDict):
+    """The required keys of :class:`LlmTurnArgs`."""
+
+    agent: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class LlmTurnArgs(_LlmTurnArgsRequired, total=False):
     """The keyword arguments of ``record_turn``: one LLM turn from raw counts (tokens; ``duration_ms``
     the response time, ms, default 0; ``cached_prompt_tokens`` default 0); ``turn_id`` (idempotency
     key) defaults to a new unique id, ``occurred_at`` to now."""
 
-    agent: Required[str]
-    model: Required[str]
-    prompt_tokens: Required[int]
-    completion_tokens: Required[int]
     cached_prompt_tokens: int
     duration_ms: int
     provider: str | None
@@ -81,23 +91,33 @@ class LlmTurnArgs(TypedDict, total=False):
     occurred_at: datetime | None
 
 
-class ResponseTurnArgs(TypedDict, total=False):
+class _ResponseTurnArgsRequired(TypedDict):
+    """The required keys of :class:`ResponseTurnArgs`."""
+
+    agent: str
+
+
+class ResponseTurnArgs(_ResponseTurnArgsRequired, total=False):
     """The keyword arguments of ``record_response`` beside the response: the ``agent``, its response
     time ``duration_ms`` (ms, default 0), the ``provider`` (default: the adapter's), ``turn_id``
     (default ``<chat_id>:<response id>``) and ``occurred_at`` (default now)."""
 
-    agent: Required[str]
     duration_ms: int
     provider: str | None
     turn_id: str | None
     occurred_at: datetime | None
 
 
-class MeterArgs(TypedDict, total=False):
+class _MeterArgsRequired(TypedDict):
+    """The required keys of :class:`MeterArgs`."""
+
+    quantity: int
+
+
+class MeterArgs(_MeterArgsRequired, total=False):
     """The keyword arguments of ``record_meter`` beside the meter: ``quantity`` (an integer > 0),
     ``agent`` (default ``'system'``), ``turn_id`` (default a new unique id), ``occurred_at`` (default now)."""
 
-    quantity: Required[int]
     agent: str
     turn_id: str | None
     occurred_at: datetime | None
