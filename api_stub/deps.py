@@ -39,7 +39,7 @@ from worker.access.apikeys import Principal, authenticate, key_cache
 from worker.db import session_scope
 from worker.errors import TollgateError
 from worker.gate.gate import process_gate
-from worker.gate.keys import RATE_LIMIT_PREFIX, revoked_marker, shard_tag
+from worker.gate.keys import RATE_LIMIT_PREFIX, reservation_key, revoked_marker, shard_tag
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -131,13 +131,15 @@ def install_error_handlers(app: FastAPI) -> None:
 get_gate = process_gate
 
 
-def hold_wallet(wallet_id: str, reservation_id: str) -> str | None:
-    """The wallet a live hold ``reservation_id`` belongs to, looked up on ``wallet_id``'s shard
-    (``None``: no such hold there).  The scripts key holds by reservation id only, so the API checks
-    this before a release or a settlement names a hold."""
+def reservation_wallet(wallet_id: str, reservation_id: str) -> str | None:
+    """The wallet a live reservation ``reservation_id`` belongs to, looked up on ``wallet_id``'s
+    shard (``None``: no such reservation there).  The scripts key reservations by reservation id
+    only, so the API checks this before a release or a settlement names one."""
     gate = get_gate()
     # the gate's client decodes replies (decode_responses=True): str, never bytes
-    return cast(str | None, gate.redis.hget(f"{shard_tag(gate.shard(wallet_id))}:hold:{reservation_id}", "wallet"))
+    return cast(
+        str | None, gate.redis.hget(reservation_key(shard_tag(gate.shard(wallet_id)), reservation_id), "wallet")
+    )
 
 
 # rate limits ---------------------------------------------------------------------------------
@@ -328,7 +330,7 @@ def wallet_in_scope(
 ) -> Wallet:
     """The wallet row if the caller may see it: its app's owner, its own end user, admins only when
     ``admin`` (actions on a wallet, never its detail), and, when ``creator``, an owner key on the
-    platform wallet it was issued for (:func:`creator_wallet`: reads, holds and chat pauses; never
+    platform wallet it was issued for (:func:`creator_wallet`: reads, reservations and chat pauses; never
     credits or mode changes: the platform bills that wallet).  Raises Problem 404 otherwise."""
     row = session.get(Wallet, wallet_id)
     if row is None:
@@ -386,7 +388,7 @@ def platform_owner(wallet_id: str) -> str | None:
     return owner if level == PayerLevel.platform else None
 
 
-def app_creator(enterprise_id: str) -> str | None:
+def enterprise_creator(enterprise_id: str) -> str | None:
     """``enterprise.creator_id`` of an app (None if unset or unknown), remembered for
     :data:`CREATOR_CACHE_TTL_S` seconds."""
     now = time.monotonic()
@@ -422,4 +424,6 @@ def may_charge(who: Principal, wallet_id: str) -> bool:
     owner = platform_owner(wallet_id)
     if owner is None:
         return True
-    return who.wallet_id == wallet_id or (who.enterprise_id is not None and app_creator(who.enterprise_id) == owner)
+    return who.wallet_id == wallet_id or (
+        who.enterprise_id is not None and enterprise_creator(who.enterprise_id) == owner
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -22,7 +21,35 @@ from models.enums import ChatStatus, ConnectionState
 from models.validation import Id, InputModel, Label, Nanos, UtcInWindow
 
 
-class ChatSession(SQLModel, table=True):
+class ChatSessionBase(SQLModel):
+    """The fields of a chat's billing session that its table and its API shape share, in the API's
+    order: the chat (``enterprise_id``, ``chat_id``), its paying wallet and workflow, its status,
+    connection and pause state, when it started, ended and last had a turn, and its turn and token
+    totals (as of the last drained batch)."""
+
+    enterprise_id: str = Field(max_length=200)
+    chat_id: str = Field(max_length=200)
+    wallet_id: str = Field(foreign_key="wallet.id", max_length=200)
+    workflow: str = Field(max_length=200)
+    status: ChatStatus = Field(default=ChatStatus.active, sa_type=enum_type(ChatStatus, 20))
+    connection_state: ConnectionState = Field(
+        default=ConnectionState.connected,
+        sa_type=enum_type(ConnectionState, 20),
+        sa_column_kwargs={"server_default": "connected"},
+    )
+    pause_reason: str | None = Field(default=None, max_length=200)
+    #: the chat is paused and its wallet can pay again: the orchestrator may resume it
+    can_resume: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    started_at: datetime = Field(sa_column=ts(nullable=False))
+    ended_at: datetime | None = Field(default=None, sa_column=ts(nullable=True))
+    last_turn_at: datetime = Field(sa_column=ts(nullable=False))
+    turns: int = 0
+    prompt_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    completion_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    cached_prompt_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+
+
+class ChatSession(ChatSessionBase, table=True):
     """A billing session over one chat: its status and running token and cost totals."""
 
     __tablename__ = "chat_session"
@@ -32,31 +59,11 @@ class ChatSession(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
-    enterprise_id: str = Field(max_length=200)
-    chat_id: str = Field(max_length=200)
-    wallet_id: str = Field(foreign_key="wallet.id", max_length=200)
-    workflow: str = Field(max_length=200)
-    status: ChatStatus = Field(default=ChatStatus.active, sa_type=enum_type(ChatStatus, 20))
-    pause_reason: str | None = Field(default=None, max_length=200)
-    connection_state: ConnectionState = Field(
-        default=ConnectionState.connected,
-        sa_type=enum_type(ConnectionState, 20),
-        sa_column_kwargs={"server_default": "connected"},
-    )
-    #: the chat is paused and its wallet can pay again: the orchestrator may resume it
-    can_resume: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
     paused_at: datetime | None = Field(default=None, sa_column=ts(nullable=True))
-    started_at: datetime = Field(sa_column=ts(nullable=False))
-    last_turn_at: datetime = Field(sa_column=ts(nullable=False))
-    ended_at: datetime | None = Field(default=None, sa_column=ts(nullable=True))
     #: where in the gate's decision order the chat's state was last decided (``worker.ledger.turns.chat_order``):
     #: the deciding turn's outbox entry, or the outbox position of a pause, resume or credit; ''
     #: nothing decided yet.  Only a later position changes the state.
     state_key: str = Field(default="", max_length=100, sa_column_kwargs={"server_default": ""})
-    turns: int = 0
-    prompt_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
-    completion_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
-    cached_prompt_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     cost_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     billed_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
 
@@ -77,58 +84,46 @@ class ChatSessionEnd(InputModel):
     ended_at: UtcInWindow | None = None
 
 
-class ChatAgentUsagePublic(BaseModel):
-    """One agent's figures in a chat: turns, response time (ms), tokens and cost (nano-USD)."""
+class ChatAgentUsageBase(SQLModel):
+    """One agent's figures in a chat that its table and its API shape share: turns, tokens and
+    cost (nano-USD, at the prices charged)."""
 
-    turns: int
-    avg_response_ms: float
-    total_response_ms: int
-    prompt_tokens: int
-    completion_tokens: int
-    cached_prompt_tokens: int
-    total_tokens: int
-    cost_nanos: int
-    cost_usd: str
+    turns: int = 0
+    prompt_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    completion_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    cached_prompt_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    cost_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
 
 
-class ChatSessionPublic(BaseModel):
-    """A chat session: status, connection and pause state, totals and per-agent figures (as of the
-    last drained batch)."""
-
-    enterprise_id: str
-    chat_id: str
-    wallet_id: str
-    workflow: str
-    status: str
-    connection_state: str
-    pause_reason: str | None
-    can_resume: bool
-    started_at: str | None
-    ended_at: str | None
-    last_turn_at: str | None
-    turns: int
-    prompt_tokens: int
-    completion_tokens: int
-    cached_prompt_tokens: int
-    total_tokens: int
-    cost_nanos: int
-    cost_usd: str
-    agents: dict[str, ChatAgentUsagePublic]
-
-
-class ChatAgentUsage(SQLModel, table=True):
-    """Per-agent usage within one chat session (agents are discovered from the turns)."""
+class ChatAgentUsage(ChatAgentUsageBase, table=True):
+    """Per-agent usage within one chat session (agents are discovered from the turns);
+    ``duration_ms`` is the sum of their response times."""
 
     __tablename__ = "chat_agent_usage"
 
     chat_session_id: int = Field(sa_column=Column(BigInteger, ForeignKey("chat_session.id"), primary_key=True))
     agent: str = Field(primary_key=True, max_length=200)
-    turns: int = 0
-    prompt_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
-    completion_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
-    cached_prompt_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     duration_ms: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
-    cost_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+
+
+class ChatAgentUsagePublic(ChatAgentUsageBase):
+    """One agent's figures in a chat: turns, tokens and cost (nano-USD), and its response time:
+    ``avg_response_ms`` (ms, 2 decimals) and ``total_response_ms`` (the table's ``duration_ms``)."""
+
+    avg_response_ms: float
+    total_response_ms: int
+    total_tokens: int
+    cost_usd: str
+
+
+class ChatSessionPublic(ChatSessionBase):
+    """A chat session: status, connection and pause state, totals and per-agent figures (as of the
+    last drained batch); times in UTC, ISO 8601 with ``Z`` in JSON."""
+
+    total_tokens: int
+    cost_nanos: int
+    cost_usd: str
+    agents: dict[str, ChatAgentUsagePublic]
 
 
 class PausedChat(SQLModel, table=True):
@@ -152,7 +147,7 @@ class PausedChat(SQLModel, table=True):
     chat_id: str = Field(max_length=200)
     wallet_id: str = Field(max_length=200)
     reason: str = Field(max_length=200)  # 'wallet_exhausted', 'trial_exhausted', 'budget_exceeded', …
-    #: nano-USD the wallet needs on top of its balance and holds before the chat can go on
+    #: nano-USD the wallet needs on top of its balance and reservations before the chat can go on
     needed_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     paused_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
     resumed_at: datetime | None = Field(default=None, sa_column=ts(nullable=True))

@@ -67,3 +67,31 @@ class ApiRole(StrEnum):
     owner = "owner"
     end_user = "end_user"
     admin = "admin"
+
+
+class DecisionAction(StrEnum):
+    """What the gate tells the orchestrator after a turn (``Decision.action``, ``usage_event.action``):
+    ``continue``, or ``pause`` (the chat must stop until the wallet is credited)."""
+
+    continue_ = "continue"
+    pause = "pause"
+
+
+class Meter(StrEnum):
+    """What a turn records (``TurnIn.meter``, ``usage_event.meter``): ``llm`` (tokens of an LLM
+    response), or a non-LLM meter of ``worker.pricing.meters.METERS`` counting a ``quantity``:
+    ``emails`` (emails sent), ``storage_gb_month`` (MB-months stored), ``function_calls`` (invocations)."""
+
+    llm = "llm"
+    emails = "emails"
+    storage_gb_month = "storage_gb_month"
+    function_calls = "function_calls"
+
+
+class DeadLetterStatus(StrEnum):
+    """Where a dead letter (``dead_letter.status``) stands: ``open`` (kept, waiting for an operator),
+    ``retried`` (persisted by a retry) or ``discarded`` (given up, its charge refunded)."""
+
+    open = "open"
+    retried = "retried"
+    discarded = "discarded"

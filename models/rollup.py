@@ -67,7 +67,7 @@ class WorkflowRollupsPublic(BaseModel):
     count: int
 
 
-class WorkflowAverages(BaseModel):
+class WorkflowAveragesPublic(BaseModel):
     """Per-session averages of one workflow in one month (see ``worker.chats.rollups.workflow_averages``)."""
 
     enterprise_id: str

@@ -1,14 +1,19 @@
-"""The Stripe family: token packages a payer can buy, and stored webhook events."""
+"""The Stripe family: token packages a payer can buy, stored webhook events, and the API shapes of
+Checkout (``CheckoutCreate`` in, ``CheckoutPublic`` out) and of the webhook's receipt."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
+from pydantic import BaseModel
+from pydantic import Field as PydanticField
 from sqlalchemy import Column, Index, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 from models.columns import big, ts
+from models.validation import SAFE_ID, Id, InputModel
 
 
 class TokenPackage(SQLModel, table=True):
@@ -49,3 +54,31 @@ class StripeEvent(SQLModel, table=True):
     processed_at: datetime | None = Field(default=None, sa_column=ts(nullable=True))
     #: what processing did ('credited', 'ignored', 'error: …'), for operators
     outcome: str | None = Field(default=None, max_length=500)
+
+
+class WebhookReceiptPublic(BaseModel):
+    """The answer to Stripe (``POST /v1/stripe/webhook``): received, and whether the event id had
+    been stored before."""
+
+    received: bool
+    duplicate: bool
+
+
+class CheckoutCreate(InputModel):
+    """A token package to buy for a wallet (``POST /v1/checkout``), and where Stripe sends the payer
+    afterwards.  Unknown fields are refused; ids as ``models.validation.Id``; the package id 1..100
+    characters, the URLs 1..2,000, without control characters."""
+
+    wallet_id: Id
+    package_id: Annotated[str, PydanticField(min_length=1, max_length=100), SAFE_ID]
+    success_url: Annotated[str, PydanticField(min_length=1, max_length=2000), SAFE_ID]
+    cancel_url: Annotated[str, PydanticField(min_length=1, max_length=2000), SAFE_ID]
+
+
+class CheckoutPublic(BaseModel):
+    """The Checkout session Stripe created (``cs_…``), the URL to send the payer to, and its mode
+    (``payment`` | ``subscription``)."""
+
+    session_id: str
+    url: str | None
+    mode: str

@@ -12,7 +12,7 @@ from sqlalchemy import BigInteger, Column, Index, func, text
 from sqlmodel import Field, SQLModel
 
 from models.columns import big, enum_type, ts
-from models.enums import BillingMode, PayerLevel
+from models.enums import BillingMode, DeadLetterStatus, DecisionAction, Meter, PayerLevel
 from models.validation import Id, ModelName, ProviderName, TurnId, UtcInWindow
 
 #: a count of tokens (or ms) in one turn: an integer, 0 ≤ n ≤ 10^9 (sums stay far from BIGINT)
@@ -202,7 +202,37 @@ class UsageTurnKey(SQLModel, table=True):
     recorded_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
 
 
-class UsageEvent(SQLModel, table=True):
+class UsageEventBase(SQLModel):
+    """The fields of a persisted turn that its table and its API shape share, in the API's order
+    (the JSON keys and the CSV columns of ``GET /v1/usage``): where it happened, its token counts
+    and response time (ms), the unit prices it was charged at (nano-USD per million tokens), its
+    ``cost_nanos`` (what it cost at those prices) and ``billed_nanos`` (what was debited, 0 in
+    development mode), and the gate's ``action``.  The family's input is :class:`TurnIn`."""
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    turn_id: str = Field(max_length=300, index=True)
+    occurred_at: datetime = Field(sa_column=ts(nullable=False, primary_key=True))
+    enterprise_id: str = Field(max_length=200, primary_key=True)
+    wallet_id: str = Field(max_length=200)
+    chat_id: str = Field(max_length=200)
+    workflow: str = Field(max_length=200)
+    agent: str = Field(max_length=200)
+    model: str = Field(max_length=200)
+    provider: str = Field(max_length=100)
+    mode: BillingMode = Field(sa_type=enum_type(BillingMode, 20))
+    prompt_tokens: int = Field(sa_column=big(nullable=False))
+    completion_tokens: int = Field(sa_column=big(nullable=False))
+    cached_prompt_tokens: int = Field(sa_column=big(nullable=False))
+    duration_ms: int = Field(sa_column=big(nullable=False))
+    input_nanos_per_mtok: int = Field(sa_column=big(nullable=False))
+    cached_input_nanos_per_mtok: int = Field(sa_column=big(nullable=False))
+    output_nanos_per_mtok: int = Field(sa_column=big(nullable=False))
+    cost_nanos: int = Field(sa_column=big(nullable=False))
+    billed_nanos: int = Field(sa_column=big(nullable=False))
+    action: DecisionAction = Field(sa_type=enum_type(DecisionAction, 10))
+
+
+class UsageEvent(UsageEventBase, table=True):
     """One accepted turn, persisted once (its turn_id is in :class:`UsageTurnKey` once), with the
     prices it was charged at.  Partitioned by month of ``occurred_at`` (UTC), and a month by app
     (``enterprise_id``) once an app keeps its events in its own schema (``worker.ledger.isolation``), so
@@ -212,8 +242,8 @@ class UsageEvent(SQLModel, table=True):
     ``outbox_id`` (``<shard>:<stream id>``) is the outbox entry it came from: a re-delivery carries
     the same one, a second acceptance of the same turn_id by the gate another.
 
-    ``cost_nanos`` is what the turn cost at those prices; ``billed_nanos`` what was debited
-    (0 in development mode).  Unit prices are nano-USD per million tokens.
+    Beside :class:`UsageEventBase`: the level-2 split, trial tokens, the non-LLM meter, cache writes,
+    service tier, debt and the balance after the turn.
     """
 
     __tablename__ = "usage_event"
@@ -224,17 +254,7 @@ class UsageEvent(SQLModel, table=True):
         {"postgresql_partition_by": "RANGE (occurred_at)"},
     )
 
-    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
-    turn_id: str = Field(max_length=300, index=True)
     outbox_id: str = Field(max_length=60)
-    wallet_id: str = Field(max_length=200)
-    enterprise_id: str = Field(max_length=200, primary_key=True)
-    chat_id: str = Field(max_length=200)
-    workflow: str = Field(max_length=200)
-    agent: str = Field(max_length=200)
-    model: str = Field(max_length=200)
-    provider: str = Field(max_length=100)
-    mode: BillingMode = Field(sa_type=enum_type(BillingMode, 20))
     #: payer level ('platform' | 'app_usage') and who receives the charge: 'platform', or the app
     #: (its enterprise_id) for level-2 charges, which are split into creator share + platform fee
     level: PayerLevel = Field(
@@ -249,9 +269,9 @@ class UsageEvent(SQLModel, table=True):
     platform_fee_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     #: tokens of this turn taken from the wallet's trial allowance
     trial_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
-    #: 'llm' for an LLM turn; else a non-LLM meter ('emails', 'storage_gb_month', 'function_calls')
-    #: with ``quantity`` units priced at ``unit_price_nanos`` per ``unit_scale`` units
-    meter: str = Field(default="llm", max_length=50, sa_column_kwargs={"server_default": "llm"})
+    #: an LLM turn, or a non-LLM meter with ``quantity`` units priced at ``unit_price_nanos`` per
+    #: ``unit_scale`` units
+    meter: Meter = Field(default=Meter.llm, sa_type=enum_type(Meter, 50), sa_column_kwargs={"server_default": "llm"})
     quantity: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     #: the part of prompt_tokens written to the provider's cache, and the rate it was charged at
     cache_write_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
@@ -261,51 +281,21 @@ class UsageEvent(SQLModel, table=True):
     cache_write_1h_nanos_per_mtok: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     #: the provider's service tier the turn was priced at (OpenAI's flex, priority, …); None: standard
     service_tier: str | None = Field(default=None, max_length=32)
-    prompt_tokens: int = Field(sa_column=big(nullable=False))
-    completion_tokens: int = Field(sa_column=big(nullable=False))
-    cached_prompt_tokens: int = Field(sa_column=big(nullable=False))
-    duration_ms: int = Field(sa_column=big(nullable=False))
-    input_nanos_per_mtok: int = Field(sa_column=big(nullable=False))
-    cached_input_nanos_per_mtok: int = Field(sa_column=big(nullable=False))
-    output_nanos_per_mtok: int = Field(sa_column=big(nullable=False))
-    cost_nanos: int = Field(sa_column=big(nullable=False))
-    billed_nanos: int = Field(sa_column=big(nullable=False))
     #: the part of cost_nanos not debited because the wallet could not pay it (reservations
     #: required, cost above the reservation plus the free balance): owed, on the wallet's debt
     debt_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     balance_after_nanos: int | None = Field(default=None, sa_column=big(nullable=True))
-    action: str = Field(max_length=10)
-    occurred_at: datetime = Field(sa_column=ts(nullable=False, primary_key=True))
     recorded_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
 
 
-class UsageEventPublic(BaseModel):
-    """One persisted turn, with the prices it was charged at (nano-USD per million tokens)."""
+class UsageEventPublic(UsageEventBase):
+    """One persisted turn as ``GET /v1/usage`` shows it, with the prices it was charged at (nano-USD
+    per million tokens): ``UsageEventPublic.model_validate(row)``."""
 
     id: int
-    turn_id: str
-    occurred_at: datetime
-    enterprise_id: str
-    wallet_id: str
-    chat_id: str
-    workflow: str
-    agent: str
-    model: str
-    provider: str
-    mode: str
-    prompt_tokens: int
-    completion_tokens: int
-    cached_prompt_tokens: int
-    duration_ms: int
-    input_nanos_per_mtok: int
-    cached_input_nanos_per_mtok: int
-    output_nanos_per_mtok: int
-    cost_nanos: int
-    billed_nanos: int
-    action: str
 
 
-class UsageEventsPublic(BaseModel):
+class UsageEventsPublic(SQLModel):
     """A page of persisted turns of one month (UTC), oldest first; pass ``next_cursor`` as
     ``cursor`` for the next page (``None``: last page)."""
 
@@ -319,8 +309,8 @@ class DeadLetter(SQLModel, table=True):
     """An outbox entry the drain could not persist (``worker.ledger.deadletter``), kept until an operator
     retries or discards it.  ``fields_json`` is the entry's own fields as ASCII JSON (NUL, lone
     surrogates and bytes that were not UTF-8 escaped), so any entry can be stored; ``turn_id`` and
-    ``wallet_id`` are the payload's, NULL when PostgreSQL cannot store them.  ``status``: 'open',
-    'retried' or 'discarded' (then ``resolved_at``)."""
+    ``wallet_id`` are the payload's, NULL when PostgreSQL cannot store them.  ``status``: a
+    :class:`~models.enums.DeadLetterStatus` (``resolved_at`` once not ``open``)."""
 
     __tablename__ = "dead_letter"
     __table_args__ = (Index("ix_dead_letter_open", "shard", "id", postgresql_where=text("status = 'open'")),)
@@ -337,6 +327,6 @@ class DeadLetter(SQLModel, table=True):
     error: str = Field(default="", max_length=2000)
     error_class: str = Field(default="", max_length=200)
     fields_json: str
-    status: str = Field(default="open", max_length=20)
+    status: DeadLetterStatus = Field(default=DeadLetterStatus.open, sa_type=enum_type(DeadLetterStatus, 20))
     created_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
     resolved_at: datetime | None = Field(default=None, sa_column=ts(nullable=True))

@@ -198,7 +198,7 @@ UtcInWindow = Annotated[datetime, AfterValidator(_check_utc)]
 
 
 # money and input models -----------------------------------------------------------------------------
-#: nano-USD of one credit or hold: an integer, strictly typed (no floats, no strings)
+#: nano-USD of one credit or reservation: an integer, strictly typed (no floats, no strings)
 Nanos = Annotated[int, Field(strict=True, ge=0, le=2**62)]
 PositiveNanos = Annotated[int, Field(strict=True, gt=0, le=2**62)]
 

@@ -1,10 +1,10 @@
 """The wallet family: apps (``enterprise``), wallets, their ledger entries (``wallet_transaction``),
-and the API shapes of credits, reservations (holds) and modes.  Money is integer nano-USD."""
+and the API shapes of credits, reservations and modes.  Money is integer nano-USD."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
@@ -61,22 +61,28 @@ class Enterprise(SQLModel, table=True):
     created_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
 
 
-class Wallet(SQLModel, table=True):
+class WalletBase(SQLModel):
+    """The fields of a wallet that its table and its API shape share, in the API's order: its id,
+    its app (``enterprise_id``; None for a platform-level wallet of no app), payer ``level``,
+    billing ``mode`` and whether it is ``limited`` (``False``: never denied, the balance may go
+    negative: it tracks spend only)."""
+
+    id: str = Field(primary_key=True, max_length=200)
+    enterprise_id: str | None = Field(default=None, foreign_key="enterprise.id", index=True, max_length=200)
+    level: PayerLevel = Field(default=PayerLevel.app_usage, sa_type=enum_type(PayerLevel, 20))
+    mode: BillingMode = Field(default=BillingMode.production, sa_type=enum_type(BillingMode, 20))
+    limited: bool = True
+
+
+class Wallet(WalletBase, table=True):
     """A payer's balance.  ``credits_nanos − debits_nanos`` is the balance the ledger holds; the
     gate's Redis copy may be ahead of it by the outbox not yet persisted.
-
-    ``limited=False`` wallets are never denied (balance may go negative: it tracks spend only).
     """
 
     __tablename__ = "wallet"
 
-    id: str = Field(primary_key=True, max_length=200)
-    enterprise_id: str | None = Field(default=None, foreign_key="enterprise.id", index=True, max_length=200)
     owner_id: str = Field(max_length=200)
-    level: PayerLevel = Field(default=PayerLevel.app_usage, sa_type=enum_type(PayerLevel, 20))
-    mode: BillingMode = Field(default=BillingMode.production, sa_type=enum_type(BillingMode, 20))
     currency: str = Field(default="USD", max_length=3)
-    limited: bool = True
     credits_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     debits_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     #: subscription allowance granted at each UTC month start (unused allowance expires), nano-USD
@@ -99,25 +105,22 @@ class Wallet(SQLModel, table=True):
     created_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
 
 
-class WalletPublic(BaseModel):
+class WalletPublic(WalletBase):
     """A wallet's balances in nano-USD: the gate's (Redis, live) and the ledger's (PostgreSQL);
-    ``held_nanos`` (active reservations) and ``can_continue`` (would the gate accept its next turn:
-    balance − holds, mode, block, trial; ``worker.chats.lifecycle.can_continue``) are None when the wallet
-    is not loaded in the gate."""
+    ``held_nanos`` (its live reservations) and ``can_continue`` (would the gate accept its next
+    turn: balance − reservations, mode, block, trial; ``worker.chats.lifecycle.can_continue``) are
+    None when the wallet is not loaded in the gate.  Its ``id`` is the JSON key ``wallet_id`` (and
+    the constructor's keyword)."""
 
-    wallet_id: str
-    enterprise_id: str | None
-    level: str
-    mode: str
-    limited: bool
+    id: str = Field(alias="wallet_id")
     gate_balance_nanos: int | None
     held_nanos: int | None = None
     can_continue: bool | None = None
     ledger_balance_nanos: int
     credits_nanos: int
     debits_nanos: int
-    #: owed: turns' cost the wallet could not pay (reservations required, cost above the hold plus
-    #: the free balance), persisted so far
+    #: owed: turns' cost the wallet could not pay (reservations required, cost above the reservation
+    #: plus the free balance), persisted so far
     debt_nanos: int = 0
     #: every charged turn needs a live reservation of this wallet (its own setting, else its app's)
     reservations_required: bool = False
@@ -189,11 +192,11 @@ class CreditPublic(BaseModel):
 
 
 class ReservationCreate(InputModel):
-    """A hold to place on a wallet before an LLM call, for ``ttl_s`` seconds (1..86,400): either
+    """A reservation to place on a wallet before an LLM call, for ``ttl_s`` seconds (1..86,400): either
     ``amount_nanos`` (the estimate, nano-USD, 1..2^62), or ``model`` (+ ``provider``),
     ``prompt_tokens`` and ``max_tokens``, which the gate prices at the worst case (every prompt
     token at the input price, ``max_tokens`` at the output price).  The same ``reservation_id``
-    twice is one hold.  422 naming ``amount_nanos`` for neither or both, 0 or a negative amount.
+    twice is one reservation.  422 naming ``amount_nanos`` for neither or both, 0 or a negative amount.
     ``service_tier`` (with ``model``): the provider tier the call asks for (OpenAI's ``priority``,
     ``flex``, …), priced as a turn of that tier; 422 naming ``service_tier`` for a tier the model has
     no price for, or a tier without ``model``."""
@@ -209,7 +212,7 @@ class ReservationCreate(InputModel):
 
 
 class ReservationPublic(BaseModel):
-    """A hold on a wallet's funds, as the gate answers it (``WalletGate.reserve`` returns this; the
+    """A reservation of a wallet's funds, as the gate answers it (``WalletGate.reserve`` returns this; the
     API sends it as is): ``granted`` or refused; ``amount_nanos`` held; the wallet's
     ``balance_nanos`` and total ``held_nanos`` right after (available = balance − held), nano-USD;
     ``duplicate`` when the ``reservation_id`` was held before (the first answer, nothing changed)."""
@@ -226,7 +229,7 @@ class ReservationPublic(BaseModel):
 
 
 class ReleasePublic(BaseModel):
-    """A hold given back: ``released_nanos`` (0 when it was already settled, released or expired)."""
+    """A reservation given back: ``released_nanos`` (0 when it was already settled, released or expired)."""
 
     reservation_id: str
     wallet_id: str
@@ -237,13 +240,13 @@ class ModeUpdate(InputModel):
     """A billing mode: production, development, trial or track_only.  On a wallet, ``null`` makes it
     follow its app's default mode again."""
 
-    mode: Literal["production", "development", "trial", "track_only"] | None
+    mode: BillingMode | None
 
 
 class ModePublic(BaseModel):
     """A mode after a change: the app's default (``wallets_changed`` followed it) or one wallet's."""
 
-    mode: str
+    mode: BillingMode
     enterprise_id: str | None = None
     wallet_id: str | None = None
     wallets_changed: int | None = None

@@ -34,7 +34,7 @@ REFRESH_DIRTY_ROLLUPS_TASK = "tollgate.rollups.refresh_dirty"
 REFRESH_ROLLUP_TASK = "tollgate.rollups.refresh"
 END_CHAT_TASK = "tollgate.rollups.end_chat"
 RECONCILE_TASK = "tollgate.reconcile.run"
-EXPIRE_HOLDS_TASK = "tollgate.reservations.expire"
+EXPIRE_RESERVATIONS_TASK = "tollgate.reservations.expire"
 CHECK_BUDGETS_TASK = "tollgate.billing.check_budgets"
 MONTHLY_RESET_TASK = "tollgate.billing.monthly_reset"
 RESUME_PAUSED_TASK = "tollgate.billing.resume_paused"
@@ -104,8 +104,8 @@ def make_app() -> Celery:
                 "schedule": crontab(minute=30, hour=0),
                 "options": {"expires": 3000},
             },
-            # abandoned reservations give their holds back
-            "expire-holds": {"task": EXPIRE_HOLDS_TASK, "schedule": 10.0, "options": {"expires": 9}},
+            # abandoned reservations give their nanos back (the entry keeps its stored name)
+            "expire-holds": {"task": EXPIRE_RESERVATIONS_TASK, "schedule": 10.0, "options": {"expires": 9}},
             # report drift between the gate (Redis) and the ledger; `tollgate reconcile --repair` mends it
             "reconcile": {"task": RECONCILE_TASK, "schedule": 300.0, "options": {"expires": 240}},
         },

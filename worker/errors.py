@@ -27,7 +27,7 @@ Unavailable        503     a dependency cannot answer now; retrying later may su
 =================  ======  =====================================================================
 
 Money refusals are not errors: a denied turn is a ``Decision`` (accepted False, HTTP 200) and a
-refused hold is a ``models.wallet.ReservationPublic`` with ``granted`` False.  The API maps these errors to
+refused reservation is a ``models.wallet.ReservationPublic`` with ``granted`` False.  The API maps these errors to
 ``application/problem+json`` in one place (``api_stub.deps.install_error_handlers``) and the CLI to
 exit codes in one place (``worker.cli.common``).
 
@@ -36,6 +36,8 @@ the Celery result backend can all name these classes.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class TollgateError(Exception):
@@ -49,6 +51,25 @@ class TollgateError(Exception):
     http_status: int = 500
     title: str = "Internal error"
     exit_code: int = 1
+
+    def __init_subclass__(
+        cls,
+        *,
+        http_status: int | None = None,
+        title: str | None = None,
+        exit_code: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """A family's hints given as class keywords, once:
+        ``class NotFound(TollgateError, http_status=404, title="Not Found", exit_code=2)``; a subclass
+        that gives none keeps its base's (Python's ``__init_subclass__``, PEP 487)."""
+        super().__init_subclass__(**kwargs)
+        if http_status is not None:
+            cls.http_status = http_status
+        if title is not None:
+            cls.title = title
+        if exit_code is not None:
+            cls.exit_code = exit_code
 
     def __init__(
         self, message: str = "", *, field: str | None = None, http_status: int | None = None, title: str | None = None
@@ -70,44 +91,24 @@ class TollgateError(Exception):
         return text
 
 
-class InputError(TollgateError):
+class InputError(TollgateError, http_status=422, title="Invalid request", exit_code=2):
     """A value refused at the edge or by a service; names the field; nothing changed.  HTTP 422, exit 2."""
 
-    http_status = 422
-    title = "Invalid request"
-    exit_code = 2
 
-
-class NotFound(TollgateError):
+class NotFound(TollgateError, http_status=404, title="Not Found", exit_code=2):
     """An id that names nothing (or nothing the caller may see).  HTTP 404, exit 2."""
 
-    http_status = 404
-    title = "Not Found"
-    exit_code = 2
 
-
-class Conflict(TollgateError):
+class Conflict(TollgateError, http_status=409, title="Conflict", exit_code=2):
     """The request clashes with the current state.  HTTP 409, exit 2."""
 
-    http_status = 409
-    title = "Conflict"
-    exit_code = 2
 
-
-class Forbidden(TollgateError):
+class Forbidden(TollgateError, http_status=403, title="Forbidden", exit_code=2):
     """The caller may never do this.  HTTP 403, exit 2."""
 
-    http_status = 403
-    title = "Forbidden"
-    exit_code = 2
 
-
-class Unavailable(TollgateError):
+class Unavailable(TollgateError, http_status=503, title="Service Unavailable", exit_code=1):
     """A dependency (Redis, Stripe, the gate, a worker) cannot answer now; retry later.  HTTP 503, exit 1."""
-
-    http_status = 503
-    title = "Service Unavailable"
-    exit_code = 1
 
 
 class InvalidInput(InputError, ValueError):

@@ -23,7 +23,7 @@ from models.enums import ApiRole
 from models.rollup import (
     UsageBucketPublic,
     UsageBucketsPublic,
-    WorkflowAverages,
+    WorkflowAveragesPublic,
     WorkflowRollup,
     WorkflowRollupPublic,
     WorkflowRollupsPublic,
@@ -111,19 +111,19 @@ def analytics_rollups(who: Caller, period: Period, enterprise_id: EnterpriseQuer
     return WorkflowRollupsPublic(data=data, count=len(data))
 
 
-@router.get("/v1/analytics/workflows/{workflow}", response_model=WorkflowAverages, responses=ERRORS)
+@router.get("/v1/analytics/workflows/{workflow}", response_model=WorkflowAveragesPublic, responses=ERRORS)
 def analytics_workflow(
     who: Caller,
     workflow: Annotated[str, Path(min_length=1, max_length=200), SAFE_ID],
     period: Period,
     enterprise_id: EnterpriseQuery = None,
-) -> WorkflowAverages:
+) -> WorkflowAveragesPublic:
     """Per-session averages of one workflow in one UTC month: from its rollup, or computed from the
     turns when it was never rolled up (all zero for a workflow without turns)."""
     enterprise = enterprise_in_scope(who, enterprise_id)
     _period(period)
     with session_scope() as session:
-        return WorkflowAverages(**workflow_averages(session, enterprise, workflow, period))
+        return WorkflowAveragesPublic(**workflow_averages(session, enterprise, workflow, period))
 
 
 @router.get("/v1/usage", response_model=UsageEventsPublic, responses=ERRORS | {200: {"content": {"text/csv": {}}}})

@@ -23,11 +23,10 @@ import stripe
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from api_stub.deps import principal, problem_response
 from models.enums import ApiRole
-from models.validation import SAFE_ID, Id
+from models.stripe import CheckoutCreate, CheckoutPublic, WebhookReceiptPublic
 from models.wallet import Wallet
 from worker.billing.stripe import (
     EventError,
@@ -62,13 +61,6 @@ def _problem(status: int, title: str, detail: str, field: str | None = None) -> 
     return problem_response(status, title, detail, [{"field": field, "message": detail}] if field else None)
 
 
-class WebhookReceipt(BaseModel):
-    """The answer to Stripe: received, and whether the event id had been stored before."""
-
-    received: bool
-    duplicate: bool
-
-
 def _store(event: dict[str, Any]) -> tuple[bool, bool]:
     """(new, processed) of the event after storing it."""
     with session_scope() as session:
@@ -77,7 +69,7 @@ def _store(event: dict[str, Any]) -> tuple[bool, bool]:
     return new, processed
 
 
-@router.post("/v1/stripe/webhook", response_model=WebhookReceipt, responses={400: {}, 503: {}})
+@router.post("/v1/stripe/webhook", response_model=WebhookReceiptPublic, responses={400: {}, 503: {}})
 async def stripe_webhook(
     request: Request,
     send_task: Annotated[SendTask, Depends(get_send_task)],
@@ -105,37 +97,17 @@ async def stripe_webhook(
         except Exception as exc:  # stored: Stripe's next delivery re-sends the task
             log.error("could not enqueue stripe event %s: %s", event["id"], exc)
             return _problem(503, "Not queued", f"event {event['id']} is stored but could not be queued; retry")
-    return WebhookReceipt(received=True, duplicate=not new)
+    return WebhookReceiptPublic(received=True, duplicate=not new)
 
 
 # Checkout ---------------------------------------------------------------------------------------
-class CheckoutIn(BaseModel):
-    """A token package to buy for a wallet, and where Stripe sends the payer afterwards.  Unknown
-    fields are refused; ids as ``models.validation.Id``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    wallet_id: Id
-    package_id: Annotated[str, Field(min_length=1, max_length=100), SAFE_ID]
-    success_url: Annotated[str, Field(min_length=1, max_length=2000), SAFE_ID]
-    cancel_url: Annotated[str, Field(min_length=1, max_length=2000), SAFE_ID]
-
-
-class CheckoutOut(BaseModel):
-    """The Checkout session Stripe created (``cs_…``), the URL to send the payer to, and its mode."""
-
-    session_id: str
-    url: str | None
-    mode: str
-
-
 async def _caller(authorization: Annotated[str | None, Header()] = None):
     return await principal(authorization)
 
 
-@router.post("/v1/checkout", response_model=CheckoutOut, responses={401: {}, 404: {}, 422: {}, 502: {}, 503: {}})
+@router.post("/v1/checkout", response_model=CheckoutPublic, responses={401: {}, 404: {}, 422: {}, 502: {}, 503: {}})
 def checkout(
-    body: CheckoutIn,
+    body: CheckoutCreate,
     who: Annotated[Any, Depends(_caller)],
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ):
@@ -164,4 +136,4 @@ def checkout(
             return _problem(exc.http_status, exc.title, str(exc))
         except stripe.StripeError as exc:
             return _problem(502, "Stripe refused", f"Stripe: {exc.user_message or exc}")
-    return CheckoutOut(session_id=started.session_id, url=started.url, mode=started.mode)
+    return CheckoutPublic(session_id=started.session_id, url=started.url, mode=started.mode)

@@ -19,8 +19,8 @@ from api_stub.deps import (
     Problem,
     charge_known,
     get_gate,
-    hold_wallet,
     may_charge,
+    reservation_wallet,
 )
 from models.enums import ApiRole
 from models.turn import Decision, DecisionsPublic, TurnBatch, TurnIn
@@ -60,7 +60,10 @@ def _may_record(who: Caller, turns: list[TurnIn]) -> None:
             field = "wallet_id" if len(turns) == 1 else f"turns.{i}.wallet_id"
             detail = f"unknown wallet {turn.wallet_id!r} for this enterprise"
             raise Problem(404, "Unknown wallet", detail, [{"field": field, "message": detail}])
-        if turn.reservation_id and hold_wallet(turn.wallet_id, turn.reservation_id) not in (None, turn.wallet_id):
+        if turn.reservation_id and reservation_wallet(turn.wallet_id, turn.reservation_id) not in (
+            None,
+            turn.wallet_id,
+        ):
             field = "reservation_id" if len(turns) == 1 else f"turns.{i}.reservation_id"
             raise Problem(
                 409,

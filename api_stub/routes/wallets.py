@@ -1,4 +1,4 @@
-"""Wallet endpoints: a wallet's balances, reservations (hold, release; a turn with ``reservation_id``
+"""Wallet endpoints: a wallet's balances, reservations (reserve, release; a turn with ``reservation_id``
 settles one at ``POST /v1/turns``), the ledger, credits, and mode changes.  Handlers call the gate
 or one ledger service and return.
 """
@@ -17,11 +17,11 @@ from api_stub.deps import (
     field_problem,
     forbid_unless,
     get_gate,
-    hold_wallet,
+    reservation_wallet,
     unknown_wallet,
     wallet_in_scope,
 )
-from models.enums import ApiRole
+from models.enums import ApiRole, BillingMode
 from models.validation import SAFE_ID
 from models.wallet import (
     CreditCreate,
@@ -66,8 +66,8 @@ def wallet(wallet_id: WalletId, who: Caller) -> WalletPublic:
     has no app) the owner key issued for it; admins see aggregates only (404 here)."""
     with session_scope() as session:
         row = wallet_in_scope(session, who, wallet_id, creator=True)
-        app_row = session.get(Enterprise, row.enterprise_id) if row.enterprise_id else None
-        required = reservations_required(row, app_row)
+        enterprise = session.get(Enterprise, row.enterprise_id) if row.enterprise_id else None
+        required = reservations_required(row, enterprise)
     try:
         state = wallet_state(get_gate(), wallet_id)
     except UnknownWallet:
@@ -91,16 +91,16 @@ def wallet(wallet_id: WalletId, who: Caller) -> WalletPublic:
 
 @router.post("/v1/wallets/{wallet_id}/reservations", response_model=ReservationPublic, responses=ERRORS | {409: {}})
 def reserve(wallet_id: WalletId, body: ReservationCreate, who: Caller) -> ReservationPublic:
-    """Hold ``amount_nanos`` (≥ 1) of the wallet before an LLM call, or the worst case of a call
+    """Reserve ``amount_nanos`` (≥ 1) of the wallet before an LLM call, or the worst case of a call
     given ``model`` (+ ``service_tier``: priced at that tier), ``prompt_tokens`` and ``max_tokens``
     (owner key of the wallet's app).
 
-    Granted only while balance − holds − amount ≥ 0 (production, limited wallets); settle it with
+    Granted only while balance − reserved − amount ≥ 0 (production, limited wallets); settle it with
     ``POST /v1/turns`` carrying ``reservation_id``, give it back with ``DELETE``, or let it expire
     after ``ttl_s``.  409 when the wallet's mode takes no reservations.
     """
     _owner_wallet(who, wallet_id, "reserve funds")
-    if body.reservation_id and hold_wallet(wallet_id, body.reservation_id) not in (None, wallet_id):
+    if body.reservation_id and reservation_wallet(wallet_id, body.reservation_id) not in (None, wallet_id):
         raise field_problem(409, "Reservation in use", "reservation_id", "already held for another wallet")
     if (body.amount_nanos is None) == (body.model is None):
         raise field_problem(
@@ -113,10 +113,10 @@ def reserve(wallet_id: WalletId, body: ReservationCreate, who: Caller) -> Reserv
         raise field_problem(422, "Invalid request", "max_tokens", "required with model")
     if body.service_tier is not None and body.model is None:
         raise field_problem(
-            422, "Invalid request", "service_tier", "only with model (an amount_nanos hold is not priced)"
+            422, "Invalid request", "service_tier", "only with model (an amount_nanos reservation is not priced)"
         )
     try:
-        hold = get_gate().reserve(
+        reservation = get_gate().reserve(
             wallet_id,
             body.amount_nanos,
             ttl_s=body.ttl_s,
@@ -133,17 +133,17 @@ def reserve(wallet_id: WalletId, body: ReservationCreate, who: Caller) -> Reserv
         raise unknown_wallet(wallet_id) from None
     except GateConfigError as exc:
         raise Problem(409, "Mode takes no reservations", str(exc)) from None
-    return hold
+    return reservation
 
 
 @router.delete("/v1/wallets/{wallet_id}/reservations/{reservation_id}", response_model=ReleasePublic, responses=ERRORS)
 def release(
     wallet_id: WalletId, reservation_id: Annotated[str, Path(min_length=1, max_length=200), SAFE_ID], who: Caller
 ) -> ReleasePublic:
-    """Give back a hold not settled by a turn (owner key).  404 naming ``reservation_id`` when the
+    """Give back a reservation not settled by a turn (owner key).  404 naming ``reservation_id`` when the
     wallet holds no such reservation (already settled, released, expired, or another wallet's)."""
     _owner_wallet(who, wallet_id, "release funds")
-    if hold_wallet(wallet_id, reservation_id) != wallet_id:
+    if reservation_wallet(wallet_id, reservation_id) != wallet_id:
         raise field_problem(
             404,
             "Unknown reservation",
@@ -258,4 +258,4 @@ def wallet_mode(wallet_id: WalletId, body: ModeUpdate, who: Caller) -> ModePubli
             )
     except ModeError as exc:
         raise mode_problem(exc) from None
-    return ModePublic(mode=mode, wallet_id=wallet_id)
+    return ModePublic(mode=BillingMode(mode), wallet_id=wallet_id)

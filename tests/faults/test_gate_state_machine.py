@@ -280,7 +280,7 @@ class GateMachine(RuleBasedStateMachine):
     def expire(self, advance_ms):
         now = int(time.time() * 1000) + advance_ms
         due = [rid for rid, (_w, _a, exp) in self.live.items() if exp <= now]
-        released = self.gate.expire_holds(now_ms=now)
+        released = self.gate.expire_reservations(now_ms=now)
         nonzero = 0
         for rid in due:
             wallet, amount, _ = self.live.pop(rid)
@@ -290,7 +290,7 @@ class GateMachine(RuleBasedStateMachine):
             self.held[wallet] -= amount
             nonzero += amount > 0
         self.lapsed.clear()
-        # expire_holds counts holds that gave nanos back: a 0-nanos hold is deleted but not counted
+        # expire_reservations counts reservations that gave nanos back: a 0-nanos one is deleted but not counted
         assert released == nonzero
 
     @precondition(lambda self: self.accepted)

@@ -150,3 +150,45 @@ def test_the_tables_match_the_migrations(db):
     with db.connect() as conn:
         enum_types = conn.execute(text("SELECT count(*) FROM pg_type WHERE typtype = 'e'")).scalar_one()
     assert enum_types == 0
+
+
+def test_action_meter_and_dead_letter_status_read_back_as_enums(db):
+    """``usage_event.action`` and ``.meter`` and ``dead_letter.status`` hold closed sets: written as
+    their plain values (as the drain writes them), they read back as ``DecisionAction``, ``Meter`` and
+    ``DeadLetterStatus`` members, and a query binds a member or its value the same."""
+    from models.enums import DeadLetterStatus, DecisionAction, Meter
+    from models.turn import DeadLetter
+
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO usage_event (turn_id, outbox_id, wallet_id, enterprise_id, chat_id, workflow, agent, model,"
+                " provider, mode, meter, quantity, prompt_tokens, completion_tokens, cached_prompt_tokens, duration_ms,"
+                " input_nanos_per_mtok, cached_input_nanos_per_mtok, output_nanos_per_mtok, cost_nanos, billed_nanos,"
+                " action, occurred_at) VALUES ('t1', '0:1-0', 'w1', 'e1', 'c1', 'wf', 'a', 'emails', 'tollgate',"
+                " 'production', 'emails', 3, 0, 0, 0, 0, 0, 0, 0, 300000, 300000, 'pause', :t),"
+                " ('t2', '0:2-0', 'w1', 'e1', 'c1', 'wf', 'a', 'gpt-4o', 'openai', 'production', DEFAULT, DEFAULT,"
+                " 10, 5, 0, 1, 2500000000, 1250000000, 10000000000, 75000, 75000, 'continue', :t)"
+            ),
+            {"t": T0},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO dead_letter (outbox_id, shard, billed_nanos, charged, error, error_class, fields_json,"
+                " status) VALUES ('0:3-0', 0, 0, false, '', '', '{}', 'discarded')"
+            )
+        )
+    with Session(db) as s:
+        rows = s.execute(select(UsageEvent).order_by(UsageEvent.turn_id)).scalars().all()
+        got = [(r.turn_id, r.meter, r.action) for r in rows]
+        assert got == [("t1", Meter.emails, DecisionAction.pause), ("t2", Meter.llm, DecisionAction.continue_)]
+        assert [(type(m), type(a)) for _, m, a in got] == [(Meter, DecisionAction)] * 2
+        dead = s.execute(select(DeadLetter)).scalar_one()
+        assert (dead.status, type(dead.status)) == (DeadLetterStatus.discarded, DeadLetterStatus)
+        for value in (Meter.emails, "emails"):
+            assert s.execute(select(UsageEvent.turn_id).where(UsageEvent.meter == value)).scalars().all() == ["t1"]
+        for value in (DecisionAction.continue_, "continue"):
+            assert s.execute(select(UsageEvent.turn_id).where(UsageEvent.action == value)).scalars().all() == ["t2"]
+        assert s.execute(
+            select(DeadLetter.outbox_id).where(DeadLetter.status == DeadLetterStatus.discarded)
+        ).scalars().all() == ["0:3-0"]

@@ -233,7 +233,7 @@ def test_an_expired_hold_covers_nothing_and_is_given_back(db, gate):
     d = gate.record_turn(_turn("late-turn", "u1", reservation_id="late"))
     assert (d.accepted, d.billed_nanos, d.action) == (False, 0, "pause")
     assert gate.available("u1") == (10_000_000, 0, "production")
-    assert gate.expire_holds() == 0  # nothing left to sweep
+    assert gate.expire_reservations() == 0  # nothing left to sweep
 
 
 def test_a_cost_above_the_hold_is_charged_from_the_free_balance_only_and_the_rest_is_debt(

@@ -70,9 +70,9 @@ def test_release_and_expiry_give_holds_back_once(client, wg):
     import time
 
     now_ms = int(time.time() * 1000)
-    assert wg.expire_holds(now_ms=now_ms) == 0  # not due yet
-    assert wg.expire_holds(now_ms=now_ms + 6_000) == 1
-    assert wg.expire_holds(now_ms=now_ms + 6_000) == 0
+    assert wg.expire_reservations(now_ms=now_ms) == 0  # not due yet
+    assert wg.expire_reservations(now_ms=now_ms + 6_000) == 1
+    assert wg.expire_reservations(now_ms=now_ms + 6_000) == 0
     assert held(client, wg) == 0 and wg.balance("w1") == 10_000_000
     # a turn whose hold expired is an ordinary post-hoc turn
     d = wg.record_turn(turn("t1", reservation_id="r2"))

@@ -162,7 +162,7 @@ def create_key(
     Scopes: ``owner`` needs ``enterprise_id``; ``end_user`` needs ``enterprise_id`` and a wallet of
     that enterprise; ``admin`` takes neither.  An ``owner`` key may also name ``wallet_id``: the app
     creator's level-1 (``platform``) wallet, which has no owning app; the key may then read that
-    wallet, hold funds on it and pause its chats, never credit it or change its mode (the platform
+    wallet, reserve funds on it and pause its chats, never credit it or change its mode (the platform
     bills the creator).  Raises ApiKeyError naming the field.
     """
     role = ApiRole(role)

@@ -23,7 +23,7 @@ Money is formatted only at the edge (:func:`format_usd`, :func:`usd_exact`), wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Iterator
 
@@ -99,22 +99,6 @@ EVENT_COLUMNS = (
     "mode",
     "level",
     "billing_target",
-    "cost_usd",
-)
-#: columns of an aggregate line (provider × model × meter), the export of a view without end-user detail
-LINE_COLUMNS = (
-    "provider",
-    "model",
-    "meter",
-    "events",
-    "quantity",
-    "prompt_tokens",
-    "cached_prompt_tokens",
-    "completion_tokens",
-    "cost_nanos",
-    "billed_nanos",
-    "creator_share_nanos",
-    "platform_fee_nanos",
     "cost_usd",
 )
 
@@ -207,17 +191,10 @@ class Figures:
         return Figures(*(getattr(self, f) + getattr(other, f) for f in _FIGURES))
 
 
-_FIGURES = (
-    "events",
-    "quantity",
-    "prompt_tokens",
-    "cached_prompt_tokens",
-    "completion_tokens",
-    "cost_nanos",
-    "billed_nanos",
-    "creator_share_nanos",
-    "platform_fee_nanos",
-)
+#: the figures of :class:`Figures`, in its field order (the sums' columns, the aggregate export's)
+_FIGURES = tuple(f.name for f in fields(Figures))
+#: columns of an aggregate line (provider × model × meter), the export of a view without end-user detail
+LINE_COLUMNS = ("provider", "model", "meter", *_FIGURES, "cost_usd")
 
 
 @dataclass(frozen=True, slots=True)
@@ -525,6 +502,15 @@ def _minus(a: Figures, b: Figures) -> Figures:
     return Figures(*(getattr(a, f) - getattr(b, f) for f in _FIGURES))
 
 
+def _spend_by(session: Session, key: Any, amount: Any, keys: list[str], in_period: Any) -> dict[str, int]:
+    """``{key value: sum of amount}`` (nano-USD) of the usage events ``in_period`` whose ``key`` is one
+    of ``keys`` (a wallet budget counts what was billed, a workflow budget what the turns cost);
+    ``{}`` without asking PostgreSQL when ``keys`` is empty."""
+    if not keys:
+        return {}
+    return dict(session.execute(select(key, func.sum(amount)).where(in_period, key.in_(keys)).group_by(key)).all())
+
+
 def _budgets(
     session: Session,
     enterprise_id: str,
@@ -546,28 +532,8 @@ def _budgets(
     in_period = and_(col(ue.enterprise_id) == enterprise_id, col(ue.occurred_at) >= start, col(ue.occurred_at) < end)
     wallets = sorted({b.wallet_id for b in budgets if b.wallet_id})
     workflows = sorted({b.workflow for b in budgets if b.workflow})
-    wallet_spend = (
-        dict(
-            session.execute(
-                select(col(ue.wallet_id), func.sum(col(ue.billed_nanos)))
-                .where(in_period, col(ue.wallet_id).in_(wallets))
-                .group_by(col(ue.wallet_id))
-            ).all()
-        )
-        if wallets
-        else {}
-    )
-    workflow_spend = (
-        dict(
-            session.execute(
-                select(col(ue.workflow), func.sum(col(ue.cost_nanos)))
-                .where(in_period, col(ue.workflow).in_(workflows))
-                .group_by(col(ue.workflow))
-            ).all()
-        )
-        if workflows
-        else {}
-    )
+    wallet_spend = _spend_by(session, col(ue.wallet_id), col(ue.billed_nanos), wallets, in_period)
+    workflow_spend = _spend_by(session, col(ue.workflow), col(ue.cost_nanos), workflows, in_period)
     alerts: dict[int, list[BudgetAlertRecord]] = {}
     for budget_id, pct, spent, created in session.execute(
         select(
@@ -698,15 +664,7 @@ def line_record(line: Line) -> dict[str, Any]:
         "provider": line.provider,
         "model": line.model,
         "meter": line.meter,
-        "events": f.events,
-        "quantity": f.quantity,
-        "prompt_tokens": f.prompt_tokens,
-        "cached_prompt_tokens": f.cached_prompt_tokens,
-        "completion_tokens": f.completion_tokens,
-        "cost_nanos": f.cost_nanos,
-        "billed_nanos": f.billed_nanos,
-        "creator_share_nanos": f.creator_share_nanos,
-        "platform_fee_nanos": f.platform_fee_nanos,
+        **{name: getattr(f, name) for name in _FIGURES},
         "cost_usd": usd_exact(f.cost_nanos),
     }
 

@@ -310,26 +310,26 @@ def _id(response: Any) -> str | None:
     return value
 
 
-def from_openai_chat(response: Any, *, provider: str | None = "openai") -> TokenUsage:
-    """Usage of an OpenAI Chat Completion (``openai.types.chat.ChatCompletion`` or its dict), or any
-    response with OpenAI-style ``usage.prompt_tokens`` / ``completion_tokens``.  Raises AdapterError."""
+def _openai_usage(response: Any, provider: str | None, prompt_name: str, completion_name: str) -> TokenUsage:
+    """Usage of an OpenAI-style response whose ``usage`` names its counts ``prompt_name`` and
+    ``completion_name`` (Chat Completions: ``prompt_tokens``/``completion_tokens``; Responses API:
+    ``input_tokens``/``output_tokens``), with their ``<name>_details`` (cached and cache-write
+    tokens of the prompt, reasoning tokens of the completion).  Raises AdapterError naming the field."""
     usage = _usage(response)
-    prompt = _count(usage, "prompt_tokens", "usage")
-    completion = _count(usage, "completion_tokens", "usage")
-    details = _get(usage, "prompt_tokens_details", "usage")
-    cached = _count(details, "cached_tokens", "usage.prompt_tokens_details", required=False)
-    writes = _count(details, "cache_write_tokens", "usage.prompt_tokens_details", required=False)
+    prompt = _count(usage, prompt_name, "usage")
+    completion = _count(usage, completion_name, "usage")
+    prompt_details = f"{prompt_name}_details"
+    completion_details = f"{completion_name}_details"
+    details = _get(usage, prompt_details, "usage")
+    cached = _count(details, "cached_tokens", f"usage.{prompt_details}", required=False)
+    writes = _count(details, "cache_write_tokens", f"usage.{prompt_details}", required=False)
     reasoning = _count(
-        _get(usage, "completion_tokens_details", "usage"),
-        "reasoning_tokens",
-        "usage.completion_tokens_details",
-        required=False,
+        _get(usage, completion_details, "usage"), "reasoning_tokens", f"usage.{completion_details}", required=False
     )
     if cached + writes > prompt:
         raise AdapterError(
-            f"usage.prompt_tokens_details.cached_tokens: {cached} (+ {writes} cache writes) "
-            f"exceeds prompt_tokens {prompt}",
-            field="usage.prompt_tokens_details.cached_tokens",
+            f"usage.{prompt_details}.cached_tokens: {cached} (+ {writes} cache writes) exceeds {prompt_name} {prompt}",
+            field=f"usage.{prompt_details}.cached_tokens",
         )
     return TokenUsage(
         _model(response),
@@ -342,37 +342,18 @@ def from_openai_chat(response: Any, *, provider: str | None = "openai") -> Token
         _id(response),
         service_tier=_tier(_get(response, "service_tier"), "service_tier"),
     )
+
+
+def from_openai_chat(response: Any, *, provider: str | None = "openai") -> TokenUsage:
+    """Usage of an OpenAI Chat Completion (``openai.types.chat.ChatCompletion`` or its dict), or any
+    response with OpenAI-style ``usage.prompt_tokens`` / ``completion_tokens``.  Raises AdapterError."""
+    return _openai_usage(response, provider, "prompt_tokens", "completion_tokens")
 
 
 def from_openai_responses(response: Any, *, provider: str | None = "openai") -> TokenUsage:
     """Usage of an OpenAI Responses API response (``openai.types.responses.Response`` or its dict).
     Raises AdapterError."""
-    usage = _usage(response)
-    prompt = _count(usage, "input_tokens", "usage")
-    completion = _count(usage, "output_tokens", "usage")
-    details = _get(usage, "input_tokens_details", "usage")
-    cached = _count(details, "cached_tokens", "usage.input_tokens_details", required=False)
-    writes = _count(details, "cache_write_tokens", "usage.input_tokens_details", required=False)
-    reasoning = _count(
-        _get(usage, "output_tokens_details", "usage"), "reasoning_tokens", "usage.output_tokens_details", required=False
-    )
-    if cached + writes > prompt:
-        raise AdapterError(
-            f"usage.input_tokens_details.cached_tokens: {cached} (+ {writes} cache writes) "
-            f"exceeds input_tokens {prompt}",
-            field="usage.input_tokens_details.cached_tokens",
-        )
-    return TokenUsage(
-        _model(response),
-        prompt,
-        completion,
-        cached,
-        writes,
-        reasoning,
-        provider,
-        _id(response),
-        service_tier=_tier(_get(response, "service_tier"), "service_tier"),
-    )
+    return _openai_usage(response, provider, "input_tokens", "output_tokens")
 
 
 def from_anthropic(response: Any, *, provider: str | None = "anthropic") -> TokenUsage:

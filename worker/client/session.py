@@ -27,7 +27,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 from pydantic import ValidationError
 
@@ -42,6 +42,85 @@ log = logging.getLogger(__name__)
 Level = Literal["platform", "app_usage"]
 #: the events that may resume a chat (``worker.events`` wire form, pub/sub ``tollgate:events:<app>``)
 RESUME_EVENTS = ("chat.resumable", "wallet.credited")
+
+
+class _SessionOptionsRequired(TypedDict):
+    """The required keys of :class:`SessionOptions`."""
+
+    level: Level
+    payer_id: str
+    enterprise_id: str
+
+
+class SessionOptions(_SessionOptionsRequired, total=False):
+    """The keyword arguments of :meth:`BillingSession.start` and :meth:`AsyncBillingSession.start`.
+
+    ``level``: ``'platform'`` (the app creator pays; ``payer_id`` = mozaiks_user_id) or
+    ``'app_usage'`` (the app's end user pays; ``payer_id`` = platform_user_id); ``enterprise_id``: the
+    app; ``workflow``: the workflow name (default ``'default'``); ``chat_id``: default a new random id;
+    ``cost_threshold_nanos``: stop the workflow once the session cost reaches this (nano-USD), with a
+    warning logged at ``warn_at_bps`` basis points of it (default 8,000: 80 %); ``events_url``: Redis
+    URL of the app's events (default: the transport's).
+    """
+
+    workflow: str
+    chat_id: str | None
+    cost_threshold_nanos: int | None
+    warn_at_bps: int
+    events_url: str | None
+
+
+class _LlmTurnArgsRequired(TypedDict):
+    """The required keys of :class:`LlmTurnArgs`."""
+
+    agent: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class LlmTurnArgs(_LlmTurnArgsRequired, total=False):
+    """The keyword arguments of ``record_turn``: one LLM turn from raw counts (tokens; ``duration_ms``
+    the response time, ms, default 0; ``cached_prompt_tokens`` default 0); ``turn_id`` (idempotency
+    key) defaults to a new unique id, ``occurred_at`` to now."""
+
+    cached_prompt_tokens: int
+    duration_ms: int
+    provider: str | None
+    turn_id: str | None
+    occurred_at: datetime | None
+
+
+class _ResponseTurnArgsRequired(TypedDict):
+    """The required keys of :class:`ResponseTurnArgs`."""
+
+    agent: str
+
+
+class ResponseTurnArgs(_ResponseTurnArgsRequired, total=False):
+    """The keyword arguments of ``record_response`` beside the response: the ``agent``, its response
+    time ``duration_ms`` (ms, default 0), the ``provider`` (default: the adapter's), ``turn_id``
+    (default ``<chat_id>:<response id>``) and ``occurred_at`` (default now)."""
+
+    duration_ms: int
+    provider: str | None
+    turn_id: str | None
+    occurred_at: datetime | None
+
+
+class _MeterArgsRequired(TypedDict):
+    """The required keys of :class:`MeterArgs`."""
+
+    quantity: int
+
+
+class MeterArgs(_MeterArgsRequired, total=False):
+    """The keyword arguments of ``record_meter`` beside the meter: ``quantity`` (an integer > 0),
+    ``agent`` (default ``'system'``), ``turn_id`` (default a new unique id), ``occurred_at`` (default now)."""
+
+    agent: str
+    turn_id: str | None
+    occurred_at: datetime | None
 
 
 class WalletExhausted(TollgateClientError):
@@ -198,11 +277,11 @@ class _Core:
         level: Level,
         payer_id: str,
         enterprise_id: str,
-        workflow: str,
-        chat_id: str | None,
-        cost_threshold_nanos: int | None,
-        warn_at_bps: int,
-        events_url: str | None,
+        workflow: str = "default",
+        chat_id: str | None = None,
+        cost_threshold_nanos: int | None = None,
+        warn_at_bps: int = 8_000,
+        events_url: str | None = None,
     ) -> None:
         if level not in ("platform", "app_usage"):
             raise InvalidInput("level", f"{level!r} is not 'platform' or 'app_usage'")
@@ -258,52 +337,29 @@ class _Core:
         if self.state == "ended":
             raise SessionEnded(f"session of chat {self.chat_id!r} was finalized")
 
-    def _turn(self, **fields: Any) -> TurnIn:
+    def _turn(
+        self, *, turn_id: str | None = None, hint: str | None = None, occurred_at: datetime | None = None, **fields: Any
+    ) -> TurnIn:
+        """A turn of this chat (its wallet, app and workflow) from ``fields``; ``turn_id`` as given,
+        else ``<chat_id>:<hint>``, else a new unique id; ``occurred_at`` as given, else now."""
+        if occurred_at is not None:
+            fields["occurred_at"] = occurred_at
         return TurnIn(
             wallet_id=self.wallet_id,
             enterprise_id=self.enterprise_id,
             chat_id=self.chat_id,
             workflow=self.workflow,
+            turn_id=self._turn_id(turn_id, hint),
             **fields,
         )
 
-    def _llm_turn(
-        self,
-        *,
-        agent: str,
-        model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cached_prompt_tokens: int,
-        duration_ms: int,
-        provider: str | None,
-        turn_id: str | None,
-        occurred_at: datetime | None,
-    ) -> TurnIn:
+    def _llm_turn(self, *, agent: str, **turn: Any) -> TurnIn:
+        """The turn of :meth:`BillingSession.record_turn` (:class:`LlmTurnArgs`)."""
         self._check_open()
-        extra = {"occurred_at": occurred_at} if occurred_at is not None else {}
-        return self._turn(
-            turn_id=self._turn_id(turn_id),
-            agent=agent,
-            model=model,
-            provider=provider,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cached_prompt_tokens=cached_prompt_tokens,
-            duration_ms=duration_ms,
-            **extra,
-        )
+        return self._turn(agent=agent, **turn)
 
-    def _response_turn(
-        self,
-        response: Any,
-        *,
-        agent: str,
-        duration_ms: int,
-        provider: str | None,
-        turn_id: str | None,
-        occurred_at: datetime | None,
-    ) -> TurnIn:
+    def _response_turn(self, response: Any, *, agent: str, provider: str | None = None, **turn: Any) -> TurnIn:
+        """The turn of :meth:`BillingSession.record_response` (:class:`ResponseTurnArgs`)."""
         self._check_open()
         usage: TokenUsage = (
             response if isinstance(response, TokenUsage) else usage_from_response(response, provider=provider)
@@ -315,28 +371,19 @@ class _Core:
                 self.chat_id,
                 usage.unbilled_cache_write_tokens,
             )
-        extra = {"occurred_at": occurred_at} if occurred_at is not None else {}
-        hint = usage.response_id if turn_id is None else None
+        hint = usage.response_id if turn.get("turn_id") is None else None
         try:
-            return self._turn(
-                turn_id=self._turn_id(turn_id, hint),
-                agent=agent,
-                duration_ms=duration_ms,
-                **turn_fields(usage),
-                **extra,
-            )
+            return self._turn(hint=hint, agent=agent, **turn, **turn_fields(usage))
         except ValidationError as exc:  # what the response said, refused by the turn: the adapter's error
             error = adapter_error(exc, USAGE_FIELDS | {"turn_id"} if hint else USAGE_FIELDS)
             if error is None:
                 raise
             raise error from exc
 
-    def _meter_turn(
-        self, meter: str, quantity: int, *, agent: str, turn_id: str | None, occurred_at: datetime | None
-    ) -> TurnIn:
+    def _meter_turn(self, meter: str, *, quantity: int, agent: str = "system", **turn: Any) -> TurnIn:
+        """The record of :meth:`BillingSession.record_meter` (:class:`MeterArgs`)."""
         self._check_open()
-        extra = {"occurred_at": occurred_at} if occurred_at is not None else {}
-        return self._turn(turn_id=self._turn_id(turn_id), agent=agent, meter=meter, quantity=quantity, **extra)
+        return self._turn(agent=agent, meter=meter, quantity=quantity, **turn)
 
     def _after(self, turn: TurnIn, decision: Decision) -> tuple[Exception | None, bool]:
         """Count an answer; returns (the error to raise, whether a pause must be recorded)."""
@@ -410,6 +457,19 @@ class _Core:
 
     def _resume_kwargs(self) -> dict[str, Any]:
         return {"enterprise_id": self.enterprise_id, "chat_id": self.chat_id}
+
+    def _start_kwargs(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in ("enterprise_id", "chat_id", "wallet_id", "workflow")}
+
+    def _finish_kwargs(self) -> dict[str, Any]:
+        """The transport's ``finish`` arguments; the session is ended from here on."""
+        self.state = "ended"
+        return {
+            "enterprise_id": self.enterprise_id,
+            "chat_id": self.chat_id,
+            "workflow": self.workflow,
+            "period": self.started_at.strftime("%Y-%m"),
+        }
 
     def resume(self) -> None:
         """Lift a pause the session imposed itself (a cost threshold), e.g. after raising the threshold
@@ -504,51 +564,21 @@ class BillingSession(_Core):
     """
 
     @classmethod
-    def start(
-        cls,
-        transport,
-        *,
-        level: Level,
-        payer_id: str,
-        enterprise_id: str,
-        workflow: str = "default",
-        chat_id: str | None = None,
-        cost_threshold_nanos: int | None = None,
-        warn_at_bps: int = 8_000,
-        events_url: str | None = None,
-    ) -> "BillingSession":
+    def start(cls, transport: Any, **options: Unpack[SessionOptions]) -> "BillingSession":
         """Start a session: resolve the payer's wallet and check it exists.
 
-        Args:
-            transport: :class:`~worker.client.transports.InProcessTransport` or ``HttpTransport``.
-            level: ``'platform'`` (the app creator pays; ``payer_id`` = mozaiks_user_id) or
-                ``'app_usage'`` (the app's end user pays; ``payer_id`` = platform_user_id).
-            enterprise_id: the app; workflow: the workflow name; chat_id: default a new random id.
-            cost_threshold_nanos: stop the workflow once the session cost reaches this (nano-USD);
-                a warning is logged at ``warn_at_bps`` basis points of it (default 80 %).
-            events_url: Redis URL of the app's events (default: the transport's).
+        ``transport``: :class:`~worker.client.transports.InProcessTransport` or ``HttpTransport``;
+        ``options``: :class:`SessionOptions` (``level``, ``payer_id`` and ``enterprise_id`` required).
         Raises: ValueError naming the argument; WalletNotFound.
         """
-        session = cls(
-            transport,
-            level=level,
-            payer_id=payer_id,
-            enterprise_id=enterprise_id,
-            workflow=workflow,
-            chat_id=chat_id,
-            cost_threshold_nanos=cost_threshold_nanos,
-            warn_at_bps=warn_at_bps,
-            events_url=events_url,
-        )
-        transport.start(
-            enterprise_id=enterprise_id, chat_id=session.chat_id, wallet_id=session.wallet_id, workflow=workflow
-        )
+        session = cls(transport, **options)
+        transport.start(**session._start_kwargs())
         session.balance_nanos = transport.balance(session.wallet_id)
         return session
 
     def can_continue(self) -> bool:
         """True if the next turn may run: the session is not ended nor stopped by its cost threshold,
-        and the gate would accept the wallet's next turn (in-process: balance minus holds > 0, not
+        and the gate would accept the wallet's next turn (in-process: balance minus reservations > 0, not
         blocked, or a free mode; HTTP: balance > 0 or unlimited).  One round trip; a paused chat
         whose wallet was credited since is connected again."""
         if self.state == "ended":
@@ -569,73 +599,23 @@ class BillingSession(_Core):
             raise error
         return decision
 
-    def record_turn(
-        self,
-        *,
-        agent: str,
-        model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cached_prompt_tokens: int = 0,
-        duration_ms: int = 0,
-        provider: str | None = None,
-        turn_id: str | None = None,
-        occurred_at: datetime | None = None,
-    ) -> Decision:
-        """Record one LLM turn from raw counts (tokens; ``duration_ms`` the response time, ms).
-        ``turn_id`` (idempotency key) defaults to a new unique id.  Raises pydantic.ValidationError
+    def record_turn(self, **turn: Unpack[LlmTurnArgs]) -> Decision:
+        """Record one LLM turn from raw counts (:class:`LlmTurnArgs`).  Raises pydantic.ValidationError
         naming the field, and as :meth:`record`."""
-        return self.record(
-            self._llm_turn(
-                agent=agent,
-                model=model,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                cached_prompt_tokens=cached_prompt_tokens,
-                duration_ms=duration_ms,
-                provider=provider,
-                turn_id=turn_id,
-                occurred_at=occurred_at,
-            )
-        )
+        return self.record(self._llm_turn(**turn))
 
-    def record_response(
-        self,
-        response: Any,
-        *,
-        agent: str,
-        duration_ms: int = 0,
-        provider: str | None = None,
-        turn_id: str | None = None,
-        occurred_at: datetime | None = None,
-    ) -> Decision:
+    def record_response(self, response: Any, **turn: Unpack[ResponseTurnArgs]) -> Decision:
         """Record one LLM turn from an SDK response (:mod:`worker.client.adapters`) or a
-        :class:`TokenUsage`.  ``turn_id`` defaults to ``<chat_id>:<response id>`` (so recording the
-        same response twice is one turn).  Raises AdapterError, and as :meth:`record`."""
-        return self.record(
-            self._response_turn(
-                response,
-                agent=agent,
-                duration_ms=duration_ms,
-                provider=provider,
-                turn_id=turn_id,
-                occurred_at=occurred_at,
-            )
-        )
+        :class:`TokenUsage` (:class:`ResponseTurnArgs`; ``turn_id`` defaults to ``<chat_id>:<response
+        id>``, so recording the same response twice is one turn).  Raises AdapterError, and as
+        :meth:`record`."""
+        return self.record(self._response_turn(response, **turn))
 
-    def record_meter(
-        self,
-        meter: str,
-        *,
-        quantity: int,
-        agent: str = "system",
-        turn_id: str | None = None,
-        occurred_at: datetime | None = None,
-    ) -> Decision:
+    def record_meter(self, meter: str, **record: Unpack[MeterArgs]) -> Decision:
         """Record a non-LLM meter through the same gate and ledger: ``emails`` (emails sent),
-        ``storage_gb_month`` (MB-months), ``function_calls`` (invocations); ``quantity`` an integer > 0.
+        ``storage_gb_month`` (MB-months), ``function_calls`` (invocations); :class:`MeterArgs`.
         Raises pydantic.ValidationError naming ``meter``/``quantity``, and as :meth:`record`."""
-        return self.record(self._meter_turn(meter, quantity, agent=agent, turn_id=turn_id, occurred_at=occurred_at))
+        return self.record(self._meter_turn(meter, **record))
 
     def ensure_can_continue(self) -> None:
         """Raise WalletExhausted (or CostThresholdExceeded) unless :meth:`can_continue`."""
@@ -685,14 +665,7 @@ class BillingSession(_Core):
         """End the session (and the chat, in-process: completed, its rollups refreshed) and return
         its :class:`SessionSummary`, compared with the workflow's averages when the transport can
         read them.  Idempotent in effect: a second call returns the same totals."""
-        self.state = "ended"
-        averages = self.transport.finish(
-            enterprise_id=self.enterprise_id,
-            chat_id=self.chat_id,
-            workflow=self.workflow,
-            period=self.started_at.strftime("%Y-%m"),
-        )
-        return self._summary(averages)
+        return self._summary(self.transport.finish(**self._finish_kwargs()))
 
 
 class AsyncBillingSession(_Core):
@@ -700,34 +673,10 @@ class AsyncBillingSession(_Core):
     the same methods, awaitable, with the same results and errors."""
 
     @classmethod
-    async def start(
-        cls,
-        transport,
-        *,
-        level: Level,
-        payer_id: str,
-        enterprise_id: str,
-        workflow: str = "default",
-        chat_id: str | None = None,
-        cost_threshold_nanos: int | None = None,
-        warn_at_bps: int = 8_000,
-        events_url: str | None = None,
-    ) -> "AsyncBillingSession":
+    async def start(cls, transport: Any, **options: Unpack[SessionOptions]) -> "AsyncBillingSession":
         """See :meth:`BillingSession.start`."""
-        session = cls(
-            transport,
-            level=level,
-            payer_id=payer_id,
-            enterprise_id=enterprise_id,
-            workflow=workflow,
-            chat_id=chat_id,
-            cost_threshold_nanos=cost_threshold_nanos,
-            warn_at_bps=warn_at_bps,
-            events_url=events_url,
-        )
-        await transport.start(
-            enterprise_id=enterprise_id, chat_id=session.chat_id, wallet_id=session.wallet_id, workflow=workflow
-        )
+        session = cls(transport, **options)
+        await transport.start(**session._start_kwargs())
         session.balance_nanos = await transport.balance(session.wallet_id)
         return session
 
@@ -750,69 +699,17 @@ class AsyncBillingSession(_Core):
             raise error
         return decision
 
-    async def record_turn(
-        self,
-        *,
-        agent: str,
-        model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cached_prompt_tokens: int = 0,
-        duration_ms: int = 0,
-        provider: str | None = None,
-        turn_id: str | None = None,
-        occurred_at: datetime | None = None,
-    ) -> Decision:
+    async def record_turn(self, **turn: Unpack[LlmTurnArgs]) -> Decision:
         """See :meth:`BillingSession.record_turn`."""
-        return await self.record(
-            self._llm_turn(
-                agent=agent,
-                model=model,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                cached_prompt_tokens=cached_prompt_tokens,
-                duration_ms=duration_ms,
-                provider=provider,
-                turn_id=turn_id,
-                occurred_at=occurred_at,
-            )
-        )
+        return await self.record(self._llm_turn(**turn))
 
-    async def record_response(
-        self,
-        response: Any,
-        *,
-        agent: str,
-        duration_ms: int = 0,
-        provider: str | None = None,
-        turn_id: str | None = None,
-        occurred_at: datetime | None = None,
-    ) -> Decision:
+    async def record_response(self, response: Any, **turn: Unpack[ResponseTurnArgs]) -> Decision:
         """See :meth:`BillingSession.record_response`."""
-        return await self.record(
-            self._response_turn(
-                response,
-                agent=agent,
-                duration_ms=duration_ms,
-                provider=provider,
-                turn_id=turn_id,
-                occurred_at=occurred_at,
-            )
-        )
+        return await self.record(self._response_turn(response, **turn))
 
-    async def record_meter(
-        self,
-        meter: str,
-        *,
-        quantity: int,
-        agent: str = "system",
-        turn_id: str | None = None,
-        occurred_at: datetime | None = None,
-    ) -> Decision:
+    async def record_meter(self, meter: str, **record: Unpack[MeterArgs]) -> Decision:
         """See :meth:`BillingSession.record_meter`."""
-        return await self.record(
-            self._meter_turn(meter, quantity, agent=agent, turn_id=turn_id, occurred_at=occurred_at)
-        )
+        return await self.record(self._meter_turn(meter, **record))
 
     async def wait_for_resume(self, timeout: float) -> Resumed:
         """See :meth:`BillingSession.wait_for_resume`."""
@@ -823,11 +720,4 @@ class AsyncBillingSession(_Core):
 
     async def finalize(self) -> SessionSummary:
         """See :meth:`BillingSession.finalize`."""
-        self.state = "ended"
-        averages = await self.transport.finish(
-            enterprise_id=self.enterprise_id,
-            chat_id=self.chat_id,
-            workflow=self.workflow,
-            period=self.started_at.strftime("%Y-%m"),
-        )
-        return self._summary(averages)
+        return self._summary(await self.transport.finish(**self._finish_kwargs()))

@@ -101,7 +101,7 @@ class InProcessTransport:
 
     def can_continue(self, wallet_id: str) -> bool:
         """Would the gate accept the wallet's next turn (``worker.chats.lifecycle.can_continue``: balance
-        minus holds, mode, block)?  Raises WalletNotFound."""
+        minus reservations, mode, block)?  Raises WalletNotFound."""
         try:
             return worker.can_continue(self.gate, wallet_id)
         except worker.UnknownWallet as exc:
@@ -306,7 +306,7 @@ class HttpTransport:
         )
 
     def can_continue(self, wallet_id: str) -> bool:
-        """Would the gate accept the wallet's next turn (balance minus holds, mode, block; the
+        """Would the gate accept the wallet's next turn (balance minus reservations, mode, block; the
         wallet's ``can_continue``)?  Raises WalletNotFound, ApiError."""
         body = _wallet(wallet_id, self.client.get(f"/v1/wallets/{wallet_id}", headers=self.headers))
         return bool(body["can_continue"])

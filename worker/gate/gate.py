@@ -16,8 +16,9 @@ Redis Cluster)::
     tollgate:{sN}:outbox               stream of accepted turns not yet persisted
     tollgate:{sN}:kick                 str   a drain was asked for within settings.kick_interval_ms
     tollgate:{sN}:transitions          str   count of chat transitions (worker.ledger.turns.transition_position)
-    tollgate:{sN}:hold:<reservation>   hash  a reservation's hold: wallet, amount, expires_ms
+    tollgate:{sN}:hold:<reservation>   hash  a reservation: wallet, amount, expires_ms (keys.reservation_key)
     tollgate:{sN}:holds                zset  reservation ids by expiry (ms); the wallet's 'held' sums them
+                                             (keys.reservation_expiry_key)
 
 Ids may contain ':', so every part of a composed key but the last is written with its length
 first (``<n>:<part>``, see :func:`scoped_key`): wallet ``app:x:u1`` with turn ``t`` and wallet
@@ -52,6 +53,8 @@ from worker.gate.keys import (
     ALLOWANCE_EXPIRY_PREFIX,
     FLAT_FEE_PREFIX,
     SHARDS_KEY,
+    reservation_expiry_key,
+    reservation_key,
     scoped_key,
     shard_of,
     shard_tag,
@@ -108,21 +111,22 @@ class GateBatchError(Unavailable, RuntimeError):
 
 
 def _own_keys(tag: str, turn: TurnIn, reservation_id: str | None) -> tuple[str, str, str]:
-    """A turn's own keys in shard ``tag``: its wallet, its turn_id's answer, the hold it settles."""
+    """A turn's own keys in shard ``tag``: its wallet, its turn_id's answer, the reservation it settles."""
     return (
         f"{tag}:wallet:{turn.wallet_id}",
         turn_key(tag, turn.enterprise_id, turn.wallet_id, turn.turn_id),
-        f"{tag}:hold:{reservation_id or ''}",
+        reservation_key(tag, reservation_id or ""),
     )
 
 
-def _own_args(turn: TurnIn, price: TurnPrice, reservation_id: str | None, require_hold: bool) -> tuple:
-    """A turn's own script arguments: cost, payload, reservation_id, require_hold, enterprise_id, tokens."""
+def _own_args(turn: TurnIn, price: TurnPrice, reservation_id: str | None, reservation_required: bool) -> tuple:
+    """A turn's own script arguments: cost, payload, reservation_id, whether a reservation is
+    required (the script's ``require_hold``), enterprise_id, tokens."""
     return (
         price.cost_nanos,
         turn_payload(turn, price),
         reservation_id or "",
-        "1" if require_hold else "0",
+        "1" if reservation_required else "0",
         turn.enterprise_id,
         turn.prompt_tokens + turn.completion_tokens,
     )
@@ -197,9 +201,9 @@ class WalletGate:
         self.redis = client or redis_client(self.settings)
         self.prices = price_book or PriceBook.from_file(self.settings.price_overrides_path)
         self.kicker = kicker or celery_kicker
-        #: per shard: its tag and the keys every turn of it names (outbox, kick flag, holds index)
+        #: per shard: its tag and the keys every turn of it names (outbox, kick flag, reservation expiries)
         self._shard_keys = [
-            (tag, f"{tag}:outbox", f"{tag}:kick", f"{tag}:holds")
+            (tag, f"{tag}:outbox", f"{tag}:kick", reservation_expiry_key(tag))
             for tag in map(shard_tag, range(self.settings.outbox_shards))
         ]
         self._record = self.redis.register_script(lua_source("record_turn.lua", "lib_turn.lua"))
@@ -235,13 +239,14 @@ class WalletGate:
 
     def _turn_keys(self, turn: TurnIn, reservation_id: str | None = None) -> list[str]:
         """``record_turn.lua``'s KEYS for one turn (see its header)."""
-        tag, outbox, kick, holds = self._shard_keys[self.shard(turn.wallet_id)]
-        wallet, seen, hold = _own_keys(tag, turn, reservation_id)
-        return [wallet, seen, outbox, kick, hold, holds]
+        tag, outbox, kick, expiries = self._shard_keys[self.shard(turn.wallet_id)]
+        wallet, seen, reservation = _own_keys(tag, turn, reservation_id)
+        return [wallet, seen, outbox, kick, reservation, expiries]
 
-    def _hold_keys(self, wallet_id: str, reservation_id: str) -> list[str]:
+    def _reservation_keys(self, wallet_id: str, reservation_id: str) -> list[str]:
+        """``reserve.lua``'s and ``release.lua``'s KEYS: the wallet, the reservation, the shard's expiries."""
         tag = shard_tag(self.shard(wallet_id))
-        return [f"{tag}:wallet:{wallet_id}", f"{tag}:hold:{reservation_id}", f"{tag}:holds"]
+        return [f"{tag}:wallet:{wallet_id}", reservation_key(tag, reservation_id), reservation_expiry_key(tag)]
 
     # wallets ----------------------------------------------------------------------------------
     def load_wallet(
@@ -471,7 +476,7 @@ class WalletGate:
     def record_turns(self, turns: Sequence[TurnIn], *, reserve_exact: bool = False) -> list[Decision]:
         """Record many turns with one pipelined round trip, each through the same script, in order.
 
-        A turn with ``reservation_id`` settles that reservation (its hold is released and the
+        A turn with ``reservation_id`` settles that reservation (its amount is released and the
         actual cost debited).  With ``reserve_exact`` each turn first reserves exactly its cost (in
         the same pipeline) and is denied, not debited, if that reservation is refused: the policy
         of an orchestrator that reserves before every call (``tollgate replay --policy reserve``).
@@ -550,9 +555,11 @@ class WalletGate:
         sheet.check_window(turn.prompt_tokens, turn.completion_tokens)
         return sheet if sheet.exotic is None else _priced(turn, sheet)
 
-    def _record_args(self, turn: TurnIn, price: TurnPrice, reservation_id: str | None, require_hold: bool) -> tuple:
+    def _record_args(
+        self, turn: TurnIn, price: TurnPrice, reservation_id: str | None, reservation_required: bool
+    ) -> tuple:
         """``record_turn.lua``'s ARGV for one turn (see its header)."""
-        cost, payload, rid, require, enterprise, tokens = _own_args(turn, price, reservation_id, require_hold)
+        cost, payload, rid, require, enterprise, tokens = _own_args(turn, price, reservation_id, reservation_required)
         return (
             cost,
             payload,
@@ -569,8 +576,8 @@ class WalletGate:
     ) -> tuple[list[str], list]:
         """``record_turns.lua``'s KEYS and ARGV (see its header) for the turns at indexes ``batch``,
         all of one shard."""
-        tag, outbox, kick, holds = self._shard_keys[self.shard(turns[batch[0]].wallet_id)]
-        keys = [outbox, kick, holds]
+        tag, outbox, kick, expiries = self._shard_keys[self.shard(turns[batch[0]].wallet_id)]
+        keys = [outbox, kick, expiries]
         args: list = [len(batch), self.settings.dedupe_ttl_s, self.settings.kick_interval_ms]
         for i in batch:
             turn = turns[i]
@@ -586,12 +593,12 @@ class WalletGate:
         for turn, price in zip(turns, prices):
             reservation_id = turn.reservation_id
             if reserve_exact:
-                reservation_id = auto_id = f"auto:{turn.turn_id}"
+                reservation_id = f"auto:{turn.turn_id}"
                 calls.append(
                     (
                         self._reserve,
-                        self._hold_keys(turn.wallet_id, auto_id),
-                        (price.cost_nanos, expires_ms, auto_id, turn.wallet_id),
+                        self._reservation_keys(turn.wallet_id, reservation_id),
+                        (price.cost_nanos, expires_ms, reservation_id, turn.wallet_id),
                     )
                 )
             calls.append(
@@ -714,15 +721,15 @@ class WalletGate:
         max_tokens: int | None = None,
         service_tier: str | None = None,
     ) -> ReservationPublic:
-        """Hold funds of a wallet before an LLM call, for ``ttl_s`` seconds: ``amount_nanos`` (an
+        """Reserve funds of a wallet before an LLM call, for ``ttl_s`` seconds: ``amount_nanos`` (an
         integer >= 1 nano-USD), or, given ``model`` (+ ``provider``, + the ``service_tier`` the call
         asks for), ``prompt_tokens`` and ``max_tokens`` instead, the call's worst case priced by the
         gate at that tier (:meth:`quote_reservation`).
 
         Granted only if ``balance − held − amount >= 0`` (a production, limited wallet); then a turn
         recorded with ``reservation_id`` settles it, :meth:`release` gives it back, and
-        :meth:`expire_holds` releases it after ``ttl_s``.  The same ``reservation_id`` twice is one
-        hold.  Returns a :class:`~models.wallet.ReservationPublic` (frozen).  Raises ValueError naming the argument (amount_nanos
+        :meth:`expire_reservations` releases it after ``ttl_s``.  The same ``reservation_id`` twice is one
+        reservation.  Returns a :class:`~models.wallet.ReservationPublic` (frozen).  Raises ValueError naming the argument (amount_nanos
         below 1 or not an integer, both or neither of amount_nanos and model, prompt_tokens,
         max_tokens, ttl_s, service_tier (malformed, or given without model); ``InvalidInput`` for a
         ``wallet_id`` or ``reservation_id`` that ``models.validation`` refuses),
@@ -732,7 +739,7 @@ class WalletGate:
         if (amount_nanos is None) == (model is None):
             raise InvalidInput("amount_nanos", "give either amount_nanos or model (with prompt_tokens and max_tokens)")
         if service_tier is not None and model is None:
-            raise InvalidInput("service_tier", "only with model (an amount_nanos hold is not priced)")
+            raise InvalidInput("service_tier", "only with model (an amount_nanos reservation is not priced)")
         if model is not None:
             if max_tokens is None:
                 raise InvalidInput("max_tokens", "required with model")
@@ -748,7 +755,7 @@ class WalletGate:
         expires_ms = int(time.time() * 1000) + ttl_s * 1000
         try:
             status, amount, balance, held, duplicate = self._reserve(
-                keys=self._hold_keys(wallet_id, reservation_id),
+                keys=self._reservation_keys(wallet_id, reservation_id),
                 args=[amount_nanos, expires_ms, reservation_id, wallet_id],
             )
         except redis.ResponseError as exc:
@@ -764,21 +771,23 @@ class WalletGate:
         )
 
     def release(self, wallet_id: str, reservation_id: str) -> int:
-        """Give back a hold not settled by a turn; returns the nanos released (0 if already gone)."""
-        return int(self._release(keys=self._hold_keys(wallet_id, reservation_id), args=[reservation_id]))
+        """Give back a reservation not settled by a turn; returns the nanos released (0 if already gone)."""
+        return int(self._release(keys=self._reservation_keys(wallet_id, reservation_id), args=[reservation_id]))
 
-    def expire_holds(self, *, now_ms: int | None = None, limit: int = 1000) -> int:
-        """Release every hold whose time is up (the beat job); returns how many were released."""
+    def expire_reservations(self, *, now_ms: int | None = None, limit: int = 1000) -> int:
+        """Release every reservation whose time is up (the beat job), at most ``limit`` per shard;
+        returns how many gave nanos back.  ``now_ms``: Unix ms, default now."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         released = 0
         for shard in range(self.settings.outbox_shards):
             tag = shard_tag(shard)
+            expiries = reservation_expiry_key(tag)
             # decode_responses=True: members and fields come back as str
-            due = cast(list[str], self.redis.zrangebyscore(f"{tag}:holds", "-inf", now_ms, start=0, num=limit))
+            due = cast(list[str], self.redis.zrangebyscore(expiries, "-inf", now_ms, start=0, num=limit))
             for reservation_id in due:
-                wallet_id = cast(str | None, self.redis.hget(f"{tag}:hold:{reservation_id}", "wallet"))
+                wallet_id = cast(str | None, self.redis.hget(reservation_key(tag, reservation_id), "wallet"))
                 if wallet_id is None:  # settled meanwhile: only the index entry is left
-                    self.redis.zrem(f"{tag}:holds", reservation_id)
+                    self.redis.zrem(expiries, reservation_id)
                     continue
                 released += self.release(wallet_id, reservation_id) > 0
         return released
@@ -788,10 +797,10 @@ class WalletGate:
         (given ``quotes``) no turn costs more than its wallet's ``max_turn_nanos``, so a batch with a
         bad turn is refused whole, nothing applied (the script checks the cost again, atomically).
         Raises UnknownWallet, WrongEnterprise, TurnLimitExceeded (``cost_nanos``, with ``index``)."""
-        apps: dict[str, set[str]] = {}
+        enterprises: dict[str, set[str]] = {}
         for t in turns:
-            apps.setdefault(t.wallet_id, set()).add(t.enterprise_id)
-        ids = sorted(apps)
+            enterprises.setdefault(t.wallet_id, set()).add(t.enterprise_id)
+        ids = sorted(enterprises)
         pipe = self.redis.pipeline(transaction=False)
         for wallet_id in ids:
             pipe.hmget(self.wallet_key(wallet_id), "mode", "enterprise", "max_turn_nanos")
@@ -799,7 +808,7 @@ class WalletGate:
         for wallet_id, (mode, owner, limit) in zip(ids, pipe.execute()):
             if mode is None:
                 raise UnknownWallet(wallet_id)
-            if owner is not None and apps[wallet_id] != {owner}:
+            if owner is not None and enterprises[wallet_id] != {owner}:
                 raise WrongEnterprise(wallet_id)
             limits[wallet_id] = int(limit) if limit is not None else DEFAULT_MAX_TURN_COST_NANOS
         for i, (turn, quote) in enumerate(zip(turns, quotes)):

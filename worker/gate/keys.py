@@ -30,6 +30,20 @@ def turn_key(tag: str, enterprise_id: str, wallet_id: str, turn_id: str) -> str:
     return f"{tag}:turn:{scoped_key(enterprise_id, wallet_id, turn_id)}"
 
 
+def reservation_key(tag: str, reservation_id: str) -> str:
+    """The hash of a reservation in shard ``tag`` (wallet, amount, expires_ms).  Stored as
+    ``<tag>:hold:<reservation_id>``: the name Redis and the Lua scripts have always used, kept so
+    live reservations stay readable."""
+    return f"{tag}:hold:{reservation_id}"
+
+
+def reservation_expiry_key(tag: str) -> str:
+    """The sorted set of shard ``tag``'s reservation ids by expiry (Unix ms), which the beat job
+    sweeps; a wallet's ``held`` field sums their amounts.  Stored as ``<tag>:holds`` (see
+    :func:`reservation_key`)."""
+    return f"{tag}:holds"
+
+
 def shard_of(wallet_id: str, shards: int) -> int:
     """The outbox shard of a wallet: ``crc32(wallet_id) % shards``."""
     return zlib.crc32(wallet_id.encode()) % shards
@@ -56,6 +70,11 @@ def kick_key(shard: int) -> str:
     return f"{shard_tag(shard)}:kick"
 
 
+def deadletter_key(shard: int) -> str:
+    """The Redis copy of one shard's dead letters (a stream): ``tollgate:{sN}:deadletter``."""
+    return f"{shard_tag(shard)}:deadletter"
+
+
 # --- keys outside the shards (not hash-tagged) ---
 
 #: drain counters (hash; :mod:`worker.metrics`)
@@ -80,11 +99,6 @@ def revoked_marker(prefix: str) -> str:
 def pausing_key(enterprise_id: str, chat_id: str) -> str:
     """The flag that one pause of a chat is already on its way: ``tollgate:pausing:<enterprise>:<chat>``."""
     return f"{PREFIX}:pausing:{enterprise_id}:{chat_id}"
-
-
-def deadletter_key(shard: int) -> str:
-    """The Redis copy of one shard's dead letters (a stream): ``tollgate:{sN}:deadletter``."""
-    return f"{shard_tag(shard)}:deadletter"
 
 
 # --- ledger idempotency keys (``wallet_transaction.idempotency_key``), mirrored by the gate as its
