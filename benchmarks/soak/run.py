@@ -224,7 +224,7 @@ def wait_drained(sampler: Sampler, timeout_s: float) -> float:
     started = time.time()
     while time.time() - started < timeout_s:
         recent = [s for s in sampler.samples if s["t"] > started][-2:]
-        if len(recent) == 2 and all(s["pending"] == 0 for s in recent):
+        if len(recent) == 2 and all(s.get("pending") == 0 for s in recent):
             return time.time() - started
         time.sleep(0.5)
     raise RuntimeError(f"the outbox still holds entries after {timeout_s:.0f} s")
@@ -345,10 +345,10 @@ def fault_figures(samples: list[dict], fault: Fault) -> dict:
     if fault.started is None or fault.answering is None:
         return out
     before = [s for s in samples if s["t"] < fault.started - 1.0]  # a sample whose processes were measured before
-    after = [s for s in samples if s["t"] >= fault.answering and s["lag_s"] is not None]
+    after = [s for s in samples if s["t"] >= fault.answering and s.get("lag_s") is not None]
     recovered = next((s for s in after if s["lag_s"] < TARGET_LAG_P99_S), None)
     until = recovered["t"] if recovered else (after[-1]["t"] if after else fault.answering)
-    lags = [s["lag_s"] for s in window(samples, fault.started, until) if s["lag_s"] is not None]
+    lags = [s["lag_s"] for s in window(samples, fault.started, until) if s.get("lag_s") is not None]
     out["down_s"] = fault.answering - fault.started
     out["lag_peak_s"] = max(lags, default=None)
     out["recovery_s"] = None if recovered is None else max(0.0, recovered["t"] - fault.answering)
@@ -361,7 +361,7 @@ def fault_figures(samples: list[dict], fault: Fault) -> dict:
 def summarize(step: Step, samples: list[dict], baseline: dict, final: dict, exact: dict | None) -> dict:
     """The figures of one step (module doc of benchmarks/README.md, section soak)."""
     during = window(samples, step.start, step.end)
-    lags = [s["lag_s"] for s in during if s["lag_s"] is not None]
+    lags = [s["lag_s"] for s in during if s.get("lag_s") is not None]
     sent = sum(d["new"] for d in step.drivers)
     seconds = step.end - step.start
     half = len(lags) // 2
@@ -380,7 +380,7 @@ def summarize(step: Step, samples: list[dict], baseline: dict, final: dict, exac
         "lag_max_s": max(lags, default=math.nan),
         # "not growing": the second half's median lag is within 0.25 s of the first half's
         "lag_growing": bool(lags) and statistics.median(lags[half:]) > statistics.median(lags[:half] or [0]) + 0.25,
-        "outbox_peak": max((s["pending"] for s in during if s["pending"] is not None), default=0),
+        "outbox_peak": max((s["pending"] for s in during if s.get("pending") is not None), default=0),
         "cpu_mean": {
             f: statistics.fmean([s.get(f"cpu.{f}", 0.0) for s in during]) if during else math.nan
             for f in families(samples)
@@ -569,7 +569,7 @@ def main(ports: tuple[int, int], argv: list[str] | None = None) -> int:
         )
         sampler.start()
         time.sleep(3)  # a few idle samples: the baseline
-        baseline = sampler.samples[-1]
+        baseline = next(s for s in reversed(sampler.samples) if s.get("redis_used_memory") and s.get("pg_db_bytes"))
         topups = TopUps(gate, dry)
         topups.start()
         results = []
@@ -607,7 +607,7 @@ def main(ports: tuple[int, int], argv: list[str] | None = None) -> int:
         if answered:  # the faults' "RSS 30 s after" needs samples that late
             time.sleep(max(0.0, max(answered) + 31 - time.time()))
         time.sleep(2)
-        final = sampler.samples[-1]
+        final = next(s for s in reversed(sampler.samples) if s.get("redis_used_memory") and s.get("pg_db_bytes"))
         exact = check_exactness(stack, gate)
         if args.find_max:
             fig = results[-1] if results else {}

@@ -61,7 +61,8 @@ def outbox_state(r: redis.Redis, shards: int) -> dict[str, float | int]:
         pending += group["pending"]
         if group["pending"]:
             summary = r.xpending(key, GROUP)
-            oldest = min(oldest or now_ms, _id_ms(summary["min"]))
+            if summary["min"]:  # None when acknowledged since XINFO
+                oldest = min(oldest or now_ms, _id_ms(summary["min"]))
         undelivered = r.xrange(key, min=f"({group['last-delivered-id']}", count=1)
         if undelivered:
             oldest = min(oldest or now_ms, _id_ms(undelivered[0][0]))
@@ -154,7 +155,10 @@ class Sampler:
         with self.path.open("a") as fh:
             next_at = time.monotonic()
             while not self._stop.is_set():
-                s = self.sample()
+                try:
+                    s = self.sample()
+                except Exception as exc:  # a sample lost to a race (a process exiting, a key trimmed): note it, go on
+                    s = {"t": time.time(), "phase": self.phase, "error": f"{type(exc).__name__}: {exc}"}
                 self.samples.append(s)
                 fh.write(json.dumps(s) + "\n")
                 fh.flush()
