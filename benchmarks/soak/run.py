@@ -114,37 +114,49 @@ def seed_wallets(gate) -> tuple[list[str], list[str]]:
 
 
 class TopUps:
-    """A thread crediting every dry wallet ``DRY_TOPUP_NANOS`` every ``TOPUP_EVERY_S`` seconds."""
+    """A thread crediting every dry wallet ``DRY_TOPUP_NANOS`` every ``TOPUP_EVERY_S`` seconds.
+
+    A top-up that fails (a service restarting) is sent again with the same idempotency key until it
+    succeeds, as a billing system retries a payment's credit; :meth:`stop` finishes the retries."""
 
     def __init__(self, gate, dry: list[str]) -> None:
         self.gate, self.dry = gate, dry
         self.done = 0
         self.failed = 0
+        self._retry: list[tuple[str, str]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="soak-topups", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 120) -> None:
         self._stop.set()
         self._thread.join(timeout=60)
+        deadline = time.monotonic() + timeout_s
+        while self._retry and time.monotonic() < deadline:
+            self._send(self._retry)
+            time.sleep(0.5)
+
+    def _send(self, credits: list[tuple[str, str]]) -> None:
+        failed = []
+        for wallet_id, key in credits:
+            try:
+                credit_wallet(self.gate, wallet_id=wallet_id, amount_nanos=DRY_TOPUP_NANOS, idempotency_key=key)
+                self.done += 1
+            except Exception as exc:  # a service restarting (a fault): sent again, same key
+                logging.getLogger(__name__).warning(
+                    "top-up %s failed (%s: %s); sending it again", key, type(exc).__name__, exc
+                )
+                self.failed += 1
+                failed.append((wallet_id, key))
+        self._retry = failed
 
     def _run(self) -> None:
         n = 0
         while not self._stop.wait(TOPUP_EVERY_S):
             n += 1
-            for wallet_id in self.dry:
-                try:
-                    credit_wallet(
-                        self.gate,
-                        wallet_id=wallet_id,
-                        amount_nanos=DRY_TOPUP_NANOS,
-                        idempotency_key=f"soak:{wallet_id}:topup:{n}",
-                    )
-                    self.done += 1
-                except Exception:  # a service restarting (a fault): the next round tops up again
-                    self.failed += 1
+            self._send(self._retry + [(w, f"soak:{w}:topup:{n}") for w in self.dry])
 
 
 # ---------------------------------------------------------------------------------------------
