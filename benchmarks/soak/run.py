@@ -562,7 +562,11 @@ def main(ports: tuple[int, int], argv: list[str] | None = None) -> int:
     sampler: Sampler | None = None
     topups: TopUps | None = None
     try:
-        print(f"soak: run directory {run_dir}; load average {os.getloadavg()[0]:.2f}", flush=True)
+        print(
+            f"soak: run directory {run_dir}; Redis on port {ports[0]}, PostgreSQL on port {ports[1]}; "
+            f"load average {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
         stack.start_servers()
         create_database_if_missing(stack.pg.url)
         upgrade(stack.pg.url)  # what the Procfile's release step does
@@ -650,7 +654,7 @@ def main(ports: tuple[int, int], argv: list[str] | None = None) -> int:
         return 130
     finally:
         if topups is not None:
-            topups.stop()
+            topups.stop(timeout_s=0)  # no retries on the way out (after an error or Ctrl-C)
         if sampler is not None:
             sampler.stop()
         stack.close()
