@@ -50,6 +50,7 @@ TARGET_REDIS_B_PER_QUEUED = 300
 TARGET_PG_B_PER_TURN = 400
 TARGET_RSS_RATIO = 1.10
 RATE_HELD = 0.98  # the driver sent at least this share of the asked rate
+FAULT_SPACING_S = 45.0  # a fault's figures need this long (recovery, RSS 30 s after) before the next one
 
 
 @dataclass
@@ -515,6 +516,12 @@ def print_report(fig: dict, exact: dict | None, lines) -> None:
             f"{exact['denied_present']}, unexpected {exact['unexpected_persisted']}, wallets with unequal sums "
             f"{exact['sums_mismatch']} / ledger {exact['ledger_mismatch_wallets']} / gate "
             f"{exact['gate_balance_mismatch_wallets']}; reconcile {exact['reconcile']}"
+        )
+    ats = sorted(f["at_s"] for f in fig["faults"])
+    if any(b - a < FAULT_SPACING_S for a, b in zip(ats, ats[1:])):
+        print(
+            f"note: faults less than {FAULT_SPACING_S:.0f} s apart overlap: each one's lag, recovery and RSS figures "
+            "include the other's (e.g. a worker still starting after a kill is the next fault's RSS 'before')"
         )
     for name, ok, measured in lines:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {measured}")

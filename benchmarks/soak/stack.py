@@ -109,6 +109,8 @@ class Stack:
                     return time.monotonic() - started
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {proc.returncode}; see {log}")
+            if self._stop.is_set():  # closing: close() stops this worker too
+                raise RuntimeError("the stack is closing")
             time.sleep(0.05)
         raise RuntimeError(f"worker not ready after {timeout_s:.0f} s; see {log}")
 
@@ -189,7 +191,7 @@ class Stack:
         self._closed = True
         self._stop.set()
         if self._supervisor is not None:
-            self._supervisor.join(timeout=130)
+            self._supervisor.join(timeout=10)
         for proc in [*self.extra, self.beat, self.worker]:
             if proc is not None:
                 try:
