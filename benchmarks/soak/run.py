@@ -546,6 +546,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, default=None, help="directory for samples, logs and summary (default: a new temp dir)"
     )
+    p.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="PostgreSQL with fsync and full-page writes off (not durable): tells the disk's latency apart",
+    )
     p.add_argument("--json", action="store_true", help="also print the summary as one JSON line at the end")
     return p
 
@@ -565,12 +570,13 @@ def main(ports: tuple[int, int], argv: list[str] | None = None) -> int:
     # this process's own warnings (e.g. a top-up's after-commit hook failing while Redis restarts) go to a file
     logging.basicConfig(filename=run_dir / "soak.log", level=logging.WARNING, force=True)
     run_id = f"s{int(time.time())}"
-    stack = Stack(run_dir, redis_port=ports[0], pg_port=ports[1])
+    stack = Stack(run_dir, redis_port=ports[0], pg_port=ports[1], pg_durable=not args.no_fsync)
     sampler: Sampler | None = None
     topups: TopUps | None = None
     try:
         print(
-            f"soak: run directory {run_dir}; Redis on port {ports[0]}, PostgreSQL on port {ports[1]}; "
+            f"soak: run directory {run_dir}; Redis on port {ports[0]}, PostgreSQL on port {ports[1]} "
+            f"({'fsync off' if args.no_fsync else 'durable'}); "
             f"load average {os.getloadavg()[0]:.2f}",
             flush=True,
         )

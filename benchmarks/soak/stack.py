@@ -1,8 +1,9 @@
 """The soak's own services and processes: PostgreSQL and Redis on free ports, the Procfile's worker
 and beat, the faults, and the one clean-up that stops them all.
 
-- PostgreSQL: :class:`worker.devtools.services.PostgresServer` with durable settings (fsync on), its
-  ``tollgate`` database migrated with Alembic.
+- PostgreSQL: :class:`worker.devtools.services.PostgresServer` with durable settings (fsync on;
+  ``pg_durable=False``: fsync off, to tell disk latency apart), its ``tollgate`` database migrated
+  with Alembic.
 - Redis: :class:`worker.devtools.services.RedisServer` with ``appendonly yes``, ``appendfsync everysec``.
 - ``worker`` and ``beat``: the command lines of the repository's ``Procfile`` (``${VAR:-default}``
   expanded from the environment, ``celery`` run as ``<this python> -m celery``), each in its own
@@ -53,8 +54,9 @@ class Stack:
 
     ``redis_port`` / ``pg_port``: the free ports the caller already put into ``TOLLGATE_*``."""
 
-    def __init__(self, run_dir: Path, *, redis_port: int, pg_port: int) -> None:
+    def __init__(self, run_dir: Path, *, redis_port: int, pg_port: int, pg_durable: bool = True) -> None:
         self.run_dir = run_dir
+        self.pg_durable = pg_durable
         self.redis_port, self.pg_port = redis_port, pg_port
         self.pg: PostgresServer | None = None
         self.redis: RedisServer | None = None
@@ -73,7 +75,7 @@ class Stack:
 
     def start_servers(self) -> None:
         """Start PostgreSQL and Redis.  The caller migrates the database (it needs the settings)."""
-        self.pg = PostgresServer(port=self.pg_port, durable=True, max_connections=100)
+        self.pg = PostgresServer(port=self.pg_port, durable=self.pg_durable, max_connections=100)
         self.redis = RedisServer(aof=True, port=self.redis_port)
 
     def env(self) -> dict[str, str]:
