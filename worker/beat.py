@@ -4,14 +4,18 @@ celery-redbeat (2.4) extends its lock in Redis at every tick; when the lock key 
 expired while beat was stalled, or lost with Redis' data) the extension raises redis-py's
 ``LockNotOwnedError``, and a Redis that is restarting raises ``ConnectionError`` /
 ``BusyLoadingError``.  Either escapes ``tick`` and the beat process exits, so nothing is scheduled
-until someone restarts it.  :class:`ResilientRedBeatScheduler` instead:
+until someone restarts it; and a beat *started* while Redis is down or still loading its AOF (a
+supervisor restarting it beside a restarting Redis) exits at once, because redbeat installs the static
+schedule in the scheduler's constructor.  :class:`ResilientRedBeatScheduler` instead:
 
 - on a lost lock, logs a warning, sends nothing, and tries to take the lock again (``SET NX``, not
   blocking) at every tick: it goes on once it holds it, or waits as a standby while another beat
   holds it (so two beats still never both send the schedule);
 - on a Redis error, logs a warning and tries again after ``max_interval`` seconds;
 - after taking the lock again, re-installs the static schedule entries (Redis may have lost them
-  with the lock; entries still there keep their ``last_run_at``).
+  with the lock; entries still there keep their ``last_run_at``);
+- when Redis is unavailable at start, logs a warning and starts anyway: the lock is taken and the
+  schedule installed at the first tick that reaches Redis.
 
 Selected by ``beat_scheduler`` in :mod:`worker.celery_app`.
 """
@@ -42,11 +46,31 @@ class ResilientRedBeatScheduler(RedBeatScheduler):
     lock: Any
 
     def __init__(self, app, **kwargs) -> None:
-        super().__init__(app, **kwargs)
+        # set before super().__init__, which installs the schedule (setup_schedule below)
         #: the lock must be (re)taken before anything is sent
         self.lock_lost = False
         #: the static entries must be installed again (after the lock, and maybe the data, was lost)
         self.schedule_stale = False
+        self._starting = True
+        super().__init__(app, **kwargs)
+        self._starting = False
+
+    def setup_schedule(self) -> None:
+        """Install the static schedule in Redis (redbeat's).  In the constructor, when Redis is
+        unavailable (down, loading its AOF, read-only), log a warning and leave it to the first tick
+        that reaches Redis instead of raising (which would end the beat process); later (from
+        ``tick``) the Redis error is raised to ``tick``, which tries again after ``max_interval``."""
+        try:
+            super().setup_schedule()
+        except REDIS_UNAVAILABLE as exc:
+            if not self._starting:
+                raise
+            log.warning(
+                "beat: Redis unavailable at start (%s: %s); the schedule is installed once it answers",
+                type(exc).__name__,
+                exc,
+            )
+            self.schedule_stale = True
 
     def tick(self, min=min, **kwargs) -> float:
         try:

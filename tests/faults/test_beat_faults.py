@@ -190,7 +190,7 @@ def own_beat(tmp_path):
     import redis
 
     from tests.conftest import REPO
-    from tests.faults.services import RedisServer
+    from worker.devtools.services import RedisServer
     from worker.devtools.workers import stop_process_group
 
     server = RedisServer(aof=False)
@@ -260,3 +260,45 @@ def test_beat_whose_redis_restarts_empty_keeps_running_and_schedules_again(own_b
     text_ = log_path.read_text()
     assert "beat: lost the lock tollgate:redbeat::lock" in text_
     assert "beat: schedule entries installed again" in text_
+
+
+# ---------------------------------------------------------------------------------------------
+# beat started while Redis is down, then Redis killed and restarted from its AOF under it (issue 16)
+
+
+def test_beat_started_while_redis_is_down_and_then_killed_under_it_keeps_its_jobs_running(aof_env):
+    """The beat process never exits for an unavailable Redis: started while Redis is down it waits,
+    installs its schedule once Redis answers, and after a SIGKILL of Redis and a restart that replays
+    the AOF (BusyLoadingError while it loads) its job runs again on a worker."""
+    fe = aof_env
+    worker_args = ["-m", "celery", "-A", "tests.faults.beat_app", "worker", "-Q", JOBS_QUEUE, "--pool", "solo"]
+    worker_args += ["--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO", "-n", "j@%h"]
+    fe.redis_server.kill()
+    beat = _beat(fe, "beat-down")
+    wait_until(
+        lambda: _alive(beat, beat.log_path) and "beat: Redis unavailable at start" in beat.log_path.read_text(),
+        60,
+        "beat to start against a Redis that is down",
+    )
+    time.sleep(2)  # two more ticks against a refused connection
+    assert _alive(beat, beat.log_path)
+    fe.redis_server.start()  # same port and AOF
+    worker = fe.start_process(worker_args, "jobs-worker")
+
+    def ran() -> int:
+        lines = worker.log_path.read_text(errors="replace").splitlines()
+        return sum("tollgate.rollups.refresh_dirty[" in line and "succeeded" in line for line in lines)
+
+    wait_until(lambda: _alive(beat, beat.log_path) and ran() >= 2, 60, "the job to run after Redis came up")
+
+    fe.redis_server.kill()  # SIGKILL: no shutdown, the AOF (everysec) is all that is left
+    time.sleep(3)
+    assert _alive(beat, beat.log_path)
+    fe.redis_server.start()  # replays the AOF
+    after_restart = ran()
+    wait_until(
+        lambda: _alive(beat, beat.log_path) and ran() >= after_restart + 3,
+        60,
+        "the job to run again after Redis was killed and restarted",
+    )
+    assert worker.poll() is None

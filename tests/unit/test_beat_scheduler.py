@@ -65,3 +65,31 @@ def test_a_lost_lock_is_taken_again_before_anything_is_sent(monkeypatch, caplog)
         assert scheduler.tick() == 1.0
     assert calls == ["tick", "setup", "tick"] and scheduler.lock.acquired == 1
     assert "beat: lost the lock" in caplog.text and "beat: acquired the lock" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"),
+        redis.exceptions.ConnectionError("Connection refused"),
+    ],
+)
+def test_a_beat_started_while_redis_is_unavailable_starts_and_installs_its_schedule_at_a_later_tick(
+    monkeypatch, caplog, error
+):
+    calls = []
+
+    def unavailable(self):
+        calls.append("setup")
+        if len(calls) == 1:
+            raise error
+
+    monkeypatch.setattr(RedBeatScheduler, "setup_schedule", unavailable)
+    monkeypatch.setattr(RedBeatScheduler, "tick", lambda self, *a, **k: calls.append("tick") or 1.0)
+    with caplog.at_level(logging.WARNING, logger="worker.beat"):
+        scheduler = ResilientRedBeatScheduler(app)  # not lazy: the constructor installs the schedule
+    assert f"beat: Redis unavailable at start ({type(error).__name__}" in caplog.text
+    assert scheduler.schedule_stale is True
+    scheduler.lock = _Lock()
+    assert scheduler.tick() == 1.0
+    assert calls == ["setup", "setup", "tick"] and scheduler.schedule_stale is False

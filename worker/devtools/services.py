@@ -1,4 +1,5 @@
-"""Throwaway Redis and PostgreSQL servers on free loopback ports, for the fault suite and benchmarks.
+"""Throwaway Redis and PostgreSQL servers on free loopback ports, for the fault suite
+(``tests/faults``) and the soak benchmark (``benchmarks/soak``), which both import them from here.
 
 Never the shared development services (6379 / 5432): each server here lives in its own temporary
 directory, on a port found by binding port 0, and is stopped (its process group killed) by its owner.
@@ -8,7 +9,9 @@ directory, on a port found by binding port 0, and is stopped (its process group 
   the same port and directory (so an AOF is replayed).
 - :class:`PostgresServer`: a cluster made by ``initdb`` in a temp dir owned by the ``postgres`` OS
   user and run with ``pg_ctl`` as that user (``runuser``; we run as root).  ``restart(mode)``
-  is ``pg_ctl restart -m fast|immediate`` (immediate = crash, recovery from WAL).
+  is ``pg_ctl restart -m fast|immediate`` (immediate = crash, recovery from WAL).  Made for
+  speed by default (``fsync=off``); ``durable=True`` keeps PostgreSQL's durable defaults (fsync,
+  full-page writes), as a soak that measures PostgreSQL needs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+import redis
 
 PG_BIN = Path(os.environ.get("TOLLGATE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -90,8 +95,6 @@ class RedisServer:
         )
         _wait_port(self.port, 20, self.proc, "redis-server")
         # the port accepts before the AOF is loaded: wait until Redis answers PING (not LOADING)
-        import redis
-
         client = redis.Redis(port=self.port, socket_timeout=2)
         deadline = time.monotonic() + 30
         try:
@@ -135,7 +138,7 @@ class RedisServer:
 class PostgresServer:
     """A throwaway PostgreSQL cluster run by the ``postgres`` OS user (trust auth, loopback only)."""
 
-    def __init__(self, *, port: int | None = None) -> None:
+    def __init__(self, *, port: int | None = None, durable: bool = False, max_connections: int = 60) -> None:
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="tollgate-pg-"))
         self.data = self.dir / "data"
@@ -156,8 +159,10 @@ class PostgresServer:
         )
         opts = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
-            "-c fsync=off -c full_page_writes=off -c max_connections=60 -c shared_buffers=64MB"
+            f"-c max_connections={max_connections} -c shared_buffers=64MB"
         )
+        if not durable:
+            opts += " -c fsync=off -c full_page_writes=off"
         (self.data / "tollgate.opts").write_text(opts)  # kept for restarts
         self._opts = opts
         self.start()
@@ -182,6 +187,13 @@ class PostgresServer:
         if proc.returncode != 0:
             raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {proc.stdout[-1500:]} {proc.stderr[-1500:]}")
         return proc
+
+    def postmaster_pid(self) -> int | None:
+        """The postmaster's process id (first line of ``postmaster.pid``), None when it is stopped."""
+        try:
+            return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (FileNotFoundError, ValueError):
+            return None
 
     def start(self) -> None:
         self._run(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.log, "-o", self._opts, "-w", "-t", "60", "start")

@@ -1,0 +1,166 @@
+"""The soak's once-a-second samples: outbox lag and length, Redis and PostgreSQL size, RSS and CPU.
+
+One sample is a flat dict (one JSON line in ``samples.jsonl``):
+
+- ``t``: Unix time (s) of the sample; ``phase``: what the run was doing (``drive``, ``drain``, ...).
+- ``lag_s``: age of the oldest outbox entry not yet acknowledged by the drain, over all shards (s),
+  from the stream ids' millisecond clock against Redis ``TIME``; ``0.0`` when nothing is pending.
+- ``pending``: entries not yet acknowledged (delivered-but-unacked plus never delivered);
+  ``outbox_len``: ``XLEN`` summed over the shards (includes acknowledged entries not yet trimmed);
+  ``outbox_bytes``: ``MEMORY USAGE <stream> SAMPLES 10`` summed (Redis' estimate, bytes).
+- ``redis_used_memory``: ``INFO memory`` ``used_memory`` (bytes); ``pg_db_bytes``:
+  ``pg_database_size('tollgate')`` (bytes).  Any of these is ``None`` while its server is down.
+- ``rss.<process>`` (bytes) and ``cpu.<process>`` (% of one core, since the last sample) for
+  ``worker`` (main process and pool children), ``beat``, ``postgres`` (postmaster and every
+  backend), ``redis`` and ``driver`` (all driver processes); from psutil.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import psycopg
+import redis
+
+from worker.gate.keys import outbox_key
+from worker.ledger.drain import GROUP
+
+
+def _id_ms(stream_id: str) -> int:
+    return int(stream_id.split("-", 1)[0])
+
+
+def outbox_state(r: redis.Redis, shards: int) -> dict[str, float | int]:
+    """``lag_s``, ``pending``, ``outbox_len`` and ``outbox_bytes`` of the outbox (module doc).
+
+    Raises redis errors when Redis is unavailable."""
+    now_s, now_us = r.time()
+    now_ms = now_s * 1000 + now_us // 1000
+    oldest: int | None = None
+    pending = length = size = 0
+    for shard in range(shards):
+        key = outbox_key(shard)
+        n = r.xlen(key)
+        length += n
+        if not n:
+            continue
+        size += r.memory_usage(key, samples=10) or 0
+        groups = {g["name"]: g for g in r.xinfo_groups(key)}
+        group = groups.get(GROUP)
+        if group is None:  # no drain ever read it: everything is undelivered
+            first = r.xrange(key, count=1)
+            pending += n
+            if first:
+                oldest = min(oldest or now_ms, _id_ms(first[0][0]))
+            continue
+        pending += group["pending"]
+        if group["pending"]:
+            summary = r.xpending(key, GROUP)
+            if summary["min"]:  # None when acknowledged since XINFO
+                oldest = min(oldest or now_ms, _id_ms(summary["min"]))
+        undelivered = r.xrange(key, min=f"({group['last-delivered-id']}", count=1)
+        if undelivered:
+            oldest = min(oldest or now_ms, _id_ms(undelivered[0][0]))
+            lag = group.get("lag")
+            pending += lag if lag is not None else len(r.xrange(key, min=f"({group['last-delivered-id']}"))
+    return {
+        "lag_s": 0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000),
+        "pending": pending,
+        "outbox_len": length,
+        "outbox_bytes": size,
+    }
+
+
+class ProcessMeter:
+    """RSS and CPU% of process families, each a top-level pid and its descendants (psutil)."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+
+    def _get(self, pid: int) -> psutil.Process:
+        proc = self._procs.get(pid)
+        if proc is None:
+            proc = self._procs[pid] = psutil.Process(pid)
+            proc.cpu_percent(None)  # the first call only starts the interval
+        return proc
+
+    def measure(self, families: dict[str, list[int]]) -> dict[str, float]:
+        """``rss.<family>`` (bytes) and ``cpu.<family>`` (%, one core = 100) for each family."""
+        out: dict[str, float] = {}
+        for family, pids in families.items():
+            rss = cpu = 0.0
+            for pid in pids:
+                try:
+                    top = psutil.Process(pid)
+                    members = [top, *top.children(recursive=True)]
+                except psutil.NoSuchProcess:
+                    continue
+                for member in members:
+                    try:
+                        proc = self._get(member.pid)
+                        rss += proc.memory_info().rss
+                        cpu += proc.cpu_percent(None)
+                    except psutil.NoSuchProcess:
+                        self._procs.pop(member.pid, None)
+            out[f"rss.{family}"] = rss
+            out[f"cpu.{family}"] = cpu
+        return out
+
+
+class Sampler:
+    """A thread that appends one sample a second to ``path`` and keeps them in :attr:`samples`."""
+
+    def __init__(
+        self, path: Path, *, redis_port: int, pg_url: str, shards: int, pids: Callable[[], dict[str, list[int]]]
+    ) -> None:
+        self.path, self.shards, self.pids = path, shards, pids
+        self.redis = redis.Redis(port=redis_port, socket_timeout=1, socket_connect_timeout=1, decode_responses=True)
+        self.pg_url = pg_url.replace("postgresql+psycopg://", "postgresql://")
+        self.meter = ProcessMeter()
+        self.samples: list[dict] = []
+        self.phase = "setup"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="soak-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.redis.close()
+
+    def sample(self) -> dict:
+        """One sample now (module doc)."""
+        s: dict = {"t": time.time(), "phase": self.phase}
+        try:
+            s.update(outbox_state(self.redis, self.shards))
+            s["redis_used_memory"] = self.redis.info("memory")["used_memory"]
+        except redis.exceptions.RedisError:
+            s.update(lag_s=None, pending=None, outbox_len=None, outbox_bytes=None, redis_used_memory=None)
+        try:
+            with psycopg.connect(self.pg_url, connect_timeout=1, autocommit=True) as conn:
+                s["pg_db_bytes"] = conn.execute("SELECT pg_database_size('tollgate')").fetchone()[0]
+        except psycopg.Error:
+            s["pg_db_bytes"] = None
+        s.update(self.meter.measure(self.pids()))
+        return s
+
+    def _run(self) -> None:
+        with self.path.open("a") as fh:
+            next_at = time.monotonic()
+            while not self._stop.is_set():
+                try:
+                    s = self.sample()
+                except Exception as exc:  # a sample lost to a race (a process exiting, a key trimmed): note it, go on
+                    s = {"t": time.time(), "phase": self.phase, "error": f"{type(exc).__name__}: {exc}"}
+                self.samples.append(s)
+                fh.write(json.dumps(s) + "\n")
+                fh.flush()
+                next_at += 1.0
+                self._stop.wait(max(0.0, next_at - time.monotonic()))
