@@ -317,13 +317,13 @@ class GateCore:
         wallet_id: str,
         amount_nanos: int | None,
         *,
-        ttl_s: int,
-        reservation_id: str | None,
-        model: str | None,
-        provider: str | None,
-        prompt_tokens: int,
-        max_tokens: int | None,
-        service_tier: str | None,
+        ttl_s: int = 300,
+        reservation_id: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        prompt_tokens: int = 0,
+        max_tokens: int | None = None,
+        service_tier: str | None = None,
     ) -> tuple[list[str], list]:
         """``reserve.lua``'s KEYS and ARGV ``[amount_nanos, expires_ms, reservation_id, wallet_id]``
         for :meth:`WalletGate.reserve` (its arguments, checked and priced here; a missing
