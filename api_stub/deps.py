@@ -38,8 +38,9 @@ from models.wallet import Enterprise, Wallet
 from worker.access.apikeys import Principal, authenticate, key_cache
 from worker.db import session_scope
 from worker.errors import TollgateError
+from worker.gate.aio import process_async_gate
 from worker.gate.gate import process_gate
-from worker.gate.keys import RATE_LIMIT_PREFIX, revoked_marker, shard_tag
+from worker.gate.keys import RATE_LIMIT_PREFIX, revoked_marker
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -127,16 +128,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 #: the process's gate (:func:`worker.gate.gate.process_gate`: one per process, drain kicks sent
-#: without a result); the routes' name for it
+#: without a result); the routes' name for it, for work that runs in the thread pool
 get_gate = process_gate
 
+#: the event loop's asyncio gate (:func:`worker.gate.aio.process_async_gate`, made from the process's
+#: gate): what an ``async def`` route awaits for Redis on the request path (turns, reservations,
+#: wallet balances), so no request blocks the loop
+get_async_gate = process_async_gate
 
-def hold_wallet(wallet_id: str, reservation_id: str) -> str | None:
+
+async def hold_wallet(wallet_id: str, reservation_id: str) -> str | None:
     """The wallet a live hold ``reservation_id`` belongs to, looked up on ``wallet_id``'s shard
     (``None``: no such hold there).  The scripts key holds by reservation id only, so the API checks
     this before a release or a settlement names a hold."""
-    gate = get_gate()
-    return gate.redis.hget(f"{shard_tag(gate.shard(wallet_id))}:hold:{reservation_id}", "wallet")
+    return await get_async_gate().hold_wallet(wallet_id, reservation_id)
 
 
 # rate limits ---------------------------------------------------------------------------------
