@@ -24,6 +24,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from hiredis import pack_command
 from limits import RateLimitItem, parse_many
 from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
@@ -38,7 +39,7 @@ from models.wallet import Enterprise, Wallet
 from worker.access.apikeys import Principal, authenticate, key_cache
 from worker.db import session_scope
 from worker.errors import TollgateError
-from worker.gate.aio import process_async_gate
+from worker.gate.aio import asend_packed, process_async_gate
 from worker.gate.gate import process_gate
 from worker.gate.keys import RATE_LIMIT_PREFIX, revoked_marker
 from worker.settings import get_settings
@@ -236,20 +237,23 @@ async def admit(key_prefix: str) -> None:
     script = storage.lua_acquire_moving_window if moving else storage.lua_incr_expire
     client = _aredis(settings.redis_url)
     now = time.time()
-    for attempt in (0, 1):
-        pipe = client.pipeline(transaction=False)
-        pipe.exists(revoked_marker(key_prefix))
-        for item in items:
-            key = storage.prefixed_key(item.key_for("key", key_prefix))
-            args = (now, item.amount, item.get_expiry(), 1) if moving else (item.get_expiry(), 1)
-            pipe.evalsha(script.sha, 1, key, *args)
-        try:
-            revoked, *answers = await pipe.execute()
+    commands = [(pack_command(("EXISTS", revoked_marker(key_prefix))), 1)]
+    for item in items:
+        key = storage.prefixed_key(item.key_for("key", key_prefix))
+        args = (now, item.amount, item.get_expiry(), 1) if moving else (item.get_expiry(), 1)
+        commands.append((pack_command(("EVALSHA", script.sha, 1, key, *args)), 1))
+    for attempt in (0, 1):  # packed by hiredis, sent on one connection (redis-py's pipeline costs more)
+        replies: list = []
+        await asend_packed(client, commands, None, replies.append)
+        if not any(isinstance(r, NoScriptError) for r in replies):
             break
-        except NoScriptError:  # a fresh or flushed Redis: load the script once, then again
-            if attempt:
-                raise
-            await client.script_load(script.script)
+        if attempt:  # a fresh or flushed Redis: the script is loaded once, then the same commands sent again
+            raise next(r for r in replies if isinstance(r, NoScriptError))
+        await client.script_load(script.script)
+    revoked, *answers = replies
+    for answer in replies:
+        if isinstance(answer, Exception):
+            raise answer
     if revoked:
         key_cache.forget(key_prefix)
         raise Problem(401, "Unauthorized", "the API key is unknown or revoked", headers=_CHALLENGE)

@@ -59,7 +59,8 @@ async def _may_record(who: Principal, turns: list[TurnIn]) -> None:
         len(turns),
     )
     ours = turns[:n]  # the turns before the first of another enterprise: the only ones checked further
-    holds = await asyncio.gather(*(hold_wallet(t.wallet_id, t.reservation_id) for t in ours if t.reservation_id))
+    settles = [t for t in ours if t.reservation_id]
+    holds = await asyncio.gather(*(hold_wallet(t.wallet_id, t.reservation_id) for t in settles)) if settles else []
     if all(charge_known(who, t.wallet_id) for t in ours):
         charges = [may_charge(who, t.wallet_id) for t in ours]
     else:

@@ -13,6 +13,7 @@ import asyncio
 from typing import Callable, Iterable, Sequence
 
 import redis
+from hiredis import pack_command
 from redis import asyncio as aioredis
 
 from models.turn import Decision, TurnIn
@@ -99,10 +100,17 @@ class AsyncWalletGate(GateCore):
         replies = TurnReplies(self, turns)
         if len(turns) == 1:  # no pre-check: the script refuses an unknown wallet itself
             [(name, keys, args)] = self._call_specs(turns, quotes)
-            try:
-                replies.decide(0, await getattr(self, name)(keys=keys, args=args))
-            except redis.exceptions.ResponseError as exc:
-                replies.decide(0, exc)
+            script = getattr(self, name)
+            if isinstance(self.redis, aioredis.RedisCluster):
+                try:
+                    replies.decide(0, await script(keys=keys, args=args))
+                except redis.exceptions.ResponseError as exc:
+                    replies.decide(0, exc)
+            else:  # packed by hiredis and sent on a connection of the pool: redis-py's command path costs more
+                command = pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+                await asend_packed_retrying(
+                    self.redis, [(command, 1)], [script], lambda reply: replies.decide(0, reply)
+                )
         else:
             ids = wallets_of(turns)
             pipe = self.redis.pipeline(transaction=False)
@@ -190,16 +198,22 @@ async def asend_packed_retrying(
     (the connection is dropped; the turns are idempotent by turn_id, so the caller may send again)."""
     sent: list[tuple[bytes, int]] = []
     hold = NoScriptHold(on_reply)
-    await _asend_packed(client, commands, sent, hold)
+    await asend_packed(client, commands, sent, hold)
     if hold.none_ran:
         for script in scripts:
             await client.script_load(script.script)
-        await _asend_packed(client, sent, None, on_reply)
+        await asend_packed(client, sent, None, on_reply)
 
 
-async def _asend_packed(
+async def asend_packed(
     client: aioredis.Redis, commands: Iterable[tuple[bytes, int]], sent: list | None, on_reply: Callable
 ) -> None:
+    """:func:`worker.gate.pipeline.send_packed` on an asyncio client: ``commands`` are ``(packed
+    bytes, replies expected)`` (hiredis ``pack_command``), taken lazily and each written on one
+    connection of ``client``'s pool before the previous one's replies are read; each taken is
+    appended to ``sent`` (when given) and each reply, or the ``ResponseError`` of a refused command,
+    passed to ``on_reply`` in order.  Raises redis ConnectionError / TimeoutError (the connection
+    is then dropped)."""
     pool = client.connection_pool
     conn = await pool.get_connection()
     try:
