@@ -5,8 +5,12 @@ Run from the repository root::
     .venv/bin/python -m benchmarks.bench_http [--requests 3000] [--concurrency 16] [--json]
 
 It starts ``uvicorn api_stub.main:app`` (one process, loopback, a free port) and drives it with an
-httpx async client: first one request at a time (latency), then ``--concurrency`` requests in
-flight (throughput).  Each request is a new turn (owner key of the wallets' app; the per-key rate
+httpx async client (or ``--client raw``, a minimal one that spends less of the shared cores): first
+one request at a time (latency), then ``--concurrency`` requests in flight (throughput), then
+``POST /v1/turns/batch`` of ``--batch-size`` turns, ``--batch-concurrency`` in flight (turns/s).
+It ends with issue 16 item 6's PASS/FAIL lines: p99 ≤ 10 ms at 16 in flight, ≥ 2× the requests/s
+of the code before it (``--before-per-s``, measured back to back from a worktree of 8d67bc3), and
+≥ 20,000 turns/s through the batch endpoint.  Each request is a new turn (owner key of the wallets' app; the per-key rate
 limit is raised out of the way), so every request runs authentication (PostgreSQL), the rate limit
 (Redis) and the gate (Redis Lua).  The same turns' in-process figure is ``gate.record_turn`` called
 sequentially in this process.  Latency is measured around each call (``time.perf_counter``).

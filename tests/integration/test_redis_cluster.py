@@ -18,6 +18,7 @@ import redis
 from sqlalchemy import text
 
 from models.turn import TurnIn
+from worker.devtools.redis_cluster import redis_cluster
 from worker.gate.gate import WalletGate
 from worker.gate.keys import outbox_key
 from worker.ledger.accounts import credit_wallet, open_wallet
@@ -30,93 +31,11 @@ SHARDS = 8
 WALLETS = [f"cw{i}" for i in range(6)]
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` free ports whose cluster bus ports (port + 10000) are free too (so both stay < 65536)."""
-    rng = random.Random()
-    ports: list[int] = []
-    while len(ports) < n:
-        port = rng.randrange(20000, 50000)
-        if port not in ports and _free(port) and _free(port + 10000):
-            ports.append(port)
-    return ports
-
-
 @pytest.fixture(scope="module")
 def cluster_url(tmp_path_factory):
     """A 3-master Redis Cluster on loopback, torn down after the module."""
-    root = tmp_path_factory.mktemp("redis-cluster")
-    ports = _free_ports(3)
-    procs = []
-    try:
-        for port in ports:
-            d = root / str(port)
-            d.mkdir()
-            procs.append(
-                subprocess.Popen(
-                    [
-                        "redis-server",
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        str(d),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        for port in ports:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    redis.Redis(host="127.0.0.1", port=port).ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-        subprocess.run(
-            [
-                shutil.which("redis-cli"),
-                "--cluster",
-                "create",
-                *[f"127.0.0.1:{p}" for p in ports],
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        deadline = time.monotonic() + 20
-        while redis.Redis(host="127.0.0.1", port=ports[0]).cluster("info").get("cluster_state") != "ok":
-            assert time.monotonic() < deadline, "the cluster never became ok"
-            time.sleep(0.1)
-        yield f"redis://127.0.0.1:{ports[0]}/0"
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=10)
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as (url, _ports, _procs):
+        yield url
 
 
 def _settings(url: str, cluster: bool):
