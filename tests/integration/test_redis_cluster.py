@@ -5,6 +5,7 @@ parallel; the decisions, PostgreSQL rows and balances equal a single-node run of
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import random
 import shutil
@@ -15,10 +16,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
+from redis import asyncio as aioredis
 from sqlalchemy import text
 
 from models.turn import TurnIn
 from worker.devtools.redis_cluster import redis_cluster
+from worker.gate.aio import AsyncWalletGate
 from worker.gate.gate import WalletGate
 from worker.gate.keys import outbox_key
 from worker.ledger.accounts import credit_wallet, open_wallet
@@ -208,4 +211,47 @@ def test_a_batch_sent_to_a_node_that_lost_its_slot_is_redirected_not_failed(db, 
     assert {w: gate.balance(w) for w in WALLETS} == {w: 10**12 - billed[w] for w in WALLETS}
     assert sum(cluster.xlen(outbox_key(s)) for s in range(SHARDS)) == 600
     assert all(d.duplicate for d in gate.record_turns(turns[290:310]))  # retries on both sides of the move
+    cluster.close()
+
+
+def test_the_async_gate_on_a_redis_cluster_decides_as_the_blocking_gate(cluster_url):
+    """AsyncWalletGate on redis.asyncio's RedisCluster (the API's gate with TOLLGATE_REDIS_CLUSTER):
+    the same decisions, balances and outbox entries as WalletGate on the same cluster for the same
+    turns, a batch over shards on all three masters and single turns."""
+    cluster = redis.RedisCluster.from_url(cluster_url, decode_responses=True)
+    settings = _settings(cluster_url, True)
+    turns = _turns()
+
+    def load(gate: WalletGate) -> None:
+        cluster.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+        for i, w in enumerate(WALLETS):
+            gate.load_wallet(
+                w, mode="production", limited=True, balance_nanos=(i + 1) * 40_000_000, enterprise_id="acme"
+            )
+
+    def state(gate: WalletGate) -> dict:
+        out = {w: cluster.hgetall(gate.wallet_key(w)) for w in WALLETS}
+        for s in range(SHARDS):
+            out[s] = [fields for _id, fields in cluster.xrange(outbox_key(s))]
+        return out
+
+    blocking = WalletGate(cluster, settings=settings, kicker=lambda shard: None)
+    load(blocking)
+    expected = blocking.record_turns(turns[:-5]) + [blocking.record_turn(t) for t in turns[-5:]]
+    expected_state = state(blocking)
+    assert any(not d.accepted for d in expected)  # the small wallets ran dry
+    assert len({cluster.get_node_from_key(f"tollgate:{{s{s}}}").name for s in range(SHARDS)}) == 3
+
+    load(blocking)
+
+    async def run():
+        gate = AsyncWalletGate(settings=settings, kicker=lambda shard: None)
+        assert isinstance(gate.redis, aioredis.RedisCluster)
+        try:
+            return await gate.record_turns(turns[:-5]) + [await gate.record_turn(t) for t in turns[-5:]]
+        finally:
+            await gate.redis.aclose()
+
+    assert asyncio.run(run()) == expected
+    assert state(blocking) == expected_state
     cluster.close()
