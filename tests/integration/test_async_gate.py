@@ -5,11 +5,13 @@ NOSCRIPT recovery; and one asyncio gate per event loop and process gate."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from contextlib import asynccontextmanager
 
 import pytest
 
 from models.turn import TurnIn
+from tests.unit.test_gate import COST_DEFAULT as COST
+from tests.unit.test_gate import turn
 from worker.errors import InvalidInput
 from worker.gate.aio import AsyncWalletGate, process_async_gate
 from worker.gate.gate import GateBatchError, UnknownWallet, WalletGate, WrongEnterprise, process_gate
@@ -18,27 +20,15 @@ from worker.pricing.prices import PricingError, TurnLimitExceeded
 
 pytestmark = pytest.mark.integration
 
-WHEN = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-# gpt-4o at openai: 2,500 nanos per prompt token, 1,250 per cached prompt token, 10,000 per completion token
-COST = 800 * 2_500 + 200 * 1_250 + 100 * 10_000
-assert COST == 3_250_000
 
-
-def turn(turn_id: str, wallet_id: str = "w1", enterprise_id: str = "ent1", **kw) -> TurnIn:
-    data = dict(
-        turn_id=turn_id,
-        wallet_id=wallet_id,
-        enterprise_id=enterprise_id,
-        chat_id="chat1",
-        model="gpt-4o",
-        provider="openai",
-        prompt_tokens=1000,
-        completion_tokens=100,
-        cached_prompt_tokens=200,
-        occurred_at=WHEN,
-    )
-    data.update(kw)
-    return TurnIn(**data)
+@asynccontextmanager
+async def twin(blocking: WalletGate):
+    """The asyncio twin of ``blocking`` on its own asyncio client, closed on exit."""
+    gate = AsyncWalletGate.from_gate(blocking)
+    try:
+        yield gate
+    finally:
+        await gate.redis.aclose()
 
 
 def load(gate: WalletGate) -> None:
@@ -82,11 +72,8 @@ def test_batch_and_single_match_the_blocking_gate(redis_client, settings, kicks)
     async_kicks: list[int] = []
 
     async def run():
-        gate = AsyncWalletGate.from_gate(WalletGate(redis_client, settings=settings, kicker=async_kicks.append))
-        try:
+        async with twin(WalletGate(redis_client, settings=settings, kicker=async_kicks.append)) as gate:
             return await gate.record_turns(turns[:200]) + [await gate.record_turn(t) for t in turns[200:]]
-        finally:
-            await gate.redis.aclose()
 
     assert asyncio.run(run()) == expected
     assert state(redis_client) == expected_state
@@ -103,13 +90,10 @@ def test_refusals_change_nothing(redis_client, settings, kicks):
     before = state(redis_client)
 
     async def refused(turns):
-        gate = AsyncWalletGate.from_gate(blocking)
-        try:
+        async with twin(blocking) as gate:
             with pytest.raises(Exception) as info:
                 await gate.record_turns(turns)
             return info.value
-        finally:
-            await gate.redis.aclose()
 
     assert isinstance(asyncio.run(refused([turn("a"), turn("b", "nope")])), UnknownWallet)
     assert isinstance(asyncio.run(refused([turn("a"), turn("b", "w2", enterprise_id="ent2")])), WrongEnterprise)
@@ -125,8 +109,7 @@ def test_reservations_settle_and_release(redis_client, settings, kicks):
     load(blocking)
 
     async def run():
-        gate = AsyncWalletGate.from_gate(blocking)
-        try:
+        async with twin(blocking) as gate:
             hold = await gate.reserve("w2", 2 * COST, reservation_id="r1", ttl_s=60)
             assert (hold.granted, hold.amount_nanos, hold.held_nanos) == (True, 2 * COST, 2 * COST)
             assert await gate.hold_wallet("w2", "r1") == "w2"
@@ -145,8 +128,6 @@ def test_reservations_settle_and_release(redis_client, settings, kicks):
             with pytest.raises(UnknownWallet):
                 await gate.reserve("nope", 1)
             return await gate.wallet_fields("w2", ("balance", "held"))
-        finally:
-            await gate.redis.aclose()
 
     assert asyncio.run(run()) == [str(4 * COST), "0"]
 
@@ -159,15 +140,12 @@ def test_scripts_lost_batch_sent_again(redis_client, settings, kicks):
     turns = [turn(f"t{i}", "w1") for i in range(150)]
 
     async def run():
-        gate = AsyncWalletGate.from_gate(blocking)
-        try:
+        async with twin(blocking) as gate:
             redis_client.script_flush()
             batch = await gate.record_turns(turns)
             redis_client.script_flush()
             single = await gate.record_turn(turn("t-last", "w1"))
             return batch, single
-        finally:
-            await gate.redis.aclose()
 
     batch, single = asyncio.run(run())
     assert all(d.accepted and not d.duplicate for d in [*batch, single])
@@ -183,20 +161,17 @@ def test_part_applied_batch_says_which(redis_client, settings, kicks):
     turns = [turn("a", "w1"), turn("b", "w4"), turn("c", "w1")]
 
     async def run():
-        gate = AsyncWalletGate.from_gate(blocking)
-        check = gate._check_rows
+        async with twin(blocking) as gate:
+            check = gate._check_rows
 
-        def check_then_drop(*args):
-            check(*args)
-            redis_client.delete(blocking.wallet_key("w4"))
+            def check_then_drop(*args):
+                check(*args)
+                redis_client.delete(blocking.wallet_key("w4"))
 
-        gate._check_rows = check_then_drop
-        try:
+            gate._check_rows = check_then_drop
             with pytest.raises(GateBatchError) as info:
                 await gate.record_turns(turns)
             return info.value
-        finally:
-            await gate.redis.aclose()
 
     error = asyncio.run(run())
     assert [d is not None and d.accepted for d in error.decisions] == [True, False, True]
