@@ -8,6 +8,7 @@ import asyncio
 from contextlib import asynccontextmanager
 
 import pytest
+from redis import asyncio as aioredis
 
 from models.turn import TurnIn
 from tests.unit.test_gate import COST_DEFAULT as COST
@@ -196,3 +197,38 @@ def test_one_async_gate_per_loop_and_process_gate(redis_client):
             process_async_gate()  # no running loop
     finally:
         process_gate.cache_clear()
+
+
+def test_a_connection_redis_closed_is_replaced_and_nothing_counted_twice(redis_client, settings, kicks):
+    """Redis closed the asyncio gate's pooled connection (a restart, an idle timeout): the next
+    single turn and the next batch are written again on a new connection, each turn recorded once."""
+    blocking = WalletGate(redis_client, settings=settings, kicker=kicks.append)
+    load(blocking)
+    where = redis_client.connection_pool.connection_kwargs
+    name = "tollgate-test-stale-async"
+
+    def kill_ours() -> int:
+        ours = [c["id"] for c in redis_client.client_list() if c["name"] == name]
+        for client_id in ours:
+            redis_client.client_kill_filter(_id=client_id)
+        return len(ours)
+
+    async def run():
+        client = aioredis.Redis(
+            host=where["host"], port=where["port"], db=where["db"], decode_responses=True, client_name=name
+        )
+        gate = AsyncWalletGate.from_gate(blocking, client)
+        try:
+            first = await gate.record_turn(turn("t0", "w1"))
+            assert kill_ours() == 1
+            single = await gate.record_turn(turn("t1", "w1"))
+            assert kill_ours() == 1
+            batch = await gate.record_turns([turn(f"b{i}", "w1") for i in range(100)])
+            return [first, single, *batch]
+        finally:
+            await client.aclose()
+
+    decisions = asyncio.run(run())
+    assert all(d.accepted and not d.duplicate for d in decisions)
+    assert redis_client.xlen(outbox_key(blocking.shard("w1"))) == 102
+    assert int(redis_client.hget(blocking.wallet_key("w1"), "balance")) == 10**12 - 102 * COST

@@ -10,7 +10,8 @@ and ARGV, the decoding of its replies) with asyncio I/O, so it sends exactly wha
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Iterable, Sequence
+import itertools
+from typing import Callable, Iterable, Iterator, Sequence
 
 import redis
 from hiredis import pack_command
@@ -212,26 +213,50 @@ async def asend_packed(
     bytes, replies expected)`` (hiredis ``pack_command``), taken lazily and each written on one
     connection of ``client``'s pool before the previous one's replies are read; each taken is
     appended to ``sent`` (when given) and each reply, or the ``ResponseError`` of a refused command,
-    passed to ``on_reply`` in order.  Raises redis ConnectionError / TimeoutError (the connection
-    is then dropped)."""
+    passed to ``on_reply`` in order.
+
+    A connection that fails before any reply was read (a pooled connection Redis closed: a restart,
+    an idle timeout) is dropped and what was written is sent once more on a new one, as redis-py's
+    own retry does (the scripts sent here are idempotent: a turn by its turn_id).  Raises redis
+    ConnectionError / TimeoutError otherwise (the connection is then dropped)."""
     pool = client.connection_pool
-    conn = await pool.get_connection()
-    try:
-        pending: list[int] = []  # replies expected per command written and not yet read
-        for packed, n in commands:
+    source = iter(commands)
+    taken: list[tuple[bytes, int]] = []  # written so far: sent again on a new connection
+    read_any = False
+
+    def deliver(reply) -> None:
+        nonlocal read_any
+        read_any = True
+        on_reply(reply)
+
+    def take() -> Iterator[tuple[bytes, int]]:
+        for command in source:
+            taken.append(command)
             if sent is not None:
-                sent.append((packed, n))
-            await conn.send_packed_command([packed], check_health=False)
-            pending.append(n)
-            if len(pending) > 1:
-                await _aread_replies(conn, pending.pop(0), on_reply)
-        for n in pending:
-            await _aread_replies(conn, n, on_reply)
-    except BaseException:
-        await conn.disconnect()  # replies may be left unread on it
-        raise
-    finally:
-        await pool.release(conn)
+                sent.append(command)
+            yield command
+
+    for attempt in (0, 1):
+        conn = await pool.get_connection()
+        try:
+            pending: list[int] = []  # replies expected per command written and not yet read
+            for packed, n in itertools.chain(list(taken) if attempt else (), take()):
+                await conn.send_packed_command([packed], check_health=False)
+                pending.append(n)
+                if len(pending) > 1:
+                    await _aread_replies(conn, pending.pop(0), deliver)
+            for n in pending:
+                await _aread_replies(conn, n, deliver)
+            return
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            await conn.disconnect()
+            if attempt or read_any:
+                raise
+        except BaseException:
+            await conn.disconnect()  # replies may be left unread on it
+            raise
+        finally:
+            await pool.release(conn)
 
 
 async def _aread_replies(conn, n: int, on_reply: Callable[[object], None]) -> None:
