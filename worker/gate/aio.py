@@ -56,9 +56,10 @@ class AsyncWalletGate(GateCore):
     """:class:`~worker.gate.gate.WalletGate`'s request-path methods on ``redis.asyncio``: the same
     scripts, keys, arguments, pre-checks and decisions (:class:`~worker.gate.gate.GateCore`).
 
-    Pricing a batch is Python work done on the loop (about 10 µs a turn); the Redis round trips are
-    awaited.  Drain kicks (``kicker``, a Celery send) run in the loop's default thread pool.  It does
-    not check the outbox shard count (build it with :meth:`from_gate`, whose gate did).
+    Pricing and packing a batch is Python work done on the loop (10–25 µs a turn, measured under
+    load: ``benchmarks/RESULTS.md``); the Redis round trips are awaited.  Drain kicks (``kicker``, a
+    Celery send) run in the loop's default thread pool.  It does not check the outbox shard count
+    (build it with :meth:`from_gate`, whose gate did).
 
     Args:
         client: a ``redis.asyncio`` client (``decode_responses=True``); defaults to
