@@ -19,11 +19,12 @@ import logging
 import math
 import time
 from functools import lru_cache
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from hiredis import pack_command
 from limits import RateLimitItem, parse_many
 from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
@@ -38,8 +39,9 @@ from models.wallet import Enterprise, Wallet
 from worker.access.apikeys import Principal, authenticate, key_cache
 from worker.db import session_scope
 from worker.errors import TollgateError
+from worker.gate.aio import asend_packed, process_async_gate
 from worker.gate.gate import process_gate
-from worker.gate.keys import RATE_LIMIT_PREFIX, reservation_key, revoked_marker, shard_tag
+from worker.gate.keys import RATE_LIMIT_PREFIX, revoked_marker
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -127,19 +129,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 #: the process's gate (:func:`worker.gate.gate.process_gate`: one per process, drain kicks sent
-#: without a result); the routes' name for it
+#: without a result); the routes' name for it, for work that runs in the thread pool
 get_gate = process_gate
 
+#: the event loop's asyncio gate (:func:`worker.gate.aio.process_async_gate`, made from the process's
+#: gate): what an ``async def`` route awaits for Redis on the request path (turns, reservations,
+#: wallet balances), so no request blocks the loop
+get_async_gate = process_async_gate
 
-def reservation_wallet(wallet_id: str, reservation_id: str) -> str | None:
+
+async def reservation_wallet(wallet_id: str, reservation_id: str) -> str | None:
     """The wallet a live reservation ``reservation_id`` belongs to, looked up on ``wallet_id``'s
     shard (``None``: no such reservation there).  The scripts key reservations by reservation id
     only, so the API checks this before a release or a settlement names one."""
-    gate = get_gate()
-    # the gate's client decodes replies (decode_responses=True): str, never bytes
-    return cast(
-        str | None, gate.redis.hget(reservation_key(shard_tag(gate.shard(wallet_id)), reservation_id), "wallet")
-    )
+    return await get_async_gate().reservation_wallet(wallet_id, reservation_id)
 
 
 # rate limits ---------------------------------------------------------------------------------
@@ -233,20 +236,24 @@ async def admit(key_prefix: str) -> None:
     script = storage.lua_acquire_moving_window if moving else storage.lua_incr_expire
     client = _aredis(settings.redis_url)
     now = time.time()
-    for attempt in (0, 1):
-        pipe = client.pipeline(transaction=False)
-        pipe.exists(revoked_marker(key_prefix))
-        for item in items:
-            key = storage.prefixed_key(item.key_for("key", key_prefix))
-            args = (now, item.amount, item.get_expiry(), 1) if moving else (item.get_expiry(), 1)
-            pipe.evalsha(script.sha, 1, key, *args)
-        try:
-            revoked, *answers = await pipe.execute()
+    exists: tuple[Any, ...] = ("EXISTS", revoked_marker(key_prefix))  # hiredis' stub types a 1-tuple
+    commands = [(pack_command(exists), 1)]
+    for item in items:
+        key = storage.prefixed_key(item.key_for("key", key_prefix))
+        args = (now, item.amount, item.get_expiry(), 1) if moving else (item.get_expiry(), 1)
+        commands.append((pack_command(("EVALSHA", script.sha, 1, key, *args)), 1))
+    for attempt in (0, 1):  # packed by hiredis, sent on one connection (redis-py's pipeline costs more)
+        replies: list = []
+        await asend_packed(client, commands, None, replies.append)
+        if not any(isinstance(r, NoScriptError) for r in replies):
             break
-        except NoScriptError:  # a fresh or flushed Redis: load the script once, then again
-            if attempt:
-                raise
-            await client.script_load(script.script)
+        if attempt:  # a fresh or flushed Redis: the script is loaded once, then the same commands sent again
+            raise next(r for r in replies if isinstance(r, NoScriptError))
+        await client.script_load(script.script)
+    revoked, *answers = replies
+    for answer in replies:
+        if isinstance(answer, Exception):
+            raise answer
     if revoked:
         key_cache.forget(key_prefix)
         raise Problem(401, "Unauthorized", "the API key is unknown or revoked", headers=_CHALLENGE)

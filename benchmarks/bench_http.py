@@ -5,8 +5,12 @@ Run from the repository root::
     .venv/bin/python -m benchmarks.bench_http [--requests 3000] [--concurrency 16] [--json]
 
 It starts ``uvicorn api_stub.main:app`` (one process, loopback, a free port) and drives it with an
-httpx async client: first one request at a time (latency), then ``--concurrency`` requests in
-flight (throughput).  Each request is a new turn (owner key of the wallets' app; the per-key rate
+httpx async client (or ``--client raw``, a minimal one that spends less of the shared cores): first
+one request at a time (latency), then ``--concurrency`` requests in flight (throughput), then
+``POST /v1/turns/batch`` of ``--batch-size`` turns, ``--batch-concurrency`` in flight (turns/s).
+It ends with issue 16 item 6's PASS/FAIL lines: p99 ≤ 10 ms at 16 in flight, ≥ 2× the requests/s
+of the code before it (``--before-per-s``, measured back to back from a worktree of 8d67bc3), and
+≥ 20,000 turns/s through the batch endpoint.  Each request is a new turn (owner key of the wallets' app; the per-key rate
 limit is raised out of the way), so every request runs authentication (PostgreSQL), the rate limit
 (Redis) and the gate (Redis Lua).  The same turns' in-process figure is ``gate.record_turn`` called
 sequentially in this process.  Latency is measured around each call (``time.perf_counter``).
@@ -180,16 +184,39 @@ async def drive_raw(base: str, key: str, prefix: str, n: int, concurrency: int) 
     """As :func:`drive`, with a minimal HTTP/1.1 keep-alive client on asyncio streams: request bytes
     are built before the clock starts and an answer is read by its ``Content-Length``, so the client
     spends far less CPU per request than httpx (it shares the host's cores with the server)."""
-    host, port = base.removeprefix("http://").split(":")
     bodies = [json.dumps(turn(prefix, i), separators=(",", ":")).encode() for i in range(n)]
+    return await post_raw(base, key, "/v1/turns", bodies, concurrency, b'"accepted":true')
+
+
+async def drive_batch(base: str, key: str, prefix: str, n: int, size: int, concurrency: int) -> dict[str, float]:
+    """``n`` turns as ``POST /v1/turns/batch`` of ``size`` turns, ``concurrency`` batches in flight,
+    with the raw client of :func:`post_raw`; every answer must be 200 with ``size`` decisions, all
+    accepted.  ``per_s`` is turns per second; latencies are per batch."""
+    bodies = [
+        json.dumps({"turns": [turn(prefix, i) for i in range(j, min(n, j + size))]}, separators=(",", ":")).encode()
+        for j in range(0, n, size)
+    ]
+    result = await post_raw(base, key, "/v1/turns/batch", bodies, concurrency, b'"accepted":false', absent=True)
+    return result | {"n": n, "batch": size, "per_s": result["per_s"] * size, "batches_per_s": result["per_s"]}
+
+
+async def post_raw(
+    base: str, key: str, path: str, bodies: list[bytes], concurrency: int, mark: bytes, *, absent: bool = False
+) -> dict[str, float]:
+    """POST each of ``bodies`` to ``path`` over ``concurrency`` keep-alive connections (a minimal
+    HTTP/1.1 client on asyncio streams; request bytes built before the clock starts, each answer read
+    by its ``Content-Length``).  Every answer must be 200 and contain ``mark`` (or, ``absent``, not
+    contain it).  Returns requests per second and the p50/p99 request latency (ms)."""
+    host, port = base.removeprefix("http://").split(":")
     requests = [
         (
-            f"POST /v1/turns HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(b)}\r\n\r\n"
         ).encode()
         + b
         for b in bodies
     ]
+    n = len(requests)
     samples: list[float] = []
     failures: list[str] = []
     counter = iter(range(n))
@@ -204,7 +231,7 @@ async def drive_raw(base: str, key: str, prefix: str, n: int, concurrency: int) 
                 length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
                 body = await reader.readexactly(length)
                 samples.append(time.perf_counter() - t0)
-                if not head.startswith(b"HTTP/1.1 200") or b'"accepted":true' not in body:
+                if not head.startswith(b"HTTP/1.1 200") or (mark in body) == absent:
                     failures.append(f"{head[:40]!r} {body[:200]!r}")
         finally:
             writer.close()
@@ -223,6 +250,35 @@ async def drive_raw(base: str, key: str, prefix: str, n: int, concurrency: int) 
     }
 
 
+#: issue 16 item 6: POST /v1/turns at 16 in flight, p99 at most this (ms) and at least this many times
+#: the requests/s of the code before it (measured back to back); POST /v1/turns/batch turns/s
+P99_TARGET_MS = 10.0
+SPEEDUP_TARGET = 2.0
+BATCH_TARGET_PER_S = 20_000
+
+
+def verdicts(results: dict, before_per_s: float | None, concurrency: int) -> list[str]:
+    """The PASS/FAIL lines of issue 16 item 6's targets for this run's figures."""
+    conc, batch = results["http_concurrent"], results.get("http_batch")
+    ok = "PASS" if conc["p99_ms"] <= P99_TARGET_MS else "FAIL"
+    lines = [
+        f"target POST /v1/turns p99 <= {P99_TARGET_MS:g} ms at {concurrency} in flight: {conc['p99_ms']:.2f} ms {ok}"
+    ]
+    if before_per_s:
+        ratio = conc["per_s"] / before_per_s
+        ok = "PASS" if ratio >= SPEEDUP_TARGET else "FAIL"
+        lines.append(
+            f"target POST /v1/turns >= {SPEEDUP_TARGET:g}x before ({before_per_s:,.0f} req/s): "
+            f"{conc['per_s']:,.0f} req/s = {ratio:.2f}x {ok}"
+        )
+    else:
+        lines.append(f"target POST /v1/turns >= {SPEEDUP_TARGET:g}x before: not judged (no --before-per-s)")
+    if batch:
+        ok = "PASS" if batch["per_s"] >= BATCH_TARGET_PER_S else "FAIL"
+        lines.append(f"target POST /v1/turns/batch >= {BATCH_TARGET_PER_S:,} turns/s: {batch['per_s']:,.0f} {ok}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_http", description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=3000, help="requests per HTTP phase (default 3000)")
@@ -232,6 +288,15 @@ def main(argv: list[str] | None = None) -> int:
         choices=("httpx", "raw"),
         default="httpx",
         help="load generator: httpx.AsyncClient (default) or a minimal asyncio HTTP/1.1 client",
+    )
+    parser.add_argument("--batch-turns", type=int, default=30_000, help="turns sent in the batch phase (0: skip it)")
+    parser.add_argument("--batch-size", type=int, default=1000, help="turns per POST /v1/turns/batch (default 1000)")
+    parser.add_argument("--batch-concurrency", type=int, default=2, help="batches in flight (default 2)")
+    parser.add_argument(
+        "--before-per-s",
+        type=float,
+        help="requests/s of POST /v1/turns at --concurrency in flight measured with the code before issue 16 "
+        "(8d67bc3), back to back with this run: the 2x target is judged against it",
     )
     parser.add_argument("--json", action="store_true", help="print all figures as one JSON object on the last line")
     args = parser.parse_args(argv)
@@ -246,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(drive(base, key, "warm", 200, 4))  # connections, imports, scripts loaded
         results["http_sequential"] = asyncio.run(run(base, key, "seq", args.requests, 1))
         results["http_concurrent"] = asyncio.run(run(base, key, "conc", args.requests, args.concurrency))
+        if args.batch_turns:
+            results["http_batch"] = asyncio.run(
+                drive_batch(base, key, "batch", args.batch_turns, args.batch_size, args.batch_concurrency)
+            )
     finally:
         server.terminate()
         try:
@@ -262,10 +331,19 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name, r in rows:
         print(f"{name:<34}{r['n']:>9,}{r['per_s']:>10,.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}")
+    batch = results.get("http_batch")
+    if batch:
+        print(
+            f"{f'POST /v1/turns/batch ×{args.batch_size}, {args.batch_concurrency} in flight':<34}"
+            f"{batch['n']:>9,}{batch['per_s']:>10,.0f}{batch['p50_ms']:>9.2f}{batch['p99_ms']:>9.2f}"
+            "  (turns; latency per batch)"
+        )
     print(
         f"(uvicorn: 1 process; {args.client} client and server on one {os.cpu_count()}-core host; "
         f"1-min load {load:.2f})"
     )
+    for line in verdicts(results, args.before_per_s, args.concurrency):
+        print(line)
     if args.json:
         print(json.dumps(results))
     return 0

@@ -5,6 +5,7 @@ by a Celery task.  Persistence stays the worker's: a turn handler calls the gate
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -18,6 +19,7 @@ from api_stub.deps import (
     Caller,
     Problem,
     charge_known,
+    get_async_gate,
     get_gate,
     may_charge,
     reservation_wallet,
@@ -46,42 +48,59 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
-def _may_record(who: Caller, turns: list[TurnIn]) -> None:
+async def _may_record(who: Principal, turns: list[TurnIn]) -> None:
+    """Raises the Problem of the first turn, in order, that the caller may not record: 403 for
+    another enterprise (or a key that is not an owner's), 404 for a platform wallet the key may not
+    charge (:func:`deps.may_charge`: as an unknown wallet), 409 for a reservation held for another
+    wallet.  The lookups are made first (the reservations' wallets awaited at once on the asyncio gate; the wallets'
+    payers from memory, or in the thread pool when one needs PostgreSQL), then checked in order."""
+    n = next(
+        (i for i, t in enumerate(turns) if who.role is not ApiRole.owner or t.enterprise_id != who.enterprise_id),
+        len(turns),
+    )
+    ours = turns[:n]  # the turns before the first of another enterprise: the only ones checked further
+    settles = [(t.wallet_id, rid) for t in ours if (rid := t.reservation_id)]
+    owners = await asyncio.gather(*(reservation_wallet(w, rid) for w, rid in settles)) if settles else []
+    if all(charge_known(who, t.wallet_id) for t in ours):
+        charges = [may_charge(who, t.wallet_id) for t in ours]
+    else:
+        charges = await run_in_threadpool(lambda: [may_charge(who, t.wallet_id) for t in ours])
+    held = iter(owners)
     for i, turn in enumerate(turns):
-        field = "enterprise_id" if len(turns) == 1 else f"turns.{i}.enterprise_id"
-        if who.role is not ApiRole.owner or turn.enterprise_id != who.enterprise_id:
+
+        def field(name: str) -> str:
+            return name if len(turns) == 1 else f"turns.{i}.{name}"
+
+        if i == n:
             raise Problem(
                 403,
                 "Forbidden",
                 f"this key may not record turns for enterprise {turn.enterprise_id!r}",
-                [{"field": field, "message": "outside the key's enterprise"}],
+                [{"field": field("enterprise_id"), "message": "outside the key's enterprise"}],
             )
-        if not may_charge(who, turn.wallet_id):  # another creator's platform wallet: as unknown
-            field = "wallet_id" if len(turns) == 1 else f"turns.{i}.wallet_id"
+        if not charges[i]:  # another creator's platform wallet: as unknown
             detail = f"unknown wallet {turn.wallet_id!r} for this enterprise"
-            raise Problem(404, "Unknown wallet", detail, [{"field": field, "message": detail}])
-        if turn.reservation_id and reservation_wallet(turn.wallet_id, turn.reservation_id) not in (
-            None,
-            turn.wallet_id,
-        ):
-            field = "reservation_id" if len(turns) == 1 else f"turns.{i}.reservation_id"
+            raise Problem(404, "Unknown wallet", detail, [{"field": field("wallet_id"), "message": detail}])
+        if turn.reservation_id and next(held) not in (None, turn.wallet_id):
             raise Problem(
                 409,
                 "Reservation of another wallet",
                 f"reservation {turn.reservation_id!r} is not held for wallet {turn.wallet_id!r}",
-                [{"field": field, "message": "held for another wallet"}],
+                [{"field": field("reservation_id"), "message": "held for another wallet"}],
             )
 
 
-def _record(turns: list[TurnIn], who: Principal | None = None, *, pause: bool = True) -> list[Decision]:
+async def _record(turns: list[TurnIn], who: Principal | None = None, *, pause: bool = True) -> list[Decision]:
     """Check the caller may record ``turns`` (when ``who`` is given), then price and record them
-    through the gate; with ``pause``, queue the pause of each denied turn's chat (:func:`_send_pause`).
-    Blocking (Redis; PostgreSQL on a cache miss; the broker): see the endpoints for where it runs."""
+    through the event loop's asyncio gate (:func:`deps.get_async_gate`); with ``pause``, queue the
+    pause of each denied turn's chat in the thread pool (:func:`_send_pause`, a Celery send).
+    Pricing is Python work on the loop (about 10 µs a turn); what may block runs in the thread pool:
+    a first sight of a wallet (PostgreSQL) and the pauses."""
     if who is not None:
-        _may_record(who, turns)
+        await _may_record(who, turns)
     started = time.perf_counter()
     try:
-        decisions = get_gate().record_turns(turns)
+        decisions = await get_async_gate().record_turns(turns)
     except TurnLimitExceeded as exc:  # nothing charged: tokens, quantity or cost above a per-turn limit
         field = exc.field if len(turns) == 1 or exc.index is None else f"turns.{exc.index}.{exc.field}"
         raise Problem(
@@ -94,16 +113,24 @@ def _record(turns: list[TurnIn], who: Principal | None = None, *, pause: bool = 
         detail = f"unknown wallet {exc.wallet_id!r} for this enterprise"
         raise Problem(404, "Unknown wallet", detail, [{"field": "wallet_id", "message": detail}]) from None
     GATE_SECONDS.observe(time.perf_counter() - started)
-    for turn, d in zip(turns, decisions):
+    for d in decisions:
         _OUTCOMES["duplicate" if d.duplicate else "accepted" if d.accepted else "denied"].inc()
-        if pause and _denied(d):
-            _send_pause(turn)
+    denied = [turn for turn, d in zip(turns, decisions) if _denied(d)]
+    if pause and denied:
+        await run_in_threadpool(_send_pauses, denied)
     return decisions
 
 
 def _denied(d: Decision) -> bool:
     """A turn the gate denied now: it never reaches the outbox, so its chat's pause is recorded by a task."""
     return not d.accepted and not d.duplicate
+
+
+def _send_pauses(turns: list[TurnIn]) -> None:
+    """:func:`_send_pause` for each denied turn, in order (run in the thread pool: Redis and Celery
+    are blocking clients)."""
+    for turn in turns:
+        _send_pause(turn)
 
 
 def _send_pause(turn: TurnIn) -> None:
@@ -139,23 +166,15 @@ def _json(model: BaseModel) -> Response:
 async def record_turn(turn: TurnIn, who: Caller) -> Response:
     """Record one turn (owner key of the turn's enterprise).  Idempotent by ``turn_id``.
 
-    When the caller's right to charge the wallet is known in memory (:func:`deps.charge_known`), the
-    gate is called on the event loop: one turn is one loopback Redis round trip (~0.2 ms), which
-    costs less than the hop to the thread pool and back (``benchmarks/RESULTS.md``, HTTP).  What may
-    block longer runs in the thread pool, so a slow PostgreSQL or a broker that hangs never stalls
-    the loop's other requests: a first sight of the wallet (a database read), and queueing the pause
-    of a denied turn's chat (Celery).  A batch (up to 1,000 turns priced in Python) runs there whole."""
-    if who.role is ApiRole.owner and charge_known(who, turn.wallet_id):
-        decision = _record([turn], who, pause=False)[0]
-    else:
-        decision = (await run_in_threadpool(_record, [turn], who, pause=False))[0]
-    if _denied(decision):
-        await run_in_threadpool(_send_pause, turn)
-    return _json(decision)
+    The gate's round trip is awaited on the event loop (asyncio Redis, :func:`deps.get_async_gate`),
+    so a slow Redis never stalls the loop's other requests; a first sight of the wallet (a database
+    read) and the pause of a denied turn's chat (Celery) run in the thread pool
+    (``benchmarks/RESULTS.md``, HTTP)."""
+    return _json((await _record([turn], who))[0])
 
 
 @router.post("/v1/turns/batch", response_model=DecisionsPublic, responses={401: {}, 403: {}, 404: {}, 422: {}})
 async def record_turns(batch: TurnBatch, who: Caller) -> Response:
     """Record up to 1,000 turns in order (owner key); a bad turn rejects the batch and changes nothing."""
-    decisions = await run_in_threadpool(_record, batch.turns, who)
+    decisions = await _record(batch.turns, who)
     return _json(DecisionsPublic.model_construct(data=decisions, count=len(decisions)))

@@ -10,12 +10,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from sqlalchemy import select
 from sqlmodel import col
+from starlette.concurrency import run_in_threadpool
 
 from api_stub.deps import (
     Caller,
     Problem,
     field_problem,
     forbid_unless,
+    get_async_gate,
     get_gate,
     reservation_wallet,
     unknown_wallet,
@@ -32,14 +34,16 @@ from models.wallet import (
     ReleasePublic,
     ReservationCreate,
     ReservationPublic,
+    Wallet,
     WalletPublic,
     WalletTransaction,
     WalletTransactionPublic,
     WalletTransactionsPublic,
 )
+from worker.access.apikeys import Principal
 from worker.billing.modes import ModeError, set_wallet_mode
 from worker.billing.payers import reservations_required
-from worker.chats.lifecycle import resume_paused_chats, wallet_state
+from worker.chats.lifecycle import resume_paused_chats, wallet_state_async
 from worker.chats.wiring import credit_wallet
 from worker.db import session_scope
 from worker.gate.gate import GateConfigError, UnknownWallet
@@ -60,16 +64,23 @@ def _owner_wallet(who, wallet_id: str, action: str) -> None:
         wallet_in_scope(session, who, wallet_id, creator=True)
 
 
-@router.get("/v1/wallets/{wallet_id}", response_model=WalletPublic, responses={401: {}, 403: {}, 404: {}, 422: {}})
-def wallet(wallet_id: WalletId, who: Caller) -> WalletPublic:
-    """A wallet's balances: its app's owner key, its own end-user key, or (a level-1 wallet, which
-    has no app) the owner key issued for it; admins see aggregates only (404 here)."""
+def _wallet_row(who: Principal, wallet_id: str) -> tuple[Wallet, bool]:
+    """The wallet row in the caller's scope (:func:`deps.wallet_in_scope`, creator too) and whether
+    its turns need reservations (PostgreSQL: run in the thread pool)."""
     with session_scope() as session:
         row = wallet_in_scope(session, who, wallet_id, creator=True)
         enterprise = session.get(Enterprise, row.enterprise_id) if row.enterprise_id else None
-        required = reservations_required(row, enterprise)
+        return row, reservations_required(row, enterprise)
+
+
+@router.get("/v1/wallets/{wallet_id}", response_model=WalletPublic, responses={401: {}, 403: {}, 404: {}, 422: {}})
+async def wallet(wallet_id: WalletId, who: Caller) -> WalletPublic:
+    """A wallet's balances: its app's owner key, its own end-user key, or (a level-1 wallet, which
+    has no app) the owner key issued for it; admins see aggregates only (404 here).  The row is read
+    in the thread pool (PostgreSQL), the gate's state awaited on the asyncio gate."""
+    row, required = await run_in_threadpool(_wallet_row, who, wallet_id)
     try:
-        state = wallet_state(get_gate(), wallet_id)
+        state = await wallet_state_async(get_async_gate(), wallet_id)
     except UnknownWallet:
         state = None
     return WalletPublic(
@@ -90,17 +101,18 @@ def wallet(wallet_id: WalletId, who: Caller) -> WalletPublic:
 
 
 @router.post("/v1/wallets/{wallet_id}/reservations", response_model=ReservationPublic, responses=ERRORS | {409: {}})
-def reserve(wallet_id: WalletId, body: ReservationCreate, who: Caller) -> ReservationPublic:
+async def reserve(wallet_id: WalletId, body: ReservationCreate, who: Caller) -> ReservationPublic:
     """Reserve ``amount_nanos`` (≥ 1) of the wallet before an LLM call, or the worst case of a call
     given ``model`` (+ ``service_tier``: priced at that tier), ``prompt_tokens`` and ``max_tokens``
     (owner key of the wallet's app).
 
     Granted only while balance − reserved − amount ≥ 0 (production, limited wallets); settle it with
     ``POST /v1/turns`` carrying ``reservation_id``, give it back with ``DELETE``, or let it expire
-    after ``ttl_s``.  409 when the wallet's mode takes no reservations.
+    after ``ttl_s``.  409 when the wallet's mode takes no reservations.  The scope check runs in the
+    thread pool (PostgreSQL); the reservation is made on the asyncio gate.
     """
-    _owner_wallet(who, wallet_id, "reserve funds")
-    if body.reservation_id and reservation_wallet(wallet_id, body.reservation_id) not in (None, wallet_id):
+    await run_in_threadpool(_owner_wallet, who, wallet_id, "reserve funds")
+    if body.reservation_id and await reservation_wallet(wallet_id, body.reservation_id) not in (None, wallet_id):
         raise field_problem(409, "Reservation in use", "reservation_id", "already held for another wallet")
     if (body.amount_nanos is None) == (body.model is None):
         raise field_problem(
@@ -116,7 +128,7 @@ def reserve(wallet_id: WalletId, body: ReservationCreate, who: Caller) -> Reserv
             422, "Invalid request", "service_tier", "only with model (an amount_nanos reservation is not priced)"
         )
     try:
-        reservation = get_gate().reserve(
+        reservation = await get_async_gate().reserve(
             wallet_id,
             body.amount_nanos,
             ttl_s=body.ttl_s,
@@ -137,22 +149,21 @@ def reserve(wallet_id: WalletId, body: ReservationCreate, who: Caller) -> Reserv
 
 
 @router.delete("/v1/wallets/{wallet_id}/reservations/{reservation_id}", response_model=ReleasePublic, responses=ERRORS)
-def release(
+async def release(
     wallet_id: WalletId, reservation_id: Annotated[str, Path(min_length=1, max_length=200), SAFE_ID], who: Caller
 ) -> ReleasePublic:
     """Give back a reservation not settled by a turn (owner key).  404 naming ``reservation_id`` when the
     wallet holds no such reservation (already settled, released, expired, or another wallet's)."""
-    _owner_wallet(who, wallet_id, "release funds")
-    if reservation_wallet(wallet_id, reservation_id) != wallet_id:
+    await run_in_threadpool(_owner_wallet, who, wallet_id, "release funds")
+    if await reservation_wallet(wallet_id, reservation_id) != wallet_id:
         raise field_problem(
             404,
             "Unknown reservation",
             "reservation_id",
             f"wallet {wallet_id!r} holds no reservation {reservation_id!r}",
         )
-    return ReleasePublic(
-        reservation_id=reservation_id, wallet_id=wallet_id, released_nanos=get_gate().release(wallet_id, reservation_id)
-    )
+    released = await get_async_gate().release(wallet_id, reservation_id)
+    return ReleasePublic(reservation_id=reservation_id, wallet_id=wallet_id, released_nanos=released)
 
 
 @router.get("/v1/wallets/{wallet_id}/ledger", response_model=WalletTransactionsPublic, responses=ERRORS)

@@ -5,6 +5,7 @@ parallel; the decisions, PostgreSQL rows and balances equal a single-node run of
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import random
 import shutil
@@ -15,9 +16,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
+from redis import asyncio as aioredis
 from sqlalchemy import text
 
 from models.turn import TurnIn
+from worker.devtools.redis_cluster import redis_cluster
+from worker.gate.aio import AsyncWalletGate
 from worker.gate.gate import WalletGate
 from worker.gate.keys import outbox_key
 from worker.ledger.accounts import credit_wallet, open_wallet
@@ -30,93 +34,11 @@ SHARDS = 8
 WALLETS = [f"cw{i}" for i in range(6)]
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` free ports whose cluster bus ports (port + 10000) are free too (so both stay < 65536)."""
-    rng = random.Random()
-    ports: list[int] = []
-    while len(ports) < n:
-        port = rng.randrange(20000, 50000)
-        if port not in ports and _free(port) and _free(port + 10000):
-            ports.append(port)
-    return ports
-
-
 @pytest.fixture(scope="module")
 def cluster_url(tmp_path_factory):
     """A 3-master Redis Cluster on loopback, torn down after the module."""
-    root = tmp_path_factory.mktemp("redis-cluster")
-    ports = _free_ports(3)
-    procs = []
-    try:
-        for port in ports:
-            d = root / str(port)
-            d.mkdir()
-            procs.append(
-                subprocess.Popen(
-                    [
-                        "redis-server",
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        str(d),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        for port in ports:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    redis.Redis(host="127.0.0.1", port=port).ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-        subprocess.run(
-            [
-                shutil.which("redis-cli"),
-                "--cluster",
-                "create",
-                *[f"127.0.0.1:{p}" for p in ports],
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        deadline = time.monotonic() + 20
-        while redis.Redis(host="127.0.0.1", port=ports[0]).cluster("info").get("cluster_state") != "ok":
-            assert time.monotonic() < deadline, "the cluster never became ok"
-            time.sleep(0.1)
-        yield f"redis://127.0.0.1:{ports[0]}/0"
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=10)
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as (url, _ports, _procs):
+        yield url
 
 
 def _settings(url: str, cluster: bool):
@@ -289,4 +211,47 @@ def test_a_batch_sent_to_a_node_that_lost_its_slot_is_redirected_not_failed(db, 
     assert {w: gate.balance(w) for w in WALLETS} == {w: 10**12 - billed[w] for w in WALLETS}
     assert sum(cluster.xlen(outbox_key(s)) for s in range(SHARDS)) == 600
     assert all(d.duplicate for d in gate.record_turns(turns[290:310]))  # retries on both sides of the move
+    cluster.close()
+
+
+def test_the_async_gate_on_a_redis_cluster_decides_as_the_blocking_gate(cluster_url):
+    """AsyncWalletGate on redis.asyncio's RedisCluster (the API's gate with TOLLGATE_REDIS_CLUSTER):
+    the same decisions, balances and outbox entries as WalletGate on the same cluster for the same
+    turns, a batch over shards on all three masters and single turns."""
+    cluster = redis.RedisCluster.from_url(cluster_url, decode_responses=True)
+    settings = _settings(cluster_url, True)
+    turns = _turns()
+
+    def load(gate: WalletGate) -> None:
+        cluster.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+        for i, w in enumerate(WALLETS):
+            gate.load_wallet(
+                w, mode="production", limited=True, balance_nanos=(i + 1) * 40_000_000, enterprise_id="acme"
+            )
+
+    def state(gate: WalletGate) -> dict:
+        out = {w: cluster.hgetall(gate.wallet_key(w)) for w in WALLETS}
+        for s in range(SHARDS):
+            out[s] = [fields for _id, fields in cluster.xrange(outbox_key(s))]
+        return out
+
+    blocking = WalletGate(cluster, settings=settings, kicker=lambda shard: None)
+    load(blocking)
+    expected = blocking.record_turns(turns[:-5]) + [blocking.record_turn(t) for t in turns[-5:]]
+    expected_state = state(blocking)
+    assert any(not d.accepted for d in expected)  # the small wallets ran dry
+    assert len({cluster.get_node_from_key(f"tollgate:{{s{s}}}").name for s in range(SHARDS)}) == 3
+
+    load(blocking)
+
+    async def run():
+        gate = AsyncWalletGate(settings=settings, kicker=lambda shard: None)
+        assert isinstance(gate.redis, aioredis.RedisCluster)
+        try:
+            return await gate.record_turns(turns[:-5]) + [await gate.record_turn(t) for t in turns[-5:]]
+        finally:
+            await gate.redis.aclose()
+
+    assert asyncio.run(run()) == expected
+    assert state(blocking) == expected_state
     cluster.close()

@@ -59,6 +59,7 @@ from worker.chats.rollups import UnknownChat, chat_performance, end_chat
 from worker.db import after_commit, session_scope
 from worker.errors import Conflict, NotFound
 from worker.events import Event, SendTask, emit
+from worker.gate.aio import AsyncWalletGate
 from worker.gate.gate import UnknownWallet, WalletGate
 from worker.ledger.turns import transition_position
 from worker.validation import InvalidInput, check_text
@@ -109,13 +110,29 @@ class WalletState:
         return max(0, 1 - self.available_nanos)
 
 
+#: the wallet-hash fields a :class:`WalletState` is read from (one HMGET)
+WALLET_STATE_FIELDS = ("balance", "held", "mode", "blocked", "limited", "trial_left", "trial_then")
+
+
 def wallet_state(gate: WalletGate, wallet_id: str) -> WalletState:
     """Read a wallet's gate state (one HMGET) and decide, by the rules of ``record_turn.lua``,
-    whether its next turn would be accepted.  Raises :class:`~worker.gate.gate.UnknownWallet`;
-    :class:`~worker.errors.InvalidInput` naming ``wallet_id`` (not an id)."""
+    whether its next turn would be accepted (:func:`state_of`).  Raises
+    :class:`~worker.gate.gate.UnknownWallet`; :class:`~worker.errors.InvalidInput` naming
+    ``wallet_id`` (not an id)."""
     check_text(wallet_id, "wallet_id")
-    fields = ("balance", "held", "mode", "blocked", "limited", "trial_left", "trial_then")
-    balance, held, mode, blocked, limited, trial_left, trial_then = gate.redis.hmget(gate.wallet_key(wallet_id), fields)
+    return state_of(wallet_id, gate.redis.hmget(gate.wallet_key(wallet_id), WALLET_STATE_FIELDS))
+
+
+async def wallet_state_async(gate: AsyncWalletGate, wallet_id: str) -> WalletState:
+    """:func:`wallet_state` on the asyncio gate (the API's event loop): the same HMGET, awaited."""
+    check_text(wallet_id, "wallet_id")
+    return state_of(wallet_id, await gate.wallet_fields(wallet_id, WALLET_STATE_FIELDS))
+
+
+def state_of(wallet_id: str, values: Sequence[str | None]) -> WalletState:
+    """A wallet's :data:`WALLET_STATE_FIELDS` as read from the gate, decided by the rules of
+    ``record_turn.lua``.  Raises :class:`~worker.gate.gate.UnknownWallet` (no ``mode``: not in the gate)."""
+    balance, held, mode, blocked, limited, trial_left, trial_then = values
     if mode is None:
         raise UnknownWallet(wallet_id)
     balance_n, held_n, left = int(balance or 0), int(held or 0), int(trial_left or 0)

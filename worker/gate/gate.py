@@ -39,7 +39,7 @@ import re
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Callable, Iterable, Sequence, cast
+from typing import Any, Callable, Iterable, Iterator, Sequence, cast
 
 import redis
 from hiredis import pack_command
@@ -178,11 +178,20 @@ def process_gate() -> "WalletGate":
 os.register_at_fork(after_in_child=process_gate.cache_clear)
 
 
-class WalletGate:
-    """Records turns against wallets in Redis, atomically and idempotently.
+#: ``record_turns``' wallet pre-check: the wallet-hash fields read for each wallet of a batch
+WALLET_CHECK_FIELDS = ("mode", "enterprise", "max_turn_nanos")
+
+
+class GateCore:
+    """What the blocking :class:`WalletGate` and the asyncio :class:`worker.gate.aio.AsyncWalletGate`
+    share, none of it I/O: the key map of the shards, pricing (:meth:`_quotes`), the wallet
+    pre-check on rows already read (:meth:`_check_rows`), each script's KEYS and ARGV
+    (:meth:`_call_specs`, :meth:`_packed_groups`, :meth:`_reserve_call`) and the decoding of its
+    replies (:class:`TurnReplies`, :meth:`_reservation`, :meth:`_translate`).  A subclass owns the
+    Redis client and sends what this builds; a change to a script's keys or arguments is made here
+    once and both gates follow.
 
     Args:
-        client: a redis-py client (``decode_responses=True``); defaults to ``settings.redis_url``.
         settings: defaults to :func:`worker.settings.get_settings`.
         price_book: defaults to genai-prices plus ``settings.price_overrides_path``.
         kicker: called with a shard number when that outbox should be drained now; defaults to
@@ -190,15 +199,9 @@ class WalletGate:
     """
 
     def __init__(
-        self,
-        client: redis.Redis | None = None,
-        *,
-        settings: Settings | None = None,
-        price_book: PriceBook | None = None,
-        kicker: Kicker | None = None,
+        self, *, settings: Settings | None = None, price_book: PriceBook | None = None, kicker: Kicker | None = None
     ) -> None:
         self.settings = settings or get_settings()
-        self.redis = client or redis_client(self.settings)
         self.prices = price_book or PriceBook.from_file(self.settings.price_overrides_path)
         self.kicker = kicker or celery_kicker
         #: per shard: its tag and the keys every turn of it names (outbox, kick flag, reservation expiries)
@@ -206,23 +209,6 @@ class WalletGate:
             (tag, f"{tag}:outbox", f"{tag}:kick", reservation_expiry_key(tag))
             for tag in map(shard_tag, range(self.settings.outbox_shards))
         ]
-        self._record = self.redis.register_script(lua_source("record_turn.lua", "lib_turn.lua"))
-        self._record_many = self.redis.register_script(lua_source("record_turns.lua", "lib_turn.lua"))
-        self._adjust = self.redis.register_script(lua_source("adjust.lua"))
-        self._repair = self.redis.register_script(lua_source("repair_balance.lua"))
-        self._reserve = self.redis.register_script(lua_source("reserve.lua"))
-        self._release = self.redis.register_script(lua_source("release.lua"))
-        self._check_shard_count()
-
-    def _check_shard_count(self) -> None:
-        shards = str(self.settings.outbox_shards)
-        self.redis.set(SHARDS_KEY, shards, nx=True)
-        stored = cast(str | None, self.redis.get(SHARDS_KEY))  # decode_responses=True: str replies
-        if stored != shards:
-            raise GateConfigError(
-                f"TOLLGATE_OUTBOX_SHARDS is {shards} but this Redis holds wallets on {stored} shards; "
-                "moving wallets between shards needs a drained outbox and a rebuild"
-            )
 
     # keys -------------------------------------------------------------------------------------
     def shard(self, wallet_id: str) -> int:
@@ -247,6 +233,320 @@ class WalletGate:
         """``reserve.lua``'s and ``release.lua``'s KEYS: the wallet, the reservation, the shard's expiries."""
         tag = shard_tag(self.shard(wallet_id))
         return [f"{tag}:wallet:{wallet_id}", reservation_key(tag, reservation_id), reservation_expiry_key(tag)]
+
+    def reservation_key(self, wallet_id: str, reservation_id: str) -> str:
+        """Redis key of reservation ``reservation_id``, on ``wallet_id``'s shard (:func:`keys.reservation_key`)."""
+        return reservation_key(shard_tag(self.shard(wallet_id)), reservation_id)
+
+    # turns: pricing, pre-check, calls ---------------------------------------------------------
+    def _quotes(self, turns: Sequence[TurnIn]) -> list[TurnPrice | PriceSheet]:
+        """Every turn priced before anything is sent (an LLM turn: its price sheet resolved and its
+        tokens checked against the model's context window, :meth:`_quote`).  Raises what
+        :meth:`_quote` raises; a ``TurnLimitExceeded`` carries the turn's ``index``."""
+        quotes = []
+        for i, t in enumerate(turns):
+            try:
+                quotes.append(self._quote(t))
+            except TurnLimitExceeded as exc:
+                exc.index = i
+                raise
+        return quotes
+
+    def _check_rows(
+        self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet], rows: dict[str, Sequence]
+    ) -> None:
+        """The wallet pre-check of a batch on the rows read: ``rows[wallet_id]`` is the wallet
+        hash's :data:`WALLET_CHECK_FIELDS` for every wallet of ``turns``, in :func:`wallets_of`'s
+        order.  Every wallet must be in the gate and belong to its turns' app, and (given
+        ``quotes``) no turn may cost more than its wallet's ``max_turn_nanos``, so a batch with a
+        bad turn is refused whole, nothing applied (the script checks the cost again, atomically).
+        A ``quotes`` list has each turn's sheet replaced by its price (priced once: the calls built
+        later take it as it is).
+        Raises UnknownWallet, WrongEnterprise, TurnLimitExceeded (``cost_nanos``, with ``index``)."""
+        enterprises: dict[str, set[str]] = {}
+        for t in turns:
+            enterprises.setdefault(t.wallet_id, set()).add(t.enterprise_id)
+        limits: dict[str, int] = {}
+        for wallet_id, (mode, owner, limit) in rows.items():
+            if mode is None:
+                raise UnknownWallet(wallet_id)
+            if owner is not None and enterprises[wallet_id] != {owner}:
+                raise WrongEnterprise(wallet_id)
+            limits[wallet_id] = int(limit) if limit is not None else DEFAULT_MAX_TURN_COST_NANOS
+        for i, (turn, quote) in enumerate(zip(turns, quotes)):
+            price = _priced(turn, quote)
+            if isinstance(quotes, list):
+                quotes[i] = price
+            if price.cost_nanos > limits[turn.wallet_id]:
+                raise _cost_limit(price.cost_nanos, limits[turn.wallet_id], index=i)
+
+    def _call_specs(
+        self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet], reserve_exact: bool = False
+    ) -> list[tuple[str, list[str], tuple]]:
+        """One turn, or a ``reserve_exact`` batch, as ``(script attribute, KEYS, ARGV)`` calls in the
+        order they are sent: ``record_turn.lua`` per turn (``_record``), with ``reserve_exact`` each
+        turn's exact reservation (``reserve.lua``, ``_reserve``) before it."""
+        calls: list[tuple[str, list[str], tuple]] = []
+        expires_ms = int(time.time() * 1000) + 60_000
+        for turn, quote in zip(turns, quotes):
+            price = _priced(turn, quote)
+            reservation_id = turn.reservation_id
+            if reserve_exact:
+                reservation_id = auto_id = f"auto:{turn.turn_id}"
+                calls.append(
+                    (
+                        "_reserve",
+                        self._reservation_keys(turn.wallet_id, auto_id),
+                        (price.cost_nanos, expires_ms, auto_id, turn.wallet_id),
+                    )
+                )
+            calls.append(
+                (
+                    "_record",
+                    self._turn_keys(turn, reservation_id),
+                    self._record_args(turn, price, reservation_id, reserve_exact),
+                )
+            )
+        return calls
+
+    def _packed_groups(
+        self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet], batches: list[list[int]], sha: str
+    ) -> Iterator[tuple[bytes, int]]:
+        """``record_turns.lua`` (SHA ``sha``) per group of :meth:`_shard_batches`, each EVALSHA built
+        (prices, keys, payloads) and packed by hiredis only when taken, as ``(packed bytes, 1 reply)``."""
+        for batch in batches:
+            keys, args = self._group_call(turns, quotes, batch)
+            yield pack_command(("EVALSHA", sha, len(keys), *keys, *args)), 1
+
+    # reservations: arguments and answers ------------------------------------------------------
+    def _reserve_call(
+        self,
+        wallet_id: str,
+        amount_nanos: int | None,
+        *,
+        ttl_s: int = 300,
+        reservation_id: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        prompt_tokens: int = 0,
+        max_tokens: int | None = None,
+        service_tier: str | None = None,
+    ) -> tuple[list[str], list]:
+        """``reserve.lua``'s KEYS and ARGV ``[amount_nanos, expires_ms, reservation_id, wallet_id]``
+        for :meth:`WalletGate.reserve` (its arguments, checked and priced here; a missing
+        ``reservation_id`` is made up: ``r_<uuid4 hex>``).  Raises what :meth:`WalletGate.reserve`
+        documents, nothing sent."""
+        if (amount_nanos is None) == (model is None):
+            raise InvalidInput("amount_nanos", "give either amount_nanos or model (with prompt_tokens and max_tokens)")
+        if service_tier is not None and model is None:
+            raise InvalidInput("service_tier", "only with model (an amount_nanos reservation is not priced)")
+        if model is not None:
+            if max_tokens is None:
+                raise InvalidInput("max_tokens", "required with model")
+            amount_nanos = self.quote_reservation(model, provider, prompt_tokens, max_tokens, service_tier)
+        if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or not 1 <= amount_nanos <= 2**62:
+            raise ValueError(f"amount_nanos must be an integer of nano-USD in 1..2^62, got {amount_nanos!r}")
+        if not isinstance(ttl_s, int) or not 1 <= ttl_s <= 86_400:
+            raise ValueError(f"ttl_s must be 1..86400 seconds, got {ttl_s!r}")
+        check_text(wallet_id, "wallet_id")  # InvalidInput (a ValueError) naming the field
+        if reservation_id is not None:
+            check_text(reservation_id, "reservation_id")
+        reservation_id = reservation_id or f"r_{uuid.uuid4().hex}"
+        expires_ms = int(time.time() * 1000) + ttl_s * 1000
+        return self._reservation_keys(wallet_id, reservation_id), [amount_nanos, expires_ms, reservation_id, wallet_id]
+
+    @staticmethod
+    def _reservation(reply: Sequence, wallet_id: str, reservation_id: str) -> ReservationPublic:
+        """``reserve.lua``'s reply ``[status, amount, balance, held, duplicate]`` as a
+        :class:`~models.wallet.ReservationPublic` (nanos)."""
+        status, amount, balance, held, duplicate = reply
+        return ReservationPublic(
+            reservation_id=reservation_id,
+            wallet_id=wallet_id,
+            granted=status == "reserved",
+            amount_nanos=int(amount),
+            balance_nanos=int(balance),
+            held_nanos=int(held),
+            duplicate=bool(duplicate),
+        )
+
+    def _quote(self, turn: TurnIn) -> TurnPrice | PriceSheet:
+        """What prices a turn, resolved now so a batch with a turn that cannot be priced is refused
+        before anything is sent: the price sheet of an LLM turn's model (its token arithmetic, which
+        cannot fail, is left to :func:`_priced`), else the priced turn (a meter, or a model priced by
+        genai-prices itself).  Raises worker.pricing.prices.PricingError, worker.pricing.meters.UnknownMeter,
+        worker.pricing.prices.TurnLimitExceeded (tokens above the model's context window, a meter's
+        quantity above its maximum)."""
+        if turn.meter != "llm":
+            return meter_price(turn.meter, turn.quantity)
+        sheet = self.prices.sheet(turn.model, turn.provider, turn.occurred_at, turn.service_tier)
+        sheet.check_window(turn.prompt_tokens, turn.completion_tokens)
+        return sheet if sheet.exotic is None else _priced(turn, sheet)
+
+    def _record_args(
+        self, turn: TurnIn, price: TurnPrice, reservation_id: str | None, reservation_required: bool
+    ) -> tuple:
+        """``record_turn.lua``'s ARGV for one turn (see its header)."""
+        cost, payload, rid, require, enterprise, tokens = _own_args(turn, price, reservation_id, reservation_required)
+        return (
+            cost,
+            payload,
+            self.settings.dedupe_ttl_s,
+            self.settings.kick_interval_ms,
+            rid,
+            require,
+            enterprise,
+            tokens,
+        )
+
+    def _group_call(
+        self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet], batch: list[int]
+    ) -> tuple[list[str], list]:
+        """``record_turns.lua``'s KEYS and ARGV (see its header) for the turns at indexes ``batch``,
+        all of one shard."""
+        tag, outbox, kick, holds = self._shard_keys[self.shard(turns[batch[0]].wallet_id)]
+        keys = [outbox, kick, holds]
+        args: list = [len(batch), self.settings.dedupe_ttl_s, self.settings.kick_interval_ms]
+        for i in batch:
+            turn = turns[i]
+            keys += _own_keys(tag, turn, turn.reservation_id)
+            args += _own_args(turn, _priced(turn, quotes[i]), turn.reservation_id, False)
+        return keys, args
+
+    def _shard_batches(self, turns: Sequence[TurnIn]) -> list[list[int]]:
+        """Indexes of ``turns`` grouped by shard, in order within each, :data:`TURNS_PER_CALL` per group,
+        in the order the groups are sent.  The first group and the last are cut into smaller ones
+        (8, 16, 32, … and … 32, 16, 8): Redis starts on the first few turns while the rest of the
+        group is still being built, and waits less on the last (see :meth:`_record_streamed`)."""
+        by_shard: dict[int, list[int]] = {}
+        for i, turn in enumerate(turns):
+            by_shard.setdefault(self.shard(turn.wallet_id), []).append(i)
+        batches: list[list[int]] = []
+        for indexes in by_shard.values():
+            batches += [indexes[j : j + TURNS_PER_CALL] for j in range(0, len(indexes), TURNS_PER_CALL)]
+        if len(batches) > 1:
+            batches = ramp(batches[0]) + batches[1:-1] + [part[::-1] for part in ramp(batches[-1][::-1])][::-1]
+        return batches
+
+    def quote_reservation(
+        self, model: str, provider: str | None, prompt_tokens: int, max_tokens: int, service_tier: str | None = None
+    ) -> int:
+        """The worst-case cost of an LLM call before it is made, nano-USD (>= 1): every prompt token
+        at the model's input price (no cache discount) and ``max_tokens`` completion tokens at its
+        output price, today's prices (OpenRouter's in-flight budget does the same), at the
+        provider's ``service_tier`` as a turn of that tier is priced (None, ``default``, ``auto``,
+        ``standard``: the standard price; ``priority``, ``flex``, …: genai-prices' price of that tier).
+
+        Raises ValueError naming ``prompt_tokens`` / ``max_tokens`` (integers in 0..10^9) or
+        ``service_tier`` (not 1..32 of ``[a-z0-9_.-]``), worker.pricing.prices.PricingError (unknown model;
+        a tier without a price for the model: the message starts with ``service_tier:``)."""
+        for name, value in (("prompt_tokens", prompt_tokens), ("max_tokens", max_tokens)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10**9:
+                raise ValueError(f"{name} must be an integer of tokens in 0..10^9, got {value!r}")
+        if service_tier is not None and not (isinstance(service_tier, str) and _TIER.fullmatch(service_tier)):
+            raise InvalidInput("service_tier", f"must be 1..32 characters of [a-z0-9_.-], got {service_tier!r}")
+        sheet = self.prices.sheet(model, provider, datetime.now(UTC), service_tier)
+        return max(1, sheet.price(prompt_tokens, max_tokens, 0, 0).cost_nanos)
+
+    @staticmethod
+    def _translate(exc: Exception, wallet_id: str) -> Exception:
+        if "TOLLGATE_UNKNOWN_WALLET" in str(exc):
+            return UnknownWallet(wallet_id)
+        if "TOLLGATE_WRONG_ENTERPRISE" in str(exc):
+            return WrongEnterprise(wallet_id)
+        if "TOLLGATE_TURN_COST_LIMIT" in str(exc):  # "TOLLGATE_TURN_COST_LIMIT <cost> <limit>"
+            cost, limit = str(exc).split("TOLLGATE_TURN_COST_LIMIT", 1)[1].split()[:2]
+            return _cost_limit(int(cost), int(limit))
+        if "TOLLGATE_BAD_MODE" in str(exc):
+            return GateConfigError(f"wallet {wallet_id!r} has a mode the gate does not know; reload it")
+        return exc
+
+
+def wallets_of(turns: Sequence[TurnIn]) -> list[str]:
+    """The distinct wallets of a batch, sorted: the order the pre-check reads them in."""
+    return sorted({t.wallet_id for t in turns})
+
+
+class TurnReplies:
+    """The decoding of a batch's script replies into decisions, shared by both gates: ``decide(i,
+    reply)`` for each turn index ``i`` with its ``record_turn(s).lua`` reply (``[status, balance,
+    action, billed, duplicate, kick, cost]``) or the exception of its call; then the shards to kick
+    (:attr:`kicks`) and :meth:`result`."""
+
+    def __init__(self, gate: GateCore, turns: Sequence[TurnIn]) -> None:
+        self.gate, self.turns = gate, turns
+        self.decisions: list[Decision | None] = [None] * len(turns)
+        self.kicks: set[int] = set()
+        self.errors: list[Exception] = []
+
+    def decide(self, i: int, reply) -> None:
+        """Turn ``i``'s reply: a decision, a shard to kick, or an error (translated, with ``index``)."""
+        turn = self.turns[i]
+        if isinstance(reply, Exception):
+            error = self.gate._translate(reply, turn.wallet_id)
+            if isinstance(error, TurnLimitExceeded):
+                error.index = i
+            self.errors.append(error)
+            return
+        status, balance, action, billed, duplicate, kick, cost = reply
+        if kick:
+            self.kicks.add(self.gate.shard(turn.wallet_id))
+        self.decisions[i] = trusted_decision(  # values come from our own script: no re-validation
+            turn.turn_id,
+            status == "accepted",
+            action,
+            int(balance) if balance != "" else None,
+            int(cost),
+            int(billed),
+            bool(duplicate),
+        )
+
+    def result(self) -> list[Decision]:
+        """Every turn's decision, in order.  Raises the first error when no turn was applied, else
+        :class:`GateBatchError` when some were not."""
+        if self.errors:
+            if all(d is None for d in self.decisions):
+                raise self.errors[0]
+            raise GateBatchError(self.errors[0], self.decisions)
+        return self.decisions  # type: ignore[return-value]  # no None without an error
+
+
+class WalletGate(GateCore):
+    """Records turns against wallets in Redis, atomically and idempotently (blocking redis-py; the
+    asyncio twin is :class:`worker.gate.aio.AsyncWalletGate`, both built on :class:`GateCore`).
+
+    Args:
+        client: a redis-py client (``decode_responses=True``); defaults to ``settings.redis_url``.
+        settings, price_book, kicker: as :class:`GateCore`.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | None = None,
+        *,
+        settings: Settings | None = None,
+        price_book: PriceBook | None = None,
+        kicker: Kicker | None = None,
+    ) -> None:
+        super().__init__(settings=settings, price_book=price_book, kicker=kicker)
+        self.redis = client or redis_client(self.settings)
+        self._record = self.redis.register_script(lua_source("record_turn.lua", "lib_turn.lua"))
+        self._record_many = self.redis.register_script(lua_source("record_turns.lua", "lib_turn.lua"))
+        self._adjust = self.redis.register_script(lua_source("adjust.lua"))
+        self._repair = self.redis.register_script(lua_source("repair_balance.lua"))
+        self._reserve = self.redis.register_script(lua_source("reserve.lua"))
+        self._release = self.redis.register_script(lua_source("release.lua"))
+        self._check_shard_count()
+
+    def _check_shard_count(self) -> None:
+        shards = str(self.settings.outbox_shards)
+        self.redis.set(SHARDS_KEY, shards, nx=True)
+        stored = cast(str | None, self.redis.get(SHARDS_KEY))  # decode_responses=True: str replies
+        if stored != shards:
+            raise GateConfigError(
+                f"TOLLGATE_OUTBOX_SHARDS is {shards} but this Redis holds wallets on {stored} shards; "
+                "moving wallets between shards needs a drained outbox and a rebuild"
+            )
 
     # wallets ----------------------------------------------------------------------------------
     def load_wallet(
@@ -488,126 +788,32 @@ class WalletGate:
         """
         if not turns:
             return []
-        # every turn priced (an LLM turn: its price sheet resolved and its tokens checked against
-        # the model's context window) and every wallet checked before anything is sent; in a batch
-        # the pre-check also does each turn's arithmetic, to hold it to its app's max_turn_cost_nanos
-        quotes = []
-        for i, t in enumerate(turns):
-            try:
-                quotes.append(self._quote(t))
-            except TurnLimitExceeded as exc:
-                exc.index = i
-                raise
+        quotes = self._quotes(turns)
         if len(turns) > 1:  # one turn needs no pre-check: the script refuses an unknown wallet itself
             self._check_wallets(turns, quotes)
-        decisions: list[Decision | None] = [None] * len(turns)
-        kicks: set[int] = set()
-        errors: list[Exception] = []
-
-        def decide(i: int, reply) -> None:
-            turn = turns[i]
-            if isinstance(reply, Exception):
-                error = self._translate(reply, turn.wallet_id)
-                if isinstance(error, TurnLimitExceeded):
-                    error.index = i
-                errors.append(error)
-                return
-            status, balance, action, billed, duplicate, kick, cost = reply
-            if kick:
-                kicks.add(self.shard(turn.wallet_id))
-            decisions[i] = trusted_decision(  # values come from our own script: no re-validation
-                turn.turn_id,
-                status == "accepted",
-                action,
-                int(balance) if balance != "" else None,
-                int(cost),
-                int(billed),
-                bool(duplicate),
-            )
-
+        replies = TurnReplies(self, turns)
         if len(turns) == 1 or reserve_exact:
-            replies = self._record_calls(turns, [_priced(t, q) for t, q in zip(turns, quotes)], reserve_exact)
+            out = self._record_calls(turns, quotes, reserve_exact)
             # with reserve_exact: the record_turn answers (a refused reservation shows as a denial)
-            for i, reply in enumerate(replies[1::2] if reserve_exact else replies):
-                decide(i, reply)
+            for i, reply in enumerate(out[1::2] if reserve_exact else out):
+                replies.decide(i, reply)
         elif isinstance(self.redis, redis.RedisCluster):
-            self._record_batched(turns, quotes, decide)
+            self._record_batched(turns, quotes, replies.decide)
         else:
-            self._record_streamed(turns, quotes, decide)
-        for shard in sorted(kicks):
+            self._record_streamed(turns, quotes, replies.decide)
+        for shard in sorted(replies.kicks):
             self.kicker(shard)
-        if errors:
-            if all(d is None for d in decisions):
-                raise errors[0]
-            raise GateBatchError(errors[0], decisions)
-        return decisions  # type: ignore[return-value]  # no None without an error
+        return replies.result()
 
-    def _quote(self, turn: TurnIn) -> TurnPrice | PriceSheet:
-        """What prices a turn, resolved now so a batch with a turn that cannot be priced is refused
-        before anything is sent: the price sheet of an LLM turn's model (its token arithmetic, which
-        cannot fail, is left to :func:`_priced`), else the priced turn (a meter, or a model priced by
-        genai-prices itself).  Raises worker.pricing.prices.PricingError, worker.pricing.meters.UnknownMeter,
-        worker.pricing.prices.TurnLimitExceeded (tokens above the model's context window, a meter's
-        quantity above its maximum)."""
-        if turn.meter != "llm":
-            return meter_price(turn.meter, turn.quantity)
-        sheet = self.prices.sheet(turn.model, turn.provider, turn.occurred_at, turn.service_tier)
-        sheet.check_window(turn.prompt_tokens, turn.completion_tokens)
-        return sheet if sheet.exotic is None else _priced(turn, sheet)
-
-    def _record_args(
-        self, turn: TurnIn, price: TurnPrice, reservation_id: str | None, reservation_required: bool
-    ) -> tuple:
-        """``record_turn.lua``'s ARGV for one turn (see its header)."""
-        cost, payload, rid, require, enterprise, tokens = _own_args(turn, price, reservation_id, reservation_required)
-        return (
-            cost,
-            payload,
-            self.settings.dedupe_ttl_s,
-            self.settings.kick_interval_ms,
-            rid,
-            require,
-            enterprise,
-            tokens,
-        )
-
-    def _group_call(
-        self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet], batch: list[int]
-    ) -> tuple[list[str], list]:
-        """``record_turns.lua``'s KEYS and ARGV (see its header) for the turns at indexes ``batch``,
-        all of one shard."""
-        tag, outbox, kick, expiries = self._shard_keys[self.shard(turns[batch[0]].wallet_id)]
-        keys = [outbox, kick, expiries]
-        args: list = [len(batch), self.settings.dedupe_ttl_s, self.settings.kick_interval_ms]
-        for i in batch:
-            turn = turns[i]
-            keys += _own_keys(tag, turn, turn.reservation_id)
-            args += _own_args(turn, _priced(turn, quotes[i]), turn.reservation_id, False)
-        return keys, args
-
-    def _record_calls(self, turns: Sequence[TurnIn], prices: Sequence[TurnPrice], reserve_exact: bool) -> list:
-        """One turn, or a ``reserve_exact`` batch: every call built first, then sent (one EVALSHA, or
-        pipelined with each turn's reservation before it).  Returns one reply or exception per call."""
-        calls: list[tuple[redis.commands.core.Script, list[str], tuple]] = []
-        expires_ms = int(time.time() * 1000) + 60_000
-        for turn, price in zip(turns, prices):
-            reservation_id = turn.reservation_id
-            if reserve_exact:
-                reservation_id = f"auto:{turn.turn_id}"
-                calls.append(
-                    (
-                        self._reserve,
-                        self._reservation_keys(turn.wallet_id, reservation_id),
-                        (price.cost_nanos, expires_ms, reservation_id, turn.wallet_id),
-                    )
-                )
-            calls.append(
-                (
-                    self._record,
-                    self._turn_keys(turn, reservation_id),
-                    self._record_args(turn, price, reservation_id, reserve_exact),
-                )
-            )
+    def _record_calls(
+        self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet], reserve_exact: bool
+    ) -> list:
+        """One turn, or a ``reserve_exact`` batch: every call built first (:meth:`_call_specs`), then
+        sent (one EVALSHA, or pipelined with each turn's reservation before it).  Returns one reply
+        or exception per call."""
+        calls = [
+            (getattr(self, name), keys, args) for name, keys, args in self._call_specs(turns, quotes, reserve_exact)
+        ]
         if len(calls) == 1:  # one round trip: EVALSHA (redis-py loads the script on NOSCRIPT)
             script, keys, args = calls[0]
             try:
@@ -615,21 +821,6 @@ class WalletGate:
             except redis.ResponseError as exc:
                 return [exc]
         return self._evalsha_pipelined(calls)
-
-    def _shard_batches(self, turns: Sequence[TurnIn]) -> list[list[int]]:
-        """Indexes of ``turns`` grouped by shard, in order within each, :data:`TURNS_PER_CALL` per group,
-        in the order the groups are sent.  The first group and the last are cut into smaller ones
-        (8, 16, 32, … and … 32, 16, 8): Redis starts on the first few turns while the rest of the
-        group is still being built, and waits less on the last (see :meth:`_record_streamed`)."""
-        by_shard: dict[int, list[int]] = {}
-        for i, turn in enumerate(turns):
-            by_shard.setdefault(self.shard(turn.wallet_id), []).append(i)
-        batches: list[list[int]] = []
-        for indexes in by_shard.values():
-            batches += [indexes[j : j + TURNS_PER_CALL] for j in range(0, len(indexes), TURNS_PER_CALL)]
-        if len(batches) > 1:
-            batches = ramp(batches[0]) + batches[1:-1] + [part[::-1] for part in ramp(batches[-1][::-1])][::-1]
-        return batches
 
     def _record_streamed(
         self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet], decide: Callable[[int, object], None]
@@ -640,16 +831,12 @@ class WalletGate:
         this process work at the same time.  Calls ``decide(i, reply)`` for every turn, in the
         order of the calls (in order within a shard); ``reply`` is the turn's reply or exception."""
         batches = self._shard_batches(turns)
-        sha = self._record_many.sha
-
-        def commands() -> Iterable[tuple[bytes, int]]:
-            for batch in batches:
-                keys, args = self._group_call(turns, quotes, batch)
-                yield pack_command(("EVALSHA", sha, len(keys), *keys, *args)), 1
-
         groups = iter(batches)
         send_packed_retrying(
-            self.redis, commands(), [self._record_many], lambda reply: decide_group(next(groups), reply, decide)
+            self.redis,
+            self._packed_groups(turns, quotes, batches, self._record_many.sha),
+            [self._record_many],
+            lambda reply: decide_group(next(groups), reply, decide),
         )
 
     def _record_batched(
@@ -688,26 +875,6 @@ class WalletGate:
         return replies
 
     # reservations -----------------------------------------------------------------------------
-    def quote_reservation(
-        self, model: str, provider: str | None, prompt_tokens: int, max_tokens: int, service_tier: str | None = None
-    ) -> int:
-        """The worst-case cost of an LLM call before it is made, nano-USD (>= 1): every prompt token
-        at the model's input price (no cache discount) and ``max_tokens`` completion tokens at its
-        output price, today's prices (OpenRouter's in-flight budget does the same), at the
-        provider's ``service_tier`` as a turn of that tier is priced (None, ``default``, ``auto``,
-        ``standard``: the standard price; ``priority``, ``flex``, …: genai-prices' price of that tier).
-
-        Raises ValueError naming ``prompt_tokens`` / ``max_tokens`` (integers in 0..10^9) or
-        ``service_tier`` (not 1..32 of ``[a-z0-9_.-]``), worker.pricing.prices.PricingError (unknown model;
-        a tier without a price for the model: the message starts with ``service_tier:``)."""
-        for name, value in (("prompt_tokens", prompt_tokens), ("max_tokens", max_tokens)):
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10**9:
-                raise ValueError(f"{name} must be an integer of tokens in 0..10^9, got {value!r}")
-        if service_tier is not None and not (isinstance(service_tier, str) and _TIER.fullmatch(service_tier)):
-            raise InvalidInput("service_tier", f"must be 1..32 characters of [a-z0-9_.-], got {service_tier!r}")
-        sheet = self.prices.sheet(model, provider, datetime.now(UTC), service_tier)
-        return max(1, sheet.price(prompt_tokens, max_tokens, 0, 0).cost_nanos)
-
     def reserve(
         self,
         wallet_id: str,
@@ -736,39 +903,22 @@ class WalletGate:
         worker.pricing.prices.PricingError (unknown model; a tier without a price: ``service_tier: …``),
         UnknownWallet.
         """
-        if (amount_nanos is None) == (model is None):
-            raise InvalidInput("amount_nanos", "give either amount_nanos or model (with prompt_tokens and max_tokens)")
-        if service_tier is not None and model is None:
-            raise InvalidInput("service_tier", "only with model (an amount_nanos reservation is not priced)")
-        if model is not None:
-            if max_tokens is None:
-                raise InvalidInput("max_tokens", "required with model")
-            amount_nanos = self.quote_reservation(model, provider, prompt_tokens, max_tokens, service_tier)
-        if not isinstance(amount_nanos, int) or isinstance(amount_nanos, bool) or not 1 <= amount_nanos <= 2**62:
-            raise ValueError(f"amount_nanos must be an integer of nano-USD in 1..2^62, got {amount_nanos!r}")
-        if not isinstance(ttl_s, int) or not 1 <= ttl_s <= 86_400:
-            raise ValueError(f"ttl_s must be 1..86400 seconds, got {ttl_s!r}")
-        check_text(wallet_id, "wallet_id")  # InvalidInput (a ValueError) naming the field
-        if reservation_id is not None:
-            check_text(reservation_id, "reservation_id")
-        reservation_id = reservation_id or f"r_{uuid.uuid4().hex}"
-        expires_ms = int(time.time() * 1000) + ttl_s * 1000
+        keys, args = self._reserve_call(
+            wallet_id,
+            amount_nanos,
+            ttl_s=ttl_s,
+            reservation_id=reservation_id,
+            model=model,
+            provider=provider,
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            service_tier=service_tier,
+        )
         try:
-            status, amount, balance, held, duplicate = self._reserve(
-                keys=self._reservation_keys(wallet_id, reservation_id),
-                args=[amount_nanos, expires_ms, reservation_id, wallet_id],
-            )
+            reply = self._reserve(keys=keys, args=args)
         except redis.ResponseError as exc:
             raise self._translate(exc, wallet_id) from exc
-        return ReservationPublic(
-            reservation_id=reservation_id,
-            wallet_id=wallet_id,
-            granted=status == "reserved",
-            amount_nanos=int(amount),
-            balance_nanos=int(balance),
-            held_nanos=int(held),
-            duplicate=bool(duplicate),
-        )
+        return self._reservation(reply, wallet_id, args[2])
 
     def release(self, wallet_id: str, reservation_id: str) -> int:
         """Give back a reservation not settled by a turn; returns the nanos released (0 if already gone)."""
@@ -797,36 +947,8 @@ class WalletGate:
         (given ``quotes``) no turn costs more than its wallet's ``max_turn_nanos``, so a batch with a
         bad turn is refused whole, nothing applied (the script checks the cost again, atomically).
         Raises UnknownWallet, WrongEnterprise, TurnLimitExceeded (``cost_nanos``, with ``index``)."""
-        enterprises: dict[str, set[str]] = {}
-        for t in turns:
-            enterprises.setdefault(t.wallet_id, set()).add(t.enterprise_id)
-        ids = sorted(enterprises)
+        ids = wallets_of(turns)
         pipe = self.redis.pipeline(transaction=False)
         for wallet_id in ids:
-            pipe.hmget(self.wallet_key(wallet_id), "mode", "enterprise", "max_turn_nanos")
-        limits: dict[str, int] = {}
-        for wallet_id, (mode, owner, limit) in zip(ids, pipe.execute()):
-            if mode is None:
-                raise UnknownWallet(wallet_id)
-            if owner is not None and enterprises[wallet_id] != {owner}:
-                raise WrongEnterprise(wallet_id)
-            limits[wallet_id] = int(limit) if limit is not None else DEFAULT_MAX_TURN_COST_NANOS
-        for i, (turn, quote) in enumerate(zip(turns, quotes)):
-            price = _priced(turn, quote)
-            if isinstance(quotes, list):
-                quotes[i] = price  # priced once: the calls built later take it as it is
-            if price.cost_nanos > limits[turn.wallet_id]:
-                raise _cost_limit(price.cost_nanos, limits[turn.wallet_id], index=i)
-
-    @staticmethod
-    def _translate(exc: Exception, wallet_id: str) -> Exception:
-        if "TOLLGATE_UNKNOWN_WALLET" in str(exc):
-            return UnknownWallet(wallet_id)
-        if "TOLLGATE_WRONG_ENTERPRISE" in str(exc):
-            return WrongEnterprise(wallet_id)
-        if "TOLLGATE_TURN_COST_LIMIT" in str(exc):  # "TOLLGATE_TURN_COST_LIMIT <cost> <limit>"
-            cost, limit = str(exc).split("TOLLGATE_TURN_COST_LIMIT", 1)[1].split()[:2]
-            return _cost_limit(int(cost), int(limit))
-        if "TOLLGATE_BAD_MODE" in str(exc):
-            return GateConfigError(f"wallet {wallet_id!r} has a mode the gate does not know; reload it")
-        return exc
+            pipe.hmget(self.wallet_key(wallet_id), *WALLET_CHECK_FIELDS)
+        self._check_rows(turns, quotes, dict(zip(ids, pipe.execute())))

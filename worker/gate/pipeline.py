@@ -44,6 +44,35 @@ def pipeline_evalsha(
     return send_packed_retrying(client, chunks, scripts)
 
 
+class NoScriptHold:
+    """The replies of a batch sent to a server that may have lost its scripts, passed on in order
+    by ``deliver``: leading NOSCRIPT replies wait until a later reply shows the scripts were there;
+    when every reply is NOSCRIPT (:attr:`none_ran`: the server lost them, so no command ran) they
+    are never delivered and the caller loads the scripts and sends the same commands once more.
+    Shared by the blocking and the asyncio sends (:func:`send_packed_retrying`,
+    :func:`worker.gate.aio.asend_packed_retrying`)."""
+
+    def __init__(self, deliver: Callable[[object], None]) -> None:
+        self.deliver = deliver
+        self.held: list = []  # the NOSCRIPT replies read while no other reply has come yet
+        self.passing = False
+
+    def __call__(self, reply) -> None:
+        if not self.passing:
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                self.held.append(reply)
+                return
+            self.passing = True
+            for r in self.held:
+                self.deliver(r)
+        self.deliver(reply)
+
+    @property
+    def none_ran(self) -> bool:
+        """Every reply so far was NOSCRIPT (and there was at least one)."""
+        return not self.passing and bool(self.held)
+
+
 def send_packed_retrying(
     client: redis.Redis,
     commands: Iterable[tuple[bytes, int]],
@@ -53,26 +82,14 @@ def send_packed_retrying(
     """:func:`send_packed`; when every reply is NOSCRIPT (the server lost ``scripts``, so none
     ran), load them and send the same commands once more.  Returns the final replies in order, or,
     with ``on_reply``, passes each to it as soon as it is known final (leading NOSCRIPT replies
-    wait until a later reply shows the scripts were there) and returns an empty list."""
+    wait until a later reply shows the scripts were there, :class:`NoScriptHold`) and returns an
+    empty list."""
     out: list = []
     deliver = on_reply or out.append
     sent: list[tuple[bytes, int]] = []
-    held: list = []  # the NOSCRIPT replies read while no other reply has come yet
-    passing = False
-
-    def keep(reply) -> None:
-        nonlocal passing
-        if not passing:
-            if isinstance(reply, redis.exceptions.NoScriptError):
-                held.append(reply)
-                return
-            passing = True
-            for r in held:
-                deliver(r)
-        deliver(reply)
-
-    send_packed(client, commands, sent, keep)
-    if not passing and held:  # every reply NOSCRIPT: nothing ran
+    hold = NoScriptHold(deliver)
+    send_packed(client, commands, sent, hold)
+    if hold.none_ran:  # every reply NOSCRIPT: nothing ran
         for script in scripts:
             client.script_load(script.script)
         send_packed(client, sent, None, deliver)

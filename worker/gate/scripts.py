@@ -3,11 +3,13 @@ registered on a client by :class:`worker.gate.gate.WalletGate`."""
 
 from __future__ import annotations
 
+from functools import cache
 from importlib.resources import files
 
 
+@cache
 def lua_source(name: str, *libs: str) -> str:
     """A script from ``worker/gate/lua``, with the shared helpers of ``lib_int.lua`` and then ``libs``
-    prepended."""
+    prepended (read once per process: a gate is made per event loop, see ``worker.gate.aio``)."""
     lua = files("worker.gate").joinpath("lua")
     return "\n".join(lua.joinpath(n).read_text() for n in ("lib_int.lua", *libs, name))
