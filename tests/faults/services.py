@@ -7,7 +7,10 @@ directory, on a port found by binding port 0, and is stopped (its process group 
   everysec`` as in ``docker-compose.yml``); ``kill()`` is SIGKILL, ``restart()`` starts it again on
   the same port and directory (so an AOF is replayed).
 - :class:`PostgresServer`: a cluster made by ``initdb`` in a temp dir owned by the ``postgres`` OS
-  user and run with ``pg_ctl`` as that user (``runuser``; we run as root).  ``restart(mode)``
+  user (``nobody`` where there is none) and run with ``pg_ctl`` as that user (``runuser``; we run as root).
+
+Binaries: the system's (``redis-server``; ``TOLLGATE_PG_BIN`` or ``/usr/lib/postgresql/<n>/bin``), else
+the ``embedded`` extra's Valkey and PostgreSQL (``worker.devtools.services``).  ``restart(mode)``
   is ``pg_ctl restart -m fast|immediate`` (immediate = crash, recovery from WAL).
 """
 
@@ -23,8 +26,21 @@ import tempfile
 import time
 from pathlib import Path
 
-PG_BIN = Path(os.environ.get("TOLLGATE_PG_BIN", "/usr/lib/postgresql/15/bin"))
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+from worker.devtools.services import embedded_pg_bin, pg_bin_dir, redis_binaries
+from worker.errors import Unavailable
+
+try:
+    PG_BIN = pg_bin_dir()
+except Unavailable:  # no PostgreSQL at all: the tests that need one fail naming the path
+    PG_BIN = Path("/usr/lib/postgresql/15/bin")
+try:
+    REDIS_SERVER = redis_binaries()[0]
+except Unavailable:
+    REDIS_SERVER = "/usr/bin/redis-server"
+#: the OS user PostgreSQL runs as (initdb and postgres refuse root)
+PG_USER = "postgres" if any(p.pw_name == "postgres" for p in pwd.getpwall()) else "nobody"
+#: initdb without an installed locale (the embedded binaries' machine may have none)
+PG_LOCALE = ["--locale=C"] if PG_BIN == embedded_pg_bin() else []
 
 
 def free_port() -> int:
@@ -140,7 +156,7 @@ class PostgresServer:
         self.dir = Path(tempfile.mkdtemp(prefix="tollgate-pg-"))
         self.data = self.dir / "data"
         self.log = self.dir / "pg.log"
-        pw = pwd.getpwnam("postgres")
+        pw = pwd.getpwnam(PG_USER)
         os.chown(self.dir, pw.pw_uid, pw.pw_gid)
         self._run(
             PG_BIN / "initdb",
@@ -151,6 +167,7 @@ class PostgresServer:
             "--auth=trust",
             "-E",
             "UTF8",
+            *PG_LOCALE,
             "--no-sync",
             "--no-instructions",
         )
@@ -172,7 +189,7 @@ class PostgresServer:
 
     def _run(self, *cmd, timeout: float = 120) -> subprocess.CompletedProcess:
         proc = subprocess.run(
-            ["runuser", "-u", "postgres", "--", *map(str, cmd)],
+            ["runuser", "-u", PG_USER, "--", *map(str, cmd)],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import multiprocessing
 import random
-import shutil
 import socket
 import subprocess
 import time
@@ -18,6 +17,7 @@ import redis
 from sqlalchemy import text
 
 from models.turn import TurnIn
+from worker.devtools.services import redis_binaries
 from worker.gate.gate import WalletGate
 from worker.gate.keys import outbox_key
 from worker.ledger.accounts import credit_wallet, open_wallet
@@ -63,7 +63,7 @@ def cluster_url(tmp_path_factory):
             procs.append(
                 subprocess.Popen(
                     [
-                        "redis-server",
+                        redis_binaries()[0],
                         "--port",
                         str(port),
                         "--bind",
@@ -95,7 +95,7 @@ def cluster_url(tmp_path_factory):
                     time.sleep(0.05)
         subprocess.run(
             [
-                shutil.which("redis-cli"),
+                redis_binaries()[1],
                 "--cluster",
                 "create",
                 *[f"127.0.0.1:{p}" for p in ports],
