@@ -39,21 +39,25 @@ def allowance_reset(
     ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Grant and expire monthly allowances now (the beat job); running it again changes nothing."""
-    from worker.billing.allowances import run_monthly_reset
+    """Grant and expire monthly allowances and charge track_only apps' flat fees now: the beat job's
+    own code path (tollgate.billing.monthly_reset); running it again changes nothing."""
+    from worker.billing.allowances import run_monthly_jobs
     from worker.chats.lifecycle import resume_paused_chats
     from worker.gate.gate import process_gate
 
-    report = run_monthly_reset(process_gate(), period=period, resume=resume_paused_chats)
+    run = run_monthly_jobs(process_gate(), period=period, resume=resume_paused_chats)
+    report = run.reset
     data = report.as_dict()
     if as_json:
-        sys.stdout.write(json.dumps(data) + "\n")
+        sys.stdout.write(json.dumps(data | {"flat_fees": run.fees.as_dict()}) + "\n")
         return
+    fees = run.fees.as_dict()
     out.print(
         f"period {report.period}: {data['wallets_checked']} wallet(s) checked, "
         f"{len(report.granted)} grant(s) of {nanos_to_usd(data['granted_nanos'])} USD, "
         f"{len(report.expired)} expiry entr{'y' if len(report.expired) == 1 else 'ies'} of "
         f"{nanos_to_usd(data['expired_nanos'])} USD, {len(report.restored)} restore(s) of "
-        f"{nanos_to_usd(data['restored_nanos'])} USD",
+        f"{nanos_to_usd(data['restored_nanos'])} USD, {len(fees['charged'])} flat fee(s) of "
+        f"{nanos_to_usd(fees['charged_nanos'])} USD",
         highlight=False,
     )

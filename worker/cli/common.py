@@ -4,6 +4,8 @@ ids, and the one place a domain error becomes an exit code and a message naming 
 
 from __future__ import annotations
 
+import os
+import sys
 from decimal import Decimal, InvalidOperation
 from importlib.resources import files
 from pathlib import Path
@@ -16,8 +18,20 @@ from worker.errors import TollgateError
 from worker.pricing.prices import PricingError, usd_to_nanos
 from worker.validation import InvalidInput, check_text
 
-err = Console(stderr=True)
-out = Console()
+#: width of output that is not a terminal (a pipe, a file, a test): wide enough that rich never cuts a
+#: table cell or wraps a line; a terminal keeps its own width
+PIPE_WIDTH = 10_000
+
+
+def _console(stream) -> Console:
+    """A rich Console on ``sys.stdout`` / ``sys.stderr`` (looked up when printing): a terminal's width,
+    else :data:`PIPE_WIDTH` (``COLUMNS`` still wins when set)."""
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stream is sys.stderr, width=PIPE_WIDTH if piped else None)
+
+
+err = _console(sys.stderr)
+out = _console(sys.stdout)
 
 
 def fail(message: str) -> None:
