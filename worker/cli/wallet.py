@@ -21,18 +21,33 @@ wallet_app = typer.Typer(help="Wallets: create, credit, show.", no_args_is_help=
 @wallet_app.command("create")
 def wallet_create(
     wallet_id: str,
-    enterprise: str = typer.Option(..., "--enterprise", help="the app (enterprise_id) the wallet belongs to"),
+    enterprise: Optional[str] = typer.Option(
+        None, "--enterprise", help="the app (enterprise_id) the wallet belongs to; none for a platform wallet"
+    ),
     owner: Optional[str] = typer.Option(None, help="payer id (default: the wallet id)"),
-    level: PayerLevel = typer.Option(PayerLevel.app_usage.value, help="platform or app_usage"),
-    mode: BillingMode = typer.Option(BillingMode.production.value, help="production or development"),
+    level: PayerLevel = typer.Option(
+        PayerLevel.app_usage.value, help="app_usage (an app's end user pays) or platform (level 1: an app creator)"
+    ),
+    mode: Optional[BillingMode] = typer.Option(
+        None, help="override the app's mode for this wallet (default: follow the app, now and later)"
+    ),
     unlimited: bool = typer.Option(False, help="never deny turns (tracks spend only)"),
+    as_json: bool = typer.Option(False, "--json", help="print the wallet as one JSON object"),
 ) -> None:
-    """Create a wallet (idempotent) and load it into the gate."""
+    """Create a wallet (idempotent) and load it into the gate.
+
+    An app_usage wallet needs --enterprise; a platform (level-1) wallet, e.g. plat:<creator>, has no
+    app and takes none.  Without --mode the wallet follows its app's mode (`tollgate app mode`)."""
     from worker.gate.gate import process_gate
     from worker.ledger.accounts import open_wallet
 
     checked_id(wallet_id, "WALLET_ID")
-    checked_id(enterprise, "--enterprise")
+    if level is PayerLevel.platform and enterprise is not None:
+        fail("--enterprise: a platform (level 1) wallet belongs to no app; leave --enterprise out")
+    if level is PayerLevel.app_usage and enterprise is None:
+        fail("--enterprise: an app_usage wallet needs its app (or give --level platform)")
+    if enterprise is not None:
+        checked_id(enterprise, "--enterprise")
     w = open_wallet(
         process_gate(),
         wallet_id=wallet_id,
@@ -42,7 +57,25 @@ def wallet_create(
         mode=mode,
         limited=not unlimited,
     )
-    out.print(f"wallet {w.id} ({w.level}, {w.mode}, {'limited' if w.limited else 'unlimited'})")
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "wallet_id": w.id,
+                    "enterprise_id": w.enterprise_id,
+                    "owner_id": w.owner_id,
+                    "level": str(w.level),
+                    "mode": str(w.mode),
+                    "mode_override": w.mode_override,
+                    "limited": w.limited,
+                }
+            )
+        )
+        return
+    follows = "its own mode" if w.mode_override else ("the app's mode" if w.enterprise_id else "the default mode")
+    out.print(
+        f"wallet {w.id} ({w.level}, {w.mode}: {follows}, {'limited' if w.limited else 'unlimited'})", highlight=False
+    )
 
 
 @wallet_app.command("credit")
