@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from worker.cli.common import err, fail, out
+from worker.cli.common import err, fail, out, print_rows
 
 apikey_app = typer.Typer(help="API keys: create (shown once), revoke.", no_args_is_help=True)
 
@@ -72,3 +72,37 @@ def apikey_revoke(
         if not revoke_key(session, prefix):
             fail(f"PREFIX: no active key {prefix!r}")
     out.print(f"key {prefix} revoked", highlight=False)
+
+
+@apikey_app.command("list")
+def apikey_list(
+    enterprise: Optional[str] = typer.Option(None, "--enterprise", help="only this app's keys"),
+    revoked: bool = typer.Option(False, "--revoked", help="also revoked keys"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON list"),
+) -> None:
+    """API keys: prefix (what `revoke` takes), role, app, wallet, name, created, revoked; never the
+    key itself (only its SHA-256 is stored)."""
+    from sqlalchemy import select
+
+    from models.access import ApiKey
+    from worker.db import session_scope
+
+    query = select(ApiKey).order_by(ApiKey.id)
+    if enterprise is not None:
+        query = query.where(ApiKey.enterprise_id == enterprise)
+    if not revoked:
+        query = query.where(ApiKey.revoked_at.is_(None))
+    with session_scope() as session:
+        rows = [
+            {
+                "prefix": k.prefix,
+                "role": k.role,
+                "enterprise_id": k.enterprise_id,
+                "wallet_id": k.wallet_id,
+                "name": k.name,
+                "created_at": k.created_at,
+                "revoked_at": k.revoked_at,
+            }
+            for k in session.execute(query).scalars()
+        ]
+    print_rows(rows, title="api keys", as_json=as_json)

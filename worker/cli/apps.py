@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from worker.cli.common import checked_id, out, parse_nanos
+from worker.cli.common import checked_id, out, parse_nanos, print_rows
 
 app_app = typer.Typer(help="Apps: billing mode, revenue share, trial, flat fee, creator.", no_args_is_help=True)
 
@@ -96,3 +96,40 @@ def app_mode(
     with session_scope() as session:
         changed = set_app_mode(session, process_gate(), enterprise, mode, actor="cli", resume=resume_paused_chats)
     out.print(f"{enterprise}: mode {mode} ({len(changed)} wallet(s) changed)", highlight=False)
+
+
+@app_app.command("list")
+def app_list(as_json: bool = typer.Option(False, "--json", help="print a JSON list")) -> None:
+    """Every app (enterprise) with its billing settings: mode, revenue share (bps), trial allowance
+    (tokens), flat fee and largest turn (nano-USD), creator, reservations, wallets."""
+    from sqlalchemy import func, select
+
+    from models.wallet import Enterprise, Wallet
+    from worker.db import session_scope
+
+    wallets = select(Wallet.enterprise_id, func.count().label("n")).group_by(Wallet.enterprise_id).subquery()
+    with session_scope() as session:
+        found = session.execute(
+            select(Enterprise, func.coalesce(wallets.c.n, 0))
+            .outerjoin(wallets, wallets.c.enterprise_id == Enterprise.id)
+            .order_by(Enterprise.id)
+        ).all()
+        rows = [
+            {
+                "enterprise_id": e.id,
+                "mode": e.default_mode,
+                "creator_share_bps": e.creator_share_bps,
+                "trial_tokens": e.trial_token_allowance,
+                "trial_then": e.trial_then,
+                "flat_fee_nanos": e.flat_fee_nanos,
+                "fee_wallet_id": e.fee_wallet_id,
+                "creator_id": e.creator_id,
+                "max_turn_cost_nanos": e.max_turn_cost_nanos,
+                "reservations_required": e.reservations_required,
+                "usage_schema": e.usage_schema,
+                "wallets": n,
+                "created_at": e.created_at,
+            }
+            for e, n in found
+        ]
+    print_rows(rows, title="apps", as_json=as_json)

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from models.enums import BillingMode, PayerLevel
-from worker.cli.common import checked_id, fail, out, parse_usd
+from worker.cli.common import checked_id, fail, out, parse_usd, print_rows
 from worker.pricing.prices import PricingError, nanos_to_usd, usd_to_nanos
 
 wallet_app = typer.Typer(help="Wallets: create, credit, show.", no_args_is_help=True)
@@ -196,3 +196,40 @@ def wallet_reservations(
     with session_scope() as session:
         effective = set_wallet_reservations(session, process_gate(), wallet_id, choices[setting], actor="cli")
     out.print(f"{wallet_id}: reservations {'required' if effective else 'optional'}", highlight=False)
+
+
+@wallet_app.command("list")
+def wallet_list(
+    enterprise: Optional[str] = typer.Option(None, "--enterprise", help="only this app's wallets"),
+    level: Optional[PayerLevel] = typer.Option(None, "--level", help="only platform or app_usage wallets"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON list"),
+) -> None:
+    """Wallets (PostgreSQL) with their app, level, mode (and whether it is the wallet's own), limit,
+    credits, debits and debt in nano-USD; the gate's live balance is `tollgate wallet show`."""
+    from sqlalchemy import select
+
+    from models.wallet import Wallet
+    from worker.db import session_scope
+
+    query = select(Wallet).order_by(Wallet.enterprise_id.nulls_first(), Wallet.id)
+    if enterprise is not None:
+        query = query.where(Wallet.enterprise_id == checked_id(enterprise, "--enterprise"))
+    if level is not None:
+        query = query.where(Wallet.level == level)
+    with session_scope() as session:
+        rows = [
+            {
+                "wallet_id": w.id,
+                "enterprise_id": w.enterprise_id,
+                "owner_id": w.owner_id,
+                "level": w.level,
+                "mode": w.mode,
+                "mode_override": w.mode_override,
+                "limited": w.limited,
+                "credits_nanos": w.credits_nanos,
+                "debits_nanos": w.debits_nanos,
+                "debt_nanos": w.debt_nanos,
+            }
+            for w in session.execute(query).scalars()
+        ]
+    print_rows(rows, title="wallets", as_json=as_json)
