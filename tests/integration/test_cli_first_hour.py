@@ -85,3 +85,52 @@ def test_an_end_user_key_needs_only_its_wallet_and_revoke_takes_the_printed_pref
         assert conn.execute(text("SELECT count(*) FROM api_key WHERE revoked_at IS NULL")).scalar() == 0
     unknown = run("apikey", "create", "--role", "end_user", "--wallet", "nope")
     assert unknown.exit_code == 2 and "--wallet: no app wallet 'nope'" in unknown.output
+
+
+def test_commands_print_json_with_json_and_lists_show_what_exists(db, gate):
+    """--json prints one JSON document on stdout (drain printed a Python dict before issue 17), and
+    `list` shows apps, wallets and keys."""
+
+    def js(*args: str):
+        done = run(*args, "--json")
+        assert done.exit_code == 0, (args, done.output)
+        return json.loads(done.stdout)
+
+    assert js("db", "upgrade") == {"migrated_to": "head"}
+    assert js("app", "configure", "app-1", "--share-bps", "8000")["creator_share_bps"] == 8000
+    assert js("app", "mode", "app-1", "trial") == {"enterprise_id": "app-1", "mode": "trial", "wallets_changed": 0}
+    assert js("wallet", "create", "u-1", "--enterprise", "app-1")["mode"] == "trial"
+    assert js("wallet", "credit", "u-1", "--usd", "1.5", "--key", "k-1") == {
+        "wallet_id": "u-1",
+        "credited_nanos": 1_500_000_000,
+        "key": "k-1",
+        "balance_nanos": 1_500_000_000,
+    }
+    assert js("wallet", "mode", "u-1", "development") == {
+        "wallet_id": "u-1",
+        "mode": "development",
+        "follows_app": False,
+    }
+    assert js("wallet", "reservations", "u-1", "required")["reservations_required"] is True
+    assert js("allowance", "set", "u-1", "--usd", "2") == {"wallet_id": "u-1", "monthly_allowance_nanos": 2_000_000_000}
+    drained = js("drain")
+    assert isinstance(drained, dict) and all(isinstance(v, int) for v in drained.values())
+    key = js("apikey", "create", "--role", "owner", "--enterprise", "app-1")
+    assert [k["prefix"] for k in js("apikey", "list")] == [key["prefix"]]
+    assert js("apikey", "revoke", key["prefix"]) == {"prefix": key["prefix"], "revoked": True}
+    assert js("apikey", "list") == [] and len(js("apikey", "list", "--revoked")) == 1
+    [app_row] = js("app", "list")
+    assert (app_row["enterprise_id"], app_row["mode"], app_row["creator_share_bps"], app_row["wallets"]) == (
+        "app-1",
+        "trial",
+        8000,
+        1,
+    )
+    [wallet_row] = js("wallet", "list", "--enterprise", "app-1")
+    assert (wallet_row["wallet_id"], wallet_row["mode"], wallet_row["credits_nanos"]) == (
+        "u-1",
+        "development",
+        1_500_000_000,
+    )
+    table = run("wallet", "list")
+    assert table.exit_code == 0 and "u-1" in table.stdout and "1500000000" in table.stdout  # not cut when piped

@@ -21,6 +21,7 @@ allowance_app = typer.Typer(help="Monthly allowances: set the amount, run the re
 def allowance_set(
     wallet_id: str,
     usd: str = typer.Option(..., "--usd", help="allowance granted each UTC month, e.g. 20.00 (0 stops it)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Set a wallet's monthly allowance; the next reset (hourly, or `tollgate allowance reset`) grants it."""
     from worker.billing.allowances import set_allowance
@@ -29,6 +30,9 @@ def allowance_set(
     nanos = parse_nanos(usd, "--usd", allow_zero=True)
     with session_scope() as session:
         set_allowance(session, wallet_id, nanos)
+    if as_json:
+        print(json.dumps({"wallet_id": wallet_id, "monthly_allowance_nanos": nanos}))
+        return
     out.print(f"wallet {wallet_id}: monthly allowance {nanos_to_usd(nanos)} USD ({nanos} nanos)", highlight=False)
 
 

@@ -61,6 +61,7 @@ def key_prefix(key: str) -> str:
 @apikey_app.command("revoke")
 def apikey_revoke(
     prefix: str = typer.Argument(..., help="the key's prefix (tg_<prefix>_…), or the whole key"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Revoke an API key at once."""
     from worker.access.apikeys import revoke_key
@@ -71,6 +72,9 @@ def apikey_revoke(
     with session_scope() as session:
         if not revoke_key(session, prefix):
             fail(f"PREFIX: no active key {prefix!r}")
+    if as_json:
+        print(json.dumps({"prefix": prefix, "revoked": True}))
+        return
     out.print(f"key {prefix} revoked", highlight=False)
 
 

@@ -5,6 +5,8 @@ Commands import their services when they run (function-local imports, on purpose
 
 from __future__ import annotations
 
+import json
+
 import typer
 
 from worker.cli.common import checked_id, out, parse_nanos, print_rows
@@ -29,6 +31,7 @@ def app_configure(
         "--reservations-required/--reservations-optional",
         help="every charged turn needs a live reservation of its wallet",
     ),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Change an app's billing settings (only those given); audit-logged."""
     from worker.billing.modes import configure_app
@@ -55,6 +58,24 @@ def app_configure(
             max_turn_cost_nanos=max_turn,
             reservations_required=reservations,
         )
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "enterprise_id": row.id,
+                    "mode": row.default_mode.value,
+                    "creator_share_bps": row.creator_share_bps,
+                    "trial_tokens": row.trial_token_allowance,
+                    "trial_then": row.trial_then.value,
+                    "flat_fee_nanos": row.flat_fee_nanos,
+                    "fee_wallet_id": row.fee_wallet_id,
+                    "creator_id": row.creator_id,
+                    "max_turn_cost_nanos": row.max_turn_cost_nanos,
+                    "reservations_required": row.reservations_required,
+                }
+            )
+        )
+        return
     out.print(
         f"{row.id}: mode {row.default_mode} · share {row.creator_share_bps} bps · trial "
         f"{row.trial_token_allowance} tokens then {row.trial_then} · flat fee {row.flat_fee_nanos} nanos "
@@ -86,6 +107,7 @@ def app_isolate(
 def app_mode(
     enterprise: str = typer.Argument(..., help="the app (enterprise_id)"),
     mode: str = typer.Argument(..., help="production | development | trial | track_only"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Set an app's default mode; its wallets without their own mode follow (audit-logged)."""
     from worker.billing.modes import set_app_mode
@@ -95,6 +117,9 @@ def app_mode(
 
     with session_scope() as session:
         changed = set_app_mode(session, process_gate(), enterprise, mode, actor="cli", resume=resume_paused_chats)
+    if as_json:
+        print(json.dumps({"enterprise_id": enterprise, "mode": mode, "wallets_changed": len(changed)}))
+        return
     out.print(f"{enterprise}: mode {mode} ({len(changed)} wallet(s) changed)", highlight=False)
 
 

@@ -84,6 +84,7 @@ def wallet_credit(
     usd: str = typer.Option(..., "--usd", help="amount in USD, e.g. 25.00"),
     key: str = typer.Option(..., "--key", help="idempotency key: the same key credits once (e.g. a payment id)"),
     description: str = typer.Option("manual credit", help="ledger description"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Credit a wallet: a ledger entry (once per --key), then the gate's balance."""
     from worker.chats.wiring import credit_wallet
@@ -112,6 +113,9 @@ def wallet_credit(
         fail(f"WALLET_ID: {exc} in the gate; nothing was credited")
     except GatePending as exc:
         fail(str(exc))
+    if as_json:
+        print(json.dumps({"wallet_id": wallet_id, "credited_nanos": nanos, "key": key, "balance_nanos": balance}))
+        return
     out.print(f"wallet {wallet_id}: balance {nanos_to_usd(balance)} USD ({balance} nanos)")
 
 
@@ -161,6 +165,7 @@ def wallet_show(wallet_id: str, as_json: bool = typer.Option(False, "--json")) -
 def wallet_mode(
     wallet_id: str = typer.Argument(..., help="the wallet"),
     mode: str = typer.Argument(..., help="production | development | trial | track_only | inherit"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Override one wallet's mode, or 'inherit' its app's again (audit-logged)."""
     from worker.billing.modes import set_wallet_mode
@@ -177,6 +182,9 @@ def wallet_mode(
             actor="cli",
             resume=resume_paused_chats,
         )
+    if as_json:
+        print(json.dumps({"wallet_id": wallet_id, "mode": str(after), "follows_app": mode == "inherit"}))
+        return
     out.print(f"{wallet_id}: mode {after}", highlight=False)
 
 
@@ -184,6 +192,7 @@ def wallet_mode(
 def wallet_reservations(
     wallet_id: str = typer.Argument(..., help="the wallet"),
     setting: str = typer.Argument(..., help="required | optional | inherit (its app's setting)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Make reservations mandatory or optional for one wallet's charged turns (audit-logged)."""
     from worker.billing.modes import set_wallet_reservations
@@ -195,6 +204,9 @@ def wallet_reservations(
         fail(f"SETTING: {setting!r} is not required, optional or inherit")
     with session_scope() as session:
         effective = set_wallet_reservations(session, process_gate(), wallet_id, choices[setting], actor="cli")
+    if as_json:
+        print(json.dumps({"wallet_id": wallet_id, "reservations_required": bool(effective), "setting": setting}))
+        return
     out.print(f"{wallet_id}: reservations {'required' if effective else 'optional'}", highlight=False)
 
 
