@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -110,8 +110,7 @@ def install_docs(app: FastAPI) -> None:
     Content-Security-Policy (:data:`DOCS_CSP`) keeps them from reaching any other host."""
     app.mount(DOCS_ASSETS_URL, StaticFiles(directory=str(DOCS_ASSETS)), name="docs-assets")
 
-    @app.get("/docs", include_in_schema=False)
-    async def swagger_ui() -> HTMLResponse:
+    async def swagger_ui(request: Request) -> HTMLResponse:
         page = get_swagger_ui_html(
             openapi_url=app.openapi_url,
             title=f"{app.title}: API",
@@ -123,8 +122,7 @@ def install_docs(app: FastAPI) -> None:
         page.headers["Content-Security-Policy"] = DOCS_CSP
         return page
 
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc() -> HTMLResponse:
+    async def redoc(request: Request) -> HTMLResponse:
         page = get_redoc_html(
             openapi_url=app.openapi_url,
             title=f"{app.title}: API",
@@ -134,3 +132,7 @@ def install_docs(app: FastAPI) -> None:
         )
         page.headers["Content-Security-Policy"] = DOCS_CSP
         return page
+
+    # plain Starlette routes, as FastAPI's own /docs and /openapi.json: public, outside the API's routes
+    app.add_route("/docs", swagger_ui, include_in_schema=False)
+    app.add_route("/redoc", redoc, include_in_schema=False)
