@@ -10,6 +10,7 @@ has installed the checkout already) and runs this checkout's code (``PYTHONPATH`
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -201,3 +202,35 @@ def test_a_server_that_answers_is_used_as_it_is(fresh_env):
     finally:
         server.terminate()
         server.wait()
+
+
+def test_services_up_status_down_for_a_long_running_setup(fresh_env):
+    env, pg_port, redis_port = fresh_env
+
+    def tollgate(*args: str):
+        done = subprocess.run(
+            [sys.executable, "-m", "worker.cli", "services", *args, "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads(done.stdout)
+
+    try:
+        started = tollgate("up")
+        assert [s["name"] for s in started] == [f"postgres-{pg_port}", f"valkey-{redis_port}"]
+        # detached: they outlive the command that started them
+        assert answers("127.0.0.1", pg_port) and answers("127.0.0.1", redis_port)
+        status = tollgate("status")
+        assert [(r["kind"], r["answers"], r["embedded_pid"]) for r in status] == [
+            ("postgres", True, started[0]["pid"]),
+            ("redis", True, started[1]["pid"]),
+        ]
+        assert tollgate("up") == []  # they answer: nothing more is started
+    finally:
+        stopped = tollgate("down")
+    assert stopped == [f"postgres-{pg_port}", f"valkey-{redis_port}"]
+    _assert_nothing_left(env, pg_port, redis_port)
+    assert [(r["answers"], r["embedded_pid"]) for r in tollgate("status")] == [(False, None), (False, None)]

@@ -91,6 +91,7 @@ def app_configure(
 def app_isolate(
     enterprise: str = typer.Argument(..., help="the app (enterprise_id)"),
     schema: str = typer.Option(None, "--schema", help="PostgreSQL schema for its usage events (default app_<id>)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Keep an app's usage events in its own PostgreSQL schema, moving the rows it has (audit-logged)."""
     from worker.db import session_scope
@@ -100,6 +101,9 @@ def app_isolate(
     with session_scope() as session:
         used = isolate_app(session, enterprise, schema)
         audit(session, actor="cli", action="app.isolate", enterprise_id=enterprise, schema=used)
+    if as_json:
+        print(json.dumps({"enterprise_id": enterprise, "usage_schema": used}))
+        return
     out.print(f"{enterprise}: usage events in schema {used}", highlight=False)
 
 

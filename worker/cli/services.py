@@ -34,22 +34,34 @@ def _say(line: str) -> None:
 
 
 @services_app.command("up")
-def services_up(include_test: bool = typer.Option(False, "--test", help=_TEST_HELP)) -> None:
+def services_up(
+    include_test: bool = typer.Option(False, "--test", help=_TEST_HELP),
+    as_json: bool = typer.Option(False, "--json", help="print the servers started as a JSON list"),
+) -> None:
     """Start an embedded server wherever a configured loopback URL has nothing answering; they keep
     running (detached) until `tollgate services down`."""
     from worker.devtools.services import up
 
-    started = up(include_test=include_test, log=_say)
+    started = up(include_test=include_test, log=(lambda line: None) if as_json else _say)
+    if as_json:
+        print(json.dumps([{"name": s.name, "address": s.endpoint.address, "pid": s.proc.pid} for s in started]))
+        return
     if not started:
         _say("services: nothing to start")
 
 
 @services_app.command("down")
-def services_down() -> None:
+def services_down(
+    as_json: bool = typer.Option(False, "--json", help="print the names of the servers stopped as a JSON list"),
+) -> None:
     """Stop the embedded servers `tollgate services up` started (their data is kept)."""
     from worker.devtools.services import down
 
-    if not down(log=_say):
+    stopped = down(log=(lambda line: None) if as_json else _say)
+    if as_json:
+        print(json.dumps(stopped))
+        return
+    if not stopped:
         _say("services: no embedded server was running")
 
 
