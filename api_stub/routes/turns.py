@@ -10,7 +10,7 @@ import time
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-from prometheus_client import Counter, Histogram
+from prometheus_client import Histogram
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
@@ -37,8 +37,6 @@ GATE_SECONDS = Histogram(
     "Time to price and record turns through the gate, per request (seconds)",
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
-DECISIONS = Counter("tollgate_decisions", "Gate decisions by outcome", ["outcome"])
-_OUTCOMES = {outcome: DECISIONS.labels(outcome) for outcome in ("accepted", "denied", "duplicate")}
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +90,6 @@ def _record(turns: list[TurnIn], who: Principal | None = None, *, pause: bool = 
         raise Problem(404, "Unknown wallet", detail, [{"field": "wallet_id", "message": detail}]) from None
     GATE_SECONDS.observe(time.perf_counter() - started)
     for turn, d in zip(turns, decisions):
-        _OUTCOMES["duplicate" if d.duplicate else "accepted" if d.accepted else "denied"].inc()
         if pause and _denied(d):
             _send_pause(turn)
     return decisions

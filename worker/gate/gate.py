@@ -66,6 +66,7 @@ from worker.gate.pipeline import (
     send_packed_retrying,
 )
 from worker.gate.scripts import lua_source
+from worker.metrics import decision_counter
 from worker.pricing.meters import meter_price
 from worker.pricing.prices import PriceBook, PriceSheet, TurnLimitExceeded, TurnPrice
 from worker.settings import Settings, get_settings, redis_client
@@ -530,6 +531,7 @@ class WalletGate:
             self._record_streamed(turns, quotes, decide)
         for shard in sorted(kicks):
             self.kicker(shard)
+        decision_counter.add(self.redis, decisions)  # /metrics: every process's decisions
         if errors:
             if all(d is None for d in decisions):
                 raise errors[0]
