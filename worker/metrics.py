@@ -141,10 +141,13 @@ class DecisionCounter:
     shared directory on one host).  Counting is in memory, no round trip per turn: the counts are
     flushed by a timer :data:`DECISION_FLUSH_S` seconds after the first unflushed decision, at exit,
     and by the web process before each scrape; a process killed with SIGKILL loses at most that
-    last second of counts.  A forked child drops what it inherited (its parent flushes that)."""
+    last second of counts.  A forked child drops what it inherited (its parent flushes that).
+    ``TOLLGATE_DECISION_METRICS=0`` turns counting off (the test suite does: its tests compare whole
+    Redis states, which a counter flushed a second later would change)."""
 
     def __init__(self, flush_s: float = DECISION_FLUSH_S) -> None:
         self.flush_s = flush_s
+        self.enabled = os.environ.get("TOLLGATE_DECISION_METRICS", "1") != "0"
         self._lock = threading.Lock()
         self._pending = dict.fromkeys(OUTCOMES, 0)
         self._client: redis.Redis | None = None
@@ -155,6 +158,8 @@ class DecisionCounter:
     def add(self, client: redis.Redis, decisions) -> None:
         """Count ``decisions`` (``models.turn.Decision``; None entries, turns not applied, are
         skipped) made through ``client``'s Redis; never raises."""
+        if not self.enabled:
+            return
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's counts are the parent's to flush
                 self._pid, self._pending, self._timer = os.getpid(), dict.fromkeys(OUTCOMES, 0), None
