@@ -21,9 +21,10 @@ import time
 from functools import lru_cache
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from hiredis import pack_command
 from limits import RateLimitItem, parse_many
 from limits.storage import RedisStorage
@@ -271,7 +272,20 @@ def _authenticate(key: str) -> Principal | None:
         return authenticate(session, key)
 
 
-async def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
+#: the OpenAPI security scheme (/docs' Authorize button); :func:`principal` reads the header itself, so
+#: this never answers on its own (``auto_error=False``)
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiKey",
+    bearerFormat="tg_<prefix>_<secret>",
+    description="An API key from `tollgate apikey create` (owner, end_user or admin).",
+)
+
+
+async def principal(
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+) -> Principal:
     """The caller, from ``Authorization: Bearer <key>`` (the header's value), counted against its
     rate limit.  A key is read from PostgreSQL at most once per ``settings.api_key_cache_ttl_s``
     per process (:data:`worker.access.apikeys.key_cache`); revocation is checked on every request

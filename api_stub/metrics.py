@@ -20,7 +20,7 @@ from worker.db import session_scope
 from worker.gate.keys import outbox_key
 from worker.ledger.deadletter import list_dead_letters, summary
 from worker.ledger.drain import GROUP
-from worker.metrics import drain_counters, outbox_lag_seconds
+from worker.metrics import decision_counter, decision_counts, drain_counters, outbox_lag_seconds
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ class WorkerMetrics:
     def collect(self):
         try:
             client = get_gate().redis
+            decision_counter.flush()  # this process's own decisions, up to now
+            decisions = decision_counts(client)
             counters = drain_counters(client)
             lags = [
                 (str(s), outbox_lag_seconds(client, outbox_key(s), GROUP)) for s in range(get_settings().outbox_shards)
@@ -50,6 +52,12 @@ class WorkerMetrics:
         except (redis.RedisError, SQLAlchemyError):
             log.warning("worker metrics unavailable: Redis or PostgreSQL error", exc_info=True)
             return
+        decided = CounterMetricFamily(
+            "tollgate_decisions", "Gate decisions by outcome, every process (worker.metrics)", labels=["outcome"]
+        )
+        for outcome, n in decisions.items():
+            decided.add_metric([outcome], n)
+        yield decided
         batch = HistogramMetricFamily("tollgate_drain_batch_size", "Outbox entries per persisted drain batch")
         batch.add_metric([], buckets=counters["buckets"], sum_value=counters["batch_size_sum"])
         yield batch

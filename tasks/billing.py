@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from worker.billing.allowances import run_monthly_reset
+from worker.billing.allowances import run_monthly_jobs
 from worker.billing.budgets import check_budgets as check_budgets_service
-from worker.billing.modes import charge_flat_fees
 from worker.celery_app import (
     CHECK_BUDGETS_TASK,
     DELIVER_WEBHOOK_TASK,
@@ -45,18 +44,11 @@ def check_budgets() -> dict[str, Any]:
 
 @app.task(name=MONTHLY_RESET_TASK)
 def monthly_reset(period: str | None = None) -> dict[str, Any]:
-    """Grant and expire monthly allowances up to ``period`` ('YYYY-MM'; default: the current one).
-    Beat runs it hourly; a run that finds nothing to do writes nothing.  Returns counts, nano-USD."""
-    report = run_monthly_reset(process_gate(), period=period, resume=resume_paused_chats).as_dict()
-    with session_scope() as session:
-        fees = charge_flat_fees(session, process_gate(), period=period).as_dict()
-    return {k: v for k, v in report.items() if k not in ("granted", "expired", "restored")} | {
-        "granted": len(report["granted"]),
-        "expired": len(report["expired"]),
-        "restored": len(report["restored"]),
-        "flat_fees": len(fees["charged"]),
-        "flat_fees_nanos": fees["charged_nanos"],
-    }
+    """Grant and expire monthly allowances up to ``period`` ('YYYY-MM'; default: the current one) and
+    charge the flat fees of track_only apps (:func:`worker.billing.allowances.run_monthly_jobs`, the
+    code path of ``tollgate allowance reset`` too).  Beat runs it hourly; a run that finds nothing to
+    do writes nothing.  Returns counts, nano-USD (:meth:`MonthlyRun.summary`)."""
+    return run_monthly_jobs(process_gate(), period=period, resume=resume_paused_chats).summary()
 
 
 @app.task(name=RESUME_PAUSED_TASK)

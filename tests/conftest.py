@@ -24,6 +24,9 @@ os.environ["TOLLGATE_DATABASE_URL"] = TEST_DB_URL
 os.environ["TOLLGATE_REDIS_URL"] = TEST_REDIS_URL
 os.environ["TOLLGATE_BROKER_URL"] = TEST_REDIS_URL
 os.environ.pop("TOLLGATE_PRICE_OVERRIDES_PATH", None)
+# gate decisions are counted in Redis a second after they are made (worker.metrics.DecisionCounter):
+# off, since tests compare whole Redis states; tests/integration/test_metrics_processes.py turns it on
+os.environ["TOLLGATE_DECISION_METRICS"] = "0"
 # tests record turns on fixed calendar dates, some months or years ahead (partitions, rollups);
 # the tests of the occurred_at window set the production default (one day) themselves
 os.environ["TOLLGATE_OCCURRED_AT_MAX_AHEAD_S"] = str(10 * 366 * 86_400)

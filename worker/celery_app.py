@@ -15,8 +15,9 @@ imports them; nothing in ``worker/`` imports ``tasks/`` code.
 from __future__ import annotations
 
 import logging
+import os
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
 from celery.schedules import crontab
 
 from worker.gate.keys import REDBEAT_PREFIX
@@ -160,3 +161,37 @@ def make_app() -> Celery[TollgateTask]:
 
 
 app = make_app()
+
+
+#: tasks beat sends every few seconds: their routine INFO lines (received, succeeded, sent by beat)
+#: are dropped, so an idle worker or beat logs nothing each second; failures and retries are
+#: WARNING/ERROR and stay.  ``TOLLGATE_LOG_EVERY_TASK=1`` keeps every line.
+QUIET_TASKS = frozenset({DRAIN_OUTBOX_TASK, EXPIRE_RESERVATIONS_TASK, RESUME_PAUSED_TASK})
+#: the loggers of those routine lines: a task received (worker), succeeded (trace), sent (beat)
+_ROUTINE_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "celery.beat")
+
+
+class QuietRoutineTasks(logging.Filter):
+    """Drops INFO (and lower) records of :data:`_ROUTINE_LOGGERS` that name a task of
+    :data:`QUIET_TASKS`; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO or record.name not in _ROUTINE_LOGGERS:
+            return True
+        args = record.args
+        names = [args.get("name")] if isinstance(args, dict) else list(args or ())
+        return not any(isinstance(n, str) and n in QUIET_TASKS for n in names)
+
+
+def quiet_routine_tasks(**_: object) -> None:
+    """Install :class:`QuietRoutineTasks` on the routine loggers (Celery's ``after_setup_logger``
+    signal, so the worker and beat get it whatever their ``--loglevel``)."""
+    if os.environ.get("TOLLGATE_LOG_EVERY_TASK") == "1":
+        return
+    for name in _ROUTINE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, QuietRoutineTasks) for f in logger.filters):
+            logger.addFilter(QuietRoutineTasks())
+
+
+signals.after_setup_logger.connect(quiet_routine_tasks, weak=False)

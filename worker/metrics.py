@@ -24,13 +24,16 @@ themselves at scrape time (:func:`outbox_lag_seconds`).
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import threading
 import time
 from typing import Any
 
 import redis
 
-from worker.gate.keys import DRAIN_METRICS_KEY
+from worker.gate.keys import DECISION_METRICS_KEY, DRAIN_METRICS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +124,82 @@ def outbox_lag_seconds(client: redis.Redis, stream: str, group: str, *, now_ms: 
     if isinstance(oldest, bytes):
         oldest = oldest.decode()
     return max(0.0, (now_ms - int(oldest.split("-", 1)[0])) / 1000.0)
+
+
+# gate decisions ---------------------------------------------------------------------------------
+#: seconds a process keeps decisions before adding them to Redis (a scrape of the web process
+#: flushes its own first; other processes' decisions show within this delay)
+DECISION_FLUSH_S = 1.0
+OUTCOMES = ("accepted", "denied", "duplicate")
+
+
+class DecisionCounter:
+    """Gate decisions by outcome, counted in the process that made them (the web API, Celery's
+    ``record_turn`` task, replays, in-process clients) and added to one Redis hash,
+    ``tollgate:metrics:decisions`` (``HINCRBY``, fields :data:`OUTCOMES`), which ``/metrics`` reads:
+    the same reason as the drain counters above (prometheus-client's multiprocess mode needs one
+    shared directory on one host).  Counting is in memory, no round trip per turn: the counts are
+    flushed by a timer :data:`DECISION_FLUSH_S` seconds after the first unflushed decision, at exit,
+    and by the web process before each scrape; a process killed with SIGKILL loses at most that
+    last second of counts.  A forked child drops what it inherited (its parent flushes that).
+    ``TOLLGATE_DECISION_METRICS=0`` turns counting off (the test suite does: its tests compare whole
+    Redis states, which a counter flushed a second later would change)."""
+
+    def __init__(self, flush_s: float = DECISION_FLUSH_S) -> None:
+        self.flush_s = flush_s
+        self.enabled = os.environ.get("TOLLGATE_DECISION_METRICS", "1") != "0"
+        self._lock = threading.Lock()
+        self._pending = dict.fromkeys(OUTCOMES, 0)
+        self._client: redis.Redis | redis.RedisCluster | None = None
+        self._timer: threading.Timer | None = None
+        self._pid = os.getpid()
+        atexit.register(self.flush)
+
+    def add(self, client: redis.Redis | redis.RedisCluster, decisions) -> None:
+        """Count ``decisions`` (``models.turn.Decision``; None entries, turns not applied, are
+        skipped) made through ``client``'s Redis; never raises."""
+        if not self.enabled:
+            return
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's counts are the parent's to flush
+                self._pid, self._pending, self._timer = os.getpid(), dict.fromkeys(OUTCOMES, 0), None
+            for d in decisions:
+                if d is not None:
+                    self._pending["duplicate" if d.duplicate else "accepted" if d.accepted else "denied"] += 1
+            self._client = client
+            if self._timer is None:
+                self._timer = threading.Timer(self.flush_s, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def flush(self) -> None:
+        """Add the pending counts to Redis now (one pipelined round trip); on a Redis error they
+        are kept for the next flush (logged).  Never raises."""
+        with self._lock:
+            if self._pid != os.getpid():
+                return
+            pending, client = self._pending, self._client
+            self._pending, self._timer = dict.fromkeys(OUTCOMES, 0), None
+        if client is None or not any(pending.values()):
+            return
+        try:
+            pipe = client.pipeline(transaction=False)
+            for outcome, n in pending.items():
+                if n:
+                    pipe.hincrby(DECISION_METRICS_KEY, outcome, n)
+            pipe.execute()
+        except redis.RedisError:
+            log.warning("decision metrics not recorded (kept for the next flush)", exc_info=True)
+            with self._lock:
+                for outcome, n in pending.items():
+                    self._pending[outcome] += n
+
+
+#: this process's counter (the gate adds to it, ``/metrics`` flushes it)
+decision_counter = DecisionCounter()
+
+
+def decision_counts(client: redis.Redis) -> dict[str, int]:
+    """Every process's gate decisions so far: ``{outcome: count}`` for each of :data:`OUTCOMES`."""
+    raw = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in client.hgetall(DECISION_METRICS_KEY).items()}
+    return {outcome: raw.get(outcome, 0) for outcome in OUTCOMES}

@@ -11,7 +11,7 @@ import time
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-from prometheus_client import Counter, Histogram
+from prometheus_client import Histogram
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
@@ -39,8 +39,6 @@ GATE_SECONDS = Histogram(
     "Time to price and record turns through the gate, per request (seconds)",
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
-DECISIONS = Counter("tollgate_decisions", "Gate decisions by outcome", ["outcome"])
-_OUTCOMES = {outcome: DECISIONS.labels(outcome) for outcome in ("accepted", "denied", "duplicate")}
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +111,6 @@ async def _record(turns: list[TurnIn], who: Principal | None = None, *, pause: b
         detail = f"unknown wallet {exc.wallet_id!r} for this enterprise"
         raise Problem(404, "Unknown wallet", detail, [{"field": "wallet_id", "message": detail}]) from None
     GATE_SECONDS.observe(time.perf_counter() - started)
-    for d in decisions:
-        _OUTCOMES["duplicate" if d.duplicate else "accepted" if d.accepted else "denied"].inc()
     denied = [turn for turn, d in zip(turns, decisions) if _denied(d)]
     if pause and denied:
         await run_in_threadpool(_send_pauses, denied)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from worker.devtools.services import free_port  # reads no settings
+from worker.devtools.throwaway import free_port  # reads no settings
 
 REDIS_PORT, PG_PORT = free_port(), free_port()
 os.environ["TOLLGATE_REDIS_URL"] = os.environ["TOLLGATE_BROKER_URL"] = f"redis://127.0.0.1:{REDIS_PORT}/0"

@@ -1,10 +1,10 @@
 """The soak's own services and processes: PostgreSQL and Redis on free ports, the Procfile's worker
 and beat, the faults, and the one clean-up that stops them all.
 
-- PostgreSQL: :class:`worker.devtools.services.PostgresServer` with durable settings (fsync on;
+- PostgreSQL: :class:`worker.devtools.throwaway.PostgresServer` with durable settings (fsync on;
   ``pg_durable=False``: fsync off, to tell disk latency apart), its ``tollgate`` database migrated
   with Alembic.
-- Redis: :class:`worker.devtools.services.RedisServer` with ``appendonly yes``, ``appendfsync everysec``.
+- Redis: :class:`worker.devtools.throwaway.RedisServer` with ``appendonly yes``, ``appendfsync everysec``.
 - ``worker`` and ``beat``: the command lines of the repository's ``Procfile`` (``${VAR:-default}``
   expanded from the environment, ``celery`` run as ``<this python> -m celery``), each in its own
   process group, logging to the run directory.  A supervisor thread starts the worker again when it
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import redis
 
-from worker.devtools.services import PostgresServer, RedisServer
+from worker.devtools.throwaway import PostgresServer, RedisServer
 from worker.devtools.workers import kill_process_group, stop_process_group
 
 REPO = Path(__file__).resolve().parents[2]

@@ -27,7 +27,7 @@ import redis
 from sqlalchemy import text
 
 from tests.conftest import REPO, TABLES, seed_wallet
-from worker.devtools.services import PostgresServer, RedisServer
+from worker.devtools.throwaway import PostgresServer, RedisServer
 
 T0 = datetime(2026, 11, 2, 8, tzinfo=UTC)
 ENTERPRISE = "fault-app"

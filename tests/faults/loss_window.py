@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     from tests.faults.conftest import fault_services
-    from worker.devtools.services import PostgresServer, RedisServer
+    from worker.devtools.throwaway import PostgresServer, RedisServer
     from worker.ledger.migrate import recreate_database
 
     parser = argparse.ArgumentParser(prog="python -m tests.faults.loss_window")

@@ -190,7 +190,7 @@ def own_beat(tmp_path):
     import redis
 
     from tests.conftest import REPO
-    from worker.devtools.services import RedisServer
+    from worker.devtools.throwaway import RedisServer
     from worker.devtools.workers import stop_process_group
 
     server = RedisServer(aof=False)

@@ -37,8 +37,9 @@ def keys(http_api, gate, settings, monkeypatch):
 def test_the_spec_holds_and_nothing_is_a_server_error(case, keys):
     statuses = []
     for key in keys:
-        response = case.call_and_validate(
-            headers={"Authorization": f"Bearer {key}"}, checks=[not_a_server_error, response_schema_conformance]
-        )
+        # the spec's bearer scheme makes schemathesis generate an Authorization of its own: replace it
+        headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
+        case.headers = headers | {"Authorization": f"Bearer {key}"}
+        response = case.call_and_validate(checks=[not_a_server_error, response_schema_conformance])
         statuses.append(response.status_code)
     assert 401 not in statuses  # the keys are valid: every request got past authentication

@@ -272,6 +272,35 @@ def test_track_only_is_never_blocked_and_pays_a_flat_fee_once_a_month(db, gate, 
             charge_flat_fees(s, gate, period="2026-13")
 
 
+def test_allowance_reset_and_the_beat_task_charge_the_flat_fee_on_one_code_path(db, gate):
+    """`tollgate allowance reset` is documented as what beat does: it charges track_only apps' flat fee
+    too (issue 17), once per period whichever of the two runs first."""
+    from typer.testing import CliRunner
+
+    from tasks.billing import monthly_reset
+    from worker.cli import app
+
+    _app("selfhost", default_mode="track_only")
+    open_wallet(
+        gate, wallet_id="fees", enterprise_id=None, owner_id="creator-9", level=PayerLevel.platform, mode="production"
+    )
+    credit_wallet(gate, wallet_id="fees", amount_nanos=500_000_000, idempotency_key="seed")
+    with session_scope() as s:  # the entry point's transaction
+        configure_app(s, gate, "selfhost", flat_fee_nanos=490_000_000, fee_wallet_id="fees")
+    done = CliRunner().invoke(app, ["allowance", "reset", "--period", "2026-11", "--json"])
+    assert done.exit_code == 0, done.output
+    data = json.loads(done.stdout.splitlines()[-1])
+    assert data["flat_fees"]["charged"] == [["selfhost", "fees", 490_000_000]]
+    assert data["flat_fees"]["charged_nanos"] == 490_000_000
+    assert gate.balance("fees") == 10_000_000
+    again = monthly_reset.apply(kwargs={"period": "2026-11"}).result
+    assert (again["flat_fees"], again["flat_fees_nanos"]) == (0, 0)
+    with session_scope() as s:
+        assert ledger_balance(s, "fees") == 10_000_000
+    done = CliRunner().invoke(app, ["allowance", "reset", "--period", "2026-11"])
+    assert done.exit_code == 0 and "0 flat fee(s) of 0.000000000 USD" in done.stdout, done.output
+
+
 def test_a_mode_change_never_loses_or_rebills_a_turn(db, gate, redis_client, settings):
     _app("acme")
     open_wallet(gate, wallet_id="m-1", enterprise_id="acme", owner_id="u1")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import random
-import shutil
 import socket
 import subprocess
 import time

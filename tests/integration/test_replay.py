@@ -285,6 +285,9 @@ def test_malformed_trace_is_refused_with_row_and_field_and_records_nothing(
         (["--format", "parquet"], "--format"),
         (["--wallet-usd", "-3"], "--wallet-usd"),
         (["--wallet-usd", "ten"], "--wallet-usd"),
+        (["--chats", "0"], "--chats: 0 is not between 1 and 1,000,000"),
+        (["--agents", "-2"], "--agents: -2 is not between 1 and 1,000,000"),
+        (["--enterprise", "my app"], "--enterprise"),
     ],
 )
 def test_bad_options_are_refused_and_record_nothing(cli, db, redis_client, args, needle):
@@ -295,3 +298,40 @@ def test_bad_options_are_refused_and_record_nothing(cli, db, redis_client, args,
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr
     _nothing_recorded(db, redis_client)
+
+
+def test_replay_fills_a_real_app_spread_over_chats_and_agents(cli, db):
+    """`--enterprise APP --chats N --agents M` (issue 17): the sample's 2,000 rows land in APP, row i
+    in chat i mod N and agent i mod M, with the same totals as computed from the file."""
+    expected = _azure_expected(CONV_SAMPLE)
+    report = _report(
+        cli(
+            "replay", str(CONV_SAMPLE), "--format", "azure", "--run-id", "spread", "--enterprise", "app-9",
+            "--chats", "7", "--agents", "3", "--json",
+        )
+    )  # fmt: skip
+    assert (report["turns_read"], report["turns_persisted"], report["cost_nanos"]) == (
+        2000,
+        2000,
+        expected["cost_nanos"],
+    )
+    with db.connect() as conn:
+        chats = conn.execute(
+            text(
+                "SELECT chat_id, turns FROM chat_session WHERE enterprise_id = 'app-9' AND wallet_id = 'replay-spread' "
+                "ORDER BY chat_id"
+            )
+        ).all()
+        agents = conn.execute(
+            text(
+                "SELECT agent, count(*), sum(prompt_tokens) FROM usage_event WHERE enterprise_id = 'app-9' "
+                "GROUP BY agent ORDER BY agent"
+            )
+        ).all()
+        wallet = conn.execute(text("SELECT enterprise_id FROM wallet WHERE id = 'replay-spread'")).scalar_one()
+    assert wallet == "app-9"
+    assert chats == [(f"replay-spread-{k}", len(range(k, 2000, 7))) for k in range(7)]
+    assert [(a, n) for a, n, _ in agents] == [(f"azure-trace-{j}", len(range(j, 2000, 3))) for j in range(3)]
+    assert sum(int(p) for _, _, p in agents) == expected["prompt"]
+    again = cli("replay", str(CONV_SAMPLE), "--format", "azure", "--run-id", "spread", "--no-worker", "--json")
+    assert again.returncode == 2 and "replayed before in app 'app-9'" in again.stderr

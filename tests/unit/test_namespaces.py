@@ -42,7 +42,7 @@ def test_flushall_of_the_shared_server_is_refused_and_changes_nothing(redis_clie
 def test_flushall_of_a_server_the_test_started_is_allowed():
     import redis
 
-    from worker.devtools.services import RedisServer
+    from worker.devtools.throwaway import RedisServer
 
     server = RedisServer(aof=False)
     try:

@@ -68,7 +68,7 @@ from sqlmodel import Session
 from models.enums import TransactionKind
 from models.turn import UsageEvent
 from models.wallet import Wallet, WalletTransaction
-from worker.billing.modes import ResumeChats
+from worker.billing.modes import FeeReport, ResumeChats, charge_flat_fees
 from worker.db import after_commit, session_scope
 from worker.errors import InputError
 from worker.gate.gate import UnknownWallet, WalletGate, process_gate
@@ -450,3 +450,41 @@ def run_monthly_reset(
             else:
                 (report.granted if e.kind == TransactionKind.credit else report.expired).append(e)
     return report
+
+
+@dataclass(slots=True)
+class MonthlyRun:
+    """One run of the monthly job (:func:`run_monthly_jobs`): the allowance reset and the flat fees
+    of ``track_only`` apps for the same period."""
+
+    reset: ResetReport
+    fees: FeeReport
+
+    def summary(self) -> dict[str, Any]:
+        """The job's result as beat's task returns it and ``tollgate allowance reset --json`` prints it:
+        the reset's figures with its entries counted (``granted``, ``expired``, ``restored``: numbers
+        of entries; ``*_nanos``: nano-USD), ``flat_fees`` (apps charged) and ``flat_fees_nanos``."""
+        report = self.reset.as_dict()
+        fees = self.fees.as_dict()
+        return {k: v for k, v in report.items() if k not in ("granted", "expired", "restored")} | {
+            "granted": len(report["granted"]),
+            "expired": len(report["expired"]),
+            "restored": len(report["restored"]),
+            "flat_fees": len(fees["charged"]),
+            "flat_fees_nanos": fees["charged_nanos"],
+        }
+
+
+def run_monthly_jobs(
+    gate: WalletGate | None = None, *, period: str | None = None, resume: ResumeChats | None = None
+) -> MonthlyRun:
+    """The hourly monthly job, one code path for beat (``tollgate.billing.monthly_reset``) and
+    ``tollgate allowance reset``: :func:`run_monthly_reset` (grants, expiries, restores; one
+    transaction per wallet), then :func:`worker.billing.modes.charge_flat_fees` for the same
+    ``period`` in one transaction (default: the current UTC month).  Idempotent per period.
+    Raises AllowanceError / ModeError naming ``period`` when it is malformed (or in the future)."""
+    gate = gate or process_gate()
+    reset = run_monthly_reset(gate, period=period, resume=resume)
+    with session_scope() as session:
+        fees = charge_flat_fees(session, gate, period=reset.period)
+    return MonthlyRun(reset, fees)

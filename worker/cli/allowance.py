@@ -21,6 +21,7 @@ allowance_app = typer.Typer(help="Monthly allowances: set the amount, run the re
 def allowance_set(
     wallet_id: str,
     usd: str = typer.Option(..., "--usd", help="allowance granted each UTC month, e.g. 20.00 (0 stops it)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Set a wallet's monthly allowance; the next reset (hourly, or `tollgate allowance reset`) grants it."""
     from worker.billing.allowances import set_allowance
@@ -29,6 +30,9 @@ def allowance_set(
     nanos = parse_nanos(usd, "--usd", allow_zero=True)
     with session_scope() as session:
         set_allowance(session, wallet_id, nanos)
+    if as_json:
+        print(json.dumps({"wallet_id": wallet_id, "monthly_allowance_nanos": nanos}))
+        return
     out.print(f"wallet {wallet_id}: monthly allowance {nanos_to_usd(nanos)} USD ({nanos} nanos)", highlight=False)
 
 
@@ -39,21 +43,25 @@ def allowance_reset(
     ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Grant and expire monthly allowances now (the beat job); running it again changes nothing."""
-    from worker.billing.allowances import run_monthly_reset
+    """Grant and expire monthly allowances and charge track_only apps' flat fees now: the beat job's
+    own code path (tollgate.billing.monthly_reset); running it again changes nothing."""
+    from worker.billing.allowances import run_monthly_jobs
     from worker.chats.lifecycle import resume_paused_chats
     from worker.gate.gate import process_gate
 
-    report = run_monthly_reset(process_gate(), period=period, resume=resume_paused_chats)
+    run = run_monthly_jobs(process_gate(), period=period, resume=resume_paused_chats)
+    report = run.reset
     data = report.as_dict()
     if as_json:
-        sys.stdout.write(json.dumps(data) + "\n")
+        sys.stdout.write(json.dumps(data | {"flat_fees": run.fees.as_dict()}) + "\n")
         return
+    fees = run.fees.as_dict()
     out.print(
         f"period {report.period}: {data['wallets_checked']} wallet(s) checked, "
         f"{len(report.granted)} grant(s) of {nanos_to_usd(data['granted_nanos'])} USD, "
         f"{len(report.expired)} expiry entr{'y' if len(report.expired) == 1 else 'ies'} of "
         f"{nanos_to_usd(data['expired_nanos'])} USD, {len(report.restored)} restore(s) of "
-        f"{nanos_to_usd(data['restored_nanos'])} USD",
+        f"{nanos_to_usd(data['restored_nanos'])} USD, {len(fees['charged'])} flat fee(s) of "
+        f"{nanos_to_usd(fees['charged_nanos'])} USD",
         highlight=False,
     )

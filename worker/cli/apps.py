@@ -5,9 +5,11 @@ Commands import their services when they run (function-local imports, on purpose
 
 from __future__ import annotations
 
+import json
+
 import typer
 
-from worker.cli.common import checked_id, out, parse_nanos
+from worker.cli.common import checked_id, out, parse_nanos, print_rows
 
 app_app = typer.Typer(help="Apps: billing mode, revenue share, trial, flat fee, creator.", no_args_is_help=True)
 
@@ -29,6 +31,7 @@ def app_configure(
         "--reservations-required/--reservations-optional",
         help="every charged turn needs a live reservation of its wallet",
     ),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Change an app's billing settings (only those given); audit-logged."""
     from worker.billing.modes import configure_app
@@ -55,6 +58,24 @@ def app_configure(
             max_turn_cost_nanos=max_turn,
             reservations_required=reservations,
         )
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "enterprise_id": row.id,
+                    "mode": row.default_mode.value,
+                    "creator_share_bps": row.creator_share_bps,
+                    "trial_tokens": row.trial_token_allowance,
+                    "trial_then": row.trial_then.value,
+                    "flat_fee_nanos": row.flat_fee_nanos,
+                    "fee_wallet_id": row.fee_wallet_id,
+                    "creator_id": row.creator_id,
+                    "max_turn_cost_nanos": row.max_turn_cost_nanos,
+                    "reservations_required": row.reservations_required,
+                }
+            )
+        )
+        return
     out.print(
         f"{row.id}: mode {row.default_mode} · share {row.creator_share_bps} bps · trial "
         f"{row.trial_token_allowance} tokens then {row.trial_then} · flat fee {row.flat_fee_nanos} nanos "
@@ -70,6 +91,7 @@ def app_configure(
 def app_isolate(
     enterprise: str = typer.Argument(..., help="the app (enterprise_id)"),
     schema: str = typer.Option(None, "--schema", help="PostgreSQL schema for its usage events (default app_<id>)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Keep an app's usage events in its own PostgreSQL schema, moving the rows it has (audit-logged)."""
     from worker.db import session_scope
@@ -79,6 +101,9 @@ def app_isolate(
     with session_scope() as session:
         used = isolate_app(session, enterprise, schema)
         audit(session, actor="cli", action="app.isolate", enterprise_id=enterprise, schema=used)
+    if as_json:
+        print(json.dumps({"enterprise_id": enterprise, "usage_schema": used}))
+        return
     out.print(f"{enterprise}: usage events in schema {used}", highlight=False)
 
 
@@ -86,6 +111,7 @@ def app_isolate(
 def app_mode(
     enterprise: str = typer.Argument(..., help="the app (enterprise_id)"),
     mode: str = typer.Argument(..., help="production | development | trial | track_only"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Set an app's default mode; its wallets without their own mode follow (audit-logged)."""
     from worker.billing.modes import set_app_mode
@@ -95,4 +121,45 @@ def app_mode(
 
     with session_scope() as session:
         changed = set_app_mode(session, process_gate(), enterprise, mode, actor="cli", resume=resume_paused_chats)
+    if as_json:
+        print(json.dumps({"enterprise_id": enterprise, "mode": mode, "wallets_changed": len(changed)}))
+        return
     out.print(f"{enterprise}: mode {mode} ({len(changed)} wallet(s) changed)", highlight=False)
+
+
+@app_app.command("list")
+def app_list(as_json: bool = typer.Option(False, "--json", help="print a JSON list")) -> None:
+    """Every app (enterprise) with its billing settings: mode, revenue share (bps), trial allowance
+    (tokens), flat fee and largest turn (nano-USD), creator, reservations, wallets."""
+    from sqlalchemy import func, select
+    from sqlmodel import col
+
+    from models.wallet import Enterprise, Wallet
+    from worker.db import session_scope
+
+    wallets = select(col(Wallet.enterprise_id), func.count().label("n")).group_by(col(Wallet.enterprise_id)).subquery()
+    with session_scope() as session:
+        found = session.execute(
+            select(Enterprise, func.coalesce(wallets.c.n, 0))
+            .outerjoin(wallets, wallets.c.enterprise_id == Enterprise.id)
+            .order_by(Enterprise.id)
+        ).all()
+        rows = [
+            {
+                "enterprise_id": e.id,
+                "mode": e.default_mode,
+                "creator_share_bps": e.creator_share_bps,
+                "trial_tokens": e.trial_token_allowance,
+                "trial_then": e.trial_then,
+                "flat_fee_nanos": e.flat_fee_nanos,
+                "fee_wallet_id": e.fee_wallet_id,
+                "creator_id": e.creator_id,
+                "max_turn_cost_nanos": e.max_turn_cost_nanos,
+                "reservations_required": e.reservations_required,
+                "usage_schema": e.usage_schema,
+                "wallets": n,
+                "created_at": e.created_at,
+            }
+            for e, n in found
+        ]
+    print_rows(rows, title="apps", as_json=as_json)

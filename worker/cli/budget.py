@@ -30,6 +30,7 @@ def budget_set(
     workflow: Optional[str] = typer.Option(None, "--workflow", help="budget one workflow's cost"),
     usd: str = typer.Option(..., "--usd", help="monthly amount in USD, e.g. 50.00"),
     auto_pause: bool = typer.Option(False, "--auto-pause", help="stop spending at 100 % (off unless given)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Create or update the monthly budget of one wallet or one workflow (one budget per scope)."""
     from worker.billing.budgets import set_budget
@@ -49,6 +50,20 @@ def budget_set(
         )
         budget_id = b.id
     scope = f"wallet {wallet}" if wallet else f"workflow {workflow}"
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "budget_id": budget_id,
+                    "enterprise_id": enterprise,
+                    "wallet_id": wallet,
+                    "workflow": workflow,
+                    "amount_nanos": nanos,
+                    "auto_pause": auto_pause,
+                }
+            )
+        )
+        return
     out.print(
         f"budget {budget_id}: {enterprise} {scope}, {nanos_to_usd(nanos)} USD a month "
         f"({nanos} nanos), auto-pause {'on' if auto_pause else 'off'}",

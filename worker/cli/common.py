@@ -4,7 +4,12 @@ ids, and the one place a domain error becomes an exit code and a message naming 
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from enum import Enum
 from importlib.resources import files
 from pathlib import Path
 from typing import NoReturn
@@ -12,13 +17,26 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from worker.errors import TollgateError
 from worker.pricing.prices import PricingError, usd_to_nanos
 from worker.validation import InvalidInput, check_text
 
-err = Console(stderr=True)
-out = Console()
+#: width of output that is not a terminal (a pipe, a file, a test): wide enough that rich never cuts a
+#: table cell or wraps a line; a terminal keeps its own width
+PIPE_WIDTH = 10_000
+
+
+def _console(stream) -> Console:
+    """A rich Console on ``sys.stdout`` / ``sys.stderr`` (looked up when printing): a terminal's width,
+    else :data:`PIPE_WIDTH` (``COLUMNS`` still wins when set)."""
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stream is sys.stderr, width=PIPE_WIDTH if piped else None)
+
+
+err = _console(sys.stderr)
+out = _console(sys.stdout)
 
 
 def fail(message: str) -> NoReturn:
@@ -127,3 +145,26 @@ GROUP_FLAGS: dict[str, dict[str, str]] = {
         "monthly": "--monthly",
     },
 }
+
+
+def print_rows(rows: list[dict], *, title: str, as_json: bool) -> None:
+    """Print ``rows`` (dicts with the same keys) as a JSON list (``as_json``; datetimes in ISO 8601,
+    enums as their values) or as a rich table titled ``title`` (``-`` for None)."""
+
+    def plain(value):
+        if isinstance(value, datetime):
+            return value.isoformat()
+        if isinstance(value, Enum):
+            return value.value
+        return value
+
+    rows = [{k: plain(v) for k, v in row.items()} for row in rows]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title=f"{title} ({len(rows)})")
+    for column in rows[0] if rows else ["(none)"]:
+        table.add_column(column, justify="right" if column.endswith(("_nanos", "_bps", "_tokens")) else "left")
+    for row in rows:
+        table.add_row(*("-" if v is None else escape(str(v)) for v in row.values()))
+    out.print(table)

@@ -15,11 +15,17 @@ db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 
 
 @db_app.command("upgrade")
-def db_upgrade(revision: str = typer.Argument("head", help="Alembic revision")) -> None:
+def db_upgrade(
+    revision: str = typer.Argument("head", help="Alembic revision"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+) -> None:
     """Create the database if missing and migrate it to REVISION (default: head)."""
     from worker.ledger.migrate import upgrade
 
     upgrade(revision=revision)
+    if as_json:
+        print(json.dumps({"migrated_to": revision}))
+        return
     out.print(f"database migrated to {revision}")
 
 

@@ -49,6 +49,7 @@ def deadletter_list(as_json: bool = typer.Option(False, "--json", help="one JSON
 @deadletter_app.command("retry")
 def deadletter_retry(
     outbox_id: str = typer.Argument(..., help="SHARD:ENTRY_ID as `deadletter list` shows it"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Persist a dead letter now (after its cause was fixed), exactly once; its named debt is then
     settled by the turn's own usage debit.  Exit 1, the dead letter kept, if it still fails."""
@@ -63,6 +64,18 @@ def deadletter_retry(
     except Exception as exc:
         err.print(f"[bold red]retry failed, dead letter kept:[/] {ascii(str(exc))[1:-1]}", highlight=False)
         raise typer.Exit(code=1)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "outbox_id": outbox_id,
+                    "inserted": result.inserted,
+                    "duplicates": result.duplicates,
+                    "refunded_second_acceptances": len(result.conflicts),
+                }
+            )
+        )
+        return
     out.print(
         f"{outbox_id}: {result.inserted} turn(s) persisted, {result.duplicates} already persisted, "
         f"{len(result.conflicts)} second acceptance(s) refunded",
@@ -73,12 +86,16 @@ def deadletter_retry(
 @deadletter_app.command("discard")
 def deadletter_discard(
     outbox_id: str = typer.Argument(..., help="SHARD:ENTRY_ID as `deadletter list` shows it"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Drop a dead letter for good and refund its charge to its wallet (ledger credit, then gate)."""
     from worker.gate.gate import process_gate
     from worker.ledger.deadletter import discard
 
     dl = discard(process_gate(), outbox_id)
+    if as_json:
+        print(json.dumps({"outbox_id": outbox_id, "wallet_id": dl.wallet_id, "refunded_nanos": dl.billed_nanos}))
+        return
     out.print(
         f"{outbox_id}: discarded, {dl.billed_nanos:,} nanos refunded to {ascii(dl.wallet_id)}",
         highlight=False,

@@ -5,13 +5,24 @@ Commands import their services when they run (function-local imports, on purpose
 
 from __future__ import annotations
 
+import json
+
+import typer
+
 from worker.cli.common import out
 
 
-def drain_now() -> None:
-    """Persist every outbox shard now, in this process (no Celery needed)."""
+def drain_now(
+    as_json: bool = typer.Option(False, "--json", help="print the counts as one JSON object"),
+) -> None:
+    """Persist every outbox shard now, in this process (no Celery needed): counts of batches,
+    entries read, usage events inserted, duplicates dropped, entries dead-lettered."""
     from worker.chats.lifecycle import announce_chat_changes
     from worker.ledger.drain import OutboxDrain
 
     stats = OutboxDrain(announce=announce_chat_changes).drain(max_seconds=300)
-    out.print(stats.as_dict())
+    data = stats.as_dict()
+    if as_json:
+        print(json.dumps(data))
+        return
+    out.print(" · ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in data.items()), highlight=False)

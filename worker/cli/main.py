@@ -16,6 +16,7 @@
     tollgate allowance set WALLET_ID --usd X
     tollgate allowance reset [--period YYYY-MM] [--json]
     tollgate deadletter list [--json] | retry SHARD:ENTRY_ID | discard SHARD:ENTRY_ID
+    tollgate services up [--test] | down | status [--json] | run [--test] -- CMD ...
 
 Errors are printed on stderr as one line naming the field or row; the exit status is then 2 and
 nothing was recorded.
@@ -41,6 +42,7 @@ from worker.cli import (
     reconcile,
     replay,
     rollup,
+    services,
     stripe,
     wallet,
 )
@@ -97,6 +99,7 @@ app.add_typer(allowance.allowance_app, name="allowance")
 app.add_typer(stripe.stripe_app, name="stripe")
 app.add_typer(apps.app_app, name="app")
 app.add_typer(deadletter.deadletter_app, name="deadletter")
+app.add_typer(services.services_app, name="services")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from models.validation import text_problem
-from worker.cli.common import err, fail, out, parse_usd
+from worker.cli.common import checked_id, err, fail, out, parse_usd
 from worker.pricing.prices import PricingError
 
 if TYPE_CHECKING:  # the CLI imports the engine lazily (start-up time); a name for a cast only
@@ -36,6 +36,11 @@ def replay_cmd(
     timeout: float = typer.Option(600.0, help="seconds without persistence progress before giving up"),
     policy: str = typer.Option("post-hoc", "--policy", help="post-hoc, or reserve: each row reserves its cost first"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object as the last line"),
+    enterprise: str = typer.Option(
+        "replay", "--enterprise", help="the app the run's wallet and turns belong to (created if missing)"
+    ),
+    chats: int = typer.Option(1, "--chats", help="spread the rows over N chats (row i in chat i mod N)"),
+    agents: int = typer.Option(1, "--agents", help="spread the rows over M agents (row i: agent i mod M)"),
 ) -> None:
     """Replay a real LLM request trace through the gate, the outbox, Celery and PostgreSQL."""
     from datetime import UTC
@@ -50,6 +55,10 @@ def replay_cmd(
         fail(f"--format: {fmt!r} is not one of azure, mooncake")
     if run_id is not None and (not run_id or len(run_id) > 100 or text_problem(run_id)):
         fail("--run-id: 1 to 100 characters, no spaces or control characters")
+    for flag, count in (("--chats", chats), ("--agents", agents)):
+        if not 1 <= count <= 1_000_000:
+            fail(f"{flag}: {count} is not between 1 and 1,000,000")
+    checked_id(enterprise, "--enterprise")
     amount = parse_usd(wallet_usd, "--wallet-usd") if wallet_usd is not None else None
     if amount is not None and amount < 0:
         fail(f"--wallet-usd: {wallet_usd} is negative")
@@ -85,6 +94,9 @@ def replay_cmd(
                 policy=policy,
                 progress=progress,
                 gate=process_gate(),
+                enterprise_id=enterprise,
+                chats=chats,
+                agents=agents,
             )
         except (TraceError, PricingError, ReplayError, UnknownWallet, ValidationError, ValueError) as exc:
             bar.stop()

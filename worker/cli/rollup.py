@@ -23,6 +23,7 @@ def rollup_refresh(
     workflow: Optional[str] = typer.Argument(None, help="workflow"),
     period: Optional[str] = typer.Argument(None, help="period, YYYY-MM (UTC)"),
     all_dirty: bool = typer.Option(False, "--all-dirty", help="refresh every group marked dirty (the beat job)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Refresh one rollup (ENTERPRISE WORKFLOW PERIOD) or every dirty one (--all-dirty), now."""
     from worker.chats.rollups import refresh_dirty_groups, refresh_rollup
@@ -32,6 +33,9 @@ def rollup_refresh(
         if (enterprise, workflow, period) != (None, None, None):
             fail("give either --all-dirty or ENTERPRISE WORKFLOW PERIOD")
         total = refresh_dirty_groups()
+        if as_json:
+            print(json.dumps({"refreshed": total}))
+            return
         out.print(f"refreshed {total} dirty rollup(s)")
         return
     if enterprise is None or workflow is None or period is None:
@@ -41,6 +45,20 @@ def rollup_refresh(
             r = refresh_rollup(session, enterprise, workflow, period)
     except ValueError as exc:
         fail(str(exc))
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "enterprise_id": enterprise,
+                    "workflow": workflow,
+                    "period": period,
+                    "sessions": r.total_sessions,
+                    "turns": r.total_turns,
+                    "cost_nanos": r.cost_nanos,
+                }
+            )
+        )
+        return
     out.print(
         f"rollup {enterprise}/{workflow}/{period}: {r.total_sessions} session(s), {r.total_turns} turn(s), "
         f"{nanos_to_usd(r.cost_nanos)} USD ({r.cost_nanos} nanos)"

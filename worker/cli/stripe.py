@@ -34,6 +34,7 @@ def stripe_package_add(
     ),
     monthly: bool = typer.Option(False, "--monthly", help="a subscription (needs --price-id)"),
     price_id: Optional[str] = typer.Option(None, "--price-id", help="the Stripe price (price_…) it sells"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Create or update a token package (sold through `POST /v1/checkout`)."""
     from worker.billing.stripe import add_package
@@ -53,6 +54,20 @@ def stripe_package_add(
             monthly=monthly,
             stripe_price_id=price_id,
         )
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "id": package_id,
+                    "name": name,
+                    "price_cents": int(cents),
+                    "credit_nanos": credit,
+                    "monthly": monthly,
+                    "stripe_price_id": price_id,
+                }
+            )
+        )
+        return
     out.print(
         f"package {package_id}: {name}, {nanos_to_usd(credit)} USD of credit ({credit} nanos) for "
         f"{int(cents)} cents{' a month' if monthly else ''}",
@@ -102,11 +117,17 @@ def stripe_package_list(
 
 
 @stripe_package_app.command("deactivate")
-def stripe_package_deactivate(package_id: str) -> None:
+def stripe_package_deactivate(
+    package_id: str,
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+) -> None:
     """Stop selling a package (sessions already started still credit it)."""
     from worker.billing.stripe import deactivate_package
     from worker.db import session_scope
 
     with session_scope() as session:
         was_active = deactivate_package(session, package_id)
+    if as_json:
+        print(json.dumps({"id": package_id, "deactivated": bool(was_active)}))
+        return
     out.print(f"package {package_id}: {'deactivated' if was_active else 'already inactive'}", highlight=False)

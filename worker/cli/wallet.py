@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from models.enums import BillingMode, PayerLevel
-from worker.cli.common import checked_id, fail, out, parse_usd
+from worker.cli.common import checked_id, fail, out, parse_usd, print_rows
 from worker.pricing.prices import PricingError, nanos_to_usd, usd_to_nanos
 
 wallet_app = typer.Typer(help="Wallets: create, credit, show.", no_args_is_help=True)
@@ -21,18 +21,33 @@ wallet_app = typer.Typer(help="Wallets: create, credit, show.", no_args_is_help=
 @wallet_app.command("create")
 def wallet_create(
     wallet_id: str,
-    enterprise: str = typer.Option(..., "--enterprise", help="the app (enterprise_id) the wallet belongs to"),
+    enterprise: Optional[str] = typer.Option(
+        None, "--enterprise", help="the app (enterprise_id) the wallet belongs to; none for a platform wallet"
+    ),
     owner: Optional[str] = typer.Option(None, help="payer id (default: the wallet id)"),
-    level: PayerLevel = typer.Option(PayerLevel.app_usage.value, help="platform or app_usage"),
-    mode: BillingMode = typer.Option(BillingMode.production.value, help="production or development"),
+    level: PayerLevel = typer.Option(
+        PayerLevel.app_usage.value, help="app_usage (an app's end user pays) or platform (level 1: an app creator)"
+    ),
+    mode: Optional[BillingMode] = typer.Option(
+        None, help="override the app's mode for this wallet (default: follow the app, now and later)"
+    ),
     unlimited: bool = typer.Option(False, help="never deny turns (tracks spend only)"),
+    as_json: bool = typer.Option(False, "--json", help="print the wallet as one JSON object"),
 ) -> None:
-    """Create a wallet (idempotent) and load it into the gate."""
+    """Create a wallet (idempotent) and load it into the gate.
+
+    An app_usage wallet needs --enterprise; a platform (level-1) wallet, e.g. plat:<creator>, has no
+    app and takes none.  Without --mode the wallet follows its app's mode (`tollgate app mode`)."""
     from worker.gate.gate import process_gate
     from worker.ledger.accounts import open_wallet
 
     checked_id(wallet_id, "WALLET_ID")
-    checked_id(enterprise, "--enterprise")
+    if level is PayerLevel.platform and enterprise is not None:
+        fail("--enterprise: a platform (level 1) wallet belongs to no app; leave --enterprise out")
+    if level is PayerLevel.app_usage and enterprise is None:
+        fail("--enterprise: an app_usage wallet needs its app (or give --level platform)")
+    if enterprise is not None:
+        checked_id(enterprise, "--enterprise")
     w = open_wallet(
         process_gate(),
         wallet_id=wallet_id,
@@ -42,7 +57,25 @@ def wallet_create(
         mode=mode,
         limited=not unlimited,
     )
-    out.print(f"wallet {w.id} ({w.level}, {w.mode}, {'limited' if w.limited else 'unlimited'})")
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "wallet_id": w.id,
+                    "enterprise_id": w.enterprise_id,
+                    "owner_id": w.owner_id,
+                    "level": str(w.level),
+                    "mode": str(w.mode),
+                    "mode_override": w.mode_override,
+                    "limited": w.limited,
+                }
+            )
+        )
+        return
+    follows = "its own mode" if w.mode_override else ("the app's mode" if w.enterprise_id else "the default mode")
+    out.print(
+        f"wallet {w.id} ({w.level}, {w.mode}: {follows}, {'limited' if w.limited else 'unlimited'})", highlight=False
+    )
 
 
 @wallet_app.command("credit")
@@ -51,6 +84,7 @@ def wallet_credit(
     usd: str = typer.Option(..., "--usd", help="amount in USD, e.g. 25.00"),
     key: str = typer.Option(..., "--key", help="idempotency key: the same key credits once (e.g. a payment id)"),
     description: str = typer.Option("manual credit", help="ledger description"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Credit a wallet: a ledger entry (once per --key), then the gate's balance."""
     from worker.chats.wiring import credit_wallet
@@ -79,6 +113,9 @@ def wallet_credit(
         fail(f"WALLET_ID: {exc} in the gate; nothing was credited")
     except GatePending as exc:
         fail(str(exc))
+    if as_json:
+        print(json.dumps({"wallet_id": wallet_id, "credited_nanos": nanos, "key": key, "balance_nanos": balance}))
+        return
     out.print(f"wallet {wallet_id}: balance {nanos_to_usd(balance)} USD ({balance} nanos)")
 
 
@@ -128,6 +165,7 @@ def wallet_show(wallet_id: str, as_json: bool = typer.Option(False, "--json")) -
 def wallet_mode(
     wallet_id: str = typer.Argument(..., help="the wallet"),
     mode: str = typer.Argument(..., help="production | development | trial | track_only | inherit"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Override one wallet's mode, or 'inherit' its app's again (audit-logged)."""
     from worker.billing.modes import set_wallet_mode
@@ -144,6 +182,9 @@ def wallet_mode(
             actor="cli",
             resume=resume_paused_chats,
         )
+    if as_json:
+        print(json.dumps({"wallet_id": wallet_id, "mode": str(after), "follows_app": mode == "inherit"}))
+        return
     out.print(f"{wallet_id}: mode {after}", highlight=False)
 
 
@@ -151,6 +192,7 @@ def wallet_mode(
 def wallet_reservations(
     wallet_id: str = typer.Argument(..., help="the wallet"),
     setting: str = typer.Argument(..., help="required | optional | inherit (its app's setting)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Make reservations mandatory or optional for one wallet's charged turns (audit-logged)."""
     from worker.billing.modes import set_wallet_reservations
@@ -162,4 +204,45 @@ def wallet_reservations(
         fail(f"SETTING: {setting!r} is not required, optional or inherit")
     with session_scope() as session:
         effective = set_wallet_reservations(session, process_gate(), wallet_id, choices[setting], actor="cli")
+    if as_json:
+        print(json.dumps({"wallet_id": wallet_id, "reservations_required": bool(effective), "setting": setting}))
+        return
     out.print(f"{wallet_id}: reservations {'required' if effective else 'optional'}", highlight=False)
+
+
+@wallet_app.command("list")
+def wallet_list(
+    enterprise: Optional[str] = typer.Option(None, "--enterprise", help="only this app's wallets"),
+    level: Optional[PayerLevel] = typer.Option(None, "--level", help="only platform or app_usage wallets"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON list"),
+) -> None:
+    """Wallets (PostgreSQL) with their app, level, mode (and whether it is the wallet's own), limit,
+    credits, debits and debt in nano-USD; the gate's live balance is `tollgate wallet show`."""
+    from sqlalchemy import select
+    from sqlmodel import col
+
+    from models.wallet import Wallet
+    from worker.db import session_scope
+
+    query = select(Wallet).order_by(col(Wallet.enterprise_id).nulls_first(), col(Wallet.id))
+    if enterprise is not None:
+        query = query.where(col(Wallet.enterprise_id) == checked_id(enterprise, "--enterprise"))
+    if level is not None:
+        query = query.where(col(Wallet.level) == level)
+    with session_scope() as session:
+        rows = [
+            {
+                "wallet_id": w.id,
+                "enterprise_id": w.enterprise_id,
+                "owner_id": w.owner_id,
+                "level": w.level,
+                "mode": w.mode,
+                "mode_override": w.mode_override,
+                "limited": w.limited,
+                "credits_nanos": w.credits_nanos,
+                "debits_nanos": w.debits_nanos,
+                "debt_nanos": w.debt_nanos,
+            }
+            for w in session.execute(query).scalars()
+        ]
+    print_rows(rows, title="wallets", as_json=as_json)

@@ -5,7 +5,6 @@ directory of its own under ``root``."""
 from __future__ import annotations
 
 import random
-import shutil
 import socket
 import subprocess
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Iterator
 
 import redis
+
+from worker.devtools.services import redis_binaries
 
 
 def _free(port: int) -> bool:
@@ -53,7 +54,7 @@ def redis_cluster(root: Path, masters: int = 3) -> Iterator[tuple[str, list[int]
             d.mkdir(parents=True)
             procs.append(
                 subprocess.Popen(
-                    ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
+                    [redis_binaries()[0], "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
                     + ["--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no", "--dir", str(d)],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.STDOUT,
@@ -70,7 +71,7 @@ def redis_cluster(root: Path, masters: int = 3) -> Iterator[tuple[str, list[int]
                         raise
                     time.sleep(0.05)
         subprocess.run(
-            [shutil.which("redis-cli") or "redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports]]
+            [redis_binaries()[1], "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports]]
             + ["--cluster-replicas", "0", "--cluster-yes"],
             check=True,
             capture_output=True,

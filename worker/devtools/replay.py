@@ -30,6 +30,7 @@ from worker.gate.gate import WalletGate, process_gate
 from worker.ledger.accounts import ledger_balance, open_wallet
 from worker.ledger.turns import wallet_usage
 from worker.pricing.prices import TurnLimitExceeded, nanos_to_usd, usd_to_nanos
+from worker.validation import InvalidInput, check_text
 
 REPLAY_ENTERPRISE = "replay"
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -72,11 +73,15 @@ class ReplayReport:
         return asdict(self)
 
 
-def _prepare_wallet(gate: WalletGate, run_id: str, wallet_nanos: int | None) -> str:
+def _prepare_wallet(gate: WalletGate, run_id: str, wallet_nanos: int | None, enterprise_id: str) -> str:
     wallet_id = f"replay-{run_id}"
     limited = wallet_nanos is not None
     with session_scope() as session:
         existing = session.get(Wallet, wallet_id)
+        if existing is not None and existing.enterprise_id != enterprise_id:
+            raise ReplayError(
+                f"run id {run_id!r} was replayed before in app {existing.enterprise_id!r}; give another --run-id"
+            )
         if existing is not None:
             if existing.limited != limited or (limited and existing.credits_nanos != wallet_nanos):
                 raise ReplayError(
@@ -86,7 +91,7 @@ def _prepare_wallet(gate: WalletGate, run_id: str, wallet_nanos: int | None) -> 
     open_wallet(
         gate,
         wallet_id=wallet_id,
-        enterprise_id=REPLAY_ENTERPRISE,
+        enterprise_id=enterprise_id,
         owner_id=wallet_id,
         level=PayerLevel.app_usage,
         limited=limited,
@@ -117,6 +122,9 @@ def replay(
     policy: str = "post-hoc",
     progress: Progress | None = None,
     gate: WalletGate | None = None,
+    enterprise_id: str = REPLAY_ENTERPRISE,
+    chats: int = 1,
+    agents: int = 1,
 ) -> ReplayReport:
     """Replay a trace end to end and return its :class:`ReplayReport`.
 
@@ -135,6 +143,11 @@ def replay(
         progress: called with ``(phase, done, total)``; phases ``record`` and ``persist``.
         gate: the gate to record through (the CLI passes the process's,
             :func:`worker.gate.gate.process_gate`, which is also the default).
+        enterprise_id: the app the run's wallet and turns belong to (default ``replay``); created if
+            missing, so a trace can fill a real app's usage, rollups and /billing.
+        chats, agents: spread the rows over this many chats (``replay-<run id>-<k>``, row ``i`` in
+            chat ``i mod chats``) and agents (``<format>-trace-<j>``, ``i mod agents``); 1 and 1 (the
+            default): one chat ``replay-<run id>``, one agent ``<format>-trace``.
 
     Raises:
         TraceError (malformed file or row, or a row above the model's context window),
@@ -142,6 +155,10 @@ def replay(
     """
     if policy not in ("post-hoc", "reserve"):
         raise ValueError(f"--policy: {policy!r} is not one of post-hoc, reserve")
+    check_text(enterprise_id, "enterprise_id")
+    for name, count in (("chats", chats), ("agents", agents)):
+        if not 1 <= count <= 1_000_000:
+            raise InvalidInput(name, f"{count} is not between 1 and 1,000,000")
     rows: list[TraceRow] = read_trace(path, fmt, epoch=epoch)
     wallet_nanos = usd_to_nanos(wallet_usd) if wallet_usd is not None else None
     if wallet_nanos is not None and wallet_nanos < 0:
@@ -161,8 +178,9 @@ def replay(
             column = None if exc.field is None else field.get(fmt, {}).get(exc.field, exc.field)
             raise TraceError(Path(path), exc.message, row=row.row, field=column) from None
     run_id = run_id or uuid.uuid4().hex[:12]
-    wallet_id = _prepare_wallet(gate, run_id, wallet_nanos)
-    chat_id = f"replay-{run_id}"
+    wallet_id = _prepare_wallet(gate, run_id, wallet_nanos, enterprise_id)
+    chat_ids = [f"replay-{run_id}"] if chats == 1 else [f"replay-{run_id}-{k}" for k in range(chats)]
+    agent_names = [f"{fmt}-trace"] if agents == 1 else [f"{fmt}-trace-{j}" for j in range(agents)]
     notify = progress or (lambda phase, done, total: None)
 
     worker: subprocess.Popen | None = None
@@ -185,10 +203,10 @@ def replay(
                 TurnIn(
                     turn_id=f"replay:{run_id}:{r.row}",
                     wallet_id=wallet_id,
-                    enterprise_id=REPLAY_ENTERPRISE,
-                    chat_id=chat_id,
+                    enterprise_id=enterprise_id,
+                    chat_id=chat_ids[n % chats],
                     workflow="replay",
-                    agent=f"{fmt}-trace",
+                    agent=agent_names[n % agents],
                     model=model,
                     provider=provider,
                     prompt_tokens=r.prompt_tokens,
@@ -196,7 +214,7 @@ def replay(
                     cached_prompt_tokens=r.cached_prompt_tokens,
                     occurred_at=r.occurred_at,
                 )
-                for r in chunk
+                for n, r in enumerate(chunk, start=i)
             ]
             for d in gate.record_turns(turns, reserve_exact=policy == "reserve"):
                 accepted += d.accepted

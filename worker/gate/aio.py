@@ -22,7 +22,9 @@ from models.wallet import ReservationPublic
 from worker.gate.gate import WALLET_CHECK_FIELDS, GateCore, TurnReplies, WalletGate, process_gate, wallets_of
 from worker.gate.pipeline import NoScriptHold, decide_group
 from worker.gate.scripts import lua_source
+from worker.metrics import decision_counter
 from worker.pricing.prices import PriceSheet, TurnPrice
+from worker.settings import redis_client
 
 _LOOP_GATE: list = [None, None, None]  # [event loop, the process gate it was made from, its AsyncWalletGate]
 
@@ -67,9 +69,17 @@ class AsyncWalletGate(GateCore):
         settings, price_book, kicker: as :class:`~worker.gate.gate.GateCore`.
     """
 
-    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster | None = None, **core) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis | aioredis.RedisCluster | None = None,
+        *,
+        metrics_client: redis.Redis | redis.RedisCluster | None = None,
+        **core,
+    ) -> None:
         super().__init__(**core)
         self.redis = client or async_client(self.settings)
+        #: the blocking client the decision counter flushes through (its timer thread has no loop)
+        self.metrics_client = metrics_client or redis_client(self.settings)
         self._record = self.redis.register_script(lua_source("record_turn.lua", "lib_turn.lua"))
         self._record_many = self.redis.register_script(lua_source("record_turns.lua", "lib_turn.lua"))
         self._reserve = self.redis.register_script(lua_source("reserve.lua"))
@@ -79,7 +89,9 @@ class AsyncWalletGate(GateCore):
     def from_gate(cls, gate: WalletGate, client: aioredis.Redis | None = None) -> "AsyncWalletGate":
         """The asyncio twin of ``gate``: its settings, price book and kicker, on ``client`` (default:
         a new asyncio client for ``gate.settings``)."""
-        return cls(client, settings=gate.settings, price_book=gate.prices, kicker=gate.kicker)
+        return cls(
+            client, metrics_client=gate.redis, settings=gate.settings, price_book=gate.prices, kicker=gate.kicker
+        )
 
     # turns ------------------------------------------------------------------------------------
     async def record_turn(self, turn: TurnIn) -> Decision:
@@ -132,6 +144,7 @@ class AsyncWalletGate(GateCore):
                 )
         if replies.kicks:
             await asyncio.get_running_loop().run_in_executor(None, self._kick, sorted(replies.kicks))
+        decision_counter.add(self.metrics_client, replies.decisions)  # /metrics: every process's decisions
         return replies.result()
 
     def _kick(self, shards: list[int]) -> None:

@@ -70,6 +70,7 @@ from worker.gate.pipeline import (
     send_packed_retrying,
 )
 from worker.gate.scripts import lua_source
+from worker.metrics import decision_counter
 from worker.pricing.meters import meter_price
 from worker.pricing.prices import PriceBook, PriceSheet, TurnLimitExceeded, TurnPrice
 from worker.settings import Settings, get_settings, redis_client
@@ -803,6 +804,7 @@ class WalletGate(GateCore):
             self._record_streamed(turns, quotes, replies.decide)
         for shard in sorted(replies.kicks):
             self.kicker(shard)
+        decision_counter.add(self.redis, replies.decisions)  # /metrics: every process's decisions
         return replies.result()
 
     def _record_calls(

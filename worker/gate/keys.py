@@ -79,6 +79,8 @@ def deadletter_key(shard: int) -> str:
 
 #: drain counters (hash; :mod:`worker.metrics`)
 DRAIN_METRICS_KEY = f"{PREFIX}:metrics:drain"
+#: gate decisions by outcome (accepted, denied, duplicate), counted by every process that decides
+DECISION_METRICS_KEY = f"{PREFIX}:metrics:decisions"
 #: celery-redbeat's schedule and lock (:mod:`worker.celery_app`)
 REDBEAT_PREFIX = f"{PREFIX}:redbeat:"
 #: app events pub/sub: ``tollgate:events:<enterprise_id>`` (:mod:`worker.events`)
