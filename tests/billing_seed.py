@@ -3,7 +3,8 @@ four models at three providers, non-LLM meters, budgets and recorded alerts, acr
 
 Rows are inserted directly (SQLAlchemy Core), as the drain and the meter path would leave them:
 ``usage_event`` with integer nanos (cost = tokens × the unit prices below; billed = cost, or 0 for
-the development-mode turns), ``chat_session``, ``budget``, ``budget_alert``.  The tests compute
+the development-mode turns), ``chat_session``, ``budget`` (created in May 2026, the ``research``
+budget on 2026-11-10), ``budget_alert``.  The tests compute
 every expected figure from the database itself, never from these constants.
 """
 
@@ -274,6 +275,7 @@ def seed(engine: Engine) -> Seeded:
                         workflow=None,
                         amount_nanos=10_000_000_000,
                         auto_pause=True,
+                        created_at=datetime(2026, 5, 1, tzinfo=UTC),
                     ),
                     dict(
                         enterprise_id="acme",
@@ -281,6 +283,7 @@ def seed(engine: Engine) -> Seeded:
                         workflow="support",
                         amount_nanos=20_000_000_000,
                         auto_pause=False,
+                        created_at=datetime(2026, 5, 1, tzinfo=UTC),
                     ),
                     dict(
                         enterprise_id="acme",
@@ -288,6 +291,7 @@ def seed(engine: Engine) -> Seeded:
                         workflow="research",
                         amount_nanos=50_000_000_000,
                         auto_pause=False,
+                        created_at=datetime(2026, 11, 10, tzinfo=UTC),  # not on October's page,
                     ),
                     dict(
                         enterprise_id="other",
@@ -295,6 +299,7 @@ def seed(engine: Engine) -> Seeded:
                         workflow=None,
                         amount_nanos=1_000_000_000,
                         auto_pause=False,
+                        created_at=datetime(2026, 5, 1, tzinfo=UTC),
                     ),
                 ],
             )

@@ -56,10 +56,14 @@ from worker.billing.report import (
     ReportError,
     billing_report,
     format_bp,
+    format_cents,
+    format_money,
     format_quantity,
     format_usd,
     iter_events,
+    provider_color,
     provider_name,
+    usd_exact,
     validate_period,
 )
 from worker.db import get_engine, session_scope
@@ -93,7 +97,11 @@ def _month(period: str) -> str:
 
 templates.env.filters.update(
     provider_name=provider_name,
+    provider_color=provider_color,
     usd=format_usd,
+    cents=format_cents,
+    money=format_money,
+    usd_exact=lambda n: usd_exact(n) + " USD",
     usd4=lambda n: format_usd(n, 4),
     num=lambda n: f"{int(n):,}",
     qty=format_quantity,
@@ -353,11 +361,19 @@ def page(request: Request, period: str | None = None, enterprise_id: str | None 
     if chosen not in choices:
         choices = sorted({*choices, chosen}, reverse=True)
     query = urlencode({"period": chosen, **({"enterprise_id": enterprise_id} if enterprise_id else {})})
+    shown = report.displayed()
     history = {
         "periods": report.history.periods,
         "labels": [_month(p) for p in report.history.periods],
+        "total_cents": shown.history_totals,
         "providers": [
-            {"name": name, "label": provider_name(name), "cost_nanos": values}
+            {
+                "name": name,
+                "label": provider_name(name),
+                "color": provider_color(name),
+                "cost_nanos": values,
+                "cents": shown.history[name],
+            }
             for name, values in report.history.by_provider.items()
         ],
     }
@@ -365,6 +381,7 @@ def page(request: Request, period: str | None = None, enterprise_id: str | None 
         request,
         "billing.html",
         report=report,
+        shown=shown,
         viewer=v,
         role=v.principal.role.value,
         periods=choices,
