@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from fpdf import FPDF
 from fpdf.fonts import FontFace
@@ -35,6 +35,7 @@ from worker.billing.report import (
     line_record,
     provider_name,
 )
+from worker.billing.statement import WalletStatement
 
 
 def csv_rows(report: BillingReport, events: Iterable[dict[str, Any]] | None) -> Iterator[str]:
@@ -143,10 +144,12 @@ class _Statement(FPDF):
         self.multi_cell(0, 4.5, _latin(text), new_x="LMARGIN", new_y="NEXT")
 
 
-def pdf_statement(report: BillingReport) -> bytes:
+def pdf_statement(report: BillingReport, wallets: Sequence[WalletStatement] = ()) -> bytes:
     """The period's statement as PDF bytes (A4, core fonts).  Lines (text, extractable):
-    ``Total cost $X (N nanos)``, ``Billed $Y (M nanos)``, ``LLM $…``, ``Meters $…``, one table row per
-    provider, model, meter, budget and top chat."""
+    ``Total cost $X (N nanos)``, ``Billed $Y (M nanos)``, ``LLM $…``, ``Meters $…``, one row per
+    wallet of ``wallets`` (opening, credits, debits, closing as displayed, adding up to the cent,
+    then the closing balance's exact nanos; an admin's statement passes one aggregate row), then
+    one table row per provider, model, meter, budget and top chat."""
     r = report
     pdf = _Statement(r)
     pdf.add_page()
@@ -187,6 +190,29 @@ def pdf_statement(report: BillingReport) -> bytes:
         (60, 50, 68),
         ("LEFT", "RIGHT", "RIGHT"),
     )
+
+    if wallets:
+        pdf.heading("Wallets: opening balance, credits, debits, closing balance")
+        wrows = []
+        for w in wallets:
+            d = w.displayed()
+            wrows.append(
+                [
+                    w.wallet_id,
+                    format_cents(d["opening"], w.opening_nanos),
+                    format_cents(d["credits"], w.credits_nanos),
+                    format_cents(d["debits"], w.debits_nanos),
+                    format_cents(d["closing"], w.closing_nanos),
+                    f"{w.closing_nanos:,}",
+                ]
+            )
+        pdf.grid(
+            ["Wallet", "Opening", "Credits", "Debits", "Closing", "Closing (nano-USD)"],
+            wrows,
+            (40, 24, 24, 24, 24, 42),
+            ("LEFT", "RIGHT", "RIGHT", "RIGHT", "RIGHT", "RIGHT"),
+        )
+        pdf.note("Opening + credits - debits = closing, to the nano and to the cent as shown.")
 
     pdf.heading("LLM spend by provider and model")
     rows: list[list[str]] = []

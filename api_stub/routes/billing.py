@@ -2,8 +2,10 @@
 
 Routes (all under ``/billing``):
 
-- ``GET /billing?period=YYYY-MM&enterprise_id=…``: the page; ``period`` defaults to the current UTC
-  month, ``enterprise_id`` to the key's app (admins must name one).  A key in the URL (``?key=``)
+- ``GET /billing?period=YYYY-MM&enterprise_id=…&ledger_page=N``: the page; ``period`` defaults to the
+  current UTC month, ``enterprise_id`` to the key's app (admins must name one); it lists the wallets
+  in view (balance, reserved, mode, state; the period's opening, credits by source, debits, closing:
+  :mod:`worker.billing.statement`) and page ``ledger_page`` (default 1) of their ledger.  A key in the URL (``?key=``)
   never signs in (it would land in access logs and browser history): 400 naming ``key``.
 - ``GET|POST /billing/login``, ``POST /billing/logout``: sign in with an API key pasted in a form,
   sign out.  Both POSTs must come from this site: ``Origin`` (or, without it, ``Referer``) equal to
@@ -20,8 +22,9 @@ Routes (all under ``/billing``):
 
 Who sees what: an API key as ``Authorization: Bearer tg_…`` or the session cookie, each request
 counted against the key's rate limit (``settings.rate_limit``; 429 with ``Retry-After``).  ``owner`` keys see their
-app; ``end_user`` keys only their own wallet's usage and budget; ``admin`` keys any app's aggregates
-without end-user detail (no chats, no wallet budgets, no per-event export).  A key of another app gets
+app; ``end_user`` keys only their own wallet's usage, budget, balance and ledger; ``admin`` keys any
+app's aggregates without end-user detail (no chats, no wallet budgets, no per-event export, no
+per-wallet balances or ledger: one aggregate wallet row).  A key of another app gets
 403 on the page and every export; a missing or bad key 401 (the page shows the login form).  A bad
 ``period`` is 422 naming the field.  Exports are ``application/problem+json`` on errors; the page
 answers errors in HTML with the same status.
@@ -66,7 +69,16 @@ from worker.billing.report import (
     usd_exact,
     validate_period,
 )
+from worker.billing.statement import (
+    SOURCE_LABELS,
+    LedgerPage,
+    WalletStatement,
+    ledger_page,
+    wallet_statements,
+)
 from worker.db import get_engine, session_scope
+from worker.errors import InputError
+from worker.gate.gate import UnknownWallet
 from worker.periods import current_period, previous_period
 from worker.settings import get_settings
 
@@ -252,6 +264,77 @@ def _report(v: Viewer, period: str, session: Session | None = None) -> BillingRe
         raise Refusal(404 if exc.field == "enterprise_id" else 422, "Invalid request", str(exc), exc.field) from None
 
 
+@dataclass(frozen=True)
+class Wallets:
+    """The wallets in a view: ``rows`` (one per wallet; empty for an admin, who sees aggregates
+    only), ``reserved`` (wallet id → nano-USD held by live reservations in the gate, None when the
+    gate does not know the wallet) and ``total`` (the sums over every wallet in scope, as one
+    :class:`WalletStatement` with id ``"all wallets"``), ``count`` wallets, ``ledger`` the page of
+    ledger entries (None for an admin)."""
+
+    rows: list[WalletStatement]
+    reserved: dict[str, int | None]
+    total: WalletStatement
+    total_reserved: int
+    count: int
+    ledger: LedgerPage | None
+
+
+def _ledger_page_number(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 1
+    if not raw.isdigit() or int(raw) < 1:
+        raise Refusal(422, "Invalid request", f"ledger_page: {raw!r} is not a page number (1, 2, …)", "ledger_page")
+    return int(raw)
+
+
+def _wallets(v: Viewer, period: str, page: int = 1) -> Wallets:
+    """Balances, reserved amounts and the ledger page of the wallets ``v`` may see (an end user:
+    its own; an owner: its app's; an admin: only the aggregate ``total``, no rows, no ledger)."""
+    try:
+        with _snapshot() as session:
+            rows = wallet_statements(session, enterprise_id=v.enterprise_id, period=period, wallet_id=v.wallet_id)
+            ledger = (
+                ledger_page(session, enterprise_id=v.enterprise_id, period=period, wallet_id=v.wallet_id, page=page)
+                if v.detail
+                else None
+            )
+    except InputError as exc:
+        raise Refusal(422, "Invalid request", str(exc), getattr(exc, "field", None)) from None
+    gate = get_gate()
+    reserved: dict[str, int | None] = {}
+    for w in rows:
+        try:
+            reserved[w.wallet_id] = gate.available(w.wallet_id)[1]
+        except UnknownWallet:
+            reserved[w.wallet_id] = None
+    total = WalletStatement(
+        wallet_id="all wallets",
+        mode="",
+        level="",
+        limited=True,
+        state="",
+        blocked_reason=None,
+        paused_chats=sum(w.paused_chats for w in rows),
+        balance_nanos=sum(w.balance_nanos for w in rows),
+        opening_nanos=sum(w.opening_nanos for w in rows),
+        credits_nanos=sum(w.credits_nanos for w in rows),
+        debits_nanos=sum(w.debits_nanos for w in rows),
+        credits_by_source={
+            k: sum(w.credits_by_source.get(k, 0) for w in rows)
+            for k in sorted({k for w in rows for k in w.credits_by_source})
+        },
+    )
+    return Wallets(
+        rows if v.detail else [],
+        reserved if v.detail else {},
+        total,
+        sum(r or 0 for r in reserved.values()),
+        len(rows),
+        ledger,
+    )
+
+
 def _problem(exc: Refusal) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer realm="tollgate"'} if exc.status == 401 else {}
     headers.update(exc.headers or {})
@@ -342,13 +425,17 @@ def _page_url(period: str | None, enterprise_id: str | None) -> str:
 
 # the page ----------------------------------------------------------------------------------------
 @router.get("", response_class=HTMLResponse, include_in_schema=False)
-def page(request: Request, period: str | None = None, enterprise_id: str | None = None) -> Response:
-    """The billing page of one period (HTML); the sign-in form (401) without a valid credential,
-    and (400) when the URL carries a key."""
+def page(
+    request: Request, period: str | None = None, enterprise_id: str | None = None, ledger_page: str | None = None
+) -> Response:
+    """The billing page of one period (HTML), with the wallets in view and page ``ledger_page``
+    (1-based; 422 naming it when not a number ≥ 1) of their ledger; the sign-in form (401) without a
+    valid credential, and (400) when the URL carries a key."""
     try:
         v = viewer(request, enterprise_id)
         chosen = _period(period)
         report = _report(v, chosen)
+        wallets = _wallets(v, chosen, _ledger_page_number(ledger_page))
     except Refusal as exc:
         if exc.status == 401 or exc.field == "key":
             error = exc.detail if exc.status != 401 or _has_credentials(request) else None
@@ -361,6 +448,11 @@ def page(request: Request, period: str | None = None, enterprise_id: str | None 
     if chosen not in choices:
         choices = sorted({*choices, chosen}, reverse=True)
     query = urlencode({"period": chosen, **({"enterprise_id": enterprise_id} if enterprise_id else {})})
+    ledger_urls = {}
+    if wallets.ledger is not None:
+        for name, number in (("prev", wallets.ledger.page - 1), ("next", wallets.ledger.page + 1)):
+            if 1 <= number <= wallets.ledger.pages:
+                ledger_urls[name] = f"/billing?{query}&ledger_page={number}#ledger"
     shown = report.displayed()
     history = {
         "periods": report.history.periods,
@@ -382,6 +474,9 @@ def page(request: Request, period: str | None = None, enterprise_id: str | None 
         "billing.html",
         report=report,
         shown=shown,
+        wallets=wallets,
+        sources=SOURCE_LABELS,
+        ledger_urls=ledger_urls,
         viewer=v,
         role=v.principal.role.value,
         periods=choices,
@@ -539,9 +634,13 @@ def export_pdf(request: Request, period: str | None = None, enterprise_id: str |
     try:
         v, chosen = viewer(request, enterprise_id), _period(period)
         report = _report(v, chosen)
+        wallets = _wallets(v, chosen)
     except Refusal as exc:
         return _problem(exc)
-    return Response(pdf_statement(report), media_type="application/pdf", headers=_download(v, chosen, "pdf"))
+    statements = wallets.rows if v.detail else [wallets.total]
+    return Response(
+        pdf_statement(report, statements), media_type="application/pdf", headers=_download(v, chosen, "pdf")
+    )
 
 
 # static files ------------------------------------------------------------------------------------

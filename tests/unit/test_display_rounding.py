@@ -18,6 +18,7 @@ from worker.billing.report import (
     provider_color,
     round_cents,
 )
+from worker.billing.statement import transaction_source
 from worker.errors import InputError
 
 C = CENT_NANOS  # 1 cent in nanos
@@ -97,3 +98,24 @@ def test_provider_colours_are_fixed():
     # an unlisted provider: always the same palette entry (crc32, not Python's salted hash)
     assert provider_color("some-new-provider") == provider_color("some-new-provider") in PALETTE
     assert len(set(PROVIDER_COLORS.values())) == len(PROVIDER_COLORS)
+
+
+@pytest.mark.parametrize(
+    "kind, key, source",
+    [
+        ("credit", "stripe:cs_test_1", "stripe"),
+        ("credit", "stripe:in_1", "stripe"),
+        ("credit", "tollgate:allowance:w-1:2026-11", "allowance"),
+        ("credit", "tollgate:allowance-restore:w-1:2026-11:5", "allowance"),
+        ("debit", "tollgate:allowance-expiry:w-1:2026-10", "allowance_expiry"),
+        ("debit", "tollgate:usage:0:1-0", "usage"),
+        ("debit", "tollgate:flat-fee:acme:2026-11", "flat_fee"),
+        ("credit", "tollgate:refund:0:5-0", "refund"),
+        ("debit", "tollgate:deadletter:0:5-0", "dead_letter"),
+        ("credit", "tollgate:deadletter-refund:0:5-0", "dead_letter"),
+        ("credit", "goodwill-17", "operator"),
+        ("credit", "stripe-like-but-not:1", "operator"),
+    ],
+)
+def test_ledger_sources_from_idempotency_keys(kind, key, source):
+    assert transaction_source(kind, key) == source
