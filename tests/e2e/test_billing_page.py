@@ -485,3 +485,86 @@ def test_budgets_only_on_months_they_existed_and_the_phone_width(browser, server
     _assert_figures_add_up(page, db, None)
     page.screenshot(path=str(shots / "billing-owner-375.png"), full_page=True)
     ctx.close()
+
+
+# issue 18 item 1: balances and the ledger ----------------------------------------------------------
+def test_wallets_balances_reserved_and_the_paged_ledger(browser, server, seeded, db, shots, gate):
+    # the gate fixture flushes the test Redis db (fresh sign-in limit) and gives w-bob a live hold
+    with db.connect() as conn:
+        bob_balance = int(
+            conn.execute(text("SELECT credits_nanos - debits_nanos FROM wallet WHERE id = 'w-bob'")).scalar_one()
+        )
+        signed = "CASE WHEN kind = 'credit' THEN amount_nanos ELSE -amount_nanos END"
+        sql = {
+            w: tuple(int(x) for x in rest)
+            for w, *rest in conn.execute(
+                text(
+                    f"SELECT wallet_id, COALESCE(SUM({signed}) FILTER (WHERE created_at < :lo), 0), "
+                    "COALESCE(SUM(amount_nanos) FILTER (WHERE kind = 'credit' AND created_at >= :lo AND created_at < :hi), 0), "
+                    "COALESCE(SUM(amount_nanos) FILTER (WHERE kind = 'debit' AND created_at >= :lo AND created_at < :hi), 0) "
+                    "FROM wallet_transaction WHERE wallet_id LIKE 'w-%' GROUP BY wallet_id"
+                ),
+                {"lo": NOV[0], "hi": NOV[1]},
+            )
+        }
+        ledger = [
+            int(i)
+            for (i,) in conn.execute(
+                text(
+                    "SELECT t.id FROM wallet_transaction t JOIN wallet w ON w.id = t.wallet_id WHERE w.enterprise_id = 'acme' "
+                    "AND t.created_at >= :lo AND t.created_at < :hi ORDER BY t.created_at DESC, t.id DESC"
+                ),
+                {"lo": NOV[0], "hi": NOV[1]},
+            )
+        ]
+    gate.load_wallet("w-bob", mode="production", limited=True, balance_nanos=bob_balance, enterprise_id="acme")
+    gate.reserve("w-bob", 1_234_567_891, ttl_s=3600)
+
+    ctx, page = _context(browser, server)
+    _sign_in(page, seeded.keys["owner"])
+    page.goto("/billing?period=2026-11")
+    rows = {el.get_attribute("data-wallet"): el for el in page.query_selector_all("[data-testid=wallet-row]")}
+    assert set(rows) == {"w-alice", "w-bob", "w-carol"}
+    for w, el in rows.items():
+        o, c, d = sql.get(w, (0, 0, 0))
+        assert (
+            int(el.get_attribute("data-opening-nanos")),
+            int(el.get_attribute("data-credits-nanos")),
+            int(el.get_attribute("data-debits-nanos")),
+            int(el.get_attribute("data-closing-nanos")),
+        ) == (o, c, d, o + c - d)
+        shown = {
+            k: _cents(el.query_selector(f"[data-testid=wallet-{k}]").inner_text().split("\n")[0])
+            for k in ("opening", "credits", "debits", "closing")
+        }
+        assert shown["opening"] + shown["credits"] - shown["debits"] == shown["closing"] == round_cents(o + c - d)
+    assert rows["w-bob"].get_attribute("data-reserved-nanos") == "1234567891"
+    assert rows["w-bob"].query_selector("[data-testid=wallet-reserved]").inner_text() == "$1.23"
+    assert rows["w-alice"].query_selector("[data-testid=wallet-reserved]").inner_text() == "–"  # not in the gate
+    assert "Stripe $10.01" in rows["w-bob"].inner_text()
+    assert "Allowance $5.00" in rows["w-alice"].inner_text() and "Operator $1.00" in rows["w-alice"].inner_text()
+    assert rows["w-carol"].get_attribute("data-state") == "blocked"
+
+    ids = [int(el.get_attribute("data-id")) for el in page.query_selector_all("[data-testid=ledger-row]")]
+    page.screenshot(path=str(shots / "billing-wallets-ledger.png"), full_page=True)
+    with page.expect_navigation():
+        page.click("[data-testid=ledger-next]")
+    assert page.inner_text("[data-testid=ledger-page]") == "2"
+    ids += [int(el.get_attribute("data-id")) for el in page.query_selector_all("[data-testid=ledger-row]")]
+    assert ids == ledger and len(ids) == 59
+    assert page.errors == []
+    ctx.close()
+
+    ctx, page = _context(browser, server)
+    _sign_in(page, seeded.keys["end_user"])
+    page.set_viewport_size({"width": 375, "height": 812})
+    page.goto("/billing?period=2026-11")
+    assert [el.get_attribute("data-wallet") for el in page.query_selector_all("[data-testid=wallet-row]")] == [
+        "w-alice"
+    ]
+    assert {el.get_attribute("data-wallet") for el in page.query_selector_all("[data-testid=ledger-row]")} == {
+        "w-alice"
+    }
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 375
+    page.screenshot(path=str(shots / "billing-end-user-375.png"), full_page=True)
+    ctx.close()
