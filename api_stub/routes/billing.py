@@ -3,10 +3,12 @@
 Routes (all under ``/billing``):
 
 - ``GET /billing?period=YYYY-MM&enterprise_id=…&ledger_page=N``: the page; ``period`` defaults to the
-  current UTC month, ``enterprise_id`` to the key's app (admins must name one); it lists the wallets
-  in view (balance, reserved, mode, state; the period's opening, credits by source, debits, closing:
-  :mod:`worker.billing.statement`) and page ``ledger_page`` (default 1) of their ledger.  A key in the URL (``?key=``)
-  never signs in (it would land in access logs and browser history): 400 naming ``key``.
+  current UTC month, ``enterprise_id`` to the key's app (an admin without one gets the app picker,
+  with sign-out; the exports still answer 422); it lists the wallets in view (balance, reserved,
+  mode, state; the period's opening, credits by source, debits, closing:
+  :mod:`worker.billing.statement`) and page ``ledger_page`` (default 1) of their ledger.  A key in
+  the URL (``?key=``) never signs in (it would land in access logs and browser history): 400
+  naming ``key``.
 - ``GET|POST /billing/login``, ``POST /billing/logout``: sign in with an API key pasted in a form,
   sign out.  Both POSTs must come from this site: ``Origin`` (or, without it, ``Referer``) equal to
   the server's own origin (``settings.web_origin`` or the request's scheme and Host) and a CSRF
@@ -44,7 +46,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
-from sqlmodel import Session
+from sqlalchemy import select
+from sqlmodel import Session, col
 from starlette.concurrency import run_in_threadpool
 
 from api_stub.billing_exports import csv_rows, json_chunks, pdf_statement
@@ -204,16 +207,20 @@ def _caller(request: Request) -> tuple[Principal, WebSession | None]:
     return who, web
 
 
-def viewer(request: Request, enterprise_id: str | None) -> Viewer:
+def viewer(request: Request, enterprise_id: str | None, *, app_picker: bool = False) -> Viewer:
     """The caller of ``request`` and what it may see of ``enterprise_id`` (default: the key's app).
+    With ``app_picker`` (the page), an admin without ``enterprise_id`` gets a Viewer whose
+    ``enterprise_id`` is ``""``: the page then lists the apps to choose from.
 
     Raises Refusal: 400 (a key in the URL), 401 (no, unknown or revoked key; no live session),
     429 (over the key's rate limit), 403 (an app or wallet key of another app), 422 (an admin key
-    without ``enterprise_id``), 404 (an admin asking for an unknown app).
+    without ``enterprise_id``, unless ``app_picker``), 404 (an admin asking for an unknown app).
     """
     who, web = _caller(request)
     csrf = web.csrf if web is not None else ""
     if who.role is ApiRole.admin:
+        if not enterprise_id and app_picker:
+            return Viewer(who, "", None, detail=False, csrf=csrf)
         if not enterprise_id:
             raise Refusal(422, "Invalid request", "enterprise_id: an admin key must name the app", "enterprise_id")
         with session_scope() as session:
@@ -335,6 +342,21 @@ def _wallets(v: Viewer, period: str, page: int = 1) -> Wallets:
     )
 
 
+#: apps listed at most on the admin's app picker
+MAX_APPS = 500
+
+
+def _apps() -> list[tuple[str, str]]:
+    """``(id, name)`` of the apps an admin may open, by name then id (at most :data:`MAX_APPS`)."""
+    with session_scope() as session:
+        rows = session.execute(
+            select(col(Enterprise.id), col(Enterprise.name))
+            .order_by(col(Enterprise.name), col(Enterprise.id))
+            .limit(MAX_APPS)
+        ).all()
+    return [(str(i), str(n)) for i, n in rows]
+
+
 def _problem(exc: Refusal) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer realm="tollgate"'} if exc.status == 401 else {}
     headers.update(exc.headers or {})
@@ -432,8 +454,10 @@ def page(
     (1-based; 422 naming it when not a number ≥ 1) of their ledger; the sign-in form (401) without a
     valid credential, and (400) when the URL carries a key."""
     try:
-        v = viewer(request, enterprise_id)
+        v = viewer(request, enterprise_id, app_picker=True)
         chosen = _period(period)
+        if not v.enterprise_id:  # an admin who has not chosen an app yet: the app picker
+            return _html(request, "apps.html", viewer=v, apps=_apps(), period=chosen)
         report = _report(v, chosen)
         wallets = _wallets(v, chosen, _ledger_page_number(ledger_page))
     except Refusal as exc:

@@ -568,3 +568,28 @@ def test_wallets_balances_reserved_and_the_paged_ledger(browser, server, seeded,
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 375
     page.screenshot(path=str(shots / "billing-end-user-375.png"), full_page=True)
     ctx.close()
+
+
+def test_the_admin_picks_an_app_and_signs_out(browser, server, seeded, db, shots, redis_client):
+    # redis_client flushes the test Redis db: the sign-in rate limit (10/minute per address) starts afresh
+    ctx, page = _context(browser, server)
+    _sign_in(page, seeded.keys["admin"])  # lands on /billing: no app named
+    assert page.url.endswith("/billing")
+    assert page.query_selector("[data-testid=app-picker]") is not None
+    assert sorted(el.get_attribute("data-app") for el in page.query_selector_all("[data-testid=app-link]")) == [
+        "acme",
+        "other",
+    ]
+    page.screenshot(path=str(shots / "billing-admin-picker.png"), full_page=True)
+    with page.expect_navigation():
+        page.click("[data-testid=app-link][data-app=acme]")
+    assert "period=" in page.url and "enterprise_id=acme" in page.url
+    assert page.inner_text("[data-testid=role]").lower() == "admin"
+    with page.expect_navigation():
+        page.click("[data-testid=switch-app]")
+    assert page.query_selector("[data-testid=app-picker]") is not None
+    with page.expect_navigation():
+        page.click("text=Sign out")
+    assert page.url.endswith("/billing/login")
+    assert page.errors == []
+    ctx.close()

@@ -213,3 +213,20 @@ def test_the_pdf_statement_has_opening_credits_debits_closing_per_wallet(client,
     admin = client.get("/billing/export.pdf?period=2026-11&enterprise_id=acme", headers=_auth(seeded.keys["admin"]))
     text_ = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(admin.content)).pages)
     assert "all wallets" in text_ and "w-alice" not in text_
+
+
+def test_an_admin_without_an_app_gets_the_app_picker_not_a_422(client, seeded):
+    key = _auth(seeded.keys["admin"])
+    r = client.get("/billing?period=2026-11", headers=key)
+    assert r.status_code == 200 and 'data-testid="app-picker"' in r.text
+    assert 'href="/billing?period=2026-11&amp;enterprise_id=acme"' in r.text
+    assert 'href="/billing?period=2026-11&amp;enterprise_id=other"' in r.text
+    assert 'action="/billing/logout"' in r.text  # sign-out is there
+    assert "w-alice" not in r.text  # aggregates only: no wallet is named
+    # the exports still need the app
+    assert client.get("/billing/export.pdf?period=2026-11", headers=key).status_code == 422
+    # an owner or end user without enterprise_id still sees its own app, never the picker
+    owner = client.get("/billing?period=2026-11", headers=_auth(seeded.keys["owner"]))
+    assert owner.status_code == 200 and 'data-testid="app-picker"' not in owner.text
+    app = client.get("/billing?period=2026-11&enterprise_id=acme", headers=key)
+    assert 'data-testid="switch-app" href="/billing?period=2026-11"' in app.text
