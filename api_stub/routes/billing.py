@@ -78,6 +78,7 @@ from worker.billing.statement import (
     WalletStatement,
     ledger_page,
     wallet_statements,
+    wallet_totals,
 )
 from worker.db import get_engine, session_scope
 from worker.errors import InputError
@@ -272,16 +273,14 @@ def _report(v: Viewer, period: str, session: Session | None = None) -> BillingRe
 
 @dataclass(frozen=True)
 class Wallets:
-    """The wallets in a view: ``rows`` (one per wallet; empty for an admin, who sees aggregates
-    only), ``reserved`` (wallet id → nano-USD held by live reservations in the gate, None when the
-    gate does not know the wallet) and ``total`` (the sums over every wallet in scope, as one
-    :class:`WalletStatement` with id ``"all wallets"``), ``count`` wallets, ``ledger`` the page of
-    ledger entries (None for an admin)."""
+    """The wallets in a view: ``rows`` (one per wallet, at most ``MAX_WALLETS``; empty for an
+    admin, who sees aggregates only), ``reserved`` (wallet id → nano-USD held by live reservations
+    in the gate, None when the gate does not know the wallet), ``total`` (sums over every wallet in scope, uncapped: :func:`wallet_totals`),
+    ``count`` wallets in scope, ``ledger`` the page of ledger entries (None for an admin)."""
 
     rows: list[WalletStatement]
     reserved: dict[str, int | None]
     total: WalletStatement
-    total_reserved: int
     count: int
     ledger: LedgerPage | None
 
@@ -299,7 +298,12 @@ def _wallets(v: Viewer, period: str, page: int = 1) -> Wallets:
     its own; an owner: its app's; an admin: only the aggregate ``total``, no rows, no ledger)."""
     try:
         with _snapshot() as session:
-            rows = wallet_statements(session, enterprise_id=v.enterprise_id, period=period, wallet_id=v.wallet_id)
+            rows = (
+                wallet_statements(session, enterprise_id=v.enterprise_id, period=period, wallet_id=v.wallet_id)
+                if v.detail
+                else []
+            )
+            count, total = wallet_totals(session, enterprise_id=v.enterprise_id, period=period, wallet_id=v.wallet_id)
             ledger = (
                 ledger_page(session, enterprise_id=v.enterprise_id, period=period, wallet_id=v.wallet_id, page=page)
                 if v.detail
@@ -317,31 +321,7 @@ def _wallets(v: Viewer, period: str, page: int = 1) -> Wallets:
         w.wallet_id: (int(held or 0) if balance is not None else None)
         for w, (balance, held) in zip(rows, pipe.execute() if rows else [])
     }
-    total = WalletStatement(
-        wallet_id="all wallets",
-        mode="",
-        level="",
-        limited=True,
-        state="",
-        blocked_reason=None,
-        paused_chats=sum(w.paused_chats for w in rows),
-        balance_nanos=sum(w.balance_nanos for w in rows),
-        opening_nanos=sum(w.opening_nanos for w in rows),
-        credits_nanos=sum(w.credits_nanos for w in rows),
-        debits_nanos=sum(w.debits_nanos for w in rows),
-        credits_by_source={
-            k: sum(w.credits_by_source.get(k, 0) for w in rows)
-            for k in sorted({k for w in rows for k in w.credits_by_source})
-        },
-    )
-    return Wallets(
-        rows if v.detail else [],
-        reserved if v.detail else {},
-        total,
-        sum(r or 0 for r in reserved.values()),
-        len(rows),
-        ledger,
-    )
+    return Wallets(rows, reserved, total, count, ledger)
 
 
 #: apps listed at most on the admin's app picker

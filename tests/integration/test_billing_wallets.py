@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from tests.billing_seed import seed
 from worker.billing.report import round_cents
-from worker.billing.statement import LEDGER_PAGE_SIZE, ledger_page, wallet_statements
+from worker.billing.statement import LEDGER_PAGE_SIZE, MAX_WALLETS, ledger_page, wallet_statements, wallet_totals
 from worker.db import session_scope
 from worker.errors import InputError
 
@@ -230,3 +230,48 @@ def test_an_admin_without_an_app_gets_the_app_picker_not_a_422(client, seeded):
     assert owner.status_code == 200 and 'data-testid="app-picker"' not in owner.text
     app = client.get("/billing?period=2026-11&enterprise_id=acme", headers=key)
     assert 'data-testid="switch-app" href="/billing?period=2026-11"' in app.text
+
+
+def test_wallet_totals_cover_every_wallet_beyond_the_listed_ones(client, seeded, db):
+    with session_scope() as session:
+        rows = wallet_statements(session, enterprise_id="acme", period="2026-11")
+        count, total = wallet_totals(session, enterprise_id="acme", period="2026-11")
+    assert count == 3
+    for f in ("balance_nanos", "opening_nanos", "credits_nanos", "debits_nanos", "paused_chats"):
+        assert getattr(total, f) == sum(getattr(w, f) for w in rows), f
+    assert total.credits_by_source == {"allowance": 5_004_999_999, "operator": 1_004_999_999, "stripe": 10_005_000_000}
+    # 250 more wallets with a credit each in November: the owner's table lists MAX_WALLETS, the sums cover all
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO wallet (id, enterprise_id, owner_id, level, mode, currency, limited, credits_nanos, "
+                "debits_nanos, monthly_allowance_nanos, mode_override, trial_tokens_used, debt_nanos) "
+                "SELECT 'many-' || g, 'acme', 'o', 'app_usage', 'production', 'USD', true, g, 0, 0, false, 0, 0 "
+                "FROM generate_series(1, 250) g"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO wallet_transaction (wallet_id, kind, amount_nanos, turns, idempotency_key, description, created_at) "
+                "SELECT 'many-' || g, 'credit', g, 0, 'tollgate:allowance:many-' || g || '-2026-11', '', '2026-11-02Z' "
+                "FROM generate_series(1, 250) g"
+            )
+        )
+    with session_scope() as session:
+        listed = wallet_statements(session, enterprise_id="acme", period="2026-11")
+        count, total = wallet_totals(session, enterprise_id="acme", period="2026-11")
+    assert len(listed) == MAX_WALLETS and count == 253
+    ((balance, credits),) = _sql(
+        db,
+        "SELECT sum(credits_nanos - debits_nanos), (SELECT sum(amount_nanos) FROM wallet_transaction t JOIN wallet w "
+        "ON w.id = t.wallet_id WHERE w.enterprise_id = 'acme' AND t.kind = 'credit' AND t.created_at >= :lo "
+        "AND t.created_at < :hi) FROM wallet WHERE enterprise_id = 'acme'",
+        lo=NOV[0],
+        hi=NOV[1],
+    )
+    assert (total.balance_nanos, total.credits_nanos) == (int(balance), int(credits))
+    assert total.credits_by_source["allowance"] == 5_004_999_999 + sum(range(1, 251))
+    owner = client.get("/billing?period=2026-11", headers=_auth(seeded.keys["owner"])).text
+    assert owner.count('data-testid="wallet-row"') == MAX_WALLETS and 'data-testid="wallets-capped"' in owner
+    admin = client.get("/billing?period=2026-11&enterprise_id=acme", headers=_auth(seeded.keys["admin"])).text
+    assert f'data-balance-nanos="{int(balance)}"' in admin and "All 253 wallets" in admin

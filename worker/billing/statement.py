@@ -55,6 +55,21 @@ SOURCE_LABELS = {
 }
 
 
+#: idempotency-key prefix → source, the first match wins (longer prefixes before their stems)
+_SOURCES = (
+    (STRIPE_KEY_PREFIX, "stripe"),
+    (ALLOWANCE_EXPIRY_PREFIX, "allowance_expiry"),
+    (ALLOWANCE_RESTORE_PREFIX, "allowance"),
+    (ALLOWANCE_PREFIX, "allowance"),
+    (USAGE_PREFIX, "usage"),
+    (FLAT_FEE_PREFIX, "flat_fee"),
+    (REFUND_PREFIX, "refund"),
+    (DEADLETTER_REFUND_PREFIX, "dead_letter"),
+    (DEADLETTER_SETTLED_PREFIX, "dead_letter"),
+    (DEADLETTER_CHARGE_PREFIX, "dead_letter"),
+)
+
+
 def transaction_source(kind: str, idempotency_key: str) -> str:
     """Where a ledger entry came from, by its idempotency key (``worker.gate.keys``):
     ``stripe`` (``stripe:…``, a Checkout payment or a paid invoice), ``allowance`` (the monthly
@@ -64,18 +79,7 @@ def transaction_source(kind: str, idempotency_key: str) -> str:
     ``operator``: a credit (or debit) an owner or admin key, or the CLI, applied with a key of its
     own.  ``kind`` is ``credit`` or ``debit``; it does not change the source."""
     key = idempotency_key or ""
-    for prefix, source in (
-        (STRIPE_KEY_PREFIX, "stripe"),
-        (ALLOWANCE_EXPIRY_PREFIX, "allowance_expiry"),
-        (ALLOWANCE_RESTORE_PREFIX, "allowance"),
-        (ALLOWANCE_PREFIX, "allowance"),
-        (USAGE_PREFIX, "usage"),
-        (FLAT_FEE_PREFIX, "flat_fee"),
-        (REFUND_PREFIX, "refund"),
-        (DEADLETTER_REFUND_PREFIX, "dead_letter"),
-        (DEADLETTER_SETTLED_PREFIX, "dead_letter"),
-        (DEADLETTER_CHARGE_PREFIX, "dead_letter"),
-    ):
+    for prefix, source in _SOURCES:
         if key.startswith(prefix):
             return source
     return "operator"
@@ -222,6 +226,65 @@ def wallet_statements(
     return out
 
 
+def _source_sql(key):  # noqa: ANN001, ANN202 - a SQL expression in, a SQL expression out
+    """:func:`transaction_source` as a SQL ``CASE`` over an idempotency-key column (same prefixes, same order)."""
+    return case(*((key.startswith(prefix, autoescape=True), source) for prefix, source in _SOURCES), else_="operator")
+
+
+def wallet_totals(
+    session: Session, *, enterprise_id: str, period: str, wallet_id: str | None = None
+) -> tuple[int, WalletStatement]:
+    """``(count, total)``: how many wallets ``enterprise_id`` has (only ``wallet_id`` if given) and
+    their sums, over every wallet (no :data:`MAX_WALLETS` cap), as one :class:`WalletStatement`
+    with id ``"all wallets"`` (balance, opening, credits by source, debits, paused chats; no mode
+    or state).  Aggregates in PostgreSQL.  Raises ReportError naming ``period``."""
+    start, end = validate_period(period)
+    in_scope = select(col(Wallet.id)).where(col(Wallet.enterprise_id) == enterprise_id)
+    if wallet_id is not None:
+        in_scope = in_scope.where(col(Wallet.id) == wallet_id)
+    count, balance = session.execute(
+        select(func.count(), func.coalesce(func.sum(col(Wallet.credits_nanos) - col(Wallet.debits_nanos)), 0)).where(
+            col(Wallet.id).in_(in_scope)
+        )
+    ).one()
+    wt = WalletTransaction
+    signed = case((col(wt.kind) == TransactionKind.credit.value, col(wt.amount_nanos)), else_=-col(wt.amount_nanos))
+    opening = session.execute(
+        select(func.coalesce(func.sum(signed), 0)).where(col(wt.wallet_id).in_(in_scope), col(wt.created_at) < start)
+    ).scalar_one()
+    source = _source_sql(col(wt.idempotency_key))
+    credits: dict[str, int] = {}
+    debits = 0
+    for kind, src, amount in session.execute(
+        select(col(wt.kind), source, func.sum(col(wt.amount_nanos)))
+        .where(col(wt.wallet_id).in_(in_scope), col(wt.created_at) >= start, col(wt.created_at) < end)
+        .group_by(col(wt.kind), source)
+    ):
+        if str(kind) == TransactionKind.credit.value:
+            credits[str(src)] = credits.get(str(src), 0) + int(amount)
+        else:
+            debits += int(amount)
+    paused = session.execute(
+        select(func.count()).where(
+            col(ChatSession.wallet_id).in_(in_scope), col(ChatSession.status) == ChatStatus.paused.value
+        )
+    ).scalar_one()
+    return int(count), WalletStatement(
+        wallet_id="all wallets",
+        mode="",
+        level="",
+        limited=True,
+        state="",
+        blocked_reason=None,
+        paused_chats=int(paused),
+        balance_nanos=int(balance),
+        opening_nanos=int(opening),
+        credits_nanos=sum(credits.values()),
+        debits_nanos=debits,
+        credits_by_source=dict(sorted(credits.items())),
+    )
+
+
 def ledger_page(
     session: Session, *, enterprise_id: str, period: str, wallet_id: str | None = None, page: int = 1
 ) -> LedgerPage:
@@ -279,4 +342,5 @@ __all__ = [
     "ledger_page",
     "transaction_source",
     "wallet_statements",
+    "wallet_totals",
 ]
