@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import case, func, select
+from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy.orm import Mapped
 from sqlmodel import Session, col
 
 from models.chat import ChatSession
@@ -226,7 +227,7 @@ def wallet_statements(
     return out
 
 
-def _source_sql(key):  # noqa: ANN001, ANN202 - a SQL expression in, a SQL expression out
+def _source_sql(key: ColumnElement[str] | Mapped[str]) -> ColumnElement[str]:
     """:func:`transaction_source` as a SQL ``CASE`` over an idempotency-key column (same prefixes, same order)."""
     return case(*((key.startswith(prefix, autoescape=True), source) for prefix, source in _SOURCES), else_="operator")
 
