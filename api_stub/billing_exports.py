@@ -8,15 +8,17 @@ figures agree with the ``/billing`` page to the nano.
   end-user detail (admin) gets one row per provider × model × meter
   (:data:`~worker.billing.report.LINE_COLUMNS`) instead.
 - JSON: ``{"report": BillingReport.summary(), "events": [...]}`` (``events`` only with detail).
-- PDF: a statement (A4) listing the totals, providers and models, meters, budgets and top chats, in
-  dollars rounded to the cent plus each total's exact nano-USD figure.
+- PDF: a statement (A4) listing the totals, providers and models (cost and billed), meters, budgets
+  and top chats, in dollars rounded to the cent as on the page (:meth:`BillingReport.displayed`:
+  parts add up to their displayed totals; a non-zero amount under half a cent reads ``<$0.01``)
+  plus each total's exact nano-USD figure.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from fpdf import FPDF
 from fpdf.fonts import FontFace
@@ -27,11 +29,13 @@ from worker.billing.report import (
     LINE_COLUMNS,
     BillingReport,
     format_bp,
+    format_cents,
+    format_money,
     format_quantity,
-    format_usd,
     line_record,
     provider_name,
 )
+from worker.billing.statement import WalletStatement
 
 
 def csv_rows(report: BillingReport, events: Iterable[dict[str, Any]] | None) -> Iterator[str]:
@@ -140,10 +144,12 @@ class _Statement(FPDF):
         self.multi_cell(0, 4.5, _latin(text), new_x="LMARGIN", new_y="NEXT")
 
 
-def pdf_statement(report: BillingReport) -> bytes:
+def pdf_statement(report: BillingReport, wallets: Sequence[WalletStatement] = ()) -> bytes:
     """The period's statement as PDF bytes (A4, core fonts).  Lines (text, extractable):
-    ``Total cost $X (N nanos)``, ``Billed $Y (M nanos)``, ``LLM $…``, ``Meters $…``, one table row per
-    provider, model, meter, budget and top chat."""
+    ``Total cost $X (N nanos)``, ``Billed $Y (M nanos)``, ``LLM $…``, ``Meters $…``, one row per
+    wallet of ``wallets`` (opening, credits, debits, closing as displayed, adding up to the cent,
+    then the closing balance's exact nanos; an admin's statement passes one aggregate row), then
+    one table row per provider, model, meter, budget and top chat."""
     r = report
     pdf = _Statement(r)
     pdf.add_page()
@@ -169,19 +175,44 @@ def pdf_statement(report: BillingReport) -> bytes:
 
     pdf.heading("Summary")
     t = r.total
+    shown = r.displayed()
+    c, b = shown.cost, shown.billed
     pdf.grid(
         ["Figure", "Amount", "Exact (nano-USD)"],
         [
-            ["Total cost", format_usd(t.cost_nanos), f"{t.cost_nanos:,}"],
-            ["Billed", format_usd(t.billed_nanos), f"{t.billed_nanos:,}"],
-            ["LLM", format_usd(r.llm.cost_nanos), f"{r.llm.cost_nanos:,}"],
-            ["Meters", format_usd(r.meters_total.cost_nanos), f"{r.meters_total.cost_nanos:,}"],
+            ["Total cost", format_cents(c["total"], t.cost_nanos), f"{t.cost_nanos:,}"],
+            ["Billed", format_cents(b["total"], t.billed_nanos), f"{t.billed_nanos:,}"],
+            ["LLM", format_cents(c["llm"], r.llm.cost_nanos), f"{r.llm.cost_nanos:,}"],
+            ["Meters", format_cents(c["meters"], r.meters_total.cost_nanos), f"{r.meters_total.cost_nanos:,}"],
             ["Usage events", f"{t.events:,}", ""],
             ["Tokens (prompt + completion)", f"{t.total_tokens:,}", ""],
         ],
         (60, 50, 68),
         ("LEFT", "RIGHT", "RIGHT"),
     )
+
+    if wallets:
+        pdf.heading("Wallets: opening balance, credits, debits, closing balance")
+        wrows = []
+        for w in wallets:
+            d = w.displayed()
+            wrows.append(
+                [
+                    w.wallet_id,
+                    format_cents(d["opening"], w.opening_nanos),
+                    format_cents(d["credits"], w.credits_nanos),
+                    format_cents(d["debits"], w.debits_nanos),
+                    format_cents(d["closing"], w.closing_nanos),
+                    f"{w.closing_nanos:,}",
+                ]
+            )
+        pdf.grid(
+            ["Wallet", "Opening", "Credits", "Debits", "Closing", "Closing (nano-USD)"],
+            wrows,
+            (40, 24, 24, 24, 24, 42),
+            ("LEFT", "RIGHT", "RIGHT", "RIGHT", "RIGHT", "RIGHT"),
+        )
+        pdf.note("Opening + credits - debits = closing, to the nano and to the cent as shown.")
 
     pdf.heading("LLM spend by provider and model")
     rows: list[list[str]] = []
@@ -195,7 +226,8 @@ def pdf_statement(report: BillingReport) -> bytes:
                 f"{f.prompt_tokens:,}",
                 f"{f.cached_prompt_tokens:,}",
                 f"{f.completion_tokens:,}",
-                format_usd(f.cost_nanos),
+                format_cents(b[f"provider:{p.provider}"], f.billed_nanos),
+                format_cents(c[f"provider:{p.provider}"], f.cost_nanos),
             ]
         )
         for m in p.models:
@@ -208,15 +240,28 @@ def pdf_statement(report: BillingReport) -> bytes:
                     f"{g.prompt_tokens:,}",
                     f"{g.cached_prompt_tokens:,}",
                     f"{g.completion_tokens:,}",
-                    format_usd(g.cost_nanos),
+                    format_cents(b[f"model:{p.provider}:{m.model}"], g.billed_nanos),
+                    format_cents(c[f"model:{p.provider}:{m.model}"], g.cost_nanos),
                 ]
             )
     if rows:
+        rows.append(
+            [
+                "Total LLM",
+                "",
+                f"{r.llm.events:,}",
+                f"{r.llm.prompt_tokens:,}",
+                f"{r.llm.cached_prompt_tokens:,}",
+                f"{r.llm.completion_tokens:,}",
+                format_cents(b["llm"], r.llm.billed_nanos),
+                format_cents(c["llm"], r.llm.cost_nanos),
+            ]
+        )
         pdf.grid(
-            ["Provider", "Model", "Turns", "Prompt", "Cached", "Completion", "Cost"],
+            ["Provider", "Model", "Turns", "Prompt", "Cached", "Completion", "Billed", "Cost"],
             rows,
-            (26, 40, 18, 26, 22, 24, 22),
-            ("LEFT", "LEFT", "RIGHT", "RIGHT", "RIGHT", "RIGHT", "RIGHT"),
+            (22, 36, 14, 22, 20, 22, 21, 21),
+            ("LEFT", "LEFT", "RIGHT", "RIGHT", "RIGHT", "RIGHT", "RIGHT", "RIGHT"),
         )
     else:
         pdf.note("No LLM turns in this period.")
@@ -229,10 +274,11 @@ def pdf_statement(report: BillingReport) -> bytes:
                 m.info.label,
                 m.info.rate,
                 f"{format_quantity(m.info.meter, m.figures.quantity)} {m.info.display_unit}",
-                format_usd(m.figures.cost_nanos),
+                format_cents(c[f"meter:{m.info.meter}"], m.figures.cost_nanos),
             ]
             for m in r.meters
-        ],
+        ]
+        + [["Total meters", "", "", format_cents(c["meters"], r.meters_total.cost_nanos)]],
         (40, 50, 56, 32),
         ("LEFT", "LEFT", "RIGHT", "RIGHT"),
     )
@@ -243,13 +289,13 @@ def pdf_statement(report: BillingReport) -> bytes:
             ["Budget", "Amount", "Spent", "Used", "Alerts sent"],
             [
                 [
-                    f"{b.scope} {b.target}",
-                    format_usd(b.amount_nanos),
-                    format_usd(b.spent_nanos),
-                    format_bp(b.used_bp),
-                    ", ".join(f"{a.threshold_pct} %" for a in b.alerts) or "none",
+                    f"{bl.scope} {bl.target}",
+                    format_money(bl.amount_nanos),
+                    format_money(bl.spent_nanos),
+                    format_bp(bl.used_bp),
+                    ", ".join(f"{a.threshold_pct} %" for a in bl.alerts) or "none",
                 ]
-                for b in r.budgets
+                for bl in r.budgets
             ],
             (56, 30, 30, 24, 38),
             ("LEFT", "RIGHT", "RIGHT", "RIGHT", "LEFT"),
@@ -264,14 +310,14 @@ def pdf_statement(report: BillingReport) -> bytes:
                 ["Chat", "Workflow", "Wallet", "Events", "Tokens", "Cost"],
                 [
                     [
-                        c.chat_id,
-                        c.workflow,
-                        c.wallet_id,
-                        f"{c.figures.events:,}",
-                        f"{c.figures.total_tokens:,}",
-                        format_usd(c.figures.cost_nanos),
+                        ch.chat_id,
+                        ch.workflow,
+                        ch.wallet_id,
+                        f"{ch.figures.events:,}",
+                        f"{ch.figures.total_tokens:,}",
+                        format_money(ch.figures.cost_nanos),
                     ]
-                    for c in r.top_chats
+                    for ch in r.top_chats
                 ],
                 (44, 32, 34, 18, 26, 24),
                 ("LEFT", "LEFT", "LEFT", "RIGHT", "RIGHT", "RIGHT"),
@@ -281,7 +327,9 @@ def pdf_statement(report: BillingReport) -> bytes:
 
     pdf.ln(4)
     pdf.note(
-        "Amounts in USD, rounded half-up to the cent; exports in CSV and JSON carry every figure in "
-        "exact nano-USD (1 USD = 1,000,000,000 nanos)."
+        "Amounts in USD, rounded to the cent so that the parts shown add up to the total shown (largest "
+        "remainder: a part may differ by a cent from its own rounding); a non-zero amount under half a cent "
+        "reads <$0.01 and counts as $0.00. Exports in CSV and JSON carry every figure in exact nano-USD "
+        "(1 USD = 1,000,000,000 nanos)."
     )
     return bytes(pdf.output())

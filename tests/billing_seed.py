@@ -3,7 +3,8 @@ four models at three providers, non-LLM meters, budgets and recorded alerts, acr
 
 Rows are inserted directly (SQLAlchemy Core), as the drain and the meter path would leave them:
 ``usage_event`` with integer nanos (cost = tokens × the unit prices below; billed = cost, or 0 for
-the development-mode turns), ``chat_session``, ``budget``, ``budget_alert``.  The tests compute
+the development-mode turns), ``chat_session``, ``budget`` (created in May 2026, the ``research``
+budget on 2026-11-10), ``budget_alert``.  The tests compute
 every expected figure from the database itself, never from these constants.
 """
 
@@ -17,7 +18,7 @@ from sqlalchemy import Engine, insert
 from models.budget import Budget, BudgetAlert
 from models.chat import ChatSession
 from models.turn import UsageEvent
-from models.wallet import Enterprise, Wallet
+from models.wallet import Enterprise, Wallet, WalletTransaction
 from tests.conftest import create_keys
 
 PERIOD = "2026-11"
@@ -232,6 +233,12 @@ def seed(engine: Engine) -> Seeded:
             )
         )
 
+    ledger = _ledger()
+    balances: dict[str, tuple[int, int]] = {}
+    for e in ledger:
+        c, d = balances.get(e["wallet_id"], (0, 0))
+        balances[e["wallet_id"]] = (c + e["amount_nanos"], d) if e["kind"] == "credit" else (c, d + e["amount_nanos"])
+
     with engine.begin() as conn:
         conn.execute(
             insert(Enterprise.__table__), [dict(id="acme", name="Acme Assist"), dict(id="other", name="Other Corp")]
@@ -247,6 +254,9 @@ def seed(engine: Engine) -> Seeded:
                     mode="production",
                     currency="USD",
                     limited=True,
+                    credits_nanos=balances.get(w, (0, 0))[0],
+                    debits_nanos=balances.get(w, (0, 0))[1],
+                    blocked_reason="budget_exceeded" if w == "w-carol" else None,
                 )
                 for w in wallets
             ]
@@ -259,10 +269,14 @@ def seed(engine: Engine) -> Seeded:
                     mode="production",
                     currency="USD",
                     limited=True,
+                    credits_nanos=balances["x-1"][0],
+                    debits_nanos=balances["x-1"][1],
+                    blocked_reason=None,
                 )
             ],
         )
         conn.execute(insert(ChatSession.__table__), sessions)
+        conn.execute(insert(WalletTransaction.__table__), ledger)
         conn.execute(insert(UsageEvent.__table__), rows)
         budget_ids = (
             conn.execute(
@@ -274,6 +288,7 @@ def seed(engine: Engine) -> Seeded:
                         workflow=None,
                         amount_nanos=10_000_000_000,
                         auto_pause=True,
+                        created_at=datetime(2026, 5, 1, tzinfo=UTC),
                     ),
                     dict(
                         enterprise_id="acme",
@@ -281,6 +296,7 @@ def seed(engine: Engine) -> Seeded:
                         workflow="support",
                         amount_nanos=20_000_000_000,
                         auto_pause=False,
+                        created_at=datetime(2026, 5, 1, tzinfo=UTC),
                     ),
                     dict(
                         enterprise_id="acme",
@@ -288,6 +304,7 @@ def seed(engine: Engine) -> Seeded:
                         workflow="research",
                         amount_nanos=50_000_000_000,
                         auto_pause=False,
+                        created_at=datetime(2026, 11, 10, tzinfo=UTC),  # not on October's page,
                     ),
                     dict(
                         enterprise_id="other",
@@ -295,6 +312,7 @@ def seed(engine: Engine) -> Seeded:
                         workflow=None,
                         amount_nanos=1_000_000_000,
                         auto_pause=False,
+                        created_at=datetime(2026, 5, 1, tzinfo=UTC),
                     ),
                 ],
             )
@@ -359,3 +377,83 @@ def seed(engine: Engine) -> Seeded:
         engine,
     )
     return Seeded(keys=keys)
+
+
+def _ledger() -> list[dict]:
+    """``wallet_transaction`` rows: credits from Stripe, the monthly allowance and an operator, usage
+    debits, before, in and after the period; 55 small debits of w-bob in November (two ledger pages);
+    one credit of the other app.  ``wallet.credits_nanos``/``debits_nanos`` are set from these."""
+
+    def entry(
+        wallet: str, kind: str, amount: int, key: str, at: datetime, turns: int = 0, description: str = ""
+    ) -> dict:
+        return dict(
+            wallet_id=wallet,
+            kind=kind,
+            amount_nanos=amount,
+            turns=turns,
+            idempotency_key=key,
+            description=description,
+            created_at=at,
+        )
+
+    rows = [
+        entry(
+            "w-alice",
+            "credit",
+            20_000_000_000,
+            "stripe:cs_test_a1",
+            datetime(2026, 10, 2, 9, tzinfo=UTC),
+            description="Checkout: 20 USD package",
+        ),
+        entry(
+            "w-alice",
+            "debit",
+            3_333_333_333,
+            "tollgate:usage:0:1-0",
+            datetime(2026, 10, 31, 23, 59, 59, tzinfo=UTC),
+            turns=7,
+        ),
+        entry(
+            "w-alice",
+            "credit",
+            5_004_999_999,
+            "tollgate:allowance:w-alice:2026-11",
+            datetime(2026, 11, 1, tzinfo=UTC),
+            description="monthly allowance",
+        ),
+        entry(
+            "w-alice",
+            "credit",
+            1_004_999_999,
+            "support-goodwill-17",
+            datetime(2026, 11, 15, 12, tzinfo=UTC),
+            description="goodwill credit",
+        ),
+        entry(
+            "w-alice", "debit", 8_599_387_350, "tollgate:usage:0:2-0", datetime(2026, 11, 20, 8, tzinfo=UTC), turns=22
+        ),
+        entry("w-alice", "debit", 500_000_000, "tollgate:usage:0:3-0", datetime(2026, 12, 1, tzinfo=UTC), turns=1),
+        entry(
+            "w-bob",
+            "credit",
+            10_005_000_000,
+            "stripe:in_test_b1",
+            datetime(2026, 11, 3, 10, tzinfo=UTC),
+            description="invoice paid",
+        ),
+        entry("w-carol", "credit", 7_777_000_000, "stripe:cs_test_c1", datetime(2026, 9, 9, tzinfo=UTC)),
+        entry("x-1", "credit", 50_000_000_000, "stripe:cs_test_x1", datetime(2026, 11, 5, tzinfo=UTC)),
+    ]
+    for i in range(55):
+        rows.append(
+            entry(
+                "w-bob",
+                "debit",
+                1_234_567 + i,
+                f"tollgate:usage:0:{100 + i}-0",
+                datetime(2026, 11, 4, tzinfo=UTC) + timedelta(hours=10 * i),
+                turns=1,
+            )
+        )
+    return rows

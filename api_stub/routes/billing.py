@@ -2,9 +2,13 @@
 
 Routes (all under ``/billing``):
 
-- ``GET /billing?period=YYYY-MM&enterprise_id=…``: the page; ``period`` defaults to the current UTC
-  month, ``enterprise_id`` to the key's app (admins must name one).  A key in the URL (``?key=``)
-  never signs in (it would land in access logs and browser history): 400 naming ``key``.
+- ``GET /billing?period=YYYY-MM&enterprise_id=…&ledger_page=N``: the page; ``period`` defaults to the
+  current UTC month, ``enterprise_id`` to the key's app (an admin without one gets the app picker,
+  with sign-out; the exports still answer 422); it lists the wallets in view (balance, reserved,
+  mode, state; the period's opening, credits by source, debits, closing:
+  :mod:`worker.billing.statement`) and page ``ledger_page`` (default 1) of their ledger.  A key in
+  the URL (``?key=``) never signs in (it would land in access logs and browser history): 400
+  naming ``key``.
 - ``GET|POST /billing/login``, ``POST /billing/logout``: sign in with an API key pasted in a form,
   sign out.  Both POSTs must come from this site: ``Origin`` (or, without it, ``Referer``) equal to
   the server's own origin (``settings.web_origin`` or the request's scheme and Host) and a CSRF
@@ -20,8 +24,9 @@ Routes (all under ``/billing``):
 
 Who sees what: an API key as ``Authorization: Bearer tg_…`` or the session cookie, each request
 counted against the key's rate limit (``settings.rate_limit``; 429 with ``Retry-After``).  ``owner`` keys see their
-app; ``end_user`` keys only their own wallet's usage and budget; ``admin`` keys any app's aggregates
-without end-user detail (no chats, no wallet budgets, no per-event export).  A key of another app gets
+app; ``end_user`` keys only their own wallet's usage, budget, balance and ledger; ``admin`` keys any
+app's aggregates without end-user detail (no chats, no wallet budgets, no per-event export, no
+per-wallet balances or ledger: one aggregate wallet row).  A key of another app gets
 403 on the page and every export; a missing or bad key 401 (the page shows the login form).  A bad
 ``period`` is 422 naming the field.  Exports are ``application/problem+json`` on errors; the page
 answers errors in HTML with the same status.
@@ -41,7 +46,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
-from sqlmodel import Session
+from sqlalchemy import select
+from sqlmodel import Session, col
 from starlette.concurrency import run_in_threadpool
 
 from api_stub.billing_exports import csv_rows, json_chunks, pdf_statement
@@ -56,13 +62,26 @@ from worker.billing.report import (
     ReportError,
     billing_report,
     format_bp,
+    format_cents,
+    format_money,
     format_quantity,
     format_usd,
     iter_events,
+    provider_color,
     provider_name,
+    usd_exact,
     validate_period,
 )
+from worker.billing.statement import (
+    SOURCE_LABELS,
+    LedgerPage,
+    WalletStatement,
+    ledger_page,
+    wallet_statements,
+    wallet_totals,
+)
 from worker.db import get_engine, session_scope
+from worker.errors import InputError
 from worker.periods import current_period, previous_period
 from worker.settings import get_settings
 
@@ -93,7 +112,11 @@ def _month(period: str) -> str:
 
 templates.env.filters.update(
     provider_name=provider_name,
+    provider_color=provider_color,
     usd=format_usd,
+    cents=format_cents,
+    money=format_money,
+    usd_exact=lambda n: usd_exact(n) + " USD",
     usd4=lambda n: format_usd(n, 4),
     num=lambda n: f"{int(n):,}",
     qty=format_quantity,
@@ -184,16 +207,20 @@ def _caller(request: Request) -> tuple[Principal, WebSession | None]:
     return who, web
 
 
-def viewer(request: Request, enterprise_id: str | None) -> Viewer:
+def viewer(request: Request, enterprise_id: str | None, *, app_picker: bool = False) -> Viewer:
     """The caller of ``request`` and what it may see of ``enterprise_id`` (default: the key's app).
+    With ``app_picker`` (the page), an admin without ``enterprise_id`` gets a Viewer whose
+    ``enterprise_id`` is ``""``: the page then lists the apps to choose from.
 
     Raises Refusal: 400 (a key in the URL), 401 (no, unknown or revoked key; no live session),
     429 (over the key's rate limit), 403 (an app or wallet key of another app), 422 (an admin key
-    without ``enterprise_id``), 404 (an admin asking for an unknown app).
+    without ``enterprise_id``, unless ``app_picker``), 404 (an admin asking for an unknown app).
     """
     who, web = _caller(request)
     csrf = web.csrf if web is not None else ""
     if who.role is ApiRole.admin:
+        if not enterprise_id and app_picker:
+            return Viewer(who, "", None, detail=False, csrf=csrf)
         if not enterprise_id:
             raise Refusal(422, "Invalid request", "enterprise_id: an admin key must name the app", "enterprise_id")
         with session_scope() as session:
@@ -242,6 +269,74 @@ def _report(v: Viewer, period: str, session: Session | None = None) -> BillingRe
             )
     except ReportError as exc:
         raise Refusal(404 if exc.field == "enterprise_id" else 422, "Invalid request", str(exc), exc.field) from None
+
+
+@dataclass(frozen=True)
+class Wallets:
+    """The wallets in a view: ``rows`` (one per wallet, at most ``MAX_WALLETS``; empty for an
+    admin, who sees aggregates only), ``reserved`` (wallet id → nano-USD held by live reservations
+    in the gate, None when the gate does not know the wallet), ``total`` (sums over every wallet in scope, uncapped: :func:`wallet_totals`),
+    ``count`` wallets in scope, ``ledger`` the page of ledger entries (None for an admin)."""
+
+    rows: list[WalletStatement]
+    reserved: dict[str, int | None]
+    total: WalletStatement
+    count: int
+    ledger: LedgerPage | None
+
+
+def _ledger_page_number(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 1
+    if not raw.isdigit() or int(raw) < 1:
+        raise Refusal(422, "Invalid request", f"ledger_page: {raw!r} is not a page number (1, 2, …)", "ledger_page")
+    return int(raw)
+
+
+def _wallets(v: Viewer, period: str, page: int = 1) -> Wallets:
+    """Balances, reserved amounts and the ledger page of the wallets ``v`` may see (an end user:
+    its own; an owner: its app's; an admin: only the aggregate ``total``, no rows, no ledger)."""
+    try:
+        with _snapshot() as session:
+            rows = (
+                wallet_statements(session, enterprise_id=v.enterprise_id, period=period, wallet_id=v.wallet_id)
+                if v.detail
+                else []
+            )
+            count, total = wallet_totals(session, enterprise_id=v.enterprise_id, period=period, wallet_id=v.wallet_id)
+            ledger = (
+                ledger_page(session, enterprise_id=v.enterprise_id, period=period, wallet_id=v.wallet_id, page=page)
+                if v.detail
+                else None
+            )
+    except InputError as exc:
+        raise Refusal(422, "Invalid request", str(exc), getattr(exc, "field", None)) from None
+    gate = get_gate()
+    # one round trip for every wallet (WalletGate.available's fields, pipelined): held nanos, or None
+    # for a wallet the gate does not hold (no balance field)
+    pipe = gate.redis.pipeline(transaction=False)
+    for w in rows:
+        pipe.hmget(gate.wallet_key(w.wallet_id), "balance", "held")
+    reserved: dict[str, int | None] = {
+        w.wallet_id: (int(held or 0) if balance is not None else None)
+        for w, (balance, held) in zip(rows, pipe.execute() if rows else [])
+    }
+    return Wallets(rows, reserved, total, count, ledger)
+
+
+#: apps listed at most on the admin's app picker
+MAX_APPS = 500
+
+
+def _apps() -> list[tuple[str, str]]:
+    """``(id, name)`` of the apps an admin may open, by name then id (at most :data:`MAX_APPS`)."""
+    with session_scope() as session:
+        rows = session.execute(
+            select(col(Enterprise.id), col(Enterprise.name))
+            .order_by(col(Enterprise.name), col(Enterprise.id))
+            .limit(MAX_APPS)
+        ).all()
+    return [(str(i), str(n)) for i, n in rows]
 
 
 def _problem(exc: Refusal) -> JSONResponse:
@@ -334,13 +429,19 @@ def _page_url(period: str | None, enterprise_id: str | None) -> str:
 
 # the page ----------------------------------------------------------------------------------------
 @router.get("", response_class=HTMLResponse, include_in_schema=False)
-def page(request: Request, period: str | None = None, enterprise_id: str | None = None) -> Response:
-    """The billing page of one period (HTML); the sign-in form (401) without a valid credential,
-    and (400) when the URL carries a key."""
+def page(
+    request: Request, period: str | None = None, enterprise_id: str | None = None, ledger_page: str | None = None
+) -> Response:
+    """The billing page of one period (HTML), with the wallets in view and page ``ledger_page``
+    (1-based; 422 naming it when not a number ≥ 1) of their ledger; the sign-in form (401) without a
+    valid credential, and (400) when the URL carries a key."""
     try:
-        v = viewer(request, enterprise_id)
+        v = viewer(request, enterprise_id, app_picker=True)
         chosen = _period(period)
+        if not v.enterprise_id:  # an admin who has not chosen an app yet: the app picker
+            return _html(request, "apps.html", viewer=v, apps=_apps(), period=chosen)
         report = _report(v, chosen)
+        wallets = _wallets(v, chosen, _ledger_page_number(ledger_page))
     except Refusal as exc:
         if exc.status == 401 or exc.field == "key":
             error = exc.detail if exc.status != 401 or _has_credentials(request) else None
@@ -353,11 +454,24 @@ def page(request: Request, period: str | None = None, enterprise_id: str | None 
     if chosen not in choices:
         choices = sorted({*choices, chosen}, reverse=True)
     query = urlencode({"period": chosen, **({"enterprise_id": enterprise_id} if enterprise_id else {})})
+    ledger_urls = {}
+    if wallets.ledger is not None:
+        for name, number in (("prev", wallets.ledger.page - 1), ("next", wallets.ledger.page + 1)):
+            if 1 <= number <= wallets.ledger.pages:
+                ledger_urls[name] = f"/billing?{query}&ledger_page={number}#ledger"
+    shown = report.displayed()
     history = {
         "periods": report.history.periods,
         "labels": [_month(p) for p in report.history.periods],
+        "total_cents": shown.history_totals,
         "providers": [
-            {"name": name, "label": provider_name(name), "cost_nanos": values}
+            {
+                "name": name,
+                "label": provider_name(name),
+                "color": provider_color(name),
+                "cost_nanos": values,
+                "cents": shown.history[name],
+            }
             for name, values in report.history.by_provider.items()
         ],
     }
@@ -365,6 +479,10 @@ def page(request: Request, period: str | None = None, enterprise_id: str | None 
         request,
         "billing.html",
         report=report,
+        shown=shown,
+        wallets=wallets,
+        sources=SOURCE_LABELS,
+        ledger_urls=ledger_urls,
         viewer=v,
         role=v.principal.role.value,
         periods=choices,
@@ -522,9 +640,13 @@ def export_pdf(request: Request, period: str | None = None, enterprise_id: str |
     try:
         v, chosen = viewer(request, enterprise_id), _period(period)
         report = _report(v, chosen)
+        wallets = _wallets(v, chosen)
     except Refusal as exc:
         return _problem(exc)
-    return Response(pdf_statement(report), media_type="application/pdf", headers=_download(v, chosen, "pdf"))
+    statements = wallets.rows if v.detail else [wallets.total]
+    return Response(
+        pdf_statement(report, statements), media_type="application/pdf", headers=_download(v, chosen, "pdf")
+    )
 
 
 # static files ------------------------------------------------------------------------------------

@@ -1,16 +1,12 @@
 // tollgate billing page: the history chart (Chart.js, vendored) and budget bars.
-// Amounts arrive as integer nano-USD; they become dollars here for plotting only.
+// Amounts arrive as integer nano-USD (plotted as dollars) and as cents rounded on the server (shown).
 (function () {
   "use strict";
-  var PALETTE = ["#4f46e5", "#06b6d4", "#f59e0b", "#10b981", "#ec4899", "#8b5cf6", "#64748b", "#ef4444"];
-  var NANOS = 1e9;
-
-  function centsOf(nanos) {  // integer nanos -> integer cents, half-up (exact below 2^53 nanos)
-    return Math.floor((nanos + 5000000) / 10000000);
-  }
-  function usdNanos(nanos) {
-    var cents = centsOf(nanos), whole = Math.floor(cents / 100), frac = cents % 100;
-    return "$" + whole.toLocaleString("en-US") + "." + (frac < 10 ? "0" : "") + frac;
+  // integer cents (already rounded on the server so providers add up to the month's total) -> "$1,234.56"
+  function usdCents(cents, nanos) {
+    if (cents === 0 && nanos) { return nanos < 0 ? "-<$0.01" : "<$0.01"; }
+    var a = Math.abs(cents), whole = Math.floor(a / 100), frac = a % 100;
+    return (cents < 0 ? "-" : "") + "$" + whole.toLocaleString("en-US") + "." + (frac < 10 ? "0" : "") + frac;
   }
   function usd(value) {
     return "$" + value.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
@@ -25,27 +21,28 @@
     select.addEventListener("change", function () { document.getElementById("period-form").submit(); });
   }
 
+  // provider colours come from the server (worker.billing.report.provider_color): the same in every view
+  document.querySelectorAll("[data-provider-dot][data-color]").forEach(function (el) {
+    el.style.background = el.getAttribute("data-color");
+  });
+
   var dataEl = document.getElementById("history-data");
   var canvas = document.getElementById("history-chart");
   if (!dataEl || !canvas || typeof Chart === "undefined") { return; }
   var history = JSON.parse(dataEl.textContent);
-  var colors = {};
-  var datasets = history.providers.map(function (p, i) {
-    colors[p.name] = p.name === "tollgate" ? "#94a3b8" : PALETTE[i % PALETTE.length];
+  var NANOS = 1e9;
+  var datasets = history.providers.map(function (p) {
     return {
       label: p.label,
       data: p.cost_nanos.map(function (n) { return n / NANOS; }),
       costNanos: p.cost_nanos,
-      backgroundColor: colors[p.name],
+      cents: p.cents,
+      backgroundColor: p.color,
       borderRadius: 4,
       borderSkipped: false,
       maxBarThickness: 44,
       stack: "cost"
     };
-  });
-  document.querySelectorAll("[data-provider-dot]").forEach(function (el) {
-    var c = colors[el.getAttribute("data-provider-dot")];
-    if (c) { el.style.background = c; }
   });
 
   Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
@@ -70,7 +67,12 @@
         legend: { position: "bottom", labels: { usePointStyle: true, pointStyle: "rectRounded", boxWidth: 8, padding: 16 } },
         tooltip: {
           callbacks: {
-            label: function (ctx) { return " " + ctx.dataset.label + ": " + usdNanos(ctx.dataset.costNanos[ctx.dataIndex]); }
+            label: function (ctx) {
+              return " " + ctx.dataset.label + ": " + usdCents(ctx.dataset.cents[ctx.dataIndex], ctx.dataset.costNanos[ctx.dataIndex]);
+            },
+            footer: function (items) {
+              return items.length ? "Total: " + usdCents(history.total_cents[items[0].dataIndex], 0) : "";
+            }
           }
         }
       }

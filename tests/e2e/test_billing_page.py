@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from tests.billing_seed import seed
 from tests.conftest import REPO, _env, free_port, wait_healthy
-from worker.billing.report import EVENT_COLUMNS, format_usd
+from worker.billing.report import EVENT_COLUMNS, format_usd, provider_color, provider_name, round_cents
 
 pytestmark = pytest.mark.integration
 
@@ -363,4 +363,233 @@ def test_a_sign_in_form_posted_from_another_site_is_refused(browser, server, see
         evil.goto("http://evil.test/")
     assert "is not this site" in evil.inner_text("main") or "csrf_token" in evil.inner_text("main")
     assert not [c for c in ctx.cookies() if c["name"] == "tollgate_session"]
+    ctx.close()
+
+
+# issue 18 item 5: figures that add up ---------------------------------------------------------------
+def _cents(shown: str) -> int:
+    """A displayed amount ("$1,234.56", "-$0.07", "<$0.01") → integer cents; "<$0.01" counts as 0."""
+    s = shown.strip()
+    if s.lstrip("-") == "<$0.01":
+        return 0
+    sign = -1 if s.startswith("-") else 1
+    whole, frac = s.lstrip("-").removeprefix("$").replace(",", "").split(".")
+    return sign * (int(whole) * 100 + int(frac))
+
+
+def _texts(scope, selector: str) -> list[int]:
+    return [_cents(el.inner_text()) for el in scope.query_selector_all(selector)]
+
+
+def _assert_figures_add_up(page, db, wallet: str | None) -> None:
+    cost, llm, meters = (
+        _cents(page.inner_text(f"[data-testid={t}]")) for t in ("total-cost", "llm-cost", "meters-cost")
+    )
+    assert cost == round_cents(_db_sum(db, "cost_nanos", wallet=wallet))  # the total, rounded alone
+    assert llm + meters == cost  # the cards add up as displayed
+    assert _cents(page.inner_text("[data-testid=total-billed]")) == round_cents(
+        _db_sum(db, "billed_nanos", wallet=wallet)
+    )
+    # the provider table: providers sum to Total LLM, models to their provider (cost and billed)
+    assert _cents(page.inner_text("[data-testid=llm-cost-total]")) == llm
+    assert sum(_texts(page, "[data-testid=provider-cost]")) == llm
+    billed_llm = _cents(page.inner_text("[data-testid=llm-billed-total]"))
+    assert sum(_texts(page, "[data-testid=provider-billed]")) == billed_llm
+    for group in page.query_selector_all("[data-testid=provider]"):
+        provider = group.get_attribute("data-provider")
+        exact = _db_sum(db, "cost_nanos", wallet=wallet, where=f"AND meter = 'llm' AND provider = '{provider}'")
+        shown = _cents(group.query_selector("[data-testid=provider-cost]").inner_text())
+        assert exact // 10_000_000 <= shown <= exact // 10_000_000 + 1, provider  # within a cent, to SQL
+        assert sum(_texts(group, "[data-testid=model-cost]")) == shown
+        assert sum(_texts(group, "[data-testid=model-billed]")) == _cents(
+            group.query_selector("[data-testid=provider-billed]").inner_text()
+        )
+    assert sum(_texts(page, "[data-testid=meter-cost]")) == _cents(page.inner_text("[data-testid=meters-cost-total]"))
+    assert _cents(page.inner_text("[data-testid=meters-cost-total]")) == meters
+    # no non-zero amount anywhere reads $0.00
+    for el in page.query_selector_all("[data-testid=meter-row]"):
+        if int(el.get_attribute("data-nanos")):
+            assert el.query_selector("[data-testid=meter-cost]").inner_text() != "$0.00"
+
+
+def test_displayed_figures_add_up_and_colours_stay_with_their_provider(
+    browser, server, seeded, db, shots, redis_client
+):
+    # redis_client flushes the test Redis db: the sign-in rate limit (10/minute per address) starts afresh
+    ctx, page = _context(browser, server)
+    _sign_in(page, seeded.keys["owner"])
+    page.goto("/billing?period=2026-11")
+    _assert_figures_add_up(page, db, None)
+
+    # one colour per provider: the table's dot, the chart's dataset and the server's map agree
+    dots = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('[data-provider-dot]')]
+        .map(el => [el.dataset.providerDot, getComputedStyle(el).backgroundColor]))""")
+    chart = page.evaluate("""() => Object.fromEntries(Chart.getChart('history-chart').data.datasets
+        .map(d => [d.label, d.backgroundColor]))""")
+    assert set(dots) == {"openai", "anthropic", "google"}
+    for provider, rgb in dots.items():
+        hexed = provider_color(provider).lstrip("#")
+        assert rgb == "rgb({}, {}, {})".format(*(int(hexed[i : i + 2], 16) for i in (0, 2, 4)))
+        assert chart[provider_name(provider)] == provider_color(provider)
+    # the chart's tooltip figures: providers add up to the month's total, in cents
+    sums = page.evaluate("""() => { const c = Chart.getChart('history-chart');
+        return c.data.labels.map((_, i) => c.data.datasets.reduce((s, d) => s + d.cents[i], 0)); }""")
+    history = json.loads(page.inner_text("#history-data"))
+    assert sums == history["total_cents"] and history["total_cents"][-1] == round_cents(_db_sum(db, "cost_nanos"))
+
+    # chats: a chat ended by the chat-end job, or with no turn for 24 hours, reads "completed"
+    now = datetime.now(UTC)
+    with db.connect() as conn:
+        sessions = {
+            c: (s, last) for c, s, last in conn.execute(text("SELECT chat_id, status, last_turn_at FROM chat_session"))
+        }
+    for row in page.query_selector_all("[data-testid=chat-row]"):
+        status, last = sessions.get(row.get_attribute("data-chat"), (None, None))
+        shown = row.query_selector("[data-testid=chat-status]").get_attribute("data-status")
+        quiet = status == "active" and now - last >= timedelta(hours=24)
+        assert shown == ("completed" if quiet or status == "completed" else status or "")
+    page.screenshot(path=str(shots / "billing-owner-figures.png"), full_page=True)
+
+    # the end user's page: the same rules, the same colours
+    ctx.close()
+    ctx, page = _context(browser, server)
+    _sign_in(page, seeded.keys["end_user"])
+    page.goto("/billing?period=2026-11")
+    _assert_figures_add_up(page, db, "w-alice")
+    colours = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('[data-provider-dot]')]
+        .map(el => [el.dataset.providerDot, el.dataset.color]))""")
+    assert colours and all(c == provider_color(p) for p, c in colours.items())
+    assert page.errors == []
+    ctx.close()
+
+
+def test_budgets_only_on_months_they_existed_and_the_phone_width(browser, server, seeded, db, shots, redis_client):
+    # redis_client flushes the test Redis db: the sign-in rate limit (10/minute per address) starts afresh
+    ctx, page = _context(browser, server)
+    _sign_in(page, seeded.keys["owner"])
+    page.goto("/billing?period=2026-10")  # the research budget was created on 2026-11-10
+    with db.connect() as conn:
+        existed = conn.execute(
+            text("SELECT count(*) FROM budget WHERE enterprise_id = 'acme' AND created_at < '2026-11-01Z'")
+        ).scalar_one()
+    assert len(page.query_selector_all("[data-testid=budget]")) == existed == 2
+    page.goto("/billing?period=2026-11")
+    assert len(page.query_selector_all("[data-testid=budget]")) == 3
+    page.set_viewport_size({"width": 375, "height": 812})
+    page.goto("/billing?period=2026-11")
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    wider = page.evaluate("""() => [...document.querySelectorAll('body *')]
+        .filter(el => el.getBoundingClientRect().right > 375 && !el.closest('.table-wrap'))
+        .map(el => el.tagName + '.' + el.className + ' ' + Math.round(el.getBoundingClientRect().right))""")
+    assert width <= 375, (width, wider)  # wide tables scroll inside their card, the page does not
+    _assert_figures_add_up(page, db, None)
+    page.screenshot(path=str(shots / "billing-owner-375.png"), full_page=True)
+    ctx.close()
+
+
+# issue 18 item 1: balances and the ledger ----------------------------------------------------------
+def test_wallets_balances_reserved_and_the_paged_ledger(browser, server, seeded, db, shots, gate):
+    # the gate fixture flushes the test Redis db (fresh sign-in limit) and gives w-bob a live hold
+    with db.connect() as conn:
+        bob_balance = int(
+            conn.execute(text("SELECT credits_nanos - debits_nanos FROM wallet WHERE id = 'w-bob'")).scalar_one()
+        )
+        signed = "CASE WHEN kind = 'credit' THEN amount_nanos ELSE -amount_nanos END"
+        sql = {
+            w: tuple(int(x) for x in rest)
+            for w, *rest in conn.execute(
+                text(
+                    f"SELECT wallet_id, COALESCE(SUM({signed}) FILTER (WHERE created_at < :lo), 0), "
+                    "COALESCE(SUM(amount_nanos) FILTER (WHERE kind = 'credit' AND created_at >= :lo AND created_at < :hi), 0), "
+                    "COALESCE(SUM(amount_nanos) FILTER (WHERE kind = 'debit' AND created_at >= :lo AND created_at < :hi), 0) "
+                    "FROM wallet_transaction WHERE wallet_id LIKE 'w-%' GROUP BY wallet_id"
+                ),
+                {"lo": NOV[0], "hi": NOV[1]},
+            )
+        }
+        ledger = [
+            int(i)
+            for (i,) in conn.execute(
+                text(
+                    "SELECT t.id FROM wallet_transaction t JOIN wallet w ON w.id = t.wallet_id WHERE w.enterprise_id = 'acme' "
+                    "AND t.created_at >= :lo AND t.created_at < :hi ORDER BY t.created_at DESC, t.id DESC"
+                ),
+                {"lo": NOV[0], "hi": NOV[1]},
+            )
+        ]
+    gate.load_wallet("w-bob", mode="production", limited=True, balance_nanos=bob_balance, enterprise_id="acme")
+    gate.reserve("w-bob", 1_234_567_891, ttl_s=3600)
+
+    ctx, page = _context(browser, server)
+    _sign_in(page, seeded.keys["owner"])
+    page.goto("/billing?period=2026-11")
+    rows = {el.get_attribute("data-wallet"): el for el in page.query_selector_all("[data-testid=wallet-row]")}
+    assert set(rows) == {"w-alice", "w-bob", "w-carol"}
+    for w, el in rows.items():
+        o, c, d = sql.get(w, (0, 0, 0))
+        assert (
+            int(el.get_attribute("data-opening-nanos")),
+            int(el.get_attribute("data-credits-nanos")),
+            int(el.get_attribute("data-debits-nanos")),
+            int(el.get_attribute("data-closing-nanos")),
+        ) == (o, c, d, o + c - d)
+        shown = {
+            k: _cents(el.query_selector(f"[data-testid=wallet-{k}]").inner_text().split("\n")[0])
+            for k in ("opening", "credits", "debits", "closing")
+        }
+        assert shown["opening"] + shown["credits"] - shown["debits"] == shown["closing"] == round_cents(o + c - d)
+    assert rows["w-bob"].get_attribute("data-reserved-nanos") == "1234567891"
+    assert rows["w-bob"].query_selector("[data-testid=wallet-reserved]").inner_text() == "$1.23"
+    assert rows["w-alice"].query_selector("[data-testid=wallet-reserved]").inner_text() == "–"  # not in the gate
+    assert "Stripe $10.01" in rows["w-bob"].inner_text()
+    assert "Allowance $5.00" in rows["w-alice"].inner_text() and "Operator $1.00" in rows["w-alice"].inner_text()
+    assert rows["w-carol"].get_attribute("data-state") == "blocked"
+
+    ids = [int(el.get_attribute("data-id")) for el in page.query_selector_all("[data-testid=ledger-row]")]
+    page.screenshot(path=str(shots / "billing-wallets-ledger.png"), full_page=True)
+    with page.expect_navigation():
+        page.click("[data-testid=ledger-next]")
+    assert page.inner_text("[data-testid=ledger-page]") == "2"
+    ids += [int(el.get_attribute("data-id")) for el in page.query_selector_all("[data-testid=ledger-row]")]
+    assert ids == ledger and len(ids) == 59
+    assert page.errors == []
+    ctx.close()
+
+    ctx, page = _context(browser, server)
+    _sign_in(page, seeded.keys["end_user"])
+    page.set_viewport_size({"width": 375, "height": 812})
+    page.goto("/billing?period=2026-11")
+    assert [el.get_attribute("data-wallet") for el in page.query_selector_all("[data-testid=wallet-row]")] == [
+        "w-alice"
+    ]
+    assert {el.get_attribute("data-wallet") for el in page.query_selector_all("[data-testid=ledger-row]")} == {
+        "w-alice"
+    }
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 375
+    page.screenshot(path=str(shots / "billing-end-user-375.png"), full_page=True)
+    ctx.close()
+
+
+def test_the_admin_picks_an_app_and_signs_out(browser, server, seeded, db, shots, redis_client):
+    # redis_client flushes the test Redis db: the sign-in rate limit (10/minute per address) starts afresh
+    ctx, page = _context(browser, server)
+    _sign_in(page, seeded.keys["admin"])  # lands on /billing: no app named
+    assert page.url.endswith("/billing")
+    assert page.query_selector("[data-testid=app-picker]") is not None
+    assert sorted(el.get_attribute("data-app") for el in page.query_selector_all("[data-testid=app-link]")) == [
+        "acme",
+        "other",
+    ]
+    page.screenshot(path=str(shots / "billing-admin-picker.png"), full_page=True)
+    with page.expect_navigation():
+        page.click("[data-testid=app-link][data-app=acme]")
+    assert "period=" in page.url and "enterprise_id=acme" in page.url
+    assert page.inner_text("[data-testid=role]").lower() == "admin"
+    with page.expect_navigation():
+        page.click("[data-testid=switch-app]")
+    assert page.query_selector("[data-testid=app-picker]") is not None
+    with page.expect_navigation():
+        page.click("text=Sign out")
+    assert page.url.endswith("/billing/login")
+    assert page.errors == []
     ctx.close()

@@ -25,13 +25,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
+from zlib import crc32
 
 from sqlalchemy import ColumnElement, and_, func, literal_column, select
 from sqlmodel import Session, col
 
 from models.budget import Budget, BudgetAlert
 from models.chat import ChatSession
+from models.enums import ChatStatus
 from models.turn import UsageEvent
 from models.wallet import Enterprise
 from worker.billing.budgets import THRESHOLDS, crossed
@@ -43,6 +45,9 @@ from worker.pricing.prices import nanos_to_usd
 TOP_CHATS = 50
 #: months in :attr:`BillingReport.history`, ending with the report's period
 HISTORY_MONTHS = 6
+#: an ``active`` chat with no turn for this long is shown as completed (display only; the session
+#: row is not changed: the chat-end job or ``finalize`` does that)
+CHAT_INACTIVE = timedelta(hours=24)
 #: the LLM meter; every other ``usage_event.meter`` is a non-LLM meter
 LLM = "llm"
 #: the ``provider`` of non-LLM meter events
@@ -133,6 +138,68 @@ def format_bp(bp: int) -> str:
     return f"{bp // 100}.{bp % 100 // 10} %"
 
 
+#: nano-USD in one cent
+CENT_NANOS = 10_000_000
+
+
+def round_cents(nanos: int) -> int:
+    """Integer nano-USD → integer cents, half away from zero (as :func:`format_usd` rounds:
+    ``5_000_000`` → 1, ``-5_000_000`` → -1, ``4_999_999`` → 0)."""
+    nanos = int(nanos)
+    cents = (abs(nanos) + CENT_NANOS // 2) // CENT_NANOS
+    return -cents if nanos < 0 else cents
+
+
+def largest_remainder(parts: Sequence[int], total_cents: int | None = None) -> list[int]:
+    """Round ``parts`` (integer nano-USD, any sign) to integer cents that sum exactly to
+    ``total_cents`` (default: ``round_cents(sum(parts))``, the total as displayed on its own), by the
+    largest remainder method: each part gets its floor in cents, then the cents still missing go one
+    each to the parts with the largest remainders (ties: the earlier part first, so list parts in
+    display order); a surplus (only with a ``total_cents`` below the floors' sum) is taken from the
+    smallest remainders first.  Integer math only.
+
+    Example: LLM $3.796 and meters $0.076 (``[3_796_000_000, 76_000_000]``, total $3.872, shown
+    $3.87) → ``[380, 7]`` ($3.80 + $0.07); rounded alone they would read $3.80 + $0.08 ≠ $3.87.
+    ``[3_334_000, 3_333_000, 3_333_000]`` (1 cent in all) → ``[1, 0, 0]``.
+    Returns a list as long as ``parts``; ``[]`` for no parts.  Raises InvalidInput naming
+    ``total_cents`` when there are no parts to give a non-zero total to."""
+    n = len(parts)
+    target = round_cents(sum(int(p) for p in parts)) if total_cents is None else int(total_cents)
+    if n == 0:
+        if target:
+            raise InvalidInput("total_cents", f"{target} cents cannot be split over no parts")
+        return []
+    floors = [int(p) // CENT_NANOS for p in parts]  # floor, also for negatives
+    rems = [int(p) - f * CENT_NANOS for p, f in zip(parts, floors)]  # each in [0, CENT_NANOS)
+    order = sorted(range(n), key=lambda i: (-rems[i], i))
+    out = list(floors)
+    extra = target - sum(floors)
+    for k in range(abs(extra)):
+        if extra > 0:
+            out[order[k % n]] += 1
+        else:
+            out[order[n - 1 - k % n]] -= 1
+    return out
+
+
+def format_cents(cents: int, nanos: int | None = None) -> str:
+    """Integer cents as displayed (``12345`` → ``"$123.45"``, ``-100`` → ``"-$1.00"``).  A non-zero
+    ``nanos`` shown as zero cents reads ``"<$0.01"`` (``"-<$0.01"`` when negative), never ``"$0.00"``:
+    it counts as $0.00 in any displayed sum; the exact figure is in the exports (and the page's
+    ``title``)."""
+    cents = int(cents)
+    if cents == 0 and nanos:
+        return "-<$0.01" if int(nanos) < 0 else "<$0.01"
+    whole, frac = divmod(abs(cents), 100)
+    return f"{'-' if cents < 0 else ''}${whole:,}.{frac:02d}"
+
+
+def format_money(nanos: int) -> str:
+    """An amount displayed on its own (not a part of a displayed total): rounded half away from
+    zero to the cent, with :func:`format_cents`' rule for small amounts (``3_331_800`` → ``"<$0.01"``)."""
+    return format_cents(round_cents(nanos), nanos)
+
+
 #: display names of provider ids (others are shown as recorded); ``tollgate`` records the meters
 PROVIDER_NAMES = {
     "openai": "OpenAI",
@@ -153,6 +220,32 @@ PROVIDER_NAMES = {
 def provider_name(provider: str) -> str:
     """The display name of a provider id (``openai`` → ``OpenAI``); unknown ids unchanged."""
     return PROVIDER_NAMES.get(provider, provider)
+
+
+#: colour of each provider on the page, its chart and the PDF (the same in every view); providers
+#: not listed get a colour from :data:`PALETTE` picked by a CRC-32 of their id (stable across runs)
+PROVIDER_COLORS = {
+    "openai": "#10a37f",
+    "anthropic": "#d97706",
+    "google": "#4285f4",
+    "google-vertex": "#1a73e8",
+    "azure": "#0078d4",
+    "aws": "#ff9900",
+    "mistral": "#f43f5e",
+    "groq": "#8b5cf6",
+    "deepseek": "#4f46e5",
+    "x-ai": "#111827",
+    "cohere": "#39594d",
+    "tollgate": "#94a3b8",
+}
+#: colours for providers without an entry in :data:`PROVIDER_COLORS`
+PALETTE = ("#06b6d4", "#ec4899", "#84cc16", "#a855f7", "#ef4444", "#14b8a6", "#eab308", "#64748b")
+
+
+def provider_color(provider: str) -> str:
+    """The display colour (``"#rrggbb"``) of a provider id: :data:`PROVIDER_COLORS`, else a
+    :data:`PALETTE` entry chosen by ``crc32(provider)``, so a provider keeps its colour everywhere."""
+    return PROVIDER_COLORS.get(provider) or PALETTE[crc32(provider.encode()) % len(PALETTE)]
 
 
 def format_quantity(meter: str, quantity: int) -> str:
@@ -258,7 +351,12 @@ class BudgetLine:
 @dataclass(frozen=True, slots=True)
 class ChatCost:
     """One chat's usage in the period (``usage_event`` by ``chat_id``); ``status`` from its
-    ``chat_session`` (None when the chat has no session row)."""
+    ``chat_session`` (None when the chat has no session row).
+
+    ``shown_status`` is what the page shows: ``completed`` when the session is completed (the
+    chat-end job, :func:`worker.chats.rollups.end_chat`, or ``finalize``) and also when it is still
+    ``active`` but its last turn (``chat_session.last_turn_at``) is :data:`CHAT_INACTIVE` or more
+    before the report was generated (``ended_by_inactivity`` True); otherwise ``status``."""
 
     chat_id: str
     workflow: str
@@ -267,6 +365,8 @@ class ChatCost:
     first_at: datetime
     last_at: datetime
     figures: Figures
+    shown_status: str | None = None
+    ended_by_inactivity: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +377,45 @@ class History:
     periods: list[str]
     by_provider: dict[str, list[int]]
     totals: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Displayed:
+    """The report's amounts as displayed, in integer cents, rounded by :func:`largest_remainder` so
+    that displayed parts sum to their displayed total at every level:
+
+    - ``cost``/``billed``: key ``"total"`` (rounded alone) = ``"llm"`` + ``"meters"``;
+      ``"llm"`` = Σ ``"provider:<p>"``; ``"provider:<p>"`` = Σ ``"model:<p>:<m>"``;
+      ``"meters"`` = Σ ``"meter:<meter>"`` over :data:`METERS` (a meter the report does not know
+      is a hidden part of ``"meters"``);
+    - ``history``: per month (``History.periods`` order) the provider cents, ``history[p][i]``,
+      summing to ``history_totals[i]`` (each month's total rounded alone).
+    """
+
+    cost: dict[str, int]
+    billed: dict[str, int]
+    history: dict[str, list[int]]
+    history_totals: list[int]
+
+
+def _split(out: dict[str, int], parent: str, children: list[tuple[str, int]]) -> None:
+    for (key, _), cents in zip(children, largest_remainder([n for _, n in children], out[parent])):
+        out[key] = cents
+
+
+def _displayed_amounts(report: "BillingReport", attr: str) -> dict[str, int]:
+    def nanos(f: Figures) -> int:
+        return int(getattr(f, attr))
+
+    out = {"total": round_cents(nanos(report.total))}
+    _split(out, "total", [("llm", nanos(report.llm)), ("meters", nanos(report.meters_total))])
+    _split(out, "llm", [(f"provider:{p.provider}", nanos(p.figures)) for p in report.providers])
+    for p in report.providers:
+        _split(out, f"provider:{p.provider}", [(f"model:{p.provider}:{m.model}", nanos(m.figures)) for m in p.models])
+    known = [(f"meter:{m.info.meter}", nanos(m.figures)) for m in report.meters]
+    unknown = nanos(report.meters_total) - sum(n for _, n in known)
+    _split(out, "meters", known + ([("meter:*other", unknown)] if unknown else []))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +449,19 @@ class BillingReport:
     def last_day(self) -> date:
         """The period's last calendar day (UTC)."""
         return (self.end - timedelta(days=1)).date()
+
+    def displayed(self) -> Displayed:
+        """The amounts as the page and the PDF display them (cents that add up; see :class:`Displayed`)."""
+        h = self.history
+        totals = [round_cents(t) for t in h.totals]
+        history: dict[str, list[int]] = {p: [0] * len(h.periods) for p in h.by_provider}
+        names = list(h.by_provider)
+        for i, total in enumerate(totals):
+            for p, cents in zip(names, largest_remainder([h.by_provider[p][i] for p in names], total)):
+                history[p][i] = cents
+        return Displayed(
+            _displayed_amounts(self, "cost_nanos"), _displayed_amounts(self, "billed_nanos"), history, totals
+        )
 
     def summary(self) -> dict[str, Any]:
         """The report as plain JSON-able data: money as integer nanos with ``*_usd`` exact decimal
@@ -372,6 +524,7 @@ class BillingReport:
                     "workflow": c.workflow,
                     "wallet_id": c.wallet_id,
                     "status": c.status,
+                    "shown_status": c.shown_status,
                     "first_at": _iso(c.first_at),
                     "last_at": _iso(c.last_at),
                     **figs(c.figures),
@@ -474,8 +627,9 @@ def billing_report(
     budgets = _budgets(session, enterprise_id, wallet_id, detail, period, start, end)
     chats_in_period = 0
     top: list[ChatCost] = []
+    generated_at = (now or datetime.now(UTC)).astimezone(UTC)
     if detail:
-        chats_in_period, top = _top_chats(session, enterprise_id, where)
+        chats_in_period, top = _top_chats(session, enterprise_id, where, generated_at)
     return BillingReport(
         enterprise_id=enterprise_id,
         enterprise_name=enterprise.name,
@@ -484,7 +638,7 @@ def billing_report(
         period=period,
         start=start,
         end=end,
-        generated_at=(now or datetime.now(UTC)).astimezone(UTC),
+        generated_at=generated_at,
         total=total,
         llm=llm,
         meters_total=_minus(total, llm),
@@ -520,7 +674,12 @@ def _budgets(
     start: datetime,
     end: datetime,
 ) -> list[BudgetLine]:
-    stmt = select(Budget).where(col(Budget.enterprise_id) == enterprise_id).order_by(col(Budget.id))
+    # a budget shows on the months it existed in: created before the period's end
+    stmt = (
+        select(Budget)
+        .where(col(Budget.enterprise_id) == enterprise_id, col(Budget.created_at) < end)
+        .order_by(col(Budget.id))
+    )
     if wallet_id is not None:
         stmt = stmt.where(col(Budget.wallet_id) == wallet_id)
     elif not detail:
@@ -565,7 +724,9 @@ def _budgets(
     return out
 
 
-def _top_chats(session: Session, enterprise_id: str, where: list[ColumnElement[bool]]) -> tuple[int, list[ChatCost]]:
+def _top_chats(
+    session: Session, enterprise_id: str, where: list[ColumnElement[bool]], now: datetime
+) -> tuple[int, list[ChatCost]]:
     ue = UsageEvent
     count = session.execute(select(func.count(func.distinct(col(ue.chat_id)))).where(*where)).scalar_one()
     cost = func.sum(col(ue.cost_nanos))
@@ -584,21 +745,25 @@ def _top_chats(session: Session, enterprise_id: str, where: list[ColumnElement[b
         .limit(TOP_CHATS)
     ).all()
     ids = [r[0] for r in rows]
-    status = (
-        dict(
-            session.execute(
-                select(col(ChatSession.chat_id), col(ChatSession.status)).where(
+    sessions: dict[str, tuple[str, datetime]] = (
+        {
+            chat: (str(status), last_turn)
+            for chat, status, last_turn in session.execute(
+                select(col(ChatSession.chat_id), col(ChatSession.status), col(ChatSession.last_turn_at)).where(
                     col(ChatSession.enterprise_id) == enterprise_id, col(ChatSession.chat_id).in_(ids)
                 )
-            ).all()
-        )
+            )
+        }
         if ids
         else {}
     )
-    return int(count), [
-        ChatCost(chat_id, workflow, wallet, status.get(chat_id), first, last, _figures(rest))
-        for chat_id, workflow, wallet, first, last, *rest in rows
-    ]
+    out = []
+    for chat_id, workflow, wallet, first, last, *rest in rows:
+        status, last_turn = sessions.get(chat_id, (None, None))
+        idle = status == ChatStatus.active.value and last_turn is not None and now - last_turn >= CHAT_INACTIVE
+        shown = ChatStatus.completed.value if idle else status
+        out.append(ChatCost(chat_id, workflow, wallet, status, first, last, _figures(rest), shown, idle))
+    return int(count), out
 
 
 def history_periods(period: str, months: int = HISTORY_MONTHS) -> list[str]:
@@ -672,6 +837,10 @@ def line_record(line: Line) -> dict[str, Any]:
 __all__ = [
     "BillingReport",
     "BudgetLine",
+    "CHAT_INACTIVE",
+    "CENT_NANOS",
+    "Displayed",
+    "PROVIDER_COLORS",
     "ChatCost",
     "EVENT_COLUMNS",
     "Figures",
@@ -683,7 +852,12 @@ __all__ = [
     "THRESHOLDS",
     "billing_report",
     "format_quantity",
+    "format_cents",
+    "format_money",
     "format_usd",
+    "largest_remainder",
+    "provider_color",
+    "round_cents",
     "format_bp",
     "history_periods",
     "iter_events",
