@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from sqlalchemy import Engine, create_engine, event
 from sqlmodel import Session
@@ -33,14 +33,16 @@ def get_engine() -> Engine:
 
 @contextmanager
 def session_scope(engine: Engine | None = None) -> Iterator[Session]:
-    """A session whose transaction commits when the block ends and rolls back on an exception."""
+    """A session whose transaction commits when the block ends and rolls back on an exception.
+    An error of the commit itself propagates as it is: one from an ``after_commit`` hook (the rows
+    are committed by then), or the database's (closing the session rolls back)."""
     with Session(engine or get_engine(), expire_on_commit=False) as session:
         try:
             yield session
-            session.commit()
         except BaseException:
             session.rollback()
             raise
+        session.commit()
 
 
 _AFTER_COMMIT = "tollgate.after_commit"
@@ -49,20 +51,24 @@ _AFTER_COMMIT = "tollgate.after_commit"
 def after_commit(session: Session, hook: Callable[[], None]) -> None:
     """Run ``hook()`` once the session's outermost transaction has committed (Redis writes, Celery
     sends: side effects that must never see a row that was rolled back); drop it if that
-    transaction rolls back instead.  Hooks run in the order added; when one raises, the others still
-    run and the first error is re-raised from ``commit()`` (the rows are committed by then).
+    transaction rolls back instead, or if the savepoint (``session.begin_nested()``) it was added
+    in rolls back.  Hooks run in the order added; when one raises, the others still run and the
+    first error is re-raised from ``commit()`` (the rows are committed by then).
     """
     hooks = session.info.get(_AFTER_COMMIT)
     if hooks is None:
         hooks = session.info[_AFTER_COMMIT] = []
         event.listen(session, "after_commit", _run_after_commit)
         event.listen(session, "after_transaction_end", _drop_after_rollback)
-    hooks.append(hook)
+        event.listen(session, "after_soft_rollback", _drop_after_savepoint_rollback)
+    hooks.append((session.get_nested_transaction(), hook))
 
 
 def _run_after_commit(session: Session) -> None:
+    if session.in_nested_transaction():  # SQLAlchemy fires after_commit on a savepoint's release too
+        return
     hooks = session.info.get(_AFTER_COMMIT) or []
-    pending, hooks[:] = list(hooks), []
+    pending, hooks[:] = [hook for _savepoint, hook in hooks], []
     first: BaseException | None = None
     for hook in pending:
         try:
@@ -74,6 +80,21 @@ def _run_after_commit(session: Session) -> None:
         raise first
 
 
-def _drop_after_rollback(session: Session, transaction) -> None:
+def _within(savepoint: Any, transaction: Any) -> bool:
+    """``savepoint`` (a SessionTransaction, or None outside any) is ``transaction`` or nested in it."""
+    while savepoint is not None:
+        if savepoint is transaction:
+            return True
+        savepoint = savepoint.parent
+    return False
+
+
+def _drop_after_savepoint_rollback(session: Session, previous_transaction: Any) -> None:
+    if previous_transaction.nested:  # a savepoint rolled back: its hooks (and its children's) go with it
+        hooks = session.info.get(_AFTER_COMMIT, [])
+        hooks[:] = [(sp, hook) for sp, hook in hooks if not _within(sp, previous_transaction)]
+
+
+def _drop_after_rollback(session: Session, transaction: Any) -> None:
     if transaction.parent is None:  # the outermost transaction ended without a commit (or after one)
         session.info.get(_AFTER_COMMIT, []).clear()
