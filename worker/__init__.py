@@ -37,8 +37,6 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "GateBatchError": ("worker.gate.gate", "GateBatchError"),
     "GateConfigError": ("worker.gate.gate", "GateConfigError"),
     "ensure_enterprise": ("worker.ledger.accounts", "ensure_enterprise"),
-    "open_wallet": ("worker.ledger.accounts", "open_wallet"),
-    "credit_wallet": ("worker.chats.wiring", "credit_wallet"),
     "ledger_balance": ("worker.ledger.accounts", "ledger_balance"),
     "LedgerError": ("worker.ledger.accounts", "LedgerError"),
     "GatePending": ("worker.ledger.accounts", "GatePending"),
@@ -72,7 +70,48 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "check_text": ("worker.validation", "check_text"),
 }
 
-__all__ = sorted(_EXPORTS)
+#: the public names defined here: thin wrappers that open one ``session_scope`` (the caller's unit
+#: of work) and call the service, which takes the session and never commits
+_WRAPPERS = ("open_wallet", "credit_wallet")
+
+__all__ = sorted([*_EXPORTS, *_WRAPPERS])
+
+
+# The wrappers import their services inside the function: this facade loads nothing on
+# ``import worker`` (PEP 562, see the module docstring), and no package import cycle runs through it.
+
+
+def open_wallet(gate: Any, **kwargs: Any) -> Any:
+    """Open a wallet (:func:`worker.ledger.accounts.open_wallet`) in its own transaction: a thin
+    wrapper that opens one ``session_scope``, calls the service with it and commits; the gate loads
+    the wallet after the commit.  Keyword arguments: ``wallet_id``, ``enterprise_id``, ``owner_id``,
+    ``level``, ``mode``, ``limited`` as the service takes them.  Returns the wallet row
+    (``models.wallet.Wallet``); raises what the service raises (``InvalidInput`` naming the field)."""
+    from worker.db import session_scope  # lazy facade: see above
+    from worker.ledger import accounts  # lazy facade: see above
+
+    with session_scope() as session:
+        return accounts.open_wallet(session, gate, **kwargs)
+
+
+def credit_wallet(gate: Any, **kwargs: Any) -> int:
+    """Credit a wallet once per idempotency key (:func:`worker.ledger.accounts.credit_wallet`) in
+    its own transaction, wired to the chats' lifecycle: a thin wrapper that opens one
+    ``session_scope``, calls the service with ``on_credited=``:func:`worker.chats.wiring.after_credit`
+    (resume the wallet's paused chats, then announce ``wallet.credited``) unless given another, and
+    commits; the gate takes the credit after the commit.  Keyword arguments: ``wallet_id``,
+    ``amount_nanos`` (nano-USD), ``idempotency_key``, ``description``, ``actor``, ``on_credited``.
+    Returns the gate balance after the credit, nano-USD.  Raises LedgerError, UnknownWallet
+    (nothing changes) or GatePending (the ledger has it, the gate not yet: retry with the same key)."""
+    from worker.chats.wiring import after_credit  # lazy facade: see above
+    from worker.db import session_scope  # lazy facade: see above
+    from worker.ledger import accounts  # lazy facade: see above
+
+    kwargs.setdefault("on_credited", after_credit)
+    with session_scope() as session:
+        pending = accounts.credit_wallet(session, gate, **kwargs)
+    assert pending.balance_nanos is not None  # set by the commit, or GatePending was raised
+    return pending.balance_nanos
 
 
 def __getattr__(name: str) -> Any:

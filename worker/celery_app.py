@@ -34,6 +34,7 @@ REFRESH_DIRTY_ROLLUPS_TASK = "tollgate.rollups.refresh_dirty"
 REFRESH_ROLLUP_TASK = "tollgate.rollups.refresh"
 END_CHAT_TASK = "tollgate.rollups.end_chat"
 RECONCILE_TASK = "tollgate.reconcile.run"
+COMPLETE_CREDITS_TASK = "tollgate.reconcile.complete_credits"
 EXPIRE_HOLDS_TASK = "tollgate.reservations.expire"
 CHECK_BUDGETS_TASK = "tollgate.billing.check_budgets"
 MONTHLY_RESET_TASK = "tollgate.billing.monthly_reset"
@@ -108,6 +109,8 @@ def make_app() -> Celery:
             "expire-holds": {"task": EXPIRE_HOLDS_TASK, "schedule": 10.0, "options": {"expires": 9}},
             # report drift between the gate (Redis) and the ledger; `tollgate reconcile --repair` mends it
             "reconcile": {"task": RECONCILE_TASK, "schedule": 300.0, "options": {"expires": 240}},
+            # credits committed in the ledger whose gate step was lost (a crash after the commit) reach the gate
+            "complete-credits": {"task": COMPLETE_CREDITS_TASK, "schedule": 60.0, "options": {"expires": 55}},
         },
     )
     return celery

@@ -12,6 +12,7 @@ import time_machine
 from sqlalchemy import text
 
 from models.turn import TurnIn
+from tests.committed import credit_wallet, open_wallet
 from worker.billing.allowances import (
     AllowanceError,
     allowance_key,
@@ -21,7 +22,6 @@ from worker.billing.allowances import (
 )
 from worker.db import session_scope
 from worker.gate.gate import UnknownWallet, WalletGate
-from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.ledger.drain import OutboxDrain
 from worker.periods import current_period, period_of
 from worker.pricing.prices import PriceBook

@@ -12,6 +12,7 @@ import uuid
 import pytest
 from sqlalchemy import text
 
+from tests.committed import open_wallet
 from tests.conftest import auth
 from tests.integration.test_api import COST, TURN, api  # noqa: F401  (fixture)
 from tests.integration.test_budgets import NOW, USD, Spender, _budget, _check
@@ -19,7 +20,7 @@ from worker import credit_wallet  # wired: resumes paused chats, announces walle
 from worker.db import session_scope
 from worker.events import channel
 from worker.gate.keys import transitions_key
-from worker.ledger.accounts import ensure_enterprise, open_wallet
+from worker.ledger.accounts import ensure_enterprise
 from worker.ledger.turns import chat_order, outbox_position
 from worker.validation import InvalidInput
 

@@ -7,9 +7,10 @@ import json
 import pytest
 from sqlalchemy import text
 
+from tests.committed import credit_wallet, open_wallet
 from worker.db import session_scope
 from worker.gate.gate import UnknownWallet
-from worker.ledger.accounts import LedgerError, credit_wallet, ledger_balance, open_wallet
+from worker.ledger.accounts import LedgerError, ledger_balance
 
 pytestmark = pytest.mark.integration
 

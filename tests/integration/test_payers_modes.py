@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from models.enums import PayerLevel
 from models.turn import TurnIn
+from tests.committed import open_wallet
 from worker import (
     OutboxDrain,  # wired: announces chat.paused / chat.resumable
     credit_wallet,  # wired: resumes paused chats, announces wallet.credited
@@ -30,7 +31,7 @@ from worker.billing.payers import split_charge, wallet_id_for
 from worker.chats.lifecycle import can_continue, pause_chat, resume_paused_chats, wallet_state
 from worker.db import session_scope
 from worker.events import channel
-from worker.ledger.accounts import ensure_enterprise, ledger_balance, open_wallet
+from worker.ledger.accounts import ensure_enterprise, ledger_balance
 
 pytestmark = pytest.mark.integration
 WHEN = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)

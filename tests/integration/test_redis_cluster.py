@@ -18,9 +18,9 @@ import redis
 from sqlalchemy import text
 
 from models.turn import TurnIn
+from tests.committed import credit_wallet, open_wallet
 from worker.gate.gate import WalletGate
 from worker.gate.keys import outbox_key
-from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.ledger.drain import OutboxDrain
 from worker.ledger.reconcile import reconcile
 from worker.settings import get_settings

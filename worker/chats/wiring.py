@@ -13,8 +13,7 @@ from typing import Any
 from worker import events  # the module, not its names: tests patch events.emit
 from worker.chats.lifecycle import announce_chat_changes, resume_paused_chats
 from worker.gate.gate import WalletGate
-from worker.ledger import accounts
-from worker.ledger.accounts import Credited, OnCredited
+from worker.ledger.accounts import Credited
 from worker.ledger.drain import Announce, OutboxDrain
 
 log = logging.getLogger(__name__)
@@ -49,30 +48,6 @@ def after_credit(gate: WalletGate, credited: Credited) -> None:
             )
     except Exception:
         log.error("credit %s to %s: could not announce wallet.credited", key, wallet_id, exc_info=True)
-
-
-def credit_wallet(
-    gate: WalletGate,
-    *,
-    wallet_id: str,
-    amount_nanos: int,
-    idempotency_key: str,
-    description: str = "",
-    actor: str | None = None,
-    on_credited: OnCredited | None = after_credit,
-) -> int:
-    """:func:`worker.ledger.accounts.credit_wallet` followed by :func:`after_credit` (the public
-    ``worker.credit_wallet``): same arguments, result (the gate balance after, nano-USD) and errors
-    (LedgerError, UnknownWallet, GatePending)."""
-    return accounts.credit_wallet(
-        gate,
-        wallet_id=wallet_id,
-        amount_nanos=amount_nanos,
-        idempotency_key=idempotency_key,
-        description=description,
-        actor=actor,
-        on_credited=on_credited,
-    )
 
 
 class AnnouncingDrain(OutboxDrain):

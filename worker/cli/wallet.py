@@ -28,20 +28,23 @@ def wallet_create(
     unlimited: bool = typer.Option(False, help="never deny turns (tracks spend only)"),
 ) -> None:
     """Create a wallet (idempotent) and load it into the gate."""
+    from worker.db import session_scope
     from worker.gate.gate import process_gate
     from worker.ledger.accounts import open_wallet
 
     checked_id(wallet_id, "WALLET_ID")
     checked_id(enterprise, "--enterprise")
-    w = open_wallet(
-        process_gate(),
-        wallet_id=wallet_id,
-        enterprise_id=enterprise,
-        owner_id=checked_id(owner, "--owner") if owner else wallet_id,
-        level=level,
-        mode=mode,
-        limited=not unlimited,
-    )
+    with session_scope() as session:
+        w = open_wallet(
+            session,
+            process_gate(),
+            wallet_id=wallet_id,
+            enterprise_id=enterprise,
+            owner_id=checked_id(owner, "--owner") if owner else wallet_id,
+            level=level,
+            mode=mode,
+            limited=not unlimited,
+        )
     out.print(f"wallet {w.id} ({w.level}, {w.mode}, {'limited' if w.limited else 'unlimited'})")
 
 
@@ -53,9 +56,10 @@ def wallet_credit(
     description: str = typer.Option("manual credit", help="ledger description"),
 ) -> None:
     """Credit a wallet: a ledger entry (once per --key), then the gate's balance."""
-    from worker.chats.wiring import credit_wallet
+    from worker.chats.wiring import after_credit
+    from worker.db import session_scope
     from worker.gate.gate import UnknownWallet, process_gate
-    from worker.ledger.accounts import GatePending, LedgerError
+    from worker.ledger.accounts import GatePending, LedgerError, credit_wallet
 
     try:
         nanos = usd_to_nanos(parse_usd(usd, "--usd"))
@@ -64,14 +68,19 @@ def wallet_credit(
     if nanos <= 0:
         fail(f"--usd: {usd} is not a positive amount")
     try:
-        balance = credit_wallet(
-            process_gate(),
-            wallet_id=wallet_id,
-            amount_nanos=nanos,
-            idempotency_key=key,
-            description=description,
-            actor="cli",
-        )
+        with session_scope() as session:
+            pending = credit_wallet(
+                session,
+                process_gate(),
+                wallet_id=wallet_id,
+                amount_nanos=nanos,
+                idempotency_key=key,
+                description=description,
+                actor="cli",
+                on_credited=after_credit,
+            )
+        balance = pending.balance_nanos
+        assert balance is not None  # set by the commit, or GatePending was raised
     except LedgerError as exc:
         flag = {"amount_nanos": "--usd", "idempotency_key": "--key"}.get(exc.field or "", "WALLET_ID")
         fail(f"{flag}: {exc}")
