@@ -22,7 +22,7 @@ from worker.celery_app import (
     app,
 )
 from worker.chats.lifecycle import pause_chat as pause_chat_service
-from worker.chats.lifecycle import resume_paused_chats, sweep_paused
+from worker.chats.wiring import resume_wallet_chats, sweep_paused
 from worker.db import session_scope
 from worker.events import WebhookRejected, WebhookRetryable, backoff_s
 from worker.events import deliver as deliver_event
@@ -47,7 +47,7 @@ def check_budgets() -> dict[str, Any]:
 def monthly_reset(period: str | None = None) -> dict[str, Any]:
     """Grant and expire monthly allowances up to ``period`` ('YYYY-MM'; default: the current one).
     Beat runs it hourly; a run that finds nothing to do writes nothing.  Returns counts, nano-USD."""
-    report = run_monthly_reset(process_gate(), period=period, resume=resume_paused_chats).as_dict()
+    report = run_monthly_reset(process_gate(), period=period, resume=resume_wallet_chats).as_dict()
     with session_scope() as session:
         fees = charge_flat_fees(session, process_gate(), period=period).as_dict()
     return {k: v for k, v in report.items() if k not in ("granted", "expired", "restored")} | {
@@ -63,7 +63,8 @@ def monthly_reset(period: str | None = None) -> dict[str, Any]:
 def resume_paused(limit: int = 1000) -> dict[str, Any]:
     """Sweep (beat: every 30 s): resume the paused chats of wallets that can pay again but whose
     credit did not resume them (a crash after the credit, a budget or mode change, a rebuild).
-    Idempotent.  Returns ``{"wallets", "resumed"}``."""
+    Idempotent.  One transaction per wallet (its chats' rows are locked in the drain's order
+    within it).  Returns ``{"wallets", "resumed"}``."""
     return sweep_paused(process_gate(), limit=limit)
 
 
@@ -77,14 +78,16 @@ def pause_chat(
     before it was carried: the pause happens when the task runs).  Idempotent: an open pause is
     kept, and a pause the chat moved past (a credit's or the orchestrator's resume, a newer turn)
     changes nothing.  Returns True if this call paused it.  Raises InvalidInput naming a bad field."""
-    return pause_chat_service(
-        process_gate(),
-        enterprise_id=enterprise_id,
-        chat_id=chat_id,
-        wallet_id=wallet_id,
-        reason=reason,
-        position=position,
-    )
+    with session_scope() as session:
+        return pause_chat_service(
+            session,
+            process_gate(),
+            enterprise_id=enterprise_id,
+            chat_id=chat_id,
+            wallet_id=wallet_id,
+            reason=reason,
+            position=position,
+        )
 
 
 @app.task(name=DELIVER_WEBHOOK_TASK, bind=True, acks_late=True)

@@ -47,10 +47,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "NANOS_PER_USD": ("worker.pricing.prices", "NANOS_PER_USD"),
     "nanos_to_usd": ("worker.pricing.prices", "nanos_to_usd"),
     "usd_to_nanos": ("worker.pricing.prices", "usd_to_nanos"),
-    "start_session": ("worker.chats.lifecycle", "start_session"),
     "can_continue": ("worker.chats.lifecycle", "can_continue"),
-    "pause_chat": ("worker.chats.lifecycle", "pause_chat"),
-    "resume_chat": ("worker.chats.lifecycle", "resume_chat"),
     "wallet_state": ("worker.chats.lifecycle", "wallet_state"),
     "end_chat": ("worker.chats.rollups", "end_chat"),
     "workflow_averages": ("worker.chats.rollups", "workflow_averages"),
@@ -72,7 +69,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 
 #: the public names defined here: thin wrappers that open one ``session_scope`` (the caller's unit
 #: of work) and call the service, which takes the session and never commits
-_WRAPPERS = ("open_wallet", "credit_wallet")
+_WRAPPERS = ("open_wallet", "credit_wallet", "start_session", "pause_chat", "resume_chat")
 
 __all__ = sorted([*_EXPORTS, *_WRAPPERS])
 
@@ -128,3 +125,41 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
+
+
+def start_session(gate: Any, **kwargs: Any) -> Any:
+    """Initialize a chat's billing session (:func:`worker.chats.lifecycle.start_session`) in its
+    own transaction: a thin wrapper that opens one ``session_scope``, calls the service with it and
+    commits.  Keyword arguments: ``enterprise_id``, ``chat_id``, ``wallet_id``, ``workflow``,
+    ``started_at``.  Returns the wallet's ``WalletState``; raises what the service raises."""
+    from worker.chats import lifecycle  # lazy facade: see above
+    from worker.db import session_scope  # lazy facade: see above
+
+    with session_scope() as session:
+        return lifecycle.start_session(session, gate, **kwargs)
+
+
+def pause_chat(gate: Any, **kwargs: Any) -> bool:
+    """Pause a chat (:func:`worker.chats.lifecycle.pause_chat`) in its own transaction: a thin
+    wrapper that opens one ``session_scope``, calls the service with it and commits; ``chat.paused``
+    is announced after the commit.  Keyword arguments: ``enterprise_id``, ``chat_id``,
+    ``wallet_id``, ``reason``, ``needed_nanos`` (nano-USD), ``send_task``, ``position``.  Returns
+    True if this call paused the chat; raises what the service raises."""
+    from worker.chats import lifecycle  # lazy facade: see above
+    from worker.db import session_scope  # lazy facade: see above
+
+    with session_scope() as session:
+        return lifecycle.pause_chat(session, gate, **kwargs)
+
+
+def resume_chat(gate: Any, **kwargs: Any) -> Any:
+    """Resume a paused chat (:func:`worker.chats.lifecycle.resume_chat`) in its own transaction: a
+    thin wrapper that opens one ``session_scope``, calls the service with it and commits;
+    ``chat.resumable`` is announced after the commit.  Keyword arguments: ``enterprise_id``,
+    ``chat_id``.  Returns the wallet's ``WalletState``; raises what the service raises
+    (``WalletCannotPay`` while the wallet cannot pay: nothing changes)."""
+    from worker.chats import lifecycle  # lazy facade: see above
+    from worker.db import session_scope  # lazy facade: see above
+
+    with session_scope() as session:
+        return lifecycle.resume_chat(session, gate, **kwargs)

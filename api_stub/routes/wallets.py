@@ -39,8 +39,8 @@ from models.wallet import (
 )
 from worker.billing.modes import ModeError, set_wallet_mode
 from worker.billing.payers import reservations_required
-from worker.chats.lifecycle import resume_paused_chats, wallet_state
-from worker.chats.wiring import after_credit
+from worker.chats.lifecycle import wallet_state
+from worker.chats.wiring import after_credit, resume_wallet_chats
 from worker.db import session_scope
 from worker.gate.gate import GateConfigError, UnknownWallet
 from worker.ledger.accounts import GatePending, LedgerError, credit_wallet
@@ -256,7 +256,7 @@ def wallet_mode(wallet_id: WalletId, body: ModeUpdate, who: Caller) -> ModePubli
         with session_scope() as session:
             wallet_in_scope(session, who, wallet_id, admin=True)
             mode = set_wallet_mode(
-                session, get_gate(), wallet_id, body.mode, actor=who.actor, resume=resume_paused_chats
+                session, get_gate(), wallet_id, body.mode, actor=who.actor, resume=resume_wallet_chats
             )
     except ModeError as exc:
         raise mode_problem(exc) from None

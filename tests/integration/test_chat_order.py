@@ -20,8 +20,9 @@ from tests.committed import open_wallet
 from worker import (
     OutboxDrain,  # wired: announces chat.paused / chat.resumable
     credit_wallet,  # wired: resumes paused chats, announces wallet.credited
+    resume_chat,  # the public API: its own transaction
 )
-from worker.chats.lifecycle import resume_chat, sweep_paused
+from worker.chats.wiring import sweep_paused
 from worker.client import BillingSession, InProcessTransport, WalletExhausted
 from worker.db import session_scope
 from worker.events import channel

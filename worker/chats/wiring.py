@@ -3,7 +3,11 @@ then announces ``wallet.credited``; the drain announces ``chat.paused`` / ``chat
 
 The ledger does not know chats (it sits below them): it takes these as callables
 (:func:`worker.ledger.accounts.credit_wallet`'s ``on_credited``, :class:`~worker.ledger.drain.OutboxDrain`'s
-``announce``), and the entry points (tasks, routes, CLI commands, replay, the public API) pass them."""
+``announce``), and the entry points (tasks, routes, CLI commands, replay, the public API) pass them.
+
+The hooks that run after an entry point's commit (:func:`after_credit`, :func:`resume_wallet_chats`)
+are units of work of their own: the caller's transaction has ended by then, so each opens one
+``session_scope`` for what follows (closing paused-chat records) and announces after that commit."""
 
 from __future__ import annotations
 
@@ -11,8 +15,10 @@ import logging
 from typing import Any
 
 from worker import events  # the module, not its names: tests patch events.emit
-from worker.chats.lifecycle import announce_chat_changes, resume_paused_chats
-from worker.gate.gate import WalletGate
+from worker.chats.lifecycle import announce_chat_changes, paused_wallets, resume_paused_chats
+from worker.db import session_scope
+from worker.events import SendTask
+from worker.gate.gate import UnknownWallet, WalletGate
 from worker.ledger.accounts import Credited
 from worker.ledger.drain import Announce, OutboxDrain
 
@@ -27,7 +33,7 @@ def after_credit(gate: WalletGate, credited: Credited) -> None:
     resumes what this missed.  Raises nothing."""
     wallet_id, key = credited.wallet_id, credited.idempotency_key
     try:
-        resume_paused_chats(gate, wallet_id, cause=key)
+        resume_wallet_chats(gate, wallet_id, cause=key)
     except Exception:
         log.error("credit %s to %s: could not resume paused chats; the beat job will", key, wallet_id, exc_info=True)
     try:
@@ -48,6 +54,34 @@ def after_credit(gate: WalletGate, credited: Credited) -> None:
             )
     except Exception:
         log.error("credit %s to %s: could not announce wallet.credited", key, wallet_id, exc_info=True)
+
+
+def resume_wallet_chats(
+    gate: WalletGate, wallet_id: str, *, cause: str, send_task: SendTask | None = None
+) -> list[tuple[str, str]]:
+    """:func:`worker.chats.lifecycle.resume_paused_chats` in a transaction of its own (one
+    ``session_scope``; ``chat.resumable`` after its commit): the ``resume`` hook the entry points
+    pass to the services that change what a wallet may do (modes, allowances, credits), which call
+    it after their caller's commit.  Same arguments, result and errors as the service."""
+    with session_scope() as session:
+        return resume_paused_chats(session, gate, wallet_id, cause=cause, send_task=send_task)
+
+
+def sweep_paused(gate: WalletGate, *, limit: int = 1000) -> dict[str, int]:
+    """The beat job ``tollgate.billing.resume_paused``: resume the paused chats of every wallet (up
+    to ``limit`` wallets with open records, :func:`worker.chats.lifecycle.paused_wallets`) that can
+    pay again, cause ``sweep``, one ``session_scope`` per wallet (its chats' rows are locked in the
+    drain's order within it).  Wallets the gate lacks are skipped (a rebuild loads them; the next
+    sweep tries again).  Returns ``{"wallets", "resumed"}``."""
+    with session_scope() as session:
+        wallet_ids = paused_wallets(session, limit=limit)
+    resumed = 0
+    for wallet_id in wallet_ids:
+        try:
+            resumed += len(resume_wallet_chats(gate, wallet_id, cause="sweep"))
+        except UnknownWallet:
+            continue
+    return {"wallets": len(wallet_ids), "resumed": resumed}
 
 
 class AnnouncingDrain(OutboxDrain):

@@ -41,10 +41,10 @@ def allowance_reset(
 ) -> None:
     """Grant and expire monthly allowances now (the beat job); running it again changes nothing."""
     from worker.billing.allowances import run_monthly_reset
-    from worker.chats.lifecycle import resume_paused_chats
+    from worker.chats.wiring import resume_wallet_chats
     from worker.gate.gate import process_gate
 
-    report = run_monthly_reset(process_gate(), period=period, resume=resume_paused_chats)
+    report = run_monthly_reset(process_gate(), period=period, resume=resume_wallet_chats)
     data = report.as_dict()
     if as_json:
         sys.stdout.write(json.dumps(data) + "\n")

@@ -140,7 +140,7 @@ def wallet_mode(
 ) -> None:
     """Override one wallet's mode, or 'inherit' its app's again (audit-logged)."""
     from worker.billing.modes import set_wallet_mode
-    from worker.chats.lifecycle import resume_paused_chats
+    from worker.chats.wiring import resume_wallet_chats
     from worker.db import session_scope
     from worker.gate.gate import process_gate
 
@@ -151,7 +151,7 @@ def wallet_mode(
             wallet_id,
             None if mode == "inherit" else mode,
             actor="cli",
-            resume=resume_paused_chats,
+            resume=resume_wallet_chats,
         )
     out.print(f"{wallet_id}: mode {after}", highlight=False)
 

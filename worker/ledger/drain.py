@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import redis
+from sqlmodel import Session
 
 from worker.db import session_scope
 from worker.gate.gate import WalletGate, process_gate
@@ -74,8 +75,9 @@ class DrainStats:
         return dict(self.__dict__)
 
 
-#: ``announce(gate, paused, resumed)``: what a drain does with the chats a committed batch paused / resumed
-Announce = Callable[[WalletGate, Sequence[Any], Sequence[Any]], None]
+#: ``announce(session, gate, paused, resumed)``: what a drain does with the chats a batch paused /
+#: resumed, called inside the batch's transaction; it sends its announcements with ``after_commit``
+Announce = Callable[[Session, WalletGate, Sequence[Any], Sequence[Any]], None]
 
 
 class OutboxDrain:
@@ -85,9 +87,10 @@ class OutboxDrain:
         client: redis-py client with ``decode_responses=True`` (defaults to ``settings.redis_url``).
         settings: defaults to :func:`worker.settings.get_settings`.
         consumer: consumer name in the group (defaults to :func:`consumer_name`).
-        announce: ``announce(gate, paused, resumed)``, called after each committed batch that paused
-            or resumed chats (:class:`~worker.ledger.turns.PausedNotice` /
-            :class:`~worker.ledger.turns.ResumedNotice` lists); its errors are logged.  The entry
+        announce: ``announce(session, gate, paused, resumed)``, called inside each batch's
+            transaction that paused or resumed chats (:class:`~worker.ledger.turns.PausedNotice` /
+            :class:`~worker.ledger.turns.ResumedNotice` lists), in a savepoint: its errors are
+            logged and undo nothing of the batch; it announces after the batch commits (``after_commit``).  The entry
             points (the Celery task, the CLI, replay) pass
             :func:`worker.chats.lifecycle.announce_chat_changes`; None announces nothing.
         gate: the gate refunds of second acceptances go through.  Default: the process's
@@ -224,6 +227,8 @@ class OutboxDrain:
         rows = [parse_entry(fields, f"{shard}:{entry_id}") for entry_id, fields in entries]
         with session_scope() as session:
             result = persist_turns(session, rows)
+            if result.paused or result.resumed:
+                self._announce_paused(session, result)
         for conflict in result.conflicts:  # committed: now give the second debit back in the gate
             log.warning(
                 "turn %s was accepted twice by the gate (outbox %s): refunding %s nanos to %s",
@@ -234,8 +239,6 @@ class OutboxDrain:
             )
             if conflict.billed_nanos:
                 self.gate.credit(conflict.wallet_id, conflict.billed_nanos, f"{REFUND_PREFIX}{conflict.outbox_id}")
-        if result.paused or result.resumed:
-            self._announce_paused(result)
         stats.add(result)
         record_drain_batch(self.redis, size=len(entries), inserted=result.inserted, duplicates=result.duplicates)
 
@@ -272,20 +275,22 @@ class OutboxDrain:
                 deadletter.refund_in_ledger(session, dl)
             else:
                 deadletter.settle_after_retry(session, dl)
+            if result.paused or result.resumed:
+                self._announce_paused(session, result)
         if result.conflicts:
             deadletter.refund_in_gate(self.gate, dl)
-        if result.paused or result.resumed:
-            self._announce_paused(result)
         deadletter.drop_copy(self.redis, dl)
         return result
 
-    def _announce_paused(self, result: PersistResult) -> None:
-        """Hand the chats the committed batch paused and resumed to ``self.announce`` (the entry
-        point's wiring: ``chat.paused`` / ``chat.resumable``, pub/sub and webhook); nothing without one."""
+    def _announce_paused(self, session: Session, result: PersistResult) -> None:
+        """Hand the chats the batch paused and resumed to ``self.announce`` (the entry point's
+        wiring: ``chat.paused`` / ``chat.resumable`` after the commit, pub/sub and webhook), inside
+        the batch's transaction and a savepoint of it; nothing without one."""
         if self.announce is None:
             return
         try:
-            self.announce(self.gate, result.paused, result.resumed)
+            with session.begin_nested():
+                self.announce(session, self.gate, result.paused, result.resumed)
         except Exception:  # the pause is committed; the orchestrator also had the 'pause' answer
             log.error("could not announce %d paused chat(s)", len(result.paused), exc_info=True)
 
