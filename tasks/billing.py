@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from worker.billing.allowances import run_monthly_reset
 from worker.billing.budgets import check_budgets as check_budgets_service
+from worker.billing.jobs import run_monthly_reset
 from worker.billing.modes import charge_flat_fees
 from worker.celery_app import (
     CHECK_BUDGETS_TASK,
@@ -21,10 +21,11 @@ from worker.celery_app import (
     RESUME_PAUSED_TASK,
     app,
 )
+from worker.chats.jobs import sweep_paused
 from worker.chats.lifecycle import pause_chat as pause_chat_service
-from worker.chats.wiring import resume_wallet_chats, sweep_paused
+from worker.chats.wiring import resume_wallet_chats
 from worker.db import session_scope
-from worker.events import WebhookRejected, WebhookRetryable, backoff_s
+from worker.events import WebhookRejected, WebhookRetryable, backoff_s, callback_of
 from worker.events import deliver as deliver_event
 from worker.gate.gate import process_gate
 from worker.settings import get_settings
@@ -103,9 +104,16 @@ def deliver(self, enterprise_id: str, event_id: str, event_type: str, body: str)
     """
     settings = get_settings()
     attempts = self.request.retries + 1
+    with session_scope() as session:  # read, and ended before the POST
+        callback = callback_of(session, enterprise_id)
     try:
         result = deliver_event(
-            enterprise_id=enterprise_id, event_id=event_id, event_type=event_type, body=body, settings=settings
+            callback,
+            enterprise_id=enterprise_id,
+            event_id=event_id,
+            event_type=event_type,
+            body=body,
+            settings=settings,
         )
     except WebhookRetryable as exc:
         if self.request.retries >= settings.webhook_max_retries:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, cast
 
-from sqlalchemy import Engine, create_engine, event
-from sqlmodel import Session
+from sqlalchemy import Engine, Table, create_engine, event
+from sqlmodel import Session, SQLModel
 
 from worker.settings import get_settings
 
@@ -29,6 +29,11 @@ def engine_for(url: str) -> Engine:
 def get_engine() -> Engine:
     """The engine of ``settings.database_url``."""
     return engine_for(get_settings().database_url)
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core ``Table`` of a SQLModel table class (its ``__table__``, typed for the type checker)."""
+    return cast(Table, getattr(model, "__table__"))
 
 
 @contextmanager
@@ -78,6 +83,21 @@ def _run_after_commit(session: Session) -> None:
             first = first or exc
     if first is not None:
         raise first
+
+
+def after_commit_in_transaction(session: Session, work: Callable[[Session], None]) -> None:
+    """Once ``session``'s outermost transaction has committed, run ``work(follow_up)`` in a
+    transaction of its own (one :func:`session_scope`, committed when ``work`` returns, rolled back
+    if it raises): follow-up work a service sends from inside the caller's transaction that must
+    read or write after that commit (mirror a wallet's mode in the gate under its advisory lock,
+    mark an alert sent once it was published).  Dropped, like :func:`after_commit`, if the caller's
+    transaction rolls back; its errors are raised from that ``commit()`` likewise."""
+
+    def run() -> None:
+        with session_scope() as follow_up:
+            work(follow_up)
+
+    after_commit(session, run)
 
 
 def _within(savepoint: Any, transaction: Any) -> bool:

@@ -22,7 +22,7 @@ from worker import (
     credit_wallet,  # wired: resumes paused chats, announces wallet.credited
     resume_chat,  # the public API: its own transaction
 )
-from worker.chats.wiring import sweep_paused
+from worker.chats.jobs import sweep_paused
 from worker.client import BillingSession, InProcessTransport, WalletExhausted
 from worker.db import session_scope
 from worker.events import channel

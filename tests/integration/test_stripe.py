@@ -17,7 +17,7 @@ from models.turn import TurnIn
 from tests.committed import credit_wallet, open_wallet
 from tests.conftest import create_keys
 from tests.stripe_stub import StripeStub, event_json, stripe_signature
-from worker.billing.allowances import run_monthly_reset
+from worker.billing.jobs import run_monthly_reset
 from worker.billing.stripe import (
     PAYMENT_FAILED,
     ProcessResult,

@@ -59,7 +59,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, cast
 from urllib.parse import urlsplit
 
 import stripe
@@ -172,8 +172,8 @@ def add_package(
         )
     if stripe_price_id:
         other = session.execute(
-            select(TokenPackage.id).where(
-                TokenPackage.stripe_price_id == stripe_price_id, TokenPackage.id != package_id
+            select(col(TokenPackage.id)).where(
+                col(TokenPackage.stripe_price_id) == stripe_price_id, col(TokenPackage.id) != package_id
             )
         ).scalar_one_or_none()
         if other is not None:
@@ -182,7 +182,9 @@ def add_package(
             )
     package = session.get(TokenPackage, package_id)
     if package is None:
-        package = TokenPackage(id=package_id, name=name, price_cents=price_cents, credit_nanos=credit_nanos)
+        package = TokenPackage(  # type: ignore[call-arg]  # created_at: the database's now() (server_default)
+            id=package_id, name=name, price_cents=price_cents, credit_nanos=credit_nanos
+        )
         session.add(package)
     package.name, package.price_cents, package.credit_nanos = name, price_cents, credit_nanos
     package.monthly, package.stripe_price_id, package.active = monthly, stripe_price_id, active
@@ -203,9 +205,11 @@ def get_package(session: Session, package_id: str, *, active_only: bool = False)
 
 def list_packages(session: Session, *, include_inactive: bool = False) -> list[TokenPackage]:
     """Packages ordered by ``(monthly, price_cents, id)``; only active ones unless ``include_inactive``."""
-    query = select(TokenPackage).order_by(TokenPackage.monthly, TokenPackage.price_cents, TokenPackage.id)
+    query = select(TokenPackage).order_by(
+        col(TokenPackage.monthly), col(TokenPackage.price_cents), col(TokenPackage.id)
+    )
     if not include_inactive:
-        query = query.where(TokenPackage.active.is_(True))
+        query = query.where(col(TokenPackage.active).is_(True))
     return list(session.execute(query).scalars())
 
 
@@ -303,7 +307,8 @@ def checkout_params(
     }
     if wallet.stripe_customer_id:
         params["customer"] = wallet.stripe_customer_id
-    account, share_bps = None, None
+    account: str | None = None
+    share_bps = 0
     if wallet.level == PayerLevel.app_usage and wallet.enterprise_id:
         enterprise = session.get(Enterprise, wallet.enterprise_id)
         if enterprise is not None and enterprise.stripe_account_id:
@@ -329,7 +334,7 @@ def stripe_client(settings: Settings | None = None) -> stripe.StripeClient:
     settings = settings or get_settings()
     if not settings.stripe_api_key:
         raise StripeConfigError("TOLLGATE_STRIPE_API_KEY is not set: Checkout is unavailable")
-    base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
+    base: Any = {"api": settings.stripe_api_base} if settings.stripe_api_base else None  # stripe's BaseAddresses
     return stripe.StripeClient(settings.stripe_api_key, base_addresses=base, max_network_retries=2)
 
 
@@ -365,8 +370,8 @@ def create_checkout_session(
         session, wallet_id=wallet_id, package_id=package_id, success_url=success_url, cancel_url=cancel_url
     )
     client = client or stripe_client()
-    options = {"idempotency_key": idempotency_key} if idempotency_key else None
-    created = client.v1.checkout.sessions.create(params, options)
+    options: Any = {"idempotency_key": idempotency_key} if idempotency_key else None  # stripe's RequestOptions
+    created = client.v1.checkout.sessions.create(cast(Any, params), options)
     return CheckoutStarted(session_id=created.id, url=getattr(created, "url", None), mode=params["mode"])
 
 
@@ -385,7 +390,7 @@ def store_event(session: Session, event: Mapping[str, Any]) -> bool:
         insert(StripeEvent)
         .values(id=event_id, type=event_type, payload=dict(event))
         .on_conflict_do_nothing(index_elements=["id"])
-        .returning(StripeEvent.id)
+        .returning(col(StripeEvent.id))
     ).first()
     return inserted is not None
 
@@ -394,7 +399,7 @@ def is_processed(session: Session, event_id: str) -> bool:
     """True if the stored event ``event_id`` has been processed."""
     return (
         session.execute(
-            select(StripeEvent.processed_at.is_not(None)).where(StripeEvent.id == event_id)
+            select(col(StripeEvent.processed_at).is_not(None)).where(col(StripeEvent.id) == event_id)
         ).scalar_one_or_none()
         is True
     )
@@ -460,12 +465,16 @@ def _find_wallet(session: Session, *, metadata: Any, subscription_id: str | None
         return wallet
     if subscription_id:
         wallet = (
-            session.execute(select(Wallet).where(Wallet.stripe_subscription_id == subscription_id)).scalars().first()
+            session.execute(select(Wallet).where(col(Wallet.stripe_subscription_id) == subscription_id))
+            .scalars()
+            .first()
         )
         if wallet is not None:
             return wallet
     if customer_id:
-        found = list(session.execute(select(Wallet).where(Wallet.stripe_customer_id == customer_id).limit(2)).scalars())
+        found = list(
+            session.execute(select(Wallet).where(col(Wallet.stripe_customer_id) == customer_id).limit(2)).scalars()
+        )
         if len(found) == 1:
             return found[0]
     raise EventError(
@@ -630,7 +639,9 @@ def _invoice_credit(session: Session, obj: Mapping[str, Any], metadata: Any) -> 
             continue
         price_id = _line_price(line)
         package = (
-            session.execute(select(TokenPackage).where(TokenPackage.stripe_price_id == price_id)).scalar_one_or_none()
+            session.execute(
+                select(TokenPackage).where(col(TokenPackage.stripe_price_id) == price_id)
+            ).scalar_one_or_none()
             if price_id
             else None
         )
@@ -817,7 +828,9 @@ def _audited(session: Session, key: str) -> bool:
             select(func.count())
             .select_from(AuditLog)
             .where(
-                AuditLog.actor == ACTOR, AuditLog.action == "credit", AuditLog.detail["idempotency_key"].astext == key
+                col(AuditLog.actor) == ACTOR,
+                col(AuditLog.action) == "credit",
+                col(AuditLog.detail)["idempotency_key"].astext == key,
             )
         ).scalar_one()
         > 0
@@ -915,12 +928,12 @@ def unprocessed_events(session: Session, *, older_than_s: int = 120, limit: int 
     seconds ago (their task was lost, gave up, or hit data that was fixed since), oldest first."""
     return list(
         session.execute(
-            select(StripeEvent.id)
+            select(col(StripeEvent.id))
             .where(
-                StripeEvent.processed_at.is_(None),
-                StripeEvent.received_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s),
+                col(StripeEvent.processed_at).is_(None),
+                col(StripeEvent.received_at) < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s),
             )
-            .order_by(StripeEvent.received_at)
+            .order_by(col(StripeEvent.received_at))
             .limit(limit)
         ).scalars()
     )

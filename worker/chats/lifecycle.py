@@ -46,7 +46,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from sqlalchemy import case, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
@@ -57,7 +57,7 @@ from models.enums import ChatStatus, ConnectionState
 from models.validation import MAX_LABEL
 from models.wallet import Enterprise, Wallet
 from worker.chats.rollups import UnknownChat, chat_performance, end_chat
-from worker.db import after_commit
+from worker.db import after_commit, table_of
 from worker.errors import Conflict, NotFound
 from worker.events import Event, SendTask, emit
 from worker.gate.gate import UnknownWallet, WalletGate
@@ -118,7 +118,8 @@ def wallet_state(gate: WalletGate, wallet_id: str) -> WalletState:
     :class:`~worker.errors.InvalidInput` naming ``wallet_id`` (not an id)."""
     check_text(wallet_id, "wallet_id")
     fields = ("balance", "held", "mode", "blocked", "limited", "trial_left", "trial_then")
-    balance, held, mode, blocked, limited, trial_left, trial_then = gate.redis.hmget(gate.wallet_key(wallet_id), fields)
+    values = cast(list[str | None], gate.redis.hmget(gate.wallet_key(wallet_id), fields))  # decode_responses
+    balance, held, mode, blocked, limited, trial_left, trial_then = values
     if mode is None:
         raise UnknownWallet(wallet_id)
     balance_n, held_n, left = int(balance or 0), int(held or 0), int(trial_left or 0)
@@ -209,7 +210,7 @@ def lock_chats(session: Session, chats: list[tuple[str, str]]) -> None:
     order: the order the drain locks them in, so taking chat rows before ``paused_chat`` rows here
     as there can never deadlock against a drain batch."""
     if chats:
-        cs = ChatSession.__table__
+        cs = table_of(ChatSession)
         session.execute(
             select(cs.c.id)
             .where(tuple_(cs.c.enterprise_id, cs.c.chat_id).in_(sorted(set(chats))))
@@ -223,10 +224,10 @@ def _hooked(session: Session, enterprise_ids: set[str]) -> set[str]:
     if not enterprise_ids:
         return set()
     rows = session.execute(
-        select(Enterprise.id).where(
-            Enterprise.id.in_(enterprise_ids),
-            Enterprise.callback_url.is_not(None),
-            Enterprise.webhook_secret.is_not(None),
+        select(col(Enterprise.id)).where(
+            col(Enterprise.id).in_(enterprise_ids),
+            col(Enterprise.callback_url).is_not(None),
+            col(Enterprise.webhook_secret).is_not(None),
         )
     ).scalars()
     return set(rows)
@@ -340,7 +341,7 @@ def pause_chat(
     now = datetime.now(UTC)
     if position is None:
         position = transition_position(gate, wallet_id)
-    pc, cs = PausedChat.__table__, ChatSession.__table__
+    pc, cs = table_of(PausedChat), table_of(ChatSession)
     # the chat's row first, as the drain does (created if this is its first word), then its lock
     session.execute(
         insert(cs)
@@ -420,7 +421,7 @@ def resume_paused_chats(
     if not state.can_continue:
         return []
     position = transition_position(gate, wallet_id)
-    pc, cs = PausedChat.__table__, ChatSession.__table__
+    pc, cs = table_of(PausedChat), table_of(ChatSession)
     lock_chats(
         session,
         [
@@ -432,13 +433,13 @@ def resume_paused_chats(
             )
         ],
     )
-    chats = session.execute(
+    closed = session.execute(
         update(pc)
         .where(pc.c.wallet_id == wallet_id, pc.c.resumed_at.is_(None), pc.c.reason.in_(FUNDS_REASONS))
         .values(resumed_at=func.now(), resumed_by=cause[:300])
         .returning(pc.c.enterprise_id, pc.c.chat_id)
     ).all()
-    chats = sorted((e, c) for e, c in chats)
+    chats: list[tuple[str, str]] = sorted((e, c) for e, c in closed)
     if not chats:
         return []
     session.execute(
@@ -464,7 +465,7 @@ def resume_chat(session: Session, gate: WalletGate, *, enterprise_id: str, chat_
     """
     _check_ids(enterprise_id=enterprise_id, chat_id=chat_id)
     chat = session.execute(
-        select(ChatSession).where(ChatSession.enterprise_id == enterprise_id, ChatSession.chat_id == chat_id)
+        select(ChatSession).where(col(ChatSession.enterprise_id) == enterprise_id, col(ChatSession.chat_id) == chat_id)
     ).scalar_one_or_none()
     if chat is None:
         raise UnknownChat(f"chat_id: unknown chat {chat_id!r} of enterprise {enterprise_id!r}", field="chat_id")
@@ -475,7 +476,7 @@ def resume_chat(session: Session, gate: WalletGate, *, enterprise_id: str, chat_
             f"wallet {wallet_id!r} cannot pay yet: {state.needed_nanos} nanos needed", field="wallet_id"
         )
     position = transition_position(gate, wallet_id)
-    pc, cs = PausedChat.__table__, ChatSession.__table__
+    pc, cs = table_of(PausedChat), table_of(ChatSession)
     lock_chats(session, [(enterprise_id, chat_id)])
     closed = (
         session.execute(
@@ -532,10 +533,10 @@ def paused_wallets(session: Session, *, limit: int = 1000) -> list[str]:
     one wallet per transaction (:func:`resume_paused_chats` with cause ``sweep``).  Reads only."""
     return list(
         session.execute(
-            select(PausedChat.wallet_id)
+            select(col(PausedChat.wallet_id))
             .where(col(PausedChat.resumed_at).is_(None), col(PausedChat.reason).in_(FUNDS_REASONS))
             .distinct()
-            .order_by(PausedChat.wallet_id)
+            .order_by(col(PausedChat.wallet_id))
             .limit(limit)
         ).scalars()
     )

@@ -15,10 +15,10 @@ import logging
 from typing import Any
 
 from worker import events  # the module, not its names: tests patch events.emit
-from worker.chats.lifecycle import announce_chat_changes, paused_wallets, resume_paused_chats
+from worker.chats.lifecycle import announce_chat_changes, resume_paused_chats
 from worker.db import session_scope
 from worker.events import SendTask
-from worker.gate.gate import UnknownWallet, WalletGate
+from worker.gate.gate import WalletGate
 from worker.ledger.accounts import Credited
 from worker.ledger.drain import Announce, OutboxDrain
 
@@ -65,23 +65,6 @@ def resume_wallet_chats(
     it after their caller's commit.  Same arguments, result and errors as the service."""
     with session_scope() as session:
         return resume_paused_chats(session, gate, wallet_id, cause=cause, send_task=send_task)
-
-
-def sweep_paused(gate: WalletGate, *, limit: int = 1000) -> dict[str, int]:
-    """The beat job ``tollgate.billing.resume_paused``: resume the paused chats of every wallet (up
-    to ``limit`` wallets with open records, :func:`worker.chats.lifecycle.paused_wallets`) that can
-    pay again, cause ``sweep``, one ``session_scope`` per wallet (its chats' rows are locked in the
-    drain's order within it).  Wallets the gate lacks are skipped (a rebuild loads them; the next
-    sweep tries again).  Returns ``{"wallets", "resumed"}``."""
-    with session_scope() as session:
-        wallet_ids = paused_wallets(session, limit=limit)
-    resumed = 0
-    for wallet_id in wallet_ids:
-        try:
-            resumed += len(resume_wallet_chats(gate, wallet_id, cause="sweep"))
-        except UnknownWallet:
-            continue
-    return {"wallets": len(wallet_ids), "resumed": resumed}
 
 
 class AnnouncingDrain(OutboxDrain):

@@ -40,7 +40,7 @@ def allowance_reset(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Grant and expire monthly allowances now (the beat job); running it again changes nothing."""
-    from worker.billing.allowances import run_monthly_reset
+    from worker.billing.jobs import run_monthly_reset
     from worker.chats.wiring import resume_wallet_chats
     from worker.gate.gate import process_gate
 

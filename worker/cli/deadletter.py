@@ -75,10 +75,12 @@ def deadletter_discard(
     outbox_id: str = typer.Argument(..., help="SHARD:ENTRY_ID as `deadletter list` shows it"),
 ) -> None:
     """Drop a dead letter for good and refund its charge to its wallet (ledger credit, then gate)."""
+    from worker.db import session_scope
     from worker.gate.gate import process_gate
     from worker.ledger.deadletter import discard
 
-    dl = discard(process_gate(), outbox_id)
+    with session_scope() as session:
+        dl = discard(session, process_gate(), outbox_id)
     out.print(
         f"{outbox_id}: discarded, {dl.billed_nanos:,} nanos refunded to {ascii(dl.wallet_id)}",
         highlight=False,

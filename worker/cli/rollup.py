@@ -25,7 +25,8 @@ def rollup_refresh(
     all_dirty: bool = typer.Option(False, "--all-dirty", help="refresh every group marked dirty (the beat job)"),
 ) -> None:
     """Refresh one rollup (ENTERPRISE WORKFLOW PERIOD) or every dirty one (--all-dirty), now."""
-    from worker.chats.rollups import refresh_dirty_groups, refresh_rollup
+    from worker.chats.jobs import refresh_dirty_groups
+    from worker.chats.rollups import refresh_rollup
     from worker.db import session_scope
 
     given = [a for a in (enterprise, workflow, period) if a is not None]

@@ -166,12 +166,12 @@ def record_credit(
             description=description,
         )
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(WalletTransaction.id)
+        .returning(col(WalletTransaction.id))
     ).first()
     if inserted is None:
         return False
     session.execute(
-        update(Wallet).where(Wallet.id == wallet_id).values(credits_nanos=Wallet.credits_nanos + amount_nanos)
+        update(Wallet).where(col(Wallet.id) == wallet_id).values(credits_nanos=col(Wallet.credits_nanos) + amount_nanos)
     )
     return True
 
@@ -302,7 +302,7 @@ def unapplied_credits(session: Session, gate: WalletGate, *, older_than_s: int =
     wt = WalletTransaction
     window_s = max(gate.settings.dedupe_ttl_s - 3600, 0)
     rows = session.execute(
-        select(wt.wallet_id, wt.idempotency_key)
+        select(col(wt.wallet_id), col(wt.idempotency_key))
         .where(
             col(wt.kind) == TransactionKind.credit,
             ~col(wt.idempotency_key).startswith(RESERVED_KEY_PREFIX, autoescape=True),
@@ -352,8 +352,8 @@ def ledger_balance(session: Session, wallet_id: str) -> int:
     wt = WalletTransaction
     credits, debits = session.execute(
         select(
-            func.coalesce(func.sum(wt.amount_nanos).filter(wt.kind == TransactionKind.credit), 0),
-            func.coalesce(func.sum(wt.amount_nanos).filter(wt.kind == TransactionKind.debit), 0),
-        ).where(wt.wallet_id == wallet_id)
+            func.coalesce(func.sum(col(wt.amount_nanos)).filter(col(wt.kind) == TransactionKind.credit), 0),
+            func.coalesce(func.sum(col(wt.amount_nanos)).filter(col(wt.kind) == TransactionKind.debit), 0),
+        ).where(col(wt.wallet_id) == wallet_id)
     ).one()
     return int(credits) - int(debits)

@@ -246,7 +246,8 @@ class OutboxDrain:
         """Each entry in its own transaction; one that fails for any non-transient reason is
         dead-lettered.  An entry dead-lettered before (re-delivered after a crash) is left as it
         is: its row and charge were written in one transaction."""
-        done = deadletter.dead_lettered(shard, [entry_id for entry_id, _ in entries])
+        with session_scope() as session:
+            done = deadletter.dead_lettered(session, shard, [entry_id for entry_id, _ in entries])
         for entry in entries:
             if entry[0] in done:
                 continue
@@ -297,7 +298,18 @@ class OutboxDrain:
     def _dead_letter(self, shard: int, entry: tuple[str, dict[str, str]], exc: Exception, stats: DrainStats) -> None:
         entry_id, fields = entry
         log.error("outbox shard %s entry %s cannot be persisted, dead-lettered: %r", shard, entry_id, exc)
-        if deadletter.record(self.redis, shard, entry_id, fields, exc):
+        try:
+            with session_scope() as session:  # the row and its named debt in one transaction, then the copy
+                new = deadletter.record(session, self.redis, shard, entry_id, fields, exc)
+        except Exception as failure:
+            if deadletter.is_transient(failure):
+                raise
+            log.error(
+                "dead letter %s:%s could not be stored in PostgreSQL (%r); Redis holds it", shard, entry_id, failure
+            )
+            deadletter.keep_copy(self.redis, shard, entry_id, fields, exc)
+            new = True
+        if new:
             stats.dead_lettered += 1
             record_dead_letter(self.redis, billed_nanos=deadletter.identity(fields)[2])
 

@@ -40,7 +40,7 @@ from typing import Iterable, NamedTuple
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy import func, select, tuple_
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from models.enums import TransactionKind
 from models.reconcile import ReconciliationRun, WalletDrift
@@ -177,20 +177,22 @@ def _read_redis(gate: WalletGate, shard: int, wallet_ids: list[str], *, page: in
 def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list[Queued]]):
     # one snapshot for all three reads: a drain committing in between must not be half-seen
     session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-    wallets = {w.id: w for w in session.execute(select(Wallet).where(Wallet.id.in_(wallet_ids))).scalars()}
+    wallets = {w.id: w for w in session.execute(select(Wallet).where(col(Wallet.id).in_(wallet_ids))).scalars()}
     wt = WalletTransaction
-    credits = func.coalesce(func.sum(wt.amount_nanos).filter(wt.kind == TransactionKind.credit), 0)
-    debits = func.coalesce(func.sum(wt.amount_nanos).filter(wt.kind == TransactionKind.debit), 0)
+    credits = func.coalesce(func.sum(col(wt.amount_nanos)).filter(col(wt.kind) == TransactionKind.credit), 0)
+    debits = func.coalesce(func.sum(col(wt.amount_nanos)).filter(col(wt.kind) == TransactionKind.debit), 0)
     entries = dict(
         session.execute(
-            select(wt.wallet_id, credits - debits).where(wt.wallet_id.in_(wallet_ids)).group_by(wt.wallet_id)
+            select(col(wt.wallet_id), credits - debits)
+            .where(col(wt.wallet_id).in_(wallet_ids))
+            .group_by(col(wt.wallet_id))
         ).all()
     )
     recent: dict[str, list[tuple[str, str]]] = {}
     for wallet_id, kind, key in session.execute(
-        select(wt.wallet_id, wt.kind, wt.idempotency_key).where(
-            wt.wallet_id.in_(wallet_ids),
-            wt.created_at > func.now() - func.make_interval(0, 0, 0, 0, 0, 0, get_settings().dedupe_ttl_s),
+        select(col(wt.wallet_id), col(wt.kind), col(wt.idempotency_key)).where(
+            col(wt.wallet_id).in_(wallet_ids),
+            col(wt.created_at) > func.now() - func.make_interval(0, 0, 0, 0, 0, 0, get_settings().dedupe_ttl_s),
         )
     ):
         recent.setdefault(wallet_id, []).append((kind, key))
@@ -200,8 +202,8 @@ def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list
     tk = UsageTurnKey
     for i in range(0, len(turns), 5000):
         rows = session.execute(
-            select(tk.enterprise_id, tk.wallet_id, tk.turn_id, tk.outbox_id).where(
-                tuple_(tk.enterprise_id, tk.wallet_id, tk.turn_id).in_(turns[i : i + 5000])
+            select(col(tk.enterprise_id), col(tk.wallet_id), col(tk.turn_id), col(tk.outbox_id)).where(
+                tuple_(col(tk.enterprise_id), col(tk.wallet_id), col(tk.turn_id)).in_(turns[i : i + 5000])
             )
         )
         persisted.update(((e, w, t), outbox_id) for e, w, t, outbox_id in rows)
@@ -210,7 +212,9 @@ def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list
     keys = list(entries_by_key)
     for i in range(0, len(keys), 5000):
         charged = session.execute(
-            select(WalletTransaction.idempotency_key).where(WalletTransaction.idempotency_key.in_(keys[i : i + 5000]))
+            select(col(WalletTransaction.idempotency_key)).where(
+                col(WalletTransaction.idempotency_key).in_(keys[i : i + 5000])
+            )
         ).scalars()
         persisted.update((entries_by_key[k].turn, entries_by_key[k].outbox_id) for k in charged)
     return wallets, entries, persisted, recent
@@ -302,11 +306,12 @@ def reconcile(gate: WalletGate | None = None, *, repair: bool = False, rebuild: 
     """
     gate = gate or process_gate()
     with session_scope() as session:
-        run = ReconciliationRun(repair=repair, rebuild=rebuild)
+        run = ReconciliationRun(repair=repair, rebuild=rebuild)  # type: ignore[call-arg]  # started_at: now()
         session.add(run)
         session.flush()
+        assert run.id is not None
         run_id = run.id
-        all_wallets = list(session.execute(select(Wallet.id).order_by(Wallet.id)).scalars())
+        all_wallets = list(session.execute(select(col(Wallet.id)).order_by(col(Wallet.id))).scalars())
     report = ReconcileReport(run_id=run_id)
     drifts: list[WalletDrift] = []
     for shard, wallet_ids in sorted(_by_shard(gate, all_wallets).items()):
@@ -326,6 +331,7 @@ def reconcile(gate: WalletGate | None = None, *, repair: bool = False, rebuild: 
                     continue
                 if repair and check.gate_nanos is not None:
                     balance, accepted = check.seen
+                    assert balance is not None  # the gate had the wallet when it was read
                     check.repaired = gate.repair_balance(
                         check.wallet_id,
                         expected_nanos=check.expected_nanos,
@@ -360,6 +366,7 @@ def reconcile(gate: WalletGate | None = None, *, repair: bool = False, rebuild: 
         report.dead_letters = deadletter.summary(deadletter.list_dead_letters(session))
     with session_scope() as session:
         stored = session.get(ReconciliationRun, run_id)
+        assert stored is not None
         stored.finished_at = datetime.now(UTC)
         stored.wallets_checked = report.wallets_checked
         stored.wallets_busy = report.wallets_busy
