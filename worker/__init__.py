@@ -15,6 +15,11 @@ runs through this facade.
   ``end_chat``, ``workflow_averages``, ``chat_performance``
 - payers and events: ``wallet_id_for``, ``events_channel`` (the pub/sub channel of an app's events)
 - configuration and transactions: ``Settings``, ``get_settings``, ``session_scope``
+
+``open_wallet``, ``credit_wallet``, ``start_session``, ``pause_chat`` and ``resume_chat`` are thin
+wrappers defined here: each opens one ``session_scope`` (its own transaction), calls the service of
+the same name (which takes a session and never commits) and commits; the gate steps and events run
+after that commit.  Code that owns a transaction already calls the services with its session.
 - errors (``worker.errors``): ``TollgateError``, the base of every error above (``field``,
   ``http_status``, ``title``, ``exit_code``), its families ``InputError``, ``NotFound``, ``Conflict``,
   ``Forbidden``, ``Unavailable``, and ``InvalidInput``; ``check_text`` (an id or label refused with

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Callable, Iterator, cast
 
-from sqlalchemy import Engine, Table, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlmodel import Session, SQLModel
 
 from worker.settings import get_settings
@@ -37,11 +37,18 @@ def table_of(model: type[SQLModel]) -> Table:
 
 
 @contextmanager
-def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+def session_scope(engine: Engine | Connection | None = None) -> Iterator[Session]:
     """A session whose transaction commits when the block ends and rolls back on an exception.
+    ``engine``: default the settings' engine; a ``Connection`` already in a transaction (a test's
+    rolled-back ``session`` fixture) gets a savepoint of it instead (commit releases it).
     An error of the commit itself propagates as it is: one from an ``after_commit`` hook (the rows
     are committed by then), or the database's (closing the session rolls back)."""
-    with Session(engine or get_engine(), expire_on_commit=False) as session:
+    bind = engine or get_engine()
+    if isinstance(bind, Connection):
+        opened = Session(bind, expire_on_commit=False, join_transaction_mode="create_savepoint")
+    else:
+        opened = Session(bind, expire_on_commit=False)
+    with opened as session:
         try:
             yield session
         except BaseException:
@@ -90,11 +97,14 @@ def after_commit_in_transaction(session: Session, work: Callable[[Session], None
     transaction of its own (one :func:`session_scope`, committed when ``work`` returns, rolled back
     if it raises): follow-up work a service sends from inside the caller's transaction that must
     read or write after that commit (mirror a wallet's mode in the gate under its advisory lock,
-    mark an alert sent once it was published).  Dropped, like :func:`after_commit`, if the caller's
-    transaction rolls back; its errors are raised from that ``commit()`` likewise."""
+    mark an alert sent once it was published).  On the caller's bind (its engine; in the tests'
+    ``session`` fixture, its connection, so the follow-up sees what the test wrote).  Dropped, like
+    :func:`after_commit`, if the caller's transaction rolls back; its errors are raised from that
+    ``commit()`` likewise."""
+    bind = session.get_bind()
 
     def run() -> None:
-        with session_scope() as follow_up:
+        with session_scope(bind) as follow_up:
             work(follow_up)
 
     after_commit(session, run)

@@ -72,6 +72,7 @@ def chat_end(chat_id: ChatId, who: Caller, body: Annotated[ChatSessionEnd | None
     with session_scope() as session:
         chat = _chat_in_scope(session, who, chat_id)
         _end(session, chat, ended_at)
+        session.expire_all()  # the reply reads the chat as the service left it (Core UPDATEs)
         return _public(session, _chat_in_scope(session, who, chat_id))
 
 
@@ -106,6 +107,7 @@ def chat_start(chat_id: ChatId, body: ChatSessionCreate, who: Caller) -> ChatSes
             ) from None
         except LookupError as exc:  # scope checked above; kept for a wallet deleted meanwhile
             raise field_problem(404, "Unknown wallet", "wallet_id", str(exc)) from None
+        session.expire_all()  # the reply reads the chat as the service left it (Core statements)
         return _public(session, _chat_in_scope(session, who, chat_id))
 
 
@@ -142,6 +144,7 @@ def chat_pause(
             )
         except UnknownWallet:
             raise Problem(409, "Wallet not in the gate", f"wallet {wallet_id!r} is not loaded in the gate") from None
+        session.expire_all()  # the reply reads the chat as the service left it (Core UPDATEs)
         return _public(session, _chat_in_scope(session, who, chat_id))
 
 
@@ -162,4 +165,5 @@ def chat_resume(chat_id: ChatId, who: Caller) -> ChatSessionPublic:
             raise _unknown_chat(chat_id) from None
         except WalletCannotPay as exc:
             raise Problem(409, "Wallet cannot pay yet", str(exc)) from None
+        session.expire_all()  # the reply reads the chat as the service left it (Core UPDATEs)
         return _public(session, _chat_in_scope(session, who, chat_id))

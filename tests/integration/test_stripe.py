@@ -907,3 +907,48 @@ def test_an_event_that_cannot_be_applied_leaves_nothing_of_its_own_and_no_gate_s
     assert (result.processed, result.outcome.startswith("error: idempotency_key")) == (False, True)
     assert _wallet_row(db)["stripe_customer_id"] is None  # the handler's wallet change was rolled back
     assert (gate.balance("w1"), _ledger(db)) == (5 * USD, [("stripe:cs_taken", "credit", 5 * USD)])
+
+
+_KILLED_BEFORE_RESUME = """
+import os, sys
+import worker.chats.wiring as wiring
+from tasks.stripe import process_event
+
+def killed(*args, **kwargs):  # the process dies after the credit reached the gate, before the resume
+    os._exit(18)
+
+wiring.resume_wallet_chats = killed
+process_event(sys.argv[1])
+"""
+
+
+def test_a_resume_lost_after_the_credit_is_done_once_by_the_paused_chat_sweep(db, gate, api):
+    """The credit's side effect on chats (resume the wallet's paused chats) is lost with its
+    process; the beat job ``tollgate.billing.resume_paused`` resumes the chat, once."""
+    import subprocess
+    import sys
+
+    import worker
+    from tests.conftest import REPO
+    from worker.chats.jobs import sweep_paused
+
+    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
+    _packages(TOPUP)
+    assert worker.pause_chat(gate, enterprise_id="acme", chat_id="c1", wallet_id="w1") is True
+    _post(api, event_json("evt_resume", "checkout.session.completed", _paid_session()))
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_BEFORE_RESUME, "evt_resume"], cwd=REPO, capture_output=True, timeout=120
+    )
+    assert proc.returncode == 18, proc.stderr.decode()
+    assert gate.balance("w1") == 10 * USD  # the credit landed; its resume did not
+
+    def paused() -> list[tuple]:
+        with db.connect() as conn:
+            return [tuple(r) for r in conn.execute(text("SELECT chat_id, resumed_by FROM paused_chat ORDER BY id"))]
+
+    assert paused() == [("c1", None)]
+    assert sweep_paused(gate) == {"wallets": 1, "resumed": 1}
+    assert paused() == [("c1", "sweep")]
+    assert sweep_paused(gate) == {"wallets": 0, "resumed": 0}
+    assert _process("evt_resume")["duplicate"] is True  # a redelivery: the credit's key applies it once
+    assert gate.balance("w1") == 10 * USD and paused() == [("c1", "sweep")]

@@ -96,3 +96,18 @@ def test_a_wallet_opened_and_credited_in_the_caller_s_session_reaches_the_gate_o
     accounts.credit_wallet(session, gate, wallet_id="w1", amount_nanos=5_000, idempotency_key="k2")
     session.rollback()
     assert (gate.balance("w1"), accounts.ledger_balance(session, "w1")) == (7_000, 7_000)
+
+
+def test_a_follow_up_transaction_runs_on_the_caller_s_bind_and_sees_what_it_committed(session, gate):
+    """``after_commit_in_transaction`` opens its follow-up on the caller's bind: in this rolled-back
+    fixture, the same connection (a new savepoint), so the mirror of the reservations rule reads the
+    wallet the test wrote and nothing reaches other connections."""
+    from tests.committed import open_wallet_in
+    from worker.billing.modes import set_wallet_reservations
+
+    open_wallet_in(session, gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
+    assert gate.redis.hget(gate.wallet_key("w1"), "require_hold") in (None, "0")
+    assert set_wallet_reservations(session, gate, "w1", True) is True
+    assert gate.redis.hget(gate.wallet_key("w1"), "require_hold") in (None, "0")  # not committed yet
+    session.commit()
+    assert gate.redis.hget(gate.wallet_key("w1"), "require_hold") == "1"

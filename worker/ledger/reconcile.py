@@ -24,6 +24,12 @@ shard and per wallet), never as 0 drift, and sets the ``tollgate_deadletter_*`` 
 finds any logs an error.  No stored value stops a run: an outbox entry that is not a turn, or whose
 turn_id PostgreSQL cannot store (NUL, a lone surrogate), is counted as queued and never looked up.
 
+A job, like the drain (an entry-point body the task ``tollgate.reconcile.run`` and ``tollgate
+reconcile`` share): it opens its own short transactions, one to record the run, one consistent
+snapshot per chunk of wallets and per retry of a busy one (REPEATABLE READ), one to store the
+figures; the functions it reads through (``_read_ledger``, ``deadletter.list_dead_letters``,
+``gate_profile``) take that session.
+
 Repair sets the gate balance to the expected figure with ``repair_balance.lua``, only if the wallet
 still shows what was read in (1).  Rebuild (after Redis lost its data) loads every wallet from
 PostgreSQL (mode, limit, block, balance = ledger − what is still queued).
@@ -362,9 +368,8 @@ def reconcile(gate: WalletGate | None = None, *, repair: bool = False, rebuild: 
                         repaired=check.repaired,
                     )
                 )
-    with session_scope() as session:
+    with session_scope() as session:  # the run's figures and its dead letters, in one transaction
         report.dead_letters = deadletter.summary(deadletter.list_dead_letters(session))
-    with session_scope() as session:
         stored = session.get(ReconciliationRun, run_id)
         assert stored is not None
         stored.finished_at = datetime.now(UTC)
@@ -401,19 +406,16 @@ def _rebuild(gate: WalletGate, wallet_ids: list[str]) -> None:
     tokens left = allowance − used (ledger) − what the queued turns took."""
     shard = gate.shard(wallet_ids[0])
     queued, _ = _read_redis(gate, shard, [])
-    with session_scope() as session:
+    with session_scope() as session:  # one snapshot: the ledger, and the profiles of the wallets Redis lacks
         wallets, _entries, persisted, recent = _read_ledger(session, wallet_ids, queued)
-    pipe = gate.redis.pipeline(transaction=False)
-    for wallet_id in wallet_ids:
-        pipe.exists(gate.wallet_key(wallet_id))
-    present = dict(zip(wallet_ids, pipe.execute()))
-    for wallet_id in wallet_ids:
-        wallet = wallets.get(wallet_id)
-        if wallet is None or present[wallet_id]:
-            continue
+        pipe = gate.redis.pipeline(transaction=False)
+        for wallet_id in wallet_ids:
+            pipe.exists(gate.wallet_key(wallet_id))
+        present = dict(zip(wallet_ids, pipe.execute()))
+        profiles = {w: gate_profile(session, wallets[w]) for w in wallet_ids if w in wallets and not present[w]}
+    for wallet_id, profile in profiles.items():
+        wallet = wallets[wallet_id]
         unpersisted = [q for q in queued.get(wallet_id, ()) if (q.turn, q.outbox_id) not in persisted]
-        with session_scope() as session:
-            profile = gate_profile(session, wallet)
         profile["trial_left"] -= sum(q.trial_tokens for q in unpersisted)
         gate.load_wallet(
             wallet_id,
