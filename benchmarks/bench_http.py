@@ -78,10 +78,10 @@ def turn(prefix: str, i: int) -> dict:
 def setup() -> str:
     """Fresh namespaces, the wallets and an owner key (returned)."""
     from models.enums import ApiRole
+    from worker import credit_wallet, open_wallet
     from worker.access.apikeys import create_key
     from worker.db import session_scope
     from worker.gate.gate import WalletGate
-    from worker.ledger.accounts import credit_wallet, open_wallet
     from worker.ledger.migrate import recreate_database
 
     redis.Redis.from_url(BENCH_REDIS_URL).flushdb()

@@ -202,7 +202,7 @@ def wallet_ids() -> list[str]:
 
 def open_wallets(gate) -> None:
     """Create the bench wallets in PostgreSQL and the gate, each with a large opening credit."""
-    from worker.ledger.accounts import credit_wallet, open_wallet
+    from worker import credit_wallet, open_wallet
 
     for i, wallet_id in enumerate(wallet_ids()):
         open_wallet(gate, wallet_id=wallet_id, enterprise_id=f"bench-e{i % 4}", owner_id=wallet_id, limited=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from worker.billing.allowances import run_monthly_jobs
 from worker.billing.budgets import check_budgets as check_budgets_service
+from worker.billing.jobs import run_monthly_jobs
 from worker.celery_app import (
     CHECK_BUDGETS_TASK,
     DELIVER_WEBHOOK_TASK,
@@ -20,10 +20,11 @@ from worker.celery_app import (
     RESUME_PAUSED_TASK,
     app,
 )
+from worker.chats.jobs import sweep_paused
 from worker.chats.lifecycle import pause_chat as pause_chat_service
-from worker.chats.lifecycle import resume_paused_chats, sweep_paused
+from worker.chats.wiring import resume_wallet_chats
 from worker.db import session_scope
-from worker.events import WebhookRejected, WebhookRetryable, backoff_s
+from worker.events import WebhookRejected, WebhookRetryable, backoff_s, callback_of
 from worker.events import deliver as deliver_event
 from worker.gate.gate import process_gate
 from worker.settings import get_settings
@@ -45,17 +46,18 @@ def check_budgets() -> dict[str, Any]:
 @app.task(name=MONTHLY_RESET_TASK)
 def monthly_reset(period: str | None = None) -> dict[str, Any]:
     """Grant and expire monthly allowances up to ``period`` ('YYYY-MM'; default: the current one) and
-    charge the flat fees of track_only apps (:func:`worker.billing.allowances.run_monthly_jobs`, the
+    charge the flat fees of track_only apps (:func:`worker.billing.jobs.run_monthly_jobs`, the
     code path of ``tollgate allowance reset`` too).  Beat runs it hourly; a run that finds nothing to
     do writes nothing.  Returns counts, nano-USD (:meth:`MonthlyRun.summary`)."""
-    return run_monthly_jobs(process_gate(), period=period, resume=resume_paused_chats).summary()
+    return run_monthly_jobs(process_gate(), period=period, resume=resume_wallet_chats).summary()
 
 
 @app.task(name=RESUME_PAUSED_TASK)
 def resume_paused(limit: int = 1000) -> dict[str, Any]:
     """Sweep (beat: every 30 s): resume the paused chats of wallets that can pay again but whose
     credit did not resume them (a crash after the credit, a budget or mode change, a rebuild).
-    Idempotent.  Returns ``{"wallets", "resumed"}``."""
+    Idempotent.  One transaction per wallet (its chats' rows are locked in the drain's order
+    within it).  Returns ``{"wallets", "resumed"}``."""
     return sweep_paused(process_gate(), limit=limit)
 
 
@@ -69,14 +71,16 @@ def pause_chat(
     before it was carried: the pause happens when the task runs).  Idempotent: an open pause is
     kept, and a pause the chat moved past (a credit's or the orchestrator's resume, a newer turn)
     changes nothing.  Returns True if this call paused it.  Raises InvalidInput naming a bad field."""
-    return pause_chat_service(
-        process_gate(),
-        enterprise_id=enterprise_id,
-        chat_id=chat_id,
-        wallet_id=wallet_id,
-        reason=reason,
-        position=position,
-    )
+    with session_scope() as session:
+        return pause_chat_service(
+            session,
+            process_gate(),
+            enterprise_id=enterprise_id,
+            chat_id=chat_id,
+            wallet_id=wallet_id,
+            reason=reason,
+            position=position,
+        )
 
 
 @app.task(name=DELIVER_WEBHOOK_TASK, bind=True, acks_late=True)
@@ -92,9 +96,16 @@ def deliver(self, enterprise_id: str, event_id: str, event_type: str, body: str)
     """
     settings = get_settings()
     attempts = self.request.retries + 1
+    with session_scope() as session:  # read, and ended before the POST
+        callback = callback_of(session, enterprise_id)
     try:
         result = deliver_event(
-            enterprise_id=enterprise_id, event_id=event_id, event_type=event_type, body=body, settings=settings
+            callback,
+            enterprise_id=enterprise_id,
+            event_id=event_id,
+            event_type=event_type,
+            body=body,
+            settings=settings,
         )
     except WebhookRetryable as exc:
         if self.request.retries >= settings.webhook_max_retries:

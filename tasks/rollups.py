@@ -7,14 +7,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.celery_app import END_CHAT_TASK, REFRESH_DIRTY_ROLLUPS_TASK, REFRESH_ROLLUP_TASK, app
-from worker.chats.rollups import DEFAULT_DIRTY_LIMIT, refresh_dirty_groups, refresh_rollup
+from worker.chats.jobs import refresh_dirty_groups
+from worker.chats.rollups import DEFAULT_DIRTY_LIMIT, refresh_rollup
 from worker.chats.rollups import end_chat as end_chat_service
 from worker.db import session_scope
 
 
 @app.task(name=REFRESH_DIRTY_ROLLUPS_TASK)
 def refresh_dirty(limit: int = DEFAULT_DIRTY_LIMIT, max_seconds: float = 50.0) -> int:
-    """Beat (every 60 s): :func:`worker.chats.rollups.refresh_dirty_groups` for at most ``max_seconds``.
+    """Beat (every 60 s): :func:`worker.chats.jobs.refresh_dirty_groups` for at most ``max_seconds``.
     Returns the groups refreshed."""
     return refresh_dirty_groups(limit, max_seconds)
 

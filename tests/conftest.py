@@ -342,7 +342,7 @@ def seed_wallet(
     """Open ``wallet_id`` of ``enterprise_id`` for ``owner_id`` (``open_kwargs``, e.g. ``level``, go to
     ``open_wallet``) and, when ``credit_nanos`` (integer nano-USD) is positive, credit it with
     idempotency key ``open-<wallet_id>``.  Raises what ``open_wallet``/``credit_wallet`` raise."""
-    from worker.ledger.accounts import credit_wallet, open_wallet
+    from tests.committed import credit_wallet, open_wallet
 
     open_wallet(gate, wallet_id=wallet_id, enterprise_id=enterprise_id, owner_id=owner_id, **open_kwargs)
     if credit_nanos:

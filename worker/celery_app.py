@@ -41,6 +41,7 @@ REFRESH_ROLLUP_TASK = "tollgate.rollups.refresh"
 END_CHAT_TASK = "tollgate.rollups.end_chat"
 RECONCILE_TASK = "tollgate.reconcile.run"
 EXPIRE_RESERVATIONS_TASK = "tollgate.reservations.expire"
+COMPLETE_CREDITS_TASK = "tollgate.reconcile.complete_credits"
 CHECK_BUDGETS_TASK = "tollgate.billing.check_budgets"
 MONTHLY_RESET_TASK = "tollgate.billing.monthly_reset"
 RESUME_PAUSED_TASK = "tollgate.billing.resume_paused"
@@ -155,6 +156,8 @@ def make_app() -> Celery[TollgateTask]:
             "expire-holds": {"task": EXPIRE_RESERVATIONS_TASK, "schedule": 10.0, "options": {"expires": 9}},
             # report drift between the gate (Redis) and the ledger; `tollgate reconcile --repair` mends it
             "reconcile": {"task": RECONCILE_TASK, "schedule": 300.0, "options": {"expires": 240}},
+            # credits committed in the ledger whose gate step was lost (a crash after the commit) reach the gate
+            "complete-credits": {"task": COMPLETE_CREDITS_TASK, "schedule": 60.0, "options": {"expires": 55}},
         },
     )
     return celery

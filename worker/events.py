@@ -43,7 +43,6 @@ from sqlmodel import Session
 
 from models.wallet import Enterprise
 from worker.celery_app import DELIVER_WEBHOOK_TASK, app
-from worker.db import session_scope
 from worker.errors import InputError, TollgateError
 from worker.gate.keys import EVENTS_CHANNEL_PREFIX
 from worker.settings import Settings, get_settings
@@ -293,6 +292,7 @@ def callback_of(session: Session, enterprise_id: str) -> tuple[str, str] | None:
 
 
 def deliver(
+    callback: tuple[str, str] | None,
     *,
     enterprise_id: str,
     event_id: str,
@@ -300,15 +300,15 @@ def deliver(
     body: str,
     settings: Settings | None = None,
 ) -> Delivery:
-    """Send one event to its app's callback: reload ``callback_url`` and ``webhook_secret`` (so a
-    rotated secret applies to retries), then :func:`post` once.
+    """Send one event to its app's callback: ``callback`` is ``(callback_url, webhook_secret)`` as
+    :func:`callback_of` read it for this attempt (the task reads it again on every attempt, in a
+    transaction of its own that ends before the POST, so a rotated secret applies to retries), then
+    :func:`post` once.  Touches no database.
 
-    Returns a :class:`Delivery`; a missing app or callback is ``skipped``, not an error.
+    Returns a :class:`Delivery`; a missing app or callback (None) is ``skipped``, not an error.
     Raises: WebhookRetryable, WebhookRejected (see :func:`post`).
     """
     settings = settings or get_settings()
-    with session_scope() as session:
-        callback = callback_of(session, enterprise_id)
     if callback is None:
         return Delivery("skipped", reason=f"enterprise {enterprise_id!r} has no callback_url and webhook_secret")
     url, secret = callback

@@ -75,7 +75,7 @@ def chat_end(chat_id: ChatId, who: Caller, body: Annotated[ChatSessionEnd | None
     with session_scope() as session:
         chat = _chat_in_scope(session, who, chat_id)
         _end(session, chat, ended_at)
-    with session_scope() as session:
+        session.expire_all()  # the reply reads the chat as the service left it (Core UPDATEs)
         return _public(session, _chat_in_scope(session, who, chat_id))
 
 
@@ -92,22 +92,25 @@ def chat_start(chat_id: ChatId, body: ChatSessionCreate, who: Caller) -> ChatSes
     enterprise_id = owner_enterprise(who, action="start chats")
     if body.started_at is not None and body.started_at.tzinfo is None:
         raise field_problem(422, "Invalid request", "started_at", "must carry a time zone (UTC)")
-    with session_scope() as session:
+    with session_scope() as session:  # one transaction: the scope check, the chat's row, the reply
         wallet_in_scope(session, who, body.wallet_id, creator=True)
-    try:
-        start_session(
-            get_gate(),
-            enterprise_id=enterprise_id,
-            chat_id=chat_id,
-            wallet_id=body.wallet_id,
-            workflow=body.workflow,
-            started_at=body.started_at,
-        )
-    except UnknownWallet:
-        raise Problem(409, "Wallet not in the gate", f"wallet {body.wallet_id!r} is not loaded in the gate") from None
-    except LookupError as exc:  # scope checked above; kept for a wallet deleted meanwhile
-        raise field_problem(404, "Unknown wallet", "wallet_id", str(exc)) from None
-    with session_scope() as session:
+        try:
+            start_session(
+                session,
+                get_gate(),
+                enterprise_id=enterprise_id,
+                chat_id=chat_id,
+                wallet_id=body.wallet_id,
+                workflow=body.workflow,
+                started_at=body.started_at,
+            )
+        except UnknownWallet:
+            raise Problem(
+                409, "Wallet not in the gate", f"wallet {body.wallet_id!r} is not loaded in the gate"
+            ) from None
+        except LookupError as exc:  # scope checked above; kept for a wallet deleted meanwhile
+            raise field_problem(404, "Unknown wallet", "wallet_id", str(exc)) from None
+        session.expire_all()  # the reply reads the chat as the service left it (Core statements)
         return _public(session, _chat_in_scope(session, who, chat_id))
 
 
@@ -134,18 +137,19 @@ def chat_pause(
             raise field_problem(422, "Invalid request", "wallet_id", "required for a chat with no persisted turn")
         if chat is None:  # a chat of the caller's app may be paused whoever pays for it
             wallet_in_scope(session, who, wallet_id, creator=True)
-    try:
-        pause_chat(
-            get_gate(),
-            enterprise_id=enterprise_id,
-            chat_id=chat_id,
-            wallet_id=wallet_id,
-            reason=body.reason,
-            needed_nanos=body.needed_nanos,
-        )
-    except UnknownWallet:
-        raise Problem(409, "Wallet not in the gate", f"wallet {wallet_id!r} is not loaded in the gate") from None
-    with session_scope() as session:
+        try:
+            pause_chat(
+                session,
+                get_gate(),
+                enterprise_id=enterprise_id,
+                chat_id=chat_id,
+                wallet_id=wallet_id,
+                reason=body.reason,
+                needed_nanos=body.needed_nanos,
+            )
+        except UnknownWallet:
+            raise Problem(409, "Wallet not in the gate", f"wallet {wallet_id!r} is not loaded in the gate") from None
+        session.expire_all()  # the reply reads the chat as the service left it (Core UPDATEs)
         return _public(session, _chat_in_scope(session, who, chat_id))
 
 
@@ -156,15 +160,15 @@ def chat_resume(chat_id: ChatId, who: Caller) -> ChatSessionPublic:
     (cause ``resume``), once.  409 while the wallet cannot pay (``needed_nanos`` in the
     detail); nothing changes then."""
     enterprise_id = owner_enterprise(who, action="resume chats")
-    with session_scope() as session:
+    with session_scope() as session:  # one transaction: the scope check, the resume, the reply
         _chat_in_scope(session, who, chat_id)
-    try:
-        resume_chat(get_gate(), enterprise_id=enterprise_id, chat_id=chat_id)
-    except UnknownWallet as exc:  # before UnknownChat: both are NotFound (LookupError), this one is 409
-        raise Problem(409, "Wallet not in the gate", str(exc)) from None
-    except UnknownChat:
-        raise _unknown_chat(chat_id) from None
-    except WalletCannotPay as exc:
-        raise Problem(409, "Wallet cannot pay yet", str(exc)) from None
-    with session_scope() as session:
+        try:
+            resume_chat(session, get_gate(), enterprise_id=enterprise_id, chat_id=chat_id)
+        except UnknownWallet as exc:  # before UnknownChat: both are NotFound (LookupError), this one is 409
+            raise Problem(409, "Wallet not in the gate", str(exc)) from None
+        except UnknownChat:
+            raise _unknown_chat(chat_id) from None
+        except WalletCannotPay as exc:
+            raise Problem(409, "Wallet cannot pay yet", str(exc)) from None
+        session.expire_all()  # the reply reads the chat as the service left it (Core UPDATEs)
         return _public(session, _chat_in_scope(session, who, chat_id))

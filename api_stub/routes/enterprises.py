@@ -9,7 +9,7 @@ from api_stub.routes.wallets import ERRORS, WalletId, mode_problem
 from models.enums import ApiRole
 from models.wallet import ModePublic, ModeUpdate
 from worker.billing.modes import ModeError, set_app_mode
-from worker.chats.lifecycle import resume_paused_chats
+from worker.chats.wiring import resume_wallet_chats
 from worker.db import session_scope
 
 #: tagged "wallets" as before the split, so the OpenAPI document is unchanged
@@ -28,7 +28,7 @@ def enterprise_mode(enterprise_id: WalletId, body: ModeUpdate, who: Caller) -> M
     try:
         with session_scope() as session:
             changed = set_app_mode(
-                session, get_gate(), enterprise_id, body.mode, actor=who.actor, resume=resume_paused_chats
+                session, get_gate(), enterprise_id, body.mode, actor=who.actor, resume=resume_wallet_chats
             )
     except ModeError as exc:
         raise mode_problem(exc) from None

@@ -43,11 +43,11 @@ from models.wallet import (
 from worker.access.apikeys import Principal
 from worker.billing.modes import ModeError, set_wallet_mode
 from worker.billing.payers import reservations_required
-from worker.chats.lifecycle import resume_paused_chats, wallet_state_async
-from worker.chats.wiring import credit_wallet
+from worker.chats.lifecycle import wallet_state_async
+from worker.chats.wiring import after_credit, resume_wallet_chats
 from worker.db import session_scope
 from worker.gate.gate import GateConfigError, UnknownWallet
-from worker.ledger.accounts import GatePending, LedgerError
+from worker.ledger.accounts import GatePending, LedgerError, credit_wallet
 from worker.ledger.audit import audit
 from worker.pricing.prices import PricingError
 
@@ -196,25 +196,37 @@ def credit(wallet_id: WalletId, body: CreditCreate, who: Caller) -> CreditPublic
     the wallet's balance after the credit for its app's owner, and null for an admin (who sees
     aggregates, never one end user's balance)."""
     forbid_unless(who, ApiRole.owner, ApiRole.admin, action="credit wallets")
-    with session_scope() as session:
-        row = wallet_in_scope(session, who, wallet_id, admin=True)
-        enterprise_id = row.enterprise_id
-        previous = session.execute(
-            select(
-                col(WalletTransaction.wallet_id), col(WalletTransaction.amount_nanos), col(WalletTransaction.kind)
-            ).where(col(WalletTransaction.idempotency_key) == body.idempotency_key)
-        ).first()
-    if previous is not None and tuple(previous) != (wallet_id, body.amount_nanos, "credit"):
-        # never say whose: the key may be another app's
-        raise field_problem(409, "Idempotency key in use", "idempotency_key", "already used for another entry")
     try:
-        balance = credit_wallet(
-            get_gate(),
-            wallet_id=wallet_id,
-            amount_nanos=body.amount_nanos,
-            idempotency_key=body.idempotency_key,
-            description=body.description,
-        )
+        with session_scope() as session:  # one transaction: ledger entry and audit row; the gate after it
+            row = wallet_in_scope(session, who, wallet_id, admin=True)
+            enterprise_id = row.enterprise_id
+            previous = session.execute(
+                select(
+                    col(WalletTransaction.wallet_id), col(WalletTransaction.amount_nanos), col(WalletTransaction.kind)
+                ).where(col(WalletTransaction.idempotency_key) == body.idempotency_key)
+            ).first()
+            if previous is not None and tuple(previous) != (wallet_id, body.amount_nanos, "credit"):
+                # never say whose: the key may be another app's
+                raise field_problem(409, "Idempotency key in use", "idempotency_key", "already used for another entry")
+            pending = credit_wallet(
+                session,
+                get_gate(),
+                wallet_id=wallet_id,
+                amount_nanos=body.amount_nanos,
+                idempotency_key=body.idempotency_key,
+                description=body.description,
+                on_credited=after_credit,
+            )
+            audit(
+                session,
+                actor=who.actor,
+                action="credit",
+                enterprise_id=enterprise_id,
+                wallet_id=wallet_id,
+                amount_nanos=body.amount_nanos,
+                idempotency_key=body.idempotency_key,
+                replayed=previous is not None,
+            )
     except UnknownWallet:
         raise Problem(
             409, "Wallet not in the gate", f"wallet {wallet_id!r} is not loaded in the gate; nothing was credited"
@@ -227,17 +239,7 @@ def credit(wallet_id: WalletId, body: CreditCreate, who: Caller) -> CreditPublic
         ) from None
     except GatePending as exc:
         raise Problem(503, "Credit pending", str(exc), headers={"Retry-After": "1"}) from None
-    with session_scope() as session:
-        audit(
-            session,
-            actor=who.actor,
-            action="credit",
-            enterprise_id=enterprise_id,
-            wallet_id=wallet_id,
-            amount_nanos=body.amount_nanos,
-            idempotency_key=body.idempotency_key,
-            replayed=previous is not None,
-        )
+    balance = pending.balance_nanos
     return CreditPublic(
         wallet_id=wallet_id,
         amount_nanos=body.amount_nanos,
@@ -265,7 +267,7 @@ def wallet_mode(wallet_id: WalletId, body: ModeUpdate, who: Caller) -> ModePubli
         with session_scope() as session:
             wallet_in_scope(session, who, wallet_id, admin=True)
             mode = set_wallet_mode(
-                session, get_gate(), wallet_id, body.mode, actor=who.actor, resume=resume_paused_chats
+                session, get_gate(), wallet_id, body.mode, actor=who.actor, resume=resume_wallet_chats
             )
     except ModeError as exc:
         raise mode_problem(exc) from None

@@ -69,8 +69,8 @@ class GateMachine(RuleBasedStateMachine):
 
     @initialize()
     def setup(self):
+        from tests.committed import open_wallet
         from worker.gate.gate import WalletGate
-        from worker.ledger.accounts import open_wallet
         from worker.pricing.prices import PriceBook
 
         fe = CTX["fe"]
@@ -93,7 +93,7 @@ class GateMachine(RuleBasedStateMachine):
             open_wallet(self.gate, wallet_id=w, enterprise_id=ENTERPRISE, owner_id=w)
         with session_scope() as s:  # the entry point's transaction
             assert set_wallet_reservations(s, self.gate, REQ, True) is True
-        from worker.ledger.accounts import credit_wallet
+        from tests.committed import credit_wallet
 
         for w in (RES, REQ):  # some money to reserve from at once (the credit rule adds more)
             credit_wallet(self.gate, wallet_id=w, amount_nanos=50 * UNIT, idempotency_key=f"init-{w}")
@@ -113,7 +113,7 @@ class GateMachine(RuleBasedStateMachine):
     # rules --------------------------------------------------------------------------------------
     @rule(wallet=st.sampled_from(WALLETS), amount=st.integers(1, 60).map(lambda k: k * UNIT - k))
     def credit(self, wallet, amount):
-        from worker.ledger.accounts import credit_wallet
+        from tests.committed import credit_wallet
 
         key = self._id("c")
         assert (

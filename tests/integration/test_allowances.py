@@ -12,16 +12,11 @@ import time_machine
 from sqlalchemy import text
 
 from models.turn import TurnIn
-from worker.billing.allowances import (
-    AllowanceError,
-    allowance_key,
-    expiry_key,
-    run_monthly_reset,
-    set_allowance,
-)
+from tests.committed import credit_wallet, open_wallet
+from worker.billing.allowances import AllowanceError, allowance_key, expiry_key, set_allowance
+from worker.billing.jobs import run_monthly_reset
 from worker.db import session_scope
 from worker.gate.gate import UnknownWallet, WalletGate
-from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.ledger.drain import OutboxDrain
 from worker.periods import current_period, period_of
 from worker.pricing.prices import PriceBook

@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from models.turn import TurnIn
-from worker.billing.allowances import allowance_key, expiry_key, restore_key, run_monthly_reset, set_allowance
+from tests.committed import credit_wallet, open_wallet
+from worker.billing.allowances import allowance_key, expiry_key, restore_key, set_allowance
+from worker.billing.jobs import run_monthly_reset
 from worker.db import session_scope
 from worker.gate.gate import WalletGate
-from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.ledger.drain import OutboxDrain
 from worker.periods import period_bounds
 from worker.pricing.prices import PriceBook

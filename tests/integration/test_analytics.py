@@ -146,9 +146,8 @@ FIGURES = ("turns", "prompt_tokens", "completion_tokens", "cached_prompt_tokens"
 ALL_TIME = (date(2026, 1, 1), date(2028, 1, 1))
 
 
-@pytest.fixture()
-def events(db):
-    """The EVENTS above persisted through the ledger (one wallet per enterprise)."""
+def _seed(s: Session) -> list[dict]:
+    """The EVENTS above persisted through the ledger into ``s`` (one wallet per enterprise)."""
     rows = []
     for i, values in enumerate(EVENTS):
         e = dict(zip(FIELDS, values))
@@ -170,12 +169,24 @@ def events(db):
                 "meter": "llm",
             }
         )
-    with session_scope() as s:
-        for enterprise in ("acme", "globex"):
-            ensure_enterprise(s, enterprise)
-            s.execute(insert(Wallet).values(id=f"w-{enterprise}", enterprise_id=enterprise, owner_id=enterprise))
-        assert persist_turns(s, rows).inserted == len(EVENTS)
+    for enterprise in ("acme", "globex"):
+        ensure_enterprise(s, enterprise)
+        s.execute(insert(Wallet).values(id=f"w-{enterprise}", enterprise_id=enterprise, owner_id=enterprise))
+    assert persist_turns(s, rows).inserted == len(EVENTS)
     return rows
+
+
+@pytest.fixture()
+def events(session):
+    """The EVENTS persisted in the test's rolled-back ``session`` (nothing to truncate afterwards)."""
+    return _seed(session)
+
+
+@pytest.fixture()
+def committed_events(db):
+    """The EVENTS committed (for the CLI, which reads them from its own process)."""
+    with session_scope() as s:
+        return _seed(s)
 
 
 def _bucket(when: datetime, granularity: str) -> date:
@@ -203,19 +214,14 @@ def _expected(granularity: str, group_by: tuple[str, ...], start: date, end: dat
     return [{"bucket": key[0], **dict(zip(group_by, key[1:])), **sums[key]} for key in sorted(sums)]
 
 
-def _run(granularity, group_by=(), start=ALL_TIME[0], end=ALL_TIME[1], enterprise="acme", session=None):
-    if session is not None:
-        return usage_analytics(
-            session, enterprise_id=enterprise, granularity=granularity, group_by=group_by, start=start, end=end
-        )
-    with session_scope() as s:
-        return usage_analytics(
-            s, enterprise_id=enterprise, granularity=granularity, group_by=group_by, start=start, end=end
-        )
+def _run(session, granularity, group_by=(), start=ALL_TIME[0], end=ALL_TIME[1], enterprise="acme"):
+    return usage_analytics(
+        session, enterprise_id=enterprise, granularity=granularity, group_by=group_by, start=start, end=end
+    )
 
 
-def test_daily_weekly_monthly_buckets_in_utc_with_exact_sums(events):
-    daily = _run("day")
+def test_daily_weekly_monthly_buckets_in_utc_with_exact_sums(events, session):
+    daily = _run(session, "day")
     assert daily == _expected("day", (), *ALL_TIME)
     assert [r["bucket"] for r in daily] == [
         date(2026, 11, 29),
@@ -236,7 +242,7 @@ def test_daily_weekly_monthly_buckets_in_utc_with_exact_sums(events):
         "billed_nanos": 2_000,
     }
 
-    weekly = _run("week")
+    weekly = _run(session, "week")
     assert weekly == _expected("week", (), *ALL_TIME)
     # ISO weeks start on Monday: Sun 11-29 is in the week of Mon 11-23; Mon 11-30 … Sun 12-06 is one week;
     # Fri 2027-01-01 is in the week of Mon 2026-12-28
@@ -247,7 +253,7 @@ def test_daily_weekly_monthly_buckets_in_utc_with_exact_sums(events):
         (date(2026, 12, 28), 1, 7_000),
     ]
 
-    monthly = _run("month")
+    monthly = _run(session, "month")
     assert monthly == _expected("month", (), *ALL_TIME)
     assert [(r["bucket"], r["turns"], r["prompt_tokens"], r["billed_nanos"]) for r in monthly] == [
         (date(2026, 11, 1), 3, 600, 3_000),
@@ -260,23 +266,22 @@ def test_daily_weekly_monthly_buckets_in_utc_with_exact_sums(events):
 @pytest.mark.parametrize(
     "group_by", [("workflow",), ("agent",), ("model", "provider"), ("provider", "workflow", "agent")]
 )
-def test_grouping_matches_sums_computed_row_by_row(events, granularity, group_by):
-    rows = _run(granularity, group_by)
+def test_grouping_matches_sums_computed_row_by_row(events, session, granularity, group_by):
+    rows = _run(session, granularity, group_by)
     assert rows == _expected(granularity, group_by, *ALL_TIME)
     assert sum(r["turns"] for r in rows) == 7
     assert sum(r["cost_nanos"] for r in rows) == 23_500
 
 
-def test_buckets_do_not_depend_on_the_database_session_time_zone(events, db):
-    with Session(db) as s:
-        s.execute(text("SET TIME ZONE 'Pacific/Kiritimati'"))  # UTC+14: local day != UTC day
-        for granularity in ("day", "week", "month"):
-            assert _run(granularity, ("workflow",), session=s) == _expected(granularity, ("workflow",), *ALL_TIME)
+def test_buckets_do_not_depend_on_the_database_session_time_zone(events, session):
+    session.execute(text("SET LOCAL TIME ZONE 'Pacific/Kiritimati'"))  # UTC+14 until the test's rollback
+    for granularity in ("day", "week", "month"):
+        assert _run(session, granularity, ("workflow",)) == _expected(granularity, ("workflow",), *ALL_TIME)
 
 
-def test_range_is_half_open_and_scoped_to_the_enterprise(events):
+def test_range_is_half_open_and_scoped_to_the_enterprise(events, session):
     start, end = date(2026, 11, 30), date(2026, 12, 7)
-    rows = _run("week", ("workflow",), start, end)
+    rows = _run(session, "week", ("workflow",), start, end)
     assert rows == _expected("week", ("workflow",), start, end)
     assert rows == [
         {
@@ -301,14 +306,16 @@ def test_range_is_half_open_and_scoped_to_the_enterprise(events):
         },
     ]
     # aware datetimes cut inside a day: the last millisecond of November only
-    edge = _run("day", (), datetime(2026, 11, 30, 23, 59, 59, 999000, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
+    edge = _run(
+        session, "day", (), datetime(2026, 11, 30, 23, 59, 59, 999000, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
+    )
     assert [(r["bucket"], r["turns"], r["cost_nanos"]) for r in edge] == [(date(2026, 11, 30), 1, 3_000)]
-    globex = _run("month", (), enterprise="globex")
+    globex = _run(session, "month", (), enterprise="globex")
     assert [(r["bucket"], r["turns"], r["cost_nanos"]) for r in globex] == [
         (date(2026, 11, 1), 1, 99_999),
         (date(2026, 12, 1), 1, 99_999),
     ]
-    assert _run("month", (), enterprise="initech") == []
+    assert _run(session, "month", (), enterprise="initech") == []
 
 
 @pytest.mark.parametrize(
@@ -325,7 +332,7 @@ def test_range_is_half_open_and_scoped_to_the_enterprise(events):
         ({"enterprise_id": ""}, "enterprise_id"),
     ],
 )
-def test_bad_arguments_raise_value_error_naming_the_field(db, kwargs, field):
+def test_bad_arguments_raise_value_error_naming_the_field(session, kwargs, field):
     args = {
         "enterprise_id": "acme",
         "granularity": "day",
@@ -334,11 +341,11 @@ def test_bad_arguments_raise_value_error_naming_the_field(db, kwargs, field):
         "end": date(2026, 12, 1),
         **kwargs,
     }
-    with session_scope() as s, pytest.raises(ValueError, match=rf"^{field}:"):
-        usage_analytics(s, **args)
+    with pytest.raises(ValueError, match=rf"^{field}:"):
+        usage_analytics(session, **args)
 
 
-def test_cli_analytics_json_and_bad_options(events, cli):
+def test_cli_analytics_json_and_bad_options(committed_events, cli):
     proc = cli(
         "analytics",
         "acme",

@@ -16,16 +16,18 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
+from tests.committed import open_wallet
 from worker import (
     OutboxDrain,  # wired: announces chat.paused / chat.resumable
     credit_wallet,  # wired: resumes paused chats, announces wallet.credited
+    resume_chat,  # the public API: its own transaction
 )
-from worker.chats.lifecycle import resume_chat, sweep_paused
+from worker.chats.jobs import sweep_paused
 from worker.client import BillingSession, InProcessTransport, WalletExhausted
 from worker.db import session_scope
 from worker.events import channel
 from worker.gate.keys import outbox_key
-from worker.ledger.accounts import ensure_enterprise, open_wallet
+from worker.ledger.accounts import ensure_enterprise
 from worker.ledger.drain import DrainStats
 
 pytestmark = pytest.mark.integration

@@ -12,6 +12,7 @@ import uuid
 import pytest
 from sqlalchemy import text
 
+from tests.committed import open_wallet
 from tests.conftest import auth
 from tests.integration.test_api import COST, TURN, api  # noqa: F401  (fixture)
 from tests.integration.test_budgets import NOW, USD, Spender, _budget, _check
@@ -19,7 +20,7 @@ from worker import credit_wallet  # wired: resumes paused chats, announces walle
 from worker.db import session_scope
 from worker.events import channel
 from worker.gate.keys import transitions_key
-from worker.ledger.accounts import ensure_enterprise, open_wallet
+from worker.ledger.accounts import ensure_enterprise
 from worker.ledger.turns import chat_order, outbox_position
 from worker.validation import InvalidInput
 
@@ -250,13 +251,20 @@ def test_session_functions_refuse_unsafe_ids_naming_the_field(db, gate, redis_cl
         "can_continue": ("wallet_id",),
     }[call]
     kw = {k: args[k] for k in keys}
+
+    def tx(call):  # the entry point's one transaction
+        with session_scope() as s:
+            return call(s)
+
     fn = {
-        "start_session": lambda: sessions.start_session(gate, **kw),
-        "pause_chat": lambda: sessions.pause_chat(gate, **kw),
+        "start_session": lambda: tx(lambda s: sessions.start_session(s, gate, **kw)),
+        "pause_chat": lambda: tx(lambda s: sessions.pause_chat(s, gate, **kw)),
         "pause_task": lambda: pause_task(**kw),
-        "resume_chat": lambda: sessions.resume_chat(gate, **kw),
-        "resume_paused_chats": lambda: sessions.resume_paused_chats(gate, kw["wallet_id"], cause=kw["cause"]),
-        "finalize_session": lambda: sessions.finalize_session(**kw),
+        "resume_chat": lambda: tx(lambda s: sessions.resume_chat(s, gate, **kw)),
+        "resume_paused_chats": lambda: tx(
+            lambda s: sessions.resume_paused_chats(s, gate, kw["wallet_id"], cause=kw["cause"])
+        ),
+        "finalize_session": lambda: tx(lambda s: sessions.finalize_session(s, **kw)),
         "can_continue": lambda: sessions.can_continue(gate, kw["wallet_id"]),
     }[call]
     events = Events(redis_client, app, "c1")

@@ -13,8 +13,9 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import text
 
+from tests.committed import credit_wallet, open_wallet
 from tests.conftest import create_keys, seed_wallet
-from worker.ledger.accounts import LedgerError, credit_wallet, open_wallet
+from worker.ledger.accounts import LedgerError
 
 pytestmark = pytest.mark.integration
 

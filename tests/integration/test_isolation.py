@@ -10,10 +10,11 @@ import pytest
 from sqlalchemy import text
 
 from models.turn import TurnIn
+from tests.committed import credit_wallet, open_wallet
 from tests.conftest import TEST_DB_URL, run_cli
 from worker.chats.analytics import usage_analytics
 from worker.db import session_scope
-from worker.ledger.accounts import credit_wallet, ledger_balance, open_wallet
+from worker.ledger.accounts import ledger_balance
 from worker.ledger.drain import OutboxDrain
 from worker.ledger.isolation import IsolationError, isolate_app, isolated_apps
 from worker.ledger.partitions import apply_retention, ensure_partitions, monthly_partitions

@@ -7,46 +7,50 @@ import json
 import pytest
 from sqlalchemy import text
 
+from tests.committed import credit_wallet_in, open_wallet_in
 from worker.db import session_scope
 from worker.gate.gate import UnknownWallet
-from worker.ledger.accounts import LedgerError, credit_wallet, ledger_balance, open_wallet
+from worker.ledger.accounts import LedgerError, ledger_balance
 
 pytestmark = pytest.mark.integration
 
 
-def test_credit_is_applied_once_per_key_in_ledger_and_gate(db, gate):
-    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
-    assert credit_wallet(gate, wallet_id="w1", amount_nanos=2_000_000_000, idempotency_key="pi_1") == 2_000_000_000
-    assert credit_wallet(gate, wallet_id="w1", amount_nanos=2_000_000_000, idempotency_key="pi_1") == 2_000_000_000
-    assert credit_wallet(gate, wallet_id="w1", amount_nanos=500, idempotency_key="pi_2") == 2_000_000_500
-    with session_scope() as session:
-        assert ledger_balance(session, "w1") == 2_000_000_500
-    with db.connect() as conn:
-        assert conn.execute(text("SELECT credits_nanos FROM wallet WHERE id='w1'")).scalar_one() == 2_000_000_500
-        assert conn.execute(text("SELECT count(*) FROM wallet_transaction")).scalar_one() == 2
+def test_credit_is_applied_once_per_key_in_ledger_and_gate(session, gate):
+    open_wallet_in(session, gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
+    assert (
+        credit_wallet_in(session, gate, wallet_id="w1", amount_nanos=2_000_000_000, idempotency_key="pi_1")
+        == 2_000_000_000
+    )
+    assert (
+        credit_wallet_in(session, gate, wallet_id="w1", amount_nanos=2_000_000_000, idempotency_key="pi_1")
+        == 2_000_000_000
+    )
+    assert credit_wallet_in(session, gate, wallet_id="w1", amount_nanos=500, idempotency_key="pi_2") == 2_000_000_500
+    assert ledger_balance(session, "w1") == 2_000_000_500
+    assert session.execute(text("SELECT credits_nanos FROM wallet WHERE id='w1'")).scalar_one() == 2_000_000_500
+    assert session.execute(text("SELECT count(*) FROM wallet_transaction")).scalar_one() == 2
 
 
-def test_a_key_reused_for_another_wallet_or_amount_is_refused_and_changes_nothing(db, gate):
-    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
-    open_wallet(gate, wallet_id="w2", enterprise_id="acme", owner_id="u2")
-    credit_wallet(gate, wallet_id="w1", amount_nanos=700, idempotency_key="pi_1")
+def test_a_key_reused_for_another_wallet_or_amount_is_refused_and_changes_nothing(session, gate):
+    open_wallet_in(session, gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
+    open_wallet_in(session, gate, wallet_id="w2", enterprise_id="acme", owner_id="u2")
+    credit_wallet_in(session, gate, wallet_id="w1", amount_nanos=700, idempotency_key="pi_1")
     with pytest.raises(LedgerError, match="idempotency_key: 'pi_1' was already used .* wallet 'w1'"):
-        credit_wallet(gate, wallet_id="w2", amount_nanos=700, idempotency_key="pi_1")
+        credit_wallet_in(session, gate, wallet_id="w2", amount_nanos=700, idempotency_key="pi_1")
     with pytest.raises(LedgerError, match="idempotency_key"):
-        credit_wallet(gate, wallet_id="w1", amount_nanos=800, idempotency_key="pi_1")
+        credit_wallet_in(session, gate, wallet_id="w1", amount_nanos=800, idempotency_key="pi_1")
     assert (gate.balance("w1"), gate.balance("w2")) == (700, 0)
     with pytest.raises(UnknownWallet, match="unknown wallet 'nope'"):
-        credit_wallet(gate, wallet_id="nope", amount_nanos=1, idempotency_key="pi_9")
+        credit_wallet_in(session, gate, wallet_id="nope", amount_nanos=1, idempotency_key="pi_9")
     with pytest.raises(LedgerError, match="amount_nanos"):
-        credit_wallet(gate, wallet_id="w1", amount_nanos=-5, idempotency_key="pi_8")
-    with db.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM wallet_transaction")).scalar_one() == 1
+        credit_wallet_in(session, gate, wallet_id="w1", amount_nanos=-5, idempotency_key="pi_8")
+    assert session.execute(text("SELECT count(*) FROM wallet_transaction")).scalar_one() == 1
 
 
-def test_reopening_a_wallet_keeps_its_gate_balance(db, gate):
-    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
-    credit_wallet(gate, wallet_id="w1", amount_nanos=1_234, idempotency_key="k")
-    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
+def test_reopening_a_wallet_keeps_its_gate_balance(session, gate):
+    open_wallet_in(session, gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
+    credit_wallet_in(session, gate, wallet_id="w1", amount_nanos=1_234, idempotency_key="k")
+    open_wallet_in(session, gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
     assert gate.balance("w1") == 1_234
 
 

@@ -10,9 +10,10 @@ import pytest
 from sqlalchemy import text
 
 from models.turn import TurnIn
+from tests.committed import credit_wallet, open_wallet
 from tests.conftest import run_cli
 from worker.db import session_scope
-from worker.ledger.accounts import credit_wallet, ledger_balance, open_wallet
+from worker.ledger.accounts import ledger_balance
 from worker.ledger.drain import OutboxDrain
 from worker.ledger.partitions import apply_retention, ensure_partitions, maintain, monthly_partitions
 

@@ -14,9 +14,11 @@ from sqlalchemy import text
 
 from models.enums import PayerLevel
 from models.turn import TurnIn
+from tests.committed import open_wallet
 from worker import (
     OutboxDrain,  # wired: announces chat.paused / chat.resumable
     credit_wallet,  # wired: resumes paused chats, announces wallet.credited
+    pause_chat,  # the public API: its own transaction
 )
 from worker.billing.modes import (
     FLAT_FEE_PREFIX,
@@ -27,10 +29,11 @@ from worker.billing.modes import (
     set_wallet_mode,
 )
 from worker.billing.payers import split_charge, wallet_id_for
-from worker.chats.lifecycle import can_continue, pause_chat, resume_paused_chats, wallet_state
+from worker.chats.lifecycle import can_continue, wallet_state
+from worker.chats.wiring import resume_wallet_chats
 from worker.db import session_scope
 from worker.events import channel
-from worker.ledger.accounts import ensure_enterprise, ledger_balance, open_wallet
+from worker.ledger.accounts import ensure_enterprise, ledger_balance
 
 pytestmark = pytest.mark.integration
 WHEN = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -232,7 +235,7 @@ def test_trial_allowance_is_counted_once_then_pauses(db, gate, redis_client, set
     assert _rows(db, "SELECT count(*) FROM paused_chat WHERE resumed_at IS NULL") == [(1,)]
     with session_scope() as s:  # the entry point's transaction
         configure_app(s, gate, "acme", trial_then="bill")
-    assert resume_paused_chats(gate, "t-1", cause="trial_then_bill") == [("acme", "c1")]
+    assert resume_wallet_chats(gate, "t-1", cause="trial_then_bill") == [("acme", "c1")]
     billed = gate.record_turn(_turn("t-after", "t-1"))
     assert (billed.accepted, billed.billed_nanos) == (True, _cost(gate))
     # a rebuilt gate gets the allowance left from PostgreSQL
@@ -310,7 +313,7 @@ def test_a_mode_change_never_loses_or_rebills_a_turn(db, gate, redis_client, set
     prod = gate.record_turns([_turn(f"m{i}", "m-1") for i in range(3)])
     assert [d.billed_nanos for d in prod] == [cost] * 3
     with session_scope() as s:  # the entry point's transaction
-        assert set_app_mode(s, gate, "acme", "development", resume=resume_paused_chats) == [
+        assert set_app_mode(s, gate, "acme", "development", resume=resume_wallet_chats) == [
             "m-1"
         ]  # the overriding wallet keeps its mode
     assert _rows(db, "SELECT id, mode, mode_override FROM wallet ORDER BY id") == [
@@ -322,11 +325,11 @@ def test_a_mode_change_never_loses_or_rebills_a_turn(db, gate, redis_client, set
     dev = gate.record_turn(_turn("m3", "m-1"))
     assert (dev.accepted, dev.billed_nanos) == (True, 0)
     with session_scope() as s:  # the entry point's transaction
-        set_app_mode(s, gate, "acme", "production", resume=resume_paused_chats)
+        set_app_mode(s, gate, "acme", "production", resume=resume_wallet_chats)
     assert gate.record_turn(_turn("m3", "m-1")).billed_nanos == 0  # decided in development: stays free
     assert gate.record_turn(_turn("m4", "m-1")).billed_nanos == cost
     with session_scope() as s:  # the entry point's transaction
-        assert set_wallet_mode(s, gate, "m-own", None, resume=resume_paused_chats) == "production"
+        assert set_wallet_mode(s, gate, "m-own", None, resume=resume_wallet_chats) == "production"
     _drain(redis_client, settings)
     assert _rows(db, "SELECT turn_id, mode, billed_nanos FROM usage_event ORDER BY turn_id") == [
         ("m0", "production", cost),
@@ -347,7 +350,7 @@ def test_a_mode_change_never_loses_or_rebills_a_turn(db, gate, redis_client, set
     ]
     with pytest.raises(ModeError, match="mode"):
         with session_scope() as s:  # the entry point's transaction
-            set_app_mode(s, gate, "acme", "free", resume=resume_paused_chats)
+            set_app_mode(s, gate, "acme", "free", resume=resume_wallet_chats)
 
 
 # --- pause and resume -------------------------------------------------------------------------------
@@ -422,7 +425,7 @@ def test_a_credit_resumes_exactly_the_paused_chats_of_its_wallet_once(db, gate, 
     open_wallet(gate, wallet_id="third", enterprise_id="acme", owner_id="u3")
     pause_chat(gate, enterprise_id="acme", chat_id="c7", wallet_id="third", send_task=lambda *a, **k: sent.append(k))
     credit_wallet(gate, wallet_id="third", amount_nanos=10, idempotency_key="t-1")  # resumed here (no capture)
-    assert resume_paused_chats(gate, "third", cause="again", send_task=lambda *a, **k: sent.append(k)) == []
+    assert resume_wallet_chats(gate, "third", cause="again", send_task=lambda *a, **k: sent.append(k)) == []
     assert [json.loads(k["kwargs"]["body"])["type"] for k in sent] == ["chat.paused"]
     # the chat goes on: its next turn closes nothing more and marks it connected
     gate.record_turn(_turn("x5", "poor", chat_id="c1"))
@@ -441,7 +444,7 @@ def test_concurrent_mode_changes_leave_redis_on_the_committed_mode(db, gate, rac
     def flip(modes):
         for m in modes:
             with session_scope() as s:  # the entry point's transaction
-                set_wallet_mode(s, gate, "race", m, resume=resume_paused_chats)
+                set_wallet_mode(s, gate, "race", m, resume=resume_wallet_chats)
 
     race(
         lambda: flip(["development", "production"] * 15),
@@ -465,7 +468,7 @@ def test_app_settings_never_create_a_wallet_the_gate_lost(db, gate, redis_client
     with session_scope() as s:  # the entry point's transaction
         configure_app(s, gate, "acme", creator_share_bps=6000, trial_token_allowance=100)
     with session_scope() as s:  # the entry point's transaction
-        set_app_mode(s, gate, "acme", "development", resume=resume_paused_chats)
+        set_app_mode(s, gate, "acme", "development", resume=resume_wallet_chats)
     assert redis_client.exists(gate.wallet_key("lost")) == 0
     reconcile(gate, rebuild=True)
     assert (

@@ -9,10 +9,11 @@ import pytest
 from sqlalchemy import text
 
 from models.enums import PayerLevel
+from tests.committed import credit_wallet, open_wallet
 from tests.conftest import create_keys
 from worker.billing.modes import configure_app
 from worker.db import session_scope
-from worker.ledger.accounts import credit_wallet, ensure_enterprise, open_wallet
+from worker.ledger.accounts import ensure_enterprise
 
 pytestmark = pytest.mark.integration
 TURN = {

@@ -8,11 +8,11 @@ import json
 import pytest
 from sqlalchemy import text
 
+from tests.committed import credit_wallet, open_wallet
 from tests.integration.test_drain import _fill, _turns
 from worker.db import session_scope
 from worker.gate.keys import outbox_key
 from worker.gate.outbox import parse_entry
-from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.ledger.drain import OutboxDrain
 from worker.ledger.reconcile import reconcile
 from worker.ledger.turns import persist_turns

@@ -3,6 +3,7 @@ as their enums while the columns stay what the migrations made them (``VARCHAR``
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from datetime import UTC, datetime
 
 from sqlalchemy import select, text
@@ -17,8 +18,8 @@ from models.wallet import Enterprise, Wallet, WalletTransaction
 T0 = datetime(2026, 11, 3, 12, 0, tzinfo=UTC)
 
 
-def test_enum_columns_read_back_as_enums_and_are_stored_as_their_values(db):
-    with Session(db) as s:
+def test_enum_columns_read_back_as_enums_and_are_stored_as_their_values(session):
+    with nullcontext(session) as s:  # the rolled-back session fixture: nothing to truncate
         s.add(Enterprise(id="e1", name="E", default_mode=BillingMode.trial, trial_then="bill"))
         s.flush()
         s.add(Wallet(id="w1", enterprise_id="e1", owner_id="u1", level=PayerLevel.platform, mode="development"))
@@ -42,7 +43,7 @@ def test_enum_columns_read_back_as_enums_and_are_stored_as_their_values(db):
         )
         s.add(ApiKey(prefix="tg_p2c", key_sha256="0" * 64, role="end_user", enterprise_id="e1", wallet_id="w1"))
         s.commit()
-    with db.begin() as conn:  # written into the migrations' VARCHAR columns as the plain values
+    with nullcontext(session.connection()) as conn:  # written into the migrations' VARCHAR columns as the plain values
         conn.execute(
             text(
                 "INSERT INTO usage_turn_key (enterprise_id, wallet_id, turn_id, outbox_id, occurred_at) "
@@ -68,7 +69,8 @@ def test_enum_columns_read_back_as_enums_and_are_stored_as_their_values(db):
             )
         ).one()
     assert tuple(raw) == ("trial", "bill", "platform", "development", "credit", "paused", "resumable", "end_user")
-    with Session(db) as s:
+    session.expunge_all()  # read back from the database, not from the identity map
+    with nullcontext(session) as s:
         e = s.get(Enterprise, "e1")
         w = s.get(Wallet, "w1")
         t = s.execute(select(WalletTransaction)).scalar_one()
@@ -118,7 +120,7 @@ def test_enum_columns_read_back_as_enums_and_are_stored_as_their_values(db):
         assert (u.prompt_tokens, u.completion_tokens, u.cost_nanos, u.billed_nanos) == (1000, 200, 4_500_000, 0)
 
 
-def test_the_tables_match_the_migrations(db):
+def test_the_tables_match_the_migrations(session):
     """Migrations stay the only source of schema: Alembic's autogenerate finds no column of the
     record families whose type, nullability or server default differs from the migrated database
     (the enum columns included: VARCHAR of the same length, no PostgreSQL enum type)."""
@@ -135,7 +137,7 @@ def test_the_tables_match_the_migrations(db):
     import models.turn
     import models.wallet
 
-    with db.connect() as conn:
+    with nullcontext(session.connection()) as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
         diff = compare_metadata(ctx, SQLModel.metadata)
 
@@ -147,7 +149,7 @@ def test_the_tables_match_the_migrations(db):
     assert column_changes == []
     added = sorted(d[1].name for d in flat(diff) if d[0] == "add_table")
     assert added == []
-    with db.connect() as conn:
+    with nullcontext(session.connection()) as conn:
         enum_types = conn.execute(text("SELECT count(*) FROM pg_type WHERE typtype = 'e'")).scalar_one()
     assert enum_types == 0
 

@@ -19,11 +19,11 @@ from redis import asyncio as aioredis
 from sqlalchemy import text
 
 from models.turn import TurnIn
+from tests.committed import credit_wallet, open_wallet
 from worker.devtools.redis_cluster import redis_cluster
 from worker.gate.aio import AsyncWalletGate
 from worker.gate.gate import WalletGate
 from worker.gate.keys import outbox_key
-from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.ledger.drain import OutboxDrain
 from worker.ledger.reconcile import reconcile
 from worker.settings import get_settings

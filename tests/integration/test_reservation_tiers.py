@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 
 from models.turn import TurnIn
+from tests.committed import credit_wallet, open_wallet
 from tests.integration.test_api_v1 import USD, api  # noqa: F401  (the fixture)
 from worker.billing.modes import configure_app
 from worker.db import session_scope
-from worker.ledger.accounts import credit_wallet, ensure_enterprise, open_wallet
+from worker.ledger.accounts import ensure_enterprise
 from worker.pricing.prices import PricingError
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ import pytest
 from genai_prices import Usage, calc_price
 from sqlalchemy import text
 
+from tests.committed import credit_wallet, open_wallet
 from tests.conftest import SHARED_DATA
-from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.ledger.drain import OutboxDrain
 
 pytestmark = pytest.mark.integration

@@ -16,11 +16,12 @@ import pytest
 from sqlalchemy import text
 
 from models.turn import TurnIn
+from tests.committed import credit_wallet, open_wallet
 from tests.integration.test_api_v1 import USD, api  # noqa: F401  (the fixture)
 from worker.billing.modes import configure_app, set_wallet_reservations
 from worker.db import session_scope
 from worker.gate.keys import outbox_key
-from worker.ledger.accounts import credit_wallet, ensure_enterprise, open_wallet
+from worker.ledger.accounts import ensure_enterprise
 from worker.ledger.drain import OutboxDrain
 from worker.ledger.reconcile import reconcile
 

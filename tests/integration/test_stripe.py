@@ -14,11 +14,13 @@ from sqlalchemy import text
 
 from models.enums import PayerLevel
 from models.turn import TurnIn
+from tests.committed import credit_wallet, open_wallet
 from tests.conftest import create_keys
 from tests.stripe_stub import StripeStub, event_json, stripe_signature
-from worker.billing.allowances import run_monthly_reset
+from worker.billing.jobs import run_monthly_reset
 from worker.billing.stripe import (
     PAYMENT_FAILED,
+    ProcessResult,
     StripeBillingError,
     add_package,
     application_fee_percent,
@@ -28,7 +30,6 @@ from worker.billing.stripe import (
     process_event,
 )
 from worker.db import session_scope
-from worker.ledger.accounts import credit_wallet, open_wallet
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +89,12 @@ def _process(event_id: str) -> dict:
     from tasks.stripe import process_event as task
 
     return task(event_id)
+
+
+def _apply(event_id: str, gate) -> "ProcessResult":
+    """:func:`process_event` as the task runs it: one transaction, the gate steps after its commit."""
+    with session_scope() as session:
+        return process_event(session, event_id, gate=gate)
 
 
 def _ledger(db, wallet_id="w1") -> list[tuple]:
@@ -323,7 +330,7 @@ def test_concurrent_processing_of_one_event_credits_once(db, gate, api, race):
     open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
     _packages(TOPUP)
     _post(api, event_json("evt_race", "checkout.session.completed", _paid_session()))
-    results = race(*[lambda: process_event("evt_race", gate=gate)] * 4)  # fails on any racer's exception
+    results = race(*[lambda: _apply("evt_race", gate)] * 4)  # fails on any racer's exception
     assert sorted((r.processed, r.duplicate) for r in results) == [(False, True)] * 3 + [(True, False)]
     assert gate.balance("w1") == 10 * USD
     assert _ledger(db) == [("stripe:cs_test_a1", "credit", 10 * USD)]
@@ -686,14 +693,15 @@ def test_a_gate_failure_after_the_ledger_commit_is_retried_and_credits_once(db, 
     monkeypatch.setattr(stripe_tasks, "process_gate", lambda: flaky)
     with pytest.raises(GatePending):  # called directly, the task's retry re-raises the retriable error
         _process("evt_flaky")
-    [(_id, _type, processed, outcome)] = _events(db)
-    assert processed is False and outcome.startswith(
-        "retrying: GatePending: credit 'stripe:cs_test_a1' is in the ledger"
-    )
+    # one transaction: the event, its ledger entry, the wallet and the audit row committed together;
+    # the gate step after the commit is what failed
+    assert _events(db) == [("evt_flaky", "checkout.session.completed", True, "credited")]
     assert _ledger(db) == [("stripe:cs_test_a1", "credit", 10 * USD)]  # PostgreSQL first
-    assert gate.balance("w1") == 0 and _audits(db) == []
+    assert gate.balance("w1") == 0 and len(_audits(db)) == 1
     result = _process("evt_flaky")  # the retry completes the gate side only
-    assert (result["processed"], result["credited_nanos"]) == (True, 10 * USD)
+    assert (result["processed"], result["duplicate"], result["outcome"]) == (False, True, "credited")
+    assert gate.balance("w1") == 10 * USD
+    assert _process("evt_flaky")["duplicate"] is True  # and another delivery credits nothing more
     assert gate.balance("w1") == 10 * USD
     assert _ledger(db) == [("stripe:cs_test_a1", "credit", 10 * USD)]
     assert _wallet_row(db)["credits_nanos"] == 10 * USD
@@ -774,22 +782,23 @@ def test_a_block_whose_gate_step_failed_is_completed_by_the_retry(db, gate, api)
     _packages(PLAN)
     _post(api, event_json("evt_fail", "invoice.payment_failed", _invoice("in_1")))
     with pytest.raises(redis.ConnectionError):
-        process_event("evt_fail", gate=FlakyGate(gate))
+        _apply("evt_fail", FlakyGate(gate))  # the gate step after the commit fails
     assert _wallet_row(db)["blocked_reason"] == PAYMENT_FAILED  # PostgreSQL first
-    assert gate.blocked_reasons(["w1"]) == {"w1": None} and _events(db)[0][2] is False
-    assert process_event("evt_fail", gate=gate).processed is True
+    assert gate.blocked_reasons(["w1"]) == {"w1": None} and _events(db)[0][2] is True
+    assert _apply("evt_fail", gate).duplicate is True  # the retry completes the gate step
     assert gate.blocked_reasons(["w1"]) == {"w1": PAYMENT_FAILED}
-    # and the lift: PostgreSQL lifted, the gate's step fails, the retry lifts it in the gate
+    # and the lift: PostgreSQL credits and lifts in one transaction; both gate steps fail, then the block's
     _post(api, event_json("evt_paid", "invoice.paid", _invoice("in_1")))
     from worker.ledger.accounts import GatePending
 
-    with pytest.raises(GatePending):
-        process_event("evt_paid", gate=FlakyGate(gate))  # the credit's gate step fails first: nothing lifted yet
-    assert (_wallet_row(db)["blocked_reason"], gate.balance("w1")) == (PAYMENT_FAILED, 0)
+    with pytest.raises(GatePending):  # the first failure of the two is raised
+        _apply("evt_paid", FlakyGate(gate, fail=2))
+    assert (_wallet_row(db)["blocked_reason"], _ledger(db)) == (None, [("stripe:in_1", "credit", 20 * USD)])
+    assert (gate.balance("w1"), gate.blocked_reasons(["w1"])) == (0, {"w1": PAYMENT_FAILED})
     with pytest.raises(redis.ConnectionError):
-        process_event("evt_paid", gate=_FailBlockOnly(gate))
-    assert (_wallet_row(db)["blocked_reason"], gate.blocked_reasons(["w1"])) == (None, {"w1": PAYMENT_FAILED})
-    assert process_event("evt_paid", gate=gate).credited_nanos == 20 * USD
+        _apply("evt_paid", _FailBlockOnly(gate))  # the retry: the credit lands, the lift fails again
+    assert (gate.balance("w1"), gate.blocked_reasons(["w1"])) == (20 * USD, {"w1": PAYMENT_FAILED})
+    assert _apply("evt_paid", gate).duplicate is True
     assert gate.blocked_reasons(["w1"]) == {"w1": None}
     assert (gate.balance("w1"), _ledger(db)) == (20 * USD, [("stripe:in_1", "credit", 20 * USD)])
 
@@ -841,3 +850,105 @@ def test_the_database_keeps_a_stripe_price_to_one_package(session):
                 "('a', 'a', 100, 1), ('b', 'b', 100, 1)"
             )
         )
+
+
+_KILLED_AFTER_COMMIT = """
+import os, sys
+from tasks.stripe import process_event
+from worker.gate.gate import WalletGate
+
+def killed(self, *args, **kwargs):  # the process dies after the commit, before the gate's credit
+    os._exit(17)
+
+WalletGate.credit = killed
+process_event(sys.argv[1])
+"""
+
+
+def test_a_process_killed_between_the_commit_and_the_gate_credit_is_repaired_exactly_once(db, gate, api):
+    """The worker dies after the event's transaction committed and before its gate step: the beat
+    job ``tollgate.reconcile.complete_credits`` applies the credit once, and a redelivery of the
+    event (acks_late) after that adds nothing."""
+    import subprocess
+    import sys
+
+    from tasks.reconcile import complete_credits
+    from tests.conftest import REPO
+
+    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
+    _packages(TOPUP)
+    _post(api, event_json("evt_kill", "checkout.session.completed", _paid_session()))
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_AFTER_COMMIT, "evt_kill"], cwd=REPO, capture_output=True, timeout=120
+    )
+    assert proc.returncode == 17, proc.stderr.decode()
+    assert _events(db) == [("evt_kill", "checkout.session.completed", True, "credited")]
+    assert _ledger(db) == [("stripe:cs_test_a1", "credit", 10 * USD)] and len(_audits(db)) == 1
+    assert gate.balance("w1") == 0  # the credit is in the ledger only
+    assert complete_credits(older_than_s=60) == {"completed": 0}  # too recent: its own commit may still be running
+    assert complete_credits(older_than_s=0) == {"completed": 1}
+    assert gate.balance("w1") == 10 * USD
+    assert complete_credits(older_than_s=0) == {"completed": 0}
+    assert _process("evt_kill")["duplicate"] is True  # the broker's redelivery
+    assert gate.balance("w1") == 10 * USD
+    assert _ledger(db) == [("stripe:cs_test_a1", "credit", 10 * USD)] and len(_audits(db)) == 1
+
+
+def test_an_event_that_cannot_be_applied_leaves_nothing_of_its_own_and_no_gate_step(db, gate, api):
+    """A handler's work is undone with its savepoint when the event cannot be applied (here: the
+    ledger key already credited another amount); the event's outcome says why, and no gate step
+    added inside the savepoint runs on the commit."""
+    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
+    _packages(TOPUP)
+    credit_wallet(gate, wallet_id="w1", amount_nanos=5 * USD, idempotency_key="stripe:cs_taken")
+    body = _paid_session("cs_taken", customer="cus_new")
+    _post(api, event_json("evt_taken", "checkout.session.completed", body))
+    result = _apply("evt_taken", gate)
+    assert (result.processed, result.outcome.startswith("error: idempotency_key")) == (False, True)
+    assert _wallet_row(db)["stripe_customer_id"] is None  # the handler's wallet change was rolled back
+    assert (gate.balance("w1"), _ledger(db)) == (5 * USD, [("stripe:cs_taken", "credit", 5 * USD)])
+
+
+_KILLED_BEFORE_RESUME = """
+import os, sys
+import worker.chats.wiring as wiring
+from tasks.stripe import process_event
+
+def killed(*args, **kwargs):  # the process dies after the credit reached the gate, before the resume
+    os._exit(18)
+
+wiring.resume_wallet_chats = killed
+process_event(sys.argv[1])
+"""
+
+
+def test_a_resume_lost_after_the_credit_is_done_once_by_the_paused_chat_sweep(db, gate, api):
+    """The credit's side effect on chats (resume the wallet's paused chats) is lost with its
+    process; the beat job ``tollgate.billing.resume_paused`` resumes the chat, once."""
+    import subprocess
+    import sys
+
+    import worker
+    from tests.conftest import REPO
+    from worker.chats.jobs import sweep_paused
+
+    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
+    _packages(TOPUP)
+    assert worker.pause_chat(gate, enterprise_id="acme", chat_id="c1", wallet_id="w1") is True
+    _post(api, event_json("evt_resume", "checkout.session.completed", _paid_session()))
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_BEFORE_RESUME, "evt_resume"], cwd=REPO, capture_output=True, timeout=120
+    )
+    assert proc.returncode == 18, proc.stderr.decode()
+    assert gate.balance("w1") == 10 * USD  # the credit landed; its resume did not
+
+    def paused() -> list[tuple]:
+        with db.connect() as conn:
+            return [tuple(r) for r in conn.execute(text("SELECT chat_id, resumed_by FROM paused_chat ORDER BY id"))]
+
+    assert paused() == [("c1", None)]
+    assert sweep_paused(gate) == {"wallets": 1, "resumed": 1}
+    assert paused() == [("c1", "sweep")]
+    assert sweep_paused(gate) == {"wallets": 0, "resumed": 0}
+    assert _process("evt_resume")["duplicate"] is True  # a redelivery: the credit's key applies it once
+    assert gate.balance("w1") == 10 * USD and paused() == [("c1", "sweep")]

@@ -12,10 +12,10 @@ import pytest
 
 from models.turn import TurnIn
 from models.wallet import DEFAULT_MAX_TURN_COST_NANOS
+from tests.committed import credit_wallet, open_wallet
 from tests.conftest import create_keys, seed_wallet
 from worker.db import session_scope
 from worker.gate.gate import GateBatchError, WalletGate
-from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.pricing.prices import PriceBook, TurnLimitExceeded
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import text
 
 from models.turn import TurnIn
+from tests.committed import credit_wallet
 from tests.conftest import seed_wallet
 from worker.gate.keys import shard_of
-from worker.ledger.accounts import credit_wallet
 from worker.ledger.drain import OutboxDrain
 from worker.ledger.reconcile import reconcile
 

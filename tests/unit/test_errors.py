@@ -116,8 +116,9 @@ def test_the_field_is_carried_on_the_error_and_the_message_is_unchanged():
 
 def test_services_name_the_field_on_the_error(db, redis_client, gate):
     """Errors raised by the services carry ``field`` (the message prefix is no longer the only place)."""
+    from tests.committed import credit_wallet
     from worker.billing.report import ReportError, validate_period
-    from worker.ledger.accounts import LedgerError, credit_wallet, record_credit
+    from worker.ledger.accounts import LedgerError, record_credit
     from worker.pricing.prices import PricingError, usd_to_nanos
 
     with pytest.raises(LedgerError) as bad:

@@ -57,25 +57,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from models.enums import TransactionKind
 from models.turn import UsageEvent
 from models.wallet import Wallet, WalletTransaction
-from worker.billing.modes import FeeReport, ResumeChats, charge_flat_fees
-from worker.db import after_commit, session_scope
+from worker.billing.modes import ResumeChats
 from worker.errors import InputError
-from worker.gate.gate import UnknownWallet, WalletGate, process_gate
+from worker.gate.gate import UnknownWallet, WalletGate
 from worker.gate.keys import ALLOWANCE_EXPIRY_PREFIX, ALLOWANCE_PREFIX, ALLOWANCE_RESTORE_PREFIX
 from worker.ledger.audit import audit
-from worker.periods import current_period, period_bounds, previous_period
-from worker.settings import Settings, get_settings
+from worker.periods import period_bounds, previous_period
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +151,8 @@ class Entry:
 
 def _entries(session: Session, keys: list[str]) -> dict[str, int]:
     rows = session.execute(
-        select(WalletTransaction.idempotency_key, WalletTransaction.amount_nanos).where(
-            WalletTransaction.idempotency_key.in_(keys)
+        select(col(WalletTransaction.idempotency_key), col(WalletTransaction.amount_nanos)).where(
+            col(WalletTransaction.idempotency_key).in_(keys)
         )
     ).all()
     return {k: int(a) for k, a in rows}
@@ -177,7 +174,7 @@ def _insert_entry(session: Session, entry: Entry, description: str, at: datetime
         insert(WalletTransaction)
         .values(**values)
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(WalletTransaction.id)
+        .returning(col(WalletTransaction.id))
     ).first()
     if inserted is None:
         return False
@@ -193,9 +190,10 @@ def _insert_entry(session: Session, entry: Entry, description: str, at: datetime
             idempotency_key=entry.key,
         )
     if entry.amount_nanos:
-        column = Wallet.credits_nanos if entry.kind == TransactionKind.credit else Wallet.debits_nanos
+        name = "credits_nanos" if entry.kind == TransactionKind.credit else "debits_nanos"
+        column = col(Wallet.credits_nanos) if entry.kind == TransactionKind.credit else col(Wallet.debits_nanos)
         session.execute(
-            update(Wallet).where(Wallet.id == entry.wallet_id).values({column.key: column + entry.amount_nanos})
+            update(Wallet).where(col(Wallet.id) == entry.wallet_id).values({name: column + entry.amount_nanos})
         )
     return True
 
@@ -204,9 +202,11 @@ def _restored(session: Session, wallet_id: str, period: str) -> int:
     """Nano-USD given back so far by restores of ``period``'s expiry."""
     return int(
         session.execute(
-            select(func.coalesce(func.sum(WalletTransaction.amount_nanos), 0)).where(
-                WalletTransaction.wallet_id == wallet_id,  # the wallet's index; a LIKE alone scans the table
-                WalletTransaction.idempotency_key.startswith(f"{RESTORE_PREFIX}{wallet_id}:{period}:", autoescape=True),
+            select(func.coalesce(func.sum(col(WalletTransaction.amount_nanos)), 0)).where(
+                col(WalletTransaction.wallet_id) == wallet_id,  # the wallet's index; a LIKE alone scans the table
+                col(WalletTransaction.idempotency_key).startswith(
+                    f"{RESTORE_PREFIX}{wallet_id}:{period}:", autoescape=True
+                ),
             )
         ).scalar_one()
     )
@@ -219,8 +219,8 @@ def billed_in_period(session: Session, wallet_id: str, period: str) -> int:
     ue = UsageEvent
     return int(
         session.execute(
-            select(func.coalesce(func.sum(ue.billed_nanos), 0)).where(
-                ue.wallet_id == wallet_id, ue.occurred_at >= start, ue.occurred_at < end
+            select(func.coalesce(func.sum(col(ue.billed_nanos)), 0)).where(
+                col(ue.wallet_id) == wallet_id, col(ue.occurred_at) >= start, col(ue.occurred_at) < end
             )
         ).scalar_one()
     )
@@ -243,7 +243,7 @@ def reset_wallet(
     Returns the entries this call inserted (none when another run already wrote them).
     Raises: AllowanceError naming ``wallet_id`` (unknown); ValueError for a malformed period.
     """
-    wallet = session.execute(select(Wallet).where(Wallet.id == wallet_id).with_for_update()).scalar_one_or_none()
+    wallet = session.execute(select(Wallet).where(col(Wallet.id) == wallet_id).with_for_update()).scalar_one_or_none()
     if wallet is None:
         raise AllowanceError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
     earlier = lookback(period)
@@ -390,101 +390,3 @@ def wallets_to_reset(session: Session, period: str) -> list[str]:
             _CANDIDATES, {"periods": lookback(period), "grant": ALLOWANCE_PREFIX, "expiry": EXPIRY_PREFIX}
         ).scalars()
     )
-
-
-def run_monthly_reset(
-    gate: WalletGate | None = None,
-    *,
-    now: datetime | None = None,
-    period: str | None = None,
-    wallet_ids: list[str] | None = None,
-    settings: Settings | None = None,
-    resume: ResumeChats | None = None,
-) -> ResetReport:
-    """The monthly reset job: :func:`reset_wallet` for every candidate wallet (or ``wallet_ids``),
-    one short transaction each, and the entries each inserted applied to the gate after its commit.
-
-    ``now`` defaults to the current UTC time; ``period`` ('YYYY-MM', default: the period of ``now``)
-    is the period granted and may be earlier than now's (an operator's backfill), never later.
-    Idempotent: a second run returns an empty report.  ``resume(gate, wallet_id, cause=key)`` runs
-    after each applied grant (the task and the CLI pass :func:`worker.chats.lifecycle.resume_paused_chats`).
-    Raises: AllowanceError naming ``period`` (malformed or in the future); Redis errors from the gate
-    (the entries are committed by then; reconciliation repairs the gate).
-    """
-    settings = settings or get_settings()
-    now = now or datetime.now(UTC)
-    this_period = current_period(now)
-    period = period or this_period
-    try:
-        period_bounds(period)
-    except ValueError as exc:
-        raise AllowanceError(str(exc), field="period") from None
-    if period > this_period:
-        raise AllowanceError(f"period: {period!r} is after the current period {this_period!r}", field="period")
-    if period not in lookback(this_period) and period != this_period:
-        # a grant older than the lookback would never be expired by the hourly job
-        raise AllowanceError(
-            f"period: {period!r} is more than {LOOKBACK_PERIODS} months before {this_period!r}", field="period"
-        )
-    gate = gate or process_gate()
-    report = ResetReport(period=period)
-    if wallet_ids is None:
-        with session_scope() as session:
-            wallet_ids = wallets_to_reset(session, period)
-    for wallet_id in wallet_ids:
-        try:
-            with session_scope() as session:
-                written = reset_wallet(
-                    session, wallet_id, period=period, now=now, grace_s=settings.allowance_expiry_grace_s
-                )
-                if written:
-                    after_commit(session, lambda written=written: apply_to_gate(gate, written, resume))
-        except (AllowanceError, SQLAlchemyError) as exc:  # one bad wallet must not stop the others
-            log.error("monthly reset of wallet %s for %s failed: %s", wallet_id, period, exc)
-            report.failed.append(wallet_id)
-            continue
-        report.wallets_checked += 1
-        for e in written:
-            if e.key.startswith(RESTORE_PREFIX):
-                report.restored.append(e)
-            else:
-                (report.granted if e.kind == TransactionKind.credit else report.expired).append(e)
-    return report
-
-
-@dataclass(slots=True)
-class MonthlyRun:
-    """One run of the monthly job (:func:`run_monthly_jobs`): the allowance reset and the flat fees
-    of ``track_only`` apps for the same period."""
-
-    reset: ResetReport
-    fees: FeeReport
-
-    def summary(self) -> dict[str, Any]:
-        """The job's result as beat's task returns it and ``tollgate allowance reset --json`` prints it:
-        the reset's figures with its entries counted (``granted``, ``expired``, ``restored``: numbers
-        of entries; ``*_nanos``: nano-USD), ``flat_fees`` (apps charged) and ``flat_fees_nanos``."""
-        report = self.reset.as_dict()
-        fees = self.fees.as_dict()
-        return {k: v for k, v in report.items() if k not in ("granted", "expired", "restored")} | {
-            "granted": len(report["granted"]),
-            "expired": len(report["expired"]),
-            "restored": len(report["restored"]),
-            "flat_fees": len(fees["charged"]),
-            "flat_fees_nanos": fees["charged_nanos"],
-        }
-
-
-def run_monthly_jobs(
-    gate: WalletGate | None = None, *, period: str | None = None, resume: ResumeChats | None = None
-) -> MonthlyRun:
-    """The hourly monthly job, one code path for beat (``tollgate.billing.monthly_reset``) and
-    ``tollgate allowance reset``: :func:`run_monthly_reset` (grants, expiries, restores; one
-    transaction per wallet), then :func:`worker.billing.modes.charge_flat_fees` for the same
-    ``period`` in one transaction (default: the current UTC month).  Idempotent per period.
-    Raises AllowanceError / ModeError naming ``period`` when it is malformed (or in the future)."""
-    gate = gate or process_gate()
-    reset = run_monthly_reset(gate, period=period, resume=resume)
-    with session_scope() as session:
-        fees = charge_flat_fees(session, gate, period=reset.period)
-    return MonthlyRun(reset, fees)

@@ -47,19 +47,20 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import and_, case, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from models.budget import Budget, BudgetAlert, BudgetCreate
 from models.chat import ChatSession
 from models.enums import ChatStatus
 from models.turn import UsageEvent
 from models.wallet import Enterprise, Wallet
-from worker.db import after_commit, session_scope
+from worker.db import after_commit, after_commit_in_transaction, table_of
 from worker.errors import InputError
 from worker.events import Event, SendTask, enqueue_delivery, publish
 from worker.gate.gate import UnknownWallet, WalletGate, process_gate
@@ -132,17 +133,17 @@ def set_budget(
                 f"wallet_id: wallet {spec.wallet_id!r} belongs to {wallet.enterprise_id!r}, not {spec.enterprise_id!r}",
                 field="wallet_id",
             )
-        scope = Budget.wallet_id == spec.wallet_id
+        scope = col(Budget.wallet_id) == spec.wallet_id
         lock_name = f"budget:{spec.enterprise_id}:wallet:{spec.wallet_id}"
     else:
-        scope = Budget.workflow == spec.workflow
+        scope = col(Budget.workflow) == spec.workflow
         lock_name = f"budget:{spec.enterprise_id}:workflow:{spec.workflow}"
     session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(lock_name, 0))))
     budget = session.execute(
-        select(Budget).where(Budget.enterprise_id == spec.enterprise_id, scope).order_by(Budget.id).limit(1)
+        select(Budget).where(col(Budget.enterprise_id) == spec.enterprise_id, scope).order_by(col(Budget.id)).limit(1)
     ).scalar_one_or_none()
     if budget is None:
-        budget = Budget(
+        budget = Budget(  # type: ignore[call-arg]  # created_at: the database's now() (server_default)
             enterprise_id=spec.enterprise_id,
             wallet_id=spec.wallet_id,
             workflow=spec.workflow,
@@ -157,11 +158,17 @@ def set_budget(
     return budget
 
 
+def _id(budget: Budget) -> int:
+    """A stored budget's id (set once its row is flushed)."""
+    assert budget.id is not None
+    return budget.id
+
+
 def list_budgets(session: Session, enterprise_id: str | None = None) -> list[Budget]:
     """Budgets of one app (default: all), by id."""
-    stmt = select(Budget).order_by(Budget.id)
+    stmt = select(Budget).order_by(col(Budget.id))
     if enterprise_id is not None:
-        stmt = stmt.where(Budget.enterprise_id == enterprise_id)
+        stmt = stmt.where(col(Budget.enterprise_id) == enterprise_id)
     return list(session.execute(stmt).scalars())
 
 
@@ -174,20 +181,25 @@ def spend_by_budget(session: Session, period: str) -> dict[int, int]:
     """
     start, end = period_bounds(period)
     ue = UsageEvent
-    in_period = and_(ue.occurred_at >= start, ue.occurred_at < end)
+    in_period = and_(col(ue.occurred_at) >= start, col(ue.occurred_at) < end)
     wallet_rows = session.execute(
-        select(Budget.id, func.coalesce(func.sum(ue.billed_nanos), 0))
+        select(col(Budget.id), func.coalesce(func.sum(col(ue.billed_nanos)), 0))
         .select_from(Budget)
-        .outerjoin(ue, and_(ue.wallet_id == Budget.wallet_id, in_period))
-        .where(Budget.wallet_id.is_not(None))
-        .group_by(Budget.id)
+        .outerjoin(ue, and_(col(ue.wallet_id) == col(Budget.wallet_id), in_period))
+        .where(col(Budget.wallet_id).is_not(None))
+        .group_by(col(Budget.id))
     ).all()
     workflow_rows = session.execute(
-        select(Budget.id, func.coalesce(func.sum(ue.cost_nanos), 0))
+        select(col(Budget.id), func.coalesce(func.sum(col(ue.cost_nanos)), 0))
         .select_from(Budget)
-        .outerjoin(ue, and_(ue.enterprise_id == Budget.enterprise_id, ue.workflow == Budget.workflow, in_period))
-        .where(Budget.workflow.is_not(None))
-        .group_by(Budget.id)
+        .outerjoin(
+            ue,
+            and_(
+                col(ue.enterprise_id) == col(Budget.enterprise_id), col(ue.workflow) == col(Budget.workflow), in_period
+            ),
+        )
+        .where(col(Budget.workflow).is_not(None))
+        .group_by(col(Budget.id))
     ).all()
     return {int(b): int(s) for b, s in (*wallet_rows, *workflow_rows)}
 
@@ -296,12 +308,12 @@ def check_budgets(
 
     budgets = list_budgets(session)
     spend = spend_by_budget(session, period)
-    by_id = {b.id: b for b in budgets}
+    by_id = {_id(b): b for b in budgets}
     for b in budgets:
-        spent = spend.get(b.id, 0)
+        spent = spend.get(_id(b), 0)
         result.budgets.append(
             BudgetStatus(
-                b.id,
+                _id(b),
                 b.enterprise_id,
                 b.wallet_id,
                 b.workflow,
@@ -329,14 +341,14 @@ def check_budgets(
             late_period,
             [
                 BudgetStatus(
-                    b.id,
+                    _id(b),
                     b.enterprise_id,
                     b.wallet_id,
                     b.workflow,
                     b.amount_nanos,
-                    late.get(b.id, 0),
+                    late.get(_id(b), 0),
                     b.auto_pause,
-                    late.get(b.id, 0) >= b.amount_nanos,
+                    late.get(_id(b), 0) >= b.amount_nanos,
                 )
                 for b in budgets
                 if _touches(b, wallets, workflows)
@@ -353,14 +365,14 @@ def check_budgets(
             before,
             [
                 BudgetStatus(
-                    b.id,
+                    _id(b),
                     b.enterprise_id,
                     b.wallet_id,
                     b.workflow,
                     b.amount_nanos,
-                    late.get(b.id, 0),
+                    late.get(_id(b), 0),
                     b.auto_pause,
-                    late.get(b.id, 0) >= b.amount_nanos,
+                    late.get(_id(b), 0) >= b.amount_nanos,
                 )
                 for b in budgets
             ],
@@ -421,11 +433,11 @@ def _announce(session: Session, result: "BudgetCheck", period: str, statuses: li
             .values(rows)
             .on_conflict_do_nothing(constraint="uq_budget_alert_once")
             .returning(
-                BudgetAlert.id,
-                BudgetAlert.budget_id,
-                BudgetAlert.threshold_pct,
-                BudgetAlert.spent_nanos,
-                BudgetAlert.amount_nanos,
+                col(BudgetAlert.id),
+                col(BudgetAlert.budget_id),
+                col(BudgetAlert.threshold_pct),
+                col(BudgetAlert.spent_nanos),
+                col(BudgetAlert.amount_nanos),
             )
         ).all()
         for alert_id, budget_id, pct, spent, amount in sorted(inserted, key=lambda r: (r[1], r[2])):
@@ -461,9 +473,16 @@ def _unsent_alerts(session: Session, result: "BudgetCheck", by_id: dict) -> None
     the announcement): sent again now, with their own event ids."""
     ba = BudgetAlert
     rows = session.execute(
-        select(ba.id, ba.budget_id, ba.period, ba.threshold_pct, ba.spent_nanos, ba.amount_nanos)
-        .where(ba.notified_at.is_(None), ba.created_at < func.now() - UNSENT_AFTER)
-        .order_by(ba.id)
+        select(
+            col(ba.id),
+            col(ba.budget_id),
+            col(ba.period),
+            col(ba.threshold_pct),
+            col(ba.spent_nanos),
+            col(ba.amount_nanos),
+        )
+        .where(col(ba.notified_at).is_(None), col(ba.created_at) < func.now() - UNSENT_AFTER)
+        .order_by(col(ba.id))
         .limit(1000)
     ).all()
     for alert_id, budget_id, period, pct, spent, amount in rows:
@@ -480,9 +499,9 @@ def _pause_and_resume(session: Session, result: "BudgetCheck", gate: WalletGate,
     if block:
         paused = session.execute(
             update(Wallet)
-            .where(Wallet.id.in_(block), Wallet.blocked_reason.is_(None))
+            .where(col(Wallet.id).in_(block), col(Wallet.blocked_reason).is_(None))
             .values(blocked_reason=BUDGET_EXCEEDED)
-            .returning(Wallet.id, Wallet.enterprise_id)
+            .returning(col(Wallet.id), col(Wallet.enterprise_id))
         ).all()
         for wallet_id, enterprise_id in sorted(paused):  # a wallet budget's wallet always has an app
             result.paused_wallets.append(wallet_id)
@@ -495,9 +514,9 @@ def _pause_and_resume(session: Session, result: "BudgetCheck", gate: WalletGate,
             )
     resumed = session.execute(
         update(Wallet)
-        .where(Wallet.blocked_reason == BUDGET_EXCEEDED, Wallet.id.not_in(block))
+        .where(col(Wallet.blocked_reason) == BUDGET_EXCEEDED, col(Wallet.id).not_in(block))
         .values(blocked_reason=None)
-        .returning(Wallet.id, Wallet.enterprise_id)
+        .returning(col(Wallet.id), col(Wallet.enterprise_id))
     ).all()
     for wallet_id, enterprise_id in sorted(resumed):
         result.resumed_wallets.append(wallet_id)
@@ -512,13 +531,13 @@ def _pause_and_resume(session: Session, result: "BudgetCheck", gate: WalletGate,
 
     # 3. workflows: the gate cannot see them, so their chat sessions are paused and the app told
     ct = ChatSession
-    scope = tuple_(ct.enterprise_id, ct.workflow)
+    scope = tuple_(col(ct.enterprise_id), col(ct.workflow))
     halt = sorted({(s.enterprise_id, s.workflow) for s in result.budgets if s.workflow and s.auto_pause and s.exceeded})
     if halt:
         chats = _move_chats(
             session,
             gate,
-            and_(scope.in_(halt), ct.status == ChatStatus.active.value),
+            and_(scope.in_(halt), col(ct.status) == ChatStatus.active.value),
             status=ChatStatus.paused.value,
             pause_reason=BUDGET_EXCEEDED,
         )
@@ -529,7 +548,9 @@ def _pause_and_resume(session: Session, result: "BudgetCheck", gate: WalletGate,
         chats = _move_chats(
             session,
             gate,
-            and_(scope.in_(release), ct.status == ChatStatus.paused.value, ct.pause_reason == BUDGET_EXCEEDED),
+            and_(
+                scope.in_(release), col(ct.status) == ChatStatus.paused.value, col(ct.pause_reason) == BUDGET_EXCEEDED
+            ),
             status=ChatStatus.active.value,
             pause_reason=None,
         )
@@ -539,20 +560,20 @@ def _pause_and_resume(session: Session, result: "BudgetCheck", gate: WalletGate,
     # 4. after commit: the gate first (deny before anyone is told), then the events
     watched = sorted({s.wallet_id for s in result.budgets if s.wallet_id} | set(result.resumed_wallets))
     ledger_reasons: dict[str, str | None] = dict(
-        session.execute(select(Wallet.id, Wallet.blocked_reason).where(Wallet.id.in_(watched))).all()
+        session.execute(select(col(Wallet.id), col(Wallet.blocked_reason)).where(col(Wallet.id).in_(watched))).all()
     )
     hooked = set(
         session.execute(
-            select(Enterprise.id).where(
-                Enterprise.id.in_(sorted({e.enterprise_id for e in result.events})),
-                Enterprise.callback_url.is_not(None),
-                Enterprise.webhook_secret.is_not(None),
+            select(col(Enterprise.id)).where(
+                col(Enterprise.id).in_(sorted({e.enterprise_id for e in result.events})),
+                col(Enterprise.callback_url).is_not(None),
+                col(Enterprise.webhook_secret).is_not(None),
             )
         ).scalars()
     )
     events = list(result.events)
 
-    def announce() -> None:
+    def announce(marked: Session) -> None:  # a follow-up transaction: the alerts it sent are marked in it
         sent = []
         for event in events:
             try:
@@ -565,12 +586,15 @@ def _pause_and_resume(session: Session, result: "BudgetCheck", gate: WalletGate,
             if event.type == "budget.threshold_crossed":
                 sent.append(event.data["alert_id"])
         if sent:
-            with session_scope() as marked:
-                marked.execute(update(BudgetAlert).where(BudgetAlert.id.in_(sent)).values(notified_at=func.now()))
+            marked.execute(update(BudgetAlert).where(col(BudgetAlert.id).in_(sent)).values(notified_at=func.now()))
 
-    after_commit(session, lambda: sync_gate_blocks(gate, ledger_reasons))
-    after_commit(session, announce)
+    after_commit(session, partial(_sync_gate_blocks, gate, ledger_reasons))
+    after_commit_in_transaction(session, announce)
     return result
+
+
+def _sync_gate_blocks(gate: WalletGate, ledger_reasons: dict[str, str | None]) -> None:
+    sync_gate_blocks(gate, ledger_reasons)
 
 
 def _move_chats(session: Session, gate: WalletGate, where, **values) -> list[tuple[str, str, str]]:
@@ -581,7 +605,7 @@ def _move_chats(session: Session, gate: WalletGate, where, **values) -> list[tup
     next check does not pause it, and announce it, a second time).  Rows are locked in (enterprise,
     chat) order first, as the drain locks them.  Returns ``(enterprise_id, workflow, chat_id)`` of
     the chats changed."""
-    ct = ChatSession.__table__
+    ct = table_of(ChatSession)
     targets = session.execute(
         select(ct.c.enterprise_id, ct.c.chat_id, ct.c.wallet_id)
         .where(where)

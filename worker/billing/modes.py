@@ -20,16 +20,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Callable
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from models.enums import BillingMode, TransactionKind, TrialThen
 from models.wallet import Enterprise, Wallet, WalletTransaction
 from worker.billing.payers import reservations_required as requires_reservations
-from worker.db import after_commit, session_scope
+from worker.db import after_commit, after_commit_in_transaction
 from worker.errors import InputError
 from worker.gate.gate import UnknownWallet, WalletGate
 from worker.gate.keys import FLAT_FEE_PREFIX
@@ -66,26 +67,37 @@ def _mode(mode: str) -> str:
     return mode
 
 
-def _push(gate: WalletGate, wallet_ids: list[str], resume: ResumeChats | None) -> None:
-    """After a mode change committed (an after_commit hook): mirror each wallet's mode in the gate,
-    then resume chats the new mode lets go on (``resume``).  Its own short transaction per wallet,
-    on purpose (not the caller's, which has committed):
+def _push(session: Session, gate: WalletGate, wallet_ids: list[str], resume: ResumeChats | None) -> None:
+    """Once the caller's transaction (``session``) has committed: mirror each wallet's mode in the
+    gate, then resume chats the new mode lets go on (``resume``).  A follow-up transaction per
+    wallet (:func:`worker.db.after_commit_in_transaction`), on purpose (not the caller's, which has
+    committed by then):
 
     Two changes of one wallet at once commit in some order but could reach Redis in the other;
     so each wallet's mode is read again from PostgreSQL and written to Redis under a transaction
     advisory lock of that wallet: whatever order they run in, the last write is the committed mode."""
     for wallet_id in wallet_ids:
-        with session_scope() as session:
-            session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tollgate:mode:" + wallet_id))))
-            mode = session.execute(select(Wallet.mode).where(Wallet.id == wallet_id)).scalar_one_or_none()
-            if mode is None:
-                continue
-            try:
-                gate.set_mode(wallet_id, mode)
-            except UnknownWallet:  # a rebuild loads PostgreSQL's mode
-                continue
-        if resume is not None:
-            resume(gate, wallet_id, cause="mode_change")
+        after_commit_in_transaction(session, partial(_push_mode, gate=gate, wallet_id=wallet_id, resume=resume))
+
+
+def _resume_after_mode_change(resume: ResumeChats, gate: WalletGate, wallet_id: str) -> None:
+    resume(gate, wallet_id, cause="mode_change")
+
+
+def _push_mode(session: Session, gate: WalletGate, wallet_id: str, resume: ResumeChats | None) -> None:
+    """In a follow-up transaction (``session``): write the wallet's committed mode to the gate under
+    its advisory lock (see :func:`_push`), then, once this transaction ends, ``resume`` its chats.
+    A wallet gone from PostgreSQL or the gate is skipped, its chats too."""
+    session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tollgate:mode:" + wallet_id))))
+    mode = session.execute(select(col(Wallet.mode)).where(col(Wallet.id) == wallet_id)).scalar_one_or_none()
+    if mode is None:
+        return
+    try:
+        gate.set_mode(wallet_id, mode)
+    except UnknownWallet:  # a rebuild loads PostgreSQL's mode
+        return
+    if resume is not None:
+        after_commit(session, partial(_resume_after_mode_change, resume, gate, wallet_id))
 
 
 def set_app_mode(
@@ -110,24 +122,29 @@ def set_app_mode(
     if app is None:
         raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}", field="enterprise_id")
     before = app.default_mode
-    app.default_mode = mode
+    app.default_mode = BillingMode(mode)
     changed = sorted(
         session.execute(
             update(Wallet)
-            .where(Wallet.enterprise_id == enterprise_id, Wallet.mode_override.is_(False), Wallet.mode != mode)
+            .where(
+                col(Wallet.enterprise_id) == enterprise_id,
+                col(Wallet.mode_override).is_(False),
+                col(Wallet.mode) != mode,
+            )
             .values(mode=mode)
-            .returning(Wallet.id)
+            .returning(col(Wallet.id))
         ).scalars()
     )
+    detail: dict[str, Any] = {"from": before, "to": mode, "wallets": len(changed)}
     audit(
         session,
         actor=actor,
         action="mode_change",
         enterprise_id=enterprise_id,
         scope="app",
-        **{"from": before, "to": mode, "wallets": len(changed)},
+        **detail,
     )
-    after_commit(session, lambda: _push(gate, changed, resume))
+    _push(session, gate, changed, resume)
     return changed
 
 
@@ -157,7 +174,7 @@ def set_wallet_mode(
         wallet.mode = app.default_mode if app is not None else gate.settings.default_mode
         wallet.mode_override = False
     else:
-        wallet.mode, wallet.mode_override = mode, True
+        wallet.mode, wallet.mode_override = BillingMode(mode), True
     after = wallet.mode
     audit(
         session,
@@ -168,24 +185,28 @@ def set_wallet_mode(
         scope="wallet",
         **{"from": before, "to": after, "override": mode is not None},
     )
-    after_commit(session, lambda: _push(gate, [wallet_id], resume))
+    _push(session, gate, [wallet_id], resume)
     return after
 
 
-def _push_reservations(gate: WalletGate, wallet_ids: list[str]) -> None:
-    """Mirror whether each wallet requires reservations in the gate (hash field ``require_hold``),
-    read again from PostgreSQL under the wallet's advisory lock, as :func:`_push` does for modes.
+def _push_reservations(session: Session, gate: WalletGate, wallet_ids: list[str]) -> None:
+    """Once the caller's transaction (``session``) has committed: mirror whether each wallet
+    requires reservations in the gate (hash field ``require_hold``), read again from PostgreSQL
+    under the wallet's advisory lock in a follow-up transaction, as :func:`_push` does for modes.
     A wallet not in the gate is skipped (a rebuild loads the setting)."""
     for wallet_id in wallet_ids:
-        with session_scope() as session:
-            session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tollgate:mode:" + wallet_id))))
-            wallet = session.get(Wallet, wallet_id)
-            if wallet is None:
-                continue
-            app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
-            key = gate.wallet_key(wallet_id)
-            if gate.redis.hexists(key, "mode"):  # never make a stray hash look like a wallet
-                gate.redis.hset(key, "require_hold", "1" if requires_reservations(wallet, app) else "0")
+        after_commit_in_transaction(session, partial(_push_reservation, gate=gate, wallet_id=wallet_id))
+
+
+def _push_reservation(session: Session, gate: WalletGate, wallet_id: str) -> None:
+    session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tollgate:mode:" + wallet_id))))
+    wallet = session.get(Wallet, wallet_id)
+    if wallet is None:
+        return
+    app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
+    key = gate.wallet_key(wallet_id)
+    if gate.redis.hexists(key, "mode"):  # never make a stray hash look like a wallet
+        gate.redis.hset(key, "require_hold", "1" if requires_reservations(wallet, app) else "0")
 
 
 def set_wallet_reservations(
@@ -216,7 +237,7 @@ def set_wallet_reservations(
         to=required,
         effective=effective,
     )
-    after_commit(session, lambda: _push_reservations(gate, [wallet_id]))
+    _push_reservations(session, gate, [wallet_id])
     return effective
 
 
@@ -303,21 +324,18 @@ def configure_app(
     }
     for name, value in changes.items():
         setattr(app, name, value)
-    wallet_ids = list(session.execute(select(Wallet.id).where(Wallet.enterprise_id == enterprise_id)).scalars())
+    wallet_ids = list(
+        session.execute(select(col(Wallet.id)).where(col(Wallet.enterprise_id) == enterprise_id)).scalars()
+    )
     audit(session, actor=actor, action="app_config", enterprise_id=enterprise_id, **changes)
     share, then, max_turn = app.creator_share_bps, app.trial_then, app.max_turn_cost_nanos
-    after_commit(
-        session,
-        lambda: _push_app_config(
-            gate, wallet_ids, share, then, max_turn, delta, reservations=reservations_required is not None
-        ),
-    )
+    after_commit(session, lambda: _push_app_config(gate, wallet_ids, share, then, max_turn, delta))
+    if reservations_required is not None:  # then each loaded wallet's require_hold (others: a rebuild)
+        _push_reservations(session, gate, wallet_ids)
     return app
 
 
-def _push_app_config(
-    gate: WalletGate, wallet_ids: list[str], share: int, then: str, max_turn: int, delta: int, *, reservations: bool
-) -> None:
+def _push_app_config(gate: WalletGate, wallet_ids: list[str], share: int, then: str, max_turn: int, delta: int) -> None:
     """After an app's configuration committed: its loaded wallets' copies in the gate (a rebuild
     loads the others)."""
     check = gate.redis.pipeline(transaction=False)
@@ -331,8 +349,6 @@ def _push_app_config(
         if delta:
             pipe.hincrby(key, "trial_left", delta)
     pipe.execute()
-    if reservations:
-        _push_reservations(gate, loaded)
 
 
 @dataclass(slots=True)
@@ -370,13 +386,13 @@ def charge_flat_fees(
         raise ModeError(str(exc), field="period") from None
     report = FeeReport(period)
     apps = session.execute(
-        select(Enterprise.id, Enterprise.fee_wallet_id, Enterprise.flat_fee_nanos)
+        select(col(Enterprise.id), col(Enterprise.fee_wallet_id), col(Enterprise.flat_fee_nanos))
         .where(
-            Enterprise.default_mode == BillingMode.track_only,
-            Enterprise.flat_fee_nanos > 0,
-            Enterprise.fee_wallet_id.is_not(None),
+            col(Enterprise.default_mode) == BillingMode.track_only,
+            col(Enterprise.flat_fee_nanos) > 0,
+            col(Enterprise.fee_wallet_id).is_not(None),
         )
-        .order_by(Enterprise.id)
+        .order_by(col(Enterprise.id))
     ).all()
     for enterprise_id, wallet_id, fee in apps:
         key = f"{FLAT_FEE_PREFIX}{enterprise_id}:{period}"
@@ -390,12 +406,14 @@ def charge_flat_fees(
                 description=f"track_only flat fee of {enterprise_id} for {period}",
             )
             .on_conflict_do_nothing(index_elements=["idempotency_key"])
-            .returning(WalletTransaction.id)
+            .returning(col(WalletTransaction.id))
         ).first()
         if inserted is None:
             continue
-        session.execute(update(Wallet).where(Wallet.id == wallet_id).values(debits_nanos=Wallet.debits_nanos + fee))
-        after_commit(session, lambda w=wallet_id, f=fee, k=key: _mirror_fee(gate, w, f, k))
+        session.execute(
+            update(Wallet).where(col(Wallet.id) == wallet_id).values(debits_nanos=col(Wallet.debits_nanos) + fee)
+        )
+        after_commit(session, partial(_mirror_fee, gate, wallet_id, fee, key))
         report.charged.append((enterprise_id, wallet_id, fee))
     return report
 

@@ -41,10 +41,15 @@ found by the metadata tollgate puts on every Checkout session and subscription (
 ``package_id``), else by ``stripe_subscription_id``, else by ``stripe_customer_id``; so an
 ``invoice.paid`` arriving before its ``checkout.session.completed`` still finds its wallet.
 
-Processing (:func:`process_event`) holds the ``stripe_event`` row lock, applies the handler (whose
-PostgreSQL steps commit before their gate steps, and which is idempotent), then marks the event
-``processed_at``/``outcome`` and writes the audit row in the same transaction.  An event that cannot
-be applied (unknown wallet or package, malformed) gets ``outcome = 'error: …'`` and stays
+Processing (:func:`process_event`) is one PostgreSQL transaction, the entry point's: it holds the
+``stripe_event`` row lock, applies the handler (the ledger credit, the wallet's state), writes the
+audit row and marks the event ``processed_at``/``outcome``; the gate steps (the credit, a
+``payment_failed`` block) run once that transaction has committed (``db.after_commit``), keyed so
+that they apply once.  A crash or a Redis failure between the commit and the gate steps is repaired
+by the next delivery of the event (the task's retry, a redelivery: an event processed before sends
+its gate steps again) and, for a credit, by the beat job ``tollgate.reconcile.complete_credits``
+(:func:`worker.ledger.accounts.unapplied_credits`).  An event that cannot be applied (unknown wallet
+or package, malformed) gets ``outcome = 'error: …'``, nothing else of it is written, and it stays
 unprocessed (a later delivery of it is processed again); transient failures (Redis, the database,
 :class:`worker.ledger.accounts.GatePending`) are raised for the task to retry.
 """
@@ -54,23 +59,23 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol, cast
 from urllib.parse import urlsplit
 
 import stripe
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from models.access import AuditLog
 from models.enums import PayerLevel
 from models.stripe import StripeEvent, TokenPackage
 from models.wallet import Enterprise, Wallet
 from worker.billing.budgets import BUDGET_EXCEEDED
-from worker.db import session_scope
+from worker.db import after_commit
 from worker.errors import InputError, InvalidInput, Unavailable
 from worker.gate.gate import UnknownWallet, WalletGate, process_gate
-from worker.ledger.accounts import MAX_CREDIT_NANOS, LedgerError, OnCredited, credit_wallet
+from worker.ledger.accounts import MAX_CREDIT_NANOS, LedgerError, OnCredited, complete_credit, credit_wallet
 from worker.ledger.audit import audit
 from worker.settings import Settings, get_settings
 
@@ -167,8 +172,8 @@ def add_package(
         )
     if stripe_price_id:
         other = session.execute(
-            select(TokenPackage.id).where(
-                TokenPackage.stripe_price_id == stripe_price_id, TokenPackage.id != package_id
+            select(col(TokenPackage.id)).where(
+                col(TokenPackage.stripe_price_id) == stripe_price_id, col(TokenPackage.id) != package_id
             )
         ).scalar_one_or_none()
         if other is not None:
@@ -177,7 +182,9 @@ def add_package(
             )
     package = session.get(TokenPackage, package_id)
     if package is None:
-        package = TokenPackage(id=package_id, name=name, price_cents=price_cents, credit_nanos=credit_nanos)
+        package = TokenPackage(  # type: ignore[call-arg]  # created_at: the database's now() (server_default)
+            id=package_id, name=name, price_cents=price_cents, credit_nanos=credit_nanos
+        )
         session.add(package)
     package.name, package.price_cents, package.credit_nanos = name, price_cents, credit_nanos
     package.monthly, package.stripe_price_id, package.active = monthly, stripe_price_id, active
@@ -198,9 +205,11 @@ def get_package(session: Session, package_id: str, *, active_only: bool = False)
 
 def list_packages(session: Session, *, include_inactive: bool = False) -> list[TokenPackage]:
     """Packages ordered by ``(monthly, price_cents, id)``; only active ones unless ``include_inactive``."""
-    query = select(TokenPackage).order_by(TokenPackage.monthly, TokenPackage.price_cents, TokenPackage.id)
+    query = select(TokenPackage).order_by(
+        col(TokenPackage.monthly), col(TokenPackage.price_cents), col(TokenPackage.id)
+    )
     if not include_inactive:
-        query = query.where(TokenPackage.active.is_(True))
+        query = query.where(col(TokenPackage.active).is_(True))
     return list(session.execute(query).scalars())
 
 
@@ -298,7 +307,8 @@ def checkout_params(
     }
     if wallet.stripe_customer_id:
         params["customer"] = wallet.stripe_customer_id
-    account, share_bps = None, None
+    account: str | None = None
+    share_bps = 0
     if wallet.level == PayerLevel.app_usage and wallet.enterprise_id:
         enterprise = session.get(Enterprise, wallet.enterprise_id)
         if enterprise is not None and enterprise.stripe_account_id:
@@ -324,7 +334,7 @@ def stripe_client(settings: Settings | None = None) -> stripe.StripeClient:
     settings = settings or get_settings()
     if not settings.stripe_api_key:
         raise StripeConfigError("TOLLGATE_STRIPE_API_KEY is not set: Checkout is unavailable")
-    base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
+    base: Any = {"api": settings.stripe_api_base} if settings.stripe_api_base else None  # stripe's BaseAddresses
     return stripe.StripeClient(settings.stripe_api_key, base_addresses=base, max_network_retries=2)
 
 
@@ -360,8 +370,8 @@ def create_checkout_session(
         session, wallet_id=wallet_id, package_id=package_id, success_url=success_url, cancel_url=cancel_url
     )
     client = client or stripe_client()
-    options = {"idempotency_key": idempotency_key} if idempotency_key else None
-    created = client.v1.checkout.sessions.create(params, options)
+    options: Any = {"idempotency_key": idempotency_key} if idempotency_key else None  # stripe's RequestOptions
+    created = client.v1.checkout.sessions.create(cast(Any, params), options)
     return CheckoutStarted(session_id=created.id, url=getattr(created, "url", None), mode=params["mode"])
 
 
@@ -380,7 +390,7 @@ def store_event(session: Session, event: Mapping[str, Any]) -> bool:
         insert(StripeEvent)
         .values(id=event_id, type=event_type, payload=dict(event))
         .on_conflict_do_nothing(index_elements=["id"])
-        .returning(StripeEvent.id)
+        .returning(col(StripeEvent.id))
     ).first()
     return inserted is not None
 
@@ -389,7 +399,7 @@ def is_processed(session: Session, event_id: str) -> bool:
     """True if the stored event ``event_id`` has been processed."""
     return (
         session.execute(
-            select(StripeEvent.processed_at.is_not(None)).where(StripeEvent.id == event_id)
+            select(col(StripeEvent.processed_at).is_not(None)).where(col(StripeEvent.id) == event_id)
         ).scalar_one_or_none()
         is True
     )
@@ -455,12 +465,16 @@ def _find_wallet(session: Session, *, metadata: Any, subscription_id: str | None
         return wallet
     if subscription_id:
         wallet = (
-            session.execute(select(Wallet).where(Wallet.stripe_subscription_id == subscription_id)).scalars().first()
+            session.execute(select(Wallet).where(col(Wallet.stripe_subscription_id) == subscription_id))
+            .scalars()
+            .first()
         )
         if wallet is not None:
             return wallet
     if customer_id:
-        found = list(session.execute(select(Wallet).where(Wallet.stripe_customer_id == customer_id).limit(2)).scalars())
+        found = list(
+            session.execute(select(Wallet).where(col(Wallet.stripe_customer_id) == customer_id).limit(2)).scalars()
+        )
         if len(found) == 1:
             return found[0]
     raise EventError(
@@ -471,6 +485,7 @@ def _find_wallet(session: Session, *, metadata: Any, subscription_id: str | None
 
 
 def _credit(
+    session: Session,
     gate: WalletGate,
     wallet: Wallet,
     *,
@@ -481,7 +496,9 @@ def _credit(
     package_id: str,
     on_credited: OnCredited | None,
 ) -> Credit:
+    """The ledger entry of an event's credit in ``session``; its gate step runs after the commit."""
     credit_wallet(
+        session,
         gate,
         wallet_id=wallet.id,
         amount_nanos=amount_nanos,
@@ -493,7 +510,7 @@ def _credit(
 
 
 def _sync_block(gate: WalletGate, wallet_id: str, reason: str | None) -> None:
-    """Make the gate's ``blocked`` flag equal ``reason`` (read from PostgreSQL after its commit)
+    """Make the gate's ``blocked`` flag equal ``reason`` (read from PostgreSQL, committed by then)
     where either is ``payment_failed``; other reasons are their own module's to change (as
     :func:`worker.billing.budgets.sync_gate_blocks` leaves ours alone).  Also completes a change whose gate
     step failed on an earlier attempt."""
@@ -506,32 +523,25 @@ def _sync_block(gate: WalletGate, wallet_id: str, reason: str | None) -> None:
         log.info("wallet %s is not in the gate; its block is loaded with it on rebuild", wallet_id)
 
 
-def _update_wallet(gate: WalletGate, wallet_id: str, change: Callable[[Wallet], None]) -> Wallet:
-    """Apply ``change`` to the locked wallet row and commit, then mirror a ``payment_failed`` block
-    (set or lifted) in the gate (:func:`_sync_block`)."""
-    with session_scope() as session:
-        wallet = session.execute(select(Wallet).where(Wallet.id == wallet_id).with_for_update()).scalar_one()
-        change(wallet)
-        reason = wallet.blocked_reason
-    _sync_block(gate, wallet_id, reason)
+def _update_wallet(session: Session, gate: WalletGate, wallet_id: str, change: Callable[[Wallet], None]) -> Wallet:
+    """Apply ``change`` to the locked wallet row in ``session``; once the caller commits, mirror a
+    ``payment_failed`` block (set or lifted) in the gate (:func:`_sync_block`)."""
+    wallet = session.execute(select(Wallet).where(col(Wallet.id) == wallet_id).with_for_update()).scalar_one()
+    change(wallet)
+    reason = wallet.blocked_reason
+    after_commit(session, lambda: _sync_block(gate, wallet_id, reason))
     return wallet
 
 
 def _on_checkout_completed(
-    gate: WalletGate, obj: Mapping[str, Any], event_id: str, on_credited: OnCredited | None = None
+    session: Session, gate: WalletGate, obj: Mapping[str, Any], event_id: str, on_credited: OnCredited | None = None
 ) -> Outcome:
     session_id = obj.get("id")
     if not isinstance(session_id, str) or not session_id.startswith("cs_"):
         raise EventError(f"data.object.id: {session_id!r} is not a Checkout session id", field="data.object.id")
     metadata = obj.get("metadata") or {}
-    with session_scope() as session:
-        wallet = _find_wallet(
-            session,
-            metadata={"wallet_id": metadata.get("wallet_id") or obj.get("client_reference_id")},
-            subscription_id=None,
-            customer_id=None,
-        )
-        package = get_package_or_event_error(session, metadata.get("package_id"))
+    wallet = _checkout_wallet(session, obj)
+    package = get_package_or_event_error(session, metadata.get("package_id"))
     customer_id = _id_of(obj.get("customer"))
     mode = obj.get("mode")
     if mode == "payment":
@@ -541,9 +551,13 @@ def _on_checkout_completed(
             raise EventError(f"data.object.currency: {obj.get('currency')!r} is not usd", field="data.object.currency")
         if customer_id and not wallet.stripe_customer_id:
             _update_wallet(
-                gate, wallet.id, lambda w: setattr(w, "stripe_customer_id", w.stripe_customer_id or customer_id)
+                session,
+                gate,
+                wallet.id,
+                lambda w: setattr(w, "stripe_customer_id", w.stripe_customer_id or customer_id),
             )
         credit = _credit(
+            session,
             gate,
             wallet,
             amount_nanos=package.credit_nanos,
@@ -571,9 +585,20 @@ def _on_checkout_completed(
             elif w.subscription_status is None:
                 w.subscription_status = status
 
-        _update_wallet(gate, wallet.id, record)
+        _update_wallet(session, gate, wallet.id, record)
         return Outcome(f"subscribed: {subscription_id}", wallet.id, wallet.enterprise_id)
     return Outcome(f"ignored: mode {mode!r}", wallet.id, wallet.enterprise_id)
+
+
+def _checkout_wallet(session: Session, obj: Mapping[str, Any]) -> Wallet:
+    """The wallet a Checkout session pays for (its metadata's, else ``client_reference_id``).  Raises EventError."""
+    metadata = obj.get("metadata") or {}
+    return _find_wallet(
+        session,
+        metadata={"wallet_id": _get(metadata, "wallet_id") or obj.get("client_reference_id")},
+        subscription_id=None,
+        customer_id=None,
+    )
 
 
 def get_package_or_event_error(session: Session, package_id: Any) -> TokenPackage:
@@ -614,7 +639,9 @@ def _invoice_credit(session: Session, obj: Mapping[str, Any], metadata: Any) -> 
             continue
         price_id = _line_price(line)
         package = (
-            session.execute(select(TokenPackage).where(TokenPackage.stripe_price_id == price_id)).scalar_one_or_none()
+            session.execute(
+                select(TokenPackage).where(col(TokenPackage.stripe_price_id) == price_id)
+            ).scalar_one_or_none()
             if price_id
             else None
         )
@@ -657,7 +684,7 @@ def _stale(wallet: Wallet, subscription_id: str | None) -> bool:
 
 
 def _on_invoice_paid(
-    gate: WalletGate, obj: Mapping[str, Any], event_id: str, on_credited: OnCredited | None = None
+    session: Session, gate: WalletGate, obj: Mapping[str, Any], event_id: str, on_credited: OnCredited | None = None
 ) -> Outcome:
     invoice_id = obj.get("id")
     if not isinstance(invoice_id, str) or not invoice_id.startswith("in_"):
@@ -665,15 +692,15 @@ def _on_invoice_paid(
     subscription_id, metadata = _invoice_subscription(obj)
     if not subscription_id:
         return Outcome("ignored: not a subscription invoice")
-    with session_scope() as session:
-        wallet = _subscription_event_wallet(session, obj, subscription_id, metadata)
-        amount, packages = _invoice_credit(session, obj, metadata)
+    wallet = _subscription_event_wallet(session, obj, subscription_id, metadata)
+    amount, packages = _invoice_credit(session, obj, metadata)
     if _stale(wallet, subscription_id):
         return Outcome(f"ignored: {subscription_id} is not the wallet's subscription", wallet.id, wallet.enterprise_id)
     if (obj.get("currency") or "usd").lower() != "usd":
         raise EventError(f"data.object.currency: {obj.get('currency')!r} is not usd", field="data.object.currency")
     names = ", ".join(p.name for p in packages)
     credit = _credit(
+        session,
         gate,
         wallet,
         amount_nanos=amount,
@@ -692,18 +719,17 @@ def _on_invoice_paid(
         if w.blocked_reason == PAYMENT_FAILED:
             w.blocked_reason = None
 
-    _update_wallet(gate, wallet.id, activate)
+    _update_wallet(session, gate, wallet.id, activate)
     return Outcome("credited", wallet.id, wallet.enterprise_id, credit)
 
 
 def _on_invoice_payment_failed(
-    gate: WalletGate, obj: Mapping[str, Any], event_id: str, on_credited: OnCredited | None = None
+    session: Session, gate: WalletGate, obj: Mapping[str, Any], event_id: str, on_credited: OnCredited | None = None
 ) -> Outcome:
     subscription_id, metadata = _invoice_subscription(obj)
     if not subscription_id:
         return Outcome("ignored: not a subscription invoice")
-    with session_scope() as session:
-        wallet = _subscription_event_wallet(session, obj, subscription_id, metadata)
+    wallet = _subscription_event_wallet(session, obj, subscription_id, metadata)
     if _stale(wallet, subscription_id):
         return Outcome(f"ignored: {subscription_id} is not the wallet's subscription", wallet.id, wallet.enterprise_id)
 
@@ -713,18 +739,17 @@ def _on_invoice_payment_failed(
         if w.blocked_reason in (None, BUDGET_EXCEEDED):  # the budget job sets its reason again once lifted
             w.blocked_reason = PAYMENT_FAILED
 
-    after = _update_wallet(gate, wallet.id, block)
+    after = _update_wallet(session, gate, wallet.id, block)
     return Outcome(f"blocked: {after.blocked_reason}", wallet.id, wallet.enterprise_id)
 
 
 def _on_subscription_deleted(
-    gate: WalletGate, obj: Mapping[str, Any], event_id: str, on_credited: OnCredited | None = None
+    session: Session, gate: WalletGate, obj: Mapping[str, Any], event_id: str, on_credited: OnCredited | None = None
 ) -> Outcome:
     subscription_id = obj.get("id")
     if not isinstance(subscription_id, str) or not subscription_id.startswith("sub_"):
         raise EventError(f"data.object.id: {subscription_id!r} is not a subscription id", field="data.object.id")
-    with session_scope() as session:
-        wallet = _subscription_event_wallet(session, obj, subscription_id, obj.get("metadata") or {})
+    wallet = _subscription_event_wallet(session, obj, subscription_id, obj.get("metadata") or {})
     if wallet.stripe_subscription_id and wallet.stripe_subscription_id != subscription_id:
         return Outcome(f"ignored: {subscription_id} is not the wallet's subscription", wallet.id, wallet.enterprise_id)
 
@@ -734,11 +759,23 @@ def _on_subscription_deleted(
         if w.blocked_reason == PAYMENT_FAILED:
             w.blocked_reason = None
 
-    _update_wallet(gate, wallet.id, cancel)
+    _update_wallet(session, gate, wallet.id, cancel)
     return Outcome("canceled", wallet.id, wallet.enterprise_id)
 
 
-Handler = Callable[[WalletGate, Mapping[str, Any], str], Outcome]
+class Handler(Protocol):
+    """An event type's handler: its PostgreSQL work in the caller's ``session``, its gate steps
+    sent with ``after_commit``.  Raises EventError or LedgerError when the event cannot be applied."""
+
+    def __call__(
+        self,
+        session: Session,
+        gate: WalletGate,
+        obj: Mapping[str, Any],
+        event_id: str,
+        on_credited: OnCredited | None = None,
+    ) -> Outcome: ...
+
 
 #: event type → handler (one place, as lago's handle_event_service)
 HANDLERS: dict[str, Handler] = {
@@ -750,13 +787,50 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
+def _event_wallet(session: Session, event_type: str, obj: Mapping[str, Any]) -> Wallet | None:
+    """The wallet a handled event is about, found as its handler finds it; None if none is."""
+    try:
+        if event_type.startswith("checkout.session."):
+            return _checkout_wallet(session, obj)
+        if event_type.startswith("invoice."):
+            subscription_id, metadata = _invoice_subscription(obj)
+            return _subscription_event_wallet(session, obj, subscription_id, metadata) if subscription_id else None
+        if event_type == "customer.subscription.deleted":
+            return _subscription_event_wallet(session, obj, _id_of(obj.get("id")), obj.get("metadata") or {})
+    except EventError:
+        return None
+    return None
+
+
+def _complete_gate_steps(
+    session: Session, gate: WalletGate, event: StripeEvent, on_credited: OnCredited | None
+) -> None:
+    """Send again, after the caller's commit, the gate steps of an event processed before: its
+    credit (keyed ``stripe:<object id>``, so the gate applies it once) and its wallet's
+    ``payment_failed`` block as PostgreSQL has it.  This is the repair of a crash or a Redis failure
+    between the event's commit and its gate steps: the task's retry, or a redelivery, of the event
+    lands here.  Changes nothing in PostgreSQL."""
+    obj = _get(event.payload, "data", "object")
+    if event.type not in HANDLERS or not isinstance(obj, Mapping):
+        return
+    object_id = obj.get("id")
+    if isinstance(object_id, str):
+        complete_credit(session, gate, f"{KEY_PREFIX}{object_id}", on_credited=on_credited)
+    wallet = _event_wallet(session, event.type, obj)
+    if wallet is not None:
+        wallet_id, reason = wallet.id, wallet.blocked_reason
+        after_commit(session, lambda: _sync_block(gate, wallet_id, reason))
+
+
 def _audited(session: Session, key: str) -> bool:
     return (
         session.execute(
             select(func.count())
             .select_from(AuditLog)
             .where(
-                AuditLog.actor == ACTOR, AuditLog.action == "credit", AuditLog.detail["idempotency_key"].astext == key
+                col(AuditLog.actor) == ACTOR,
+                col(AuditLog.action) == "credit",
+                col(AuditLog.detail)["idempotency_key"].astext == key,
             )
         ).scalar_one()
         > 0
@@ -764,81 +838,89 @@ def _audited(session: Session, key: str) -> bool:
 
 
 def process_event(
-    event_id: str, *, gate: WalletGate | None = None, on_credited: OnCredited | None = None
+    session: Session, event_id: str, *, gate: WalletGate | None = None, on_credited: OnCredited | None = None
 ) -> ProcessResult:
-    """Apply the stored Stripe event ``event_id`` once (see the module doc) and mark it processed.
+    """Apply the stored Stripe event ``event_id`` once (see the module doc) and mark it processed,
+    all in ``session``: one transaction (the caller's, which commits) holds the event row's lock,
+    the ledger credit, the wallet's state, the audit row and the processed mark; the gate steps (the
+    credit, a ``payment_failed`` block) run after that commit (``after_commit``), keyed so that
+    they apply once.
 
-    Idempotent: an event already processed changes nothing (``duplicate=True``); two concurrent
-    calls are serialised by the event's row lock; each credit's ledger key makes it count once even
-    across different events.  An unknown ``event_id`` returns ``outcome='missing'``.
-    ``gate``: the entry point's (the task passes :func:`worker.gate.gate.process_gate`, also the
-    default).  ``on_credited``: passed to :func:`worker.ledger.accounts.credit_wallet` for the event's credit
-    (the task passes :func:`worker.chats.wiring.after_credit`: the wallet's paused chats resume).
+    Idempotent: an event already processed changes nothing in PostgreSQL (``duplicate=True``) and
+    sends its gate steps again (:func:`_complete_gate_steps`: what repairs a crash between the
+    commit and the gate); two concurrent calls are serialised by the event's row lock; each
+    credit's ledger key makes it count once even across different events.  An unknown ``event_id``
+    returns ``outcome='missing'``.  ``gate``: the entry point's (the task passes
+    :func:`worker.gate.gate.process_gate`, also the default).  ``on_credited``: passed to
+    :func:`worker.ledger.accounts.credit_wallet` for the event's credit (the task passes
+    :func:`worker.chats.wiring.after_credit`: the wallet's paused chats resume).
     Returns a :class:`ProcessResult` (``credited_nanos``: nano-USD this event credited).
-    Raises (the event stays unprocessed, its ``outcome`` says ``retrying: …``; retry later):
-    ``worker.ledger.accounts.GatePending``, ``UnknownWallet`` (the wallet is not in the gate: rebuild it),
-    Redis and database errors.  Events that cannot be applied are not raised: their outcome is
-    ``error: …`` (:class:`EventError`, or a :class:`worker.ledger.accounts.LedgerError` such as a ledger key
-    already used for another amount).
+    Raises (the caller's transaction rolls back, the event stays unprocessed; retry later, and
+    record it with :func:`note_retry`): ``UnknownWallet`` (the wallet is not in the gate: rebuild
+    it), Redis and database errors; from the caller's ``commit()`` (the event is processed in
+    PostgreSQL by then; a retry completes the gate side): ``worker.ledger.accounts.GatePending``,
+    Redis errors.  Events that cannot be applied are not raised: their outcome is ``error: …``
+    (:class:`EventError`, or a :class:`worker.ledger.accounts.LedgerError` such as a ledger key
+    already used for another amount), nothing else of theirs is written.
     """
     gate = gate or process_gate()
+    event = session.execute(
+        select(StripeEvent).where(col(StripeEvent.id) == event_id).with_for_update()
+    ).scalar_one_or_none()
+    if event is None:
+        return ProcessResult(event_id, None, "missing", processed=False)
+    if event.processed_at is not None:
+        _complete_gate_steps(session, gate, event, on_credited)
+        return ProcessResult(event_id, event.type, event.outcome, processed=False, duplicate=True)
+    handler = HANDLERS.get(event.type)
+    obj = _get(event.payload, "data", "object")
     try:
-        with session_scope() as session:
-            event = session.execute(
-                select(StripeEvent).where(StripeEvent.id == event_id).with_for_update()
-            ).scalar_one_or_none()
-            if event is None:
-                return ProcessResult(event_id, None, "missing", processed=False)
-            if event.processed_at is not None:
-                return ProcessResult(event_id, event.type, event.outcome, processed=False, duplicate=True)
-            handler = HANDLERS.get(event.type)
-            obj = _get(event.payload, "data", "object")
-            try:
-                if handler is None:
-                    outcome = Outcome("ignored")
-                elif not isinstance(obj, Mapping):
-                    raise EventError("data.object: missing", field="data.object")
-                else:
-                    outcome = handler(gate, obj, event_id, on_credited=on_credited)
-            except (EventError, LedgerError) as exc:
-                event.outcome = f"error: {exc}"[:500]
-                log.error("stripe event %s (%s) cannot be applied: %s", event_id, event.type, exc)
-                return ProcessResult(event_id, event.type, event.outcome, processed=False)
-            if outcome.credit and not _audited(session, outcome.credit.idempotency_key):
-                c = outcome.credit
-                audit(
-                    session,
-                    actor=ACTOR,
-                    action="credit",
-                    enterprise_id=outcome.enterprise_id,
-                    wallet_id=outcome.wallet_id,
-                    idempotency_key=c.idempotency_key,
-                    amount_nanos=c.amount_nanos,
-                    stripe_object=c.stripe_object,
-                    package_id=c.package_id,
-                    event_id=event_id,
-                )
-            event.processed_at = func.now()
-            event.outcome = outcome.text[:500]
-            return ProcessResult(
-                event_id,
-                event.type,
-                event.outcome,
-                processed=True,
-                wallet_id=outcome.wallet_id,
-                credited_nanos=outcome.credit.amount_nanos if outcome.credit else 0,
-            )
-    except Exception as exc:
-        try:
-            with session_scope() as session:
-                session.execute(
-                    StripeEvent.__table__.update()
-                    .where(StripeEvent.id == event_id, StripeEvent.processed_at.is_(None))
-                    .values(outcome=f"retrying: {type(exc).__name__}: {exc}"[:500])
-                )
-        except Exception:  # the database itself may be what failed
-            log.warning("could not record the failure of stripe event %s", event_id, exc_info=True)
-        raise
+        with session.begin_nested():  # an event that cannot be applied leaves nothing of its own
+            if handler is None:
+                outcome = Outcome("ignored")
+            elif not isinstance(obj, Mapping):
+                raise EventError("data.object: missing", field="data.object")
+            else:
+                outcome = handler(session, gate, obj, event_id, on_credited=on_credited)
+    except (EventError, LedgerError) as exc:
+        event.outcome = f"error: {exc}"[:500]
+        log.error("stripe event %s (%s) cannot be applied: %s", event_id, event.type, exc)
+        return ProcessResult(event_id, event.type, event.outcome, processed=False)
+    if outcome.credit and not _audited(session, outcome.credit.idempotency_key):
+        c = outcome.credit
+        audit(
+            session,
+            actor=ACTOR,
+            action="credit",
+            enterprise_id=outcome.enterprise_id,
+            wallet_id=outcome.wallet_id,
+            idempotency_key=c.idempotency_key,
+            amount_nanos=c.amount_nanos,
+            stripe_object=c.stripe_object,
+            package_id=c.package_id,
+            event_id=event_id,
+        )
+    event.processed_at = func.now()
+    event.outcome = outcome.text[:500]
+    return ProcessResult(
+        event_id,
+        event.type,
+        event.outcome,
+        processed=True,
+        wallet_id=outcome.wallet_id,
+        credited_nanos=outcome.credit.amount_nanos if outcome.credit else 0,
+    )
+
+
+def note_retry(session: Session, event_id: str, exc: BaseException) -> None:
+    """Record on the still unprocessed event ``event_id`` why its processing failed (``outcome =
+    'retrying: <error>'``), for operators; the entry point calls it in a transaction of its own
+    after :func:`process_event`'s rolled back.  Changes nothing on a processed event."""
+    session.execute(
+        update(StripeEvent)
+        .where(col(StripeEvent.id) == event_id, col(StripeEvent.processed_at).is_(None))
+        .values(outcome=f"retrying: {type(exc).__name__}: {exc}"[:500])
+    )
 
 
 def unprocessed_events(session: Session, *, older_than_s: int = 120, limit: int = 500) -> list[str]:
@@ -846,12 +928,12 @@ def unprocessed_events(session: Session, *, older_than_s: int = 120, limit: int 
     seconds ago (their task was lost, gave up, or hit data that was fixed since), oldest first."""
     return list(
         session.execute(
-            select(StripeEvent.id)
+            select(col(StripeEvent.id))
             .where(
-                StripeEvent.processed_at.is_(None),
-                StripeEvent.received_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s),
+                col(StripeEvent.processed_at).is_(None),
+                col(StripeEvent.received_at) < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s),
             )
-            .order_by(StripeEvent.received_at)
+            .order_by(col(StripeEvent.received_at))
             .limit(limit)
         ).scalars()
     )

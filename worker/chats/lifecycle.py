@@ -42,27 +42,30 @@ Events (data; money in nano-USD):
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from sqlalchemy import case, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from models.chat import ChatSession, PausedChat
 from models.enums import ChatStatus, ConnectionState
 from models.validation import MAX_LABEL
 from models.wallet import Enterprise, Wallet
 from worker.chats.rollups import UnknownChat, chat_performance, end_chat
-from worker.db import after_commit, session_scope
+from worker.db import after_commit, table_of
 from worker.errors import Conflict, NotFound
 from worker.events import Event, SendTask, emit
 from worker.gate.aio import AsyncWalletGate
 from worker.gate.gate import UnknownWallet, WalletGate
 from worker.ledger.turns import transition_position
 from worker.validation import InvalidInput, check_text
+
+log = logging.getLogger(__name__)
 
 
 class NotAWalletOfTheApp(NotFound, LookupError):
@@ -120,7 +123,8 @@ def wallet_state(gate: WalletGate, wallet_id: str) -> WalletState:
     :class:`~worker.gate.gate.UnknownWallet`; :class:`~worker.errors.InvalidInput` naming
     ``wallet_id`` (not an id)."""
     check_text(wallet_id, "wallet_id")
-    return state_of(wallet_id, gate.redis.hmget(gate.wallet_key(wallet_id), WALLET_STATE_FIELDS))
+    values = cast(list[str | None], gate.redis.hmget(gate.wallet_key(wallet_id), WALLET_STATE_FIELDS))
+    return state_of(wallet_id, values)  # decode_responses: str replies
 
 
 async def wallet_state_async(gate: AsyncWalletGate, wallet_id: str) -> WalletState:
@@ -155,6 +159,7 @@ def can_continue(gate: WalletGate, wallet_id: str) -> bool:
 
 
 def start_session(
+    session: Session,
     gate: WalletGate,
     *,
     enterprise_id: str,
@@ -164,7 +169,8 @@ def start_session(
     started_at: datetime | None = None,
 ) -> WalletState:
     """Initialize a chat's billing session: create its ``chat_session`` row (status active,
-    connected) if it has none, and return the wallet's state (can the chat start?).
+    connected) if it has none, and return the wallet's state (can the chat start?).  Writes in
+    ``session``; the caller commits.
 
     Raises: InvalidInput naming the field (``enterprise_id``, ``chat_id``, ``wallet_id``, ``workflow``:
     not an id, see :mod:`models.validation`); UnknownWallet (not in the gate); LookupError naming
@@ -173,26 +179,25 @@ def start_session(
     _check_ids(enterprise_id=enterprise_id, chat_id=chat_id, wallet_id=wallet_id, workflow=workflow)
     state = wallet_state(gate, wallet_id)
     started_at = (started_at or datetime.now(UTC)).astimezone(UTC)
-    with session_scope() as session:
-        wallet = session.get(Wallet, wallet_id)
-        if wallet is None or (wallet.enterprise_id is not None and wallet.enterprise_id != enterprise_id):
-            raise NotAWalletOfTheApp(
-                f"wallet_id: {wallet_id!r} is not a wallet of enterprise {enterprise_id!r}", field="wallet_id"
-            )
-        session.execute(
-            insert(ChatSession)
-            .values(
-                enterprise_id=enterprise_id,
-                chat_id=chat_id,
-                wallet_id=wallet_id,
-                workflow=workflow,
-                status=ChatStatus.active.value,
-                connection_state=ConnectionState.connected.value,
-                started_at=started_at,
-                last_turn_at=started_at,
-            )
-            .on_conflict_do_nothing(constraint="uq_chat_session_enterprise_chat")
+    wallet = session.get(Wallet, wallet_id)
+    if wallet is None or (wallet.enterprise_id is not None and wallet.enterprise_id != enterprise_id):
+        raise NotAWalletOfTheApp(
+            f"wallet_id: {wallet_id!r} is not a wallet of enterprise {enterprise_id!r}", field="wallet_id"
         )
+    session.execute(
+        insert(ChatSession)
+        .values(
+            enterprise_id=enterprise_id,
+            chat_id=chat_id,
+            wallet_id=wallet_id,
+            workflow=workflow,
+            status=ChatStatus.active.value,
+            connection_state=ConnectionState.connected.value,
+            started_at=started_at,
+            last_turn_at=started_at,
+        )
+        .on_conflict_do_nothing(constraint="uq_chat_session_enterprise_chat")
+    )
     return state
 
 
@@ -222,7 +227,7 @@ def lock_chats(session: Session, chats: list[tuple[str, str]]) -> None:
     order: the order the drain locks them in, so taking chat rows before ``paused_chat`` rows here
     as there can never deadlock against a drain batch."""
     if chats:
-        cs = ChatSession.__table__
+        cs = table_of(ChatSession)
         session.execute(
             select(cs.c.id)
             .where(tuple_(cs.c.enterprise_id, cs.c.chat_id).in_(sorted(set(chats))))
@@ -236,10 +241,10 @@ def _hooked(session: Session, enterprise_ids: set[str]) -> set[str]:
     if not enterprise_ids:
         return set()
     rows = session.execute(
-        select(Enterprise.id).where(
-            Enterprise.id.in_(enterprise_ids),
-            Enterprise.callback_url.is_not(None),
-            Enterprise.webhook_secret.is_not(None),
+        select(col(Enterprise.id)).where(
+            col(Enterprise.id).in_(enterprise_ids),
+            col(Enterprise.callback_url).is_not(None),
+            col(Enterprise.webhook_secret).is_not(None),
         )
     ).scalars()
     return set(rows)
@@ -280,17 +285,30 @@ def resumable_event(enterprise_id: str, chat_id: str, wallet_id: str, balance_na
 
 
 def announce_chat_changes(
-    gate: WalletGate, paused: Sequence[Any], resumed: Sequence[Any], send_task: SendTask | None = None
+    session: Session,
+    gate: WalletGate,
+    paused: Sequence[Any],
+    resumed: Sequence[Any],
+    send_task: SendTask | None = None,
 ) -> None:
-    """After a drain batch committed: ``chat.paused`` per record it opened
-    (:class:`~worker.ledger.turns.PausedNotice`) and ``chat.resumable`` (cause 'turn') per record a newer
-    turn closed (:class:`~worker.ledger.turns.ResumedNotice`), pub/sub and webhooks."""
+    """Inside a drain batch's transaction (``session``, before its commit): once it commits,
+    ``chat.paused`` per record it opened (:class:`~worker.ledger.turns.PausedNotice`) and
+    ``chat.resumable`` (cause 'turn') per record a newer turn closed
+    (:class:`~worker.ledger.turns.ResumedNotice`), pub/sub and webhooks.  The announcement runs
+    after the commit; its errors are logged, not raised (the chats' records are committed, and the
+    orchestrator had the gate's answer)."""
     events = [paused_event(p.enterprise_id, p.chat_id, p.wallet_id, p.reason, p.needed_nanos) for p in paused]
     events += [resumable_event(r.enterprise_id, r.chat_id, r.wallet_id, r.balance_nanos, "turn") for r in resumed]
     if events:
-        with session_scope() as session:
-            hooked = _hooked(session, {e.enterprise_id for e in events})
+        hooked = _hooked(session, {e.enterprise_id for e in events})
+        after_commit(session, lambda: _announce_logged(gate, events, hooked, send_task))
+
+
+def _announce_logged(gate: WalletGate, events: list[Event], hooked: set[str], send_task: SendTask | None) -> None:
+    try:
         announce(gate, events, hooked, send_task)
+    except Exception:
+        log.error("could not announce %d chat change(s)", len(events), exc_info=True)
 
 
 def _forward(cs, position: str) -> dict[str, Any]:
@@ -300,6 +318,7 @@ def _forward(cs, position: str) -> dict[str, Any]:
 
 
 def pause_chat(
+    session: Session,
     gate: WalletGate,
     *,
     enterprise_id: str,
@@ -313,8 +332,8 @@ def pause_chat(
     """Handle exhaustion (the seed's ``handle_no_tokens``): open a paused-chat record (at most one
     open per chat), mark the chat paused (``connection_state`` paused, ``can_resume`` False), move
     its state to the position of the pause (so the pausing turn and older ones, persisted later,
-    change nothing), and announce ``chat.paused`` after commit.  ``needed_nanos`` (nano-USD, ≥ 0)
-    defaults to what the wallet lacks now.
+    change nothing), and announce ``chat.paused`` after the caller commits ``session`` (this never
+    commits).  ``needed_nanos`` (nano-USD, ≥ 0) defaults to what the wallet lacks now.
 
     ``position``: where the pause happened in the gate's order, when it is reported late
     (:func:`~worker.ledger.turns.transition_position` taken when the gate denied the turn; the API's
@@ -339,65 +358,63 @@ def pause_chat(
     now = datetime.now(UTC)
     if position is None:
         position = transition_position(gate, wallet_id)
-    pc, cs = PausedChat.__table__, ChatSession.__table__
-    with session_scope() as session:
-        # the chat's row first, as the drain does (created if this is its first word), then its lock
-        session.execute(
-            insert(cs)
-            .values(
-                enterprise_id=enterprise_id,
-                chat_id=chat_id,
-                wallet_id=wallet_id,
-                workflow="default",
-                status=ChatStatus.active.value,
-                connection_state=ConnectionState.connected.value,
-                started_at=now,
-                last_turn_at=now,
-            )
-            .on_conflict_do_nothing(constraint="uq_chat_session_enterprise_chat")
+    pc, cs = table_of(PausedChat), table_of(ChatSession)
+    # the chat's row first, as the drain does (created if this is its first word), then its lock
+    session.execute(
+        insert(cs)
+        .values(
+            enterprise_id=enterprise_id,
+            chat_id=chat_id,
+            wallet_id=wallet_id,
+            workflow="default",
+            status=ChatStatus.active.value,
+            connection_state=ConnectionState.connected.value,
+            started_at=now,
+            last_turn_at=now,
         )
-        lock_chats(session, [(enterprise_id, chat_id)])
-        state_key = session.execute(
-            select(cs.c.state_key).where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id)
-        ).scalar_one()
-        if state_key >= position:  # stale: the chat moved on after this pause was decided
-            return False
-        opened = session.execute(
-            insert(pc)
-            .values(
-                enterprise_id=enterprise_id,
-                chat_id=chat_id,
-                wallet_id=wallet_id,
-                reason=reason,
-                needed_nanos=needed_nanos,
-                paused_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["enterprise_id", "chat_id"], index_where=text("resumed_at IS NULL"))
-            .returning(pc.c.id)
-        ).first()
-        if opened is None:
-            return False
-        session.execute(
-            update(cs)
-            .where(
-                cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id, cs.c.status != ChatStatus.completed.value
-            )
-            .values(
-                status=ChatStatus.paused.value,
-                pause_reason=reason,
-                paused_at=now,
-                connection_state=ConnectionState.paused.value,
-                can_resume=False,
-                **_forward(cs, position),
-            )
+        .on_conflict_do_nothing(constraint="uq_chat_session_enterprise_chat")
+    )
+    lock_chats(session, [(enterprise_id, chat_id)])
+    state_key = session.execute(
+        select(cs.c.state_key).where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id)
+    ).scalar_one()
+    if state_key >= position:  # stale: the chat moved on after this pause was decided
+        return False
+    opened = session.execute(
+        insert(pc)
+        .values(
+            enterprise_id=enterprise_id,
+            chat_id=chat_id,
+            wallet_id=wallet_id,
+            reason=reason,
+            needed_nanos=needed_nanos,
+            paused_at=now,
         )
-        _announce_after_commit(
-            session, gate, [paused_event(enterprise_id, chat_id, wallet_id, reason, needed_nanos)], send_task
+        .on_conflict_do_nothing(index_elements=["enterprise_id", "chat_id"], index_where=text("resumed_at IS NULL"))
+        .returning(pc.c.id)
+    ).first()
+    if opened is None:
+        return False
+    session.execute(
+        update(cs)
+        .where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id, cs.c.status != ChatStatus.completed.value)
+        .values(
+            status=ChatStatus.paused.value,
+            pause_reason=reason,
+            paused_at=now,
+            connection_state=ConnectionState.paused.value,
+            can_resume=False,
+            **_forward(cs, position),
         )
+    )
+    _announce_after_commit(
+        session, gate, [paused_event(enterprise_id, chat_id, wallet_id, reason, needed_nanos)], send_task
+    )
     return True
 
 
 def resume_paused_chats(
+    session: Session,
     gate: WalletGate,
     wallet_id: str,
     *,
@@ -406,7 +423,9 @@ def resume_paused_chats(
 ) -> list[tuple[str, str]]:
     """Make the wallet's paused chats resumable if the gate would now accept its turns: close every
     open paused-chat record of the wallet whose reason funds can lift (:data:`FUNDS_REASONS`), once,
-    mark the chats ``resumable``, and announce ``chat.resumable`` per chat.
+    mark the chats ``resumable``, and announce ``chat.resumable`` per chat once the caller commits
+    ``session`` (this never commits; :func:`worker.chats.wiring.resume_wallet_chats` is the same in
+    a transaction of its own, for the hooks that run after an entry point's commit).
 
     ``cause`` is recorded as ``resumed_by`` (a credit's idempotency key, 'mode_change', …).
     Returns the ``(enterprise_id, chat_id)`` made resumable by this call (none if the wallet still
@@ -419,133 +438,122 @@ def resume_paused_chats(
     if not state.can_continue:
         return []
     position = transition_position(gate, wallet_id)
-    pc, cs = PausedChat.__table__, ChatSession.__table__
-    with session_scope() as session:
-        lock_chats(
-            session,
-            [
-                tuple(r)
-                for r in session.execute(
-                    select(pc.c.enterprise_id, pc.c.chat_id).where(
-                        pc.c.wallet_id == wallet_id, pc.c.resumed_at.is_(None), pc.c.reason.in_(FUNDS_REASONS)
-                    )
+    pc, cs = table_of(PausedChat), table_of(ChatSession)
+    lock_chats(
+        session,
+        [
+            tuple(r)
+            for r in session.execute(
+                select(pc.c.enterprise_id, pc.c.chat_id).where(
+                    pc.c.wallet_id == wallet_id, pc.c.resumed_at.is_(None), pc.c.reason.in_(FUNDS_REASONS)
                 )
-            ],
-        )
-        chats = session.execute(
-            update(pc)
-            .where(pc.c.wallet_id == wallet_id, pc.c.resumed_at.is_(None), pc.c.reason.in_(FUNDS_REASONS))
-            .values(resumed_at=func.now(), resumed_by=cause[:300])
-            .returning(pc.c.enterprise_id, pc.c.chat_id)
-        ).all()
-        chats = sorted((e, c) for e, c in chats)
-        if not chats:
-            return []
-        session.execute(
-            update(cs)
-            .where(tuple_(cs.c.enterprise_id, cs.c.chat_id).in_(chats), cs.c.status == ChatStatus.paused.value)
-            .values(can_resume=True, connection_state=ConnectionState.resumable.value, **_forward(cs, position))
-        )
-        _announce_after_commit(
-            session, gate, [resumable_event(e, c, wallet_id, state.balance_nanos, cause) for e, c in chats], send_task
-        )
+            )
+        ],
+    )
+    closed = session.execute(
+        update(pc)
+        .where(pc.c.wallet_id == wallet_id, pc.c.resumed_at.is_(None), pc.c.reason.in_(FUNDS_REASONS))
+        .values(resumed_at=func.now(), resumed_by=cause[:300])
+        .returning(pc.c.enterprise_id, pc.c.chat_id)
+    ).all()
+    chats: list[tuple[str, str]] = sorted((e, c) for e, c in closed)
+    if not chats:
+        return []
+    session.execute(
+        update(cs)
+        .where(tuple_(cs.c.enterprise_id, cs.c.chat_id).in_(chats), cs.c.status == ChatStatus.paused.value)
+        .values(can_resume=True, connection_state=ConnectionState.resumable.value, **_forward(cs, position))
+    )
+    _announce_after_commit(
+        session, gate, [resumable_event(e, c, wallet_id, state.balance_nanos, cause) for e, c in chats], send_task
+    )
     return chats
 
 
-def resume_chat(gate: WalletGate, *, enterprise_id: str, chat_id: str) -> WalletState:
+def resume_chat(session: Session, gate: WalletGate, *, enterprise_id: str, chat_id: str) -> WalletState:
     """The orchestrator resumes a paused chat: if its wallet can pay, close its open paused record
     and mark it active and connected (its state moves to the outbox position of now).  If this call closed the
     record (no credit or sweep did first), it announces ``chat.resumable`` (cause 'resume') after
-    commit.  Returns the wallet's state.
+    the caller commits ``session`` (this never commits).  Returns the wallet's state.
 
     Raises: InvalidInput naming ``enterprise_id`` or ``chat_id`` (not an id); LookupError naming
     ``chat_id`` (no such chat); PermissionError when the wallet still cannot pay (nothing changes:
     ``needed_nanos`` says how much is missing).
     """
     _check_ids(enterprise_id=enterprise_id, chat_id=chat_id)
-    with session_scope() as session:
-        chat = session.execute(
-            select(ChatSession).where(ChatSession.enterprise_id == enterprise_id, ChatSession.chat_id == chat_id)
-        ).scalar_one_or_none()
-        if chat is None:
-            raise UnknownChat(f"chat_id: unknown chat {chat_id!r} of enterprise {enterprise_id!r}", field="chat_id")
-        wallet_id = chat.wallet_id
+    chat = session.execute(
+        select(ChatSession).where(col(ChatSession.enterprise_id) == enterprise_id, col(ChatSession.chat_id) == chat_id)
+    ).scalar_one_or_none()
+    if chat is None:
+        raise UnknownChat(f"chat_id: unknown chat {chat_id!r} of enterprise {enterprise_id!r}", field="chat_id")
+    wallet_id = chat.wallet_id
     state = wallet_state(gate, wallet_id)
     if not state.can_continue:
         raise WalletCannotPay(
             f"wallet {wallet_id!r} cannot pay yet: {state.needed_nanos} nanos needed", field="wallet_id"
         )
     position = transition_position(gate, wallet_id)
-    pc, cs = PausedChat.__table__, ChatSession.__table__
-    with session_scope() as session:
-        lock_chats(session, [(enterprise_id, chat_id)])
-        closed = (
-            session.execute(
-                update(pc)
-                .where(pc.c.enterprise_id == enterprise_id, pc.c.chat_id == chat_id, pc.c.resumed_at.is_(None))
-                .values(resumed_at=func.now(), resumed_by="resume")
-                .returning(pc.c.wallet_id)
-            )
-            .scalars()
-            .all()
-        )
+    pc, cs = table_of(PausedChat), table_of(ChatSession)
+    lock_chats(session, [(enterprise_id, chat_id)])
+    closed = (
         session.execute(
-            update(cs)
-            .where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id, cs.c.status == ChatStatus.paused.value)
-            .values(
-                status=ChatStatus.active.value,
-                pause_reason=None,
-                can_resume=False,
-                connection_state=ConnectionState.connected.value,
-            )
+            update(pc)
+            .where(pc.c.enterprise_id == enterprise_id, pc.c.chat_id == chat_id, pc.c.resumed_at.is_(None))
+            .values(resumed_at=func.now(), resumed_by="resume")
+            .returning(pc.c.wallet_id)
         )
-        # the resume is a transition even of a chat not paused here yet: a pause decided before it
-        # and reported after it (the API's queued pause task) is stale then
-        session.execute(
-            update(cs)
-            .where(
-                cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id, cs.c.status != ChatStatus.completed.value
-            )
-            .values(**_forward(cs, position))
+        .scalars()
+        .all()
+    )
+    session.execute(
+        update(cs)
+        .where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id, cs.c.status == ChatStatus.paused.value)
+        .values(
+            status=ChatStatus.active.value,
+            pause_reason=None,
+            can_resume=False,
+            connection_state=ConnectionState.connected.value,
         )
-        _announce_after_commit(
-            session, gate, [resumable_event(enterprise_id, chat_id, w, state.balance_nanos, "resume") for w in closed]
-        )
+    )
+    # the resume is a transition even of a chat not paused here yet: a pause decided before it
+    # and reported after it (the API's queued pause task) is stale then
+    session.execute(
+        update(cs)
+        .where(cs.c.enterprise_id == enterprise_id, cs.c.chat_id == chat_id, cs.c.status != ChatStatus.completed.value)
+        .values(**_forward(cs, position))
+    )
+    _announce_after_commit(
+        session, gate, [resumable_event(enterprise_id, chat_id, w, state.balance_nanos, "resume") for w in closed]
+    )
     return state
 
 
-def finalize_session(enterprise_id: str, chat_id: str, *, ended_at: datetime | None = None) -> dict[str, Any]:
+def finalize_session(
+    session: Session, enterprise_id: str, chat_id: str, *, ended_at: datetime | None = None
+) -> dict[str, Any]:
     """Finalize a chat (the seed's ``finalize_session``): mark it completed (ended, no longer
     resumable), refresh its workflow rollups, and return its summary compared with the workflow's
-    averages (:func:`worker.chats.rollups.chat_performance`: turns, tokens, cost in nanos, per agent).
+    averages (:func:`worker.chats.rollups.chat_performance`: turns, tokens, cost in nanos, per
+    agent), all in ``session`` (the caller commits).
 
     Raises: InvalidInput naming ``enterprise_id`` or ``chat_id`` (not an id); LookupError naming the
     chat when none of its turns has been persisted yet.
     """
     _check_ids(enterprise_id=enterprise_id, chat_id=chat_id)
-    with session_scope() as session:
-        end_chat(session, enterprise_id=enterprise_id, chat_id=chat_id, ended_at=ended_at)
-    with session_scope() as session:
-        return chat_performance(session, enterprise_id, chat_id)
+    end_chat(session, enterprise_id=enterprise_id, chat_id=chat_id, ended_at=ended_at)
+    return chat_performance(session, enterprise_id, chat_id)
 
 
-def sweep_paused(gate: WalletGate, *, limit: int = 1000) -> dict[str, int]:
-    """Resume the paused chats of every wallet (up to ``limit`` wallets with open records) that can
-    pay again: :func:`resume_paused_chats` with cause ``sweep``.  Returns ``{"wallets", "resumed"}``."""
-    with session_scope() as session:
-        wallet_ids = list(
-            session.execute(
-                select(PausedChat.wallet_id)
-                .where(PausedChat.resumed_at.is_(None), PausedChat.reason.in_(FUNDS_REASONS))
-                .distinct()
-                .order_by(PausedChat.wallet_id)
-                .limit(limit)
-            ).scalars()
-        )
-    resumed = 0
-    for wallet_id in wallet_ids:
-        try:
-            resumed += len(resume_paused_chats(gate, wallet_id, cause="sweep"))
-        except UnknownWallet:  # a rebuild loads it; the next sweep tries again
-            continue
-    return {"wallets": len(wallet_ids), "resumed": resumed}
+def paused_wallets(session: Session, *, limit: int = 1000) -> list[str]:
+    """Up to ``limit`` wallets (ids, in order) with open paused-chat records that funds can lift
+    (:data:`FUNDS_REASONS`): what the beat job ``tollgate.billing.resume_paused`` tries to resume,
+    one wallet per transaction (:func:`resume_paused_chats` with cause ``sweep``).  Reads only."""
+    return list(
+        session.execute(
+            select(col(PausedChat.wallet_id))
+            .where(col(PausedChat.resumed_at).is_(None), col(PausedChat.reason).in_(FUNDS_REASONS))
+            .distinct()
+            .order_by(col(PausedChat.wallet_id))
+            .limit(limit)
+        ).scalars()
+    )

@@ -33,7 +33,6 @@ durations are seconds rounded half-up to 3 decimals (milliseconds).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -41,13 +40,13 @@ from typing import Any
 
 from sqlalchemy import and_, func, literal_column, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from models.chat import ChatAgentUsage, ChatSession, PausedChat
 from models.enums import ChatStatus
 from models.rollup import RollupDirty, WorkflowRollup
 from models.turn import UsageEvent
-from worker.db import session_scope
+from worker.db import table_of
 from worker.errors import InvalidInput, NotFound
 from worker.periods import current_period, period_bounds
 from worker.pricing.prices import nanos_to_usd
@@ -188,25 +187,28 @@ def _compute(session: Session, enterprise_id: str, workflow: str, period: str) -
     start, end = _check_group(enterprise_id, workflow, period)
     ue = UsageEvent
     in_group = and_(
-        ue.enterprise_id == enterprise_id, ue.workflow == workflow, ue.occurred_at >= start, ue.occurred_at < end
+        col(ue.enterprise_id) == enterprise_id,
+        col(ue.workflow) == workflow,
+        col(ue.occurred_at) >= start,
+        col(ue.occurred_at) < end,
     )
 
     per_chat = (
         select(
-            ue.chat_id.label("chat_id"),
+            col(ue.chat_id).label("chat_id"),
             func.count().label("turns"),
-            func.sum(ue.prompt_tokens).label("prompt_tokens"),
-            func.sum(ue.completion_tokens).label("completion_tokens"),
-            func.sum(ue.cached_prompt_tokens).label("cached_prompt_tokens"),
-            func.sum(ue.cost_nanos).label("cost_nanos"),
-            func.min(ue.occurred_at).label("first_turn"),
-            func.max(ue.occurred_at).label("last_turn"),
+            func.sum(col(ue.prompt_tokens)).label("prompt_tokens"),
+            func.sum(col(ue.completion_tokens)).label("completion_tokens"),
+            func.sum(col(ue.cached_prompt_tokens)).label("cached_prompt_tokens"),
+            func.sum(col(ue.cost_nanos)).label("cost_nanos"),
+            func.min(col(ue.occurred_at)).label("first_turn"),
+            func.max(col(ue.occurred_at)).label("last_turn"),
         )
         .where(in_group)
-        .group_by(ue.chat_id)
+        .group_by(col(ue.chat_id))
         .subquery()
     )
-    cs = ChatSession.__table__
+    cs = table_of(ChatSession)
     chat_rows = session.execute(
         select(per_chat, cs.c.status, cs.c.started_at, cs.c.ended_at)
         .select_from(
@@ -216,16 +218,16 @@ def _compute(session: Session, enterprise_id: str, workflow: str, period: str) -
     ).all()
     agent_rows = session.execute(
         select(
-            ue.agent,
+            col(ue.agent),
             func.count(),
-            func.sum(ue.duration_ms),
-            func.sum(ue.prompt_tokens),
-            func.sum(ue.completion_tokens),
-            func.sum(ue.cost_nanos),
+            func.sum(col(ue.duration_ms)),
+            func.sum(col(ue.prompt_tokens)),
+            func.sum(col(ue.completion_tokens)),
+            func.sum(col(ue.cost_nanos)),
         )
         .where(in_group)
-        .group_by(ue.agent)
-        .order_by(ue.agent)
+        .group_by(col(ue.agent))
+        .order_by(col(ue.agent))
     ).all()
 
     chats: dict[str, dict[str, Any]] = {}
@@ -340,7 +342,7 @@ def refresh_rollup(session: Session, enterprise_id: str, workflow: str, period: 
         "cached_prompt_tokens": totals["cached_prompt_tokens"],
         "cost_nanos": totals["cost_nanos"],
     }
-    wr = WorkflowRollup.__table__
+    wr = table_of(WorkflowRollup)
     stmt = insert(wr).values(**values)
     ex = stmt.excluded
     changed = [
@@ -356,9 +358,9 @@ def refresh_rollup(session: Session, enterprise_id: str, workflow: str, period: 
     return session.execute(
         select(WorkflowRollup)
         .where(
-            WorkflowRollup.enterprise_id == enterprise_id,
-            WorkflowRollup.workflow == workflow,
-            WorkflowRollup.period == period,
+            col(WorkflowRollup.enterprise_id) == enterprise_id,
+            col(WorkflowRollup.workflow) == workflow,
+            col(WorkflowRollup.period) == period,
         )
         .execution_options(populate_existing=True)
     ).scalar_one()
@@ -367,7 +369,7 @@ def refresh_rollup(session: Session, enterprise_id: str, workflow: str, period: 
 def refresh_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> int:
     """Take up to ``limit`` dirty marks (oldest first) and refresh their groups, all in this one
     transaction (the beat job and ``tollgate rollup refresh --all-dirty`` use
-    :func:`refresh_dirty_groups` instead: one transaction per group).
+    :func:`worker.chats.jobs.refresh_dirty_groups` instead: one transaction per group).
 
     Marks are deleted in one statement (``DELETE … USING (SELECT … FOR UPDATE SKIP LOCKED)
     RETURNING``): concurrent jobs never take the same mark, and a mark a drain is writing right now
@@ -382,29 +384,6 @@ def refresh_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> int:
     for enterprise_id, workflow, period in groups:
         refresh_rollup(session, enterprise_id, workflow, period)
     return len(groups)
-
-
-def refresh_dirty_groups(limit: int = DEFAULT_DIRTY_LIMIT, max_seconds: float | None = None) -> int:
-    """THE rollup refresh (the beat job ``tollgate.rollups.refresh_dirty`` and ``tollgate rollup
-    refresh --all-dirty``): refresh the groups marked dirty, each in a transaction of its own that
-    also deletes its mark, ``limit`` marks read at a time, until none is left or ``max_seconds``
-    have passed (None: no deadline).  Marks are read, not taken: a run killed mid-way (SIGKILL, no
-    handler) leaves every group it did not refresh marked for the next run.  A mark a drain is
-    writing right now is left for the next run.  Returns the groups refreshed.
-    Raises: ValueError for a bad ``limit``; a failing group's error (its mark stays)."""
-    total = 0
-    seen: set[tuple[str, str, str]] = set()
-    deadline = None if max_seconds is None else time.monotonic() + max_seconds
-    while True:
-        with session_scope() as session:
-            groups = [g for g in pending_dirty(session, limit) if g not in seen]
-        for group in groups:  # a failure rolls back that group's mark deletion: it stays marked
-            with session_scope() as session:
-                refresh_rollup(session, *group)
-        seen.update(groups)
-        total += len(groups)
-        if not groups or (deadline is not None and time.monotonic() >= deadline):
-            return total
 
 
 def take_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> list[tuple[str, str, str]]:
@@ -439,8 +418,8 @@ def pending_dirty(session: Session, limit: int = DEFAULT_DIRTY_LIMIT) -> list[tu
     return [
         tuple(row)
         for row in session.execute(
-            select(rd.enterprise_id, rd.workflow, rd.period)
-            .order_by(rd.touched_at, rd.enterprise_id, rd.workflow, rd.period)
+            select(col(rd.enterprise_id), col(rd.workflow), col(rd.period))
+            .order_by(col(rd.touched_at), col(rd.enterprise_id), col(rd.workflow), col(rd.period))
             .limit(limit)
         ).all()
     ]
@@ -450,7 +429,7 @@ def mark_dirty(session: Session, groups: list[tuple[str, str, str]]) -> None:
     """Mark groups ``(enterprise_id, workflow, period)`` as needing a refresh (idempotent)."""
     if not groups:
         return
-    rd = RollupDirty.__table__
+    rd = table_of(RollupDirty)
     stmt = insert(rd).values([{"enterprise_id": e, "workflow": w, "period": p} for e, w, p in sorted(groups)])
     session.execute(
         stmt.on_conflict_do_update(
@@ -523,7 +502,7 @@ def chat_performance(session: Session, enterprise_id: str, chat_id: str) -> dict
     _check_id(enterprise_id, "enterprise_id")
     _check_id(chat_id, "chat_id")
     chat = session.execute(
-        select(ChatSession).where(ChatSession.enterprise_id == enterprise_id, ChatSession.chat_id == chat_id)
+        select(ChatSession).where(col(ChatSession.enterprise_id) == enterprise_id, col(ChatSession.chat_id) == chat_id)
     ).scalar_one_or_none()
     if chat is None:
         raise UnknownChat(
@@ -531,7 +510,7 @@ def chat_performance(session: Session, enterprise_id: str, chat_id: str) -> dict
         )
     agents = {}
     for a in session.execute(
-        select(ChatAgentUsage).where(ChatAgentUsage.chat_session_id == chat.id).order_by(ChatAgentUsage.agent)
+        select(ChatAgentUsage).where(col(ChatAgentUsage.chat_session_id) == chat.id).order_by(col(ChatAgentUsage.agent))
     ).scalars():
         agents[a.agent] = {
             "turns": a.turns,
@@ -597,12 +576,12 @@ class EndedChat:
 
 def chat_groups(session: Session, enterprise_id: str, chat_id: str) -> list[tuple[str, str]]:
     """The ``(workflow, period)`` groups a chat has persisted turns in, sorted."""
-    utc = func.timezone(literal_column("'UTC'"), UsageEvent.occurred_at)  # occurred_at AT TIME ZONE 'UTC'
+    utc = func.timezone(literal_column("'UTC'"), col(UsageEvent.occurred_at))  # occurred_at AT TIME ZONE 'UTC'
     period = func.to_char(utc, literal_column("'YYYY-MM'"))
     rows = session.execute(
-        select(UsageEvent.workflow, period)
-        .where(UsageEvent.enterprise_id == enterprise_id, UsageEvent.chat_id == chat_id)
-        .group_by(UsageEvent.workflow, period)
+        select(col(UsageEvent.workflow), period)
+        .where(col(UsageEvent.enterprise_id) == enterprise_id, col(UsageEvent.chat_id) == chat_id)
+        .group_by(col(UsageEvent.workflow), period)
     ).all()
     return sorted((w, p) for w, p in rows)
 
@@ -627,7 +606,7 @@ def end_chat(session: Session, *, enterprise_id: str, chat_id: str, ended_at: da
     elif not isinstance(ended_at, datetime) or ended_at.tzinfo is None:
         raise InvalidInput("ended_at", f"must be an aware datetime (UTC), got {ended_at!r}")
     ended_at = ended_at.astimezone(UTC)
-    cs = ChatSession.__table__
+    cs = table_of(ChatSession)
     # lock the chat row first (the drain locks chats before marks; we lock groups only after)
     row = session.execute(
         select(cs.c.id, cs.c.status, cs.c.ended_at)
@@ -653,7 +632,7 @@ def end_chat(session: Session, *, enterprise_id: str, chat_id: str, ended_at: da
                 can_resume=False,
             )
         )
-        pc = PausedChat.__table__  # an ended chat is not waiting for funds any more
+        pc = table_of(PausedChat)  # an ended chat is not waiting for funds any more
         session.execute(
             update(pc)
             .where(pc.c.enterprise_id == enterprise_id, pc.c.chat_id == chat_id, pc.c.resumed_at.is_(None))

@@ -3,7 +3,11 @@ then announces ``wallet.credited``; the drain announces ``chat.paused`` / ``chat
 
 The ledger does not know chats (it sits below them): it takes these as callables
 (:func:`worker.ledger.accounts.credit_wallet`'s ``on_credited``, :class:`~worker.ledger.drain.OutboxDrain`'s
-``announce``), and the entry points (tasks, routes, CLI commands, replay, the public API) pass them."""
+``announce``), and the entry points (tasks, routes, CLI commands, replay, the public API) pass them.
+
+The hooks that run after an entry point's commit (:func:`after_credit`, :func:`resume_wallet_chats`)
+are units of work of their own: the caller's transaction has ended by then, so each opens one
+``session_scope`` for what follows (closing paused-chat records) and announces after that commit."""
 
 from __future__ import annotations
 
@@ -12,9 +16,10 @@ from typing import Any
 
 from worker import events  # the module, not its names: tests patch events.emit
 from worker.chats.lifecycle import announce_chat_changes, resume_paused_chats
+from worker.db import session_scope
+from worker.events import SendTask
 from worker.gate.gate import WalletGate
-from worker.ledger import accounts
-from worker.ledger.accounts import Credited, OnCredited
+from worker.ledger.accounts import Credited
 from worker.ledger.drain import Announce, OutboxDrain
 
 log = logging.getLogger(__name__)
@@ -28,7 +33,7 @@ def after_credit(gate: WalletGate, credited: Credited) -> None:
     resumes what this missed.  Raises nothing."""
     wallet_id, key = credited.wallet_id, credited.idempotency_key
     try:
-        resume_paused_chats(gate, wallet_id, cause=key)
+        resume_wallet_chats(gate, wallet_id, cause=key)
     except Exception:
         log.error("credit %s to %s: could not resume paused chats; the beat job will", key, wallet_id, exc_info=True)
     try:
@@ -51,28 +56,15 @@ def after_credit(gate: WalletGate, credited: Credited) -> None:
         log.error("credit %s to %s: could not announce wallet.credited", key, wallet_id, exc_info=True)
 
 
-def credit_wallet(
-    gate: WalletGate,
-    *,
-    wallet_id: str,
-    amount_nanos: int,
-    idempotency_key: str,
-    description: str = "",
-    actor: str | None = None,
-    on_credited: OnCredited | None = after_credit,
-) -> int:
-    """:func:`worker.ledger.accounts.credit_wallet` followed by :func:`after_credit` (the public
-    ``worker.credit_wallet``): same arguments, result (the gate balance after, nano-USD) and errors
-    (LedgerError, UnknownWallet, GatePending)."""
-    return accounts.credit_wallet(
-        gate,
-        wallet_id=wallet_id,
-        amount_nanos=amount_nanos,
-        idempotency_key=idempotency_key,
-        description=description,
-        actor=actor,
-        on_credited=on_credited,
-    )
+def resume_wallet_chats(
+    gate: WalletGate, wallet_id: str, *, cause: str, send_task: SendTask | None = None
+) -> list[tuple[str, str]]:
+    """:func:`worker.chats.lifecycle.resume_paused_chats` in a transaction of its own (one
+    ``session_scope``; ``chat.resumable`` after its commit): the ``resume`` hook the entry points
+    pass to the services that change what a wallet may do (modes, allowances, credits), which call
+    it after their caller's commit.  Same arguments, result and errors as the service."""
+    with session_scope() as session:
+        return resume_paused_chats(session, gate, wallet_id, cause=cause, send_task=send_task)
 
 
 class AnnouncingDrain(OutboxDrain):

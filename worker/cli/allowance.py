@@ -45,11 +45,11 @@ def allowance_reset(
 ) -> None:
     """Grant and expire monthly allowances and charge track_only apps' flat fees now: the beat job's
     own code path (tollgate.billing.monthly_reset); running it again changes nothing."""
-    from worker.billing.allowances import run_monthly_jobs
-    from worker.chats.lifecycle import resume_paused_chats
+    from worker.billing.jobs import run_monthly_jobs
+    from worker.chats.wiring import resume_wallet_chats
     from worker.gate.gate import process_gate
 
-    run = run_monthly_jobs(process_gate(), period=period, resume=resume_paused_chats)
+    run = run_monthly_jobs(process_gate(), period=period, resume=resume_wallet_chats)
     report = run.reset
     data = report.as_dict()
     if as_json:

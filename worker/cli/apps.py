@@ -115,12 +115,12 @@ def app_mode(
 ) -> None:
     """Set an app's default mode; its wallets without their own mode follow (audit-logged)."""
     from worker.billing.modes import set_app_mode
-    from worker.chats.lifecycle import resume_paused_chats
+    from worker.chats.wiring import resume_wallet_chats
     from worker.db import session_scope
     from worker.gate.gate import process_gate
 
     with session_scope() as session:
-        changed = set_app_mode(session, process_gate(), enterprise, mode, actor="cli", resume=resume_paused_chats)
+        changed = set_app_mode(session, process_gate(), enterprise, mode, actor="cli", resume=resume_wallet_chats)
     if as_json:
         print(json.dumps({"enterprise_id": enterprise, "mode": mode, "wallets_changed": len(changed)}))
         return

@@ -89,10 +89,12 @@ def deadletter_discard(
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Drop a dead letter for good and refund its charge to its wallet (ledger credit, then gate)."""
+    from worker.db import session_scope
     from worker.gate.gate import process_gate
     from worker.ledger.deadletter import discard
 
-    dl = discard(process_gate(), outbox_id)
+    with session_scope() as session:
+        dl = discard(session, process_gate(), outbox_id)
     if as_json:
         print(json.dumps({"outbox_id": outbox_id, "wallet_id": dl.wallet_id, "refunded_nanos": dl.billed_nanos}))
         return

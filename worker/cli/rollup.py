@@ -26,7 +26,8 @@ def rollup_refresh(
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Refresh one rollup (ENTERPRISE WORKFLOW PERIOD) or every dirty one (--all-dirty), now."""
-    from worker.chats.rollups import refresh_dirty_groups, refresh_rollup
+    from worker.chats.jobs import refresh_dirty_groups
+    from worker.chats.rollups import refresh_rollup
     from worker.db import session_scope
 
     if all_dirty:

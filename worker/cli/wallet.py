@@ -38,6 +38,7 @@ def wallet_create(
 
     An app_usage wallet needs --enterprise; a platform (level-1) wallet, e.g. plat:<creator>, has no
     app and takes none.  Without --mode the wallet follows its app's mode (`tollgate app mode`)."""
+    from worker.db import session_scope
     from worker.gate.gate import process_gate
     from worker.ledger.accounts import open_wallet
 
@@ -48,15 +49,17 @@ def wallet_create(
         fail("--enterprise: an app_usage wallet needs its app (or give --level platform)")
     if enterprise is not None:
         checked_id(enterprise, "--enterprise")
-    w = open_wallet(
-        process_gate(),
-        wallet_id=wallet_id,
-        enterprise_id=enterprise,
-        owner_id=checked_id(owner, "--owner") if owner else wallet_id,
-        level=level,
-        mode=mode,
-        limited=not unlimited,
-    )
+    with session_scope() as session:
+        w = open_wallet(
+            session,
+            process_gate(),
+            wallet_id=wallet_id,
+            enterprise_id=enterprise,
+            owner_id=checked_id(owner, "--owner") if owner else wallet_id,
+            level=level,
+            mode=mode,
+            limited=not unlimited,
+        )
     if as_json:
         print(
             json.dumps(
@@ -87,9 +90,10 @@ def wallet_credit(
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
 ) -> None:
     """Credit a wallet: a ledger entry (once per --key), then the gate's balance."""
-    from worker.chats.wiring import credit_wallet
+    from worker.chats.wiring import after_credit
+    from worker.db import session_scope
     from worker.gate.gate import UnknownWallet, process_gate
-    from worker.ledger.accounts import GatePending, LedgerError
+    from worker.ledger.accounts import GatePending, LedgerError, credit_wallet
 
     try:
         nanos = usd_to_nanos(parse_usd(usd, "--usd"))
@@ -98,14 +102,19 @@ def wallet_credit(
     if nanos <= 0:
         fail(f"--usd: {usd} is not a positive amount")
     try:
-        balance = credit_wallet(
-            process_gate(),
-            wallet_id=wallet_id,
-            amount_nanos=nanos,
-            idempotency_key=key,
-            description=description,
-            actor="cli",
-        )
+        with session_scope() as session:
+            pending = credit_wallet(
+                session,
+                process_gate(),
+                wallet_id=wallet_id,
+                amount_nanos=nanos,
+                idempotency_key=key,
+                description=description,
+                actor="cli",
+                on_credited=after_credit,
+            )
+        balance = pending.balance_nanos
+        assert balance is not None  # set by the commit, or GatePending was raised
     except LedgerError as exc:
         flag = {"amount_nanos": "--usd", "idempotency_key": "--key"}.get(exc.field or "", "WALLET_ID")
         fail(f"{flag}: {exc}")
@@ -169,7 +178,7 @@ def wallet_mode(
 ) -> None:
     """Override one wallet's mode, or 'inherit' its app's again (audit-logged)."""
     from worker.billing.modes import set_wallet_mode
-    from worker.chats.lifecycle import resume_paused_chats
+    from worker.chats.wiring import resume_wallet_chats
     from worker.db import session_scope
     from worker.gate.gate import process_gate
 
@@ -180,7 +189,7 @@ def wallet_mode(
             wallet_id,
             None if mode == "inherit" else mode,
             actor="cli",
-            resume=resume_paused_chats,
+            resume=resume_wallet_chats,
         )
     if as_json:
         print(json.dumps({"wallet_id": wallet_id, "mode": str(after), "follows_app": mode == "inherit"}))

@@ -21,13 +21,13 @@ from typing import Callable
 from models.enums import PayerLevel
 from models.turn import TurnIn
 from models.wallet import Wallet
-from worker.chats.wiring import credit_wallet
+from worker.chats.wiring import after_credit
 from worker.db import session_scope
 from worker.devtools.traces import TraceError, TraceFormat, TraceRow, read_trace
 from worker.devtools.workers import start_celery_worker, stop_process_group, wait_ready
 from worker.errors import TollgateError
 from worker.gate.gate import WalletGate, process_gate
-from worker.ledger.accounts import ledger_balance, open_wallet
+from worker.ledger.accounts import credit_wallet, ledger_balance, open_wallet
 from worker.ledger.turns import wallet_usage
 from worker.pricing.prices import TurnLimitExceeded, nanos_to_usd, usd_to_nanos
 from worker.validation import InvalidInput, check_text
@@ -88,22 +88,27 @@ def _prepare_wallet(gate: WalletGate, run_id: str, wallet_nanos: int | None, ent
                     f"run id {run_id!r} was replayed before with a different --wallet-usd "
                     f"({'unlimited' if not existing.limited else nanos_to_usd(existing.credits_nanos)} USD)"
                 )
-    open_wallet(
-        gate,
-        wallet_id=wallet_id,
-        enterprise_id=enterprise_id,
-        owner_id=wallet_id,
-        level=PayerLevel.app_usage,
-        limited=limited,
-    )
-    if wallet_nanos:
-        credit_wallet(
+        open_wallet(
+            session,
             gate,
             wallet_id=wallet_id,
-            amount_nanos=wallet_nanos,
-            idempotency_key=f"replay:{run_id}:opening",
-            description="replay opening balance",
+            enterprise_id=enterprise_id,
+            owner_id=wallet_id,
+            level=PayerLevel.app_usage,
+            limited=limited,
         )
+    if wallet_nanos:
+        # its own transaction: the gate must hold the wallet (loaded after the commit above) first
+        with session_scope() as session:
+            credit_wallet(
+                session,
+                gate,
+                wallet_id=wallet_id,
+                amount_nanos=wallet_nanos,
+                idempotency_key=f"replay:{run_id}:opening",
+                description="replay opening balance",
+                on_credited=after_credit,
+            )
     return wallet_id
 
 

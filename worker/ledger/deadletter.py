@@ -32,17 +32,17 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Iterable, TypeGuard, cast
 
 import redis
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from models.enums import TransactionKind
 from models.turn import DeadLetter as DeadLetterRow
 from models.wallet import Wallet, WalletTransaction
-from worker.db import session_scope
+from worker.db import after_commit
 from worker.errors import NotFound
 from worker.gate.gate import UnknownWallet, WalletGate
 from worker.gate.keys import (
@@ -51,7 +51,6 @@ from worker.gate.keys import (
     DEADLETTER_SETTLED_PREFIX,
     deadletter_key,
 )
-from worker.transient import is_transient  # the rule lives there; re-exported: the drain calls deadletter.is_transient
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,7 @@ def xrange_tolerant(
     """XRANGE that never fails on what another writer stored: bytes that are not UTF-8 are decoded
     with ``surrogateescape`` (so :func:`encode_fields` gives them back unchanged)."""
     try:
-        return client.xrange(key, min=min, max=max, count=count)
+        return cast(list[tuple[str, dict[str, str]]], client.xrange(key, min=min, max=max, count=count))
     except UnicodeDecodeError:
         args = ["XRANGE", key, min, max] + (["COUNT", count] if count else [])
         return _entries(client.execute_command(*args, NEVER_DECODE=True))
@@ -114,7 +113,7 @@ def encode_fields(fields: dict[str, str]) -> dict[bytes, bytes]:
     return {k.encode("utf-8", "surrogateescape"): v.encode("utf-8", "surrogateescape") for k, v in fields.items()}
 
 
-def storable(value: Any) -> bool:
+def storable(value: Any) -> TypeGuard[str]:
     """True if ``value`` is a str PostgreSQL can hold as text (valid UTF-8, no NUL)."""
     if not isinstance(value, str) or "\x00" in value:
         return False
@@ -205,61 +204,68 @@ def _from_row(row: DeadLetterRow) -> DeadLetter:
     )
 
 
-def record(client: redis.Redis, shard: int, entry_id: str, fields: dict[str, str], exc: BaseException) -> bool:
-    """Dead-letter one outbox entry: in one transaction its ``dead_letter`` row and, when the
-    ledger knows its wallet and it billed anything, its named debt (a debit, :data:`CHARGE`); then
-    its Redis copy.  Once per entry: a re-delivered entry finds its row and writes nothing.
-    Returns True if it was new.  Raises only transient errors (:func:`is_transient`); if even the
-    row cannot be written, the Redis copy is the record (logged)."""
+def record(
+    session: Session, client: redis.Redis, shard: int, entry_id: str, fields: dict[str, str], exc: BaseException
+) -> bool:
+    """Dead-letter one outbox entry, in ``session`` (the caller commits; the drain gives each its
+    own transaction): its ``dead_letter`` row and, when the ledger knows its wallet and it billed
+    anything, its named debt (a debit, :data:`CHARGE`); its Redis copy (:func:`keep_copy`) once
+    that commits.  Once per entry: a re-delivered entry finds its row and writes nothing.  Returns
+    True if it was new.  If even the row cannot be written, the caller keeps the Redis copy as the
+    record (:func:`keep_copy`)."""
     outbox_id = f"{shard}:{entry_id}"
     turn_id, wallet_id, billed = identity(fields)
     error, error_class = str(exc) or repr(exc), _class_name(exc)
-    try:
-        with session_scope() as session:
-            new = session.execute(
-                insert(DeadLetterRow)
-                .values(
-                    outbox_id=outbox_id,
-                    shard=shard,
-                    billed_nanos=billed,
-                    error=_clean(error, 2000),
-                    error_class=_clean(error_class, 200),
-                    fields_json=json.dumps(fields, ensure_ascii=True),
-                    status="open",
-                    turn_id=turn_id if storable(turn_id) and len(turn_id) <= 1000 else None,
-                    wallet_id=wallet_id if storable(wallet_id) and len(wallet_id) <= 1000 else None,
-                )
-                .on_conflict_do_nothing(index_elements=["outbox_id"])
-                .returning(DeadLetterRow.id)
-            ).first()
-            if new is None:
-                return False
-            if billed > 0 and storable(wallet_id) and session.get(Wallet, wallet_id) is not None:
-                _ledger_entry(
-                    session,
-                    wallet_id,
-                    TransactionKind.debit,
-                    billed,
-                    CHARGE + outbox_id,
-                    f"dead-lettered outbox entry {outbox_id} (turn {ascii(turn_id)[:200]})",
-                )
-                session.execute(update(DeadLetterRow).where(DeadLetterRow.id == new[0]).values(charged=True))
-    except Exception as failure:
-        if is_transient(failure):
-            raise
-        log.error("dead letter %s could not be stored in PostgreSQL (%r); Redis holds it", outbox_id, failure)
+    new = session.execute(
+        insert(DeadLetterRow)
+        .values(
+            outbox_id=outbox_id,
+            shard=shard,
+            billed_nanos=billed,
+            error=_clean(error, 2000),
+            error_class=_clean(error_class, 200),
+            fields_json=json.dumps(fields, ensure_ascii=True),
+            status="open",
+            turn_id=turn_id if storable(turn_id) and len(turn_id) <= 1000 else None,
+            wallet_id=wallet_id if storable(wallet_id) and len(wallet_id) <= 1000 else None,
+        )
+        .on_conflict_do_nothing(index_elements=["outbox_id"])
+        .returning(col(DeadLetterRow.id))
+    ).first()
+    if new is None:
+        return False
+    if billed > 0 and wallet_id is not None and storable(wallet_id) and session.get(Wallet, wallet_id) is not None:
+        _ledger_entry(
+            session,
+            wallet_id,
+            TransactionKind.debit,
+            billed,
+            CHARGE + outbox_id,
+            f"dead-lettered outbox entry {outbox_id} (turn {ascii(turn_id)[:200]})",
+        )
+        session.execute(update(DeadLetterRow).where(col(DeadLetterRow.id) == new[0]).values(charged=True))
+    after_commit(session, lambda: keep_copy(client, shard, entry_id, fields, exc))
+    return True
+
+
+def keep_copy(client: redis.Redis, shard: int, entry_id: str, fields: dict[str, str], exc: BaseException) -> None:
+    """The dead letter's Redis copy (stream ``deadletter_key(shard)``): after its row committed,
+    or as the only record when PostgreSQL refused the row."""
+    error = str(exc) or repr(exc)
     client.xadd(
         deadletter_key(shard),
-        encode_fields(
-            {
-                **{k: v for k, v in fields.items() if k not in _OWN_FIELDS},
-                "outbox_id": entry_id,
-                "error": error[:2000],
-                "error_class": error_class,
-            }
+        cast(
+            dict[Any, Any],
+            encode_fields(
+                {
+                    **{k: v for k, v in fields.items() if k not in _OWN_FIELDS},
+                    "outbox_id": entry_id,
+                    "error": error[:2000],
+                    "error_class": _class_name(exc),
+                }
+            ),
         ),
     )
-    return True
 
 
 def _class_name(exc: BaseException) -> str:
@@ -267,12 +273,11 @@ def _class_name(exc: BaseException) -> str:
     return f"{type(cause).__module__}.{type(cause).__qualname__}"
 
 
-def dead_lettered(shard: int, entry_ids: Iterable[str]) -> set[str]:
+def dead_lettered(session: Session, shard: int, entry_ids: Iterable[str]) -> set[str]:
     """Those of the shard's outbox entry ids that have a dead-letter row (re-delivered after a crash)."""
     wanted = {f"{shard}:{entry_id}": entry_id for entry_id in entry_ids}
-    with session_scope() as session:
-        found = session.execute(select(DeadLetterRow.outbox_id).where(DeadLetterRow.outbox_id.in_(list(wanted))))
-        return {wanted[outbox_id] for outbox_id in found.scalars()}
+    found = session.execute(select(col(DeadLetterRow.outbox_id)).where(col(DeadLetterRow.outbox_id).in_(list(wanted))))
+    return {wanted[outbox_id] for outbox_id in found.scalars()}
 
 
 def _ledger_entry(
@@ -289,12 +294,12 @@ def _ledger_entry(
             description=description[:500],
         )
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(WalletTransaction.id)
+        .returning(col(WalletTransaction.id))
     ).first()
     if new is None:
         return False
-    column = Wallet.credits_nanos if kind == TransactionKind.credit else Wallet.debits_nanos
-    session.execute(update(Wallet).where(Wallet.id == wallet_id).values({column: column + amount_nanos}))
+    column = col(Wallet.credits_nanos) if kind == TransactionKind.credit else col(Wallet.debits_nanos)
+    session.execute(update(Wallet).where(col(Wallet.id) == wallet_id).values({column: column + amount_nanos}))
     return True
 
 
@@ -303,9 +308,13 @@ def list_dead_letters(
 ) -> list[DeadLetter]:
     """Dead letters (default: the open ones) of the given shards (default: all), by shard, oldest
     first.  Whatever a row holds, reading it never raises."""
-    query = select(DeadLetterRow).where(DeadLetterRow.status == status).order_by(DeadLetterRow.shard, DeadLetterRow.id)
+    query = (
+        select(DeadLetterRow)
+        .where(col(DeadLetterRow.status) == status)
+        .order_by(col(DeadLetterRow.shard), col(DeadLetterRow.id))
+    )
     if shards is not None:
-        query = query.where(DeadLetterRow.shard.in_(list(shards)))
+        query = query.where(col(DeadLetterRow.shard).in_(list(shards)))
     return [_from_row(row) for row in session.execute(query).scalars()]
 
 
@@ -318,7 +327,7 @@ def find(session: Session, outbox_id: str) -> DeadLetter:
         raise DeadLetterNotFound(f"outbox_id: expected <shard>:<stream id>, got {outbox_id!r}", field="outbox_id")
     row = session.execute(
         select(DeadLetterRow)
-        .where(DeadLetterRow.outbox_id == outbox_id, DeadLetterRow.status == "open")
+        .where(col(DeadLetterRow.outbox_id) == outbox_id, col(DeadLetterRow.status) == "open")
         .with_for_update()
     ).scalar_one_or_none()
     if row is None:
@@ -330,7 +339,7 @@ def resolve(session: Session, dl: DeadLetter, status: str) -> None:
     """Mark the dead letter 'retried' or 'discarded' in the caller's transaction."""
     session.execute(
         update(DeadLetterRow)
-        .where(DeadLetterRow.outbox_id == dl.outbox_id)
+        .where(col(DeadLetterRow.outbox_id) == dl.outbox_id)
         .values(status=status, resolved_at=func.now())
     )
 
@@ -339,6 +348,7 @@ def settle_after_retry(session: Session, dl: DeadLetter) -> None:
     """In the retry's transaction, after the turn was persisted: cancel the named debt (the turn's
     usage debit now charges it) with a credit ``tollgate:deadletter-retried:…`` and mark it 'retried'."""
     if dl.charged:
+        assert dl.wallet_id is not None  # charged only when the ledger knew the wallet
         _ledger_entry(
             session,
             dl.wallet_id,
@@ -354,6 +364,7 @@ def refund_in_ledger(session: Session, dl: DeadLetter) -> None:
     """In the caller's transaction: refund the named debt (a credit ``tollgate:deadletter-refund:…``,
     if the ledger held it) and mark the dead letter 'discarded'.  Call :func:`refund_in_gate` after commit."""
     if dl.charged:
+        assert dl.wallet_id is not None  # charged only when the ledger knew the wallet
         _ledger_entry(
             session,
             dl.wallet_id,
@@ -391,15 +402,15 @@ def drop_copy(client: redis.Redis, dl: DeadLetter) -> None:
         log.warning("dead letter %s: its Redis copy stays", dl.outbox_id, exc_info=True)
 
 
-def discard(gate: WalletGate, outbox_id: str) -> DeadLetter:
+def discard(session: Session, gate: WalletGate, outbox_id: str) -> DeadLetter:
     """Drop a dead letter for good and refund its charge: the ledger credit and the 'discarded' mark
-    in one transaction, then the same credit in the gate.  A second discard raises
-    DeadLetterNotFound and changes nothing.  Returns what was discarded."""
-    with session_scope() as session:
-        dl = find(session, outbox_id)
-        refund_in_ledger(session, dl)
-    refund_in_gate(gate, dl)
-    drop_copy(gate.redis, dl)
+    in ``session`` (the caller commits), then, after that commit, the same credit in the gate and
+    the Redis copy dropped.  A second discard raises DeadLetterNotFound and changes nothing.
+    Returns what was discarded."""
+    dl = find(session, outbox_id)
+    refund_in_ledger(session, dl)
+    after_commit(session, lambda: refund_in_gate(gate, dl))
+    after_commit(session, lambda: drop_copy(gate.redis, dl))
     return dl
 
 

@@ -13,7 +13,7 @@ COMMIT and before XACK re-delivers them: the unique ``turn_id`` drops the duplic
 entry id).  A turn_id the gate accepted twice (its dedupe key expired, or Redis lost it) arrives as a
 *different* outbox entry: its debit is refunded in the gate, so Redis keeps agreeing with the ledger.
 A batch that fails for any reason other than PostgreSQL or Redis being unreachable
-(:func:`worker.ledger.deadletter.is_transient`) is rolled back and persisted entry by entry, each in its
+(:func:`worker.transient.is_transient`) is rolled back and persisted entry by entry, each in its
 own transaction; an entry that still fails, whatever the exception, is dead-lettered (a
 ``dead_letter`` row with its error and its charge named in the ledger, one transaction; a copy in
 ``tollgate:{sN}:deadletter``; :mod:`worker.ledger.deadletter`), so it never blocks the turns behind it.  A transient failure
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence, cast
 
 import redis
+from sqlmodel import Session
 
 from worker.db import session_scope
 from worker.gate.gate import WalletGate, process_gate
@@ -40,6 +41,7 @@ from worker.ledger import deadletter
 from worker.ledger.turns import PersistResult, persist_turns
 from worker.metrics import record_dead_letter, record_drain_batch
 from worker.settings import Settings, get_settings, redis_client
+from worker.transient import is_transient
 
 GROUP = "tollgate-drain"
 log = logging.getLogger(__name__)
@@ -74,8 +76,9 @@ class DrainStats:
         return dict(self.__dict__)
 
 
-#: ``announce(gate, paused, resumed)``: what a drain does with the chats a committed batch paused / resumed
-Announce = Callable[[WalletGate, Sequence[Any], Sequence[Any]], None]
+#: ``announce(session, gate, paused, resumed)``: what a drain does with the chats a batch paused /
+#: resumed, called inside the batch's transaction; it sends its announcements with ``after_commit``
+Announce = Callable[[Session, WalletGate, Sequence[Any], Sequence[Any]], None]
 
 
 class OutboxDrain:
@@ -85,9 +88,10 @@ class OutboxDrain:
         client: redis-py client with ``decode_responses=True`` (defaults to ``settings.redis_url``).
         settings: defaults to :func:`worker.settings.get_settings`.
         consumer: consumer name in the group (defaults to :func:`consumer_name`).
-        announce: ``announce(gate, paused, resumed)``, called after each committed batch that paused
-            or resumed chats (:class:`~worker.ledger.turns.PausedNotice` /
-            :class:`~worker.ledger.turns.ResumedNotice` lists); its errors are logged.  The entry
+        announce: ``announce(session, gate, paused, resumed)``, called inside each batch's
+            transaction that paused or resumed chats (:class:`~worker.ledger.turns.PausedNotice` /
+            :class:`~worker.ledger.turns.ResumedNotice` lists), in a savepoint: its errors are
+            logged and undo nothing of the batch; it announces after the batch commits (``after_commit``).  The entry
             points (the Celery task, the CLI, replay) pass
             :func:`worker.chats.lifecycle.announce_chat_changes`; None announces nothing.
         gate: the gate refunds of second acceptances go through.  Default: the process's
@@ -211,7 +215,7 @@ class OutboxDrain:
             try:
                 self._persist(shard, entries, stats)
             except Exception as exc:
-                if deadletter.is_transient(exc):
+                if is_transient(exc):
                     raise  # PostgreSQL or Redis unreachable: the batch stays pending, nothing is dead-lettered
                 log.warning(
                     "outbox shard %s: a batch of %d failed (%r); persisting one by one", shard, len(entries), exc
@@ -228,6 +232,8 @@ class OutboxDrain:
         rows = [parse_entry(fields, f"{shard}:{entry_id}") for entry_id, fields in entries]
         with session_scope() as session:
             result = persist_turns(session, rows)
+            if result.paused or result.resumed:
+                self._announce_paused(session, result)
         for conflict in result.conflicts:  # committed: now give the second debit back in the gate
             log.warning(
                 "turn %s was accepted twice by the gate (outbox %s): refunding %s nanos to %s",
@@ -238,8 +244,6 @@ class OutboxDrain:
             )
             if conflict.billed_nanos:
                 self.gate.credit(conflict.wallet_id, conflict.billed_nanos, f"{REFUND_PREFIX}{conflict.outbox_id}")
-        if result.paused or result.resumed:
-            self._announce_paused(result)
         stats.add(result)
         record_drain_batch(self.redis, size=len(entries), inserted=result.inserted, duplicates=result.duplicates)
 
@@ -247,14 +251,15 @@ class OutboxDrain:
         """Each entry in its own transaction; one that fails for any non-transient reason is
         dead-lettered.  An entry dead-lettered before (re-delivered after a crash) is left as it
         is: its row and charge were written in one transaction."""
-        done = deadletter.dead_lettered(shard, [entry_id for entry_id, _ in entries])
+        with session_scope() as session:
+            done = deadletter.dead_lettered(session, shard, [entry_id for entry_id, _ in entries])
         for entry in entries:
             if entry[0] in done:
                 continue
             try:
                 self._persist(shard, [entry], stats)
             except Exception as one:
-                if deadletter.is_transient(one):
+                if is_transient(one):
                     raise
                 self._dead_letter(shard, entry, one, stats)
 
@@ -276,27 +281,40 @@ class OutboxDrain:
                 deadletter.refund_in_ledger(session, dl)
             else:
                 deadletter.settle_after_retry(session, dl)
+            if result.paused or result.resumed:
+                self._announce_paused(session, result)
         if result.conflicts:
             deadletter.refund_in_gate(self.gate, dl)
-        if result.paused or result.resumed:
-            self._announce_paused(result)
         deadletter.drop_copy(self.redis, dl)
         return result
 
-    def _announce_paused(self, result: PersistResult) -> None:
-        """Hand the chats the committed batch paused and resumed to ``self.announce`` (the entry
-        point's wiring: ``chat.paused`` / ``chat.resumable``, pub/sub and webhook); nothing without one."""
+    def _announce_paused(self, session: Session, result: PersistResult) -> None:
+        """Hand the chats the batch paused and resumed to ``self.announce`` (the entry point's
+        wiring: ``chat.paused`` / ``chat.resumable`` after the commit, pub/sub and webhook), inside
+        the batch's transaction and a savepoint of it; nothing without one."""
         if self.announce is None:
             return
         try:
-            self.announce(self.gate, result.paused, result.resumed)
+            with session.begin_nested():
+                self.announce(session, self.gate, result.paused, result.resumed)
         except Exception:  # the pause is committed; the orchestrator also had the 'pause' answer
             log.error("could not announce %d paused chat(s)", len(result.paused), exc_info=True)
 
     def _dead_letter(self, shard: int, entry: tuple[str, dict[str, str]], exc: Exception, stats: DrainStats) -> None:
         entry_id, fields = entry
         log.error("outbox shard %s entry %s cannot be persisted, dead-lettered: %r", shard, entry_id, exc)
-        if deadletter.record(self.redis, shard, entry_id, fields, exc):
+        try:
+            with session_scope() as session:  # the row and its named debt in one transaction, then the copy
+                new = deadletter.record(session, self.redis, shard, entry_id, fields, exc)
+        except Exception as failure:
+            if is_transient(failure):
+                raise
+            log.error(
+                "dead letter %s:%s could not be stored in PostgreSQL (%r); Redis holds it", shard, entry_id, failure
+            )
+            deadletter.keep_copy(self.redis, shard, entry_id, fields, exc)
+            new = True
+        if new:
             stats.dead_lettered += 1
             record_dead_letter(self.redis, billed_nanos=deadletter.identity(fields)[2])
 

@@ -24,6 +24,12 @@ shard and per wallet), never as 0 drift, and sets the ``tollgate_deadletter_*`` 
 finds any logs an error.  No stored value stops a run: an outbox entry that is not a turn, or whose
 turn_id PostgreSQL cannot store (NUL, a lone surrogate), is counted as queued and never looked up.
 
+A job, like the drain (an entry-point body the task ``tollgate.reconcile.run`` and ``tollgate
+reconcile`` share): it opens its own short transactions, one to record the run, one consistent
+snapshot per chunk of wallets and per retry of a busy one (REPEATABLE READ), one to store the
+figures; the functions it reads through (``_read_ledger``, ``deadletter.list_dead_letters``,
+``gate_profile``) take that session.
+
 Repair sets the gate balance to the expected figure with ``repair_balance.lua``, only if the wallet
 still shows what was read in (1).  Rebuild (after Redis lost its data) loads every wallet from
 PostgreSQL (mode, limit, block, balance = ledger − what is still queued).
@@ -40,7 +46,7 @@ from typing import Iterable, NamedTuple
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy import func, select, tuple_
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from models.enums import TransactionKind
 from models.reconcile import ReconciliationRun, WalletDrift
@@ -177,20 +183,22 @@ def _read_redis(gate: WalletGate, shard: int, wallet_ids: list[str], *, page: in
 def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list[Queued]]):
     # one snapshot for all three reads: a drain committing in between must not be half-seen
     session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-    wallets = {w.id: w for w in session.execute(select(Wallet).where(Wallet.id.in_(wallet_ids))).scalars()}
+    wallets = {w.id: w for w in session.execute(select(Wallet).where(col(Wallet.id).in_(wallet_ids))).scalars()}
     wt = WalletTransaction
-    credits = func.coalesce(func.sum(wt.amount_nanos).filter(wt.kind == TransactionKind.credit), 0)
-    debits = func.coalesce(func.sum(wt.amount_nanos).filter(wt.kind == TransactionKind.debit), 0)
+    credits = func.coalesce(func.sum(col(wt.amount_nanos)).filter(col(wt.kind) == TransactionKind.credit), 0)
+    debits = func.coalesce(func.sum(col(wt.amount_nanos)).filter(col(wt.kind) == TransactionKind.debit), 0)
     entries = dict(
         session.execute(
-            select(wt.wallet_id, credits - debits).where(wt.wallet_id.in_(wallet_ids)).group_by(wt.wallet_id)
+            select(col(wt.wallet_id), credits - debits)
+            .where(col(wt.wallet_id).in_(wallet_ids))
+            .group_by(col(wt.wallet_id))
         ).all()
     )
     recent: dict[str, list[tuple[str, str]]] = {}
     for wallet_id, kind, key in session.execute(
-        select(wt.wallet_id, wt.kind, wt.idempotency_key).where(
-            wt.wallet_id.in_(wallet_ids),
-            wt.created_at > func.now() - func.make_interval(0, 0, 0, 0, 0, 0, get_settings().dedupe_ttl_s),
+        select(col(wt.wallet_id), col(wt.kind), col(wt.idempotency_key)).where(
+            col(wt.wallet_id).in_(wallet_ids),
+            col(wt.created_at) > func.now() - func.make_interval(0, 0, 0, 0, 0, 0, get_settings().dedupe_ttl_s),
         )
     ):
         recent.setdefault(wallet_id, []).append((kind, key))
@@ -200,8 +208,8 @@ def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list
     tk = UsageTurnKey
     for i in range(0, len(turns), 5000):
         rows = session.execute(
-            select(tk.enterprise_id, tk.wallet_id, tk.turn_id, tk.outbox_id).where(
-                tuple_(tk.enterprise_id, tk.wallet_id, tk.turn_id).in_(turns[i : i + 5000])
+            select(col(tk.enterprise_id), col(tk.wallet_id), col(tk.turn_id), col(tk.outbox_id)).where(
+                tuple_(col(tk.enterprise_id), col(tk.wallet_id), col(tk.turn_id)).in_(turns[i : i + 5000])
             )
         )
         persisted.update(((e, w, t), outbox_id) for e, w, t, outbox_id in rows)
@@ -210,7 +218,9 @@ def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list
     keys = list(entries_by_key)
     for i in range(0, len(keys), 5000):
         charged = session.execute(
-            select(WalletTransaction.idempotency_key).where(WalletTransaction.idempotency_key.in_(keys[i : i + 5000]))
+            select(col(WalletTransaction.idempotency_key)).where(
+                col(WalletTransaction.idempotency_key).in_(keys[i : i + 5000])
+            )
         ).scalars()
         persisted.update((entries_by_key[k].turn, entries_by_key[k].outbox_id) for k in charged)
     return wallets, entries, persisted, recent
@@ -302,11 +312,12 @@ def reconcile(gate: WalletGate | None = None, *, repair: bool = False, rebuild: 
     """
     gate = gate or process_gate()
     with session_scope() as session:
-        run = ReconciliationRun(repair=repair, rebuild=rebuild)
+        run = ReconciliationRun(repair=repair, rebuild=rebuild)  # type: ignore[call-arg]  # started_at: now()
         session.add(run)
         session.flush()
+        assert run.id is not None
         run_id = run.id
-        all_wallets = list(session.execute(select(Wallet.id).order_by(Wallet.id)).scalars())
+        all_wallets = list(session.execute(select(col(Wallet.id)).order_by(col(Wallet.id))).scalars())
     report = ReconcileReport(run_id=run_id)
     drifts: list[WalletDrift] = []
     for shard, wallet_ids in sorted(_by_shard(gate, all_wallets).items()):
@@ -326,6 +337,7 @@ def reconcile(gate: WalletGate | None = None, *, repair: bool = False, rebuild: 
                     continue
                 if repair and check.gate_nanos is not None:
                     balance, accepted = check.seen
+                    assert balance is not None  # the gate had the wallet when it was read
                     check.repaired = gate.repair_balance(
                         check.wallet_id,
                         expected_nanos=check.expected_nanos,
@@ -356,10 +368,10 @@ def reconcile(gate: WalletGate | None = None, *, repair: bool = False, rebuild: 
                         repaired=check.repaired,
                     )
                 )
-    with session_scope() as session:
+    with session_scope() as session:  # the run's figures and its dead letters, in one transaction
         report.dead_letters = deadletter.summary(deadletter.list_dead_letters(session))
-    with session_scope() as session:
         stored = session.get(ReconciliationRun, run_id)
+        assert stored is not None
         stored.finished_at = datetime.now(UTC)
         stored.wallets_checked = report.wallets_checked
         stored.wallets_busy = report.wallets_busy
@@ -394,19 +406,16 @@ def _rebuild(gate: WalletGate, wallet_ids: list[str]) -> None:
     tokens left = allowance − used (ledger) − what the queued turns took."""
     shard = gate.shard(wallet_ids[0])
     queued, _ = _read_redis(gate, shard, [])
-    with session_scope() as session:
+    with session_scope() as session:  # one snapshot: the ledger, and the profiles of the wallets Redis lacks
         wallets, _entries, persisted, recent = _read_ledger(session, wallet_ids, queued)
-    pipe = gate.redis.pipeline(transaction=False)
-    for wallet_id in wallet_ids:
-        pipe.exists(gate.wallet_key(wallet_id))
-    present = dict(zip(wallet_ids, pipe.execute()))
-    for wallet_id in wallet_ids:
-        wallet = wallets.get(wallet_id)
-        if wallet is None or present[wallet_id]:
-            continue
+        pipe = gate.redis.pipeline(transaction=False)
+        for wallet_id in wallet_ids:
+            pipe.exists(gate.wallet_key(wallet_id))
+        present = dict(zip(wallet_ids, pipe.execute()))
+        profiles = {w: gate_profile(session, wallets[w]) for w in wallet_ids if w in wallets and not present[w]}
+    for wallet_id, profile in profiles.items():
+        wallet = wallets[wallet_id]
         unpersisted = [q for q in queued.get(wallet_id, ()) if (q.turn, q.outbox_id) not in persisted]
-        with session_scope() as session:
-            profile = gate_profile(session, wallet)
         profile["trial_left"] -= sum(q.trial_tokens for q in unpersisted)
         gate.load_wallet(
             wallet_id,

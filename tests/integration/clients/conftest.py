@@ -35,9 +35,9 @@ def drain(redis_client, settings, gate):
 def open_payer(db, gate):
     """Open (and credit) the wallet of a payer: ``open_payer(level, app_id, payer_id, nanos)`` → wallet id."""
     from models.enums import PayerLevel
+    from tests.committed import open_wallet
     from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
     from worker.billing.payers import wallet_id_for
-    from worker.ledger.accounts import open_wallet
 
     def run(level: str, app_id: str, payer_id: str, nanos: int) -> str:
         wallet_id = wallet_id_for(level, enterprise_id=app_id, payer_id=payer_id)

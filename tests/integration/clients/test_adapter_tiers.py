@@ -127,11 +127,11 @@ def _turn(usage, turn_id: str, wallet: str = "w-tier") -> TurnIn:
 
 
 def test_anthropic_1h_cache_writes_are_charged_at_the_1h_price_and_persisted(gate, db, redis_client, settings):
+    from tests.committed import open_wallet
     from worker import (
         OutboxDrain,  # wired: announces chat.paused / chat.resumable
         credit_wallet,  # wired: resumes paused chats, announces wallet.credited
     )
-    from worker.ledger.accounts import open_wallet
 
     usage = usage_from_response(anthropic_message(writes_5m=2_000, writes_1h=1_000))
     assert (usage.prompt_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens) == (3_150, 3_000, 1_000)
@@ -258,11 +258,11 @@ def test_a_1h_breakdown_that_does_not_add_up_and_1h_writes_beyond_the_writes_are
 def test_openai_service_tier_is_charged_at_genai_prices_tier_price_and_persisted(
     gate, db, redis_client, settings, tier
 ):
+    from tests.committed import open_wallet
     from worker import (
         OutboxDrain,  # wired: announces chat.paused / chat.resumable
         credit_wallet,  # wired: resumes paused chats, announces wallet.credited
     )
-    from worker.ledger.accounts import open_wallet
 
     usage = usage_from_response(chat_completion(tier=tier))
     assert usage.service_tier == tier
@@ -335,8 +335,8 @@ def test_responses_api_tier_and_the_standard_tiers():
 
 
 def test_a_tier_genai_prices_has_no_price_for_is_refused_and_charges_nothing(gate, db):
+    from tests.committed import open_wallet
     from worker import credit_wallet  # wired: resumes paused chats, announces wallet.credited
-    from worker.ledger.accounts import open_wallet
 
     open_wallet(gate, wallet_id="w-tier", enterprise_id="acme", owner_id="o")
     credit_wallet(gate, wallet_id="w-tier", amount_nanos=10**9, idempotency_key="buy-tier")
