@@ -27,10 +27,12 @@ import logging
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import redis
+from celery.utils.log import current_process_index
 
 from worker.db import session_scope
 from worker.gate.gate import WalletGate, process_gate
@@ -46,7 +48,21 @@ log = logging.getLogger(__name__)
 
 
 def consumer_name() -> str:
-    """This process's consumer name in the outbox group: ``<host>-<pid>``."""
+    """This process's consumer name in the outbox group.
+
+    In a Celery pool process: ``<host>-slot<n>``, ``n`` its pool slot (0 … concurrency − 1), the
+    same after a restart, so a worker restarted after a crash (SIGKILL, OOM) re-reads the entries
+    its predecessor in that slot had read and not acknowledged at its first drain
+    (:meth:`OutboxDrain.drain_shard` reads its own pending entries first) instead of waiting
+    ``reclaim_idle_ms`` for another consumer to claim them.  Two worker instances on one host share
+    the slot names: one may then also persist entries the other is persisting; the unique turn key
+    (``usage_turn_key``) drops the second copy and the ledger counts only inserted rows, so that is
+    harmless (it costs a duplicate insert attempt, no money).  Elsewhere (CLI, replay, tests):
+    ``<host>-<pid>``.
+    """
+    slot = current_process_index(base=0)
+    if slot is not None:
+        return f"{socket.gethostname()}-slot{slot}"
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
@@ -112,6 +128,7 @@ class OutboxDrain:
         self._groups: set[str] = set()
         self._own_redis = client is None and settings is None
         self._gate: WalletGate | None = gate
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def gate(self) -> WalletGate:
@@ -135,11 +152,15 @@ class OutboxDrain:
                 raise
         self._groups.add(stream)
 
-    def read_batch(self, shard: int) -> tuple[list[tuple[str, dict[str, str]]], bool]:
+    def read_batch(
+        self, shard: int, *, in_flight: frozenset[str] = frozenset()
+    ) -> tuple[list[tuple[str, dict[str, str]]], bool]:
         """Up to ``outbox_batch_size`` entries of one shard: a dead consumer's first, then new ones.
 
         Returns ``(entries, reclaimed)``.  Entries trimmed away while pending (never, by our trim
-        rule) are skipped by XAUTOCLAIM.
+        rule) are skipped by XAUTOCLAIM.  ``in_flight``: ids of this consumer's batch being persisted
+        while this one is read (:meth:`drain` reads ahead); left out even when idle long enough to be
+        claimed, so no batch is persisted twice by its own drain.
         """
         stream = outbox_key(shard)
         self.ensure_group(stream)
@@ -154,18 +175,48 @@ class OutboxDrain:
             # the stream was deleted and re-created (Redis lost its data): make the group again
             self._groups.discard(stream)
             self.ensure_group(stream)
-            return self.read_batch(shard)
+            return self.read_batch(shard, in_flight=in_flight)
         except UnicodeDecodeError:  # another writer's bytes that are not UTF-8: now ours, pending
-            return deadletter.read_own_pending(self.redis, stream, GROUP, self.consumer, count), True
+            return _without(
+                deadletter.read_own_pending(self.redis, stream, GROUP, self.consumer, count), in_flight
+            ), True
+        claimed = _without(claimed, in_flight)
         if claimed:
             return claimed, True
         try:
             reply = self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=count)
         except UnicodeDecodeError:  # delivered to us before decoding failed: read them back tolerantly
-            return deadletter.read_own_pending(self.redis, stream, GROUP, self.consumer, count), False
+            return _without(
+                deadletter.read_own_pending(self.redis, stream, GROUP, self.consumer, count), in_flight
+            ), False
         if not reply:
             return [], False
         return reply[0][1], False
+
+    def read_pending(self, shard: int) -> list[tuple[str, dict[str, str]]]:
+        """Up to ``outbox_batch_size`` entries this consumer read before and has not acknowledged
+        (``XREADGROUP … 0``, oldest first): a drain of this consumer that failed (PostgreSQL or Redis
+        down, the process killed and restarted in the same slot, see :func:`consumer_name`).
+        Entries deleted from the stream while pending (never, by our trim rule) carry nothing to
+        persist: they are acknowledged and left out."""
+        stream = outbox_key(shard)
+        self.ensure_group(stream)
+        count = self.settings.outbox_batch_size
+        try:
+            reply = self.redis.xreadgroup(GROUP, self.consumer, {stream: "0"}, count=count)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._groups.discard(stream)  # the stream was re-created (Redis lost its data): nothing pending
+            self.ensure_group(stream)
+            return []
+        except UnicodeDecodeError:  # another writer's bytes that are not UTF-8: read them tolerantly
+            return deadletter.read_own_pending(self.redis, stream, GROUP, self.consumer, count)
+        entries = reply[0][1] if reply else []
+        gone = [entry_id for entry_id, fields in entries if not fields]
+        if gone:
+            self.redis.xack(stream, GROUP, *gone)
+        return [(entry_id, fields) for entry_id, fields in entries if fields]
 
     def acknowledge(self, shard: int, ids: Iterable[str]) -> None:
         """XACK ``ids``, then trim the stream below the oldest entry the group still needs."""
@@ -178,50 +229,125 @@ class OutboxDrain:
     def trim(self, shard: int) -> None:
         """XTRIM MINID to the oldest unacknowledged or undelivered entry of the group.
 
-        The group's last-delivered id is read *before* the pending summary, so an entry delivered in
-        between is either above that id or shows as pending: nothing unpersisted is trimmed.
+        The group's last-delivered id is read *before* the pending summary (one pipelined round
+        trip, in that order), so an entry delivered in between is either above that id or shows as
+        pending: nothing unpersisted is trimmed.
         """
         stream = outbox_key(shard)
-        groups = self.redis.xinfo_groups(stream)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xinfo_groups(stream)
+        pipe.xpending(stream, GROUP)
+        groups, pending = pipe.execute()
         last = next((g["last-delivered-id"] for g in groups if g["name"] == GROUP), None)
         if last is None or last == "0-0":
             return
-        pending = self.redis.xpending(stream, GROUP)
         floor = pending["min"] if pending["pending"] else _next_id(last)
         self.redis.xtrim(stream, minid=floor, approximate=False)
 
     def drain_shard(self, shard: int, *, max_seconds: float = 30.0, stats: DrainStats | None = None) -> DrainStats:
-        """Persist batches of one shard until it is empty or ``max_seconds`` have passed."""
+        """Persist batches of one shard until it is empty or ``max_seconds`` have passed
+        (:meth:`drain` of that shard alone)."""
+        return self.drain([shard], max_seconds=max_seconds, stats=stats)
+
+    def drain(
+        self, shards: Iterable[int] | None = None, *, max_seconds: float = 30.0, stats: DrainStats | None = None
+    ) -> DrainStats:
+        """Drain the given shards (default: all) until each is empty or ``max_seconds`` have passed.
+
+        First, one shard after the other, the entries this consumer read before and did not
+        acknowledge (:meth:`read_pending`): a failed drain's batch is given back at once, not after
+        ``reclaim_idle_ms``.  Then the shards take turns, one batch each (round robin), so a long
+        backlog on one shard does not hold the others back; the next batch is read from Redis and
+        parsed while the current one is persisted (one helper thread; its batches commit one at a
+        time, in the order read), and each batch is acknowledged only after its commit.  A failure
+        that is not the batch's own (:func:`worker.ledger.deadletter.is_transient`) is raised once the
+        batch in flight has finished: the failed batch and the one read meanwhile stay pending for
+        this consumer, read first by its next drain.  Returns the counts (added to ``stats``)."""
         stats = stats or DrainStats()
         deadline = time.monotonic() + max_seconds
-        while time.monotonic() < deadline:
-            entries, reclaimed = self.read_batch(shard)
-            if not entries:
-                # empty: let the next accepted turn kick a new drain at once; entries left in the
-                # stream were acknowledged by a drain stopped before its trim (Redis gone between
-                # XACK and XTRIM): trim them now rather than when the next turn is drained
-                self.redis.delete(kick_key(shard))
-                if self.redis.xlen(outbox_key(shard)):
-                    self.trim(shard)
-                break
+        active = list(shards if shards is not None else range(self.settings.outbox_shards))
+        for shard in active:
+            while time.monotonic() < deadline:
+                entries = self.read_pending(shard)
+                if not entries:
+                    break
+                self._drain_batch(shard, entries, None, stats, True)
+
+        flight: tuple[int, frozenset[str]] = (-1, frozenset())  # the batch being persisted: shard, ids
+
+        def next_batch() -> tuple[int, list[tuple[str, dict[str, str]]], bool, list[dict[str, Any]] | None] | None:
+            while active and time.monotonic() < deadline:
+                shard = active.pop(0)
+                entries, reclaimed = self.read_batch(shard, in_flight=flight[1] if flight[0] == shard else frozenset())
+                if entries:
+                    active.append(shard)  # its turn again after the others
+                    return shard, entries, reclaimed, self._parse(shard, entries)
+                self._emptied(shard)
+            return None
+
+        batch = next_batch()
+        while batch is not None:
+            flight = (batch[0], frozenset(entry_id for entry_id, _ in batch[1]))
+            future = self._executor().submit(self._drain_batch, *batch[:2], batch[3], stats, batch[2])
             try:
-                self._persist(shard, entries, stats)
-            except Exception as exc:
-                if deadletter.is_transient(exc):
-                    raise  # PostgreSQL or Redis unreachable: the batch stays pending, nothing is dead-lettered
-                log.warning(
-                    "outbox shard %s: a batch of %d failed (%r); persisting one by one", shard, len(entries), exc
-                )
-                self._persist_one_by_one(shard, entries, stats)
-            self.acknowledge(shard, (entry_id for entry_id, _ in entries))
-            stats.read += len(entries)
-            stats.batches += 1
-            if reclaimed:
-                stats.reclaimed += len(entries)
+                batch = next_batch()
+            finally:
+                future.result()
         return stats
 
-    def _persist(self, shard: int, entries: list[tuple[str, dict[str, str]]], stats: DrainStats) -> None:
-        rows = [parse_entry(fields, f"{shard}:{entry_id}") for entry_id, fields in entries]
+    def _emptied(self, shard: int) -> None:
+        """A shard read empty: let the next accepted turn kick a new drain at once; entries left in
+        the stream were acknowledged by a drain stopped before its trim (Redis gone between XACK
+        and XTRIM): trim them now rather than when the next turn is drained."""
+        self.redis.delete(kick_key(shard))
+        if self.redis.xlen(outbox_key(shard)):
+            self.trim(shard)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollgate-drain")
+        return self._pool
+
+    @staticmethod
+    def _parse(shard: int, entries: list[tuple[str, dict[str, str]]]) -> list[dict[str, Any]] | None:
+        """The usage rows of ``entries``; None when one cannot be parsed (the batch then goes one by one)."""
+        try:
+            return [parse_entry(fields, f"{shard}:{entry_id}") for entry_id, fields in entries]
+        except Exception:
+            return None
+
+    def _drain_batch(
+        self,
+        shard: int,
+        entries: list[tuple[str, dict[str, str]]],
+        rows: list[dict[str, Any]] | None,
+        stats: DrainStats,
+        reclaimed: bool,
+    ) -> None:
+        """Persist one batch (one by one, dead-lettering, if it fails for its own reasons), then
+        acknowledge it.  A transient failure is raised and acknowledges nothing."""
+        try:
+            self._persist(shard, entries, stats, rows)
+        except Exception as exc:
+            if deadletter.is_transient(exc):
+                raise  # PostgreSQL or Redis unreachable: the batch stays pending, nothing is dead-lettered
+            log.warning("outbox shard %s: a batch of %d failed (%r); persisting one by one", shard, len(entries), exc)
+            self._persist_one_by_one(shard, entries, stats)
+        self.acknowledge(shard, (entry_id for entry_id, _ in entries))
+        stats.read += len(entries)
+        stats.batches += 1
+        if reclaimed:
+            stats.reclaimed += len(entries)
+
+    def _persist(
+        self,
+        shard: int,
+        entries: list[tuple[str, dict[str, str]]],
+        stats: DrainStats,
+        rows: list[dict[str, Any]] | None = None,
+    ) -> None:
+        if rows is None:
+            rows = [parse_entry(fields, f"{shard}:{entry_id}") for entry_id, fields in entries]
         with session_scope() as session:
             result = persist_turns(session, rows)
         for conflict in result.conflicts:  # committed: now give the second debit back in the gate
@@ -296,13 +422,9 @@ class OutboxDrain:
             stats.dead_lettered += 1
             record_dead_letter(self.redis, billed_nanos=deadletter.identity(fields)[2])
 
-    def drain(self, shards: Iterable[int] | None = None, *, max_seconds: float = 30.0) -> DrainStats:
-        """Drain the given shards (default: all), sharing one time budget."""
-        stats = DrainStats()
-        deadline = time.monotonic() + max_seconds
-        for shard in shards if shards is not None else range(self.settings.outbox_shards):
-            self.drain_shard(shard, max_seconds=max(0.0, deadline - time.monotonic()), stats=stats)
-        return stats
+
+def _without(entries: list[tuple[str, dict[str, str]]], ids: frozenset[str]) -> list[tuple[str, dict[str, str]]]:
+    return [entry for entry in entries if entry[0] not in ids] if ids else entries
 
 
 def _next_id(stream_id: str) -> str:
