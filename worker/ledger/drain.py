@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -430,3 +431,62 @@ def _without(entries: list[tuple[str, dict[str, str]]], ids: frozenset[str]) -> 
 def _next_id(stream_id: str) -> str:
     ms, seq = stream_id.split("-")
     return f"{ms}-{int(seq) + 1}"
+
+
+class DrainLoop:
+    """A long-lived drain consumer: :meth:`OutboxDrain.drain` of every shard again and again on a
+    thread, instead of a task per kick.
+
+    Each round re-reads the consumer's own pending entries, then serves the shards in turn, one
+    batch each, until all are empty (batches fill with whatever accumulated while the previous one
+    was persisted, up to ``outbox_batch_size``); then it waits ``drain_idle_ms`` and goes again.  A
+    round that fails (PostgreSQL or Redis down) is logged and retried after a back-off of 0.1 s
+    doubling to 5 s; its entries stay pending for this consumer and are read first by the next
+    round.  Started per Celery worker process when ``settings.drain_loop`` is on
+    (``tasks.usage``); give it a consumer name of its own (``<consumer_name()>-loop``), so a task
+    drain in the same process never re-reads the batch this loop has in flight.
+
+    Args:
+        drain: the :class:`OutboxDrain` it runs (its consumer, settings, gate and announce).
+        idle_ms: wait after a round that found nothing (default ``settings.drain_idle_ms``).
+        round_s: longest round (seconds) before the pending entries are looked at again.
+    """
+
+    def __init__(self, drain: OutboxDrain, *, idle_ms: int | None = None, round_s: float = 5.0) -> None:
+        self.drain = drain
+        self.idle_s = (idle_ms if idle_ms is not None else drain.settings.drain_idle_ms) / 1000
+        self.round_s = round_s
+        self.stats = DrainStats()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        """Drain until :meth:`stop` (the thread's body; callable in the foreground too)."""
+        backoff = 0.1
+        while not self._stop.is_set():
+            read_before = self.stats.read
+            try:
+                self.drain.drain(max_seconds=self.round_s, stats=self.stats)
+            except Exception:
+                log.warning(
+                    "drain loop %s: a round failed; again in %.1f s", self.drain.consumer, backoff, exc_info=True
+                )
+                self._stop.wait(backoff)
+                backoff = min(5.0, backoff * 2)
+                continue
+            backoff = 0.1
+            if self.stats.read == read_before:
+                self._stop.wait(self.idle_s)
+
+    def start(self) -> threading.Thread:
+        """Run :meth:`run` on a daemon thread (``tollgate-drain-loop``); returns it."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name="tollgate-drain-loop", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Ask the loop to stop after its current batch and wait up to ``timeout`` seconds for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

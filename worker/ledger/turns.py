@@ -374,9 +374,6 @@ def needed_nanos_of(row: dict[str, Any]) -> int:
     return 1 - balance if balance is not None and balance <= 0 else 0
 
 
-_STAGE_READY = "tollgate.drain_stage"
-
-
 def _psycopg(session: Session) -> psycopg.Connection:
     """The session's psycopg connection (its transaction).  Raises TypeError on another driver."""
     dbapi = session.connection().connection.driver_connection
@@ -394,11 +391,11 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
     (:data:`TURN_KEY`): re-delivered rows, also a turn twice in one batch, are counted as
     duplicates and change nothing; the same turn_id in another scope is another turn.
 
-    How: the batch (first copy of each turn) is COPied into a TEMP staging table (:data:`STAGE`,
-    emptied at commit); one statement inserts ``usage_turn_key`` ``ON CONFLICT DO NOTHING`` and the
-    ``usage_event`` rows of the keys inserted (:data:`_INSERT_USAGE`); one multi-statement round
-    trip aggregates the inserted rows into the ledger (:data:`_LEDGER`).  Rows are locked in a fixed
-    order, so concurrent drains do not deadlock.  The caller commits (a rollback discards the
+    How: the batch (first copy of each turn) is COPied, binary, into a TEMP staging table
+    (:data:`STAGE`, emptied at commit); then one multi-statement round trip inserts
+    ``usage_turn_key`` ``ON CONFLICT DO NOTHING``, the ``usage_event`` rows of the keys inserted
+    (:data:`_INSERT_USAGE`) and aggregates those rows into the ledger (:data:`_LEDGER`).  Rows are
+    locked in a fixed order, so concurrent drains do not deadlock.  The caller commits (a rollback discards the
     staged rows too).  Raises whatever PostgreSQL raises (the session must then be rolled back).
     """
     if not rows:
@@ -407,28 +404,21 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
     for r in rows:
         first.setdefault((r["enterprise_id"], r["wallet_id"], r["turn_id"]), r)
     unique = list(first.values())
-    conn = _psycopg(session)
-    info = session.connection().connection.info  # per pooled connection: lives as long as it
-    try:
-        with conn.cursor() as cur:
-            if not info.get(_STAGE_READY):
-                cur.execute(_CREATE_STAGE)
-                info[_STAGE_READY] = True
-            else:  # a caller that persists twice in one transaction: the first batch is still staged
-                cur.execute(f"DELETE FROM {STAGE}")
-            with cur.copy(_COPY_STAGE) as copy:
-                copy.set_types(_STAGE_TYPES)
-                for i, r in enumerate(unique):
-                    copy.write_row((i, chat_order(r["outbox_id"]), *_usage_values(r)))
-            # one round trip: the usage rows, then the ledger of the fresh ones (a no-op without any)
-            cur.execute(f"{_INSERT_USAGE};\n{_LEDGER}")
-            inserted, stale = cur.fetchone()
-            while cur.nextset():
-                pass
-            notices = cur.fetchall()
-    except BaseException:
-        info.pop(_STAGE_READY, None)  # the CREATE may have been rolled back with the transaction
-        raise
+    with _psycopg(session).cursor() as cur:
+        # the table made on the connection's first batch (a CREATE rolled back with its transaction
+        # is made again); emptied at each commit, and here for a caller that persists twice in one
+        # transaction
+        cur.execute(f"{_CREATE_STAGE};\nDELETE FROM {STAGE}")
+        with cur.copy(_COPY_STAGE) as copy:
+            copy.set_types(_STAGE_TYPES)
+            for i, r in enumerate(unique):
+                copy.write_row((i, chat_order(r["outbox_id"]), *_usage_values(r)))
+        # one round trip: the usage rows, then the ledger of the fresh ones (a no-op without any)
+        cur.execute(f"{_INSERT_USAGE};\n{_LEDGER}")
+        inserted, stale = cur.fetchone()
+        while cur.nextset():
+            pass
+        notices = cur.fetchall()
     if stale:
         stale_keys = {turn_key_of(unique[i]) for i in stale}
         inserted_ids = {k for k in first if k not in stale_keys}
