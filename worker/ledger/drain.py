@@ -3,12 +3,19 @@ them to PostgreSQL in one transaction per batch, then acknowledge.
 
 Order per batch (DESIGN.md, the hot path)::
 
-    XAUTOCLAIM (a dead consumer's entries idle > reclaim_idle_ms) or XREADGROUP '>' up to N entries
-    → persist_turns (INSERT … ON CONFLICT (enterprise_id, wallet_id, turn_id) DO NOTHING, aggregates
-      for inserted rows) → COMMIT
+    this consumer's own pending entries (XREADGROUP 0: a failed drain's, or its slot's predecessor's),
+    else XAUTOCLAIM (a dead consumer's entries idle > reclaim_idle_ms), else XREADGROUP '>', up to N
+    → persist_turns (COPY into a staging table; INSERT … ON CONFLICT (enterprise_id, wallet_id,
+      turn_id) DO NOTHING; aggregates for inserted rows) → COMMIT
     → refund second acceptances in the gate → XACK → XTRIM MINID (only what the group acknowledged)
 
-A crash before COMMIT leaves the entries pending: they are reclaimed and persisted.  A crash after
+A drain serves its shards in turn, one batch each, and reads the next batch while the current one
+is persisted (:meth:`OutboxDrain.drain`); :class:`DrainLoop` runs it for good on a thread, one per
+Celery worker process (``settings.drain_loop``).
+
+A crash before COMMIT leaves the entries pending: the same consumer re-reads them first at its next
+drain (a Celery pool slot keeps its consumer name across restarts, :func:`consumer_name`), and any
+other consumer reclaims them after ``reclaim_idle_ms``.  A crash after
 COMMIT and before XACK re-delivers them: the unique ``turn_id`` drops the duplicates (same outbox
 entry id).  A turn_id the gate accepted twice (its dedupe key expired, or Redis lost it) arrives as a
 *different* outbox entry: its debit is refunded in the gate, so Redis keeps agreeing with the ledger.

@@ -11,6 +11,7 @@ import logging
 import operator
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Sequence
 
 import psycopg
@@ -231,6 +232,44 @@ _COPY_STAGE = f"COPY {STAGE} (ord, sk, {', '.join(USAGE_COLUMNS)}) FROM STDIN (F
 #: the row's values in :data:`USAGE_COLUMNS` order (one C call per row)
 _usage_values = operator.itemgetter(*USAGE_COLUMNS)
 
+#: the Python type each staged column takes (None: SQL NULL)
+_PY_TYPES = tuple(
+    {"bigint": int, "timestamptz": datetime, "boolean": bool, "text": str}[_column_sql_type(c)] for c in USAGE_COLUMNS
+)
+
+#: the value-type tuples of rows already checked against :data:`_PY_TYPES` (a handful: None or not)
+_CHECKED: set[tuple[type, ...]] = set()
+
+
+def _stage_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    """The row's values in :data:`USAGE_COLUMNS` order, as the binary COPY takes them.  A row of the
+    usual types (:func:`worker.gate.outbox.parse_entry`'s) passes after one C-level look at its value
+    types; otherwise a text column's value is written as its ``str`` and a boolean's as ``bool``
+    (as the ``text[]`` casts of the statement before the staging table did).  Raises TypeError naming
+    the column for anything else (a float in an integer column: money is never a float)."""
+    values = _usage_values(row)
+    kinds = tuple(map(type, values))
+    if kinds in _CHECKED:
+        return values
+    out = []
+    for name, value, want in zip(USAGE_COLUMNS, values, _PY_TYPES):
+        if value is None or type(value) is want:
+            out.append(value)
+        elif want is str and isinstance(value, (str, int)):
+            out.append(str(value))
+        elif want is bool and isinstance(value, int):
+            out.append(bool(value))
+        elif want is int and isinstance(value, int):  # a bool, an IntEnum
+            out.append(int(value))
+        elif want is datetime and isinstance(value, datetime):
+            out.append(value)
+        else:
+            raise TypeError(f"usage row column {name!r}: {type(value).__name__} {value!r}, expected {want.__name__}")
+    if tuple(map(type, out)) == kinds:
+        _CHECKED.add(kinds)
+    return tuple(out)
+
+
 _KEY = "enterprise_id, wallet_id, turn_id"
 
 #: The staged turns (turn_id in its scope) go into ``usage_turn_key`` first (unique, unpartitioned,
@@ -412,7 +451,7 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
         with cur.copy(_COPY_STAGE) as copy:
             copy.set_types(_STAGE_TYPES)
             for i, r in enumerate(unique):
-                copy.write_row((i, chat_order(r["outbox_id"]), *_usage_values(r)))
+                copy.write_row((i, chat_order(r["outbox_id"]), *_stage_values(r)))
         # one round trip: the usage rows, then the ledger of the fresh ones (a no-op without any)
         cur.execute(f"{_INSERT_USAGE};\n{_LEDGER}")
         inserted, stale = cur.fetchone()
