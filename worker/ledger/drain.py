@@ -262,9 +262,10 @@ class OutboxDrain:
     ) -> DrainStats:
         """Drain the given shards (default: all) until each is empty or ``max_seconds`` have passed.
 
-        First, one shard after the other, the entries this consumer read before and did not
-        acknowledge (:meth:`read_pending`): a failed drain's batch is given back at once, not after
-        ``reclaim_idle_ms``.  Then the shards take turns, one batch each (round robin), so a long
+        First, on every shard (not only the given ones: a drain kicked for one shard must not leave
+        this consumer's entries of another waiting), the entries this consumer read before and did
+        not acknowledge (:meth:`read_pending`): a failed drain's batch is given back at once, not
+        after ``reclaim_idle_ms``.  Then the shards take turns, one batch each (round robin), so a long
         backlog on one shard does not hold the others back; the next batch is read from Redis and
         parsed while the current one is persisted (one helper thread; its batches commit one at a
         time, in the order read), and each batch is acknowledged only after its commit.  A failure
@@ -274,7 +275,7 @@ class OutboxDrain:
         stats = stats or DrainStats()
         deadline = time.monotonic() + max_seconds
         active = list(shards if shards is not None else range(self.settings.outbox_shards))
-        for shard in active:
+        for shard in range(self.settings.outbox_shards):
             while time.monotonic() < deadline:
                 entries = self.read_pending(shard)
                 if not entries:
