@@ -727,6 +727,7 @@ def main(argv: list[str] | None = None) -> int:
         ("record_turn_p99_us", "gate p99 < 1 ms", lambda f: f.value < 1000),
         ("record_turns_pipelined_per_s", "pipelined gate ≥ 40 % of raw EVALSHA", lambda f: f.ratio >= 0.40),
         ("drain_rows_per_s", "drain ≥ 30 % of raw INSERT", lambda f: f.ratio >= 0.30),
+        ("drain_vs_copy", "drain ≥ 50 % of raw COPY (issue 16)", lambda f: f.ratio >= 0.50),
     )
     for key, label, ok in targets:
         f = next(f for f in figures if f.key == key)

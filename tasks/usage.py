@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.signals import worker_process_init, worker_process_shutdown
 from pydantic import ValidationError
 
 from models.turn import TurnIn
@@ -11,8 +12,9 @@ from worker.celery_app import DRAIN_OUTBOX_TASK, RECORD_TURN_TASK, app
 from worker.chats.lifecycle import announce_chat_changes
 from worker.errors import InputError
 from worker.gate.gate import UnknownWallet, WrongEnterprise, process_gate
-from worker.ledger.drain import OutboxDrain
+from worker.ledger.drain import DrainLoop, OutboxDrain, consumer_name
 from worker.pricing.prices import PricingError, TurnLimitExceeded
+from worker.settings import get_settings
 
 
 class TurnRejected(InputError, ValueError):
@@ -30,6 +32,28 @@ def _get_drain() -> OutboxDrain:
     if _drain is None:
         _drain = OutboxDrain(announce=announce_chat_changes)
     return _drain
+
+
+_loop: DrainLoop | None = None
+
+
+@worker_process_init.connect
+def start_drain_loop(**_: Any) -> None:
+    """In each Celery worker process, when ``settings.drain_loop`` is on: start the long-lived
+    drain consumer (:class:`~worker.ledger.drain.DrainLoop`, consumer ``<consumer_name()>-loop``)."""
+    global _loop
+    if not get_settings().drain_loop or _loop is not None:
+        return
+    _loop = DrainLoop(OutboxDrain(consumer=f"{consumer_name()}-loop", announce=announce_chat_changes))
+    _loop.start()
+
+
+@worker_process_shutdown.connect
+def stop_drain_loop(**_: Any) -> None:
+    """Let the drain loop finish its batch in flight before the process exits (up to 10 s; what
+    it had read and not committed stays pending for the same consumer after a restart)."""
+    if _loop is not None:
+        _loop.stop(timeout=10.0)
 
 
 @app.task(name=DRAIN_OUTBOX_TASK)

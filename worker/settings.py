@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         reclaim_idle_ms: an outbox entry read but not acknowledged for this long
             (milliseconds) is presumed to belong to a dead consumer and is reclaimed.
         kick_interval_ms: at most one drain task is sent per shard per interval.
+        drain_loop: each Celery worker process also runs a long-lived drain consumer on a thread
+            (``worker.ledger.drain.DrainLoop``, started at ``worker_process_init``): it serves every
+            shard in turn without waiting for kicks; the kicked task and beat's backstop go on.
+        drain_idle_ms: a drain loop that found every shard empty reads again after this long
+            (milliseconds): the lag it adds when idle, and its polling rate.
         default_mode: billing mode of a new wallet unless given.
         price_overrides_path: optional JSON file of price overrides (see ``worker.pricing.prices``).
         webhook_timeout_s: seconds one webhook POST may take (connect + response).
@@ -74,6 +79,8 @@ class Settings(BaseSettings):
     dedupe_ttl_s: int = Field(default=48 * 3600, ge=24 * 3600)
     reclaim_idle_ms: int = Field(default=30_000, ge=100)
     kick_interval_ms: int = Field(default=200, ge=1)
+    drain_loop: bool = False
+    drain_idle_ms: int = Field(default=50, ge=1, le=5_000)
     default_mode: BillingMode = BillingMode.production
     price_overrides_path: str | None = None
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)

@@ -3,12 +3,19 @@ them to PostgreSQL in one transaction per batch, then acknowledge.
 
 Order per batch (DESIGN.md, the hot path)::
 
-    XAUTOCLAIM (a dead consumer's entries idle > reclaim_idle_ms) or XREADGROUP '>' up to N entries
-    → persist_turns (INSERT … ON CONFLICT (enterprise_id, wallet_id, turn_id) DO NOTHING, aggregates
-      for inserted rows) → COMMIT
+    this consumer's own pending entries (XREADGROUP 0: a failed drain's, or its slot's predecessor's),
+    else XAUTOCLAIM (a dead consumer's entries idle > reclaim_idle_ms), else XREADGROUP '>', up to N
+    → persist_turns (COPY into a staging table; INSERT … ON CONFLICT (enterprise_id, wallet_id,
+      turn_id) DO NOTHING; aggregates for inserted rows) → COMMIT
     → refund second acceptances in the gate → XACK → XTRIM MINID (only what the group acknowledged)
 
-A crash before COMMIT leaves the entries pending: they are reclaimed and persisted.  A crash after
+A drain serves its shards in turn, one batch each, and reads the next batch while the current one
+is persisted (:meth:`OutboxDrain.drain`); :class:`DrainLoop` runs it for good on a thread, one per
+Celery worker process (``settings.drain_loop``).
+
+A crash before COMMIT leaves the entries pending: the same consumer re-reads them first at its next
+drain (a Celery pool slot keeps its consumer name across restarts, :func:`consumer_name`), and any
+other consumer reclaims them after ``reclaim_idle_ms``.  A crash after
 COMMIT and before XACK re-delivers them: the unique ``turn_id`` drops the duplicates (same outbox
 entry id).  A turn_id the gate accepted twice (its dedupe key expired, or Redis lost it) arrives as a
 *different* outbox entry: its debit is refunded in the gate, so Redis keeps agreeing with the ledger.
@@ -26,11 +33,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence, cast
 
 import redis
+from celery.utils.log import current_process_index  # type: ignore[attr-defined]  # not in celery-types
 from sqlmodel import Session
 
 from worker.db import session_scope
@@ -48,7 +58,21 @@ log = logging.getLogger(__name__)
 
 
 def consumer_name() -> str:
-    """This process's consumer name in the outbox group: ``<host>-<pid>``."""
+    """This process's consumer name in the outbox group.
+
+    In a Celery pool process: ``<host>-slot<n>``, ``n`` its pool slot (0 … concurrency − 1), the
+    same after a restart, so a worker restarted after a crash (SIGKILL, OOM) re-reads the entries
+    its predecessor in that slot had read and not acknowledged at its first drain
+    (:meth:`OutboxDrain.drain_shard` reads its own pending entries first) instead of waiting
+    ``reclaim_idle_ms`` for another consumer to claim them.  Two worker instances on one host share
+    the slot names: one may then also persist entries the other is persisting; the unique turn key
+    (``usage_turn_key``) drops the second copy and the ledger counts only inserted rows, so that is
+    harmless (it costs a duplicate insert attempt, no money).  Elsewhere (CLI, replay, tests):
+    ``<host>-<pid>``.
+    """
+    slot = current_process_index(base=0)
+    if slot is not None:
+        return f"{socket.gethostname()}-slot{slot}"
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
@@ -116,6 +140,7 @@ class OutboxDrain:
         self._groups: set[str] = set()
         self._own_redis = client is None and settings is None
         self._gate: WalletGate | None = gate
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def gate(self) -> WalletGate:
@@ -139,11 +164,15 @@ class OutboxDrain:
                 raise
         self._groups.add(stream)
 
-    def read_batch(self, shard: int) -> tuple[list[tuple[str, dict[str, str]]], bool]:
+    def read_batch(
+        self, shard: int, *, in_flight: frozenset[str] = frozenset()
+    ) -> tuple[list[tuple[str, dict[str, str]]], bool]:
         """Up to ``outbox_batch_size`` entries of one shard: a dead consumer's first, then new ones.
 
         Returns ``(entries, reclaimed)``.  Entries trimmed away while pending (never, by our trim
-        rule) are skipped by XAUTOCLAIM.
+        rule) are skipped by XAUTOCLAIM.  ``in_flight``: ids of this consumer's batch being persisted
+        while this one is read (:meth:`drain` reads ahead); left out even when idle long enough to be
+        claimed, so no batch is persisted twice by its own drain.
         """
         stream = outbox_key(shard)
         self.ensure_group(stream)
@@ -158,9 +187,12 @@ class OutboxDrain:
             # the stream was deleted and re-created (Redis lost its data): make the group again
             self._groups.discard(stream)
             self.ensure_group(stream)
-            return self.read_batch(shard)
+            return self.read_batch(shard, in_flight=in_flight)
         except UnicodeDecodeError:  # another writer's bytes that are not UTF-8: now ours, pending
-            return deadletter.read_own_pending(self.redis, stream, GROUP, self.consumer, count), True
+            return _without(
+                deadletter.read_own_pending(self.redis, stream, GROUP, self.consumer, count), in_flight
+            ), True
+        claimed = _without(claimed, in_flight)
         if claimed:
             return claimed, True
         try:
@@ -170,10 +202,41 @@ class OutboxDrain:
                 self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=count),
             )
         except UnicodeDecodeError:  # delivered to us before decoding failed: read them back tolerantly
-            return deadletter.read_own_pending(self.redis, stream, GROUP, self.consumer, count), False
+            return _without(
+                deadletter.read_own_pending(self.redis, stream, GROUP, self.consumer, count), in_flight
+            ), False
         if not reply:
             return [], False
         return reply[0][1], False
+
+    def read_pending(self, shard: int) -> list[tuple[str, dict[str, str]]]:
+        """Up to ``outbox_batch_size`` entries this consumer read before and has not acknowledged
+        (``XREADGROUP … 0``, oldest first): a drain of this consumer that failed (PostgreSQL or Redis
+        down, the process killed and restarted in the same slot, see :func:`consumer_name`).
+        Entries deleted from the stream while pending (never, by our trim rule) carry nothing to
+        persist: they are acknowledged and left out."""
+        stream = outbox_key(shard)
+        self.ensure_group(stream)
+        count = self.settings.outbox_batch_size
+        try:
+            # RESP2 with decode_responses=True: [[stream, [(id, {field: value}), ...]]]
+            reply = cast(
+                list[tuple[str, list[tuple[str, dict[str, str]]]]],
+                self.redis.xreadgroup(GROUP, self.consumer, {stream: "0"}, count=count),
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._groups.discard(stream)  # the stream was re-created (Redis lost its data): nothing pending
+            self.ensure_group(stream)
+            return []
+        except UnicodeDecodeError:  # another writer's bytes that are not UTF-8: read them tolerantly
+            return deadletter.read_own_pending(self.redis, stream, GROUP, self.consumer, count)
+        entries = reply[0][1] if reply else []
+        gone = [entry_id for entry_id, fields in entries if not fields]
+        if gone:
+            self.redis.xack(stream, GROUP, *gone)
+        return [(entry_id, fields) for entry_id, fields in entries if fields]
 
     def acknowledge(self, shard: int, ids: Iterable[str]) -> None:
         """XACK ``ids``, then trim the stream below the oldest entry the group still needs."""
@@ -186,50 +249,126 @@ class OutboxDrain:
     def trim(self, shard: int) -> None:
         """XTRIM MINID to the oldest unacknowledged or undelivered entry of the group.
 
-        The group's last-delivered id is read *before* the pending summary, so an entry delivered in
-        between is either above that id or shows as pending: nothing unpersisted is trimmed.
+        The group's last-delivered id is read *before* the pending summary (one pipelined round
+        trip, in that order), so an entry delivered in between is either above that id or shows as
+        pending: nothing unpersisted is trimmed.
         """
         stream = outbox_key(shard)
-        groups = self.redis.xinfo_groups(stream)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xinfo_groups(stream)
+        pipe.xpending(stream, GROUP)
+        groups, pending = pipe.execute()
         last = next((g["last-delivered-id"] for g in groups if g["name"] == GROUP), None)
         if last is None or last == "0-0":
             return
-        pending = self.redis.xpending(stream, GROUP)
         floor = pending["min"] if pending["pending"] else _next_id(last)
         self.redis.xtrim(stream, minid=floor, approximate=False)
 
     def drain_shard(self, shard: int, *, max_seconds: float = 30.0, stats: DrainStats | None = None) -> DrainStats:
-        """Persist batches of one shard until it is empty or ``max_seconds`` have passed."""
+        """Persist batches of one shard until it is empty or ``max_seconds`` have passed
+        (:meth:`drain` of that shard alone)."""
+        return self.drain([shard], max_seconds=max_seconds, stats=stats)
+
+    def drain(
+        self, shards: Iterable[int] | None = None, *, max_seconds: float = 30.0, stats: DrainStats | None = None
+    ) -> DrainStats:
+        """Drain the given shards (default: all) until each is empty or ``max_seconds`` have passed.
+
+        First, on every shard (not only the given ones: a drain kicked for one shard must not leave
+        this consumer's entries of another waiting), the entries this consumer read before and did
+        not acknowledge (:meth:`read_pending`): a failed drain's batch is given back at once, not
+        after ``reclaim_idle_ms``.  Then the shards take turns, one batch each (round robin), so a long
+        backlog on one shard does not hold the others back; the next batch is read from Redis and
+        parsed while the current one is persisted (one helper thread; its batches commit one at a
+        time, in the order read), and each batch is acknowledged only after its commit.  A failure
+        that is not the batch's own (:func:`worker.transient.is_transient`) is raised once the
+        batch in flight has finished: the failed batch and the one read meanwhile stay pending for
+        this consumer, read first by its next drain.  Returns the counts (added to ``stats``)."""
         stats = stats or DrainStats()
         deadline = time.monotonic() + max_seconds
-        while time.monotonic() < deadline:
-            entries, reclaimed = self.read_batch(shard)
-            if not entries:
-                # empty: let the next accepted turn kick a new drain at once; entries left in the
-                # stream were acknowledged by a drain stopped before its trim (Redis gone between
-                # XACK and XTRIM): trim them now rather than when the next turn is drained
-                self.redis.delete(kick_key(shard))
-                if self.redis.xlen(outbox_key(shard)):
-                    self.trim(shard)
-                break
+        active = list(shards if shards is not None else range(self.settings.outbox_shards))
+        for shard in range(self.settings.outbox_shards):
+            while time.monotonic() < deadline:
+                entries = self.read_pending(shard)
+                if not entries:
+                    break
+                self._drain_batch(shard, entries, None, stats, True)
+
+        flight: tuple[int, frozenset[str]] = (-1, frozenset())  # the batch being persisted: shard, ids
+
+        def next_batch() -> tuple[int, list[tuple[str, dict[str, str]]], bool, list[dict[str, Any]] | None] | None:
+            while active and time.monotonic() < deadline:
+                shard = active.pop(0)
+                entries, reclaimed = self.read_batch(shard, in_flight=flight[1] if flight[0] == shard else frozenset())
+                if entries:
+                    active.append(shard)  # its turn again after the others
+                    return shard, entries, reclaimed, self._parse(shard, entries)
+                self._emptied(shard)
+            return None
+
+        batch = next_batch()
+        while batch is not None:
+            flight = (batch[0], frozenset(entry_id for entry_id, _ in batch[1]))
+            future = self._executor().submit(self._drain_batch, *batch[:2], batch[3], stats, batch[2])
             try:
-                self._persist(shard, entries, stats)
-            except Exception as exc:
-                if is_transient(exc):
-                    raise  # PostgreSQL or Redis unreachable: the batch stays pending, nothing is dead-lettered
-                log.warning(
-                    "outbox shard %s: a batch of %d failed (%r); persisting one by one", shard, len(entries), exc
-                )
-                self._persist_one_by_one(shard, entries, stats)
-            self.acknowledge(shard, (entry_id for entry_id, _ in entries))
-            stats.read += len(entries)
-            stats.batches += 1
-            if reclaimed:
-                stats.reclaimed += len(entries)
+                batch = next_batch()
+            finally:
+                future.result()
         return stats
 
-    def _persist(self, shard: int, entries: list[tuple[str, dict[str, str]]], stats: DrainStats) -> None:
-        rows = [parse_entry(fields, f"{shard}:{entry_id}") for entry_id, fields in entries]
+    def _emptied(self, shard: int) -> None:
+        """A shard read empty: let the next accepted turn kick a new drain at once; entries left in
+        the stream were acknowledged by a drain stopped before its trim (Redis gone between XACK
+        and XTRIM): trim them now rather than when the next turn is drained."""
+        self.redis.delete(kick_key(shard))
+        if self.redis.xlen(outbox_key(shard)):
+            self.trim(shard)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollgate-drain")
+        return self._pool
+
+    @staticmethod
+    def _parse(shard: int, entries: list[tuple[str, dict[str, str]]]) -> list[dict[str, Any]] | None:
+        """The usage rows of ``entries``; None when one cannot be parsed (the batch then goes one by one)."""
+        try:
+            return [parse_entry(fields, f"{shard}:{entry_id}") for entry_id, fields in entries]
+        except Exception:
+            return None
+
+    def _drain_batch(
+        self,
+        shard: int,
+        entries: list[tuple[str, dict[str, str]]],
+        rows: list[dict[str, Any]] | None,
+        stats: DrainStats,
+        reclaimed: bool,
+    ) -> None:
+        """Persist one batch (one by one, dead-lettering, if it fails for its own reasons), then
+        acknowledge it.  A transient failure is raised and acknowledges nothing."""
+        try:
+            self._persist(shard, entries, stats, rows)
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # PostgreSQL or Redis unreachable: the batch stays pending, nothing is dead-lettered
+            log.warning("outbox shard %s: a batch of %d failed (%r); persisting one by one", shard, len(entries), exc)
+            self._persist_one_by_one(shard, entries, stats)
+        self.acknowledge(shard, (entry_id for entry_id, _ in entries))
+        stats.read += len(entries)
+        stats.batches += 1
+        if reclaimed:
+            stats.reclaimed += len(entries)
+
+    def _persist(
+        self,
+        shard: int,
+        entries: list[tuple[str, dict[str, str]]],
+        stats: DrainStats,
+        rows: list[dict[str, Any]] | None = None,
+    ) -> None:
+        if rows is None:
+            rows = [parse_entry(fields, f"{shard}:{entry_id}") for entry_id, fields in entries]
         with session_scope() as session:
             result = persist_turns(session, rows)
             if result.paused or result.resumed:
@@ -318,15 +457,70 @@ class OutboxDrain:
             stats.dead_lettered += 1
             record_dead_letter(self.redis, billed_nanos=deadletter.identity(fields)[2])
 
-    def drain(self, shards: Iterable[int] | None = None, *, max_seconds: float = 30.0) -> DrainStats:
-        """Drain the given shards (default: all), sharing one time budget."""
-        stats = DrainStats()
-        deadline = time.monotonic() + max_seconds
-        for shard in shards if shards is not None else range(self.settings.outbox_shards):
-            self.drain_shard(shard, max_seconds=max(0.0, deadline - time.monotonic()), stats=stats)
-        return stats
+
+def _without(entries: list[tuple[str, dict[str, str]]], ids: frozenset[str]) -> list[tuple[str, dict[str, str]]]:
+    return [entry for entry in entries if entry[0] not in ids] if ids else entries
 
 
 def _next_id(stream_id: str) -> str:
     ms, seq = stream_id.split("-")
     return f"{ms}-{int(seq) + 1}"
+
+
+class DrainLoop:
+    """A long-lived drain consumer: :meth:`OutboxDrain.drain` of every shard again and again on a
+    thread, instead of a task per kick.
+
+    Each round re-reads the consumer's own pending entries, then serves the shards in turn, one
+    batch each, until all are empty (batches fill with whatever accumulated while the previous one
+    was persisted, up to ``outbox_batch_size``); then it waits ``drain_idle_ms`` and goes again.  A
+    round that fails (PostgreSQL or Redis down) is logged and retried after a back-off of 0.1 s
+    doubling to 5 s; its entries stay pending for this consumer and are read first by the next
+    round.  Started per Celery worker process when ``settings.drain_loop`` is on
+    (``tasks.usage``); give it a consumer name of its own (``<consumer_name()>-loop``), so a task
+    drain in the same process never re-reads the batch this loop has in flight.
+
+    Args:
+        drain: the :class:`OutboxDrain` it runs (its consumer, settings, gate and announce).
+        idle_ms: wait after a round that found nothing (default ``settings.drain_idle_ms``).
+        round_s: longest round (seconds) before the pending entries are looked at again.
+    """
+
+    def __init__(self, drain: OutboxDrain, *, idle_ms: int | None = None, round_s: float = 5.0) -> None:
+        self.drain = drain
+        self.idle_s = (idle_ms if idle_ms is not None else drain.settings.drain_idle_ms) / 1000
+        self.round_s = round_s
+        self.stats = DrainStats()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        """Drain until :meth:`stop` (the thread's body; callable in the foreground too)."""
+        backoff = 0.1
+        while not self._stop.is_set():
+            read_before = self.stats.read
+            try:
+                self.drain.drain(max_seconds=self.round_s, stats=self.stats)
+            except Exception:
+                log.warning(
+                    "drain loop %s: a round failed; again in %.1f s", self.drain.consumer, backoff, exc_info=True
+                )
+                self._stop.wait(backoff)
+                backoff = min(5.0, backoff * 2)
+                continue
+            backoff = 0.1
+            if self.stats.read == read_before:
+                self._stop.wait(self.idle_s)
+
+    def start(self) -> threading.Thread:
+        """Run :meth:`run` on a daemon thread (``tollgate-drain-loop``); returns it."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name="tollgate-drain-loop", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Ask the loop to stop after its current batch and wait up to ``timeout`` seconds for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -8,26 +8,22 @@ acknowledges the outbox.
 from __future__ import annotations
 
 import logging
+import operator
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Sequence
 
 import psycopg
 import redis
-from sqlalchemy import BigInteger, Boolean, DateTime, case, func, or_, select, text, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import BigInteger, Boolean, DateTime, func, select, tuple_
 from sqlmodel import Session, col
 
-from models.budget import BudgetDirty
-from models.chat import ChatAgentUsage, ChatSession, PausedChat
 from models.enums import BillingMode, ChatStatus, ConnectionState, TransactionKind
-from models.rollup import RollupDirty
 from models.turn import UsageEvent, UsageTurnKey
-from models.wallet import Wallet, WalletTransaction
 from worker.db import table_of
 from worker.gate.gate import WalletGate
 from worker.gate.keys import USAGE_PREFIX, outbox_key, transitions_key
-from worker.periods import period_of
 
 log = logging.getLogger(__name__)
 
@@ -210,282 +206,281 @@ def _column_sql_type(name: str) -> str:
     return "text"
 
 
-#: One statement per batch whatever its size: the rows travel as one typed array per column, so
-#: psycopg sends one parameter per column instead of one per value (a 30,000-placeholder text would
-#: be re-parsed per batch).  The turns (turn_id in its scope) go into ``usage_turn_key`` first (unique, unpartitioned);
-#: only the keys inserted there get their ``usage_event`` row (partitioned by month), in the same
-#: statement, so a re-delivered or retried turn is one row whatever its ``occurred_at``.
-_INSERT_USAGE = text(
-    f"WITH batch AS (SELECT * FROM unnest("
-    f"{', '.join(f'CAST(:{c} AS {_column_sql_type(c)}[])' for c in USAGE_COLUMNS)}) "
-    f"AS b({', '.join(USAGE_COLUMNS)})), "
-    "fresh AS (INSERT INTO usage_turn_key (enterprise_id, wallet_id, turn_id, outbox_id, occurred_at) "
-    "SELECT enterprise_id, wallet_id, turn_id, outbox_id, occurred_at FROM batch "
-    "ON CONFLICT (enterprise_id, wallet_id, turn_id) DO NOTHING RETURNING enterprise_id, wallet_id, turn_id) "
-    f"INSERT INTO usage_event ({', '.join(USAGE_COLUMNS)}) "
-    f"SELECT {', '.join('batch.' + c for c in USAGE_COLUMNS)} FROM batch "
-    "JOIN fresh USING (enterprise_id, wallet_id, turn_id) "
-    "RETURNING enterprise_id, wallet_id, turn_id"
+#: the batch's staging table: a TEMP table per connection (never WAL-logged, emptied at every
+#: commit), ``ord`` the row's position in the batch, ``fresh`` cleared for a turn already persisted
+STAGE = "tollgate_drain_stage"
+
+_CREATE_STAGE = (
+    f'CREATE TEMP TABLE IF NOT EXISTS {STAGE} (ord integer NOT NULL, sk text COLLATE "C" NOT NULL, '
+    + ", ".join(
+        f"{c} {_column_sql_type(c)}" + (' COLLATE "C"' if _column_sql_type(c) == "text" else "") for c in USAGE_COLUMNS
+    )
+    + ", fresh boolean NOT NULL DEFAULT true) ON COMMIT DELETE ROWS"
 )
 
+#: the staged columns' types, for binary COPY (PostgreSQL then checks every text, a NUL byte as any)
+_STAGE_TYPES = [
+    "int4",
+    "text",
+    *(
+        {"bigint": "int8", "timestamptz": "timestamptz", "boolean": "bool", "text": "text"}[_column_sql_type(c)]
+        for c in USAGE_COLUMNS
+    ),
+]
 
-#: the same statement for psycopg itself, ``%(column)b`` placeholders: binary format (see :func:`_insert_usage`)
-_INSERT_USAGE_PG = re.sub(r"(?<!:):(\w+)", r"%(\1)b", _INSERT_USAGE.text)
+_COPY_STAGE = f"COPY {STAGE} (ord, sk, {', '.join(USAGE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+
+#: the row's values in :data:`USAGE_COLUMNS` order (one C call per row)
+_usage_values = operator.itemgetter(*USAGE_COLUMNS)
+
+#: the Python type each staged column takes (None: SQL NULL)
+_PY_TYPES = tuple(
+    {"bigint": int, "timestamptz": datetime, "boolean": bool, "text": str}[_column_sql_type(c)] for c in USAGE_COLUMNS
+)
+
+#: the value-type tuples of rows already checked against :data:`_PY_TYPES` (a handful: None or not)
+_CHECKED: set[tuple[type, ...]] = set()
 
 
-def _insert_usage(session: Session, params: dict[str, list]) -> set[tuple[str, str, str]]:
-    """Run :data:`_INSERT_USAGE` on the session's own connection (its transaction), with the column
-    arrays sent in PostgreSQL's binary format: psycopg's text format quotes and escapes every
-    element of every array (a regular-expression search each, 30 per row), which cost more than
-    the statement.  Returns the (enterprise_id, wallet_id, turn_id) keys inserted.  On a driver other
-    than psycopg, the SQLAlchemy statement."""
-    dbapi = session.connection().connection.driver_connection
-    if not isinstance(dbapi, psycopg.Connection):
-        return {tuple(row) for row in session.execute(_INSERT_USAGE, params).all()}
-    with dbapi.cursor() as cur:
-        cur.execute(_INSERT_USAGE_PG, params)
-        return {tuple(row) for row in cur.fetchall()}
+def _stage_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    """The row's values in :data:`USAGE_COLUMNS` order, as the binary COPY takes them.  A row of the
+    usual types (:func:`worker.gate.outbox.parse_entry`'s) passes after one C-level look at its value
+    types; otherwise a text column's value is written as its ``str`` and a boolean's as ``bool``
+    (as the ``text[]`` casts of the statement before the staging table did).  Raises TypeError naming
+    the column for anything else (a float in an integer column: money is never a float)."""
+    values = _usage_values(row)
+    kinds = tuple(map(type, values))
+    if kinds in _CHECKED:
+        return values
+    out = []
+    for name, value, want in zip(USAGE_COLUMNS, values, _PY_TYPES):
+        if value is None or type(value) is want:
+            out.append(value)
+        elif want is str and isinstance(value, (str, int)):
+            out.append(str(value))
+        elif want is bool and isinstance(value, int):
+            out.append(bool(value))
+        elif want is int and isinstance(value, int):  # a bool, an IntEnum
+            out.append(int(value))
+        elif want is datetime and isinstance(value, datetime):
+            out.append(value)
+        else:
+            raise TypeError(f"usage row column {name!r}: {type(value).__name__} {value!r}, expected {want.__name__}")
+    if tuple(map(type, out)) == kinds:
+        _CHECKED.add(kinds)
+    return tuple(out)
 
 
-_TOTALS = ("turns", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_nanos")
+_KEY = "enterprise_id, wallet_id, turn_id"
 
+#: The staged turns (turn_id in its scope) go into ``usage_turn_key`` first (unique, unpartitioned,
+#: ``ON CONFLICT DO NOTHING``); the staged rows whose key was not inserted there (a re-delivery, a
+#: second acceptance) are marked not ``fresh`` and their ``ord`` returned; then only the fresh rows get
+#: their ``usage_event`` row (partitioned by month), so a re-delivered or retried turn is one row
+#: whatever its ``occurred_at``.  The first statement returns (keys inserted, ords not inserted).
+_INSERT_USAGE = (
+    f"WITH fresh AS (INSERT INTO usage_turn_key ({_KEY}, outbox_id, occurred_at) "
+    f"SELECT {_KEY}, outbox_id, occurred_at FROM {STAGE} ORDER BY ord "
+    f"ON CONFLICT ({_KEY}) DO NOTHING RETURNING {_KEY}), "
+    f"stale AS (UPDATE {STAGE} s SET fresh = false WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE "
+    "f.enterprise_id = s.enterprise_id AND f.wallet_id = s.wallet_id AND f.turn_id = s.turn_id) RETURNING s.ord) "
+    "SELECT (SELECT count(*) FROM fresh), (SELECT array_agg(ord) FROM stale);\n"
+    f"INSERT INTO usage_event ({', '.join(USAGE_COLUMNS)}) SELECT {', '.join(USAGE_COLUMNS)} FROM {STAGE} WHERE fresh"
+)
 
-def _add(acc: dict[str, Any], row: dict[str, Any]) -> None:
-    acc["turns"] += 1
-    for name in _TOTALS[1:]:
-        acc[name] += row[name]
+#: :func:`worker.periods.period_of` in SQL ('YYYY-MM' of the UTC month)
+_PERIOD_SQL = "to_char(date_trunc('month', occurred_at AT TIME ZONE 'UTC'), 'YYYY-MM')"
+
+_KEEP = f"(ct.status = '{ChatStatus.completed.value}' OR excluded.state_key <= ct.state_key)"
+
+_T = ("prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_nanos")
+
+#: The ledger side of the inserted rows, from the staging table, in the same transaction (no
+#: parameters: sent as one multi-statement round trip).  Every row lock is taken in a fixed order
+#: (wallets by id, chats by (enterprise_id, chat_id), agents by (enterprise_id, chat_id, agent)), so
+#: concurrent drains do not deadlock.
+#:
+#: 1. the wallets whose debits, trial tokens or debt move, locked in id order;
+#: 2. one ``wallet_transaction`` debit per wallet (``idempotency_key`` from the wallet's first entry in
+#:    the batch) and the wallet's running totals;
+#: 3. the chat sessions (totals; the state moves only to the batch's newest turn in :func:`chat_order`
+#:    and only if it is newer than the chat's state, a completed chat stays completed), their per-agent
+#:    usage, the ``paused_chat`` records of the chats this batch moved (opened by a ``pause``, closed by
+#:    a newer ``continue``: see :func:`pause_reason_of`, :func:`needed_nanos_of`), and the rollup and
+#:    budget dirty marks (DO UPDATE, not DO NOTHING: the row lock makes a concurrent refresh that is
+#:    deleting a mark wait for our commit, so it never deletes the mark and misses these rows).
+#:    Returns the paused ('p') and resumed ('r') notices.
+_LEDGER = (
+    f"SELECT 1 FROM wallet WHERE id IN (SELECT wallet_id FROM {STAGE} WHERE fresh GROUP BY wallet_id "
+    "HAVING sum(billed_nanos) <> 0 OR sum(trial_tokens) <> 0 OR sum(debt_nanos) <> 0) "
+    'ORDER BY id COLLATE "C" FOR NO KEY UPDATE;\n'
+    "WITH agg AS (SELECT wallet_id, sum(billed_nanos) AS nanos, count(*) AS turns, sum(trial_tokens) AS trial, "
+    f"sum(debt_nanos) AS debt, (array_agg(outbox_id ORDER BY ord))[1] AS first FROM {STAGE} WHERE fresh "
+    "GROUP BY wallet_id), "
+    "tx AS (INSERT INTO wallet_transaction (wallet_id, kind, amount_nanos, turns, idempotency_key, description) "
+    f"SELECT wallet_id, '{TransactionKind.debit.value}', nanos, turns, '{USAGE_PREFIX}' || first, "
+    "'usage of ' || turns || ' turn(s)' FROM agg ORDER BY wallet_id COLLATE \"C\") "
+    "UPDATE wallet w SET debits_nanos = w.debits_nanos + a.nanos, "
+    "trial_tokens_used = w.trial_tokens_used + a.trial, debt_nanos = w.debt_nanos + a.debt "
+    "FROM agg a WHERE w.id = a.wallet_id AND (a.nanos <> 0 OR a.trial <> 0 OR a.debt <> 0);\n"
+    f"WITH s AS NOT MATERIALIZED (SELECT * FROM {STAGE} WHERE fresh), "
+    # the chat's wallet and workflow: its first row's; its state: its newest turn's (the first of them on a tie)
+    "first AS (SELECT DISTINCT ON (enterprise_id, chat_id) enterprise_id, chat_id, wallet_id, workflow "
+    "FROM s ORDER BY enterprise_id, chat_id, ord), "
+    "last AS (SELECT DISTINCT ON (enterprise_id, chat_id) enterprise_id, chat_id, sk, action, occurred_at, "
+    'balance_after_nanos, mode, billable FROM s ORDER BY enterprise_id, chat_id, sk COLLATE "C" DESC, ord), '
+    "sums AS (SELECT enterprise_id, chat_id, count(*) AS turns, "
+    + ", ".join(f"sum({c}) AS {c}" for c in (*_T, "billed_nanos"))
+    + ", min(occurred_at) AS started_at, max(occurred_at) AS last_turn_at FROM s GROUP BY enterprise_id, chat_id), "
+    "chats AS (SELECT f.enterprise_id, f.chat_id, f.wallet_id, f.workflow, m.turns, "
+    + ", ".join(f"m.{c}" for c in (*_T, "billed_nanos"))
+    + ", m.started_at, m.last_turn_at, l.sk AS state_key, l.balance_after_nanos AS balance_nanos, "
+    f"CASE WHEN l.action = 'pause' THEN '{ChatStatus.paused.value}' ELSE '{ChatStatus.active.value}' END AS status, "
+    f"CASE WHEN l.action <> 'pause' THEN NULL WHEN l.mode = '{BillingMode.trial.value}' AND NOT l.billable "
+    "THEN 'trial_exhausted' ELSE 'wallet_exhausted' END AS pause_reason, "
+    f"CASE WHEN l.action = 'pause' THEN '{ConnectionState.paused.value}' "
+    f"ELSE '{ConnectionState.connected.value}' END AS connection_state, "
+    "CASE WHEN l.action = 'pause' THEN l.occurred_at END AS paused_at, "
+    "CASE WHEN l.action = 'pause' AND l.balance_after_nanos <= 0 THEN 1 - l.balance_after_nanos ELSE 0 END "
+    "AS needed_nanos "
+    "FROM first f JOIN last l USING (enterprise_id, chat_id) JOIN sums m USING (enterprise_id, chat_id)), "
+    "up AS (INSERT INTO chat_session AS ct (enterprise_id, chat_id, wallet_id, workflow, turns, "
+    + ", ".join((*_T, "billed_nanos"))
+    + ", started_at, last_turn_at, state_key, status, pause_reason, connection_state, paused_at) "
+    "SELECT enterprise_id, chat_id, wallet_id, workflow, turns, "
+    + ", ".join((*_T, "billed_nanos"))
+    + ", started_at, last_turn_at, state_key, status, pause_reason, connection_state, paused_at FROM chats "
+    'ORDER BY enterprise_id COLLATE "C", chat_id COLLATE "C" '
+    "ON CONFLICT ON CONSTRAINT uq_chat_session_enterprise_chat DO UPDATE SET "
+    + ", ".join(f"{c} = ct.{c} + excluded.{c}" for c in ("turns", *_T, "billed_nanos"))
+    + ", started_at = least(ct.started_at, excluded.started_at), "
+    "last_turn_at = greatest(ct.last_turn_at, excluded.last_turn_at), "
+    + ", ".join(
+        f"{c} = CASE WHEN {_KEEP} THEN ct.{c} ELSE {new} END"
+        for c, new in (
+            ("status", "excluded.status"),
+            ("pause_reason", "excluded.pause_reason"),
+            ("connection_state", "excluded.connection_state"),
+            ("paused_at", "excluded.paused_at"),
+            ("can_resume", "false"),
+            ("state_key", "excluded.state_key"),
+        )
+    )
+    + " RETURNING ct.id, ct.enterprise_id, ct.chat_id, ct.state_key), "
+    # only the batches that moved a chat's state open or close its paused record
+    "moved AS (SELECT c.* FROM chats c JOIN up USING (enterprise_id, chat_id) WHERE up.state_key = c.state_key), "
+    "opened AS (INSERT INTO paused_chat (enterprise_id, chat_id, wallet_id, reason, needed_nanos, paused_at) "
+    f"SELECT enterprise_id, chat_id, wallet_id, pause_reason, needed_nanos, paused_at FROM moved "
+    f'WHERE status = \'{ChatStatus.paused.value}\' ORDER BY enterprise_id COLLATE "C", chat_id COLLATE "C" '
+    "ON CONFLICT (enterprise_id, chat_id) WHERE resumed_at IS NULL DO NOTHING "
+    "RETURNING enterprise_id, chat_id, wallet_id, reason, needed_nanos), "
+    "closed AS (UPDATE paused_chat pc SET resumed_at = now(), resumed_by = 'turn' FROM moved m "
+    f"WHERE m.status = '{ChatStatus.active.value}' AND pc.resumed_at IS NULL "
+    "AND pc.enterprise_id = m.enterprise_id AND pc.chat_id = m.chat_id "
+    "RETURNING pc.enterprise_id, pc.chat_id, pc.wallet_id, m.balance_nanos), "
+    "agents AS (INSERT INTO chat_agent_usage AS at (chat_session_id, agent, turns, duration_ms, "
+    + ", ".join(_T)
+    + ") SELECT up.id, s.agent, count(*), sum(s.duration_ms), "
+    + ", ".join(f"sum(s.{c})" for c in _T)
+    + " FROM s JOIN up USING (enterprise_id, chat_id) GROUP BY up.id, s.enterprise_id, s.chat_id, s.agent "
+    'ORDER BY s.enterprise_id COLLATE "C", s.chat_id COLLATE "C", s.agent COLLATE "C" '
+    "ON CONFLICT (chat_session_id, agent) DO UPDATE SET "
+    + ", ".join(f"{c} = at.{c} + excluded.{c}" for c in ("turns", "duration_ms", *_T))
+    + "), "
+    "rollups AS (INSERT INTO rollup_dirty (enterprise_id, workflow, period) "
+    f"SELECT enterprise_id, workflow, {_PERIOD_SQL} FROM s GROUP BY 1, 2, date_trunc('month', occurred_at AT TIME ZONE 'UTC') ORDER BY 1, 2, 3 "
+    "ON CONFLICT (enterprise_id, workflow, period) DO UPDATE SET touched_at = now()), "
+    # the same marks for budgets (worker.billing.budgets.check_budgets takes them): a turn persisted
+    # after its month ended is checked against its own month's budgets
+    "budgets AS (INSERT INTO budget_dirty (wallet_id, enterprise_id, workflow, period) "
+    f"SELECT wallet_id, enterprise_id, workflow, {_PERIOD_SQL} FROM s "
+    "GROUP BY 1, 2, 3, date_trunc('month', occurred_at AT TIME ZONE 'UTC') ORDER BY 1, 2, 3, 4 ON CONFLICT (wallet_id, enterprise_id, workflow, period) DO UPDATE SET touched_at = now()) "
+    "SELECT 'p', enterprise_id, chat_id, wallet_id, reason, needed_nanos FROM opened "
+    "UNION ALL SELECT 'r', enterprise_id, chat_id, wallet_id, NULL, balance_nanos FROM closed"
+)
 
 
 def pause_reason_of(row: dict[str, Any]) -> str:
     """Why a turn answered ``pause``: its trial allowance ran out (a free trial turn) or its wallet
-    did (``wallet_exhausted``)."""
+    did (``wallet_exhausted``).  The drain's SQL counterpart is in :data:`_LEDGER` (``pause_reason``)."""
     return "trial_exhausted" if row["mode"] == BillingMode.trial and not row["billable"] else "wallet_exhausted"
 
 
 def needed_nanos_of(row: dict[str, Any]) -> int:
     """Nanos a paused chat's wallet needs before its next turn is accepted: enough to bring the
-    balance after the pausing turn above zero (0 when the balance is unknown or positive)."""
+    balance after the pausing turn above zero (0 when the balance is unknown or positive).  The
+    drain's SQL counterpart is in :data:`_LEDGER` (``needed_nanos``)."""
     balance = row["balance_after_nanos"]
     return 1 - balance if balance is not None and balance <= 0 else 0
 
 
-def _aggregate(fresh: Sequence[dict[str, Any]]):
-    """Per-wallet debits, per-chat and per-agent totals of the inserted rows (sorted keys)."""
-    debits: dict[str, list] = {}
-    chats: dict[tuple[str, str], dict[str, Any]] = {}
-    agents: dict[tuple[str, str, str], dict[str, int]] = {}
-    for r in fresh:
-        # nanos, turns, first entry, trial tokens, debt nanos
-        d = debits.setdefault(r["wallet_id"], [0, 0, r["outbox_id"], 0, 0])
-        d[0] += r["billed_nanos"]
-        d[1] += 1
-        d[3] += r["trial_tokens"]
-        d[4] += r["debt_nanos"]
-        key = (r["enterprise_id"], r["chat_id"])
-        chat = chats.get(key)
-        if chat is None:
-            chat = chats[key] = {
-                "enterprise_id": r["enterprise_id"],
-                "chat_id": r["chat_id"],
-                "wallet_id": r["wallet_id"],
-                "workflow": r["workflow"],
-                "started_at": r["occurred_at"],
-                "last_turn_at": r["occurred_at"],
-                "billed_nanos": 0,
-                "state_key": "",
-                **dict.fromkeys(_TOTALS, 0),
-            }
-        _add(chat, r)
-        chat["billed_nanos"] += r["billed_nanos"]
-        chat["started_at"] = min(chat["started_at"], r["occurred_at"])
-        chat["last_turn_at"] = max(chat["last_turn_at"], r["occurred_at"])
-        # the batch's newest turn in the chat's order (chat_order) decides, whatever order the rows
-        # came in; whether it moves the chat is the upsert's (only if newer than the chat's state)
-        position = chat_order(r["outbox_id"])
-        if not chat["state_key"] or position > chat["state_key"]:
-            paused = r["action"] == "pause"
-            chat["state_key"] = position
-            chat["status"] = ChatStatus.paused.value if paused else ChatStatus.active.value
-            chat["pause_reason"] = pause_reason_of(r) if paused else None
-            chat["connection_state"] = ConnectionState.paused.value if paused else ConnectionState.connected.value
-            chat["paused_at"] = r["occurred_at"] if paused else None
-            chat["needed_nanos"] = needed_nanos_of(r) if paused else 0
-            chat["balance_nanos"] = r["balance_after_nanos"]
-        akey = (r["enterprise_id"], r["chat_id"], r["agent"])
-        agent = agents.get(akey)
-        if agent is None:
-            agent = agents[akey] = {"duration_ms": 0, **dict.fromkeys(_TOTALS, 0)}
-        _add(agent, r)
-        agent["duration_ms"] += r["duration_ms"]
-    return debits, chats, agents
+def _psycopg(session: Session) -> psycopg.Connection:
+    """The session's psycopg connection (its transaction).  Raises TypeError on another driver."""
+    dbapi = session.connection().connection.driver_connection
+    if not isinstance(dbapi, psycopg.Connection):
+        raise TypeError(f"persist_turns needs PostgreSQL through psycopg 3, not {type(dbapi).__name__}")
+    return dbapi
 
 
 def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistResult:
-    """Insert usage events (``INSERT … SELECT unnest(…) ON CONFLICT (enterprise_id, wallet_id,
-    turn_id) DO NOTHING RETURNING``) and add only the rows actually inserted to the wallet ledger,
-    chat sessions and per-agent usage.
+    """Insert usage events and add only the rows actually inserted to the wallet ledger, chat
+    sessions, per-agent usage, paused-chat records and rollup / budget dirty marks.
 
     ``rows`` are dicts with the keys of :data:`USAGE_COLUMNS` (money in nano-USD, ``occurred_at``
     an aware datetime).  A turn is its turn_id in its scope, the (enterprise_id, wallet_id) pair
     (:data:`TURN_KEY`): re-delivered rows, also a turn twice in one batch, are counted as
-    duplicates and change nothing; the same turn_id in another scope is another turn.  Rows are locked in a fixed (sorted) order, so concurrent drains
-    do not deadlock.  The caller commits.
+    duplicates and change nothing; the same turn_id in another scope is another turn.
+
+    How: the batch (first copy of each turn) is COPied, binary, into a TEMP staging table
+    (:data:`STAGE`, emptied at commit); then one multi-statement round trip inserts
+    ``usage_turn_key`` ``ON CONFLICT DO NOTHING``, the ``usage_event`` rows of the keys inserted
+    (:data:`_INSERT_USAGE`) and aggregates those rows into the ledger (:data:`_LEDGER`).  Rows are
+    locked in a fixed order, so concurrent drains do not deadlock.  The caller commits (a rollback discards the
+    staged rows too).  Raises whatever PostgreSQL raises (the session must then be rolled back).
     """
     if not rows:
         return PersistResult(0, 0, 0)
-    unique = list({turn_key_of(r): r for r in reversed(rows)}.values())[::-1]  # first copy of each turn
-    params = {c: [r[c] for r in unique] for c in USAGE_COLUMNS}
-    inserted_ids = _insert_usage(session, params)
-    fresh = [r for r in unique if turn_key_of(r) in inserted_ids]
-    conflicts = _second_acceptances(session, rows, inserted_ids)
-    duplicates = len(rows) - len(fresh) - len(conflicts)
-    if not fresh:
+    first: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in rows:
+        first.setdefault((r["enterprise_id"], r["wallet_id"], r["turn_id"]), r)
+    unique = list(first.values())
+    with _psycopg(session).cursor() as cur:
+        # the table made on the connection's first batch (a CREATE rolled back with its transaction
+        # is made again); emptied at each commit, and here for a caller that persists twice in one
+        # transaction
+        cur.execute(f"{_CREATE_STAGE};\nDELETE FROM {STAGE}")
+        with cur.copy(_COPY_STAGE) as copy:
+            copy.set_types(_STAGE_TYPES)
+            for i, r in enumerate(unique):
+                copy.write_row((i, chat_order(r["outbox_id"]), *_stage_values(r)))
+        # one round trip: the usage rows, then the ledger of the fresh ones (a no-op without any)
+        cur.execute(f"{_INSERT_USAGE};\n{_LEDGER}")
+        summary = cur.fetchone()
+        if summary is None:  # the INSERT statement always returns its one summary row
+            raise RuntimeError("the staged INSERT returned no summary row")
+        inserted, stale = summary
+        while cur.nextset():
+            pass
+        notices = cur.fetchall()
+    if stale:
+        stale_keys = {turn_key_of(unique[i]) for i in stale}
+        inserted_ids = {k for k in first if k not in stale_keys}
+    else:
+        inserted_ids = set(first)
+    conflicts = _second_acceptances(session, rows, inserted_ids) if stale or len(unique) < len(rows) else ()
+    duplicates = len(rows) - inserted - len(conflicts)
+    if not inserted:
         return PersistResult(0, duplicates, 0, conflicts)
-    debits, chats, agents = _aggregate(fresh)
-
-    billed_total = 0
-    for wallet_id in sorted(debits):
-        nanos, turns, first_entry, trial_tokens, debt = debits[wallet_id]
-        billed_total += nanos
-        session.execute(
-            insert(WalletTransaction).values(
-                wallet_id=wallet_id,
-                kind=TransactionKind.debit,
-                amount_nanos=nanos,
-                turns=turns,
-                idempotency_key=f"{USAGE_PREFIX}{first_entry}",
-                description=f"usage of {turns} turn(s)",
-            )
-        )
-        if nanos or trial_tokens or debt:
-            session.execute(
-                update(Wallet)
-                .where(Wallet.id == wallet_id)
-                .values(
-                    debits_nanos=Wallet.debits_nanos + nanos,
-                    trial_tokens_used=Wallet.trial_tokens_used + trial_tokens,
-                    debt_nanos=Wallet.debt_nanos + debt,
-                )
-            )
-
-    # statements without values, the rows as parameter sets (SQLAlchemy's "insertmanyvalues"): one
-    # INSERT per batch all the same, and compiled once per process instead of once per batch
-    ct = table_of(ChatSession)
-    chat_insert = insert(ct)
-    ex = chat_insert.excluded
-    # a chat's state moves forward in its order only (chat_order): a batch whose newest turn is not
-    # after the chat's last transition (a newer batch, or the orchestrator's pause or resume, came
-    # first) adds its totals but leaves the state alone; a completed chat stays completed
-    keep = or_(ct.c.status == ChatStatus.completed.value, ex.state_key <= ct.c.state_key)
-    stmt = chat_insert.on_conflict_do_update(
-        constraint="uq_chat_session_enterprise_chat",
-        set_={
-            **{name: ct.c[name] + ex[name] for name in (*_TOTALS, "billed_nanos")},
-            "started_at": func.least(ct.c.started_at, ex.started_at),
-            "last_turn_at": func.greatest(ct.c.last_turn_at, ex.last_turn_at),
-            "status": case((keep, ct.c.status), else_=ex.status),
-            "pause_reason": case((keep, ct.c.pause_reason), else_=ex.pause_reason),
-            "connection_state": case((keep, ct.c.connection_state), else_=ex.connection_state),
-            "paused_at": case((keep, ct.c.paused_at), else_=ex.paused_at),
-            "can_resume": case((keep, ct.c.can_resume), else_=False),
-            "state_key": case((keep, ct.c.state_key), else_=ex.state_key),
-        },
-    ).returning(ct.c.id, ct.c.enterprise_id, ct.c.chat_id, ct.c.state_key)
-    chat_ids, states = {}, {}
-    chat_rows = [
-        {k: v for k, v in chats[k].items() if k not in ("needed_nanos", "balance_nanos")} for k in sorted(chats)
-    ]
-    for i, e, c, state_key in session.execute(stmt, chat_rows):
-        chat_ids[(e, c)], states[(e, c)] = i, state_key
-    # only the batches that moved a chat's state open or close its paused record
-    decided = [chats[k] for k in sorted(chats) if states[k] == chats[k]["state_key"]]
-    paused, resumed = _open_pauses(session, decided)
-
-    at = table_of(ChatAgentUsage)
-    agent_insert = insert(at)
-    ex = agent_insert.excluded
-    session.execute(
-        agent_insert.on_conflict_do_update(
-            index_elements=["chat_session_id", "agent"],
-            set_={name: at.c[name] + ex[name] for name in ("duration_ms", *_TOTALS)},
-        ),
-        [{"chat_session_id": chat_ids[(e, c)], "agent": a, **agents[(e, c, a)]} for (e, c, a) in sorted(agents)],
+    billed_total = sum(r["billed_nanos"] for k, r in first.items() if k in inserted_ids)
+    paused = tuple(
+        PausedNotice(e, c, w, reason, needed)
+        for _kind, e, c, w, reason, needed in sorted(n for n in notices if n[0] == "p")
     )
-    rd = table_of(RollupDirty)
-    dirty = sorted({(r["enterprise_id"], r["workflow"], period_of(r["occurred_at"])) for r in fresh})
-    # DO UPDATE, not DO NOTHING: the row lock makes a concurrent rollup refresh that is deleting this
-    # mark wait for our commit, so it can never delete the mark and miss these rows
-    session.execute(
-        insert(rd).on_conflict_do_update(
-            index_elements=["enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}
-        ),
-        [{"enterprise_id": e, "workflow": w, "period": p} for e, w, p in dirty],
+    resumed = tuple(
+        ResumedNotice(e, c, w, balance)
+        for _kind, e, c, w, _r, balance in sorted((n for n in notices if n[0] == "r"), key=lambda n: n[1:4])
     )
-    # the same marks for budgets (worker.billing.budgets.check_budgets takes them): a turn persisted after its
-    # month ended is checked against its own month's budgets
-    bd = table_of(BudgetDirty)
-    session.execute(
-        insert(bd).on_conflict_do_update(
-            index_elements=["wallet_id", "enterprise_id", "workflow", "period"], set_={"touched_at": func.now()}
-        ),
-        [
-            {"wallet_id": w, "enterprise_id": e, "workflow": f, "period": p}
-            for w, e, f, p in sorted(
-                {(r["wallet_id"], r["enterprise_id"], r["workflow"], period_of(r["occurred_at"])) for r in fresh}
-            )
-        ],
-    )
-    return PersistResult(len(fresh), duplicates, billed_total, conflicts, paused, resumed)
-
-
-def _open_pauses(
-    session: Session, chats: Sequence[dict[str, Any]]
-) -> tuple[tuple[PausedNotice, ...], tuple[ResumedNotice, ...]]:
-    """For the chats whose state this batch moved: open a ``paused_chat`` record for each one its
-    newest turn paused (none if one is open already); a chat whose newest turn went on closes its
-    open record (resumed by the turn itself, e.g. after a credit), ``UPDATE … WHERE resumed_at IS
-    NULL RETURNING``, so a concurrent resumer and this batch cannot both close it.  Returns the
-    records opened and those closed here (one ``chat.paused`` / ``chat.resumable`` each)."""
-    pc = table_of(PausedChat)
-    notices = []
-    for chat in chats:
-        if chat["status"] == ChatStatus.paused.value:
-            opened = session.execute(
-                insert(pc)
-                .values(
-                    enterprise_id=chat["enterprise_id"],
-                    chat_id=chat["chat_id"],
-                    wallet_id=chat["wallet_id"],
-                    reason=chat["pause_reason"],
-                    needed_nanos=chat["needed_nanos"],
-                    paused_at=chat["paused_at"],
-                )
-                .on_conflict_do_nothing(
-                    index_elements=["enterprise_id", "chat_id"], index_where=text("resumed_at IS NULL")
-                )
-                .returning(pc.c.id)
-            ).first()
-            if opened is not None:
-                notices.append(
-                    PausedNotice(
-                        chat["enterprise_id"],
-                        chat["chat_id"],
-                        chat["wallet_id"],
-                        chat["pause_reason"],
-                        chat["needed_nanos"],
-                    )
-                )
-    going_on = {(c["enterprise_id"], c["chat_id"]): c for c in chats if c["status"] == ChatStatus.active.value}
-    resumed = []
-    if going_on:
-        closed = session.execute(
-            update(pc)
-            .where(pc.c.resumed_at.is_(None), tuple_(pc.c.enterprise_id, pc.c.chat_id).in_(sorted(going_on)))
-            .values(resumed_at=func.now(), resumed_by="turn")
-            .returning(pc.c.enterprise_id, pc.c.chat_id, pc.c.wallet_id)
-        ).all()
-        resumed = [ResumedNotice(e, c, w, going_on[(e, c)]["balance_nanos"]) for e, c, w in sorted(closed)]
-    return tuple(notices), tuple(resumed)
+    return PersistResult(inserted, duplicates, billed_total, conflicts, paused, resumed)
 
 
 def _second_acceptances(
