@@ -8,9 +8,11 @@ Redis Cluster)::
                                              share_bps, trial_left, trial_then, accepted_turns, denied_turns,
                                              require_hold ('1': reservations required), debt (nanos),
                                              max_turn_nanos (the most one turn may cost)
-    tollgate:{sN}:turn:<n>:<enterprise>:<m>:<wallet>:<turn_id>
-                                       str   first answer for a turn_id in its scope, the (enterprise,
-                                             wallet) pair (TTL: settings.dedupe_ttl_s)
+    tollgate:{sN}:seen:<W>:<b>[:<a>]   hash  first answers of turn_ids in their scope, the (enterprise,
+                                             wallet) pair, by fingerprint, per time bucket b of width
+                                             W = settings.dedupe_ttl_s (worker.gate.dedupe, lib_seen.lua)
+    tollgate:{sN}:seen:legacy          str   while it exists, the layout before (a string per turn,
+                                             tollgate:{sN}:turn:<n>:<enterprise>:<m>:<wallet>:<turn_id>) is read too
     tollgate:{sN}:credit:<m>:<wallet>:<key> str  credit already applied (same TTL)
     tollgate:{sN}:adjust:<m>:<wallet>:<key> str  signed adjustment (e.g. allowance expiry) already applied (same TTL)
     tollgate:{sN}:outbox               stream of accepted turns not yet persisted
@@ -47,8 +49,10 @@ from models.enums import BillingMode
 from models.turn import Decision, TurnIn, trusted_decision
 from models.wallet import DEFAULT_MAX_TURN_COST_NANOS, ReservationPublic
 from worker.errors import Conflict, InvalidInput, NotFound, Unavailable
+from worker.gate.dedupe import fingerprint
 from worker.gate.keys import (
     ALLOWANCE_EXPIRY_PREFIX,
+    DEDUPE_LAYOUT_KEY,
     FLAT_FEE_PREFIX,
     SHARDS_KEY,
     scoped_key,
@@ -115,8 +119,11 @@ def _own_keys(tag: str, turn: TurnIn, reservation_id: str | None) -> tuple[str, 
     )
 
 
-def _own_args(turn: TurnIn, price: TurnPrice, reservation_id: str | None, require_hold: bool) -> tuple:
-    """A turn's own script arguments: cost, payload, reservation_id, require_hold, enterprise_id, tokens."""
+def _own_args(
+    turn: TurnIn, price: TurnPrice, reservation_id: str | None, require_hold: bool, dedupe_key: bytes
+) -> tuple:
+    """A turn's own script arguments: cost, payload, reservation_id, require_hold, enterprise_id,
+    tokens and the turn_id's fingerprint (keyed with ``dedupe_key``, :func:`worker.gate.dedupe.fingerprint`)."""
     return (
         price.cost_nanos,
         turn_payload(turn, price),
@@ -124,6 +131,7 @@ def _own_args(turn: TurnIn, price: TurnPrice, reservation_id: str | None, requir
         "1" if require_hold else "0",
         turn.enterprise_id,
         turn.prompt_tokens + turn.completion_tokens,
+        fingerprint(dedupe_key, turn.enterprise_id, turn.wallet_id, turn.turn_id),
     )
 
 
@@ -201,8 +209,10 @@ class WalletGate:
             (tag, f"{tag}:outbox", f"{tag}:kick", f"{tag}:holds")
             for tag in map(shard_tag, range(self.settings.outbox_shards))
         ]
-        self._record = self.redis.register_script(lua_source("record_turn.lua", "lib_turn.lua"))
-        self._record_many = self.redis.register_script(lua_source("record_turns.lua", "lib_turn.lua"))
+        self._dedupe_key = self.settings.dedupe_key.encode()
+        self._record = self.redis.register_script(lua_source("record_turn.lua", "lib_seen.lua", "lib_turn.lua"))
+        self._record_many = self.redis.register_script(lua_source("record_turns.lua", "lib_seen.lua", "lib_turn.lua"))
+        self._seen = self.redis.register_script(lua_source("seen.lua", "lib_seen.lua"))
         self._adjust = self.redis.register_script(lua_source("adjust.lua"))
         self._repair = self.redis.register_script(lua_source("repair_balance.lua"))
         self._reserve = self.redis.register_script(lua_source("reserve.lua"))
@@ -211,6 +221,14 @@ class WalletGate:
 
     def _check_shard_count(self) -> None:
         shards = str(self.settings.outbox_shards)
+        if not self.redis.exists(DEDUPE_LAYOUT_KEY):
+            # the first gate of this layout on this Redis: if an older gate wrote here (the shard
+            # count is set), its per-turn keys may live up to dedupe_ttl_s more; read them till then
+            # (plus an hour for older gates still running during the upgrade)
+            if self.redis.exists(SHARDS_KEY):
+                for tag in map(shard_tag, range(self.settings.outbox_shards)):
+                    self.redis.set(f"{tag}:seen:legacy", "1", nx=True, ex=self.settings.dedupe_ttl_s + 3600)
+            self.redis.set(DEDUPE_LAYOUT_KEY, "1")
         self.redis.set(SHARDS_KEY, shards, nx=True)
         stored = self.redis.get(SHARDS_KEY)
         if stored != shards:
@@ -229,8 +247,45 @@ class WalletGate:
         return f"{shard_tag(self.shard(wallet_id))}:wallet:{wallet_id}"
 
     def turn_key(self, enterprise_id: str, wallet_id: str, turn_id: str) -> str:
-        """Redis key of a turn_id's first answer in its scope (see :func:`turn_key`)."""
+        """Redis key of a turn_id's first answer in its scope as the layout before
+        ``worker.gate.dedupe`` wrote it (see :func:`turn_key`): still read while
+        ``tollgate:{sN}:seen:legacy`` exists, never written."""
         return turn_key(shard_tag(self.shard(wallet_id)), enterprise_id, wallet_id, turn_id)
+
+    def _seen_call(self, op: str, enterprise_id: str, wallet_id: str, turn_id: str):
+        tag = shard_tag(self.shard(wallet_id))
+        return self._seen(
+            keys=[f"{tag}:outbox", turn_key(tag, enterprise_id, wallet_id, turn_id)],
+            args=[
+                op,
+                self.settings.dedupe_ttl_s,
+                fingerprint(self._dedupe_key, enterprise_id, wallet_id, turn_id),
+            ],
+        )
+
+    def remembered_answer(self, enterprise_id: str, wallet_id: str, turn_id: str) -> Decision | None:
+        """The decision a retry of ``turn_id`` (in its (enterprise_id, wallet_id) scope) would get
+        now, ``duplicate`` true; ``None`` when the gate does not remember it (never recorded, a new
+        turn refused before any write, or its window is over).  Changes nothing."""
+        reply = self._seen_call("get", enterprise_id, wallet_id, turn_id)
+        if not reply:
+            return None
+        status, balance, action, billed, _duplicate, _kick, cost = reply
+        return trusted_decision(
+            turn_id,
+            status == "accepted",
+            action,
+            int(balance) if balance != "" else None,
+            int(cost),
+            int(billed),
+            True,
+        )
+
+    def forget_turn(self, enterprise_id: str, wallet_id: str, turn_id: str) -> int:
+        """Forget a remembered turn_id, as if its window were over: a later turn with it is decided
+        anew (and, if already persisted, refunded by the drain).  Returns the copies removed (0: not
+        remembered).  For tests and operators' repairs; nothing else calls it."""
+        return int(self._seen_call("forget", enterprise_id, wallet_id, turn_id))
 
     def _turn_keys(self, turn: TurnIn, reservation_id: str | None = None) -> list[str]:
         """``record_turn.lua``'s KEYS for one turn (see its header)."""
@@ -551,7 +606,9 @@ class WalletGate:
 
     def _record_args(self, turn: TurnIn, price: TurnPrice, reservation_id: str | None, require_hold: bool) -> tuple:
         """``record_turn.lua``'s ARGV for one turn (see its header)."""
-        cost, payload, rid, require, enterprise, tokens = _own_args(turn, price, reservation_id, require_hold)
+        cost, payload, rid, require, enterprise, tokens, seen = _own_args(
+            turn, price, reservation_id, require_hold, self._dedupe_key
+        )
         return (
             cost,
             payload,
@@ -561,6 +618,7 @@ class WalletGate:
             require,
             enterprise,
             tokens,
+            seen,
         )
 
     def _group_call(
@@ -574,7 +632,7 @@ class WalletGate:
         for i in batch:
             turn = turns[i]
             keys += _own_keys(tag, turn, turn.reservation_id)
-            args += _own_args(turn, _priced(turn, quotes[i]), turn.reservation_id, False)
+            args += _own_args(turn, _priced(turn, quotes[i]), turn.reservation_id, False, self._dedupe_key)
         return keys, args
 
     def _record_calls(self, turns: Sequence[TurnIn], prices: Sequence[TurnPrice], reserve_exact: bool) -> list:
