@@ -69,7 +69,7 @@ from worker.gate.pipeline import (
     ramp,
     send_packed_retrying,
 )
-from worker.gate.scripts import lua_source
+from worker.gate.scripts import lua_source, turn_script_source
 from worker.pricing.meters import meter_price
 from worker.pricing.prices import PriceBook, PriceSheet, TurnLimitExceeded, TurnPrice
 from worker.settings import Settings, get_settings, redis_client
@@ -210,8 +210,8 @@ class WalletGate:
             for tag in map(shard_tag, range(self.settings.outbox_shards))
         ]
         self._dedupe_key = self.settings.dedupe_key.encode()
-        self._record = self.redis.register_script(lua_source("record_turn.lua", "lib_seen.lua", "lib_turn.lua"))
-        self._record_many = self.redis.register_script(lua_source("record_turns.lua", "lib_seen.lua", "lib_turn.lua"))
+        self._record = self.redis.register_script(turn_script_source("record_turn.lua"))
+        self._record_many = self.redis.register_script(turn_script_source("record_turns.lua"))
         self._seen = self.redis.register_script(lua_source("seen.lua", "lib_seen.lua"))
         self._adjust = self.redis.register_script(lua_source("adjust.lua"))
         self._repair = self.redis.register_script(lua_source("repair_balance.lua"))

@@ -96,11 +96,18 @@ local function seen_sub(st, f)
   return st.meta .. ':' .. string.format('%d', a)
 end
 
--- the current and the previous bucket of shard tag for dedupe_ttl_s W (the current one created)
+-- the current and the previous bucket of shard tag for dedupe_ttl_s W (the current one created);
+-- the clock is read once per run, so both are the same for every turn of the run
+local seen_now_of = {}
 local function seen_now(tag, W)
-  W = tonumber(W)
-  local b = math.floor(clock_ms() / 1000 / W)
-  return seen_bucket(tag, W, b, true), seen_bucket(tag, W, b - 1, false)
+  local both = seen_now_of[tag]
+  if not both then
+    local width = tonumber(W)
+    local b = math.floor(clock_ms() / 1000 / width)
+    both = {seen_bucket(tag, width, b, true), seen_bucket(tag, width, b - 1, false)}
+    seen_now_of[tag] = both
+  end
+  return both[1], both[2]
 end
 
 -- the first answer remembered for f anywhere but the current bucket (the previous bucket, then the
