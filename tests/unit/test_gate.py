@@ -184,6 +184,22 @@ def test_same_turn_id_twice_is_one_turn(client, wg, kicked):
     assert kicked == [wg.shard("w1")]
 
 
+def test_a_fingerprint_is_the_keyed_blake2b_of_the_scoped_turn_id():
+    """worker.gate.dedupe writes the scoped id out for speed: it must stay keys.scoped_key's, or two
+    scopes (ids holding ':') could share a fingerprint; 13 base64 characters of a 10-byte digest."""
+    import base64
+    from hashlib import blake2b
+
+    from worker.gate.dedupe import fingerprint
+    from worker.gate.keys import scoped_key
+
+    for ent, wallet, turn_id in [("ent1", "w1", "t1"), ("app:x", "u1", "t"), ("app", "x:u1", "t"), ("é", "ü", "☃")]:
+        digest = blake2b(scoped_key(ent, wallet, turn_id).encode(), digest_size=10, key=b"k").digest()
+        assert fingerprint(b"k", ent, wallet, turn_id) == base64.b64encode(digest)[:13]
+    assert fingerprint(b"k", "app:x", "u1", "t") != fingerprint(b"k", "app", "x:u1", "t")
+    assert fingerprint(b"k", "a", "w", "t") != fingerprint(b"other", "a", "w", "t")
+
+
 def test_duplicate_inside_one_batch(client, wg):
     wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000)
     a, b = wg.record_turns([turn("t1"), turn("t1")])

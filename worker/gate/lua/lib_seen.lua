@@ -1,7 +1,7 @@
 -- lib_seen.lua: the gate's memory of turn_ids (idempotency), prepended (after lib_int.lua, before
 -- lib_turn.lua) to record_turn.lua, record_turns.lua and seen.lua.  Documented in worker/gate/dedupe.py.
 --
--- A turn_id in its scope (enterprise_id, wallet_id) is remembered by its fingerprint f: 13 base64url
+-- A turn_id in its scope (enterprise_id, wallet_id) is remembered by its fingerprint f: 13 base64
 -- characters (78 bits) of a keyed BLAKE2b computed by the caller (worker.gate.dedupe.fingerprint).  Fingerprints live in small
 -- hashes that stay listpack-encoded (field f, value the first answer packed by pack_answer), per shard
 -- tag, per time bucket b = floor(now_s / W) with W = dedupe_ttl_s, per address:
@@ -71,10 +71,10 @@ local function seen_bucket(tag, W, b, create)
   return st
 end
 
--- the 6 bits of each base64url character of a fingerprint
+-- the 6 bits of each base64 character of a fingerprint
 local B64 = {}
 do
-  local alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+  local alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
   for i = 1, 64 do
     B64[string.byte(alphabet, i)] = i - 1
   end
