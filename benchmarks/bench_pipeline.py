@@ -353,18 +353,16 @@ def bench_pipelined(r: redis.Redis, gate, trace_rows, sizes: Sizes) -> dict[str,
 
 
 def prefill_outbox(gate, r: redis.Redis, trace_rows, n: int) -> dict[str, float]:
-    """Fill the (flushed) outbox with ``n`` accepted turns; memory per queued turn."""
+    """Fill the (flushed) outbox with ``n`` accepted turns; MEMORY USAGE per entry and per remembered turn_id."""
     from worker.gate.keys import outbox_key
 
     r.flushdb()
     reload_wallets(gate)
-    used_before = used_memory(r)
     turns = make_turns("drain", n, trace_rows)
     for i in range(0, n, BATCH):
         for d in gate.record_turns(turns[i : i + BATCH]):
             if not d.accepted:
                 raise RuntimeError(f"bench turn denied: {d}")
-    used_after = used_memory(r)
     shards = gate.settings.outbox_shards
     entries = sum(r.xlen(outbox_key(s)) for s in range(shards))
     stream_bytes = sum(r.memory_usage(outbox_key(s), samples=0) or 0 for s in range(shards))
@@ -377,7 +375,6 @@ def prefill_outbox(gate, r: redis.Redis, trace_rows, n: int) -> dict[str, float]
         "stream_bytes_per_entry": stream_bytes / entries,
         "payload_bytes": len(first[0][1]["t"]) if first else 0,
         "dedupe_key_bytes": dedupe,
-        "used_memory_per_turn": (used_after - used_before) / n,
     }
 
 
@@ -394,37 +391,87 @@ def seen_bytes(r: redis.Redis) -> int:
     return sum(r.memory_usage(k, samples=0) or 0 for k in r.scan_iter("tollgate:*:seen:*", count=1000))
 
 
-def bench_memory(gate, r: redis.Redis, trace_rows, n: int) -> dict[str, float]:
-    """Redis memory of ``n`` turns (INFO used_memory, before and after): per queued turn (its outbox
-    entry and its remembered turn_id) and, once the outbox streams are deleted (as the drain's trim
-    does), per remembered turn_id alone; plus MEMORY USAGE of the remembered turn_ids' hashes and
-    how they are encoded (listpack while small)."""
+def own_redis_server() -> tuple[subprocess.Popen | None, str]:
+    """A ``redis-server`` of the benchmark's own on a free port (no persistence), so INFO
+    used_memory counts our keys alone: on a shared server every logical database's writes move it.
+    Returns (process, url), or (None, the bench URL) when ``redis-server`` is not installed."""
+    import shutil
+    import socket
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None, BENCH_REDIS_URL
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            return proc, url
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+
+
+def bench_memory(settings, trace_rows, n: int) -> dict[str, object]:
+    """Redis memory of ``n`` turns on a Redis of the benchmark's own (:func:`own_redis_server`):
+    INFO used_memory (less client buffers) before and after, per queued turn (its outbox entry and
+    its remembered turn_id) and, once the outbox streams are deleted (as the drain's trim does), per
+    remembered turn_id alone; plus MEMORY USAGE of the remembered turn_ids' hashes and how they are
+    encoded (listpack while small)."""
+    from worker.gate.gate import WalletGate
     from worker.gate.keys import outbox_key
 
-    r.flushdb()
-    reload_wallets(gate)
-    used_before = used_memory(r)
-    turns = make_turns("mem", n, trace_rows)
-    for i in range(0, n, BATCH):
-        for d in gate.record_turns(turns[i : i + BATCH]):
-            if not d.accepted:
-                raise RuntimeError(f"bench turn denied: {d}")
-    used_queued = used_memory(r)
-    seen = seen_bytes(r)
-    encodings: dict[str, int] = {}
-    for key in r.scan_iter("tollgate:*:seen:*:*:*", count=1000):
-        kind = r.object("encoding", key)
-        encodings[kind] = encodings.get(kind, 0) + 1
-    for s in range(gate.settings.outbox_shards):
-        r.delete(outbox_key(s))
-    used_remembered = used_memory(r)
-    r.flushdb()
-    reload_wallets(gate)
+    proc, url = own_redis_server()
+    try:
+        r = redis.Redis.from_url(url, decode_responses=True)
+        gate = WalletGate(r, settings=settings.model_copy(update={"redis_url": url}), kicker=lambda shard: None)
+        r.flushdb()
+        reload_wallets(gate)
+        # one batch first: the scripts loaded, the first buckets and streams made (fixed costs, about
+        # 300 kB, that would otherwise be spread over the n turns)
+        gate.record_turns(make_turns("mem-warm", BATCH, trace_rows))
+        used_before = used_memory(r)
+        turns = make_turns("mem", n, trace_rows)
+        for i in range(0, n, BATCH):
+            for d in gate.record_turns(turns[i : i + BATCH]):
+                if not d.accepted:
+                    raise RuntimeError(f"bench turn denied: {d}")
+        used_queued = used_memory(r)
+        seen = seen_bytes(r)
+        shards = gate.settings.outbox_shards
+        stream_bytes = sum(r.memory_usage(outbox_key(s), samples=0) or 0 for s in range(shards))
+        encodings: dict[str, int] = {}
+        for key in r.scan_iter("tollgate:*:seen:*:*:*", count=1000):
+            kind = r.object("encoding", key)
+            encodings[kind] = encodings.get(kind, 0) + 1
+        for s in range(shards):
+            r.delete(outbox_key(s))
+        used_remembered = used_memory(r)
+        r.flushdb()
+        r.close()
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
     return {
         "turns": n,
+        "server": "its own redis-server"
+        if proc is not None
+        else f"{url} (shared: used_memory moves with others' data)",
         "queued_bytes_per_turn": (used_queued - used_before) / n,
         "remembered_bytes_per_turn": (used_remembered - used_before) / n,
-        "seen_usage_bytes_per_turn": seen / n,
+        "seen_usage_bytes_per_turn": seen / (n + BATCH),
+        "stream_bytes_per_entry": stream_bytes / (n + BATCH),
         "encodings": encodings,
     }
 
@@ -541,7 +588,7 @@ def pg_bytes_per_turn(rows: int) -> float:
                 " + pg_total_relation_size('usage_turn_key') + pg_total_relation_size('wallet_transaction')"
             )
         ).scalar_one()
-    return size / rows
+    return int(size) / rows
 
 
 def trace_for_run(path: Path, rows: int | None) -> tuple[Path, int, Path | None]:
@@ -656,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     log.print(f"[dim]pipelined: raw EVALSHA and record_turns, {ROUNDS} rounds each, alternating …[/]")
     pipelined = bench_pipelined(r, gate, trace_rows, sizes)
     log.print(f"[dim]Redis memory of {sizes.memory:,} turns, queued and remembered …[/]")
-    memory = bench_memory(gate, r, trace_rows, sizes.memory)
+    memory = bench_memory(settings, trace_rows, sizes.memory)
     log.print(f"[dim]pre-filling the outbox with {sizes.drain:,} turns …[/]")
     mem = prefill_outbox(gate, r, trace_rows, sizes.drain)
     log.print("[dim]raw PostgreSQL INSERT …[/]")
@@ -740,15 +787,7 @@ def main(argv: list[str] | None = None) -> int:
         Figure("dedupe_key_bytes", "remembered turn_id, MEMORY USAGE / turn", mem["dedupe_key_bytes"], "B"),
         Figure(
             "redis_bytes_per_turn",
-            "Redis used_memory / queued turn",
-            mem["used_memory_per_turn"],
-            "B",
-            raw_stream,
-            "plain stream entry",
-        ),
-        Figure(
-            "redis_bytes_per_queued_turn",
-            f"Redis used_memory / queued turn ({memory['turns']:,})",
+            f"Redis used_memory / queued turn ({memory['turns']:,}, own server)",
             memory["queued_bytes_per_turn"],
             "B",
             QUEUED_TURN_TARGET_BYTES,
@@ -756,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         Figure(
             "redis_bytes_per_remembered_turn",
-            f"Redis used_memory / remembered turn_id ({memory['turns']:,})",
+            f"Redis used_memory / remembered turn_id ({memory['turns']:,}, own server)",
             memory["remembered_bytes_per_turn"],
             "B",
             REMEMBERED_TURN_TARGET_BYTES,
@@ -858,7 +897,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         verdicts[key] = "PASS" if ok(f) else "FAIL"
     out.print(
-        f"[dim]remembered turn_ids: {memory['encodings']} sub-hashes by encoding; a turn_id is remembered "
+        f"[dim]memory measured on {memory['server']}; remembered turn_ids: {memory['encodings']} sub-hashes "
+        f"by encoding; a turn_id is remembered "
         f"{settings.dedupe_ttl_s / 3600:g} h to {2 * settings.dedupe_ttl_s / 3600:g} h (dedupe_ttl_s)[/]"
     )
     for key, label in (("replay_cold_turns_per_s", "own worker"), ("replay_warm_turns_per_s", "warm worker")):
