@@ -20,7 +20,7 @@ from sqlalchemy import text
 from models.turn import TurnIn
 from tests.conftest import seed_wallet
 from worker.gate.gate import WalletGate
-from worker.gate.keys import DEDUPE_LAYOUT_KEY, outbox_key, shard_tag
+from worker.gate.keys import outbox_key, shard_tag
 from worker.ledger.drain import OutboxDrain
 from worker.ledger.reconcile import reconcile
 
@@ -134,12 +134,10 @@ def _old_payload(turn_id: str) -> str:
 
 def test_what_an_older_gate_left_in_redis_is_understood_after_the_upgrade(db, redis_client, gate, settings):
     """Before the upgrade an older gate accepted "old-1" (its answer in a per-turn string key with
-    a TTL) and queued "old-2" (an outbox entry of the old layout, nine fields).  The first gate of
-    the new layout on that Redis reads the old keys for dedupe_ttl_s + 1 h: a retry of "old-1" gets
-    its first answer and is not debited again, "old-2" is persisted as before, and the ledger agrees
-    with the gate to the nano."""
+    a TTL) and queued "old-2" (an outbox entry of the old layout, nine fields).  A gate of the new
+    layout still reads the old keys: a retry of "old-1" gets its first answer and is not debited
+    again, "old-2" is persisted as before, and the ledger agrees with the gate to the nano."""
     seed_wallet(gate, "w1", "acme", "w1", CREDIT)
-    redis_client.delete(DEDUPE_LAYOUT_KEY)  # as if only older gates had written this Redis
     wallet = gate.wallet_key("w1")
     # what the older gate's record_turn.lua did for old-1 and old-2 (both still queued)
     after_1 = redis_client.hincrby(wallet, "balance", -COST)
@@ -177,8 +175,6 @@ def test_what_an_older_gate_left_in_redis_is_understood_after_the_upgrade(db, re
     )
 
     upgraded = WalletGate(redis_client, settings=settings, kicker=lambda s: None)
-    for s in range(settings.outbox_shards):
-        assert settings.dedupe_ttl_s < redis_client.ttl(f"{shard_tag(s)}:seen:legacy") <= settings.dedupe_ttl_s + 3600
     retry = upgraded.record_turn(_turn("old-1"))
     assert (retry.duplicate, retry.accepted, retry.balance_nanos, retry.billed_nanos, retry.cost_nanos) == (
         True,
@@ -213,12 +209,15 @@ def test_what_an_older_gate_left_in_redis_is_understood_after_the_upgrade(db, re
     assert upgraded.forget_turn("acme", "w1", "old-1") == 1 and redis_client.exists(old_key) == 0
 
 
-def test_a_fresh_redis_reads_no_old_keys(redis_client, settings):
-    """On a Redis no older gate wrote, no shard reads the old layout: a stray string at an old
-    key's name is not taken for a remembered answer."""
-    gate = WalletGate(redis_client, settings=settings, kicker=lambda s: None)
+def test_an_older_gate_still_running_beside_a_new_one_is_not_double_charged(redis_client, gate, settings):
+    """During a rolling upgrade an older gate decides "t-1" after the new gates started (its answer
+    in a per-turn key); a retry reaching a new gate gets that answer, however long the older gate
+    ran on."""
     gate.load_wallet("w1", mode="production", limited=True, balance_nanos=CREDIT, enterprise_id="acme")
-    assert not any(redis_client.exists(f"{shard_tag(s)}:seen:legacy") for s in range(settings.outbox_shards))
-    redis_client.set(gate.turn_key("acme", "w1", "t-1"), f"accepted|1|continue|{COST}|{COST}")
+    gate.record_turn(_turn("t-0"))  # the new layout in use: the current bucket exists
+    after = redis_client.hincrby(gate.wallet_key("w1"), "balance", -COST)  # the older gate's debit of t-1
+    redis_client.set(gate.turn_key("acme", "w1", "t-1"), f"accepted|{after}|pause|{COST}|{COST}", ex=3600)
     d = gate.record_turn(_turn("t-1"))
-    assert (d.duplicate, d.balance_nanos) == (False, CREDIT - COST)
+    assert (d.duplicate, d.accepted, d.action, d.balance_nanos, d.billed_nanos) == (True, True, "pause", after, COST)
+    assert gate.balance("w1") == CREDIT - 2 * COST
+    assert redis_client.xlen(outbox_key(gate.shard("w1"))) == 1  # t-0 only: nothing queued for the retry

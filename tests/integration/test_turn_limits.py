@@ -265,4 +265,4 @@ def test_a_replay_row_above_the_window_stops_the_replay_before_anything_is_recor
     assert "context window of 128,000 tokens" in str(exc.value)
     with db.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM wallet")).scalar_one() == 0
-    assert redis_client.dbsize() == 2  # the gate's config keys only (shard count, dedupe layout)
+    assert redis_client.dbsize() == 1  # the gate's shard-count key only

@@ -11,8 +11,8 @@ Redis Cluster)::
     tollgate:{sN}:seen:<W>:<b>[:<a>]   hash  first answers of turn_ids in their scope, the (enterprise,
                                              wallet) pair, by fingerprint, per time bucket b of width
                                              W = settings.dedupe_ttl_s (worker.gate.dedupe, lib_seen.lua)
-    tollgate:{sN}:seen:legacy          str   while it exists, the layout before (a string per turn,
-                                             tollgate:{sN}:turn:<n>:<enterprise>:<m>:<wallet>:<turn_id>) is read too
+    tollgate:{sN}:turn:<n>:<enterprise>:<m>:<wallet>:<turn_id>
+                                       str   the layout before (a string per turn): still read, never written
     tollgate:{sN}:credit:<m>:<wallet>:<key> str  credit already applied (same TTL)
     tollgate:{sN}:adjust:<m>:<wallet>:<key> str  signed adjustment (e.g. allowance expiry) already applied (same TTL)
     tollgate:{sN}:outbox               stream of accepted turns not yet persisted
@@ -52,7 +52,6 @@ from worker.errors import Conflict, InvalidInput, NotFound, Unavailable
 from worker.gate.dedupe import fingerprint
 from worker.gate.keys import (
     ALLOWANCE_EXPIRY_PREFIX,
-    DEDUPE_LAYOUT_KEY,
     FLAT_FEE_PREFIX,
     SHARDS_KEY,
     scoped_key,
@@ -221,14 +220,6 @@ class WalletGate:
 
     def _check_shard_count(self) -> None:
         shards = str(self.settings.outbox_shards)
-        if not self.redis.exists(DEDUPE_LAYOUT_KEY):
-            # the first gate of this layout on this Redis: if an older gate wrote here (the shard
-            # count is set), its per-turn keys may live up to dedupe_ttl_s more; read them till then
-            # (plus an hour for older gates still running during the upgrade)
-            if self.redis.exists(SHARDS_KEY):
-                for tag in map(shard_tag, range(self.settings.outbox_shards)):
-                    self.redis.set(f"{tag}:seen:legacy", "1", nx=True, ex=self.settings.dedupe_ttl_s + 3600)
-            self.redis.set(DEDUPE_LAYOUT_KEY, "1")
         self.redis.set(SHARDS_KEY, shards, nx=True)
         stored = self.redis.get(SHARDS_KEY)
         if stored != shards:
@@ -248,8 +239,7 @@ class WalletGate:
 
     def turn_key(self, enterprise_id: str, wallet_id: str, turn_id: str) -> str:
         """Redis key of a turn_id's first answer in its scope as the layout before
-        ``worker.gate.dedupe`` wrote it (see :func:`turn_key`): still read while
-        ``tollgate:{sN}:seen:legacy`` exists, never written."""
+        ``worker.gate.dedupe`` wrote it (see :func:`turn_key`): still read, never written."""
         return turn_key(shard_tag(self.shard(wallet_id)), enterprise_id, wallet_id, turn_id)
 
     def _seen_call(self, op: str, enterprise_id: str, wallet_id: str, turn_id: str):

@@ -14,8 +14,6 @@ PREFIX = "tollgate"
 
 
 SHARDS_KEY = f"{PREFIX}:config:outbox_shards"
-#: set by the first gate that keeps turn_ids in the bucketed layout (``worker.gate.dedupe``)
-DEDUPE_LAYOUT_KEY = f"{PREFIX}:config:dedupe_layout"
 
 
 def scoped_key(*parts: str) -> str:
@@ -27,7 +25,7 @@ def scoped_key(*parts: str) -> str:
 
 def turn_key(tag: str, enterprise_id: str, wallet_id: str, turn_id: str) -> str:
     """The key of a turn_id's first answer in shard ``tag`` as gates before ``worker.gate.dedupe``
-    wrote it (still read while ``<tag>:seen:legacy`` exists).  The idempotency scope is the
+    wrote it (still read, never written).  The idempotency scope is the
     (enterprise_id, wallet_id) pair: a turn_id is unique per payer wallet within an app, the same
     scope as PostgreSQL's ``usage_turn_key``."""
     return f"{tag}:turn:{scoped_key(enterprise_id, wallet_id, turn_id)}"

@@ -19,8 +19,10 @@
 -- to 2 * SEEN_LOAD fingerprints on average whatever the traffic, below hash-max-listpack-entries (128).
 --
 -- Keys written before this layout (<tag>:turn:<scoped turn_id>, a string per turn, the first answer as
--- 'status|balance|action|billed|cost') are still read while <tag>:seen:legacy exists (set by the gate
--- for dedupe_ttl_s + 1 h when it finds a Redis written by an older gate).
+-- 'status|balance|action|billed|cost', with a TTL of dedupe_ttl_s) are still read for a turn_id the
+-- buckets do not hold (one GET of a missing key per new turn), so an upgrade, or an older gate still
+-- running beside this one, forgets nothing.  Drop that read in a release once every Redis has run
+-- this layout for dedupe_ttl_s.
 
 -- the server's clock in ms, read once per script run (a hold's expiry and the bucket are taken from it)
 local now_ms = false
@@ -38,7 +40,6 @@ local SEEN_LOAD = 40
 -- the buckets read in this run: '<tag>:seen:<W>:<b>' → {meta, n, half (2^L), added, expire_at}, or
 -- false for a bucket that does not exist (only the current bucket is ever created)
 local seen_buckets = {}
-local legacy_on = {}  -- per tag: whether keys of the old layout may still be alive
 
 local function seen_bucket(tag, W, b, create)
   local meta = tag .. ':seen:' .. W .. ':' .. string.format('%d', b)
@@ -111,28 +112,20 @@ local function seen_now(tag, W)
 end
 
 -- the first answer remembered for f anywhere but the current bucket (the previous bucket, then the
--- old layout's key K2 while it may exist), or false
-local function seen_elsewhere(tag, prev, f, K2)
+-- old layout's key K2), or false
+local function seen_elsewhere(prev, f, K2)
   if prev then
     local v = redis.call('HGET', seen_sub(prev, f), f)
     if v then
       return v
     end
   end
-  local on = legacy_on[tag]
-  if on == nil then
-    on = redis.call('EXISTS', tag .. ':seen:legacy') == 1
-    legacy_on[tag] = on
-  end
-  if on then
-    return redis.call('GET', K2)
-  end
-  return false
+  return redis.call('GET', K2)
 end
 
 -- the first answer remembered for f (current bucket, previous bucket, old layout), or false
-local function seen_get(tag, cur, prev, f, K2)
-  return redis.call('HGET', seen_sub(cur, f), f) or seen_elsewhere(tag, prev, f, K2)
+local function seen_get(cur, prev, f, K2)
+  return redis.call('HGET', seen_sub(cur, f), f) or seen_elsewhere(prev, f, K2)
 end
 
 -- remember answer v for f in the current bucket if f is not there yet: true when stored, else false

@@ -206,7 +206,7 @@ local function record_one(K1, K2, K3, K4, K5, K6, A1, A2, A3, A4, A5, A6, A7, A8
   -- (dedupe key unspent); a retry of a turn already decided still gets its first answer below
   local max_turn = w[12] or DEFAULT_MAX_TURN_NANOS
   local cur, prev = seen_now(tag, A3)
-  if int_cmp(A1, max_turn) > 0 and not seen_get(tag, cur, prev, A9, K2) then
+  if int_cmp(A1, max_turn) > 0 and not seen_get(cur, prev, A9, K2) then
     return redis.error_reply('TOLLGATE_TURN_COST_LIMIT ' .. A1 .. ' ' .. max_turn)
   end
 
@@ -217,7 +217,7 @@ local function record_one(K1, K2, K3, K4, K5, K6, A1, A2, A3, A4, A5, A6, A7, A8
     -- writes follow (the same figures decide() computed)
     status, action, billed, billable, trial_tokens, balance, bal_after, left_after, debt =
       decide(w, A1, A6, A8, false, w[6] or '0', false)
-    local seen = seen_elsewhere(tag, prev, A9, K2)
+    local seen = seen_elsewhere(prev, A9, K2)
     if seen then
       return unpack_answer(seen)
     end
@@ -235,7 +235,7 @@ local function record_one(K1, K2, K3, K4, K5, K6, A1, A2, A3, A4, A5, A6, A7, A8
   else
     -- the general path (a turn settling a hold, or figures past 10^15): the first answer if the
     -- turn_id was seen, else give the hold back, decide with the writes' own results, then record
-    local seen = seen_get(tag, cur, prev, A9, K2)
+    local seen = seen_get(cur, prev, A9, K2)
     if seen then
       if release_hold(K1, K5, K6, A5) then  -- a retry's new hold for a turn already settled is given back
         w[6] = redis.call('HGET', K1, 'held') or false

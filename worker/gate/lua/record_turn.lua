@@ -3,14 +3,15 @@
 -- KEYS[1]  tollgate:{sN}:wallet:<wallet_id>   hash: balance (int nanos), mode, limited ('1'|'0'),
 --                                              blocked (reason, optional), accepted_turns, denied_turns
 -- KEYS[2]  tollgate:{sN}:turn:<n>:<enterprise>:<m>:<wallet>:<turn_id>  string of the layout before
---          lib_seen.lua (the first answer): only read, while tollgate:{sN}:seen:legacy exists
+--          lib_seen.lua (the first answer): only read, for a turn_id the buckets do not hold
 -- KEYS[3]  tollgate:{sN}:outbox                stream of accepted turns not yet persisted
 -- KEYS[4]  tollgate:{sN}:kick                  flag: a drain was asked for within the kick interval
 -- KEYS[5]  tollgate:{sN}:hold:<reservation_id> hash: wallet, amount (a reservation's hold; may not exist)
 -- KEYS[6]  tollgate:{sN}:holds                 zset: reservation_id by expiry (ms)
 -- ARGV[1]  cost_nanos      integer string >= 0
 -- ARGV[2]  payload         the turn as JSON (stored verbatim in the outbox entry field 't')
--- ARGV[3]  dedupe_ttl_s    seconds the answer is remembered (>= 24 h)
+-- ARGV[3]  dedupe_ttl_s    seconds the answer is remembered at least (>= 24 h): the width of the
+--                          turn_id buckets (lib_seen.lua), so remembered up to twice this
 -- ARGV[4]  kick_ms         at most one drain kick per this many milliseconds
 -- ARGV[5]  reservation_id  '' for none; else the hold this turn settles (released, then the cost debited)
 -- ARGV[6]  require_hold    '1': deny the turn unless its hold exists (a pre-call reservation was refused);

@@ -18,7 +18,7 @@ local f = ARGV[3]
 local b = math.floor(clock_ms() / 1000 / W)
 local cur, prev = seen_bucket(tag, W, b, false), seen_bucket(tag, W, b - 1, false)
 if ARGV[1] == 'get' then
-  local v = (cur and redis.call('HGET', seen_sub(cur, f), f)) or seen_elsewhere(tag, prev, f, KEYS[2])
+  local v = (cur and redis.call('HGET', seen_sub(cur, f), f)) or seen_elsewhere(prev, f, KEYS[2])
   if v then
     return unpack_answer(v)
   end
