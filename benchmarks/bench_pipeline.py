@@ -12,7 +12,9 @@ What it measures, in one run (see ``benchmarks/README.md``):
   raw and ours run in 5 alternating rounds and each figure is its median round;
 - raw PostgreSQL: SQLAlchemy core multi-row INSERT of the same usage rows into a scratch copy of
   ``usage_event``; the drain: ``OutboxDrain.drain`` rows/s on a pre-filled outbox;
-- Redis memory per queued turn (the outbox stream, and everything a turn leaves in Redis);
+- Redis memory per queued turn (the outbox stream, and everything a turn leaves in Redis) and per
+  remembered turn_id (INFO used_memory around 100,000 turns, the outbox deleted; MEMORY USAGE of the
+  gate's ``seen`` hashes), against issue 16's targets (≤ 300 B queued, ≤ 64 B remembered);
 - end to end: ``worker.devtools.replay.replay`` of the Azure conversation trace with its own Celery worker
   (cold) and with a pre-started warm worker, against the target of 10,000 turns/s (issue 7).
 
@@ -58,6 +60,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 TARGET_TURNS_PER_S = 10_000  # issue 7: end-to-end replay target on this 2-core machine
+QUEUED_TURN_TARGET_BYTES = 300  # issue 16: Redis per queued (not yet drained) turn, its remembered turn_id included
+REMEMBERED_TURN_TARGET_BYTES = 64  # issue 16: Redis per remembered turn_id (window >= 24 h)
 BATCH = 500  # pipelined batch size (gate and raw), as replay() uses
 MODEL, PROVIDER = "gpt-4o", "openai"
 WALLETS, CHATS, AGENTS = 16, 64, 4  # spread of the synthetic turns (a chat belongs to one wallet)
@@ -81,13 +85,28 @@ class Sizes:
     drain: int
     trace_rows: int | None  # None: the whole trace
     warmup: int
+    memory: int  # turns recorded for the Redis memory figures
 
 
 FULL = Sizes(
-    seq_raw=20_000, seq_ours=20_000, pipe_raw=200_000, pipe_ours=100_000, drain=50_000, trace_rows=None, warmup=500
+    seq_raw=20_000,
+    seq_ours=20_000,
+    pipe_raw=200_000,
+    pipe_ours=100_000,
+    drain=50_000,
+    trace_rows=None,
+    warmup=500,
+    memory=100_000,
 )
 QUICK = Sizes(
-    seq_raw=2_000, seq_ours=2_000, pipe_raw=20_000, pipe_ours=10_000, drain=5_000, trace_rows=3_000, warmup=200
+    seq_raw=2_000,
+    seq_ours=2_000,
+    pipe_raw=20_000,
+    pipe_ours=10_000,
+    drain=5_000,
+    trace_rows=3_000,
+    warmup=200,
+    memory=10_000,
 )
 
 
@@ -334,23 +353,21 @@ def bench_pipelined(r: redis.Redis, gate, trace_rows, sizes: Sizes) -> dict[str,
 
 
 def prefill_outbox(gate, r: redis.Redis, trace_rows, n: int) -> dict[str, float]:
-    """Fill the (flushed) outbox with ``n`` accepted turns; memory per queued turn."""
+    """Fill the (flushed) outbox with ``n`` accepted turns; MEMORY USAGE per entry and per remembered turn_id."""
     from worker.gate.keys import outbox_key
 
     r.flushdb()
     reload_wallets(gate)
-    used_before = r.info("memory")["used_memory"]
     turns = make_turns("drain", n, trace_rows)
     for i in range(0, n, BATCH):
         for d in gate.record_turns(turns[i : i + BATCH]):
             if not d.accepted:
                 raise RuntimeError(f"bench turn denied: {d}")
-    used_after = r.info("memory")["used_memory"]
     shards = gate.settings.outbox_shards
     entries = sum(r.xlen(outbox_key(s)) for s in range(shards))
     stream_bytes = sum(r.memory_usage(outbox_key(s), samples=0) or 0 for s in range(shards))
     first = r.xrange(outbox_key(gate.shard(turns[0].wallet_id)), count=1)
-    dedupe = r.memory_usage(f"{gate._turn_keys(turns[0])[1]}", samples=0) or 0
+    dedupe = seen_bytes(r) / n
     if entries != n:
         raise RuntimeError(f"outbox holds {entries} entries, expected {n}")
     return {
@@ -358,7 +375,104 @@ def prefill_outbox(gate, r: redis.Redis, trace_rows, n: int) -> dict[str, float]
         "stream_bytes_per_entry": stream_bytes / entries,
         "payload_bytes": len(first[0][1]["t"]) if first else 0,
         "dedupe_key_bytes": dedupe,
-        "used_memory_per_turn": (used_after - used_before) / n,
+    }
+
+
+def used_memory(r: redis.Redis) -> int:
+    """INFO ``used_memory`` less the buffers of client connections (``mem_clients_normal``): a
+    pipelined batch leaves up to a few hundred kB in its connection's query buffer for a while,
+    which is not the data's."""
+    info = r.info("memory")
+    return info["used_memory"] - info.get("mem_clients_normal", 0)
+
+
+def seen_bytes(r: redis.Redis) -> int:
+    """MEMORY USAGE summed over the gate's remembered turn_ids (every ``tollgate:{sN}:seen:…`` key)."""
+    return sum(r.memory_usage(k, samples=0) or 0 for k in r.scan_iter("tollgate:*:seen:*", count=1000))
+
+
+def own_redis_server() -> tuple[subprocess.Popen | None, str]:
+    """A ``redis-server`` of the benchmark's own on a free port (no persistence), so INFO
+    used_memory counts our keys alone: on a shared server every logical database's writes move it.
+    Returns (process, url), or (None, the bench URL) when ``redis-server`` is not installed."""
+    import shutil
+    import socket
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None, BENCH_REDIS_URL
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            return proc, url
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+
+
+def bench_memory(settings, trace_rows, n: int) -> dict[str, object]:
+    """Redis memory of ``n`` turns on a Redis of the benchmark's own (:func:`own_redis_server`):
+    INFO used_memory (less client buffers) before and after, per queued turn (its outbox entry and
+    its remembered turn_id) and, once the outbox streams are deleted (as the drain's trim does), per
+    remembered turn_id alone; plus MEMORY USAGE of the remembered turn_ids' hashes and how they are
+    encoded (listpack while small)."""
+    from worker.gate.gate import WalletGate
+    from worker.gate.keys import outbox_key
+
+    proc, url = own_redis_server()
+    try:
+        r = redis.Redis.from_url(url, decode_responses=True)
+        gate = WalletGate(r, settings=settings.model_copy(update={"redis_url": url}), kicker=lambda shard: None)
+        r.flushdb()
+        reload_wallets(gate)
+        # one batch first: the scripts loaded, the first buckets and streams made (fixed costs, about
+        # 300 kB, that would otherwise be spread over the n turns)
+        gate.record_turns(make_turns("mem-warm", BATCH, trace_rows))
+        used_before = used_memory(r)
+        turns = make_turns("mem", n, trace_rows)
+        for i in range(0, n, BATCH):
+            for d in gate.record_turns(turns[i : i + BATCH]):
+                if not d.accepted:
+                    raise RuntimeError(f"bench turn denied: {d}")
+        used_queued = used_memory(r)
+        seen = seen_bytes(r)
+        shards = gate.settings.outbox_shards
+        stream_bytes = sum(r.memory_usage(outbox_key(s), samples=0) or 0 for s in range(shards))
+        encodings: dict[str, int] = {}
+        for key in r.scan_iter("tollgate:*:seen:*:*:*", count=1000):
+            kind = r.object("encoding", key)
+            encodings[kind] = encodings.get(kind, 0) + 1
+        for s in range(shards):
+            r.delete(outbox_key(s))
+        used_remembered = used_memory(r)
+        r.flushdb()
+        r.close()
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+    return {
+        "turns": n,
+        "server": "its own redis-server"
+        if proc is not None
+        else f"{url} (shared: used_memory moves with others' data)",
+        "queued_bytes_per_turn": (used_queued - used_before) / n,
+        "remembered_bytes_per_turn": (used_remembered - used_before) / n,
+        "seen_usage_bytes_per_turn": seen / (n + BATCH),
+        "stream_bytes_per_entry": stream_bytes / (n + BATCH),
+        "encodings": encodings,
     }
 
 
@@ -457,6 +571,24 @@ def bench_drain(r: redis.Redis, n: int) -> dict[str, float]:
     if stats.inserted != n:
         raise RuntimeError(f"drain inserted {stats.inserted} rows, expected {n}: {stats}")
     return {"rows_per_s": stats.inserted / elapsed, "batches": stats.batches, "seconds": elapsed}
+
+
+def pg_bytes_per_turn(rows: int) -> float:
+    """PostgreSQL bytes per persisted turn after the drain benchmark: ``pg_total_relation_size``
+    (heap, TOAST, indexes) of every ``usage_event`` partition, ``usage_turn_key`` and
+    ``wallet_transaction``, over the ``rows`` the drain inserted (a fresh database: no bloat)."""
+    from sqlalchemy import text
+
+    from worker.db import get_engine
+
+    with get_engine().connect() as conn:
+        size = conn.execute(
+            text(
+                "SELECT (SELECT coalesce(sum(pg_total_relation_size(relid)), 0) FROM pg_partition_tree('usage_event'))"
+                " + pg_total_relation_size('usage_turn_key') + pg_total_relation_size('wallet_transaction')"
+            )
+        ).scalar_one()
+    return int(size) / rows
 
 
 def trace_for_run(path: Path, rows: int | None) -> tuple[Path, int, Path | None]:
@@ -570,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
     ours_gate = bench_gate(gate, trace_rows, sizes)
     log.print(f"[dim]pipelined: raw EVALSHA and record_turns, {ROUNDS} rounds each, alternating …[/]")
     pipelined = bench_pipelined(r, gate, trace_rows, sizes)
+    log.print(f"[dim]Redis memory of {sizes.memory:,} turns, queued and remembered …[/]")
+    memory = bench_memory(settings, trace_rows, sizes.memory)
     log.print(f"[dim]pre-filling the outbox with {sizes.drain:,} turns …[/]")
     mem = prefill_outbox(gate, r, trace_rows, sizes.drain)
     log.print("[dim]raw PostgreSQL INSERT …[/]")
@@ -579,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     raw_stream = raw_stream_bytes(r, gate)
     log.print("[dim]OutboxDrain.drain …[/]")
     ours_drain = bench_drain(r, sizes.drain)
+    pg_bytes = pg_bytes_per_turn(sizes.drain)
     replay_path, replay_rows, tmp = trace_for_run(trace_path, sizes.trace_rows)
     log.print(f"[dim]replay of {replay_rows:,} turns (cold worker, then warm worker) …[/]")
     try:
@@ -649,15 +784,30 @@ def main(argv: list[str] | None = None) -> int:
             "plain stream, same fields",
         ),
         Figure("outbox_payload_bytes", "  of which JSON payload 't'", mem["payload_bytes"], "B"),
-        Figure("dedupe_key_bytes", "turn_id dedupe key (per turn)", mem["dedupe_key_bytes"], "B"),
+        Figure("dedupe_key_bytes", "remembered turn_id, MEMORY USAGE / turn", mem["dedupe_key_bytes"], "B"),
         Figure(
             "redis_bytes_per_turn",
-            "Redis used_memory / queued turn",
-            mem["used_memory_per_turn"],
+            f"Redis used_memory / queued turn ({memory['turns']:,}, own server)",
+            memory["queued_bytes_per_turn"],
             "B",
-            raw_stream,
-            "plain stream entry",
+            QUEUED_TURN_TARGET_BYTES,
+            "target",
         ),
+        Figure(
+            "redis_bytes_per_remembered_turn",
+            f"Redis used_memory / remembered turn_id ({memory['turns']:,}, own server)",
+            memory["remembered_bytes_per_turn"],
+            "B",
+            REMEMBERED_TURN_TARGET_BYTES,
+            "target",
+        ),
+        Figure(
+            "remembered_turn_usage_bytes",
+            "  MEMORY USAGE of its hashes / turn_id",
+            memory["seen_usage_bytes_per_turn"],
+            "B",
+        ),
+        Figure("pg_bytes_per_persisted_turn", "PostgreSQL / persisted turn (usage, key, ledger)", pg_bytes, "B"),
         Figure(
             "replay_cold_turns_per_s",
             "replay end to end (own worker)",
@@ -724,18 +874,34 @@ def main(argv: list[str] | None = None) -> int:
         + "[/]"
     )
     targets = (
+        (
+            "redis_bytes_per_turn",
+            f"Redis ≤ {QUEUED_TURN_TARGET_BYTES} B / queued turn",
+            lambda f: f.value <= QUEUED_TURN_TARGET_BYTES,
+        ),
+        (
+            "redis_bytes_per_remembered_turn",
+            f"Redis ≤ {REMEMBERED_TURN_TARGET_BYTES} B / remembered turn_id",
+            lambda f: f.value <= REMEMBERED_TURN_TARGET_BYTES,
+        ),
         ("record_turn_p99_us", "gate p99 < 1 ms", lambda f: f.value < 1000),
         ("record_turns_pipelined_per_s", "pipelined gate ≥ 40 % of raw EVALSHA", lambda f: f.ratio >= 0.40),
         ("drain_rows_per_s", "drain ≥ 30 % of raw INSERT", lambda f: f.ratio >= 0.30),
         ("drain_vs_copy", "drain ≥ 50 % of raw COPY (issue 16)", lambda f: f.ratio >= 0.50),
     )
+    verdicts = {}
     for key, label, ok in targets:
         f = next(f for f in figures if f.key == key)
+        ratio = f", ratio {f.ratio:.2f}×" if f.ratio is not None else ""
         out.print(
-            f"target {label}: {'[green]PASS[/]' if ok(f) else '[red]FAIL[/]'} "
-            f"({fmt_num(f.value)} {f.unit}, ratio {f.ratio:.2f}×)"
+            f"target {label}: {'[green]PASS[/]' if ok(f) else '[red]FAIL[/]'} ({fmt_num(f.value)} {f.unit}{ratio})"
         )
-    verdicts = {}
+        verdicts[key] = "PASS" if ok(f) else "FAIL"
+    out.print(
+        f"[dim]memory measured on {memory['server']}; remembered turn_ids: {memory['encodings']} sub-hashes "
+        f"by encoding; a turn_id is remembered "
+        f"{settings.dedupe_ttl_s / 3600:g} h to {2 * settings.dedupe_ttl_s / 3600:g} h (dedupe_ttl_s)[/]"
+    )
     for key, label in (("replay_cold_turns_per_s", "own worker"), ("replay_warm_turns_per_s", "warm worker")):
         value = next(f.value for f in figures if f.key == key)
         ok = value >= TARGET_TURNS_PER_S

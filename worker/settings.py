@@ -30,9 +30,15 @@ class Settings(BaseSettings):
         outbox_shards: number of outbox streams; a wallet lives on shard
             ``crc32(wallet_id) % outbox_shards``.  Fixed once wallets exist.
         outbox_batch_size: entries a drain reads, inserts and acknowledges at once.
-        dedupe_ttl_s: seconds a turn_id is remembered by the gate (>= 24 h; default 48 h).  Each
-            remembered turn costs about 120 B of Redis memory: size Redis for
-            peak turns/s × this TTL.
+        dedupe_ttl_s: seconds a turn_id is remembered by the gate at least (>= 24 h; default 48 h);
+            it is remembered for up to twice this (time buckets of this width, the current and the
+            previous one read; ``worker.gate.dedupe``).  Each remembered turn costs about 50 B of
+            Redis memory.  Changing it starts new buckets: the turn_ids remembered under the old
+            width are forgotten (a retry of one is accepted again and refunded by the drain).
+        dedupe_key: the key of the turn_id fingerprints (keyed BLAKE2b, ``worker.gate.dedupe``).
+            Every gate process on one Redis must use the same; set a random secret in production
+            so that no client can make two turn_ids collide on purpose.  Changing it forgets the
+            turn_ids remembered under the old one.
         reclaim_idle_ms: an outbox entry read but not acknowledged for this long
             (milliseconds) is presumed to belong to a dead consumer and is reclaimed.
         kick_interval_ms: at most one drain task is sent per shard per interval.
@@ -77,6 +83,7 @@ class Settings(BaseSettings):
     outbox_shards: int = Field(default=4, ge=1, le=1024)
     outbox_batch_size: int = Field(default=1000, ge=1, le=10_000)
     dedupe_ttl_s: int = Field(default=48 * 3600, ge=24 * 3600)
+    dedupe_key: str = Field(default="tollgate-dedupe-v1", min_length=1, max_length=64)
     reclaim_idle_ms: int = Field(default=30_000, ge=100)
     kick_interval_ms: int = Field(default=200, ge=1)
     drain_loop: bool = False

@@ -60,7 +60,7 @@ def test_rows_land_in_their_month_and_a_retried_turn_id_is_one_row(db, gate, red
     assert drain.drain().inserted == 3
     # the gate forgot "dec" (its dedupe key expired, or Redis was rebuilt) and the orchestrator
     # retries it with another occurred_at: the drain refunds it, usage_event keeps one row
-    assert redis_client.delete(gate.turn_key("acme", "w1", "dec")) == 1
+    assert gate.forget_turn("acme", "w1", "dec") == 1
     second = gate.record_turn(_turn("dec", datetime(2027, 1, 2, tzinfo=UTC)))
     assert second.accepted and not second.duplicate
     stats = drain.drain()

@@ -203,7 +203,7 @@ def test_the_script_itself_refuses_a_costly_turn_and_the_batch_goes_on(wallet, r
     assert [d.billed_nanos for d in decisions if d] == [350_000] * 3
     assert wallet.balance("w1") == WALLET - 3 * 350_000
     assert _outbox_len(redis_client, wallet) == 3
-    assert redis_client.get(wallet._turn_keys(TurnIn(**TURN))[1]) is None  # dedupe key unspent
+    assert wallet.remembered_answer(TURN["enterprise_id"], TURN["wallet_id"], TURN["turn_id"]) is None  # unspent
 
 
 def test_the_default_limit_holds_for_a_wallet_loaded_without_one(wallet, redis_client, settings):

@@ -110,7 +110,7 @@ def test_a_second_acceptance_inside_the_scope_is_still_refunded(db, redis_client
     gate.record_turn(_turn("u1", "app-a"))
     drain = OutboxDrain(redis_client, settings=settings, consumer="c")
     drain.drain()
-    assert redis_client.delete(gate.turn_key("app-a", "u1", TURN)) == 1
+    assert gate.forget_turn("app-a", "u1", TURN) == 1
     assert gate.record_turn(_turn("u1", "app-a")).duplicate is False
     assert gate.balance("u1") == CREDIT - 2 * COST
     stats = drain.drain()

@@ -168,11 +168,36 @@ def test_same_turn_id_twice_is_one_turn(client, wg, kicked):
         True,
     )
     assert wg.balance("w1") == balance and xlen(client, wg) == 1
-    # the answer is remembered for dedupe_ttl_s
-    turn_key = wg.turn_key("ent1", "w1", "t1")
-    assert turn_key == f"tollgate:{{s{shard_of('w1', SHARDS)}}}:turn:4:ent1:2:w1:t1"
-    assert TTL - 60 <= client.ttl(turn_key) <= TTL
+    # the answer is remembered for dedupe_ttl_s to twice that: in the shard's bucket of width TTL,
+    # which expires at the end of the next bucket (worker.gate.dedupe); no key per turn
+    assert wg.remembered_answer("ent1", "w1", "t1") == again
+    tag = f"tollgate:{{s{shard_of('w1', SHARDS)}}}"
+    bucket = int(time.time()) // TTL
+    seen = [f"{tag}:seen:{TTL}:{bucket}", f"{tag}:seen:{TTL}:{bucket}:0"]
+    assert sorted(client.keys(f"{tag}:seen:*")) == seen
+    assert client.hgetall(seen[0]) == {"n": "1", "c": "1"}
+    assert len(client.hgetall(seen[1])) == 2  # the sentinel and t1's fingerprint
+    for key in seen:
+        assert TTL < client.ttl(key) <= 2 * TTL + 60
+        assert client.expiretime(key) == (bucket + 2) * TTL + 60
+    assert client.exists(wg.turn_key("ent1", "w1", "t1")) == 0
     assert kicked == [wg.shard("w1")]
+
+
+def test_a_fingerprint_is_the_keyed_blake2b_of_the_scoped_turn_id():
+    """worker.gate.dedupe writes the scoped id out for speed: it must stay keys.scoped_key's, or two
+    scopes (ids holding ':') could share a fingerprint; 13 base64 characters of a 10-byte digest."""
+    import base64
+    from hashlib import blake2b
+
+    from worker.gate.dedupe import fingerprint
+    from worker.gate.keys import scoped_key
+
+    for ent, wallet, turn_id in [("ent1", "w1", "t1"), ("app:x", "u1", "t"), ("app", "x:u1", "t"), ("é", "ü", "☃")]:
+        digest = blake2b(scoped_key(ent, wallet, turn_id).encode(), digest_size=10, key=b"k").digest()
+        assert fingerprint(b"k", ent, wallet, turn_id) == base64.b64encode(digest)[:13]
+    assert fingerprint(b"k", "app:x", "u1", "t") != fingerprint(b"k", "app", "x:u1", "t")
+    assert fingerprint(b"k", "a", "w", "t") != fingerprint(b"other", "a", "w", "t")
 
 
 def test_duplicate_inside_one_batch(client, wg):
@@ -397,16 +422,29 @@ def test_outbox_entry_parses_back_to_the_row(client, wg):
     )
     d = wg.record_turn(t)
     (entry,) = outbox(client, wg)
-    assert set(entry) == {"t", "b", "a", "m", "bal", "lv", "sb", "tt", "bl"}
-    assert (entry["b"], entry["a"], entry["m"], entry["bal"]) == (
-        str(COST_DEFAULT),
-        "continue",
-        "production",
-        str(50_000_000 - COST_DEFAULT),
-    )
-    payload = json.loads(entry["t"])
-    # version 4: meter, quantity, cache-write tokens and rate, 1-hour cache-write tokens and rate, service tier
-    assert len(payload) == 25 and payload[0] == 4
+    # two fields: the payload and the gate's decision (billed|balance|action mode level billable|share|trial|debt)
+    assert set(entry) == {"t", "g"}
+    assert entry["g"] == f"{COST_DEFAULT}|{50_000_000 - COST_DEFAULT}|cPa1|7000|0|0"
+    ts = int((occurred - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
+    # version 5: the five rates in one string; an LLM turn's default meter fields left out
+    assert json.loads(entry["t"]) == [
+        5,
+        "turn-xyz",
+        "w1",
+        "ent-7",
+        "chat-9",
+        "wf-build",
+        "planner",
+        "gpt-4o",
+        "openai",
+        1000,
+        100,
+        200,
+        1234,
+        "25e8,125e7,1e10,25e8,25e8",
+        COST_DEFAULT,
+        ts,
+    ]
     row = parse_entry(entry, "0:1-0")
     assert row == {
         "turn_id": "turn-xyz",
@@ -447,6 +485,36 @@ def test_outbox_entry_parses_back_to_the_row(client, wg):
         "debt_nanos": 0,
     }
     assert row["occurred_at"] == occurred
+    # an entry queued by a gate before version 5 (payload version 4, one field per figure) reads
+    # into the same row
+    payload = [
+        4,
+        *json.loads(entry["t"])[1:13],
+        2_500_000_000,
+        1_250_000_000,
+        10_000_000_000,
+        COST_DEFAULT,
+        ts,
+        "llm",
+        0,
+        0,
+        2_500_000_000,
+        0,
+        2_500_000_000,
+        None,
+    ]
+    entry = {
+        "t": json.dumps(payload),
+        "b": str(COST_DEFAULT),
+        "a": "continue",
+        "m": "production",
+        "bal": str(50_000_000 - COST_DEFAULT),
+        "lv": "app_usage",
+        "sb": "7000",
+        "tt": "0",
+        "bl": "1",
+    }
+    assert parse_entry(entry, "0:1-0") == row
     # an entry queued before meters existed (payload version 1) still parses, as an LLM turn
     v1 = dict(entry, t=json.dumps([1, *payload[1:18]]))
     assert parse_entry(v1, "0:1-0") == {**row, "cache_write_nanos_per_mtok": 0, "cache_write_1h_nanos_per_mtok": 0}
@@ -531,11 +599,12 @@ def test_keys_of_one_wallet_share_one_hash_tag(client, wg, wallet_id):
     keys = [k for k in client.keys("*") if k != "tollgate:config:outbox_shards"]
     shard = zlib.crc32(wallet_id.encode()) % SHARDS
     tag = f"{{s{shard}}}"
+    bucket = int(time.time()) // TTL
     assert sorted(keys) == sorted(
         [
             f"tollgate:{tag}:wallet:{wallet_id}",
-            f"tollgate:{tag}:turn:4:ent1:{len(wallet_id)}:{wallet_id}:t1",
-            f"tollgate:{tag}:turn:4:ent1:{len(wallet_id)}:{wallet_id}:t2",
+            f"tollgate:{tag}:seen:{TTL}:{bucket}",  # t1 and t2 remembered in the shard's bucket
+            f"tollgate:{tag}:seen:{TTL}:{bucket}:0",
             f"tollgate:{tag}:outbox",
             f"tollgate:{tag}:kick",
             f"tollgate:{tag}:credit:{len(wallet_id)}:{wallet_id}:k1",
@@ -610,8 +679,8 @@ def test_big_cost_exact(client, kicked):
     assert d.balance_nanos == 2**62 - 2**53 - 1
     assert gate.balance("w1") == 2**62 - 2**53 - 1
     entry = outbox(client, gate)[0]
-    assert entry["b"] == str(2**53 + 1)
-    assert parse_entry(entry)["cost_nanos"] == 2**53 + 1
+    assert entry["g"].split("|")[:2] == [str(2**53 + 1), str(2**62 - 2**53 - 1)]  # billed, balance
+    assert parse_entry(entry)["cost_nanos"] == parse_entry(entry)["billed_nanos"] == 2**53 + 1
 
 
 # --- property: balance == credits − billed; at <= 0 every production turn is denied --------------
@@ -667,7 +736,7 @@ def test_property_balance_is_credits_minus_billed(start, ops):
         assert gate.balance("w") == balance == start + credits - billed_total
     entries = [fields for _id, fields in client.xrange(outbox_key(gate.shard("w")))]
     assert len(entries) == accepted
-    assert sum(int(e["b"]) for e in entries) == billed_total
+    assert sum(parse_entry(e)["billed_nanos"] for e in entries) == billed_total
     client.close()
 
 

@@ -28,7 +28,8 @@ def test_debt_is_exact_for_balances_past_two_to_the_53(client, wg):
     assert client.hget(wg.wallet_key("w1"), "debt") == str(COST_DEFAULT - 1_000)
     assert client.hget(wg.wallet_key("w1"), "balance") == "9007199254739993"
     (entry,) = [f for _id, f in client.xrange(outbox_key(wg.shard("w1")))]
-    assert (entry["b"], entry["d"], entry["a"]) == ("1000", str(COST_DEFAULT - 1_000), "pause")
+    billed, _balance, codes, _share, _trial, debt = entry["g"].split("|")
+    assert (billed, debt, codes[0]) == ("1000", str(COST_DEFAULT - 1_000), "p")  # action pause
 
 
 def test_a_wallet_already_below_zero_is_not_debited_further(client, wg):

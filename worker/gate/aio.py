@@ -21,7 +21,7 @@ from models.turn import Decision, TurnIn
 from models.wallet import ReservationPublic
 from worker.gate.gate import WALLET_CHECK_FIELDS, GateCore, TurnReplies, WalletGate, process_gate, wallets_of
 from worker.gate.pipeline import NoScriptHold, decide_group
-from worker.gate.scripts import lua_source
+from worker.gate.scripts import lua_source, turn_script_source
 from worker.metrics import decision_counter
 from worker.pricing.prices import PriceSheet, TurnPrice
 from worker.settings import redis_client
@@ -80,8 +80,8 @@ class AsyncWalletGate(GateCore):
         self.redis = client or async_client(self.settings)
         #: the blocking client the decision counter flushes through (its timer thread has no loop)
         self.metrics_client = metrics_client or redis_client(self.settings)
-        self._record = self.redis.register_script(lua_source("record_turn.lua", "lib_turn.lua"))
-        self._record_many = self.redis.register_script(lua_source("record_turns.lua", "lib_turn.lua"))
+        self._record = self.redis.register_script(turn_script_source("record_turn.lua"))
+        self._record_many = self.redis.register_script(turn_script_source("record_turns.lua"))
         self._reserve = self.redis.register_script(lua_source("reserve.lua"))
         self._release = self.redis.register_script(lua_source("release.lua"))
 

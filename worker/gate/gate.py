@@ -8,9 +8,11 @@ Redis Cluster)::
                                              share_bps, trial_left, trial_then, accepted_turns, denied_turns,
                                              require_hold ('1': reservations required), debt (nanos),
                                              max_turn_nanos (the most one turn may cost)
+    tollgate:{sN}:seen:<W>:<b>[:<a>]   hash  first answers of turn_ids in their scope, the (enterprise,
+                                             wallet) pair, by fingerprint, per time bucket b of width
+                                             W = settings.dedupe_ttl_s (worker.gate.dedupe, lib_seen.lua)
     tollgate:{sN}:turn:<n>:<enterprise>:<m>:<wallet>:<turn_id>
-                                       str   first answer for a turn_id in its scope, the (enterprise,
-                                             wallet) pair (TTL: settings.dedupe_ttl_s)
+                                       str   the layout before (a string per turn): still read, never written
     tollgate:{sN}:credit:<m>:<wallet>:<key> str  credit already applied (same TTL)
     tollgate:{sN}:adjust:<m>:<wallet>:<key> str  signed adjustment (e.g. allowance expiry) already applied (same TTL)
     tollgate:{sN}:outbox               stream of accepted turns not yet persisted
@@ -49,6 +51,7 @@ from models.enums import BillingMode
 from models.turn import Decision, TurnIn, trusted_decision
 from models.wallet import DEFAULT_MAX_TURN_COST_NANOS, ReservationPublic
 from worker.errors import Conflict, InvalidInput, NotFound, Unavailable
+from worker.gate.dedupe import fingerprint
 from worker.gate.keys import (
     ALLOWANCE_EXPIRY_PREFIX,
     FLAT_FEE_PREFIX,
@@ -69,7 +72,7 @@ from worker.gate.pipeline import (
     ramp,
     send_packed_retrying,
 )
-from worker.gate.scripts import lua_source
+from worker.gate.scripts import lua_source, turn_script_source
 from worker.metrics import decision_counter
 from worker.pricing.meters import meter_price
 from worker.pricing.prices import PriceBook, PriceSheet, TurnLimitExceeded, TurnPrice
@@ -120,9 +123,12 @@ def _own_keys(tag: str, turn: TurnIn, reservation_id: str | None) -> tuple[str, 
     )
 
 
-def _own_args(turn: TurnIn, price: TurnPrice, reservation_id: str | None, reservation_required: bool) -> tuple:
+def _own_args(
+    turn: TurnIn, price: TurnPrice, reservation_id: str | None, reservation_required: bool, dedupe_key: bytes
+) -> tuple:
     """A turn's own script arguments: cost, payload, reservation_id, whether a reservation is
-    required (the script's ``require_hold``), enterprise_id, tokens."""
+    required (the script's ``require_hold``), enterprise_id, tokens and the turn_id's fingerprint
+    (keyed with ``dedupe_key``, :func:`worker.gate.dedupe.fingerprint`)."""
     return (
         price.cost_nanos,
         turn_payload(turn, price),
@@ -130,6 +136,7 @@ def _own_args(turn: TurnIn, price: TurnPrice, reservation_id: str | None, reserv
         "1" if reservation_required else "0",
         turn.enterprise_id,
         turn.prompt_tokens + turn.completion_tokens,
+        fingerprint(dedupe_key, turn.enterprise_id, turn.wallet_id, turn.turn_id),
     )
 
 
@@ -210,6 +217,7 @@ class GateCore:
             (tag, f"{tag}:outbox", f"{tag}:kick", reservation_expiry_key(tag))
             for tag in map(shard_tag, range(self.settings.outbox_shards))
         ]
+        self._dedupe_key = self.settings.dedupe_key.encode()
 
     # keys -------------------------------------------------------------------------------------
     def shard(self, wallet_id: str) -> int:
@@ -221,7 +229,8 @@ class GateCore:
         return f"{shard_tag(self.shard(wallet_id))}:wallet:{wallet_id}"
 
     def turn_key(self, enterprise_id: str, wallet_id: str, turn_id: str) -> str:
-        """Redis key of a turn_id's first answer in its scope (see :func:`turn_key`)."""
+        """Redis key of a turn_id's first answer in its scope as the layout before
+        ``worker.gate.dedupe`` wrote it (see :func:`turn_key`): still read, never written."""
         return turn_key(shard_tag(self.shard(wallet_id)), enterprise_id, wallet_id, turn_id)
 
     def _turn_keys(self, turn: TurnIn, reservation_id: str | None = None) -> list[str]:
@@ -388,7 +397,9 @@ class GateCore:
         self, turn: TurnIn, price: TurnPrice, reservation_id: str | None, reservation_required: bool
     ) -> tuple:
         """``record_turn.lua``'s ARGV for one turn (see its header)."""
-        cost, payload, rid, require, enterprise, tokens = _own_args(turn, price, reservation_id, reservation_required)
+        cost, payload, rid, require, enterprise, tokens, seen = _own_args(
+            turn, price, reservation_id, reservation_required, self._dedupe_key
+        )
         return (
             cost,
             payload,
@@ -398,6 +409,7 @@ class GateCore:
             require,
             enterprise,
             tokens,
+            seen,
         )
 
     def _group_call(
@@ -405,13 +417,13 @@ class GateCore:
     ) -> tuple[list[str], list]:
         """``record_turns.lua``'s KEYS and ARGV (see its header) for the turns at indexes ``batch``,
         all of one shard."""
-        tag, outbox, kick, holds = self._shard_keys[self.shard(turns[batch[0]].wallet_id)]
-        keys = [outbox, kick, holds]
+        tag, outbox, kick, expiries = self._shard_keys[self.shard(turns[batch[0]].wallet_id)]
+        keys = [outbox, kick, expiries]
         args: list = [len(batch), self.settings.dedupe_ttl_s, self.settings.kick_interval_ms]
         for i in batch:
             turn = turns[i]
             keys += _own_keys(tag, turn, turn.reservation_id)
-            args += _own_args(turn, _priced(turn, quotes[i]), turn.reservation_id, False)
+            args += _own_args(turn, _priced(turn, quotes[i]), turn.reservation_id, False, self._dedupe_key)
         return keys, args
 
     def _shard_batches(self, turns: Sequence[TurnIn]) -> list[list[int]]:
@@ -531,8 +543,9 @@ class WalletGate(GateCore):
     ) -> None:
         super().__init__(settings=settings, price_book=price_book, kicker=kicker)
         self.redis = client or redis_client(self.settings)
-        self._record = self.redis.register_script(lua_source("record_turn.lua", "lib_turn.lua"))
-        self._record_many = self.redis.register_script(lua_source("record_turns.lua", "lib_turn.lua"))
+        self._record = self.redis.register_script(turn_script_source("record_turn.lua"))
+        self._record_many = self.redis.register_script(turn_script_source("record_turns.lua"))
+        self._seen = self.redis.register_script(lua_source("seen.lua", "lib_seen.lua"))
         self._adjust = self.redis.register_script(lua_source("adjust.lua"))
         self._repair = self.redis.register_script(lua_source("repair_balance.lua"))
         self._reserve = self.redis.register_script(lua_source("reserve.lua"))
@@ -548,6 +561,42 @@ class WalletGate(GateCore):
                 f"TOLLGATE_OUTBOX_SHARDS is {shards} but this Redis holds wallets on {stored} shards; "
                 "moving wallets between shards needs a drained outbox and a rebuild"
             )
+
+    # turn_ids remembered --------------------------------------------------------------------
+    def _seen_call(self, op: str, enterprise_id: str, wallet_id: str, turn_id: str):
+        tag = shard_tag(self.shard(wallet_id))
+        return self._seen(
+            keys=[f"{tag}:outbox", turn_key(tag, enterprise_id, wallet_id, turn_id)],
+            args=[
+                op,
+                self.settings.dedupe_ttl_s,
+                fingerprint(self._dedupe_key, enterprise_id, wallet_id, turn_id),
+            ],
+        )
+
+    def remembered_answer(self, enterprise_id: str, wallet_id: str, turn_id: str) -> Decision | None:
+        """The decision a retry of ``turn_id`` (in its (enterprise_id, wallet_id) scope) would get
+        now, ``duplicate`` true; ``None`` when the gate does not remember it (never recorded, a new
+        turn refused before any write, or its window is over).  Changes nothing."""
+        reply = self._seen_call("get", enterprise_id, wallet_id, turn_id)
+        if not reply:
+            return None
+        status, balance, action, billed, _duplicate, _kick, cost = reply
+        return trusted_decision(
+            turn_id,
+            status == "accepted",
+            action,
+            int(balance) if balance != "" else None,
+            int(cost),
+            int(billed),
+            True,
+        )
+
+    def forget_turn(self, enterprise_id: str, wallet_id: str, turn_id: str) -> int:
+        """Forget a remembered turn_id, as if its window were over: a later turn with it is decided
+        anew (and, if already persisted, refunded by the drain).  Returns the copies removed (0: not
+        remembered).  For tests and operators' repairs; nothing else calls it."""
+        return int(self._seen_call("forget", enterprise_id, wallet_id, turn_id))
 
     # wallets ----------------------------------------------------------------------------------
     def load_wallet(

@@ -24,7 +24,8 @@ def scoped_key(*parts: str) -> str:
 
 
 def turn_key(tag: str, enterprise_id: str, wallet_id: str, turn_id: str) -> str:
-    """The key of a turn_id's first answer in shard ``tag``.  The idempotency scope is the
+    """The key of a turn_id's first answer in shard ``tag`` as gates before ``worker.gate.dedupe``
+    wrote it (still read, never written).  The idempotency scope is the
     (enterprise_id, wallet_id) pair: a turn_id is unique per payer wallet within an app, the same
     scope as PostgreSQL's ``usage_turn_key``."""
     return f"{tag}:turn:{scoped_key(enterprise_id, wallet_id, turn_id)}"

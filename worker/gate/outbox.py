@@ -1,8 +1,19 @@
 """The outbox entry codec and the drain kick.
 
 :func:`turn_payload` writes an accepted turn's payload (version :data:`PAYLOAD_VERSION`);
-:func:`parse_entry` reads an outbox entry (payload versions 1 to 4 and the fields the scripts add)
-back into a ``usage_event`` row.  :func:`celery_kicker` asks a Celery worker to drain a shard.
+:func:`parse_entry` reads an outbox entry (payload versions 1 to 5 and the fields the scripts add)
+back into a ``usage_event`` row; :func:`entry_figures` reads only the nanos and trial tokens the
+gate took.  :func:`celery_kicker` asks a Celery worker to drain a shard.
+
+An entry has two fields (since payload version 5): ``t``, the payload (a JSON list written here),
+and ``g``, the gate's decision written by the script (``record_turn.lua``'s header):
+``billed|balance|<action><mode><level><billable>|share_bps|trial_tokens|debt``.  Entries queued
+by older gates carry ``t`` (versions 1 to 4) and one field per figure (``b``, ``a``, ``m``,
+``bal``, ``lv``, ``sb``, ``tt``, ``bl``, ``d``); both read into the same row.  A version-5 entry
+costs less Redis memory than the layout before (``benchmarks.bench_pipeline``,
+``outbox_bytes_per_entry``): one field for the decision instead of nine, one-letter codes instead of
+'continue' / 'production' / 'app_usage', the five rates in one short string, and the turn's
+meter fields left out when they are an LLM turn's defaults.
 """
 
 from __future__ import annotations
@@ -27,65 +38,164 @@ class BadEntry(InputError, ValueError):
     """An outbox entry that cannot be parsed (unknown payload version, missing field)."""
 
 
-#: version of the outbox payload (first element of the JSON list); parse_entry reads 1 to 4
+#: version of the outbox payload (first element of the JSON list); parse_entry reads 1 to 5
 #: (2 appends the meter and its quantity, 3 the cache-write tokens and their rate, 4 the 1-hour
-#: cache-write tokens, their rate and the service tier)
-PAYLOAD_VERSION = 4
+#: cache-write tokens, their rate and the service tier; 5 is the compact form of :func:`turn_payload`,
+#: with the decision in the entry's ``g`` field)
+PAYLOAD_VERSION = 5
+
+#: the one-letter codes of the ``g`` field: action, mode, level (record_turn.lua's tables)
+ACTIONS = {"c": "continue", "p": "pause"}
+MODES = {"P": "production", "D": "development", "T": "trial", "K": "track_only"}
+LEVELS = {"a": "app_usage", "p": "platform"}
+
+#: an LLM turn's meter fields (meter, quantity, cache-write tokens, 1-hour cache-write tokens,
+#: service tier) when it reports none of them: left out of a version-5 payload
+_LLM_DEFAULTS = ("llm", 0, 0, 0, None)
+
+
+def _short_int(v: int) -> str:
+    """An integer >= 0 as text, its trailing zeros (two or more) as an exponent: 2500000000 → '25e8'."""
+    text = str(v)
+    digits = text.rstrip("0")
+    zeros = len(text) - len(digits)
+    return f"{digits}e{zeros}" if zeros >= 2 and digits else text
+
+
+def _long_int(text: str) -> int:
+    """:func:`_short_int`'s text back to the integer (exact: no float).  Raises ValueError."""
+    digits, _, zeros = text.partition("e")
+    if not digits.isdigit() or not (zeros.isdigit() or zeros == "") or len(zeros) > 2:
+        raise ValueError(f"not a rate: {text!r}")
+    return int(digits) * 10 ** int(zeros or 0)
 
 
 def turn_payload(turn: TurnIn, price: TurnPrice) -> str:
-    """The outbox form of an accepted turn: compact JSON, read back by :func:`worker.ledger.drain.parse_entry`.
+    """The outbox form of an accepted turn (version 5): compact JSON, read back by :func:`parse_entry`::
 
-    ``ts`` is ``occurred_at`` in integer microseconds since the Unix epoch (UTC).
+        [5, turn_id, wallet_id, enterprise_id, chat_id, workflow, agent, model, provider,
+         prompt_tokens, completion_tokens, cached_prompt_tokens, duration_ms, rates, cost_nanos, ts
+         (, meter, quantity, cache_write_tokens, cache_write_1h_tokens, service_tier)]
+
+    ``rates`` is the five prices in nano-USD per million tokens (input, cached input, output, cache
+    write, 1-hour cache write), comma-separated, trailing zeros written as an exponent
+    (``'25e8,125e7,1e10,3125e6,5e9'``); ``ts`` is ``occurred_at`` in integer microseconds since the
+    Unix epoch (UTC); the meter fields are left out when they are ``('llm', 0, 0, 0, None)``.
     """
     occurred = turn.occurred_at
     ts = (occurred.toordinal() - 719163) * 86_400_000_000 + (
         (occurred.hour * 3600 + occurred.minute * 60 + occurred.second) * 1_000_000 + occurred.microsecond
     )
-    return orjson.dumps(
-        [
-            PAYLOAD_VERSION,
-            turn.turn_id,
-            turn.wallet_id,
-            turn.enterprise_id,
-            turn.chat_id,
-            turn.workflow,
-            turn.agent,
-            turn.model,
-            price.provider,
-            turn.prompt_tokens,
-            turn.completion_tokens,
-            turn.cached_prompt_tokens,
-            turn.duration_ms,
-            price.input_nanos_per_mtok,
-            price.cached_input_nanos_per_mtok,
-            price.output_nanos_per_mtok,
-            price.cost_nanos,
-            ts,
-            turn.meter,
-            turn.quantity,
-            turn.cache_write_tokens,
-            price.cache_write_nanos_per_mtok,
-            turn.cache_write_1h_tokens,
-            price.cache_write_1h_nanos_per_mtok,
-            turn.service_tier,
-        ],
-    ).decode()
+    rates = ",".join(
+        map(
+            _short_int,
+            (
+                price.input_nanos_per_mtok,
+                price.cached_input_nanos_per_mtok,
+                price.output_nanos_per_mtok,
+                price.cache_write_nanos_per_mtok,
+                price.cache_write_1h_nanos_per_mtok,
+            ),
+        )
+    )
+    payload = [
+        PAYLOAD_VERSION,
+        turn.turn_id,
+        turn.wallet_id,
+        turn.enterprise_id,
+        turn.chat_id,
+        turn.workflow,
+        turn.agent,
+        turn.model,
+        price.provider,
+        turn.prompt_tokens,
+        turn.completion_tokens,
+        turn.cached_prompt_tokens,
+        turn.duration_ms,
+        rates,
+        price.cost_nanos,
+        ts,
+    ]
+    meter = (turn.meter, turn.quantity, turn.cache_write_tokens, turn.cache_write_1h_tokens, turn.service_tier)
+    if meter != _LLM_DEFAULTS:
+        payload += meter
+    return orjson.dumps(payload).decode()
+
+
+def _v5_as_v4(payload: list) -> list:
+    """A version-5 payload in the version-4 layout (parse_entry's one unpacking).  Raises BadEntry,
+    ValueError, TypeError."""
+    if len(payload) == 16:
+        payload = [*payload, *_LLM_DEFAULTS]
+    if len(payload) != 21 or not isinstance(payload[13], str):
+        raise BadEntry(f"malformed version-5 payload of {len(payload)} elements")
+    rates = list(map(_long_int, payload[13].split(",")))
+    if len(rates) != 5:
+        raise BadEntry(f"malformed rates {payload[13]!r}")
+    meter, quantity, cache_write, cache_write_1h, service_tier = payload[16:21]
+    return [
+        4,
+        *payload[1:13],  # turn_id … duration_ms
+        rates[0],
+        rates[1],
+        rates[2],
+        payload[14],  # cost_nanos
+        payload[15],  # ts
+        meter,
+        quantity,
+        cache_write,
+        rates[3],
+        cache_write_1h,
+        rates[4],
+        service_tier,
+    ]
+
+
+def _decision(fields: dict[str, str]) -> dict[str, str]:
+    """The gate's figures of an entry under the older entries' field names (``b``, ``a``, ``m``,
+    ``bal``, ``lv``, ``sb``, ``tt``, ``bl``, ``d``): from its ``g`` field, else its own fields.
+    Raises BadEntry, ValueError, KeyError."""
+    g = fields.get("g")
+    if g is None:
+        return fields
+    billed, bal, codes, share_bps, trial_tokens, debt = g.split("|")
+    if len(codes) != 4 or codes[3] not in ("0", "1"):
+        raise BadEntry(f"malformed gate decision {g!r}")
+    return {
+        "b": billed,
+        "bal": bal,
+        "a": ACTIONS[codes[0]],
+        "m": MODES[codes[1]],
+        "lv": LEVELS[codes[2]],
+        "bl": codes[3],
+        "sb": share_bps,
+        "tt": trial_tokens,
+        "d": debt,
+    }
+
+
+def entry_figures(fields: dict[str, str]) -> tuple[int, int]:
+    """``(billed_nanos, trial_tokens)`` the gate took for an outbox entry (either layout).
+    Raises BadEntry, KeyError or ValueError (a field missing or not an integer)."""
+    figures = _decision(fields)
+    return int(figures["b"]), int(figures.get("tt", "0"))
 
 
 def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
-    """An outbox entry (fields ``t`` payload, ``b`` billed, ``a`` action, ``m`` mode, ``bal``) → a
-    ``usage_event`` row (keys of :data:`worker.ledger.turns.USAGE_COLUMNS`).  ``outbox_id`` is
+    """An outbox entry (fields ``t`` payload and ``g`` decision; or, queued by an older gate, ``t``
+    and ``b`` billed, ``a`` action, ``m`` mode, ``bal``, …) → a ``usage_event`` row (keys of :data:`worker.ledger.turns.USAGE_COLUMNS`).  ``outbox_id`` is
     ``<shard>:<stream id>``.  Raises :class:`BadEntry`."""
     try:
         payload = json.loads(fields["t"])
-        if payload[0] == 1:  # queued before meters existed: an LLM turn
+        if payload[0] == 5:
+            payload = _v5_as_v4(payload)
+        elif payload[0] == 1:  # queued before meters existed: an LLM turn
             payload = [*payload, "llm", 0, 0, 0, 0, 0, None]
         elif payload[0] == 2:  # queued before cache writes were priced
             payload = [*payload, 0, 0, 0, 0, None]
         elif payload[0] == 3:  # queued before 1-hour cache writes and service tiers were priced
             payload = [*payload, 0, 0, None]
-        elif payload[0] != PAYLOAD_VERSION:
+        elif payload[0] != 4:
             raise BadEntry(f"outbox payload version {payload[0]!r}, expected 1..{PAYLOAD_VERSION}")
         (
             _version,
@@ -114,6 +224,7 @@ def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
             cache_write_1h_rate,
             service_tier,
         ) = payload
+        fields = _decision(fields)
         bal = fields.get("bal", "")
         billed = int(fields["b"])
         level = fields.get("lv", "app_usage")

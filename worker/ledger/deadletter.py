@@ -51,6 +51,7 @@ from worker.gate.keys import (
     DEADLETTER_SETTLED_PREFIX,
     deadletter_key,
 )
+from worker.gate.outbox import entry_figures
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,8 @@ def identity(fields: dict[str, str]) -> tuple[str | None, str | None, int]:
     except (ValueError, TypeError, RecursionError):
         pass
     try:
-        billed = int(fields.get("b", "0"))
-    except (ValueError, TypeError):
+        billed = entry_figures(fields)[0] if ("b" in fields or "g" in fields) else 0
+    except (ValueError, TypeError, KeyError):
         billed = 0
     return turn_id, wallet_id, billed
 

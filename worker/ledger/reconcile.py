@@ -56,6 +56,7 @@ from worker.billing.payers import gate_profile
 from worker.db import session_scope
 from worker.gate.gate import WalletGate, process_gate
 from worker.gate.keys import REFUND_PREFIX, outbox_key
+from worker.gate.outbox import entry_figures
 from worker.ledger import deadletter
 from worker.settings import get_settings
 
@@ -148,11 +149,10 @@ def _queued_entries(raw: list[tuple[str, dict[str, str]]], shard: int) -> dict[s
         try:
             payload = json.loads(fields["t"])
             turn_id, wallet_id, enterprise_id = payload[1], payload[2], payload[3]
-            billed = int(fields["b"])
-            trial_tokens = int(fields.get("tt", 0))  # entries queued before trials carry none
+            billed, trial_tokens = entry_figures(fields)  # entries queued before trials carry no trial tokens
             if not all(isinstance(v, str) for v in (turn_id, wallet_id, enterprise_id)):
                 raise TypeError("turn_id, wallet_id and enterprise_id must be strings")
-        except (KeyError, ValueError, IndexError, TypeError):
+        except (KeyError, ValueError, IndexError, TypeError):  # BadEntry is a ValueError
             continue  # not a turn the drain can persist either: it will be dead-lettered, not debited twice
         by_wallet.setdefault(wallet_id, []).append(
             Queued((enterprise_id, wallet_id, turn_id), f"{shard}:{entry_id}", billed, trial_tokens)

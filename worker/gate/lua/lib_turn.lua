@@ -1,6 +1,7 @@
--- lib_turn.lua: record_one(K1..K6, A1..A8), the decision for one turn; prepended (after lib_int.lua)
--- to record_turn.lua (one turn per call) and record_turns.lua (many turns of one shard per call).
--- The turn's parameters are record_turn.lua's KEYS[1..6] and ARGV[1..8], as its header lists them;
+-- lib_turn.lua: record_one(K1..K6, A1..A9), the decision for one turn; prepended (after lib_int.lua
+-- and lib_seen.lua) to record_turn.lua (one turn per call) and record_turns.lua (many turns of one
+-- shard per call).  The turn's parameters are record_turn.lua's KEYS[1..6] and ARGV[1..9], as its
+-- header lists them;
 -- an error is returned as redis.error_reply (the table {err = …}), never raised, so a batch goes on.
 
 -- int_cmp(a, b) comes from lib_int.lua
@@ -48,15 +49,7 @@ local function flush_counts()
   end
 end
 
--- the server's clock in ms, read once per script run (a hold's expiry is compared with it)
-local now_ms = false
-local function clock_ms()
-  if not now_ms then
-    local t = redis.call('TIME')
-    now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  end
-  return now_ms
-end
+-- clock_ms() (the server clock, once per run) comes from lib_seen.lua
 
 -- give back the hold this turn settles (K5, reservation A5); false when there is none, it is
 -- another wallet's or its time is up (an expired hold is given back all the same: the sweeper would
@@ -85,6 +78,10 @@ local function release_hold(K1, K5, K6, A5)
 end
 
 local MODES = {production = true, development = true, trial = true, track_only = true}
+-- one-letter codes of the outbox entry's 'g' field (worker.gate.outbox: DECISION_CODES)
+local ACTION_CODE = {continue = 'c', pause = 'p'}
+local MODE_CODE = {production = 'P', development = 'D', trial = 'T', track_only = 'K'}
+local LEVEL_CODE = {app_usage = 'a', platform = 'p'}
 
 -- decide(w, A1, A6, A8, covered, held, K1): the turn's answer from the wallet's fields w (mode
 -- valid), its cost A1, require_hold A6 and tokens A8, whether its hold was just given back (covered)
@@ -190,8 +187,10 @@ local function small(a)
   return #a < 16
 end
 
-local function record_one(K1, K2, K3, K4, K5, K6, A1, A2, A3, A4, A5, A6, A7, A8)
-  -- this turn's keys and arguments, as parameters (no table per turn)
+local function record_one(K1, K2, K3, K4, K5, K6, A1, A2, A3, A4, A5, A6, A7, A8, A9)
+  -- this turn's keys and arguments, as parameters (no table per turn); A9 is the turn_id's
+  -- fingerprint (lib_seen.lua), remembered in the buckets of the shard tag (K3 less ':outbox')
+  local tag = string.sub(K3, 1, -8)
 
   -- every field the decision may need, in one call per wallet and run (held may change below, when
   -- a hold is released; the cache is kept equal to the hash)
@@ -206,7 +205,8 @@ local function record_one(K1, K2, K3, K4, K5, K6, A1, A2, A3, A4, A5, A6, A7, A8
   -- the app's per-turn cost limit (max_turn_nanos): a new turn above it is refused before any write
   -- (dedupe key unspent); a retry of a turn already decided still gets its first answer below
   local max_turn = w[12] or DEFAULT_MAX_TURN_NANOS
-  if int_cmp(A1, max_turn) > 0 and redis.call('EXISTS', K2) == 0 then
+  local cur, prev = seen_now(tag, A3)
+  if int_cmp(A1, max_turn) > 0 and not seen_get(cur, prev, A9, K2) then
     return redis.error_reply('TOLLGATE_TURN_COST_LIMIT ' .. A1 .. ' ' .. max_turn)
   end
 
@@ -217,11 +217,12 @@ local function record_one(K1, K2, K3, K4, K5, K6, A1, A2, A3, A4, A5, A6, A7, A8
     -- writes follow (the same figures decide() computed)
     status, action, billed, billable, trial_tokens, balance, bal_after, left_after, debt =
       decide(w, A1, A6, A8, false, w[6] or '0', false)
-    local seen = redis.call('SET', K2, status .. '|' .. balance .. '|' .. action .. '|' .. billed .. '|' .. A1,
-                            'NX', 'GET', 'EX', A3)
+    local seen = seen_elsewhere(prev, A9, K2)
     if seen then
-      local s, b, a, bl, c = string.match(seen, '^(%a+)|(-?%d*)|(%a+)|(%d+)|(%d+)$')
-      return {s, b, a, bl, 1, 0, c}
+      return unpack_answer(seen)
+    end
+    if not seen_add(cur, A9, pack_answer(status, balance, action, billed, A1)) then
+      return unpack_answer(redis.call('HGET', seen_sub(cur, A9), A9))
     end
     if bal_after then
       redis.call('HINCRBY', K1, 'balance', '-' .. billed)
@@ -234,13 +235,12 @@ local function record_one(K1, K2, K3, K4, K5, K6, A1, A2, A3, A4, A5, A6, A7, A8
   else
     -- the general path (a turn settling a hold, or figures past 10^15): the first answer if the
     -- turn_id was seen, else give the hold back, decide with the writes' own results, then record
-    local seen = redis.call('GET', K2)
+    local seen = seen_get(cur, prev, A9, K2)
     if seen then
       if release_hold(K1, K5, K6, A5) then  -- a retry's new hold for a turn already settled is given back
         w[6] = redis.call('HGET', K1, 'held') or false
       end
-      local s, b, a, bl, c = string.match(seen, '^(%a+)|(-?%d*)|(%a+)|(%d+)|(%d+)$')
-      return {s, b, a, bl, 1, 0, c}
+      return unpack_answer(seen)
     end
     if not MODES[mode] then
       return redis.error_reply('TOLLGATE_BAD_MODE')
@@ -253,18 +253,16 @@ local function record_one(K1, K2, K3, K4, K5, K6, A1, A2, A3, A4, A5, A6, A7, A8
     end
     status, action, billed, billable, trial_tokens, balance, bal_after, left_after, debt =
       decide(w, A1, A6, A8, covered, held, K1)
-    redis.call('SET', K2, status .. '|' .. balance .. '|' .. action .. '|' .. billed .. '|' .. A1, 'EX', A3)
+    seen_add(cur, A9, pack_answer(status, balance, action, billed, A1))
   end
 
   local kick = 0
   if status == 'accepted' then
-    if debt == '0' then
-      redis.call('XADD', K3, '*', 't', A2, 'b', billed, 'a', action, 'm', mode, 'bal', balance,
-                 'lv', w[7] or 'app_usage', 'sb', w[8] or '0', 'tt', trial_tokens, 'bl', billable)
-    else  -- 'd': the nanos of its cost the wallet could not pay (reservations required)
-      redis.call('XADD', K3, '*', 't', A2, 'b', billed, 'a', action, 'm', mode, 'bal', balance,
-                 'lv', w[7] or 'app_usage', 'sb', w[8] or '0', 'tt', trial_tokens, 'bl', billable, 'd', debt)
-    end
+    -- 'g': the gate's decision, one field (worker.gate.outbox.parse_entry reads it):
+    -- billed|balance|<action><mode><level><billable>|share_bps|trial_tokens|debt
+    redis.call('XADD', K3, '*', 't', A2, 'g', billed .. '|' .. balance .. '|' .. ACTION_CODE[action] ..
+               MODE_CODE[mode] .. (LEVEL_CODE[w[7] or 'app_usage'] or 'a') .. billable .. '|' ..
+               (w[8] or '0') .. '|' .. trial_tokens .. '|' .. debt)
     if not kick_tried and redis.call('SET', K4, '1', 'PX', A4, 'NX') then
       kick = 1
     end

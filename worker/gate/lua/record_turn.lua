@@ -2,20 +2,25 @@
 --
 -- KEYS[1]  tollgate:{sN}:wallet:<wallet_id>   hash: balance (int nanos), mode, limited ('1'|'0'),
 --                                              blocked (reason, optional), accepted_turns, denied_turns
--- KEYS[2]  tollgate:{sN}:turn:<wallet>:<turn_id> string: the first answer for this turn_id (idempotency)
+-- KEYS[2]  tollgate:{sN}:turn:<n>:<enterprise>:<m>:<wallet>:<turn_id>  string of the layout before
+--          lib_seen.lua (the first answer): only read, for a turn_id the buckets do not hold
 -- KEYS[3]  tollgate:{sN}:outbox                stream of accepted turns not yet persisted
 -- KEYS[4]  tollgate:{sN}:kick                  flag: a drain was asked for within the kick interval
 -- KEYS[5]  tollgate:{sN}:hold:<reservation_id> hash: wallet, amount (a reservation's hold; may not exist)
 -- KEYS[6]  tollgate:{sN}:holds                 zset: reservation_id by expiry (ms)
 -- ARGV[1]  cost_nanos      integer string >= 0
 -- ARGV[2]  payload         the turn as JSON (stored verbatim in the outbox entry field 't')
--- ARGV[3]  dedupe_ttl_s    seconds the answer is remembered (>= 24 h)
+-- ARGV[3]  dedupe_ttl_s    seconds the answer is remembered at least (>= 24 h): the width of the
+--                          turn_id buckets (lib_seen.lua), so remembered up to twice this
 -- ARGV[4]  kick_ms         at most one drain kick per this many milliseconds
 -- ARGV[5]  reservation_id  '' for none; else the hold this turn settles (released, then the cost debited)
 -- ARGV[6]  require_hold    '1': deny the turn unless its hold exists (a pre-call reservation was refused);
 --                          the wallet's own 'require_hold' field '1' does the same for every turn
 -- ARGV[7]  enterprise_id   the turn's app; must equal the wallet's 'enterprise' field when it has one
 -- ARGV[8]  tokens          prompt + completion tokens of the turn (integer string; trial allowance)
+-- ARGV[9]  fingerprint     the turn_id's fingerprint in its (enterprise, wallet) scope, 13 chars
+--                          (worker.gate.dedupe.fingerprint): its first answer is remembered under it
+--                          in tollgate:{sN}:seen:… for dedupe_ttl_s to 2 × dedupe_ttl_s (lib_seen.lua)
 --
 -- Wallet hash fields read besides balance: mode ('production' | 'development' | 'trial' |
 -- 'track_only'), limited, blocked, enterprise, held, level ('platform' | 'app_usage'), share_bps (the
@@ -24,8 +29,12 @@
 -- required), max_turn_nanos (the most one turn may cost, integer string).  Written besides balance:
 -- held, trial_left, debt (nanos a turn could not be charged).
 --
--- The outbox entry carries: t payload, b billed nanos, a action, m mode, bal balance after,
--- lv level, sb share_bps, tt trial tokens used by the turn, bl billable ('1' | '0'), and d debt nanos when not 0.
+-- The outbox entry carries two fields: t the payload, g the gate's decision
+-- 'billed|balance|<action><mode><level><billable>|share_bps|trial_tokens|debt' (billed nanos; balance
+-- after, '' for an unlimited wallet; action c|p; mode P|D|T|K (production, development, trial,
+-- track_only); level a|p (app_usage, platform); billable 1|0; the app creator's share in basis
+-- points; trial tokens used by the turn; debt nanos the wallet could not pay).  Entries queued by
+-- older gates (fields b, a, m, bal, lv, sb, tt, bl, d) are still read by worker.gate.outbox.parse_entry.
 --
 -- Returns {status, balance, action, billed, duplicate, kick, cost}:
 --   status   'accepted' | 'denied'
@@ -58,6 +67,7 @@
 
 -- the decision itself is record_one() of lib_turn.lua (prepended)
 local reply = record_one(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6],
-                         ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+                         ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 flush_counts()
+flush_seen()
 return reply
