@@ -9,7 +9,8 @@ import pytest
 import redis
 from sqlalchemy import exc as sa_exc
 
-from worker.ledger.deadletter import identity, is_transient, storable
+from worker.ledger.deadletter import identity, storable
+from worker.transient import is_transient
 
 
 def _wrapped(orig: BaseException, cls=sa_exc.DBAPIError) -> sa_exc.DBAPIError:
