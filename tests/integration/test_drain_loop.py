@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import text
 
 from models.turn import TurnIn
+from tests.committed import credit_wallet, open_wallet
 from worker.gate.keys import outbox_key
-from worker.ledger.accounts import credit_wallet, open_wallet
 from worker.ledger.drain import GROUP, DrainLoop, OutboxDrain
 
 pytestmark = pytest.mark.integration
