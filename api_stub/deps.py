@@ -66,6 +66,12 @@ class Problem(Exception):
         self.status, self.title, self.detail, self.errors, self.headers = status, title, detail, errors, headers
 
 
+#: OpenAPI ``responses`` of the keyed JSON routes: the problem+json statuses they may answer (no
+#: key 401, role 403, not in scope 404, invalid input 422, over the rate limit 429).  A route adds its
+#: own with ``ERROR_RESPONSES | {409: {}}``.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
+
+
 def problem_response(
     status: int, title: str, detail: str, errors: list[dict] | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
