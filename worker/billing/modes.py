@@ -76,8 +76,20 @@ def _push(session: Session, gate: WalletGate, wallet_ids: list[str], resume: Res
     Two changes of one wallet at once commit in some order but could reach Redis in the other;
     so each wallet's mode is read again from PostgreSQL and written to Redis under a transaction
     advisory lock of that wallet: whatever order they run in, the last write is the committed mode."""
+    _mirror_each(session, wallet_ids, partial(_push_mode, gate=gate, resume=resume))
+
+
+def _mirror_each(session: Session, wallet_ids: list[str], mirror: Callable[..., None]) -> None:
+    """Once ``session``'s transaction has committed, for each wallet a follow-up transaction that
+    takes the wallet's settings lock (a transaction advisory lock, the same for every setting the
+    gate mirrors) and runs ``mirror(follow_up_session, wallet_id=…)`` (see :func:`_push`)."""
     for wallet_id in wallet_ids:
-        after_commit_in_transaction(session, partial(_push_mode, gate=gate, wallet_id=wallet_id, resume=resume))
+        after_commit_in_transaction(session, partial(_locked, mirror, wallet_id=wallet_id))
+
+
+def _locked(mirror: Callable[..., None], follow_up: Session, *, wallet_id: str) -> None:
+    follow_up.execute(select(func.pg_advisory_xact_lock(func.hashtext("tollgate:mode:" + wallet_id))))
+    mirror(follow_up, wallet_id=wallet_id)
 
 
 def _resume_after_mode_change(resume: ResumeChats, gate: WalletGate, wallet_id: str) -> None:
@@ -85,10 +97,9 @@ def _resume_after_mode_change(resume: ResumeChats, gate: WalletGate, wallet_id: 
 
 
 def _push_mode(session: Session, gate: WalletGate, wallet_id: str, resume: ResumeChats | None) -> None:
-    """In a follow-up transaction (``session``): write the wallet's committed mode to the gate under
-    its advisory lock (see :func:`_push`), then, once this transaction ends, ``resume`` its chats.
-    A wallet gone from PostgreSQL or the gate is skipped, its chats too."""
-    session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tollgate:mode:" + wallet_id))))
+    """In a follow-up transaction (``session``) holding the wallet's advisory lock (see :func:`_push`):
+    write the wallet's committed mode to the gate, then, once this transaction ends, ``resume`` its
+    chats.  A wallet gone from PostgreSQL or the gate is skipped, its chats too."""
     mode = session.execute(select(col(Wallet.mode)).where(col(Wallet.id) == wallet_id)).scalar_one_or_none()
     if mode is None:
         return
@@ -194,12 +205,10 @@ def _push_reservations(session: Session, gate: WalletGate, wallet_ids: list[str]
     requires reservations in the gate (hash field ``require_hold``), read again from PostgreSQL
     under the wallet's advisory lock in a follow-up transaction, as :func:`_push` does for modes.
     A wallet not in the gate is skipped (a rebuild loads the setting)."""
-    for wallet_id in wallet_ids:
-        after_commit_in_transaction(session, partial(_push_reservation, gate=gate, wallet_id=wallet_id))
+    _mirror_each(session, wallet_ids, partial(_push_reservation, gate=gate))
 
 
 def _push_reservation(session: Session, gate: WalletGate, wallet_id: str) -> None:
-    session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tollgate:mode:" + wallet_id))))
     wallet = session.get(Wallet, wallet_id)
     if wallet is None:
         return
