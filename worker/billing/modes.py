@@ -67,6 +67,24 @@ def _mode(mode: str) -> str:
     return mode
 
 
+def _locked_app(session: Session, enterprise_id: str) -> Enterprise:
+    """The app's row, locked (``FOR UPDATE``) until the caller's transaction ends; ModeError naming
+    ``enterprise_id`` if there is none."""
+    app = session.get(Enterprise, enterprise_id, with_for_update=True)
+    if app is None:
+        raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}", field="enterprise_id")
+    return app
+
+
+def _locked_wallet(session: Session, wallet_id: str) -> Wallet:
+    """The wallet's row, locked (``FOR UPDATE``) until the caller's transaction ends; ModeError
+    naming ``wallet_id`` if there is none."""
+    wallet = session.get(Wallet, wallet_id, with_for_update=True)
+    if wallet is None:
+        raise ModeError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
+    return wallet
+
+
 def _push(session: Session, gate: WalletGate, wallet_ids: list[str], resume: ResumeChats | None) -> None:
     """Once the caller's transaction (``session``) has committed: mirror each wallet's mode in the
     gate, then resume chats the new mode lets go on (``resume``).  A follow-up transaction per
@@ -129,9 +147,7 @@ def set_app_mode(
     """
     _mode(mode)
     _ids(enterprise_id=enterprise_id)
-    app = session.get(Enterprise, enterprise_id, with_for_update=True)
-    if app is None:
-        raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}", field="enterprise_id")
+    app = _locked_app(session, enterprise_id)
     before = app.default_mode
     app.default_mode = BillingMode(mode)
     changed = sorted(
@@ -176,9 +192,7 @@ def set_wallet_mode(
     if mode is not None:
         _mode(mode)
     _ids(wallet_id=wallet_id)
-    wallet = session.get(Wallet, wallet_id, with_for_update=True)
-    if wallet is None:
-        raise ModeError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
+    wallet = _locked_wallet(session, wallet_id)
     before = wallet.mode
     if mode is None:
         app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
@@ -230,9 +244,7 @@ def set_wallet_reservations(
         raise ModeError(
             f"reservations_required: {required!r} is not true, false or null", field="reservations_required"
         )
-    wallet = session.get(Wallet, wallet_id, with_for_update=True)
-    if wallet is None:
-        raise ModeError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
+    wallet = _locked_wallet(session, wallet_id)
     wallet.reservations_required = required
     app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
     effective = requires_reservations(wallet, app)
@@ -311,9 +323,7 @@ def configure_app(
         raise ModeError(
             f"reservations_required: {reservations_required!r} is not true or false", field="reservations_required"
         )
-    app = session.get(Enterprise, enterprise_id, with_for_update=True)
-    if app is None:
-        raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}", field="enterprise_id")
+    app = _locked_app(session, enterprise_id)
     if fee_wallet_id is not None and session.get(Wallet, fee_wallet_id) is None:
         raise ModeError(f"fee_wallet_id: unknown wallet {fee_wallet_id!r}", field="fee_wallet_id")
     delta = 0 if trial_token_allowance is None else trial_token_allowance - app.trial_token_allowance
