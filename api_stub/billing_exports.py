@@ -28,6 +28,7 @@ from worker.billing.report import (
     EVENT_COLUMNS,
     LINE_COLUMNS,
     BillingReport,
+    Figures,
     format_bp,
     format_cents,
     format_money,
@@ -215,48 +216,25 @@ def pdf_statement(report: BillingReport, wallets: Sequence[WalletStatement] = ()
         pdf.note("Opening + credits - debits = closing, to the nano and to the cent as shown.")
 
     pdf.heading("LLM spend by provider and model")
+
+    def spend_row(first: str, second: str, f: Figures, key: str) -> list[str]:
+        """A row of the spend table: turns and tokens of ``f``, billed and cost in cents as shown
+        (``b``/``c`` by display key ``key``: 'provider:…', 'model:…:…', 'llm')."""
+        events, prompt, cached, completion = f.events, f.prompt_tokens, f.cached_prompt_tokens, f.completion_tokens
+        return [
+            first,
+            second,
+            *(f"{n:,}" for n in (events, prompt, cached, completion)),
+            format_cents(b[key], f.billed_nanos),
+            format_cents(c[key], f.cost_nanos),
+        ]
+
     rows: list[list[str]] = []
     for p in r.providers:
-        f = p.figures
-        rows.append(
-            [
-                provider_name(p.provider),
-                "all models",
-                f"{f.events:,}",
-                f"{f.prompt_tokens:,}",
-                f"{f.cached_prompt_tokens:,}",
-                f"{f.completion_tokens:,}",
-                format_cents(b[f"provider:{p.provider}"], f.billed_nanos),
-                format_cents(c[f"provider:{p.provider}"], f.cost_nanos),
-            ]
-        )
-        for m in p.models:
-            g = m.figures
-            rows.append(
-                [
-                    "",
-                    m.model,
-                    f"{g.events:,}",
-                    f"{g.prompt_tokens:,}",
-                    f"{g.cached_prompt_tokens:,}",
-                    f"{g.completion_tokens:,}",
-                    format_cents(b[f"model:{p.provider}:{m.model}"], g.billed_nanos),
-                    format_cents(c[f"model:{p.provider}:{m.model}"], g.cost_nanos),
-                ]
-            )
+        rows.append(spend_row(provider_name(p.provider), "all models", p.figures, f"provider:{p.provider}"))
+        rows.extend(spend_row("", m.model, m.figures, f"model:{p.provider}:{m.model}") for m in p.models)
     if rows:
-        rows.append(
-            [
-                "Total LLM",
-                "",
-                f"{r.llm.events:,}",
-                f"{r.llm.prompt_tokens:,}",
-                f"{r.llm.cached_prompt_tokens:,}",
-                f"{r.llm.completion_tokens:,}",
-                format_cents(b["llm"], r.llm.billed_nanos),
-                format_cents(c["llm"], r.llm.cost_nanos),
-            ]
-        )
+        rows.append(spend_row("Total LLM", "", r.llm, "llm"))
         pdf.grid(
             ["Provider", "Model", "Turns", "Prompt", "Cached", "Completion", "Billed", "Cost"],
             rows,

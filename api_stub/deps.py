@@ -66,6 +66,12 @@ class Problem(Exception):
         self.status, self.title, self.detail, self.errors, self.headers = status, title, detail, errors, headers
 
 
+#: OpenAPI ``responses`` of the keyed JSON routes: the problem+json statuses they may answer (no
+#: key 401, role 403, not in scope 404, invalid input 422, over the rate limit 429).  A route adds its
+#: own with ``ERROR_RESPONSES | {409: {}}``.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
+
+
 def problem_response(
     status: int, title: str, detail: str, errors: list[dict] | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -159,13 +165,18 @@ def _limits(spec: str) -> list[RateLimitItem]:
 
 
 def _too_many(limiter: RateLimiter, item: RateLimitItem, key_prefix: str) -> Problem:
-    reset_at = limiter.get_window_stats(item, "key", key_prefix).reset_time
+    """The 429 of API key ``key_prefix`` over ``item`` (:func:`_over_limit`)."""
+    return _over_limit(limiter, item, "key", key_prefix, f"this API key may make {item} requests")
+
+
+def _over_limit(limiter: RateLimiter, item: RateLimitItem, namespace: str, who: str, allowed: str) -> Problem:
+    """Problem 429 for ``who`` (in ``namespace``) over the limit ``item``: the detail ``allowed``
+    (what the limit lets through), then when to retry; ``Retry-After`` is the integer seconds until
+    the window lets one more request through, at least 1."""
+    reset_at = limiter.get_window_stats(item, namespace, who).reset_time
     retry_after = max(1, math.ceil(reset_at - time.time()))
     return Problem(
-        429,
-        "Too Many Requests",
-        f"this API key may make {item} requests; retry in {retry_after} s",
-        headers={"Retry-After": str(retry_after)},
+        429, "Too Many Requests", f"{allowed}; retry in {retry_after} s", headers={"Retry-After": str(retry_after)}
     )
 
 
@@ -195,14 +206,7 @@ def check_client_rate_limit(spec: str, namespace: str, client: str, what: str) -
     limiter = _limiter(settings.redis_url, settings.rate_limit_strategy)
     for item in _limits(spec):
         if not limiter.hit(item, namespace, client):
-            reset_at = limiter.get_window_stats(item, namespace, client).reset_time
-            retry_after = max(1, math.ceil(reset_at - time.time()))
-            raise Problem(
-                429,
-                "Too Many Requests",
-                f"{what} may be made {item}; retry in {retry_after} s",
-                headers={"Retry-After": str(retry_after)},
-            )
+            raise _over_limit(limiter, item, namespace, client, f"{what} may be made {item}")
 
 
 _AREDIS: list[Any] = [None, None, None]  # [event loop, its Redis URL, its asyncio Redis client]

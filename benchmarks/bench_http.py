@@ -23,18 +23,11 @@ Namespaces as ``bench_pipeline``: Redis logical DB 12 (flushed) and PostgreSQL `
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH_REDIS_URL = os.environ.get("TOLLGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
-BENCH_DB_URL = os.environ.get(
-    "TOLLGATE_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/tollgate_bench"
-)
-os.environ["TOLLGATE_REDIS_URL"] = BENCH_REDIS_URL
-os.environ["TOLLGATE_BROKER_URL"] = BENCH_REDIS_URL
-os.environ["TOLLGATE_DATABASE_URL"] = BENCH_DB_URL
+from benchmarks.namespaces import BENCH_DB_URL, BENCH_REDIS_URL, REPO, use_bench_namespaces
+
+use_bench_namespaces()
 os.environ["TOLLGATE_RATE_LIMIT"] = "100000000/minute"
-os.environ.pop("TOLLGATE_PRICE_OVERRIDES_PATH", None)
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
@@ -149,6 +142,21 @@ def start_server(port: int) -> subprocess.Popen:
     raise RuntimeError("uvicorn did not start within 30 s")
 
 
+def figures(n: int, concurrency: int, wall: float, samples: list[float], failures: list[str]) -> dict[str, float]:
+    """A load run's figures: ``n`` requests, ``concurrency`` in flight, requests per second over
+    ``wall`` seconds and the p50/p99 of ``samples`` (request latencies, seconds) in ms.  Raises
+    RuntimeError if any request failed (``failures``: one line each)."""
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {n} requests failed, e.g. {failures[0]}")
+    return {
+        "n": n,
+        "concurrency": concurrency,
+        "per_s": n / wall,
+        "p50_ms": pct(samples, 0.5) * 1e3,
+        "p99_ms": pct(samples, 0.99) * 1e3,
+    }
+
+
 async def drive(base: str, key: str, prefix: str, n: int, concurrency: int) -> dict[str, float]:
     """``n`` POST /v1/turns with ``concurrency`` in flight; every answer must be 200 and accepted."""
     headers = {"Authorization": f"Bearer {key}"}
@@ -169,15 +177,7 @@ async def drive(base: str, key: str, prefix: str, n: int, concurrency: int) -> d
         started = time.perf_counter()
         await asyncio.gather(*(one_worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    if failures:
-        raise RuntimeError(f"{len(failures)} of {n} requests failed, e.g. {failures[0]}")
-    return {
-        "n": n,
-        "concurrency": concurrency,
-        "per_s": n / wall,
-        "p50_ms": pct(samples, 0.5) * 1e3,
-        "p99_ms": pct(samples, 0.99) * 1e3,
-    }
+    return figures(n, concurrency, wall, samples, failures)
 
 
 async def drive_raw(base: str, key: str, prefix: str, n: int, concurrency: int) -> dict[str, float]:
@@ -239,15 +239,7 @@ async def post_raw(
     started = time.perf_counter()
     await asyncio.gather(*(one_worker() for _ in range(concurrency)))
     wall = time.perf_counter() - started
-    if failures:
-        raise RuntimeError(f"{len(failures)} of {n} requests failed, e.g. {failures[0]}")
-    return {
-        "n": n,
-        "concurrency": concurrency,
-        "per_s": n / wall,
-        "p50_ms": pct(samples, 0.5) * 1e3,
-        "p99_ms": pct(samples, 0.99) * 1e3,
-    }
+    return figures(n, concurrency, wall, samples, failures)
 
 
 #: issue 16 item 6: POST /v1/turns at 16 in flight, p99 at most this (ms) and at least this many times

@@ -30,16 +30,10 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH_REDIS_URL = os.environ.get("TOLLGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
-BENCH_DB_URL = os.environ.get(
-    "TOLLGATE_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/tollgate_bench"
-)
+from benchmarks.namespaces import BENCH_DB_URL, BENCH_REDIS_URL, REPO, use_bench_namespaces
+
 # Settings are read once and cached: point them at the bench namespaces before any worker import.
-os.environ["TOLLGATE_REDIS_URL"] = BENCH_REDIS_URL
-os.environ["TOLLGATE_BROKER_URL"] = BENCH_REDIS_URL
-os.environ["TOLLGATE_DATABASE_URL"] = BENCH_DB_URL
-os.environ.pop("TOLLGATE_PRICE_OVERRIDES_PATH", None)
+use_bench_namespaces()
 os.environ["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
 
 import argparse  # noqa: E402

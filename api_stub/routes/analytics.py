@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from datetime import date
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from api_stub.csv_cells import csv_writer, safe_row
-from api_stub.deps import Caller, enterprise_in_scope, field_problem, forbid_unless
+from api_stub.deps import ERROR_RESPONSES, Caller, enterprise_in_scope, field_problem, forbid_unless
 from models.enums import ApiRole
 from models.rollup import (
     UsageBucketPublic,
@@ -36,7 +36,6 @@ from worker.db import session_scope
 from worker.periods import period_bounds
 
 router = APIRouter(tags=["analytics"])
-ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
 Period = Annotated[str, Query(pattern=r"^[0-9]{4}-[0-9]{2}$", description="UTC month, YYYY-MM")]
 EnterpriseQuery = Annotated[
     str | None,
@@ -53,7 +52,7 @@ def _period(period: str) -> tuple:
         raise field_problem(422, "Invalid request", "period", str(exc)) from None
 
 
-@router.get("/v1/analytics/usage", response_model=UsageBucketsPublic, responses=ERRORS)
+@router.get("/v1/analytics/usage", response_model=UsageBucketsPublic, responses=ERROR_RESPONSES)
 def analytics_usage(
     who: Caller,
     start: Annotated[date, Query(description="first day, UTC (inclusive)")],
@@ -88,7 +87,7 @@ def analytics_usage(
     )
 
 
-@router.get("/v1/analytics/rollups", response_model=WorkflowRollupsPublic, responses=ERRORS)
+@router.get("/v1/analytics/rollups", response_model=WorkflowRollupsPublic, responses=ERROR_RESPONSES)
 def analytics_rollups(who: Caller, period: Period, enterprise_id: EnterpriseQuery = None) -> WorkflowRollupsPublic:
     """The stored rollups of one app in one UTC month, by workflow (refreshed by beat every minute
     and when a chat ends).  Owners also get each ``mon_{enterprise}_{workflow}`` document."""
@@ -111,7 +110,7 @@ def analytics_rollups(who: Caller, period: Period, enterprise_id: EnterpriseQuer
     return WorkflowRollupsPublic(data=data, count=len(data))
 
 
-@router.get("/v1/analytics/workflows/{workflow}", response_model=WorkflowAveragesPublic, responses=ERRORS)
+@router.get("/v1/analytics/workflows/{workflow}", response_model=WorkflowAveragesPublic, responses=ERROR_RESPONSES)
 def analytics_workflow(
     who: Caller,
     workflow: Annotated[str, Path(min_length=1, max_length=200), SAFE_ID],
@@ -126,7 +125,9 @@ def analytics_workflow(
         return WorkflowAveragesPublic(**workflow_averages(session, enterprise, workflow, period))
 
 
-@router.get("/v1/usage", response_model=UsageEventsPublic, responses=ERRORS | {200: {"content": {"text/csv": {}}}})
+@router.get(
+    "/v1/usage", response_model=UsageEventsPublic, responses=ERROR_RESPONSES | {200: {"content": {"text/csv": {}}}}
+)
 def usage_export(
     request: Request,
     who: Caller,

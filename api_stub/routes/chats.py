@@ -11,7 +11,16 @@ from fastapi import APIRouter, Body, Path
 from sqlalchemy import select
 from sqlmodel import col
 
-from api_stub.deps import Caller, Problem, field_problem, forbid_unless, get_gate, owner_enterprise, wallet_in_scope
+from api_stub.deps import (
+    ERROR_RESPONSES,
+    Caller,
+    Problem,
+    field_problem,
+    forbid_unless,
+    get_gate,
+    owner_enterprise,
+    wallet_in_scope,
+)
 from models.chat import ChatSession, ChatSessionCreate, ChatSessionEnd, ChatSessionPublic, PausedChatCreate
 from models.enums import ApiRole
 from models.validation import SAFE_ID
@@ -22,7 +31,6 @@ from worker.db import session_scope
 from worker.gate.gate import UnknownWallet
 
 router = APIRouter(tags=["chats"])
-ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
 ChatId = Annotated[str, Path(min_length=1, max_length=200), SAFE_ID]
 #: pause/resume need worker.chats.lifecycle (another part of issue 6); without it they are not served
 
@@ -56,7 +64,7 @@ def _public(session, chat: ChatSession) -> ChatSessionPublic:
     )
 
 
-@router.get("/v1/chats/{chat_id}", response_model=ChatSessionPublic, responses=ERRORS)
+@router.get("/v1/chats/{chat_id}", response_model=ChatSessionPublic, responses=ERROR_RESPONSES)
 def chat_detail(chat_id: ChatId, who: Caller) -> ChatSessionPublic:
     """A chat session of the caller's app: status, pause state, totals and per-agent figures, as of
     the last drained batch (owner key, or the end user who pays for it)."""
@@ -64,7 +72,7 @@ def chat_detail(chat_id: ChatId, who: Caller) -> ChatSessionPublic:
         return _public(session, _chat_in_scope(session, who, chat_id))
 
 
-@router.post("/v1/chats/{chat_id}/end", response_model=ChatSessionPublic, responses=ERRORS)
+@router.post("/v1/chats/{chat_id}/end", response_model=ChatSessionPublic, responses=ERROR_RESPONSES)
 def chat_end(chat_id: ChatId, who: Caller, body: Annotated[ChatSessionEnd | None, Body()] = None) -> ChatSessionPublic:
     """End a chat (owner key): marked completed once (a second call keeps the first ``ended_at``)
     and its rollups refreshed at once.  404 until a turn of the chat has been persisted."""
@@ -83,7 +91,7 @@ def _end(session, chat: ChatSession, ended_at) -> None:
     end_chat(session, enterprise_id=chat.enterprise_id, chat_id=chat.chat_id, ended_at=ended_at)
 
 
-@router.post("/v1/chats/{chat_id}/start", response_model=ChatSessionPublic, responses=ERRORS | {409: {}})
+@router.post("/v1/chats/{chat_id}/start", response_model=ChatSessionPublic, responses=ERROR_RESPONSES | {409: {}})
 def chat_start(chat_id: ChatId, body: ChatSessionCreate, who: Caller) -> ChatSessionPublic:
     """Open a chat's billing session (owner key; ``worker.chats.lifecycle.start_session``): its row,
     active and connected, in ``workflow``, paid by ``wallet_id``.  Starting a chat that exists
@@ -114,7 +122,7 @@ def chat_start(chat_id: ChatId, body: ChatSessionCreate, who: Caller) -> ChatSes
         return _public(session, _chat_in_scope(session, who, chat_id))
 
 
-@router.post("/v1/chats/{chat_id}/pause", response_model=ChatSessionPublic, responses=ERRORS)
+@router.post("/v1/chats/{chat_id}/pause", response_model=ChatSessionPublic, responses=ERROR_RESPONSES)
 def chat_pause(
     chat_id: ChatId, who: Caller, body: Annotated[PausedChatCreate | None, Body()] = None
 ) -> ChatSessionPublic:
@@ -153,7 +161,7 @@ def chat_pause(
         return _public(session, _chat_in_scope(session, who, chat_id))
 
 
-@router.post("/v1/chats/{chat_id}/resume", response_model=ChatSessionPublic, responses=ERRORS | {409: {}})
+@router.post("/v1/chats/{chat_id}/resume", response_model=ChatSessionPublic, responses=ERROR_RESPONSES | {409: {}})
 def chat_resume(chat_id: ChatId, who: Caller) -> ChatSessionPublic:
     """Resume a paused chat (owner key) if its wallet can pay: active and connected again.  If no
     credit or sweep closed its pause first, this call does and announces ``chat.resumable``

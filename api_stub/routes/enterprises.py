@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api_stub.deps import Caller, field_problem, forbid_unless, get_gate
-from api_stub.routes.wallets import ERRORS, WalletId, mode_problem
+from api_stub.deps import ERROR_RESPONSES, Caller, field_problem, forbid_unless, get_gate
+from api_stub.routes.wallets import WalletId, mode_problem
 from models.enums import ApiRole
 from models.wallet import ModePublic, ModeUpdate
 from worker.billing.modes import ModeError, set_app_mode
@@ -16,7 +16,7 @@ from worker.db import session_scope
 router = APIRouter(tags=["wallets"])
 
 
-@router.put("/v1/enterprises/{enterprise_id}/mode", response_model=ModePublic, responses=ERRORS)
+@router.put("/v1/enterprises/{enterprise_id}/mode", response_model=ModePublic, responses=ERROR_RESPONSES)
 def enterprise_mode(enterprise_id: WalletId, body: ModeUpdate, who: Caller) -> ModePublic:
     """Set an app's default billing mode (owner key of the app, or admin); its wallets without
     an override follow.  Audit-logged (``mode_change``)."""

@@ -5,7 +5,7 @@ or one ledger service and return.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from sqlalchemy import select
@@ -13,6 +13,7 @@ from sqlmodel import col
 from starlette.concurrency import run_in_threadpool
 
 from api_stub.deps import (
+    ERROR_RESPONSES,
     Caller,
     Problem,
     field_problem,
@@ -52,7 +53,6 @@ from worker.ledger.audit import audit
 from worker.pricing.prices import PricingError
 
 router = APIRouter(tags=["wallets"])
-ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}, 429: {}}
 WalletId = Annotated[str, Path(min_length=1, max_length=200), SAFE_ID]
 
 
@@ -100,7 +100,9 @@ async def wallet(wallet_id: WalletId, who: Caller) -> WalletPublic:
     )
 
 
-@router.post("/v1/wallets/{wallet_id}/reservations", response_model=ReservationPublic, responses=ERRORS | {409: {}})
+@router.post(
+    "/v1/wallets/{wallet_id}/reservations", response_model=ReservationPublic, responses=ERROR_RESPONSES | {409: {}}
+)
 async def reserve(wallet_id: WalletId, body: ReservationCreate, who: Caller) -> ReservationPublic:
     """Reserve ``amount_nanos`` (≥ 1) of the wallet before an LLM call, or the worst case of a call
     given ``model`` (+ ``service_tier``: priced at that tier), ``prompt_tokens`` and ``max_tokens``
@@ -148,7 +150,9 @@ async def reserve(wallet_id: WalletId, body: ReservationCreate, who: Caller) -> 
     return reservation
 
 
-@router.delete("/v1/wallets/{wallet_id}/reservations/{reservation_id}", response_model=ReleasePublic, responses=ERRORS)
+@router.delete(
+    "/v1/wallets/{wallet_id}/reservations/{reservation_id}", response_model=ReleasePublic, responses=ERROR_RESPONSES
+)
 async def release(
     wallet_id: WalletId, reservation_id: Annotated[str, Path(min_length=1, max_length=200), SAFE_ID], who: Caller
 ) -> ReleasePublic:
@@ -166,7 +170,7 @@ async def release(
     return ReleasePublic(reservation_id=reservation_id, wallet_id=wallet_id, released_nanos=released)
 
 
-@router.get("/v1/wallets/{wallet_id}/ledger", response_model=WalletTransactionsPublic, responses=ERRORS)
+@router.get("/v1/wallets/{wallet_id}/ledger", response_model=WalletTransactionsPublic, responses=ERROR_RESPONSES)
 def ledger(
     wallet_id: WalletId,
     who: Caller,
@@ -188,7 +192,7 @@ def ledger(
     )
 
 
-@router.post("/v1/wallets/{wallet_id}/credits", response_model=CreditPublic, responses=ERRORS | {409: {}})
+@router.post("/v1/wallets/{wallet_id}/credits", response_model=CreditPublic, responses=ERROR_RESPONSES | {409: {}})
 def credit(wallet_id: WalletId, body: CreditCreate, who: Caller) -> CreditPublic:
     """Credit the wallet (owner key of its app, or admin) once per ``idempotency_key``: the ledger
     entry commits, then the gate's balance; audit-logged (``credit``).  409 naming
@@ -257,7 +261,7 @@ def mode_problem(exc: ModeError) -> Problem:
     return field_problem(404, "Unknown " + field.removesuffix("_id"), field, message)
 
 
-@router.put("/v1/wallets/{wallet_id}/mode", response_model=ModePublic, responses=ERRORS)
+@router.put("/v1/wallets/{wallet_id}/mode", response_model=ModePublic, responses=ERROR_RESPONSES)
 def wallet_mode(wallet_id: WalletId, body: ModeUpdate, who: Caller) -> ModePublic:
     """Override a wallet's billing mode, or (``mode: null``) make it follow its app's default
     again: owner key of its app, or admin.  Audit-logged (``mode_change``); chats the new mode

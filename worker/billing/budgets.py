@@ -225,6 +225,22 @@ class BudgetStatus:
     exceeded: bool
 
 
+def _status(budget: Budget, spend: dict[int, int]) -> BudgetStatus:
+    """``budget``'s standing given ``spend`` (budget id -> spent nano-USD in the period, from
+    :func:`spend_by_budget`; a budget missing from it has spent 0)."""
+    spent = spend.get(_id(budget), 0)
+    return BudgetStatus(
+        _id(budget),
+        budget.enterprise_id,
+        budget.wallet_id,
+        budget.workflow,
+        budget.amount_nanos,
+        spent,
+        budget.auto_pause,
+        spent >= budget.amount_nanos,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class AlertSent:
     """An alert this run inserted (and announces after commit)."""
@@ -309,20 +325,7 @@ def check_budgets(
     budgets = list_budgets(session)
     spend = spend_by_budget(session, period)
     by_id = {_id(b): b for b in budgets}
-    for b in budgets:
-        spent = spend.get(_id(b), 0)
-        result.budgets.append(
-            BudgetStatus(
-                _id(b),
-                b.enterprise_id,
-                b.wallet_id,
-                b.workflow,
-                b.amount_nanos,
-                spent,
-                b.auto_pause,
-                spent >= b.amount_nanos,
-            )
-        )
+    result.budgets.extend(_status(b, spend) for b in budgets)
 
     # 1. alerts: only rows this transaction inserts are announced.  Every other month whose spend the
     # drain changed (turns persisted after their month ended: late data) is checked too, alerts only,
@@ -339,20 +342,7 @@ def check_budgets(
             session,
             result,
             late_period,
-            [
-                BudgetStatus(
-                    _id(b),
-                    b.enterprise_id,
-                    b.wallet_id,
-                    b.workflow,
-                    b.amount_nanos,
-                    late.get(_id(b), 0),
-                    b.auto_pause,
-                    late.get(_id(b), 0) >= b.amount_nanos,
-                )
-                for b in budgets
-                if _touches(b, wallets, workflows)
-            ],
+            [_status(b, late) for b in budgets if _touches(b, wallets, workflows)],
             by_id,
         )
     start, _ = period_bounds(period)
@@ -363,19 +353,7 @@ def check_budgets(
             session,
             result,
             before,
-            [
-                BudgetStatus(
-                    _id(b),
-                    b.enterprise_id,
-                    b.wallet_id,
-                    b.workflow,
-                    b.amount_nanos,
-                    late.get(_id(b), 0),
-                    b.auto_pause,
-                    late.get(_id(b), 0) >= b.amount_nanos,
-                )
-                for b in budgets
-            ],
+            [_status(b, late) for b in budgets],
             by_id,
         )
     return _pause_and_resume(session, result, gate, send_task, period)

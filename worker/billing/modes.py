@@ -67,6 +67,24 @@ def _mode(mode: str) -> str:
     return mode
 
 
+def _locked_app(session: Session, enterprise_id: str) -> Enterprise:
+    """The app's row, locked (``FOR UPDATE``) until the caller's transaction ends; ModeError naming
+    ``enterprise_id`` if there is none."""
+    app = session.get(Enterprise, enterprise_id, with_for_update=True)
+    if app is None:
+        raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}", field="enterprise_id")
+    return app
+
+
+def _locked_wallet(session: Session, wallet_id: str) -> Wallet:
+    """The wallet's row, locked (``FOR UPDATE``) until the caller's transaction ends; ModeError
+    naming ``wallet_id`` if there is none."""
+    wallet = session.get(Wallet, wallet_id, with_for_update=True)
+    if wallet is None:
+        raise ModeError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
+    return wallet
+
+
 def _push(session: Session, gate: WalletGate, wallet_ids: list[str], resume: ResumeChats | None) -> None:
     """Once the caller's transaction (``session``) has committed: mirror each wallet's mode in the
     gate, then resume chats the new mode lets go on (``resume``).  A follow-up transaction per
@@ -76,8 +94,20 @@ def _push(session: Session, gate: WalletGate, wallet_ids: list[str], resume: Res
     Two changes of one wallet at once commit in some order but could reach Redis in the other;
     so each wallet's mode is read again from PostgreSQL and written to Redis under a transaction
     advisory lock of that wallet: whatever order they run in, the last write is the committed mode."""
+    _mirror_each(session, wallet_ids, partial(_push_mode, gate=gate, resume=resume))
+
+
+def _mirror_each(session: Session, wallet_ids: list[str], mirror: Callable[..., None]) -> None:
+    """Once ``session``'s transaction has committed, for each wallet a follow-up transaction that
+    takes the wallet's settings lock (a transaction advisory lock, the same for every setting the
+    gate mirrors) and runs ``mirror(follow_up_session, wallet_id=…)`` (see :func:`_push`)."""
     for wallet_id in wallet_ids:
-        after_commit_in_transaction(session, partial(_push_mode, gate=gate, wallet_id=wallet_id, resume=resume))
+        after_commit_in_transaction(session, partial(_locked, mirror, wallet_id=wallet_id))
+
+
+def _locked(mirror: Callable[..., None], follow_up: Session, *, wallet_id: str) -> None:
+    follow_up.execute(select(func.pg_advisory_xact_lock(func.hashtext("tollgate:mode:" + wallet_id))))
+    mirror(follow_up, wallet_id=wallet_id)
 
 
 def _resume_after_mode_change(resume: ResumeChats, gate: WalletGate, wallet_id: str) -> None:
@@ -85,10 +115,9 @@ def _resume_after_mode_change(resume: ResumeChats, gate: WalletGate, wallet_id: 
 
 
 def _push_mode(session: Session, gate: WalletGate, wallet_id: str, resume: ResumeChats | None) -> None:
-    """In a follow-up transaction (``session``): write the wallet's committed mode to the gate under
-    its advisory lock (see :func:`_push`), then, once this transaction ends, ``resume`` its chats.
-    A wallet gone from PostgreSQL or the gate is skipped, its chats too."""
-    session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tollgate:mode:" + wallet_id))))
+    """In a follow-up transaction (``session``) holding the wallet's advisory lock (see :func:`_push`):
+    write the wallet's committed mode to the gate, then, once this transaction ends, ``resume`` its
+    chats.  A wallet gone from PostgreSQL or the gate is skipped, its chats too."""
     mode = session.execute(select(col(Wallet.mode)).where(col(Wallet.id) == wallet_id)).scalar_one_or_none()
     if mode is None:
         return
@@ -118,9 +147,7 @@ def set_app_mode(
     """
     _mode(mode)
     _ids(enterprise_id=enterprise_id)
-    app = session.get(Enterprise, enterprise_id, with_for_update=True)
-    if app is None:
-        raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}", field="enterprise_id")
+    app = _locked_app(session, enterprise_id)
     before = app.default_mode
     app.default_mode = BillingMode(mode)
     changed = sorted(
@@ -165,9 +192,7 @@ def set_wallet_mode(
     if mode is not None:
         _mode(mode)
     _ids(wallet_id=wallet_id)
-    wallet = session.get(Wallet, wallet_id, with_for_update=True)
-    if wallet is None:
-        raise ModeError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
+    wallet = _locked_wallet(session, wallet_id)
     before = wallet.mode
     if mode is None:
         app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
@@ -194,12 +219,10 @@ def _push_reservations(session: Session, gate: WalletGate, wallet_ids: list[str]
     requires reservations in the gate (hash field ``require_hold``), read again from PostgreSQL
     under the wallet's advisory lock in a follow-up transaction, as :func:`_push` does for modes.
     A wallet not in the gate is skipped (a rebuild loads the setting)."""
-    for wallet_id in wallet_ids:
-        after_commit_in_transaction(session, partial(_push_reservation, gate=gate, wallet_id=wallet_id))
+    _mirror_each(session, wallet_ids, partial(_push_reservation, gate=gate))
 
 
 def _push_reservation(session: Session, gate: WalletGate, wallet_id: str) -> None:
-    session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tollgate:mode:" + wallet_id))))
     wallet = session.get(Wallet, wallet_id)
     if wallet is None:
         return
@@ -221,9 +244,7 @@ def set_wallet_reservations(
         raise ModeError(
             f"reservations_required: {required!r} is not true, false or null", field="reservations_required"
         )
-    wallet = session.get(Wallet, wallet_id, with_for_update=True)
-    if wallet is None:
-        raise ModeError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
+    wallet = _locked_wallet(session, wallet_id)
     wallet.reservations_required = required
     app = session.get(Enterprise, wallet.enterprise_id) if wallet.enterprise_id else None
     effective = requires_reservations(wallet, app)
@@ -302,9 +323,7 @@ def configure_app(
         raise ModeError(
             f"reservations_required: {reservations_required!r} is not true or false", field="reservations_required"
         )
-    app = session.get(Enterprise, enterprise_id, with_for_update=True)
-    if app is None:
-        raise ModeError(f"enterprise_id: unknown app {enterprise_id!r}", field="enterprise_id")
+    app = _locked_app(session, enterprise_id)
     if fee_wallet_id is not None and session.get(Wallet, fee_wallet_id) is None:
         raise ModeError(f"fee_wallet_id: unknown wallet {fee_wallet_id!r}", field="fee_wallet_id")
     delta = 0 if trial_token_allowance is None else trial_token_allowance - app.trial_token_allowance

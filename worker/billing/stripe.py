@@ -523,6 +523,15 @@ def _sync_block(gate: WalletGate, wallet_id: str, reason: str | None) -> None:
         log.info("wallet %s is not in the gate; its block is loaded with it on rebuild", wallet_id)
 
 
+def _object_id(obj: Mapping[str, Any], prefix: str, what: str) -> str:
+    """The event's ``data.object.id``, a string starting with ``prefix`` (``cs_``, ``in_``,
+    ``sub_``); else EventError naming ``data.object.id`` (``what``: the id's kind, for the message)."""
+    object_id = obj.get("id")
+    if not isinstance(object_id, str) or not object_id.startswith(prefix):
+        raise EventError(f"data.object.id: {object_id!r} is not {what}", field="data.object.id")
+    return object_id
+
+
 def _update_wallet(session: Session, gate: WalletGate, wallet_id: str, change: Callable[[Wallet], None]) -> Wallet:
     """Apply ``change`` to the locked wallet row in ``session``; once the caller commits, mirror a
     ``payment_failed`` block (set or lifted) in the gate (:func:`_sync_block`)."""
@@ -536,9 +545,7 @@ def _update_wallet(session: Session, gate: WalletGate, wallet_id: str, change: C
 def _on_checkout_completed(
     session: Session, gate: WalletGate, obj: Mapping[str, Any], event_id: str, on_credited: OnCredited | None = None
 ) -> Outcome:
-    session_id = obj.get("id")
-    if not isinstance(session_id, str) or not session_id.startswith("cs_"):
-        raise EventError(f"data.object.id: {session_id!r} is not a Checkout session id", field="data.object.id")
+    session_id = _object_id(obj, "cs_", "a Checkout session id")
     metadata = obj.get("metadata") or {}
     wallet = _checkout_wallet(session, obj)
     package = get_package_or_event_error(session, metadata.get("package_id"))
@@ -686,9 +693,7 @@ def _stale(wallet: Wallet, subscription_id: str | None) -> bool:
 def _on_invoice_paid(
     session: Session, gate: WalletGate, obj: Mapping[str, Any], event_id: str, on_credited: OnCredited | None = None
 ) -> Outcome:
-    invoice_id = obj.get("id")
-    if not isinstance(invoice_id, str) or not invoice_id.startswith("in_"):
-        raise EventError(f"data.object.id: {invoice_id!r} is not an invoice id", field="data.object.id")
+    invoice_id = _object_id(obj, "in_", "an invoice id")
     subscription_id, metadata = _invoice_subscription(obj)
     if not subscription_id:
         return Outcome("ignored: not a subscription invoice")
@@ -746,9 +751,7 @@ def _on_invoice_payment_failed(
 def _on_subscription_deleted(
     session: Session, gate: WalletGate, obj: Mapping[str, Any], event_id: str, on_credited: OnCredited | None = None
 ) -> Outcome:
-    subscription_id = obj.get("id")
-    if not isinstance(subscription_id, str) or not subscription_id.startswith("sub_"):
-        raise EventError(f"data.object.id: {subscription_id!r} is not a subscription id", field="data.object.id")
+    subscription_id = _object_id(obj, "sub_", "a subscription id")
     wallet = _subscription_event_wallet(session, obj, subscription_id, obj.get("metadata") or {})
     if wallet.stripe_subscription_id and wallet.stripe_subscription_id != subscription_id:
         return Outcome(f"ignored: {subscription_id} is not the wallet's subscription", wallet.id, wallet.enterprise_id)

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from worker.cli.common import out, parse_nanos
+from worker.cli.common import AsJson, out, parse_nanos, report
 from worker.pricing.prices import nanos_to_usd
 
 allowance_app = typer.Typer(help="Monthly allowances: set the amount, run the reset.", no_args_is_help=True)
@@ -21,7 +21,7 @@ allowance_app = typer.Typer(help="Monthly allowances: set the amount, run the re
 def allowance_set(
     wallet_id: str,
     usd: str = typer.Option(..., "--usd", help="allowance granted each UTC month, e.g. 20.00 (0 stops it)"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    as_json: AsJson = False,
 ) -> None:
     """Set a wallet's monthly allowance; the next reset (hourly, or `tollgate allowance reset`) grants it."""
     from worker.billing.allowances import set_allowance
@@ -30,10 +30,11 @@ def allowance_set(
     nanos = parse_nanos(usd, "--usd", allow_zero=True)
     with session_scope() as session:
         set_allowance(session, wallet_id, nanos)
-    if as_json:
-        print(json.dumps({"wallet_id": wallet_id, "monthly_allowance_nanos": nanos}))
-        return
-    out.print(f"wallet {wallet_id}: monthly allowance {nanos_to_usd(nanos)} USD ({nanos} nanos)", highlight=False)
+    report(
+        {"wallet_id": wallet_id, "monthly_allowance_nanos": nanos},
+        f"wallet {wallet_id}: monthly allowance {nanos_to_usd(nanos)} USD ({nanos} nanos)",
+        as_json=as_json,
+    )
 
 
 @allowance_app.command("reset")

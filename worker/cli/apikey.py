@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from worker.cli.common import err, fail, out, print_rows
+from worker.cli.common import AsJson, err, fail, print_rows, report
 
 apikey_app = typer.Typer(help="API keys: create (shown once), revoke.", no_args_is_help=True)
 
@@ -61,7 +61,7 @@ def key_prefix(key: str) -> str:
 @apikey_app.command("revoke")
 def apikey_revoke(
     prefix: str = typer.Argument(..., help="the key's prefix (tg_<prefix>_…), or the whole key"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    as_json: AsJson = False,
 ) -> None:
     """Revoke an API key at once."""
     from worker.access.apikeys import revoke_key
@@ -72,10 +72,7 @@ def apikey_revoke(
     with session_scope() as session:
         if not revoke_key(session, prefix):
             fail(f"PREFIX: no active key {prefix!r}")
-    if as_json:
-        print(json.dumps({"prefix": prefix, "revoked": True}))
-        return
-    out.print(f"key {prefix} revoked", highlight=False)
+    report({"prefix": prefix, "revoked": True}, f"key {prefix} revoked", as_json=as_json)
 
 
 @apikey_app.command("list")

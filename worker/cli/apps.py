@@ -9,7 +9,7 @@ import json
 
 import typer
 
-from worker.cli.common import checked_id, out, parse_nanos, print_rows
+from worker.cli.common import AsJson, checked_id, out, parse_nanos, print_rows, report
 
 app_app = typer.Typer(help="Apps: billing mode, revenue share, trial, flat fee, creator.", no_args_is_help=True)
 
@@ -31,7 +31,7 @@ def app_configure(
         "--reservations-required/--reservations-optional",
         help="every charged turn needs a live reservation of its wallet",
     ),
-    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    as_json: AsJson = False,
 ) -> None:
     """Change an app's billing settings (only those given); audit-logged."""
     from worker.billing.modes import configure_app
@@ -91,7 +91,7 @@ def app_configure(
 def app_isolate(
     enterprise: str = typer.Argument(..., help="the app (enterprise_id)"),
     schema: str = typer.Option(None, "--schema", help="PostgreSQL schema for its usage events (default app_<id>)"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    as_json: AsJson = False,
 ) -> None:
     """Keep an app's usage events in its own PostgreSQL schema, moving the rows it has (audit-logged)."""
     from worker.db import session_scope
@@ -101,17 +101,18 @@ def app_isolate(
     with session_scope() as session:
         used = isolate_app(session, enterprise, schema)
         audit(session, actor="cli", action="app.isolate", enterprise_id=enterprise, schema=used)
-    if as_json:
-        print(json.dumps({"enterprise_id": enterprise, "usage_schema": used}))
-        return
-    out.print(f"{enterprise}: usage events in schema {used}", highlight=False)
+    report(
+        {"enterprise_id": enterprise, "usage_schema": used},
+        f"{enterprise}: usage events in schema {used}",
+        as_json=as_json,
+    )
 
 
 @app_app.command("mode")
 def app_mode(
     enterprise: str = typer.Argument(..., help="the app (enterprise_id)"),
     mode: str = typer.Argument(..., help="production | development | trial | track_only"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    as_json: AsJson = False,
 ) -> None:
     """Set an app's default mode; its wallets without their own mode follow (audit-logged)."""
     from worker.billing.modes import set_app_mode
@@ -121,10 +122,11 @@ def app_mode(
 
     with session_scope() as session:
         changed = set_app_mode(session, process_gate(), enterprise, mode, actor="cli", resume=resume_wallet_chats)
-    if as_json:
-        print(json.dumps({"enterprise_id": enterprise, "mode": mode, "wallets_changed": len(changed)}))
-        return
-    out.print(f"{enterprise}: mode {mode} ({len(changed)} wallet(s) changed)", highlight=False)
+    report(
+        {"enterprise_id": enterprise, "mode": mode, "wallets_changed": len(changed)},
+        f"{enterprise}: mode {mode} ({len(changed)} wallet(s) changed)",
+        as_json=as_json,
+    )
 
 
 @app_app.command("list")

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from worker.cli.common import fail, out, parse_nanos
+from worker.cli.common import AsJson, fail, out, parse_nanos
 from worker.pricing.prices import nanos_to_usd
 
 budget_app = typer.Typer(
@@ -30,7 +30,7 @@ def budget_set(
     workflow: Optional[str] = typer.Option(None, "--workflow", help="budget one workflow's cost"),
     usd: str = typer.Option(..., "--usd", help="monthly amount in USD, e.g. 50.00"),
     auto_pause: bool = typer.Option(False, "--auto-pause", help="stop spending at 100 % (off unless given)"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    as_json: AsJson = False,
 ) -> None:
     """Create or update the monthly budget of one wallet or one workflow (one budget per scope)."""
     from worker.billing.budgets import set_budget

@@ -12,7 +12,7 @@ from decimal import Decimal, InvalidOperation
 from enum import Enum
 from importlib.resources import files
 from pathlib import Path
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -37,6 +37,19 @@ def _console(stream) -> Console:
 
 err = _console(sys.stderr)
 out = _console(sys.stdout)
+
+
+#: the ``--json`` flag of a command that prints one result: ``as_json: AsJson = False``
+AsJson = Annotated[bool, typer.Option("--json", help="print the result as one JSON object")]
+
+
+def report(result: object, message: str, *, as_json: bool) -> None:
+    """Print a command's one result: ``result`` as one line of JSON (``as_json``), else ``message``
+    on stdout (rich markup, no automatic highlighting)."""
+    if as_json:
+        print(json.dumps(result))
+    else:
+        out.print(message, highlight=False)
 
 
 def fail(message: str) -> NoReturn:

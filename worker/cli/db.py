@@ -9,7 +9,7 @@ import json
 
 import typer
 
-from worker.cli.common import out
+from worker.cli.common import AsJson, out
 
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 
@@ -17,7 +17,7 @@ db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 @db_app.command("upgrade")
 def db_upgrade(
     revision: str = typer.Argument("head", help="Alembic revision"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    as_json: AsJson = False,
 ) -> None:
     """Create the database if missing and migrate it to REVISION (default: head)."""
     from worker.ledger.migrate import upgrade

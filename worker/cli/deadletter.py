@@ -10,7 +10,7 @@ import json
 import typer
 from rich.table import Table
 
-from worker.cli.common import err, out
+from worker.cli.common import AsJson, err, out
 
 deadletter_app = typer.Typer(help="Dead letters: outbox entries the drain could not persist.", no_args_is_help=True)
 
@@ -49,7 +49,7 @@ def deadletter_list(as_json: bool = typer.Option(False, "--json", help="one JSON
 @deadletter_app.command("retry")
 def deadletter_retry(
     outbox_id: str = typer.Argument(..., help="SHARD:ENTRY_ID as `deadletter list` shows it"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    as_json: AsJson = False,
 ) -> None:
     """Persist a dead letter now (after its cause was fixed), exactly once; its named debt is then
     settled by the turn's own usage debit.  Exit 1, the dead letter kept, if it still fails."""
@@ -86,7 +86,7 @@ def deadletter_retry(
 @deadletter_app.command("discard")
 def deadletter_discard(
     outbox_id: str = typer.Argument(..., help="SHARD:ENTRY_ID as `deadletter list` shows it"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    as_json: AsJson = False,
 ) -> None:
     """Drop a dead letter for good and refund its charge to its wallet (ledger credit, then gate)."""
     from worker.db import session_scope

@@ -5,11 +5,9 @@ Commands import their services when they run (function-local imports, on purpose
 
 from __future__ import annotations
 
-import json
-
 import typer
 
-from worker.cli.common import out
+from worker.cli.common import report
 
 
 def drain_now(
@@ -22,7 +20,6 @@ def drain_now(
 
     stats = OutboxDrain(announce=announce_chat_changes).drain(max_seconds=300)
     data = stats.as_dict()
-    if as_json:
-        print(json.dumps(data))
-        return
-    out.print(" · ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in data.items()), highlight=False)
+    report(
+        data, " · ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in data.items()), as_json=as_json
+    )

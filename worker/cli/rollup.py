@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from worker.cli.common import fail, out
+from worker.cli.common import AsJson, fail, out
 from worker.pricing.prices import nanos_to_usd
 
 rollup_app = typer.Typer(help="Rollups: per enterprise × workflow × month (UTC) summaries.", no_args_is_help=True)
@@ -23,7 +23,7 @@ def rollup_refresh(
     workflow: Optional[str] = typer.Argument(None, help="workflow"),
     period: Optional[str] = typer.Argument(None, help="period, YYYY-MM (UTC)"),
     all_dirty: bool = typer.Option(False, "--all-dirty", help="refresh every group marked dirty (the beat job)"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    as_json: AsJson = False,
 ) -> None:
     """Refresh one rollup (ENTERPRISE WORKFLOW PERIOD) or every dirty one (--all-dirty), now."""
     from worker.chats.jobs import refresh_dirty_groups

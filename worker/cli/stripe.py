@@ -12,7 +12,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from worker.cli.common import fail, out, parse_nanos, parse_usd
+from worker.cli.common import AsJson, fail, out, parse_nanos, parse_usd, report
 from worker.pricing.prices import nanos_to_usd
 
 stripe_app = typer.Typer(help="Stripe: token packages sold through Checkout.", no_args_is_help=True)
@@ -34,7 +34,7 @@ def stripe_package_add(
     ),
     monthly: bool = typer.Option(False, "--monthly", help="a subscription (needs --price-id)"),
     price_id: Optional[str] = typer.Option(None, "--price-id", help="the Stripe price (price_…) it sells"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    as_json: AsJson = False,
 ) -> None:
     """Create or update a token package (sold through `POST /v1/checkout`)."""
     from worker.billing.stripe import add_package
@@ -119,7 +119,7 @@ def stripe_package_list(
 @stripe_package_app.command("deactivate")
 def stripe_package_deactivate(
     package_id: str,
-    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    as_json: AsJson = False,
 ) -> None:
     """Stop selling a package (sessions already started still credit it)."""
     from worker.billing.stripe import deactivate_package
@@ -127,7 +127,8 @@ def stripe_package_deactivate(
 
     with session_scope() as session:
         was_active = deactivate_package(session, package_id)
-    if as_json:
-        print(json.dumps({"id": package_id, "deactivated": bool(was_active)}))
-        return
-    out.print(f"package {package_id}: {'deactivated' if was_active else 'already inactive'}", highlight=False)
+    report(
+        {"id": package_id, "deactivated": bool(was_active)},
+        f"package {package_id}: {'deactivated' if was_active else 'already inactive'}",
+        as_json=as_json,
+    )

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from models.enums import BillingMode, PayerLevel
-from worker.cli.common import checked_id, fail, out, parse_usd, print_rows
+from worker.cli.common import AsJson, checked_id, fail, out, parse_usd, print_rows, report
 from worker.pricing.prices import PricingError, nanos_to_usd, usd_to_nanos
 
 wallet_app = typer.Typer(help="Wallets: create, credit, show.", no_args_is_help=True)
@@ -87,7 +87,7 @@ def wallet_credit(
     usd: str = typer.Option(..., "--usd", help="amount in USD, e.g. 25.00"),
     key: str = typer.Option(..., "--key", help="idempotency key: the same key credits once (e.g. a payment id)"),
     description: str = typer.Option("manual credit", help="ledger description"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    as_json: AsJson = False,
 ) -> None:
     """Credit a wallet: a ledger entry (once per --key), then the gate's balance."""
     from worker.chats.wiring import after_credit
@@ -174,7 +174,7 @@ def wallet_show(wallet_id: str, as_json: bool = typer.Option(False, "--json")) -
 def wallet_mode(
     wallet_id: str = typer.Argument(..., help="the wallet"),
     mode: str = typer.Argument(..., help="production | development | trial | track_only | inherit"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    as_json: AsJson = False,
 ) -> None:
     """Override one wallet's mode, or 'inherit' its app's again (audit-logged)."""
     from worker.billing.modes import set_wallet_mode
@@ -191,17 +191,18 @@ def wallet_mode(
             actor="cli",
             resume=resume_wallet_chats,
         )
-    if as_json:
-        print(json.dumps({"wallet_id": wallet_id, "mode": str(after), "follows_app": mode == "inherit"}))
-        return
-    out.print(f"{wallet_id}: mode {after}", highlight=False)
+    report(
+        {"wallet_id": wallet_id, "mode": str(after), "follows_app": mode == "inherit"},
+        f"{wallet_id}: mode {after}",
+        as_json=as_json,
+    )
 
 
 @wallet_app.command("reservations")
 def wallet_reservations(
     wallet_id: str = typer.Argument(..., help="the wallet"),
     setting: str = typer.Argument(..., help="required | optional | inherit (its app's setting)"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    as_json: AsJson = False,
 ) -> None:
     """Make reservations mandatory or optional for one wallet's charged turns (audit-logged)."""
     from worker.billing.modes import set_wallet_reservations
@@ -213,10 +214,11 @@ def wallet_reservations(
         fail(f"SETTING: {setting!r} is not required, optional or inherit")
     with session_scope() as session:
         effective = set_wallet_reservations(session, process_gate(), wallet_id, choices[setting], actor="cli")
-    if as_json:
-        print(json.dumps({"wallet_id": wallet_id, "reservations_required": bool(effective), "setting": setting}))
-        return
-    out.print(f"{wallet_id}: reservations {'required' if effective else 'optional'}", highlight=False)
+    report(
+        {"wallet_id": wallet_id, "reservations_required": bool(effective), "setting": setting},
+        f"{wallet_id}: reservations {'required' if effective else 'optional'}",
+        as_json=as_json,
+    )
 
 
 @wallet_app.command("list")

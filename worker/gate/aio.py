@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Callable, Iterable, Iterator, Sequence, cast
+from typing import Callable, Iterable, Iterator, Sequence, Unpack, cast
 
 import redis
 from hiredis import pack_command
@@ -19,7 +19,15 @@ from redis import asyncio as aioredis
 
 from models.turn import Decision, TurnIn
 from models.wallet import ReservationPublic
-from worker.gate.gate import WALLET_CHECK_FIELDS, GateCore, TurnReplies, WalletGate, process_gate, wallets_of
+from worker.gate.gate import (
+    WALLET_CHECK_FIELDS,
+    GateCore,
+    ReserveOptions,
+    TurnReplies,
+    WalletGate,
+    process_gate,
+    wallets_of,
+)
 from worker.gate.pipeline import NoScriptHold, decide_group
 from worker.gate.scripts import lua_source, turn_script_source
 from worker.metrics import decision_counter
@@ -173,7 +181,9 @@ class AsyncWalletGate(GateCore):
         await asyncio.gather(*(one_shard(b) for b in by_shard.values()))
 
     # reservations and wallet reads ------------------------------------------------------------
-    async def reserve(self, wallet_id: str, amount_nanos: int | None = None, **options) -> ReservationPublic:
+    async def reserve(
+        self, wallet_id: str, amount_nanos: int | None = None, **options: Unpack[ReserveOptions]
+    ) -> ReservationPublic:
         """:meth:`WalletGate.reserve`, awaited: the same keyword arguments (``ttl_s``,
         ``reservation_id``, ``model``, ``provider``, ``prompt_tokens``, ``max_tokens``,
         ``service_tier``), checks, answer and errors (:meth:`~worker.gate.gate.GateCore._reserve_call`)."""

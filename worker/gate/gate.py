@@ -41,7 +41,7 @@ import re
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Callable, Iterable, Iterator, Sequence, cast
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypedDict, Unpack, cast
 
 import redis
 from hiredis import pack_command
@@ -188,6 +188,20 @@ os.register_at_fork(after_in_child=process_gate.cache_clear)
 
 #: ``record_turns``' wallet pre-check: the wallet-hash fields read for each wallet of a batch
 WALLET_CHECK_FIELDS = ("mode", "enterprise", "max_turn_nanos")
+
+
+class ReserveOptions(TypedDict, total=False):
+    """The keyword arguments of a reservation, the same for both gates (:meth:`WalletGate.reserve`,
+    :meth:`worker.gate.aio.AsyncWalletGate.reserve`); checked, with their defaults (``ttl_s`` 300
+    seconds, ``prompt_tokens`` 0, the rest None), by :meth:`GateCore._reserve_call`."""
+
+    ttl_s: int
+    reservation_id: str | None
+    model: str | None
+    provider: str | None
+    prompt_tokens: int
+    max_tokens: int | None
+    service_tier: str | None
 
 
 class GateCore:
@@ -927,17 +941,7 @@ class WalletGate(GateCore):
 
     # reservations -----------------------------------------------------------------------------
     def reserve(
-        self,
-        wallet_id: str,
-        amount_nanos: int | None = None,
-        *,
-        ttl_s: int = 300,
-        reservation_id: str | None = None,
-        model: str | None = None,
-        provider: str | None = None,
-        prompt_tokens: int = 0,
-        max_tokens: int | None = None,
-        service_tier: str | None = None,
+        self, wallet_id: str, amount_nanos: int | None = None, **options: Unpack[ReserveOptions]
     ) -> ReservationPublic:
         """Reserve funds of a wallet before an LLM call, for ``ttl_s`` seconds: ``amount_nanos`` (an
         integer >= 1 nano-USD), or, given ``model`` (+ ``provider``, + the ``service_tier`` the call
@@ -954,17 +958,7 @@ class WalletGate(GateCore):
         worker.pricing.prices.PricingError (unknown model; a tier without a price: ``service_tier: …``),
         UnknownWallet.
         """
-        keys, args = self._reserve_call(
-            wallet_id,
-            amount_nanos,
-            ttl_s=ttl_s,
-            reservation_id=reservation_id,
-            model=model,
-            provider=provider,
-            prompt_tokens=prompt_tokens,
-            max_tokens=max_tokens,
-            service_tier=service_tier,
-        )
+        keys, args = self._reserve_call(wallet_id, amount_nanos, **options)
         try:
             reply = self._reserve(keys=keys, args=args)
         except redis.ResponseError as exc:

@@ -348,33 +348,25 @@ def resolve(session: Session, dl: DeadLetter, status: str) -> None:
 def settle_after_retry(session: Session, dl: DeadLetter) -> None:
     """In the retry's transaction, after the turn was persisted: cancel the named debt (the turn's
     usage debit now charges it) with a credit ``tollgate:deadletter-retried:…`` and mark it 'retried'."""
-    if dl.charged:
-        assert dl.wallet_id is not None  # charged only when the ledger knew the wallet
-        _ledger_entry(
-            session,
-            dl.wallet_id,
-            TransactionKind.credit,
-            dl.billed_nanos,
-            SETTLED + dl.outbox_id,
-            f"dead letter {dl.outbox_id} retried and persisted: its usage debit charges it",
-        )
+    _cancel_debt(session, dl, SETTLED, f"dead letter {dl.outbox_id} retried and persisted: its usage debit charges it")
     resolve(session, dl, "retried")
 
 
 def refund_in_ledger(session: Session, dl: DeadLetter) -> None:
     """In the caller's transaction: refund the named debt (a credit ``tollgate:deadletter-refund:…``,
     if the ledger held it) and mark the dead letter 'discarded'.  Call :func:`refund_in_gate` after commit."""
+    _cancel_debt(session, dl, REFUND, f"dead letter {dl.outbox_id} discarded: its charge refunded")
+    resolve(session, dl, "discarded")
+
+
+def _cancel_debt(session: Session, dl: DeadLetter, prefix: str, description: str) -> None:
+    """If the ledger charged ``dl`` (its named debt), credit ``dl.billed_nanos`` back to the wallet
+    keyed ``prefix + outbox_id`` (:data:`SETTLED` or :data:`REFUND`), in the caller's transaction."""
     if dl.charged:
         assert dl.wallet_id is not None  # charged only when the ledger knew the wallet
         _ledger_entry(
-            session,
-            dl.wallet_id,
-            TransactionKind.credit,
-            dl.billed_nanos,
-            REFUND + dl.outbox_id,
-            f"dead letter {dl.outbox_id} discarded: its charge refunded",
+            session, dl.wallet_id, TransactionKind.credit, dl.billed_nanos, prefix + dl.outbox_id, description
         )
-    resolve(session, dl, "discarded")
 
 
 def refund_in_gate(gate: WalletGate, dl: DeadLetter) -> None:
