@@ -33,9 +33,13 @@ from worker.devtools.workers import kill_process_group, stop_process_group
 REPO = Path(__file__).resolve().parents[2]
 _VAR = re.compile(r"\$\{(\w+):-([^}]*)\}")
 
+#: a leading ``NAME=value`` of a Procfile line
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=.*")
+
 
 def procfile_command(name: str, procfile: Path = REPO / "Procfile") -> list[str]:
-    """The argv of process ``name`` of the Procfile, variables expanded, ``celery`` as this Python's module.
+    """The argv of process ``name`` of the Procfile, variables expanded, ``celery`` as this Python's module;
+    leading ``NAME=value`` assignments (as a shell runs them) are kept through ``env``.
 
     Raises KeyError when the Procfile has no such process."""
     for line in procfile.read_text().splitlines():
@@ -43,9 +47,13 @@ def procfile_command(name: str, procfile: Path = REPO / "Procfile") -> list[str]
         if sep and key.strip() == name:
             cmd = _VAR.sub(lambda m: os.environ.get(m.group(1), m.group(2)), cmd)
             argv = shlex.split(cmd)
+            n = 0
+            while n < len(argv) and _ASSIGNMENT.fullmatch(argv[n]):
+                n += 1
+            assignments, argv = argv[:n], argv[n:]
             if argv[0] == "celery":
                 argv = [sys.executable, "-m", "celery", *argv[1:]]
-            return argv
+            return ["env", *assignments, *argv] if assignments else argv
     raise KeyError(f"Procfile has no process {name!r}")
 
 

@@ -36,6 +36,29 @@ def test_the_procfile_worker_runs_as_this_python_with_its_variables_expanded(tmp
         procfile_command("beat", procfile)
 
 
+def test_leading_assignments_of_a_procfile_line_are_kept_through_env(tmp_path, monkeypatch):
+    """The repository's own worker line starts with TOLLGATE_DRAIN_LOOP=…: a shell would set it for the
+    command, so the soak runs it as ``env NAME=value python -m celery …``."""
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("worker: A=${A:-1} B_2=x celery -A worker.celery_app worker --concurrency 2\n")
+    assert procfile_command("worker", procfile) == [
+        "env",
+        "A=1",
+        "B_2=x",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--concurrency",
+        "2",
+    ]
+    monkeypatch.setenv("A", "0")
+    assert procfile_command("worker", procfile)[1] == "A=0"
+    assert procfile_command("worker")[:2] == ["env", "TOLLGATE_DRAIN_LOOP=1"]  # the repository's Procfile
+
+
 def test_quantiles_by_nearest_rank():
     values = [float(v) for v in range(1, 101)]
     assert (pct(values, 0.5), pct(values, 0.99), pct(values, 1.0)) == (50.0, 99.0, 100.0)
