@@ -467,6 +467,10 @@ def _next_id(stream_id: str) -> str:
     return f"{ms}-{int(seq) + 1}"
 
 
+#: the longest wait (seconds) of :class:`DrainLoop` between failed rounds
+LOOP_MAX_BACKOFF_S = 1.0
+
+
 class DrainLoop:
     """A long-lived drain consumer: :meth:`OutboxDrain.drain` of every shard again and again on a
     thread, instead of a task per kick.
@@ -475,8 +479,9 @@ class DrainLoop:
     batch each, until all are empty (batches fill with whatever accumulated while the previous one
     was persisted, up to ``outbox_batch_size``); then it waits ``drain_idle_ms`` and goes again.  A
     round that fails (PostgreSQL or Redis down) is logged and retried after a back-off of 0.1 s
-    doubling to 5 s; its entries stay pending for this consumer and are read first by the next
-    round.  Started per Celery worker process when ``settings.drain_loop`` is on
+    doubling to :data:`LOOP_MAX_BACKOFF_S` (1 s: one connection attempt a second while a server is
+    down, so the loop is at most a second late once it answers again: issue 16's recovery target is
+    5 s); its entries stay pending for this consumer and are read first by the next round.  Started per Celery worker process when ``settings.drain_loop`` is on
     (``tasks.usage``); give it a consumer name of its own (``<consumer_name()>-loop``), so a task
     drain in the same process never re-reads the batch this loop has in flight.
 
@@ -506,7 +511,7 @@ class DrainLoop:
                     "drain loop %s: a round failed; again in %.1f s", self.drain.consumer, backoff, exc_info=True
                 )
                 self._stop.wait(backoff)
-                backoff = min(5.0, backoff * 2)
+                backoff = min(LOOP_MAX_BACKOFF_S, backoff * 2)
                 continue
             backoff = 0.1
             if self.stats.read == read_before:
