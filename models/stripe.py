@@ -73,7 +73,9 @@ class CheckoutCreate(InputModel):
     package_id: Annotated[
         str,
         PydanticField(
-            min_length=1, max_length=100, description="The token package to buy (the operator lists them with `tollgate stripe package list`)."
+            min_length=1,
+            max_length=100,
+            description="The token package to buy (the operator lists them with `tollgate stripe package list`).",
         ),
         SAFE_ID,
     ]
