@@ -40,7 +40,7 @@ import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Iterator, Literal
+from typing import Annotated, Any, Iterator, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fastapi import APIRouter, Query, Request
@@ -623,7 +623,7 @@ EXPORT_WHO = (
     "detail."
 )
 #: the exports send the bearer key (Swagger UI's Authorize), though they read it themselves
-EXPORT_SECURITY = {"security": [{"apiKey": []}]}
+EXPORT_SECURITY: dict[str, Any] = {"security": [{"apiKey": []}]}
 EXPORT_ERRORS = described(
     {401: {}, 403: {}, 404: {}, 422: {}},
     {
