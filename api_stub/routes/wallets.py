@@ -140,7 +140,7 @@ async def wallet(wallet_id: WalletId, who: Caller) -> WalletPublic:
         "over its budget) is refused. Then either record the call's turn with the same "
         "`reservation_id` (`POST /v1/turns`), which settles it at the real cost, release it "
         "(`DELETE …/reservations/{reservation_id}`), or let it expire after `ttl_s` seconds.\n\n"
-        "**Key:** an **owner** key of the wallet's app.\n\n"
+        "**Key:** an **owner** key of the wallet's app (for a platform wallet: the owner key issued for it).\n\n"
         "**Idempotent:** the same `reservation_id` again answers the first reservation with "
         "`duplicate: true` and holds nothing more."
     ),
@@ -218,7 +218,7 @@ async def reserve(wallet_id: WalletId, body: ReservationCreate, who: Caller) -> 
         "Give back the funds a reservation holds when its call was not made (or its turn will not be "
         "recorded with that `reservation_id`). The wallet's available balance rises by "
         "`released_nanos` at once.\n\n"
-        "**Key:** an **owner** key of the wallet's app."
+        "**Key:** an **owner** key of the wallet's app (for a platform wallet: the owner key issued for it)."
     ),
     response_description="The reservation given back and the nano-USD it held.",
     responses=described(
