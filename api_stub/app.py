@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 API_DESCRIPTION = """\
 Meter and bill the tokens your LLM agents spend, one turn at a time.
 
-**Authentication.** Every endpoint needs an API key in `Authorization: Bearer tg_…` (the
+**Authentication.** Every endpoint but Stripe's webhook needs an API key in `Authorization: Bearer tg_…` (the
 *Authorize* button above). An operator creates keys with `tollgate apikey create`: an **owner** key
 acts for one app, an **end_user** key for one wallet of an app, an **admin** key sees totals across
 apps. A missing, unknown or revoked key answers 401; each key is rate limited (429 with
@@ -83,13 +83,28 @@ returns the first answer (`duplicate: true`) and charges nothing. Credits are ap
 `idempotency_key`.
 """
 
-#: one line per tag, in the order /docs lists them
+#: one line per tag, in the order /docs lists them: every route of the schema has one of them
 TAGS = [
-    {"name": "wallets", "description": "Balances, holds (reservations) before a call, credits, modes and the ledger."},
-    {"name": "chats", "description": "A chat's state: start, pause, resume, end."},
-    {"name": "analytics", "description": "Usage and cost by period, workflow and agent; monthly rollups; CSV export."},
-    {"name": "stripe", "description": "Checkout for top-ups and Stripe's webhook."},
-    {"name": "billing", "description": "The /billing page: sign-in and its exports (CSV, JSON, PDF)."},
+    {
+        "name": "turns",
+        "description": "Record each LLM call (a turn) as it happens and get the decision: continue, or pause the chat.",
+    },
+    {
+        "name": "reservations",
+        "description": "Hold funds before an LLM call so concurrent calls cannot overspend a wallet; release them after.",
+    },
+    {"name": "wallets", "description": "Balances, the ledger of credits and debits, and credits (top-ups)."},
+    {
+        "name": "modes",
+        "description": "Billing modes of an app and of one wallet: production, development, trial, track_only.",
+    },
+    {"name": "chats", "description": "A chat's state and totals; start, pause, resume and end it."},
+    {
+        "name": "analytics",
+        "description": "Usage and cost by period, workflow, agent and model; monthly totals; per-turn export.",
+    },
+    {"name": "stripe", "description": "Buy token packages with Stripe Checkout; Stripe's webhook."},
+    {"name": "billing", "description": "Monthly exports of the /billing page: CSV, JSON and PDF."},
 ]
 
 #: Swagger UI and ReDoc, served from the installed ``fastapi-offline`` package (swagger-ui-bundle.js,

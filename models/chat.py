@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from pydantic import Field as PydanticField
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -27,26 +28,56 @@ class ChatSessionBase(SQLModel):
     connection and pause state, when it started, ended and last had a turn, and its turn and token
     totals (as of the last drained batch)."""
 
-    enterprise_id: str = Field(max_length=200)
-    chat_id: str = Field(max_length=200)
-    wallet_id: str = Field(foreign_key="wallet.id", max_length=200)
-    workflow: str = Field(max_length=200)
-    status: ChatStatus = Field(default=ChatStatus.active, sa_type=enum_type(ChatStatus, 20))
+    enterprise_id: str = Field(max_length=200, description="The app.")
+    chat_id: str = Field(max_length=200, description="The chat's id.")
+    wallet_id: str = Field(foreign_key="wallet.id", max_length=200, description="The wallet paying for the chat.")
+    workflow: str = Field(max_length=200, description="The chat's workflow.")
+    status: ChatStatus = Field(
+        default=ChatStatus.active, sa_type=enum_type(ChatStatus, 20), description="`active`, `paused` or `completed`."
+    )
     connection_state: ConnectionState = Field(
         default=ConnectionState.connected,
         sa_type=enum_type(ConnectionState, 20),
         sa_column_kwargs={"server_default": "connected"},
+        description=(
+            "`connected` (turns flow), `paused` (stopped), `resumable` (paused, and its wallet can pay "
+            "again: resume it) or `ended`."
+        ),
     )
-    pause_reason: str | None = Field(default=None, max_length=200)
+    pause_reason: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Why the chat is paused (e.g. `wallet_exhausted`, `budget_exceeded`), or null.",
+    )
     #: the chat is paused and its wallet can pay again: the orchestrator may resume it
-    can_resume: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
-    started_at: datetime = Field(sa_column=ts(nullable=False))
-    ended_at: datetime | None = Field(default=None, sa_column=ts(nullable=True))
-    last_turn_at: datetime = Field(sa_column=ts(nullable=False))
-    turns: int = 0
-    prompt_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
-    completion_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
-    cached_prompt_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    can_resume: bool = Field(
+        default=False,
+        sa_column_kwargs={"server_default": text("false")},
+        description="True: the chat is paused and its wallet can pay again; `POST …/resume` will succeed.",
+    )
+    started_at: datetime = Field(sa_column=ts(nullable=False), description="When the chat started (UTC).")
+    ended_at: datetime | None = Field(
+        default=None, sa_column=ts(nullable=True), description="When the chat ended (UTC), or null."
+    )
+    last_turn_at: datetime = Field(
+        sa_column=ts(nullable=False), description="When its latest recorded turn finished (UTC)."
+    )
+    turns: int = Field(default=0, description="Recorded turns.")
+    prompt_tokens: int = Field(
+        default=0,
+        sa_column=big(nullable=False, server_default=text("0")),
+        description="Input tokens of its recorded turns.",
+    )
+    completion_tokens: int = Field(
+        default=0,
+        sa_column=big(nullable=False, server_default=text("0")),
+        description="Output tokens of its recorded turns.",
+    )
+    cached_prompt_tokens: int = Field(
+        default=0,
+        sa_column=big(nullable=False, server_default=text("0")),
+        description="The part of `prompt_tokens` read from the provider's cache.",
+    )
 
 
 class ChatSession(ChatSessionBase, table=True):
@@ -69,30 +100,49 @@ class ChatSession(ChatSessionBase, table=True):
 
 
 class ChatSessionCreate(InputModel):
-    """A chat's billing session to open: the paying ``wallet_id`` (of the caller's app, or the
-    platform wallet the key was issued for) and the ``workflow`` its turns belong to."""
+    """A chat to open: who pays for it and the workflow its turns belong to."""
 
-    wallet_id: Id
-    workflow: Id = "default"
-    #: when the chat started (aware datetime, UTC; default now; inside the ``occurred_at`` window)
-    started_at: UtcInWindow | None = None
+    wallet_id: Id = PydanticField(
+        description="The wallet that pays for the chat: one of your app's, or the platform wallet your key was issued for."
+    )
+    workflow: Id = PydanticField("default", description="The workflow the chat runs, for analytics.")
+    #: aware datetime, stored in UTC, inside the ``occurred_at`` window
+    started_at: UtcInWindow | None = PydanticField(
+        None, description="When the chat started: ISO 8601 with a UTC offset (default now)."
+    )
 
 
 class ChatSessionEnd(InputModel):
-    """When a chat ended (aware datetime, UTC; default now; inside the ``occurred_at`` window)."""
+    """When a chat ended."""
 
-    ended_at: UtcInWindow | None = None
+    # aware datetime, stored in UTC; default now; inside the ``occurred_at`` window
+
+    ended_at: UtcInWindow | None = PydanticField(
+        None, description="When the chat ended: ISO 8601 with a UTC offset (default now)."
+    )
 
 
 class ChatAgentUsageBase(SQLModel):
     """One agent's figures in a chat that its table and its API shape share: turns, tokens and
     cost (nano-USD, at the prices charged)."""
 
-    turns: int = 0
-    prompt_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
-    completion_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
-    cached_prompt_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
-    cost_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    turns: int = Field(default=0, description="The agent's recorded turns.")
+    prompt_tokens: int = Field(
+        default=0, sa_column=big(nullable=False, server_default=text("0")), description="Its input tokens."
+    )
+    completion_tokens: int = Field(
+        default=0, sa_column=big(nullable=False, server_default=text("0")), description="Its output tokens."
+    )
+    cached_prompt_tokens: int = Field(
+        default=0,
+        sa_column=big(nullable=False, server_default=text("0")),
+        description="The part of its input tokens read from the provider's cache.",
+    )
+    cost_nanos: int = Field(
+        default=0,
+        sa_column=big(nullable=False, server_default=text("0")),
+        description="Its cost at the prices charged, nano-USD.",
+    )
 
 
 class ChatAgentUsage(ChatAgentUsageBase, table=True):
@@ -107,23 +157,26 @@ class ChatAgentUsage(ChatAgentUsageBase, table=True):
 
 
 class ChatAgentUsagePublic(ChatAgentUsageBase):
-    """One agent's figures in a chat: turns, tokens and cost (nano-USD), and its response time:
-    ``avg_response_ms`` (ms, 2 decimals) and ``total_response_ms`` (the table's ``duration_ms``)."""
+    """One agent's figures in a chat: turns, tokens, cost (nano-USD) and response time (ms)."""
 
-    avg_response_ms: float
-    total_response_ms: int
-    total_tokens: int
-    cost_usd: str
+    # total_response_ms is the table's duration_ms
+
+    avg_response_ms: float = Field(description="Its average response time, milliseconds (2 decimals).")
+    total_response_ms: int = Field(description="The sum of its response times, milliseconds.")
+    total_tokens: int = Field(description="`prompt_tokens` + `completion_tokens`.")
+    cost_usd: str = Field(description="`cost_nanos` as a decimal USD string, for display.")
 
 
 class ChatSessionPublic(ChatSessionBase):
-    """A chat session: status, connection and pause state, totals and per-agent figures (as of the
-    last drained batch); times in UTC, ISO 8601 with ``Z`` in JSON."""
+    """A chat: its state, and its totals and per-agent figures over its recorded turns (up to a few
+    seconds ago). Times are UTC, ISO 8601."""
 
-    total_tokens: int
-    cost_nanos: int
-    cost_usd: str
-    agents: dict[str, ChatAgentUsagePublic]
+    # totals as of the last drained batch
+
+    total_tokens: int = Field(description="`prompt_tokens` + `completion_tokens`.")
+    cost_nanos: int = Field(description="The chat's cost at the prices charged, nano-USD.")
+    cost_usd: str = Field(description="`cost_nanos` as a decimal USD string, for display.")
+    agents: dict[str, ChatAgentUsagePublic] = Field(description="Per-agent figures, by agent name.")
 
 
 class PausedChat(SQLModel, table=True):
@@ -156,10 +209,15 @@ class PausedChat(SQLModel, table=True):
 
 
 class PausedChatCreate(InputModel):
-    """Why a chat is paused, and the nano-USD its wallet needs before it can go on (default: what
-    it lacks now)."""
+    """Why a chat is paused, and what its wallet needs before it can go on."""
 
-    reason: Label = "paused_by_orchestrator"
-    needed_nanos: Nanos | None = None
-    #: the paying wallet, needed only for a chat with no persisted turn yet
-    wallet_id: Id | None = None
+    reason: Label = PydanticField(
+        "paused_by_orchestrator", description="Why you pause it: a short label (default `paused_by_orchestrator`)."
+    )
+    needed_nanos: Nanos | None = PydanticField(
+        None,
+        description="Nano-USD the wallet must have available before the chat can go on (default: what it lacks now).",
+    )
+    wallet_id: Id | None = PydanticField(
+        None, description="The paying wallet: needed only for a chat with no recorded turn yet."
+    )

@@ -3,15 +3,18 @@
 from enum import StrEnum
 
 
+# BillingMode (the docstring is /docs' text): trial counts ``wallet.trial_tokens_used`` against the
+# app's allowance and then follows ``enterprise.trial_then``; track_only's fee is
+# ``enterprise.flat_fee_nanos``, charged at each UTC month start.
 class BillingMode(StrEnum):
     """How a wallet pays for turns (set per app, overridable per wallet):
 
-    - ``production``: every turn is debited;
-    - ``development``: turns are recorded, marked non-billable, never debited nor blocked;
-    - ``trial``: turns are free while the wallet's trial token allowance lasts (``trial_tokens_used``),
-      then billed as in production or paused (the app's ``trial_then``);
-    - ``track_only``: self-hosted apps: turns are recorded for analytics, never debited nor blocked;
-      the app pays a flat monthly fee instead (``enterprise.flat_fee_nanos``).
+    - `production`: every turn is debited;
+    - `development`: turns are recorded but never debited nor denied;
+    - `trial`: turns are free while the wallet's trial token allowance lasts, then billed as in
+      production or paused, as the app is configured;
+    - `track_only`: turns are recorded for analytics, never debited nor denied; the app pays a
+      flat monthly fee instead.
     """
 
     production = "production"
@@ -46,14 +49,14 @@ class PayerLevel(StrEnum):
 
 
 class TransactionKind(StrEnum):
-    """Direction of a ledger entry."""
+    """A ledger entry's direction: `credit` (money in) or `debit` (recorded turns)."""
 
     credit = "credit"
     debit = "debit"
 
 
 class ChatStatus(StrEnum):
-    """Lifecycle of a chat session."""
+    """A chat's status: `active`, `paused` (stopped until its wallet can pay), `completed` (ended)."""
 
     active = "active"
     paused = "paused"
@@ -69,9 +72,9 @@ class ApiRole(StrEnum):
     admin = "admin"
 
 
+# DecisionAction: ``Decision.action`` and ``usage_event.action``
 class DecisionAction(StrEnum):
-    """What the gate tells the orchestrator after a turn (``Decision.action``, ``usage_event.action``):
-    ``continue``, or ``pause`` (the chat must stop until the wallet is credited)."""
+    """What to do after a turn: `continue`, or `pause` (stop the chat until its wallet is credited)."""
 
     continue_ = "continue"
     pause = "pause"

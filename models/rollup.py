@@ -7,6 +7,7 @@ from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
+from pydantic import Field as PydanticField
 from sqlalchemy import Column, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
@@ -31,16 +32,33 @@ class WorkflowRollupBase(SQLModel):
     """The totals of one enterprise × workflow × calendar month (UTC) that the rollup table and its
     API shape share: sessions, turns, tokens, cost (nano-USD), when it was refreshed."""
 
-    enterprise_id: str = Field(primary_key=True, max_length=200)
-    workflow: str = Field(primary_key=True, max_length=200)
-    period: str = Field(primary_key=True, max_length=7)
-    total_sessions: int = 0
-    total_turns: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
-    prompt_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
-    completion_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
-    cached_prompt_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
-    cost_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
-    refreshed_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
+    enterprise_id: str = Field(primary_key=True, max_length=200, description="The app.")
+    workflow: str = Field(primary_key=True, max_length=200, description="The workflow.")
+    period: str = Field(primary_key=True, max_length=7, description="The month, UTC: `YYYY-MM`.")
+    total_sessions: int = Field(default=0, description="Chats of the workflow with turns in the month.")
+    total_turns: int = Field(
+        default=0, sa_column=big(nullable=False, server_default=text("0")), description="Recorded turns."
+    )
+    prompt_tokens: int = Field(
+        default=0, sa_column=big(nullable=False, server_default=text("0")), description="Input tokens."
+    )
+    completion_tokens: int = Field(
+        default=0, sa_column=big(nullable=False, server_default=text("0")), description="Output tokens."
+    )
+    cached_prompt_tokens: int = Field(
+        default=0,
+        sa_column=big(nullable=False, server_default=text("0")),
+        description="The part of `prompt_tokens` read from the provider's cache.",
+    )
+    cost_nanos: int = Field(
+        default=0,
+        sa_column=big(nullable=False, server_default=text("0")),
+        description="Cost at the prices charged, nano-USD.",
+    )
+    refreshed_at: datetime = Field(
+        sa_column=ts(nullable=False, server_default=func.now()),
+        description="When these totals were last computed (UTC).",
+    )
 
 
 class WorkflowRollup(WorkflowRollupBase, table=True):
@@ -52,65 +70,82 @@ class WorkflowRollup(WorkflowRollupBase, table=True):
     document: dict = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
 
 
+# WorkflowRollupPublic: ``document`` is the seed's ``mon_{enterprise}_{workflow}`` document, given to
+# the app's owner only (it names chats): ``model_validate(row, update={"document": None})`` for others.
 class WorkflowRollupPublic(WorkflowRollupBase):
-    """The totals of one enterprise × workflow × month (UTC) rollup.  ``document`` is the seed's
-    ``mon_{enterprise}_{workflow}`` document, given to the app's owner only (it names chats):
-    ``WorkflowRollupPublic.model_validate(row, update={"document": None})`` for anyone else."""
+    """One workflow's totals in one month (UTC): chats, turns, tokens and cost (nano-USD)."""
 
-    document: dict[str, Any] | None = None
+    document: dict[str, Any] | None = Field(
+        default=None,
+        description="Owner keys only (null otherwise): the month's full summary, with per-chat and per-agent detail; money in nano-USD.",
+    )
 
 
 class WorkflowRollupsPublic(BaseModel):
-    """The rollups of one app in one period, by workflow."""
+    """An app's monthly totals in one month, one per workflow."""
 
-    data: list[WorkflowRollupPublic]
-    count: int
+    data: list[WorkflowRollupPublic] = PydanticField(description="One summary per workflow, by workflow name.")
+    count: int = PydanticField(description="The number of summaries in `data`.")
 
 
 class WorkflowAveragesPublic(BaseModel):
-    """Per-session averages of one workflow in one month (see ``worker.chats.rollups.workflow_averages``)."""
+    """One workflow's totals and per-chat averages in one month (UTC)."""
 
-    enterprise_id: str
-    workflow: str
-    period: str
-    source: Literal["rollup", "usage_event"]
-    refreshed_at: str | None
-    total_sessions: int
-    total_turns: int
-    total_cost_nanos: int
-    total_cost_usd: str
-    avg_cost_nanos: int
-    avg_cost_usd: str
-    avg_prompt_tokens: float
-    avg_completion_tokens: float
-    avg_total_tokens: float
-    avg_duration_sec: float
+    # computed by worker.chats.rollups.workflow_averages
+
+    enterprise_id: str = PydanticField(description="The app.")
+    workflow: str = PydanticField(description="The workflow.")
+    period: str = PydanticField(description="The month, UTC: `YYYY-MM`.")
+    source: Literal["rollup", "usage_event"] = PydanticField(
+        description="`rollup`: from the monthly summary; `usage_event`: computed from the recorded turns (never summarized)."
+    )
+    refreshed_at: str | None = PydanticField(
+        description="When the summary was computed (UTC, ISO 8601); null when computed now from the turns."
+    )
+    total_sessions: int = PydanticField(description="Chats of the workflow in the month.")
+    total_turns: int = PydanticField(description="Recorded turns.")
+    total_cost_nanos: int = PydanticField(description="Total cost, nano-USD.")
+    total_cost_usd: str = PydanticField(description="`total_cost_nanos` as a decimal USD string, for display.")
+    avg_cost_nanos: int = PydanticField(description="Average cost per chat, nano-USD.")
+    avg_cost_usd: str = PydanticField(description="`avg_cost_nanos` as a decimal USD string, for display.")
+    avg_prompt_tokens: float = PydanticField(description="Average input tokens per chat.")
+    avg_completion_tokens: float = PydanticField(description="Average output tokens per chat.")
+    avg_total_tokens: float = PydanticField(description="Average input + output tokens per chat.")
+    avg_duration_sec: float = PydanticField(
+        description="Average response time per chat (sum of its turns' response times), seconds."
+    )
 
 
 class UsageBucketPublic(BaseModel):
-    """Usage of one time bucket (and group): turns, tokens, cost and billed nano-USD.  Group keys
-    not asked for are ``None``."""
+    """Usage in one time bucket (and group): turns, tokens, cost and billed nano-USD. Group keys not
+    asked for are null."""
 
-    bucket: date
-    workflow: str | None = None
-    agent: str | None = None
-    model: str | None = None
-    provider: str | None = None
-    turns: int
-    prompt_tokens: int
-    completion_tokens: int
-    cached_prompt_tokens: int
-    cost_nanos: int
-    billed_nanos: int
+    bucket: date = PydanticField(
+        description="The bucket's first day (UTC): the day, the Monday of the ISO week, or the 1st of the month."
+    )
+    workflow: str | None = PydanticField(None, description="The workflow, when grouped by workflow; else null.")
+    agent: str | None = PydanticField(None, description="The agent, when grouped by agent; else null.")
+    model: str | None = PydanticField(None, description="The model, when grouped by model; else null.")
+    provider: str | None = PydanticField(None, description="The provider, when grouped by provider; else null.")
+    turns: int = PydanticField(description="Recorded turns.")
+    prompt_tokens: int = PydanticField(description="Input tokens.")
+    completion_tokens: int = PydanticField(description="Output tokens.")
+    cached_prompt_tokens: int = PydanticField(description="The part of `prompt_tokens` read from the provider's cache.")
+    cost_nanos: int = PydanticField(description="Cost at the prices charged, nano-USD.")
+    billed_nanos: int = PydanticField(
+        description="What was debited, nano-USD (less than the cost when turns were free)."
+    )
 
 
 class UsageBucketsPublic(BaseModel):
-    """Usage analytics of one app over ``[start, end)``."""
+    """An app's usage over `[start, end)`, by bucket and group."""
 
-    enterprise_id: str
-    granularity: str
-    group_by: list[str]
-    start: date
-    end: date
-    data: list[UsageBucketPublic]
-    count: int
+    enterprise_id: str = PydanticField(description="The app.")
+    granularity: str = PydanticField(description="`day`, `week` or `month`.")
+    group_by: list[str] = PydanticField(description="The keys each bucket is split by, as asked.")
+    start: date = PydanticField(description="The first day (UTC, included).")
+    end: date = PydanticField(description="The day after the last (UTC, excluded).")
+    data: list[UsageBucketPublic] = PydanticField(
+        description="One row per bucket and group, oldest first; buckets without turns are left out."
+    )
+    count: int = PydanticField(description="The number of rows in `data`.")

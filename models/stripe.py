@@ -57,28 +57,39 @@ class StripeEvent(SQLModel, table=True):
 
 
 class WebhookReceiptPublic(BaseModel):
-    """The answer to Stripe (``POST /v1/stripe/webhook``): received, and whether the event id had
-    been stored before."""
+    """The answer to Stripe: the event was received, and whether it had been received before."""
 
-    received: bool
-    duplicate: bool
+    received: bool = PydanticField(description="Always true: the event was received and stored.")
+    duplicate: bool = PydanticField(description="True: this event id was received before; nothing changed.")
 
 
 class CheckoutCreate(InputModel):
-    """A token package to buy for a wallet (``POST /v1/checkout``), and where Stripe sends the payer
-    afterwards.  Unknown fields are refused; ids as ``models.validation.Id``; the package id 1..100
-    characters, the URLs 1..2,000, without control characters."""
+    """A token package to buy for a wallet, and where Stripe sends the payer afterwards. Unknown
+    fields are refused; no field may hold control characters."""
 
-    wallet_id: Id
-    package_id: Annotated[str, PydanticField(min_length=1, max_length=100), SAFE_ID]
-    success_url: Annotated[str, PydanticField(min_length=1, max_length=2000), SAFE_ID]
-    cancel_url: Annotated[str, PydanticField(min_length=1, max_length=2000), SAFE_ID]
+    # ids as models.validation.Id; the package id 1..100 characters, the URLs 1..2,000
+
+    wallet_id: Id = PydanticField(description="The wallet the package's credit goes to.")
+    package_id: Annotated[
+        str,
+        PydanticField(
+            min_length=1,
+            max_length=100,
+            description="The token package to buy (the operator lists them with `tollgate stripe package list`).",
+        ),
+        SAFE_ID,
+    ]
+    success_url: Annotated[str, PydanticField(min_length=1, max_length=2000), SAFE_ID] = PydanticField(
+        description="Where Stripe sends the payer after paying (1..2,000 characters)."
+    )
+    cancel_url: Annotated[str, PydanticField(min_length=1, max_length=2000), SAFE_ID] = PydanticField(
+        description="Where Stripe sends the payer who cancels (1..2,000 characters)."
+    )
 
 
 class CheckoutPublic(BaseModel):
-    """The Checkout session Stripe created (``cs_…``), the URL to send the payer to, and its mode
-    (``payment`` | ``subscription``)."""
+    """The Checkout session Stripe created, and the URL to send the payer to."""
 
-    session_id: str
-    url: str | None
-    mode: str
+    session_id: str = PydanticField(description="Stripe's Checkout session id (`cs_…`).")
+    url: str | None = PydanticField(description="The page to send the payer to (null if Stripe gave none).")
+    mode: str = PydanticField(description="`payment` (one-off package) or `subscription` (monthly package).")

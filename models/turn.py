@@ -19,53 +19,95 @@ from models.validation import Id, ModelName, ProviderName, TurnId, UtcInWindow
 Tokens = Annotated[int, PydanticField(strict=True, ge=0, le=10**9)]
 
 
+# TurnIn: bad input raises ``pydantic.ValidationError`` naming the field; the text checks (control,
+# surrogate and format characters refused; lengths in code points) and the ``occurred_at`` window
+# are ``models.validation``'s.  Its docstring and field descriptions are what /docs shows.
 class TurnIn(BaseModel):
-    """One agent turn, as an orchestrator records it.
+    """One agent turn: an LLM call's tokens (or units of a non-LLM meter), who made it and who pays.
 
-    Token counts are integers ≥ 0 (``cached_prompt_tokens`` is the part of ``prompt_tokens`` read from
-    the provider's prompt cache); ``duration_ms`` is the response time in milliseconds;
-    ``occurred_at`` is when the turn finished (aware; stored in UTC; defaults to now; inside the
-    configured window, see ``models.validation``).  ``turn_id`` is the idempotency key: the same id
-    recorded twice is one turn.  Text fields are refused when they hold control, surrogate or
-    format characters (``models.validation``: ids 1..200 code points, ``turn_id`` 1..300, model
-    1..200, provider 1..100).
-
-    Raises ``pydantic.ValidationError`` naming the field for bad input.
+    Token counts are integers from 0 to 10^9. Ids are 1..200 characters (`turn_id` 1..300) without
+    control characters. Unknown fields are refused (422 naming them).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    turn_id: TurnId
-    wallet_id: Id
-    enterprise_id: Id
-    chat_id: Id
-    workflow: Id = "default"
-    agent: Id = "assistant"
-    model: ModelName
-    provider: ProviderName | None = None
-    prompt_tokens: Tokens
-    completion_tokens: Tokens
-    cached_prompt_tokens: Tokens = 0
-    #: the part of ``prompt_tokens`` written to the provider's prompt cache (Anthropic's
-    #: ``cache_creation_input_tokens``), billed at the model's cache-write price
-    cache_write_tokens: Tokens = 0
-    #: the part of ``cache_write_tokens`` written to the 1-hour cache (Anthropic's
-    #: ``cache_creation.ephemeral_1h_input_tokens``), billed at the model's 1-hour cache-write price
-    #: (the 5-minute one when genai-prices has none)
-    cache_write_1h_tokens: Tokens = 0
-    #: the provider's service tier the response was served at (OpenAI's ``service_tier``: ``flex``,
-    #: ``priority``, …), billed at genai-prices' price for that tier; None, ``default``, ``auto`` or
-    #: ``standard``: the standard price.  A tier genai-prices has no price for on that model is refused.
-    service_tier: Annotated[str, PydanticField(min_length=1, max_length=32, pattern=r"^[a-z0-9_.-]+$")] | None = None
-    duration_ms: Tokens = 0
-    occurred_at: UtcInWindow = PydanticField(default_factory=lambda: datetime.now(UTC))
-    #: the reservation this turn settles (see WalletGate.reserve), if any
-    reservation_id: Id | None = None
-    #: 'llm' for an LLM turn; else a non-LLM meter of :data:`METERS` (``model`` defaults to the meter's
-    #: name, tokens to 0) recording ``quantity`` units through the same gate and ledger
-    meter: Literal["llm", "emails", "storage_gb_month", "function_calls"] = "llm"
-    #: units of a non-LLM meter (emails sent, MB-months stored, invocations); 0 for an LLM turn
-    quantity: Annotated[int, PydanticField(strict=True, ge=0, le=10**12)] = 0
+    turn_id: TurnId = PydanticField(
+        description=(
+            "Your unique id for this turn: the idempotency key. The same `turn_id` for the same wallet "
+            "and app is recorded and charged once; resending it returns the first decision."
+        )
+    )
+    wallet_id: Id = PydanticField(description="The wallet that pays for the turn.")
+    enterprise_id: Id = PydanticField(description="Your app's id; must be the app of your owner key.")
+    chat_id: Id = PydanticField(description="The chat (conversation) the turn belongs to; a new id starts a chat.")
+    workflow: Id = PydanticField("default", description="The workflow the chat runs, for analytics.")
+    agent: Id = PydanticField("assistant", description="The agent that made the call, for per-agent figures.")
+    model: ModelName = PydanticField(
+        description="The model called, as its provider names it (e.g. `gpt-4o-mini`); priced from a public price list."
+    )
+    provider: ProviderName | None = PydanticField(
+        None, description="The model's provider (e.g. `openai`, `anthropic`); omit to find it from `model`."
+    )
+    prompt_tokens: Tokens = PydanticField(
+        description="Input tokens of the call, including cached and cache-write ones."
+    )
+    completion_tokens: Tokens = PydanticField(description="Output tokens of the call.")
+    cached_prompt_tokens: Tokens = PydanticField(
+        0, description="The part of `prompt_tokens` read from the provider's prompt cache (billed at the cached price)."
+    )
+    #: (genai-prices is the price list; a model without a 1-hour price is billed at its 5-minute one)
+    cache_write_tokens: Tokens = PydanticField(
+        0,
+        description=(
+            "The part of `prompt_tokens` written to the provider's prompt cache (Anthropic's "
+            "`cache_creation_input_tokens`), billed at the cache-write price."
+        ),
+    )
+    cache_write_1h_tokens: Tokens = PydanticField(
+        0,
+        description=(
+            "The part of `cache_write_tokens` written to the 1-hour cache (Anthropic's "
+            "`cache_creation.ephemeral_1h_input_tokens`), billed at the 1-hour cache-write price."
+        ),
+    )
+    service_tier: Annotated[str, PydanticField(min_length=1, max_length=32, pattern=r"^[a-z0-9_.-]+$")] | None = (
+        PydanticField(
+            None,
+            description=(
+                "The service tier the provider served the call at (OpenAI's `flex`, `priority`, …), billed at "
+                "that tier's price; omitted, `default`, `auto` or `standard`: the standard price. A tier "
+                "without a known price for the model is refused (422)."
+            ),
+        )
+    )
+    duration_ms: Tokens = PydanticField(0, description="The call's response time, milliseconds.")
+    occurred_at: UtcInWindow = PydanticField(
+        default_factory=lambda: datetime.now(UTC),
+        description=(
+            "When the call finished: an ISO 8601 time with a UTC offset (default: now). Times far in the "
+            "past or future are refused (422)."
+        ),
+    )
+    reservation_id: Id | None = PydanticField(
+        None,
+        description=(
+            "The reservation this turn settles (`POST /v1/wallets/{wallet_id}/reservations`): its hold is "
+            "replaced by the turn's real cost."
+        ),
+    )
+    #: a non-LLM meter records ``quantity`` units through the same gate and ledger (``model``
+    #: defaults to the meter's name, tokens to 0)
+    meter: Literal["llm", "emails", "storage_gb_month", "function_calls"] = PydanticField(
+        "llm",
+        description=(
+            "`llm` for an LLM call (tokens). Otherwise a non-LLM meter recording `quantity` units: "
+            "`emails` (emails sent), `storage_gb_month` (MB-months stored), `function_calls` (invocations); "
+            "then give 0 tokens."
+        ),
+    )
+    quantity: Annotated[int, PydanticField(strict=True, ge=0, le=10**12)] = PydanticField(
+        0, description="Units of a non-LLM `meter` (> 0 then); 0 for an LLM turn."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -106,35 +148,37 @@ class TurnIn(BaseModel):
         return self
 
 
+# TurnBatch: recorded in order with one pipelined round trip
 class TurnBatch(BaseModel):
-    """Up to 1,000 turns, recorded in order with one pipelined round trip.  Unknown fields are
-    refused (422 naming them), as on every input model."""
+    """Up to 1,000 turns to record in order. Unknown fields are refused (422 naming them)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    turns: list[TurnIn] = PydanticField(min_length=1, max_length=1000)
+    turns: list[TurnIn] = PydanticField(min_length=1, max_length=1000, description="1 to 1,000 turns, in order.")
 
 
+# Decision: the gate's answer for one turn (accepted: charged or tracked for free, and queued for
+# persistence).  The field descriptions are its attribute docs.
 class Decision(BaseModel):
-    """The gate's answer for one turn.
+    """The decision for one turn: go on (`continue`) or stop the chat (`pause`), and what it cost."""
 
-    Attributes:
-        turn_id: the turn decided.
-        accepted: the turn was charged (or tracked for free) and queued for persistence.
-        action: ``continue`` or ``pause`` (the chat must stop until the wallet is credited).
-        balance_nanos: wallet balance after the turn, nano-USD; ``None`` for an unlimited wallet.
-        cost_nanos: the turn's cost at its prices, nano-USD.
-        billed_nanos: what was debited (0 when denied or in development mode), nano-USD.
-        duplicate: this turn_id was seen before; the first answer is returned and nothing changed.
-    """
-
-    turn_id: str
-    accepted: bool
-    action: Literal["continue", "pause"]
-    balance_nanos: int | None
-    cost_nanos: int
-    billed_nanos: int
-    duplicate: bool = False
+    turn_id: str = PydanticField(description="The turn decided.")
+    accepted: bool = PydanticField(
+        description="True: the turn was recorded (and charged, if its mode bills). False: denied, nothing charged."
+    )
+    action: Literal["continue", "pause"] = PydanticField(
+        description="`continue`, or `pause`: stop the chat until its wallet is credited (or its budget allows)."
+    )
+    balance_nanos: int | None = PydanticField(
+        description="The wallet's balance after the turn, nano-USD; null for a wallet that is not limited."
+    )
+    cost_nanos: int = PydanticField(description="The turn's cost at its model's prices, nano-USD.")
+    billed_nanos: int = PydanticField(
+        description="What was debited, nano-USD: 0 when denied or free (development, track_only, inside a trial)."
+    )
+    duplicate: bool = PydanticField(
+        False, description="True: this `turn_id` was recorded before; this is its first decision, nothing changed."
+    )
 
 
 _DECISION_FIELDS = frozenset(Decision.model_fields)
@@ -176,8 +220,8 @@ def trusted_decision(
 class DecisionsPublic(BaseModel):
     """The decisions of a batch, in the order of its turns."""
 
-    data: list[Decision]
-    count: int
+    data: list[Decision] = PydanticField(description="One decision per turn, in the order of the turns.")
+    count: int = PydanticField(description="The number of decisions.")
 
 
 class UsageTurnKey(SQLModel, table=True):
@@ -209,27 +253,48 @@ class UsageEventBase(SQLModel):
     ``cost_nanos`` (what it cost at those prices) and ``billed_nanos`` (what was debited, 0 in
     development mode), and the gate's ``action``.  The family's input is :class:`TurnIn`."""
 
-    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
-    turn_id: str = Field(max_length=300, index=True)
-    occurred_at: datetime = Field(sa_column=ts(nullable=False, primary_key=True))
-    enterprise_id: str = Field(max_length=200, primary_key=True)
-    wallet_id: str = Field(max_length=200)
-    chat_id: str = Field(max_length=200)
-    workflow: str = Field(max_length=200)
-    agent: str = Field(max_length=200)
-    model: str = Field(max_length=200)
-    provider: str = Field(max_length=100)
-    mode: BillingMode = Field(sa_type=enum_type(BillingMode, 20))
-    prompt_tokens: int = Field(sa_column=big(nullable=False))
-    completion_tokens: int = Field(sa_column=big(nullable=False))
-    cached_prompt_tokens: int = Field(sa_column=big(nullable=False))
-    duration_ms: int = Field(sa_column=big(nullable=False))
-    input_nanos_per_mtok: int = Field(sa_column=big(nullable=False))
-    cached_input_nanos_per_mtok: int = Field(sa_column=big(nullable=False))
-    output_nanos_per_mtok: int = Field(sa_column=big(nullable=False))
-    cost_nanos: int = Field(sa_column=big(nullable=False))
-    billed_nanos: int = Field(sa_column=big(nullable=False))
-    action: DecisionAction = Field(sa_type=enum_type(DecisionAction, 10))
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger, primary_key=True, autoincrement=True),
+        description="The row's id: increasing within a month; the page cursor.",
+    )
+    turn_id: str = Field(max_length=300, index=True, description="Your id of the turn.")
+    occurred_at: datetime = Field(
+        sa_column=ts(nullable=False, primary_key=True), description="When the call finished (UTC)."
+    )
+    enterprise_id: str = Field(max_length=200, primary_key=True, description="The app.")
+    wallet_id: str = Field(max_length=200, description="The wallet that paid.")
+    chat_id: str = Field(max_length=200, description="The chat.")
+    workflow: str = Field(max_length=200, description="The chat's workflow.")
+    agent: str = Field(max_length=200, description="The agent that made the call.")
+    model: str = Field(max_length=200, description="The model called (or the non-LLM meter's name).")
+    provider: str = Field(max_length=100, description="The model's provider.")
+    mode: BillingMode = Field(
+        sa_type=enum_type(BillingMode, 20), description="The wallet's billing mode when the turn was recorded."
+    )
+    prompt_tokens: int = Field(sa_column=big(nullable=False), description="Input tokens, including cached ones.")
+    completion_tokens: int = Field(sa_column=big(nullable=False), description="Output tokens.")
+    cached_prompt_tokens: int = Field(
+        sa_column=big(nullable=False), description="The part of `prompt_tokens` read from the provider's cache."
+    )
+    duration_ms: int = Field(sa_column=big(nullable=False), description="Response time, milliseconds.")
+    input_nanos_per_mtok: int = Field(
+        sa_column=big(nullable=False), description="The input price charged, nano-USD per million tokens."
+    )
+    cached_input_nanos_per_mtok: int = Field(
+        sa_column=big(nullable=False), description="The cached-input price charged, nano-USD per million tokens."
+    )
+    output_nanos_per_mtok: int = Field(
+        sa_column=big(nullable=False), description="The output price charged, nano-USD per million tokens."
+    )
+    cost_nanos: int = Field(sa_column=big(nullable=False), description="The turn's cost at those prices, nano-USD.")
+    billed_nanos: int = Field(
+        sa_column=big(nullable=False),
+        description="What was debited, nano-USD (0 when free: development, track_only, inside a trial).",
+    )
+    action: DecisionAction = Field(
+        sa_type=enum_type(DecisionAction, 10), description="The decision: `continue` or `pause`."
+    )
 
 
 class UsageEvent(UsageEventBase, table=True):
@@ -288,21 +353,20 @@ class UsageEvent(UsageEventBase, table=True):
     recorded_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
 
 
+# UsageEventPublic.model_validate(row): a usage_event row as GET /v1/usage shows it
 class UsageEventPublic(UsageEventBase):
-    """One persisted turn as ``GET /v1/usage`` shows it, with the prices it was charged at (nano-USD
-    per million tokens): ``UsageEventPublic.model_validate(row)``."""
+    """One recorded turn, with the prices it was charged at (nano-USD per million tokens)."""
 
-    id: int
+    id: int = Field(description="The row's id: increasing within a month; the page cursor.")
 
 
 class UsageEventsPublic(SQLModel):
-    """A page of persisted turns of one month (UTC), oldest first; pass ``next_cursor`` as
-    ``cursor`` for the next page (``None``: last page)."""
+    """A page of recorded turns of one month (UTC), oldest first."""
 
-    period: str
-    data: list[UsageEventPublic]
-    count: int
-    next_cursor: int | None
+    period: str = Field(description="The month, UTC: `YYYY-MM`.")
+    data: list[UsageEventPublic] = Field(description="The turns of this page, oldest first.")
+    count: int = Field(description="The number of turns in `data`.")
+    next_cursor: int | None = Field(description="Pass as `cursor` for the next page; null: this is the last page.")
 
 
 class DeadLetter(SQLModel, table=True):

@@ -68,10 +68,27 @@ class WalletBase(SQLModel):
     negative: it tracks spend only)."""
 
     id: str = Field(primary_key=True, max_length=200)
-    enterprise_id: str | None = Field(default=None, foreign_key="enterprise.id", index=True, max_length=200)
-    level: PayerLevel = Field(default=PayerLevel.app_usage, sa_type=enum_type(PayerLevel, 20))
-    mode: BillingMode = Field(default=BillingMode.production, sa_type=enum_type(BillingMode, 20))
-    limited: bool = True
+    enterprise_id: str | None = Field(
+        default=None,
+        foreign_key="enterprise.id",
+        index=True,
+        max_length=200,
+        description="The app the wallet belongs to; null for a platform wallet (an app creator's own, of no app).",
+    )
+    level: PayerLevel = Field(
+        default=PayerLevel.app_usage,
+        sa_type=enum_type(PayerLevel, 20),
+        description="Who pays: `app_usage` (an app's end user) or `platform` (an app creator, for building apps).",
+    )
+    mode: BillingMode = Field(
+        default=BillingMode.production,
+        sa_type=enum_type(BillingMode, 20),
+        description="The billing mode its turns are charged in: production, development, trial or track_only.",
+    )
+    limited: bool = Field(
+        default=True,
+        description="True: turns are denied when the balance cannot pay. False: never denied; the balance may go negative (spend is tracked).",
+    )
 
 
 class Wallet(WalletBase, table=True):
@@ -105,25 +122,40 @@ class Wallet(WalletBase, table=True):
     created_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
 
 
+# WalletPublic: the gate's balance (Redis, live) and the ledger's (PostgreSQL); held_nanos and
+# can_continue (worker.chats.lifecycle.can_continue) are None when the wallet is not loaded in the
+# gate.  Its ``id`` is the JSON key ``wallet_id`` (and the constructor's keyword).
 class WalletPublic(WalletBase):
-    """A wallet's balances in nano-USD: the gate's (Redis, live) and the ledger's (PostgreSQL);
-    ``held_nanos`` (its live reservations) and ``can_continue`` (would the gate accept its next
-    turn: balance − reservations, mode, block, trial; ``worker.chats.lifecycle.can_continue``) are
-    None when the wallet is not loaded in the gate.  Its ``id`` is the JSON key ``wallet_id`` (and
-    the constructor's keyword)."""
+    """A wallet's balances and state, money in integer nano-USD (1 USD = 1,000,000,000)."""
 
-    id: str = Field(alias="wallet_id")
-    gate_balance_nanos: int | None
-    held_nanos: int | None = None
-    can_continue: bool | None = None
-    ledger_balance_nanos: int
-    credits_nanos: int
-    debits_nanos: int
+    id: str = Field(alias="wallet_id", description="The wallet's id.")
+    gate_balance_nanos: int | None = Field(
+        description="The live balance turns are charged against, nano-USD; null when the wallet is not active for metering yet."
+    )
+    held_nanos: int | None = Field(
+        default=None,
+        description="The part of the balance held by open reservations, nano-USD; null when not active yet.",
+    )
+    can_continue: bool | None = Field(
+        default=None,
+        description="Would its next turn be accepted now (balance, reservations, mode, budget, trial)? Null when not active yet.",
+    )
+    ledger_balance_nanos: int = Field(
+        description="`credits_nanos` − `debits_nanos`: the ledger's balance, which trails the live balance by seconds."
+    )
+    credits_nanos: int = Field(description="All credits in the ledger, nano-USD.")
+    debits_nanos: int = Field(description="All debits in the ledger (recorded turns), nano-USD.")
     #: owed: turns' cost the wallet could not pay (reservations required, cost above the reservation
     #: plus the free balance), persisted so far
-    debt_nanos: int = 0
+    debt_nanos: int = Field(
+        default=0,
+        description="Turns' cost the wallet could not pay (reservations required, cost above the reservation and free balance): owed, nano-USD.",
+    )
     #: every charged turn needs a live reservation of this wallet (its own setting, else its app's)
-    reservations_required: bool = False
+    reservations_required: bool = Field(
+        default=False,
+        description="True: every charged turn of this wallet must settle a reservation, else it is denied.",
+    )
 
 
 class WalletTransactionBase(SQLModel):
@@ -132,12 +164,24 @@ class WalletTransactionBase(SQLModel):
     ``amount_nanos`` nano-USD, once per ``idempotency_key``."""
 
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
-    kind: TransactionKind = Field(sa_type=enum_type(TransactionKind, 10))
-    amount_nanos: int = Field(sa_column=big(nullable=False))
-    turns: int = 0
-    idempotency_key: str = Field(max_length=300, unique=True)
-    description: str = Field(default="", max_length=500)
-    created_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
+    kind: TransactionKind = Field(
+        sa_type=enum_type(TransactionKind, 10), description="`credit` (top-up, grant) or `debit` (recorded turns)."
+    )
+    amount_nanos: int = Field(
+        sa_column=big(nullable=False), description="The amount, nano-USD (> 0; the `kind` gives its direction)."
+    )
+    turns: int = Field(default=0, description="For a debit: how many recorded turns it covers; 0 for a credit.")
+    idempotency_key: str = Field(
+        max_length=300,
+        unique=True,
+        description="The entry's unique key: a credit's `idempotency_key`, or tollgate's own for a debit.",
+    )
+    description: str = Field(
+        default="", max_length=500, description="Free text given with the credit, or tollgate's note on a debit."
+    )
+    created_at: datetime = Field(
+        sa_column=ts(nullable=False, server_default=func.now()), description="When the entry was written (UTC)."
+    )
 
 
 class WalletTransaction(WalletTransactionBase, table=True):
@@ -153,100 +197,136 @@ class WalletTransaction(WalletTransactionBase, table=True):
     wallet_id: str = Field(foreign_key="wallet.id", max_length=200)
 
 
+# WalletTransactionPublic.model_validate(row): a wallet_transaction row as the API shows it
 class WalletTransactionPublic(WalletTransactionBase):
-    """One ledger entry of a wallet (``wallet_transaction``) as the API shows it:
-    ``WalletTransactionPublic.model_validate(row)``."""
+    """One ledger entry of a wallet: a credit or a debit, in nano-USD."""
 
-    id: int
+    id: int = Field(description="The entry's id: increasing; the page cursor.")
 
 
 class WalletTransactionsPublic(BaseModel):
-    """A page of ledger entries, newest first; pass ``next_cursor`` as ``cursor`` for the next page
-    (``None``: last page)."""
+    """A page of a wallet's ledger entries, newest first."""
 
-    wallet_id: str
-    data: list[WalletTransactionPublic]
-    count: int
-    next_cursor: int | None
+    wallet_id: str = PydanticField(description="The wallet.")
+    data: list[WalletTransactionPublic] = PydanticField(description="The entries of this page, newest first.")
+    count: int = PydanticField(description="The number of entries in `data`.")
+    next_cursor: int | None = PydanticField(
+        description="Pass as `cursor` for the next page; null: this is the last page."
+    )
 
 
 class CreditCreate(InputModel):
-    """A credit to a wallet: ``amount_nanos`` (> 0, nano-USD) once per ``idempotency_key``
-    (1..200 characters, e.g. a payment id; the same key again credits nothing more)."""
+    """A credit to a wallet, applied once per `idempotency_key`."""
 
-    amount_nanos: PositiveNanos
-    idempotency_key: Id
-    description: FreeText = ""
+    amount_nanos: PositiveNanos = PydanticField(
+        description="The amount to add, nano-USD: an integer from 1 to 2^62 (1 USD = 1,000,000,000)."
+    )
+    idempotency_key: Id = PydanticField(
+        description="Your unique key for this credit (e.g. your payment's id), 1..200 characters: the same key credits once."
+    )
+    description: FreeText = PydanticField(
+        "", description="Free text kept with the ledger entry (at most 500 characters)."
+    )
 
 
 class CreditPublic(BaseModel):
-    """A credit applied: the wallet's gate balance after it, nano-USD (None for an admin key: an
-    admin sees aggregates, never one end user's balance); ``replayed`` when the key had already been
-    used (nothing changed)."""
+    """A credit applied (or replayed), and the wallet's balance after it."""
 
-    wallet_id: str
-    amount_nanos: int
-    idempotency_key: str
-    balance_nanos: int | None
-    replayed: bool
+    wallet_id: str = PydanticField(description="The wallet credited.")
+    amount_nanos: int = PydanticField(description="The amount credited, nano-USD.")
+    idempotency_key: str = PydanticField(description="The credit's key.")
+    balance_nanos: int | None = PydanticField(
+        description="The wallet's live balance after the credit, nano-USD; null for an admin key."
+    )
+    replayed: bool = PydanticField(description="True: this key had already been credited; nothing changed.")
 
 
+# ReservationCreate: 422 naming amount_nanos for neither or both, 0 or a negative amount; naming
+# service_tier for a tier the model has no price for, or a tier without model.
 class ReservationCreate(InputModel):
-    """A reservation to place on a wallet before an LLM call, for ``ttl_s`` seconds (1..86,400): either
-    ``amount_nanos`` (the estimate, nano-USD, 1..2^62), or ``model`` (+ ``provider``),
-    ``prompt_tokens`` and ``max_tokens``, which the gate prices at the worst case (every prompt
-    token at the input price, ``max_tokens`` at the output price).  The same ``reservation_id``
-    twice is one reservation.  422 naming ``amount_nanos`` for neither or both, 0 or a negative amount.
-    ``service_tier`` (with ``model``): the provider tier the call asks for (OpenAI's ``priority``,
-    ``flex``, …), priced as a turn of that tier; 422 naming ``service_tier`` for a tier the model has
-    no price for, or a tier without ``model``."""
+    """Funds to hold before an LLM call: either `amount_nanos`, or `model` with `prompt_tokens` and
+    `max_tokens`, priced at the call's worst case (every prompt token at the input price, all
+    `max_tokens` at the output price)."""
 
-    amount_nanos: PositiveNanos | None = None
-    model: Annotated[str, PydanticField(min_length=1, max_length=200)] | None = None
-    provider: Annotated[str, PydanticField(min_length=1, max_length=100)] | None = None
-    prompt_tokens: Annotated[int, PydanticField(strict=True, ge=0, le=10**9)] = 0
-    max_tokens: Annotated[int, PydanticField(strict=True, ge=0, le=10**9)] | None = None
-    service_tier: Annotated[str, PydanticField(min_length=1, max_length=32, pattern=r"^[a-z0-9_.-]+$")] | None = None
-    ttl_s: Annotated[int, PydanticField(strict=True, ge=1, le=86_400)] = 300
-    reservation_id: Id | None = None
+    amount_nanos: PositiveNanos | None = PydanticField(
+        None,
+        description="The amount to hold, nano-USD (1..2^62). Give this, or `model` with `prompt_tokens` and `max_tokens`.",
+    )
+    model: Annotated[str, PydanticField(min_length=1, max_length=200)] | None = PydanticField(
+        None, description="Instead of `amount_nanos`: the model to be called; the hold is the call's worst-case cost."
+    )
+    provider: Annotated[str, PydanticField(min_length=1, max_length=100)] | None = PydanticField(
+        None, description="With `model`: its provider (omit to find it from the model)."
+    )
+    prompt_tokens: Annotated[int, PydanticField(strict=True, ge=0, le=10**9)] = PydanticField(
+        0, description="With `model`: the call's input tokens, all priced at the input price."
+    )
+    max_tokens: Annotated[int, PydanticField(strict=True, ge=0, le=10**9)] | None = PydanticField(
+        None, description="With `model` (required then): the call's output limit, priced at the output price."
+    )
+    service_tier: Annotated[str, PydanticField(min_length=1, max_length=32, pattern=r"^[a-z0-9_.-]+$")] | None = (
+        PydanticField(
+            None,
+            description="With `model`: the service tier the call asks for (e.g. `priority`, `flex`), priced at that tier.",
+        )
+    )
+    ttl_s: Annotated[int, PydanticField(strict=True, ge=1, le=86_400)] = PydanticField(
+        300, description="Seconds the hold lasts unless settled or released first (1..86,400)."
+    )
+    reservation_id: Id | None = PydanticField(
+        None,
+        description="Your id for the reservation (default: one is generated); give it to the turn that settles it. The same id again is the same reservation.",
+    )
 
 
 class ReservationPublic(BaseModel):
-    """A reservation of a wallet's funds, as the gate answers it (``WalletGate.reserve`` returns this; the
-    API sends it as is): ``granted`` or refused; ``amount_nanos`` held; the wallet's
-    ``balance_nanos`` and total ``held_nanos`` right after (available = balance − held), nano-USD;
-    ``duplicate`` when the ``reservation_id`` was held before (the first answer, nothing changed)."""
+    """A reservation: granted or refused, what it holds and the wallet's balance right after (nano-USD)."""
+
+    # WalletGate.reserve returns this; the API sends it as is
 
     model_config = ConfigDict(frozen=True)
 
-    reservation_id: str
-    wallet_id: str
-    granted: bool
-    amount_nanos: int
-    balance_nanos: int
-    held_nanos: int
-    duplicate: bool
+    reservation_id: str = PydanticField(
+        description="The reservation's id: pass it as the turn's `reservation_id`, or release it."
+    )
+    wallet_id: str = PydanticField(description="The wallet.")
+    granted: bool = PydanticField(
+        description="True: the amount is held. False: refused (not enough available funds, or the wallet is blocked); nothing held."
+    )
+    amount_nanos: int = PydanticField(
+        description="The amount held, nano-USD (0 when refused, or when the wallet's turns are free now)."
+    )
+    balance_nanos: int = PydanticField(
+        description="The wallet's live balance right after, nano-USD; available = `balance_nanos` − `held_nanos`."
+    )
+    held_nanos: int = PydanticField(description="All the wallet's held amounts right after, nano-USD.")
+    duplicate: bool = PydanticField(
+        description="True: this `reservation_id` was already held; this is its first answer, nothing changed."
+    )
 
 
 class ReleasePublic(BaseModel):
-    """A reservation given back: ``released_nanos`` (0 when it was already settled, released or expired)."""
+    """A reservation given back."""
 
-    reservation_id: str
-    wallet_id: str
-    released_nanos: int
+    reservation_id: str = PydanticField(description="The reservation released.")
+    wallet_id: str = PydanticField(description="The wallet.")
+    released_nanos: int = PydanticField(description="The amount given back to the available balance, nano-USD.")
 
 
 class ModeUpdate(InputModel):
-    """A billing mode: production, development, trial or track_only.  On a wallet, ``null`` makes it
-    follow its app's default mode again."""
+    """A billing mode to set; on a wallet, null makes it follow its app's default mode again."""
 
-    mode: BillingMode | None
+    mode: BillingMode | None = PydanticField(
+        description="`production`, `development`, `trial` or `track_only`; on a wallet, null: follow the app's default again."
+    )
 
 
 class ModePublic(BaseModel):
-    """A mode after a change: the app's default (``wallets_changed`` followed it) or one wallet's."""
+    """A billing mode after a change: an app's default, or one wallet's."""
 
-    mode: BillingMode
-    enterprise_id: str | None = None
-    wallet_id: str | None = None
-    wallets_changed: int | None = None
+    mode: BillingMode = PydanticField(description="The mode now in effect.")
+    enterprise_id: str | None = PydanticField(None, description="The app, when its default mode was set.")
+    wallet_id: str | None = PydanticField(None, description="The wallet, when one wallet's mode was set.")
+    wallets_changed: int | None = PydanticField(
+        None, description="For an app: how many of its wallets followed the new default."
+    )

@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from sqlalchemy import select
 from sqlmodel import col
 
+from api_stub.api_docs import described
 from api_stub.csv_cells import csv_writer, safe_row
 from api_stub.deps import ERROR_RESPONSES, Caller, enterprise_in_scope, field_problem, forbid_unless
 from models.enums import ApiRole
@@ -36,10 +37,14 @@ from worker.db import session_scope
 from worker.periods import period_bounds
 
 router = APIRouter(tags=["analytics"])
-Period = Annotated[str, Query(pattern=r"^[0-9]{4}-[0-9]{2}$", description="UTC month, YYYY-MM")]
+Period = Annotated[str, Query(pattern=r"^[0-9]{4}-[0-9]{2}$", description="A calendar month, UTC: `YYYY-MM`.")]
 EnterpriseQuery = Annotated[
     str | None,
-    Query(min_length=1, max_length=200, description="the app (owner keys: their own, may be omitted)"),
+    Query(
+        min_length=1,
+        max_length=200,
+        description="The app. Owner keys: their own app, may be omitted. Admin keys: required.",
+    ),
     SAFE_ID,
 ]
 USAGE_FIELDS = tuple(UsageEventPublic.model_fields)
@@ -52,14 +57,40 @@ def _period(period: str) -> tuple:
         raise field_problem(422, "Invalid request", "period", str(exc)) from None
 
 
-@router.get("/v1/analytics/usage", response_model=UsageBucketsPublic, responses=ERROR_RESPONSES)
+@router.get(
+    "/v1/analytics/usage",
+    response_model=UsageBucketsPublic,
+    summary="Usage and cost over time",
+    description=(
+        "An app's turns, tokens (prompt, completion, cached) and money (`cost_nanos`: at the prices "
+        "charged; `billed_nanos`: what was debited; integer nano-USD) per day, ISO week or month over "
+        "`[start, end)` (UTC dates, at most 3 years), optionally split by workflow, agent, model "
+        "and/or provider. Buckets without turns are left out. Includes turns recorded up to a few "
+        "seconds ago.\n\n"
+        "**Key:** an **owner** key (its own app; `enterprise_id` may be omitted) or an **admin** key (any app; `enterprise_id` required). **End-user** keys: 403."
+    ),
+    response_description="One row per bucket (and group), oldest first.",
+    responses=described(
+        ERROR_RESPONSES,
+        {
+            403: "End-user keys see no app-wide figures. Nothing was done.",
+            404: "`enterprise_id` is another app than your owner key's. Nothing was done.",
+            422: "Invalid query (`errors[].field` names it), or an admin key without `enterprise_id`.",
+        },
+    ),
+)
 def analytics_usage(
     who: Caller,
-    start: Annotated[date, Query(description="first day, UTC (inclusive)")],
-    end: Annotated[date, Query(description="last bound, UTC (exclusive)")],
-    granularity: Literal["day", "week", "month"] = "day",
+    start: Annotated[date, Query(description="The first day, UTC (included), `YYYY-MM-DD`.")],
+    end: Annotated[date, Query(description="The day after the last one, UTC (excluded), `YYYY-MM-DD`.")],
+    granularity: Annotated[
+        Literal["day", "week", "month"], Query(description="The bucket: a UTC day, an ISO week or a calendar month.")
+    ] = "day",
     group_by: Annotated[
-        list[Literal["workflow", "agent", "model", "provider"]] | None, Query(description="repeat for several keys")
+        list[Literal["workflow", "agent", "model", "provider"]] | None,
+        Query(
+            description="Split each bucket by these keys; repeat the parameter for several (`group_by=workflow&group_by=agent`)."
+        ),
     ] = None,
     enterprise_id: EnterpriseQuery = None,
 ) -> UsageBucketsPublic:
@@ -87,7 +118,27 @@ def analytics_usage(
     )
 
 
-@router.get("/v1/analytics/rollups", response_model=WorkflowRollupsPublic, responses=ERROR_RESPONSES)
+@router.get(
+    "/v1/analytics/rollups",
+    response_model=WorkflowRollupsPublic,
+    summary="Monthly totals by workflow",
+    description=(
+        "An app's monthly summaries for one UTC month, one per workflow: sessions (chats), turns, "
+        "tokens and cost (nano-USD). They are refreshed every minute and when a chat ends, so they "
+        "may trail the latest turns by about a minute. Owner keys also get each summary's full "
+        "`document` (per-chat detail); admin keys get the totals only.\n\n"
+        "**Key:** an **owner** key (its own app; `enterprise_id` may be omitted) or an **admin** key (any app; `enterprise_id` required). **End-user** keys: 403."
+    ),
+    response_description="The month's summaries, by workflow.",
+    responses=described(
+        ERROR_RESPONSES,
+        {
+            403: "End-user keys see no app-wide figures. Nothing was done.",
+            404: "`enterprise_id` is another app than your owner key's. Nothing was done.",
+            422: "Invalid query (`errors[].field` names it), or an admin key without `enterprise_id`.",
+        },
+    ),
+)
 def analytics_rollups(who: Caller, period: Period, enterprise_id: EnterpriseQuery = None) -> WorkflowRollupsPublic:
     """The stored rollups of one app in one UTC month, by workflow (refreshed by beat every minute
     and when a chat ends).  Owners also get each ``mon_{enterprise}_{workflow}`` document."""
@@ -110,10 +161,32 @@ def analytics_rollups(who: Caller, period: Period, enterprise_id: EnterpriseQuer
     return WorkflowRollupsPublic(data=data, count=len(data))
 
 
-@router.get("/v1/analytics/workflows/{workflow}", response_model=WorkflowAveragesPublic, responses=ERROR_RESPONSES)
+@router.get(
+    "/v1/analytics/workflows/{workflow}",
+    response_model=WorkflowAveragesPublic,
+    summary="Per-chat averages of a workflow",
+    description=(
+        "One workflow's totals and per-session (per-chat) averages in one UTC month: cost "
+        "(nano-USD and a USD string), tokens and duration (seconds). Taken from the monthly summary "
+        "(`source: rollup`) or, when the month was never summarized, computed from its turns "
+        "(`source: usage_event`); all zero for a workflow without turns.\n\n"
+        "**Key:** an **owner** key (its own app; `enterprise_id` may be omitted) or an **admin** key (any app; `enterprise_id` required). **End-user** keys: 403."
+    ),
+    response_description="The workflow's totals and averages.",
+    responses=described(
+        ERROR_RESPONSES,
+        {
+            403: "End-user keys see no app-wide figures. Nothing was done.",
+            404: "`enterprise_id` is another app than your owner key's. Nothing was done.",
+            422: "Invalid query (`errors[].field` names it), or an admin key without `enterprise_id`.",
+        },
+    ),
+)
 def analytics_workflow(
     who: Caller,
-    workflow: Annotated[str, Path(min_length=1, max_length=200), SAFE_ID],
+    workflow: Annotated[
+        str, Path(min_length=1, max_length=200, description="The workflow (`workflow` of its turns)."), SAFE_ID
+    ],
     period: Period,
     enterprise_id: EnterpriseQuery = None,
 ) -> WorkflowAveragesPublic:
@@ -126,17 +199,46 @@ def analytics_workflow(
 
 
 @router.get(
-    "/v1/usage", response_model=UsageEventsPublic, responses=ERROR_RESPONSES | {200: {"content": {"text/csv": {}}}}
+    "/v1/usage",
+    response_model=UsageEventsPublic,
+    summary="Export recorded turns",
+    description=(
+        "Every recorded turn of one UTC month, oldest first, one page at a time, with its tokens, "
+        "response time (ms), the prices it was charged at (nano-USD per million tokens), its cost and "
+        "what was debited (integer nano-USD). Pass the answer's `next_cursor` as `cursor` for the next "
+        "page (`null`: last page). Turns appear here a few seconds after they were charged.\n\n"
+        "`format=csv` answers `text/csv` with a header row (the JSON fields, in order); the next page "
+        'is in the `Link: <…>; rel="next"` and `X-Next-Cursor` headers.\n\n'
+        "**Key:** an **owner** key (its whole app, or one wallet with `wallet_id`) or an **end_user** "
+        "key (its own wallet). **Admin** keys: 403 (per-turn rows are end users' detail)."
+    ),
+    response_description="One page of turns (JSON), or the same rows as CSV.",
+    responses=described(
+        ERROR_RESPONSES | {200: {"content": {"text/csv": {}}}},
+        {
+            403: "Admin keys never see per-turn rows. Nothing was done.",
+            404: "End-user keys: `wallet_id` is not your own wallet. Nothing was done.",
+        },
+    ),
 )
 def usage_export(
     request: Request,
     who: Caller,
     period: Period,
-    format: Literal["json", "csv"] = "json",
-    limit: Annotated[int, Query(ge=1, le=5000, description="turns per page")] = 1000,
-    cursor: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="next_cursor of the previous page")] = None,
+    format: Annotated[Literal["json", "csv"], Query(description="`json` (default) or `csv`.")] = "json",
+    limit: Annotated[int, Query(ge=1, le=5000, description="Turns per page (1..5,000).")] = 1000,
+    cursor: Annotated[
+        int | None,
+        Query(ge=0, le=2**63 - 1, description="The `next_cursor` of the previous page; omit for the first page."),
+    ] = None,
     wallet_id: Annotated[
-        str | None, Query(min_length=1, max_length=200, description="owner keys: one wallet"), SAFE_ID
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            description="Only this wallet's turns (end-user keys: their own wallet, the only one they may name).",
+        ),
+        SAFE_ID,
     ] = None,
 ):
     """Persisted turns of one UTC month, oldest first, one page: an owner's whole app (or one of

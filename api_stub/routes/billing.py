@@ -40,16 +40,17 @@ import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Annotated, Any, Iterator, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 from sqlmodel import Session, col
 from starlette.concurrency import run_in_threadpool
 
+from api_stub.api_docs import described
 from api_stub.billing_exports import csv_rows, json_chunks, pdf_statement
 from api_stub.deps import Problem, check_client_rate_limit, check_rate_limit, get_gate, problem_response
 from models.enums import ApiRole
@@ -610,8 +611,42 @@ def _streamed(v: Viewer, period: str, render) -> Iterator[str]:
         yield from render(report, events)
 
 
-@router.get("/export.csv", responses={401: {}, 403: {}, 404: {}, 422: {}})
-def export_csv(request: Request, period: str | None = None, enterprise_id: str | None = None) -> Response:
+#: the exports' query parameters and what /docs says about them (the parameters are the same as before)
+ExportPeriod = Annotated[str | None, Query(description="A calendar month, UTC: `YYYY-MM`; default the current month.")]
+ExportApp = Annotated[
+    str | None,
+    Query(description="The app. Owner and end-user keys: their own, may be omitted. Admin keys: required."),
+]
+EXPORT_WHO = (
+    "**Key:** `Authorization: Bearer tg_…`, or the `/billing` page's sign-in. An **owner** key gets its "
+    "app, an **end_user** key its own wallet only, an **admin** key any app's totals without end users' "
+    "detail."
+)
+#: the exports send the bearer key (Swagger UI's Authorize), though they read it themselves
+EXPORT_SECURITY: dict[str, Any] = {"security": [{"apiKey": []}]}
+EXPORT_ERRORS = described(
+    {401: {}, 403: {}, 404: {}, 422: {}},
+    {
+        401: "No API key or sign-in, or an unknown or revoked key.",
+        403: "`enterprise_id` is another app than your key's.",
+        404: "No app `enterprise_id`.",
+        422: "`period` is not a `YYYY-MM` month, or an admin key without `enterprise_id`.",
+    },
+)
+
+
+@router.get(
+    "/export.csv",
+    summary="Usage of a month as CSV",
+    description=(
+        "A month's usage as a CSV download: one line per recorded turn (tokens, cost and billed "
+        "amount as exact integer nano-USD); admin keys get aggregate lines instead.\n\n" + EXPORT_WHO
+    ),
+    response_description="The CSV file (`text/csv`).",
+    responses=EXPORT_ERRORS,
+    openapi_extra=EXPORT_SECURITY,
+)
+def export_csv(request: Request, period: ExportPeriod = None, enterprise_id: ExportApp = None) -> Response:
     """The period's usage events as CSV (exact integer nanos); aggregate lines for admins."""
     try:
         v, chosen = viewer(request, enterprise_id), _period(period)
@@ -622,8 +657,19 @@ def export_csv(request: Request, period: str | None = None, enterprise_id: str |
     )
 
 
-@router.get("/export.json", responses={401: {}, 403: {}, 404: {}, 422: {}})
-def export_json(request: Request, period: str | None = None, enterprise_id: str | None = None) -> Response:
+@router.get(
+    "/export.json",
+    summary="Usage of a month as JSON",
+    description=(
+        "A month's billing report and its recorded turns as one JSON download: "
+        '`{"report": …, "events": […]}`, money as exact integer nano-USD; admin keys get the report '
+        "without events.\n\n" + EXPORT_WHO
+    ),
+    response_description="The JSON document.",
+    responses=EXPORT_ERRORS,
+    openapi_extra=EXPORT_SECURITY,
+)
+def export_json(request: Request, period: ExportPeriod = None, enterprise_id: ExportApp = None) -> Response:
     """``{"report": …, "events": […]}`` of the period (exact integer nanos; no events for admins)."""
     try:
         v, chosen = viewer(request, enterprise_id), _period(period)
@@ -634,8 +680,18 @@ def export_json(request: Request, period: str | None = None, enterprise_id: str 
     )
 
 
-@router.get("/export.pdf", responses={401: {}, 403: {}, 404: {}, 422: {}})
-def export_pdf(request: Request, period: str | None = None, enterprise_id: str | None = None) -> Response:
+@router.get(
+    "/export.pdf",
+    summary="Statement of a month as PDF",
+    description=(
+        "A month's statement as a PDF download: per wallet, the opening balance, credits by source, "
+        "debits and closing balance (one total line for admin keys).\n\n" + EXPORT_WHO
+    ),
+    response_description="The PDF file (`application/pdf`).",
+    responses=EXPORT_ERRORS,
+    openapi_extra=EXPORT_SECURITY,
+)
+def export_pdf(request: Request, period: ExportPeriod = None, enterprise_id: ExportApp = None) -> Response:
     """The period's statement as a PDF."""
     try:
         v, chosen = viewer(request, enterprise_id), _period(period)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, Path
 from sqlalchemy import select
 from sqlmodel import col
 
+from api_stub.api_docs import described
 from api_stub.deps import (
     ERROR_RESPONSES,
     Caller,
@@ -31,7 +32,11 @@ from worker.db import session_scope
 from worker.gate.gate import UnknownWallet
 
 router = APIRouter(tags=["chats"])
-ChatId = Annotated[str, Path(min_length=1, max_length=200), SAFE_ID]
+ChatId = Annotated[
+    str,
+    Path(min_length=1, max_length=200, description="The chat's id (`chat_id` of its turns), within your app."),
+    SAFE_ID,
+]
 #: pause/resume need worker.chats.lifecycle (another part of issue 6); without it they are not served
 
 
@@ -64,7 +69,26 @@ def _public(session, chat: ChatSession) -> ChatSessionPublic:
     )
 
 
-@router.get("/v1/chats/{chat_id}", response_model=ChatSessionPublic, responses=ERROR_RESPONSES)
+@router.get(
+    "/v1/chats/{chat_id}",
+    response_model=ChatSessionPublic,
+    summary="Get a chat",
+    description=(
+        "A chat's state and totals: `status` (active, paused, completed), `connection_state` and "
+        "`can_resume` (whether the orchestrator may go on), its turns, tokens and cost (nano-USD) in "
+        "total and per agent. Figures include the chat's turns recorded up to a few seconds ago.\n\n"
+        "**Key:** an **owner** key of the chat's app, or the **end_user** key of the wallet paying for "
+        "it. **Admin** keys: 403 (no end user's detail)."
+    ),
+    response_description="The chat's state and totals.",
+    responses=described(
+        ERROR_RESPONSES,
+        {
+            403: "Admin keys never see one chat. Nothing was done.",
+            404: "No chat `chat_id` of your app (or, for an end-user key, of your wallet) has a recorded turn yet.",
+        },
+    ),
+)
 def chat_detail(chat_id: ChatId, who: Caller) -> ChatSessionPublic:
     """A chat session of the caller's app: status, pause state, totals and per-agent figures, as of
     the last drained batch (owner key, or the end user who pays for it)."""
@@ -72,7 +96,25 @@ def chat_detail(chat_id: ChatId, who: Caller) -> ChatSessionPublic:
         return _public(session, _chat_in_scope(session, who, chat_id))
 
 
-@router.post("/v1/chats/{chat_id}/end", response_model=ChatSessionPublic, responses=ERROR_RESPONSES)
+@router.post(
+    "/v1/chats/{chat_id}/end",
+    response_model=ChatSessionPublic,
+    summary="End a chat",
+    description=(
+        "Mark a chat completed (at `ended_at`, default now) and refresh its workflow's monthly "
+        "rollup at once, so `GET /v1/analytics/rollups` shows it. The body is optional.\n\n"
+        "**Key:** an **owner** key of the chat's app.\n\n"
+        "**Idempotent:** ending an ended chat changes nothing (the first `ended_at` stays)."
+    ),
+    response_description="The chat, completed.",
+    responses=described(
+        ERROR_RESPONSES,
+        {
+            403: "Only owner keys end chats. Nothing changed.",
+            404: "No chat `chat_id` of your app (or, for an end-user key, of your wallet) has a recorded turn yet. Nothing changed.",
+        },
+    ),
+)
 def chat_end(chat_id: ChatId, who: Caller, body: Annotated[ChatSessionEnd | None, Body()] = None) -> ChatSessionPublic:
     """End a chat (owner key): marked completed once (a second call keeps the first ``ended_at``)
     and its rollups refreshed at once.  404 until a turn of the chat has been persisted."""
@@ -91,7 +133,27 @@ def _end(session, chat: ChatSession, ended_at) -> None:
     end_chat(session, enterprise_id=chat.enterprise_id, chat_id=chat.chat_id, ended_at=ended_at)
 
 
-@router.post("/v1/chats/{chat_id}/start", response_model=ChatSessionPublic, responses=ERROR_RESPONSES | {409: {}})
+@router.post(
+    "/v1/chats/{chat_id}/start",
+    response_model=ChatSessionPublic,
+    summary="Start a chat",
+    description=(
+        "Open a chat before its first turn: active and connected, in `workflow`, paid by `wallet_id` "
+        "(a wallet of your app, or the platform wallet your key was issued for). Optional: a chat "
+        "also starts with its first recorded turn.\n\n"
+        "**Key:** an **owner** key.\n\n"
+        "**Idempotent:** starting a chat that exists changes nothing (its first wallet and workflow stay)."
+    ),
+    response_description="The chat.",
+    responses=described(
+        ERROR_RESPONSES | {409: {}},
+        {
+            403: "Only owner keys start chats. Nothing changed.",
+            404: "`wallet_id` is not a wallet in your key's scope. Nothing changed.",
+            409: "The wallet is not active for metering yet. Nothing changed.",
+        },
+    ),
+)
 def chat_start(chat_id: ChatId, body: ChatSessionCreate, who: Caller) -> ChatSessionPublic:
     """Open a chat's billing session (owner key; ``worker.chats.lifecycle.start_session``): its row,
     active and connected, in ``workflow``, paid by ``wallet_id``.  Starting a chat that exists
@@ -122,7 +184,32 @@ def chat_start(chat_id: ChatId, body: ChatSessionCreate, who: Caller) -> ChatSes
         return _public(session, _chat_in_scope(session, who, chat_id))
 
 
-@router.post("/v1/chats/{chat_id}/pause", response_model=ChatSessionPublic, responses=ERROR_RESPONSES)
+@router.post(
+    "/v1/chats/{chat_id}/pause",
+    response_model=ChatSessionPublic,
+    summary="Pause a chat",
+    description=(
+        "Pause a chat yourself (e.g. an agent loop you stopped), with a `reason` and the nano-USD its "
+        "wallet needs before it can go on (`needed_nanos`; default: what it lacks now). The chat is "
+        "marked paused and a `chat.paused` event is sent to your app; a credit that covers "
+        "`needed_nanos` makes it resumable. A chat with no recorded turn yet needs `wallet_id`.\n\n"
+        "You need not call this when a turn is denied: tollgate pauses that chat itself.\n\n"
+        "**Key:** an **owner** key.\n\n"
+        "**Idempotent:** pausing a paused chat changes nothing."
+    ),
+    response_description="The chat, paused.",
+    responses=described(
+        ERROR_RESPONSES,
+        {
+            403: "Only owner keys pause chats. Nothing changed.",
+            404: "No such chat of your app, or `wallet_id` is not a wallet in your key's scope. Nothing changed.",
+            422: (
+                "Invalid body, `wallet_id` missing for a chat with no recorded turn, or another wallet than "
+                "the one paying for the chat. Nothing changed."
+            ),
+        },
+    ),
+)
 def chat_pause(
     chat_id: ChatId, who: Caller, body: Annotated[PausedChatCreate | None, Body()] = None
 ) -> ChatSessionPublic:
@@ -161,7 +248,29 @@ def chat_pause(
         return _public(session, _chat_in_scope(session, who, chat_id))
 
 
-@router.post("/v1/chats/{chat_id}/resume", response_model=ChatSessionPublic, responses=ERROR_RESPONSES | {409: {}})
+@router.post(
+    "/v1/chats/{chat_id}/resume",
+    response_model=ChatSessionPublic,
+    summary="Resume a paused chat",
+    description=(
+        "Resume a paused chat if its wallet can pay again: active and connected, so its next turns are "
+        "accepted. A `chat.resumable` event is sent once per pause (by this call, or earlier by the "
+        "credit that made it payable).\n\n"
+        "**Key:** an **owner** key."
+    ),
+    response_description="The chat, active again.",
+    responses=described(
+        ERROR_RESPONSES | {409: {}},
+        {
+            403: "Only owner keys resume chats. Nothing changed.",
+            404: "No chat `chat_id` of your app (or, for an end-user key, of your wallet) has a recorded turn yet. Nothing changed.",
+            409: (
+                "The wallet cannot pay yet (`detail` says how many nano-USD it needs: credit it first), or "
+                "it is not active for metering. Nothing changed."
+            ),
+        },
+    ),
+)
 def chat_resume(chat_id: ChatId, who: Caller) -> ChatSessionPublic:
     """Resume a paused chat (owner key) if its wallet can pay: active and connected again.  If no
     credit or sweep closed its pause first, this call does and announces ``chat.resumable``

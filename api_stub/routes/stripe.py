@@ -24,6 +24,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from api_stub.api_docs import described
 from api_stub.deps import principal, problem_response
 from models.enums import ApiRole
 from models.stripe import CheckoutCreate, CheckoutPublic, WebhookReceiptPublic
@@ -69,11 +70,35 @@ def _store(event: dict[str, Any]) -> tuple[bool, bool]:
     return new, processed
 
 
-@router.post("/v1/stripe/webhook", response_model=WebhookReceiptPublic, responses={400: {}, 503: {}})
+@router.post(
+    "/v1/stripe/webhook",
+    response_model=WebhookReceiptPublic,
+    summary="Stripe's webhook (for Stripe only)",
+    description=(
+        "The endpoint to register in Stripe's dashboard for payment events; not for API clients. "
+        "No API key: each event is checked against its `Stripe-Signature` header (tollgate's webhook "
+        "signing secret, 5 minutes' tolerance), then acknowledged at once and applied shortly after "
+        "(a paid Checkout credits its wallet).\n\n"
+        "**Idempotent:** an event id delivered again answers `duplicate: true` and changes nothing."
+    ),
+    response_description="Received (and whether this event id was received before).",
+    responses=described(
+        {400: {}, 503: {}},
+        {
+            400: "A forged, stale or missing signature, or a body that is not a Stripe event. Nothing was stored.",
+            503: (
+                "Webhooks are not configured on this server, or the event was stored but could not be queued: "
+                "Stripe delivers it again later."
+            ),
+        },
+    ),
+)
 async def stripe_webhook(
     request: Request,
     send_task: Annotated[SendTask, Depends(get_send_task)],
-    stripe_signature: Annotated[str | None, Header()] = None,
+    stripe_signature: Annotated[
+        str | None, Header(description="Stripe's signature of the body (set by Stripe).")
+    ] = None,
 ):
     """Receive one Stripe event: verify, store once, enqueue, answer 200 at once (see the module doc)."""
     secret = get_settings().stripe_webhook_secret
@@ -101,15 +126,44 @@ async def stripe_webhook(
 
 
 # Checkout ---------------------------------------------------------------------------------------
-async def _caller(authorization: Annotated[str | None, Header()] = None):
+async def _caller(
+    authorization: Annotated[str | None, Header(description="Your API key: `Bearer tg_…`.")] = None,
+):
     return await principal(authorization)
 
 
-@router.post("/v1/checkout", response_model=CheckoutPublic, responses={401: {}, 404: {}, 422: {}, 502: {}, 503: {}})
+@router.post(
+    "/v1/checkout",
+    response_model=CheckoutPublic,
+    summary="Buy a token package with Stripe Checkout",
+    description=(
+        "Start a Stripe Checkout session for one of the operator's token packages (`package_id`, "
+        "one-off or monthly) and get the URL to send the payer to. When Stripe reports the payment, "
+        "the package's credit is added to `wallet_id` (once per payment); the payer returns to "
+        "`success_url` or `cancel_url`.\n\n"
+        "**Key:** an **owner** key of the wallet's app, or the wallet's own **end_user** key.\n\n"
+        "**Idempotent** with an `Idempotency-Key` header: the same key again returns the same session."
+    ),
+    response_description="The Checkout session and the URL to send the payer to.",
+    # the key is read from the Authorization header parameter; declaring the bearer scheme too makes
+    # Swagger UI's Authorize send it (a header parameter named Authorization is ignored there)
+    openapi_extra={"security": [{"apiKey": []}]},
+    responses=described(
+        {401: {}, 404: {}, 422: {}, 502: {}, 503: {}},
+        {
+            404: "`wallet_id` is not a wallet your key may pay for. Nothing was started.",
+            422: "Invalid body, or an unknown or inactive `package_id` (`errors[].field` names it). Nothing was started.",
+            503: "Stripe is not configured on this server. Nothing was started.",
+        },
+    ),
+)
 def checkout(
     body: CheckoutCreate,
     who: Annotated[Any, Depends(_caller)],
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=200, description="Optional: a key of yours; retrying with it returns the same session."),
+    ] = None,
 ):
     """Start a Stripe Checkout session (owner key of the wallet's app, or the wallet's end-user key);
     the wallet is credited when Stripe reports the payment.  ``Idempotency-Key`` is passed to Stripe."""

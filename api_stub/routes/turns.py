@@ -15,6 +15,7 @@ from prometheus_client import Histogram
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from api_stub.api_docs import described
 from api_stub.deps import (
     Caller,
     Problem,
@@ -158,7 +159,39 @@ def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
 
 
-@router.post("/v1/turns", response_model=Decision, responses={401: {}, 403: {}, 404: {}, 422: {}})
+@router.post(
+    "/v1/turns",
+    response_model=Decision,
+    tags=["turns"],
+    summary="Record one turn",
+    description=(
+        "Record one agent turn (an LLM call's tokens, or units of a non-LLM meter) and get the billing "
+        "decision for it. Call it after each LLM response, before the agent goes on.\n\n"
+        "**Key:** an **owner** key of the turn's app (`enterprise_id`).\n\n"
+        "**Answer:** `accepted: true` and `action: continue` when the turn was charged (or recorded for "
+        "free in development, track_only or trial); `accepted: false` and `action: pause` when the "
+        "wallet cannot pay it: stop the chat until the wallet is credited (the chat is marked paused "
+        "and a `chat.resumable` event follows the credit). A denied turn is a 200, not an error. "
+        "Money in the answer is integer nano-USD (1 USD = 1,000,000,000).\n\n"
+        "**Idempotent:** the same `turn_id` for the same wallet of the app is recorded once; sending "
+        "it again answers the first decision with `duplicate: true` and charges nothing, so a "
+        "timed-out call can be retried as is. A turn with `reservation_id` settles that reservation "
+        "(see `POST /v1/wallets/{wallet_id}/reservations`); a reservation held for another wallet is "
+        "refused with 409."
+    ),
+    response_description="The decision: charged (continue) or denied (pause), with the wallet's balance after it.",
+    responses=described(
+        {401: {}, 403: {}, 404: {}, 422: {}},
+        {
+            403: "The key is not an owner key, or the turn's `enterprise_id` is another app's. Nothing was recorded.",
+            404: "`wallet_id` is not a wallet of this app (or a platform wallet this key may charge). Nothing was recorded.",
+            422: (
+                "Invalid turn, a `model` (or `service_tier`) without a known price, or tokens, quantity or cost "
+                "above a per-turn limit: `errors[].field` names the field. Nothing was recorded or charged."
+            ),
+        },
+    ),
+)
 async def record_turn(turn: TurnIn, who: Caller) -> Response:
     """Record one turn (owner key of the turn's enterprise).  Idempotent by ``turn_id``.
 
@@ -169,7 +202,35 @@ async def record_turn(turn: TurnIn, who: Caller) -> Response:
     return _json((await _record([turn], who))[0])
 
 
-@router.post("/v1/turns/batch", response_model=DecisionsPublic, responses={401: {}, 403: {}, 404: {}, 422: {}})
+@router.post(
+    "/v1/turns/batch",
+    response_model=DecisionsPublic,
+    tags=["turns"],
+    summary="Record up to 1,000 turns",
+    description=(
+        "Record up to 1,000 turns in one request, decided in order, and get one decision per turn in the "
+        "same order: the batch form of `POST /v1/turns`, for orchestrators that buffer turns.\n\n"
+        "**Key:** an **owner** key of every turn's app.\n\n"
+        "**All or nothing on bad input:** a turn that is invalid, of another app, of an unknown wallet "
+        "or over a per-turn limit refuses the whole batch (the field is named `turns.<index>.<field>`) "
+        "and nothing is recorded. Otherwise each turn is decided on its own: later turns of a wallet "
+        "see the balance left by earlier ones, and a denied turn answers `accepted: false`, "
+        "`action: pause` in its place.\n\n"
+        "**Idempotent** per `turn_id`, as `POST /v1/turns`: resending a batch charges nothing twice."
+    ),
+    response_description="One decision per turn, in the order of the turns.",
+    responses=described(
+        {401: {}, 403: {}, 404: {}, 422: {}},
+        {
+            403: "The key is not an owner key, or a turn's `enterprise_id` is another app's. Nothing was recorded.",
+            404: "A turn's `wallet_id` is not a wallet of this app (`turns.<index>.wallet_id`). Nothing was recorded.",
+            422: (
+                "A turn is invalid, has no known price, or is above a per-turn limit: `errors[].field` is "
+                "`turns.<index>.<field>`. Nothing was recorded or charged."
+            ),
+        },
+    ),
+)
 async def record_turns(batch: TurnBatch, who: Caller) -> Response:
     """Record up to 1,000 turns in order (owner key); a bad turn rejects the batch and changes nothing."""
     decisions = await _record(batch.turns, who)

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlmodel import col
 from starlette.concurrency import run_in_threadpool
 
+from api_stub.api_docs import described
 from api_stub.deps import (
     ERROR_RESPONSES,
     Caller,
@@ -52,8 +53,9 @@ from worker.ledger.accounts import GatePending, LedgerError, credit_wallet
 from worker.ledger.audit import audit
 from worker.pricing.prices import PricingError
 
-router = APIRouter(tags=["wallets"])
-WalletId = Annotated[str, Path(min_length=1, max_length=200), SAFE_ID]
+# tags per route: wallets (balances, ledger, credits), reservations, modes
+router = APIRouter()
+WalletId = Annotated[str, Path(min_length=1, max_length=200, description="The wallet's id."), SAFE_ID]
 
 
 def _owner_wallet(who, wallet_id: str, action: str) -> None:
@@ -73,7 +75,27 @@ def _wallet_row(who: Principal, wallet_id: str) -> tuple[Wallet, bool]:
         return row, reservations_required(row, enterprise)
 
 
-@router.get("/v1/wallets/{wallet_id}", response_model=WalletPublic, responses={401: {}, 403: {}, 404: {}, 422: {}})
+@router.get(
+    "/v1/wallets/{wallet_id}",
+    response_model=WalletPublic,
+    tags=["wallets"],
+    summary="Get a wallet's balance",
+    description=(
+        "A wallet's balance and state, in integer nano-USD: the live balance turns are charged "
+        "against (`gate_balance_nanos`), what reservations hold (`held_nanos`), whether its next turn "
+        "would be accepted (`can_continue`), and the ledger's totals (`ledger_balance_nanos`, "
+        "`credits_nanos`, `debits_nanos`), which trail the live balance by the turns not yet written "
+        "to the ledger (seconds).\n\n"
+        "**Key:** an **owner** key of the wallet's app, the wallet's own **end_user** key, or for a "
+        "platform wallet (an app creator's, of no app) the owner key issued for it. **Admin** keys see "
+        "totals only, never one wallet: 404."
+    ),
+    response_description="The wallet's balances (nano-USD), mode and state.",
+    responses=described(
+        {401: {}, 403: {}, 404: {}, 422: {}},
+        {404: "No such wallet in your key's scope (another app's wallet, or an admin key). Nothing was done."},
+    ),
+)
 async def wallet(wallet_id: WalletId, who: Caller) -> WalletPublic:
     """A wallet's balances: its app's owner key, its own end-user key, or (a level-1 wallet, which
     has no app) the owner key issued for it; admins see aggregates only (404 here).  The row is read
@@ -101,7 +123,44 @@ async def wallet(wallet_id: WalletId, who: Caller) -> WalletPublic:
 
 
 @router.post(
-    "/v1/wallets/{wallet_id}/reservations", response_model=ReservationPublic, responses=ERROR_RESPONSES | {409: {}}
+    "/v1/wallets/{wallet_id}/reservations",
+    response_model=ReservationPublic,
+    tags=["reservations"],
+    summary="Reserve funds before an LLM call",
+    description=(
+        "Hold part of a wallet's balance for a call about to be made, so concurrent calls cannot "
+        "together spend more than the wallet has. Give either `amount_nanos` (your estimate, "
+        "nano-USD) or `model`, `prompt_tokens` and `max_tokens`, which tollgate prices at the worst "
+        "case (every prompt token at the input price, all `max_tokens` at the output price; "
+        "`service_tier` prices it at that tier).\n\n"
+        "**Answer:** `granted: true` when balance − held − amount ≥ 0, else `granted: false` and "
+        "nothing is held: don't make the call, or make a smaller one. A wallet that is not limited is "
+        "always granted; one whose turns are free now (development or track_only mode, a trial "
+        "allowance left) is granted with nothing held (`amount_nanos: 0`); a blocked wallet (e.g. "
+        "over its budget) is refused. Then either record the call's turn with the same "
+        "`reservation_id` (`POST /v1/turns`), which settles it at the real cost, release it "
+        "(`DELETE …/reservations/{reservation_id}`), or let it expire after `ttl_s` seconds.\n\n"
+        "**Key:** an **owner** key of the wallet's app (for a platform wallet: the owner key issued for it).\n\n"
+        "**Idempotent:** the same `reservation_id` again answers the first reservation with "
+        "`duplicate: true` and holds nothing more."
+    ),
+    response_description="Granted or refused, with what is held and the wallet's balance right after (nano-USD).",
+    responses=described(
+        ERROR_RESPONSES | {409: {}},
+        {
+            403: "Only owner keys reserve funds. Nothing was held.",
+            404: "No such wallet in your key's scope. Nothing was held.",
+            409: (
+                "`reservation_id` is already held for another wallet, or the wallet's state cannot take "
+                "reservations (ask the operator to reload it). Nothing was held."
+            ),
+            422: (
+                "Invalid input: neither or both of `amount_nanos` and `model`, `model` without `max_tokens`, "
+                "`service_tier` without `model`, or a model or tier with no known price; `errors[].field` "
+                "names it. Nothing was held."
+            ),
+        },
+    ),
 )
 async def reserve(wallet_id: WalletId, body: ReservationCreate, who: Caller) -> ReservationPublic:
     """Reserve ``amount_nanos`` (≥ 1) of the wallet before an LLM call, or the worst case of a call
@@ -151,10 +210,36 @@ async def reserve(wallet_id: WalletId, body: ReservationCreate, who: Caller) -> 
 
 
 @router.delete(
-    "/v1/wallets/{wallet_id}/reservations/{reservation_id}", response_model=ReleasePublic, responses=ERROR_RESPONSES
+    "/v1/wallets/{wallet_id}/reservations/{reservation_id}",
+    response_model=ReleasePublic,
+    tags=["reservations"],
+    summary="Release a reservation",
+    description=(
+        "Give back the funds a reservation holds when its call was not made (or its turn will not be "
+        "recorded with that `reservation_id`). The wallet's available balance rises by "
+        "`released_nanos` at once.\n\n"
+        "**Key:** an **owner** key of the wallet's app (for a platform wallet: the owner key issued for it)."
+    ),
+    response_description="The reservation given back and the nano-USD it held.",
+    responses=described(
+        ERROR_RESPONSES,
+        {
+            403: "Only owner keys release funds. Nothing changed.",
+            404: (
+                "No such wallet in your key's scope, or the wallet holds no reservation `reservation_id` "
+                "(already settled by its turn, released, expired, or another wallet's). Nothing changed."
+            ),
+        },
+    ),
 )
 async def release(
-    wallet_id: WalletId, reservation_id: Annotated[str, Path(min_length=1, max_length=200), SAFE_ID], who: Caller
+    wallet_id: WalletId,
+    reservation_id: Annotated[
+        str,
+        Path(min_length=1, max_length=200, description="The `reservation_id` the reservation was made with."),
+        SAFE_ID,
+    ],
+    who: Caller,
 ) -> ReleasePublic:
     """Give back a reservation not settled by a turn (owner key).  404 naming ``reservation_id`` when the
     wallet holds no such reservation (already settled, released, expired, or another wallet's)."""
@@ -170,12 +255,30 @@ async def release(
     return ReleasePublic(reservation_id=reservation_id, wallet_id=wallet_id, released_nanos=released)
 
 
-@router.get("/v1/wallets/{wallet_id}/ledger", response_model=WalletTransactionsPublic, responses=ERROR_RESPONSES)
+@router.get(
+    "/v1/wallets/{wallet_id}/ledger",
+    response_model=WalletTransactionsPublic,
+    tags=["wallets"],
+    summary="List a wallet's ledger entries",
+    description=(
+        "The wallet's ledger, newest first, one page at a time: its credits (top-ups, grants) and its "
+        "debits (each for a group of recorded turns, `turns` of them), in nano-USD. Pass the answer's "
+        "`next_cursor` as `cursor` for the next page; `next_cursor: null` is the last page. Turns "
+        "appear here a few seconds after they were charged.\n\n"
+        "**Key:** an **owner** key of the wallet's app (for a platform wallet: the owner key issued "
+        "for it), or the wallet's own **end_user** key. **Admin** keys: 404 (no end user's detail)."
+    ),
+    response_description="One page of ledger entries, newest first.",
+    responses=described(ERROR_RESPONSES, {404: "No such wallet in your key's scope. Nothing was done."}),
+)
 def ledger(
     wallet_id: WalletId,
     who: Caller,
-    limit: Annotated[int, Query(ge=1, le=500, description="entries per page")] = 50,
-    cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="Entries per page (1..500).")] = 50,
+    cursor: Annotated[
+        int | None,
+        Query(ge=1, le=2**63 - 1, description="The `next_cursor` of the previous page; omit for the first page."),
+    ] = None,
 ) -> WalletTransactionsPublic:
     """The wallet's ledger entries (``wallet_transaction``), newest first, one page: its app's owner
     (or, for a platform wallet, the owner key issued for it) or its own end user (admins see no end
@@ -192,7 +295,35 @@ def ledger(
     )
 
 
-@router.post("/v1/wallets/{wallet_id}/credits", response_model=CreditPublic, responses=ERROR_RESPONSES | {409: {}})
+@router.post(
+    "/v1/wallets/{wallet_id}/credits",
+    response_model=CreditPublic,
+    tags=["wallets"],
+    summary="Credit a wallet",
+    description=(
+        "Add `amount_nanos` (integer nano-USD, > 0) to a wallet, e.g. after a payment made outside "
+        "tollgate. The credit is in the ledger and the live balance when the call answers; chats "
+        "paused for lack of funds that the wallet can now pay for become resumable "
+        "(`chat.resumable`).\n\n"
+        "**Key:** an **owner** key of the wallet's app, or an **admin** key. Every credit is "
+        "audit-logged with the key that made it. An admin's answer has `balance_nanos: null` "
+        "(admins never see one end user's balance).\n\n"
+        "**Idempotent:** one credit per `idempotency_key` (use your payment's id): the same key, "
+        "wallet and amount again answers `replayed: true` and credits nothing more."
+    ),
+    response_description="The credit applied (or replayed), and the wallet's balance after it (nano-USD).",
+    responses=described(
+        ERROR_RESPONSES | {409: {}},
+        {
+            403: "Only owner and admin keys credit wallets. Nothing was credited.",
+            404: "No such wallet in your key's scope. Nothing was credited.",
+            409: (
+                "`idempotency_key` was already used for another credit (another wallet or amount), or the "
+                "wallet is not active for metering yet. Nothing was credited."
+            ),
+        },
+    ),
+)
 def credit(wallet_id: WalletId, body: CreditCreate, who: Caller) -> CreditPublic:
     """Credit the wallet (owner key of its app, or admin) once per ``idempotency_key``: the ledger
     entry commits, then the gate's balance; audit-logged (``credit``).  409 naming
@@ -261,7 +392,28 @@ def mode_problem(exc: ModeError) -> Problem:
     return field_problem(404, "Unknown " + field.removesuffix("_id"), field, message)
 
 
-@router.put("/v1/wallets/{wallet_id}/mode", response_model=ModePublic, responses=ERROR_RESPONSES)
+@router.put(
+    "/v1/wallets/{wallet_id}/mode",
+    response_model=ModePublic,
+    tags=["modes"],
+    summary="Set a wallet's billing mode",
+    description=(
+        "Give one wallet its own billing mode (`production`, `development`, `trial` or "
+        "`track_only`), whatever its app's default, or send `mode: null` to make it follow its app's "
+        "default again. Takes effect for the wallet's next turn; chats the new mode lets go on "
+        "(e.g. paused for lack of funds, now in development) become resumable.\n\n"
+        "**Key:** an **owner** key of the wallet's app, or an **admin** key. Audit-logged."
+    ),
+    response_description="The wallet's mode after the change.",
+    responses=described(
+        ERROR_RESPONSES,
+        {
+            403: "Only owner and admin keys change modes. Nothing changed.",
+            404: "No such wallet in your key's scope. Nothing changed.",
+            422: "`mode` is not one of production, development, trial, track_only or null. Nothing changed.",
+        },
+    ),
+)
 def wallet_mode(wallet_id: WalletId, body: ModeUpdate, who: Caller) -> ModePublic:
     """Override a wallet's billing mode, or (``mode: null``) make it follow its app's default
     again: owner key of its app, or admin.  Audit-logged (``mode_change``); chats the new mode

@@ -267,7 +267,7 @@ def test_cli_lists_retries_once_after_the_cause_is_fixed(db, redis_client, gate,
 
     listed = cli("deadletter", "list", "--json")
     assert listed.returncode == 0, listed.stderr
-    (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    (row,) = json.loads(listed.stdout)  # one JSON list
     outbox_id = row["outbox_id"]
     assert {k: row[k] for k in ("shard", "turn_id", "wallet_id", "billed_nanos", "charged")} == {
         "shard": shard,
@@ -410,7 +410,7 @@ def test_bytes_that_are_not_utf8_in_the_outbox_are_dead_lettered_not_wedging(db,
     )
     listed = cli("deadletter", "list", "--json")
     assert listed.returncode == 0, listed.stderr
-    row = json.loads(listed.stdout)
+    (row,) = json.loads(listed.stdout)
     assert (row["turn_id"], row["wallet_id"], row["billed_nanos"]) == ("t-\udcff", "w1", bad.billed_nanos)
     assert cli("deadletter", "discard", row["outbox_id"]).returncode == 0
     assert gate.balance("w1") == CREDIT - good.billed_nanos

@@ -36,6 +36,15 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).resolve().parents[2]
+#: the table the README's Quick start says `make demo` ends with
+README_DEMO_TABLE = re.search(
+    r"`make demo` ends with this table.*?```\n(.*?)```", (REPO / "README.md").read_text(), re.S
+).group(1)
+
+
+def _table_rows(text: str) -> dict[str, str]:
+    """``{figure: value}`` of the rows of a rich table in ``text`` (``│ name │ value │``)."""
+    return dict(re.findall(r"│ (\w+)\s*│\s*(\S+) │", text))
 
 
 def _free_ports(n: int) -> list[int]:
@@ -126,6 +135,11 @@ def test_make_demo_on_a_fresh_machine_persists_2000_turns_and_leaves_nothing(fre
         "turns_denied": "0",
     }, done.stdout
     assert "pip install" not in done.stdout
+    # it prints the README's table: every figure but the run's id and timings
+    shown, readme = _table_rows(done.stdout), _table_rows(README_DEMO_TABLE)
+    varying = {"run_id", "wallet_id", "wall_s", "turns_per_s"}
+    assert len(readme) == 18 and set(readme) == set(shown), (readme, shown)
+    assert {k: v for k, v in shown.items() if k not in varying} == {k: v for k, v in readme.items() if k not in varying}
     _assert_nothing_left(env, pg_port, redis_port)
 
     # the data was kept: started again, the database holds the 2,000 usage events

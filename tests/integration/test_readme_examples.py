@@ -101,3 +101,13 @@ def test_every_readme_example_runs_in_order_on_a_fresh_database(db, redis_client
         ]
     rollup = [line for line in done.stdout.splitlines() if line.startswith('{"_id": "mon_app-7_replay"')]
     assert len(rollup) == 1 and json.loads(rollup[0])["period"] == "2023-11"
+
+
+def test_the_quick_start_has_exactly_two_commands_and_says_which_servers():
+    """Issue 17: the Quick start keeps its two commands, says what happens when no server answers
+    and how to use real servers instead."""
+    section = _section("Quick start")
+    [block] = re.findall(r"```bash\n(.*?)```", section, re.S)
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+    assert commands == ["make demo", "make test"]
+    assert "When nothing answers at a loopback URL" in section and "**Real servers instead.**" in section

@@ -12,7 +12,7 @@ import typer
 
 from worker.cli.common import AsJson, err, fail, print_rows, report
 
-apikey_app = typer.Typer(help="API keys: create (shown once), revoke.", no_args_is_help=True)
+apikey_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
 
 
 @apikey_app.command("create")

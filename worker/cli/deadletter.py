@@ -16,9 +16,10 @@ deadletter_app = typer.Typer(help="Dead letters: outbox entries the drain could 
 
 
 @deadletter_app.command("list")
-def deadletter_list(as_json: bool = typer.Option(False, "--json", help="one JSON object per line")) -> None:
+def deadletter_list(as_json: bool = typer.Option(False, "--json", help="print one JSON list ([] when none)")) -> None:
     """Every dead letter: shard, outbox id, turn_id, wallet, billed nanos, whether the ledger holds its
-    charge, error.  Text is shown escaped (NUL as \\x00)."""
+    charge, error.  Text is shown escaped (NUL as \\x00).  ``--json``: one JSON list of objects, as
+    every list command (``[]`` when there is none)."""
     from rich.text import Text
 
     from worker.db import session_scope
@@ -27,8 +28,7 @@ def deadletter_list(as_json: bool = typer.Option(False, "--json", help="one JSON
     with session_scope() as session:
         dead = list_dead_letters(session)
     if as_json:
-        for dl in dead:
-            print(json.dumps({k: v for k, v in dl.as_dict().items() if k != "fields"}))
+        print(json.dumps([{k: v for k, v in dl.as_dict().items() if k != "fields"} for dl in dead]))
         return
     table = Table(title=f"{len(dead)} dead letter(s)")
     for column in ("shard", "outbox_id", "turn_id", "wallet_id", "billed_nanos", "charged", "error"):

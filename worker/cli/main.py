@@ -24,6 +24,8 @@ nothing was recorded.
 
 from __future__ import annotations
 
+import inspect
+
 import typer
 from typer._click.exceptions import UsageError  # typer vendors click: the class its main loop answers
 from typer.core import TyperGroup
@@ -100,6 +102,23 @@ app.add_typer(stripe.stripe_app, name="stripe")
 app.add_typer(apps.app_app, name="app")
 app.add_typer(deadletter.deadletter_app, name="deadletter")
 app.add_typer(services.services_app, name="services")
+
+
+def _one_line_summaries(group: typer.Typer) -> None:
+    """Give each command of ``group`` (and of its subgroups) without a ``short_help`` its docstring's
+    first paragraph on one line: in ``--help``'s command list, Typer's rich mode keeps a docstring's
+    line breaks, which cut a summary mid-sentence at the source's 100th column.  A command's own
+    ``--help`` page is unchanged (Typer joins the lines there)."""
+    for info in group.registered_commands:
+        if info.short_help is None and info.callback is not None and info.callback.__doc__:
+            first = inspect.cleandoc(info.callback.__doc__).split("\n\n")[0]
+            info.short_help = " ".join(first.split())
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _one_line_summaries(sub.typer_instance)
+
+
+_one_line_summaries(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

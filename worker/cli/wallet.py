@@ -15,7 +15,7 @@ from models.enums import BillingMode, PayerLevel
 from worker.cli.common import AsJson, checked_id, fail, out, parse_usd, print_rows, report
 from worker.pricing.prices import PricingError, nanos_to_usd, usd_to_nanos
 
-wallet_app = typer.Typer(help="Wallets: create, credit, show.", no_args_is_help=True)
+wallet_app = typer.Typer(help="Wallets: create, list, show, credit, mode, reservations.", no_args_is_help=True)
 
 
 @wallet_app.command("create")
