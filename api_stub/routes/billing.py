@@ -92,8 +92,9 @@ COOKIE = "tollgate_session"
 #: the sign-in form's double-submit CSRF token (the form carries the same value)
 CSRF_COOKIE = "tollgate_csrf"
 _SECURITY_HEADERS = {
+    # form-action: the top-up form's POST answers with a redirect to Stripe Checkout (billing_topup)
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "connect-src 'self'; form-action 'self' https://checkout.stripe.com; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",  # "no-referrer" would make a browser send `Origin: null` on our own forms
     "Cache-Control": "no-store",
@@ -460,7 +461,10 @@ def page(
             if 1 <= number <= wallets.ledger.pages:
                 ledger_urls[name] = f"/billing?{query}&ledger_page={number}#ledger"
     shown = report.displayed()
+    from api_stub.routes.billing_topup import attention_view, topup_view  # it imports this module
+
     history = {
+        "current": now,  # the month to date (the chart marks it)
         "periods": report.history.periods,
         "labels": [_month(p) for p in report.history.periods],
         "total_cents": shown.history_totals,
@@ -490,6 +494,9 @@ def page(
         history=history,
         meters=METERS,
         enterprise_param=enterprise_id or "",
+        now_period=now,
+        attention=attention_view(v, chosen),
+        topup=topup_view(request, v, [w.wallet_id for w in wallets.rows]),
     )
 
 
