@@ -429,7 +429,9 @@ def attention(
         .order_by(func.coalesce(col(pc.paused_at), col(cs.paused_at)).desc().nulls_last(), col(cs.chat_id))
         .limit(MAX_PAUSED)
     ).all()
-    workflow_budgets = _workflow_budgets(session, enterprise_id, now_period or period)
+    # spend this month only of the workflows whose budget paused a listed chat (usually none)
+    over = sorted({str(wf) for _c, _w, wf, why, *_ in rows if why == "budget_exceeded"})
+    workflow_budgets = _workflow_budgets(session, enterprise_id, now_period or period, over) if over else {}
     paused = [
         PausedChatRow(
             chat_id=str(chat),
@@ -446,15 +448,18 @@ def attention(
     return Attention(counts=counts, paused=paused, alerts=wallet_alerts + alerts + dead_alerts, detail=True)
 
 
-def _workflow_budgets(session: Session, enterprise_id: str, period: str) -> dict[str, tuple[str, int, int]]:
-    """workflow → (workflow, amount_nanos, spent_nanos in ``period``) of the app's workflow budgets:
-    spend is ``usage_event.cost_nanos`` of the workflow (as ``worker.billing.budgets``)."""
+def _workflow_budgets(
+    session: Session, enterprise_id: str, period: str, workflows: list[str]
+) -> dict[str, tuple[str, int, int]]:
+    """workflow → (workflow, amount_nanos, spent_nanos in ``period``) of the app's budgets on
+    ``workflows``: spend is ``usage_event.cost_nanos`` of the workflow (as ``worker.billing.budgets``),
+    read through ``ix_usage_event_enterprise_workflow_occurred``."""
     start, end = validate_period(period)
     budgets = {
         str(wf): int(amount)
         for wf, amount in session.execute(
             select(col(Budget.workflow), col(Budget.amount_nanos)).where(
-                col(Budget.enterprise_id) == enterprise_id, col(Budget.workflow).is_not(None)
+                col(Budget.enterprise_id) == enterprise_id, col(Budget.workflow).in_(workflows)
             )
         )
     }
