@@ -542,6 +542,27 @@ def test_the_top_up_post_refuses_what_it_must(browser, server, seeded, stripe_st
         ctx.close()
     assert len(stripe_stub.requests) == before  # nothing reached Stripe
 
+    # a Bearer caller has no browser session, so no CSRF token: Origin and the wallet rule still hold
+    ctx, page = _context(browser, server)
+    bearer = {"Authorization": f"Bearer {seeded.keys['owner']}"}
+    r = page.request.post(
+        f"{server}/billing/topup",
+        form={"wallet_id": "x-1", "package_id": "pkg-5"},
+        headers=bearer | {"Origin": server},
+        max_redirects=0,
+    )
+    assert r.status == 403 and 'data-field="wallet_id"' in r.text()
+    r = page.request.post(
+        f"{server}/billing/topup",
+        form={"wallet_id": "w-bob", "package_id": "pkg-5"},
+        headers=bearer | {"Origin": server},
+        max_redirects=0,
+    )
+    assert r.status == 303 and r.headers["location"] == f"https://checkout.stripe.com/c/pay/cs_test_{before + 1}"
+    [req] = stripe_stub.requests[before:]
+    assert (req.form["metadata[wallet_id]"], req.form["metadata[package_id]"]) == ("w-bob", "pkg-5")
+    ctx.close()
+
 
 def _webhook(server: str, body: str) -> None:
     import httpx
@@ -556,6 +577,7 @@ def _webhook(server: str, body: str) -> None:
 
 
 def test_top_up_through_checkout_and_the_credit_on_return(browser, server, seeded, db, shots, stripe_stub, gate):
+    # the stand-in numbers its sessions by the requests it has had (earlier tests' included)
     from worker.billing.stripe import process_event
     from worker.chats.wiring import after_credit
     from worker.db import session_scope
@@ -692,6 +714,7 @@ def test_month_to_date_marker_and_the_empty_chart(browser, server, seeded, shots
     labels = page.evaluate("() => Chart.getChart('history-chart').data.labels")
     assert labels[-1] == [f"{now:%b %Y}", "to date"] and all(isinstance(x, str) for x in labels[:-1])
     assert page.query_selector("[data-testid=chart-empty]") is None
+    page.locator(".chart-box").screenshot(path=str(shots / "chart-month-to-date.png"))
     page.goto("/billing?period=2026-11")
     assert page.query_selector("[data-testid=mtd]") is None
     assert json.loads(page.inner_text("#history-data"))["current"] == current_period()
