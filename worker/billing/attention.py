@@ -29,9 +29,22 @@ Money in integer nano-USD.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ColumnElement,
+    DateTime,
+    String,
+    and_,
+    cast,
+    func,
+    literal,
+    null,
+    select,
+    union_all,
+)
 from sqlmodel import Session, col
 
 from models.budget import Budget, BudgetAlert
@@ -284,12 +297,7 @@ def attention(
         col(pc.resumed_at).is_(None),
     )
     reason = func.coalesce(col(pc.reason), col(cs.pause_reason), "unknown")
-    by_reason = {
-        str(r): int(n)
-        for r, n in session.execute(
-            select(reason, func.count()).select_from(cs).outerjoin(pc, joined).where(paused_where).group_by(reason)
-        )
-    }
+    by_reason, rows = _paused(session, paused_where, joined, reason, listed=MAX_PAUSED if detail else 0)
 
     # wallets -----------------------------------------------------------------------------------
     w = Wallet
@@ -413,22 +421,6 @@ def attention(
         )
     ]
 
-    rows = session.execute(
-        select(
-            col(cs.chat_id),
-            col(cs.wallet_id),
-            col(cs.workflow),
-            reason,
-            func.coalesce(col(pc.needed_nanos), 0),
-            func.coalesce(col(pc.paused_at), col(cs.paused_at)),
-            col(cs.can_resume),
-        )
-        .select_from(cs)
-        .outerjoin(pc, joined)
-        .where(paused_where)
-        .order_by(func.coalesce(col(pc.paused_at), col(cs.paused_at)).desc().nulls_last(), col(cs.chat_id))
-        .limit(MAX_PAUSED)
-    ).all()
     # spend this month only of the workflows whose budget paused a listed chat (usually none)
     over = sorted({str(wf) for _c, _w, wf, why, *_ in rows if why == "budget_exceeded"})
     workflow_budgets = _workflow_budgets(session, enterprise_id, now_period or period, over) if over else {}
@@ -446,6 +438,68 @@ def attention(
         for chat, wid, workflow, why, needed, at, can_resume in rows
     ]
     return Attention(counts=counts, paused=paused, alerts=wallet_alerts + alerts + dead_alerts, detail=True)
+
+
+def _paused(
+    session: Session,
+    where: ColumnElement[bool],
+    joined: ColumnElement[bool],
+    reason: ColumnElement[str],
+    *,
+    listed: int,
+) -> tuple[dict[str, int], list[tuple]]:
+    """The paused chats ``where`` selects (``chat_session`` left-joined to its open paused-chat
+    record on ``joined``): the count per ``reason`` and the ``listed`` most recently paused
+    ``(chat_id, wallet_id, workflow, reason, needed_nanos, paused_at, can_resume)``, newest first,
+    in one statement: the app's sessions are read once (a CTE used twice is materialized)."""
+    cs, pc = ChatSession, PausedChat
+    at = func.coalesce(col(pc.paused_at), col(cs.paused_at))
+    paused = (
+        select(
+            col(cs.chat_id).label("chat_id"),
+            col(cs.wallet_id).label("wallet_id"),
+            col(cs.workflow).label("workflow"),
+            reason.label("reason"),
+            func.coalesce(col(pc.needed_nanos), 0).label("needed"),
+            at.label("at"),
+            col(cs.can_resume).label("can_resume"),
+        )
+        .select_from(cs)
+        .outerjoin(pc, joined)
+        .where(where)
+        .cte("paused")
+    )
+    p = paused.c
+    counts = select(literal(0).label("part"), p.reason, func.count().label("n"), *_NULLS).group_by(p.reason)
+    if not listed:
+        return {str(r): int(n) for _part, r, n, *_ in session.execute(counts)}, []
+    top = select(paused).order_by(p.at.desc().nulls_last(), p.chat_id).limit(listed).subquery()
+    t = top.c
+    rows = select(
+        literal(1), t.reason, literal(0, BigInteger), t.chat_id, t.wallet_id, t.workflow, t.needed, t.at, t.can_resume
+    )
+    by_reason: dict[str, int] = {}
+    out: list[tuple] = []
+    for part, r, n, chat, wid, workflow, needed, at_, can_resume in session.execute(union_all(counts, rows)):
+        if part == 0:
+            by_reason[str(r)] = int(n)
+        else:
+            out.append((chat, wid, workflow, r, needed, at_, can_resume))
+    far_past = datetime.min.replace(tzinfo=UTC)
+    out.sort(key=lambda row: row[0])
+    out.sort(key=lambda row: row[5] or far_past, reverse=True)  # newest first, unknown times last
+    return by_reason, out
+
+
+#: the listing's columns as typed NULLs in the count rows of :func:`_paused`'s UNION
+_NULLS = (
+    cast(null(), String).label("chat_id"),
+    cast(null(), String).label("wallet_id"),
+    cast(null(), String).label("workflow"),
+    cast(null(), BigInteger).label("needed"),
+    cast(null(), DateTime(timezone=True)).label("at"),
+    cast(null(), Boolean).label("can_resume"),
+)
 
 
 def _workflow_budgets(
