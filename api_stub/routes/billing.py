@@ -8,7 +8,8 @@ Routes (all under ``/billing``):
   mode, state; the period's opening, credits by source, debits, closing:
   :mod:`worker.billing.statement`) and page ``ledger_page`` (default 1) of their ledger.  A key in
   the URL (``?key=``) never signs in (it would land in access logs and browser history): 400
-  naming ``key``.
+  naming ``key``.  Its attention (paused chats, alerts) and top-up sections are
+  :mod:`api_stub.billing_sections`; the top-up form posts to :mod:`api_stub.routes.billing_topup`.
 - ``GET|POST /billing/login``, ``POST /billing/logout``: sign in with an API key pasted in a form,
   sign out.  Both POSTs must come from this site: ``Origin`` (or, without it, ``Referer``) equal to
   the server's own origin (``settings.web_origin`` or the request's scheme and Host) and a CSRF
@@ -51,6 +52,7 @@ from sqlmodel import Session, col
 from starlette.concurrency import run_in_threadpool
 
 from api_stub.billing_exports import csv_rows, json_chunks, pdf_statement
+from api_stub.billing_sections import page_sections
 from api_stub.deps import Problem, check_client_rate_limit, check_rate_limit, get_gate, problem_response
 from models.enums import ApiRole
 from models.wallet import Enterprise
@@ -461,8 +463,8 @@ def page(
             if 1 <= number <= wallets.ledger.pages:
                 ledger_urls[name] = f"/billing?{query}&ledger_page={number}#ledger"
     shown = report.displayed()
-    from api_stub.routes.billing_topup import attention_view, topup_view  # it imports this module
-
+    with _snapshot() as session:  # issue 18 items 3 and 4: the attention and top-up sections
+        sections = page_sections(session, request, v, chosen, [w.wallet_id for w in wallets.rows])
     history = {
         "current": now,  # the month to date (the chart marks it)
         "periods": report.history.periods,
@@ -495,8 +497,7 @@ def page(
         meters=METERS,
         enterprise_param=enterprise_id or "",
         now_period=now,
-        attention=attention_view(v, chosen),
-        topup=topup_view(request, v, [w.wallet_id for w in wallets.rows]),
+        **sections,
     )
 
 

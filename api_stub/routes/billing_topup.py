@@ -1,4 +1,4 @@
-"""Top-up from the ``/billing`` page (issue 18 item 4) and the page's attention section (item 3).
+"""Top-up from the ``/billing`` page (issue 18 item 4): the POST of its top-up form.
 
 - ``POST /billing/topup`` (form fields ``wallet_id``, ``package_id``, ``csrf_token``): start a Stripe
   Checkout session selling the one-off token package ``package_id`` to ``wallet_id`` through the
@@ -15,14 +15,12 @@
   package (422 naming ``package_id``).  Stripe not configured: 503; Stripe refusing: 502.  Errors
   are the page's HTML error with that status.  Nothing is written here: the credit is the webhook's.
 
-- :func:`attention_view`: the attention section's data for a viewer
-  (:func:`worker.billing.attention.attention`, with the viewer's access rules).
+The section itself (packages, the banner on return) is :mod:`api_stub.billing_sections`.
 """
 
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
 from urllib.parse import parse_qs, urlencode
 
 import stripe
@@ -31,68 +29,14 @@ from fastapi.responses import RedirectResponse, Response
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from api_stub.routes.billing import Refusal, Viewer, _html, _snapshot, check_origin, own_origin, templates, viewer
+from api_stub.routes.billing import Refusal, Viewer, _html, check_origin, own_origin, viewer
 from models.enums import ApiRole
 from models.wallet import Wallet
-from worker.billing.attention import BLOCK_LABELS, Attention, attention, reason_label
 from worker.billing.stripe import StripeBillingError, StripeConfigError, create_checkout_session, get_package
-from worker.billing.topup import CheckoutResult, Offer, checkout_result, offers, valid_session_id
 from worker.db import session_scope
 from worker.periods import current_period
-from worker.settings import get_settings
 
 router = APIRouter(prefix="/billing", tags=["billing"])
-templates.env.globals.update(blocks=BLOCK_LABELS, reason_label=reason_label)  # used by _attention.html
-
-#: the ``topup`` query values Stripe's success and cancel URLs carry back to the page
-RETURNS = ("success", "cancelled")
-
-
-@dataclass(frozen=True)
-class TopUpView:
-    """The top-up section of the page: ``offers`` (one-off packages), ``wallets`` the payer may top
-    up (ids), ``configured`` (Stripe Checkout has an API key), and the return from Checkout:
-    ``returned`` (``success`` | ``cancelled`` | None) with ``result`` (the credit once the webhook
-    landed, else pending) for a success with a valid session id."""
-
-    offers: list[Offer]
-    wallets: list[str]
-    configured: bool
-    returned: str | None = None
-    result: CheckoutResult | None = None
-
-
-def topup_view(request: Request, v: Viewer, wallet_ids: list[str]) -> TopUpView | None:
-    """The top-up section for viewer ``v`` (None for an admin: aggregates only, no wallet to pay
-    for), offering the packages to ``wallet_ids`` (the wallets in view), with the Checkout return
-    read from the query (``topup``, ``checkout_session``)."""
-    if not v.detail:
-        return None
-    returned = request.query_params.get("topup")
-    returned = returned if returned in RETURNS else None
-    sid = valid_session_id(request.query_params.get("checkout_session"))
-    with _snapshot() as session:
-        offered = offers(session)
-        result = (
-            checkout_result(session, session_id=sid, enterprise_id=v.enterprise_id, wallet_id=v.wallet_id)
-            if returned == "success" and sid
-            else None
-        )
-    return TopUpView(offered, wallet_ids, bool(get_settings().stripe_api_key), returned, result)
-
-
-def attention_view(v: Viewer, period: str) -> Attention:
-    """The attention section of viewer ``v`` for ``period``: an end user its wallet's, an owner its
-    app's, an admin counts only and the reconciliation drift."""
-    with _snapshot() as session:
-        return attention(
-            session,
-            enterprise_id=v.enterprise_id,
-            period=period,
-            wallet_id=v.wallet_id,
-            detail=v.detail,
-            now_period=current_period(),
-        )
 
 
 def _return_url(request: Request, outcome: str) -> str:
@@ -166,4 +110,4 @@ def _checkout_url(request: Request, form: dict[str, list[str]]) -> str:
     return started.url
 
 
-__all__ = ["RETURNS", "TopUpView", "attention_view", "router", "topup", "topup_view"]
+__all__ = ["router", "topup"]
