@@ -8,7 +8,8 @@ Routes (all under ``/billing``):
   mode, state; the period's opening, credits by source, debits, closing:
   :mod:`worker.billing.statement`) and page ``ledger_page`` (default 1) of their ledger.  A key in
   the URL (``?key=``) never signs in (it would land in access logs and browser history): 400
-  naming ``key``.
+  naming ``key``.  Its attention (paused chats, alerts) and top-up sections are
+  :mod:`api_stub.billing_sections`; the top-up form posts to :mod:`api_stub.routes.billing_topup`.
 - ``GET|POST /billing/login``, ``POST /billing/logout``: sign in with an API key pasted in a form,
   sign out.  Both POSTs must come from this site: ``Origin`` (or, without it, ``Referer``) equal to
   the server's own origin (``settings.web_origin`` or the request's scheme and Host) and a CSRF
@@ -52,6 +53,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api_stub.api_docs import described
 from api_stub.billing_exports import csv_rows, json_chunks, pdf_statement
+from api_stub.billing_sections import page_sections
 from api_stub.deps import Problem, check_client_rate_limit, check_rate_limit, get_gate, problem_response
 from models.enums import ApiRole
 from models.wallet import Enterprise
@@ -93,8 +95,9 @@ COOKIE = "tollgate_session"
 #: the sign-in form's double-submit CSRF token (the form carries the same value)
 CSRF_COOKIE = "tollgate_csrf"
 _SECURITY_HEADERS = {
+    # form-action: the top-up form's POST answers with a redirect to Stripe Checkout (billing_topup)
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "connect-src 'self'; form-action 'self' https://checkout.stripe.com; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",  # "no-referrer" would make a browser send `Origin: null` on our own forms
     "Cache-Control": "no-store",
@@ -461,7 +464,10 @@ def page(
             if 1 <= number <= wallets.ledger.pages:
                 ledger_urls[name] = f"/billing?{query}&ledger_page={number}#ledger"
     shown = report.displayed()
+    with _snapshot() as session:  # issue 18 items 3 and 4: the attention and top-up sections
+        sections = page_sections(session, request, v, chosen, [w.wallet_id for w in wallets.rows])
     history = {
+        "current": now,  # the month to date (the chart marks it)
         "periods": report.history.periods,
         "labels": [_month(p) for p in report.history.periods],
         "total_cents": shown.history_totals,
@@ -491,6 +497,8 @@ def page(
         history=history,
         meters=METERS,
         enterprise_param=enterprise_id or "",
+        now_period=now,
+        **sections,
     )
 
 

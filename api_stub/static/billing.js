@@ -26,11 +26,30 @@
     el.style.background = el.getAttribute("data-color");
   });
 
+  // back from Stripe Checkout before its webhook landed: reload every 3 s (for a minute) until the
+  // server shows the credit
+  var pending = document.querySelector("[data-testid=topup-banner][data-state=pending]");
+  var WAIT = "tollgate-topup-wait";
+  try {
+    if (pending) {
+      var tries = Number(window.sessionStorage.getItem(WAIT) || 0);
+      if (tries < 20) {
+        window.sessionStorage.setItem(WAIT, String(tries + 1));
+        window.setTimeout(function () { window.location.reload(); }, 3000);
+      }
+    } else {
+      window.sessionStorage.removeItem(WAIT);
+    }
+  } catch (e) { /* storage disabled: no automatic reload */ }
+
   var dataEl = document.getElementById("history-data");
   var canvas = document.getElementById("history-chart");
   if (!dataEl || !canvas || typeof Chart === "undefined") { return; }
   var history = JSON.parse(dataEl.textContent);
   var NANOS = 1e9;
+  // the current month is the month to date: its label says so (its colours stay the providers')
+  var mtd = history.periods.indexOf(history.current);
+  var labels = history.labels.map(function (l, i) { return i === mtd ? [l, "to date"] : l; });
   var datasets = history.providers.map(function (p) {
     return {
       label: p.label,
@@ -49,7 +68,7 @@
   Chart.defaults.color = "#6b7280";
   window.tollgateHistoryChart = new Chart(canvas, {
     type: "bar",
-    data: { labels: history.labels, datasets: datasets },
+    data: { labels: labels, datasets: datasets },
     options: {
       responsive: true,
       maintainAspectRatio: false,
