@@ -3,12 +3,14 @@ its persisted forms (``usage_turn_key``, ``usage_event``, ``dead_letter``)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import hashlib
+import uuid
+from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic import Field as PydanticField
-from sqlalchemy import BigInteger, Column, Index, func, text
+from sqlalchemy import BigInteger, Column, Date, Index, Integer, Uuid, func, text
 from sqlmodel import Field, SQLModel
 
 from models.columns import big, enum_type, ts
@@ -224,26 +226,47 @@ class DecisionsPublic(BaseModel):
     count: int = PydanticField(description="The number of decisions.")
 
 
+def turn_key_digest(enterprise_id: str, wallet_id: str, turn_id: str) -> uuid.UUID:
+    """The key of a turn (turn_id in its (enterprise_id, wallet_id) scope) in ``usage_turn_key``: the
+    first 16 bytes of SHA-256 of ``<n>:<enterprise_id>:<m>:<wallet_id>:<turn_id>`` (UTF-8; ``n``, ``m``
+    the ids' lengths in characters, so no two scopes share an input: the gate's fingerprint form),
+    as a UUID.  PostgreSQL computes the same with ``usage_turn_key_of(enterprise_id, wallet_id,
+    turn_id)`` (migration 0017; the drain uses it).
+
+    Collision bound: two different turns get the same key with probability ≤ n² / 2^129 for the n
+    keys held at once (birthday bound of 128 bits of SHA-256): at 10,000 turns/s for 12 months
+    (3.2 × 10^11 keys) about 1.5 × 10^-16.  A collision would make the later turn look already
+    persisted (dropped, and its debit refunded by the drain as a second acceptance): never counted
+    twice.  SHA-256 is not keyed, but finding a collision costs about 2^64 hashes and only hides one
+    of the finder's own turns; matching another app's key is a 2^128 second preimage."""
+    scoped = f"{len(enterprise_id)}:{enterprise_id}:{len(wallet_id)}:{wallet_id}:{turn_id}"
+    return uuid.UUID(bytes=hashlib.sha256(scoped.encode()).digest()[:16])
+
+
 class UsageTurnKey(SQLModel, table=True):
     """The idempotency index of persisted turns: one row per turn_id in its scope, the
-    (enterprise_id, wallet_id) pair, ever (until retention).  The gate keys its first answers by the
+    (enterprise_id, wallet_id) pair, ever (until retention), keyed by :func:`turn_key_digest` of
+    the three (16 bytes instead of three text columns).  The gate keys its first answers by the
     same scope, so the same turn_id in another scope is an independent turn, persisted too.
 
     ``usage_event`` is partitioned by month, and PostgreSQL can only enforce a unique key on a
     partitioned table if it contains the partition key; a turn_id retried with another
     ``occurred_at`` would then be persisted twice.  This small unpartitioned table holds the unique
-    turn_id instead: the drain inserts here first (``ON CONFLICT DO NOTHING``) and writes
-    ``usage_event`` rows only for the keys it inserted, in the same statement.
+    key instead: the drain inserts here first (``ON CONFLICT DO NOTHING``) and writes
+    ``usage_event`` rows only for the keys it inserted, in the same statement.  ``outbox_id`` is
+    the entry that was persisted (a second acceptance of the turn carries another one),
+    ``occurred_at`` the persisted turn's (its ``usage_event`` partition), ``recorded_on`` the UTC
+    date it was persisted (retention keeps a late turn's key as long as a recent one's).
     """
 
     __tablename__ = "usage_turn_key"
 
-    enterprise_id: str = Field(primary_key=True, max_length=200)
-    wallet_id: str = Field(primary_key=True, max_length=200)
-    turn_id: str = Field(primary_key=True, max_length=300)
-    outbox_id: str = Field(max_length=60)
+    turn_key: uuid.UUID = Field(sa_column=Column(Uuid, primary_key=True))
     occurred_at: datetime = Field(sa_column=ts(nullable=False))
-    recorded_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
+    recorded_on: date = Field(
+        sa_column=Column(Date, nullable=False, server_default=text("((now() AT TIME ZONE 'UTC'::text))::date"))
+    )
+    outbox_id: str = Field(max_length=60)
 
 
 class UsageEventBase(SQLModel):
@@ -258,7 +281,7 @@ class UsageEventBase(SQLModel):
         sa_column=Column(BigInteger, primary_key=True, autoincrement=True),
         description="The row's id: increasing within a month; the page cursor.",
     )
-    turn_id: str = Field(max_length=300, index=True, description="Your id of the turn.")
+    turn_id: str = Field(max_length=300, description="Your id of the turn.")
     occurred_at: datetime = Field(
         sa_column=ts(nullable=False, primary_key=True), description="When the call finished (UTC)."
     )
@@ -272,12 +295,15 @@ class UsageEventBase(SQLModel):
     mode: BillingMode = Field(
         sa_type=enum_type(BillingMode, 20), description="The wallet's billing mode when the turn was recorded."
     )
-    prompt_tokens: int = Field(sa_column=big(nullable=False), description="Input tokens, including cached ones.")
-    completion_tokens: int = Field(sa_column=big(nullable=False), description="Output tokens.")
-    cached_prompt_tokens: int = Field(
-        sa_column=big(nullable=False), description="The part of `prompt_tokens` read from the provider's cache."
+    prompt_tokens: int = Field(
+        sa_column=Column(Integer, nullable=False), description="Input tokens, including cached ones."
     )
-    duration_ms: int = Field(sa_column=big(nullable=False), description="Response time, milliseconds.")
+    completion_tokens: int = Field(sa_column=Column(Integer, nullable=False), description="Output tokens.")
+    cached_prompt_tokens: int = Field(
+        sa_column=Column(Integer, nullable=False),
+        description="The part of `prompt_tokens` read from the provider's cache.",
+    )
+    duration_ms: int = Field(sa_column=Column(Integer, nullable=False), description="Response time, milliseconds.")
     input_nanos_per_mtok: int = Field(
         sa_column=big(nullable=False), description="The input price charged, nano-USD per million tokens."
     )
@@ -313,9 +339,12 @@ class UsageEvent(UsageEventBase, table=True):
 
     __tablename__ = "usage_event"
     __table_args__ = (
-        Index("ix_usage_event_wallet_occurred", "wallet_id", "occurred_at"),
-        Index("ix_usage_event_enterprise_workflow_occurred", "enterprise_id", "workflow", "occurred_at"),
+        # equal keys, stored once per page by B-tree deduplication; a month is a partition, and the
+        # BRIN index narrows a range inside one (migration 0017)
+        Index("ix_usage_event_wallet", "wallet_id"),
+        Index("ix_usage_event_enterprise_workflow", "enterprise_id", "workflow"),
         Index("ix_usage_event_enterprise_chat", "enterprise_id", "chat_id"),
+        Index("ix_usage_event_occurred_brin", "occurred_at", postgresql_using="brin"),
         {"postgresql_partition_by": "RANGE (occurred_at)"},
     )
 
@@ -333,16 +362,16 @@ class UsageEvent(UsageEventBase, table=True):
     creator_share_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     platform_fee_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     #: tokens of this turn taken from the wallet's trial allowance
-    trial_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    trial_tokens: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default=text("0")))
     #: an LLM turn, or a non-LLM meter with ``quantity`` units priced at ``unit_price_nanos`` per
     #: ``unit_scale`` units
     meter: Meter = Field(default=Meter.llm, sa_type=enum_type(Meter, 50), sa_column_kwargs={"server_default": "llm"})
     quantity: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     #: the part of prompt_tokens written to the provider's cache, and the rate it was charged at
-    cache_write_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    cache_write_tokens: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default=text("0")))
     cache_write_nanos_per_mtok: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     #: the part of cache_write_tokens written to the 1-hour cache, and the rate it was charged at
-    cache_write_1h_tokens: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
+    cache_write_1h_tokens: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default=text("0")))
     cache_write_1h_nanos_per_mtok: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     #: the provider's service tier the turn was priced at (OpenAI's flex, priority, …); None: standard
     service_tier: str | None = Field(default=None, max_length=32)
@@ -350,7 +379,6 @@ class UsageEvent(UsageEventBase, table=True):
     #: required, cost above the reservation plus the free balance): owed, on the wallet's debt
     debt_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     balance_after_nanos: int | None = Field(default=None, sa_column=big(nullable=True))
-    recorded_at: datetime = Field(sa_column=ts(nullable=False, server_default=func.now()))
 
 
 # UsageEventPublic.model_validate(row): a usage_event row as GET /v1/usage shows it

@@ -12,7 +12,7 @@ from sqlmodel import Session
 from models.access import ApiKey
 from models.chat import ChatSession
 from models.enums import ApiRole, BillingMode, ChatStatus, ConnectionState, PayerLevel, TransactionKind, TrialThen
-from models.turn import UsageEvent, UsageTurnKey
+from models.turn import UsageEvent, UsageTurnKey, turn_key_digest
 from models.wallet import Enterprise, Wallet, WalletTransaction
 
 T0 = datetime(2026, 11, 3, 12, 0, tzinfo=UTC)
@@ -46,8 +46,8 @@ def test_enum_columns_read_back_as_enums_and_are_stored_as_their_values(session)
     with nullcontext(session.connection()) as conn:  # written into the migrations' VARCHAR columns as the plain values
         conn.execute(
             text(
-                "INSERT INTO usage_turn_key (enterprise_id, wallet_id, turn_id, outbox_id, occurred_at) "
-                "VALUES ('e1', 'w1', 't1', '0:1-0', :t)"
+                "INSERT INTO usage_turn_key (turn_key, outbox_id, occurred_at) "
+                "VALUES (usage_turn_key_of('e1', 'w1', 't1'), '0:1-0', :t)"
             ),
             {"t": T0},
         )
@@ -116,7 +116,7 @@ def test_enum_columns_read_back_as_enums_and_are_stored_as_their_values(session)
         # a query binds a member or its plain value the same
         assert s.execute(select(Wallet.id).where(Wallet.mode == BillingMode.development)).scalars().all() == ["w1"]
         assert s.execute(select(Wallet.id).where(Wallet.mode == "development")).scalars().all() == ["w1"]
-        assert s.execute(select(UsageTurnKey.turn_id)).scalars().all() == ["t1"]
+        assert s.execute(select(UsageTurnKey.turn_key)).scalars().all() == [turn_key_digest("e1", "w1", "t1")]
         assert (u.prompt_tokens, u.completion_tokens, u.cost_nanos, u.billed_nanos) == (1000, 200, 4_500_000, 0)
 
 

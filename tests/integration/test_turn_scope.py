@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import text
 
-from models.turn import TurnIn
+from models.turn import TurnIn, turn_key_digest
 from tests.committed import credit_wallet
 from tests.conftest import seed_wallet
 from worker.gate.keys import shard_of
@@ -180,12 +180,20 @@ def test_the_migration_gives_persisted_turn_keys_their_scope(db, database_url):
             )
     finally:
         db.dispose()
+        command.upgrade(cfg, "0016")
+    try:
+        with db.connect() as conn:
+            keys = sorted(conn.execute(text("SELECT enterprise_id, wallet_id, turn_id FROM usage_turn_key")).all())
+            debt = conn.execute(text("SELECT sum(debt_nanos) FROM usage_event")).scalar_one()
+            pk = conn.execute(
+                text("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'usage_turn_key_pkey'")
+            ).scalar_one()
+        assert keys == [("", "", "orphan"), ("app-a", "u1", "turn-0"), ("app-b", "u2", "turn-1")]
+        assert debt == 0 and pk == "PRIMARY KEY (enterprise_id, wallet_id, turn_id)"
+    finally:
+        db.dispose()
         command.upgrade(cfg, "head")
+    # 0017 keys them by the digest of the same three (tests/integration/test_compact_usage.py)
     with db.connect() as conn:
-        keys = sorted(conn.execute(text("SELECT enterprise_id, wallet_id, turn_id FROM usage_turn_key")).all())
-        debt = conn.execute(text("SELECT sum(debt_nanos) FROM usage_event")).scalar_one()
-        pk = conn.execute(
-            text("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'usage_turn_key_pkey'")
-        ).scalar_one()
-    assert keys == [("", "", "orphan"), ("app-a", "u1", "turn-0"), ("app-b", "u2", "turn-1")]
-    assert debt == 0 and pk == "PRIMARY KEY (enterprise_id, wallet_id, turn_id)"
+        digests = set(conn.execute(text("SELECT turn_key FROM usage_turn_key")).scalars())
+    assert digests == {turn_key_digest(*k) for k in keys}

@@ -142,7 +142,10 @@ def apply_retention(
     # for an old month keeps its key (and so its idempotency) for the retention period
     report.turn_keys_deleted = cast(
         CursorResult[Any],
-        session.execute(text("DELETE FROM usage_turn_key WHERE occurred_at < :c AND recorded_at < :c"), {"c": cutoff}),
+        session.execute(
+            text("DELETE FROM usage_turn_key WHERE occurred_at < :c AND recorded_on < :d"),
+            {"c": cutoff, "d": cutoff.date()},  # cutoff: midnight UTC, the first day of a month
+        ),
     ).rowcount
     return report
 

@@ -45,12 +45,12 @@ from datetime import UTC, datetime
 from typing import Iterable, NamedTuple
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from models.enums import TransactionKind
 from models.reconcile import ReconciliationRun, WalletDrift
-from models.turn import UsageTurnKey
+from models.turn import UsageTurnKey, turn_key_digest
 from models.wallet import Wallet, WalletTransaction
 from worker.billing.payers import gate_profile
 from worker.db import session_scope
@@ -207,12 +207,9 @@ def _read_ledger(session: Session, wallet_ids: list[str], queued: dict[str, list
     persisted: set[tuple[tuple[str, str, str], str]] = set()  # (turn in its scope, outbox id)
     tk = UsageTurnKey
     for i in range(0, len(turns), 5000):
-        rows = session.execute(
-            select(col(tk.enterprise_id), col(tk.wallet_id), col(tk.turn_id), col(tk.outbox_id)).where(
-                tuple_(col(tk.enterprise_id), col(tk.wallet_id), col(tk.turn_id)).in_(turns[i : i + 5000])
-            )
-        )
-        persisted.update(((e, w, t), outbox_id) for e, w, t, outbox_id in rows)
+        by_key = {turn_key_digest(*turn): turn for turn in turns[i : i + 5000]}
+        rows = session.execute(select(col(tk.turn_key), col(tk.outbox_id)).where(col(tk.turn_key).in_(list(by_key))))
+        persisted.update((by_key[key], outbox_id) for key, outbox_id in rows)
     # dead-lettered (its charge is in the ledger) but not yet acknowledged: settled like a persisted one
     entries_by_key = {deadletter.CHARGE + q.outbox_id: q for w in wallet_ids for q in queued.get(w, ())}
     keys = list(entries_by_key)

@@ -16,11 +16,11 @@ from typing import Any, Sequence
 
 import psycopg
 import redis
-from sqlalchemy import BigInteger, Boolean, DateTime, func, select, tuple_
+from sqlalchemy import Boolean, DateTime, Integer, func, select
 from sqlmodel import Session, col
 
 from models.enums import BillingMode, ChatStatus, ConnectionState, TransactionKind
-from models.turn import UsageEvent, UsageTurnKey
+from models.turn import UsageEvent, UsageTurnKey, turn_key_digest
 from worker.db import table_of
 from worker.gate.gate import WalletGate
 from worker.gate.keys import USAGE_PREFIX, outbox_key, transitions_key
@@ -197,7 +197,7 @@ def transition_position(gate: WalletGate, wallet_id: str) -> str:
 
 def _column_sql_type(name: str) -> str:
     column = table_of(UsageEvent).c[name]
-    if isinstance(column.type, BigInteger):
+    if isinstance(column.type, Integer):  # INTEGER token counts too: staged as bigint, cast on insert
         return "bigint"
     if isinstance(column.type, DateTime):
         return "timestamptz"
@@ -271,19 +271,22 @@ def _stage_values(row: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-_KEY = "enterprise_id, wallet_id, turn_id"
+#: a staged row's key in ``usage_turn_key`` (:func:`models.turn.turn_key_digest`, in SQL)
+_KEY = "usage_turn_key_of(enterprise_id, wallet_id, turn_id)"
 
-#: The staged turns (turn_id in its scope) go into ``usage_turn_key`` first (unique, unpartitioned,
-#: ``ON CONFLICT DO NOTHING``); the staged rows whose key was not inserted there (a re-delivery, a
-#: second acceptance) are marked not ``fresh`` and their ``ord`` returned; then only the fresh rows get
-#: their ``usage_event`` row (partitioned by month), so a re-delivered or retried turn is one row
-#: whatever its ``occurred_at``.  The first statement returns (keys inserted, ords not inserted).
+#: The staged turns (turn_id in its scope) go into ``usage_turn_key`` first (unique by its 16-byte
+#: key, unpartitioned, ``ON CONFLICT DO NOTHING``); the staged rows whose key was not inserted there
+#: (a re-delivery, a second acceptance) are marked not ``fresh`` and their ``ord`` returned; then only
+#: the fresh rows get their ``usage_event`` row (partitioned by month), so a re-delivered or retried
+#: turn is one row whatever its ``occurred_at``.  The first statement returns (keys inserted, ords
+#: not inserted).
 _INSERT_USAGE = (
-    f"WITH fresh AS (INSERT INTO usage_turn_key ({_KEY}, outbox_id, occurred_at) "
-    f"SELECT {_KEY}, outbox_id, occurred_at FROM {STAGE} ORDER BY ord "
-    f"ON CONFLICT ({_KEY}) DO NOTHING RETURNING {_KEY}), "
-    f"stale AS (UPDATE {STAGE} s SET fresh = false WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE "
-    "f.enterprise_id = s.enterprise_id AND f.wallet_id = s.wallet_id AND f.turn_id = s.turn_id) RETURNING s.ord) "
+    f"WITH keyed AS MATERIALIZED (SELECT ord, {_KEY} AS turn_key, outbox_id, occurred_at FROM {STAGE}), "
+    "fresh AS (INSERT INTO usage_turn_key (turn_key, outbox_id, occurred_at) "
+    "SELECT turn_key, outbox_id, occurred_at FROM keyed ORDER BY ord "
+    "ON CONFLICT (turn_key) DO NOTHING RETURNING turn_key), "
+    f"stale AS (UPDATE {STAGE} s SET fresh = false FROM keyed k WHERE k.ord = s.ord "
+    "AND NOT EXISTS (SELECT 1 FROM fresh f WHERE f.turn_key = k.turn_key) RETURNING s.ord) "
     "SELECT (SELECT count(*) FROM fresh), (SELECT array_agg(ord) FROM stale);\n"
     f"INSERT INTO usage_event ({', '.join(USAGE_COLUMNS)}) SELECT {', '.join(USAGE_COLUMNS)} FROM {STAGE} WHERE fresh"
 )
@@ -493,14 +496,11 @@ def _second_acceptances(
     candidates = [r for r in rows if turn_key_of(r) not in inserted_ids]
     if candidates:
         tk = UsageTurnKey
+        digests = {turn_key_digest(*turn_key_of(r)): turn_key_of(r) for r in candidates}
         stored = {
-            (e, w, t): o
-            for e, w, t, o in session.execute(
-                select(col(tk.enterprise_id), col(tk.wallet_id), col(tk.turn_id), col(tk.outbox_id)).where(
-                    tuple_(col(tk.enterprise_id), col(tk.wallet_id), col(tk.turn_id)).in_(
-                        {turn_key_of(r) for r in candidates}
-                    )
-                )
+            digests[k]: o
+            for k, o in session.execute(
+                select(col(tk.turn_key), col(tk.outbox_id)).where(col(tk.turn_key).in_(list(digests)))
             ).all()
         }
     first_in_batch: dict[tuple[str, str, str], str] = {}
