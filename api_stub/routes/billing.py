@@ -3,7 +3,9 @@
 Routes (all under ``/billing``):
 
 - ``GET /billing?period=YYYY-MM&enterprise_id=…&ledger_page=N``: the page; ``period`` defaults to the
-  current UTC month, ``enterprise_id`` to the key's app (an admin without one gets the app picker,
+  current UTC month (any month may be asked for; the picker offers every month back to the app's
+  first month with usage: :func:`month_choices`), beside it a date-range form for the range view and
+  links to the conversation and workflow pages (:mod:`api_stub.routes.billing_drill`), ``enterprise_id`` to the key's app (an admin without one gets the app picker,
   with sign-out; the exports still answer 422); it lists the wallets in view (balance, reserved,
   mode, state; the period's opening, credits by source, debits, closing:
   :mod:`worker.billing.statement`) and page ``ledger_page`` (default 1) of their ledger.  A key in
@@ -39,9 +41,10 @@ import re
 import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Iterator, Literal
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -80,9 +83,10 @@ from worker.billing.statement import (
     wallet_statements,
     wallet_totals,
 )
+from worker.chats.drill import first_period, workflow_rollups
 from worker.db import get_engine, session_scope
 from worker.errors import InputError
-from worker.periods import current_period, previous_period
+from worker.periods import current_period, periods_between
 from worker.settings import get_settings
 
 HERE = Path(__file__).resolve().parent.parent  # api_stub/: templates/ and static/ are package data there
@@ -123,6 +127,7 @@ templates.env.filters.update(
     pct_bp=format_bp,
     month=_month,
     month_long=lambda p: f"{validate_period(p)[0]:%B %Y}",
+    seg=lambda s: quote(str(s), safe=""),  # an id as one URL path segment
 )
 
 
@@ -247,6 +252,29 @@ def _period(period: str | None) -> str:
     except ReportError as exc:
         raise Refusal(422, "Invalid request", str(exc), "period") from None
     return period
+
+
+#: months the month pickers offer when an app has no rolled-up month yet
+DEFAULT_MONTHS = 12
+
+
+def month_choices(enterprise_id: str, chosen: str) -> list[str]:
+    """The months a picker offers, newest first: from the current month back to the app's first
+    month with usage (:func:`worker.chats.drill.first_period`, from its rollups), or the last
+    :data:`DEFAULT_MONTHS` months without one; ``chosen`` is added when outside."""
+    now = current_period()
+    with _snapshot() as session:
+        first = first_period(session, enterprise_id) if enterprise_id else None
+    choices = periods_between(first, now) if first else periods_between("1900-01", now, most=DEFAULT_MONTHS)
+    if chosen not in choices:
+        choices = sorted({*choices, chosen}, reverse=True)
+    return choices
+
+
+def _range_defaults(period: str) -> dict[str, str]:
+    """The date-range form's initial ``from``/``to``: the shown month's first and last day."""
+    start, end = validate_period(period)
+    return {"from": start.date().isoformat(), "to": (end - timedelta(days=1)).date().isoformat()}
 
 
 @contextmanager
@@ -447,12 +475,9 @@ def page(
             error = exc.detail if exc.status != 401 or _has_credentials(request) else None
             return _login_page(request, exc.status, error, _page_url(period, enterprise_id))
         return _html(request, "error.html", exc.status, headers=exc.headers, error=exc)
-    now = current_period()
-    choices = [now]
-    while len(choices) < 12:
-        choices.append(previous_period(choices[-1]))
-    if chosen not in choices:
-        choices = sorted({*choices, chosen}, reverse=True)
+    choices = month_choices(v.enterprise_id, chosen)
+    with _snapshot() as session:
+        workflows = workflow_rollups(session, v.enterprise_id, chosen)
     query = urlencode({"period": chosen, **({"enterprise_id": enterprise_id} if enterprise_id else {})})
     ledger_urls = {}
     if wallets.ledger is not None:
@@ -490,6 +515,8 @@ def page(
         history=history,
         meters=METERS,
         enterprise_param=enterprise_id or "",
+        workflows=workflows,
+        range_defaults=_range_defaults(chosen),
     )
 
 
