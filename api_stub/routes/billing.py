@@ -4,9 +4,10 @@ Routes (all under ``/billing``):
 
 - ``GET /billing?period=YYYY-MM&enterprise_id=…&ledger_page=N``: the page; ``period`` defaults to the
   current UTC month (any month may be asked for; the picker offers every month back to the app's
-  first month with usage: :func:`month_choices`), beside it a date-range form for the range view and
-  links to the conversation and workflow pages (:mod:`api_stub.routes.billing_drill`), ``enterprise_id`` to the key's app (an admin without one gets the app picker,
-  with sign-out; the exports still answer 422); it lists the wallets in view (balance, reserved,
+  first month with usage: :func:`month_choices`), ``enterprise_id`` to the key's app (an admin
+  without one gets the app picker, with sign-out; the exports still answer 422); beside the picker a
+  date-range form, and links to the conversation and workflow pages
+  (:mod:`api_stub.routes.billing_drill`, with the month's workflows); it lists the wallets in view (balance, reserved,
   mode, state; the period's opening, credits by source, debits, closing:
   :mod:`worker.billing.statement`) and page ``ledger_page`` (default 1) of their ledger.  A key in
   the URL (``?key=``) never signs in (it would land in access logs and browser history): 400

@@ -5,7 +5,7 @@
   (``chat_agent_usage``: turns, tokens, response time, cost) and a page of its turns, oldest first
   (time, agent, model, tokens in/out/cached, cost, duration, the gate's action), paged with the
   keyset cursor ``after`` (:mod:`worker.chats.drill`).  ``period`` only picks the month the
-  "back" link returns to.
+  "back" and workflow links go to (default: the month of the chat's last turn).
 - ``GET /billing/workflows/{workflow}?period=YYYY-MM&enterprise_id=…``: one workflow's month: the
   rollup's per-session averages (sessions, turns, tokens, cost, duration), and for owners its
   agents and costliest chats (linked to their pages).
@@ -30,7 +30,7 @@ and ``title``.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
@@ -61,6 +61,7 @@ from worker.billing.report import (
 from worker.chats.drill import chat_last_turns, chat_view, parse_cursor, turn_page, workflow_view
 from worker.chats.rollups import UnknownChat
 from worker.errors import InputError
+from worker.periods import period_of
 
 router = APIRouter(prefix="/billing", tags=["billing"])
 
@@ -128,7 +129,7 @@ def chat_page(
     try:
         v = viewer(request, enterprise_id)
         _check_id(chat_id, "chat_id")
-        back_period = _period(period)
+        back_period = _period(period) if period else None
         if v.principal.role is ApiRole.admin:
             raise Refusal(
                 403, "Forbidden", "chat_id: an admin key sees aggregates only, not one conversation", "chat_id"
@@ -148,16 +149,18 @@ def chat_page(
     except Refusal as exc:
         return _respond(request, exc, _here(request))
     chat = view.chat
+    back_period = back_period or period_of(chat.last_turn_at)  # the month it was last active in
     total_cents, agent_cents = _split(chat.cost_nanos, [a.cost_nanos for a in view.agents])
     shown, idle = _shown_status(str(chat.status), chat.last_turn_at)
     base = {"period": back_period, **({"enterprise_id": enterprise_id} if enterprise_id else {})}
+    here = f"/billing/chats/{quote(chat_id, safe='')}?"
     links = {
         "back": "/billing?" + urlencode(base) + "#top-chats",
-        "first": f"/billing/chats/{chat_id}?" + urlencode(base) if cursor else None,
-        "next": f"/billing/chats/{chat_id}?" + urlencode({**base, "after": page.next_cursor})
-        if page.next_cursor
+        "first": here + urlencode(base) if cursor else None,
+        "next": here + urlencode({**base, "after": page.next_cursor}) if page.next_cursor else None,
+        "workflow": f"/billing/workflows/{quote(chat.workflow, safe='')}?" + urlencode(base)
+        if v.wallet_id is None
         else None,
-        "workflow": f"/billing/workflows/{chat.workflow}?" + urlencode(base) if v.wallet_id is None else None,
     }
     return _html(
         request,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 from sqlalchemy import insert, text
@@ -26,6 +26,7 @@ from worker.db import session_scope
 pytestmark = pytest.mark.integration
 
 LONG_CHAT = "chat-long"
+ODD_CHAT = "team/α?x=1#2%41"
 NOV = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
 
 
@@ -56,6 +57,20 @@ def seeded(db, redis_client):
                 completion=0 if tiny else 100 + 11 * i,
             )
         )
+    rows.append(  # an id that needs escaping in a URL path
+        _event(
+            60_000,
+            enterprise="acme",
+            wallet="w-alice",
+            chat=ODD_CHAT,
+            workflow="ops/α#1",
+            provider="openai",
+            model="gpt-4o",
+            at=datetime(2026, 11, 29, 12, tzinfo=UTC),
+            prompt=5_000,
+            completion=500,
+        )
+    )
     with db.begin() as conn:
         conn.execute(insert(UsageEvent.__table__), rows)
         ids = dict(
@@ -202,6 +217,22 @@ def test_the_chat_page_keeps_the_api_rules(browser, server, seeded, db, shots):
     assert r.status == 422 and page.get_attribute("[data-field]", "data-field") == "after"
     r = page.goto(f"/billing/chats/{alice_chat}?period=2026-13")
     assert r.status == 422 and page.get_attribute("[data-field]", "data-field") == "period"
+
+    # an id with '/', '?', '#', '%' and non-ASCII: its link from the month page opens its page, and
+    # (for the owner) its workflow's link the workflow's page
+    page.goto("/billing?period=2026-11")
+    page.click(f"[data-testid=chat-row][data-chat='{ODD_CHAT}'] [data-testid=chat-link]")
+    assert page.inner_text("[data-testid=chat-title]") == ODD_CHAT
+    assert [el.get_attribute("data-id") for el in page.query_selector_all("[data-testid=turn-row]")] == [
+        str(i) for (i,) in _sql(db, "SELECT id FROM usage_event WHERE chat_id = :c", c=ODD_CHAT)
+    ]
+    ctx.close()
+    ctx, page = _bearer(browser, server, seeded.keys["owner"])
+    page.goto(f"/billing/chats/{quote(ODD_CHAT, safe='')}")
+    page.click("[data-testid=workflow-link]")  # no period given: the month of the chat's last turn
+    assert parse_qs(urlsplit(page.url).query)["period"] == ["2026-11"]
+    assert page.inner_text("[data-testid=workflow-title]") == "ops/α#1"
+    assert int(page.get_attribute("[data-testid=wf-turns]", "data-count")) == 1
     ctx.close()
 
     # the admin sees aggregates only: no single conversation
