@@ -20,6 +20,7 @@ from api_stub.deps import install_error_handlers
 from api_stub.routes import (
     analytics,
     billing,
+    billing_drill,
     billing_topup,
     chats,
     enterprises,
@@ -58,7 +59,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     else:
         app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # turns first: the busiest routes are matched first (a request is matched against each route in order)
-    for module in (turns, wallets, enterprises, chats, analytics, metrics, stripe, billing, billing_topup):
+    for module in (
+        turns,
+        wallets,
+        enterprises,
+        chats,
+        analytics,
+        metrics,
+        stripe,
+        billing,
+        billing_topup,
+        billing_drill,
+    ):
         app.include_router(module.router)
     return app
 

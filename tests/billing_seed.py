@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, insert
 
 from models.budget import Budget, BudgetAlert
-from models.chat import ChatSession
+from models.chat import ChatAgentUsage, ChatSession
 from models.turn import UsageEvent
 from models.wallet import Enterprise, Wallet, WalletTransaction
 from tests.conftest import create_keys
@@ -275,7 +275,13 @@ def seed(engine: Engine) -> Seeded:
                 )
             ],
         )
-        conn.execute(insert(ChatSession.__table__), sessions)
+        session_ids = dict(
+            conn.execute(
+                insert(ChatSession.__table__).returning(ChatSession.__table__.c.chat_id, ChatSession.__table__.c.id),
+                _chat_totals(rows, sessions),
+            ).all()
+        )
+        conn.execute(insert(ChatAgentUsage.__table__), _agent_usage(rows, session_ids))
         conn.execute(insert(WalletTransaction.__table__), ledger)
         conn.execute(insert(UsageEvent.__table__), rows)
         budget_ids = (
@@ -377,6 +383,59 @@ def seed(engine: Engine) -> Seeded:
         engine,
     )
     return Seeded(keys=keys)
+
+
+_TOTALS = ("prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_nanos")
+
+
+def _chat_totals(rows: list[dict], sessions: list[dict]) -> list[dict]:
+    """``chat_session`` rows as the drain leaves them: one per chat with a usage event (a chat
+    without a listed session is completed at its last event), ``turns`` and the running totals
+    summed over every event of the chat (meters included), ``started_at``/``last_turn_at`` the
+    least and greatest ``occurred_at`` (at most the listed start)."""
+    listed = {(x["enterprise_id"], x["chat_id"]): dict(x) for x in sessions}
+    out: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        key = (r["enterprise_id"], r["chat_id"])
+        if key not in out:
+            base = listed.get(key) or dict(
+                enterprise_id=key[0],
+                chat_id=key[1],
+                wallet_id=r["wallet_id"],
+                workflow=r["workflow"],
+                status="completed",
+                started_at=r["occurred_at"],
+                last_turn_at=r["occurred_at"],
+            )
+            out[key] = {**base, "ended_at": None, "turns": 0, "billed_nanos": 0, **dict.fromkeys(_TOTALS, 0)}
+        chat = out[key]
+        chat["turns"] += 1
+        for c in (*_TOTALS, "billed_nanos"):
+            chat[c] += r[c]
+        chat["started_at"] = min(chat["started_at"], r["occurred_at"])
+        chat["last_turn_at"] = max(chat["last_turn_at"], r["occurred_at"])
+    for chat in out.values():
+        if chat["status"] == "completed" and (chat["enterprise_id"], chat["chat_id"]) not in listed:
+            chat["ended_at"] = chat["last_turn_at"]
+    return list(out.values())
+
+
+def _agent_usage(rows: list[dict], session_ids: dict[str, int]) -> list[dict]:
+    """``chat_agent_usage`` rows as the drain leaves them: per chat and agent, turns, the sum of
+    response times and the token and cost totals (chat ids are unique across the seed's apps)."""
+    out: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        key = (r["chat_id"], r["agent"])
+        a = out.setdefault(
+            key,
+            {"chat_session_id": session_ids[r["chat_id"]], "agent": r["agent"], "turns": 0, "duration_ms": 0}
+            | dict.fromkeys(_TOTALS, 0),
+        )
+        a["turns"] += 1
+        a["duration_ms"] += r["duration_ms"]
+        for c in _TOTALS:
+            a[c] += r[c]
+    return list(out.values())
 
 
 def _ledger() -> list[dict]:

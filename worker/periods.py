@@ -41,3 +41,14 @@ def previous_period(period: str) -> str:
 def current_period(now: datetime | None = None) -> str:
     """The period of ``now`` (default: the current time, UTC)."""
     return period_of(now or datetime.now(UTC))
+
+
+def periods_between(first: str, last: str, most: int = 600) -> list[str]:
+    """The periods from ``last`` back to ``first``, newest first, both included (``[last]`` when
+    ``first`` is after ``last``), at most ``most`` of them (the newest).  Raises ValueError naming
+    the period for one that is not 'YYYY-MM'."""
+    period_bounds(first)
+    out = [last]
+    while out[-1] > first and len(out) < most:
+        out.append(previous_period(out[-1]))
+    return out

@@ -3,8 +3,11 @@
 Routes (all under ``/billing``):
 
 - ``GET /billing?period=YYYY-MM&enterprise_id=…&ledger_page=N``: the page; ``period`` defaults to the
-  current UTC month, ``enterprise_id`` to the key's app (an admin without one gets the app picker,
-  with sign-out; the exports still answer 422); it lists the wallets in view (balance, reserved,
+  current UTC month (any month may be asked for; the picker offers every month back to the app's
+  first month with usage: :func:`month_choices`), ``enterprise_id`` to the key's app (an admin
+  without one gets the app picker, with sign-out; the exports still answer 422); beside the picker a
+  date-range form, and links to the conversation and workflow pages
+  (:mod:`api_stub.routes.billing_drill`, with the month's workflows); it lists the wallets in view (balance, reserved,
   mode, state; the period's opening, credits by source, debits, closing:
   :mod:`worker.billing.statement`) and page ``ledger_page`` (default 1) of their ledger.  A key in
   the URL (``?key=``) never signs in (it would land in access logs and browser history): 400
@@ -40,9 +43,10 @@ import re
 import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -83,9 +87,10 @@ from worker.billing.statement import (
     wallet_statements,
     wallet_totals,
 )
+from worker.chats.drill import first_period, workflow_rollups
 from worker.db import get_engine, session_scope
 from worker.errors import InputError
-from worker.periods import current_period, previous_period
+from worker.periods import current_period, periods_between
 from worker.settings import get_settings
 
 HERE = Path(__file__).resolve().parent.parent  # api_stub/: templates/ and static/ are package data there
@@ -127,6 +132,7 @@ templates.env.filters.update(
     pct_bp=format_bp,
     month=_month,
     month_long=lambda p: f"{validate_period(p)[0]:%B %Y}",
+    seg=lambda s: quote(str(s), safe=""),  # an id as one URL path segment
 )
 
 
@@ -251,6 +257,29 @@ def _period(period: str | None) -> str:
     except ReportError as exc:
         raise Refusal(422, "Invalid request", str(exc), "period") from None
     return period
+
+
+#: months the month pickers offer when an app has no rolled-up month yet
+DEFAULT_MONTHS = 12
+
+
+def month_choices(enterprise_id: str, chosen: str) -> list[str]:
+    """The months a picker offers, newest first: from the current month back to the app's first
+    month with usage (:func:`worker.chats.drill.first_period`, from its rollups), or the last
+    :data:`DEFAULT_MONTHS` months without one; ``chosen`` is added when outside."""
+    now = current_period()
+    with _snapshot() as session:
+        first = first_period(session, enterprise_id) if enterprise_id else None
+    choices = periods_between(first, now) if first else periods_between("1900-01", now, most=DEFAULT_MONTHS)
+    if chosen not in choices:
+        choices = sorted({*choices, chosen}, reverse=True)
+    return choices
+
+
+def _range_defaults(period: str) -> dict[str, str]:
+    """The date-range form's initial ``from``/``to``: the shown month's first and last day."""
+    start, end = validate_period(period)
+    return {"from": start.date().isoformat(), "to": (end - timedelta(days=1)).date().isoformat()}
 
 
 @contextmanager
@@ -452,11 +481,9 @@ def page(
             return _login_page(request, exc.status, error, _page_url(period, enterprise_id))
         return _html(request, "error.html", exc.status, headers=exc.headers, error=exc)
     now = current_period()
-    choices = [now]
-    while len(choices) < 12:
-        choices.append(previous_period(choices[-1]))
-    if chosen not in choices:
-        choices = sorted({*choices, chosen}, reverse=True)
+    choices = month_choices(v.enterprise_id, chosen)
+    with _snapshot() as session:
+        workflows = workflow_rollups(session, v.enterprise_id, chosen)
     query = urlencode({"period": chosen, **({"enterprise_id": enterprise_id} if enterprise_id else {})})
     ledger_urls = {}
     if wallets.ledger is not None:
@@ -499,6 +526,8 @@ def page(
         enterprise_param=enterprise_id or "",
         now_period=now,
         **sections,
+        workflows=workflows,
+        range_defaults=_range_defaults(chosen),
     )
 
 

@@ -587,15 +587,22 @@ def billing_report(
     wallet_id: str | None = None,
     detail: bool = True,
     now: datetime | None = None,
+    span: tuple[datetime, datetime] | None = None,
 ) -> BillingReport:
     """The billing report of ``enterprise_id`` for ``period`` ('YYYY-MM', UTC month), narrowed to
     ``wallet_id``'s usage events and budget if given (an end user's view); ``detail=False`` drops
     end-user detail (no chats, no wallet budgets).  Reads only; never writes.
 
+    ``span`` (aware ``[start, end)``, any length; the page's date range) replaces the month's bounds
+    for the usage sections (totals, providers, meters, top chats); budgets (monthly) and the
+    six-month history are then left empty, and ``start``/``end`` are the span's.
+
     Returns a :class:`BillingReport` (money in nano-USD; see the module docstring for each section).
     Raises: ReportError naming the field: ``period`` (not YYYY-MM), ``enterprise_id`` (unknown app).
     """
     start, end = validate_period(period)
+    if span is not None:
+        start, end = span
     enterprise = session.get(Enterprise, enterprise_id) if isinstance(enterprise_id, str) and enterprise_id else None
     if enterprise is None:
         raise ReportError(f"enterprise_id: unknown enterprise {enterprise_id!r}", field="enterprise_id")
@@ -624,7 +631,7 @@ def billing_report(
     llm = sum((x.figures for x in llm_lines), Figures())
     total = sum((x.figures for x in lines), Figures())
 
-    budgets = _budgets(session, enterprise_id, wallet_id, detail, period, start, end)
+    budgets = [] if span is not None else _budgets(session, enterprise_id, wallet_id, detail, period, start, end)
     chats_in_period = 0
     top: list[ChatCost] = []
     generated_at = (now or datetime.now(UTC)).astimezone(UTC)
@@ -648,7 +655,7 @@ def billing_report(
         budgets=budgets,
         chats_in_period=chats_in_period,
         top_chats=top,
-        history=_history(session, enterprise_id, wallet_id, period),
+        history=History([], {}, []) if span is not None else _history(session, enterprise_id, wallet_id, period),
     )
 
 
