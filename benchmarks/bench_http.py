@@ -2,10 +2,10 @@
 
 Run from the repository root::
 
-    .venv/bin/python -m benchmarks.bench_http [--requests 3000] [--concurrency 16] [--workers 2] [--json]
+    .venv/bin/python -m benchmarks.bench_http [--requests 3000] [--concurrency 16] [--workers N] [--json]
 
-It starts ``uvicorn api_stub.main:app`` (``--workers`` processes as the Procfile's ``web``, loopback, a
-free port) and drives it with an
+It starts ``uvicorn api_stub.main:app`` (``--workers`` processes, by default as many as the Procfile's
+``web`` runs; loopback, a free port) and drives it with an
 httpx async client (or ``--client raw``, a minimal one that spends less of the shared cores): first
 one request at a time (latency), then ``--concurrency`` requests in flight (throughput), then
 ``POST /v1/turns/batch`` of ``--batch-size`` turns, ``--batch-concurrency`` in flight (turns/s).
@@ -161,6 +161,15 @@ def measured(server: subprocess.Popen, phase, *args) -> dict[str, float]:
         "server_cpu_us": (tree_cpu_s(server.pid) - server0) / n * 1e6,
         "client_cpu_us": (client_cpu_s() - client0) / n * 1e6,
     }
+
+
+def procfile_workers() -> int:
+    """The ``--workers`` of the repository's Procfile ``web`` line (1 when it has none)."""
+    for line in (REPO / "Procfile").read_text().splitlines():
+        if line.startswith("web:"):
+            argv = line.split()
+            return int(argv[argv.index("--workers") + 1]) if "--workers" in argv else 1
+    return 1
 
 
 def start_server(port: int, workers: int = 1) -> subprocess.Popen:
@@ -343,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         help="load generator: httpx.AsyncClient (default) or a minimal asyncio HTTP/1.1 client",
     )
     parser.add_argument(
-        "--workers", type=int, default=2, help="uvicorn worker processes (default 2, as the Procfile's web)"
+        "--workers",
+        type=int,
+        help="uvicorn worker processes (default: the Procfile's web --workers, 1 without; so the code before "
+        "issue 16, run with this file copied in, is measured as its own Procfile runs it)",
     )
     parser.add_argument("--batch-turns", type=int, default=30_000, help="turns sent in the batch phase (0: skip it)")
     parser.add_argument("--batch-size", type=int, default=1000, help="turns per POST /v1/turns/batch (default 1000)")
@@ -356,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print all figures as one JSON object on the last line")
     args = parser.parse_args(argv)
+    args.workers = args.workers or procfile_workers()
     run = drive if args.client == "httpx" else drive_raw
 
     key = setup()
