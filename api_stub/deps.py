@@ -242,11 +242,13 @@ async def admit(key_prefix: str) -> None:
     client = _aredis(settings.redis_url)
     now = time.time()
     exists: tuple[Any, ...] = ("EXISTS", revoked_marker(key_prefix))  # hiredis' stub types a 1-tuple
-    commands = [(pack_command(exists), 1)]
+    packed = [pack_command(exists)]
     for item in items:
         key = storage.prefixed_key(item.key_for("key", key_prefix))
         args = (now, item.amount, item.get_expiry(), 1) if moving else (item.get_expiry(), 1)
-        commands.append((pack_command(("EVALSHA", script.sha, 1, key, *args)), 1))
+        packed.append(pack_command(("EVALSHA", script.sha, 1, key, *args)))
+    # one write of every command, their replies read in order: one send per request
+    commands = [(b"".join(packed), len(packed))]
     for attempt in (0, 1):  # packed by hiredis, sent on one connection (redis-py's pipeline costs more)
         replies: list = []
         await asend_packed(client, commands, None, replies.append)

@@ -20,14 +20,15 @@ from worker.db import session_scope
 from worker.gate.keys import outbox_key
 from worker.ledger.deadletter import list_dead_letters, summary
 from worker.ledger.drain import GROUP
-from worker.metrics import decision_counter, decision_counts, drain_counters, outbox_lag_seconds
+from worker.metrics import decision_counter, decision_counts, drain_counters, gate_seconds, outbox_lag_seconds
 from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 
 class WorkerMetrics:
-    """A Prometheus collector: ``tollgate_drain_batch_size`` (histogram, entries per batch),
+    """A Prometheus collector: ``tollgate_gate_seconds`` (histogram, the API's turn requests of
+    every web process: :data:`worker.metrics.gate_seconds`), ``tollgate_drain_batch_size`` (histogram, entries per batch),
     ``tollgate_persisted_turns_total``, ``tollgate_duplicate_turns_total`` (counters) and
     ``tollgate_outbox_lag_seconds{shard}`` (gauge), read from Redis at each scrape; dead letters:
     ``tollgate_dead_lettered_turns_total`` (counter) and, from PostgreSQL's open dead letters,
@@ -43,6 +44,7 @@ class WorkerMetrics:
             client = get_gate().redis
             decision_counter.flush()  # this process's own decisions, up to now
             decisions = decision_counts(client)
+            latency, latency_sum = gate_seconds.figures(client)  # every web process's, this one's flushed
             counters = drain_counters(client)
             lags = [
                 (str(s), outbox_lag_seconds(client, outbox_key(s), GROUP)) for s in range(get_settings().outbox_shards)
@@ -58,6 +60,11 @@ class WorkerMetrics:
         for outcome, n in decisions.items():
             decided.add_metric([outcome], n)
         yield decided
+        gate = HistogramMetricFamily(
+            "tollgate_gate_seconds", "Time to price and record turns through the gate, per request (seconds)"
+        )
+        gate.add_metric([], buckets=latency, sum_value=latency_sum)
+        yield gate
         batch = HistogramMetricFamily("tollgate_drain_batch_size", "Outbox entries per persisted drain batch")
         batch.add_metric([], buckets=counters["buckets"], sum_value=counters["batch_size_sum"])
         yield batch

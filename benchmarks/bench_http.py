@@ -2,9 +2,10 @@
 
 Run from the repository root::
 
-    .venv/bin/python -m benchmarks.bench_http [--requests 3000] [--concurrency 16] [--json]
+    .venv/bin/python -m benchmarks.bench_http [--requests 3000] [--concurrency 16] [--workers N] [--json]
 
-It starts ``uvicorn api_stub.main:app`` (one process, loopback, a free port) and drives it with an
+It starts ``uvicorn api_stub.main:app`` (``--workers`` processes, by default as many as the Procfile's
+``web`` runs; loopback, a free port) and drives it with an
 httpx async client (or ``--client raw``, a minimal one that spends less of the shared cores): first
 one request at a time (latency), then ``--concurrency`` requests in flight (throughput), then
 ``POST /v1/turns/batch`` of ``--batch-size`` turns, ``--batch-concurrency`` in flight (turns/s).
@@ -14,6 +15,10 @@ of the code before it (``--before-per-s``, measured back to back from a worktree
 limit is raised out of the way), so every request runs authentication (PostgreSQL), the rate limit
 (Redis) and the gate (Redis Lua).  The same turns' in-process figure is ``gate.record_turn`` called
 sequentially in this process.  Latency is measured around each call (``time.perf_counter``).
+Each HTTP phase also reports the server's CPU time per request (``server_cpu_us``: user + system
+time of the uvicorn processes, its workers included, from ``/proc/<pid>/stat``) and the load
+generator's own (``client_cpu_us``, ``getrusage``): figures that hold on a shared machine, where
+wall-clock rates do not.
 
 Namespaces as ``bench_pipeline``: Redis logical DB 12 (flushed) and PostgreSQL ``tollgate_bench``
 (dropped, recreated, migrated); override with ``TOLLGATE_BENCH_REDIS_URL`` /
@@ -32,6 +37,7 @@ os.environ["TOLLGATE_RATE_LIMIT"] = "100000000/minute"
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
+import resource  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -110,8 +116,65 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int) -> subprocess.Popen:
-    """uvicorn on loopback, one process, access log off; waits for /healthz."""
+#: clock ticks per second of /proc/<pid>/stat's utime and stime
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its live descendants (uvicorn's workers),
+    from ``/proc/<pid>/stat`` (resolution one clock tick, 10 ms)."""
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry)] = fields
+        children.setdefault(int(fields[1]), []).append(int(entry))  # fields[1]: ppid
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        if p in stats:
+            total += int(stats[p][11]) + int(stats[p][12])  # utime, stime
+        todo.extend(children.get(p, ()))
+    return total / CLOCK_TICKS
+
+
+def client_cpu_s() -> float:
+    """User + system CPU seconds of this process (the load generator) so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measured(server: subprocess.Popen, phase, *args) -> dict[str, float]:
+    """Run the coroutine function ``phase(*args)`` and add to its figures the server's CPU µs per
+    request (``server_cpu_us``: :func:`tree_cpu_s` of the uvicorn processes) and the client's
+    (``client_cpu_us``)."""
+    server0, client0 = tree_cpu_s(server.pid), client_cpu_s()
+    result = asyncio.run(phase(*args))
+    n = result.get("requests", result["n"])
+    return result | {
+        "server_cpu_us": (tree_cpu_s(server.pid) - server0) / n * 1e6,
+        "client_cpu_us": (client_cpu_s() - client0) / n * 1e6,
+    }
+
+
+def procfile_workers() -> int:
+    """The ``--workers`` of the repository's Procfile ``web`` line (1 when it has none)."""
+    for line in (REPO / "Procfile").read_text().splitlines():
+        if line.startswith("web:"):
+            argv = line.split()
+            return int(argv[argv.index("--workers") + 1]) if "--workers" in argv else 1
+    return 1
+
+
+def start_server(port: int, workers: int = 1) -> subprocess.Popen:
+    """uvicorn on loopback, ``workers`` processes (``--workers``, as the Procfile's ``web``), access
+    log off; waits for /healthz."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
         [
@@ -126,6 +189,7 @@ def start_server(port: int) -> subprocess.Popen:
             "--no-access-log",
             "--log-level",
             "warning",
+            *(["--workers", str(workers)] if workers > 1 else []),
         ],
         cwd=REPO,
         env=env,
@@ -197,7 +261,13 @@ async def drive_batch(base: str, key: str, prefix: str, n: int, size: int, concu
         for j in range(0, n, size)
     ]
     result = await post_raw(base, key, "/v1/turns/batch", bodies, concurrency, b'"accepted":false', absent=True)
-    return result | {"n": n, "batch": size, "per_s": result["per_s"] * size, "batches_per_s": result["per_s"]}
+    return result | {
+        "n": n,
+        "requests": result["n"],
+        "batch": size,
+        "per_s": result["per_s"] * size,
+        "batches_per_s": result["per_s"],
+    }
 
 
 async def post_raw(
@@ -281,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         default="httpx",
         help="load generator: httpx.AsyncClient (default) or a minimal asyncio HTTP/1.1 client",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="uvicorn worker processes (default: the Procfile's web --workers, 1 without; so the code before "
+        "issue 16, run with this file copied in, is measured as its own Procfile runs it)",
+    )
     parser.add_argument("--batch-turns", type=int, default=30_000, help="turns sent in the batch phase (0: skip it)")
     parser.add_argument("--batch-size", type=int, default=1000, help="turns per POST /v1/turns/batch (default 1000)")
     parser.add_argument("--batch-concurrency", type=int, default=2, help="batches in flight (default 2)")
@@ -292,20 +368,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print all figures as one JSON object on the last line")
     args = parser.parse_args(argv)
+    args.workers = args.workers or procfile_workers()
     run = drive if args.client == "httpx" else drive_raw
 
     key = setup()
     results = {"in_process": bench_in_process(args.requests)}
     port = free_port()
-    server = start_server(port)
+    server = start_server(port, args.workers)
     try:
         base = f"http://127.0.0.1:{port}"
         asyncio.run(drive(base, key, "warm", 200, 4))  # connections, imports, scripts loaded
-        results["http_sequential"] = asyncio.run(run(base, key, "seq", args.requests, 1))
-        results["http_concurrent"] = asyncio.run(run(base, key, "conc", args.requests, args.concurrency))
+        results["http_sequential"] = measured(server, run, base, key, "seq", args.requests, 1)
+        results["http_concurrent"] = measured(server, run, base, key, "conc", args.requests, args.concurrency)
         if args.batch_turns:
-            results["http_batch"] = asyncio.run(
-                drive_batch(base, key, "batch", args.batch_turns, args.batch_size, args.batch_concurrency)
+            results["http_batch"] = measured(
+                server, drive_batch, base, key, "batch", args.batch_turns, args.batch_size, args.batch_concurrency
             )
     finally:
         server.terminate()
@@ -315,23 +392,25 @@ def main(argv: list[str] | None = None) -> int:
             server.kill()
         redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
     load = os.getloadavg()[0]
-    print(f"{'phase':<34}{'requests':>9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    print(f"{'phase':<34}{'requests':>9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'server µs':>11}{'client µs':>11}")
     rows = [
         ("gate.record_turn (in process)", results["in_process"]),
         ("POST /v1/turns, 1 in flight", results["http_sequential"]),
         (f"POST /v1/turns, {args.concurrency} in flight", results["http_concurrent"]),
     ]
     for name, r in rows:
-        print(f"{name:<34}{r['n']:>9,}{r['per_s']:>10,.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}")
+        cpu = f"{r['server_cpu_us']:>11,.0f}{r['client_cpu_us']:>11,.0f}" if "server_cpu_us" in r else ""
+        print(f"{name:<34}{r['n']:>9,}{r['per_s']:>10,.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{cpu}")
     batch = results.get("http_batch")
     if batch:
         print(
             f"{f'POST /v1/turns/batch ×{args.batch_size}, {args.batch_concurrency} in flight':<34}"
             f"{batch['n']:>9,}{batch['per_s']:>10,.0f}{batch['p50_ms']:>9.2f}{batch['p99_ms']:>9.2f}"
-            "  (turns; latency per batch)"
+            f"{batch['server_cpu_us']:>11,.0f}{batch['client_cpu_us']:>11,.0f}"
+            "  (turns; latency and CPU per batch)"
         )
     print(
-        f"(uvicorn: 1 process; {args.client} client and server on one {os.cpu_count()}-core host; "
+        f"(uvicorn: {args.workers} process{'es' if args.workers > 1 else ''}; CPU µs per request; {args.client} client and server on one {os.cpu_count()}-core host; "
         f"1-min load {load:.2f})"
     )
     for line in verdicts(results, args.before_per_s, args.concurrency):

@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 
-from worker.gate.keys import DECISION_METRICS_KEY, DRAIN_METRICS_KEY
+from worker.gate.keys import DECISION_METRICS_KEY, DRAIN_METRICS_KEY, GATE_LATENCY_METRICS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -133,44 +133,50 @@ DECISION_FLUSH_S = 1.0
 OUTCOMES = ("accepted", "denied", "duplicate")
 
 
-class DecisionCounter:
-    """Gate decisions by outcome, counted in the process that made them (the web API, Celery's
-    ``record_turn`` task, replays, in-process clients) and added to one Redis hash,
-    ``tollgate:metrics:decisions`` (``HINCRBY``, fields :data:`OUTCOMES`), which ``/metrics`` reads:
-    the same reason as the drain counters above (prometheus-client's multiprocess mode needs one
-    shared directory on one host).  Counting is in memory, no round trip per turn: the counts are
-    flushed by a timer :data:`DECISION_FLUSH_S` seconds after the first unflushed decision, at exit,
-    and by the web process before each scrape; a process killed with SIGKILL loses at most that
-    last second of counts.  A forked child drops what it inherited (its parent flushes that).
-    ``TOLLGATE_DECISION_METRICS=0`` turns counting off (the test suite does: its tests compare whole
-    Redis states, which a counter flushed a second later would change)."""
+class RedisCounts:
+    """Integer counters of this process added to one Redis hash, ``key`` (``HINCRBY``), shared by
+    every process on every host, which ``/metrics`` reads: the reason of the drain counters above
+    (prometheus-client's multiprocess mode needs one shared directory on one host).  Counting is in
+    memory, no round trip per event: the counts are flushed by a timer ``flush_s`` seconds after the
+    first unflushed count, at exit, and by the web process before each scrape; a process killed with
+    SIGKILL loses at most that last second of counts.  A forked child drops what it inherited (its
+    parent flushes that).  ``TOLLGATE_DECISION_METRICS=0`` turns counting off (the test suite does:
+    its tests compare whole Redis states, which a counter flushed a second later would change)."""
 
-    def __init__(self, flush_s: float = DECISION_FLUSH_S) -> None:
+    def __init__(self, key: str, flush_s: float = DECISION_FLUSH_S) -> None:
+        self.key = key
         self.flush_s = flush_s
         self.enabled = os.environ.get("TOLLGATE_DECISION_METRICS", "1") != "0"
         self._lock = threading.Lock()
-        self._pending = dict.fromkeys(OUTCOMES, 0)
+        self._pending: dict[str, int] = {}
         self._client: redis.Redis | redis.RedisCluster | None = None
         self._timer: threading.Timer | None = None
         self._pid = os.getpid()
         atexit.register(self.flush)
 
-    def add(self, client: redis.Redis | redis.RedisCluster, decisions) -> None:
-        """Count ``decisions`` (``models.turn.Decision``; None entries, turns not applied, are
-        skipped) made through ``client``'s Redis; never raises."""
+    def add_counts(self, client: redis.Redis | redis.RedisCluster, counts: dict[str, int]) -> None:
+        """Add ``counts`` (hash field → integer to add) to the pending counts, to be flushed
+        through ``client`` (a blocking client: the timer thread has no event loop); never raises."""
         if not self.enabled:
             return
         with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's counts are the parent's to flush
-                self._pid, self._pending, self._timer = os.getpid(), dict.fromkeys(OUTCOMES, 0), None
-            for d in decisions:
-                if d is not None:
-                    self._pending["duplicate" if d.duplicate else "accepted" if d.accepted else "denied"] += 1
-            self._client = client
-            if self._timer is None:
-                self._timer = threading.Timer(self.flush_s, self.flush)
-                self._timer.daemon = True
-                self._timer.start()
+            self._fresh()
+            for field, n in counts.items():
+                self._pending[field] = self._pending.get(field, 0) + n
+            self._armed(client)
+
+    def _fresh(self) -> None:
+        """(Lock held.)  Forked: the parent's counts are the parent's to flush."""
+        if self._pid != os.getpid():
+            self._pid, self._pending, self._timer = os.getpid(), {}, None
+
+    def _armed(self, client: redis.Redis | redis.RedisCluster) -> None:
+        """(Lock held.)  Remember ``client`` and start the flush timer if none runs."""
+        self._client = client
+        if self._timer is None:
+            self._timer = threading.Timer(self.flush_s, self.flush)
+            self._timer.daemon = True
+            self._timer.start()
 
     def flush(self) -> None:
         """Add the pending counts to Redis now (one pipelined round trip); on a Redis error they
@@ -179,24 +185,97 @@ class DecisionCounter:
             if self._pid != os.getpid():
                 return
             pending, client = self._pending, self._client
-            self._pending, self._timer = dict.fromkeys(OUTCOMES, 0), None
+            self._pending, self._timer = {}, None
         if client is None or not any(pending.values()):
             return
         try:
             pipe = client.pipeline(transaction=False)
-            for outcome, n in pending.items():
+            for field, n in pending.items():
                 if n:
-                    pipe.hincrby(DECISION_METRICS_KEY, outcome, n)
+                    pipe.hincrby(self.key, field, n)
             pipe.execute()
         except redis.RedisError:
-            log.warning("decision metrics not recorded (kept for the next flush)", exc_info=True)
+            log.warning("metrics of %s not recorded (kept for the next flush)", self.key, exc_info=True)
             with self._lock:
-                for outcome, n in pending.items():
-                    self._pending[outcome] += n
+                for field, n in pending.items():
+                    self._pending[field] = self._pending.get(field, 0) + n
+
+    def read(self, client: redis.Redis | redis.RedisCluster) -> dict[str, int]:
+        """Every process's counts (this one's flushed first): hash field → integer."""
+        self.flush()
+        return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in client.hgetall(self.key).items()}
+
+
+class DecisionCounter(RedisCounts):
+    """Gate decisions by outcome, counted in the process that made them (the web API, Celery's
+    ``record_turn`` task, replays, in-process clients) and added to one Redis hash,
+    ``tollgate:metrics:decisions`` (fields :data:`OUTCOMES`), which ``/metrics`` reads
+    (:class:`RedisCounts`: flushed within :data:`DECISION_FLUSH_S` seconds)."""
+
+    def __init__(self, flush_s: float = DECISION_FLUSH_S) -> None:
+        super().__init__(DECISION_METRICS_KEY, flush_s)
+
+    def add(self, client: redis.Redis | redis.RedisCluster, decisions) -> None:
+        """Count ``decisions`` (``models.turn.Decision``; None entries, turns not applied, are
+        skipped) made through ``client``'s Redis; never raises."""
+        if not self.enabled:
+            return
+        counts = dict.fromkeys(OUTCOMES, 0)
+        for d in decisions:
+            if d is not None:
+                counts["duplicate" if d.duplicate else "accepted" if d.accepted else "denied"] += 1
+        self.add_counts(client, counts)
+
+
+class LatencyHistogram(RedisCounts):
+    """A Prometheus histogram of durations that every process adds to (one Redis hash ``key``,
+    :class:`RedisCounts`), so ``/metrics`` shows one histogram whichever of the web server's
+    processes answers the scrape.  Fields: ``count``, ``sum_us`` (integer microseconds: ``HINCRBY``
+    stays exact) and ``le:<bound>`` (observations in that bucket, not cumulative; ``le:+Inf``
+    above the last bound).
+
+    Args:
+        key: the Redis hash.
+        buckets: upper bounds in seconds, increasing.
+    """
+
+    def __init__(self, key: str, buckets: tuple[float, ...], flush_s: float = DECISION_FLUSH_S) -> None:
+        super().__init__(key, flush_s)
+        self.buckets = buckets
+        self._fields = [f"le:{bound:g}" for bound in buckets]
+
+    def observe(self, client: redis.Redis | redis.RedisCluster, seconds: float) -> None:
+        """Count one duration of ``seconds``, to be flushed through ``client``; never raises."""
+        if not self.enabled:
+            return
+        field = next((f for bound, f in zip(self.buckets, self._fields) if seconds <= bound), "le:+Inf")
+        with self._lock:
+            self._fresh()
+            pending = self._pending
+            pending[field] = pending.get(field, 0) + 1
+            pending["count"] = pending.get("count", 0) + 1
+            pending["sum_us"] = pending.get("sum_us", 0) + round(seconds * 1e6)
+            self._armed(client)
+
+    def figures(self, client: redis.Redis | redis.RedisCluster) -> tuple[list[tuple[str, int]], float]:
+        """Every process's histogram (this one's flushed first): ``([(upper bound as str,
+        cumulative count)] ending with "+Inf", sum in seconds)``."""
+        raw = self.read(client)
+        cumulative, buckets = 0, []
+        for bound, field in (*zip(self.buckets, self._fields), (float("inf"), "le:+Inf")):
+            cumulative += raw.get(field, 0)
+            buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", cumulative))
+        return buckets, raw.get("sum_us", 0) / 1e6
 
 
 #: this process's counter (the gate adds to it, ``/metrics`` flushes it)
 decision_counter = DecisionCounter()
+
+#: upper bounds (seconds) of ``tollgate_gate_seconds``
+GATE_SECONDS_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+#: this process's part of ``tollgate_gate_seconds`` (the API's turn routes observe it, ``/metrics``
+#: flushes and reads it): time to price and record turns through the gate, per request
+gate_seconds = LatencyHistogram(GATE_LATENCY_METRICS_KEY, GATE_SECONDS_BUCKETS)
 
 
 def decision_counts(client: redis.Redis) -> dict[str, int]:

@@ -9,10 +9,9 @@ import asyncio
 import logging
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import Histogram
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api_stub.api_docs import described
@@ -23,8 +22,10 @@ from api_stub.deps import (
     get_async_gate,
     get_gate,
     may_charge,
+    principal,
     reservation_wallet,
 )
+from api_stub.fast_path import FastPathRoute, fast_path, header, json_content
 from models.enums import ApiRole
 from models.turn import Decision, DecisionsPublic, TurnBatch, TurnIn
 from worker.access.apikeys import Principal
@@ -33,18 +34,14 @@ from worker.celery_app import app as celery
 from worker.gate.gate import UnknownWallet, WrongEnterprise
 from worker.gate.keys import pausing_key
 from worker.ledger.turns import transition_position
+from worker.metrics import gate_seconds
 from worker.pricing.prices import PricingError, TurnLimitExceeded
-
-GATE_SECONDS = Histogram(
-    "tollgate_gate_seconds",
-    "Time to price and record turns through the gate, per request (seconds)",
-    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-)
 
 log = logging.getLogger(__name__)
 
-#: no tags: as before the split, so the OpenAPI document is unchanged
-router = APIRouter()
+#: no tags: as before the split, so the OpenAPI document is unchanged; FastPathRoute: the turn
+#: endpoints answer a well-formed request without FastAPI's dependency solving (:mod:`api_stub.fast_path`)
+router = APIRouter(route_class=FastPathRoute)
 
 
 async def _may_record(who: Principal, turns: list[TurnIn]) -> None:
@@ -98,8 +95,9 @@ async def _record(turns: list[TurnIn], who: Principal | None = None, *, pause: b
     if who is not None:
         await _may_record(who, turns)
     started = time.perf_counter()
+    gate = get_async_gate()
     try:
-        decisions = await get_async_gate().record_turns(turns)
+        decisions = await gate.record_turns(turns)
     except TurnLimitExceeded as exc:  # nothing charged: tokens, quantity or cost above a per-turn limit
         field = exc.field if len(turns) == 1 or exc.index is None else f"turns.{exc.index}.{exc.field}"
         raise Problem(
@@ -111,7 +109,8 @@ async def _record(turns: list[TurnIn], who: Principal | None = None, *, pause: b
     except (UnknownWallet, WrongEnterprise) as exc:  # one answer for both: other apps' ids are not probed
         detail = f"unknown wallet {exc.wallet_id!r} for this enterprise"
         raise Problem(404, "Unknown wallet", detail, [{"field": "wallet_id", "message": detail}]) from None
-    GATE_SECONDS.observe(time.perf_counter() - started)
+    # tollgate_gate_seconds: one histogram for every web process (kept in Redis, worker.metrics)
+    gate_seconds.observe(gate.metrics_client, time.perf_counter() - started)
     denied = [turn for turn, d in zip(turns, decisions) if _denied(d)]
     if pause and denied:
         await run_in_threadpool(_send_pauses, denied)
@@ -159,6 +158,33 @@ def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
 
 
+async def _fast_record_turn(request: Request) -> Response | None:
+    """:func:`record_turn` without FastAPI's dependency solving: a JSON body that ``TurnIn``
+    validates (parsed and validated in one pass by pydantic, ``model_validate_json``), then the same
+    caller (:func:`deps.principal`) and recording as the endpoint.  None (FastAPI's handler answers,
+    with its own errors) for any other content type or a body ``TurnIn`` refuses."""
+    if not json_content(request):
+        return None
+    try:
+        turn = TurnIn.model_validate_json(await request.body())
+    except ValidationError:
+        return None
+    who = await principal(header(request, b"authorization"))
+    return _json((await _record([turn], who))[0])
+
+
+async def _fast_record_turns(request: Request) -> Response | None:
+    """:func:`record_turns` without FastAPI's dependency solving, as :func:`_fast_record_turn`."""
+    if not json_content(request):
+        return None
+    try:
+        batch = TurnBatch.model_validate_json(await request.body())
+    except ValidationError:
+        return None
+    decisions = await _record(batch.turns, await principal(header(request, b"authorization")))
+    return _json(DecisionsPublic.model_construct(data=decisions, count=len(decisions)))
+
+
 @router.post(
     "/v1/turns",
     response_model=Decision,
@@ -192,6 +218,7 @@ def _json(model: BaseModel) -> Response:
         },
     ),
 )
+@fast_path(_fast_record_turn)
 async def record_turn(turn: TurnIn, who: Caller) -> Response:
     """Record one turn (owner key of the turn's enterprise).  Idempotent by ``turn_id``.
 
@@ -231,6 +258,7 @@ async def record_turn(turn: TurnIn, who: Caller) -> Response:
         },
     ),
 )
+@fast_path(_fast_record_turns)
 async def record_turns(batch: TurnBatch, who: Caller) -> Response:
     """Record up to 1,000 turns in order (owner key); a bad turn rejects the batch and changes nothing."""
     decisions = await _record(batch.turns, who)

@@ -82,6 +82,8 @@ def deadletter_key(shard: int) -> str:
 DRAIN_METRICS_KEY = f"{PREFIX}:metrics:drain"
 #: gate decisions by outcome (accepted, denied, duplicate), counted by every process that decides
 DECISION_METRICS_KEY = f"{PREFIX}:metrics:decisions"
+#: the API's gate latency histogram (tollgate_gate_seconds), added to by every web process
+GATE_LATENCY_METRICS_KEY = f"{PREFIX}:metrics:gate_seconds"
 #: celery-redbeat's schedule and lock (:mod:`worker.celery_app`)
 REDBEAT_PREFIX = f"{PREFIX}:redbeat:"
 #: app events pub/sub: ``tollgate:events:<enterprise_id>`` (:mod:`worker.events`)

@@ -1,0 +1,174 @@
+"""The turn endpoints' fast path (:mod:`api_stub.fast_path`) against real Redis and PostgreSQL: it
+answers well-formed requests itself, and every other request gets exactly FastAPI's answer, the one
+an app without the fast path gives (status, content type, problem document)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from api_stub import fast_path
+from api_stub.routes import turns
+from models.turn import TurnIn
+from tests.conftest import auth
+from tests.integration.test_api import COST, TURN, api  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def plain(api, monkeypatch):  # noqa: F811
+    """A client of an app built without the fast path (FastAPI's handlers only), with ``api``'s keys."""
+    from api_stub.app import create_app
+
+    monkeypatch.setattr(fast_path.FastPathRoute, "get_route_handler", APIRoute.get_route_handler)
+    client = TestClient(create_app())
+    client.keys = api.keys
+    return client
+
+
+@pytest.fixture()
+def fast_calls(monkeypatch):
+    """The callers the fast handlers authenticated (one per request they answered themselves)."""
+    calls: list[str | None] = []
+    real = turns.principal
+
+    async def spy(authorization: str | None = None):
+        calls.append(authorization)
+        return await real(authorization)
+
+    monkeypatch.setattr(turns, "principal", spy)
+    return calls
+
+
+def test_a_well_formed_turn_is_answered_by_the_fast_path_with_the_gate_s_decision(api, gate, fast_calls):  # noqa: F811
+    r = api.post("/v1/turns", json=TURN, headers=auth(api.keys["owner"]))
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == {
+        "turn_id": "api-1",
+        "accepted": True,
+        "action": "continue",
+        "balance_nanos": 1_000_000_000 - COST,
+        "cost_nanos": COST,
+        "billed_nanos": COST,
+        "duplicate": False,
+    }
+    assert fast_calls == [f"Bearer {api.keys['owner']}"]
+    again = api.post("/v1/turns", json=TURN, headers=auth(api.keys["owner"]))
+    assert again.json() == {**r.json(), "duplicate": True}
+    assert gate.balance("w1") == 1_000_000_000 - COST
+    batch = [{**TURN, "turn_id": f"b-{i}"} for i in range(3)]
+    r = api.post("/v1/turns/batch", json={"turns": batch}, headers=auth(api.keys["owner"]))
+    assert r.status_code == 200, r.text
+    assert [d["balance_nanos"] for d in r.json()["data"]] == [1_000_000_000 - COST * k for k in (2, 3, 4)]
+    assert len(fast_calls) == 3
+    assert gate.balance("w1") == 1_000_000_000 - 4 * COST
+
+
+def _cases(keys: dict[str, str]) -> list[tuple[str, str, bytes, dict[str, str]]]:
+    """(name, path, body, headers) of requests the fast path must answer as FastAPI does; none changes anything."""
+    owner = auth(keys["owner"])
+    js = {"Content-Type": "application/json"}
+    body = json.dumps(TURN).encode()
+
+    def turn(**change) -> bytes:
+        return json.dumps({**TURN, **change}).encode()
+
+    return [
+        ("malformed JSON", "/v1/turns", b'{"turn_id": ', owner | js),
+        ("empty body", "/v1/turns", b"", owner | js),
+        ("JSON null", "/v1/turns", b"null", owner | js),
+        ("text/plain", "/v1/turns", body, owner | {"Content-Type": "text/plain"}),
+        ("no content type", "/v1/turns", body, owner),
+        (
+            "missing field",
+            "/v1/turns",
+            json.dumps({k: v for k, v in TURN.items() if k != "model"}).encode(),
+            owner | js,
+        ),
+        ("unknown field", "/v1/turns", turn(colour="blue"), owner | js),
+        ("tokens as text", "/v1/turns", turn(prompt_tokens="800"), owner | js),
+        ("tokens as float", "/v1/turns", turn(prompt_tokens=800.0), owner | js),
+        ("negative tokens", "/v1/turns", turn(completion_tokens=-1), owner | js),
+        ("tokens as bool", "/v1/turns", turn(completion_tokens=True), owner | js),
+        ("NUL in chat_id", "/v1/turns", turn(chat_id="c\x00"), owner | js),
+        ("no key, valid body", "/v1/turns", turn(turn_id="nokey"), js),
+        ("unknown key, valid body", "/v1/turns", turn(turn_id="badkey"), auth("tg_nope_nope") | js),
+        ("unknown key, bad body", "/v1/turns", turn(prompt_tokens=-1), auth("tg_nope_nope") | js),
+        ("no key, malformed JSON", "/v1/turns", b"{", js),
+        ("another app's key", "/v1/turns", turn(turn_id="other"), auth(keys["other_owner"]) | js),
+        ("end user's key", "/v1/turns", turn(turn_id="enduser"), auth(keys["user_w1"]) | js),
+        ("unknown wallet", "/v1/turns", turn(turn_id="nowallet", wallet_id="nope"), owner | js),
+        ("unknown model", "/v1/turns", turn(turn_id="nomodel", model="no-such-model-x"), owner | js),
+        (
+            "batch, a bad turn 1",
+            "/v1/turns/batch",
+            json.dumps({"turns": [TURN, {**TURN, "turn_id": "x", "prompt_tokens": -5}]}).encode(),
+            owner | js,
+        ),
+        ("batch, empty", "/v1/turns/batch", b'{"turns": []}', owner | js),
+        (
+            "batch, text/plain",
+            "/v1/turns/batch",
+            json.dumps({"turns": [TURN]}).encode(),
+            owner | {"Content-Type": "text/plain"},
+        ),
+    ]
+
+
+def test_every_other_request_gets_exactly_fastapi_s_answer(api, plain, gate, redis_client, fast_calls):  # noqa: F811
+    before = gate.balance("w1")
+    keys_before = sorted(redis_client.keys("*"))
+    for name, path, body, headers in _cases(api.keys):
+        fast = api.post(path, content=body, headers=headers)
+        slow = plain.post(path, content=body, headers=headers)
+        assert fast.status_code >= 400, (name, fast.text)
+        assert (fast.status_code, fast.headers.get("content-type"), fast.json()) == (
+            slow.status_code,
+            slow.headers.get("content-type"),
+            slow.json(),
+        ), name
+        assert fast.headers.get("www-authenticate") == slow.headers.get("www-authenticate"), name
+    assert gate.balance("w1") == before
+    # nothing recorded: only the rate-limit windows and caches of the requests may be new
+    assert [k for k in sorted(redis_client.keys("*")) if k not in keys_before and "ratelimit" not in str(k)] == []
+    # the fast path answered none of these (each went to FastAPI's handler or was refused by principal),
+    # and the app without it never uses it
+    calls = len(fast_calls)
+    assert plain.post("/v1/turns", json=TURN, headers=auth(api.keys["owner"])).status_code == 200
+    assert len(fast_calls) == calls
+    assert gate.balance("w1") == before - COST
+
+
+#: JSON values a turn's fields may be sent as: the fast path must accept exactly what FastAPI does
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**13), max_value=10**13),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+    st.sampled_from(["1000", "1e3", "2026-11-01T12:00:00Z", "2026-11-01", "1761998400", "gpt-4o", "llm", "emails"]),
+)
+
+
+@hsettings(max_examples=300, deadline=None, derandomize=True)
+@given(st.dictionaries(st.sampled_from(sorted(TurnIn.model_fields)), VALUES, max_size=6))
+def test_json_validation_accepts_what_python_validation_accepts_and_the_same_turn(changes):
+    """The fast path validates the raw bytes (``model_validate_json``, pydantic's JSON mode);
+    FastAPI ``json.loads`` then validates Python objects.  A body the first accepts must give the
+    same turn by the second (a body it refuses goes to FastAPI's handler, so only this direction
+    matters)."""
+    raw = json.dumps({**TURN, **changes})
+    try:
+        fast = TurnIn.model_validate_json(raw)
+    except ValidationError:
+        return
+    assert TurnIn.model_validate(json.loads(raw)) == fast
