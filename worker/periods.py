@@ -41,3 +41,13 @@ def previous_period(period: str) -> str:
 def current_period(now: datetime | None = None) -> str:
     """The period of ``now`` (default: the current time, UTC)."""
     return period_of(now or datetime.now(UTC))
+
+
+def past_retention(period: str, months: int, now: datetime | None = None) -> bool:
+    """Is ``period`` older than the last ``months`` periods ending with ``now``'s (its usage events
+    dropped by retention)?  ``months`` 0 keeps everything: never.  Periods compare as 'YYYY-MM' strings."""
+    if not months:
+        return False
+    year, month = map(int, current_period(now).split("-"))
+    index = year * 12 + month - 1 - (months - 1)
+    return period < f"{index // 12:04d}-{index % 12 + 1:02d}"
