@@ -24,7 +24,11 @@ loaded with the same ``--events`` (it is only migrated to head and its dirty gro
 each view after one warm-up; per view the median and p95 wall time of a request, and the CPU seconds
 per request of this process plus the PostgreSQL backends serving it (``/proc/<pid>/stat`` of every
 backend of the bench database), which stay meaningful on a loaded machine where wall time does not.
-PASS/FAIL: median server wall time of the owner, end-user and admin pages against 300 ms.  For the
+PASS/FAIL: median server wall time of the owner, end-user and admin pages against 300 ms (the
+verdict), and beside it their CPU per request against the same 300 ms (wall time is inflated on a
+machine loaded by others; the load average is printed).  ``--dirty`` adds the owner page with every
+group of the current month marked in ``rollup_dirty`` (read from ``usage_event``, as between two beat
+refreshes under a live drain).  For the
 owner page, every SQL statement of one request is timed, and the slowest are EXPLAINed (ANALYZE,
 BUFFERS) with their parameters.  The CSV and JSON exports stream every event of the month (by design
 O(events)); they are timed once each, not judged.
@@ -420,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     r.flushdb()
     pg = create_engine(BENCH_DB_URL)
     now = datetime.now(UTC)
+    load_before = os.getloadavg()
     setup: dict[str, Any]
     if args.reuse and loaded_events(pg) == args.events:
         upgrade(BENCH_DB_URL)
@@ -495,16 +500,18 @@ def main(argv: list[str] | None = None) -> int:
             judged.add("owner page, current month dirty")
             refresh()
     deps.get_gate.cache_clear()
-    failed = False
+    failed = cpu_failed = False
     print(f"bench_billing_page: {setup}")
     print(f"period {period}; {args.requests} requests per view after one warm-up; in-process TestClient")
-    print(f"{'view':38} {'median ms':>10} {'p95 ms':>8} {'max ms':>8} {'CPU ms/req':>11} {'bytes':>9}  verdict")
+    print(f"load average before the run: {load_before}, after: {os.getloadavg()} ({os.cpu_count()} CPUs)")
+    print(f"{'view':38} {'median ms':>10} {'p95 ms':>8} {'max ms':>8} {'CPU ms/req':>11} {'bytes':>9}  wall  CPU")
     for name, v in results["views"].items():
         verdict = ""
         if name in judged:
-            ok = v["median_ms"] < TARGET_MS
+            ok, cpu_ok = v["median_ms"] < TARGET_MS, v["cpu_ms_per_request"] < TARGET_MS
             failed |= not ok
-            verdict = "PASS" if ok else "FAIL"
+            cpu_failed |= not cpu_ok
+            verdict = f"{'PASS' if ok else 'FAIL'}  {'PASS' if cpu_ok else 'FAIL'}"
         print(
             f"{name:38} {v['median_ms']:>10} {v['p95_ms']:>8} {v['max_ms']:>8} {v['cpu_ms_per_request']:>11} "
             f"{v['bytes']:>9}  {verdict}"
@@ -515,7 +522,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n-- {s['ms']} ms: {s['sql']}\n{s['plan']}")
     if args.json:
         print(json.dumps(results))
-    print("\nRESULT:", "FAIL" if failed else "PASS", f"(median server time of each page < {TARGET_MS:.0f} ms)")
+    print(
+        "\nRESULT:",
+        "FAIL" if failed else "PASS",
+        f"(median server wall time of each page < {TARGET_MS:.0f} ms); CPU per request (this process + PostgreSQL "
+        f"backends, what a loaded machine does not inflate): {'FAIL' if cpu_failed else 'PASS'}",
+    )
     return 1 if failed else 0
 
 
