@@ -50,7 +50,7 @@ from sqlalchemy import select
 from sqlmodel import Session, col
 from starlette.concurrency import run_in_threadpool
 
-from api_stub.billing_exports import csv_rows, json_chunks, pdf_statement
+from api_stub.billing_exports import batched, csv_rows, json_chunks, pdf_statement
 from api_stub.deps import Problem, check_client_rate_limit, check_rate_limit, get_gate, problem_response
 from models.enums import ApiRole
 from models.wallet import Enterprise
@@ -607,7 +607,7 @@ def _streamed(v: Viewer, period: str, render) -> Iterator[str]:
             if v.detail
             else None
         )
-        yield from render(report, events)
+        yield from batched(render(report, events))  # 64 KiB pieces, not a piece per row
 
 
 @router.get("/export.csv", responses={401: {}, 403: {}, 404: {}, 422: {}})
