@@ -75,6 +75,30 @@ def json_chunks(report: BillingReport, events: Iterable[dict[str, Any]] | None) 
     yield "]}"
 
 
+#: bytes (characters) a streamed export gathers before it hands a chunk to the server
+STREAM_CHUNK = 64 * 1024
+
+
+def batched(chunks: Iterable[str], size: int = STREAM_CHUNK) -> Iterator[str]:
+    """``chunks`` joined into pieces of at least ``size`` characters (the last may be shorter; no
+    empty piece), the same text in the same order.  A streamed export renders a chunk per row; the
+    server moves each chunk it is given from the worker thread to the event loop, ~0.4 ms of CPU
+    each, so per-row chunks cost 13× the CPU of 64 KiB ones (30,807 events: 15.3 s against 1.2 s,
+    ``benchmarks.bench_billing_page``'s data).  Raises ValueError for a ``size`` below 1."""
+    if size < 1:
+        raise ValueError(f"size: must be at least 1, got {size!r}")
+    buf: list[str] = []
+    held = 0
+    for chunk in chunks:
+        buf.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield "".join(buf)
+            buf, held = [], 0
+    if held:
+        yield "".join(buf)
+
+
 # PDF ----------------------------------------------------------------------------------------------
 _INK = (17, 24, 39)
 _MUTED = (107, 114, 128)

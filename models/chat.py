@@ -87,6 +87,8 @@ class ChatSession(ChatSessionBase, table=True):
     __table_args__ = (
         UniqueConstraint("enterprise_id", "chat_id", name="uq_chat_session_enterprise_chat"),
         Index("ix_chat_session_wallet", "wallet_id"),
+        # the /billing page's paused-chat counts per wallet (migration 0018): only the paused few
+        Index("ix_chat_session_wallet_paused", "wallet_id", postgresql_where=text("status = 'paused'")),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))

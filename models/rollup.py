@@ -1,5 +1,6 @@
-"""The rollup family: pre-computed workflow × month summaries (``workflow_rollup``), their dirty
-marks (``rollup_dirty``), and the API's aggregate shapes (rollups, averages, analytics buckets)."""
+"""The rollup family: pre-computed workflow × month summaries (``workflow_rollup``), the billing
+page's finer sums of the same groups (``billing_rollup``, ``chat_rollup``), their dirty marks
+(``rollup_dirty``), and the API's aggregate shapes (rollups, averages, analytics buckets)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic import Field as PydanticField
-from sqlalchemy import Column, func, text
+from sqlalchemy import BigInteger, Column, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -68,6 +69,60 @@ class WorkflowRollup(WorkflowRollupBase, table=True):
     __tablename__ = "workflow_rollup"
 
     document: dict = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False))
+
+
+def _figure() -> Any:
+    """A BIGINT NOT NULL DEFAULT 0 sum column (a new Column per table that inherits it)."""
+    return Field(default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": text("0")})
+
+
+class RollupFigures(SQLModel):
+    """The sums over a set of usage events that the billing rollups keep (``worker.billing.report.Figures``):
+    ``events`` rows, meter ``quantity`` (base units), tokens, and money in integer nano-USD."""
+
+    events: int = _figure()
+    quantity: int = _figure()
+    prompt_tokens: int = _figure()
+    cached_prompt_tokens: int = _figure()
+    completion_tokens: int = _figure()
+    cost_nanos: int = _figure()
+    billed_nanos: int = _figure()
+    creator_share_nanos: int = _figure()
+    platform_fee_nanos: int = _figure()
+
+
+class BillingRollup(RollupFigures, table=True):
+    """The usage events of one enterprise × UTC month × workflow × wallet × provider × model × meter,
+    summed (the ``/billing`` report's lines, budgets and six-month history read these, not
+    ``usage_event``).  Recomputed whole with its workflow rollup group (enterprise, workflow, month)
+    by ``worker.chats.rollups.refresh_rollup``; while the group is marked in ``rollup_dirty`` the
+    report reads that group from ``usage_event`` instead (``worker.billing.report``)."""
+
+    __tablename__ = "billing_rollup"
+
+    enterprise_id: str = Field(primary_key=True, max_length=200)
+    period: str = Field(primary_key=True, max_length=7)  # 'YYYY-MM', UTC
+    workflow: str = Field(primary_key=True, max_length=200)
+    wallet_id: str = Field(primary_key=True, max_length=200)
+    provider: str = Field(primary_key=True, max_length=100)
+    model: str = Field(primary_key=True, max_length=200)
+    meter: str = Field(primary_key=True, max_length=50)
+
+
+class ChatRollup(RollupFigures, table=True):
+    """The usage events of one enterprise × UTC month × workflow × wallet × chat, summed, with the
+    chat's first and last turn in the month (the ``/billing`` report's top chats).  Kept as
+    :class:`BillingRollup` is."""
+
+    __tablename__ = "chat_rollup"
+
+    enterprise_id: str = Field(primary_key=True, max_length=200)
+    period: str = Field(primary_key=True, max_length=7)  # 'YYYY-MM', UTC
+    workflow: str = Field(primary_key=True, max_length=200)
+    wallet_id: str = Field(primary_key=True, max_length=200)
+    chat_id: str = Field(primary_key=True, max_length=200)
+    first_at: datetime = Field(sa_column=ts(nullable=False))
+    last_at: datetime = Field(sa_column=ts(nullable=False))
 
 
 # WorkflowRollupPublic: ``document`` is the seed's ``mon_{enterprise}_{workflow}`` document, given to

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Connection, Engine, insert, text
 
 from models.budget import Budget, BudgetAlert
 from models.chat import ChatAgentUsage, ChatSession
@@ -102,6 +102,18 @@ def _event(
         balance_after_nanos=None,
         action="continue",
         occurred_at=at,
+    )
+
+
+def mark_groups_dirty(conn: Connection) -> None:
+    """Mark every (enterprise, workflow, UTC month) of the stored usage events in ``rollup_dirty``, as
+    the drain marks the groups of the rows it inserts: rows inserted directly bypass the drain, and
+    the billing report reads a marked group from ``usage_event`` until the rollup refresh runs."""
+    conn.execute(
+        text(
+            "INSERT INTO rollup_dirty (enterprise_id, workflow, period) SELECT DISTINCT enterprise_id, workflow, "
+            "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM') FROM usage_event ON CONFLICT DO NOTHING"
+        )
     )
 
 
@@ -284,6 +296,7 @@ def seed(engine: Engine) -> Seeded:
         conn.execute(insert(ChatAgentUsage.__table__), _agent_usage(rows, session_ids))
         conn.execute(insert(WalletTransaction.__table__), ledger)
         conn.execute(insert(UsageEvent.__table__), rows)
+        mark_groups_dirty(conn)
         budget_ids = (
             conn.execute(
                 insert(Budget.__table__).returning(Budget.__table__.c.id),

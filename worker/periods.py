@@ -52,3 +52,13 @@ def periods_between(first: str, last: str, most: int = 600) -> list[str]:
     while out[-1] > first and len(out) < most:
         out.append(previous_period(out[-1]))
     return out
+
+
+def past_retention(period: str, months: int, now: datetime | None = None) -> bool:
+    """Is ``period`` older than the last ``months`` periods ending with ``now``'s (its usage events
+    dropped by retention)?  ``months`` 0 keeps everything: never.  Periods compare as 'YYYY-MM' strings."""
+    if not months:
+        return False
+    year, month = map(int, current_period(now).split("-"))
+    index = year * 12 + month - 1 - (months - 1)
+    return period < f"{index // 12:04d}-{index % 12 + 1:02d}"

@@ -56,7 +56,7 @@ from sqlmodel import Session, col
 from starlette.concurrency import run_in_threadpool
 
 from api_stub.api_docs import described
-from api_stub.billing_exports import csv_rows, json_chunks, pdf_statement
+from api_stub.billing_exports import batched, csv_rows, json_chunks, pdf_statement
 from api_stub.billing_sections import page_sections
 from api_stub.deps import Problem, check_client_rate_limit, check_rate_limit, get_gate, problem_response
 from models.enums import ApiRole
@@ -645,7 +645,7 @@ def _streamed(v: Viewer, period: str, render) -> Iterator[str]:
             if v.detail
             else None
         )
-        yield from render(report, events)
+        yield from batched(render(report, events))  # 64 KiB pieces, not a piece per row
 
 
 #: the exports' query parameters and what /docs says about them (the parameters are the same as before)

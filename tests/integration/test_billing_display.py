@@ -14,7 +14,7 @@ from sqlalchemy import insert, text
 
 from api_stub.billing_exports import pdf_statement
 from models.turn import UsageEvent
-from tests.billing_seed import _event, seed
+from tests.billing_seed import _event, mark_groups_dirty, seed
 from worker.billing.report import CENT_NANOS, CHAT_INACTIVE, billing_report, round_cents
 from worker.db import session_scope
 
@@ -103,6 +103,7 @@ def test_a_tiny_meter_cost_is_not_shown_as_zero(seeded, db):
     )
     with db.begin() as conn:
         conn.execute(insert(UsageEvent.__table__), [row])
+        mark_groups_dirty(conn)
     from api_stub.main import app  # imported late: the app reads the test settings the fixtures set
 
     client = TestClient(app)

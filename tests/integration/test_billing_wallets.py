@@ -102,6 +102,9 @@ def test_the_displayed_cents_add_up_where_rounding_alone_would_not(seeded, db):
                 "('w-carol', 'credit', 1004999999, 0, 'op-2', '', '2027-02-02Z')"
             )
         )
+        # as every ledger writer does (worker.ledger.accounts.record_credit): the wallet's counters are
+        # the sums of its entries, and the statements read the opening balance from them
+        conn.execute(text("UPDATE wallet SET credits_nanos = credits_nanos + 2009999998 WHERE id = 'w-carol'"))
     with session_scope() as session:
         [carol] = wallet_statements(session, enterprise_id="acme", period="2027-02", wallet_id="w-carol")
     assert (carol.opening_nanos, carol.credits_nanos, carol.debits_nanos) == (8_781_999_999, 1_004_999_999, 0)

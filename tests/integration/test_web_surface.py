@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import insert, select, text
 
 from models.turn import UsageEvent
-from tests.billing_seed import seed
+from tests.billing_seed import mark_groups_dirty, seed
 from tests.conftest import REPO, _env, auth, create_keys, free_port, seed_wallet, wait_healthy
 from worker.db import session_scope
 
@@ -87,6 +87,7 @@ def _hostile_rows(db) -> list[dict]:
         rows.append(row)
     with db.begin() as conn:
         conn.execute(insert(UsageEvent.__table__), rows)
+        mark_groups_dirty(conn)
     return rows
 
 

@@ -18,6 +18,18 @@ Sections of a :class:`BillingReport` (money in integer nano-USD, tokens and quan
   ties by ``chat_id``), with their ``chat_session`` status;
 - ``history``: ``cost_nanos`` per provider per month for the 6 months ending with the period.
 
+Where the sums come from (issue 18, "the page stays fast"): not from scanning ``usage_event``, but
+from the billing rollups (``billing_rollup``: enterprise × month × workflow × wallet × provider ×
+model × meter; ``chat_rollup``: enterprise × month × workflow × wallet × chat), which the rollup
+refresh recomputes whole, per (enterprise, workflow, month) group, in the transaction that deletes
+the group's ``rollup_dirty`` mark (:func:`worker.chats.rollups.refresh_billing_rollups`).  A group
+marked dirty (the drain persisted turns in it since its last refresh) is read from ``usage_event``
+instead, so the report is exact to the nano at any moment: in one snapshot a group either has its
+mark (read live) or not (its rollup rows are the sums of its events).  Read the report in one
+REPEATABLE READ snapshot (the ``/billing`` routes do) for marks and rollups to agree.  A dirty group
+of a month past ``settings.usage_retention_months`` (its events dropped) keeps its rollup rows.  Usage
+events written other than by the drain must mark their groups (:func:`worker.chats.rollups.mark_dirty`).
+
 Money is formatted only at the edge (:func:`format_usd`, :func:`usd_exact`), with integer arithmetic.
 """
 
@@ -28,18 +40,35 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Iterator, Sequence
 from zlib import crc32
 
-from sqlalchemy import ColumnElement, and_, func, literal_column, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    Subquery,
+    Table,
+    and_,
+    func,
+    literal,
+    not_,
+    select,
+    text,
+    tuple_,
+    union_all,
+)
 from sqlmodel import Session, col
 
 from models.budget import Budget, BudgetAlert
 from models.chat import ChatSession
 from models.enums import ChatStatus
+from models.rollup import BillingRollup, ChatRollup, RollupDirty
 from models.turn import UsageEvent
 from models.wallet import Enterprise
 from worker.billing.budgets import THRESHOLDS, crossed
+from worker.db import table_of
 from worker.errors import InputError, InvalidInput
-from worker.periods import period_bounds, previous_period
+from worker.periods import past_retention, period_bounds, previous_period
 from worker.pricing.prices import nanos_to_usd
+from worker.settings import get_settings
 
 #: how many chats :attr:`BillingReport.top_chats` lists at most
 TOP_CHATS = 50
@@ -552,19 +581,97 @@ def _scope(enterprise_id: str, wallet_id: str | None, start: datetime, end: date
     return where
 
 
-def _sums():
-    ue = UsageEvent
-    return (
-        func.count(),
-        func.sum(col(ue.quantity)),
-        func.sum(col(ue.prompt_tokens)),
-        func.sum(col(ue.cached_prompt_tokens)),
-        func.sum(col(ue.completion_tokens)),
-        func.sum(col(ue.cost_nanos)),
-        func.sum(col(ue.billed_nanos)),
-        func.sum(col(ue.creator_share_nanos)),
-        func.sum(col(ue.platform_fee_nanos)),
+def _sums(src: Subquery) -> tuple[Any, ...]:
+    """The :class:`Figures` sums over the rows of a source (:func:`_usage_source`), in field order."""
+    return tuple(func.sum(src.c[f]) for f in _FIGURES)
+
+
+def dirty_groups(session: Session, enterprise_id: str, periods: Sequence[str]) -> dict[str, list[str]]:
+    """``{period: [workflow, …]}``: the groups of ``enterprise_id`` in ``periods`` marked in
+    ``rollup_dirty`` (their billing rollups may lag their usage events), except in months past
+    ``settings.usage_retention_months`` (their events are dropped: the stored rollups are the record)."""
+    rd = RollupDirty
+    months = get_settings().usage_retention_months
+    out: dict[str, list[str]] = {}
+    for period, workflow in session.execute(
+        select(col(rd.period), col(rd.workflow))
+        .where(col(rd.enterprise_id) == enterprise_id, col(rd.period).in_(list(periods)))
+        .order_by(col(rd.period), col(rd.workflow))
+    ):
+        if not past_retention(period, months):
+            out.setdefault(period, []).append(workflow)
+    return out
+
+
+def _usage_source(
+    session: Session,
+    enterprise_id: str,
+    wallet_id: str | None,
+    periods: Sequence[str],
+    keys: Sequence[str],
+    *,
+    chats: bool = False,
+    dirty: dict[str, list[str]] | None = None,
+    span: tuple[datetime, datetime] | None = None,
+) -> Subquery:
+    """Rows ``(period, workflow, wallet_id, *keys, <the Figures sums>[, first_at, last_at])`` whose
+    sums over any grouping equal the sums of the usage events of ``enterprise_id`` (``wallet_id``'s
+    only, if given) in ``periods``: the billing rollup rows (``chat_rollup`` when ``chats``, with the
+    first and last turn) of the groups not marked dirty, plus the dirty groups' events aggregated now
+    (see the module docstring).  ``dirty``: :func:`dirty_groups` when already read.
+
+    ``span`` (aware ``[start, end)``, the page's date range; ``periods`` then one period, the label of
+    every row): the usage events of the span aggregated now, whatever their months' rollups."""
+    columns = ("period", "workflow", "wallet_id", *keys)
+    ue = table_of(UsageEvent)
+    if span is not None:
+        return _live_rows(ue, periods[0], columns, chats, enterprise_id, wallet_id, span, None).subquery()
+    dirty = dirty_groups(session, enterprise_id, periods) if dirty is None else dirty
+    rollup = table_of(ChatRollup if chats else BillingRollup)
+    extra = ("first_at", "last_at") if chats else ()
+    stored = select(*(rollup.c[c] for c in (*columns, *_FIGURES, *extra))).where(
+        rollup.c.enterprise_id == enterprise_id, rollup.c.period.in_(list(periods))
     )
+    if wallet_id is not None:
+        stored = stored.where(rollup.c.wallet_id == wallet_id)
+    for period, workflows in dirty.items():
+        stored = stored.where(not_(and_(rollup.c.period == period, rollup.c.workflow.in_(workflows))))
+    if not dirty:
+        return stored.subquery()
+    # one SELECT a month: the month is a constant, its partition pruned
+    live = [
+        _live_rows(ue, period, columns, chats, enterprise_id, wallet_id, period_bounds(period), workflows)
+        for period, workflows in dirty.items()
+    ]
+    return union_all(stored, *live).subquery()
+
+
+def _live_rows(
+    ue: Table,
+    period: str,
+    columns: Sequence[str],
+    chats: bool,
+    enterprise_id: str,
+    wallet_id: str | None,
+    bounds: tuple[datetime, datetime],
+    workflows: Sequence[str] | None,
+) -> Select:
+    """The usage events of ``enterprise_id`` (``wallet_id``'s only, if given; ``workflows`` only, if
+    given) in ``bounds`` (``[start, end)``), aggregated by ``columns`` as :func:`_usage_source`'s rows,
+    labelled ``period``."""
+    start, end = bounds
+    rows = select(
+        literal(period, String).label("period"),
+        *(ue.c[c] for c in columns[1:]),
+        func.count().label("events"),
+        *(func.sum(ue.c[f]).label(f) for f in _FIGURES[1:]),
+        *((func.min(ue.c.occurred_at).label("first_at"), func.max(ue.c.occurred_at).label("last_at")) if chats else ()),
+    ).where(ue.c.enterprise_id == enterprise_id, ue.c.occurred_at >= start, ue.c.occurred_at < end)
+    if workflows is not None:
+        rows = rows.where(ue.c.workflow.in_(workflows))
+    if wallet_id is not None:
+        rows = rows.where(ue.c.wallet_id == wallet_id)
+    return rows.group_by(*(ue.c[c] for c in columns[1:]))
 
 
 def _figures(values) -> Figures:
@@ -606,17 +713,16 @@ def billing_report(
     enterprise = session.get(Enterprise, enterprise_id) if isinstance(enterprise_id, str) and enterprise_id else None
     if enterprise is None:
         raise ReportError(f"enterprise_id: unknown enterprise {enterprise_id!r}", field="enterprise_id")
-    ue = UsageEvent
-    where = _scope(enterprise_id, wallet_id, start, end)
-
-    lines = [
-        Line(provider, model, meter, _figures(rest))
-        for provider, model, meter, *rest in session.execute(
-            select(col(ue.provider), col(ue.model), col(ue.meter), *_sums())
-            .where(*where)
-            .group_by(col(ue.provider), col(ue.model), col(ue.meter))
-            .order_by(col(ue.provider), col(ue.model), col(ue.meter))
-        )
+    periods = [period] if span is not None else history_periods(period)
+    # small aggregates of small tables: JIT compiling them costs more than it saves (~150 ms a
+    # statement measured when a dirty month is read from usage_event); this transaction only
+    session.execute(text("SET LOCAL jit = off"))
+    dirty = dirty_groups(session, enterprise_id, periods) if span is None else {}
+    sums = _period_sums(session, enterprise_id, wallet_id, periods, dirty, span=span)
+    lines = [  # in PostgreSQL's order of provider, model, meter (its collation, as the exports were)
+        Line(provider, model, meter, figures)
+        for (p, provider, model, meter), figures in sums.lines.items()
+        if p == period
     ]
     llm_lines = [x for x in lines if x.meter == LLM]
     providers = []
@@ -631,12 +737,13 @@ def billing_report(
     llm = sum((x.figures for x in llm_lines), Figures())
     total = sum((x.figures for x in lines), Figures())
 
-    budgets = [] if span is not None else _budgets(session, enterprise_id, wallet_id, detail, period, start, end)
+    budgets = [] if span is not None else _budgets(session, enterprise_id, wallet_id, detail, period, end, sums)
     chats_in_period = 0
     top: list[ChatCost] = []
     generated_at = (now or datetime.now(UTC)).astimezone(UTC)
     if detail:
-        chats_in_period, top = _top_chats(session, enterprise_id, where, generated_at)
+        in_period = {period: dirty[period]} if period in dirty else {}
+        chats_in_period, top = _top_chats(session, enterprise_id, wallet_id, period, in_period, generated_at, span=span)
     return BillingReport(
         enterprise_id=enterprise_id,
         enterprise_name=enterprise.name,
@@ -655,21 +762,58 @@ def billing_report(
         budgets=budgets,
         chats_in_period=chats_in_period,
         top_chats=top,
-        history=History([], {}, []) if span is not None else _history(session, enterprise_id, wallet_id, period),
+        history=History([], {}, []) if span is not None else _history(periods, sums),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _PeriodSums:
+    """The sums of a report's months, read in one statement: ``lines`` by (period, provider, model,
+    meter), ``wallets`` by (period, wallet_id), ``workflows`` by (period, workflow)."""
+
+    lines: dict[tuple[str, str, str, str], Figures]
+    wallets: dict[tuple[str, str], Figures]
+    workflows: dict[tuple[str, str], Figures]
+
+
+def _period_sums(
+    session: Session,
+    enterprise_id: str,
+    wallet_id: str | None,
+    periods: list[str],
+    dirty: dict[str, list[str]],
+    span: tuple[datetime, datetime] | None = None,
+) -> _PeriodSums:
+    """Every sum the report needs of ``periods`` (its month and the history's) in one statement over
+    :func:`_usage_source` (``GROUPING SETS``: the dirty groups' events are read once)."""
+    src = _usage_source(
+        session, enterprise_id, wallet_id, periods, ("provider", "model", "meter"), dirty=dirty, span=span
+    )
+    line_keys = (src.c.period, src.c.provider, src.c.model, src.c.meter)
+    # grouping(wallet_id, workflow): 3 = a line, 1 = a wallet, 2 = a workflow
+    which = func.grouping(src.c.wallet_id, src.c.workflow)
+    out = _PeriodSums({}, {}, {})
+    for kind, period, provider, model, meter, wallet, workflow, *rest in session.execute(
+        select(which, *line_keys, src.c.wallet_id, src.c.workflow, *_sums(src))
+        .group_by(
+            func.grouping_sets(
+                tuple_(*line_keys), tuple_(src.c.period, src.c.wallet_id), tuple_(src.c.period, src.c.workflow)
+            )
+        )
+        .order_by(which, *line_keys)
+    ):
+        figures = _figures(rest)
+        if kind == 3:
+            out.lines[(period, provider, model, meter)] = figures
+        elif kind == 1:
+            out.wallets[(period, wallet)] = figures
+        else:
+            out.workflows[(period, workflow)] = figures
+    return out
 
 
 def _minus(a: Figures, b: Figures) -> Figures:
     return Figures(*(getattr(a, f) - getattr(b, f) for f in _FIGURES))
-
-
-def _spend_by(session: Session, key: Any, amount: Any, keys: list[str], in_period: Any) -> dict[str, int]:
-    """``{key value: sum of amount}`` (nano-USD) of the usage events ``in_period`` whose ``key`` is one
-    of ``keys`` (a wallet budget counts what was billed, a workflow budget what the turns cost);
-    ``{}`` without asking PostgreSQL when ``keys`` is empty."""
-    if not keys:
-        return {}
-    return dict(session.execute(select(key, func.sum(amount)).where(in_period, key.in_(keys)).group_by(key)).all())
 
 
 def _budgets(
@@ -678,8 +822,8 @@ def _budgets(
     wallet_id: str | None,
     detail: bool,
     period: str,
-    start: datetime,
     end: datetime,
+    sums: _PeriodSums,
 ) -> list[BudgetLine]:
     # a budget shows on the months it existed in: created before the period's end
     stmt = (
@@ -694,12 +838,10 @@ def _budgets(
     budgets = list(session.execute(stmt).scalars())
     if not budgets:
         return []
-    ue = UsageEvent
-    in_period = and_(col(ue.enterprise_id) == enterprise_id, col(ue.occurred_at) >= start, col(ue.occurred_at) < end)
-    wallets = sorted({b.wallet_id for b in budgets if b.wallet_id})
-    workflows = sorted({b.workflow for b in budgets if b.workflow})
-    wallet_spend = _spend_by(session, col(ue.wallet_id), col(ue.billed_nanos), wallets, in_period)
-    workflow_spend = _spend_by(session, col(ue.workflow), col(ue.cost_nanos), workflows, in_period)
+    # a wallet budget counts what its wallet was billed, a workflow budget what the workflow's turns
+    # cost (an end user's view is narrowed to its wallet and shows only that wallet's budget)
+    wallet_spend = {w: f.billed_nanos for (p, w), f in sums.wallets.items() if p == period}
+    workflow_spend = {w: f.cost_nanos for (p, w), f in sums.workflows.items() if p == period}
     alerts: dict[int, list[BudgetAlertRecord]] = {}
     for budget_id, pct, spent, created in session.execute(
         select(
@@ -732,25 +874,33 @@ def _budgets(
 
 
 def _top_chats(
-    session: Session, enterprise_id: str, where: list[ColumnElement[bool]], now: datetime
+    session: Session,
+    enterprise_id: str,
+    wallet_id: str | None,
+    period: str,
+    dirty: dict[str, list[str]],
+    now: datetime,
+    span: tuple[datetime, datetime] | None = None,
 ) -> tuple[int, list[ChatCost]]:
-    ue = UsageEvent
-    count = session.execute(select(func.count(func.distinct(col(ue.chat_id)))).where(*where)).scalar_one()
-    cost = func.sum(col(ue.cost_nanos))
-    rows = session.execute(
+    src = _usage_source(session, enterprise_id, wallet_id, [period], ("chat_id",), chats=True, dirty=dirty, span=span)
+    cost = func.sum(src.c.cost_nanos)
+    # the chats of the period counted before LIMIT (a window over the grouped rows): one statement
+    found = session.execute(
         select(
-            col(ue.chat_id),
-            func.max(col(ue.workflow)),
-            func.max(col(ue.wallet_id)),
-            func.min(col(ue.occurred_at)),
-            func.max(col(ue.occurred_at)),
-            *_sums(),
+            func.count().over(),
+            src.c.chat_id,
+            func.max(src.c.workflow),
+            func.max(src.c.wallet_id),
+            func.min(src.c.first_at),
+            func.max(src.c.last_at),
+            *_sums(src),
         )
-        .where(*where)
-        .group_by(col(ue.chat_id))
-        .order_by(cost.desc(), col(ue.chat_id))
+        .group_by(src.c.chat_id)
+        .order_by(cost.desc(), src.c.chat_id)
         .limit(TOP_CHATS)
     ).all()
+    count = int(found[0][0]) if found else 0
+    rows = [r[1:] for r in found]
     ids = [r[0] for r in rows]
     sessions: dict[str, tuple[str, datetime]] = (
         {
@@ -782,20 +932,8 @@ def history_periods(period: str, months: int = HISTORY_MONTHS) -> list[str]:
     return out[::-1]
 
 
-def _history(session: Session, enterprise_id: str, wallet_id: str | None, period: str) -> History:
-    periods = history_periods(period)
-    start, _ = period_bounds(periods[0])
-    _, end = period_bounds(period)
-    ue = UsageEvent
-    month = func.to_char(
-        func.date_trunc(literal_column("'month'"), func.timezone(literal_column("'UTC'"), col(ue.occurred_at))),
-        literal_column("'YYYY-MM'"),
-    )
-    rows = session.execute(
-        select(month, col(ue.provider), func.sum(col(ue.cost_nanos)))
-        .where(*_scope(enterprise_id, wallet_id, start, end))
-        .group_by(month, col(ue.provider))
-    ).all()
+def _history(periods: list[str], sums: _PeriodSums) -> History:
+    rows = [(p, provider, f.cost_nanos) for (p, provider, _, _), f in sums.lines.items()]
     index = {p: i for i, p in enumerate(periods)}
     by_provider: dict[str, list[int]] = {}
     for p, provider, cost in rows:

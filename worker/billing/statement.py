@@ -7,6 +7,12 @@
 - :func:`ledger_page`: the period's ledger entries of the wallets in scope, newest first, paged;
 - :func:`transaction_source`: where an entry came from, read from its idempotency key.
 
+The opening balance is read as the balance now minus the entries from the period's start on (the
+wallet's ``credits_nanos``/``debits_nanos`` are the sums of its entries: every writer of
+``wallet_transaction`` updates them in the same transaction, and reconciliation checks it), so a
+page reads the entries of its period and after, never the whole ledger history (issue 18: the
+page stays fast at 1,000,000 usage events; ``ix_wallet_transaction_wallet_created`` serves it).
+
 Money in integer nano-USD.  Reads only; never writes.
 """
 
@@ -176,13 +182,16 @@ def wallet_statements(
     signed = func.sum(
         case((col(wt.kind) == TransactionKind.credit.value, col(wt.amount_nanos)), else_=-col(wt.amount_nanos))
     )
-    opening = dict(
+    # opening = balance now − entries since the period's start: reads the period and what followed
+    # it, never the whole history (the wallet's counters are the sum of all its entries)
+    since_start = dict(
         session.execute(
             select(col(wt.wallet_id), signed)
-            .where(col(wt.wallet_id).in_(ids), col(wt.created_at) < start)
+            .where(col(wt.wallet_id).in_(ids), col(wt.created_at) >= start)
             .group_by(col(wt.wallet_id))
         ).all()
     )
+    opening = {w.id: int(w.credits_nanos) - int(w.debits_nanos) - int(since_start.get(w.id) or 0) for w in wallets}
     moves: dict[str, dict[tuple[str, str], int]] = {}
     for wid, kind, key, amount in session.execute(
         select(col(wt.wallet_id), col(wt.kind), col(wt.idempotency_key), col(wt.amount_nanos)).where(
@@ -250,9 +259,10 @@ def wallet_totals(
     ).one()
     wt = WalletTransaction
     signed = case((col(wt.kind) == TransactionKind.credit.value, col(wt.amount_nanos)), else_=-col(wt.amount_nanos))
-    opening = session.execute(
-        select(func.coalesce(func.sum(signed), 0)).where(col(wt.wallet_id).in_(in_scope), col(wt.created_at) < start)
+    since_start = session.execute(
+        select(func.coalesce(func.sum(signed), 0)).where(col(wt.wallet_id).in_(in_scope), col(wt.created_at) >= start)
     ).scalar_one()
+    opening = int(balance) - int(since_start)  # as wallet_statements: never the whole history
     source = _source_sql(col(wt.idempotency_key))
     credits: dict[str, int] = {}
     debits = 0

@@ -3,7 +3,9 @@
 A rollup is the seed's ``mon_{enterprise_id}_{workflow_name}`` document, stored in
 ``workflow_rollup`` (JSONB, money in integer nano-USD) together with typed totals.  It is always
 recomputed *whole* from the ``usage_event`` rows of its period (SQL aggregates), never added to
-incrementally, so refreshing a group any number of times yields the same row.
+incrementally, so refreshing a group any number of times yields the same row.  The same refresh
+recomputes the group's ``billing_rollup`` and ``chat_rollup`` rows (:func:`refresh_billing_rollups`),
+which the ``/billing`` report reads for every group not marked dirty.
 
 How a rollup stays current:
 
@@ -48,7 +50,7 @@ from models.rollup import RollupDirty, WorkflowRollup
 from models.turn import UsageEvent
 from worker.db import table_of
 from worker.errors import InvalidInput, NotFound
-from worker.periods import current_period, period_bounds
+from worker.periods import past_retention, period_bounds
 from worker.pricing.prices import nanos_to_usd
 from worker.settings import get_settings
 
@@ -300,12 +302,63 @@ def _compute(session: Session, enterprise_id: str, workflow: str, period: str) -
 
 def _past_retention(period: str) -> bool:
     """Is ``period`` older than ``settings.usage_retention_months`` (its usage events dropped)?"""
-    months = get_settings().usage_retention_months
-    if not months:
-        return False
-    year, month = map(int, current_period().split("-"))
-    index = year * 12 + month - 1 - (months - 1)
-    return period < f"{index // 12:04d}-{index % 12 + 1:02d}"
+    return past_retention(period, get_settings().usage_retention_months)
+
+
+#: the sums the billing rollups keep (``models.rollup.RollupFigures``), in order; ``events`` is ``count(*)``
+BILLING_FIGURES = (
+    "events",
+    "quantity",
+    "prompt_tokens",
+    "cached_prompt_tokens",
+    "completion_tokens",
+    "cost_nanos",
+    "billed_nanos",
+    "creator_share_nanos",
+    "platform_fee_nanos",
+)
+
+
+def _billing_rollup_sql(table: str, keys: tuple[str, ...], extra: tuple[tuple[str, str], ...] = ()) -> str:
+    """One statement recomputing ``table``'s rows of one group (``:e`` enterprise, ``:w`` workflow,
+    ``:p`` period in ``[:s, :t)``) from ``usage_event`` grouped by ``keys``: rows upserted only when
+    a figure changed, rows of keys without events any more deleted.  ``extra``: (column, aggregate)."""
+    figures = ("count(*)", *(f"sum({c})" for c in BILLING_FIGURES[1:]))
+    names = (*BILLING_FIGURES, *(c for c, _ in extra))
+    aggregates = (*figures, *(a for _, a in extra))
+    key_list = ", ".join(keys)
+    return (
+        f"WITH fresh AS (SELECT {key_list}, "
+        + ", ".join(f"{a} AS {n}" for a, n in zip(aggregates, names))
+        + " FROM usage_event WHERE enterprise_id = :e AND workflow = :w AND occurred_at >= :s AND occurred_at < :t"
+        f" GROUP BY {key_list}), "
+        f"up AS (INSERT INTO {table} AS r (enterprise_id, period, workflow, {key_list}, {', '.join(names)}) "
+        f"SELECT :e, :p, :w, {key_list}, {', '.join(names)} FROM fresh "
+        f"ON CONFLICT (enterprise_id, period, workflow, {key_list}) DO UPDATE SET "
+        + ", ".join(f"{n} = excluded.{n}" for n in names)
+        + f" WHERE ({', '.join(f'r.{n}' for n in names)}) IS DISTINCT FROM ({', '.join(f'excluded.{n}' for n in names)})) "
+        f"DELETE FROM {table} r WHERE r.enterprise_id = :e AND r.period = :p AND r.workflow = :w "
+        f"AND NOT EXISTS (SELECT 1 FROM fresh f WHERE " + " AND ".join(f"f.{k} = r.{k}" for k in keys) + ")"
+    )
+
+
+_BILLING_ROLLUP = _billing_rollup_sql("billing_rollup", ("wallet_id", "provider", "model", "meter"))
+_CHAT_ROLLUP = _billing_rollup_sql(
+    "chat_rollup", ("wallet_id", "chat_id"), (("first_at", "min(occurred_at)"), ("last_at", "max(occurred_at)"))
+)
+
+
+def refresh_billing_rollups(session: Session, enterprise_id: str, workflow: str, period: str) -> None:
+    """Recompute the ``billing_rollup`` (per wallet × provider × model × meter) and ``chat_rollup``
+    (per wallet × chat, with first and last turn) rows of one group from its usage events: the same
+    group and the same transaction as its ``workflow_rollup`` (:func:`refresh_rollup` calls this), so
+    a group without a ``rollup_dirty`` mark has billing rollups equal, to the nano, to the sums of its
+    events.  Writes only rows whose figures changed; deletes rows whose events are gone.  Does not
+    commit.  Raises ValueError naming ``enterprise_id``, ``workflow`` or ``period``."""
+    start, end = _check_group(enterprise_id, workflow, period)
+    params = {"e": enterprise_id, "w": workflow, "p": period, "s": start, "t": end}
+    session.execute(text(_BILLING_ROLLUP), params)
+    session.execute(text(_CHAT_ROLLUP), params)
 
 
 def refresh_rollup(session: Session, enterprise_id: str, workflow: str, period: str) -> WorkflowRollup:
@@ -314,7 +367,7 @@ def refresh_rollup(session: Session, enterprise_id: str, workflow: str, period: 
     The group is ``enterprise_id`` × ``workflow`` × ``period`` (``'YYYY-MM'``, UTC); its dirty mark,
     if present and not held by another transaction, is consumed.  The document is
     :func:`build_document`'s; the typed columns hold the same totals (turns, sessions, tokens,
-    ``cost_nanos``).  Deterministic: a second refresh with no new turns writes nothing, not even
+    ``cost_nanos``); the group's billing rollups are recomputed too (:func:`refresh_billing_rollups`).  Deterministic: a second refresh with no new turns writes nothing, not even
     ``refreshed_at`` (bumped only when the document or totals change).  A group without turns is
     stored as a rollup of zeros.  A period past ``settings.usage_retention_months`` keeps its stored
     rollup (its events are dropped; a late turn there must not shrink it).  Does not commit.
@@ -330,6 +383,7 @@ def refresh_rollup(session: Session, enterprise_id: str, workflow: str, period: 
         if kept is not None:
             return kept
     document, totals = _compute(session, enterprise_id, workflow, period)
+    refresh_billing_rollups(session, enterprise_id, workflow, period)
     values = {
         "enterprise_id": enterprise_id,
         "workflow": workflow,

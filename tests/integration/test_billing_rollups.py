@@ -1,0 +1,311 @@
+"""The billing rollups (``billing_rollup``, ``chat_rollup``) against real PostgreSQL and Redis: after
+the drain (groups marked dirty, read from ``usage_event``) and after the rollup refresh (read from the
+rollups) the billing report equals sums computed here from ``usage_event`` to the nano, the rollup
+rows equal ``GROUP BY`` sums of the events exactly, a second refresh writes nothing, and a group whose
+events are gone loses its rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from models.turn import TurnIn
+from tests.billing_seed import seed
+from tests.conftest import seed_wallet
+from worker.billing.report import billing_report, history_periods
+from worker.chats.jobs import refresh_dirty_groups
+from worker.db import session_scope
+from worker.ledger.drain import OutboxDrain
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 10, 20, 9, tzinfo=UTC)  # October and November 2026
+NOW = datetime(2026, 12, 2, tzinfo=UTC)
+SUMS = (
+    "count(*), sum(quantity), sum(prompt_tokens), sum(cached_prompt_tokens), sum(completion_tokens), "
+    "sum(cost_nanos), sum(billed_nanos), sum(creator_share_nanos), sum(platform_fee_nanos)"
+)
+FIGURES = (
+    "events, quantity, prompt_tokens, cached_prompt_tokens, completion_tokens, cost_nanos, billed_nanos, "
+    "creator_share_nanos, platform_fee_nanos"
+)
+PERIOD_SQL = "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM')"
+
+
+def _rows(db, query: str, **params) -> list[tuple]:
+    """Rows of ``query`` as tuples of plain ints and strings (PostgreSQL's sums are NUMERIC)."""
+    with db.connect() as conn:
+        return [
+            tuple(int(v) if hasattr(v, "as_integer_ratio") and not isinstance(v, float) else v for v in r)
+            for r in conn.execute(text(query), params).all()
+        ]
+
+
+def _expected_billing(db) -> list[tuple]:
+    return _rows(
+        db,
+        f"SELECT enterprise_id, {PERIOD_SQL}, workflow, wallet_id, provider, model, meter, {SUMS} "
+        "FROM usage_event GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7",
+    )
+
+
+def _stored_billing(db) -> list[tuple]:
+    return _rows(
+        db,
+        f"SELECT enterprise_id, period, workflow, wallet_id, provider, model, meter, {FIGURES} "
+        "FROM billing_rollup ORDER BY 1, 2, 3, 4, 5, 6, 7",
+    )
+
+
+def _expected_chats(db) -> list[tuple]:
+    return _rows(
+        db,
+        f"SELECT enterprise_id, {PERIOD_SQL}, workflow, wallet_id, chat_id, {SUMS}, min(occurred_at), "
+        "max(occurred_at) FROM usage_event GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
+    )
+
+
+def _stored_chats(db) -> list[tuple]:
+    return _rows(
+        db,
+        f"SELECT enterprise_id, period, workflow, wallet_id, chat_id, {FIGURES}, first_at, last_at "
+        "FROM chat_rollup ORDER BY 1, 2, 3, 4, 5",
+    )
+
+
+def _versions(db) -> list[tuple]:
+    """Every billing rollup row's key and tuple version (``xmin``): unchanged when nothing was written."""
+    return _rows(
+        db,
+        "SELECT 'b', enterprise_id, period, workflow, wallet_id, provider || '/' || model || '/' || meter, "
+        "xmin::text FROM billing_rollup UNION ALL SELECT 'c', enterprise_id, period, workflow, wallet_id, chat_id, "
+        "xmin::text FROM chat_rollup ORDER BY 1, 2, 3, 4, 5, 6",
+    )
+
+
+def _dirty(db) -> list[tuple]:
+    return _rows(db, "SELECT enterprise_id, workflow, period FROM rollup_dirty ORDER BY 1, 2, 3")
+
+
+def _check_report(db, enterprise: str, period: str, wallet: str | None = None) -> None:
+    """The report of ``period`` (narrowed to ``wallet``) equals sums computed from ``usage_event`` here."""
+    with session_scope() as s:
+        r = billing_report(s, enterprise_id=enterprise, period=period, wallet_id=wallet, now=NOW)
+    scope = "enterprise_id = :e AND (CAST(:w AS text) IS NULL OR wallet_id = :w)"
+    params = {"e": enterprise, "w": wallet, "p": period}
+    lines = _rows(
+        db,
+        f"SELECT provider, model, meter, {SUMS} FROM usage_event WHERE {scope} AND {PERIOD_SQL} = :p "
+        "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        **params,
+    )
+    got = [(x.provider, x.model, x.meter, *(getattr(x.figures, f) for f in FIGURES.split(", "))) for x in r.lines]
+    assert got == lines
+    ((total,),) = _rows(
+        db, f"SELECT coalesce(sum(cost_nanos), 0) FROM usage_event WHERE {scope} AND {PERIOD_SQL} = :p", **params
+    )
+    assert r.total.cost_nanos == total
+    chats = _rows(
+        db,
+        f"SELECT chat_id, max(workflow), max(wallet_id), min(occurred_at), max(occurred_at), {SUMS} FROM usage_event "
+        f"WHERE {scope} AND {PERIOD_SQL} = :p GROUP BY chat_id ORDER BY sum(cost_nanos) DESC, chat_id LIMIT 50",
+        **params,
+    )
+    got_chats = [
+        (
+            c.chat_id,
+            c.workflow,
+            c.wallet_id,
+            c.first_at,
+            c.last_at,
+            *(getattr(c.figures, f) for f in FIGURES.split(", ")),
+        )
+        for c in r.top_chats
+    ]
+    assert got_chats == chats
+    ((n_chats,),) = _rows(
+        db, f"SELECT count(DISTINCT chat_id) FROM usage_event WHERE {scope} AND {PERIOD_SQL} = :p", **params
+    )
+    assert r.chats_in_period == n_chats
+    periods = history_periods(period)
+    history = {
+        (p, provider): cost
+        for p, provider, cost in _rows(
+            db,
+            f"SELECT {PERIOD_SQL}, provider, sum(cost_nanos) FROM usage_event WHERE {scope} "
+            f"AND {PERIOD_SQL} = ANY(:ps) GROUP BY 1, 2",
+            ps=periods,
+            **params,
+        )
+    }
+    got_history = {
+        (p, provider): values[i]
+        for provider, values in r.history.by_provider.items()
+        for i, p in enumerate(r.history.periods)
+        if values[i]
+    }
+    assert got_history == {k: v for k, v in history.items() if v}
+    for b in r.budgets:
+        column, key = ("billed_nanos", "wallet_id") if b.scope == "wallet" else ("cost_nanos", "workflow")
+        ((spent,),) = _rows(
+            db,
+            f"SELECT coalesce(sum({column}), 0) FROM usage_event WHERE enterprise_id = :e AND {key} = :t "
+            f"AND {PERIOD_SQL} = :p",
+            e=enterprise,
+            t=b.target,
+            p=period,
+        )
+        assert b.spent_nanos == spent
+
+
+def _turn(i: int, *, workflow: str, wallet: str, chat: str, at: datetime, **kw) -> TurnIn:
+    if kw.get("meter"):
+        return TurnIn(
+            turn_id=f"t{i}", wallet_id=wallet, enterprise_id="acme", chat_id=chat, workflow=workflow,
+            occurred_at=at, **kw,
+        )  # fmt: skip
+    return TurnIn(
+        turn_id=f"t{i}",
+        wallet_id=wallet,
+        enterprise_id="acme",
+        chat_id=chat,
+        workflow=workflow,
+        agent=("planner", "coder")[i % 2],
+        model=("gpt-4o", "gpt-4o-mini")[i % 2],
+        provider="openai",
+        prompt_tokens=1000 + 37 * i,
+        completion_tokens=50 + 11 * i,
+        cached_prompt_tokens=(i % 3) * 100,
+        duration_ms=200 + i,
+        occurred_at=at,
+    )
+
+
+def _record_and_drain(gate, redis_client, settings, turns: list[TurnIn]) -> None:
+    decisions = gate.record_turns(turns)
+    assert all(d.accepted and not d.duplicate for d in decisions)
+    OutboxDrain(redis_client, settings=settings).drain()
+
+
+def _first_turns() -> list[TurnIn]:
+    turns = []
+    for i in range(24):
+        turns.append(
+            _turn(
+                i,
+                workflow=("support", "research")[i % 2],
+                wallet=("w1", "w2")[i % 3 == 0],
+                chat=f"c{i % 5}",
+                at=T0 + timedelta(days=i * 1.5, minutes=i),  # 20 Oct … 23 Nov
+            )
+        )
+    turns.append(_turn(100, workflow="support", wallet="w1", chat="c0", at=T0, meter="emails", quantity=7))
+    turns.append(
+        _turn(101, workflow="research", wallet="w2", chat="c3", at=T0 + timedelta(days=20), meter="function_calls",
+              quantity=16_659)
+    )  # fmt: skip
+    return turns
+
+
+def test_rollups_equal_the_events_after_the_drain_and_after_a_refresh(db, gate, redis_client, settings):
+    seed_wallet(gate, "w1", "acme", "owner-1", 10**15)
+    seed_wallet(gate, "w2", "acme", "owner-2", 10**15)
+    _record_and_drain(gate, redis_client, settings, _first_turns())
+    groups = [(e, w, p) for e in ("acme",) for w in ("research", "support") for p in ("2026-10", "2026-11")]
+    assert _dirty(db) == groups
+
+    # after the drain: every group is dirty, the rollups are empty, the report reads the events
+    assert _stored_billing(db) == [] and _stored_chats(db) == []
+    for period in ("2026-10", "2026-11"):
+        for wallet in (None, "w1", "w2"):
+            _check_report(db, "acme", period, wallet)
+
+    # after the refresh: the rollups are the events' sums, and the report reads them
+    assert refresh_dirty_groups() == 4
+    assert _dirty(db) == []
+    assert _stored_billing(db) == _expected_billing(db)
+    assert _stored_chats(db) == _expected_chats(db)
+    assert len(_stored_chats(db)) >= 10
+    for period in ("2026-10", "2026-11"):
+        for wallet in (None, "w1", "w2"):
+            _check_report(db, "acme", period, wallet)
+
+    # a second refresh of every group writes nothing
+    before = _versions(db)
+    with session_scope() as s:
+        from worker.chats.rollups import refresh_rollup
+
+        for group in groups:
+            refresh_rollup(s, *group)
+    assert _versions(db) == before
+
+    # late turns of one group: only that group is marked; its rollup lags, the report does not
+    late = [
+        _turn(200 + i, workflow="support", wallet="w2", chat=f"late{i % 2}", at=T0 + timedelta(days=2, hours=i))
+        for i in range(4)
+    ]
+    _record_and_drain(gate, redis_client, settings, late)
+    assert _dirty(db) == [("acme", "support", "2026-10")]
+    assert _stored_billing(db) != _expected_billing(db)
+    for wallet in (None, "w1", "w2"):
+        _check_report(db, "acme", "2026-10", wallet)
+        _check_report(db, "acme", "2026-11", wallet)  # its history reads October: stored + live
+    assert refresh_dirty_groups() == 1
+    assert _stored_billing(db) == _expected_billing(db)
+    assert _stored_chats(db) == _expected_chats(db)
+    changed = {(r[2], r[3]) for r in _versions(db)} - {(r[2], r[3]) for r in before}
+    assert changed <= {("2026-10", "support")}
+    for wallet in (None, "w1", "w2"):
+        _check_report(db, "acme", "2026-10", wallet)
+
+
+def test_a_group_whose_events_are_gone_loses_its_rollup_rows(db, gate, redis_client, settings):
+    seed_wallet(gate, "w1", "acme", "owner-1", 10**15)
+    seed_wallet(gate, "w2", "acme", "owner-2", 10**15)
+    _record_and_drain(gate, redis_client, settings, _first_turns())
+    refresh_dirty_groups()
+    with db.begin() as conn:  # as retention or a repair would: rows gone, their group marked
+        conn.execute(text("DELETE FROM usage_event WHERE chat_id = 'c1' OR meter = 'emails'"))
+        conn.execute(
+            text("INSERT INTO rollup_dirty (enterprise_id, workflow, period) VALUES ('acme', 'support', '2026-10'), "
+                 "('acme', 'research', '2026-10'), ('acme', 'support', '2026-11'), ('acme', 'research', '2026-11')")
+        )  # fmt: skip
+    for wallet in (None, "w1"):
+        _check_report(db, "acme", "2026-10", wallet)
+    refresh_dirty_groups()
+    assert _stored_billing(db) == _expected_billing(db)
+    assert _stored_chats(db) == _expected_chats(db)
+    assert not any(r[4] == "c1" for r in _stored_chats(db))
+    assert not any(r[6] == "emails" for r in _stored_billing(db))
+    _check_report(db, "acme", "2026-11")
+
+
+def test_the_seeded_app_reads_the_same_from_rollups_as_from_events(db):
+    """Every view of every month of the /billing seed (LLM turns, meters, budgets, two apps): the
+    report before the refresh (every group marked, read from usage_event) equals the report after
+    it (read from the rollups), field by field; and both equal SQL sums."""
+    seeded = seed(db)
+    periods = [p for (p,) in _rows(db, f"SELECT DISTINCT {PERIOD_SQL} FROM usage_event ORDER BY 1")]
+    assert len(periods) >= 6
+    views = [("acme", None, True), ("acme", seeded.end_user_wallet, True), ("acme", None, False), ("other", None, True)]
+
+    def reports():
+        with session_scope() as s:
+            return [
+                billing_report(s, enterprise_id=e, period=p, wallet_id=w, detail=d, now=NOW)
+                for p in periods
+                for e, w, d in views
+            ]
+
+    live = reports()
+    assert _dirty(db) and _stored_billing(db) == []
+    refresh_dirty_groups()
+    assert _dirty(db) == []
+    assert _stored_billing(db) == _expected_billing(db)
+    assert _stored_chats(db) == _expected_chats(db)
+    assert reports() == live
+    for p in periods:
+        _check_report(db, "acme", p)
+        _check_report(db, "acme", p, seeded.end_user_wallet)
