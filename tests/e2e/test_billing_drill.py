@@ -17,7 +17,7 @@ from sqlalchemy import insert, text
 
 from models.chat import ChatAgentUsage, ChatSession
 from models.turn import UsageEvent
-from tests.billing_seed import _agent_usage, _chat_totals, _event, seed
+from tests.billing_seed import _agent_usage, _chat_totals, _event, mark_groups_dirty, seed
 from tests.e2e.test_billing_page import _cents, _context, _sign_in, _texts, browser, server, shots  # noqa: F401
 from worker.billing.report import format_cents, format_money, round_cents
 from worker.chats.rollups import refresh_rollup
@@ -73,6 +73,7 @@ def seeded(db, redis_client):
     )
     with db.begin() as conn:
         conn.execute(insert(UsageEvent.__table__), rows)
+        mark_groups_dirty(conn)  # as the drain marks the groups of the rows it inserts
         ids = dict(
             conn.execute(
                 insert(ChatSession.__table__).returning(ChatSession.__table__.c.chat_id, ChatSession.__table__.c.id),
