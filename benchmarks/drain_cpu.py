@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs (default 3)")
     parser.add_argument("--profile", action="store_true", help="cProfile the drain of the last run")
     parser.add_argument("--copy", action="store_true", help="also measure the raw COPY baseline each run")
+    parser.add_argument("--persisters", type=int, default=None, help="OutboxDrain persisters (default its own)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on the last line")
     args = parser.parse_args(argv)
 
@@ -119,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     gate = WalletGate(r, settings=settings, kicker=lambda shard: None)
     bp.open_wallets(gate)
     backends = Backends()
-    drain = OutboxDrain(r, consumer="drain-cpu")
+    drain = (
+        OutboxDrain(r, consumer="drain-cpu")
+        if args.persisters is None
+        else OutboxDrain(r, consumer="drain-cpu", persisters=args.persisters)
+    )
     results: dict[str, list[dict[str, float]]] = {"drain": [], "copy": []}
     for run in range(args.runs):
         r.flushdb()

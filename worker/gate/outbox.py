@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any, Callable, cast
+from typing import Any, Callable
 
 import orjson
 
@@ -199,7 +199,7 @@ def _rates_of(text: str) -> tuple[int, int, int, int, int]:
         parts = tuple(map(_long_int, text.split(",")))
         if len(parts) != 5:
             raise BadEntry(f"malformed rates {text!r}")
-        rates = cast(tuple[int, int, int, int, int], parts)
+        rates = parts
         if len(_RATES) < _RATES_MAX:
             _RATES[text] = rates
     return rates
