@@ -10,8 +10,8 @@ Order per batch (DESIGN.md, the hot path)::
     → refund second acceptances in the gate → XACK → XTRIM MINID (only what the group acknowledged)
 
 A drain serves its shards in turn, one batch each, and reads the next batch while earlier ones are
-persisted, two batches of different shards at once (:meth:`OutboxDrain.drain`); :class:`DrainLoop` runs it for good on a thread, one per
-Celery worker process (``settings.drain_loop``).
+persisted, two batches of different shards at once (:meth:`OutboxDrain.drain`); :class:`DrainLoop`
+runs it for good on a thread, one per Celery worker process (``settings.drain_loop``).
 
 A crash before COMMIT leaves the entries pending: the same consumer re-reads them first at its next
 drain (a Celery pool slot keeps its consumer name across restarts, :func:`consumer_name`), and any
