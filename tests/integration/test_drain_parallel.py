@@ -7,7 +7,6 @@ persists them once."""
 from __future__ import annotations
 
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -117,6 +116,9 @@ class Overlap:
         self.most = 0
         self.same_shard = False
         self.fail_first_of = fail_first_of
+        #: set once two batches were in flight together: the first batch waits for it (so the
+        #: overlap does not depend on how fast the machine reads the next batch)
+        self.paired = threading.Event()
         real = OutboxDrain._persist
 
         def persist(drain, shard, entries, stats, rows=None):
@@ -124,11 +126,13 @@ class Overlap:
                 self.same_shard |= shard in self.active
                 self.active.append(shard)
                 self.most = max(self.most, len(self.active))
+                if len(self.active) >= 2:
+                    self.paired.set()
                 fail = shard == self.fail_first_of
                 if fail:
                     self.fail_first_of = None
             try:
-                time.sleep(0.02)  # long enough for the next batch to be sent meanwhile
+                self.paired.wait(30)
                 if fail:
                     raise redis.ConnectionError("injected: Redis went away mid-batch")
                 return real(drain, shard, entries, stats, rows)
