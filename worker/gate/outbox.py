@@ -174,6 +174,112 @@ def _decision(fields: dict[str, str]) -> dict[str, str]:
     }
 
 
+#: the four one-letter codes of a ``g`` field → (action, mode, level, billable), every valid combination
+_CODES = {
+    a + m + lv + bl: (action, mode, level, bl == "1")
+    for a, action in ACTIONS.items()
+    for m, mode in MODES.items()
+    for lv, level in LEVELS.items()
+    for bl in "01"
+}
+
+#: rates strings already read (``'25e8,125e7,1e10,3125e6,5e9'`` → five integers): a handful of
+#: price-list entries repeat in every batch; bounded, so odd strings cannot grow it without end
+_RATES: dict[str, tuple[int, int, int, int, int]] = {}
+_RATES_MAX = 4096
+
+
+def _rates_of(text: str) -> tuple[int, int, int, int, int]:
+    """The five rates of a version-5 payload (nano-USD per million tokens).  Raises BadEntry,
+    ValueError, TypeError, AttributeError."""
+    rates = _RATES.get(text)
+    if rates is None:
+        if not isinstance(text, str):
+            raise BadEntry(f"malformed rates {text!r}")
+        parts = tuple(map(_long_int, text.split(",")))
+        if len(parts) != 5:
+            raise BadEntry(f"malformed rates {text!r}")
+        rates = parts
+        if len(_RATES) < _RATES_MAX:
+            _RATES[text] = rates
+    return rates
+
+
+def _loads(text: str) -> Any:
+    """A payload's JSON: orjson, exact for the integers a payload holds (orjson reads an integer
+    past 64 bits as a float: such a payload is read again with :mod:`json`, integers exact)."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:  # e.g. NaN, which json reads (and the row then refuses)
+        return json.loads(text)
+    if isinstance(value, list) and float in map(type, value):
+        return json.loads(text)
+    return value
+
+
+def _row_v5(payload: list, g: str, outbox_id: str) -> dict[str, Any]:
+    """The usage row of a version-5 entry (payload and ``g`` decision): :func:`parse_entry`'s fast
+    path, the same row as its general path (``_v5_as_v4`` then :func:`_decision`).  Raises BadEntry,
+    KeyError, ValueError, TypeError, IndexError, OverflowError."""
+    n = len(payload)
+    if n == 16:
+        meter, quantity, cache_write, cache_write_1h, service_tier = _LLM_DEFAULTS
+    elif n == 21:
+        meter, quantity, cache_write, cache_write_1h, service_tier = payload[16:21]
+    else:
+        raise BadEntry(f"malformed version-5 payload of {n} elements")
+    input_rate, cached_rate, output_rate, cache_write_rate, cache_write_1h_rate = _rates_of(payload[13])
+    billed_text, bal, codes, share_bps, trial_tokens, debt = g.split("|")
+    decision = _CODES.get(codes)
+    if decision is None:
+        raise BadEntry(f"malformed gate decision {g!r}")
+    action, mode, level, billable = decision
+    billed = int(billed_text)
+    enterprise_id = payload[3]
+    if level == "platform":  # level 1: the platform bills the app creator; all of it is the platform's
+        target, creator_share = "platform", 0
+    else:  # level 2: the app bills its end user; the creator's share in whole nanos, rounded down
+        target, creator_share = enterprise_id, billed * int(share_bps) // 10_000
+    return {
+        "turn_id": payload[1],
+        "outbox_id": outbox_id,
+        "wallet_id": payload[2],
+        "enterprise_id": enterprise_id,
+        "chat_id": payload[4],
+        "workflow": payload[5],
+        "agent": payload[6],
+        "model": payload[7],
+        "provider": payload[8],
+        "prompt_tokens": payload[9],
+        "completion_tokens": payload[10],
+        "cached_prompt_tokens": payload[11],
+        "duration_ms": payload[12],
+        "input_nanos_per_mtok": input_rate,
+        "cached_input_nanos_per_mtok": cached_rate,
+        "output_nanos_per_mtok": output_rate,
+        "cost_nanos": payload[14],
+        "occurred_at": _EPOCH + timedelta(microseconds=payload[15]),
+        "billed_nanos": billed,
+        "action": action,
+        "mode": mode,
+        "balance_after_nanos": int(bal) if bal else None,
+        "level": level,
+        "billing_target": target,
+        "billable": billable,
+        "creator_share_nanos": creator_share,
+        "platform_fee_nanos": billed - creator_share,
+        "trial_tokens": int(trial_tokens),
+        "meter": meter,
+        "quantity": quantity,
+        "cache_write_tokens": cache_write,
+        "cache_write_nanos_per_mtok": cache_write_rate,
+        "cache_write_1h_tokens": cache_write_1h,
+        "cache_write_1h_nanos_per_mtok": cache_write_1h_rate,
+        "service_tier": service_tier,
+        "debt_nanos": int(debt),
+    }
+
+
 def entry_figures(fields: dict[str, str]) -> tuple[int, int]:
     """``(billed_nanos, trial_tokens)`` the gate took for an outbox entry (either layout).
     Raises BadEntry, KeyError or ValueError (a field missing or not an integer)."""
@@ -186,8 +292,11 @@ def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
     and ``b`` billed, ``a`` action, ``m`` mode, ``bal``, …) → a ``usage_event`` row (keys of :data:`worker.ledger.turns.USAGE_COLUMNS`).  ``outbox_id`` is
     ``<shard>:<stream id>``.  Raises :class:`BadEntry`."""
     try:
-        payload = json.loads(fields["t"])
+        payload = _loads(fields["t"])
         if payload[0] == 5:
+            g = fields.get("g")
+            if g is not None:  # what every gate since version 5 writes
+                return _row_v5(payload, g, outbox_id)
             payload = _v5_as_v4(payload)
         elif payload[0] == 1:  # queued before meters existed: an LLM turn
             payload = [*payload, "llm", 0, 0, 0, 0, 0, None]

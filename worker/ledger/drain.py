@@ -9,9 +9,9 @@ Order per batch (DESIGN.md, the hot path)::
       turn_id) DO NOTHING; aggregates for inserted rows) → COMMIT
     → refund second acceptances in the gate → XACK → XTRIM MINID (only what the group acknowledged)
 
-A drain serves its shards in turn, one batch each, and reads the next batch while the current one
-is persisted (:meth:`OutboxDrain.drain`); :class:`DrainLoop` runs it for good on a thread, one per
-Celery worker process (``settings.drain_loop``).
+A drain serves its shards in turn, one batch each, and reads the next batch while earlier ones are
+persisted, two batches of different shards at once (:meth:`OutboxDrain.drain`); :class:`DrainLoop`
+runs it for good on a thread, one per Celery worker process (``settings.drain_loop``).
 
 A crash before COMMIT leaves the entries pending: the same consumer re-reads them first at its next
 drain (a Celery pool slot keeps its consumer name across restarts, :func:`consumer_name`), and any
@@ -35,7 +35,7 @@ import os
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence, cast
 
@@ -54,6 +54,13 @@ from worker.settings import Settings, get_settings, redis_client
 from worker.transient import is_transient
 
 GROUP = "tollgate-drain"
+
+#: batches a drain persists at once, each of another shard, each on its own connection (see
+#: :meth:`OutboxDrain.drain`): PostgreSQL inserts one batch while the next is copied in
+PERSISTERS = 2
+
+#: DrainStats are added to by a drain's persisting threads
+_STATS_LOCK = threading.Lock()
 log = logging.getLogger(__name__)
 
 
@@ -122,6 +129,8 @@ class OutboxDrain:
             (:func:`worker.gate.gate.process_gate`) when the drain is on the process's Redis
             (no ``client``); a drain given its own ``client`` (tests, fault runs, benchmarks) gets a
             gate on that client and settings, created on first use, unless ``gate`` is given.
+        persisters: batches persisted at once, each of another shard and on its own connection
+            (default :data:`PERSISTERS`; 1: one batch at a time).  Raises ValueError below 1.
     """
 
     def __init__(
@@ -132,7 +141,11 @@ class OutboxDrain:
         consumer: str | None = None,
         announce: Announce | None = None,
         gate: WalletGate | None = None,
+        persisters: int = PERSISTERS,
     ) -> None:
+        if persisters < 1:
+            raise ValueError(f"persisters must be >= 1, not {persisters}")
+        self.persisters = persisters
         self.settings = settings or get_settings()
         self.announce = announce
         self.redis = client or redis_client(self.settings)
@@ -279,11 +292,15 @@ class OutboxDrain:
         not acknowledge (:meth:`read_pending`): a failed drain's batch is given back at once, not
         after ``reclaim_idle_ms``.  Then the shards take turns, one batch each (round robin), so a long
         backlog on one shard does not hold the others back; the next batch is read from Redis and
-        parsed while the current one is persisted (one helper thread; its batches commit one at a
-        time, in the order read), and each batch is acknowledged only after its commit.  A failure
-        that is not the batch's own (:func:`worker.transient.is_transient`) is raised once the
-        batch in flight has finished: the failed batch and the one read meanwhile stay pending for
-        this consumer, read first by its next drain.  Returns the counts (added to ``stats``)."""
+        parsed while earlier ones are persisted, on up to ``persisters`` helper threads, each batch
+        in its own transaction on its own connection.  At most one batch of a shard is in flight,
+        so a shard's batches commit one at a time, in the order read; batches of different shards
+        hold different wallets' turns and lock shared rows (chats, agents, dirty marks) in one
+        fixed order, as concurrent drains of several processes do.  Each batch is acknowledged
+        only after its commit.  A failure that is not the batch's own
+        (:func:`worker.transient.is_transient`) is raised once every batch in flight has finished:
+        the failed batch, and any other that failed or was read meanwhile, stay pending for this
+        consumer, read first by its next drain.  Returns the counts (added to ``stats``)."""
         stats = stats or DrainStats()
         deadline = time.monotonic() + max_seconds
         active = list(shards if shards is not None else range(self.settings.outbox_shards))
@@ -294,26 +311,47 @@ class OutboxDrain:
                     break
                 self._drain_batch(shard, entries, None, stats, True)
 
-        flight: tuple[int, frozenset[str]] = (-1, frozenset())  # the batch being persisted: shard, ids
+        # the batches being persisted, oldest first: (future, shard, entry ids)
+        flights: list[tuple[Future[None], int, frozenset[str]]] = []
 
         def next_batch() -> tuple[int, list[tuple[str, dict[str, str]]], bool, list[dict[str, Any]] | None] | None:
             while active and time.monotonic() < deadline:
                 shard = active.pop(0)
-                entries, reclaimed = self.read_batch(shard, in_flight=flight[1] if flight[0] == shard else frozenset())
+                in_flight = frozenset().union(*(ids for _f, s, ids in flights if s == shard))
+                entries, reclaimed = self.read_batch(shard, in_flight=in_flight)
                 if entries:
                     active.append(shard)  # its turn again after the others
                     return shard, entries, reclaimed, self._parse(shard, entries)
                 self._emptied(shard)
             return None
 
-        batch = next_batch()
-        while batch is not None:
-            flight = (batch[0], frozenset(entry_id for entry_id, _ in batch[1]))
-            future = self._executor().submit(self._drain_batch, *batch[:2], batch[3], stats, batch[2])
-            try:
+        def settle(done: Callable[[], bool]) -> None:
+            """Wait for the oldest batch in flight until ``done()``; a failure is raised once every
+            batch in flight has finished (the others' entries stay pending too if they failed)."""
+            while flights and not done():
+                future = flights.pop(0)[0]
+                try:
+                    future.result()
+                except BaseException:
+                    wait([f for f, _shard, _ids in flights])
+                    flights.clear()
+                    raise
+
+        try:
+            batch = next_batch()
+            while batch is not None:
+                shard = batch[0]
+                # one batch per shard in flight (a shard's batches commit in the order read), at most
+                # ``persisters`` in all; a finished batch's failure is raised before another is sent
+                settle(lambda: all(s != shard for _f, s, _ids in flights))
+                settle(lambda: len(flights) < self.persisters)
+                settle(lambda: not any(f.done() and f.exception() is not None for f, _s, _ids in flights))
+                ids = frozenset(entry_id for entry_id, _ in batch[1])
+                future = self._executor().submit(self._drain_batch, shard, batch[1], batch[3], stats, batch[2])
+                flights.append((future, shard, ids))
                 batch = next_batch()
-            finally:
-                future.result()
+        finally:
+            settle(lambda: False)
         return stats
 
     def _emptied(self, shard: int) -> None:
@@ -326,7 +364,7 @@ class OutboxDrain:
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollgate-drain")
+            self._pool = ThreadPoolExecutor(max_workers=self.persisters, thread_name_prefix="tollgate-drain")
         return self._pool
 
     @staticmethod
@@ -355,10 +393,11 @@ class OutboxDrain:
             log.warning("outbox shard %s: a batch of %d failed (%r); persisting one by one", shard, len(entries), exc)
             self._persist_one_by_one(shard, entries, stats)
         self.acknowledge(shard, (entry_id for entry_id, _ in entries))
-        stats.read += len(entries)
-        stats.batches += 1
-        if reclaimed:
-            stats.reclaimed += len(entries)
+        with _STATS_LOCK:
+            stats.read += len(entries)
+            stats.batches += 1
+            if reclaimed:
+                stats.reclaimed += len(entries)
 
     def _persist(
         self,
@@ -383,7 +422,8 @@ class OutboxDrain:
             )
             if conflict.billed_nanos:
                 self.gate.credit(conflict.wallet_id, conflict.billed_nanos, f"{REFUND_PREFIX}{conflict.outbox_id}")
-        stats.add(result)
+        with _STATS_LOCK:
+            stats.add(result)
         record_drain_batch(self.redis, size=len(entries), inserted=result.inserted, duplicates=result.duplicates)
 
     def _persist_one_by_one(self, shard: int, entries: list[tuple[str, dict[str, str]]], stats: DrainStats) -> None:
@@ -454,7 +494,8 @@ class OutboxDrain:
             deadletter.keep_copy(self.redis, shard, entry_id, fields, exc)
             new = True
         if new:
-            stats.dead_lettered += 1
+            with _STATS_LOCK:
+                stats.dead_lettered += 1
             record_dead_letter(self.redis, billed_nanos=deadletter.identity(fields)[2])
 
 

@@ -285,14 +285,12 @@ _INSERT_USAGE = (
     "fresh AS (INSERT INTO usage_turn_key (turn_key, outbox_id, occurred_at) "
     "SELECT turn_key, outbox_id, occurred_at FROM keyed ORDER BY ord "
     "ON CONFLICT (turn_key) DO NOTHING RETURNING turn_key), "
-    f"stale AS (UPDATE {STAGE} s SET fresh = false FROM keyed k WHERE k.ord = s.ord "
-    "AND NOT EXISTS (SELECT 1 FROM fresh f WHERE f.turn_key = k.turn_key) RETURNING s.ord) "
+    # (skipped, a one-time filter, when every staged row was inserted: ``{staged}`` is their count)
+    f"stale AS (UPDATE {STAGE} s SET fresh = false FROM keyed k WHERE (SELECT count(*) FROM fresh) < {{staged}} "
+    "AND k.ord = s.ord AND NOT EXISTS (SELECT 1 FROM fresh f WHERE f.turn_key = k.turn_key) RETURNING s.ord) "
     "SELECT (SELECT count(*) FROM fresh), (SELECT array_agg(ord) FROM stale);\n"
     f"INSERT INTO usage_event ({', '.join(USAGE_COLUMNS)}) SELECT {', '.join(USAGE_COLUMNS)} FROM {STAGE} WHERE fresh"
 )
-
-#: :func:`worker.periods.period_of` in SQL ('YYYY-MM' of the UTC month)
-_PERIOD_SQL = "to_char(date_trunc('month', occurred_at AT TIME ZONE 'UTC'), 'YYYY-MM')"
 
 _KEEP = f"(ct.status = '{ChatStatus.completed.value}' OR excluded.state_key <= ct.state_key)"
 
@@ -326,15 +324,25 @@ _LEDGER = (
     "UPDATE wallet w SET debits_nanos = w.debits_nanos + a.nanos, "
     "trial_tokens_used = w.trial_tokens_used + a.trial, debt_nanos = w.debt_nanos + a.debt "
     "FROM agg a WHERE w.id = a.wallet_id AND (a.nanos <> 0 OR a.trial <> 0 OR a.debt <> 0);\n"
-    f"WITH s AS NOT MATERIALIZED (SELECT * FROM {STAGE} WHERE fresh), "
-    # the chat's wallet and workflow: its first row's; its state: its newest turn's (the first of them on a tie)
+    # one pass over the staged rows: their sums per (chat, agent, wallet, workflow, month), a few
+    # hundred groups at most, which every aggregate below reads instead of the rows
+    f"WITH g AS MATERIALIZED (SELECT enterprise_id, chat_id, agent, wallet_id, workflow, "
+    "date_trunc('month', occurred_at AT TIME ZONE 'UTC') AS month, count(*) AS turns, "
+    + ", ".join(f"sum({c}) AS {c}" for c in (*_T, "billed_nanos", "duration_ms"))
+    + ', min(ord) AS ord, max(sk COLLATE "C") AS sk, min(occurred_at) AS started_at, '
+    f"max(occurred_at) AS last_turn_at FROM {STAGE} WHERE fresh GROUP BY 1, 2, 3, 4, 5, 6), "
+    # the chat's wallet and workflow: its first row's (the group holding its lowest ord)
     "first AS (SELECT DISTINCT ON (enterprise_id, chat_id) enterprise_id, chat_id, wallet_id, workflow "
-    "FROM s ORDER BY enterprise_id, chat_id, ord), "
-    "last AS (SELECT DISTINCT ON (enterprise_id, chat_id) enterprise_id, chat_id, sk, action, occurred_at, "
-    'balance_after_nanos, mode, billable FROM s ORDER BY enterprise_id, chat_id, sk COLLATE "C" DESC, ord), '
-    "sums AS (SELECT enterprise_id, chat_id, count(*) AS turns, "
+    "FROM g ORDER BY enterprise_id, chat_id, ord), "
+    "sums AS (SELECT enterprise_id, chat_id, sum(turns) AS turns, "
     + ", ".join(f"sum({c}) AS {c}" for c in (*_T, "billed_nanos"))
-    + ", min(occurred_at) AS started_at, max(occurred_at) AS last_turn_at FROM s GROUP BY enterprise_id, chat_id), "
+    + ', min(started_at) AS started_at, max(last_turn_at) AS last_turn_at, max(sk COLLATE "C") AS sk '
+    "FROM g GROUP BY enterprise_id, chat_id), "
+    # its state: its newest turn's (the row of the chat's greatest sk; the first of them on a tie)
+    "last AS (SELECT DISTINCT ON (s.enterprise_id, s.chat_id) s.enterprise_id, s.chat_id, s.sk, s.action, "
+    f"s.occurred_at, s.balance_after_nanos, s.mode, s.billable FROM {STAGE} s JOIN sums m "
+    "ON s.enterprise_id = m.enterprise_id AND s.chat_id = m.chat_id AND s.sk = m.sk "
+    "WHERE s.fresh ORDER BY s.enterprise_id, s.chat_id, s.ord), "
     "chats AS (SELECT f.enterprise_id, f.chat_id, f.wallet_id, f.workflow, m.turns, "
     + ", ".join(f"m.{c}" for c in (*_T, "billed_nanos"))
     + ", m.started_at, m.last_turn_at, l.sk AS state_key, l.balance_after_nanos AS balance_nanos, "
@@ -383,21 +391,22 @@ _LEDGER = (
     "RETURNING pc.enterprise_id, pc.chat_id, pc.wallet_id, m.balance_nanos), "
     "agents AS (INSERT INTO chat_agent_usage AS at (chat_session_id, agent, turns, duration_ms, "
     + ", ".join(_T)
-    + ") SELECT up.id, s.agent, count(*), sum(s.duration_ms), "
-    + ", ".join(f"sum(s.{c})" for c in _T)
-    + " FROM s JOIN up USING (enterprise_id, chat_id) GROUP BY up.id, s.enterprise_id, s.chat_id, s.agent "
-    'ORDER BY s.enterprise_id COLLATE "C", s.chat_id COLLATE "C", s.agent COLLATE "C" '
+    + ") SELECT up.id, g.agent, sum(g.turns), sum(g.duration_ms), "
+    + ", ".join(f"sum(g.{c})" for c in _T)
+    + " FROM g JOIN up USING (enterprise_id, chat_id) GROUP BY up.id, g.enterprise_id, g.chat_id, g.agent "
+    'ORDER BY g.enterprise_id COLLATE "C", g.chat_id COLLATE "C", g.agent COLLATE "C" '
     "ON CONFLICT (chat_session_id, agent) DO UPDATE SET "
     + ", ".join(f"{c} = at.{c} + excluded.{c}" for c in ("turns", "duration_ms", *_T))
     + "), "
     "rollups AS (INSERT INTO rollup_dirty (enterprise_id, workflow, period) "
-    f"SELECT enterprise_id, workflow, {_PERIOD_SQL} FROM s GROUP BY 1, 2, date_trunc('month', occurred_at AT TIME ZONE 'UTC') ORDER BY 1, 2, 3 "
-    "ON CONFLICT (enterprise_id, workflow, period) DO UPDATE SET touched_at = now()), "
+    "SELECT enterprise_id, workflow, to_char(month, 'YYYY-MM') FROM g GROUP BY enterprise_id, workflow, month "
+    "ORDER BY 1, 2, 3 ON CONFLICT (enterprise_id, workflow, period) DO UPDATE SET touched_at = now()), "
     # the same marks for budgets (worker.billing.budgets.check_budgets takes them): a turn persisted
     # after its month ended is checked against its own month's budgets
     "budgets AS (INSERT INTO budget_dirty (wallet_id, enterprise_id, workflow, period) "
-    f"SELECT wallet_id, enterprise_id, workflow, {_PERIOD_SQL} FROM s "
-    "GROUP BY 1, 2, 3, date_trunc('month', occurred_at AT TIME ZONE 'UTC') ORDER BY 1, 2, 3, 4 ON CONFLICT (wallet_id, enterprise_id, workflow, period) DO UPDATE SET touched_at = now()) "
+    "SELECT wallet_id, enterprise_id, workflow, to_char(month, 'YYYY-MM') FROM g "
+    "GROUP BY wallet_id, enterprise_id, workflow, month ORDER BY 1, 2, 3, 4 "
+    "ON CONFLICT (wallet_id, enterprise_id, workflow, period) DO UPDATE SET touched_at = now()) "
     "SELECT 'p', enterprise_id, chat_id, wallet_id, reason, needed_nanos FROM opened "
     "UNION ALL SELECT 'r', enterprise_id, chat_id, wallet_id, NULL, balance_nanos FROM closed"
 )
@@ -457,7 +466,7 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
             for i, r in enumerate(unique):
                 copy.write_row((i, chat_order(r["outbox_id"]), *_stage_values(r)))
         # one round trip: the usage rows, then the ledger of the fresh ones (a no-op without any)
-        cur.execute(f"{_INSERT_USAGE};\n{_LEDGER}")
+        cur.execute(_INSERT_USAGE.replace("{staged}", str(len(unique))) + ";\n" + _LEDGER)
         summary = cur.fetchone()
         if summary is None:  # the INSERT statement always returns its one summary row
             raise RuntimeError("the staged INSERT returned no summary row")
