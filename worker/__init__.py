@@ -102,7 +102,8 @@ def credit_wallet(gate: Any, **kwargs: Any) -> int:
     ``session_scope``, calls the service with ``on_credited=``:func:`worker.chats.wiring.after_credit`
     (resume the wallet's paused chats, then announce ``wallet.credited``) unless given another, and
     commits; the gate takes the credit after the commit.  Keyword arguments: ``wallet_id``,
-    ``amount_nanos`` (nano-USD), ``idempotency_key``, ``description``, ``actor``, ``on_credited``.
+    ``amount_nanos`` (nano-USD), ``idempotency_key`` (not starting with ``tollgate:`` or ``stripe:`` unless
+    ``system_key=True``), ``description``, ``actor``, ``on_credited``.
     Returns the gate balance after the credit, nano-USD.  Raises LedgerError, UnknownWallet
     (nothing changes) or GatePending (the ledger has it, the gate not yet: retry with the same key)."""
     from worker.chats.wiring import after_credit  # lazy facade: see above

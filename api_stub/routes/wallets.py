@@ -49,7 +49,7 @@ from worker.chats.lifecycle import wallet_state_async
 from worker.chats.wiring import after_credit, resume_wallet_chats
 from worker.db import session_scope
 from worker.gate.gate import GateConfigError, UnknownWallet
-from worker.ledger.accounts import GatePending, LedgerError, credit_wallet
+from worker.ledger.accounts import GatePending, LedgerError, check_client_key, credit_wallet
 from worker.ledger.audit import audit
 from worker.pricing.prices import PricingError
 
@@ -321,6 +321,10 @@ def ledger(
                 "`idempotency_key` was already used for another credit (another wallet or amount), or the "
                 "wallet is not active for metering yet. Nothing was credited."
             ),
+            422: (
+                "Invalid amount or text, or an `idempotency_key` starting with `tollgate:` or `stripe:` (kept "
+                "for tollgate's own entries and Stripe payments): `errors[].field` names it. Nothing was credited."
+            ),
         },
     ),
 )
@@ -335,6 +339,7 @@ def credit(wallet_id: WalletId, body: CreditCreate, who: Caller) -> CreditPublic
         with session_scope() as session:  # one transaction: ledger entry and audit row; the gate after it
             row = wallet_in_scope(session, who, wallet_id, admin=True)
             enterprise_id = row.enterprise_id
+            check_client_key(body.idempotency_key)  # before the lookup: a system key's use is not told
             previous = session.execute(
                 select(
                     col(WalletTransaction.wallet_id), col(WalletTransaction.amount_nanos), col(WalletTransaction.kind)

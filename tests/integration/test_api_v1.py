@@ -604,3 +604,68 @@ def test_cached_keys_still_hit_the_rate_limit_exactly(api, gate, settings, monke
 def test_several_limits_each_apply(api, settings, monkeypatch):
     monkeypatch.setattr(settings, "rate_limit", "100/hour;2/day")
     assert [api.get("/v1/wallets/w1", headers=api.h["owner"]).status_code for _ in range(3)] == [200, 200, 429]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "stripe:cs_test_a1",  # a Checkout session's credit still to come
+        "stripe:",  # the bare prefix
+        "stripe:in_123",  # a paid invoice's
+        "tollgate:allowance:w2-2026-11",  # the monthly allowance's
+        "tollgate:usage:0:1-0",  # a drain batch's debit
+        "tollgate:",
+    ],
+)
+def test_a_credit_key_with_a_system_prefix_is_refused_and_changes_nothing(api, gate, db, key):
+    """A caller's credit may not take a key tollgate writes itself (``tollgate:…``, ``stripe:…``): it
+    would show as a Stripe payment or an allowance on statements, or take the key of a payment still
+    to come (whose webhook would then find it used).  422 naming ``idempotency_key``, before the key
+    is looked up (no 409 telling that a system entry exists), nothing written anywhere."""
+    for who in ("owner", "admin"):
+        r = api.post(
+            "/v1/wallets/w2/credits", json={"amount_nanos": 7 * USD, "idempotency_key": key}, headers=api.h[who]
+        )
+        assert r.status_code == 422, r.text
+        assert [e["field"] for e in r.json()["errors"]] == ["idempotency_key"]
+    assert gate.balance("w2") == 0
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM wallet_transaction WHERE wallet_id = 'w2'")).scalar_one() == 0
+        assert conn.execute(text("SELECT count(*) FROM audit_log WHERE action = 'credit'")).scalar_one() == 0
+    # keys that only look alike are ordinary keys
+    for i, fine in enumerate(("Stripe:cs_1", "my-stripe:cs_1", "tollgate-topup")):
+        r = api.post(
+            "/v1/wallets/w2/credits", json={"amount_nanos": USD, "idempotency_key": fine}, headers=api.h["owner"]
+        )
+        assert r.status_code == 200 and r.json()["balance_nanos"] == (i + 1) * USD, r.text
+
+
+def test_the_cli_and_python_credits_refuse_a_system_key_too(gate, db):
+    """The same rule at every entry point that takes a caller's key: ``tollgate wallet credit`` (exit
+    1, naming ``--key``) and ``worker.ledger.accounts.credit_wallet`` (LedgerError naming the field);
+    the Stripe webhook's own credits pass ``system_key=True``."""
+    import os
+    import subprocess
+    import sys
+
+    from worker.ledger.accounts import LedgerError, credit_wallet
+
+    seed_wallet(gate, "w9", "acme", "u9")
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "wallet", "credit", "w9", "--usd", "3", "--key", "stripe:cs_x"],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "--key" in done.stderr and "stripe:" in done.stderr, done.stderr
+    with session_scope() as session, pytest.raises(LedgerError) as refused:
+        credit_wallet(session, gate, wallet_id="w9", amount_nanos=USD, idempotency_key="tollgate:refund:1")
+    assert refused.value.field == "idempotency_key"
+    with session_scope() as session:
+        credit_wallet(session, gate, wallet_id="w9", amount_nanos=USD, idempotency_key="stripe:cs_y", system_key=True)
+    assert gate.balance("w9") == USD
+    with db.connect() as conn:
+        assert conn.execute(
+            text("SELECT idempotency_key, amount_nanos FROM wallet_transaction WHERE wallet_id = 'w9'")
+        ).all() == [("stripe:cs_y", USD)]

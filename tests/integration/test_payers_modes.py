@@ -403,7 +403,7 @@ def test_a_credit_resumes_exactly_the_paused_chats_of_its_wallet_once(db, gate, 
     assert events.take("chat.resumable") == []
     # a top-up, delivered twice (a replayed webhook): the two chats of "poor" resume, once
     for _ in range(2):
-        credit_wallet(gate, wallet_id="poor", amount_nanos=5 * cost, idempotency_key="stripe:cs_123")
+        credit_wallet(gate, wallet_id="poor", amount_nanos=5 * cost, idempotency_key="stripe:cs_123", system_key=True)
     resumed = events.take("chat.resumable")
     assert sorted((e["data"]["chat_id"], e["data"]["wallet_id"], e["data"]["cause"]) for e in resumed) == [
         ("c1", "poor", "stripe:cs_123"),

@@ -39,11 +39,10 @@ from worker.gate.keys import (
     DEADLETTER_SETTLED_PREFIX,
     FLAT_FEE_PREFIX,
     REFUND_PREFIX,
+    STRIPE_KEY_PREFIX,
     USAGE_PREFIX,
 )
 
-#: Stripe credits' idempotency keys start with this (``worker.billing.stripe.KEY_PREFIX``)
-STRIPE_KEY_PREFIX = "stripe:"
 #: wallets listed at most in one view (largest ledger balance first)
 MAX_WALLETS = 200
 #: ledger entries per page

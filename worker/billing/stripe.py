@@ -75,6 +75,7 @@ from worker.billing.budgets import BUDGET_EXCEEDED
 from worker.db import after_commit
 from worker.errors import InputError, InvalidInput, Unavailable
 from worker.gate.gate import UnknownWallet, WalletGate, process_gate
+from worker.gate.keys import STRIPE_KEY_PREFIX
 from worker.ledger.accounts import MAX_CREDIT_NANOS, LedgerError, OnCredited, complete_credit, credit_wallet
 from worker.ledger.audit import audit
 from worker.settings import Settings, get_settings
@@ -93,7 +94,7 @@ PAYMENT_FAILED = "payment_failed"
 #: the ``audit_log.actor`` of everything Stripe events do
 ACTOR = "stripe"
 #: prefix of the ledger idempotency keys of Stripe credits: ``stripe:<cs_… or in_…>``
-KEY_PREFIX = "stripe:"
+KEY_PREFIX = STRIPE_KEY_PREFIX
 #: subscription statuses during which a wallet may not start another subscription
 LIVE_SUBSCRIPTION = ("active", "past_due", "trialing", "incomplete", "unpaid")
 
@@ -505,6 +506,7 @@ def _credit(
         idempotency_key=key,
         description=description,
         on_credited=on_credited,
+        system_key=True,
     )
     return Credit(key, amount_nanos, stripe_object, package_id)
 

@@ -110,6 +110,11 @@ def pausing_key(enterprise_id: str, chat_id: str) -> str:
 # credit/adjust markers; no client key may start with RESERVED_KEY_PREFIX ---
 
 RESERVED_KEY_PREFIX = f"{PREFIX}:"
+#: a Stripe payment's credit: ``stripe:<Checkout session id>`` or ``stripe:<invoice id>``
+STRIPE_KEY_PREFIX = "stripe:"
+#: every prefix of a key tollgate writes itself: a credit from an API or CLI caller may not start with
+#: one (it would pose as that source on statements, or take the key of a payment still to come)
+SYSTEM_KEY_PREFIXES = (RESERVED_KEY_PREFIX, STRIPE_KEY_PREFIX)
 ALLOWANCE_PREFIX = f"{PREFIX}:allowance:"
 ALLOWANCE_EXPIRY_PREFIX = f"{PREFIX}:allowance-expiry:"
 ALLOWANCE_RESTORE_PREFIX = f"{PREFIX}:allowance-restore:"

@@ -23,7 +23,7 @@ from worker.billing.payers import gate_profile
 from worker.db import after_commit
 from worker.errors import InputError, Unavailable
 from worker.gate.gate import WalletGate
-from worker.gate.keys import RESERVED_KEY_PREFIX
+from worker.gate.keys import RESERVED_KEY_PREFIX, SYSTEM_KEY_PREFIXES
 from worker.ledger.audit import audit
 from worker.validation import InvalidInput, check_text
 
@@ -135,6 +135,21 @@ def _check_credit_text(wallet_id: object, idempotency_key: object, description: 
         raise LedgerError(str(exc), field=exc.field) from None
 
 
+def check_client_key(idempotency_key: str) -> None:
+    """Refuse a credit key from an API or CLI caller that starts with a prefix tollgate writes itself
+    (:data:`~worker.gate.keys.SYSTEM_KEY_PREFIXES`: ``tollgate:`` for allowances, usage, refunds and
+    dead letters, ``stripe:`` for Stripe payments), so no caller's credit poses as a Stripe payment on
+    a statement or takes the key of a payment still to come.  Raises LedgerError naming
+    ``idempotency_key``."""
+    for prefix in SYSTEM_KEY_PREFIXES:
+        if isinstance(idempotency_key, str) and idempotency_key.startswith(prefix):
+            raise LedgerError(
+                f"idempotency_key: {idempotency_key!r} starts with {prefix!r}, which tollgate keeps for its own "
+                "entries; choose another key",
+                field="idempotency_key",
+            )
+
+
 def record_credit(
     session: Session, *, wallet_id: str, amount_nanos: int, idempotency_key: str, description: str = ""
 ) -> bool:
@@ -200,6 +215,7 @@ def credit_wallet(
     description: str = "",
     actor: str | None = None,
     on_credited: OnCredited | None = None,
+    system_key: bool = False,
 ) -> PendingCredit:
     """Credit a wallet once per key: the ledger entry is written in ``session`` (the caller
     commits), then, once that transaction has committed (``after_commit``), the gate's balance.
@@ -214,12 +230,17 @@ def credit_wallet(
     remembers applied keys for ``settings.dedupe_ttl_s``; an older entry is not re-applied, and
     reconciliation repairs any gap: ``tollgate.ledger.reconcile`` with repair).  Returns a
     :class:`PendingCredit` whose ``balance_nanos`` the commit fills in (nano-USD).
+    ``system_key``: the key is one tollgate made (a Stripe payment's ``stripe:…``); otherwise a key
+    starting with a system prefix is refused (:func:`check_client_key`).
+
     Raises: LedgerError, also when the key was already used for another wallet or amount (nothing
     changes); UnknownWallet when the gate lacks the wallet (nothing changes: rebuild it first);
     GatePending, from the caller's ``commit()``, when the ledger entry committed but the gate
     failed (retry with the same key).
     """
     _check_credit_text(wallet_id, idempotency_key, description)
+    if not system_key:
+        check_client_key(idempotency_key)
     gate.balance(wallet_id)  # UnknownWallet before anything is written
     new = record_credit(
         session,
