@@ -27,8 +27,8 @@ backend of the bench database), which stay meaningful on a loaded machine where 
 PASS/FAIL: median server wall time of the owner, end-user and admin pages against 300 ms (the
 verdict), and beside it their CPU per request against the same 300 ms (wall time is inflated on a
 machine loaded by others; the load average is printed).  ``--dirty`` adds the owner page with every
-group of the current month marked in ``rollup_dirty`` (read from ``usage_event``, as between two beat
-refreshes under a live drain).  For the
+group of the current month marked in ``rollup_dirty`` (as between two beat refreshes under a live
+drain; the report reads the billing rollups, which the drain keeps current, whatever the marks).  For the
 owner page, every SQL statement of one request is timed, and the slowest are EXPLAINed (ANALYZE,
 BUFFERS) with their parameters.  The CSV and JSON exports stream every event of the month (by design
 O(events)); they are timed once each, not judged.
