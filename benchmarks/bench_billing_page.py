@@ -27,8 +27,8 @@ backend of the bench database), which stay meaningful on a loaded machine where 
 PASS/FAIL: median server wall time of the owner, end-user and admin pages against 300 ms (the
 verdict), and beside it their CPU per request against the same 300 ms (wall time is inflated on a
 machine loaded by others; the load average is printed).  ``--dirty`` adds the owner page with every
-group of the current month marked in ``rollup_dirty`` (read from ``usage_event``, as between two beat
-refreshes under a live drain).  For the
+group of the current month marked in ``rollup_dirty`` (as between two beat refreshes under a live
+drain; the report reads the billing rollups, which the drain keeps current, whatever the marks).  For the
 owner page, every SQL statement of one request is timed, and the slowest are EXPLAINed (ANALYZE,
 BUFFERS) with their parameters.  The CSV and JSON exports stream every event of the month (by design
 O(events)); they are timed once each, not judged.
@@ -154,7 +154,7 @@ def load(engine, events: int, now: datetime) -> dict[str, Any]:
                     agent, model, provider, mode, prompt_tokens, completion_tokens, cached_prompt_tokens,
                     duration_ms, input_nanos_per_mtok, cached_input_nanos_per_mtok, output_nanos_per_mtok,
                     cost_nanos, billed_nanos, action, outbox_id, level, billing_target, billable,
-                    creator_share_nanos, platform_fee_nanos, meter, quantity, balance_after_nanos, recorded_at)
+                    creator_share_nanos, platform_fee_nanos, meter, quantity, balance_after_nanos)
                 SELECT 't-' || g.i, g.at, '{APP}', g.wallet, 'c-' || g.chat, g.workflow,
                     (ARRAY{list(AGENTS)})[1 + g.i % {len(AGENTS)}],
                     CASE WHEN g.meter THEN g.mname ELSE md.model END,
@@ -167,7 +167,7 @@ def load(engine, events: int, now: datetime) -> dict[str, Any]:
                     'continue', (g.i % 8) || ':' || g.i || '-0', 'app_usage', '{APP}', g.mode <> 'development',
                     CASE WHEN g.mode = 'development' THEN 0 ELSE g.cost * 7 / 10 END,
                     CASE WHEN g.mode = 'development' THEN 0 ELSE g.cost - g.cost * 7 / 10 END,
-                    CASE WHEN g.meter THEN g.mname ELSE 'llm' END, g.qty, 1000000000, g.at
+                    CASE WHEN g.meter THEN g.mname ELSE 'llm' END, g.qty, 1000000000
                 FROM (
                     SELECT e.*, md.pin, md.pcached, md.pout,
                         CASE WHEN e.meter THEN e.qty * e.unit
@@ -194,8 +194,8 @@ def load(engine, events: int, now: datetime) -> dict[str, Any]:
         )
         c.execute(
             text(
-                "INSERT INTO usage_turn_key (enterprise_id, wallet_id, turn_id, outbox_id, occurred_at) "
-                "SELECT enterprise_id, wallet_id, turn_id, outbox_id, occurred_at FROM usage_event"
+                "INSERT INTO usage_turn_key (turn_key, outbox_id, occurred_at) "
+                "SELECT usage_turn_key_of(enterprise_id, wallet_id, turn_id), outbox_id, occurred_at FROM usage_event"
             )
         )
         # the other app: a few events, so the big app's queries are scoped, not alone in the table
@@ -212,8 +212,8 @@ def load(engine, events: int, now: datetime) -> dict[str, Any]:
         )
         c.execute(
             text(
-                "INSERT INTO usage_turn_key (enterprise_id, wallet_id, turn_id, outbox_id, occurred_at) "
-                "SELECT enterprise_id, wallet_id, turn_id, outbox_id, occurred_at FROM usage_event "
+                "INSERT INTO usage_turn_key (turn_key, outbox_id, occurred_at) "
+                "SELECT usage_turn_key_of(enterprise_id, wallet_id, turn_id), outbox_id, occurred_at FROM usage_event "
                 "WHERE enterprise_id = :o"
             ),
             {"o": OTHER},

@@ -94,9 +94,9 @@ class RollupFigures(SQLModel):
 class BillingRollup(RollupFigures, table=True):
     """The usage events of one enterprise × UTC month × workflow × wallet × provider × model × meter,
     summed (the ``/billing`` report's lines, budgets and six-month history read these, not
-    ``usage_event``).  Recomputed whole with its workflow rollup group (enterprise, workflow, month)
-    by ``worker.chats.rollups.refresh_rollup``; while the group is marked in ``rollup_dirty`` the
-    report reads that group from ``usage_event`` instead (``worker.billing.report``)."""
+    ``usage_event``).  Kept incrementally by the drain, in the transaction that inserts the events
+    (``worker.ledger.turns._ROLLUPS``); recomputed whole with its workflow rollup group (enterprise,
+    workflow, month) by ``worker.chats.rollups.refresh_rollup``, the repair path."""
 
     __tablename__ = "billing_rollup"
 

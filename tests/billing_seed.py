@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, insert, text
+from sqlmodel import Session
 
 from models.budget import Budget, BudgetAlert
 from models.chat import ChatAgentUsage, ChatSession
 from models.turn import UsageEvent
 from models.wallet import Enterprise, Wallet, WalletTransaction
 from tests.conftest import create_keys
+from worker.chats.rollups import refresh_billing_rollups
 
 PERIOD = "2026-11"
 #: nano-USD per token: (input, cached input, output)
@@ -106,15 +108,28 @@ def _event(
 
 
 def mark_groups_dirty(conn: Connection) -> None:
-    """Mark every (enterprise, workflow, UTC month) of the stored usage events in ``rollup_dirty``, as
-    the drain marks the groups of the rows it inserts: rows inserted directly bypass the drain, and
-    the billing report reads a marked group from ``usage_event`` until the rollup refresh runs."""
+    """Leave every (enterprise, workflow, UTC month) of the stored usage events as the drain leaves
+    the groups of the rows it inserts: marked in ``rollup_dirty`` (the workflow rollup refresh's
+    queue) and with their billing rollups (``billing_rollup``, ``chat_rollup``) equal to the sums of
+    their events.  Rows inserted directly bypass the drain's incremental upserts, so the groups are
+    recomputed here with the repair path (:func:`worker.chats.rollups.refresh_billing_rollups`), in
+    ``conn``'s transaction."""
     conn.execute(
         text(
             "INSERT INTO rollup_dirty (enterprise_id, workflow, period) SELECT DISTINCT enterprise_id, workflow, "
             "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM') FROM usage_event ON CONFLICT DO NOTHING"
         )
     )
+    groups = conn.execute(
+        text(
+            "SELECT DISTINCT enterprise_id, workflow, to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM') "
+            "FROM usage_event ORDER BY 1, 2, 3"
+        )
+    ).all()
+    with Session(bind=conn) as session:
+        for enterprise_id, workflow, period in groups:
+            refresh_billing_rollups(session, enterprise_id, workflow, period)
+        session.flush()
 
 
 def seed(engine: Engine) -> Seeded:

@@ -1,11 +1,15 @@
-"""The billing rollups (``billing_rollup``, ``chat_rollup``) against real PostgreSQL and Redis: after
-the drain (groups marked dirty, read from ``usage_event``) and after the rollup refresh (read from the
-rollups) the billing report equals sums computed here from ``usage_event`` to the nano, the rollup
-rows equal ``GROUP BY`` sums of the events exactly, a second refresh writes nothing, and a group whose
-events are gone loses its rows."""
+"""The billing rollups (``billing_rollup``, ``chat_rollup``) against real PostgreSQL and Redis: the
+drain keeps them incrementally, so after every drain (a re-delivered batch, a second acceptance of a
+turn_id included) and after the rollup refresh the rollup rows equal ``GROUP BY`` sums of the events
+exactly and the billing report (read from the rollups only) equals sums computed here from
+``usage_event`` to the nano; a refresh after the drain writes nothing; a refresh racing a drain
+leaves them exact; and a group whose events are gone (deleted other than by the drain) loses its
+rows when it is refreshed."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -87,6 +91,12 @@ def _versions(db) -> list[tuple]:
 
 def _dirty(db) -> list[tuple]:
     return _rows(db, "SELECT enterprise_id, workflow, period FROM rollup_dirty ORDER BY 1, 2, 3")
+
+
+def _assert_exact(db) -> None:
+    """Both billing rollups equal ``GROUP BY`` sums of ``usage_event``, row for row, to the nano."""
+    assert _stored_billing(db) == _expected_billing(db)
+    assert _stored_chats(db) == _expected_chats(db)
 
 
 def _check_report(db, enterprise: str, period: str, wallet: str | None = None) -> None:
@@ -216,24 +226,22 @@ def test_rollups_equal_the_events_after_the_drain_and_after_a_refresh(db, gate, 
     groups = [(e, w, p) for e in ("acme",) for w in ("research", "support") for p in ("2026-10", "2026-11")]
     assert _dirty(db) == groups
 
-    # after the drain: every group is dirty, the rollups are empty, the report reads the events
-    assert _stored_billing(db) == [] and _stored_chats(db) == []
-    for period in ("2026-10", "2026-11"):
-        for wallet in (None, "w1", "w2"):
-            _check_report(db, "acme", period, wallet)
-
-    # after the refresh: the rollups are the events' sums, and the report reads them
-    assert refresh_dirty_groups() == 4
-    assert _dirty(db) == []
-    assert _stored_billing(db) == _expected_billing(db)
-    assert _stored_chats(db) == _expected_chats(db)
+    # after the drain: every group is dirty (for its workflow rollup), the billing rollups are
+    # already the events' sums, and the report reads them
+    _assert_exact(db)
     assert len(_stored_chats(db)) >= 10
     for period in ("2026-10", "2026-11"):
         for wallet in (None, "w1", "w2"):
             _check_report(db, "acme", period, wallet)
 
-    # a second refresh of every group writes nothing
+    # the refresh recomputes the same sums: it writes no billing rollup row
     before = _versions(db)
+    assert refresh_dirty_groups() == 4
+    assert _dirty(db) == []
+    assert _versions(db) == before
+    _assert_exact(db)
+
+    # a second refresh of every group writes nothing either
     with session_scope() as s:
         from worker.chats.rollups import refresh_rollup
 
@@ -241,24 +249,23 @@ def test_rollups_equal_the_events_after_the_drain_and_after_a_refresh(db, gate, 
             refresh_rollup(s, *group)
     assert _versions(db) == before
 
-    # late turns of one group: only that group is marked; its rollup lags, the report does not
+    # late turns of one group: only that group is marked, only its rows move, and they are exact
     late = [
         _turn(200 + i, workflow="support", wallet="w2", chat=f"late{i % 2}", at=T0 + timedelta(days=2, hours=i))
         for i in range(4)
     ]
     _record_and_drain(gate, redis_client, settings, late)
     assert _dirty(db) == [("acme", "support", "2026-10")]
-    assert _stored_billing(db) != _expected_billing(db)
+    _assert_exact(db)
+    changed = {(r[2], r[3]) for r in set(_versions(db)) - set(before)}  # rows new or rewritten
+    assert changed == {("2026-10", "support")}
     for wallet in (None, "w1", "w2"):
         _check_report(db, "acme", "2026-10", wallet)
-        _check_report(db, "acme", "2026-11", wallet)  # its history reads October: stored + live
+        _check_report(db, "acme", "2026-11", wallet)  # its history reads October
+    after_drain = _versions(db)
     assert refresh_dirty_groups() == 1
-    assert _stored_billing(db) == _expected_billing(db)
-    assert _stored_chats(db) == _expected_chats(db)
-    changed = {(r[2], r[3]) for r in _versions(db)} - {(r[2], r[3]) for r in before}
-    assert changed <= {("2026-10", "support")}
-    for wallet in (None, "w1", "w2"):
-        _check_report(db, "acme", "2026-10", wallet)
+    assert _versions(db) == after_drain
+    _assert_exact(db)
 
 
 def test_a_group_whose_events_are_gone_loses_its_rollup_rows(db, gate, redis_client, settings):
@@ -266,14 +273,14 @@ def test_a_group_whose_events_are_gone_loses_its_rollup_rows(db, gate, redis_cli
     seed_wallet(gate, "w2", "acme", "owner-2", 10**15)
     _record_and_drain(gate, redis_client, settings, _first_turns())
     refresh_dirty_groups()
-    with db.begin() as conn:  # as retention or a repair would: rows gone, their group marked
+    with db.begin() as conn:  # as a repair would: rows gone, their group marked
         conn.execute(text("DELETE FROM usage_event WHERE chat_id = 'c1' OR meter = 'emails'"))
         conn.execute(
             text("INSERT INTO rollup_dirty (enterprise_id, workflow, period) VALUES ('acme', 'support', '2026-10'), "
                  "('acme', 'research', '2026-10'), ('acme', 'support', '2026-11'), ('acme', 'research', '2026-11')")
         )  # fmt: skip
-    for wallet in (None, "w1"):
-        _check_report(db, "acme", "2026-10", wallet)
+    # rows deleted other than by the drain: the rollups count them until the groups are refreshed
+    assert _stored_billing(db) != _expected_billing(db)
     refresh_dirty_groups()
     assert _stored_billing(db) == _expected_billing(db)
     assert _stored_chats(db) == _expected_chats(db)
@@ -284,8 +291,9 @@ def test_a_group_whose_events_are_gone_loses_its_rollup_rows(db, gate, redis_cli
 
 def test_the_seeded_app_reads_the_same_from_rollups_as_from_events(db):
     """Every view of every month of the /billing seed (LLM turns, meters, budgets, two apps): the
-    report before the refresh (every group marked, read from usage_event) equals the report after
-    it (read from the rollups), field by field; and both equal SQL sums."""
+    report before the beat's refresh (every group marked, its billing rollups recomputed by the seed as
+    the drain would have kept them) equals the report after it, field by field; and both equal SQL
+    sums."""
     seeded = seed(db)
     periods = [p for (p,) in _rows(db, f"SELECT DISTINCT {PERIOD_SQL} FROM usage_event ORDER BY 1")]
     assert len(periods) >= 6
@@ -300,7 +308,8 @@ def test_the_seeded_app_reads_the_same_from_rollups_as_from_events(db):
             ]
 
     live = reports()
-    assert _dirty(db) and _stored_billing(db) == []
+    assert _dirty(db)
+    _assert_exact(db)
     refresh_dirty_groups()
     assert _dirty(db) == []
     assert _stored_billing(db) == _expected_billing(db)
@@ -309,3 +318,131 @@ def test_the_seeded_app_reads_the_same_from_rollups_as_from_events(db):
     for p in periods:
         _check_report(db, "acme", p)
         _check_report(db, "acme", p, seeded.end_user_wallet)
+
+
+def _read(redis_client, settings, gate, turns: list[TurnIn]) -> list[dict]:
+    """Record ``turns`` and read their outbox entries with a consumer that never acknowledges them:
+    the usage rows a drain would persist (``worker.gate.outbox.parse_entry``'s)."""
+    from worker.gate.outbox import parse_entry
+
+    assert all(d.accepted and not d.duplicate for d in gate.record_turns(turns))
+    rows = []
+    for s in sorted({gate.shard(t.wallet_id) for t in turns}):
+        entries, _ = OutboxDrain(redis_client, settings=settings, consumer="reader").read_batch(s)
+        rows += [parse_entry(f, f"{s}:{i}") for i, f in entries]
+    assert len(rows) == len(turns)
+    return rows
+
+
+def test_a_redelivered_batch_and_a_second_acceptance_leave_the_rollups_exact(db, gate, redis_client, settings):
+    from worker.ledger.turns import persist_turns
+
+    seed_wallet(gate, "w1", "acme", "owner-1", 10**15)
+    seed_wallet(gate, "w2", "acme", "owner-2", 10**15)
+    rows = _read(redis_client, settings, gate, _first_turns())
+    with session_scope() as s:
+        assert persist_turns(s, rows).inserted == len(rows)
+    _assert_exact(db)
+    before = _versions(db)
+    with session_scope() as s:  # the same batch again (committed, then not acknowledged)
+        again = persist_turns(s, rows + rows[:3])
+    assert (again.inserted, again.duplicates) == (0, len(rows) + 3)
+    assert _versions(db) == before  # not a row written
+    _assert_exact(db)
+
+    # the gate forgets two turn_ids and accepts them again: second acceptances, refunded, not counted
+    for turn_id in ("t0", "t7"):
+        wallet = next(r["wallet_id"] for r in rows if r["turn_id"] == turn_id)
+        assert gate.forget_turn("acme", wallet, turn_id) == 1
+    fresh = [
+        _turn(300 + i, workflow="support", wallet="w1", chat="c9", at=T0 + timedelta(days=3, hours=i)) for i in range(3)
+    ]
+    retried = [t for t in _first_turns() if t.turn_id in ("t0", "t7")]
+    _record_and_drain(gate, redis_client, settings, [*retried, *fresh])
+    ((events,),) = _rows(db, "SELECT count(*) FROM usage_event")
+    assert events == len(rows) + 3
+    _assert_exact(db)
+    assert refresh_dirty_groups() == 4
+    _assert_exact(db)
+    for period in ("2026-10", "2026-11"):
+        _check_report(db, "acme", period)
+
+
+def _wait_for_lock_wait(db, timeout: float = 10.0) -> None:
+    """Wait until some backend waits for an advisory lock (the racing side is blocked)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ((n,),) = _rows(db, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        if n:
+            return
+        time.sleep(0.02)
+    raise AssertionError("no backend waits for an advisory lock")
+
+
+def test_a_refresh_racing_a_drain_leaves_the_rollups_exact(db, gate, redis_client, settings):
+    """Two connections.  (1) A drain has inserted its events and added its sums but not committed;
+    a refresh of its group starts, waits for the drain's commit (the drain's shared lock), then reads
+    its events: exact.  (2) A refresh has read the events and written its rows but not committed; a
+    drain of the group inserts its events, then waits for the refresh to commit before it adds its
+    sums (the refresh's exclusive lock): exact."""
+    from worker.chats.rollups import refresh_rollup
+    from worker.ledger.turns import persist_turns
+
+    seed_wallet(gate, "w1", "acme", "owner-1", 10**15)
+    seed_wallet(gate, "w2", "acme", "owner-2", 10**15)
+    _record_and_drain(gate, redis_client, settings, _first_turns())
+    group = ("acme", "support", "2026-10")
+
+    # (1) the drain first: its commit lands between the refresh's start and its read
+    rows = _read(redis_client, settings, gate, [
+        _turn(400 + i, workflow="support", wallet="w1", chat=f"r{i % 2}", at=T0 + timedelta(hours=i))
+        for i in range(5)
+    ])  # fmt: skip
+    refreshed = threading.Event()
+    errors: list[BaseException] = []
+
+    def refresh() -> None:
+        try:
+            with session_scope() as s:
+                refresh_rollup(s, *group)
+            refreshed.set()
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    with session_scope() as drain_session:
+        assert persist_turns(drain_session, rows).inserted == 5
+        racer = threading.Thread(target=refresh)
+        racer.start()
+        _wait_for_lock_wait(db)
+        assert not refreshed.is_set()  # the refresh waits for the drain
+    racer.join(30)
+    assert refreshed.is_set() and not errors
+    _assert_exact(db)
+
+    # (2) the refresh first: the drain inserts its events while the refresh holds the group
+    rows = _read(redis_client, settings, gate, [
+        _turn(500 + i, workflow="support", wallet="w2", chat=f"r{i % 3}", at=T0 + timedelta(hours=i, minutes=7))
+        for i in range(6)
+    ])  # fmt: skip
+    drained = threading.Event()
+
+    def drain() -> None:
+        try:
+            with session_scope() as s:
+                assert persist_turns(s, rows).inserted == 6
+            drained.set()
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    with session_scope() as refresh_session:
+        refresh_rollup(refresh_session, *group)
+        racer = threading.Thread(target=drain)
+        racer.start()
+        _wait_for_lock_wait(db)
+        assert not drained.is_set()  # the drain waits for the refresh
+    racer.join(30)
+    assert drained.is_set() and not errors
+    _assert_exact(db)
+    assert refresh_dirty_groups() >= 1
+    _assert_exact(db)
+    _check_report(db, "acme", "2026-10")

@@ -20,15 +20,16 @@ Sections of a :class:`BillingReport` (money in integer nano-USD, tokens and quan
 
 Where the sums come from (issue 18, "the page stays fast"): not from scanning ``usage_event``, but
 from the billing rollups (``billing_rollup``: enterprise × month × workflow × wallet × provider ×
-model × meter; ``chat_rollup``: enterprise × month × workflow × wallet × chat), which the rollup
-refresh recomputes whole, per (enterprise, workflow, month) group, in the transaction that deletes
-the group's ``rollup_dirty`` mark (:func:`worker.chats.rollups.refresh_billing_rollups`).  A group
-marked dirty (the drain persisted turns in it since its last refresh) is read from ``usage_event``
-instead, so the report is exact to the nano at any moment: in one snapshot a group either has its
-mark (read live) or not (its rollup rows are the sums of its events).  Read the report in one
-REPEATABLE READ snapshot (the ``/billing`` routes do) for marks and rollups to agree.  A dirty group
-of a month past ``settings.usage_retention_months`` (its events dropped) keeps its rollup rows.  Usage
-events written other than by the drain must mark their groups (:func:`worker.chats.rollups.mark_dirty`).
+model × meter; ``chat_rollup``: enterprise × month × workflow × wallet × chat), for every group,
+dirty or not.  The drain adds each batch's sums to them in the transaction that inserts its usage
+events (:data:`worker.ledger.turns._ROLLUPS`), so in any snapshot the rollup rows are exactly the sums
+of the committed events, to the nano; the rollup refresh recomputes a group whole
+(:func:`worker.chats.rollups.refresh_billing_rollups`, under a lock that excludes the drains of the
+group) and is the repair path.  Read the report in one REPEATABLE READ snapshot (the ``/billing``
+routes do) for its sections to agree.  A month past ``settings.usage_retention_months`` (its events
+dropped) keeps its rollup rows.  Usage events written or deleted other than by the drain must have
+their groups' billing rollups recomputed (:func:`worker.chats.rollups.refresh_billing_rollups`, or
+:func:`worker.chats.rollups.mark_dirty` and the beat's refresh) before the report shows them.
 
 Money is formatted only at the edge (:func:`format_usd`, :func:`usd_exact`), with integer arithmetic.
 """
@@ -46,29 +47,25 @@ from sqlalchemy import (
     String,
     Subquery,
     Table,
-    and_,
     func,
     literal,
-    not_,
     select,
     text,
     tuple_,
-    union_all,
 )
 from sqlmodel import Session, col
 
 from models.budget import Budget, BudgetAlert
 from models.chat import ChatSession
 from models.enums import ChatStatus
-from models.rollup import BillingRollup, ChatRollup, RollupDirty
+from models.rollup import BillingRollup, ChatRollup
 from models.turn import UsageEvent
 from models.wallet import Enterprise
 from worker.billing.budgets import THRESHOLDS, crossed
 from worker.db import table_of
 from worker.errors import InputError, InvalidInput
-from worker.periods import past_retention, period_bounds, previous_period
+from worker.periods import period_bounds, previous_period
 from worker.pricing.prices import nanos_to_usd
-from worker.settings import get_settings
 
 #: how many chats :attr:`BillingReport.top_chats` lists at most
 TOP_CHATS = 50
@@ -586,23 +583,6 @@ def _sums(src: Subquery) -> tuple[Any, ...]:
     return tuple(func.sum(src.c[f]) for f in _FIGURES)
 
 
-def dirty_groups(session: Session, enterprise_id: str, periods: Sequence[str]) -> dict[str, list[str]]:
-    """``{period: [workflow, …]}``: the groups of ``enterprise_id`` in ``periods`` marked in
-    ``rollup_dirty`` (their billing rollups may lag their usage events), except in months past
-    ``settings.usage_retention_months`` (their events are dropped: the stored rollups are the record)."""
-    rd = RollupDirty
-    months = get_settings().usage_retention_months
-    out: dict[str, list[str]] = {}
-    for period, workflow in session.execute(
-        select(col(rd.period), col(rd.workflow))
-        .where(col(rd.enterprise_id) == enterprise_id, col(rd.period).in_(list(periods)))
-        .order_by(col(rd.period), col(rd.workflow))
-    ):
-        if not past_retention(period, months):
-            out.setdefault(period, []).append(workflow)
-    return out
-
-
 def _usage_source(
     session: Session,
     enterprise_id: str,
@@ -611,22 +591,19 @@ def _usage_source(
     keys: Sequence[str],
     *,
     chats: bool = False,
-    dirty: dict[str, list[str]] | None = None,
     span: tuple[datetime, datetime] | None = None,
 ) -> Subquery:
     """Rows ``(period, workflow, wallet_id, *keys, <the Figures sums>[, first_at, last_at])`` whose
     sums over any grouping equal the sums of the usage events of ``enterprise_id`` (``wallet_id``'s
     only, if given) in ``periods``: the billing rollup rows (``chat_rollup`` when ``chats``, with the
-    first and last turn) of the groups not marked dirty, plus the dirty groups' events aggregated now
-    (see the module docstring).  ``dirty``: :func:`dirty_groups` when already read.
+    first and last turn; see the module docstring).
 
     ``span`` (aware ``[start, end)``, the page's date range; ``periods`` then one period, the label of
     every row): the usage events of the span aggregated now, whatever their months' rollups."""
     columns = ("period", "workflow", "wallet_id", *keys)
     ue = table_of(UsageEvent)
     if span is not None:
-        return _live_rows(ue, periods[0], columns, chats, enterprise_id, wallet_id, span, None).subquery()
-    dirty = dirty_groups(session, enterprise_id, periods) if dirty is None else dirty
+        return _live_rows(ue, periods[0], columns, chats, enterprise_id, wallet_id, span).subquery()
     rollup = table_of(ChatRollup if chats else BillingRollup)
     extra = ("first_at", "last_at") if chats else ()
     stored = select(*(rollup.c[c] for c in (*columns, *_FIGURES, *extra))).where(
@@ -634,16 +611,7 @@ def _usage_source(
     )
     if wallet_id is not None:
         stored = stored.where(rollup.c.wallet_id == wallet_id)
-    for period, workflows in dirty.items():
-        stored = stored.where(not_(and_(rollup.c.period == period, rollup.c.workflow.in_(workflows))))
-    if not dirty:
-        return stored.subquery()
-    # one SELECT a month: the month is a constant, its partition pruned
-    live = [
-        _live_rows(ue, period, columns, chats, enterprise_id, wallet_id, period_bounds(period), workflows)
-        for period, workflows in dirty.items()
-    ]
-    return union_all(stored, *live).subquery()
+    return stored.subquery()
 
 
 def _live_rows(
@@ -654,10 +622,8 @@ def _live_rows(
     enterprise_id: str,
     wallet_id: str | None,
     bounds: tuple[datetime, datetime],
-    workflows: Sequence[str] | None,
 ) -> Select:
-    """The usage events of ``enterprise_id`` (``wallet_id``'s only, if given; ``workflows`` only, if
-    given) in ``bounds`` (``[start, end)``), aggregated by ``columns`` as :func:`_usage_source`'s rows,
+    """The usage events of ``enterprise_id`` (``wallet_id``'s only, if given) in ``bounds`` (``[start, end)``), aggregated by ``columns`` as :func:`_usage_source`'s rows,
     labelled ``period``."""
     start, end = bounds
     rows = select(
@@ -667,8 +633,6 @@ def _live_rows(
         *(func.sum(ue.c[f]).label(f) for f in _FIGURES[1:]),
         *((func.min(ue.c.occurred_at).label("first_at"), func.max(ue.c.occurred_at).label("last_at")) if chats else ()),
     ).where(ue.c.enterprise_id == enterprise_id, ue.c.occurred_at >= start, ue.c.occurred_at < end)
-    if workflows is not None:
-        rows = rows.where(ue.c.workflow.in_(workflows))
     if wallet_id is not None:
         rows = rows.where(ue.c.wallet_id == wallet_id)
     return rows.group_by(*(ue.c[c] for c in columns[1:]))
@@ -715,10 +679,9 @@ def billing_report(
         raise ReportError(f"enterprise_id: unknown enterprise {enterprise_id!r}", field="enterprise_id")
     periods = [period] if span is not None else history_periods(period)
     # small aggregates of small tables: JIT compiling them costs more than it saves (~150 ms a
-    # statement measured when a dirty month is read from usage_event); this transaction only
+    # statement measured when a month was read from usage_event); this transaction only
     session.execute(text("SET LOCAL jit = off"))
-    dirty = dirty_groups(session, enterprise_id, periods) if span is None else {}
-    sums = _period_sums(session, enterprise_id, wallet_id, periods, dirty, span=span)
+    sums = _period_sums(session, enterprise_id, wallet_id, periods, span=span)
     lines = [  # in PostgreSQL's order of provider, model, meter (its collation, as the exports were)
         Line(provider, model, meter, figures)
         for (p, provider, model, meter), figures in sums.lines.items()
@@ -742,8 +705,7 @@ def billing_report(
     top: list[ChatCost] = []
     generated_at = (now or datetime.now(UTC)).astimezone(UTC)
     if detail:
-        in_period = {period: dirty[period]} if period in dirty else {}
-        chats_in_period, top = _top_chats(session, enterprise_id, wallet_id, period, in_period, generated_at, span=span)
+        chats_in_period, top = _top_chats(session, enterprise_id, wallet_id, period, generated_at, span=span)
     return BillingReport(
         enterprise_id=enterprise_id,
         enterprise_name=enterprise.name,
@@ -781,14 +743,11 @@ def _period_sums(
     enterprise_id: str,
     wallet_id: str | None,
     periods: list[str],
-    dirty: dict[str, list[str]],
     span: tuple[datetime, datetime] | None = None,
 ) -> _PeriodSums:
     """Every sum the report needs of ``periods`` (its month and the history's) in one statement over
-    :func:`_usage_source` (``GROUPING SETS``: the dirty groups' events are read once)."""
-    src = _usage_source(
-        session, enterprise_id, wallet_id, periods, ("provider", "model", "meter"), dirty=dirty, span=span
-    )
+    :func:`_usage_source` (``GROUPING SETS``: the rollup rows, or a span's events, are read once)."""
+    src = _usage_source(session, enterprise_id, wallet_id, periods, ("provider", "model", "meter"), span=span)
     line_keys = (src.c.period, src.c.provider, src.c.model, src.c.meter)
     # grouping(wallet_id, workflow): 3 = a line, 1 = a wallet, 2 = a workflow
     which = func.grouping(src.c.wallet_id, src.c.workflow)
@@ -878,11 +837,10 @@ def _top_chats(
     enterprise_id: str,
     wallet_id: str | None,
     period: str,
-    dirty: dict[str, list[str]],
     now: datetime,
     span: tuple[datetime, datetime] | None = None,
 ) -> tuple[int, list[ChatCost]]:
-    src = _usage_source(session, enterprise_id, wallet_id, [period], ("chat_id",), chats=True, dirty=dirty, span=span)
+    src = _usage_source(session, enterprise_id, wallet_id, [period], ("chat_id",), chats=True, span=span)
     cost = func.sum(src.c.cost_nanos)
     # the chats of the period counted before LIMIT (a window over the grouped rows): one statement
     found = session.execute(

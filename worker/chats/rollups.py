@@ -5,7 +5,8 @@ A rollup is the seed's ``mon_{enterprise_id}_{workflow_name}`` document, stored 
 recomputed *whole* from the ``usage_event`` rows of its period (SQL aggregates), never added to
 incrementally, so refreshing a group any number of times yields the same row.  The same refresh
 recomputes the group's ``billing_rollup`` and ``chat_rollup`` rows (:func:`refresh_billing_rollups`),
-which the ``/billing`` report reads for every group not marked dirty.
+which the drain otherwise keeps incrementally (:data:`worker.ledger.turns._ROLLUPS`) and the
+``/billing`` report reads for every group: the recompute is their repair path.
 
 How a rollup stays current:
 
@@ -24,6 +25,13 @@ Concurrency, in READ COMMITTED (PostgreSQL's default):
 - each group is refreshed under a transaction-scoped advisory lock taken *before* its aggregates are
   read, so of two refreshes of one group the one that commits last also read last: an older
   snapshot never overwrites a newer one.  Groups are locked in sorted order (no deadlocks).
+- the drain holds the *shared* lock of the same key for every group of its batch (sorted order,
+  until it commits) while it adds the batch's sums to ``billing_rollup`` / ``chat_rollup``.  A
+  refresh's exclusive lock therefore waits for every drain that has added to the group to commit, and
+  its statements (each with a new READ COMMITTED snapshot, taken after the lock) read those drains'
+  events; a drain that comes later waits for the refresh to commit and adds its sums to the
+  recomputed rows.  A refresh must run in READ COMMITTED: a REPEATABLE READ snapshot taken before
+  the lock could miss a drain's events that its rows already count.
 
 ``refreshed_at`` is bumped only when the stored document or totals change: a refresh that finds
 nothing new writes nothing at all.
@@ -123,7 +131,9 @@ def _iso(when: datetime | None) -> str | None:
 
 
 def _lock_group(session: Session, enterprise_id: str, workflow: str, period: str) -> None:
-    """Serialize refreshes of one group until the transaction ends (see the module docstring)."""
+    """Serialize refreshes of one group until the transaction ends, and exclude the drains adding to
+    it (they take the shared lock of this key: ``worker.ledger.turns._ROLLUPS``; see the module
+    docstring)."""
     session.execute(
         text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
         {"key": f"tollgate:rollup:{enterprise_id}\x1f{workflow}\x1f{period}"},
@@ -353,9 +363,14 @@ def refresh_billing_rollups(session: Session, enterprise_id: str, workflow: str,
     (per wallet × chat, with first and last turn) rows of one group from its usage events: the same
     group and the same transaction as its ``workflow_rollup`` (:func:`refresh_rollup` calls this), so
     a group without a ``rollup_dirty`` mark has billing rollups equal, to the nano, to the sums of its
-    events.  Writes only rows whose figures changed; deletes rows whose events are gone.  Does not
-    commit.  Raises ValueError naming ``enterprise_id``, ``workflow`` or ``period``."""
+    events.  Writes only rows whose figures changed; deletes rows whose events are gone.  Takes the
+    group's exclusive advisory lock first (:func:`_lock_group`; again if :func:`refresh_rollup` did),
+    so no drain adds to the group between the read of its events and this transaction's commit (see
+    the module docstring); run it in READ COMMITTED.  The repair path for usage events written or
+    deleted other than by the drain.  Does not commit.  Raises ValueError naming ``enterprise_id``,
+    ``workflow`` or ``period``."""
     start, end = _check_group(enterprise_id, workflow, period)
+    _lock_group(session, enterprise_id, workflow, period)
     params = {"e": enterprise_id, "w": workflow, "p": period, "s": start, "t": end}
     session.execute(text(_BILLING_ROLLUP), params)
     session.execute(text(_CHAT_ROLLUP), params)

@@ -407,8 +407,69 @@ _LEDGER = (
     "SELECT wallet_id, enterprise_id, workflow, to_char(month, 'YYYY-MM') FROM g "
     "GROUP BY wallet_id, enterprise_id, workflow, month ORDER BY 1, 2, 3, 4 "
     "ON CONFLICT (wallet_id, enterprise_id, workflow, period) DO UPDATE SET touched_at = now()) "
-    "SELECT 'p', enterprise_id, chat_id, wallet_id, reason, needed_nanos FROM opened "
+    "SELECT 'p' AS notice, enterprise_id, chat_id, wallet_id, reason, needed_nanos FROM opened "
     "UNION ALL SELECT 'r', enterprise_id, chat_id, wallet_id, NULL, balance_nanos FROM closed"
+)
+
+
+#: the billing rollups' sums (``models.rollup.RollupFigures``; ``events`` is ``count(*)``), as
+#: :data:`worker.chats.rollups.BILLING_FIGURES` recomputes them
+_FIGURES = (
+    "quantity",
+    "prompt_tokens",
+    "cached_prompt_tokens",
+    "completion_tokens",
+    "cost_nanos",
+    "billed_nanos",
+    "creator_share_nanos",
+    "platform_fee_nanos",
+)
+
+_PERIOD = "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM')"
+
+
+def _rollup_upsert(table: str, keys: tuple[str, ...], extra: tuple[tuple[str, str, str], ...] = ()) -> str:
+    """One statement adding the fresh staged rows' sums, grouped by (enterprise_id, period, workflow,
+    *keys), to ``table`` (``ON CONFLICT DO UPDATE SET x = r.x + excluded.x``), rows inserted (so
+    locked) in key order.  ``extra``: (column, aggregate, how it merges with the stored value)."""
+    cols = ("enterprise_id", "period", "workflow", *keys)
+    figures = ("events", *_FIGURES, *(c for c, _, _ in extra))
+    aggs = ("count(*)", *(f"sum({c})" for c in _FIGURES), *(a for _, a, _ in extra))
+    group = ", ".join(str(i + 1) for i in range(len(cols)))
+    return (
+        f"INSERT INTO {table} AS r ({', '.join(cols)}, {', '.join(figures)}) "
+        f"SELECT enterprise_id, {_PERIOD}, workflow, {', '.join(keys)}, {', '.join(aggs)} "
+        # in key order (the staged text columns are COLLATE "C"; the period is digits and '-')
+        f"FROM {STAGE} WHERE fresh GROUP BY {group} ORDER BY {group} "
+        f"ON CONFLICT ({', '.join(cols)}) DO UPDATE SET "
+        + ", ".join(f"{c} = r.{c} + excluded.{c}" for c in ("events", *_FIGURES))
+        + "".join(f", {c} = {merge}(r.{c}, excluded.{c})" for c, _, merge in extra)
+    )
+
+
+#: The billing rollups (``billing_rollup``, ``chat_rollup``) of the fresh rows, kept incrementally in
+#: the drain's transaction (issue 18: the ``/billing`` report reads them for every group, never the
+#: events).  First the shared advisory lock of every (enterprise_id, workflow, month) group of the
+#: batch, in sorted order, held until commit (the key :func:`worker.chats.rollups._lock_group`'s
+#: exclusive lock takes): a refresh recomputing a group from ``usage_event``
+#: (:func:`worker.chats.rollups.refresh_billing_rollups`) takes that lock before its statements read
+#: the events, so it either waits for this drain's commit and reads its rows, or runs first and this
+#: drain adds its sums to the refreshed rows after it commits: nothing counted twice or lost.  Taken
+#: after the ``rollup_dirty`` upsert (:data:`_LEDGER`), so a drain never holds a group's lock while
+#: it waits for a mark that a refresh deleting it holds.  Then the two upserts, each statement's rows
+#: locked in key order, ``billing_rollup`` before ``chat_rollup`` in every drain (no deadlock).
+_ROLLUPS = (
+    "SELECT count(pg_advisory_xact_lock_shared(hashtextextended(k, 0))) FROM ("
+    "SELECT 'tollgate:rollup:' || enterprise_id || chr(31) || workflow || chr(31) || period AS k FROM ("
+    f"SELECT DISTINCT enterprise_id, workflow, {_PERIOD} AS period FROM {STAGE} WHERE fresh) g "
+    'ORDER BY enterprise_id COLLATE "C", workflow COLLATE "C", period COLLATE "C") s;\n'
+    + _rollup_upsert("billing_rollup", ("wallet_id", "provider", "model", "meter"))
+    + ";\n"
+    + _rollup_upsert(
+        "chat_rollup",
+        ("wallet_id", "chat_id"),
+        (("first_at", "min(occurred_at)", "least"), ("last_at", "max(occurred_at)", "greatest")),
+    )
 )
 
 
@@ -436,7 +497,8 @@ def _psycopg(session: Session) -> psycopg.Connection:
 
 def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistResult:
     """Insert usage events and add only the rows actually inserted to the wallet ledger, chat
-    sessions, per-agent usage, paused-chat records and rollup / budget dirty marks.
+    sessions, per-agent usage, paused-chat records, rollup / budget dirty marks and the billing
+    rollups (:data:`_ROLLUPS`).
 
     ``rows`` are dicts with the keys of :data:`USAGE_COLUMNS` (money in nano-USD, ``occurred_at``
     an aware datetime).  A turn is its turn_id in its scope, the (enterprise_id, wallet_id) pair
@@ -446,7 +508,8 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
     How: the batch (first copy of each turn) is COPied, binary, into a TEMP staging table
     (:data:`STAGE`, emptied at commit); then one multi-statement round trip inserts
     ``usage_turn_key`` ``ON CONFLICT DO NOTHING``, the ``usage_event`` rows of the keys inserted
-    (:data:`_INSERT_USAGE`) and aggregates those rows into the ledger (:data:`_LEDGER`).  Rows are
+    (:data:`_INSERT_USAGE`) and aggregates those rows into the ledger (:data:`_LEDGER`) and the
+    billing rollups (:data:`_ROLLUPS`).  Rows are
     locked in a fixed order, so concurrent drains do not deadlock.  The caller commits (a rollback discards the
     staged rows too).  Raises whatever PostgreSQL raises (the session must then be rolled back).
     """
@@ -466,14 +529,15 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
             for i, r in enumerate(unique):
                 copy.write_row((i, chat_order(r["outbox_id"]), *_stage_values(r)))
         # one round trip: the usage rows, then the ledger of the fresh ones (a no-op without any)
-        cur.execute(_INSERT_USAGE.replace("{staged}", str(len(unique))) + ";\n" + _LEDGER)
+        cur.execute(_INSERT_USAGE.replace("{staged}", str(len(unique))) + ";\n" + _LEDGER + ";\n" + _ROLLUPS)
         summary = cur.fetchone()
         if summary is None:  # the INSERT statement always returns its one summary row
             raise RuntimeError("the staged INSERT returned no summary row")
         inserted, stale = summary
-        while cur.nextset():
-            pass
-        notices = cur.fetchall()
+        notices: list[tuple[Any, ...]] = []
+        while cur.nextset():  # the notices: the result whose first column is ``notice``
+            if cur.description is not None and cur.description[0].name == "notice":
+                notices = cur.fetchall()
     if stale:
         stale_keys = {turn_key_of(unique[i]) for i in stale}
         inserted_ids = {k for k in first if k not in stale_keys}
