@@ -273,15 +273,18 @@ def test_a_group_whose_events_are_gone_loses_its_rollup_rows(db, gate, redis_cli
     seed_wallet(gate, "w2", "acme", "owner-2", 10**15)
     _record_and_drain(gate, redis_client, settings, _first_turns())
     refresh_dirty_groups()
-    with db.begin() as conn:  # as a repair would: rows gone, their group marked
+    with db.begin() as conn:  # rows deleted other than by the drain (a hand-made repair)
         conn.execute(text("DELETE FROM usage_event WHERE chat_id = 'c1' OR meter = 'emails'"))
-        conn.execute(
-            text("INSERT INTO rollup_dirty (enterprise_id, workflow, period) VALUES ('acme', 'support', '2026-10'), "
-                 "('acme', 'research', '2026-10'), ('acme', 'support', '2026-11'), ('acme', 'research', '2026-11')")
-        )  # fmt: skip
-    # rows deleted other than by the drain: the rollups count them until the groups are refreshed
+    # the rollups count them until the groups are repaired; the beat's refresh does not touch them
     assert _stored_billing(db) != _expected_billing(db)
     refresh_dirty_groups()
+    assert _stored_billing(db) != _expected_billing(db)
+    from worker.chats.rollups import refresh_billing_rollups
+
+    with session_scope() as s:
+        for workflow in ("research", "support"):
+            for period in ("2026-10", "2026-11"):
+                refresh_billing_rollups(s, "acme", workflow, period)
     assert _stored_billing(db) == _expected_billing(db)
     assert _stored_chats(db) == _expected_chats(db)
     assert not any(r[4] == "c1" for r in _stored_chats(db))
@@ -381,11 +384,11 @@ def _wait_for_lock_wait(db, timeout: float = 10.0) -> None:
 
 def test_a_refresh_racing_a_drain_leaves_the_rollups_exact(db, gate, redis_client, settings):
     """Two connections.  (1) A drain has inserted its events and added its sums but not committed;
-    a refresh of its group starts, waits for the drain's commit (the drain's shared lock), then reads
-    its events: exact.  (2) A refresh has read the events and written its rows but not committed; a
+    a billing repair of its group starts, waits for the drain's commit (the drain's shared lock), then reads
+    its events: exact.  (2) A repair has read the events and written its rows but not committed; a
     drain of the group inserts its events, then waits for the refresh to commit before it adds its
     sums (the refresh's exclusive lock): exact."""
-    from worker.chats.rollups import refresh_rollup
+    from worker.chats.rollups import refresh_billing_rollups
     from worker.ledger.turns import persist_turns
 
     seed_wallet(gate, "w1", "acme", "owner-1", 10**15)
@@ -404,7 +407,7 @@ def test_a_refresh_racing_a_drain_leaves_the_rollups_exact(db, gate, redis_clien
     def refresh() -> None:
         try:
             with session_scope() as s:
-                refresh_rollup(s, *group)
+                refresh_billing_rollups(s, *group)
             refreshed.set()
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
@@ -435,7 +438,7 @@ def test_a_refresh_racing_a_drain_leaves_the_rollups_exact(db, gate, redis_clien
             errors.append(e)
 
     with session_scope() as refresh_session:
-        refresh_rollup(refresh_session, *group)
+        refresh_billing_rollups(refresh_session, *group)
         racer = threading.Thread(target=drain)
         racer.start()
         _wait_for_lock_wait(db)

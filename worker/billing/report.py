@@ -23,13 +23,13 @@ from the billing rollups (``billing_rollup``: enterprise × month × workflow ×
 model × meter; ``chat_rollup``: enterprise × month × workflow × wallet × chat), for every group,
 dirty or not.  The drain adds each batch's sums to them in the transaction that inserts its usage
 events (:data:`worker.ledger.turns._ROLLUPS`), so in any snapshot the rollup rows are exactly the sums
-of the committed events, to the nano; the rollup refresh recomputes a group whole
+of the committed events, to the nano; recomputing a group whole
 (:func:`worker.chats.rollups.refresh_billing_rollups`, under a lock that excludes the drains of the
-group) and is the repair path.  Read the report in one REPEATABLE READ snapshot (the ``/billing``
+group) is the repair path, never run by the beat.  Read the report in one REPEATABLE READ snapshot (the ``/billing``
 routes do) for its sections to agree.  A month past ``settings.usage_retention_months`` (its events
 dropped) keeps its rollup rows.  Usage events written or deleted other than by the drain must have
-their groups' billing rollups recomputed (:func:`worker.chats.rollups.refresh_billing_rollups`, or
-:func:`worker.chats.rollups.mark_dirty` and the beat's refresh) before the report shows them.
+their groups' billing rollups recomputed (:func:`worker.chats.rollups.refresh_billing_rollups`)
+before the report shows them.
 
 Money is formatted only at the edge (:func:`format_usd`, :func:`usd_exact`), with integer arithmetic.
 """

@@ -3,10 +3,12 @@
 A rollup is the seed's ``mon_{enterprise_id}_{workflow_name}`` document, stored in
 ``workflow_rollup`` (JSONB, money in integer nano-USD) together with typed totals.  It is always
 recomputed *whole* from the ``usage_event`` rows of its period (SQL aggregates), never added to
-incrementally, so refreshing a group any number of times yields the same row.  The same refresh
-recomputes the group's ``billing_rollup`` and ``chat_rollup`` rows (:func:`refresh_billing_rollups`),
-which the drain otherwise keeps incrementally (:data:`worker.ledger.turns._ROLLUPS`) and the
-``/billing`` report reads for every group: the recompute is their repair path.
+incrementally, so refreshing a group any number of times yields the same row.  The group's
+``billing_rollup`` and ``chat_rollup`` rows, which the ``/billing`` report reads for every group, are
+the other way round: the drain adds each batch to them in the transaction that inserts its events
+(:data:`worker.ledger.turns._ROLLUPS`), so they are exact at every commit; recomputing them from the
+events (:func:`refresh_billing_rollups`) is only the repair path for events written or deleted other
+than by the drain, and the beat never runs it (it would make the group's drains wait).
 
 How a rollup stays current:
 
@@ -25,13 +27,15 @@ Concurrency, in READ COMMITTED (PostgreSQL's default):
 - each group is refreshed under a transaction-scoped advisory lock taken *before* its aggregates are
   read, so of two refreshes of one group the one that commits last also read last: an older
   snapshot never overwrites a newer one.  Groups are locked in sorted order (no deadlocks).
-- the drain holds the *shared* lock of the same key for every group of its batch (sorted order,
-  until it commits) while it adds the batch's sums to ``billing_rollup`` / ``chat_rollup``.  A
-  refresh's exclusive lock therefore waits for every drain that has added to the group to commit, and
-  its statements (each with a new READ COMMITTED snapshot, taken after the lock) read those drains'
-  events; a drain that comes later waits for the refresh to commit and adds its sums to the
-  recomputed rows.  A refresh must run in READ COMMITTED: a REPEATABLE READ snapshot taken before
-  the lock could miss a drain's events that its rows already count.
+- the drain holds the *shared* lock of another key (``tollgate:billing-rollup:…``) for every group
+  of its batch (sorted order, until it commits) while it adds the batch's sums to ``billing_rollup``
+  / ``chat_rollup``.  A billing repair (:func:`refresh_billing_rollups`) takes that key's exclusive
+  lock, so it waits for every drain that has added to the group to commit, and its statements (each
+  with a new READ COMMITTED snapshot, taken after the lock) read those drains' events; a drain that
+  comes later waits for the repair to commit and adds its sums to the recomputed rows.  A repair
+  must run in READ COMMITTED: a REPEATABLE READ snapshot taken before the lock could miss a drain's
+  events that its rows already count.  The workflow refresh takes only its own key: it never waits
+  for a drain and no drain waits for it.
 
 ``refreshed_at`` is bumped only when the stored document or totals change: a refresh that finds
 nothing new writes nothing at all.
@@ -131,12 +135,21 @@ def _iso(when: datetime | None) -> str | None:
 
 
 def _lock_group(session: Session, enterprise_id: str, workflow: str, period: str) -> None:
-    """Serialize refreshes of one group until the transaction ends, and exclude the drains adding to
-    it (they take the shared lock of this key: ``worker.ledger.turns._ROLLUPS``; see the module
-    docstring)."""
+    """Serialize refreshes of one group's workflow rollup until the transaction ends (see the module
+    docstring; drains do not take this key)."""
     session.execute(
         text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
         {"key": f"tollgate:rollup:{enterprise_id}\x1f{workflow}\x1f{period}"},
+    )
+
+
+def _lock_billing(session: Session, enterprise_id: str, workflow: str, period: str) -> None:
+    """Exclude, until the transaction ends, the drains adding to one group's billing rollups (they take
+    the shared lock of this key: ``worker.ledger.turns._ROLLUPS``) and other repairs of it.  Not the
+    workflow refresh's key (:func:`_lock_group`): the beat's refreshes never make a drain wait."""
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": f"tollgate:billing-rollup:{enterprise_id}\x1f{workflow}\x1f{period}"},
     )
 
 
@@ -360,17 +373,16 @@ _CHAT_ROLLUP = _billing_rollup_sql(
 
 def refresh_billing_rollups(session: Session, enterprise_id: str, workflow: str, period: str) -> None:
     """Recompute the ``billing_rollup`` (per wallet × provider × model × meter) and ``chat_rollup``
-    (per wallet × chat, with first and last turn) rows of one group from its usage events: the same
-    group and the same transaction as its ``workflow_rollup`` (:func:`refresh_rollup` calls this), so
-    a group without a ``rollup_dirty`` mark has billing rollups equal, to the nano, to the sums of its
-    events.  Writes only rows whose figures changed; deletes rows whose events are gone.  Takes the
-    group's exclusive advisory lock first (:func:`_lock_group`; again if :func:`refresh_rollup` did),
-    so no drain adds to the group between the read of its events and this transaction's commit (see
+    (per wallet × chat, with first and last turn) rows of one group from its usage events.  The drain
+    keeps these rows exact at every commit (:data:`worker.ledger.turns._ROLLUPS`); this is the repair
+    path for events written or deleted other than by the drain (a hand-made repair, tests' seeds), and
+    the beat never runs it.  Writes only rows whose figures changed; deletes rows whose events are
+    gone.  Takes the group's exclusive billing lock first (:func:`_lock_billing`), so no drain adds to the group between the read of its events and this transaction's commit (see
     the module docstring); run it in READ COMMITTED.  The repair path for usage events written or
     deleted other than by the drain.  Does not commit.  Raises ValueError naming ``enterprise_id``,
     ``workflow`` or ``period``."""
     start, end = _check_group(enterprise_id, workflow, period)
-    _lock_group(session, enterprise_id, workflow, period)
+    _lock_billing(session, enterprise_id, workflow, period)
     params = {"e": enterprise_id, "w": workflow, "p": period, "s": start, "t": end}
     session.execute(text(_BILLING_ROLLUP), params)
     session.execute(text(_CHAT_ROLLUP), params)
@@ -382,7 +394,8 @@ def refresh_rollup(session: Session, enterprise_id: str, workflow: str, period: 
     The group is ``enterprise_id`` × ``workflow`` × ``period`` (``'YYYY-MM'``, UTC); its dirty mark,
     if present and not held by another transaction, is consumed.  The document is
     :func:`build_document`'s; the typed columns hold the same totals (turns, sessions, tokens,
-    ``cost_nanos``); the group's billing rollups are recomputed too (:func:`refresh_billing_rollups`).  Deterministic: a second refresh with no new turns writes nothing, not even
+    ``cost_nanos``); the group's billing rollups are the drain's (:func:`refresh_billing_rollups` repairs
+    them).  Deterministic: a second refresh with no new turns writes nothing, not even
     ``refreshed_at`` (bumped only when the document or totals change).  A group without turns is
     stored as a rollup of zeros.  A period past ``settings.usage_retention_months`` keeps its stored
     rollup (its events are dropped; a late turn there must not shrink it).  Does not commit.
@@ -398,7 +411,6 @@ def refresh_rollup(session: Session, enterprise_id: str, workflow: str, period: 
         if kept is not None:
             return kept
     document, totals = _compute(session, enterprise_id, workflow, period)
-    refresh_billing_rollups(session, enterprise_id, workflow, period)
     values = {
         "enterprise_id": enterprise_id,
         "workflow": workflow,

@@ -450,17 +450,18 @@ def _rollup_upsert(table: str, keys: tuple[str, ...], extra: tuple[tuple[str, st
 #: The billing rollups (``billing_rollup``, ``chat_rollup``) of the fresh rows, kept incrementally in
 #: the drain's transaction (issue 18: the ``/billing`` report reads them for every group, never the
 #: events).  First the shared advisory lock of every (enterprise_id, workflow, month) group of the
-#: batch, in sorted order, held until commit (the key :func:`worker.chats.rollups._lock_group`'s
-#: exclusive lock takes): a refresh recomputing a group from ``usage_event``
-#: (:func:`worker.chats.rollups.refresh_billing_rollups`) takes that lock before its statements read
-#: the events, so it either waits for this drain's commit and reads its rows, or runs first and this
-#: drain adds its sums to the refreshed rows after it commits: nothing counted twice or lost.  Taken
+#: batch, in sorted order, held until commit (the key :func:`worker.chats.rollups._lock_billing`'s
+#: exclusive lock takes; not the workflow refresh's, so the beat never makes a drain wait): a repair
+#: recomputing a group from ``usage_event`` (:func:`worker.chats.rollups.refresh_billing_rollups`)
+#: takes that lock before its statements read the events, so it either waits for this drain's commit
+#: and reads its rows, or runs first and this drain adds its sums to the repaired rows after it
+#: commits: nothing counted twice or lost.  Taken
 #: after the ``rollup_dirty`` upsert (:data:`_LEDGER`), so a drain never holds a group's lock while
 #: it waits for a mark that a refresh deleting it holds.  Then the two upserts, each statement's rows
 #: locked in key order, ``billing_rollup`` before ``chat_rollup`` in every drain (no deadlock).
 _ROLLUPS = (
     "SELECT count(pg_advisory_xact_lock_shared(hashtextextended(k, 0))) FROM ("
-    "SELECT 'tollgate:rollup:' || enterprise_id || chr(31) || workflow || chr(31) || period AS k FROM ("
+    "SELECT 'tollgate:billing-rollup:' || enterprise_id || chr(31) || workflow || chr(31) || period AS k FROM ("
     f"SELECT DISTINCT enterprise_id, workflow, {_PERIOD} AS period FROM {STAGE} WHERE fresh) g "
     'ORDER BY enterprise_id COLLATE "C", workflow COLLATE "C", period COLLATE "C") s;\n'
     + _rollup_upsert("billing_rollup", ("wallet_id", "provider", "model", "meter"))
