@@ -138,7 +138,7 @@ def main() -> None:
 
     from api_stub.app import create_app
     from worker.access.apikeys import create_key
-    from worker.chats.rollups import refresh_rollup
+    from worker.chats.rollups import refresh_billing_rollups, refresh_rollup
     from worker.db import engine_for, session_scope
     from worker.ledger.migrate import recreate_database
 
@@ -157,6 +157,7 @@ def main() -> None:
             for w in range(5):
                 for p in MONTHS:
                     refresh_rollup(session, "big", f"wf-{w}", p)
+                    refresh_billing_rollups(session, "big", f"wf-{w}", p)  # events seeded past the drain
         key = create_key(session, role="owner", enterprise_id="big")
     with engine.connect() as conn:
         events = conn.execute(text("SELECT count(*) FROM usage_event WHERE enterprise_id = 'big'")).scalar_one()
