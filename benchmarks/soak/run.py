@@ -382,7 +382,9 @@ def summarize(step: Step, samples: list[dict], baseline: dict, final: dict, exac
         "rate_asked": step.rate,
         "seconds": round(seconds, 1),
         "turns_new": sent,
-        "rate_achieved": sent / max(step.duration, 1e-9),
+        # over the seconds the drivers really took: a driver that fell behind sent the step's turns
+        # late, so the asked duration would overstate the rate it held
+        "rate_achieved": sent / max(seconds, step.duration, 1e-9),
         "driver_behind_max_s": max((d["behind_max_s"] for d in step.drivers), default=0.0),
         "driver_counts": {
             k: sum(d[k] for d in step.drivers)
