@@ -43,10 +43,8 @@ from zlib import crc32
 
 from sqlalchemy import (
     ColumnElement,
-    Select,
     String,
     Subquery,
-    Table,
     func,
     literal,
     select,
@@ -602,8 +600,21 @@ def _usage_source(
     every row): the usage events of the span aggregated now, whatever their months' rollups."""
     columns = ("period", "workflow", "wallet_id", *keys)
     ue = table_of(UsageEvent)
-    if span is not None:
-        return _live_rows(ue, periods[0], columns, chats, enterprise_id, wallet_id, span).subquery()
+    if span is not None:  # the span's events, grouped as the rollup rows are
+        keys_ = [ue.c[c] for c in columns[1:]]
+        first_last = (func.min(ue.c.occurred_at).label("first_at"), func.max(ue.c.occurred_at).label("last_at"))
+        return (
+            select(
+                literal(periods[0], String).label("period"),
+                *keys_,
+                func.count().label("events"),
+                *(func.sum(ue.c[f]).label(f) for f in _FIGURES[1:]),
+                *(first_last if chats else ()),
+            )
+            .where(*_scope(enterprise_id, wallet_id, *span))
+            .group_by(*keys_)
+            .subquery()
+        )
     rollup = table_of(ChatRollup if chats else BillingRollup)
     extra = ("first_at", "last_at") if chats else ()
     stored = select(*(rollup.c[c] for c in (*columns, *_FIGURES, *extra))).where(
@@ -612,30 +623,6 @@ def _usage_source(
     if wallet_id is not None:
         stored = stored.where(rollup.c.wallet_id == wallet_id)
     return stored.subquery()
-
-
-def _live_rows(
-    ue: Table,
-    period: str,
-    columns: Sequence[str],
-    chats: bool,
-    enterprise_id: str,
-    wallet_id: str | None,
-    bounds: tuple[datetime, datetime],
-) -> Select:
-    """The usage events of ``enterprise_id`` (``wallet_id``'s only, if given) in ``bounds`` (``[start, end)``), aggregated by ``columns`` as :func:`_usage_source`'s rows,
-    labelled ``period``."""
-    start, end = bounds
-    rows = select(
-        literal(period, String).label("period"),
-        *(ue.c[c] for c in columns[1:]),
-        func.count().label("events"),
-        *(func.sum(ue.c[f]).label(f) for f in _FIGURES[1:]),
-        *((func.min(ue.c.occurred_at).label("first_at"), func.max(ue.c.occurred_at).label("last_at")) if chats else ()),
-    ).where(ue.c.enterprise_id == enterprise_id, ue.c.occurred_at >= start, ue.c.occurred_at < end)
-    if wallet_id is not None:
-        rows = rows.where(ue.c.wallet_id == wallet_id)
-    return rows.group_by(*(ue.c[c] for c in columns[1:]))
 
 
 def _figures(values) -> Figures:

@@ -151,9 +151,16 @@ def check_client_key(idempotency_key: str) -> None:
 
 
 def record_credit(
-    session: Session, *, wallet_id: str, amount_nanos: int, idempotency_key: str, description: str = ""
+    session: Session,
+    *,
+    wallet_id: str,
+    amount_nanos: int,
+    idempotency_key: str,
+    description: str = "",
+    system_key: bool = False,
 ) -> bool:
     """Add a credit entry to the ledger once per ``idempotency_key``; returns True if it was new.
+    A key with a system prefix is refused unless ``system_key`` (:func:`check_client_key`).
 
     Raises: LedgerError for a non-positive amount (``amount_nanos``) or unknown ``wallet_id``, or
     text ``models.validation`` refuses (ids, ``idempotency_key``, ``description``), naming the field.
@@ -163,12 +170,12 @@ def record_credit(
             f"amount_nanos must be an integer of nano-USD in 1..2^62, got {amount_nanos!r}", field="amount_nanos"
         )
     _check_credit_text(wallet_id, idempotency_key, description)
-    if not idempotency_key or len(idempotency_key) > 200 or idempotency_key.startswith(RESERVED_KEY_PREFIX):
+    if not idempotency_key or len(idempotency_key) > 200:
         raise LedgerError(
-            f"idempotency_key must be 1..200 characters not starting with {RESERVED_KEY_PREFIX!r}, "
-            f"got {idempotency_key!r}",
-            field="idempotency_key",
+            f"idempotency_key must be 1..200 characters, got {idempotency_key!r}", field="idempotency_key"
         )
+    if not system_key:
+        check_client_key(idempotency_key)
     if session.get(Wallet, wallet_id) is None:
         raise LedgerError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
     inserted = session.execute(
@@ -240,7 +247,7 @@ def credit_wallet(
     """
     _check_credit_text(wallet_id, idempotency_key, description)
     if not system_key:
-        check_client_key(idempotency_key)
+        check_client_key(idempotency_key)  # before the gate is read, as record_credit would refuse it
     gate.balance(wallet_id)  # UnknownWallet before anything is written
     new = record_credit(
         session,
@@ -248,6 +255,7 @@ def credit_wallet(
         amount_nanos=amount_nanos,
         idempotency_key=idempotency_key,
         description=description,
+        system_key=system_key,
     )
     entry = session.execute(
         select(WalletTransaction).where(col(WalletTransaction.idempotency_key) == idempotency_key)
