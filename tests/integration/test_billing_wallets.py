@@ -14,6 +14,7 @@ from pypdf import PdfReader
 from sqlalchemy import text
 
 from tests.billing_seed import seed
+from worker.billing.attention import attention
 from worker.billing.report import round_cents
 from worker.billing.statement import LEDGER_PAGE_SIZE, MAX_WALLETS, ledger_page, wallet_statements, wallet_totals
 from worker.db import session_scope
@@ -114,6 +115,47 @@ def test_the_displayed_cents_add_up_where_rounding_alone_would_not(seeded, db):
         979,
     )
     assert carol.displayed() == {"opening": 878, "credits": 101, "debits": 0, "closing": 979}
+
+
+@pytest.mark.parametrize(
+    ("mode", "limited", "balance_nanos", "expected"),
+    [
+        ("production", True, -1, "exhausted"),
+        ("production", True, 0, "exhausted"),
+        ("trial", True, -5, "exhausted"),
+        ("production", True, 1, "active"),  # one nano left still runs
+        ("production", False, -1_000, "active"),  # unlimited: may overdraw, nothing stops
+        ("development", True, -1_000, "active"),  # a mode that never debits stops nothing
+        ("track_only", True, -1_000, "active"),
+    ],
+)
+def test_a_dry_wallet_reads_exhausted_even_before_a_chat_is_paused(seeded, db, mode, limited, balance_nanos, expected):
+    # w-bob has no paused chat: the state column must still say it has run dry (the attention feed
+    # lists the same wallets as exhausted)
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE wallet SET mode = :mode, limited = :limited, debits_nanos = credits_nanos - :balance "
+                "WHERE id = 'w-bob'"
+            ),
+            dict(mode=mode, limited=limited, balance=balance_nanos),
+        )
+    ((paused,),) = _sql(db, "SELECT count(*) FROM chat_session WHERE wallet_id = 'w-bob' AND status = 'paused'")
+    assert paused == 0
+    with session_scope() as session:
+        [bob] = wallet_statements(session, enterprise_id="acme", period="2026-11", wallet_id="w-bob")
+        feed = attention(session, enterprise_id="acme", period="2026-11", detail=True)
+    assert (bob.balance_nanos, bob.state) == (balance_nanos, expected)
+    listed = {a.subject for a in feed.alerts if a.reason == "exhausted"}
+    assert ("w-bob" in listed) is (expected == "exhausted")
+
+
+def test_blocked_wins_over_exhausted(seeded, db):
+    with db.begin() as conn:
+        conn.execute(text("UPDATE wallet SET limited = true, debits_nanos = credits_nanos + 1 WHERE id = 'w-carol'"))
+    with session_scope() as session:
+        [carol] = wallet_statements(session, enterprise_id="acme", period="2026-11", wallet_id="w-carol")
+    assert (carol.state, carol.blocked_reason, carol.balance_nanos) == ("blocked", "budget_exceeded", -1)
 
 
 def test_the_ledger_is_paged_newest_first_and_scoped(seeded, db):

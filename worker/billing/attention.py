@@ -54,6 +54,7 @@ from models.reconcile import ReconciliationRun, WalletDrift
 from models.turn import DeadLetter, UsageEvent
 from models.wallet import Wallet
 from worker.billing.report import CENT_NANOS, format_cents, validate_period
+from worker.billing.statement import DEBITING_MODES, is_exhausted
 
 #: paused chats listed at most (most recently paused first); the count says how many there are
 MAX_PAUSED = 50
@@ -62,8 +63,6 @@ MAX_DEAD_LETTERS = 20
 #: exhausted or blocked wallets listed at most (lowest balance first)
 MAX_WALLETS = 50
 
-#: wallet modes that debit the wallet (an exhausted wallet of another mode stops nothing)
-DEBITING_MODES = ("production", "trial")
 #: display labels of pause reasons (others are shown as recorded, ``_`` as spaces)
 REASON_LABELS = {
     "wallet_exhausted": "Wallet exhausted",
@@ -391,7 +390,7 @@ def attention(
                     reason=str(why),
                 )
             )
-        if limited and str(mode) in DEBITING_MODES and int(bal) <= 0:
+        if is_exhausted(limited=bool(limited), mode=str(mode), balance_nanos=int(bal)):
             wallet_alerts.append(
                 Alert(
                     kind="wallet",

@@ -45,6 +45,17 @@ from worker.gate.keys import (
 
 #: wallets listed at most in one view (largest ledger balance first)
 MAX_WALLETS = 200
+#: wallet modes that debit the wallet (an exhausted wallet of another mode stops nothing)
+DEBITING_MODES = ("production", "trial")
+
+
+def is_exhausted(*, limited: bool, mode: str, balance_nanos: int) -> bool:
+    """Whether a wallet has run dry: it may not overdraw (``limited``), its ``mode`` debits it
+    (:data:`DEBITING_MODES`) and its ledger balance is ≤ 0 nano-USD.  The gate then pauses every
+    chat whose next turn it is asked to bill."""
+    return limited and str(mode) in DEBITING_MODES and balance_nanos <= 0
+
+
 #: ledger entries per page
 LEDGER_PAGE_SIZE = 50
 
@@ -94,8 +105,9 @@ def transaction_source(kind: str, idempotency_key: str) -> str:
 @dataclass(frozen=True, slots=True)
 class WalletStatement:
     """One wallet in view.  ``balance_nanos`` is its ledger balance now (credits − debits, all
-    time); ``state`` is ``blocked`` (``wallet.blocked_reason`` set: the gate refuses its turns),
-    ``paused`` (one of its chats is paused, e.g. out of funds) or ``active``.  For the period:
+    time); ``state`` is, first that applies: ``blocked`` (``wallet.blocked_reason`` set: the gate
+    refuses its turns), ``exhausted`` (:func:`is_exhausted`: out of funds, whether or not a chat has
+    been paused yet), ``paused`` (one of its chats is paused, e.g. by a budget) or ``active``.  For the period:
     ``opening_nanos`` (entries before it), ``credits_nanos``/``debits_nanos`` (entries in it, both
     ≥ 0 for normal entries) and ``closing_nanos`` = opening + credits − debits.  ``credits_by_source``
     splits the period's credits by :func:`transaction_source`."""
@@ -215,7 +227,13 @@ def wallet_statements(
             if kind == TransactionKind.credit.value:
                 by_source[source] = by_source.get(source, 0) + amount
         n_paused = int(paused.get(w.id, 0))
-        state = "blocked" if w.blocked_reason else "paused" if n_paused else "active"
+        balance = int(w.credits_nanos) - int(w.debits_nanos)
+        if w.blocked_reason:
+            state = "blocked"
+        elif is_exhausted(limited=bool(w.limited), mode=str(w.mode), balance_nanos=balance):
+            state = "exhausted"
+        else:
+            state = "paused" if n_paused else "active"
         out.append(
             WalletStatement(
                 wallet_id=w.id,
@@ -225,7 +243,7 @@ def wallet_statements(
                 state=state,
                 blocked_reason=w.blocked_reason,
                 paused_chats=n_paused,
-                balance_nanos=int(w.credits_nanos) - int(w.debits_nanos),
+                balance_nanos=balance,
                 opening_nanos=int(opening.get(w.id) or 0),
                 credits_nanos=sum(by_source.values()),
                 debits_nanos=sum(a for (kind, _), a in m.items() if kind == TransactionKind.debit.value),
