@@ -15,6 +15,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from api_stub.api_docs import install_problem_schema
 from api_stub.body_limit import BodySizeLimit
 from api_stub.deps import install_error_handlers
 from api_stub.routes import (
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_docs(app)
+    install_problem_schema(app)
     install_error_handlers(app)
     if settings is None:
         app.add_middleware(BodySizeLimit)

@@ -83,9 +83,10 @@ def _store(event: dict[str, Any]) -> tuple[bool, bool]:
     ),
     response_description="Received (and whether this event id was received before).",
     responses=described(
-        {400: {}, 503: {}},
+        {400: {}, 422: {}, 503: {}},
         {
             400: "A forged, stale or missing signature, or a body that is not a Stripe event. Nothing was stored.",
+            422: "The `Stripe-Signature` header is malformed (`errors[].field` names it). Nothing was stored.",
             503: (
                 "Webhooks are not configured on this server, or the event was stored but could not be queued: "
                 "Stripe delivers it again later."

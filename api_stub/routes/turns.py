@@ -207,9 +207,10 @@ async def _fast_record_turns(request: Request) -> Response | None:
     ),
     response_description="The decision: charged (continue) or denied (pause), with the wallet's balance after it.",
     responses=described(
-        {401: {}, 403: {}, 404: {}, 422: {}},
+        {401: {}, 403: {}, 404: {}, 409: {}, 422: {}, 429: {}},
         {
             403: "The key is not an owner key, or the turn's `enterprise_id` is another app's. Nothing was recorded.",
+            409: "`reservation_id` is held for another wallet (`errors[].field` names it). Nothing was recorded.",
             404: "`wallet_id` is not a wallet of this app (or a platform wallet this key may charge). Nothing was recorded.",
             422: (
                 "Invalid turn, a `model` (or `service_tier`) without a known price, or tokens, quantity or cost "
@@ -247,9 +248,13 @@ async def record_turn(turn: TurnIn, who: Caller) -> Response:
     ),
     response_description="One decision per turn, in the order of the turns.",
     responses=described(
-        {401: {}, 403: {}, 404: {}, 422: {}},
+        {401: {}, 403: {}, 404: {}, 409: {}, 422: {}, 429: {}},
         {
             403: "The key is not an owner key, or a turn's `enterprise_id` is another app's. Nothing was recorded.",
+            409: (
+                "A turn's `reservation_id` is held for another wallet (`turns.<index>.reservation_id`). "
+                "Nothing was recorded."
+            ),
             404: "A turn's `wallet_id` is not a wallet of this app (`turns.<index>.wallet_id`). Nothing was recorded.",
             422: (
                 "A turn is invalid, has no known price, or is above a per-turn limit: `errors[].field` is "

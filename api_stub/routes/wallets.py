@@ -92,7 +92,7 @@ def _wallet_row(who: Principal, wallet_id: str) -> tuple[Wallet, bool]:
     ),
     response_description="The wallet's balances (nano-USD), mode and state.",
     responses=described(
-        {401: {}, 403: {}, 404: {}, 422: {}},
+        ERROR_RESPONSES,
         {404: "No such wallet in your key's scope (another app's wallet, or an admin key). Nothing was done."},
     ),
 )
@@ -313,9 +313,13 @@ def ledger(
     ),
     response_description="The credit applied (or replayed), and the wallet's balance after it (nano-USD).",
     responses=described(
-        ERROR_RESPONSES | {409: {}},
+        ERROR_RESPONSES | {409: {}, 503: {}},
         {
             403: "Only owner and admin keys credit wallets. Nothing was credited.",
+            503: (
+                "The credit is in the ledger but the live balance has not taken it yet: retry the same "
+                "request (same `idempotency_key`) after `Retry-After`; it is never credited twice."
+            ),
             404: "No such wallet in your key's scope. Nothing was credited.",
             409: (
                 "`idempotency_key` was already used for another credit (another wallet or amount), or the "

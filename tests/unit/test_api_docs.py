@@ -140,3 +140,50 @@ def test_no_text_of_the_document_names_an_internal(spec):
     document["securitySchemes"] = spec["components"].get("securitySchemes", {})
     found = [(where, internal_words(text)) for where, text in texts(document) if internal_words(text)]
     assert found == []
+
+
+def test_every_error_answer_declares_the_problem_document(spec):
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for name, op in operations(spec):
+        for status, answer in op["responses"].items():
+            if int(status) >= 400:
+                assert answer.get("content") == problem, (name, status)
+        if "requestBody" in op:  # the body-size cap answers every route with a body
+            assert "413" in op["responses"], name
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["Problem"]["required"]) == {"title", "status", "detail"}
+    assert schemas["ProblemField"]["required"] == ["field", "message"]
+    assert not FASTAPI_SCHEMAS & set(schemas)  # FastAPI's own 422 body is never what the API answers
+
+
+@pytest.mark.parametrize(
+    ("operation", "statuses"),
+    [
+        ("POST /v1/turns", {"409", "429"}),  # a reservation held for another wallet; the key's rate limit
+        ("POST /v1/turns/batch", {"409", "429"}),
+        ("GET /v1/wallets/{wallet_id}", {"429"}),
+        ("POST /v1/wallets/{wallet_id}/credits", {"409", "429", "503"}),  # 503: credit pending, retry
+    ],
+)
+def test_the_statuses_a_route_really_answers_are_declared(spec, operation, statuses):
+    ops = dict(operations(spec))
+    assert statuses <= set(ops[operation]["responses"]), operation
+
+
+def test_real_error_bodies_fit_the_declared_schema():
+    from fastapi.testclient import TestClient
+
+    from api_stub.api_docs import ProblemDocument
+
+    client = TestClient(create_app())
+    for method, url, status in (
+        ("post", "/v1/turns", 401),  # no key: refused before anything is read
+        ("get", "/v1/no-such-route", 404),
+        ("put", "/v1/turns", 405),
+    ):
+        answer = client.request(method, url, json={})
+        assert answer.status_code == status
+        assert answer.headers["content-type"] == "application/problem+json"
+        body = answer.json()
+        assert set(body) <= set(ProblemDocument.model_fields)
+        assert ProblemDocument.model_validate(body).status == status
