@@ -167,3 +167,23 @@ def test_clients_it_does_not_speak_for_keep_the_pool(redis_client):
     (plain, resp3, unix), replies = asyncio.run(run())
     assert plain and resp3 is None and unix is None
     assert replies == [b"OK", b"3"]  # sent on a connection of resp3's pool
+
+
+def test_no_redis_at_the_address_is_a_connection_error_each_time():
+    """Nothing listens on the port: redis ConnectionError (as from the pool), for every request."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free, and nothing will listen on it
+
+    async def run():
+        client = aioredis.Redis(host="127.0.0.1", port=port)
+        try:
+            for _ in range(2):
+                with pytest.raises(redis.exceptions.ConnectionError):
+                    await send(client, ("PING",))
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())

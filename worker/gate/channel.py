@@ -160,7 +160,7 @@ class Channel:
         encoder = conn.encoder
         self.decode = (encoder.encoding, encoder.encoding_errors) if encoder.decode_responses else None
         self.link: _Link | None = None
-        self._opening: asyncio.Future | None = None
+        self._opening = asyncio.Lock()
 
     def _reader(self) -> hiredis.Reader:
         kwargs: dict[str, Any] = {
@@ -183,20 +183,11 @@ class Channel:
         return link.submit(packed, n)
 
     async def _open(self) -> _Link:
-        if self._opening is None:  # one opening at a time; concurrent requests wait for it
-            self._opening = self.loop.create_future()
-            try:
-                self.link = await self._connect()
-            except BaseException as exc:
-                self._opening.set_exception(exc)
-                self._opening.exception()  # retrieved: the waiters re-raise it
-                raise
-            else:
-                self._opening.set_result(self.link)
-            finally:
-                self._opening = None
-            return self.link
-        return await asyncio.shield(self._opening)
+        async with self._opening:  # one opening at a time; requests arriving meanwhile use it
+            link = self.link
+            if link is None or link.error is not None:
+                self.link = link = await self._connect()
+            return link
 
     async def _connect(self) -> _Link:
         try:
