@@ -300,6 +300,19 @@ async def _asend_on_channel(
     """:func:`asend_packed` on the loop's connection: each command queued as it is taken, the
     previous one's replies awaited after the next is queued (Redis runs one while this packs the
     next); sent once more on a new connection when the connection failed before any reply was read."""
+    if type(commands) is list and len(commands) == 1:  # one send (admit, a single turn): no queue of them
+        packed, n = commands[0]
+        if sent is not None:
+            sent.append(commands[0])
+        for attempt in (0, 1):
+            result = await (await channel.submit(packed, n))
+            if isinstance(result, Lost):
+                if attempt or result.answered:
+                    raise result.error
+                continue
+            for reply in result:
+                on_reply(reply)
+            return
     taken: list[tuple[bytes, int]] = []
     source = iter(commands)
     read_any = False
