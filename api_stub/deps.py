@@ -293,9 +293,10 @@ async def principal(
     _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
 ) -> Principal:
     """The caller, from ``Authorization: Bearer <key>`` (the header's value), counted against its
-    rate limit.  A key is read from PostgreSQL at most once per ``settings.api_key_cache_ttl_s``
-    per process (:data:`worker.access.apikeys.key_cache`); revocation is checked on every request
-    (:func:`admit`).
+    rate limit.  A key is read from PostgreSQL about once per ``settings.api_key_cache_ttl_s`` per
+    process (:data:`worker.access.apikeys.key_cache`); revocation is checked on every request
+    (:func:`admit`).  A request using an entry in its last :data:`KEY_REFRESH_AHEAD` of the TTL
+    starts its re-read in the thread pool and goes on with the entry (never past its expiry).
 
     Raises: Problem 401 (``WWW-Authenticate: Bearer``) for a missing, malformed, unknown or revoked
     key; Problem 429 (``Retry-After``) over the key's rate limit.
@@ -303,14 +304,43 @@ async def principal(
     if not authorization or not authorization.startswith("Bearer "):
         raise Problem(401, "Unauthorized", "an API key is required: Authorization: Bearer tg_…", headers=_CHALLENGE)
     key = authorization.removeprefix("Bearer ").strip()
-    who = key_cache.get(key)
-    if who is None:
+    hit = key_cache.lookup(key)
+    if hit is None:
         who = await run_in_threadpool(_authenticate, key)
         if who is None:
             raise Problem(401, "Unauthorized", "the API key is unknown or revoked", headers=_CHALLENGE)
         key_cache.put(key, who, get_settings().api_key_cache_ttl_s)
+    else:
+        who, left = hit
+        if left < KEY_REFRESH_AHEAD * get_settings().api_key_cache_ttl_s and key not in _REFRESHING:
+            _REFRESHING.add(key)  # one re-read at a time per key; this request goes on with the entry
+            asyncio.get_running_loop().run_in_executor(None, _refresh_key, key, who.key_prefix)
     await admit(who.key_prefix)
     return who
+
+
+#: part of ``api_key_cache_ttl_s`` before a cached key's expiry from which a request using it starts
+#: its re-read from PostgreSQL in the thread pool (and is answered from the entry meanwhile): under
+#: steady traffic an entry is renewed before it expires, so no request waits for PostgreSQL (every
+#: request arriving at an expired entry did, each with its own read: a latency spike each TTL)
+KEY_REFRESH_AHEAD = 0.2
+_REFRESHING: set[str] = set()  # keys being re-read now
+
+
+def _refresh_key(key: str, prefix: str) -> None:
+    """Re-read ``key`` from PostgreSQL (thread pool) and renew its cache entry, or drop key ``prefix``
+    from the cache when it is now unknown or revoked.  A failure is logged: the entry then expires
+    at its own time and the next request reads PostgreSQL itself (and answers its error)."""
+    try:
+        who = _authenticate(key)
+        if who is None:
+            key_cache.forget(prefix)
+        else:
+            key_cache.put(key, who, get_settings().api_key_cache_ttl_s)
+    except Exception:
+        log.warning("could not re-read API key %s ahead of its cache expiry", prefix, exc_info=True)
+    finally:
+        _REFRESHING.discard(key)
 
 
 Caller = Annotated[Principal, Depends(principal)]

@@ -573,6 +573,67 @@ def test_without_the_marker_a_revoked_key_lives_at_most_the_cache_ttl(api, redis
     assert r.status_code == 401 and key_cache.get(key) is None
 
 
+def _await_refresh(key: str) -> None:
+    """Wait (up to 10 s) until no re-read of ``key`` is under way."""
+    import time
+
+    from api_stub import deps
+
+    deadline = time.monotonic() + 10
+    while key in deps._REFRESHING and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert key not in deps._REFRESHING
+
+
+def test_a_key_near_its_cache_expiry_is_read_again_ahead_once_and_renewed(api, settings, monkeypatch):
+    """In the entry's last KEY_REFRESH_AHEAD of the TTL a request is answered from the cache and
+    starts one re-read (however many requests come meanwhile), which renews the entry: under steady
+    traffic no request waits for PostgreSQL."""
+    from api_stub import deps
+    from worker.access.apikeys import key_cache
+
+    monkeypatch.setattr(settings, "api_key_cache_ttl_s", 10.0)
+    reads: list[str] = []
+    real = deps._authenticate
+    monkeypatch.setattr(deps, "_authenticate", lambda key: reads.append(key) or real(key))
+    key = api.keys["owner"]
+    assert api.post("/v1/turns", json=TURN, headers=api.h["owner"]).status_code == 200
+    assert reads == [key] and key_cache.lookup(key)[1] > 9  # type: ignore[index]
+    assert api.post("/v1/turns", json={**TURN, "turn_id": "t-b"}, headers=api.h["owner"]).status_code == 200
+    assert reads == [key]  # early in the TTL: from the cache only
+    who = key_cache.get(key)
+    assert who is not None
+    key_cache.put(key, who, 1.5)  # now in its last 2 s (0.2 × 10 s)
+    deps._REFRESHING.add(key)  # a re-read under way: the requests below start none
+    for i in range(3):
+        assert api.post("/v1/turns", json={**TURN, "turn_id": f"t-c{i}"}, headers=api.h["owner"]).status_code == 200
+    assert reads == [key]
+    deps._REFRESHING.discard(key)
+    assert api.post("/v1/turns", json={**TURN, "turn_id": "t-d"}, headers=api.h["owner"]).status_code == 200
+    _await_refresh(key)
+    assert reads == [key, key] and key_cache.lookup(key)[1] > 8  # type: ignore[index]
+
+
+def test_a_key_revoked_in_sql_leaves_the_cache_at_its_read_ahead(api, settings, monkeypatch):
+    """The read ahead of expiry sees a revocation made in SQL (no marker): the entry is dropped,
+    so the next request is refused, before the TTL would have ended it."""
+    from worker.access.apikeys import key_cache
+
+    monkeypatch.setattr(settings, "api_key_cache_ttl_s", 10.0)
+    key = api.keys["user_w1"]
+    assert api.get("/v1/wallets/w1", headers=api.h["user_w1"]).status_code == 200
+    with session_scope() as session:
+        session.execute(text("UPDATE api_key SET revoked_at = now() WHERE prefix = :p"), {"p": _prefix(key)})
+    assert api.get("/v1/wallets/w1", headers=api.h["user_w1"]).status_code == 200  # cached, 10 s left
+    who = key_cache.get(key)
+    assert who is not None
+    key_cache.put(key, who, 1.5)
+    assert api.get("/v1/wallets/w1", headers=api.h["user_w1"]).status_code == 200  # the entry, re-read started
+    _await_refresh(key)
+    assert key_cache.get(key) is None
+    assert api.get("/v1/wallets/w1", headers=api.h["user_w1"]).status_code == 401
+
+
 def test_with_the_cache_off_every_request_reads_postgresql(api, settings, monkeypatch):
     from worker.access.apikeys import key_cache
 

@@ -81,14 +81,21 @@ class KeyCache:
 
     def get(self, key: str, *, now: float | None = None) -> Principal | None:
         """The cached principal of ``key`` (the full ``tg_…`` key), or None (absent or expired)."""
+        hit = self.lookup(key, now=now)
+        return None if hit is None else hit[0]
+
+    def lookup(self, key: str, *, now: float | None = None) -> tuple[Principal, float] | None:
+        """As :meth:`get`, with the seconds the entry has left: ``(principal, seconds > 0)``, or None
+        (absent or expired; an expired entry is dropped)."""
         digest = _digest(key)
         hit = self._entries.get(digest)
         if hit is None:
             return None
-        if hit[1] <= (time.monotonic() if now is None else now):
+        left = hit[1] - (time.monotonic() if now is None else now)
+        if left <= 0:
             self._entries.pop(digest, None)
             return None
-        return hit[0]
+        return hit[0], left
 
     def put(self, key: str, who: Principal, ttl_s: float) -> None:
         """Cache ``who`` for ``key`` for ``ttl_s`` seconds (nothing when ``ttl_s`` ≤ 0)."""

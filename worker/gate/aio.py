@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 from typing import Callable, Iterable, Iterator, Sequence, Unpack, cast
 
 import redis
@@ -19,6 +20,7 @@ from redis import asyncio as aioredis
 
 from models.turn import Decision, TurnIn
 from models.wallet import ReservationPublic
+from worker.gate.channel import Channel, Lost, loop_channel
 from worker.gate.gate import (
     WALLET_CHECK_FIELDS,
     GateCore,
@@ -240,10 +242,18 @@ async def asend_packed(
     appended to ``sent`` (when given) and each reply, or the ``ResponseError`` of a refused command,
     passed to ``on_reply`` in order.
 
+    A plain TCP client sends them on its event loop's one connection
+    (:func:`worker.gate.channel.loop_channel`: no pool checkout, writes shared with the loop's other
+    requests); others on a connection of its pool.
+
     A connection that fails before any reply was read (a pooled connection Redis closed: a restart,
     an idle timeout) is dropped and what was written is sent once more on a new one, as redis-py's
     own retry does (the scripts sent here are idempotent: a turn by its turn_id).  Raises redis
     ConnectionError / TimeoutError otherwise (the connection is then dropped)."""
+    channel = loop_channel(client)
+    if channel is not None:
+        await _asend_on_channel(channel, commands, sent, on_reply)
+        return
     pool = client.connection_pool
     source = iter(commands)
     taken: list[tuple[bytes, int]] = []  # written so far: sent again on a new connection
@@ -282,6 +292,62 @@ async def asend_packed(
             raise
         finally:
             await pool.release(conn)
+
+
+async def _asend_on_channel(
+    channel: Channel, commands: Iterable[tuple[bytes, int]], sent: list | None, on_reply: Callable
+) -> None:
+    """:func:`asend_packed` on the loop's connection: each command queued as it is taken, the
+    previous one's replies awaited after the next is queued (Redis runs one while this packs the
+    next); sent once more on a new connection when the connection failed before any reply was read."""
+    if type(commands) is list and len(commands) == 1:  # one send (admit, a single turn): no queue of them
+        packed, n = commands[0]
+        if sent is not None:
+            sent.append(commands[0])
+        for attempt in (0, 1):
+            result = await (await channel.submit(packed, n))
+            if isinstance(result, Lost):
+                if attempt or result.answered:
+                    raise result.error
+                continue
+            for reply in result:
+                on_reply(reply)
+            return
+    taken: list[tuple[bytes, int]] = []
+    source = iter(commands)
+    read_any = False
+
+    def replies_of(result) -> list:
+        nonlocal read_any
+        if isinstance(result, Lost):
+            if result.answered:
+                read_any = True
+            raise result.error
+        read_any = True
+        return result
+
+    def take() -> Iterator[tuple[bytes, int]]:
+        for command in source:
+            taken.append(command)
+            if sent is not None:
+                sent.append(command)
+            yield command
+
+    for attempt in (0, 1):
+        try:
+            waiting: deque[asyncio.Future] = deque()
+            for packed, n in itertools.chain(list(taken) if attempt else (), take()):
+                waiting.append(await channel.submit(packed, n))
+                if len(waiting) > 1:
+                    for reply in replies_of(await waiting.popleft()):
+                        on_reply(reply)
+            while waiting:
+                for reply in replies_of(await waiting.popleft()):
+                    on_reply(reply)
+            return
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            if attempt or read_any:
+                raise
 
 
 async def _aread_replies(conn, n: int, on_reply: Callable[[object], None]) -> None:
