@@ -92,6 +92,7 @@ from worker.db import get_engine, session_scope
 from worker.errors import InputError
 from worker.periods import current_period, periods_between
 from worker.settings import get_settings
+from worker.validation import storable_id
 
 HERE = Path(__file__).resolve().parent.parent  # api_stub/: templates/ and static/ are package data there
 STATIC = HERE / "static"
@@ -234,7 +235,7 @@ def viewer(request: Request, enterprise_id: str | None, *, app_picker: bool = Fa
         if not enterprise_id:
             raise Refusal(422, "Invalid request", "enterprise_id: an admin key must name the app", "enterprise_id")
         with session_scope() as session:
-            if session.get(Enterprise, enterprise_id) is None:
+            if not storable_id(enterprise_id) or session.get(Enterprise, enterprise_id) is None:
                 raise Refusal(
                     404, "Unknown app", f"enterprise_id: unknown enterprise {enterprise_id!r}", "enterprise_id"
                 )
@@ -318,11 +319,23 @@ class Wallets:
     ledger: LedgerPage | None
 
 
+#: the highest ledger page number the page takes (a page past the last is empty; beyond this, 422)
+MAX_LEDGER_PAGE = 1_000_000
+
+
 def _ledger_page_number(raw: str | None) -> int:
+    """``ledger_page`` → 1..:data:`MAX_LEDGER_PAGE`: ASCII digits only (``str.isdigit`` also takes
+    '²' and other scripts' digits, which ``int`` then refuses) and bounded (a 23-digit page overflowed
+    PostgreSQL's OFFSET).  Raises Refusal 422 naming ``ledger_page``."""
     if raw is None or raw == "":
         return 1
-    if not raw.isdigit() or int(raw) < 1:
-        raise Refusal(422, "Invalid request", f"ledger_page: {raw!r} is not a page number (1, 2, …)", "ledger_page")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 7) or not 1 <= int(raw) <= MAX_LEDGER_PAGE:
+        raise Refusal(
+            422,
+            "Invalid request",
+            f"ledger_page: {raw[:40]!r} is not a page number (1, 2, … up to {MAX_LEDGER_PAGE:,})",
+            "ledger_page",
+        )
     return int(raw)
 
 

@@ -32,9 +32,15 @@ from starlette.concurrency import run_in_threadpool
 from api_stub.routes.billing import Refusal, Viewer, _html, check_origin, own_origin, viewer
 from models.enums import ApiRole
 from models.wallet import Wallet
-from worker.billing.stripe import StripeBillingError, StripeConfigError, create_checkout_session, get_package
+from worker.billing.stripe import (
+    StripeBillingError,
+    StripeConfigError,
+    create_checkout_session,
+    get_package,
+)
 from worker.db import session_scope
 from worker.periods import current_period
+from worker.validation import storable_id
 
 router = APIRouter(prefix="/billing", tags=["billing"])
 
@@ -55,7 +61,7 @@ def _payable(session: Session, v: Viewer, wallet_id: str) -> None:
     if v.wallet_id is not None:
         allowed = wallet_id == v.wallet_id
     else:
-        wallet = session.get(Wallet, wallet_id) if wallet_id else None
+        wallet = session.get(Wallet, wallet_id) if storable_id(wallet_id) else None
         allowed = wallet is not None and wallet.enterprise_id == v.enterprise_id
     if not allowed:  # one answer for "not yours" and "no such wallet"
         raise Refusal(403, "Forbidden", f"wallet_id: this key may not top up wallet {wallet_id!r}", "wallet_id")

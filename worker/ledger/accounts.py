@@ -8,9 +8,8 @@ touch the gate (:func:`open_wallet`, :func:`credit_wallet`) send their Redis ste
 
 from __future__ import annotations
 
-import unicodedata
-
 import logging
+import unicodedata
 from dataclasses import dataclass
 from typing import Callable
 
