@@ -99,7 +99,7 @@ KEY_PREFIX = STRIPE_KEY_PREFIX
 #: subscription statuses during which a wallet may not start another subscription
 LIVE_SUBSCRIPTION = ("active", "past_due", "trialing", "incomplete", "unpaid")
 
-_PACKAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+_PACKAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}\Z")
 
 
 class StripeBillingError(InputError, ValueError):
