@@ -172,3 +172,53 @@ def test_no_hostile_billing_parameter_is_a_500_or_reflected_as_markup(billing):
             r = billing.get(url, headers=auth(billing.seeded.keys[who]))
             assert r.status_code < 500, (who, url, r.status_code)
             assert not re.search(r"<script>alert", r.text), (who, url)
+
+
+#: mutations of an entry in the older layout (payload version 4, one field per figure)
+_OLD_POISON = {
+    "billed in other digits": ("b", "\u0663\u0660\u0660\u0665\u0660\u0660\u0660"),  # was read as 3005000
+    "billed with a space": ("b", " 3005000"),
+    "billed with an underscore": ("b", "3_005_000"),
+    "billed missing": ("b", None),
+    "balance in other digits": ("bal", "\u0661"),
+    "prompt_tokens false": (9, False),
+    "prompt_tokens past 64 bits": (9, 2**70),
+    "occurred_at float": (17, 1.7e15),
+    "turn_id a number": (1, 7),
+}
+
+
+@pytest.mark.parametrize("name", list(_OLD_POISON))
+def test_an_older_layout_entry_no_gate_wrote_is_dead_lettered_and_the_rest_persisted(
+    db, redis_client, gate, settings, name
+):
+    from worker.gate.outbox import _decision, _v5_as_v4
+
+    _open(gate)
+    decided = gate.record_turns([_turn(1), _turn(2), _turn(3)])
+    shard = gate.shard("w1")
+    raw = redis_lib.Redis.from_url(TEST_REDIS_URL, decode_responses=True)
+    entries = raw.xrange(outbox_key(shard))
+    entry_id, fields = entries[1]
+    payload = _v5_as_v4(json.loads(fields["t"]))  # turn t-2 as a gate before version 5 queued it
+    old = {"t": "", **_decision({"g": fields["g"]})}
+    where, value = _OLD_POISON[name]
+    if isinstance(where, int):
+        payload[where] = value
+    elif value is None:
+        del old[where]
+    else:
+        old[where] = value
+    old["t"] = json.dumps(payload)
+    raw.xdel(outbox_key(shard), entry_id)
+    raw.xadd(outbox_key(shard), old)
+    raw.close()
+
+    stats = OutboxDrain(redis_client, settings=settings, consumer="c1").drain()
+    assert (stats.read, stats.inserted, stats.dead_lettered) == (3, 2, 1)
+    assert _rows(db, "SELECT turn_id, prompt_tokens, cost_nanos FROM usage_event ORDER BY turn_id") == [
+        ("t-1", 1001, decided[0].cost_nanos),
+        ("t-3", 1003, decided[2].cost_nanos),
+    ]
+    assert len(_rows(db, "SELECT error FROM dead_letter")) == 1
+    assert redis_client.xlen(outbox_key(shard)) == 0
