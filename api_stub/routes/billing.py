@@ -464,6 +464,22 @@ def check_origin(request: Request) -> None:
         raise Refusal(403, "Forbidden", f"Origin: {origin!r} is not this site ({own_origin(request)})", "Origin")
 
 
+#: the most fields a /billing form may carry (its forms send 3 or 4)
+MAX_FORM_FIELDS = 10
+
+
+async def read_form(request: Request) -> dict[str, list[str]]:
+    """The url-encoded form of a ``/billing`` POST: field → its values (bytes that are not UTF-8
+    read as U+FFFD).  Raises Refusal 422 naming ``form`` when it carries more than
+    :data:`MAX_FORM_FIELDS` fields (``parse_qs`` raises ValueError: it was a 500)."""
+    try:
+        return parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:
+        raise Refusal(
+            422, "Invalid request", f"form: more than {MAX_FORM_FIELDS} fields; send the page's form as it is", "form"
+        ) from None
+
+
 def _client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -569,7 +585,10 @@ async def login(request: Request) -> Response:
         )
     except Problem as exc:
         return _login_page(request, 429, f"Too many sign-in attempts: {exc.detail}", "/billing", headers=exc.headers)
-    form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=10)
+    try:
+        form = await read_form(request)
+    except Refusal as exc:
+        return _login_page(request, exc.status, exc.detail, "/billing")
     key = (form.get("key") or [""])[0].strip()
     next_url = _safe_next((form.get("next") or ["/billing"])[0])
     sent_token = (form.get("csrf_token") or [""])[0]
@@ -612,7 +631,10 @@ async def logout(request: Request) -> Response:
     redis = get_gate().redis
     web = await run_in_threadpool(read_session, redis, request.cookies.get(COOKIE))
     if web is not None:
-        form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=10)
+        try:
+            form = await read_form(request)
+        except Refusal as exc:
+            return _html(request, "error.html", exc.status, error=exc)
         sent = (form.get("csrf_token") or [""])[0]
         if not sent or not hmac.compare_digest(sent.encode(), web.csrf.encode()):
             return _html(

@@ -21,7 +21,7 @@ The section itself (packages, the banner on return) is :mod:`api_stub.billing_se
 from __future__ import annotations
 
 import hmac
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 import stripe
 from fastapi import APIRouter, Request
@@ -29,7 +29,7 @@ from fastapi.responses import RedirectResponse, Response
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from api_stub.routes.billing import Refusal, Viewer, _html, check_origin, own_origin, viewer
+from api_stub.routes.billing import Refusal, Viewer, _html, check_origin, own_origin, read_form, viewer
 from models.enums import ApiRole
 from models.wallet import Wallet
 from worker.billing.stripe import (
@@ -71,8 +71,8 @@ def _payable(session: Session, v: Viewer, wallet_id: str) -> None:
 async def topup(request: Request) -> Response:
     """Start Stripe Checkout for a token package from the page's top-up form and redirect to it
     (303); see the module doc for the checks and errors."""
-    form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=10)
     try:
+        form = await read_form(request)
         url = await run_in_threadpool(_checkout_url, request, form)
     except Refusal as exc:
         return _html(request, "error.html", exc.status, headers=exc.headers, error=exc)

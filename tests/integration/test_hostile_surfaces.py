@@ -222,3 +222,24 @@ def test_an_older_layout_entry_no_gate_wrote_is_dead_lettered_and_the_rest_persi
     ]
     assert len(_rows(db, "SELECT error FROM dead_letter")) == 1
     assert redis_client.xlen(outbox_key(shard)) == 0
+
+
+@pytest.mark.parametrize("path", ["/billing/topup", "/billing/login"])
+def test_a_billing_form_with_too_many_fields_is_a_422_naming_the_form(billing, db, path):
+    """``parse_qs(max_num_fields=10)`` raised ValueError: a 500.  One reader for every /billing form."""
+    before = _rows(db, "SELECT count(*) FROM wallet_transaction")
+    fields = "&".join(f"f{i}=1" for i in range(11))
+    r = billing.post(
+        path,
+        content=f"{fields}&wallet_id=w-alice&package_id=p1&key=x&csrf_token=a",
+        headers=auth(billing.seeded.keys["owner"])
+        | {
+            "Origin": "http://testserver",
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Cookie": "tollgate_csrf=a",
+        },
+    )
+    assert r.status_code == 422 and "form: more than 10 fields" in r.text, (r.status_code, r.text[:300])
+    if path == "/billing/topup":  # the sign-in form shows its error without a field attribute
+        _refused(r, 422, "form")
+    assert _rows(db, "SELECT count(*) FROM wallet_transaction") == before
