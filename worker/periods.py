@@ -10,7 +10,10 @@ from datetime import UTC, datetime
 
 from worker.errors import InvalidInput
 
-_PERIOD = re.compile(r"(19\d\d|2\d\d\d)-(0[1-9]|1[0-2])")
+#: the years a period (and a date range of the /billing page) may fall in
+FIRST_YEAR, LAST_YEAR = 1900, 2999
+# ASCII digits only: ``\d`` alone also matches other scripts' digits ('2٠٢٦-11' read as 2026-11)
+_PERIOD = re.compile(r"(19\d\d|2\d\d\d)-(0[1-9]|1[0-2])", re.ASCII)
 
 
 def period_of(when: datetime) -> str:

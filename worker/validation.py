@@ -30,6 +30,15 @@ def check_text(value: object, field: str, *, kind: str = "id", max_length: int =
     return value
 
 
+def storable_id(value: object, max_length: int = MAX_ID) -> bool:
+    """Can ``value`` be the id of a row (a wallet, an app, a package) at all: a string of
+    1..``max_length`` code points that the id rules of :mod:`models.validation` accept?  A lookup by
+    anything else (a NUL, which PostgreSQL refuses with an error; a lone surrogate; 5,000
+    characters) finds nothing without asking PostgreSQL, so the caller's "unknown id" answer (its
+    404 or 422 naming the field) is given instead of a 500."""
+    return isinstance(value, str) and 1 <= len(value) <= max_length and text_problem(value, "id") is None
+
+
 def check_occurred_at(value: object, field: str = "occurred_at") -> datetime:
     """``value`` (an aware datetime inside the configured window: ``Settings.occurred_at_min`` to now +
     ``Settings.occurred_at_max_ahead_s``, installed by :mod:`worker.settings` through
@@ -43,4 +52,4 @@ def check_occurred_at(value: object, field: str = "occurred_at") -> datetime:
     return utc  # type: ignore[return-value]
 
 
-__all__ = ["InvalidInput", "check_occurred_at", "check_text"]
+__all__ = ["InvalidInput", "check_occurred_at", "check_text", "storable_id"]

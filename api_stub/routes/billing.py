@@ -92,6 +92,7 @@ from worker.db import get_engine, session_scope
 from worker.errors import InputError
 from worker.periods import current_period, periods_between
 from worker.settings import get_settings
+from worker.validation import storable_id
 
 HERE = Path(__file__).resolve().parent.parent  # api_stub/: templates/ and static/ are package data there
 STATIC = HERE / "static"
@@ -234,7 +235,7 @@ def viewer(request: Request, enterprise_id: str | None, *, app_picker: bool = Fa
         if not enterprise_id:
             raise Refusal(422, "Invalid request", "enterprise_id: an admin key must name the app", "enterprise_id")
         with session_scope() as session:
-            if session.get(Enterprise, enterprise_id) is None:
+            if not storable_id(enterprise_id) or session.get(Enterprise, enterprise_id) is None:
                 raise Refusal(
                     404, "Unknown app", f"enterprise_id: unknown enterprise {enterprise_id!r}", "enterprise_id"
                 )
@@ -318,11 +319,23 @@ class Wallets:
     ledger: LedgerPage | None
 
 
+#: the highest ledger page number the page takes (a page past the last is empty; beyond this, 422)
+MAX_LEDGER_PAGE = 1_000_000
+
+
 def _ledger_page_number(raw: str | None) -> int:
+    """``ledger_page`` → 1..:data:`MAX_LEDGER_PAGE`: ASCII digits only (``str.isdigit`` also takes
+    '²' and other scripts' digits, which ``int`` then refuses) and bounded (a 23-digit page overflowed
+    PostgreSQL's OFFSET).  Raises Refusal 422 naming ``ledger_page``."""
     if raw is None or raw == "":
         return 1
-    if not raw.isdigit() or int(raw) < 1:
-        raise Refusal(422, "Invalid request", f"ledger_page: {raw!r} is not a page number (1, 2, …)", "ledger_page")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 7) or not 1 <= int(raw) <= MAX_LEDGER_PAGE:
+        raise Refusal(
+            422,
+            "Invalid request",
+            f"ledger_page: {raw[:40]!r} is not a page number (1, 2, … up to {MAX_LEDGER_PAGE:,})",
+            "ledger_page",
+        )
     return int(raw)
 
 
@@ -451,6 +464,22 @@ def check_origin(request: Request) -> None:
         raise Refusal(403, "Forbidden", f"Origin: {origin!r} is not this site ({own_origin(request)})", "Origin")
 
 
+#: the most fields a /billing form may carry (its forms send 3 or 4)
+MAX_FORM_FIELDS = 10
+
+
+async def read_form(request: Request) -> dict[str, list[str]]:
+    """The url-encoded form of a ``/billing`` POST: field → its values (bytes that are not UTF-8
+    read as U+FFFD).  Raises Refusal 422 naming ``form`` when it carries more than
+    :data:`MAX_FORM_FIELDS` fields (``parse_qs`` raises ValueError: it was a 500)."""
+    try:
+        return parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:
+        raise Refusal(
+            422, "Invalid request", f"form: more than {MAX_FORM_FIELDS} fields; send the page's form as it is", "form"
+        ) from None
+
+
 def _client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -556,7 +585,10 @@ async def login(request: Request) -> Response:
         )
     except Problem as exc:
         return _login_page(request, 429, f"Too many sign-in attempts: {exc.detail}", "/billing", headers=exc.headers)
-    form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=10)
+    try:
+        form = await read_form(request)
+    except Refusal as exc:
+        return _login_page(request, exc.status, exc.detail, "/billing")
     key = (form.get("key") or [""])[0].strip()
     next_url = _safe_next((form.get("next") or ["/billing"])[0])
     sent_token = (form.get("csrf_token") or [""])[0]
@@ -599,7 +631,10 @@ async def logout(request: Request) -> Response:
     redis = get_gate().redis
     web = await run_in_threadpool(read_session, redis, request.cookies.get(COOKIE))
     if web is not None:
-        form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=10)
+        try:
+            form = await read_form(request)
+        except Refusal as exc:
+            return _html(request, "error.html", exc.status, error=exc)
         sent = (form.get("csrf_token") or [""])[0]
         if not sent or not hmac.compare_digest(sent.encode(), web.csrf.encode()):
             return _html(

@@ -29,6 +29,7 @@ and ``title``.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from urllib.parse import quote, urlencode
 
@@ -61,9 +62,12 @@ from worker.billing.report import (
 from worker.chats.drill import chat_last_turns, chat_view, parse_cursor, turn_page, workflow_view
 from worker.chats.rollups import UnknownChat
 from worker.errors import InputError
-from worker.periods import period_of
+from worker.periods import FIRST_YEAR, LAST_YEAR, period_of
 
 router = APIRouter(prefix="/billing", tags=["billing"])
+
+#: a day as the range view takes it: YYYY-MM-DD in ASCII digits
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 #: the longest date range the range view accepts, in days (both ends included): a year, leap day too
 MAX_RANGE_DAYS = 366
@@ -237,22 +241,28 @@ def workflow_page(
 def parse_range(raw_from: str | None, raw_to: str | None) -> tuple[date, date]:
     """``from`` and ``to`` ('YYYY-MM-DD', UTC days, both included) → the two dates.
 
-    Raises Refusal 422 naming ``from`` or ``to``: missing, not a date, ``to`` before ``from``, or a
-    range longer than :data:`MAX_RANGE_DAYS` days."""
+    Raises Refusal 422 naming ``from`` or ``to``: missing, not a date (ASCII ``YYYY-MM-DD`` only),
+    outside the years of a period (``worker.periods.FIRST_YEAR``..``LAST_YEAR``), ``to`` before
+    ``from``, or a range longer than :data:`MAX_RANGE_DAYS` days."""
     out = []
     for name, raw in (("from", raw_from), ("to", raw_to)):
         if not raw:
             raise Refusal(422, "Invalid request", f"{name}: a date is required (YYYY-MM-DD)", name)
         try:
-            if len(raw) != 10:
+            if not _DAY.fullmatch(raw):  # fromisoformat alone also takes '2026-W45-1' and other scripts' digits
                 raise ValueError(raw)
             day = date.fromisoformat(raw)
         except ValueError:
             raise Refusal(
-                422, "Invalid request", f"{name}: {raw!r} is not a date written YYYY-MM-DD (e.g. 2026-11-03)", name
+                422,
+                "Invalid request",
+                f"{name}: {raw[:40]!r} is not a date written YYYY-MM-DD (e.g. 2026-11-03)",
+                name,
             ) from None
-        if day.year < 1900:
-            raise Refusal(422, "Invalid request", f"{name}: {raw!r} is before 1900", name)
+        if not FIRST_YEAR <= day.year <= LAST_YEAR:  # the months the page has; 9999-12-31 + 1 day overflowed
+            raise Refusal(
+                422, "Invalid request", f"{name}: {raw!r} is outside the years {FIRST_YEAR}..{LAST_YEAR}", name
+            )
         out.append(day)
     first, last = out
     if last < first:

@@ -21,7 +21,7 @@ The section itself (packages, the banner on return) is :mod:`api_stub.billing_se
 from __future__ import annotations
 
 import hmac
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 import stripe
 from fastapi import APIRouter, Request
@@ -29,12 +29,18 @@ from fastapi.responses import RedirectResponse, Response
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from api_stub.routes.billing import Refusal, Viewer, _html, check_origin, own_origin, viewer
+from api_stub.routes.billing import Refusal, Viewer, _html, check_origin, own_origin, read_form, viewer
 from models.enums import ApiRole
 from models.wallet import Wallet
-from worker.billing.stripe import StripeBillingError, StripeConfigError, create_checkout_session, get_package
+from worker.billing.stripe import (
+    StripeBillingError,
+    StripeConfigError,
+    create_checkout_session,
+    get_package,
+)
 from worker.db import session_scope
 from worker.periods import current_period
+from worker.validation import storable_id
 
 router = APIRouter(prefix="/billing", tags=["billing"])
 
@@ -55,7 +61,7 @@ def _payable(session: Session, v: Viewer, wallet_id: str) -> None:
     if v.wallet_id is not None:
         allowed = wallet_id == v.wallet_id
     else:
-        wallet = session.get(Wallet, wallet_id) if wallet_id else None
+        wallet = session.get(Wallet, wallet_id) if storable_id(wallet_id) else None
         allowed = wallet is not None and wallet.enterprise_id == v.enterprise_id
     if not allowed:  # one answer for "not yours" and "no such wallet"
         raise Refusal(403, "Forbidden", f"wallet_id: this key may not top up wallet {wallet_id!r}", "wallet_id")
@@ -65,8 +71,8 @@ def _payable(session: Session, v: Viewer, wallet_id: str) -> None:
 async def topup(request: Request) -> Response:
     """Start Stripe Checkout for a token package from the page's top-up form and redirect to it
     (303); see the module doc for the checks and errors."""
-    form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=10)
     try:
+        form = await read_form(request)
         url = await run_in_threadpool(_checkout_url, request, form)
     except Refusal as exc:
         return _html(request, "error.html", exc.status, headers=exc.headers, error=exc)

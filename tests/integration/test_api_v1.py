@@ -676,6 +676,20 @@ def test_several_limits_each_apply(api, settings, monkeypatch):
         "tollgate:allowance:w2-2026-11",  # the monthly allowance's
         "tollgate:usage:0:1-0",  # a drain batch's debit
         "tollgate:",
+        # the same after case folding and Unicode compatibility normalisation (NFKC): they read as one
+        "Stripe:cs_test_a1",
+        "STRIPE:cs_test_a1",
+        "TollGate:usage:0:1-0",
+        "\uff53\uff54\uff52\uff49\uff50\uff45:cs_test_a1",  # fullwidth ｓｔｒｉｐｅ
+        "stripe\uff1acs_test_a1",  # fullwidth colon
+        "\U0001d42c\U0001d42d\U0001d42b\U0001d422\U0001d429\U0001d41e:cs",  # mathematical bold
+        "\u017ftripe:cs_test_a1",  # long s, which case-folds to s
+        "\ufb06ripe:cs",  # the st ligature
+        # what the id rules refuse in any key: leading space, zero-width space, BOM, bidi override
+        " stripe:cs_test_a1",
+        "\u200bstripe:cs_test_a1",
+        "\ufeffstripe:cs_test_a1",
+        "\u202estripe:cs_test_a1",
     ],
 )
 def test_a_credit_key_with_a_system_prefix_is_refused_and_changes_nothing(api, gate, db, key):
@@ -694,7 +708,7 @@ def test_a_credit_key_with_a_system_prefix_is_refused_and_changes_nothing(api, g
         assert conn.execute(text("SELECT count(*) FROM wallet_transaction WHERE wallet_id = 'w2'")).scalar_one() == 0
         assert conn.execute(text("SELECT count(*) FROM audit_log WHERE action = 'credit'")).scalar_one() == 0
     # keys that only look alike are ordinary keys
-    for i, fine in enumerate(("Stripe:cs_1", "my-stripe:cs_1", "tollgate-topup")):
+    for i, fine in enumerate(("my-stripe:cs_1", "tollgate-topup", "stripe-cs_1")):
         r = api.post(
             "/v1/wallets/w2/credits", json={"amount_nanos": USD, "idempotency_key": fine}, headers=api.h["owner"]
         )
@@ -720,9 +734,18 @@ def test_the_cli_and_python_credits_refuse_a_system_key_too(gate, db):
         timeout=60,
     )
     assert done.returncode != 0 and "--key" in done.stderr and "stripe:" in done.stderr, done.stderr
-    with session_scope() as session, pytest.raises(LedgerError) as refused:
-        credit_wallet(session, gate, wallet_id="w9", amount_nanos=USD, idempotency_key="tollgate:refund:1")
-    assert refused.value.field == "idempotency_key"
+    fullwidth = subprocess.run(  # the rule folds case and compatibility forms at every entry point
+        [sys.executable, "-m", "worker.cli", "wallet", "credit", "w9", "--usd", "3", "--key", "\uff33TRIPE:cs_x"],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert fullwidth.returncode != 0 and "--key" in fullwidth.stderr, fullwidth.stderr
+    for key in ("tollgate:refund:1", "Tollgate:refund:1", "\uff54ollgate:refund:1"):
+        with session_scope() as session, pytest.raises(LedgerError) as refused:
+            credit_wallet(session, gate, wallet_id="w9", amount_nanos=USD, idempotency_key=key)
+        assert refused.value.field == "idempotency_key"
     with session_scope() as session:
         credit_wallet(session, gate, wallet_id="w9", amount_nanos=USD, idempotency_key="stripe:cs_y", system_key=True)
     assert gate.balance("w9") == USD

@@ -71,8 +71,18 @@ def _sums(db) -> tuple[int, int, int]:
         )
 
 
-def test_loose_types_are_written_as_the_columns_want(wallet, db):
-    rows = [_row(0, service_tier=0, billable=1), _row(1, agent=7, quantity=True)]
+def test_subclasses_are_written_as_the_columns_want(wallet, db):
+    """A str subclass (an enum) in a text column, an int subclass in an integer one, 0/1 in a
+    boolean one: written as the column's type."""
+    import enum
+
+    class Agent(enum.StrEnum):
+        a = "agent-a"
+
+    class Quantity(enum.IntEnum):
+        one = 1
+
+    rows = [_row(0, billable=1), _row(1, agent=Agent.a, quantity=Quantity.one)]
     with session_scope() as s:
         result = persist_turns(s, rows)
     assert (result.inserted, result.duplicates, result.billed_nanos) == (2, 0, 2_001)
@@ -80,8 +90,27 @@ def test_loose_types_are_written_as_the_columns_want(wallet, db):
         got = conn.execute(
             text("SELECT turn_id, service_tier, billable, agent, quantity FROM usage_event ORDER BY 1")
         ).all()
-    assert [tuple(r) for r in got] == [("t0", "0", True, "a", 0), ("t1", None, True, "7", 1)]
+    assert [tuple(r) for r in got] == [("t0", None, True, "a", 0), ("t1", None, True, "agent-a", 1)]
     assert _sums(db) == (2, 2_001, 2_001)
+
+
+@pytest.mark.parametrize(
+    ("change", "column"),
+    [
+        ({"service_tier": 0}, "service_tier"),  # was written as the text '0'
+        ({"agent": 7}, "agent"),  # was '7'
+        ({"quantity": True}, "quantity"),  # was 1
+        ({"prompt_tokens": False}, "prompt_tokens"),  # was 0
+        ({"billable": 2}, "billable"),  # was true
+    ],
+)
+def test_a_value_of_another_type_is_refused_naming_its_column_and_nothing_is_persisted(wallet, db, change, column):
+    """No gate writes these; the drain dead-letters such an entry with this error rather than store
+    a value as something it is not."""
+    with pytest.raises(TypeError, match=column):
+        with session_scope() as s:
+            persist_turns(s, [_row(0), _row(1, **change)])
+    assert _sums(db) == (0, 0, 0)
 
 
 def test_a_float_in_a_money_column_is_refused_naming_it_and_nothing_is_persisted(wallet, db):

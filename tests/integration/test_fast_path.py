@@ -5,6 +5,7 @@ an app without the fast path gives (status, content type, problem document)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from fastapi.routing import APIRoute
@@ -153,9 +154,15 @@ VALUES = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(10**13), max_value=10**13),
-    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=-(10**40), max_value=10**40),  # past 64 bits
+    st.floats(),  # NaN and the infinities too (json.dumps writes NaN / Infinity)
     st.text(max_size=12),
-    st.sampled_from(["1000", "1e3", "2026-11-01T12:00:00Z", "2026-11-01", "1761998400", "gpt-4o", "llm", "emails"]),
+    st.text(st.characters(codec=None, categories=["Cc", "Cf", "Cs", "Zl", "Zp", "Nd"]), max_size=4),
+    st.sampled_from(
+        ["1000", "1e3", " 5", "\u0665", "2026-11-01T12:00:00Z", "2026-11-01", "1761998400", "gpt-4o", "llm", "emails"]
+    ),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
 )
 
 
@@ -167,8 +174,117 @@ def test_json_validation_accepts_what_python_validation_accepts_and_the_same_tur
     same turn by the second (a body it refuses goes to FastAPI's handler, so only this direction
     matters)."""
     raw = json.dumps({**TURN, **changes})
+    if "prompt_tokens" in changes:  # a duplicate key as well: both parsers keep the last
+        raw = '{"prompt_tokens": -1, ' + raw[1:]
     try:
         fast = TurnIn.model_validate_json(raw)
     except ValidationError:
         return
     assert TurnIn.model_validate(json.loads(raw)) == fast
+
+
+def _hostile_bodies(turn_id: str = "@ID@") -> dict[str, bytes]:
+    """Bodies of the classes a hostile or careless client sends, of turn ``turn_id``: duplicate keys, numbers in every JSON form, NaN/Infinity, a BOM, bytes that are not
+    UTF-8, escapes PostgreSQL cannot store, deep nesting, unknown fields, other encodings."""
+    base = json.dumps({**TURN, "turn_id": turn_id})
+    tokens = f'"prompt_tokens": {TURN["prompt_tokens"]}'
+
+    def tok(raw: str) -> str:
+        return base.replace(tokens, f'"prompt_tokens": {raw}')
+
+    text_fields = ["turn_id", "wallet_id", "enterprise_id", "chat_id", "agent", "model", "provider"]
+    bodies = {
+        "duplicate key, the last valid": base[:-1] + ', "prompt_tokens": 5}',
+        "duplicate key, the last invalid": base[:-1] + ', "prompt_tokens": -5}',
+        "duplicate key, the first invalid": '{"prompt_tokens": -5, ' + base[1:],
+        "duplicate wallet_id": base[:-1] + ', "wallet_id": "w2"}',
+        "int past 64 bits": tok(str(10**30)),
+        "int past int()'s digits": tok("9" * 5000),
+        "1.0": tok("1.0"),
+        "1e3": tok("1e3"),
+        "1E3": tok("1E3"),
+        "-0": tok("-0"),
+        '"5"': tok('"5"'),
+        '" 5"': tok('" 5"'),
+        '"\u0665"': tok('"\u0665"'),
+        "NaN": tok("NaN"),
+        "Infinity": tok("Infinity"),
+        "-Infinity": tok("-Infinity"),
+        "BOM": "\ufeff" + base,
+        "whitespace around": " \r\n\t" + base + "\n ",
+        "trailing junk": base + " x",
+        "two documents": base + base,
+        "deep nesting": '{"turn_id": "' + turn_id + '", "x": ' + "[" * 10_000 + "]" * 10_000 + "}",
+        "unknown field": base[:-1] + ', "amount_nanos": 1}',
+        "occurred_at as epoch seconds": base.replace('"2026-11-01T12:00:00Z"', "1793534400"),
+        "occurred_at without zone": base.replace('"2026-11-01T12:00:00Z"', '"2026-11-01T12:00:00"'),
+        "occurred_at lower-case t and z": base.replace('"2026-11-01T12:00:00Z"', '"2026-11-01t12:00:00z"'),
+        "occurred_at year 9999 offset": base.replace('"2026-11-01T12:00:00Z"', '"9999-12-31T23:59:59-23:59"'),
+    }
+    for field in text_fields:
+        value = json.dumps({**TURN, "turn_id": turn_id}[field])
+        for name, escape in (("NUL", "\\u0000"), ("lone surrogate", "\\ud800"), ("RLO", "\\u202e")):
+            bodies[f"{name} in {field}"] = base.replace(f'"{field}": {value}', f'"{field}": "{escape}{value[1:]}')
+    raw = {name: body.encode() for name, body in bodies.items()}
+    raw["not UTF-8 in chat_id"] = base.replace('"c1"', '"c\xff1"').encode("latin-1")
+    raw["UTF-16"] = base.encode("utf-16")
+    raw["UTF-8 encoded surrogate"] = base.replace('"c1"', '"c@S@"').encode().replace(b"@S@", b"\xed\xa0\x80")
+    return raw
+
+
+#: content types: FastAPI's handler decides every one the fast path does not take
+CONTENT_TYPES = [
+    {"Content-Type": "application/json"},
+    {"Content-Type": "application/JSON"},
+    {"Content-Type": "application/json; charset=latin-1"},
+    {"Content-Type": "application/json-patch+json"},
+    {"Content-Type": "application/vnd.api+json"},
+    {"Content-Type": "text/json"},
+    {},
+]
+
+
+def test_hostile_bodies_get_exactly_fastapi_s_answer_accepted_or_refused(api, plain, settings, monkeypatch):  # noqa: F811
+    """Every hostile body under every content type, single and batched: the fast path answers
+    what FastAPI's own handler answers (status and body; the balance after each, which depends on
+    the order of the two apps' requests on one wallet, left out), and accepts nothing FastAPI refuses."""
+    monkeypatch.setattr(settings, "rate_limit", "100000/minute")  # about 1,000 requests of one key
+    owner = auth(api.keys["owner"])
+    differ = []
+    n = 0
+    for name in _hostile_bodies():
+        for ctype in CONTENT_TYPES:
+            n += 1
+            for path, wrap in (("/v1/turns", lambda b: b), ("/v1/turns/batch", lambda b: b'{"turns": [' + b + b"]}")):
+                answers = []
+                for client, side in ((api, "f"), (plain, "p")):
+                    marker = f"{side}{n}-{path[-5:]}"
+                    body = _hostile_bodies(marker)[name]
+                    r = client.post(path, content=wrap(body), headers=owner | ctype)
+                    shown = re.sub(r'"balance_nanos":-?\d+', "", r.text.replace(marker, "ID"))
+                    answers.append((r.status_code, r.headers.get("content-type"), shown))
+                if answers[0] != answers[1]:
+                    differ.append((name, ctype, path, answers))
+    assert differ == []
+    assert n == len(_hostile_bodies()) * len(CONTENT_TYPES)
+
+
+def test_a_body_at_the_size_cap_and_over_it_chunked_or_not(api, plain, settings):  # noqa: F811
+    """The cap (``TOLLGATE_MAX_BODY_BYTES``) is counted as bytes arrive, before either handler: a
+    valid turn padded to exactly the cap is answered as FastAPI answers it, one byte over is 413
+    from both, with or without Content-Length."""
+    owner = auth(api.keys["owner"]) | {"Content-Type": "application/json"}
+    cap = settings.max_body_bytes
+    for side, client in (("f", api), ("p", plain)):
+        body = json.dumps({**TURN, "turn_id": f"cap-{side}"}).encode()
+        at_cap = body[:-1] + b" " * (cap - len(body)) + b"}"
+        assert len(at_cap) == cap
+        assert client.post("/v1/turns", content=at_cap, headers=owner).status_code == 200
+        over = at_cap[:-1] + b" }"
+        assert client.post("/v1/turns", content=over, headers=owner).status_code == 413
+        chunked = client.post("/v1/turns", content=iter([over[:1000], over[1000:]]), headers=owner)
+        assert chunked.status_code == 413
+        ok_chunked = json.dumps({**TURN, "turn_id": f"chunk-{side}"}).encode()
+        assert (
+            client.post("/v1/turns", content=iter([ok_chunked[:10], ok_chunked[10:]]), headers=owner).status_code == 200
+        )

@@ -78,6 +78,7 @@ def _raises(path: Path, fmt: str, **kw) -> TraceError:
         ("2023-11-16 18:15:50.9951690,396, 7", "GeneratedTokens"),
         ("2023-11-16 18:15:50.9951690,1e3,109", "ContextTokens"),
         ("2023-11-16 18:15:50.9951690,396,1000000000001", "GeneratedTokens"),
+        ("2023-11-16 18:15:50.9951690," + "9" * 5000 + ",109", "ContextTokens"),  # past int()'s 4,300 digits
         ("2023-13-16 18:15:50.9951690,396,109", "TIMESTAMP"),
         ("2023-02-30 18:15:50.9951690,396,109", "TIMESTAMP"),
         ("16/11/2023 18:15:50,396,109", "TIMESTAMP"),
@@ -378,3 +379,25 @@ def test_shared_mooncake_cached_tokens():
     assert round(total_cached / 7_851, 1) == 4444.9
     assert round(100 * total_cached / 97_571_920, 1) == 35.8
     assert rows[-1].occurred_at == EPOCH + timedelta(milliseconds=2_397_000)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"timestamp": 1, "input_length": 10, "output_length": 2, "hash_ids": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"timestamp": 1, "input_length": ' + "9" * 5000 + ', "output_length": 2, "hash_ids": [1]}',
+    ],
+    ids=["nested 100,000 deep", "a 5,000-digit integer"],
+)
+def test_mooncake_a_row_json_cannot_read_is_a_trace_error_naming_its_row(tmp_path, line):
+    """json.loads raises RecursionError and a plain ValueError (int()'s digit limit) for these, not
+    JSONDecodeError: they escaped as those before."""
+    p = _mooncake(tmp_path, _mc(0, 10, 2, [1]), line)
+    err = _raises(p, "mooncake", epoch=EPOCH)
+    assert (err.row, err.line) == (2, 2)
+    assert "row 2" in str(err)
+
+
+def test_azure_leading_zeros_past_int_s_digit_limit_read_as_the_number(tmp_path):
+    p = _azure(tmp_path, "2023-11-16 18:15:46.6805900,374," + "0" * 4999 + "7")
+    assert [r.completion_tokens for r in read_trace(p, "azure")] == [7]

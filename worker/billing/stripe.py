@@ -79,6 +79,7 @@ from worker.gate.keys import STRIPE_KEY_PREFIX
 from worker.ledger.accounts import MAX_CREDIT_NANOS, LedgerError, OnCredited, complete_credit, credit_wallet
 from worker.ledger.audit import audit
 from worker.settings import Settings, get_settings
+from worker.validation import storable_id
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ KEY_PREFIX = STRIPE_KEY_PREFIX
 #: subscription statuses during which a wallet may not start another subscription
 LIVE_SUBSCRIPTION = ("active", "past_due", "trialing", "incomplete", "unpaid")
 
-_PACKAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+_PACKAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}\Z")
 
 
 class StripeBillingError(InputError, ValueError):
@@ -196,7 +197,7 @@ def add_package(
 def get_package(session: Session, package_id: str, *, active_only: bool = False) -> TokenPackage:
     """The package ``package_id``.  Raises StripeBillingError naming ``package_id`` when it is unknown
     (or inactive, with ``active_only``)."""
-    package = session.get(TokenPackage, package_id) if isinstance(package_id, str) else None
+    package = session.get(TokenPackage, package_id) if storable_id(package_id) else None
     if package is None or (active_only and not package.active):
         raise StripeBillingError(
             f"package_id: unknown{' or inactive' if active_only else ''} package {package_id!r}", field="package_id"
@@ -274,7 +275,7 @@ def checkout_params(
     Raises: StripeBillingError naming ``wallet_id`` (unknown; already subscribed), ``package_id``
     (unknown or inactive), ``success_url`` / ``cancel_url``.
     """
-    wallet = session.get(Wallet, wallet_id) if isinstance(wallet_id, str) else None
+    wallet = session.get(Wallet, wallet_id) if storable_id(wallet_id) else None
     if wallet is None:
         raise StripeBillingError(f"wallet_id: unknown wallet {wallet_id!r}", field="wallet_id")
     package = get_package(session, package_id, active_only=True)
@@ -462,7 +463,7 @@ def _id_of(value: Any) -> str | None:
 
 def _find_wallet(session: Session, *, metadata: Any, subscription_id: str | None, customer_id: str | None) -> Wallet:
     wallet_id = _get(metadata, "wallet_id")
-    if isinstance(wallet_id, str) and (wallet := session.get(Wallet, wallet_id)) is not None:
+    if storable_id(wallet_id) and (wallet := session.get(Wallet, wallet_id)) is not None:
         return wallet
     if subscription_id:
         wallet = (
@@ -613,7 +614,7 @@ def _checkout_wallet(session: Session, obj: Mapping[str, Any]) -> Wallet:
 def get_package_or_event_error(session: Session, package_id: Any) -> TokenPackage:
     """The package an event refers to (active or not: the session was started while it was sold).
     Raises EventError naming ``metadata.package_id``."""
-    package = session.get(TokenPackage, package_id) if isinstance(package_id, str) else None
+    package = session.get(TokenPackage, package_id) if storable_id(package_id) else None
     if package is None:
         raise EventError(f"metadata.package_id: unknown package {package_id!r}", field="metadata.package_id")
     return package

@@ -26,7 +26,7 @@ from models.wallet import Wallet, WalletTransaction
 from worker.billing.stripe import KEY_PREFIX
 
 #: a Checkout session id as Stripe makes them (``cs_test_…``, ``cs_live_…``)
-CHECKOUT_SESSION_ID = re.compile(r"^cs_[A-Za-z0-9_]{1,250}$")
+CHECKOUT_SESSION_ID = re.compile(r"^cs_[A-Za-z0-9_]{1,250}\Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,8 @@ TURNS_PER_PAGE = 50
 MAX_TURNS_PER_PAGE = 200
 #: chats listed on a workflow page (by cost, then chat id)
 WORKFLOW_TOP_CHATS = 20
-_CURSOR = re.compile(r"(\d{1,17})\.(\d{1,19})")
+# ASCII digits only (``\d`` alone also takes other scripts' digits, which ``int`` reads)
+_CURSOR = re.compile(r"(\d{1,17})\.(\d{1,19})", re.ASCII)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -81,8 +81,8 @@ USAGE_FIELDS = frozenset(
     }
 )
 #: what a service tier, a response id may look like (TurnIn's patterns)
-_TIER = re.compile(r"^[a-z0-9_.-]{1,32}$")
-_RESPONSE_ID = re.compile(r"^[^\s\x00-\x1f\x7f]{1,200}$")
+_TIER = re.compile(r"^[a-z0-9_.-]{1,32}\Z")
+_RESPONSE_ID = re.compile(r"^[^\s\x00-\x1f\x7f]{1,200}\Z")
 
 
 class AdapterError(InputError, ValueError):

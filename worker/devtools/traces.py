@@ -69,6 +69,12 @@ def _tokens(path: Path, value: object, *, row: int, line: int, field: str) -> in
         if isinstance(value, int | str) and str(value).lstrip().startswith("-"):
             raise TraceError(path, f"{value!r} is negative; tokens are integers >= 0", row=row, line=line, field=field)
         raise TraceError(path, f"{value!r} is not a non-negative integer", row=row, line=line, field=field)
+    if isinstance(value, str):  # int() refuses more than 4,300 digits (leading zeros too): read the digits that count
+        value = value.lstrip("0") or "0"
+        if len(value) > len(str(MAX_TOKENS)):
+            raise TraceError(
+                path, f"{value[:20]}… ({len(value)} digits) exceeds {MAX_TOKENS}", row=row, line=line, field=field
+            )
     n = int(value)
     if n < 0:
         raise TraceError(path, f"{n} is negative; tokens are integers >= 0", row=row, line=line, field=field)
@@ -165,6 +171,8 @@ def read_mooncake(path: Path, *, epoch: datetime) -> list[TraceRow]:
                     raise TraceError(
                         path, f"not a JSON object: {exc.msg} (is this --format mooncake?)", row=n, line=line_no
                     ) from exc
+                except (ValueError, RecursionError) as exc:  # an integer past 4,300 digits; nesting too deep
+                    raise TraceError(path, f"not a trace row: {str(exc)[:120]}", row=n, line=line_no) from None
                 if not isinstance(obj, dict):
                     raise TraceError(path, "not a JSON object", row=n, line=line_no)
                 for name in ("timestamp", "input_length", "output_length", "hash_ids"):

@@ -65,7 +65,8 @@ def _short_int(v: int) -> str:
 def _long_int(text: str) -> int:
     """:func:`_short_int`'s text back to the integer (exact: no float).  Raises ValueError."""
     digits, _, zeros = text.partition("e")
-    if not digits.isdigit() or not (zeros.isdigit() or zeros == "") or len(zeros) > 2:
+    # ASCII: str.isdigit and int also take other scripts' digits ('١' read as 1)
+    if not text.isascii() or not digits.isdigit() or not (zeros.isdigit() or zeros == "") or len(zeros) > 2:
         raise ValueError(f"not a rate: {text!r}")
     return int(digits) * 10 ** int(zeros or 0)
 
@@ -151,6 +152,25 @@ def _v5_as_v4(payload: list) -> list:
     ]
 
 
+def _exact_int(text: str) -> int:
+    """A decimal integer as a gate writes it (``-12``, ``0``, ``3250000``) → int, only in that one
+    form: ``int`` alone also reads ``' 5'``, ``'1_000'``, ``'+5'``, ``'007'`` and other scripts'
+    digits (``'١'``).  Raises ValueError."""
+    value = int(text)
+    if str(value) != text:
+        raise ValueError(f"not an integer as a gate writes one: {text!r}")
+    return value
+
+
+def _timestamp(ts: object) -> datetime:
+    """A payload's ``ts`` (integer microseconds since the Unix epoch, UTC) → aware datetime.  Raises
+    BadEntry for anything but an int (a float, which ``timedelta`` would take and round, a bool),
+    OverflowError out of datetime's range."""
+    if type(ts) is not int:
+        raise BadEntry(f"occurred_at: {type(ts).__name__} {ts!r}, expected integer microseconds")
+    return _EPOCH + timedelta(microseconds=ts)
+
+
 def _decision(fields: dict[str, str]) -> dict[str, str]:
     """The gate's figures of an entry under the older entries' field names (``b``, ``a``, ``m``,
     ``bal``, ``lv``, ``sb``, ``tt``, ``bl``, ``d``): from its ``g`` field, else its own fields.
@@ -231,7 +251,7 @@ def _row_v5(payload: list, g: str, outbox_id: str) -> dict[str, Any]:
     input_rate, cached_rate, output_rate, cache_write_rate, cache_write_1h_rate = _rates_of(payload[13])
     billed_text, bal, codes, share_bps, trial_tokens, debt = g.split("|")
     decision = _CODES.get(codes)
-    if decision is None:
+    if decision is None or not g.isascii():  # ASCII: int() alone also reads other scripts' digits ('١')
         raise BadEntry(f"malformed gate decision {g!r}")
     action, mode, level, billable = decision
     billed = int(billed_text)
@@ -258,7 +278,7 @@ def _row_v5(payload: list, g: str, outbox_id: str) -> dict[str, Any]:
         "cached_input_nanos_per_mtok": cached_rate,
         "output_nanos_per_mtok": output_rate,
         "cost_nanos": payload[14],
-        "occurred_at": _EPOCH + timedelta(microseconds=payload[15]),
+        "occurred_at": _EPOCH + timedelta(microseconds=ts) if type(ts := payload[15]) is int else _timestamp(ts),
         "billed_nanos": billed,
         "action": action,
         "mode": mode,
@@ -284,7 +304,7 @@ def entry_figures(fields: dict[str, str]) -> tuple[int, int]:
     """``(billed_nanos, trial_tokens)`` the gate took for an outbox entry (either layout).
     Raises BadEntry, KeyError or ValueError (a field missing or not an integer)."""
     figures = _decision(fields)
-    return int(figures["b"]), int(figures.get("tt", "0"))
+    return _exact_int(figures["b"]), _exact_int(figures.get("tt", "0"))
 
 
 def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
@@ -335,12 +355,12 @@ def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
         ) = payload
         fields = _decision(fields)
         bal = fields.get("bal", "")
-        billed = int(fields["b"])
+        billed = _exact_int(fields["b"])
         level = fields.get("lv", "app_usage")
         if level == "platform":  # level 1: the platform bills the app creator; all of it is the platform's
             target, creator_share = "platform", 0
         else:  # level 2: the app bills its end user; the creator's share in whole nanos, rounded down
-            target, creator_share = enterprise_id, billed * int(fields.get("sb", "0")) // 10_000
+            target, creator_share = enterprise_id, billed * _exact_int(fields.get("sb", "0")) // 10_000
         return {
             "turn_id": turn_id,
             "outbox_id": outbox_id,
@@ -359,17 +379,17 @@ def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
             "cached_input_nanos_per_mtok": cached_rate,
             "output_nanos_per_mtok": output_rate,
             "cost_nanos": cost,
-            "occurred_at": _EPOCH + timedelta(microseconds=ts),
+            "occurred_at": _timestamp(ts),
             "billed_nanos": billed,
             "action": fields["a"],
             "mode": fields["m"],
-            "balance_after_nanos": int(bal) if bal else None,
+            "balance_after_nanos": _exact_int(bal) if bal else None,
             "level": level,
             "billing_target": target,
             "billable": fields.get("bl", "1" if billed else "0") == "1",
             "creator_share_nanos": creator_share,
             "platform_fee_nanos": billed - creator_share,
-            "trial_tokens": int(fields.get("tt", "0")),
+            "trial_tokens": _exact_int(fields.get("tt", "0")),
             "meter": meter,
             "quantity": quantity,
             "cache_write_tokens": cache_write,
@@ -377,7 +397,7 @@ def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
             "cache_write_1h_tokens": cache_write_1h,
             "cache_write_1h_nanos_per_mtok": cache_write_1h_rate,
             "service_tier": service_tier,
-            "debt_nanos": int(fields.get("d", "0")),  # entries queued before debts carry none
+            "debt_nanos": _exact_int(fields.get("d", "0")),  # entries queued before debts carry none
         }
     except BadEntry:
         raise

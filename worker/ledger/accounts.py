@@ -9,6 +9,7 @@ touch the gate (:func:`open_wallet`, :func:`credit_wallet`) send their Redis ste
 from __future__ import annotations
 
 import logging
+import unicodedata
 from dataclasses import dataclass
 from typing import Callable
 
@@ -140,12 +141,23 @@ def check_client_key(idempotency_key: str) -> None:
     (:data:`~worker.gate.keys.SYSTEM_KEY_PREFIXES`: ``tollgate:`` for allowances, usage, refunds and
     dead letters, ``stripe:`` for Stripe payments), so no caller's credit poses as a Stripe payment on
     a statement or takes the key of a payment still to come.  Raises LedgerError naming
-    ``idempotency_key``."""
+    ``idempotency_key``.
+
+    The prefix is looked for after Unicode compatibility normalisation (NFKC) and case folding, so
+    ``STRIPE:…``, ``Stripe:…``, fullwidth ``ｓｔｒｉｐｅ：…``, mathematical ``𝐬𝐭𝐫𝐢𝐩𝐞:…`` and
+    ``ſtripe:…`` (long s) are refused as ``stripe:…`` is: each reads as the system key on a
+    statement or in a log.  Whitespace, zero-width and other format characters never reach here: the
+    id rules (:mod:`models.validation`) refuse them in any key.  Letters of other scripts that only
+    look alike (Cyrillic ``ѕ``) are not folded by NFKC and pass."""
+    if not isinstance(idempotency_key, str):
+        return
+    folded = unicodedata.normalize("NFKC", idempotency_key).casefold()
     for prefix in SYSTEM_KEY_PREFIXES:
-        if isinstance(idempotency_key, str) and idempotency_key.startswith(prefix):
+        if folded.startswith(prefix):
+            reads = "starts with" if idempotency_key.startswith(prefix) else "reads as a key starting with"
             raise LedgerError(
-                f"idempotency_key: {idempotency_key!r} starts with {prefix!r}, which tollgate keeps for its own "
-                "entries; choose another key",
+                f"idempotency_key: {idempotency_key!r} {reads} {prefix!r}, which tollgate keeps for its own "
+                "entries (case and Unicode compatibility forms folded); choose another key",
                 field="idempotency_key",
             )
 

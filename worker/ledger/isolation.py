@@ -34,7 +34,7 @@ from worker.errors import InputError
 log = logging.getLogger(__name__)
 
 #: a schema name tollgate will create: lower case, digits and '_', at most 63 bytes (PostgreSQL's limit)
-_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}\Z")
 _RESERVED = {"public", "information_schema"}
 
 

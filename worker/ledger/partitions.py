@@ -33,7 +33,7 @@ from worker.periods import current_period, period_bounds
 from worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-_NAME = re.compile(r"^usage_event_(\d{4})_(\d{2})$")
+_NAME = re.compile(r"^usage_event_(\d{4})_(\d{2})\Z", re.ASCII)
 
 
 def _shift(period: str, months: int) -> str:

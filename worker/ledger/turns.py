@@ -245,9 +245,11 @@ _CHECKED: set[tuple[type, ...]] = set()
 def _stage_values(row: dict[str, Any]) -> tuple[Any, ...]:
     """The row's values in :data:`USAGE_COLUMNS` order, as the binary COPY takes them.  A row of the
     usual types (:func:`worker.gate.outbox.parse_entry`'s) passes after one C-level look at its value
-    types; otherwise a text column's value is written as its ``str`` and a boolean's as ``bool``
-    (as the ``text[]`` casts of the statement before the staging table did).  Raises TypeError naming
-    the column for anything else (a float in an integer column: money is never a float)."""
+    types; otherwise a ``str`` subclass (an enum) is written as its ``str``, an ``int`` subclass as
+    its ``int``, 0 or 1 in a boolean column as ``bool``.  Raises TypeError naming the column for
+    anything else, so the entry is dead-lettered with that error rather than stored as something it
+    is not: a float in an integer column (money is never a float), a bool in an integer column
+    (``true`` read as 1 token), a number in a text column (a turn_id ``12345`` that no gate wrote)."""
     values = _usage_values(row)
     kinds = tuple(map(type, values))
     if kinds in _CHECKED:
@@ -256,11 +258,11 @@ def _stage_values(row: dict[str, Any]) -> tuple[Any, ...]:
     for name, value, want in zip(USAGE_COLUMNS, values, _PY_TYPES):
         if value is None or type(value) is want:
             out.append(value)
-        elif want is str and isinstance(value, (str, int)):
+        elif want is str and isinstance(value, str):  # a StrEnum
             out.append(str(value))
-        elif want is bool and isinstance(value, int):
+        elif want is bool and isinstance(value, int) and value in (0, 1):
             out.append(bool(value))
-        elif want is int and isinstance(value, int):  # a bool, an IntEnum
+        elif want is int and isinstance(value, int) and not isinstance(value, bool):  # an IntEnum
             out.append(int(value))
         elif want is datetime and isinstance(value, datetime):
             out.append(value)
