@@ -24,6 +24,7 @@ from worker.billing.stripe import (
     StripeBillingError,
     add_package,
     application_fee_percent,
+    checkout_idempotency_key,
     checkout_params,
     create_checkout_session,
     platform_fee_cents,
@@ -517,7 +518,7 @@ def test_checkout_sends_stripe_exactly_these_requests(db, gate, stripe_settings,
         assert [(r.method, r.path) for r in stub.requests] == [("POST", "/v1/checkout/sessions")] * 3
         first, second, third = stub.requests
         assert first.headers["authorization"] == "Bearer sk_test_tollgate"
-        assert first.headers["idempotency-key"] == "buy-1"
+        assert first.headers["idempotency-key"] == checkout_idempotency_key("w1", "buy-1")
         assert first.headers["content-type"] == "application/x-www-form-urlencoded"
         common = {"client_reference_id": "w1", "success_url": URLS["success_url"], "cancel_url": URLS["cancel_url"]}
         assert first.form == common | {
@@ -602,7 +603,8 @@ def test_checkout_sends_stripe_exactly_these_requests(db, gate, stripe_settings,
             200,
             {"session_id": "cs_test_4", "mode": "payment", "url": "https://checkout.stripe.com/c/pay/cs_test_4"},
         )
-        assert stub.requests[-1].headers["idempotency-key"] == "http-buy-1"
+        # the caller's key scoped to the wallet: one Stripe account serves every app
+        assert stub.requests[-1].headers["idempotency-key"] == checkout_idempotency_key("w1", "http-buy-1")
         assert stub.requests[-1].form["customer"] == "cus_1"
         r = http.post("/v1/checkout", json={"wallet_id": "creator", "package_id": "topup-10", **URLS}, headers=auth)
         assert (r.status_code, r.json()["errors"][0]["field"]) == (404, "wallet_id")
@@ -612,6 +614,16 @@ def test_checkout_sends_stripe_exactly_these_requests(db, gate, stripe_settings,
         r = http.post("/v1/checkout", json={"wallet_id": "w1", "package_id": "topup-10", **URLS}, headers=auth)
         assert (r.status_code, r.json()["detail"]) == (502, "Stripe: Your card was declined.")
         assert len(stub.requests) == 5
+
+
+def test_a_checkout_idempotency_key_is_scoped_to_its_wallet():
+    # one Stripe account serves every app: another app's same key must never reach this request
+    key = checkout_idempotency_key("w1", "buy-1")
+    assert key == checkout_idempotency_key("w1", "buy-1")  # a retry meets its own session
+    assert key != checkout_idempotency_key("w2", "buy-1")
+    assert checkout_idempotency_key("ab", "c") != checkout_idempotency_key("a", "bc")  # length-prefixed
+    assert key.startswith("tollgate-checkout-") and len(key) == 82
+    assert len(checkout_idempotency_key("w" * 200, "k" * 200)) == 82  # Stripe takes at most 255
 
 
 def test_package_validation_names_the_field_and_stores_nothing(session):

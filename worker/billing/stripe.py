@@ -56,6 +56,7 @@ unprocessed (a later delivery of it is processed again); transient failures (Red
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import asdict, dataclass
@@ -350,6 +351,16 @@ class CheckoutStarted:
     mode: str
 
 
+def checkout_idempotency_key(wallet_id: str, idempotency_key: str) -> str:
+    """The ``Idempotency-Key`` sent to Stripe for a caller's ``idempotency_key`` on ``wallet_id``:
+    ``tollgate-checkout-`` and the SHA-256 hex digest of the length-prefixed pair (82 characters,
+    under Stripe's 255).  Stripe keeps idempotency keys per account, which every app shares: the
+    caller's key alone would let one app's request meet another's (its cached session, or a 502 that
+    tells the key was used).  Scoped to the wallet, a key can only meet its own wallet's requests."""
+    pair = f"{len(wallet_id)}:{wallet_id}{idempotency_key}".encode()
+    return "tollgate-checkout-" + hashlib.sha256(pair).hexdigest()
+
+
 def create_checkout_session(
     session: Session,
     *,
@@ -363,8 +374,10 @@ def create_checkout_session(
     """Create a Stripe Checkout session selling ``package_id`` to ``wallet_id`` (parameters:
     :func:`checkout_params`).  Writes nothing: the wallet is credited when Stripe reports payment.
 
-    ``client`` defaults to :func:`stripe_client`; ``idempotency_key`` is sent as Stripe's
-    ``Idempotency-Key`` (the same key twice returns the same session).
+    ``client`` defaults to :func:`stripe_client`; ``idempotency_key`` (the caller's) is sent as
+    Stripe's ``Idempotency-Key`` scoped to the wallet (:func:`checkout_idempotency_key`): the same key
+    for the same wallet twice returns the same session; the same key for another wallet is another
+    request (one Stripe account serves every app, so a caller's key never meets another app's).
     Raises: StripeBillingError naming the field (nothing is sent to Stripe then); StripeConfigError;
     ``stripe.StripeError`` when Stripe refuses or cannot be reached.
     """
@@ -372,7 +385,8 @@ def create_checkout_session(
         session, wallet_id=wallet_id, package_id=package_id, success_url=success_url, cancel_url=cancel_url
     )
     client = client or stripe_client()
-    options: Any = {"idempotency_key": idempotency_key} if idempotency_key else None  # stripe's RequestOptions
+    key = checkout_idempotency_key(wallet_id, idempotency_key) if idempotency_key else None
+    options: Any = {"idempotency_key": key} if key else None  # stripe's RequestOptions
     created = client.v1.checkout.sessions.create(cast(Any, params), options)
     return CheckoutStarted(session_id=created.id, url=getattr(created, "url", None), mode=params["mode"])
 
