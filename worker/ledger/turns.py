@@ -16,11 +16,14 @@ from typing import Any, Sequence
 
 import psycopg
 import redis
+from psycopg import postgres
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from sqlalchemy import Boolean, DateTime, Integer, func, select
 from sqlmodel import Session, col
 
 from models.enums import BillingMode, ChatStatus, ConnectionState, TransactionKind
-from models.turn import UsageEvent, UsageTurnKey, turn_key_digest
+from models.turn import UsageEvent, UsageTurnKey, turn_key_bytes, turn_key_digest
 from worker.db import table_of
 from worker.gate.gate import WalletGate
 from worker.gate.keys import USAGE_PREFIX, outbox_key, transitions_key
@@ -143,6 +146,20 @@ def chat_order(outbox_id: str) -> str:
     wallets) the Redis time in the id orders, the shard breaks ties.  An outbox id of another form
     sorts as its own text.  See :func:`outbox_position` for a pause, resume or credit.
     """
+    shard, colon, stream_id = (outbox_id or "").partition(":")
+    ms, dash, seq = stream_id.partition("-")
+    # the usual form (ASCII digits, no wider than their padding) padded as text: the same key as
+    # the general path below, without the regex and the int round trips (the drain stages one a row)
+    if (
+        colon
+        and dash
+        and 0 < len(shard) <= 6
+        and 0 < len(ms) <= 20
+        and 0 < len(seq) <= 20
+        and (shard + ms + seq).isascii()
+        and (shard + ms + seq).isdigit()
+    ):
+        return f"{ms:0>20}-{seq:0>20}-{shard:0>6}"
     m = _OUTBOX_ID.fullmatch(outbox_id or "")
     if m is None:
         return outbox_id or ""
@@ -207,43 +224,68 @@ def _column_sql_type(name: str) -> str:
 
 
 #: the batch's staging table: a TEMP table per connection (never WAL-logged, emptied at every
-#: commit), ``ord`` the row's position in the batch, ``fresh`` cleared for a turn already persisted
+#: commit), ``ord`` the row's position in the batch, ``sk`` its :func:`chat_order`, ``turn_key`` its
+#: key in ``usage_turn_key`` (:func:`models.turn.turn_key_bytes`, computed here), ``fresh`` cleared
+#: for a turn already persisted
 STAGE = "tollgate_drain_stage"
 
+#: :data:`USAGE_COLUMNS` in the staging table's order: the fixed-width columns first (the nullable
+#: one last of them), the texts after, so PostgreSQL reads the figures of a staged row at fixed
+#: offsets (every aggregate of the batch scans the staging table); the column list itself stays
+#: :data:`USAGE_COLUMNS`
+_STAGE_COLUMNS = tuple(
+    sorted(USAGE_COLUMNS, key=lambda c: (_column_sql_type(c) == "text", bool(table_of(UsageEvent).c[c].nullable)))
+)
+
 _CREATE_STAGE = (
-    f'CREATE TEMP TABLE IF NOT EXISTS {STAGE} (ord integer NOT NULL, sk text COLLATE "C" NOT NULL, '
-    + ", ".join(
-        f"{c} {_column_sql_type(c)}" + (' COLLATE "C"' if _column_sql_type(c) == "text" else "") for c in USAGE_COLUMNS
-    )
-    + ", fresh boolean NOT NULL DEFAULT true) ON COMMIT DELETE ROWS"
+    f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (ord integer NOT NULL, turn_key uuid NOT NULL, "
+    + ", ".join(f"{c} {_column_sql_type(c)}" for c in _STAGE_COLUMNS if _column_sql_type(c) != "text")
+    + ', fresh boolean NOT NULL DEFAULT true, sk text COLLATE "C" NOT NULL, '
+    + ", ".join(f'{c} text COLLATE "C"' for c in _STAGE_COLUMNS if _column_sql_type(c) == "text")
+    + ") ON COMMIT DELETE ROWS"
 )
 
 #: the staged columns' types, for binary COPY (PostgreSQL then checks every text, a NUL byte as any)
 _STAGE_TYPES = [
     "int4",
+    "uuid",
     "text",
     *(
         {"bigint": "int8", "timestamptz": "timestamptz", "boolean": "bool", "text": "text"}[_column_sql_type(c)]
-        for c in USAGE_COLUMNS
+        for c in _STAGE_COLUMNS
     ),
 ]
 
-_COPY_STAGE = f"COPY {STAGE} (ord, sk, {', '.join(USAGE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_COPY_STAGE = f"COPY {STAGE} (ord, turn_key, sk, {', '.join(_STAGE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
-#: the row's values in :data:`USAGE_COLUMNS` order (one C call per row)
-_usage_values = operator.itemgetter(*USAGE_COLUMNS)
+#: the row's values in :data:`_STAGE_COLUMNS` order (one C call per row)
+_usage_values = operator.itemgetter(*_STAGE_COLUMNS)
 
 #: the Python type each staged column takes (None: SQL NULL)
 _PY_TYPES = tuple(
-    {"bigint": int, "timestamptz": datetime, "boolean": bool, "text": str}[_column_sql_type(c)] for c in USAGE_COLUMNS
+    {"bigint": int, "timestamptz": datetime, "boolean": bool, "text": str}[_column_sql_type(c)] for c in _STAGE_COLUMNS
 )
+
+
+class _KeyDumper(Dumper):
+    """A turn key's 16 bytes (:func:`models.turn.turn_key_bytes`) as a binary ``uuid``, as they are
+    (registered by oid only, for the staging COPY: no ``uuid.UUID`` object per row)."""
+
+    format = Format.BINARY
+    oid = postgres.types["uuid"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        if type(obj) is not bytes or len(obj) != 16:
+            raise TypeError(f"a turn key is 16 bytes, not {obj!r}")
+        return obj
+
 
 #: the value-type tuples of rows already checked against :data:`_PY_TYPES` (a handful: None or not)
 _CHECKED: set[tuple[type, ...]] = set()
 
 
 def _stage_values(row: dict[str, Any]) -> tuple[Any, ...]:
-    """The row's values in :data:`USAGE_COLUMNS` order, as the binary COPY takes them.  A row of the
+    """The row's values in :data:`_STAGE_COLUMNS` order, as the binary COPY takes them.  A row of the
     usual types (:func:`worker.gate.outbox.parse_entry`'s) passes after one C-level look at its value
     types; otherwise a text column's value is written as its ``str`` and a boolean's as ``bool``
     (as the ``text[]`` casts of the statement before the staging table did).  Raises TypeError naming
@@ -253,7 +295,7 @@ def _stage_values(row: dict[str, Any]) -> tuple[Any, ...]:
     if kinds in _CHECKED:
         return values
     out = []
-    for name, value, want in zip(USAGE_COLUMNS, values, _PY_TYPES):
+    for name, value, want in zip(_STAGE_COLUMNS, values, _PY_TYPES):
         if value is None or type(value) is want:
             out.append(value)
         elif want is str and isinstance(value, (str, int)):
@@ -271,23 +313,20 @@ def _stage_values(row: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-#: a staged row's key in ``usage_turn_key`` (:func:`models.turn.turn_key_digest`, in SQL)
-_KEY = "usage_turn_key_of(enterprise_id, wallet_id, turn_id)"
-
 #: The staged turns (turn_id in its scope) go into ``usage_turn_key`` first (unique by its 16-byte
-#: key, unpartitioned, ``ON CONFLICT DO NOTHING``); the staged rows whose key was not inserted there
-#: (a re-delivery, a second acceptance) are marked not ``fresh`` and their ``ord`` returned; then only
-#: the fresh rows get their ``usage_event`` row (partitioned by month), so a re-delivered or retried
-#: turn is one row whatever its ``occurred_at``.  The first statement returns (keys inserted, ords
-#: not inserted).
+#: key, unpartitioned, ``ON CONFLICT DO NOTHING``), in key order (every drain takes the keys' locks
+#: in that one order, and the index is filled page by page); the staged rows whose key was not
+#: inserted there (a re-delivery, a second acceptance) are marked not ``fresh`` and their ``ord``
+#: returned; then only the fresh rows get their ``usage_event`` row (partitioned by month), so a
+#: re-delivered or retried turn is one row whatever its ``occurred_at``.  The first statement
+#: returns (keys inserted, ords not inserted).
 _INSERT_USAGE = (
-    f"WITH keyed AS MATERIALIZED (SELECT ord, {_KEY} AS turn_key, outbox_id, occurred_at FROM {STAGE}), "
-    "fresh AS (INSERT INTO usage_turn_key (turn_key, outbox_id, occurred_at) "
-    "SELECT turn_key, outbox_id, occurred_at FROM keyed ORDER BY ord "
+    "WITH fresh AS (INSERT INTO usage_turn_key (turn_key, outbox_id, occurred_at) "
+    f"SELECT turn_key, outbox_id, occurred_at FROM {STAGE} ORDER BY turn_key "
     "ON CONFLICT (turn_key) DO NOTHING RETURNING turn_key), "
     # (skipped, a one-time filter, when every staged row was inserted: ``{staged}`` is their count)
-    f"stale AS (UPDATE {STAGE} s SET fresh = false FROM keyed k WHERE (SELECT count(*) FROM fresh) < {{staged}} "
-    "AND k.ord = s.ord AND NOT EXISTS (SELECT 1 FROM fresh f WHERE f.turn_key = k.turn_key) RETURNING s.ord) "
+    f"stale AS (UPDATE {STAGE} s SET fresh = false WHERE (SELECT count(*) FROM fresh) < {{staged}} "
+    "AND NOT EXISTS (SELECT 1 FROM fresh f WHERE f.turn_key = s.turn_key) RETURNING s.ord) "
     "SELECT (SELECT count(*) FROM fresh), (SELECT array_agg(ord) FROM stale);\n"
     f"INSERT INTO usage_event ({', '.join(USAGE_COLUMNS)}) SELECT {', '.join(USAGE_COLUMNS)} FROM {STAGE} WHERE fresh"
 )
@@ -525,10 +564,12 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
         # is made again); emptied at each commit, and here for a caller that persists twice in one
         # transaction
         cur.execute(f"{_CREATE_STAGE};\nDELETE FROM {STAGE}")
+        cur.adapters.register_dumper(None, _KeyDumper)
         with cur.copy(_COPY_STAGE) as copy:
             copy.set_types(_STAGE_TYPES)
-            for i, r in enumerate(unique):
-                copy.write_row((i, chat_order(r["outbox_id"]), *_stage_values(r)))
+            for i, ((enterprise_id, wallet_id, turn_id), r) in enumerate(first.items()):
+                key = turn_key_bytes(enterprise_id, wallet_id, turn_id)
+                copy.write_row((i, key, chat_order(r["outbox_id"]), *_stage_values(r)))
         # one round trip: the usage rows, then the ledger of the fresh ones (a no-op without any)
         cur.execute(_INSERT_USAGE.replace("{staged}", str(len(unique))) + ";\n" + _LEDGER + ";\n" + _ROLLUPS)
         summary = cur.fetchone()
