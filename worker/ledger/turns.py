@@ -377,7 +377,7 @@ _KEEP = f"(ct.status = '{ChatStatus.completed.value}' OR excluded.state_key <= c
 _T = ("prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_nanos")
 
 #: The ledger side of the inserted rows, from their sums (:data:`GROUPS`), in the same transaction (no
-#: parameters: sent as one multi-statement round trip).  Every row lock is taken in a fixed order
+#: parameters; sent in the batch's one pipeline, :data:`_STATEMENTS`).  Every row lock is taken in a fixed order
 #: (wallets by id, chats by (enterprise_id, chat_id), agents by (enterprise_id, chat_id, agent)), so
 #: concurrent drains do not deadlock.
 #:
@@ -592,11 +592,12 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
     (:data:`TURN_KEY`): re-delivered rows, also a turn twice in one batch, are counted as
     duplicates and change nothing; the same turn_id in another scope is another turn.
 
-    How: the batch (first copy of each turn) is COPied, binary, into a TEMP staging table
-    (:data:`STAGE`, emptied at commit); then one multi-statement round trip inserts
-    ``usage_turn_key`` ``ON CONFLICT DO NOTHING``, the ``usage_event`` rows of the keys inserted
-    (:data:`_INSERT_USAGE`) and aggregates those rows into the ledger (:data:`_LEDGER`) and the
-    billing rollups (:data:`_ROLLUPS`).  Rows are
+    How: the batch (first copy of each turn, with its turn key computed here) is COPied, binary,
+    into a TEMP staging table (:data:`STAGE`, emptied at commit); then one pipeline of prepared
+    statements (:data:`_STATEMENTS`, one round trip) inserts ``usage_turn_key`` ``ON CONFLICT DO
+    NOTHING``, the ``usage_event`` rows of the keys inserted (:data:`_INSERT_USAGE`), sums those
+    rows once (:data:`GROUPS`) and adds the sums to the ledger (:data:`_LEDGER`) and the billing
+    rollups (:data:`_ROLLUPS`).  Rows are
     locked in a fixed order, so concurrent drains do not deadlock.  The caller commits (a rollback discards the
     staged rows too).  Raises whatever PostgreSQL raises (the session must then be rolled back).
     """
