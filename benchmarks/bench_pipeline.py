@@ -11,7 +11,9 @@ What it measures, in one run (see ``benchmarks/README.md``):
   Python call) and ``WalletGate.record_turns`` pipelined throughput (batches of 500); pipelined
   raw and ours run in 5 alternating rounds and each figure is its median round;
 - raw PostgreSQL: SQLAlchemy core multi-row INSERT of the same usage rows into a scratch copy of
-  ``usage_event``; the drain: ``OutboxDrain.drain`` rows/s on a pre-filled outbox;
+  ``usage_event``, and raw COPY; the drain as the Procfile's worker runs it (``--concurrency``
+  processes, each its ``DrainLoop``: :func:`bench_drain`) rows/s on a pre-filled outbox, and one
+  such process alone;
 - Redis memory per queued turn (the outbox stream, and everything a turn leaves in Redis) and per
   remembered turn_id (INFO used_memory around 100,000 turns, the outbox deleted; MEMORY USAGE of the
   gate's ``seen`` hashes), against issue 16's targets (≤ 300 B queued, ≤ 64 B remembered);
@@ -41,6 +43,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
+import resource  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -48,6 +51,7 @@ import uuid  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 from importlib.metadata import version as pkg_version  # noqa: E402
+from typing import Any  # noqa: E402
 
 import redis  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -346,13 +350,14 @@ def bench_pipelined(r: redis.Redis, gate, trace_rows, sizes: Sizes) -> dict[str,
     }
 
 
-def prefill_outbox(gate, r: redis.Redis, trace_rows, n: int) -> dict[str, float]:
-    """Fill the (flushed) outbox with ``n`` accepted turns; MEMORY USAGE per entry and per remembered turn_id."""
+def prefill_outbox(gate, r: redis.Redis, trace_rows, n: int, prefix: str = "drain") -> dict[str, float]:
+    """Fill the (flushed) outbox with ``n`` accepted turns (turn_ids ``<prefix>:<i>``); MEMORY USAGE per
+    entry and per remembered turn_id."""
     from worker.gate.keys import outbox_key
 
     r.flushdb()
     reload_wallets(gate)
-    turns = make_turns("drain", n, trace_rows)
+    turns = make_turns(prefix, n, trace_rows)
     for i in range(0, n, BATCH):
         for d in gate.record_turns(turns[i : i + BATCH]):
             if not d.accepted:
@@ -554,17 +559,112 @@ def raw_stream_bytes(r: redis.Redis, gate, n: int = 10_000) -> float:
     return size
 
 
-def bench_drain(r: redis.Redis, n: int) -> dict[str, float]:
-    """OutboxDrain.drain of the pre-filled outbox (all shards, one process)."""
-    from worker.ledger.drain import OutboxDrain
+#: worker processes of the drain benchmark: the Procfile's ``--concurrency`` default (each Celery
+#: worker process runs its own drain loop)
+DRAIN_PROCESSES = int(os.environ.get("WORKER_CONCURRENCY", "2"))
 
-    drain = OutboxDrain(r, consumer="bench-drain")
-    t0 = time.perf_counter()
-    stats = drain.drain(max_seconds=3600)
-    elapsed = time.perf_counter() - t0
-    if stats.inserted != n:
-        raise RuntimeError(f"drain inserted {stats.inserted} rows, expected {n}: {stats}")
-    return {"rows_per_s": stats.inserted / elapsed, "batches": stats.batches, "seconds": elapsed}
+
+def _drain_process(index: int, ready: Any, go: Any, stop: Any, results: Any) -> None:
+    """One worker process's drain as ``tasks.usage.start_drain_loop`` runs it: a
+    :class:`~worker.ledger.drain.DrainLoop` over ``OutboxDrain(consumer=…-loop,
+    announce=announce_chat_changes)`` on the process's own Redis, gate and engine.  Connects first
+    (``ready``), starts its loop at ``go``, stops at ``stop``; puts (drain stats, CPU seconds
+    between go and stop) on ``results``."""
+    from sqlalchemy import text
+
+    from worker.chats.lifecycle import announce_chat_changes
+    from worker.db import session_scope
+    from worker.ledger.drain import DrainLoop, OutboxDrain
+
+    drain = OutboxDrain(consumer=f"bench-slot{index}-loop", announce=announce_chat_changes)
+    drain.redis.ping()
+    with session_scope() as session:  # the engine's first connection, as a worker's is before a backlog
+        session.execute(text("SELECT 1"))
+    loop = DrainLoop(drain)
+    ready.set()
+    go.wait()
+    cpu0 = _self_cpu()
+    loop.start()
+    stop.wait()
+    loop.stop(timeout=None)
+    results.put((loop.stats.as_dict(), _self_cpu() - cpu0))
+
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bench_drain(r: redis.Redis, n: int, processes: int = DRAIN_PROCESSES) -> dict[str, float]:
+    """The worker's drain on the pre-filled outbox, as the Procfile runs it: ``processes`` worker
+    processes (spawned, each connected before the clock starts), each running its drain loop
+    (:func:`_drain_process`: every shard in turn, two persisters).  Timed from the start signal until
+    every outbox stream is empty (each entry persisted, acknowledged and trimmed), polled every 2 ms;
+    then the rows it added to ``usage_turn_key`` are counted (exactly ``n``, or RuntimeError).  Also returns
+    the CPU per row of the drain processes and of the bench database's PostgreSQL backends
+    (``/proc``), which stay meaningful on a loaded machine."""
+    import multiprocessing
+
+    from sqlalchemy import text
+
+    from benchmarks.drain_cpu import Backends
+    from worker.db import get_engine
+    from worker.gate.keys import outbox_key
+    from worker.settings import get_settings
+
+    shards = range(get_settings().outbox_shards)
+    ctx = multiprocessing.get_context("spawn")
+    ready = [ctx.Event() for _ in range(processes)]
+    go, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_drain_process, args=(i, ready[i], go, stop, results)) for i in range(processes)]
+    for p in procs:
+        p.start()
+    backends = Backends()
+    with get_engine().connect() as conn:
+        before = conn.execute(text("SELECT count(*) FROM usage_turn_key")).scalar_one()
+    try:
+        for event in ready:
+            if not event.wait(120):
+                raise RuntimeError("a drain process did not start within 120 s")
+        pg0 = backends.snapshot()
+        t0 = time.perf_counter()
+        go.set()
+        deadline = t0 + 3600
+        pipe = r.pipeline(transaction=False)
+        while True:
+            for s in shards:
+                pipe.xlen(outbox_key(s))
+            if not any(pipe.execute()):
+                break
+            if time.perf_counter() > deadline or not all(p.is_alive() for p in procs):
+                raise RuntimeError("the drain processes did not empty the outbox")
+            time.sleep(0.002)
+        elapsed = time.perf_counter() - t0
+        pg_cpu = Backends.delta(pg0, backends.snapshot())
+    finally:
+        stop.set()
+        try:
+            outcomes = [results.get(timeout=120) for _ in procs]
+        finally:
+            for p in procs:
+                p.join(60)
+                if p.is_alive():
+                    p.kill()
+            backends.conn.close()
+            backends.engine.dispose()
+    with get_engine().connect() as conn:
+        persisted = conn.execute(text("SELECT count(*) FROM usage_turn_key")).scalar_one()
+    inserted = sum(stats["inserted"] for stats, _cpu in outcomes)
+    if persisted - before != n or inserted != n:
+        raise RuntimeError(f"drain persisted {persisted} rows ({inserted} inserted), expected {n}: {outcomes}")
+    return {
+        "rows_per_s": n / elapsed,
+        "batches": sum(stats["batches"] for stats, _cpu in outcomes),
+        "seconds": elapsed,
+        "processes": processes,
+        "worker_cpu_us_per_row": sum(cpu for _stats, cpu in outcomes) / n * 1e6,
+        "pg_cpu_us_per_row": pg_cpu / n * 1e6,
+    }
 
 
 def pg_bytes_per_turn(rows: int) -> float:
@@ -708,6 +808,9 @@ def main(argv: list[str] | None = None) -> int:
     log.print("[dim]OutboxDrain.drain …[/]")
     ours_drain = bench_drain(r, sizes.drain)
     pg_bytes = pg_bytes_per_turn(sizes.drain)
+    log.print("[dim]the drain again, one worker process …[/]")
+    prefill_outbox(gate, r, trace_rows, sizes.drain, prefix="drain1")
+    one_drain = bench_drain(r, sizes.drain, processes=1)
     replay_path, replay_rows, tmp = trace_for_run(trace_path, sizes.trace_rows)
     log.print(f"[dim]replay of {replay_rows:,} turns (cold worker, then warm worker) …[/]")
     try:
@@ -755,7 +858,7 @@ def main(argv: list[str] | None = None) -> int:
         Figure("raw_copy_rows_per_s", f"raw PG COPY ×{settings.outbox_batch_size}", raw_copy["rows_per_s"], "rows/s"),
         Figure(
             "drain_rows_per_s",
-            f"OutboxDrain.drain ({sizes.drain:,} turns)",
+            f"drain loops, {ours_drain['processes']} processes ({sizes.drain:,} turns)",
             ours_drain["rows_per_s"],
             "rows/s",
             raw_pg["rows_per_s"],
@@ -763,8 +866,16 @@ def main(argv: list[str] | None = None) -> int:
         ),
         Figure(
             "drain_vs_copy",
-            "  OutboxDrain.drain vs COPY",
+            "  drain loops vs COPY",
             ours_drain["rows_per_s"],
+            "rows/s",
+            raw_copy["rows_per_s"],
+            "COPY rows/s",
+        ),
+        Figure(
+            "drain_one_process_rows_per_s",
+            "  drain loop, 1 process",
+            one_drain["rows_per_s"],
             "rows/s",
             raw_copy["rows_per_s"],
             "COPY rows/s",
@@ -930,6 +1041,11 @@ def main(argv: list[str] | None = None) -> int:
             },
             "verdicts": verdicts,
             "drain_batches": ours_drain["batches"],
+            "drain_processes": ours_drain["processes"],
+            "drain_worker_cpu_us_per_row": round(ours_drain["worker_cpu_us_per_row"], 2),
+            "drain_pg_cpu_us_per_row": round(ours_drain["pg_cpu_us_per_row"], 2),
+            "drain_one_process_worker_cpu_us_per_row": round(one_drain["worker_cpu_us_per_row"], 2),
+            "drain_one_process_pg_cpu_us_per_row": round(one_drain["pg_cpu_us_per_row"], 2),
             "pipelined_rounds": {
                 "raw_calls_per_s": [round(x) for x in pipelined["raw_rounds"]],
                 "ours_turns_per_s": [round(x) for x in pipelined["ours_rounds"]],

@@ -239,8 +239,13 @@ def turn_key_digest(enterprise_id: str, wallet_id: str, turn_id: str) -> uuid.UU
     persisted (dropped, and its debit refunded by the drain as a second acceptance): never counted
     twice.  SHA-256 is not keyed, but finding a collision costs about 2^64 hashes and only hides one
     of the finder's own turns; matching another app's key is a 2^128 second preimage."""
+    return uuid.UUID(bytes=turn_key_bytes(enterprise_id, wallet_id, turn_id))
+
+
+def turn_key_bytes(enterprise_id: str, wallet_id: str, turn_id: str) -> bytes:
+    """:func:`turn_key_digest` as its 16 bytes, no UUID object (what the drain stages, binary)."""
     scoped = f"{len(enterprise_id)}:{enterprise_id}:{len(wallet_id)}:{wallet_id}:{turn_id}"
-    return uuid.UUID(bytes=hashlib.sha256(scoped.encode()).digest()[:16])
+    return hashlib.sha256(scoped.encode()).digest()[:16]
 
 
 class UsageTurnKey(SQLModel, table=True):

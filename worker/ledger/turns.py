@@ -16,11 +16,14 @@ from typing import Any, Sequence
 
 import psycopg
 import redis
+from psycopg import postgres
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from sqlalchemy import Boolean, DateTime, Integer, func, select
 from sqlmodel import Session, col
 
 from models.enums import BillingMode, ChatStatus, ConnectionState, TransactionKind
-from models.turn import UsageEvent, UsageTurnKey, turn_key_digest
+from models.turn import UsageEvent, UsageTurnKey, turn_key_bytes, turn_key_digest
 from worker.db import table_of
 from worker.gate.gate import WalletGate
 from worker.gate.keys import USAGE_PREFIX, outbox_key, transitions_key
@@ -143,6 +146,20 @@ def chat_order(outbox_id: str) -> str:
     wallets) the Redis time in the id orders, the shard breaks ties.  An outbox id of another form
     sorts as its own text.  See :func:`outbox_position` for a pause, resume or credit.
     """
+    shard, colon, stream_id = (outbox_id or "").partition(":")
+    ms, dash, seq = stream_id.partition("-")
+    # the usual form (ASCII digits, no wider than their padding) padded as text: the same key as
+    # the general path below, without the regex and the int round trips (the drain stages one a row)
+    if (
+        colon
+        and dash
+        and 0 < len(shard) <= 6
+        and 0 < len(ms) <= 20
+        and 0 < len(seq) <= 20
+        and (shard + ms + seq).isascii()
+        and (shard + ms + seq).isdigit()
+    ):
+        return f"{ms:0>20}-{seq:0>20}-{shard:0>6}"
     m = _OUTBOX_ID.fullmatch(outbox_id or "")
     if m is None:
         return outbox_id or ""
@@ -207,43 +224,68 @@ def _column_sql_type(name: str) -> str:
 
 
 #: the batch's staging table: a TEMP table per connection (never WAL-logged, emptied at every
-#: commit), ``ord`` the row's position in the batch, ``fresh`` cleared for a turn already persisted
+#: commit), ``ord`` the row's position in the batch, ``sk`` its :func:`chat_order`, ``turn_key`` its
+#: key in ``usage_turn_key`` (:func:`models.turn.turn_key_bytes`, computed here), ``fresh`` cleared
+#: for a turn already persisted
 STAGE = "tollgate_drain_stage"
 
+#: :data:`USAGE_COLUMNS` in the staging table's order: the fixed-width columns first (the nullable
+#: one last of them), the texts after, so PostgreSQL reads the figures of a staged row at fixed
+#: offsets (every aggregate of the batch scans the staging table); the column list itself stays
+#: :data:`USAGE_COLUMNS`
+_STAGE_COLUMNS = tuple(
+    sorted(USAGE_COLUMNS, key=lambda c: (_column_sql_type(c) == "text", bool(table_of(UsageEvent).c[c].nullable)))
+)
+
 _CREATE_STAGE = (
-    f'CREATE TEMP TABLE IF NOT EXISTS {STAGE} (ord integer NOT NULL, sk text COLLATE "C" NOT NULL, '
-    + ", ".join(
-        f"{c} {_column_sql_type(c)}" + (' COLLATE "C"' if _column_sql_type(c) == "text" else "") for c in USAGE_COLUMNS
-    )
-    + ", fresh boolean NOT NULL DEFAULT true) ON COMMIT DELETE ROWS"
+    f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (ord integer NOT NULL, turn_key uuid NOT NULL, "
+    + ", ".join(f"{c} {_column_sql_type(c)}" for c in _STAGE_COLUMNS if _column_sql_type(c) != "text")
+    + ', fresh boolean NOT NULL DEFAULT true, sk text COLLATE "C" NOT NULL, '
+    + ", ".join(f'{c} text COLLATE "C"' for c in _STAGE_COLUMNS if _column_sql_type(c) == "text")
+    + ") ON COMMIT DELETE ROWS"
 )
 
 #: the staged columns' types, for binary COPY (PostgreSQL then checks every text, a NUL byte as any)
 _STAGE_TYPES = [
     "int4",
+    "uuid",
     "text",
     *(
         {"bigint": "int8", "timestamptz": "timestamptz", "boolean": "bool", "text": "text"}[_column_sql_type(c)]
-        for c in USAGE_COLUMNS
+        for c in _STAGE_COLUMNS
     ),
 ]
 
-_COPY_STAGE = f"COPY {STAGE} (ord, sk, {', '.join(USAGE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_COPY_STAGE = f"COPY {STAGE} (ord, turn_key, sk, {', '.join(_STAGE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
-#: the row's values in :data:`USAGE_COLUMNS` order (one C call per row)
-_usage_values = operator.itemgetter(*USAGE_COLUMNS)
+#: the row's values in :data:`_STAGE_COLUMNS` order (one C call per row)
+_usage_values = operator.itemgetter(*_STAGE_COLUMNS)
 
 #: the Python type each staged column takes (None: SQL NULL)
 _PY_TYPES = tuple(
-    {"bigint": int, "timestamptz": datetime, "boolean": bool, "text": str}[_column_sql_type(c)] for c in USAGE_COLUMNS
+    {"bigint": int, "timestamptz": datetime, "boolean": bool, "text": str}[_column_sql_type(c)] for c in _STAGE_COLUMNS
 )
+
+
+class _KeyDumper(Dumper):
+    """A turn key's 16 bytes (:func:`models.turn.turn_key_bytes`) as a binary ``uuid``, as they are
+    (registered by oid only, for the staging COPY: no ``uuid.UUID`` object per row)."""
+
+    format = Format.BINARY
+    oid = postgres.types["uuid"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        if type(obj) is not bytes or len(obj) != 16:
+            raise TypeError(f"a turn key is 16 bytes, not {obj!r}")
+        return obj
+
 
 #: the value-type tuples of rows already checked against :data:`_PY_TYPES` (a handful: None or not)
 _CHECKED: set[tuple[type, ...]] = set()
 
 
 def _stage_values(row: dict[str, Any]) -> tuple[Any, ...]:
-    """The row's values in :data:`USAGE_COLUMNS` order, as the binary COPY takes them.  A row of the
+    """The row's values in :data:`_STAGE_COLUMNS` order, as the binary COPY takes them.  A row of the
     usual types (:func:`worker.gate.outbox.parse_entry`'s) passes after one C-level look at its value
     types; otherwise a ``str`` subclass (an enum) is written as its ``str``, an ``int`` subclass as
     its ``int``, 0 or 1 in a boolean column as ``bool``.  Raises TypeError naming the column for
@@ -255,7 +297,7 @@ def _stage_values(row: dict[str, Any]) -> tuple[Any, ...]:
     if kinds in _CHECKED:
         return values
     out = []
-    for name, value, want in zip(USAGE_COLUMNS, values, _PY_TYPES):
+    for name, value, want in zip(_STAGE_COLUMNS, values, _PY_TYPES):
         if value is None or type(value) is want:
             out.append(value)
         elif want is str and isinstance(value, str):  # a StrEnum
@@ -273,33 +315,71 @@ def _stage_values(row: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-#: a staged row's key in ``usage_turn_key`` (:func:`models.turn.turn_key_digest`, in SQL)
-_KEY = "usage_turn_key_of(enterprise_id, wallet_id, turn_id)"
-
 #: The staged turns (turn_id in its scope) go into ``usage_turn_key`` first (unique by its 16-byte
-#: key, unpartitioned, ``ON CONFLICT DO NOTHING``); the staged rows whose key was not inserted there
-#: (a re-delivery, a second acceptance) are marked not ``fresh`` and their ``ord`` returned; then only
-#: the fresh rows get their ``usage_event`` row (partitioned by month), so a re-delivered or retried
-#: turn is one row whatever its ``occurred_at``.  The first statement returns (keys inserted, ords
-#: not inserted).
+#: key, unpartitioned, ``ON CONFLICT DO NOTHING``), in key order (every drain takes the keys' locks
+#: in that one order, and the index is filled page by page); the staged rows whose key was not
+#: inserted there (a re-delivery, a second acceptance) are marked not ``fresh`` and their ``ord``
+#: returned; then only the fresh rows get their ``usage_event`` row (partitioned by month), so a
+#: re-delivered or retried turn is one row whatever its ``occurred_at``.  The first statement
+#: returns (keys inserted, ords not inserted).
 _INSERT_USAGE = (
-    f"WITH keyed AS MATERIALIZED (SELECT ord, {_KEY} AS turn_key, outbox_id, occurred_at FROM {STAGE}), "
-    "fresh AS (INSERT INTO usage_turn_key (turn_key, outbox_id, occurred_at) "
-    "SELECT turn_key, outbox_id, occurred_at FROM keyed ORDER BY ord "
+    "WITH fresh AS (INSERT INTO usage_turn_key (turn_key, outbox_id, occurred_at) "
+    f"SELECT turn_key, outbox_id, occurred_at FROM {STAGE} ORDER BY turn_key "
     "ON CONFLICT (turn_key) DO NOTHING RETURNING turn_key), "
-    # (skipped, a one-time filter, when every staged row was inserted: ``{staged}`` is their count)
-    f"stale AS (UPDATE {STAGE} s SET fresh = false FROM keyed k WHERE (SELECT count(*) FROM fresh) < {{staged}} "
-    "AND k.ord = s.ord AND NOT EXISTS (SELECT 1 FROM fresh f WHERE f.turn_key = k.turn_key) RETURNING s.ord) "
+    # (skipped, a one-time filter, when every staged row was inserted: ``staged`` is their count)
+    f"stale AS (UPDATE {STAGE} s SET fresh = false WHERE (SELECT count(*) FROM fresh) < %(staged)s::bigint "
+    "AND NOT EXISTS (SELECT 1 FROM fresh f WHERE f.turn_key = s.turn_key) RETURNING s.ord) "
     "SELECT (SELECT count(*) FROM fresh), (SELECT array_agg(ord) FROM stale);\n"
     f"INSERT INTO usage_event ({', '.join(USAGE_COLUMNS)}) SELECT {', '.join(USAGE_COLUMNS)} FROM {STAGE} WHERE fresh"
+)
+
+#: the fresh staged rows' sums per (enterprise_id, chat_id, agent, wallet_id, workflow, provider,
+#: model, meter, period: the UTC month 'YYYY-MM'), a TEMP table per connection emptied at every
+#: commit like :data:`STAGE`: filled by one pass over the staged rows (:data:`_FILL_GROUPS`), then
+#: every aggregate of the batch (:data:`_LEDGER`, :data:`_ROLLUPS`) reads these few dozen rows
+#: instead of the batch's rows.  ``ord``: the group's first row in the batch; ``sk``: its newest
+#: (:func:`chat_order`).
+GROUPS = "tollgate_drain_groups"
+
+_GROUP_KEYS = ("enterprise_id", "chat_id", "agent", "wallet_id", "workflow", "provider", "model", "meter", "period")
+_GROUP_SUMS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_prompt_tokens",
+    "cost_nanos",
+    "billed_nanos",
+    "duration_ms",
+    "quantity",
+    "creator_share_nanos",
+    "platform_fee_nanos",
+    "trial_tokens",
+    "debt_nanos",
+)
+
+_CREATE_GROUPS = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {GROUPS} ("
+    + ", ".join(f'{c} text COLLATE "C"' for c in _GROUP_KEYS)
+    + ", events bigint, "
+    + ", ".join(f"{c} numeric" for c in _GROUP_SUMS)
+    + ', ord integer, sk text COLLATE "C", started_at timestamptz, last_turn_at timestamptz) ON COMMIT DELETE ROWS'
+)
+
+#: (grouped by the month's start, formatted once per group: ``to_char`` per row costs more than the sums)
+_MONTH = "date_trunc('month', occurred_at AT TIME ZONE 'UTC')"
+
+_FILL_GROUPS = (
+    f"INSERT INTO {GROUPS} SELECT {', '.join(_GROUP_KEYS[:-1])}, to_char({_MONTH}, 'YYYY-MM'), count(*), "
+    + ", ".join(f"sum({c})" for c in _GROUP_SUMS)
+    + ", min(ord), max(sk), min(occurred_at), max(occurred_at) "
+    f"FROM {STAGE} WHERE fresh GROUP BY {', '.join(_GROUP_KEYS[:-1])}, {_MONTH}"
 )
 
 _KEEP = f"(ct.status = '{ChatStatus.completed.value}' OR excluded.state_key <= ct.state_key)"
 
 _T = ("prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_nanos")
 
-#: The ledger side of the inserted rows, from the staging table, in the same transaction (no
-#: parameters: sent as one multi-statement round trip).  Every row lock is taken in a fixed order
+#: The ledger side of the inserted rows, from their sums (:data:`GROUPS`), in the same transaction (no
+#: parameters; sent in the batch's one pipeline, :data:`_STATEMENTS`).  Every row lock is taken in a fixed order
 #: (wallets by id, chats by (enterprise_id, chat_id), agents by (enterprise_id, chat_id, agent)), so
 #: concurrent drains do not deadlock.
 #:
@@ -314,25 +394,26 @@ _T = ("prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_nanos"
 #:    deleting a mark wait for our commit, so it never deletes the mark and misses these rows).
 #:    Returns the paused ('p') and resumed ('r') notices.
 _LEDGER = (
-    f"SELECT 1 FROM wallet WHERE id IN (SELECT wallet_id FROM {STAGE} WHERE fresh GROUP BY wallet_id "
+    f"SELECT 1 FROM wallet WHERE id IN (SELECT wallet_id FROM {GROUPS} GROUP BY wallet_id "
     "HAVING sum(billed_nanos) <> 0 OR sum(trial_tokens) <> 0 OR sum(debt_nanos) <> 0) "
     'ORDER BY id COLLATE "C" FOR NO KEY UPDATE;\n'
-    "WITH agg AS (SELECT wallet_id, sum(billed_nanos) AS nanos, count(*) AS turns, sum(trial_tokens) AS trial, "
-    f"sum(debt_nanos) AS debt, (array_agg(outbox_id ORDER BY ord))[1] AS first FROM {STAGE} WHERE fresh "
-    "GROUP BY wallet_id), "
+    # the wallet's first entry in the batch: the staged row of its groups' lowest ord
+    "WITH agg AS (SELECT a.wallet_id, a.nanos, a.turns, a.trial, a.debt, s.outbox_id AS first FROM ("
+    "SELECT wallet_id, sum(billed_nanos) AS nanos, sum(events) AS turns, sum(trial_tokens) AS trial, "
+    f"sum(debt_nanos) AS debt, min(ord) AS ord FROM {GROUPS} GROUP BY wallet_id) a JOIN {STAGE} s USING (ord)), "
     "tx AS (INSERT INTO wallet_transaction (wallet_id, kind, amount_nanos, turns, idempotency_key, description) "
     f"SELECT wallet_id, '{TransactionKind.debit.value}', nanos, turns, '{USAGE_PREFIX}' || first, "
     "'usage of ' || turns || ' turn(s)' FROM agg ORDER BY wallet_id COLLATE \"C\") "
     "UPDATE wallet w SET debits_nanos = w.debits_nanos + a.nanos, "
     "trial_tokens_used = w.trial_tokens_used + a.trial, debt_nanos = w.debt_nanos + a.debt "
     "FROM agg a WHERE w.id = a.wallet_id AND (a.nanos <> 0 OR a.trial <> 0 OR a.debt <> 0);\n"
-    # one pass over the staged rows: their sums per (chat, agent, wallet, workflow, month), a few
-    # hundred groups at most, which every aggregate below reads instead of the rows
-    f"WITH g AS MATERIALIZED (SELECT enterprise_id, chat_id, agent, wallet_id, workflow, "
-    "date_trunc('month', occurred_at AT TIME ZONE 'UTC') AS month, count(*) AS turns, "
+    # the sums per (chat, agent, wallet, workflow, month), a few hundred groups at most, which
+    # every aggregate below reads
+    f"WITH g AS MATERIALIZED (SELECT enterprise_id, chat_id, agent, wallet_id, workflow, period, "
+    "sum(events) AS turns, "
     + ", ".join(f"sum({c}) AS {c}" for c in (*_T, "billed_nanos", "duration_ms"))
-    + ', min(ord) AS ord, max(sk COLLATE "C") AS sk, min(occurred_at) AS started_at, '
-    f"max(occurred_at) AS last_turn_at FROM {STAGE} WHERE fresh GROUP BY 1, 2, 3, 4, 5, 6), "
+    + ', min(ord) AS ord, max(sk COLLATE "C") AS sk, min(started_at) AS started_at, '
+    f"max(last_turn_at) AS last_turn_at FROM {GROUPS} GROUP BY 1, 2, 3, 4, 5, 6), "
     # the chat's wallet and workflow: its first row's (the group holding its lowest ord)
     "first AS (SELECT DISTINCT ON (enterprise_id, chat_id) enterprise_id, chat_id, wallet_id, workflow "
     "FROM g ORDER BY enterprise_id, chat_id, ord), "
@@ -401,13 +482,13 @@ _LEDGER = (
     + ", ".join(f"{c} = at.{c} + excluded.{c}" for c in ("turns", "duration_ms", *_T))
     + "), "
     "rollups AS (INSERT INTO rollup_dirty (enterprise_id, workflow, period) "
-    "SELECT enterprise_id, workflow, to_char(month, 'YYYY-MM') FROM g GROUP BY enterprise_id, workflow, month "
+    "SELECT enterprise_id, workflow, period FROM g GROUP BY enterprise_id, workflow, period "
     "ORDER BY 1, 2, 3 ON CONFLICT (enterprise_id, workflow, period) DO UPDATE SET touched_at = now()), "
     # the same marks for budgets (worker.billing.budgets.check_budgets takes them): a turn persisted
     # after its month ended is checked against its own month's budgets
     "budgets AS (INSERT INTO budget_dirty (wallet_id, enterprise_id, workflow, period) "
-    "SELECT wallet_id, enterprise_id, workflow, to_char(month, 'YYYY-MM') FROM g "
-    "GROUP BY wallet_id, enterprise_id, workflow, month ORDER BY 1, 2, 3, 4 "
+    "SELECT wallet_id, enterprise_id, workflow, period FROM g "
+    "GROUP BY wallet_id, enterprise_id, workflow, period ORDER BY 1, 2, 3, 4 "
     "ON CONFLICT (wallet_id, enterprise_id, workflow, period) DO UPDATE SET touched_at = now()) "
     "SELECT 'p' AS notice, enterprise_id, chat_id, wallet_id, reason, needed_nanos FROM opened "
     "UNION ALL SELECT 'r', enterprise_id, chat_id, wallet_id, NULL, balance_nanos FROM closed"
@@ -427,22 +508,20 @@ _FIGURES = (
     "platform_fee_nanos",
 )
 
-_PERIOD = "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM')"
-
 
 def _rollup_upsert(table: str, keys: tuple[str, ...], extra: tuple[tuple[str, str, str], ...] = ()) -> str:
-    """One statement adding the fresh staged rows' sums, grouped by (enterprise_id, period, workflow,
-    *keys), to ``table`` (``ON CONFLICT DO UPDATE SET x = r.x + excluded.x``), rows inserted (so
+    """One statement adding the fresh staged rows' sums (:data:`GROUPS`), grouped by (enterprise_id,
+    period, workflow, *keys), to ``table`` (``ON CONFLICT DO UPDATE SET x = r.x + excluded.x``), rows inserted (so
     locked) in key order.  ``extra``: (column, aggregate, how it merges with the stored value)."""
     cols = ("enterprise_id", "period", "workflow", *keys)
     figures = ("events", *_FIGURES, *(c for c, _, _ in extra))
-    aggs = ("count(*)", *(f"sum({c})" for c in _FIGURES), *(a for _, a, _ in extra))
+    aggs = ("sum(events)", *(f"sum({c})" for c in _FIGURES), *(a for _, a, _ in extra))
     group = ", ".join(str(i + 1) for i in range(len(cols)))
     return (
         f"INSERT INTO {table} AS r ({', '.join(cols)}, {', '.join(figures)}) "
-        f"SELECT enterprise_id, {_PERIOD}, workflow, {', '.join(keys)}, {', '.join(aggs)} "
-        # in key order (the staged text columns are COLLATE "C"; the period is digits and '-')
-        f"FROM {STAGE} WHERE fresh GROUP BY {group} ORDER BY {group} "
+        f"SELECT enterprise_id, period, workflow, {', '.join(keys)}, {', '.join(aggs)} "
+        # in key order (the text columns are COLLATE "C"; the period is digits and '-')
+        f"FROM {GROUPS} GROUP BY {group} ORDER BY {group} "
         f"ON CONFLICT ({', '.join(cols)}) DO UPDATE SET "
         + ", ".join(f"{c} = r.{c} + excluded.{c}" for c in ("events", *_FIGURES))
         + "".join(f", {c} = {merge}(r.{c}, excluded.{c})" for c, _, merge in extra)
@@ -464,16 +543,23 @@ def _rollup_upsert(table: str, keys: tuple[str, ...], extra: tuple[tuple[str, st
 _ROLLUPS = (
     "SELECT count(pg_advisory_xact_lock_shared(hashtextextended(k, 0))) FROM ("
     "SELECT 'tollgate:billing-rollup:' || enterprise_id || chr(31) || workflow || chr(31) || period AS k FROM ("
-    f"SELECT DISTINCT enterprise_id, workflow, {_PERIOD} AS period FROM {STAGE} WHERE fresh) g "
+    f"SELECT DISTINCT enterprise_id, workflow, period FROM {GROUPS}) g "
     'ORDER BY enterprise_id COLLATE "C", workflow COLLATE "C", period COLLATE "C") s;\n'
     + _rollup_upsert("billing_rollup", ("wallet_id", "provider", "model", "meter"))
     + ";\n"
     + _rollup_upsert(
         "chat_rollup",
         ("wallet_id", "chat_id"),
-        (("first_at", "min(occurred_at)", "least"), ("last_at", "max(occurred_at)", "greatest")),
+        (("first_at", "min(started_at)", "least"), ("last_at", "max(last_turn_at)", "greatest")),
     )
 )
+
+
+#: every statement after the staging COPY, in order: each is prepared on its connection (parsed and
+#: planned once, not at every batch) and all are sent in one pipeline (one round trip); the first
+#: takes ``staged``, the number of staged rows; :data:`_NOTICES` is the one returning the notices
+_STATEMENTS = tuple(f"{_INSERT_USAGE};\n{_FILL_GROUPS};\n{_LEDGER};\n{_ROLLUPS}".split(";\n"))
+_NOTICES = next(i for i, sql in enumerate(_STATEMENTS) if "AS notice" in sql)
 
 
 def pause_reason_of(row: dict[str, Any]) -> str:
@@ -508,11 +594,12 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
     (:data:`TURN_KEY`): re-delivered rows, also a turn twice in one batch, are counted as
     duplicates and change nothing; the same turn_id in another scope is another turn.
 
-    How: the batch (first copy of each turn) is COPied, binary, into a TEMP staging table
-    (:data:`STAGE`, emptied at commit); then one multi-statement round trip inserts
-    ``usage_turn_key`` ``ON CONFLICT DO NOTHING``, the ``usage_event`` rows of the keys inserted
-    (:data:`_INSERT_USAGE`) and aggregates those rows into the ledger (:data:`_LEDGER`) and the
-    billing rollups (:data:`_ROLLUPS`).  Rows are
+    How: the batch (first copy of each turn, with its turn key computed here) is COPied, binary,
+    into a TEMP staging table (:data:`STAGE`, emptied at commit); then one pipeline of prepared
+    statements (:data:`_STATEMENTS`, one round trip) inserts ``usage_turn_key`` ``ON CONFLICT DO
+    NOTHING``, the ``usage_event`` rows of the keys inserted (:data:`_INSERT_USAGE`), sums those
+    rows once (:data:`GROUPS`) and adds the sums to the ledger (:data:`_LEDGER`) and the billing
+    rollups (:data:`_ROLLUPS`).  Rows are
     locked in a fixed order, so concurrent drains do not deadlock.  The caller commits (a rollback discards the
     staged rows too).  Raises whatever PostgreSQL raises (the session must then be rolled back).
     """
@@ -522,25 +609,30 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
     for r in rows:
         first.setdefault((r["enterprise_id"], r["wallet_id"], r["turn_id"]), r)
     unique = list(first.values())
-    with _psycopg(session).cursor() as cur:
+    conn = _psycopg(session)
+    with conn.cursor() as cur:
         # the table made on the connection's first batch (a CREATE rolled back with its transaction
         # is made again); emptied at each commit, and here for a caller that persists twice in one
         # transaction
-        cur.execute(f"{_CREATE_STAGE};\nDELETE FROM {STAGE}")
+        cur.execute(f"{_CREATE_STAGE};\n{_CREATE_GROUPS};\nDELETE FROM {STAGE};\nDELETE FROM {GROUPS}")
+        cur.adapters.register_dumper(None, _KeyDumper)
         with cur.copy(_COPY_STAGE) as copy:
             copy.set_types(_STAGE_TYPES)
-            for i, r in enumerate(unique):
-                copy.write_row((i, chat_order(r["outbox_id"]), *_stage_values(r)))
-        # one round trip: the usage rows, then the ledger of the fresh ones (a no-op without any)
-        cur.execute(_INSERT_USAGE.replace("{staged}", str(len(unique))) + ";\n" + _LEDGER + ";\n" + _ROLLUPS)
-        summary = cur.fetchone()
+            for i, ((enterprise_id, wallet_id, turn_id), r) in enumerate(first.items()):
+                key = turn_key_bytes(enterprise_id, wallet_id, turn_id)
+                copy.write_row((i, key, chat_order(r["outbox_id"]), *_stage_values(r)))
+    # one round trip: the usage rows, then the ledger of the fresh ones (a no-op without any); a
+    # failing statement is raised when the pipeline ends, the ones after it not run
+    with conn.cursor() as keys, conn.cursor() as ledger, conn.cursor() as cur:
+        with conn.pipeline():
+            keys.execute(_STATEMENTS[0], {"staged": len(unique)}, prepare=True)
+            for i, sql in enumerate(_STATEMENTS[1:], 1):
+                (ledger if i == _NOTICES else cur).execute(sql, prepare=True)
+        summary = keys.fetchone()
         if summary is None:  # the INSERT statement always returns its one summary row
             raise RuntimeError("the staged INSERT returned no summary row")
         inserted, stale = summary
-        notices: list[tuple[Any, ...]] = []
-        while cur.nextset():  # the notices: the result whose first column is ``notice``
-            if cur.description is not None and cur.description[0].name == "notice":
-                notices = cur.fetchall()
+        notices: list[tuple[Any, ...]] = ledger.fetchall()
     if stale:
         stale_keys = {turn_key_of(unique[i]) for i in stale}
         inserted_ids = {k for k in first if k not in stale_keys}
