@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                 text(
                     "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_inherits i "
                     "JOIN pg_class c ON c.oid = i.inhrelid "
-                    "WHERE i.inhparent = 'usage_event'::regclass"
+                    "WHERE i.inhparent = 'usage_row'::regclass"
                 )
             ).scalar()
         )

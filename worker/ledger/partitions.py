@@ -52,7 +52,7 @@ def monthly_partitions(session: Session) -> list[str]:
     names = session.execute(
         text(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = 'usage_event'::regclass"
+            "WHERE i.inhparent = 'usage_row'::regclass"
         )
     ).scalars()
     return sorted(f"{m.group(1)}-{m.group(2)}" for n in names if (m := _NAME.match(n)))
@@ -106,7 +106,7 @@ def ensure_partitions(
             continue
         # DDL takes no bind parameters; the bounds are our own datetimes, never input
         bound = f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-        session.execute(text(f'CREATE TABLE IF NOT EXISTS "{partition_name(period)}" PARTITION OF usage_event {bound}'))
+        session.execute(text(f'CREATE TABLE IF NOT EXISTS "{partition_name(period)}" PARTITION OF usage_row {bound}'))
         if apps:  # isolated apps get their sub-partition of the new month in their schemas
             split_partition(session, partition_name(period), bound, apps)
         report.created.append(period)

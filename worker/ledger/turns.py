@@ -24,6 +24,7 @@ from models.turn import UsageEvent, UsageTurnKey, turn_key_digest
 from worker.db import table_of
 from worker.gate.gate import WalletGate
 from worker.gate.keys import USAGE_PREFIX, outbox_key, transitions_key
+from worker.ledger.usage_rows import insert_usage_rows
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,8 @@ _INSERT_USAGE = (
     f"stale AS (UPDATE {STAGE} s SET fresh = false FROM keyed k WHERE (SELECT count(*) FROM fresh) < {{staged}} "
     "AND k.ord = s.ord AND NOT EXISTS (SELECT 1 FROM fresh f WHERE f.turn_key = k.turn_key) RETURNING s.ord) "
     "SELECT (SELECT count(*) FROM fresh), (SELECT array_agg(ord) FROM stale);\n"
-    f"INSERT INTO usage_event ({', '.join(USAGE_COLUMNS)}) SELECT {', '.join(USAGE_COLUMNS)} FROM {STAGE} WHERE fresh"
+    # usage_event is a view (migration 0019): the rows go to usage_row, their prices to usage_price
+    + insert_usage_rows(STAGE)
 )
 
 _KEEP = f"(ct.status = '{ChatStatus.completed.value}' OR excluded.state_key <= ct.state_key)"
