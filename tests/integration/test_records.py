@@ -148,8 +148,8 @@ def test_the_tables_match_the_migrations(session):
                 ),
                 "compare_server_default": True,
                 # views (usage_event, migration 0019) are not tables: their columns are read through
-                "include_object": lambda obj, _name, kind, _reflected, _other: not (
-                    kind == "table" and obj.info.get("view")
+                "include_object": lambda obj, _name, kind, _reflected, _other: (
+                    not (kind == "table" and obj.info.get("view"))
                 ),
             },
         )

@@ -95,9 +95,7 @@ def split_partition(session: Session, name: str, bound: str, apps: dict[str, str
     if not _is_split(session, name):
         session.execute(text(f'ALTER TABLE usage_row DETACH PARTITION "{name}"'))
         session.execute(text(f'ALTER TABLE "{name}" RENAME TO "{shared}"'))
-        session.execute(
-            text(f'CREATE TABLE "{name}" PARTITION OF usage_row {bound} PARTITION BY LIST (enterprise_id)')
-        )
+        session.execute(text(f'CREATE TABLE "{name}" PARTITION OF usage_row {bound} PARTITION BY LIST (enterprise_id)'))
         session.execute(text(f'ALTER TABLE "{name}" ATTACH PARTITION "{shared}" DEFAULT'))
     have = {schema for schema, _n, _b in _children(session, name)}
     todo = {e: s for e, s in apps.items() if s not in have}

@@ -278,7 +278,8 @@ _KEY = "usage_turn_key_of(enterprise_id, wallet_id, turn_id)"
 #: The staged turns (turn_id in its scope) go into ``usage_turn_key`` first (unique by its 16-byte
 #: key, unpartitioned, ``ON CONFLICT DO NOTHING``); the staged rows whose key was not inserted there
 #: (a re-delivery, a second acceptance) are marked not ``fresh`` and their ``ord`` returned; then only
-#: the fresh rows get their ``usage_event`` row (partitioned by month), so a re-delivered or retried
+#: the fresh rows get their ``usage_event`` row (a view since migration 0019: written to ``usage_row``,
+#: partitioned by month, with a ``usage_price`` id, by :func:`insert_usage_rows`), so a re-delivered or retried
 #: turn is one row whatever its ``occurred_at``.  The first statement returns (keys inserted, ords
 #: not inserted).
 _INSERT_USAGE = (
@@ -289,9 +290,7 @@ _INSERT_USAGE = (
     # (skipped, a one-time filter, when every staged row was inserted: ``{staged}`` is their count)
     f"stale AS (UPDATE {STAGE} s SET fresh = false FROM keyed k WHERE (SELECT count(*) FROM fresh) < {{staged}} "
     "AND k.ord = s.ord AND NOT EXISTS (SELECT 1 FROM fresh f WHERE f.turn_key = k.turn_key) RETURNING s.ord) "
-    "SELECT (SELECT count(*) FROM fresh), (SELECT array_agg(ord) FROM stale);\n"
-    # usage_event is a view (migration 0019): the rows go to usage_row, their prices to usage_price
-    + insert_usage_rows(STAGE)
+    "SELECT (SELECT count(*) FROM fresh), (SELECT array_agg(ord) FROM stale);\n" + insert_usage_rows(STAGE)
 )
 
 _KEEP = f"(ct.status = '{ChatStatus.completed.value}' OR excluded.state_key <= ct.state_key)"

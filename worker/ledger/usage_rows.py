@@ -74,9 +74,7 @@ def insert_usage_rows(stage: str, where: str = "fresh") -> str:
        sees the tuples another transaction committed meanwhile) and its codes; a value without a
        code fails the NOT NULL of its column.
     """
-    tuple_cols = ", ".join(
-        "coalesce(s.service_tier, '')" if c == "service_tier" else f"s.{c}" for c in PRICE_COLUMNS
-    )
+    tuple_cols = ", ".join("coalesce(s.service_tier, '')" if c == "service_tier" else f"s.{c}" for c in PRICE_COLUMNS)
     values = []
     for c in ROW_COLUMNS:
         if c == "id":
