@@ -1,6 +1,7 @@
 """Per-app usage schemas: an app that needs isolation keeps its usage events in its own schema.
 
-``usage_event`` is partitioned by month (``worker.ledger.partitions``).  Isolating an app partitions each
+``usage_event`` is partitioned by month (``worker.ledger.partitions``; the partitions belong to ``usage_row``,
+the table under the ``usage_event`` view since migration 0019).  Isolating an app partitions each
 of its months, and the DEFAULT partition, by LIST (``enterprise_id``): the app's rows go to
 ``<schema>.usage_event_YYYY_MM`` (``<schema>.usage_event_default``), every other app's to a DEFAULT
 sub-partition ``usage_event_YYYY_MM_shared`` in ``public``.  PostgreSQL routes each row by its

@@ -1,6 +1,7 @@
 """Monthly partitions of ``usage_event`` and their retention.
 
-``usage_event`` is partitioned by range of ``occurred_at`` (migration 0006): one partition per UTC
+``usage_event`` (since migration 0019 a view over the table ``usage_row``, which holds the
+partitions under the same names) is partitioned by range of ``occurred_at`` (migration 0006): one partition per UTC
 month, ``usage_event_YYYY_MM``, plus ``usage_event_default`` for months without one (a replayed
 trace from years ago lands there).  :func:`ensure_partitions` creates the current month and
 ``settings.usage_partitions_ahead`` months ahead before any turn can need them; it never creates a

@@ -27,8 +27,10 @@ benchmark cost 525 B: ``usage_event`` heap 315, its indexes 80, ``usage_turn_key
     ``usage_turn_key`` on the turn's key (both unique, so PostgreSQL removes a join whose columns a
     query does not read), the codes decoded.  INSTEAD OF INSERT / DELETE triggers make it writable
     as a table was (tests, seeds, tools; the drain writes ``usage_row`` directly): an insert
-    gets-or-creates its price row and takes an id from the sequence unless given one; its
-    ``outbox_id`` is not stored (the turn key holds it).
+    gets-or-creates its price row, takes an id from the sequence unless given one, and adds the
+    turn's key with its ``outbox_id`` unless the key exists (``ON CONFLICT DO NOTHING``: then the
+    key's outbox id is the one shown); a delete removes the row and leaves the key (the turn stays
+    known, as after retention).
 
 The upgrade adds the turn key of any event without one (none is expected: the drain writes both in
 one statement), so no outbox id is lost.  Downgrade restores 0018's table with every row (outbox
@@ -233,6 +235,11 @@ BEGIN
   END IF;
   IF NEW.id IS NULL THEN NEW.id := nextval('usage_event_id_seq'); END IF;
   INSERT INTO usage_row ({", ".join(ROW)}) VALUES ({_row_values("NEW", price)});
+  IF NEW.outbox_id IS NOT NULL THEN  -- the turn's key, as the drain writes it, unless it has one
+    INSERT INTO usage_turn_key (turn_key, occurred_at, outbox_id)
+      VALUES (usage_turn_key_of(NEW.enterprise_id, NEW.wallet_id, NEW.turn_id), NEW.occurred_at, NEW.outbox_id)
+      ON CONFLICT (turn_key) DO NOTHING;
+  END IF;
   RETURN NEW;
 END $$"""
 
