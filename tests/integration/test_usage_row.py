@@ -192,3 +192,52 @@ def test_the_migration_goes_down_and_up_with_every_row_intact(fresh_db, gate, re
     with db.connect() as conn:
         assert _rows(conn) == middle
         assert _places(conn, "usage_event") == middle_places
+
+
+def test_two_drains_adding_the_same_new_price_tuple_share_one_price_row(db):
+    """Two transactions persist turns of the same new price tuple at once: the second waits for the
+    first's price row, then uses it (one ``usage_price`` row, every turn with its prices)."""
+    import threading
+
+    from sqlalchemy import insert as sa_insert
+
+    from models.wallet import Wallet
+    from tests.integration.test_drain_staged import _row
+    from worker.ledger.accounts import ensure_enterprise
+    from worker.ledger.turns import persist_turns
+
+    with session_scope() as s:
+        ensure_enterprise(s, "acme")
+        s.execute(sa_insert(Wallet).values(id="w-acme", enterprise_id="acme", owner_id="acme"))
+    new = {"model": "gpt-new", "input_nanos_per_mtok": 7, "output_nanos_per_mtok": 9, "service_tier": "flex"}
+    first_in = threading.Event()
+    second_done = threading.Event()
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            first_in.wait(10)
+            with session_scope() as s:  # blocks on the first's uncommitted price row
+                persist_turns(s, [_row(i, **new) for i in range(10, 20)])
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+        finally:
+            second_done.set()
+
+    t = threading.Thread(target=second)
+    t.start()
+    with session_scope() as s:
+        persist_turns(s, [_row(i, **new) for i in range(10)])
+        first_in.set()
+        assert not second_done.wait(1.0)  # still waiting for this transaction
+    t.join(20)
+    assert errors == [] and second_done.is_set()
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM usage_price")).scalar_one() == 1
+        rows = conn.execute(
+            text(
+                "SELECT count(*), count(DISTINCT turn_id), min(model), max(service_tier), "
+                "sum(input_nanos_per_mtok), sum(output_nanos_per_mtok), sum(cost_nanos) FROM usage_event"
+            )
+        ).one()
+    assert tuple(rows) == (20, 20, "gpt-new", "flex", 140, 180, sum(1_000 + i for i in range(20)))
