@@ -192,12 +192,7 @@ def load(engine, events: int, now: datetime) -> dict[str, Any]:
                 """
             )
         )
-        c.execute(
-            text(
-                "INSERT INTO usage_turn_key (turn_key, outbox_id, occurred_at) "
-                "SELECT usage_turn_key_of(enterprise_id, wallet_id, turn_id), outbox_id, occurred_at FROM usage_event"
-            )
-        )
+        # (their usage_turn_key rows: written by usage_event's insert trigger, migration 0019)
         # the other app: a few events, so the big app's queries are scoped, not alone in the table
         c.execute(
             text(
@@ -209,14 +204,6 @@ def load(engine, events: int, now: datetime) -> dict[str, Any]:
                 "'continue', '0:o' || i FROM generate_series(1, 1000) AS s(i)"
             ),
             {"at": end, "o": OTHER},
-        )
-        c.execute(
-            text(
-                "INSERT INTO usage_turn_key (turn_key, outbox_id, occurred_at) "
-                "SELECT usage_turn_key_of(enterprise_id, wallet_id, turn_id), outbox_id, occurred_at FROM usage_event "
-                "WHERE enterprise_id = :o"
-            ),
-            {"o": OTHER},
         )
         # chat sessions and per-agent usage, as the drain sums them
         c.execute(
@@ -446,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                 text(
                     "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_inherits i "
                     "JOIN pg_class c ON c.oid = i.inhrelid "
-                    "WHERE i.inhparent = 'usage_event'::regclass"
+                    "WHERE i.inhparent = 'usage_row'::regclass"
                 )
             ).scalar()
         )

@@ -52,7 +52,7 @@ def _seed(engine, events: int) -> None:
             nxt = f"{y + (m == 12)}-{m % 12 + 1:02d}-01"
             conn.execute(
                 text(
-                    f"CREATE TABLE IF NOT EXISTS usage_event_{y}_{m:02d} PARTITION OF usage_event "
+                    f"CREATE TABLE IF NOT EXISTS usage_event_{y}_{m:02d} PARTITION OF usage_row "
                     f"FOR VALUES FROM ('{p}-01 00:00+00') TO ('{nxt} 00:00+00')"
                 )
             )

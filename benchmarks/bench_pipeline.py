@@ -669,8 +669,8 @@ def bench_drain(r: redis.Redis, n: int, processes: int = DRAIN_PROCESSES) -> dic
 
 def pg_bytes_per_turn(rows: int) -> float:
     """PostgreSQL bytes per persisted turn after the drain benchmark: ``pg_total_relation_size``
-    (heap, TOAST, indexes) of every ``usage_event`` partition, ``usage_turn_key`` and
-    ``wallet_transaction``, over the ``rows`` the drain inserted (a fresh database: no bloat)."""
+    (heap, TOAST, indexes) of every ``usage_row`` partition (the table under the ``usage_event``
+    view, migration 0019), ``usage_price``, ``usage_turn_key`` and ``wallet_transaction``, over the ``rows`` the drain inserted (a fresh database: no bloat)."""
     from sqlalchemy import text
 
     from worker.db import get_engine
@@ -678,8 +678,9 @@ def pg_bytes_per_turn(rows: int) -> float:
     with get_engine().connect() as conn:
         size = conn.execute(
             text(
-                "SELECT (SELECT coalesce(sum(pg_total_relation_size(relid)), 0) FROM pg_partition_tree('usage_event'))"
-                " + pg_total_relation_size('usage_turn_key') + pg_total_relation_size('wallet_transaction')"
+                "SELECT (SELECT coalesce(sum(pg_total_relation_size(relid)), 0) FROM pg_partition_tree('usage_row'))"
+                " + pg_total_relation_size('usage_price') + pg_total_relation_size('usage_turn_key')"
+                " + pg_total_relation_size('wallet_transaction')"
             )
         ).scalar_one()
     return int(size) / rows

@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic import Field as PydanticField
-from sqlalchemy import BigInteger, Column, Date, Index, Integer, Uuid, func, text
+from sqlalchemy import BigInteger, Boolean, Column, Date, Index, Integer, String, UniqueConstraint, Uuid, func, text
+from sqlalchemy.ext.compiler import compiles
 from sqlmodel import Field, SQLModel
 
 from models.columns import big, enum_type, ts
@@ -330,10 +331,17 @@ class UsageEventBase(SQLModel):
 
 class UsageEvent(UsageEventBase, table=True):
     """One accepted turn, persisted once (its turn_id is in :class:`UsageTurnKey` once), with the
-    prices it was charged at.  Partitioned by month of ``occurred_at`` (UTC), and a month by app
-    (``enterprise_id``) once an app keeps its events in its own schema (``worker.ledger.isolation``), so
-    its primary key is ``(id, occurred_at, enterprise_id)``; ``worker.ledger.partitions`` creates the months
-    ahead and applies retention.
+    prices it was charged at.
+
+    Since migration 0019 ``usage_event`` is a view over :class:`UsageRow` (the stored rows: a price
+    id instead of the price columns, one-byte codes instead of the closed-set texts, no outbox id),
+    :class:`UsagePrice` and :class:`UsageTurnKey` (``outbox_id``): every column reads as before.
+    Rows inserted or deleted through it go to ``usage_row`` (INSTEAD OF triggers; the drain writes
+    ``usage_row`` directly).  ``usage_row`` is partitioned by month of ``occurred_at`` (UTC), and a
+    month by app (``enterprise_id``) once an app keeps its events in its own schema
+    (``worker.ledger.isolation``); ``worker.ledger.partitions`` creates the months ahead and applies
+    retention.  The mapper's key is ``(id, occurred_at, enterprise_id)``; ``id`` comes from one
+    sequence and is unique.
 
     ``outbox_id`` (``<shard>:<stream id>``) is the outbox entry it came from: a re-delivery carries
     the same one, a second acceptance of the same turn_id by the gate another.
@@ -343,15 +351,8 @@ class UsageEvent(UsageEventBase, table=True):
     """
 
     __tablename__ = "usage_event"
-    __table_args__ = (
-        # equal keys, stored once per page by B-tree deduplication; a month is a partition, and the
-        # BRIN index narrows a range inside one (migration 0017)
-        Index("ix_usage_event_wallet", "wallet_id"),
-        Index("ix_usage_event_enterprise_workflow", "enterprise_id", "workflow"),
-        Index("ix_usage_event_enterprise_chat", "enterprise_id", "chat_id"),
-        Index("ix_usage_event_occurred_brin", "occurred_at", postgresql_using="brin"),
-        {"postgresql_partition_by": "RANGE (occurred_at)"},
-    )
+    #: a view: Alembic's comparison with the migrations leaves it out (tests/integration/test_records.py)
+    __table_args__ = {"info": {"view": True}}
 
     outbox_id: str = Field(max_length=60)
     #: payer level ('platform' | 'app_usage') and who receives the charge: 'platform', or the app
@@ -384,6 +385,98 @@ class UsageEvent(UsageEventBase, table=True):
     #: required, cost above the reservation plus the free balance): owed, on the wallet's debt
     debt_nanos: int = Field(default=0, sa_column=big(nullable=False, server_default=text("0")))
     balance_after_nanos: int | None = Field(default=None, sa_column=big(nullable=True))
+
+
+class PgChar(String):
+    """PostgreSQL's one-byte ``"char"`` type (a code of ``models.usage_codes``); SQLAlchemy reflects
+    it as a ``String``, so it is one, rendered ``"char"`` in DDL."""
+
+    cache_ok = True
+
+
+@compiles(PgChar, "postgresql")
+def _pg_char(_type: PgChar, _compiler: Any, **_kw: Any) -> str:
+    return '"char"'
+
+
+class UsagePrice(SQLModel, table=True):
+    """A price tuple turns were charged at (migration 0019): model, provider, service tier (``''``:
+    the standard one) and the five unit prices (nano-USD per million tokens), unique; ``usage_row``
+    refers to it by ``id``.  Rows are only added (``worker.ledger.usage_rows``), never changed."""
+
+    __tablename__ = "usage_price"
+    __table_args__ = (
+        UniqueConstraint(
+            "model",
+            "provider",
+            "service_tier",
+            "input_nanos_per_mtok",
+            "cached_input_nanos_per_mtok",
+            "output_nanos_per_mtok",
+            "cache_write_nanos_per_mtok",
+            "cache_write_1h_nanos_per_mtok",
+            name="uq_usage_price",
+        ),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
+    model: str = Field(max_length=200)
+    provider: str = Field(max_length=100)
+    service_tier: str = Field(max_length=32)
+    input_nanos_per_mtok: int = Field(sa_column=big(nullable=False))
+    cached_input_nanos_per_mtok: int = Field(sa_column=big(nullable=False))
+    output_nanos_per_mtok: int = Field(sa_column=big(nullable=False))
+    cache_write_nanos_per_mtok: int = Field(sa_column=big(nullable=False))
+    cache_write_1h_nanos_per_mtok: int = Field(sa_column=big(nullable=False))
+
+
+class UsageRow(SQLModel, table=True):
+    """A stored turn (migration 0019), what :class:`UsageEvent` shows: its :class:`UsagePrice` by
+    ``price_id``, ``mode``, ``action``, ``level`` and ``meter`` as ``"char"`` codes
+    (``models.usage_codes.CODES``); no primary key in PostgreSQL (a partitioned table's would hold
+    every partition key: 50 B a row), ``id`` indexed for the page cursor (the mapper's key)."""
+
+    __tablename__ = "usage_row"
+    __table_args__ = (
+        # equal keys, stored once per page by B-tree deduplication; a month is a partition, and the
+        # BRIN index narrows a range inside one (migration 0017)
+        Index("ix_usage_row_id", "id"),
+        Index("ix_usage_event_wallet", "wallet_id"),
+        Index("ix_usage_event_enterprise_workflow", "enterprise_id", "workflow"),
+        Index("ix_usage_event_enterprise_chat", "enterprise_id", "chat_id"),
+        Index("ix_usage_event_occurred_brin", "occurred_at", postgresql_using="brin"),
+        {"postgresql_partition_by": "RANGE (occurred_at)"},
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    occurred_at: datetime = Field(sa_column=ts(nullable=False))
+    cost_nanos: int = Field(sa_column=big(nullable=False))
+    billed_nanos: int = Field(sa_column=big(nullable=False))
+    balance_after_nanos: int | None = Field(default=None, sa_column=big(nullable=True))
+    creator_share_nanos: int = Field(sa_column=big(nullable=False))
+    platform_fee_nanos: int = Field(sa_column=big(nullable=False))
+    debt_nanos: int = Field(sa_column=big(nullable=False))
+    quantity: int = Field(sa_column=big(nullable=False))
+    prompt_tokens: int = Field(sa_column=Column(Integer, nullable=False))
+    completion_tokens: int = Field(sa_column=Column(Integer, nullable=False))
+    cached_prompt_tokens: int = Field(sa_column=Column(Integer, nullable=False))
+    duration_ms: int = Field(sa_column=Column(Integer, nullable=False))
+    trial_tokens: int = Field(sa_column=Column(Integer, nullable=False))
+    cache_write_tokens: int = Field(sa_column=Column(Integer, nullable=False))
+    cache_write_1h_tokens: int = Field(sa_column=Column(Integer, nullable=False))
+    price_id: int = Field(sa_column=Column(Integer, nullable=False))
+    mode: str = Field(sa_column=Column(PgChar(), nullable=False))
+    action: str = Field(sa_column=Column(PgChar(), nullable=False))
+    level: str = Field(sa_column=Column(PgChar(), nullable=False))
+    meter: str = Field(sa_column=Column(PgChar(), nullable=False))
+    billable: bool = Field(sa_column=Column(Boolean, nullable=False))
+    turn_id: str = Field(max_length=300)
+    wallet_id: str = Field(max_length=200)
+    enterprise_id: str = Field(max_length=200)
+    chat_id: str = Field(max_length=200)
+    workflow: str = Field(max_length=200)
+    agent: str = Field(max_length=200)
+    billing_target: str = Field(max_length=200)
 
 
 # UsageEventPublic.model_validate(row): a usage_event row as GET /v1/usage shows it

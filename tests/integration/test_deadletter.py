@@ -252,10 +252,10 @@ def blocked(db):
     """The cause an operator will fix: a constraint that refuses turn_ids starting 'blocked' (dropped
     after the test whatever happens: the database outlives it)."""
     with db.begin() as conn:
-        conn.execute(text("ALTER TABLE usage_event ADD CONSTRAINT no_blocked CHECK (turn_id NOT LIKE 'blocked%')"))
+        conn.execute(text("ALTER TABLE usage_row ADD CONSTRAINT no_blocked CHECK (turn_id NOT LIKE 'blocked%')"))
     yield
     with db.begin() as conn:
-        conn.execute(text("ALTER TABLE usage_event DROP CONSTRAINT IF EXISTS no_blocked"))
+        conn.execute(text("ALTER TABLE usage_row DROP CONSTRAINT IF EXISTS no_blocked"))
 
 
 def test_cli_lists_retries_once_after_the_cause_is_fixed(db, redis_client, gate, settings, cli, blocked):
@@ -283,7 +283,7 @@ def test_cli_lists_retries_once_after_the_cause_is_fixed(db, redis_client, gate,
     assert len(_dead()) == 1
 
     with db.begin() as conn:
-        conn.execute(text("ALTER TABLE usage_event DROP CONSTRAINT no_blocked"))
+        conn.execute(text("ALTER TABLE usage_row DROP CONSTRAINT no_blocked"))
     fixed = cli("deadletter", "retry", outbox_id)
     assert fixed.returncode == 0, fixed.stderr
     again = cli("deadletter", "retry", outbox_id)
@@ -320,7 +320,7 @@ def test_a_retry_that_fails_midway_changes_nothing_and_the_next_persists_once(
     drain = OutboxDrain(redis_client, settings=settings, consumer="c1")
     drain.drain()
     with db.begin() as conn:
-        conn.execute(text("ALTER TABLE usage_event DROP CONSTRAINT no_blocked"))
+        conn.execute(text("ALTER TABLE usage_row DROP CONSTRAINT no_blocked"))
     (dl,) = _dead()
 
     def crash(session, dead):

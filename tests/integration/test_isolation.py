@@ -51,7 +51,7 @@ def _turn(turn_id: str, app: str, when: datetime, prompt: int = 1000) -> TurnIn:
 def _where(db) -> dict[str, str]:
     """turn_id → the table (schema-qualified outside public) that holds its row."""
     with db.connect() as conn:
-        return dict(conn.execute(text("SELECT turn_id, tableoid::regclass::text FROM usage_event")).all())
+        return dict(conn.execute(text("SELECT turn_id, tableoid::regclass::text FROM usage_row")).all())
 
 
 def _sums(db) -> dict[str, tuple[int, int, int]]:

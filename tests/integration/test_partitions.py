@@ -39,7 +39,7 @@ def _where(db) -> list[tuple[str, str]]:
     with db.connect() as conn:
         return [
             tuple(r)
-            for r in conn.execute(text("SELECT turn_id, tableoid::regclass::text FROM usage_event ORDER BY turn_id"))
+            for r in conn.execute(text("SELECT turn_id, tableoid::regclass::text FROM usage_row ORDER BY turn_id"))
         ]
 
 

@@ -1,6 +1,7 @@
 """Per-app usage schemas: an app that needs isolation keeps its usage events in its own schema.
 
-``usage_event`` is partitioned by month (``worker.ledger.partitions``).  Isolating an app partitions each
+``usage_event`` is partitioned by month (``worker.ledger.partitions``; the partitions belong to ``usage_row``,
+the table under the ``usage_event`` view since migration 0019).  Isolating an app partitions each
 of its months, and the DEFAULT partition, by LIST (``enterprise_id``): the app's rows go to
 ``<schema>.usage_event_YYYY_MM`` (``<schema>.usage_event_default``), every other app's to a DEFAULT
 sub-partition ``usage_event_YYYY_MM_shared`` in ``public``.  PostgreSQL routes each row by its
@@ -93,11 +94,9 @@ def split_partition(session: Session, name: str, bound: str, apps: dict[str, str
     have their sub-partition are skipped.  Does not commit."""
     shared = f"{name}_shared"
     if not _is_split(session, name):
-        session.execute(text(f'ALTER TABLE usage_event DETACH PARTITION "{name}"'))
+        session.execute(text(f'ALTER TABLE usage_row DETACH PARTITION "{name}"'))
         session.execute(text(f'ALTER TABLE "{name}" RENAME TO "{shared}"'))
-        session.execute(
-            text(f'CREATE TABLE "{name}" PARTITION OF usage_event {bound} PARTITION BY LIST (enterprise_id)')
-        )
+        session.execute(text(f'CREATE TABLE "{name}" PARTITION OF usage_row {bound} PARTITION BY LIST (enterprise_id)'))
         session.execute(text(f'ALTER TABLE "{name}" ATTACH PARTITION "{shared}" DEFAULT'))
     have = {schema for schema, _n, _b in _children(session, name)}
     todo = {e: s for e, s in apps.items() if s not in have}
@@ -149,9 +148,9 @@ def isolate_app(session: Session, enterprise_id: str, schema: str | None = None)
     ).scalar_one_or_none()
     if owner not in (None, enterprise_id):
         raise IsolationError(f"schema: {schema!r} already holds app {owner!r}", field="schema")
-    session.execute(text("LOCK TABLE usage_event IN ACCESS EXCLUSIVE MODE"))
+    session.execute(text("LOCK TABLE usage_row IN ACCESS EXCLUSIVE MODE"))
     session.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-    for part_schema, name, bound in _children(session, "usage_event"):
+    for part_schema, name, bound in _children(session, "usage_row"):
         if part_schema == "public":
             split_partition(session, name, bound, {enterprise_id: schema})
     app.usage_schema = schema

@@ -1,6 +1,7 @@
 """Monthly partitions of ``usage_event`` and their retention.
 
-``usage_event`` is partitioned by range of ``occurred_at`` (migration 0006): one partition per UTC
+``usage_event`` (since migration 0019 a view over the table ``usage_row``, which holds the
+partitions under the same names) is partitioned by range of ``occurred_at`` (migration 0006): one partition per UTC
 month, ``usage_event_YYYY_MM``, plus ``usage_event_default`` for months without one (a replayed
 trace from years ago lands there).  :func:`ensure_partitions` creates the current month and
 ``settings.usage_partitions_ahead`` months ahead before any turn can need them; it never creates a
@@ -52,7 +53,7 @@ def monthly_partitions(session: Session) -> list[str]:
     names = session.execute(
         text(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = 'usage_event'::regclass"
+            "WHERE i.inhparent = 'usage_row'::regclass"
         )
     ).scalars()
     return sorted(f"{m.group(1)}-{m.group(2)}" for n in names if (m := _NAME.match(n)))
@@ -106,7 +107,7 @@ def ensure_partitions(
             continue
         # DDL takes no bind parameters; the bounds are our own datetimes, never input
         bound = f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-        session.execute(text(f'CREATE TABLE IF NOT EXISTS "{partition_name(period)}" PARTITION OF usage_event {bound}'))
+        session.execute(text(f'CREATE TABLE IF NOT EXISTS "{partition_name(period)}" PARTITION OF usage_row {bound}'))
         if apps:  # isolated apps get their sub-partition of the new month in their schemas
             split_partition(session, partition_name(period), bound, apps)
         report.created.append(period)

@@ -27,6 +27,7 @@ from models.turn import UsageEvent, UsageTurnKey, turn_key_bytes, turn_key_diges
 from worker.db import table_of
 from worker.gate.gate import WalletGate
 from worker.gate.keys import USAGE_PREFIX, outbox_key, transitions_key
+from worker.ledger.usage_rows import insert_usage_rows
 
 log = logging.getLogger(__name__)
 
@@ -319,9 +320,10 @@ def _stage_values(row: dict[str, Any]) -> tuple[Any, ...]:
 #: key, unpartitioned, ``ON CONFLICT DO NOTHING``), in key order (every drain takes the keys' locks
 #: in that one order, and the index is filled page by page); the staged rows whose key was not
 #: inserted there (a re-delivery, a second acceptance) are marked not ``fresh`` and their ``ord``
-#: returned; then only the fresh rows get their ``usage_event`` row (partitioned by month), so a
-#: re-delivered or retried turn is one row whatever its ``occurred_at``.  The first statement
-#: returns (keys inserted, ords not inserted).
+#: returned; then only the fresh rows get their ``usage_event`` row (a view since migration 0019:
+#: written to ``usage_row``, partitioned by month, with a ``usage_price`` id, by
+#: :func:`insert_usage_rows`), so a re-delivered or retried turn is one row whatever its
+#: ``occurred_at``.  The first statement returns (keys inserted, ords not inserted).
 _INSERT_USAGE = (
     "WITH fresh AS (INSERT INTO usage_turn_key (turn_key, outbox_id, occurred_at) "
     f"SELECT turn_key, outbox_id, occurred_at FROM {STAGE} ORDER BY turn_key "
@@ -329,8 +331,7 @@ _INSERT_USAGE = (
     # (skipped, a one-time filter, when every staged row was inserted: ``staged`` is their count)
     f"stale AS (UPDATE {STAGE} s SET fresh = false WHERE (SELECT count(*) FROM fresh) < %(staged)s::bigint "
     "AND NOT EXISTS (SELECT 1 FROM fresh f WHERE f.turn_key = s.turn_key) RETURNING s.ord) "
-    "SELECT (SELECT count(*) FROM fresh), (SELECT array_agg(ord) FROM stale);\n"
-    f"INSERT INTO usage_event ({', '.join(USAGE_COLUMNS)}) SELECT {', '.join(USAGE_COLUMNS)} FROM {STAGE} WHERE fresh"
+    "SELECT (SELECT count(*) FROM fresh), (SELECT array_agg(ord) FROM stale);\n" + insert_usage_rows(STAGE)
 )
 
 #: the fresh staged rows' sums per (enterprise_id, chat_id, agent, wallet_id, workflow, provider,
