@@ -4,7 +4,7 @@ writes and reads them.
 ``usage_event`` (a view since migration 0019) shows ``mode``, ``action``, ``level`` and ``meter`` as
 their values (``'production'``, ``'continue'`` …); the table under it, ``usage_row``, stores each
 as a PostgreSQL ``"char"`` (one byte instead of a 4–17-byte text).  :data:`CODES` is the mapping:
-the migration's view and trigger hold a frozen copy of it, and ``tests/integration/test_usage_price.py``
+the migration's view and trigger hold a frozen copy of it, and ``tests/integration/test_usage_row.py``
 checks that both agree with this module (a member added to an enum needs a migration that
 replaces the view, the trigger function and this table together).
 """
