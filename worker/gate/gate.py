@@ -1028,7 +1028,8 @@ class WalletGate(GateCore):
         packed (hiredis) once per wallet and remembered (:data:`_SHARD_CACHE_MAX` wallets)."""
         packed = self._check_commands.get(wallet_id)
         if packed is None:
-            packed = pack_command(("HMGET", self.wallet_key(wallet_id), *WALLET_CHECK_FIELDS))
+            command: tuple[Any, ...] = ("HMGET", self.wallet_key(wallet_id), *WALLET_CHECK_FIELDS)
+            packed = pack_command(command)  # hiredis' stub types a one-element tuple
             if len(self._check_commands) >= _SHARD_CACHE_MAX:
                 self._check_commands.clear()
             self._check_commands[wallet_id] = packed
