@@ -654,6 +654,12 @@ def print_report(fig: dict, exact: dict | None, lines) -> None:
         + ")"
         + (f"; PostgreSQL {fig['pg_bytes_per_turn']:.0f} B per persisted turn" if exact else "")
     )
+    if fig.get("probe_turns"):
+        print(
+            f"queued-turn probe: {fig['probe_turns']:,} more turns sent with the worker paused "
+            f"({fig['probe_unread_growth']:,} queued unread; {fig['probe_seconds']:.0f} s with the drain after it); "
+            "they are in the exactness counts below"
+        )
     cpu_k = fig.get("cpu_s_per_1000_turns", {})
     print("process    CPU % (mean)   CPU s / 1,000 turns   RSS MB start / peak / end")
     for f, r in fig["rss"].items():
