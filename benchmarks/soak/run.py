@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from benchmarks.soak.sampler import Sampler
+from benchmarks.soak.sampler import Sampler, outbox_state
 from benchmarks.soak.stack import REPO, Stack, raise_on_sigterm
 from worker import credit_wallet, get_settings, open_wallet, process_gate
 from worker.ledger.migrate import create_database_if_missing, upgrade
@@ -243,6 +244,44 @@ def wait_drained(sampler: Sampler, timeout_s: float) -> float:
     raise RuntimeError(f"the outbox still holds entries after {timeout_s:.0f} s")
 
 
+def queued_probe(stack: Stack, sampler: Sampler, args, run_id: str, wallets, dry) -> dict:
+    """Redis bytes per queued turn measured in service: the worker is paused (SIGSTOP of its
+    process group, so no drain reads), the drivers send about :data:`PROBE_TURNS` more turns, and
+    the streams' growth (``MEMORY USAGE``, every node) is divided by the growth of their unread
+    entries; then the worker goes on (SIGCONT) and the run waits for the outbox to drain.  The
+    probe's turns are decided and checked like the others.  Returns ``probe_turns``,
+    ``probe_bytes_per_queued_turn`` (None when nothing was queued) and ``probe_seconds``."""
+    worker = stack.worker
+    if worker is None or worker.poll() is not None:
+        return {"probe_turns": 0, "probe_bytes_per_queued_turn": None}
+    client = stack.redis_client()
+    shards = get_settings().outbox_shards
+    started = time.time()
+    os.killpg(worker.pid, signal.SIGSTOP)
+    try:
+        before = outbox_state(client, shards)
+        step = drive(stack, sampler, Step(PROBE_RATE, PROBE_TURNS / PROBE_RATE), args, f"{run_id}-probe", wallets, dry)
+        after = outbox_state(client, shards)
+    finally:
+        os.killpg(worker.pid, signal.SIGCONT)
+        client.close()
+    queued = after["outbox_unread"] - before["outbox_unread"]
+    wait_drained(sampler, 600)
+    return {
+        "probe_turns": sum(d["new"] for d in step.drivers),
+        "probe_unread_growth": queued,
+        "probe_bytes_per_queued_turn": (after["outbox_bytes"] - before["outbox_bytes"]) / queued
+        if queued > 0
+        else None,
+        "probe_seconds": time.time() - started,
+    }
+
+
+#: the queued-turn probe's turns and rate (:func:`queued_probe`)
+PROBE_TURNS = 20_000
+PROBE_RATE = 10_000
+
+
 # ---------------------------------------------------------------------------------------------
 # exactness
 
@@ -371,6 +410,111 @@ def fault_figures(samples: list[dict], fault: Fault) -> dict:
     return out
 
 
+#: the unread entries the samples must span for their cost to be fitted (else the ratio at the peak)
+QUEUED_SPAN_MIN = 2000
+
+
+def queued_turn_bytes(samples: list[dict]) -> dict:
+    """Redis bytes per queued turn from the samples' stream sizes (``outbox_bytes``, ``MEMORY USAGE``
+    of the streams, every node counted) against what the streams hold.
+
+    A stream entry costs more once a drain has read it: until it is acknowledged it also sits in
+    the group's and the consumer's pending-entries lists (two radix trees), and once acknowledged
+    and trimmed its bytes stay in its listpack node until every entry of that node is trimmed (an
+    exact XTRIM marks entries deleted; a node is freed whole).  Both are bounded by the drain's
+    batches in flight, not by the backlog; what grows with the backlog, and what issue 16's "per
+    queued turn" bounds, is the entries not read yet.  So ``redis_bytes_per_queued_turn`` is ``b``
+    of the least-squares fit ``bytes = a + b × unread + c × (XLEN − unread)`` over the samples
+    (``outbox_unread`` of each), given when the unread counts span at least
+    :data:`QUEUED_SPAN_MIN` entries; ``c`` (``redis_bytes_per_read_entry``) and ``a``
+    (``redis_stream_fixed_bytes``) are reported beside it.  Otherwise (a drain that keeps up reads
+    everything at once; samples of an older soak) it is the plain ratio of bytes over XLEN at the
+    largest outbox (``redis_queued_method`` says which), an upper bound: it spreads the streams'
+    fixed cost and the read entries' extra over a short outbox.  The ratio is always given as
+    ``redis_bytes_per_queued_turn_at_peak``."""
+    points = [
+        (s["outbox_len"], s["outbox_bytes"], s.get("outbox_unread"))
+        for s in samples
+        if s.get("outbox_len") and s.get("outbox_bytes")
+    ]
+    out: dict = {"redis_bytes_per_queued_turn": None, "redis_queued_method": None}
+    if not points:
+        return out
+    length, size, _ = max(points)
+    out["redis_bytes_per_queued_turn_at_peak"] = out["redis_bytes_per_queued_turn"] = size / length
+    out["redis_queued_method"] = "ratio at the largest outbox, an upper bound"
+    fitted = [(u, n - u, b) for n, b, u in points if u is not None]
+    unread = [u for u, _, _ in fitted]
+    out["redis_queued_span"] = max(unread) - min(unread) if unread else 0
+    if out["redis_queued_span"] >= QUEUED_SPAN_MIN and len(fitted) >= 4:
+        solved = least_squares_2([(u, r) for u, r, _ in fitted], [b for _, _, b in fitted])
+        if solved is not None:
+            a, b, c = solved
+            out.update(
+                redis_bytes_per_queued_turn=b,
+                redis_bytes_per_read_entry=c,
+                redis_stream_fixed_bytes=a,
+                redis_queued_method=f"fit over {len(fitted)} samples, unread entries",
+            )
+    return out
+
+
+def least_squares_2(xs: list[tuple[float, float]], ys: list[float]) -> tuple[float, float, float] | None:
+    """``(a, b, c)`` minimising Σ (y − a − b·x1 − c·x2)² (the normal equations, Cramer's rule);
+    None when they are singular (x1 and x2 collinear or constant)."""
+    n = len(xs)
+    s1 = sum(x1 for x1, _ in xs)
+    s2 = sum(x2 for _, x2 in xs)
+    s11 = sum(x1 * x1 for x1, _ in xs)
+    s22 = sum(x2 * x2 for _, x2 in xs)
+    s12 = sum(x1 * x2 for x1, x2 in xs)
+    sy = sum(ys)
+    s1y = sum(x1 * y for (x1, _), y in zip(xs, ys))
+    s2y = sum(x2 * y for (_, x2), y in zip(xs, ys))
+    m = [[n, s1, s2], [s1, s11, s12], [s2, s12, s22]]
+    v = [sy, s1y, s2y]
+
+    def det(a: list[list[float]]) -> float:
+        return (
+            a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
+            - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+            + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0])
+        )
+
+    d = det(m)
+    if abs(d) < 1e-9 * max(1.0, abs(m[1][1] * m[2][2])):
+        return None
+    cols = []
+    for k in range(3):
+        mk = [row[:] for row in m]
+        for i in range(3):
+            mk[i][k] = v[i]
+        cols.append(det(mk) / d)
+    return cols[0], cols[1], cols[2]
+
+
+def cpu_per_1000(samples: list[dict], step: Step, turns: int) -> dict[str, float]:
+    """CPU seconds per 1,000 new turns of each process family, from the driving start to the first
+    sample after it whose outbox was empty again (the drain of the step's last turns included):
+    the sum of each sample's CPU % (of one core, since the sample before) times the seconds of its
+    interval after the start, over ``turns``."""
+    if not turns:
+        return {}
+    end = next(
+        (s["t"] for s in samples if s["t"] > step.end and s.get("pending") == 0),
+        samples[-1]["t"] if samples else step.end,
+    )
+    used: dict[str, float] = {}
+    before = None
+    for s in samples:
+        if before is not None and step.start < s["t"] <= end:
+            dt = s["t"] - max(before["t"], step.start)  # the part of the sample's interval after the start
+            for f in families([s]):
+                used[f] = used.get(f, 0.0) + s.get(f"cpu.{f}", 0.0) / 100 * dt
+        before = s
+    return {f: 1000 * v / turns for f, v in sorted(used.items())}
+
+
 def summarize(step: Step, samples: list[dict], baseline: dict, final: dict, exact: dict | None) -> dict:
     """The figures of one step (module doc of benchmarks/README.md, section soak)."""
     during = window(samples, step.start, step.end)
@@ -402,8 +546,13 @@ def summarize(step: Step, samples: list[dict], baseline: dict, final: dict, exac
         },
         "faults": [fault_figures(samples, f) for f in step.faults],
     }
-    peak = max((s for s in during if s.get("outbox_len")), key=lambda s: s["outbox_len"], default=None)
-    fig["redis_bytes_per_queued_turn"] = peak["outbox_bytes"] / peak["outbox_len"] if peak else None
+    fig.update(queued_turn_bytes(during))
+    fig["cpu_s_per_1000_turns"] = cpu_per_1000(samples, step, sent)
+    fig["driver_cpu_s_per_1000_turns"] = (
+        1000 * sum(d["cpu_s"] for d in step.drivers) / sent
+        if sent and all("cpu_s" in d for d in step.drivers)
+        else None
+    )
     if exact is not None:
         decided = exact["decided"] or 1
         persisted = exact["persisted"] or 1
@@ -451,7 +600,11 @@ def verdict(fig: dict, exact: dict | None) -> list[tuple[str, bool, str]]:
     if fig.get("redis_bytes_per_queued_turn") is not None:
         v = fig["redis_bytes_per_queued_turn"]
         lines.append(
-            (f"Redis <= {TARGET_REDIS_B_PER_QUEUED} B per queued turn", v <= TARGET_REDIS_B_PER_QUEUED, f"{v:.0f} B")
+            (
+                f"Redis <= {TARGET_REDIS_B_PER_QUEUED} B per queued turn",
+                v <= TARGET_REDIS_B_PER_QUEUED,
+                f"{v:.0f} B ({fig['redis_queued_method']})",
+            )
         )
     if exact is not None:
         v = fig["redis_bytes_per_turn_id"]
@@ -490,13 +643,37 @@ def print_report(fig: dict, exact: dict | None, lines) -> None:
         "Redis "
         + (f"{fig['redis_bytes_per_turn_id']:.0f} B per remembered turn_id, " if exact else "")
         + ("-" if per_q is None else f"{per_q:.0f}")
-        + " B per queued turn (stream)"
+        + f" B per queued turn (stream, {fig.get('redis_queued_method')}"
+        + (
+            f" spanning {fig['redis_queued_span']:,}; a read, unacknowledged or untrimmed entry "
+            f"{fig['redis_bytes_per_read_entry']:.0f} B, fixed {fig['redis_stream_fixed_bytes'] / 1024:,.0f} kB; "
+            f"{fig['redis_bytes_per_queued_turn_at_peak']:.0f} B over XLEN at the largest outbox"
+            if fig.get("redis_stream_fixed_bytes") is not None
+            else ""
+        )
+        + ")"
         + (f"; PostgreSQL {fig['pg_bytes_per_turn']:.0f} B per persisted turn" if exact else "")
     )
-    print("process    CPU % (mean)   RSS MB start / peak / end")
+    if fig.get("probe_turns"):
+        print(
+            f"queued-turn probe: {fig['probe_turns']:,} more turns sent with the worker paused "
+            f"({fig['probe_unread_growth']:,} queued unread; {fig['probe_seconds']:.0f} s with the drain after it); "
+            "they are in the exactness counts below"
+        )
+    cpu_k = fig.get("cpu_s_per_1000_turns", {})
+    print("process    CPU % (mean)   CPU s / 1,000 turns   RSS MB start / peak / end")
     for f, r in fig["rss"].items():
         print(
-            f"  {f:9} {fig['cpu_mean'].get(f, math.nan):8.0f}       {mb(r['start'])} / {mb(r['peak'])} / {mb(r['end'])}"
+            f"  {f:9} {fig['cpu_mean'].get(f, math.nan):8.0f}       {cpu_k.get(f, math.nan):10.3f}            "
+            f"{mb(r['start'])} / {mb(r['peak'])} / {mb(r['end'])}"
+        )
+    if cpu_k:
+        own = fig.get("driver_cpu_s_per_1000_turns")
+        print(
+            f"  all       {sum(cpu_k.values()):24.3f}   (CPU s / 1,000 new turns from the driving start until the "
+            "outbox is empty again"
+            + ("" if own is None else f"; the drivers' own count while driving: {own:.3f}")
+            + ")"
         )
     for f in fig["faults"]:
         if f.get("error"):
@@ -552,6 +729,11 @@ def parser() -> argparse.ArgumentParser:
         "--no-fsync",
         action="store_true",
         help="PostgreSQL with fsync and full-page writes off (not durable): tells the disk's latency apart",
+    )
+    p.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="skip the queued-turn probe at the end (worker paused while 20,000 more turns are queued)",
     )
     p.add_argument("--json", action="store_true", help="also print the summary as one JSON line at the end")
     return p
@@ -637,6 +819,7 @@ def main(ports: tuple[int, int], argv: list[str] | None = None) -> int:
         answered = [f.answering for f in step.faults if f.answering is not None]
         if answered:  # the faults' "RSS 30 s after" needs samples that late
             time.sleep(max(0.0, max(answered) + 31 - time.time()))
+        probe = None if args.find_max or args.no_probe else queued_probe(stack, sampler, args, run_id, wallets, dry)
         time.sleep(2)
         final = next(s for s in reversed(sampler.samples) if s.get("redis_used_memory") and s.get("pg_db_bytes"))
         exact = check_exactness(stack, gate)
@@ -648,6 +831,13 @@ def main(ports: tuple[int, int], argv: list[str] | None = None) -> int:
         else:
             fig = summarize(step, sampler.samples, baseline, final, exact)
             fig["drain_after_s"] = waited
+            if probe is not None:
+                fig.update(probe)
+                if probe["probe_bytes_per_queued_turn"] is not None:
+                    fig["redis_bytes_per_queued_turn"] = probe["probe_bytes_per_queued_turn"]
+                    fig["redis_queued_method"] = (
+                        f"probe: worker paused, {probe['probe_unread_growth']:,} turns queued unread"
+                    )
             lines = verdict(fig, exact)
             print_report(fig, exact, lines)
             summary = {"figures": fig, "exactness": exact, "verdict": [list(v) for v in lines]}

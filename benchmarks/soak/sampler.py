@@ -7,7 +7,10 @@ One sample is a flat dict (one JSON line in ``samples.jsonl``):
   from the stream ids' millisecond clock against Redis ``TIME``; ``0.0`` when nothing is pending.
 - ``pending``: entries not yet acknowledged (delivered-but-unacked plus never delivered);
   ``outbox_len``: ``XLEN`` summed over the shards (includes acknowledged entries not yet trimmed);
-  ``outbox_bytes``: ``MEMORY USAGE <stream> SAMPLES 10`` summed (Redis' estimate, bytes).
+  ``outbox_unread``: of those, the entries no drain has read yet (the group's ``lag``);
+  ``outbox_bytes``: ``MEMORY USAGE <stream> SAMPLES 0`` summed (bytes; every listpack node counted,
+  not extrapolated from the first ten: those at a stream's head hold entries acknowledged and
+  trimmed that XTRIM could not free yet, so a sample of them overstates the rest).
 - ``redis_used_memory``: ``INFO memory`` ``used_memory`` (bytes); ``pg_db_bytes``:
   ``pg_database_size('tollgate')`` (bytes).  Any of these is ``None`` while its server is down.
 - ``rss.<process>`` (bytes) and ``cpu.<process>`` (% of one core, since the last sample) for
@@ -36,25 +39,26 @@ def _id_ms(stream_id: str) -> int:
 
 
 def outbox_state(r: redis.Redis, shards: int) -> dict[str, float | int]:
-    """``lag_s``, ``pending``, ``outbox_len`` and ``outbox_bytes`` of the outbox (module doc).
+    """``lag_s``, ``pending``, ``outbox_len``, ``outbox_bytes`` and ``outbox_unread`` of the outbox (module doc).
 
     Raises redis errors when Redis is unavailable."""
     now_s, now_us = r.time()
     now_ms = now_s * 1000 + now_us // 1000
     oldest: int | None = None
-    pending = length = size = 0
+    pending = length = size = unread = 0
     for shard in range(shards):
         key = outbox_key(shard)
         n = r.xlen(key)
         length += n
         if not n:
             continue
-        size += r.memory_usage(key, samples=10) or 0
+        size += r.memory_usage(key, samples=0) or 0
         groups = {g["name"]: g for g in r.xinfo_groups(key)}
         group = groups.get(GROUP)
         if group is None:  # no drain ever read it: everything is undelivered
             first = r.xrange(key, count=1)
             pending += n
+            unread += n
             if first:
                 oldest = min(oldest or now_ms, _id_ms(first[0][0]))
             continue
@@ -67,12 +71,15 @@ def outbox_state(r: redis.Redis, shards: int) -> dict[str, float | int]:
         if undelivered:
             oldest = min(oldest or now_ms, _id_ms(undelivered[0][0]))
             lag = group.get("lag")
-            pending += lag if lag is not None else len(r.xrange(key, min=f"({group['last-delivered-id']}"))
+            lag = lag if lag is not None else len(r.xrange(key, min=f"({group['last-delivered-id']}"))
+            pending += lag
+            unread += lag
     return {
         "lag_s": 0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000),
         "pending": pending,
         "outbox_len": length,
         "outbox_bytes": size,
+        "outbox_unread": unread,
     }
 
 
@@ -142,7 +149,9 @@ class Sampler:
             s.update(outbox_state(self.redis, self.shards))
             s["redis_used_memory"] = self.redis.info("memory")["used_memory"]
         except redis.exceptions.RedisError:
-            s.update(lag_s=None, pending=None, outbox_len=None, outbox_bytes=None, redis_used_memory=None)
+            s.update(
+                lag_s=None, pending=None, outbox_len=None, outbox_bytes=None, outbox_unread=None, redis_used_memory=None
+            )
         try:
             with psycopg.connect(self.pg_url, connect_timeout=1, autocommit=True) as conn:
                 s["pg_db_bytes"] = conn.execute("SELECT pg_database_size('tollgate')").fetchone()[0]

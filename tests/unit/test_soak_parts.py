@@ -8,9 +8,11 @@ import sys
 
 import pytest
 
-from benchmarks.soak.run import parse_fault, pct
+from benchmarks.soak.driver import TurnMaker, build_turn
+from benchmarks.soak.run import BUNDLED_TRACE, Step, cpu_per_1000, parse_fault, pct, queued_turn_bytes
 from benchmarks.soak.sampler import outbox_state
 from benchmarks.soak.stack import procfile_command
+from worker.devtools.traces import read_trace
 from worker.gate.keys import outbox_key
 from worker.ledger.drain import GROUP
 
@@ -74,7 +76,7 @@ def test_the_outbox_lag_is_the_age_of_the_oldest_entry_not_acknowledged(redis_cl
     r.xgroup_create(key, GROUP, id="0")
     delivered = r.xreadgroup(GROUP, "c", {key: ">"}, count=2)[0][1]  # the two oldest, not acknowledged
     state = outbox_state(r, 4)
-    assert state["pending"] == 4 and state["outbox_len"] == 4
+    assert state["pending"] == 4 and state["outbox_len"] == 4 and state["outbox_unread"] == 2
     assert 9.0 <= state["lag_s"] < 10.0
     r.xack(key, GROUP, *[entry_id for entry_id, _ in delivered])  # the oldest two acknowledged, not trimmed
     state = outbox_state(r, 4)
@@ -84,4 +86,51 @@ def test_the_outbox_lag_is_the_age_of_the_oldest_entry_not_acknowledged(redis_cl
     r.xack(key, GROUP, f"{now_ms - 5000}-0")
     assert 3.0 <= outbox_state(r, 4)["lag_s"] < 4.0  # the delivered, unacknowledged one
     r.xack(key, GROUP, f"{now_ms - 3000}-0")
-    assert outbox_state(r, 4) | {"outbox_bytes": 0} == {"lag_s": 0.0, "pending": 0, "outbox_len": 4, "outbox_bytes": 0}
+    assert outbox_state(r, 4) | {"outbox_bytes": 0} == {
+        "lag_s": 0.0,
+        "pending": 0,
+        "outbox_len": 4,
+        "outbox_bytes": 0,
+        "outbox_unread": 0,
+    }
+
+
+def test_the_driver_builds_each_turn_as_the_validated_turn_it_copies():
+    """The driver's cheap turns (a validated row's copy with its own ids) equal, field for field,
+    the turns built and validated in full."""
+    rows = read_trace(BUNDLED_TRACE, "azure")
+    wallets, dry = [f"soak-f{i:02d}" for i in range(40)], [f"soak-d{i:02d}" for i in range(10)]
+    make = TurnMaker("s1", 2, rows, wallets, dry, 0.02)
+    for n in [*range(60), *range(0, 300_000, 7919)]:
+        built = build_turn("s1", 2, n, rows[n % len(rows)], wallets, dry, 0.02)
+        made = make(n)
+        assert made == built and made.model_dump() == built.model_dump() and hash(made) == hash(built)
+    assert sum(make(n).wallet_id in dry for n in range(10_000)) == 200  # 2 % to the dry wallets
+
+
+def test_the_queued_turn_figure_is_the_cost_of_unread_entries_when_the_samples_span_enough():
+    samples = [
+        {"outbox_len": u + r, "outbox_unread": u, "outbox_bytes": 40_000 + 250 * u + 420 * r}
+        for u, r in ((0, 300), (2500, 900), (800, 1000), (4000, 200), (100, 100), (3100, 700))
+    ]
+    fig = queued_turn_bytes(samples)
+    assert round(fig["redis_bytes_per_queued_turn"], 6) == 250
+    assert round(fig["redis_bytes_per_read_entry"], 6) == 420
+    assert round(fig["redis_stream_fixed_bytes"], 3) == 40_000
+    assert fig["redis_bytes_per_queued_turn_at_peak"] == (40_000 + 250 * 4000 + 420 * 200) / 4200
+    short = [s | {"outbox_unread": 0} for s in samples]  # a drain that keeps up: only the upper bound
+    fig = queued_turn_bytes(short)
+    assert fig["redis_queued_method"].startswith("ratio") and "redis_bytes_per_read_entry" not in fig
+    assert fig["redis_bytes_per_queued_turn"] == fig["redis_bytes_per_queued_turn_at_peak"]
+
+
+def test_cpu_seconds_per_1000_turns_add_each_interval_from_the_start_until_the_outbox_is_empty():
+    step = Step(rate=1000, duration=2.0, start=100.0, end=102.0)
+    samples = [
+        {"t": t, "pending": p, "rss.worker": 1.0, "cpu.worker": c}
+        for t, p, c in ((99.0, 0, 90.0), (100.5, 5, 40.0), (101.5, 9, 50.0), (102.5, 3, 20.0), (103.0, 0, 60.0))
+        + ((104.0, 0, 99.0),)
+    ]
+    # from the start: (100.5 - 100) * 0.4 + (101.5 - 100.5) * 0.5 + (102.5 - 101.5) * 0.2 + (103.0 - 102.5) * 0.6
+    # = 1.2 CPU s over 2,000 turns; the sample before the start and the one after the outbox emptied not counted
+    assert cpu_per_1000(samples, step, 2000) == {"worker": pytest.approx(0.6)}

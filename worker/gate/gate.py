@@ -70,6 +70,7 @@ from worker.gate.pipeline import (
     decide_group,
     pipeline_evalsha,
     ramp,
+    send_packed,
     send_packed_retrying,
 )
 from worker.gate.scripts import lua_source, turn_script_source
@@ -115,10 +116,12 @@ class GateBatchError(Unavailable, RuntimeError):
 
 
 def _own_keys(tag: str, turn: TurnIn, reservation_id: str | None) -> tuple[str, str, str]:
-    """A turn's own keys in shard ``tag``: its wallet, its turn_id's answer, the reservation it settles."""
+    """A turn's own keys in shard ``tag``: its wallet, its turn_id's answer (:func:`turn_key`, written
+    out: this runs once per turn), the reservation it settles."""
+    enterprise_id, wallet_id = turn.enterprise_id, turn.wallet_id
     return (
-        f"{tag}:wallet:{turn.wallet_id}",
-        turn_key(tag, turn.enterprise_id, turn.wallet_id, turn.turn_id),
+        f"{tag}:wallet:{wallet_id}",
+        f"{tag}:turn:{len(enterprise_id)}:{enterprise_id}:{len(wallet_id)}:{wallet_id}:{turn.turn_id}",
         reservation_key(tag, reservation_id or ""),
     )
 
@@ -189,6 +192,10 @@ os.register_at_fork(after_in_child=process_gate.cache_clear)
 #: ``record_turns``' wallet pre-check: the wallet-hash fields read for each wallet of a batch
 WALLET_CHECK_FIELDS = ("mode", "enterprise", "max_turn_nanos")
 
+#: wallets whose shard (:meth:`GateCore.shard`) and pre-check command (:meth:`WalletGate._check_wallets`)
+#: a gate remembers; past this many the memo starts again (bounded memory whatever the ids)
+_SHARD_CACHE_MAX = 65_536
+
 
 class ReserveOptions(TypedDict, total=False):
     """The keyword arguments of a reservation, the same for both gates (:meth:`WalletGate.reserve`,
@@ -232,11 +239,18 @@ class GateCore:
             for tag in map(shard_tag, range(self.settings.outbox_shards))
         ]
         self._dedupe_key = self.settings.dedupe_key.encode()
+        self._shards: dict[str, int] = {}  # wallet_id → shard (:meth:`shard`)
 
     # keys -------------------------------------------------------------------------------------
     def shard(self, wallet_id: str) -> int:
-        """The outbox shard that holds ``wallet_id``."""
-        return shard_of(wallet_id, self.settings.outbox_shards)
+        """The outbox shard that holds ``wallet_id`` (:func:`shard_of`, remembered per wallet)."""
+        shard = self._shards.get(wallet_id)
+        if shard is None:
+            shard = shard_of(wallet_id, self.settings.outbox_shards)
+            if len(self._shards) >= _SHARD_CACHE_MAX:
+                self._shards.clear()
+            self._shards[wallet_id] = shard
+        return shard
 
     def wallet_key(self, wallet_id: str) -> str:
         """Redis key of a wallet's hash."""
@@ -557,6 +571,7 @@ class WalletGate(GateCore):
     ) -> None:
         super().__init__(settings=settings, price_book=price_book, kicker=kicker)
         self.redis = client or redis_client(self.settings)
+        self._check_commands: dict[str, bytes] = {}  # wallet_id → packed pre-check HMGET
         self._record = self.redis.register_script(turn_script_source("record_turn.lua"))
         self._record_many = self.redis.register_script(turn_script_source("record_turns.lua"))
         self._seen = self.redis.register_script(lua_source("seen.lua", "lib_seen.lua"))
@@ -993,7 +1008,29 @@ class WalletGate(GateCore):
         bad turn is refused whole, nothing applied (the script checks the cost again, atomically).
         Raises UnknownWallet, WrongEnterprise, TurnLimitExceeded (``cost_nanos``, with ``index``)."""
         ids = wallets_of(turns)
-        pipe = self.redis.pipeline(transaction=False)
-        for wallet_id in ids:
-            pipe.hmget(self.wallet_key(wallet_id), *WALLET_CHECK_FIELDS)
-        self._check_rows(turns, quotes, dict(zip(ids, pipe.execute())))
+        rows: list = []
+        if not isinstance(self.redis, redis.RedisCluster):
+            try:  # one write of the HMGETs packed once per wallet (redis-py's pipeline packs each in Python)
+                send_packed(self.redis, [(b"".join(map(self._check_command, ids)), len(ids))], None, rows.append)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                rows = []  # read-only: sent again below, through redis-py and its retries
+            if any(isinstance(row, Exception) for row in rows):
+                raise next(row for row in rows if isinstance(row, Exception))
+        if len(rows) != len(ids):
+            pipe = self.redis.pipeline(transaction=False)
+            for wallet_id in ids:
+                pipe.hmget(self.wallet_key(wallet_id), *WALLET_CHECK_FIELDS)
+            rows = pipe.execute()
+        self._check_rows(turns, quotes, dict(zip(ids, rows)))
+
+    def _check_command(self, wallet_id: str) -> bytes:
+        """The pre-check's ``HMGET <wallet key> mode enterprise max_turn_nanos`` of ``wallet_id``,
+        packed (hiredis) once per wallet and remembered (:data:`_SHARD_CACHE_MAX` wallets)."""
+        packed = self._check_commands.get(wallet_id)
+        if packed is None:
+            command: tuple[Any, ...] = ("HMGET", self.wallet_key(wallet_id), *WALLET_CHECK_FIELDS)
+            packed = pack_command(command)  # hiredis' stub types a one-element tuple
+            if len(self._check_commands) >= _SHARD_CACHE_MAX:
+                self._check_commands.clear()
+            self._check_commands[wallet_id] = packed
+        return packed

@@ -71,6 +71,24 @@ def _long_int(text: str) -> int:
     return int(digits) * 10 ** int(zeros or 0)
 
 
+#: rates strings already written (five integers → ``'25e8,125e7,1e10,3125e6,5e9'``): a handful of
+#: price-list entries repeat in every batch, so each turn's payload looks its string up instead of
+#: formatting five integers; bounded, so odd prices cannot grow it without end
+_RATES_TEXT: dict[tuple[int, int, int, int, int], str] = {}
+_RATES_TEXT_MAX = 4096
+
+
+def _rates_text(rates: tuple[int, int, int, int, int]) -> str:
+    """The five rates (nano-USD per million tokens) as a version-5 payload writes them, comma-separated
+    :func:`_short_int` s."""
+    text = _RATES_TEXT.get(rates)
+    if text is None:
+        text = ",".join(map(_short_int, rates))
+        if len(_RATES_TEXT) < _RATES_TEXT_MAX:
+            _RATES_TEXT[rates] = text
+    return text
+
+
 def turn_payload(turn: TurnIn, price: TurnPrice) -> str:
     """The outbox form of an accepted turn (version 5): compact JSON, read back by :func:`parse_entry`::
 
@@ -87,16 +105,13 @@ def turn_payload(turn: TurnIn, price: TurnPrice) -> str:
     ts = (occurred.toordinal() - 719163) * 86_400_000_000 + (
         (occurred.hour * 3600 + occurred.minute * 60 + occurred.second) * 1_000_000 + occurred.microsecond
     )
-    rates = ",".join(
-        map(
-            _short_int,
-            (
-                price.input_nanos_per_mtok,
-                price.cached_input_nanos_per_mtok,
-                price.output_nanos_per_mtok,
-                price.cache_write_nanos_per_mtok,
-                price.cache_write_1h_nanos_per_mtok,
-            ),
+    rates = _rates_text(
+        (
+            price.input_nanos_per_mtok,
+            price.cached_input_nanos_per_mtok,
+            price.output_nanos_per_mtok,
+            price.cache_write_nanos_per_mtok,
+            price.cache_write_1h_nanos_per_mtok,
         )
     )
     payload = [
