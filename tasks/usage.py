@@ -12,7 +12,7 @@ from worker.celery_app import DRAIN_OUTBOX_TASK, RECORD_TURN_TASK, app
 from worker.chats.lifecycle import announce_chat_changes
 from worker.errors import InputError
 from worker.gate.gate import UnknownWallet, WrongEnterprise, process_gate
-from worker.ledger.drain import DrainLoop, OutboxDrain, consumer_name
+from worker.ledger.drain import DrainLoop, DrainStats, OutboxDrain, consumer_name
 from worker.pricing.prices import PricingError, TurnLimitExceeded
 from worker.settings import get_settings
 
@@ -60,8 +60,15 @@ def stop_drain_loop(**_: Any) -> None:
 def drain_outbox(shard: int | None = None, max_seconds: float = 30.0) -> dict[str, int]:
     """Persist the outbox of ``shard`` (default: every shard) until empty or ``max_seconds`` pass.
 
-    Returns counts: read, inserted, duplicates, batches, reclaimed.
+    In a worker process whose drain loop runs (``settings.drain_loop``), the task does nothing: the
+    loop already serves every shard and reclaims dead consumers' entries, and a second consumer in
+    the same process would only split its batches (the gate's kicks and beat's backstop keep coming
+    whether or not a loop runs).
+
+    Returns counts: read, inserted, duplicates, batches, reclaimed (all 0 when the loop serves).
     """
+    if _loop is not None and _loop.alive():
+        return DrainStats().as_dict()
     drain = _get_drain()
     shards = None if shard is None else [shard]
     return drain.drain(shards, max_seconds=max_seconds).as_dict()

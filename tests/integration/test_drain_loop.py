@@ -142,3 +142,24 @@ def test_a_worker_with_the_drain_loop_persists_without_kicks(db, redis_client, g
         time.sleep(0.1)
     time.sleep(0.3)  # a batch persisted twice would show up now as an extra row: there must be none
     _assert_exactly_once(db, gate, redis_client, wallets, n, billed)
+
+
+def test_the_drain_task_stands_aside_while_its_process_loop_serves(db, redis_client, gate, settings, monkeypatch):
+    # a kick (or beat's backstop) in a process whose loop runs reads nothing: a second consumer there
+    # would only split the loop's batches; without a live loop, the same task drains everything
+    import tasks.usage as usage
+
+    shard, wallet_id = next(iter(_wallet_per_shard(gate).items()))
+    n, billed = _record(gate, wallet_id, 300)
+    loop = DrainLoop(OutboxDrain(redis_client, settings=settings, consumer="loop"), idle_ms=10)
+    monkeypatch.setattr(usage, "_loop", loop)
+    monkeypatch.setattr(usage, "_drain", OutboxDrain(redis_client, settings=settings, consumer="task"))
+    loop._thread = type("Alive", (), {"is_alive": lambda self: True})()  # a running loop's thread, not started here
+    assert usage.drain_outbox() == {k: 0 for k in usage.drain_outbox()}
+    assert _persisted(db) == (0, 0, 0)  # nothing was read: no entry is pending for the task's consumer
+    assert redis_client.xinfo_groups(outbox_key(shard)) == []  # no consumer group read the stream yet
+    assert redis_client.xlen(outbox_key(shard)) == n
+    loop._stop.set()  # the loop stopped (or died): the task drains as before
+    counts = usage.drain_outbox()
+    assert (counts["read"], counts["inserted"]) == (n, n)
+    assert _persisted(db) == (n, n, billed)

@@ -565,6 +565,10 @@ class DrainLoop:
         self._thread.start()
         return self._thread
 
+    def alive(self) -> bool:
+        """Whether the loop's thread is running (started and not stopped)."""
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
     def stop(self, timeout: float | None = 10.0) -> None:
         """Ask the loop to stop after its current batch and wait up to ``timeout`` seconds for it."""
         self._stop.set()
