@@ -60,6 +60,7 @@ from rich.table import Table  # noqa: E402
 TARGET_TURNS_PER_S = 10_000  # issue 7: end-to-end replay target on this 2-core machine
 QUEUED_TURN_TARGET_BYTES = 300  # issue 16: Redis per queued (not yet drained) turn, its remembered turn_id included
 REMEMBERED_TURN_TARGET_BYTES = 64  # issue 16: Redis per remembered turn_id (window >= 24 h)
+PERSISTED_TURN_TARGET_BYTES = 400  # issue 16: PostgreSQL per persisted turn (rows, indexes, turn key, ledger)
 BATCH = 500  # pipelined batch size (gate and raw), as replay() uses
 MODEL, PROVIDER = "gpt-4o", "openai"
 WALLETS, CHATS, AGENTS = 16, 64, 4  # spread of the synthetic turns (a chat belongs to one wallet)
@@ -913,7 +914,14 @@ def main(argv: list[str] | None = None) -> int:
             memory["seen_usage_bytes_per_turn"],
             "B",
         ),
-        Figure("pg_bytes_per_persisted_turn", "PostgreSQL / persisted turn (usage, key, ledger)", pg_bytes, "B"),
+        Figure(
+            "pg_bytes_per_persisted_turn",
+            "PostgreSQL / persisted turn (usage, key, ledger)",
+            pg_bytes,
+            "B",
+            PERSISTED_TURN_TARGET_BYTES,
+            "target",
+        ),
         Figure(
             "replay_cold_turns_per_s",
             "replay end to end (own worker)",
@@ -989,6 +997,11 @@ def main(argv: list[str] | None = None) -> int:
             "redis_bytes_per_remembered_turn",
             f"Redis ≤ {REMEMBERED_TURN_TARGET_BYTES} B / remembered turn_id",
             lambda f: f.value <= REMEMBERED_TURN_TARGET_BYTES,
+        ),
+        (
+            "pg_bytes_per_persisted_turn",
+            f"PostgreSQL ≤ {PERSISTED_TURN_TARGET_BYTES} B / persisted turn",
+            lambda f: f.value <= PERSISTED_TURN_TARGET_BYTES,
         ),
         ("record_turn_p99_us", "gate p99 < 1 ms", lambda f: f.value < 1000),
         ("record_turns_pipelined_per_s", "pipelined gate ≥ 40 % of raw EVALSHA", lambda f: f.ratio >= 0.40),
