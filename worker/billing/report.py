@@ -43,6 +43,7 @@ from zlib import crc32
 
 from sqlalchemy import (
     ColumnElement,
+    Select,
     String,
     Subquery,
     func,
@@ -50,6 +51,7 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
+    union_all,
 )
 from sqlmodel import Session, col
 
@@ -597,32 +599,63 @@ def _usage_source(
     first and last turn; see the module docstring).
 
     ``span`` (aware ``[start, end)``, the page's date range; ``periods`` then one period, the label of
-    every row): the usage events of the span aggregated now, whatever their months' rollups."""
+    every row): the rollup rows of the UTC months wholly inside the span (:func:`whole_months`), and
+    the usage events of its partial months at either edge aggregated now, all labelled ``periods[0]``.
+    A range of a few days reads only its events; a range of a year reads at most two months of them."""
     columns = ("period", "workflow", "wallet_id", *keys)
-    ue = table_of(UsageEvent)
-    if span is not None:  # the span's events, grouped as the rollup rows are
-        keys_ = [ue.c[c] for c in columns[1:]]
-        first_last = (func.min(ue.c.occurred_at).label("first_at"), func.max(ue.c.occurred_at).label("last_at"))
-        return (
-            select(
-                literal(periods[0], String).label("period"),
-                *keys_,
-                func.count().label("events"),
-                *(func.sum(ue.c[f]).label(f) for f in _FIGURES[1:]),
-                *(first_last if chats else ()),
-            )
-            .where(*_scope(enterprise_id, wallet_id, *span))
-            .group_by(*keys_)
-            .subquery()
-        )
     rollup = table_of(ChatRollup if chats else BillingRollup)
     extra = ("first_at", "last_at") if chats else ()
-    stored = select(*(rollup.c[c] for c in (*columns, *_FIGURES, *extra))).where(
-        rollup.c.enterprise_id == enterprise_id, rollup.c.period.in_(list(periods))
-    )
-    if wallet_id is not None:
-        stored = stored.where(rollup.c.wallet_id == wallet_id)
-    return stored.subquery()
+    if span is None:
+        stored = select(*(rollup.c[c] for c in (*columns, *_FIGURES, *extra))).where(
+            rollup.c.enterprise_id == enterprise_id, rollup.c.period.in_(list(periods))
+        )
+        if wallet_id is not None:
+            stored = stored.where(rollup.c.wallet_id == wallet_id)
+        return stored.subquery()
+    label = literal(periods[0], String).label("period")
+    months, (first, last) = whole_months(*span)
+    parts: list[Select[Any]] = []
+    if months:
+        whole = select(label, *(rollup.c[c] for c in (*columns[1:], *_FIGURES, *extra))).where(
+            rollup.c.enterprise_id == enterprise_id, rollup.c.period.in_(months)
+        )
+        parts.append(whole if wallet_id is None else whole.where(rollup.c.wallet_id == wallet_id))
+    ue = table_of(UsageEvent)
+    keys_ = [ue.c[c] for c in columns[1:]]
+    first_last = (func.min(ue.c.occurred_at).label("first_at"), func.max(ue.c.occurred_at).label("last_at"))
+    for lo, hi in ((span[0], first), (last, span[1])) if months else (span,):
+        if lo < hi:  # a partial month at an edge (or the whole span): its events, grouped as the rollup rows are
+            parts.append(
+                select(
+                    label,
+                    *keys_,
+                    func.count().label("events"),
+                    *(func.sum(ue.c[f]).label(f) for f in _FIGURES[1:]),
+                    *(first_last if chats else ()),
+                )
+                .where(*_scope(enterprise_id, wallet_id, lo, hi))
+                .group_by(*keys_)
+            )
+    return (parts[0] if len(parts) == 1 else union_all(*parts)).subquery()
+
+
+def whole_months(start: datetime, end: datetime) -> tuple[list[str], tuple[datetime, datetime]]:
+    """The UTC months (``'YYYY-MM'``) lying wholly inside ``[start, end)`` (aware datetimes), oldest
+    first, and the bounds ``(first month's start, last month's end)`` of their run; ``([], (end,
+    end))`` when none does.  What is outside the run is the partial months at the span's edges."""
+
+    def next_month(d: datetime) -> datetime:
+        return d.replace(year=d.year + (d.month == 12), month=d.month % 12 + 1)
+
+    start = start.astimezone(UTC)
+    month_start = datetime(start.year, start.month, 1, tzinfo=UTC)
+    if month_start < start:
+        month_start = next_month(month_start)
+    first, months = month_start, []
+    while (month_start.year, month_start.month) < (9999, 12) and next_month(month_start) <= end:
+        months.append(f"{month_start.year:04d}-{month_start.month:02d}")
+        month_start = next_month(month_start)
+    return months, ((first, month_start) if months else (end, end))
 
 
 def _figures(values) -> Figures:
