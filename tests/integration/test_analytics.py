@@ -167,6 +167,7 @@ def _seed(s: Session) -> list[dict]:
                 "billing_target": e["enterprise_id"],
                 "billable": True,
                 "meter": "llm",
+                "service_tier": None,  # a text column: the standard tier (the drain refuses a number there)
             }
         )
     for enterprise in ("acme", "globex"):
