@@ -301,6 +301,35 @@ def run_together(*calls, timeout: float = 60.0) -> list:
     return results
 
 
+#: what the children of ``process_context`` need, imported once in its fork server (about 1 s of CPU each)
+FORKSERVER_PRELOAD = [
+    "tests.conftest",
+    "tests.committed",
+    "models.turn",
+    "worker.gate.gate",
+    "worker.gate.aio",
+    "worker.ledger.drain",
+    "worker.ledger.reconcile",
+    "worker.devtools.redis_cluster",
+    "genai_prices",
+]
+
+
+def process_context():
+    """The ``multiprocessing`` context of tests that race real processes (``ctx.Process``, ``ctx.Queue``).
+
+    ``forkserver`` with ``FORKSERVER_PRELOAD``: each child is a fresh process forked from a
+    single-threaded server that imported tollgate once, instead of a ``spawn`` that imports it again
+    per child.  The server starts at the first ``Process.start()`` and keeps the environment of that
+    moment (the test namespaces set at the top of this file), so fault tests, which switch
+    ``TOLLGATE_*`` for a while, must not use it.  The server ends with the test run."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+    return ctx
+
+
 @pytest.fixture()
 def race():
     """``race(*calls, timeout=60.0) -> results``: ``run_together`` (calls released at once in threads)."""
