@@ -88,11 +88,30 @@ def database_url() -> str:
 _DIRTY = {"db": True}
 
 
+#: the tables of ``TABLES`` holding a row, or owning a sequence (a partition's: its root table) that
+#: has handed out a value since its last restart (rolled-back inserts advance sequences too); one query
+_USED_TABLES = (
+    " UNION ".join(f"(SELECT '{t.strip()}' FROM {t.strip()} LIMIT 1)" for t in TABLES.split(","))
+    + """ UNION SELECT coalesce(pg_partition_root(t.oid), t.oid)::regclass::text FROM pg_sequences ps
+    JOIN pg_class s ON s.relname = ps.sequencename AND s.relnamespace = ps.schemaname::regnamespace
+    JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid AND d.refclassid = 'pg_class'::regclass
+    JOIN pg_class t ON t.oid = d.refobjid
+    WHERE ps.schemaname = current_schema() AND ps.last_value IS NOT NULL"""
+)
+
+
 def _truncate(engine) -> None:
+    """Every table of ``TABLES`` empty and its identity restarted, as ``TRUNCATE TABLES RESTART
+    IDENTITY CASCADE`` leaves them.  Only the tables that are not so already are truncated: a
+    TRUNCATE costs a new file for each table, partition and index it names (0.1–0.5 s for all of
+    them), and most tests using ``db`` write to a few tables or none."""
     from sqlalchemy import text
 
+    names = {t.strip() for t in TABLES.split(",")}
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+        used = sorted(set(conn.execute(text(_USED_TABLES)).scalars()) & names)
+        if used:
+            conn.execute(text(f"TRUNCATE {', '.join(used)} RESTART IDENTITY CASCADE"))
 
 
 @pytest.fixture()
@@ -299,6 +318,35 @@ def run_together(*calls, timeout: float = 60.0) -> list:
     assert errors == [], errors
     assert not any(t.is_alive() for t in threads), f"a racer still runs after {timeout} s"
     return results
+
+
+#: what the children of ``process_context`` need, imported once in its fork server (about 1 s of CPU each)
+FORKSERVER_PRELOAD = [
+    "tests.conftest",
+    "tests.committed",
+    "models.turn",
+    "worker.gate.gate",
+    "worker.gate.aio",
+    "worker.ledger.drain",
+    "worker.ledger.reconcile",
+    "worker.devtools.redis_cluster",
+    "genai_prices",
+]
+
+
+def process_context():
+    """The ``multiprocessing`` context of tests that race real processes (``ctx.Process``, ``ctx.Queue``).
+
+    ``forkserver`` with ``FORKSERVER_PRELOAD``: each child is a fresh process forked from a
+    single-threaded server that imported tollgate once, instead of a ``spawn`` that imports it again
+    per child.  The server starts at the first ``Process.start()`` and keeps the environment of that
+    moment (the test namespaces set at the top of this file), so fault tests, which switch
+    ``TOLLGATE_*`` for a while, must not use it.  The server ends with the test run."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+    return ctx
 
 
 @pytest.fixture()

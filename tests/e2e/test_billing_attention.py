@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,8 +28,7 @@ from models.stripe import TokenPackage
 from models.turn import DeadLetter, UsageEvent
 from models.wallet import Wallet
 from tests.billing_seed import _event, seed
-from tests.conftest import REPO, _env, free_port, wait_healthy
-from tests.e2e.test_billing_page import CHROMIUM, LAUNCH_ARGS
+from tests.e2e.conftest import start_server
 from tests.stripe_stub import StripeStub, event_json, stripe_signature
 from worker.billing.attention import ceil_cents
 from worker.billing.report import format_cents, format_money
@@ -53,36 +50,13 @@ def stripe_stub():
 @pytest.fixture(scope="module")
 def server(database_url, stripe_stub):
     """``uvicorn api_stub.main:app`` on a free loopback port, its Stripe pointed at the local stand-in."""
-    port = free_port()
-    env = _env() | {
-        "TOLLGATE_STRIPE_API_KEY": "sk_test_tollgate",
-        "TOLLGATE_STRIPE_API_BASE": stripe_stub.url,
-        "TOLLGATE_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api_stub.main:app", "--host", "127.0.0.1", "--port", str(port)]
-        + ["--log-level", "warning"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    yield from start_server(
+        {
+            "TOLLGATE_STRIPE_API_KEY": "sk_test_tollgate",
+            "TOLLGATE_STRIPE_API_BASE": stripe_stub.url,
+            "TOLLGATE_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        }
     )
-    base = f"http://127.0.0.1:{port}"
-    wait_healthy(proc, base)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "run scripts/browser.sh (make install-test) to install chromium"
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture()

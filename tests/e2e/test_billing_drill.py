@@ -18,7 +18,7 @@ from sqlalchemy import insert, text
 from models.chat import ChatAgentUsage, ChatSession
 from models.turn import UsageEvent
 from tests.billing_seed import _agent_usage, _chat_totals, _event, mark_groups_dirty, seed
-from tests.e2e.test_billing_page import _cents, _context, _sign_in, _texts, browser, server, shots  # noqa: F401
+from tests.e2e.test_billing_page import _cents, _context, _sign_in, _texts, shots  # noqa: F401
 from worker.billing.report import format_cents, format_money, round_cents
 from worker.chats.rollups import refresh_rollup
 from worker.db import session_scope

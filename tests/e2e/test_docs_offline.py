@@ -5,14 +5,12 @@ chromium driven by Playwright, as tests/e2e/test_billing_page.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from api_stub.app import create_app
 from tests.conftest import create_keys
-from tests.e2e.test_billing_page import CHROMIUM, LAUNCH_ARGS, server  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -20,30 +18,25 @@ OPERATIONS = sum(len(methods) for methods in create_app().openapi()["paths"].val
 
 
 @pytest.fixture(scope="module")
-def offline_page(server):  # noqa: F811
+def offline_page(browser, server):
     """A page whose requests to any host but the server are aborted (and recorded)."""
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "run scripts/browser.sh (make install-test) to install chromium"
     own = urlsplit(server).netloc
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-        ctx = browser.new_context(base_url=server, viewport={"width": 1360, "height": 900})
-        outside: list[str] = []
+    ctx = browser.new_context(base_url=server, viewport={"width": 1360, "height": 900})
+    outside: list[str] = []
 
-        def route(r):
-            if urlsplit(r.request.url).netloc == own or r.request.url.startswith("data:"):
-                r.continue_()
-            else:
-                outside.append(r.request.url)
-                r.abort("internetdisconnected")
+    def route(r):
+        if urlsplit(r.request.url).netloc == own or r.request.url.startswith("data:"):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort("internetdisconnected")
 
-        ctx.route("**/*", route)
-        page = ctx.new_page()
-        page.errors = []
-        page.on("pageerror", lambda e: page.errors.append(str(e)))
-        yield page, outside
-        browser.close()
+    ctx.route("**/*", route)
+    page = ctx.new_page()
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    yield page, outside
+    ctx.close()
 
 
 def test_swagger_ui_renders_every_operation_offline_and_authorize_sends_the_key(offline_page, db):

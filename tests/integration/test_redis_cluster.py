@@ -6,7 +6,6 @@ parallel; the decisions, PostgreSQL rows and balances equal a single-node run of
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import random
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from sqlalchemy import text
 
 from models.turn import TurnIn
 from tests.committed import credit_wallet, open_wallet
+from tests.conftest import process_context
 from worker.devtools.redis_cluster import redis_cluster
 from worker.gate.aio import AsyncWalletGate
 from worker.gate.gate import WalletGate
@@ -85,7 +85,7 @@ def _run(url: str, cluster: bool, flush) -> tuple[list, list, dict]:
         decisions += gate.record_turns(turns[i : i + 100])
     retried = gate.record_turns(turns[:100])
     assert all(d.duplicate for d in retried)
-    ctx = multiprocessing.get_context("spawn")
+    ctx = process_context()
     out = ctx.Queue()
     procs = [ctx.Process(target=_drain_process, args=(url, cluster, list(range(k, SHARDS, 2)), out)) for k in (0, 1)]
     for p in procs:

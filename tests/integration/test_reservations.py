@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP
 
@@ -14,7 +13,7 @@ from genai_prices import Usage, calc_price
 from sqlalchemy import text
 
 from tests.committed import credit_wallet, open_wallet
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, process_context
 from worker.ledger.drain import OutboxDrain
 
 pytestmark = pytest.mark.integration
@@ -64,7 +63,7 @@ def _racer(worker: int, rounds: int, out) -> None:
 def test_eight_processes_racing_never_overspend_and_ledger_agrees(db, redis_client, gate, settings):
     open_wallet(gate, wallet_id="pool", enterprise_id="acme", owner_id="u")
     credit_wallet(gate, wallet_id="pool", amount_nanos=CREDITS, idempotency_key="pool-open")
-    ctx = multiprocessing.get_context("spawn")
+    ctx = process_context()
     out = ctx.Queue()
     procs = [ctx.Process(target=_racer, args=(w, 60, out)) for w in range(8)]
     for p in procs:
