@@ -399,25 +399,26 @@ def _pg_char(_type: PgChar, _compiler: Any, **_kw: Any) -> str:
     return '"char"'
 
 
+#: a price tuple: what a turn was charged at (``usage_price``'s unique key, in its column order)
+PRICE_COLUMNS = (
+    "model",
+    "provider",
+    "service_tier",
+    "input_nanos_per_mtok",
+    "cached_input_nanos_per_mtok",
+    "output_nanos_per_mtok",
+    "cache_write_nanos_per_mtok",
+    "cache_write_1h_nanos_per_mtok",
+)
+
+
 class UsagePrice(SQLModel, table=True):
     """A price tuple turns were charged at (migration 0019): model, provider, service tier (``''``:
     the standard one) and the five unit prices (nano-USD per million tokens), unique; ``usage_row``
     refers to it by ``id``.  Rows are only added (``worker.ledger.usage_rows``), never changed."""
 
     __tablename__ = "usage_price"
-    __table_args__ = (
-        UniqueConstraint(
-            "model",
-            "provider",
-            "service_tier",
-            "input_nanos_per_mtok",
-            "cached_input_nanos_per_mtok",
-            "output_nanos_per_mtok",
-            "cache_write_nanos_per_mtok",
-            "cache_write_1h_nanos_per_mtok",
-            name="uq_usage_price",
-        ),
-    )
+    __table_args__ = (UniqueConstraint(*PRICE_COLUMNS, name="uq_usage_price"),)
 
     id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
     model: str = Field(max_length=200)

@@ -233,6 +233,18 @@ async def asend_packed_retrying(
         await asend_packed(client, sent, None, on_reply)
 
 
+def _taking(
+    source: Iterable[tuple[bytes, int]], taken: list[tuple[bytes, int]], sent: list[tuple[bytes, int]] | None
+) -> Iterator[tuple[bytes, int]]:
+    """``source``'s commands as they are taken, each also appended to ``taken`` (what a resend on a
+    new connection writes again) and to ``sent`` when given (the caller's record)."""
+    for command in source:
+        taken.append(command)
+        if sent is not None:
+            sent.append(command)
+        yield command
+
+
 async def asend_packed(
     client: aioredis.Redis, commands: Iterable[tuple[bytes, int]], sent: list | None, on_reply: Callable
 ) -> None:
@@ -264,18 +276,11 @@ async def asend_packed(
         read_any = True
         on_reply(reply)
 
-    def take() -> Iterator[tuple[bytes, int]]:
-        for command in source:
-            taken.append(command)
-            if sent is not None:
-                sent.append(command)
-            yield command
-
     for attempt in (0, 1):
         conn = await pool.get_connection()
         try:
             pending: list[int] = []  # replies expected per command written and not yet read
-            for packed, n in itertools.chain(list(taken) if attempt else (), take()):
+            for packed, n in itertools.chain(list(taken) if attempt else (), _taking(source, taken, sent)):
                 await conn.send_packed_command([packed], check_health=False)
                 pending.append(n)
                 if len(pending) > 1:
@@ -326,17 +331,10 @@ async def _asend_on_channel(
         read_any = True
         return result
 
-    def take() -> Iterator[tuple[bytes, int]]:
-        for command in source:
-            taken.append(command)
-            if sent is not None:
-                sent.append(command)
-            yield command
-
     for attempt in (0, 1):
         try:
             waiting: deque[asyncio.Future] = deque()
-            for packed, n in itertools.chain(list(taken) if attempt else (), take()):
+            for packed, n in itertools.chain(list(taken) if attempt else (), _taking(source, taken, sent)):
                 waiting.append(await channel.submit(packed, n))
                 if len(waiting) > 1:
                     for reply in replies_of(await waiting.popleft()):

@@ -7,19 +7,8 @@ table directly, from its staging table, with the SQL of :func:`insert_usage_rows
 
 from __future__ import annotations
 
+from models.turn import PRICE_COLUMNS
 from models.usage_codes import CODES, encode_sql
-
-#: a price tuple: what a turn was charged at (``usage_price``'s unique key, in its column order)
-PRICE_COLUMNS = (
-    "model",
-    "provider",
-    "service_tier",
-    "input_nanos_per_mtok",
-    "cached_input_nanos_per_mtok",
-    "output_nanos_per_mtok",
-    "cache_write_nanos_per_mtok",
-    "cache_write_1h_nanos_per_mtok",
-)
 
 #: ``usage_row``'s columns, in its order (``price_id`` and the codes computed, the rest copied)
 ROW_COLUMNS = (
