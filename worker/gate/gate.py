@@ -116,12 +116,10 @@ class GateBatchError(Unavailable, RuntimeError):
 
 
 def _own_keys(tag: str, turn: TurnIn, reservation_id: str | None) -> tuple[str, str, str]:
-    """A turn's own keys in shard ``tag``: its wallet, its turn_id's answer (:func:`turn_key`, written
-    out: this runs once per turn), the reservation it settles."""
-    enterprise_id, wallet_id = turn.enterprise_id, turn.wallet_id
+    """A turn's own keys in shard ``tag``: its wallet, its turn_id's answer, the reservation it settles."""
     return (
-        f"{tag}:wallet:{wallet_id}",
-        f"{tag}:turn:{len(enterprise_id)}:{enterprise_id}:{len(wallet_id)}:{wallet_id}:{turn.turn_id}",
+        f"{tag}:wallet:{turn.wallet_id}",
+        turn_key(tag, turn.enterprise_id, turn.wallet_id, turn.turn_id),
         reservation_key(tag, reservation_id or ""),
     )
 

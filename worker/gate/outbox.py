@@ -177,6 +177,16 @@ def _exact_int(text: str) -> int:
     return value
 
 
+def _split(level: str, enterprise_id: str, billed: int, share_bps: int) -> tuple[str, int]:
+    """``(billing_target, creator_share_nanos)`` of a turn billed ``billed`` nano-USD at payer
+    ``level``: level 1 (``platform``) bills the app creator and all of it is the platform's; level 2
+    bills the app's end user and the creator's share is ``share_bps`` basis points of it, in whole
+    nanos rounded down."""
+    if level == "platform":
+        return "platform", 0
+    return enterprise_id, billed * share_bps // 10_000
+
+
 def _timestamp(ts: object) -> datetime:
     """A payload's ``ts`` (integer microseconds since the Unix epoch, UTC) → aware datetime.  Raises
     BadEntry for anything but an int (a float, which ``timedelta`` would take and round, a bool),
@@ -271,10 +281,7 @@ def _row_v5(payload: list, g: str, outbox_id: str) -> dict[str, Any]:
     action, mode, level, billable = decision
     billed = int(billed_text)
     enterprise_id = payload[3]
-    if level == "platform":  # level 1: the platform bills the app creator; all of it is the platform's
-        target, creator_share = "platform", 0
-    else:  # level 2: the app bills its end user; the creator's share in whole nanos, rounded down
-        target, creator_share = enterprise_id, billed * int(share_bps) // 10_000
+    target, creator_share = _split(level, enterprise_id, billed, int(share_bps))
     return {
         "turn_id": payload[1],
         "outbox_id": outbox_id,
@@ -293,7 +300,7 @@ def _row_v5(payload: list, g: str, outbox_id: str) -> dict[str, Any]:
         "cached_input_nanos_per_mtok": cached_rate,
         "output_nanos_per_mtok": output_rate,
         "cost_nanos": payload[14],
-        "occurred_at": _EPOCH + timedelta(microseconds=ts) if type(ts := payload[15]) is int else _timestamp(ts),
+        "occurred_at": _timestamp(payload[15]),
         "billed_nanos": billed,
         "action": action,
         "mode": mode,
@@ -372,10 +379,7 @@ def parse_entry(fields: dict[str, str], outbox_id: str = "") -> dict[str, Any]:
         bal = fields.get("bal", "")
         billed = _exact_int(fields["b"])
         level = fields.get("lv", "app_usage")
-        if level == "platform":  # level 1: the platform bills the app creator; all of it is the platform's
-            target, creator_share = "platform", 0
-        else:  # level 2: the app bills its end user; the creator's share in whole nanos, rounded down
-            target, creator_share = enterprise_id, billed * _exact_int(fields.get("sb", "0")) // 10_000
+        target, creator_share = _split(level, enterprise_id, billed, _exact_int(fields.get("sb", "0")))
         return {
             "turn_id": turn_id,
             "outbox_id": outbox_id,
