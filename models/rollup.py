@@ -1,6 +1,6 @@
-"""The rollup family: pre-computed workflow × month summaries (``workflow_rollup``), the billing
-page's finer sums of the same groups (``billing_rollup``, ``chat_rollup``), their dirty marks
-(``rollup_dirty``), and the API's aggregate shapes (rollups, averages, analytics buckets)."""
+"""The rollup family: pre-computed workflow × month summaries (``workflow_rollup``), the finer sums
+of the same groups that the drain keeps (``billing_rollup``, ``chat_rollup``, ``agent_rollup``), their
+dirty marks (``rollup_dirty``), and the API's aggregate shapes (rollups, averages, analytics buckets)."""
 
 from __future__ import annotations
 
@@ -95,8 +95,8 @@ class BillingRollup(RollupFigures, table=True):
     """The usage events of one enterprise × UTC month × workflow × wallet × provider × model × meter,
     summed (the ``/billing`` report's lines, budgets and six-month history read these, not
     ``usage_event``).  Kept incrementally by the drain, in the transaction that inserts the events
-    (``worker.ledger.turns._ROLLUPS``); recomputed whole with its workflow rollup group (enterprise,
-    workflow, month) by ``worker.chats.rollups.refresh_rollup``, the repair path."""
+    (``worker.ledger.turns._ROLLUPS``); recomputed whole per group (enterprise, workflow, month) from
+    the events by ``worker.chats.rollups.refresh_billing_rollups``, the repair path."""
 
     __tablename__ = "billing_rollup"
 
@@ -123,6 +123,27 @@ class ChatRollup(RollupFigures, table=True):
     chat_id: str = Field(primary_key=True, max_length=200)
     first_at: datetime = Field(sa_column=ts(nullable=False))
     last_at: datetime = Field(sa_column=ts(nullable=False))
+
+
+class AgentRollup(SQLModel, table=True):
+    """The usage events of one enterprise × UTC month × workflow × agent, summed: ``events`` rows,
+    ``duration_ms`` (the turns' response times, milliseconds), tokens, and ``cost_nanos`` (cost at
+    the prices charged, nano-USD); BIGINT sums.  The workflow rollup's per-agent figures
+    (``worker.chats.rollups.build_document``) read these, not the month's events.  Kept as
+    :class:`BillingRollup` is: by the drain in the transaction that inserts the events, recomputed
+    from the events by ``worker.chats.rollups.refresh_billing_rollups``, the repair path."""
+
+    __tablename__ = "agent_rollup"
+
+    enterprise_id: str = Field(primary_key=True, max_length=200)
+    period: str = Field(primary_key=True, max_length=7)  # 'YYYY-MM', UTC
+    workflow: str = Field(primary_key=True, max_length=200)
+    agent: str = Field(primary_key=True, max_length=200)
+    events: int = _figure()
+    duration_ms: int = _figure()
+    prompt_tokens: int = _figure()
+    completion_tokens: int = _figure()
+    cost_nanos: int = _figure()
 
 
 # WorkflowRollupPublic: ``document`` is the seed's ``mon_{enterprise}_{workflow}`` document, given to

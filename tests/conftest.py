@@ -69,7 +69,7 @@ _guard_flushall()
 SHARED_DATA = REPO.parent / "shared" / "data"
 TABLES = (
     "dead_letter, usage_row, usage_price, usage_turn_key, paused_chat, stripe_event, token_package, wallet_transaction, chat_agent_usage, chat_session, api_key, audit_log, wallet_drift, "
-    "reconciliation_run, budget_alert, budget, budget_dirty, rollup_dirty, workflow_rollup, billing_rollup, chat_rollup, wallet, enterprise"
+    "reconciliation_run, budget_alert, budget, budget_dirty, rollup_dirty, workflow_rollup, billing_rollup, chat_rollup, agent_rollup, wallet, enterprise"
 )
 
 

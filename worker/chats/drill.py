@@ -10,8 +10,9 @@ Read only; money in integer nano-USD, tokens integers.  Every query is narrowed 
   PostgreSQL prunes the monthly partitions outside the chat's life; each page starts after a keyset
   cursor ``(occurred_at, id)``, never an OFFSET;
 - a workflow's month: the stored rollup (``workflow_rollup``, one row by primary key), or when the
-  group was never rolled up, :func:`worker.chats.rollups.build_document` (``usage_event`` by
-  ``(enterprise_id, workflow, occurred_at)``: index ``ix_usage_event_enterprise_workflow_occurred``);
+  group was never rolled up, :func:`worker.chats.rollups.build_document` (the group's drain-kept
+  ``chat_rollup`` and ``agent_rollup`` rows, by primary-key prefix ``(enterprise_id, period,
+  workflow)``);
 - the first month: ``min(period)`` of the app's rollups (primary-key prefix ``enterprise_id``).
 """
 
@@ -234,7 +235,8 @@ class WorkflowView:
 
 def workflow_view(session: Session, enterprise_id: str, workflow: str, period: str, *, detail: bool) -> WorkflowView:
     """The month ``period`` ('YYYY-MM') of ``workflow`` in ``enterprise_id``: from the stored rollup,
-    else computed now from ``usage_event`` (nothing stored).  ``detail`` False (an admin) leaves
+    else computed now (:func:`worker.chats.rollups.build_document`: from the drain-kept sums of its
+    usage events; ``source`` ``usage_event``; nothing stored).  ``detail`` False (an admin) leaves
     out agents and chats (the document names chats; the API gives admins the averages only).
 
     With a stored rollup, PostgreSQL picks the parts out of its document (``overall_avg``,

@@ -2,13 +2,17 @@
 
 A rollup is the seed's ``mon_{enterprise_id}_{workflow_name}`` document, stored in
 ``workflow_rollup`` (JSONB, money in integer nano-USD) together with typed totals.  It is always
-recomputed *whole* from the ``usage_event`` rows of its period (SQL aggregates), never added to
-incrementally, so refreshing a group any number of times yields the same row.  The group's
-``billing_rollup`` and ``chat_rollup`` rows, which the ``/billing`` report reads for every group, are
-the other way round: the drain adds each batch to them in the transaction that inserts its events
-(:data:`worker.ledger.turns._ROLLUPS`), so they are exact at every commit; recomputing them from the
-events (:func:`refresh_billing_rollups`) is only the repair path for events written or deleted other
-than by the drain, and the beat never runs it (it would make the group's drains wait).
+recomputed *whole*, never added to incrementally, so refreshing a group any number of times yields
+the same row; but not from the month's ``usage_event`` rows: from the group's finer sums, which the
+drain adds each batch to in the transaction that inserts its events
+(:data:`worker.ledger.turns._ROLLUPS`), so they are exact at every commit.  The per-chat figures are
+the group's ``chat_rollup`` rows (per wallet × chat, summed over wallets; first and last turn), the
+per-agent figures its ``agent_rollup`` rows: a refresh reads a few hundred rows whatever the month's
+number of events (issue 16: a month's events made the beat's refresh run for seconds).  The group's
+``billing_rollup`` rows, which the ``/billing`` report reads, are kept the same way.  Recomputing
+these three tables from the events (:func:`refresh_billing_rollups`) is only the repair path for
+events written or deleted other than by the drain (then refresh the workflow rollup after it), and
+the beat never runs it (it would make the group's drains wait).
 
 How a rollup stays current:
 
@@ -29,13 +33,15 @@ Concurrency, in READ COMMITTED (PostgreSQL's default):
   snapshot never overwrites a newer one.  Groups are locked in sorted order (no deadlocks).
 - the drain holds the *shared* lock of another key (``tollgate:billing-rollup:…``) for every group
   of its batch (sorted order, until it commits) while it adds the batch's sums to ``billing_rollup``
-  / ``chat_rollup``.  A billing repair (:func:`refresh_billing_rollups`) takes that key's exclusive
+  / ``chat_rollup`` / ``agent_rollup``.  A billing repair (:func:`refresh_billing_rollups`) takes that key's exclusive
   lock, so it waits for every drain that has added to the group to commit, and its statements (each
   with a new READ COMMITTED snapshot, taken after the lock) read those drains' events; a drain that
   comes later waits for the repair to commit and adds its sums to the recomputed rows.  A repair
   must run in READ COMMITTED: a REPEATABLE READ snapshot taken before the lock could miss a drain's
   events that its rows already count.  The workflow refresh takes only its own key: it never waits
-  for a drain and no drain waits for it.
+  for a drain and no drain waits for it.  Each of its statements reads the rollup rows of the drains
+  committed before it (READ COMMITTED), and a drain that commits later has marked the group (the
+  mark survives, see above), so the next run reads it.
 
 ``refreshed_at`` is bumped only when the stored document or totals change: a refresh that finds
 nothing new writes nothing at all.
@@ -58,7 +64,7 @@ from sqlmodel import Session, col
 
 from models.chat import ChatAgentUsage, ChatSession, PausedChat
 from models.enums import ChatStatus
-from models.rollup import RollupDirty, WorkflowRollup
+from models.rollup import AgentRollup, ChatRollup, RollupDirty, WorkflowRollup
 from models.turn import UsageEvent
 from worker.db import table_of
 from worker.errors import InvalidInput, NotFound
@@ -168,7 +174,8 @@ def _take_own_mark(session: Session, enterprise_id: str, workflow: str, period: 
 
 
 def build_document(session: Session, enterprise_id: str, workflow: str, period: str) -> dict[str, Any]:
-    """Compute the rollup document of one group from ``usage_event`` (read only; nothing stored).
+    """Compute the rollup document of one group from its ``chat_rollup`` and ``agent_rollup`` rows,
+    the drain-kept sums of its usage events (read only; nothing stored).
 
     Shape (money in integer nano-USD, ``*_usd`` decimal strings, tokens integers)::
 
@@ -208,29 +215,24 @@ def build_document(session: Session, enterprise_id: str, workflow: str, period: 
 
 
 def _compute(session: Session, enterprise_id: str, workflow: str, period: str) -> tuple[dict[str, Any], dict[str, int]]:
-    """The document and the typed totals (turns, tokens, ``cost_nanos``, ``duration_us``)."""
-    start, end = _check_group(enterprise_id, workflow, period)
-    ue = UsageEvent
-    in_group = and_(
-        col(ue.enterprise_id) == enterprise_id,
-        col(ue.workflow) == workflow,
-        col(ue.occurred_at) >= start,
-        col(ue.occurred_at) < end,
-    )
-
+    """The document and the typed totals (turns, tokens, ``cost_nanos``, ``duration_us``), from the
+    group's ``chat_rollup`` rows (summed over wallets per chat) and ``agent_rollup`` rows: two
+    statements reading a few hundred rows whatever the month's number of events."""
+    _start, end = _check_group(enterprise_id, workflow, period)
+    cr = table_of(ChatRollup)
     per_chat = (
         select(
-            col(ue.chat_id).label("chat_id"),
-            func.count().label("turns"),
-            func.sum(col(ue.prompt_tokens)).label("prompt_tokens"),
-            func.sum(col(ue.completion_tokens)).label("completion_tokens"),
-            func.sum(col(ue.cached_prompt_tokens)).label("cached_prompt_tokens"),
-            func.sum(col(ue.cost_nanos)).label("cost_nanos"),
-            func.min(col(ue.occurred_at)).label("first_turn"),
-            func.max(col(ue.occurred_at)).label("last_turn"),
+            cr.c.chat_id.label("chat_id"),
+            func.sum(cr.c.events).label("turns"),
+            func.sum(cr.c.prompt_tokens).label("prompt_tokens"),
+            func.sum(cr.c.completion_tokens).label("completion_tokens"),
+            func.sum(cr.c.cached_prompt_tokens).label("cached_prompt_tokens"),
+            func.sum(cr.c.cost_nanos).label("cost_nanos"),
+            func.min(cr.c.first_at).label("first_turn"),
+            func.max(cr.c.last_at).label("last_turn"),
         )
-        .where(in_group)
-        .group_by(col(ue.chat_id))
+        .where(cr.c.enterprise_id == enterprise_id, cr.c.period == period, cr.c.workflow == workflow)
+        .group_by(cr.c.chat_id)
         .subquery()
     )
     cs = table_of(ChatSession)
@@ -241,18 +243,11 @@ def _compute(session: Session, enterprise_id: str, workflow: str, period: str) -
         )
         .order_by(per_chat.c.chat_id)
     ).all()
+    ar = table_of(AgentRollup)
     agent_rows = session.execute(
-        select(
-            col(ue.agent),
-            func.count(),
-            func.sum(col(ue.duration_ms)),
-            func.sum(col(ue.prompt_tokens)),
-            func.sum(col(ue.completion_tokens)),
-            func.sum(col(ue.cost_nanos)),
-        )
-        .where(in_group)
-        .group_by(col(ue.agent))
-        .order_by(col(ue.agent))
+        select(ar.c.agent, ar.c.events, ar.c.duration_ms, ar.c.prompt_tokens, ar.c.completion_tokens, ar.c.cost_nanos)
+        .where(ar.c.enterprise_id == enterprise_id, ar.c.period == period, ar.c.workflow == workflow)
+        .order_by(ar.c.agent)
     ).all()
 
     chats: dict[str, dict[str, Any]] = {}
@@ -342,13 +337,23 @@ BILLING_FIGURES = (
 )
 
 
-def _billing_rollup_sql(table: str, keys: tuple[str, ...], extra: tuple[tuple[str, str], ...] = ()) -> str:
+#: ``agent_rollup``'s sums (``models.rollup.AgentRollup``), in order; ``events`` is ``count(*)``
+AGENT_FIGURES = ("events", "duration_ms", "prompt_tokens", "completion_tokens", "cost_nanos")
+
+
+def _billing_rollup_sql(
+    table: str,
+    keys: tuple[str, ...],
+    extra: tuple[tuple[str, str], ...] = (),
+    figures: tuple[str, ...] = BILLING_FIGURES,
+) -> str:
     """One statement recomputing ``table``'s rows of one group (``:e`` enterprise, ``:w`` workflow,
     ``:p`` period in ``[:s, :t)``) from ``usage_event`` grouped by ``keys``: rows upserted only when
-    a figure changed, rows of keys without events any more deleted.  ``extra``: (column, aggregate)."""
-    figures = ("count(*)", *(f"sum({c})" for c in BILLING_FIGURES[1:]))
-    names = (*BILLING_FIGURES, *(c for c, _ in extra))
-    aggregates = (*figures, *(a for _, a in extra))
+    a figure changed, rows of keys without events any more deleted.  ``figures``: the summed
+    columns, the first (``events``) ``count(*)``; ``extra``: (column, aggregate)."""
+    sums = ("count(*)", *(f"sum({c})" for c in figures[1:]))
+    names = (*figures, *(c for c, _ in extra))
+    aggregates = (*sums, *(a for _, a in extra))
     key_list = ", ".join(keys)
     return (
         f"WITH fresh AS (SELECT {key_list}, "
@@ -369,27 +374,32 @@ _BILLING_ROLLUP = _billing_rollup_sql("billing_rollup", ("wallet_id", "provider"
 _CHAT_ROLLUP = _billing_rollup_sql(
     "chat_rollup", ("wallet_id", "chat_id"), (("first_at", "min(occurred_at)"), ("last_at", "max(occurred_at)"))
 )
+_AGENT_ROLLUP = _billing_rollup_sql("agent_rollup", ("agent",), figures=AGENT_FIGURES)
 
 
 def refresh_billing_rollups(session: Session, enterprise_id: str, workflow: str, period: str) -> None:
-    """Recompute the ``billing_rollup`` (per wallet × provider × model × meter) and ``chat_rollup``
-    (per wallet × chat, with first and last turn) rows of one group from its usage events.  The drain
-    keeps these rows exact at every commit (:data:`worker.ledger.turns._ROLLUPS`); this is the repair
-    path for events written or deleted other than by the drain (a hand-made repair, tests' seeds), and
-    the beat never runs it.  Writes only rows whose figures changed; deletes rows whose events are
-    gone.  Takes the group's exclusive billing lock first (:func:`_lock_billing`), so no drain adds to the group between the read of its events and this transaction's commit (see
-    the module docstring); run it in READ COMMITTED.  The repair path for usage events written or
-    deleted other than by the drain.  Does not commit.  Raises ValueError naming ``enterprise_id``,
-    ``workflow`` or ``period``."""
+    """Recompute the ``billing_rollup`` (per wallet × provider × model × meter), ``chat_rollup`` (per
+    wallet × chat, with first and last turn) and ``agent_rollup`` (per agent) rows of one group from
+    its usage events.  The drain keeps these rows exact at every commit
+    (:data:`worker.ledger.turns._ROLLUPS`); this is the repair path for usage events written or
+    deleted other than by the drain (a hand-made repair, tests' seeds), and the beat never runs it.
+    Writes only rows whose figures changed; deletes rows whose events are gone.  Takes the group's
+    exclusive billing lock first (:func:`_lock_billing`), so no drain adds to the group between the
+    read of its events and this transaction's commit (see the module docstring); run it in READ
+    COMMITTED.  Does not mark the group's workflow rollup dirty: refresh it (:func:`refresh_rollup`,
+    in this transaction or later) or mark it (:func:`mark_dirty`).  Does not commit.  Raises ValueError naming
+    ``enterprise_id``, ``workflow`` or ``period``."""
     start, end = _check_group(enterprise_id, workflow, period)
     _lock_billing(session, enterprise_id, workflow, period)
     params = {"e": enterprise_id, "w": workflow, "p": period, "s": start, "t": end}
     session.execute(text(_BILLING_ROLLUP), params)
     session.execute(text(_CHAT_ROLLUP), params)
+    session.execute(text(_AGENT_ROLLUP), params)
 
 
 def refresh_rollup(session: Session, enterprise_id: str, workflow: str, period: str) -> WorkflowRollup:
-    """Recompute one group's rollup from its usage events and upsert ``workflow_rollup``.
+    """Recompute one group's rollup from its drain-kept sums (``chat_rollup``, ``agent_rollup``) and
+    upsert ``workflow_rollup``.
 
     The group is ``enterprise_id`` × ``workflow`` × ``period`` (``'YYYY-MM'``, UTC); its dirty mark,
     if present and not held by another transaction, is consumed.  The document is
@@ -529,8 +539,8 @@ def workflow_averages(session: Session, enterprise_id: str, workflow: str, perio
     """Per-session averages of one workflow in one period (UTC month).
 
     Source: the stored rollup (current up to the beat interval, ~60 s, or since the last
-    :func:`end_chat`); if the group was never rolled up, computed from ``usage_event`` now (nothing
-    stored).  Returns::
+    :func:`end_chat`); if the group was never rolled up, computed now as :func:`build_document` does
+    (from the drain-kept sums of its usage events; ``source`` ``usage_event``; nothing stored).  Returns::
 
         {"enterprise_id", "workflow", "period", "source": "rollup"|"usage_event",
          "refreshed_at": ISO string | None,

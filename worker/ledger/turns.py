@@ -529,18 +529,35 @@ def _rollup_upsert(table: str, keys: tuple[str, ...], extra: tuple[tuple[str, st
     )
 
 
-#: The billing rollups (``billing_rollup``, ``chat_rollup``) of the fresh rows, kept incrementally in
-#: the drain's transaction (issue 18: the ``/billing`` report reads them for every group, never the
-#: events).  First the shared advisory lock of every (enterprise_id, workflow, month) group of the
-#: batch, in sorted order, held until commit (the key :func:`worker.chats.rollups._lock_billing`'s
-#: exclusive lock takes; not the workflow refresh's, so the beat never makes a drain wait): a repair
+#: ``agent_rollup``'s sums (``models.rollup.AgentRollup``; ``events`` is ``count(*)``), as
+#: :data:`worker.chats.rollups.AGENT_FIGURES` recomputes them
+_AGENT_FIGURES = ("duration_ms", "prompt_tokens", "completion_tokens", "cost_nanos")
+
+#: One statement adding the fresh staged rows' per-agent sums (:data:`GROUPS`), grouped by
+#: (enterprise_id, period, workflow, agent), to ``agent_rollup``, rows inserted in key order.
+_AGENT_ROLLUP = (
+    f"INSERT INTO agent_rollup AS r (enterprise_id, period, workflow, agent, events, {', '.join(_AGENT_FIGURES)}) "
+    f"SELECT enterprise_id, period, workflow, agent, sum(events), {', '.join(f'sum({c})' for c in _AGENT_FIGURES)} "
+    f"FROM {GROUPS} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 "
+    "ON CONFLICT (enterprise_id, period, workflow, agent) DO UPDATE SET "
+    + ", ".join(f"{c} = r.{c} + excluded.{c}" for c in ("events", *_AGENT_FIGURES))
+)
+
+#: The billing rollups (``billing_rollup``, ``chat_rollup``) and the workflow rollup's per-agent sums
+#: (``agent_rollup``) of the fresh rows, kept incrementally in the drain's transaction (issue 18: the
+#: ``/billing`` report reads the first two for every group, never the events; issue 16: the workflow
+#: refresh reads ``chat_rollup`` and ``agent_rollup``, a few hundred rows, not the month's events).
+#: First the shared advisory lock of every (enterprise_id, workflow, month) group of the batch, in
+#: sorted order, held until commit (the key :func:`worker.chats.rollups._lock_billing`'s exclusive
+#: lock takes; not the workflow refresh's, so the beat never makes a drain wait): a repair
 #: recomputing a group from ``usage_event`` (:func:`worker.chats.rollups.refresh_billing_rollups`)
 #: takes that lock before its statements read the events, so it either waits for this drain's commit
 #: and reads its rows, or runs first and this drain adds its sums to the repaired rows after it
-#: commits: nothing counted twice or lost.  Taken
-#: after the ``rollup_dirty`` upsert (:data:`_LEDGER`), so a drain never holds a group's lock while
-#: it waits for a mark that a refresh deleting it holds.  Then the two upserts, each statement's rows
-#: locked in key order, ``billing_rollup`` before ``chat_rollup`` in every drain (no deadlock).
+#: commits: nothing counted twice or lost.  Taken after the ``rollup_dirty`` upsert
+#: (:data:`_LEDGER`), so a drain never holds a group's lock while it waits for a mark that a refresh
+#: deleting it holds.  Then the three upserts, each statement's
+#: rows locked in key order, ``billing_rollup``, ``chat_rollup``, ``agent_rollup`` in that order in
+#: every drain (no deadlock).
 _ROLLUPS = (
     "SELECT count(pg_advisory_xact_lock_shared(hashtextextended(k, 0))) FROM ("
     "SELECT 'tollgate:billing-rollup:' || enterprise_id || chr(31) || workflow || chr(31) || period AS k FROM ("
@@ -553,6 +570,8 @@ _ROLLUPS = (
         ("wallet_id", "chat_id"),
         (("first_at", "min(started_at)", "least"), ("last_at", "max(last_turn_at)", "greatest")),
     )
+    + ";\n"
+    + _AGENT_ROLLUP
 )
 
 
@@ -587,8 +606,8 @@ def _psycopg(session: Session) -> psycopg.Connection:
 
 def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistResult:
     """Insert usage events and add only the rows actually inserted to the wallet ledger, chat
-    sessions, per-agent usage, paused-chat records, rollup / budget dirty marks and the billing
-    rollups (:data:`_ROLLUPS`).
+    sessions, per-agent usage, paused-chat records, rollup / budget dirty marks and the billing and
+    agent rollups (:data:`_ROLLUPS`).
 
     ``rows`` are dicts with the keys of :data:`USAGE_COLUMNS` (money in nano-USD, ``occurred_at``
     an aware datetime).  A turn is its turn_id in its scope, the (enterprise_id, wallet_id) pair
@@ -599,8 +618,8 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
     into a TEMP staging table (:data:`STAGE`, emptied at commit); then one pipeline of prepared
     statements (:data:`_STATEMENTS`, one round trip) inserts ``usage_turn_key`` ``ON CONFLICT DO
     NOTHING``, the ``usage_event`` rows of the keys inserted (:data:`_INSERT_USAGE`), sums those
-    rows once (:data:`GROUPS`) and adds the sums to the ledger (:data:`_LEDGER`) and the billing
-    rollups (:data:`_ROLLUPS`).  Rows are
+    rows once (:data:`GROUPS`) and adds the sums to the ledger (:data:`_LEDGER`) and the billing and
+    agent rollups (:data:`_ROLLUPS`).  Rows are
     locked in a fixed order, so concurrent drains do not deadlock.  The caller commits (a rollback discards the
     staged rows too).  Raises whatever PostgreSQL raises (the session must then be rolled back).
     """
