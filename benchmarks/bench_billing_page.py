@@ -15,9 +15,9 @@ billed 0).  Then, from those rows, as the drain and the beat would leave them: `
 ``chat_session`` (sums, first/last turn; chats older than a day completed), ``chat_agent_usage``,
 ``wallet_transaction`` (one debit per wallet per hour of turns, ``tollgate:usage:`` keys; a Stripe
 top-up per wallet per month, an allowance grant), ``wallet`` credits/debits equal to the ledger,
-two wallet budgets and two workflow budgets; every (app, workflow, month) is marked in
-``rollup_dirty`` and refreshed by :func:`worker.chats.jobs.refresh_dirty_groups` (the beat job's
-body).  A second small app (``bench-other``) shares the tables.  ``--reuse`` keeps a database already
+two wallet budgets and two workflow budgets; the drain-kept rollups recomputed from the events
+(:func:`repair_rollups`); every (app, workflow, month) is marked in ``rollup_dirty`` and refreshed
+by :func:`worker.chats.jobs.refresh_dirty_groups` (the beat job's body).  A second small app (``bench-other``) shares the tables.  ``--reuse`` keeps a database already
 loaded with the same ``--events`` (it is only migrated to head and its dirty groups refreshed).
 
 **Timing**: in-process FastAPI ``TestClient`` (no network, no uvicorn), ``--requests`` requests of
@@ -267,6 +267,7 @@ def load(engine, events: int, now: datetime) -> dict[str, Any]:
                 "FROM usage_event"
             )
         )
+        repair_rollups(c)
     with engine.connect() as c:
         c.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE"))
     loaded = time.perf_counter() - t0
@@ -279,6 +280,27 @@ def load(engine, events: int, now: datetime) -> dict[str, Any]:
         "groups_refreshed": refreshed,
         "refresh_s": round(time.perf_counter() - t1, 1),
     }
+
+
+def repair_rollups(conn) -> None:
+    """The drain-kept rollups (``billing_rollup``, ``chat_rollup``, ``agent_rollup``) of every
+    (enterprise, workflow, month) group recomputed from the loaded events with the repair path
+    (:func:`worker.chats.rollups.refresh_billing_rollups`), in ``conn``'s transaction: the rows were
+    inserted past the drain, and both the report and the workflow refresh read these rollups."""
+    from sqlmodel import Session
+
+    from worker.chats.rollups import refresh_billing_rollups
+
+    groups = conn.execute(
+        text(
+            "SELECT DISTINCT enterprise_id, workflow, to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM') "
+            "FROM usage_event ORDER BY 1, 2, 3"
+        )
+    ).all()
+    with Session(bind=conn) as session:
+        for enterprise_id, workflow, period in groups:
+            refresh_billing_rollups(session, enterprise_id, workflow, period)
+        session.flush()
 
 
 def refresh() -> int:

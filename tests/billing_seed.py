@@ -110,8 +110,8 @@ def _event(
 def mark_groups_dirty(conn: Connection) -> None:
     """Leave every (enterprise, workflow, UTC month) of the stored usage events as the drain leaves
     the groups of the rows it inserts: marked in ``rollup_dirty`` (the workflow rollup refresh's
-    queue) and with their billing rollups (``billing_rollup``, ``chat_rollup``) equal to the sums of
-    their events.  Rows inserted directly bypass the drain's incremental upserts, so the groups are
+    queue) and with their drain-kept rollups (``billing_rollup``, ``chat_rollup``, ``agent_rollup``)
+    equal to the sums of their events.  Rows inserted directly bypass the drain's incremental upserts, so the groups are
     recomputed here with the repair path (:func:`worker.chats.rollups.refresh_billing_rollups`), in
     ``conn``'s transaction."""
     conn.execute(

@@ -525,3 +525,32 @@ _LATE = dict(
     prompt=10,
     completion=3,
 )
+
+
+def test_cli_refresh_repair_recomputes_the_rollups_from_events_written_past_the_drain(
+    cli, db, gate, redis_client, settings
+):
+    """An event written other than by the drain (a hand-made repair) is not in the drain-kept sums, so
+    a plain refresh leaves it out; ``tollgate rollup refresh … --repair`` recomputes the sums from the
+    events first, and the document is the events' again."""
+    seed_wallet(gate, "w1", "acme", "owner-w1", 10**15)
+    turns = [_turn(f"r{n}", f"c{n % 2}", AGENTS[n % 3], DEC - timedelta(hours=2, minutes=n), n) for n in range(9)]
+    assert all(d.accepted for d in gate.record_turns(turns))
+    OutboxDrain(redis_client, settings=settings).drain()
+    with db.begin() as conn:
+        conn.execute(insert(UsageEvent.__table__), [{**_event(1, **_LATE), "agent": "late-agent"}])
+    proc = cli("rollup", "refresh", "acme", "wf", "2026-11", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["turns"] == 9  # the drain's sums: the hand-written event is not in them
+    with Session(db) as s:
+        expected = _from_events(s, "acme", "wf", "2026-11")[0]
+        assert expected["overall_avg"]["total_turns"] == 10
+    proc = cli("rollup", "refresh", "acme", "wf", "2026-11", "--repair", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["turns"] == 10
+    with db.connect() as conn:
+        stored = conn.execute(text("SELECT document FROM workflow_rollup WHERE period = '2026-11'")).scalar_one()
+        assert _agent_rollups(conn) == _agent_sums_of_events(conn)
+    assert stored == expected and "late-agent" in stored["agents"]
+    bad = cli("rollup", "refresh", "--all-dirty", "--repair")
+    assert bad.returncode != 0 and "--all-dirty" in bad.stderr

@@ -404,8 +404,9 @@ def refresh_rollup(session: Session, enterprise_id: str, workflow: str, period: 
     The group is ``enterprise_id`` × ``workflow`` × ``period`` (``'YYYY-MM'``, UTC); its dirty mark,
     if present and not held by another transaction, is consumed.  The document is
     :func:`build_document`'s; the typed columns hold the same totals (turns, sessions, tokens,
-    ``cost_nanos``); the group's billing rollups are the drain's (:func:`refresh_billing_rollups` repairs
-    them).  Deterministic: a second refresh with no new turns writes nothing, not even
+    ``cost_nanos``).  The drain-kept sums are read as they stand: after usage events were written or
+    deleted other than by the drain, run :func:`refresh_billing_rollups` first (``tollgate rollup
+    refresh … --repair`` does both).  Deterministic: a second refresh with no new turns writes nothing, not even
     ``refreshed_at`` (bumped only when the document or totals change).  A group without turns is
     stored as a rollup of zeros.  A period past ``settings.usage_retention_months`` keeps its stored
     rollup (its events are dropped; a late turn there must not shrink it).  Does not commit.

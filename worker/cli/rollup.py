@@ -23,16 +23,22 @@ def rollup_refresh(
     workflow: Optional[str] = typer.Argument(None, help="workflow"),
     period: Optional[str] = typer.Argument(None, help="period, YYYY-MM (UTC)"),
     all_dirty: bool = typer.Option(False, "--all-dirty", help="refresh every group marked dirty (the beat job)"),
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="first recompute the group's drain-kept sums (billing, chat, agent rollups) from its usage events: "
+        "after events were written or deleted other than by the drain (makes the group's drains wait meanwhile)",
+    ),
     as_json: AsJson = False,
 ) -> None:
     """Refresh one rollup (ENTERPRISE WORKFLOW PERIOD) or every dirty one (--all-dirty), now."""
     from worker.chats.jobs import refresh_dirty_groups
-    from worker.chats.rollups import refresh_rollup
+    from worker.chats.rollups import refresh_billing_rollups, refresh_rollup
     from worker.db import session_scope
 
     if all_dirty:
-        if (enterprise, workflow, period) != (None, None, None):
-            fail("give either --all-dirty or ENTERPRISE WORKFLOW PERIOD")
+        if (enterprise, workflow, period) != (None, None, None) or repair:
+            fail("give either --all-dirty or ENTERPRISE WORKFLOW PERIOD [--repair]")
         total = refresh_dirty_groups()
         if as_json:
             print(json.dumps({"refreshed": total}))
@@ -40,9 +46,11 @@ def rollup_refresh(
         out.print(f"refreshed {total} dirty rollup(s)")
         return
     if enterprise is None or workflow is None or period is None:
-        fail("give either --all-dirty or ENTERPRISE WORKFLOW PERIOD")
+        fail("give either --all-dirty or ENTERPRISE WORKFLOW PERIOD [--repair]")
     try:
         with session_scope() as session:
+            if repair:
+                refresh_billing_rollups(session, enterprise, workflow, period)
             r = refresh_rollup(session, enterprise, workflow, period)
     except ValueError as exc:
         fail(str(exc))
