@@ -33,10 +33,11 @@ Concurrency, in READ COMMITTED (PostgreSQL's default):
   snapshot never overwrites a newer one.  Groups are locked in sorted order (no deadlocks).
 - the drain holds the *shared* lock of another key (``tollgate:billing-rollup:…``) for every group
   of its batch (sorted order, until it commits) while it adds the batch's sums to ``billing_rollup``
-  / ``chat_rollup`` / ``agent_rollup``.  A billing repair (:func:`refresh_billing_rollups`) takes that key's exclusive
-  lock, so it waits for every drain that has added to the group to commit, and its statements (each
-  with a new READ COMMITTED snapshot, taken after the lock) read those drains' events; a drain that
-  comes later waits for the repair to commit and adds its sums to the recomputed rows.  A repair
+  / ``chat_rollup`` / ``agent_rollup``.  A repair (:func:`refresh_billing_rollups`) takes that key's
+  exclusive lock, so it waits for every drain that has added to the group to commit, and its
+  statements (each with a new READ COMMITTED snapshot, taken after the lock) read those drains'
+  events; a drain that comes later waits for the repair to commit and adds its sums to the
+  recomputed rows.  A repair
   must run in READ COMMITTED: a REPEATABLE READ snapshot taken before the lock could miss a drain's
   events that its rows already count.  The workflow refresh takes only its own key: it never waits
   for a drain and no drain waits for it.  Each of its statements reads the rollup rows of the drains
