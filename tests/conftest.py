@@ -166,6 +166,31 @@ def redis_client():
     client.close()
 
 
+@pytest.fixture(scope="session")
+def own_redis_server():
+    """A ``redis-server`` this test run started (no persistence), for tests that change the
+    server's global state (``SCRIPT FLUSH`` empties the script cache of every logical database, so
+    on the shared test server it would also hit other runs and whatever else uses that server)."""
+    from worker.devtools.throwaway import RedisServer
+
+    server = RedisServer(aof=False)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture()
+def own_redis_client(own_redis_server):
+    """A real Redis client on :func:`own_redis_server`, flushed first (decode_responses=True)."""
+    import redis
+
+    client = redis.Redis.from_url(own_redis_server.url, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.close()
+
+
 @pytest.fixture()
 def settings():
     """The test settings (from the environment set above)."""

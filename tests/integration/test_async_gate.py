@@ -23,9 +23,12 @@ pytestmark = pytest.mark.integration
 
 
 @asynccontextmanager
-async def twin(blocking: WalletGate):
-    """The asyncio twin of ``blocking`` on its own asyncio client, closed on exit."""
-    gate = AsyncWalletGate.from_gate(blocking)
+async def twin(blocking: WalletGate, url: str | None = None):
+    """The asyncio twin of ``blocking`` on its own asyncio client (of ``url``, default the
+    settings' server), closed on exit."""
+    gate = AsyncWalletGate.from_gate(
+        blocking, None if url is None else aioredis.Redis.from_url(url, decode_responses=True)
+    )
     try:
         yield gate
     finally:
@@ -133,25 +136,25 @@ def test_reservations_settle_and_release(redis_client, settings, kicks):
     assert asyncio.run(run()) == [str(4 * COST), "0"]
 
 
-def test_scripts_lost_batch_sent_again(redis_client, settings, kicks):
+def test_scripts_lost_batch_sent_again(own_redis_server, own_redis_client, settings, kicks):
     """SCRIPT FLUSH (a Redis restart): every call of the batch fails NOSCRIPT before running, so the
     scripts are loaded and the batch sent once more; each turn is recorded exactly once."""
-    blocking = WalletGate(redis_client, settings=settings, kicker=kicks.append)
+    blocking = WalletGate(own_redis_client, settings=settings, kicker=kicks.append)
     load(blocking)
     turns = [turn(f"t{i}", "w1") for i in range(150)]
 
     async def run():
-        async with twin(blocking) as gate:
-            redis_client.script_flush()
+        async with twin(blocking, own_redis_server.url) as gate:
+            own_redis_client.script_flush()
             batch = await gate.record_turns(turns)
-            redis_client.script_flush()
+            own_redis_client.script_flush()
             single = await gate.record_turn(turn("t-last", "w1"))
             return batch, single
 
     batch, single = asyncio.run(run())
     assert all(d.accepted and not d.duplicate for d in [*batch, single])
-    assert redis_client.xlen(outbox_key(blocking.shard("w1"))) == 151
-    assert int(redis_client.hget(blocking.wallet_key("w1"), "balance")) == 10**12 - 151 * COST
+    assert own_redis_client.xlen(outbox_key(blocking.shard("w1"))) == 151
+    assert int(own_redis_client.hget(blocking.wallet_key("w1"), "balance")) == 10**12 - 151 * COST
 
 
 def test_part_applied_batch_says_which(redis_client, settings, kicks):

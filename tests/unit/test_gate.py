@@ -740,26 +740,26 @@ def test_property_balance_is_credits_minus_billed(start, ops):
     client.close()
 
 
-def test_batch_survives_redis_losing_its_script_cache(redis_client, settings):
+def test_batch_survives_redis_losing_its_script_cache(own_redis_client, settings):
     """After SCRIPT FLUSH (as after a Redis restart) a pipelined batch fails with NOSCRIPT before
     running anything; the gate loads the script and sends the batch once more: each turn counted
     once.  300 turns of 6 wallets: several EVALSHAs per shard, streamed, all refused, all resent."""
     from worker.gate.gate import WalletGate
     from worker.gate.pipeline import TURNS_PER_CALL
 
-    wg = WalletGate(redis_client, settings=settings, kicker=lambda shard: None)
+    wg = WalletGate(own_redis_client, settings=settings, kicker=lambda shard: None)
     wallets = [f"w{i}" for i in range(6)]
     for w in wallets:
         wg.load_wallet(w, mode="production", limited=True, balance_nanos=10**12)
     turns = [turn(f"t{i}", wallets[i % 6]) for i in range(300)]
     assert max(sum(wg.shard(t.wallet_id) == s for t in turns) for s in range(settings.outbox_shards)) > TURNS_PER_CALL
-    redis_client.script_flush()
+    own_redis_client.script_flush()
     decisions = wg.record_turns(turns)
     assert [d.duplicate for d in decisions] == [False] * 300
     assert [wg.balance(w) for w in wallets] == [10**12 - 50 * COST_DEFAULT] * 6
-    assert sum(redis_client.xlen(outbox_key(s)) for s in range(settings.outbox_shards)) == 300
-    assert [redis_client.hget(wg.wallet_key(w), "accepted_turns") for w in wallets] == ["50"] * 6
-    redis_client.script_flush()
+    assert sum(own_redis_client.xlen(outbox_key(s)) for s in range(settings.outbox_shards)) == 300
+    assert [own_redis_client.hget(wg.wallet_key(w), "accepted_turns") for w in wallets] == ["50"] * 6
+    own_redis_client.script_flush()
     assert [d.duplicate for d in wg.record_turns(turns[:7])] == [True] * 7
     assert wg.record_turn(turn("t0", "w0")).duplicate is True
     assert [wg.balance(w) for w in wallets] == [10**12 - 50 * COST_DEFAULT] * 6
