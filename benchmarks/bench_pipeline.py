@@ -508,40 +508,113 @@ def bench_raw_insert(r: redis.Redis, gate, batch_size: int) -> dict[str, float]:
     return {"rows_per_s": len(rows) / elapsed, "rows": len(rows)}
 
 
-def bench_raw_copy(r: redis.Redis, gate, batch_size: int) -> dict[str, float]:
-    """psycopg ``COPY usage_event_copy FROM STDIN`` (binary off, rows written with ``write_row``) of
-    the outbox's rows into a scratch copy of usage_event, one transaction per ``batch_size`` rows:
-    the fastest way PostgreSQL takes rows."""
-    from sqlalchemy import text
-
-    from worker.db import get_engine
+def _outbox_rows(r: redis.Redis, gate) -> list[dict[str, Any]]:
+    """Every row of the pre-filled outbox, parsed as the drain parses them."""
     from worker.gate.keys import outbox_key
     from worker.gate.outbox import parse_entry
-    from worker.ledger.turns import USAGE_COLUMNS
 
     rows = []
     for s in range(gate.settings.outbox_shards):
         rows.extend(parse_entry(fields) for _id, fields in r.xrange(outbox_key(s)))
-    tuples = [tuple(row[c] for c in USAGE_COLUMNS) for row in rows]
+    return rows
+
+
+def _stored_tuples(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The rows in the shape ``usage_row`` stores them (migration 0019; ``worker.ledger.usage_rows``):
+    :data:`~worker.ledger.usage_rows.ROW_COLUMNS` but ``id`` (the sequence fills it, as for the
+    drain), each price tuple as a small integer id (numbered here: the scratch table has no
+    ``usage_price``), the closed-set columns as their one-byte codes (``models.usage_codes``)."""
+    from models.turn import PRICE_COLUMNS
+    from models.usage_codes import CODES
+    from worker.ledger.usage_rows import ROW_COLUMNS
+
+    prices: dict[tuple[Any, ...], int] = {}
+    out = []
+    for row in rows:
+        values = []
+        for c in ROW_COLUMNS[1:]:
+            if c == "price_id":
+                tier = tuple(row[p] if p != "service_tier" else row[p] or "" for p in PRICE_COLUMNS)
+                values.append(prices.setdefault(tier, len(prices) + 1))
+            elif c in CODES:
+                values.append(CODES[c][str(row[c])])
+            else:
+                values.append(row[c])
+        out.append(tuple(values))
+    return out
+
+
+def _copy_batches(table: str, columns: tuple[str, ...], tuples: list[tuple[Any, ...]], batch_size: int) -> float:
+    """``COPY table (columns) FROM STDIN`` (text format, rows written with ``write_row``) of
+    ``tuples``, one transaction per ``batch_size`` rows; returns the seconds it took."""
+    from worker.db import get_engine
+
     engine = get_engine()
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS bench_raw_copy"))
-        conn.execute(text("CREATE TABLE bench_raw_copy (LIKE usage_event INCLUDING ALL)"))
-    columns = ", ".join(USAGE_COLUMNS)
+    sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
     t0 = time.perf_counter()
     for i in range(0, len(tuples), batch_size):
         with engine.begin() as conn:
             cursor = conn.connection.driver_connection.cursor()
-            with cursor.copy(f"COPY bench_raw_copy ({columns}) FROM STDIN") as copy:
+            with cursor.copy(sql) as copy:
                 for row in tuples[i : i + batch_size]:
                     copy.write_row(row)
-    elapsed = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+def bench_raw_copy(r: redis.Redis, gate, batch_size: int, unindexed: bool = True) -> dict[str, float]:
+    """Raw COPY of the outbox's rows into what stores them, the drain's baseline (issue 16).
+
+    ``rows_per_s``: psycopg ``COPY … FROM STDIN`` (text format, ``write_row``) of the rows in the
+    stored shape (:func:`_stored_tuples`: ``usage_row``'s columns, price id and one-byte codes)
+    into ``bench_raw_copy``, a scratch ``CREATE TABLE … (LIKE usage_row INCLUDING ALL)``: the
+    partitioned parent's columns, defaults (``id`` from the same sequence) and its five indexes
+    (checked against ``pg_indexes``: RuntimeError if any is missing), unpartitioned; one
+    transaction per ``batch_size`` rows, as the drain commits.
+
+    ``unindexed_rows_per_s``: the baseline before this one, kept for comparison: the rows in
+    ``usage_event``'s wide shape (every :data:`~worker.ledger.turns.USAGE_COLUMNS`, texts for the
+    codes and the prices inline) into ``LIKE usage_event INCLUDING ALL``, which since migration 0019
+    copies a view's columns only: no index at all, so not what storing a turn costs (measured after
+    the other unless ``unindexed`` is False; then 0.0).
+
+    Both runs check that every row arrived (RuntimeError otherwise)."""
+    from sqlalchemy import text
+
+    from worker.db import get_engine
+    from worker.ledger.turns import USAGE_COLUMNS
+    from worker.ledger.usage_rows import ROW_COLUMNS
+
+    rows = _outbox_rows(r, gate)
+    stored = _stored_tuples(rows)
+    wide = [tuple(row[c] for c in USAGE_COLUMNS) for row in rows] if unindexed else []
+    engine = get_engine()
     with engine.begin() as conn:
-        count = conn.execute(text("SELECT count(*) FROM bench_raw_copy")).scalar_one()
+        conn.execute(text("DROP TABLE IF EXISTS bench_raw_copy"))
+        conn.execute(text("DROP TABLE IF EXISTS bench_raw_copy_wide"))
+        conn.execute(text("CREATE TABLE bench_raw_copy (LIKE usage_row INCLUDING ALL)"))
+        conn.execute(text("CREATE TABLE bench_raw_copy_wide (LIKE usage_event INCLUDING ALL)"))
+        indexes = [
+            conn.execute(text("SELECT count(*) FROM pg_indexes WHERE tablename = :t"), {"t": t}).scalar_one()
+            for t in ("usage_row", "bench_raw_copy")
+        ]
+    if indexes[0] != indexes[1] or not indexes[0]:
+        raise RuntimeError(f"bench_raw_copy has {indexes[1]} indexes, usage_row {indexes[0]}")
+    elapsed = _copy_batches("bench_raw_copy", ROW_COLUMNS[1:], stored, batch_size)
+    elapsed_wide = _copy_batches("bench_raw_copy_wide", USAGE_COLUMNS, wide, batch_size) if unindexed else 0.0
+    with engine.begin() as conn:
+        counts = [
+            conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+            for t in ("bench_raw_copy", "bench_raw_copy_wide")
+        ]
         conn.execute(text("DROP TABLE bench_raw_copy"))
-    if count != len(rows):
-        raise RuntimeError(f"raw COPY wrote {count} rows, expected {len(rows)}")
-    return {"rows_per_s": len(rows) / elapsed}
+        conn.execute(text("DROP TABLE bench_raw_copy_wide"))
+    if counts != [len(rows), len(rows) if unindexed else 0]:
+        raise RuntimeError(f"raw COPY wrote {counts} rows, expected {len(rows)}")
+    return {
+        "rows_per_s": len(rows) / elapsed,
+        "unindexed_rows_per_s": len(rows) / elapsed_wide if unindexed else 0.0,
+        "indexes": indexes[1],
+    }
 
 
 def raw_stream_bytes(r: redis.Redis, gate, n: int = 10_000) -> float:
@@ -857,7 +930,18 @@ def main(argv: list[str] | None = None) -> int:
             raw_pg["rows_per_s"],
             "rows/s",
         ),
-        Figure("raw_copy_rows_per_s", f"raw PG COPY ×{settings.outbox_batch_size}", raw_copy["rows_per_s"], "rows/s"),
+        Figure(
+            "raw_copy_rows_per_s",
+            f"raw PG COPY ×{settings.outbox_batch_size}, usage_row shape, {raw_copy['indexes']} indexes",
+            raw_copy["rows_per_s"],
+            "rows/s",
+        ),
+        Figure(
+            "raw_copy_unindexed_rows_per_s",
+            "  before: wide rows, no index (LIKE the view)",
+            raw_copy["unindexed_rows_per_s"],
+            "rows/s",
+        ),
         Figure(
             "drain_rows_per_s",
             f"drain loops, {ours_drain['processes']} processes ({sizes.drain:,} turns)",

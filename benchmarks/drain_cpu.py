@@ -14,8 +14,9 @@ of every shard in this process and reports, per persisted row:
   the measuring connection left out);
 - ``wall_rows_per_s``: rows / wall seconds (loaded machine: indicative only).
 
-``--copy`` measures the benchmark's raw COPY baseline (text COPY of the same rows into a scratch
-copy of ``usage_event``, one transaction per batch) the same way; ``--profile`` prints the drain's
+``--copy`` measures the benchmark's raw COPY baseline (``bench_pipeline.bench_raw_copy``: text COPY
+of the same rows in ``usage_row``'s shape into a scratch table with its indexes, one transaction per
+batch) the same way; ``--profile`` prints the drain's
 top functions by cumulative and own time (cProfile; its overhead inflates ``worker_us``).
 Namespaces: ``TOLLGATE_BENCH_REDIS_URL`` (flushed) and ``TOLLGATE_BENCH_DATABASE_URL`` (recreated),
 as the other benchmarks.
@@ -136,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         drain._groups.clear()  # the streams were flushed
         if args.copy:
             results["copy"].append(
-                measure(backends, args.turns, lambda: bp.bench_raw_copy(r, gate, settings.outbox_batch_size))
+                measure(
+                    backends,
+                    args.turns,
+                    lambda: bp.bench_raw_copy(r, gate, settings.outbox_batch_size, unindexed=False),
+                )
             )
         profile = cProfile.Profile() if args.profile and run == args.runs - 1 else None
         stats_box: list[Any] = []

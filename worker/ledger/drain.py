@@ -41,12 +41,14 @@ from typing import Any, Callable, Iterable, Sequence, cast
 
 import redis
 from celery.utils.log import current_process_index  # type: ignore[attr-defined]  # not in celery-types
+from hiredis import pack_command
 from sqlmodel import Session
 
 from worker.db import session_scope
 from worker.gate.gate import WalletGate, process_gate
 from worker.gate.keys import REFUND_PREFIX, kick_key, outbox_key
 from worker.gate.outbox import parse_entry
+from worker.gate.pipeline import send_packed
 from worker.ledger import deadletter
 from worker.ledger.turns import PersistResult, persist_turns
 from worker.metrics import record_dead_letter, record_drain_batch
@@ -252,12 +254,35 @@ class OutboxDrain:
         return [(entry_id, fields) for entry_id, fields in entries if fields]
 
     def acknowledge(self, shard: int, ids: Iterable[str]) -> None:
-        """XACK ``ids``, then trim the stream below the oldest entry the group still needs."""
+        """XACK ``ids`` (:meth:`_xack`), then trim the stream below the oldest entry the group still needs."""
         stream = outbox_key(shard)
         ids = list(ids)
         if ids:
-            self.redis.xack(stream, GROUP, *ids)
+            self._xack(stream, ids)
         self.trim(shard)
+
+    def _xack(self, stream: str, ids: list[str]) -> int:
+        """``XACK stream GROUP *ids``; returns the number of entries it acknowledged.
+
+        The command is packed by hiredis in one C call and sent below redis-py's command packer
+        (:func:`worker.gate.pipeline.send_packed`, as the gate's pre-check): redis-py encodes each
+        argument in Python, about 0.4 µs of CPU an id, and the drain acknowledges every entry it
+        persists.  After a connection error or timeout it is sent again through redis-py's
+        ``xack`` and its retries (XACK is idempotent: acknowledging an entry twice changes nothing);
+        on Redis Cluster only that way.  Raises what XACK raises (``ResponseError`` such as
+        NOGROUP, the connection errors of the second attempt)."""
+        if not isinstance(self.redis, redis.RedisCluster):
+            command: tuple[Any, ...] = ("XACK", stream, GROUP, *ids)
+            replies: list[object] = []
+            try:  # hiredis' stub types a one-element tuple
+                send_packed(self.redis, [(pack_command(command), 1)], None, replies.append)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                replies = []
+            if replies:
+                if isinstance(replies[0], Exception):
+                    raise replies[0]
+                return int(cast(int, replies[0]))
+        return int(self.redis.xack(stream, GROUP, *ids))
 
     def trim(self, shard: int) -> None:
         """XTRIM MINID to the oldest unacknowledged or undelivered entry of the group.
