@@ -193,7 +193,7 @@ class AsyncWalletGate(GateCore):
 
         def on_reply(reply: object) -> None:
             nonlocal refusal
-            if isinstance(reply, list) and reply and reply[0] == "admit":
+            if isinstance(reply, list) and reply and reply[0] in ("admit", b"admit"):  # b'': a client without decoding
                 refusal = [int(r) for r in reply[1:]]
             else:
                 replies.decide(0, reply)
