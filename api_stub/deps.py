@@ -224,29 +224,76 @@ def _aredis(url: str) -> aioredis.Redis:
     return client
 
 
+class Admission:
+    """The admission of one request of API key ``key_prefix`` (:func:`admit`): its revocation marker,
+    its rate limits (``settings.rate_limit``, the ``limits`` strategy ``settings.rate_limit_strategy``)
+    and the Redis commands or script arguments that check them, built once here for both ways of
+    sending them (two round trips: :func:`admit`; in the turn's script: ``lib_admit.lua``)."""
+
+    __slots__ = ("key_prefix", "limiter", "items", "moving", "now")
+
+    def __init__(self, key_prefix: str) -> None:
+        settings = get_settings()
+        self.key_prefix = key_prefix
+        self.limiter = _limiter(settings.redis_url, settings.rate_limit_strategy)
+        self.items = _limits(settings.rate_limit)
+        self.moving = settings.rate_limit_strategy == "moving-window"
+        self.now = time.time()
+
+    def _window(self, item: RateLimitItem) -> str:
+        storage: RedisStorage = self.limiter.storage  # type: ignore[assignment]
+        return storage.prefixed_key(item.key_for("key", self.key_prefix))
+
+    def _script_args(self, item: RateLimitItem) -> tuple:
+        """The arguments of ``limits``' script for ``item`` (one request)."""
+        return (self.now, item.amount, item.get_expiry(), 1) if self.moving else (item.get_expiry(), 1)
+
+    def commands(self) -> list[tuple[Any, ...]]:
+        """``EXISTS`` of the revocation marker, then one ``EVALSHA`` of ``limits``' script per limit."""
+        storage: RedisStorage = self.limiter.storage  # type: ignore[assignment]
+        script = storage.lua_acquire_moving_window if self.moving else storage.lua_incr_expire
+        found: list[tuple[Any, ...]] = [("EXISTS", revoked_marker(self.key_prefix))]
+        for item in self.items:
+            found.append(("EVALSHA", script.sha, 1, self._window(item), *self._script_args(item)))
+        return found
+
+    def script_keys(self) -> list[str]:
+        """``lib_admit.lua``'s KEYS: the revocation marker, then each limit's window."""
+        return [revoked_marker(self.key_prefix), *(self._window(item) for item in self.items)]
+
+    def script_args(self) -> list[Any]:
+        """``lib_admit.lua``'s ARGV: the strategy, then per limit its amount and its script's arguments."""
+        found: list[Any] = ["moving" if self.moving else "fixed"]
+        for item in self.items:
+            found += [item.amount, *self._script_args(item)]
+        return found
+
+    async def check(self, revoked: Any, answers: list[Any]) -> None:
+        """Raise the refusal of the replies (the marker's EXISTS, each limit's answer), if any:
+        Problem 401 when revoked (the key leaves this process's cache), else Problem 429 with
+        ``Retry-After`` for the first limit exhausted."""
+        if revoked:
+            key_cache.forget(self.key_prefix)
+            raise Problem(401, "Unauthorized", "the API key is unknown or revoked", headers=_CHALLENGE)
+        for item, answer in zip(self.items, answers):
+            if not (bool(answer) if self.moving else int(answer) <= item.amount):
+                raise await run_in_threadpool(_too_many, self.limiter, item, self.key_prefix)
+
+
 async def admit(key_prefix: str) -> None:
     """One Redis round trip per request: is key ``key_prefix`` revoked (its marker,
     :func:`worker.gate.keys.revoked_marker`), and count the request against every limit of
     ``settings.rate_limit`` (the same scripts and keys as ``limits``' strategies, pipelined).
+    :func:`api_stub.routes.turns` sends the same checks inside a single turn's script instead.
 
     With several limits, a request refused by one still counts against the others (as if sent
     to each).  Raises: Problem 401 (revoked; the key leaves this process's cache), Problem 429
     with ``Retry-After`` (integer seconds, ≥ 1) over a limit.
     """
     settings = get_settings()
-    limiter = _limiter(settings.redis_url, settings.rate_limit_strategy)
-    storage: RedisStorage = limiter.storage  # type: ignore[assignment]
-    items = _limits(settings.rate_limit)
-    moving = settings.rate_limit_strategy == "moving-window"
-    script = storage.lua_acquire_moving_window if moving else storage.lua_incr_expire
+    admission = Admission(key_prefix)
     client = _aredis(settings.redis_url)
-    now = time.time()
-    exists: tuple[Any, ...] = ("EXISTS", revoked_marker(key_prefix))  # hiredis' stub types a 1-tuple
-    packed = [pack_command(exists)]
-    for item in items:
-        key = storage.prefixed_key(item.key_for("key", key_prefix))
-        args = (now, item.amount, item.get_expiry(), 1) if moving else (item.get_expiry(), 1)
-        packed.append(pack_command(("EVALSHA", script.sha, 1, key, *args)))
+    packed = [pack_command(c) for c in admission.commands()]
     # one write of every command, their replies read in order: one send per request
     commands = [(b"".join(packed), len(packed))]
     for attempt in (0, 1):  # packed by hiredis, sent on one connection (redis-py's pipeline costs more)
@@ -256,17 +303,15 @@ async def admit(key_prefix: str) -> None:
             break
         if attempt:  # a fresh or flushed Redis: the script is loaded once, then the same commands sent again
             raise next(r for r in replies if isinstance(r, NoScriptError))
-        await client.script_load(script.script)
+        storage: RedisStorage = admission.limiter.storage  # type: ignore[assignment]
+        await client.script_load(
+            (storage.lua_acquire_moving_window if admission.moving else storage.lua_incr_expire).script
+        )
     revoked, *answers = replies
     for answer in replies:
         if isinstance(answer, Exception):
             raise answer
-    if revoked:
-        key_cache.forget(key_prefix)
-        raise Problem(401, "Unauthorized", "the API key is unknown or revoked", headers=_CHALLENGE)
-    for item, answer in zip(items, answers):
-        if not (bool(answer) if moving else int(answer) <= item.amount):
-            raise await run_in_threadpool(_too_many, limiter, item, key_prefix)
+    await admission.check(revoked, answers)
 
 
 # the caller ----------------------------------------------------------------------------------
@@ -301,6 +346,16 @@ async def principal(
     Raises: Problem 401 (``WWW-Authenticate: Bearer``) for a missing, malformed, unknown or revoked
     key; Problem 429 (``Retry-After``) over the key's rate limit.
     """
+    who = await authenticated(authorization)
+    await admit(who.key_prefix)
+    return who
+
+
+async def authenticated(authorization: str | None) -> Principal:
+    """:func:`principal` without :func:`admit`: the caller of ``Authorization: Bearer <key>`` from the
+    process's key cache (or PostgreSQL), its revocation and rate limit not yet checked; the caller
+    admits the request (``admit``, or in the turn's script).  Raises Problem 401 for a missing,
+    malformed or unknown key."""
     if not authorization or not authorization.startswith("Bearer "):
         raise Problem(401, "Unauthorized", "an API key is required: Authorization: Bearer tg_…", headers=_CHALLENGE)
     key = authorization.removeprefix("Bearer ").strip()
@@ -315,7 +370,6 @@ async def principal(
         if left < KEY_REFRESH_AHEAD * get_settings().api_key_cache_ttl_s and key not in _REFRESHING:
             _REFRESHING.add(key)  # one re-read at a time per key; this request goes on with the entry
             asyncio.get_running_loop().run_in_executor(None, _refresh_key, key, who.key_prefix)
-    await admit(who.key_prefix)
     return who
 
 

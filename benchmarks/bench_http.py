@@ -174,13 +174,15 @@ def procfile_workers() -> int:
 
 def start_server(port: int, workers: int = 1) -> subprocess.Popen:
     """uvicorn on loopback, ``workers`` processes (``--workers``, as the Procfile's ``web``), access
-    log off; waits for /healthz."""
+    log off; waits for /healthz.  Started as the Procfile starts it: through ``api_stub.serve`` (a
+    listening socket per worker) where the repository has it, plain ``uvicorn`` in a tree from
+    before it (a before/after run measures each tree as its own Procfile runs it)."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "uvicorn",
+            "api_stub.serve" if (REPO / "api_stub" / "serve.py").exists() else "uvicorn",
             "api_stub.main:app",
             "--host",
             "127.0.0.1",

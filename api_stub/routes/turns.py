@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -16,8 +17,11 @@ from starlette.concurrency import run_in_threadpool
 
 from api_stub.api_docs import described
 from api_stub.deps import (
+    Admission,
     Caller,
     Problem,
+    admit,
+    authenticated,
     charge_known,
     get_async_gate,
     get_gate,
@@ -36,6 +40,7 @@ from worker.gate.keys import pausing_key
 from worker.ledger.turns import transition_position
 from worker.metrics import gate_seconds
 from worker.pricing.prices import PricingError, TurnLimitExceeded
+from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +99,21 @@ async def _record(turns: list[TurnIn], who: Principal | None = None, *, pause: b
     a first sight of a wallet (PostgreSQL) and the pauses."""
     if who is not None:
         await _may_record(who, turns)
+    gate = get_async_gate()
+    return await _decided(turns, gate.record_turns, pause=pause)
+
+
+async def _decided(
+    turns: list[TurnIn], call: Callable[[list[TurnIn]], Awaitable[list[Decision]]], *, pause: bool
+) -> list[Decision]:
+    """The decisions of the gate's ``call(turns)``, its errors answered as Problems (422 for a turn
+    above a limit or without a price, 404 for an unknown wallet), the gate's latency observed, and
+    with ``pause`` each denied turn's chat paused (:func:`_send_pauses`).  Any other exception of
+    ``call`` goes through unobserved."""
     started = time.perf_counter()
     gate = get_async_gate()
     try:
-        decisions = await gate.record_turns(turns)
+        decisions = await call(turns)
     except TurnLimitExceeded as exc:  # nothing charged: tokens, quantity or cost above a per-turn limit
         field = exc.field if len(turns) == 1 or exc.index is None else f"turns.{exc.index}.{exc.field}"
         raise Problem(
@@ -169,8 +185,58 @@ async def _fast_record_turn(request: Request) -> Response | None:
         turn = TurnIn.model_validate_json(await request.body())
     except ValidationError:
         return None
-    who = await principal(header(request, b"authorization"))
-    return _json((await _record([turn], who))[0])
+    who = await authenticated(header(request, b"authorization"))
+    return _json(await _admit_and_record(turn, who))
+
+
+class _Refused(Exception):
+    """The admission inside the turn's script refused the request: its replies ``[revoked, answer, …]``."""
+
+    def __init__(self, replies: list) -> None:
+        super().__init__("refused by the admission")
+        self.replies = replies
+
+
+async def _admit_and_record(turn: TurnIn, who: Principal) -> Decision:
+    """Admit the request of ``who`` (:func:`deps.admit`: revoked key 401, rate limit 429) and record
+    ``turn`` as :func:`record_turn` does, with the answers in the same order (401, 429, then 403,
+    404, 409, 422 and the gate's).  In one Redis round trip when it can: the admission inside the
+    turn's script (``admit_record_turn.lua``: a refused request changes nothing of its turn), when the
+    gate's Redis is the rate limits' and not a cluster, and the checks made before the gate (the
+    caller's scope, the wallet's payer, the price) pass without Redis.  Otherwise, and whenever one
+    of those checks refuses, the request is admitted first, then recorded (:func:`_record`)."""
+    gate = get_async_gate()
+    quote = None
+    if (
+        not turn.reservation_id  # its holder is read from Redis (409) before the gate
+        and who.role is ApiRole.owner
+        and turn.enterprise_id == who.enterprise_id
+        and gate.settings.redis_url == get_settings().redis_url
+        and gate.admits_in_one_call()
+        and charge_known(who, turn.wallet_id)
+        and may_charge(who, turn.wallet_id)
+    ):
+        try:
+            quote = gate.quote(turn)
+        except (PricingError, TurnLimitExceeded):  # answered after the admission, as before
+            quote = None
+    if quote is None:
+        await admit(who.key_prefix)
+        return (await _record([turn], who))[0]
+    admission = Admission(who.key_prefix)
+
+    async def admitted_and_recorded(turns: list[TurnIn]) -> list[Decision]:
+        outcome = await gate.admit_and_record_turn(turn, quote, admission.script_keys(), admission.script_args())
+        if not isinstance(outcome, Decision):
+            raise _Refused(outcome)
+        return [outcome]
+
+    try:
+        return (await _decided([turn], admitted_and_recorded, pause=True))[0]
+    except _Refused as refused:  # nothing of the turn ran: answered as admit() answers
+        revoked, *answers = refused.replies
+        await admission.check(revoked, answers)
+        raise RuntimeError("the admission script refused a request its replies admit") from None  # the same rules
 
 
 async def _fast_record_turns(request: Request) -> Response | None:

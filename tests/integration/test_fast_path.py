@@ -37,15 +37,20 @@ def plain(api, monkeypatch):  # noqa: F811
 
 @pytest.fixture()
 def fast_calls(monkeypatch):
-    """The callers the fast handlers authenticated (one per request they answered themselves)."""
+    """The callers the fast handlers authenticated (one per request they answered themselves: the
+    single turn's handler through ``authenticated``, its admission then in the turn's script or
+    ``admit``; the batch's through ``principal``)."""
     calls: list[str | None] = []
-    real = turns.principal
 
-    async def spy(authorization: str | None = None):
-        calls.append(authorization)
-        return await real(authorization)
+    def spied(real):
+        async def spy(authorization: str | None = None):
+            calls.append(authorization)
+            return await real(authorization)
 
-    monkeypatch.setattr(turns, "principal", spy)
+        return spy
+
+    monkeypatch.setattr(turns, "principal", spied(turns.principal))
+    monkeypatch.setattr(turns, "authenticated", spied(turns.authenticated))
     return calls
 
 

@@ -31,7 +31,7 @@ from worker.gate.gate import (
     wallets_of,
 )
 from worker.gate.pipeline import NoScriptHold, decide_group
-from worker.gate.scripts import lua_source, turn_script_source
+from worker.gate.scripts import admit_turn_script_source, lua_source, turn_script_source
 from worker.metrics import decision_counter
 from worker.pricing.prices import PriceSheet, TurnPrice
 from worker.settings import redis_client
@@ -92,6 +92,7 @@ class AsyncWalletGate(GateCore):
         self.metrics_client = metrics_client or redis_client(self.settings)
         self._record = self.redis.register_script(turn_script_source("record_turn.lua"))
         self._record_many = self.redis.register_script(turn_script_source("record_turns.lua"))
+        self._admit_record = self.redis.register_script(admit_turn_script_source())
         self._reserve = self.redis.register_script(lua_source("reserve.lua"))
         self._release = self.redis.register_script(lua_source("release.lua"))
 
@@ -152,10 +153,59 @@ class AsyncWalletGate(GateCore):
                     [self._record_many],
                     lambda reply: decide_group(next(groups), reply, replies.decide),
                 )
+        return await self._finish(replies)
+
+    async def _finish(self, replies: TurnReplies) -> list[Decision]:
+        """The drains to kick (in the thread pool), the decisions counted for /metrics, then
+        :meth:`TurnReplies.result`."""
         if replies.kicks:
             await asyncio.get_running_loop().run_in_executor(None, self._kick, sorted(replies.kicks))
         decision_counter.add(self.metrics_client, replies.decisions)  # /metrics: every process's decisions
         return replies.result()
+
+    def admits_in_one_call(self) -> bool:
+        """Can a request's admission run in its turn's script (:meth:`admit_and_record_turn`): a plain
+        TCP, RESP2 client that is not Redis Cluster (the admission's keys are outside the wallet's
+        hash slot), so the script runs on the one Redis holding both."""
+        return type(self.redis) is aioredis.Redis and loop_channel(self.redis) is not None
+
+    def quote(self, turn: TurnIn) -> TurnPrice | PriceSheet:
+        """The turn's price (:meth:`~worker.gate.gate.GateCore._quotes`), nothing sent.  Raises
+        PricingError or TurnLimitExceeded (with ``index`` 0)."""
+        return self._quotes([turn])[0]
+
+    async def admit_and_record_turn(
+        self, turn: TurnIn, quote: TurnPrice | PriceSheet, admit_keys: Sequence[str], admit_args: Sequence
+    ) -> Decision | list:
+        """One turn recorded as :meth:`record_turn` does, after the HTTP API's admission of its request,
+        in one script (``admit_record_turn.lua``: one EVALSHA, one round trip).  ``admit_keys``: the
+        key's revocation marker then one rate-limit window per limit; ``admit_args``: the strategy
+        (``'fixed'`` | ``'moving'``) then per limit its amount and its script's arguments (the layout
+        of ``lib_admit.lua``).  Only where :meth:`admits_in_one_call`.
+
+        Returns the turn's :class:`~models.turn.Decision`, or the admission's refusal ``[revoked,
+        answer, …]`` (ints: 1 revoked; per limit the window's count or 1|0 taken): nothing of the turn
+        ran then.  Raises as :meth:`record_turn` (UnknownWallet, WrongEnterprise, TurnLimitExceeded,
+        redis ConnectionError / TimeoutError) for an admitted request."""
+        replies = TurnReplies(self, [turn])
+        [(_, keys, args)] = self._call_specs([turn], [quote])  # record_turn.lua's KEYS[1..6], ARGV[1..9]
+        refusal: list | None = None
+
+        def on_reply(reply: object) -> None:
+            nonlocal refusal
+            if isinstance(reply, list) and reply and reply[0] in ("admit", b"admit"):  # b'': a client without decoding
+                refusal = [int(r) for r in reply[1:]]
+            else:
+                replies.decide(0, reply)
+
+        command = pack_command(
+            ("EVALSHA", self._admit_record.sha, len(keys) + len(admit_keys), *keys, *admit_keys, *args, *admit_args)
+        )
+        client = cast(aioredis.Redis, self.redis)  # admits_in_one_call: not a cluster
+        await asend_packed_retrying(client, [(command, 1)], [self._admit_record], on_reply)
+        if refusal is not None:
+            return refusal
+        return (await self._finish(replies))[0]
 
     def _kick(self, shards: list[int]) -> None:
         for shard in shards:
