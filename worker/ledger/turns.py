@@ -11,7 +11,7 @@ import logging
 import operator
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Sequence
 
 import psycopg
@@ -24,6 +24,7 @@ from sqlmodel import Session, col
 
 from models.enums import BillingMode, ChatStatus, ConnectionState, TransactionKind
 from models.turn import UsageEvent, UsageTurnKey, turn_key_bytes, turn_key_digest
+from models.validation import occurred_at_window
 from worker.db import table_of
 from worker.gate.gate import WalletGate
 from worker.gate.keys import USAGE_PREFIX, outbox_key, transitions_key
@@ -284,18 +285,72 @@ class _KeyDumper(Dumper):
 #: the value-type tuples of rows already checked against :data:`_PY_TYPES` (a handful: None or not)
 _CHECKED: set[tuple[type, ...]] = set()
 
+_INT4_MAX = 2**31 - 1
+_INT8_MAX = 2**63 - 1
+#: the one signed column: the wallet's balance after the turn may be below zero (a debt)
+_SIGNED = frozenset({"balance_after_nanos"})
+#: the integer columns no gate writes below zero, by width (PostgreSQL ``integer`` / ``bigint``)
+_UNSIGNED_INT4 = tuple(c for c in USAGE_COLUMNS if c not in _SIGNED and type(table_of(UsageEvent).c[c].type) is Integer)
+_UNSIGNED_INT8 = tuple(
+    c for c in USAGE_COLUMNS if c not in _SIGNED and c not in _UNSIGNED_INT4 and _column_sql_type(c) == "bigint"
+)
+_int4_values = operator.itemgetter(*_UNSIGNED_INT4)
+_int8_values = operator.itemgetter(*_UNSIGNED_INT8)
+#: clock skew allowed between the host whose gate accepted a turn and the draining worker
+_DRAIN_SKEW = timedelta(minutes=5)
 
-def _stage_values(row: dict[str, Any]) -> tuple[Any, ...]:
+
+def drain_window() -> tuple[datetime, datetime]:
+    """``(earliest, latest)`` an ``occurred_at`` may be when a turn is drained: the edge's window
+    (:func:`models.validation.occurred_at_window`, read once per batch) with
+    :data:`_DRAIN_SKEW` of clock skew on both sides."""
+    earliest, latest = occurred_at_window()
+    return earliest - _DRAIN_SKEW, latest + _DRAIN_SKEW
+
+
+def check_domains(row: dict[str, Any], window: tuple[datetime, datetime]) -> None:
+    """Refuse a usage row holding a figure no gate writes, before it is staged: every token count,
+    duration, rate and nano-USD amount is an integer in ``0..2^31-1`` (an ``integer`` column) or
+    ``0..2^63-1`` (``bigint``), ``balance_after_nanos`` is None or any ``bigint`` (a debt is
+    negative), the creator's share is at most ``billed_nanos`` (a share over 10,000 bps would make
+    the platform fee negative) and ``occurred_at`` lies inside ``window`` (:func:`drain_window`).
+    Types are :func:`_stage_values`'s business (it runs first).  Raises ValueError naming the
+    column, so the entry is dead-lettered with that error and the rest of its batch persisted.
+    Costs two C-level min/max calls per group in the usual case."""
+    small = _int4_values(row)
+    big = _int8_values(row)
+    billed, share = row["billed_nanos"], row["creator_share_nanos"]
+    if share > billed >= 0:  # before the ranges: the fee it makes negative is not the cause
+        raise ValueError(f"usage row column 'creator_share_nanos': {share!r} exceeds billed_nanos {billed!r}")
+    if min(small) < 0 or max(small) > _INT4_MAX or min(big) < 0 or max(big) > _INT8_MAX:
+        for name in (*_UNSIGNED_INT4, *_UNSIGNED_INT8):
+            top = _INT4_MAX if name in _UNSIGNED_INT4 else _INT8_MAX
+            if not 0 <= row[name] <= top:
+                raise ValueError(f"usage row column {name!r}: {row[name]!r} is outside 0..{top}")
+    balance = row["balance_after_nanos"]
+    if balance is not None and not -_INT8_MAX - 1 <= balance <= _INT8_MAX:
+        raise ValueError(f"usage row column 'balance_after_nanos': {balance!r} is outside the bigint range")
+    at = row["occurred_at"]
+    if at.tzinfo is None or not window[0] <= at <= window[1]:
+        raise ValueError(
+            f"usage row column 'occurred_at': {at.isoformat()} is outside "
+            f"{window[0].isoformat()}..{window[1].isoformat()}"
+        )
+
+
+def _stage_values(row: dict[str, Any], window: tuple[datetime, datetime]) -> tuple[Any, ...]:
     """The row's values in :data:`_STAGE_COLUMNS` order, as the binary COPY takes them.  A row of the
     usual types (:func:`worker.gate.outbox.parse_entry`'s) passes after one C-level look at its value
     types; otherwise a ``str`` subclass (an enum) is written as its ``str``, an ``int`` subclass as
     its ``int``, 0 or 1 in a boolean column as ``bool``.  Raises TypeError naming the column for
     anything else, so the entry is dead-lettered with that error rather than stored as something it
     is not: a float in an integer column (money is never a float), a bool in an integer column
-    (``true`` read as 1 token), a number in a text column (a turn_id ``12345`` that no gate wrote)."""
+    (``true`` read as 1 token), a number in a text column (a turn_id ``12345`` that no gate wrote).
+    Then the figures' domains (:func:`check_domains`: ValueError naming the column)."""
     values = _usage_values(row)
     kinds = tuple(map(type, values))
     if kinds in _CHECKED:
+        check_domains(row, window)
         return values
     out = []
     for name, value, want in zip(_STAGE_COLUMNS, values, _PY_TYPES):
@@ -313,6 +368,7 @@ def _stage_values(row: dict[str, Any]) -> tuple[Any, ...]:
             raise TypeError(f"usage row column {name!r}: {type(value).__name__} {value!r}, expected {want.__name__}")
     if tuple(map(type, out)) == kinds:
         _CHECKED.add(kinds)
+    check_domains(dict(zip(_STAGE_COLUMNS, out)), window)
     return tuple(out)
 
 
@@ -617,11 +673,12 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
         # transaction
         cur.execute(f"{_CREATE_STAGE};\n{_CREATE_GROUPS};\nDELETE FROM {STAGE};\nDELETE FROM {GROUPS}")
         cur.adapters.register_dumper(None, _KeyDumper)
+        window = drain_window()
         with cur.copy(_COPY_STAGE) as copy:
             copy.set_types(_STAGE_TYPES)
             for i, ((enterprise_id, wallet_id, turn_id), r) in enumerate(first.items()):
                 key = turn_key_bytes(enterprise_id, wallet_id, turn_id)
-                copy.write_row((i, key, chat_order(r["outbox_id"]), *_stage_values(r)))
+                copy.write_row((i, key, chat_order(r["outbox_id"]), *_stage_values(r, window)))
     # one round trip: the usage rows, then the ledger of the fresh ones (a no-op without any); a
     # failing statement is raised when the pipeline ends, the ones after it not run
     with conn.cursor() as keys, conn.cursor() as ledger, conn.cursor() as cur:
