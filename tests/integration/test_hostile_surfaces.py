@@ -86,6 +86,14 @@ _OUT_OF_DOMAIN = {
     "share over 10,000 bps": (("g", 3), "20000", "creator_share_nanos"),
     "trial tokens negative": (("g", 4), "-1", "trial_tokens"),
     "debt negative": (("g", 5), "-1", "debt_nanos"),
+    # texts: longer than the column, or what the edge's id and label rules refuse
+    "agent past its varchar": (6, "a" * 201, "agent"),
+    "chat_id with a space": (4, "chat 1", "chat_id"),
+    "workflow with a newline": (5, "wf\n", "workflow"),
+    "chat_id empty": (4, "", "chat_id"),
+    "agent with a Hangul filler": (6, "planner\u3164", "agent"),
+    "model with a bidi override": (7, "gpt-4o\u202e", "model"),
+    "provider past its varchar": (8, "p" * 101, "provider"),
 }
 
 

@@ -12,19 +12,19 @@ import operator
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import psycopg
 import redis
 from psycopg import postgres
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
-from sqlalchemy import Boolean, DateTime, Integer, func, select
+from sqlalchemy import Boolean, DateTime, Integer, String, func, select
 from sqlmodel import Session, col
 
 from models.enums import BillingMode, ChatStatus, ConnectionState, TransactionKind
 from models.turn import UsageEvent, UsageTurnKey, turn_key_bytes, turn_key_digest
-from models.validation import occurred_at_window
+from models.validation import occurred_at_window, text_problem
 from worker.db import table_of
 from worker.gate.gate import WalletGate
 from worker.gate.keys import USAGE_PREFIX, outbox_key, transitions_key
@@ -296,6 +296,22 @@ _UNSIGNED_INT8 = tuple(
 )
 _int4_values = operator.itemgetter(*_UNSIGNED_INT4)
 _int8_values = operator.itemgetter(*_UNSIGNED_INT8)
+#: the text columns an edge check gives the id rules (:mod:`models.validation`) and those it gives
+#: the label rules (a space inside allowed); every text column's length is its varchar's
+_ID_TEXTS = ("turn_id", "wallet_id", "enterprise_id", "chat_id", "workflow", "agent")
+_LABEL_TEXTS = ("model", "provider", "meter")
+_id_texts = operator.itemgetter(*_ID_TEXTS)
+_label_texts = operator.itemgetter(*_LABEL_TEXTS)
+_TEXT_LENGTHS = tuple(
+    (c, cast(String, table_of(UsageEvent).c[c].type).length or 0)
+    for c in USAGE_COLUMNS
+    if _column_sql_type(c) == "text"
+)
+#: the text columns that are never NULL (service_tier may be), with their lengths: one C-level pass
+_REQUIRED_TEXTS = tuple((c, n) for c, n in _TEXT_LENGTHS if not table_of(UsageEvent).c[c].nullable)
+_required_texts = operator.itemgetter(*(c for c, _ in _REQUIRED_TEXTS))
+_required_limits = tuple(n for _, n in _REQUIRED_TEXTS)
+_TIER_LIMIT = dict(_TEXT_LENGTHS)["service_tier"]
 #: clock skew allowed between the host whose gate accepted a turn and the draining worker
 _DRAIN_SKEW = timedelta(minutes=5)
 
@@ -313,10 +329,13 @@ def check_domains(row: dict[str, Any], window: tuple[datetime, datetime]) -> Non
     duration, rate and nano-USD amount is an integer in ``0..2^31-1`` (an ``integer`` column) or
     ``0..2^63-1`` (``bigint``), ``balance_after_nanos`` is None or any ``bigint`` (a debt is
     negative), the creator's share is at most ``billed_nanos`` (a share over 10,000 bps would make
-    the platform fee negative) and ``occurred_at`` lies inside ``window`` (:func:`drain_window`).
+    the platform fee negative), every text fits its varchar, the ids and labels follow the edge's
+    text rules (:func:`models.validation.text_problem`: no NUL, control, format or invisible
+    character, no whitespace in an id) and ``occurred_at`` lies inside ``window``
+    (:func:`drain_window`).
     Types are :func:`_stage_values`'s business (it runs first).  Raises ValueError naming the
     column, so the entry is dead-lettered with that error and the rest of its batch persisted.
-    Costs two C-level min/max calls per group in the usual case."""
+    Costs a few C-level calls per group (min/max, len, isascii/isprintable) in the usual case."""
     small = _int4_values(row)
     big = _int8_values(row)
     billed, share = row["billed_nanos"], row["creator_share_nanos"]
@@ -330,6 +349,26 @@ def check_domains(row: dict[str, Any], window: tuple[datetime, datetime]) -> Non
     balance = row["balance_after_nanos"]
     if balance is not None and not -_INT8_MAX - 1 <= balance <= _INT8_MAX:
         raise ValueError(f"usage row column 'balance_after_nanos': {balance!r} is outside the bigint range")
+    tier = row["service_tier"]
+    if not all(map(operator.le, map(len, _required_texts(row)), _required_limits)) or (
+        tier and len(tier) > _TIER_LIMIT
+    ):
+        for name, limit in _TEXT_LENGTHS:
+            if row[name] is not None and len(row[name]) > limit:
+                raise ValueError(f"usage row column {name!r}: {len(row[name])} characters, more than {limit}")
+    id_values = _id_texts(row)
+    ids = "".join(id_values)
+    if not (ids.isascii() and ids.isprintable() and " " not in ids and all(id_values)):  # else one by one
+        for name in _ID_TEXTS:
+            problem = text_problem(row[name], "id") or ("is empty" if not row[name] else None)
+            if problem:
+                raise ValueError(f"usage row column {name!r}: {problem}")
+    labels = "".join(_label_texts(row))
+    if not (labels.isascii() and labels.isprintable()):
+        for name in _LABEL_TEXTS:
+            problem = text_problem(row[name], "label")
+            if problem:
+                raise ValueError(f"usage row column {name!r}: {problem}")
     at = row["occurred_at"]
     if at.tzinfo is None or not window[0] <= at <= window[1]:
         raise ValueError(
