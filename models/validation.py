@@ -14,7 +14,9 @@ Text classes (code points refused, with an error naming the field):
   an id must look like what it is in a log, a CSV or the /billing page, and two ids that render the
   same must not be different ids.  Also U+2028/U+2029 (line and paragraph separators) and the other
   default-ignorable code points, which render as nothing though they are letters or marks (the
-  combining grapheme joiner U+034F, Hangul fillers U+3164 …, variation selectors U+FE00–U+FE0F …).
+  combining grapheme joiner U+034F, Hangul fillers U+3164 …, variation selectors U+FE00–U+FE0F …),
+  private-use characters (Co) and the 66 noncharacters (U+FDD0–U+FDEF, U+xFFFE/U+xFFFF), which have
+  no agreed glyph.
 - **Label** (model, provider, a pause reason): as an id, but a plain space (U+0020) is allowed inside.
 
 A caller's credit key that reads as a system key (``stripe:``, ``tollgate:``) once compatibility
@@ -79,11 +81,17 @@ _CF = _format_chars()
 _IGNORABLE = (
     "\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u2065\u3164\ufe00-\ufe0f\uffa0\ufff0-\ufff8\U000e0000-\U000e0fff"
 )
+#: code points with no agreed glyph: private use (Co: each font draws its own, or nothing) and the 66
+#: noncharacters (U+FDD0..U+FDEF, U+xFFFE/U+xFFFF of every plane), both fixed by Unicode's stability
+#: policy (unassigned code points are not listed: that set changes with each Unicode version)
+_NO_GLYPH = "\\ue000-\\uf8ff\\U000f0000-\\U0010ffff\\ufdd0-\\ufdef" + "".join(
+    f"\\U{p:04x}fffe\\U{p:04x}ffff" for p in range(0x10)
+)
 #: code points an id may not hold: whitespace, Cc, Cs, Cf, line/paragraph separators, the other
-#: default-ignorable (invisible) code points
-_ID_BAD = re.compile(f"[\\s{_CONTROL}{_SURROGATE}{_CF}{_SEPARATORS}{_IGNORABLE}]")
+#: default-ignorable code points, private use and noncharacters
+_ID_BAD = re.compile(f"[\\s{_CONTROL}{_SURROGATE}{_CF}{_SEPARATORS}{_IGNORABLE}{_NO_GLYPH}]")
 #: a label: as an id but U+0020 is allowed (other whitespace is not)
-_LABEL_BAD = re.compile(f"[^\\S ]|[{_CONTROL}{_SURROGATE}{_CF}{_SEPARATORS}{_IGNORABLE}]")
+_LABEL_BAD = re.compile(f"[^\\S ]|[{_CONTROL}{_SURROGATE}{_CF}{_SEPARATORS}{_IGNORABLE}{_NO_GLYPH}]")
 #: free text: Cc other than tab and newline, Cs, bidi controls, separators
 _TEXT_BAD = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_SURROGATE}{_BIDI}{_SEPARATORS}]")
 _KINDS = {"id": _ID_BAD, "label": _LABEL_BAD, "text": _TEXT_BAD}
@@ -100,6 +108,8 @@ def _describe(ch: str) -> str:
             "Cf": "a format character",
             "Zl": "a line separator",
             "Zp": "a paragraph separator",
+            "Co": "a private-use character",
+            "Cn": "a noncharacter",
         }.get(category, "an invisible (default-ignorable) character" if not ch.isspace() else "whitespace")
     return f"{what} (U+{cp:04X})"
 

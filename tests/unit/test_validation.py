@@ -31,6 +31,10 @@ _IGNORABLE_NOT_CF = {0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180B, 0x180C, 0x1
 _IGNORABLE_NOT_CF |= set(range(0xFE00, 0xFE10)) | set(range(0xFFF0, 0xFFF9)) | set(range(0xE0000, 0xE1000))
 
 
+def _noncharacter(ch: str) -> bool:
+    return (ord(ch) & 0xFFFE) == 0xFFFE or 0xFDD0 <= ord(ch) <= 0xFDEF
+
+
 def _category(ch: str) -> str:
     return "Cs" if 0xD800 <= ord(ch) <= 0xDFFF else unicodedata.category(ch)
 
@@ -42,7 +46,9 @@ def test_every_code_point_is_classified_by_its_unicode_category(ch):
     points; free text refuses Cc but tab and newline, Cs, the bidi controls and Zl/Zp; the fast path
     (str.isprintable) and the regex agree."""
     cat = _category(ch)
-    id_refused = ch.isspace() or cat in ("Cc", "Cs", "Cf", "Zl", "Zp") or ord(ch) in _IGNORABLE_NOT_CF
+    id_refused = (
+        ch.isspace() or cat in ("Cc", "Cs", "Cf", "Zl", "Zp", "Co") or ord(ch) in _IGNORABLE_NOT_CF or _noncharacter(ch)
+    )
     assert (text_problem(f"a{ch}b") is not None) is id_refused
     assert (text_problem(f"a{ch}b", "label") is not None) is (id_refused and ch != " ")
     text_refused = (
@@ -75,6 +81,19 @@ def test_invisible_letters_and_marks_are_refused_in_ids_and_labels_not_in_text(c
     with pytest.raises(ValidationError) as refused:
         _IdModel(id=f"chat{ch}")
     assert refused.value.errors()[0]["loc"] == ("id",)
+
+
+@pytest.mark.parametrize("cp", [0xE000, 0xF8FF, 0xF0000, 0x10FFFD, 0xFDD0, 0xFDEF, 0xFFFE, 0xFFFF, 0x1FFFE, 0x10FFFF])
+def test_code_points_without_an_agreed_glyph_are_refused_in_ids_and_labels_not_in_text(cp):
+    """Private use (each font draws its own, or nothing) and noncharacters: ``w\ue000`` and
+    ``w\ue001`` may render alike, or as nothing, in a log, a CSV or /billing."""
+    ch = chr(cp)
+    for value in (f"w{ch}", f"{ch}w", ch):
+        problem = text_problem(value)
+        assert problem is not None and f"U+{cp:04X}" in problem, (value, problem)
+        assert ("private-use" in problem) is (unicodedata.category(ch) == "Co")
+        assert text_problem(value, "label") is not None
+        assert text_problem(value, "text") is None
 
 
 class _IdModel(BaseModel):
