@@ -108,8 +108,10 @@ _HEAD = FontFace(emphasis="BOLD", color=_MUTED, fill_color=(243, 244, 246), size
 
 
 def _latin(text: Any) -> str:
-    """Text the PDF core fonts can draw (Latin-1); anything else becomes '?'."""
-    return str(text).encode("latin-1", "replace").decode("latin-1")
+    """Text the PDF core fonts can draw (Latin-1): a code point outside it is written as its escape
+    (``w-ѕ1`` → ``w-\\u04551``), so two ids or keys that differ only there stay different on the
+    statement (with ``?`` for each, ``w-ѕ1`` and ``w-д1`` both read ``w-?1``)."""
+    return str(text).encode("latin-1", "backslashreplace").decode("latin-1")
 
 
 class _Statement(FPDF):

@@ -12,8 +12,15 @@ Text classes (code points refused, with an error naming the field):
   store a lone one), and every format character (Cf: U+202E and the other bidi overrides and
   isolates, zero-width spaces and joiners, U+FEFF, soft hyphen …).  Cf is refused in ids on purpose:
   an id must look like what it is in a log, a CSV or the /billing page, and two ids that render the
-  same must not be different ids.  Also U+2028/U+2029 (line and paragraph separators).
+  same must not be different ids.  Also U+2028/U+2029 (line and paragraph separators) and the other
+  default-ignorable code points, which render as nothing though they are letters or marks (the
+  combining grapheme joiner U+034F, Hangul fillers U+3164 …, variation selectors U+FE00–U+FE0F …),
+  private-use characters (Co) and the 66 noncharacters (U+FDD0–U+FDEF, U+xFFFE/U+xFFFF), which have
+  no agreed glyph.
 - **Label** (model, provider, a pause reason): as an id, but a plain space (U+0020) is allowed inside.
+
+A caller's credit key that reads as a system key (``stripe:``, ``tollgate:``) once compatibility
+forms, case and Unicode's look-alikes are folded is refused by :func:`reads_as_prefix`.
 - **FreeText** (a credit's description): control characters other than tab and newline,
   surrogates, bidi overrides and isolates (U+202A–U+202E, U+2066–U+2069) and U+2028/U+2029;
   other format characters (emoji joiners) are allowed.
@@ -36,10 +43,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Annotated
 
+from confusable_homoglyphs.confusables import confusables_data  # type: ignore[import-untyped]
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
@@ -64,10 +73,25 @@ _SURROGATE = "\\ud800-\\udfff"
 _SEPARATORS = "\\u2028\\u2029"
 _BIDI = "\\u202a-\\u202e\\u2066-\\u2069"
 _CF = _format_chars()
-#: code points an id may not hold: whitespace, Cc, Cs, Cf, line/paragraph separators
-_ID_BAD = re.compile(f"[\\s{_CONTROL}{_SURROGATE}{_CF}{_SEPARATORS}]")
+#: Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt) that are not Cf: invisible
+#: when rendered, yet letters (Hangul fillers U+115F, U+1160, U+3164, U+FFA0), marks (the combining
+#: grapheme joiner U+034F, Khmer U+17B4/U+17B5, Mongolian and other variation selectors) or
+#: reserved (U+2065, U+FFF0..U+FFF8, tags' plane 14); Python's unicodedata does not expose the
+#: property, so the ranges are written out (they are stable by Unicode's policy)
+_IGNORABLE = (
+    "\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u2065\u3164\ufe00-\ufe0f\uffa0\ufff0-\ufff8\U000e0000-\U000e0fff"
+)
+#: code points with no agreed glyph: private use (Co: each font draws its own, or nothing) and the 66
+#: noncharacters (U+FDD0..U+FDEF, U+xFFFE/U+xFFFF of every plane), both fixed by Unicode's stability
+#: policy (unassigned code points are not listed: that set changes with each Unicode version)
+_NO_GLYPH = "\\ue000-\\uf8ff\\U000f0000-\\U0010ffff\\ufdd0-\\ufdef" + "".join(
+    f"\\U{p:04x}fffe\\U{p:04x}ffff" for p in range(0x10)
+)
+#: code points an id may not hold: whitespace, Cc, Cs, Cf, line/paragraph separators, the other
+#: default-ignorable code points, private use and noncharacters
+_ID_BAD = re.compile(f"[\\s{_CONTROL}{_SURROGATE}{_CF}{_SEPARATORS}{_IGNORABLE}{_NO_GLYPH}]")
 #: a label: as an id but U+0020 is allowed (other whitespace is not)
-_LABEL_BAD = re.compile(f"[^\\S ]|[{_CONTROL}{_SURROGATE}{_CF}{_SEPARATORS}]")
+_LABEL_BAD = re.compile(f"[^\\S ]|[{_CONTROL}{_SURROGATE}{_CF}{_SEPARATORS}{_IGNORABLE}{_NO_GLYPH}]")
 #: free text: Cc other than tab and newline, Cs, bidi controls, separators
 _TEXT_BAD = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_SURROGATE}{_BIDI}{_SEPARATORS}]")
 _KINDS = {"id": _ID_BAD, "label": _LABEL_BAD, "text": _TEXT_BAD}
@@ -84,14 +108,18 @@ def _describe(ch: str) -> str:
             "Cf": "a format character",
             "Zl": "a line separator",
             "Zp": "a paragraph separator",
-        }.get(category, "whitespace")
+            "Co": "a private-use character",
+            "Cn": "a noncharacter",
+        }.get(category, "an invisible (default-ignorable) character" if not ch.isspace() else "whitespace")
     return f"{what} (U+{cp:04X})"
 
 
 def text_problem(value: str, kind: str = "id") -> str | None:
     """Why ``value`` is not acceptable text of ``kind`` (``id``, ``label`` or ``text``), or None.
     Lengths are not checked here (see ``worker.validation.check_text``)."""
-    if value.isprintable():  # fast path (C speed): no Cc, Cf, Cs, Zl, Zp nor whitespace but U+0020
+    # fast path (C speed): no Cc, Cf, Cs, Zl, Zp nor whitespace but U+0020, and no invisible letter
+    # or mark (ASCII, or free text, where variation selectors belong to emoji)
+    if value.isprintable() and (kind == "text" or value.isascii()):
         if kind == "id":
             if " " not in value:
                 return None
@@ -134,6 +162,85 @@ ProviderName = Annotated[str, Field(min_length=1, max_length=MAX_PROVIDER), Afte
 Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL), AfterValidator(_check_label)]
 #: free text (a credit's description): 0..500, tab and newline allowed
 FreeText = Annotated[str, Field(max_length=MAX_DESCRIPTION), AfterValidator(_check_text)]
+
+
+# look-alikes -----------------------------------------------------------------------------------------
+@cache
+def _prototypes() -> dict[str, str]:
+    """Each code point that Unicode's confusables data (UTS #39 ``confusables.txt``, as shipped by
+    ``confusable-homoglyphs``) lists as a look-alike of another, mapped to one member of its group:
+    the ASCII lower-case letter if the group has one, else an ASCII letter, else an ASCII character,
+    else the smallest.
+    Only one-to-one entries are used (``rn`` → ``m`` is not); the LRM marks the data wraps
+    right-to-left characters in are dropped.  Built once (~10 ms), on first use."""
+    parent: dict[str, str] = {}
+
+    def root(c: str) -> str:
+        while parent.get(c, c) != c:
+            c = parent[c]
+        return c
+
+    def bare(c: str) -> str:
+        return c.replace("\u200e", "").replace("\u200f", "")
+
+    for key, alikes in confusables_data.items():
+        a = bare(key)
+        if len(a) != 1:
+            continue
+        for alike in alikes:
+            b = bare(alike["c"])
+            if len(b) == 1 and root(a) != root(b):
+                parent[root(a)] = root(b)
+    groups: dict[str, list[str]] = {}
+    for c in parent:
+        groups.setdefault(root(c), []).append(c)
+    for r in list(groups):
+        groups[r].append(r)
+
+    def rank(c: str) -> tuple[bool, bool, bool, str]:
+        return (not ("a" <= c <= "z"), not ("A" <= c <= "Z"), not c.isascii(), c)
+
+    return {c: min(members, key=rank) for members in groups.values() for c in members}
+
+
+def _readings(c: str) -> set[str]:
+    """How one code point (after NFKC) may read once look-alikes and case are folded: its case fold
+    mapped to prototypes (``I`` → ``i``), and its prototype case folded and mapped again (``I`` →
+    ``l``, Cyrillic ``Т`` → ``T`` → ``t``).  A capital ``I`` reads as either, by its neighbours."""
+    proto = _prototypes()
+    return {
+        "".join(proto.get(f, f) for f in c.casefold()),
+        "".join(proto.get(f, f) for f in proto.get(c, c).casefold()),
+    }
+
+
+def reads_as_prefix(value: str, prefixes: Iterable[str]) -> str | None:
+    """The first of ``prefixes`` that ``value`` starts with, or only looks like it starts with, or
+    None.  Looks like: after Unicode compatibility normalisation (NFKC: fullwidth, mathematical and
+    ligature forms), some reading of each code point (:func:`_readings`: case folded, and mapped to
+    its group in Unicode's confusables data, UTS #39 ``confusables.txt``) spells the prefix.  So
+    ``STRIPE:x``, ``ｓｔｒｉｐｅ:x``, ``ѕtripe:x`` (Cyrillic dze), ``ЅТRIРЕ:x`` (Cyrillic capitals),
+    ``tοllgate:x`` (Greek omicron), ``to1lgate:x``, ``toIIgate:x`` and ``T0LLGATE:x`` read as
+    ``stripe:`` / ``tollgate:``.  Many-to-one look-alikes (``rn`` for ``m``) are not folded; a
+    letter with a visible accent (``í``) is another letter.  Never raises."""
+    proto = _prototypes()
+    chars = unicodedata.normalize("NFKC", value)
+
+    def spells(i: int, want: str) -> bool:
+        if not want:
+            return True
+        if i == len(chars):
+            return False
+        return any(
+            r[: len(want)] == want if len(r) >= len(want) else want.startswith(r) and spells(i + 1, want[len(r) :])
+            for r in _readings(chars[i])
+            if r
+        )
+
+    for prefix in prefixes:
+        if value.startswith(prefix) or spells(0, "".join(proto.get(c, c) for c in prefix.casefold())):
+            return prefix
+    return None
 
 
 # times --------------------------------------------------------------------------------------------

@@ -110,9 +110,16 @@ async def stripe_webhook(
         stripe.Webhook.construct_event(body, stripe_signature, secret)
     except stripe.SignatureVerificationError as exc:
         return _problem(400, "Invalid signature", f"Stripe-Signature: {exc.user_message or exc}", "Stripe-Signature")
-    except (ValueError, TypeError, AttributeError) as exc:  # not UTF-8, not JSON, not an event object
-        return _problem(400, "Invalid event", f"body: not a Stripe event ({exc})", "body")
+    except (
+        ValueError,
+        TypeError,
+        AttributeError,
+        RecursionError,
+    ) as exc:  # not UTF-8 or JSON, not an object, nested too deep
+        return _problem(400, "Invalid event", f"body: not a Stripe event ({exc!r})"[:300], "body")
     event = json.loads(body)
+    if not isinstance(event, dict):
+        return _problem(400, "Invalid event", f"body: a JSON {type(event).__name__}, not a Stripe event object", "body")
     try:
         new, processed = await run_in_threadpool(_store, event)
     except EventError as exc:

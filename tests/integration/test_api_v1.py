@@ -685,6 +685,14 @@ def test_several_limits_each_apply(api, settings, monkeypatch):
         "\U0001d42c\U0001d42d\U0001d42b\U0001d422\U0001d429\U0001d41e:cs",  # mathematical bold
         "\u017ftripe:cs_test_a1",  # long s, which case-folds to s
         "\ufb06ripe:cs",  # the st ligature
+        # look-alikes of other scripts (Unicode's confusables data): Cyrillic dze, capitals, Greek omicron
+        "\u0455tripe:cs_test_a1",
+        "\u0405\u0422RI\u0420\u0415:cs_test_a1",
+        "t\u03bfllgate:usage:0:1-0",
+        "to1lgate:allowance:w2-2026-11",
+        # an invisible letter or mark inside (Hangul filler, variation selector): refused by the id rules
+        "stri\u3164pe:cs_test_a1",
+        "s\ufe0ftripe:cs_test_a1",
         # what the id rules refuse in any key: leading space, zero-width space, BOM, bidi override
         " stripe:cs_test_a1",
         "\u200bstripe:cs_test_a1",
@@ -708,7 +716,9 @@ def test_a_credit_key_with_a_system_prefix_is_refused_and_changes_nothing(api, g
         assert conn.execute(text("SELECT count(*) FROM wallet_transaction WHERE wallet_id = 'w2'")).scalar_one() == 0
         assert conn.execute(text("SELECT count(*) FROM audit_log WHERE action = 'credit'")).scalar_one() == 0
     # keys that only look alike are ordinary keys
-    for i, fine in enumerate(("my-stripe:cs_1", "tollgate-topup", "stripe-cs_1")):
+    for i, fine in enumerate(
+        ("my-stripe:cs_1", "tollgate-topup", "stripe-cs_1", "\u0441\u0442\u0440\u0430\u0439\u043f-1")
+    ):
         r = api.post(
             "/v1/wallets/w2/credits", json={"amount_nanos": USD, "idempotency_key": fine}, headers=api.h["owner"]
         )
@@ -742,7 +752,7 @@ def test_the_cli_and_python_credits_refuse_a_system_key_too(gate, db):
         timeout=60,
     )
     assert fullwidth.returncode != 0 and "--key" in fullwidth.stderr, fullwidth.stderr
-    for key in ("tollgate:refund:1", "Tollgate:refund:1", "\uff54ollgate:refund:1"):
+    for key in ("tollgate:refund:1", "Tollgate:refund:1", "\uff54ollgate:refund:1", "t\u043ell\u0261ate:refund:1"):
         with session_scope() as session, pytest.raises(LedgerError) as refused:
             credit_wallet(session, gate, wallet_id="w9", amount_nanos=USD, idempotency_key=key)
         assert refused.value.field == "idempotency_key"

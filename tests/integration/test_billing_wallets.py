@@ -320,3 +320,35 @@ def test_wallet_totals_cover_every_wallet_beyond_the_listed_ones(client, seeded,
     assert owner.count('data-testid="wallet-row"') == MAX_WALLETS and 'data-testid="wallets-capped"' in owner
     admin = client.get("/billing?period=2026-11&enterprise_id=acme", headers=_auth(seeded.keys["admin"])).text
     assert f'data-balance-nanos="{int(balance)}"' in admin and "All 253 wallets" in admin
+
+
+def test_wallets_that_differ_only_outside_latin_1_stay_different_on_the_pdf_statement(client, seeded, db):
+    """The core fonts draw Latin-1 only; each other code point was drawn as ``?``, so ``w-\u04551``
+    (Cyrillic dze) and ``w-\u04341`` (Cyrillic de) were two rows both reading ``w-?1``."""
+    ids = ("w-\u04551", "w-\u04341", "w-\U0001d42c1")
+    with db.begin() as conn:
+        for n, wallet_id in enumerate(ids, 1):
+            conn.execute(
+                text(
+                    "INSERT INTO wallet (id, enterprise_id, owner_id, level, mode, currency, limited, credits_nanos, "
+                    "debits_nanos, monthly_allowance_nanos, mode_override, trial_tokens_used, debt_nanos) "
+                    "VALUES (:w, 'acme', 'o', 'app_usage', 'production', 'USD', true, :n, 0, 0, false, 0, 0)"
+                ),
+                {"w": wallet_id, "n": n * 1_000_000_000},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO wallet_transaction (wallet_id, kind, amount_nanos, turns, idempotency_key, description, "
+                    "created_at) VALUES (:w, 'credit', :n, 0, :k, '', '2026-11-05T00:00:00Z')"
+                ),
+                {"w": wallet_id, "n": n * 1_000_000_000, "k": f"odd-{n}"},
+            )
+    pdf = client.get("/billing/export.pdf?period=2026-11", headers=_auth(seeded.keys["owner"])).content
+    rows = _pdf_wallet_rows(pdf)
+    shown = {w.encode("latin-1", "backslashreplace").decode("latin-1") for w in ids}
+    assert shown <= set(rows), sorted(rows)
+    assert [rows[w.encode("latin-1", "backslashreplace").decode("latin-1")][1] for w in ids] == [
+        "$1.00",
+        "$2.00",
+        "$3.00",
+    ]

@@ -69,6 +69,73 @@ def test_an_outbox_value_no_gate_writes_is_dead_lettered_with_its_error_and_the_
     assert redis_client.xlen(outbox_key(shard)) == 0
 
 
+#: (element of a version-5 payload, or ("g", position in the decision), value, the column named):
+#: figures of the right type that no gate writes, outside their column's domain
+_OUT_OF_DOMAIN = {
+    "prompt_tokens negative": (9, -5, "prompt_tokens"),
+    "completion_tokens negative": (10, -1, "completion_tokens"),
+    "cached_prompt_tokens past integer": (11, 2**31, "cached_prompt_tokens"),
+    "duration_ms negative": (12, -1, "duration_ms"),
+    "an input rate negative": (13, "-7,1,1,1,1", "rate"),  # refused by the parser already
+    "cost_nanos negative": (14, -1_000, "cost_nanos"),
+    "cost_nanos past bigint": (14, 2**63, "cost_nanos"),
+    "occurred_at in 1970": (15, 0, "occurred_at"),
+    "occurred_at in 2100": (15, 4_102_444_800 * 10**6, "occurred_at"),
+    "billed negative": (("g", 0), "-5", "billed_nanos"),
+    "balance past bigint": (("g", 1), str(2**64), "balance_after_nanos"),
+    "share over 10,000 bps": (("g", 3), "20000", "creator_share_nanos"),
+    "trial tokens negative": (("g", 4), "-1", "trial_tokens"),
+    "debt negative": (("g", 5), "-1", "debt_nanos"),
+    # texts: longer than the column, or what the edge's id and label rules refuse
+    "agent past its varchar": (6, "a" * 201, "agent"),
+    "chat_id with a space": (4, "chat 1", "chat_id"),
+    "workflow with a newline": (5, "wf\n", "workflow"),
+    "chat_id empty": (4, "", "chat_id"),
+    "agent with a Hangul filler": (6, "planner\u3164", "agent"),
+    "model with a bidi override": (7, "gpt-4o\u202e", "model"),
+    "provider past its varchar": (8, "p" * 101, "provider"),
+}
+
+
+@pytest.mark.parametrize("name", list(_OUT_OF_DOMAIN))
+def test_an_outbox_figure_outside_its_domain_is_dead_lettered_naming_the_column_and_the_rest_persisted(
+    db, redis_client, gate, settings, name
+):
+    """Negative token counts, figures past their column's width, a creator share above the charge
+    and times far from now: the right type, so they passed the type checks, and were stored as they
+    were (a negative count lowered the month's sums).  One check of every figure's domain before a
+    row is staged; the entry is dead-lettered with an error naming the column."""
+    _open(gate)
+    decided = gate.record_turns([_turn(1), _turn(2), _turn(3)])
+    shard = gate.shard("w1")
+    raw = redis_lib.Redis.from_url(TEST_REDIS_URL)
+    entry_id, fields = raw.xrange(outbox_key(shard))[1]  # turn t-2, rewritten as a hand would
+    where, value, column = _OUT_OF_DOMAIN[name]
+    if isinstance(where, tuple):
+        parts = fields[b"g"].decode().split("|")
+        parts[where[1]] = value
+        fields = {**fields, b"g": "|".join(parts).encode()}
+    else:
+        payload = json.loads(fields[b"t"])
+        payload[where] = value
+        fields = {**fields, b"t": json.dumps(payload).encode()}
+    raw.xdel(outbox_key(shard), entry_id)
+    raw.xadd(outbox_key(shard), fields)
+    raw.close()
+
+    stats = OutboxDrain(redis_client, settings=settings, consumer="c1").drain()
+    assert (stats.read, stats.inserted, stats.dead_lettered) == (3, 2, 1)
+    assert _rows(db, "SELECT turn_id, prompt_tokens, cost_nanos FROM usage_event ORDER BY turn_id") == [
+        ("t-1", 1001, decided[0].cost_nanos),
+        ("t-3", 1003, decided[2].cost_nanos),
+    ]
+    ((error, billed),) = _rows(db, "SELECT error, billed_nanos FROM dead_letter")
+    assert (repr(column) if column != "rate" else "not a rate") in error, error
+    # a charge that no gate could have taken is not named in the ledger
+    assert billed == (0 if where == ("g", 0) else decided[1].billed_nanos)
+    assert redis_client.xlen(outbox_key(shard)) == 0
+
+
 # /billing: query parameters and ids ---------------------------------------------------------------
 @pytest.fixture()
 def billing(db, redis_client, gate, http_api):

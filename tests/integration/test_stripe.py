@@ -966,3 +966,115 @@ def test_a_resume_lost_after_the_credit_is_done_once_by_the_paused_chat_sweep(db
     assert sweep_paused(gate) == {"wallets": 0, "resumed": 0}
     assert _process("evt_resume")["duplicate"] is True  # a redelivery: the credit's key applies it once
     assert gate.balance("w1") == 10 * USD and paused() == [("c1", "sweep")]
+
+
+#: (event type, its data.object, the field the error names): fields of a JSON type Stripe never
+#: sends there, or ids no column can hold.  Each raised AttributeError, TypeError or a PostgreSQL
+#: DataError in the handler: the task failed on every retry and the sweeper sent it again forever.
+_MISTYPED = [
+    ("checkout.session.completed", lambda: _paid_session(metadata="w1"), "data.object.metadata"),
+    ("checkout.session.completed", lambda: _paid_session(metadata=["w1"]), "data.object.metadata"),
+    ("checkout.session.completed", lambda: _paid_session(currency=5), "data.object.currency"),
+    ("checkout.session.completed", lambda: _paid_session(currency=["usd"]), "data.object.currency"),
+    ("checkout.session.completed", lambda: _paid_session(customer={"id": 5}), "data.object.customer"),
+    ("checkout.session.completed", lambda: _paid_session(customer="cus_" + "x" * 300), "data.object.customer"),
+    (
+        "checkout.session.completed",
+        lambda: _paid_session(mode="subscription", subscription={"id": ["sub_1"]}),
+        "data.object.subscription",
+    ),
+    ("checkout.session.completed", lambda: _paid_session(id="cs_" + "z" * 300), "data.object.id"),
+    ("invoice.paid", lambda: {**_invoice("in_1"), "lines": {"data": 5}}, "data.object.lines.data"),
+    ("invoice.paid", lambda: {**_invoice("in_2"), "lines": 5}, "data.object.lines"),
+    ("invoice.paid", lambda: {**_invoice("in_3"), "currency": 5}, "data.object.currency"),
+    ("invoice.paid", lambda: _invoice("in_4", sub="sub_" + "s" * 300), "subscription_details.subscription"),
+    ("invoice.paid", lambda: _invoice("in_5", quantity="2"), "lines.data.quantity"),
+    ("invoice.payment_failed", lambda: {**_invoice("in_6"), "customer": ["cus_1"]}, "data.object.customer"),
+    (
+        "customer.subscription.deleted",
+        lambda: {"id": "sub_1", "object": "subscription", "metadata": "x"},
+        "data.object.metadata",
+    ),
+    ("customer.subscription.deleted", lambda: {"id": "sub_" + "d" * 300, "object": "subscription"}, "data.object.id"),
+]
+
+
+@pytest.mark.parametrize(("kind", "make", "field"), _MISTYPED)
+def test_a_mistyped_event_field_is_the_event_s_error_naming_it_and_changes_nothing(db, gate, api, kind, make, field):
+    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
+    _packages(TOPUP, PLAN)
+    with session_scope() as session:  # the subscription the invoices are about
+        session.execute(text("UPDATE wallet SET stripe_subscription_id = 'sub_1', subscription_status = 'active'"))
+    before = _wallet_row(db)
+    assert _post(api, event_json("evt_mistyped", kind, make())).status_code == 200
+    result = _apply("evt_mistyped", gate)
+    assert not result.processed and result.outcome.startswith("error: ") and field in result.outcome, result
+    assert _ledger(db) == [] and _audits(db) == [] and gate.balance("w1") == 0
+    assert _wallet_row(db) == before
+
+
+def test_an_invoice_line_of_quantity_zero_buys_nothing(db, gate, api):
+    """``quantity or 1`` read 0 as a missing quantity: a paid invoice for none of a package credited one."""
+    open_wallet(gate, wallet_id="w1", enterprise_id="acme", owner_id="u1")
+    _packages(PLAN)
+    assert _post(api, event_json("evt_q0", "invoice.paid", _invoice("in_q0", quantity=0))).status_code == 200
+    result = _apply("evt_q0", gate)
+    assert result.processed and result.credited_nanos == 0 and "quantity 0" in result.outcome
+    assert _ledger(db) == [] and gate.balance("w1") == 0
+    assert _wallet_row(db)["subscription_status"] == "active"
+    # a line without a quantity still counts once
+    assert (
+        _post(
+            api,
+            event_json(
+                "evt_q1",
+                "invoice.paid",
+                {
+                    **_invoice("in_q1"),
+                    "lines": {
+                        "data": [{k: v for k, v in _invoice("in_q1")["lines"]["data"][0].items() if k != "quantity"}]
+                    },
+                },
+            ),
+        ).status_code
+        == 200
+    )
+    assert _apply("evt_q1", gate).credited_nanos == PLAN["credit_nanos"]
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        (
+            lambda: event_json("evt_nul", "checkout.session.completed", _paid_session(customer="cus_\u0000x")),
+            "customer",
+        ),
+        (
+            lambda: event_json("evt_sur", "checkout.session.completed", _paid_session(metadata={"n\ud800": 1})),
+            "metadata",
+        ),
+        (
+            lambda: event_json("evt_nan", "checkout.session.completed", _paid_session(amount_total=float("nan"))),
+            "amount",
+        ),
+        (
+            lambda: event_json("evt_inf", "checkout.session.completed", _paid_session(amount_total=1)).replace(
+                '"amount_total": 1', '"amount_total": 1e400'
+            ),
+            "amount",
+        ),
+        (lambda: event_json("evt_\u0000", "checkout.session.completed", _paid_session()), "id"),
+        (lambda: event_json("evt_type", "checkout\u0000completed", _paid_session()), "type"),
+        (lambda: "[" * 5_000 + "]" * 5_000, "body"),
+        (lambda: '["evt_list"]', "body"),
+    ],
+)
+def test_a_signed_body_postgresql_cannot_store_is_a_400_naming_it_and_stores_nothing(db, gate, api, body, where):
+    """A NUL or a lone surrogate in any string, a number that is not finite, JSON nested past
+    Python's recursion limit, a body that is not an object: each was a 500 (PostgreSQL's jsonb, or
+    the parser, raised), which Stripe retries for three days.  Signed correctly: only the body is
+    at fault."""
+    r = _post(api, body())
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["field"] in ("body", "id", "type") and where in r.json()["detail"], r.text
+    assert api.sent == [] and _events(db) == []

@@ -173,7 +173,36 @@ def test_csv_cells_keep_plain_numbers_and_escape_the_rest():
         "'\uff0d1",
     ]
     assert safe_cell(datetime(2026, 11, 1, tzinfo=UTC)) == "2026-11-01T00:00:00+00:00"
-    # a CR or LF inside a cell is quoted: the row stays one row in a spreadsheet
+    # every compatibility form of a formula character (small, super/subscript …), also after
+    # invisible format characters; a "number" in other scripts' digits is not a plain number
+    for value in (
+        "\ufe66cmd|x",
+        "\u207c1+1",
+        "\ufe62A1",
+        "\u208a1",
+        "\ufe6bSUM(A1)",
+        "\u200b=1+1",
+        "\ufeff@x",
+        "\u2060 -1+1",
+        "-\u0661",
+        "+\u0967\u0968",
+    ):
+        assert safe_cell(value) == "'" + value, value
+    assert [safe_cell(v) for v in ("\u200b", "\ufeff", " ", "a=1")] == ["\u200b", "\ufeff", " ", "a=1"]
+
+
+def test_the_formula_characters_are_every_compatibility_form_of_one():
+    import sys
+    import unicodedata
+
+    from api_stub.csv_cells import FORMULA_CHARS
+
+    forms = {chr(c) for c in range(sys.maxunicode + 1) if unicodedata.normalize("NFKC", chr(c))[:1] in tuple("=+-@")}
+    assert forms == FORMULA_CHARS
+
+
+def test_a_cr_or_lf_inside_a_cell_is_quoted():
+    """The row stays one row in a spreadsheet."""
     from api_stub.csv_cells import csv_writer, safe_row
 
     buf = io.StringIO(newline="")

@@ -200,6 +200,28 @@ def test_a_fingerprint_is_the_keyed_blake2b_of_the_scoped_turn_id():
     assert fingerprint(b"k", "a", "w", "t") != fingerprint(b"other", "a", "w", "t")
 
 
+_ID_PART = st.text(alphabet=st.sampled_from("ab:1"), min_size=1, max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.tuples(_ID_PART, _ID_PART, _ID_PART), st.tuples(_ID_PART, _ID_PART, _ID_PART))
+def test_redis_keys_of_several_ids_never_collide(first, second):
+    """Every key built from two or more ids joins them with scoped_key: ids may contain ':', so a
+    plain ':' join gave app 'a:b' chat 'c' and app 'a' chat 'b:c' one pausing flag (one held the
+    other's pause back for a minute).  Distinct id tuples, distinct keys."""
+    from worker.gate.keys import pausing_key, scoped_key, turn_key
+
+    builders = [
+        lambda e, c, _t: pausing_key(e, c),
+        lambda e, w, t: turn_key("tollgate:{s0}", e, w, t),
+        lambda e, w, t: scoped_key(e, w, t),
+    ]
+    for build in builders:
+        if first != second:
+            assert build(*first) != build(*second) or first[:2] == second[:2] and build is builders[0]
+    assert pausing_key("a:b", "c") != pausing_key("a", "b:c")
+
+
 def test_duplicate_inside_one_batch(client, wg):
     wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000)
     a, b = wg.record_turns([turn("t1"), turn("t1")])

@@ -457,6 +457,35 @@ def test_usd_to_nanos_rejects(usd):
         usd_to_nanos(usd)
 
 
+#: amounts ``Decimal`` reads that no one types as money: other scripts' digits, digit separators,
+#: superscripts, full-width digits, a thousands comma
+_NOT_ASCII_DECIMAL = ["\u0661\u0662", "\u0967.5", "1_000", "1_000.5", "\uff11\uff12", "1,000", "\u00b2", "5\u066b5"]
+
+
+@pytest.mark.parametrize("usd", _NOT_ASCII_DECIMAL)
+def test_usd_to_nanos_reads_ascii_decimal_text_only(usd):
+    """``Decimal('١٢')`` is 12 and ``Decimal('1_000')`` 1000: a CLI credit of ``--usd ١٢`` added
+    $12.  Text must be ASCII decimal syntax; the CLI's parse_usd shares the rule, naming the flag."""
+    with pytest.raises(PricingError, match="ASCII"):
+        usd_to_nanos(usd)
+    import typer
+
+    from worker.cli.common import parse_usd
+
+    with pytest.raises(typer.Exit) as refused:
+        parse_usd(usd, "--usd")
+    assert refused.value.exit_code == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(categories=("Nd", "No", "Nl", "Pc", "Po")), min_size=1, max_size=6))
+def test_only_ascii_digits_make_an_amount(text):
+    from worker.pricing.prices import decimal_text_problem
+
+    ascii_number = all(c in "0123456789." for c in text) and text.count(".") <= 1 and text != "."
+    assert (decimal_text_problem(text) is None) is ascii_number, text
+
+
 @pytest.mark.parametrize(
     ("nanos", "usd"),
     [

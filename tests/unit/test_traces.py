@@ -401,3 +401,27 @@ def test_mooncake_a_row_json_cannot_read_is_a_trace_error_naming_its_row(tmp_pat
 def test_azure_leading_zeros_past_int_s_digit_limit_read_as_the_number(tmp_path):
     p = _azure(tmp_path, "2023-11-16 18:15:46.6805900,374," + "0" * 4999 + "7")
     assert [r.completion_tokens for r in read_trace(p, "azure")] == [7]
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\n"])
+def test_a_leading_byte_order_mark_is_not_data(tmp_path, newline):
+    """A spreadsheet's "CSV UTF-8" export and some editors start the file with U+FEFF: the header
+    read '\\ufeffTIMESTAMP' and was refused as a wrong header, a JSONL's first row as not JSON.
+    A BOM anywhere else is still data (and refused where data may not hold it)."""
+    azure = tmp_path / "bom.csv"
+    azure.write_bytes(f"\ufeff{HEADER}{newline}2023-11-16 18:15:46.6805900,374,44{newline}".encode())
+    assert read_trace(azure, "azure") == [
+        TraceRow(1, datetime(2023, 11, 16, 18, 15, 46, 680590, tzinfo=UTC), 374, 44, 0)
+    ]
+    mooncake = tmp_path / "bom.jsonl"
+    rows_text = newline.join(json.dumps(o) for o in (_mc(0, 2000, 10, [0]), _mc(5, 30, 1, [0])))
+    mooncake.write_bytes(f"\ufeff{rows_text}{newline}".encode())
+    rows = read_trace(mooncake, "mooncake", epoch=EPOCH)
+    assert [(r.row, r.prompt_tokens, r.completion_tokens, r.cached_prompt_tokens) for r in rows] == [
+        (1, 2000, 10, 0),
+        (2, 30, 1, 30),
+    ]
+    second = tmp_path / "bom2.csv"
+    second.write_bytes(f"{HEADER}{newline}\ufeff2023-11-16 18:15:46.6805900,374,44{newline}".encode())
+    with pytest.raises(TraceError, match="TIMESTAMP"):
+        read_trace(second, "azure")

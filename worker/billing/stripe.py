@@ -392,16 +392,53 @@ def create_checkout_session(
 
 
 # events -----------------------------------------------------------------------------------------
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def jsonb_problem(value: Any) -> str | None:
+    """Why parsed JSON ``value`` cannot be stored as PostgreSQL ``jsonb``, or None: a NUL (``\\u0000``)
+    or a lone surrogate (``\\ud800``) in a string or key, a number that is not finite (``NaN``,
+    ``Infinity``, ``1e400`` read as a float).  Python's ``json`` reads all of these; PostgreSQL
+    refuses them, which would answer a signed webhook with a 500 that Stripe retries for days.
+    Walks iteratively (no recursion limit); the path of the first problem is named."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            texts = [item]
+        elif isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                return f"{path or 'the event'}: {item!r} is not a finite number"
+            continue
+        elif isinstance(item, Mapping):
+            texts = [k for k in item if isinstance(k, str)]
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in item.items())
+        elif isinstance(item, list):
+            texts = []
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(item))
+        else:
+            continue
+        for text in texts:
+            if "\x00" in text or _SURROGATE.search(text):
+                what = "a NUL" if "\x00" in text else "a lone surrogate"
+                return f"{path or 'the event'}: {what} in {text[:60]!r}, which PostgreSQL cannot store"
+    return None
+
+
 def store_event(session: Session, event: Mapping[str, Any]) -> bool:
     """Store a verified Stripe event once by its id (``INSERT … ON CONFLICT (id) DO NOTHING``);
     True if it is new.  ``event`` is the event's JSON object as Stripe sent it.  The caller commits.
-    Raises: EventError when ``id`` (``evt_…``) or ``type`` is missing or malformed.
+    Raises: EventError when ``id`` (``evt_…``) or ``type`` is missing or malformed, or when the
+    payload holds what PostgreSQL's ``jsonb`` cannot store (:func:`jsonb_problem`), naming ``body``.
     """
     event_id, event_type = event.get("id"), event.get("type")
-    if not isinstance(event_id, str) or not event_id.startswith("evt_") or len(event_id) > 255:
-        raise EventError(f"id: {event_id!r} is not a Stripe event id (evt_…)", field="id")
-    if not isinstance(event_type, str) or not 0 < len(event_type) <= 100:
-        raise EventError(f"type: {event_type!r} is not a Stripe event type", field="type")
+    if not storable_id(event_id, 255) or not cast(str, event_id).startswith("evt_"):
+        raise EventError(f"id: {str(event_id)[:120]!r} is not a Stripe event id (evt_…)", field="id")
+    if not storable_id(event_type, 100):
+        raise EventError(f"type: {str(event_type)[:120]!r} is not a Stripe event type", field="type")
+    problem = jsonb_problem(event)
+    if problem:
+        raise EventError(f"body: {problem}", field="body")
     inserted = session.execute(
         insert(StripeEvent)
         .values(id=event_id, type=event_type, payload=dict(event))
@@ -468,11 +505,42 @@ def _get(obj: Any, *path: str) -> Any:
     return obj
 
 
-def _id_of(value: Any) -> str | None:
-    """A Stripe reference: the id string, or the ``id`` of an expanded object."""
-    if isinstance(value, str):
-        return value
-    return _get(value, "id")
+# reading an event's object: one typed reader per kind of field, each raising EventError naming it,
+# so a field of the wrong JSON type is the event's error outcome, never a Python error that fails
+# the task on every retry (and the sweeper's re-sends) or a value stored as something it is not
+#: the longest Stripe id kept (``wallet.stripe_customer_id`` and ``stripe_subscription_id`` are varchar(100))
+MAX_STRIPE_ID = 100
+
+
+def _ref(value: Any, field: str) -> str | None:
+    """A Stripe reference (``cus_…``, ``sub_…``, ``price_…``): the id string, or the ``id`` of an
+    expanded object; None when absent (None or ``""``).  Raises EventError naming ``field`` for
+    anything else: a number, a list, an id that could not be stored (over :data:`MAX_STRIPE_ID`
+    characters, a NUL, whitespace; :func:`worker.validation.storable_id`)."""
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    if value is None or value == "":
+        return None
+    if not storable_id(value, MAX_STRIPE_ID):
+        raise EventError(f"{field}: {str(value)[:120]!r} is not a Stripe id", field=field)
+    return cast(str, value)
+
+
+def _mapping(value: Any, field: str) -> Mapping[str, Any]:
+    """An object field (``metadata``, ``subscription_details``): the mapping, ``{}`` when absent
+    (None).  Raises EventError naming ``field`` for any other JSON type."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise EventError(f"{field}: {type(value).__name__} {str(value)[:120]!r} is not an object", field=field)
+    return value
+
+
+def _check_usd(obj: Mapping[str, Any]) -> None:
+    """``data.object.currency`` is ``usd`` (any case) or absent.  Raises EventError naming it."""
+    currency = obj.get("currency")
+    if currency is not None and (not isinstance(currency, str) or currency.lower() != "usd"):
+        raise EventError(f"data.object.currency: {str(currency)[:120]!r} is not usd", field="data.object.currency")
 
 
 def _find_wallet(session: Session, *, metadata: Any, subscription_id: str | None, customer_id: str | None) -> Wallet:
@@ -544,8 +612,8 @@ def _object_id(obj: Mapping[str, Any], prefix: str, what: str) -> str:
     """The event's ``data.object.id``, a string starting with ``prefix`` (``cs_``, ``in_``,
     ``sub_``); else EventError naming ``data.object.id`` (``what``: the id's kind, for the message)."""
     object_id = obj.get("id")
-    if not isinstance(object_id, str) or not object_id.startswith(prefix):
-        raise EventError(f"data.object.id: {object_id!r} is not {what}", field="data.object.id")
+    if not isinstance(object_id, str) or not object_id.startswith(prefix) or not storable_id(object_id, MAX_STRIPE_ID):
+        raise EventError(f"data.object.id: {str(object_id)[:120]!r} is not {what}", field="data.object.id")
     return object_id
 
 
@@ -563,16 +631,15 @@ def _on_checkout_completed(
     session: Session, gate: WalletGate, obj: Mapping[str, Any], event_id: str, on_credited: OnCredited | None = None
 ) -> Outcome:
     session_id = _object_id(obj, "cs_", "a Checkout session id")
-    metadata = obj.get("metadata") or {}
+    metadata = _mapping(obj.get("metadata"), "data.object.metadata")
     wallet = _checkout_wallet(session, obj)
     package = get_package_or_event_error(session, metadata.get("package_id"))
-    customer_id = _id_of(obj.get("customer"))
+    customer_id = _ref(obj.get("customer"), "data.object.customer")
     mode = obj.get("mode")
     if mode == "payment":
         if obj.get("payment_status") != "paid":
             return Outcome(f"ignored: payment_status {obj.get('payment_status')!r}", wallet.id, wallet.enterprise_id)
-        if (obj.get("currency") or "usd").lower() != "usd":
-            raise EventError(f"data.object.currency: {obj.get('currency')!r} is not usd", field="data.object.currency")
+        _check_usd(obj)
         if customer_id and not wallet.stripe_customer_id:
             _update_wallet(
                 session,
@@ -593,7 +660,7 @@ def _on_checkout_completed(
         )
         return Outcome("credited", wallet.id, wallet.enterprise_id, credit)
     if mode == "subscription":
-        subscription_id = _id_of(obj.get("subscription"))
+        subscription_id = _ref(obj.get("subscription"), "data.object.subscription")
         if not subscription_id:
             raise EventError(
                 "data.object.subscription: missing on a subscription-mode Checkout session",
@@ -616,7 +683,7 @@ def _on_checkout_completed(
 
 def _checkout_wallet(session: Session, obj: Mapping[str, Any]) -> Wallet:
     """The wallet a Checkout session pays for (its metadata's, else ``client_reference_id``).  Raises EventError."""
-    metadata = obj.get("metadata") or {}
+    metadata = _mapping(obj.get("metadata"), "data.object.metadata")
     return _find_wallet(
         session,
         metadata={"wallet_id": _get(metadata, "wallet_id") or obj.get("client_reference_id")},
@@ -637,13 +704,21 @@ def get_package_or_event_error(session: Session, package_id: Any) -> TokenPackag
 def _invoice_subscription(obj: Mapping[str, Any]) -> tuple[str | None, Any]:
     """(subscription id, subscription metadata) of an invoice, in the API's new shape
     (``parent.subscription_details``) or the old one (``subscription``, ``subscription_details``)."""
-    details = _get(obj, "parent", "subscription_details") or obj.get("subscription_details") or {}
-    subscription_id = _id_of(details.get("subscription")) or _id_of(obj.get("subscription"))
-    return subscription_id, details.get("metadata") or {}
+    details = _mapping(
+        _get(obj, "parent", "subscription_details") or obj.get("subscription_details"),
+        "data.object.parent.subscription_details",
+    )
+    subscription_id = _ref(details.get("subscription"), "data.object.parent.subscription_details.subscription")
+    subscription_id = subscription_id or _ref(obj.get("subscription"), "data.object.subscription")
+    return subscription_id, _mapping(details.get("metadata"), "data.object.parent.subscription_details.metadata")
 
 
 def _line_price(line: Mapping[str, Any]) -> str | None:
-    return _get(line, "pricing", "price_details", "price") or _id_of(line.get("price")) or _id_of(_get(line, "plan"))
+    return (
+        _ref(_get(line, "pricing", "price_details", "price"), "data.object.lines.data.pricing.price_details.price")
+        or _ref(line.get("price"), "data.object.lines.data.price")
+        or _ref(_get(line, "plan"), "data.object.lines.data.plan")
+    )
 
 
 def _is_proration(line: Mapping[str, Any]) -> bool:
@@ -656,9 +731,15 @@ def _is_proration(line: Mapping[str, Any]) -> bool:
 
 def _invoice_credit(session: Session, obj: Mapping[str, Any], metadata: Any) -> tuple[int, list[TokenPackage]]:
     """nano-USD an invoice buys: Σ package.credit_nanos × quantity over its non-proration lines whose
-    price is a monthly package's; else the metadata's ``package_id`` once."""
+    price is a monthly package's (a line without ``quantity`` counts once; quantity 0 buys nothing);
+    else the metadata's ``package_id`` once.  Raises EventError naming a field of the wrong type."""
     total, packages = 0, []
-    for line in _get(obj, "lines", "data") or []:
+    lines = _mapping(obj.get("lines"), "data.object.lines").get("data")
+    if lines is not None and not isinstance(lines, list):
+        raise EventError(
+            f"data.object.lines.data: {type(lines).__name__} is not a list", field="data.object.lines.data"
+        )
+    for line in lines or []:
         if not isinstance(line, Mapping) or _is_proration(line):
             continue
         price_id = _line_price(line)
@@ -671,11 +752,10 @@ def _invoice_credit(session: Session, obj: Mapping[str, Any], metadata: Any) -> 
         )
         if package is None:
             continue
-        quantity = line.get("quantity") or 1
-        if not _is_int(quantity) or quantity < 1:
-            raise EventError(
-                f"lines.data.quantity: {quantity!r} is not a positive integer", field="lines.data.quantity"
-            )
+        quantity = line.get("quantity")
+        quantity = 1 if quantity is None else quantity  # not `or 1`: a quantity of 0 bought one package
+        if not _is_int(quantity) or quantity < 0:
+            raise EventError(f"lines.data.quantity: {quantity!r} is not a whole number", field="lines.data.quantity")
         total += package.credit_nanos * quantity
         packages.append(package)
     if not packages and _get(metadata, "package_id"):
@@ -693,7 +773,10 @@ def _subscription_event_wallet(
     session: Session, obj: Mapping[str, Any], subscription_id: str | None, metadata: Any
 ) -> Wallet:
     return _find_wallet(
-        session, metadata=metadata, subscription_id=subscription_id, customer_id=_id_of(obj.get("customer"))
+        session,
+        metadata=metadata,
+        subscription_id=subscription_id,
+        customer_id=_ref(obj.get("customer"), "data.object.customer"),
     )
 
 
@@ -718,21 +801,24 @@ def _on_invoice_paid(
     amount, packages = _invoice_credit(session, obj, metadata)
     if _stale(wallet, subscription_id):
         return Outcome(f"ignored: {subscription_id} is not the wallet's subscription", wallet.id, wallet.enterprise_id)
-    if (obj.get("currency") or "usd").lower() != "usd":
-        raise EventError(f"data.object.currency: {obj.get('currency')!r} is not usd", field="data.object.currency")
+    _check_usd(obj)
     names = ", ".join(p.name for p in packages)
-    credit = _credit(
-        session,
-        gate,
-        wallet,
-        amount_nanos=amount,
-        key=f"{KEY_PREFIX}{invoice_id}",
-        description=f"Stripe invoice {invoice_id}: {names}",
-        stripe_object=invoice_id,
-        package_id=",".join(p.id for p in packages),
-        on_credited=on_credited,
+    credit = (
+        _credit(
+            session,
+            gate,
+            wallet,
+            amount_nanos=amount,
+            key=f"{KEY_PREFIX}{invoice_id}",
+            description=f"Stripe invoice {invoice_id}: {names}",
+            stripe_object=invoice_id,
+            package_id=",".join(p.id for p in packages),
+            on_credited=on_credited,
+        )
+        if amount
+        else None
     )
-    customer_id = _id_of(obj.get("customer"))
+    customer_id = _ref(obj.get("customer"), "data.object.customer")
 
     def activate(w: Wallet) -> None:
         w.stripe_subscription_id = subscription_id
@@ -742,6 +828,8 @@ def _on_invoice_paid(
             w.blocked_reason = None
 
     _update_wallet(session, gate, wallet.id, activate)
+    if credit is None:
+        return Outcome("active: the invoice buys no tokens (quantity 0)", wallet.id, wallet.enterprise_id)
     return Outcome("credited", wallet.id, wallet.enterprise_id, credit)
 
 
@@ -769,7 +857,9 @@ def _on_subscription_deleted(
     session: Session, gate: WalletGate, obj: Mapping[str, Any], event_id: str, on_credited: OnCredited | None = None
 ) -> Outcome:
     subscription_id = _object_id(obj, "sub_", "a subscription id")
-    wallet = _subscription_event_wallet(session, obj, subscription_id, obj.get("metadata") or {})
+    wallet = _subscription_event_wallet(
+        session, obj, subscription_id, _mapping(obj.get("metadata"), "data.object.metadata")
+    )
     if wallet.stripe_subscription_id and wallet.stripe_subscription_id != subscription_id:
         return Outcome(f"ignored: {subscription_id} is not the wallet's subscription", wallet.id, wallet.enterprise_id)
 
@@ -816,7 +906,10 @@ def _event_wallet(session: Session, event_type: str, obj: Mapping[str, Any]) -> 
             subscription_id, metadata = _invoice_subscription(obj)
             return _subscription_event_wallet(session, obj, subscription_id, metadata) if subscription_id else None
         if event_type == "customer.subscription.deleted":
-            return _subscription_event_wallet(session, obj, _id_of(obj.get("id")), obj.get("metadata") or {})
+            subscription_id = _ref(obj.get("id"), "data.object.id")
+            return _subscription_event_wallet(
+                session, obj, subscription_id, _mapping(obj.get("metadata"), "data.object.metadata")
+            )
     except EventError:
         return None
     return None

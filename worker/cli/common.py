@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from worker.errors import TollgateError
-from worker.pricing.prices import PricingError, usd_to_nanos
+from worker.pricing.prices import PricingError, decimal_text_problem, usd_to_nanos
 from worker.validation import InvalidInput, check_text
 
 #: width of output that is not a terminal (a pipe, a file, a test): wide enough that rich never cuts a
@@ -59,7 +59,12 @@ def fail(message: str) -> NoReturn:
 
 
 def parse_usd(value: str, field: str) -> Decimal:
-    """``value`` as a finite decimal amount of USD; else exit 2 naming ``field``."""
+    """``value`` as a finite decimal amount of USD in ASCII digits
+    (:func:`worker.pricing.prices.decimal_text_problem`: ``1_000`` and ``١٢`` are refused, which
+    ``Decimal`` alone reads as 1000 and 12); else exit 2 naming ``field``."""
+    problem = decimal_text_problem(value)
+    if problem and value.strip().lower().lstrip("+-") not in ("nan", "snan", "inf", "infinity"):
+        fail(f"{field}: {problem}")
     try:
         amount = Decimal(value)
     except InvalidOperation:

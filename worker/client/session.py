@@ -498,13 +498,18 @@ class _Core:
         )
 
     # resume -----------------------------------------------------------------------------------
-    def _matches(self, event: dict[str, Any]) -> bool:
-        data = event.get("data") or {}
-        if event.get("type") == "chat.resumable":
+    def _matches(self, event: Any) -> bool:
+        """Whether ``event`` (a decoded pub/sub message) tells this chat it may go on: a well-formed
+        (:func:`_event_parts`) ``chat.resumable`` of its chat or wallet, or ``wallet.credited`` of
+        its wallet with a balance above zero (or none given)."""
+        parts = _event_parts(event)
+        if parts is None:
+            return False
+        kind, data, balance = parts
+        if kind == "chat.resumable":
             return data.get("chat_id") == self.chat_id or data.get("wallet_id") == self.wallet_id
-        if event.get("type") == "wallet.credited":
-            balance = data.get("balance_nanos")
-            return data.get("wallet_id") == self.wallet_id and (balance is None or int(balance) > 0)
+        if kind == "wallet.credited":
+            return data.get("wallet_id") == self.wallet_id and (balance is None or balance > 0)
         return False
 
     async def _wait_for_resume(self, timeout: float, can_continue, balance, resumed) -> Resumed:
@@ -537,10 +542,9 @@ class _Core:
                         event = json.loads(msg["data"])
                     except (TypeError, ValueError):
                         continue
-                    if isinstance(event, dict) and self._matches(event):
-                        data = event.get("data") or {}
-                        value = data.get("balance_nanos")
-                        current = int(value) if value is not None else await balance()
+                    if self._matches(event):
+                        value = event["data"].get("balance_nanos")  # an int or None (_event_parts)
+                        current = value if value is not None else await balance()
                         self.balance_nanos = current
                         if self.state == "paused" and self.pause_reason == "wallet_exhausted":
                             self.state, self.pause_reason = "connected", None
@@ -553,6 +557,23 @@ class _Core:
         finally:
             await pubsub.aclose()
             await client.aclose()
+
+
+def _event_parts(event: Any) -> tuple[Any, dict[str, Any], int | None] | None:
+    """``(type, data, balance_nanos)`` of an event as tollgate publishes it (``{"type": …, "data":
+    {…, "balance_nanos": int | absent}}``), or None for anything else on the channel: a ``data``
+    that is not an object, a balance that is not an integer (a float, a bool, a string, digits of
+    another script).  Any publisher on the Redis channel can send those; before, one raised
+    AttributeError or ValueError out of ``wait_for_resume``, or resumed on ``1.5`` read as 1 nano."""
+    if not isinstance(event, dict):
+        return None
+    data = event.get("data")
+    if not isinstance(data, dict):
+        return None
+    balance = data.get("balance_nanos")
+    if balance is not None and type(balance) is not int:
+        return None
+    return event.get("type"), data, balance
 
 
 class BillingSession(_Core):

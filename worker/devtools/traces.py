@@ -108,7 +108,8 @@ def _in_window(path: Path, when: datetime, *, row: int, line: int, field: str) -
 def read_azure(path: Path) -> list[TraceRow]:
     """Parse an Azure LLM inference trace CSV.  Raises TraceError."""
     rows: list[TraceRow] = []
-    with path.open(newline="", encoding="utf-8") as fh:
+    # utf-8-sig: a leading BOM (a spreadsheet's "CSV UTF-8" export) is not part of the header
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         try:
             header = next(reader)
@@ -159,7 +160,7 @@ def read_mooncake(path: Path, *, epoch: datetime) -> list[TraceRow]:
     """Parse a Mooncake JSONL trace; ``timestamp`` ms are added to ``epoch`` (aware).  Raises TraceError."""
     rows: list[TraceRow] = []
     seen: set[int] = set()
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:  # a leading BOM is not part of the first row
         try:
             for line_no, text in enumerate(fh, start=1):
                 if not text.strip():

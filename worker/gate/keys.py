@@ -102,8 +102,11 @@ def revoked_marker(prefix: str) -> str:
 
 
 def pausing_key(enterprise_id: str, chat_id: str) -> str:
-    """The flag that one pause of a chat is already on its way: ``tollgate:pausing:<enterprise>:<chat>``."""
-    return f"{PREFIX}:pausing:{enterprise_id}:{chat_id}"
+    """The flag that one pause of a chat is already on its way:
+    ``tollgate:pausing:<len>:<enterprise>:<chat>`` (:func:`scoped_key`: ids may contain ':', and
+    app ``a:b``'s chat ``c`` is not app ``a``'s chat ``b:c``, whose flag would have held back its
+    pause for a minute)."""
+    return f"{PREFIX}:pausing:{scoped_key(enterprise_id, chat_id)}"
 
 
 # --- ledger idempotency keys (``wallet_transaction.idempotency_key``), mirrored by the gate as its

@@ -9,7 +9,6 @@ touch the gate (:func:`open_wallet`, :func:`credit_wallet`) send their Redis ste
 from __future__ import annotations
 
 import logging
-import unicodedata
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Session, col
 
 from models.enums import BillingMode, PayerLevel, TransactionKind
-from models.validation import MAX_DESCRIPTION
+from models.validation import MAX_DESCRIPTION, reads_as_prefix
 from models.wallet import Enterprise, Wallet, WalletTransaction
 from worker.billing.payers import gate_profile
 from worker.db import after_commit
@@ -139,27 +138,28 @@ def _check_credit_text(wallet_id: object, idempotency_key: object, description: 
 def check_client_key(idempotency_key: str) -> None:
     """Refuse a credit key from an API or CLI caller that starts with a prefix tollgate writes itself
     (:data:`~worker.gate.keys.SYSTEM_KEY_PREFIXES`: ``tollgate:`` for allowances, usage, refunds and
-    dead letters, ``stripe:`` for Stripe payments), so no caller's credit poses as a Stripe payment on
-    a statement or takes the key of a payment still to come.  Raises LedgerError naming
-    ``idempotency_key``.
+    dead letters, ``stripe:`` for Stripe payments), or only looks as if it did, so no caller's credit
+    poses as a Stripe payment on a statement or takes the key of a payment still to come.  Raises
+    LedgerError naming ``idempotency_key``.
 
-    The prefix is looked for after Unicode compatibility normalisation (NFKC) and case folding, so
-    ``STRIPE:…``, ``Stripe:…``, fullwidth ``ｓｔｒｉｐｅ：…``, mathematical ``𝐬𝐭𝐫𝐢𝐩𝐞:…`` and
-    ``ſtripe:…`` (long s) are refused as ``stripe:…`` is: each reads as the system key on a
-    statement or in a log.  Whitespace, zero-width and other format characters never reach here: the
-    id rules (:mod:`models.validation`) refuse them in any key.  Letters of other scripts that only
-    look alike (Cyrillic ``ѕ``) are not folded by NFKC and pass."""
+    "Looks as if" is :func:`models.validation.reads_as_prefix`: Unicode compatibility forms (NFKC:
+    fullwidth ``ｓｔｒｉｐｅ：…``, mathematical ``𝐬𝐭𝐫𝐢𝐩𝐞:…``, ``ſtripe:…``), case (``STRIPE:…``) and
+    the look-alikes of Unicode's confusables data (UTS #39; Cyrillic ``ѕtripe:…``, Greek
+    ``tοllgate:…``, ``to1lgate:…``) are folded before the prefix is looked for.  Keys keep their
+    documented alphabet (any letters, README "Input limits"): restricting them to ASCII would refuse
+    keys callers may already use, while the look-alike fold refuses exactly the keys that read as a
+    system key on a statement or in a log.  Whitespace, zero-width, format and other invisible
+    characters never reach here: the id rules (:mod:`models.validation`) refuse them in any key."""
     if not isinstance(idempotency_key, str):
         return
-    folded = unicodedata.normalize("NFKC", idempotency_key).casefold()
-    for prefix in SYSTEM_KEY_PREFIXES:
-        if folded.startswith(prefix):
-            reads = "starts with" if idempotency_key.startswith(prefix) else "reads as a key starting with"
-            raise LedgerError(
-                f"idempotency_key: {idempotency_key!r} {reads} {prefix!r}, which tollgate keeps for its own "
-                "entries (case and Unicode compatibility forms folded); choose another key",
-                field="idempotency_key",
-            )
+    prefix = reads_as_prefix(idempotency_key, SYSTEM_KEY_PREFIXES)
+    if prefix is not None:
+        reads = "starts with" if idempotency_key.startswith(prefix) else "reads as a key starting with"
+        raise LedgerError(
+            f"idempotency_key: {idempotency_key!r} {reads} {prefix!r}, which tollgate keeps for its own "
+            "entries (case, Unicode compatibility forms and look-alike letters folded); choose another key",
+            field="idempotency_key",
+        )
 
 
 def record_credit(

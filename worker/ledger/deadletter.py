@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 CHARGE = DEADLETTER_CHARGE_PREFIX
 SETTLED = DEADLETTER_SETTLED_PREFIX
 REFUND = DEADLETTER_REFUND_PREFIX
+#: the largest charge a dead letter names (the ``bigint`` columns' top): beyond, the entry's ``b``
+#: is no gate's and the dead letter names none
+MAX_BILLED_NANOS = 2**63 - 1
 #: fields the Redis copy adds to the outbox entry's own
 _OWN_FIELDS = ("outbox_id", "error", "error_class")
 
@@ -132,7 +135,8 @@ def _clean(value: str, limit: int) -> str:
 
 def identity(fields: dict[str, str]) -> tuple[str | None, str | None, int]:
     """``(turn_id, wallet_id, billed_nanos)`` of an outbox entry as far as it can be read; never
-    raises (None where the payload holds no string, 0 when ``b`` is not an integer)."""
+    raises (None where the payload holds no string, 0 when ``b`` is not an integer or is outside
+    ``0..MAX_BILLED_NANOS``, a charge no gate takes)."""
     turn_id = wallet_id = None
     try:
         payload = json.loads(fields.get("t", ""))
@@ -144,6 +148,8 @@ def identity(fields: dict[str, str]) -> tuple[str | None, str | None, int]:
     try:
         billed = entry_figures(fields)[0] if ("b" in fields or "g" in fields) else 0
     except (ValueError, TypeError, KeyError):
+        billed = 0
+    if not 0 <= billed <= MAX_BILLED_NANOS:  # no gate takes a negative charge or one past bigint
         billed = 0
     return turn_id, wallet_id, billed
 

@@ -11,19 +11,20 @@ import logging
 import operator
 import re
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Sequence, cast
 
 import psycopg
 import redis
 from psycopg import postgres
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
-from sqlalchemy import Boolean, DateTime, Integer, func, select
+from sqlalchemy import Boolean, DateTime, Integer, String, func, select
 from sqlmodel import Session, col
 
 from models.enums import BillingMode, ChatStatus, ConnectionState, TransactionKind
 from models.turn import UsageEvent, UsageTurnKey, turn_key_bytes, turn_key_digest
+from models.validation import occurred_at_window, text_problem
 from worker.db import table_of
 from worker.gate.gate import WalletGate
 from worker.gate.keys import USAGE_PREFIX, outbox_key, transitions_key
@@ -284,18 +285,111 @@ class _KeyDumper(Dumper):
 #: the value-type tuples of rows already checked against :data:`_PY_TYPES` (a handful: None or not)
 _CHECKED: set[tuple[type, ...]] = set()
 
+_INT4_MAX = 2**31 - 1
+_INT8_MAX = 2**63 - 1
+#: the one signed column: the wallet's balance after the turn may be below zero (a debt)
+_SIGNED = frozenset({"balance_after_nanos"})
+#: the integer columns no gate writes below zero, by width (PostgreSQL ``integer`` / ``bigint``)
+_UNSIGNED_INT4 = tuple(c for c in USAGE_COLUMNS if c not in _SIGNED and type(table_of(UsageEvent).c[c].type) is Integer)
+_UNSIGNED_INT8 = tuple(
+    c for c in USAGE_COLUMNS if c not in _SIGNED and c not in _UNSIGNED_INT4 and _column_sql_type(c) == "bigint"
+)
+_int4_values = operator.itemgetter(*_UNSIGNED_INT4)
+_int8_values = operator.itemgetter(*_UNSIGNED_INT8)
+#: the text columns an edge check gives the id rules (:mod:`models.validation`) and those it gives
+#: the label rules (a space inside allowed); every text column's length is its varchar's
+_ID_TEXTS = ("turn_id", "wallet_id", "enterprise_id", "chat_id", "workflow", "agent")
+_LABEL_TEXTS = ("model", "provider", "meter")
+_id_texts = operator.itemgetter(*_ID_TEXTS)
+_label_texts = operator.itemgetter(*_LABEL_TEXTS)
+_TEXT_LENGTHS = tuple(
+    (c, cast(String, table_of(UsageEvent).c[c].type).length or 0)
+    for c in USAGE_COLUMNS
+    if _column_sql_type(c) == "text"
+)
+#: the text columns that are never NULL (service_tier may be), with their lengths: one C-level pass
+_REQUIRED_TEXTS = tuple((c, n) for c, n in _TEXT_LENGTHS if not table_of(UsageEvent).c[c].nullable)
+_required_texts = operator.itemgetter(*(c for c, _ in _REQUIRED_TEXTS))
+_required_limits = tuple(n for _, n in _REQUIRED_TEXTS)
+_TIER_LIMIT = dict(_TEXT_LENGTHS)["service_tier"]
+#: clock skew allowed between the host whose gate accepted a turn and the draining worker
+_DRAIN_SKEW = timedelta(minutes=5)
 
-def _stage_values(row: dict[str, Any]) -> tuple[Any, ...]:
+
+def drain_window() -> tuple[datetime, datetime]:
+    """``(earliest, latest)`` an ``occurred_at`` may be when a turn is drained: the edge's window
+    (:func:`models.validation.occurred_at_window`, read once per batch) with
+    :data:`_DRAIN_SKEW` of clock skew on both sides."""
+    earliest, latest = occurred_at_window()
+    return earliest - _DRAIN_SKEW, latest + _DRAIN_SKEW
+
+
+def check_domains(row: dict[str, Any], window: tuple[datetime, datetime]) -> None:
+    """Refuse a usage row holding a figure no gate writes, before it is staged: every token count,
+    duration, rate and nano-USD amount is an integer in ``0..2^31-1`` (an ``integer`` column) or
+    ``0..2^63-1`` (``bigint``), ``balance_after_nanos`` is None or any ``bigint`` (a debt is
+    negative), the creator's share is at most ``billed_nanos`` (a share over 10,000 bps would make
+    the platform fee negative), every text fits its varchar, the ids and labels follow the edge's
+    text rules (:func:`models.validation.text_problem`: no NUL, control, format or invisible
+    character, no whitespace in an id) and ``occurred_at`` lies inside ``window``
+    (:func:`drain_window`).
+    Types are :func:`_stage_values`'s business (it runs first).  Raises ValueError naming the
+    column, so the entry is dead-lettered with that error and the rest of its batch persisted.
+    Costs a few C-level calls per group (min/max, len, isascii/isprintable) in the usual case."""
+    small = _int4_values(row)
+    big = _int8_values(row)
+    billed, share = row["billed_nanos"], row["creator_share_nanos"]
+    if share > billed >= 0:  # before the ranges: the fee it makes negative is not the cause
+        raise ValueError(f"usage row column 'creator_share_nanos': {share!r} exceeds billed_nanos {billed!r}")
+    if min(small) < 0 or max(small) > _INT4_MAX or min(big) < 0 or max(big) > _INT8_MAX:
+        for name in (*_UNSIGNED_INT4, *_UNSIGNED_INT8):
+            top = _INT4_MAX if name in _UNSIGNED_INT4 else _INT8_MAX
+            if not 0 <= row[name] <= top:
+                raise ValueError(f"usage row column {name!r}: {row[name]!r} is outside 0..{top}")
+    balance = row["balance_after_nanos"]
+    if balance is not None and not -_INT8_MAX - 1 <= balance <= _INT8_MAX:
+        raise ValueError(f"usage row column 'balance_after_nanos': {balance!r} is outside the bigint range")
+    tier = row["service_tier"]
+    if not all(map(operator.le, map(len, _required_texts(row)), _required_limits)) or (
+        tier and len(tier) > _TIER_LIMIT
+    ):
+        for name, limit in _TEXT_LENGTHS:
+            if row[name] is not None and len(row[name]) > limit:
+                raise ValueError(f"usage row column {name!r}: {len(row[name])} characters, more than {limit}")
+    id_values = _id_texts(row)
+    ids = "".join(id_values)
+    if not (ids.isascii() and ids.isprintable() and " " not in ids and all(id_values)):  # else one by one
+        for name in _ID_TEXTS:
+            problem = text_problem(row[name], "id") or ("is empty" if not row[name] else None)
+            if problem:
+                raise ValueError(f"usage row column {name!r}: {problem}")
+    labels = "".join(_label_texts(row))
+    if not (labels.isascii() and labels.isprintable()):
+        for name in _LABEL_TEXTS:
+            problem = text_problem(row[name], "label")
+            if problem:
+                raise ValueError(f"usage row column {name!r}: {problem}")
+    at = row["occurred_at"]
+    if at.tzinfo is None or not window[0] <= at <= window[1]:
+        raise ValueError(
+            f"usage row column 'occurred_at': {at.isoformat()} is outside "
+            f"{window[0].isoformat()}..{window[1].isoformat()}"
+        )
+
+
+def _stage_values(row: dict[str, Any], window: tuple[datetime, datetime]) -> tuple[Any, ...]:
     """The row's values in :data:`_STAGE_COLUMNS` order, as the binary COPY takes them.  A row of the
     usual types (:func:`worker.gate.outbox.parse_entry`'s) passes after one C-level look at its value
     types; otherwise a ``str`` subclass (an enum) is written as its ``str``, an ``int`` subclass as
     its ``int``, 0 or 1 in a boolean column as ``bool``.  Raises TypeError naming the column for
     anything else, so the entry is dead-lettered with that error rather than stored as something it
     is not: a float in an integer column (money is never a float), a bool in an integer column
-    (``true`` read as 1 token), a number in a text column (a turn_id ``12345`` that no gate wrote)."""
+    (``true`` read as 1 token), a number in a text column (a turn_id ``12345`` that no gate wrote).
+    Then the figures' domains (:func:`check_domains`: ValueError naming the column)."""
     values = _usage_values(row)
     kinds = tuple(map(type, values))
     if kinds in _CHECKED:
+        check_domains(row, window)
         return values
     out = []
     for name, value, want in zip(_STAGE_COLUMNS, values, _PY_TYPES):
@@ -313,6 +407,7 @@ def _stage_values(row: dict[str, Any]) -> tuple[Any, ...]:
             raise TypeError(f"usage row column {name!r}: {type(value).__name__} {value!r}, expected {want.__name__}")
     if tuple(map(type, out)) == kinds:
         _CHECKED.add(kinds)
+    check_domains(dict(zip(_STAGE_COLUMNS, out)), window)
     return tuple(out)
 
 
@@ -636,11 +731,12 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
         # transaction
         cur.execute(f"{_CREATE_STAGE};\n{_CREATE_GROUPS};\nDELETE FROM {STAGE};\nDELETE FROM {GROUPS}")
         cur.adapters.register_dumper(None, _KeyDumper)
+        window = drain_window()
         with cur.copy(_COPY_STAGE) as copy:
             copy.set_types(_STAGE_TYPES)
             for i, ((enterprise_id, wallet_id, turn_id), r) in enumerate(first.items()):
                 key = turn_key_bytes(enterprise_id, wallet_id, turn_id)
-                copy.write_row((i, key, chat_order(r["outbox_id"]), *_stage_values(r)))
+                copy.write_row((i, key, chat_order(r["outbox_id"]), *_stage_values(r, window)))
     # one round trip: the usage rows, then the ledger of the fresh ones (a no-op without any); a
     # failing statement is raised when the pipeline ends, the ones after it not run
     with conn.cursor() as keys, conn.cursor() as ledger, conn.cursor() as cur:

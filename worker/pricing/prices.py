@@ -21,6 +21,7 @@ the figure always equals genai-prices' to the nano.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -63,12 +64,28 @@ class TurnLimitExceeded(InputError, ValueError):
         self.message, self.index = message, index
 
 
+#: a decimal amount as text, ASCII only: ``Decimal`` alone also reads ``1_000`` and other scripts'
+#: digits (``١٢`` as 12), which no one means as an amount of money
+DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+
+
+def decimal_text_problem(text: str) -> str | None:
+    """Why ``text`` (surrounding whitespace ignored) is not a decimal amount in ASCII (digits,
+    one ``.``, an optional sign and exponent: ``25``, ``0.05``, ``1e3``), or None."""
+    if DECIMAL_TEXT.match(text.strip()):
+        return None
+    return f"{text!r} is not a decimal amount in ASCII digits (e.g. 25.00)"
+
+
 def usd_to_nanos(usd: Decimal | str | int) -> int:
     """Exact USD amount → integer nano-USD, in integer arithmetic (no decimal context rounding).
 
-    Raises :class:`PricingError` for a non-number, an infinity/NaN, a fraction of a nano, or an
-    amount beyond 10^30 USD.
+    Raises :class:`PricingError` for a non-number (text must be ASCII decimal syntax:
+    :func:`decimal_text_problem`), an infinity/NaN, a fraction of a nano, or an amount beyond
+    10^30 USD.
     """
+    if isinstance(usd, str) and (problem := decimal_text_problem(usd)):
+        raise PricingError(f"not a decimal USD amount: {problem}")
     try:
         value = Decimal(str(usd).strip())
     except InvalidOperation as exc:

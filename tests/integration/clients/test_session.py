@@ -409,3 +409,60 @@ def test_asyncio_sessions_in_process_and_http_match(gate, api, app_id, open_paye
     local, remote = asyncio.run(both())
     assert local == remote
     assert local[0][2:] == [("exhausted", -500_000), False]
+
+
+#: messages another publisher on the app's events channel may send: not tollgate's event shape
+_STRAY_EVENTS = [
+    '{"type": "wallet.credited", "data": "plat:maker2"}',
+    '{"type": "wallet.credited", "data": ["plat:maker2"]}',
+    '{"type": "wallet.credited", "data": {"wallet_id": "plat:maker2", "balance_nanos": 1.5}}',
+    '{"type": "wallet.credited", "data": {"wallet_id": "plat:maker2", "balance_nanos": true}}',
+    '{"type": "wallet.credited", "data": {"wallet_id": "plat:maker2", "balance_nanos": "\\u0661\\u0662"}}',
+    '{"type": "wallet.credited", "data": {"wallet_id": "plat:maker2", "balance_nanos": "lots"}}',
+    '{"type": "chat.resumable", "data": {"chat_id": "gen-2", "balance_nanos": "lots"}}',
+    '{"type": "chat.resumable", "data": null}',
+    '["wallet.credited"]',
+    "not json",
+]
+
+
+def test_wait_for_resume_ignores_events_not_of_tollgate_s_shape(gate, app_id, open_payer, events_url):
+    """Each stray message raised AttributeError or ValueError out of ``wait_for_resume`` (or
+    resumed the chat on a balance of ``1.5`` read as 1 nano); now they are not resume events, and
+    the real credit after them resumes the chat with its exact balance."""
+    import json as jsonlib
+
+    import redis as redis_lib
+
+    from worker import credit_wallet, events_channel
+
+    wallet_id = open_payer("platform", app_id, "maker2", 4_000_000)
+    session = BillingSession.start(
+        InProcessTransport(gate),
+        level="platform",
+        payer_id="maker2",
+        enterprise_id=app_id,
+        workflow="app_generation",
+        chat_id="gen-2",
+    )
+    assert isinstance(run_script(session, ("architect", "architect"))[-1], WalletExhausted)
+    publisher = redis_lib.Redis.from_url(events_url)
+    for stray in _STRAY_EVENTS:
+        assert session._matches(jsonlib.loads(stray) if stray != "not json" else stray) is False, stray
+
+    async def stray_then_credit():
+        waiter = asyncio.create_task(session.wait_for_resume(timeout=10))
+        await asyncio.sleep(0.3)  # subscribed by now
+        for stray in _STRAY_EVENTS:
+            publisher.publish(events_channel(app_id), stray)
+        await asyncio.sleep(0.3)
+        assert not waiter.done()
+        await asyncio.to_thread(
+            credit_wallet, gate, wallet_id=wallet_id, amount_nanos=20_000_000, idempotency_key=f"topup2-{app_id}"
+        )
+        return await waiter
+
+    resumed = asyncio.run(stray_then_credit())
+    publisher.close()
+    assert resumed.cause in ("chat.resumable", "wallet.credited")
+    assert resumed.balance_nanos == 4_000_000 - 2 * COST + 20_000_000
