@@ -50,7 +50,8 @@ from worker.gate.keys import REFUND_PREFIX, kick_key, outbox_key
 from worker.gate.outbox import parse_entry
 from worker.gate.pipeline import send_packed
 from worker.ledger import deadletter
-from worker.ledger.turns import PersistResult, persist_turns
+from worker.ledger.staging import stage_entries
+from worker.ledger.turns import PersistResult, drain_window, persist_staged, persist_turns
 from worker.metrics import record_dead_letter, record_drain_batch
 from worker.settings import Settings, get_settings, redis_client
 from worker.transient import is_transient
@@ -339,7 +340,7 @@ class OutboxDrain:
         # the batches being persisted, oldest first: (future, shard, entry ids)
         flights: list[tuple[Future[None], int, frozenset[str]]] = []
 
-        def next_batch() -> tuple[int, list[tuple[str, dict[str, str]]], bool, list[dict[str, Any]] | None] | None:
+        def next_batch() -> tuple[int, list[tuple[str, dict[str, str]]], bool, list[tuple[Any, ...]] | None] | None:
             while active and time.monotonic() < deadline:
                 shard = active.pop(0)
                 in_flight = frozenset().union(*(ids for _f, s, ids in flights if s == shard))
@@ -393,10 +394,11 @@ class OutboxDrain:
         return self._pool
 
     @staticmethod
-    def _parse(shard: int, entries: list[tuple[str, dict[str, str]]]) -> list[dict[str, Any]] | None:
-        """The usage rows of ``entries``; None when one cannot be parsed (the batch then goes one by one)."""
+    def _parse(shard: int, entries: list[tuple[str, dict[str, str]]]) -> list[tuple[Any, ...]] | None:
+        """The staged rows of ``entries`` (:func:`worker.ledger.staging.stage_entries`); None when one
+        cannot be parsed or holds a value no gate writes (the batch then goes one by one)."""
         try:
-            return [parse_entry(fields, f"{shard}:{entry_id}") for entry_id, fields in entries]
+            return stage_entries(shard, entries, drain_window())
         except Exception:
             return None
 
@@ -404,7 +406,7 @@ class OutboxDrain:
         self,
         shard: int,
         entries: list[tuple[str, dict[str, str]]],
-        rows: list[dict[str, Any]] | None,
+        rows: list[tuple[Any, ...]] | None,
         stats: DrainStats,
         reclaimed: bool,
     ) -> None:
@@ -429,12 +431,12 @@ class OutboxDrain:
         shard: int,
         entries: list[tuple[str, dict[str, str]]],
         stats: DrainStats,
-        rows: list[dict[str, Any]] | None = None,
+        rows: list[tuple[Any, ...]] | None = None,
     ) -> None:
         if rows is None:
-            rows = [parse_entry(fields, f"{shard}:{entry_id}") for entry_id, fields in entries]
+            rows = stage_entries(shard, entries, drain_window())
         with session_scope() as session:
-            result = persist_turns(session, rows)
+            result = persist_staged(session, rows)
             if result.paused or result.resumed:
                 self._announce_paused(session, result)
         for conflict in result.conflicts:  # committed: now give the second debit back in the gate

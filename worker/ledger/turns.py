@@ -720,9 +720,44 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
     """
     if not rows:
         return PersistResult(0, 0, 0)
-    first: dict[tuple[str, str, str], dict[str, Any]] = {}
+    return persist_staged(session, stage_rows(rows, drain_window()))
+
+
+#: positions in a staged tuple (:data:`_STAGE_COLUMNS` order) of what the batch reads back
+_AT_ENTERPRISE = _STAGE_COLUMNS.index("enterprise_id")
+_AT_WALLET = _STAGE_COLUMNS.index("wallet_id")
+_AT_TURN = _STAGE_COLUMNS.index("turn_id")
+_AT_OUTBOX = _STAGE_COLUMNS.index("outbox_id")
+_AT_BILLED = _STAGE_COLUMNS.index("billed_nanos")
+_staged_key = operator.itemgetter(_AT_ENTERPRISE, _AT_WALLET, _AT_TURN)
+
+
+def stage_rows(rows: Sequence[dict[str, Any]], window: tuple[datetime, datetime]) -> list[tuple[Any, ...]]:
+    """The staged tuples (values in :data:`_STAGE_COLUMNS` order) of usage rows (dicts with the keys
+    of :data:`USAGE_COLUMNS`), for :func:`persist_staged`: the first copy of each turn (turn_id in
+    its scope) through :func:`_stage_values` (types, then :func:`check_domains` against ``window``,
+    :func:`drain_window`), a later copy as it is (it is not staged: a duplicate or a second
+    acceptance, of which only the ids and ``billed_nanos`` are read).  Raises TypeError / ValueError
+    naming the column (the first bad row's)."""
+    seen: set[tuple[str, str, str]] = set()
+    out: list[tuple[Any, ...]] = []
     for r in rows:
-        first.setdefault((r["enterprise_id"], r["wallet_id"], r["turn_id"]), r)
+        key = turn_key_of(r)
+        out.append(_usage_values(r) if key in seen else _stage_values(r, window))
+        seen.add(key)
+    return out
+
+
+def persist_staged(session: Session, staged: Sequence[tuple[Any, ...]]) -> PersistResult:
+    """:func:`persist_turns` of rows already staged (:func:`stage_rows`, or
+    :func:`worker.ledger.staging.stage_entries` straight from outbox entries): tuples of the values
+    in :data:`_STAGE_COLUMNS` order, every first copy of a turn checked.  Same result, same errors
+    from PostgreSQL."""
+    if not staged:
+        return PersistResult(0, 0, 0)
+    first: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+    for v in staged:
+        first.setdefault(_staged_key(v), v)
     unique = list(first.values())
     conn = _psycopg(session)
     with conn.cursor() as cur:
@@ -731,12 +766,12 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
         # transaction
         cur.execute(f"{_CREATE_STAGE};\n{_CREATE_GROUPS};\nDELETE FROM {STAGE};\nDELETE FROM {GROUPS}")
         cur.adapters.register_dumper(None, _KeyDumper)
-        window = drain_window()
         with cur.copy(_COPY_STAGE) as copy:
             copy.set_types(_STAGE_TYPES)
-            for i, ((enterprise_id, wallet_id, turn_id), r) in enumerate(first.items()):
+            write_row = copy.write_row
+            for i, ((enterprise_id, wallet_id, turn_id), v) in enumerate(first.items()):
                 key = turn_key_bytes(enterprise_id, wallet_id, turn_id)
-                copy.write_row((i, key, chat_order(r["outbox_id"]), *_stage_values(r, window)))
+                write_row((i, key, chat_order(v[_AT_OUTBOX]), *v))
     # one round trip: the usage rows, then the ledger of the fresh ones (a no-op without any); a
     # failing statement is raised when the pipeline ends, the ones after it not run
     with conn.cursor() as keys, conn.cursor() as ledger, conn.cursor() as cur:
@@ -750,15 +785,15 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
         inserted, stale = summary
         notices: list[tuple[Any, ...]] = ledger.fetchall()
     if stale:
-        stale_keys = {turn_key_of(unique[i]) for i in stale}
+        stale_keys = {_staged_key(unique[i]) for i in stale}
         inserted_ids = {k for k in first if k not in stale_keys}
     else:
         inserted_ids = set(first)
-    conflicts = _second_acceptances(session, rows, inserted_ids) if stale or len(unique) < len(rows) else ()
-    duplicates = len(rows) - inserted - len(conflicts)
+    conflicts = _second_acceptances(session, staged, inserted_ids) if stale or len(unique) < len(staged) else ()
+    duplicates = len(staged) - inserted - len(conflicts)
     if not inserted:
         return PersistResult(0, duplicates, 0, conflicts)
-    billed_total = sum(r["billed_nanos"] for k, r in first.items() if k in inserted_ids)
+    billed_total = sum(v[_AT_BILLED] for k, v in first.items() if k in inserted_ids)
     paused = tuple(
         PausedNotice(e, c, w, reason, needed)
         for _kind, e, c, w, reason, needed in sorted(n for n in notices if n[0] == "p")
@@ -771,16 +806,16 @@ def persist_turns(session: Session, rows: Sequence[dict[str, Any]]) -> PersistRe
 
 
 def _second_acceptances(
-    session: Session, rows: Sequence[dict[str, Any]], inserted_ids: set[tuple[str, str, str]]
+    session: Session, staged: Sequence[tuple[Any, ...]], inserted_ids: set[tuple[str, str, str]]
 ) -> tuple[Conflict, ...]:
-    """Rows not inserted whose turn (turn_id in its scope) is persisted from *another* outbox entry:
-    the gate debited that turn twice.  A row whose own entry is the persisted one is a plain
+    """Staged rows not inserted whose turn (turn_id in its scope) is persisted from *another* outbox
+    entry: the gate debited that turn twice.  A row whose own entry is the persisted one is a plain
     re-delivery; a turn_id persisted only in another scope is no conflict (it was inserted)."""
     stored: dict[tuple[str, str, str], str] = {}
-    candidates = [r for r in rows if turn_key_of(r) not in inserted_ids]
+    candidates = [_staged_key(v) for v in staged if _staged_key(v) not in inserted_ids]
     if candidates:
         tk = UsageTurnKey
-        digests = {turn_key_digest(*turn_key_of(r)): turn_key_of(r) for r in candidates}
+        digests = {turn_key_digest(*k): k for k in candidates}
         stored = {
             digests[k]: o
             for k, o in session.execute(
@@ -788,14 +823,14 @@ def _second_acceptances(
             ).all()
         }
     first_in_batch: dict[tuple[str, str, str], str] = {}
-    for r in rows:
-        first_in_batch.setdefault(turn_key_of(r), r["outbox_id"])
+    for v in staged:
+        first_in_batch.setdefault(_staged_key(v), v[_AT_OUTBOX])
     conflicts = []
-    for r in rows:
-        key = turn_key_of(r)
+    for v in staged:
+        key = _staged_key(v)
         persisted = first_in_batch[key] if key in inserted_ids else stored.get(key)
-        if persisted is not None and persisted != r["outbox_id"]:
-            conflicts.append(Conflict(r["turn_id"], r["wallet_id"], r["outbox_id"], r["billed_nanos"]))
+        if persisted is not None and persisted != v[_AT_OUTBOX]:
+            conflicts.append(Conflict(v[_AT_TURN], v[_AT_WALLET], v[_AT_OUTBOX], v[_AT_BILLED]))
     return tuple(conflicts)
 
 
