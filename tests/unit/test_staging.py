@@ -226,3 +226,14 @@ def test_unparseable_entries_alike():
     same(0, [("1-1", {"t": "{}", "g": "1|5|cPa1|0|0|0"})])
     same(0, [("1-1", {"t": "[6]", "g": "1|5|cPa1|0|0|0"})])
     same(0, [("1-1", {"t": '"x"', "g": "1|5|cPa1|0|0|0"})])
+
+
+def test_a_staged_batch_reads_as_the_usage_rows_it_stages():
+    """What looks at a batch the drain hands persist_turns (a wrapper, a test) sees parse_entry's rows."""
+    from worker.ledger.turns import StagedRows
+
+    rng = random.Random(8)
+    entries = [(f"1-{n}", entry(payload(rng, n), decision(rng))) for n in range(20)]
+    rows = StagedRows(stage_entries(4, entries, WINDOW))
+    assert list(rows) == [parse_entry(f, f"4:{i}") for i, f in entries]
+    assert rows[3]["turn_id"] == "turn-3" and len(rows[5:9]) == 4 and rows[5:9][0] == rows[5]

@@ -51,7 +51,7 @@ from worker.gate.outbox import parse_entry
 from worker.gate.pipeline import send_packed
 from worker.ledger import deadletter
 from worker.ledger.staging import stage_entries
-from worker.ledger.turns import PersistResult, drain_window, persist_staged, persist_turns
+from worker.ledger.turns import PersistResult, StagedRows, drain_window, persist_turns
 from worker.metrics import record_dead_letter, record_drain_batch
 from worker.settings import Settings, get_settings, redis_client
 from worker.transient import is_transient
@@ -340,7 +340,7 @@ class OutboxDrain:
         # the batches being persisted, oldest first: (future, shard, entry ids)
         flights: list[tuple[Future[None], int, frozenset[str]]] = []
 
-        def next_batch() -> tuple[int, list[tuple[str, dict[str, str]]], bool, list[tuple[Any, ...]] | None] | None:
+        def next_batch() -> tuple[int, list[tuple[str, dict[str, str]]], bool, StagedRows | None] | None:
             while active and time.monotonic() < deadline:
                 shard = active.pop(0)
                 in_flight = frozenset().union(*(ids for _f, s, ids in flights if s == shard))
@@ -394,11 +394,11 @@ class OutboxDrain:
         return self._pool
 
     @staticmethod
-    def _parse(shard: int, entries: list[tuple[str, dict[str, str]]]) -> list[tuple[Any, ...]] | None:
+    def _parse(shard: int, entries: list[tuple[str, dict[str, str]]]) -> StagedRows | None:
         """The staged rows of ``entries`` (:func:`worker.ledger.staging.stage_entries`); None when one
         cannot be parsed or holds a value no gate writes (the batch then goes one by one)."""
         try:
-            return stage_entries(shard, entries, drain_window())
+            return StagedRows(stage_entries(shard, entries, drain_window()))
         except Exception:
             return None
 
@@ -406,7 +406,7 @@ class OutboxDrain:
         self,
         shard: int,
         entries: list[tuple[str, dict[str, str]]],
-        rows: list[tuple[Any, ...]] | None,
+        rows: StagedRows | None,
         stats: DrainStats,
         reclaimed: bool,
     ) -> None:
@@ -431,12 +431,12 @@ class OutboxDrain:
         shard: int,
         entries: list[tuple[str, dict[str, str]]],
         stats: DrainStats,
-        rows: list[tuple[Any, ...]] | None = None,
+        rows: StagedRows | None = None,
     ) -> None:
         if rows is None:
-            rows = stage_entries(shard, entries, drain_window())
+            rows = StagedRows(stage_entries(shard, entries, drain_window()))
         with session_scope() as session:
-            result = persist_staged(session, rows)
+            result = persist_turns(session, rows)
             if result.paused or result.resumed:
                 self._announce_paused(session, result)
         for conflict in result.conflicts:  # committed: now give the second debit back in the gate
