@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError("a bench turn was denied")
     rows: list[dict[str, Any]] = []
     for shard in range(settings.outbox_shards):  # shard by shard, in stream order, as the drain reads
-        rows.extend(parse_entry(fields, f"{shard}:{sid}") for sid, fields in r.xrange(outbox_key(shard)))
+        entries: Any = r.xrange(outbox_key(shard))  # decoded: [(id, fields)]
+        rows.extend(parse_entry(fields, f"{shard}:{sid}") for sid, fields in entries)
     r.flushdb()
     statements = (getattr(T, "_FAST_KEYS", T._STATEMENTS[0]), *T._STATEMENTS[1:])
     size = settings.outbox_batch_size
