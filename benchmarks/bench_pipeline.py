@@ -10,8 +10,8 @@ What it measures, in one run (see ``benchmarks/README.md``):
 - the gate: ``WalletGate.record_turn`` sequential latency (pricing + EVALSHA, measured around the
   Python call) and ``WalletGate.record_turns`` pipelined throughput (batches of 500); pipelined
   raw and ours run in 5 alternating rounds and each figure is its median round;
-- raw PostgreSQL: SQLAlchemy core multi-row INSERT of the same usage rows into a scratch copy of
-  ``usage_event``, and raw COPY; the drain as the Procfile's worker runs it (``--concurrency``
+- raw PostgreSQL: SQLAlchemy core multi-row INSERT of the same usage rows, and raw COPY, in the
+  shape ``usage_row`` stores them into a scratch table with its indexes; the drain as the Procfile's worker runs it (``--concurrency``
   processes, each its ``DrainLoop``: :func:`bench_drain`) rows/s on a pre-filled outbox, and one
   such process alone;
 - Redis memory per queued turn (the outbox stream, and everything a turn leaves in Redis) and per
@@ -477,35 +477,63 @@ def bench_memory(settings, trace_rows, n: int) -> dict[str, object]:
 
 
 def bench_raw_insert(r: redis.Redis, gate, batch_size: int) -> dict[str, float]:
-    """SQLAlchemy core multi-row INSERT of the outbox's rows into a scratch copy of usage_event
-    (same columns, defaults and indexes), one transaction per ``batch_size`` rows, as the drain."""
+    """SQLAlchemy Core multi-row ``INSERT`` of the outbox's rows into what stores them, one
+    transaction per ``batch_size`` rows, as the drain commits.
+
+    ``rows_per_s``: the rows in the stored shape (:func:`_stored_tuples`: ``usage_row``'s columns
+    but ``id``, price id and one-byte codes), as dicts through ``insert(UsageRow's table)`` renamed
+    to ``bench_raw_usage``, a scratch ``CREATE TABLE … (LIKE usage_row INCLUDING ALL)``: its
+    columns, defaults (``id`` from the same sequence) and five indexes (checked against
+    ``pg_indexes``: RuntimeError if any is missing), unpartitioned.
+
+    ``unindexed_rows_per_s``: the baseline before this one, kept for comparison: the parsed rows
+    (``usage_event``'s wide shape, prices inline, codes as text) into ``LIKE usage_event INCLUDING
+    ALL``, which since migration 0019 (``usage_event`` a view) copies columns only: no index.
+
+    Both runs check that every row arrived (RuntimeError otherwise)."""
     from sqlalchemy import MetaData, insert, text
 
-    from models.turn import UsageEvent
+    from models.turn import UsageEvent, UsageRow
     from worker.db import get_engine
-    from worker.gate.keys import outbox_key
-    from worker.gate.outbox import parse_entry
+    from worker.ledger.usage_rows import ROW_COLUMNS
 
-    rows = []
-    for s in range(gate.settings.outbox_shards):
-        rows.extend(parse_entry(fields) for _id, fields in r.xrange(outbox_key(s)))
+    rows = _outbox_rows(r, gate)
+    stored = [dict(zip(ROW_COLUMNS[1:], values)) for values in _stored_tuples(rows)]
     engine = get_engine()
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS bench_raw_usage"))
-        conn.execute(text("CREATE TABLE bench_raw_usage (LIKE usage_event INCLUDING ALL)"))
-    scratch = UsageEvent.__table__.to_metadata(MetaData(), name="bench_raw_usage")
-    stmt = insert(scratch)
-    t0 = time.perf_counter()
-    for i in range(0, len(rows), batch_size):
-        with engine.begin() as conn:
-            conn.execute(stmt, rows[i : i + batch_size])
-    elapsed = time.perf_counter() - t0
+        conn.execute(text("DROP TABLE IF EXISTS bench_raw_usage_wide"))
+        conn.execute(text("CREATE TABLE bench_raw_usage (LIKE usage_row INCLUDING ALL)"))
+        conn.execute(text("CREATE TABLE bench_raw_usage_wide (LIKE usage_event INCLUDING ALL)"))
+        indexes = [
+            conn.execute(text("SELECT count(*) FROM pg_indexes WHERE tablename = :t"), {"t": t}).scalar_one()
+            for t in ("usage_row", "bench_raw_usage")
+        ]
+    if indexes[0] != indexes[1] or not indexes[0]:
+        raise RuntimeError(f"bench_raw_usage has {indexes[1]} indexes, usage_row {indexes[0]}")
+    elapsed = {}
+    for table, model, batch in (("bench_raw_usage", UsageRow, stored), ("bench_raw_usage_wide", UsageEvent, rows)):
+        stmt = insert(model.__table__.to_metadata(MetaData(), name=table))
+        t0 = time.perf_counter()
+        for i in range(0, len(batch), batch_size):
+            with engine.begin() as conn:
+                conn.execute(stmt, batch[i : i + batch_size])
+        elapsed[table] = time.perf_counter() - t0
     with engine.begin() as conn:
-        count = conn.execute(text("SELECT count(*) FROM bench_raw_usage")).scalar_one()
+        counts = [
+            conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+            for t in ("bench_raw_usage", "bench_raw_usage_wide")
+        ]
         conn.execute(text("DROP TABLE bench_raw_usage"))
-    if count != len(rows):
-        raise RuntimeError(f"raw insert wrote {count} rows, expected {len(rows)}")
-    return {"rows_per_s": len(rows) / elapsed, "rows": len(rows)}
+        conn.execute(text("DROP TABLE bench_raw_usage_wide"))
+    if counts != [len(rows), len(rows)]:
+        raise RuntimeError(f"raw insert wrote {counts} rows, expected {len(rows)}")
+    return {
+        "rows_per_s": len(rows) / elapsed["bench_raw_usage"],
+        "unindexed_rows_per_s": len(rows) / elapsed["bench_raw_usage_wide"],
+        "rows": len(rows),
+        "indexes": indexes[1],
+    }
 
 
 def _outbox_rows(r: redis.Redis, gate) -> list[dict[str, Any]]:
@@ -926,8 +954,14 @@ def main(argv: list[str] | None = None) -> int:
         ),
         Figure(
             "raw_insert_rows_per_s",
-            f"raw PG multi-row INSERT ×{settings.outbox_batch_size}",
+            f"raw PG multi-row INSERT ×{settings.outbox_batch_size}, usage_row shape, {raw_pg['indexes']} indexes",
             raw_pg["rows_per_s"],
+            "rows/s",
+        ),
+        Figure(
+            "raw_insert_unindexed_rows_per_s",
+            "  before: wide rows, no index (LIKE the view)",
+            raw_pg["unindexed_rows_per_s"],
             "rows/s",
         ),
         Figure(

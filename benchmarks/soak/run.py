@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from benchmarks.soak.sampler import Sampler, outbox_state
+from benchmarks.soak.sampler import Sampler, measure_queued
 from benchmarks.soak.stack import REPO, Stack, raise_on_sigterm
 from worker import credit_wallet, get_settings, open_wallet, process_gate
 from worker.ledger.migrate import create_database_if_missing, upgrade
@@ -246,33 +246,44 @@ def wait_drained(sampler: Sampler, timeout_s: float) -> float:
 
 def queued_probe(stack: Stack, sampler: Sampler, args, run_id: str, wallets, dry) -> dict:
     """Redis bytes per queued turn measured in service: the worker is paused (SIGSTOP of its
-    process group, so no drain reads), the drivers send about :data:`PROBE_TURNS` more turns, and
-    the streams' growth (``MEMORY USAGE``, every node) is divided by the growth of their unread
-    entries; then the worker goes on (SIGCONT) and the run waits for the outbox to drain.  The
-    probe's turns are decided and checked like the others.  Returns ``probe_turns``,
-    ``probe_bytes_per_queued_turn`` (None when nothing was queued) and ``probe_seconds``."""
+    process group, so no drain reads or trims), the drivers send about :data:`PROBE_TURNS` more
+    turns at the run's rate (at most :data:`PROBE_RATE`), and the streams' growth (``MEMORY
+    USAGE``, every node) is divided by the entries appended meanwhile, counted exactly by the
+    streams' ``entries-added`` (:func:`benchmarks.soak.sampler.measure_queued`; not the group's
+    ``lag``, which a Redis restart leaves too high: see the sampler's module doc); then the worker
+    goes on (SIGCONT) and the run waits for the outbox to drain.  The probe's turns are decided and
+    checked like the others.  Returns ``probe_turns`` (new turns answered), ``probe_accepted``,
+    ``probe_entries`` (entries appended: one per accepted turn), ``probe_bytes_per_queued_turn``
+    (None when nothing was queued or an entry was trimmed meanwhile; ``probe_problem`` says why)
+    and ``probe_seconds``."""
     worker = stack.worker
     if worker is None or worker.poll() is not None:
-        return {"probe_turns": 0, "probe_bytes_per_queued_turn": None}
+        return {"probe_turns": 0, "probe_bytes_per_queued_turn": None, "probe_problem": "no worker to pause"}
     client = stack.redis_client()
     shards = get_settings().outbox_shards
+    rate = min(PROBE_RATE, args.rate)
     started = time.time()
+    steps: list[Step] = []
     os.killpg(worker.pid, signal.SIGSTOP)
     try:
-        before = outbox_state(client, shards)
-        step = drive(stack, sampler, Step(PROBE_RATE, PROBE_TURNS / PROBE_RATE), args, f"{run_id}-probe", wallets, dry)
-        after = outbox_state(client, shards)
+        time.sleep(PAUSE_SETTLE_S)  # a command the worker sent before it stopped has run by now
+        measured = measure_queued(
+            client,
+            shards,
+            lambda: steps.append(
+                drive(stack, sampler, Step(rate, PROBE_TURNS / rate), args, f"{run_id}-probe", wallets, dry)
+            ),
+        )
     finally:
         os.killpg(worker.pid, signal.SIGCONT)
         client.close()
-    queued = after["outbox_unread"] - before["outbox_unread"]
     wait_drained(sampler, 600)
     return {
-        "probe_turns": sum(d["new"] for d in step.drivers),
-        "probe_unread_growth": queued,
-        "probe_bytes_per_queued_turn": (after["outbox_bytes"] - before["outbox_bytes"]) / queued
-        if queued > 0
-        else None,
+        "probe_turns": sum(d["new"] for d in steps[0].drivers),
+        "probe_accepted": sum(d["accepted"] for d in steps[0].drivers),
+        "probe_entries": measured["queued_entries"],
+        "probe_bytes_per_queued_turn": measured["bytes_per_queued_entry"],
+        "probe_problem": measured["problem"],
         "probe_seconds": time.time() - started,
     }
 
@@ -280,6 +291,8 @@ def queued_probe(stack: Stack, sampler: Sampler, args, run_id: str, wallets, dry
 #: the queued-turn probe's turns and rate (:func:`queued_probe`)
 PROBE_TURNS = 20_000
 PROBE_RATE = 10_000
+#: seconds between pausing the worker and the probe's first measurement
+PAUSE_SETTLE_S = 0.2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -657,8 +670,9 @@ def print_report(fig: dict, exact: dict | None, lines) -> None:
     if fig.get("probe_turns"):
         print(
             f"queued-turn probe: {fig['probe_turns']:,} more turns sent with the worker paused "
-            f"({fig['probe_unread_growth']:,} queued unread; {fig['probe_seconds']:.0f} s with the drain after it); "
-            "they are in the exactness counts below"
+            f"({fig['probe_accepted']:,} accepted, {fig['probe_entries']:,} outbox entries appended; "
+            f"{fig['probe_seconds']:.0f} s with the drain after it); they are in the exactness counts below"
+            + (f"; no figure: {fig['probe_problem']}" if fig.get("probe_problem") else "")
         )
     cpu_k = fig.get("cpu_s_per_1000_turns", {})
     print("process    CPU % (mean)   CPU s / 1,000 turns   RSS MB start / peak / end")
@@ -835,9 +849,7 @@ def main(ports: tuple[int, int], argv: list[str] | None = None) -> int:
                 fig.update(probe)
                 if probe["probe_bytes_per_queued_turn"] is not None:
                     fig["redis_bytes_per_queued_turn"] = probe["probe_bytes_per_queued_turn"]
-                    fig["redis_queued_method"] = (
-                        f"probe: worker paused, {probe['probe_unread_growth']:,} turns queued unread"
-                    )
+                    fig["redis_queued_method"] = f"probe: worker paused, {probe['probe_entries']:,} entries appended"
             lines = verdict(fig, exact)
             print_report(fig, exact, lines)
             summary = {"figures": fig, "exactness": exact, "verdict": [list(v) for v in lines]}

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from models.turn import TurnIn
 from tests.committed import credit_wallet, open_wallet
-from worker.gate.keys import outbox_key
+from worker.gate.keys import kick_key, outbox_key
 from worker.ledger.drain import GROUP, DrainLoop, OutboxDrain
 
 pytestmark = pytest.mark.integration
@@ -163,3 +163,66 @@ def test_the_drain_task_stands_aside_while_its_process_loop_serves(db, redis_cli
     counts = usage.drain_outbox()
     assert (counts["read"], counts["inserted"]) == (n, n)
     assert _persisted(db) == (n, n, billed)
+
+
+def test_a_drain_loop_holds_the_kick_flags_so_the_turns_it_drains_send_no_kick(redis_client, gate, settings, kicks):
+    """A task drain that reads a shard empty re-arms its kick (the next turn sends a drain task); a
+    drain loop holds every shard's flag instead, so turns recorded while it runs send no task (one
+    the task would discard, after a Celery publish in the recording process), until the hold
+    lapses (a loop that died): then kicks come again."""
+    import worker.ledger.drain as drain_module
+
+    wallets = _wallet_per_shard(gate)
+    for wallet_id in wallets.values():
+        gate.load_wallet(wallet_id, mode="production", limited=True, balance_nanos=10**12, enterprise_id="acme")
+
+    def record(tag: str) -> None:
+        gate.record_turns(
+            [
+                TurnIn(
+                    turn_id=f"{tag}-{wallet_id}",
+                    wallet_id=wallet_id,
+                    enterprise_id="acme",
+                    chat_id="c1",
+                    model="gpt-4o",
+                    provider="openai",
+                    prompt_tokens=100,
+                    completion_tokens=10,
+                    occurred_at=T0,
+                )
+                for wallet_id in wallets.values()
+            ]
+        )
+
+    def drained() -> None:  # what a drain leaves (these turns are not persisted: not the point here)
+        for shard in wallets:
+            redis_client.delete(outbox_key(shard))
+
+    task = OutboxDrain(redis_client, settings=settings, consumer="task")
+    record("a")
+    assert sorted(kicks) == sorted(wallets)  # each shard kicked once
+    kicks.clear()
+    drained()
+    for shard in wallets:
+        task._emptied(shard)  # a task drain re-arms the kicks
+    record("b")
+    assert sorted(kicks) == sorted(wallets)
+    kicks.clear()
+
+    drained()
+    loop = DrainLoop(OutboxDrain(redis_client, settings=settings, consumer="loop"), idle_ms=10)
+    loop.hold_kicks()
+    for shard in wallets:
+        assert (
+            drain_module.LOOP_KICK_HOLD_MS - 1_000
+            < redis_client.pttl(kick_key(shard))
+            <= drain_module.LOOP_KICK_HOLD_MS
+        )
+        loop.drain._emptied(shard)  # the loop's drain reads it empty: the flag stays
+    record("c")
+    assert kicks == []
+
+    for shard in wallets:  # the hold lapsed (the loop stopped renewing it)
+        redis_client.delete(kick_key(shard))
+    record("d")
+    assert sorted(kicks) == sorted(wallets)

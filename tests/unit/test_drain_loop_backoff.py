@@ -18,7 +18,11 @@ class _Drain:
     consumer = "test-loop"
 
     def __init__(self, failures: int, rounds: int, loop_box: list) -> None:
-        self.settings = SimpleNamespace(drain_idle_ms=0)
+        self.settings = SimpleNamespace(drain_idle_ms=0, outbox_shards=2)
+        # the loop holds the shards' kick flags each round (DrainLoop.hold_kicks): a pipeline that does nothing
+        self.redis = SimpleNamespace(
+            pipeline=lambda transaction: SimpleNamespace(set=lambda *args, **kwargs: None, execute=lambda: [])
+        )
         self.failures, self.rounds, self.calls, self.loop_box = failures, rounds, 0, loop_box
 
     def drain(self, shards=None, *, max_seconds: float, stats: DrainStats) -> DrainStats:

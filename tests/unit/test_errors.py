@@ -132,7 +132,7 @@ def test_services_name_the_field_on_the_error(db, redis_client, gate):
     assert period.value.field == "period"
     with pytest.raises(PricingError) as usd:
         usd_to_nanos("abc")
-    assert usd.value.field is None and str(usd.value) == "not a decimal USD amount: 'abc'"
+    assert usd.value.field is None and str(usd.value) == "not a decimal USD amount: 'abc' (ASCII digits, e.g. 25.00)"
 
 
 def test_one_gate_per_process_shared_by_the_api_the_tasks_and_the_cli(settings):

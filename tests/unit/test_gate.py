@@ -222,6 +222,18 @@ def test_redis_keys_of_several_ids_never_collide(first, second):
     assert pausing_key("a:b", "c") != pausing_key("a", "b:c")
 
 
+def test_a_turn_key_is_the_tag_then_the_scoped_turn_id():
+    """worker.gate.keys.turn_key writes the scoped id out for speed: it must stay scoped_key's, or
+    two scopes (ids holding ':') could share a key."""
+    from worker.gate.keys import scoped_key, turn_key
+
+    for ent, wallet, turn_id in [("ent1", "w1", "t1"), ("app:x", "u1", "t"), ("app", "x:u1", "t"), ("é", "ü", "☃")]:
+        assert turn_key("tollgate:{s3}", ent, wallet, turn_id) == "tollgate:{s3}:turn:" + scoped_key(
+            ent, wallet, turn_id
+        )
+    assert turn_key("t", "app:x", "u1", "t") != turn_key("t", "app", "x:u1", "t")
+
+
 def test_duplicate_inside_one_batch(client, wg):
     wg.load_wallet("w1", mode="production", limited=True, balance_nanos=10_000_000)
     a, b = wg.record_turns([turn("t1"), turn("t1")])

@@ -1,17 +1,21 @@
 """The soak benchmark's parts that decide its figures (benchmarks/soak): fault flags, the Procfile's
-command lines, quantiles, and the outbox lag read from the streams (on the real test Redis)."""
+command lines, quantiles, the outbox lag read from the streams (on the real test Redis), and the
+queued-turn probe's count of the entries it appended (on a Redis of its own, restarted from its AOF)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import pytest
+import redis
 
 from benchmarks.soak.driver import TurnMaker, build_turn
 from benchmarks.soak.run import BUNDLED_TRACE, Step, cpu_per_1000, parse_fault, pct, queued_turn_bytes
-from benchmarks.soak.sampler import outbox_state
+from benchmarks.soak.sampler import measure_queued, outbox_state, queued_growth
 from benchmarks.soak.stack import procfile_command
+from worker.devtools.throwaway import RedisServer
 from worker.devtools.traces import read_trace
 from worker.gate.keys import outbox_key
 from worker.ledger.drain import GROUP
@@ -134,3 +138,78 @@ def test_cpu_seconds_per_1000_turns_add_each_interval_from_the_start_until_the_o
     # from the start: (100.5 - 100) * 0.4 + (101.5 - 100.5) * 0.5 + (102.5 - 101.5) * 0.2 + (103.0 - 102.5) * 0.6
     # = 1.2 CPU s over 2,000 turns; the sample before the start and the one after the outbox emptied not counted
     assert cpu_per_1000(samples, step, 2000) == {"worker": pytest.approx(0.6)}
+
+
+def _read_ack_trim(r: redis.Redis, key: str, count: int) -> None:
+    """What the drain does to a stream: read ``count`` new entries, acknowledge them, XTRIM MINID
+    above the group's last-delivered id (worker.ledger.drain.Drain.trim with nothing pending)."""
+    reply = r.xreadgroup(GROUP, "c", {key: ">"}, count=count)
+    ids = [entry_id for entry_id, _ in reply[0][1]] if reply else []
+    if ids:
+        r.xack(key, GROUP, *ids)
+    last = next(g["last-delivered-id"] for g in r.xinfo_groups(key) if g["name"] == GROUP)
+    ms, seq = last.split("-")
+    r.xtrim(key, minid=f"{ms}-{int(seq) + 1}", approximate=False)
+
+
+def test_the_probe_counts_the_entries_it_appended_after_a_redis_restart_replayed_reads_from_the_aof():
+    """A Redis restarted from its AOF (the soak's redis-restart fault) replays the drain's reads as
+    XCLAIM … LASTID, which (before Redis 7.2.4) does not advance the group's entries-read: its
+    ``lag`` then counts every entry read since the last AOF rewrite as unread, for good.  The probe
+    must count the 1,000 entries appended while nothing reads, whatever the group's counter says."""
+    server = RedisServer(aof=True)
+    try:
+        r = redis.Redis(port=server.port, decode_responses=True)
+        keys = [outbox_key(shard) for shard in range(2)]
+        entry = {"t": "x" * 180, "g": "1200|98800|cpa0|7000|0|0"}  # about a turn's size
+        for key in keys:
+            r.xgroup_create(key, GROUP, id="0", mkstream=True)
+            for _ in range(300):
+                r.xadd(key, entry)
+            _read_ack_trim(r, key, 300)
+        r.bgrewriteaof()  # the AOF's base now holds the group's entries-read (300 per stream)
+        while r.info("persistence")["aof_rewrite_in_progress"] or r.info("persistence")["aof_rewrite_scheduled"]:
+            time.sleep(0.02)
+        for key in keys:
+            for _ in range(300):
+                r.xadd(key, entry)
+            _read_ack_trim(r, key, 200)  # replayed after a restart as XCLAIM … LASTID
+        r.close()
+        server.restart()  # graceful: everything in the AOF
+        r = redis.Redis(port=server.port, decode_responses=True)
+        for key in keys:
+            _read_ack_trim(r, key, 1000)  # the backlog read: nothing unread, nothing held
+        assert outbox_state(r, 2)["outbox_unread"] == 0 and outbox_state(r, 2)["outbox_len"] == 0
+
+        def send() -> None:  # the probe's turns, with no drain reading
+            for key in keys:
+                for _ in range(500):
+                    r.xadd(key, entry)
+
+        sizes = [r.memory_usage(key, samples=0) for key in keys]
+        measured = measure_queued(r, 2, send)
+        grown = sum(r.memory_usage(key, samples=0) for key in keys) - sum(sizes)
+        assert measured == {
+            "queued_entries": 1000,
+            "queued_bytes": grown,
+            "bytes_per_queued_entry": grown / 1000,
+            "problem": None,
+        }
+        assert 150 < measured["bytes_per_queued_entry"] < 400
+        assert outbox_state(r, 2)["outbox_unread"] == 1000  # the sampler's count too (its lag check)
+        r.close()
+    finally:
+        server.close()
+
+
+def test_a_probe_during_which_entries_were_trimmed_gives_no_figure():
+    before = {"entries_added": 5000, "outbox_len": 300, "outbox_bytes": 100_000}
+    after = {"entries_added": 7000, "outbox_len": 2100, "outbox_bytes": 600_000}  # 200 trimmed meanwhile
+    assert queued_growth(before, after) == {
+        "queued_entries": 2000,
+        "queued_bytes": 500_000,
+        "bytes_per_queued_entry": None,
+        "problem": "XLEN grew by 1,800 while 2,000 entries were appended: some were trimmed or deleted",
+    }
+    assert queued_growth(before, after | {"outbox_len": 2300})["bytes_per_queued_entry"] == 250
+    assert queued_growth(before, before)["problem"] == "no entry was appended"

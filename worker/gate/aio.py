@@ -30,7 +30,7 @@ from worker.gate.gate import (
     process_gate,
     wallets_of,
 )
-from worker.gate.pipeline import NoScriptHold, decide_group
+from worker.gate.pipeline import NoScriptHold
 from worker.gate.scripts import admit_turn_script_source, lua_source, turn_script_source
 from worker.metrics import decision_counter
 from worker.pricing.prices import PriceSheet, TurnPrice
@@ -143,7 +143,7 @@ class AsyncWalletGate(GateCore):
                 pipe.hmget(self.wallet_key(wallet_id), *WALLET_CHECK_FIELDS)
             self._check_rows(turns, quotes, dict(zip(ids, await pipe.execute())))
             if isinstance(self.redis, aioredis.RedisCluster):
-                await self._record_per_shard(turns, quotes, replies.decide)
+                await self._record_per_shard(turns, quotes, replies.decide_group)
             else:
                 batches = self._shard_batches(turns)
                 groups = iter(batches)
@@ -151,7 +151,7 @@ class AsyncWalletGate(GateCore):
                     self.redis,
                     self._packed_groups(turns, quotes, batches, self._record_many.sha),
                     [self._record_many],
-                    lambda reply: decide_group(next(groups), reply, replies.decide),
+                    lambda reply: replies.decide_group(next(groups), reply),
                 )
         return await self._finish(replies)
 
@@ -212,11 +212,15 @@ class AsyncWalletGate(GateCore):
             self.kicker(shard)
 
     async def _record_per_shard(
-        self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet], decide: Callable[[int, object], None]
+        self,
+        turns: Sequence[TurnIn],
+        quotes: Sequence[TurnPrice | PriceSheet],
+        decide_group: Callable[[list[int], object], None],
     ) -> None:
         """A batch on Redis Cluster: the shards at once, each shard's ``record_turns.lua`` calls in
         order (the cluster client routes each by its hash tag, follows MOVED/ASK and retries
-        TRYAGAIN / CLUSTERDOWN).  Calls ``decide(i, reply)`` for every turn."""
+        TRYAGAIN / CLUSTERDOWN).  Calls ``decide_group(indexes, reply)`` for every call
+        (:meth:`worker.gate.gate.TurnReplies.decide_group`)."""
         by_shard: dict[int, list[list[int]]] = {}
         for batch in self._shard_batches(turns):
             by_shard.setdefault(self.shard(turns[batch[0]].wallet_id), []).append(batch)
@@ -228,7 +232,7 @@ class AsyncWalletGate(GateCore):
                     reply = await self._record_many(keys=keys, args=args)
                 except redis.exceptions.ResponseError as exc:
                     reply = exc
-                decide_group(batch, reply, decide)
+                decide_group(batch, reply)
 
         await asyncio.gather(*(one_shard(b) for b in by_shard.values()))
 

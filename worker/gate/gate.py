@@ -67,7 +67,6 @@ from worker.gate.outbox import Kicker, celery_kicker, turn_payload
 from worker.gate.pipeline import (
     NOT_RUN_ON_CLUSTER,
     TURNS_PER_CALL,
-    decide_group,
     pipeline_evalsha,
     ramp,
     send_packed,
@@ -299,20 +298,23 @@ class GateCore:
         A ``quotes`` list has each turn's sheet replaced by its price (priced once: the calls built
         later take it as it is).
         Raises UnknownWallet, WrongEnterprise, TurnLimitExceeded (``cost_nanos``, with ``index``)."""
-        enterprises: dict[str, set[str]] = {}
+        # each wallet's one app among its turns, None when they name several (no owner matches then)
+        enterprise: dict[str, str | None] = {}
         for t in turns:
-            enterprises.setdefault(t.wallet_id, set()).add(t.enterprise_id)
+            if enterprise.setdefault(t.wallet_id, t.enterprise_id) != t.enterprise_id:
+                enterprise[t.wallet_id] = None
         limits: dict[str, int] = {}
         for wallet_id, (mode, owner, limit) in rows.items():
             if mode is None:
                 raise UnknownWallet(wallet_id)
-            if owner is not None and enterprises[wallet_id] != {owner}:
+            if owner is not None and enterprise[wallet_id] != owner:
                 raise WrongEnterprise(wallet_id)
             limits[wallet_id] = int(limit) if limit is not None else DEFAULT_MAX_TURN_COST_NANOS
+        replace = isinstance(quotes, list)
         for i, (turn, quote) in enumerate(zip(turns, quotes)):
             price = _priced(turn, quote)
-            if isinstance(quotes, list):
-                quotes[i] = price
+            if replace:
+                quotes[i] = price  # type: ignore[index]  # a list, checked above
             if price.cost_nanos > limits[turn.wallet_id]:
                 raise _cost_limit(price.cost_nanos, limits[turn.wallet_id], index=i)
 
@@ -520,25 +522,36 @@ class TurnReplies:
 
     def decide(self, i: int, reply) -> None:
         """Turn ``i``'s reply: a decision, a shard to kick, or an error (translated, with ``index``)."""
-        turn = self.turns[i]
+        self.decide_group((i,), (reply,))
+
+    def decide_group(self, batch: Sequence[int], reply) -> None:
+        """One ``record_turns.lua`` reply (a list of turn replies, or the exception of the whole
+        call) for the turns at indexes ``batch``, in order: what :meth:`decide` does for each, in
+        one loop (a batch's replies are decoded here, one call per group rather than per turn).
+        Raises ValueError when the reply does not hold one turn reply per index."""
         if isinstance(reply, Exception):
-            error = self.gate._translate(reply, turn.wallet_id)
-            if isinstance(error, TurnLimitExceeded):
-                error.index = i
-            self.errors.append(error)
-            return
-        status, balance, action, billed, duplicate, kick, cost = reply
-        if kick:
-            self.kicks.add(self.gate.shard(turn.wallet_id))
-        self.decisions[i] = trusted_decision(  # values come from our own script: no re-validation
-            turn.turn_id,
-            status == "accepted",
-            action,
-            int(balance) if balance != "" else None,
-            int(cost),
-            int(billed),
-            bool(duplicate),
-        )
+            reply = [reply] * len(batch)
+        turns, decisions = self.turns, self.decisions
+        for i, turn_reply in zip(batch, reply, strict=True):
+            turn = turns[i]
+            if isinstance(turn_reply, Exception):
+                error = self.gate._translate(turn_reply, turn.wallet_id)
+                if isinstance(error, TurnLimitExceeded):
+                    error.index = i
+                self.errors.append(error)
+                continue
+            status, balance, action, billed, duplicate, kick, cost = turn_reply
+            if kick:
+                self.kicks.add(self.gate.shard(turn.wallet_id))
+            decisions[i] = trusted_decision(  # values come from our own script: no re-validation
+                turn.turn_id,
+                status == "accepted",
+                action,
+                int(balance) if balance != "" else None,
+                int(cost),
+                int(billed),
+                bool(duplicate),
+            )
 
     def result(self) -> list[Decision]:
         """Every turn's decision, in order.  Raises the first error when no turn was applied, else
@@ -875,9 +888,9 @@ class WalletGate(GateCore):
             for i, reply in enumerate(out[1::2] if reserve_exact else out):
                 replies.decide(i, reply)
         elif isinstance(self.redis, redis.RedisCluster):
-            self._record_batched(turns, quotes, replies.decide)
+            self._record_batched(turns, quotes, replies.decide_group)
         else:
-            self._record_streamed(turns, quotes, replies.decide)
+            self._record_streamed(turns, quotes, replies.decide_group)
         for shard in sorted(replies.kicks):
             self.kicker(shard)
         decision_counter.add(self.redis, replies.decisions)  # /metrics: every process's decisions
@@ -901,31 +914,39 @@ class WalletGate(GateCore):
         return self._evalsha_pipelined(calls)
 
     def _record_streamed(
-        self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet], decide: Callable[[int, object], None]
+        self,
+        turns: Sequence[TurnIn],
+        quotes: Sequence[TurnPrice | PriceSheet],
+        decide_group: Callable[[list[int], object], None],
     ) -> None:
         """A batch on one Redis server: ``record_turns.lua`` per :data:`TURNS_PER_CALL` turns of a shard.
         Each EVALSHA is built (prices, keys, payloads) and packed only when the one before it has
         been sent, and each reply is turned into decisions while Redis runs the next, so Redis and
-        this process work at the same time.  Calls ``decide(i, reply)`` for every turn, in the
-        order of the calls (in order within a shard); ``reply`` is the turn's reply or exception."""
+        this process work at the same time.  Calls ``decide_group(indexes, reply)`` for every call,
+        in the order of the calls (in order within a shard); ``reply`` is the call's reply or
+        exception (:meth:`TurnReplies.decide_group`)."""
         batches = self._shard_batches(turns)
         groups = iter(batches)
         send_packed_retrying(
             self.redis,
             self._packed_groups(turns, quotes, batches, self._record_many.sha),
             [self._record_many],
-            lambda reply: decide_group(next(groups), reply, decide),
+            lambda reply: decide_group(next(groups), reply),
         )
 
     def _record_batched(
-        self, turns: Sequence[TurnIn], quotes: Sequence[TurnPrice | PriceSheet], decide: Callable[[int, object], None]
+        self,
+        turns: Sequence[TurnIn],
+        quotes: Sequence[TurnPrice | PriceSheet],
+        decide_group: Callable[[list[int], object], None],
     ) -> None:
         """A batch on Redis Cluster: ``record_turns.lua`` per :data:`TURNS_PER_CALL` turns of a shard,
-        every call built first, then pipelined per node.  Calls ``decide(i, reply)`` for every turn."""
+        every call built first, then pipelined per node.  Calls ``decide_group(indexes, reply)``
+        for every call."""
         batches = self._shard_batches(turns)
         many = [(self._record_many, *self._group_call(turns, quotes, batch)) for batch in batches]
         for batch, reply in zip(batches, self._evalsha_pipelined(many)):
-            decide_group(batch, reply, decide)
+            decide_group(batch, reply)
 
     def _evalsha_pipelined(self, calls: Sequence[tuple[redis.commands.core.Script, list[str], Sequence[Any]]]) -> list:
         """EVALSHA every call in one non-transactional pipeline (on Redis Cluster: one pipeline per

@@ -148,10 +148,3 @@ def ramp(group: list[int]) -> list[list[int]]:
         pieces.append(group[start:end])
         start, size = end, size * 2
     return pieces
-
-
-def decide_group(batch: list[int], reply, decide: Callable[[int, object], None]) -> None:
-    """One ``record_turns.lua`` reply (a list, or an exception for the whole call) to ``decide(i,
-    turn reply)`` for each turn index ``i`` of its group, in order."""
-    for position, i in enumerate(batch):
-        decide(i, reply if isinstance(reply, Exception) else reply[position])

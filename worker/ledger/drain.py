@@ -135,6 +135,10 @@ class OutboxDrain:
             gate on that client and settings, created on first use, unless ``gate`` is given.
         persisters: batches persisted at once, each of another shard and on its own connection
             (default :data:`PERSISTERS`; 1: one batch at a time).  Raises ValueError below 1.
+
+    ``rearm_kicks`` (attribute, default True): a shard read empty deletes its kick flag, so the
+    next accepted turn sends a drain task at once (:meth:`_emptied`).  A :class:`DrainLoop` turns
+    it off: it drains continuously and holds the flags itself.
     """
 
     def __init__(
@@ -150,6 +154,7 @@ class OutboxDrain:
         if persisters < 1:
             raise ValueError(f"persisters must be >= 1, not {persisters}")
         self.persisters = persisters
+        self.rearm_kicks = True
         self.settings = settings or get_settings()
         self.announce = announce
         self.redis = client or redis_client(self.settings)
@@ -382,10 +387,12 @@ class OutboxDrain:
         return stats
 
     def _emptied(self, shard: int) -> None:
-        """A shard read empty: let the next accepted turn kick a new drain at once; entries left in
-        the stream were acknowledged by a drain stopped before its trim (Redis gone between XACK
-        and XTRIM): trim them now rather than when the next turn is drained."""
-        self.redis.delete(kick_key(shard))
+        """A shard read empty: let the next accepted turn kick a new drain at once (unless
+        ``rearm_kicks`` is off: a drain loop reads the shard again anyway); entries left in the
+        stream were acknowledged by a drain stopped before its trim (Redis gone between XACK and
+        XTRIM): trim them now rather than when the next turn is drained."""
+        if self.rearm_kicks:
+            self.redis.delete(kick_key(shard))
         if self.redis.xlen(outbox_key(shard)):
             self.trim(shard)
 
@@ -539,6 +546,10 @@ def _next_id(stream_id: str) -> str:
 #: the longest wait (seconds) of :class:`DrainLoop` between failed rounds
 LOOP_MAX_BACKOFF_S = 1.0
 
+#: how long a drain loop's hold on the shards' kick flags lasts (ms), longer than a round (5 s); renewed every
+#: third of it.  A loop that died is covered meanwhile by beat's backstop task (every second)
+LOOP_KICK_HOLD_MS = 10_000
+
 
 class DrainLoop:
     """A long-lived drain consumer: :meth:`OutboxDrain.drain` of every shard again and again on a
@@ -554,6 +565,13 @@ class DrainLoop:
     (``tasks.usage``); give it a consumer name of its own (``<consumer_name()>-loop``), so a task
     drain in the same process never re-reads the batch this loop has in flight.
 
+    While it runs, the loop holds every shard's kick flag (``SET … PX`` :data:`LOOP_KICK_HOLD_MS`,
+    renewed every third of that) and its drain does not delete a flag when it reads a shard empty
+    (``rearm_kicks`` off): the gate then sends no drain task for the turns it records, which the
+    task would only discard (it stands aside while a loop serves) after costing the recording
+    process a Celery publish each (about 0.25-0.75 ms of CPU).  A loop that stops or dies lets the
+    flags expire, and kicks come again.
+
     Args:
         drain: the :class:`OutboxDrain` it runs (its consumer, settings, gate and announce).
         idle_ms: wait after a round that found nothing (default ``settings.drain_idle_ms``).
@@ -562,6 +580,8 @@ class DrainLoop:
 
     def __init__(self, drain: OutboxDrain, *, idle_ms: int | None = None, round_s: float = 5.0) -> None:
         self.drain = drain
+        drain.rearm_kicks = False  # the loop holds the kick flags (class doc)
+        self._held_until = 0.0  # monotonic time before which the kick flags need no renewal
         self.idle_s = (idle_ms if idle_ms is not None else drain.settings.drain_idle_ms) / 1000
         self.round_s = round_s
         self.stats = DrainStats()
@@ -574,6 +594,7 @@ class DrainLoop:
         while not self._stop.is_set():
             read_before = self.stats.read
             try:
+                self.hold_kicks()
                 self.drain.drain(max_seconds=self.round_s, stats=self.stats)
             except Exception:
                 log.warning(
@@ -585,6 +606,18 @@ class DrainLoop:
             backoff = 0.1
             if self.stats.read == read_before:
                 self._stop.wait(self.idle_s)
+
+    def hold_kicks(self) -> None:
+        """Set every shard's kick flag for :data:`LOOP_KICK_HOLD_MS` (one pipelined round trip),
+        unless the last hold has more than two thirds of it left.  Raises redis errors."""
+        now = time.monotonic()
+        if now < self._held_until:
+            return
+        pipe = self.drain.redis.pipeline(transaction=False)
+        for shard in range(self.drain.settings.outbox_shards):
+            pipe.set(kick_key(shard), "1", px=LOOP_KICK_HOLD_MS)
+        pipe.execute()
+        self._held_until = now + LOOP_KICK_HOLD_MS / 3000
 
     def start(self) -> threading.Thread:
         """Run :meth:`run` on a daemon thread (``tollgate-drain-loop``); returns it.

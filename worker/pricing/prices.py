@@ -84,8 +84,8 @@ def usd_to_nanos(usd: Decimal | str | int) -> int:
     :func:`decimal_text_problem`), an infinity/NaN, a fraction of a nano, or an amount beyond
     10^30 USD.
     """
-    if isinstance(usd, str) and (problem := decimal_text_problem(usd)):
-        raise PricingError(f"not a decimal USD amount: {problem}")
+    if isinstance(usd, str) and decimal_text_problem(usd):
+        raise PricingError(f"not a decimal USD amount: {usd!r} (ASCII digits, e.g. 25.00)")
     try:
         value = Decimal(str(usd).strip())
     except InvalidOperation as exc:
