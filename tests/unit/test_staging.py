@@ -179,6 +179,24 @@ def test_a_hostile_decision_is_refused_or_staged_alike(g):
     same(2, [("9-9", entry(payload(rng, 0), g))])
 
 
+@pytest.mark.parametrize("position", [0, 1, 3, 4, 5])
+@pytest.mark.parametrize("form", ["+7", " 7", "7 ", "1_0", "07", "-0", "00", "٧", "７", "7\n"])
+def test_a_decision_number_in_any_form_but_a_gates_is_a_bad_entry(position, form):
+    """Every number of the decision, in every position, is read only in the one form a gate writes:
+    a sign other than '-', spaces, '_', leading zeros, other scripts' or fullwidth digits and a
+    trailing newline are refused (int() alone reads them all), by the general path and the fast one."""
+    from worker.gate.outbox import BadEntry
+
+    parts = ["100", "5", "cPa1", "7000", "0", "0"]
+    parts[position] = form
+    g = "|".join(parts)
+    rng = random.Random(5)
+    fields = entry(payload(rng, 0), g)
+    with pytest.raises(BadEntry):
+        parse_entry(fields, "9-9")
+    same(2, [("9-9", fields)])
+
+
 @pytest.mark.parametrize(
     "ts",
     [

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, Callable
 
@@ -228,6 +229,12 @@ _CODES = {
     for bl in "01"
 }
 
+#: A version-5 entry's decision ``g`` as a gate writes it: ``billed|balance|codes|share_bps|
+#: trial_tokens|debt``, each number a decimal integer in its one canonical form (ASCII digits, no
+#: sign but ``-``, no leading zero, no ``_`` or space: ``int`` alone also reads ``'+5'``, ``' 5'``,
+#: ``'1_000'``, ``'007'`` and other scripts' digits), the balance possibly empty
+DECISION_TEXT = re.compile(r"(?:0|-?[1-9][0-9]*)\|(?:0|-?[1-9][0-9]*)?\|[^|]*(?:\|(?:0|-?[1-9][0-9]*)){3}")
+
 #: rates strings already read (``'25e8,125e7,1e10,3125e6,5e9'`` → five integers): a handful of
 #: price-list entries repeat in every batch; bounded, so odd strings cannot grow it without end
 _RATES: dict[str, tuple[int, int, int, int, int]] = {}
@@ -276,7 +283,7 @@ def _row_v5(payload: list, g: str, outbox_id: str) -> dict[str, Any]:
     input_rate, cached_rate, output_rate, cache_write_rate, cache_write_1h_rate = _rates_of(payload[13])
     billed_text, bal, codes, share_bps, trial_tokens, debt = g.split("|")
     decision = _CODES.get(codes)
-    if decision is None or not g.isascii():  # ASCII: int() alone also reads other scripts' digits ('١')
+    if decision is None or not DECISION_TEXT.fullmatch(g):  # int() alone reads '+5', '1_000', '١'
         raise BadEntry(f"malformed gate decision {g!r}")
     action, mode, level, billable = decision
     billed = int(billed_text)

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from worker.gate.outbox import _CODES, _EPOCH, _LLM_DEFAULTS, _rates_of, parse_entry
+from worker.gate.outbox import _CODES, _EPOCH, _LLM_DEFAULTS, DECISION_TEXT, _rates_of, parse_entry
 from worker.ledger import turns
 
 _MICRO = timedelta(microseconds=1)
@@ -191,7 +191,7 @@ def _fast(fields: dict[str, str], outbox_id: str, lo: int, hi: int) -> tuple[Any
     input_rate, cached_rate, output_rate, cache_write_rate, cache_write_1h_rate = _rates_of(p[13])
     billed_text, bal, codes, share_bps, trial_text, debt_text = g.split("|")
     decision = _CODES.get(codes)
-    if decision is None or not g.isascii():
+    if decision is None or not DECISION_TEXT.fullmatch(g):
         return None
     action, mode, level, billable = decision
     billed = int(billed_text)
