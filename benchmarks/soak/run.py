@@ -299,6 +299,22 @@ PAUSE_SETTLE_S = 0.2
 # exactness
 
 
+def relation_bytes(pg_url: str) -> dict[str, int]:
+    """Bytes on disk of every table of the soak's database (``pg_total_relation_size``: heap, free
+    space and visibility maps, TOAST and indexes), partitions summed under their partitioned table's
+    name, by table name.  What :func:`summarize` splits the database's growth by."""
+    url = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT coalesce(parent.relname, c.relname), sum(pg_total_relation_size(c.oid))::bigint "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "LEFT JOIN pg_inherits i ON i.inhrelid = c.oid LEFT JOIN pg_class parent ON parent.oid = i.inhparent "
+            "WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast%' GROUP BY 1"
+        ).fetchall()
+    return {name: int(size) for name, size in rows}
+
+
 def check_exactness(stack: Stack, gate) -> dict:
     """Every accepted turn persisted once, denied turns absent, nothing else persisted, billed sums
     per wallet equal (decisions = usage rows = ledger debits = wallet.debits_nanos) and the gate's
@@ -571,6 +587,9 @@ def summarize(step: Step, samples: list[dict], baseline: dict, final: dict, exac
         persisted = exact["persisted"] or 1
         fig["redis_bytes_per_turn_id"] = (final["redis_used_memory"] - baseline["redis_used_memory"]) / decided
         fig["pg_bytes_per_turn"] = (final["pg_db_bytes"] - baseline["pg_db_bytes"]) / persisted
+        before, after = baseline.get("pg_relations", {}), final.get("pg_relations", {})
+        growth = {name: (after[name] - before.get(name, 0)) / persisted for name in after}
+        fig["pg_bytes_per_turn_by_table"] = dict(sorted(growth.items(), key=lambda kv: -kv[1]))
     rss = {}
     for f in families(samples):
         values = [s.get(f"rss.{f}") for s in during if s.get(f"rss.{f}")]
@@ -667,6 +686,14 @@ def print_report(fig: dict, exact: dict | None, lines) -> None:
         + ")"
         + (f"; PostgreSQL {fig['pg_bytes_per_turn']:.0f} B per persisted turn" if exact else "")
     )
+    by_table = [(k, v) for k, v in fig.get("pg_bytes_per_turn_by_table", {}).items() if abs(v) >= 0.5]
+    if by_table:
+        rest = fig["pg_bytes_per_turn"] - sum(v for _k, v in by_table)
+        print(
+            "PostgreSQL's growth per persisted turn by table (indexes and TOAST included): "
+            + ", ".join(f"{k} {v:.0f} B" for k, v in by_table)
+            + f"; the rest of the database (catalogs, temp tables, free space) {rest:.0f} B"
+        )
     if fig.get("probe_turns"):
         print(
             f"queued-turn probe: {fig['probe_turns']:,} more turns sent with the worker paused "
@@ -797,6 +824,7 @@ def main(ports: tuple[int, int], argv: list[str] | None = None) -> int:
         sampler.start()
         time.sleep(3)  # a few idle samples: the baseline
         baseline = next(s for s in reversed(sampler.samples) if s.get("redis_used_memory") and s.get("pg_db_bytes"))
+        baseline["pg_relations"] = relation_bytes(stack.pg.url)
         topups = TopUps(gate, dry)
         topups.start()
         results = []
@@ -835,7 +863,8 @@ def main(ports: tuple[int, int], argv: list[str] | None = None) -> int:
             time.sleep(max(0.0, max(answered) + 31 - time.time()))
         probe = None if args.find_max or args.no_probe else queued_probe(stack, sampler, args, run_id, wallets, dry)
         time.sleep(2)
-        final = next(s for s in reversed(sampler.samples) if s.get("redis_used_memory") and s.get("pg_db_bytes"))
+        final = dict(next(s for s in reversed(sampler.samples) if s.get("redis_used_memory") and s.get("pg_db_bytes")))
+        final["pg_relations"] = relation_bytes(stack.pg.url)
         exact = check_exactness(stack, gate)
         if args.find_max:
             fig = results[-1] if results else {}

@@ -213,3 +213,46 @@ def test_a_probe_during_which_entries_were_trimmed_gives_no_figure():
     }
     assert queued_growth(before, after | {"outbox_len": 2300})["bytes_per_queued_entry"] == 250
     assert queued_growth(before, before)["problem"] == "no entry was appended"
+
+
+def test_relation_bytes_sums_partitions_under_their_table_and_the_summary_splits_the_growth(database_url):
+    """The soak's PostgreSQL growth by table: a partitioned table's partitions are summed under its
+    name (indexes included), and the per-turn split divides each table's growth by the persisted turns."""
+    import psycopg
+
+    from benchmarks.soak.run import relation_bytes, summarize
+
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS soak_relation_test CASCADE")
+        conn.execute("CREATE SCHEMA soak_relation_test")
+        try:
+            conn.execute(
+                "CREATE TABLE soak_relation_test.parted (k int, v text) PARTITION BY RANGE (k);"
+                "CREATE TABLE soak_relation_test.parted_a PARTITION OF soak_relation_test.parted FOR VALUES FROM (0) TO (1000);"
+                "CREATE TABLE soak_relation_test.parted_b PARTITION OF soak_relation_test.parted FOR VALUES FROM (1000) TO (2000);"
+                "CREATE INDEX ON soak_relation_test.parted (k)"
+            )
+            before = relation_bytes(database_url)
+            conn.execute(
+                "INSERT INTO soak_relation_test.parted SELECT g, repeat('x', 100) FROM generate_series(0, 1999) g"
+            )
+            after = relation_bytes(database_url)
+            parts = conn.execute(
+                "SELECT sum(pg_total_relation_size(oid))::bigint FROM pg_class "
+                "WHERE oid IN ('soak_relation_test.parted_a'::regclass, 'soak_relation_test.parted_b'::regclass)"
+            ).fetchone()[0]
+        finally:
+            conn.execute("DROP SCHEMA soak_relation_test CASCADE")
+    assert "parted_a" not in after and "parted_b" not in after
+    assert after["parted"] == parts and parts > before["parted"]
+    step = Step(100, 1.0)
+    fig = summarize(
+        step,
+        [],
+        {"redis_used_memory": 0, "pg_db_bytes": 0, "pg_relations": before},
+        {"redis_used_memory": 0, "pg_db_bytes": 4000, "pg_relations": after},
+        {"decided": 2000, "persisted": 2000},
+    )
+    assert fig["pg_bytes_per_turn"] == 2.0
+    assert fig["pg_bytes_per_turn_by_table"]["parted"] == (parts - before["parted"]) / 2000
