@@ -873,6 +873,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke test, < 30 s)")
     parser.add_argument("--json", action="store_true", help="print all figures as one JSON object on the last line")
     args = parser.parse_args(argv)
+    from benchmarks.soak.stack import raise_on_sigterm
+
+    raise_on_sigterm()  # a SIGTERM runs the finally blocks that stop its celery worker and redis-server
     sizes = QUICK if args.quick else FULL
     trace_path = args.trace or (DEFAULT_TRACE if DEFAULT_TRACE.is_file() else BUNDLED_TRACE)
 
