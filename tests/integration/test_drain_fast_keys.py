@@ -12,52 +12,10 @@ import pytest
 from sqlalchemy import insert, text
 
 from models.wallet import Wallet
+from tests.integration.test_drain_staged import _row, wallet  # noqa: F401  (one row maker and wallet fixture for both files)
 from worker.db import session_scope
 from worker.ledger.accounts import ensure_enterprise
 from worker.ledger.turns import USAGE_COLUMNS, persist_turns
-
-pytestmark = pytest.mark.integration
-
-T0 = datetime(2026, 11, 3, 9, tzinfo=UTC)
-
-
-def _row(i: int, **over) -> dict:
-    row = {
-        **dict.fromkeys(USAGE_COLUMNS, 0),
-        "turn_id": f"t{i}",
-        "outbox_id": f"0:{1_700_000_000_000 + i}-0",
-        "wallet_id": "w-acme",
-        "enterprise_id": "acme",
-        "chat_id": f"chat-{i % 2}",
-        "workflow": "wf",
-        "agent": "a",
-        "model": "gpt-4o",
-        "provider": "openai",
-        "prompt_tokens": 100 + i,
-        "completion_tokens": 10,
-        "cost_nanos": 1_000 + i,
-        "billed_nanos": 1_000 + i,
-        "platform_fee_nanos": 1_000 + i,
-        "occurred_at": T0 + timedelta(seconds=i),
-        "action": "continue",
-        "mode": "production",
-        "balance_after_nanos": None,
-        "level": "app_usage",
-        "billing_target": "acme",
-        "billable": True,
-        "meter": "llm",
-        "service_tier": None,
-    }
-    row.update(over)
-    return row
-
-
-@pytest.fixture()
-def wallet(db):
-    with session_scope() as s:
-        ensure_enterprise(s, "acme")
-        s.execute(insert(Wallet).values(id="w-acme", enterprise_id="acme", owner_id="acme"))
-    return "w-acme"
 
 
 def _keys_statements(session) -> list[str]:
