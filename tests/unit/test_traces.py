@@ -273,6 +273,31 @@ def test_missing_file_and_unknown_format(tmp_path):
     assert "burstgpt" in str(_raises(p, "burstgpt"))
 
 
+def test_a_path_that_is_not_a_readable_regular_file_is_named_as_what_it_is(tmp_path, monkeypatch):
+    """A directory, a FIFO, a device (reading /dev/zero would never end), a symlink loop and an
+    unreadable file are each a TraceError that says what the path is, never a hang or a traceback."""
+    import os
+
+    assert "is a directory" in str(_raises(tmp_path, "azure"))
+    fifo = tmp_path / "trace.fifo"
+    os.mkfifo(fifo)
+    assert "not a regular file" in str(_raises(fifo, "mooncake", epoch=EPOCH))
+    assert "not a regular file" in str(_raises(Path("/dev/zero"), "azure"))
+    loop = tmp_path / "loop.csv"
+    loop.symlink_to(loop)
+    assert "cannot be read" in str(_raises(loop, "azure"))
+    p = _azure(tmp_path, "2023-11-16 18:15:46.6805900,374,44")
+    real_open = Path.open
+
+    def refused(self, *args, **kwargs):  # as for a file the process may not read (root reads any mode)
+        if self == p:
+            raise PermissionError(13, "Permission denied")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refused)
+    assert "cannot be read: Permission denied" in str(_raises(p, "azure"))
+
+
 # --- bundled samples --------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -225,12 +226,32 @@ def read_mooncake(path: Path, *, epoch: datetime) -> list[TraceRow]:
 
 def read_trace(path: str | Path, fmt: TraceFormat, *, epoch: datetime | None = None) -> list[TraceRow]:
     """Read a whole trace of format ``fmt``; Mooncake's relative times start at ``epoch`` (default:
-    now, UTC).  Raises TraceError (also for a missing file or an unknown format)."""
+    now, UTC).  Raises TraceError (also for a path that is not a readable regular file, named as
+    what it is, or an unknown format)."""
     path = Path(path)
-    if not path.is_file():
-        raise TraceError(path, "no such file")
-    if fmt == "azure":
-        return read_azure(path)
-    if fmt == "mooncake":
-        return read_mooncake(path, epoch=epoch or datetime.now(UTC))
+    if problem := _not_a_trace_file(path):
+        raise TraceError(path, problem)
+    try:
+        if fmt == "azure":
+            return read_azure(path)
+        if fmt == "mooncake":
+            return read_mooncake(path, epoch=epoch or datetime.now(UTC))
+    except OSError as exc:  # unreadable (permissions, an I/O error): never a traceback
+        raise TraceError(path, f"cannot be read: {exc.strerror or exc}") from exc
     raise TraceError(path, f"unknown format {fmt!r}: expected azure or mooncake")
+
+
+def _not_a_trace_file(path: Path) -> str | None:
+    """Why ``path`` is not a regular file a trace can be read from, or None: missing, a directory,
+    or a device, FIFO or socket (reading ``/dev/zero`` or a FIFO would never end)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:  # a loop of symlinks, a name too long, a folder on the way not searchable
+        return f"cannot be read: {exc.strerror or exc}"
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a trace file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a device, FIFO or socket)"
+    return None
