@@ -240,6 +240,12 @@ class Admission:
         self.moving = settings.rate_limit_strategy == "moving-window"
         self.now = time.time()
 
+    @property
+    def script(self) -> Any:
+        """``limits``' script of the strategy (moving window or fixed window's incr-expire)."""
+        storage: RedisStorage = self.limiter.storage  # type: ignore[assignment]
+        return storage.lua_acquire_moving_window if self.moving else storage.lua_incr_expire
+
     def _window(self, item: RateLimitItem) -> str:
         storage: RedisStorage = self.limiter.storage  # type: ignore[assignment]
         return storage.prefixed_key(item.key_for("key", self.key_prefix))
@@ -250,11 +256,9 @@ class Admission:
 
     def commands(self) -> list[tuple[Any, ...]]:
         """``EXISTS`` of the revocation marker, then one ``EVALSHA`` of ``limits``' script per limit."""
-        storage: RedisStorage = self.limiter.storage  # type: ignore[assignment]
-        script = storage.lua_acquire_moving_window if self.moving else storage.lua_incr_expire
         found: list[tuple[Any, ...]] = [("EXISTS", revoked_marker(self.key_prefix))]
         for item in self.items:
-            found.append(("EVALSHA", script.sha, 1, self._window(item), *self._script_args(item)))
+            found.append(("EVALSHA", self.script.sha, 1, self._window(item), *self._script_args(item)))
         return found
 
     def script_keys(self) -> list[str]:
@@ -303,10 +307,7 @@ async def admit(key_prefix: str) -> None:
             break
         if attempt:  # a fresh or flushed Redis: the script is loaded once, then the same commands sent again
             raise next(r for r in replies if isinstance(r, NoScriptError))
-        storage: RedisStorage = admission.limiter.storage  # type: ignore[assignment]
-        await client.script_load(
-            (storage.lua_acquire_moving_window if admission.moving else storage.lua_incr_expire).script
-        )
+        await client.script_load(admission.script.script)
     revoked, *answers = replies
     for answer in replies:
         if isinstance(answer, Exception):

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from worker.gate.outbox import _CODES, _EPOCH, _LLM_DEFAULTS, DECISION_TEXT, _rates_of, parse_entry
+from worker.gate.outbox import _CODES, _EPOCH, _LLM_DEFAULTS, DECISION_TEXT, _rates_of, _split, parse_entry
 from worker.ledger import turns
 
 _MICRO = timedelta(microseconds=1)
@@ -201,10 +201,7 @@ def _fast(fields: dict[str, str], outbox_id: str, lo: int, hi: int) -> tuple[Any
     _v, turn_id, wallet_id, enterprise_id, chat_id, workflow, agent, model, provider = p[:9]
     prompt, completion, cached, duration_ms = p[9:13]
     cost = p[14]
-    if level == "platform":
-        target, share = "platform", 0
-    else:
-        target, share = enterprise_id, billed * int(share_bps) // 10_000
+    target, share = _split(level, enterprise_id, billed, int(share_bps))
     fee = billed - share
     # the domains (check_domains'): unsigned integer / bigint figures, the one signed bigint
     if (prompt | completion | cached | duration_ms | trial_tokens | cache_write | cache_write_1h) >> 31 or (
@@ -318,7 +315,7 @@ def stage_entries(
         except Exception:  # the general path names it
             values = None
         if values is not None:
-            key = (values[_IE], values[_IW], values[_IT])
+            key = turns._staged_key(values)
         else:
             row = parse_entry(fields, outbox_id)
             key = (row["enterprise_id"], row["wallet_id"], row["turn_id"])
@@ -326,8 +323,3 @@ def stage_entries(
         add(key)
         out.append(values)
     return out
-
-
-_IE = turns._STAGE_COLUMNS.index("enterprise_id")
-_IW = turns._STAGE_COLUMNS.index("wallet_id")
-_IT = turns._STAGE_COLUMNS.index("turn_id")
