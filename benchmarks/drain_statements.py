@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     size = settings.outbox_batch_size
     spent: dict[str, list[int]] = defaultdict(list)
     engine = get_engine()
+    window = T.drain_window()
     for batch_no, start in enumerate(range(0, len(rows), size)):
         first: dict[tuple[str, str, str], dict[str, Any]] = {}
         for row in rows[start : start + size]:
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                     copy.set_types(T._STAGE_TYPES)
                     for i, ((enterprise_id, wallet_id, turn_id), row) in enumerate(first.items()):
                         key = turn_key_bytes(enterprise_id, wallet_id, turn_id)
-                        copy.write_row((i, key, T.chat_order(row["outbox_id"]), *T._stage_values(row)))
+                        copy.write_row((i, key, T.chat_order(row["outbox_id"]), *T._stage_values(row, window)))
                 t2 = _cpu_ns(pid)
                 spent["stage_reset"].append(t1 - t0)
                 spent["stage_copy"].append(t2 - t1)

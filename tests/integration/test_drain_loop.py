@@ -95,18 +95,22 @@ def test_drain_serves_the_shards_in_turn_not_one_until_empty(db, redis_client, g
     n_small, billed_small = _record(gate, small, 100)
     drain = OutboxDrain(redis_client, settings=settings.model_copy(update={"outbox_batch_size": 100}), consumer="rr")
     order: list[int] = []
-    persist = drain._drain_batch
+    read = drain.read_batch
 
-    def recording(shard, *args):
-        order.append(shard)
-        return persist(shard, *args)
+    def recording(shard, **kwargs):
+        entries, reclaimed = read(shard, **kwargs)
+        if entries:
+            order.append(shard)
+        return entries, reclaimed
 
-    monkeypatch.setattr(drain, "_drain_batch", recording)
+    monkeypatch.setattr(drain, "read_batch", recording)
     stats = drain.drain([big_shard, small_shard])
     assert (stats.read, stats.inserted, stats.batches) == (1_100, 1_100, 11)
-    # the small shard's one batch comes second, not after the big shard's ten
+    # the small shard's one batch comes second, not after the big shard's ten; the two first
+    # batches are persisted in one transaction (a group), the big shard's nine others alone
     assert order[:2] == [big_shard, small_shard]
     assert order.count(big_shard) == 10
+    assert stats.groups == 10
     _assert_exactly_once(db, gate, redis_client, {big_shard: big, small_shard: small}, 1_100, billed_big + billed_small)
 
 

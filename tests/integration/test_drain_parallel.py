@@ -2,7 +2,8 @@
 PostgreSQL: batches of different shards overlap, never two of one shard; every accepted turn is
 persisted once with every ledger figure exact, chats shared by wallets of different shards
 included; a failure of one batch while another is in flight leaves both pending and the next drain
-persists them once."""
+persists them once.  Groups of one batch (``outbox_group_size`` = ``outbox_batch_size``), so each
+transaction is one shard's batch; groups of several shards: tests/integration/test_drain_groups.py."""
 
 from __future__ import annotations
 
@@ -150,7 +151,10 @@ def test_two_persisters_overlap_batches_of_different_shards_and_persist_every_tu
     turns, billed = _fill(gate, wallets, 240)
     overlap = Overlap(monkeypatch)
     drain = OutboxDrain(
-        redis_client, settings=settings.model_copy(update={"outbox_batch_size": 40}), consumer="par", persisters=2
+        redis_client,
+        settings=settings.model_copy(update={"outbox_batch_size": 40, "outbox_group_size": 40}),
+        consumer="par",
+        persisters=2,
     )
     stats = drain.drain(max_seconds=120)
     assert (stats.read, stats.inserted, stats.duplicates, stats.batches) == (720, 720, 0, 18)
@@ -166,7 +170,7 @@ def test_one_persister_failing_while_another_is_in_flight_leaves_both_pending_th
     turns, billed = _fill(gate, wallets, 200)
     failing = gate.shard(wallets[1])
     overlap = Overlap(monkeypatch, fail_first_of=failing)
-    small = settings.model_copy(update={"outbox_batch_size": 50})
+    small = settings.model_copy(update={"outbox_batch_size": 50, "outbox_group_size": 50})
     drain = OutboxDrain(redis_client, settings=small, consumer="par", persisters=2)
     with pytest.raises(redis.ConnectionError, match="injected"):
         drain.drain(max_seconds=120)

@@ -1,17 +1,19 @@
 """The outbox drain: read accepted turns from the Redis outbox streams with a consumer group, persist
-them to PostgreSQL in one transaction per batch, then acknowledge.
+them to PostgreSQL in one transaction per group of batches, then acknowledge.
 
-Order per batch (DESIGN.md, the hot path)::
+Order per group (DESIGN.md, the hot path)::
 
     this consumer's own pending entries (XREADGROUP 0: a failed drain's, or its slot's predecessor's),
     else XAUTOCLAIM (a dead consumer's entries idle > reclaim_idle_ms), else XREADGROUP '>', up to N
+    a shard, one batch of each shard in turn until the group holds outbox_group_size entries
     → persist_turns (COPY into a staging table; INSERT … ON CONFLICT (enterprise_id, wallet_id,
       turn_id) DO NOTHING; aggregates for inserted rows) → COMMIT
     → refund second acceptances in the gate → XACK → XTRIM MINID (only what the group acknowledged)
 
-A drain serves its shards in turn, one batch each, and reads the next batch while earlier ones are
-persisted, two batches of different shards at once (:meth:`OutboxDrain.drain`); :class:`DrainLoop`
-runs it for good on a thread, one per Celery worker process (``settings.drain_loop``).
+A drain serves its shards in turn, one batch each, persists consecutive batches of different shards
+in one transaction (group commit: PostgreSQL's cost per row falls with the rows per transaction),
+and reads the next group while earlier ones are persisted (:meth:`OutboxDrain.drain`);
+:class:`DrainLoop` runs it for good on a thread, one per Celery worker process (``settings.drain_loop``).
 
 A crash before COMMIT leaves the entries pending: the same consumer re-reads them first at its next
 drain (a Celery pool slot keeps its consumer name across restarts, :func:`consumer_name`), and any
@@ -19,12 +21,12 @@ other consumer reclaims them after ``reclaim_idle_ms``.  A crash after
 COMMIT and before XACK re-delivers them: the unique ``turn_id`` drops the duplicates (same outbox
 entry id).  A turn_id the gate accepted twice (its dedupe key expired, or Redis lost it) arrives as a
 *different* outbox entry: its debit is refunded in the gate, so Redis keeps agreeing with the ledger.
-A batch that fails for any reason other than PostgreSQL or Redis being unreachable
-(:func:`worker.transient.is_transient`) is rolled back and persisted entry by entry, each in its
-own transaction; an entry that still fails, whatever the exception, is dead-lettered (a
-``dead_letter`` row with its error and its charge named in the ledger, one transaction; a copy in
+A group that fails for any reason other than PostgreSQL or Redis being unreachable
+(:func:`worker.transient.is_transient`) is rolled back and persisted batch by batch, and a batch
+that fails so entry by entry, each in its own transaction; an entry that still fails, whatever the
+exception, is dead-lettered (a ``dead_letter`` row with its error and its charge named in the ledger, one transaction; a copy in
 ``tollgate:{sN}:deadletter``; :mod:`worker.ledger.deadletter`), so it never blocks the turns behind it.  A transient failure
-dead-letters nothing: the batch stays pending and is read again.  The outbox is never trimmed by
+dead-letters nothing: the group stays pending and is read again.  The outbox is never trimmed by
 length.
 """
 
@@ -59,8 +61,8 @@ from worker.transient import is_transient
 
 GROUP = "tollgate-drain"
 
-#: batches a drain persists at once, each of another shard, each on its own connection (see
-#: :meth:`OutboxDrain.drain`): PostgreSQL inserts one batch while the next is copied in
+#: groups a drain persists at once, of different shards, each on its own connection (see
+#: :meth:`OutboxDrain.drain`): PostgreSQL inserts one group while the next is read and parsed
 PERSISTERS = 2
 
 #: DrainStats are added to by a drain's persisting threads
@@ -90,7 +92,9 @@ def consumer_name() -> str:
 @dataclass
 class DrainStats:
     """What a drain did: entries read, rows inserted, re-deliveries dropped, second acceptances
-    refunded in the gate, entries dead-lettered, batches, entries reclaimed from dead consumers."""
+    refunded in the gate, entries dead-lettered, batches (one shard's entries read at once),
+    entries reclaimed from dead consumers, and groups (batches persisted in one transaction,
+    :meth:`OutboxDrain.drain`)."""
 
     read: int = 0
     inserted: int = 0
@@ -99,6 +103,7 @@ class DrainStats:
     dead_lettered: int = 0
     batches: int = 0
     reclaimed: int = 0
+    groups: int = 0
 
     def add(self, result: PersistResult) -> None:
         """Count one persisted batch."""
@@ -114,6 +119,23 @@ class DrainStats:
 #: ``announce(session, gate, paused, resumed)``: what a drain does with the chats a batch paused /
 #: resumed, called inside the batch's transaction; it sends its announcements with ``after_commit``
 Announce = Callable[[Session, WalletGate, Sequence[Any], Sequence[Any]], None]
+
+
+@dataclass(frozen=True)
+class ShardBatch:
+    """Entries read from one shard at once: ``(stream id, fields)`` pairs in stream order, whether
+    they were reclaimed from a dead consumer, and their staged rows (None when one cannot be
+    parsed or holds a value no gate writes: the batch then goes one entry at a time)."""
+
+    shard: int
+    entries: list[tuple[str, dict[str, str]]]
+    reclaimed: bool
+    rows: StagedRows | None
+
+    @property
+    def ids(self) -> frozenset[str]:
+        """The stream ids of the entries."""
+        return frozenset(entry_id for entry_id, _ in self.entries)
 
 
 class OutboxDrain:
@@ -133,8 +155,8 @@ class OutboxDrain:
             (:func:`worker.gate.gate.process_gate`) when the drain is on the process's Redis
             (no ``client``); a drain given its own ``client`` (tests, fault runs, benchmarks) gets a
             gate on that client and settings, created on first use, unless ``gate`` is given.
-        persisters: batches persisted at once, each of another shard and on its own connection
-            (default :data:`PERSISTERS`; 1: one batch at a time).  Raises ValueError below 1.
+        persisters: groups persisted at once, holding different shards, each on its own connection
+            (default :data:`PERSISTERS`; 1: one group at a time).  Raises ValueError below 1.
 
     ``rearm_kicks`` (attribute, default True): a shard read empty deletes its kick flag, so the
     next accepted turn sends a drain task at once (:meth:`_emptied`).  A :class:`DrainLoop` turns
@@ -322,16 +344,23 @@ class OutboxDrain:
         First, on every shard (not only the given ones: a drain kicked for one shard must not leave
         this consumer's entries of another waiting), the entries this consumer read before and did
         not acknowledge (:meth:`read_pending`): a failed drain's batch is given back at once, not
-        after ``reclaim_idle_ms``.  Then the shards take turns, one batch each (round robin), so a long
-        backlog on one shard does not hold the others back; the next batch is read from Redis and
-        parsed while earlier ones are persisted, on up to ``persisters`` helper threads, each batch
-        in its own transaction on its own connection.  At most one batch of a shard is in flight,
-        so a shard's batches commit one at a time, in the order read; batches of different shards
-        hold different wallets' turns and lock shared rows (chats, agents, dirty marks) in one
-        fixed order, as concurrent drains of several processes do.  Each batch is acknowledged
-        only after its commit.  A failure that is not the batch's own
-        (:func:`worker.transient.is_transient`) is raised once every batch in flight has finished:
-        the failed batch, and any other that failed or was read meanwhile, stay pending for this
+        after ``reclaim_idle_ms``.  Then the shards take turns, one batch each (round robin), so a
+        long backlog on one shard does not hold the others back.  Consecutive batches of different
+        shards form a *group*, persisted in one transaction (group commit): one batch of each shard
+        in turn until the group holds ``outbox_group_size`` entries or every shard was read once.
+        PostgreSQL's cost per row falls with the rows per transaction (its per-statement and commit
+        work is paid once per group, and a wallet gets one debit row per group), and under load the
+        groups fill with whatever accumulated while the previous one was persisted.  The next group
+        is read from Redis and parsed while earlier ones are persisted, on up to ``persisters``
+        helper threads, each group in its own transaction on its own connection.  At most one
+        group holding a shard is in flight, so a shard's batches commit one at a time, in the order
+        read; groups holding different shards lock shared rows (chats, agents, dirty marks) in one
+        fixed order, as concurrent drains of several processes do.  Each batch is acknowledged only
+        after its group's commit.  A group that fails for its own reasons is rolled back and its
+        batches persisted one by one (:meth:`_drain_batch`: each batch, then its entries one at a
+        time, dead-lettering what still fails).  A failure that is not the batch's own
+        (:func:`worker.transient.is_transient`) is raised once every group in flight has finished:
+        the failed group, and any other that failed or was read meanwhile, stay pending for this
         consumer, read first by its next drain.  Returns the counts (added to ``stats``)."""
         stats = stats or DrainStats()
         deadline = time.monotonic() + max_seconds
@@ -343,45 +372,54 @@ class OutboxDrain:
                     break
                 self._drain_batch(shard, entries, None, stats, True)
 
-        # the batches being persisted, oldest first: (future, shard, entry ids)
-        flights: list[tuple[Future[None], int, frozenset[str]]] = []
+        # the groups being persisted, oldest first: (future, the entry ids of each of its shards)
+        flights: list[tuple[Future[None], dict[int, frozenset[str]]]] = []
 
-        def next_batch() -> tuple[int, list[tuple[str, dict[str, str]]], bool, StagedRows | None] | None:
-            while active and time.monotonic() < deadline:
+        def next_group() -> list[ShardBatch]:
+            """One batch of each active shard in turn until the group holds ``outbox_group_size``
+            entries or each was read once; a shard read empty leaves the turn.  Empty when every
+            shard is empty or the deadline passed."""
+            group: list[ShardBatch] = []
+            size = 0
+            for _ in range(len(active)):
+                if not active or time.monotonic() >= deadline or size >= self.settings.outbox_group_size:
+                    break
                 shard = active.pop(0)
-                in_flight = frozenset().union(*(ids for _f, s, ids in flights if s == shard))
+                in_flight = frozenset().union(*(ids.get(shard, frozenset()) for _f, ids in flights))
                 entries, reclaimed = self.read_batch(shard, in_flight=in_flight)
-                if entries:
-                    active.append(shard)  # its turn again after the others
-                    return shard, entries, reclaimed, self._parse(shard, entries)
-                self._emptied(shard)
-            return None
+                if not entries:
+                    self._emptied(shard)
+                    continue
+                active.append(shard)  # its turn again after the others
+                group.append(ShardBatch(shard, entries, reclaimed, self._parse(shard, entries)))
+                size += len(entries)
+            return group
 
         def settle(done: Callable[[], bool]) -> None:
-            """Wait for the oldest batch in flight until ``done()``; a failure is raised once every
-            batch in flight has finished (the others' entries stay pending too if they failed)."""
+            """Wait for the oldest group in flight until ``done()``; a failure is raised once every
+            group in flight has finished (the others' entries stay pending too if they failed)."""
             while flights and not done():
                 future = flights.pop(0)[0]
                 try:
                     future.result()
                 except BaseException:
-                    wait([f for f, _shard, _ids in flights])
+                    wait([f for f, _ids in flights])
                     flights.clear()
                     raise
 
         try:
-            batch = next_batch()
-            while batch is not None:
-                shard = batch[0]
-                # one batch per shard in flight (a shard's batches commit in the order read), at most
-                # ``persisters`` in all; a finished batch's failure is raised before another is sent
-                settle(lambda: all(s != shard for _f, s, _ids in flights))
+            group = next_group()
+            while group:
+                shards_read = {batch.shard for batch in group}
+                # no shard in two groups in flight (a shard's batches commit in the order read), at
+                # most ``persisters`` groups in all; a finished group's failure is raised before
+                # another is sent
+                settle(lambda: all(shards_read.isdisjoint(ids) for _f, ids in flights))
                 settle(lambda: len(flights) < self.persisters)
-                settle(lambda: not any(f.done() and f.exception() is not None for f, _s, _ids in flights))
-                ids = frozenset(entry_id for entry_id, _ in batch[1])
-                future = self._executor().submit(self._drain_batch, shard, batch[1], batch[3], stats, batch[2])
-                flights.append((future, shard, ids))
-                batch = next_batch()
+                settle(lambda: not any(f.done() and f.exception() is not None for f, _ids in flights))
+                future = self._executor().submit(self._drain_group, group, stats)
+                flights.append((future, {batch.shard: batch.ids for batch in group}))
+                group = next_group()
         finally:
             settle(lambda: False)
         return stats
@@ -410,6 +448,34 @@ class OutboxDrain:
         except Exception:
             return None
 
+    def _drain_group(self, group: list[ShardBatch], stats: DrainStats) -> None:
+        """Persist a group of batches (of different shards) in one transaction, then acknowledge
+        each batch.  A group of one batch, or holding a batch that could not be staged, goes batch
+        by batch (:meth:`_drain_batch`); so does a group that fails for its own reasons (rolled
+        back first).  A transient failure is raised and acknowledges nothing."""
+        if len(group) == 1 or any(batch.rows is None for batch in group):
+            for batch in group:
+                self._drain_batch(batch.shard, batch.entries, batch.rows, stats, batch.reclaimed)
+            return
+        rows = StagedRows([values for batch in group for values in cast(StagedRows, batch.rows).staged])
+        try:
+            self._persist_rows(rows, stats)
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # PostgreSQL or Redis unreachable: the group stays pending, nothing is dead-lettered
+            log.warning(
+                "outbox shards %s: a group of %d failed (%r); persisting batch by batch",
+                sorted(batch.shard for batch in group),
+                len(rows),
+                exc,
+            )
+            for batch in group:
+                self._drain_batch(batch.shard, batch.entries, batch.rows, stats, batch.reclaimed)
+            return
+        for batch in group:
+            self.acknowledge(batch.shard, (entry_id for entry_id, _ in batch.entries))
+            self._count_batch(batch.entries, batch.reclaimed, stats)
+
     def _drain_batch(
         self,
         shard: int,
@@ -428,6 +494,11 @@ class OutboxDrain:
             log.warning("outbox shard %s: a batch of %d failed (%r); persisting one by one", shard, len(entries), exc)
             self._persist_one_by_one(shard, entries, stats)
         self.acknowledge(shard, (entry_id for entry_id, _ in entries))
+        self._count_batch(entries, reclaimed, stats)
+
+    @staticmethod
+    def _count_batch(entries: list[tuple[str, dict[str, str]]], reclaimed: bool, stats: DrainStats) -> None:
+        """Count one acknowledged batch in ``stats``."""
         with _STATS_LOCK:
             stats.read += len(entries)
             stats.batches += 1
@@ -441,8 +512,15 @@ class OutboxDrain:
         stats: DrainStats,
         rows: StagedRows | None = None,
     ) -> None:
+        """Persist one shard's batch (``rows``: its staged rows, staged here when None) in one transaction."""
         if rows is None:
             rows = StagedRows(stage_entries(shard, entries, drain_window()))
+        self._persist_rows(rows, stats)
+
+    def _persist_rows(self, rows: StagedRows, stats: DrainStats) -> None:
+        """Persist staged rows (one batch's or a group's) in one transaction, announce the chats it
+        paused or resumed, refund second acceptances in the gate after the commit, and count it.
+        Raises what PostgreSQL or Redis raise (nothing is committed then)."""
         with session_scope() as session:
             result = persist_turns(session, rows)
             if result.paused or result.resumed:
@@ -459,7 +537,8 @@ class OutboxDrain:
                 self.gate.credit(conflict.wallet_id, conflict.billed_nanos, f"{REFUND_PREFIX}{conflict.outbox_id}")
         with _STATS_LOCK:
             stats.add(result)
-        record_drain_batch(self.redis, size=len(entries), inserted=result.inserted, duplicates=result.duplicates)
+            stats.groups += 1
+        record_drain_batch(self.redis, size=len(rows), inserted=result.inserted, duplicates=result.duplicates)
 
     def _persist_one_by_one(self, shard: int, entries: list[tuple[str, dict[str, str]]], stats: DrainStats) -> None:
         """Each entry in its own transaction; one that fails for any non-transient reason is
@@ -556,8 +635,9 @@ class DrainLoop:
     thread, instead of a task per kick.
 
     Each round re-reads the consumer's own pending entries, then serves the shards in turn, one
-    batch each, until all are empty (batches fill with whatever accumulated while the previous one
-    was persisted, up to ``outbox_batch_size``); then it waits ``drain_idle_ms`` and goes again.  A
+    batch each, until all are empty (batches fill with whatever accumulated while the previous group
+    was persisted, up to ``outbox_batch_size``, and consecutive batches are persisted together, up to
+    ``outbox_group_size``); then it waits ``drain_idle_ms`` and goes again.  A
     round that fails (PostgreSQL or Redis down) is logged and retried after a back-off of 0.1 s
     doubling to :data:`LOOP_MAX_BACKOFF_S` (1 s: one connection attempt a second while a server is
     down, so the loop is at most a second late once it answers again: issue 16's recovery target is
