@@ -121,6 +121,40 @@ def test_worker_sigkilled_mid_drain_then_restarted_persists_every_turn_once(
     assert redis_client.xpending(outbox_key(shard), GROUP)["pending"] == 0
 
 
+def test_xautoclaim_is_not_sent_at_every_read_yet_a_dead_consumers_entries_are_claimed_within_a_quarter_idle_time(
+    db, redis_client, gate, settings, monkeypatch
+):
+    turns, billed = _fill(gate, 300)
+    shard = gate.shard("w1")
+    fast = settings.model_copy(update={"reclaim_idle_ms": 400, "outbox_batch_size": 100})
+    dead = OutboxDrain(redis_client, settings=fast, consumer="dead")
+    dead_ids = [entry_id for entry_id, _ in dead.read_batch(shard)[0]]  # read, never acknowledged
+    assert len(dead_ids) == 100
+    claims: list[list[str]] = []
+    xautoclaim = redis_client.xautoclaim
+
+    def recording(*args, **kwargs):
+        reply = xautoclaim(*args, **kwargs)
+        claims.append([entry_id for entry_id, _ in reply[1]])
+        return reply
+
+    monkeypatch.setattr(redis_client, "xautoclaim", recording)
+    survivor = OutboxDrain(redis_client, settings=fast, consumer="survivor")
+    # nothing idle long enough yet: one XAUTOCLAIM claiming nothing, then none for a quarter of
+    # reclaim_idle_ms (100 ms); the new entries are read meanwhile
+    first, first_reclaimed = survivor.read_batch(shard)
+    second, second_reclaimed = survivor.read_batch(shard)
+    assert (len(first), first_reclaimed, len(second), second_reclaimed, claims) == (100, False, 100, False, [[]])
+    time.sleep(0.45)  # the dead consumer's entries are idle past reclaim_idle_ms
+    claimed, reclaimed = survivor.read_batch(shard)
+    assert ([entry_id for entry_id, _ in claimed], reclaimed) == (dead_ids, True)
+    assert claims == [[], dead_ids]
+    # the survivor's drain persists what it holds (its two batches and the claimed one) once
+    stats = OutboxDrain(redis_client, settings=fast, consumer="survivor").drain([shard])
+    assert (stats.read, stats.inserted, stats.duplicates) == (300, 300, 0)
+    _assert_exactly_once(db, gate, turns, billed)
+
+
 def test_redelivery_after_commit_before_ack_is_dropped_by_the_unique_turn_id(db, redis_client, gate, settings):
     turns, billed = _fill(gate, 1_000)
     shard = gate.shard("w1")

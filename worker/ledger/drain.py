@@ -65,6 +65,11 @@ GROUP = "tollgate-drain"
 #: :meth:`OutboxDrain.drain`): PostgreSQL inserts one group while the next is read and parsed
 PERSISTERS = 2
 
+#: after an XAUTOCLAIM that claimed nothing, a drain sends the next one for that stream after this
+#: fraction of ``reclaim_idle_ms``, at most :data:`CLAIM_INTERVAL_MAX_S` seconds later
+CLAIM_INTERVAL_FRACTION = 0.25
+CLAIM_INTERVAL_MAX_S = 1.0
+
 #: DrainStats are added to by a drain's persisting threads
 _STATS_LOCK = threading.Lock()
 log = logging.getLogger(__name__)
@@ -185,6 +190,8 @@ class OutboxDrain:
         self._own_redis = client is None and settings is None
         self._gate: WalletGate | None = gate
         self._pool: ThreadPoolExecutor | None = None
+        #: per stream, the monotonic time before which XAUTOCLAIM is not sent again (:meth:`read_batch`)
+        self._claim_after: dict[str, float] = {}
 
     @property
     def gate(self) -> WalletGate:
@@ -213,32 +220,19 @@ class OutboxDrain:
     ) -> tuple[list[tuple[str, dict[str, str]]], bool]:
         """Up to ``outbox_batch_size`` entries of one shard: a dead consumer's first, then new ones.
 
-        Returns ``(entries, reclaimed)``.  Entries trimmed away while pending (never, by our trim
-        rule) are skipped by XAUTOCLAIM.  ``in_flight``: ids of this consumer's batch being persisted
+        Returns ``(entries, reclaimed)``.  A dead consumer's entries are looked for by XAUTOCLAIM
+        (:meth:`_autoclaim`: not at every read).  Entries trimmed away while pending (never, by our
+        trim rule) are skipped by XAUTOCLAIM.  ``in_flight``: ids of this consumer's batch being persisted
         while this one is read (:meth:`drain` reads ahead); left out even when idle long enough to be
         claimed, so no batch is persisted twice by its own drain.
         """
         stream = outbox_key(shard)
         self.ensure_group(stream)
         count = self.settings.outbox_batch_size
-        try:
-            _next, claimed, _deleted = self.redis.xautoclaim(
-                stream, GROUP, self.consumer, self.settings.reclaim_idle_ms, start_id="0-0", count=count
-            )
-        except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            # the stream was deleted and re-created (Redis lost its data): make the group again
-            self._groups.discard(stream)
-            self.ensure_group(stream)
-            return self.read_batch(shard, in_flight=in_flight)
-        except UnicodeDecodeError:  # another writer's bytes that are not UTF-8: now ours, pending
-            return _without(
-                deadletter.read_own_pending(self.redis, stream, GROUP, self.consumer, count), in_flight
-            ), True
-        claimed = _without(claimed, in_flight)
-        if claimed:
-            return claimed, True
+        if time.monotonic() >= self._claim_after.get(stream, 0.0):
+            claimed, reclaimed = self._autoclaim(stream, count, in_flight)
+            if reclaimed:
+                return claimed, True
         try:
             # RESP2 with decode_responses=True: [[stream, [(id, {field: value}), ...]]]
             reply = cast(
@@ -252,6 +246,38 @@ class OutboxDrain:
         if not reply:
             return [], False
         return reply[0][1], False
+
+    def _autoclaim(
+        self, stream: str, count: int, in_flight: frozenset[str]
+    ) -> tuple[list[tuple[str, dict[str, str]]], bool]:
+        """XAUTOCLAIM of a dead consumer's entries (idle > ``reclaim_idle_ms``) of ``stream``, less
+        ``in_flight``: ``(entries, True)`` when it claimed some, else ``([], False)``.  XAUTOCLAIM
+        walks the group's pending entries from the start at every call (about 1 ms of Redis CPU per
+        thousand pending under load: benchmarks/RESULTS.md), so after a call that claimed nothing it
+        is not sent again for :data:`CLAIM_INTERVAL_FRACTION` of ``reclaim_idle_ms`` (at most
+        :data:`CLAIM_INTERVAL_MAX_S`): an entry is then claimed at most that much later than its idle
+        time allows.  Raises what XAUTOCLAIM raises, but NOGROUP (the group is made again)."""
+        try:
+            _next, claimed, _deleted = self.redis.xautoclaim(
+                stream, GROUP, self.consumer, self.settings.reclaim_idle_ms, start_id="0-0", count=count
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # the stream was deleted and re-created (Redis lost its data): make the group again
+            self._groups.discard(stream)
+            self.ensure_group(stream)
+            return [], False
+        except UnicodeDecodeError:  # another writer's bytes that are not UTF-8: now ours, pending
+            return _without(
+                deadletter.read_own_pending(self.redis, stream, GROUP, self.consumer, count), in_flight
+            ), True
+        claimed = _without(claimed, in_flight)
+        if claimed:
+            return claimed, True
+        pause = min(CLAIM_INTERVAL_MAX_S, self.settings.reclaim_idle_ms / 1000 * CLAIM_INTERVAL_FRACTION)
+        self._claim_after[stream] = time.monotonic() + pause
+        return [], False
 
     def read_pending(self, shard: int) -> list[tuple[str, dict[str, str]]]:
         """Up to ``outbox_batch_size`` entries this consumer read before and has not acknowledged
