@@ -551,9 +551,11 @@ def _stored_tuples(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """The rows in the shape ``usage_row`` stores them (migration 0019; ``worker.ledger.usage_rows``):
     :data:`~worker.ledger.usage_rows.ROW_COLUMNS` but ``id`` (the sequence fills it, as for the
     drain), each price tuple as a small integer id (numbered here: the scratch table has no
-    ``usage_price``), the closed-set columns as their one-byte codes (``models.usage_codes``)."""
+    ``usage_price``), the closed-set columns as their one-byte codes (``models.usage_codes``), the
+    numbers that are 0 and the implied platform fee as NULL, the billing target ``''`` when the
+    level implies it (migration 0021, ``models.usage_codes.store_sql``)."""
     from models.turn import PRICE_COLUMNS
-    from models.usage_codes import CODES
+    from models.usage_codes import CODES, ZERO_AS_NULL
     from worker.ledger.usage_rows import ROW_COLUMNS
 
     prices: dict[tuple[Any, ...], int] = {}
@@ -566,6 +568,13 @@ def _stored_tuples(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
                 values.append(prices.setdefault(tier, len(prices) + 1))
             elif c in CODES:
                 values.append(CODES[c][str(row[c])])
+            elif c == "billing_target":
+                implied = "platform" if str(row["level"]) == "platform" else row["enterprise_id"]
+                values.append("" if row[c] == implied else row[c] or None)
+            elif c == "platform_fee_nanos":
+                values.append(None if row[c] == row["billed_nanos"] - row["creator_share_nanos"] else row[c])
+            elif c in ZERO_AS_NULL:
+                values.append(row[c] or None)
             else:
                 values.append(row[c])
         out.append(tuple(values))

@@ -99,8 +99,14 @@ def test_retention_drops_old_months_and_keeps_balances(db, gate, redis_client, s
     assert (report.dropped, report.default_rows_deleted, report.turn_keys_deleted) == (["2026-09"], 1, 0)
     with db.begin() as conn:
         assert conn.execute(text("SELECT count(*) FROM usage_turn_key")).scalar_one() == 5
-        # as if recorded back then (the key keeps the UTC date it was recorded on)
-        conn.execute(text("UPDATE usage_turn_key SET recorded_on = (occurred_at AT TIME ZONE 'UTC')::date"))
+        # as if recorded back then (the key keeps the later of the turn's and its recording's UTC dates)
+        for i, when in enumerate(months):
+            conn.execute(
+                text(
+                    "UPDATE usage_turn_key SET retention_date = :d WHERE turn_key = usage_turn_key_of('acme', 'w1', :t)"
+                ),
+                {"d": when.date(), "t": f"t{i}"},
+            )
     with session_scope() as s:
         assert apply_retention(s, months=3, now=NOW).turn_keys_deleted == 2
     assert [t for t, _ in _where(db)] == ["t2", "t3", "t4"]

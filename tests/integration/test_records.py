@@ -46,10 +46,10 @@ def test_enum_columns_read_back_as_enums_and_are_stored_as_their_values(session)
     with nullcontext(session.connection()) as conn:  # written into the migrations' VARCHAR columns as the plain values
         conn.execute(
             text(
-                "INSERT INTO usage_turn_key (turn_key, outbox_id, occurred_at) "
-                "VALUES (usage_turn_key_of('e1', 'w1', 't1'), '0:1-0', :t)"
+                "INSERT INTO usage_turn_key (turn_key, outbox_id, retention_date) "
+                "VALUES (usage_turn_key_of('e1', 'w1', 't1'), '0:1-0', :d)"
             ),
-            {"t": T0},
+            {"d": T0.date()},
         )
         conn.execute(
             text(

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from models.turn import TurnIn
-from models.usage_codes import CODES
+from models.usage_codes import CODES, read_sql
 from tests.committed import credit_wallet, open_wallet
 from tests.conftest import TEST_DB_URL
 from worker.db import session_scope
@@ -67,7 +67,7 @@ def _rows(conn) -> list[tuple]:
 
 def _places(conn, table: str) -> dict[tuple[str, str], tuple[int, ...]]:
     """Per partition (schema-qualified) and app: rows and the nanos sums."""
-    sums = ", ".join(f"sum({c})::bigint" for c in NANOS)
+    sums = ", ".join(f"sum({read_sql(c, table)})::bigint" for c in NANOS)  # (usage_row's NULLs: 0021)
     return {
         (p, a): tuple(rest)
         for p, a, *rest in conn.execute(

@@ -140,11 +140,14 @@ def apply_retention(
         session.execute(text("DELETE FROM usage_event_default WHERE occurred_at < :c"), {"c": cutoff}),
     ).rowcount
     # a turn key goes when its turn is old *and* was recorded long ago: a late turn recorded today
-    # for an old month keeps its key (and so its idempotency) for the retention period
+    # for an old month keeps its key (and so its idempotency) for the retention period.  The cutoff
+    # is a UTC midnight, so a key's retention_date (the later of the two UTC dates) decides; a key
+    # persisted before migration 0021 has its turn's occurred_at and the date it was recorded
+    # (models.turn.UsageTurnKey)
     report.turn_keys_deleted = cast(
         CursorResult[Any],
         session.execute(
-            text("DELETE FROM usage_turn_key WHERE occurred_at < :c AND recorded_on < :d"),
+            text("DELETE FROM usage_turn_key WHERE retention_date < :d AND (occurred_at IS NULL OR occurred_at < :c)"),
             {"c": cutoff, "d": cutoff.date()},  # cutoff: midnight UTC, the first day of a month
         ),
     ).rowcount

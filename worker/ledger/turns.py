@@ -23,7 +23,7 @@ from sqlalchemy import Boolean, DateTime, Integer, String, func, select
 from sqlmodel import Session, col
 
 from models.enums import BillingMode, ChatStatus, ConnectionState, TransactionKind
-from models.turn import UsageEvent, UsageTurnKey, turn_key_bytes, turn_key_digest
+from models.turn import UsageEvent, UsageTurnKey, retention_date_sql, turn_key_bytes, turn_key_digest
 from models.validation import occurred_at_window, text_problem
 from worker.db import table_of
 from worker.gate.gate import WalletGate
@@ -418,10 +418,10 @@ def _stage_values(row: dict[str, Any], window: tuple[datetime, datetime]) -> tup
 #: returned; then only the fresh rows get their ``usage_event`` row (a view since migration 0019:
 #: written to ``usage_row``, partitioned by month, with a ``usage_price`` id, by
 #: :func:`insert_usage_rows`), so a re-delivered or retried turn is one row whatever its
-#: ``occurred_at``.  The first statement returns (keys inserted, ords not inserted).
+#: ``occurred_at``.  A key's ``retention_date``: :func:`models.turn.retention_date_sql`.  The first statement returns (keys inserted, ords not inserted).
 _INSERT_USAGE = (
-    "WITH fresh AS (INSERT INTO usage_turn_key (turn_key, outbox_id, occurred_at) "
-    f"SELECT turn_key, outbox_id, occurred_at FROM {STAGE} ORDER BY turn_key "
+    "WITH fresh AS (INSERT INTO usage_turn_key (turn_key, outbox_id, retention_date) "
+    f"SELECT turn_key, outbox_id, {retention_date_sql('occurred_at')} FROM {STAGE} ORDER BY turn_key "
     "ON CONFLICT (turn_key) DO NOTHING RETURNING turn_key), "
     # (skipped, a one-time filter, when every staged row was inserted: ``staged`` is their count)
     f"stale AS (UPDATE {STAGE} s SET fresh = false WHERE (SELECT count(*) FROM fresh) < %(staged)s::bigint "

@@ -1,5 +1,6 @@
 """Staged turns as ``usage_row`` rows (migration 0019): their price tuple as a ``usage_price`` id,
-their closed-set columns as one-byte codes (``models.usage_codes``).
+their closed-set columns as one-byte codes, what a row implies left out (migration 0021: zeros and
+the implied platform fee as NULL, the implied billing target as ``''``; ``models.usage_codes``).
 
 ``usage_event`` is a view over ``usage_row`` that shows every column by name; the drain writes the
 table directly, from its staging table, with the SQL of :func:`insert_usage_rows`.
@@ -8,9 +9,10 @@ table directly, from its staging table, with the SQL of :func:`insert_usage_rows
 from __future__ import annotations
 
 from models.turn import PRICE_COLUMNS
-from models.usage_codes import CODES, encode_sql
+from models.usage_codes import CODES, IMPLIED, encode_sql, store_sql
 
-#: ``usage_row``'s columns, in its order (``price_id`` and the codes computed, the rest copied)
+#: ``usage_row``'s columns, in its order (``price_id``, the codes and the implied forms computed,
+#: the rest copied)
 ROW_COLUMNS = (
     "id",
     "occurred_at",
@@ -60,15 +62,23 @@ def insert_usage_rows(stage: str, where: str = "fresh") -> str:
        ``ON CONFLICT DO NOTHING`` (two transactions adding the same tuple: the second waits for
        the first and then adds nothing; the fixed order keeps two adding several from deadlocking);
     2. the rows, each with its tuple's ``usage_price.id`` (a new statement: under READ COMMITTED it
-       sees the tuples another transaction committed meanwhile) and its codes; a value without a
-       code fails the NOT NULL of its column.
+       sees the tuples another transaction committed meanwhile), its codes (a value without a
+       code fails the NOT NULL of its column) and the columns a row implies as
+       :func:`~models.usage_codes.store_sql` stores them.
     """
     tuple_cols = ", ".join("coalesce(s.service_tier, '')" if c == "service_tier" else f"s.{c}" for c in PRICE_COLUMNS)
     values = []
     for c in ROW_COLUMNS:
         if c == "id":
             continue
-        values.append("p.id" if c == "price_id" else encode_sql(c, f"s.{c}") if c in CODES else f"s.{c}")
+        if c == "price_id":
+            values.append("p.id")
+        elif c in CODES:
+            values.append(encode_sql(c, f"s.{c}"))
+        elif c in IMPLIED:
+            values.append(store_sql(c, "s"))
+        else:
+            values.append(f"s.{c}")
     cols = ", ".join(c for c in ROW_COLUMNS if c != "id")
     return (
         f"INSERT INTO usage_price ({', '.join(PRICE_COLUMNS)}) SELECT DISTINCT {tuple_cols} FROM {stage} s "
