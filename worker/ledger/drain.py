@@ -398,6 +398,9 @@ class OutboxDrain:
                     break
                 self._drain_batch(shard, entries, None, stats, True)
 
+        # at most this many shards to a group, so that ``persisters`` groups of different shards
+        # can be in flight at once (one persisted while the next is read and sent)
+        shards_per_group = -(-self.settings.outbox_shards // self.persisters)
         # the groups being persisted, oldest first: (future, the entry ids of each of its shards)
         flights: list[tuple[Future[None], dict[int, frozenset[str]]]] = []
 
@@ -408,7 +411,12 @@ class OutboxDrain:
             group: list[ShardBatch] = []
             size = 0
             for _ in range(len(active)):
-                if not active or time.monotonic() >= deadline or size >= self.settings.outbox_group_size:
+                if (
+                    not active
+                    or time.monotonic() >= deadline
+                    or size >= self.settings.outbox_group_size
+                    or len(group) >= shards_per_group
+                ):
                     break
                 shard = active.pop(0)
                 in_flight = frozenset().union(*(ids.get(shard, frozenset()) for _f, ids in flights))
