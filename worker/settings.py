@@ -31,7 +31,8 @@ class Settings(BaseSettings):
             ``crc32(wallet_id) % outbox_shards``.  Fixed once wallets exist.
         outbox_batch_size: entries a drain reads from one shard at once (one XREADGROUP).
         outbox_group_size: entries a drain persists in one transaction at most: one batch of each
-            shard in turn until the group holds this many (group commit: PostgreSQL's cost per row
+            shard in turn (of at most ``ceil(outbox_shards / persisters)`` shards, see
+            ``worker.ledger.drain.OutboxDrain.drain``) until the group holds this many (group commit: PostgreSQL's cost per row
             falls with the rows per transaction: 57 µs of its CPU a row at 250 rows, 39 at 1,000, 25 at 4,000 on the
             benchmark machine; benchmarks/RESULTS.md).  At most ``outbox_batch_size``: one shard's
             batch per transaction.

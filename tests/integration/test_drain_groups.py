@@ -31,8 +31,9 @@ def _transactions(db) -> tuple[int, dict[str, int]]:
     return xids, debits
 
 
-def _drain(redis_client, settings, **sizes: int) -> OutboxDrain:
-    return OutboxDrain(redis_client, settings=settings.model_copy(update=sizes), consumer="grp")
+def _drain(redis_client, settings, persisters: int = 1, **sizes: int) -> OutboxDrain:
+    """A drain of its own consumer; one persister by default, so a group may hold every shard."""
+    return OutboxDrain(redis_client, settings=settings.model_copy(update=sizes), consumer="grp", persisters=persisters)
 
 
 def test_a_group_holds_a_batch_of_each_shard_in_one_transaction_with_one_debit_per_wallet(
@@ -48,10 +49,20 @@ def test_a_group_holds_a_batch_of_each_shard_in_one_transaction_with_one_debit_p
     assert sum(redis_client.xlen(outbox_key(s)) for s in range(settings.outbox_shards)) == 0
 
 
-def test_the_group_size_caps_a_group_and_the_shards_still_take_turns(db, redis_client, gate, settings, monkeypatch):
+@pytest.mark.parametrize(
+    ("group_size", "persisters"),
+    [(80, 1), (4000, 2)],
+    ids=["capped-by-group-size", "capped-by-shards-over-persisters"],
+)
+def test_a_group_is_capped_by_its_size_and_by_shards_over_persisters_and_the_shards_still_take_turns(
+    db, redis_client, gate, settings, monkeypatch, group_size, persisters
+):
+    # two batches of 40 to a group: by the group size (80), or because with 2 persisters a group
+    # holds at most ceil(4 shards / 2) shards, so that two groups of different shards can be in flight
+    assert settings.outbox_shards == 4
     wallets = _wallets_on_shards(gate, 3)
     turns, billed = _fill(gate, wallets, 240)
-    drain = _drain(redis_client, settings, outbox_batch_size=40, outbox_group_size=80)
+    drain = _drain(redis_client, settings, persisters, outbox_batch_size=40, outbox_group_size=group_size)
     groups: list[list[int]] = []
     real = drain._drain_group
 

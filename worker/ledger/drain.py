@@ -373,7 +373,9 @@ class OutboxDrain:
         after ``reclaim_idle_ms``.  Then the shards take turns, one batch each (round robin), so a
         long backlog on one shard does not hold the others back.  Consecutive batches of different
         shards form a *group*, persisted in one transaction (group commit): one batch of each shard
-        in turn until the group holds ``outbox_group_size`` entries or every shard was read once.
+        in turn until the group holds ``outbox_group_size`` entries, or ``ceil(outbox_shards /
+        persisters)`` shards (so that ``persisters`` groups of different shards can be in flight at
+        once), or every shard was read once.
         PostgreSQL's cost per row falls with the rows per transaction (its per-statement and commit
         work is paid once per group, and a wallet gets one debit row per group), and under load the
         groups fill with whatever accumulated while the previous one was persisted.  The next group
