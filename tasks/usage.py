@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery.signals import worker_process_init, worker_process_shutdown
+from celery.utils.log import current_process_index  # type: ignore[attr-defined]  # not in celery-types
 from pydantic import ValidationError
 
 from models.turn import TurnIn
@@ -12,7 +13,7 @@ from worker.celery_app import DRAIN_OUTBOX_TASK, RECORD_TURN_TASK, app
 from worker.chats.lifecycle import announce_chat_changes
 from worker.errors import InputError
 from worker.gate.gate import UnknownWallet, WrongEnterprise, process_gate
-from worker.ledger.drain import DrainLoop, DrainStats, OutboxDrain, consumer_name
+from worker.ledger.drain import DrainLoop, DrainStats, OutboxDrain, consumer_name, drain_loop_serves
 from worker.pricing.prices import PricingError, TurnLimitExceeded
 from worker.settings import get_settings
 
@@ -39,10 +40,15 @@ _loop: DrainLoop | None = None
 
 @worker_process_init.connect
 def start_drain_loop(**_: Any) -> None:
-    """In each Celery worker process, when ``settings.drain_loop`` is on: start the long-lived
-    drain consumer (:class:`~worker.ledger.drain.DrainLoop`, consumer ``<consumer_name()>-loop``)."""
+    """In the first ``settings.drain_loops`` pool processes of a Celery worker (slots 0 … n − 1),
+    when ``settings.drain_loop`` is on: start the long-lived drain consumer
+    (:class:`~worker.ledger.drain.DrainLoop`, consumer ``<consumer_name()>-loop``)."""
     global _loop
-    if not get_settings().drain_loop or _loop is not None:
+    settings = get_settings()
+    if not settings.drain_loop or _loop is not None:
+        return
+    slot = current_process_index(base=0)
+    if slot is not None and slot >= settings.drain_loops:
         return
     _loop = DrainLoop(OutboxDrain(consumer=f"{consumer_name()}-loop", announce=announce_chat_changes))
     _loop.start()
@@ -60,16 +66,16 @@ def stop_drain_loop(**_: Any) -> None:
 def drain_outbox(shard: int | None = None, max_seconds: float = 30.0) -> dict[str, int]:
     """Persist the outbox of ``shard`` (default: every shard) until empty or ``max_seconds`` pass.
 
-    In a worker process whose drain loop runs (``settings.drain_loop``), the task does nothing: the
-    loop already serves every shard and reclaims dead consumers' entries, and a second consumer in
-    the same process would only split its batches (the gate's kicks and beat's backstop keep coming
-    whether or not a loop runs).
+    While a drain loop runs (``settings.drain_loop``: this process's, or any other's on the same
+    Redis, :func:`~worker.ledger.drain.drain_loop_serves`), the task does nothing: a loop already
+    serves every shard and reclaims dead consumers' entries, and one more consumer would only split
+    its batches (the gate's kicks and beat's backstop keep coming whether or not a loop runs).
 
     Returns counts: read, inserted, duplicates, batches, reclaimed (all 0 when the loop serves).
     """
-    if _loop is not None and _loop.alive():
-        return DrainStats().as_dict()
     drain = _get_drain()
+    if (_loop is not None and _loop.alive()) or drain_loop_serves(drain.redis):
+        return DrainStats().as_dict()
     shards = None if shard is None else [shard]
     return drain.drain(shards, max_seconds=max_seconds).as_dict()
 

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         drain_loop: each Celery worker process also runs a long-lived drain consumer on a thread
             (``worker.ledger.drain.DrainLoop``, started at ``worker_process_init``): it serves every
             shard in turn without waiting for kicks; the kicked task and beat's backstop go on.
+        drain_loops: the worker pool processes (slots 0 … n − 1) that run a drain loop when
+            ``drain_loop`` is on; the others only run tasks.  Each loop serves every shard, and two
+            loops of one worker drain the same entries' shards at about 1.5 × the CPU per row of
+            one (their transactions wait on the same wallets' rows: benchmarks/RESULTS.md); more
+            workers (machines) each bring their own.
         drain_idle_ms: a drain loop that found every shard empty reads again after this long
             (milliseconds): the lag it adds when idle, and its polling rate.
         default_mode: billing mode of a new wallet unless given.
@@ -94,6 +99,7 @@ class Settings(BaseSettings):
     reclaim_idle_ms: int = Field(default=30_000, ge=100)
     kick_interval_ms: int = Field(default=200, ge=1)
     drain_loop: bool = False
+    drain_loops: int = Field(default=1, ge=1, le=64)
     drain_idle_ms: int = Field(default=50, ge=1, le=5_000)
     default_mode: BillingMode = BillingMode.production
     price_overrides_path: str | None = None

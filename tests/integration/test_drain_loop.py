@@ -1,5 +1,6 @@
 """The drain under load (issue 16, item 2): shards served in turn, and the long-lived drain consumer
-(``DrainLoop``, one per Celery worker process with ``TOLLGATE_DRAIN_LOOP=1``) persisting every
+(``DrainLoop``, in the first ``TOLLGATE_DRAIN_LOOPS`` pool processes of a Celery worker with
+``TOLLGATE_DRAIN_LOOP=1``; drain tasks stand aside while one runs) persisting every
 accepted turn exactly once without a single kick."""
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from sqlalchemy import text
 
 from models.turn import TurnIn
 from tests.committed import credit_wallet, open_wallet
-from worker.gate.keys import kick_key, outbox_key
-from worker.ledger.drain import GROUP, DrainLoop, OutboxDrain
+from worker.gate.keys import DRAIN_LOOP_KEY, kick_key, outbox_key
+from worker.ledger.drain import GROUP, LOOP_KICK_HOLD_MS, DrainLoop, OutboxDrain
 
 pytestmark = pytest.mark.integration
 
@@ -230,3 +231,60 @@ def test_a_drain_loop_holds_the_kick_flags_so_the_turns_it_drains_send_no_kick(r
         redis_client.delete(kick_key(shard))
     record("d")
     assert sorted(kicks) == sorted(wallets)
+
+
+def test_the_drain_task_stands_aside_while_a_loop_of_another_process_serves(
+    db, redis_client, gate, settings, monkeypatch
+):
+    # the loop runs in another pool process (or another worker): its key in Redis says so, and a
+    # kick or beat's backstop in this process reads nothing; once that loop stops, the task drains
+    import tasks.usage as usage
+
+    shard, wallet_id = next(iter(_wallet_per_shard(gate).items()))
+    n, billed = _record(gate, wallet_id, 200)
+    elsewhere = DrainLoop(OutboxDrain(redis_client, settings=settings, consumer="elsewhere-loop"), idle_ms=10)
+    elsewhere.hold_kicks()  # what a running loop does every few seconds
+    assert redis_client.get(DRAIN_LOOP_KEY) == "elsewhere-loop"
+    assert 0 < redis_client.pttl(DRAIN_LOOP_KEY) <= LOOP_KICK_HOLD_MS
+    monkeypatch.setattr(usage, "_loop", None)
+    monkeypatch.setattr(usage, "_drain", OutboxDrain(redis_client, settings=settings, consumer="task"))
+    assert usage.drain_outbox() == {k: 0 for k in usage.drain_outbox()}
+    assert _persisted(db) == (0, 0, 0) and redis_client.xlen(outbox_key(shard)) == n
+    elsewhere.stop()  # it set the key last: it takes it away
+    assert redis_client.exists(DRAIN_LOOP_KEY) == 0
+    counts = usage.drain_outbox()
+    assert (counts["read"], counts["inserted"]) == (n, n)
+    assert _persisted(db) == (n, n, billed)
+
+
+def test_a_loop_does_not_take_away_the_key_another_loop_set_last(redis_client, settings):
+    first = DrainLoop(OutboxDrain(redis_client, settings=settings, consumer="first-loop"))
+    second = DrainLoop(OutboxDrain(redis_client, settings=settings, consumer="second-loop"))
+    first.hold_kicks()
+    second.hold_kicks()
+    first.stop()
+    assert redis_client.get(DRAIN_LOOP_KEY) == "second-loop"
+
+
+@pytest.mark.parametrize(("slot", "loops", "started"), [(0, 1, True), (1, 1, False), (1, 2, True), (None, 1, True)])
+def test_only_the_first_drain_loops_pool_slots_start_a_loop(settings, monkeypatch, slot, loops, started):
+    import tasks.usage as usage
+
+    class Recorder:
+        made: list[str] = []
+
+        def __init__(self, drain):
+            Recorder.made.append(drain.consumer)
+
+        def start(self):
+            return None
+
+    monkeypatch.setattr(usage, "_loop", None)
+    monkeypatch.setattr(usage, "DrainLoop", Recorder)
+    monkeypatch.setattr(usage, "current_process_index", lambda base=0: slot)
+    monkeypatch.setattr(
+        usage, "get_settings", lambda: settings.model_copy(update={"drain_loop": True, "drain_loops": loops})
+    )
+    usage.start_drain_loop()
+    assert bool(Recorder.made) is started
+    assert (usage._loop is not None) is started

@@ -79,6 +79,9 @@ def deadletter_key(shard: int) -> str:
 
 # --- keys outside the shards (not hash-tagged) ---
 
+#: set while any drain loop runs (``SET … PX``, renewed with the kick flags by
+#: :meth:`worker.ledger.drain.DrainLoop.hold_kicks`): a drain task stands aside while it is there
+DRAIN_LOOP_KEY = f"{PREFIX}:drain-loop"
 #: drain counters (hash; :mod:`worker.metrics`)
 DRAIN_METRICS_KEY = f"{PREFIX}:metrics:drain"
 #: gate decisions by outcome (accepted, denied, duplicate), counted by every process that decides

@@ -49,7 +49,7 @@ from sqlmodel import Session
 
 from worker.db import session_scope
 from worker.gate.gate import WalletGate, process_gate
-from worker.gate.keys import REFUND_PREFIX, kick_key, outbox_key
+from worker.gate.keys import DRAIN_LOOP_KEY, REFUND_PREFIX, kick_key, outbox_key
 from worker.gate.outbox import parse_entry
 from worker.gate.pipeline import send_packed
 from worker.ledger import deadletter
@@ -724,14 +724,16 @@ class DrainLoop:
                 self._stop.wait(self.idle_s)
 
     def hold_kicks(self) -> None:
-        """Set every shard's kick flag for :data:`LOOP_KICK_HOLD_MS` (one pipelined round trip),
-        unless the last hold has more than two thirds of it left.  Raises redis errors."""
+        """Set every shard's kick flag and :data:`~worker.gate.keys.DRAIN_LOOP_KEY` (a loop runs:
+        :func:`drain_loop_serves`) for :data:`LOOP_KICK_HOLD_MS` (one pipelined round trip), unless
+        the last hold has more than two thirds of it left.  Raises redis errors."""
         now = time.monotonic()
         if now < self._held_until:
             return
         pipe = self.drain.redis.pipeline(transaction=False)
         for shard in range(self.drain.settings.outbox_shards):
             pipe.set(kick_key(shard), "1", px=LOOP_KICK_HOLD_MS)
+        pipe.set(DRAIN_LOOP_KEY, self.drain.consumer, px=LOOP_KICK_HOLD_MS)
         pipe.execute()
         self._held_until = now + LOOP_KICK_HOLD_MS / 3000
 
@@ -756,7 +758,24 @@ class DrainLoop:
         return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
 
     def stop(self, timeout: float | None = 10.0) -> None:
-        """Ask the loop to stop after its current batch and wait up to ``timeout`` seconds for it."""
+        """Ask the loop to stop after its current batch and wait up to ``timeout`` seconds for it;
+        then, if it stopped, take :data:`~worker.gate.keys.DRAIN_LOOP_KEY` away when this loop set it
+        last (drain tasks serve again at once rather than when the key lapses; another loop renews
+        it within a third of :data:`LOOP_KICK_HOLD_MS`).  Redis errors then are logged, not raised."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                return
+        try:
+            if self.drain.redis.get(DRAIN_LOOP_KEY) == self.drain.consumer:
+                self.drain.redis.delete(DRAIN_LOOP_KEY)
+        except redis.RedisError:
+            log.warning("drain loop %s: could not clear %s", self.drain.consumer, DRAIN_LOOP_KEY, exc_info=True)
+
+
+def drain_loop_serves(client: redis.Redis) -> bool:
+    """Whether a drain loop runs on this Redis, in any process (:data:`~worker.gate.keys.DRAIN_LOOP_KEY`,
+    held by :meth:`DrainLoop.hold_kicks`; it lapses :data:`LOOP_KICK_HOLD_MS` after the last loop
+    stopped or died).  Every loop serves every shard.  Raises redis errors."""
+    return bool(client.exists(DRAIN_LOOP_KEY))
