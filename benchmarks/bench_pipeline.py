@@ -670,9 +670,10 @@ def raw_stream_bytes(r: redis.Redis, gate, n: int = 10_000) -> float:
     return size
 
 
-#: worker processes of the drain benchmark: the Procfile's ``--concurrency`` default (each Celery
-#: worker process runs its own drain loop)
-DRAIN_PROCESSES = int(os.environ.get("WORKER_CONCURRENCY", "2"))
+#: drain processes of the drain benchmark: the drain loops a worker runs (``settings.drain_loops``,
+#: ``TOLLGATE_DRAIN_LOOPS``, default 1: its first pool process; before 2026-12-06 every pool process
+#: of the Procfile's ``--concurrency 2`` ran one, and this was 2)
+DRAIN_PROCESSES = int(os.environ.get("TOLLGATE_DRAIN_LOOPS", "1"))
 
 
 def _drain_process(index: int, ready: Any, go: Any, stop: Any, results: Any) -> None:
@@ -707,9 +708,9 @@ def _self_cpu() -> float:
 
 
 def bench_drain(r: redis.Redis, n: int, processes: int = DRAIN_PROCESSES) -> dict[str, float]:
-    """The worker's drain on the pre-filled outbox, as the Procfile runs it: ``processes`` worker
+    """The worker's drain on the pre-filled outbox, as the Procfile runs it: ``processes`` drain-loop
     processes (spawned, each connected before the clock starts), each running its drain loop
-    (:func:`_drain_process`: every shard in turn, two persisters).  Timed from the start signal until
+    (:func:`_drain_process`: every shard in turn, groups of batches, two persisters).  Timed from the start signal until
     every outbox stream is empty (each entry persisted, acknowledged and trimmed), polled every 2 ms;
     then the rows it added to ``usage_turn_key`` are counted (exactly ``n``, or RuntimeError).  Also returns
     the CPU per row of the drain processes and of the bench database's PostgreSQL backends
@@ -990,7 +991,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         Figure(
             "drain_rows_per_s",
-            f"drain loops, {ours_drain['processes']} processes ({sizes.drain:,} turns)",
+            f"drain loops, {ours_drain['processes']} process(es) as the worker runs them ({sizes.drain:,} turns)",
             ours_drain["rows_per_s"],
             "rows/s",
             raw_pg["rows_per_s"],
