@@ -13,7 +13,8 @@ Order per group (DESIGN.md, the hot path)::
 A drain serves its shards in turn, one batch each, persists consecutive batches of different shards
 in one transaction (group commit: PostgreSQL's cost per row falls with the rows per transaction),
 and reads the next group while earlier ones are persisted (:meth:`OutboxDrain.drain`);
-:class:`DrainLoop` runs it for good on a thread, one per Celery worker process (``settings.drain_loop``).
+:class:`DrainLoop` runs it for good on a thread, in the first ``settings.drain_loops`` pool
+processes of a Celery worker (``settings.drain_loop``).
 
 A crash before COMMIT leaves the entries pending: the same consumer re-reads them first at its next
 drain (a Celery pool slot keeps its consumer name across restarts, :func:`consumer_name`), and any
@@ -677,15 +678,18 @@ class DrainLoop:
     round that fails (PostgreSQL or Redis down) is logged and retried after a back-off of 0.1 s
     doubling to :data:`LOOP_MAX_BACKOFF_S` (1 s: one connection attempt a second while a server is
     down, so the loop is at most a second late once it answers again: issue 16's recovery target is
-    5 s); its entries stay pending for this consumer and are read first by the next round.  Started per Celery worker process when ``settings.drain_loop`` is on
-    (``tasks.usage``); give it a consumer name of its own (``<consumer_name()>-loop``), so a task
+    5 s); its entries stay pending for this consumer and are read first by the next round.  Started
+    in the first ``settings.drain_loops`` pool processes of a Celery worker when
+    ``settings.drain_loop`` is on (``tasks.usage``); give it a consumer name of its own (``<consumer_name()>-loop``), so a task
     drain in the same process never re-reads the batch this loop has in flight.
 
     While it runs, the loop holds every shard's kick flag (``SET … PX`` :data:`LOOP_KICK_HOLD_MS`,
     renewed every third of that) and its drain does not delete a flag when it reads a shard empty
     (``rearm_kicks`` off): the gate then sends no drain task for the turns it records, which the
     task would only discard (it stands aside while a loop serves) after costing the recording
-    process a Celery publish each (about 0.25-0.75 ms of CPU).  A loop that stops or dies lets the
+    process a Celery publish each (about 0.25-0.75 ms of CPU).  It holds
+    :data:`~worker.gate.keys.DRAIN_LOOP_KEY` the same way, so the drain task stands aside in every
+    process while a loop serves (:func:`drain_loop_serves`).  A loop that stops or dies lets the
     flags expire, and kicks come again.
 
     Args:
