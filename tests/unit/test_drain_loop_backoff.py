@@ -19,9 +19,12 @@ class _Drain:
 
     def __init__(self, failures: int, rounds: int, loop_box: list) -> None:
         self.settings = SimpleNamespace(drain_idle_ms=0, outbox_shards=2)
-        # the loop holds the shards' kick flags each round (DrainLoop.hold_kicks): a pipeline that does nothing
+        # the loop holds the shards' kick flags and the loop key each round (DrainLoop.hold_kicks): a
+        # pipeline that does nothing; on stop it reads the loop key (nobody's here) and leaves it
         self.redis = SimpleNamespace(
-            pipeline=lambda transaction: SimpleNamespace(set=lambda *args, **kwargs: None, execute=lambda: [])
+            pipeline=lambda transaction: SimpleNamespace(set=lambda *args, **kwargs: None, execute=lambda: []),
+            get=lambda key: None,
+            delete=lambda *keys: 0,
         )
         self.failures, self.rounds, self.calls, self.loop_box = failures, rounds, 0, loop_box
 
