@@ -490,28 +490,26 @@ class OutboxDrain:
         each batch.  A group of one batch, or holding a batch that could not be staged, goes batch
         by batch (:meth:`_drain_batch`); so does a group that fails for its own reasons (rolled
         back first).  A transient failure is raised and acknowledges nothing."""
-        if len(group) == 1 or any(batch.rows is None for batch in group):
-            for batch in group:
-                self._drain_batch(batch.shard, batch.entries, batch.rows, stats, batch.reclaimed)
-            return
-        rows = StagedRows([values for batch in group for values in cast(StagedRows, batch.rows).staged])
-        try:
-            self._persist_rows(rows, stats)
-        except Exception as exc:
-            if is_transient(exc):
-                raise  # PostgreSQL or Redis unreachable: the group stays pending, nothing is dead-lettered
-            log.warning(
-                "outbox shards %s: a group of %d failed (%r); persisting batch by batch",
-                sorted(batch.shard for batch in group),
-                len(rows),
-                exc,
-            )
-            for batch in group:
-                self._drain_batch(batch.shard, batch.entries, batch.rows, stats, batch.reclaimed)
-            return
+        if len(group) > 1 and all(batch.rows is not None for batch in group):
+            rows = StagedRows([values for batch in group for values in cast(StagedRows, batch.rows).staged])
+            try:
+                self._persist_rows(rows, stats)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise  # PostgreSQL or Redis unreachable: the group stays pending, nothing is dead-lettered
+                log.warning(
+                    "outbox shards %s: a group of %d failed (%r); persisting batch by batch",
+                    sorted(batch.shard for batch in group),
+                    len(rows),
+                    exc,
+                )
+            else:
+                for batch in group:
+                    self.acknowledge(batch.shard, (entry_id for entry_id, _ in batch.entries))
+                    self._count_batch(batch.entries, batch.reclaimed, stats)
+                return
         for batch in group:
-            self.acknowledge(batch.shard, (entry_id for entry_id, _ in batch.entries))
-            self._count_batch(batch.entries, batch.reclaimed, stats)
+            self._drain_batch(batch.shard, batch.entries, batch.rows, stats, batch.reclaimed)
 
     def _drain_batch(
         self,
