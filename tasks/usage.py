@@ -40,17 +40,21 @@ _loop: DrainLoop | None = None
 
 @worker_process_init.connect
 def start_drain_loop(**_: Any) -> None:
-    """In the first ``settings.drain_loops`` pool processes of a Celery worker (slots 0 … n − 1),
-    when ``settings.drain_loop`` is on: start the long-lived drain consumer
-    (:class:`~worker.ledger.drain.DrainLoop`, consumer ``<consumer_name()>-loop``)."""
+    """When ``settings.drain_loop`` is on: in the first ``settings.drain_loops`` pool processes of
+    a Celery worker (slots 0 … n − 1), start the long-lived drain consumer
+    (:class:`~worker.ledger.drain.DrainLoop`, consumer ``<consumer_name()>-loop``); in the next
+    ``settings.drain_backlog_loops``, one that drains only while the outbox holds at least
+    ``settings.drain_backlog_entries`` entries (a backlog loop).  Outside a pool (slot None): a loop."""
     global _loop
     settings = get_settings()
     if not settings.drain_loop or _loop is not None:
         return
     slot = current_process_index(base=0)
-    if slot is not None and slot >= settings.drain_loops:
+    if slot is not None and slot >= settings.drain_loops + settings.drain_backlog_loops:
         return
-    _loop = DrainLoop(OutboxDrain(consumer=f"{consumer_name()}-loop", announce=announce_chat_changes))
+    backlog = settings.drain_backlog_entries if slot is not None and slot >= settings.drain_loops else None
+    drain = OutboxDrain(consumer=f"{consumer_name()}-loop", announce=announce_chat_changes)
+    _loop = DrainLoop(drain, backlog=backlog)
     _loop.start()
 
 

@@ -56,6 +56,17 @@ class Settings(BaseSettings):
             loops of one worker drain the same entries' shards at about 1.5 × the CPU per row of
             one (their transactions wait on the same wallets' rows: benchmarks/RESULTS.md); more
             workers (machines) each bring their own.
+        drain_backlog_loops: the pool processes after those (slots ``drain_loops`` … ``drain_loops +
+            drain_backlog_loops − 1``) that run a *backlog* drain loop when ``drain_loop`` is on: it
+            drains only while the outbox streams hold at least ``drain_backlog_entries`` entries in
+            all (read or not, not yet acknowledged), in rounds of at most a second, and otherwise
+            only looks (four XLEN a ``drain_idle_ms``).  In service one loop keeps up and drains
+            bigger batches alone (a second loop would split them: the CPU per row above); behind, a
+            second consumer drains 5–25 % more rows a second on two cores (benchmarks/RESULTS.md):
+            after an outage, a stall or a burst the backlog goes sooner.
+        drain_backlog_entries: the outbox length (entries, every shard) from which backlog loops
+            drain: about a second of a busy worker's traffic (the soak at 10,000 turns/s holds up
+            to about 4,000).
         drain_idle_ms: a drain loop that found every shard empty reads again after this long
             (milliseconds): the lag it adds when idle, and its polling rate.
         default_mode: billing mode of a new wallet unless given.
@@ -100,6 +111,8 @@ class Settings(BaseSettings):
     kick_interval_ms: int = Field(default=200, ge=1)
     drain_loop: bool = False
     drain_loops: int = Field(default=1, ge=1, le=64)
+    drain_backlog_loops: int = Field(default=1, ge=0, le=64)
+    drain_backlog_entries: int = Field(default=10_000, ge=1, le=10_000_000)
     drain_idle_ms: int = Field(default=50, ge=1, le=5_000)
     default_mode: BillingMode = BillingMode.production
     price_overrides_path: str | None = None

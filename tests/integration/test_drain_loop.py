@@ -266,15 +266,28 @@ def test_a_loop_does_not_take_away_the_key_another_loop_set_last(redis_client, s
     assert redis_client.get(DRAIN_LOOP_KEY) == "second-loop"
 
 
-@pytest.mark.parametrize(("slot", "loops", "started"), [(0, 1, True), (1, 1, False), (1, 2, True), (None, 1, True)])
-def test_only_the_first_drain_loops_pool_slots_start_a_loop(settings, monkeypatch, slot, loops, started):
+@pytest.mark.parametrize(
+    ("slot", "loops", "backlog_loops", "started"),
+    [
+        (0, 1, 1, "loop"),
+        (1, 1, 1, "backlog"),
+        (2, 1, 1, None),
+        (1, 1, 0, None),
+        (1, 2, 0, "loop"),
+        (2, 2, 1, "backlog"),
+        (None, 1, 1, "loop"),
+    ],
+)
+def test_the_first_drain_loops_pool_slots_start_a_loop_the_next_a_backlog_loop(
+    settings, monkeypatch, slot, loops, backlog_loops, started
+):
     import tasks.usage as usage
 
     class Recorder:
-        made: list[str] = []
+        made: list[tuple[str, int | None]] = []
 
-        def __init__(self, drain):
-            Recorder.made.append(drain.consumer)
+        def __init__(self, drain, backlog=None):
+            Recorder.made.append((drain.consumer, backlog))
 
         def start(self):
             return None
@@ -282,9 +295,78 @@ def test_only_the_first_drain_loops_pool_slots_start_a_loop(settings, monkeypatc
     monkeypatch.setattr(usage, "_loop", None)
     monkeypatch.setattr(usage, "DrainLoop", Recorder)
     monkeypatch.setattr(usage, "current_process_index", lambda base=0: slot)
-    monkeypatch.setattr(
-        usage, "get_settings", lambda: settings.model_copy(update={"drain_loop": True, "drain_loops": loops})
-    )
+    update = {"drain_loop": True, "drain_loops": loops, "drain_backlog_loops": backlog_loops}
+    update["drain_backlog_entries"] = 1234
+    monkeypatch.setattr(usage, "get_settings", lambda: settings.model_copy(update=update))
     usage.start_drain_loop()
-    assert bool(Recorder.made) is started
-    assert (usage._loop is not None) is started
+    expected = {None: [], "loop": [None], "backlog": [1234]}[started]
+    assert [backlog for _consumer, backlog in Recorder.made] == expected
+    assert (usage._loop is not None) is (started is not None)
+
+
+def _stopped_loop(redis_client, settings, backlog: int, consumer: str) -> DrainLoop:
+    """A backlog loop (not started) whose first round is done: it now looks at the length first."""
+    loop = DrainLoop(OutboxDrain(redis_client, settings=settings, consumer=consumer), idle_ms=5, backlog=backlog)
+    loop._owes_round = False
+    return loop
+
+
+def test_a_backlog_loop_drains_only_while_the_outbox_holds_its_backlog(db, redis_client, gate, settings):
+    wallets = _wallet_per_shard(gate)
+    first, second = list(wallets.values())[:2]
+    n1, billed1 = _record(gate, first, 300)
+    loop = _stopped_loop(redis_client, settings, 301, "backlog-loop")
+    assert loop.drain.outbox_length() == 300
+    assert loop.behind() is False
+    loop.start()
+    try:
+        time.sleep(0.3)  # it looks every 5 ms and finds 300 < 301 entries: nothing read
+        assert _persisted(db) == (0, 0, 0)
+        assert loop.stats.read == 0
+        n2, billed2 = _record(gate, second, 1)  # 301 entries: a backlog
+        deadline = time.monotonic() + 30
+        while _persisted(db)[0] < n1 + n2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        loop.stop()
+    assert (loop.stats.read, loop.stats.inserted) == (301, 301)
+    _assert_exactly_once(
+        db, gate, redis_client, {gate.shard(first): first, gate.shard(second): second}, 301, billed1 + billed2
+    )
+    assert loop.round_s == 1.0  # a backlog loop's rounds: BACKLOG_ROUND_S
+
+
+def test_a_backlog_loop_runs_its_first_round_and_the_one_after_a_failure_whatever_the_length(
+    db, redis_client, gate, settings, monkeypatch
+):
+    import psycopg
+
+    wallets = _wallet_per_shard(gate)
+    wallet_id = next(iter(wallets.values()))
+    n, billed = _record(gate, wallet_id, 40)
+    loop = DrainLoop(OutboxDrain(redis_client, settings=settings, consumer="owing-loop"), idle_ms=5, backlog=10**6)
+    assert loop.behind() is True  # its first round: a predecessor's pending entries are read first
+    # its first round reads the 40 entries and fails on PostgreSQL: they stay pending for this
+    # consumer, and 40 is far below its backlog of 1,000,000; the next round must read them anyway
+    persist = loop.drain._persist_rows
+    calls: list[int] = []
+
+    def failing_once(rows, stats):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise psycopg.OperationalError("PostgreSQL is down")
+        return persist(rows, stats)
+
+    monkeypatch.setattr(loop.drain, "_persist_rows", failing_once)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 30
+        while _persisted(db)[0] < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.05)
+    finally:
+        loop.stop()
+    assert calls == [n, n]
+    assert (loop.stats.read, loop.stats.inserted) == (n, n)
+    assert loop.behind() is False  # the round ended well: it looks at the length again
+    _assert_exactly_once(db, gate, redis_client, {gate.shard(wallet_id): wallet_id}, n, billed)

@@ -340,6 +340,15 @@ class OutboxDrain:
                 return int(cast(int, replies[0]))
         return int(self.redis.xack(stream, GROUP, *ids))
 
+    def outbox_length(self) -> int:
+        """Entries in every outbox stream (XLEN of each shard, one pipelined round trip): read or
+        not, not yet acknowledged (the drain trims what it acknowledged, :meth:`trim`).  Raises
+        redis errors."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(self.settings.outbox_shards):
+            pipe.xlen(outbox_key(shard))
+        return sum(int(n) for n in pipe.execute())
+
     def trim(self, shard: int) -> None:
         """XTRIM MINID to the oldest unacknowledged or undelivered entry of the group.
 
@@ -664,6 +673,10 @@ LOOP_MAX_BACKOFF_S = 1.0
 #: third of it.  A loop that died is covered meanwhile by beat's backstop task (every second)
 LOOP_KICK_HOLD_MS = 10_000
 
+#: a backlog loop's longest round (seconds): it looks at the outbox's length again after it, and
+#: leaves the shards to the first loop once the backlog is gone
+BACKLOG_ROUND_S = 1.0
+
 
 class DrainLoop:
     """A long-lived drain consumer: :meth:`OutboxDrain.drain` of every shard again and again on a
@@ -690,21 +703,45 @@ class DrainLoop:
     process while a loop serves (:func:`drain_loop_serves`).  A loop that stops or dies lets the
     flags expire, and kicks come again.
 
+    A *backlog* loop (``backlog`` set: the pool slots after the first ``settings.drain_loops``,
+    ``settings.drain_backlog_loops`` of them) drains only while the outbox streams hold at least
+    ``backlog`` entries in all (:meth:`OutboxDrain.outbox_length`), in rounds of at most
+    :data:`BACKLOG_ROUND_S`, and otherwise looks again after ``idle_ms``: a second consumer when
+    the first falls behind (an outage, a stall, a burst), none when one keeps up.  It always runs
+    its first round and the round after a failed one, whatever the length: entries its consumer
+    read and did not acknowledge (its slot's predecessor's, a failed round's) are read first by a
+    round, and must not wait for the next backlog.
+
     Args:
         drain: the :class:`OutboxDrain` it runs (its consumer, settings, gate and announce).
         idle_ms: wait after a round that found nothing (default ``settings.drain_idle_ms``).
-        round_s: longest round (seconds) before the pending entries are looked at again.
+        round_s: longest round (seconds) before the pending entries are looked at again
+            (a backlog loop's: at most :data:`BACKLOG_ROUND_S`).
+        backlog: None for a loop that always drains; else the outbox length (entries, every
+            shard) from which this loop drains (``settings.drain_backlog_entries``).
     """
 
-    def __init__(self, drain: OutboxDrain, *, idle_ms: int | None = None, round_s: float = 5.0) -> None:
+    def __init__(
+        self, drain: OutboxDrain, *, idle_ms: int | None = None, round_s: float = 5.0, backlog: int | None = None
+    ) -> None:
         self.drain = drain
         drain.rearm_kicks = False  # the loop holds the kick flags (class doc)
         self._held_until = 0.0  # monotonic time before which the kick flags need no renewal
         self.idle_s = (idle_ms if idle_ms is not None else drain.settings.drain_idle_ms) / 1000
-        self.round_s = round_s
+        self.backlog = backlog
+        self.round_s = round_s if backlog is None else min(round_s, BACKLOG_ROUND_S)
         self.stats = DrainStats()
+        self._owes_round = True  # a round before the next look at the length (class doc)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def behind(self) -> bool:
+        """Whether this loop drains its next round: always for a loop without ``backlog``, and for
+        one owing a round (its first, or the one after a failure); else whether the outbox holds at
+        least ``backlog`` entries.  Raises redis errors."""
+        if self.backlog is None or self._owes_round:
+            return True
+        return self.drain.outbox_length() >= self.backlog
 
     def run(self) -> None:
         """Drain until :meth:`stop` (the thread's body; callable in the foreground too)."""
@@ -713,7 +750,12 @@ class DrainLoop:
             read_before = self.stats.read
             try:
                 self.hold_kicks()
+                if not self.behind():
+                    self._stop.wait(self.idle_s)
+                    continue
+                self._owes_round = True  # until this round ends well
                 self.drain.drain(max_seconds=self.round_s, stats=self.stats)
+                self._owes_round = False
             except Exception:
                 log.warning(
                     "drain loop %s: a round failed; again in %.1f s", self.drain.consumer, backoff, exc_info=True
