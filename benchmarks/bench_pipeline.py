@@ -11,9 +11,10 @@ What it measures, in one run (see ``benchmarks/README.md``):
   Python call) and ``WalletGate.record_turns`` pipelined throughput (batches of 500); pipelined
   raw and ours run in 5 alternating rounds and each figure is its median round;
 - raw PostgreSQL: SQLAlchemy core multi-row INSERT of the same usage rows, and raw COPY, in the
-  shape ``usage_row`` stores them into a scratch table with its indexes; the drain as the Procfile's worker runs it (``--concurrency``
-  processes, each its ``DrainLoop``: :func:`bench_drain`) rows/s on a pre-filled outbox, and one
-  such process alone;
+  shape ``usage_row`` stores them into a scratch table with its indexes; the drain as the Procfile's
+  worker runs it (its drain loop and backlog loop, each in its pool process: :func:`bench_drain`)
+  rows/s on a pre-filled outbox, and one drain loop alone; raw COPY and the drains in 3 alternating
+  rounds (:func:`bench_drain_rounds`), each figure its median round's;
 - Redis memory per queued turn (the outbox stream, and everything a turn leaves in Redis) and per
   remembered turn_id (INFO used_memory around 100,000 turns, the outbox deleted; MEMORY USAGE of the
   gate's ``seen`` hashes), against issue 16's targets (≤ 300 B queued, ≤ 64 B remembered);
@@ -670,29 +671,35 @@ def raw_stream_bytes(r: redis.Redis, gate, n: int = 10_000) -> float:
     return size
 
 
-#: drain processes of the drain benchmark: the drain loops a worker runs (``settings.drain_loops``,
-#: ``TOLLGATE_DRAIN_LOOPS``, default 1: its first pool process; before 2026-12-06 every pool process
-#: of the Procfile's ``--concurrency 2`` ran one, and this was 2)
-DRAIN_PROCESSES = int(os.environ.get("TOLLGATE_DRAIN_LOOPS", "1"))
+#: drain processes of the drain benchmark: the drain loops a worker runs, ``settings.drain_loops``
+#: (``TOLLGATE_DRAIN_LOOPS``, default 1: its first pool process) and then its backlog loops,
+#: ``settings.drain_backlog_loops`` (``TOLLGATE_DRAIN_BACKLOG_LOOPS``, default 1: its second, which
+#: drains while the outbox holds ``drain_backlog_entries``, as the pre-filled one does).  Before
+#: 2026-12-06 every pool process of the Procfile's ``--concurrency 2`` ran a loop (2); then only the
+#: first (1) until the backlog loops (2 again: one of each)
+DRAIN_LOOPS = int(os.environ.get("TOLLGATE_DRAIN_LOOPS", "1"))
+DRAIN_PROCESSES = DRAIN_LOOPS + int(os.environ.get("TOLLGATE_DRAIN_BACKLOG_LOOPS", "1"))
 
 
 def _drain_process(index: int, ready: Any, go: Any, stop: Any, results: Any) -> None:
-    """One worker process's drain as ``tasks.usage.start_drain_loop`` runs it: a
-    :class:`~worker.ledger.drain.DrainLoop` over ``OutboxDrain(consumer=…-loop,
-    announce=announce_chat_changes)`` on the process's own Redis, gate and engine.  Connects first
-    (``ready``), starts its loop at ``go``, stops at ``stop``; puts (drain stats, CPU seconds
-    between go and stop) on ``results``."""
+    """One worker process's drain as ``tasks.usage.start_drain_loop`` runs it in pool slot ``index``:
+    a :class:`~worker.ledger.drain.DrainLoop` over ``OutboxDrain(consumer=…-loop,
+    announce=announce_chat_changes)`` on the process's own Redis, gate and engine, a backlog loop
+    from slot ``settings.drain_loops`` on.  Connects first (``ready``), starts its loop at ``go``,
+    stops at ``stop``; puts (drain stats, CPU seconds between go and stop) on ``results``."""
     from sqlalchemy import text
 
     from worker.chats.lifecycle import announce_chat_changes
     from worker.db import session_scope
     from worker.ledger.drain import DrainLoop, OutboxDrain
+    from worker.settings import get_settings
 
     drain = OutboxDrain(consumer=f"bench-slot{index}-loop", announce=announce_chat_changes)
     drain.redis.ping()
     with session_scope() as session:  # the engine's first connection, as a worker's is before a backlog
         session.execute(text("SELECT 1"))
-    loop = DrainLoop(drain)
+    settings = get_settings()
+    loop = DrainLoop(drain, backlog=None if index < settings.drain_loops else settings.drain_backlog_entries)
     ready.set()
     go.wait()
     cpu0 = _self_cpu()
@@ -777,6 +784,45 @@ def bench_drain(r: redis.Redis, n: int, processes: int = DRAIN_PROCESSES) -> dic
         "worker_cpu_us_per_row": sum(cpu for _stats, cpu in outcomes) / n * 1e6,
         "pg_cpu_us_per_row": pg_cpu / n * 1e6,
     }
+
+
+#: rounds of the drain benchmark (:func:`bench_drain_rounds`): raw COPY, the drain loops, one loop
+DRAIN_ROUNDS = 3
+
+
+def _median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round of median ``rows_per_s`` (its other figures with it)."""
+    return sorted(rounds, key=lambda d: d["rows_per_s"])[len(rounds) // 2]
+
+
+def bench_drain_rounds(r: redis.Redis, gate, trace_rows, n: int, batch_size: int) -> dict[str, Any]:
+    """:data:`DRAIN_ROUNDS` rounds, each: the outbox pre-filled with ``n`` turns (the first round's
+    is already, and the raw INSERT has read it), raw COPY of its rows (:func:`bench_raw_copy`, the
+    unindexed variant in the first round only), the drain loops as the worker runs them
+    (:func:`bench_drain`), then the outbox filled again and one drain loop alone.  The two cores'
+    speed drifts by tens of per cent within a minute here, so each figure is the median round's,
+    and each drain round is measured right after its COPY.  ``pg_bytes``: PostgreSQL per persisted
+    turn after the first round's drain (:func:`pg_bytes_per_turn`, ``n`` rows in a fresh
+    database).  Returns {"copy", "drain", "one": the median rounds' figures, each with ``rounds``
+    (every round's rows/s), "pg_bytes"}."""
+    copies: list[dict[str, Any]] = []
+    drains: list[dict[str, Any]] = []
+    ones: list[dict[str, Any]] = []
+    pg_bytes = 0.0
+    for k in range(DRAIN_ROUNDS):
+        if k:
+            prefill_outbox(gate, r, trace_rows, n, prefix=f"drain{k}")
+        copies.append(bench_raw_copy(r, gate, batch_size, unindexed=not k))
+        drains.append(bench_drain(r, n))
+        if not k:
+            pg_bytes = pg_bytes_per_turn(n)
+        prefill_outbox(gate, r, trace_rows, n, prefix=f"one{k}")
+        ones.append(bench_drain(r, n, processes=1))
+    out: dict[str, Any] = {"pg_bytes": pg_bytes}
+    for name, rounds in (("copy", copies), ("drain", drains), ("one", ones)):
+        out[name] = {**_median_round(rounds), "rounds": [d["rows_per_s"] for d in rounds]}
+    out["copy"]["unindexed_rows_per_s"] = copies[0]["unindexed_rows_per_s"]
+    return out
 
 
 def pg_bytes_per_turn(rows: int) -> float:
@@ -918,15 +964,10 @@ def main(argv: list[str] | None = None) -> int:
     mem = prefill_outbox(gate, r, trace_rows, sizes.drain)
     log.print("[dim]raw PostgreSQL INSERT …[/]")
     raw_pg = bench_raw_insert(r, gate, settings.outbox_batch_size)
-    log.print("[dim]raw PostgreSQL COPY …[/]")
-    raw_copy = bench_raw_copy(r, gate, settings.outbox_batch_size)
     raw_stream = raw_stream_bytes(r, gate)
-    log.print("[dim]OutboxDrain.drain …[/]")
-    ours_drain = bench_drain(r, sizes.drain)
-    pg_bytes = pg_bytes_per_turn(sizes.drain)
-    log.print("[dim]the drain again, one worker process …[/]")
-    prefill_outbox(gate, r, trace_rows, sizes.drain, prefix="drain1")
-    one_drain = bench_drain(r, sizes.drain, processes=1)
+    log.print(f"[dim]raw PostgreSQL COPY and the drain, {DRAIN_ROUNDS} rounds alternating …[/]")
+    drains = bench_drain_rounds(r, gate, trace_rows, sizes.drain, settings.outbox_batch_size)
+    raw_copy, ours_drain, one_drain, pg_bytes = drains["copy"], drains["drain"], drains["one"], drains["pg_bytes"]
     replay_path, replay_rows, tmp = trace_for_run(trace_path, sizes.trace_rows)
     log.print(f"[dim]replay of {replay_rows:,} turns (cold worker, then warm worker) …[/]")
     try:
@@ -1118,6 +1159,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         + "[/]"
     )
+    out.print(
+        "[dim]drain rounds (raw COPY rows/s → drain loops · one loop rows/s, ratios to COPY): "
+        + " · ".join(
+            f"{fmt_num(c)} → {fmt_num(d)} ({d / c:.2f}×) · {fmt_num(o)} ({o / c:.2f}×)"
+            for c, d, o in zip(drains["copy"]["rounds"], drains["drain"]["rounds"], drains["one"]["rounds"])
+        )
+        + "[/]"
+    )
     targets = (
         (
             "redis_bytes_per_turn",
@@ -1191,6 +1240,11 @@ def main(argv: list[str] | None = None) -> int:
             "drain_pg_cpu_us_per_row": round(ours_drain["pg_cpu_us_per_row"], 2),
             "drain_one_process_worker_cpu_us_per_row": round(one_drain["worker_cpu_us_per_row"], 2),
             "drain_one_process_pg_cpu_us_per_row": round(one_drain["pg_cpu_us_per_row"], 2),
+            "drain_rounds": {
+                "raw_copy_rows_per_s": [round(x) for x in drains["copy"]["rounds"]],
+                "drain_rows_per_s": [round(x) for x in drains["drain"]["rounds"]],
+                "drain_one_process_rows_per_s": [round(x) for x in drains["one"]["rounds"]],
+            },
             "pipelined_rounds": {
                 "raw_calls_per_s": [round(x) for x in pipelined["raw_rounds"]],
                 "ours_turns_per_s": [round(x) for x in pipelined["ours_rounds"]],
