@@ -49,7 +49,7 @@ from functools import cache
 from typing import Annotated
 
 from confusable_homoglyphs.confusables import confusables_data  # type: ignore[import-untyped]
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 MAX_ID = 200
@@ -302,6 +302,32 @@ def _check_utc(value: datetime) -> datetime:
 
 #: an aware datetime inside the configured window, converted to UTC
 UtcInWindow = Annotated[datetime, AfterValidator(_check_utc)]
+
+
+# whole numbers in a query string ---------------------------------------------------------------------
+#: the one form of a whole number >= 0 a query parameter takes: ASCII digits, no leading zero
+_PLAIN_DIGITS = re.compile(r"0|[1-9][0-9]*")
+
+
+def _plain_decimal(value: object) -> object:
+    """A query string's whole number only as plain decimal digits (``'50'``, ``'0'``).  Raises
+    PydanticCustomError ``int_parsing`` (422 naming the parameter) for any other text: ``int`` and
+    pydantic's lax mode also read ``'+50'``, ``' 50'``, ``'5_0'``, ``'050'``, ``'50.0'`` and other
+    scripts' digits as 50, so two spellings of one page would be two different requests to a cache
+    or a log, and a hostile client's odd form would pass for a gate's."""
+    if isinstance(value, str) and not _PLAIN_DIGITS.fullmatch(value):
+        raise PydanticCustomError(
+            "int_parsing",
+            "'{value}' is not a whole number in plain decimal digits (such as 50: no sign, space, "
+            "'_', leading zero, decimal point or other script's digit)",
+            {"value": value[:40]},
+        )
+    return value
+
+
+#: a query parameter's whole number (>= 0; add ``ge`` / ``le`` with ``Query``) in its one plain
+#: form (:func:`_plain_decimal`)
+QueryInt = Annotated[int, BeforeValidator(_plain_decimal)]
 
 
 # money and input models -----------------------------------------------------------------------------

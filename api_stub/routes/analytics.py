@@ -30,7 +30,7 @@ from models.rollup import (
     WorkflowRollupsPublic,
 )
 from models.turn import UsageEvent, UsageEventPublic, UsageEventsPublic
-from models.validation import SAFE_ID
+from models.validation import SAFE_ID, QueryInt
 from worker.chats.analytics import usage_analytics
 from worker.chats.rollups import workflow_averages
 from worker.db import session_scope
@@ -226,9 +226,9 @@ def usage_export(
     who: Caller,
     period: Period,
     format: Annotated[Literal["json", "csv"], Query(description="`json` (default) or `csv`.")] = "json",
-    limit: Annotated[int, Query(ge=1, le=5000, description="Turns per page (1..5,000).")] = 1000,
+    limit: Annotated[QueryInt, Query(ge=1, le=5000, description="Turns per page (1..5,000).")] = 1000,
     cursor: Annotated[
-        int | None,
+        QueryInt | None,
         Query(ge=0, le=2**63 - 1, description="The `next_cursor` of the previous page; omit for the first page."),
     ] = None,
     wallet_id: Annotated[

@@ -26,7 +26,7 @@ from api_stub.deps import (
     wallet_in_scope,
 )
 from models.enums import ApiRole, BillingMode
-from models.validation import SAFE_ID
+from models.validation import SAFE_ID, QueryInt
 from models.wallet import (
     CreditCreate,
     CreditPublic,
@@ -274,9 +274,9 @@ async def release(
 def ledger(
     wallet_id: WalletId,
     who: Caller,
-    limit: Annotated[int, Query(ge=1, le=500, description="Entries per page (1..500).")] = 50,
+    limit: Annotated[QueryInt, Query(ge=1, le=500, description="Entries per page (1..500).")] = 50,
     cursor: Annotated[
-        int | None,
+        QueryInt | None,
         Query(ge=1, le=2**63 - 1, description="The `next_cursor` of the previous page; omit for the first page."),
     ] = None,
 ) -> WalletTransactionsPublic:

@@ -281,6 +281,30 @@ def test_ledger_pages_newest_first_for_owner_and_own_end_user_only(api):
         assert r.status_code == 404 and r.json()["errors"][0]["field"] == "wallet_id"
 
 
+ODD_NUMBERS = ["1_0", "+2", " 2", "2 ", "02", "2.0", "2e0", "٢", "２", "0x2", "-2", "2\n", ""]
+
+
+@pytest.mark.parametrize("odd", ODD_NUMBERS)
+@pytest.mark.parametrize("param", ["limit", "cursor"])
+def test_a_page_parameter_takes_a_whole_number_only_in_plain_digits(turns, param, odd):
+    """``limit`` and ``cursor`` of the ledger and the usage export: '2' is read, every other
+    spelling int() or pydantic would also read as 2 (sign, space, '_', leading zero, '.0', other
+    scripts' or fullwidth digits) is 422 naming the parameter, and answers nothing."""
+    api = turns
+    for path in ("/v1/wallets/w1/ledger", "/v1/usage?period=2026-11"):
+        sep = "&" if "?" in path else "?"
+        plain = api.get(f"{path}{sep}{param}=2", headers=api.h["owner"])
+        assert plain.status_code == 200, plain.text
+        r = api.get(
+            path, params={param: odd} | ({"period": "2026-11"} if "usage" in path else {}), headers=api.h["owner"]
+        )
+        if odd == "" and param == "cursor":
+            continue  # an empty optional parameter: checked below for limit
+        assert r.status_code == 422, (path, odd, r.text)
+        assert r.json()["errors"][0]["field"] == param
+        assert "data" not in r.json()
+
+
 # chats ---------------------------------------------------------------------------------------------
 def test_chat_detail_and_end(turns, db):
     api = turns
