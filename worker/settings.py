@@ -62,7 +62,8 @@ class Settings(BaseSettings):
             all (read or not, not yet acknowledged), in rounds of at most a second, and otherwise
             only looks (four XLEN a ``drain_idle_ms``).  In service one loop keeps up and drains
             bigger batches alone (a second loop would split them: the CPU per row above); behind, a
-            second consumer drains 5–25 % more rows a second on two cores (benchmarks/RESULTS.md):
+            second consumer drains 5–25 % more rows a second on two cores (5–10 % on the machine of
+            benchmarks/RESULTS.md's last section, 15–25 % on the one before):
             after an outage, a stall or a burst the backlog goes sooner.
         drain_backlog_entries: the outbox length (entries, every shard) from which backlog loops
             drain: about a second of a busy worker's traffic (the soak at 10,000 turns/s holds up
