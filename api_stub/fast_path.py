@@ -22,9 +22,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
+
+from api_stub.strict_json import StrictJsonRoute
 
 #: a fast handler: the request → its answer, or None to leave it to FastAPI's handler
 FastHandler = Callable[[Request], Awaitable[Response | None]]
@@ -54,13 +55,14 @@ def fast_path(handler: FastHandler) -> Callable[[Endpoint], Endpoint]:
     return mark
 
 
-class FastPathRoute(APIRoute):
-    """An :class:`~fastapi.routing.APIRoute` (``APIRouter(route_class=FastPathRoute)``) whose
-    handler tries the endpoint's fast handler (:func:`fast_path`) first and falls back to FastAPI's
-    handler when it returns None.  Endpoints without one are plain FastAPI routes."""
+class FastPathRoute(StrictJsonRoute):
+    """A :class:`~api_stub.strict_json.StrictJsonRoute` (``APIRouter(route_class=FastPathRoute)``)
+    whose handler tries the endpoint's fast handler (:func:`fast_path`) first and falls back to
+    FastAPI's handler when it returns None; both run after the body passed the check of a key named
+    twice.  Endpoints without one are plain FastAPI routes."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        standard = super().get_route_handler()
+    def unchecked_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        standard = super().unchecked_handler()
         fast: FastHandler | None = getattr(self.endpoint, ATTRIBUTE, None)
         if fast is None:
             return standard

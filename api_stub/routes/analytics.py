@@ -20,6 +20,7 @@ from sqlmodel import col
 from api_stub.api_docs import described
 from api_stub.csv_cells import csv_writer, safe_row
 from api_stub.deps import ERROR_RESPONSES, Caller, enterprise_in_scope, field_problem, forbid_unless
+from api_stub.strict_json import StrictJsonRoute
 from models.enums import ApiRole
 from models.rollup import (
     UsageBucketPublic,
@@ -36,7 +37,7 @@ from worker.chats.rollups import workflow_averages
 from worker.db import session_scope
 from worker.periods import period_bounds
 
-router = APIRouter(tags=["analytics"])
+router = APIRouter(tags=["analytics"], route_class=StrictJsonRoute)
 Period = Annotated[str, Query(pattern=r"^[0-9]{4}-[0-9]{2}$", description="A calendar month, UTC: `YYYY-MM`.")]
 EnterpriseQuery = Annotated[
     str | None,

@@ -59,6 +59,7 @@ from api_stub.api_docs import described
 from api_stub.billing_exports import batched, csv_rows, json_chunks, pdf_statement
 from api_stub.billing_sections import page_sections
 from api_stub.deps import Problem, check_client_rate_limit, check_rate_limit, get_gate, problem_response
+from api_stub.strict_json import StrictJsonRoute
 from models.enums import ApiRole
 from models.wallet import Enterprise
 from worker.access.apikeys import Principal, authenticate
@@ -110,7 +111,7 @@ _SECURITY_HEADERS = {
 }
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
-router = APIRouter(prefix="/billing", tags=["billing"])
+router = APIRouter(prefix="/billing", tags=["billing"], route_class=StrictJsonRoute)
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 
 

@@ -48,6 +48,7 @@ from api_stub.routes.billing import (
     templates,
     viewer,
 )
+from api_stub.strict_json import StrictJsonRoute
 from models.enums import ApiRole, ChatStatus
 from models.validation import text_problem
 from models.wallet import Enterprise
@@ -64,7 +65,7 @@ from worker.chats.rollups import UnknownChat
 from worker.errors import InputError
 from worker.periods import FIRST_YEAR, LAST_YEAR, period_of
 
-router = APIRouter(prefix="/billing", tags=["billing"])
+router = APIRouter(prefix="/billing", tags=["billing"], route_class=StrictJsonRoute)
 
 #: a day as the range view takes it: YYYY-MM-DD in ASCII digits
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")

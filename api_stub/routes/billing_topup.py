@@ -30,6 +30,7 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from api_stub.routes.billing import Refusal, Viewer, _html, check_origin, own_origin, read_form, viewer
+from api_stub.strict_json import StrictJsonRoute
 from models.enums import ApiRole
 from models.wallet import Wallet
 from worker.billing.stripe import (
@@ -42,7 +43,7 @@ from worker.db import session_scope
 from worker.periods import current_period
 from worker.validation import storable_id
 
-router = APIRouter(prefix="/billing", tags=["billing"])
+router = APIRouter(prefix="/billing", tags=["billing"], route_class=StrictJsonRoute)
 
 
 def _return_url(request: Request, outcome: str) -> str:

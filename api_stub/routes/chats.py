@@ -22,6 +22,7 @@ from api_stub.deps import (
     owner_enterprise,
     wallet_in_scope,
 )
+from api_stub.strict_json import StrictJsonRoute
 from models.chat import ChatSession, ChatSessionCreate, ChatSessionEnd, ChatSessionPublic, PausedChatCreate
 from models.enums import ApiRole
 from models.validation import SAFE_ID
@@ -31,7 +32,7 @@ from worker.chats.rollups import UnknownChat, chat_performance, end_chat
 from worker.db import session_scope
 from worker.gate.gate import UnknownWallet
 
-router = APIRouter(tags=["chats"])
+router = APIRouter(tags=["chats"], route_class=StrictJsonRoute)
 ChatId = Annotated[
     str,
     Path(min_length=1, max_length=200, description="The chat's id (`chat_id` of its turns), within your app."),

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path
 from api_stub.api_docs import described
 from api_stub.deps import ERROR_RESPONSES, Caller, field_problem, forbid_unless, get_gate
 from api_stub.routes.wallets import mode_problem
+from api_stub.strict_json import StrictJsonRoute
 from models.enums import ApiRole
 from models.validation import SAFE_ID
 from models.wallet import ModePublic, ModeUpdate
@@ -16,7 +17,7 @@ from worker.billing.modes import ModeError, set_app_mode
 from worker.chats.wiring import resume_wallet_chats
 from worker.db import session_scope
 
-router = APIRouter(tags=["modes"])
+router = APIRouter(tags=["modes"], route_class=StrictJsonRoute)
 #: the same constraints as a wallet id (the path parameter is unchanged but for its description)
 EnterpriseId = Annotated[str, Path(min_length=1, max_length=200, description="The app's id."), SAFE_ID]
 

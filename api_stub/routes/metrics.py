@@ -13,6 +13,7 @@ from sqlmodel import col
 
 from api_stub import metrics as _worker_metrics  # noqa: F401  (registers the worker-side collector)
 from api_stub.deps import Caller, Problem, get_gate
+from api_stub.strict_json import StrictJsonRoute
 from models.enums import ApiRole
 from models.reconcile import ReconciliationRun
 from worker.db import session_scope
@@ -28,7 +29,7 @@ LAST_DRIFTED_WALLETS = Gauge(
     "tollgate_reconciliation_last_drifted_wallets", "Wallets with drift in the last reconciliation run"
 )
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJsonRoute)
 
 
 @router.get("/healthz", include_in_schema=False)

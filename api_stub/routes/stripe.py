@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 
 from api_stub.api_docs import described
 from api_stub.deps import principal, problem_response
+from api_stub.strict_json import StrictJsonRoute
 from models.enums import ApiRole
 from models.stripe import CheckoutCreate, CheckoutPublic, WebhookReceiptPublic
 from models.wallet import Wallet
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 #: the Celery task that processes a stored event (``tasks/stripe.py``)
 PROCESS_TASK = STRIPE_PROCESS_EVENT_TASK
 
-router = APIRouter(tags=["stripe"])
+router = APIRouter(tags=["stripe"], route_class=StrictJsonRoute)
 
 SendTask = Callable[..., Any]
 

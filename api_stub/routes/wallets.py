@@ -25,6 +25,7 @@ from api_stub.deps import (
     unknown_wallet,
     wallet_in_scope,
 )
+from api_stub.strict_json import StrictJsonRoute
 from models.enums import ApiRole, BillingMode
 from models.validation import SAFE_ID, QueryInt
 from models.wallet import (
@@ -54,7 +55,7 @@ from worker.ledger.audit import audit
 from worker.pricing.prices import PricingError
 
 # tags per route: wallets (balances, ledger, credits), reservations, modes
-router = APIRouter()
+router = APIRouter(route_class=StrictJsonRoute)
 WalletId = Annotated[str, Path(min_length=1, max_length=200, description="The wallet's id."), SAFE_ID]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 
 import pytest
@@ -303,6 +304,60 @@ def test_a_page_parameter_takes_a_whole_number_only_in_plain_digits(turns, param
         assert r.status_code == 422, (path, odd, r.text)
         assert r.json()["errors"][0]["field"] == param
         assert "data" not in r.json()
+
+
+# a key named twice in one JSON object ----------------------------------------------------------------
+def _turn_json(**change) -> str:
+    return json.dumps({**TURN, **change})
+
+
+DUPLICATED = [
+    # (path, raw body, the key named twice)
+    (
+        "/v1/wallets/w2/credits",
+        '{"amount_nanos": 1, "idempotency_key": "dup-1", "amount_nanos": 5000000000}',
+        "amount_nanos",
+    ),
+    # the same name spelled with an escape: one key once decoded
+    (
+        "/v1/wallets/w2/credits",
+        '{"amount_nanos": 1, "idempotency_key": "dup-2", "amount\\u005fnanos": 7}',
+        "amount_nanos",
+    ),
+    ("/v1/turns", _turn_json()[:-1] + ', "wallet_id": "w2"}', "wallet_id"),
+    (
+        "/v1/turns/batch",
+        '{"turns": [' + _turn_json(turn_id="b-1") + ", " + _turn_json(turn_id="b-2")[:-1] + ', "prompt_tokens": 900}]}',
+        "prompt_tokens",
+    ),
+    (
+        "/v1/turns/batch",
+        '{"turns": [' + _turn_json(turn_id="b-3") + '], "turns": [' + _turn_json(turn_id="b-4") + "]}",
+        "turns",
+    ),
+]
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/vnd.api+json", None])
+@pytest.mark.parametrize(("path", "body", "key"), DUPLICATED)
+def test_a_key_named_twice_in_a_json_body_is_refused_and_changes_nothing(api, gate, path, body, key, content_type):
+    """Python's json and orjson keep a repeated name's last value, other parsers the first: a body
+    naming a key twice (at any depth, escaped or not) is 422 naming the key, on the fast path of the
+    turns too, whatever content type FastAPI reads as JSON; no credit, no turn, no balance moves."""
+    headers = dict(api.h["owner"])
+    if content_type:
+        headers["content-type"] = content_type
+    before = (gate.balance("w1"), gate.balance("w2"))
+    r = api.post(path, content=body.encode(), headers=headers)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["errors"][0]["field"] == key
+    assert "twice" in r.json()["errors"][0]["message"]
+    assert (gate.balance("w1"), gate.balance("w2")) == before
+    # the same body with the key once is taken
+    once = json.loads(body)  # the last value, as json keeps it
+    r = api.post(path, json=once, headers=api.h["owner"])
+    assert r.status_code == 200, r.text
 
 
 # chats ---------------------------------------------------------------------------------------------
