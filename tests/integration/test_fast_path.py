@@ -8,7 +8,6 @@ import json
 import re
 
 import pytest
-from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import settings as hsettings
@@ -17,6 +16,7 @@ from pydantic import ValidationError
 
 from api_stub import fast_path
 from api_stub.routes import turns
+from api_stub.strict_json import StrictJsonRoute
 from models.turn import TurnIn
 from tests.conftest import auth
 from tests.integration.test_api import COST, TURN, api  # noqa: F401  (the fixture)
@@ -26,10 +26,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture()
 def plain(api, monkeypatch):  # noqa: F811
-    """A client of an app built without the fast path (FastAPI's handlers only), with ``api``'s keys."""
+    """A client of an app built without the fast path (FastAPI's handlers only, behind the same check
+    of a key named twice: ``StrictJsonRoute``), with ``api``'s keys."""
     from api_stub.app import create_app
 
-    monkeypatch.setattr(fast_path.FastPathRoute, "get_route_handler", APIRoute.get_route_handler)
+    monkeypatch.setattr(fast_path.FastPathRoute, "unchecked_handler", StrictJsonRoute.unchecked_handler)
     client = TestClient(create_app())
     client.keys = api.keys
     return client
@@ -179,7 +180,8 @@ def test_json_validation_accepts_what_python_validation_accepts_and_the_same_tur
     same turn by the second (a body it refuses goes to FastAPI's handler, so only this direction
     matters)."""
     raw = json.dumps({**TURN, **changes})
-    if "prompt_tokens" in changes:  # a duplicate key as well: both parsers keep the last
+    if "prompt_tokens" in changes:  # a duplicate key as well (refused before either parser since
+        # StrictJsonRoute; the parsers still agree: both keep the last)
         raw = '{"prompt_tokens": -1, ' + raw[1:]
     try:
         fast = TurnIn.model_validate_json(raw)
