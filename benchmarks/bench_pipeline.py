@@ -671,14 +671,17 @@ def raw_stream_bytes(r: redis.Redis, gate, n: int = 10_000) -> float:
     return size
 
 
-#: drain processes of the drain benchmark: the drain loops a worker runs, ``settings.drain_loops``
-#: (``TOLLGATE_DRAIN_LOOPS``, default 1: its first pool process) and then its backlog loops,
-#: ``settings.drain_backlog_loops`` (``TOLLGATE_DRAIN_BACKLOG_LOOPS``, default 1: its second, which
-#: drains while the outbox holds ``drain_backlog_entries``, as the pre-filled one does).  Before
-#: 2026-12-06 every pool process of the Procfile's ``--concurrency 2`` ran a loop (2); then only the
-#: first (1) until the backlog loops (2 again: one of each)
-DRAIN_LOOPS = int(os.environ.get("TOLLGATE_DRAIN_LOOPS", "1"))
-DRAIN_PROCESSES = DRAIN_LOOPS + int(os.environ.get("TOLLGATE_DRAIN_BACKLOG_LOOPS", "1"))
+def drain_processes() -> int:
+    """Drain processes of the drain benchmark: the drain loops a worker runs, ``settings.drain_loops``
+    (``TOLLGATE_DRAIN_LOOPS``, default 1: its first pool process) and then its backlog loops,
+    ``settings.drain_backlog_loops`` (``TOLLGATE_DRAIN_BACKLOG_LOOPS``, default 1: its second, which
+    drains while the outbox holds ``drain_backlog_entries``, as the pre-filled one does).  Before
+    2026-12-06 every pool process of the Procfile's ``--concurrency 2`` ran a loop (2); then only the
+    first (1) until the backlog loops (2 again: one of each)."""
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    return settings.drain_loops + settings.drain_backlog_loops
 
 
 def _drain_process(index: int, ready: Any, go: Any, stop: Any, results: Any) -> None:
@@ -714,9 +717,9 @@ def _self_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def bench_drain(r: redis.Redis, n: int, processes: int = DRAIN_PROCESSES) -> dict[str, float]:
+def bench_drain(r: redis.Redis, n: int, processes: int | None = None) -> dict[str, float]:
     """The worker's drain on the pre-filled outbox, as the Procfile runs it: ``processes`` drain-loop
-    processes (spawned, each connected before the clock starts), each running its drain loop
+    processes (default :func:`drain_processes`; spawned, each connected before the clock starts), each running its drain loop
     (:func:`_drain_process`: every shard in turn, groups of batches, two persisters).  Timed from the start signal until
     every outbox stream is empty (each entry persisted, acknowledged and trimmed), polled every 2 ms;
     then the rows it added to ``usage_turn_key`` are counted (exactly ``n``, or RuntimeError).  Also returns
@@ -732,6 +735,7 @@ def bench_drain(r: redis.Redis, n: int, processes: int = DRAIN_PROCESSES) -> dic
     from worker.settings import get_settings
 
     shards = range(get_settings().outbox_shards)
+    processes = processes or drain_processes()
     ctx = multiprocessing.get_context("spawn")
     ready = [ctx.Event() for _ in range(processes)]
     go, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
