@@ -115,6 +115,39 @@ def test_drain_serves_the_shards_in_turn_not_one_until_empty(db, redis_client, g
     _assert_exactly_once(db, gate, redis_client, {big_shard: big, small_shard: small}, 1_100, billed_big + billed_small)
 
 
+def test_a_shard_read_empty_is_read_again_at_its_next_turn_not_after_the_drain(
+    db, redis_client, gate, settings, monkeypatch
+):
+    # a shard read empty used to leave the rotation for the rest of the drain: under load the
+    # others kept a drain loop's round going (5 s), and turns reaching that shard meanwhile waited
+    # for the round to end (the soak's lag spikes of 2-5 s on a slower machine)
+    wallets = _wallet_per_shard(gate)
+    (busy_shard, busy), (late_shard, late) = list(wallets.items())[:2]
+    n_busy, billed_busy = _record(gate, busy, 1_000)
+    drain = OutboxDrain(redis_client, settings=settings.model_copy(update={"outbox_batch_size": 100}), consumer="late")
+    order: list[int] = []
+    late_turns: list[tuple[int, int]] = []
+    read = drain.read_batch
+
+    def recording(shard, **kwargs):
+        entries, reclaimed = read(shard, **kwargs)
+        if entries:
+            order.append(shard)
+        elif shard == late_shard and not late_turns:  # read empty once: its turns come now
+            late_turns.append(_record(gate, late, 100))
+        return entries, reclaimed
+
+    monkeypatch.setattr(drain, "read_batch", recording)
+    stats = drain.drain([busy_shard, late_shard])
+    ((n_late, billed_late),) = late_turns
+    assert (stats.read, stats.inserted, stats.batches) == (1_100, 1_100, 11)
+    # the late shard's batch is read at its next turn, beside the busy shard's second batch
+    assert order[:3] == [busy_shard, busy_shard, late_shard]
+    assert order.count(busy_shard) == 10
+    assert stats.groups == 10
+    _assert_exactly_once(db, gate, redis_client, {busy_shard: busy, late_shard: late}, 1_100, billed_busy + billed_late)
+
+
 def test_drain_loop_persists_every_shard_without_kicks(db, redis_client, gate, settings, kicks):
     wallets = _wallet_per_shard(gate)
     loop = DrainLoop(OutboxDrain(redis_client, settings=settings, consumer="loop"), idle_ms=10)

@@ -381,7 +381,10 @@ class OutboxDrain:
         this consumer's entries of another waiting), the entries this consumer read before and did
         not acknowledge (:meth:`read_pending`): a failed drain's batch is given back at once, not
         after ``reclaim_idle_ms``.  Then the shards take turns, one batch each (round robin), so a
-        long backlog on one shard does not hold the others back.  Consecutive batches of different
+        long backlog on one shard does not hold the others back; a shard read empty keeps its turn,
+        so what reaches it while the others are served waits one turn, not the rest of the drain
+        (up to ``max_seconds``: a drain loop's round), and the drain ends once every shard was read
+        empty, one after the other.  Consecutive batches of different
         shards form a *group*, persisted in one transaction (group commit): one batch of each shard
         in turn until the group holds ``outbox_group_size`` entries, or ``ceil(outbox_shards /
         persisters)`` shards (so that ``persisters`` groups of different shards can be in flight at
@@ -402,7 +405,10 @@ class OutboxDrain:
         consumer, read first by its next drain.  Returns the counts (added to ``stats``)."""
         stats = stats or DrainStats()
         deadline = time.monotonic() + max_seconds
-        active = list(shards if shards is not None else range(self.settings.outbox_shards))
+        # the shards in turn: a shard read empty keeps its turn (its next turns come while the others
+        # are served), and the drain ends once every shard was read empty, one after the other
+        rotation = list(shards if shards is not None else range(self.settings.outbox_shards))
+        empty_reads = 0  # consecutive reads that found a shard empty
         for shard in range(self.settings.outbox_shards):
             while time.monotonic() < deadline:
                 entries = self.read_pending(shard)
@@ -417,26 +423,29 @@ class OutboxDrain:
         flights: list[tuple[Future[None], dict[int, frozenset[str]]]] = []
 
         def next_group() -> list[ShardBatch]:
-            """One batch of each active shard in turn until the group holds ``outbox_group_size``
-            entries or each was read once; a shard read empty leaves the turn.  Empty when every
-            shard is empty or the deadline passed."""
+            """One batch of each shard in turn until the group holds ``outbox_group_size`` entries
+            or each was read once; a shard read empty is passed over this time and read again at
+            its next turn.  Empty when every shard was read empty in a row or the deadline passed."""
+            nonlocal empty_reads
             group: list[ShardBatch] = []
             size = 0
-            for _ in range(len(active)):
+            for _ in range(len(rotation)):
                 if (
-                    not active
+                    empty_reads >= len(rotation)
                     or time.monotonic() >= deadline
                     or size >= self.settings.outbox_group_size
                     or len(group) >= shards_per_group
                 ):
                     break
-                shard = active.pop(0)
+                shard = rotation.pop(0)
+                rotation.append(shard)  # its turn again after the others, read empty or not
                 in_flight = frozenset().union(*(ids.get(shard, frozenset()) for _f, ids in flights))
                 entries, reclaimed = self.read_batch(shard, in_flight=in_flight)
                 if not entries:
+                    empty_reads += 1
                     self._emptied(shard)
                     continue
-                active.append(shard)  # its turn again after the others
+                empty_reads = 0
                 group.append(ShardBatch(shard, entries, reclaimed, self._parse(shard, entries)))
                 size += len(entries)
             return group
