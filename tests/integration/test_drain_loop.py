@@ -148,6 +148,38 @@ def test_a_shard_read_empty_is_read_again_at_its_next_turn_not_after_the_drain(
     _assert_exactly_once(db, gate, redis_client, {busy_shard: busy, late_shard: late}, 1_100, billed_busy + billed_late)
 
 
+def test_a_shard_read_empty_again_and_again_is_tidied_once_a_drain(db, redis_client, gate, settings, monkeypatch):
+    # the first empty read of a shard looks for acknowledged entries left untrimmed (XLEN, then
+    # XTRIM); the later ones of the same drain only read: a group of it in flight would make every
+    # look trim for nothing
+    wallets = _wallet_per_shard(gate)
+    (busy_shard, busy), (idle_shard, _idle) = list(wallets.items())[:2]
+    n_busy, billed_busy = _record(gate, busy, 1_000)
+    drain = OutboxDrain(redis_client, settings=settings.model_copy(update={"outbox_batch_size": 100}), consumer="tidy")
+    empty_reads: list[int] = []
+    looked: list[str] = []
+    read, xlen = drain.read_batch, drain.redis.xlen
+
+    def recording(shard, **kwargs):
+        entries, reclaimed = read(shard, **kwargs)
+        if not entries:
+            empty_reads.append(shard)
+        return entries, reclaimed
+
+    def counting(key):
+        looked.append(key)
+        return xlen(key)
+
+    monkeypatch.setattr(drain, "read_batch", recording)
+    monkeypatch.setattr(drain.redis, "xlen", counting)
+    stats = drain.drain([busy_shard, idle_shard])
+    assert (stats.read, stats.inserted) == (1_000, 1_000)
+    assert empty_reads.count(idle_shard) == 10  # beside each of the busy shard's batches, then once more
+    assert looked.count(outbox_key(idle_shard)) == 1
+    assert looked.count(outbox_key(busy_shard)) == 1
+    _assert_exactly_once(db, gate, redis_client, {busy_shard: busy}, 1_000, billed_busy)
+
+
 def test_drain_loop_persists_every_shard_without_kicks(db, redis_client, gate, settings, kicks):
     wallets = _wallet_per_shard(gate)
     loop = DrainLoop(OutboxDrain(redis_client, settings=settings, consumer="loop"), idle_ms=10)

@@ -409,6 +409,7 @@ class OutboxDrain:
         # are served), and the drain ends once every shard was read empty, one after the other
         rotation = list(shards if shards is not None else range(self.settings.outbox_shards))
         empty_reads = 0  # consecutive reads that found a shard empty
+        tidied: set[int] = set()  # the shards read empty once (:meth:`_emptied`'s ``tidy``)
         for shard in range(self.settings.outbox_shards):
             while time.monotonic() < deadline:
                 entries = self.read_pending(shard)
@@ -443,7 +444,8 @@ class OutboxDrain:
                 entries, reclaimed = self.read_batch(shard, in_flight=in_flight)
                 if not entries:
                     empty_reads += 1
-                    self._emptied(shard)
+                    self._emptied(shard, tidy=shard not in tidied)
+                    tidied.add(shard)
                     continue
                 empty_reads = 0
                 group.append(ShardBatch(shard, entries, reclaimed, self._parse(shard, entries)))
@@ -479,14 +481,17 @@ class OutboxDrain:
             settle(lambda: False)
         return stats
 
-    def _emptied(self, shard: int) -> None:
+    def _emptied(self, shard: int, *, tidy: bool = True) -> None:
         """A shard read empty: let the next accepted turn kick a new drain at once (unless
-        ``rearm_kicks`` is off: a drain loop reads the shard again anyway); entries left in the
-        stream were acknowledged by a drain stopped before its trim (Redis gone between XACK and
-        XTRIM): trim them now rather than when the next turn is drained."""
+        ``rearm_kicks`` is off: a drain loop reads the shard again anyway).  With ``tidy`` (the
+        first time a drain reads the shard empty), entries left in the stream were acknowledged by
+        a drain stopped before its trim (Redis gone between XACK and XTRIM): trim them now rather
+        than when the next turn is drained.  Only once a drain: while a group of the shard is in
+        flight its entries are in the stream too, and each look would cost three more round trips
+        (XLEN, the pending summary, XTRIM) for entries the group's acknowledgement trims anyway."""
         if self.rearm_kicks:
             self.redis.delete(kick_key(shard))
-        if self.redis.xlen(outbox_key(shard)):
+        if tidy and self.redis.xlen(outbox_key(shard)):
             self.trim(shard)
 
     def _executor(self) -> ThreadPoolExecutor:
