@@ -63,7 +63,7 @@ class Settings(BaseSettings):
             only looks (four XLEN a ``drain_idle_ms``).  In service one loop keeps up and drains
             bigger batches alone (a second loop would split them: the CPU per row above); behind, a
             second consumer drains 5–25 % more rows a second on two cores (5–10 % on the machine of
-            benchmarks/RESULTS.md's last section, 15–25 % on the one before):
+            benchmarks/RESULTS.md's section "a backlog drain loop", 15–25 % on the one before):
             after an outage, a stall or a burst the backlog goes sooner.
         drain_backlog_entries: the outbox length (entries, every shard) from which backlog loops
             drain: about a second of a busy worker's traffic (the soak at 10,000 turns/s holds up
