@@ -431,6 +431,7 @@ def fault_figures(samples: list[dict], fault: Fault) -> dict:
     until = recovered["t"] if recovered else (after[-1]["t"] if after else fault.answering)
     lags = [s["lag_s"] for s in window(samples, fault.started, until) if s.get("lag_s") is not None]
     out["down_s"] = fault.answering - fault.started
+    out["window"] = (fault.started, until)  # from the fault to the first sample with lag < 1 s
     out["lag_peak_s"] = max(lags, default=None)
     out["recovery_s"] = None if recovered is None else max(0.0, recovered["t"] - fault.answering)
     later = [s for s in samples if s["t"] >= fault.answering + 30]
@@ -441,6 +442,9 @@ def fault_figures(samples: list[dict], fault: Fault) -> dict:
 
 #: the unread entries the samples must span for their cost to be fitted (else the ratio at the peak)
 QUEUED_SPAN_MIN = 2000
+
+#: ``redis_queued_method`` of the plain ratio at the largest outbox (:func:`queued_turn_bytes`)
+UPPER_BOUND = "ratio at the largest outbox, an upper bound"
 
 
 def queued_turn_bytes(samples: list[dict]) -> dict:
@@ -471,7 +475,7 @@ def queued_turn_bytes(samples: list[dict]) -> dict:
         return out
     length, size, _ = max(points)
     out["redis_bytes_per_queued_turn_at_peak"] = out["redis_bytes_per_queued_turn"] = size / length
-    out["redis_queued_method"] = "ratio at the largest outbox, an upper bound"
+    out["redis_queued_method"] = UPPER_BOUND
     fitted = [(u, n - u, b) for n, b, u in points if u is not None]
     unread = [u for u, _, _ in fitted]
     out["redis_queued_span"] = max(unread) - min(unread) if unread else 0
@@ -545,9 +549,18 @@ def cpu_per_1000(samples: list[dict], step: Step, turns: int) -> dict[str, float
 
 
 def summarize(step: Step, samples: list[dict], baseline: dict, final: dict, exact: dict | None) -> dict:
-    """The figures of one step (module doc of benchmarks/README.md, section soak)."""
+    """The figures of one step (module doc of benchmarks/README.md, section soak).
+
+    With faults, the lag p50 and p99 and whether it grows are over the samples outside every fault's
+    window (from the fault to the first sample with lag < 1 s again, ``fault_figures``): the
+    recovery target bounds those; ``lag_p99_all_s`` is over every sample, ``lag_left_out_s`` the
+    seconds of samples left out."""
     during = window(samples, step.start, step.end)
-    lags = [s["lag_s"] for s in during if s.get("lag_s") is not None]
+    faults = [fault_figures(samples, f) for f in step.faults]
+    spans = [f["window"] for f in faults if "window" in f]
+    all_lags = [s["lag_s"] for s in during if s.get("lag_s") is not None]
+    steady = [s for s in during if not any(a <= s["t"] <= b for a, b in spans)]
+    lags = [s["lag_s"] for s in steady if s.get("lag_s") is not None]
     sent = sum(d["new"] for d in step.drivers)
     seconds = step.end - step.start
     half = len(lags) // 2
@@ -565,7 +578,9 @@ def summarize(step: Step, samples: list[dict], baseline: dict, final: dict, exac
         },
         "lag_p50_s": pct(lags, 0.50),
         "lag_p99_s": pct(lags, 0.99),
-        "lag_max_s": max(lags, default=math.nan),
+        "lag_p99_all_s": pct(all_lags, 0.99),
+        "lag_left_out_s": sum(min(b, step.end) - max(a, step.start) for a, b in spans if b > step.start),
+        "lag_max_s": max(all_lags, default=math.nan),
         # "not growing": the second half's median lag is within 0.25 s of the first half's
         "lag_growing": bool(lags) and statistics.median(lags[half:]) > statistics.median(lags[:half] or [0]) + 0.25,
         "outbox_peak": max((s["pending"] for s in during if s.get("pending") is not None), default=0),
@@ -573,7 +588,7 @@ def summarize(step: Step, samples: list[dict], baseline: dict, final: dict, exac
             f: statistics.fmean([s.get(f"cpu.{f}", 0.0) for s in during]) if during else math.nan
             for f in families(samples)
         },
-        "faults": [fault_figures(samples, f) for f in step.faults],
+        "faults": faults,
     }
     fig.update(queued_turn_bytes(during))
     fig["cpu_s_per_1000_turns"] = cpu_per_1000(samples, step, sent)
@@ -599,15 +614,21 @@ def summarize(step: Step, samples: list[dict], baseline: dict, final: dict, exac
     return fig
 
 
-def verdict(fig: dict, exact: dict | None) -> list[tuple[str, bool, str]]:
-    """PASS/FAIL lines against issue 16's targets: (target, passed, measured)."""
+def verdict(fig: dict, exact: dict | None) -> list[tuple[str, bool | None, str]]:
+    """PASS/FAIL lines against issue 16's targets: (target, passed, measured); ``passed`` is None
+    for a target the run could not measure (printed ``N/A``, failing nothing): Redis per queued turn
+    when only its upper bound is known (:func:`queued_turn_bytes`) and that bound is over the target."""
     lines = [
         (
             f"rate held (>= {RATE_HELD:.0%} of {fig['rate_asked']:,}/s)",
             fig["rate_achieved"] >= RATE_HELD * fig["rate_asked"],
             f"{fig['rate_achieved']:,.0f}/s",
         ),
-        (f"lag p99 <= {TARGET_LAG_P99_S} s", fig["lag_p99_s"] <= TARGET_LAG_P99_S, f"{fig['lag_p99_s']:.2f} s"),
+        (
+            f"lag p99 <= {TARGET_LAG_P99_S} s" + (" outside the faults' windows" if fig["faults"] else ""),
+            fig["lag_p99_s"] <= TARGET_LAG_P99_S,
+            f"{fig['lag_p99_s']:.2f} s",
+        ),
         ("lag not growing", not fig["lag_growing"], "growing" if fig["lag_growing"] else "stable"),
     ]
     for f in fig["faults"]:
@@ -631,11 +652,14 @@ def verdict(fig: dict, exact: dict | None) -> list[tuple[str, bool, str]]:
             )
     if fig.get("redis_bytes_per_queued_turn") is not None:
         v = fig["redis_bytes_per_queued_turn"]
+        # an upper bound within the target proves it; over it, it proves nothing either way
+        unmeasured = fig["redis_queued_method"] == UPPER_BOUND and v > TARGET_REDIS_B_PER_QUEUED
         lines.append(
             (
                 f"Redis <= {TARGET_REDIS_B_PER_QUEUED} B per queued turn",
-                v <= TARGET_REDIS_B_PER_QUEUED,
-                f"{v:.0f} B ({fig['redis_queued_method']})",
+                None if unmeasured else v <= TARGET_REDIS_B_PER_QUEUED,
+                f"{v:.0f} B ({fig['redis_queued_method']})"
+                + ("; not measured: too few unread entries to fit, run with the probe" if unmeasured else ""),
             )
         )
     if exact is not None:
@@ -667,8 +691,14 @@ def print_report(fig: dict, exact: dict | None, lines) -> None:
         f"{fig['driver_behind_max_s']:.2f} s behind)"
     )
     print(
-        f"outbox lag p50 {fig['lag_p50_s']:.2f} s, p99 {fig['lag_p99_s']:.2f} s, max {fig['lag_max_s']:.2f} s; "
-        f"peak outbox {fig['outbox_peak']:,} entries"
+        f"outbox lag p50 {fig['lag_p50_s']:.2f} s, p99 {fig['lag_p99_s']:.2f} s"
+        + (
+            f" (outside the faults' windows, {fig['lag_left_out_s']:.0f} s left out; every sample's "
+            f"{fig['lag_p99_all_s']:.2f} s)"
+            if fig["faults"]
+            else ""
+        )
+        + f", max {fig['lag_max_s']:.2f} s; peak outbox {fig['outbox_peak']:,} entries"
     )
     per_q = fig.get("redis_bytes_per_queued_turn")
     print(
@@ -744,7 +774,7 @@ def print_report(fig: dict, exact: dict | None, lines) -> None:
             "include the other's (e.g. a worker still starting after a kill is the next fault's RSS 'before')"
         )
     for name, ok, measured in lines:
-        print(f"{'PASS' if ok else 'FAIL'}  {name}: {measured}")
+        print(f"{'N/A ' if ok is None else 'PASS' if ok else 'FAIL'}  {name}: {measured}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -891,7 +921,7 @@ def main(ports: tuple[int, int], argv: list[str] | None = None) -> int:
             lines = verdict(fig, exact)
             print_report(fig, exact, lines)
             summary = {"figures": fig, "exactness": exact, "verdict": [list(v) for v in lines]}
-            ok = all(v[1] for v in lines)
+            ok = all(v[1] is not False for v in lines)
         summary.update(
             worker_starts=stack.worker_starts,
             topups=topups.done,

@@ -256,3 +256,52 @@ def test_relation_bytes_sums_partitions_under_their_table_and_the_summary_splits
     )
     assert fig["pg_bytes_per_turn"] == 2.0
     assert fig["pg_bytes_per_turn_by_table"]["parted"] == (parts - before["parted"]) / 2000
+
+
+def test_an_upper_bound_over_the_queued_turn_target_is_not_a_failure_and_a_measured_figure_is():
+    """Redis per queued turn: the ratio at the largest outbox only bounds it from above, so over the
+    target it is N/A (None, failing nothing); within the target, or fitted or probed, it decides."""
+    from benchmarks.soak.run import TARGET_REDIS_B_PER_QUEUED, UPPER_BOUND, verdict
+
+    base = {"rate_asked": 1000, "rate_achieved": 1000.0, "lag_p99_s": 0.1, "lag_growing": False, "faults": []}
+
+    def queued(value: float, method: str) -> tuple[str, bool | None, str]:
+        fig = base | {"redis_bytes_per_queued_turn": value, "redis_queued_method": method}
+        return next(line for line in verdict(fig, None) if "per queued turn" in line[0])
+
+    over, within = TARGET_REDIS_B_PER_QUEUED + 301, TARGET_REDIS_B_PER_QUEUED - 1
+    name, ok, measured = queued(over, UPPER_BOUND)
+    assert (
+        ok is None
+        and measured == f"{over} B ({UPPER_BOUND}); not measured: too few unread entries to fit, run with the probe"
+    )
+    assert queued(within, UPPER_BOUND)[1] is True
+    assert queued(over, "fit over 40 samples, unread entries")[1] is False
+    assert queued(over, "probe: worker paused, 20,000 entries appended")[1] is False
+    assert queued(within, "probe: worker paused, 20,000 entries appended")[1] is True
+
+
+def test_a_fault_run_s_lag_p99_leaves_out_each_fault_s_window_and_keeps_every_sample_s_beside_it():
+    """With faults, the lag target is judged outside each fault's window (the fault until the first
+    sample with lag < 1 s after the service answers; the recovery target judges the window); the
+    p99 over every sample is kept beside it."""
+    from benchmarks.soak.run import Fault, summarize, verdict
+
+    # 200 one-second samples at 0.2 s of lag; a fault at t=50 (answering at 53) lags up to 6 s
+    # until t=58, when the lag is back under 1 s
+    lags = {t: 0.2 for t in range(200)} | {t: float(t - 49) for t in range(50, 56)} | {56: 3.0, 57: 1.5}
+    samples = [{"t": 1000.0 + t, "lag_s": lag, "pending": 0} for t, lag in sorted(lags.items())]
+    step = Step(1000, 200.0, start=1000.0, end=1199.0)
+    step.faults = [Fault("pg-restart", 50.0, started=1050.0, answering=1053.0)]
+    fig = summarize(step, samples, {}, {}, None)
+    (fault,) = fig["faults"]
+    assert fault["window"] == (1050.0, 1058.0) and fault["recovery_s"] == 5.0 and fault["lag_peak_s"] == 6.0
+    assert fig["lag_p99_s"] == 0.2 and fig["lag_p50_s"] == 0.2 and fig["lag_left_out_s"] == 8.0
+    # every sample: 8 of 200 above 0.2 s, the nearest rank 198 is the third largest
+    assert fig["lag_p99_all_s"] == 4.0 and fig["lag_max_s"] == 6.0
+    lag_line = next(line for line in verdict(fig, None) if line[0].startswith("lag p99"))
+    assert lag_line == ("lag p99 <= 1.0 s outside the faults' windows", True, "0.20 s")
+    step.faults = []  # the same samples without a fault: every sample counts
+    fig = summarize(step, samples, {}, {}, None)
+    assert fig["lag_p99_s"] == fig["lag_p99_all_s"] == 4.0 and fig["lag_left_out_s"] == 0
+    assert next(line for line in verdict(fig, None) if line[0].startswith("lag p99"))[1] is False
