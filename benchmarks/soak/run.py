@@ -548,6 +548,18 @@ def cpu_per_1000(samples: list[dict], step: Step, turns: int) -> dict[str, float
     return {f: 1000 * v / turns for f, v in sorted(used.items())}
 
 
+def covered_seconds(spans: list[tuple[float, float]], start: float, end: float) -> float:
+    """Seconds of ``start``..``end`` inside the union of ``spans`` (overlapping spans, faults closer
+    than their recoveries, counted once)."""
+    total, reached = 0.0, start
+    for a, b in sorted(spans):
+        a, b = max(a, reached), min(b, end)
+        if b > a:
+            total += b - a
+            reached = b
+    return total
+
+
 def summarize(step: Step, samples: list[dict], baseline: dict, final: dict, exact: dict | None) -> dict:
     """The figures of one step (module doc of benchmarks/README.md, section soak).
 
@@ -579,7 +591,7 @@ def summarize(step: Step, samples: list[dict], baseline: dict, final: dict, exac
         "lag_p50_s": pct(lags, 0.50),
         "lag_p99_s": pct(lags, 0.99),
         "lag_p99_all_s": pct(all_lags, 0.99),
-        "lag_left_out_s": sum(min(b, step.end) - max(a, step.start) for a, b in spans if b > step.start),
+        "lag_left_out_s": covered_seconds(spans, step.start, step.end),
         "lag_max_s": max(all_lags, default=math.nan),
         # "not growing": the second half's median lag is within 0.25 s of the first half's
         "lag_growing": bool(lags) and statistics.median(lags[half:]) > statistics.median(lags[:half] or [0]) + 0.25,
